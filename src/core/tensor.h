@@ -1,0 +1,84 @@
+/* Internal tensor views: a DLTensor reduced to a data pointer (byte_offset applied), a dtype code,
+ * shape and strides in elements, and the device. Kernels see only views, never DLTensors. */
+#ifndef CFLASH_CORE_TENSOR_H
+#define CFLASH_CORE_TENSOR_H
+
+#include <stdint.h>
+#include <string.h>
+
+#include "cflash.h"
+
+typedef enum cf_dtype { CF_F32 = 0, CF_F16 = 1, CF_BF16 = 2, CF_I32 = 3, CF_U8 = 4, CF_DTYPE_BAD = -1 } cf_dtype;
+
+#define CF_MAX_DIMS 6
+
+typedef struct cf_view {
+    void* data;                      /* NULL when the tensor is absent (optional arguments) */
+    cf_dtype dtype;
+    int ndim;
+    int64_t shape[CF_MAX_DIMS];
+    int64_t stride[CF_MAX_DIMS];     /* in elements */
+    int device_type;                 /* kDLCPU, kDLCUDA, ... */
+    int device_id;
+} cf_view;
+
+cf_dtype cf_dtype_of(DLDataType t);
+const char* cf_dtype_name(cf_dtype d);
+size_t cf_dtype_size(cf_dtype d);
+/* Writes "float32" / "int8x4" / ... for any DLDataType into buf. */
+void cf_dl_dtype_str(DLDataType t, char* buf, size_t n);
+const char* cf_device_name(int device_type);
+
+/* Fills v from t. name is used in messages ("q"). Checks: t non-NULL, data non-NULL,
+ * ndim in [1, CF_MAX_DIMS], shape >= 0. */
+cflash_status cf_view_from(cf_view* v, const DLTensor* t, const char* name);
+/* Writes "(2, 17, 4, 64)" into buf. */
+void cf_shape_str(const cf_view* v, char* buf, size_t n);
+/* 1 if the elements of v are exactly the dense row-major block. */
+int cf_view_contiguous(const cf_view* v);
+int64_t cf_view_numel(const cf_view* v);
+
+/* ---- fp16 / bf16 <-> fp32, exact round-to-nearest-even ---- */
+static inline float cf_bf16_to_f32(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+static inline uint16_t cf_f32_to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40); /* quiet NaN */
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+float cf_f16_to_f32(uint16_t h);
+uint16_t cf_f32_to_f16(float f);
+
+/* Element (flat index i, already scaled by strides) of data with dtype d, as float / stored. */
+static inline float cf_load(const void* data, cf_dtype d, int64_t i) {
+    switch (d) {
+    case CF_F32: return ((const float*)data)[i];
+    case CF_F16: return cf_f16_to_f32(((const uint16_t*)data)[i]);
+    case CF_BF16: return cf_bf16_to_f32(((const uint16_t*)data)[i]);
+    default: return 0.0f;
+    }
+}
+static inline void cf_store(void* data, cf_dtype d, int64_t i, float x) {
+    switch (d) {
+    case CF_F32: ((float*)data)[i] = x; break;
+    case CF_F16: ((uint16_t*)data)[i] = cf_f32_to_f16(x); break;
+    case CF_BF16: ((uint16_t*)data)[i] = cf_f32_to_bf16(x); break;
+    default: break;
+    }
+}
+/* Rounds x to dtype d and back (what storing then loading gives). */
+static inline float cf_round_to(cf_dtype d, float x) {
+    switch (d) {
+    case CF_F16: return cf_f16_to_f32(cf_f32_to_f16(x));
+    case CF_BF16: return cf_bf16_to_f32(cf_f32_to_bf16(x));
+    default: return x;
+    }
+}
+
+#endif

@@ -1,0 +1,65 @@
+/* cflash_explain: runs an op's own entry point with an explain sink, so the answer comes from the
+ * same validation and selection code as the real call. */
+#include <stdarg.h>
+
+#include "core/attn_api.h"
+#include "core/status.h"
+#include "dispatch/dispatch.h"
+
+#define ARG(T) va_arg(ap, T)
+
+cflash_status cflash_explain(cflash_context* ctx, cflash_op op, char* buf, size_t buf_len, ...) {
+    CFLASH_RETURN_IF(!buf || buf_len == 0, CFLASH_ERR_INVALID_ARGUMENT,
+                     "buf: NULL or empty, expected a buffer for the explanation");
+    buf[0] = 0;
+    cf_explain e = {buf, buf_len};
+    cflash_status s = CFLASH_ERR_INVALID_ARGUMENT;
+    va_list ap;
+    va_start(ap, buf_len);
+    switch (op) {
+    case CFLASH_OP_ATTN_FWD: {
+        const cflash_attn_params* p = ARG(const cflash_attn_params*);
+        const DLTensor *q = ARG(const DLTensor*), *k = ARG(const DLTensor*),
+                       *v = ARG(const DLTensor*);
+        DLTensor *out = ARG(DLTensor*), *lse = ARG(DLTensor*);
+        s = cf_attn_fwd_entry(ctx, &e, 0, p, q, k, v, NULL, NULL, 0, 0, out, lse);
+        break;
+    }
+    case CFLASH_OP_ATTN_BWD: {
+        const cflash_attn_params* p = ARG(const cflash_attn_params*);
+        const DLTensor *dout = ARG(const DLTensor*), *q = ARG(const DLTensor*),
+                       *k = ARG(const DLTensor*), *v = ARG(const DLTensor*),
+                       *out = ARG(const DLTensor*), *lse = ARG(const DLTensor*);
+        DLTensor *dq = ARG(DLTensor*), *dk = ARG(DLTensor*), *dv = ARG(DLTensor*);
+        s = cf_attn_bwd_entry(ctx, &e, 0, p, dout, q, k, v, out, lse, NULL, NULL, 0, 0, dq, dk, dv);
+        break;
+    }
+    case CFLASH_OP_ATTN_VARLEN_FWD: {
+        const cflash_attn_params* p = ARG(const cflash_attn_params*);
+        const DLTensor *q = ARG(const DLTensor*), *k = ARG(const DLTensor*),
+                       *v = ARG(const DLTensor*), *cq = ARG(const DLTensor*),
+                       *ck = ARG(const DLTensor*);
+        int64_t mq = ARG(int64_t), mk = ARG(int64_t);
+        DLTensor *out = ARG(DLTensor*), *lse = ARG(DLTensor*);
+        s = cf_attn_fwd_entry(ctx, &e, 1, p, q, k, v, cq, ck, mq, mk, out, lse);
+        break;
+    }
+    case CFLASH_OP_ATTN_VARLEN_BWD: {
+        const cflash_attn_params* p = ARG(const cflash_attn_params*);
+        const DLTensor *dout = ARG(const DLTensor*), *q = ARG(const DLTensor*),
+                       *k = ARG(const DLTensor*), *v = ARG(const DLTensor*),
+                       *out = ARG(const DLTensor*), *lse = ARG(const DLTensor*),
+                       *cq = ARG(const DLTensor*), *ck = ARG(const DLTensor*);
+        int64_t mq = ARG(int64_t), mk = ARG(int64_t);
+        DLTensor *dq = ARG(DLTensor*), *dk = ARG(DLTensor*), *dv = ARG(DLTensor*);
+        s = cf_attn_bwd_entry(ctx, &e, 1, p, dout, q, k, v, out, lse, cq, ck, mq, mk, dq, dk, dv);
+        break;
+    }
+    /* CFLASH-OPS-EXPLAIN: cases of the ops issue go here. */
+    default:
+        s = cf_error(CFLASH_ERR_INVALID_ARGUMENT, "op: %d, expected a cflash_op below %d",
+                     (int)op, (int)CFLASH_OP_COUNT);
+    }
+    va_end(ap);
+    return s;
+}

@@ -1,0 +1,46 @@
+/* The registry: every backend name in priority order and, per op, the implementations in the order
+ * the dispatcher tries them. A new backend adds its name here and its cf_impl rows below. */
+#include <string.h>
+
+#include "dispatch/dispatch.h"
+
+const char* const cf_backend_names[] = {
+    "cpu-amx", "cpu-avx512", "cpu-avx2", "cpu-neon", "cpu-generic", "cpu-ref",
+    "cuda-mma", "cuda-simt", NULL,
+};
+
+int cf_backend_known(const char* name) {
+    for (const char* const* b = cf_backend_names; *b; b++)
+        if (!strcmp(*b, name)) return 1;
+    return 0;
+}
+
+/* Implementations, defined beside their kernels. */
+extern const cf_impl cf_impl_ref_attn_fwd, cf_impl_ref_attn_bwd;
+
+static const cf_impl* const attn_fwd[] = {
+    &cf_impl_ref_attn_fwd,
+};
+static const cf_impl* const attn_bwd[] = {
+    &cf_impl_ref_attn_bwd,
+};
+
+#define CF_LIST(a) a, sizeof(a) / sizeof((a)[0])
+static const struct {
+    const cf_impl* const* impls;
+    size_t n;
+} table[CFLASH_OP_COUNT] = {
+    [CFLASH_OP_ATTN_FWD] = {CF_LIST(attn_fwd)},
+    [CFLASH_OP_ATTN_BWD] = {CF_LIST(attn_bwd)},
+    [CFLASH_OP_ATTN_VARLEN_FWD] = {CF_LIST(attn_fwd)},
+    [CFLASH_OP_ATTN_VARLEN_BWD] = {CF_LIST(attn_bwd)},
+};
+
+const cf_impl* const* cf_impls_for(cflash_op op, size_t* n) {
+    if ((unsigned)op >= CFLASH_OP_COUNT) {
+        *n = 0;
+        return NULL;
+    }
+    *n = table[op].n;
+    return table[op].impls;
+}
