@@ -1,0 +1,27 @@
+/* What the CPU can do, probed once per process: CPUID leaves with OS support from XGETBV on
+ * x86-64, getauxval on ARM. Kernels and dispatch read this, never CPUID directly. */
+#ifndef CFLASH_PROBE_CPU_FEATURES_H
+#define CFLASH_PROBE_CPU_FEATURES_H
+
+#include <stdint.h>
+
+typedef struct cf_cpu_info {
+    char vendor[16];      /* "GenuineIntel", "AuthenticAMD", "ARM" */
+    char model[64];       /* brand string */
+    int family, model_id, stepping;
+    int cores;            /* online logical CPUs available to this process */
+    int64_t l1d_bytes, l2_bytes, l3_bytes; /* per core (L1d, L2) and total (L3); 0 = unknown */
+    /* ISA features usable now: CPU has it AND the OS saves the state (XGETBV). */
+    int sse42, avx, avx2, fma, f16c;
+    int avx512f, avx512bw, avx512vl, avx512dq, avx512bf16, avx512fp16, avx512vnni;
+    int amx_tile, amx_bf16, amx_fp16, amx_int8; /* CPU reports AMX and XCR0 enables tile state */
+    int amx_permitted;    /* arch_prctl(ARCH_REQ_XCOMP_PERM) granted the tile data state */
+    char amx_error[128];  /* why not permitted ("" when permitted or no AMX) */
+    int neon, sve;        /* ARM */
+} cf_cpu_info;
+
+/* The probe result; computed once (thread-safe), never NULL. AMX permission is requested on
+ * the first call when the CPU has AMX. */
+const cf_cpu_info* cf_cpu(void);
+
+#endif

@@ -1,0 +1,49 @@
+/* Device memory for the tool: plain malloc for the CPU; the CUDA branch goes through the
+ * library's driver loader (src/cuda/) so the tool, like the library, never links CUDA. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+
+void* cf_tool_alloc(int device, size_t bytes, char* err, size_t err_len) {
+    if (device == kDLCPU) {
+        void* p = aligned_alloc(64, (bytes + 63) / 64 * 64 + 64);
+        if (!p) snprintf(err, err_len, "out of host memory (%zu bytes)", bytes);
+        return p;
+    }
+    /* CFLASH-TOOL-CUDA-ALLOC */
+    snprintf(err, err_len, "device %s: this build of the tool has no memory support for it",
+             cf_device_name(device));
+    return NULL;
+}
+
+void cf_tool_free(int device, void* p) {
+    if (!p) return;
+    if (device == kDLCPU) {
+        free(p);
+        return;
+    }
+    /* CFLASH-TOOL-CUDA-FREE */
+}
+
+int cf_tool_copy(int device, void* dst, const void* src, size_t bytes, int to_device, char* err,
+                 size_t err_len) {
+    (void)to_device;
+    if (device == kDLCPU) {
+        memcpy(dst, src, bytes);
+        return 0;
+    }
+    /* CFLASH-TOOL-CUDA-COPY */
+    snprintf(err, err_len, "device %s: copies not supported by this build of the tool",
+             cf_device_name(device));
+    return -1;
+}
+
+int cf_tool_sync(int device, char* err, size_t err_len) {
+    if (device == kDLCPU) return 0;
+    /* CFLASH-TOOL-CUDA-SYNC */
+    snprintf(err, err_len, "device %s: sync not supported by this build of the tool",
+             cf_device_name(device));
+    return -1;
+}

@@ -1,0 +1,50 @@
+/* `cflash`: the command-line tool. Each subcommand is a row below and a tools/cmd_*.c file; a row
+ * with a second word (e.g. "bench" "peak") matches before the plain one. */
+#include <stdio.h>
+#include <string.h>
+
+#include "cli.h"
+
+int cf_cmd_version(int argc, char** argv);
+
+static const struct {
+    const char* name;
+    const char* sub; /* NULL: any */
+    cf_cmd_fn fn;
+    const char* help;
+} commands[] = {
+    /* CFLASH-COMMANDS: rows go here */
+    {"version", NULL, cf_cmd_version, "print the library version"},
+};
+
+static void usage(FILE* f) {
+    fprintf(f, "usage: cflash COMMAND [flags]\n\ncommands:\n");
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        fprintf(f, "  %-8s %-8s %s\n", commands[i].name, commands[i].sub ? commands[i].sub : "",
+                commands[i].help);
+    fprintf(f, "\nproblem flags (check, bench):\n%s", cf_problem_usage());
+}
+
+int cf_cmd_version(int argc, char** argv) {
+    (void)argc, (void)argv;
+    printf("cflash %s\n", cflash_version());
+    return 0;
+}
+
+int main(int argc, char** argv) {
+    if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help") ||
+        !strcmp(argv[1], "help")) {
+        usage(argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    for (int pass = 0; pass < 2; pass++)
+        for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++) {
+            int want_sub = pass == 0;
+            if ((commands[i].sub != NULL) != want_sub || strcmp(commands[i].name, argv[1])) continue;
+            if (want_sub && (argc < 3 || strcmp(commands[i].sub, argv[2]))) continue;
+            return commands[i].fn(argc, argv);
+        }
+    fprintf(stderr, "cflash: unknown command '%s'\n\n", argv[1]);
+    usage(stderr);
+    return 2;
+}
