@@ -40,6 +40,20 @@ int cf_tool_copy(int device, void* dst, const void* src, size_t bytes, int to_de
                  size_t err_len);
 int cf_tool_sync(int device, char* err, size_t err_len);
 
+/* ---- Timing and peaks (tools/bench_util.c) ---- */
+double cf_now_s(void); /* monotonic seconds */
+/* Runs fn(arg) warmup times, then reps times; returns the median wall time in ms. */
+double cf_bench_median_ms(void (*fn)(void*), void* arg, int warmup, int reps);
+typedef struct cf_peaks {
+    int threads;
+    double fma_f32_gflops;   /* fp32 FMA, the widest vector unit present */
+    double bf16_dot_gflops;  /* AVX512-BF16 vdpbf16ps (0 when absent) */
+    double amx_bf16_gflops;  /* AMX-BF16 tdpbf16ps (0 when absent or not permitted) */
+    double mem_bw_gbs;       /* memory bandwidth, read + write bytes per second, GB/s */
+} cf_peaks;
+/* Measures the machine's peaks with this many threads (0 = all), once per process. */
+const cf_peaks* cf_measure_peaks(int threads);
+
 /* ---- Subcommands: int cmd(argc, argv) with argv[0] = "cflash". ---- */
 typedef int (*cf_cmd_fn)(int argc, char** argv);
 

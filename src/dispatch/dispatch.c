@@ -68,6 +68,8 @@ cflash_status cf_dispatch(cflash_op op, int device_type, const char* forced, con
             snprintf(why, sizeof why, "serves %s tensors, these are on %s",
                      cf_device_name(im->device_type), cf_device_name(device_type));
             ok = 0;
+        } else if (im->available && !im->available(why, sizeof why)) {
+            ok = 0;
         } else {
             ok = im->supports ? im->supports(call, why, sizeof why) : 1;
             if (!ok && !why[0]) snprintf(why, sizeof why, "cannot serve this call");

@@ -17,7 +17,11 @@ typedef struct cf_impl {
      * call points to the op's call struct (cf_attn_call for attention). */
     int (*supports)(const void* call, char* reason, size_t reason_len);
     cflash_status (*run)(const void* call);
+    /* Optional (NULL = always): can this backend run at all on this machine (ISA present, driver
+     * and NVRTC found)? Checked before supports; used alone by `cflash report`. */
+    int (*available)(char* reason, size_t reason_len);
 } cf_impl;
+/* Define impls with designated initialisers (.backend = ..., .op = ...) so fields can be added. */
 
 /* Names of all backends in priority order, NULL-terminated (for report and set_backend). */
 extern const char* const cf_backend_names[];
