@@ -39,9 +39,9 @@ int main(int argc, char** argv) {
     }
     for (int pass = 0; pass < 2; pass++)
         for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++) {
-            int want_sub = pass == 0;
-            if ((commands[i].sub != NULL) != want_sub || strcmp(commands[i].name, argv[1])) continue;
-            if (want_sub && (argc < 3 || strcmp(commands[i].sub, argv[2]))) continue;
+            const char* sub = commands[i].sub;
+            if ((pass == 0) != (sub != NULL) || strcmp(commands[i].name, argv[1])) continue;
+            if (sub && (argc < 3 || strcmp(sub, argv[2]))) continue;
             return commands[i].fn(argc, argv);
         }
     fprintf(stderr, "cflash: unknown command '%s'\n\n", argv[1]);
