@@ -6,18 +6,22 @@
 #include <stdint.h>
 
 typedef struct cf_cpu_info {
-    char vendor[16];      /* "GenuineIntel", "AuthenticAMD", "ARM" */
-    char model[64];       /* brand string */
+    char vendor[16]; /* "GenuineIntel", "AuthenticAMD", "ARM" */
+    char model[64];  /* brand string */
     int family, model_id, stepping;
-    int cores;            /* online logical CPUs available to this process */
+    int cores;                             /* online logical CPUs available to this process */
     int64_t l1d_bytes, l2_bytes, l3_bytes; /* per core (L1d, L2) and total (L3); 0 = unknown */
     /* ISA features usable now: CPU has it AND the OS saves the state (XGETBV). */
     int sse42, avx, avx2, fma, f16c;
     int avx512f, avx512bw, avx512vl, avx512dq, avx512bf16, avx512fp16, avx512vnni;
     int amx_tile, amx_bf16, amx_fp16, amx_int8; /* CPU reports AMX and XCR0 enables tile state */
-    int amx_permitted;    /* arch_prctl(ARCH_REQ_XCOMP_PERM) granted the tile data state */
-    char amx_error[128];  /* why not permitted ("" when permitted or no AMX) */
-    int neon, sve;        /* ARM */
+    int amx_permitted;   /* arch_prctl(ARCH_REQ_XCOMP_PERM) granted the tile data state */
+    char amx_error[128]; /* why not permitted ("" when permitted or no AMX) */
+    int neon, sve;       /* ARM */
+    /* Why the features above are what they are, in words, for reasons and the report: */
+    int os_avx, os_avx512, os_amx; /* XCR0 enables the YMM / ZMM+opmask / tile state */
+    char avx512_note[160];         /* "" when AVX-512F is usable, else why not */
+    char amx_note[192]; /* "usable" or why not ("CPU does not report AMX-TILE (CPUID...)") */
 } cf_cpu_info;
 
 /* The probe result; computed once (thread-safe), never NULL. AMX permission is requested on
