@@ -136,6 +136,172 @@ CFLASH_API cflash_status cflash_attn_dropout_mask(const cflash_attn_params* p, D
 /* ---- Ops around attention (rotary, norm, KV cache, merge) -------------------------------- */
 /* CFLASH-OPS-API: declarations of the ops issue go here. */
 
+/* Rotary embedding (RoPE). For a row at position pos and pair index i < rd/2, with
+ *   c = cos[pos, i], s = sin[pos, i] (s negated when conjugate):
+ *   (a, b) -> (a c - b s, a s + b c)
+ * where the pair (a, b) is (x[2i], x[2i + 1]) when interleaved (GPT-J) and (x[i], x[i + rd/2])
+ * otherwise (GPT-NeoX). rd = 2 * cos.shape[1] <= D; dims [rd, D) pass through unchanged.
+ * pos = s + offset, s the row's index within its sequence, offset = seqlen_offsets[b] when
+ * given, else seqlen_offset. Same as flash-attn's apply_rotary_emb (and, on views of a packed
+ * qkv / kv tensor, apply_rotary_emb_qkv_ / apply_rotary_emb_kv_). */
+typedef struct cflash_rotary_params {
+    int interleaved;                /* 1: GPT-J pairs (x[2i], x[2i+1]); 0: halves (default) */
+    int conjugate;                  /* 1: rotate by -angle (the backward of a rotation) */
+    int64_t seqlen_offset;          /* >= 0, added to every position when seqlen_offsets is NULL */
+    const DLTensor* seqlen_offsets; /* NULL or int32 [B] on the CPU: per-sequence offset >= 0 */
+    const DLTensor* cu_seqlens;     /* NULL: x is (B, S, H, D). Else varlen: x is (total, H, D)
+                                       and cu_seqlens int32 [B + 1] on the CPU, as for attention */
+    int64_t max_seqlen;             /* varlen: bound on sequence lengths (0 = from cu_seqlens) */
+    int64_t num_heads;              /* rotate heads [0, num_heads) only; 0 = all. For the fused
+                                       GQA layout qkv (B, S, H + 2*Hk, D) pass H + Hk: q and k
+                                       rotate, v does not */
+} cflash_rotary_params;
+
+/* Defaults: halves (not interleaved), not conjugate, offset 0, batch layout, all heads. */
+CFLASH_API void cflash_rotary_params_init(cflash_rotary_params* p);
+
+/* Applies the rotation.
+ *   x   (B, S, H, D), or (total, H, D) with p->cu_seqlens; float32, float16 or bfloat16
+ *   cos, sin (S_ro, rd / 2): float32 or the dtype of x, contiguous last dim; S_ro must cover
+ *            every position used (max offset + S - 1 < S_ro)
+ *   out like x, or NULL (or out->data == x->data with the same strides): in place.
+ * Out of place, out also receives the unrotated dims and heads; out must not partly overlap x.
+ * Accumulation is fp32: each output is round(a c - b s) in the dtype of out. */
+CFLASH_API cflash_status cflash_rotary_apply(cflash_context* ctx, const cflash_rotary_params* p,
+                                             const DLTensor* x, const DLTensor* cos,
+                                             const DLTensor* sin, DLTensor* out);
+
+/* Builds cos/sin tables: row r, column i (i < rd/2, rd = 2 * cos.shape[1]):
+ *   angle = pos(r) / interpolation_factor * base^(-2i / rd)
+ *   pos(r) = positions[r] when positions is given (int32 [S_ro] on the CPU), else
+ *            position_start + r
+ * computed in fp64, stored rounded to the tables' dtype (float32, float16 or bfloat16).
+ * cos, sin: (S_ro, rd / 2) on the CPU, same dtype. As flash-attn's RotaryEmbedding. */
+typedef struct cflash_rotary_table_params {
+    double base;                 /* > 0, default 10000 */
+    double interpolation_factor; /* > 0, default 1 (linear position interpolation when > 1) */
+    int64_t position_start;      /* default 0 */
+    const DLTensor* positions;   /* NULL or int32 [S_ro] */
+} cflash_rotary_table_params;
+
+CFLASH_API void cflash_rotary_table_params_init(cflash_rotary_table_params* p);
+CFLASH_API cflash_status cflash_rotary_tables(const cflash_rotary_table_params* p, DLTensor* cos,
+                                              DLTensor* sin);
+
+/* RMSNorm / LayerNorm over the last dim N, with an optional fused dropout and residual add
+ * (flash-attn's layer_norm_fn / rms_norm_fn). Rows are all leading dims flattened (M rows);
+ * they must be flattenable to one stride (any contiguous tensor or row-strided 2-D view is).
+ *   h   = dropout(x) + residual              (dropout and residual optional)
+ *   LayerNorm: y = (h - mean) * rstd * weight + bias, rstd = 1 / sqrt(var(h) + eps)
+ *   RMSNorm:   y = h * rstd * weight + bias,          rstd = 1 / sqrt(mean(h^2) + eps)
+ * Dropout keeps element (row r, column j) iff
+ *   cf_dropout_keep(seed, offset, p, b = r >> 32, h = 0, i = r & 0xffffffff, j)
+ * i.e. the attention mask's Philox keying with the row in place of (b, i), head 0; kept values
+ * are scaled by 1 / (1 - p). */
+typedef enum cflash_norm_type { CFLASH_NORM_RMS = 0, CFLASH_NORM_LAYER = 1 } cflash_norm_type;
+
+typedef struct cflash_norm_params {
+    cflash_norm_type type; /* default CFLASH_NORM_RMS */
+    float eps;             /* > 0 and finite, default 1e-6 */
+    float dropout_p;       /* [0, 1), default 0 */
+    uint64_t seed;         /* dropout Philox key */
+    uint64_t offset;       /* dropout Philox counter offset */
+} cflash_norm_params;
+
+CFLASH_API void cflash_norm_params_init(cflash_norm_params* p);
+
+/* Forward.
+ *   x            (..., N)  float32, float16 or bfloat16
+ *   residual     NULL or like x; float32 or the dtype of x
+ *   weight, bias NULL or [N]; float32 or the dtype of x (NULL weight = 1, NULL bias = 0)
+ *   out          like x; any of the three float dtypes (flash-attn's out_dtype)
+ *   residual_out NULL or like x: receives h ("prenorm"); float32 keeps the residual stream in
+ *                fp32 (residual_in_fp32), else the dtype of x
+ *   mean         NULL or float32 [M] (LayerNorm only; must be NULL for RMSNorm)
+ *   rstd         NULL or float32 [M]
+ * The backward needs h: pass residual_out when a residual or dropout is used. */
+CFLASH_API cflash_status cflash_norm_fwd(cflash_context* ctx, const cflash_norm_params* p,
+                                         const DLTensor* x, const DLTensor* residual,
+                                         const DLTensor* weight, const DLTensor* bias,
+                                         DLTensor* out, DLTensor* residual_out, DLTensor* mean,
+                                         DLTensor* rstd);
+
+/* Backward. p must be the forward's (same type, eps, dropout seed and offset).
+ *   dy             like out of the forward (any float dtype)
+ *   x              the norm's input h: the forward's residual_out when it had a residual or
+ *                  dropout, else its x
+ *   weight, bias   as in the forward (bias is read only for its dtype/shape; may be NULL)
+ *   mean, rstd     NULL (recomputed from x) or the forward's
+ *   dresidual_out  NULL or like x: gradient arriving at residual_out (prenorm), added to dh
+ *   dx             like x: gradient of the forward's x (dropout mask and scale applied)
+ *   dweight, dbias NULL or [N] (any float dtype): sums over rows of dy * xhat and dy
+ *   dresidual      NULL or like x: gradient of the forward's residual (= dh)
+ * dweight/dbias are summed in fp32 in a fixed order: the result is deterministic. */
+CFLASH_API cflash_status cflash_norm_bwd(cflash_context* ctx, const cflash_norm_params* p,
+                                         const DLTensor* dy, const DLTensor* x,
+                                         const DLTensor* weight, const DLTensor* bias,
+                                         const DLTensor* mean, const DLTensor* rstd,
+                                         const DLTensor* dresidual_out, DLTensor* dx,
+                                         DLTensor* dweight, DLTensor* dbias, DLTensor* dresidual);
+
+/* KV-cache attention (decode and chunked prefill), flash-attn's flash_attn_with_kvcache.
+ * Per batch b, with L = cache_seqlens[b] (or cache_seqlen), P = cache_leftpad[b] (or 0) and
+ * Sn = k_new's length (0 without k_new):
+ *   1. k_new / v_new rows n go to cache positions L + n (in place); k_new rotated first.
+ *   2. q attends over cache positions [P, L + Sn): Sk_b = L + Sn - P keys, key j at position
+ *      P + j; masks as cflash_attn_fwd with Sk = Sk_b (causal bottom-right, window, softcap,
+ *      ALiBi). Dropout must be 0.
+ *   Rotary (when rotary_cos/sin are given): k_new row n at position L + n; q row i at
+ *   position L + i when causal or windowed, else every q row at position L.
+ *   Positions index the cache; a paged cache maps position t of batch b to
+ *   page block_table[b, t / page_size], row t % page_size.
+ * Tensors (q, caches, k_new, v_new, out share one dtype and device):
+ *   q        (B, Sq, H, D)           out (B, Sq, H, Dv)       lse fp32 (B, H, Sq) or NULL
+ *   k_cache  (B_cache, S_cache, Hk, D)   v_cache (B_cache, S_cache, Hk, Dv)   or paged:
+ *            (num_pages, page_size, Hk, D) / (num_pages, page_size, Hk, Dv), any page_size >= 1
+ *   k_new    NULL or (B, Sn, Hk, D)  v_new NULL or (B, Sn, Hk, Dv) (both or neither)
+ *   rotary_cos, rotary_sin  NULL or (S_ro, rd / 2), float32 or the dtype of q, rd <= D
+ *   cache_seqlens   NULL or int32 [B]
+ *   cache_batch_idx NULL or int32 [B]: batch b uses cache row cache_batch_idx[b] (not paged)
+ *   cache_leftpad   NULL or int32 [B]: first valid cache position of each sequence
+ *   block_table     NULL or int32 (B, max_pages): pages of each sequence (paged cache)
+ * Index tensors are on the CPU. GQA: query heads h of group h / (H / Hk) are computed in one
+ * pass over the group's K/V. num_splits > 1 splits the keys into that many parts computed apart
+ * and merged by LSE (as cflash_attn_merge); 0 = chosen by a heuristic; 1 = no split. */
+typedef struct cflash_kvcache_params {
+    const DLTensor* k_new;
+    const DLTensor* v_new;
+    const DLTensor* rotary_cos;
+    const DLTensor* rotary_sin;
+    int rotary_interleaved;        /* default 1, as flash-attn */
+    const DLTensor* cache_seqlens;
+    int64_t cache_seqlen;          /* used when cache_seqlens is NULL: -1 = the whole cache
+                                      (default), else the same length for every batch */
+    const DLTensor* cache_batch_idx;
+    const DLTensor* cache_leftpad;
+    const DLTensor* block_table;
+    int num_splits;                /* >= 0; default 0 = heuristic */
+} cflash_kvcache_params;
+
+CFLASH_API void cflash_kvcache_params_init(cflash_kvcache_params* kp);
+
+CFLASH_API cflash_status cflash_attn_kvcache_fwd(cflash_context* ctx, const cflash_attn_params* p,
+                                                 const cflash_kvcache_params* kp,
+                                                 const DLTensor* q, DLTensor* k_cache,
+                                                 DLTensor* v_cache, DLTensor* out, DLTensor* lse);
+
+/* Merges NS partial attention results over disjoint key sets into one:
+ *   lse = log(sum_s exp(lse_s)),  out = sum_s exp(lse_s - lse) * out_s
+ * Parts with lse_s = -inf contribute nothing; a row where all are -inf gets out 0, lse -inf.
+ *   out_partial (NS, B, Sq, H, Dv)  float32, float16 or bfloat16
+ *   lse_partial (NS, B, H, Sq)      float32
+ *   out         (B, Sq, H, Dv)      any of the float dtypes
+ *   lse         NULL or float32 (B, H, Sq)
+ * Varlen results merge as B = 1 views: out_partial (NS, 1, total, H, Dv), lse (NS, 1, H, total). */
+CFLASH_API cflash_status cflash_attn_merge(cflash_context* ctx, const DLTensor* out_partial,
+                                           const DLTensor* lse_partial, DLTensor* out,
+                                           DLTensor* lse);
+
 /* ---- Explain and report ------------------------------------------------------------------ */
 
 typedef enum cflash_op {
