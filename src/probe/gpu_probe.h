@@ -30,13 +30,13 @@ typedef struct cf_cuda_info {
 } cf_cuda_info;
 
 typedef struct cf_nvrtc_info {
-    int found;          /* libnvrtc loaded and nvrtcVersion works */
-    int major, minor;   /* nvrtcVersion */
-    int n_archs;        /* nvrtcGetSupportedArchs (0 when the NVRTC is older than 11.2) */
-    int archs[128];     /* e.g. 75, 80, 86, 89, 90, 100, 120 */
-    int builtins_found; /* libnvrtc-builtins.so.MAJOR.MINOR loadable (NVRTC loads it to compile) */
-    char builtins[512]; /* its path, or the loader's message */
-    char error[2304];   /* why not found; "" when found */
+    int found;           /* libnvrtc loaded and nvrtcVersion works */
+    int major, minor;    /* nvrtcVersion */
+    int n_archs;         /* nvrtcGetSupportedArchs (0 when the NVRTC is older than 11.2) */
+    int archs[128];      /* e.g. 75, 80, 86, 89, 90, 100, 120 */
+    int builtins_found;  /* libnvrtc-builtins.so.MAJOR.MINOR loadable (NVRTC loads it to compile) */
+    char builtins[1024]; /* its path, or the loader's message */
+    char error[2304];    /* why not found; "" when found */
 } cf_nvrtc_info;
 
 typedef struct cf_cufile_info {
