@@ -1,0 +1,241 @@
+/* The attention test grid (level 0: quick CI grid; level 1: the fuller cross) and attn_grid_run,
+ * which runs it for one backend (forced or auto) with optional hooks for device copies.
+ * Shapes follow DESIGN.md's grid: seqlens 1, 2, 17, 97, 128, 257, 1025, Sq != Sk both ways,
+ * head dims 1, 8, 33, 64, 80, 128, 256, Dv != D, GQA 6/2 and MQA 6/1, strided views, varlen with
+ * empty and length-1 sequences, every mask feature alone and combined. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/attn_oracle.h"
+
+typedef struct shape {
+    int64_t B, H, Hk, Sq, Sk, D, Dv;
+} shape;
+
+/* Small and medium shapes: cheap enough for every feature. */
+static const shape shapes[] = {
+    {1, 1, 1, 1, 1, 1, 1},         /* 0: the smallest */
+    {2, 2, 2, 2, 2, 8, 8},         /* 1 */
+    {1, 2, 1, 17, 97, 33, 33},     /* 2: Sq < Sk, MQA 2/1, odd D */
+    {1, 6, 2, 97, 17, 64, 64},     /* 3: Sq > Sk, GQA 6/2 */
+    {2, 6, 1, 128, 128, 80, 80},   /* 4: MQA 6/1 */
+    {1, 2, 2, 257, 128, 128, 128}, /* 5 */
+    {1, 1, 1, 1, 1025, 256, 256},  /* 6: decode-like */
+    {1, 2, 2, 97, 128, 64, 32},    /* 7: Dv < D */
+    {1, 1, 1, 17, 33, 8, 80},      /* 8: Dv > D */
+    {2, 3, 3, 33, 17, 1, 8},       /* 9: D = 1 */
+    {1, 2, 1, 1025, 17, 33, 64},   /* 10: Sq >> Sk */
+    {1, 1, 1, 257, 257, 256, 128}, /* 11 */
+};
+#define NSHAPES (int)(sizeof shapes / sizeof shapes[0])
+/* Big: sparingly. */
+static const shape big[] = {
+    {1, 1, 1, 1025, 1025, 64, 64},
+    {1, 1, 1, 1025, 1025, 256, 256},
+};
+
+typedef struct feature {
+    int causal;
+    int64_t wl, wr;
+    float softcap;
+    attn_alibi alibi;
+    float dropout;
+    float scale;
+} feature;
+
+static const feature features[] = {
+    {0, -1, -1, 0, ATTN_ALIBI_NONE, 0, 0},     /* 0: none */
+    {1, -1, -1, 0, ATTN_ALIBI_NONE, 0, 0},     /* 1: causal */
+    {0, 8, 4, 0, ATTN_ALIBI_NONE, 0, 0},       /* 2: local window */
+    {0, 0, 0, 0, ATTN_ALIBI_NONE, 0, 0},       /* 3: diagonal only */
+    {0, 5, -1, 0, ATTN_ALIBI_NONE, 0, 0},      /* 4: left window only */
+    {0, -1, 2, 0, ATTN_ALIBI_NONE, 0, 0.3f},   /* 5: right window only, explicit scale */
+    {0, -1, -1, 1.5f, ATTN_ALIBI_NONE, 0, 0},  /* 6: softcap */
+    {0, -1, -1, 0, ATTN_ALIBI_H, 0, 0},        /* 7: alibi [H] */
+    {0, -1, -1, 0, ATTN_ALIBI_BH, 0, 0},       /* 8: alibi [B, H] */
+    {0, -1, -1, 0, ATTN_ALIBI_NONE, 0.17f, 0}, /* 9: dropout */
+    {1, -1, -1, 2.0f, ATTN_ALIBI_NONE, 0, 0},  /* 10: causal + softcap */
+    {1, -1, -1, 0, ATTN_ALIBI_H, 0.1f, 0},     /* 11: causal + alibi + dropout */
+    {0, 16, 0, 1.5f, ATTN_ALIBI_BH, 0, 0},     /* 12: window + softcap + alibi */
+    {1, 24, -1, 2.0f, ATTN_ALIBI_H, 0.1f, 0},  /* 13: everything */
+    {0, 3, -1, 0, ATTN_ALIBI_NONE, 0.5f, 0},   /* 14: window + heavy dropout */
+};
+#define NFEAT (int)(sizeof features / sizeof features[0])
+
+typedef struct varlen_cfg {
+    int64_t B, H, Hk, D, Dv;
+    int32_t q[ATTN_MAX_SEQS], k[ATTN_MAX_SEQS];
+    int pass_max;
+} varlen_cfg;
+
+static const varlen_cfg varlens[] = {
+    {4, 6, 2, 64, 64, {5, 0, 1, 17}, {7, 3, 0, 1}, 1},
+    {3, 2, 1, 33, 17, {1, 97, 2}, {33, 64, 1}, 0},
+    {5, 3, 3, 8, 8, {0, 0, 3, 1, 8}, {0, 5, 0, 1, 8}, 1},
+};
+#define NVARLEN (int)(sizeof varlens / sizeof varlens[0])
+
+static const cf_dtype dtypes[3] = {CF_F32, CF_F16, CF_BF16};
+
+static void set_shape(attn_case* c, const shape* s) {
+    c->B = s->B, c->H = s->H, c->Hk = s->Hk, c->Sq = s->Sq, c->Sk = s->Sk, c->D = s->D,
+    c->Dv = s->Dv;
+}
+
+static void set_feature(attn_case* c, const feature* f) {
+    c->causal = f->causal;
+    c->window_left = f->wl, c->window_right = f->wr;
+    c->softcap = f->softcap;
+    c->alibi = f->alibi;
+    c->dropout_p = f->dropout;
+    c->scale = f->scale;
+}
+
+static void set_varlen(attn_case* c, const varlen_cfg* v) {
+    c->varlen = 1;
+    c->B = v->B, c->H = v->H, c->Hk = v->Hk, c->D = v->D, c->Dv = v->Dv;
+    c->Sq = c->Sk = 0;
+    memcpy(c->seqlens_q, v->q, sizeof v->q);
+    memcpy(c->seqlens_k, v->k, sizeof v->k);
+    c->varlen_pass_max = v->pass_max;
+}
+
+/* Per dtype, level 0: a feature sweep on small shapes, a shape sweep, varlen, one big case. */
+#define L0_FEAT NFEAT
+#define L0_SHAPE NSHAPES
+#define L0_PER_DTYPE (L0_FEAT + L0_SHAPE + NVARLEN + 1)
+/* Per dtype, level 1: every shape x feature, every varlen x feature, both big shapes. */
+#define L1_PER_DTYPE ((NSHAPES + NVARLEN) * NFEAT + 2)
+
+static const int small_for_features[] = {1, 2, 3, 7, 8, 9, 4, 10};
+#define NSMALL (int)(sizeof small_for_features / sizeof small_for_features[0])
+
+int attn_grid_count(int level) {
+    return 3 * (level <= 0 ? L0_PER_DTYPE : L1_PER_DTYPE);
+}
+
+int attn_grid_case(int level, int i, attn_case* c) {
+    if (i < 0 || i >= attn_grid_count(level)) return -1;
+    attn_case_init(c);
+    int per = level <= 0 ? L0_PER_DTYPE : L1_PER_DTYPE;
+    int d = i / per, j = i % per;
+    c->dtype = dtypes[d];
+    c->seed = (uint64_t)(level * 100000 + i + 1) + tt_seed_base() * 1000003u;
+    if (level <= 0) {
+        if (j < L0_FEAT) {
+            set_shape(c, &shapes[small_for_features[(j + 3 * d) % NSMALL]]);
+            set_feature(c, &features[j]);
+            c->layout = (tt_layout)((j + d) % 3);
+            c->no_lse = j == 0 && d == 1;
+        } else if ((j -= L0_FEAT) < L0_SHAPE) {
+            set_shape(c, &shapes[j]);
+            set_feature(c, &features[(j * 5 + d * 3) % NFEAT]);
+            c->layout = (tt_layout)((j + 2 * d) % 3);
+        } else if ((j -= L0_SHAPE) < NVARLEN) {
+            set_varlen(c, &varlens[j]);
+            set_feature(c, &features[(j * 4 + d * 5 + 1) % NFEAT]);
+            c->layout = (tt_layout)((j + d) % 3);
+        } else {
+            /* fp32: 1025^2 x 64 causal; fp16: the same with window + alibi; bf16: 1025^2 x 256. */
+            set_shape(c, &big[d == 2]);
+            set_feature(c, &features[d == 0 ? 1 : d == 1 ? 12 : 0]);
+            c->layout = d == 2 ? TT_PERMUTED : TT_DENSE;
+        }
+    } else {
+        if (j < NSHAPES * NFEAT) {
+            set_shape(c, &shapes[j / NFEAT]);
+            set_feature(c, &features[j % NFEAT]);
+        } else if ((j -= NSHAPES * NFEAT) < NVARLEN * NFEAT) {
+            set_varlen(c, &varlens[j / NFEAT]);
+            set_feature(c, &features[j % NFEAT]);
+        } else {
+            j -= NVARLEN * NFEAT;
+            set_shape(c, &big[j]);
+            set_feature(c, &features[j ? 13 : 1]);
+        }
+        c->layout = (tt_layout)(i % 3);
+    }
+    return 0;
+}
+
+/* ---- Running a grid ----------------------------------------------------------------------- */
+
+int attn_grid_run(const attn_grid_opts* o, int* ran, int* skipped) {
+    int n = attn_grid_count(o->level), nran = 0, nskip = 0, fails0 = tt_failed;
+    cflash_context* ctx = NULL;
+    if (cflash_context_create(&ctx) != CFLASH_OK ||
+        cflash_context_set_backend(ctx, o->backend) != CFLASH_OK ||
+        cflash_context_set_threads(ctx, o->threads) != CFLASH_OK) {
+        tt_fail(__FILE__, __LINE__, "context for backend %s: %s", o->backend ? o->backend : "auto",
+                cflash_last_error());
+        cflash_context_free(ctx);
+        return 1;
+    }
+    char last_skip[512] = "";
+    double t0 = tt_now();
+    for (int i = 0; i < n; i++) {
+        if (o->max_cases && nran >= o->max_cases) break;
+        attn_case c;
+        attn_grid_case(o->level, i, &c);
+        if (o->dtypes && !(o->dtypes & (1u << c.dtype))) continue;
+        char name[256];
+        attn_case_str(&c, name, sizeof name);
+        attn_problem* p = attn_problem_new(&c);
+        if (!p) {
+            tt_fail(__FILE__, __LINE__, "%s: could not set up the problem", name);
+            continue;
+        }
+        double tc = tt_now();
+        cflash_status s = o->run_fwd ? o->run_fwd(ctx, p, o->user) : attn_problem_run_fwd(ctx, p);
+        if (o->run_fwd) p->fwd_ran = s == CFLASH_OK && !c.no_lse;
+        if (s == CFLASH_ERR_UNSUPPORTED && o->skip_unsupported) {
+            if (strcmp(last_skip, cflash_last_error())) {
+                snprintf(last_skip, sizeof last_skip, "%s", cflash_last_error());
+                printf("skip %s: %s\n", name, last_skip);
+            }
+            nskip++;
+            attn_problem_free(p);
+            continue;
+        }
+        nran++;
+        if (s != CFLASH_OK) {
+            tt_fail(__FILE__, __LINE__, "%s: forward returned %s: %s", name,
+                    cflash_status_string(s), cflash_last_error());
+            attn_problem_free(p);
+            continue;
+        }
+        char msg[1024];
+        int ok = attn_problem_check_fwd(p, msg, sizeof msg);
+        if (ok)
+            tt_pass();
+        else
+            tt_fail(__FILE__, __LINE__, "fwd %s", msg);
+        if (o->verbose) printf("fwd %s\n", msg);
+        if (o->bwd && !c.no_lse) {
+            s = o->run_bwd ? o->run_bwd(ctx, p, o->user) : attn_problem_run_bwd(ctx, p);
+            if (s == CFLASH_ERR_UNSUPPORTED && o->skip_unsupported) {
+                printf("skip bwd %s: %s\n", name, cflash_last_error());
+            } else if (s != CFLASH_OK) {
+                tt_fail(__FILE__, __LINE__, "%s: backward returned %s: %s", name,
+                        cflash_status_string(s), cflash_last_error());
+            } else {
+                ok = attn_problem_check_bwd(p, msg, sizeof msg);
+                if (ok)
+                    tt_pass();
+                else
+                    tt_fail(__FILE__, __LINE__, "bwd %s", msg);
+                if (o->verbose) printf("bwd %s\n", msg);
+            }
+        }
+        if (o->verbose) printf("  (%.2f s)\n", tt_now() - tc);
+        attn_problem_free(p);
+    }
+    printf("grid level %d, backend %s%s: %d cases run, %d skipped, %d failed checks, %.1f s\n",
+           o->level, o->backend ? o->backend : "auto", o->bwd ? " (fwd+bwd)" : " (fwd)", nran,
+           nskip, tt_failed - fails0, tt_now() - t0);
+    fflush(stdout);
+    cflash_context_free(ctx);
+    if (ran) *ran = nran;
+    if (skipped) *skipped = nskip;
+    return tt_failed - fails0;
+}
