@@ -11,11 +11,14 @@
 #include "dispatch/dispatch.h"
 
 static const char* const op_names[CFLASH_OP_COUNT] = {
-    [CFLASH_OP_ATTN_FWD] = "attn_fwd",         [CFLASH_OP_ATTN_BWD] = "attn_bwd",
+    [CFLASH_OP_ATTN_FWD] = "attn_fwd",
+    [CFLASH_OP_ATTN_BWD] = "attn_bwd",
     [CFLASH_OP_ATTN_VARLEN_FWD] = "attn_varlen_fwd",
     [CFLASH_OP_ATTN_VARLEN_BWD] = "attn_varlen_bwd",
-    [CFLASH_OP_KVCACHE_FWD] = "kvcache_fwd",   [CFLASH_OP_ATTN_MERGE] = "attn_merge",
-    [CFLASH_OP_ROTARY] = "rotary",             [CFLASH_OP_NORM_FWD] = "norm_fwd",
+    [CFLASH_OP_KVCACHE_FWD] = "kvcache_fwd",
+    [CFLASH_OP_ATTN_MERGE] = "attn_merge",
+    [CFLASH_OP_ROTARY] = "rotary",
+    [CFLASH_OP_NORM_FWD] = "norm_fwd",
     [CFLASH_OP_NORM_BWD] = "norm_bwd",
 };
 
@@ -45,65 +48,121 @@ static void append(char* dst, size_t cap, const char* fmt, ...) {
     va_end(ap);
 }
 
+/* Whether im can serve call, with the reason when not: device, then availability on this
+ * machine, then the call itself. */
+static int judge(const cf_impl* im, int device_type, const void* call, char* why, size_t len) {
+    why[0] = 0;
+    if (im->device_type != device_type) {
+        snprintf(why, len, "serves %s tensors, these are on %s", cf_device_name(im->device_type),
+                 cf_device_name(device_type));
+        return 0;
+    }
+    if (im->available && !im->available(why, len)) {
+        if (!why[0]) snprintf(why, len, "not available on this machine");
+        return 0;
+    }
+    if (im->supports && !im->supports(call, why, len)) {
+        if (!why[0]) snprintf(why, len, "cannot serve this call");
+        return 0;
+    }
+    why[0] = 0;
+    return 1;
+}
+
+/* The forced backend: it serves, or the call fails naming its reason and the backends that
+ * could serve instead. Never falls back silently: the user asked for this one. */
+static cflash_status dispatch_forced(cflash_op op, int device_type, const char* forced,
+                                     const cf_impl* const* impls, size_t n, const void* call,
+                                     cf_explain* explain) {
+    const char* opname = cflash_op_name(op);
+    const cf_impl* im = NULL;
+    for (size_t i = 0; i < n && !im; i++)
+        if (!strcmp(impls[i]->backend, forced)) im = impls[i];
+    char why[256];
+    if (im && judge(im, device_type, call, why, sizeof why)) {
+        explain_line(explain, "%s: OKAY", im->backend);
+        explain_line(explain, "-> %s", im->backend);
+        if (explain) return CFLASH_OK;
+        cf_log(CF_LOG_DEBUG, "%s: %s serves (forced)", opname, im->backend);
+        return im->run(call);
+    }
+    if (!im) snprintf(why, sizeof why, "not implemented for %s in this build", opname);
+    char serving[256] = "";
+    char other[256];
+    for (size_t i = 0; i < n; i++)
+        if (impls[i] != im && judge(impls[i], device_type, call, other, sizeof other))
+            append(serving, sizeof serving, "%s%s", serving[0] ? ", " : "", impls[i]->backend);
+    explain_line(explain, "%s: NO: %s", forced, why);
+    explain_line(explain, "-> none");
+    return cf_error(CFLASH_ERR_UNSUPPORTED,
+                    "%s: backend '%s' is forced (by the context or CFLASH_BACKEND) but cannot "
+                    "serve this call: %s; %s%s",
+                    opname, forced, why,
+                    serving[0] ? "backends that could: " : "no other backend could either",
+                    serving[0] ? serving : "");
+}
+
 cflash_status cf_dispatch(cflash_op op, int device_type, const char* forced, const void* call,
                           cf_explain* explain) {
     size_t n = 0;
     const cf_impl* const* impls = cf_impls_for(op, &n);
+    return cf_dispatch_impls(op, impls, n, device_type, forced, call, explain);
+}
+
+cflash_status cf_dispatch_impls(cflash_op op, const cf_impl* const* impls, size_t n,
+                                int device_type, const char* forced, const void* call,
+                                cf_explain* explain) {
     const char* opname = cflash_op_name(op);
     if (explain && explain->buf && explain->len) explain->buf[0] = 0;
+    if (!opname) return cf_error(CFLASH_ERR_INVALID_ARGUMENT, "op: %d is not a cflash_op", (int)op);
     if (forced && !cf_backend_known(forced))
         return cf_error(CFLASH_ERR_INVALID_ARGUMENT,
                         "backend: '%s' (from the context or CFLASH_BACKEND) is not a backend name",
                         forced);
+    if (forced) return dispatch_forced(op, device_type, forced, impls, n, call, explain);
 
+    /* The list for the tensors' device, in priority order. The real call stops at the first that
+     * serves; explain goes on to say what each of the others would do. */
+    enum { MAX_PASSED = 16 };
+    const cf_impl* passed[MAX_PASSED];
+    char passed_why[MAX_PASSED][256];
+    size_t n_passed = 0, n_device = 0;
     char reasons[1536] = "";
-    char serving[256] = "";
     const cf_impl* chosen = NULL;
-    int forced_seen = 0;
     for (size_t i = 0; i < n; i++) {
         const cf_impl* im = impls[i];
-        char why[256] = "";
-        int ok;
-        if (im->device_type != device_type) {
-            snprintf(why, sizeof why, "serves %s tensors, these are on %s",
-                     cf_device_name(im->device_type), cf_device_name(device_type));
-            ok = 0;
-        } else if (im->available && !im->available(why, sizeof why)) {
-            ok = 0;
-        } else {
-            ok = im->supports ? im->supports(call, why, sizeof why) : 1;
-            if (!ok && !why[0]) snprintf(why, sizeof why, "cannot serve this call");
-        }
-        int is_forced = forced && !strcmp(forced, im->backend);
-        forced_seen |= is_forced;
-        if (ok) append(serving, sizeof serving, "%s%s", serving[0] ? ", " : "", im->backend);
-        if (forced && !is_forced) continue;
-        if (ok && !chosen) {
+        if (im->device_type != device_type) continue;
+        n_device++;
+        char why[256];
+        int ok = judge(im, device_type, call, why, sizeof why);
+        explain_line(explain, ok ? "%s: OKAY" : "%s: NO: %s", im->backend, why);
+        if (chosen) continue;
+        if (ok) {
             chosen = im;
-            explain_line(explain, "%s: OKAY", im->backend);
-            if (!explain) cf_log(CF_LOG_DEBUG, "%s: %s serves", opname, im->backend);
-        } else if (!ok) {
-            explain_line(explain, "%s: NO: %s", im->backend, why);
+            if (!explain) break;
+        } else {
             append(reasons, sizeof reasons, "%s%s: %s", reasons[0] ? "; " : "", im->backend, why);
-            if (!explain && device_type == im->device_type)
-                cf_log_once(CF_LOG_INFO, "%s: %s passed over: %s", opname, im->backend, why);
+            if (n_passed < MAX_PASSED) {
+                passed[n_passed] = im;
+                memcpy(passed_why[n_passed++], why, sizeof why);
+            }
         }
     }
     if (!chosen) {
         explain_line(explain, "-> none");
-        if (forced && !forced_seen)
+        if (!n_device)
             return cf_error(CFLASH_ERR_UNSUPPORTED,
-                            "%s: backend '%s' is forced but does not implement %s in this build%s%s",
-                            opname, forced, opname, serving[0] ? "; backends that could: " : "",
-                            serving);
-        if (forced)
-            return cf_error(CFLASH_ERR_UNSUPPORTED,
-                            "%s: forced backend cannot serve: %s%s%s", opname, reasons,
-                            serving[0] ? "; backends that could: " : "; no backend could",
-                            serving);
-        return cf_error(CFLASH_ERR_UNSUPPORTED, "%s: no backend can serve: %s", opname, reasons);
+                            "%s: no backend in this build serves %s tensors", opname,
+                            cf_device_name(device_type));
+        return cf_error(CFLASH_ERR_UNSUPPORTED, "%s: no backend can serve this call: %s", opname,
+                        reasons);
     }
     explain_line(explain, "-> %s", chosen->backend);
     if (explain) return CFLASH_OK;
+    for (size_t i = 0; i < n_passed; i++)
+        cf_log_once(CF_LOG_INFO, "%s: %s cannot serve (%s); falling back to %s", opname,
+                    passed[i]->backend, passed_why[i], chosen->backend);
+    cf_log(CF_LOG_DEBUG, "%s: %s serves%s", opname, chosen->backend,
+           n_passed ? " (after a fallback)" : "");
     return chosen->run(call);
 }

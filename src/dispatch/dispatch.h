@@ -40,5 +40,10 @@ typedef struct cf_explain {
  * Returns CFLASH_ERR_UNSUPPORTED with every reason when none serves. */
 cflash_status cf_dispatch(cflash_op op, int device_type, const char* forced, const void* call,
                           cf_explain* explain);
+/* The same over an explicit impl list (cf_dispatch passes the registry's): the selection logic
+ * alone, so tests can drive it with their own impls. */
+cflash_status cf_dispatch_impls(cflash_op op, const cf_impl* const* impls, size_t n,
+                                int device_type, const char* forced, const void* call,
+                                cf_explain* explain);
 
 #endif
