@@ -3,6 +3,7 @@
 #include <stdarg.h>
 
 #include "core/attn_api.h"
+#include "core/ops_call.h"
 #include "core/status.h"
 #include "dispatch/dispatch.h"
 
@@ -56,6 +57,49 @@ cflash_status cflash_explain(cflash_context* ctx, cflash_op op, char* buf, size_
         break;
     }
     /* CFLASH-OPS-EXPLAIN: cases of the ops issue go here. */
+    case CFLASH_OP_ROTARY: {
+        const cflash_rotary_params* p = ARG(const cflash_rotary_params*);
+        const DLTensor *x = ARG(const DLTensor*), *cos = ARG(const DLTensor*),
+                       *sin = ARG(const DLTensor*);
+        DLTensor* out = ARG(DLTensor*);
+        s = cf_rotary_entry(ctx, &e, p, x, cos, sin, out);
+        break;
+    }
+    case CFLASH_OP_NORM_FWD: {
+        const cflash_norm_params* p = ARG(const cflash_norm_params*);
+        const DLTensor *x = ARG(const DLTensor*), *res = ARG(const DLTensor*),
+                       *w = ARG(const DLTensor*), *bias = ARG(const DLTensor*);
+        DLTensor *out = ARG(DLTensor*), *res_out = ARG(DLTensor*), *mean = ARG(DLTensor*),
+                 *rstd = ARG(DLTensor*);
+        s = cf_norm_fwd_entry(ctx, &e, p, x, res, w, bias, out, res_out, mean, rstd);
+        break;
+    }
+    case CFLASH_OP_NORM_BWD: {
+        const cflash_norm_params* p = ARG(const cflash_norm_params*);
+        const DLTensor *dy = ARG(const DLTensor*), *x = ARG(const DLTensor*),
+                       *w = ARG(const DLTensor*), *bias = ARG(const DLTensor*),
+                       *mean = ARG(const DLTensor*), *rstd = ARG(const DLTensor*),
+                       *dres_out = ARG(const DLTensor*);
+        DLTensor *dx = ARG(DLTensor*), *dw = ARG(DLTensor*), *db = ARG(DLTensor*),
+                 *dres = ARG(DLTensor*);
+        s = cf_norm_bwd_entry(ctx, &e, p, dy, x, w, bias, mean, rstd, dres_out, dx, dw, db, dres);
+        break;
+    }
+    case CFLASH_OP_KVCACHE_FWD: {
+        const cflash_attn_params* p = ARG(const cflash_attn_params*);
+        const cflash_kvcache_params* kp = ARG(const cflash_kvcache_params*);
+        const DLTensor* q = ARG(const DLTensor*);
+        DLTensor *kc = ARG(DLTensor*), *vc = ARG(DLTensor*), *out = ARG(DLTensor*),
+                 *lse = ARG(DLTensor*);
+        s = cf_kvcache_entry(ctx, &e, p, kp, q, kc, vc, out, lse);
+        break;
+    }
+    case CFLASH_OP_ATTN_MERGE: {
+        const DLTensor *op = ARG(const DLTensor*), *lp = ARG(const DLTensor*);
+        DLTensor *out = ARG(DLTensor*), *lse = ARG(DLTensor*);
+        s = cf_merge_entry(ctx, &e, op, lp, out, lse);
+        break;
+    }
     default:
         s = cf_error(CFLASH_ERR_INVALID_ARGUMENT, "op: %d, expected a cflash_op below %d",
                      (int)op, (int)CFLASH_OP_COUNT);

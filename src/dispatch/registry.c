@@ -25,6 +25,25 @@ static const cf_impl* const attn_bwd[] = {
     &cf_impl_ref_attn_bwd,
 };
 
+/* Ops around attention (rotary, norm, KV cache, merge): fast CPU kernels, then the reference. */
+extern const cf_impl cf_impl_ref_rotary, cf_impl_ref_norm_fwd, cf_impl_ref_norm_bwd,
+    cf_impl_ref_kvcache_fwd, cf_impl_ref_attn_merge;
+static const cf_impl* const rotary[] = {
+    &cf_impl_ref_rotary,
+};
+static const cf_impl* const norm_fwd[] = {
+    &cf_impl_ref_norm_fwd,
+};
+static const cf_impl* const norm_bwd[] = {
+    &cf_impl_ref_norm_bwd,
+};
+static const cf_impl* const kvcache_fwd[] = {
+    &cf_impl_ref_kvcache_fwd,
+};
+static const cf_impl* const attn_merge[] = {
+    &cf_impl_ref_attn_merge,
+};
+
 #define CF_LIST(a) a, sizeof(a) / sizeof((a)[0])
 static const struct {
     const cf_impl* const* impls;
@@ -34,6 +53,11 @@ static const struct {
     [CFLASH_OP_ATTN_BWD] = {CF_LIST(attn_bwd)},
     [CFLASH_OP_ATTN_VARLEN_FWD] = {CF_LIST(attn_fwd)},
     [CFLASH_OP_ATTN_VARLEN_BWD] = {CF_LIST(attn_bwd)},
+    [CFLASH_OP_ROTARY] = {CF_LIST(rotary)},
+    [CFLASH_OP_NORM_FWD] = {CF_LIST(norm_fwd)},
+    [CFLASH_OP_NORM_BWD] = {CF_LIST(norm_bwd)},
+    [CFLASH_OP_KVCACHE_FWD] = {CF_LIST(kvcache_fwd)},
+    [CFLASH_OP_ATTN_MERGE] = {CF_LIST(attn_merge)},
 };
 
 const cf_impl* const* cf_impls_for(cflash_op op, size_t* n) {

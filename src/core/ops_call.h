@@ -1,0 +1,156 @@
+/* The validated form of the calls of the ops around attention (rotary, norm, KV cache, merge)
+ * that backends receive, and the entry points shared by the public functions and cflash_explain.
+ * Built by src/core/{rotary,norm,kvcache,merge}_api.c; backends never re-validate. */
+#ifndef CFLASH_CORE_OPS_CALL_H
+#define CFLASH_CORE_OPS_CALL_H
+
+#include <stdint.h>
+
+#include "core/attn_call.h"
+#include "core/tensor.h"
+#include "dispatch/dispatch.h"
+
+/* ---- Rotary ---- */
+typedef struct cf_rotary_call {
+    cf_dtype dtype; /* of x and out */
+    int device_type, device_id;
+    int64_t B, S, H, D; /* varlen: B sequences, S = max_seqlen, views (1, total, H, D) */
+    int64_t rd;         /* rotary dims (even, <= D) */
+    int64_t nrot;       /* heads [0, nrot) rotate */
+    int varlen;
+    const int32_t* cu; /* [B + 1] (varlen) */
+    cf_view x, out;    /* 4-D (b, s, h, d); out.data == x.data when in place */
+    int inplace;
+    cf_view cos, sin;  /* 2-D (S_ro, rd / 2), dtype cs_dtype */
+    int interleaved, conjugate;
+    int64_t offset;         /* when offsets is NULL */
+    const int32_t* offsets; /* [B] or NULL */
+    int threads;
+    void* stream;
+} cf_rotary_call;
+
+/* Rows of sequence b along dim 1 and the position offset. */
+static inline void cf_rotary_seq(const cf_rotary_call* c, int64_t b, int64_t* s0, int64_t* len,
+                                 int64_t* off) {
+    *s0 = c->varlen ? c->cu[b] : 0;
+    *len = c->varlen ? c->cu[b + 1] - c->cu[b] : c->S;
+    *off = c->offsets ? c->offsets[b] : c->offset;
+}
+
+/* ---- Norm ---- */
+typedef struct cf_norm_call {
+    cf_dtype dtype; /* of x */
+    int device_type, device_id;
+    int64_t M, N;
+    int rms;
+    float eps, dropout_p;
+    uint64_t seed, offset;
+    /* Row tensors are 2-D views (M, N); vectors 1-D. data NULL = absent. */
+    cf_view x, residual, weight, bias, out, residual_out, mean, rstd; /* forward */
+    cf_view dy, dresidual_out, dx, dweight, dbias, dresidual;         /* backward (x = h) */
+    int threads;
+    void* stream;
+} cf_norm_call;
+
+/* Dropout keep of element (r, j) of a norm: the attention keying with the row in (b, i). */
+#include "core/philox.h"
+static inline int cf_norm_keep(const cf_norm_call* c, int64_t r, int64_t j) {
+    return cf_dropout_keep(c->seed, c->offset, c->dropout_p, (uint64_t)r >> 32, 0,
+                           (uint64_t)r & 0xffffffffu, (uint64_t)j);
+}
+
+/* ---- KV cache ---- */
+typedef struct cf_kvcache_call {
+    /* dtype, device, B, H, Hk, D, Dv, Sq (of q), q, out, lse, scale, masks, alibi, threads.
+     * a.Sk is the largest Sk_b; a.k / a.v are unused. */
+    cf_attn_call a;
+    cf_view kc, vc;     /* 4-D caches: (B_cache, S_cache, Hk, D) or (pages, page_size, Hk, D) */
+    cf_view knew, vnew; /* 4-D (B, Sn, Hk, D/Dv); data NULL when absent */
+    int64_t Sn;
+    const int32_t* seqlens; /* [B] or NULL: then every batch has seqlen */
+    int64_t seqlen;
+    const int32_t* batch_idx; /* [B] or NULL */
+    const int32_t* leftpad;   /* [B] or NULL */
+    const int32_t* block_table; /* (B, max_pages) with row stride bt_stride, or NULL */
+    int64_t bt_stride, max_pages, page_size; /* page_size = S_cache when not paged */
+    cf_view cos, sin;  /* 2-D (S_ro, rd / 2); data NULL without rotary */
+    int64_t rd;
+    int interleaved;
+    int num_splits; /* as given (0 = heuristic) */
+} cf_kvcache_call;
+
+/* Batch b: old length L, left pad P, keys Sk_b = L + Sn - P (the key j is at position P + j). */
+static inline void cf_kv_seq(const cf_kvcache_call* c, int64_t b, int64_t* L, int64_t* P,
+                             int64_t* sk) {
+    *L = c->seqlens ? c->seqlens[b] : c->seqlen;
+    *P = c->leftpad ? c->leftpad[b] : 0;
+    *sk = *L + c->Sn - *P;
+}
+
+/* Element offset of cache row (position t, KV head h, dim 0) of batch b in view v (kc or vc). */
+static inline int64_t cf_kv_row(const cf_kvcache_call* c, const cf_view* v, int64_t b, int64_t t,
+                                int64_t h) {
+    int64_t page, row;
+    if (c->block_table) {
+        page = c->block_table[b * c->bt_stride + t / c->page_size];
+        row = t % c->page_size;
+    } else {
+        page = c->batch_idx ? c->batch_idx[b] : b;
+        row = t;
+    }
+    return page * v->stride[0] + row * v->stride[1] + h * v->stride[2];
+}
+
+/* Rotary position of q row i of batch b (old length L). */
+static inline int64_t cf_kv_qpos(const cf_kvcache_call* c, int64_t L, int64_t i) {
+    return (c->a.causal || c->a.window_left >= 0 || c->a.window_right >= 0) ? L + i : L;
+}
+
+/* ---- Merge ---- */
+typedef struct cf_merge_call {
+    int device_type, device_id;
+    int64_t NS, B, Sq, H, Dv;
+    cf_view op;  /* 5-D (s, b, i, h, d) */
+    cf_view lp;  /* 4-D (s, b, h, i) fp32 */
+    cf_view out; /* 4-D (b, i, h, d) */
+    cf_view lse; /* 3-D (b, h, i) fp32; data NULL when absent */
+    int threads;
+    void* stream;
+} cf_merge_call;
+
+/* ---- Entry points (explain != NULL: validate and choose, but do not run) ---- */
+cflash_status cf_rotary_entry(cflash_context* ctx, cf_explain* explain,
+                              const cflash_rotary_params* p, const DLTensor* x,
+                              const DLTensor* cos, const DLTensor* sin, DLTensor* out);
+cflash_status cf_norm_fwd_entry(cflash_context* ctx, cf_explain* explain,
+                                const cflash_norm_params* p, const DLTensor* x,
+                                const DLTensor* residual, const DLTensor* weight,
+                                const DLTensor* bias, DLTensor* out, DLTensor* residual_out,
+                                DLTensor* mean, DLTensor* rstd);
+cflash_status cf_norm_bwd_entry(cflash_context* ctx, cf_explain* explain,
+                                const cflash_norm_params* p, const DLTensor* dy, const DLTensor* x,
+                                const DLTensor* weight, const DLTensor* bias, const DLTensor* mean,
+                                const DLTensor* rstd, const DLTensor* dresidual_out, DLTensor* dx,
+                                DLTensor* dweight, DLTensor* dbias, DLTensor* dresidual);
+cflash_status cf_kvcache_entry(cflash_context* ctx, cf_explain* explain,
+                               const cflash_attn_params* p, const cflash_kvcache_params* kp,
+                               const DLTensor* q, DLTensor* k_cache, DLTensor* v_cache,
+                               DLTensor* out, DLTensor* lse);
+cflash_status cf_merge_entry(cflash_context* ctx, cf_explain* explain,
+                             const DLTensor* out_partial, const DLTensor* lse_partial,
+                             DLTensor* out, DLTensor* lse);
+
+/* Shared validation helpers (src/core/ops_check.c). */
+/* Loads t (name) into v and checks ndim and each dim against want[i] (>= 0). */
+cflash_status cf_ops_shape(cf_view* v, const DLTensor* t, const char* name, int ndim,
+                           const int64_t* want, const char* layout);
+/* Float dtype (f32/f16/bf16), same device as ref, last dim contiguous. */
+cflash_status cf_ops_float(const cf_view* v, const char* name, const cf_view* ref,
+                           const char* ref_name);
+/* dtype must be float32 or allowed (CF_DTYPE_BAD = float32 only). */
+cflash_status cf_ops_dtype_in(const cf_view* v, const char* name, cf_dtype allowed,
+                              const char* allowed_what);
+/* int32 [n] (n >= 0 checked; n < 0: any length) in host memory, contiguous. */
+cflash_status cf_ops_index(cf_view* v, const DLTensor* t, const char* name, int64_t n);
+
+#endif
