@@ -331,6 +331,27 @@ CFLASH_API const char* cflash_op_name(cflash_op op);
 
 /* CFLASH-REPORT-API: declarations of the report issue go here. */
 
+/* The environment report behind `cflash report`: library (version, build options), environment
+ * variables in effect, CPU (vendor, model, cores, caches, ISA features, AVX-512 and AMX with the
+ * reason when not usable), CUDA driver and devices, NVRTC (version, supported archs), cuFile, the
+ * kernel cache, and the op x backend table ([OKAY], or [NO] with the reason; "[OKAY]" means the
+ * backend can run here, each call is still checked: see cflash_explain).
+ * json = 0: text lines; json = 1: one JSON object. Writes at most len bytes into buf, always
+ * NUL-terminated when len > 0 (buf may be NULL when len is 0), and returns the length the whole
+ * report needs, excluding the NUL (like snprintf): call again with a larger buffer when the result
+ * is >= len. Never fails and never creates a CUDA context; the first call loads libcuda, NVRTC and
+ * cuFile if present and runs cuInit. */
+CFLASH_API size_t cflash_report(char* buf, size_t len, int json);
+
+/* Adds a directory where libcuda.so.1, libnvrtc.so.* and libcufile.so.* are searched, after the
+ * override variables (CFLASH_LIBCUDA, CFLASH_LIBNVRTC, CFLASH_LIBCUFILE), the loader's own search by
+ * soname and the known directories ($CUDA_HOME/lib64, /usr/local/cuda/lib64, /usr/lib/wsl/lib).
+ * The Python package passes the NVIDIA wheels' folders (site-packages/nvidia/.../lib). It affects
+ * libraries not yet loaded, so call it before the first CUDA call or report. Returns
+ * CFLASH_ERR_INVALID_ARGUMENT when dir is NULL, empty, 500 characters or longer, or 16 directories
+ * were already added. */
+CFLASH_API cflash_status cflash_add_library_dir(const char* dir);
+
 #ifdef __cplusplus
 }
 #endif

@@ -6,6 +6,7 @@
 #include "cli.h"
 
 int cf_cmd_version(int argc, char** argv);
+int cf_cmd_report(int argc, char** argv);
 
 static const struct {
     const char* name;
@@ -14,6 +15,7 @@ static const struct {
     const char* help;
 } commands[] = {
     /* CFLASH-COMMANDS: rows go here */
+    {"report", NULL, cf_cmd_report, "environment, libraries and op x backend table [--json]"},
     {"version", NULL, cf_cmd_version, "print the library version"},
 };
 

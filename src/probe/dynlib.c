@@ -47,15 +47,40 @@ const char* cf_dynlib_env(cf_lib_id id) {
     return (unsigned)id < CF_LIB_COUNT ? specs[id].env : "";
 }
 
-void cf_dynlib_add_search_dir(const char* dir) {
-    if (!dir || !*dir) return;
+int cf_dynlib_add_search_dir(const char* dir) {
+    if (!dir || !*dir || strlen(dir) >= 500) return -1;
     pthread_mutex_lock(&lock);
-    int dup = 0;
+    int dup = 0, rc = 0;
     for (int i = 0; i < n_extra_dirs; i++)
         dup |= !strcmp(extra_dirs[i], dir);
-    if (!dup && n_extra_dirs < MAX_EXTRA_DIRS && strlen(dir) < sizeof extra_dirs[0])
+    if (!dup && n_extra_dirs < MAX_EXTRA_DIRS)
         strcpy(extra_dirs[n_extra_dirs++], dir);
+    else if (!dup)
+        rc = -1;
     pthread_mutex_unlock(&lock);
+    return rc;
+}
+
+const char* cf_dynlib_search_dir(int i) {
+    pthread_mutex_lock(&lock);
+    const char* d = i >= 0 && i < n_extra_dirs ? extra_dirs[i] : NULL;
+    pthread_mutex_unlock(&lock);
+    return d;
+}
+
+int cf_dynlib_search_dir_count(void) {
+    pthread_mutex_lock(&lock);
+    int n = n_extra_dirs;
+    pthread_mutex_unlock(&lock);
+    return n;
+}
+
+int cf_dynlib_probed(cf_lib_id id) {
+    if ((unsigned)id >= CF_LIB_COUNT) return 0;
+    pthread_mutex_lock(&lock);
+    int p = probed[id];
+    pthread_mutex_unlock(&lock);
+    return p;
 }
 
 static void add(char* dst, size_t cap, const char* fmt, ...) {

@@ -24,7 +24,13 @@ const char* cf_dynlib_env(cf_lib_id id);
 const cf_dynlib* cf_dynlib_get(cf_lib_id id);
 
 /* Adds a directory to search after the known ones (the Python package passes the NVIDIA wheels'
- * folders). Takes effect for libraries not yet probed. */
-void cf_dynlib_add_search_dir(const char* dir);
+ * folders). Takes effect for libraries not yet probed. Returns 0, or -1 when dir is NULL, empty,
+ * 500 characters or longer, or the list (16) is full. */
+int cf_dynlib_add_search_dir(const char* dir);
+/* The directories added so far (n receives the count). */
+const char* cf_dynlib_search_dir(int i);
+int cf_dynlib_search_dir_count(void);
+/* 1 once the library has been probed (later cf_dynlib_add_search_dir calls do not affect it). */
+int cf_dynlib_probed(cf_lib_id id);
 
 #endif
