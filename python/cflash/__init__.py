@@ -1,0 +1,35 @@
+"""cflash: exact attention (FlashAttention) and the ops around it, on CPUs and NVIDIA GPUs, as a
+drop-in for flash-attn 2.x: `from cflash import flash_attn_func` where a model had
+`from flash_attn import flash_attn_func`. NumPy arrays and torch tensors (CPU or CUDA) are passed
+to libcflash through DLPack without copies; torch is optional and imported only when used."""
+
+from ._lib import library_path, set_backend, get_backend, set_num_threads, version as _version
+from .flash_attn_interface import (
+    flash_attn_func,
+    flash_attn_kvpacked_func,
+    flash_attn_qkvpacked_func,
+    flash_attn_varlen_func,
+    flash_attn_varlen_kvpacked_func,
+    flash_attn_varlen_qkvpacked_func,
+    flash_attn_with_kvcache,
+)
+from ._report import report, explain
+
+__version__ = _version()
+
+__all__ = [
+    "flash_attn_func",
+    "flash_attn_qkvpacked_func",
+    "flash_attn_kvpacked_func",
+    "flash_attn_varlen_func",
+    "flash_attn_varlen_qkvpacked_func",
+    "flash_attn_varlen_kvpacked_func",
+    "flash_attn_with_kvcache",
+    "report",
+    "explain",
+    "set_backend",
+    "get_backend",
+    "set_num_threads",
+    "library_path",
+    "__version__",
+]

@@ -1,0 +1,191 @@
+"""NumPy arrays and PyTorch tensors as DLPack DLTensors, without copies.
+
+A DLTensor here points at the array's own memory, with its shape and strides; nothing is copied
+except where flash-attn also copies (a last dimension that is not contiguous). Outputs are allocated
+with the inputs' kind (NumPy in, NumPy out; torch in, torch out, on the same device). torch is never
+imported here: a tensor is recognised only when the caller has imported torch already."""
+
+import ctypes
+import sys
+
+import numpy as np
+
+from . import _lib
+from ._lib import DLTensor, DLDevice, DLDataType
+
+# ---- Kinds of array ----
+
+
+def is_torch(x):
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor)
+
+
+def to_array(x, name):
+    """x as a NumPy array or a torch tensor; other DLPack producers (CPU) go through np.from_dlpack."""
+    if x is None or isinstance(x, np.ndarray) or is_torch(x):
+        return x
+    if hasattr(x, "__dlpack__"):
+        try:
+            return np.from_dlpack(x)
+        except Exception as e:  # a GPU array of another library, an unsupported dtype, ...
+            raise ValueError("%s: cannot read %s through DLPack: %s" % (name, type(x).__name__, e)) from None
+    raise ValueError("%s: %s, expected a NumPy array or a torch.Tensor" % (name, type(x).__name__))
+
+
+def maybe_contiguous(x):
+    """x with a contiguous last dimension (copied only if it is not), as flash-attn does."""
+    if x is None:
+        return None
+    if is_torch(x):
+        return x.contiguous() if x.dim() > 0 and x.stride(-1) != 1 and x.shape[-1] > 1 else x
+    if x.ndim > 0 and x.shape[-1] > 1 and x.strides[-1] != x.itemsize:
+        return np.ascontiguousarray(x)
+    return x
+
+
+# ---- dtypes ----
+
+_NP_CODES = {"f": _lib.kDLFloat, "i": _lib.kDLInt, "u": _lib.kDLUInt}
+
+
+def _np_dltype(dt):
+    if dt.name == "bfloat16":  # ml_dtypes.bfloat16
+        return DLDataType(_lib.kDLBfloat, 16, 1)
+    if dt.kind == "b":
+        return DLDataType(_lib.kDLUInt, 8, 1)
+    code = _NP_CODES.get(dt.kind)
+    if code is None:
+        raise ValueError("dtype %s is not supported, expected float32, float16 or bfloat16" % dt)
+    return DLDataType(code, dt.itemsize * 8, 1)
+
+
+def _torch_dltype(dt):
+    torch = sys.modules["torch"]
+    table = {
+        torch.float32: (_lib.kDLFloat, 32),
+        torch.float16: (_lib.kDLFloat, 16),
+        torch.bfloat16: (_lib.kDLBfloat, 16),
+        torch.float64: (_lib.kDLFloat, 64),
+        torch.int32: (_lib.kDLInt, 32),
+        torch.int64: (_lib.kDLInt, 64),
+        torch.int16: (_lib.kDLInt, 16),
+        torch.int8: (_lib.kDLInt, 8),
+        torch.uint8: (_lib.kDLUInt, 8),
+        torch.bool: (_lib.kDLUInt, 8),
+    }
+    if dt not in table:
+        raise ValueError("dtype %s is not supported, expected float32, float16 or bfloat16" % dt)
+    code, bits = table[dt]
+    return DLDataType(code, bits, 1)
+
+
+# ---- DLTensor views ----
+
+
+class DL:
+    """A DLTensor over an array's memory; keeps the array and the shape/stride buffers alive."""
+
+    __slots__ = ("arr", "t", "_shape", "_strides")
+
+    def __init__(self, arr, name="tensor"):
+        self.arr = arr
+        if is_torch(arr):
+            shape, strides = tuple(arr.shape), tuple(arr.stride())
+            dev = arr.device
+            if dev.type == "cpu":
+                device = DLDevice(_lib.kDLCPU, 0)
+            elif dev.type == "cuda":
+                device = DLDevice(_lib.kDLCUDA, dev.index if dev.index is not None else 0)
+            else:
+                raise ValueError("%s: on %s, expected a cpu or cuda tensor" % (name, dev))
+            dtype = _torch_dltype(arr.dtype)
+            data = arr.data_ptr()
+        else:
+            shape = arr.shape
+            item = arr.itemsize
+            if any(s % item for s in arr.strides):
+                arr = self.arr = np.ascontiguousarray(arr)
+            strides = tuple(s // item for s in arr.strides)
+            device = DLDevice(_lib.kDLCPU, 0)
+            dtype = _np_dltype(arr.dtype)
+            data = arr.ctypes.data
+        n = len(shape)
+        self._shape = (ctypes.c_int64 * max(n, 1))(*shape)
+        self._strides = (ctypes.c_int64 * max(n, 1))(*strides)
+        # An empty tensor may have a NULL data pointer; the library rejects NULL, so point it
+        # at the shape buffer (never read: no element exists).
+        if not data:
+            data = ctypes.addressof(self._shape)
+        self.t = DLTensor(data, device, n, dtype, self._shape, self._strides, 0)
+
+    @property
+    def ptr(self):
+        return ctypes.byref(self.t)
+
+
+def dl(x, name="tensor"):
+    """A pointer to a DLTensor of x, or None (NULL) when x is None. The returned holder must stay
+    referenced during the call: use dl_hold."""
+    return None if x is None else DL(x, name)
+
+
+def ptr(h):
+    return None if h is None else h.ptr
+
+
+def field(h):
+    """A DLTensor* for a struct field (ctypes wants a real pointer there, not byref)."""
+    return None if h is None else ctypes.pointer(h.t)
+
+
+# ---- Allocation like an input ----
+
+
+def empty(like, shape, dtype=None):
+    """An uninitialised array of the kind and device of `like`; dtype None = like's, "f32" = float32,
+    "i32" = int32."""
+    if is_torch(like):
+        torch = sys.modules["torch"]
+        dt = {None: like.dtype, "f32": torch.float32, "i32": torch.int32, "u8": torch.uint8}[dtype]
+        return torch.empty(tuple(shape), dtype=dt, device=like.device)
+    dt = {None: like.dtype, "f32": np.float32, "i32": np.int32, "u8": np.uint8}[dtype]
+    return np.empty(tuple(shape), dtype=dt)
+
+
+def host_int32(x, name):
+    """An index tensor (cu_seqlens, ...) as a contiguous int32 NumPy array in host memory."""
+    if x is None:
+        return None
+    if is_torch(x):
+        x = x.detach()
+        if x.dtype != sys.modules["torch"].int32:
+            raise ValueError("%s: dtype %s, expected torch.int32" % (name, x.dtype))
+        return np.ascontiguousarray(x.cpu().numpy())
+    x = np.asarray(x)
+    if x.dtype != np.int32:
+        raise ValueError("%s: dtype %s, expected int32" % (name, x.dtype))
+    return np.ascontiguousarray(x)
+
+
+def cuda_stream_of(x):
+    """torch's current CUDA stream for x's device (as an int), or None for CPU arrays."""
+    if is_torch(x) and x.device.type == "cuda":
+        torch = sys.modules["torch"]
+        return torch.cuda.current_stream(x.device).cuda_stream
+    return None
+
+
+def device_guard(x):
+    """A context manager making x's CUDA device current (a no-op for CPU arrays)."""
+    if is_torch(x) and x.device.type == "cuda":
+        return sys.modules["torch"].cuda.device(x.device)
+    return _NullGuard()
+
+
+class _NullGuard:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False

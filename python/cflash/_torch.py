@@ -1,0 +1,306 @@
+"""PyTorch integration: the library's calls as torch.library custom ops (with fake kernels, so
+torch.compile can trace them) and their autograd formulas. Imported only when a torch tensor is
+passed in, so `import cflash` never imports torch."""
+
+from typing import List, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from . import _core
+
+_op = torch.library.custom_op
+
+
+def new_seed():
+    """A dropout seed from torch's default generator (so torch.manual_seed makes runs repeatable)."""
+    return int(torch.randint(0, 2**62, (1,), dtype=torch.int64).item())
+
+
+# ---- Attention ----
+
+
+@_op("cflash::attn_fwd", mutates_args=())
+def attn_fwd(q: Tensor, k: Tensor, v: Tensor, alibi_slopes: Optional[Tensor], dropout_p: float,
+             softmax_scale: float, causal: bool, window_left: int, window_right: int, softcap: float,
+             deterministic: bool, seed: int) -> Tuple[Tensor, Tensor]:
+    return _core.attn_fwd(q, k, v, dropout_p, softmax_scale, causal, window_left, window_right, softcap,
+                          alibi_slopes, seed)
+
+
+@attn_fwd.register_fake
+def _(q, k, v, alibi_slopes, dropout_p, softmax_scale, causal, window_left, window_right, softcap,
+      deterministic, seed):
+    B, Sq, H, _ = q.shape
+    return q.new_empty((B, Sq, H, v.shape[-1])), q.new_empty((B, H, Sq), dtype=torch.float32)
+
+
+@_op("cflash::attn_bwd", mutates_args=())
+def attn_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
+             alibi_slopes: Optional[Tensor], dropout_p: float, softmax_scale: float, causal: bool,
+             window_left: int, window_right: int, softcap: float, deterministic: bool,
+             seed: int) -> Tuple[Tensor, Tensor, Tensor]:
+    return _core.attn_bwd(dout, q, k, v, out, lse, dropout_p, softmax_scale, causal, window_left, window_right,
+                          softcap, alibi_slopes, deterministic, seed)
+
+
+@attn_bwd.register_fake
+def _(dout, q, k, v, out, lse, alibi_slopes, dropout_p, softmax_scale, causal, window_left, window_right,
+      softcap, deterministic, seed):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _attn_setup(ctx, inputs, output):
+    q, k, v, alibi = inputs[:4]
+    ctx.args = inputs[4:]
+    ctx.save_for_backward(q, k, v, output[0], output[1], alibi)
+
+
+def _attn_backward(ctx, dout, dlse):
+    q, k, v, out, lse, alibi = ctx.saved_tensors
+    dq, dk, dv = torch.ops.cflash.attn_bwd(dout, q, k, v, out, lse, alibi, *ctx.args)
+    return dq, dk, dv, None, None, None, None, None, None, None, None, None
+
+
+attn_fwd.register_autograd(_attn_backward, setup_context=_attn_setup)
+
+
+@_op("cflash::attn_varlen_fwd", mutates_args=())
+def attn_varlen_fwd(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor, cu_seqlens_k: Tensor,
+                    max_seqlen_q: int, max_seqlen_k: int, alibi_slopes: Optional[Tensor], dropout_p: float,
+                    softmax_scale: float, causal: bool, window_left: int, window_right: int, softcap: float,
+                    deterministic: bool, seed: int) -> Tuple[Tensor, Tensor]:
+    return _core.attn_varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p,
+                                 softmax_scale, causal, window_left, window_right, softcap, alibi_slopes, seed)
+
+
+@attn_varlen_fwd.register_fake
+def _(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, alibi_slopes, dropout_p, softmax_scale,
+      causal, window_left, window_right, softcap, deterministic, seed):
+    T, H, _ = q.shape
+    return q.new_empty((T, H, v.shape[-1])), q.new_empty((H, T), dtype=torch.float32)
+
+
+@_op("cflash::attn_varlen_bwd", mutates_args=())
+def attn_varlen_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
+                    cu_seqlens_q: Tensor, cu_seqlens_k: Tensor, max_seqlen_q: int, max_seqlen_k: int,
+                    alibi_slopes: Optional[Tensor], dropout_p: float, softmax_scale: float, causal: bool,
+                    window_left: int, window_right: int, softcap: float, deterministic: bool,
+                    seed: int) -> Tuple[Tensor, Tensor, Tensor]:
+    return _core.attn_varlen_bwd(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                                 dropout_p, softmax_scale, causal, window_left, window_right, softcap,
+                                 alibi_slopes, deterministic, seed)
+
+
+@attn_varlen_bwd.register_fake
+def _(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, alibi_slopes, dropout_p,
+      softmax_scale, causal, window_left, window_right, softcap, deterministic, seed):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _varlen_setup(ctx, inputs, output):
+    q, k, v, cq, ck, mq, mk, alibi = inputs[:8]
+    ctx.lens = (mq, mk)
+    ctx.args = inputs[8:]
+    ctx.save_for_backward(q, k, v, output[0], output[1], cq, ck, alibi)
+
+
+def _varlen_backward(ctx, dout, dlse):
+    q, k, v, out, lse, cq, ck, alibi = ctx.saved_tensors
+    dq, dk, dv = torch.ops.cflash.attn_varlen_bwd(dout, q, k, v, out, lse, cq, ck, *ctx.lens, alibi, *ctx.args)
+    return (dq, dk, dv) + (None,) * 13
+
+
+attn_varlen_fwd.register_autograd(_varlen_backward, setup_context=_varlen_setup)
+
+
+# ---- KV cache (no backward, as flash-attn) ----
+
+
+@_op("cflash::attn_kvcache", mutates_args=("k_cache", "v_cache"))
+def attn_kvcache(q: Tensor, k_cache: Tensor, v_cache: Tensor, k: Optional[Tensor], v: Optional[Tensor],
+                 rotary_cos: Optional[Tensor], rotary_sin: Optional[Tensor], cache_seqlens: Optional[Tensor],
+                 cache_seqlen: int, cache_batch_idx: Optional[Tensor], cache_leftpad: Optional[Tensor],
+                 block_table: Optional[Tensor], alibi_slopes: Optional[Tensor], softmax_scale: float,
+                 causal: bool, window_left: int, window_right: int, softcap: float, rotary_interleaved: bool,
+                 num_splits: int) -> Tuple[Tensor, Tensor]:
+    seqlens = cache_seqlens if cache_seqlens is not None else (cache_seqlen if cache_seqlen >= 0 else None)
+    return _core.attn_kvcache(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, seqlens, cache_batch_idx,
+                              cache_leftpad, block_table, softmax_scale, causal, window_left, window_right, softcap,
+                              rotary_interleaved, alibi_slopes, num_splits)
+
+
+@attn_kvcache.register_fake
+def _(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens, cache_seqlen, cache_batch_idx,
+      cache_leftpad, block_table, alibi_slopes, softmax_scale, causal, window_left, window_right, softcap,
+      rotary_interleaved, num_splits):
+    B, Sq, H, _ = q.shape
+    return q.new_empty((B, Sq, H, v_cache.shape[-1])), q.new_empty((B, H, Sq), dtype=torch.float32)
+
+
+# ---- Rotary ----
+
+
+@_op("cflash::rotary", mutates_args=())
+def rotary(x: Tensor, cos: Tensor, sin: Tensor, seqlen_offsets: Optional[Tensor], seqlen_offset: int,
+           cu_seqlens: Optional[Tensor], max_seqlen: int, interleaved: bool, conjugate: bool) -> Tensor:
+    offs = seqlen_offsets if seqlen_offsets is not None else seqlen_offset
+    return _core.rotary(x, cos, sin, interleaved, conjugate, offs, cu_seqlens, max_seqlen)
+
+
+@rotary.register_fake
+def _(x, cos, sin, seqlen_offsets, seqlen_offset, cu_seqlens, max_seqlen, interleaved, conjugate):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+def _rotary_setup(ctx, inputs, output):
+    x, cos, sin, offs, off, cu, mx, inter, conj = inputs
+    ctx.save_for_backward(cos, sin, offs, cu)
+    ctx.args = (off, mx, inter, conj)
+
+
+def _rotary_backward(ctx, dout):
+    cos, sin, offs, cu = ctx.saved_tensors
+    off, mx, inter, conj = ctx.args
+    dx = torch.ops.cflash.rotary(dout, cos, sin, offs, off, cu, mx, inter, not conj)
+    return (dx,) + (None,) * 8
+
+
+rotary.register_autograd(_rotary_backward, setup_context=_rotary_setup)
+
+
+@_op("cflash::rotary_", mutates_args=("x",))
+def rotary_(x: Tensor, cos: Tensor, sin: Tensor, seqlen_offsets: Optional[Tensor], seqlen_offset: int,
+            cu_seqlens: Optional[Tensor], max_seqlen: int, interleaved: bool, conjugate: bool,
+            num_heads: int) -> None:
+    offs = seqlen_offsets if seqlen_offsets is not None else seqlen_offset
+    _core.rotary(x, cos, sin, interleaved, conjugate, offs, cu_seqlens, max_seqlen, num_heads, inplace=True)
+
+
+@rotary_.register_fake
+def _(x, cos, sin, seqlen_offsets, seqlen_offset, cu_seqlens, max_seqlen, interleaved, conjugate, num_heads):
+    return None
+
+
+class RotaryInplace(torch.autograd.Function):
+    """In-place rotation of x (all of it, or its first num_heads heads), or of parts of x: a list
+    of ("select", dim, index) / ("narrow", dim, start, length) views, e.g. q and k of a packed
+    qkv; the second part uses cos_k / sin_k when given. Backward: the conjugate rotation of the
+    gradient, on the same parts."""
+
+    @staticmethod
+    def forward(ctx, x, cos, sin, offs, off, cu, mx, interleaved, num_heads, parts, cos_k, sin_k):
+        _apply_parts(x, cos, sin, offs, off, cu, mx, interleaved, False, num_heads, parts, cos_k, sin_k)
+        ctx.mark_dirty(x)
+        ctx.save_for_backward(cos, sin, offs, cu, cos_k, sin_k)
+        ctx.args = (off, mx, interleaved, num_heads, parts)
+        return x
+
+    @staticmethod
+    def backward(ctx, dx):
+        cos, sin, offs, cu, cos_k, sin_k = ctx.saved_tensors
+        off, mx, interleaved, num_heads, parts = ctx.args
+        dx = dx.clone()
+        _apply_parts(dx, cos, sin, offs, off, cu, mx, interleaved, True, num_heads, parts, cos_k, sin_k)
+        return (dx,) + (None,) * 11
+
+
+def part_view(x, part):
+    if part[0] == "select":
+        return x.select(part[1], part[2])
+    return x.narrow(part[1], part[2], part[3])
+
+
+def _apply_parts(x, cos, sin, offs, off, cu, mx, interleaved, conjugate, num_heads, parts, cos_k, sin_k):
+    if not parts:
+        torch.ops.cflash.rotary_(x, cos, sin, offs, off, cu, mx, interleaved, conjugate, num_heads)
+        return
+    for n, part in enumerate(parts):
+        c, s = (cos, sin) if n == 0 or cos_k is None else (cos_k, sin_k)
+        torch.ops.cflash.rotary_(part_view(x, part), c, s, offs, off, cu, mx, interleaved, conjugate, 0)
+
+
+# ---- Norm ----
+
+
+@_op("cflash::norm_fwd", mutates_args=())
+def norm_fwd(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], residual: Optional[Tensor], eps: float,
+             dropout_p: float, seed: int, is_rms_norm: bool,
+             residual_in_fp32: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    y, h, mean, rstd = _core.norm_fwd(x, weight, bias, residual, eps, dropout_p, seed, is_rms_norm,
+                                      residual_in_fp32)
+    empty = x.new_empty((0,), dtype=torch.float32)
+    return y, (h if h is not None else empty.clone()), (mean if mean is not None else empty.clone()), rstd
+
+
+@norm_fwd.register_fake
+def _(x, weight, bias, residual, eps, dropout_p, seed, is_rms_norm, residual_in_fp32):
+    N = x.shape[-1]
+    M = x.numel() // N if N else 0
+    y = torch.empty_like(x, memory_format=torch.contiguous_format)
+    if residual is not None:
+        h = x.new_empty((M, N), dtype=residual.dtype)
+    elif (residual_in_fp32 and x.dtype != torch.float32) or dropout_p > 0:
+        h = x.new_empty((M, N), dtype=torch.float32 if residual_in_fp32 else x.dtype)
+    else:
+        h = x.new_empty((0,), dtype=torch.float32)
+    mean = x.new_empty((0 if is_rms_norm else M,), dtype=torch.float32)
+    return y, h, mean, x.new_empty((M,), dtype=torch.float32)
+
+
+@_op("cflash::norm_bwd", mutates_args=())
+def norm_bwd(dy: Tensor, h: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], mean: Optional[Tensor], rstd: Tensor,
+             dresidual_out: Optional[Tensor], x_like: Tensor, residual_like: Optional[Tensor], eps: float,
+             dropout_p: float, seed: int, is_rms_norm: bool) -> List[Tensor]:
+    dx, dw, db, dres = _core.norm_bwd(dy, h, weight, bias, mean, rstd, dresidual_out, eps, dropout_p, seed,
+                                      is_rms_norm, x_like, residual_like is not None, residual_like)
+    none = h.new_empty((0,))
+    return [dx, dw if dw is not None else none.clone(), db if db is not None else none.clone(), dres if dres is not None else none.clone()]
+
+
+@norm_bwd.register_fake
+def _(dy, h, weight, bias, mean, rstd, dresidual_out, x_like, residual_like, eps, dropout_p, seed, is_rms_norm):
+    M, N = h.shape
+    dx = h.new_empty((M, N), dtype=x_like.dtype)
+    db = torch.empty_like(bias) if bias is not None else h.new_empty((0,))
+    dres = h.new_empty((M, N), dtype=residual_like.dtype) if residual_like is not None else h.new_empty((0,))
+    dw = torch.empty_like(weight) if weight is not None else h.new_empty((0,))
+    return [dx, dw, db, dres]
+
+
+def _norm_setup(ctx, inputs, output):
+    x, weight, bias, residual, eps, dropout_p, seed, is_rms, _ = inputs
+    y, h, mean, rstd = output
+    ctx.has_h = h.numel() > 0 or x.numel() == 0
+    ctx.has_bias = bias is not None
+    ctx.shape = x.shape
+    ctx.args = (eps, dropout_p, seed, is_rms)
+    # x_like / residual_like carry only dtype and device (0-element tensors).
+    ctx.save_for_backward(h if ctx.has_h else x.reshape(-1, x.shape[-1]), weight, bias,
+                          mean if not is_rms else None, rstd, x.new_empty((0,)),
+                          residual.new_empty((0,)) if residual is not None else None)
+
+
+def _norm_backward(ctx, dy, dh, dmean, drstd):
+    h, weight, bias, mean, rstd, x_like, residual_like = ctx.saved_tensors
+    dro = dh if (dh is not None and ctx.has_h and dh.numel() > 0) else None
+    dx, dw, db, dres = torch.ops.cflash.norm_bwd(dy, h, weight, bias, mean, rstd, dro, x_like, residual_like,
+                                                 *ctx.args)
+    return (dx.reshape(ctx.shape), dw if weight is not None else None, db if ctx.has_bias else None,
+            dres.reshape(ctx.shape) if residual_like is not None else None, None, None, None, None, None)
+
+
+norm_fwd.register_autograd(_norm_backward, setup_context=_norm_setup)
+
+
+# ---- Merge ----
+
+
+@_op("cflash::attn_merge", mutates_args=())
+def attn_merge(out_partial: Tensor, lse_partial: Tensor) -> Tuple[Tensor, Tensor]:
+    return _core.attn_merge(out_partial, lse_partial)
+
+
+@attn_merge.register_fake
+def _(out_partial, lse_partial):
+    return out_partial.new_empty(out_partial.shape[1:]), lse_partial.new_empty(lse_partial.shape[1:])

@@ -1,0 +1,1 @@
+"""Layers as in flash_attn.layers (rotary embedding)."""
