@@ -1,0 +1,130 @@
+/* Backend cpu-generic: the tiled attention driver with portable C microkernels (no intrinsics; the
+ * compiler vectorises what it can for the baseline ISA). Also the fallback pieces the ISA tables
+ * reuse (dtype conversion). Runs on any CPU. */
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "cpu/attn_cpu.h"
+#include "dispatch/dispatch.h"
+
+static void gemm_f32(int64_t M, int64_t N, int64_t K, const float* A, int64_t rsa, int64_t csa,
+                     const float* B, int64_t ldb, float* C, int64_t ldc, int acc) {
+    for (int64_t m = 0; m < M; m++) {
+        float* c = C + m * ldc;
+        if (!acc) memset(c, 0, sizeof(float) * (size_t)N);
+        for (int64_t k = 0; k < K; k++) {
+            const float a = A[m * rsa + k * csa];
+            const float* b = B + k * ldb;
+            for (int64_t n = 0; n < N; n++)
+                c[n] += a * b[n];
+        }
+    }
+}
+
+static void scale_max_cols(float* x, int64_t n, float s, float* mx) {
+    for (int64_t i = 0; i < n; i++) {
+        x[i] *= s;
+        mx[i] = x[i] > mx[i] ? x[i] : mx[i];
+    }
+}
+
+static void exp_cols(float* x, int64_t n, float s, const float* m, float* sum) {
+    for (int64_t i = 0; i < n; i++) {
+        x[i] = exp2f(x[i] * s - m[i]);
+        if (sum) sum[i] += x[i];
+    }
+}
+
+static void exp_row(float* x, int64_t n, float s, float b) {
+    for (int64_t i = 0; i < n; i++)
+        x[i] = exp2f(x[i] * s - b);
+}
+
+static void ds_row(float* ds, const float* p, const float* dp, int64_t n, float dl, float sc) {
+    for (int64_t i = 0; i < n; i++)
+        ds[i] = p[i] * (dp[i] - dl) * sc;
+}
+
+static void ds_cols(float* ds, const float* p, const float* dp, int64_t n, const float* dl,
+                    float sc) {
+    for (int64_t i = 0; i < n; i++)
+        ds[i] = p[i] * (dp[i] - dl[i]) * sc;
+}
+
+static void pack_pairs_f32(uint32_t* dst, const float* lo, const float* hi, int64_t n) {
+    for (int64_t i = 0; i < n; i++)
+        dst[i] = (uint32_t)cf_f32_to_bf16(lo[i]) | (uint32_t)(hi ? cf_f32_to_bf16(hi[i]) : 0) << 16;
+}
+
+void cf_attn_generic_to_f32(float* dst, const void* src, cf_dtype dt, int64_t n) {
+    switch (dt) {
+    case CF_F32: memcpy(dst, src, sizeof(float) * (size_t)n); break;
+    case CF_BF16:
+        for (int64_t i = 0; i < n; i++)
+            dst[i] = cf_bf16_to_f32(((const uint16_t*)src)[i]);
+        break;
+    case CF_F16:
+        for (int64_t i = 0; i < n; i++)
+            dst[i] = cf_f16_to_f32(((const uint16_t*)src)[i]);
+        break;
+    default: break;
+    }
+}
+
+void cf_attn_generic_from_f32(void* dst, const float* src, cf_dtype dt, int64_t n) {
+    switch (dt) {
+    case CF_F32: memcpy(dst, src, sizeof(float) * (size_t)n); break;
+    case CF_BF16:
+        for (int64_t i = 0; i < n; i++)
+            ((uint16_t*)dst)[i] = cf_f32_to_bf16(src[i]);
+        break;
+    case CF_F16:
+        for (int64_t i = 0; i < n; i++)
+            ((uint16_t*)dst)[i] = cf_f32_to_f16(src[i]);
+        break;
+    default: break;
+    }
+}
+
+const cf_attn_kernels cf_attn_kernels_generic = {
+    .name = "cpu-generic",
+    .gemm_f32 = gemm_f32,
+    .gemm_bf16 = NULL,
+    .scale_max_cols = scale_max_cols,
+    .exp_cols = exp_cols,
+    .exp_row = exp_row,
+    .ds_row = ds_row,
+    .ds_cols = ds_cols,
+    .pack_pairs_f32 = pack_pairs_f32,
+    .to_f32 = cf_attn_generic_to_f32,
+    .from_f32 = cf_attn_generic_from_f32,
+};
+
+/* ---- Backend cpu-generic -----------------------------------------------------------------------
+ */
+
+static int generic_supports(const void* call, char* reason, size_t len) {
+    return cf_attn_cpu_supports(call, &cf_attn_kernels_generic, reason, len);
+}
+static cflash_status generic_fwd(const void* call) {
+    return cf_attn_cpu_fwd(call, &cf_attn_kernels_generic);
+}
+static cflash_status generic_bwd(const void* call) {
+    return cf_attn_cpu_bwd(call, &cf_attn_kernels_generic);
+}
+
+const cf_impl cf_impl_generic_attn_fwd = {
+    .backend = "cpu-generic",
+    .op = CFLASH_OP_ATTN_FWD,
+    .device_type = kDLCPU,
+    .supports = generic_supports,
+    .run = generic_fwd,
+};
+const cf_impl cf_impl_generic_attn_bwd = {
+    .backend = "cpu-generic",
+    .op = CFLASH_OP_ATTN_BWD,
+    .device_type = kDLCPU,
+    .supports = generic_supports,
+    .run = generic_bwd,
+};

@@ -1,0 +1,392 @@
+/* The tiled online-softmax attention forward shared by every fast CPU backend. A tile is up to
+ * CF_ATTN_TILE_ROWS query rows taken from all query heads of one GQA group (so each K/V block is
+ * read once for the group); it walks the visible key blocks computing S^T = K Q^T (Q^T packed once
+ * per tile, K read in place), the online softmax down the columns, and O += P V. Threads take tiles
+ * heaviest first. Per-thread workspace depends on the head dims and group size only. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "core/philox.h"
+#include "core/status.h"
+#include "cpu/attn_cpu.h"
+
+#define LOG2E 1.4426950408889634f
+#define LN2 0.6931471805599453f
+
+/* ---- Shared helpers ------------------------------------------------------------------------- */
+
+static inline char* row_ptr(const cf_view* v, int64_t b, int64_t s, int64_t h) {
+    return (char*)v->data + (b * v->stride[0] + s * v->stride[1] + h * v->stride[2]) *
+                                (int64_t)cf_dtype_size(v->dtype);
+}
+
+static size_t align64(size_t n) {
+    return (n + 63) & ~(size_t)63;
+}
+
+/* Whether bf16 rows of v can be read in place as 32-bit pairs: every row start even. */
+static int pairs_in_place(const cf_view* v, int64_t d) {
+    return d % 2 == 0 && (uintptr_t)v->data % 4 == 0 && v->stride[0] % 2 == 0 &&
+           v->stride[1] % 2 == 0 && v->stride[2] % 2 == 0;
+}
+
+int cf_attn_cpu_supports(const cf_attn_call* c, const cf_attn_kernels* k, char* reason,
+                         size_t len) {
+    (void)k;
+    /* The per-thread workspace grows with G * (D + Dv); refuse sizes where it would not fit in a
+     * sane budget rather than thrash (cpu-ref serves them). */
+    const int64_t limit = 8192;
+    if (c->D > limit || c->Dv > limit) {
+        snprintf(reason, len, "head dim D = %lld, Dv = %lld: tiled kernels take at most %lld",
+                 (long long)c->D, (long long)c->Dv, (long long)limit);
+        return 0;
+    }
+    return 1;
+}
+
+/* ---- Forward geometry and workspace --------------------------------------------------------- */
+
+typedef struct fwd_geom {
+    int64_t G, n, M;        /* heads per group, rows per head, rows per tile (G * n) */
+    int64_t D, Dv, Dp2;     /* Dp2: pairs of D (bf16 mode) */
+    int bf16;               /* bf16 pairs mode (gemm_bf16) */
+    int k_direct, v_direct; /* K/V read in place (fp32 dtype, or bf16 pairs aligned) */
+    size_t off_qt, off_st, off_o, off_vec, off_lohi, off_kc, off_vc, off_tmp, bytes;
+} fwd_geom;
+
+static void fwd_layout(const cf_attn_call* c, const cf_attn_kernels* k, fwd_geom* g) {
+    g->G = c->H / c->Hk;
+    g->n = CF_ATTN_TILE_ROWS / g->G > 0 ? CF_ATTN_TILE_ROWS / g->G : 1;
+    if (g->n > c->Sq && c->Sq > 0) g->n = c->Sq;
+    g->M = g->G * g->n;
+    g->D = c->D;
+    g->Dv = c->Dv;
+    g->Dp2 = (c->D + 1) / 2;
+    g->bf16 = c->dtype == CF_BF16 && k->gemm_bf16 != NULL;
+    if (g->bf16) {
+        g->k_direct = pairs_in_place(&c->k, c->D);
+        g->v_direct = 0; /* V is always re-laid as row pairs */
+    } else {
+        g->k_direct = c->dtype == CF_F32;
+        g->v_direct = c->dtype == CF_F32;
+    }
+    const int64_t BK = CF_ATTN_BLOCK_K, M = g->M;
+    size_t off = 0;
+    g->off_qt = off; /* fp32: Q^T [D][M]; bf16: pairs [Dp2][M] */
+    off += align64(sizeof(float) * (size_t)(g->bf16 ? g->Dp2 : g->D) * (size_t)M);
+    g->off_st = off; /* S^T [BK][M] */
+    off += align64(sizeof(float) * (size_t)(BK * M));
+    g->off_o = off; /* O [M][Dv] */
+    off += align64(sizeof(float) * (size_t)(M * g->Dv));
+    g->off_vec = off; /* m, l, mx, alpha, mu, lsum: [M] each */
+    off += align64(sizeof(float) * (size_t)(6 * M));
+    g->off_lohi = off; /* key ranges of the tile's rows per head: lo, hi [n] */
+    off += align64(sizeof(int64_t) * (size_t)(2 * g->n));
+    g->off_kc = off; /* K block: fp32 rows [BK][D] or bf16 pairs [BK][Dp2] */
+    off += g->k_direct ? 0 : align64(sizeof(float) * (size_t)(BK * (g->bf16 ? g->Dp2 : g->D)));
+    g->off_vc = off; /* V block: fp32 rows [BK][Dv], or pairs [BK/2][Dv] plus P pairs [BK/2][M] */
+    if (g->bf16)
+        off += align64(sizeof(uint32_t) * (size_t)(((BK + 1) / 2) * (g->Dv + M)));
+    else if (!g->v_direct)
+        off += align64(sizeof(float) * (size_t)(BK * g->Dv));
+    g->off_tmp = off; /* one row, fp32 */
+    off += align64(sizeof(float) * (size_t)(g->D > g->Dv ? g->D : g->Dv) + 16);
+    g->bytes = off;
+}
+
+size_t cf_attn_cpu_fwd_workspace(const cf_attn_call* c, const cf_attn_kernels* k) {
+    fwd_geom g;
+    fwd_layout(c, k, &g);
+    return g.bytes;
+}
+
+/* ---- Tiles and their order ------------------------------------------------------------------ */
+
+static int tile_cmp(const void* a, const void* b) {
+    const attn_tile *x = a, *y = b;
+    if (x->cost != y->cost) return x->cost > y->cost ? -1 : 1;
+    return x->idx < y->idx ? -1 : x->idx > y->idx;
+}
+
+/* Query tiles of n rows per (sequence, KV head), heaviest (most visible keys) first so dynamic
+ * scheduling balances causal and varlen work. *count gets the number; NULL when out of memory. */
+void cf_attn_cpu_sort_tiles(attn_tile* t, int64_t n) {
+    qsort(t, (size_t)n, sizeof *t, tile_cmp);
+}
+
+static attn_tile* make_q_tiles(const cf_attn_call* c, int64_t n, int64_t* count) {
+    int64_t total = 0;
+    for (int64_t b = 0; b < c->B; b++) {
+        int64_t q0, sq, k0, sk;
+        cf_attn_seq(c, b, &q0, &sq, &k0, &sk);
+        total += (sq + n - 1) / n * c->Hk;
+    }
+    attn_tile* t = malloc(sizeof *t * (size_t)(total > 0 ? total : 1));
+    if (!t) return NULL;
+    int64_t k = 0;
+    for (int64_t b = 0; b < c->B; b++) {
+        int64_t q0, sq, k0, sk;
+        cf_attn_seq(c, b, &q0, &sq, &k0, &sk);
+        for (int64_t hk = 0; hk < c->Hk; hk++)
+            for (int64_t i0 = 0; i0 < sq; i0 += n) {
+                int64_t i1 = i0 + n < sq ? i0 + n : sq, lo, hi, lo2, hi2;
+                cf_attn_key_range(c, i0, sq, sk, &lo, &hi);
+                cf_attn_key_range(c, i1 - 1, sq, sk, &lo2, &hi2);
+                attn_tile x = {b, hk, i0, i1, (hi2 > lo ? hi2 - lo : 0) * (i1 - i0) + 1, k};
+                t[k++] = x;
+            }
+    }
+    cf_attn_cpu_sort_tiles(t, k);
+    *count = k;
+    return t;
+}
+
+/* ---- Forward tile --------------------------------------------------------------------------- */
+
+static void fwd_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const fwd_geom* g,
+                     const attn_tile* t, char* ws) {
+    const int64_t b = t->b, hk = t->hk, i0 = t->i0, na = t->i1 - t->i0, G = g->G;
+    const int64_t Mt = G * na, D = g->D, Dv = g->Dv, BK = CF_ATTN_BLOCK_K;
+    int64_t q0, sq, k0, sk;
+    cf_attn_seq(c, b, &q0, &sq, &k0, &sk);
+    float* qt = (float*)(ws + g->off_qt);
+    uint32_t* qv = (uint32_t*)qt;
+    float* st = (float*)(ws + g->off_st);
+    float* o = (float*)(ws + g->off_o);
+    float *m = (float*)(ws + g->off_vec), *l = m + Mt, *mx = l + Mt, *alpha = mx + Mt,
+          *mu = alpha + Mt, *lsum = mu + Mt;
+    int64_t *lo = (int64_t*)(ws + g->off_lohi), *hi = lo + na;
+    float* kc = (float*)(ws + g->off_kc);
+    float* vc = (float*)(ws + g->off_vc);
+    float* tmp = (float*)(ws + g->off_tmp);
+    const int general = c->softcap > 0.0f || c->alibi != NULL;
+    const float s2 = c->scale * LOG2E;
+
+    for (int64_t ii = 0; ii < na; ii++)
+        cf_attn_key_range(c, i0 + ii, sq, sk, &lo[ii], &hi[ii]);
+    const int64_t jlo = lo[0], jhi = hi[na - 1];
+
+    /* Q^T of the tile: row r = gi * na + ii is query i0 + ii of head hk * G + gi. */
+    for (int64_t gi = 0; gi < G; gi++)
+        for (int64_t ii = 0; ii < na; ii++) {
+            const int64_t r = gi * na + ii;
+            const char* src = row_ptr(&c->q, b, q0 + i0 + ii, hk * G + gi);
+            if (g->bf16) {
+                const uint16_t* h16 = (const uint16_t*)src;
+                for (int64_t p = 0; p < g->Dp2; p++) {
+                    uint32_t hi16 = 2 * p + 1 < D ? h16[2 * p + 1] : 0;
+                    qv[p * Mt + r] = (uint32_t)h16[2 * p] | hi16 << 16;
+                }
+            } else {
+                kk->to_f32(tmp, src, c->dtype, D);
+                for (int64_t d = 0; d < D; d++)
+                    qt[d * Mt + r] = tmp[d];
+            }
+        }
+    for (int64_t r = 0; r < Mt; r++)
+        m[r] = -INFINITY, l[r] = 0.0f;
+    memset(o, 0, sizeof(float) * (size_t)(Mt * Dv));
+
+    for (int64_t j0 = jlo; j0 < jhi; j0 += BK) {
+        const int64_t nb = jhi - j0 < BK ? jhi - j0 : BK;
+        const int full = lo[na - 1] <= j0 && hi[0] >= j0 + nb;
+        const char* krow = row_ptr(&c->k, b, k0 + j0, hk);
+        const char* vrow = row_ptr(&c->v, b, k0 + j0, hk);
+        const int64_t kes = (int64_t)cf_dtype_size(c->dtype) * c->k.stride[1];
+        const int64_t ves = (int64_t)cf_dtype_size(c->dtype) * c->v.stride[1];
+
+        /* S^T [nb][Mt] = K Q^T */
+        if (g->bf16) {
+            const uint32_t* ka;
+            int64_t ldk;
+            if (g->k_direct) {
+                ka = (const uint32_t*)krow;
+                ldk = c->k.stride[1] / 2;
+            } else {
+                uint32_t* kp = (uint32_t*)kc;
+                for (int64_t j = 0; j < nb; j++) {
+                    const uint16_t* h16 = (const uint16_t*)(krow + j * kes);
+                    for (int64_t p = 0; p < g->Dp2; p++) {
+                        uint32_t hi16 = 2 * p + 1 < D ? h16[2 * p + 1] : 0;
+                        kp[j * g->Dp2 + p] = (uint32_t)h16[2 * p] | hi16 << 16;
+                    }
+                }
+                ka = kp;
+                ldk = g->Dp2;
+            }
+            kk->gemm_bf16(nb, Mt, g->Dp2, ka, ldk, 1, qv, Mt, st, Mt, 0);
+        } else {
+            const float* ka;
+            int64_t ldk;
+            if (g->k_direct) {
+                ka = (const float*)krow;
+                ldk = c->k.stride[1];
+            } else {
+                for (int64_t j = 0; j < nb; j++)
+                    kk->to_f32(kc + j * D, krow + j * kes, c->dtype, D);
+                ka = kc;
+                ldk = D;
+            }
+            kk->gemm_f32(nb, Mt, D, ka, ldk, 1, qt, Mt, st, Mt, 0);
+        }
+
+        /* Scores (log2 units), masks, column maxima. */
+        for (int64_t r = 0; r < Mt; r++)
+            mx[r] = -INFINITY;
+        if (general) {
+            for (int64_t j = 0; j < nb; j++) {
+                float* row = st + j * Mt;
+                for (int64_t gi = 0; gi < G; gi++) {
+                    const float slope = cf_attn_slope(c, b, hk * G + gi);
+                    for (int64_t ii = 0; ii < na; ii++) {
+                        const int64_t r = gi * na + ii, jj = j0 + j;
+                        row[r] =
+                            (jj < lo[ii] || jj >= hi[ii])
+                                ? -INFINITY
+                                : cf_attn_score(c, row[r] * c->scale, slope, i0 + ii, jj, sq, sk) *
+                                      LOG2E;
+                    }
+                }
+                kk->scale_max_cols(row, Mt, 1.0f, mx);
+            }
+        } else {
+            for (int64_t j = 0; j < nb; j++) {
+                float* row = st + j * Mt;
+                if (!full) {
+                    const int64_t jj = j0 + j;
+                    for (int64_t gi = 0; gi < G; gi++)
+                        for (int64_t ii = 0; ii < na; ii++)
+                            if (jj < lo[ii] || jj >= hi[ii]) row[gi * na + ii] = -INFINITY;
+                }
+                kk->scale_max_cols(row, Mt, s2, mx);
+            }
+        }
+
+        /* Online softmax update. */
+        for (int64_t r = 0; r < Mt; r++) {
+            const float mn = mx[r] > m[r] ? mx[r] : m[r];
+            alpha[r] = m[r] == -INFINITY ? 0.0f : exp2f(m[r] - mn);
+            mu[r] = mn == -INFINITY ? 0.0f : mn;
+            m[r] = mn;
+            lsum[r] = 0.0f;
+        }
+        for (int64_t j = 0; j < nb; j++)
+            kk->exp_cols(st + j * Mt, Mt, 1.0f, mu, lsum);
+        for (int64_t r = 0; r < Mt; r++) {
+            l[r] = l[r] * alpha[r] + lsum[r];
+            if (alpha[r] != 1.0f && alpha[r] != 0.0f)
+                for (int64_t d = 0; d < Dv; d++)
+                    o[r * Dv + d] *= alpha[r];
+        }
+        if (c->dropout_p > 0.0f) {
+            const uint64_t thr = cf_dropout_threshold(c->dropout_p);
+            for (int64_t gi = 0; gi < G; gi++)
+                for (int64_t ii = 0; ii < na; ii++) {
+                    cf_philox_out w = {{0, 0, 0, 0}};
+                    for (int64_t j = 0; j < nb; j++) {
+                        const int64_t jj = j0 + j;
+                        if (j == 0 || (jj & 3) == 0)
+                            w = cf_dropout_words(c->seed, c->offset, (uint64_t)b,
+                                                 (uint64_t)(hk * G + gi), (uint64_t)(i0 + ii),
+                                                 (uint64_t)jj);
+                        if ((uint64_t)w.x[jj & 3] >= thr) st[j * Mt + gi * na + ii] = 0.0f;
+                    }
+                }
+        }
+
+        /* O += P V */
+        if (g->bf16) {
+            const int64_t np = (nb + 1) / 2;
+            uint32_t* vv = (uint32_t*)vc;
+            uint32_t* pv = vv + np * Dv;
+            for (int64_t p = 0; p < np; p++) {
+                const uint16_t* v0 = (const uint16_t*)(vrow + 2 * p * ves);
+                if (2 * p + 1 < nb) {
+                    const uint16_t* v1 = (const uint16_t*)(vrow + (2 * p + 1) * ves);
+                    for (int64_t d = 0; d < Dv; d++)
+                        vv[p * Dv + d] = (uint32_t)v0[d] | (uint32_t)v1[d] << 16;
+                } else {
+                    for (int64_t d = 0; d < Dv; d++)
+                        vv[p * Dv + d] = v0[d];
+                }
+                kk->pack_pairs_f32(pv + p * Mt, st + 2 * p * Mt,
+                                   2 * p + 1 < nb ? st + (2 * p + 1) * Mt : NULL, Mt);
+            }
+            kk->gemm_bf16(Mt, Dv, np, pv, 1, Mt, vv, Dv, o, Dv, 1);
+        } else {
+            const float* vb;
+            int64_t ldv;
+            if (g->v_direct) {
+                vb = (const float*)vrow;
+                ldv = c->v.stride[1];
+            } else {
+                for (int64_t j = 0; j < nb; j++)
+                    kk->to_f32(vc + j * Dv, vrow + j * ves, c->dtype, Dv);
+                vb = vc;
+                ldv = Dv;
+            }
+            kk->gemm_f32(Mt, Dv, nb, st, 1, Mt, vb, ldv, o, Dv, 1);
+        }
+    }
+
+    /* out = O / l (times the dropout rescale), lse = ln(2) * (m + log2 l). */
+    const float keep_scale = 1.0f / (1.0f - c->dropout_p);
+    for (int64_t gi = 0; gi < G; gi++)
+        for (int64_t ii = 0; ii < na; ii++) {
+            const int64_t r = gi * na + ii, h = hk * G + gi;
+            const float inv = l[r] > 0.0f ? keep_scale / l[r] : 0.0f;
+            for (int64_t d = 0; d < Dv; d++)
+                tmp[d] = o[r * Dv + d] * inv;
+            kk->from_f32(row_ptr(&c->out, b, q0 + i0 + ii, h), tmp, c->dtype, Dv);
+            if (c->lse.data) {
+                float* lp = (float*)c->lse.data;
+                lp[b * c->lse.stride[0] + h * c->lse.stride[1] +
+                   (q0 + i0 + ii) * c->lse.stride[2]] =
+                    l[r] > 0.0f ? (m[r] + log2f(l[r])) * LN2 : -INFINITY;
+            }
+        }
+}
+
+/* ---- Forward driver ------------------------------------------------------------------------- */
+
+cflash_status cf_attn_cpu_fwd(const cf_attn_call* c, const cf_attn_kernels* kk) {
+    fwd_geom g;
+    fwd_layout(c, kk, &g);
+    int64_t ntiles = 0;
+    attn_tile* tiles = make_q_tiles(c, g.n, &ntiles);
+    const int T = c->threads > 0 ? c->threads : 1;
+    char* ws = aligned_alloc(64, g.bytes * (size_t)T);
+    if (!tiles || !ws) {
+        free(tiles);
+        free(ws);
+        return cf_error(CFLASH_ERR_OUT_OF_MEMORY,
+                        "%s attn_fwd: out of memory for %d threads x %zu bytes of workspace",
+                        kk->name, T, g.bytes);
+    }
+#pragma omp parallel num_threads(T)
+    {
+        int tid = 0;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+#endif
+        char* mine = ws + g.bytes * (size_t)tid;
+        if (kk->thread_begin) kk->thread_begin();
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t i = 0; i < ntiles; i++)
+            fwd_tile(c, kk, &g, &tiles[i], mine);
+        if (kk->thread_end) kk->thread_end();
+    }
+    free(ws);
+    free(tiles);
+    return CFLASH_OK;
+}
+
+attn_tile* cf_attn_cpu_q_tiles(const cf_attn_call* c, int64_t n, int64_t* count) {
+    return make_q_tiles(c, n, count);
+}

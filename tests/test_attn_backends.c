@@ -1,0 +1,95 @@
+/* Every fast CPU attention backend available on this machine, forced, over the quick grid against
+ * the fp64 oracle, forward and backward, every dtype; and forcing a backend this CPU cannot run
+ * returns CFLASH_ERR_UNSUPPORTED with the reason. CFLASH_TEST_LEVEL=1 runs the fuller grid. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/attn_oracle.h"
+#include "common/testutil.h"
+
+static const char* const backends[] = {"cpu-amx", "cpu-avx512", "cpu-avx2", "cpu-generic"};
+
+/* The line "NAME: ..." of cflash_explain for a small fp32 forward: whether NAME can run here, and
+ * the reason when not. */
+static int backend_available(const char* name, char* why, size_t len) {
+    attn_case c;
+    attn_case_init(&c);
+    c.Sq = c.Sk = 4;
+    c.D = c.Dv = 8;
+    attn_problem* p = attn_problem_new(&c);
+    cflash_context* ctx = NULL;
+    cflash_context_create(&ctx);
+    cflash_context_set_backend(ctx, name);
+    char buf[2048] = "";
+    attn_dl t;
+    attn_problem_host_dl(p, &t);
+    cflash_status s = cflash_explain(ctx, CFLASH_OP_ATTN_FWD, buf, sizeof buf, &p->params, t.q, t.k,
+                                     t.v, t.out, t.lse);
+    why[0] = 0;
+    const char* line = strstr(buf, name);
+    if (line) {
+        const char* e = strchr(line, '\n');
+        size_t n = e ? (size_t)(e - line) : strlen(line);
+        if (n >= len) n = len - 1;
+        memcpy(why, line, n);
+        why[n] = 0;
+    }
+    cflash_context_free(ctx);
+    attn_problem_free(p);
+    return s == CFLASH_OK;
+}
+
+/* A backend this CPU cannot run, forced: the call fails with UNSUPPORTED and says why. */
+static void test_unavailable(const char* name, const char* why) {
+    attn_case c;
+    attn_case_init(&c);
+    c.Sq = c.Sk = 5;
+    c.D = c.Dv = 16;
+    attn_problem* p = attn_problem_new(&c);
+    cflash_context* ctx = NULL;
+    CHECK_OK(cflash_context_create(&ctx));
+    CHECK_OK(cflash_context_set_backend(ctx, name));
+    attn_dl t;
+    attn_problem_host_dl(p, &t);
+    CHECK_ERR(attn_problem_call_fwd(ctx, p, &t), CFLASH_ERR_UNSUPPORTED, name);
+    /* The reason names the missing feature, e.g. "CPU lacks AMX-BF16". */
+    const char* colon = strstr(why, "NO: ");
+    CHECK_MSG(colon != NULL, "explain line '%s' has no reason", why);
+    if (colon)
+        CHECK_MSG(strstr(cflash_last_error(), colon + 4) != NULL, "error '%s' lacks '%s'",
+                  cflash_last_error(), colon + 4);
+    cflash_context_free(ctx);
+    attn_problem_free(p);
+}
+
+int main(void) {
+    const char* lv = getenv("CFLASH_TEST_LEVEL");
+    const int level = lv ? atoi(lv) : 0;
+    int any = 0;
+    for (size_t i = 0; i < sizeof backends / sizeof backends[0]; i++) {
+        char why[512];
+        if (!backend_available(backends[i], why, sizeof why)) {
+            printf("%s: not available here (%s): checking the forced error\n", backends[i], why);
+            test_unavailable(backends[i], why);
+            continue;
+        }
+        any = 1;
+        for (int bwd = 0; bwd <= 1; bwd++) {
+            attn_grid_opts o;
+            memset(&o, 0, sizeof o);
+            o.level = level;
+            o.backend = backends[i];
+            o.bwd = bwd;
+            o.threads = 2;
+            int ran = 0, skipped = 0;
+            double t0 = tt_now();
+            int fails = attn_grid_run(&o, &ran, &skipped);
+            printf("%s %s: %d cases, %d skipped, %d failed (%.1f s)\n", backends[i],
+                   bwd ? "fwd+bwd" : "fwd", ran, skipped, fails, tt_now() - t0);
+            CHECK_MSG(skipped == 0, "%s skipped %d cases as unsupported", backends[i], skipped);
+            CHECK_MSG(ran > 0, "%s ran no case", backends[i]);
+        }
+    }
+    CHECK_MSG(any, "no CPU backend available (cpu-generic always is)");
+    return tt_summary();
+}
