@@ -1,0 +1,198 @@
+/* cflash_report under broken environments. Each ctest entry (tests/CMakeLists.txt) runs this with
+ * one scenario name and the environment that breaks something: a missing override file, a fake
+ * libcuda whose cuInit fails, one lacking a symbol, NVRTC hidden, a fake cuFile without
+ * cuFileDriverOpen, no ldconfig on PATH, a forced backend that cannot serve, OMP_NUM_THREADS=1.
+ * Each expects the specific reason in the text AND in the JSON report, and a correct attention call
+ * on the CPU. `test_report --print-json` prints the JSON for python3 -m json.tool. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "common/testutil.h"
+#include "probe/cpu_features.h"
+#include "report_smoke.h"
+
+static char* text;
+static char* json;
+
+static char* report(int as_json) {
+    size_t need = cflash_report(NULL, 0, as_json);
+    char* b = malloc(need + 1);
+    CHECK(b != NULL);
+    CHECK(cflash_report(b, need + 1, as_json) == need);
+    CHECK(strlen(b) == need);
+    return b;
+}
+
+/* Both forms carry the reason (the JSON one escaped: check a fragment without quotes). */
+static void expect(const char* fragment) {
+    CHECK_MSG(strstr(text, fragment) != NULL, "text report lacks \"%s\"", fragment);
+    CHECK_MSG(strstr(json, fragment) != NULL, "JSON report lacks \"%s\"", fragment);
+}
+static void expect_text(const char* fragment) {
+    CHECK_MSG(strstr(text, fragment) != NULL, "text report lacks \"%s\"", fragment);
+}
+
+/* Checks that hold in every scenario. */
+static void common_checks(void) {
+    /* Truncation: a prefix, NUL-terminated, same needed length. */
+    char small[64];
+    memset(small, 'x', sizeof small);
+    CHECK(cflash_report(small, 40, 0) == strlen(text));
+    CHECK(strlen(small) == 39 && !strncmp(small, text, 39) && small[40] == 'x');
+    CHECK(cflash_report(NULL, 0, 1) == strlen(json));
+
+    const char* sections[] = {"[library]", "[environment]", "[cpu]",          "[cuda driver]",
+                              "[nvrtc]",   "[cufile]",      "[kernel cache]", "[backends]"};
+    for (size_t i = 0; i < sizeof sections / sizeof sections[0]; i++)
+        CHECK_MSG(strstr(text, sections[i]), "missing section %s", sections[i]);
+    const char* keys[] = {"\"library\": {",  "\"cpu\": {",      "\"cuda\": {",
+                          "\"nvrtc\": {",    "\"cufile\": {",   "\"kernel_cache\": {",
+                          "\"backends\": {", "\"attn_fwd\": {", "\"cpu-ref\": {\"ok\": true"};
+    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
+        CHECK_MSG(strstr(json, keys[i]), "JSON lacks %s", keys[i]);
+    CHECK(json[0] == '{' && json[strlen(json) - 2] == '}');
+
+    /* The op x backend table: one row per op and backend, [OKAY] or [NO] with a reason. */
+    for (int op = 0; op < CFLASH_OP_COUNT; op++) {
+        char row[64];
+        snprintf(row, sizeof row, "  %-16s %-12s [OKAY]", cflash_op_name((cflash_op)op), "cpu-ref");
+        CHECK_MSG(strstr(text, row), "no row '%s'", row);
+    }
+    int rows = 0;
+    for (const char* p = text; (p = strstr(p, "\n  attn_fwd ")); p++) {
+        rows++;
+        const char* end = strchr(p + 1, '\n');
+        const char* ok = strstr(p, "[OKAY]");
+        const char* no = strstr(p, "[NO] ");
+        CHECK_MSG((ok && ok < end) || (no && no < end && end - no > 6), "bad row %.80s", p + 1);
+    }
+    CHECK(rows == 8); /* cf_backend_names */
+
+    /* The CPU section tells the truth about AMX and AVX-512, with a reason when absent. */
+    const cf_cpu_info* c = cf_cpu();
+    char amx[256];
+    snprintf(amx, sizeof amx, "  %-21s %s\n", "AMX", c->amx_note);
+    expect_text(amx);
+    expect(c->amx_note);
+    if (!c->avx512f) expect(c->avx512_note);
+    expect_text(c->avx2 ? " avx2 " : "absent                avx512fp16");
+
+    /* CUDA: usable, or a reason. */
+    CHECK(strstr(text, "[cuda driver]\n  status                [OKAY]") ||
+          strstr(text, "[cuda driver]\n  status                [NO] "));
+    CHECK(strstr(text, "[nvrtc]\n  status                [OKAY] NVRTC ") ||
+          strstr(text, "[nvrtc]\n  status                [NO] "));
+}
+
+static int file_exists(const char* p) {
+    struct stat st;
+    return stat(p, &st) == 0;
+}
+
+int main(int argc, char** argv) {
+    const char* scenario = argc > 1 ? argv[1] : "default";
+    if (!strcmp(scenario, "--print-json")) {
+        char* j = malloc(cflash_report(NULL, 0, 1) + 1);
+        cflash_report(j, cflash_report(NULL, 0, 1) + 1, 1);
+        fputs(j, stdout);
+        free(j);
+        return 0;
+    }
+    cflash_context* ctx = NULL;
+    CHECK_OK(cflash_context_create(&ctx));
+    text = report(0);
+    json = report(1);
+    common_checks();
+    int attn_expected_ok = 1;
+
+    if (!strcmp(scenario, "default") || !strcmp(scenario, "no-ldconfig")) {
+        /* With PATH empty nothing changes: nothing is looked up by running a program. */
+        if (!strcmp(scenario, "no-ldconfig")) {
+            const char* path = getenv("PATH");
+            CHECK_MSG(path && !strstr(path, "bin"), "PATH should be an empty dir, is %s", path);
+        }
+        /* Where NVRTC is installed at the usual place, it must be found, with version and archs. */
+        if (file_exists("/usr/local/cuda/lib64/libnvrtc.so.13") ||
+            file_exists("/usr/local/cuda/lib64/libnvrtc.so.12")) {
+            expect_text("[nvrtc]\n  status                [OKAY] NVRTC 1");
+            expect_text("  archs                 sm_");
+            CHECK(strstr(json, "\"archs\": [") && !strstr(json, "\"archs\": []"));
+        }
+        /* No driver on this machine: the loader's own message. */
+        if (!file_exists("/usr/lib/x86_64-linux-gnu/libcuda.so.1") &&
+            !file_exists("/usr/lib64/libcuda.so.1") &&
+            !file_exists("/usr/lib/wsl/lib/libcuda.so.1"))
+            expect("libcuda.so.1: cannot open shared object file");
+    } else if (!strcmp(scenario, "libcuda-override-missing")) {
+        expect("CFLASH_LIBCUDA is set to '/nonexistent/cflash/libcuda.so.1' and it cannot be "
+               "loaded");
+        expect("/nonexistent/cflash/libcuda.so.1: cannot open shared object file: No such file");
+    } else if (!strcmp(scenario, "cuinit-no-device")) {
+        /* The fake is found through LD_LIBRARY_PATH by its soname. */
+        expect("cuInit failed with 100 CUDA_ERROR_NO_DEVICE");
+        expect("no NVIDIA GPU is visible");
+        expect_text("(found by soname)");
+        expect("fakes/cuda_initfail/libcuda.so.1");
+        expect_text("  driver                12.4\n");
+        CHECK(strstr(json, "\"cuinit_result\": 100"));
+    } else if (!strcmp(scenario, "cuinit-stub")) {
+        /* Override naming a directory. */
+        expect("cuInit failed with 34 CUDA_ERROR_STUB_LIBRARY");
+        expect("stub libcuda");
+        expect_text("(found by CFLASH_LIBCUDA)");
+    } else if (!strcmp(scenario, "fake-gpu")) {
+        expect_text("[cuda driver]\n  status                [OKAY] driver 12.4, 1 device(s)");
+        expect_text("device 0              Fake GPU for cflash tests, sm_80, 108 SMs, 40.0 GiB");
+        CHECK(
+            strstr(json, "\"sm\": 80, \"multiprocessors\": 108, \"total_mem_bytes\": 42949672960"));
+    } else if (!strcmp(scenario, "libcuda-missing-symbol")) {
+        expect("lacks the entry point(s) cuDeviceTotalMem_v2");
+        CHECK(strstr(json, "\"symbols_ok\": false"));
+    } else if (!strcmp(scenario, "nvrtc-override-missing")) {
+        expect("CFLASH_LIBNVRTC is set to '/nonexistent/libnvrtc.so.13' and it cannot be loaded");
+        expect("/nonexistent/libnvrtc.so.13: cannot open shared object file");
+        expect_text("[nvrtc]\n  status                [NO] ");
+        CHECK(strstr(json, "\"nvrtc\": {\"usable\": false"));
+    } else if (!strcmp(scenario, "nvrtc-hidden")) {
+        /* CFLASH_LIBNVRTC names a directory without NVRTC: as if none were installed. */
+        expect("directory holds none of the sonames");
+        expect_text("[nvrtc]\n  status                [NO] ");
+        /* A CUDA backend that needs NVRTC says so (once the CUDA backends register). */
+    } else if (!strcmp(scenario, "cufile-no-driver-open")) {
+        expect("lacks cuFileDriverOpen");
+        CHECK(strstr(json, "\"cuFileDriverOpen\": false"));
+    } else if (!strcmp(scenario, "forced-backend")) {
+        /* CFLASH_BACKEND=cuda-simt: shown in the report, and a CPU call fails naming why. */
+        expect_text("  CFLASH_BACKEND        cuda-simt\n");
+        CHECK_ERR(smoke_attn(ctx, 0, 5), CFLASH_ERR_UNSUPPORTED, "backend 'cuda-simt' is forced");
+        CHECK(strstr(cflash_last_error(), "backends that could: "));
+        CHECK(strstr(cflash_last_error(), "cpu-ref"));
+        /* The context's choice overrides the environment: the CPU call then works. */
+        CHECK_OK(cflash_context_set_backend(ctx, "cpu-ref"));
+    } else if (!strcmp(scenario, "omp-1")) {
+#ifdef _OPENMP
+        expect_text("OpenMP");
+        expect_text(", 1 threads");
+#endif
+        expect_text("  OMP_NUM_THREADS       1\n");
+    } else {
+        printf("unknown scenario '%s'\n", scenario);
+        return 2;
+    }
+    if (attn_expected_ok) {
+        CHECK_OK(smoke_attn(ctx, 0, 101));
+        CHECK_OK(smoke_attn(ctx, 1, 102));
+    }
+    /* The report (and a CUDA-free CPU call) never changed the answer. */
+    char* again = report(0);
+    CHECK(!strcmp(again, text));
+    free(again);
+    printf("scenario %s\n", scenario);
+    if (tt_failed) printf("---- report ----\n%s\n", text);
+    free(text);
+    free(json);
+    cflash_context_free(ctx);
+    return tt_summary();
+}
