@@ -28,32 +28,53 @@ def visible(sq, sk, causal=False, window_size=(-1, -1)):
     return ok
 
 
-def _scores(q, k, scale, softcap, slopes, ok):
-    """Transformed scores (B, H, Sq, Sk) with -inf where masked, and the pre-softcap scaled ones."""
+def _scores(q, k, scale, softcap, slopes, ok, rnd):
+    """Transformed scores (B, H, Sq, Sk) with -inf where masked, and the scaled ones."""
     B, Sq, H, D = q.shape
     Sk, Hk = k.shape[1], k.shape[2]
     kk = np.repeat(k, H // Hk, axis=2)
-    s = scale * np.einsum("bihd,bjhd->bhij", q, kk)
+    s = rnd(scale * np.einsum("bihd,bjhd->bhij", q, kk))
     t = softcap * np.tanh(s / softcap) if softcap > 0 else s.copy()
     if slopes is not None:
         sl = slopes.reshape(-1, H) if slopes.ndim == 2 else slopes.reshape(1, H)
-        dist = np.abs(np.arange(Sq)[:, None] + Sk - Sq - np.arange(Sk)[None, :])
-        t = t - sl[:, :, None, None] * dist[None, None]
+        dist = np.abs(np.arange(Sq)[:, None] + Sk - Sq - np.arange(Sk)[None, :]).astype(t.dtype)
+        t = t - sl[:, :, None, None].astype(t.dtype) * dist[None, None]
     t = np.where(ok[None, None], t, -np.inf)
     return t, s
 
 
+def _prec(dtype):
+    """(working dtype, rounding function) for a computation in `dtype` (None = fp64 exact)."""
+    if dtype is None:
+        return np.float64, lambda x: x
+    dt = np.dtype(dtype)
+    if dt == np.float32:
+        return np.float32, lambda x: x.astype(np.float32)
+    return np.float32, lambda x: x.astype(dt).astype(np.float32)
+
+
+def _cast(x, work):
+    if x is None:
+        return None
+    if hasattr(x, "detach"):  # a torch tensor
+        x = x.detach().float().cpu().numpy()
+    return np.asarray(x).astype(work)
+
+
 def attention(q, k, v, softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
-              alibi_slopes=None, dropout_p=0.0, dropout_mask=None):
-    """Returns out (B, Sq, H, Dv), lse (B, H, Sq) and the probabilities P (B, H, Sq, Sk), all fp64.
-    dropout_mask (B, H, Sq, Sk), 1 = kept, applies with scaling 1/(1 - dropout_p)."""
-    q, k, v = _f64(q), _f64(k), _f64(v)
-    slopes = _f64(alibi_slopes)
+              alibi_slopes=None, dropout_p=0.0, dropout_mask=None, dtype=None):
+    """Returns out (B, Sq, H, Dv), lse (B, H, Sq) and the probabilities P (B, H, Sq, Sk).
+    dropout_mask (B, H, Sq, Sk), 1 = kept, applies with scaling 1/(1 - dropout_p).
+    dtype None: fp64 throughout (the reference). dtype float32 / float16: the naive same-precision
+    computation of the error rule (scores and P materialised and rounded to dtype, fp32 sums)."""
+    work, rnd = _prec(dtype)
+    q, k, v = _cast(q, work), _cast(k, work), _cast(v, work)
+    slopes = _cast(alibi_slopes, work)
     scale = q.shape[-1] ** -0.5 if softmax_scale is None else softmax_scale
     H, Hk = q.shape[2], k.shape[2]
     ok = visible(q.shape[1], k.shape[1], causal, window_size)
-    t, _ = _scores(q, k, scale, softcap, slopes, ok)
-    m = t.max(axis=-1, keepdims=True)
+    t, _ = _scores(q, k, scale, softcap, slopes, ok, rnd)
+    m = t.max(axis=-1, keepdims=True) if t.shape[-1] else np.full(t.shape[:-1] + (1,), -np.inf, work)
     m = np.where(np.isfinite(m), m, 0.0)
     e = np.exp(t - m)
     z = e.sum(axis=-1, keepdims=True)
@@ -63,35 +84,38 @@ def attention(q, k, v, softmax_scale=None, causal=False, window_size=(-1, -1), s
     pd = p
     if dropout_mask is not None and dropout_p > 0:
         pd = p * dropout_mask / (1.0 - dropout_p)
-    vv = np.repeat(_f64(v), H // Hk, axis=2)
-    out = np.einsum("bhij,bjhd->bihd", pd, vv)
+    vv = np.repeat(v, H // Hk, axis=2)
+    out = rnd(np.einsum("bhij,bjhd->bihd", rnd(pd), vv))
     return out, lse, p
 
 
 def attention_bwd(dout, q, k, v, softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
-                  alibi_slopes=None, dropout_p=0.0, dropout_mask=None):
-    """Gradients dq, dk, dv (fp64) of sum(out * dout) for attention(...)."""
-    q, k, v, dout = _f64(q), _f64(k), _f64(v), _f64(dout)
+                  alibi_slopes=None, dropout_p=0.0, dropout_mask=None, dtype=None):
+    """Gradients dq, dk, dv of sum(out * dout) for attention(...); dtype as there."""
+    work, rnd = _prec(dtype)
+    q, k, v, dout = _cast(q, work), _cast(k, work), _cast(v, work), _cast(dout, work)
     scale = q.shape[-1] ** -0.5 if softmax_scale is None else softmax_scale
     H, Hk = q.shape[2], k.shape[2]
     g = H // Hk
-    _, _, p = attention(q, k, v, scale, causal, window_size, softcap, alibi_slopes, dropout_p, dropout_mask)
+    _, _, p = attention(q, k, v, scale, causal, window_size, softcap, alibi_slopes, dropout_p, dropout_mask, dtype)
+    p = rnd(p)
     keep = 1.0
     if dropout_mask is not None and dropout_p > 0:
         keep = dropout_mask / (1.0 - dropout_p)
     kk, vv = np.repeat(k, g, axis=2), np.repeat(v, g, axis=2)
-    dvv = np.einsum("bhij,bihd->bjhd", p * keep, dout)
+    dvv = np.einsum("bhij,bihd->bjhd", rnd(p * keep), dout)
     dp = np.einsum("bihd,bjhd->bhij", dout, vv) * keep
     dt = p * (dp - (p * dp).sum(axis=-1, keepdims=True))
     if softcap > 0:
         s = scale * np.einsum("bihd,bjhd->bhij", q, kk)
         dt = dt * (1.0 - np.tanh(s / softcap) ** 2)
+    dt = rnd(dt)
     dq = scale * np.einsum("bhij,bjhd->bihd", dt, kk)
     dkk = scale * np.einsum("bhij,bihd->bjhd", dt, q)
     B, Sk = k.shape[0], k.shape[1]
     dk = dkk.reshape(B, Sk, Hk, g, -1).sum(axis=3)
     dv = dvv.reshape(B, Sk, Hk, g, -1).sum(axis=3)
-    return dq, dk, dv
+    return rnd(dq), rnd(dk), rnd(dv)
 
 
 def rotary(x, cos, sin, interleaved=False, seqlen_offsets=0, conjugate=False):
@@ -131,3 +155,22 @@ def norm(x, weight, bias=None, residual=None, eps=1e-6, is_rms_norm=False):
     if bias is not None:
         y = y + _f64(bias)
     return y, h
+
+
+def norm_bwd(dy, h, weight, eps=1e-6, is_rms_norm=False):
+    """Gradients (dh, dweight, dbias) of sum(y * dy) for y = norm(h) * weight + bias (fp64)."""
+    dy, h, w = _f64(dy), _f64(h), _f64(weight)
+    if is_rms_norm:
+        r = 1.0 / np.sqrt((h * h).mean(axis=-1, keepdims=True) + eps)
+        xhat = h * r
+    else:
+        mu = h.mean(axis=-1, keepdims=True)
+        r = 1.0 / np.sqrt(((h - mu) ** 2).mean(axis=-1, keepdims=True) + eps)
+        xhat = (h - mu) * r
+    g = dy * w
+    dh = g - xhat * (g * xhat).mean(axis=-1, keepdims=True)
+    if not is_rms_norm:
+        dh = dh - g.mean(axis=-1, keepdims=True)
+    dh = dh * r
+    axes = tuple(range(dy.ndim - 1))
+    return dh, (dy * xhat).sum(axis=axes), dy.sum(axis=axes)
