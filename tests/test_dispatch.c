@@ -248,6 +248,14 @@ static void test_library(void) {
     CHECK_ERR(cflash_explain(ctx, CFLASH_OP_COUNT, buf, sizeof buf), CFLASH_ERR_INVALID_ARGUMENT,
               "op: 9");
     CHECK_ERR(cflash_explain(ctx, CFLASH_OP_ATTN_FWD, NULL, 0), CFLASH_ERR_INVALID_ARGUMENT, "buf");
+    /* A bad argument: the same error as the call, and buf says so. */
+    CHECK_OK(cflash_context_set_backend(ctx, NULL));
+    CHECK_ERR(cflash_explain(ctx, CFLASH_OP_ATTN_FWD, buf, sizeof buf, &p, &q.dl, &k.dl, &v.dl,
+                             (DLTensor*)NULL, (DLTensor*)NULL),
+              CFLASH_ERR_INVALID_ARGUMENT, "out");
+    CHECK_MSG(strstr(buf, "not dispatched: CFLASH_ERR_INVALID_ARGUMENT: out") &&
+                  strstr(buf, "\n-> none\n"),
+              "explain: %.900s", buf);
     tt_free(&q);
     tt_free(&k);
     tt_free(&v);

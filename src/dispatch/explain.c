@@ -1,6 +1,7 @@
 /* cflash_explain: runs an op's own entry point with an explain sink, so the answer comes from the
  * same validation and selection code as the real call. */
 #include <stdarg.h>
+#include <stdio.h>
 
 #include "core/attn_api.h"
 #include "core/ops_call.h"
@@ -101,9 +102,13 @@ cflash_status cflash_explain(cflash_context* ctx, cflash_op op, char* buf, size_
         break;
     }
     default:
-        s = cf_error(CFLASH_ERR_INVALID_ARGUMENT, "op: %d, expected a cflash_op below %d",
-                     (int)op, (int)CFLASH_OP_COUNT);
+        s = cf_error(CFLASH_ERR_INVALID_ARGUMENT, "op: %d, expected a cflash_op below %d", (int)op,
+                     (int)CFLASH_OP_COUNT);
     }
     va_end(ap);
+    /* A call rejected before selection (bad argument) still gets an answer in buf. */
+    if (s != CFLASH_OK && !buf[0])
+        snprintf(buf, buf_len, "not dispatched: %s: %s\n-> none\n", cflash_status_string(s),
+                 cflash_last_error());
     return s;
 }
