@@ -278,6 +278,13 @@ def norm_bwd(dy, h, weight, bias, mean, rstd, dresidual_out, eps, dropout_p, see
     dro = maybe_contiguous(_rows(dresidual_out, N))
     M = h.shape[0]
     dx = empty(x_dtype_like, (M, N))
+    # The library takes weight / bias in float32 or h's dtype: with h kept in fp32
+    # (residual_in_fp32) and a bf16/fp16 weight, pass an fp32 copy (N elements) and cast back.
+    w_like, b_like = weight, bias
+    if weight is not None and not _same_dtype(weight, h) and not _is_f32(weight):
+        weight = _to_f32(weight)
+    if bias is not None and not _same_dtype(bias, h) and not _is_f32(bias):
+        bias = _to_f32(bias)
     dw = empty(weight, weight.shape) if weight is not None else None
     db = empty(bias, bias.shape) if bias is not None else None
     dres = empty(residual_like if residual_like is not None else h, (M, N)) if has_residual else None
@@ -288,7 +295,27 @@ def norm_bwd(dy, h, weight, bias, mean, rstd, dresidual_out, eps, dropout_p, see
     with device_guard(h):
         ctx = _lib.context(cuda_stream_of(h))
         _run("cflash_norm_bwd", "norm_bwd", "norm backward", ctx, ctypes.byref(p), *[ptr(t) for t in hs])
+    if dw is not None and not _same_dtype(dw, w_like):
+        dw = _cast_like(dw, w_like)
+    if db is not None and not _same_dtype(db, b_like):
+        db = _cast_like(db, b_like)
     return dx, dw, db, dres
+
+
+def _is_f32(t):
+    return str(t.dtype) in ("float32", "torch.float32")
+
+
+def _same_dtype(a, b):
+    return a.dtype == b.dtype
+
+
+def _to_f32(t):
+    return t.float() if hasattr(t, "float") and not isinstance(t, np.ndarray) else t.astype(np.float32)
+
+
+def _cast_like(t, like):
+    return t.to(like.dtype) if not isinstance(t, np.ndarray) else t.astype(like.dtype)
 
 
 # ---- KV cache ----
