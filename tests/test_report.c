@@ -5,6 +5,7 @@
  * Each expects the specific reason in the text AND in the JSON report, and a correct attention call
  * on the CPU. `test_report --print-json` prints the JSON for python3 -m json.tool. */
 #include <dlfcn.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -87,6 +88,15 @@ static void common_checks(void) {
           strstr(text, "[nvrtc]\n  status                [NO] "));
 }
 
+/* Reports from several threads at once, the first call in the process included, agree. */
+static void* report_thread(void* arg) {
+    size_t need = cflash_report(NULL, 0, 0);
+    char* b = malloc(need + 1);
+    if (b) cflash_report(b, need + 1, 0);
+    *(char**)arg = b;
+    return NULL;
+}
+
 static int file_exists(const char* p) {
     struct stat st;
     return stat(p, &st) == 0;
@@ -103,7 +113,17 @@ int main(int argc, char** argv) {
     }
     cflash_context* ctx = NULL;
     CHECK_OK(cflash_context_create(&ctx));
+    pthread_t th[4];
+    char* from_thread[4];
+    for (int i = 0; i < 4; i++)
+        pthread_create(&th[i], NULL, report_thread, &from_thread[i]);
+    for (int i = 0; i < 4; i++)
+        pthread_join(th[i], NULL);
     text = report(0);
+    for (int i = 0; i < 4; i++) {
+        CHECK(from_thread[i] && !strcmp(from_thread[i], text));
+        free(from_thread[i]);
+    }
     json = report(1);
     common_checks();
     int attn_expected_ok = 1;
