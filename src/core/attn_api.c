@@ -106,9 +106,10 @@ static cflash_status check_alibi(cf_attn_call* c, const DLTensor* t) {
     CFLASH_RETURN_IF(a.shape[a.ndim - 1] > 1 && a.stride[a.ndim - 1] != 1, INVALID,
                      "alibi_slopes: last dimension has stride %lld, expected 1",
                      (long long)a.stride[a.ndim - 1]);
-    CFLASH_RETURN_IF(a.device_type != c->q.device_type, INVALID,
-                     "alibi_slopes: on %s, expected %s (the device of q)",
-                     cf_device_name(a.device_type), cf_device_name(c->q.device_type));
+    CFLASH_RETURN_IF(a.device_type != c->q.device_type || a.device_id != c->q.device_id, INVALID,
+                     "alibi_slopes: on %s:%d, expected %s:%d (the device of q)",
+                     cf_device_name(a.device_type), a.device_id,
+                     cf_device_name(c->q.device_type), c->q.device_id);
     c->alibi = a.data;
     c->alibi_bstride = a.ndim == 2 ? a.stride[0] : 0;
     return CFLASH_OK;
