@@ -53,10 +53,13 @@ const char* cf_device_name(int device_type) {
 
 cflash_status cf_view_from(cf_view* v, const DLTensor* t, const char* name) {
     CFLASH_RETURN_IF(!t, CFLASH_ERR_INVALID_ARGUMENT, "%s: is NULL, expected a tensor", name);
-    CFLASH_RETURN_IF(!t->data, CFLASH_ERR_INVALID_ARGUMENT, "%s: data is NULL", name);
     CFLASH_RETURN_IF(t->ndim < 1 || t->ndim > CF_MAX_DIMS, CFLASH_ERR_INVALID_ARGUMENT,
                      "%s: ndim is %d, expected 1..%d", name, t->ndim, CF_MAX_DIMS);
     CFLASH_RETURN_IF(!t->shape, CFLASH_ERR_INVALID_ARGUMENT, "%s: shape is NULL", name);
+    /* An empty tensor may have no data (PyTorch and NumPy give NULL for zero elements). */
+    int empty = 0;
+    for (int i = 0; i < t->ndim; i++) empty |= t->shape[i] == 0;
+    CFLASH_RETURN_IF(!t->data && !empty, CFLASH_ERR_INVALID_ARGUMENT, "%s: data is NULL", name);
     v->dtype = cf_dtype_of(t->dtype);
     v->ndim = t->ndim;
     v->device_type = t->device.device_type;
