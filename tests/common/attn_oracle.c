@@ -233,6 +233,17 @@ attn_problem* attn_problem_new(const attn_case* cin) {
     return p;
 }
 
+void attn_problem_refresh_inputs(attn_problem* p) {
+    const attn_case* c = &p->c;
+    gather(p, &p->q, 0, p->total_q, c->H, c->D, p->Q);
+    gather(p, &p->k, 1, p->total_k, c->Hk, c->D, p->K);
+    gather(p, &p->v, 1, p->total_k, c->Hk, c->Dv, p->V);
+    gather(p, &p->dout, 0, p->total_q, c->H, c->Dv, p->dO);
+    p->in_hash = inputs_hash(p);
+    p->have_fwd = p->have_bwd = 0;
+    p->fwd_ran = 0;
+}
+
 void attn_problem_free(attn_problem* p) {
     if (!p) return;
     tt_tensor* ts[] = {&p->q,  &p->k,  &p->v,  &p->dout,  &p->out,  &p->lse,

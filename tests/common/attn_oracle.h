@@ -96,6 +96,9 @@ typedef struct attn_problem {
  */
 attn_problem* attn_problem_new(const attn_case* c);
 void attn_problem_free(attn_problem* p); /* accepts NULL */
+/* After a test edits p->q, p->k, p->v, p->dout or p->alibi by hand: re-reads the fp64 copies,
+ * re-hashes the inputs and drops the cached oracle results. */
+void attn_problem_refresh_inputs(attn_problem* p);
 
 /* The host tensors of p, for attn_problem_call_*. */
 void attn_problem_host_dl(attn_problem* p, attn_dl* t);

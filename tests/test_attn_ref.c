@@ -1,0 +1,31 @@
+/* The reference attention kernel (cpu-ref), forward and backward, against the fp64 oracle over the
+ * attention grid in fp32, fp16 and bf16 (tests/common/attn_grid.c).
+ * Usage: test_attn_ref [LEVEL [BACKEND]]  (LEVEL 0 = quick CI grid, default; 1 = full grid;
+ * BACKEND defaults to cpu-ref, "auto" lets the dispatcher choose). -v prints every case. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/attn_oracle.h"
+
+int main(int argc, char** argv) {
+    attn_grid_opts o = {0};
+    o.backend = "cpu-ref";
+    o.bwd = 1;
+    int pos = 0;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "-v"))
+            o.verbose = 1;
+        else if (pos++ == 0)
+            o.level = atoi(argv[i]);
+        else
+            o.backend = strcmp(argv[i], "auto") ? argv[i] : NULL;
+    }
+    if (tt_seed_base()) printf("CFLASH_TEST_SEED=%llu\n", (unsigned long long)tt_seed_base());
+    printf("grid level %d: %d cases (fp32, fp16, bf16), forward and backward\n", o.level,
+           attn_grid_count(o.level));
+    int ran = 0, skipped = 0;
+    attn_grid_run(&o, &ran, &skipped);
+    CHECK_MSG(ran == attn_grid_count(o.level) && skipped == 0, "ran %d of %d cases, %d skipped",
+              ran, attn_grid_count(o.level), skipped);
+    return tt_summary();
+}
