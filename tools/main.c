@@ -6,6 +6,9 @@
 #include "cli.h"
 
 int cf_cmd_version(int argc, char** argv);
+int cf_cmd_check(int argc, char** argv);
+int cf_cmd_bench(int argc, char** argv);
+int cf_cmd_bench_peak(int argc, char** argv);
 int cf_cmd_report(int argc, char** argv);
 
 static const struct {
@@ -15,7 +18,10 @@ static const struct {
     const char* help;
 } commands[] = {
     /* CFLASH-COMMANDS: rows go here */
+    {"check", NULL, cf_cmd_check, "attention on a shape vs the fp64 oracle: errors, bounds, PASS/FAIL"},
     {"report", NULL, cf_cmd_report, "environment, libraries and op x backend table [--json]"},
+    {"bench", "peak", cf_cmd_bench_peak, "this machine's FMA, BF16, AMX and memory peaks"},
+    {"bench", NULL, cf_cmd_bench, "time attention (problem flags; --bwd, --json)"},
     {"version", NULL, cf_cmd_version, "print the library version"},
 };
 

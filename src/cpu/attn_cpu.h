@@ -35,6 +35,8 @@ typedef struct cf_attn_kernels {
                     float sc);
     /* dst[i] = bf16(lo[i]) | bf16(hi[i]) << 16 (round to nearest even); hi NULL = 0. */
     void (*pack_pairs_f32)(uint32_t* dst, const float* lo, const float* hi, int64_t n);
+    /* dst[i] = lo[i] | hi[i] << 16 (bf16 bits; hi NULL = 0): two rows into VNNI pairs. */
+    void (*interleave_u16)(uint32_t* dst, const uint16_t* lo, const uint16_t* hi, int64_t n);
     /* dtype conversion of n contiguous elements. */
     void (*to_f32)(float* dst, const void* src, cf_dtype dt, int64_t n);
     void (*from_f32)(void* dst, const float* src, cf_dtype dt, int64_t n);
@@ -47,6 +49,8 @@ typedef struct cf_attn_kernels {
 extern const cf_attn_kernels cf_attn_kernels_generic;
 void cf_attn_generic_to_f32(float* dst, const void* src, cf_dtype dt, int64_t n);
 void cf_attn_generic_from_f32(void* dst, const float* src, cf_dtype dt, int64_t n);
+void cf_attn_generic_interleave_u16(uint32_t* dst, const uint16_t* lo, const uint16_t* hi,
+                                    int64_t n);
 
 /* The drivers. Return CFLASH_ERR_OUT_OF_MEMORY (nothing written) when the per-thread workspace
  * cannot be allocated. */

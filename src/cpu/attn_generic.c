@@ -57,6 +57,12 @@ static void pack_pairs_f32(uint32_t* dst, const float* lo, const float* hi, int6
         dst[i] = (uint32_t)cf_f32_to_bf16(lo[i]) | (uint32_t)(hi ? cf_f32_to_bf16(hi[i]) : 0) << 16;
 }
 
+void cf_attn_generic_interleave_u16(uint32_t* dst, const uint16_t* lo, const uint16_t* hi,
+                                    int64_t n) {
+    for (int64_t i = 0; i < n; i++)
+        dst[i] = (uint32_t)lo[i] | (uint32_t)(hi ? hi[i] : 0) << 16;
+}
+
 void cf_attn_generic_to_f32(float* dst, const void* src, cf_dtype dt, int64_t n) {
     switch (dt) {
     case CF_F32: memcpy(dst, src, sizeof(float) * (size_t)n); break;
@@ -97,6 +103,7 @@ const cf_attn_kernels cf_attn_kernels_generic = {
     .ds_row = ds_row,
     .ds_cols = ds_cols,
     .pack_pairs_f32 = pack_pairs_f32,
+    .interleave_u16 = cf_attn_generic_interleave_u16,
     .to_f32 = cf_attn_generic_to_f32,
     .from_f32 = cf_attn_generic_from_f32,
 };

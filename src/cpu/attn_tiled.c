@@ -307,14 +307,9 @@ static void fwd_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const fwd
             uint32_t* pv = vv + np * Dv;
             for (int64_t p = 0; p < np; p++) {
                 const uint16_t* v0 = (const uint16_t*)(vrow + 2 * p * ves);
-                if (2 * p + 1 < nb) {
-                    const uint16_t* v1 = (const uint16_t*)(vrow + (2 * p + 1) * ves);
-                    for (int64_t d = 0; d < Dv; d++)
-                        vv[p * Dv + d] = (uint32_t)v0[d] | (uint32_t)v1[d] << 16;
-                } else {
-                    for (int64_t d = 0; d < Dv; d++)
-                        vv[p * Dv + d] = v0[d];
-                }
+                const uint16_t* v1 =
+                    2 * p + 1 < nb ? (const uint16_t*)(vrow + (2 * p + 1) * ves) : NULL;
+                kk->interleave_u16(vv + p * Dv, v0, v1, Dv);
                 kk->pack_pairs_f32(pv + p * Mt, st + 2 * p * Mt,
                                    2 * p + 1 < nb ? st + (2 * p + 1) * Mt : NULL, Mt);
             }

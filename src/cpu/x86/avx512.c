@@ -19,32 +19,63 @@
 
 /* ---- GEMM, fp32 ------------------------------------------------------------------------------ */
 
+/* The register tile as 24 named accumulators (an array of vectors ends up on the stack); rows and
+ * vectors past MR / NV are dead code once MR and NV are constants. */
+#define MK_DECL(r) __m512 c##r##0, c##r##1, c##r##2, c##r##3
+#define MK_LOADC(r)                                                                                \
+    if (MR > r) {                                                                                  \
+        c##r##0 = LDC(r, 0), c##r##1 = LDC(r, 1), c##r##2 = LDC(r, 2), c##r##3 = LDC(r, 3);        \
+    }
+#define LDC(r, v)                                                                                  \
+    (NV > v && acc ? _mm512_maskz_loadu_ps(v == NV - 1 ? lm : 0xffff, C + r * ldc + 16 * v)        \
+                   : _mm512_setzero_ps())
+#define MK_STC(r)                                                                                  \
+    if (MR > r) {                                                                                  \
+        STC(r, 0);                                                                                 \
+        if (NV > 1) STC(r, 1);                                                                     \
+        if (NV > 2) STC(r, 2);                                                                     \
+        if (NV > 3) STC(r, 3);                                                                     \
+    }
+#define STC(r, v) _mm512_mask_storeu_ps(C + r * ldc + 16 * v, v == NV - 1 ? lm : 0xffff, c##r##v)
+#define MK_ROW(r, BCAST, OP)                                                                       \
+    if (MR > r) {                                                                                  \
+        const __typeof__(b0) x = BCAST(a + r * rsa);                                               \
+        c##r##0 = OP(c##r##0, x, b0);                                                              \
+        if (NV > 1) c##r##1 = OP(c##r##1, x, b1);                                                  \
+        if (NV > 2) c##r##2 = OP(c##r##2, x, b2);                                                  \
+        if (NV > 3) c##r##3 = OP(c##r##3, x, b3);                                                  \
+    }
+
+#define BCAST_F32(p) _mm512_set1_ps(*(p))
+#define FMA_F32(c, x, b) _mm512_fmadd_ps(x, b, c)
+#define LDB_F32(v) _mm512_maskz_loadu_ps(v == NV - 1 ? lm : 0xffff, B + 16 * v)
+
 T512 INLINE void mk_f32(const int MR, const int NV, int64_t K, const float* A, int64_t rsa,
                         int64_t csa, const float* B, int64_t ldb, float* C, int64_t ldc, int acc,
                         __mmask16 lm) {
-    __m512 c[6][4];
-    const float* a[6];
-    for (int r = 0; r < MR; r++) {
-        a[r] = A + r * rsa;
-        for (int v = 0; v < NV; v++)
-            c[r][v] = acc ? _mm512_maskz_loadu_ps(v == NV - 1 ? lm : 0xffff, C + r * ldc + 16 * v)
-                          : _mm512_setzero_ps();
-    }
+    MK_DECL(0);
+    MK_DECL(1);
+    MK_DECL(2);
+    MK_DECL(3);
+    MK_DECL(4);
+    MK_DECL(5);
+    MK_LOADC(0) MK_LOADC(1) MK_LOADC(2) MK_LOADC(3) MK_LOADC(4) MK_LOADC(5);
+    const float* a = A;
     for (int64_t k = 0; k < K; k++) {
-        __m512 b[4];
-        for (int v = 0; v < NV; v++)
-            b[v] = _mm512_maskz_loadu_ps(v == NV - 1 ? lm : 0xffff, B + 16 * v);
-        for (int r = 0; r < MR; r++) {
-            const __m512 x = _mm512_set1_ps(*a[r]);
-            for (int v = 0; v < NV; v++)
-                c[r][v] = _mm512_fmadd_ps(x, b[v], c[r][v]);
-            a[r] += csa;
-        }
+        const __m512 b0 = LDB_F32(0);
+        const __m512 b1 = NV > 1 ? LDB_F32(1) : b0;
+        const __m512 b2 = NV > 2 ? LDB_F32(2) : b0;
+        const __m512 b3 = NV > 3 ? LDB_F32(3) : b0;
+        MK_ROW(0, BCAST_F32, FMA_F32)
+        MK_ROW(1, BCAST_F32, FMA_F32)
+        MK_ROW(2, BCAST_F32, FMA_F32)
+        MK_ROW(3, BCAST_F32, FMA_F32)
+        MK_ROW(4, BCAST_F32, FMA_F32)
+        MK_ROW(5, BCAST_F32, FMA_F32)
+        a += csa;
         B += ldb;
     }
-    for (int r = 0; r < MR; r++)
-        for (int v = 0; v < NV; v++)
-            _mm512_mask_storeu_ps(C + r * ldc + 16 * v, v == NV - 1 ? lm : 0xffff, c[r][v]);
+    MK_STC(0) MK_STC(1) MK_STC(2) MK_STC(3) MK_STC(4) MK_STC(5);
 }
 
 typedef void (*mk_f32_fn)(int64_t, const float*, int64_t, int64_t, const float*, int64_t, float*,
@@ -57,7 +88,8 @@ typedef void (*mk_f32_fn)(int64_t, const float*, int64_t, int64_t, const float*,
     }
 #define MKF_ROW(MR) MKF(MR, 1) MKF(MR, 2) MKF(MR, 3) MKF(MR, 4)
 MKF_ROW(1)
-MKF_ROW(2) MKF_ROW(3) MKF_ROW(4) MKF_ROW(5) MKF_ROW(6)
+MKF_ROW(2)
+MKF_ROW(3) MKF_ROW(4) MKF_ROW(5) MKF_ROW(6)
 #define MKF_TAB(MR)                                                                                \
     { mkf_##MR##_1, mkf_##MR##_2, mkf_##MR##_3, mkf_##MR##_4 }
     static const mk_f32_fn mkf_tab[6][4] = {MKF_TAB(1), MKF_TAB(2), MKF_TAB(3),
@@ -80,32 +112,36 @@ T512 static void gemm_f32(int64_t M, int64_t N, int64_t K, const float* A, int64
 /* ---- GEMM, bf16 pairs (vdpbf16ps) ---------------------------------------------------------------
  */
 
+#define BCAST_BF16(p) ((__m512bh)_mm512_set1_epi32((int)*(p)))
+#define DOT_BF16(c, x, b) _mm512_dpbf16_ps(c, x, b)
+#define LDB_BF16(v) ((__m512bh)_mm512_maskz_loadu_epi32(v == NV - 1 ? lm : 0xffff, B + 16 * v))
+
 T512BF INLINE void mk_bf16(const int MR, const int NV, int64_t P, const uint32_t* A, int64_t rsa,
                            int64_t csa, const uint32_t* B, int64_t ldb, float* C, int64_t ldc,
                            int acc, __mmask16 lm) {
-    __m512 c[6][4];
-    const uint32_t* a[6];
-    for (int r = 0; r < MR; r++) {
-        a[r] = A + r * rsa;
-        for (int v = 0; v < NV; v++)
-            c[r][v] = acc ? _mm512_maskz_loadu_ps(v == NV - 1 ? lm : 0xffff, C + r * ldc + 16 * v)
-                          : _mm512_setzero_ps();
-    }
+    MK_DECL(0);
+    MK_DECL(1);
+    MK_DECL(2);
+    MK_DECL(3);
+    MK_DECL(4);
+    MK_DECL(5);
+    MK_LOADC(0) MK_LOADC(1) MK_LOADC(2) MK_LOADC(3) MK_LOADC(4) MK_LOADC(5);
+    const uint32_t* a = A;
     for (int64_t p = 0; p < P; p++) {
-        __m512bh b[4];
-        for (int v = 0; v < NV; v++)
-            b[v] = (__m512bh)_mm512_maskz_loadu_epi32(v == NV - 1 ? lm : 0xffff, B + 16 * v);
-        for (int r = 0; r < MR; r++) {
-            const __m512bh x = (__m512bh)_mm512_set1_epi32((int)*a[r]);
-            for (int v = 0; v < NV; v++)
-                c[r][v] = _mm512_dpbf16_ps(c[r][v], x, b[v]);
-            a[r] += csa;
-        }
+        const __m512bh b0 = LDB_BF16(0);
+        const __m512bh b1 = NV > 1 ? LDB_BF16(1) : b0;
+        const __m512bh b2 = NV > 2 ? LDB_BF16(2) : b0;
+        const __m512bh b3 = NV > 3 ? LDB_BF16(3) : b0;
+        MK_ROW(0, BCAST_BF16, DOT_BF16)
+        MK_ROW(1, BCAST_BF16, DOT_BF16)
+        MK_ROW(2, BCAST_BF16, DOT_BF16)
+        MK_ROW(3, BCAST_BF16, DOT_BF16)
+        MK_ROW(4, BCAST_BF16, DOT_BF16)
+        MK_ROW(5, BCAST_BF16, DOT_BF16)
+        a += csa;
         B += ldb;
     }
-    for (int r = 0; r < MR; r++)
-        for (int v = 0; v < NV; v++)
-            _mm512_mask_storeu_ps(C + r * ldc + 16 * v, v == NV - 1 ? lm : 0xffff, c[r][v]);
+    MK_STC(0) MK_STC(1) MK_STC(2) MK_STC(3) MK_STC(4) MK_STC(5);
 }
 
 typedef void (*mk_bf16_fn)(int64_t, const uint32_t*, int64_t, int64_t, const uint32_t*, int64_t,
@@ -118,7 +154,8 @@ typedef void (*mk_bf16_fn)(int64_t, const uint32_t*, int64_t, int64_t, const uin
     }
 #define MKB_ROW(MR) MKB(MR, 1) MKB(MR, 2) MKB(MR, 3) MKB(MR, 4)
 MKB_ROW(1)
-MKB_ROW(2) MKB_ROW(3) MKB_ROW(4) MKB_ROW(5) MKB_ROW(6)
+MKB_ROW(2)
+MKB_ROW(3) MKB_ROW(4) MKB_ROW(5) MKB_ROW(6)
 #define MKB_TAB(MR)                                                                                \
     { mkb_##MR##_1, mkb_##MR##_2, mkb_##MR##_3, mkb_##MR##_4 }
     static const mk_bf16_fn mkb_tab[6][4] = {MKB_TAB(1), MKB_TAB(2), MKB_TAB(3),
@@ -150,6 +187,24 @@ T512BF void cf_avx512_pack_pairs_f32(uint32_t* dst, const float* lo, const float
         const __m512 h = hi ? _mm512_maskz_loadu_ps(m, hi + i) : _mm512_setzero_ps();
         const __m512i x = (__m512i)_mm512_cvtne2ps_pbh(h, l); /* 0..15 = lo, 16..31 = hi */
         _mm512_mask_storeu_epi32(dst + i, m, _mm512_permutexvar_epi16(perm, x));
+    }
+}
+
+/* Two bf16 rows into pairs (lo[i], hi[i]). */
+T512 void cf_avx512_interleave_u16(uint32_t* dst, const uint16_t* lo, const uint16_t* hi,
+                                   int64_t n) {
+    const __m512i ia = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40,
+                                        8, 39, 7, 38, 6, 37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
+    const __m512i ib = _mm512_add_epi16(ia, _mm512_set1_epi16(16));
+    for (int64_t i = 0; i < n; i += 32) {
+        const int64_t r = n - i;
+        const __mmask32 m = r >= 32 ? 0xffffffffu : (__mmask32)((1u << r) - 1u);
+        const __m512i a = _mm512_maskz_loadu_epi16(m, lo + i);
+        const __m512i b = hi ? _mm512_maskz_loadu_epi16(m, hi + i) : _mm512_setzero_si512();
+        const __mmask16 m0 = r >= 16 ? 0xffff : (__mmask16)((1u << r) - 1u);
+        const __mmask16 m1 = r >= 32 ? 0xffff : r > 16 ? (__mmask16)((1u << (r - 16)) - 1u) : 0;
+        _mm512_mask_storeu_epi32(dst + i, m0, _mm512_permutex2var_epi16(a, ia, b));
+        if (m1) _mm512_mask_storeu_epi32(dst + i + 16, m1, _mm512_permutex2var_epi16(a, ib, b));
     }
 }
 
@@ -286,6 +341,7 @@ static const cf_attn_kernels kernels = {
     .ds_row = ds_row,
     .ds_cols = ds_cols,
     .pack_pairs_f32 = NULL, /* only used with gemm_bf16 */
+    .interleave_u16 = cf_avx512_interleave_u16,
     .to_f32 = cf_avx512_to_f32,
     .from_f32 = cf_avx512_from_f32,
 };
@@ -299,6 +355,7 @@ static const cf_attn_kernels kernels_bf16 = {
     .ds_row = ds_row,
     .ds_cols = ds_cols,
     .pack_pairs_f32 = cf_avx512_pack_pairs_f32,
+    .interleave_u16 = cf_avx512_interleave_u16,
     .to_f32 = cf_avx512_to_f32,
     .from_f32 = cf_avx512_from_f32,
 };

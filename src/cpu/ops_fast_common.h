@@ -1,0 +1,123 @@
+/* Pieces every fast op kernel shares, compiled once per ISA: it is included by
+ * src/cpu/ops_generic.c, src/cpu/x86/ops_avx2.c and src/cpu/x86/ops_avx512.c after their
+ * `#pragma GCC target`, so the plain loops here vectorize to that ISA's width. Rows are converted
+ * to fp32 scratch (ld_row / st_row; fp16 through F16C where present), the math runs on fp32 in
+ * `omp simd` loops, and fexp is a vectorizable exp. */
+#ifndef CFLASH_CPU_OPS_FAST_COMMON_H
+#define CFLASH_CPU_OPS_FAST_COMMON_H
+
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__F16C__) || defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+#include "core/ops_call.h"
+#include "core/status.h"
+#include "dispatch/dispatch.h"
+
+/* dst[0..n) = src[0..n) (dtype dt) as fp32. */
+static inline void ld_row(float* restrict dst, const void* restrict src, cf_dtype dt, int64_t n) {
+    if (dt == CF_F32) {
+        memcpy(dst, src, sizeof(float) * (size_t)n);
+    } else if (dt == CF_BF16) {
+        const uint16_t* s = src;
+#pragma omp simd
+        for (int64_t i = 0; i < n; i++) {
+            uint32_t u = (uint32_t)s[i] << 16;
+            float f;
+            memcpy(&f, &u, 4);
+            dst[i] = f;
+        }
+    } else {
+        const uint16_t* s = src;
+        int64_t i = 0;
+#if defined(__AVX512F__)
+        for (; i + 16 <= n; i += 16)
+            _mm512_storeu_ps(dst + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(s + i))));
+#elif defined(__F16C__)
+        for (; i + 8 <= n; i += 8)
+            _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(s + i))));
+#endif
+        for (; i < n; i++)
+            dst[i] = cf_f16_to_f32(s[i]);
+    }
+}
+
+/* dst[0..n) (dtype dt) = src rounded to nearest even. */
+static inline void st_row(void* restrict dst, cf_dtype dt, const float* restrict src, int64_t n) {
+    if (dt == CF_F32) {
+        memcpy(dst, src, sizeof(float) * (size_t)n);
+    } else if (dt == CF_BF16) {
+        uint16_t* d = dst;
+#pragma omp simd
+        for (int64_t i = 0; i < n; i++) {
+            uint32_t u;
+            memcpy(&u, &src[i], 4);
+            uint32_t r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+            d[i] = (uint16_t)((u & 0x7fffffffu) > 0x7f800000u ? ((u >> 16) | 0x40u) : r);
+        }
+    } else {
+        uint16_t* d = dst;
+        int64_t i = 0;
+#if defined(__AVX512F__)
+        for (; i + 16 <= n; i += 16)
+            _mm256_storeu_si256((__m256i*)(d + i),
+                                _mm512_cvtps_ph(_mm512_loadu_ps(src + i),
+                                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+#elif defined(__F16C__)
+        for (; i + 8 <= n; i += 8)
+            _mm_storeu_si128((__m128i*)(d + i),
+                             _mm256_cvtps_ph(_mm256_loadu_ps(src + i),
+                                             _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+#endif
+        for (; i < n; i++)
+            d[i] = cf_f32_to_f16(src[i]);
+    }
+}
+
+/* Byte address of element offset off (in elements) of a view's data. */
+static inline void* at(const cf_view* v, int64_t off) {
+    return (char*)v->data + off * (int64_t)cf_dtype_size(v->dtype);
+}
+
+/* exp(x) for x <= 0 (softmax arguments), relative error ~2 ulp; 0 below -87 and for -inf.
+ * Branch-free so that loops over it vectorize. */
+static inline float fexp(float x) {
+    const float l2e = 1.44269504088896341f, c1 = 0.693359375f, c2 = -2.12194440e-4f;
+    float xc = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+    float n = floorf(xc * l2e + 0.5f);
+    float r = xc - n * c1 - n * c2;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    int32_t e = ((int32_t)n + 127) << 23;
+    float s;
+    memcpy(&s, &e, 4);
+    return x < -87.0f ? 0.0f : p * s;
+}
+
+/* Rows [*r0, *r1) of n for thread t of nt: contiguous blocks (streaming, deterministic). */
+static inline void part(int64_t n, int t, int nt, int64_t* r0, int64_t* r1) {
+    *r0 = n * t / nt;
+    *r1 = n * (t + 1) / nt;
+}
+
+#ifdef _OPENMP
+#include <omp.h>
+#define CF_TID omp_get_thread_num()
+#define CF_NT omp_get_num_threads()
+#else
+#define CF_TID 0
+#define CF_NT 1
+#endif
+
+#endif

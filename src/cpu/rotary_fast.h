@@ -1,0 +1,69 @@
+/* Fast rotary embedding body (included once per ISA by ops_generic.c / x86/ops_*.c after
+ * ops_fast_common.h): rows split in contiguous blocks over threads; per row the cos/sin row is
+ * converted once, each head is loaded to fp32, rotated in vector loops and stored. */
+
+static cflash_status fast_rotary_run(const void* call) {
+    const cf_rotary_call* c = call;
+    const int64_t half = c->rd / 2, D = c->D, rows = c->B * c->S;
+    const size_t xs = cf_dtype_size(c->dtype);
+    int failed = 0;
+#pragma omp parallel num_threads(c->threads) reduction(| : failed)
+    {
+        float* buf = malloc(sizeof(float) * (size_t)(2 * D + 4 * half + 32));
+        failed = !buf;
+        if (buf) {
+            float *x = buf, *o = x + D, *co = o + D, *si = co + half, *ce = si + half,
+                  *se = ce + half;
+            int64_t r0, r1;
+            part(rows, CF_TID, CF_NT, &r0, &r1);
+            for (int64_t r = r0; r < r1; r++) {
+                int64_t b = r / c->S, s = r % c->S, s0, len, off;
+                cf_rotary_seq(c, b, &s0, &len, &off);
+                if (s >= len) continue;
+                int64_t pos = off + s;
+                ld_row(co, at(&c->cos, pos * c->cos.stride[0]), c->cos.dtype, half);
+                ld_row(si, at(&c->sin, pos * c->sin.stride[0]), c->sin.dtype, half);
+                if (c->conjugate)
+#pragma omp simd
+                    for (int64_t i = 0; i < half; i++)
+                        si[i] = -si[i];
+                if (c->interleaved) /* per-element factors: o[d] = x[d] ce[d] + x[d^1] se[d] */
+                    for (int64_t i = 0; i < half; i++) {
+                        ce[2 * i] = ce[2 * i + 1] = co[i];
+                        se[2 * i] = -si[i];
+                        se[2 * i + 1] = si[i];
+                    }
+                int64_t xrow = b * c->x.stride[0] + (s0 + s) * c->x.stride[1];
+                int64_t orow = b * c->out.stride[0] + (s0 + s) * c->out.stride[1];
+                for (int64_t h = 0; h < c->H; h++) {
+                    const void* src =
+                        (const char*)c->x.data + (xrow + h * c->x.stride[2]) * (int64_t)xs;
+                    void* dst = (char*)c->out.data + (orow + h * c->out.stride[2]) * (int64_t)xs;
+                    if (h >= c->nrot) {
+                        if (!c->inplace) memcpy(dst, src, (size_t)D * xs);
+                        continue;
+                    }
+                    ld_row(x, src, c->dtype, c->inplace ? c->rd : D);
+                    if (c->interleaved) {
+#pragma omp simd
+                        for (int64_t d = 0; d < c->rd; d++)
+                            o[d] = x[d] * ce[d] + x[d ^ 1] * se[d];
+                    } else {
+#pragma omp simd
+                        for (int64_t i = 0; i < half; i++) {
+                            o[i] = x[i] * co[i] - x[i + half] * si[i];
+                            o[i + half] = x[i] * si[i] + x[i + half] * co[i];
+                        }
+                    }
+                    if (!c->inplace)
+                        for (int64_t d = c->rd; d < D; d++)
+                            o[d] = x[d];
+                    st_row(dst, c->dtype, o, c->inplace ? c->rd : D);
+                }
+            }
+        }
+        free(buf);
+    }
+    CFLASH_RETURN_IF(failed, CFLASH_ERR_OUT_OF_MEMORY, "rotary: out of memory for scratch rows");
+    return CFLASH_OK;
+}

@@ -1,0 +1,215 @@
+/* Timing and the machine's peaks for `cflash bench`: a monotonic clock, the median of repeated
+ * runs after warm-up, and measured (not datasheet) throughput of the fp32 FMA unit, AVX512-BF16
+ * vdpbf16ps, AMX-BF16 tdpbf16ps and memory bandwidth, each with every thread busy at once. */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "cli.h"
+#include "probe/cpu_features.h"
+
+double cf_now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static int cmp_double(const void* a, const void* b) {
+    double x = *(const double*)a, y = *(const double*)b;
+    return (x > y) - (x < y);
+}
+
+double cf_bench_median_ms(void (*fn)(void*), void* arg, int warmup, int reps) {
+    if (reps < 1) reps = 1;
+    for (int i = 0; i < warmup; i++)
+        fn(arg);
+    double* t = malloc(sizeof(double) * (size_t)reps);
+    if (!t) return -1.0;
+    for (int i = 0; i < reps; i++) {
+        double t0 = cf_now_s();
+        fn(arg);
+        t[i] = (cf_now_s() - t0) * 1e3;
+    }
+    qsort(t, (size_t)reps, sizeof(double), cmp_double);
+    double m = reps % 2 ? t[reps / 2] : 0.5 * (t[reps / 2 - 1] + t[reps / 2]);
+    free(t);
+    return m;
+}
+
+/* ---- Compute peaks: independent chains of one instruction, in registers ---------------------- */
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+/* 24 independent accumulators hide the FMA latency on two pipes; returns flops done. */
+#define X16(M) M(0) M(1) M(2) M(3) M(4) M(5) M(6) M(7) M(8) M(9) M(10) M(11) M(12) M(13) M(14) M(15)
+__attribute__((target("avx512f"))) static double fma512(int64_t iters) {
+    const __m512 x = _mm512_set1_ps(0.999999f), y = _mm512_set1_ps(1e-7f);
+#define DECL(i) __m512 a##i = _mm512_set1_ps((float)i);
+#define STEP(i) a##i = _mm512_fmadd_ps(a##i, x, y);
+#define SUM(i) s = _mm512_add_ps(s, a##i);
+    X16(DECL)
+    for (int64_t k = 0; k < iters; k++) {
+        X16(STEP)
+        __asm__ volatile("" ::: "memory");
+    }
+    __m512 s = _mm512_setzero_ps();
+    X16(SUM)
+    volatile float sink = _mm512_reduce_add_ps(s);
+    (void)sink;
+    return (double)iters * 16 * 16 * 2;
+}
+__attribute__((target("avx2,fma"))) static double fma256(int64_t iters) {
+    const __m256 x = _mm256_set1_ps(0.999999f), y = _mm256_set1_ps(1e-7f);
+#undef DECL
+#undef STEP
+#undef SUM
+#define DECL(i) __m256 a##i = _mm256_set1_ps((float)i);
+#define STEP(i) a##i = _mm256_fmadd_ps(a##i, x, y);
+#define SUM(i) s = _mm256_add_ps(s, a##i);
+    X16(DECL)
+    for (int64_t k = 0; k < iters; k++) {
+        X16(STEP)
+        __asm__ volatile("" ::: "memory");
+    }
+    __m256 s = _mm256_setzero_ps();
+    X16(SUM)
+    float o[8];
+    _mm256_storeu_ps(o, s);
+    volatile float sink = o[0];
+    (void)sink;
+    return (double)iters * 16 * 8 * 2;
+}
+/* vdpbf16ps: 16 lanes x 2 products = 64 flops per instruction. */
+__attribute__((target("avx512f,avx512bf16"))) static double dpbf16(int64_t iters) {
+    const __m512bh x = (__m512bh)_mm512_set1_epi32(0x3f803f80), y = x;
+#undef DECL
+#undef STEP
+#undef SUM
+#define DECL(i) __m512 a##i = _mm512_setzero_ps();
+#define STEP(i) a##i = _mm512_dpbf16_ps(a##i, x, y);
+#define SUM(i) s = _mm512_add_ps(s, a##i);
+    X16(DECL)
+    for (int64_t k = 0; k < iters; k++) {
+        X16(STEP)
+        __asm__ volatile("" ::: "memory");
+    }
+    __m512 s = _mm512_setzero_ps();
+    X16(SUM)
+    volatile float sink = _mm512_reduce_add_ps(s);
+    (void)sink;
+    return (double)iters * 16 * 64;
+}
+#if defined(__GNUC__) && __GNUC__ >= 11
+/* tdpbf16ps on 16x16 fp32 tiles: 16 * 16 * 32 * 2 flops per instruction. Tile config: tiles 0-3
+ * accumulators (16 rows x 64 bytes), 4 = A, 5 = B. Unverified on a machine without AMX. */
+__attribute__((target("amx-tile,amx-bf16"))) static double amxbf16(int64_t iters) {
+    static _Thread_local uint16_t buf[2][16 * 32];
+    unsigned char cfg[64];
+    memset(cfg, 0, sizeof cfg);
+    cfg[0] = 1; /* palette */
+    for (int t = 0; t < 6; t++) {
+        cfg[16 + 2 * t] = 64; /* bytes per row */
+        cfg[48 + t] = 16;     /* rows */
+    }
+    _tile_loadconfig(cfg);
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    _tile_loadd(4, buf[0], 64);
+    _tile_loadd(5, buf[1], 64);
+    for (int64_t k = 0; k < iters; k++) {
+        _tile_dpbf16ps(0, 4, 5);
+        _tile_dpbf16ps(1, 4, 5);
+        _tile_dpbf16ps(2, 4, 5);
+        _tile_dpbf16ps(3, 4, 5);
+    }
+    _tile_release();
+    return (double)iters * 4 * 16 * 16 * 32 * 2;
+}
+#define HAVE_AMX_PEAK 1
+#endif
+#endif
+
+/* GFLOP/s of kernel run on every thread at once for about `seconds`. */
+static double run_peak(double (*kernel)(int64_t), int threads, double seconds) {
+    /* Calibrate on one thread, then time the parallel run. */
+    int64_t iters = 1 << 12;
+    for (;;) {
+        double t0 = cf_now_s();
+        kernel(iters);
+        double dt = cf_now_s() - t0;
+        if (dt > 0.02) {
+            iters = (int64_t)((double)iters * seconds / dt) + 1;
+            break;
+        }
+        iters *= 4;
+    }
+    double flops = 0.0, t0 = cf_now_s();
+#pragma omp parallel num_threads(threads) reduction(+ : flops)
+    flops += kernel(iters);
+    return flops / (cf_now_s() - t0) * 1e-9;
+}
+
+/* Read + write bandwidth: copy between two buffers far larger than the caches. */
+static double mem_bw(int threads) {
+    const size_t n = (size_t)64 << 20; /* 64M floats = 256 MB each */
+    float* a = malloc(n * sizeof(float));
+    float* b = malloc(n * sizeof(float));
+    if (!a || !b) {
+        free(a), free(b);
+        return 0.0;
+    }
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (size_t i = 0; i < n; i++)
+        a[i] = (float)(i & 1023), b[i] = 0.0f;
+    double best = 0.0;
+    for (int rep = 0; rep < 5; rep++) {
+        double t0 = cf_now_s();
+#pragma omp parallel for num_threads(threads) schedule(static)
+        for (size_t i = 0; i < n; i++)
+            b[i] = a[i] * 1.0001f;
+        double dt = cf_now_s() - t0;
+        double gbs = 2.0 * (double)(n * sizeof(float)) / dt * 1e-9;
+        if (gbs > best) best = gbs;
+    }
+    volatile float sink = b[n / 2];
+    (void)sink;
+    free(a), free(b);
+    return best;
+}
+
+const cf_peaks* cf_measure_peaks(int threads) {
+    static cf_peaks p;
+    static int done = 0;
+    if (threads <= 0) {
+#ifdef _OPENMP
+        threads = omp_get_max_threads();
+#else
+        threads = 1;
+#endif
+    }
+    if (done && p.threads == threads) return &p;
+    memset(&p, 0, sizeof p);
+    p.threads = threads;
+#if defined(__x86_64__)
+    const cf_cpu_info* ci = cf_cpu();
+    if (ci->avx512f)
+        p.fma_f32_gflops = run_peak(fma512, threads, 0.25);
+    else if (ci->avx2 && ci->fma)
+        p.fma_f32_gflops = run_peak(fma256, threads, 0.25);
+    if (ci->avx512bf16) p.bf16_dot_gflops = run_peak(dpbf16, threads, 0.25);
+#ifdef HAVE_AMX_PEAK
+    if (ci->amx_bf16 && ci->amx_permitted) p.amx_bf16_gflops = run_peak(amxbf16, threads, 0.25);
+#endif
+#endif
+    p.mem_bw_gbs = mem_bw(threads);
+    done = 1;
+    return &p;
+}

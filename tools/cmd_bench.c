@@ -1,0 +1,293 @@
+/* `cflash bench` (attention forward / backward timing: median of repeated runs after warm-up,
+ * GFLOP/s by DESIGN.md's convention, fraction of the measured peak of the unit doing the matrix
+ * work) and `cflash bench peak` (this machine's fp32 FMA, AVX512-BF16, AMX-BF16, memory peaks). */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "cli.h"
+#include "probe/cpu_features.h"
+
+int cf_cmd_bench(int argc, char** argv);
+int cf_cmd_bench_peak(int argc, char** argv);
+
+static int resolve_threads(int t) {
+#ifdef _OPENMP
+    if (t <= 0) t = omp_get_max_threads();
+#endif
+    return t > 0 ? t : 1;
+}
+
+/* ---- bench peak -------------------------------------------------------------------------------
+ */
+
+int cf_cmd_bench_peak(int argc, char** argv) {
+    cf_problem pr;
+    char err[256];
+    cf_problem_defaults(&pr);
+    if (cf_problem_parse(&pr, argc, argv, 3, err, sizeof err)) {
+        fprintf(stderr, "cflash bench peak: %s\n", err);
+        return 2;
+    }
+    const int T = resolve_threads(pr.threads);
+    const cf_peaks* p = cf_measure_peaks(T);
+    const cf_cpu_info* ci = cf_cpu();
+    if (pr.json) {
+        printf("{\"op\":\"peak\",\"cpu\":\"%s\",\"threads\":%d,\"fma_f32_gflops\":%.1f,"
+               "\"bf16_dot_gflops\":%.1f,\"amx_bf16_gflops\":%.1f,\"mem_bw_gbs\":%.1f}\n",
+               ci->model, T, p->fma_f32_gflops, p->bf16_dot_gflops, p->amx_bf16_gflops,
+               p->mem_bw_gbs);
+    } else {
+        printf("cpu: %s, %d threads\n", ci->model, T);
+        printf("  fp32 FMA        %10.1f GFLOP/s (%s)\n", p->fma_f32_gflops,
+               ci->avx512f ? "AVX-512 vfmadd231ps" : "AVX2 vfmadd231ps");
+        if (p->bf16_dot_gflops > 0)
+            printf("  AVX512-BF16     %10.1f GFLOP/s (vdpbf16ps)\n", p->bf16_dot_gflops);
+        else
+            printf("  AVX512-BF16     %10s (CPU lacks avx512_bf16)\n", "-");
+        if (p->amx_bf16_gflops > 0)
+            printf("  AMX-BF16        %10.1f GFLOP/s (tdpbf16ps)\n", p->amx_bf16_gflops);
+        else
+            printf("  AMX-BF16        %10s (%s)\n", "-",
+                   !ci->amx_bf16 ? "CPU lacks amx_bf16"
+                                 : (ci->amx_error[0] ? ci->amx_error : "tile data not permitted"));
+        printf("  memory          %10.1f GB/s (read + write, copy of 256 MB)\n", p->mem_bw_gbs);
+    }
+    return 0;
+}
+
+/* ---- bench (attention) ----------------------------------------------------------------------- */
+
+typedef struct bench_tensors {
+    int device;
+    DLTensor q, k, v, out, lse, dout, dq, dk, dv, alibi;
+    int64_t shq[4], shk[4], shv[4], sho[4], shl[3], sha[1];
+    void* mem[10];
+} bench_tensors;
+
+static void dl_init(DLTensor* t, void* data, int device, cf_dtype dt, int ndim, int64_t* shape) {
+    memset(t, 0, sizeof *t);
+    t->data = data;
+    t->device.device_type = device;
+    t->device.device_id = 0;
+    t->ndim = ndim;
+    t->shape = shape;
+    t->strides = NULL;
+    t->dtype.code = dt == CF_F32 ? kDLFloat : dt == CF_F16 ? kDLFloat : kDLBfloat;
+    t->dtype.bits = dt == CF_F32 ? 32 : 16;
+    t->dtype.lanes = 1;
+}
+
+/* Allocates a tensor on the device filled with uniform random values in [-1, 1). */
+static void* make(bench_tensors* bt, int slot, DLTensor* t, cf_dtype dt, int ndim, int64_t* shape,
+                  uint64_t seed, char* err, size_t len) {
+    int64_t n = 1;
+    for (int i = 0; i < ndim; i++)
+        n *= shape[i];
+    const size_t es = cf_dtype_size(dt), bytes = (size_t)n * es;
+    void* host = malloc(bytes ? bytes : 1);
+    void* dev = cf_tool_alloc(bt->device, bytes ? bytes : 1, err, len);
+    if (!host || !dev) {
+        free(host);
+        if (dev) cf_tool_free(bt->device, dev);
+        if (!err[0]) snprintf(err, len, "out of memory for %zu bytes", bytes);
+        return NULL;
+    }
+    uint64_t s = seed * 0x9E3779B97F4A7C15ull + 1;
+    for (int64_t i = 0; i < n; i++) {
+        s ^= s << 13, s ^= s >> 7, s ^= s << 17;
+        float x = (float)((double)(s >> 11) / 9007199254740992.0) * 2.0f - 1.0f;
+        cf_store(host, dt, i, x);
+    }
+    int rc = cf_tool_copy(bt->device, dev, host, bytes, 1, err, len);
+    free(host);
+    if (rc) {
+        cf_tool_free(bt->device, dev);
+        return NULL;
+    }
+    bt->mem[slot] = dev;
+    dl_init(t, dev, bt->device, dt, ndim, shape);
+    return dev;
+}
+
+typedef struct bench_run {
+    cflash_context* ctx;
+    cflash_attn_params params;
+    bench_tensors* t;
+    int bwd;
+    cflash_status status;
+} bench_run;
+
+static void run_once(void* arg) {
+    bench_run* r = arg;
+    bench_tensors* t = r->t;
+    if (r->bwd)
+        r->status = cflash_attn_bwd(r->ctx, &r->params, &t->dout, &t->q, &t->k, &t->v, &t->out,
+                                    &t->lse, &t->dq, &t->dk, &t->dv);
+    else
+        r->status = cflash_attn_fwd(r->ctx, &r->params, &t->q, &t->k, &t->v, &t->out, &t->lse);
+    if (t->device != kDLCPU) {
+        char err[128];
+        cf_tool_sync(t->device, err, sizeof err);
+    }
+}
+
+/* Query-key pairs the convention counts: all, halved for causal with Sq == Sk, else exactly the
+ * visible ones (windows, causal with Sq != Sk). */
+static double pairs(const cf_problem* p) {
+    const double full = (double)p->seqlen_q * (double)p->seqlen_k;
+    const int window = p->window_left >= 0 || p->window_right >= 0;
+    if (!p->causal && !window) return full;
+    if (p->causal && !window && p->seqlen_q == p->seqlen_k) return full / 2;
+    double n = 0;
+    for (int64_t i = 0; i < p->seqlen_q; i++) {
+        int64_t diag = i + p->seqlen_k - p->seqlen_q, lo = 0, hi = p->seqlen_k;
+        int64_t wr = p->causal ? 0 : p->window_right;
+        if (p->window_left >= 0 && diag - p->window_left > lo) lo = diag - p->window_left;
+        if (wr >= 0 && diag + wr + 1 < hi) hi = diag + wr + 1;
+        if (hi > lo) n += (double)(hi - lo);
+    }
+    return n;
+}
+
+static const char* dtype_str(cf_dtype d) {
+    return d == CF_F32 ? "fp32" : d == CF_F16 ? "fp16" : "bf16";
+}
+
+int cf_cmd_bench(int argc, char** argv) {
+    cf_problem pr;
+    char err[512] = "";
+    cf_problem_defaults(&pr);
+    if (cf_problem_parse(&pr, argc, argv, 2, err, sizeof err)) {
+        fprintf(stderr, "cflash bench: %s\n", err);
+        return 2;
+    }
+    const int T = resolve_threads(pr.threads);
+    const int64_t B = pr.batch, H = pr.heads, Hk = pr.heads_kv, Sq = pr.seqlen_q, Sk = pr.seqlen_k,
+                  D = pr.head_dim, Dv = pr.head_dim_v;
+    bench_tensors t;
+    memset(&t, 0, sizeof t);
+    t.device = pr.device;
+    int64_t shq[4] = {B, Sq, H, D}, shk[4] = {B, Sk, Hk, D}, shv[4] = {B, Sk, Hk, Dv},
+            sho[4] = {B, Sq, H, Dv}, shl[3] = {B, H, Sq}, sha[1] = {H};
+    memcpy(t.shq, shq, sizeof shq), memcpy(t.shk, shk, sizeof shk), memcpy(t.shv, shv, sizeof shv);
+    memcpy(t.sho, sho, sizeof sho), memcpy(t.shl, shl, sizeof shl), memcpy(t.sha, sha, sizeof sha);
+    int ok = make(&t, 0, &t.q, pr.dtype, 4, t.shq, 1, err, sizeof err) &&
+             make(&t, 1, &t.k, pr.dtype, 4, t.shk, 2, err, sizeof err) &&
+             make(&t, 2, &t.v, pr.dtype, 4, t.shv, 3, err, sizeof err) &&
+             make(&t, 3, &t.out, pr.dtype, 4, t.sho, 4, err, sizeof err) &&
+             make(&t, 4, &t.lse, CF_F32, 3, t.shl, 5, err, sizeof err);
+    if (ok && pr.bwd)
+        ok = make(&t, 5, &t.dout, pr.dtype, 4, t.sho, 6, err, sizeof err) &&
+             make(&t, 6, &t.dq, pr.dtype, 4, t.shq, 7, err, sizeof err) &&
+             make(&t, 7, &t.dk, pr.dtype, 4, t.shk, 8, err, sizeof err) &&
+             make(&t, 8, &t.dv, pr.dtype, 4, t.shv, 9, err, sizeof err);
+    if (ok && pr.alibi) {
+        ok = make(&t, 9, &t.alibi, CF_F32, 1, t.sha, 10, err, sizeof err) != NULL;
+        if (ok) {
+            float* s = malloc(sizeof(float) * (size_t)H);
+            for (int64_t h = 0; h < H && s; h++)
+                s[h] = powf(2.0f, -8.0f * (float)(h + 1) / (float)H);
+            if (s)
+                cf_tool_copy(t.device, t.alibi.data, s, sizeof(float) * (size_t)H, 1, err,
+                             sizeof err);
+            free(s);
+        }
+    }
+    int rc = 0;
+    if (!ok) {
+        fprintf(stderr, "cflash bench: %s\n", err);
+        rc = 1;
+        goto done;
+    }
+    bench_run r;
+    memset(&r, 0, sizeof r);
+    r.t = &t;
+    cflash_context_create(&r.ctx);
+    cflash_context_set_threads(r.ctx, pr.threads);
+    if (pr.backend && cflash_context_set_backend(r.ctx, pr.backend) != CFLASH_OK) {
+        fprintf(stderr, "cflash bench: %s\n", cflash_last_error());
+        rc = 2;
+        goto done_ctx;
+    }
+    cflash_attn_params_init(&r.params);
+    r.params.causal = pr.causal;
+    r.params.window_left = pr.window_left;
+    r.params.window_right = pr.window_right;
+    r.params.softcap = pr.softcap;
+    r.params.dropout_p = pr.dropout;
+    r.params.seed = 42;
+    r.params.alibi_slopes = pr.alibi ? &t.alibi : NULL;
+
+    /* The peaks first, in this same process, so the fractions compare like with like. */
+    const cf_peaks* pk = pr.device == kDLCPU ? cf_measure_peaks(T) : NULL;
+    for (int bwd = 0; bwd <= pr.bwd; bwd++) {
+        r.bwd = bwd;
+        char ex[2048] = "", backend[64] = "?";
+        cflash_op op = bwd ? CFLASH_OP_ATTN_BWD : CFLASH_OP_ATTN_FWD;
+        if (bwd)
+            cflash_explain(r.ctx, op, ex, sizeof ex, &r.params, &t.dout, &t.q, &t.k, &t.v, &t.out,
+                           &t.lse, &t.dq, &t.dk, &t.dv);
+        else
+            cflash_explain(r.ctx, op, ex, sizeof ex, &r.params, &t.q, &t.k, &t.v, &t.out, &t.lse);
+        const char* arrow = strstr(ex, "-> ");
+        if (arrow) sscanf(arrow + 3, "%63s", backend);
+        run_once(&r);
+        if (r.status != CFLASH_OK) {
+            fprintf(stderr, "cflash bench: %s failed: %s\n", bwd ? "attn_bwd" : "attn_fwd",
+                    cflash_last_error());
+            rc = 1;
+            break;
+        }
+        const double ms = cf_bench_median_ms(run_once, &r, pr.warmup, pr.reps);
+        const double flops =
+            4.0 * (double)B * (double)H * pairs(&pr) * (double)(D + Dv) / 2.0 * (bwd ? 2.5 : 1.0);
+        const double gflops = flops / (ms * 1e-3) * 1e-9;
+        /* The unit doing the matrix work. */
+        const char* unit = "fp32_fma";
+        double peak = pk ? pk->fma_f32_gflops : 0.0;
+        if (pk && pr.dtype == CF_BF16 && !bwd) {
+            if (!strcmp(backend, "cpu-amx") && pk->amx_bf16_gflops > 0)
+                unit = "amx_bf16", peak = pk->amx_bf16_gflops;
+            else if (!strcmp(backend, "cpu-avx512") && pk->bf16_dot_gflops > 0)
+                unit = "avx512_bf16", peak = pk->bf16_dot_gflops;
+        }
+        if (!pk) unit = "none";
+        const double frac = peak > 0 ? gflops / peak : 0.0;
+        if (pr.json) {
+            printf("{\"op\":\"%s\",\"backend\":\"%s\",\"dtype\":\"%s\",\"B\":%lld,\"H\":%lld,"
+                   "\"Hk\":%lld,\"Sq\":%lld,\"Sk\":%lld,\"D\":%lld,\"Dv\":%lld,\"causal\":%d,"
+                   "\"window_left\":%lld,\"window_right\":%lld,\"softcap\":%g,\"alibi\":%d,"
+                   "\"dropout\":%g,\"threads\":%d,\"warmup\":%d,\"reps\":%d,\"ms\":%.4f,"
+                   "\"gflops\":%.2f,\"peak_unit\":\"%s\",\"peak_gflops\":%.1f,"
+                   "\"peak_fraction\":%.4f}\n",
+                   bwd ? "attn_bwd" : "attn_fwd", backend, dtype_str(pr.dtype), (long long)B,
+                   (long long)H, (long long)Hk, (long long)Sq, (long long)Sk, (long long)D,
+                   (long long)Dv, pr.causal, (long long)pr.window_left, (long long)pr.window_right,
+                   (double)pr.softcap, pr.alibi, (double)pr.dropout, T, pr.warmup, pr.reps, ms,
+                   gflops, unit, peak, frac);
+        } else {
+            printf("%s %s B%lld H%lld/%lld Sq%lld Sk%lld D%lld/%lld%s threads %d, %s: %.3f ms, "
+                   "%.1f GFLOP/s",
+                   bwd ? "attn_bwd" : "attn_fwd", dtype_str(pr.dtype), (long long)B, (long long)H,
+                   (long long)Hk, (long long)Sq, (long long)Sk, (long long)D, (long long)Dv,
+                   pr.causal ? " causal" : "", T, backend, ms, gflops);
+            if (peak > 0)
+                printf(", %.1f%% of the %s peak (%.1f GFLOP/s)\n", 100.0 * frac, unit, peak);
+            else
+                printf("\n");
+        }
+        fflush(stdout);
+    }
+done_ctx:
+    cflash_context_free(r.ctx);
+done:
+    for (int i = 0; i < 10; i++)
+        if (t.mem[i]) cf_tool_free(t.device, t.mem[i]);
+    return rc;
+}
