@@ -36,6 +36,22 @@ static void expect_text(const char* fragment) {
     CHECK_MSG(strstr(text, fragment) != NULL, "text report lacks \"%s\"", fragment);
 }
 
+/* The op x backend row says fragment (or that the backend is not in this build). */
+static void expect_row(const char* op, const char* backend, const char* fragment) {
+    char head[64];
+    snprintf(head, sizeof head, "\n  %-16s %-12s ", op, backend);
+    const char* r = strstr(text, head);
+    CHECK_MSG(r != NULL, "no row for %s %s", op, backend);
+    if (!r) return;
+    r += strlen(head);
+    const char* end = strchr(r, '\n');
+    size_t n = end ? (size_t)(end - r) : strlen(r);
+    char row[2048];
+    snprintf(row, sizeof row, "%.*s", (int)(n < sizeof row ? n : sizeof row - 1), r);
+    CHECK_MSG(strstr(row, fragment) || !strcmp(row, "[NO] not implemented"),
+              "%s %s: \"%.900s\" lacks \"%s\"", op, backend, row, fragment);
+}
+
 /* Checks that hold in every scenario. */
 static void common_checks(void) {
     /* Truncation: a prefix, NUL-terminated, same needed length. */
@@ -162,20 +178,31 @@ int main(int argc, char** argv) {
         expect_text("(found by soname)");
         expect("fakes/cuda_initfail/libcuda.so.1");
         expect_text("  driver                12.4\n");
+        expect_row("attn_fwd", "cuda-simt", "CUDA_ERROR_NO_DEVICE");
+        expect_row("attn_bwd", "cuda-mma", "CUDA_ERROR_NO_DEVICE");
         CHECK(strstr(json, "\"cuinit_result\": 100"));
     } else if (!strcmp(scenario, "cuinit-stub")) {
         /* Override naming a directory. */
         expect("cuInit failed with 34 CUDA_ERROR_STUB_LIBRARY");
         expect("stub libcuda");
         expect_text("(found by CFLASH_LIBCUDA)");
+        expect_row("attn_fwd", "cuda-simt", "CUDA_ERROR_STUB_LIBRARY");
     } else if (!strcmp(scenario, "fake-gpu")) {
         expect_text("[cuda driver]\n  status                [OKAY] driver 12.4, 1 device(s)");
         expect_text("device 0              Fake GPU for cflash tests, sm_80, 108 SMs, 40.0 GiB");
         CHECK(
             strstr(json, "\"sm\": 80, \"multiprocessors\": 108, \"total_mem_bytes\": 42949672960"));
+    } else if (!strcmp(scenario, "fake-gpu-no-nvrtc")) {
+        /* A GPU but no NVRTC: the CUDA backends say NVRTC is the reason. */
+        expect_text("[cuda driver]\n  status                [OKAY] driver 12.4, 1 device(s)");
+        expect("CFLASH_LIBNVRTC is set to '/nonexistent/libnvrtc.so.13'");
+        expect_row("attn_fwd", "cuda-simt",
+                   "CFLASH_LIBNVRTC is set to '/nonexistent/libnvrtc.so.13'");
+        expect_row("attn_bwd", "cuda-mma", "NVRTC");
     } else if (!strcmp(scenario, "libcuda-missing-symbol")) {
         expect("lacks the entry point(s) cuDeviceTotalMem_v2");
         CHECK(strstr(json, "\"symbols_ok\": false"));
+        expect_row("attn_fwd", "cuda-simt", "cuDeviceTotalMem_v2");
     } else if (!strcmp(scenario, "nvrtc-override-missing")) {
         expect("CFLASH_LIBNVRTC is set to '/nonexistent/libnvrtc.so.13' and it cannot be loaded");
         expect("/nonexistent/libnvrtc.so.13: cannot open shared object file");
@@ -185,7 +212,6 @@ int main(int argc, char** argv) {
         /* CFLASH_LIBNVRTC names a directory without NVRTC: as if none were installed. */
         expect("directory holds none of the sonames");
         expect_text("[nvrtc]\n  status                [NO] ");
-        /* A CUDA backend that needs NVRTC says so (once the CUDA backends register). */
     } else if (!strcmp(scenario, "cufile-no-driver-open")) {
         expect("lacks cuFileDriverOpen");
         CHECK(strstr(json, "\"cuFileDriverOpen\": false"));

@@ -1,7 +1,9 @@
 /* A fake CUDA driver (built by the tests as libcuda.so.1) to drive the probe through failures that
  * need a real driver to happen otherwise: cuInit returns the code in CFLASH_FAKE_CUINIT (default
  * 100, CUDA_ERROR_NO_DEVICE); with 0 it lists one fake sm_80 device. Built with
- * -DFAKE_LACK_TOTALMEM it lacks cuDeviceTotalMem_v2, like a driver too old or a wrong library. */
+ * -DFAKE_LACK_TOTALMEM it lacks cuDeviceTotalMem_v2, like a driver too old or a wrong library.
+ * It exports every entry point the CUDA backends load, so their reasons come from cuInit too;
+ * anything that would touch a GPU fails with CUDA_ERROR_NOT_SUPPORTED (801). */
 #include <stdlib.h>
 #include <string.h>
 
@@ -46,3 +48,55 @@ EXPORT int cuDeviceTotalMem_v2(size_t* bytes, int dev) {
     return 0;
 }
 #endif
+
+EXPORT int cuGetErrorName(int r, const char** s) {
+    *s = r == 100   ? "CUDA_ERROR_NO_DEVICE"
+         : r == 34  ? "CUDA_ERROR_STUB_LIBRARY"
+         : r == 801 ? "CUDA_ERROR_NOT_SUPPORTED"
+         : r == 0   ? "CUDA_SUCCESS"
+                    : NULL;
+    return *s ? 0 : 1;
+}
+EXPORT int cuGetErrorString(int r, const char** s) {
+    *s = r == 100   ? "no CUDA-capable device is detected (fake)"
+         : r == 34  ? "CUDA driver is a stub library (fake)"
+         : r == 801 ? "operation not supported (fake driver)"
+         : r == 0   ? "no error"
+                    : NULL;
+    return *s ? 0 : 1;
+}
+
+/* Everything past probing: no GPU behind this driver. */
+#define FAKE_UNSUPPORTED(name)                                                                     \
+    EXPORT int name(void) {                                                                        \
+        return 801;                                                                                \
+    }
+FAKE_UNSUPPORTED(cuDevicePrimaryCtxRetain)
+FAKE_UNSUPPORTED(cuCtxPushCurrent)
+FAKE_UNSUPPORTED(cuCtxPushCurrent_v2)
+FAKE_UNSUPPORTED(cuCtxPopCurrent)
+FAKE_UNSUPPORTED(cuCtxPopCurrent_v2)
+FAKE_UNSUPPORTED(cuCtxSynchronize)
+FAKE_UNSUPPORTED(cuModuleLoadData)
+FAKE_UNSUPPORTED(cuModuleUnload)
+FAKE_UNSUPPORTED(cuModuleGetFunction)
+FAKE_UNSUPPORTED(cuFuncSetAttribute)
+FAKE_UNSUPPORTED(cuFuncGetAttribute)
+FAKE_UNSUPPORTED(cuLaunchKernel)
+FAKE_UNSUPPORTED(cuMemAlloc)
+FAKE_UNSUPPORTED(cuMemAlloc_v2)
+FAKE_UNSUPPORTED(cuMemAllocAsync)
+FAKE_UNSUPPORTED(cuMemFree)
+FAKE_UNSUPPORTED(cuMemFree_v2)
+FAKE_UNSUPPORTED(cuMemFreeAsync)
+FAKE_UNSUPPORTED(cuMemcpyHtoD)
+FAKE_UNSUPPORTED(cuMemcpyHtoD_v2)
+FAKE_UNSUPPORTED(cuMemcpyDtoH)
+FAKE_UNSUPPORTED(cuMemcpyDtoH_v2)
+FAKE_UNSUPPORTED(cuMemcpyHtoDAsync)
+FAKE_UNSUPPORTED(cuMemcpyHtoDAsync_v2)
+FAKE_UNSUPPORTED(cuMemcpyDtoHAsync)
+FAKE_UNSUPPORTED(cuMemcpyDtoHAsync_v2)
+FAKE_UNSUPPORTED(cuMemsetD8Async)
+FAKE_UNSUPPORTED(cuMemsetD32Async)
+FAKE_UNSUPPORTED(cuStreamSynchronize)
