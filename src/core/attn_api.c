@@ -2,6 +2,7 @@
  * that backends receive, and hand it to the dispatcher. Nothing here writes caller memory. */
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "core/attn_api.h"
@@ -9,6 +10,7 @@
 #include "core/context.h"
 #include "core/status.h"
 #include "core/tensor.h"
+#include "cuda/cuda_drv.h"
 
 #define INVALID CFLASH_ERR_INVALID_ARGUMENT
 
@@ -115,10 +117,12 @@ static cflash_status check_alibi(cf_attn_call* c, const DLTensor* t) {
     return CFLASH_OK;
 }
 
-/* Reads and checks cu_seqlens; stores the host pointer and the longest sequence. */
+/* Reads and checks cu_seqlens; stores the host pointer and the longest sequence. cu_seqlens on
+ * a CUDA device are copied to a per-thread host buffer (slot 0: q, 1: k) through the CUDA loader
+ * to be checked; *dev keeps the device pointer for the kernels (NULL for host cu_seqlens). */
 static cflash_status check_cu(const DLTensor* t, const char* name, int64_t total,
                               const char* total_name, int64_t* B, const int32_t** cu,
-                              int64_t* maxlen) {
+                              int64_t* maxlen, const int32_t** dev, int slot) {
     cf_view c;
     CFLASH_FORWARD_IF_ERROR(cf_view_from(&c, t, name));
     CFLASH_RETURN_IF(c.dtype != CF_I32 || c.ndim != 1, INVALID,
@@ -127,14 +131,30 @@ static cflash_status check_cu(const DLTensor* t, const char* name, int64_t total
     CFLASH_RETURN_IF(c.shape[0] < 1, INVALID, "%s: length 0, expected B + 1 >= 1", name);
     CFLASH_RETURN_IF(c.shape[0] > 1 && c.stride[0] != 1, INVALID,
                      "%s: stride %lld, expected 1 (contiguous)", name, (long long)c.stride[0]);
-    CFLASH_RETURN_IF(c.device_type != kDLCPU && c.device_type != kDLCUDAHost, INVALID,
-                     "%s: on %s, expected host memory (cpu or cuda_host)", name,
+    CFLASH_RETURN_IF(c.device_type != kDLCPU && c.device_type != kDLCUDAHost &&
+                         c.device_type != kDLCUDA,
+                     INVALID, "%s: on %s, expected cpu, cuda_host or cuda memory", name,
                      cf_device_name(c.device_type));
     if (*B >= 0 && c.shape[0] != *B + 1)
         return cf_error(INVALID, "%s: length %lld, expected B + 1 = %lld (the length of %s)",
                         name, (long long)c.shape[0], (long long)(*B + 1),
                         "cu_seqlens_q");
     const int32_t* v = c.data;
+    *dev = NULL;
+    if (c.device_type == kDLCUDA) {
+        static _Thread_local int32_t* host[2];
+        static _Thread_local int64_t cap[2];
+        if (cap[slot] < c.shape[0]) {
+            int32_t* n = realloc(host[slot], sizeof(int32_t) * (size_t)c.shape[0]);
+            CFLASH_RETURN_IF(!n, CFLASH_ERR_OUT_OF_MEMORY, "%s: no host memory to check it", name);
+            host[slot] = n;
+            cap[slot] = c.shape[0];
+        }
+        CFLASH_FORWARD_IF_ERROR(cf_cu_memcpy(c.device_id, host[slot], c.data,
+                                             sizeof(int32_t) * (size_t)c.shape[0], 0));
+        *dev = c.data;
+        v = host[slot];
+    }
     CFLASH_RETURN_IF(v[0] != 0, INVALID, "%s[0]: %d, expected 0", name, v[0]);
     int64_t mx = 0;
     for (int64_t b = 0; b + 1 < c.shape[0]; b++) {
@@ -214,9 +234,18 @@ static cflash_status check_qkv(cflash_context* ctx, cf_attn_call* c, int varlen,
         c->total_q = c->q.shape[0];
         c->total_k = c->k.shape[0];
         CFLASH_FORWARD_IF_ERROR(
-            check_cu(cu_q, "cu_seqlens_q", c->total_q, "total_q", &B, &c->cu_q, &mq));
+            check_cu(cu_q, "cu_seqlens_q", c->total_q, "total_q", &B, &c->cu_q, &mq, &c->cu_q_dev, 0));
         CFLASH_FORWARD_IF_ERROR(
-            check_cu(cu_k, "cu_seqlens_k", c->total_k, "total_k", &B, &c->cu_k, &mk));
+            check_cu(cu_k, "cu_seqlens_k", c->total_k, "total_k", &B, &c->cu_k, &mk, &c->cu_k_dev, 1));
+        for (int t = 0; t < 2; t++) { /* cu_seqlens in GPU memory: only on q's GPU */
+            const DLTensor* cu = t ? cu_k : cu_q;
+            CFLASH_RETURN_IF(cu->device.device_type == kDLCUDA &&
+                                 (c->q.device_type != kDLCUDA ||
+                                  cu->device.device_id != c->q.device_id),
+                             INVALID, "%s: on cuda:%d, expected host memory or q's device (%s:%d)",
+                             t ? "cu_seqlens_k" : "cu_seqlens_q", cu->device.device_id,
+                             cf_device_name(c->q.device_type), c->q.device_id);
+        }
         CFLASH_FORWARD_IF_ERROR(check_max(max_q, mq, "max_seqlen_q", &c->Sq));
         CFLASH_FORWARD_IF_ERROR(check_max(max_k, mk, "max_seqlen_k", &c->Sk));
         varlen_lift(&c->q);

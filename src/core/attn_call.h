@@ -36,6 +36,8 @@ typedef struct cf_attn_call {
 
     int threads;               /* resolved: >= 1 */
     void* stream;              /* CUstream for CUDA backends */
+    const int32_t* cu_q_dev;   /* varlen with cu_seqlens on the GPU: the device pointers (cu_q and */
+    const int32_t* cu_k_dev;   /* cu_k then hold host copies); NULL when given in host memory */
 } cf_attn_call;
 
 /* Rows of sequence b: q rows [*q0, *q0 + *sq), k rows [*k0, *k0 + *sk) along dim 1 of the views

@@ -17,6 +17,8 @@ int cf_backend_known(const char* name) {
 
 /* Implementations, defined beside their kernels. */
 extern const cf_impl cf_impl_ref_attn_fwd, cf_impl_ref_attn_bwd;
+extern const cf_impl cf_impl_cuda_mma_attn_fwd, cf_impl_cuda_mma_attn_bwd;
+extern const cf_impl cf_impl_cuda_simt_attn_fwd, cf_impl_cuda_simt_attn_bwd;
 extern const cf_impl cf_impl_generic_attn_fwd, cf_impl_generic_attn_bwd;
 extern const cf_impl cf_impl_avx512_attn_fwd, cf_impl_avx512_attn_bwd;
 
@@ -24,11 +26,15 @@ static const cf_impl* const attn_fwd[] = {
     &cf_impl_avx512_attn_fwd,
     &cf_impl_generic_attn_fwd,
     &cf_impl_ref_attn_fwd,
+    &cf_impl_cuda_mma_attn_fwd,
+    &cf_impl_cuda_simt_attn_fwd,
 };
 static const cf_impl* const attn_bwd[] = {
     &cf_impl_avx512_attn_bwd,
     &cf_impl_generic_attn_bwd,
     &cf_impl_ref_attn_bwd,
+    &cf_impl_cuda_mma_attn_bwd,
+    &cf_impl_cuda_simt_attn_bwd,
 };
 
 /* Ops around attention (rotary, norm, KV cache, merge): fast CPU kernels, then the reference. */

@@ -1,0 +1,402 @@
+/* The CUDA attention backends: cuda-mma (tensor cores, sm_80+, fp16/bf16 forward) and cuda-simt
+ * (any arch NVRTC targets, every dtype, forward and backward). This file decides whether a call can
+ * be served (with the reason when not), fills the kernel argument struct, picks the kernel variant
+ * and tile, and launches on the context's stream. The kernels are in src/cuda/kernels/. */
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "core/attn_call.h"
+#include "core/philox.h"
+#include "core/status.h"
+#include "cuda/cuda_drv.h"
+#include "cuda/cuda_rtc.h"
+#include "cuda/kernels/cf_common.cuh"
+#include "dispatch/dispatch.h"
+
+#define SIMT_WARPS 4  /* CF_WARPS in attn_simt.cu */
+#define MMA_WARPS 4   /* attn_mma.cu: 4 warps x 16 query rows */
+#define MMA_BQ 64
+#define CF_DMAX_MAX 256
+
+/* ---- Availability ------------------------------------------------------------------------- */
+
+static int cuda_available(char* why, size_t n) {
+    if (!cf_cu_available(why, n)) return 0;
+    char r[1024];
+    if (!cf_nvrtc_available(r, sizeof r) && cf_cuda_aot_count == 0) {
+        snprintf(why, n, "%s (and this build embeds no precompiled cubins: CFLASH_CUDA_AOT=OFF)", r);
+        return 0;
+    }
+    return 1;
+}
+
+/* The variant's head-dim bucket: the smallest of 64, 128, 256 holding D and Dv. */
+static int dmax_for(const cf_attn_call* c) {
+    int64_t d = c->D > c->Dv ? c->D : c->Dv;
+    return d <= 64 ? 64 : d <= 128 ? 128 : 256;
+}
+
+/* Can the device's arch be served: an AOT cubin, else an NVRTC target. */
+static int arch_servable(const cf_cu_device* dev, const char* src, const char* defines, char* why,
+                         size_t n) {
+    int arch = dev->cc_major * 10 + dev->cc_minor;
+    for (int i = 0; i < cf_cuda_aot_count; i++)
+        if (cf_cuda_aot_table[i].arch == arch && !strcmp(cf_cuda_aot_table[i].name, src) &&
+            !strcmp(cf_cuda_aot_table[i].defines, defines))
+            return 1;
+    int target, ptx;
+    if (cf_nvrtc_target(arch, &target, &ptx) != CFLASH_OK) {
+        snprintf(why, n, "%s", cflash_last_error());
+        return 0;
+    }
+    return 1;
+}
+
+static size_t simt_fwd_smem(const cf_attn_call* c, int T, int dmax) {
+    return sizeof(float) * ((size_t)T * (size_t)(c->D + 1) + (size_t)SIMT_WARPS * dmax);
+}
+static size_t simt_bwd_smem(const cf_attn_call* c, int T, int dmax) {
+    return sizeof(float) * ((size_t)T * (size_t)(c->D + 1 + c->Dv + 1) + 2 * (size_t)T +
+                            2 * (size_t)SIMT_WARPS * dmax);
+}
+/* Largest tile in {32, 16, 8} that fits the device's shared memory; 0 if none. */
+static int simt_tile(const cf_attn_call* c, const cf_cu_device* dev, int bwd) {
+    int dmax = dmax_for(c);
+    for (int T = 32; T >= 8; T /= 2) {
+        size_t s = bwd ? simt_bwd_smem(c, T, dmax) : simt_fwd_smem(c, T, dmax);
+        if (s <= (size_t)dev->smem_optin) return T;
+    }
+    return 0;
+}
+
+/* Checks shared by both backends: device known, grid limits. */
+static int common_supports(const cf_attn_call* c, cf_cu_device* dev, char* why, size_t n) {
+    if (cf_cu_device_get(c->device_id, dev) != CFLASH_OK) {
+        snprintf(why, n, "%s", cflash_last_error());
+        return 0;
+    }
+    if (c->H > 65535 || c->B > 65535) {
+        snprintf(why, n, "B = %lld, H = %lld: each must be <= 65535 (grid dims)",
+                 (long long)c->B, (long long)c->H);
+        return 0;
+    }
+    return 1;
+}
+
+/* ---- cuda-simt: supports ------------------------------------------------------------------ */
+
+static int simt_supports(const cf_attn_call* c, int bwd, char* why, size_t n) {
+    cf_cu_device dev;
+    if (!common_supports(c, &dev, why, n)) return 0;
+    if (c->D > CF_DMAX_MAX || c->Dv > CF_DMAX_MAX) {
+        snprintf(why, n, "head dims D = %lld, Dv = %lld: cuda-simt handles up to %d",
+                 (long long)c->D, (long long)c->Dv, CF_DMAX_MAX);
+        return 0;
+    }
+    if (!simt_tile(c, &dev, bwd)) {
+        snprintf(why, n, "needs %zu bytes of shared memory per block, %s has %d",
+                 bwd ? simt_bwd_smem(c, 8, dmax_for(c)) : simt_fwd_smem(c, 8, dmax_for(c)),
+                 dev.name, dev.smem_optin);
+        return 0;
+    }
+    char defines[96];
+    snprintf(defines, sizeof defines, "-DCF_DTYPE=%d -DCF_DMAX=%d", (int)c->dtype, dmax_for(c));
+    return arch_servable(&dev, "attn_simt.cu", defines, why, n);
+}
+static int simt_supports_fwd(const void* call, char* why, size_t n) {
+    return simt_supports(call, 0, why, n);
+}
+static int simt_supports_bwd(const void* call, char* why, size_t n) {
+    return simt_supports(call, 1, why, n);
+}
+
+/* ---- Launch helpers ----------------------------------------------------------------------- */
+
+static void fill_args(const cf_attn_call* c, cf_attn_args* a) {
+    memset(a, 0, sizeof *a);
+    a->q = c->q.data;
+    a->k = c->k.data;
+    a->v = c->v.data;
+    a->out = c->out.data;
+    a->lse = c->lse.data;
+    a->dout = c->dout.data;
+    a->dq = c->dq.data;
+    a->dk = c->dk.data;
+    a->dv = c->dv.data;
+    a->alibi = c->alibi;
+    a->alibi_bstride = c->alibi_bstride;
+#define STR3(p, v) a->p##_sb = (v).stride[0], a->p##_ss = (v).stride[1], a->p##_sh = (v).stride[2]
+    STR3(q, c->q);
+    STR3(k, c->k);
+    STR3(v, c->v);
+    STR3(o, c->out);
+    STR3(do, c->dout);
+    STR3(dq, c->dq);
+    STR3(dk, c->dk);
+    STR3(dv, c->dv);
+#undef STR3
+    a->lse_sb = c->lse.stride[0];
+    a->lse_sh = c->lse.stride[1];
+    a->lse_ss = c->lse.stride[2];
+    a->B = c->B;
+    a->H = c->H;
+    a->Hk = c->Hk;
+    a->D = c->D;
+    a->Dv = c->Dv;
+    a->Sq = c->Sq;
+    a->Sk = c->Sk;
+    a->window_left = c->window_left;
+    a->window_right = c->window_right;
+    a->seed = c->seed;
+    a->offset = c->offset;
+    a->keep_threshold = cf_dropout_threshold(c->dropout_p);
+    a->scale = c->scale;
+    a->softcap = c->softcap;
+    a->dropout_p = c->dropout_p;
+    a->keep_scale = 1.0f / (1.0f - c->dropout_p);
+}
+
+/* Temporary device memory, stream-ordered where the device has memory pools. */
+static cflash_status tmp_alloc(const cf_cu_device* dev, CUstream s, size_t bytes, CUdeviceptr* p) {
+    const cf_cu_api* cu = cf_cu(NULL, 0);
+    CUresult r = dev->memory_pools ? cu->cuMemAllocAsync(p, bytes ? bytes : 4, s)
+                                   : cu->cuMemAlloc(p, bytes ? bytes : 4);
+    if (r == 2)
+        return cf_error(CFLASH_ERR_OUT_OF_MEMORY, "cuda: no device memory for a %zu-byte workspace",
+                        bytes);
+    CF_CU_TRY(r, "allocating a workspace");
+    return CFLASH_OK;
+}
+static void tmp_free(const cf_cu_device* dev, CUstream s, CUdeviceptr p) {
+    const cf_cu_api* cu = cf_cu(NULL, 0);
+    if (!p) return;
+    if (dev->memory_pools) {
+        cu->cuMemFreeAsync(p, s);
+    } else {
+        cu->cuStreamSynchronize(s); /* kernels may still read it */
+        cu->cuMemFree(p);
+    }
+}
+
+static cflash_status launch(CUmodule m, const char* fn, int64_t gx, int64_t gy, int64_t gz,
+                            unsigned block, size_t smem, CUstream s, cf_attn_args* a) {
+    if (gx <= 0 || gy <= 0 || gz <= 0) return CFLASH_OK; /* nothing to do */
+    CFLASH_RETURN_IF(gx > 0x7fffffff, CFLASH_ERR_UNSUPPORTED, "cuda: grid of %lld blocks too large",
+                     (long long)gx);
+    const cf_cu_api* cu = cf_cu(NULL, 0);
+    CUfunction f;
+    char what[96];
+    snprintf(what, sizeof what, "cuModuleGetFunction(%s)", fn);
+    CF_CU_TRY(cu->cuModuleGetFunction(&f, m, fn), what);
+    if (smem > 48 * 1024)
+        CF_CU_TRY(cu->cuFuncSetAttribute(f, CF_CU_FUNC_ATTR_MAX_DYN_SMEM, (int)smem),
+                  "cuFuncSetAttribute(max dynamic shared memory)");
+    void* params[] = {a};
+    snprintf(what, sizeof what, "cuLaunchKernel(%s)", fn);
+    CF_CU_TRY(cu->cuLaunchKernel(f, (unsigned)gx, (unsigned)gy, (unsigned)gz, block, 1, 1,
+                                 (unsigned)smem, s, params, NULL),
+              what);
+    return CFLASH_OK;
+}
+
+/* State of one run: device, stream, module, temporary buffers. */
+typedef struct run_state {
+    cf_cu_device dev;
+    CUstream stream;
+    CUmodule mod;
+    CUdeviceptr tmp[3];
+    int entered;
+} run_state;
+
+static cflash_status run_begin(run_state* st, const cf_attn_call* c, cf_attn_args* a,
+                               const char* src, int dtype, int dmax) {
+    memset(st, 0, sizeof *st);
+    CFLASH_FORWARD_IF_ERROR(cf_cu_device_get(c->device_id, &st->dev));
+    CFLASH_FORWARD_IF_ERROR(cf_cu_enter(c->device_id));
+    st->entered = 1;
+    st->stream = (CUstream)c->stream;
+    char defines[96];
+    snprintf(defines, sizeof defines, "-DCF_DTYPE=%d -DCF_DMAX=%d", dtype, dmax);
+    CFLASH_FORWARD_IF_ERROR(cf_cuda_module(&st->dev, src, defines, &st->mod));
+    fill_args(c, a);
+    if (c->varlen) { /* the kernels read cu_seqlens from device memory */
+        const int32_t* src_host[2] = {c->cu_q, c->cu_k};
+        const int32_t* dev_ptr[2] = {c->cu_q_dev, c->cu_k_dev};
+        const int** dst[2] = {&a->cu_q, &a->cu_k};
+        for (int t = 0; t < 2; t++) {
+            if (dev_ptr[t]) {
+                *dst[t] = (const int*)dev_ptr[t];
+                continue;
+            }
+            size_t bytes = sizeof(int32_t) * (size_t)(c->B + 1);
+            CFLASH_FORWARD_IF_ERROR(tmp_alloc(&st->dev, st->stream, bytes, &st->tmp[t]));
+            CF_CU_TRY(cf_cu(NULL, 0)->cuMemcpyHtoDAsync(st->tmp[t], src_host[t], bytes, st->stream),
+                      "copying cu_seqlens to the device");
+            *dst[t] = (const int*)(uintptr_t)st->tmp[t];
+        }
+    }
+    return CFLASH_OK;
+}
+
+static cflash_status run_end(run_state* st, cflash_status s) {
+    for (int t = 0; t < 3; t++) tmp_free(&st->dev, st->stream, st->tmp[t]);
+    if (st->entered) cf_cu_leave();
+    return s;
+}
+
+/* ---- cuda-simt: run ----------------------------------------------------------------------- */
+
+static cflash_status simt_fwd_go(run_state* st, const cf_attn_call* c, cf_attn_args* a) {
+    const int dmax = dmax_for(c);
+    a->tile = simt_tile(c, &st->dev, 0);
+    return launch(st->mod, "cf_attn_fwd_simt", (c->Sq + SIMT_WARPS - 1) / SIMT_WARPS, c->H, c->B,
+                  SIMT_WARPS * 32, simt_fwd_smem(c, a->tile, dmax), st->stream, a);
+}
+
+static cflash_status simt_fwd_run(const void* call) {
+    const cf_attn_call* c = call;
+    run_state st;
+    cf_attn_args a;
+    cflash_status s = run_begin(&st, c, &a, "attn_simt.cu", (int)c->dtype, dmax_for(c));
+    if (s == CFLASH_OK) s = simt_fwd_go(&st, c, &a);
+    return run_end(&st, s);
+}
+
+static cflash_status simt_bwd_run(const void* call) {
+    const cf_attn_call* c = call;
+    const int dmax = dmax_for(c);
+    run_state st;
+    cf_attn_args a;
+    cflash_status s = run_begin(&st, c, &a, "attn_simt.cu", (int)c->dtype, dmax);
+    if (s == CFLASH_OK)
+        s = tmp_alloc(&st.dev, st.stream, sizeof(float) * (size_t)(c->B * c->H * c->Sq), &st.tmp[2]);
+    if (s == CFLASH_OK) {
+        a.delta = (float*)(uintptr_t)st.tmp[2];
+        a.tile = simt_tile(c, &st.dev, 1);
+        const size_t smem = simt_bwd_smem(c, a.tile, dmax);
+        const int64_t gq = (c->Sq + SIMT_WARPS - 1) / SIMT_WARPS;
+        const int64_t gk = (c->Sk + SIMT_WARPS - 1) / SIMT_WARPS;
+        s = launch(st.mod, "cf_attn_bwd_delta_simt", gq, c->H, c->B, SIMT_WARPS * 32, 0, st.stream,
+                   &a);
+        if (s == CFLASH_OK)
+            s = launch(st.mod, "cf_attn_bwd_dq_simt", gq, c->H, c->B, SIMT_WARPS * 32, smem,
+                       st.stream, &a);
+        if (s == CFLASH_OK)
+            s = launch(st.mod, "cf_attn_bwd_dkdv_simt", gk, c->Hk, c->B, SIMT_WARPS * 32, smem,
+                       st.stream, &a);
+    }
+    return run_end(&st, s);
+}
+
+/* ---- cuda-mma ----------------------------------------------------------------------------- */
+
+/* attn_mma.cu: Qs[64][dmax + 8] + Ks[bk][dmax + 8] + Vs[bk][dmax + 8] halves. */
+static int mma_bk(int dmax) { return dmax >= 256 ? 32 : 64; }
+static size_t mma_smem(int dmax) {
+    return 2 * (size_t)(MMA_BQ + 2 * mma_bk(dmax)) * (size_t)(dmax + 8);
+}
+
+static int aligned16(const cf_view* v, const char* name, char* why, size_t n) {
+    if ((uintptr_t)v->data % 16 == 0 && v->stride[0] % 8 == 0 && v->stride[1] % 8 == 0 &&
+        v->stride[2] % 8 == 0)
+        return 1;
+    snprintf(why, n,
+             "%s: tensor-core loads need 16-byte aligned rows (data %% 16 == 0 and strides "
+             "multiples of 8 elements); cuda-simt serves any layout",
+             name);
+    return 0;
+}
+
+static int mma_supports_fwd(const void* call, char* why, size_t n) {
+    const cf_attn_call* c = call;
+    cf_cu_device dev;
+    if (!common_supports(c, &dev, why, n)) return 0;
+    int arch = dev.cc_major * 10 + dev.cc_minor;
+    if (arch < 80) {
+        snprintf(why, n, "needs sm_80 or newer (mma.sync bf16, cp.async); %s is sm_%d", dev.name,
+                 arch);
+        return 0;
+    }
+    if (c->dtype != CF_F16 && c->dtype != CF_BF16) {
+        snprintf(why, n, "dtype %s: tensor-core kernels take float16 or bfloat16 (cuda-simt "
+                 "serves float32)", cf_dtype_name(c->dtype));
+        return 0;
+    }
+    if (c->D > CF_DMAX_MAX || c->Dv > CF_DMAX_MAX || c->D % 8 || c->Dv % 8) {
+        snprintf(why, n, "head dims D = %lld, Dv = %lld: cuda-mma needs multiples of 8 up to %d",
+                 (long long)c->D, (long long)c->Dv, CF_DMAX_MAX);
+        return 0;
+    }
+    if (!aligned16(&c->q, "q", why, n) || !aligned16(&c->k, "k", why, n) ||
+        !aligned16(&c->v, "v", why, n))
+        return 0;
+    if (mma_smem(dmax_for(c)) > (size_t)dev.smem_optin) {
+        snprintf(why, n, "needs %zu bytes of shared memory per block, %s has %d",
+                 mma_smem(dmax_for(c)), dev.name, dev.smem_optin);
+        return 0;
+    }
+    char defines[96];
+    snprintf(defines, sizeof defines, "-DCF_DTYPE=%d -DCF_DMAX=%d", (int)c->dtype, dmax_for(c));
+    return arch_servable(&dev, "attn_mma.cu", defines, why, n);
+}
+
+static int mma_supports_bwd(const void* call, char* why, size_t n) {
+    (void)call;
+    snprintf(why, n, "cuda-mma has no backward kernel yet (cuda-simt serves the backward)");
+    return 0;
+}
+
+static cflash_status mma_fwd_run(const void* call) {
+    const cf_attn_call* c = call;
+    const int dmax = dmax_for(c);
+    run_state st;
+    cf_attn_args a;
+    cflash_status s = run_begin(&st, c, &a, "attn_mma.cu", (int)c->dtype, dmax);
+    if (s == CFLASH_OK) {
+        a.tile = mma_bk(dmax);
+        s = launch(st.mod, "cf_attn_fwd_mma", (c->Sq + MMA_BQ - 1) / MMA_BQ, c->H, c->B,
+                   MMA_WARPS * 32, mma_smem(dmax), st.stream, &a);
+    }
+    return run_end(&st, s);
+}
+
+static cflash_status mma_bwd_run(const void* call) {
+    (void)call;
+    return cf_error(CFLASH_ERR_UNSUPPORTED, "cuda-mma: no backward kernel");
+}
+
+/* ---- Registry rows ------------------------------------------------------------------------ */
+
+const cf_impl cf_impl_cuda_mma_attn_fwd = {
+    .backend = "cuda-mma",
+    .op = CFLASH_OP_ATTN_FWD,
+    .device_type = kDLCUDA,
+    .supports = mma_supports_fwd,
+    .run = mma_fwd_run,
+    .available = cuda_available,
+};
+const cf_impl cf_impl_cuda_mma_attn_bwd = {
+    .backend = "cuda-mma",
+    .op = CFLASH_OP_ATTN_BWD,
+    .device_type = kDLCUDA,
+    .supports = mma_supports_bwd,
+    .run = mma_bwd_run,
+    .available = cuda_available,
+};
+const cf_impl cf_impl_cuda_simt_attn_fwd = {
+    .backend = "cuda-simt",
+    .op = CFLASH_OP_ATTN_FWD,
+    .device_type = kDLCUDA,
+    .supports = simt_supports_fwd,
+    .run = simt_fwd_run,
+    .available = cuda_available,
+};
+const cf_impl cf_impl_cuda_simt_attn_bwd = {
+    .backend = "cuda-simt",
+    .op = CFLASH_OP_ATTN_BWD,
+    .device_type = kDLCUDA,
+    .supports = simt_supports_bwd,
+    .run = simt_bwd_run,
+    .available = cuda_available,
+};
