@@ -57,6 +57,10 @@ static int judge(const cf_impl* im, int device_type, const void* call, char* why
                  cf_device_name(device_type));
         return 0;
     }
+    if (!im->run) {
+        snprintf(why, len, "registered without a run function (a bug in this build)");
+        return 0;
+    }
     if (im->available && !im->available(why, len)) {
         if (!why[0]) snprintf(why, len, "not available on this machine");
         return 0;

@@ -256,6 +256,18 @@ static void probe_arm(cf_cpu_info* c) {
     unsigned long hw = getauxval(AT_HWCAP);
     snprintf(c->vendor, sizeof c->vendor, "ARM");
     snprintf(c->model, sizeof c->model, "aarch64");
+    /* MIDR_EL1 as Linux exposes it: implementer [31:24], variant [23:20], part [15:4], rev [3:0].
+     */
+    char midr[32];
+    if (!read_text("/sys/devices/system/cpu/cpu0/regs/identification/midr_el1", midr,
+                   sizeof midr)) {
+        unsigned long m = strtoul(midr, NULL, 16);
+        c->family = (int)((m >> 24) & 0xff);
+        c->model_id = (int)((m >> 4) & 0xfff);
+        c->stepping = (int)(m & 0xf);
+        snprintf(c->model, sizeof c->model, "aarch64 (implementer 0x%02x, part 0x%03x)", c->family,
+                 c->model_id);
+    }
     c->neon = (hw & HWCAP_ASIMD) != 0;
     c->sve = (hw & HWCAP_SVE) != 0;
     snprintf(c->avx512_note, sizeof c->avx512_note, "not an x86 CPU");

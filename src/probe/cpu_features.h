@@ -6,9 +6,9 @@
 #include <stdint.h>
 
 typedef struct cf_cpu_info {
-    char vendor[16]; /* "GenuineIntel", "AuthenticAMD", "ARM" */
-    char model[64];  /* brand string */
-    int family, model_id, stepping;
+    char vendor[16];                       /* "GenuineIntel", "AuthenticAMD", "ARM" */
+    char model[64];                        /* brand string */
+    int family, model_id, stepping;        /* x86: CPUID leaf 1; ARM: MIDR implementer, part, rev */
     int cores;                             /* online logical CPUs available to this process */
     int64_t l1d_bytes, l2_bytes, l3_bytes; /* per core (L1d, L2) and total (L3); 0 = unknown */
     /* ISA features usable now: CPU has it AND the OS saves the state (XGETBV). */
