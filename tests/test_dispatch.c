@@ -10,6 +10,7 @@
 
 #include "common/testutil.h"
 #include "dispatch/dispatch.h"
+#include "probe/dynlib.h"
 #include "report_smoke.h"
 
 /* ---- Fake implementations ---- */
@@ -261,6 +262,9 @@ static void test_library(void) {
     tt_free(&v);
     tt_free(&out);
     cflash_context_free(ctx);
+    /* CPU calls, forced CUDA backends included, never load libcuda (no cuInit: fork stays safe). */
+    CHECK(!cf_dynlib_probed(CF_LIB_CUDA));
+    CHECK(!cf_dynlib_probed(CF_LIB_NVRTC));
 }
 
 int main(void) {
