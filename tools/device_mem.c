@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "cuda/cuda_drv.h"
 
 void* cf_tool_alloc(int device, size_t bytes, char* err, size_t err_len) {
     if (device == kDLCPU) {
@@ -13,6 +14,14 @@ void* cf_tool_alloc(int device, size_t bytes, char* err, size_t err_len) {
         return p;
     }
     /* CFLASH-TOOL-CUDA-ALLOC */
+    if (device == kDLCUDA) { /* device 0; the context is created here, at first use */
+        void* p = NULL;
+        if (cf_cu_malloc(0, &p, bytes) != CFLASH_OK) {
+            snprintf(err, err_len, "%s", cflash_last_error());
+            return NULL;
+        }
+        return p;
+    }
     snprintf(err, err_len, "device %s: this build of the tool has no memory support for it",
              cf_device_name(device));
     return NULL;
@@ -25,6 +34,7 @@ void cf_tool_free(int device, void* p) {
         return;
     }
     /* CFLASH-TOOL-CUDA-FREE */
+    if (device == kDLCUDA) cf_cu_free(0, p);
 }
 
 int cf_tool_copy(int device, void* dst, const void* src, size_t bytes, int to_device, char* err,
@@ -35,6 +45,11 @@ int cf_tool_copy(int device, void* dst, const void* src, size_t bytes, int to_de
         return 0;
     }
     /* CFLASH-TOOL-CUDA-COPY */
+    if (device == kDLCUDA) {
+        if (cf_cu_memcpy(0, dst, src, bytes, to_device) == CFLASH_OK) return 0;
+        snprintf(err, err_len, "%s", cflash_last_error());
+        return -1;
+    }
     snprintf(err, err_len, "device %s: copies not supported by this build of the tool",
              cf_device_name(device));
     return -1;
@@ -43,6 +58,11 @@ int cf_tool_copy(int device, void* dst, const void* src, size_t bytes, int to_de
 int cf_tool_sync(int device, char* err, size_t err_len) {
     if (device == kDLCPU) return 0;
     /* CFLASH-TOOL-CUDA-SYNC */
+    if (device == kDLCUDA) {
+        if (cf_cu_sync(0) == CFLASH_OK) return 0;
+        snprintf(err, err_len, "%s", cflash_last_error());
+        return -1;
+    }
     snprintf(err, err_len, "device %s: sync not supported by this build of the tool",
              cf_device_name(device));
     return -1;
