@@ -21,9 +21,11 @@ extern const cf_impl cf_impl_cuda_mma_attn_fwd, cf_impl_cuda_mma_attn_bwd;
 extern const cf_impl cf_impl_cuda_simt_attn_fwd, cf_impl_cuda_simt_attn_bwd;
 extern const cf_impl cf_impl_generic_attn_fwd, cf_impl_generic_attn_bwd;
 extern const cf_impl cf_impl_avx512_attn_fwd, cf_impl_avx512_attn_bwd;
+extern const cf_impl cf_impl_avx2_attn_fwd, cf_impl_avx2_attn_bwd;
 
 static const cf_impl* const attn_fwd[] = {
     &cf_impl_avx512_attn_fwd,
+    &cf_impl_avx2_attn_fwd,
     &cf_impl_generic_attn_fwd,
     &cf_impl_ref_attn_fwd,
     &cf_impl_cuda_mma_attn_fwd,
@@ -31,6 +33,7 @@ static const cf_impl* const attn_fwd[] = {
 };
 static const cf_impl* const attn_bwd[] = {
     &cf_impl_avx512_attn_bwd,
+    &cf_impl_avx2_attn_bwd,
     &cf_impl_generic_attn_bwd,
     &cf_impl_ref_attn_bwd,
     &cf_impl_cuda_mma_attn_bwd,
@@ -38,23 +41,20 @@ static const cf_impl* const attn_bwd[] = {
 };
 
 /* Ops around attention (rotary, norm, KV cache, merge): fast CPU kernels, then the reference. */
-extern const cf_impl cf_impl_ref_rotary, cf_impl_ref_norm_fwd, cf_impl_ref_norm_bwd,
-    cf_impl_ref_kvcache_fwd, cf_impl_ref_attn_merge;
-static const cf_impl* const rotary[] = {
-    &cf_impl_ref_rotary,
-};
-static const cf_impl* const norm_fwd[] = {
-    &cf_impl_ref_norm_fwd,
-};
-static const cf_impl* const norm_bwd[] = {
-    &cf_impl_ref_norm_bwd,
-};
-static const cf_impl* const kvcache_fwd[] = {
-    &cf_impl_ref_kvcache_fwd,
-};
-static const cf_impl* const attn_merge[] = {
-    &cf_impl_ref_attn_merge,
-};
+#if defined(__x86_64__)
+#define CF_OPS_X86(op) &cf_impl_avx512_##op, &cf_impl_avx2_##op,
+#else
+#define CF_OPS_X86(op)
+#endif
+#define CF_OPS_DECL(op)                                                                            \
+    extern const cf_impl cf_impl_avx512_##op, cf_impl_avx2_##op, cf_impl_generic_##op,             \
+        cf_impl_ref_##op;                                                                          \
+    static const cf_impl* const op[] = {CF_OPS_X86(op) & cf_impl_generic_##op, &cf_impl_ref_##op};
+CF_OPS_DECL(rotary)
+CF_OPS_DECL(norm_fwd)
+CF_OPS_DECL(norm_bwd)
+CF_OPS_DECL(kvcache_fwd)
+CF_OPS_DECL(attn_merge)
 
 #define CF_LIST(a) a, sizeof(a) / sizeof((a)[0])
 static const struct {
