@@ -13,6 +13,7 @@
 #endif
 
 #include "core/status.h"
+#include "cuda/cuda_rtc.h"
 #include "cuda/kcache.h"
 #include "dispatch/dispatch.h"
 #include "probe/cpu_features.h"
@@ -120,6 +121,28 @@ static const char* const env_vars[] = {
     "CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS",  "LD_LIBRARY_PATH", NULL,
 };
 
+/* The CUDA kernels this build carries: sources for NVRTC, and precompiled cubins (AOT). */
+static void cuda_kernels(char* out, size_t len, int* n_sources) {
+    int n = 0;
+    for (const cf_cuda_source* src = cf_cuda_sources; src->name; src++)
+        n++;
+    *n_sources = n;
+    char archs[256] = "";
+    for (int i = 0; i < cf_cuda_aot_count; i++) {
+        char a[16];
+        snprintf(a, sizeof a, "sm_%d", cf_cuda_aot_table[i].arch);
+        if (!strstr(archs, a)) {
+            size_t used = strlen(archs);
+            snprintf(archs + used, sizeof archs - used, "%s%s", used ? " " : "", a);
+        }
+    }
+    if (cf_cuda_aot_count)
+        snprintf(out, len, "%d sources for NVRTC; %d precompiled cubins (%s)", n, cf_cuda_aot_count,
+                 archs);
+    else
+        snprintf(out, len, "%d sources for NVRTC; no precompiled cubins (CFLASH_CUDA_AOT=OFF)", n);
+}
+
 static void library_section(sb* s) {
     Dl_info di;
     const char* path = dladdr((void*)cflash_report, &di) && di.dli_fname ? di.dli_fname : NULL;
@@ -153,6 +176,9 @@ static void library_section(sb* s) {
 #else
     const char* cc = "unknown";
 #endif
+    char kernels[512];
+    int n_sources = 0;
+    cuda_kernels(kernels, sizeof kernels, &n_sources);
     if (s->json) {
         open_obj(s, "library");
         jstr(s, "version", cflash_version());
@@ -162,6 +188,9 @@ static void library_section(sb* s) {
         jstr(s, "threads", omp);
         jstr(s, "build", kind);
         jstr(s, "sanitizers", san);
+        jint(s, "cuda_sources", n_sources);
+        jint(s, "cuda_aot_cubins", cf_cuda_aot_count);
+        jstr(s, "cuda_kernels", kernels);
         close_obj(s);
         open_obj(s, "environment");
         for (const char* const* v = env_vars; *v; v++)
@@ -180,6 +209,7 @@ static void library_section(sb* s) {
     line(s, "path", "%s", path ? path : "unknown");
     line(s, "build", "%s, %s, %s, sanitizers: %s", cc, arch, kind, san);
     line(s, "threads", "%s", omp);
+    line(s, "cuda kernels", "%s", kernels);
     put(s, "\n[environment]\n");
     for (const char* const* v = env_vars; *v; v++) {
         const char* e = getenv(*v);
