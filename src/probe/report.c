@@ -146,6 +146,8 @@ static void cuda_kernels(char* out, size_t len, int* n_sources) {
 static void library_section(sb* s) {
     Dl_info di;
     const char* path = dladdr((void*)cflash_report, &di) && di.dli_fname ? di.dli_fname : NULL;
+    char resolved[4096];
+    if (path && realpath(path, resolved)) path = resolved;
 #ifdef _OPENMP
     char omp[64];
     snprintf(omp, sizeof omp, "OpenMP %d, %d threads", _OPENMP, omp_get_max_threads());
