@@ -17,48 +17,61 @@ def new_seed():
     return int(torch.randint(0, 2**62, (1,), dtype=torch.int64).item())
 
 
+def _draw(dropout_p, seed):
+    """seed < 0: draw one now, inside the op, so that torch.compile sees no data-dependent call."""
+    return new_seed() if dropout_p > 0 and seed < 0 else max(seed, 0)
+
+
+def _rng_state(seed):
+    """(seed, offset) as flash-attn's rng_state: saved for the backward, read back for S_dmask."""
+    return torch.tensor([seed, 0], dtype=torch.int64)
+
+
 # ---- Attention ----
 
 
 @_op("cflash::attn_fwd", mutates_args=())
 def attn_fwd(q: Tensor, k: Tensor, v: Tensor, alibi_slopes: Optional[Tensor], dropout_p: float,
              softmax_scale: float, causal: bool, window_left: int, window_right: int, softcap: float,
-             deterministic: bool, seed: int) -> Tuple[Tensor, Tensor]:
-    return _core.attn_fwd(q, k, v, dropout_p, softmax_scale, causal, window_left, window_right, softcap,
-                          alibi_slopes, seed)
+             deterministic: bool, seed: int) -> Tuple[Tensor, Tensor, Tensor]:
+    seed = _draw(dropout_p, seed)
+    out, lse = _core.attn_fwd(q, k, v, dropout_p, softmax_scale, causal, window_left, window_right, softcap,
+                              alibi_slopes, seed)
+    return out, lse, _rng_state(seed)
 
 
 @attn_fwd.register_fake
 def _(q, k, v, alibi_slopes, dropout_p, softmax_scale, causal, window_left, window_right, softcap,
       deterministic, seed):
     B, Sq, H, _ = q.shape
-    return q.new_empty((B, Sq, H, v.shape[-1])), q.new_empty((B, H, Sq), dtype=torch.float32)
+    return (q.new_empty((B, Sq, H, v.shape[-1])), q.new_empty((B, H, Sq), dtype=torch.float32),
+            torch.empty((2,), dtype=torch.int64))
 
 
 @_op("cflash::attn_bwd", mutates_args=())
 def attn_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
              alibi_slopes: Optional[Tensor], dropout_p: float, softmax_scale: float, causal: bool,
              window_left: int, window_right: int, softcap: float, deterministic: bool,
-             seed: int) -> Tuple[Tensor, Tensor, Tensor]:
+             rng_state: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
     return _core.attn_bwd(dout, q, k, v, out, lse, dropout_p, softmax_scale, causal, window_left, window_right,
-                          softcap, alibi_slopes, deterministic, seed)
+                          softcap, alibi_slopes, deterministic, int(rng_state[0]))
 
 
 @attn_bwd.register_fake
 def _(dout, q, k, v, out, lse, alibi_slopes, dropout_p, softmax_scale, causal, window_left, window_right,
-      softcap, deterministic, seed):
+      softcap, deterministic, rng_state):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
 def _attn_setup(ctx, inputs, output):
     q, k, v, alibi = inputs[:4]
-    ctx.args = inputs[4:]
-    ctx.save_for_backward(q, k, v, output[0], output[1], alibi)
+    ctx.args = inputs[4:-1]  # the seed travels in rng_state
+    ctx.save_for_backward(q, k, v, output[0], output[1], alibi, output[2])
 
 
-def _attn_backward(ctx, dout, dlse):
-    q, k, v, out, lse, alibi = ctx.saved_tensors
-    dq, dk, dv = torch.ops.cflash.attn_bwd(dout, q, k, v, out, lse, alibi, *ctx.args)
+def _attn_backward(ctx, dout, dlse, drng):
+    q, k, v, out, lse, alibi, rng = ctx.saved_tensors
+    dq, dk, dv = torch.ops.cflash.attn_bwd(dout, q, k, v, out, lse, alibi, *ctx.args, rng)
     return dq, dk, dv, None, None, None, None, None, None, None, None, None
 
 
@@ -69,16 +82,19 @@ attn_fwd.register_autograd(_attn_backward, setup_context=_attn_setup)
 def attn_varlen_fwd(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor, cu_seqlens_k: Tensor,
                     max_seqlen_q: int, max_seqlen_k: int, alibi_slopes: Optional[Tensor], dropout_p: float,
                     softmax_scale: float, causal: bool, window_left: int, window_right: int, softcap: float,
-                    deterministic: bool, seed: int) -> Tuple[Tensor, Tensor]:
-    return _core.attn_varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p,
-                                 softmax_scale, causal, window_left, window_right, softcap, alibi_slopes, seed)
+                    deterministic: bool, seed: int) -> Tuple[Tensor, Tensor, Tensor]:
+    seed = _draw(dropout_p, seed)
+    out, lse = _core.attn_varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p,
+                                     softmax_scale, causal, window_left, window_right, softcap, alibi_slopes, seed)
+    return out, lse, _rng_state(seed)
 
 
 @attn_varlen_fwd.register_fake
 def _(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, alibi_slopes, dropout_p, softmax_scale,
       causal, window_left, window_right, softcap, deterministic, seed):
     T, H, _ = q.shape
-    return q.new_empty((T, H, v.shape[-1])), q.new_empty((H, T), dtype=torch.float32)
+    return (q.new_empty((T, H, v.shape[-1])), q.new_empty((H, T), dtype=torch.float32),
+            torch.empty((2,), dtype=torch.int64))
 
 
 @_op("cflash::attn_varlen_bwd", mutates_args=())
@@ -86,28 +102,29 @@ def attn_varlen_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, 
                     cu_seqlens_q: Tensor, cu_seqlens_k: Tensor, max_seqlen_q: int, max_seqlen_k: int,
                     alibi_slopes: Optional[Tensor], dropout_p: float, softmax_scale: float, causal: bool,
                     window_left: int, window_right: int, softcap: float, deterministic: bool,
-                    seed: int) -> Tuple[Tensor, Tensor, Tensor]:
+                    rng_state: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
     return _core.attn_varlen_bwd(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
                                  dropout_p, softmax_scale, causal, window_left, window_right, softcap,
-                                 alibi_slopes, deterministic, seed)
+                                 alibi_slopes, deterministic, int(rng_state[0]))
 
 
 @attn_varlen_bwd.register_fake
 def _(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, alibi_slopes, dropout_p,
-      softmax_scale, causal, window_left, window_right, softcap, deterministic, seed):
+      softmax_scale, causal, window_left, window_right, softcap, deterministic, rng_state):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
 def _varlen_setup(ctx, inputs, output):
     q, k, v, cq, ck, mq, mk, alibi = inputs[:8]
     ctx.lens = (mq, mk)
-    ctx.args = inputs[8:]
-    ctx.save_for_backward(q, k, v, output[0], output[1], cq, ck, alibi)
+    ctx.args = inputs[8:-1]
+    ctx.save_for_backward(q, k, v, output[0], output[1], cq, ck, alibi, output[2])
 
 
-def _varlen_backward(ctx, dout, dlse):
-    q, k, v, out, lse, cq, ck, alibi = ctx.saved_tensors
-    dq, dk, dv = torch.ops.cflash.attn_varlen_bwd(dout, q, k, v, out, lse, cq, ck, *ctx.lens, alibi, *ctx.args)
+def _varlen_backward(ctx, dout, dlse, drng):
+    q, k, v, out, lse, cq, ck, alibi, rng = ctx.saved_tensors
+    dq, dk, dv = torch.ops.cflash.attn_varlen_bwd(dout, q, k, v, out, lse, cq, ck, *ctx.lens, alibi, *ctx.args,
+                                                  rng)
     return (dq, dk, dv) + (None,) * 13
 
 
@@ -226,11 +243,13 @@ def _apply_parts(x, cos, sin, offs, off, cu, mx, interleaved, conjugate, num_hea
 @_op("cflash::norm_fwd", mutates_args=())
 def norm_fwd(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], residual: Optional[Tensor], eps: float,
              dropout_p: float, seed: int, is_rms_norm: bool,
-             residual_in_fp32: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+             residual_in_fp32: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    seed = _draw(dropout_p, seed)
     y, h, mean, rstd = _core.norm_fwd(x, weight, bias, residual, eps, dropout_p, seed, is_rms_norm,
                                       residual_in_fp32)
     empty = x.new_empty((0,), dtype=torch.float32)
-    return y, (h if h is not None else empty.clone()), (mean if mean is not None else empty.clone()), rstd
+    return (y, (h if h is not None else empty.clone()), (mean if mean is not None else empty.clone()), rstd,
+            _rng_state(seed))
 
 
 @norm_fwd.register_fake
@@ -245,21 +264,22 @@ def _(x, weight, bias, residual, eps, dropout_p, seed, is_rms_norm, residual_in_
     else:
         h = x.new_empty((0,), dtype=torch.float32)
     mean = x.new_empty((0 if is_rms_norm else M,), dtype=torch.float32)
-    return y, h, mean, x.new_empty((M,), dtype=torch.float32)
+    return y, h, mean, x.new_empty((M,), dtype=torch.float32), torch.empty((2,), dtype=torch.int64)
 
 
 @_op("cflash::norm_bwd", mutates_args=())
 def norm_bwd(dy: Tensor, h: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], mean: Optional[Tensor], rstd: Tensor,
              dresidual_out: Optional[Tensor], x_like: Tensor, residual_like: Optional[Tensor], eps: float,
-             dropout_p: float, seed: int, is_rms_norm: bool) -> List[Tensor]:
-    dx, dw, db, dres = _core.norm_bwd(dy, h, weight, bias, mean, rstd, dresidual_out, eps, dropout_p, seed,
+             dropout_p: float, rng_state: Tensor, is_rms_norm: bool) -> List[Tensor]:
+    dx, dw, db, dres = _core.norm_bwd(dy, h, weight, bias, mean, rstd, dresidual_out, eps, dropout_p,
+                                      int(rng_state[0]),
                                       is_rms_norm, x_like, residual_like is not None, residual_like)
     none = h.new_empty((0,))
     return [dx, dw if dw is not None else none.clone(), db if db is not None else none.clone(), dres if dres is not None else none.clone()]
 
 
 @norm_bwd.register_fake
-def _(dy, h, weight, bias, mean, rstd, dresidual_out, x_like, residual_like, eps, dropout_p, seed, is_rms_norm):
+def _(dy, h, weight, bias, mean, rstd, dresidual_out, x_like, residual_like, eps, dropout_p, rng_state, is_rms_norm):
     M, N = h.shape
     dx = h.new_empty((M, N), dtype=x_like.dtype)
     db = torch.empty_like(bias) if bias is not None else h.new_empty((0,))
@@ -269,23 +289,24 @@ def _(dy, h, weight, bias, mean, rstd, dresidual_out, x_like, residual_like, eps
 
 
 def _norm_setup(ctx, inputs, output):
-    x, weight, bias, residual, eps, dropout_p, seed, is_rms, _ = inputs
-    y, h, mean, rstd = output
+    x, weight, bias, residual, eps, dropout_p, _, is_rms, _ = inputs
+    y, h, mean, rstd, rng = output
     ctx.has_h = h.numel() > 0 or x.numel() == 0
     ctx.has_bias = bias is not None
     ctx.shape = x.shape
-    ctx.args = (eps, dropout_p, seed, is_rms)
+    ctx.args = (eps, dropout_p, is_rms)
     # x_like / residual_like carry only dtype and device (0-element tensors).
     ctx.save_for_backward(h if ctx.has_h else x.reshape(-1, x.shape[-1]), weight, bias,
                           mean if not is_rms else None, rstd, x.new_empty((0,)),
-                          residual.new_empty((0,)) if residual is not None else None)
+                          residual.new_empty((0,)) if residual is not None else None, rng)
 
 
-def _norm_backward(ctx, dy, dh, dmean, drstd):
-    h, weight, bias, mean, rstd, x_like, residual_like = ctx.saved_tensors
+def _norm_backward(ctx, dy, dh, dmean, drstd, drng):
+    h, weight, bias, mean, rstd, x_like, residual_like, rng = ctx.saved_tensors
     dro = dh if (dh is not None and ctx.has_h and dh.numel() > 0) else None
+    eps, dropout_p, is_rms = ctx.args
     dx, dw, db, dres = torch.ops.cflash.norm_bwd(dy, h, weight, bias, mean, rstd, dro, x_like, residual_like,
-                                                 *ctx.args)
+                                                 eps, dropout_p, rng, is_rms)
     return (dx.reshape(ctx.shape), dw if weight is not None else None, db if ctx.has_bias else None,
             dres.reshape(ctx.shape) if residual_like is not None else None, None, None, None, None, None)
 

@@ -28,8 +28,22 @@ def _seed(dropout_p, torch_mode):
     if not dropout_p:
         return 0
     if torch_mode:
-        return _torch().new_seed()
+        return -1  # drawn inside the op from torch's generator, returned in its rng_state
     return int(np.random.randint(0, 2**62, dtype=np.int64))
+
+
+def _as_torch(xs, like):
+    """NumPy arguments of a torch call (slopes, cu_seqlens, ...) as tensors on like's device (index
+    tensors stay on the CPU, where the library reads them)."""
+    torch = _torch().torch
+    out = []
+    for x in xs:
+        if x is not None and not is_torch(x):
+            x = torch.as_tensor(x)
+            if x.is_floating_point():
+                x = x.to(like.device)
+        out.append(x)
+    return out
 
 
 def _window(window_size):
@@ -101,8 +115,12 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, wi
     tm = is_torch(q)
     seed = _seed(dropout_p, tm)
     if tm:
-        out, lse = _torch().torch.ops.cflash.attn_fwd(q, k, v, alibi_slopes, float(dropout_p), scale, bool(causal),
-                                                     wl, wr, float(softcap), bool(deterministic), seed)
+        k, v, alibi_slopes = _as_torch((k, v, alibi_slopes), q)
+        out, lse, rng = _torch().torch.ops.cflash.attn_fwd(q, k, v, alibi_slopes, float(dropout_p), scale,
+                                                          bool(causal), wl, wr, float(softcap), bool(deterministic),
+                                                          seed)
+        if return_attn_probs:
+            seed = int(rng[0])
     else:
         out, lse = _core.attn_fwd(q, k, v, dropout_p, scale, causal, wl, wr, softcap, alibi_slopes, seed)
     if not return_attn_probs:
@@ -148,9 +166,12 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
     seed = _seed(dropout_p, tm)
     mq, mk = int(max_seqlen_q or 0), int(max_seqlen_k or 0)
     if tm:
-        out, lse = _torch().torch.ops.cflash.attn_varlen_fwd(
+        k, v, alibi_slopes, cu_seqlens_q, cu_seqlens_k = _as_torch((k, v, alibi_slopes, cu_seqlens_q, cu_seqlens_k), q)
+        out, lse, rng = _torch().torch.ops.cflash.attn_varlen_fwd(
             q, k, v, cu_seqlens_q, cu_seqlens_k, mq, mk, alibi_slopes, float(dropout_p), scale, bool(causal), wl,
             wr, float(softcap), bool(deterministic), seed)
+        if return_attn_probs:
+            seed = int(rng[0])
     else:
         out, lse = _core.attn_varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, mq, mk, dropout_p, scale, causal, wl,
                                          wr, softcap, alibi_slopes, seed)

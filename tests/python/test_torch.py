@@ -323,3 +323,42 @@ def test_cuda_varlen_kvcache_rotary_norm():
                           atol=1e-5)
     w = torch.randn(32, device=dev)
     assert torch.allclose(rms_norm_fn(x, w, None).cpu(), rms_norm_fn(x.cpu(), w.cpu(), None), atol=1e-5)
+
+
+def test_torch_compile_with_dropout_draws_the_seed_inside_the_op():
+    q, k, v = (torch.randn(1, 8, 2, 16, requires_grad=True) for _ in range(3))
+    w = torch.randn(16, requires_grad=True)
+
+    def f(q, k, v, w):
+        o = cflash.flash_attn_func(q, k, v, dropout_p=0.2, causal=True)
+        return rms_norm_fn(o, w, None, dropout_p=0.1, residual=o, prenorm=False)
+
+    torch.manual_seed(21)
+    ref = f(q, k, v, w)
+    ref.sum().backward()
+    g_ref = [t.grad.clone() for t in (q, k, v, w)]
+    for t in (q, k, v, w):
+        t.grad = None
+    torch._dynamo.reset()
+    cf = torch.compile(f, backend="aot_eager", fullgraph=True)
+    torch.manual_seed(21)
+    out = cf(q, k, v, w)
+    out.sum().backward()
+    assert torch.allclose(out, ref, atol=1e-6), "same torch seed, same dropout masks"
+    for a, b in zip((q.grad, k.grad, v.grad, w.grad), g_ref):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_norm_dropout_backward_uses_the_forward_mask():
+    torch.manual_seed(22)
+    p = 0.3
+    x = torch.randn(5, 48, requires_grad=True)
+    r = torch.randn(5, 48, requires_grad=True)
+    w = torch.randn(48)
+    y, h = rms_norm_fn(x, w, None, residual=r, dropout_p=p, prenorm=True)
+    (y.square().sum() + h.sum()).backward()
+    kept = (h - r).detach().abs() > 1e-6  # x is never 0 here: dropped elements give h == r
+    assert 0.5 < kept.float().mean() < 0.9
+    assert torch.allclose((h - r)[kept], (x / (1 - p))[kept], atol=1e-5)
+    want = torch.where(kept, r.grad / (1 - p), torch.zeros_like(r.grad))
+    assert torch.allclose(x.grad, want, atol=1e-5)

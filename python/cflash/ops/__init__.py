@@ -29,14 +29,14 @@ def layer_norm_fn(x, weight, bias, residual=None, x1=None, weight1=None, bias1=N
     if residual is not None and tuple(residual.shape) != tuple(x.shape):
         raise ValueError("residual: shape %s, expected the shape of x %s" % (tuple(residual.shape), tuple(x.shape)))
     tm = is_torch(x)
-    seed = 0
-    if dropout_p:
-        seed = _torch().new_seed() if tm else int(np.random.randint(0, 2**62, dtype=np.int64))
     if tm:
-        y, h, _, _ = _torch().torch.ops.cflash.norm_fwd(x, weight, bias, residual, float(eps), float(dropout_p), seed,
-                                                       bool(is_rms_norm), bool(residual_in_fp32))
+        weight, bias, residual = _as_torch((weight, bias, residual), x)
+        y, h, _, _, _ = _torch().torch.ops.cflash.norm_fwd(x, weight, bias, residual, float(eps), float(dropout_p),
+                                                          -1 if dropout_p else 0, bool(is_rms_norm),
+                                                          bool(residual_in_fp32))
         h = h.reshape(x.shape) if h.dim() == 2 else x  # (0,) when it would equal x
     else:
+        seed = int(np.random.randint(0, 2**62, dtype=np.int64)) if dropout_p else 0
         y, h, _, _ = _core.norm_fwd(x, weight, bias, residual, eps, dropout_p, seed, is_rms_norm, residual_in_fp32)
         h = h.reshape(x.shape) if h is not None else x
     if out is not None:
@@ -60,6 +60,11 @@ def _torch():
     from .. import _torch as t
 
     return t
+
+
+def _as_torch(xs, like):
+    torch = _torch().torch
+    return [x if x is None or is_torch(x) else torch.as_tensor(x, device=like.device) for x in xs]
 
 
 def __getattr__(name):
