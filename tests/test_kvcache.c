@@ -14,15 +14,15 @@ static int verbose;
 typedef struct kcase {
     cf_dtype dtype;
     int64_t B, H, Hk, Sq, D, Dv, Sn, Lmax;
-    int64_t page;       /* 0 = not paged */
+    int64_t page; /* 0 = not paged */
     int batch_idx, leftpad;
-    int64_t half;       /* rotary dims / 2; 0 = none */
+    int64_t half; /* rotary dims / 2; 0 = none */
     int interleaved, causal;
     int64_t wl, wr;
     float softcap;
-    int alibi;          /* 0 none, 1 [H], 2 [B, H] */
+    int alibi; /* 0 none, 1 [H], 2 [B, H] */
     int num_splits;
-    int seqlen_mode;    /* 0 tensor, 1 scalar, 2 whole cache (-1) */
+    int seqlen_mode; /* 0 tensor, 1 scalar, 2 whole cache (-1) */
     int lse;
     tt_layout layout;
     uint64_t seed;
@@ -55,7 +55,8 @@ static void cache_loc(const kprob* p, int64_t b, int64_t t, int64_t* page, int64
 /* rotate v[0..D) at position pos in fp64 */
 static void rot(const kprob* p, double* v, int64_t pos) {
     for (int64_t i = 0; i < p->c.half; i++) {
-        int64_t ia = p->c.interleaved ? 2 * i : i, ib = p->c.interleaved ? 2 * i + 1 : i + p->c.half;
+        int64_t ia = p->c.interleaved ? 2 * i : i,
+                ib = p->c.interleaved ? 2 * i + 1 : i + p->c.half;
         int64_t ci[2] = {pos, i};
         double co = tt_get(&p->cs, ci), si = tt_get(&p->sn, ci), a = v[ia], b = v[ib];
         v[ia] = a * co - b * si;
@@ -68,15 +69,18 @@ static void kv_row(const kprob* p, int is_v, int64_t b, int64_t t, int64_t hk, d
     const kcase* c = &p->c;
     int64_t n = is_v ? c->Dv : c->D;
     if (t >= p->L[b]) {
-        for (int64_t d = 0; d < n; d++) v[d] = g4(is_v ? &p->vn : &p->kn, b, t - p->L[b], hk, d);
+        for (int64_t d = 0; d < n; d++)
+            v[d] = g4(is_v ? &p->vn : &p->kn, b, t - p->L[b], hk, d);
         if (!is_v && c->half) {
             rot(p, v, t);
-            for (int64_t d = 0; d < n; d++) v[d] = ops_round(c->dtype, v[d]);
+            for (int64_t d = 0; d < n; d++)
+                v[d] = ops_round(c->dtype, v[d]);
         }
     } else {
         int64_t pg, row;
         cache_loc(p, b, t, &pg, &row);
-        for (int64_t d = 0; d < n; d++) v[d] = g4(is_v ? &p->vc0 : &p->kc0, pg, row, hk, d);
+        for (int64_t d = 0; d < n; d++)
+            v[d] = g4(is_v ? &p->vc0 : &p->kc0, pg, row, hk, d);
     }
 }
 
@@ -99,11 +103,13 @@ static void oracle(const kprob* p, int naive, double* out, double* lse) {
         for (int64_t h = 0; h < c->H; h++) {
             int64_t hk = h / (c->H / c->Hk);
             for (int64_t i = 0; i < c->Sq; i++) {
-                for (int64_t d = 0; d < c->D; d++) q[d] = g4(&p->q, b, i, h, d);
+                for (int64_t d = 0; d < c->D; d++)
+                    q[d] = g4(&p->q, b, i, h, d);
                 if (c->half) {
                     int local = c->causal || c->wl >= 0 || c->wr >= 0;
                     rot(p, q, local ? L + i : L);
-                    for (int64_t d = 0; d < c->D; d++) q[d] = ops_round(c->dtype, q[d]);
+                    for (int64_t d = 0; d < c->D; d++)
+                        q[d] = ops_round(c->dtype, q[d]);
                 }
                 int64_t diag = i + sk - c->Sq, lo = 0, hi = sk;
                 int64_t wr = c->causal ? 0 : c->wr;
@@ -113,7 +119,8 @@ static void oracle(const kprob* p, int naive, double* out, double* lse) {
                 for (int64_t j = lo; j < hi; j++) {
                     kv_row(p, 0, b, P + j, hk, kr);
                     double dot = 0;
-                    for (int64_t d = 0; d < c->D; d++) dot += q[d] * kr[d];
+                    for (int64_t d = 0; d < c->D; d++)
+                        dot += q[d] * kr[d];
                     double x = dot * scale;
                     if (naive) x = (float)x;
                     if (c->softcap > 0) x = c->softcap * tanh(x / c->softcap);
@@ -122,17 +129,20 @@ static void oracle(const kprob* p, int naive, double* out, double* lse) {
                     s[j] = x;
                     if (x > m) m = x;
                 }
-                for (int64_t d = 0; d < c->Dv; d++) acc[d] = 0;
+                for (int64_t d = 0; d < c->Dv; d++)
+                    acc[d] = 0;
                 for (int64_t j = lo; j < hi; j++) {
                     double e = exp(s[j] - m);
                     l += e;
                     if (naive) e = ops_round(c->dtype, e);
                     kv_row(p, 1, b, P + j, hk, vr);
-                    for (int64_t d = 0; d < c->Dv; d++) acc[d] += e * vr[d];
+                    for (int64_t d = 0; d < c->Dv; d++)
+                        acc[d] += e * vr[d];
                 }
                 for (int64_t d = 0; d < c->Dv; d++) {
                     double o = l > 0 ? acc[d] / l : 0.0;
-                    out[((b * c->Sq + i) * c->H + h) * c->Dv + d] = naive ? ops_round(c->dtype, o) : o;
+                    out[((b * c->Sq + i) * c->H + h) * c->Dv + d] =
+                        naive ? ops_round(c->dtype, o) : o;
                 }
                 double ls = l > 0 ? m + log(l) : -INFINITY;
                 lse[(b * c->H + h) * c->Sq + i] = naive ? (float)ls : ls;
@@ -157,10 +167,12 @@ static void build(kprob* p, const kcase* c) {
         p->pps = (p->Sc + c->page - 1) / c->page;
         p->npages = c->B * p->pps + 3;
         if (c->seqlen_mode == 2) p->Sc = p->pps * c->page; /* whole cache = all pages */
-        for (int64_t b = 0; b < c->B && c->seqlen_mode == 2; b++) p->L[b] = (int32_t)p->Sc;
+        for (int64_t b = 0; b < c->B && c->seqlen_mode == 2; b++)
+            p->L[b] = (int32_t)p->Sc;
         p->bt = malloc(sizeof(int32_t) * (size_t)(c->B * p->pps));
         int32_t* perm = malloc(sizeof(int32_t) * (size_t)p->npages);
-        for (int64_t i = 0; i < p->npages; i++) perm[i] = (int32_t)i;
+        for (int64_t i = 0; i < p->npages; i++)
+            perm[i] = (int32_t)i;
         for (int64_t i = p->npages - 1; i > 0; i--) {
             int64_t j = (int64_t)(tt_rng_u64(&r) % (uint64_t)(i + 1));
             int32_t t = perm[i];
@@ -168,7 +180,8 @@ static void build(kprob* p, const kcase* c) {
         }
         memcpy(p->bt, perm, sizeof(int32_t) * (size_t)(c->B * p->pps));
         free(perm);
-        int64_t s[4] = {p->npages, c->page, c->Hk, c->D}, sv[4] = {p->npages, c->page, c->Hk, c->Dv};
+        int64_t s[4] = {p->npages, c->page, c->Hk, c->D},
+                sv[4] = {p->npages, c->page, c->Hk, c->Dv};
         tt_alloc(&p->kc, c->dtype, 4, s, c->layout);
         tt_alloc(&p->vc, c->dtype, 4, sv, c->layout);
         int64_t bs[2] = {c->B, p->pps};
@@ -176,15 +189,18 @@ static void build(kprob* p, const kcase* c) {
         memcpy(p->t_bt.dl.data, p->bt, sizeof(int32_t) * (size_t)(c->B * p->pps));
     } else {
         if (c->seqlen_mode == 2)
-            for (int64_t b = 0; b < c->B; b++) p->L[b] = (int32_t)p->Sc;
+            for (int64_t b = 0; b < c->B; b++)
+                p->L[b] = (int32_t)p->Sc;
         p->Bc = c->B + (c->batch_idx ? 2 : 0);
-        for (int64_t b = 0; b < c->B; b++) p->bidx[b] = (int32_t)(p->Bc - 1 - b);
+        for (int64_t b = 0; b < c->B; b++)
+            p->bidx[b] = (int32_t)(p->Bc - 1 - b);
         int64_t s[4] = {p->Bc, p->Sc, c->Hk, c->D}, sv[4] = {p->Bc, p->Sc, c->Hk, c->Dv};
         tt_alloc(&p->kc, c->dtype, 4, s, c->layout);
         tt_alloc(&p->vc, c->dtype, 4, sv, c->layout);
     }
     if (c->seqlen_mode == 2)
-        for (int64_t b = 0; b < c->B; b++) p->P[b] = c->leftpad ? p->P[b] : 0;
+        for (int64_t b = 0; b < c->B; b++)
+            p->P[b] = c->leftpad ? p->P[b] : 0;
     tt_random(&p->kc, c->seed + 1, -1, 1);
     tt_random(&p->vc, c->seed + 2, -1, 1);
     tt_alloc_like(&p->kc0, &p->kc), memcpy(p->kc0.base, p->kc.base, p->kc.bytes);
@@ -230,9 +246,11 @@ static void build(kprob* p, const kcase* c) {
 }
 
 static void release(kprob* p) {
-    tt_tensor* ts[] = {&p->q, &p->kc, &p->vc, &p->kn, &p->vn, &p->cs, &p->sn, &p->out, &p->lse,
-                       &p->alibi, &p->t_seq, &p->t_bidx, &p->t_lp, &p->t_bt, &p->kc0, &p->vc0};
-    for (size_t i = 0; i < sizeof ts / sizeof ts[0]; i++) tt_free(ts[i]);
+    tt_tensor* ts[] = {&p->q,    &p->kc,   &p->vc,  &p->kn,    &p->vn,    &p->cs,
+                       &p->sn,   &p->out,  &p->lse, &p->alibi, &p->t_seq, &p->t_bidx,
+                       &p->t_lp, &p->t_bt, &p->kc0, &p->vc0};
+    for (size_t i = 0; i < sizeof ts / sizeof ts[0]; i++)
+        tt_free(ts[i]);
     free(p->bt);
 }
 
@@ -276,7 +294,8 @@ static int64_t check_caches(const kprob* p) {
                     bad += !(fabs(g4(&p->kc, pg, row, hk, d) - v[d]) <=
                              4 * tt_unit_roundoff(c->dtype) * (c->half ? 1.0 : 0.0));
                 kv_row(p, 1, b, t, hk, v);
-                for (int64_t d = 0; d < c->Dv; d++) bad += g4(&p->vc, pg, row, hk, d) != v[d];
+                for (int64_t d = 0; d < c->Dv; d++)
+                    bad += g4(&p->vc, pg, row, hk, d) != v[d];
             }
         }
     for (int64_t pg = 0; pg < p->kc.shape[0]; pg++)
@@ -333,12 +352,13 @@ static void run_case(const kcase* c) {
         double eo = ops_max_err(&p.out, ro, &nan), el = c->lse ? ops_max_err(&p.lse, rl, &nan2) : 0;
         CHECK_MSG(eo <= bo && nan == 0 && tt_padding_intact(&p.out),
                   "%s on %s: out err %.3g > %.3g or %lld NaN", desc, *be, eo, bo, (long long)nan);
-        CHECK_MSG(el <= bl && nan2 == 0, "%s on %s: lse err %.3g > %.3g or %lld NaN", desc, *be,
-                  el, bl, (long long)nan2);
+        CHECK_MSG(el <= bl && nan2 == 0, "%s on %s: lse err %.3g > %.3g or %lld NaN", desc, *be, el,
+                  bl, (long long)nan2);
         int64_t bad = check_caches(&p);
         CHECK_MSG(bad == 0, "%s on %s: %lld cache elements wrong", desc, *be, (long long)bad);
         CHECK_MSG(tt_hash(&p.q) == qh, "%s on %s: q modified", desc, *be);
-        if (verbose) printf("%-10s %s: out %.3g <= %.3g, lse %.3g <= %.3g\n", *be, desc, eo, bo, el, bl);
+        if (verbose)
+            printf("%-10s %s: out %.3g <= %.3g, lse %.3g <= %.3g\n", *be, desc, eo, bo, el, bl);
     }
     free(ro), free(rl), free(no_), free(nl_);
     release(&p);
@@ -380,7 +400,8 @@ static void test_grid(void) {
         n++;
     }
     /* long caches: split-KV and the vector paths over many keys */
-    kcase big = {CF_BF16, 1, 32, 8, 1, 128, 128, 1, 3000, 0, 0, 0, 64, 0, 1, -1, -1, 0, 0, 0, 0, 1, TT_DENSE, 3};
+    kcase big = {CF_BF16, 1, 32, 8,  1,  128, 128, 1, 3000, 0, 0,        0,
+                 64,      0, 1,  -1, -1, 0,   0,   0, 0,    1, TT_DENSE, 3};
     run_case(&big);
     big.page = 16, big.num_splits = 5, big.dtype = CF_F16, big.B = 2, big.Sq = 4, big.Sn = 4;
     run_case(&big);
@@ -388,14 +409,16 @@ static void test_grid(void) {
 }
 
 static void test_errors(void) {
-    kcase c = {CF_F32, 2, 4, 2, 1, 8, 8, 1, 5, 0, 0, 0, 2, 0, 1, -1, -1, 0, 0, 0, 0, 1, TT_DENSE, 1};
+    kcase c = {CF_F32, 2, 4, 2,  1,  8, 8, 1, 5, 0, 0,        0,
+               2,      0, 1, -1, -1, 0, 0, 0, 0, 1, TT_DENSE, 1};
     kprob p;
     build(&p, &c);
     cflash_attn_params ap;
     cflash_kvcache_params kp;
     params(&p, &ap, &kp);
     const cflash_status INV = CFLASH_ERR_INVALID_ARGUMENT;
-#define CALL() cflash_attn_kvcache_fwd(NULL, &ap, &kp, &p.q.dl, &p.kc.dl, &p.vc.dl, &p.out.dl, &p.lse.dl)
+#define CALL()                                                                                     \
+    cflash_attn_kvcache_fwd(NULL, &ap, &kp, &p.q.dl, &p.kc.dl, &p.vc.dl, &p.out.dl, &p.lse.dl)
     CHECK_OK(CALL());
     memcpy(p.kc.base, p.kc0.base, p.kc.bytes), memcpy(p.vc.base, p.vc0.base, p.vc.bytes);
     tt_poison(&p.out);
@@ -406,25 +429,27 @@ static void test_errors(void) {
     ap.window_left = -1, ap.softcap = -1;
     CHECK_ERR(CALL(), INV, "softcap: -1");
     ap.softcap = 0;
-    CHECK_ERR(cflash_attn_kvcache_fwd(NULL, &ap, &kp, NULL, &p.kc.dl, &p.vc.dl, &p.out.dl, NULL), INV, "q: is NULL");
-    CHECK_ERR(cflash_attn_kvcache_fwd(NULL, &ap, &kp, &p.q.dl, &p.kc.dl, &p.kc.dl, &p.out.dl, &p.q.dl), INV,
-              "lse: expected 3 dims");
+    CHECK_ERR(cflash_attn_kvcache_fwd(NULL, &ap, &kp, NULL, &p.kc.dl, &p.vc.dl, &p.out.dl, NULL),
+              INV, "q: is NULL");
+    CHECK_ERR(
+        cflash_attn_kvcache_fwd(NULL, &ap, &kp, &p.q.dl, &p.kc.dl, &p.kc.dl, &p.out.dl, &p.q.dl),
+        INV, "lse: expected 3 dims");
     tt_tensor bad;
     int64_t k3[4] = {2, 10, 3, 8};
     tt_alloc(&bad, CF_F32, 4, k3, TT_DENSE);
-    CHECK_ERR(cflash_attn_kvcache_fwd(NULL, &ap, &kp, &p.q.dl, &bad.dl, &p.vc.dl, &p.out.dl, NULL), INV,
-              "k_cache: 3 heads, expected a divisor of the 4 heads of q");
+    CHECK_ERR(cflash_attn_kvcache_fwd(NULL, &ap, &kp, &p.q.dl, &bad.dl, &p.vc.dl, &p.out.dl, NULL),
+              INV, "k_cache: 3 heads, expected a divisor of the 4 heads of q");
     tt_free(&bad);
     int64_t k4[4] = {2, 10, 2, 8};
     tt_alloc(&bad, CF_F16, 4, k4, TT_DENSE);
-    CHECK_ERR(cflash_attn_kvcache_fwd(NULL, &ap, &kp, &p.q.dl, &bad.dl, &p.vc.dl, &p.out.dl, NULL), INV,
-              "k_cache: dtype float16, expected float32 (the dtype of q)");
+    CHECK_ERR(cflash_attn_kvcache_fwd(NULL, &ap, &kp, &p.q.dl, &bad.dl, &p.vc.dl, &p.out.dl, NULL),
+              INV, "k_cache: dtype float16, expected float32 (the dtype of q)");
     tt_free(&bad);
     int64_t k5[4] = {1, 10, 2, 8};
     tt_alloc(&bad, CF_F32, 4, k5, TT_DENSE);
     kp.k_new = kp.v_new = NULL;
-    CHECK_ERR(cflash_attn_kvcache_fwd(NULL, &ap, &kp, &p.q.dl, &bad.dl, &bad.dl, &p.out.dl, NULL), INV,
-              "expected B_cache >= B");
+    CHECK_ERR(cflash_attn_kvcache_fwd(NULL, &ap, &kp, &p.q.dl, &bad.dl, &bad.dl, &p.out.dl, NULL),
+              INV, "expected B_cache >= B");
     tt_free(&bad);
     kp.k_new = &p.kn.dl;
     CHECK_ERR(CALL(), INV, "v_new: is NULL but k_new is given");
@@ -487,15 +512,15 @@ static void test_errors(void) {
     tt_free(&bad);
     int64_t o5[4] = {2, 1, 4, 5};
     tt_alloc(&bad, CF_F32, 4, o5, TT_DENSE);
-    CHECK_ERR(cflash_attn_kvcache_fwd(NULL, &ap, &kp, &p.q.dl, &p.kc.dl, &p.vc.dl, &bad.dl, NULL), INV,
-              "out: shape (2, 1, 4, 5)");
+    CHECK_ERR(cflash_attn_kvcache_fwd(NULL, &ap, &kp, &p.q.dl, &p.kc.dl, &p.vc.dl, &bad.dl, NULL),
+              INV, "out: shape (2, 1, 4, 5)");
     tt_free(&bad);
     /* after every rejected call: caches and out untouched */
     CHECK(!memcmp(p.kc.base, p.kc0.base, p.kc.bytes) && !memcmp(p.vc.base, p.vc0.base, p.vc.bytes));
     CHECK(tt_count_nan(&p.out) == p.out.numel);
     char buf[512];
-    CHECK_OK(cflash_explain(NULL, CFLASH_OP_KVCACHE_FWD, buf, sizeof buf, &ap, &kp, &p.q.dl, &p.kc.dl,
-                            &p.vc.dl, &p.out.dl, &p.lse.dl));
+    CHECK_OK(cflash_explain(NULL, CFLASH_OP_KVCACHE_FWD, buf, sizeof buf, &ap, &kp, &p.q.dl,
+                            &p.kc.dl, &p.vc.dl, &p.out.dl, &p.lse.dl));
     CHECK_MSG(strstr(buf, "cpu-ref: OKAY"), "explain: %s", buf);
     CHECK(!memcmp(p.kc.base, p.kc0.base, p.kc.bytes)); /* explain writes nothing */
 #undef CALL

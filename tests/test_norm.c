@@ -34,9 +34,9 @@ static double get1(const tt_tensor* t, int64_t j) {
 }
 
 /* Forward: y, h, mean, rstd in fp64 (naive = 0) or fp32 steps with the outputs rounded. */
-static void fwd_oracle(const ncase* c, const tt_tensor* x, const tt_tensor* res,
-                       const tt_tensor* w, const tt_tensor* b, int naive, double* y, double* h,
-                       double* mean, double* rstd) {
+static void fwd_oracle(const ncase* c, const tt_tensor* x, const tt_tensor* res, const tt_tensor* w,
+                       const tt_tensor* b, int naive, double* y, double* h, double* mean,
+                       double* rstd) {
     const int64_t M = c->M, N = c->N;
     double ks = naive ? (double)(1.0f / (1.0f - c->dropout)) : 1.0 / (1.0 - (double)c->dropout);
     for (int64_t r = 0; r < M; r++) {
@@ -69,17 +69,19 @@ static void fwd_oracle(const ncase* c, const tt_tensor* x, const tt_tensor* res,
 }
 
 /* Backward from h (the tensor hx), dy, weight, dresidual_out. */
-static void bwd_oracle(const ncase* c, const tt_tensor* hx, const tt_tensor* dy,
-                       const tt_tensor* w, const tt_tensor* dro, int naive, double* dx,
-                       double* dres, double* dw, double* db) {
+static void bwd_oracle(const ncase* c, const tt_tensor* hx, const tt_tensor* dy, const tt_tensor* w,
+                       const tt_tensor* dro, int naive, double* dx, double* dres, double* dw,
+                       double* db) {
     const int64_t M = c->M, N = c->N;
     double ks = 1.0 / (1.0 - (double)c->dropout);
     double* xh = malloc(sizeof(double) * (size_t)N * 2);
     double* g = xh + N;
-    for (int64_t j = 0; j < N; j++) dw[j] = db[j] = 0;
+    for (int64_t j = 0; j < N; j++)
+        dw[j] = db[j] = 0;
     for (int64_t r = 0; r < M; r++) {
         double mu = 0, var = 0, mg = 0, mgx = 0;
-        for (int64_t j = 0; j < N; j++) mu = naive ? (float)(mu + get2(hx, r, j)) : mu + get2(hx, r, j);
+        for (int64_t j = 0; j < N; j++)
+            mu = naive ? (float)(mu + get2(hx, r, j)) : mu + get2(hx, r, j);
         mu = c->layer ? mu / N : 0.0;
         if (naive) mu = (float)mu;
         for (int64_t j = 0; j < N; j++) {
@@ -158,7 +160,8 @@ static void run_case(const ncase* c) {
     p.seed = c->seed;
     p.offset = c->seed * 7;
     char desc[200];
-    snprintf(desc, sizeof desc, "%s %s M%lld N%lld res %s resout %s w %s%s out %s drop %.2f%s%s layout%d seed%llu",
+    snprintf(desc, sizeof desc,
+             "%s %s M%lld N%lld res %s resout %s w %s%s out %s drop %.2f%s%s layout%d seed%llu",
              c->layer ? "layer" : "rms", tt_dtype_short(c->dtype), (long long)M, (long long)N,
              tt_dtype_short(c->res_dtype), tt_dtype_short(c->resout_dtype),
              tt_dtype_short(c->w_dtype), c->has_bias ? "+bias" : "", tt_dtype_short(c->out_dtype),
@@ -168,7 +171,8 @@ static void run_case(const ncase* c) {
     /* backward inputs: h as stored, dy, dresidual_out */
     tt_tensor hx, dy, dro = {0}, dx, dres, dw = {0}, db = {0};
     tt_alloc(&hx, c->dtype, 2, shp, c->layout);
-    for (int64_t n = 0; n < M * N; n++) tt_set_flat(&hx, n, h[n]);
+    for (int64_t n = 0; n < M * N; n++)
+        tt_set_flat(&hx, n, h[n]);
     tt_alloc(&dy, c->out_dtype, 2, shp, c->layout);
     tt_random(&dy, c->seed + 5, -1, 1);
     if (c->dres_out) {
@@ -188,9 +192,11 @@ static void run_case(const ncase* c) {
         if (c->layer) tt_alloc(&smean, CF_F32, 1, ms, TT_DENSE);
         for (int64_t r = 0; r < M; r++) {
             double m = 0, v = 0;
-            for (int64_t j = 0; j < N; j++) m += get2(&hx, r, j);
+            for (int64_t j = 0; j < N; j++)
+                m += get2(&hx, r, j);
             m = c->layer ? m / N : 0;
-            for (int64_t j = 0; j < N; j++) v += (get2(&hx, r, j) - m) * (get2(&hx, r, j) - m);
+            for (int64_t j = 0; j < N; j++)
+                v += (get2(&hx, r, j) - m) * (get2(&hx, r, j) - m);
             int64_t idx[1] = {r};
             if (c->layer) tt_set(&smean, idx, m);
             tt_set(&srstd, idx, 1.0 / sqrt(v / N + (double)1e-5f));
@@ -206,17 +212,19 @@ static void run_case(const ncase* c) {
             if (c->layer) tt_alloc(&mean, CF_F32, 1, ms, TT_DENSE);
         }
         uint64_t hin = tt_hash(&x) ^ (res.base ? tt_hash(&res) : 0);
-        cflash_status s = cflash_norm_fwd(ctx, &p, &x.dl, res.base ? &res.dl : NULL,
-                                          w.base ? &w.dl : NULL, b.base ? &b.dl : NULL, &out.dl,
-                                          resout.base ? &resout.dl : NULL,
-                                          mean.base ? &mean.dl : NULL, rstd.base ? &rstd.dl : NULL);
+        cflash_status s =
+            cflash_norm_fwd(ctx, &p, &x.dl, res.base ? &res.dl : NULL, w.base ? &w.dl : NULL,
+                            b.base ? &b.dl : NULL, &out.dl, resout.base ? &resout.dl : NULL,
+                            mean.base ? &mean.dl : NULL, rstd.base ? &rstd.dl : NULL);
         if (!ops_backend_skips(*be, "norm_fwd", s)) {
             CHECK_MSG(s == CFLASH_OK, "%s on %s: %s", desc, *be, cflash_last_error());
             check_out("out", desc, *be, &out, y, yn, c->out_dtype, 2.0);
-            if (resout.base) check_out("residual_out", desc, *be, &resout, h, hn, c->resout_dtype, 2.0);
+            if (resout.base)
+                check_out("residual_out", desc, *be, &resout, h, hn, c->resout_dtype, 2.0);
             if (mean.base) check_out("mean", desc, *be, &mean, mu, mun, CF_F32, 2.0);
             if (rstd.base) check_out("rstd", desc, *be, &rstd, rs, rsn, CF_F32, 2.0);
-            CHECK_MSG(hin == (tt_hash(&x) ^ (res.base ? tt_hash(&res) : 0)), "%s: inputs modified", desc);
+            CHECK_MSG(hin == (tt_hash(&x) ^ (res.base ? tt_hash(&res) : 0)), "%s: inputs modified",
+                      desc);
         }
         tt_free(&out), tt_free(&resout), tt_free(&mean), tt_free(&rstd);
 
@@ -240,8 +248,8 @@ static void run_case(const ncase* c) {
     }
     free(y), free(h), free(yn), free(hn), free(mu), free(rs), free(mun), free(rsn);
     free(bdx), free(bdr), free(bdw), free(bdb), free(ndx), free(ndr), free(ndw), free(ndb);
-    tt_free(&x), tt_free(&res), tt_free(&w), tt_free(&b), tt_free(&hx), tt_free(&dy),
-        tt_free(&dro), tt_free(&smean), tt_free(&srstd);
+    tt_free(&x), tt_free(&res), tt_free(&w), tt_free(&b), tt_free(&hx), tt_free(&dy), tt_free(&dro),
+        tt_free(&smean), tt_free(&srstd);
 }
 
 static void test_grid(void) {
@@ -288,16 +296,22 @@ static void test_errors(void) {
     cflash_norm_params_init(&p);
     const cflash_status INV = CFLASH_ERR_INVALID_ARGUMENT;
     p.eps = 0;
-    CHECK_ERR(cflash_norm_fwd(NULL, &p, &x.dl, NULL, NULL, NULL, &o.dl, NULL, NULL, NULL), INV, "eps: 0");
+    CHECK_ERR(cflash_norm_fwd(NULL, &p, &x.dl, NULL, NULL, NULL, &o.dl, NULL, NULL, NULL), INV,
+              "eps: 0");
     p.eps = 1e-6f, p.dropout_p = 1.0f;
-    CHECK_ERR(cflash_norm_fwd(NULL, &p, &x.dl, NULL, NULL, NULL, &o.dl, NULL, NULL, NULL), INV, "dropout_p: 1");
+    CHECK_ERR(cflash_norm_fwd(NULL, &p, &x.dl, NULL, NULL, NULL, &o.dl, NULL, NULL, NULL), INV,
+              "dropout_p: 1");
     p.dropout_p = 0, p.type = (cflash_norm_type)7;
-    CHECK_ERR(cflash_norm_fwd(NULL, &p, &x.dl, NULL, NULL, NULL, &o.dl, NULL, NULL, NULL), INV, "type: 7");
+    CHECK_ERR(cflash_norm_fwd(NULL, &p, &x.dl, NULL, NULL, NULL, &o.dl, NULL, NULL, NULL), INV,
+              "type: 7");
     p.type = CFLASH_NORM_RMS;
-    CHECK_ERR(cflash_norm_fwd(NULL, &p, NULL, NULL, NULL, NULL, &o.dl, NULL, NULL, NULL), INV, "x: is NULL");
-    CHECK_ERR(cflash_norm_fwd(NULL, &p, &x.dl, NULL, NULL, NULL, NULL, NULL, NULL, NULL), INV, "out: is NULL");
+    CHECK_ERR(cflash_norm_fwd(NULL, &p, NULL, NULL, NULL, NULL, &o.dl, NULL, NULL, NULL), INV,
+              "x: is NULL");
+    CHECK_ERR(cflash_norm_fwd(NULL, &p, &x.dl, NULL, NULL, NULL, NULL, NULL, NULL, NULL), INV,
+              "out: is NULL");
     tt_alloc(&bad, CF_I32, 2, shp, TT_DENSE);
-    CHECK_ERR(cflash_norm_fwd(NULL, &p, &bad.dl, NULL, NULL, NULL, &o.dl, NULL, NULL, NULL), INV, "x: dtype int32");
+    CHECK_ERR(cflash_norm_fwd(NULL, &p, &bad.dl, NULL, NULL, NULL, &o.dl, NULL, NULL, NULL), INV,
+              "x: dtype int32");
     tt_free(&bad);
     tt_alloc(&r, CF_F16, 2, shp, TT_DENSE);
     CHECK_ERR(cflash_norm_fwd(NULL, &p, &x.dl, &r.dl, NULL, NULL, &o.dl, NULL, NULL, NULL), INV,
@@ -309,12 +323,15 @@ static void test_errors(void) {
     tt_alloc(&bad, CF_BF16, 2, s2, TT_DENSE);
     CHECK_ERR(cflash_norm_fwd(NULL, &p, &x.dl, &bad.dl, NULL, NULL, &o.dl, NULL, NULL, NULL), INV,
               "residual: shape (4, 9)");
-    CHECK_ERR(cflash_norm_fwd(NULL, &p, &x.dl, NULL, NULL, NULL, &bad.dl, NULL, NULL, NULL), INV, "out: shape (4, 9)");
+    CHECK_ERR(cflash_norm_fwd(NULL, &p, &x.dl, NULL, NULL, NULL, &bad.dl, NULL, NULL, NULL), INV,
+              "out: shape (4, 9)");
     tt_free(&bad);
     const int64_t v9[1] = {9};
     tt_alloc(&bad, CF_F32, 1, v9, TT_DENSE);
-    CHECK_ERR(cflash_norm_fwd(NULL, &p, &x.dl, NULL, &bad.dl, NULL, &o.dl, NULL, NULL, NULL), INV, "weight: shape (9)");
-    CHECK_ERR(cflash_norm_fwd(NULL, &p, &x.dl, NULL, NULL, &bad.dl, &o.dl, NULL, NULL, NULL), INV, "bias: shape (9)");
+    CHECK_ERR(cflash_norm_fwd(NULL, &p, &x.dl, NULL, &bad.dl, NULL, &o.dl, NULL, NULL, NULL), INV,
+              "weight: shape (9)");
+    CHECK_ERR(cflash_norm_fwd(NULL, &p, &x.dl, NULL, NULL, &bad.dl, &o.dl, NULL, NULL, NULL), INV,
+              "bias: shape (9)");
     tt_free(&bad);
     tt_alloc(&bad, CF_F16, 1, vs, TT_DENSE);
     CHECK_ERR(cflash_norm_fwd(NULL, &p, &x.dl, NULL, &bad.dl, NULL, &o.dl, NULL, NULL, NULL), INV,
@@ -327,7 +344,8 @@ static void test_errors(void) {
     tt_tensor m5;
     const int64_t s5[1] = {5};
     tt_alloc(&m5, CF_F32, 1, s5, TT_DENSE);
-    CHECK_ERR(cflash_norm_fwd(NULL, &p, &x.dl, NULL, NULL, NULL, &o.dl, NULL, &m5.dl, NULL), INV, "mean: shape (5)");
+    CHECK_ERR(cflash_norm_fwd(NULL, &p, &x.dl, NULL, NULL, NULL, &o.dl, NULL, &m5.dl, NULL), INV,
+              "mean: shape (5)");
     tt_free(&m5);
     tt_free(&bad);
     tt_alloc(&bad, CF_F16, 1, ms, TT_DENSE);
@@ -349,24 +367,29 @@ static void test_errors(void) {
     tt_random(&dy, 4, -1, 1);
     tt_alloc(&dx, CF_BF16, 2, shp, TT_DENSE);
     tt_alloc(&dw, CF_F32, 1, vs, TT_DENSE);
-    CHECK_ERR(cflash_norm_bwd(NULL, &p, &dy.dl, &x.dl, NULL, NULL, NULL, NULL, NULL, &dx.dl, &dw.dl, NULL, NULL),
+    CHECK_ERR(cflash_norm_bwd(NULL, &p, &dy.dl, &x.dl, NULL, NULL, NULL, NULL, NULL, &dx.dl, &dw.dl,
+                              NULL, NULL),
               INV, "dweight: given, but weight is NULL");
-    CHECK_ERR(cflash_norm_bwd(NULL, &p, &dy.dl, &x.dl, &w.dl, NULL, NULL, NULL, NULL, &dx.dl, NULL, &dw.dl, NULL),
+    CHECK_ERR(cflash_norm_bwd(NULL, &p, &dy.dl, &x.dl, &w.dl, NULL, NULL, NULL, NULL, &dx.dl, NULL,
+                              &dw.dl, NULL),
               INV, "dbias: given, but bias is NULL");
-    CHECK_ERR(cflash_norm_bwd(NULL, &p, &dy.dl, &x.dl, &w.dl, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL),
+    CHECK_ERR(cflash_norm_bwd(NULL, &p, &dy.dl, &x.dl, &w.dl, NULL, NULL, NULL, NULL, NULL, NULL,
+                              NULL, NULL),
               INV, "dx: is NULL");
-    CHECK_ERR(cflash_norm_bwd(NULL, &p, NULL, &x.dl, &w.dl, NULL, NULL, NULL, NULL, &dx.dl, NULL, NULL, NULL),
+    CHECK_ERR(cflash_norm_bwd(NULL, &p, NULL, &x.dl, &w.dl, NULL, NULL, NULL, NULL, &dx.dl, NULL,
+                              NULL, NULL),
               INV, "dy: is NULL");
     /* nothing written on error */
     tt_poison(&dx), tt_poison(&dw);
-    cflash_norm_bwd(NULL, &p, &dy.dl, &x.dl, NULL, NULL, NULL, NULL, NULL, &dx.dl, &dw.dl, NULL, NULL);
+    cflash_norm_bwd(NULL, &p, &dy.dl, &x.dl, NULL, NULL, NULL, NULL, NULL, &dx.dl, &dw.dl, NULL,
+                    NULL);
     CHECK(tt_count_nan(&dx) == dx.numel && tt_count_nan(&dw) == dw.numel);
     char buf[512];
     CHECK_OK(cflash_explain(NULL, CFLASH_OP_NORM_FWD, buf, sizeof buf, &p, &x.dl, NULL, &w.dl, NULL,
                             &o.dl, NULL, NULL, NULL));
     CHECK_MSG(strstr(buf, "cpu-ref: OKAY"), "explain: %s", buf);
-    CHECK_OK(cflash_explain(NULL, CFLASH_OP_NORM_BWD, buf, sizeof buf, &p, &dy.dl, &x.dl, &w.dl, NULL,
-                            NULL, NULL, NULL, &dx.dl, &dw.dl, NULL, NULL));
+    CHECK_OK(cflash_explain(NULL, CFLASH_OP_NORM_BWD, buf, sizeof buf, &p, &dy.dl, &x.dl, &w.dl,
+                            NULL, NULL, NULL, NULL, &dx.dl, &dw.dl, NULL, NULL));
     tt_free(&dy), tt_free(&dx), tt_free(&dw);
     tt_free(&x), tt_free(&o), tt_free(&w);
 }

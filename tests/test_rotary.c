@@ -23,11 +23,13 @@ static void rotary_oracle(const rcase* c, const tt_tensor* x, const tt_tensor* c
                           const tt_tensor* sn, const int32_t* cu, const int32_t* offs, int naive,
                           double* ref) {
     int64_t rows = c->varlen ? cu[c->B] : c->B * c->S;
-    for (int64_t n = 0; n < x->numel; n++) ref[n] = tt_get_flat(x, n); /* pass-through */
+    for (int64_t n = 0; n < x->numel; n++)
+        ref[n] = tt_get_flat(x, n); /* pass-through */
     for (int64_t r = 0; r < rows; r++) {
         int64_t b = 0, s = r % c->S;
         if (c->varlen) {
-            while (cu[b + 1] <= r) b++;
+            while (cu[b + 1] <= r)
+                b++;
             s = r - cu[b];
         } else {
             b = r / c->S;
@@ -35,14 +37,17 @@ static void rotary_oracle(const rcase* c, const tt_tensor* x, const tt_tensor* c
         int64_t pos = s + (offs ? offs[b] : c->offset);
         for (int64_t h = 0; h < (c->nrot ? c->nrot : c->H); h++)
             for (int64_t i = 0; i < c->half; i++) {
-                int64_t ia = c->interleaved ? 2 * i : i, ib = c->interleaved ? 2 * i + 1 : i + c->half;
+                int64_t ia = c->interleaved ? 2 * i : i,
+                        ib = c->interleaved ? 2 * i + 1 : i + c->half;
                 int64_t ci[2] = {pos, i};
                 double co = tt_get(cs, ci), si = tt_get(sn, ci) * (c->conjugate ? -1 : 1);
                 int64_t base = (r * c->H + h) * c->D;
                 double a = ref[base + ia], bb = ref[base + ib];
                 if (naive) {
-                    ref[base + ia] = ops_round(c->dtype, (float)((float)a * (float)co - (float)bb * (float)si));
-                    ref[base + ib] = ops_round(c->dtype, (float)((float)a * (float)si + (float)bb * (float)co));
+                    ref[base + ia] =
+                        ops_round(c->dtype, (float)((float)a * (float)co - (float)bb * (float)si));
+                    ref[base + ib] =
+                        ops_round(c->dtype, (float)((float)a * (float)si + (float)bb * (float)co));
                 } else {
                     ref[base + ia] = a * co - bb * si;
                     ref[base + ib] = a * si + bb * co;
@@ -58,7 +63,9 @@ static void run_case(const rcase* c) {
     int64_t total = c->B * c->S;
     if (c->varlen) { /* ragged lengths, max S */
         for (int64_t b = 0; b < c->B; b++)
-            cu[b + 1] = cu[b] + (int32_t)(b == 0 ? c->S : (int64_t)(tt_rng_u64(&rng) % (uint64_t)(c->S + 1)));
+            cu[b + 1] =
+                cu[b] +
+                (int32_t)(b == 0 ? c->S : (int64_t)(tt_rng_u64(&rng) % (uint64_t)(c->S + 1)));
         total = cu[c->B] + 2; /* two trailing rows no sequence owns: left untouched */
     }
     int64_t maxoff = 0;
@@ -119,7 +126,8 @@ static void run_case(const rcase* c) {
         cflash_context* ctx = ops_context(*be, 0);
         memcpy(x.base, x0.base, x.bytes);
         tt_alloc_like(&out, &x);
-        cflash_status s = cflash_rotary_apply(ctx, &p, &x.dl, &cs.dl, &sn.dl, c->inplace ? NULL : &out.dl);
+        cflash_status s =
+            cflash_rotary_apply(ctx, &p, &x.dl, &cs.dl, &sn.dl, c->inplace ? NULL : &out.dl);
         cflash_context_free(ctx);
         if (ops_backend_skips(*be, "rotary", s)) {
             tt_free(&out);
@@ -134,15 +142,20 @@ static void run_case(const rcase* c) {
             err = 0, nan = 0;
             for (int64_t n = 0; n < res->numel; n++) {
                 double v = tt_get_flat(res, n);
-                if (n >= owned) left += isnan(v);
-                else if (!isfinite(v)) nan++, err = INFINITY;
-                else if (fabs(v - ref[n]) > err) err = fabs(v - ref[n]);
+                if (n >= owned)
+                    left += isnan(v);
+                else if (!isfinite(v))
+                    nan++, err = INFINITY;
+                else if (fabs(v - ref[n]) > err)
+                    err = fabs(v - ref[n]);
             }
             CHECK_MSG(left == res->numel - owned, "%s on %s: unowned rows written", desc, *be);
         }
-        CHECK_MSG(err <= bound && nan == 0, "%s on %s: err %.3g > bound %.3g (naive %.3g) or %lld NaN",
-                  desc, *be, err, bound, naive, (long long)nan);
-        if (!c->inplace) CHECK_MSG(!memcmp(x.base, x0.base, x.bytes), "%s on %s: x modified", desc, *be);
+        CHECK_MSG(err <= bound && nan == 0,
+                  "%s on %s: err %.3g > bound %.3g (naive %.3g) or %lld NaN", desc, *be, err, bound,
+                  naive, (long long)nan);
+        if (!c->inplace)
+            CHECK_MSG(!memcmp(x.base, x0.base, x.bytes), "%s on %s: x modified", desc, *be);
         CHECK_MSG(tt_padding_intact(res) || c->inplace, "%s on %s: padding written", desc, *be);
         if (verbose) printf("%-10s %s err %.3g bound %.3g\n", *be, desc, err, bound);
         tt_free(&out);
@@ -194,7 +207,8 @@ static void test_tables(void) {
         tt_alloc(&c, d, 2, shp, TT_PADDED);
         tt_alloc(&s, d, 2, shp, TT_DENSE);
         tt_alloc(&pos, CF_I32, 1, ps, TT_DENSE);
-        for (int i = 0; i < 37; i++) ((int32_t*)pos.dl.data)[i] = 1000 + 13 * i;
+        for (int i = 0; i < 37; i++)
+            ((int32_t*)pos.dl.data)[i] = 1000 + 13 * i;
         cflash_rotary_table_params p;
         cflash_rotary_table_params_init(&p);
         for (int mode = 0; mode < 2; mode++) {
@@ -235,14 +249,16 @@ static void test_errors(void) {
     CHECK_ERR(cflash_rotary_apply(NULL, &p, NULL, &c.dl, &s.dl, &o.dl), INV, "x: is NULL");
     int64_t x3[3] = {2, 5, 3};
     tt_alloc(&bad, CF_F32, 3, x3, TT_DENSE);
-    CHECK_ERR(cflash_rotary_apply(NULL, &p, &bad.dl, &c.dl, &s.dl, NULL), INV, "x: expected 4 dims");
+    CHECK_ERR(cflash_rotary_apply(NULL, &p, &bad.dl, &c.dl, &s.dl, NULL), INV,
+              "x: expected 4 dims");
     tt_free(&bad);
     tt_alloc(&i32, CF_I32, 4, xs, TT_DENSE);
     CHECK_ERR(cflash_rotary_apply(NULL, &p, &i32.dl, &c.dl, &s.dl, NULL), INV, "x: dtype int32");
     tt_free(&i32);
     int64_t cbig[2] = {6, 5};
     tt_alloc(&bad, CF_F32, 2, cbig, TT_DENSE);
-    CHECK_ERR(cflash_rotary_apply(NULL, &p, &x.dl, &bad.dl, &bad.dl, NULL), INV, "rotary_dim = 2 * 5 = 10");
+    CHECK_ERR(cflash_rotary_apply(NULL, &p, &x.dl, &bad.dl, &bad.dl, NULL), INV,
+              "rotary_dim = 2 * 5 = 10");
     CHECK_ERR(cflash_rotary_apply(NULL, &p, &x.dl, &c.dl, &bad.dl, NULL), INV, "sin: shape (6, 5)");
     tt_free(&bad);
     tt_alloc(&bad, CF_F16, 2, cs, TT_DENSE);
@@ -256,7 +272,8 @@ static void test_errors(void) {
     p.seqlen_offset = -1;
     CHECK_ERR(cflash_rotary_apply(NULL, &p, &x.dl, &c.dl, &s.dl, NULL), INV, "seqlen_offset: -1");
     p.seqlen_offset = 2;
-    CHECK_ERR(cflash_rotary_apply(NULL, &p, &x.dl, &c.dl, &s.dl, NULL), INV, "needs positions up to 6");
+    CHECK_ERR(cflash_rotary_apply(NULL, &p, &x.dl, &c.dl, &s.dl, NULL), INV,
+              "needs positions up to 6");
     p.seqlen_offset = 0;
     p.num_heads = 4;
     CHECK_ERR(cflash_rotary_apply(NULL, &p, &x.dl, &c.dl, &s.dl, NULL), INV, "num_heads: 4");
@@ -265,18 +282,22 @@ static void test_errors(void) {
     tt_alloc(&bad, CF_I32, 1, one, TT_DENSE);
     ((int32_t*)bad.dl.data)[0] = 0, ((int32_t*)bad.dl.data)[1] = 1, ((int32_t*)bad.dl.data)[2] = -1;
     p.seqlen_offsets = &bad.dl;
-    CHECK_ERR(cflash_rotary_apply(NULL, &p, &x.dl, &c.dl, &s.dl, NULL), INV, "seqlen_offsets: length 3, expected 2");
+    CHECK_ERR(cflash_rotary_apply(NULL, &p, &x.dl, &c.dl, &s.dl, NULL), INV,
+              "seqlen_offsets: length 3, expected 2");
     p.seqlen_offsets = NULL;
     int64_t xv[3] = {10, 3, 8};
     tt_tensor xvar;
     tt_alloc(&xvar, CF_F32, 3, xv, TT_DENSE);
     tt_random(&xvar, 2, -1, 1);
     p.cu_seqlens = &bad.dl;
-    CHECK_ERR(cflash_rotary_apply(NULL, &p, &xvar.dl, &c.dl, &s.dl, NULL), INV, "cu_seqlens[2]: -1 is less than");
+    CHECK_ERR(cflash_rotary_apply(NULL, &p, &xvar.dl, &c.dl, &s.dl, NULL), INV,
+              "cu_seqlens[2]: -1 is less than");
     ((int32_t*)bad.dl.data)[2] = 11;
-    CHECK_ERR(cflash_rotary_apply(NULL, &p, &xvar.dl, &c.dl, &s.dl, NULL), INV, "expected at most total = 10");
+    CHECK_ERR(cflash_rotary_apply(NULL, &p, &xvar.dl, &c.dl, &s.dl, NULL), INV,
+              "expected at most total = 10");
     ((int32_t*)bad.dl.data)[0] = 1;
-    CHECK_ERR(cflash_rotary_apply(NULL, &p, &xvar.dl, &c.dl, &s.dl, NULL), INV, "cu_seqlens[0]: 1, expected 0");
+    CHECK_ERR(cflash_rotary_apply(NULL, &p, &xvar.dl, &c.dl, &s.dl, NULL), INV,
+              "cu_seqlens[0]: 1, expected 0");
     ((int32_t*)bad.dl.data)[0] = 0, ((int32_t*)bad.dl.data)[2] = 6;
     p.max_seqlen = 3;
     CHECK_ERR(cflash_rotary_apply(NULL, &p, &xvar.dl, &c.dl, &s.dl, NULL), INV, "max_seqlen: 3");
@@ -290,7 +311,8 @@ static void test_errors(void) {
     tt_free(&bad);
     int64_t xo[4] = {2, 5, 3, 6};
     tt_alloc(&bad, CF_F32, 4, xo, TT_DENSE);
-    CHECK_ERR(cflash_rotary_apply(NULL, &p, &x.dl, &c.dl, &s.dl, &bad.dl), INV, "out: shape (2, 5, 3, 6)");
+    CHECK_ERR(cflash_rotary_apply(NULL, &p, &x.dl, &c.dl, &s.dl, &bad.dl), INV,
+              "out: shape (2, 5, 3, 6)");
     tt_free(&bad);
     /* nothing written on error */
     tt_poison(&o);
@@ -306,7 +328,8 @@ static void test_errors(void) {
     CHECK_ERR(cflash_rotary_tables(&tp, &c.dl, &s.dl), INV, "interpolation_factor: -1");
     /* explain: the same path */
     char buf[512];
-    CHECK_OK(cflash_explain(NULL, CFLASH_OP_ROTARY, buf, sizeof buf, &p, &x.dl, &c.dl, &s.dl, &o.dl));
+    CHECK_OK(
+        cflash_explain(NULL, CFLASH_OP_ROTARY, buf, sizeof buf, &p, &x.dl, &c.dl, &s.dl, &o.dl));
     CHECK_MSG(strstr(buf, "cpu-ref: OKAY") && strstr(buf, "-> "), "explain: %s", buf);
     tt_free(&x), tt_free(&c), tt_free(&s), tt_free(&o);
 }

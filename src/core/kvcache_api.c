@@ -83,9 +83,8 @@ cflash_status cf_kvcache_entry(cflash_context* ctx, cf_explain* explain,
     CFLASH_FORWARD_IF_ERROR(cf_ops_shape(&a->q, q, "q", 4, NULL, "(B, Sq, H, D)"));
     CFLASH_FORWARD_IF_ERROR(cf_ops_float(&a->q, "q", NULL, NULL));
     a->B = a->q.shape[0], a->Sq = a->q.shape[1], a->H = a->q.shape[2], a->D = a->q.shape[3];
-    CFLASH_RETURN_IF(a->H < 1 || a->D < 1, INVALID,
-                     "q: H = %lld, D = %lld, expected both >= 1", (long long)a->H,
-                     (long long)a->D);
+    CFLASH_RETURN_IF(a->H < 1 || a->D < 1, INVALID, "q: H = %lld, D = %lld, expected both >= 1",
+                     (long long)a->H, (long long)a->D);
     a->dtype = a->q.dtype;
     a->device_type = a->q.device_type;
     a->device_id = a->q.device_id;
@@ -135,7 +134,8 @@ cflash_status cf_kvcache_entry(cflash_context* ctx, cf_explain* explain,
         capacity = c.kc.shape[1];
         if (kp->cache_batch_idx) {
             cf_view bi;
-            CFLASH_FORWARD_IF_ERROR(cf_ops_index(&bi, kp->cache_batch_idx, "cache_batch_idx", a->B));
+            CFLASH_FORWARD_IF_ERROR(
+                cf_ops_index(&bi, kp->cache_batch_idx, "cache_batch_idx", a->B));
             c.batch_idx = bi.data;
             for (int64_t b = 0; b < a->B; b++)
                 CFLASH_RETURN_IF(c.batch_idx[b] < 0 || c.batch_idx[b] >= c.kc.shape[0], INVALID,

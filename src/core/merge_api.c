@@ -8,9 +8,8 @@
 
 #define INVALID CFLASH_ERR_INVALID_ARGUMENT
 
-cflash_status cf_merge_entry(cflash_context* ctx, cf_explain* explain,
-                             const DLTensor* out_partial, const DLTensor* lse_partial,
-                             DLTensor* out, DLTensor* lse) {
+cflash_status cf_merge_entry(cflash_context* ctx, cf_explain* explain, const DLTensor* out_partial,
+                             const DLTensor* lse_partial, DLTensor* out, DLTensor* lse) {
     cf_merge_call c;
     memset(&c, 0, sizeof c);
     CFLASH_FORWARD_IF_ERROR(

@@ -38,7 +38,8 @@ static cflash_status rows(cf_view* v, const DLTensor* t, const char* name, const
     int64_t N = v->shape[nd - 1], M = 1, rs = N, want = -1;
     for (int i = nd - 2; i >= 0; i--) {
         if (v->shape[i] == 1) continue;
-        if (want < 0) rs = v->stride[i];
+        if (want < 0)
+            rs = v->stride[i];
         else if (v->stride[i] != want)
             return cf_error(INVALID,
                             "%s: dim %d has stride %lld, expected %lld: the leading dims must "
@@ -46,13 +47,15 @@ static cflash_status rows(cf_view* v, const DLTensor* t, const char* name, const
                             name, i, (long long)v->stride[i], (long long)want);
         want = v->stride[i] * v->shape[i];
     }
-    for (int i = 0; i < nd - 1; i++) M *= v->shape[i];
+    for (int i = 0; i < nd - 1; i++)
+        M *= v->shape[i];
     v->ndim = 2;
     v->shape[0] = M;
     v->stride[0] = rs;
     v->shape[1] = N;
     v->stride[1] = 1;
-    for (int i = 2; i < CF_MAX_DIMS; i++) v->shape[i] = 1, v->stride[i] = 0;
+    for (int i = 2; i < CF_MAX_DIMS; i++)
+        v->shape[i] = 1, v->stride[i] = 0;
     return CFLASH_OK;
 }
 
@@ -90,8 +93,8 @@ static cflash_status check_x(cflash_context* ctx, cf_norm_call* c, const cflash_
 
 static cflash_status check_wb(cf_norm_call* c, const DLTensor* weight, const DLTensor* bias) {
     if (weight)
-        CFLASH_FORWARD_IF_ERROR(vec(&c->weight, weight, "weight", c->N, &c->x, c->dtype,
-                                    "float32 or the dtype of x"));
+        CFLASH_FORWARD_IF_ERROR(
+            vec(&c->weight, weight, "weight", c->N, &c->x, c->dtype, "float32 or the dtype of x"));
     if (bias)
         CFLASH_FORWARD_IF_ERROR(
             vec(&c->bias, bias, "bias", c->N, &c->x, c->dtype, "float32 or the dtype of x"));
@@ -164,8 +167,8 @@ cflash_status cf_norm_bwd_entry(cflash_context* ctx, cf_explain* explain,
         CFLASH_FORWARD_IF_ERROR(vec(&c.dbias, dbias, "dbias", c.N, &c.x, CF_DTYPE_BAD, NULL));
     }
     if (dresidual)
-        CFLASH_FORWARD_IF_ERROR(rows(&c.dresidual, dresidual, "dresidual", x, &c.x, CF_DTYPE_BAD,
-                                     NULL));
+        CFLASH_FORWARD_IF_ERROR(
+            rows(&c.dresidual, dresidual, "dresidual", x, &c.x, CF_DTYPE_BAD, NULL));
     if (!explain && c.M == 0 && !dweight && !dbias) return CFLASH_OK;
     return cf_dispatch(CFLASH_OP_NORM_BWD, c.device_type, cf_context_backend(ctx), &c, explain);
 }
@@ -178,9 +181,9 @@ cflash_status cflash_norm_fwd(cflash_context* ctx, const cflash_norm_params* p, 
                              rstd);
 }
 
-cflash_status cflash_norm_bwd(cflash_context* ctx, const cflash_norm_params* p,
-                              const DLTensor* dy, const DLTensor* x, const DLTensor* weight,
-                              const DLTensor* bias, const DLTensor* mean, const DLTensor* rstd,
+cflash_status cflash_norm_bwd(cflash_context* ctx, const cflash_norm_params* p, const DLTensor* dy,
+                              const DLTensor* x, const DLTensor* weight, const DLTensor* bias,
+                              const DLTensor* mean, const DLTensor* rstd,
                               const DLTensor* dresidual_out, DLTensor* dx, DLTensor* dweight,
                               DLTensor* dbias, DLTensor* dresidual) {
     return cf_norm_bwd_entry(ctx, NULL, p, dy, x, weight, bias, mean, rstd, dresidual_out, dx,

@@ -21,7 +21,7 @@ typedef struct cf_rotary_call {
     const int32_t* cu; /* [B + 1] (varlen) */
     cf_view x, out;    /* 4-D (b, s, h, d); out.data == x.data when in place */
     int inplace;
-    cf_view cos, sin;  /* 2-D (S_ro, rd / 2), dtype cs_dtype */
+    cf_view cos, sin; /* 2-D (S_ro, rd / 2), dtype cs_dtype */
     int interleaved, conjugate;
     int64_t offset;         /* when offsets is NULL */
     const int32_t* offsets; /* [B] or NULL */
@@ -69,11 +69,11 @@ typedef struct cf_kvcache_call {
     int64_t Sn;
     const int32_t* seqlens; /* [B] or NULL: then every batch has seqlen */
     int64_t seqlen;
-    const int32_t* batch_idx; /* [B] or NULL */
-    const int32_t* leftpad;   /* [B] or NULL */
-    const int32_t* block_table; /* (B, max_pages) with row stride bt_stride, or NULL */
+    const int32_t* batch_idx;                /* [B] or NULL */
+    const int32_t* leftpad;                  /* [B] or NULL */
+    const int32_t* block_table;              /* (B, max_pages) with row stride bt_stride, or NULL */
     int64_t bt_stride, max_pages, page_size; /* page_size = S_cache when not paged */
-    cf_view cos, sin;  /* 2-D (S_ro, rd / 2); data NULL without rotary */
+    cf_view cos, sin;                        /* 2-D (S_ro, rd / 2); data NULL without rotary */
     int64_t rd;
     int interleaved;
     int num_splits; /* as given (0 = heuristic) */
@@ -120,8 +120,8 @@ typedef struct cf_merge_call {
 
 /* ---- Entry points (explain != NULL: validate and choose, but do not run) ---- */
 cflash_status cf_rotary_entry(cflash_context* ctx, cf_explain* explain,
-                              const cflash_rotary_params* p, const DLTensor* x,
-                              const DLTensor* cos, const DLTensor* sin, DLTensor* out);
+                              const cflash_rotary_params* p, const DLTensor* x, const DLTensor* cos,
+                              const DLTensor* sin, DLTensor* out);
 cflash_status cf_norm_fwd_entry(cflash_context* ctx, cf_explain* explain,
                                 const cflash_norm_params* p, const DLTensor* x,
                                 const DLTensor* residual, const DLTensor* weight,
@@ -136,9 +136,8 @@ cflash_status cf_kvcache_entry(cflash_context* ctx, cf_explain* explain,
                                const cflash_attn_params* p, const cflash_kvcache_params* kp,
                                const DLTensor* q, DLTensor* k_cache, DLTensor* v_cache,
                                DLTensor* out, DLTensor* lse);
-cflash_status cf_merge_entry(cflash_context* ctx, cf_explain* explain,
-                             const DLTensor* out_partial, const DLTensor* lse_partial,
-                             DLTensor* out, DLTensor* lse);
+cflash_status cf_merge_entry(cflash_context* ctx, cf_explain* explain, const DLTensor* out_partial,
+                             const DLTensor* lse_partial, DLTensor* out, DLTensor* lse);
 
 /* Shared validation helpers (src/core/ops_check.c). */
 /* Loads t (name) into v and checks ndim and each dim against want[i] (>= 0). */

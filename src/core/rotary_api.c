@@ -46,15 +46,16 @@ static cflash_status check_cu(const DLTensor* t, int64_t total, int64_t* B, cons
 }
 
 static void lift(cf_view* v) { /* (total, h, d) -> (1, total, h, d) */
-    for (int i = 3; i > 0; i--) v->shape[i] = v->shape[i - 1], v->stride[i] = v->stride[i - 1];
+    for (int i = 3; i > 0; i--)
+        v->shape[i] = v->shape[i - 1], v->stride[i] = v->stride[i - 1];
     v->shape[0] = 1;
     v->stride[0] = 0;
     v->ndim = 4;
 }
 
 cflash_status cf_rotary_entry(cflash_context* ctx, cf_explain* explain,
-                              const cflash_rotary_params* p, const DLTensor* x,
-                              const DLTensor* cos, const DLTensor* sin, DLTensor* out) {
+                              const cflash_rotary_params* p, const DLTensor* x, const DLTensor* cos,
+                              const DLTensor* sin, DLTensor* out) {
     cflash_rotary_params defaults;
     if (!p) {
         cflash_rotary_params_init(&defaults);
@@ -81,8 +82,9 @@ cflash_status cf_rotary_entry(cflash_context* ctx, cf_explain* explain,
     CFLASH_FORWARD_IF_ERROR(
         cf_ops_shape(&c.sin, sin, "sin", 2, want_sin, "(S_ro, rotary_dim / 2), the shape of cos"));
     CFLASH_FORWARD_IF_ERROR(cf_ops_float(&c.sin, "sin", &c.x, "x"));
-    CFLASH_RETURN_IF(c.sin.dtype != c.cos.dtype, INVALID, "sin: dtype %s, expected %s (that of cos)",
-                     cf_dtype_name(c.sin.dtype), cf_dtype_name(c.cos.dtype));
+    CFLASH_RETURN_IF(c.sin.dtype != c.cos.dtype, INVALID,
+                     "sin: dtype %s, expected %s (that of cos)", cf_dtype_name(c.sin.dtype),
+                     cf_dtype_name(c.cos.dtype));
     c.rd = 2 * c.cos.shape[1];
     CFLASH_RETURN_IF(c.rd < 2 || c.rd > c.D, INVALID,
                      "cos: rotary_dim = 2 * %lld = %lld, expected 2 <= rotary_dim <= head dim %lld",
@@ -140,8 +142,8 @@ cflash_status cf_rotary_entry(cflash_context* ctx, cf_explain* explain,
             cf_view ov;
             CFLASH_FORWARD_IF_ERROR(cf_ops_shape(&ov, out, "out", x->ndim, x->shape, xl));
             CFLASH_RETURN_IF(ov.dtype != c.dtype, INVALID,
-                             "out: dtype %s, expected %s (the dtype of x)",
-                             cf_dtype_name(ov.dtype), cf_dtype_name(c.dtype));
+                             "out: dtype %s, expected %s (the dtype of x)", cf_dtype_name(ov.dtype),
+                             cf_dtype_name(c.dtype));
             for (int i = 0; i < x->ndim; i++)
                 CFLASH_RETURN_IF(x->shape[i] > 1 && ov.stride[i] != c.x.stride[i + o], INVALID,
                                  "out: shares x's memory with stride[%d] = %lld != %lld; expected "
@@ -152,8 +154,8 @@ cflash_status cf_rotary_entry(cflash_context* ctx, cf_explain* explain,
         CFLASH_FORWARD_IF_ERROR(cf_ops_shape(&c.out, out, "out", x->ndim, x->shape, xl));
         CFLASH_FORWARD_IF_ERROR(cf_ops_float(&c.out, "out", &c.x, "x"));
         CFLASH_RETURN_IF(c.out.dtype != c.dtype, INVALID,
-                         "out: dtype %s, expected %s (the dtype of x)",
-                         cf_dtype_name(c.out.dtype), cf_dtype_name(c.dtype));
+                         "out: dtype %s, expected %s (the dtype of x)", cf_dtype_name(c.out.dtype),
+                         cf_dtype_name(c.dtype));
         if (varlen) lift(&c.out);
     }
     c.threads = cf_context_threads(ctx);

@@ -9,7 +9,8 @@ static void norm_wb(const cf_norm_call* c, float* w, float* bias) {
         for (int64_t j = 0; j < c->N; j++)
             w[j] = cf_load(c->weight.data, c->weight.dtype, j * c->weight.stride[0]);
     } else {
-        for (int64_t j = 0; j < c->N; j++) w[j] = 1.0f;
+        for (int64_t j = 0; j < c->N; j++)
+            w[j] = 1.0f;
     }
     for (int64_t j = 0; j < c->N; j++)
         bias[j] = c->bias.data ? cf_load(c->bias.data, c->bias.dtype, j * c->bias.stride[0]) : 0.0f;
@@ -21,12 +22,14 @@ static void norm_input(const cf_norm_call* c, int64_t r, float* restrict h, floa
     ld_row(h, at(&c->x, r * c->x.stride[0]), c->x.dtype, N);
     if (c->dropout_p > 0.0f) {
         const float ks = 1.0f / (1.0f - c->dropout_p);
-        for (int64_t j = 0; j < N; j++) h[j] = cf_norm_keep(c, r, j) ? h[j] * ks : 0.0f;
+        for (int64_t j = 0; j < N; j++)
+            h[j] = cf_norm_keep(c, r, j) ? h[j] * ks : 0.0f;
     }
     if (c->residual.data) {
         ld_row(t, at(&c->residual, r * c->residual.stride[0]), c->residual.dtype, N);
 #pragma omp simd
-        for (int64_t j = 0; j < N; j++) h[j] += t[j];
+        for (int64_t j = 0; j < N; j++)
+            h[j] += t[j];
     }
 }
 
@@ -35,11 +38,13 @@ static void norm_stats(const cf_norm_call* c, const float* restrict h, float* me
     float mu = 0.0f, var = 0.0f;
     if (!c->rms) {
 #pragma omp simd reduction(+ : mu)
-        for (int64_t j = 0; j < N; j++) mu += h[j];
+        for (int64_t j = 0; j < N; j++)
+            mu += h[j];
         mu /= (float)N;
     }
 #pragma omp simd reduction(+ : var)
-    for (int64_t j = 0; j < N; j++) var += (h[j] - mu) * (h[j] - mu);
+    for (int64_t j = 0; j < N; j++)
+        var += (h[j] - mu) * (h[j] - mu);
     *mean = mu;
     *rstd = 1.0f / sqrtf(var / (float)N + c->eps);
 }
@@ -65,7 +70,8 @@ static cflash_status fast_norm_fwd_run(const void* call) {
                            c->residual_out.dtype, h, N);
                 norm_stats(c, h, &mu, &rs);
 #pragma omp simd
-                for (int64_t j = 0; j < N; j++) t[j] = (h[j] - mu) * rs * w[j] + bias[j];
+                for (int64_t j = 0; j < N; j++)
+                    t[j] = (h[j] - mu) * rs * w[j] + bias[j];
                 st_row(at(&c->out, r * c->out.stride[0]), c->out.dtype, t, N);
                 if (c->mean.data) ((float*)c->mean.data)[r * c->mean.stride[0]] = mu;
                 if (c->rstd.data) ((float*)c->rstd.data)[r * c->rstd.stride[0]] = rs;
@@ -118,17 +124,20 @@ static cflash_status fast_norm_bwd_run(const void* call) {
                 mg = c->rms ? 0.0f : mg / (float)N;
                 mgx /= (float)N;
 #pragma omp simd
-                for (int64_t j = 0; j < N; j++) g[j] = rs * (g[j] - mg - h[j] * mgx);
+                for (int64_t j = 0; j < N; j++)
+                    g[j] = rs * (g[j] - mg - h[j] * mgx);
                 if (c->dresidual_out.data) {
                     ld_row(tmp, at(&c->dresidual_out, r * c->dresidual_out.stride[0]),
                            c->dresidual_out.dtype, N);
 #pragma omp simd
-                    for (int64_t j = 0; j < N; j++) g[j] += tmp[j];
+                    for (int64_t j = 0; j < N; j++)
+                        g[j] += tmp[j];
                 }
                 if (c->dresidual.data)
                     st_row(at(&c->dresidual, r * c->dresidual.stride[0]), c->dresidual.dtype, g, N);
                 if (c->dropout_p > 0.0f)
-                    for (int64_t j = 0; j < N; j++) g[j] = cf_norm_keep(c, r, j) ? g[j] * ks : 0.0f;
+                    for (int64_t j = 0; j < N; j++)
+                        g[j] = cf_norm_keep(c, r, j) ? g[j] * ks : 0.0f;
                 st_row(at(&c->dx, r * c->dx.stride[0]), c->dx.dtype, g, N);
             }
         }

@@ -9,11 +9,11 @@ static cflash_status fast_rotary_run(const void* call) {
     int failed = 0;
 #pragma omp parallel num_threads(c->threads) reduction(| : failed)
     {
-        float* buf = malloc(sizeof(float) * (size_t)(2 * D + 4 * half + 32));
+        float* buf = malloc(sizeof(float) * (size_t)(2 * D + 6 * half + 32));
         failed = !buf;
         if (buf) {
             float *x = buf, *o = x + D, *co = o + D, *si = co + half, *ce = si + half,
-                  *se = ce + half;
+                  *se = ce + 2 * half;
             int64_t r0, r1;
             part(rows, CF_TID, CF_NT, &r0, &r1);
             for (int64_t r = r0; r < r1; r++) {

@@ -20,10 +20,12 @@ extern const cf_impl cf_impl_ref_attn_fwd, cf_impl_ref_attn_bwd;
 extern const cf_impl cf_impl_cuda_mma_attn_fwd, cf_impl_cuda_mma_attn_bwd;
 extern const cf_impl cf_impl_cuda_simt_attn_fwd, cf_impl_cuda_simt_attn_bwd;
 extern const cf_impl cf_impl_generic_attn_fwd, cf_impl_generic_attn_bwd;
+extern const cf_impl cf_impl_amx_attn_fwd, cf_impl_amx_attn_bwd;
 extern const cf_impl cf_impl_avx512_attn_fwd, cf_impl_avx512_attn_bwd;
 extern const cf_impl cf_impl_avx2_attn_fwd, cf_impl_avx2_attn_bwd;
 
 static const cf_impl* const attn_fwd[] = {
+    &cf_impl_amx_attn_fwd,
     &cf_impl_avx512_attn_fwd,
     &cf_impl_avx2_attn_fwd,
     &cf_impl_generic_attn_fwd,
@@ -32,6 +34,7 @@ static const cf_impl* const attn_fwd[] = {
     &cf_impl_cuda_simt_attn_fwd,
 };
 static const cf_impl* const attn_bwd[] = {
+    &cf_impl_amx_attn_bwd,
     &cf_impl_avx512_attn_bwd,
     &cf_impl_avx2_attn_bwd,
     &cf_impl_generic_attn_bwd,

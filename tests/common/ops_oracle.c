@@ -4,8 +4,8 @@
 
 #include "common/ops_oracle.h"
 
-const char* const ops_backends[] = {"cpu-ref", "cpu-generic", "cpu-avx2", "cpu-avx512", "auto",
-                                    NULL};
+const char* const ops_backends[] = {"cpu-ref",    "cpu-generic", "cpu-avx2",
+                                    "cpu-avx512", "auto",        NULL};
 
 cflash_context* ops_context(const char* backend, int threads) {
     cflash_context* ctx = NULL;
@@ -36,9 +36,12 @@ double ops_max_err(const tt_tensor* t, const double* ref, int64_t* nan) {
     for (int64_t n = 0; n < t->numel; n++) {
         double v = tt_get_flat(t, n), r = ref[n];
         double d;
-        if (isinf(r) && v == r) d = 0.0;
-        else if (!isfinite(v)) d = INFINITY, bad++;
-        else d = fabs(v - r);
+        if (isinf(r) && v == r)
+            d = 0.0;
+        else if (!isfinite(v))
+            d = INFINITY, bad++;
+        else
+            d = fabs(v - r);
         if (d > e || d != d) e = d;
     }
     if (nan) *nan = bad;
@@ -66,4 +69,6 @@ double ops_bound(cf_dtype d, double factor, double naive, double maxref) {
     return factor * naive + k * tt_unit_roundoff(d) * (maxref > 1.0 ? maxref : 1.0);
 }
 
-double ops_round(cf_dtype d, double x) { return (double)cf_round_to(d, (float)x); }
+double ops_round(cf_dtype d, double x) {
+    return (double)cf_round_to(d, (float)x);
+}

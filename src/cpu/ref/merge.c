@@ -15,9 +15,11 @@ static cflash_status ref_merge_run(const void* call) {
         const float* lp = c->lp.data;
         int64_t lo = b * c->lp.stride[1] + h * c->lp.stride[2] + i * c->lp.stride[3];
         float m = -INFINITY, sum = 0.0f;
-        for (int64_t s = 0; s < c->NS; s++) m = fmaxf(m, lp[lo + s * c->lp.stride[0]]);
+        for (int64_t s = 0; s < c->NS; s++)
+            m = fmaxf(m, lp[lo + s * c->lp.stride[0]]);
         if (m != -INFINITY)
-            for (int64_t s = 0; s < c->NS; s++) sum += expf(lp[lo + s * c->lp.stride[0]] - m);
+            for (int64_t s = 0; s < c->NS; s++)
+                sum += expf(lp[lo + s * c->lp.stride[0]] - m);
         float lse = m == -INFINITY ? -INFINITY : m + logf(sum);
         int64_t oo = b * c->out.stride[0] + i * c->out.stride[1] + h * c->out.stride[2];
         for (int64_t d = 0; d < c->Dv; d++) {
@@ -32,7 +34,9 @@ static cflash_status ref_merge_run(const void* call) {
             cf_store(c->out.data, c->out.dtype, oo + d, acc);
         }
         if (c->lse.data)
-            ((float*)c->lse.data)[b * c->lse.stride[0] + h * c->lse.stride[1] + i * c->lse.stride[2]] = lse;
+            ((float*)
+                 c->lse.data)[b * c->lse.stride[0] + h * c->lse.stride[1] + i * c->lse.stride[2]] =
+                lse;
     }
     return CFLASH_OK;
 }

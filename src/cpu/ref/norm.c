@@ -33,10 +33,12 @@ static void row_input(const cf_norm_call* c, float* h, int64_t r) {
 static void row_stats(const cf_norm_call* c, const float* h, float* mean, float* rstd) {
     float mu = 0.0f, var = 0.0f;
     if (!c->rms) {
-        for (int64_t j = 0; j < c->N; j++) mu += h[j];
+        for (int64_t j = 0; j < c->N; j++)
+            mu += h[j];
         mu /= (float)c->N;
     }
-    for (int64_t j = 0; j < c->N; j++) var += (h[j] - mu) * (h[j] - mu);
+    for (int64_t j = 0; j < c->N; j++)
+        var += (h[j] - mu) * (h[j] - mu);
     *mean = mu;
     *rstd = 1.0f / sqrtf(var / (float)c->N + c->eps);
 }
@@ -54,10 +56,12 @@ static cflash_status ref_norm_fwd_run(const void* call) {
             float mu, rs;
             row_input(c, h, r);
             if (c->residual_out.data)
-                for (int64_t j = 0; j < c->N; j++) st(&c->residual_out, r, j, h[j]);
+                for (int64_t j = 0; j < c->N; j++)
+                    st(&c->residual_out, r, j, h[j]);
             row_stats(c, h, &mu, &rs);
             for (int64_t j = 0; j < c->N; j++)
-                st(&c->out, r, j, (h[j] - mu) * rs * wt(&c->weight, j, 1.0f) + wt(&c->bias, j, 0.0f));
+                st(&c->out, r, j,
+                   (h[j] - mu) * rs * wt(&c->weight, j, 1.0f) + wt(&c->bias, j, 0.0f));
             if (c->mean.data) ((float*)c->mean.data)[r * c->mean.stride[0]] = mu;
             if (c->rstd.data) ((float*)c->rstd.data)[r * c->rstd.stride[0]] = rs;
         }
@@ -82,7 +86,8 @@ static cflash_status ref_norm_bwd_run(const void* call) {
     const float ks = 1.0f / (1.0f - c->dropout_p);
     for (int64_t r = 0; r < c->M; r++) {
         float mu, rs, mg = 0.0f, mgx = 0.0f;
-        for (int64_t j = 0; j < N; j++) h[j] = ld(&c->x, r, j);
+        for (int64_t j = 0; j < N; j++)
+            h[j] = ld(&c->x, r, j);
         row_stats(c, h, &mu, &rs);
         if (c->mean.data) mu = ((const float*)c->mean.data)[r * c->mean.stride[0]];
         if (c->rstd.data) rs = ((const float*)c->rstd.data)[r * c->rstd.stride[0]];
@@ -106,8 +111,10 @@ static cflash_status ref_norm_bwd_run(const void* call) {
         }
     }
     for (int64_t j = 0; j < N; j++) {
-        if (c->dweight.data) cf_store(c->dweight.data, c->dweight.dtype, j * c->dweight.stride[0], acc[j]);
-        if (c->dbias.data) cf_store(c->dbias.data, c->dbias.dtype, j * c->dbias.stride[0], acc[N + j]);
+        if (c->dweight.data)
+            cf_store(c->dweight.data, c->dweight.dtype, j * c->dweight.stride[0], acc[j]);
+        if (c->dbias.data)
+            cf_store(c->dbias.data, c->dbias.dtype, j * c->dbias.stride[0], acc[N + j]);
     }
     free(h);
     free(acc);

@@ -40,7 +40,8 @@ static cflash_status ref_rotary_run(const void* call) {
         int64_t b = r / c->S, s = r % c->S, s0, len, off;
         cf_rotary_seq(c, b, &s0, &len, &off);
         if (s >= len) continue;
-        for (int64_t h = 0; h < c->H; h++) rotate_row(c, b, s0 + s, h, off + s);
+        for (int64_t h = 0; h < c->H; h++)
+            rotate_row(c, b, s0 + s, h, off + s);
     }
     return CFLASH_OK;
 }

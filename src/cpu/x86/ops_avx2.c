@@ -1,0 +1,27 @@
+/* The fast op kernels (rotary, norm, KV cache, merge) built for AVX2 + FMA + F16C: backend
+ * cpu-avx2, available when the CPU probe reports all three. Bodies:
+ * src/cpu/{rotary,norm,kvcache,merge}_fast.h. */
+#if defined(__x86_64__)
+#pragma GCC target("avx2,fma,f16c")
+
+#include "cpu/ops_fast_common.h"
+
+#include "cpu/kvcache_fast.h"
+#include "cpu/merge_fast.h"
+#include "cpu/norm_fast.h"
+#include "cpu/rotary_fast.h"
+#include "probe/cpu_features.h"
+
+static int ops_avx2_available(char* why, size_t n) {
+    const cf_cpu_info* c = cf_cpu();
+    if (c->avx2 && c->fma && c->f16c) return 1;
+    snprintf(why, n, "needs AVX2, FMA and F16C: CPU has avx2=%d fma=%d f16c=%d", c->avx2, c->fma,
+             c->f16c);
+    return 0;
+}
+
+#define CF_OPS_ISA avx2
+#define CF_OPS_BACKEND "cpu-avx2"
+#define CF_OPS_AVAILABLE ops_avx2_available
+#include "cpu/ops_fast_impls.h"
+#endif
