@@ -115,6 +115,30 @@ static void fmt_bytes(char* out, size_t len, long long b) {
 
 /* ---- Sections ---- */
 
+static int backend_status(cflash_op op, const char* backend, char* why, size_t len);
+
+/* What CFLASH_BACKEND does to calls: "" when unset or auto, else a warning when it cannot work. */
+static void forced_note(char* out, size_t len) {
+    const char* f = getenv("CFLASH_BACKEND");
+    out[0] = 0;
+    if (!f || !*f || !strcmp(f, "auto")) return;
+    if (!cf_backend_known(f)) {
+        snprintf(out, len,
+                 "'%s' is not a backend name: every call fails with "
+                 "CFLASH_ERR_INVALID_ARGUMENT",
+                 f);
+        return;
+    }
+    char why[1024];
+    if (!backend_status(CFLASH_OP_ATTN_FWD, f, why, sizeof why))
+        snprintf(out, len,
+                 "forces %s, which cannot run attn_fwd here (%s): such calls fail with "
+                 "CFLASH_ERR_UNSUPPORTED unless a context sets another backend",
+                 f, why);
+    else
+        snprintf(out, len, "forces %s for every call of contexts that set no backend", f);
+}
+
 static const char* const env_vars[] = {
     "CFLASH_BACKEND",       "CFLASH_LOG",       "CFLASH_LIBCUDA",  "CFLASH_LIBNVRTC",
     "CFLASH_LIBCUFILE",     "CFLASH_CACHE_DIR", "CUDA_HOME",       "CUDA_PATH",
@@ -197,6 +221,9 @@ static void library_section(sb* s) {
         open_obj(s, "environment");
         for (const char* const* v = env_vars; *v; v++)
             jstr(s, *v, getenv(*v));
+        char note[1400];
+        forced_note(note, sizeof note);
+        jstr(s, "CFLASH_BACKEND_note", note[0] ? note : NULL);
         close_obj(s);
         key(s, "library_dirs");
         put(s, "[");
@@ -217,6 +244,9 @@ static void library_section(sb* s) {
         const char* e = getenv(*v);
         line(s, *v, "%s", e ? e : "(unset)");
     }
+    char note[1400];
+    forced_note(note, sizeof note);
+    if (note[0]) line(s, "note", "CFLASH_BACKEND %s", note);
     for (int i = 0; i < cf_dynlib_search_dir_count(); i++)
         line(s, i ? "" : "library dirs", "%s", cf_dynlib_search_dir(i));
 }
