@@ -14,6 +14,7 @@ from .flash_attn_interface import (
     flash_attn_with_kvcache,
 )
 from ._report import report, explain
+from ._merge import attn_merge
 
 __version__ = _version()
 
@@ -25,6 +26,7 @@ __all__ = [
     "flash_attn_varlen_qkvpacked_func",
     "flash_attn_varlen_kvpacked_func",
     "flash_attn_with_kvcache",
+    "attn_merge",
     "report",
     "explain",
     "set_backend",

@@ -259,3 +259,36 @@ def test_library_override_env(tmp_path):
     code = "import sys; sys.path.insert(0, %r); import cflash" % os.path.dirname(os.path.dirname(cflash.__file__))
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert r.returncode != 0 and "CFLASH_LIBRARY=" in r.stderr and "does not exist" in r.stderr
+
+
+@pytest.mark.parametrize("backend", ["cpu-amx", "cpu-avx512", "cpu-avx2", "cpu-neon", "cpu-generic", "cpu-ref"])
+def test_each_cpu_backend_through_python(rng, poison, backend):
+    """The package's calls on every CPU backend that can run here (forced), fp32 and fp16, fwd + bwd."""
+    q, k, v, kw = make_case(rng, 2, 19, 23, 4, 2, 24, 24, "float32", "cwa")
+    try:
+        cflash.set_backend(backend)
+        for dtype in ("float32", "float16"):
+            qd, kd, vd = q.astype(dtype), k.astype(dtype), v.astype(dtype)
+            try:
+                out, lse = _core.attn_fwd(qd, kd, vd, 0.0, None, True, *kw["window"], 0.0, kw["alibi"])
+            except RuntimeError as e:
+                if "CFLASH_ERR_UNSUPPORTED" in str(e):
+                    pytest.skip("%s cannot serve here: %s" % (backend, e))
+                raise
+            rk = ref_kwargs(kw, 2, 4, 19, 23)
+            check_rule("out", out, R.attention(qd, kd, vd, **rk)[0], R.attention(qd, kd, vd, dtype=dtype, **rk)[0],
+                       dtype)
+            dout = rng.standard_normal(out.shape).astype(dtype)
+            try:
+                g = _core.attn_bwd(dout, qd, kd, vd, out, lse, 0.0, None, True, *kw["window"], 0.0, kw["alibi"],
+                                   False)
+            except RuntimeError as e:
+                if "CFLASH_ERR_UNSUPPORTED" in str(e):
+                    continue  # this backend serves the forward only
+                raise
+            rg = R.attention_bwd(dout, qd, kd, vd, **rk)
+            ng = R.attention_bwd(dout, qd, kd, vd, dtype=dtype, **rk)
+            for name, a, r, n in zip(("dq", "dk", "dv"), g, rg, ng):
+                check_rule(name, a, r, n, dtype, factor=3.0)
+    finally:
+        cflash.set_backend(None)

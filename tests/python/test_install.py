@@ -27,6 +27,10 @@ def readme_python_example():
 
 
 def test_pip_install_and_readme_example(tmp_path):
+    try:
+        import ensurepip  # noqa: F401
+    except ImportError:
+        pytest.skip("this python3 cannot create virtual environments with pip (Debian: apt-get install python3-venv)")
     env_dir = tmp_path / "venv"
     venv.EnvBuilder(with_pip=True, system_site_packages=False).create(env_dir)
     py = str(env_dir / "bin" / "python")

@@ -254,3 +254,17 @@ def test_kvcache_errors(rng):
         cflash.flash_attn_with_kvcache(q, np.repeat(kc, 2, axis=-1)[..., ::2], vc)
     with pytest.raises(ValueError, match="cache_seqlens"):
         cflash.flash_attn_with_kvcache(q, kc, vc, cache_seqlens=np.array([9], np.int32))
+
+
+def test_attn_merge_of_key_splits(rng, poison):
+    B, Sq, H, D, Sk = 2, 5, 3, 8, 30
+    q = rng.standard_normal((B, Sq, H, D)).astype(np.float32)
+    k = rng.standard_normal((B, Sk, H, D)).astype(np.float32)
+    v = rng.standard_normal((B, Sk, H, D)).astype(np.float32)
+    parts = [(0, 7), (7, 20), (20, 30)]
+    outs, lses = zip(*[_core.attn_fwd(q, k[:, a:b], v[:, a:b], 0.0, None, False, -1, -1, 0.0, None)
+                       for a, b in parts])
+    out, lse = cflash.attn_merge(np.stack(outs), np.stack(lses))
+    ro, rl, _ = R.attention(q, k, v)
+    assert out.shape == (B, Sq, H, D) and lse.shape == (B, H, Sq)
+    assert np.abs(out - ro).max() < 1e-5 and np.abs(lse - rl).max() < 1e-5
