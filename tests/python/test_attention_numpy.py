@@ -292,3 +292,18 @@ def test_each_cpu_backend_through_python(rng, poison, backend):
                 check_rule(name, a, r, n, dtype, factor=3.0)
     finally:
         cflash.set_backend(None)
+
+
+def test_bfloat16_numpy_arrays(rng, poison):
+    """NumPy has no bfloat16; ml_dtypes' is passed as DLPack bfloat16 (tested where it is installed)."""
+    ml_dtypes = pytest.importorskip("ml_dtypes", reason="ml_dtypes is not installed (NumPy bfloat16 arrays)")
+    bf16 = ml_dtypes.bfloat16
+    q, k, v = (rng.standard_normal((2, 13, 4, 32)).astype(bf16) for _ in range(3))
+    out, lse = _core.attn_fwd(q, k, v, 0.0, None, True, -1, -1, 0.0, None)
+    assert out.dtype == bf16
+    ro, rl, _ = R.attention(q, k, v, causal=True)
+    no, nl, _ = R.attention(q, k, v, causal=True, dtype=bf16)
+    check_rule("out", out.astype(np.float64), ro, no, "bfloat16")
+    check_rule("lse", lse, rl, nl, "float32")
+    public = cflash.flash_attn_func(q, k, v, causal=True)
+    assert public.dtype == bf16 and np.array_equal(public.astype(np.float32), out.astype(np.float32))
