@@ -348,7 +348,7 @@ CFLASH_API size_t cflash_report(char* buf, size_t len, int json);
  * soname and the known directories ($CUDA_HOME/lib64, /usr/local/cuda/lib64, /usr/lib/wsl/lib).
  * The Python package passes the NVIDIA wheels' folders (site-packages/nvidia/.../lib). It affects
  * libraries not yet loaded, so call it before the first CUDA call or report. Returns
- * CFLASH_ERR_INVALID_ARGUMENT when dir is NULL, empty, 500 characters or longer, or 16 directories
+ * CFLASH_ERR_INVALID_ARGUMENT when dir is NULL, empty, 500 characters or longer, or 64 directories
  * were already added. */
 CFLASH_API cflash_status cflash_add_library_dir(const char* dir);
 

@@ -33,7 +33,7 @@ static const lib_spec specs[CF_LIB_COUNT] = {
     [CF_LIB_CUFILE] = {"cuFile", "CFLASH_LIBCUFILE", cufile_names},
 };
 
-#define MAX_EXTRA_DIRS 16
+#define MAX_EXTRA_DIRS 64 /* a PyTorch install brings about 15 nvidia wheels per site-packages */
 static char extra_dirs[MAX_EXTRA_DIRS][512];
 static int n_extra_dirs;
 static cf_dynlib libs[CF_LIB_COUNT];

@@ -25,7 +25,7 @@ const cf_dynlib* cf_dynlib_get(cf_lib_id id);
 
 /* Adds a directory to search after the known ones (the Python package passes the NVIDIA wheels'
  * folders). Takes effect for libraries not yet probed. Returns 0, or -1 when dir is NULL, empty,
- * 500 characters or longer, or the list (16) is full. */
+ * 500 characters or longer, or the list (64) is full. */
 int cf_dynlib_add_search_dir(const char* dir);
 /* The directories added so far (n receives the count). */
 const char* cf_dynlib_search_dir(int i);

@@ -550,6 +550,6 @@ cflash_status cflash_add_library_dir(const char* dir) {
     CFLASH_RETURN_IF(strlen(dir) >= 500, CFLASH_ERR_INVALID_ARGUMENT,
                      "dir: %zu characters, expected fewer than 500", strlen(dir));
     CFLASH_RETURN_IF(cf_dynlib_add_search_dir(dir) != 0, CFLASH_ERR_INVALID_ARGUMENT,
-                     "dir: '%s' not added: 16 directories were added already", dir);
+                     "dir: '%s' not added: 64 directories were added already", dir);
     return CFLASH_OK;
 }
