@@ -50,7 +50,8 @@ CFLASH_API const char* cflash_version(void);
 /* ---- Context ----------------------------------------------------------------------------- */
 
 /* Opaque: thread count, forced backend, CUDA stream. A context may be used by one thread at a
- * time; use one context per thread for concurrent calls. */
+ * time; use one context per thread for concurrent calls. Every op accepts ctx = NULL, meaning the
+ * defaults: all cores, automatic backend choice (or CFLASH_BACKEND), the default CUDA stream. */
 typedef struct cflash_context cflash_context;
 
 CFLASH_API cflash_status cflash_context_create(cflash_context** ctx);
@@ -67,20 +68,23 @@ CFLASH_API cflash_status cflash_context_set_cuda_stream(cflash_context* ctx, voi
 /* ---- Attention --------------------------------------------------------------------------- */
 
 typedef struct cflash_attn_params {
-    float softmax_scale;       /* 0 = 1/sqrt(D); else finite and > 0 */
+    float softmax_scale;       /* 0 = 1/sqrt(D); else any finite value, used as given */
     int causal;                /* 1 = causal, aligned bottom-right: query i sees key j iff
-                                  j <= i + Sk - Sq */
+                                  j <= i + Sk - Sq. Same as window_right = 0 (and overrides
+                                  window_right); window_left still applies */
     int64_t window_left;       /* -1 = unbounded; else >= 0. Query i sees keys in            */
     int64_t window_right;      /* [i + Sk - Sq - window_left, i + Sk - Sq + window_right]   */
     float softcap;             /* 0 = off; c > 0: s = c * tanh(s / c) on the scaled score   */
     const DLTensor* alibi_slopes; /* NULL, or fp32 [H] or [B, H]: bias -slope*|i + Sk - Sq - j| */
-    float dropout_p;           /* in [0, 1): probability of dropping an attention weight    */
+    float dropout_p;           /* in [0, 1): probability of dropping an attention weight;
+                                  kept weights are scaled by 1/(1-p); lse is before dropout */
     uint64_t seed;             /* dropout: Philox-4x32-10 key                               */
     uint64_t offset;           /* dropout: added to the Philox counter                      */
     int deterministic;         /* 1 = deterministic backward on GPUs (CPU is always)        */
 } cflash_attn_params;
 
-/* Defaults: scale 0 (1/sqrt(D)), not causal, windows -1, no softcap, ALiBi or dropout. */
+/* Defaults: scale 0 (1/sqrt(D)), not causal, windows -1, no softcap, ALiBi or dropout, seed and
+ * offset 0, not deterministic. */
 CFLASH_API void cflash_attn_params_init(cflash_attn_params* p);
 
 /* Forward attention.
@@ -90,14 +94,22 @@ CFLASH_API void cflash_attn_params_init(cflash_attn_params* p);
  *   out (B, Sq, H, Dv)    lse fp32 (B, H, Sq) or NULL: natural-log logsumexp of the scaled,
  *                         masked scores of each row.
  * q, k, v, out share one dtype (float32, float16 or bfloat16), one device, and have a contiguous
- * last dimension; other strides are free. A row that sees no key gets out = 0 and lse = -inf. */
+ * last dimension; other strides (and byte_offset) are free. ALiBi slopes live on the same device.
+ * Scores: s = scale * q.k, then softcap, then the ALiBi bias, then the causal/window mask; the
+ * softmax and all sums are fp32. A row that sees no key gets out = 0 and lse = -inf, never NaN.
+ * out and lse are overwritten (every element), must not overlap the inputs, and are left
+ * untouched when the call fails. B = 0 or Sq = 0 is valid (nothing to do); a tensor with a zero
+ * dimension may have data = NULL. */
 CFLASH_API cflash_status cflash_attn_fwd(cflash_context* ctx, const cflash_attn_params* p,
                                          const DLTensor* q, const DLTensor* k, const DLTensor* v,
                                          DLTensor* out, DLTensor* lse);
 
 /* Backward attention: recomputes the scores from q, k and lse (that of the forward, required).
  *   dout, out (B, Sq, H, Dv)  dq (B, Sq, H, D)  dk (B, Sk, Hk, D)  dv (B, Sk, Hk, Dv)
- * dk and dv sum over the query heads of a group. p must be the forward's (same seed/offset). */
+ *   lse fp32 (B, H, Sq) as written by the forward; out is the forward's output.
+ * All of one dtype and device as in the forward. dq, dk, dv are overwritten, not accumulated
+ * into (keys no query sees get 0); dk and dv sum over the query heads of a group. p must be the
+ * forward's (same masks, scale, dropout seed and offset). The CPU backward is deterministic. */
 CFLASH_API cflash_status cflash_attn_bwd(cflash_context* ctx, const cflash_attn_params* p,
                                          const DLTensor* dout, const DLTensor* q, const DLTensor* k,
                                          const DLTensor* v, const DLTensor* out,
@@ -111,7 +123,8 @@ CFLASH_API cflash_status cflash_attn_bwd(cflash_context* ctx, const cflash_attn_
  *   non-decreasing, ending at most at total_q / total_k. Sequence b has rows
  *   [cu[b], cu[b+1]). max_seqlen_* bound the lengths (0 = compute from cu_seqlens).
  * ALiBi slopes [B, H] index by sequence. Masks align each sequence bottom-right by its own
- * lengths. */
+ * lengths; dropout keys (b, i, j) are the sequence index and the row/column within it. Rows of
+ * q/out beyond cu_seqlens_q[B] are not written. Empty sequences are allowed. */
 CFLASH_API cflash_status cflash_attn_varlen_fwd(cflash_context* ctx, const cflash_attn_params* p,
                                                 const DLTensor* q, const DLTensor* k,
                                                 const DLTensor* v, const DLTensor* cu_seqlens_q,
@@ -127,7 +140,8 @@ CFLASH_API cflash_status cflash_attn_varlen_bwd(
 
 /* The dropout keep mask of a (non-varlen) attention call, for tests and debugging:
  *   mask uint8 (B, H, Sq, Sk) on the CPU: 1 = kept, 0 = dropped.
- * It is a pure function of (seed, offset, b, h, i, j): every backend drops the same weights.
+ * It is a pure function of (seed, offset, b, h, i, j): every backend drops the same weights
+ * (for varlen calls, b is the sequence and i, j the row and column within it).
  * Keying: Philox-4x32-10 with key (seed lo, seed hi) and the 128-bit counter
  *   {j / 4, i, b, h} + offset (offset added to the low 64 bits, carry into the high 64);
  * word j % 4 of the output, x, keeps iff x < floor((1 - p) * 2^32). */

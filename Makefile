@@ -1,0 +1,53 @@
+# Thin wrapper over CMake for the README's commands:
+#   make run    build, then `cflash report`, `cflash check` and `cflash bench` on the default shape
+#   make test   build and run every test: ctest, the same C tests under ASan + UBSan, Python tests
+# Both install what is missing first (.ci/deps.sh). BUILD, ASAN_BUILD and JOBS can be overridden.
+BUILD ?= build
+ASAN_BUILD ?= build-asan
+JOBS ?= 2
+CFLASH := $(BUILD)/cflash
+# The sanitizer run: any report fails the test (UBSan aborts; ASan's leak check stays on).
+SAN_ENV := ASAN_OPTIONS=abort_on_error=1:detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+
+.PHONY: all deps build run test test-c test-asan test-python clean
+
+all: build
+
+deps:
+	@sh .ci/deps.sh
+
+build: deps
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release
+	cmake --build $(BUILD) -j$(JOBS)
+
+run: build
+	$(CFLASH) report
+	$(CFLASH) check --bwd
+	$(CFLASH) bench
+
+# Every stage runs even when an earlier one fails; the target fails if any did.
+test: build
+	@fail=""; \
+	$(MAKE) --no-print-directory test-c || fail="$$fail test-c"; \
+	$(MAKE) --no-print-directory test-asan || fail="$$fail test-asan"; \
+	$(MAKE) --no-print-directory test-python || fail="$$fail test-python"; \
+	if [ -n "$$fail" ]; then echo "make test: FAILED:$$fail"; exit 1; fi; \
+	echo "make test: all stages passed"
+
+test-c: build
+	cd $(BUILD) && ctest --output-on-failure -j$(JOBS)
+
+# GPU tests (label gpu) are left out here: the CUDA driver is not built for the sanitizers.
+test-asan: deps
+	cmake -S . -B $(ASAN_BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCFLASH_SANITIZE=ON
+	cmake --build $(ASAN_BUILD) -j$(JOBS)
+	cd $(ASAN_BUILD) && $(SAN_ENV) ctest --output-on-failure -j$(JOBS) -LE gpu
+
+test-python: build
+	@if [ -d tests/python ]; then \
+	    echo "python3 -m pytest -q tests/python"; \
+	    CFLASH_LIBRARY=$(CURDIR)/$(BUILD)/libcflash.so python3 -m pytest -q tests/python; \
+	else echo "(no Python tests yet)"; fi
+
+clean:
+	rm -rf $(BUILD) $(ASAN_BUILD)
