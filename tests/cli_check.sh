@@ -1,0 +1,48 @@
+#!/bin/sh
+# `cflash check` end to end: a passing shape with every feature (text and --json), the exit codes
+# (0 pass, 1 library error, 2 bad flags) and messages that name the flag or the library's reason.
+# Usage: cli_check.sh PATH_TO_CFLASH
+cflash=$1
+pass=0 fail=0
+out=$(mktemp)
+trap 'rm -f "$out"' EXIT
+
+# expect CODE REGEX -- ARGS...: exit code CODE and output (stdout+stderr) matching REGEX.
+expect() {
+    code=$1 re=$2
+    shift 3
+    "$cflash" "$@" >"$out" 2>&1
+    got=$?
+    if [ "$got" = "$code" ] && grep -Eq -- "$re" "$out"; then
+        pass=$((pass + 1))
+    else
+        fail=$((fail + 1))
+        echo "FAIL: cflash $* -> exit $got (expected $code), output:"
+        cat "$out"
+        echo "(expected to match: $re)"
+    fi
+}
+
+expect 0 '^PASS$' -- check --batch 2 --heads 4 --heads-kv 2 --seqlen-q 97 --seqlen-k 130 \
+    --head-dim 33 --head-dim-v 20 --dtype bf16 --causal --window 16,-1 --softcap 3 --alibi \
+    --dropout 0.1 --bwd
+expect 0 'backend: cpu-ref \(forward' -- check --seqlen 17 --heads 2 --head-dim 8 --backend cpu-ref
+expect 0 '"pass":true' -- check --seqlen=64 --heads=6 --heads-kv=1 --head-dim=80 --dtype=fp16 \
+    --bwd --json
+expect 0 '"backend_bwd":"cpu-' -- check --seqlen 33 --heads 2 --head-dim 16 --bwd --json
+expect 0 'usage: cflash check' -- check --help
+expect 2 '--heads-kv: 3 does not divide --heads 8' -- check --heads-kv 3
+expect 2 "--dtype: 'fp64', expected fp32, fp16 or bf16" -- check --dtype fp64
+expect 2 "--window: '5', expected L,R" -- check --window 5
+expect 2 "--dropout: '1', expected a probability in \[0, 1\)" -- check --dropout 1
+expect 2 "--seqlen: 'x' is not an integer" -- check --seqlen x
+expect 2 '--batch: 0, expected >= 1' -- check --batch 0
+expect 2 "unknown flag '--frobnicate'" -- check --frobnicate
+expect 2 '--heads: missing value' -- check --heads
+expect 2 "--device: 'tpu', expected cpu or cuda" -- check --device tpu
+expect 1 "backend: unknown name 'cpu-nope'" -- check --seqlen 8 --backend cpu-nope
+expect 1 'CFLASH_ERR_UNSUPPORTED: attn_fwd: .*cuda-simt' -- check --seqlen 8 --heads 1 --head-dim 8 \
+    --backend cuda-simt
+
+echo "$pass passed, $fail failed"
+[ "$fail" = 0 ]
