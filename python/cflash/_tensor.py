@@ -111,6 +111,8 @@ class DL:
             dtype = _np_dltype(arr.dtype)
             data = arr.ctypes.data
         n = len(shape)
+        if 0 in shape:  # no element: strides are free (NumPy gives 0s); use the dense ones
+            strides = tuple(int(np.prod(shape[i + 1:], dtype=np.int64)) for i in range(n))
         self._shape = (ctypes.c_int64 * max(n, 1))(*shape)
         self._strides = (ctypes.c_int64 * max(n, 1))(*strides)
         # An empty tensor may have a NULL data pointer; the library rejects NULL, so point it

@@ -307,3 +307,27 @@ def test_bfloat16_numpy_arrays(rng, poison):
     check_rule("lse", lse, rl, nl, "float32")
     public = cflash.flash_attn_func(q, k, v, causal=True)
     assert public.dtype == bf16 and np.array_equal(public.astype(np.float32), out.astype(np.float32))
+
+
+@pytest.mark.parametrize("sq,sk", [(0, 5), (3, 0), (0, 0)])
+def test_empty_sequences(rng, poison, sq, sk):
+    """No queries or no keys: outputs are written in full (0, lse -inf), gradients are 0."""
+    q = rng.standard_normal((2, sq, 2, 8)).astype(np.float32)
+    k = rng.standard_normal((2, sk, 2, 8)).astype(np.float32)
+    out, lse = _core.attn_fwd(q, k, k, 0.0, None, False, -1, -1, 0.0, None)
+    assert out.shape == (2, sq, 2, 8) and not np.isnan(out).any() and np.all(out == 0)
+    assert np.all(np.isneginf(lse))
+    dq, dk, dv = _core.attn_bwd(np.ones_like(out), q, k, k, out, lse, 0.0, None, False, -1, -1, 0.0, None, False)
+    for g in (dq, dk, dv):
+        assert not np.isnan(g).any() and np.all(g == 0)
+
+
+def test_concurrent_threads_use_their_own_contexts(rng):
+    from concurrent.futures import ThreadPoolExecutor
+
+    cases = [tuple(rng.standard_normal((1, 33, 2, 16)).astype(np.float32) for _ in range(3)) for _ in range(8)]
+    want = [R.attention(q, k, v, causal=True)[0] for q, k, v in cases]
+    with ThreadPoolExecutor(4) as ex:
+        got = list(ex.map(lambda c: cflash.flash_attn_func(*c, causal=True), cases))
+    for g, w in zip(got, want):
+        assert np.abs(g - w).max() < 1e-5
