@@ -11,6 +11,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "core/log.h"
 #include "probe/dynlib.h"
 
 typedef struct lib_spec {
@@ -201,6 +202,12 @@ const cf_dynlib* cf_dynlib_get(cf_lib_id id) {
     if (!probed[id]) {
         probe(id);
         probed[id] = 1;
+        const cf_dynlib* r = &libs[id];
+        if (r->found)
+            cf_log(CF_LOG_INFO, "%s: loaded %s (found by %s)", specs[id].name, r->path, r->via);
+        else
+            cf_log(CF_LOG_INFO, "%s: not found: %s (tried: %s)", specs[id].name, r->error,
+                   r->tried);
     }
     pthread_mutex_unlock(&lock);
     return &libs[id];
