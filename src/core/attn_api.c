@@ -122,7 +122,7 @@ static cflash_status check_alibi(cf_attn_call* c, const DLTensor* t) {
  * to be checked; *dev keeps the device pointer for the kernels (NULL for host cu_seqlens). */
 static cflash_status check_cu(const DLTensor* t, const char* name, int64_t total,
                               const char* total_name, int64_t* B, const int32_t** cu,
-                              int64_t* maxlen, const int32_t** dev, int slot) {
+                              int64_t* maxlen, const int32_t** dev, int slot, const cf_view* q) {
     cf_view c;
     CFLASH_FORWARD_IF_ERROR(cf_view_from(&c, t, name));
     CFLASH_RETURN_IF(c.dtype != CF_I32 || c.ndim != 1, INVALID,
@@ -141,6 +141,10 @@ static cflash_status check_cu(const DLTensor* t, const char* name, int64_t total
                         "cu_seqlens_q");
     const int32_t* v = c.data;
     *dev = NULL;
+    CFLASH_RETURN_IF(c.device_type == kDLCUDA &&
+                         (q->device_type != kDLCUDA || q->device_id != c.device_id),
+                     INVALID, "%s: on cuda:%d, expected host memory or the device of q (%s:%d)",
+                     name, c.device_id, cf_device_name(q->device_type), q->device_id);
     if (c.device_type == kDLCUDA) {
         static _Thread_local int32_t* host[2];
         static _Thread_local int64_t cap[2];
@@ -234,18 +238,9 @@ static cflash_status check_qkv(cflash_context* ctx, cf_attn_call* c, int varlen,
         c->total_q = c->q.shape[0];
         c->total_k = c->k.shape[0];
         CFLASH_FORWARD_IF_ERROR(
-            check_cu(cu_q, "cu_seqlens_q", c->total_q, "total_q", &B, &c->cu_q, &mq, &c->cu_q_dev, 0));
+            check_cu(cu_q, "cu_seqlens_q", c->total_q, "total_q", &B, &c->cu_q, &mq, &c->cu_q_dev, 0, &c->q));
         CFLASH_FORWARD_IF_ERROR(
-            check_cu(cu_k, "cu_seqlens_k", c->total_k, "total_k", &B, &c->cu_k, &mk, &c->cu_k_dev, 1));
-        for (int t = 0; t < 2; t++) { /* cu_seqlens in GPU memory: only on q's GPU */
-            const DLTensor* cu = t ? cu_k : cu_q;
-            CFLASH_RETURN_IF(cu->device.device_type == kDLCUDA &&
-                                 (c->q.device_type != kDLCUDA ||
-                                  cu->device.device_id != c->q.device_id),
-                             INVALID, "%s: on cuda:%d, expected host memory or q's device (%s:%d)",
-                             t ? "cu_seqlens_k" : "cu_seqlens_q", cu->device.device_id,
-                             cf_device_name(c->q.device_type), c->q.device_id);
-        }
+            check_cu(cu_k, "cu_seqlens_k", c->total_k, "total_k", &B, &c->cu_k, &mk, &c->cu_k_dev, 1, &c->q));
         CFLASH_FORWARD_IF_ERROR(check_max(max_q, mq, "max_seqlen_q", &c->Sq));
         CFLASH_FORWARD_IF_ERROR(check_max(max_k, mk, "max_seqlen_k", &c->Sk));
         varlen_lift(&c->q);

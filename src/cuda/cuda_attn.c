@@ -25,7 +25,7 @@ static int cuda_available(char* why, size_t n) {
     if (!cf_cu_available(why, n)) return 0;
     char r[1024];
     if (!cf_nvrtc_available(r, sizeof r) && cf_cuda_aot_count == 0) {
-        snprintf(why, n, "%s (and this build embeds no precompiled cubins: CFLASH_CUDA_AOT=OFF)", r);
+        snprintf(why, n, "NVRTC needed (no precompiled cubins in this build): %s", r);
         return 0;
     }
     return 1;

@@ -113,6 +113,7 @@ extern "C" __global__ void __launch_bounds__(128) cf_attn_fwd_mma(cf_attn_args a
     /* This thread's two rows: i[0] = row g, i[1] = row g + 8 of the warp's 16. */
     cf_i64 ri[2], lo[2], hi[2];
     bool live[2];
+#pragma unroll
     for (int r = 0; r < 2; r++) {
         ri[r] = row0 + w * 16 + g + 8 * r;
         live[r] = ri[r] < sq;
@@ -227,6 +228,7 @@ extern "C" __global__ void __launch_bounds__(128) cf_attn_fwd_mma(cf_attn_args a
     }
 
     /* Out = O / l (scaled for dropout); rows that saw nothing get 0 and lse -inf. */
+#pragma unroll
     for (int r = 0; r < 2; r++) {
         if (!live[r]) continue;
         const float inv = l[r] > 0.0f ? a.keep_scale / l[r] : 0.0f;
