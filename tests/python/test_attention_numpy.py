@@ -331,3 +331,18 @@ def test_concurrent_threads_use_their_own_contexts(rng):
         got = list(ex.map(lambda c: cflash.flash_attn_func(*c, causal=True), cases))
     for g, w in zip(got, want):
         assert np.abs(g - w).max() < 1e-5
+
+
+def test_dltensor_views_do_not_copy(rng):
+    """The DLTensor handed to the library points at the array's own memory with its strides."""
+    from cflash._tensor import DL, maybe_contiguous
+
+    big = rng.standard_normal((2, 4, 9, 40)).astype(np.float32)
+    x = big[..., 3:35].transpose(0, 2, 1, 3)  # (B, S, H, D) view of (B, H, S, D+8) storage
+    assert maybe_contiguous(x) is x
+    h = DL(x)
+    assert h.t.data == x.ctypes.data and h.t.ndim == 4
+    assert [h.t.shape[i] for i in range(4)] == list(x.shape)
+    assert [h.t.strides[i] for i in range(4)] == [s // 4 for s in x.strides]
+    y = big[..., ::2]  # last dim not contiguous: copied once, as flash-attn does
+    assert maybe_contiguous(y) is not y and maybe_contiguous(y).strides[-1] == 4

@@ -362,3 +362,15 @@ def test_norm_dropout_backward_uses_the_forward_mask():
     assert torch.allclose((h - r)[kept], (x / (1 - p))[kept], atol=1e-5)
     want = torch.where(kept, r.grad / (1 - p), torch.zeros_like(r.grad))
     assert torch.allclose(x.grad, want, atol=1e-5)
+
+
+def test_torch_dltensor_views_do_not_copy():
+    from cflash._tensor import DL
+
+    base = torch.randn(2, 4, 9, 40)
+    x = base[..., 3:35].transpose(1, 2)
+    h = DL(x)
+    assert h.t.data == x.data_ptr() and [h.t.strides[i] for i in range(4)] == list(x.stride())
+    assert h.t.dtype.code == 2 and h.t.dtype.bits == 32 and h.t.device.device_type == 1
+    hb = DL(x.to(torch.bfloat16))
+    assert hb.t.dtype.code == 4 and hb.t.dtype.bits == 16
