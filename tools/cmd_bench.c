@@ -251,7 +251,7 @@ int cf_cmd_bench(int argc, char** argv) {
         /* The unit doing the matrix work. */
         const char* unit = "fp32_fma";
         double peak = pk ? pk->fma_f32_gflops : 0.0;
-        if (pk && pr.dtype == CF_BF16 && !bwd) {
+        if (pk && pr.dtype == CF_BF16) { /* the bf16 kernels multiply on vdpbf16ps / AMX */
             if (!strcmp(backend, "cpu-amx") && pk->amx_bf16_gflops > 0)
                 unit = "amx_bf16", peak = pk->amx_bf16_gflops;
             else if (!strcmp(backend, "cpu-avx512") && pk->bf16_dot_gflops > 0)

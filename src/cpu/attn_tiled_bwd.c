@@ -50,6 +50,51 @@ static void transpose(float* dst, const float* src, int64_t lds, int64_t n, int6
             dst[c * n + r] = src[r * lds + c];
 }
 
+/* bf16 rows of a block as 32-bit pairs along d: in place when every row starts even and d is even,
+ * else copied into buf (ld = (d + 1) / 2, zero-padded). */
+static const uint32_t* rows_pairs(const cf_view* v, int64_t b, int64_t s0, int64_t h, int64_t n,
+                                  int64_t d, uint32_t* buf, int64_t* ld) {
+    const uint16_t* p = (const uint16_t*)row_ptr(v, b, s0, h);
+    if (d % 2 == 0 && (uintptr_t)v->data % 4 == 0 && v->stride[0] % 2 == 0 &&
+        v->stride[1] % 2 == 0 && v->stride[2] % 2 == 0) {
+        *ld = v->stride[1] / 2;
+        return (const uint32_t*)p;
+    }
+    const int64_t d2 = (d + 1) / 2;
+    for (int64_t i = 0; i < n; i++) {
+        const uint16_t* r = p + i * v->stride[1];
+        for (int64_t q = 0; q < d2; q++)
+            buf[i * d2 + q] = (uint32_t)r[2 * q] | (uint32_t)(2 * q + 1 < d ? r[2 * q + 1] : 0)
+                                                       << 16;
+    }
+    *ld = d2;
+    return buf;
+}
+
+/* dst[q * ldd + col] = pair (element 2q, 2q + 1) of bf16 row src (d elements): the transposed
+ * pair layout of one row, written as column col. */
+static void pairs_col(uint32_t* dst, int64_t ldd, int64_t col, const uint16_t* src, int64_t d) {
+    for (int64_t q = 0; q < (d + 1) / 2; q++)
+        dst[q * ldd + col] = (uint32_t)src[2 * q] | (uint32_t)(2 * q + 1 < d ? src[2 * q + 1] : 0)
+                                                        << 16;
+}
+
+/* VNNI pairs of n bf16 rows (d elements each, row stride rs elements): dst [(n + 1) / 2][d]. */
+static void rows_vnni(const cf_attn_kernels* kk, uint32_t* dst, const uint16_t* src, int64_t rs,
+                      int64_t n, int64_t d) {
+    for (int64_t q = 0; q < (n + 1) / 2; q++)
+        kk->interleave_u16(dst + q * d, src + 2 * q * rs,
+                           2 * q + 1 < n ? src + (2 * q + 1) * rs : NULL, d);
+}
+
+/* Pairs of consecutive rows of an fp32 (n x w, ld) block rounded to bf16: dst [(n + 1) / 2][w]. */
+static void f32_rows_pairs(const cf_attn_kernels* kk, uint32_t* dst, const float* src, int64_t ld,
+                           int64_t n, int64_t w) {
+    for (int64_t q = 0; q < (n + 1) / 2; q++)
+        kk->pack_pairs_f32(dst + q * w, src + 2 * q * ld,
+                           2 * q + 1 < n ? src + (2 * q + 1) * ld : NULL, w);
+}
+
 /* Global row of (b, q0 + i) in the dl buffer. */
 static inline int64_t dl_row(const cf_attn_call* c, int64_t b, int64_t qi) {
     return c->varlen ? qi : b * c->Sq + qi;
@@ -131,7 +176,10 @@ static float scores(const cf_attn_call* c, const score_map* mp, float* s, float*
 #define BKB CF_ATTN_BWD_BLOCK_K
 
 typedef struct bwd_geom {
-    int64_t G, n, M, D, Dv, W;
+    int64_t G, n, M, D, Dv, W, Dp2, Dvp2;
+    int bf; /* bf16 pairs mode: the seven products on gemm_bf16 */
+    /* bf16 mode buffers (uint32 pairs) */
+    size_t ktv, vtv, dov, qv, pp, dsp, qa, doa, qv2, dov2, kvv, dsp2, ka, va;
     /* pass 1 */
     size_t kc, kt, vc, vt, dk, dv, qc, doc, s, dp, pd, y, vec1, map1;
     /* pass 2 */
@@ -139,7 +187,7 @@ typedef struct bwd_geom {
     size_t tmp, bytes;
 } bwd_geom;
 
-static void bwd_layout(const cf_attn_call* c, bwd_geom* g) {
+static void bwd_layout(const cf_attn_call* c, const cf_attn_kernels* kk, bwd_geom* g) {
     g->G = c->H / c->Hk;
     g->n = BQ / g->G > 0 ? BQ / g->G : 1;
     g->M = g->G * g->n;
@@ -176,14 +224,34 @@ static void bwd_layout(const cf_attn_call* c, bwd_geom* g) {
     TAKE(vec2, F * 2 * M);
     TAKE(map2, sizeof(int64_t) * 4 * M + F * M);
     TAKE(tmp, F * (size_t)g->W + 64);
+    g->bf = c->dtype == CF_BF16 && kk->gemm_bf16 != NULL;
+    g->Dp2 = (g->D + 1) / 2;
+    g->Dvp2 = (g->Dv + 1) / 2;
+    if (g->bf) {
+        const size_t U = sizeof(uint32_t), Dp2 = (size_t)g->Dp2, Dvp2 = (size_t)g->Dvp2;
+        const size_t hq = (BQ + 1) / 2, hk = (BKB + 1) / 2;
+        TAKE(ktv, U * Dp2 * BKB);
+        TAKE(vtv, U * Dvp2 * BKB);
+        TAKE(dov, U * hq * Dv);
+        TAKE(qv, U * hq * D);
+        TAKE(pp, U * hq * BKB);
+        TAKE(dsp, U * hq * BKB);
+        TAKE(qa, U * BQ * Dp2);
+        TAKE(doa, U * BQ * Dvp2);
+        TAKE(qv2, U * Dp2 * M);
+        TAKE(dov2, U * Dvp2 * M);
+        TAKE(kvv, U * hk * D);
+        TAKE(dsp2, U * hk * M);
+        TAKE(ka, U * BKB * Dp2);
+        TAKE(va, U * BKB * Dvp2);
+    }
 #undef TAKE
     g->bytes = off;
 }
 
 size_t cf_attn_cpu_bwd_workspace(const cf_attn_call* c, const cf_attn_kernels* k) {
-    (void)k;
     bwd_geom g;
-    bwd_layout(c, &g);
+    bwd_layout(c, k, &g);
     return g.bytes;
 }
 
@@ -220,11 +288,23 @@ static void dkdv_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const bw
     int64_t *mi = (int64_t*)(ws + g->map1), *mlo = mi + BQ, *mhi = mlo + BQ;
     float* mslope = (float*)(mhi + BQ);
     const float ks = 1.0f / (1.0f - c->dropout_p);
-    int64_t ldk, ldv;
-    const float* kr = rows_f32(kk, &c->k, b, k0 + j0, hk, nb, D, kc, &ldk);
-    const float* vr = rows_f32(kk, &c->v, b, k0 + j0, hk, nb, Dv, vc, &ldv);
-    transpose(kt, kr, ldk, nb, D);
-    transpose(vt, vr, ldv, nb, Dv);
+    const int bf = g->bf;
+    uint32_t *ktv = (uint32_t*)(ws + g->ktv), *vtv = (uint32_t*)(ws + g->vtv),
+             *dov = (uint32_t*)(ws + g->dov), *qv = (uint32_t*)(ws + g->qv),
+             *pp = (uint32_t*)(ws + g->pp), *dsp = (uint32_t*)(ws + g->dsp),
+             *qa = (uint32_t*)(ws + g->qa), *doa = (uint32_t*)(ws + g->doa);
+    if (bf) { /* K^T, V^T as pairs along d, once per key block */
+        for (int64_t j = 0; j < nb; j++) {
+            pairs_col(ktv, nb, j, (const uint16_t*)row_ptr(&c->k, b, k0 + j0 + j, hk), D);
+            pairs_col(vtv, nb, j, (const uint16_t*)row_ptr(&c->v, b, k0 + j0 + j, hk), Dv);
+        }
+    } else {
+        int64_t ldk, ldv;
+        const float* kr = rows_f32(kk, &c->k, b, k0 + j0, hk, nb, D, kc, &ldk);
+        const float* vr = rows_f32(kk, &c->v, b, k0 + j0, hk, nb, Dv, vc, &ldv);
+        transpose(kt, kr, ldk, nb, D);
+        transpose(vt, vr, ldv, nb, Dv);
+    }
     memset(dk, 0, sizeof(float) * (size_t)(nb * D));
     memset(dv, 0, sizeof(float) * (size_t)(nb * Dv));
     int64_t ia, iz;
@@ -234,9 +314,16 @@ static void dkdv_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const bw
         const float slope = cf_attn_slope(c, b, h);
         for (int64_t i0 = ia; i0 < iz; i0 += BQ) {
             const int64_t bq = iz - i0 < BQ ? iz - i0 : BQ;
-            int64_t ldq, ldo;
-            const float* qr = rows_f32(kk, &c->q, b, q0 + i0, h, bq, D, qc, &ldq);
-            const float* dor = rows_f32(kk, &c->dout, b, q0 + i0, h, bq, Dv, doc, &ldo);
+            int64_t ldq = 0, ldo = 0, ldqa = 0, ldoa = 0;
+            const float *qr = NULL, *dor = NULL;
+            const uint32_t *qpa = NULL, *dopa = NULL;
+            if (bf) {
+                qpa = rows_pairs(&c->q, b, q0 + i0, h, bq, D, qa, &ldqa);
+                dopa = rows_pairs(&c->dout, b, q0 + i0, h, bq, Dv, doa, &ldoa);
+            } else {
+                qr = rows_f32(kk, &c->q, b, q0 + i0, h, bq, D, qc, &ldq);
+                dor = rows_f32(kk, &c->dout, b, q0 + i0, h, bq, Dv, doc, &ldo);
+            }
             int64_t hh[BQ];
             for (int64_t r = 0; r < bq; r++) {
                 mi[r] = i0 + r;
@@ -249,7 +336,10 @@ static void dkdv_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const bw
             }
             score_map mp = {bq, nb, nb, 1, mi, mslope, j0, mlo, mhi};
             /* P = exp2(S * s - lse2) */
-            kk->gemm_f32(bq, nb, D, qr, ldq, 1, kt, nb, s, nb, 0);
+            if (bf)
+                kk->gemm_bf16(bq, nb, g->Dp2, qpa, ldqa, 1, ktv, nb, s, nb, 0);
+            else
+                kk->gemm_f32(bq, nb, D, qr, ldq, 1, kt, nb, s, nb, 0);
             const float sx = scores(c, &mp, s, c->softcap > 0.0f ? y : NULL, sq, sk);
             for (int64_t r = 0; r < bq; r++)
                 kk->exp_row(s + r * nb, nb, sx, lb[r]);
@@ -259,15 +349,31 @@ static void dkdv_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const bw
                 dropout_apply(c, pd, &mp, hh, b, ks);
                 pw = pd;
             }
-            kk->gemm_f32(nb, Dv, bq, pw, 1, nb, dor, ldo, dv, Dv, 1); /* dV += P^T dO */
-            kk->gemm_f32(bq, nb, Dv, dor, ldo, 1, vt, nb, dp, nb, 0); /* dP = dO V^T */
+            const int64_t hq = (bq + 1) / 2;
+            if (bf) {
+                const uint16_t* d16 = (const uint16_t*)row_ptr(&c->dout, b, q0 + i0, h);
+                f32_rows_pairs(kk, pp, pw, nb, bq, nb);
+                rows_vnni(kk, dov, d16, c->dout.stride[1], bq, Dv);
+                kk->gemm_bf16(nb, Dv, hq, pp, 1, nb, dov, Dv, dv, Dv, 1); /* dV += P^T dO */
+                kk->gemm_bf16(bq, nb, g->Dvp2, dopa, ldoa, 1, vtv, nb, dp, nb, 0); /* dP */
+            } else {
+                kk->gemm_f32(nb, Dv, bq, pw, 1, nb, dor, ldo, dv, Dv, 1); /* dV += P^T dO */
+                kk->gemm_f32(bq, nb, Dv, dor, ldo, 1, vt, nb, dp, nb, 0); /* dP = dO V^T */
+            }
             if (c->dropout_p > 0.0f) dropout_apply(c, dp, &mp, hh, b, ks);
             for (int64_t r = 0; r < bq; r++)
                 kk->ds_row(dp + r * nb, s + r * nb, dp + r * nb, nb, dlr[r], c->scale);
             if (c->softcap > 0.0f)
                 for (int64_t e = 0; e < bq * nb; e++)
                     dp[e] *= 1.0f - y[e] * y[e];
-            kk->gemm_f32(nb, D, bq, dp, 1, nb, qr, ldq, dk, D, 1); /* dK += dS^T Q */
+            if (bf) {
+                const uint16_t* q16 = (const uint16_t*)row_ptr(&c->q, b, q0 + i0, h);
+                f32_rows_pairs(kk, dsp, dp, nb, bq, nb);
+                rows_vnni(kk, qv, q16, c->q.stride[1], bq, D);
+                kk->gemm_bf16(nb, D, hq, dsp, 1, nb, qv, D, dk, D, 1); /* dK += dS^T Q */
+            } else {
+                kk->gemm_f32(nb, D, bq, dp, 1, nb, qr, ldq, dk, D, 1); /* dK += dS^T Q */
+            }
         }
     }
     for (int64_t j = 0; j < nb; j++) {
@@ -292,15 +398,24 @@ static void dq_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const bwd_
     int64_t *mi = (int64_t*)(ws + g->map2), *mlo = mi + Mt, *mhi = mlo + Mt, *heads = mhi + Mt;
     float* mslope = (float*)(heads + Mt);
     const float ks = 1.0f / (1.0f - c->dropout_p);
+    const int bf = g->bf;
+    uint32_t *qv2 = (uint32_t*)(ws + g->qv2), *dov2 = (uint32_t*)(ws + g->dov2),
+             *kvv = (uint32_t*)(ws + g->kvv), *dsp2 = (uint32_t*)(ws + g->dsp2),
+             *kab = (uint32_t*)(ws + g->ka), *vab = (uint32_t*)(ws + g->va);
     for (int64_t gi = 0; gi < G; gi++)
         for (int64_t ii = 0; ii < na; ii++) {
             const int64_t r = gi * na + ii, h = hk * G + gi, qi = q0 + i0 + ii;
-            kk->to_f32(tmp, row_ptr(&c->q, b, qi, h), c->dtype, D);
-            for (int64_t d = 0; d < D; d++)
-                qt[d * Mt + r] = tmp[d];
-            kk->to_f32(tmp, row_ptr(&c->dout, b, qi, h), c->dtype, Dv);
-            for (int64_t d = 0; d < Dv; d++)
-                dot[d * Mt + r] = tmp[d];
+            if (bf) {
+                pairs_col(qv2, Mt, r, (const uint16_t*)row_ptr(&c->q, b, qi, h), D);
+                pairs_col(dov2, Mt, r, (const uint16_t*)row_ptr(&c->dout, b, qi, h), Dv);
+            } else {
+                kk->to_f32(tmp, row_ptr(&c->q, b, qi, h), c->dtype, D);
+                for (int64_t d = 0; d < D; d++)
+                    qt[d * Mt + r] = tmp[d];
+                kk->to_f32(tmp, row_ptr(&c->dout, b, qi, h), c->dtype, Dv);
+                for (int64_t d = 0; d < Dv; d++)
+                    dot[d * Mt + r] = tmp[d];
+            }
             mi[r] = i0 + ii;
             mslope[r] = cf_attn_slope(c, b, h);
             cf_attn_key_range(c, i0 + ii, sq, sk, &mlo[r], &mhi[r]);
@@ -312,22 +427,42 @@ static void dq_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const bwd_
     const int64_t jlo = mlo[0], jhi = mhi[na - 1];
     for (int64_t j0 = jlo; j0 < jhi; j0 += BKB) {
         const int64_t nb = jhi - j0 < BKB ? jhi - j0 : BKB;
-        int64_t ldk, ldv;
-        const float* kr = rows_f32(kk, &c->k, b, k0 + j0, hk, nb, D, kc, &ldk);
-        const float* vr = rows_f32(kk, &c->v, b, k0 + j0, hk, nb, Dv, vc, &ldv);
+        int64_t ldk = 0, ldv = 0, ldka = 0, ldva = 0;
+        const float *kr = NULL, *vr = NULL;
+        const uint32_t *kpa = NULL, *vpa = NULL;
+        if (bf) {
+            kpa = rows_pairs(&c->k, b, k0 + j0, hk, nb, D, kab, &ldka);
+            vpa = rows_pairs(&c->v, b, k0 + j0, hk, nb, Dv, vab, &ldva);
+        } else {
+            kr = rows_f32(kk, &c->k, b, k0 + j0, hk, nb, D, kc, &ldk);
+            vr = rows_f32(kk, &c->v, b, k0 + j0, hk, nb, Dv, vc, &ldv);
+        }
         score_map mp = {Mt, nb, 1, Mt, mi, mslope, j0, mlo, mhi};
-        kk->gemm_f32(nb, Mt, D, kr, ldk, 1, qt, Mt, st, Mt, 0); /* S^T = K Q^T */
+        if (bf)
+            kk->gemm_bf16(nb, Mt, g->Dp2, kpa, ldka, 1, qv2, Mt, st, Mt, 0);
+        else
+            kk->gemm_f32(nb, Mt, D, kr, ldk, 1, qt, Mt, st, Mt, 0); /* S^T = K Q^T */
         const float sx = scores(c, &mp, st, c->softcap > 0.0f ? y : NULL, sq, sk);
         for (int64_t j = 0; j < nb; j++)
             kk->exp_cols(st + j * Mt, Mt, sx, lb, NULL);
-        kk->gemm_f32(nb, Mt, Dv, vr, ldv, 1, dot, Mt, dpt, Mt, 0); /* dP^T = V dO^T */
+        if (bf)
+            kk->gemm_bf16(nb, Mt, g->Dvp2, vpa, ldva, 1, dov2, Mt, dpt, Mt, 0);
+        else
+            kk->gemm_f32(nb, Mt, Dv, vr, ldv, 1, dot, Mt, dpt, Mt, 0); /* dP^T = V dO^T */
         if (c->dropout_p > 0.0f) dropout_apply(c, dpt, &mp, heads, b, ks);
         for (int64_t j = 0; j < nb; j++)
             kk->ds_cols(dpt + j * Mt, st + j * Mt, dpt + j * Mt, Mt, dlr, c->scale);
         if (c->softcap > 0.0f)
             for (int64_t e = 0; e < nb * Mt; e++)
                 dpt[e] *= 1.0f - y[e] * y[e];
-        kk->gemm_f32(Mt, D, nb, dpt, 1, Mt, kr, ldk, dq, D, 1); /* dQ += dS K */
+        if (bf) {
+            f32_rows_pairs(kk, dsp2, dpt, Mt, nb, Mt);
+            rows_vnni(kk, kvv, (const uint16_t*)row_ptr(&c->k, b, k0 + j0, hk), c->k.stride[1], nb,
+                      D);
+            kk->gemm_bf16(Mt, D, (nb + 1) / 2, dsp2, 1, Mt, kvv, D, dq, D, 1); /* dQ += dS K */
+        } else {
+            kk->gemm_f32(Mt, D, nb, dpt, 1, Mt, kr, ldk, dq, D, 1); /* dQ += dS K */
+        }
     }
     for (int64_t gi = 0; gi < G; gi++)
         for (int64_t ii = 0; ii < na; ii++)
@@ -340,7 +475,7 @@ static void dq_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const bwd_
 
 cflash_status cf_attn_cpu_bwd(const cf_attn_call* c, const cf_attn_kernels* kk) {
     bwd_geom g;
-    bwd_layout(c, &g);
+    bwd_layout(c, kk, &g);
     const int T = c->threads > 0 ? c->threads : 1;
     const int64_t rows = c->varlen ? c->total_q : c->B * c->Sq;
     int64_t nq = 0, nk = 0;
