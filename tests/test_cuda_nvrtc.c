@@ -169,11 +169,26 @@ static void remove_dir(const char* dir) {
     rmdir(dir);
 }
 
+/* Cubins embedded by CFLASH_CUDA_AOT=ON (none otherwise): ELF images holding their kernels, one
+ * per (variant, arch) of the AOT list. */
+static void test_aot(void) {
+    printf("%d precompiled cubins embedded\n", cf_cuda_aot_count);
+    for (int i = 0; i < cf_cuda_aot_count; i++) {
+        const cf_cuda_aot* a = &cf_cuda_aot_table[i];
+        CHECK_MSG(a->len > 4 && !memcmp(a->data, "\x7f" "ELF", 4), "%s %s sm_%d: not an ELF image",
+                  a->name, a->defines, a->arch);
+        const char* const* names = strstr(a->name, "mma") ? mma_kernels : simt_kernels;
+        for (const char* const* k = names; *k; k++)
+            CHECK_MSG(contains(a->data, a->len, *k), "%s sm_%d: no %s", a->name, a->arch, *k);
+    }
+}
+
 int main(void) {
+    test_aot();
     char why[1024];
     if (!cf_nvrtc_available(why, sizeof why)) {
         printf("SKIP: NVRTC not available: %s\n", why);
-        return 77;
+        return tt_failed ? tt_summary() : 77;
     }
     char dir[] = "/tmp/cflash_nvrtc_test_XXXXXX";
     if (!mkdtemp(dir)) {
