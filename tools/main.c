@@ -9,6 +9,10 @@ int cf_cmd_version(int argc, char** argv);
 int cf_cmd_check(int argc, char** argv);
 int cf_cmd_bench(int argc, char** argv);
 int cf_cmd_bench_peak(int argc, char** argv);
+int cf_cmd_bench_rotary(int argc, char** argv);
+int cf_cmd_bench_norm(int argc, char** argv);
+int cf_cmd_bench_decode(int argc, char** argv);
+int cf_cmd_bench_merge(int argc, char** argv);
 int cf_cmd_report(int argc, char** argv);
 
 static const struct {
@@ -21,6 +25,10 @@ static const struct {
     {"check", NULL, cf_cmd_check, "attention on a shape vs the fp64 oracle: errors, bounds, PASS/FAIL"},
     {"report", NULL, cf_cmd_report, "environment, libraries and op x backend table [--json]"},
     {"bench", "peak", cf_cmd_bench_peak, "this machine's FMA, BF16, AMX and memory peaks"},
+    {"bench", "rotary", cf_cmd_bench_rotary, "time rotary (GB/s vs memory bandwidth)"},
+    {"bench", "norm", cf_cmd_bench_norm, "time RMSNorm/LayerNorm (GB/s vs memory bandwidth)"},
+    {"bench", "decode", cf_cmd_bench_decode, "time KV-cache decode (GB/s vs memory bandwidth)"},
+    {"bench", "merge", cf_cmd_bench_merge, "time the LSE merge (GB/s vs memory bandwidth)"},
     {"bench", NULL, cf_cmd_bench, "time attention (problem flags; --bwd, --json)"},
     {"version", NULL, cf_cmd_version, "print the library version"},
 };

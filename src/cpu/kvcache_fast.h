@@ -1,13 +1,12 @@
 /* Fast KV-cache attention body (included once per ISA after ops_fast_common.h).
  * 1. Append: the new k (rotated) and v rows go into the cache, rows split over threads.
- * 2. Attention: one work item = (batch b, KV head hk, key split s). The G = H / Hk query heads of
- *    the group and their Sq rows (R = G * Sq rows) are computed in one pass over the group's keys
- *    (GQA folded: each K/V row is read from memory once per item), in blocks of KV_KB keys:
- *    convert the block to fp32, scores for all R rows, online softmax, P V accumulation.
- * 3. Splits (num_splits > 1, or chosen when there are fewer (b, hk) groups than threads) keep
+ * 2. Attention: one work item = (batch b, a chunk of KV heads, key split s). For each block of
+ *    KV_KB key positions, every KV head of the chunk is visited (the cache is read in address
+ *    order, which the prefetchers follow), and the G = H / Hk query heads of a group with their
+ *    Sq rows are scored against each K row together (GQA folded: every K/V row is read once).
+ *    Online softmax in fp32, P V accumulated in fp32.
+ * 3. Splits (num_splits > 1, or chosen when there are fewer items than threads) keep
  *    (max, sum, acc) per split and are merged by their LSE, as cflash_attn_merge does. */
-
-#define KV_KB 32
 
 static void kv_append_fast(const cf_kvcache_call* c, float* buf, int64_t b, int64_t n, int64_t hk) {
     const cf_attn_call* a = &c->a;
@@ -32,6 +31,41 @@ static void kv_append_fast(const cf_kvcache_call* c, float* buf, int64_t b, int6
            (size_t)a->Dv * cf_dtype_size(a->dtype));
 }
 
+#ifndef CF_OPS_KV_BLOCK_KERNELS
+/* s[r * KV_KB + t] = q_r . k_t for the nb key rows (dtype dt) of a block; kf: nb * D scratch. */
+static void kv_dots(const float* restrict q, int64_t R, int64_t D, const void* const* rows,
+                    int64_t nb, cf_dtype dt, float* restrict s, float* restrict kf) {
+    for (int64_t t = 0; t < nb; t++)
+        ld_row(kf + t * D, rows[t], dt, D);
+    for (int64_t r = 0; r < R; r++)
+        for (int64_t t = 0; t < nb; t++) {
+            const float *qr = q + r * D, *k = kf + t * D;
+            float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+            for (int64_t d = 0; d < D; d++)
+                dot += qr[d] * k[d];
+            s[r * KV_KB + t] = dot;
+        }
+}
+
+/* acc[r] += sum_t p[r * KV_KB + t] v_t for the nb value rows of a block; vf: nb * Dv scratch. */
+static void kv_pv(float* restrict acc, int64_t R, int64_t Dv, const void* const* rows, int64_t nb,
+                  cf_dtype dt, const float* restrict p, float* restrict vf) {
+    for (int64_t t = 0; t < nb; t++)
+        ld_row(vf + t * Dv, rows[t], dt, Dv);
+    for (int64_t r = 0; r < R; r++)
+        for (int64_t t = 0; t < nb; t++) {
+            const float pr = p[r * KV_KB + t];
+            const float* v = vf + t * Dv;
+            float* a = acc + r * Dv;
+            if (pr == 0.0f) continue;
+#pragma omp simd
+            for (int64_t d = 0; d < Dv; d++)
+                a[d] += pr * v[d];
+        }
+}
+#endif
+
 typedef struct kv_scratch {
     float *q, *acc, *m, *l, *s, *kf, *vf;
     int64_t *lo, *hi;
@@ -55,17 +89,19 @@ static void kv_scratch_init(kv_scratch* w, float* p, const cf_kvcache_call* c, i
     w->hi = (int64_t*)p;
 }
 
-/* Keys [j0, j1) of batch b for KV head hk: leaves the unnormalised acc, the running max m and
- * the sum l of each of the R = G * Sq rows (r = g * Sq + i) in w. */
-static void kv_item(const cf_kvcache_call* c, kv_scratch* w, int64_t b, int64_t hk, int64_t j0,
-                    int64_t j1) {
+/* Keys [j0, j1) of batch b for the KV heads [hk0, hk0 + nh): leaves the unnormalised acc, the
+ * running max m and the sum l of each of the R = nh * G * Sq rows in w (row r: KV head
+ * hk0 + r / (G * Sq), query head (hk0 * G) + r / Sq, query i = r % Sq). Every KV head of a key
+ * position is visited before the next position: the cache is read in address order. */
+static void kv_item(const cf_kvcache_call* c, kv_scratch* w, int64_t b, int64_t hk0, int64_t nh,
+                    int64_t j0, int64_t j1) {
     const cf_attn_call* a = &c->a;
-    const int64_t G = a->H / a->Hk, Sq = a->Sq, R = G * Sq, D = a->D, Dv = a->Dv;
+    const int64_t G = a->H / a->Hk, Sq = a->Sq, Rg = G * Sq, R = nh * Rg, D = a->D, Dv = a->Dv;
     int64_t L, P, sk;
     cf_kv_seq(c, b, &L, &P, &sk);
     int64_t jlo = j1, jhi = j0;
     for (int64_t r = 0; r < R; r++) {
-        int64_t g = r / Sq, i = r % Sq, h = hk * G + g, lo, hi;
+        int64_t i = r % Sq, h = hk0 * G + r / Sq, lo, hi;
         float* q = w->q + r * D;
         ld_row(q, at(&a->q, b * a->q.stride[0] + i * a->q.stride[1] + h * a->q.stride[2]), a->dtype,
                D);
@@ -94,36 +130,56 @@ static void kv_item(const cf_kvcache_call* c, kv_scratch* w, int64_t b, int64_t 
         w->l[r] = 0.0f;
     }
     memset(w->acc, 0, sizeof(float) * (size_t)(R * Dv));
-    const size_t es = cf_dtype_size(a->dtype);
+    const int64_t es = (int64_t)cf_dtype_size(a->dtype);
+    const void* rows[KV_KB];
+    int64_t base[KV_KB];
     for (int64_t jb = jlo; jb < jhi; jb += KV_KB) {
         const int64_t nb = jhi - jb < KV_KB ? jhi - jb : KV_KB;
-        for (int64_t t = 0; t < nb; t++) {
-            int64_t ko = cf_kv_row(c, &c->kc, b, P + jb + t, hk);
-            ld_row(w->kf + t * D, (const char*)c->kc.data + ko * (int64_t)es, a->dtype, D);
+        for (int64_t t = 0; t < nb; t++)
+            base[t] = cf_kv_row(c, &c->kc, b, P + jb + t, hk0);
+        /* prefetch the next block's K and V rows (all heads of the chunk) into L2 */
+        for (int64_t t = jb + KV_KB; t < jb + 2 * KV_KB && t < jhi; t++) {
+            const char* kr = (const char*)c->kc.data + cf_kv_row(c, &c->kc, b, P + t, hk0) * es;
+            const char* vr = (const char*)c->vc.data + cf_kv_row(c, &c->vc, b, P + t, hk0) * es;
+            for (int64_t g = 0; g < nh; g++)
+                for (int64_t o = 0; o < D * es; o += 64)
+                    __builtin_prefetch(kr + g * c->kc.stride[2] * es + o, 0, 2);
+            for (int64_t g = 0; g < nh; g++)
+                for (int64_t o = 0; o < Dv * es; o += 64)
+                    __builtin_prefetch(vr + g * c->vc.stride[2] * es + o, 0, 2);
+        }
+        for (int64_t g = 0; g < nh; g++) {
+            for (int64_t t = 0; t < nb; t++)
+                rows[t] = (const char*)c->kc.data + (base[t] + g * c->kc.stride[2]) * es;
+            kv_dots(w->q + g * Rg * D, Rg, D, rows, nb, a->dtype, w->s + g * Rg * KV_KB, w->kf);
         }
         for (int64_t r = 0; r < R; r++) {
-            const int64_t i = r % Sq, h = hk * G + r / Sq;
-            const float* q = w->q + r * D;
+            const int64_t i = r % Sq, h = hk0 * G + r / Sq;
             float* s = w->s + r * KV_KB;
             const float slope = cf_attn_slope(a, b, h);
             float mx = -INFINITY;
-            for (int64_t t = 0; t < nb; t++) {
-                const int64_t j = jb + t;
-                if (j < w->lo[r] || j >= w->hi[r]) {
-                    s[t] = -INFINITY;
-                    continue;
+            if (a->softcap == 0.0f && slope == 0.0f) { /* branch-free: vectorizes */
+                const int64_t lo = w->lo[r] - jb, hi = w->hi[r] - jb;
+                const float scale = a->scale;
+#pragma omp simd reduction(max : mx)
+                for (int64_t t = 0; t < nb; t++) {
+                    float x = (t >= lo && t < hi) ? scale * s[t] : -INFINITY;
+                    s[t] = x;
+                    mx = x > mx ? x : mx;
                 }
-                const float* k = w->kf + t * D;
-                float dot = 0.0f;
-#pragma omp simd reduction(+ : dot)
-                for (int64_t d = 0; d < D; d++)
-                    dot += q[d] * k[d];
-                float x = a->scale * dot;
-                if (a->softcap > 0.0f || slope != 0.0f)
-                    x = cf_attn_score(a, x, slope, i, j, Sq, sk);
-                s[t] = x;
-                mx = x > mx ? x : mx;
-            }
+            } else
+                for (int64_t t = 0; t < nb; t++) {
+                    const int64_t j = jb + t;
+                    if (j < w->lo[r] || j >= w->hi[r]) {
+                        s[t] = -INFINITY;
+                        continue;
+                    }
+                    float x = a->scale * s[t];
+                    if (a->softcap > 0.0f || slope != 0.0f)
+                        x = cf_attn_score(a, x, slope, i, j, Sq, sk);
+                    s[t] = x;
+                    mx = x > mx ? x : mx;
+                }
             if (mx == -INFINITY) { /* nothing visible in this block: P row is 0 */
                 for (int64_t t = 0; t < nb; t++)
                     s[t] = 0.0f;
@@ -131,13 +187,7 @@ static void kv_item(const cf_kvcache_call* c, kv_scratch* w, int64_t b, int64_t 
             }
             const float mnew = mx > w->m[r] ? mx : w->m[r];
             const float alpha = fexp(w->m[r] - mnew);
-            float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-            for (int64_t t = 0; t < nb; t++) {
-                float p = fexp(s[t] - mnew);
-                s[t] = p;
-                sum += p;
-            }
+            const float sum = exp_row(s, nb, mnew);
             if (alpha != 1.0f) {
                 float* acc = w->acc + r * Dv;
 #pragma omp simd
@@ -147,47 +197,46 @@ static void kv_item(const cf_kvcache_call* c, kv_scratch* w, int64_t b, int64_t 
             w->l[r] = w->l[r] * alpha + sum;
             w->m[r] = mnew;
         }
-        for (int64_t t = 0; t < nb; t++) {
-            int64_t vo = cf_kv_row(c, &c->vc, b, P + jb + t, hk);
-            ld_row(w->vf + t * Dv, (const char*)c->vc.data + vo * (int64_t)es, a->dtype, Dv);
-        }
-        for (int64_t r = 0; r < R; r++) {
-            if (w->m[r] == -INFINITY) continue;
-            float* acc = w->acc + r * Dv;
-            const float* s = w->s + r * KV_KB;
-            for (int64_t t = 0; t < nb; t++) {
-                const float p = s[t];
-                if (p == 0.0f) continue;
-                const float* v = w->vf + t * Dv;
-#pragma omp simd
-                for (int64_t d = 0; d < Dv; d++)
-                    acc[d] += p * v[d];
-            }
+        for (int64_t t = 0; t < nb; t++)
+            base[t] = cf_kv_row(c, &c->vc, b, P + jb + t, hk0);
+        for (int64_t g = 0; g < nh; g++) {
+            for (int64_t t = 0; t < nb; t++)
+                rows[t] = (const char*)c->vc.data + (base[t] + g * c->vc.stride[2]) * es;
+            kv_pv(w->acc + g * Rg * Dv, Rg, Dv, rows, nb, a->dtype, w->s + g * Rg * KV_KB, w->vf);
         }
     }
 }
 
-/* Splits per (b, hk) group: as given, else enough items for every thread twice over when the
- * groups are fewer, with at least 512 keys per split. */
-static int64_t kv_splits(const cf_kvcache_call* c) {
+/* Work decomposition: KV heads in chunks of nh (as many as keep an item's rows' scratch near
+ * 1 MB), keys in ns splits: num_splits as given, else enough items for every thread twice over,
+ * with at least 512 keys per split. */
+static void kv_plan(const cf_kvcache_call* c, int64_t* nh, int64_t* ns) {
     const cf_attn_call* a = &c->a;
-    int64_t ns = c->num_splits;
-    if (ns == 0) {
-        int64_t groups = a->B * a->Hk, want = 2 * (int64_t)a->threads;
-        ns = groups >= want ? 1 : (want + groups - 1) / groups;
-        int64_t by_len = a->Sk / 512;
-        if (ns > by_len) ns = by_len;
+    const int64_t Rg = (a->H / a->Hk) * a->Sq;
+    int64_t h = (int64_t)(262144 / (Rg * (a->D + a->Dv + KV_KB) + 1));
+    if (h < 1) h = 1;
+    if (h > a->Hk) h = a->Hk;
+    while (a->Hk % h)
+        h--; /* equal chunks */
+    *nh = h;
+    int64_t n = c->num_splits;
+    if (n == 0) {
+        int64_t groups = a->B * (a->Hk / h), want = 2 * (int64_t)a->threads;
+        n = groups >= want ? 1 : (want + groups - 1) / groups;
+        if (n > a->Sk / 512) n = a->Sk / 512;
     }
-    if (ns > a->Sk) ns = a->Sk;
-    if (ns > 256) ns = 256;
-    return ns < 1 ? 1 : ns;
+    if (n > a->Sk) n = a->Sk;
+    if (n > 256) n = 256;
+    *ns = n < 1 ? 1 : n;
 }
 
 static cflash_status fast_kvcache_run(const void* call) {
     const cf_kvcache_call* c = call;
     const cf_attn_call* a = &c->a;
-    const int64_t G = a->H / a->Hk, R = G * a->Sq, Dv = a->Dv, ns = kv_splits(c);
-    const int64_t items = a->B * a->Hk * ns;
+    const int64_t G = a->H / a->Hk, Rg = G * a->Sq, Dv = a->Dv;
+    int64_t nh, ns;
+    kv_plan(c, &nh, &ns);
+    const int64_t nchunk = a->Hk / nh, R = nh * Rg, items = a->B * nchunk * ns;
     /* per item: acc (R * Dv), m (R), l (R) */
     float* parts = malloc(sizeof(float) * (size_t)(items * R * (Dv + 2) + 1));
     CFLASH_RETURN_IF(!parts, CFLASH_ERR_OUT_OF_MEMORY,
@@ -206,9 +255,9 @@ static cflash_status fast_kvcache_run(const void* call) {
 #pragma omp for schedule(dynamic, 1)
         for (int64_t it = 0; it < items; it++) {
             if (!buf) continue;
-            int64_t b = it / (a->Hk * ns), hk = (it / ns) % a->Hk, s = it % ns, L, P, sk;
+            int64_t b = it / (nchunk * ns), ch = (it / ns) % nchunk, s = it % ns, L, P, sk;
             cf_kv_seq(c, b, &L, &P, &sk);
-            kv_item(c, &w, b, hk, sk * s / ns, sk * (s + 1) / ns);
+            kv_item(c, &w, b, ch * nh, nh, sk * s / ns, sk * (s + 1) / ns);
             float* dst = parts + it * R * (Dv + 2);
             memcpy(dst, w.acc, sizeof(float) * (size_t)(R * Dv));
             memcpy(dst + R * Dv, w.m, sizeof(float) * (size_t)R);
@@ -216,21 +265,21 @@ static cflash_status fast_kvcache_run(const void* call) {
         }
         /* merge the splits of each row by their LSE and write out / lse */
 #pragma omp for schedule(static)
-        for (int64_t row = 0; row < a->B * a->Hk * R; row++) {
+        for (int64_t row = 0; row < a->B * nchunk * R; row++) {
             if (!buf) continue;
-            int64_t b = row / (a->Hk * R), hk = (row / R) % a->Hk, r = row % R;
-            int64_t g = r / a->Sq, i = r % a->Sq, h = hk * G + g;
-            const float* base = parts + (b * a->Hk + hk) * ns * R * (Dv + 2);
+            int64_t b = row / (nchunk * R), ch = (row / R) % nchunk, r = row % R;
+            int64_t i = r % a->Sq, h = ch * nh * G + r / a->Sq;
+            const float* first = parts + (b * nchunk + ch) * ns * R * (Dv + 2);
             float M = -INFINITY, l = 0.0f;
             for (int64_t s = 0; s < ns; s++) {
-                float m = base[s * R * (Dv + 2) + R * Dv + r];
+                float m = first[s * R * (Dv + 2) + R * Dv + r];
                 M = m > M ? m : M;
             }
             float* o = buf;
             for (int64_t d = 0; d < Dv; d++)
                 o[d] = 0.0f;
             for (int64_t s = 0; s < ns && M != -INFINITY; s++) {
-                const float* ps = base + s * R * (Dv + 2);
+                const float* ps = first + s * R * (Dv + 2);
                 float m = ps[R * Dv + r];
                 if (m == -INFINITY) continue;
                 float f = expf(m - M);

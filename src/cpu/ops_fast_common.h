@@ -99,11 +99,51 @@ static inline float fexp(float x) {
     p = p * r + 1.6666665459e-1f;
     p = p * r + 5.0000001201e-1f;
     p = p * r * r + r + 1.0f;
-    int32_t e = ((int32_t)n + 127) << 23;
-    float s;
-    memcpy(&s, &e, 4);
-    return x < -87.0f ? 0.0f : p * s;
+    union {
+        int32_t i;
+        float f;
+    } e = {((int32_t)n + 127) << 23}; /* 2^n (a union: memcpy here stops vectorization) */
+    return x < -87.0f ? 0.0f : p * e.f;
 }
+
+/* s[t] = exp(s[t] - m) for t < n (0 where s[t] = -inf); returns the sum. Same polynomial as
+ * fexp; 2^n applied with scalef (AVX-512) or an exponent add (AVX2). */
+static inline float exp_row(float* s, int64_t n, float m) {
+    float sum = 0.0f;
+    int64_t t = 0;
+#if defined(__AVX512F__)
+    const __m512 l2e = _mm512_set1_ps(1.44269504088896341f), c1 = _mm512_set1_ps(0.693359375f),
+                 c2 = _mm512_set1_ps(-2.12194440e-4f), lo = _mm512_set1_ps(-87.0f),
+                 vm = _mm512_set1_ps(m), one = _mm512_set1_ps(1.0f);
+    __m512 acc = _mm512_setzero_ps();
+    for (; t + 16 <= n; t += 16) {
+        __m512 x = _mm512_sub_ps(_mm512_loadu_ps(s + t), vm);
+        __mmask16 live = _mm512_cmp_ps_mask(x, lo, _CMP_GE_OQ);
+        x = _mm512_max_ps(x, lo);
+        __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(x, l2e), _MM_FROUND_TO_NEAREST_INT);
+        __m512 r = _mm512_fnmadd_ps(k, c2, _mm512_fnmadd_ps(k, c1, x));
+        __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+        p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, one));
+        p = _mm512_maskz_mov_ps(live, _mm512_scalef_ps(p, k));
+        _mm512_storeu_ps(s + t, p);
+        acc = _mm512_add_ps(acc, p);
+    }
+    sum = _mm512_reduce_add_ps(acc);
+#endif
+    for (; t < n; t++) {
+        s[t] = fexp(s[t] - m);
+        sum += s[t];
+    }
+    return sum;
+}
+
+/* Keys per block of the KV-cache kernel (the scores of a block stay in L1). */
+#define KV_KB 32
 
 /* Rows [*r0, *r1) of n for thread t of nt: contiguous blocks (streaming, deterministic). */
 static inline void part(int64_t n, int t, int nt, int64_t* r0, int64_t* r1) {

@@ -5,6 +5,139 @@
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c,prefer-vector-width=512")
 
 #include "cpu/ops_fast_common.h"
+#include "probe/cpu_features.h"
+
+/* ---- KV-cache block kernels: K and V rows read straight from the cache (bf16 / fp16 / fp32
+ * converted in registers), four query rows per pass so each loaded key feeds four FMAs. ---- */
+#define CF_OPS_KV_BLOCK_KERNELS 1
+
+/* 16 elements (m: the valid lanes) of a row of dtype dt at element d, as fp32. */
+static inline __m512 kv_load16(const void* row, cf_dtype dt, int64_t d, __mmask16 m) {
+    if (dt == CF_BF16) {
+        __m256i h = _mm256_maskz_loadu_epi16(m, (const uint16_t*)row + d);
+        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    }
+    if (dt == CF_F16) return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, (const uint16_t*)row + d));
+    return _mm512_maskz_loadu_ps(m, (const float*)row + d);
+}
+
+static inline __mmask16 kv_mask(int64_t left) {
+    return left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1u);
+}
+
+/* bf16 scores with AVX512-BF16 (vdpbf16ps: exact products, fp32 sums): q is exactly bf16 here
+ * (a bf16 input, or rotated and rounded to bf16), so converting it loses nothing. */
+__attribute__((target("avx512bf16,avx512f,avx512bw,avx512vl"))) static void
+kv_dots_bf16(const float* restrict q, int64_t R, int64_t D, const void* const* rows, int64_t nb,
+             float* restrict s) {
+    __m512i qb[256]; /* R * D / 32 <= 256 */
+    for (int64_t r = 0; r < R; r++)
+        for (int64_t d = 0; d < D; d += 32)
+            qb[(r * D + d) / 32] = (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(q + r * D + d + 16),
+                                                                _mm512_loadu_ps(q + r * D + d));
+    const int64_t nd = D / 32;
+    for (int64_t t = 0; t < nb; t++) {
+        const uint16_t* k = rows[t];
+        int64_t r = 0;
+        for (; r + 4 <= R; r += 4) {
+            __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+            const __m512i* qr = qb + r * nd;
+            for (int64_t c = 0; c < nd; c++) {
+                __m512bh kv = (__m512bh)_mm512_loadu_si512(k + 32 * c);
+                a0 = _mm512_dpbf16_ps(a0, (__m512bh)qr[c], kv);
+                a1 = _mm512_dpbf16_ps(a1, (__m512bh)qr[nd + c], kv);
+                a2 = _mm512_dpbf16_ps(a2, (__m512bh)qr[2 * nd + c], kv);
+                a3 = _mm512_dpbf16_ps(a3, (__m512bh)qr[3 * nd + c], kv);
+            }
+            s[r * KV_KB + t] = _mm512_reduce_add_ps(a0);
+            s[(r + 1) * KV_KB + t] = _mm512_reduce_add_ps(a1);
+            s[(r + 2) * KV_KB + t] = _mm512_reduce_add_ps(a2);
+            s[(r + 3) * KV_KB + t] = _mm512_reduce_add_ps(a3);
+        }
+        for (; r < R; r++) {
+            __m512 a0 = _mm512_setzero_ps();
+            for (int64_t c = 0; c < nd; c++)
+                a0 = _mm512_dpbf16_ps(a0, (__m512bh)qb[r * nd + c],
+                                      (__m512bh)_mm512_loadu_si512(k + 32 * c));
+            s[r * KV_KB + t] = _mm512_reduce_add_ps(a0);
+        }
+    }
+}
+
+static void kv_dots(const float* restrict q, int64_t R, int64_t D, const void* const* rows,
+                    int64_t nb, cf_dtype dt, float* restrict s, float* restrict kf) {
+    (void)kf;
+    static int bf16 = -1;
+    if (bf16 < 0) bf16 = cf_cpu()->avx512bf16;
+    if (dt == CF_BF16 && bf16 && D % 32 == 0 && R * D <= 256 * 32) {
+        kv_dots_bf16(q, R, D, rows, nb, s);
+        return;
+    }
+    for (int64_t t = 0; t < nb; t++) {
+        const void* k = rows[t];
+        int64_t r = 0;
+        for (; r + 4 <= R; r += 4) {
+            __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+            const float* q0 = q + r * D;
+            for (int64_t d = 0; d < D; d += 16) {
+                __mmask16 m = kv_mask(D - d);
+                __m512 kv = kv_load16(k, dt, d, m);
+                a0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, q0 + d), kv, a0);
+                a1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, q0 + D + d), kv, a1);
+                a2 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, q0 + 2 * D + d), kv, a2);
+                a3 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, q0 + 3 * D + d), kv, a3);
+            }
+            s[r * KV_KB + t] = _mm512_reduce_add_ps(a0);
+            s[(r + 1) * KV_KB + t] = _mm512_reduce_add_ps(a1);
+            s[(r + 2) * KV_KB + t] = _mm512_reduce_add_ps(a2);
+            s[(r + 3) * KV_KB + t] = _mm512_reduce_add_ps(a3);
+        }
+        for (; r < R; r++) {
+            __m512 a0 = _mm512_setzero_ps();
+            for (int64_t d = 0; d < D; d += 16) {
+                __mmask16 m = kv_mask(D - d);
+                a0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, q + r * D + d),
+                                     kv_load16(k, dt, d, m), a0);
+            }
+            s[r * KV_KB + t] = _mm512_reduce_add_ps(a0);
+        }
+    }
+}
+
+static void kv_pv(float* restrict acc, int64_t R, int64_t Dv, const void* const* rows, int64_t nb,
+                  cf_dtype dt, const float* restrict p, float* restrict vf) {
+    (void)vf;
+    for (int64_t d = 0; d < Dv; d += 16) {
+        __mmask16 m = kv_mask(Dv - d);
+        int64_t r = 0;
+        for (; r + 4 <= R; r += 4) {
+            float* o = acc + r * Dv + d;
+            const float* pr = p + r * KV_KB;
+            __m512 a0 = _mm512_maskz_loadu_ps(m, o), a1 = _mm512_maskz_loadu_ps(m, o + Dv),
+                   a2 = _mm512_maskz_loadu_ps(m, o + 2 * Dv),
+                   a3 = _mm512_maskz_loadu_ps(m, o + 3 * Dv);
+            for (int64_t t = 0; t < nb; t++) {
+                __m512 v = kv_load16(rows[t], dt, d, m);
+                a0 = _mm512_fmadd_ps(_mm512_set1_ps(pr[t]), v, a0);
+                a1 = _mm512_fmadd_ps(_mm512_set1_ps(pr[KV_KB + t]), v, a1);
+                a2 = _mm512_fmadd_ps(_mm512_set1_ps(pr[2 * KV_KB + t]), v, a2);
+                a3 = _mm512_fmadd_ps(_mm512_set1_ps(pr[3 * KV_KB + t]), v, a3);
+            }
+            _mm512_mask_storeu_ps(o, m, a0);
+            _mm512_mask_storeu_ps(o + Dv, m, a1);
+            _mm512_mask_storeu_ps(o + 2 * Dv, m, a2);
+            _mm512_mask_storeu_ps(o + 3 * Dv, m, a3);
+        }
+        for (; r < R; r++) {
+            float* o = acc + r * Dv + d;
+            __m512 a0 = _mm512_maskz_loadu_ps(m, o);
+            for (int64_t t = 0; t < nb; t++)
+                a0 = _mm512_fmadd_ps(_mm512_set1_ps(p[r * KV_KB + t]), kv_load16(rows[t], dt, d, m),
+                                     a0);
+            _mm512_mask_storeu_ps(o, m, a0);
+        }
+    }
+}
 
 #include "cpu/kvcache_fast.h"
 #include "cpu/merge_fast.h"

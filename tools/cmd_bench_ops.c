@@ -1,0 +1,463 @@
+/* `cflash bench rotary|norm|decode|merge`: timing of the ops around attention, as bytes moved per
+ * second against the memory bandwidth measured in the same run (cf_measure_peaks): these ops are
+ * memory-bound, so that fraction is their figure of merit. Median of repeated runs after warm-up.
+ * Problem flags as every subcommand, plus the op's own:
+ *   rotary  x (batch, seqlen, heads, head-dim); --rotary-dim N (default head-dim), --interleaved,
+ *           --inplace. Bytes: x read + x (or out) written + cos/sin read.
+ *   norm    rows = batch * seqlen, N = heads * head-dim; --layer (LayerNorm; default RMSNorm),
+ *           --residual (residual in, prenorm residual_out). Bytes: x (+ residual) read, out
+ *           (+ residual_out) written.
+ *   decode  q (batch, seqlen-q, heads, head-dim) against a full cache (batch, seqlen-k, heads-kv,
+ *           head-dim); --page N (paged cache), --splits N. Bytes: K and V read (+ q, out).
+ *   merge   --splits N parts of (batch, seqlen-q, heads, head-dim) in the dtype, fp32 LSE.
+ * Example (the issue's decode target):
+ *   cflash bench decode --batch 1 --heads 32 --heads-kv 8 --head-dim 128 --seqlen-q 1
+ *       --seqlen-k 131072 --dtype bf16 */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "cli.h"
+
+int cf_cmd_bench_rotary(int argc, char** argv);
+int cf_cmd_bench_norm(int argc, char** argv);
+int cf_cmd_bench_decode(int argc, char** argv);
+int cf_cmd_bench_merge(int argc, char** argv);
+
+/* ---- Flags: the op's own are taken out, the rest go to cf_problem_parse ---------------------- */
+
+typedef struct ops_flags {
+    int64_t rotary_dim, page, splits;
+    int interleaved, inplace, layer, residual;
+} ops_flags;
+
+static int parse(const char* cmd, int argc, char** argv, cf_problem* pr, ops_flags* f) {
+    memset(f, 0, sizeof *f);
+    f->splits = -1;
+    char** rest = calloc((size_t)argc + 1, sizeof(char*));
+    int n = 0;
+    for (int i = 0; i < argc; i++) {
+        const char* a = argv[i];
+        int64_t* val = !strcmp(a, "--rotary-dim") ? &f->rotary_dim
+                       : !strcmp(a, "--page")     ? &f->page
+                       : !strcmp(a, "--splits")   ? &f->splits
+                                                  : NULL;
+        if (i >= 3 && val) {
+            char* end = NULL;
+            if (i + 1 >= argc || (*val = strtoll(argv[i + 1], &end, 10), *end) || *val < 0) {
+                fprintf(stderr, "cflash bench %s: %s needs an integer >= 0\n", cmd, a);
+                free(rest);
+                return -1;
+            }
+            i++;
+            continue;
+        }
+        if (i >= 3 && !strcmp(a, "--interleaved"))
+            f->interleaved = 1;
+        else if (i >= 3 && !strcmp(a, "--inplace"))
+            f->inplace = 1;
+        else if (i >= 3 && !strcmp(a, "--layer"))
+            f->layer = 1;
+        else if (i >= 3 && !strcmp(a, "--residual"))
+            f->residual = 1;
+        else
+            rest[n++] = argv[i];
+    }
+    char err[256];
+    cf_problem_defaults(pr);
+    int rc = cf_problem_parse(pr, n, rest, 3, err, sizeof err);
+    free(rest);
+    if (rc) {
+        fprintf(stderr, "cflash bench %s: %s\n", cmd, err);
+        return -1;
+    }
+    if (pr->device != kDLCPU) {
+        fprintf(stderr, "cflash bench %s: only --device cpu has kernels for this op\n", cmd);
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- Tensors ----------------------------------------------------------------------------------
+ */
+
+typedef struct tens {
+    DLTensor dl;
+    int64_t shape[5];
+} tens;
+
+/* Allocates and fills with values in [-1, 1) from a cheap hash, in parallel (GBs of inputs). */
+static int tens_new(tens* t, cf_dtype dt, int ndim, const int64_t* shape, uint64_t seed) {
+    memset(t, 0, sizeof *t);
+    int64_t n = 1;
+    for (int i = 0; i < ndim; i++)
+        t->shape[i] = shape[i], n *= shape[i];
+    size_t es = cf_dtype_size(dt), bytes = (size_t)n * es;
+    void* p = malloc(bytes ? bytes : 1);
+    if (!p) {
+        fprintf(stderr, "cflash bench: out of memory for %zu bytes\n", bytes);
+        return -1;
+    }
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n; i++) {
+        uint64_t h = ((uint64_t)i + seed) * 0x9E3779B97F4A7C15ull;
+        h ^= h >> 29;
+        float x = (float)((h >> 40) & 0xffff) / 32768.0f - 1.0f;
+        if (dt == CF_I32)
+            ((int32_t*)p)[i] = 0;
+        else
+            cf_store(p, dt, i, x);
+    }
+    t->dl.data = p;
+    t->dl.device.device_type = kDLCPU;
+    t->dl.ndim = ndim;
+    t->dl.shape = t->shape;
+    DLDataType d = {kDLFloat, 32, 1};
+    if (dt == CF_F16) d.bits = 16;
+    if (dt == CF_BF16) d.code = kDLBfloat, d.bits = 16;
+    if (dt == CF_I32) d.code = kDLInt;
+    t->dl.dtype = d;
+    return 0;
+}
+
+static void tens_free(tens* t) {
+    free(t->dl.data);
+    t->dl.data = NULL;
+}
+
+/* ---- Timing and the report line ----------------------------------------------------------------
+ */
+
+typedef struct job {
+    cflash_status (*fn)(void*);
+    void* arg;
+    cflash_status status;
+} job;
+
+static void run_job(void* p) {
+    job* j = p;
+    cflash_status s = j->fn(j->arg);
+    if (s != CFLASH_OK) j->status = s;
+}
+
+static const char* served_by(const char* text, char* name, size_t n) {
+    const char* a = strstr(text, "-> ");
+    snprintf(name, n, "%s", a ? a + 3 : "?");
+    char* nl = strchr(name, '\n');
+    if (nl) *nl = 0;
+    return name;
+}
+
+/* The same-run bandwidth reference: a copy of 256 MB into 256 MB (each far larger than the
+ * caches) with the op's thread count, timed in alternation with the op so that both see the same
+ * load on the machine; bytes moved = read + written. */
+typedef struct copy_ref {
+    float *a, *b;
+    size_t n;
+    int threads;
+} copy_ref;
+
+static void run_copy(void* p) {
+    copy_ref* c = p;
+    float *a = c->a, *b = c->b;
+#pragma omp parallel for num_threads(c->threads) schedule(static)
+    for (size_t i = 0; i < c->n; i++)
+        b[i] = a[i] * 1.0001f;
+}
+
+static int cmp_d(const void* x, const void* y) {
+    double a = *(const double*)x, b = *(const double*)y;
+    return a < b ? -1 : a > b;
+}
+
+static int report(const char* op, const cf_problem* pr, const char* shape, const char* backend,
+                  job* j, double bytes) {
+    int threads = pr->threads;
+#ifdef _OPENMP
+    if (threads <= 0) threads = omp_get_max_threads();
+#endif
+    if (threads <= 0) threads = 1;
+    copy_ref cr = {NULL, NULL, (size_t)64 << 20, threads};
+    cr.a = malloc(cr.n * sizeof(float));
+    cr.b = malloc(cr.n * sizeof(float));
+    if (!cr.a || !cr.b) {
+        fprintf(stderr, "cflash bench %s: out of memory for the bandwidth reference\n", op);
+        free(cr.a), free(cr.b);
+        return 1;
+    }
+    memset(cr.a, 0, cr.n * sizeof(float)), memset(cr.b, 0, cr.n * sizeof(float));
+    int reps = pr->reps > 0 ? pr->reps : 1;
+    double* t_op = calloc((size_t)reps, sizeof(double));
+    double* t_cp = calloc((size_t)reps, sizeof(double));
+    j->status = CFLASH_OK;
+    for (int w = 0; w < pr->warmup; w++)
+        run_job(j), run_copy(&cr);
+    for (int r = 0; r < reps; r++) {
+        double t0 = cf_now_s();
+        run_job(j);
+        double t1 = cf_now_s();
+        run_copy(&cr);
+        t_op[r] = (t1 - t0) * 1e3;
+        t_cp[r] = (cf_now_s() - t1) * 1e3;
+    }
+    qsort(t_op, (size_t)reps, sizeof(double), cmp_d);
+    qsort(t_cp, (size_t)reps, sizeof(double), cmp_d);
+    double ms = t_op[reps / 2], ms_cp = t_cp[reps / 2];
+    free(t_op), free(t_cp), free(cr.a), free(cr.b);
+    if (j->status != CFLASH_OK) {
+        fprintf(stderr, "cflash bench %s: %s: %s\n", op, cflash_status_string(j->status),
+                cflash_last_error());
+        return 1;
+    }
+    const cf_peaks* pk = cf_measure_peaks(threads);
+    double gbs = bytes / (ms * 1e-3) * 1e-9;
+    double ref = 2.0 * (double)(cr.n * sizeof(float)) / (ms_cp * 1e-3) * 1e-9;
+    double frac = pk->mem_bw_gbs > 0 ? gbs / pk->mem_bw_gbs : 0, frac_ref = gbs / ref;
+    if (pr->json)
+        printf("{\"op\":\"%s\",\"shape\":\"%s\",\"dtype\":\"%s\",\"backend\":\"%s\",\"threads\":%d,"
+               "\"ms\":%.4f,\"bytes\":%.0f,\"gbs\":%.2f,\"mem_bw_gbs\":%.2f,\"frac_mem_bw\":%.3f,"
+               "\"copy_gbs_same_run\":%.2f,\"frac_copy\":%.3f}\n",
+               op, shape, cf_dtype_name(pr->dtype), backend, threads, ms, bytes, gbs,
+               pk->mem_bw_gbs, frac, ref, frac_ref);
+    else
+        printf(
+            "%-7s %s %s on %s, %d threads: %.3f ms (median of %d), %.3f GB moved, %.2f GB/s\n"
+            "        = %.0f%% of the copy bandwidth timed alternately with it (%.2f GB/s, median)"
+            "\n        = %.0f%% of `cflash bench peak` memory bandwidth (%.2f GB/s, best of 5)\n",
+            op, shape, cf_dtype_name(pr->dtype), backend, threads, ms, reps, bytes * 1e-9, gbs,
+            100.0 * frac_ref, ref, 100.0 * frac, pk->mem_bw_gbs);
+    return 0;
+}
+
+static cflash_context* make_ctx(const cf_problem* pr) {
+    cflash_context* ctx = NULL;
+    if (cflash_context_create(&ctx) != CFLASH_OK) return NULL;
+    cflash_context_set_threads(ctx, pr->threads);
+    if (pr->backend && cflash_context_set_backend(ctx, pr->backend) != CFLASH_OK) {
+        fprintf(stderr, "cflash bench: %s\n", cflash_last_error());
+        cflash_context_free(ctx);
+        return NULL;
+    }
+    return ctx;
+}
+
+/* ---- rotary -----------------------------------------------------------------------------------
+ */
+
+typedef struct rot_arg {
+    cflash_context* ctx;
+    cflash_rotary_params p;
+    tens x, cs, sn, out;
+    int inplace;
+} rot_arg;
+
+static cflash_status rot_call(void* p) {
+    rot_arg* a = p;
+    return cflash_rotary_apply(a->ctx, &a->p, &a->x.dl, &a->cs.dl, &a->sn.dl,
+                               a->inplace ? NULL : &a->out.dl);
+}
+
+int cf_cmd_bench_rotary(int argc, char** argv) {
+    cf_problem pr;
+    ops_flags f;
+    if (parse("rotary", argc, argv, &pr, &f)) return 2;
+    rot_arg a;
+    memset(&a, 0, sizeof a);
+    int64_t B = pr.batch, S = pr.seqlen_q, H = pr.heads, D = pr.head_dim;
+    int64_t rd = f.rotary_dim ? f.rotary_dim : D;
+    int64_t xs[4] = {B, S, H, D}, cs[2] = {S, rd / 2};
+    a.ctx = make_ctx(&pr);
+    if (!a.ctx || tens_new(&a.x, pr.dtype, 4, xs, 1) || tens_new(&a.cs, CF_F32, 2, cs, 2) ||
+        tens_new(&a.sn, CF_F32, 2, cs, 3) || (!f.inplace && tens_new(&a.out, pr.dtype, 4, xs, 4)))
+        return 1;
+    cflash_rotary_params_init(&a.p);
+    a.p.interleaved = f.interleaved;
+    a.inplace = f.inplace;
+    char text[1024], be[64], shape[128];
+    cflash_status s = cflash_explain(a.ctx, CFLASH_OP_ROTARY, text, sizeof text, &a.p, &a.x.dl,
+                                     &a.cs.dl, &a.sn.dl, f.inplace ? NULL : &a.out.dl);
+    if (s != CFLASH_OK) {
+        fprintf(stderr, "cflash bench rotary: %s\n", cflash_last_error());
+        return 1;
+    }
+    snprintf(shape, sizeof shape, "x(%lld,%lld,%lld,%lld) rd%lld%s%s", (long long)B, (long long)S,
+             (long long)H, (long long)D, (long long)rd, f.interleaved ? " interleaved" : "",
+             f.inplace ? " inplace" : "");
+    double es = (double)cf_dtype_size(pr.dtype), n = (double)(B * S * H * D);
+    /* in place only the rotated dims are written back */
+    double bytes = n * es + (f.inplace ? n * es * (double)rd / (double)D : n * es) +
+                   2.0 * (double)(S * (rd / 2)) * 4.0;
+    job j = {rot_call, &a, CFLASH_OK};
+    int rc = report("rotary", &pr, shape, served_by(text, be, sizeof be), &j, bytes);
+    tens_free(&a.x), tens_free(&a.cs), tens_free(&a.sn), tens_free(&a.out);
+    cflash_context_free(a.ctx);
+    return rc;
+}
+
+/* ---- norm -------------------------------------------------------------------------------------
+ */
+
+typedef struct norm_arg {
+    cflash_context* ctx;
+    cflash_norm_params p;
+    tens x, res, w, out, resout;
+    int residual;
+} norm_arg;
+
+static cflash_status norm_call(void* p) {
+    norm_arg* a = p;
+    return cflash_norm_fwd(a->ctx, &a->p, &a->x.dl, a->residual ? &a->res.dl : NULL, &a->w.dl, NULL,
+                           &a->out.dl, a->residual ? &a->resout.dl : NULL, NULL, NULL);
+}
+
+int cf_cmd_bench_norm(int argc, char** argv) {
+    cf_problem pr;
+    ops_flags f;
+    if (parse("norm", argc, argv, &pr, &f)) return 2;
+    norm_arg a;
+    memset(&a, 0, sizeof a);
+    int64_t M = pr.batch * pr.seqlen_q, N = pr.heads * pr.head_dim;
+    int64_t xs[2] = {M, N}, ws[1] = {N};
+    a.ctx = make_ctx(&pr);
+    a.residual = f.residual;
+    if (!a.ctx || tens_new(&a.x, pr.dtype, 2, xs, 1) || tens_new(&a.w, CF_F32, 1, ws, 2) ||
+        tens_new(&a.out, pr.dtype, 2, xs, 3) ||
+        (f.residual &&
+         (tens_new(&a.res, pr.dtype, 2, xs, 4) || tens_new(&a.resout, pr.dtype, 2, xs, 5))))
+        return 1;
+    cflash_norm_params_init(&a.p);
+    a.p.type = f.layer ? CFLASH_NORM_LAYER : CFLASH_NORM_RMS;
+    char text[1024], be[64], shape[128];
+    cflash_status s = cflash_explain(a.ctx, CFLASH_OP_NORM_FWD, text, sizeof text, &a.p, &a.x.dl,
+                                     f.residual ? &a.res.dl : NULL, &a.w.dl, NULL, &a.out.dl,
+                                     f.residual ? &a.resout.dl : NULL, NULL, NULL);
+    if (s != CFLASH_OK) {
+        fprintf(stderr, "cflash bench norm: %s\n", cflash_last_error());
+        return 1;
+    }
+    snprintf(shape, sizeof shape, "%s x(%lld,%lld)%s", f.layer ? "layernorm" : "rmsnorm",
+             (long long)M, (long long)N, f.residual ? " +residual" : "");
+    double bytes = (double)(M * N) * (double)cf_dtype_size(pr.dtype) * (f.residual ? 4.0 : 2.0);
+    job j = {norm_call, &a, CFLASH_OK};
+    int rc = report("norm", &pr, shape, served_by(text, be, sizeof be), &j, bytes);
+    tens_free(&a.x), tens_free(&a.w), tens_free(&a.out), tens_free(&a.res), tens_free(&a.resout);
+    cflash_context_free(a.ctx);
+    return rc;
+}
+
+/* ---- decode -----------------------------------------------------------------------------------
+ */
+
+typedef struct dec_arg {
+    cflash_context* ctx;
+    cflash_attn_params p;
+    cflash_kvcache_params kp;
+    tens q, kc, vc, out, lse, bt;
+} dec_arg;
+
+static cflash_status dec_call(void* p) {
+    dec_arg* a = p;
+    return cflash_attn_kvcache_fwd(a->ctx, &a->p, &a->kp, &a->q.dl, &a->kc.dl, &a->vc.dl,
+                                   &a->out.dl, &a->lse.dl);
+}
+
+int cf_cmd_bench_decode(int argc, char** argv) {
+    cf_problem pr;
+    ops_flags f;
+    if (parse("decode", argc, argv, &pr, &f)) return 2;
+    dec_arg a;
+    memset(&a, 0, sizeof a);
+    int64_t B = pr.batch, Sq = pr.seqlen_q, Sk = pr.seqlen_k, H = pr.heads, Hk = pr.heads_kv,
+            D = pr.head_dim;
+    int64_t qs[4] = {B, Sq, H, D}, ls[3] = {B, H, Sq};
+    int64_t pages = f.page ? (Sk + f.page - 1) / f.page : 0;
+    int64_t ks[4] = {B, Sk, Hk, D}, kps[4] = {B * pages, f.page, Hk, D}, bts[2] = {B, pages};
+    a.ctx = make_ctx(&pr);
+    if (!a.ctx || tens_new(&a.q, pr.dtype, 4, qs, 1) ||
+        tens_new(&a.kc, pr.dtype, 4, f.page ? kps : ks, 2) ||
+        tens_new(&a.vc, pr.dtype, 4, f.page ? kps : ks, 3) ||
+        tens_new(&a.out, pr.dtype, 4, qs, 4) || tens_new(&a.lse, CF_F32, 3, ls, 5) ||
+        (f.page && tens_new(&a.bt, CF_I32, 2, bts, 6)))
+        return 1;
+    for (int64_t i = 0; f.page && i < B * pages; i++) /* pages in a scattered order */
+        ((int32_t*)a.bt.dl.data)[i] = (int32_t)((i * 7919) % (B * pages));
+    cflash_attn_params_init(&a.p);
+    a.p.causal = pr.causal;
+    a.p.window_left = pr.window_left, a.p.window_right = pr.window_right;
+    a.p.softcap = pr.softcap;
+    cflash_kvcache_params_init(&a.kp);
+    a.kp.cache_seqlen = Sk;
+    a.kp.block_table = f.page ? &a.bt.dl : NULL;
+    a.kp.num_splits = f.splits >= 0 ? (int)f.splits : 0;
+    char text[1024], be[64], shape[160];
+    cflash_status s = cflash_explain(a.ctx, CFLASH_OP_KVCACHE_FWD, text, sizeof text, &a.p, &a.kp,
+                                     &a.q.dl, &a.kc.dl, &a.vc.dl, &a.out.dl, &a.lse.dl);
+    if (s != CFLASH_OK) {
+        fprintf(stderr, "cflash bench decode: %s\n", cflash_last_error());
+        return 1;
+    }
+    snprintf(shape, sizeof shape, "B%lld H%lld/%lld D%lld Sq%lld Sk%lld%s%s", (long long)B,
+             (long long)H, (long long)Hk, (long long)D, (long long)Sq, (long long)Sk,
+             f.page ? " paged" : "", pr.causal ? " causal" : "");
+    if (f.page)
+        snprintf(shape + strlen(shape), sizeof shape - strlen(shape), "%lld", (long long)f.page);
+    double es = (double)cf_dtype_size(pr.dtype);
+    double bytes = 2.0 * (double)(B * Sk * Hk * D) * es + 2.0 * (double)(B * Sq * H * D) * es;
+    job j = {dec_call, &a, CFLASH_OK};
+    int rc = report("decode", &pr, shape, served_by(text, be, sizeof be), &j, bytes);
+    tens_free(&a.q), tens_free(&a.kc), tens_free(&a.vc), tens_free(&a.out), tens_free(&a.lse),
+        tens_free(&a.bt);
+    cflash_context_free(a.ctx);
+    return rc;
+}
+
+/* ---- merge ------------------------------------------------------------------------------------
+ */
+
+typedef struct merge_arg {
+    cflash_context* ctx;
+    tens op, lp, out, lse;
+} merge_arg;
+
+static cflash_status merge_call(void* p) {
+    merge_arg* a = p;
+    return cflash_attn_merge(a->ctx, &a->op.dl, &a->lp.dl, &a->out.dl, &a->lse.dl);
+}
+
+int cf_cmd_bench_merge(int argc, char** argv) {
+    cf_problem pr;
+    ops_flags f;
+    if (parse("merge", argc, argv, &pr, &f)) return 2;
+    merge_arg a;
+    memset(&a, 0, sizeof a);
+    int64_t NS = f.splits > 0 ? f.splits : 4, B = pr.batch, Sq = pr.seqlen_q, H = pr.heads,
+            D = pr.head_dim;
+    int64_t ps[5] = {NS, B, Sq, H, D}, pl[4] = {NS, B, H, Sq}, os[4] = {B, Sq, H, D},
+            ls[3] = {B, H, Sq};
+    a.ctx = make_ctx(&pr);
+    if (!a.ctx || tens_new(&a.op, pr.dtype, 5, ps, 1) || tens_new(&a.lp, CF_F32, 4, pl, 2) ||
+        tens_new(&a.out, pr.dtype, 4, os, 3) || tens_new(&a.lse, CF_F32, 3, ls, 4))
+        return 1;
+    char text[1024], be[64], shape[128];
+    cflash_status s = cflash_explain(a.ctx, CFLASH_OP_ATTN_MERGE, text, sizeof text, &a.op.dl,
+                                     &a.lp.dl, &a.out.dl, &a.lse.dl);
+    if (s != CFLASH_OK) {
+        fprintf(stderr, "cflash bench merge: %s\n", cflash_last_error());
+        return 1;
+    }
+    snprintf(shape, sizeof shape, "%lld x (%lld,%lld,%lld,%lld)", (long long)NS, (long long)B,
+             (long long)Sq, (long long)H, (long long)D);
+    double es = (double)cf_dtype_size(pr.dtype), n = (double)(B * Sq * H * D);
+    double bytes =
+        (double)NS * (n * es + (double)(B * H * Sq) * 4.0) + n * es + (double)(B * H * Sq) * 4.0;
+    job j = {merge_call, &a, CFLASH_OK};
+    int rc = report("merge", &pr, shape, served_by(text, be, sizeof be), &j, bytes);
+    tens_free(&a.op), tens_free(&a.lp), tens_free(&a.out), tens_free(&a.lse);
+    cflash_context_free(a.ctx);
+    return rc;
+}
