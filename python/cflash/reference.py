@@ -97,15 +97,24 @@ def attention_bwd(dout, q, k, v, softmax_scale=None, causal=False, window_size=(
     scale = q.shape[-1] ** -0.5 if softmax_scale is None else softmax_scale
     H, Hk = q.shape[2], k.shape[2]
     g = H // Hk
-    _, _, p = attention(q, k, v, scale, causal, window_size, softcap, alibi_slopes, dropout_p, dropout_mask, dtype)
-    p = rnd(p)
+    out, lse, p = attention(q, k, v, scale, causal, window_size, softcap, alibi_slopes, dropout_p, dropout_mask,
+                            dtype)
     keep = 1.0
     if dropout_mask is not None and dropout_p > 0:
         keep = dropout_mask / (1.0 - dropout_p)
     kk, vv = np.repeat(k, g, axis=2), np.repeat(v, g, axis=2)
-    dvv = np.einsum("bhij,bihd->bjhd", rnd(p * keep), dout)
     dp = np.einsum("bihd,bjhd->bhij", dout, vv) * keep
-    dt = p * (dp - (p * dp).sum(axis=-1, keepdims=True))
+    if dtype is None:  # exact: dS = P (dP - rowsum(P dP))
+        dsum = (p * dp).sum(axis=-1, keepdims=True)
+    else:  # as a plain same-precision backward does: P from the saved fp32 LSE, D = rowsum(dO O)
+        ok = visible(q.shape[1], k.shape[1], causal, window_size)
+        t, _ = _scores(q, k, scale, softcap, _cast(alibi_slopes, work), ok, rnd)
+        with np.errstate(invalid="ignore"):
+            p = np.where(np.isfinite(lse)[..., None], np.exp(t - lse[..., None]), 0.0).astype(work)
+        p = rnd(p)
+        dsum = np.einsum("bihd,bihd->bhi", dout, out)[..., None]
+    dvv = np.einsum("bhij,bihd->bjhd", rnd(p * keep), dout)
+    dt = p * (dp - dsum)
     if softcap > 0:
         s = scale * np.einsum("bihd,bjhd->bhij", q, kk)
         dt = dt * (1.0 - np.tanh(s / softcap) ** 2)
