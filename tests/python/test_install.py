@@ -45,8 +45,9 @@ def test_pip_install_and_readme_example(tmp_path):
     assert r.returncode == 0, "README example failed:\n%s\n%s" % (r.stdout, r.stderr)
     assert r.stdout.strip(), "the README example printed nothing"
     # the installed package uses its bundled library and does not need torch
-    check = ("import sys, os, cflash; lib = cflash.library_path; "
+    check = ("import sys, os, importlib.metadata as md, cflash; lib = cflash.library_path; "
              "assert os.path.dirname(lib) == os.path.dirname(cflash.__file__), lib; "
+             "assert md.version('cflash') == cflash.__version__, (md.version('cflash'), cflash.__version__); "
              "assert 'torch' not in sys.modules; print(lib)")
     r = subprocess.run([py, "-c", check], env=env, cwd=str(tmp_path), capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
