@@ -268,3 +268,21 @@ def test_attn_merge_of_key_splits(rng, poison):
     ro, rl, _ = R.attention(q, k, v)
     assert out.shape == (B, Sq, H, D) and lse.shape == (B, H, Sq)
     assert np.abs(out - ro).max() < 1e-5 and np.abs(lse - rl).max() < 1e-5
+
+
+def test_kvcache_rotary_positions_when_not_causal(rng):
+    """Not causal and not windowed: every q row is rotated at position cache_seqlens (flash-attn)."""
+    B, Sc, Hk, H, D, rd, Sq = 1, 16, 1, 2, 8, 8, 3
+    kc, vc = _cache(rng, B, Sc, Hk, D)
+    kc0 = kc.copy()
+    L = 4
+    q = rng.standard_normal((B, Sq, H, D)).astype(np.float32)
+    kn, vn = rng.standard_normal((B, Sq, Hk, D)).astype(np.float32), rng.standard_normal((B, Sq, Hk, D)).astype(np.float32)
+    cos, sin = tables(rng, 16, rd)
+    out = cflash.flash_attn_with_kvcache(q, kc, vc, kn, vn, cos, sin, cache_seqlens=L, rotary_interleaved=False)
+    kr = R.rotary(kn, cos, sin, False, L)  # new keys at L, L + 1, L + 2
+    qr = np.concatenate([R.rotary(q[:, i:i + 1], cos, sin, False, L) for i in range(Sq)], axis=1)  # all at L
+    keys = np.concatenate([kc0[:, :L], kr], axis=1)
+    vals = np.concatenate([vc[:, :L], vn], axis=1)
+    ro, _, _ = R.attention(qr, keys, vals)
+    assert np.abs(out - ro).max() < 1e-5
