@@ -19,6 +19,14 @@ double cf_now_s(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+/* CPU seconds used by every thread of this process. */
+double cf_cpu_s(void);
+double cf_cpu_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
 static int cmp_double(const void* a, const void* b) {
     double x = *(const double*)a, y = *(const double*)b;
     return (x > y) - (x < y);
@@ -137,8 +145,10 @@ __attribute__((target("amx-tile,amx-bf16"))) static double amxbf16(int64_t iters
 #endif
 #endif
 
-/* GFLOP/s of kernel run on every thread at once for about `seconds`. */
-static double run_peak(double (*kernel)(int64_t), int threads, double seconds) {
+/* GFLOP/s of kernel run on every thread at once for about `seconds`; *per_cpu gets the same
+ * normalised by the CPU time the threads got (GFLOP per CPU-second, times threads): on a shared
+ * machine it is what the cores do while they run, not what the scheduler leaves. */
+static double run_peak(double (*kernel)(int64_t), int threads, double seconds, double* per_cpu) {
     /* Calibrate on one thread, then time the parallel run. */
     int64_t iters = 1 << 12;
     for (;;) {
@@ -151,9 +161,10 @@ static double run_peak(double (*kernel)(int64_t), int threads, double seconds) {
         }
         iters *= 4;
     }
-    double flops = 0.0, t0 = cf_now_s();
+    double flops = 0.0, t0 = cf_now_s(), c0 = cf_cpu_s();
 #pragma omp parallel num_threads(threads) reduction(+ : flops)
     flops += kernel(iters);
+    *per_cpu = flops / (cf_cpu_s() - c0) * 1e-9 * threads;
     return flops / (cf_now_s() - t0) * 1e-9;
 }
 
@@ -185,6 +196,14 @@ static double mem_bw(int threads) {
     return best;
 }
 
+static cf_peaks pcpu; /* the same peaks per CPU-second (times threads) */
+
+const cf_peaks* cf_measure_peaks_cpu(int threads);
+const cf_peaks* cf_measure_peaks_cpu(int threads) {
+    cf_measure_peaks(threads);
+    return &pcpu;
+}
+
 const cf_peaks* cf_measure_peaks(int threads) {
     static cf_peaks p;
     static int done = 0;
@@ -197,16 +216,18 @@ const cf_peaks* cf_measure_peaks(int threads) {
     }
     if (done && p.threads == threads) return &p;
     memset(&p, 0, sizeof p);
-    p.threads = threads;
+    memset(&pcpu, 0, sizeof pcpu);
+    p.threads = pcpu.threads = threads;
 #if defined(__x86_64__)
     const cf_cpu_info* ci = cf_cpu();
     if (ci->avx512f)
-        p.fma_f32_gflops = run_peak(fma512, threads, 0.25);
+        p.fma_f32_gflops = run_peak(fma512, threads, 0.25, &pcpu.fma_f32_gflops);
     else if (ci->avx2 && ci->fma)
-        p.fma_f32_gflops = run_peak(fma256, threads, 0.25);
-    if (ci->avx512bf16) p.bf16_dot_gflops = run_peak(dpbf16, threads, 0.25);
+        p.fma_f32_gflops = run_peak(fma256, threads, 0.25, &pcpu.fma_f32_gflops);
+    if (ci->avx512bf16) p.bf16_dot_gflops = run_peak(dpbf16, threads, 0.25, &pcpu.bf16_dot_gflops);
 #ifdef HAVE_AMX_PEAK
-    if (ci->amx_bf16 && ci->amx_permitted) p.amx_bf16_gflops = run_peak(amxbf16, threads, 0.25);
+    if (ci->amx_bf16 && ci->amx_permitted)
+        p.amx_bf16_gflops = run_peak(amxbf16, threads, 0.25, &pcpu.amx_bf16_gflops);
 #endif
 #endif
     p.mem_bw_gbs = mem_bw(threads);

@@ -14,6 +14,9 @@
 #include "probe/cpu_features.h"
 
 int cf_cmd_bench(int argc, char** argv);
+/* bench_util.c: process CPU seconds, and the peaks per CPU-second (times threads). */
+double cf_cpu_s(void);
+const cf_peaks* cf_measure_peaks_cpu(int threads);
 int cf_cmd_bench_peak(int argc, char** argv);
 
 static int resolve_threads(int t) {
@@ -36,18 +39,22 @@ int cf_cmd_bench_peak(int argc, char** argv) {
     }
     const int T = resolve_threads(pr.threads);
     const cf_peaks* p = cf_measure_peaks(T);
+    const cf_peaks* pc = cf_measure_peaks_cpu(T);
     const cf_cpu_info* ci = cf_cpu();
     if (pr.json) {
         printf("{\"op\":\"peak\",\"cpu\":\"%s\",\"threads\":%d,\"fma_f32_gflops\":%.1f,"
-               "\"bf16_dot_gflops\":%.1f,\"amx_bf16_gflops\":%.1f,\"mem_bw_gbs\":%.1f}\n",
+               "\"bf16_dot_gflops\":%.1f,\"amx_bf16_gflops\":%.1f,\"mem_bw_gbs\":%.1f,"
+               "\"fma_f32_gflops_cpu\":%.1f,\"bf16_dot_gflops_cpu\":%.1f}\n",
                ci->model, T, p->fma_f32_gflops, p->bf16_dot_gflops, p->amx_bf16_gflops,
-               p->mem_bw_gbs);
+               p->mem_bw_gbs, pc->fma_f32_gflops, pc->bf16_dot_gflops);
     } else {
         printf("cpu: %s, %d threads\n", ci->model, T);
-        printf("  fp32 FMA        %10.1f GFLOP/s (%s)\n", p->fma_f32_gflops,
-               ci->avx512f ? "AVX-512 vfmadd231ps" : "AVX2 vfmadd231ps");
+        printf("  fp32 FMA        %10.1f GFLOP/s (%s; %.1f per CPU-second x threads)\n",
+               p->fma_f32_gflops, ci->avx512f ? "AVX-512 vfmadd231ps" : "AVX2 vfmadd231ps",
+               pc->fma_f32_gflops);
         if (p->bf16_dot_gflops > 0)
-            printf("  AVX512-BF16     %10.1f GFLOP/s (vdpbf16ps)\n", p->bf16_dot_gflops);
+            printf("  AVX512-BF16     %10.1f GFLOP/s (vdpbf16ps; %.1f per CPU-second x threads)\n",
+                   p->bf16_dot_gflops, pc->bf16_dot_gflops);
         else
             printf("  AVX512-BF16     %10s (CPU lacks avx512_bf16)\n", "-");
         if (p->amx_bf16_gflops > 0)
@@ -244,33 +251,42 @@ int cf_cmd_bench(int argc, char** argv) {
             rc = 1;
             break;
         }
-        const double ms = cf_bench_median_ms(run_once, &r, pr.warmup, pr.reps);
+        for (int w = 0; w < pr.warmup; w++)
+            run_once(&r);
+        const double c0 = cf_cpu_s();
+        const double ms = cf_bench_median_ms(run_once, &r, 0, pr.reps);
+        const double cpu_ms = (cf_cpu_s() - c0) * 1e3 / pr.reps; /* mean CPU time per run */
         const double flops =
             4.0 * (double)B * (double)H * pairs(&pr) * (double)(D + Dv) / 2.0 * (bwd ? 2.5 : 1.0);
         const double gflops = flops / (ms * 1e-3) * 1e-9;
+        /* Per CPU-second times threads: robust on a shared machine (compare with peak_cpu). */
+        const double gflops_cpu = flops / (cpu_ms * 1e-3) * 1e-9 * T;
+        const cf_peaks* pkc = pk ? cf_measure_peaks_cpu(T) : NULL;
         /* The unit doing the matrix work. */
         const char* unit = "fp32_fma";
-        double peak = pk ? pk->fma_f32_gflops : 0.0;
+        double peak = pk ? pk->fma_f32_gflops : 0.0, peak_cpu = pkc ? pkc->fma_f32_gflops : 0.0;
         if (pk && pr.dtype == CF_BF16) { /* the bf16 kernels multiply on vdpbf16ps / AMX */
             if (!strcmp(backend, "cpu-amx") && pk->amx_bf16_gflops > 0)
-                unit = "amx_bf16", peak = pk->amx_bf16_gflops;
+                unit = "amx_bf16", peak = pk->amx_bf16_gflops, peak_cpu = pkc->amx_bf16_gflops;
             else if (!strcmp(backend, "cpu-avx512") && pk->bf16_dot_gflops > 0)
-                unit = "avx512_bf16", peak = pk->bf16_dot_gflops;
+                unit = "avx512_bf16", peak = pk->bf16_dot_gflops, peak_cpu = pkc->bf16_dot_gflops;
         }
         if (!pk) unit = "none";
         const double frac = peak > 0 ? gflops / peak : 0.0;
+        const double frac_cpu = peak_cpu > 0 ? gflops_cpu / peak_cpu : 0.0;
         if (pr.json) {
             printf("{\"op\":\"%s\",\"backend\":\"%s\",\"dtype\":\"%s\",\"B\":%lld,\"H\":%lld,"
                    "\"Hk\":%lld,\"Sq\":%lld,\"Sk\":%lld,\"D\":%lld,\"Dv\":%lld,\"causal\":%d,"
                    "\"window_left\":%lld,\"window_right\":%lld,\"softcap\":%g,\"alibi\":%d,"
                    "\"dropout\":%g,\"threads\":%d,\"warmup\":%d,\"reps\":%d,\"ms\":%.4f,"
                    "\"gflops\":%.2f,\"peak_unit\":\"%s\",\"peak_gflops\":%.1f,"
-                   "\"peak_fraction\":%.4f}\n",
+                   "\"peak_fraction\":%.4f,\"cpu_ms\":%.4f,\"gflops_cpu\":%.2f,"
+                   "\"peak_gflops_cpu\":%.1f,\"peak_fraction_cpu\":%.4f}\n",
                    bwd ? "attn_bwd" : "attn_fwd", backend, dtype_str(pr.dtype), (long long)B,
                    (long long)H, (long long)Hk, (long long)Sq, (long long)Sk, (long long)D,
                    (long long)Dv, pr.causal, (long long)pr.window_left, (long long)pr.window_right,
                    (double)pr.softcap, pr.alibi, (double)pr.dropout, T, pr.warmup, pr.reps, ms,
-                   gflops, unit, peak, frac);
+                   gflops, unit, peak, frac, cpu_ms, gflops_cpu, peak_cpu, frac_cpu);
         } else {
             printf("%s %s B%lld H%lld/%lld Sq%lld Sk%lld D%lld/%lld%s threads %d, %s: %.3f ms, "
                    "%.1f GFLOP/s",
@@ -278,7 +294,8 @@ int cf_cmd_bench(int argc, char** argv) {
                    (long long)Hk, (long long)Sq, (long long)Sk, (long long)D, (long long)Dv,
                    pr.causal ? " causal" : "", T, backend, ms, gflops);
             if (peak > 0)
-                printf(", %.1f%% of the %s peak (%.1f GFLOP/s)\n", 100.0 * frac, unit, peak);
+                printf(", %.1f%% of the %s peak (%.1f GFLOP/s); per CPU-second: %.1f%% of %.1f\n",
+                       100.0 * frac, unit, peak, 100.0 * frac_cpu, peak_cpu);
             else
                 printf("\n");
         }
