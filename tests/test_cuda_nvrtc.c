@@ -1,6 +1,6 @@
 /* Compiles every CUDA kernel variant with the installed NVRTC, without a GPU: all variants for
- * sm_75 (the SIMT kernels), sm_80 and sm_90, and a representative pair (SIMT fp16 + MMA bf16, head
- * dim 128) plus PTX for every other arch the NVRTC lists. Also checks the CUDA copy of the dropout
+ * sm_75 (the SIMT kernels), sm_80 and sm_90, and a representative set (SIMT fp16 + MMA bf16 at
+ * head dim 128, and the ops) for every other arch the NVRTC lists, plus PTX for the newest. Also checks the CUDA copy of the dropout
  * Philox against src/core/philox.h word for word, and the target choice. Skips (exit 77) when
  * NVRTC is absent. CFLASH_NVRTC_ALL=1 compiles every variant for every listed arch. */
 #include <dirent.h>
@@ -121,6 +121,13 @@ static void test_target(const int* archs, int na) {
 static const char* const simt_kernels[] = {"cf_attn_fwd_simt", "cf_attn_bwd_delta_simt",
                                            "cf_attn_bwd_dq_simt", "cf_attn_bwd_dkdv_simt", NULL};
 static const char* const mma_kernels[] = {"cf_attn_fwd_mma", NULL};
+static const char* const ops_kernels[] = {"cf_rotary_simt",   "cf_merge_simt",
+                                          "cf_norm_fwd_simt", "cf_norm_bwd_rows",
+                                          "cf_norm_bwd_cols", NULL};
+
+static const char* const* kernels_of(const char* src) {
+    return strstr(src, "mma") ? mma_kernels : strstr(src, "ops") ? ops_kernels : simt_kernels;
+}
 
 static int contains(const void* hay, size_t n, const char* needle) {
     size_t m = strlen(needle);
@@ -147,7 +154,7 @@ static void compile_one(const cf_cuda_variant* v, int arch, int ptx) {
     compile_s += dt;
     CHECK(hit == 0); /* fresh cache directory: a real compile */
     CHECK(len > 100);
-    const char* const* names = strstr(v->name, "mma") ? mma_kernels : simt_kernels;
+    const char* const* names = kernels_of(v->name);
     for (const char* const* k = names; *k; k++)
         CHECK_MSG(contains(img, len, *k), "%s %s sm_%d: kernel %s missing from the output", v->name,
                   v->defines, arch, *k);
@@ -177,7 +184,7 @@ static void test_aot(void) {
         const cf_cuda_aot* a = &cf_cuda_aot_table[i];
         CHECK_MSG(a->len > 4 && !memcmp(a->data, "\x7f" "ELF", 4), "%s %s sm_%d: not an ELF image",
                   a->name, a->defines, a->arch);
-        const char* const* names = strstr(a->name, "mma") ? mma_kernels : simt_kernels;
+        const char* const* names = kernels_of(a->name);
         for (const char* const* k = names; *k; k++)
             CHECK_MSG(contains(a->data, a->len, *k), "%s sm_%d: no %s", a->name, a->arch, *k);
     }
@@ -213,7 +220,7 @@ int main(void) {
 
     cf_cuda_variant vars[64];
     int nv = cf_cuda_variants(vars, 64);
-    CHECK(nv >= 15);
+    CHECK(nv >= 16);
     int all = getenv("CFLASH_NVRTC_ALL") && atoi(getenv("CFLASH_NVRTC_ALL"));
     const int full[] = {75, 80, 90};
     for (int f = 0; f < 3; f++) {
@@ -234,7 +241,8 @@ int main(void) {
             int rep = (!strcmp(vars[i].name, "attn_simt.cu") &&
                        !strcmp(vars[i].defines, "-DCF_DTYPE=1 -DCF_DMAX=128")) ||
                       (!strcmp(vars[i].name, "attn_mma.cu") &&
-                       !strcmp(vars[i].defines, "-DCF_DTYPE=2 -DCF_DMAX=128"));
+                       !strcmp(vars[i].defines, "-DCF_DTYPE=2 -DCF_DMAX=128")) ||
+                      !strcmp(vars[i].name, "ops_simt.cu");
             if (all || rep) compile_one(&vars[i], archs[a], 0);
         }
     }

@@ -53,6 +53,16 @@ if(CFLASH_CUDA_AOT)
         endforeach()
       endforeach()
     endforeach()
+    set(out ${CF_GEN}/aot/ops_simt_sm${arch}.cubin)
+    add_custom_command(OUTPUT ${out}
+      COMMAND ${CMAKE_COMMAND} -E make_directory ${CF_GEN}/aot
+      COMMAND ${CFLASH_NVCC} -cubin -arch=sm_${arch} -std=c++17
+              -I${CMAKE_SOURCE_DIR}/src/cuda/kernels -o ${out}
+              ${CMAKE_SOURCE_DIR}/src/cuda/kernels/ops_simt.cu
+      DEPENDS ${CF_CUDA_KERNELS}
+      COMMENT "nvcc ops_simt.cu for sm_${arch}" VERBATIM)
+    list(APPEND CF_AOT_CUBINS ${out})
+    string(APPEND CF_AOT_LINES "ops_simt.cu|-|${arch}|${out}\n")
   endforeach()
 endif()
 file(WRITE ${CF_AOT_LIST}.new "${CF_AOT_LINES}")

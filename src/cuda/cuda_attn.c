@@ -10,6 +10,7 @@
 #include "core/philox.h"
 #include "core/status.h"
 #include "cuda/cuda_drv.h"
+#include "cuda/cuda_launch.h"
 #include "cuda/cuda_rtc.h"
 #include "cuda/kernels/cf_common.cuh"
 #include "dispatch/dispatch.h"
@@ -157,49 +158,6 @@ static void fill_args(const cf_attn_call* c, cf_attn_args* a) {
     a->keep_scale = 1.0f / (1.0f - c->dropout_p);
 }
 
-/* Temporary device memory, stream-ordered where the device has memory pools. */
-static cflash_status tmp_alloc(const cf_cu_device* dev, CUstream s, size_t bytes, CUdeviceptr* p) {
-    const cf_cu_api* cu = cf_cu(NULL, 0);
-    CUresult r = dev->memory_pools ? cu->cuMemAllocAsync(p, bytes ? bytes : 4, s)
-                                   : cu->cuMemAlloc(p, bytes ? bytes : 4);
-    if (r == 2)
-        return cf_error(CFLASH_ERR_OUT_OF_MEMORY, "cuda: no device memory for a %zu-byte workspace",
-                        bytes);
-    CF_CU_TRY(r, "allocating a workspace");
-    return CFLASH_OK;
-}
-static void tmp_free(const cf_cu_device* dev, CUstream s, CUdeviceptr p) {
-    const cf_cu_api* cu = cf_cu(NULL, 0);
-    if (!p) return;
-    if (dev->memory_pools) {
-        cu->cuMemFreeAsync(p, s);
-    } else {
-        cu->cuStreamSynchronize(s); /* kernels may still read it */
-        cu->cuMemFree(p);
-    }
-}
-
-static cflash_status launch(CUmodule m, const char* fn, int64_t gx, int64_t gy, int64_t gz,
-                            unsigned block, size_t smem, CUstream s, cf_attn_args* a) {
-    if (gx <= 0 || gy <= 0 || gz <= 0) return CFLASH_OK; /* nothing to do */
-    CFLASH_RETURN_IF(gx > 0x7fffffff, CFLASH_ERR_UNSUPPORTED, "cuda: grid of %lld blocks too large",
-                     (long long)gx);
-    const cf_cu_api* cu = cf_cu(NULL, 0);
-    CUfunction f;
-    char what[96];
-    snprintf(what, sizeof what, "cuModuleGetFunction(%s)", fn);
-    CF_CU_TRY(cu->cuModuleGetFunction(&f, m, fn), what);
-    if (smem > 48 * 1024)
-        CF_CU_TRY(cu->cuFuncSetAttribute(f, CF_CU_FUNC_ATTR_MAX_DYN_SMEM, (int)smem),
-                  "cuFuncSetAttribute(max dynamic shared memory)");
-    void* params[] = {a};
-    snprintf(what, sizeof what, "cuLaunchKernel(%s)", fn);
-    CF_CU_TRY(cu->cuLaunchKernel(f, (unsigned)gx, (unsigned)gy, (unsigned)gz, block, 1, 1,
-                                 (unsigned)smem, s, params, NULL),
-              what);
-    return CFLASH_OK;
-}
-
 /* State of one run: device, stream, module, temporary buffers. */
 typedef struct run_state {
     cf_cu_device dev;
@@ -230,7 +188,7 @@ static cflash_status run_begin(run_state* st, const cf_attn_call* c, cf_attn_arg
                 continue;
             }
             size_t bytes = sizeof(int32_t) * (size_t)(c->B + 1);
-            CFLASH_FORWARD_IF_ERROR(tmp_alloc(&st->dev, st->stream, bytes, &st->tmp[t]));
+            CFLASH_FORWARD_IF_ERROR(cf_cuda_tmp_alloc(&st->dev, st->stream, bytes, &st->tmp[t]));
             CF_CU_TRY(cf_cu(NULL, 0)->cuMemcpyHtoDAsync(st->tmp[t], src_host[t], bytes, st->stream),
                       "copying cu_seqlens to the device");
             *dst[t] = (const int*)(uintptr_t)st->tmp[t];
@@ -240,7 +198,7 @@ static cflash_status run_begin(run_state* st, const cf_attn_call* c, cf_attn_arg
 }
 
 static cflash_status run_end(run_state* st, cflash_status s) {
-    for (int t = 0; t < 3; t++) tmp_free(&st->dev, st->stream, st->tmp[t]);
+    for (int t = 0; t < 3; t++) cf_cuda_tmp_free(&st->dev, st->stream, st->tmp[t]);
     if (st->entered) cf_cu_leave();
     return s;
 }
@@ -250,7 +208,7 @@ static cflash_status run_end(run_state* st, cflash_status s) {
 static cflash_status simt_fwd_go(run_state* st, const cf_attn_call* c, cf_attn_args* a) {
     const int dmax = dmax_for(c);
     a->tile = simt_tile(c, &st->dev, 0);
-    return launch(st->mod, "cf_attn_fwd_simt", (c->Sq + SIMT_WARPS - 1) / SIMT_WARPS, c->H, c->B,
+    return cf_cuda_launch(st->mod, "cf_attn_fwd_simt", (c->Sq + SIMT_WARPS - 1) / SIMT_WARPS, c->H, c->B,
                   SIMT_WARPS * 32, simt_fwd_smem(c, a->tile, dmax), st->stream, a);
 }
 
@@ -270,20 +228,20 @@ static cflash_status simt_bwd_run(const void* call) {
     cf_attn_args a;
     cflash_status s = run_begin(&st, c, &a, "attn_simt.cu", (int)c->dtype, dmax);
     if (s == CFLASH_OK)
-        s = tmp_alloc(&st.dev, st.stream, sizeof(float) * (size_t)(c->B * c->H * c->Sq), &st.tmp[2]);
+        s = cf_cuda_tmp_alloc(&st.dev, st.stream, sizeof(float) * (size_t)(c->B * c->H * c->Sq), &st.tmp[2]);
     if (s == CFLASH_OK) {
         a.delta = (float*)(uintptr_t)st.tmp[2];
         a.tile = simt_tile(c, &st.dev, 1);
         const size_t smem = simt_bwd_smem(c, a.tile, dmax);
         const int64_t gq = (c->Sq + SIMT_WARPS - 1) / SIMT_WARPS;
         const int64_t gk = (c->Sk + SIMT_WARPS - 1) / SIMT_WARPS;
-        s = launch(st.mod, "cf_attn_bwd_delta_simt", gq, c->H, c->B, SIMT_WARPS * 32, 0, st.stream,
+        s = cf_cuda_launch(st.mod, "cf_attn_bwd_delta_simt", gq, c->H, c->B, SIMT_WARPS * 32, 0, st.stream,
                    &a);
         if (s == CFLASH_OK)
-            s = launch(st.mod, "cf_attn_bwd_dq_simt", gq, c->H, c->B, SIMT_WARPS * 32, smem,
+            s = cf_cuda_launch(st.mod, "cf_attn_bwd_dq_simt", gq, c->H, c->B, SIMT_WARPS * 32, smem,
                        st.stream, &a);
         if (s == CFLASH_OK)
-            s = launch(st.mod, "cf_attn_bwd_dkdv_simt", gk, c->Hk, c->B, SIMT_WARPS * 32, smem,
+            s = cf_cuda_launch(st.mod, "cf_attn_bwd_dkdv_simt", gk, c->Hk, c->B, SIMT_WARPS * 32, smem,
                        st.stream, &a);
     }
     return run_end(&st, s);
@@ -355,7 +313,7 @@ static cflash_status mma_fwd_run(const void* call) {
     cflash_status s = run_begin(&st, c, &a, "attn_mma.cu", (int)c->dtype, dmax);
     if (s == CFLASH_OK) {
         a.tile = mma_bk(dmax);
-        s = launch(st.mod, "cf_attn_fwd_mma", (c->Sq + MMA_BQ - 1) / MMA_BQ, c->H, c->B,
+        s = cf_cuda_launch(st.mod, "cf_attn_fwd_mma", (c->Sq + MMA_BQ - 1) / MMA_BQ, c->H, c->B,
                    MMA_WARPS * 32, mma_smem(dmax), st.stream, &a);
     }
     return run_end(&st, s);

@@ -40,6 +40,12 @@ int cf_cuda_variants(cf_cuda_variant* out, int max) {
                          dmax[i]);
                 out[n].min_arch = 80;
             }
+    if (n < max) { /* the ops: dtypes are run-time arguments, one build */
+        out[n].name = "ops_simt.cu";
+        out[n].defines[0] = 0;
+        out[n].min_arch = 0;
+    }
+    n++;
     return n;
 }
 

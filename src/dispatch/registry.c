@@ -53,11 +53,17 @@ static const cf_impl* const attn_bwd[] = {
     extern const cf_impl cf_impl_avx512_##op, cf_impl_avx2_##op, cf_impl_generic_##op,             \
         cf_impl_ref_##op;                                                                          \
     static const cf_impl* const op[] = {CF_OPS_X86(op) & cf_impl_generic_##op, &cf_impl_ref_##op};
-CF_OPS_DECL(rotary)
-CF_OPS_DECL(norm_fwd)
-CF_OPS_DECL(norm_bwd)
+/* The same with the CUDA SIMT row last (src/cuda/cuda_ops.c). */
+#define CF_OPS_DECL_CUDA(op)                                                                       \
+    extern const cf_impl cf_impl_avx512_##op, cf_impl_avx2_##op, cf_impl_generic_##op,             \
+        cf_impl_ref_##op, cf_impl_cuda_simt_##op;                                                  \
+    static const cf_impl* const op[] = {CF_OPS_X86(op) & cf_impl_generic_##op, &cf_impl_ref_##op, \
+                                        &cf_impl_cuda_simt_##op};
+CF_OPS_DECL_CUDA(rotary)
+CF_OPS_DECL_CUDA(norm_fwd)
+CF_OPS_DECL_CUDA(norm_bwd)
 CF_OPS_DECL(kvcache_fwd)
-CF_OPS_DECL(attn_merge)
+CF_OPS_DECL_CUDA(attn_merge)
 
 #define CF_LIST(a) a, sizeof(a) / sizeof((a)[0])
 static const struct {

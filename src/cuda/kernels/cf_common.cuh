@@ -125,10 +125,17 @@ CF_DEV cf_u32x4 cf_dropout_words4(cf_u64 seed, cf_u64 offset, cf_u64 b, cf_u64 h
     return cf_philox10((cf_u32)lo2, (cf_u32)(lo2 >> 32), (cf_u32)hi, (cf_u32)(hi >> 32), seed);
 }
 
+/* 1 iff weight (b, h, i, j) is kept (src/core/philox.h: cf_dropout_keep). */
+CF_DEV int cf_keep(cf_u64 seed, cf_u64 offset, float p, cf_u64 threshold, cf_u64 b, cf_u64 h,
+                   cf_u64 i, cf_u64 j) {
+    if (p <= 0.0f) return 1;
+    cf_u32x4 w = cf_dropout_words4(seed, offset, b, h, i, j);
+    return (cf_u64)w.x[j & 3] < threshold;
+}
+
 CF_DEV int cf_dropout_keep_word(const cf_attn_args* a, cf_i64 b, cf_i64 h, cf_i64 i, cf_i64 j) {
-    if (a->dropout_p <= 0.0f) return 1;
-    cf_u32x4 w = cf_dropout_words4(a->seed, a->offset, (cf_u64)b, (cf_u64)h, (cf_u64)i, (cf_u64)j);
-    return (cf_u64)w.x[j & 3] < a->keep_threshold;
+    return cf_keep(a->seed, a->offset, a->dropout_p, a->keep_threshold, (cf_u64)b, (cf_u64)h,
+                   (cf_u64)i, (cf_u64)j);
 }
 
 #ifdef __CUDACC__
@@ -140,35 +147,56 @@ CF_DEV int cf_dropout_keep_word(const cf_attn_args* a, cf_i64 b, cf_i64 h, cf_i6
 #define CF_DTYPE 0
 #endif
 
-/* Element i of a tensor of the variant's dtype, as float. */
+/* fp16 / bf16 bits <-> float, round to nearest even (as src/core/tensor.h). */
+CF_DEV float cf_f16_to_f32(cf_u16 h) {
+    float f;
+    asm("{ .reg .f16 t; mov.b16 t, %1; cvt.f32.f16 %0, t; }" : "=f"(f) : "h"(h));
+    return f;
+}
+CF_DEV cf_u16 cf_f32_to_f16(float x) {
+    cf_u16 h;
+    asm("{ .reg .f16 t; cvt.rn.f16.f32 t, %1; mov.b16 %0, t; }" : "=h"(h) : "f"(x));
+    return h;
+}
+CF_DEV float cf_bf16_to_f32(cf_u16 h) { return __uint_as_float((cf_u32)h << 16); }
+CF_DEV cf_u16 cf_f32_to_bf16(float x) {
+    cf_u32 u = __float_as_uint(x);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (cf_u16)((u >> 16) | 0x40);
+    return (cf_u16)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+/* Element i of a tensor of the variant's dtype (CF_DTYPE), as float. */
 CF_DEV float cf_ld(const void* p, cf_i64 i) {
 #if CF_DTYPE == 0
     return ((const float*)p)[i];
 #elif CF_DTYPE == 1
-    cf_u16 h = ((const cf_u16*)p)[i];
-    float f;
-    asm("{ .reg .f16 t; mov.b16 t, %1; cvt.f32.f16 %0, t; }" : "=f"(f) : "h"(h));
-    return f;
+    return cf_f16_to_f32(((const cf_u16*)p)[i]);
 #else
-    return __uint_as_float((cf_u32)((const cf_u16*)p)[i] << 16);
+    return cf_bf16_to_f32(((const cf_u16*)p)[i]);
 #endif
 }
 
-/* Rounds x to the variant's dtype (round to nearest even) and stores it. */
+/* Rounds x to the variant's dtype and stores it. */
 CF_DEV void cf_st(void* p, cf_i64 i, float x) {
 #if CF_DTYPE == 0
     ((float*)p)[i] = x;
 #elif CF_DTYPE == 1
-    cf_u16 h;
-    asm("{ .reg .f16 t; cvt.rn.f16.f32 t, %1; mov.b16 %0, t; }" : "=h"(h) : "f"(x));
-    ((cf_u16*)p)[i] = h;
+    ((cf_u16*)p)[i] = cf_f32_to_f16(x);
 #else
-    cf_u32 u = __float_as_uint(x);
-    cf_u16 h;
-    if ((u & 0x7fffffffu) > 0x7f800000u) h = (cf_u16)((u >> 16) | 0x40);
-    else h = (cf_u16)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-    ((cf_u16*)p)[i] = h;
+    ((cf_u16*)p)[i] = cf_f32_to_bf16(x);
 #endif
+}
+
+/* The same with the dtype known at run time (0 fp32, 1 fp16, 2 bf16): for the ops whose tensors
+ * may mix fp32 and the input dtype. */
+CF_DEV float cf_ldt(const void* p, int dt, cf_i64 i) {
+    if (dt == 0) return ((const float*)p)[i];
+    cf_u16 h = ((const cf_u16*)p)[i];
+    return dt == 1 ? cf_f16_to_f32(h) : cf_bf16_to_f32(h);
+}
+CF_DEV void cf_stt(void* p, int dt, cf_i64 i, float x) {
+    if (dt == 0) ((float*)p)[i] = x;
+    else ((cf_u16*)p)[i] = dt == 1 ? cf_f32_to_f16(x) : cf_f32_to_bf16(x);
 }
 
 CF_DEV float cf_warp_max(float x) {
