@@ -22,13 +22,19 @@ def is_torch(x):
 
 
 def to_array(x, name):
-    """x as a NumPy array or a torch tensor; other DLPack producers (CPU) go through np.from_dlpack."""
+    """x as a NumPy array or a torch tensor. Other DLPack producers (CuPy, JAX, ...) are imported
+    without a copy: host memory as a NumPy array, device memory as a torch tensor (torch needed)."""
     if x is None or isinstance(x, np.ndarray) or is_torch(x):
         return x
     if hasattr(x, "__dlpack__"):
+        dev = x.__dlpack_device__()[0] if hasattr(x, "__dlpack_device__") else _lib.kDLCPU
         try:
-            return np.from_dlpack(x)
-        except Exception as e:  # a GPU array of another library, an unsupported dtype, ...
+            if dev in (_lib.kDLCPU, _lib.kDLCUDAHost):
+                return np.from_dlpack(x)
+            import torch
+
+            return torch.from_dlpack(x)
+        except Exception as e:  # no torch, an unsupported dtype or device, ...
             raise ValueError("%s: cannot read %s through DLPack: %s" % (name, type(x).__name__, e)) from None
     raise ValueError("%s: %s, expected a NumPy array or a torch.Tensor" % (name, type(x).__name__))
 

@@ -286,3 +286,26 @@ def test_kvcache_rotary_positions_when_not_causal(rng):
     vals = np.concatenate([vc[:, :L], vn], axis=1)
     ro, _, _ = R.attention(qr, keys, vals)
     assert np.abs(out - ro).max() < 1e-5
+
+
+class _Producer:
+    """Any DLPack producer (as CuPy or JAX arrays are): only __dlpack__ / __dlpack_device__."""
+
+    def __init__(self, a):
+        self._a = a
+
+    def __dlpack__(self, *args, **kwargs):
+        return self._a.__dlpack__(*args, **kwargs)
+
+    def __dlpack_device__(self):
+        return self._a.__dlpack_device__()
+
+
+def test_other_dlpack_producers_are_used_without_copy(rng):
+    x = rng.standard_normal((1, 6, 2, 8)).astype(np.float32)
+    orig = x.copy()
+    cos, sin = tables(rng, 6, 8)
+    apply_rotary_emb(_Producer(x), _Producer(cos), _Producer(sin), inplace=True)
+    assert np.abs(x - R.rotary(orig, cos, sin)).max() < 1e-5, "the producer's own memory was rotated"
+    out = cflash.flash_attn_func(_Producer(x), _Producer(x), _Producer(x), causal=True)
+    assert isinstance(out, np.ndarray) and np.abs(out - R.attention(x, x, x, causal=True)[0]).max() < 1e-5
