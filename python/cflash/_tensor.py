@@ -133,8 +133,8 @@ class DL:
 
 
 def dl(x, name="tensor"):
-    """A pointer to a DLTensor of x, or None (NULL) when x is None. The returned holder must stay
-    referenced during the call: use dl_hold."""
+    """A DL holder of x, or None when x is None (passed as NULL). Keep the holder referenced until
+    the call returns: the DLTensor and its shape/stride buffers live in it."""
     return None if x is None else DL(x, name)
 
 
