@@ -64,6 +64,16 @@ static cflash_status fast_norm_fwd_run(const void* call) {
             part(c->M, CF_TID, CF_NT, &r0, &r1);
             for (int64_t r = r0; r < r1; r++) {
                 float mu, rs;
+                if (r + 1 < r1) {
+                    prefetch_row(at(&c->x, (r + 1) * c->x.stride[0]), c->x.dtype, N, 0);
+                    prefetch_row(at(&c->out, (r + 1) * c->out.stride[0]), c->out.dtype, N, 1);
+                    if (c->residual.data)
+                        prefetch_row(at(&c->residual, (r + 1) * c->residual.stride[0]),
+                                     c->residual.dtype, N, 0);
+                    if (c->residual_out.data)
+                        prefetch_row(at(&c->residual_out, (r + 1) * c->residual_out.stride[0]),
+                                     c->residual_out.dtype, N, 1);
+                }
                 norm_input(c, r, h, t);
                 if (c->residual_out.data)
                     st_row(at(&c->residual_out, r * c->residual_out.stride[0]),
@@ -106,6 +116,11 @@ static cflash_status fast_norm_bwd_run(const void* call) {
             part(c->M, tid, n, &r0, &r1);
             for (int64_t r = r0; r < r1; r++) {
                 float mu, rs, mg = 0.0f, mgx = 0.0f;
+                if (r + 1 < r1) {
+                    prefetch_row(at(&c->x, (r + 1) * c->x.stride[0]), c->x.dtype, N, 0);
+                    prefetch_row(at(&c->dy, (r + 1) * c->dy.stride[0]), c->dy.dtype, N, 0);
+                    prefetch_row(at(&c->dx, (r + 1) * c->dx.stride[0]), c->dx.dtype, N, 1);
+                }
                 ld_row(h, at(&c->x, r * c->x.stride[0]), c->x.dtype, N);
                 ld_row(dy, at(&c->dy, r * c->dy.stride[0]), c->dy.dtype, N);
                 norm_stats(c, h, &mu, &rs);

@@ -142,6 +142,19 @@ static inline float exp_row(float* s, int64_t n, float m) {
     return sum;
 }
 
+/* Prefetch n elements of dtype dt at p (for reading, or with write intent): the row after the
+ * one being computed, so DRAM streams while this row is in flight. */
+static inline void prefetch_row(const void* p, cf_dtype dt, int64_t n, int write) {
+    const char* c = p;
+    const int64_t bytes = n * (int64_t)cf_dtype_size(dt);
+    if (write)
+        for (int64_t o = 0; o < bytes; o += 64)
+            __builtin_prefetch(c + o, 1, 3);
+    else
+        for (int64_t o = 0; o < bytes; o += 64)
+            __builtin_prefetch(c + o, 0, 3);
+}
+
 /* Keys per block of the KV-cache kernel (the scores of a block stay in L1). */
 #define KV_KB 32
 

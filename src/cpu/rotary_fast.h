@@ -1,18 +1,42 @@
 /* Fast rotary embedding body (included once per ISA by ops_generic.c / x86/ops_*.c after
  * ops_fast_common.h): rows split in contiguous blocks over threads; per row the cos/sin row is
- * converted once, each head is loaded to fp32, rotated in vector loops and stored. */
+ * converted once. When a row's heads are dense (and, in place, everything rotates) the whole row
+ * is converted to fp32 with one call, rotated head by head, and stored with one call; otherwise
+ * head by head. The next row is prefetched while this one is computed. */
+
+/* o[0..rd) = rotation of x[0..rd) (fp32) with the row's factors. */
+static inline void rotate_head(const cf_rotary_call* c, const float* restrict x, float* restrict o,
+                               const float* restrict co, const float* restrict si,
+                               const float* restrict ce, const float* restrict se) {
+    const int64_t half = c->rd / 2;
+    if (c->interleaved) {
+#pragma omp simd
+        for (int64_t d = 0; d < c->rd; d++)
+            o[d] = x[d] * ce[d] + x[d ^ 1] * se[d];
+    } else {
+#pragma omp simd
+        for (int64_t i = 0; i < half; i++) {
+            o[i] = x[i] * co[i] - x[i + half] * si[i];
+            o[i + half] = x[i] * si[i] + x[i + half] * co[i];
+        }
+    }
+}
 
 static cflash_status fast_rotary_run(const void* call) {
     const cf_rotary_call* c = call;
-    const int64_t half = c->rd / 2, D = c->D, rows = c->B * c->S;
+    const int64_t half = c->rd / 2, D = c->D, H = c->H, rows = c->B * c->S;
     const size_t xs = cf_dtype_size(c->dtype);
+    /* whole rows: heads dense in x and out, and nothing to leave untouched in place */
+    const int whole = c->x.stride[2] == D && c->out.stride[2] == D &&
+                      (!c->inplace || (c->rd == D && c->nrot == H));
+    const int64_t nbuf = whole ? 2 * H * D : 2 * D;
     int failed = 0;
 #pragma omp parallel num_threads(c->threads) reduction(| : failed)
     {
-        float* buf = malloc(sizeof(float) * (size_t)(2 * D + 6 * half + 32));
+        float* buf = malloc(sizeof(float) * (size_t)(nbuf + 6 * half + 32));
         failed = !buf;
         if (buf) {
-            float *x = buf, *o = x + D, *co = o + D, *si = co + half, *ce = si + half,
+            float *x = buf, *o = x + nbuf / 2, *co = o + nbuf / 2, *si = co + half, *ce = si + half,
                   *se = ce + 2 * half;
             int64_t r0, r1;
             part(rows, CF_TID, CF_NT, &r0, &r1);
@@ -35,30 +59,36 @@ static cflash_status fast_rotary_run(const void* call) {
                     }
                 int64_t xrow = b * c->x.stride[0] + (s0 + s) * c->x.stride[1];
                 int64_t orow = b * c->out.stride[0] + (s0 + s) * c->out.stride[1];
-                for (int64_t h = 0; h < c->H; h++) {
-                    const void* src =
-                        (const char*)c->x.data + (xrow + h * c->x.stride[2]) * (int64_t)xs;
-                    void* dst = (char*)c->out.data + (orow + h * c->out.stride[2]) * (int64_t)xs;
+                const char* src = (const char*)c->x.data + xrow * (int64_t)xs;
+                char* dst = (char*)c->out.data + orow * (int64_t)xs;
+                if (whole) {
+                    if (r + 1 < r1 && s + 1 < len) {
+                        prefetch_row(src + c->x.stride[1] * (int64_t)xs, c->dtype, H * D, 0);
+                        if (!c->inplace)
+                            prefetch_row(dst + c->out.stride[1] * (int64_t)xs, c->dtype, H * D, 1);
+                    }
+                    ld_row(x, src, c->dtype, H * D);
+                    for (int64_t h = 0; h < H; h++) {
+                        if (h < c->nrot) rotate_head(c, x + h * D, o + h * D, co, si, ce, se);
+                        for (int64_t d = h < c->nrot ? c->rd : 0; d < D; d++)
+                            o[h * D + d] = x[h * D + d];
+                    }
+                    st_row(dst, c->dtype, o, H * D);
+                    continue;
+                }
+                for (int64_t h = 0; h < H; h++) {
+                    const char* hs = src + h * c->x.stride[2] * (int64_t)xs;
+                    char* hd = dst + h * c->out.stride[2] * (int64_t)xs;
                     if (h >= c->nrot) {
-                        if (!c->inplace) memcpy(dst, src, (size_t)D * xs);
+                        if (!c->inplace) memcpy(hd, hs, (size_t)D * xs);
                         continue;
                     }
-                    ld_row(x, src, c->dtype, c->inplace ? c->rd : D);
-                    if (c->interleaved) {
-#pragma omp simd
-                        for (int64_t d = 0; d < c->rd; d++)
-                            o[d] = x[d] * ce[d] + x[d ^ 1] * se[d];
-                    } else {
-#pragma omp simd
-                        for (int64_t i = 0; i < half; i++) {
-                            o[i] = x[i] * co[i] - x[i + half] * si[i];
-                            o[i + half] = x[i] * si[i] + x[i + half] * co[i];
-                        }
-                    }
+                    ld_row(x, hs, c->dtype, c->inplace ? c->rd : D);
+                    rotate_head(c, x, o, co, si, ce, se);
                     if (!c->inplace)
                         for (int64_t d = c->rd; d < D; d++)
                             o[d] = x[d];
-                    st_row(dst, c->dtype, o, c->inplace ? c->rd : D);
+                    st_row(hd, c->dtype, o, c->inplace ? c->rd : D);
                 }
             }
         }
