@@ -309,3 +309,57 @@ def test_other_dlpack_producers_are_used_without_copy(rng):
     assert np.abs(x - R.rotary(orig, cos, sin)).max() < 1e-5, "the producer's own memory was rotated"
     out = cflash.flash_attn_func(_Producer(x), _Producer(x), _Producer(x), causal=True)
     assert isinstance(out, np.ndarray) and np.abs(out - R.attention(x, x, x, causal=True)[0]).max() < 1e-5
+
+
+@pytest.mark.parametrize("backend", ["cpu-amx", "cpu-avx512", "cpu-avx2", "cpu-neon", "cpu-generic", "cpu-ref"])
+def test_ops_on_each_cpu_backend(rng, poison, backend):
+    """Rotary, norm (fwd + bwd) and KV-cache attention with each CPU backend forced; an op the
+    backend does not serve is skipped for it (the library's reason is checked to be UNSUPPORTED)."""
+    served = []
+
+    def attempt(fn):
+        try:
+            fn()
+            served.append(fn.__name__)
+        except RuntimeError as e:
+            assert "CFLASH_ERR_UNSUPPORTED" in str(e), e
+
+    x = rng.standard_normal((2, 9, 3, 32)).astype(np.float16)
+    cos, sin = tables(rng, 16, 24)
+
+    def rotary():
+        y = apply_rotary_emb(x, cos, sin, interleaved=True, seqlen_offsets=np.array([1, 4], np.int32))
+        ref = R.rotary(x, cos, sin, True, [1, 4])
+        check_rule("rotary", y, ref, rounded(ref, np.float16), "float16")
+
+    def norm():
+        w = rng.standard_normal(32).astype(np.float16)
+        r = rng.standard_normal(x.shape).astype(np.float32)
+        y, h, mean, rstd = _core.norm_fwd(x, w, None, r, 1e-5, 0.0, 0, False, True)
+        ry, rh = R.norm(x, w, None, r, 1e-5, False)
+        check_rule("y", y, ry, rounded(ry, np.float16), "float16", factor=4.0)
+        dy = rng.standard_normal(x.shape).astype(np.float16)
+        dx, dw, _, dres = _core.norm_bwd(dy, h, w, None, mean, rstd, None, 1e-5, 0.0, 0, False, x, True, r)
+        rdx, rdw, _ = R.norm_bwd(dy.reshape(-1, 32), h, w, 1e-5, False)
+        check_rule("dx", dx, rdx, rounded(rdx, np.float16), "float16", factor=3.0)
+        assert np.abs(dw.astype(np.float64) - rdw).max() <= 2e-2 * max(1, np.abs(rdw).max())
+
+    def kvcache():
+        kc, vc = _cache(rng, 2, 24, 1, 32)
+        q = rng.standard_normal((2, 2, 3, 32)).astype(np.float32)
+        lens = np.array([5, 17], np.int32)
+        out = cflash.flash_attn_with_kvcache(q, kc, vc, cache_seqlens=lens, causal=True, num_splits=2)
+        for b in range(2):
+            ro, _, _ = R.attention(q[b:b + 1], kc[b:b + 1, :lens[b]], vc[b:b + 1, :lens[b]], causal=True)
+            no, _, _ = R.attention(q[b:b + 1], kc[b:b + 1, :lens[b]], vc[b:b + 1, :lens[b]], causal=True,
+                                   dtype="float32")
+            check_rule("kvcache", out[b:b + 1], ro, no, "float32")
+
+    try:
+        cflash.set_backend(backend)
+        for fn in (rotary, norm, kvcache):
+            attempt(fn)
+    finally:
+        cflash.set_backend(None)
+    if not served:
+        pytest.skip("%s serves none of rotary, norm, kvcache here" % backend)
