@@ -1,3 +1,5 @@
+#define KV_PF 1
+
 /* Fast KV-cache attention body (included once per ISA after ops_fast_common.h).
  * 1. Append: the new k (rotated) and v rows go into the cache, rows split over threads.
  * 2. Attention: one work item = (batch b, a chunk of KV heads, key split s). For each block of
@@ -138,7 +140,7 @@ static void kv_item(const cf_kvcache_call* c, kv_scratch* w, int64_t b, int64_t 
         for (int64_t t = 0; t < nb; t++)
             base[t] = cf_kv_row(c, &c->kc, b, P + jb + t, hk0);
         /* prefetch the next block's K and V rows (all heads of the chunk) into L2 */
-        for (int64_t t = jb + KV_KB; t < jb + 2 * KV_KB && t < jhi; t++) {
+        for (int64_t t = jb + KV_PF * KV_KB; t < jb + (KV_PF + 1) * KV_KB && t < jhi; t++) {
             const char* kr = (const char*)c->kc.data + cf_kv_row(c, &c->kc, b, P + t, hk0) * es;
             const char* vr = (const char*)c->vc.data + cf_kv_row(c, &c->vc, b, P + t, hk0) * es;
             for (int64_t g = 0; g < nh; g++)

@@ -25,6 +25,23 @@ static inline __mmask16 kv_mask(int64_t left) {
     return left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1u);
 }
 
+/* The four horizontal sums of a0..a3 into s[0], s[KV_KB], s[2 KV_KB], s[3 KV_KB] (one tree
+ * for all four instead of four reductions). */
+static inline void reduce4(__m512 a0, __m512 a1, __m512 a2, __m512 a3, float* s) {
+    __m512 s01 = _mm512_add_ps(_mm512_unpacklo_ps(a0, a1), _mm512_unpackhi_ps(a0, a1));
+    __m512 s23 = _mm512_add_ps(_mm512_unpacklo_ps(a2, a3), _mm512_unpackhi_ps(a2, a3));
+    __m512 u = _mm512_add_ps(_mm512_shuffle_ps(s01, s23, 0x44), _mm512_shuffle_ps(s01, s23, 0xEE));
+    __m256 v = _mm256_add_ps(_mm512_castps512_ps256(u),
+                             _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(u), 1)));
+    __m128 w = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    float o[4]; /* w = [sum a0, sum a1, sum a2, sum a3] */
+    _mm_storeu_ps(o, w);
+    s[0] = o[0];
+    s[KV_KB] = o[1];
+    s[2 * KV_KB] = o[2];
+    s[3 * KV_KB] = o[3];
+}
+
 /* bf16 scores with AVX512-BF16 (vdpbf16ps: exact products, fp32 sums): q is exactly bf16 here
  * (a bf16 input, or rotated and rounded to bf16), so converting it loses nothing. */
 __attribute__((target("avx512bf16,avx512f,avx512bw,avx512vl"))) static void
@@ -49,10 +66,7 @@ kv_dots_bf16(const float* restrict q, int64_t R, int64_t D, const void* const* r
                 a2 = _mm512_dpbf16_ps(a2, (__m512bh)qr[2 * nd + c], kv);
                 a3 = _mm512_dpbf16_ps(a3, (__m512bh)qr[3 * nd + c], kv);
             }
-            s[r * KV_KB + t] = _mm512_reduce_add_ps(a0);
-            s[(r + 1) * KV_KB + t] = _mm512_reduce_add_ps(a1);
-            s[(r + 2) * KV_KB + t] = _mm512_reduce_add_ps(a2);
-            s[(r + 3) * KV_KB + t] = _mm512_reduce_add_ps(a3);
+            reduce4(a0, a1, a2, a3, s + r * KV_KB + t);
         }
         for (; r < R; r++) {
             __m512 a0 = _mm512_setzero_ps();
@@ -87,10 +101,7 @@ static void kv_dots(const float* restrict q, int64_t R, int64_t D, const void* c
                 a2 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, q0 + 2 * D + d), kv, a2);
                 a3 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, q0 + 3 * D + d), kv, a3);
             }
-            s[r * KV_KB + t] = _mm512_reduce_add_ps(a0);
-            s[(r + 1) * KV_KB + t] = _mm512_reduce_add_ps(a1);
-            s[(r + 2) * KV_KB + t] = _mm512_reduce_add_ps(a2);
-            s[(r + 3) * KV_KB + t] = _mm512_reduce_add_ps(a3);
+            reduce4(a0, a1, a2, a3, s + r * KV_KB + t);
         }
         for (; r < R; r++) {
             __m512 a0 = _mm512_setzero_ps();
