@@ -1,32 +1,39 @@
 #!/bin/sh
 # Installs what building and testing cflash need, only when missing: a C compiler, make, CMake and
-# DLPack's header (apt), and NumPy + pytest for the Python tests (pip). Safe to run repeatedly.
+# DLPack's header (apt); with the argument "python" also NumPy and pytest for the Python tests
+# (pip when available, else apt). Safe to run repeatedly; does nothing when all is present.
 set -e
 
-need_apt=""
-command -v cc >/dev/null 2>&1 || command -v gcc >/dev/null 2>&1 || need_apt="$need_apt gcc libc6-dev"
-command -v make >/dev/null 2>&1 || need_apt="$need_apt make"
-command -v cmake >/dev/null 2>&1 || need_apt="$need_apt cmake"
-[ -f /usr/include/dlpack/dlpack.h ] || [ -f /usr/local/include/dlpack/dlpack.h ] ||
-    need_apt="$need_apt libdlpack-dev"
-command -v python3 >/dev/null 2>&1 || need_apt="$need_apt python3 python3-pip"
-
-if [ -n "$need_apt" ]; then
+apt_install() {
     SUDO=""
     [ "$(id -u)" = 0 ] || SUDO="sudo"
-    echo "deps: apt-get install$need_apt"
+    echo "deps: apt-get install $*"
     $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $need_apt
-fi
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$@"
+}
 
-# Python test requirements (only used when tests/python exists).
-if [ -d tests/python ] || [ -d "$(dirname "$0")/../tests/python" ]; then
-    missing=""
-    python3 -c "import numpy" >/dev/null 2>&1 || missing="$missing numpy"
-    python3 -c "import pytest" >/dev/null 2>&1 || missing="$missing pytest"
-    if [ -n "$missing" ]; then
-        echo "deps: pip install$missing"
-        python3 -m pip install -q $missing ||
-            python3 -m pip install -q --break-system-packages $missing
-    fi
+need=""
+command -v cc >/dev/null 2>&1 || command -v gcc >/dev/null 2>&1 || need="$need gcc libc6-dev"
+command -v make >/dev/null 2>&1 || need="$need make"
+command -v cmake >/dev/null 2>&1 || need="$need cmake"
+[ -f /usr/include/dlpack/dlpack.h ] || [ -f /usr/local/include/dlpack/dlpack.h ] ||
+    need="$need libdlpack-dev"
+# shellcheck disable=SC2086
+[ -z "$need" ] || apt_install $need
+
+[ "${1:-}" = python ] || exit 0
+command -v python3 >/dev/null 2>&1 || apt_install python3
+missing=""
+python3 -c "import numpy" >/dev/null 2>&1 || missing="$missing numpy"
+python3 -c "import pytest" >/dev/null 2>&1 || missing="$missing pytest"
+[ -n "$missing" ] || exit 0
+if python3 -m pip --version >/dev/null 2>&1; then
+    echo "deps: pip install$missing"
+    # shellcheck disable=SC2086
+    python3 -m pip install -q $missing || python3 -m pip install -q --break-system-packages $missing
+else
+    pkgs=""
+    for m in $missing; do pkgs="$pkgs python3-$m"; done
+    # shellcheck disable=SC2086
+    apt_install $pkgs
 fi
