@@ -267,6 +267,9 @@ def norm_fwd(x, weight, bias, residual, eps, dropout_p, seed, is_rms_norm, resid
     with device_guard(x):
         ctx = _lib.context(cuda_stream_of(x))
         _run("cflash_norm_fwd", "norm_fwd", "norm forward", ctx, ctypes.byref(p), *[ptr(t) for t in hs])
+    if explaining():  # the backward of this call (same code as the real one), placeholder gradients
+        norm_bwd(y, h if h is not None else x2, weight, bias, mean, rstd, None, eps, dropout_p, seed, is_rms_norm,
+                 x2, r2 is not None, r2)
     return y.reshape(shape), h, mean, rstd
 
 
