@@ -244,6 +244,12 @@ def test_explain_and_report(rng):
     assert "attn_fwd:" in text and "attn_bwd:" in text and "-> " in text
     bad = cflash.explain(cflash.flash_attn_func, q.astype(np.float64), q, q)
     assert "CFLASH_ERR_INVALID_ARGUMENT" in bad
+    from cflash.ops import rms_norm_fn
+
+    x16 = q.astype(np.float16)
+    text = cflash.explain(rms_norm_fn, x16, np.ones(8, np.float16), None, residual=x16.astype(np.float32),
+                          prenorm=True, residual_in_fp32=True)
+    assert "norm_fwd:" in text and "norm_bwd:" in text and "-> none" not in text, text
     rep = cflash.report()
     assert cflash.__version__ in rep
     js = cflash.report(json=True)
