@@ -298,6 +298,8 @@ def norm_bwd(dy, h, weight, bias, mean, rstd, dresidual_out, eps, dropout_p, see
     with device_guard(h):
         ctx = _lib.context(cuda_stream_of(h))
         _run("cflash_norm_bwd", "norm_bwd", "norm backward", ctx, ctypes.byref(p), *[ptr(t) for t in hs])
+    if explaining():
+        return dx, dw, db, dres  # nothing was computed: no casts of uninitialised memory
     if dw is not None and not _same_dtype(dw, w_like):
         dw = _cast_like(dw, w_like)
     if db is not None and not _same_dtype(db, b_like):
