@@ -119,7 +119,8 @@ static void test_target(const int* archs, int na) {
 /* ---- Compiles ----------------------------------------------------------------------------- */
 
 static const char* const simt_kernels[] = {"cf_attn_fwd_simt", "cf_attn_bwd_delta_simt",
-                                           "cf_attn_bwd_dq_simt", "cf_attn_bwd_dkdv_simt", NULL};
+                                           "cf_attn_bwd_dq_simt", "cf_attn_bwd_dkdv_simt",
+                                           "cf_kv_append_simt", "cf_kv_attn_simt", NULL};
 static const char* const mma_kernels[] = {"cf_attn_fwd_mma", NULL};
 static const char* const ops_kernels[] = {"cf_rotary_simt",   "cf_merge_simt",
                                           "cf_norm_fwd_simt", "cf_norm_bwd_rows",

@@ -1,8 +1,9 @@
 /* GPU tests of the ops around attention on cuda-simt (ctest label gpu): rotary, RMSNorm/LayerNorm
- * forward and backward, LSE merge, each run on the same random inputs by cpu-ref (itself tested
- * against the fp64 oracles by test_rotary / test_norm / test_kvcache) and by cuda-simt on device
- * copies with NaN-poisoned outputs; results must agree to a few units of the output dtype's
- * rounding and cover every element. Skips (exit 77) with the reason when no GPU can be used. */
+ * forward and backward, LSE merge and the KV cache (append with rotary, batch_idx, left pad, paged,
+ * split-KV), each run on the same random inputs by cpu-ref (itself tested against the fp64
+ * oracles by test_rotary / test_norm / test_kvcache) and by cuda-simt on device copies with
+ * NaN-poisoned outputs; results must agree to a few units of the output dtype's rounding and
+ * cover every element. Skips (exit 77) with the reason when no GPU can be used. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -198,6 +199,89 @@ static void test_merge(cf_dtype dt) {
     freepair(&op), freepair(&lp), freepair(&out), freepair(&lse);
 }
 
+/* ---- KV cache ----------------------------------------------------------------------------- */
+/* Host int32 tensor from values. */
+static void ints(tt_tensor* t, int ndim, const int64_t* shape, const int32_t* v) {
+    tt_alloc(t, CF_I32, ndim, shape, TT_DENSE);
+    for (int64_t n = 0; n < t->numel; n++) tt_set_flat(t, n, v[n]);
+}
+
+static void test_kvcache(cf_dtype dt, int paged, int splits) {
+    const int64_t B = 3, H = 6, Hk = 2, D = 64, Dv = 64, Sq = paged ? 5 : 1, Sn = Sq, rd = 32;
+    const int64_t Bc = 4, Sc = 300, pages = 20, psz = 16;
+    int64_t qs[4] = {B, Sq, H, D}, os[4] = {B, Sq, H, Dv}, ls[3] = {B, H, Sq};
+    int64_t kcs[4] = {paged ? pages : Bc, paged ? psz : Sc, Hk, D};
+    int64_t vcs[4] = {kcs[0], kcs[1], Hk, Dv}, kns[4] = {B, Sn, Hk, D}, cs[2] = {512, rd / 2};
+    pair q, out, lse, kc, vc, kn, vn, cosp, sinp;
+    mkpair(&q, dt, 4, qs, TT_PADDED, 41, -1, 1);
+    mkpair(&out, dt, 4, os, TT_PADDED, 0, 0, 0);
+    mkpair(&lse, CF_F32, 3, ls, TT_DENSE, 0, 0, 0);
+    mkpair(&kc, dt, 4, kcs, TT_DENSE, 42, -1, 1);
+    mkpair(&vc, dt, 4, vcs, TT_DENSE, 43, -1, 1);
+    mkpair(&kn, dt, 4, kns, TT_DENSE, 44, -1, 1);
+    mkpair(&vn, dt, 4, kns, TT_DENSE, 45, -1, 1);
+    tt_tensor c, sn, hkc, hvc;
+    tt_alloc(&c, CF_F32, 2, cs, TT_DENSE);
+    tt_alloc(&sn, CF_F32, 2, cs, TT_DENSE);
+    cflash_rotary_table_params tp;
+    cflash_rotary_table_params_init(&tp);
+    CHECK_OK(cflash_rotary_tables(&tp, &c.dl, &sn.dl));
+    mkpair(&cosp, CF_F32, 2, cs, TT_DENSE, 0, 0, 0);
+    mkpair(&sinp, CF_F32, 2, cs, TT_DENSE, 0, 0, 0);
+    cf_cu_memcpy(0, cosp.d, c.base, c.bytes, 1);
+    cf_cu_memcpy(0, sinp.d, sn.base, sn.bytes, 1);
+    tt_alloc_like(&hkc, &kc.h); /* the CPU's own caches, same start */
+    tt_alloc_like(&hvc, &vc.h);
+    memcpy(hkc.base, kc.h.base, kc.h.bytes);
+    memcpy(hvc.base, vc.h.base, vc.h.bytes);
+    tt_tensor seqlens, bidx, lpad, bt;
+    int64_t b1[1] = {B}, bts[2] = {B, 6};
+    const int32_t sl_np[3] = {100, 7, 250}, sl_p[3] = {30, 0, 60}, bi[3] = {2, 0, 3},
+                  lp[3] = {0, 3, 10};
+    int32_t table[18];
+    for (int i = 0; i < 18; i++) table[i] = (int32_t)((i * 7) % 18); /* distinct pages per batch */
+    ints(&seqlens, 1, b1, paged ? sl_p : sl_np);
+    ints(&bidx, 1, b1, bi);
+    ints(&lpad, 1, b1, lp);
+    ints(&bt, 2, bts, table);
+    cflash_attn_params p;
+    cflash_attn_params_init(&p);
+    p.causal = 1;
+    if (paged) p.window_left = 16, p.causal = 0, p.window_right = 0;
+    cflash_kvcache_params kp;
+    cflash_kvcache_params_init(&kp);
+    kp.rotary_interleaved = 1;
+    kp.cache_seqlens = &seqlens.dl;
+    kp.cache_batch_idx = paged ? NULL : &bidx.dl;
+    kp.cache_leftpad = paged ? NULL : &lpad.dl;
+    kp.block_table = paged ? &bt.dl : NULL;
+    kp.num_splits = splits;
+    kp.k_new = &kn.h.dl, kp.v_new = &vn.h.dl, kp.rotary_cos = &c.dl, kp.rotary_sin = &sn.dl;
+    CHECK_OK(cflash_attn_kvcache_fwd(cpu_ctx, &p, &kp, &q.h.dl, &hkc.dl, &hvc.dl, &out.h.dl,
+                                     &lse.h.dl));
+    kp.k_new = &kn.dl, kp.v_new = &vn.dl, kp.rotary_cos = &cosp.dl, kp.rotary_sin = &sinp.dl;
+    CHECK_OK(cflash_attn_kvcache_fwd(gpu_ctx, &p, &kp, &q.dl, &kc.dl, &vc.dl, &out.dl, &lse.dl));
+    char what[96];
+    snprintf(what, sizeof what, "kvcache %s paged=%d splits=%d", tt_dtype_short(dt), paged, splits);
+    tt_tensor g;
+    fetch(&out, &g);
+    compare(what, &out.h, &g, 4);
+    tt_free(&g);
+    fetch(&lse, &g);
+    compare(what, &lse.h, &g, 64);
+    tt_free(&g);
+    fetch(&kc, &g);
+    compare(what, &hkc, &g, 2);
+    tt_free(&g);
+    fetch(&vc, &g);
+    compare(what, &hvc, &g, 0);
+    tt_free(&g);
+    tt_free(&c), tt_free(&sn), tt_free(&hkc), tt_free(&hvc);
+    tt_free(&seqlens), tt_free(&bidx), tt_free(&lpad), tt_free(&bt);
+    pair* all[] = {&q, &out, &lse, &kc, &vc, &kn, &vn, &cosp, &sinp};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) freepair(all[i]);
+}
+
 int main(void) {
     char why[1024];
     if (!cf_cu_available(why, sizeof why)) {
@@ -215,6 +299,9 @@ int main(void) {
         test_norm(dts[i], CFLASH_NORM_RMS, 0, 0.0f);
         test_norm(dts[i], CFLASH_NORM_LAYER, 1, 0.2f);
         test_merge(dts[i]);
+        test_kvcache(dts[i], 0, 0);
+        test_kvcache(dts[i], 0, 4);
+        test_kvcache(dts[i], 1, 3);
     }
     cflash_context_free(cpu_ctx);
     cflash_context_free(gpu_ctx);

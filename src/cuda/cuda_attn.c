@@ -7,12 +7,13 @@
 #include <string.h>
 
 #include "core/attn_call.h"
+#include "core/ops_call.h"
 #include "core/philox.h"
 #include "core/status.h"
 #include "cuda/cuda_drv.h"
 #include "cuda/cuda_launch.h"
 #include "cuda/cuda_rtc.h"
-#include "cuda/kernels/cf_common.cuh"
+#include "cuda/kernels/cf_ops_args.cuh"
 #include "dispatch/dispatch.h"
 
 #define SIMT_WARPS 4  /* CF_WARPS in attn_simt.cu */
@@ -324,7 +325,125 @@ static cflash_status mma_bwd_run(const void* call) {
     return cf_error(CFLASH_ERR_UNSUPPORTED, "cuda-mma: no backward kernel");
 }
 
+/* ---- KV cache (cuda-simt): append, split-KV attention, merge ----------------------------- */
+
+static int kv_supports(const void* call, char* why, size_t n) {
+    const cf_kvcache_call* k = call;
+    return simt_supports(&k->a, 0, why, n);
+}
+
+/* Splits of the keys: num_splits when given, else enough blocks to fill the GPU twice over when
+ * the query side alone does not (decode), with at least 256 keys per split. */
+static int64_t kv_splits(const cf_kvcache_call* k, const cf_cu_device* dev) {
+    const int64_t Sk = k->a.Sk > 0 ? k->a.Sk : 1;
+    const int64_t blocks = (k->a.Sq + SIMT_WARPS - 1) / SIMT_WARPS * k->a.H * k->a.B;
+    int64_t s = k->num_splits;
+    if (s <= 0) {
+        s = 1;
+        if (blocks < 2 * (int64_t)dev->sm_count && Sk >= 512) {
+            s = (2 * (int64_t)dev->sm_count + blocks - 1) / blocks;
+            if (s > Sk / 256) s = Sk / 256;
+        }
+    }
+    if (s > 64) s = 64;
+    if (s > 65535 / k->a.B) s = 65535 / k->a.B; /* grid z = B * splits */
+    if (s > Sk) s = Sk;
+    return s < 1 ? 1 : s;
+}
+
+static cflash_status kv_upload(run_state* st, const int32_t* host, int64_t count, int slot,
+                               const int** dst, CUdeviceptr* extra) {
+    if (!host) return CFLASH_OK;
+    CUdeviceptr p = 0;
+    CFLASH_FORWARD_IF_ERROR(
+        cf_cuda_upload(&st->dev, st->stream, host, sizeof(int32_t) * (size_t)count, &p));
+    if (slot < 3) st->tmp[slot] = p;
+    else *extra = p;
+    *dst = (const int*)(uintptr_t)p;
+    return CFLASH_OK;
+}
+
+static cflash_status kv_run(const void* call) {
+    const cf_kvcache_call* c = call;
+    const cf_attn_call* a = &c->a;
+    const int dmax = dmax_for(a);
+    run_state st;
+    cf_kv_args k;
+    memset(&k, 0, sizeof k);
+    CUdeviceptr bt = 0, parts = 0;
+    cflash_status s = run_begin(&st, a, &k.a, "attn_simt.cu", (int)a->dtype, dmax);
+    k.kc = c->kc.data, k.vc = c->vc.data, k.knew = c->knew.data, k.vnew = c->vnew.data;
+    k.cos = c->cos.data, k.sin = c->sin.data;
+    k.kc_s0 = c->kc.stride[0], k.kc_s1 = c->kc.stride[1], k.kc_s2 = c->kc.stride[2];
+    k.vc_s0 = c->vc.stride[0], k.vc_s1 = c->vc.stride[1], k.vc_s2 = c->vc.stride[2];
+    k.kn_sb = c->knew.stride[0], k.kn_ss = c->knew.stride[1], k.kn_sh = c->knew.stride[2];
+    k.vn_sb = c->vnew.stride[0], k.vn_ss = c->vnew.stride[1], k.vn_sh = c->vnew.stride[2];
+    k.cos_s0 = c->cos.stride[0], k.sin_s0 = c->sin.stride[0];
+    k.cs_dt = (int)c->cos.dtype;
+    k.seqlen = c->seqlen, k.Sn = c->knew.data ? c->Sn : 0;
+    k.bt_stride = c->bt_stride, k.page_size = c->page_size, k.rd = c->rd;
+    k.interleaved = c->interleaved;
+    k.qpos_shift = a->causal || a->window_left >= 0 || a->window_right >= 0;
+    if (s == CFLASH_OK) s = kv_upload(&st, c->seqlens, a->B, 0, &k.seqlens, NULL);
+    if (s == CFLASH_OK) s = kv_upload(&st, c->batch_idx, a->B, 1, &k.batch_idx, NULL);
+    if (s == CFLASH_OK) s = kv_upload(&st, c->leftpad, a->B, 2, &k.leftpad, NULL);
+    if (s == CFLASH_OK && c->block_table)
+        s = kv_upload(&st, c->block_table, (a->B - 1) * c->bt_stride + c->max_pages, 3,
+                      &k.block_table, &bt);
+    if (s == CFLASH_OK && k.Sn > 0) {
+        const int64_t rows = a->B * k.Sn * a->Hk;
+        s = cf_cuda_launch(st.mod, "cf_kv_append_simt", (rows + SIMT_WARPS - 1) / SIMT_WARPS, 1, 1,
+                           SIMT_WARPS * 32, sizeof(float) * SIMT_WARPS * (size_t)dmax, st.stream,
+                           &k);
+    }
+    const int64_t Sk = a->Sk > 0 ? a->Sk : 1;
+    k.splits = kv_splits(c, &st.dev);
+    k.chunk = (Sk + k.splits - 1) / k.splits;
+    k.splits = (Sk + k.chunk - 1) / k.chunk;
+    k.a.tile = simt_tile(a, &st.dev, 0);
+    const size_t nout = (size_t)(k.splits * a->B * a->Sq * a->H * a->Dv);
+    const size_t nlse = (size_t)(k.splits * a->B * a->H * a->Sq);
+    if (s == CFLASH_OK && k.splits > 1) {
+        s = cf_cuda_tmp_alloc(&st.dev, st.stream, sizeof(float) * (nout + nlse), &parts);
+        k.opart = (float*)(uintptr_t)parts;
+        k.lpart = k.opart + nout;
+    }
+    if (s == CFLASH_OK)
+        s = cf_cuda_launch(st.mod, "cf_kv_attn_simt", (a->Sq + SIMT_WARPS - 1) / SIMT_WARPS, a->H,
+                           a->B * k.splits, SIMT_WARPS * 32, simt_fwd_smem(a, k.a.tile, dmax),
+                           st.stream, &k);
+    if (s == CFLASH_OK && k.splits > 1) {
+        CUmodule ops;
+        s = cf_cuda_module(&st.dev, "ops_simt.cu", "", &ops);
+        cf_merge_args m;
+        memset(&m, 0, sizeof m);
+        m.op = k.opart, m.lp = k.lpart, m.out = a->out.data, m.lse = a->lse.data;
+        m.op_s3 = a->Dv, m.op_s2 = a->H * a->Dv, m.op_s1 = a->Sq * a->H * a->Dv;
+        m.op_s0 = a->B * m.op_s1;
+        m.lp_s3 = 1, m.lp_s2 = a->Sq, m.lp_s1 = a->H * a->Sq, m.lp_s0 = a->B * m.lp_s1;
+        m.o_s0 = a->out.stride[0], m.o_s1 = a->out.stride[1], m.o_s2 = a->out.stride[2];
+        m.lse_s0 = a->lse.stride[0], m.lse_s1 = a->lse.stride[1], m.lse_s2 = a->lse.stride[2];
+        m.NS = k.splits, m.B = a->B, m.Sq = a->Sq, m.H = a->H, m.Dv = a->Dv;
+        m.op_dt = 0, m.out_dt = (int)a->dtype;
+        if (s == CFLASH_OK)
+            s = cf_cuda_launch(ops, "cf_merge_simt", a->B * a->Sq * a->H, 1, 1, 128, 0, st.stream,
+                               &m);
+    }
+    cf_cuda_tmp_free(&st.dev, st.stream, parts);
+    cf_cuda_tmp_free(&st.dev, st.stream, bt);
+    return run_end(&st, s);
+}
+
 /* ---- Registry rows ------------------------------------------------------------------------ */
+
+const cf_impl cf_impl_cuda_simt_kvcache_fwd = {
+    .backend = "cuda-simt",
+    .op = CFLASH_OP_KVCACHE_FWD,
+    .device_type = kDLCUDA,
+    .supports = kv_supports,
+    .run = kv_run,
+    .available = cuda_available,
+};
 
 const cf_impl cf_impl_cuda_mma_attn_fwd = {
     .backend = "cuda-mma",

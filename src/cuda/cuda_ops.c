@@ -1,8 +1,8 @@
 /* cuda-simt rows for the ops around attention: rotary, RMSNorm/LayerNorm forward and backward,
  * and the LSE merge. Fills the argument structs of src/cuda/kernels/cf_ops_args.cuh from the
  * validated calls (index arrays, which the API keeps in host memory, are uploaded per call) and
- * launches the kernels of ops_simt.cu on the context's stream. The KV-cache op has no CUDA kernel
- * yet: a CUDA KV-cache call gets the reason from the dispatcher (no impl for cuda tensors). */
+ * launches the kernels of ops_simt.cu on the context's stream. The KV-cache op lives in
+ * cuda_attn.c, beside the attention kernels it shares. */
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>

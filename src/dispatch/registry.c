@@ -62,7 +62,7 @@ static const cf_impl* const attn_bwd[] = {
 CF_OPS_DECL_CUDA(rotary)
 CF_OPS_DECL_CUDA(norm_fwd)
 CF_OPS_DECL_CUDA(norm_bwd)
-CF_OPS_DECL(kvcache_fwd)
+CF_OPS_DECL_CUDA(kvcache_fwd)
 CF_OPS_DECL_CUDA(attn_merge)
 
 #define CF_LIST(a) a, sizeof(a) / sizeof((a)[0])

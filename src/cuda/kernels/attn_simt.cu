@@ -300,3 +300,159 @@ extern "C" __global__ void __launch_bounds__(CF_WARPS * 32) cf_attn_bwd_dkdv_sim
         if (d < a.Dv) cf_st(a.dv, vb + d, dv[t]);
     }
 }
+
+/* ---- KV cache: append, then attention with split-KV --------------------------------------- */
+
+/* Element offset of cache row (position t, KV head hk) of batch b (paged or not). */
+CF_DEV cf_i64 cf_kv_row(const cf_kv_args& k, cf_i64 s0, cf_i64 s1, cf_i64 s2, cf_i64 b, cf_i64 t,
+                        cf_i64 hk) {
+    cf_i64 page, row;
+    if (k.block_table) {
+        page = k.block_table[b * k.bt_stride + t / k.page_size];
+        row = t % k.page_size;
+    } else {
+        page = k.batch_idx ? k.batch_idx[b] : b;
+        row = t;
+    }
+    return page * s0 + row * s1 + hk * s2;
+}
+
+/* Old length L, left pad P, keys sk = L + Sn - P of batch b (src/core/ops_call.h: cf_kv_seq). */
+CF_DEV void cf_kv_seq(const cf_kv_args& k, cf_i64 b, cf_i64* L, cf_i64* P, cf_i64* sk) {
+    *L = k.seqlens ? k.seqlens[b] : k.seqlen;
+    *P = k.leftpad ? k.leftpad[b] : 0;
+    *sk = *L + k.Sn - *P;
+}
+
+/* Row src (D values at element offset si) rotated at position pos into dst (shared), in fp32. */
+CF_DEV void cf_kv_rotate_into(const cf_kv_args& k, float* dst, const void* src, cf_i64 si,
+                              cf_i64 pos, int lane) {
+    const int D = (int)k.a.D;
+    for (int d = lane; d < D; d += 32) dst[d] = cf_ld(src, si + d);
+    __syncwarp();
+    if (!k.cos) return;
+    const cf_i64 half = k.rd / 2;
+    for (cf_i64 i = lane; i < half; i += 32) {
+        const cf_i64 ia = k.interleaved ? 2 * i : i, ib = k.interleaved ? 2 * i + 1 : i + half;
+        const float co = cf_ldt(k.cos, k.cs_dt, pos * k.cos_s0 + i);
+        const float sn = cf_ldt(k.sin, k.cs_dt, pos * k.sin_s0 + i);
+        const float x0 = dst[ia], x1 = dst[ib];
+        dst[ia] = x0 * co - x1 * sn;
+        dst[ib] = x0 * sn + x1 * co;
+    }
+    __syncwarp();
+}
+
+/* One warp per new row (b, n, hk): rotated k and v into the cache at position L + n.
+ * smem: CF_WARPS * CF_DMAX floats. */
+extern "C" __global__ void __launch_bounds__(CF_WARPS * 32) cf_kv_append_simt(cf_kv_args k) {
+    extern __shared__ float smem[];
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    const cf_i64 r = (cf_i64)blockIdx.x * CF_WARPS + w; /* over B * Sn * Hk */
+    if (r >= k.a.B * k.Sn * k.a.Hk) return;
+    const cf_i64 b = r / (k.Sn * k.a.Hk), n = (r / k.a.Hk) % k.Sn, hk = r % k.a.Hk;
+    cf_i64 L, P, sk;
+    cf_kv_seq(k, b, &L, &P, &sk);
+    float* buf = smem + w * CF_DMAX;
+    cf_kv_rotate_into(k, buf, k.knew, b * k.kn_sb + n * k.kn_ss + hk * k.kn_sh, L + n, lane);
+    const cf_i64 ko = cf_kv_row(k, k.kc_s0, k.kc_s1, k.kc_s2, b, L + n, hk);
+    const cf_i64 vo = cf_kv_row(k, k.vc_s0, k.vc_s1, k.vc_s2, b, L + n, hk);
+    const cf_i64 vi = b * k.vn_sb + n * k.vn_ss + hk * k.vn_sh;
+    for (int d = lane; d < k.a.D; d += 32) cf_st(k.kc, ko + d, buf[d]);
+    for (int d = lane; d < k.a.Dv; d += 32) cf_st(k.vc, vo + d, cf_ld(k.vnew, vi + d));
+}
+
+/* One warp per query row, keys of split blockIdx.z % splits; as cf_attn_fwd_simt otherwise.
+ * smem: Ks[tile][D + 1], qs[CF_WARPS][CF_DMAX]. */
+extern "C" __global__ void __launch_bounds__(CF_WARPS * 32) cf_kv_attn_simt(cf_kv_args k) {
+    extern __shared__ float smem[];
+    const cf_attn_args& a = k.a;
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    const cf_i64 b = blockIdx.z / k.splits, sp = blockIdx.z % k.splits, h = blockIdx.y;
+    const cf_i64 hk = h / (a.H / a.Hk), sq = a.Sq;
+    cf_i64 L, P, sk;
+    cf_kv_seq(k, b, &L, &P, &sk);
+    const cf_i64 row0 = (cf_i64)blockIdx.x * CF_WARPS;
+    if (row0 >= sq) return;
+    const cf_i64 i = row0 + w;
+    const bool active = i < sq;
+    const int T = a.tile, KS = (int)a.D + 1;
+    float* Ks = smem;
+    float* qs = smem + T * KS + w * CF_DMAX;
+    const cf_i64 last = (row0 + CF_WARPS < sq ? row0 + CF_WARPS : sq) - 1;
+    cf_i64 blo, bhi, tmp, lo = 0, hi = 0;
+    cf_key_range(&a, row0, sq, sk, &blo, &tmp);
+    cf_key_range(&a, last, sq, sk, &tmp, &bhi);
+    const cf_i64 c0 = sp * k.chunk, c1 = c0 + k.chunk; /* this split's keys */
+    if (blo < c0) blo = c0;
+    if (bhi > c1) bhi = c1;
+    if (active) {
+        cf_key_range(&a, i, sq, sk, &lo, &hi);
+        if (lo < c0) lo = c0;
+        if (hi > c1) hi = c1;
+        const cf_i64 pos = k.qpos_shift ? L + i : L;
+        cf_kv_rotate_into(k, qs, a.q, b * a.q_sb + i * a.q_ss + h * a.q_sh, pos, lane);
+        if (k.cos)
+            for (int d = lane; d < a.D; d += 32) qs[d] = cf_round(qs[d]);
+    }
+    const float slope = cf_slope(&a, b, h);
+    float m = CF_NEG_INF, l = 0.0f, acc[CF_NPL];
+#pragma unroll
+    for (int t = 0; t < CF_NPL; t++) acc[t] = 0.0f;
+
+    for (cf_i64 j0 = blo; j0 < bhi; j0 += T) {
+        const int n = (int)(bhi - j0 < T ? bhi - j0 : T);
+        __syncthreads();
+        for (int e = threadIdx.x; e < n * a.D; e += CF_WARPS * 32) {
+            const int r = e / (int)a.D, d = e - r * (int)a.D;
+            Ks[r * KS + d] = cf_ld(k.kc, cf_kv_row(k, k.kc_s0, k.kc_s1, k.kc_s2, b, P + j0 + r, hk) + d);
+        }
+        __syncthreads();
+        if (!active) continue;
+        const cf_i64 j = j0 + lane;
+        float s = CF_NEG_INF;
+        if (lane < n && j >= lo && j < hi) {
+            float dot = 0.0f, t;
+            for (int d = 0; d < a.D; d++) dot += qs[d] * Ks[lane * KS + d];
+            s = cf_score(&a, a.scale * dot, slope, i, j, sq, sk, &t);
+        }
+        const float mnew = fmaxf(m, cf_warp_max(s));
+        if (mnew == CF_NEG_INF) continue;
+        const float corr = expf(m - mnew);
+        const float p = s == CF_NEG_INF ? 0.0f : expf(s - mnew);
+        l = l * corr + cf_warp_sum(p);
+        m = mnew;
+#pragma unroll
+        for (int t = 0; t < CF_NPL; t++) acc[t] *= corr;
+        for (int jj = 0; jj < n; jj++) {
+            const float pj = __shfl_sync(CF_FULL, p, jj);
+            if (pj == 0.0f) continue;
+            const cf_i64 vb = cf_kv_row(k, k.vc_s0, k.vc_s1, k.vc_s2, b, P + j0 + jj, hk);
+#pragma unroll
+            for (int t = 0; t < CF_NPL; t++) {
+                const int d = lane + 32 * t;
+                if (d < a.Dv) acc[t] += pj * cf_ld(k.vc, vb + d);
+            }
+        }
+    }
+    if (!active) return;
+    const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+    const float lse = l > 0.0f ? m + logf(l) : CF_NEG_INF;
+    if (k.splits == 1) {
+        const cf_i64 ob = b * a.o_sb + i * a.o_ss + h * a.o_sh;
+#pragma unroll
+        for (int t = 0; t < CF_NPL; t++) {
+            const int d = lane + 32 * t;
+            if (d < a.Dv) cf_st(a.out, ob + d, acc[t] * inv);
+        }
+        if (a.lse && lane == 0) a.lse[b * a.lse_sb + h * a.lse_sh + i * a.lse_ss] = lse;
+    } else {
+        float* o = k.opart + (((sp * a.B + b) * sq + i) * a.H + h) * a.Dv;
+#pragma unroll
+        for (int t = 0; t < CF_NPL; t++) {
+            const int d = lane + 32 * t;
+            if (d < a.Dv) o[d] = acc[t] * inv;
+        }
+        if (lane == 0) k.lpart[((sp * a.B + b) * a.H + h) * sq + i] = lse;
+    }
+}

@@ -44,6 +44,27 @@ typedef struct cf_attn_args {
     int pad_;
 } cf_attn_args;
 
+/* ---- KV-cache attention arguments (the attention part in `a`; a.k / a.v unused) ----------- */
+typedef struct cf_kv_args {
+    cf_attn_args a;
+    void* kc;            /* (B_cache, S_cache, Hk, D) or (pages, page_size, Hk, D) */
+    void* vc;            /* same with Dv */
+    const void* knew;    /* (B, Sn, Hk, D) or NULL */
+    const void* vnew;
+    const void* cos;     /* (S_ro, rd / 2) or NULL: no rotary */
+    const void* sin;
+    const int* seqlens;  /* [B] device, or NULL: every batch has `seqlen` */
+    const int* batch_idx; /* [B] or NULL */
+    const int* leftpad;  /* [B] or NULL */
+    const int* block_table; /* (B, max_pages), row stride bt_stride, or NULL */
+    float* opart;        /* split-KV partial outputs [splits][B][Sq][H][Dv] (splits > 1) */
+    float* lpart;        /* partial LSEs [splits][B][H][Sq] */
+    cf_i64 kc_s0, kc_s1, kc_s2, vc_s0, vc_s1, vc_s2;
+    cf_i64 kn_sb, kn_ss, kn_sh, vn_sb, vn_ss, vn_sh, cos_s0, sin_s0;
+    cf_i64 seqlen, Sn, bt_stride, page_size, rd, splits, chunk;
+    int cs_dt, interleaved, qpos_shift, pad_;
+} cf_kv_args;
+
 /* ---- Sequences, masks, score transform (same rules as src/core/attn_call.h) ---------------- */
 
 CF_DEV void cf_seq(const cf_attn_args* a, cf_i64 b, cf_i64* q0, cf_i64* sq, cf_i64* k0,
@@ -197,6 +218,17 @@ CF_DEV float cf_ldt(const void* p, int dt, cf_i64 i) {
 CF_DEV void cf_stt(void* p, int dt, cf_i64 i, float x) {
     if (dt == 0) ((float*)p)[i] = x;
     else ((cf_u16*)p)[i] = dt == 1 ? cf_f32_to_f16(x) : cf_f32_to_bf16(x);
+}
+
+/* x rounded to the variant's dtype and back. */
+CF_DEV float cf_round(float x) {
+#if CF_DTYPE == 0
+    return x;
+#elif CF_DTYPE == 1
+    return cf_f16_to_f32(cf_f32_to_f16(x));
+#else
+    return cf_bf16_to_f32(cf_f32_to_bf16(x));
+#endif
 }
 
 CF_DEV float cf_warp_max(float x) {
