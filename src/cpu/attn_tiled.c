@@ -256,13 +256,25 @@ static void fwd_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const fwd
                 kk->scale_max_cols(row, Mt, 1.0f, mx);
             }
         } else {
+            int64_t a = 0, z = 0;
             for (int64_t j = 0; j < nb; j++) {
                 float* row = st + j * Mt;
                 if (!full) {
+                    /* Key jj is hidden from rows ii < a (hi[ii] <= jj) and ii >= z (lo[ii] > jj);
+                     * lo and hi are non-decreasing in ii, so both are runs: fills, no branches. */
                     const int64_t jj = j0 + j;
-                    for (int64_t gi = 0; gi < G; gi++)
-                        for (int64_t ii = 0; ii < na; ii++)
-                            if (jj < lo[ii] || jj >= hi[ii]) row[gi * na + ii] = -INFINITY;
+                    while (a < na && hi[a] <= jj)
+                        a++;
+                    while (z < na && lo[z] <= jj)
+                        z++;
+                    const int64_t z2 = z > a ? z : a;
+                    for (int64_t gi = 0; gi < G; gi++) {
+                        float* rg = row + gi * na;
+                        for (int64_t ii = 0; ii < a; ii++)
+                            rg[ii] = -INFINITY;
+                        for (int64_t ii = z2; ii < na; ii++)
+                            rg[ii] = -INFINITY;
+                    }
                 }
                 kk->scale_max_cols(row, Mt, s2, mx);
             }
