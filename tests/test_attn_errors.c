@@ -354,7 +354,11 @@ static void test_varlen(void) {
     reset(&A, 1), A.a[CUQ].strides[0] = 2;
     EXPECT_BOTH(&A, INV, "cu_seqlens_q: stride 2, expected 1 (contiguous)");
     reset(&A, 1), A.a[CUK].t.device.device_type = kDLVulkan;
-    EXPECT_BOTH(&A, INV, "cu_seqlens_k: on other, expected");
+    EXPECT_BOTH(&A, INV, "cu_seqlens_k: on other, expected cpu, cuda_host or cuda memory");
+    /* Device cu_seqlens are accepted only with q on that device (rejected before any copy). */
+    reset(&A, 1), A.a[CUQ].t.device = cuda0;
+    EXPECT_BOTH(&A, INV,
+                "cu_seqlens_q: on cuda:0, expected host memory or the device of q (cpu:0)");
     reset(&A, 1), A.a[CUK].shape[0] = 3;
     EXPECT_BOTH(&A, INV, "cu_seqlens_k: length 3, expected B + 1 = 4 (the length of cu_seqlens_q)");
     /* Contents: edited in place and restored (they are inputs; hashes are taken after the edit). */
