@@ -53,7 +53,33 @@ kv_dots_bf16(const float* restrict q, int64_t R, int64_t D, const void* const* r
             qb[(r * D + d) / 32] = (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(q + r * D + d + 16),
                                                                 _mm512_loadu_ps(q + r * D + d));
     const int64_t nd = D / 32;
-    for (int64_t t = 0; t < nb; t++) {
+    int64_t t0 = 0;
+    /* two keys per pass when the rows come in fours: eight independent dot chains */
+    for (; t0 + 2 <= nb && R % 4 == 0; t0 += 2) {
+        const uint16_t *k = rows[t0], *k2 = rows[t0 + 1];
+        for (int64_t r = 0; r < R; r += 4) {
+            __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+            __m512 b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+            const __m512i* qr = qb + r * nd;
+            for (int64_t c = 0; c < nd; c++) {
+                __m512bh kv = (__m512bh)_mm512_loadu_si512(k + 32 * c);
+                __m512bh kw = (__m512bh)_mm512_loadu_si512(k2 + 32 * c);
+                __m512bh q0 = (__m512bh)qr[c], q1 = (__m512bh)qr[nd + c],
+                         q2 = (__m512bh)qr[2 * nd + c], q3 = (__m512bh)qr[3 * nd + c];
+                a0 = _mm512_dpbf16_ps(a0, q0, kv);
+                a1 = _mm512_dpbf16_ps(a1, q1, kv);
+                a2 = _mm512_dpbf16_ps(a2, q2, kv);
+                a3 = _mm512_dpbf16_ps(a3, q3, kv);
+                b0 = _mm512_dpbf16_ps(b0, q0, kw);
+                b1 = _mm512_dpbf16_ps(b1, q1, kw);
+                b2 = _mm512_dpbf16_ps(b2, q2, kw);
+                b3 = _mm512_dpbf16_ps(b3, q3, kw);
+            }
+            reduce4(a0, a1, a2, a3, s + r * KV_KB + t0);
+            reduce4(b0, b1, b2, b3, s + r * KV_KB + t0 + 1);
+        }
+    }
+    for (int64_t t = t0; t < nb; t++) {
         const uint16_t* k = rows[t];
         int64_t r = 0;
         for (; r + 4 <= R; r += 4) {
@@ -118,7 +144,49 @@ static void kv_dots(const float* restrict q, int64_t R, int64_t D, const void* c
 static void kv_pv(float* restrict acc, int64_t R, int64_t Dv, const void* const* rows, int64_t nb,
                   cf_dtype dt, const float* restrict p, float* restrict vf) {
     (void)vf;
-    for (int64_t d = 0; d < Dv; d += 16) {
+    int64_t d = 0;
+    /* two chunks of 16 per pass: eight independent FMA chains hide the FMA latency */
+    for (; d + 32 <= Dv && R >= 4; d += 32) {
+        int64_t r = 0;
+        for (; r + 4 <= R; r += 4) {
+            float* o = acc + r * Dv + d;
+            const float* pr = p + r * KV_KB;
+            __m512 a0 = _mm512_loadu_ps(o), a1 = _mm512_loadu_ps(o + Dv),
+                   a2 = _mm512_loadu_ps(o + 2 * Dv), a3 = _mm512_loadu_ps(o + 3 * Dv);
+            __m512 b0 = _mm512_loadu_ps(o + 16), b1 = _mm512_loadu_ps(o + Dv + 16),
+                   b2 = _mm512_loadu_ps(o + 2 * Dv + 16), b3 = _mm512_loadu_ps(o + 3 * Dv + 16);
+            for (int64_t t = 0; t < nb; t++) {
+                __m512 v = kv_load16(rows[t], dt, d, 0xffff);
+                __m512 w = kv_load16(rows[t], dt, d + 16, 0xffff);
+                __m512 p0 = _mm512_set1_ps(pr[t]), p1 = _mm512_set1_ps(pr[KV_KB + t]),
+                       p2 = _mm512_set1_ps(pr[2 * KV_KB + t]),
+                       p3 = _mm512_set1_ps(pr[3 * KV_KB + t]);
+                a0 = _mm512_fmadd_ps(p0, v, a0);
+                a1 = _mm512_fmadd_ps(p1, v, a1);
+                a2 = _mm512_fmadd_ps(p2, v, a2);
+                a3 = _mm512_fmadd_ps(p3, v, a3);
+                b0 = _mm512_fmadd_ps(p0, w, b0);
+                b1 = _mm512_fmadd_ps(p1, w, b1);
+                b2 = _mm512_fmadd_ps(p2, w, b2);
+                b3 = _mm512_fmadd_ps(p3, w, b3);
+            }
+            _mm512_storeu_ps(o, a0), _mm512_storeu_ps(o + Dv, a1);
+            _mm512_storeu_ps(o + 2 * Dv, a2), _mm512_storeu_ps(o + 3 * Dv, a3);
+            _mm512_storeu_ps(o + 16, b0), _mm512_storeu_ps(o + Dv + 16, b1);
+            _mm512_storeu_ps(o + 2 * Dv + 16, b2), _mm512_storeu_ps(o + 3 * Dv + 16, b3);
+        }
+        for (; r < R; r++) {
+            float* o = acc + r * Dv + d;
+            __m512 a0 = _mm512_loadu_ps(o), b0 = _mm512_loadu_ps(o + 16);
+            for (int64_t t = 0; t < nb; t++) {
+                __m512 pv = _mm512_set1_ps(p[r * KV_KB + t]);
+                a0 = _mm512_fmadd_ps(pv, kv_load16(rows[t], dt, d, 0xffff), a0);
+                b0 = _mm512_fmadd_ps(pv, kv_load16(rows[t], dt, d + 16, 0xffff), b0);
+            }
+            _mm512_storeu_ps(o, a0), _mm512_storeu_ps(o + 16, b0);
+        }
+    }
+    for (; d < Dv; d += 16) {
         __mmask16 m = kv_mask(Dv - d);
         int64_t r = 0;
         for (; r + 4 <= R; r += 4) {
