@@ -52,7 +52,11 @@ def _window(window_size):
 
 
 def _scale(softmax_scale, q):
-    return float(q.shape[-1] ** -0.5) if softmax_scale is None else float(softmax_scale)
+    if softmax_scale is None:
+        return float(q.shape[-1] ** -0.5)
+    # The library reads 0 as "default"; flash-attn's 0 means every score is 0 (uniform weights),
+    # which a scale far below any score's reciprocal reproduces.
+    return float(softmax_scale) if softmax_scale != 0 else 1e-30
 
 
 def _attn_probs(q, k, v, lse_like, softmax_scale, causal, window_size, softcap, alibi_slopes, dropout_p, seed,

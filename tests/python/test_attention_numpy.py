@@ -352,3 +352,9 @@ def test_dltensor_views_do_not_copy(rng):
     assert [h.t.strides[i] for i in range(4)] == [s // 4 for s in x.strides]
     y = big[..., ::2]  # last dim not contiguous: copied once, as flash-attn does
     assert maybe_contiguous(y) is not y and maybe_contiguous(y).strides[-1] == 4
+
+
+def test_softmax_scale_zero_means_uniform_weights(rng):
+    q, k, v = (rng.standard_normal((1, 4, 2, 8)).astype(np.float32) for _ in range(3))
+    out = cflash.flash_attn_func(q, k, v, softmax_scale=0.0)
+    assert np.abs(out - v.mean(axis=1, keepdims=True)).max() < 1e-5
