@@ -57,6 +57,10 @@ kv_dots_bf16(const float* restrict q, int64_t R, int64_t D, const void* const* r
     /* two keys per pass when the rows come in fours: eight independent dot chains */
     for (; t0 + 2 <= nb && R % 4 == 0; t0 += 2) {
         const uint16_t *k = rows[t0], *k2 = rows[t0 + 1];
+        if (t0 + 5 < nb) /* into L1 a few keys ahead (the block itself is already in L2) */
+            for (int64_t o = 0; o < D; o += 32)
+                _mm_prefetch((const char*)((const uint16_t*)rows[t0 + 4] + o), _MM_HINT_T0),
+                    _mm_prefetch((const char*)((const uint16_t*)rows[t0 + 5] + o), _MM_HINT_T0);
         for (int64_t r = 0; r < R; r += 4) {
             __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
             __m512 b0 = a0, b1 = a0, b2 = a0, b3 = a0;
