@@ -366,6 +366,7 @@ static cflash_status kv_upload(run_state* st, const int32_t* host, int64_t count
 static cflash_status kv_run(const void* call) {
     const cf_kvcache_call* c = call;
     const cf_attn_call* a = &c->a;
+    if (a->B == 0) return CFLASH_OK; /* nothing to append or attend */
     const int dmax = dmax_for(a);
     run_state st;
     cf_kv_args k;
