@@ -24,7 +24,6 @@ def median_s(f, n):
 
 
 def main():
-    torch.set_num_threads(int(torch.get_num_threads()))
     print("threads: torch %d; cflash: OMP_NUM_THREADS or all cores" % torch.get_num_threads())
     q = np.ones((1, 1, 1, 8), np.float32)
     print("per call, NumPy, (1,1,1,8) fp32: %.1f us" % (1e6 * median_s(lambda: cflash.flash_attn_func(q, q, q), 2000)))
