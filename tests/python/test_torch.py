@@ -374,3 +374,19 @@ def test_torch_dltensor_views_do_not_copy():
     assert h.t.dtype.code == 2 and h.t.dtype.bits == 32 and h.t.device.device_type == 1
     hb = DL(x.to(torch.bfloat16))
     assert hb.t.dtype.code == 4 and hb.t.dtype.bits == 16
+
+
+def test_errors_through_the_custom_ops():
+    q = torch.randn(1, 4, 2, 8, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"q: dtype float64, expected float32"):
+        cflash.flash_attn_func(q, q, q)
+    q = torch.randn(1, 4, 2, 8)
+    k = torch.randn(1, 4, 3, 8)
+    with pytest.raises(ValueError, match=r"k: 3 heads, expected a divisor"):
+        cflash.flash_attn_func(q, k, k)
+    try:
+        cflash.set_backend("cuda-simt")
+        with pytest.raises(RuntimeError, match=r"CFLASH_ERR_UNSUPPORTED"):
+            cflash.flash_attn_func(q, q, q)
+    finally:
+        cflash.set_backend(None)
