@@ -179,7 +179,7 @@ typedef struct bwd_geom {
     int64_t G, n, M, D, Dv, W, Dp2, Dvp2;
     int bf; /* bf16 pairs mode: the seven products on gemm_bf16 */
     /* bf16 mode buffers (uint32 pairs) */
-    size_t ktv, vtv, dov, qv, pp, dsp, qa, doa, qv2, dov2, kvv, dsp2, ka, va;
+    size_t ktv, vtv, dov, qv, pp, dsp, qa, doa, qv2, dov2, kvv, dsp2, ka, va, dsr;
     /* pass 1 */
     size_t kc, kt, vc, vt, dk, dv, qc, doc, s, dp, pd, y, vec1, map1;
     /* pass 2 */
@@ -244,6 +244,7 @@ static void bwd_layout(const cf_attn_call* c, const cf_attn_kernels* kk, bwd_geo
         TAKE(dsp2, U * hk * M);
         TAKE(ka, U * BKB * Dp2);
         TAKE(va, U * BKB * Dvp2);
+        TAKE(dsr, U * BQ * hk);
     }
 #undef TAKE
     g->bytes = off;
@@ -275,8 +276,9 @@ static void dropout_apply(const cf_attn_call* c, float* x, const score_map* mp, 
 /* ---- Pass 1: dK, dV of one key block ----------------------------------------------------------
  */
 
+/* dqacc (fp32 [G][sq][D], NULL in the three-pass mode): also accumulate dQ += dS K there. */
 static void dkdv_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const bwd_geom* g,
-                      const attn_tile* t, char* ws, const float* dl) {
+                      const attn_tile* t, char* ws, const float* dl, float* dqacc) {
     const int64_t b = t->b, hk = t->hk, j0 = t->i0, nb = t->i1 - t->i0, D = g->D, Dv = g->Dv;
     int64_t q0, sq, k0, sk;
     cf_attn_seq(c, b, &q0, &sq, &k0, &sk);
@@ -293,14 +295,20 @@ static void dkdv_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const bw
              *dov = (uint32_t*)(ws + g->dov), *qv = (uint32_t*)(ws + g->qv),
              *pp = (uint32_t*)(ws + g->pp), *dsp = (uint32_t*)(ws + g->dsp),
              *qa = (uint32_t*)(ws + g->qa), *doa = (uint32_t*)(ws + g->doa);
+    const float* kr = NULL;
+    int64_t ldk = 0;
+    uint32_t *kvv = (uint32_t*)(ws + g->kvv), *dsr = (uint32_t*)(ws + g->dsr);
+    const int64_t nb2 = (nb + 1) / 2;
+    if (bf && dqacc) /* K as row pairs for dQ += dS K */
+        rows_vnni(kk, kvv, (const uint16_t*)row_ptr(&c->k, b, k0 + j0, hk), c->k.stride[1], nb, D);
     if (bf) { /* K^T, V^T as pairs along d, once per key block */
         for (int64_t j = 0; j < nb; j++) {
             pairs_col(ktv, nb, j, (const uint16_t*)row_ptr(&c->k, b, k0 + j0 + j, hk), D);
             pairs_col(vtv, nb, j, (const uint16_t*)row_ptr(&c->v, b, k0 + j0 + j, hk), Dv);
         }
     } else {
-        int64_t ldk, ldv;
-        const float* kr = rows_f32(kk, &c->k, b, k0 + j0, hk, nb, D, kc, &ldk);
+        kr = rows_f32(kk, &c->k, b, k0 + j0, hk, nb, D, kc, &ldk);
+        int64_t ldv;
         const float* vr = rows_f32(kk, &c->v, b, k0 + j0, hk, nb, Dv, vc, &ldv);
         transpose(kt, kr, ldk, nb, D);
         transpose(vt, vr, ldv, nb, Dv);
@@ -373,6 +381,19 @@ static void dkdv_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const bw
                 kk->gemm_bf16(nb, D, hq, dsp, 1, nb, qv, D, dk, D, 1); /* dK += dS^T Q */
             } else {
                 kk->gemm_f32(nb, D, bq, dp, 1, nb, qr, ldq, dk, D, 1); /* dK += dS^T Q */
+            }
+            if (dqacc) { /* dQ += dS K, rows of this unit only: no other thread writes them */
+                float* dqr = dqacc + (gi * sq + i0) * D;
+                if (bf) {
+                    for (int64_t r = 0; r < bq; r++) {
+                        uint16_t* d16 = (uint16_t*)(dsr + r * nb2);
+                        kk->from_f32(d16, dp + r * nb, CF_BF16, nb);
+                        if (nb % 2) d16[nb] = 0;
+                    }
+                    kk->gemm_bf16(bq, D, nb2, dsr, nb2, 1, kvv, D, dqr, D, 1);
+                } else {
+                    kk->gemm_f32(bq, D, nb, dp, nb, 1, kr, ldk, dqr, D, 1);
+                }
             }
         }
     }
@@ -508,6 +529,27 @@ cflash_status cf_attn_cpu_bwd(const cf_attn_call* c, const cf_attn_kernels* kk) 
             }
     }
     cf_attn_cpu_sort_tiles(ktiles, n);
+
+    /* One pass (dQ accumulated per (sequence, KV head) unit) when there are enough units to keep
+     * every thread busy and the unit's fp32 dQ fits a bounded buffer; else three passes. */
+    const int64_t nu = c->B * c->Hk;
+    const size_t dq_floats = (size_t)(g.G * c->Sq * c->D);
+    const size_t dq_stride = (dq_floats + 15) & ~(size_t)15;
+    const int one_pass = nu >= 4 * (int64_t)T && dq_floats * sizeof(float) <= CF_ATTN_BWD_DQ_BYTES;
+    attn_tile* units = one_pass ? malloc(sizeof *units * (size_t)nu) : NULL;
+    float* dqbuf = one_pass ? aligned_alloc(64, sizeof(float) * dq_stride * (size_t)T) : NULL;
+    if (one_pass && (!units || !dqbuf)) {
+        free(units), free(dqbuf), free(ws), free(dl), free(ktiles), free(qtiles);
+        return cf_error(CFLASH_ERR_OUT_OF_MEMORY, "%s attn_bwd: out of memory for the dq buffers",
+                        kk->name);
+    }
+    for (int64_t u = 0; one_pass && u < nu; u++) {
+        int64_t q0, sq, k0, sk;
+        cf_attn_seq(c, u / c->Hk, &q0, &sq, &k0, &sk);
+        attn_tile x = {u / c->Hk, u % c->Hk, 0, sq, sq * sk + 1, u};
+        units[u] = x;
+    }
+    if (one_pass) cf_attn_cpu_sort_tiles(units, nu);
 #pragma omp parallel num_threads(T)
     {
         int tid = 0;
@@ -532,14 +574,36 @@ cflash_status cf_attn_cpu_bwd(const cf_attn_call* c, const cf_attn_kernels* kk) 
                 dl[h * rows + dl_row(c, b, q0 + i)] = acc;
             }
         }
+        if (one_pass) {
+            /* One unit (sequence, KV head) per task: dK/dV per key block, dQ accumulated in the
+             * thread's fp32 buffer for the unit's rows. Five products instead of seven. */
+            float* dqacc = dqbuf + dq_stride * (size_t)tid;
 #pragma omp for schedule(dynamic, 1)
-        for (int64_t i = 0; i < n; i++)
-            dkdv_tile(c, kk, &g, &ktiles[i], mine, dl);
+            for (int64_t u = 0; u < nu; u++) {
+                const int64_t b = units[u].b, hk = units[u].hk;
+                int64_t q0, sq, k0, sk;
+                cf_attn_seq(c, b, &q0, &sq, &k0, &sk);
+                memset(dqacc, 0, sizeof(float) * (size_t)(g.G * sq * c->D));
+                for (int64_t j0 = 0; j0 < sk; j0 += BKB) {
+                    attn_tile kt = {b, hk, j0, j0 + BKB < sk ? j0 + BKB : sk, 0, 0};
+                    dkdv_tile(c, kk, &g, &kt, mine, dl, dqacc);
+                }
+                for (int64_t gi = 0; gi < g.G; gi++)
+                    for (int64_t i = 0; i < sq; i++)
+                        kk->from_f32(row_ptr(&c->dq, b, q0 + i, hk * g.G + gi),
+                                     dqacc + (gi * sq + i) * c->D, c->dtype, c->D);
+            }
+        } else {
 #pragma omp for schedule(dynamic, 1)
-        for (int64_t i = 0; i < nq; i++)
-            dq_tile(c, kk, &g, &qtiles[i], mine, dl);
+            for (int64_t i = 0; i < n; i++)
+                dkdv_tile(c, kk, &g, &ktiles[i], mine, dl, NULL);
+#pragma omp for schedule(dynamic, 1)
+            for (int64_t i = 0; i < nq; i++)
+                dq_tile(c, kk, &g, &qtiles[i], mine, dl);
+        }
         if (kk->thread_end) kk->thread_end();
     }
+    free(units), free(dqbuf);
     free(ws), free(dl), free(ktiles), free(qtiles);
     return CFLASH_OK;
 }
