@@ -290,6 +290,22 @@ static void test_shapes(void) {
     EXPECT(bwd(&A), INV, "dv: shape (2, 7, 2, 8), expected (B, Sk, Hk, Dv) with dim 3 = 6");
     reset(&A, 0), A.t[LSE] = NULL;
     EXPECT(bwd(&A), INV, "lse: is NULL, expected the forward's lse");
+    /* Outputs that are broadcast views (stride 0 over a dim > 1) would be written racily. */
+    reset(&A, 0), A.a[OUT].strides[1] = 0;
+    EXPECT(fwd(&A), INV, "out: stride 0 in dim 1 of size 5, expected an output whose elements");
+    reset(&A, 0), A.a[LSE].strides[2] = 0;
+    EXPECT(fwd(&A), INV, "lse: stride 0 in dim 2 of size 5");
+    reset(&A, 1), A.a[LSE].strides[0] = 0;
+    EXPECT(fwd(&A), INV, "lse: stride 0 in dim 0 of size 4");
+    reset(&A, 0), A.a[DQ].strides[0] = 0;
+    EXPECT(bwd(&A), INV, "dq: stride 0 in dim 0 of size 2");
+    reset(&A, 1), A.a[DK].strides[1] = 0;
+    EXPECT(bwd(&A), INV, "dk: stride 0 in dim 1 of size 2");
+    reset(&A, 0), A.a[DV].strides[2] = 0;
+    EXPECT(bwd(&A), INV, "dv: stride 0 in dim 2 of size 2");
+    /* Inputs may be broadcast views: the same call with k's batch stride 0 is valid. */
+    reset(&A, 0), A.a[K].strides[0] = 0, A.a[V].strides[0] = 0;
+    CHECK_OK(fwd(&A));
     /* varlen: total_q 11, total_k 9 */
     reset(&A, 1), A.a[K].shape[1] = 3;
     EXPECT_BOTH(&A, INV, "k: 3 heads, expected a divisor of the 4 heads of q");

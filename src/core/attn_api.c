@@ -285,6 +285,18 @@ static cflash_status check_like(cf_view* dst, const DLTensor* t, const char* nam
     return CFLASH_OK;
 }
 
+/* An output with stride 0 in a dimension of size > 1 (a broadcast view) would have several of its
+ * elements written to one address, by several threads: rejected. Call after t is validated. */
+static cflash_status check_output(const DLTensor* t, const char* name) {
+    if (!t || !t->strides) return CFLASH_OK;
+    for (int i = 0; i < t->ndim; i++)
+        CFLASH_RETURN_IF(t->shape[i] > 1 && t->strides[i] == 0, INVALID,
+                         "%s: stride 0 in dim %d of size %lld, expected an output whose elements "
+                         "do not overlap (not a broadcast view)",
+                         name, i, (long long)t->shape[i]);
+    return CFLASH_OK;
+}
+
 static cflash_status check_lse_for(cf_attn_call* c, const DLTensor* lse) {
     if (c->varlen) {
         int64_t want[2] = {c->H, c->total_q};
@@ -312,6 +324,8 @@ cflash_status cf_attn_fwd_entry(cflash_context* ctx, cf_explain* explain, int va
     CFLASH_FORWARD_IF_ERROR(
         check_like(&c.out, out, "out", &c, varlen ? c.total_q : c.Sq, c.H, c.Dv, ol));
     if (lse) CFLASH_FORWARD_IF_ERROR(check_lse_for(&c, lse));
+    CFLASH_FORWARD_IF_ERROR(check_output(out, "out"));
+    CFLASH_FORWARD_IF_ERROR(check_output(lse, "lse"));
     cflash_op op = varlen ? CFLASH_OP_ATTN_VARLEN_FWD : CFLASH_OP_ATTN_FWD;
     if (!explain && (c.B == 0 || (varlen ? c.total_q : c.Sq) == 0)) return CFLASH_OK;
     return cf_dispatch(op, c.device_type, cf_context_backend(ctx), &c, explain);
@@ -338,6 +352,9 @@ cflash_status cf_attn_bwd_entry(cflash_context* ctx, cf_explain* explain, int va
                                        varlen ? "(total_k, Hk, D)" : "(B, Sk, Hk, D)"));
     CFLASH_FORWARD_IF_ERROR(check_like(&c.dv, dv, "dv", &c, sk, c.Hk, c.Dv,
                                        varlen ? "(total_k, Hk, Dv)" : "(B, Sk, Hk, Dv)"));
+    CFLASH_FORWARD_IF_ERROR(check_output(dq, "dq"));
+    CFLASH_FORWARD_IF_ERROR(check_output(dk, "dk"));
+    CFLASH_FORWARD_IF_ERROR(check_output(dv, "dv"));
     cflash_op op = varlen ? CFLASH_OP_ATTN_VARLEN_BWD : CFLASH_OP_ATTN_BWD;
     if (!explain && c.B == 0) return CFLASH_OK;
     return cf_dispatch(op, c.device_type, cf_context_backend(ctx), &c, explain);
