@@ -55,7 +55,18 @@ def maybe_contiguous(x):
 _NP_CODES = {"f": _lib.kDLFloat, "i": _lib.kDLInt, "u": _lib.kDLUInt}
 
 
+_NP_CACHE = {}
+_TORCH_TABLE = {}
+
+
 def _np_dltype(dt):
+    t = _NP_CACHE.get(dt)
+    if t is None:
+        t = _NP_CACHE[dt] = _np_dltype_new(dt)
+    return DLDataType(t.code, t.bits, t.lanes)
+
+
+def _np_dltype_new(dt):
     if dt.name == "bfloat16":  # ml_dtypes.bfloat16
         return DLDataType(_lib.kDLBfloat, 16, 1)
     if dt.kind == "b":
@@ -67,8 +78,17 @@ def _np_dltype(dt):
 
 
 def _torch_dltype(dt):
+    if not _TORCH_TABLE:
+        _TORCH_TABLE.update(_torch_table())
+    if dt not in _TORCH_TABLE:
+        raise ValueError("dtype %s is not supported, expected float32, float16 or bfloat16" % dt)
+    code, bits = _TORCH_TABLE[dt]
+    return DLDataType(code, bits, 1)
+
+
+def _torch_table():
     torch = sys.modules["torch"]
-    table = {
+    return {
         torch.float32: (_lib.kDLFloat, 32),
         torch.float16: (_lib.kDLFloat, 16),
         torch.bfloat16: (_lib.kDLBfloat, 16),
@@ -80,10 +100,6 @@ def _torch_dltype(dt):
         torch.uint8: (_lib.kDLUInt, 8),
         torch.bool: (_lib.kDLUInt, 8),
     }
-    if dt not in table:
-        raise ValueError("dtype %s is not supported, expected float32, float16 or bfloat16" % dt)
-    code, bits = table[dt]
-    return DLDataType(code, bits, 1)
 
 
 # ---- DLTensor views ----
