@@ -63,3 +63,21 @@ def test_ctypes_structs_and_enums_match_the_header(tmp_path):
             assert int(c["%s.%s" % (key, fname)]) == getattr(cls, fname).offset, "%s.%s offset" % (cname, fname)
     for name, value in ENUMS.items():
         assert int(c[name]) == value, "%s: %s in C, %d in the package" % (name, c[name], value)
+
+
+def test_ctypes_prototypes_match_the_header():
+    """Every function the package declares has, in the header, as many parameters as its argtypes."""
+    import re
+
+    text = open(os.path.join(ROOT, "include", "cflash.h")).read()
+    text = re.sub(r"/\*.*?\*/", "", text, flags=re.S)
+    protos = {m.group(1): m.group(2) for m in re.finditer(r"CFLASH_API[^;(]*?\b(cflash_\w+)\s*\(([^;]*?)\)\s*;", text, re.S)}
+    checked = 0
+    for name, params in protos.items():
+        f = getattr(_lib.lib, name, None)
+        if f is None or getattr(f, "argtypes", None) is None or "..." in params:
+            continue
+        n = 0 if params.strip() in ("", "void") else params.count(",") + 1
+        assert n == len(f.argtypes), "%s: %d parameters in cflash.h, %d in the package" % (name, n, len(f.argtypes))
+        checked += 1
+    assert checked >= 15, "only %d prototypes found in the header" % checked
