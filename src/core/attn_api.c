@@ -290,6 +290,8 @@ static cflash_status check_like(cf_view* dst, const DLTensor* t, const char* nam
 static cflash_status check_output(const DLTensor* t, const char* name) {
     if (!t || !t->strides) return CFLASH_OK;
     for (int i = 0; i < t->ndim; i++)
+        if (t->shape[i] == 0) return CFLASH_OK; /* nothing is written (NumPy gives such strides 0) */
+    for (int i = 0; i < t->ndim; i++)
         CFLASH_RETURN_IF(t->shape[i] > 1 && t->strides[i] == 0, INVALID,
                          "%s: stride 0 in dim %d of size %lld, expected an output whose elements "
                          "do not overlap (not a broadcast view)",
