@@ -222,6 +222,66 @@ static void kv_pv(float* restrict acc, int64_t R, int64_t Dv, const void* const*
     }
 }
 
+/* ---- Norm: a fused bf16 row (x bf16 -> out bf16, no residual, no dropout): statistics from
+ * the bf16 row in registers, then the output computed, rounded (RNE, as cf_f32_to_bf16) and
+ * stored without fp32 scratch rows. ---- */
+#define CF_OPS_NORM_ROW_BF16 1
+
+static inline __m512 bf16x16(const uint16_t* p, __mmask16 m) {
+    return _mm512_castsi512_ps(
+        _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
+}
+
+static inline __m256i to_bf16x16(__m512 y) {
+    __m512i u = _mm512_castps_si512(y);
+    __m512i r = _mm512_srli_epi32(
+        _mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)),
+                         _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1))),
+        16);
+    __mmask16 nan = _mm512_cmp_ps_mask(y, y, _CMP_UNORD_Q);
+    r = _mm512_mask_mov_epi32(r, nan,
+                              _mm512_or_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40)));
+    return _mm512_cvtepi32_epi16(r);
+}
+
+static void norm_row_bf16(const cf_norm_call* c, int64_t r, const float* w, const float* bias,
+                          float* mean, float* rstd) {
+    const int64_t N = c->N;
+    const uint16_t* x = (const uint16_t*)c->x.data + r * c->x.stride[0];
+    uint16_t* o = (uint16_t*)c->out.data + r * c->out.stride[0];
+    __m512 s0 = _mm512_setzero_ps(), s1 = s0;
+    float mu = 0.0f;
+    if (!c->rms) {
+        for (int64_t j = 0; j < N; j += 32) {
+            s0 = _mm512_add_ps(s0, bf16x16(x + j, kv_mask(N - j)));
+            if (j + 16 < N) s1 = _mm512_add_ps(s1, bf16x16(x + j + 16, kv_mask(N - j - 16)));
+        }
+        mu = _mm512_reduce_add_ps(_mm512_add_ps(s0, s1)) / (float)N;
+        s0 = s1 = _mm512_setzero_ps();
+    }
+    const __m512 vmu = _mm512_set1_ps(mu);
+    for (int64_t j = 0; j < N; j += 32) {
+        __mmask16 m0 = kv_mask(N - j);
+        __m512 v = _mm512_maskz_sub_ps(m0, bf16x16(x + j, m0), vmu);
+        s0 = _mm512_fmadd_ps(v, v, s0);
+        if (j + 16 < N) {
+            __mmask16 m1 = kv_mask(N - j - 16);
+            __m512 u = _mm512_maskz_sub_ps(m1, bf16x16(x + j + 16, m1), vmu);
+            s1 = _mm512_fmadd_ps(u, u, s1);
+        }
+    }
+    const float rs = 1.0f / sqrtf(_mm512_reduce_add_ps(_mm512_add_ps(s0, s1)) / (float)N + c->eps);
+    const __m512 vrs = _mm512_set1_ps(rs);
+    for (int64_t j = 0; j < N; j += 16) {
+        __mmask16 m = kv_mask(N - j);
+        __m512 y = _mm512_mul_ps(_mm512_sub_ps(bf16x16(x + j, m), vmu), vrs);
+        y = _mm512_fmadd_ps(y, _mm512_maskz_loadu_ps(m, w + j), _mm512_maskz_loadu_ps(m, bias + j));
+        _mm256_mask_storeu_epi16(o + j, m, to_bf16x16(y));
+    }
+    *mean = mu;
+    *rstd = rs;
+}
+
 #include "cpu/kvcache_fast.h"
 #include "cpu/merge_fast.h"
 #include "cpu/norm_fast.h"
