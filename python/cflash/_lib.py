@@ -128,8 +128,13 @@ def _candidates():
     env = os.environ.get("CFLASH_LIBRARY")
     if env:
         return [env], True
-    here = os.path.dirname(os.path.abspath(__file__))
-    found = sorted(glob.glob(os.path.join(here, "libcflash.so*")) + glob.glob(os.path.join(here, "lib", "libcflash.so*")))
+    # The package's own folders: next to this file, and (editable installs, `pip install -e .`) the
+    # site-packages folder the build installed into, which the package __path__ also lists.
+    pkg = sys.modules.get(__package__)
+    dirs = [os.path.dirname(os.path.abspath(__file__))] + list(getattr(pkg, "__path__", []) or [])
+    found = []
+    for d in dirs:
+        found += sorted(glob.glob(os.path.join(d, "libcflash.so*")))
     return found, False
 
 
@@ -142,7 +147,7 @@ def _load():
         )
     if not paths:
         raise ImportError(
-            "cflash: libcflash.so not found next to %s; install the package with `pip install .` "
+            "cflash: libcflash.so not found in the package (%s); install it with `pip install .` "
             "(which bundles it) or set CFLASH_LIBRARY to a built libcflash.so" % os.path.dirname(__file__)
         )
     try:
