@@ -22,6 +22,8 @@
 #include <omp.h>
 #endif
 
+#include <time.h>
+
 #include "cli.h"
 
 int cf_cmd_bench_rotary(int argc, char** argv);
@@ -170,6 +172,13 @@ static void run_copy(void* p) {
         b[i] = a[i] * 1.0001f;
 }
 
+/* CPU seconds of the process (all threads): on a shared machine, the time the op was given. */
+static double cpu_s(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
 static int cmp_d(const void* x, const void* y) {
     double a = *(const double*)x, b = *(const double*)y;
     return a < b ? -1 : a > b;
@@ -192,45 +201,52 @@ static int report(const char* op, const cf_problem* pr, const char* shape, const
     }
     memset(cr.a, 0, cr.n * sizeof(float)), memset(cr.b, 0, cr.n * sizeof(float));
     int reps = pr->reps > 0 ? pr->reps : 1;
-    double* t_op = calloc((size_t)reps, sizeof(double));
-    double* t_cp = calloc((size_t)reps, sizeof(double));
+    double* t = calloc((size_t)reps * 4, sizeof(double)); /* wall op, wall copy, cpu op, cpu copy */
     j->status = CFLASH_OK;
     for (int w = 0; w < pr->warmup; w++)
         run_job(j), run_copy(&cr);
     for (int r = 0; r < reps; r++) {
-        double t0 = cf_now_s();
+        double t0 = cf_now_s(), c0 = cpu_s();
         run_job(j);
-        double t1 = cf_now_s();
+        double t1 = cf_now_s(), c1 = cpu_s();
         run_copy(&cr);
-        t_op[r] = (t1 - t0) * 1e3;
-        t_cp[r] = (cf_now_s() - t1) * 1e3;
+        t[r] = (t1 - t0) * 1e3;
+        t[reps + r] = (cf_now_s() - t1) * 1e3;
+        t[2 * reps + r] = (c1 - c0) * 1e3 / threads;
+        t[3 * reps + r] = (cpu_s() - c1) * 1e3 / threads;
     }
-    qsort(t_op, (size_t)reps, sizeof(double), cmp_d);
-    qsort(t_cp, (size_t)reps, sizeof(double), cmp_d);
-    double ms = t_op[reps / 2], ms_cp = t_cp[reps / 2];
-    free(t_op), free(t_cp), free(cr.a), free(cr.b);
+    for (int k = 0; k < 4; k++)
+        qsort(t + k * reps, (size_t)reps, sizeof(double), cmp_d);
+    double ms = t[reps / 2], ms_cp = t[reps + reps / 2];
+    double cms = t[2 * reps + reps / 2], cms_cp = t[3 * reps + reps / 2];
+    free(t), free(cr.a), free(cr.b);
     if (j->status != CFLASH_OK) {
         fprintf(stderr, "cflash bench %s: %s: %s\n", op, cflash_status_string(j->status),
                 cflash_last_error());
         return 1;
     }
     const cf_peaks* pk = cf_measure_peaks(threads);
-    double gbs = bytes / (ms * 1e-3) * 1e-9;
-    double ref = 2.0 * (double)(cr.n * sizeof(float)) / (ms_cp * 1e-3) * 1e-9;
+    const double cb = 2.0 * (double)(cr.n * sizeof(float));
+    double gbs = bytes / (ms * 1e-3) * 1e-9, ref = cb / (ms_cp * 1e-3) * 1e-9;
     double frac = pk->mem_bw_gbs > 0 ? gbs / pk->mem_bw_gbs : 0, frac_ref = gbs / ref;
+    /* per CPU time / threads: what an unshared machine gives (the copy being memory-bound) */
+    double gbs_cpu = bytes / (cms * 1e-3) * 1e-9, ref_cpu = cb / (cms_cp * 1e-3) * 1e-9;
     if (pr->json)
         printf("{\"op\":\"%s\",\"shape\":\"%s\",\"dtype\":\"%s\",\"backend\":\"%s\",\"threads\":%d,"
                "\"ms\":%.4f,\"bytes\":%.0f,\"gbs\":%.2f,\"mem_bw_gbs\":%.2f,\"frac_mem_bw\":%.3f,"
-               "\"copy_gbs_same_run\":%.2f,\"frac_copy\":%.3f}\n",
+               "\"copy_gbs_same_run\":%.2f,\"frac_copy\":%.3f,\"gbs_cpu_time\":%.2f,"
+               "\"copy_gbs_cpu_time\":%.2f,\"frac_copy_cpu_time\":%.3f}\n",
                op, shape, cf_dtype_name(pr->dtype), backend, threads, ms, bytes, gbs,
-               pk->mem_bw_gbs, frac, ref, frac_ref);
+               pk->mem_bw_gbs, frac, ref, frac_ref, gbs_cpu, ref_cpu, gbs_cpu / ref_cpu);
     else
         printf(
             "%-7s %s %s on %s, %d threads: %.3f ms (median of %d), %.3f GB moved, %.2f GB/s\n"
-            "        = %.0f%% of the copy bandwidth timed alternately with it (%.2f GB/s, median)"
-            "\n        = %.0f%% of `cflash bench peak` memory bandwidth (%.2f GB/s, best of 5)\n",
+            "        = %.0f%% of the copy bandwidth timed alternately with it (%.2f GB/s, median)\n"
+            "        = %.0f%% of `cflash bench peak` memory bandwidth (%.2f GB/s, best of 5)\n"
+            "        per CPU time (CPU ms / threads): %.2f GB/s = %.0f%% of the copy's %.2f GB/s\n",
             op, shape, cf_dtype_name(pr->dtype), backend, threads, ms, reps, bytes * 1e-9, gbs,
-            100.0 * frac_ref, ref, 100.0 * frac, pk->mem_bw_gbs);
+            100.0 * frac_ref, ref, 100.0 * frac, pk->mem_bw_gbs, gbs_cpu, 100.0 * gbs_cpu / ref_cpu,
+            ref_cpu);
     return 0;
 }
 
