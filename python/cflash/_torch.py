@@ -199,42 +199,28 @@ def _(x, cos, sin, seqlen_offsets, seqlen_offset, cu_seqlens, max_seqlen, interl
     return None
 
 
-class RotaryInplace(torch.autograd.Function):
-    """In-place rotation of x (all of it, or its first num_heads heads), or of parts of x: a list
-    of ("select", dim, index) / ("narrow", dim, start, length) views, e.g. q and k of a packed
-    qkv; the second part uses cos_k / sin_k when given. Backward: the conjugate rotation of the
-    gradient, on the same parts."""
-
-    @staticmethod
-    def forward(ctx, x, cos, sin, offs, off, cu, mx, interleaved, num_heads, parts, cos_k, sin_k):
-        _apply_parts(x, cos, sin, offs, off, cu, mx, interleaved, False, num_heads, parts, cos_k, sin_k)
-        ctx.mark_dirty(x)
-        ctx.save_for_backward(cos, sin, offs, cu, cos_k, sin_k)
-        ctx.args = (off, mx, interleaved, num_heads, parts)
-        return x
-
-    @staticmethod
-    def backward(ctx, dx):
-        cos, sin, offs, cu, cos_k, sin_k = ctx.saved_tensors
-        off, mx, interleaved, num_heads, parts = ctx.args
-        dx = dx.clone()
-        _apply_parts(dx, cos, sin, offs, off, cu, mx, interleaved, True, num_heads, parts, cos_k, sin_k)
-        return (dx,) + (None,) * 11
-
-
 def part_view(x, part):
     if part[0] == "select":
         return x.select(part[1], part[2])
     return x.narrow(part[1], part[2], part[3])
 
 
-def _apply_parts(x, cos, sin, offs, off, cu, mx, interleaved, conjugate, num_heads, parts, cos_k, sin_k):
-    if not parts:
-        torch.ops.cflash.rotary_(x, cos, sin, offs, off, cu, mx, interleaved, conjugate, num_heads)
-        return
-    for n, part in enumerate(parts):
+def rotate_inplace(x, cos, sin, offs, off, cu, mx, interleaved, num_heads, parts, cos_k, sin_k):
+    """Rotates x in place (all of it, its first num_heads heads, or its parts: ("select", dim, i) /
+    ("narrow", dim, start, length) views; the second part uses cos_k / sin_k when given); returns x.
+    Without autograd the library writes x directly. With autograd, each part is computed by the
+    differentiable op and copied back with copy_, which autograd and torch.compile handle
+    everywhere (a custom Function marking a view dirty gets wrong gradients from torch.compile
+    across a graph break, in PyTorch 2.15)."""
+    views = [part_view(x, p) for p in parts] if parts else [x.narrow(-2, 0, num_heads) if num_heads else x]
+    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, cos, sin, cos_k, sin_k))
+    for n, view in enumerate(views):
         c, s = (cos, sin) if n == 0 or cos_k is None else (cos_k, sin_k)
-        torch.ops.cflash.rotary_(part_view(x, part), c, s, offs, off, cu, mx, interleaved, conjugate, 0)
+        if grad:
+            view.copy_(torch.ops.cflash.rotary(view, c, s, offs, off, cu, mx, interleaved, False))
+        else:
+            torch.ops.cflash.rotary_(view, c, s, offs, off, cu, mx, interleaved, False, 0)
+    return x
 
 
 # ---- Norm ----

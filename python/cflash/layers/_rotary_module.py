@@ -33,7 +33,7 @@ class RotaryEmbedding(torch.nn.Module):
     def _update_cos_sin_cache(self, seqlen, device=None, dtype=None):
         stale = (seqlen > self._seq_len_cached or self._cos_cached is None
                  or self._cos_cached.device != device or self._cos_cached.dtype != dtype
-                 or (self.training and self._cos_cached.is_inference()))
+                 or (self.training and not torch.compiler.is_compiling() and self._cos_cached.is_inference()))
         if not stale:
             return
         self._seq_len_cached = seqlen

@@ -32,8 +32,8 @@ def _rotate_parts(x, cos, sin, interleaved, seqlen_offsets, parts, cos_k=None, s
         offs, off = _offsets(seqlen_offsets)
         if offs is not None and not is_torch(offs):
             offs = _torch().torch.as_tensor(np.asarray(offs, dtype=np.int32))
-        return _torch().RotaryInplace.apply(x, cos, sin, offs, off, cu_seqlens, int(max_seqlen or 0),
-                                            bool(interleaved), int(num_heads), parts, cos_k, sin_k)
+        return _torch().rotate_inplace(x, cos, sin, offs, off, cu_seqlens, int(max_seqlen or 0), bool(interleaved),
+                                       int(num_heads), parts, cos_k, sin_k)
     if not parts:
         _core.rotary(x, cos, sin, interleaved, False, seqlen_offsets, cu_seqlens, max_seqlen, num_heads,
                      inplace=True)
