@@ -137,3 +137,24 @@ def test_gpt_block_drop_in(dtype, tol):
     assert set(gp1) == set(gp2)
     for n in gp1:
         close(gp1[n], gp2[n], "d " + n)
+
+
+def test_gpt_block_drop_in_compiled():
+    """The cflash block under torch.compile (fullgraph): same output and gradients as eager."""
+    torch.manual_seed(1)
+    Block = load_with_cflash()
+    blk = Block(32, 4, 2)
+    x = torch.randn(2, 11, 32)
+
+    def run(fn):
+        blk.zero_grad()
+        out, res = fn(x)
+        (out.square().sum() + res.sum()).backward()
+        return out.detach(), {n: p.grad.clone() for n, p in blk.named_parameters()}
+
+    o1, g1 = run(blk)
+    torch._dynamo.reset()
+    o2, g2 = run(torch.compile(blk, backend="aot_eager", fullgraph=True))
+    assert torch.allclose(o1, o2, atol=1e-5)
+    for n in g1:
+        assert torch.allclose(g1[n], g2[n], atol=1e-4), n
