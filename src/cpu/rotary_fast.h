@@ -83,13 +83,19 @@ static cflash_status fast_rotary_run(const void* call) {
                         if (!c->inplace)
                             prefetch_row(dst + c->out.stride[1] * (int64_t)xs, c->dtype, H * D, 1);
                     }
-                    ld_row(x, src, c->dtype, H * D);
-                    for (int64_t h = 0; h < H; h++) {
-                        if (h < c->nrot) rotate_head(c, x + h * D, o + h * D, co, si, ce, se);
-                        for (int64_t d = h < c->nrot ? c->rd : 0; d < D; d++)
-                            o[h * D + d] = x[h * D + d];
+                    /* in groups of heads whose fp32 rows stay in L1 */
+                    const int64_t hg = D >= 2048 ? 1 : 2048 / D;
+                    for (int64_t h0 = 0; h0 < H; h0 += hg) {
+                        const int64_t nh = H - h0 < hg ? H - h0 : hg;
+                        ld_row(x, src + h0 * D * (int64_t)xs, c->dtype, nh * D);
+                        for (int64_t h = h0; h < h0 + nh; h++) {
+                            float *xh = x + (h - h0) * D, *oh = o + (h - h0) * D;
+                            if (h < c->nrot) rotate_head(c, xh, oh, co, si, ce, se);
+                            for (int64_t d = h < c->nrot ? c->rd : 0; d < D; d++)
+                                oh[d] = xh[d];
+                        }
+                        st_row(dst + h0 * D * (int64_t)xs, c->dtype, o, nh * D);
                     }
-                    st_row(dst, c->dtype, o, H * D);
                     continue;
                 }
                 for (int64_t h = 0; h < H; h++) {
