@@ -79,8 +79,8 @@ int cf_attn_cpu_supports(const cf_attn_call* c, const cf_attn_kernels* k, char* 
 /* Blocking (tuned on Zen 5: see docs/PERF.md). */
 #define CF_ATTN_TILE_ROWS 128 /* query rows per tile, over the heads of a GQA group */
 #define CF_ATTN_BLOCK_K 128   /* keys per block */
-#define CF_ATTN_BWD_BLOCK_Q 64
-#define CF_ATTN_BWD_BLOCK_K 64
+#define CF_ATTN_BWD_BLOCK_Q 128
+#define CF_ATTN_BWD_BLOCK_K 128
 /* The one-pass backward's per-thread fp32 dQ buffer (G * Sq * D floats) may take at most this
  * much; longer sequences use the three-pass backward, whose workspace does not grow with Sq. */
 #define CF_ATTN_BWD_DQ_BYTES ((size_t)8 << 20)
