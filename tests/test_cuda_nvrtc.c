@@ -4,6 +4,7 @@
  * Philox against src/core/philox.h word for word, and the target choice. Skips (exit 77) when
  * NVRTC is absent. CFLASH_NVRTC_ALL=1 compiles every variant for every listed arch. */
 #include <dirent.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -15,7 +16,7 @@
 #include "core/philox.h"
 #include "cuda/cuda_rtc.h"
 #include "cuda/kcache.h"
-#include "cuda/kernels/cf_common.cuh"
+#include "cuda/kernels/cf_ops_args.cuh"
 
 #ifdef CF_HAVE_CUDA_H
 _Static_assert((int)CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR == (int)CF_CU_ATTR_CC_MAJOR,
@@ -114,6 +115,47 @@ static void test_target(const int* archs, int na) {
     size_t len = 0;
     CHECK_ERR(cf_nvrtc_compile("no_such_kernel.cu", "", archs[0], 0, &img, &len, NULL),
               CFLASH_ERR_BACKEND, "no embedded kernel source");
+}
+
+/* ---- Argument struct layouts: host sizeof/offsetof handed to the device compiler ---------- */
+
+/* In the PTX of layout_check.cu, kernel cf_probe_<T>_<f>'s parameter 0 must have the host's
+ * sizeof(T) bytes and the field must be loaded from the host's offsetof(T, f). */
+static void check_probe(const char* ptx, const char* T, const char* f, size_t size, size_t off) {
+    char name[128], pat[160];
+    snprintf(name, sizeof name, "cf_probe_%s_%s_param_0", T, f);
+    snprintf(pat, sizeof pat, "%s[", name);
+    const char* decl = strstr(ptx, pat);
+    size_t got_size = decl ? strtoul(decl + strlen(pat), NULL, 10) : 0;
+    CHECK_MSG(got_size == size, "sizeof %s: device %zu, host %zu", T, got_size, size);
+    snprintf(pat, sizeof pat, "[%s+", name);
+    const char* use = strstr(ptx, pat);
+    size_t got_off = use ? strtoul(use + strlen(pat), NULL, 10) : 0;
+    CHECK_MSG(got_off == off, "offsetof(%s, %s): device %zu, host %zu", T, f, got_off, off);
+}
+
+static void test_layouts(int arch) {
+    void* img = NULL;
+    size_t len = 0;
+    CHECK_OK(cf_nvrtc_compile("layout_check.cu", "", arch, 1, &img, &len, NULL));
+    if (!img) return;
+    const char* ptx = img;
+#define PROBE(T, f) check_probe(ptx, #T, #f, sizeof(T), offsetof(T, f))
+    PROBE(cf_attn_args, lse_sb);
+    PROBE(cf_attn_args, keep_threshold);
+    PROBE(cf_attn_args, tile);
+    PROBE(cf_kv_args, opart);
+    PROBE(cf_kv_args, cs_dt);
+    PROBE(cf_rotary_args, dt);
+    PROBE(cf_merge_args, op_dt);
+    PROBE(cf_norm_args, ws);
+    PROBE(cf_norm_args, rms);
+#undef PROBE
+    /* The parsing finds what it looks for (a wrong expectation fails). */
+    const char* decl = strstr(ptx, "cf_probe_cf_attn_args_tile_param_0[");
+    CHECK(decl && strtoul(decl + strlen("cf_probe_cf_attn_args_tile_param_0["), NULL, 10) ==
+                      sizeof(cf_attn_args));
+    free(img);
 }
 
 /* ---- Compiles ----------------------------------------------------------------------------- */
@@ -218,6 +260,7 @@ int main(void) {
 
     test_philox();
     test_target(archs, na);
+    test_layouts(archs[0]);
 
     cf_cuda_variant vars[64];
     int nv = cf_cuda_variants(vars, 64);
