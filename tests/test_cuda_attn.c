@@ -35,8 +35,8 @@ static cflash_status down(tt_tensor* t, const dbuf* d) {
 /* 1 if the device copy still equals the host tensor byte for byte. */
 static int same(const tt_tensor* t, const dbuf* d) {
     void* h = malloc(t->bytes);
-    int ok = h && cf_cu_memcpy(0, h, d->base, t->bytes, 0) == CFLASH_OK &&
-             !memcmp(h, t->base, t->bytes);
+    int ok =
+        h && cf_cu_memcpy(0, h, d->base, t->bytes, 0) == CFLASH_OK && !memcmp(h, t->base, t->bytes);
     free(h);
     return ok;
 }
@@ -54,7 +54,7 @@ static int cu_on_device_toggle;
 /* Uploads every tensor of p (outputs as they are: poisoned by the caller). */
 static cflash_status gpu_setup(gpu_call* g, attn_problem* p) {
     memset(g, 0, sizeof *g);
-    tt_tensor* ts[NBUF] = {&p->q,  &p->k,  &p->v,  &p->dout, &p->out,  &p->lse,
+    tt_tensor* ts[NBUF] = {&p->q,  &p->k,  &p->v,  &p->dout,  &p->out,  &p->lse,
                            &p->dq, &p->dk, &p->dv, &p->alibi, &p->cu_q, &p->cu_k};
     for (int i = 0; i < NBUF; i++) {
         if (!ts[i]->base) continue;
@@ -80,7 +80,8 @@ static cflash_status gpu_setup(gpu_call* g, attn_problem* p) {
 }
 
 static void gpu_teardown(gpu_call* g) {
-    for (int i = 0; i < NBUF; i++) cf_cu_free(0, g->b[i].base);
+    for (int i = 0; i < NBUF; i++)
+        cf_cu_free(0, g->b[i].base);
 }
 
 static int inputs_unchanged(const gpu_call* g, const attn_problem* p) {

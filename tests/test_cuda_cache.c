@@ -79,7 +79,8 @@ static void test_put_get(void) {
     DIR* d = opendir(dir);
     struct dirent* e;
     int tmp = 0;
-    while (d && (e = readdir(d))) tmp += strstr(e->d_name, ".tmp.") != NULL;
+    while (d && (e = readdir(d)))
+        tmp += strstr(e->d_name, ".tmp.") != NULL;
     if (d) closedir(d);
     CHECK(tmp == 0);
 
@@ -214,8 +215,10 @@ static void remove_tree(const char* dir) {
         char p[1024];
         snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
         struct stat st;
-        if (lstat(p, &st) == 0 && S_ISDIR(st.st_mode)) remove_tree(p);
-        else unlink(p);
+        if (lstat(p, &st) == 0 && S_ISDIR(st.st_mode))
+            remove_tree(p);
+        else
+            unlink(p);
     }
     if (d) closedir(d);
     rmdir(dir);

@@ -25,7 +25,8 @@ static void mk(ft* f, uintptr_t addr, cf_dtype dt, int ndim, const int64_t* shap
     f->t.dtype = tt_dl_dtype(dt);
     memcpy(f->shape, shape, sizeof(int64_t) * (size_t)ndim);
     int64_t s = 1;
-    for (int i = ndim - 1; i >= 0; i--) f->strides[i] = s, s *= shape[i];
+    for (int i = ndim - 1; i >= 0; i--)
+        f->strides[i] = s, s *= shape[i];
     f->t.shape = f->shape;
     f->t.strides = f->strides;
 }
@@ -55,7 +56,8 @@ static cflash_status explain_fwd(prob* p, char* buf, size_t n) {
                           &p->out.t, &p->lse.t);
 }
 
-#define CHECK_HAS(buf, sub) CHECK_MSG(strstr((buf), (sub)) != NULL, "no \"%s\" in:\n%.800s", (sub), (buf))
+#define CHECK_HAS(buf, sub)                                                                        \
+    CHECK_MSG(strstr((buf), (sub)) != NULL, "no \"%s\" in:\n%.800s", (sub), (buf))
 
 static void test_choice(void) {
     char buf[4096];
@@ -106,7 +108,8 @@ static void test_choice(void) {
     CHECK_OK(cflash_context_set_backend(ctx, "cuda-mma"));
     mkprob(&p, CF_F32, 64, 0x7f0000000000);
     CHECK_ERR(cflash_attn_fwd(ctx, &prm, &p.q.t, &p.k.t, &p.v.t, &p.out.t, &p.lse.t),
-              CFLASH_ERR_UNSUPPORTED, "dtype float32: tensor-core kernels take float16 or bfloat16");
+              CFLASH_ERR_UNSUPPORTED,
+              "dtype float32: tensor-core kernels take float16 or bfloat16");
     cflash_context_free(ctx);
 }
 
@@ -131,16 +134,17 @@ static void test_run_fails_cleanly(void) {
     mk(&lse, 0x7f0000800000, CF_F32, 2, l2);
     mk(&cq, 0x7f0000900000, CF_I32, 1, cu);
     mk(&ck, 0x7f0000900100, CF_I32, 1, cu);
-    CHECK_ERR(cflash_attn_varlen_fwd(NULL, &prm, &q.t, &k.t, &v.t, &cq.t, &ck.t, 0, 0, &out.t,
-                                     &lse.t),
-              CFLASH_ERR_BACKEND, "cuda: ");
+    CHECK_ERR(
+        cflash_attn_varlen_fwd(NULL, &prm, &q.t, &k.t, &v.t, &cq.t, &ck.t, 0, 0, &out.t, &lse.t),
+        CFLASH_ERR_BACKEND, "cuda: ");
     /* cu_seqlens on a GPU while q is on the CPU: an argument error, nothing copied. */
     ft* host[] = {&q, &k, &v, &out, &lse};
-    for (int i = 0; i < 5; i++) host[i]->t.device.device_type = kDLCPU;
-    CHECK_ERR(cflash_attn_varlen_fwd(NULL, &prm, &q.t, &k.t, &v.t, &cq.t, &ck.t, 0, 0, &out.t,
-                                     &lse.t),
-              CFLASH_ERR_INVALID_ARGUMENT,
-              "cu_seqlens_q: on cuda:0, expected host memory or the device of q (cpu:0)");
+    for (int i = 0; i < 5; i++)
+        host[i]->t.device.device_type = kDLCPU;
+    CHECK_ERR(
+        cflash_attn_varlen_fwd(NULL, &prm, &q.t, &k.t, &v.t, &cq.t, &ck.t, 0, 0, &out.t, &lse.t),
+        CFLASH_ERR_INVALID_ARGUMENT,
+        "cu_seqlens_q: on cuda:0, expected host memory or the device of q (cpu:0)");
 }
 
 static void test_no_nvrtc(void) {

@@ -1,8 +1,9 @@
 /* Compiles every CUDA kernel variant with the installed NVRTC, without a GPU: all variants for
  * sm_75 (the SIMT kernels), sm_80 and sm_90, and a representative set (SIMT fp16 + MMA bf16 at
- * head dim 128, and the ops) for every other arch the NVRTC lists, plus PTX for the newest. Also checks the CUDA copy of the dropout
- * Philox against src/core/philox.h word for word, and the target choice. Skips (exit 77) when
- * NVRTC is absent. CFLASH_NVRTC_ALL=1 compiles every variant for every listed arch. */
+ * head dim 128, and the ops) for every other arch the NVRTC lists, plus PTX for the newest. Also
+ * checks the CUDA copy of the dropout Philox against src/core/philox.h word for word, and the
+ * target choice. Skips (exit 77) when NVRTC is absent. CFLASH_NVRTC_ALL=1 compiles every variant
+ * for every listed arch. */
 #include <dirent.h>
 #include <stddef.h>
 #include <stdlib.h>
@@ -160,9 +161,13 @@ static void test_layouts(int arch) {
 
 /* ---- Compiles ----------------------------------------------------------------------------- */
 
-static const char* const simt_kernels[] = {"cf_attn_fwd_simt", "cf_attn_bwd_delta_simt",
-                                           "cf_attn_bwd_dq_simt", "cf_attn_bwd_dkdv_simt",
-                                           "cf_kv_append_simt", "cf_kv_attn_simt", NULL};
+static const char* const simt_kernels[] = {"cf_attn_fwd_simt",
+                                           "cf_attn_bwd_delta_simt",
+                                           "cf_attn_bwd_dq_simt",
+                                           "cf_attn_bwd_dkdv_simt",
+                                           "cf_kv_append_simt",
+                                           "cf_kv_attn_simt",
+                                           NULL};
 static const char* const mma_kernels[] = {"cf_attn_fwd_mma", NULL};
 static const char* const ops_kernels[] = {"cf_rotary_simt",   "cf_merge_simt",
                                           "cf_norm_fwd_simt", "cf_norm_bwd_rows",
@@ -225,8 +230,11 @@ static void test_aot(void) {
     printf("%d precompiled cubins embedded\n", cf_cuda_aot_count);
     for (int i = 0; i < cf_cuda_aot_count; i++) {
         const cf_cuda_aot* a = &cf_cuda_aot_table[i];
-        CHECK_MSG(a->len > 4 && !memcmp(a->data, "\x7f" "ELF", 4), "%s %s sm_%d: not an ELF image",
-                  a->name, a->defines, a->arch);
+        CHECK_MSG(a->len > 4 && !memcmp(a->data,
+                                        "\x7f"
+                                        "ELF",
+                                        4),
+                  "%s %s sm_%d: not an ELF image", a->name, a->defines, a->arch);
         const char* const* names = kernels_of(a->name);
         for (const char* const* k = names; *k; k++)
             CHECK_MSG(contains(a->data, a->len, *k), "%s sm_%d: no %s", a->name, a->arch, *k);

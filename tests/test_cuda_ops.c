@@ -21,8 +21,8 @@ typedef struct pair {
     DLTensor dl;
 } pair;
 
-static int mkpair(pair* p, cf_dtype dt, int ndim, const int64_t* shape, tt_layout lay, uint64_t seed,
-                  double lo, double hi) {
+static int mkpair(pair* p, cf_dtype dt, int ndim, const int64_t* shape, tt_layout lay,
+                  uint64_t seed, double lo, double hi) {
     memset(p, 0, sizeof *p);
     if (tt_alloc(&p->h, dt, ndim, shape, lay)) return -1;
     if (seed) tt_random(&p->h, seed, lo, hi);
@@ -88,7 +88,8 @@ static void test_rotary(cf_dtype dt, int interleaved, int conjugate, int inplace
     tt_alloc_like(&ho, &out.h);
     CHECK_OK(cflash_rotary_apply(cpu_ctx, &p, &hx.dl, &c.dl, &s.dl, inplace ? &hx.dl : &ho.dl));
     /* GPU */
-    CHECK_OK(cflash_rotary_apply(gpu_ctx, &p, &x.dl, &cosp.dl, &sinp.dl, inplace ? &x.dl : &out.dl));
+    CHECK_OK(
+        cflash_rotary_apply(gpu_ctx, &p, &x.dl, &cosp.dl, &sinp.dl, inplace ? &x.dl : &out.dl));
     tt_tensor g;
     fetch(inplace ? &x : &out, &g);
     char what[96];
@@ -167,7 +168,8 @@ static void test_norm(cf_dtype dt, cflash_norm_type type, int residual, float dr
     compare(what, &dres.h, &g, 256);
     tt_free(&g);
     pair* all[] = {&x, &res, &w, &b, &out, &rout, &mean, &rstd, &dy, &dx, &dw, &db, &dres};
-    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) freepair(all[i]);
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        freepair(all[i]);
 }
 
 /* ---- Merge -------------------------------------------------------------------------------- */
@@ -179,7 +181,8 @@ static void test_merge(cf_dtype dt) {
     mkpair(&op, dt, 5, os, TT_DENSE, 31, -1, 1);
     mkpair(&lp, CF_F32, 4, ls, TT_DENSE, 32, -3, 3);
     /* Some empty parts (lse -inf), one row empty in every part. */
-    for (int64_t n = 0; n < lp.h.numel; n += 5) tt_set_flat(&lp.h, n, -INFINITY);
+    for (int64_t n = 0; n < lp.h.numel; n += 5)
+        tt_set_flat(&lp.h, n, -INFINITY);
     for (int64_t s = 0; s < NS; s++) {
         int64_t idx[4] = {s, 1, 2, 3};
         tt_set(&lp.h, idx, -INFINITY);
@@ -203,7 +206,8 @@ static void test_merge(cf_dtype dt) {
 /* Host int32 tensor from values. */
 static void ints(tt_tensor* t, int ndim, const int64_t* shape, const int32_t* v) {
     tt_alloc(t, CF_I32, ndim, shape, TT_DENSE);
-    for (int64_t n = 0; n < t->numel; n++) tt_set_flat(t, n, v[n]);
+    for (int64_t n = 0; n < t->numel; n++)
+        tt_set_flat(t, n, v[n]);
 }
 
 static void test_kvcache(cf_dtype dt, int paged, int splits) {
@@ -239,7 +243,8 @@ static void test_kvcache(cf_dtype dt, int paged, int splits) {
     const int32_t sl_np[3] = {100, 7, 250}, sl_p[3] = {30, 0, 60}, bi[3] = {2, 0, 3},
                   lp[3] = {0, 3, 10};
     int32_t table[18];
-    for (int i = 0; i < 18; i++) table[i] = (int32_t)((i * 7) % 18); /* distinct pages per batch */
+    for (int i = 0; i < 18; i++)
+        table[i] = (int32_t)((i * 7) % 18); /* distinct pages per batch */
     ints(&seqlens, 1, b1, paged ? sl_p : sl_np);
     ints(&bidx, 1, b1, bi);
     ints(&lpad, 1, b1, lp);
@@ -257,8 +262,8 @@ static void test_kvcache(cf_dtype dt, int paged, int splits) {
     kp.block_table = paged ? &bt.dl : NULL;
     kp.num_splits = splits;
     kp.k_new = &kn.h.dl, kp.v_new = &vn.h.dl, kp.rotary_cos = &c.dl, kp.rotary_sin = &sn.dl;
-    CHECK_OK(cflash_attn_kvcache_fwd(cpu_ctx, &p, &kp, &q.h.dl, &hkc.dl, &hvc.dl, &out.h.dl,
-                                     &lse.h.dl));
+    CHECK_OK(
+        cflash_attn_kvcache_fwd(cpu_ctx, &p, &kp, &q.h.dl, &hkc.dl, &hvc.dl, &out.h.dl, &lse.h.dl));
     kp.k_new = &kn.dl, kp.v_new = &vn.dl, kp.rotary_cos = &cosp.dl, kp.rotary_sin = &sinp.dl;
     CHECK_OK(cflash_attn_kvcache_fwd(gpu_ctx, &p, &kp, &q.dl, &kc.dl, &vc.dl, &out.dl, &lse.dl));
     char what[96];
@@ -279,7 +284,8 @@ static void test_kvcache(cf_dtype dt, int paged, int splits) {
     tt_free(&c), tt_free(&sn), tt_free(&hkc), tt_free(&hvc);
     tt_free(&seqlens), tt_free(&bidx), tt_free(&lpad), tt_free(&bt);
     pair* all[] = {&q, &out, &lse, &kc, &vc, &kn, &vn, &cosp, &sinp};
-    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) freepair(all[i]);
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        freepair(all[i]);
 }
 
 int main(void) {

@@ -16,8 +16,8 @@
 #include "cuda/kernels/cf_ops_args.cuh"
 #include "dispatch/dispatch.h"
 
-#define SIMT_WARPS 4  /* CF_WARPS in attn_simt.cu */
-#define MMA_WARPS 4   /* attn_mma.cu: 4 warps x 16 query rows */
+#define SIMT_WARPS 4 /* CF_WARPS in attn_simt.cu */
+#define MMA_WARPS 4  /* attn_mma.cu: 4 warps x 16 query rows */
 #define MMA_BQ 64
 #define CF_DMAX_MAX 256
 
@@ -79,8 +79,8 @@ static int common_supports(const cf_attn_call* c, cf_cu_device* dev, char* why, 
         return 0;
     }
     if (c->H > 65535 || c->B > 65535) {
-        snprintf(why, n, "B = %lld, H = %lld: each must be <= 65535 (grid dims)",
-                 (long long)c->B, (long long)c->H);
+        snprintf(why, n, "B = %lld, H = %lld: each must be <= 65535 (grid dims)", (long long)c->B,
+                 (long long)c->H);
         return 0;
     }
     return 1;
@@ -199,7 +199,8 @@ static cflash_status run_begin(run_state* st, const cf_attn_call* c, cf_attn_arg
 }
 
 static cflash_status run_end(run_state* st, cflash_status s) {
-    for (int t = 0; t < 3; t++) cf_cuda_tmp_free(&st->dev, st->stream, st->tmp[t]);
+    for (int t = 0; t < 3; t++)
+        cf_cuda_tmp_free(&st->dev, st->stream, st->tmp[t]);
     if (st->entered) cf_cu_leave();
     return s;
 }
@@ -209,8 +210,8 @@ static cflash_status run_end(run_state* st, cflash_status s) {
 static cflash_status simt_fwd_go(run_state* st, const cf_attn_call* c, cf_attn_args* a) {
     const int dmax = dmax_for(c);
     a->tile = simt_tile(c, &st->dev, 0);
-    return cf_cuda_launch(st->mod, "cf_attn_fwd_simt", (c->Sq + SIMT_WARPS - 1) / SIMT_WARPS, c->H, c->B,
-                  SIMT_WARPS * 32, simt_fwd_smem(c, a->tile, dmax), st->stream, a);
+    return cf_cuda_launch(st->mod, "cf_attn_fwd_simt", (c->Sq + SIMT_WARPS - 1) / SIMT_WARPS, c->H,
+                          c->B, SIMT_WARPS * 32, simt_fwd_smem(c, a->tile, dmax), st->stream, a);
 }
 
 static cflash_status simt_fwd_run(const void* call) {
@@ -229,21 +230,22 @@ static cflash_status simt_bwd_run(const void* call) {
     cf_attn_args a;
     cflash_status s = run_begin(&st, c, &a, "attn_simt.cu", (int)c->dtype, dmax);
     if (s == CFLASH_OK)
-        s = cf_cuda_tmp_alloc(&st.dev, st.stream, sizeof(float) * (size_t)(c->B * c->H * c->Sq), &st.tmp[2]);
+        s = cf_cuda_tmp_alloc(&st.dev, st.stream, sizeof(float) * (size_t)(c->B * c->H * c->Sq),
+                              &st.tmp[2]);
     if (s == CFLASH_OK) {
         a.delta = (float*)(uintptr_t)st.tmp[2];
         a.tile = simt_tile(c, &st.dev, 1);
         const size_t smem = simt_bwd_smem(c, a.tile, dmax);
         const int64_t gq = (c->Sq + SIMT_WARPS - 1) / SIMT_WARPS;
         const int64_t gk = (c->Sk + SIMT_WARPS - 1) / SIMT_WARPS;
-        s = cf_cuda_launch(st.mod, "cf_attn_bwd_delta_simt", gq, c->H, c->B, SIMT_WARPS * 32, 0, st.stream,
-                   &a);
+        s = cf_cuda_launch(st.mod, "cf_attn_bwd_delta_simt", gq, c->H, c->B, SIMT_WARPS * 32, 0,
+                           st.stream, &a);
         if (s == CFLASH_OK)
             s = cf_cuda_launch(st.mod, "cf_attn_bwd_dq_simt", gq, c->H, c->B, SIMT_WARPS * 32, smem,
-                       st.stream, &a);
+                               st.stream, &a);
         if (s == CFLASH_OK)
-            s = cf_cuda_launch(st.mod, "cf_attn_bwd_dkdv_simt", gk, c->Hk, c->B, SIMT_WARPS * 32, smem,
-                       st.stream, &a);
+            s = cf_cuda_launch(st.mod, "cf_attn_bwd_dkdv_simt", gk, c->Hk, c->B, SIMT_WARPS * 32,
+                               smem, st.stream, &a);
     }
     return run_end(&st, s);
 }
@@ -251,7 +253,9 @@ static cflash_status simt_bwd_run(const void* call) {
 /* ---- cuda-mma ----------------------------------------------------------------------------- */
 
 /* attn_mma.cu: Qs[64][dmax + 8] + Ks[bk][dmax + 8] + Vs[bk][dmax + 8] halves. */
-static int mma_bk(int dmax) { return dmax >= 256 ? 32 : 64; }
+static int mma_bk(int dmax) {
+    return dmax >= 256 ? 32 : 64;
+}
 static size_t mma_smem(int dmax) {
     return 2 * (size_t)(MMA_BQ + 2 * mma_bk(dmax)) * (size_t)(dmax + 8);
 }
@@ -278,8 +282,10 @@ static int mma_supports_fwd(const void* call, char* why, size_t n) {
         return 0;
     }
     if (c->dtype != CF_F16 && c->dtype != CF_BF16) {
-        snprintf(why, n, "dtype %s: tensor-core kernels take float16 or bfloat16 (cuda-simt "
-                 "serves float32)", cf_dtype_name(c->dtype));
+        snprintf(why, n,
+                 "dtype %s: tensor-core kernels take float16 or bfloat16 (cuda-simt "
+                 "serves float32)",
+                 cf_dtype_name(c->dtype));
         return 0;
     }
     if (c->D > CF_DMAX_MAX || c->Dv > CF_DMAX_MAX || c->D % 8 || c->Dv % 8) {
@@ -315,7 +321,7 @@ static cflash_status mma_fwd_run(const void* call) {
     if (s == CFLASH_OK) {
         a.tile = mma_bk(dmax);
         s = cf_cuda_launch(st.mod, "cf_attn_fwd_mma", (c->Sq + MMA_BQ - 1) / MMA_BQ, c->H, c->B,
-                   MMA_WARPS * 32, mma_smem(dmax), st.stream, &a);
+                           MMA_WARPS * 32, mma_smem(dmax), st.stream, &a);
     }
     return run_end(&st, s);
 }
@@ -357,8 +363,10 @@ static cflash_status kv_upload(run_state* st, const int32_t* host, int64_t count
     CUdeviceptr p = 0;
     CFLASH_FORWARD_IF_ERROR(
         cf_cuda_upload(&st->dev, st->stream, host, sizeof(int32_t) * (size_t)count, &p));
-    if (slot < 3) st->tmp[slot] = p;
-    else *extra = p;
+    if (slot < 3)
+        st->tmp[slot] = p;
+    else
+        *extra = p;
     *dst = (const int*)(uintptr_t)p;
     return CFLASH_OK;
 }

@@ -153,9 +153,12 @@ cflash_status cf_cu_device_get(int ordinal, cf_cu_device* out) {
     d.ordinal = ordinal;
     CUdevice dev;
     CF_CU_TRY(cu->cuDeviceGet(&dev, ordinal), "cuDeviceGet");
-    CF_CU_TRY(cu->cuDeviceGetAttribute(&d.cc_major, CF_CU_ATTR_CC_MAJOR, dev), "cuDeviceGetAttribute");
-    CF_CU_TRY(cu->cuDeviceGetAttribute(&d.cc_minor, CF_CU_ATTR_CC_MINOR, dev), "cuDeviceGetAttribute");
-    CF_CU_TRY(cu->cuDeviceGetAttribute(&d.sm_count, CF_CU_ATTR_SM_COUNT, dev), "cuDeviceGetAttribute");
+    CF_CU_TRY(cu->cuDeviceGetAttribute(&d.cc_major, CF_CU_ATTR_CC_MAJOR, dev),
+              "cuDeviceGetAttribute");
+    CF_CU_TRY(cu->cuDeviceGetAttribute(&d.cc_minor, CF_CU_ATTR_CC_MINOR, dev),
+              "cuDeviceGetAttribute");
+    CF_CU_TRY(cu->cuDeviceGetAttribute(&d.sm_count, CF_CU_ATTR_SM_COUNT, dev),
+              "cuDeviceGetAttribute");
     if (cu->cuDeviceGetAttribute(&d.smem_default, CF_CU_ATTR_MAX_SMEM_PER_BLOCK, dev) != 0 ||
         d.smem_default <= 0)
         d.smem_default = 48 * 1024; /* every arch since sm_20 */

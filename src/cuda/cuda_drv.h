@@ -78,11 +78,11 @@ int cf_cu_available(char* why, size_t why_len);
 /* A device's fixed properties (queried once, no context needed). */
 typedef struct cf_cu_device {
     int ordinal;
-    int cc_major, cc_minor;     /* sm_XY = 10 * X + Y */
+    int cc_major, cc_minor; /* sm_XY = 10 * X + Y */
     int sm_count;
-    int smem_optin;             /* max dynamic shared memory per block after opt-in, bytes */
-    int smem_default;           /* without opt-in */
-    int memory_pools;           /* cuMemAllocAsync usable */
+    int smem_optin;   /* max dynamic shared memory per block after opt-in, bytes */
+    int smem_default; /* without opt-in */
+    int memory_pools; /* cuMemAllocAsync usable */
     size_t total_mem;
     char name[128];
 } cf_cu_device;
@@ -99,10 +99,10 @@ void cf_cu_leave(void);
 
 /* Turns a failing CUresult into CFLASH_ERR_BACKEND with "cuda: what: NAME: description". */
 cflash_status cf_cu_error(CUresult r, const char* what);
-#define CF_CU_TRY(expr, what)                                                                    \
-    do {                                                                                         \
-        CUresult cf_cu_r_ = (expr);                                                              \
-        if (cf_cu_r_ != 0) return cf_cu_error(cf_cu_r_, (what));                                 \
+#define CF_CU_TRY(expr, what)                                                                      \
+    do {                                                                                           \
+        CUresult cf_cu_r_ = (expr);                                                                \
+        if (cf_cu_r_ != 0) return cf_cu_error(cf_cu_r_, (what));                                   \
     } while (0)
 
 /* ---- Memory for the tool and the tests (each enters and leaves the context itself) ---- */

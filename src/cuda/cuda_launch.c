@@ -38,8 +38,8 @@ cflash_status cf_cuda_launch(CUmodule m, const char* fn, int64_t gx, int64_t gy,
                              unsigned block, size_t smem, CUstream s, void* args) {
     if (gx <= 0 || gy <= 0 || gz <= 0) return CFLASH_OK; /* nothing to do */
     CFLASH_RETURN_IF(gx > 0x7fffffff || gy > 65535 || gz > 65535, CFLASH_ERR_UNSUPPORTED,
-                     "cuda: grid (%lld, %lld, %lld) of %s exceeds the launch limits",
-                     (long long)gx, (long long)gy, (long long)gz, fn);
+                     "cuda: grid (%lld, %lld, %lld) of %s exceeds the launch limits", (long long)gx,
+                     (long long)gy, (long long)gz, fn);
     const cf_cu_api* cu = cf_cu(NULL, 0);
     CUfunction f;
     char what[96];

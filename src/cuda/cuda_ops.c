@@ -66,7 +66,8 @@ static cflash_status begin(ops_run* r, int device_id, void* stream) {
 }
 
 static cflash_status end(ops_run* r, cflash_status s) {
-    for (int i = 0; i < 2; i++) cf_cuda_tmp_free(&r->dev, r->stream, r->tmp[i]);
+    for (int i = 0; i < 2; i++)
+        cf_cuda_tmp_free(&r->dev, r->stream, r->tmp[i]);
     if (r->entered) cf_cu_leave();
     return s;
 }
@@ -100,7 +101,8 @@ static cflash_status rotary_run(const void* call) {
     a.dt = (int)c->dtype, a.cs_dt = (int)c->cos.dtype;
     a.interleaved = c->interleaved, a.conjugate = c->conjugate, a.inplace = c->inplace;
     if (s == CFLASH_OK && c->varlen) {
-        s = cf_cuda_upload(&r.dev, r.stream, c->cu, sizeof(int32_t) * (size_t)(c->B + 1), &r.tmp[0]);
+        s = cf_cuda_upload(&r.dev, r.stream, c->cu, sizeof(int32_t) * (size_t)(c->B + 1),
+                           &r.tmp[0]);
         a.cu = (const int*)(uintptr_t)r.tmp[0];
     }
     if (s == CFLASH_OK && c->offsets) {
@@ -205,7 +207,8 @@ static cflash_status norm_bwd_run(const void* call) {
     cflash_status s = begin(&r, c->device_id, c->stream);
     cf_norm_args a;
     norm_args(c, &a);
-    if (s == CFLASH_OK) s = cf_cuda_tmp_alloc(&r.dev, r.stream, sizeof(float) * 2 * (size_t)c->M, &r.tmp[0]);
+    if (s == CFLASH_OK)
+        s = cf_cuda_tmp_alloc(&r.dev, r.stream, sizeof(float) * 2 * (size_t)c->M, &r.tmp[0]);
     a.ws = (float*)(uintptr_t)r.tmp[0];
     if (s == CFLASH_OK)
         s = cf_cuda_launch(r.mod, "cf_norm_bwd_rows", c->M, 1, 1, NORM_THREADS, 0, r.stream, &a);

@@ -117,8 +117,8 @@ static void rtc_load_locked(void) {
         *syms[i].slot = dlsym(lib->handle, syms[i].name);
         if (!*syms[i].slot && !syms[i].optional) {
             const char* e = dlerror();
-            snprintf(rtc_why, sizeof rtc_why, "%s: symbol %s missing: %s", lib->path,
-                     syms[i].name, e ? e : "");
+            snprintf(rtc_why, sizeof rtc_why, "%s: symbol %s missing: %s", lib->path, syms[i].name,
+                     e ? e : "");
             rtc_state = -1;
             return;
         }
@@ -155,7 +155,8 @@ void cf_nvrtc_version(int* major, int* minor) {
 
 int cf_nvrtc_archs(int* archs, int max) {
     if (!cf_nvrtc_available(NULL, 0)) return 0;
-    for (int i = 0; i < rtc_narchs && i < max; i++) archs[i] = rtc_archs[i];
+    for (int i = 0; i < rtc_narchs && i < max; i++)
+        archs[i] = rtc_archs[i];
     return rtc_narchs;
 }
 
@@ -185,7 +186,8 @@ cflash_status cf_nvrtc_target(int arch, int* target, int* ptx) {
 /* Splits defines on spaces into argv (pointers into buf). */
 static int split_args(char* buf, const char** argv, int max) {
     int n = 0;
-    for (char* t = strtok(buf, " "); t && n < max; t = strtok(NULL, " ")) argv[n++] = t;
+    for (char* t = strtok(buf, " "); t && n < max; t = strtok(NULL, " "))
+        argv[n++] = t;
     return n;
 }
 
@@ -215,7 +217,8 @@ cflash_status cf_nvrtc_compile(const char* name, const char* defines, int arch, 
     /* Fixed options: C++17, no fast math (softmax needs accurate exp), device code only. */
     const char* fixed = "-std=c++17 -default-device";
     char key[1024];
-    uint64_t h1 = sources_hash(text, CF_HASH64_INIT), h2 = sources_hash(text, 0x9e3779b97f4a7c15ull);
+    uint64_t h1 = sources_hash(text, CF_HASH64_INIT),
+             h2 = sources_hash(text, 0x9e3779b97f4a7c15ull);
     snprintf(key, sizeof key, "src=%s:%016llx%016llx nvrtc=%d.%d target=%s %s %s %s", name,
              (unsigned long long)h1, (unsigned long long)h2, rtc_major, rtc_minor,
              ptx ? "ptx" : "cubin", archopt, fixed, defines);
@@ -257,8 +260,9 @@ cflash_status cf_nvrtc_compile(const char* name, const char* defines, int arch, 
             rtc.GetProgramLog(prog, log);
             log[ls] = 0;
         }
-        cflash_status s = cf_error(CFLASH_ERR_BACKEND, "nvrtc: compiling %s (%s %s) failed: %s: %.700s",
-                                   name, archopt, defines, rtc.GetErrorString(r), log ? log : "");
+        cflash_status s =
+            cf_error(CFLASH_ERR_BACKEND, "nvrtc: compiling %s (%s %s) failed: %s: %.700s", name,
+                     archopt, defines, rtc.GetErrorString(r), log ? log : "");
         free(log);
         rtc.DestroyProgram(&prog);
         return s;
@@ -268,7 +272,8 @@ cflash_status cf_nvrtc_compile(const char* name, const char* defines, int arch, 
     char* out = r == 0 && n ? malloc(n) : NULL;
     if (out) r = ptx ? rtc.GetPTX(prog, out) : rtc.GetCUBIN(prog, out);
     rtc.DestroyProgram(&prog);
-    if (!out) return cf_error(CFLASH_ERR_OUT_OF_MEMORY, "nvrtc: no output for %s (%zu bytes)", name, n);
+    if (!out)
+        return cf_error(CFLASH_ERR_OUT_OF_MEMORY, "nvrtc: no output for %s (%zu bytes)", name, n);
     if (r != 0) {
         free(out);
         return cf_error(CFLASH_ERR_BACKEND, "nvrtc: reading the output of %s: %s", name,
@@ -311,8 +316,11 @@ cflash_status cf_cuda_module(const cf_cu_device* dev, const char* name, const ch
         const cf_cuda_aot* a = &cf_cuda_aot_table[i];
         if (a->arch == arch && !strcmp(a->name, name) && !strcmp(a->defines, defines)) {
             r = cu->cuModuleLoadData(&m, a->data);
-            if (r != 0) cf_log(CF_LOG_WARN, "cuda: precompiled %s (%s) for sm_%d did not load (%d); "
-                               "compiling with NVRTC", name, defines, arch, r);
+            if (r != 0)
+                cf_log(CF_LOG_WARN,
+                       "cuda: precompiled %s (%s) for sm_%d did not load (%d); "
+                       "compiling with NVRTC",
+                       name, defines, arch, r);
         }
     }
     if (r != 0) {

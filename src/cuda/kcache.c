@@ -17,7 +17,8 @@ static const char magic[8] = {'C', 'F', 'L', 'A', 'S', 'H', 'K', '1'};
 
 uint64_t cf_hash64(const void* data, size_t len, uint64_t h) {
     const unsigned char* p = data;
-    for (size_t i = 0; i < len; i++) h = (h ^ p[i]) * 1099511628211ull;
+    for (size_t i = 0; i < len; i++)
+        h = (h ^ p[i]) * 1099511628211ull;
     return h;
 }
 
@@ -42,10 +43,14 @@ static void resolve_dir_locked(void) {
     const char* e = getenv("CFLASH_CACHE_DIR");
     const char* x = getenv("XDG_CACHE_HOME");
     const char* h = getenv("HOME");
-    if (e && *e) snprintf(dir, sizeof dir, "%s", e);
-    else if (x && *x) snprintf(dir, sizeof dir, "%s/cflash", x);
-    else if (h && *h) snprintf(dir, sizeof dir, "%s/.cache/cflash", h);
-    else dir[0] = 0; /* no home: memory only */
+    if (e && *e)
+        snprintf(dir, sizeof dir, "%s", e);
+    else if (x && *x)
+        snprintf(dir, sizeof dir, "%s/cflash", x);
+    else if (h && *h)
+        snprintf(dir, sizeof dir, "%s/.cache/cflash", h);
+    else
+        dir[0] = 0; /* no home: memory only */
     if (!dir[0]) stats.disk_disabled = 1;
 }
 
@@ -246,9 +251,12 @@ static size_t json_str(char* out, size_t n, const char* s) {
     size_t u = 0;
     for (; *s && u + 7 < n; s++) {
         unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\') u += (size_t)snprintf(out + u, n - u, "\\%c", c);
-        else if (c < 0x20) u += (size_t)snprintf(out + u, n - u, "\\u%04x", c);
-        else out[u++] = (char)c;
+        if (c == '"' || c == '\\')
+            u += (size_t)snprintf(out + u, n - u, "\\%c", c);
+        else if (c < 0x20)
+            u += (size_t)snprintf(out + u, n - u, "\\u%04x", c);
+        else
+            out[u++] = (char)c;
     }
     if (n) out[u < n ? u : n - 1] = 0;
     return u;
@@ -262,7 +270,8 @@ size_t cf_kcache_describe(char* buf, size_t buf_len, int json) {
     snprintf(d, sizeof d, "%s", dir);
     int disabled = stats.disk_disabled;
     long mem_entries = 0;
-    for (mem_entry* e = mem_head; e; e = e->next) mem_entries++;
+    for (mem_entry* e = mem_head; e; e = e->next)
+        mem_entries++;
     pthread_mutex_unlock(&lock);
 
     const char* state;
@@ -272,8 +281,10 @@ size_t cf_kcache_describe(char* buf, size_t buf_len, int json) {
     if (!d[0]) {
         state = "no (no HOME, XDG_CACHE_HOME or CFLASH_CACHE_DIR: memory only)";
     } else if (stat(d, &st) == 0) {
-        if (!S_ISDIR(st.st_mode)) state = "no (not a directory: memory only)";
-        else state = access(d, W_OK) == 0 && !disabled ? "yes" : "no (memory only)";
+        if (!S_ISDIR(st.st_mode))
+            state = "no (not a directory: memory only)";
+        else
+            state = access(d, W_OK) == 0 && !disabled ? "yes" : "no (memory only)";
         DIR* dd = S_ISDIR(st.st_mode) ? opendir(d) : NULL;
         struct dirent* de;
         while (dd && (de = readdir(dd))) {
@@ -292,8 +303,10 @@ size_t cf_kcache_describe(char* buf, size_t buf_len, int json) {
         char* slash;
         int ok = 0;
         while ((slash = strrchr(a, '/'))) {
-            if (slash == a) slash[1] = 0;
-            else *slash = 0;
+            if (slash == a)
+                slash[1] = 0;
+            else
+                *slash = 0;
             if (stat(a, &st) == 0) {
                 ok = S_ISDIR(st.st_mode) && access(a, W_OK) == 0;
                 break;
@@ -307,10 +320,11 @@ size_t cf_kcache_describe(char* buf, size_t buf_len, int json) {
     if (json) {
         char esc[2048];
         json_str(esc, sizeof esc, d);
-        u = (size_t)snprintf(buf, buf_len,
-                             "\"dir\": \"%s\", \"writable\": %s, \"entries\": %ld, \"bytes\": %lld, "
-                             "\"memory_entries\": %ld",
-                             esc, writable ? "true" : "false", entries, bytes, mem_entries);
+        u = (size_t)snprintf(
+            buf, buf_len,
+            "\"dir\": \"%s\", \"writable\": %s, \"entries\": %ld, \"bytes\": %lld, "
+            "\"memory_entries\": %ld",
+            esc, writable ? "true" : "false", entries, bytes, mem_entries);
     } else {
         u = (size_t)snprintf(buf, buf_len,
                              "directory: %s\nwritable: %s\nentries: %ld (%lld bytes)\n"

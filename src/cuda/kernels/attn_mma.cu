@@ -16,13 +16,15 @@
 #endif
 #define BQ 64
 #define BK (CF_DMAX >= 256 ? 32 : 64)
-#define LDS (CF_DMAX + 8) /* shared row stride in halves: 16-byte rows, no ldmatrix conflicts */
-#define NT_S (BK / 8)     /* n-tiles of S */
+#define LDS (CF_DMAX + 8)  /* shared row stride in halves: 16-byte rows, no ldmatrix conflicts */
+#define NT_S (BK / 8)      /* n-tiles of S */
 #define NT_O (CF_DMAX / 8) /* n-tiles of O */
 
 typedef unsigned short cf_h;
 
-CF_DEV cf_u32 smem_u32(const void* p) { return (cf_u32)__cvta_generic_to_shared(p); }
+CF_DEV cf_u32 smem_u32(const void* p) {
+    return (cf_u32)__cvta_generic_to_shared(p);
+}
 
 /* 16 bytes global -> shared; src_bytes = 0 writes zeros (rows or dims out of range). */
 CF_DEV void cp_async16(void* dst, const void* src, int src_bytes) {
@@ -124,7 +126,8 @@ extern "C" __global__ void __launch_bounds__(128) cf_attn_fwd_mma(cf_attn_args a
     float m[2] = {CF_NEG_INF, CF_NEG_INF}, l[2] = {0.0f, 0.0f};
     float o[NT_O][4];
 #pragma unroll
-    for (int t = 0; t < NT_O; t++) o[t][0] = o[t][1] = o[t][2] = o[t][3] = 0.0f;
+    for (int t = 0; t < NT_O; t++)
+        o[t][0] = o[t][1] = o[t][2] = o[t][3] = 0.0f;
 
     const cf_h* kg = (const cf_h*)a.k + b * a.k_sb + k0 * a.k_ss + hk * a.k_sh;
     const cf_h* vg = (const cf_h*)a.v + b * a.v_sb + k0 * a.v_ss + hk * a.v_sh;
@@ -139,7 +142,8 @@ extern "C" __global__ void __launch_bounds__(128) cf_attn_fwd_mma(cf_attn_args a
         /* S = Q_w K^T */
         float s[NT_S][4];
 #pragma unroll
-        for (int t = 0; t < NT_S; t++) s[t][0] = s[t][1] = s[t][2] = s[t][3] = 0.0f;
+        for (int t = 0; t < NT_S; t++)
+            s[t][0] = s[t][1] = s[t][2] = s[t][3] = 0.0f;
         for (int kk = 0; kk < Dp; kk += 16) {
             cf_u32 af[4];
             ldmatrix_x4(af, Qs + (w * 16 + (lane & 15)) * LDS + kk + (lane >> 4) * 8);

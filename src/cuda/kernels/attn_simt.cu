@@ -41,11 +41,13 @@ extern "C" __global__ void __launch_bounds__(CF_WARPS * 32) cf_attn_fwd_simt(cf_
 
     if (active) {
         const cf_i64 qb = b * a.q_sb + (q0 + i) * a.q_ss + h * a.q_sh;
-        for (int d = lane; d < a.D; d += 32) qs[d] = cf_ld(a.q, qb + d);
+        for (int d = lane; d < a.D; d += 32)
+            qs[d] = cf_ld(a.q, qb + d);
     }
     float m = CF_NEG_INF, l = 0.0f, acc[CF_NPL];
 #pragma unroll
-    for (int t = 0; t < CF_NPL; t++) acc[t] = 0.0f;
+    for (int t = 0; t < CF_NPL; t++)
+        acc[t] = 0.0f;
 
     for (cf_i64 j0 = blo; j0 < bhi; j0 += T) {
         const int n = (int)(bhi - j0 < T ? bhi - j0 : T);
@@ -60,7 +62,8 @@ extern "C" __global__ void __launch_bounds__(CF_WARPS * 32) cf_attn_fwd_simt(cf_
         float s = CF_NEG_INF;
         if (lane < n && j >= lo && j < hi) {
             float dot = 0.0f;
-            for (int d = 0; d < a.D; d++) dot += qs[d] * Ks[lane * KS + d];
+            for (int d = 0; d < a.D; d++)
+                dot += qs[d] * Ks[lane * KS + d];
             float t;
             s = cf_score(&a, a.scale * dot, slope, i, j, sq, sk, &t);
         }
@@ -73,7 +76,8 @@ extern "C" __global__ void __launch_bounds__(CF_WARPS * 32) cf_attn_fwd_simt(cf_
         float pd = p;
         if (p != 0.0f && !cf_dropout_keep_word(&a, b, h, i, j)) pd = 0.0f;
 #pragma unroll
-        for (int t = 0; t < CF_NPL; t++) acc[t] *= corr;
+        for (int t = 0; t < CF_NPL; t++)
+            acc[t] *= corr;
         for (int jj = 0; jj < n; jj++) {
             const float pj = __shfl_sync(CF_FULL, pd, jj);
             if (pj == 0.0f) continue; /* uniform: same value in every lane */
@@ -109,7 +113,8 @@ extern "C" __global__ void __launch_bounds__(CF_WARPS * 32) cf_attn_bwd_delta_si
     const cf_i64 ob = b * a.o_sb + (q0 + i) * a.o_ss + h * a.o_sh;
     const cf_i64 gb = b * a.do_sb + (q0 + i) * a.do_ss + h * a.do_sh;
     float s = 0.0f;
-    for (int d = lane; d < a.Dv; d += 32) s += cf_ld(a.out, ob + d) * cf_ld(a.dout, gb + d);
+    for (int d = lane; d < a.Dv; d += 32)
+        s += cf_ld(a.out, ob + d) * cf_ld(a.dout, gb + d);
     s = cf_warp_sum(s);
     if (lane == 0) a.delta[(b * a.H + h) * a.Sq + i] = s;
 }
@@ -145,12 +150,15 @@ extern "C" __global__ void __launch_bounds__(CF_WARPS * 32) cf_attn_bwd_dq_simt(
     if (active) {
         const cf_i64 qb = b * a.q_sb + (q0 + i) * a.q_ss + h * a.q_sh;
         const cf_i64 gb = b * a.do_sb + (q0 + i) * a.do_ss + h * a.do_sh;
-        for (int d = lane; d < a.D; d += 32) qs[d] = cf_ld(a.q, qb + d);
-        for (int d = lane; d < a.Dv; d += 32) gs[d] = cf_ld(a.dout, gb + d);
+        for (int d = lane; d < a.D; d += 32)
+            qs[d] = cf_ld(a.q, qb + d);
+        for (int d = lane; d < a.Dv; d += 32)
+            gs[d] = cf_ld(a.dout, gb + d);
     }
     float acc[CF_NPL];
 #pragma unroll
-    for (int t = 0; t < CF_NPL; t++) acc[t] = 0.0f;
+    for (int t = 0; t < CF_NPL; t++)
+        acc[t] = 0.0f;
 
     for (cf_i64 j0 = blo; j0 < bhi; j0 += T) {
         const int n = (int)(bhi - j0 < T ? bhi - j0 : T);
@@ -169,8 +177,10 @@ extern "C" __global__ void __launch_bounds__(CF_WARPS * 32) cf_attn_bwd_dq_simt(
         float ds = 0.0f;
         if (lane < n && j >= lo && j < hi) {
             float dot = 0.0f, dpk = 0.0f, t;
-            for (int d = 0; d < a.D; d++) dot += qs[d] * Ks[lane * KS + d];
-            for (int d = 0; d < a.Dv; d++) dpk += gs[d] * Vs[lane * VS + d];
+            for (int d = 0; d < a.D; d++)
+                dot += qs[d] * Ks[lane * KS + d];
+            for (int d = 0; d < a.Dv; d++)
+                dpk += gs[d] * Vs[lane * VS + d];
             const float s = cf_score(&a, a.scale * dot, slope, i, j, sq, sk, &t);
             const float p = expf(s - lse);
             const float dp = cf_dropout_keep_word(&a, b, h, i, j) ? dpk * a.keep_scale : 0.0f;
@@ -224,12 +234,15 @@ extern "C" __global__ void __launch_bounds__(CF_WARPS * 32) cf_attn_bwd_dkdv_sim
     if (active) {
         const cf_i64 kb = b * a.k_sb + (k0 + j) * a.k_ss + hk * a.k_sh;
         const cf_i64 vb = b * a.v_sb + (k0 + j) * a.v_ss + hk * a.v_sh;
-        for (int d = lane; d < a.D; d += 32) ks[d] = cf_ld(a.k, kb + d);
-        for (int d = lane; d < a.Dv; d += 32) vs[d] = cf_ld(a.v, vb + d);
+        for (int d = lane; d < a.D; d += 32)
+            ks[d] = cf_ld(a.k, kb + d);
+        for (int d = lane; d < a.Dv; d += 32)
+            vs[d] = cf_ld(a.v, vb + d);
     }
     float dk[CF_NPL], dv[CF_NPL];
 #pragma unroll
-    for (int t = 0; t < CF_NPL; t++) dk[t] = dv[t] = 0.0f;
+    for (int t = 0; t < CF_NPL; t++)
+        dk[t] = dv[t] = 0.0f;
 
     for (cf_i64 h = hk * group; h < (hk + 1) * group; h++) {
         const float slope = cf_slope(&a, b, h);
@@ -258,8 +271,10 @@ extern "C" __global__ void __launch_bounds__(CF_WARPS * 32) cf_attn_bwd_dkdv_sim
                 cf_key_range(&a, i, sq, sk, &lo, &hi);
                 if (j >= lo && j < hi) {
                     float dot = 0.0f, dpk = 0.0f, t;
-                    for (int d = 0; d < a.D; d++) dot += Qs[lane * QS + d] * ks[d];
-                    for (int d = 0; d < a.Dv; d++) dpk += Gs[lane * GS + d] * vs[d];
+                    for (int d = 0; d < a.D; d++)
+                        dot += Qs[lane * QS + d] * ks[d];
+                    for (int d = 0; d < a.Dv; d++)
+                        dpk += Gs[lane * GS + d] * vs[d];
                     const float s = cf_score(&a, a.scale * dot, slope, i, j, sq, sk, &t);
                     const float p = expf(s - Ls[lane]);
                     const int keep = cf_dropout_keep_word(&a, b, h, i, j);
@@ -328,7 +343,8 @@ CF_DEV void cf_kv_seq(const cf_kv_args& k, cf_i64 b, cf_i64* L, cf_i64* P, cf_i6
 CF_DEV void cf_kv_rotate_into(const cf_kv_args& k, float* dst, const void* src, cf_i64 si,
                               cf_i64 pos, int lane) {
     const int D = (int)k.a.D;
-    for (int d = lane; d < D; d += 32) dst[d] = cf_ld(src, si + d);
+    for (int d = lane; d < D; d += 32)
+        dst[d] = cf_ld(src, si + d);
     __syncwarp();
     if (!k.cos) return;
     const cf_i64 half = k.rd / 2;
@@ -358,8 +374,10 @@ extern "C" __global__ void __launch_bounds__(CF_WARPS * 32) cf_kv_append_simt(cf
     const cf_i64 ko = cf_kv_row(k, k.kc_s0, k.kc_s1, k.kc_s2, b, L + n, hk);
     const cf_i64 vo = cf_kv_row(k, k.vc_s0, k.vc_s1, k.vc_s2, b, L + n, hk);
     const cf_i64 vi = b * k.vn_sb + n * k.vn_ss + hk * k.vn_sh;
-    for (int d = lane; d < k.a.D; d += 32) cf_st(k.kc, ko + d, buf[d]);
-    for (int d = lane; d < k.a.Dv; d += 32) cf_st(k.vc, vo + d, cf_ld(k.vnew, vi + d));
+    for (int d = lane; d < k.a.D; d += 32)
+        cf_st(k.kc, ko + d, buf[d]);
+    for (int d = lane; d < k.a.Dv; d += 32)
+        cf_st(k.vc, vo + d, cf_ld(k.vnew, vi + d));
 }
 
 /* One warp per query row, keys of split blockIdx.z % splits; as cf_attn_fwd_simt otherwise.
@@ -393,19 +411,22 @@ extern "C" __global__ void __launch_bounds__(CF_WARPS * 32) cf_kv_attn_simt(cf_k
         const cf_i64 pos = k.qpos_shift ? L + i : L;
         cf_kv_rotate_into(k, qs, a.q, b * a.q_sb + i * a.q_ss + h * a.q_sh, pos, lane);
         if (k.cos)
-            for (int d = lane; d < a.D; d += 32) qs[d] = cf_round(qs[d]);
+            for (int d = lane; d < a.D; d += 32)
+                qs[d] = cf_round(qs[d]);
     }
     const float slope = cf_slope(&a, b, h);
     float m = CF_NEG_INF, l = 0.0f, acc[CF_NPL];
 #pragma unroll
-    for (int t = 0; t < CF_NPL; t++) acc[t] = 0.0f;
+    for (int t = 0; t < CF_NPL; t++)
+        acc[t] = 0.0f;
 
     for (cf_i64 j0 = blo; j0 < bhi; j0 += T) {
         const int n = (int)(bhi - j0 < T ? bhi - j0 : T);
         __syncthreads();
         for (int e = threadIdx.x; e < n * a.D; e += CF_WARPS * 32) {
             const int r = e / (int)a.D, d = e - r * (int)a.D;
-            Ks[r * KS + d] = cf_ld(k.kc, cf_kv_row(k, k.kc_s0, k.kc_s1, k.kc_s2, b, P + j0 + r, hk) + d);
+            Ks[r * KS + d] =
+                cf_ld(k.kc, cf_kv_row(k, k.kc_s0, k.kc_s1, k.kc_s2, b, P + j0 + r, hk) + d);
         }
         __syncthreads();
         if (!active) continue;
@@ -413,7 +434,8 @@ extern "C" __global__ void __launch_bounds__(CF_WARPS * 32) cf_kv_attn_simt(cf_k
         float s = CF_NEG_INF;
         if (lane < n && j >= lo && j < hi) {
             float dot = 0.0f, t;
-            for (int d = 0; d < a.D; d++) dot += qs[d] * Ks[lane * KS + d];
+            for (int d = 0; d < a.D; d++)
+                dot += qs[d] * Ks[lane * KS + d];
             s = cf_score(&a, a.scale * dot, slope, i, j, sq, sk, &t);
         }
         const float mnew = fmaxf(m, cf_warp_max(s));
@@ -423,7 +445,8 @@ extern "C" __global__ void __launch_bounds__(CF_WARPS * 32) cf_kv_attn_simt(cf_k
         l = l * corr + cf_warp_sum(p);
         m = mnew;
 #pragma unroll
-        for (int t = 0; t < CF_NPL; t++) acc[t] *= corr;
+        for (int t = 0; t < CF_NPL; t++)
+            acc[t] *= corr;
         for (int jj = 0; jj < n; jj++) {
             const float pj = __shfl_sync(CF_FULL, p, jj);
             if (pj == 0.0f) continue;

@@ -18,47 +18,47 @@ typedef unsigned short cf_u16;
 
 /* ---- Attention arguments (one struct passed by value; strides in elements) ---------------- */
 typedef struct cf_attn_args {
-    const void* q;   /* (B, Sq, H, D)   varlen: (1, total_q, H, D) with batch stride 0 */
-    const void* k;   /* (B, Sk, Hk, D) */
-    const void* v;   /* (B, Sk, Hk, Dv) */
-    void* out;       /* (B, Sq, H, Dv) */
-    float* lse;      /* (B, H, Sq) or NULL */
-    const void* dout; /* backward: (B, Sq, H, Dv) */
-    void* dq;        /* (B, Sq, H, D) */
-    void* dk;        /* (B, Sk, Hk, D) */
-    void* dv;        /* (B, Sk, Hk, Dv) */
-    float* delta;    /* backward workspace: rowsum(dout * out), [B][H][Sq] dense */
+    const void* q;      /* (B, Sq, H, D)   varlen: (1, total_q, H, D) with batch stride 0 */
+    const void* k;      /* (B, Sk, Hk, D) */
+    const void* v;      /* (B, Sk, Hk, Dv) */
+    void* out;          /* (B, Sq, H, Dv) */
+    float* lse;         /* (B, H, Sq) or NULL */
+    const void* dout;   /* backward: (B, Sq, H, Dv) */
+    void* dq;           /* (B, Sq, H, D) */
+    void* dk;           /* (B, Sk, Hk, D) */
+    void* dv;           /* (B, Sk, Hk, Dv) */
+    float* delta;       /* backward workspace: rowsum(dout * out), [B][H][Sq] dense */
     const float* alibi; /* fp32 slopes, slope(b, h) = alibi[b * alibi_bstride + h], or NULL */
-    const int* cu_q; /* varlen: [B + 1] device pointers; NULL in batch mode */
+    const int* cu_q;    /* varlen: [B + 1] device pointers; NULL in batch mode */
     const int* cu_k;
     cf_i64 q_sb, q_ss, q_sh, k_sb, k_ss, k_sh, v_sb, v_ss, v_sh, o_sb, o_ss, o_sh;
     cf_i64 lse_sb, lse_sh, lse_ss;
     cf_i64 do_sb, do_ss, do_sh, dq_sb, dq_ss, dq_sh, dk_sb, dk_ss, dk_sh, dv_sb, dv_ss, dv_sh;
     cf_i64 alibi_bstride;
-    cf_i64 B, H, Hk, D, Dv, Sq, Sk; /* Sq, Sk: the lengths, or the varlen maxima */
+    cf_i64 B, H, Hk, D, Dv, Sq, Sk;   /* Sq, Sk: the lengths, or the varlen maxima */
     cf_i64 window_left, window_right; /* -1 = unbounded; causal folded in (right = 0) */
     cf_u64 seed, offset;
     cf_u64 keep_threshold; /* dropout: keep iff Philox word < this; 2^32 = keep all */
     float scale, softcap, dropout_p, keep_scale; /* keep_scale = 1 / (1 - dropout_p) */
-    int tile;        /* rows per shared-memory tile (<= 32), chosen by the launcher */
+    int tile; /* rows per shared-memory tile (<= 32), chosen by the launcher */
     int pad_;
 } cf_attn_args;
 
 /* ---- KV-cache attention arguments (the attention part in `a`; a.k / a.v unused) ----------- */
 typedef struct cf_kv_args {
     cf_attn_args a;
-    void* kc;            /* (B_cache, S_cache, Hk, D) or (pages, page_size, Hk, D) */
-    void* vc;            /* same with Dv */
-    const void* knew;    /* (B, Sn, Hk, D) or NULL */
+    void* kc;         /* (B_cache, S_cache, Hk, D) or (pages, page_size, Hk, D) */
+    void* vc;         /* same with Dv */
+    const void* knew; /* (B, Sn, Hk, D) or NULL */
     const void* vnew;
-    const void* cos;     /* (S_ro, rd / 2) or NULL: no rotary */
+    const void* cos; /* (S_ro, rd / 2) or NULL: no rotary */
     const void* sin;
-    const int* seqlens;  /* [B] device, or NULL: every batch has `seqlen` */
-    const int* batch_idx; /* [B] or NULL */
-    const int* leftpad;  /* [B] or NULL */
+    const int* seqlens;     /* [B] device, or NULL: every batch has `seqlen` */
+    const int* batch_idx;   /* [B] or NULL */
+    const int* leftpad;     /* [B] or NULL */
     const int* block_table; /* (B, max_pages), row stride bt_stride, or NULL */
-    float* opart;        /* split-KV partial outputs [splits][B][Sq][H][Dv] (splits > 1) */
-    float* lpart;        /* partial LSEs [splits][B][H][Sq] */
+    float* opart;           /* split-KV partial outputs [splits][B][Sq][H][Dv] (splits > 1) */
+    float* lpart;           /* partial LSEs [splits][B][H][Sq] */
     cf_i64 kc_s0, kc_s1, kc_s2, vc_s0, vc_s1, vc_s2;
     cf_i64 kn_sb, kn_ss, kn_sh, vn_sb, vn_ss, vn_sh, cos_s0, sin_s0;
     cf_i64 seqlen, Sn, bt_stride, page_size, rd, splits, chunk;
@@ -179,7 +179,9 @@ CF_DEV cf_u16 cf_f32_to_f16(float x) {
     asm("{ .reg .f16 t; cvt.rn.f16.f32 t, %1; mov.b16 %0, t; }" : "=h"(h) : "f"(x));
     return h;
 }
-CF_DEV float cf_bf16_to_f32(cf_u16 h) { return __uint_as_float((cf_u32)h << 16); }
+CF_DEV float cf_bf16_to_f32(cf_u16 h) {
+    return __uint_as_float((cf_u32)h << 16);
+}
 CF_DEV cf_u16 cf_f32_to_bf16(float x) {
     cf_u32 u = __float_as_uint(x);
     if ((u & 0x7fffffffu) > 0x7f800000u) return (cf_u16)((u >> 16) | 0x40);
@@ -216,8 +218,10 @@ CF_DEV float cf_ldt(const void* p, int dt, cf_i64 i) {
     return dt == 1 ? cf_f16_to_f32(h) : cf_bf16_to_f32(h);
 }
 CF_DEV void cf_stt(void* p, int dt, cf_i64 i, float x) {
-    if (dt == 0) ((float*)p)[i] = x;
-    else ((cf_u16*)p)[i] = dt == 1 ? cf_f32_to_f16(x) : cf_f32_to_bf16(x);
+    if (dt == 0)
+        ((float*)p)[i] = x;
+    else
+        ((cf_u16*)p)[i] = dt == 1 ? cf_f32_to_f16(x) : cf_f32_to_bf16(x);
 }
 
 /* x rounded to the variant's dtype and back. */
@@ -232,11 +236,13 @@ CF_DEV float cf_round(float x) {
 }
 
 CF_DEV float cf_warp_max(float x) {
-    for (int o = 16; o > 0; o >>= 1) x = fmaxf(x, __shfl_xor_sync(CF_FULL, x, o));
+    for (int o = 16; o > 0; o >>= 1)
+        x = fmaxf(x, __shfl_xor_sync(CF_FULL, x, o));
     return x;
 }
 CF_DEV float cf_warp_sum(float x) {
-    for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(CF_FULL, x, o);
+    for (int o = 16; o > 0; o >>= 1)
+        x += __shfl_xor_sync(CF_FULL, x, o);
     return x;
 }
 

@@ -1,17 +1,18 @@
 /* Kernel arguments of the ops around attention (rotary, norm, merge), shared by ops_simt.cu and
  * the launch code in src/cuda/cuda_ops.c (plain C, so both sides see one layout). Strides are in
- * elements; dtypes are 0 fp32, 1 fp16, 2 bf16 per tensor (the ops allow fp32 beside the input's). */
+ * elements; dtypes are 0 fp32, 1 fp16, 2 bf16 per tensor (the ops allow fp32 beside the input's).
+ */
 #ifndef CF_OPS_ARGS_CUH
 #define CF_OPS_ARGS_CUH
 
 #include "cf_common.cuh"
 
 typedef struct cf_rotary_args {
-    void* out;         /* (B, S, H, D) (varlen: (1, total, H, D)) */
+    void* out; /* (B, S, H, D) (varlen: (1, total, H, D)) */
     const void* x;
-    const void* cos;   /* (S_ro, rd / 2) */
+    const void* cos; /* (S_ro, rd / 2) */
     const void* sin;
-    const int* cu;     /* [B + 1] device, or NULL */
+    const int* cu;      /* [B + 1] device, or NULL */
     const int* offsets; /* [B] device, or NULL */
     cf_i64 x_sb, x_ss, x_sh, o_sb, o_ss, o_sh, cos_s0, sin_s0;
     cf_i64 B, S, H, D, rd, nrot, offset;
@@ -39,7 +40,7 @@ typedef struct cf_norm_t {
 typedef struct cf_norm_args {
     cf_norm_t x, residual, weight, bias, out, residual_out, mean, rstd; /* forward */
     cf_norm_t dy, dresidual_out, dx, dweight, dbias, dresidual;         /* backward (x = h) */
-    float* ws;  /* backward workspace: mean and rstd of each row, [2][M] */
+    float* ws; /* backward workspace: mean and rstd of each row, [2][M] */
     cf_i64 M, N;
     cf_u64 seed, offset, keep_threshold;
     float eps, dropout_p, keep_scale;

@@ -4,9 +4,9 @@
  * compiler then fails a test instead of corrupting a launch. */
 #include "cf_ops_args.cuh"
 
-#define CF_PROBE(T, f)                                                                           \
-    extern "C" __global__ void cf_probe_##T##_##f(T a, unsigned long long* out) {                 \
-        *out = (unsigned long long)a.f;                                                          \
+#define CF_PROBE(T, f)                                                                             \
+    extern "C" __global__ void cf_probe_##T##_##f(T a, unsigned long long* out) {                  \
+        *out = (unsigned long long)a.f;                                                            \
     }
 
 CF_PROBE(cf_attn_args, lse_sb)

@@ -42,9 +42,11 @@ extern "C" __global__ void cf_merge_simt(cf_merge_args a) {
     const cf_i64 r = blockIdx.x, b = r / (a.Sq * a.H), i = (r / a.H) % a.Sq, h = r % a.H;
     const cf_i64 lo = b * a.lp_s1 + h * a.lp_s2 + i * a.lp_s3;
     float m = CF_NEG_INF, sum = 0.0f;
-    for (cf_i64 s = 0; s < a.NS; s++) m = fmaxf(m, a.lp[lo + s * a.lp_s0]);
+    for (cf_i64 s = 0; s < a.NS; s++)
+        m = fmaxf(m, a.lp[lo + s * a.lp_s0]);
     if (m != CF_NEG_INF)
-        for (cf_i64 s = 0; s < a.NS; s++) sum += expf(a.lp[lo + s * a.lp_s0] - m);
+        for (cf_i64 s = 0; s < a.NS; s++)
+            sum += expf(a.lp[lo + s * a.lp_s0] - m);
     const float lse = m == CF_NEG_INF ? CF_NEG_INF : m + logf(sum);
     const cf_i64 oo = b * a.o_s0 + i * a.o_s1 + h * a.o_s2;
     for (cf_i64 d = threadIdx.x; d < a.Dv; d += blockDim.x) {
@@ -92,7 +94,8 @@ CF_DEV float block_sum(float x, float* red) {
     if (lane == 0) red[w] = x;
     __syncthreads();
     float t = 0.0f;
-    for (int i = 0; i < CF_NORM_THREADS / 32; i++) t += red[i];
+    for (int i = 0; i < CF_NORM_THREADS / 32; i++)
+        t += red[i];
     return t;
 }
 
@@ -102,7 +105,8 @@ extern "C" __global__ void __launch_bounds__(CF_NORM_THREADS) cf_norm_fwd_simt(c
     float mu = 0.0f;
     if (!a.rms) {
         float s = 0.0f;
-        for (cf_i64 j = threadIdx.x; j < a.N; j += CF_NORM_THREADS) s += norm_h(a, r, j);
+        for (cf_i64 j = threadIdx.x; j < a.N; j += CF_NORM_THREADS)
+            s += norm_h(a, r, j);
         mu = block_sum(s, red) / (float)a.N;
     }
     float v = 0.0f;
@@ -129,7 +133,8 @@ extern "C" __global__ void __launch_bounds__(CF_NORM_THREADS) cf_norm_bwd_rows(c
     float mu = 0.0f, rs;
     if (!a.rms) {
         float s = 0.0f;
-        for (cf_i64 j = threadIdx.x; j < a.N; j += CF_NORM_THREADS) s += ld2(a.x, r, j);
+        for (cf_i64 j = threadIdx.x; j < a.N; j += CF_NORM_THREADS)
+            s += ld2(a.x, r, j);
         mu = block_sum(s, red) / (float)a.N;
     }
     float v = 0.0f;
