@@ -405,7 +405,13 @@ static void test_grid(void) {
     run_case(&big);
     big.page = 16, big.num_splits = 5, big.dtype = CF_F16, big.B = 2, big.Sq = 4, big.Sn = 4;
     run_case(&big);
-    printf("kvcache grid: %d cases + 2 long\n", n);
+    /* chunked prefill: many query rows (the fast kernels tile them), causal, rotary, paged */
+    kcase pre = {CF_BF16, 2, 8, 2,  37, 64, 64, 37, 100, 16, 0,        1,
+                 16,      0, 1, -1, -1, 0,  0,  3,  0,   1,  TT_DENSE, 11};
+    run_case(&pre);
+    pre.num_splits = 0, pre.dtype = CF_F32, pre.interleaved = 1, pre.page = 0, pre.batch_idx = 1;
+    run_case(&pre);
+    printf("kvcache grid: %d cases + 2 long + 2 chunked prefill\n", n);
 }
 
 static void test_errors(void) {

@@ -91,19 +91,19 @@ static void kv_scratch_init(kv_scratch* w, float* p, const cf_kvcache_call* c, i
     w->hi = (int64_t*)p;
 }
 
-/* Keys [j0, j1) of batch b for the KV heads [hk0, hk0 + nh): leaves the unnormalised acc, the
- * running max m and the sum l of each of the R = nh * G * Sq rows in w (row r: KV head
- * hk0 + r / (G * Sq), query head (hk0 * G) + r / Sq, query i = r % Sq). Every KV head of a key
- * position is visited before the next position: the cache is read in address order. */
+/* Keys [j0, j1) of batch b for the KV heads [hk0, hk0 + nh) and query rows [i0, i0 + nq): leaves
+ * the unnormalised acc, the running max m and the sum l of each of the R = nh * G * nq rows in w
+ * (row r: query head hk0 * G + r / nq, query i0 + r % nq). Every KV head of a key position is
+ * visited before the next position: the cache is read in address order. */
 static void kv_item(const cf_kvcache_call* c, kv_scratch* w, int64_t b, int64_t hk0, int64_t nh,
-                    int64_t j0, int64_t j1) {
+                    int64_t i0, int64_t nq, int64_t j0, int64_t j1) {
     const cf_attn_call* a = &c->a;
-    const int64_t G = a->H / a->Hk, Sq = a->Sq, Rg = G * Sq, R = nh * Rg, D = a->D, Dv = a->Dv;
+    const int64_t G = a->H / a->Hk, Sq = a->Sq, Rg = G * nq, R = nh * Rg, D = a->D, Dv = a->Dv;
     int64_t L, P, sk;
     cf_kv_seq(c, b, &L, &P, &sk);
     int64_t jlo = j1, jhi = j0;
     for (int64_t r = 0; r < R; r++) {
-        int64_t i = r % Sq, h = hk0 * G + r / Sq, lo, hi;
+        int64_t i = i0 + r % nq, h = hk0 * G + r / nq, lo, hi;
         float* q = w->q + r * D;
         ld_row(q, at(&a->q, b * a->q.stride[0] + i * a->q.stride[1] + h * a->q.stride[2]), a->dtype,
                D);
@@ -156,7 +156,7 @@ static void kv_item(const cf_kvcache_call* c, kv_scratch* w, int64_t b, int64_t 
             kv_dots(w->q + g * Rg * D, Rg, D, rows, nb, a->dtype, w->s + g * Rg * KV_KB, w->kf);
         }
         for (int64_t r = 0; r < R; r++) {
-            const int64_t i = r % Sq, h = hk0 * G + r / Sq;
+            const int64_t i = i0 + r % nq, h = hk0 * G + r / nq;
             float* s = w->s + r * KV_KB;
             const float slope = cf_attn_slope(a, b, h);
             float mx = -INFINITY;
@@ -209,39 +209,65 @@ static void kv_item(const cf_kvcache_call* c, kv_scratch* w, int64_t b, int64_t 
     }
 }
 
-/* Work decomposition: KV heads in chunks of nh (as many as keep an item's rows' scratch near
- * 1 MB), keys in ns splits: num_splits as given, else enough items for every thread twice over,
- * with at least 512 keys per split. */
-static void kv_plan(const cf_kvcache_call* c, int64_t* nh, int64_t* ns) {
+/* Work decomposition: KV heads in chunks of nh and query rows in chunks of nq, so that an item
+ * has at most KV_ROWS rows (its scratch stays in L2; K/V are read once per chunk of rows, as the
+ * tiles of a prefill), keys in ns splits: num_splits as given, else enough items for every thread
+ * twice over, with at least 512 keys per split; splits are cut while their partial results would
+ * exceed 256 MB (they change only the order of the sums). */
+#define KV_ROWS 64
+static void kv_plan(const cf_kvcache_call* c, int64_t* nh, int64_t* nq, int64_t* ns) {
     const cf_attn_call* a = &c->a;
-    const int64_t Rg = (a->H / a->Hk) * a->Sq;
-    int64_t h = (int64_t)(262144 / (Rg * (a->D + a->Dv + KV_KB) + 1));
+    const int64_t G = a->H / a->Hk;
+    int64_t h = KV_ROWS / G;
     if (h < 1) h = 1;
     if (h > a->Hk) h = a->Hk;
     while (a->Hk % h)
         h--; /* equal chunks */
     *nh = h;
+    int64_t q = KV_ROWS / (h * G);
+    if (q < 1) q = 1;
+    if (q > a->Sq) q = a->Sq > 0 ? a->Sq : 1;
+    *nq = q;
+    const int64_t items1 = a->B * (a->Hk / h) * ((a->Sq + q - 1) / q);
     int64_t n = c->num_splits;
     if (n == 0) {
-        int64_t groups = a->B * (a->Hk / h), want = 2 * (int64_t)a->threads;
-        n = groups >= want ? 1 : (want + groups - 1) / groups;
+        int64_t want = 2 * (int64_t)a->threads;
+        n = items1 >= want ? 1 : (want + items1 - 1) / items1;
         if (n > a->Sk / 512) n = a->Sk / 512;
     }
     if (n > a->Sk) n = a->Sk;
     if (n > 256) n = 256;
+    while (n > 1 && items1 * n * h * G * q * (a->Dv + 2) > ((int64_t)64 << 20))
+        n /= 2;
     *ns = n < 1 ? 1 : n;
+}
+
+/* out / lse of query row (b, i, h) from an unnormalised acc, max m and sum l. */
+static void kv_write(const cf_kvcache_call* c, int64_t b, int64_t i, int64_t h, float* acc, float m,
+                     float l) {
+    const cf_attn_call* a = &c->a;
+    const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+#pragma omp simd
+    for (int64_t d = 0; d < a->Dv; d++)
+        acc[d] *= inv;
+    st_row(at(&a->out, b * a->out.stride[0] + i * a->out.stride[1] + h * a->out.stride[2]),
+           a->dtype, acc, a->Dv);
+    if (a->lse.data)
+        ((float*)a->lse.data)[b * a->lse.stride[0] + h * a->lse.stride[1] + i * a->lse.stride[2]] =
+            l > 0.0f ? m + logf(l) : -INFINITY;
 }
 
 static cflash_status fast_kvcache_run(const void* call) {
     const cf_kvcache_call* c = call;
     const cf_attn_call* a = &c->a;
-    const int64_t G = a->H / a->Hk, Rg = G * a->Sq, Dv = a->Dv;
-    int64_t nh, ns;
-    kv_plan(c, &nh, &ns);
-    const int64_t nchunk = a->Hk / nh, R = nh * Rg, items = a->B * nchunk * ns;
-    /* per item: acc (R * Dv), m (R), l (R) */
-    float* parts = malloc(sizeof(float) * (size_t)(items * R * (Dv + 2) + 1));
-    CFLASH_RETURN_IF(!parts, CFLASH_ERR_OUT_OF_MEMORY,
+    const int64_t G = a->H / a->Hk, Dv = a->Dv;
+    int64_t nh, nq, ns;
+    kv_plan(c, &nh, &nq, &ns);
+    const int64_t nchunk = a->Hk / nh, nqc = (a->Sq + nq - 1) / nq, R = nh * G * nq;
+    const int64_t groups = a->B * nchunk * nqc, items = groups * ns;
+    /* splits only: per item acc (R * Dv), m (R), l (R) */
+    float* parts = ns > 1 ? malloc(sizeof(float) * (size_t)(items * R * (Dv + 2))) : NULL;
+    CFLASH_RETURN_IF(ns > 1 && !parts, CFLASH_ERR_OUT_OF_MEMORY,
                      "kvcache_fwd: out of memory for %lld partial rows", (long long)(items * R));
     int failed = 0;
 #pragma omp parallel num_threads(a->threads) reduction(| : failed)
@@ -257,21 +283,33 @@ static cflash_status fast_kvcache_run(const void* call) {
 #pragma omp for schedule(dynamic, 1)
         for (int64_t it = 0; it < items; it++) {
             if (!buf) continue;
-            int64_t b = it / (nchunk * ns), ch = (it / ns) % nchunk, s = it % ns, L, P, sk;
+            const int64_t gi = it / ns, s = it % ns;
+            const int64_t b = gi / (nchunk * nqc), ch = (gi / nqc) % nchunk, qc = gi % nqc;
+            const int64_t i0 = qc * nq, nqi = a->Sq - i0 < nq ? a->Sq - i0 : nq;
+            int64_t L, P, sk;
             cf_kv_seq(c, b, &L, &P, &sk);
-            kv_item(c, &w, b, ch * nh, nh, sk * s / ns, sk * (s + 1) / ns);
+            kv_item(c, &w, b, ch * nh, nh, i0, nqi, sk * s / ns, sk * (s + 1) / ns);
+            const int64_t Ri = nh * G * nqi;
+            if (ns == 1) {
+                for (int64_t r = 0; r < Ri; r++)
+                    kv_write(c, b, i0 + r % nqi, ch * nh * G + r / nqi, w.acc + r * Dv, w.m[r],
+                             w.l[r]);
+                continue;
+            }
             float* dst = parts + it * R * (Dv + 2);
-            memcpy(dst, w.acc, sizeof(float) * (size_t)(R * Dv));
-            memcpy(dst + R * Dv, w.m, sizeof(float) * (size_t)R);
-            memcpy(dst + R * Dv + R, w.l, sizeof(float) * (size_t)R);
+            memcpy(dst, w.acc, sizeof(float) * (size_t)(Ri * Dv));
+            memcpy(dst + R * Dv, w.m, sizeof(float) * (size_t)Ri);
+            memcpy(dst + R * Dv + R, w.l, sizeof(float) * (size_t)Ri);
         }
-        /* merge the splits of each row by their LSE and write out / lse */
+        /* merge the splits of each row by their LSE */
 #pragma omp for schedule(static)
-        for (int64_t row = 0; row < a->B * nchunk * R; row++) {
+        for (int64_t row = 0; row < (ns > 1 ? groups * R : 0); row++) {
             if (!buf) continue;
-            int64_t b = row / (nchunk * R), ch = (row / R) % nchunk, r = row % R;
-            int64_t i = r % a->Sq, h = ch * nh * G + r / a->Sq;
-            const float* first = parts + (b * nchunk + ch) * ns * R * (Dv + 2);
+            const int64_t gi = row / R, r = row % R;
+            const int64_t b = gi / (nchunk * nqc), ch = (gi / nqc) % nchunk, qc = gi % nqc;
+            const int64_t i0 = qc * nq, nqi = a->Sq - i0 < nq ? a->Sq - i0 : nq;
+            if (r >= nh * G * nqi) continue;
+            const float* first = parts + gi * ns * R * (Dv + 2);
             float M = -INFINITY, l = 0.0f;
             for (int64_t s = 0; s < ns; s++) {
                 float m = first[s * R * (Dv + 2) + R * Dv + r];
@@ -290,16 +328,7 @@ static cflash_status fast_kvcache_run(const void* call) {
                 for (int64_t d = 0; d < Dv; d++)
                     o[d] += f * ps[r * Dv + d];
             }
-            float inv = l > 0.0f ? 1.0f / l : 0.0f;
-#pragma omp simd
-            for (int64_t d = 0; d < Dv; d++)
-                o[d] *= inv;
-            st_row(at(&a->out, b * a->out.stride[0] + i * a->out.stride[1] + h * a->out.stride[2]),
-                   a->dtype, o, Dv);
-            if (a->lse.data)
-                ((float*)a->lse
-                     .data)[b * a->lse.stride[0] + h * a->lse.stride[1] + i * a->lse.stride[2]] =
-                    l > 0.0f ? M + logf(l) : -INFINITY;
+            kv_write(c, b, i0 + r % nqi, ch * nh * G + r / nqi, o, M, l);
         }
         free(buf);
     }
