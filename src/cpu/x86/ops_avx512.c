@@ -111,8 +111,7 @@ kv_dots_bf16(const float* restrict q, int64_t R, int64_t D, const void* const* r
 static void kv_dots(const float* restrict q, int64_t R, int64_t D, const void* const* rows,
                     int64_t nb, cf_dtype dt, float* restrict s, float* restrict kf) {
     (void)kf;
-    static int bf16 = -1;
-    if (bf16 < 0) bf16 = cf_cpu()->avx512bf16;
+    const int bf16 = cf_cpu()->avx512bf16; /* probed once per process, thread-safe */
     if (dt == CF_BF16 && bf16 && D % 32 == 0 && R * D <= 256 * 32) {
         kv_dots_bf16(q, R, D, rows, nb, s);
         return;
