@@ -37,7 +37,7 @@ int tt_summary(void);
         if (cond)                                                                                  \
             tt_pass();                                                                             \
         else {                                                                                     \
-            char tt_m_[1024];                                                                      \
+            char tt_m_[2048];                                                                      \
             snprintf(tt_m_, sizeof tt_m_, __VA_ARGS__);                                            \
             tt_fail(__FILE__, __LINE__, "CHECK(%s): %s", #cond, tt_m_);                            \
         }                                                                                          \
