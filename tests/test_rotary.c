@@ -196,7 +196,12 @@ static void test_grid(void) {
     run_case(&big);
     big.interleaved = 1, big.dtype = CF_F16, big.inplace = 1;
     run_case(&big);
-    printf("rotary grid: %d cases + 2 large\n", n);
+    /* bf16 with dense heads, every dim rotated: the fused bf16 rows of cpu-avx512 */
+    big.dtype = CF_BF16, big.conjugate = 1, big.per_batch_offsets = 1;
+    run_case(&big);
+    big.interleaved = 0, big.inplace = 0, big.conjugate = 0, big.D = 64, big.half = 32;
+    run_case(&big);
+    printf("rotary grid: %d cases + 4 large\n", n);
 }
 
 static void test_tables(void) {

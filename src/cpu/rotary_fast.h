@@ -46,6 +46,10 @@ static cflash_status fast_rotary_run(const void* call) {
     const int whole = c->x.stride[2] == D && c->out.stride[2] == D &&
                       (!c->inplace || (c->rd == D && c->nrot == H));
     const int64_t nbuf = whole ? 2 * H * D : 2 * D;
+#ifdef CF_OPS_ROTARY_ROW_BF16
+    const int fused_bf16 =
+        whole && c->dtype == CF_BF16 && c->rd == D && c->nrot == H && D % 32 == 0;
+#endif
     int failed = 0;
 #pragma omp parallel num_threads(c->threads) reduction(| : failed)
     {
@@ -83,6 +87,12 @@ static cflash_status fast_rotary_run(const void* call) {
                         if (!c->inplace)
                             prefetch_row(dst + c->out.stride[1] * (int64_t)xs, c->dtype, H * D, 1);
                     }
+#ifdef CF_OPS_ROTARY_ROW_BF16
+                    if (fused_bf16) { /* bf16 in registers, no fp32 scratch rows */
+                        rotary_row_bf16(c, (const uint16_t*)src, (uint16_t*)dst, co, si);
+                        continue;
+                    }
+#endif
                     /* in groups of heads whose fp32 rows stay in L1 */
                     const int64_t hg = D >= 2048 ? 1 : 2048 / D;
                     for (int64_t h0 = 0; h0 < H; h0 += hg) {

@@ -281,6 +281,49 @@ static void norm_row_bf16(const cf_norm_call* c, int64_t r, const float* w, cons
     *rstd = rs;
 }
 
+/* ---- Rotary: a fused bf16 row (every head fully rotated, D % 32 == 0): pairs loaded as bf16,
+ * rotated in fp32 registers, rounded (RNE, as cf_f32_to_bf16) and stored. ---- */
+#define CF_OPS_ROTARY_ROW_BF16 1
+
+/* fp32 lanes rounded to bf16, the result in the upper 16 bits of each lane. */
+static inline __m512i bf16_hi(__m512 y) {
+    __m512i u = _mm512_castps_si512(y);
+    __m512i r = _mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)),
+                                 _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1)));
+    __mmask16 nan = _mm512_cmp_ps_mask(y, y, _CMP_UNORD_Q);
+    r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(u, _mm512_set1_epi32(0x400000)));
+    return _mm512_and_si512(r, _mm512_set1_epi32((int)0xffff0000u));
+}
+
+static void rotary_row_bf16(const cf_rotary_call* c, const uint16_t* x, uint16_t* o,
+                            const float* co, const float* si) {
+    const int64_t D = c->D, half = D / 2, H = c->H;
+    for (int64_t h = 0; h < H; h++, x += D, o += D) {
+        if (c->interleaved) {
+            for (int64_t d = 0; d < D; d += 32) {
+                __m512i v = _mm512_loadu_si512(x + d);
+                __m512 e = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
+                __m512 od =
+                    _mm512_castsi512_ps(_mm512_and_si512(v, _mm512_set1_epi32((int)0xffff0000u)));
+                __m512 cv = _mm512_loadu_ps(co + d / 2), sv = _mm512_loadu_ps(si + d / 2);
+                __m512 ye = _mm512_fmsub_ps(e, cv, _mm512_mul_ps(od, sv));
+                __m512 yo = _mm512_fmadd_ps(e, sv, _mm512_mul_ps(od, cv));
+                __m512i packed = _mm512_or_si512(_mm512_srli_epi32(bf16_hi(ye), 16), bf16_hi(yo));
+                _mm512_storeu_si512(o + d, packed);
+            }
+        } else {
+            for (int64_t i = 0; i < half; i += 16) {
+                __m512 a = bf16x16(x + i, 0xffff), b = bf16x16(x + half + i, 0xffff);
+                __m512 cv = _mm512_loadu_ps(co + i), sv = _mm512_loadu_ps(si + i);
+                __m512 ya = _mm512_fmsub_ps(a, cv, _mm512_mul_ps(b, sv));
+                __m512 yb = _mm512_fmadd_ps(a, sv, _mm512_mul_ps(b, cv));
+                _mm256_storeu_si256((__m256i*)(o + i), to_bf16x16(ya));
+                _mm256_storeu_si256((__m256i*)(o + half + i), to_bf16x16(yb));
+            }
+        }
+    }
+}
+
 #include "cpu/kvcache_fast.h"
 #include "cpu/merge_fast.h"
 #include "cpu/norm_fast.h"
