@@ -61,6 +61,7 @@ typedef struct fwd_geom {
 } fwd_geom;
 
 static void fwd_layout(const cf_attn_call* c, const cf_attn_kernels* k, fwd_geom* g) {
+    memset(g, 0, sizeof *g);
     g->G = c->H / c->Hk;
     g->n = CF_ATTN_TILE_ROWS / g->G > 0 ? CF_ATTN_TILE_ROWS / g->G : 1;
     if (g->n > c->Sq && c->Sq > 0) g->n = c->Sq;

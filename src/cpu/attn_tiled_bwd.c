@@ -188,6 +188,7 @@ typedef struct bwd_geom {
 } bwd_geom;
 
 static void bwd_layout(const cf_attn_call* c, const cf_attn_kernels* kk, bwd_geom* g) {
+    memset(g, 0, sizeof *g); /* the bf16 offsets stay 0 when unused */
     g->G = c->H / c->Hk;
     g->n = BQ / g->G > 0 ? BQ / g->G : 1;
     g->M = g->G * g->n;
