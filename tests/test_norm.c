@@ -281,7 +281,24 @@ static void test_grid(void) {
         run_case(&c);
         n++;
     }
-    printf("norm grid: %d cases\n", n);
+    /* bf16 in and out, no residual or dropout: the fused bf16 rows of cpu-avx512 (N % 32 == 0,
+     * and a tail) */
+    const int64_t plainN[4] = {4096, 96, 100, 33};
+    for (int k = 0; k < 8; k++) {
+        ncase c = {0};
+        c.dtype = c.out_dtype = CF_BF16;
+        c.res_dtype = c.resout_dtype = CF_DTYPE_BAD;
+        c.w_dtype = k % 3 == 2 ? CF_DTYPE_BAD : (k % 2 ? CF_BF16 : CF_F32);
+        c.has_bias = k % 2;
+        c.layer = (k / 2) % 2;
+        c.stats = k % 3 == 0;
+        c.N = plainN[k % 4];
+        c.M = 37;
+        c.layout = k % 4 == 3 ? TT_PADDED : TT_DENSE;
+        c.seed = 900 + (uint64_t)k + tt_seed_base();
+        run_case(&c);
+    }
+    printf("norm grid: %d cases + 8 plain bf16\n", n);
 }
 
 static void test_errors(void) {
