@@ -134,25 +134,26 @@ static void kv_item(const cf_kvcache_call* c, kv_scratch* w, int64_t b, int64_t 
     memset(w->acc, 0, sizeof(float) * (size_t)(R * Dv));
     const int64_t es = (int64_t)cf_dtype_size(a->dtype);
     const void* rows[KV_KB];
-    int64_t base[KV_KB];
+    int64_t base[KV_KB], pfk[KV_KB], pfv[KV_KB];
     for (int64_t jb = jlo; jb < jhi; jb += KV_KB) {
         const int64_t nb = jhi - jb < KV_KB ? jhi - jb : KV_KB;
         for (int64_t t = 0; t < nb; t++)
             base[t] = cf_kv_row(c, &c->kc, b, P + jb + t, hk0);
-        /* prefetch the next block's K and V rows (all heads of the chunk) into L2 */
-        for (int64_t t = jb + KV_PF * KV_KB; t < jb + (KV_PF + 1) * KV_KB && t < jhi; t++) {
-            const char* kr = (const char*)c->kc.data + cf_kv_row(c, &c->kc, b, P + t, hk0) * es;
-            const char* vr = (const char*)c->vc.data + cf_kv_row(c, &c->vc, b, P + t, hk0) * es;
-            for (int64_t g = 0; g < nh; g++)
-                for (int64_t o = 0; o < D * es; o += 64)
-                    __builtin_prefetch(kr + g * c->kc.stride[2] * es + o, 0, 2);
-            for (int64_t g = 0; g < nh; g++)
-                for (int64_t o = 0; o < Dv * es; o += 64)
-                    __builtin_prefetch(vr + g * c->vc.stride[2] * es + o, 0, 2);
+        /* the next block's rows, prefetched into L2 head by head between the pieces of work on
+         * this block (one burst stalls on the miss buffers while no work is in flight) */
+        const int64_t pf0 = jb + KV_PF * KV_KB;
+        const int64_t npf = pf0 >= jhi ? 0 : (jhi - pf0 < KV_KB ? jhi - pf0 : KV_KB);
+        for (int64_t t = 0; t < npf; t++) {
+            pfk[t] = cf_kv_row(c, &c->kc, b, P + pf0 + t, hk0);
+            pfv[t] = cf_kv_row(c, &c->vc, b, P + pf0 + t, hk0);
         }
         for (int64_t g = 0; g < nh; g++) {
             for (int64_t t = 0; t < nb; t++)
                 rows[t] = (const char*)c->kc.data + (base[t] + g * c->kc.stride[2]) * es;
+            for (int64_t t = 0; t < npf; t++)
+                for (int64_t o = 0; o < D * es; o += 64)
+                    __builtin_prefetch(
+                        (const char*)c->kc.data + (pfk[t] + g * c->kc.stride[2]) * es + o, 0, 2);
             kv_dots(w->q + g * Rg * D, Rg, D, rows, nb, a->dtype, w->s + g * Rg * KV_KB, w->kf);
         }
         for (int64_t r = 0; r < R; r++) {
@@ -204,6 +205,10 @@ static void kv_item(const cf_kvcache_call* c, kv_scratch* w, int64_t b, int64_t 
         for (int64_t g = 0; g < nh; g++) {
             for (int64_t t = 0; t < nb; t++)
                 rows[t] = (const char*)c->vc.data + (base[t] + g * c->vc.stride[2]) * es;
+            for (int64_t t = 0; t < npf; t++)
+                for (int64_t o = 0; o < Dv * es; o += 64)
+                    __builtin_prefetch(
+                        (const char*)c->vc.data + (pfv[t] + g * c->vc.stride[2]) * es + o, 0, 2);
             kv_pv(w->acc + g * Rg * Dv, Rg, Dv, rows, nb, a->dtype, w->s + g * Rg * KV_KB, w->vf);
         }
     }
