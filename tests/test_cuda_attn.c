@@ -236,7 +236,7 @@ int main(void) {
         int bwd, skip;
     } runs[] = {
         {"cuda-simt", 1, 0}, /* serves everything up to head dim 256 */
-        {"cuda-mma", 0, 1},  /* fp16/bf16, sm_80+: other cases are skipped with the reason */
+        {"cuda-mma", 1, 1},  /* fp16/bf16, sm_80+: other cases are skipped with the reason */
         {NULL, 1, 1},        /* auto: mma where it can, simt for the rest */
     };
     for (size_t r = 0; r < sizeof runs / sizeof runs[0]; r++) {

@@ -93,13 +93,18 @@ static void test_choice(void) {
     CHECK_HAS(buf, "cuda-simt: NO: head dims D = 320, Dv = 320: cuda-simt handles up to 256");
     CHECK_HAS(buf, "-> none");
 
-    /* Backward: simt only, mma says why. */
+    /* Backward: mma where its shared memory fits, else simt with the reason. */
     mkprob(&p, CF_BF16, 64, 0x7f0000000000);
     cflash_attn_params prm;
     cflash_attn_params_init(&prm);
     CHECK_OK(cflash_explain(NULL, CFLASH_OP_ATTN_BWD, buf, sizeof buf, &prm, &p.dout.t, &p.q.t,
                             &p.k.t, &p.v.t, &p.out.t, &p.lse.t, &p.dq.t, &p.dk.t, &p.dv.t));
-    CHECK_HAS(buf, "cuda-mma: NO: cuda-mma has no backward kernel yet");
+    CHECK_HAS(buf, "-> cuda-mma");
+    /* Head dim 128: the backward's 70144 bytes of shared memory exceed the fake's 48 KB. */
+    mkprob(&p, CF_BF16, 128, 0x7f0000000000);
+    CHECK_OK(cflash_explain(NULL, CFLASH_OP_ATTN_BWD, buf, sizeof buf, &prm, &p.dout.t, &p.q.t,
+                            &p.k.t, &p.v.t, &p.out.t, &p.lse.t, &p.dq.t, &p.dk.t, &p.dv.t));
+    CHECK_HAS(buf, "cuda-mma: NO: backward needs 70144 bytes of shared memory");
     CHECK_HAS(buf, "-> cuda-simt");
 
     /* Forcing a backend that cannot serve gives its reason. */

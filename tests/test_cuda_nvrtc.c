@@ -1,6 +1,7 @@
 /* Compiles every CUDA kernel variant with the installed NVRTC, without a GPU: all variants for
- * sm_75 (the SIMT kernels), sm_80 and sm_90, and a representative set (SIMT fp16 + MMA bf16 at
- * head dim 128, and the ops) for every other arch the NVRTC lists, plus PTX for the newest. Also
+ * sm_75 (the SIMT kernels), sm_80 and sm_90, and a representative set (SIMT fp16 at head dim 128
+ * and the ops; MMA bf16 at 128 for sm_86 and the newest arch) for every other arch the NVRTC lists,
+ * plus PTX for the newest. Also
  * checks the CUDA copy of the dropout Philox against src/core/philox.h word for word, and the
  * target choice. Skips (exit 77) when NVRTC is absent. CFLASH_NVRTC_ALL=1 compiles every variant
  * for every listed arch. */
@@ -168,7 +169,8 @@ static const char* const simt_kernels[] = {"cf_attn_fwd_simt",
                                            "cf_kv_append_simt",
                                            "cf_kv_attn_simt",
                                            NULL};
-static const char* const mma_kernels[] = {"cf_attn_fwd_mma", NULL};
+static const char* const mma_kernels[] = {"cf_attn_fwd_mma", "cf_attn_bwd_dq_mma",
+                                          "cf_attn_bwd_dkdv_mma", NULL};
 static const char* const ops_kernels[] = {"cf_rotary_simt",   "cf_merge_simt",
                                           "cf_norm_fwd_simt", "cf_norm_bwd_rows",
                                           "cf_norm_bwd_cols", NULL};
@@ -293,7 +295,8 @@ int main(void) {
             int rep = (!strcmp(vars[i].name, "attn_simt.cu") &&
                        !strcmp(vars[i].defines, "-DCF_DTYPE=1 -DCF_DMAX=128")) ||
                       (!strcmp(vars[i].name, "attn_mma.cu") &&
-                       !strcmp(vars[i].defines, "-DCF_DTYPE=2 -DCF_DMAX=128")) ||
+                       !strcmp(vars[i].defines, "-DCF_DTYPE=2 -DCF_DMAX=128") &&
+                       (archs[a] == 86 || a == na - 1)) ||
                       !strcmp(vars[i].name, "ops_simt.cu");
             if (all || rep) compile_one(&vars[i], archs[a], 0);
         }

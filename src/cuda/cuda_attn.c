@@ -1,7 +1,8 @@
-/* The CUDA attention backends: cuda-mma (tensor cores, sm_80+, fp16/bf16 forward) and cuda-simt
- * (any arch NVRTC targets, every dtype, forward and backward). This file decides whether a call can
- * be served (with the reason when not), fills the kernel argument struct, picks the kernel variant
- * and tile, and launches on the context's stream. The kernels are in src/cuda/kernels/. */
+/* The CUDA attention backends: cuda-mma (tensor cores, sm_80+, fp16/bf16, forward and backward) and
+ * cuda-simt (any arch NVRTC targets, every dtype, forward and backward). This file decides whether
+ * a call can be served (with the reason when not), fills the kernel argument struct, picks the
+ * kernel variant and tile, and launches on the context's stream. The kernels are in
+ * src/cuda/kernels/. */
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -306,10 +307,47 @@ static int mma_supports_fwd(const void* call, char* why, size_t n) {
     return arch_servable(&dev, "attn_mma.cu", defines, why, n);
 }
 
+/* attn_mma.cu backward: four tiles of 64 rows x (dmax + 8) halves, plus lse and delta of 64 rows.
+ */
+#define MMA_BT 64
+static size_t mma_bwd_smem(int dmax) {
+    return 2 * 4 * (size_t)MMA_BT * (size_t)(dmax + 8) + 2 * sizeof(float) * MMA_BT;
+}
+
 static int mma_supports_bwd(const void* call, char* why, size_t n) {
-    (void)call;
-    snprintf(why, n, "cuda-mma has no backward kernel yet (cuda-simt serves the backward)");
-    return 0;
+    const cf_attn_call* c = call;
+    cf_cu_device dev;
+    if (!common_supports(c, &dev, why, n)) return 0;
+    int arch = dev.cc_major * 10 + dev.cc_minor;
+    if (arch < 80) {
+        snprintf(why, n, "needs sm_80 or newer (mma.sync bf16, cp.async); %s is sm_%d", dev.name,
+                 arch);
+        return 0;
+    }
+    if (c->dtype != CF_F16 && c->dtype != CF_BF16) {
+        snprintf(why, n,
+                 "dtype %s: tensor-core kernels take float16 or bfloat16 (cuda-simt "
+                 "serves float32)",
+                 cf_dtype_name(c->dtype));
+        return 0;
+    }
+    if (c->D > CF_DMAX_MAX || c->Dv > CF_DMAX_MAX || c->D % 8 || c->Dv % 8) {
+        snprintf(why, n, "head dims D = %lld, Dv = %lld: cuda-mma needs multiples of 8 up to %d",
+                 (long long)c->D, (long long)c->Dv, CF_DMAX_MAX);
+        return 0;
+    }
+    if (!aligned16(&c->q, "q", why, n) || !aligned16(&c->k, "k", why, n) ||
+        !aligned16(&c->v, "v", why, n) || !aligned16(&c->dout, "dout", why, n))
+        return 0;
+    if (mma_bwd_smem(dmax_for(c)) > (size_t)dev.smem_optin) {
+        snprintf(why, n, "backward needs %zu bytes of shared memory per block, %s has %d",
+                 mma_bwd_smem(dmax_for(c)), dev.name, dev.smem_optin);
+        return 0;
+    }
+    char defines[96];
+    snprintf(defines, sizeof defines, "-DCF_DTYPE=%d -DCF_DMAX=%d", (int)c->dtype, dmax_for(c));
+    return arch_servable(&dev, "attn_mma.cu", defines, why, n) &&
+           arch_servable(&dev, "attn_simt.cu", defines, why, n);
 }
 
 static cflash_status mma_fwd_run(const void* call) {
@@ -326,9 +364,35 @@ static cflash_status mma_fwd_run(const void* call) {
     return run_end(&st, s);
 }
 
+/* delta with the SIMT kernel, then dq and dk/dv on tensor cores. */
 static cflash_status mma_bwd_run(const void* call) {
-    (void)call;
-    return cf_error(CFLASH_ERR_UNSUPPORTED, "cuda-mma: no backward kernel");
+    const cf_attn_call* c = call;
+    const int dmax = dmax_for(c);
+    run_state st;
+    cf_attn_args a;
+    cflash_status s = run_begin(&st, c, &a, "attn_mma.cu", (int)c->dtype, dmax);
+    CUmodule simt = NULL;
+    if (s == CFLASH_OK) {
+        char defines[96];
+        snprintf(defines, sizeof defines, "-DCF_DTYPE=%d -DCF_DMAX=%d", (int)c->dtype, dmax);
+        s = cf_cuda_module(&st.dev, "attn_simt.cu", defines, &simt);
+    }
+    if (s == CFLASH_OK)
+        s = cf_cuda_tmp_alloc(&st.dev, st.stream, sizeof(float) * (size_t)(c->B * c->H * c->Sq),
+                              &st.tmp[2]);
+    if (s == CFLASH_OK) {
+        a.delta = (float*)(uintptr_t)st.tmp[2];
+        const size_t smem = mma_bwd_smem(dmax);
+        s = cf_cuda_launch(simt, "cf_attn_bwd_delta_simt", (c->Sq + SIMT_WARPS - 1) / SIMT_WARPS,
+                           c->H, c->B, SIMT_WARPS * 32, 0, st.stream, &a);
+        if (s == CFLASH_OK)
+            s = cf_cuda_launch(st.mod, "cf_attn_bwd_dq_mma", (c->Sq + MMA_BT - 1) / MMA_BT, c->H,
+                               c->B, MMA_WARPS * 32, smem, st.stream, &a);
+        if (s == CFLASH_OK)
+            s = cf_cuda_launch(st.mod, "cf_attn_bwd_dkdv_mma", (c->Sk + MMA_BT - 1) / MMA_BT, c->Hk,
+                               c->B, MMA_WARPS * 32, smem, st.stream, &a);
+    }
+    return run_end(&st, s);
 }
 
 /* ---- KV cache (cuda-simt): append, split-KV attention, merge ----------------------------- */

@@ -1,10 +1,10 @@
-/* cuda-mma attention forward: tensor cores (mma.sync m16n8k16, fp32 accumulation), ldmatrix for
- * the operand fragments, cp.async for global -> shared copies; sm_80 and newer, fp16 and bf16,
- * head dims multiple of 8 up to CF_DMAX, every mask feature, dropout, GQA, varlen, Dv != D.
- * One block = 4 warps = 64 query rows of one (b, h); each warp owns 16 rows:
- *   S (16 x BK)  = Q_w (16 x D) K_tile^T           (A: ldmatrix.x4, B: ldmatrix.x2)
- *   online softmax on the S fragments in registers (rows g and g + 8 of each thread)
- *   O (16 x Dv) += P (16 x BK, the S fragments repacked to fp16/bf16) V_tile (ldmatrix.x2.trans)
+/* cuda-mma attention, forward and (at the end of the file) backward: tensor cores (mma.sync
+ * m16n8k16, fp32 accumulation), ldmatrix for the operand fragments, cp.async for global -> shared
+ * copies; sm_80 and newer, fp16 and bf16, head dims multiple of 8 up to CF_DMAX, every mask
+ * feature, dropout, GQA, varlen, Dv != D. One block = 4 warps = 64 query rows of one (b, h); each
+ * warp owns 16 rows: S (16 x BK)  = Q_w (16 x D) K_tile^T           (A: ldmatrix.x4, B:
+ * ldmatrix.x2) online softmax on the S fragments in registers (rows g and g + 8 of each thread) O
+ * (16 x Dv) += P (16 x BK, the S fragments repacked to fp16/bf16) V_tile (ldmatrix.x2.trans)
  * Compiled per variant with -DCF_DTYPE=1|2 (fp16|bf16) -DCF_DMAX=64|128|256. */
 #include "cf_common.cuh"
 
@@ -246,5 +246,297 @@ extern "C" __global__ void __launch_bounds__(128) cf_attn_fwd_mma(cf_attn_args a
         if (a.lse && tg == 0)
             a.lse[b * a.lse_sb + h * a.lse_sh + (q0 + ri[r]) * a.lse_ss] =
                 l[r] > 0.0f ? m[r] + logf(l[r]) : CF_NEG_INF;
+    }
+}
+
+/* ---- Backward (tensor cores) -------------------------------------------------------------- */
+/* Two kernels, no atomics (deterministic), both shaped like the forward: two products whose
+ * fragments stay in registers, then one or two products that reuse them as A operands.
+ *   cf_attn_bwd_dq_mma    64 query rows per block:  S = Q K^T, dP = dO V^T, dS, dQ += dS K
+ *   cf_attn_bwd_dkdv_mma  64 keys of KV head hk per block, over the group's query heads:
+ *                         S^T = K Q^T, dP^T = V dO^T, dV += P^T dO, dK += dS^T Q
+ * delta = rowsum(dO * O) comes from cf_attn_bwd_delta_simt (a.delta). Shared memory: four tiles of
+ * 64 rows x LDS halves (+ 2 x 64 floats for the dkdv kernel). */
+#define BT 64         /* rows of every backward tile */
+#define NT_T (BT / 8) /* n-tiles of a 64-wide product */
+
+/* Scores -> dS (and P with dropout) for one element: query i, key j of sequence (sq, sk). */
+CF_DEV void bwd_elem(const cf_attn_args& a, float s, float dpv, float lse, float delta, float slope,
+                     cf_i64 b, cf_i64 h, cf_i64 i, cf_i64 j, cf_i64 sq, cf_i64 sk, float* pk,
+                     float* ds) {
+    float th;
+    const float x = cf_score(&a, a.scale * s, slope, i, j, sq, sk, &th);
+    const float p = expf(x - lse);
+    const int keep = cf_dropout_keep_word(&a, b, h, i, j);
+    *pk = keep ? p * a.keep_scale : 0.0f;
+    const float dp = keep ? dpv * a.keep_scale : 0.0f;
+    float d = p * (dp - delta);
+    if (a.softcap > 0.0f) d *= 1.0f - th * th;
+    *ds = d * a.scale;
+}
+
+extern "C" __global__ void __launch_bounds__(128) cf_attn_bwd_dq_mma(cf_attn_args a) {
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    cf_h* Qs = (cf_h*)smem_raw;
+    cf_h* Gs = Qs + BT * LDS;
+    cf_h* Ks = Gs + BT * LDS;
+    cf_h* Vs = Ks + BT * LDS;
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    const int g = lane >> 2, tg = lane & 3;
+    const cf_i64 b = blockIdx.z, h = blockIdx.y, hk = h / (a.H / a.Hk);
+    cf_i64 q0, sq, k0, sk;
+    cf_seq(&a, b, &q0, &sq, &k0, &sk);
+    const cf_i64 row0 = (cf_i64)blockIdx.x * BT;
+    if (row0 >= sq) return;
+    const int D = (int)a.D, Dv = (int)a.Dv, Dp = (D + 15) & ~15, Dvp = (Dv + 15) & ~15;
+    const int nq = (int)(sq - row0 < BT ? sq - row0 : BT);
+    load_tile(Qs, (const cf_h*)a.q + b * a.q_sb + (q0 + row0) * a.q_ss + h * a.q_sh, a.q_ss, BT, nq,
+              D);
+    load_tile(Gs, (const cf_h*)a.dout + b * a.do_sb + (q0 + row0) * a.do_ss + h * a.do_sh, a.do_ss,
+              BT, nq, Dv);
+    cp_async_wait_all();
+    const cf_i64 last = row0 + nq - 1;
+    cf_i64 blo, bhi, tmp;
+    cf_key_range(&a, row0, sq, sk, &blo, &tmp);
+    cf_key_range(&a, last, sq, sk, &tmp, &bhi);
+    cf_i64 ri[2], lo[2], hi[2];
+    float lse[2], delta[2];
+    bool live[2];
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        ri[r] = row0 + w * 16 + g + 8 * r;
+        live[r] = ri[r] < sq;
+        lo[r] = hi[r] = 0;
+        lse[r] = CF_NEG_INF;
+        delta[r] = 0.0f;
+        if (live[r]) {
+            cf_key_range(&a, ri[r], sq, sk, &lo[r], &hi[r]);
+            lse[r] = a.lse[b * a.lse_sb + h * a.lse_sh + (q0 + ri[r]) * a.lse_ss];
+            delta[r] = a.delta[(b * a.H + h) * a.Sq + ri[r]];
+            if (lse[r] == CF_NEG_INF) live[r] = false; /* saw no key: dq = 0 */
+        }
+    }
+    const float slope = cf_slope(&a, b, h);
+    float dq[NT_O][4];
+#pragma unroll
+    for (int t = 0; t < NT_O; t++)
+        dq[t][0] = dq[t][1] = dq[t][2] = dq[t][3] = 0.0f;
+    const cf_h* kg = (const cf_h*)a.k + b * a.k_sb + k0 * a.k_ss + hk * a.k_sh;
+    const cf_h* vg = (const cf_h*)a.v + b * a.v_sb + k0 * a.v_ss + hk * a.v_sh;
+    for (cf_i64 j0 = blo; j0 < bhi; j0 += BT) {
+        const int nk = (int)(bhi - j0 < BT ? bhi - j0 : BT);
+        __syncthreads();
+        load_tile(Ks, kg + j0 * a.k_ss, a.k_ss, BT, nk, D);
+        load_tile(Vs, vg + j0 * a.v_ss, a.v_ss, BT, nk, Dv);
+        cp_async_wait_all();
+        __syncthreads();
+        float s[NT_T][4], dp[NT_T][4];
+#pragma unroll
+        for (int t = 0; t < NT_T; t++)
+#pragma unroll
+            for (int e = 0; e < 4; e++)
+                s[t][e] = dp[t][e] = 0.0f;
+        for (int kk = 0; kk < Dp; kk += 16) {
+            cf_u32 af[4];
+            ldmatrix_x4(af, Qs + (w * 16 + (lane & 15)) * LDS + kk + (lane >> 4) * 8);
+#pragma unroll
+            for (int t = 0; t < NT_T; t++) {
+                cf_u32 bf[2];
+                ldmatrix_x2(bf, Ks + (t * 8 + (lane & 7)) * LDS + kk + ((lane >> 3) & 1) * 8);
+                mma16816(s[t], af, bf);
+            }
+        }
+        for (int kk = 0; kk < Dvp; kk += 16) {
+            cf_u32 af[4];
+            ldmatrix_x4(af, Gs + (w * 16 + (lane & 15)) * LDS + kk + (lane >> 4) * 8);
+#pragma unroll
+            for (int t = 0; t < NT_T; t++) {
+                cf_u32 bf[2];
+                ldmatrix_x2(bf, Vs + (t * 8 + (lane & 7)) * LDS + kk + ((lane >> 3) & 1) * 8);
+                mma16816(dp[t], af, bf);
+            }
+        }
+        cf_u32 df[NT_T][2];
+#pragma unroll
+        for (int t = 0; t < NT_T; t++) {
+            float d[4];
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int r = e >> 1;
+                const cf_i64 j = j0 + t * 8 + tg * 2 + (e & 1);
+                float pk;
+                d[e] = 0.0f;
+                if (live[r] && j >= lo[r] && j < hi[r])
+                    bwd_elem(a, s[t][e], dp[t][e], lse[r], delta[r], slope, b, h, ri[r], j, sq, sk,
+                             &pk, &d[e]);
+            }
+            df[t][0] = pack2(d[0], d[1]);
+            df[t][1] = pack2(d[2], d[3]);
+        }
+        /* dQ += dS K */
+#pragma unroll
+        for (int kk = 0; kk < BT / 16; kk++) {
+            const cf_u32 af[4] = {df[2 * kk][0], df[2 * kk][1], df[2 * kk + 1][0],
+                                  df[2 * kk + 1][1]};
+#pragma unroll
+            for (int t = 0; t < NT_O; t++) {
+                if (t * 8 >= D) break;
+                cf_u32 bf[2];
+                ldmatrix_x2_trans(bf, Ks + (kk * 16 + (lane & 15)) * LDS + t * 8);
+                mma16816(dq[t], af, bf);
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        const cf_i64 i = row0 + w * 16 + g + 8 * r;
+        if (i >= sq) continue;
+        const cf_i64 ob = b * a.dq_sb + (q0 + i) * a.dq_ss + h * a.dq_sh;
+#pragma unroll
+        for (int t = 0; t < NT_O; t++) {
+            const int d = t * 8 + tg * 2;
+            if (d < D) cf_st(a.dq, ob + d, dq[t][2 * r]);
+            if (d + 1 < D) cf_st(a.dq, ob + d + 1, dq[t][2 * r + 1]);
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(128) cf_attn_bwd_dkdv_mma(cf_attn_args a) {
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    cf_h* Ks = (cf_h*)smem_raw;
+    cf_h* Vs = Ks + BT * LDS;
+    cf_h* Qs = Vs + BT * LDS;
+    cf_h* Gs = Qs + BT * LDS;
+    float* Ls = (float*)(Gs + BT * LDS);
+    float* Ds = Ls + BT;
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    const int g = lane >> 2, tg = lane & 3;
+    const cf_i64 b = blockIdx.z, hk = blockIdx.y, group = a.H / a.Hk;
+    cf_i64 q0, sq, k0, sk;
+    cf_seq(&a, b, &q0, &sq, &k0, &sk);
+    const cf_i64 key0 = (cf_i64)blockIdx.x * BT;
+    if (key0 >= sk) return;
+    const int D = (int)a.D, Dv = (int)a.Dv, Dp = (D + 15) & ~15, Dvp = (Dv + 15) & ~15;
+    const int nk = (int)(sk - key0 < BT ? sk - key0 : BT);
+    load_tile(Ks, (const cf_h*)a.k + b * a.k_sb + (k0 + key0) * a.k_ss + hk * a.k_sh, a.k_ss, BT,
+              nk, D);
+    load_tile(Vs, (const cf_h*)a.v + b * a.v_sb + (k0 + key0) * a.v_ss + hk * a.v_sh, a.v_ss, BT,
+              nk, Dv);
+    cp_async_wait_all();
+    cf_i64 ilo, ihi, tmp;
+    cf_query_range(&a, key0, sq, sk, &ilo, &tmp);
+    cf_query_range(&a, key0 + nk - 1, sq, sk, &tmp, &ihi);
+    cf_i64 kj[2];
+#pragma unroll
+    for (int r = 0; r < 2; r++)
+        kj[r] = key0 + w * 16 + g + 8 * r; /* this thread's two keys */
+    float dk[NT_O][4], dv[NT_O][4];
+#pragma unroll
+    for (int t = 0; t < NT_O; t++)
+#pragma unroll
+        for (int e = 0; e < 4; e++)
+            dk[t][e] = dv[t][e] = 0.0f;
+
+    for (cf_i64 h = hk * group; h < (hk + 1) * group; h++) {
+        const float slope = cf_slope(&a, b, h);
+        const cf_h* qg = (const cf_h*)a.q + b * a.q_sb + q0 * a.q_ss + h * a.q_sh;
+        const cf_h* gg = (const cf_h*)a.dout + b * a.do_sb + q0 * a.do_ss + h * a.do_sh;
+        for (cf_i64 i0 = ilo; i0 < ihi; i0 += BT) {
+            const int nq = (int)(ihi - i0 < BT ? ihi - i0 : BT);
+            __syncthreads();
+            load_tile(Qs, qg + i0 * a.q_ss, a.q_ss, BT, nq, D);
+            load_tile(Gs, gg + i0 * a.do_ss, a.do_ss, BT, nq, Dv);
+            for (int r = threadIdx.x; r < BT; r += blockDim.x) {
+                Ls[r] = r < nq ? a.lse[b * a.lse_sb + h * a.lse_sh + (q0 + i0 + r) * a.lse_ss]
+                               : CF_NEG_INF;
+                Ds[r] = r < nq ? a.delta[(b * a.H + h) * a.Sq + i0 + r] : 0.0f;
+            }
+            cp_async_wait_all();
+            __syncthreads();
+            /* S^T = K_w Q^T and dP^T = V_w dO^T: rows are this warp's keys, columns queries. */
+            float s[NT_T][4], dp[NT_T][4];
+#pragma unroll
+            for (int t = 0; t < NT_T; t++)
+#pragma unroll
+                for (int e = 0; e < 4; e++)
+                    s[t][e] = dp[t][e] = 0.0f;
+            for (int kk = 0; kk < Dp; kk += 16) {
+                cf_u32 af[4];
+                ldmatrix_x4(af, Ks + (w * 16 + (lane & 15)) * LDS + kk + (lane >> 4) * 8);
+#pragma unroll
+                for (int t = 0; t < NT_T; t++) {
+                    cf_u32 bf[2];
+                    ldmatrix_x2(bf, Qs + (t * 8 + (lane & 7)) * LDS + kk + ((lane >> 3) & 1) * 8);
+                    mma16816(s[t], af, bf);
+                }
+            }
+            for (int kk = 0; kk < Dvp; kk += 16) {
+                cf_u32 af[4];
+                ldmatrix_x4(af, Vs + (w * 16 + (lane & 15)) * LDS + kk + (lane >> 4) * 8);
+#pragma unroll
+                for (int t = 0; t < NT_T; t++) {
+                    cf_u32 bf[2];
+                    ldmatrix_x2(bf, Gs + (t * 8 + (lane & 7)) * LDS + kk + ((lane >> 3) & 1) * 8);
+                    mma16816(dp[t], af, bf);
+                }
+            }
+            cf_u32 pf[NT_T][2], df[NT_T][2];
+#pragma unroll
+            for (int t = 0; t < NT_T; t++) {
+                float p[4], d[4];
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int r = e >> 1, qi = t * 8 + tg * 2 + (e & 1);
+                    const cf_i64 i = i0 + qi, j = kj[r];
+                    p[e] = d[e] = 0.0f;
+                    if (qi < nq && j < sk && Ls[qi] != CF_NEG_INF) {
+                        cf_i64 lo, hi;
+                        cf_key_range(&a, i, sq, sk, &lo, &hi);
+                        if (j >= lo && j < hi)
+                            bwd_elem(a, s[t][e], dp[t][e], Ls[qi], Ds[qi], slope, b, h, i, j, sq,
+                                     sk, &p[e], &d[e]);
+                    }
+                }
+                pf[t][0] = pack2(p[0], p[1]);
+                pf[t][1] = pack2(p[2], p[3]);
+                df[t][0] = pack2(d[0], d[1]);
+                df[t][1] = pack2(d[2], d[3]);
+            }
+            /* dV += P^T dO, dK += dS^T Q: k runs over the tile's queries in steps of 16. */
+#pragma unroll
+            for (int kk = 0; kk < BT / 16; kk++) {
+                const cf_u32 ap[4] = {pf[2 * kk][0], pf[2 * kk][1], pf[2 * kk + 1][0],
+                                      pf[2 * kk + 1][1]};
+                const cf_u32 ad[4] = {df[2 * kk][0], df[2 * kk][1], df[2 * kk + 1][0],
+                                      df[2 * kk + 1][1]};
+#pragma unroll
+                for (int t = 0; t < NT_O; t++) {
+                    cf_u32 bf[2];
+                    if (t * 8 < Dv) {
+                        ldmatrix_x2_trans(bf, Gs + (kk * 16 + (lane & 15)) * LDS + t * 8);
+                        mma16816(dv[t], ap, bf);
+                    }
+                    if (t * 8 < D) {
+                        ldmatrix_x2_trans(bf, Qs + (kk * 16 + (lane & 15)) * LDS + t * 8);
+                        mma16816(dk[t], ad, bf);
+                    }
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        const cf_i64 j = kj[r];
+        if (j >= sk) continue;
+        const cf_i64 kb = b * a.dk_sb + (k0 + j) * a.dk_ss + hk * a.dk_sh;
+        const cf_i64 vb = b * a.dv_sb + (k0 + j) * a.dv_ss + hk * a.dv_sh;
+#pragma unroll
+        for (int t = 0; t < NT_O; t++) {
+            const int d = t * 8 + tg * 2;
+            if (d < D) cf_st(a.dk, kb + d, dk[t][2 * r]);
+            if (d + 1 < D) cf_st(a.dk, kb + d + 1, dk[t][2 * r + 1]);
+            if (d < Dv) cf_st(a.dv, vb + d, dv[t][2 * r]);
+            if (d + 1 < Dv) cf_st(a.dv, vb + d + 1, dv[t][2 * r + 1]);
+        }
     }
 }
