@@ -2,14 +2,15 @@
 # A C program that links only -lcflash builds and runs: against the build tree's libcflash.so, then
 # against an installed prefix (cmake --install to a temp dir) through the installed pkg-config file.
 # Also shows libcflash.so's DT_NEEDED entries (libm, libdl, OpenMP, pthread) that make this work.
-# usage: link_test.sh CC SOURCE_DIR BUILD_DIR WORK_DIR
+# usage: link_test.sh CC SOURCE_DIR BUILD_DIR WORK_DIR [EXTRA_CFLAGS (sanitizer builds)]
 set -eu
-CC=$1 SRC=$2 BUILD=$3 WORK=$4
+CC=$1 SRC=$2 BUILD=$3 WORK=$4 EXTRA=${5:-}
 rm -rf "$WORK" && mkdir -p "$WORK"
 echo "== DT_NEEDED of libcflash.so"
 readelf -d "$BUILD/libcflash.so" | grep NEEDED || true
 echo "== build tree: $CC link_only.c -lcflash"
-"$CC" -o "$WORK/from_build" "$SRC/tests/link/link_only.c" -I"$SRC/include" \
+# shellcheck disable=SC2086
+"$CC" $EXTRA -o "$WORK/from_build" "$SRC/tests/link/link_only.c" -I"$SRC/include" \
     -L"$BUILD" -Wl,-rpath,"$BUILD" -lcflash
 "$WORK/from_build"
 echo "== installed prefix: cmake --install + pkg-config"
@@ -17,12 +18,12 @@ cmake --install "$BUILD" --prefix "$WORK/prefix" >"$WORK/install.log"
 PC=$(find "$WORK/prefix" -name cflash.pc | head -n 1)
 test -n "$PC" || { echo "cflash.pc not installed"; exit 1; }
 PCDIR=$(dirname "$PC")
-# The .pc records the configure-time prefix; point it at the temp prefix.
-FLAGS=$(PKG_CONFIG_PATH="$PCDIR" pkg-config --define-variable=prefix="$WORK/prefix" --cflags --libs cflash)
+# The .pc file finds its prefix from its own place (${pcfiledir}), so a moved install works.
+FLAGS=$(PKG_CONFIG_PATH="$PCDIR" pkg-config --cflags --libs cflash)
 echo "pkg-config: $FLAGS"
-LIBDIR=$(PKG_CONFIG_PATH="$PCDIR" pkg-config --define-variable=prefix="$WORK/prefix" --variable=libdir cflash)
+LIBDIR=$(PKG_CONFIG_PATH="$PCDIR" pkg-config --variable=libdir cflash)
 # shellcheck disable=SC2086
-"$CC" -o "$WORK/from_prefix" "$SRC/tests/link/link_only.c" $FLAGS -Wl,-rpath,"$LIBDIR"
+"$CC" $EXTRA -o "$WORK/from_prefix" "$SRC/tests/link/link_only.c" $FLAGS -Wl,-rpath,"$LIBDIR"
 "$WORK/from_prefix"
 # The installed program must use the installed library, not the build tree's.
 if command -v ldd >/dev/null 2>&1; then
