@@ -58,9 +58,9 @@ CFLASH_API cflash_status cflash_context_create(cflash_context** ctx);
 CFLASH_API void cflash_context_free(cflash_context* ctx); /* accepts NULL */
 /* n = 0: all cores (or OMP_NUM_THREADS when set). n < 0 is an error. */
 CFLASH_API cflash_status cflash_context_set_threads(cflash_context* ctx, int n);
-/* name NULL or "auto": choose per call. Else one backend name ("cpu-ref", "cpu-avx512", ...);
- * an unknown name is an error. The environment variable CFLASH_BACKEND sets the same for
- * contexts that have not set one. */
+/* name "auto": choose per call. Else one backend name ("cpu-ref", "cpu-avx512", ...); an
+ * unknown name is an error. The environment variable CFLASH_BACKEND (a name or "auto") applies to
+ * contexts that have not set one; NULL returns the context to that "not set" state. */
 CFLASH_API cflash_status cflash_context_set_backend(cflash_context* ctx, const char* name);
 /* A CUstream as void*; NULL = the default stream. */
 CFLASH_API cflash_status cflash_context_set_cuda_stream(cflash_context* ctx, void* stream);

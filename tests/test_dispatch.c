@@ -200,7 +200,12 @@ static void test_library(void) {
     /* The context's choice wins over the environment. */
     CHECK_OK(cflash_context_set_backend(ctx, "cpu-ref"));
     CHECK_OK(smoke_attn(ctx, 0, 14));
+    /* An explicit "auto" on the context also wins: a bad CFLASH_BACKEND is not consulted. */
     CHECK_OK(cflash_context_set_backend(ctx, "auto"));
+    setenv("CFLASH_BACKEND", "no-such-backend", 1);
+    CHECK_OK(smoke_attn(ctx, 0, 18));
+    /* NULL returns the context to "not set": the environment applies again. */
+    CHECK_OK(cflash_context_set_backend(ctx, NULL));
     setenv("CFLASH_BACKEND", "cpu-ref", 1);
     CHECK_OK(smoke_attn(ctx, 1, 15));
     setenv("CFLASH_BACKEND", "no-such-backend", 1);

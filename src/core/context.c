@@ -29,8 +29,12 @@ cflash_status cflash_context_set_threads(cflash_context* ctx, int n) {
 
 cflash_status cflash_context_set_backend(cflash_context* ctx, const char* name) {
     CFLASH_RETURN_IF(!ctx, CFLASH_ERR_INVALID_ARGUMENT, "ctx: is NULL");
-    if (!name || !strcmp(name, "auto") || !*name) {
+    if (!name || !*name) { /* not set: CFLASH_BACKEND, if any, applies */
         ctx->backend[0] = 0;
+        return CFLASH_OK;
+    }
+    if (!strcmp(name, "auto")) { /* set to choose per call, whatever CFLASH_BACKEND says */
+        strcpy(ctx->backend, "auto");
         return CFLASH_OK;
     }
     if (!cf_backend_known(name)) {
@@ -62,7 +66,7 @@ int cf_context_threads(const cflash_context* ctx) {
 }
 
 const char* cf_context_backend(const cflash_context* ctx) {
-    if (ctx && ctx->backend[0]) return ctx->backend;
+    if (ctx && ctx->backend[0]) return strcmp(ctx->backend, "auto") ? ctx->backend : NULL;
     const char* e = getenv("CFLASH_BACKEND");
     if (e && *e && strcmp(e, "auto")) return e;
     return NULL;

@@ -7,7 +7,7 @@
 
 struct cflash_context {
     int threads;        /* 0 = all */
-    char backend[32];   /* "" = auto */
+    char backend[32];   /* "" = not set (CFLASH_BACKEND applies), "auto", or a name */
     void* cuda_stream;
     cf_explain* explain; /* set by cflash_explain for one call */
 };
