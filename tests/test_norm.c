@@ -284,10 +284,16 @@ static void test_grid(void) {
     /* bf16 in and out, no residual or dropout: the fused bf16 rows of cpu-avx512 (N % 32 == 0,
      * and a tail) */
     const int64_t plainN[4] = {4096, 96, 100, 33};
-    for (int k = 0; k < 8; k++) {
+    for (int k = 0; k < 16; k++) {
         ncase c = {0};
         c.dtype = c.out_dtype = CF_BF16;
         c.res_dtype = c.resout_dtype = CF_DTYPE_BAD;
+        if (k >= 8) { /* with a residual (bf16 or fp32) and/or the prenorm residual_out */
+            c.res_dtype = k % 3 == 0 ? CF_DTYPE_BAD : (k % 3 == 1 ? CF_BF16 : CF_F32);
+            c.resout_dtype = k % 4 == 3 ? CF_DTYPE_BAD : (k % 2 ? CF_F32 : CF_BF16);
+            if (c.res_dtype == CF_DTYPE_BAD && c.resout_dtype == CF_DTYPE_BAD)
+                c.resout_dtype = CF_BF16;
+        }
         c.w_dtype = k % 3 == 2 ? CF_DTYPE_BAD : (k % 2 ? CF_BF16 : CF_F32);
         c.has_bias = k % 2;
         c.layer = (k / 2) % 2;
@@ -298,7 +304,7 @@ static void test_grid(void) {
         c.seed = 900 + (uint64_t)k + tt_seed_base();
         run_case(&c);
     }
-    printf("norm grid: %d cases + 8 plain bf16\n", n);
+    printf("norm grid: %d cases + 16 bf16 in/out without dropout\n", n);
 }
 
 static void test_errors(void) {

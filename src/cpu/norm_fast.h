@@ -53,8 +53,8 @@ static cflash_status fast_norm_fwd_run(const void* call) {
     const cf_norm_call* c = call;
     const int64_t N = c->N;
 #ifdef CF_OPS_NORM_ROW_BF16
-    const int plain_bf16 = c->dtype == CF_BF16 && c->out.dtype == CF_BF16 && !c->residual.data &&
-                           !c->residual_out.data && c->dropout_p == 0.0f;
+    const int fused_bf16 = c->dtype == CF_BF16 && c->out.dtype == CF_BF16 && c->dropout_p == 0.0f;
+    const int plain_bf16 = fused_bf16 && !c->residual.data && !c->residual_out.data;
 #endif
     int failed = 0;
 #pragma omp parallel num_threads(c->threads) reduction(| : failed)
@@ -79,8 +79,11 @@ static cflash_status fast_norm_fwd_run(const void* call) {
                                      c->residual_out.dtype, N, 1);
                 }
 #ifdef CF_OPS_NORM_ROW_BF16
-                if (plain_bf16) { /* bf16 in and out, no residual, no dropout: fused row */
-                    norm_row_bf16(c, r, w, bias, &mu, &rs);
+                if (fused_bf16) { /* bf16 in and out, no dropout: fused rows */
+                    if (plain_bf16)
+                        norm_row_bf16(c, r, w, bias, &mu, &rs);
+                    else
+                        norm_row_res_bf16(c, r, w, bias, h, &mu, &rs);
                     if (c->mean.data) ((float*)c->mean.data)[r * c->mean.stride[0]] = mu;
                     if (c->rstd.data) ((float*)c->rstd.data)[r * c->rstd.stride[0]] = rs;
                     continue;

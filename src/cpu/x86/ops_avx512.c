@@ -258,6 +258,53 @@ norm_out_bf16(uint16_t* o, const uint16_t* x, int64_t n, __m512 vmu, __m512 vrs,
     return n;
 }
 
+/* The fused bf16 row with a residual and/or the prenorm residual_out (bf16 or fp32 each):
+ * h = x + residual is formed in registers, stored to residual_out and to the fp32 scratch h[N]
+ * (in L1) for the statistics and the output. */
+static void norm_row_res_bf16(const cf_norm_call* c, int64_t r, const float* w, const float* bias,
+                              float* h, float* mean, float* rstd) {
+    const int64_t N = c->N;
+    const uint16_t* x = (const uint16_t*)c->x.data + r * c->x.stride[0];
+    uint16_t* o = (uint16_t*)c->out.data + r * c->out.stride[0];
+    const void* res = c->residual.data ? at(&c->residual, r * c->residual.stride[0]) : NULL;
+    void* ro = c->residual_out.data ? at(&c->residual_out, r * c->residual_out.stride[0]) : NULL;
+    const int res32 = c->residual.dtype == CF_F32, ro32 = c->residual_out.dtype == CF_F32;
+    __m512 s = _mm512_setzero_ps();
+    for (int64_t j = 0; j < N; j += 16) {
+        __mmask16 m = kv_mask(N - j);
+        __m512 v = bf16x16(x + j, m);
+        if (res)
+            v = _mm512_add_ps(v, res32 ? _mm512_maskz_loadu_ps(m, (const float*)res + j)
+                                       : bf16x16((const uint16_t*)res + j, m));
+        if (ro) {
+            if (ro32)
+                _mm512_mask_storeu_ps((float*)ro + j, m, v);
+            else
+                _mm256_mask_storeu_epi16((uint16_t*)ro + j, m, to_bf16x16(v));
+        }
+        _mm512_mask_storeu_ps(h + j, m, v);
+        s = _mm512_add_ps(s, v);
+    }
+    const float mu = c->rms ? 0.0f : _mm512_reduce_add_ps(s) / (float)N;
+    const __m512 vmu = _mm512_set1_ps(mu);
+    s = _mm512_setzero_ps();
+    for (int64_t j = 0; j < N; j += 16) {
+        __mmask16 m = kv_mask(N - j);
+        __m512 v = _mm512_maskz_sub_ps(m, _mm512_maskz_loadu_ps(m, h + j), vmu);
+        s = _mm512_fmadd_ps(v, v, s);
+    }
+    const float rs = 1.0f / sqrtf(_mm512_reduce_add_ps(s) / (float)N + c->eps);
+    const __m512 vrs = _mm512_set1_ps(rs);
+    for (int64_t j = 0; j < N; j += 16) {
+        __mmask16 m = kv_mask(N - j);
+        __m512 y = _mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, h + j), vmu), vrs);
+        y = _mm512_fmadd_ps(y, _mm512_maskz_loadu_ps(m, w + j), _mm512_maskz_loadu_ps(m, bias + j));
+        _mm256_mask_storeu_epi16(o + j, m, to_bf16x16(y));
+    }
+    *mean = mu;
+    *rstd = rs;
+}
+
 static void norm_row_bf16(const cf_norm_call* c, int64_t r, const float* w, const float* bias,
                           float* mean, float* rstd) {
     const int64_t N = c->N;
