@@ -1,5 +1,3 @@
-#define KV_PF 1
-
 /* Fast KV-cache attention body (included once per ISA after ops_fast_common.h).
  * 1. Append: the new k (rotated) and v rows go into the cache, rows split over threads.
  * 2. Attention: one work item = (batch b, a chunk of KV heads, key split s). For each block of
@@ -9,6 +7,9 @@
  *    Online softmax in fp32, P V accumulated in fp32.
  * 3. Splits (num_splits > 1, or chosen when there are fewer items than threads) keep
  *    (max, sum, acc) per split and are merged by their LSE, as cflash_attn_merge does. */
+
+/* Prefetch distance, in blocks of KV_KB keys. */
+#define KV_PF 2
 
 static void kv_append_fast(const cf_kvcache_call* c, float* buf, int64_t b, int64_t n, int64_t hk) {
     const cf_attn_call* a = &c->a;
