@@ -12,7 +12,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#if defined(__F16C__) || defined(__AVX512F__)
+/* The including file says which ISA it is built for (CF_OPS_AVX512 / CF_OPS_AVX2 / CF_OPS_F16C),
+ * because clang's target pragma does not define __AVX512F__ and friends as GCC's does. */
+#if defined(CF_OPS_F16C) || defined(CF_OPS_AVX512)
 #include <immintrin.h>
 #endif
 
@@ -36,10 +38,10 @@ static inline void ld_row(float* restrict dst, const void* restrict src, cf_dtyp
     } else {
         const uint16_t* s = src;
         int64_t i = 0;
-#if defined(__AVX512F__)
+#if defined(CF_OPS_AVX512)
         for (; i + 16 <= n; i += 16)
             _mm512_storeu_ps(dst + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(s + i))));
-#elif defined(__F16C__)
+#elif defined(CF_OPS_F16C)
         for (; i + 8 <= n; i += 8)
             _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(s + i))));
 #endif
@@ -64,12 +66,12 @@ static inline void st_row(void* restrict dst, cf_dtype dt, const float* restrict
     } else {
         uint16_t* d = dst;
         int64_t i = 0;
-#if defined(__AVX512F__)
+#if defined(CF_OPS_AVX512)
         for (; i + 16 <= n; i += 16)
             _mm256_storeu_si256((__m256i*)(d + i),
                                 _mm512_cvtps_ph(_mm512_loadu_ps(src + i),
                                                 _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-#elif defined(__F16C__)
+#elif defined(CF_OPS_F16C)
         for (; i + 8 <= n; i += 8)
             _mm_storeu_si128((__m128i*)(d + i),
                              _mm256_cvtps_ph(_mm256_loadu_ps(src + i),
@@ -111,7 +113,7 @@ static inline float fexp(float x) {
 static inline float exp_row(float* s, int64_t n, float m) {
     float sum = 0.0f;
     int64_t t = 0;
-#if defined(__AVX512F__)
+#if defined(CF_OPS_AVX512)
     const __m512 l2e = _mm512_set1_ps(1.44269504088896341f), c1 = _mm512_set1_ps(0.693359375f),
                  c2 = _mm512_set1_ps(-2.12194440e-4f), lo = _mm512_set1_ps(-87.0f),
                  vm = _mm512_set1_ps(m), one = _mm512_set1_ps(1.0f);

@@ -11,7 +11,7 @@ static inline void rotate_head(const cf_rotary_call* c, const float* restrict x,
     const int64_t half = c->rd / 2;
     if (c->interleaved) {
         int64_t d = 0;
-#if defined(__AVX512F__) /* pair swap within lanes instead of x[d ^ 1] (which does not vectorize)  \
+#if defined(CF_OPS_AVX512) /* pair swap within lanes instead of x[d ^ 1] (which does not vectorize)  \
                           */
         for (; d + 16 <= c->rd; d += 16) {
             __m512 v = _mm512_loadu_ps(x + d);
@@ -19,7 +19,7 @@ static inline void rotate_head(const cf_rotary_call* c, const float* restrict x,
                                                     _mm512_mul_ps(_mm512_permute_ps(v, 0xB1),
                                                                   _mm512_loadu_ps(se + d))));
         }
-#elif defined(__AVX2__)
+#elif defined(CF_OPS_AVX2)
         for (; d + 8 <= c->rd; d += 8) {
             __m256 v = _mm256_loadu_ps(x + d);
             _mm256_storeu_ps(o + d, _mm256_fmadd_ps(v, _mm256_loadu_ps(ce + d),

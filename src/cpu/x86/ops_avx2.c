@@ -2,7 +2,24 @@
  * cpu-avx2, available when the CPU probe reports all three. Bodies:
  * src/cpu/{rotary,norm,kvcache,merge}_fast.h. */
 #if defined(__x86_64__)
+/* System headers first: the clang pragma below gives every function declared after it the
+ * target attribute. */
+#include <immintrin.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,fma,f16c"))), apply_to = function)
+#else
 #pragma GCC target("avx2,fma,f16c")
+#endif
+#define CF_OPS_AVX2 1
+#define CF_OPS_F16C 1
 
 #include "cpu/ops_fast_common.h"
 
@@ -24,4 +41,7 @@ static int ops_avx2_available(char* why, size_t n) {
 #define CF_OPS_BACKEND "cpu-avx2"
 #define CF_OPS_AVAILABLE ops_avx2_available
 #include "cpu/ops_fast_impls.h"
+#if defined(__clang__)
+#pragma clang attribute pop
+#endif
 #endif

@@ -2,7 +2,25 @@
  * 512-bit vectors: backend cpu-avx512, available when the CPU probe reports them (with OS
  * support). Bodies: src/cpu/{rotary,norm,kvcache,merge}_fast.h. */
 #if defined(__x86_64__)
+/* System headers first: the clang pragma below gives every function declared after it the
+ * target attribute. */
+#include <immintrin.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c"))), apply_to = function)
+#else
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c,prefer-vector-width=512")
+#endif
+#define CF_OPS_AVX512 1
+#define CF_OPS_AVX2 1
+#define CF_OPS_F16C 1
 
 #include "cpu/ops_fast_common.h"
 #include "probe/cpu_features.h"
@@ -406,4 +424,7 @@ static int ops_avx512_available(char* why, size_t n) {
 #define CF_OPS_BACKEND "cpu-avx512"
 #define CF_OPS_AVAILABLE ops_avx512_available
 #include "cpu/ops_fast_impls.h"
+#if defined(__clang__)
+#pragma clang attribute pop
+#endif
 #endif
