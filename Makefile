@@ -1,6 +1,7 @@
 # Thin wrapper over CMake for the README's commands:
 #   make run    build, then `cflash report`, `cflash check` and `cflash bench` on the default shape
-#   make test   build and run every test: ctest, the same C tests under ASan + UBSan, Python tests
+#   make test   build and run every test: ctest, the same C tests under ASan + UBSan, a clang
+#               -Werror build, Python tests
 # Both install what is missing first (.ci/deps.sh). BUILD, ASAN_BUILD and JOBS can be overridden.
 BUILD ?= build
 ASAN_BUILD ?= build-asan
@@ -9,7 +10,7 @@ CFLASH := $(BUILD)/cflash
 # The sanitizer run: any report fails the test (UBSan aborts; ASan's leak check stays on).
 SAN_ENV := ASAN_OPTIONS=abort_on_error=1:detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 
-.PHONY: all deps build run test test-c test-asan test-python clean
+.PHONY: all deps build run test test-c test-asan test-clang test-python clean
 
 all: build
 
@@ -30,6 +31,7 @@ test: build
 	@fail=""; \
 	$(MAKE) --no-print-directory test-c || fail="$$fail test-c"; \
 	$(MAKE) --no-print-directory test-asan || fail="$$fail test-asan"; \
+	$(MAKE) --no-print-directory test-clang || fail="$$fail test-clang"; \
 	$(MAKE) --no-print-directory test-python || fail="$$fail test-python"; \
 	if [ -n "$$fail" ]; then echo "make test: FAILED:$$fail"; exit 1; fi; \
 	echo "make test: all stages passed"
@@ -40,9 +42,18 @@ test-c: build
 # Left out here: GPU tests (label gpu; the CUDA driver is not built for the sanitizers) and
 # test_cuda_nvrtc, whose minutes go to NVRTC compiling kernels (the same in both builds).
 test-asan: deps
-	cmake -S . -B $(ASAN_BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCFLASH_SANITIZE=ON
+	cmake -S . -B $(ASAN_BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCFLASH_SANITIZE=ON -DCFLASH_WERROR=ON
 	cmake --build $(ASAN_BUILD) -j$(JOBS)
 	cd $(ASAN_BUILD) && $(SAN_ENV) ctest --output-on-failure -j$(JOBS) -LE gpu -E '^test_cuda_nvrtc$$'
+
+# The whole tree (library, tool, tests) compiles warning-free with clang too (-Werror); skipped
+# with a message where clang is not installed.
+CLANG_BUILD ?= build-clang
+test-clang: deps
+	@if command -v clang >/dev/null 2>&1; then \
+	    CC=clang cmake -S . -B $(CLANG_BUILD) -DCMAKE_BUILD_TYPE=Release -DCFLASH_WERROR=ON && \
+	    cmake --build $(CLANG_BUILD) -j$(JOBS) && echo "clang build: no warnings"; \
+	else echo "test-clang: skipped: clang is not installed"; fi
 
 test-python: build
 	@if [ -d tests/python ]; then \
@@ -52,4 +63,4 @@ test-python: build
 	else echo "(no Python tests yet)"; fi
 
 clean:
-	rm -rf $(BUILD) $(ASAN_BUILD)
+	rm -rf $(BUILD) $(ASAN_BUILD) $(CLANG_BUILD)

@@ -16,6 +16,7 @@ need=""
 command -v cc >/dev/null 2>&1 || command -v gcc >/dev/null 2>&1 || need="$need gcc libc6-dev"
 command -v make >/dev/null 2>&1 || need="$need make"
 command -v cmake >/dev/null 2>&1 || need="$need cmake"
+command -v clang >/dev/null 2>&1 || need="$need clang" # the warning check builds with clang too
 [ -f /usr/include/dlpack/dlpack.h ] || [ -f /usr/local/include/dlpack/dlpack.h ] ||
     need="$need libdlpack-dev"
 # shellcheck disable=SC2086
