@@ -32,14 +32,14 @@ static void emit(int lvl, const char* msg) {
     fprintf(stderr, "cflash %s: %s\n", level_names[lvl], msg);
 }
 
+/* Formats and prints; once = 1 prints only the first time this exact text is seen. */
+static void vlog(int lvl, int once, const char* fmt, va_list ap);
+
 void cf_log(int lvl, const char* fmt, ...) {
-    if (lvl > cf_log_level()) return;
-    char msg[1024];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
+    vlog(lvl, 0, fmt, ap);
     va_end(ap);
-    emit(lvl, msg);
 }
 
 /* Hashes of texts already printed: a small open-addressed set; when full, prints again. */
@@ -61,12 +61,16 @@ static int first_time(const char* msg) {
     return fresh;
 }
 
-void cf_log_once(int lvl, const char* fmt, ...) {
+static void vlog(int lvl, int once, const char* fmt, va_list ap) {
     if (lvl > cf_log_level()) return;
     char msg[1024];
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    if (!once || first_time(msg)) emit(lvl, msg);
+}
+
+void cf_log_once(int lvl, const char* fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
+    vlog(lvl, 1, fmt, ap);
     va_end(ap);
-    if (first_time(msg)) emit(lvl, msg);
 }
