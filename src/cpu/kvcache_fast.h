@@ -34,7 +34,18 @@ static void kv_append_fast(const cf_kvcache_call* c, float* buf, int64_t b, int6
            (size_t)a->Dv * cf_dtype_size(a->dtype));
 }
 
-#ifndef CF_OPS_KV_BLOCK_KERNELS
+#ifdef CF_OPS_KV_BLOCK_KERNELS /* the cpu-avx512 build */
+#include "cpu/x86/kv_bf16_avx512.h"
+#else
+static inline int kv_dots_x4_ok(cf_dtype dt, int64_t R, int64_t D) {
+    (void)dt, (void)R, (void)D;
+    return 0;
+}
+static void kv_dots_bf16x4(const float* restrict q, int64_t R, int64_t D, const void* const* rows,
+                           int64_t nb, float* restrict s) {
+    (void)q, (void)R, (void)D, (void)rows, (void)nb, (void)s;
+}
+
 /* s[r * KV_KB + t] = q_r . k_t for the nb key rows (dtype dt) of a block; kf: nb * D scratch. */
 static void kv_dots(const float* restrict q, int64_t R, int64_t D, const void* const* rows,
                     int64_t nb, cf_dtype dt, float* restrict s, float* restrict kf) {
@@ -134,6 +145,7 @@ static void kv_item(const cf_kvcache_call* c, kv_scratch* w, int64_t b, int64_t 
     }
     memset(w->acc, 0, sizeof(float) * (size_t)(R * Dv));
     const int64_t es = (int64_t)cf_dtype_size(a->dtype);
+    const int dx4 = kv_dots_x4_ok(a->dtype, Rg, D); /* bf16 scores, keys in fours */
     const void* rows[KV_KB];
     int64_t base[KV_KB], pfk[KV_KB], pfv[KV_KB];
     for (int64_t jb = jlo; jb < jhi; jb += KV_KB) {
@@ -155,7 +167,10 @@ static void kv_item(const cf_kvcache_call* c, kv_scratch* w, int64_t b, int64_t 
                 for (int64_t o = 0; o < D * es; o += 64)
                     __builtin_prefetch(
                         (const char*)c->kc.data + (pfk[t] + g * c->kc.stride[2]) * es + o, 0, 2);
-            kv_dots(w->q + g * Rg * D, Rg, D, rows, nb, a->dtype, w->s + g * Rg * KV_KB, w->kf);
+            if (dx4)
+                kv_dots_bf16x4(w->q + g * Rg * D, Rg, D, rows, nb, w->s + g * Rg * KV_KB);
+            else
+                kv_dots(w->q + g * Rg * D, Rg, D, rows, nb, a->dtype, w->s + g * Rg * KV_KB, w->kf);
         }
         for (int64_t r = 0; r < R; r++) {
             const int64_t i = i0 + r % nq, h = hk0 * G + r / nq;
@@ -189,8 +204,9 @@ static void kv_item(const cf_kvcache_call* c, kv_scratch* w, int64_t b, int64_t 
                     s[t] = 0.0f;
                 continue;
             }
+            /* a running max that does not move leaves alpha = fexp(0) = 1 exactly: skip it */
             const float mnew = mx > w->m[r] ? mx : w->m[r];
-            const float alpha = fexp(w->m[r] - mnew);
+            const float alpha = mx > w->m[r] ? fexp(w->m[r] - mnew) : 1.0f;
             const float sum = exp_row(s, nb, mnew);
             if (alpha != 1.0f) {
                 float* acc = w->acc + r * Dv;

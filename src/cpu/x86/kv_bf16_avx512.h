@@ -1,0 +1,70 @@
+/* KV-cache bf16 score kernel on AVX-512 with AVX512-BF16 (included by src/cpu/kvcache_fast.h in
+ * the cpu-avx512 build only, after ops_avx512.c's kv_dots_bf16): four keys by four query rows
+ * per pass (16 independent vdpbf16ps chains, each loaded key feeding four), each row's four sums
+ * reduced by one tree and stored as one 4-float vector (no per-score scalar stores). */
+
+/* [sum a0, sum a1, sum a2, sum a3] (the tree of reduce4, kept in a register). */
+static inline __m128 kv_sum4(__m512 a0, __m512 a1, __m512 a2, __m512 a3) {
+    __m512 s01 = _mm512_add_ps(_mm512_unpacklo_ps(a0, a1), _mm512_unpackhi_ps(a0, a1));
+    __m512 s23 = _mm512_add_ps(_mm512_unpacklo_ps(a2, a3), _mm512_unpackhi_ps(a2, a3));
+    __m512 u = _mm512_add_ps(_mm512_shuffle_ps(s01, s23, 0x44), _mm512_shuffle_ps(s01, s23, 0xEE));
+    __m256 v = _mm256_add_ps(_mm512_castps512_ps256(u),
+                             _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(u), 1)));
+    return _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+}
+
+/* Whether kv_dots_bf16x4 serves a block: bf16 keys, R rows, head dim D. */
+static inline int kv_dots_x4_ok(cf_dtype dt, int64_t R, int64_t D) {
+    return dt == CF_BF16 && cf_cpu()->avx512bf16 && D % 32 == 0 && R % 4 == 0 && R * D <= 256 * 32;
+}
+
+/* s[r * KV_KB + t] = q_r . k_t (q exactly bf16, as for kv_dots_bf16), keys in fours. */
+__attribute__((target("avx512bf16,avx512f,avx512bw,avx512vl"))) static void
+kv_dots_bf16x4(const float* restrict q, int64_t R, int64_t D, const void* const* rows, int64_t nb,
+               float* restrict s) {
+    __m512i qb[256]; /* R * D / 32 <= 256 */
+    for (int64_t r = 0; r < R; r++)
+        for (int64_t d = 0; d < D; d += 32)
+            qb[(r * D + d) / 32] = (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(q + r * D + d + 16),
+                                                                _mm512_loadu_ps(q + r * D + d));
+    const int64_t nd = D / 32;
+    int64_t t = 0;
+    for (; t + 4 <= nb; t += 4) {
+        const uint16_t *k0 = rows[t], *k1 = rows[t + 1], *k2 = rows[t + 2], *k3 = rows[t + 3];
+        if (t + 8 <= nb) /* the next four keys into L1 (the block is already in L2) */
+            for (int64_t u = t + 4; u < t + 8; u++)
+                for (int64_t o = 0; o < D; o += 32)
+                    _mm_prefetch((const char*)((const uint16_t*)rows[u] + o), _MM_HINT_T0);
+        for (int64_t r = 0; r < R; r += 4) {
+            __m512 a00 = _mm512_setzero_ps(), a01 = a00, a02 = a00, a03 = a00;
+            __m512 a10 = a00, a11 = a00, a12 = a00, a13 = a00;
+            __m512 a20 = a00, a21 = a00, a22 = a00, a23 = a00;
+            __m512 a30 = a00, a31 = a00, a32 = a00, a33 = a00;
+            const __m512i* qr = qb + r * nd;
+            for (int64_t c = 0; c < nd; c++) {
+                __m512bh x0 = (__m512bh)_mm512_loadu_si512(k0 + 32 * c),
+                         x1 = (__m512bh)_mm512_loadu_si512(k1 + 32 * c),
+                         x2 = (__m512bh)_mm512_loadu_si512(k2 + 32 * c),
+                         x3 = (__m512bh)_mm512_loadu_si512(k3 + 32 * c);
+                __m512bh q0 = (__m512bh)qr[c];
+                a00 = _mm512_dpbf16_ps(a00, q0, x0), a01 = _mm512_dpbf16_ps(a01, q0, x1);
+                a02 = _mm512_dpbf16_ps(a02, q0, x2), a03 = _mm512_dpbf16_ps(a03, q0, x3);
+                __m512bh q1 = (__m512bh)qr[nd + c];
+                a10 = _mm512_dpbf16_ps(a10, q1, x0), a11 = _mm512_dpbf16_ps(a11, q1, x1);
+                a12 = _mm512_dpbf16_ps(a12, q1, x2), a13 = _mm512_dpbf16_ps(a13, q1, x3);
+                __m512bh q2 = (__m512bh)qr[2 * nd + c];
+                a20 = _mm512_dpbf16_ps(a20, q2, x0), a21 = _mm512_dpbf16_ps(a21, q2, x1);
+                a22 = _mm512_dpbf16_ps(a22, q2, x2), a23 = _mm512_dpbf16_ps(a23, q2, x3);
+                __m512bh q3 = (__m512bh)qr[3 * nd + c];
+                a30 = _mm512_dpbf16_ps(a30, q3, x0), a31 = _mm512_dpbf16_ps(a31, q3, x1);
+                a32 = _mm512_dpbf16_ps(a32, q3, x2), a33 = _mm512_dpbf16_ps(a33, q3, x3);
+            }
+            float* o = s + r * KV_KB + t;
+            _mm_storeu_ps(o, kv_sum4(a00, a01, a02, a03));
+            _mm_storeu_ps(o + KV_KB, kv_sum4(a10, a11, a12, a13));
+            _mm_storeu_ps(o + 2 * KV_KB, kv_sum4(a20, a21, a22, a23));
+            _mm_storeu_ps(o + 3 * KV_KB, kv_sum4(a30, a31, a32, a33));
+        }
+    }
+    if (t < nb) kv_dots_bf16(q, R, D, rows + t, nb - t, s + t);
+}
