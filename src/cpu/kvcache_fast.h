@@ -81,13 +81,14 @@ static void kv_pv(float* restrict acc, int64_t R, int64_t Dv, const void* const*
 #endif
 
 typedef struct kv_scratch {
-    float *q, *acc, *m, *l, *s, *kf, *vf;
+    float *q, *acc, *m, *l, *s, *kf, *vf, *lv; /* lv: 16-lane partial sums of l (cpu-avx512) */
     int64_t *lo, *hi;
 } kv_scratch;
 
 static size_t kv_scratch_floats(const cf_kvcache_call* c, int64_t R) {
     const cf_attn_call* a = &c->a;
-    return (size_t)(R * a->D + R * a->Dv + 2 * R + R * KV_KB + KV_KB * (a->D + a->Dv) + 4 * R + 64);
+    return (size_t)(R * a->D + R * a->Dv + 2 * R + R * KV_KB + KV_KB * (a->D + a->Dv) + 4 * R +
+                    16 * R + 64);
 }
 
 static void kv_scratch_init(kv_scratch* w, float* p, const cf_kvcache_call* c, int64_t R) {
@@ -99,6 +100,7 @@ static void kv_scratch_init(kv_scratch* w, float* p, const cf_kvcache_call* c, i
     w->s = p, p += R * KV_KB;
     w->kf = p, p += KV_KB * a->D;
     w->vf = p, p += KV_KB * a->Dv;
+    w->lv = p, p += 16 * R;
     w->lo = (int64_t*)p, p += 2 * R;
     w->hi = (int64_t*)p;
 }
@@ -144,6 +146,7 @@ static void kv_item(const cf_kvcache_call* c, kv_scratch* w, int64_t b, int64_t 
         w->l[r] = 0.0f;
     }
     memset(w->acc, 0, sizeof(float) * (size_t)(R * Dv));
+    memset(w->lv, 0, sizeof(float) * (size_t)(16 * R));
     const int64_t es = (int64_t)cf_dtype_size(a->dtype);
     const int dx4 = kv_dots_x4_ok(a->dtype, Rg, D); /* bf16 scores, keys in fours */
     const void* rows[KV_KB];
@@ -176,6 +179,13 @@ static void kv_item(const cf_kvcache_call* c, kv_scratch* w, int64_t b, int64_t 
             const int64_t i = i0 + r % nq, h = hk0 * G + r / nq;
             float* s = w->s + r * KV_KB;
             const float slope = cf_attn_slope(a, b, h);
+#ifdef CF_OPS_KV_BLOCK_KERNELS
+            if (nb == 16 && a->softcap == 0.0f && slope == 0.0f && w->lo[r] <= jb &&
+                w->hi[r] >= jb + 16) { /* a whole block visible: no masks, no horizontal sums */
+                kv_softmax16(s, a->scale, w->m + r, w->l + r, w->lv + 16 * r, w->acc + r * Dv, Dv);
+                continue;
+            }
+#endif
             float mx = -INFINITY;
             if (a->softcap == 0.0f && slope == 0.0f) { /* branch-free: vectorizes */
                 const int64_t lo = w->lo[r] - jb, hi = w->hi[r] - jb;
@@ -216,6 +226,11 @@ static void kv_item(const cf_kvcache_call* c, kv_scratch* w, int64_t b, int64_t 
             }
             w->l[r] = w->l[r] * alpha + sum;
             w->m[r] = mnew;
+#ifdef CF_OPS_KV_BLOCK_KERNELS
+            if (alpha != 1.0f)
+                for (int t = 0; t < 16; t++)
+                    w->lv[16 * r + t] *= alpha;
+#endif
         }
         for (int64_t t = 0; t < nb; t++)
             base[t] = cf_kv_row(c, &c->vc, b, P + jb + t, hk0);
@@ -229,6 +244,10 @@ static void kv_item(const cf_kvcache_call* c, kv_scratch* w, int64_t b, int64_t 
             kv_pv(w->acc + g * Rg * Dv, Rg, Dv, rows, nb, a->dtype, w->s + g * Rg * KV_KB, w->vf);
         }
     }
+#ifdef CF_OPS_KV_BLOCK_KERNELS
+    for (int64_t r = 0; r < R; r++)
+        w->l[r] += kv_sum16(w->lv + 16 * r);
+#endif
 }
 
 /* Work decomposition: KV heads in chunks of nh and query rows in chunks of nq, so that an item

@@ -1,7 +1,10 @@
 /* KV-cache bf16 score kernel on AVX-512 with AVX512-BF16 (included by src/cpu/kvcache_fast.h in
  * the cpu-avx512 build only, after ops_avx512.c's kv_dots_bf16): four keys by four query rows
  * per pass (16 independent vdpbf16ps chains, each loaded key feeding four), each row's four sums
- * reduced by one tree and stored as one 4-float vector (no per-score scalar stores). */
+ * reduced by one tree and stored as one 4-float vector (no per-score scalar stores).
+ * Softmax of a fully visible 16-key block: the block max is reduced only when some score exceeds
+ * the running max (rare after the first blocks), and the sum of P is kept as 16 lanes per row,
+ * reduced once per item. */
 
 /* [sum a0, sum a1, sum a2, sum a3] (the tree of reduce4, kept in a register). */
 static inline __m128 kv_sum4(__m512 a0, __m512 a1, __m512 a2, __m512 a3) {
@@ -67,4 +70,46 @@ kv_dots_bf16x4(const float* restrict q, int64_t R, int64_t D, const void* const*
         }
     }
     if (t < nb) kv_dots_bf16(q, R, D, rows + t, nb - t, s + t);
+}
+
+/* The sum of the 16 lane partials of a row's l. */
+static inline float kv_sum16(const float* lv) {
+    return _mm512_reduce_add_ps(_mm512_loadu_ps(lv));
+}
+
+/* One row of a fully visible 16-key block (no softcap, no ALiBi): s = scale * s; if some score
+ * exceeds the running max m, m moves and l, lv and acc (Dv) are rescaled; then s = exp(s - m)
+ * (the polynomial of exp_row) and lv += s. */
+static inline void kv_softmax16(float* s, float scale, float* m, float* l, float* lv, float* acc,
+                                int64_t Dv) {
+    __m512 x = _mm512_mul_ps(_mm512_set1_ps(scale), _mm512_loadu_ps(s));
+    if (_mm512_cmp_ps_mask(x, _mm512_set1_ps(*m), _CMP_GT_OQ)) {
+        const float mx = _mm512_reduce_max_ps(x), alpha = fexp(*m - mx);
+        *m = mx;
+        *l *= alpha;
+        const __m512 va = _mm512_set1_ps(alpha);
+        _mm512_storeu_ps(lv, _mm512_mul_ps(va, _mm512_loadu_ps(lv)));
+        int64_t d = 0;
+        for (; d + 16 <= Dv; d += 16)
+            _mm512_storeu_ps(acc + d, _mm512_mul_ps(va, _mm512_loadu_ps(acc + d)));
+        for (; d < Dv; d++)
+            acc[d] *= alpha;
+    }
+    const __m512 l2e = _mm512_set1_ps(1.44269504088896341f), c1 = _mm512_set1_ps(0.693359375f),
+                 c2 = _mm512_set1_ps(-2.12194440e-4f), lo = _mm512_set1_ps(-87.0f);
+    x = _mm512_sub_ps(x, _mm512_set1_ps(*m));
+    const __mmask16 live = _mm512_cmp_ps_mask(x, lo, _CMP_GE_OQ);
+    x = _mm512_max_ps(x, lo);
+    __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(x, l2e), _MM_FROUND_TO_NEAREST_INT);
+    __m512 r = _mm512_fnmadd_ps(k, c2, _mm512_fnmadd_ps(k, c1, x));
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    p = _mm512_maskz_mov_ps(live, _mm512_scalef_ps(p, k));
+    _mm512_storeu_ps(s, p);
+    _mm512_storeu_ps(lv, _mm512_add_ps(_mm512_loadu_ps(lv), p));
 }
