@@ -4,7 +4,8 @@
  *    KV_KB key positions, every KV head of the chunk is visited (the cache is read in address
  *    order, which the prefetchers follow), and the G = H / Hk query heads of a group with their
  *    Sq rows are scored against each K row together (GQA folded: every K/V row is read once).
- *    Online softmax in fp32, P V accumulated in fp32.
+ *    Online softmax in fp32, P V accumulated in fp32 (cpu-avx512 with bf16 V: P rounded to bf16
+ *    and two keys per vdpbf16ps, src/cpu/x86/kv_bf16_avx512.h).
  * 3. Splits (num_splits > 1, or chosen when there are fewer items than threads) keep
  *    (max, sum, acc) per split and are merged by their LSE, as cflash_attn_merge does. */
 
@@ -44,6 +45,17 @@ static inline int kv_dots_x4_ok(cf_dtype dt, int64_t R, int64_t D) {
 static void kv_dots_bf16x4(const float* restrict q, int64_t R, int64_t D, const void* const* rows,
                            int64_t nb, float* restrict s) {
     (void)q, (void)R, (void)D, (void)rows, (void)nb, (void)s;
+}
+static inline int kv_pv_dp_ok(cf_dtype dt, int64_t R, int64_t Dv) {
+    (void)dt, (void)R, (void)Dv;
+    return 0;
+}
+static void kv_pv_dp(float* restrict acc, int64_t R, int64_t Dv, const void* const* rows,
+                     int64_t nb, const float* restrict p) {
+    (void)acc, (void)R, (void)Dv, (void)rows, (void)nb, (void)p;
+}
+static void kv_pv_unpermute(float* acc, int64_t R, int64_t Dv) {
+    (void)acc, (void)R, (void)Dv;
 }
 
 /* s[r * KV_KB + t] = q_r . k_t for the nb key rows (dtype dt) of a block; kf: nb * D scratch. */
@@ -149,6 +161,7 @@ static void kv_item(const cf_kvcache_call* c, kv_scratch* w, int64_t b, int64_t 
     memset(w->lv, 0, sizeof(float) * (size_t)(16 * R));
     const int64_t es = (int64_t)cf_dtype_size(a->dtype);
     const int dx4 = kv_dots_x4_ok(a->dtype, Rg, D); /* bf16 scores, keys in fours */
+    const int pdp = kv_pv_dp_ok(a->dtype, Rg, Dv);  /* P.V by vdpbf16ps */
     const void* rows[KV_KB];
     int64_t base[KV_KB], pfk[KV_KB], pfv[KV_KB];
     for (int64_t jb = jlo; jb < jhi; jb += KV_KB) {
@@ -241,9 +254,14 @@ static void kv_item(const cf_kvcache_call* c, kv_scratch* w, int64_t b, int64_t 
                 for (int64_t o = 0; o < Dv * es; o += 64)
                     __builtin_prefetch(
                         (const char*)c->vc.data + (pfv[t] + g * c->vc.stride[2]) * es + o, 0, 2);
-            kv_pv(w->acc + g * Rg * Dv, Rg, Dv, rows, nb, a->dtype, w->s + g * Rg * KV_KB, w->vf);
+            if (pdp)
+                kv_pv_dp(w->acc + g * Rg * Dv, Rg, Dv, rows, nb, w->s + g * Rg * KV_KB);
+            else
+                kv_pv(w->acc + g * Rg * Dv, Rg, Dv, rows, nb, a->dtype, w->s + g * Rg * KV_KB,
+                      w->vf);
         }
     }
+    if (pdp) kv_pv_unpermute(w->acc, R, Dv);
 #ifdef CF_OPS_KV_BLOCK_KERNELS
     for (int64_t r = 0; r < R; r++)
         w->l[r] += kv_sum16(w->lv + 16 * r);

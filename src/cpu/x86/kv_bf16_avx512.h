@@ -2,6 +2,7 @@
  * the cpu-avx512 build only, after ops_avx512.c's kv_dots_bf16): four keys by four query rows
  * per pass (16 independent vdpbf16ps chains, each loaded key feeding four), each row's four sums
  * reduced by one tree and stored as one 4-float vector (no per-score scalar stores).
+ * P.V: see kv_pv_dp below.
  * Softmax of a fully visible 16-key block: the block max is reduced only when some score exceeds
  * the running max (rare after the first blocks), and the sum of P is kept as 16 lanes per row,
  * reduced once per item. */
@@ -112,4 +113,107 @@ static inline void kv_softmax16(float* s, float scale, float* m, float* l, float
     p = _mm512_maskz_mov_ps(live, _mm512_scalef_ps(p, k));
     _mm512_storeu_ps(s, p);
     _mm512_storeu_ps(lv, _mm512_add_ps(_mm512_loadu_ps(lv), p));
+}
+
+/* ---- P.V with vdpbf16ps: P rounded to bf16 (as the naive bf16 computation materializes it),
+ * two keys per instruction. A pair of V rows is interleaved with vpunpck{l,h}wd, so acc is kept
+ * permuted within each 32-element chunk (lanes 4i..4i+3 of the low half: elements 8i..8i+3, of
+ * the high half: 8i+4..8i+7) and put back in order once per item by kv_pv_unpermute. ---- */
+
+/* Whether kv_pv_dp (and its permuted acc layout) serves R rows, V of dtype dt and width Dv. */
+static inline int kv_pv_dp_ok(cf_dtype dt, int64_t R, int64_t Dv) {
+    return dt == CF_BF16 && cf_cpu()->avx512bf16 && Dv % 64 == 0 && R <= 64;
+}
+
+#define KV_DP4(A0, A1, A2, A3, X)                                                                  \
+    A0 = _mm512_dpbf16_ps(A0, (__m512bh)(X), (__m512bh)p0);                                        \
+    A1 = _mm512_dpbf16_ps(A1, (__m512bh)(X), (__m512bh)p1);                                        \
+    A2 = _mm512_dpbf16_ps(A2, (__m512bh)(X), (__m512bh)p2);                                        \
+    A3 = _mm512_dpbf16_ps(A3, (__m512bh)(X), (__m512bh)p3)
+
+/* acc[r] += sum_t bf16(p[r * KV_KB + t]) v_t (acc permuted), keys in pairs, rows in fours. */
+__attribute__((target("avx512bf16,avx512f,avx512bw,avx512vl"))) static void
+kv_pv_dp(float* restrict acc, int64_t R, int64_t Dv, const void* const* rows, int64_t nb,
+         const float* restrict p) {
+    uint32_t pp[64 * KV_KB / 2]; /* row r, pair k: bf16(p[2k]) | bf16(p[2k + 1]) << 16 */
+    const int64_t np = (nb + 1) / 2, Rd = R;
+    const __mmask16 live = nb >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << nb) - 1u);
+    for (int64_t r = 0; r < Rd; r++)
+        _mm256_storeu_si256(
+            (__m256i*)(pp + r * (KV_KB / 2)),
+            (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(live, p + r * KV_KB)));
+    const uint16_t zero[64] = {0};
+    for (int64_t d = 0; d < Dv; d += 64) {
+        int64_t r = 0;
+        for (; r + 4 <= Rd; r += 4) {
+            float* o = acc + r * Dv + d;
+            const uint32_t* pr = pp + r * (KV_KB / 2);
+            __m512 a00 = _mm512_loadu_ps(o), a01 = _mm512_loadu_ps(o + 16),
+                   a02 = _mm512_loadu_ps(o + 32), a03 = _mm512_loadu_ps(o + 48);
+            __m512 a10 = _mm512_loadu_ps(o + Dv), a11 = _mm512_loadu_ps(o + Dv + 16),
+                   a12 = _mm512_loadu_ps(o + Dv + 32), a13 = _mm512_loadu_ps(o + Dv + 48);
+            __m512 a20 = _mm512_loadu_ps(o + 2 * Dv), a21 = _mm512_loadu_ps(o + 2 * Dv + 16),
+                   a22 = _mm512_loadu_ps(o + 2 * Dv + 32), a23 = _mm512_loadu_ps(o + 2 * Dv + 48);
+            __m512 a30 = _mm512_loadu_ps(o + 3 * Dv), a31 = _mm512_loadu_ps(o + 3 * Dv + 16),
+                   a32 = _mm512_loadu_ps(o + 3 * Dv + 32), a33 = _mm512_loadu_ps(o + 3 * Dv + 48);
+            for (int64_t k = 0; k < np; k++) {
+                const uint16_t* v0 = (const uint16_t*)rows[2 * k] + d;
+                const uint16_t* v1 = 2 * k + 1 < nb ? (const uint16_t*)rows[2 * k + 1] + d : zero;
+                const __m512i x0 = _mm512_loadu_si512(v0), y0 = _mm512_loadu_si512(v1);
+                const __m512i x1 = _mm512_loadu_si512(v0 + 32), y1 = _mm512_loadu_si512(v1 + 32);
+                const __m512i l0 = _mm512_unpacklo_epi16(x0, y0),
+                              h0 = _mm512_unpackhi_epi16(x0, y0);
+                const __m512i l1 = _mm512_unpacklo_epi16(x1, y1),
+                              h1 = _mm512_unpackhi_epi16(x1, y1);
+                const __m512i p0 = _mm512_set1_epi32((int)pr[k]),
+                              p1 = _mm512_set1_epi32((int)pr[KV_KB / 2 + k]),
+                              p2 = _mm512_set1_epi32((int)pr[KV_KB + k]),
+                              p3 = _mm512_set1_epi32((int)pr[3 * KV_KB / 2 + k]);
+                KV_DP4(a00, a10, a20, a30, l0);
+                KV_DP4(a01, a11, a21, a31, h0);
+                KV_DP4(a02, a12, a22, a32, l1);
+                KV_DP4(a03, a13, a23, a33, h1);
+            }
+            _mm512_storeu_ps(o, a00), _mm512_storeu_ps(o + 16, a01);
+            _mm512_storeu_ps(o + 32, a02), _mm512_storeu_ps(o + 48, a03);
+            _mm512_storeu_ps(o + Dv, a10), _mm512_storeu_ps(o + Dv + 16, a11);
+            _mm512_storeu_ps(o + Dv + 32, a12), _mm512_storeu_ps(o + Dv + 48, a13);
+            _mm512_storeu_ps(o + 2 * Dv, a20), _mm512_storeu_ps(o + 2 * Dv + 16, a21);
+            _mm512_storeu_ps(o + 2 * Dv + 32, a22), _mm512_storeu_ps(o + 2 * Dv + 48, a23);
+            _mm512_storeu_ps(o + 3 * Dv, a30), _mm512_storeu_ps(o + 3 * Dv + 16, a31);
+            _mm512_storeu_ps(o + 3 * Dv + 32, a32), _mm512_storeu_ps(o + 3 * Dv + 48, a33);
+        }
+        for (; r < Rd; r++) {
+            float* o = acc + r * Dv + d;
+            const uint32_t* pr = pp + r * (KV_KB / 2);
+            __m512 a0 = _mm512_loadu_ps(o), a1 = _mm512_loadu_ps(o + 16),
+                   a2 = _mm512_loadu_ps(o + 32), a3 = _mm512_loadu_ps(o + 48);
+            for (int64_t k = 0; k < np; k++) {
+                const uint16_t* v0 = (const uint16_t*)rows[2 * k] + d;
+                const uint16_t* v1 = 2 * k + 1 < nb ? (const uint16_t*)rows[2 * k + 1] + d : zero;
+                const __m512i x0 = _mm512_loadu_si512(v0), y0 = _mm512_loadu_si512(v1);
+                const __m512i x1 = _mm512_loadu_si512(v0 + 32), y1 = _mm512_loadu_si512(v1 + 32);
+                const __m512bh pv = (__m512bh)_mm512_set1_epi32((int)pr[k]);
+                a0 = _mm512_dpbf16_ps(a0, (__m512bh)_mm512_unpacklo_epi16(x0, y0), pv);
+                a1 = _mm512_dpbf16_ps(a1, (__m512bh)_mm512_unpackhi_epi16(x0, y0), pv);
+                a2 = _mm512_dpbf16_ps(a2, (__m512bh)_mm512_unpacklo_epi16(x1, y1), pv);
+                a3 = _mm512_dpbf16_ps(a3, (__m512bh)_mm512_unpackhi_epi16(x1, y1), pv);
+            }
+            _mm512_storeu_ps(o, a0), _mm512_storeu_ps(o + 16, a1);
+            _mm512_storeu_ps(o + 32, a2), _mm512_storeu_ps(o + 48, a3);
+        }
+    }
+}
+#undef KV_DP4
+
+/* The R rows of acc (width Dv) from kv_pv_dp's permuted layout back to element order. */
+static void kv_pv_unpermute(float* acc, int64_t R, int64_t Dv) {
+    const __m512i i0 = _mm512_set_epi32(23, 22, 21, 20, 7, 6, 5, 4, 19, 18, 17, 16, 3, 2, 1, 0);
+    const __m512i i1 =
+        _mm512_set_epi32(31, 30, 29, 28, 15, 14, 13, 12, 27, 26, 25, 24, 11, 10, 9, 8);
+    for (int64_t i = 0; i < R * Dv; i += 32) {
+        __m512 lo = _mm512_loadu_ps(acc + i), hi = _mm512_loadu_ps(acc + i + 16);
+        _mm512_storeu_ps(acc + i, _mm512_permutex2var_ps(lo, i0, hi));
+        _mm512_storeu_ps(acc + i + 16, _mm512_permutex2var_ps(lo, i1, hi));
+    }
 }
