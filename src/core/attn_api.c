@@ -9,6 +9,7 @@
 #include "core/attn_call.h"
 #include "core/context.h"
 #include "core/status.h"
+#include "core/threads.h"
 #include "core/tensor.h"
 #include "cuda/cuda_drv.h"
 
@@ -196,7 +197,7 @@ static void varlen_lift(cf_view* v) {
 
 /* Checks q, k, v (and with them B, H, Hk, D, Dv, Sq, Sk or the varlen totals) and the params.
  * On success c holds everything but out/lse/dout/dq/dk/dv. */
-static cflash_status check_qkv(cflash_context* ctx, cf_attn_call* c, int varlen,
+static cflash_status check_qkv(cflash_context* ctx, cf_attn_call* c, int varlen, int bwd,
                                const cflash_attn_params* p, const DLTensor* q, const DLTensor* k,
                                const DLTensor* v, const DLTensor* cu_q, const DLTensor* cu_k,
                                int64_t max_q, int64_t max_k) {
@@ -268,7 +269,9 @@ static cflash_status check_qkv(cflash_context* ctx, cf_attn_call* c, int varlen,
     c->seed = p->seed;
     c->offset = p->offset;
     c->deterministic = p->deterministic != 0;
-    c->threads = cf_context_threads(ctx);
+    /* Small calls run on one thread (core/threads.h); the backward does about 2.5x the flops. */
+    c->threads = cf_threads_resolve(bwd ? "attn_bwd" : "attn_fwd", cf_context_threads(ctx),
+                                    (bwd ? 2.5 : 1.0) * cf_attn_flops(c), 1);
     c->stream = ctx ? ctx->cuda_stream : NULL;
     return CFLASH_OK;
 }
@@ -321,7 +324,7 @@ cflash_status cf_attn_fwd_entry(cflash_context* ctx, cf_explain* explain, int va
                                 const DLTensor* v, const DLTensor* cu_q, const DLTensor* cu_k,
                                 int64_t max_q, int64_t max_k, DLTensor* out, DLTensor* lse) {
     cf_attn_call c;
-    CFLASH_FORWARD_IF_ERROR(check_qkv(ctx, &c, varlen, p, q, k, v, cu_q, cu_k, max_q, max_k));
+    CFLASH_FORWARD_IF_ERROR(check_qkv(ctx, &c, varlen, 0, p, q, k, v, cu_q, cu_k, max_q, max_k));
     const char* ol = varlen ? "(total_q, H, Dv)" : "(B, Sq, H, Dv)";
     CFLASH_FORWARD_IF_ERROR(
         check_like(&c.out, out, "out", &c, varlen ? c.total_q : c.Sq, c.H, c.Dv, ol));
@@ -340,7 +343,7 @@ cflash_status cf_attn_bwd_entry(cflash_context* ctx, cf_explain* explain, int va
                                 const DLTensor* cu_k, int64_t max_q, int64_t max_k, DLTensor* dq,
                                 DLTensor* dk, DLTensor* dv) {
     cf_attn_call c;
-    CFLASH_FORWARD_IF_ERROR(check_qkv(ctx, &c, varlen, p, q, k, v, cu_q, cu_k, max_q, max_k));
+    CFLASH_FORWARD_IF_ERROR(check_qkv(ctx, &c, varlen, 1, p, q, k, v, cu_q, cu_k, max_q, max_k));
     int64_t sq = varlen ? c.total_q : c.Sq, sk = varlen ? c.total_k : c.Sk;
     const char* ol = varlen ? "(total_q, H, Dv)" : "(B, Sq, H, Dv)";
     CFLASH_FORWARD_IF_ERROR(check_like(&c.dout, dout, "dout", &c, sq, c.H, c.Dv, ol));

@@ -5,6 +5,7 @@
 #include "core/context.h"
 #include "core/ops_call.h"
 #include "core/status.h"
+#include "core/threads.h"
 
 #define INVALID CFLASH_ERR_INVALID_ARGUMENT
 
@@ -40,7 +41,12 @@ cflash_status cf_merge_entry(cflash_context* ctx, cf_explain* explain, const DLT
                          INVALID, "lse: on %s, expected %s (the device of out_partial)",
                          cf_device_name(c.lse.device_type), cf_device_name(c.device_type));
     }
-    c.threads = cf_context_threads(ctx);
+    /* The NS partial outputs read, the output written. */
+    c.threads = cf_threads_resolve(
+        "attn_merge", cf_context_threads(ctx),
+        (double)c.B * (double)c.Sq * (double)c.H * (double)c.Dv *
+            ((double)c.NS * (double)cf_dtype_size(c.op.dtype) + (double)cf_dtype_size(c.out.dtype)),
+        0);
     c.stream = ctx ? ctx->cuda_stream : NULL;
     if (!explain && c.B * c.Sq * c.H == 0) return CFLASH_OK;
     return cf_dispatch(CFLASH_OP_ATTN_MERGE, c.device_type, cf_context_backend(ctx), &c, explain);

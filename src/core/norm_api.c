@@ -6,6 +6,7 @@
 #include "core/context.h"
 #include "core/ops_call.h"
 #include "core/status.h"
+#include "core/threads.h"
 
 #define INVALID CFLASH_ERR_INVALID_ARGUMENT
 
@@ -86,7 +87,10 @@ static cflash_status check_x(cflash_context* ctx, cf_norm_call* c, const cflash_
     c->dropout_p = p->dropout_p;
     c->seed = p->seed;
     c->offset = p->offset;
-    c->threads = cf_context_threads(ctx);
+    /* x read, out (or dx) written, one more row stream (residual / dy): 3 row passes. */
+    c->threads = cf_threads_resolve(
+        "norm", cf_context_threads(ctx),
+        3.0 * (double)c->M * (double)c->N * (double)cf_dtype_size(c->dtype), 0);
     c->stream = ctx ? ctx->cuda_stream : NULL;
     return CFLASH_OK;
 }

@@ -6,6 +6,7 @@
 #include "core/context.h"
 #include "core/ops_call.h"
 #include "core/status.h"
+#include "core/threads.h"
 
 #define INVALID CFLASH_ERR_INVALID_ARGUMENT
 
@@ -158,7 +159,11 @@ cflash_status cf_rotary_entry(cflash_context* ctx, cf_explain* explain,
                          cf_dtype_name(c.dtype));
         if (varlen) lift(&c.out);
     }
-    c.threads = cf_context_threads(ctx);
+    /* x read and out written, row by row (x's view: (B or 1, rows, H, D)). */
+    c.threads = cf_threads_resolve("rotary", cf_context_threads(ctx),
+                                   2.0 * (double)c.x.shape[0] * (double)c.x.shape[1] *
+                                       (double)c.H * (double)c.D * (double)cf_dtype_size(c.dtype),
+                                   0);
     c.stream = ctx ? ctx->cuda_stream : NULL;
     if (!explain && (c.B == 0 || c.S == 0 || c.H == 0 || c.D == 0)) return CFLASH_OK;
     return cf_dispatch(CFLASH_OP_ROTARY, c.device_type, cf_context_backend(ctx), &c, explain);

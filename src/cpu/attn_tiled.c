@@ -14,6 +14,7 @@
 
 #include "core/philox.h"
 #include "core/status.h"
+#include "core/threads.h"
 #include "cpu/attn_cpu.h"
 
 #define LOG2E 1.4426950408889634f
@@ -377,7 +378,7 @@ cflash_status cf_attn_cpu_fwd(const cf_attn_call* c, const cf_attn_kernels* kk) 
                         "%s attn_fwd: out of memory for %d threads x %zu bytes of workspace",
                         kk->name, T, g.bytes);
     }
-#pragma omp parallel num_threads(T)
+#pragma omp parallel num_threads(cf_threads_items(T, ntiles))
     {
         int tid = 0;
 #ifdef _OPENMP

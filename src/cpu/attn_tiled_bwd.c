@@ -14,6 +14,7 @@
 
 #include "core/philox.h"
 #include "core/status.h"
+#include "core/threads.h"
 #include "cpu/attn_cpu.h"
 
 #define LOG2E 1.4426950408889634f
@@ -551,7 +552,11 @@ cflash_status cf_attn_cpu_bwd(const cf_attn_call* c, const cf_attn_kernels* kk) 
         units[u] = x;
     }
     if (one_pass) cf_attn_cpu_sort_tiles(units, nu);
-#pragma omp parallel num_threads(T)
+    /* No more threads than the largest of the region's loops has items. */
+    int64_t most = c->B * c->H;
+    if ((one_pass ? nu : n) > most) most = one_pass ? nu : n;
+    if (!one_pass && nq > most) most = nq;
+#pragma omp parallel num_threads(cf_threads_items(T, most))
     {
         int tid = 0;
 #ifdef _OPENMP

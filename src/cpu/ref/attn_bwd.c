@@ -7,6 +7,7 @@
 
 #include "core/philox.h"
 #include "core/status.h"
+#include "core/threads.h"
 #include "cpu/ref/attn_ref.h"
 #include "dispatch/dispatch.h"
 
@@ -83,7 +84,8 @@ static cflash_status ref_bwd_run(const void* call) {
     const cf_attn_call* c = call;
     const int64_t n = c->B * c->Hk;
     int failed = 0;
-#pragma omp parallel for num_threads(c->threads) schedule(dynamic, 1) reduction(| : failed)
+    const int nt = cf_threads_items(c->threads, n);
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) reduction(| : failed)
     for (int64_t g = 0; g < n; g++)
         if (!bwd_group(c, g / c->Hk, g % c->Hk)) failed = 1;
     CFLASH_RETURN_IF(failed, CFLASH_ERR_OUT_OF_MEMORY,

@@ -6,6 +6,7 @@
 
 #include "core/philox.h"
 #include "core/status.h"
+#include "core/threads.h"
 #include "cpu/ref/attn_ref.h"
 #include "dispatch/dispatch.h"
 
@@ -46,7 +47,8 @@ static cflash_status ref_fwd_run(const void* call) {
     const cf_attn_call* c = call;
     int64_t rows = c->B * c->H * c->Sq; /* (b, h, i) with i < max Sq; short sequences skip */
     int failed = 0;
-#pragma omp parallel num_threads(c->threads) reduction(| : failed)
+    const int nt = cf_threads_items(c->threads, (rows + 15) / 16); /* chunks of 16 rows */
+#pragma omp parallel num_threads(nt) reduction(| : failed)
     {
         float* acc = malloc(sizeof(float) * (size_t)c->Dv);
         if (!acc) failed = 1;

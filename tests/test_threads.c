@@ -1,0 +1,190 @@
+/* The small-call thread policy (src/core/threads.h): the helper's rule, the attention work
+ * estimate, and end to end that a tiny call on a 2-thread context resolves to 1 thread while a
+ * medium one keeps 2 (read from the CFLASH_LOG=debug line every call builder logs), with the
+ * tiny and medium results still checked against the fp64 oracle. Under CFLASH_SMALL_CALLS=parallel
+ * (the ctest variant test_threads_parallel) every call must keep the 2 threads instead.
+ * Usage: test_threads */
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/attn_oracle.h"
+#include "core/threads.h"
+
+/* ---- The rule ---------------------------------------------------------------------------- */
+
+static void test_policy(void) {
+    const double F = CF_MIN_FLOPS_PER_THREAD, Bm = CF_MIN_BYTES_PER_THREAD;
+    CHECK(cf_threads_for(1, 1e12, F) == 1);
+    CHECK(cf_threads_for(0, 1e12, F) == 1);
+    CHECK(cf_threads_for(-3, 1e12, F) == 1);
+    CHECK(cf_threads_for(2, 0.0, F) == 1);
+    CHECK(cf_threads_for(2, -5.0, F) == 1);
+    CHECK(cf_threads_for(2, 0.0 / 0.0, F) == 1); /* NaN work: one thread, never garbage */
+    CHECK(cf_threads_for(2, F - 1, F) == 1);
+    CHECK(cf_threads_for(2, 2 * F - 1, F) == 1);
+    CHECK(cf_threads_for(2, 2 * F, F) == 2);
+    CHECK(cf_threads_for(2, 1e15, F) == 2);
+    CHECK(cf_threads_for(8, 3.5 * F, F) == 3);
+    CHECK(cf_threads_for(64, 1e300, F) == 64);
+    CHECK(cf_threads_for(4, 100.0, 0.0) == 4); /* no threshold: as requested */
+    CHECK(cf_threads_for_flops(2, 2 * F) == 2 && cf_threads_for_flops(2, 2 * F - 1) == 1);
+    CHECK(cf_threads_for_bytes(2, 2 * Bm) == 2 && cf_threads_for_bytes(2, 2 * Bm - 1) == 1);
+    /* The measured thresholds stay in a sane range (docs/PERF.md "Small calls"). */
+    CHECK(F >= 16e3 && F <= 4e6);
+    CHECK(Bm >= 16e3 && Bm <= 4e6);
+    /* Parallel regions never open more threads than items. */
+    CHECK(cf_threads_items(2, 1) == 1);
+    CHECK(cf_threads_items(2, 0) == 1);
+    CHECK(cf_threads_items(4, 3) == 3);
+    CHECK(cf_threads_items(4, 100) == 4);
+    CHECK(cf_threads_items(0, 100) == 1);
+}
+
+static void test_attn_flops(void) {
+    cf_attn_call c;
+    memset(&c, 0, sizeof c);
+    c.B = 1, c.H = 2, c.Sq = 8, c.Sk = 8, c.D = 16, c.Dv = 16;
+    CHECK_NEAR(cf_attn_flops(&c), 2.0 * 64 * 2 * 32, 0);
+    c.Dv = 48, c.Sk = 5, c.B = 3;
+    CHECK_NEAR(cf_attn_flops(&c), 2.0 * 3 * 8 * 5 * 2 * 64, 0);
+    /* varlen: the sum over sequences, not B x max_q x max_k */
+    const int32_t cq[4] = {0, 1, 11, 14}, ck[4] = {0, 7, 9, 29};
+    c.varlen = 1, c.cu_q = cq, c.cu_k = ck, c.Sq = 10, c.Sk = 20;
+    CHECK_NEAR(cf_attn_flops(&c), 2.0 * (1 * 7 + 10 * 2 + 3 * 20) * 2 * 64, 0);
+}
+
+/* ---- End to end: the resolved count of real calls ------------------------------------------ */
+
+/* Runs fn with stderr captured into buf. */
+static void capture(void (*fn)(void*), void* arg, char* buf, size_t len) {
+    buf[0] = 0;
+    fflush(stderr);
+    FILE* tmp = tmpfile();
+    int saved = dup(2);
+    if (!tmp || saved < 0) {
+        tt_fail(__FILE__, __LINE__, "cannot capture stderr");
+        return;
+    }
+    dup2(fileno(tmp), 2);
+    fn(arg);
+    fflush(stderr);
+    dup2(saved, 2);
+    close(saved);
+    rewind(tmp);
+    size_t n = fread(buf, 1, len - 1, tmp);
+    buf[n] = 0;
+    fclose(tmp);
+}
+
+typedef struct run_arg {
+    cflash_context* ctx;
+    attn_problem* p;
+    int bwd;
+    cflash_status s;
+} run_arg;
+
+static void run_attn(void* a) {
+    run_arg* r = a;
+    r->s = attn_problem_run_fwd(r->ctx, r->p);
+    if (r->s == CFLASH_OK && r->bwd) r->s = attn_problem_run_bwd(r->ctx, r->p);
+}
+
+static void check_resolved(cflash_context* ctx, int64_t S, int64_t D, int varlen, int bwd,
+                           const char* want_fwd, const char* want_bwd) {
+    attn_case c;
+    attn_case_init(&c);
+    c.H = c.Hk = 2;
+    c.Sq = c.Sk = S;
+    c.D = c.Dv = D;
+    c.seed = 11 + (uint64_t)S;
+    if (varlen) {
+        c.varlen = 1;
+        c.B = 2;
+        c.seqlens_q[0] = c.seqlens_k[0] = (int32_t)S;
+        c.seqlens_q[1] = c.seqlens_k[1] = 3;
+    }
+    attn_problem* p = attn_problem_new(&c);
+    CHECK(p != NULL);
+    if (!p) return;
+    run_arg r = {ctx, p, bwd, CFLASH_OK};
+    static char log[1 << 16];
+    capture(run_attn, &r, log, sizeof log);
+    CHECK_OK(r.s);
+    CHECK_MSG(strstr(log, want_fwd) != NULL, "S%lld D%lld%s: expected \"%s\" in the log:\n%.1500s",
+              (long long)S, (long long)D, varlen ? " varlen" : "", want_fwd, log);
+    if (bwd)
+        CHECK_MSG(strstr(log, want_bwd) != NULL,
+                  "S%lld D%lld: expected \"%s\" in the log:\n%.1500s", (long long)S, (long long)D,
+                  want_bwd, log);
+    char msg[512];
+    CHECK_MSG(attn_problem_check_fwd(p, msg, sizeof msg), "S%lld D%lld: %s", (long long)S,
+              (long long)D, msg);
+    if (bwd)
+        CHECK_MSG(attn_problem_check_bwd(p, msg, sizeof msg), "S%lld D%lld: %s", (long long)S,
+                  (long long)D, msg);
+    attn_problem_free(p);
+}
+
+typedef struct norm_arg {
+    cflash_context* ctx;
+    int64_t M;
+    cflash_status s;
+} norm_arg;
+
+static void run_norm(void* a) {
+    norm_arg* r = a;
+    const int64_t xs[2] = {r->M, 256}, ws[1] = {256};
+    tt_tensor x, w, out;
+    tt_alloc(&x, CF_F32, 2, xs, TT_DENSE);
+    tt_random(&x, 5, -1, 1);
+    tt_alloc(&w, CF_F32, 1, ws, TT_DENSE);
+    tt_random(&w, 6, -1, 1);
+    tt_alloc_like(&out, &x);
+    cflash_norm_params np;
+    cflash_norm_params_init(&np);
+    r->s = cflash_norm_fwd(r->ctx, &np, &x.dl, NULL, &w.dl, NULL, &out.dl, NULL, NULL, NULL);
+    tt_free(&x), tt_free(&w), tt_free(&out);
+}
+
+int main(void) {
+    /* Read once, at the library's first log call: set before any. */
+    setenv("CFLASH_LOG", "debug", 1);
+    test_policy();
+    test_attn_flops();
+
+    const char* sc = getenv("CFLASH_SMALL_CALLS");
+    const int par = sc && !strcmp(sc, "parallel");
+    CHECK(cf_threads_small_calls_parallel() == par);
+    const char* tiny_fwd = par ? "attn_fwd: threads 2 of 2" : "attn_fwd: threads 1 of 2";
+    const char* tiny_bwd = par ? "attn_bwd: threads 2 of 2" : "attn_bwd: threads 1 of 2";
+
+    cflash_context* ctx = NULL;
+    CHECK_OK(cflash_context_create(&ctx));
+    CHECK_OK(cflash_context_set_threads(ctx, 2));
+    /* Tiny: 8192 flops forward -> 1 thread (the case that cost 3.6-12.9 ms with 2 threads). */
+    check_resolved(ctx, 8, 16, 0, 1, tiny_fwd, tiny_bwd);
+    /* Medium: 2 x 128^2 x 2 x 128 = 8.4 Mflop -> 2 threads. */
+    check_resolved(ctx, 128, 64, 0, 1, "attn_fwd: threads 2 of 2", "attn_bwd: threads 2 of 2");
+    /* varlen: the work is summed over the sequences. */
+    check_resolved(ctx, 5, 16, 1, 0, tiny_fwd, NULL);
+    check_resolved(ctx, 200, 64, 1, 0, "attn_fwd: threads 2 of 2", NULL);
+
+    /* A memory-bound op: RMSNorm of 2 rows (6 KiB) -> 1 thread; 1024 rows (3 MiB) -> 2. */
+    static char log[1 << 16];
+    norm_arg na = {ctx, 2, CFLASH_OK};
+    capture(run_norm, &na, log, sizeof log);
+    CHECK_OK(na.s);
+    CHECK_MSG(strstr(log, par ? "norm: threads 2 of 2" : "norm: threads 1 of 2") != NULL,
+              "log:\n%.1500s", log);
+    na.M = 1024;
+    capture(run_norm, &na, log, sizeof log);
+    CHECK_OK(na.s);
+    CHECK_MSG(strstr(log, "norm: threads 2 of 2") != NULL, "log:\n%.1500s", log);
+
+    /* A 1-thread context is never raised. */
+    CHECK_OK(cflash_context_set_threads(ctx, 1));
+    check_resolved(ctx, 128, 64, 0, 0, "attn_fwd: threads 1 of 1", NULL);
+    cflash_context_free(ctx);
+    return tt_summary();
+}
