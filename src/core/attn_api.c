@@ -24,7 +24,7 @@ void cflash_attn_params_init(cflash_attn_params* p) {
 
 /* ---- Argument checks ---------------------------------------------------------------------- */
 
-static cflash_status check_params(const cflash_attn_params* p) {
+cflash_status cf_attn_check_params(const cflash_attn_params* p) {
     CFLASH_RETURN_IF(!isfinite(p->softmax_scale), INVALID,
                      "softmax_scale: %g, expected a finite value (0 = 1/sqrt(head_dim))",
                      (double)p->softmax_scale);
@@ -118,6 +118,20 @@ static cflash_status check_alibi(cf_attn_call* c, const DLTensor* t) {
     return CFLASH_OK;
 }
 
+cflash_status cf_attn_apply_params(cf_attn_call* c, const cflash_attn_params* p) {
+    CFLASH_FORWARD_IF_ERROR(check_alibi(c, p->alibi_slopes));
+    c->scale = p->softmax_scale != 0.0f ? p->softmax_scale : (float)(1.0 / sqrt((double)c->D));
+    c->causal = p->causal != 0;
+    c->window_left = p->window_left;
+    c->window_right = c->causal ? 0 : p->window_right;
+    c->softcap = p->softcap;
+    c->dropout_p = p->dropout_p;
+    c->seed = p->seed;
+    c->offset = p->offset;
+    c->deterministic = p->deterministic != 0;
+    return CFLASH_OK;
+}
+
 /* Reads and checks cu_seqlens; stores the host pointer and the longest sequence. cu_seqlens on
  * a CUDA device are copied to a per-thread host buffer (slot 0: q, 1: k) through the CUDA loader
  * to be checked; *dev keeps the device pointer for the kernels (NULL for host cu_seqlens). */
@@ -207,7 +221,7 @@ static cflash_status check_qkv(cflash_context* ctx, cf_attn_call* c, int varlen,
         p = &defaults;
     }
     memset(c, 0, sizeof *c);
-    CFLASH_FORWARD_IF_ERROR(check_params(p));
+    CFLASH_FORWARD_IF_ERROR(cf_attn_check_params(p));
     const int64_t any4[4] = {-1, -1, -1, -1};
     const char* ql = varlen ? "(total_q, H, D)" : "(B, Sq, H, D)";
     const char* kl = varlen ? "(total_k, Hk, D)" : "(B, Sk, Hk, D)";
@@ -259,16 +273,7 @@ static cflash_status check_qkv(cflash_context* ctx, cf_attn_call* c, int varlen,
     c->dtype = c->q.dtype;
     c->device_type = c->q.device_type;
     c->device_id = c->q.device_id;
-    CFLASH_FORWARD_IF_ERROR(check_alibi(c, p->alibi_slopes));
-    c->scale = p->softmax_scale != 0.0f ? p->softmax_scale : (float)(1.0 / sqrt((double)D));
-    c->causal = p->causal != 0;
-    c->window_left = p->window_left;
-    c->window_right = c->causal ? 0 : p->window_right;
-    c->softcap = p->softcap;
-    c->dropout_p = p->dropout_p;
-    c->seed = p->seed;
-    c->offset = p->offset;
-    c->deterministic = p->deterministic != 0;
+    CFLASH_FORWARD_IF_ERROR(cf_attn_apply_params(c, p));
     /* Small calls run on one thread (core/threads.h); the backward does about 2.5x the flops. */
     c->threads = cf_threads_resolve(bwd ? "attn_bwd" : "attn_fwd", cf_context_threads(ctx),
                                     (bwd ? 2.5 : 1.0) * cf_attn_flops(c), 1);
@@ -403,7 +408,7 @@ cflash_status cflash_attn_varlen_bwd(cflash_context* ctx, const cflash_attn_para
 
 cflash_status cflash_attn_dropout_mask(const cflash_attn_params* p, DLTensor* mask) {
     CFLASH_RETURN_IF(!p, INVALID, "p: is NULL, expected the attention params");
-    CFLASH_FORWARD_IF_ERROR(check_params(p));
+    CFLASH_FORWARD_IF_ERROR(cf_attn_check_params(p));
     cf_view m;
     const int64_t any4[4] = {-1, -1, -1, -1};
     CFLASH_FORWARD_IF_ERROR(check_shape(&m, mask, "mask", 4, any4, "(B, H, Sq, Sk)"));

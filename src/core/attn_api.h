@@ -6,6 +6,14 @@
 #include "cflash.h"
 #include "dispatch/dispatch.h"
 
+/* Checks the ranges of p's scalar fields (scale, dropout, windows, softcap). */
+cflash_status cf_attn_check_params(const cflash_attn_params* p);
+/* Checks p's ALiBi slopes against c->B, c->H and c->q's device, then fills c's resolved
+ * parameters (scale from c->D when 0, causal folded into window_right, softcap, dropout, seed,
+ * offset, deterministic). c->B, H, D and q must be set. */
+struct cf_attn_call;
+cflash_status cf_attn_apply_params(struct cf_attn_call* c, const cflash_attn_params* p);
+
 /* varlen = 0: cu_* are ignored (NULL). */
 cflash_status cf_attn_fwd_entry(cflash_context* ctx, cf_explain* explain, int varlen,
                                 const cflash_attn_params* p, const DLTensor* q, const DLTensor* k,

@@ -4,6 +4,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "core/attn_api.h"
 #include "core/context.h"
 #include "core/ops_call.h"
 #include "core/status.h"
@@ -18,48 +19,13 @@ void cflash_kvcache_params_init(cflash_kvcache_params* kp) {
     kp->cache_seqlen = -1;
 }
 
+/* The attention parameters, as attention checks and resolves them, less dropout. */
 static cflash_status check_attn(cf_attn_call* a, const cflash_attn_params* p) {
-    CFLASH_RETURN_IF(!isfinite(p->softmax_scale), INVALID,
-                     "softmax_scale: %g, expected a finite value (0 = 1/sqrt(head_dim))",
-                     (double)p->softmax_scale);
     CFLASH_RETURN_IF(p->dropout_p != 0.0f, INVALID,
                      "dropout_p: %g, expected 0 (the KV-cache path has no dropout)",
                      (double)p->dropout_p);
-    CFLASH_RETURN_IF(p->window_left < -1, INVALID,
-                     "window_left: %lld, expected -1 (unbounded) or >= 0",
-                     (long long)p->window_left);
-    CFLASH_RETURN_IF(p->window_right < -1, INVALID,
-                     "window_right: %lld, expected -1 (unbounded) or >= 0",
-                     (long long)p->window_right);
-    CFLASH_RETURN_IF(!(p->softcap >= 0.0f) || !isfinite(p->softcap), INVALID,
-                     "softcap: %g, expected a finite value >= 0 (0 = off)", (double)p->softcap);
-    a->scale = p->softmax_scale != 0.0f ? p->softmax_scale : (float)(1.0 / sqrt((double)a->D));
-    a->causal = p->causal != 0;
-    a->window_left = p->window_left;
-    a->window_right = a->causal ? 0 : p->window_right;
-    a->softcap = p->softcap;
-    if (p->alibi_slopes) {
-        cf_view s;
-        CFLASH_FORWARD_IF_ERROR(cf_view_from(&s, p->alibi_slopes, "alibi_slopes"));
-        CFLASH_RETURN_IF(s.dtype != CF_F32, INVALID, "alibi_slopes: dtype %s, expected float32",
-                         cf_dtype_name(s.dtype));
-        int ok1 = s.ndim == 1 && s.shape[0] == a->H;
-        int ok2 = s.ndim == 2 && s.shape[0] == a->B && s.shape[1] == a->H;
-        char got[96];
-        cf_shape_str(&s, got, sizeof got);
-        CFLASH_RETURN_IF(!ok1 && !ok2, INVALID,
-                         "alibi_slopes: shape %s, expected [H] = [%lld] or [B, H] = [%lld, %lld]",
-                         got, (long long)a->H, (long long)a->B, (long long)a->H);
-        CFLASH_RETURN_IF(s.shape[s.ndim - 1] > 1 && s.stride[s.ndim - 1] != 1, INVALID,
-                         "alibi_slopes: last dimension has stride %lld, expected 1",
-                         (long long)s.stride[s.ndim - 1]);
-        CFLASH_RETURN_IF(s.device_type != a->q.device_type, INVALID,
-                         "alibi_slopes: on %s, expected %s (the device of q)",
-                         cf_device_name(s.device_type), cf_device_name(a->q.device_type));
-        a->alibi = s.data;
-        a->alibi_bstride = s.ndim == 2 ? s.stride[0] : 0;
-    }
-    return CFLASH_OK;
+    CFLASH_FORWARD_IF_ERROR(cf_attn_check_params(p));
+    return cf_attn_apply_params(a, p);
 }
 
 static cflash_status same_as_q(const cf_view* v, const char* name, const cf_view* q) {
