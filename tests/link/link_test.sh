@@ -1,6 +1,7 @@
 #!/bin/sh
 # A C program that links only -lcflash builds and runs: against the build tree's libcflash.so, then
 # against an installed prefix (cmake --install to a temp dir) through the installed pkg-config file.
+# Then a CMake project finds the installed package (find_package(cflash)) and links both libraries.
 # Also shows libcflash.so's DT_NEEDED entries (libm, libdl, OpenMP, pthread) that make this work.
 # usage: link_test.sh CC SOURCE_DIR BUILD_DIR WORK_DIR [EXTRA_CFLAGS (sanitizer builds)]
 set -eu
@@ -30,4 +31,11 @@ if command -v ldd >/dev/null 2>&1; then
     ldd "$WORK/from_prefix" | grep libcflash
     ldd "$WORK/from_prefix" | grep -q "$WORK/prefix" || { echo "not the installed library"; exit 1; }
 fi
+echo "== installed prefix: find_package(cflash) from a CMake project, shared and static"
+# shellcheck disable=SC2086
+cmake -S "$SRC/tests/link/consumer" -B "$WORK/consumer" -DCMAKE_PREFIX_PATH="$WORK/prefix" \
+    -DCMAKE_C_FLAGS="$EXTRA" >"$WORK/consumer.log" 2>&1 || { cat "$WORK/consumer.log"; exit 1; }
+cmake --build "$WORK/consumer" >>"$WORK/consumer.log" 2>&1 || { cat "$WORK/consumer.log"; exit 1; }
+"$WORK/consumer/use_shared"
+"$WORK/consumer/use_static"
 echo "link test passed"
