@@ -33,7 +33,7 @@ typedef enum cflash_status {
     CFLASH_ERR_INVALID_ARGUMENT = -1, /* an argument is wrong: the message names it */
     CFLASH_ERR_UNSUPPORTED = -2,      /* valid, but no backend can serve: reasons in the message */
     CFLASH_ERR_OUT_OF_MEMORY = -3,
-    CFLASH_ERR_BACKEND = -4,          /* a backend failed at run time (driver, compiler, ...) */
+    CFLASH_ERR_BACKEND = -4, /* a backend failed at run time (driver, compiler, ...) */
     CFLASH_ERR_IO = -5
 } cflash_status;
 
@@ -68,19 +68,19 @@ CFLASH_API cflash_status cflash_context_set_cuda_stream(cflash_context* ctx, voi
 /* ---- Attention --------------------------------------------------------------------------- */
 
 typedef struct cflash_attn_params {
-    float softmax_scale;       /* 0 = 1/sqrt(D); else any finite value, used as given */
-    int causal;                /* 1 = causal, aligned bottom-right: query i sees key j iff
-                                  j <= i + Sk - Sq. Same as window_right = 0 (and overrides
-                                  window_right); window_left still applies */
-    int64_t window_left;       /* -1 = unbounded; else >= 0. Query i sees keys in            */
-    int64_t window_right;      /* [i + Sk - Sq - window_left, i + Sk - Sq + window_right]   */
-    float softcap;             /* 0 = off; c > 0: s = c * tanh(s / c) on the scaled score   */
+    float softmax_scale;          /* 0 = 1/sqrt(D); else any finite value, used as given */
+    int causal;                   /* 1 = causal, aligned bottom-right: query i sees key j iff
+                                     j <= i + Sk - Sq. Same as window_right = 0 (and overrides
+                                     window_right); window_left still applies */
+    int64_t window_left;          /* -1 = unbounded; else >= 0. Query i sees keys in            */
+    int64_t window_right;         /* [i + Sk - Sq - window_left, i + Sk - Sq + window_right]   */
+    float softcap;                /* 0 = off; c > 0: s = c * tanh(s / c) on the scaled score   */
     const DLTensor* alibi_slopes; /* NULL, or fp32 [H] or [B, H]: bias -slope*|i + Sk - Sq - j| */
-    float dropout_p;           /* in [0, 1): probability of dropping an attention weight;
-                                  kept weights are scaled by 1/(1-p); lse is before dropout */
-    uint64_t seed;             /* dropout: Philox-4x32-10 key                               */
-    uint64_t offset;           /* dropout: added to the Philox counter                      */
-    int deterministic;         /* 1 = deterministic backward on GPUs (CPU is always)        */
+    float dropout_p;              /* in [0, 1): probability of dropping an attention weight;
+                                     kept weights are scaled by 1/(1-p); lse is before dropout */
+    uint64_t seed;                /* dropout: Philox-4x32-10 key                               */
+    uint64_t offset;              /* dropout: added to the Philox counter                      */
+    int deterministic;            /* 1 = deterministic backward on GPUs (CPU is always)        */
 } cflash_attn_params;
 
 /* Defaults: scale 0 (1/sqrt(D)), not causal, windows -1, no softcap, ALiBi or dropout, seed and
@@ -129,8 +129,7 @@ CFLASH_API cflash_status cflash_attn_varlen_fwd(cflash_context* ctx, const cflas
                                                 const DLTensor* q, const DLTensor* k,
                                                 const DLTensor* v, const DLTensor* cu_seqlens_q,
                                                 const DLTensor* cu_seqlens_k, int64_t max_seqlen_q,
-                                                int64_t max_seqlen_k, DLTensor* out,
-                                                DLTensor* lse);
+                                                int64_t max_seqlen_k, DLTensor* out, DLTensor* lse);
 
 CFLASH_API cflash_status cflash_attn_varlen_bwd(
     cflash_context* ctx, const cflash_attn_params* p, const DLTensor* dout, const DLTensor* q,
@@ -287,22 +286,22 @@ typedef struct cflash_kvcache_params {
     const DLTensor* v_new;
     const DLTensor* rotary_cos;
     const DLTensor* rotary_sin;
-    int rotary_interleaved;        /* default 1, as flash-attn */
+    int rotary_interleaved; /* default 1, as flash-attn */
     const DLTensor* cache_seqlens;
-    int64_t cache_seqlen;          /* used when cache_seqlens is NULL: -1 = the whole cache
-                                      (default), else the same length for every batch */
+    int64_t cache_seqlen; /* used when cache_seqlens is NULL: -1 = the whole cache
+                             (default), else the same length for every batch */
     const DLTensor* cache_batch_idx;
     const DLTensor* cache_leftpad;
     const DLTensor* block_table;
-    int num_splits;                /* >= 0; default 0 = heuristic */
+    int num_splits; /* >= 0; default 0 = heuristic */
 } cflash_kvcache_params;
 
 CFLASH_API void cflash_kvcache_params_init(cflash_kvcache_params* kp);
 
 CFLASH_API cflash_status cflash_attn_kvcache_fwd(cflash_context* ctx, const cflash_attn_params* p,
-                                                 const cflash_kvcache_params* kp,
-                                                 const DLTensor* q, DLTensor* k_cache,
-                                                 DLTensor* v_cache, DLTensor* out, DLTensor* lse);
+                                                 const cflash_kvcache_params* kp, const DLTensor* q,
+                                                 DLTensor* k_cache, DLTensor* v_cache,
+                                                 DLTensor* out, DLTensor* lse);
 
 /* Merges NS partial attention results over disjoint key sets into one:
  *   lse = log(sum_s exp(lse_s)),  out = sum_s exp(lse_s - lse) * out_s
@@ -358,8 +357,8 @@ CFLASH_API const char* cflash_op_name(cflash_op op);
 CFLASH_API size_t cflash_report(char* buf, size_t len, int json);
 
 /* Adds a directory where libcuda.so.1, libnvrtc.so.* and libcufile.so.* are searched, after the
- * override variables (CFLASH_LIBCUDA, CFLASH_LIBNVRTC, CFLASH_LIBCUFILE), the loader's own search by
- * soname and the known directories ($CUDA_HOME/lib64, /usr/local/cuda/lib64, /usr/lib/wsl/lib).
+ * override variables (CFLASH_LIBCUDA, CFLASH_LIBNVRTC, CFLASH_LIBCUFILE), the loader's own search
+ * by soname and the known directories ($CUDA_HOME/lib64, /usr/local/cuda/lib64, /usr/lib/wsl/lib).
  * The Python package passes the NVIDIA wheels' folders (site-packages/nvidia/.../lib). It affects
  * libraries not yet loaded, so call it before the first CUDA call or report. Returns
  * CFLASH_ERR_INVALID_ARGUMENT when dir is NULL, empty, 500 characters or longer, or 64 directories

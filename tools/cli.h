@@ -32,7 +32,8 @@ int cf_problem_parse(cf_problem* p, int argc, char** argv, int first, char* err,
 /* The flags' usage text (one line per flag, with its default). */
 const char* cf_problem_usage(void);
 
-/* ---- Device memory for the tool (tools/device_mem.c): kDLCPU is malloc, kDLCUDA the driver. ---- */
+/* ---- Device memory for the tool (tools/device_mem.c): kDLCPU is malloc, kDLCUDA the driver. ----
+ */
 void* cf_tool_alloc(int device, size_t bytes, char* err, size_t err_len);
 void cf_tool_free(int device, void* p);
 /* to_device = 1: host src -> device dst; 0: device src -> host dst. Returns 0 or -1 (err set). */
@@ -46,10 +47,10 @@ double cf_now_s(void); /* monotonic seconds */
 double cf_bench_median_ms(void (*fn)(void*), void* arg, int warmup, int reps);
 typedef struct cf_peaks {
     int threads;
-    double fma_f32_gflops;   /* fp32 FMA, the widest vector unit present */
-    double bf16_dot_gflops;  /* AVX512-BF16 vdpbf16ps (0 when absent) */
-    double amx_bf16_gflops;  /* AMX-BF16 tdpbf16ps (0 when absent or not permitted) */
-    double mem_bw_gbs;       /* memory bandwidth, read + write bytes per second, GB/s */
+    double fma_f32_gflops;  /* fp32 FMA, the widest vector unit present */
+    double bf16_dot_gflops; /* AVX512-BF16 vdpbf16ps (0 when absent) */
+    double amx_bf16_gflops; /* AMX-BF16 tdpbf16ps (0 when absent or not permitted) */
+    double mem_bw_gbs;      /* memory bandwidth, read + write bytes per second, GB/s */
 } cf_peaks;
 /* Measures the machine's peaks with this many threads (0 = all), once per process. */
 const cf_peaks* cf_measure_peaks(int threads);

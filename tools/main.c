@@ -22,7 +22,8 @@ static const struct {
     const char* help;
 } commands[] = {
     /* CFLASH-COMMANDS: rows go here */
-    {"check", NULL, cf_cmd_check, "attention on a shape vs the fp64 oracle: errors, bounds, PASS/FAIL"},
+    {"check", NULL, cf_cmd_check,
+     "attention on a shape vs the fp64 oracle: errors, bounds, PASS/FAIL"},
     {"report", NULL, cf_cmd_report, "environment, libraries and op x backend table [--json]"},
     {"bench", "peak", cf_cmd_bench_peak, "this machine's FMA, BF16, AMX and memory peaks"},
     {"bench", "rotary", cf_cmd_bench_rotary, "time rotary (GB/s vs memory bandwidth)"},

@@ -9,8 +9,8 @@
 #include "core/attn_call.h"
 #include "core/context.h"
 #include "core/status.h"
-#include "core/threads.h"
 #include "core/tensor.h"
+#include "core/threads.h"
 #include "cuda/cuda_drv.h"
 
 #define INVALID CFLASH_ERR_INVALID_ARGUMENT
@@ -86,8 +86,8 @@ static cflash_status check_lse(cf_view* v, const DLTensor* t, const cf_view* q, 
                      cf_dtype_name(v->dtype));
     CFLASH_RETURN_IF(v->device_type != q->device_type || v->device_id != q->device_id, INVALID,
                      "lse: on %s:%d, expected %s:%d (the device of q)",
-                     cf_device_name(v->device_type), v->device_id,
-                     cf_device_name(q->device_type), q->device_id);
+                     cf_device_name(v->device_type), v->device_id, cf_device_name(q->device_type),
+                     q->device_id);
     return CFLASH_OK;
 }
 
@@ -104,15 +104,15 @@ static cflash_status check_alibi(cf_attn_call* c, const DLTensor* t) {
     int ok1 = a.ndim == 1 && a.shape[0] == c->H;
     int ok2 = a.ndim == 2 && a.shape[0] == c->B && a.shape[1] == c->H;
     CFLASH_RETURN_IF(!ok1 && !ok2, INVALID,
-                     "alibi_slopes: shape %s, expected [H] = [%lld] or [B, H] = [%lld, %lld]",
-                     got, (long long)c->H, (long long)c->B, (long long)c->H);
+                     "alibi_slopes: shape %s, expected [H] = [%lld] or [B, H] = [%lld, %lld]", got,
+                     (long long)c->H, (long long)c->B, (long long)c->H);
     CFLASH_RETURN_IF(a.shape[a.ndim - 1] > 1 && a.stride[a.ndim - 1] != 1, INVALID,
                      "alibi_slopes: last dimension has stride %lld, expected 1",
                      (long long)a.stride[a.ndim - 1]);
     CFLASH_RETURN_IF(a.device_type != c->q.device_type || a.device_id != c->q.device_id, INVALID,
                      "alibi_slopes: on %s:%d, expected %s:%d (the device of q)",
-                     cf_device_name(a.device_type), a.device_id,
-                     cf_device_name(c->q.device_type), c->q.device_id);
+                     cf_device_name(a.device_type), a.device_id, cf_device_name(c->q.device_type),
+                     c->q.device_id);
     c->alibi = a.data;
     c->alibi_bstride = a.ndim == 2 ? a.stride[0] : 0;
     return CFLASH_OK;
@@ -151,9 +151,8 @@ static cflash_status check_cu(const DLTensor* t, const char* name, int64_t total
                      INVALID, "%s: on %s, expected cpu, cuda_host or cuda memory", name,
                      cf_device_name(c.device_type));
     if (*B >= 0 && c.shape[0] != *B + 1)
-        return cf_error(INVALID, "%s: length %lld, expected B + 1 = %lld (the length of %s)",
-                        name, (long long)c.shape[0], (long long)(*B + 1),
-                        "cu_seqlens_q");
+        return cf_error(INVALID, "%s: length %lld, expected B + 1 = %lld (the length of %s)", name,
+                        (long long)c.shape[0], (long long)(*B + 1), "cu_seqlens_q");
     const int32_t* v = c.data;
     *dev = NULL;
     CFLASH_RETURN_IF(c.device_type == kDLCUDA &&
@@ -169,8 +168,8 @@ static cflash_status check_cu(const DLTensor* t, const char* name, int64_t total
             host[slot] = n;
             cap[slot] = c.shape[0];
         }
-        CFLASH_FORWARD_IF_ERROR(cf_cu_memcpy(c.device_id, host[slot], c.data,
-                                             sizeof(int32_t) * (size_t)c.shape[0], 0));
+        CFLASH_FORWARD_IF_ERROR(
+            cf_cu_memcpy(c.device_id, host[slot], c.data, sizeof(int32_t) * (size_t)c.shape[0], 0));
         *dev = c.data;
         v = host[slot];
     }
@@ -182,9 +181,9 @@ static cflash_status check_cu(const DLTensor* t, const char* name, int64_t total
                          (long long)(b + 1), v[b + 1], name, (long long)b, v[b]);
         if (v[b + 1] - v[b] > mx) mx = v[b + 1] - v[b];
     }
-    CFLASH_RETURN_IF(v[c.shape[0] - 1] > total, INVALID,
-                     "%s[%lld]: %d, expected at most %s = %lld", name, (long long)(c.shape[0] - 1),
-                     v[c.shape[0] - 1], total_name, (long long)total);
+    CFLASH_RETURN_IF(v[c.shape[0] - 1] > total, INVALID, "%s[%lld]: %d, expected at most %s = %lld",
+                     name, (long long)(c.shape[0] - 1), v[c.shape[0] - 1], total_name,
+                     (long long)total);
     *B = c.shape[0] - 1;
     *cu = v;
     *maxlen = mx;
@@ -203,7 +202,8 @@ static cflash_status check_max(int64_t given, int64_t actual, const char* name, 
 
 /* Turns a 3-dim varlen view (total, h, d) into the 4-dim (1, total, h, d) kernels expect. */
 static void varlen_lift(cf_view* v) {
-    for (int i = 3; i > 0; i--) v->shape[i] = v->shape[i - 1], v->stride[i] = v->stride[i - 1];
+    for (int i = 3; i > 0; i--)
+        v->shape[i] = v->shape[i - 1], v->stride[i] = v->stride[i - 1];
     v->shape[0] = 1;
     v->stride[0] = 0;
     v->ndim = 4;
@@ -252,10 +252,10 @@ static cflash_status check_qkv(cflash_context* ctx, cf_attn_call* c, int varlen,
         int64_t mq = 0, mk = 0;
         c->total_q = c->q.shape[0];
         c->total_k = c->k.shape[0];
-        CFLASH_FORWARD_IF_ERROR(
-            check_cu(cu_q, "cu_seqlens_q", c->total_q, "total_q", &B, &c->cu_q, &mq, &c->cu_q_dev, 0, &c->q));
-        CFLASH_FORWARD_IF_ERROR(
-            check_cu(cu_k, "cu_seqlens_k", c->total_k, "total_k", &B, &c->cu_k, &mk, &c->cu_k_dev, 1, &c->q));
+        CFLASH_FORWARD_IF_ERROR(check_cu(cu_q, "cu_seqlens_q", c->total_q, "total_q", &B, &c->cu_q,
+                                         &mq, &c->cu_q_dev, 0, &c->q));
+        CFLASH_FORWARD_IF_ERROR(check_cu(cu_k, "cu_seqlens_k", c->total_k, "total_k", &B, &c->cu_k,
+                                         &mk, &c->cu_k_dev, 1, &c->q));
         CFLASH_FORWARD_IF_ERROR(check_max(max_q, mq, "max_seqlen_q", &c->Sq));
         CFLASH_FORWARD_IF_ERROR(check_max(max_k, mk, "max_seqlen_k", &c->Sk));
         varlen_lift(&c->q);
@@ -298,7 +298,8 @@ static cflash_status check_like(cf_view* dst, const DLTensor* t, const char* nam
 static cflash_status check_output(const DLTensor* t, const char* name) {
     if (!t || !t->strides) return CFLASH_OK;
     for (int i = 0; i < t->ndim; i++)
-        if (t->shape[i] == 0) return CFLASH_OK; /* nothing is written (NumPy gives such strides 0) */
+        if (t->shape[i] == 0)
+            return CFLASH_OK; /* nothing is written (NumPy gives such strides 0) */
     for (int i = 0; i < t->ndim; i++)
         CFLASH_RETURN_IF(t->shape[i] > 1 && t->strides[i] == 0, INVALID,
                          "%s: stride 0 in dim %d of size %lld, expected an output whose elements "
@@ -353,8 +354,9 @@ cflash_status cf_attn_bwd_entry(cflash_context* ctx, cf_explain* explain, int va
     const char* ol = varlen ? "(total_q, H, Dv)" : "(B, Sq, H, Dv)";
     CFLASH_FORWARD_IF_ERROR(check_like(&c.dout, dout, "dout", &c, sq, c.H, c.Dv, ol));
     CFLASH_FORWARD_IF_ERROR(check_like(&c.out, out, "out", &c, sq, c.H, c.Dv, ol));
-    CFLASH_RETURN_IF(!lse, INVALID, "lse: is NULL, expected the forward's lse (the backward "
-                                    "recomputes the scores from it)");
+    CFLASH_RETURN_IF(!lse, INVALID,
+                     "lse: is NULL, expected the forward's lse (the backward "
+                     "recomputes the scores from it)");
     CFLASH_FORWARD_IF_ERROR(check_lse_for(&c, lse));
     CFLASH_FORWARD_IF_ERROR(check_like(&c.dq, dq, "dq", &c, sq, c.H, c.D,
                                        varlen ? "(total_q, H, D)" : "(B, Sq, H, D)"));

@@ -9,35 +9,35 @@
 #include "core/tensor.h"
 
 typedef struct cf_attn_call {
-    cf_dtype dtype;            /* of q, k, v, out (and dout, dq, dk, dv) */
+    cf_dtype dtype; /* of q, k, v, out (and dout, dq, dk, dv) */
     int device_type, device_id;
     int64_t B, H, Hk, D, Dv;
-    int64_t Sq, Sk;            /* batch mode: the lengths; varlen: max_seqlen_q / max_seqlen_k */
-    int varlen;                /* 1: cu_q / cu_k give per-sequence rows; batch strides are 0 */
-    const int32_t* cu_q;       /* [B + 1] host pointers (varlen only) */
+    int64_t Sq, Sk;      /* batch mode: the lengths; varlen: max_seqlen_q / max_seqlen_k */
+    int varlen;          /* 1: cu_q / cu_k give per-sequence rows; batch strides are 0 */
+    const int32_t* cu_q; /* [B + 1] host pointers (varlen only) */
     const int32_t* cu_k;
-    int64_t total_q, total_k;  /* varlen: rows of q and k */
+    int64_t total_q, total_k; /* varlen: rows of q and k */
 
     /* Views always have 4 dims (b, s, h, d); varlen views have shape[0] = 1 and stride[0] = 0.
      * lse view: 3 dims (b, h, s); varlen lse is (1, H, total_q). data NULL = absent. */
     cf_view q, k, v, out, lse;
-    cf_view dout, dq, dk, dv;  /* backward only */
+    cf_view dout, dq, dk, dv; /* backward only */
 
-    float scale;               /* resolved: never 0 */
+    float scale; /* resolved: never 0 */
     int causal;
     int64_t window_left, window_right; /* causal folded in: window_right = 0 when causal */
     float softcap;
-    const float* alibi;        /* NULL, or fp32 slopes on the call's device:
-                                  slope(b, h) = alibi[b * alibi_bstride + h] */
-    int64_t alibi_bstride;     /* 0 for [H], H for [B, H] */
+    const float* alibi;    /* NULL, or fp32 slopes on the call's device:
+                              slope(b, h) = alibi[b * alibi_bstride + h] */
+    int64_t alibi_bstride; /* 0 for [H], H for [B, H] */
     float dropout_p;
     uint64_t seed, offset;
     int deterministic;
 
-    int threads;               /* resolved: >= 1 */
-    void* stream;              /* CUstream for CUDA backends */
-    const int32_t* cu_q_dev;   /* varlen with cu_seqlens on the GPU: the device pointers (cu_q and */
-    const int32_t* cu_k_dev;   /* cu_k then hold host copies); NULL when given in host memory */
+    int threads;             /* resolved: >= 1 */
+    void* stream;            /* CUstream for CUDA backends */
+    const int32_t* cu_q_dev; /* varlen with cu_seqlens on the GPU: the device pointers (cu_q and */
+    const int32_t* cu_k_dev; /* cu_k then hold host copies); NULL when given in host memory */
 } cf_attn_call;
 
 /* Rows of sequence b: q rows [*q0, *q0 + *sq), k rows [*k0, *k0 + *sk) along dim 1 of the views
@@ -78,8 +78,8 @@ static inline float cf_attn_slope(const cf_attn_call* c, int64_t b, int64_t h) {
 
 /* The score transform every backend applies, in fp32: scaled score x (already scale * q.k) ->
  * softcap -> ALiBi bias for query i, key j of a sequence with lengths sq, sk. */
-static inline float cf_attn_score(const cf_attn_call* c, float x, float slope, int64_t i,
-                                  int64_t j, int64_t sq, int64_t sk) {
+static inline float cf_attn_score(const cf_attn_call* c, float x, float slope, int64_t i, int64_t j,
+                                  int64_t sq, int64_t sk) {
     if (c->softcap > 0.0f) x = c->softcap * tanhf(x / c->softcap);
     if (slope != 0.0f) {
         int64_t d = i + sk - sq - j;

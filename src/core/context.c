@@ -17,7 +17,9 @@ cflash_status cflash_context_create(cflash_context** ctx) {
     return CFLASH_OK;
 }
 
-void cflash_context_free(cflash_context* ctx) { free(ctx); }
+void cflash_context_free(cflash_context* ctx) {
+    free(ctx);
+}
 
 cflash_status cflash_context_set_threads(cflash_context* ctx, int n) {
     CFLASH_RETURN_IF(!ctx, CFLASH_ERR_INVALID_ARGUMENT, "ctx: is NULL");

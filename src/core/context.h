@@ -6,8 +6,8 @@
 #include "dispatch/dispatch.h"
 
 struct cflash_context {
-    int threads;        /* 0 = all */
-    char backend[32];   /* "" = not set (CFLASH_BACKEND applies), "auto", or a name */
+    int threads;      /* 0 = all */
+    char backend[32]; /* "" = not set (CFLASH_BACKEND applies), "auto", or a name */
     void* cuda_stream;
     cf_explain* explain; /* set by cflash_explain for one call */
 };

@@ -223,12 +223,11 @@ cflash_status cf_kvcache_entry(cflash_context* ctx, cf_explain* explain,
     /* Decode is bound by the cache rows read (B x longest Sk x Hk x (D + Dv) elements); a long
      * Sq adds the attention flops, counted in bytes at the ratio of the two thresholds. */
     const double kv_rows = (double)a->B * (double)a->Sk * (double)(a->D + a->Dv);
-    a->threads = cf_threads_resolve(
-        "kvcache", cf_context_threads(ctx),
-        kv_rows * (double)a->Hk * (double)cf_dtype_size(c.kc.dtype) +
-            2.0 * kv_rows * (double)a->Sq * (double)a->H *
-                (CF_MIN_BYTES_PER_THREAD / CF_MIN_FLOPS_PER_THREAD),
-        0);
+    a->threads = cf_threads_resolve("kvcache", cf_context_threads(ctx),
+                                    kv_rows * (double)a->Hk * (double)cf_dtype_size(c.kc.dtype) +
+                                        2.0 * kv_rows * (double)a->Sq * (double)a->H *
+                                            (CF_MIN_BYTES_PER_THREAD / CF_MIN_FLOPS_PER_THREAD),
+                                    0);
     a->stream = ctx ? ctx->cuda_stream : NULL;
     if (!explain && a->B == 0) return CFLASH_OK;
     return cf_dispatch(CFLASH_OP_KVCACHE_FWD, a->device_type, cf_context_backend(ctx), &c, explain);

@@ -1,7 +1,7 @@
 /* Logging to stderr with a level from CFLASH_LOG, and a once-per-text variant for fallbacks. */
 #include <pthread.h>
-#include <stdint.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,10 +15,14 @@ static void read_level(void) {
     const char* s = getenv("CFLASH_LOG");
     level = CF_LOG_WARN;
     if (!s) return;
-    if (!strcmp(s, "error")) level = CF_LOG_ERROR;
-    else if (!strcmp(s, "warn")) level = CF_LOG_WARN;
-    else if (!strcmp(s, "info")) level = CF_LOG_INFO;
-    else if (!strcmp(s, "debug")) level = CF_LOG_DEBUG;
+    if (!strcmp(s, "error"))
+        level = CF_LOG_ERROR;
+    else if (!strcmp(s, "warn"))
+        level = CF_LOG_WARN;
+    else if (!strcmp(s, "info"))
+        level = CF_LOG_INFO;
+    else if (!strcmp(s, "debug"))
+        level = CF_LOG_DEBUG;
 }
 
 int cf_log_level(void) {
@@ -49,13 +53,20 @@ static pthread_mutex_t seen_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static int first_time(const char* msg) {
     uint64_t h = 1469598103934665603ull;
-    for (const char* p = msg; *p; p++) h = (h ^ (unsigned char)*p) * 1099511628211ull;
+    for (const char* p = msg; *p; p++)
+        h = (h ^ (unsigned char)*p) * 1099511628211ull;
     if (h == 0) h = 1;
     int fresh = 1;
     pthread_mutex_lock(&seen_lock);
     for (unsigned n = 0, i = (unsigned)(h % SEEN_CAP); n < SEEN_CAP; n++, i = (i + 1) % SEEN_CAP) {
-        if (seen[i] == h) { fresh = 0; break; }
-        if (seen[i] == 0) { seen[i] = h; break; }
+        if (seen[i] == h) {
+            fresh = 0;
+            break;
+        }
+        if (seen[i] == 0) {
+            seen[i] = h;
+            break;
+        }
     }
     pthread_mutex_unlock(&seen_lock);
     return fresh;

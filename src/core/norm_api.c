@@ -88,9 +88,9 @@ static cflash_status check_x(cflash_context* ctx, cf_norm_call* c, const cflash_
     c->seed = p->seed;
     c->offset = p->offset;
     /* x read, out (or dx) written, one more row stream (residual / dy): 3 row passes. */
-    c->threads = cf_threads_resolve(
-        "norm", cf_context_threads(ctx),
-        3.0 * (double)c->M * (double)c->N * (double)cf_dtype_size(c->dtype), 0);
+    c->threads =
+        cf_threads_resolve("norm", cf_context_threads(ctx),
+                           3.0 * (double)c->M * (double)c->N * (double)cf_dtype_size(c->dtype), 0);
     c->stream = ctx ? ctx->cuda_stream : NULL;
     return CFLASH_OK;
 }

@@ -5,7 +5,9 @@
 
 #include <stdint.h>
 
-typedef struct cf_philox_out { uint32_t x[4]; } cf_philox_out;
+typedef struct cf_philox_out {
+    uint32_t x[4];
+} cf_philox_out;
 
 static inline cf_philox_out cf_philox4x32_10(const uint32_t ctr_in[4], uint64_t seed) {
     uint32_t c0 = ctr_in[0], c1 = ctr_in[1], c2 = ctr_in[2], c3 = ctr_in[3];
@@ -17,7 +19,10 @@ static inline cf_philox_out cf_philox4x32_10(const uint32_t ctr_in[4], uint64_t 
         uint32_t n1 = (uint32_t)p1;
         uint32_t n2 = (uint32_t)(p0 >> 32) ^ c3 ^ k1;
         uint32_t n3 = (uint32_t)p0;
-        c0 = n0; c1 = n1; c2 = n2; c3 = n3;
+        c0 = n0;
+        c1 = n1;
+        c2 = n2;
+        c3 = n3;
         k0 += 0x9E3779B9u;
         k1 += 0xBB67AE85u;
     }
@@ -32,8 +37,8 @@ static inline uint64_t cf_dropout_threshold(float p) {
 
 /* The four Philox words for keys j0..j0+3 (j0 % 4 == 0) of row i of (b, h). The counter is
  * {j / 4, i, b, h} as a 128-bit little-endian integer plus offset (into the low 64 bits). */
-static inline cf_philox_out cf_dropout_words(uint64_t seed, uint64_t offset, uint64_t b,
-                                             uint64_t h, uint64_t i, uint64_t j) {
+static inline cf_philox_out cf_dropout_words(uint64_t seed, uint64_t offset, uint64_t b, uint64_t h,
+                                             uint64_t i, uint64_t j) {
     uint64_t lo = ((uint64_t)(uint32_t)i << 32) | (uint32_t)(j >> 2);
     uint64_t hi = ((uint64_t)(uint32_t)h << 32) | (uint32_t)b;
     uint64_t lo2 = lo + offset;

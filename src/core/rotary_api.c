@@ -161,8 +161,8 @@ cflash_status cf_rotary_entry(cflash_context* ctx, cf_explain* explain,
     }
     /* x read and out written, row by row (x's view: (B or 1, rows, H, D)). */
     c.threads = cf_threads_resolve("rotary", cf_context_threads(ctx),
-                                   2.0 * (double)c.x.shape[0] * (double)c.x.shape[1] *
-                                       (double)c.H * (double)c.D * (double)cf_dtype_size(c.dtype),
+                                   2.0 * (double)c.x.shape[0] * (double)c.x.shape[1] * (double)c.H *
+                                       (double)c.D * (double)cf_dtype_size(c.dtype),
                                    0);
     c.stream = ctx ? ctx->cuda_stream : NULL;
     if (!explain && (c.B == 0 || c.S == 0 || c.H == 0 || c.D == 0)) return CFLASH_OK;

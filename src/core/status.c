@@ -16,7 +16,9 @@ cflash_status cf_error(cflash_status s, const char* fmt, ...) {
     return s;
 }
 
-const char* cflash_last_error(void) { return last_error; }
+const char* cflash_last_error(void) {
+    return last_error;
+}
 
 const char* cflash_status_string(cflash_status s) {
     switch (s) {

@@ -8,15 +8,15 @@
 /* Sets this thread's last error message (printf format) and returns s. */
 cflash_status cf_error(cflash_status s, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
 
-#define CFLASH_RETURN_IF(cond, status, ...)                                                      \
-    do {                                                                                         \
-        if (cond) return cf_error((status), __VA_ARGS__);                                        \
+#define CFLASH_RETURN_IF(cond, status, ...)                                                        \
+    do {                                                                                           \
+        if (cond) return cf_error((status), __VA_ARGS__);                                          \
     } while (0)
 
-#define CFLASH_FORWARD_IF_ERROR(expr)                                                            \
-    do {                                                                                         \
-        cflash_status cf_fwd_s_ = (expr);                                                        \
-        if (cf_fwd_s_ != CFLASH_OK) return cf_fwd_s_;                                            \
+#define CFLASH_FORWARD_IF_ERROR(expr)                                                              \
+    do {                                                                                           \
+        cflash_status cf_fwd_s_ = (expr);                                                          \
+        if (cf_fwd_s_ != CFLASH_OK) return cf_fwd_s_;                                              \
     } while (0)
 
 #endif

@@ -27,18 +27,25 @@ const char* cf_dtype_name(cf_dtype d) {
 
 size_t cf_dtype_size(cf_dtype d) {
     switch (d) {
-    case CF_F32: case CF_I32: return 4;
-    case CF_F16: case CF_BF16: return 2;
+    case CF_F32:
+    case CF_I32: return 4;
+    case CF_F16:
+    case CF_BF16: return 2;
     case CF_U8: return 1;
     default: return 0;
     }
 }
 
 void cf_dl_dtype_str(DLDataType t, char* buf, size_t n) {
-    const char* code = t.code == kDLFloat ? "float" : t.code == kDLBfloat ? "bfloat"
-                     : t.code == kDLInt ? "int" : t.code == kDLUInt ? "uint" : "code?";
-    if (t.lanes == 1) snprintf(buf, n, "%s%u", code, (unsigned)t.bits);
-    else snprintf(buf, n, "%s%ux%u", code, (unsigned)t.bits, (unsigned)t.lanes);
+    const char* code = t.code == kDLFloat    ? "float"
+                       : t.code == kDLBfloat ? "bfloat"
+                       : t.code == kDLInt    ? "int"
+                       : t.code == kDLUInt   ? "uint"
+                                             : "code?";
+    if (t.lanes == 1)
+        snprintf(buf, n, "%s%u", code, (unsigned)t.bits);
+    else
+        snprintf(buf, n, "%s%ux%u", code, (unsigned)t.bits, (unsigned)t.lanes);
 }
 
 const char* cf_device_name(int device_type) {
@@ -58,7 +65,8 @@ cflash_status cf_view_from(cf_view* v, const DLTensor* t, const char* name) {
     CFLASH_RETURN_IF(!t->shape, CFLASH_ERR_INVALID_ARGUMENT, "%s: shape is NULL", name);
     /* An empty tensor may have no data (PyTorch and NumPy give NULL for zero elements). */
     int empty = 0;
-    for (int i = 0; i < t->ndim; i++) empty |= t->shape[i] == 0;
+    for (int i = 0; i < t->ndim; i++)
+        empty |= t->shape[i] == 0;
     CFLASH_RETURN_IF(!t->data && !empty, CFLASH_ERR_INVALID_ARGUMENT, "%s: data is NULL", name);
     v->dtype = cf_dtype_of(t->dtype);
     v->ndim = t->ndim;
@@ -72,7 +80,8 @@ cflash_status cf_view_from(cf_view* v, const DLTensor* t, const char* name) {
         v->stride[i] = t->strides ? t->strides[i] : dense;
         dense *= t->shape[i];
     }
-    for (int i = t->ndim; i < CF_MAX_DIMS; i++) v->shape[i] = 1, v->stride[i] = 0;
+    for (int i = t->ndim; i < CF_MAX_DIMS; i++)
+        v->shape[i] = 1, v->stride[i] = 0;
     v->data = (char*)t->data + t->byte_offset;
     return CFLASH_OK;
 }
@@ -81,8 +90,8 @@ void cf_shape_str(const cf_view* v, char* buf, size_t n) {
     size_t used = 0;
     used += (size_t)snprintf(buf, n, "(");
     for (int i = 0; i < v->ndim && used < n; i++)
-        used += (size_t)snprintf(buf + used, n - used, "%s%lld", i ? ", " : "",
-                                 (long long)v->shape[i]);
+        used +=
+            (size_t)snprintf(buf + used, n - used, "%s%lld", i ? ", " : "", (long long)v->shape[i]);
     if (used < n) snprintf(buf + used, n - used, ")");
 }
 
@@ -97,7 +106,8 @@ int cf_view_contiguous(const cf_view* v) {
 
 int64_t cf_view_numel(const cf_view* v) {
     int64_t n = 1;
-    for (int i = 0; i < v->ndim; i++) n *= v->shape[i];
+    for (int i = 0; i < v->ndim; i++)
+        n *= v->shape[i];
     return n;
 }
 
@@ -109,7 +119,8 @@ float cf_f16_to_f32(uint16_t h) {
             u = sign;
         } else { /* subnormal: normalise */
             e = 127 - 15 + 1;
-            while (!(m & 0x400)) m <<= 1, e--;
+            while (!(m & 0x400))
+                m <<= 1, e--;
             u = sign | (e << 23) | ((m & 0x3ff) << 13);
         }
     } else if (e == 31) {
@@ -129,8 +140,8 @@ uint16_t cf_f32_to_f16(float f) {
     uint32_t a = u & 0x7fffffffu;
     if (a > 0x7f800000u) return (uint16_t)(sign | 0x7e00);
     if (a >= 0x477ff000u) return (uint16_t)(sign | 0x7c00); /* rounds to inf */
-    if (a < 0x38800000u) { /* subnormal or zero in fp16 */
-        if (a < 0x33000000u) return (uint16_t)sign;        /* < half the smallest subnormal */
+    if (a < 0x38800000u) {                                  /* subnormal or zero in fp16 */
+        if (a < 0x33000000u) return (uint16_t)sign;         /* < half the smallest subnormal */
         uint32_t e = a >> 23, m = (a & 0x7fffff) | 0x800000;
         uint32_t shift = 126 - e; /* 14..24 */
         uint32_t r = m >> shift, rem = m & ((1u << shift) - 1), half = 1u << (shift - 1);

@@ -8,17 +8,24 @@
 
 #include "cflash.h"
 
-typedef enum cf_dtype { CF_F32 = 0, CF_F16 = 1, CF_BF16 = 2, CF_I32 = 3, CF_U8 = 4, CF_DTYPE_BAD = -1 } cf_dtype;
+typedef enum cf_dtype {
+    CF_F32 = 0,
+    CF_F16 = 1,
+    CF_BF16 = 2,
+    CF_I32 = 3,
+    CF_U8 = 4,
+    CF_DTYPE_BAD = -1
+} cf_dtype;
 
 #define CF_MAX_DIMS 6
 
 typedef struct cf_view {
-    void* data;                      /* NULL when the tensor is absent (optional arguments) */
+    void* data; /* NULL when the tensor is absent (optional arguments) */
     cf_dtype dtype;
     int ndim;
     int64_t shape[CF_MAX_DIMS];
-    int64_t stride[CF_MAX_DIMS];     /* in elements */
-    int device_type;                 /* kDLCPU, kDLCUDA, ... */
+    int64_t stride[CF_MAX_DIMS]; /* in elements */
+    int device_type;             /* kDLCPU, kDLCUDA, ... */
     int device_id;
 } cf_view;
 

@@ -11,8 +11,9 @@ static inline void rotate_head(const cf_rotary_call* c, const float* restrict x,
     const int64_t half = c->rd / 2;
     if (c->interleaved) {
         int64_t d = 0;
-#if defined(CF_OPS_AVX512) /* pair swap within lanes instead of x[d ^ 1] (which does not vectorize)  \
-                          */
+#if defined(CF_OPS_AVX512) /* pair swap within lanes instead of x[d ^ 1] (which does not           \
+                            * vectorize)                                                           \
+                            */
         for (; d + 16 <= c->rd; d += 16) {
             __m512 v = _mm512_loadu_ps(x + d);
             _mm512_storeu_ps(o + d, _mm512_fmadd_ps(v, _mm512_loadu_ps(ce + d),

@@ -11,7 +11,8 @@
 #include "cpu/ref/attn_ref.h"
 #include "dispatch/dispatch.h"
 
-/* Gradients of one query row i of head h (sequence b) into dq (D) and the group's dk/dv (Sk rows). */
+/* Gradients of one query row i of head h (sequence b) into dq (D) and the group's dk/dv (Sk rows).
+ */
 static void bwd_row(const cf_attn_call* c, float* dq, float* dk, float* dv, int64_t b, int64_t h,
                     int64_t q0, int64_t k0, int64_t i, int64_t sq, int64_t sk) {
     const int64_t hk = h / (c->H / c->Hk), qi = q0 + i;
@@ -38,16 +39,16 @@ static void bwd_row(const cf_attn_call* c, float* dq, float* dk, float* dv, int6
         int keep = cf_dropout_keep(c->seed, c->offset, c->dropout_p, (uint64_t)b, (uint64_t)h,
                                    (uint64_t)i, (uint64_t)j);
         float pk = keep ? p * keep_scale : 0.0f; /* the weight the forward applied to v_j */
-        float dpk = 0.0f;                          /* dO_i . v_j */
+        float dpk = 0.0f;                        /* dO_i . v_j */
         for (int64_t d = 0; d < c->Dv; d++) {
             float g = cf_load(c->dout.data, c->dtype, ref_at4(&c->dout, b, qi, h, d));
             dpk += g * cf_load(c->v.data, c->dtype, ref_at4(&c->v, b, kj, hk, d));
             dv[j * c->Dv + d] += pk * g;
         }
         float dp = keep ? dpk * keep_scale : 0.0f;
-        float ds = p * (dp - delta);              /* d loss / d s */
+        float ds = p * (dp - delta);               /* d loss / d s */
         if (c->softcap > 0.0f) ds *= 1.0f - t * t; /* through s = cap * tanh(x / cap) */
-        ds *= c->scale;                           /* through x = scale * q.k */
+        ds *= c->scale;                            /* through x = scale * q.k */
         for (int64_t d = 0; d < c->D; d++) {
             dq[d] += ds * cf_load(c->k.data, c->dtype, ref_at4(&c->k, b, kj, hk, d));
             dk[j * c->D + d] += ds * cf_load(c->q.data, c->dtype, ref_at4(&c->q, b, qi, h, d));
@@ -67,7 +68,8 @@ static int bwd_group(const cf_attn_call* c, int64_t b, int64_t hk) {
     int ok = dq && dk && dv;
     const int64_t group = c->H / c->Hk;
     for (int64_t h = hk * group; ok && h < (hk + 1) * group; h++)
-        for (int64_t i = 0; i < sq; i++) bwd_row(c, dq, dk, dv, b, h, q0, k0, i, sq, sk);
+        for (int64_t i = 0; i < sq; i++)
+            bwd_row(c, dq, dk, dv, b, h, q0, k0, i, sq, sk);
     for (int64_t j = 0; ok && j < sk; j++) {
         for (int64_t d = 0; d < c->D; d++)
             cf_store(c->dk.data, c->dtype, ref_at4(&c->dk, b, k0 + j, hk, d), dk[j * c->D + d]);

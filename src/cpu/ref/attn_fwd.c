@@ -11,20 +11,22 @@
 #include "dispatch/dispatch.h"
 
 /* One row: out (Dv) and lse of query i (position qi in the view) of sequence b, head h. */
-static void fwd_row(const cf_attn_call* c, float* acc, int64_t b, int64_t h, int64_t q0,
-                    int64_t k0, int64_t i, int64_t sq, int64_t sk) {
+static void fwd_row(const cf_attn_call* c, float* acc, int64_t b, int64_t h, int64_t q0, int64_t k0,
+                    int64_t i, int64_t sq, int64_t sk) {
     const int64_t hk = h / (c->H / c->Hk), qi = q0 + i;
     const float keep_scale = 1.0f / (1.0f - c->dropout_p);
     int64_t lo, hi;
     cf_attn_key_range(c, i, sq, sk, &lo, &hi);
     float m = -INFINITY, l = 0.0f;
-    for (int64_t d = 0; d < c->Dv; d++) acc[d] = 0.0f;
+    for (int64_t d = 0; d < c->Dv; d++)
+        acc[d] = 0.0f;
     for (int64_t j = lo; j < hi; j++) {
         float s = ref_score(c, b, h, hk, qi, k0 + j, i, j, sq, sk);
         if (s > m) { /* rescale what was accumulated under the old maximum */
             float r = expf(m - s);
             l *= r;
-            for (int64_t d = 0; d < c->Dv; d++) acc[d] *= r;
+            for (int64_t d = 0; d < c->Dv; d++)
+                acc[d] *= r;
             m = s;
         }
         float p = expf(s - m);
@@ -62,8 +64,8 @@ static cflash_status ref_fwd_run(const void* call) {
         }
         free(acc);
     }
-    CFLASH_RETURN_IF(failed, CFLASH_ERR_OUT_OF_MEMORY, "cpu-ref attn_fwd: out of memory for %lld floats",
-                     (long long)c->Dv);
+    CFLASH_RETURN_IF(failed, CFLASH_ERR_OUT_OF_MEMORY,
+                     "cpu-ref attn_fwd: out of memory for %lld floats", (long long)c->Dv);
     return CFLASH_OK;
 }
 

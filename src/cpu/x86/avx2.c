@@ -80,7 +80,8 @@ typedef void (*mk_fn)(int64_t, const float*, int64_t, int64_t, const float*, int
 #define MKR(MR) MK(MR, 1, 0) MK(MR, 1, 1) MK(MR, 2, 0) MK(MR, 2, 1)
 MKR(1)
 MKR(2)
-MKR(3) MKR(4) MKR(5) MKR(6)
+MKR(3)
+MKR(4) MKR(5) MKR(6)
 #define MKT(MR)                                                                                    \
     {                                                                                              \
         {mk_##MR##_1_0, mk_##MR##_1_1}, {                                                          \

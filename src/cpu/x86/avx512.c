@@ -89,7 +89,8 @@ typedef void (*mk_f32_fn)(int64_t, const float*, int64_t, int64_t, const float*,
 #define MKF_ROW(MR) MKF(MR, 1) MKF(MR, 2) MKF(MR, 3) MKF(MR, 4)
 MKF_ROW(1)
 MKF_ROW(2)
-MKF_ROW(3) MKF_ROW(4) MKF_ROW(5) MKF_ROW(6)
+MKF_ROW(3)
+MKF_ROW(4) MKF_ROW(5) MKF_ROW(6)
 #define MKF_TAB(MR)                                                                                \
     { mkf_##MR##_1, mkf_##MR##_2, mkf_##MR##_3, mkf_##MR##_4 }
     static const mk_f32_fn mkf_tab[6][4] = {MKF_TAB(1), MKF_TAB(2), MKF_TAB(3),
@@ -155,7 +156,8 @@ typedef void (*mk_bf16_fn)(int64_t, const uint32_t*, int64_t, int64_t, const uin
 #define MKB_ROW(MR) MKB(MR, 1) MKB(MR, 2) MKB(MR, 3) MKB(MR, 4)
 MKB_ROW(1)
 MKB_ROW(2)
-MKB_ROW(3) MKB_ROW(4) MKB_ROW(5) MKB_ROW(6)
+MKB_ROW(3)
+MKB_ROW(4) MKB_ROW(5) MKB_ROW(6)
 #define MKB_TAB(MR)                                                                                \
     { mkb_##MR##_1, mkb_##MR##_2, mkb_##MR##_3, mkb_##MR##_4 }
     static const mk_bf16_fn mkb_tab[6][4] = {MKB_TAB(1), MKB_TAB(2), MKB_TAB(3),
