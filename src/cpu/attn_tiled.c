@@ -2,7 +2,8 @@
  * CF_ATTN_TILE_ROWS query rows taken from all query heads of one GQA group (so each K/V block is
  * read once for the group); it walks the visible key blocks computing S^T = K Q^T (Q^T packed once
  * per tile, K read in place), the online softmax down the columns, and O += P V. Threads take tiles
- * heaviest first. Per-thread workspace depends on the head dims and group size only. */
+ * one head after another, heaviest first within a head. Per-thread workspace depends on the head
+ * dims and group size only. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -122,7 +123,51 @@ void cf_attn_cpu_sort_tiles(attn_tile* t, int64_t n) {
     qsort(t, (size_t)n, sizeof *t, tile_cmp);
 }
 
-static attn_tile* make_q_tiles(const cf_attn_call* c, int64_t n, int64_t* count) {
+typedef struct tile_group {
+    int64_t cost, start, len; /* cost of the group's heaviest tile; its tiles t[start, start+len) */
+} tile_group;
+
+static int group_cmp(const void* a, const void* b) {
+    const tile_group *x = a, *y = b;
+    if (x->cost != y->cost) return x->cost > y->cost ? -1 : 1;
+    return x->start < y->start ? -1 : x->start > y->start;
+}
+
+/* Reorders t (consecutive runs of tiles per (sequence, KV head), ng runs) so that each run's tiles
+ * stay together, heaviest first, and runs with the heaviest tiles come first. Consecutive tiles
+ * then share one head's K/V in the cache (a global heaviest-first order interleaves the heads,
+ * which for causal made every tile stream its K/V from memory); the dynamic schedule's end stays
+ * balanced to within one tile. Returns 0 when out of memory (t is then left as it was). */
+static int group_tiles(attn_tile* t, int64_t n, int64_t ng) {
+    tile_group* gr = malloc(sizeof *gr * (size_t)(ng > 0 ? ng : 1));
+    attn_tile* out = malloc(sizeof *out * (size_t)(n > 0 ? n : 1));
+    if (!gr || !out) {
+        free(gr);
+        free(out);
+        return 0;
+    }
+    int64_t k = 0;
+    for (int64_t s = 0; s < n;) {
+        int64_t e = s + 1;
+        while (e < n && t[e].b == t[s].b && t[e].hk == t[s].hk)
+            e++;
+        cf_attn_cpu_sort_tiles(t + s, e - s);
+        tile_group x = {t[s].cost, s, e - s};
+        gr[k++] = x;
+        s = e;
+    }
+    qsort(gr, (size_t)k, sizeof *gr, group_cmp);
+    int64_t o = 0;
+    for (int64_t i = 0; i < k; i++)
+        for (int64_t j = 0; j < gr[i].len; j++)
+            out[o++] = t[gr[i].start + j];
+    memcpy(t, out, sizeof *t * (size_t)n);
+    free(out);
+    free(gr);
+    return 1;
+}
+
+static attn_tile* make_q_tiles(const cf_attn_call* c, int64_t n, int64_t* count, int grouped) {
     int64_t total = 0;
     for (int64_t b = 0; b < c->B; b++) {
         int64_t q0, sq, k0, sk;
@@ -144,7 +189,7 @@ static attn_tile* make_q_tiles(const cf_attn_call* c, int64_t n, int64_t* count)
                 t[k++] = x;
             }
     }
-    cf_attn_cpu_sort_tiles(t, k);
+    if (!grouped || !group_tiles(t, k, c->B * c->Hk)) cf_attn_cpu_sort_tiles(t, k);
     *count = k;
     return t;
 }
@@ -368,7 +413,7 @@ cflash_status cf_attn_cpu_fwd(const cf_attn_call* c, const cf_attn_kernels* kk) 
     fwd_geom g;
     fwd_layout(c, kk, &g);
     int64_t ntiles = 0;
-    attn_tile* tiles = make_q_tiles(c, g.n, &ntiles);
+    attn_tile* tiles = make_q_tiles(c, g.n, &ntiles, 1);
     const int T = c->threads > 0 ? c->threads : 1;
     char* ws = aligned_alloc(64, g.bytes * (size_t)T);
     if (!tiles || !ws) {
@@ -397,5 +442,5 @@ cflash_status cf_attn_cpu_fwd(const cf_attn_call* c, const cf_attn_kernels* kk) 
 }
 
 attn_tile* cf_attn_cpu_q_tiles(const cf_attn_call* c, int64_t n, int64_t* count) {
-    return make_q_tiles(c, n, count);
+    return make_q_tiles(c, n, count, 0);
 }
