@@ -225,11 +225,20 @@ static void fwd_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const fwd
             const int64_t r = gi * na + ii;
             const char* src = row_ptr(&c->q, b, q0 + i0 + ii, hk * G + gi);
             if (g->bf16) {
+                /* Pairs gathered into tmp first (a plain copy when D is even: the pair is the
+                 * little-endian 32-bit word, as K is read in place), then one strided store each;
+                 * building each pair at its strided place cost ~6% of a causal bf16 forward. */
+                uint32_t* t32 = (uint32_t*)tmp;
                 const uint16_t* h16 = (const uint16_t*)src;
-                for (int64_t p = 0; p < g->Dp2; p++) {
-                    uint32_t hi16 = 2 * p + 1 < D ? h16[2 * p + 1] : 0;
-                    qv[p * Mt + r] = (uint32_t)h16[2 * p] | hi16 << 16;
-                }
+                if (D % 2 == 0)
+                    memcpy(t32, h16, sizeof(uint16_t) * (size_t)D);
+                else
+                    for (int64_t p = 0; p < g->Dp2; p++) {
+                        uint32_t hi16 = 2 * p + 1 < D ? h16[2 * p + 1] : 0;
+                        t32[p] = (uint32_t)h16[2 * p] | hi16 << 16;
+                    }
+                for (int64_t p = 0; p < g->Dp2; p++)
+                    qv[p * Mt + r] = t32[p];
             } else {
                 kk->to_f32(tmp, src, c->dtype, D);
                 for (int64_t d = 0; d < D; d++)
