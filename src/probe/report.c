@@ -387,7 +387,7 @@ static void cuda_section(sb* s) {
     lib_text(s, CF_LIB_CUDA);
     for (int i = 0; i < c->device_count; i++) {
         const cf_cuda_device* d = &c->devices[i];
-        char mem[32], label[16];
+        char mem[32], label[24];
         fmt_bytes(mem, sizeof mem, (long long)d->total_mem);
         snprintf(label, sizeof label, "device %d", i);
         line(s, label, "%s, sm_%d%d, %d SMs, %s%s%s", d->name, d->major, d->minor, d->sms, mem,
