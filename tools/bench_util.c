@@ -54,7 +54,7 @@ double cf_bench_median_ms(void (*fn)(void*), void* arg, int warmup, int reps) {
 #if defined(__x86_64__)
 #include <immintrin.h>
 
-/* 24 independent accumulators hide the FMA latency on two pipes; returns flops done. */
+/* 16 independent accumulators hide the FMA latency on two pipes; returns flops done. */
 #define X16(M) M(0) M(1) M(2) M(3) M(4) M(5) M(6) M(7) M(8) M(9) M(10) M(11) M(12) M(13) M(14) M(15)
 __attribute__((target("avx512f"))) static double fma512(int64_t iters) {
     const __m512 x = _mm512_set1_ps(0.999999f), y = _mm512_set1_ps(1e-7f);

@@ -7,6 +7,7 @@
 
 #include "core/log.h"
 #include "core/status.h"
+#include "core/strbuf.h"
 #include "core/tensor.h"
 #include "dispatch/dispatch.h"
 
@@ -29,23 +30,11 @@ const char* cflash_op_name(cflash_op op) {
 /* Appends a printf-formatted line to an explain buffer, truncating quietly. */
 static void explain_line(cf_explain* e, const char* fmt, ...) {
     if (!e || !e->buf || e->len == 0) return;
-    size_t used = strlen(e->buf);
-    if (used + 1 >= e->len) return;
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(e->buf + used, e->len - used, fmt, ap);
+    cf_vstrcatf(e->buf, e->len, fmt, ap);
     va_end(ap);
-    used = strlen(e->buf);
-    if (used + 1 < e->len) strcat(e->buf, "\n");
-}
-
-static void append(char* dst, size_t cap, const char* fmt, ...) {
-    size_t used = strlen(dst);
-    if (used + 1 >= cap) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(dst + used, cap - used, fmt, ap);
-    va_end(ap);
+    cf_strcatf(e->buf, e->len, "\n");
 }
 
 /* Whether im can serve call, with the reason when not: device, then availability on this
@@ -95,7 +84,7 @@ static cflash_status dispatch_forced(cflash_op op, int device_type, const char* 
     char other[256];
     for (size_t i = 0; i < n; i++)
         if (impls[i] != im && judge(impls[i], device_type, call, other, sizeof other))
-            append(serving, sizeof serving, "%s%s", serving[0] ? ", " : "", impls[i]->backend);
+            cf_strcatf(serving, sizeof serving, "%s%s", serving[0] ? ", " : "", impls[i]->backend);
     explain_line(explain, "%s: NO: %s", forced, why);
     explain_line(explain, "-> none");
     return cf_error(CFLASH_ERR_UNSUPPORTED,
@@ -145,7 +134,8 @@ cflash_status cf_dispatch_impls(cflash_op op, const cf_impl* const* impls, size_
             chosen = im;
             if (!explain) break;
         } else {
-            append(reasons, sizeof reasons, "%s%s: %s", reasons[0] ? "; " : "", im->backend, why);
+            cf_strcatf(reasons, sizeof reasons, "%s%s: %s", reasons[0] ? "; " : "", im->backend,
+                       why);
             if (n_passed < MAX_PASSED) {
                 passed[n_passed] = im;
                 memcpy(passed_why[n_passed++], why, sizeof why);

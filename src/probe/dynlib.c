@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 
 #include "core/log.h"
+#include "core/strbuf.h"
 #include "probe/dynlib.h"
 
 typedef struct lib_spec {
@@ -84,16 +85,12 @@ int cf_dynlib_probed(cf_lib_id id) {
     return p;
 }
 
+/* Appends one entry to a "; "-separated list. */
 static void add(char* dst, size_t cap, const char* fmt, ...) {
-    size_t used = strlen(dst);
-    if (used + 1 >= cap) return;
-    if (used) {
-        snprintf(dst + used, cap - used, "; ");
-        used = strlen(dst);
-    }
+    if (dst[0]) cf_strcatf(dst, cap, "; ");
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(dst + used, cap - used, fmt, ap);
+    cf_vstrcatf(dst, cap, fmt, ap);
     va_end(ap);
 }
 

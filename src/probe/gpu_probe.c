@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "core/strbuf.h"
 #include "probe/dynlib.h"
 #include "probe/gpu_probe.h"
 
@@ -16,20 +17,11 @@ typedef int CUdevice;
 
 /* ---- Helpers ---- */
 
-static void add(char* dst, size_t cap, const char* fmt, ...) {
-    size_t used = strlen(dst);
-    if (used + 1 >= cap) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(dst + used, cap - used, fmt, ap);
-    va_end(ap);
-}
-
 /* dlsym with the loader's message on failure appended to missing ("a, b"). */
 static void* sym(void* h, const char* name, char* missing, size_t cap) {
     dlerror();
     void* p = dlsym(h, name);
-    if (!p && missing) add(missing, cap, "%s%s", missing[0] ? ", " : "", name);
+    if (!p && missing) cf_strcatf(missing, cap, "%s%s", missing[0] ? ", " : "", name);
     return p;
 }
 
@@ -37,11 +29,12 @@ static void* sym(void* h, const char* name, char* missing, size_t cap) {
 static void not_found(char* dst, size_t cap, cf_lib_id id) {
     const cf_dynlib* d = cf_dynlib_get(id);
     if (d->error[0] && strstr(d->error, cf_dynlib_env(id)) == d->error) {
-        add(dst, cap, "%s not found: %s", cf_dynlib_name(id), d->error);
+        cf_strcatf(dst, cap, "%s not found: %s", cf_dynlib_name(id), d->error);
         return;
     }
-    add(dst, cap, "%s not found: %s (tried: %s; set %s to its path to choose one)",
-        cf_dynlib_name(id), d->error[0] ? d->error : "no error text", d->tried, cf_dynlib_env(id));
+    cf_strcatf(dst, cap, "%s not found: %s (tried: %s; set %s to its path to choose one)",
+               cf_dynlib_name(id), d->error[0] ? d->error : "no error text", d->tried,
+               cf_dynlib_env(id));
 }
 
 /* ---- CUDA driver ---- */
@@ -120,7 +113,8 @@ static void probe_cuda(void) {
     cu_get_error_name = (get_error_fn)sym(h, "cuGetErrorName", NULL, 0);
     cu_get_error_string = (get_error_fn)sym(h, "cuGetErrorString", NULL, 0);
     if (missing[0]) {
-        add(c->error, sizeof c->error,
+        cf_strcatf(
+            c->error, sizeof c->error,
             "%s at %s lacks the entry point(s) %s: not a CUDA driver library, or one too old",
             cf_dynlib_name(CF_LIB_CUDA), d->path, missing);
         return;
@@ -133,20 +127,20 @@ static void probe_cuda(void) {
     if (c->init_result != 0) {
         const char* text = NULL;
         if (cu_get_error_string) cu_get_error_string(c->init_result, &text);
-        add(c->error, sizeof c->error, "cuInit failed with %d %s%s%s%s (libcuda: %s)",
-            c->init_result, cf_cuda_result_name(c->init_result), text ? ": " : "", text ? text : "",
-            cu_hint(c->init_result), d->path);
+        cf_strcatf(c->error, sizeof c->error, "cuInit failed with %d %s%s%s%s (libcuda: %s)",
+                   c->init_result, cf_cuda_result_name(c->init_result), text ? ": " : "",
+                   text ? text : "", cu_hint(c->init_result), d->path);
         return;
     }
     int n = 0;
     CUresult r = cuDeviceGetCount(&n);
     if (r != 0) {
-        add(c->error, sizeof c->error, "cuDeviceGetCount failed with %d %s", r,
-            cf_cuda_result_name(r));
+        cf_strcatf(c->error, sizeof c->error, "cuDeviceGetCount failed with %d %s", r,
+                   cf_cuda_result_name(r));
         return;
     }
     if (n <= 0) {
-        add(c->error, sizeof c->error, "the CUDA driver reports no devices");
+        cf_strcatf(c->error, sizeof c->error, "the CUDA driver reports no devices");
         return;
     }
     c->device_count = n < CF_MAX_CUDA_DEVICES ? n : CF_MAX_CUDA_DEVICES;
@@ -197,14 +191,14 @@ static void probe_nvrtc(void) {
     char missing[256] = "";
     int (*nvrtcVersion)(int*, int*) = sym(d->handle, "nvrtcVersion", missing, sizeof missing);
     if (!nvrtcVersion) {
-        add(n->error, sizeof n->error, "NVRTC at %s lacks nvrtcVersion: not an NVRTC library",
-            d->path);
+        cf_strcatf(n->error, sizeof n->error,
+                   "NVRTC at %s lacks nvrtcVersion: not an NVRTC library", d->path);
         return;
     }
     int r = nvrtcVersion(&n->major, &n->minor);
     if (r != 0) {
-        add(n->error, sizeof n->error, "nvrtcVersion failed with nvrtcResult %d (NVRTC at %s)", r,
-            d->path);
+        cf_strcatf(n->error, sizeof n->error,
+                   "nvrtcVersion failed with nvrtcResult %d (NVRTC at %s)", r, d->path);
         return;
     }
     n->found = 1;
@@ -232,14 +226,14 @@ static void probe_nvrtc(void) {
         if ((b = dlopen(path, RTLD_NOW | RTLD_LOCAL)) != NULL)
             snprintf(n->builtins, sizeof n->builtins, "%s", path);
         else
-            add(errs, sizeof errs, "%s", dlerror());
+            cf_strcatf(errs, sizeof errs, "%s", dlerror());
     }
     if (!b) {
         dlerror();
         if ((b = dlopen(name, RTLD_NOW | RTLD_LOCAL)) != NULL)
             snprintf(n->builtins, sizeof n->builtins, "%s", name);
         else
-            add(errs, sizeof errs, "%s%s", errs[0] ? "; " : "", dlerror());
+            cf_strcatf(errs, sizeof errs, "%s%s", errs[0] ? "; " : "", dlerror());
     }
     n->builtins_found = b != NULL;
     if (!b) snprintf(n->builtins, sizeof n->builtins, "%s", errs);
@@ -268,8 +262,8 @@ static void probe_cufile(void) {
     f->driver_open_found = dlsym(d->handle, "cuFileDriverOpen") != NULL;
     if (!f->driver_open_found) {
         const char* e = dlerror();
-        add(f->error, sizeof f->error, "cuFile at %s lacks cuFileDriverOpen: %s", d->path,
-            e ? e : "symbol not found");
+        cf_strcatf(f->error, sizeof f->error, "cuFile at %s lacks cuFileDriverOpen: %s", d->path,
+                   e ? e : "symbol not found");
     }
 }
 

@@ -13,6 +13,7 @@
 #endif
 
 #include "core/status.h"
+#include "core/strbuf.h"
 #include "cuda/cuda_rtc.h"
 #include "cuda/kcache.h"
 #include "dispatch/dispatch.h"
@@ -156,8 +157,7 @@ static void cuda_kernels(char* out, size_t len, int* n_sources) {
         char a[16];
         snprintf(a, sizeof a, "sm_%d", cf_cuda_aot_table[i].arch);
         if (!strstr(archs, a)) {
-            size_t used = strlen(archs);
-            snprintf(archs + used, sizeof archs - used, "%s%s", used ? " " : "", a);
+            cf_strcatf(archs, sizeof archs, "%s%s", archs[0] ? " " : "", a);
         }
     }
     if (cf_cuda_aot_count)
@@ -312,8 +312,7 @@ static void cpu_section(sb* s) {
     fmt_bytes(l3, sizeof l3, c->l3_bytes);
     for (size_t i = 0; i < nf; i++) {
         char* dst = f[i].on ? have : lack;
-        size_t used = strlen(dst);
-        snprintf(dst + used, 512 - used, "%s%s", used ? " " : "", f[i].name);
+        cf_strcatf(dst, 512, "%s%s", dst[0] ? " " : "", f[i].name);
     }
     put(s, "\n[cpu]\n");
     line(s, "model", "%s, %s (family %d, model %d, stepping %d)", c->model, c->vendor, c->family,
@@ -422,10 +421,8 @@ static void nvrtc_section(sb* s) {
     put(s, "\n[nvrtc]\n");
     if (n->found) {
         char archs[1024] = "";
-        for (int i = 0; i < n->n_archs; i++) {
-            size_t used = strlen(archs);
-            snprintf(archs + used, sizeof archs - used, "%ssm_%d", i ? " " : "", n->archs[i]);
-        }
+        for (int i = 0; i < n->n_archs; i++)
+            cf_strcatf(archs, sizeof archs, "%ssm_%d", i ? " " : "", n->archs[i]);
         line(s, "status", "[OKAY] NVRTC %d.%d", n->major, n->minor);
         line(s, "archs", "%s",
              n->n_archs ? archs : "(this NVRTC predates nvrtcGetSupportedArchs, 11.2)");
