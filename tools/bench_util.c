@@ -11,6 +11,7 @@
 #endif
 
 #include "cli.h"
+#include "cpu/x86/amx_tilecfg.h"
 #include "probe/cpu_features.h"
 
 double cf_now_s(void) {
@@ -113,19 +114,15 @@ __attribute__((target("avx512f,avx512bf16"))) static double dpbf16(int64_t iters
     (void)sink;
     return (double)iters * 16 * 64;
 }
-#if defined(__GNUC__) && __GNUC__ >= 11
+#ifdef CF_HAVE_AMX_CODE
 /* tdpbf16ps on 16x16 fp32 tiles: 16 * 16 * 32 * 2 flops per instruction. Tile config: tiles 0-3
- * accumulators (16 rows x 64 bytes), 4 = A, 5 = B. Unverified on a machine without AMX. */
+ * accumulators (16 rows x 64 bytes), 4 = A, 5 = B, loaded as a whole 64-byte object
+ * (cpu/x86/amx_tilecfg.h says why _tile_loadconfig is not used). */
 __attribute__((target("amx-tile,amx-bf16"))) static double amxbf16(int64_t iters) {
     static _Thread_local uint16_t buf[2][16 * 32];
-    unsigned char cfg[64];
-    memset(cfg, 0, sizeof cfg);
-    cfg[0] = 1; /* palette */
-    for (int t = 0; t < 6; t++) {
-        cfg[16 + 2 * t] = 64; /* bytes per row */
-        cfg[48 + t] = 16;     /* rows */
-    }
-    _tile_loadconfig(cfg);
+    cf_amx_tilecfg cfg;
+    cf_amx_tilecfg_fill(&cfg, 6, 16, 64);
+    cf_amx_tilecfg_load(&cfg);
     _tile_zero(0);
     _tile_zero(1);
     _tile_zero(2);

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "cpu/attn_cpu.h"
+#include "cpu/x86/amx_tilecfg.h"
 #include "dispatch/dispatch.h"
 #include "probe/cpu_features.h"
 
@@ -16,21 +17,18 @@ void cf_avx512_gemm_bf16(int64_t M, int64_t N, int64_t P, const uint32_t* A, int
                          int64_t csa, const uint32_t* B, int64_t ldb, float* C, int64_t ldc,
                          int acc);
 
-#if (defined(__x86_64__)) && defined(__GNUC__) && __GNUC__ >= 11
+#ifdef CF_HAVE_AMX_CODE
 #include <immintrin.h>
 #define HAVE_AMX_CODE 1
 #define TAMX __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bf16")))
 
-/* Palette 1: tiles 0-3 are C (16 rows x 64 bytes), 4 is A (16 rows x 16 pairs), 5 is B. */
-TAMX static void amx_begin(void) {
-    unsigned char cfg[64];
-    memset(cfg, 0, sizeof cfg);
-    cfg[0] = 1;
-    for (int t = 0; t < 6; t++) {
-        cfg[16 + 2 * t] = 64; /* bytes per row */
-        cfg[48 + t] = 16;     /* rows */
-    }
-    _tile_loadconfig(cfg);
+/* Palette 1: tiles 0-3 are C (16 rows x 64 bytes), 4 is A (16 rows x 16 pairs), 5 is B.
+ * Not static: tests/test_amx_tilecfg.c checks the 64 bytes it hands to ldtilecfg. */
+void cf_amx_thread_begin(void);
+TAMX void cf_amx_thread_begin(void) {
+    cf_amx_tilecfg cfg;
+    cf_amx_tilecfg_fill(&cfg, 6, 16, 64);
+    cf_amx_tilecfg_load(&cfg);
 }
 
 TAMX static void amx_end(void) {
@@ -96,7 +94,7 @@ static const cf_attn_kernels* amx_kernels(void) {
         k = *cf_attn_kernels_avx512();
         k.name = "cpu-amx";
         k.gemm_bf16 = gemm_bf16_amx;
-        k.thread_begin = amx_begin;
+        k.thread_begin = cf_amx_thread_begin;
         k.thread_end = amx_end;
         init = 1;
     }
@@ -108,7 +106,7 @@ static const cf_attn_kernels* amx_kernels(void) {
 
 static int amx_available(char* reason, size_t len) {
 #ifndef HAVE_AMX_CODE
-    snprintf(reason, len, "built without AMX support (needs x86-64 and GCC >= 11 or Clang)");
+    snprintf(reason, len, "built without AMX support (needs x86-64 and GCC >= 11 or Clang >= 12)");
     return 0;
 #else
     const cf_cpu_info* ci = cf_cpu();
