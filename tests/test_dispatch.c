@@ -179,6 +179,43 @@ static void test_logging(int debug) {
         CHECK_MSG(serves == 0, "debug lines at info level: %d", serves);
 }
 
+/* A kernel not yet verified on its hardware: passed over by the automatic choice with its
+ * reason (explain, error, log), served when forced. */
+static int runs_unverified;
+static cflash_status run_unverified(const void* c) {
+    return (void)c, runs_unverified++, CFLASH_OK;
+}
+static const cf_impl f_unverified = {.backend = "cpu-amx",
+                                     .op = CFLASH_OP_ATTN_FWD,
+                                     .device_type = kDLCPU,
+                                     .run = run_unverified,
+                                     .unverified = "fake: not yet verified on AMX hardware"};
+static void test_unverified(void) {
+    const cf_impl* const list[] = {&f_unverified, &f_avx512, &f_ref};
+    fake_call c = {32};
+    int avx512_before = runs_avx512;
+    CHECK_OK(cf_dispatch_impls(CFLASH_OP_ATTN_FWD, list, 3, kDLCPU, NULL, &c, NULL));
+    CHECK(runs_unverified == 0 && runs_avx512 == avx512_before + 1);
+    CHECK(count_in_log("cpu-amx cannot serve (fake: not yet verified on AMX hardware); falling "
+                       "back to cpu-avx512") == 1);
+    char buf[512];
+    cf_explain e = {buf, sizeof buf};
+    CHECK_OK(cf_dispatch_impls(CFLASH_OP_ATTN_FWD, list, 3, kDLCPU, NULL, &c, &e));
+    CHECK_MSG(!strcmp(buf, "cpu-amx: NO: fake: not yet verified on AMX hardware\n"
+                           "cpu-avx512: OKAY\ncpu-ref: OKAY\n-> cpu-avx512\n"),
+              "explain: %.500s", buf);
+    /* Nothing else serves: the reason is in the error. */
+    fake_call big = {999};
+    CHECK_ERR(cf_dispatch_impls(CFLASH_OP_ATTN_FWD, list, 3, kDLCPU, NULL, &big, NULL),
+              CFLASH_ERR_UNSUPPORTED, "cpu-amx: fake: not yet verified on AMX hardware");
+    /* Forced: it serves, and explain says so. */
+    CHECK_OK(cf_dispatch_impls(CFLASH_OP_ATTN_FWD, list, 3, kDLCPU, "cpu-amx", &c, NULL));
+    CHECK(runs_unverified == 1);
+    CHECK_OK(cf_dispatch_impls(CFLASH_OP_ATTN_FWD, list, 3, kDLCPU, "cpu-amx", &c, &e));
+    CHECK_MSG(!strcmp(buf, "cpu-amx: OKAY\n-> cpu-amx\n"), "explain: %.500s", buf);
+    CHECK(runs_unverified == 1);
+}
+
 /* ---- The real library ---- */
 
 static void test_library(void) {
@@ -287,6 +324,7 @@ int main(void) {
     test_explain_fake();
     test_forced_fake();
     test_logging(debug);
+    test_unverified();
     test_library();
     FILE* out = stdout;
     fprintf(out, "log level %s\n", debug ? "debug" : "info");

@@ -38,8 +38,10 @@ static void explain_line(cf_explain* e, const char* fmt, ...) {
 }
 
 /* Whether im can serve call, with the reason when not: device, then availability on this
- * machine, then the call itself. */
-static int judge(const cf_impl* im, int device_type, const void* call, char* why, size_t len) {
+ * machine, then (for the automatic choice) whether it was verified on such hardware, then the
+ * call itself. */
+static int judge(const cf_impl* im, int device_type, int forced, const void* call, char* why,
+                 size_t len) {
     why[0] = 0;
     if (im->device_type != device_type) {
         snprintf(why, len, "serves %s tensors, these are on %s", cf_device_name(im->device_type),
@@ -52,6 +54,10 @@ static int judge(const cf_impl* im, int device_type, const void* call, char* why
     }
     if (im->available && !im->available(why, len)) {
         if (!why[0]) snprintf(why, len, "not available on this machine");
+        return 0;
+    }
+    if (!forced && im->unverified) {
+        snprintf(why, len, "%s", im->unverified);
         return 0;
     }
     if (im->supports && !im->supports(call, why, len)) {
@@ -72,7 +78,7 @@ static cflash_status dispatch_forced(cflash_op op, int device_type, const char* 
     for (size_t i = 0; i < n && !im; i++)
         if (!strcmp(impls[i]->backend, forced)) im = impls[i];
     char why[256];
-    if (im && judge(im, device_type, call, why, sizeof why)) {
+    if (im && judge(im, device_type, 1, call, why, sizeof why)) {
         explain_line(explain, "%s: OKAY", im->backend);
         explain_line(explain, "-> %s", im->backend);
         if (explain) return CFLASH_OK;
@@ -83,7 +89,7 @@ static cflash_status dispatch_forced(cflash_op op, int device_type, const char* 
     char serving[256] = "";
     char other[256];
     for (size_t i = 0; i < n; i++)
-        if (impls[i] != im && judge(impls[i], device_type, call, other, sizeof other))
+        if (impls[i] != im && judge(impls[i], device_type, 0, call, other, sizeof other))
             cf_strcatf(serving, sizeof serving, "%s%s", serving[0] ? ", " : "", impls[i]->backend);
     explain_line(explain, "%s: NO: %s", forced, why);
     explain_line(explain, "-> none");
@@ -127,7 +133,7 @@ cflash_status cf_dispatch_impls(cflash_op op, const cf_impl* const* impls, size_
         if (im->device_type != device_type) continue;
         n_device++;
         char why[256];
-        int ok = judge(im, device_type, call, why, sizeof why);
+        int ok = judge(im, device_type, 0, call, why, sizeof why);
         explain_line(explain, ok ? "%s: OKAY" : "%s: NO: %s", im->backend, why);
         if (chosen) continue;
         if (ok) {

@@ -20,6 +20,10 @@ typedef struct cf_impl {
     /* Optional (NULL = always): can this backend run at all on this machine (ISA present, driver
      * and NVRTC found)? Checked before supports; used alone by `cflash report`. */
     int (*available)(char* reason, size_t reason_len);
+    /* NULL once the kernel has passed the test grid on its own hardware; until then the reason
+     * ("not yet verified on AMX hardware; force it with CFLASH_BACKEND=cpu-amx"): the automatic
+     * choice passes it over with this reason, and it serves only when forced. */
+    const char* unverified;
 } cf_impl;
 /* Define impls with designated initialisers (.backend = ..., .op = ...) so fields can be added. */
 

@@ -489,6 +489,10 @@ static int backend_status(cflash_op op, const char* backend, char* why, size_t l
             if (!why[0]) snprintf(why, len, "not available on this machine");
             return 0;
         }
+        if (impls[i]->unverified) { /* runs here, but only when forced */
+            snprintf(why, len, "%s", impls[i]->unverified);
+            return 0;
+        }
         return 1;
     }
     snprintf(why, len, "not implemented");
