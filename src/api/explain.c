@@ -3,7 +3,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 
-#include "core/attn_api.h"
+#include "api/attn_api.h"
 #include "core/ops_call.h"
 #include "core/status.h"
 #include "dispatch/dispatch.h"

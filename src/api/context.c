@@ -6,7 +6,7 @@
 #include <omp.h>
 #endif
 
-#include "core/context.h"
+#include "api/context.h"
 #include "core/status.h"
 
 cflash_status cflash_context_create(cflash_context** ctx) {

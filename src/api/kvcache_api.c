@@ -4,8 +4,8 @@
 #include <math.h>
 #include <string.h>
 
-#include "core/attn_api.h"
-#include "core/context.h"
+#include "api/attn_api.h"
+#include "api/context.h"
 #include "core/ops_call.h"
 #include "core/status.h"
 #include "core/threads.h"

@@ -3,7 +3,7 @@
 #include <math.h>
 #include <string.h>
 
-#include "core/context.h"
+#include "api/context.h"
 #include "core/ops_call.h"
 #include "core/status.h"
 #include "core/threads.h"

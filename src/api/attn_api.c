@@ -5,9 +5,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "core/attn_api.h"
+#include "api/attn_api.h"
+#include "api/context.h"
 #include "core/attn_call.h"
-#include "core/context.h"
 #include "core/status.h"
 #include "core/tensor.h"
 #include "core/threads.h"

@@ -2,7 +2,7 @@
  * cf_merge_call, dispatch. */
 #include <string.h>
 
-#include "core/context.h"
+#include "api/context.h"
 #include "core/ops_call.h"
 #include "core/status.h"
 #include "core/threads.h"
