@@ -5,7 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "common/attn_oracle.h"
+#include "oracle/attn_oracle.h"
 
 static const char* backend = "cpu-ref";
 

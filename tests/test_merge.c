@@ -5,7 +5,7 @@
 #include <math.h>
 #include <stdlib.h>
 
-#include "common/ops_oracle.h"
+#include "oracle/ops_oracle.h"
 
 static int verbose;
 

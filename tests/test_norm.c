@@ -5,8 +5,8 @@
 #include <math.h>
 #include <stdlib.h>
 
-#include "common/ops_oracle.h"
 #include "core/philox.h"
+#include "oracle/ops_oracle.h"
 
 static int verbose;
 

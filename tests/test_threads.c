@@ -8,8 +8,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "common/attn_oracle.h"
 #include "core/threads.h"
+#include "oracle/attn_oracle.h"
 
 /* ---- The rule ---------------------------------------------------------------------------- */
 

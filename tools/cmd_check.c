@@ -8,7 +8,7 @@
 #include <string.h>
 
 #include "cli.h"
-#include "common/attn_oracle.h"
+#include "oracle/attn_oracle.h"
 
 int cf_cmd_check(int argc, char** argv);
 

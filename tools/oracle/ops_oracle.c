@@ -2,7 +2,7 @@
 #include <math.h>
 #include <stdlib.h>
 
-#include "common/ops_oracle.h"
+#include "oracle/ops_oracle.h"
 
 const char* const ops_backends[] = {"cpu-ref",    "cpu-generic", "cpu-avx2",
                                     "cpu-avx512", "auto",        NULL};

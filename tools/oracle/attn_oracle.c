@@ -6,8 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "common/attn_oracle.h"
 #include "core/philox.h"
+#include "oracle/attn_oracle.h"
 
 const char* const attn_comp_names[ATTN_NCOMP] = {"out", "lse", "dq", "dk", "dv"};
 
