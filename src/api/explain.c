@@ -4,7 +4,7 @@
 #include <stdio.h>
 
 #include "api/attn_api.h"
-#include "core/ops_call.h"
+#include "api/ops_api.h"
 #include "core/status.h"
 #include "dispatch/dispatch.h"
 

@@ -6,7 +6,7 @@
 
 #include "api/attn_api.h"
 #include "api/context.h"
-#include "core/ops_call.h"
+#include "api/ops_api.h"
 #include "core/status.h"
 #include "core/threads.h"
 

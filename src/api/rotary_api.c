@@ -4,7 +4,7 @@
 #include <string.h>
 
 #include "api/context.h"
-#include "core/ops_call.h"
+#include "api/ops_api.h"
 #include "core/status.h"
 #include "core/threads.h"
 
