@@ -509,18 +509,19 @@ static void backends_section(sb* s) {
     for (int op = 0; op < CFLASH_OP_COUNT; op++) {
         const char* opname = cflash_op_name((cflash_op)op);
         if (s->json) open_obj(s, opname);
-        for (const char* const* b = cf_backend_names; *b; b++) {
+        const char* b;
+        for (size_t i = 0; (b = cf_backend_name(i)) != NULL; i++) {
             char why[1024];
-            int ok = backend_status((cflash_op)op, *b, why, sizeof why);
+            int ok = backend_status((cflash_op)op, b, why, sizeof why);
             if (s->json) {
-                open_obj(s, *b);
+                open_obj(s, b);
                 jbool(s, "ok", ok);
                 jstr(s, "reason", ok ? NULL : why);
                 close_obj(s);
             } else if (ok) {
-                put(s, "  %-16s %-12s [OKAY]\n", opname, *b);
+                put(s, "  %-16s %-12s [OKAY]\n", opname, b);
             } else {
-                put(s, "  %-16s %-12s [NO] %s\n", opname, *b, why);
+                put(s, "  %-16s %-12s [NO] %s\n", opname, b, why);
             }
         }
         if (s->json) close_obj(s);

@@ -10,8 +10,9 @@
 #include "cflash.h"
 #include "core/backend.h"
 
-/* Names of all backends in priority order, NULL-terminated (for report and set_backend). */
-extern const char* const cf_backend_names[];
+/* Name of backend i (0, 1, ...) in priority order, NULL past the last: the backends that have rows
+ * in the registry (src/dispatch/registry.c), for the report and set_backend. */
+const char* cf_backend_name(size_t i);
 int cf_backend_known(const char* name);
 
 /* The impls registered for op in priority order; *n receives the count. */
