@@ -6,8 +6,11 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "core/device.h"
 #include "core/status.h"
 #include "cuda/cuda_drv.h"
+#include "cuda/cuda_rtc.h"
+#include "cuda/kcache.h"
 #include "probe/dynlib.h"
 
 /* snprintf(dst, n, "%s", src) without the truncation warning: messages are cut to fit. */
@@ -238,4 +241,21 @@ cflash_status cf_cu_sync(int ordinal) {
     cf_cu_leave();
     CF_CU_TRY(r, "cuCtxSynchronize");
     return CFLASH_OK;
+}
+
+/* ---- The front door's device hooks (core/device.h), registered when the library loads ------ */
+
+static const cf_device_hooks cuda_hooks = {
+    .device_type = kDLCUDA,
+    .alloc = cf_cu_malloc,
+    .free = cf_cu_free,
+    .copy = cf_cu_memcpy,
+    .sync = cf_cu_sync,
+    .describe_kernels = cf_cuda_describe_kernels,
+    .describe_cache = cf_kcache_describe,
+};
+
+/* Only stores a pointer: no driver is loaded and no context created here. */
+__attribute__((constructor)) static void register_cuda_hooks(void) {
+    cf_device_register(&cuda_hooks);
 }
