@@ -4,8 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/attn_grid.h"
 #include "common/testutil.h"
-#include "oracle/attn_oracle.h"
 
 static const char* const backends[] = {"cpu-amx", "cpu-avx512", "cpu-avx2", "cpu-generic"};
 

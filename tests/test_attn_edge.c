@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/testutil.h"
 #include "oracle/attn_oracle.h"
 
 static const char* backend = "cpu-ref";

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/testutil.h"
 #include "oracle/attn_oracle.h"
 
 /* L = sum(out * dO) with the oracle forward. */

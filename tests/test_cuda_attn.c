@@ -7,10 +7,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/attn_grid.h"
 #include "common/testutil.h"
 #include "core/status.h"
 #include "cuda/cuda_drv.h"
-#include "oracle/attn_oracle.h"
 
 static const DLDevice gpu = {kDLCUDA, 0};
 

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/testutil.h"
 #include "core/philox.h"
 #include "oracle/attn_oracle.h"
 

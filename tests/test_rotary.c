@@ -5,6 +5,7 @@
 #include <math.h>
 #include <stdlib.h>
 
+#include "common/testutil.h"
 #include "oracle/ops_oracle.h"
 
 static int verbose;

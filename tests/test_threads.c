@@ -8,6 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "common/testutil.h"
 #include "core/threads.h"
 #include "oracle/attn_oracle.h"
 
