@@ -435,7 +435,9 @@ static void test_errors(void) {
     CHECK_ERR(CALL(), INV, "window_left: -2");
     ap.window_left = -1, ap.softcap = -1;
     CHECK_ERR(CALL(), INV, "softcap: -1");
-    ap.softcap = 0;
+    ap.softcap = 0, ap.k_offset = 3;
+    CHECK_ERR(CALL(), INV, "q_offset, k_offset: 0, 3, expected 0");
+    ap.k_offset = 0;
     CHECK_ERR(cflash_attn_kvcache_fwd(NULL, &ap, &kp, NULL, &p.kc.dl, &p.vc.dl, &p.out.dl, NULL),
               INV, "q: is NULL");
     CHECK_ERR(

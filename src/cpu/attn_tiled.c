@@ -370,11 +370,11 @@ static void fwd_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const fwd
                 for (int64_t ii = 0; ii < na; ii++) {
                     cf_philox_out w = {{0, 0, 0, 0}};
                     for (int64_t j = 0; j < nb; j++) {
-                        const int64_t jj = j0 + j;
+                        const int64_t jj = j0 + j + c->k_offset; /* the key's position */
                         if (j == 0 || (jj & 3) == 0)
                             w = cf_dropout_words(c->seed, c->offset, (uint64_t)b,
-                                                 (uint64_t)(hk * G + gi), (uint64_t)(i0 + ii),
-                                                 (uint64_t)jj);
+                                                 (uint64_t)(hk * G + gi),
+                                                 (uint64_t)(i0 + ii + c->q_offset), (uint64_t)jj);
                         if ((uint64_t)w.x[jj & 3] >= thr) st[j * Mt + gi * na + ii] = 0.0f;
                     }
                 }

@@ -151,6 +151,8 @@ static void fill_args(const cf_attn_call* c, cf_attn_args* a) {
     a->Sk = c->Sk;
     a->window_left = c->window_left;
     a->window_right = c->window_right;
+    a->q_offset = c->q_offset;
+    a->k_offset = c->k_offset;
     a->seed = c->seed;
     a->offset = c->offset;
     a->keep_threshold = cf_dropout_threshold(c->dropout_p);

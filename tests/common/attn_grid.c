@@ -75,6 +75,24 @@ static const varlen_cfg varlens[] = {
 };
 #define NVARLEN (int)(sizeof varlens / sizeof varlens[0])
 
+/* Blocks of a longer attention (q_offset, k_offset): a shape or varlen config, a feature, the
+ * offsets. Past, future (rows that see no key) and straddling blocks, keys at positions that are
+ * not multiples of 4 (the Philox word of a key), positions at the 2^32 limit. */
+typedef struct offset_cfg {
+    int shape; /* index into shapes, or -1 - index into varlens */
+    int feature;
+    int64_t q_offset, k_offset;
+} offset_cfg;
+
+static const offset_cfg offsets[] = {
+    {4, 13, 300, 257}, /* everything, straddling, k % 4 = 1 */
+    {2, 12, 5, 0},     /* window + softcap + alibi[B,H] */
+    {11, 1, 1, 130},   /* causal future block: empty rows */
+    {-1, 11, 7, 3},    /* varlen, causal + alibi + dropout */
+    {3, 14, ((int64_t)1 << 32) - 97, ((int64_t)1 << 32) - 19}, /* dropout at the position limit */
+};
+#define NOFFS (int)(sizeof offsets / sizeof offsets[0])
+
 static const cf_dtype dtypes[3] = {CF_F32, CF_F16, CF_BF16};
 
 static void set_shape(attn_case* c, const shape* s) {
@@ -103,12 +121,21 @@ static void set_varlen(attn_case* c, const varlen_cfg* v) {
 /* Per dtype, level 0: a feature sweep on small shapes, a shape sweep, varlen, one big case. */
 #define L0_FEAT NFEAT
 #define L0_SHAPE NSHAPES
-#define L0_PER_DTYPE (L0_FEAT + L0_SHAPE + NVARLEN + 1)
-/* Per dtype, level 1: every shape x feature, every varlen x feature, both big shapes. */
-#define L1_PER_DTYPE ((NSHAPES + NVARLEN) * NFEAT + 2)
+#define L0_PER_DTYPE (L0_FEAT + L0_SHAPE + NVARLEN + 1 + NOFFS)
+/* Per dtype, level 1: every shape x feature, every varlen x feature, both big shapes, offsets. */
+#define L1_PER_DTYPE ((NSHAPES + NVARLEN) * NFEAT + 2 + NOFFS)
 
 static const int small_for_features[] = {1, 2, 3, 7, 8, 9, 4, 10};
 #define NSMALL (int)(sizeof small_for_features / sizeof small_for_features[0])
+
+static void set_offsets(attn_case* c, const offset_cfg* o) {
+    if (o->shape >= 0)
+        set_shape(c, &shapes[o->shape]);
+    else
+        set_varlen(c, &varlens[-1 - o->shape]);
+    set_feature(c, &features[o->feature]);
+    c->q_offset = o->q_offset, c->k_offset = o->k_offset;
+}
 
 int attn_grid_count(int level) {
     return 3 * (level <= 0 ? L0_PER_DTYPE : L1_PER_DTYPE);
@@ -121,6 +148,11 @@ int attn_grid_case(int level, int i, attn_case* c) {
     int d = i / per, j = i % per;
     c->dtype = dtypes[d];
     c->seed = (uint64_t)(level * 100000 + i + 1) + tt_seed_base() * 1000003u;
+    if (j >= per - NOFFS) { /* the same block cases at both levels */
+        set_offsets(c, &offsets[j - (per - NOFFS)]);
+        c->layout = (tt_layout)((j + d) % 3);
+        return 0;
+    }
     if (level <= 0) {
         if (j < L0_FEAT) {
             set_shape(c, &shapes[small_for_features[(j + 3 * d) % NSMALL]]);

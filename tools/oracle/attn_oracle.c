@@ -55,6 +55,8 @@ void attn_case_str(const attn_case* c, char* buf, size_t n) {
     if (c->layout == TT_PADDED) APPEND(" padded");
     if (c->layout == TT_PERMUTED) APPEND(" permuted");
     if (c->no_lse) APPEND(" no-lse");
+    if (c->q_offset || c->k_offset)
+        APPEND(" at(%lld,%lld)", (long long)c->q_offset, (long long)c->k_offset);
     APPEND(" seed%llu", (unsigned long long)c->seed);
 }
 
@@ -203,6 +205,8 @@ attn_problem* attn_problem_new(const attn_case* cin) {
     p->params.softcap = c->softcap;
     p->params.alibi_slopes = p->alibi.base ? &p->alibi.dl : NULL;
     p->params.dropout_p = c->dropout_p;
+    p->params.q_offset = c->q_offset;
+    p->params.k_offset = c->k_offset;
     {
         tt_rng r;
         tt_rng_init(&r, s + 6);
@@ -361,10 +365,16 @@ cflash_status attn_problem_explain(cflash_context* ctx, attn_problem* p, int bwd
 
 /* ---- The fp64 oracle ---------------------------------------------------------------------- */
 
-/* Query i of a sequence (sq, sk) sees key j. Written from DESIGN.md, independently of the
- * library's cf_attn_key_range. */
+/* Signed distance from key j to the diagonal of query i (sq, sk: the sequence's lengths), by
+ * positions: row i is at i + q_offset, key j at j + k_offset, aligned bottom-right. */
+static int64_t to_diag(const attn_case* c, int64_t i, int64_t j, int64_t sq, int64_t sk) {
+    return (i + c->q_offset) + sk - sq - (j + c->k_offset);
+}
+
+/* Query i of a sequence (sq, sk) sees key j. Written from DESIGN.md and include/cflash.h,
+ * independently of the library's cf_attn_key_range. */
 static int visible(const attn_case* c, int64_t i, int64_t j, int64_t sq, int64_t sk) {
-    int64_t diag = i + sk - sq;
+    int64_t diag = j + to_diag(c, i, j, sq, sk); /* the key index on row i's diagonal */
     if (c->causal && j > diag) return 0;
     if (c->window_left >= 0 && j < diag - c->window_left) return 0;
     if (c->window_right >= 0 && j > diag + c->window_right) return 0;
@@ -381,7 +391,7 @@ static double keep_scale(const attn_problem* p, int64_t b, int64_t h, int64_t i,
     float dp = p->c.dropout_p;
     if (dp <= 0.0f) return 1.0;
     int keep = cflash_dropout_keep(p->params.seed, p->params.offset, dp, (uint64_t)b, (uint64_t)h,
-                                   (uint64_t)i, (uint64_t)j);
+                                   (uint64_t)(i + p->c.q_offset), (uint64_t)(j + p->c.k_offset));
     return keep ? 1.0 / (1.0 - (double)dp) : 0.0;
 }
 
@@ -409,7 +419,7 @@ static int64_t oracle_scores(const attn_problem* p, const double* Q, const doubl
             s = cap * t;
             g = 1.0 - t * t;
         }
-        s -= slope * fabs((double)(i + sk - sq - j));
+        s -= slope * fabs((double)to_diag(c, i, j, sq, sk));
         x[j] = s;
         dx[j] = g;
     }
@@ -538,7 +548,7 @@ static int64_t naive_scores(const attn_problem* p, int64_t b, int64_t h, int64_t
             s = rd(dt, cap * t);
             g = 1.0f - t * t;
         }
-        if (slope != 0) s = rd(dt, s - slope * (float)llabs(i + sk - sq - j));
+        if (slope != 0) s = rd(dt, s - slope * (float)llabs(to_diag(c, i, j, sq, sk)));
         x[j] = s;
         dx[j] = g;
     }

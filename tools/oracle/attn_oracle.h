@@ -38,6 +38,7 @@ typedef struct attn_case {
     tt_layout layout;    /* of q, k, v, out, lse, dout, dq, dk, dv */
     int no_lse;          /* forward with lse = NULL (the backward still needs one) */
     uint64_t seed;       /* inputs and the dropout seed/offset derive from it */
+    int64_t q_offset, k_offset; /* block positions (cflash_attn_params), 0 = none */
 } attn_case;
 
 /* B = H = Hk = Sq = Sk = D = Dv = 1, fp32, no masks, windows -1, dense, seed 1. */
