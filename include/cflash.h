@@ -89,6 +89,28 @@ typedef struct cflash_attn_params {
     int deterministic;            /* 1 = deterministic backward on GPUs (CPU is always)        */
     int64_t q_offset;             /* >= 0: position of q's row 0 in a longer sequence (below)  */
     int64_t k_offset;             /* >= 0: position of k's row 0 in a longer sequence (below)  */
+    /* -- A: attention sinks (gpt-oss; FA4 learnable_sink) -- */
+    const DLTensor* sinks; /* NULL or fp32 [H] on q's device: per query head, a logit that joins
+                              each row's softmax denominator (exp(sink)) and carries no value;
+                              in the units of the scaled score (not multiplied by the scale) */
+    DLTensor* dsinks;      /* backward only: NULL or fp32 [H], receives dL/dsink (overwritten) */
+    /* -- A: additive bias and boolean mask, broadcastable (B|1, H|1, Sq, Sk) (batch mode only) --
+     */
+    const DLTensor* attn_bias; /* NULL or fp32 / the dtype of q, 4 dims, each of B, H may be 1 (or
+                                  stride 0); added to the score after softcap and ALiBi */
+    const DLTensor* attn_mask; /* NULL or uint8 / bool (DLPack code 6, 8 bits), 4 dims as attn_bias;
+                                  nonzero = the key takes part (PyTorch SDPA's boolean mask) */
+    DLTensor* dbias; /* backward only: NULL or like attn_bias (fp32 or the dtype); receives
+                        dL/dbias summed over broadcast dims (overwritten, deterministic) */
+    /* -- A: block-sparse mask (FlexAttention's BlockMask, kv side) -- */
+    const DLTensor* block_kv_num;     /* NULL or int32 (B|1, H|1, ceil(Sq / block_q)) */
+    const DLTensor* block_kv_indices; /* int32 (B|1, H|1, ceil(Sq / block_q), K): query block qb
+                                         sees key blocks indices[..., qb, 0 : num[..., qb]]; any
+                                         other key block is masked; other masks still apply */
+    int64_t block_q, block_k;         /* block sizes (>= 1) of the two tensors above */
+    /* -- A: chunked local attention (Llama 4; FA3 attention_chunk) -- */
+    int64_t attention_chunk; /* 0 = off; else > 0: query i (at key position i + Sk - Sq) sees
+                                key j only if both lie in the same chunk of this many keys */
 } cflash_attn_params;
 /* q_offset, k_offset (default 0): the call is one block of a longer attention, as when a sequence
  * is split across processes (context parallelism, ring attention) or prefilled in chunks. Masks,
@@ -102,8 +124,32 @@ typedef struct cflash_attn_params {
  * the dropout counter's 32-bit row and column words: q_offset + Sq and k_offset + Sk <= 2^32
  * (Sq, Sk the call's, or max_seqlen_* for varlen). The KV-cache call takes 0 only. */
 
+/* Issue 13's features (fields after k_offset), with q_offset / k_offset where they apply:
+ * - sinks: row (b, h, i) gets the softmax over its visible scores and sinks[h] together:
+ *   out = sum_j exp(s_j - lse) v_j, lse = log(exp(sinks[h]) + sum_j exp(s_j)) -- the LSE includes
+ *   the sink, FA4's convention (flash_attn/cute/softmax.py, apply_learnable_sink). A row that sees
+ *   no key gets out 0 and lse = sinks[h]; sinks[h] = -inf is no sink. The backward (p->sinks the
+ *   forward's) writes dsinks[h] = -sum over rows (b, i) of exp(sinks[h] - lse) * sum_d dout * out
+ *   when dsinks is given (the form holds with dropout too). Also in cflash_attn_varlen_* (rows of
+ *   every sequence).
+ * - attn_bias, attn_mask: batch calls only (cflash_attn_fwd / _bwd); element (b, h, i, j) is query
+ *   row i and key j of the call (the call's block of a longer bias when q_offset / k_offset place
+ *   it), dims of size 1 (or stride 0) broadcast; last dim contiguous. A bias of -inf masks, like a
+ *   zero in attn_mask. dbias (needs attn_bias, same shape) gets dL/d(score) of each pair summed
+ *   over the dims attn_bias broadcasts, 0 for masked pairs.
+ * - block_kv_num / block_kv_indices: positions, as the other masks: query row i lies in query
+ *   block (i + q_offset) / block_q, key j in key block (j + k_offset) / block_k; dim 2 must cover
+ *   the call's rows, >= ceil((q_offset + Sq) / block_q) (varlen: Sq = max_seqlen_q). Entries of
+ *   indices past num[..., qb] are not read; listed blocks beyond the keys cover nothing. Batch and
+ *   varlen calls (b = the sequence). Defaults block_q = block_k = 128.
+ * - attention_chunk: query i at position P = i + q_offset + Sk - Sq sees key j (position
+ *   j + k_offset) only if floor(P / chunk) == floor((j + k_offset) / chunk); combines with causal
+ *   and windows (Llama 4 uses causal + chunk). Batch and varlen calls.
+ * The CUDA backends do not take these features yet (CFLASH_ERR_UNSUPPORTED with the reason);
+ * every CPU backend does. */
+
 /* Defaults: scale 0 (1/sqrt(D)), not causal, windows -1, no softcap, ALiBi or dropout, seed and
- * offset 0, not deterministic. */
+ * offset 0, not deterministic, none of issue 13's features (block_q = block_k = 128). */
 CFLASH_API void cflash_attn_params_init(cflash_attn_params* p);
 
 /* Forward attention.

@@ -72,10 +72,36 @@ static void reset(args* A, int varlen) {
     A->varlen = varlen;
 }
 
+/* Issue 13's tensors for the batch fixture (B 2, H 4, Sq 5, Sk 7): sinks, dsinks [4]; bias,
+ * dbias (1, 4, 5, 7) fp32; mask (2, 1, 5, 7) uint8; block-sparse num (1, 1, 2), idx (1, 1, 2, 3)
+ * with block_q = block_k = 4 (2 query blocks). Included in out_hash. */
+enum { SINKS, DSINKS, BIAS, DBIAS, MASK, BNUM, BIDX, NX };
+static tt_tensor xt[NX];
+
+static void setup_features(void) {
+    int64_t h[1] = {4}, b[4] = {1, 4, 5, 7}, m[4] = {2, 1, 5, 7}, n[3] = {1, 1, 2},
+            x[4] = {1, 1, 2, 3};
+    tt_alloc(&xt[SINKS], CF_F32, 1, h, TT_DENSE);
+    tt_alloc(&xt[DSINKS], CF_F32, 1, h, TT_DENSE);
+    tt_alloc(&xt[BIAS], CF_F32, 4, b, TT_PADDED);
+    tt_alloc(&xt[DBIAS], CF_F32, 4, b, TT_PADDED);
+    tt_alloc(&xt[MASK], CF_U8, 4, m, TT_DENSE);
+    tt_alloc(&xt[BNUM], CF_I32, 3, n, TT_DENSE);
+    tt_alloc(&xt[BIDX], CF_I32, 4, x, TT_DENSE);
+    tt_random(&xt[SINKS], 300, -1.0, 1.0);
+    tt_random(&xt[BIAS], 301, -1.0, 1.0);
+    tt_fill(&xt[MASK], 1);
+    const int32_t nv[2] = {2, 1}, iv[6] = {0, 1, -7, 1, 99, 99}; /* past num: never read */
+    memcpy(xt[BNUM].base, nv, sizeof nv);
+    memcpy(xt[BIDX].base, iv, sizeof iv);
+}
+
 static uint64_t out_hash(void) {
     uint64_t h = 0;
     for (int i = 0; i < NT; i++)
         h = h * 31 + tt_hash(&batch[i]) + 7 * tt_hash(&var[i]);
+    for (int i = 0; i < NX; i++)
+        if (xt[i].base) h = h * 31 + tt_hash(&xt[i]);
     return h;
 }
 
@@ -368,6 +394,207 @@ static void test_alibi(void) {
     }
 }
 
+/* ---- Issue 13: sinks, bias / mask, block-sparse, chunk --------------------------------------- */
+
+/* A copy of one of the feature tensors that a test may edit (shape, strides, dtype, device). */
+typedef struct xarg {
+    DLTensor t;
+    int64_t shape[TT_MAX_DIMS], strides[TT_MAX_DIMS];
+} xarg;
+
+static DLTensor* xcopy(xarg* a, int i) {
+    a->t = xt[i].dl;
+    memcpy(a->shape, xt[i].shape, sizeof a->shape);
+    memcpy(a->strides, xt[i].strides, sizeof a->strides);
+    a->t.shape = a->shape;
+    a->t.strides = a->strides;
+    return &a->t;
+}
+
+static void test_features(void) {
+    args A;
+    xarg s, d, b, m, n, x;
+    char want[200];
+    /* Valid first: every feature at once, forward and backward, batch; sinks and blocks varlen. */
+    reset(&A, 0);
+    A.p.sinks = xcopy(&s, SINKS), A.p.dsinks = xcopy(&d, DSINKS);
+    A.p.attn_bias = xcopy(&b, BIAS), A.p.dbias = xcopy(&x, DBIAS), A.p.attn_mask = xcopy(&m, MASK);
+    A.p.block_kv_num = &xt[BNUM].dl, A.p.block_kv_indices = &xt[BIDX].dl;
+    A.p.block_q = A.p.block_k = 4, A.p.attention_chunk = 3;
+    CHECK_OK(fwd(&A));
+    CHECK_OK(bwd(&A));
+    reset(&A, 1);
+    A.p.sinks = &xt[SINKS].dl, A.p.dsinks = &xt[DSINKS].dl, A.p.attention_chunk = 2;
+    A.p.block_kv_num = &xt[BNUM].dl, A.p.block_kv_indices = &xt[BIDX].dl;
+    A.p.block_q = A.p.block_k = 4; /* varlen max_seqlen_q 6: 2 query blocks */
+    CHECK_OK(fwd(&A));
+    CHECK_OK(bwd(&A));
+    /* A bool mask (DLPack code 6, 8 bits) is a uint8 mask. */
+    reset(&A, 0), A.p.attn_mask = xcopy(&m, MASK), m.t.dtype.code = 6;
+    CHECK_OK(fwd(&A));
+
+    for (int vl = 0; vl < 2; vl++) {
+        /* sinks */
+        reset(&A, vl), A.p.sinks = xcopy(&s, SINKS), s.t.dtype = tt_dl_dtype(CF_F16);
+        EXPECT_BOTH(&A, INV, "sinks: dtype float16, expected float32");
+        reset(&A, vl), A.p.sinks = xcopy(&s, SINKS), s.shape[0] = 5;
+        EXPECT_BOTH(&A, INV, "sinks: shape (5), expected [H] = [4]");
+        reset(&A, vl), A.p.sinks = xcopy(&s, SINKS), s.t.ndim = 2, s.shape[1] = 1;
+        EXPECT_BOTH(&A, INV, "sinks: shape (4, 1), expected [H] = [4]");
+        reset(&A, vl), A.p.sinks = xcopy(&s, SINKS), s.strides[0] = 2;
+        EXPECT_BOTH(&A, INV, "sinks: stride 2, expected 1 (contiguous)");
+        reset(&A, vl), A.p.sinks = xcopy(&s, SINKS), s.t.device = cuda0;
+        EXPECT_BOTH(&A, INV, "sinks: on cuda:0, expected cpu:0 (the device of q)");
+        reset(&A, vl), A.p.sinks = xcopy(&s, SINKS), s.t.data = NULL;
+        EXPECT_BOTH(&A, INV, "sinks: data is NULL");
+        /* dsinks: backward only (the forward ignores it) */
+        reset(&A, vl), A.p.dsinks = xcopy(&d, DSINKS);
+        CHECK_OK(fwd(&A));
+        EXPECT(bwd(&A), INV, "dsinks: given without sinks, expected NULL");
+        reset(&A, vl), A.p.sinks = &xt[SINKS].dl, A.p.dsinks = xcopy(&d, DSINKS), d.shape[0] = 3;
+        EXPECT(bwd(&A), INV, "dsinks: shape (3), expected [H] = [4]");
+        reset(&A, vl), A.p.sinks = &xt[SINKS].dl, A.p.dsinks = xcopy(&d, DSINKS);
+        d.t.dtype = tt_dl_dtype(CF_BF16);
+        EXPECT(bwd(&A), INV, "dsinks: dtype bfloat16, expected float32");
+        /* attention_chunk */
+        reset(&A, vl), A.p.attention_chunk = -1;
+        EXPECT_BOTH(&A, INV, "attention_chunk: -1, expected 0 (off) or a chunk length > 0");
+        reset(&A, vl), A.p.attention_chunk = INT64_MAX; /* one chunk: no effect */
+        CHECK_OK(fwd(&A));
+    }
+    /* bias / mask / dbias: batch calls only */
+    reset(&A, 1), A.p.attn_bias = xcopy(&b, BIAS);
+    EXPECT_BOTH(&A, INV, "attn_bias: given to a varlen call, expected NULL (batch calls only");
+    reset(&A, 1), A.p.attn_mask = xcopy(&m, MASK);
+    EXPECT_BOTH(&A, INV, "attn_mask: given to a varlen call, expected NULL");
+    reset(&A, 0), A.p.attn_bias = xcopy(&b, BIAS), b.t.ndim = 3;
+    EXPECT_BOTH(&A, INV, "attn_bias: expected 4 dims (B|1, H|1, Sq, Sk), got 3");
+    reset(&A, 0), A.p.attn_bias = xcopy(&b, BIAS), b.shape[0] = 3;
+    EXPECT_BOTH(&A, INV,
+                "attn_bias: shape (3, 4, 5, 7), expected (B|1, H|1, Sq, Sk) = (2|1, 4|1, 5, 7)");
+    reset(&A, 0), A.p.attn_bias = xcopy(&b, BIAS), b.shape[1] = 2;
+    EXPECT_BOTH(&A, INV, "attn_bias: shape (1, 2, 5, 7), expected");
+    reset(&A, 0), A.p.attn_bias = xcopy(&b, BIAS), b.shape[2] = 7, b.shape[3] = 5;
+    EXPECT_BOTH(&A, INV, "attn_bias: shape (1, 4, 7, 5), expected");
+    reset(&A, 0), A.p.attn_bias = xcopy(&b, BIAS), b.strides[3] = 2;
+    EXPECT_BOTH(&A, INV, "attn_bias: last dimension has stride 2, expected 1 (contiguous)");
+    reset(&A, 0), A.p.attn_bias = xcopy(&b, BIAS), b.t.device = cuda0;
+    EXPECT_BOTH(&A, INV, "attn_bias: on cuda:0, expected cpu:0 (the device of q)");
+    reset(&A, 0), A.p.attn_bias = xcopy(&b, BIAS), b.t.dtype = tt_dl_dtype(CF_BF16);
+    EXPECT_BOTH(&A, INV, "attn_bias: dtype bfloat16, expected float32 or the dtype of q (float32)");
+    reset(&A, 0), A.p.attn_bias = xcopy(&b, BIAS), b.shape[0] = 2, b.strides[0] = 0;
+    CHECK_OK(fwd(&A)); /* an expanded (stride 0) batch dim is an input like any other */
+    reset(&A, 0), A.p.attn_mask = xcopy(&m, MASK), m.t.dtype = tt_dl_dtype(CF_F32);
+    EXPECT_BOTH(&A, INV, "attn_mask: dtype float32, expected uint8 or bool (8 bits)");
+    reset(&A, 0), A.p.attn_mask = xcopy(&m, MASK), m.t.dtype.code = 6, m.t.dtype.bits = 32;
+    EXPECT_BOTH(&A, INV, "attn_mask: dtype code?32, expected uint8 or bool (8 bits)");
+    reset(&A, 0), A.p.attn_mask = xcopy(&m, MASK), m.shape[1] = 3;
+    EXPECT_BOTH(&A, INV, "attn_mask: shape (2, 3, 5, 7), expected (B|1, H|1, Sq, Sk)");
+    reset(&A, 0), A.p.attn_mask = xcopy(&m, MASK), m.t.device.device_id = 1;
+    EXPECT_BOTH(&A, INV, "attn_mask: on cpu:1, expected cpu:0");
+    reset(&A, 0), A.p.dbias = xcopy(&x, DBIAS);
+    CHECK_OK(fwd(&A));
+    EXPECT(bwd(&A), INV, "dbias: given without attn_bias, expected NULL");
+    reset(&A, 0), A.p.attn_bias = &xt[BIAS].dl, A.p.dbias = xcopy(&x, DBIAS), x.shape[0] = 2;
+    x.strides[0] = 0;
+    EXPECT(bwd(&A), INV, "dbias: stride 0 in dim 0 of size 2, expected an output whose elements");
+    reset(&A, 0), A.p.attn_bias = &xt[BIAS].dl, A.p.dbias = xcopy(&x, DBIAS), x.shape[1] = 1;
+    EXPECT(bwd(&A), INV,
+           "dbias: shape (1, 1, 5, 7), expected (1, 4, 5, 7) (the shape of attn_bias)");
+    reset(&A, 0), A.p.attn_bias = &xt[BIAS].dl, A.p.dbias = xcopy(&x, DBIAS);
+    x.t.dtype = tt_dl_dtype(CF_F16);
+    EXPECT(bwd(&A), INV, "dbias: dtype float16, expected float32 or the dtype of q (float32)");
+    reset(&A, 0), A.p.attn_bias = &xt[BIAS].dl, A.p.dbias = xcopy(&x, DBIAS), x.shape[3] = 6;
+    EXPECT(bwd(&A), INV, "dbias: shape (1, 4, 5, 6), expected (B|1, H|1, Sq, Sk)");
+    /* block-sparse */
+    int32_t* nv = xt[BNUM].base;
+    int32_t* iv = xt[BIDX].base;
+    for (int vl = 0; vl < 2; vl++) {
+#define BS(A)                                                                                      \
+    (reset(&(A), vl), (A).p.block_kv_num = xcopy(&n, BNUM),                                        \
+     (A).p.block_kv_indices = xcopy(&x, BIDX), (A).p.block_q = (A).p.block_k = 4)
+        BS(A), A.p.block_kv_indices = NULL;
+        EXPECT_BOTH(&A, INV,
+                    "block_kv_indices: is NULL, expected a tensor (block_kv_num is given)");
+        BS(A), A.p.block_kv_num = NULL;
+        EXPECT_BOTH(&A, INV,
+                    "block_kv_num: is NULL, expected a tensor (block_kv_indices is given)");
+        BS(A), A.p.block_q = 0;
+        EXPECT_BOTH(&A, INV, "block_q: 0, expected 1 <= block_q <= 2^32");
+        BS(A), A.p.block_k = ((int64_t)1 << 32) + 1;
+        EXPECT_BOTH(&A, INV, "block_k: 4294967297, expected 1 <= block_k <= 2^32");
+        BS(A), n.t.dtype = tt_dl_dtype(CF_F32);
+        EXPECT_BOTH(&A, INV, "block_kv_num: float32 with 3 dims, expected int32 with 3 dims");
+        BS(A), x.t.ndim = 3;
+        EXPECT_BOTH(&A, INV, "block_kv_indices: int32 with 3 dims, expected int32 with 4 dims");
+        BS(A), n.shape[2] = 1, x.shape[2] = 1;
+        snprintf(want, sizeof want,
+                 "block_kv_num: shape (1, 1, 1), expected (B|1, H|1, >= ceil((q_offset + Sq) / "
+                 "block_q)) = (%d|1, 4|1, >= 2)",
+                 vl ? 3 : 2);
+        EXPECT_BOTH(&A, INV, want);
+        BS(A), A.p.block_q = 2; /* 3 query blocks needed */
+        EXPECT_BOTH(&A, INV, ">= 3)");
+        BS(A), n.shape[0] = 5;
+        EXPECT_BOTH(&A, INV, "block_kv_num: shape (5, 1, 2), expected");
+        BS(A), x.shape[1] = 4;
+        EXPECT_BOTH(&A, INV,
+                    "block_kv_indices: shape (1, 4, 2, 3), expected the first 3 dims of "
+                    "block_kv_num (1, 1, 2)");
+        BS(A), x.t.device.device_id = 2;
+        EXPECT_BOTH(&A, INV,
+                    "block_kv_indices: on cpu:2, expected cpu:0 (the device of block_kv_num)");
+        BS(A), n.t.device = cuda0, x.t.device = cuda0;
+        EXPECT_BOTH(&A, INV,
+                    "block_kv_num: on cuda:0, expected host memory or the device of q (cpu:0)");
+        /* Values (in host memory), edited in place and restored. */
+        nv[1] = 4;
+        BS(A);
+        EXPECT_BOTH(&A, INV, "block_kv_num[0, 0, 1]: 4, expected 0..K = 0..3");
+        nv[1] = -1;
+        BS(A);
+        EXPECT_BOTH(&A, INV, "block_kv_num[0, 0, 1]: -1, expected 0..K = 0..3");
+        nv[1] = 2; /* now reads iv[4] = 99 (a block past the keys: fine) */
+        BS(A);
+        CHECK_OK(fwd(&A));
+        nv[1] = 1, iv[1] = -3;
+        BS(A);
+        EXPECT_BOTH(&A, INV, "block_kv_indices[0, 0, 0, 1]: -3, expected a key block >= 0");
+        iv[1] = 1;
+#undef BS
+    }
+}
+
+/* The KV-cache call takes none of issue 13's features but... (see cf_attn_kvcache_features). */
+static void test_kvcache_refuses(void) {
+    cflash_kvcache_params kp;
+    cflash_kvcache_params_init(&kp);
+    args A;
+    struct {
+        const char* want;
+        int f;
+    } cases[] = {
+        {"sinks: given to the KV-cache call, expected NULL", 0},
+        {"attn_bias: given to the KV-cache call, expected NULL", 1},
+        {"attn_mask: given to the KV-cache call, expected NULL", 2},
+        {"block_kv_num: given to the KV-cache call, expected NULL", 3},
+        {"attention_chunk: 4, expected 0 (the KV-cache call does not take it yet)", 4},
+    };
+    reset(&A, 0);
+    DLTensor** t = A.t;
+    CHECK_OK(cflash_attn_kvcache_fwd(NULL, &A.p, &kp, t[Q], t[K], t[V], t[OUT], t[LSE]));
+    for (int i = 0; i < 5; i++) {
+        reset(&A, 0);
+        if (cases[i].f == 0) A.p.sinks = &xt[SINKS].dl;
+        if (cases[i].f == 1) A.p.attn_bias = &xt[BIAS].dl;
+        if (cases[i].f == 2) A.p.attn_mask = &xt[MASK].dl;
+        if (cases[i].f == 3) A.p.block_kv_num = &xt[BNUM].dl;
+        if (cases[i].f == 4) A.p.attention_chunk = 4;
+        EXPECT(cflash_attn_kvcache_fwd(NULL, &A.p, &kp, t[Q], t[K], t[V], t[OUT], t[LSE]), INV,
+               cases[i].want);
+    }
+}
+
 /* ---- cu_seqlens and max_seqlen ------------------------------------------------------------ */
 
 static void test_varlen(void) {
@@ -525,6 +752,7 @@ static void test_status(void) {
 
 int main(void) {
     setup();
+    setup_features();
     test_valid();
     test_params();
     test_views();
@@ -532,10 +760,14 @@ int main(void) {
     test_shapes();
     test_alibi();
     test_varlen();
+    test_features();
+    test_kvcache_refuses();
     test_dropout_mask();
     test_context_and_dispatch();
     test_status();
     for (int i = 0; i < NT; i++)
         tt_free(&batch[i]), tt_free(&var[i]);
+    for (int i = 0; i < NX; i++)
+        tt_free(&xt[i]);
     return tt_summary();
 }

@@ -121,6 +121,45 @@ static void test_choice(void) {
     cflash_context_free(ctx);
 }
 
+/* Issue 13's features: both CUDA backends refuse them with the reason, so the automatic choice
+ * has nothing to hand such a call to (and explain says why). */
+static void test_features_refused(void) {
+    char buf[4096], want[128];
+    prob p;
+    mkprob(&p, CF_BF16, 64, 0x7f0000000000);
+    int64_t h4[1] = {4}, pairs[4] = {2, 4, 128, 128}, num[3] = {1, 1, 1}, idx[4] = {1, 1, 1, 1};
+    ft sinks, bias, mask, bnum, bidx;
+    mk(&sinks, 0x7f0001200000, CF_F32, 1, h4);
+    mk(&bias, 0x7f0001400000, CF_BF16, 4, pairs);
+    mk(&mask, 0x7f0001600000, CF_U8, 4, pairs);
+    mk(&bnum, 0x7f0001800000, CF_I32, 3, num);
+    mk(&bidx, 0x7f0001a00000, CF_I32, 4, idx);
+    static const char* const names[5] = {"sinks", "attn_bias", "attn_mask", "block-sparse mask",
+                                         "attention_chunk"};
+    for (int f = 0; f < 5; f++)
+        for (int bwd = 0; bwd < 2; bwd++) {
+            cflash_attn_params prm;
+            cflash_attn_params_init(&prm);
+            if (f == 0) prm.sinks = &sinks.t, prm.dsinks = bwd ? &sinks.t : NULL;
+            if (f == 1) prm.attn_bias = &bias.t;
+            if (f == 2) prm.attn_mask = &mask.t;
+            if (f == 3) prm.block_kv_num = &bnum.t, prm.block_kv_indices = &bidx.t;
+            if (f == 4) prm.attention_chunk = 64;
+            cflash_status s = bwd ? cflash_explain(NULL, CFLASH_OP_ATTN_BWD, buf, sizeof buf, &prm,
+                                                   &p.dout.t, &p.q.t, &p.k.t, &p.v.t, &p.out.t,
+                                                   &p.lse.t, &p.dq.t, &p.dk.t, &p.dv.t)
+                                  : cflash_explain(NULL, CFLASH_OP_ATTN_FWD, buf, sizeof buf, &prm,
+                                                   &p.q.t, &p.k.t, &p.v.t, &p.out.t, &p.lse.t);
+            CHECK_MSG(s == CFLASH_ERR_UNSUPPORTED, "%s (%s): %s", names[f], bwd ? "bwd" : "fwd",
+                      cflash_status_string(s));
+            snprintf(want, sizeof want, "cuda-mma: NO: %s: not implemented on CUDA yet", names[f]);
+            CHECK_HAS(buf, want);
+            snprintf(want, sizeof want, "cuda-simt: NO: %s: not implemented on CUDA yet", names[f]);
+            CHECK_HAS(buf, want);
+            CHECK_HAS(buf, "-> none");
+        }
+}
+
 static void test_run_fails_cleanly(void) {
     /* The fake driver fails every GPU operation: the error names the call and the driver's code. */
     prob p;
@@ -186,6 +225,7 @@ int main(int argc, char** argv) {
         test_no_nvrtc();
     } else {
         test_choice();
+        test_features_refused();
         test_run_fails_cleanly();
         test_one_loader();
     }

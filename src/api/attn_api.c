@@ -14,12 +14,16 @@
 #include "core/threads.h"
 
 #define INVALID CFLASH_ERR_INVALID_ARGUMENT
+/* DLPack's kDLBool (code 6, from DLPack 0.8; the installed dlpack.h may predate it). */
+#define CF_DL_BOOL 6
 
 void cflash_attn_params_init(cflash_attn_params* p) {
     if (!p) return;
     memset(p, 0, sizeof *p);
     p->window_left = -1;
     p->window_right = -1;
+    p->block_q = 128; /* A: FlexAttention's default block */
+    p->block_k = 128;
 }
 
 /* ---- Argument checks ---------------------------------------------------------------------- */
@@ -38,6 +42,9 @@ cflash_status cf_attn_check_params(const cflash_attn_params* p) {
                      (long long)p->window_right);
     CFLASH_RETURN_IF(!(p->softcap >= 0.0f) || !isfinite(p->softcap), INVALID,
                      "softcap: %g, expected a finite value >= 0 (0 = off)", (double)p->softcap);
+    CFLASH_RETURN_IF(p->attention_chunk < 0, INVALID,
+                     "attention_chunk: %lld, expected 0 (off) or a chunk length > 0",
+                     (long long)p->attention_chunk);
     return CFLASH_OK;
 }
 
@@ -145,6 +152,223 @@ cflash_status cf_attn_apply_params(cf_attn_call* c, const cflash_attn_params* p)
     c->seed = p->seed;
     c->offset = p->offset;
     c->deterministic = p->deterministic != 0;
+    return CFLASH_OK;
+}
+
+/* ---- Issue 13 (A): sinks, bias / mask, block-sparse, chunk ------------------------------- */
+
+static cflash_status check_on_q(const cf_view* v, const char* name, const cf_view* q) {
+    CFLASH_RETURN_IF(v->device_type != q->device_type || v->device_id != q->device_id, INVALID,
+                     "%s: on %s:%d, expected %s:%d (the device of q)", name,
+                     cf_device_name(v->device_type), v->device_id, cf_device_name(q->device_type),
+                     q->device_id);
+    return CFLASH_OK;
+}
+
+/* sinks / dsinks: fp32 [H], contiguous, on q's device. */
+static cflash_status check_heads_f32(const DLTensor* t, const char* name, const cf_attn_call* c,
+                                     float** data) {
+    cf_view v;
+    CFLASH_FORWARD_IF_ERROR(cf_view_from(&v, t, name));
+    CFLASH_RETURN_IF(v.dtype != CF_F32, INVALID, "%s: dtype %s, expected float32", name,
+                     cf_dtype_name(v.dtype));
+    if (v.ndim != 1 || v.shape[0] != c->H) {
+        char got[96];
+        cf_shape_str(&v, got, sizeof got);
+        return cf_error(INVALID, "%s: shape %s, expected [H] = [%lld]", name, got, (long long)c->H);
+    }
+    CFLASH_RETURN_IF(v.shape[0] > 1 && v.stride[0] != 1, INVALID,
+                     "%s: stride %lld, expected 1 (contiguous)", name, (long long)v.stride[0]);
+    CFLASH_FORWARD_IF_ERROR(check_on_q(&v, name, &c->q));
+    *data = v.data;
+    return CFLASH_OK;
+}
+
+/* A (B|1, H|1, Sq, Sk) tensor (attn_bias, attn_mask, dbias); broadcast dims get stride 0. */
+static cflash_status check_pairs(cf_view* v, const DLTensor* t, const char* name,
+                                 const cf_attn_call* c) {
+    CFLASH_RETURN_IF(c->varlen, INVALID,
+                     "%s: given to a varlen call, expected NULL (batch calls only: "
+                     "cflash_attn_fwd / cflash_attn_bwd)",
+                     name);
+    CFLASH_FORWARD_IF_ERROR(cf_view_from(v, t, name));
+    CFLASH_RETURN_IF(v->ndim != 4, INVALID, "%s: expected 4 dims (B|1, H|1, Sq, Sk), got %d", name,
+                     v->ndim);
+    if ((v->shape[0] != c->B && v->shape[0] != 1) || (v->shape[1] != c->H && v->shape[1] != 1) ||
+        v->shape[2] != c->Sq || v->shape[3] != c->Sk) {
+        char got[96];
+        cf_shape_str(v, got, sizeof got);
+        return cf_error(INVALID,
+                        "%s: shape %s, expected (B|1, H|1, Sq, Sk) = (%lld|1, %lld|1, "
+                        "%lld, %lld)",
+                        name, got, (long long)c->B, (long long)c->H, (long long)c->Sq,
+                        (long long)c->Sk);
+    }
+    CFLASH_RETURN_IF(v->shape[3] > 1 && v->stride[3] != 1, INVALID,
+                     "%s: last dimension has stride %lld, expected 1 (contiguous)", name,
+                     (long long)v->stride[3]);
+    CFLASH_FORWARD_IF_ERROR(check_on_q(v, name, &c->q));
+    for (int i = 0; i < 2; i++)
+        if (v->shape[i] == 1) v->stride[i] = 0;
+    return CFLASH_OK;
+}
+
+static cflash_status check_bias_dtype(const cf_view* v, const DLTensor* t, const char* name,
+                                      const cf_attn_call* c) {
+    if (v->dtype == CF_F32 || v->dtype == c->dtype) return CFLASH_OK;
+    char got[32];
+    cf_dl_dtype_str(t->dtype, got, sizeof got);
+    return cf_error(INVALID, "%s: dtype %s, expected float32 or the dtype of q (%s)", name, got,
+                    cf_dtype_name(c->dtype));
+}
+
+static cflash_status check_output(const DLTensor* t, const char* name);
+
+/* The block-sparse tensors: shapes, device, and (in host memory) their values. */
+static cflash_status check_block_sparse(cf_attn_call* c, const cflash_attn_params* p) {
+    CFLASH_RETURN_IF(!p->block_kv_indices, INVALID,
+                     "block_kv_indices: is NULL, expected a tensor (block_kv_num is given)");
+    CFLASH_RETURN_IF(p->block_q < 1 || p->block_q > CF_ATTN_MAX_POS, INVALID,
+                     "block_q: %lld, expected 1 <= block_q <= 2^32", (long long)p->block_q);
+    CFLASH_RETURN_IF(p->block_k < 1 || p->block_k > CF_ATTN_MAX_POS, INVALID,
+                     "block_k: %lld, expected 1 <= block_k <= 2^32", (long long)p->block_k);
+    cf_view* n = &c->bs_num;
+    cf_view* x = &c->bs_idx;
+    CFLASH_FORWARD_IF_ERROR(cf_view_from(n, p->block_kv_num, "block_kv_num"));
+    CFLASH_FORWARD_IF_ERROR(cf_view_from(x, p->block_kv_indices, "block_kv_indices"));
+    CFLASH_RETURN_IF(n->dtype != CF_I32 || n->ndim != 3, INVALID,
+                     "block_kv_num: %s with %d dims, expected int32 with 3 dims (B|1, H|1, "
+                     "query blocks)",
+                     cf_dtype_name(n->dtype), n->ndim);
+    CFLASH_RETURN_IF(x->dtype != CF_I32 || x->ndim != 4, INVALID,
+                     "block_kv_indices: %s with %d dims, expected int32 with 4 dims (B|1, H|1, "
+                     "query blocks, K)",
+                     cf_dtype_name(x->dtype), x->ndim);
+    /* Query blocks cover the call's rows at their positions: (q_offset + Sq) / block_q rounded
+     * up (q_offset + Sq <= 2^33 after check_offset: no overflow). */
+    const int64_t nqb = (c->q_offset + c->Sq + p->block_q - 1) / p->block_q;
+    char got[96];
+    if ((n->shape[0] != c->B && n->shape[0] != 1) || (n->shape[1] != c->H && n->shape[1] != 1) ||
+        n->shape[2] < nqb) {
+        cf_shape_str(n, got, sizeof got);
+        return cf_error(INVALID,
+                        "block_kv_num: shape %s, expected (B|1, H|1, >= ceil((q_offset + Sq) / "
+                        "block_q)) = (%lld|1, %lld|1, >= %lld)",
+                        got, (long long)c->B, (long long)c->H, (long long)nqb);
+    }
+    if (x->shape[0] != n->shape[0] || x->shape[1] != n->shape[1] || x->shape[2] != n->shape[2]) {
+        cf_shape_str(x, got, sizeof got);
+        char want[96];
+        cf_shape_str(n, want, sizeof want);
+        return cf_error(INVALID,
+                        "block_kv_indices: shape %s, expected the first 3 dims of block_kv_num "
+                        "%s and a 4th (K)",
+                        got, want);
+    }
+    CFLASH_RETURN_IF(n->device_type != x->device_type || n->device_id != x->device_id, INVALID,
+                     "block_kv_indices: on %s:%d, expected %s:%d (the device of block_kv_num)",
+                     cf_device_name(x->device_type), x->device_id, cf_device_name(n->device_type),
+                     n->device_id);
+    const int host = n->device_type == kDLCPU || n->device_type == kDLCUDAHost;
+    CFLASH_RETURN_IF(
+        !host && (n->device_type != c->q.device_type || n->device_id != c->q.device_id), INVALID,
+        "block_kv_num: on %s:%d, expected host memory or the device of q (%s:%d)",
+        cf_device_name(n->device_type), n->device_id, cf_device_name(c->q.device_type),
+        c->q.device_id);
+    for (int i = 0; i < 2; i++) {
+        if (n->shape[i] == 1) n->stride[i] = 0;
+        if (x->shape[i] == 1) x->stride[i] = 0;
+    }
+    c->block_q = p->block_q;
+    c->block_k = p->block_k;
+    /* Device memory: values are the serving backend's to check (no CUDA backend serves this
+     * yet, see cuda_attn.c); host memory: each num in [0, K], each listed index >= 0. */
+    if (!host) return CFLASH_OK;
+    const int32_t *nd = n->data, *xd = x->data;
+    const int64_t K = x->shape[3];
+    for (int64_t b = 0; b < n->shape[0]; b++)
+        for (int64_t h = 0; h < n->shape[1]; h++)
+            for (int64_t q = 0; q < n->shape[2]; q++) {
+                const int64_t v = nd[b * n->stride[0] + h * n->stride[1] + q * n->stride[2]];
+                CFLASH_RETURN_IF(v < 0 || v > K, INVALID,
+                                 "block_kv_num[%lld, %lld, %lld]: %lld, expected 0..K = 0..%lld",
+                                 (long long)b, (long long)h, (long long)q, (long long)v,
+                                 (long long)K);
+                for (int64_t t = 0; t < v; t++) {
+                    const int64_t kb = xd[cf_attn_at4(x, b, h, q, t)];
+                    CFLASH_RETURN_IF(kb < 0, INVALID,
+                                     "block_kv_indices[%lld, %lld, %lld, %lld]: %lld, expected a "
+                                     "key block >= 0",
+                                     (long long)b, (long long)h, (long long)q, (long long)t,
+                                     (long long)kb);
+                }
+            }
+    return CFLASH_OK;
+}
+
+/* Checks and resolves issue 13's fields of p into c (after the shapes and the other params). */
+static cflash_status check_features(cf_attn_call* c, const cflash_attn_params* p, int bwd) {
+    float* f = NULL;
+    if (p->sinks) {
+        CFLASH_FORWARD_IF_ERROR(check_heads_f32(p->sinks, "sinks", c, &f));
+        c->sinks = f;
+    }
+    if (bwd && p->dsinks) {
+        CFLASH_RETURN_IF(!p->sinks, INVALID,
+                         "dsinks: given without sinks, expected NULL (there is no sink to "
+                         "differentiate)");
+        CFLASH_FORWARD_IF_ERROR(check_heads_f32(p->dsinks, "dsinks", c, &f));
+        c->dsinks = f;
+    }
+    if (p->attn_bias) {
+        CFLASH_FORWARD_IF_ERROR(check_pairs(&c->bias, p->attn_bias, "attn_bias", c));
+        CFLASH_FORWARD_IF_ERROR(check_bias_dtype(&c->bias, p->attn_bias, "attn_bias", c));
+    }
+    if (p->attn_mask) {
+        const DLDataType t = p->attn_mask->dtype;
+        CFLASH_FORWARD_IF_ERROR(check_pairs(&c->mask, p->attn_mask, "attn_mask", c));
+        if (t.code == CF_DL_BOOL && t.bits == 8 && t.lanes == 1) c->mask.dtype = CF_U8;
+        if (c->mask.dtype != CF_U8) {
+            char got[32];
+            cf_dl_dtype_str(t, got, sizeof got);
+            return cf_error(INVALID, "attn_mask: dtype %s, expected uint8 or bool (8 bits)", got);
+        }
+    }
+    if (bwd && p->dbias) {
+        CFLASH_RETURN_IF(!p->attn_bias, INVALID,
+                         "dbias: given without attn_bias, expected NULL (there is no bias to "
+                         "differentiate)");
+        CFLASH_FORWARD_IF_ERROR(check_pairs(&c->dbias, p->dbias, "dbias", c));
+        CFLASH_FORWARD_IF_ERROR(check_bias_dtype(&c->dbias, p->dbias, "dbias", c));
+        CFLASH_FORWARD_IF_ERROR(check_output(p->dbias, "dbias"));
+        for (int i = 0; i < 2; i++)
+            if (c->dbias.shape[i] != c->bias.shape[i]) {
+                char got[96], want[96];
+                cf_shape_str(&c->dbias, got, sizeof got);
+                cf_shape_str(&c->bias, want, sizeof want);
+                return cf_error(INVALID, "dbias: shape %s, expected %s (the shape of attn_bias)",
+                                got, want);
+            }
+    }
+    if (p->block_kv_num) CFLASH_FORWARD_IF_ERROR(check_block_sparse(c, p));
+    CFLASH_RETURN_IF(!p->block_kv_num && p->block_kv_indices, INVALID,
+                     "block_kv_num: is NULL, expected a tensor (block_kv_indices is given)");
+    c->chunk = p->attention_chunk;
+    return CFLASH_OK;
+}
+
+cflash_status cf_attn_kvcache_features(const cflash_attn_params* p) {
+    CFLASH_RETURN_IF(p->sinks, INVALID,
+                     "sinks: given to the KV-cache call, expected NULL (not supported there yet)");
+    CFLASH_RETURN_IF(p->attn_bias || p->attn_mask, INVALID,
+                     "%s: given to the KV-cache call, expected NULL (batch attention calls only)",
+                     p->attn_bias ? "attn_bias" : "attn_mask");
+    CFLASH_RETURN_IF(p->block_kv_num || p->block_kv_indices, INVALID,
+                     "%s: given to the KV-cache call, expected NULL (attention calls only)",
+                     p->block_kv_num ? "block_kv_num" : "block_kv_indices");
+    CFLASH_RETURN_IF(p->attention_chunk != 0, INVALID,
+                     "attention_chunk: %lld, expected 0 (the KV-cache call does not take it yet)",
+                     (long long)p->attention_chunk);
     return CFLASH_OK;
 }
 
@@ -290,6 +514,7 @@ static cflash_status check_qkv(cflash_context* ctx, cf_attn_call* c, int varlen,
     c->device_type = c->q.device_type;
     c->device_id = c->q.device_id;
     CFLASH_FORWARD_IF_ERROR(cf_attn_apply_params(c, p));
+    CFLASH_FORWARD_IF_ERROR(check_features(c, p, bwd));
     /* Small calls run on one thread (core/threads.h); the backward does about 2.5x the flops. */
     c->threads = cf_threads_resolve(bwd ? "attn_bwd" : "attn_fwd", cf_context_threads(ctx),
                                     (bwd ? 2.5 : 1.0) * cf_attn_flops(c), 1);

@@ -14,6 +14,9 @@ cflash_status cf_attn_check_params(const cflash_attn_params* p);
 struct cf_attn_call;
 cflash_status cf_attn_apply_params(struct cf_attn_call* c, const cflash_attn_params* p);
 
+/* Refuses issue 13's attention features the KV-cache call does not take (status and message). */
+cflash_status cf_attn_kvcache_features(const cflash_attn_params* p);
+
 /* varlen = 0: cu_* are ignored (NULL). */
 cflash_status cf_attn_fwd_entry(cflash_context* ctx, cf_explain* explain, int varlen,
                                 const cflash_attn_params* p, const DLTensor* q, const DLTensor* k,

@@ -30,6 +30,7 @@ static cflash_status check_attn(cf_attn_call* a, const cflash_attn_params* p) {
                      "cache_seqlens)",
                      (long long)p->q_offset, (long long)p->k_offset);
     CFLASH_FORWARD_IF_ERROR(cf_attn_check_params(p));
+    CFLASH_FORWARD_IF_ERROR(cf_attn_kvcache_features(p)); /* A: issue 13's attention fields */
     return cf_attn_apply_params(a, p);
 }
 

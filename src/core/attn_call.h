@@ -42,6 +42,19 @@ typedef struct cf_attn_call {
     void* stream;            /* CUstream for CUDA backends */
     const int32_t* cu_q_dev; /* varlen with cu_seqlens on the GPU: the device pointers (cu_q and */
     const int32_t* cu_k_dev; /* cu_k then hold host copies); NULL when given in host memory */
+
+    /* -- A (issue 13): sinks, bias / mask, block-sparse mask, chunked attention -- */
+    const float* sinks; /* NULL or fp32 [H], contiguous, on the call's device */
+    float* dsinks;      /* backward: NULL or fp32 [H] */
+    /* 4 dims (b, h, i, j), data NULL = absent; broadcast dims (size 1) have stride 0, so element
+     * (b, h, i, j) is at b * stride[0] + h * stride[1] + ... for every b < B, h < H. */
+    cf_view bias;  /* fp32 or the call's dtype */
+    cf_view mask;  /* uint8 */
+    cf_view dbias; /* backward: like bias, its own dtype; dims of size 1 sum over b / h */
+    /* Block-sparse mask: num (b, h, qb), idx (b, h, qb, t), int32, broadcast dims stride 0. */
+    cf_view bs_num, bs_idx;
+    int64_t block_q, block_k;
+    int64_t chunk; /* attention_chunk, 0 = off */
 } cf_attn_call;
 
 /* Rows of sequence b: q rows [*q0, *q0 + *sq), k rows [*k0, *k0 + *sk) along dim 1 of the views
@@ -75,6 +88,14 @@ static inline void cf_attn_key_range(const cf_attn_call* c, int64_t i, int64_t s
     int64_t l = 0, h = sk;
     if (c->window_left >= 0 && diag - c->window_left > l) l = diag - c->window_left;
     if (c->window_right >= 0 && diag + c->window_right + 1 < h) h = diag + c->window_right + 1;
+    if (c->chunk > 0) {
+        /* The query's position P = diag + k_offset lies r = P mod chunk (floor) into its chunk:
+         * keys [diag - r, diag - r + chunk). Compared before added: chunk may be near 2^63. */
+        int64_t r = (diag + c->k_offset) % c->chunk;
+        if (r < 0) r += c->chunk;
+        if (r < diag && diag - r > l) l = diag - r;
+        if (c->chunk - r < h - diag) h = diag + (c->chunk - r);
+    }
     if (l < 0) l = 0;
     if (l > sk) l = sk; /* a block's rows can lie wholly past its keys */
     if (h > sk) h = sk;
@@ -96,6 +117,50 @@ static inline float cf_attn_score(const cf_attn_call* c, float x, float slope, i
         int64_t d = cf_attn_diag(c, i, sq, sk) - j;
         x -= slope * (float)(d < 0 ? -d : d);
     }
+    return x;
+}
+
+/* ---- Issue 13 (A): sinks, bias / mask, block-sparse ------------------------------------------ */
+
+/* The sink logit of head h (-inf = none). */
+static inline float cf_attn_sink(const cf_attn_call* c, int64_t h) {
+    return c->sinks ? c->sinks[h] : -INFINITY;
+}
+
+/* Whether the call has per-pair masks or a bias beyond the key ranges of cf_attn_key_range. */
+static inline int cf_attn_has_extra(const cf_attn_call* c) {
+    return c->bias.data != NULL || c->mask.data != NULL || c->bs_num.data != NULL;
+}
+
+static inline int64_t cf_attn_at4(const cf_view* v, int64_t b, int64_t h, int64_t i, int64_t j) {
+    return b * v->stride[0] + h * v->stride[1] + i * v->stride[2] + j * v->stride[3];
+}
+
+/* Whether key block kb (of block_k keys) is listed for query block qb of (b, h). */
+static inline int cf_attn_bs_listed(const cf_attn_call* c, int64_t b, int64_t h, int64_t qb,
+                                    int64_t kb) {
+    const int32_t* num = (const int32_t*)c->bs_num.data;
+    const int32_t* idx = (const int32_t*)c->bs_idx.data;
+    const int64_t n =
+        num[b * c->bs_num.stride[0] + h * c->bs_num.stride[1] + qb * c->bs_num.stride[2]];
+    const int32_t* row = idx + cf_attn_at4(&c->bs_idx, b, h, qb, 0);
+    for (int64_t t = 0; t < n; t++)
+        if (row[t * c->bs_idx.stride[3]] == kb) return 1;
+    return 0;
+}
+
+/* The score x of query i, key j (within the sequence; b the sequence, h the query head) after
+ * the extra masks and the bias: x + bias, or -inf where attn_mask or the block-sparse mask hide
+ * the pair. Positions (q_offset, k_offset) place the block-sparse blocks; bias and mask are
+ * indexed by the call's rows. */
+static inline float cf_attn_extra(const cf_attn_call* c, int64_t b, int64_t h, int64_t i, int64_t j,
+                                  float x) {
+    if (c->mask.data && !((const uint8_t*)c->mask.data)[cf_attn_at4(&c->mask, b, h, i, j)])
+        return -INFINITY;
+    if (c->bs_num.data &&
+        !cf_attn_bs_listed(c, b, h, (i + c->q_offset) / c->block_q, (j + c->k_offset) / c->block_k))
+        return -INFINITY;
+    if (c->bias.data) x += cf_load(c->bias.data, c->bias.dtype, cf_attn_at4(&c->bias, b, h, i, j));
     return x;
 }
 

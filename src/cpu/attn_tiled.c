@@ -49,6 +49,14 @@ int cf_attn_cpu_supports(const cf_attn_call* c, const cf_attn_kernels* k, char* 
                  (long long)c->D, (long long)c->Dv, (long long)limit);
         return 0;
     }
+    if (c->sinks || cf_attn_has_extra(c)) {
+        snprintf(reason, len, "%s: not in the tiled kernels yet (cpu-ref serves it)",
+                 c->sinks       ? "sinks"
+                 : c->bias.data ? "attn_bias"
+                 : c->mask.data ? "attn_mask"
+                                : "block-sparse mask");
+        return 0;
+    }
     return 1;
 }
 

@@ -73,8 +73,24 @@ static int simt_tile(const cf_attn_call* c, const cf_cu_device* dev, int bwd) {
     return 0;
 }
 
-/* Checks shared by both backends: device known, grid limits. */
+/* Issue 13's features (A) the CUDA kernels do not have: the name of the first one used, or NULL.
+ * Refused in supports() so the automatic choice never hands such a call to a CUDA backend. */
+static const char* missing_feature(const cf_attn_call* c) {
+    if (c->sinks) return "sinks";
+    if (c->bias.data) return "attn_bias";
+    if (c->mask.data) return "attn_mask";
+    if (c->bs_num.data) return "block-sparse mask";
+    if (c->chunk > 0) return "attention_chunk";
+    return NULL;
+}
+
+/* Checks shared by both backends: features, device known, grid limits. */
 static int common_supports(const cf_attn_call* c, cf_cu_device* dev, char* why, size_t n) {
+    const char* f = missing_feature(c);
+    if (f) {
+        snprintf(why, n, "%s: not implemented on CUDA yet", f);
+        return 0;
+    }
     if (cf_cu_device_get(c->device_id, dev) != CFLASH_OK) {
         snprintf(why, n, "%s", cflash_last_error());
         return 0;

@@ -26,6 +26,7 @@ static const shape shapes[] = {
     {2, 3, 3, 33, 17, 1, 8},       /* 9: D = 1 */
     {1, 2, 1, 1025, 17, 33, 64},   /* 10: Sq >> Sk */
     {1, 1, 1, 257, 257, 256, 128}, /* 11 */
+    {1, 4, 1, 97, 130, 576, 512},  /* 12: MLA (DeepSeek: D 576 / Dv 512, one KV head) */
 };
 #define NSHAPES (int)(sizeof shapes / sizeof shapes[0])
 /* Big: sparingly. */
@@ -93,6 +94,61 @@ static const offset_cfg offsets[] = {
 };
 #define NOFFS (int)(sizeof offsets / sizeof offsets[0])
 
+/* Issue 13 (A): sinks, bias / mask (with dbias), block-sparse masks, chunked attention, each alone
+ * and combined with a feature of the table above, on a shape (or varlen config), some at block
+ * offsets. */
+typedef struct feat13 {
+    int sinks;
+    attn_bcast bias;
+    int bias_f32, dbias;
+    attn_bcast mask, blocks;
+    int64_t bq, bk;
+    int pct;
+    int64_t chunk;
+    int feature, shape; /* shape: index into shapes, or -1 - index into varlens */
+    int64_t q_offset, k_offset;
+} feat13;
+
+#define BC0 ATTN_BC_NONE
+static const feat13 f13[] = {
+    /* sinks: alone, with a sliding window (gpt-oss), causal varlen, everything, dropout, MLA */
+    {1, BC0, 0, 0, BC0, BC0, 0, 0, 0, 0, 0, 3, 0, 0},
+    {1, BC0, 0, 0, BC0, BC0, 0, 0, 0, 0, 2, 4, 0, 0},
+    {1, BC0, 0, 0, BC0, BC0, 0, 0, 0, 0, 1, -1, 0, 0},
+    {1, BC0, 0, 0, BC0, BC0, 0, 0, 0, 0, 13, 2, 0, 0},
+    {1, BC0, 0, 0, BC0, BC0, 0, 0, 0, 0, 9, 5, 0, 0},
+    {1, BC0, 0, 0, BC0, BC0, 0, 0, 0, 0, 1, 12, 0, 0},
+    /* bias (every broadcast, fp32 or the dtype, with dbias) */
+    {0, ATTN_BC_BH, 0, 1, BC0, BC0, 0, 0, 0, 0, 0, 3, 0, 0},
+    {0, ATTN_BC_1H, 1, 1, BC0, BC0, 0, 0, 0, 0, 10, 4, 0, 0},
+    {0, ATTN_BC_B1, 0, 1, BC0, BC0, 0, 0, 0, 0, 7, 1, 0, 0},
+    {0, ATTN_BC_11, 1, 1, BC0, BC0, 0, 0, 0, 0, 11, 2, 0, 0},
+    {0, ATTN_BC_11, 0, 0, BC0, BC0, 0, 0, 0, 0, 0, 11, 0, 0},
+    /* boolean mask */
+    {0, BC0, 0, 0, ATTN_BC_BH, BC0, 0, 0, 0, 0, 0, 5, 0, 0},
+    {0, BC0, 0, 0, ATTN_BC_1H, BC0, 0, 0, 0, 0, 2, 3, 0, 0},
+    {0, ATTN_BC_BH, 0, 1, ATTN_BC_11, BC0, 0, 0, 0, 0, 6, 4, 0, 0},
+    {0, BC0, 0, 0, ATTN_BC_B1, BC0, 0, 0, 0, 0, 9, 10, 0, 0},
+    /* block-sparse: block sizes below, at and above the kernels' blocks, odd ones, varlen */
+    {0, BC0, 0, 0, BC0, ATTN_BC_BH, 16, 16, 50, 0, 0, 5, 0, 0},
+    {0, BC0, 0, 0, BC0, ATTN_BC_1H, 32, 8, 40, 0, 1, 11, 0, 0},
+    {0, BC0, 0, 0, BC0, ATTN_BC_11, 7, 5, 60, 0, 9, 3, 0, 0},
+    {0, BC0, 0, 0, BC0, ATTN_BC_B1, 4, 4, 50, 0, 0, -1, 0, 0},
+    {0, BC0, 0, 0, BC0, ATTN_BC_11, 128, 256, 70, 0, 12, 4, 0, 0},
+    {1, ATTN_BC_1H, 0, 1, ATTN_BC_B1, ATTN_BC_11, 16, 32, 60, 0, 12, 4, 0, 0},
+    /* chunked attention */
+    {0, BC0, 0, 0, BC0, BC0, 0, 0, 0, 16, 0, 5, 0, 0},
+    {0, BC0, 0, 0, BC0, BC0, 0, 0, 0, 32, 1, 11, 0, 0},
+    {0, BC0, 0, 0, BC0, BC0, 0, 0, 0, 7, 12, -2, 0, 0},
+    {1, BC0, 0, 0, BC0, BC0, 0, 0, 0, 5, 4, 3, 0, 0},
+    {0, BC0, 0, 0, BC0, BC0, 0, 0, 0, 3, 10, 10, 0, 0},
+    /* at block offsets (positions) */
+    {1, BC0, 0, 0, BC0, ATTN_BC_11, 16, 16, 50, 16, 1, 4, 300, 257},
+    {0, ATTN_BC_BH, 1, 1, ATTN_BC_1H, BC0, 0, 0, 0, 0, 13, 2, 5, 0},
+    {1, BC0, 0, 0, BC0, ATTN_BC_BH, 8, 8, 50, 24, 11, -1, 7, 3},
+};
+#define NF13 (int)(sizeof f13 / sizeof f13[0])
+
 static const cf_dtype dtypes[3] = {CF_F32, CF_F16, CF_BF16};
 
 static void set_shape(attn_case* c, const shape* s) {
@@ -121,12 +177,31 @@ static void set_varlen(attn_case* c, const varlen_cfg* v) {
 /* Per dtype, level 0: a feature sweep on small shapes, a shape sweep, varlen, one big case. */
 #define L0_FEAT NFEAT
 #define L0_SHAPE NSHAPES
-#define L0_PER_DTYPE (L0_FEAT + L0_SHAPE + NVARLEN + 1 + NOFFS)
-/* Per dtype, level 1: every shape x feature, every varlen x feature, both big shapes, offsets. */
-#define L1_PER_DTYPE ((NSHAPES + NVARLEN) * NFEAT + 2 + NOFFS)
+#define L0_PER_DTYPE (L0_FEAT + L0_SHAPE + NVARLEN + 1 + NF13 + NOFFS)
+/* Per dtype, level 1: every shape x feature, every varlen x feature, both big shapes, the issue
+ * 13 cases on their shape and on two more, offsets. */
+#define L1_PER_DTYPE ((NSHAPES + NVARLEN) * NFEAT + 2 + 3 * NF13 + NOFFS)
 
 static const int small_for_features[] = {1, 2, 3, 7, 8, 9, 4, 10};
 #define NSMALL (int)(sizeof small_for_features / sizeof small_for_features[0])
+
+/* Issue 13 case k; alt > 0 moves it to another shape (level 1). */
+static void set_f13(attn_case* c, int k, int alt) {
+    const feat13* f = &f13[k];
+    int sh = f->shape;
+    if (alt) sh = (k * 3 + alt * 5) % NSHAPES;
+    if (sh >= 0)
+        set_shape(c, &shapes[sh]);
+    else
+        set_varlen(c, &varlens[-1 - sh]);
+    set_feature(c, &features[f->feature]);
+    c->sinks = f->sinks;
+    c->bias = c->varlen ? BC0 : f->bias, c->bias_f32 = f->bias_f32, c->dbias = f->dbias;
+    c->mask = c->varlen ? BC0 : f->mask;
+    c->blocks = f->blocks, c->block_q = f->bq, c->block_k = f->bk, c->block_pct = f->pct;
+    c->chunk = f->chunk;
+    c->q_offset = f->q_offset, c->k_offset = f->k_offset;
+}
 
 static void set_offsets(attn_case* c, const offset_cfg* o) {
     if (o->shape >= 0)
@@ -151,6 +226,13 @@ int attn_grid_case(int level, int i, attn_case* c) {
     if (j >= per - NOFFS) { /* the same block cases at both levels */
         set_offsets(c, &offsets[j - (per - NOFFS)]);
         c->layout = (tt_layout)((j + d) % 3);
+        return 0;
+    }
+    const int n13 = level <= 0 ? NF13 : 3 * NF13;
+    if (j >= per - NOFFS - n13) { /* issue 13's features */
+        const int k = j - (per - NOFFS - n13);
+        set_f13(c, k % NF13, k / NF13);
+        c->layout = (tt_layout)((k + d) % 3);
         return 0;
     }
     if (level <= 0) {
@@ -210,6 +292,7 @@ int attn_grid_run(const attn_grid_opts* o, int* ran, int* skipped) {
         attn_case c;
         attn_grid_case(o->level, i, &c);
         if (o->dtypes && !(o->dtypes & (1u << c.dtype))) continue;
+        if (o->plain_only && (c.sinks || c.bias || c.mask || c.blocks || c.chunk)) continue;
         char name[256];
         attn_case_str(&c, name, sizeof name);
         attn_problem* p = attn_problem_new(&c);

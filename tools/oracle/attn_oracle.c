@@ -9,7 +9,7 @@
 
 #include "oracle/attn_oracle.h"
 
-const char* const attn_comp_names[ATTN_NCOMP] = {"out", "lse", "dq", "dk", "dv"};
+const char* const attn_comp_names[ATTN_NCOMP] = {"out", "lse", "dq", "dk", "dv", "dsink", "dbias"};
 
 /* ---- Cases -------------------------------------------------------------------------------- */
 
@@ -57,6 +57,16 @@ void attn_case_str(const attn_case* c, char* buf, size_t n) {
     if (c->no_lse) APPEND(" no-lse");
     if (c->q_offset || c->k_offset)
         APPEND(" at(%lld,%lld)", (long long)c->q_offset, (long long)c->k_offset);
+    static const char* const bc[5] = {"", "BH", "1H", "B1", "11"};
+    if (c->sinks) APPEND(" sinks");
+    if (c->bias)
+        APPEND(" bias[%s]%s%s", bc[c->bias], c->bias_f32 ? "f32" : "", c->dbias ? "+dbias" : "");
+    if (c->mask) APPEND(" mask[%s]", bc[c->mask]);
+    if (c->blocks)
+        APPEND(" blocks[%s](%lld,%lld,%d%%)", bc[c->blocks],
+               (long long)(c->block_q ? c->block_q : 128),
+               (long long)(c->block_k ? c->block_k : 128), c->block_pct ? c->block_pct : 50);
+    if (c->chunk) APPEND(" chunk%lld", (long long)c->chunk);
     APPEND(" seed%llu", (unsigned long long)c->seed);
 }
 
@@ -107,11 +117,117 @@ static uint64_t inputs_hash(const attn_problem* p) {
         tt_hash(&p->q) ^ (tt_hash(&p->k) * 3) ^ (tt_hash(&p->v) * 5) ^ (tt_hash(&p->dout) * 7);
     if (p->alibi.base) h ^= tt_hash(&p->alibi) * 11;
     if (p->cu_q.base) h ^= tt_hash(&p->cu_q) * 13 ^ tt_hash(&p->cu_k) * 17;
+    const tt_tensor* extra[5] = {&p->sinks, &p->bias, &p->mask, &p->bs_num, &p->bs_idx};
+    for (int i = 0; i < 5; i++)
+        if (extra[i]->base) h ^= tt_hash(extra[i]) * (uint64_t)(19 + 2 * i);
     return h;
 }
 
 static double* dalloc(int64_t n) {
     return calloc((size_t)(n > 0 ? n : 1), sizeof(double));
+}
+
+/* ---- Issue 13 (A): sinks, bias, mask, block-sparse tensors -------------------------------- */
+
+static int64_t bc_b(attn_bcast bc, int64_t B) {
+    return bc == ATTN_BC_BH || bc == ATTN_BC_B1 ? B : 1;
+}
+static int64_t bc_h(attn_bcast bc, int64_t H) {
+    return bc == ATTN_BC_BH || bc == ATTN_BC_1H ? H : 1;
+}
+
+/* Sinks (one head without: -inf, one large), bias (a few -inf, one row all -inf), mask (random,
+ * one row and one region all masked), block lists (random subsets, shuffled, duplicates, a query
+ * block with none and one with all, entries past num holding garbage). Returns 0 or -1. */
+static int setup_features(attn_problem* p, uint64_t seed) {
+    const attn_case* c = &p->c;
+    const int64_t B = c->B, H = c->H, Sq = c->Sq, Sk = c->Sk;
+    int ok = 0;
+    tt_rng r;
+    tt_rng_init(&r, seed + 7);
+    if (c->sinks) {
+        ok |= tt_alloc(&p->sinks, CFLASH_DTYPE_F32, 1, &c->H, TT_DENSE);
+        ok |= tt_alloc(&p->dsinks, CFLASH_DTYPE_F32, 1, &c->H, TT_DENSE);
+        for (int64_t h = 0; !ok && h < H; h++) {
+            double v = 4.0 * tt_rng_uniform(&r) - 1.0;
+            if (h == 0 && H > 2) v = 6.0;           /* the sink dominates the row */
+            if (h == H - 1 && H > 1) v = -INFINITY; /* no sink for this head */
+            tt_set_flat(&p->sinks, h, v);
+        }
+    }
+    if (c->bias && !c->varlen) {
+        p->nbb = bc_b(c->bias, B), p->nbh = bc_h(c->bias, H);
+        const int64_t sh[4] = {p->nbb, p->nbh, Sq, Sk};
+        cflash_dtype dt = c->bias_f32 ? CFLASH_DTYPE_F32 : c->dtype;
+        ok |= tt_alloc(&p->bias, dt, 4, sh, c->layout);
+        if (c->dbias) ok |= tt_alloc(&p->dbias, dt, 4, sh, c->layout);
+        for (int64_t n = 0; !ok && n < p->bias.numel; n++) {
+            int64_t idx[4];
+            tt_unravel(&p->bias, n, idx);
+            double v = 2.0 * tt_rng_uniform(&r) - 1.0;
+            if (tt_rng_uniform(&r) < 0.04 || (idx[0] + idx[1] == 0 && idx[2] == Sq / 2))
+                v = -INFINITY;
+            tt_set(&p->bias, idx, v);
+        }
+    }
+    if (c->mask && !c->varlen) {
+        p->nmb = bc_b(c->mask, B), p->nmh = bc_h(c->mask, H);
+        const int64_t sh[4] = {p->nmb, p->nmh, Sq, Sk};
+        ok |= tt_alloc(&p->mask, CFLASH_DTYPE_U8, 4, sh, c->layout);
+        for (int64_t n = 0; !ok && n < p->mask.numel; n++) {
+            int64_t idx[4];
+            tt_unravel(&p->mask, n, idx);
+            int first = idx[0] + idx[1] == 0, i = (int)idx[2], j = (int)idx[3];
+            double v = tt_rng_uniform(&r) < 0.75 ? (n % 7 ? 1 : 3) : 0;
+            if (first && (i == Sq / 3 || (i >= Sq / 4 && i < Sq / 2 && j < 3 * Sk / 4))) v = 0;
+            tt_set(&p->mask, idx, v);
+        }
+    }
+    if (c->blocks) {
+        const int64_t bq = c->block_q ? c->block_q : 128, bk = c->block_k ? c->block_k : 128;
+        const int pct = c->block_pct ? c->block_pct : 50;
+        p->nsb = bc_b(c->blocks, B), p->nsh = bc_h(c->blocks, H);
+        const int64_t mq = c->varlen ? p->max_q : Sq, mk = c->varlen ? p->max_k : Sk;
+        const int64_t nqb = (c->q_offset + mq + bq - 1) / bq + 1; /* one more than needed */
+        const int64_t nkb = (c->k_offset + mk + bk - 1) / bk, K = nkb + 2;
+        const int64_t sn[3] = {p->nsb, p->nsh, nqb}, sx[4] = {p->nsb, p->nsh, nqb, K};
+        ok |= tt_alloc(&p->bs_num, CFLASH_DTYPE_I32, 3, sn, TT_DENSE);
+        ok |= tt_alloc(&p->bs_idx, CFLASH_DTYPE_I32, 4, sx, c->layout);
+        int32_t* list = malloc(sizeof(int32_t) * (size_t)K);
+        ok |= !list;
+        for (int64_t b = 0; !ok && b < p->nsb; b++)
+            for (int64_t h = 0; h < p->nsh; h++)
+                for (int64_t q = 0; q < nqb; q++) {
+                    int64_t n = 0;
+                    const int all = q == 1, none = q == 2 && nqb > 3;
+                    for (int64_t kb = 0; kb < nkb; kb++)
+                        if (!none && (all || tt_rng_uniform(&r) * 100 < pct))
+                            list[n++] = (int32_t)kb;
+                    if (n == 0 && !none) list[n++] = (int32_t)(tt_rng_u64(&r) % (uint64_t)nkb);
+                    if (n > 0 && tt_rng_uniform(&r) < 0.3) list[n] = list[0], n++; /* a duplicate */
+                    for (int64_t t = n - 1; t > 0; t--) {                          /* shuffle */
+                        int64_t u = (int64_t)(tt_rng_u64(&r) % (uint64_t)(t + 1));
+                        int32_t x = list[t];
+                        list[t] = list[u], list[u] = x;
+                    }
+                    int64_t in[3] = {b, h, q};
+                    tt_set(&p->bs_num, in, (double)n);
+                    for (int64_t t = 0; t < K; t++) {
+                        int64_t ix[4] = {b, h, q, t};
+                        tt_set(&p->bs_idx, ix, t < n ? list[t] : (t % 2 ? -5 : 1 << 30));
+                    }
+                }
+        free(list);
+    }
+    return ok ? -1 : 0;
+}
+
+/* The fp64 copies the oracle reads (sinks, bias). */
+static void gather_features(attn_problem* p) {
+    for (int64_t h = 0; p->sinks.base && h < p->c.H; h++)
+        p->SINK[h] = tt_get_flat(&p->sinks, h);
+    for (int64_t n = 0; p->bias.base && n < p->bias.numel; n++)
+        p->BIAS[n] = tt_get_flat(&p->bias, n);
 }
 
 attn_problem* attn_problem_new(const attn_case* cin) {
@@ -178,11 +294,12 @@ attn_problem* attn_problem_new(const attn_case* cin) {
         else
             ok |= tt_alloc(&p->alibi, CFLASH_DTYPE_F32, 2, sa, TT_DENSE);
     }
+    uint64_t s = c->seed * 1000003ull;
+    if (!ok) ok = setup_features(p, s);
     if (ok) {
         attn_problem_free(p);
         return NULL;
     }
-    uint64_t s = c->seed * 1000003ull;
     tt_random(&p->q, s + 1, -2.0, 2.0);
     tt_random(&p->k, s + 2, -2.0, 2.0);
     tt_random(&p->v, s + 3, -1.0, 1.0);
@@ -207,6 +324,16 @@ attn_problem* attn_problem_new(const attn_case* cin) {
     p->params.dropout_p = c->dropout_p;
     p->params.q_offset = c->q_offset;
     p->params.k_offset = c->k_offset;
+    p->params.sinks = p->sinks.base ? &p->sinks.dl : NULL;
+    p->params.dsinks = p->dsinks.base ? &p->dsinks.dl : NULL;
+    p->params.attn_bias = p->bias.base ? &p->bias.dl : NULL;
+    p->params.dbias = p->dbias.base ? &p->dbias.dl : NULL;
+    p->params.attn_mask = p->mask.base ? &p->mask.dl : NULL;
+    p->params.block_kv_num = p->bs_num.base ? &p->bs_num.dl : NULL;
+    p->params.block_kv_indices = p->bs_idx.base ? &p->bs_idx.dl : NULL;
+    p->params.block_q = c->block_q ? c->block_q : 128;
+    p->params.block_k = c->block_k ? c->block_k : 128;
+    p->params.attention_chunk = c->chunk;
     {
         tt_rng r;
         tt_rng_init(&r, s + 6);
@@ -221,9 +348,13 @@ attn_problem* attn_problem_new(const attn_case* cin) {
     p->ref_dv = dalloc(tk * Hk * Dv);
     p->nv_out = dalloc(tq * H * Dv), p->nv_lse = dalloc(tq * H);
     p->nv_dq = dalloc(tq * H * D), p->nv_dk = dalloc(tk * Hk * D), p->nv_dv = dalloc(tk * Hk * Dv);
+    const int64_t nbias = p->nbb * p->nbh * c->Sq * c->Sk;
+    p->SINK = dalloc(H), p->ref_dsink = dalloc(H), p->nv_dsink = dalloc(H);
+    p->BIAS = dalloc(nbias), p->ref_dbias = dalloc(nbias), p->nv_dbias = dalloc(nbias);
     if (!p->Q || !p->K || !p->V || !p->dO || !p->ref_out || !p->ref_lse || !p->ref_dq ||
         !p->ref_dk || !p->ref_dv || !p->nv_out || !p->nv_lse || !p->nv_dq || !p->nv_dk ||
-        !p->nv_dv) {
+        !p->nv_dv || !p->SINK || !p->ref_dsink || !p->nv_dsink || !p->BIAS || !p->ref_dbias ||
+        !p->nv_dbias) {
         fprintf(stderr, "attn_problem_new: out of memory\n");
         attn_problem_free(p);
         return NULL;
@@ -232,6 +363,7 @@ attn_problem* attn_problem_new(const attn_case* cin) {
     gather(p, &p->k, 1, tk, Hk, D, p->K);
     gather(p, &p->v, 1, tk, Hk, Dv, p->V);
     gather(p, &p->dout, 0, tq, H, Dv, p->dO);
+    gather_features(p);
     p->in_hash = inputs_hash(p);
     p->inputs_ok = 1;
     return p;
@@ -243,6 +375,7 @@ void attn_problem_refresh_inputs(attn_problem* p) {
     gather(p, &p->k, 1, p->total_k, c->Hk, c->D, p->K);
     gather(p, &p->v, 1, p->total_k, c->Hk, c->Dv, p->V);
     gather(p, &p->dout, 0, p->total_q, c->H, c->Dv, p->dO);
+    gather_features(p);
     p->in_hash = inputs_hash(p);
     p->have_fwd = p->have_bwd = 0;
     p->fwd_ran = 0;
@@ -250,12 +383,15 @@ void attn_problem_refresh_inputs(attn_problem* p) {
 
 void attn_problem_free(attn_problem* p) {
     if (!p) return;
-    tt_tensor* ts[] = {&p->q,  &p->k,  &p->v,  &p->dout,  &p->out,  &p->lse,
-                       &p->dq, &p->dk, &p->dv, &p->alibi, &p->cu_q, &p->cu_k};
+    tt_tensor* ts[] = {&p->q,    &p->k,     &p->v,     &p->dout,   &p->out,   &p->lse,   &p->dq,
+                       &p->dk,   &p->dv,    &p->alibi, &p->cu_q,   &p->cu_k,  &p->sinks, &p->dsinks,
+                       &p->bias, &p->dbias, &p->mask,  &p->bs_num, &p->bs_idx};
     for (size_t i = 0; i < sizeof ts / sizeof ts[0]; i++)
         tt_free(ts[i]);
-    double* ds[] = {p->Q,      p->K,      p->V,      p->dO,     p->ref_out, p->ref_lse, p->ref_dq,
-                    p->ref_dk, p->ref_dv, p->nv_out, p->nv_lse, p->nv_dq,   p->nv_dk,   p->nv_dv};
+    double* ds[] = {p->Q,       p->K,         p->V,         p->dO,       p->ref_out,
+                    p->ref_lse, p->ref_dq,    p->ref_dk,    p->ref_dv,   p->nv_out,
+                    p->nv_lse,  p->nv_dq,     p->nv_dk,     p->nv_dv,    p->SINK,
+                    p->BIAS,    p->ref_dsink, p->ref_dbias, p->nv_dsink, p->nv_dbias};
     for (size_t i = 0; i < sizeof ds / sizeof ds[0]; i++)
         free(ds[i]);
     free(p->q0), free(p->qn), free(p->k0), free(p->kn);
@@ -324,6 +460,8 @@ cflash_status attn_problem_run_bwd(cflash_context* ctx, attn_problem* p) {
     tt_poison(&p->dq);
     tt_poison(&p->dk);
     tt_poison(&p->dv);
+    if (p->dsinks.base) tt_poison(&p->dsinks);
+    if (p->dbias.base) tt_poison(&p->dbias);
     uint64_t h_out = tt_hash(&p->out) ^ tt_hash(&p->lse);
     cflash_status s = attn_problem_call_bwd(ctx, p, NULL);
     p->inputs_ok = inputs_hash(p) == p->in_hash && (tt_hash(&p->out) ^ tt_hash(&p->lse)) == h_out;
@@ -378,7 +516,48 @@ static int visible(const attn_case* c, int64_t i, int64_t j, int64_t sq, int64_t
     if (c->causal && j > diag) return 0;
     if (c->window_left >= 0 && j < diag - c->window_left) return 0;
     if (c->window_right >= 0 && j > diag + c->window_right) return 0;
+    if (c->chunk > 0) { /* the query's and the key's positions in one chunk (floor division) */
+        int64_t qp = (i + c->q_offset) + sk - sq, kp = j + c->k_offset;
+        int64_t qc = qp >= 0 ? qp / c->chunk : -((-qp + c->chunk - 1) / c->chunk);
+        if (qc != kp / c->chunk) return 0;
+    }
     return 1;
+}
+
+/* Issue 13's per-pair masks of (b, h, i, j): attn_mask and the block-sparse lists. */
+static int visible_extra(const attn_problem* p, int64_t b, int64_t h, int64_t i, int64_t j) {
+    const attn_case* c = &p->c;
+    if (p->mask.base) {
+        int64_t idx[4] = {p->nmb > 1 ? b : 0, p->nmh > 1 ? h : 0, i, j};
+        if (tt_get(&p->mask, idx) == 0) return 0;
+    }
+    if (p->bs_num.base) {
+        const int64_t bq = c->block_q ? c->block_q : 128, bk = c->block_k ? c->block_k : 128;
+        int64_t in[3] = {p->nsb > 1 ? b : 0, p->nsh > 1 ? h : 0, (i + c->q_offset) / bq};
+        const int64_t n = (int64_t)tt_get(&p->bs_num, in), kb = (j + c->k_offset) / bk;
+        int listed = 0;
+        for (int64_t t = 0; t < n && !listed; t++) {
+            int64_t ix[4] = {in[0], in[1], in[2], t};
+            listed = (int64_t)tt_get(&p->bs_idx, ix) == kb;
+        }
+        if (!listed) return 0;
+    }
+    return 1;
+}
+
+/* Index of (b, h, i, j) in the fp64 bias and dbias arrays (broadcast dims collapse). */
+static int64_t bias_at(const attn_problem* p, int64_t b, int64_t h, int64_t i, int64_t j) {
+    const int64_t bb = p->nbb > 1 ? b : 0, hh = p->nbh > 1 ? h : 0;
+    return ((bb * p->nbh + hh) * p->c.Sq + i) * p->c.Sk + j;
+}
+
+/* attn_bias of (b, h, i, j) (0 when none), from the fp64 copy. */
+static double bias_of(const attn_problem* p, int64_t b, int64_t h, int64_t i, int64_t j) {
+    return p->bias.base ? p->BIAS[bias_at(p, b, h, i, j)] : 0.0;
+}
+
+static double sink_of(const attn_problem* p, int64_t h) {
+    return p->sinks.base ? p->SINK[h] : -INFINITY;
 }
 
 static double slope_of(const attn_problem* p, int64_t b, int64_t h) {
@@ -405,9 +584,8 @@ static int64_t oracle_scores(const attn_problem* p, const double* Q, const doubl
     double slope = slope_of(p, b, h), scale = (double)p->scale, cap = (double)c->softcap;
     int64_t nvis = 0;
     for (int64_t j = 0; j < sk; j++) {
-        vis[j] = (unsigned char)visible(c, i, j, sq, sk);
+        vis[j] = (unsigned char)(visible(c, i, j, sq, sk) && visible_extra(p, b, h, i, j));
         if (!vis[j]) continue;
-        nvis++;
         const double* k = K + ((p->k0[b] + j) * c->Hk + hk) * D;
         double s = 0;
         for (int64_t d = 0; d < D; d++)
@@ -420,6 +598,9 @@ static int64_t oracle_scores(const attn_problem* p, const double* Q, const doubl
             g = 1.0 - t * t;
         }
         s -= slope * fabs((double)to_diag(c, i, j, sq, sk));
+        s += bias_of(p, b, h, i, j);
+        vis[j] = s != -INFINITY; /* a bias of -inf masks */
+        nvis += vis[j];
         x[j] = s;
         dx[j] = g;
     }
@@ -440,15 +621,18 @@ void attn_oracle_fwd(const attn_problem* p, const double* Q, const double* K, co
                 double* o = out + (r * H + h) * Dv;
                 for (int64_t d = 0; d < Dv; d++)
                     o[d] = 0;
+                const double sink = sink_of(p, h);
                 if (oracle_scores(p, Q, K, b, h, i, x, dx, vis) == 0) {
-                    lse[r * H + h] = -INFINITY;
+                    lse[r * H + h] = sink; /* -inf without a sink */
                     continue;
                 }
-                double m = -INFINITY, l = 0;
+                /* The sink joins the softmax as a score without a value. */
+                double m = sink, l = 0;
                 for (int64_t j = 0; j < sk; j++)
                     if (vis[j] && x[j] > m) m = x[j];
                 for (int64_t j = 0; j < sk; j++)
                     if (vis[j]) l += exp(x[j] - m);
+                if (sink != -INFINITY) l += exp(sink - m);
                 lse[r * H + h] = m + log(l);
                 for (int64_t j = 0; j < sk; j++) {
                     if (!vis[j]) continue;
@@ -469,6 +653,8 @@ void attn_oracle_bwd(const attn_problem* p, const double* Q, const double* K, co
     memset(dQ, 0, sizeof(double) * (size_t)(p->total_q * H * D));
     memset(dK, 0, sizeof(double) * (size_t)(p->total_k * Hk * D));
     memset(dV, 0, sizeof(double) * (size_t)(p->total_k * Hk * Dv));
+    memset(p->ref_dsink, 0, sizeof(double) * (size_t)H);
+    memset(p->ref_dbias, 0, sizeof(double) * (size_t)(p->nbb * p->nbh * c->Sq * c->Sk));
     double* x = malloc((size_t)mk * sizeof(double));
     double* dx = malloc((size_t)mk * sizeof(double));
     double* P = malloc((size_t)mk * sizeof(double));
@@ -480,11 +666,13 @@ void attn_oracle_bwd(const attn_problem* p, const double* Q, const double* K, co
             for (int64_t i = 0; i < p->qn[b]; i++) {
                 int64_t r = p->q0[b] + i, sk = p->kn[b], hk = h / (H / Hk);
                 if (oracle_scores(p, Q, K, b, h, i, x, dx, vis) == 0) continue;
-                double m = -INFINITY, l = 0;
+                const double sink = sink_of(p, h);
+                double m = sink, l = 0;
                 for (int64_t j = 0; j < sk; j++)
                     if (vis[j] && x[j] > m) m = x[j];
                 for (int64_t j = 0; j < sk; j++)
                     if (vis[j]) l += exp(x[j] - m);
+                if (sink != -INFINITY) l += exp(sink - m);
                 const double* q = Q + (r * H + h) * D;
                 const double* go = dO + (r * H + h) * Dv;
                 double Di = 0;
@@ -503,9 +691,13 @@ void attn_oracle_bwd(const attn_problem* p, const double* Q, const double* K, co
                         for (int64_t d = 0; d < Dv; d++)
                             gv[d] += z * P[j] * go[d];
                 }
+                /* d out / d sink = -P_sink * out, so dsink = -P_sink * (dO . out) = -P_sink Di */
+                if (sink != -INFINITY) p->ref_dsink[h] -= exp(sink - m) / l * Di;
                 double* gq = dQ + (r * H + h) * D;
                 for (int64_t j = 0; j < sk; j++) {
                     if (!vis[j]) continue;
+                    if (p->bias.base) /* the bias is added to the score: dbias = dL/ds */
+                        p->ref_dbias[bias_at(p, b, h, i, j)] += P[j] * (dP[j] - Di);
                     double ds = P[j] * (dP[j] - Di) * dx[j] * scale;
                     const double* k = K + ((p->k0[b] + j) * Hk + hk) * D;
                     double* gk = dK + ((p->k0[b] + j) * Hk + hk) * D;
@@ -534,9 +726,8 @@ static int64_t naive_scores(const attn_problem* p, int64_t b, int64_t h, int64_t
     float slope = (float)slope_of(p, b, h), cap = c->softcap;
     int64_t nvis = 0;
     for (int64_t j = 0; j < sk; j++) {
-        vis[j] = (unsigned char)visible(c, i, j, sq, sk);
+        vis[j] = (unsigned char)(visible(c, i, j, sq, sk) && visible_extra(p, b, h, i, j));
         if (!vis[j]) continue;
-        nvis++;
         const double* k = p->K + ((p->k0[b] + j) * c->Hk + hk) * D;
         float s = 0;
         for (int64_t d = 0; d < D; d++)
@@ -549,6 +740,9 @@ static int64_t naive_scores(const attn_problem* p, int64_t b, int64_t h, int64_t
             g = 1.0f - t * t;
         }
         if (slope != 0) s = rd(dt, s - slope * (float)llabs(to_diag(c, i, j, sq, sk)));
+        if (p->bias.base) s = rd(dt, s + (float)bias_of(p, b, h, i, j));
+        vis[j] = s != -INFINITY;
+        nvis += vis[j];
         x[j] = s;
         dx[j] = g;
     }
@@ -571,17 +765,19 @@ void attn_naive_fwd(const attn_problem* p, double* out, double* lse) {
                 double* o = out + (r * H + h) * Dv;
                 for (int64_t d = 0; d < Dv; d++)
                     acc[d] = 0;
+                const float sink = (float)sink_of(p, h);
                 if (naive_scores(p, b, h, i, x, dx, vis) == 0) {
-                    lse[r * H + h] = -INFINITY;
+                    lse[r * H + h] = sink;
                     for (int64_t d = 0; d < Dv; d++)
                         o[d] = 0;
                     continue;
                 }
-                float m = -INFINITY, l = 0;
+                float m = sink, l = 0;
                 for (int64_t j = 0; j < sk; j++)
                     if (vis[j] && x[j] > m) m = x[j];
                 for (int64_t j = 0; j < sk; j++)
                     if (vis[j]) l += expf(x[j] - m);
+                if (sink != -INFINITY) l += expf(sink - m);
                 lse[r * H + h] = (double)(m + logf(l));
                 for (int64_t j = 0; j < sk; j++) {
                     if (!vis[j]) continue;
@@ -610,6 +806,9 @@ void attn_naive_bwd(const attn_problem* p, const double* out, const double* lse,
     float* x = malloc((size_t)mk * sizeof(float));
     float* dx = malloc((size_t)mk * sizeof(float));
     unsigned char* vis = malloc((size_t)mk);
+    const int64_t nbias = p->nbb * p->nbh * c->Sq * c->Sk;
+    float* gb = calloc((size_t)(nbias > 0 ? nbias : 1), sizeof(float));
+    float* gs = calloc((size_t)H, sizeof(float));
     float inv_keep = 1.0f / (1.0f - c->dropout_p);
     for (int64_t b = 0; b < p->B; b++)
         for (int64_t h = 0; h < H; h++)
@@ -617,12 +816,14 @@ void attn_naive_bwd(const attn_problem* p, const double* out, const double* lse,
                 int64_t r = p->q0[b] + i, sk = p->kn[b], hk = h / (H / Hk);
                 if (naive_scores(p, b, h, i, x, dx, vis) == 0) continue;
                 float L = (float)lse[r * H + h];
+                const float sink = (float)sink_of(p, h);
                 const double* go = p->dO + (r * H + h) * Dv;
                 const double* o = out + (r * H + h) * Dv;
                 const double* q = p->Q + (r * H + h) * D;
                 float Di = 0;
                 for (int64_t d = 0; d < Dv; d++)
                     Di += (float)go[d] * (float)o[d];
+                if (sink != -INFINITY) gs[h] -= expf(sink - L) * Di;
                 for (int64_t j = 0; j < sk; j++) {
                     if (!vis[j]) continue;
                     int64_t kr = (p->k0[b] + j) * Hk + hk;
@@ -638,7 +839,9 @@ void attn_naive_bwd(const attn_problem* p, const double* out, const double* lse,
                         gv[kr * Dv + d] += pz * (float)go[d];
                     }
                     float dp = rd(dt, t) * z;
-                    float ds = rd(dt, rd(dt, pj * (dp - Di)) * dx[j]);
+                    float dsb = rd(dt, pj * (dp - Di));
+                    if (p->bias.base) gb[bias_at(p, b, h, i, j)] += dsb;
+                    float ds = rd(dt, dsb * dx[j]);
                     for (int64_t d = 0; d < D; d++) {
                         gq[(r * H + h) * D + d] += ds * (float)k[d];
                         gk[kr * D + d] += ds * (float)q[d];
@@ -651,7 +854,12 @@ void attn_naive_bwd(const attn_problem* p, const double* out, const double* lse,
         dK[n] = rd(dt, gk[n] * p->scale);
     for (int64_t n = 0; n < nv; n++)
         dV[n] = rd(dt, gv[n]);
-    free(gq), free(gk), free(gv), free(x), free(dx), free(vis);
+    for (int64_t h = 0; h < H; h++)
+        p->nv_dsink[h] = gs[h];
+    const cflash_dtype bdt = p->dbias.base ? p->dbias.dtype : dt;
+    for (int64_t n = 0; n < nbias; n++)
+        p->nv_dbias[n] = rd(bdt, gb[n]);
+    free(gq), free(gk), free(gv), free(x), free(dx), free(vis), free(gb), free(gs);
 }
 
 void attn_problem_compute_oracle(attn_problem* p, int bwd) {
@@ -733,6 +941,23 @@ static int errors(attn_problem* p, attn_errors* e, int bwd) {
         gather(p, &p->dv, 1, tk, Hk, c->Dv, g);
         comp(e, ATTN_DV, &p->dv, g, p->ref_dv, p->nv_dv, tk * Hk * c->Dv, c->dtype, 3.0);
         free(g);
+        if (p->dsinks.base) {
+            double* gs = dalloc(H);
+            for (int64_t h = 0; h < H; h++)
+                gs[h] = tt_get_flat(&p->dsinks, h);
+            /* fp32, but a sum of exp(sink - lse) * (dO . out) over rows of out rounded to the
+             * dtype: the absolute term is the dtype's. */
+            comp(e, ATTN_DSINK, &p->dsinks, gs, p->ref_dsink, p->nv_dsink, H, c->dtype, 3.0);
+            free(gs);
+        }
+        if (p->dbias.base) {
+            double* gb = dalloc(p->dbias.numel);
+            for (int64_t n = 0; n < p->dbias.numel; n++)
+                gb[n] = tt_get_flat(&p->dbias, n);
+            comp(e, ATTN_DBIAS, &p->dbias, gb, p->ref_dbias, p->nv_dbias, p->dbias.numel,
+                 p->dbias.dtype, 3.0);
+            free(gb);
+        }
     }
     return e->pass;
 }

@@ -21,6 +21,15 @@
 
 typedef enum attn_alibi { ATTN_ALIBI_NONE = 0, ATTN_ALIBI_H = 1, ATTN_ALIBI_BH = 2 } attn_alibi;
 
+/* Issue 13: a (B|1, H|1, ...) tensor's leading dims: absent, full, or broadcast over B and/or H. */
+typedef enum attn_bcast {
+    ATTN_BC_NONE = 0,
+    ATTN_BC_BH = 1, /* (B, H, ...) */
+    ATTN_BC_1H = 2, /* (1, H, ...) */
+    ATTN_BC_B1 = 3, /* (B, 1, ...) */
+    ATTN_BC_11 = 4  /* (1, 1, ...) */
+} attn_bcast;
+
 typedef struct attn_case {
     int64_t B, H, Hk; /* varlen: B = number of sequences */
     int64_t Sq, Sk;   /* batch mode only (varlen: from seqlens_*) */
@@ -39,6 +48,17 @@ typedef struct attn_case {
     int no_lse;          /* forward with lse = NULL (the backward still needs one) */
     uint64_t seed;       /* inputs and the dropout seed/offset derive from it */
     int64_t q_offset, k_offset; /* block positions (cflash_attn_params), 0 = none */
+    /* -- A (issue 13) -- */
+    int sinks;                /* 1: fp32 sinks [H] (random; one head -inf = no sink); the backward
+                                 also writes dsinks */
+    attn_bcast bias;          /* attn_bias (random, a few -inf entries and one all -inf row) */
+    int bias_f32;             /* attn_bias and dbias in fp32 (else the dtype of q) */
+    int dbias;                /* the backward also writes dbias (needs bias) */
+    attn_bcast mask;          /* attn_mask, uint8 (random with masked rows and masked regions) */
+    attn_bcast blocks;        /* block-sparse mask (block_kv_num / block_kv_indices) */
+    int64_t block_q, block_k; /* its block sizes (0 = 128) */
+    int block_pct;            /* percent of key blocks each query block lists (0 = 50) */
+    int64_t chunk;            /* attention_chunk (0 = off) */
 } attn_case;
 
 /* B = H = Hk = Sq = Sk = D = Dv = 1, fp32, no masks, windows -1, dense, seed 1. */
@@ -48,8 +68,9 @@ void attn_case_init(attn_case* c);
 void attn_case_str(const attn_case* c, char* buf, size_t n);
 
 /* Error components, in this order everywhere. */
-enum { ATTN_OUT = 0, ATTN_LSE, ATTN_DQ, ATTN_DK, ATTN_DV, ATTN_NCOMP };
-extern const char* const attn_comp_names[ATTN_NCOMP]; /* "out", "lse", "dq", "dk", "dv" */
+enum { ATTN_OUT = 0, ATTN_LSE, ATTN_DQ, ATTN_DK, ATTN_DV, ATTN_DSINK, ATTN_DBIAS, ATTN_NCOMP };
+/* "out", "lse", "dq", "dk", "dv", "dsink", "dbias" */
+extern const char* const attn_comp_names[ATTN_NCOMP];
 
 typedef struct attn_errors {
     int present[ATTN_NCOMP];    /* component checked */
@@ -67,6 +88,8 @@ typedef struct attn_dl {
     const DLTensor *q, *k, *v, *dout, *alibi, *cu_q, *cu_k;
     DLTensor *out, *lse, *dq, *dk, *dv;
 } attn_dl;
+/* (The issue 13 tensors -- sinks, bias, mask, block-sparse, dsinks, dbias -- are always the host
+ * ones of the problem, through p->params: device tests skip such cases, see attn_grid_opts.) */
 
 typedef struct attn_problem {
     attn_case c;
@@ -82,13 +105,21 @@ typedef struct attn_problem {
     tt_tensor dq, dk, dv;
     tt_tensor alibi;      /* fp32 [H] or [B,H]; base NULL when off */
     tt_tensor cu_q, cu_k; /* int32 [B+1]; varlen only */
-    uint64_t in_hash;     /* of all inputs, taken at creation */
+    /* Issue 13 (base NULL when off): sinks / dsinks fp32 [H]; bias / dbias / mask (nbb, nbh, Sq,
+     * Sk); block-sparse num (nsb, nsh, nqb) and idx (nsb, nsh, nqb, nkb + 2). */
+    tt_tensor sinks, dsinks, bias, dbias, mask, bs_num, bs_idx;
+    int64_t nbb, nbh, nmb, nmh, nsb, nsh; /* leading dims of bias, mask, block-sparse (B|1, H|1) */
+    uint64_t in_hash;                     /* of all inputs, taken at creation */
 
     /* Inputs as fp64, dense in packed-row layout: X[(row*heads + h)*dim + d]. */
     double *Q, *K, *V, *dO;
     /* fp64 oracle and naive results (same layout; lse as [row*H + h]), computed on first use. */
     double *ref_out, *ref_lse, *ref_dq, *ref_dk, *ref_dv;
     double *nv_out, *nv_lse, *nv_dq, *nv_dk, *nv_dv;
+    /* Issue 13: sinks [H] and bias [(b * nbh + h) * Sq * Sk + i * Sk + j] as fp64 (NULL when
+     * off; the oracle reads these, so tests may perturb them), and their gradients. */
+    double *SINK, *BIAS;
+    double *ref_dsink, *ref_dbias, *nv_dsink, *nv_dbias;
     int have_fwd, have_bwd;
     int fwd_ran;   /* p->out/p->lse hold a forward's result */
     int inputs_ok; /* last run left the inputs unchanged */
@@ -134,7 +165,8 @@ cflash_status attn_problem_explain(cflash_context* ctx, attn_problem* p, int bwd
  * out [total_q*H*Dv], lse [total_q*H] (-inf for rows that see no key). */
 void attn_oracle_fwd(const attn_problem* p, const double* Q, const double* K, const double* V,
                      double* out, double* lse);
-/* fp64 backward of sum(out * dO): dQ, dK (summed over a group's query heads), dV. */
+/* fp64 backward of sum(out * dO): dQ, dK (summed over a group's query heads), dV; with sinks
+ * and bias, also p->ref_dsink [H] and p->ref_dbias (the layout of p->BIAS). */
 void attn_oracle_bwd(const attn_problem* p, const double* Q, const double* K, const double* V,
                      const double* dO, double* dQ, double* dK, double* dV);
 /* The naive same-precision computation: scores materialised and rounded to the dtype, P rounded

@@ -1,6 +1,8 @@
 /* Reference attention backward (backend cpu-ref): recomputes each probability from q, k and the
  * forward's LSE. dq per query row; dk and dv of one (b, KV head) are summed in fp32 over the query
- * heads of its group, so memory is O(Sk * (D + Dv)) per thread and the result deterministic. */
+ * heads of its group, so memory is O(Sk * (D + Dv)) per thread and the result deterministic.
+ * dbias (per row of dbias, over the (b, h) it broadcasts to) and dsinks (per head) are separate
+ * passes that recompute what they need, so each output element has one writer. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,44 +13,66 @@
 #include "core/threads.h"
 #include "cpu/ref/attn_ref.h"
 
+/* rowsum(dO * O) of query row qi of head h (sequence b). */
+static float row_delta(const cf_attn_call* c, int64_t b, int64_t h, int64_t qi) {
+    float delta = 0.0f;
+    for (int64_t d = 0; d < c->Dv; d++)
+        delta += cf_load(c->dout.data, c->dtype, ref_at4(&c->dout, b, qi, h, d)) *
+                 cf_load(c->out.data, c->dtype, ref_at4(&c->out, b, qi, h, d));
+    return delta;
+}
+
+/* The pair (query i, key j) of head h, sequence b (rows qi, kj in the views), with the row's lse
+ * and delta: returns 0 when the pair is masked; else adds p * keep * dO to dv_row (NULL = skip)
+ * and sets *ds_s = dL/d(score) (what dbias receives) and *ds = the same scaled back to q.k
+ * (dq += ds k, dk += ds q). */
+static int pair_grad(const cf_attn_call* c, int64_t b, int64_t h, int64_t qi, int64_t kj, int64_t i,
+                     int64_t j, int64_t sq, int64_t sk, float lse, float delta, float* dv_row,
+                     float* ds_s, float* ds) {
+    const int64_t hk = h / (c->H / c->Hk);
+    const float keep_scale = 1.0f / (1.0f - c->dropout_p);
+    float dot = 0.0f;
+    for (int64_t d = 0; d < c->D; d++)
+        dot += cf_load(c->q.data, c->dtype, ref_at4(&c->q, b, qi, h, d)) *
+               cf_load(c->k.data, c->dtype, ref_at4(&c->k, b, kj, hk, d));
+    float x = c->scale * dot, t = 0.0f;
+    if (c->softcap > 0.0f) t = tanhf(x / c->softcap);
+    float s = cf_attn_score(c, x, cf_attn_slope(c, b, h), i, j, sq, sk);
+    if (cf_attn_has_extra(c) && (s = cf_attn_extra(c, b, h, i, j, s)) == -INFINITY) return 0;
+    float p = expf(s - lse);
+    int keep = cf_dropout_keep(c->seed, c->offset, c->dropout_p, (uint64_t)b, (uint64_t)h,
+                               (uint64_t)(i + c->q_offset), (uint64_t)(j + c->k_offset));
+    float pk = keep ? p * keep_scale : 0.0f; /* the weight the forward applied to v_j */
+    float dpk = 0.0f;                        /* dO_i . v_j */
+    for (int64_t d = 0; d < c->Dv; d++) {
+        float g = cf_load(c->dout.data, c->dtype, ref_at4(&c->dout, b, qi, h, d));
+        dpk += g * cf_load(c->v.data, c->dtype, ref_at4(&c->v, b, kj, hk, d));
+        if (dv_row) dv_row[d] += pk * g;
+    }
+    float dp = keep ? dpk * keep_scale : 0.0f;
+    float g = p * (dp - delta); /* d loss / d s */
+    *ds_s = g;
+    if (c->softcap > 0.0f) g *= 1.0f - t * t; /* through s = cap * tanh(x / cap) */
+    *ds = g * c->scale;                       /* through x = scale * q.k */
+    return 1;
+}
+
 /* Gradients of one query row i of head h (sequence b) into dq (D) and the group's dk/dv (Sk rows).
  */
 static void bwd_row(const cf_attn_call* c, float* dq, float* dk, float* dv, int64_t b, int64_t h,
                     int64_t q0, int64_t k0, int64_t i, int64_t sq, int64_t sk) {
     const int64_t hk = h / (c->H / c->Hk), qi = q0 + i;
-    const float keep_scale = 1.0f / (1.0f - c->dropout_p);
     const float lse = ((const float*)c->lse.data)[ref_at3(&c->lse, b, h, qi)];
     memset(dq, 0, sizeof(float) * (size_t)c->D);
     int64_t lo, hi;
     cf_attn_key_range(c, i, sq, sk, &lo, &hi);
     if (lse == -INFINITY) hi = lo; /* a row that saw no key has no gradient */
-    float delta = 0.0f;            /* rowsum(dO * O) */
-    for (int64_t d = 0; d < c->Dv; d++)
-        delta += cf_load(c->dout.data, c->dtype, ref_at4(&c->dout, b, qi, h, d)) *
-                 cf_load(c->out.data, c->dtype, ref_at4(&c->out, b, qi, h, d));
+    const float delta = row_delta(c, b, h, qi);
     for (int64_t j = lo; j < hi; j++) {
         const int64_t kj = k0 + j;
-        float dot = 0.0f;
-        for (int64_t d = 0; d < c->D; d++)
-            dot += cf_load(c->q.data, c->dtype, ref_at4(&c->q, b, qi, h, d)) *
-                   cf_load(c->k.data, c->dtype, ref_at4(&c->k, b, kj, hk, d));
-        float x = c->scale * dot, t = 0.0f;
-        if (c->softcap > 0.0f) t = tanhf(x / c->softcap);
-        float s = cf_attn_score(c, x, cf_attn_slope(c, b, h), i, j, sq, sk);
-        float p = expf(s - lse);
-        int keep = cf_dropout_keep(c->seed, c->offset, c->dropout_p, (uint64_t)b, (uint64_t)h,
-                                   (uint64_t)(i + c->q_offset), (uint64_t)(j + c->k_offset));
-        float pk = keep ? p * keep_scale : 0.0f; /* the weight the forward applied to v_j */
-        float dpk = 0.0f;                        /* dO_i . v_j */
-        for (int64_t d = 0; d < c->Dv; d++) {
-            float g = cf_load(c->dout.data, c->dtype, ref_at4(&c->dout, b, qi, h, d));
-            dpk += g * cf_load(c->v.data, c->dtype, ref_at4(&c->v, b, kj, hk, d));
-            dv[j * c->Dv + d] += pk * g;
-        }
-        float dp = keep ? dpk * keep_scale : 0.0f;
-        float ds = p * (dp - delta);               /* d loss / d s */
-        if (c->softcap > 0.0f) ds *= 1.0f - t * t; /* through s = cap * tanh(x / cap) */
-        ds *= c->scale;                            /* through x = scale * q.k */
+        float ds_s, ds;
+        if (!pair_grad(c, b, h, qi, kj, i, j, sq, sk, lse, delta, dv + j * c->Dv, &ds_s, &ds))
+            continue;
         for (int64_t d = 0; d < c->D; d++) {
             dq[d] += ds * cf_load(c->k.data, c->dtype, ref_at4(&c->k, b, kj, hk, d));
             dk[j * c->D + d] += ds * cf_load(c->q.data, c->dtype, ref_at4(&c->q, b, qi, h, d));
@@ -56,6 +80,48 @@ static void bwd_row(const cf_attn_call* c, float* dq, float* dk, float* dv, int6
     }
     for (int64_t d = 0; d < c->D; d++)
         cf_store(c->dq.data, c->dtype, ref_at4(&c->dq, b, qi, h, d), dq[d]);
+}
+
+/* One row (b', h', i) of dbias (batch calls only): dL/d(score) summed over the (b, h) that the
+ * bias broadcasts to, in a fixed order. acc: Sk floats. */
+static void dbias_row(const cf_attn_call* c, float* acc, int64_t bb, int64_t hh, int64_t i) {
+    const int64_t sq = c->Sq, sk = c->Sk;
+    const int64_t b0 = c->dbias.shape[0] == 1 ? 0 : bb, b1 = c->dbias.shape[0] == 1 ? c->B : bb + 1;
+    const int64_t h0 = c->dbias.shape[1] == 1 ? 0 : hh, h1 = c->dbias.shape[1] == 1 ? c->H : hh + 1;
+    for (int64_t j = 0; j < sk; j++)
+        acc[j] = 0.0f;
+    for (int64_t b = b0; b < b1; b++)
+        for (int64_t h = h0; h < h1; h++) {
+            const float lse = ((const float*)c->lse.data)[ref_at3(&c->lse, b, h, i)];
+            if (lse == -INFINITY) continue;
+            const float delta = row_delta(c, b, h, i);
+            int64_t lo, hi;
+            cf_attn_key_range(c, i, sq, sk, &lo, &hi);
+            for (int64_t j = lo; j < hi; j++) {
+                float ds_s, ds;
+                if (pair_grad(c, b, h, i, j, i, j, sq, sk, lse, delta, NULL, &ds_s, &ds))
+                    acc[j] += ds_s;
+            }
+        }
+    for (int64_t j = 0; j < sk; j++)
+        cf_store(c->dbias.data, c->dbias.dtype,
+                 bb * c->dbias.stride[0] + hh * c->dbias.stride[1] + i * c->dbias.stride[2] + j,
+                 acc[j]);
+}
+
+/* dsinks[h] = -sum over the rows (b, i) of exp(sink - lse) * rowsum(dO * O), in a fixed order. */
+static void dsink_head(const cf_attn_call* c, int64_t h) {
+    const float sink = cf_attn_sink(c, h);
+    float acc = 0.0f;
+    for (int64_t b = 0; b < c->B && sink != -INFINITY; b++) {
+        int64_t q0, sq, k0, sk;
+        cf_attn_seq(c, b, &q0, &sq, &k0, &sk);
+        for (int64_t i = 0; i < sq; i++) {
+            const float lse = ((const float*)c->lse.data)[ref_at3(&c->lse, b, h, q0 + i)];
+            acc -= expf(sink - lse) * row_delta(c, b, h, q0 + i);
+        }
+    }
+    c->dsinks[h] = acc;
 }
 
 /* All gradients of sequence b, KV head hk: dq of its query heads, then its dk and dv. */
@@ -93,6 +159,28 @@ static cflash_status ref_bwd_run(const void* call) {
     CFLASH_RETURN_IF(failed, CFLASH_ERR_OUT_OF_MEMORY,
                      "cpu-ref attn_bwd: out of memory for the fp32 dk/dv of Sk = %lld rows",
                      (long long)c->Sk);
+    if (c->dbias.data) {
+        const int64_t nr = c->dbias.shape[0] * c->dbias.shape[1] * c->Sq;
+#pragma omp parallel num_threads(cf_threads_items(c->threads, nr)) reduction(| : failed)
+        {
+            float* acc = malloc(sizeof(float) * (size_t)(c->Sk + 1));
+            if (!acc) failed = 1;
+#pragma omp for schedule(dynamic, 4)
+            for (int64_t r = 0; r < nr; r++)
+                if (acc)
+                    dbias_row(c, acc, r / (c->dbias.shape[1] * c->Sq),
+                              (r / c->Sq) % c->dbias.shape[1], r % c->Sq);
+            free(acc);
+        }
+        CFLASH_RETURN_IF(failed, CFLASH_ERR_OUT_OF_MEMORY,
+                         "cpu-ref attn_bwd: out of memory for a dbias row of Sk = %lld",
+                         (long long)c->Sk);
+    }
+    if (c->dsinks) {
+#pragma omp parallel for num_threads(cf_threads_items(c->threads, c->H))
+        for (int64_t h = 0; h < c->H; h++)
+            dsink_head(c, h);
+    }
     return CFLASH_OK;
 }
 

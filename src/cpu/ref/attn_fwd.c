@@ -17,11 +17,14 @@ static void fwd_row(const cf_attn_call* c, float* acc, int64_t b, int64_t h, int
     const float keep_scale = 1.0f / (1.0f - c->dropout_p);
     int64_t lo, hi;
     cf_attn_key_range(c, i, sq, sk, &lo, &hi);
-    float m = -INFINITY, l = 0.0f;
+    /* A sink is a key of score sink and value 0: the softmax starts from it. */
+    float m = cf_attn_sink(c, h), l = m == -INFINITY ? 0.0f : 1.0f;
+    const int extra = cf_attn_has_extra(c);
     for (int64_t d = 0; d < c->Dv; d++)
         acc[d] = 0.0f;
     for (int64_t j = lo; j < hi; j++) {
         float s = ref_score(c, b, h, hk, qi, k0 + j, i, j, sq, sk);
+        if (extra && (s = cf_attn_extra(c, b, h, i, j, s)) == -INFINITY) continue; /* masked */
         if (s > m) { /* rescale what was accumulated under the old maximum */
             float r = expf(m - s);
             l *= r;
@@ -37,7 +40,7 @@ static void fwd_row(const cf_attn_call* c, float* acc, int64_t b, int64_t h, int
         for (int64_t d = 0; d < c->Dv; d++)
             acc[d] += p * cf_load(c->v.data, c->dtype, ref_at4(&c->v, b, k0 + j, hk, d));
     }
-    /* No visible key (or every score -inf): out 0, lse -inf. */
+    /* No visible key (or every score -inf): out 0, lse -inf (the sink when there is one). */
     float inv = l > 0.0f ? keep_scale / l : 0.0f;
     for (int64_t d = 0; d < c->Dv; d++)
         cf_store(c->out.data, c->dtype, ref_at4(&c->out, b, qi, h, d), acc[d] * inv);
