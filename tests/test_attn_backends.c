@@ -123,7 +123,6 @@ int main(void) {
             o.backend = backends[i];
             o.bwd = bwd;
             o.threads = 2;
-            o.plain_only = 1; /* until the tiled kernels take issue 13's features (next commit) */
             int ran = 0, skipped = 0;
             double t0 = tt_now();
             int fails = attn_grid_run(&o, &ran, &skipped);

@@ -150,9 +150,9 @@ static inline int cf_attn_bs_listed(const cf_attn_call* c, int64_t b, int64_t h,
 }
 
 /* The score x of query i, key j (within the sequence; b the sequence, h the query head) after
- * the extra masks and the bias: x + bias, or -inf where attn_mask or the block-sparse mask hide
- * the pair. Positions (q_offset, k_offset) place the block-sparse blocks; bias and mask are
- * indexed by the call's rows. */
+ * the extra masks and the bias: x + bias, or -inf where attn_mask, the block-sparse mask or a
+ * bias of -inf hide the pair. Positions (q_offset, k_offset) place the block-sparse blocks; bias
+ * and mask are indexed by the call's rows. */
 static inline float cf_attn_extra(const cf_attn_call* c, int64_t b, int64_t h, int64_t i, int64_t j,
                                   float x) {
     if (c->mask.data && !((const uint8_t*)c->mask.data)[cf_attn_at4(&c->mask, b, h, i, j)])
@@ -160,7 +160,10 @@ static inline float cf_attn_extra(const cf_attn_call* c, int64_t b, int64_t h, i
     if (c->bs_num.data &&
         !cf_attn_bs_listed(c, b, h, (i + c->q_offset) / c->block_q, (j + c->k_offset) / c->block_k))
         return -INFINITY;
-    if (c->bias.data) x += cf_load(c->bias.data, c->bias.dtype, cf_attn_at4(&c->bias, b, h, i, j));
+    if (c->bias.data) {
+        const float y = cf_load(c->bias.data, c->bias.dtype, cf_attn_at4(&c->bias, b, h, i, j));
+        x = y == -INFINITY ? -INFINITY : x + y; /* -inf masks, whatever x is (NaN included) */
+    }
     return x;
 }
 

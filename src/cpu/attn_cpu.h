@@ -76,6 +76,23 @@ void cf_attn_cpu_sort_tiles(attn_tile* t, int64_t n);
 /* Shared limits, checked by every CPU backend's supports(). */
 int cf_attn_cpu_supports(const cf_attn_call* c, const cf_attn_kernels* k, char* reason, size_t len);
 
+/* ---- Issue 13 (A): per-pair masks and bias (src/cpu/attn_extra.c) ---- */
+
+/* Block-sparse key masks: kv[q * nb + jj] = 1 when key j0 + jj of sequence b lies in a key block
+ * listed for query block qb0 + q of head h (q < nq). Returns 1 when any entry is 1. */
+int cf_attn_cpu_bs_keys(const cf_attn_call* c, int64_t b, int64_t h, int64_t qb0, int64_t nq,
+                        int64_t j0, int64_t nb, uint8_t* kv);
+/* 0 when attn_mask or attn_bias (all -inf) hide every pair of query rows [i0, i1) of head h and
+ * keys [j0, j1) (batch calls: b the batch); 1 otherwise (some pair may be visible). */
+int cf_attn_cpu_region_open(const cf_attn_call* c, int64_t b, int64_t h, int64_t i0, int64_t i1,
+                            int64_t j0, int64_t j1);
+/* On a block of scores in the units u (LOG2E: log2 units) -- element (row r, key column j) at
+ * s[r * rs + j * cs] is query i[r] of head h[r], key j0 + j -- adds u * attn_bias and sets -inf
+ * where attn_mask is 0 or kv[r][j] is 0 (kv NULL: no block-sparse mask). */
+void cf_attn_cpu_extras(const cf_attn_call* c, int64_t b, float* s, int64_t nr, int64_t nc,
+                        int64_t rs, int64_t cs, const int64_t* i, const int64_t* h,
+                        const uint8_t* const* kv, int64_t j0, float u);
+
 /* Blocking (tuned on Zen 5: see docs/PERF.md). */
 #define CF_ATTN_TILE_ROWS 128 /* query rows per tile, over the heads of a GQA group */
 #define CF_ATTN_BLOCK_K 128   /* keys per block */

@@ -49,14 +49,6 @@ int cf_attn_cpu_supports(const cf_attn_call* c, const cf_attn_kernels* k, char* 
                  (long long)c->D, (long long)c->Dv, (long long)limit);
         return 0;
     }
-    if (c->sinks || cf_attn_has_extra(c)) {
-        snprintf(reason, len, "%s: not in the tiled kernels yet (cpu-ref serves it)",
-                 c->sinks       ? "sinks"
-                 : c->bias.data ? "attn_bias"
-                 : c->mask.data ? "attn_mask"
-                                : "block-sparse mask");
-        return 0;
-    }
     return 1;
 }
 
@@ -67,7 +59,7 @@ typedef struct fwd_geom {
     int64_t D, Dv, Dp2;     /* Dp2: pairs of D (bf16 mode) */
     int bf16;               /* bf16 pairs mode (gemm_bf16) */
     int k_direct, v_direct; /* K/V read in place (fp32 dtype, or bf16 pairs aligned) */
-    size_t off_qt, off_st, off_o, off_vec, off_lohi, off_kc, off_vc, off_tmp, bytes;
+    size_t off_qt, off_st, off_o, off_vec, off_lohi, off_kc, off_vc, off_tmp, off_x, bytes;
 } fwd_geom;
 
 static void fwd_layout(const cf_attn_call* c, const cf_attn_kernels* k, fwd_geom* g) {
@@ -108,6 +100,10 @@ static void fwd_layout(const cf_attn_call* c, const cf_attn_kernels* k, fwd_geom
         off += align64(sizeof(float) * (size_t)(BK * g->Dv));
     g->off_tmp = off; /* one row, fp32 */
     off += align64(sizeof(float) * (size_t)(g->D > g->Dv ? g->D : g->Dv) + 16);
+    g->off_x = off; /* issue 13: per row query, head, block-sparse key mask; the key masks */
+    if (cf_attn_has_extra(c))
+        off += align64((2 * sizeof(int64_t) + sizeof(uint8_t*)) * (size_t)M) +
+               align64((size_t)(g->G * (g->n + 1) * BK));
     g->bytes = off;
 }
 
@@ -222,6 +218,18 @@ static void fwd_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const fwd
     float* tmp = (float*)(ws + g->off_tmp);
     const int general = c->softcap > 0.0f || c->alibi != NULL;
     const float s2 = c->scale * LOG2E;
+    /* Issue 13: rows' query / head, the block-sparse key masks of the current block (per query
+     * block of the tile, per head unless the lists broadcast over heads). */
+    const int xtra = cf_attn_has_extra(c), bsp = c->bs_num.data != NULL;
+    int64_t *xi = (int64_t*)(ws + g->off_x), *xh = xi + Mt;
+    const uint8_t** kvp = (const uint8_t**)(xh + Mt);
+    uint8_t* kvis = (uint8_t*)(ws + g->off_x +
+                               align64((2 * sizeof(int64_t) + sizeof(uint8_t*)) * (size_t)g->M));
+    const int64_t qb0 = bsp ? (i0 + c->q_offset) / c->block_q : 0;
+    const int64_t nqt = bsp ? (i0 + na - 1 + c->q_offset) / c->block_q - qb0 + 1 : 0;
+    const int64_t Gs = bsp && c->bs_num.stride[1] != 0 ? G : 1; /* heads with their own lists */
+    for (int64_t r = 0; xtra && r < Mt; r++)
+        xi[r] = i0 + r % na, xh[r] = hk * G + r / na;
 
     for (int64_t ii = 0; ii < na; ii++)
         cf_attn_key_range(c, i0 + ii, sq, sk, &lo[ii], &hi[ii]);
@@ -265,8 +273,11 @@ static void fwd_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const fwd
                     qt[d * Mt + r0 + rr] = rb[rr * Dq + d];
         }
     }
-    for (int64_t r = 0; r < Mt; r++)
-        m[r] = -INFINITY, l[r] = 0.0f;
+    /* A sink is a key of score sink and value 0: each row's softmax starts from it. */
+    for (int64_t r = 0; r < Mt; r++) {
+        const float sink = cf_attn_sink(c, hk * G + r / na);
+        m[r] = sink * LOG2E, l[r] = sink == -INFINITY ? 0.0f : 1.0f;
+    }
     memset(o, 0, sizeof(float) * (size_t)(Mt * Dv));
 
     for (int64_t j0 = jlo; j0 < jhi; j0 += BK) {
@@ -276,6 +287,25 @@ static void fwd_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const fwd
         const char* vrow = row_ptr(&c->v, b, k0 + j0, hk);
         const int64_t kes = (int64_t)cf_dtype_size(c->dtype) * c->k.stride[1];
         const int64_t ves = (int64_t)cf_dtype_size(c->dtype) * c->v.stride[1];
+        if (xtra) { /* skip blocks whose every pair attn_mask, attn_bias or the lists hide */
+            int open = 1;
+            if (bsp) {
+                open = 0;
+                for (int64_t gs = 0; gs < Gs; gs++)
+                    open |= cf_attn_cpu_bs_keys(c, b, hk * G + gs, qb0, nqt, j0, nb,
+                                                kvis + gs * nqt * nb);
+                for (int64_t r = 0; r < Mt; r++)
+                    kvp[r] = kvis + ((Gs > 1 ? r / na : 0) * nqt +
+                                     (i0 + r % na + c->q_offset) / c->block_q - qb0) *
+                                        nb;
+            }
+            if (open && (c->mask.data || c->bias.data)) {
+                open = 0;
+                for (int64_t gi = 0; gi < G && !open; gi++)
+                    open = cf_attn_cpu_region_open(c, b, hk * G + gi, i0, i0 + na, j0, j0 + nb);
+            }
+            if (!open) continue;
+        }
 
         /* S^T [nb][Mt] = K Q^T */
         if (g->bf16) {
@@ -329,7 +359,7 @@ static void fwd_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const fwd
                                       LOG2E;
                     }
                 }
-                kk->scale_max_cols(row, Mt, 1.0f, mx);
+                if (!xtra) kk->scale_max_cols(row, Mt, 1.0f, mx);
             }
         } else {
             int64_t a = 0, z = 0;
@@ -352,8 +382,13 @@ static void fwd_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const fwd
                             rg[ii] = -INFINITY;
                     }
                 }
-                kk->scale_max_cols(row, Mt, s2, mx);
+                kk->scale_max_cols(row, Mt, s2, xtra ? alpha : mx); /* alpha: scratch here */
             }
+        }
+        if (xtra) { /* bias and masks on the log2-unit scores, then the maxima */
+            cf_attn_cpu_extras(c, b, st, Mt, nb, 1, Mt, xi, xh, bsp ? kvp : NULL, j0, LOG2E);
+            for (int64_t j = 0; j < nb; j++)
+                kk->scale_max_cols(st + j * Mt, Mt, 1.0f, mx);
         }
 
         /* Online softmax update. */

@@ -148,11 +148,16 @@ typedef struct score_map {
     const float* slope;     /* ALiBi slope per row */
     int64_t j0;             /* key of column 0 */
     const int64_t *lo, *hi; /* per row */
+    /* Issue 13 (with attn_bias, attn_mask or block-sparse lists): the sequence, the head per row
+     * and the block-sparse key mask per row (NULL = none). */
+    int64_t b;
+    const int64_t* h;
+    const uint8_t* const* kv;
 } score_map;
 
 static float scores(const cf_attn_call* c, const score_map* mp, float* s, float* y, int64_t sq,
                     int64_t sk) {
-    const int general = c->softcap > 0.0f || c->alibi != NULL;
+    const int general = c->softcap > 0.0f || c->alibi != NULL, xtra = cf_attn_has_extra(c);
     for (int64_t ri = 0; ri < mp->nr; ri++) {
         const int64_t lo = mp->lo[ri], hi = mp->hi[ri], i = mp->i[ri];
         for (int64_t ci = 0; ci < mp->nc; ci++) {
@@ -162,13 +167,36 @@ static float scores(const cf_attn_call* c, const score_map* mp, float* s, float*
                 if (y) y[at] = 0.0f;
                 continue;
             }
-            if (!general) continue;
+            if (!general) {
+                if (xtra) s[at] *= c->scale * LOG2E; /* log2 units, for the bias */
+                continue;
+            }
             float x = s[at] * c->scale;
             if (y) y[at] = tanhf(x / c->softcap);
             s[at] = cf_attn_score(c, x, mp->slope[ri], i, j, sq, sk) * LOG2E;
         }
     }
-    return general ? 1.0f : c->scale * LOG2E;
+    if (xtra)
+        cf_attn_cpu_extras(c, mp->b, s, mp->nr, mp->nc, mp->rs, mp->cs, mp->i, mp->h, mp->kv,
+                           mp->j0, LOG2E);
+    return general || xtra ? 1.0f : c->scale * LOG2E;
+}
+
+/* Issue 13: whether any pair of query rows [i0, i0 + n) of head h and keys [j0, j0 + nb) can be
+ * visible under the per-pair masks; with block-sparse lists, also fills kvp[r] (row i0 + r) with
+ * the row's key mask, built in kvis. */
+static int rows_open(const cf_attn_call* c, int64_t b, int64_t h, int64_t i0, int64_t n, int64_t j0,
+                     int64_t nb, uint8_t* kvis, const uint8_t** kvp) {
+    if (c->bs_num.data) {
+        const int64_t qb0 = (i0 + c->q_offset) / c->block_q;
+        const int64_t nq = (i0 + n - 1 + c->q_offset) / c->block_q - qb0 + 1;
+        const int any = cf_attn_cpu_bs_keys(c, b, h, qb0, nq, j0, nb, kvis);
+        for (int64_t r = 0; r < n; r++) /* set even when closed: another head may be open */
+            kvp[r] = kvis + ((i0 + r + c->q_offset) / c->block_q - qb0) * nb;
+        if (!any) return 0;
+    }
+    return !(c->mask.data || c->bias.data) ||
+           cf_attn_cpu_region_open(c, b, h, i0, i0 + n, j0, j0 + nb);
 }
 
 /* ---- Workspace ------------------------------------------------------------------------------ */
@@ -186,6 +214,7 @@ typedef struct bwd_geom {
     /* pass 2 */
     size_t qt, dot, dq, st, dpt, y2, kc2, vc2, vec2, map2;
     size_t tmp, bytes;
+    size_t xkv, xkvp, dbacc; /* issue 13 */
 } bwd_geom;
 
 static void bwd_layout(const cf_attn_call* c, const cf_attn_kernels* kk, bwd_geom* g) {
@@ -226,6 +255,14 @@ static void bwd_layout(const cf_attn_call* c, const cf_attn_kernels* kk, bwd_geo
     TAKE(vec2, F * 2 * M);
     TAKE(map2, sizeof(int64_t) * 4 * M + F * M);
     TAKE(tmp, F * (size_t)g->W + 64);
+    if (cf_attn_has_extra(c)) { /* issue 13: key masks and their row pointers (pass 1 and 2) */
+        const size_t rows = (size_t)(M > BQ ? M : BQ), kb = (size_t)(g->G * (g->n + 1));
+        TAKE(xkv, (kb > BQ ? kb : BQ) * BKB);
+        TAKE(xkvp, sizeof(uint8_t*) * rows);
+    }
+    if (c->dbias.data) { /* issue 13: one dbias block */
+        TAKE(dbacc, F * BQ * BKB);
+    }
     g->bf = c->dtype == CF_BF16 && kk->gemm_bf16 != NULL;
     g->Dp2 = (g->D + 1) / 2;
     g->Dvp2 = (g->Dv + 1) / 2;
@@ -301,6 +338,9 @@ static void dkdv_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const bw
     int64_t ldk = 0;
     uint32_t *kvv = (uint32_t*)(ws + g->kvv), *dsr = (uint32_t*)(ws + g->dsr);
     const int64_t nb2 = (nb + 1) / 2;
+    const int xtra = cf_attn_has_extra(c);
+    uint8_t* xkv = (uint8_t*)(ws + g->xkv);
+    const uint8_t** xkvp = (const uint8_t**)(ws + g->xkvp);
     if (bf && dqacc) /* K as row pairs for dQ += dS K */
         rows_vnni(kk, kvv, (const uint16_t*)row_ptr(&c->k, b, k0 + j0, hk), c->k.stride[1], nb, D);
     if (bf) { /* K^T, V^T as pairs along d, once per key block */
@@ -324,6 +364,7 @@ static void dkdv_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const bw
         const float slope = cf_attn_slope(c, b, h);
         for (int64_t i0 = ia; i0 < iz; i0 += BQ) {
             const int64_t bq = iz - i0 < BQ ? iz - i0 : BQ;
+            if (xtra && !rows_open(c, b, h, i0, bq, j0, nb, xkv, xkvp)) continue; /* all hidden */
             int64_t ldq = 0, ldo = 0, ldqa = 0, ldoa = 0;
             const float *qr = NULL, *dor = NULL;
             const uint32_t *qpa = NULL, *dopa = NULL;
@@ -344,7 +385,8 @@ static void dkdv_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const bw
                 dlr[r] =
                     dl[h * (c->varlen ? c->total_q : c->B * c->Sq) + dl_row(c, b, q0 + i0 + r)];
             }
-            score_map mp = {bq, nb, nb, 1, mi, mslope, j0, mlo, mhi};
+            score_map mp = {bq, nb,  nb,  1, mi, mslope,
+                            j0, mlo, mhi, b, hh, c->bs_num.data ? xkvp : NULL};
             /* P = exp2(S * s - lse2) */
             if (bf)
                 kk->gemm_bf16(bq, nb, g->Dp2, qpa, ldqa, 1, ktv, nb, s, nb, 0);
@@ -447,9 +489,19 @@ static void dq_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const bwd_
             heads[r] = h;
         }
     memset(dq, 0, sizeof(float) * (size_t)(Mt * D));
+    const int xtra = cf_attn_has_extra(c);
+    uint8_t* xkv = (uint8_t*)(ws + g->xkv);
+    const uint8_t** xkvp = (const uint8_t**)(ws + g->xkvp);
     const int64_t jlo = mlo[0], jhi = mhi[na - 1];
     for (int64_t j0 = jlo; j0 < jhi; j0 += BKB) {
         const int64_t nb = jhi - j0 < BKB ? jhi - j0 : BKB;
+        if (xtra) { /* skip a block whose every pair the per-pair masks hide, for every head */
+            int open = 0;
+            for (int64_t gi = 0; gi < G; gi++)
+                open |= rows_open(c, b, hk * G + gi, i0, na, j0, nb, xkv + gi * (g->n + 1) * BKB,
+                                  xkvp + gi * na);
+            if (!open) continue;
+        }
         int64_t ldk = 0, ldv = 0, ldka = 0, ldva = 0;
         const float *kr = NULL, *vr = NULL;
         const uint32_t *kpa = NULL, *vpa = NULL;
@@ -460,7 +512,8 @@ static void dq_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const bwd_
             kr = rows_f32(kk, &c->k, b, k0 + j0, hk, nb, D, kc, &ldk);
             vr = rows_f32(kk, &c->v, b, k0 + j0, hk, nb, Dv, vc, &ldv);
         }
-        score_map mp = {Mt, nb, 1, Mt, mi, mslope, j0, mlo, mhi};
+        score_map mp = {Mt, nb,  1,   Mt, mi,    mslope,
+                        j0, mlo, mhi, b,  heads, c->bs_num.data ? xkvp : NULL};
         if (bf)
             kk->gemm_bf16(nb, Mt, g->Dp2, kpa, ldka, 1, qv2, Mt, st, Mt, 0);
         else
@@ -493,6 +546,69 @@ static void dq_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const bwd_
                          c->dtype, D);
 }
 
+/* ---- Issue 13: dbias of one block of rows --------------------------------------------------- */
+
+/* Rows [i0, i0 + bq) of dbias element (bb, hh) (batch calls): dL/d(score) summed over the (b, h)
+ * that the bias broadcasts to, in a fixed order, recomputing P and dP there (fp32 products); one
+ * writer per element, so deterministic. The pass-1 buffers serve as scratch. */
+static void dbias_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const bwd_geom* g,
+                       int64_t bb, int64_t hh, int64_t i0, int64_t bq, char* ws, const float* dl) {
+    const int64_t Sq = c->Sq, Sk = c->Sk, D = g->D, Dv = g->Dv, G = g->G;
+    float *kc = (float*)(ws + g->kc), *kt = (float*)(ws + g->kt), *vc = (float*)(ws + g->vc),
+          *vt = (float*)(ws + g->vt), *qc = (float*)(ws + g->qc), *doc = (float*)(ws + g->doc),
+          *s = (float*)(ws + g->s), *dp = (float*)(ws + g->dp), *lb = (float*)(ws + g->vec1),
+          *dlr = lb + BQ, *acc = (float*)(ws + g->dbacc);
+    int64_t *mi = (int64_t*)(ws + g->map1), *mlo = mi + BQ, *mhi = mlo + BQ, hr[BQ];
+    float* mslope = (float*)(mhi + BQ);
+    uint8_t* xkv = (uint8_t*)(ws + g->xkv);
+    const uint8_t** xkvp = (const uint8_t**)(ws + g->xkvp);
+    const float ks = 1.0f / (1.0f - c->dropout_p);
+    const int64_t b0 = c->dbias.shape[0] == 1 ? 0 : bb, b1 = c->dbias.shape[0] == 1 ? c->B : bb + 1;
+    const int64_t h0 = c->dbias.shape[1] == 1 ? 0 : hh, h1 = c->dbias.shape[1] == 1 ? c->H : hh + 1;
+    const size_t es = cf_dtype_size(c->dbias.dtype);
+    for (int64_t j0 = 0; j0 < Sk; j0 += BKB) {
+        const int64_t nb = Sk - j0 < BKB ? Sk - j0 : BKB;
+        memset(acc, 0, sizeof(float) * (size_t)(bq * nb));
+        for (int64_t b = b0; b < b1; b++)
+            for (int64_t h = h0; h < h1; h++) {
+                int64_t any = 0;
+                for (int64_t r = 0; r < bq; r++) {
+                    mi[r] = i0 + r, hr[r] = h, mslope[r] = cf_attn_slope(c, b, h);
+                    cf_attn_key_range(c, i0 + r, Sq, Sk, &mlo[r], &mhi[r]);
+                    any |= mlo[r] < j0 + nb && mhi[r] > j0 && mlo[r] < mhi[r];
+                    lb[r] = lse2(lse_at(c, b, h, i0 + r));
+                    dlr[r] = dl[h * c->B * Sq + b * Sq + i0 + r];
+                }
+                if (!any || !rows_open(c, b, h, i0, bq, j0, nb, xkv, xkvp)) continue;
+                const int64_t hk = h / G;
+                int64_t ldk, ldv, ldq, ldo;
+                const float* kr = rows_f32(kk, &c->k, b, j0, hk, nb, D, kc, &ldk);
+                const float* vr = rows_f32(kk, &c->v, b, j0, hk, nb, Dv, vc, &ldv);
+                const float* qr = rows_f32(kk, &c->q, b, i0, h, bq, D, qc, &ldq);
+                const float* dor = rows_f32(kk, &c->dout, b, i0, h, bq, Dv, doc, &ldo);
+                transpose(kt, kr, ldk, nb, D);
+                transpose(vt, vr, ldv, nb, Dv);
+                score_map mp = {bq, nb,  nb,  1, mi, mslope,
+                                j0, mlo, mhi, b, hr, c->bs_num.data ? xkvp : NULL};
+                kk->gemm_f32(bq, nb, D, qr, ldq, 1, kt, nb, s, nb, 0);
+                const float sx = scores(c, &mp, s, NULL, Sq, Sk);
+                for (int64_t r = 0; r < bq; r++)
+                    kk->exp_row(s + r * nb, nb, sx, lb[r]);
+                kk->gemm_f32(bq, nb, Dv, dor, ldo, 1, vt, nb, dp, nb, 0); /* dP = dO V^T */
+                if (c->dropout_p > 0.0f) dropout_apply(c, dp, &mp, hr, b, ks);
+                for (int64_t r = 0; r < bq; r++) {
+                    kk->ds_row(dp + r * nb, s + r * nb, dp + r * nb, nb, dlr[r], 1.0f);
+                    for (int64_t j = 0; j < nb; j++)
+                        acc[r * nb + j] += dp[r * nb + j];
+                }
+            }
+        for (int64_t r = 0; r < bq; r++)
+            kk->from_f32((char*)c->dbias.data +
+                             (size_t)cf_attn_at4(&c->dbias, bb, hh, i0 + r, j0) * es,
+                         acc + r * nb, c->dbias.dtype, nb);
+    }
+}
+
 /* ---- Driver -----------------------------------------------------------------------------------
  */
 
@@ -511,8 +627,10 @@ cflash_status cf_attn_cpu_bwd(const cf_attn_call* c, const cf_attn_kernels* kk) 
     attn_tile* ktiles = malloc(sizeof *ktiles * (size_t)(nk > 0 ? nk : 1));
     float* dl = malloc(sizeof(float) * (size_t)(rows * c->H > 0 ? rows * c->H : 1));
     char* ws = aligned_alloc(64, g.bytes * (size_t)T);
-    if (!qtiles || !ktiles || !dl || !ws) {
-        free(qtiles), free(ktiles), free(dl), free(ws);
+    /* Issue 13: per (b, h) sums for dsinks, summed over b in order after the passes. */
+    float* dsk = c->dsinks ? calloc((size_t)(c->B * c->H) + 1, sizeof(float)) : NULL;
+    if (!qtiles || !ktiles || !dl || !ws || (c->dsinks && !dsk)) {
+        free(qtiles), free(ktiles), free(dl), free(ws), free(dsk);
         return cf_error(CFLASH_ERR_OUT_OF_MEMORY,
                         "%s attn_bwd: out of memory for %d threads x %zu bytes of workspace and "
                         "%lld floats of rowsum(dO * O)",
@@ -541,7 +659,7 @@ cflash_status cf_attn_cpu_bwd(const cf_attn_call* c, const cf_attn_kernels* kk) 
     attn_tile* units = one_pass ? malloc(sizeof *units * (size_t)nu) : NULL;
     float* dqbuf = one_pass ? aligned_alloc(64, sizeof(float) * dq_stride * (size_t)T) : NULL;
     if (one_pass && (!units || !dqbuf)) {
-        free(units), free(dqbuf), free(ws), free(dl), free(ktiles), free(qtiles);
+        free(units), free(dqbuf), free(ws), free(dl), free(ktiles), free(qtiles), free(dsk);
         return cf_error(CFLASH_ERR_OUT_OF_MEMORY, "%s attn_bwd: out of memory for the dq buffers",
                         kk->name);
     }
@@ -552,10 +670,14 @@ cflash_status cf_attn_cpu_bwd(const cf_attn_call* c, const cf_attn_kernels* kk) 
         units[u] = x;
     }
     if (one_pass) cf_attn_cpu_sort_tiles(units, nu);
+    /* Issue 13: dbias tasks, one per block of BQ rows of each dbias (b', h'). */
+    const int64_t nqb = (c->Sq + BQ - 1) / BQ;
+    const int64_t ndb = c->dbias.data ? c->dbias.shape[0] * c->dbias.shape[1] * nqb : 0;
     /* No more threads than the largest of the region's loops has items. */
     int64_t most = c->B * c->H;
     if ((one_pass ? nu : n) > most) most = one_pass ? nu : n;
     if (!one_pass && nq > most) most = nq;
+    if (ndb > most) most = ndb;
 #pragma omp parallel num_threads(cf_threads_items(T, most))
     {
         int tid = 0;
@@ -578,6 +700,9 @@ cflash_status cf_attn_cpu_bwd(const cf_attn_call* c, const cf_attn_kernels* kk) 
                 for (int64_t d = 0; d < c->Dv; d++)
                     acc += ta[d] * tb[d];
                 dl[h * rows + dl_row(c, b, q0 + i)] = acc;
+                /* dsink = -sum over rows of exp(sink - lse) * rowsum(dO * O) (FA4's form) */
+                const float sink = cf_attn_sink(c, h);
+                if (dsk && sink != -INFINITY) dsk[e] += expf(sink - lse_at(c, b, h, q0 + i)) * acc;
             }
         }
         if (one_pass) {
@@ -607,8 +732,21 @@ cflash_status cf_attn_cpu_bwd(const cf_attn_call* c, const cf_attn_kernels* kk) 
             for (int64_t i = 0; i < nq; i++)
                 dq_tile(c, kk, &g, &qtiles[i], mine, dl);
         }
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t t = 0; t < ndb; t++) {
+            const int64_t e = t / nqb, i0 = t % nqb * BQ;
+            dbias_tile(c, kk, &g, e / c->dbias.shape[1], e % c->dbias.shape[1], i0,
+                       c->Sq - i0 < BQ ? c->Sq - i0 : BQ, mine, dl);
+        }
         if (kk->thread_end) kk->thread_end();
     }
+    for (int64_t h = 0; c->dsinks && h < c->H; h++) {
+        float acc = 0.0f;
+        for (int64_t b = 0; b < c->B; b++)
+            acc -= dsk[b * c->H + h];
+        c->dsinks[h] = acc;
+    }
+    free(dsk);
     free(units), free(dqbuf);
     free(ws), free(dl), free(ktiles), free(qtiles);
     return CFLASH_OK;

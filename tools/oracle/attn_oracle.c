@@ -598,8 +598,9 @@ static int64_t oracle_scores(const attn_problem* p, const double* Q, const doubl
             g = 1.0 - t * t;
         }
         s -= slope * fabs((double)to_diag(c, i, j, sq, sk));
-        s += bias_of(p, b, h, i, j);
-        vis[j] = s != -INFINITY; /* a bias of -inf masks */
+        const double bias = bias_of(p, b, h, i, j);
+        s += bias;
+        vis[j] = bias != -INFINITY; /* a bias of -inf masks the pair (a NaN score included) */
         nvis += vis[j];
         x[j] = s;
         dx[j] = g;
@@ -740,8 +741,9 @@ static int64_t naive_scores(const attn_problem* p, int64_t b, int64_t h, int64_t
             g = 1.0f - t * t;
         }
         if (slope != 0) s = rd(dt, s - slope * (float)llabs(to_diag(c, i, j, sq, sk)));
-        if (p->bias.base) s = rd(dt, s + (float)bias_of(p, b, h, i, j));
-        vis[j] = s != -INFINITY;
+        const float bias = (float)bias_of(p, b, h, i, j);
+        if (p->bias.base) s = rd(dt, s + bias);
+        vis[j] = bias != -INFINITY;
         nvis += vis[j];
         x[j] = s;
         dx[j] = g;

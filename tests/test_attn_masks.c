@@ -1,0 +1,155 @@
+/* Issue 13's masks at sizes where whole blocks of the tiled kernels are masked: document masking
+ * (a block-diagonal boolean mask, the same as block-sparse lists, or as an additive bias of -inf),
+ * prefix-LM lists, chunked attention; every CPU backend, forward and backward, against the fp64
+ * oracle. The last keys are padding that no row sees, and their K and V rows hold NaN: by
+ * DESIGN.md a masked key never affects a row, so those blocks must be skipped (or summed without
+ * them), never multiplied by a zero weight. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/testutil.h"
+#include "oracle/attn_oracle.h"
+
+static const char* const backends[] = {"cpu-ref", "cpu-avx512", "cpu-avx2", "cpu-generic",
+                                       "cpu-amx"};
+
+/* Documents of the sequence (S = 700): [0, 300), [300, 450), [450, 640); keys >= 640 padding. */
+#define S 700
+#define PAD 640
+static int doc_of(int64_t t) {
+    return t < 300 ? 0 : t < 450 ? 1 : t < PAD ? 2 : 3;
+}
+
+enum { DOC_MASK, DOC_BLOCKS, PREFIX_BLOCKS, PAD_BIAS, CHUNK, NKIND };
+static const char* const kind_name[NKIND] = {"document mask", "document block lists",
+                                             "prefix-LM block lists", "padding bias",
+                                             "causal chunks"};
+
+static int64_t bsz(int kind) {
+    return kind == PREFIX_BLOCKS ? 32 : 64;
+}
+
+/* Whether the lists of a kind list key block kb for query block qb (blocks of bsz keys). */
+static int listed(int kind, int64_t qb, int64_t kb) {
+    const int64_t n = bsz(kind), qlast = qb * n + n - 1, k0 = kb * n, k1 = kb * n + n - 1;
+    if (k0 >= PAD) return 0;
+    if (kind == PREFIX_BLOCKS) /* a prefix of 160 keys seen by all, then causal */
+        return k0 < 160 || k0 <= qlast;
+    /* document blocks: any key of kb in a document of a row of qb, causal */
+    for (int64_t i = qb * n; i <= qlast && i < S; i++)
+        for (int64_t j = k0; j <= k1 && j < PAD; j++)
+            if (doc_of(i) == doc_of(j) && j <= i) return 1;
+    return 0;
+}
+
+static void fill(attn_problem* p, int kind) {
+    const attn_case* c = &p->c;
+    if (p->mask.base) /* document mask: same document and causal; padding never */
+        for (int64_t n = 0; n < p->mask.numel; n++) {
+            int64_t idx[4];
+            tt_unravel(&p->mask, n, idx);
+            tt_set(&p->mask, idx, idx[3] < PAD && doc_of(idx[2]) == doc_of(idx[3]));
+        }
+    if (p->bias.base) /* key padding as -inf bias, random elsewhere */
+        for (int64_t n = 0; n < p->bias.numel; n++) {
+            int64_t idx[4];
+            tt_unravel(&p->bias, n, idx);
+            tt_set(&p->bias, idx, idx[3] >= PAD ? -INFINITY : 0.25 * sin((double)n));
+        }
+    if (p->bs_num.base) {
+        const int64_t K = p->bs_idx.shape[3];
+        for (int64_t b = 0; b < p->bs_num.shape[0]; b++)
+            for (int64_t h = 0; h < p->bs_num.shape[1]; h++)
+                for (int64_t q = 0; q < p->bs_num.shape[2]; q++) {
+                    int64_t t = 0;
+                    for (int64_t kb = K - 1; kb >= 0; kb--) /* descending: any order is fine */
+                        if (listed(kind, q, kb)) {
+                            int64_t ix[4] = {b, h, q, t++};
+                            tt_set(&p->bs_idx, ix, (double)kb);
+                        }
+                    int64_t in[3] = {b, h, q};
+                    tt_set(&p->bs_num, in, (double)t);
+                }
+    }
+    /* NaN in the padding keys' K and V rows. */
+    for (int64_t b = 0; b < c->B; b++)
+        for (int64_t j = PAD; kind != CHUNK && j < S; j++)
+            for (int64_t h = 0; h < c->Hk; h++) {
+                for (int64_t d = 0; d < c->D; d++) {
+                    int64_t ix[4] = {b, j, h, d};
+                    tt_set(&p->k, ix, NAN);
+                }
+                for (int64_t d = 0; d < c->Dv; d++) {
+                    int64_t ix[4] = {b, j, h, d};
+                    tt_set(&p->v, ix, NAN);
+                }
+            }
+    attn_problem_refresh_inputs(p);
+}
+
+static void run(const char* backend, int kind, cflash_dtype dt) {
+    attn_case c;
+    attn_case_init(&c);
+    c.B = 2, c.H = 4, c.Hk = 2, c.Sq = S, c.Sk = S, c.D = 40, c.Dv = 24, c.dtype = dt;
+    c.seed = 700 + (uint64_t)kind * 10 + (uint64_t)dt + tt_seed_base() * 1000003u;
+    c.causal = 1; /* key blocks then start at multiples of the kernels' block size: the padding
+                     block is wholly masked (partly masked blocks holding NaN: the NaN semantics
+                     work of issue 11) */
+    if (kind == DOC_MASK) c.mask = ATTN_BC_B1, c.sinks = 1;
+    if (kind == DOC_BLOCKS || kind == PREFIX_BLOCKS) {
+        c.blocks = kind == DOC_BLOCKS ? ATTN_BC_11 : ATTN_BC_1H;
+        c.block_q = c.block_k = bsz(kind);
+        c.causal = kind == PREFIX_BLOCKS ? 0 : 1; /* prefix-LM: the lists carry the causality */
+    }
+    if (kind == PAD_BIAS) c.bias = ATTN_BC_B1, c.dbias = 1, c.bias_f32 = 1;
+    if (kind == CHUNK) c.chunk = 128, c.sinks = 1;
+    attn_problem* p = attn_problem_new(&c);
+    CHECK(p != NULL);
+    if (!p) return;
+    fill(p, kind);
+    cflash_context* ctx = NULL;
+    CHECK_OK(cflash_context_create(&ctx));
+    CHECK_OK(cflash_context_set_backend(ctx, backend));
+    CHECK_OK(cflash_context_set_threads(ctx, 2));
+    char msg[1024];
+    CHECK_OK(attn_problem_run_fwd(ctx, p));
+    CHECK_MSG(attn_problem_check_fwd(p, msg, sizeof msg), "%s %s: %s", backend, kind_name[kind],
+              msg);
+    CHECK_OK(attn_problem_run_bwd(ctx, p));
+    CHECK_MSG(attn_problem_check_bwd(p, msg, sizeof msg), "%s %s: %s", backend, kind_name[kind],
+              msg);
+    cflash_context_free(ctx);
+    attn_problem_free(p);
+}
+
+/* Whether the backend can run here (cflash_context_set_backend accepts any known name; a call
+ * tells). */
+static int available(const char* backend) {
+    attn_case c;
+    attn_case_init(&c);
+    attn_problem* p = attn_problem_new(&c);
+    cflash_context* ctx = NULL;
+    cflash_context_create(&ctx);
+    cflash_context_set_backend(ctx, backend);
+    int ok = attn_problem_run_fwd(ctx, p) == CFLASH_OK;
+    cflash_context_free(ctx);
+    attn_problem_free(p);
+    return ok;
+}
+
+int main(void) {
+    for (size_t i = 0; i < sizeof backends / sizeof backends[0]; i++) {
+        if (!available(backends[i])) {
+            printf("%s: not available here\n", backends[i]);
+            continue;
+        }
+        double t0 = tt_now();
+        for (int kind = 0; kind < NKIND; kind++) {
+            run(backends[i], kind, CFLASH_DTYPE_F32);
+            if (strcmp(backends[i], "cpu-amx")) run(backends[i], kind, CFLASH_DTYPE_BF16);
+        }
+        printf("%s: %.1f s\n", backends[i], tt_now() - t0);
+    }
+    return tt_summary();
+}
