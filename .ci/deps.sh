@@ -1,7 +1,8 @@
 #!/bin/sh
 # Installs what building and testing cflash need, only when missing: a C compiler, make, CMake and
 # DLPack's header (apt); with the argument "python" also NumPy and pytest for the Python tests
-# (pip when available, else apt). Safe to run repeatedly; does nothing when all is present.
+# (pip when available, else apt); with "mpi" also MPICH (mpicc, mpiexec) for the MPI ring example
+# and its tests (examples/mpi_ring). Safe to run repeatedly; does nothing when all is present.
 set -e
 
 apt_install() {
@@ -21,6 +22,11 @@ command -v clang >/dev/null 2>&1 || need="$need clang" # the warning check build
     need="$need libdlpack-dev"
 # shellcheck disable=SC2086
 [ -z "$need" ] || apt_install $need
+
+if [ "${1:-}" = mpi ]; then
+    command -v mpicc >/dev/null 2>&1 && command -v mpiexec >/dev/null 2>&1 || apt_install mpich libmpich-dev
+    exit 0
+fi
 
 [ "${1:-}" = python ] || exit 0
 command -v python3 >/dev/null 2>&1 || apt_install python3
