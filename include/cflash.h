@@ -25,6 +25,9 @@ extern "C" {
 #define CFLASH_VERSION_MAJOR 0
 #define CFLASH_VERSION_MINOR 1
 #define CFLASH_VERSION_PATCH 0
+/* MAJOR * 10000 + MINOR * 100 + PATCH of this header (0.1.0 -> 100). */
+#define CFLASH_VERSION_NUMBER                                                                      \
+    (CFLASH_VERSION_MAJOR * 10000 + CFLASH_VERSION_MINOR * 100 + CFLASH_VERSION_PATCH)
 
 /* ---- Status and errors ------------------------------------------------------------------- */
 
@@ -44,8 +47,11 @@ CFLASH_API const char* cflash_status_string(cflash_status s);
  * this thread. Successful calls do not clear it. */
 CFLASH_API const char* cflash_last_error(void);
 
-/* "MAJOR.MINOR.PATCH". */
+/* "MAJOR.MINOR.PATCH" of the library actually loaded. */
 CFLASH_API const char* cflash_version(void);
+/* The same as MAJOR * 10000 + MINOR * 100 + PATCH, to compare with CFLASH_VERSION_NUMBER (the
+ * header a program was compiled with) or with a minimum it needs. */
+CFLASH_API unsigned cflash_version_number(void);
 
 /* ---- Context ----------------------------------------------------------------------------- */
 

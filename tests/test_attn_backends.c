@@ -4,7 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "common/attn_oracle.h"
+#include "common/attn_grid.h"
 #include "common/testutil.h"
 
 static const char* const backends[] = {"cpu-amx", "cpu-avx512", "cpu-avx2", "cpu-generic"};

@@ -5,7 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "common/attn_oracle.h"
+#include "common/attn_grid.h"
 
 int main(int argc, char** argv) {
     attn_grid_opts o = {0};

@@ -7,7 +7,8 @@
 #include <math.h>
 #include <stdlib.h>
 
-#include "common/ops_oracle.h"
+#include "common/testutil.h"
+#include "oracle/ops_oracle.h"
 
 static int verbose;
 

@@ -5,8 +5,9 @@
 #include <math.h>
 #include <stdlib.h>
 
-#include "common/ops_oracle.h"
+#include "common/testutil.h"
 #include "core/philox.h"
+#include "oracle/ops_oracle.h"
 
 static int verbose;
 

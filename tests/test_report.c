@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 
 #include "common/testutil.h"
+#include "dispatch/dispatch.h"
 #include "probe/cpu_features.h"
 #include "report_smoke.h"
 
@@ -86,7 +87,11 @@ static void common_checks(void) {
         const char* no = strstr(p, "[NO] ");
         CHECK_MSG((ok && ok < end) || (no && no < end && end - no > 6), "bad row %.80s", p + 1);
     }
-    CHECK(rows == 8); /* cf_backend_names */
+    size_t n_backends = 0;
+    while (cf_backend_name(n_backends))
+        n_backends++;
+    CHECK_MSG(rows == (int)n_backends, "%d attn_fwd rows, %zu backends registered", rows,
+              n_backends);
 
     /* The CPU section tells the truth about AMX and AVX-512, with a reason when absent. */
     const cf_cpu_info* c = cf_cpu();

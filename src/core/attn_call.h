@@ -1,5 +1,5 @@
 /* The validated form of an attention call that every backend receives: views, sizes, and the
- * parameters with defaults resolved. Built by src/core/attn_api.c; backends never re-validate. */
+ * parameters with defaults resolved. Built by src/api/attn_api.c; backends never re-validate. */
 #ifndef CFLASH_CORE_ATTN_CALL_H
 #define CFLASH_CORE_ATTN_CALL_H
 

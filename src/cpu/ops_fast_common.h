@@ -18,9 +18,9 @@
 #include <immintrin.h>
 #endif
 
+#include "core/backend.h"
 #include "core/ops_call.h"
 #include "core/status.h"
-#include "dispatch/dispatch.h"
 
 /* dst[0..n) = src[0..n) (dtype dt) as fp32. */
 static inline void ld_row(float* restrict dst, const void* restrict src, cf_dtype dt, int64_t n) {

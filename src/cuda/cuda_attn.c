@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "core/attn_call.h"
+#include "core/backend.h"
 #include "core/ops_call.h"
 #include "core/philox.h"
 #include "core/status.h"
@@ -15,7 +16,6 @@
 #include "cuda/cuda_launch.h"
 #include "cuda/cuda_rtc.h"
 #include "cuda/kernels/cf_ops_args.cuh"
-#include "dispatch/dispatch.h"
 
 #define SIMT_WARPS 4 /* CF_WARPS in attn_simt.cu */
 #define MMA_WARPS 4  /* attn_mma.cu: 4 warps x 16 query rows */

@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "common/attn_oracle.h"
+#include "common/attn_grid.h"
 
 typedef struct shape {
     int64_t B, H, Hk, Sq, Sk, D, Dv;

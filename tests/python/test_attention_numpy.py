@@ -273,6 +273,10 @@ def test_each_cpu_backend_through_python(rng, poison, backend):
     q, k, v, kw = make_case(rng, 2, 19, 23, 4, 2, 24, 24, "float32", "cwa")
     try:
         cflash.set_backend(backend)
+    except ValueError as e:  # a backend with no rows in this build (cpu-neon on x86) is not a name
+        pytest.skip("%s is not in this build: %s" % (backend, e))
+    try:
+        cflash.set_backend(backend)
         for dtype in ("float32", "float16"):
             qd, kd, vd = q.astype(dtype), k.astype(dtype), v.astype(dtype)
             try:

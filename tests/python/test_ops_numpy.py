@@ -357,6 +357,10 @@ def test_ops_on_each_cpu_backend(rng, poison, backend):
 
     try:
         cflash.set_backend(backend)
+    except ValueError as e:  # a backend with no rows in this build (cpu-neon on x86) is not a name
+        pytest.skip("%s is not in this build: %s" % (backend, e))
+    try:
+        cflash.set_backend(backend)
         for fn in (rotary, norm, kvcache):
             attempt(fn)
     finally:

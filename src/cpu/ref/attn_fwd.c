@@ -4,11 +4,11 @@
 #include <math.h>
 #include <stdlib.h>
 
+#include "core/backend.h"
 #include "core/philox.h"
 #include "core/status.h"
 #include "core/threads.h"
 #include "cpu/ref/attn_ref.h"
-#include "dispatch/dispatch.h"
 
 /* One row: out (Dv) and lse of query i (position qi in the view) of sequence b, head h. */
 static void fwd_row(const cf_attn_call* c, float* acc, int64_t b, int64_t h, int64_t q0, int64_t k0,

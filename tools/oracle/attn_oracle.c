@@ -3,11 +3,11 @@
  * varlen, rows without keys -> out 0 and lse -inf), the naive same-precision computation that sets
  * the error bound, problem setup/run/check, and the test grid. Scores are materialised per row. */
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "common/attn_oracle.h"
-#include "core/philox.h"
+#include "oracle/attn_oracle.h"
 
 const char* const attn_comp_names[ATTN_NCOMP] = {"out", "lse", "dq", "dk", "dv"};
 
@@ -16,7 +16,7 @@ const char* const attn_comp_names[ATTN_NCOMP] = {"out", "lse", "dq", "dk", "dv"}
 void attn_case_init(attn_case* c) {
     memset(c, 0, sizeof *c);
     c->B = c->H = c->Hk = c->Sq = c->Sk = c->D = c->Dv = 1;
-    c->dtype = CF_F32;
+    c->dtype = CFLASH_DTYPE_F32;
     c->window_left = c->window_right = -1;
     c->seed = 1;
 }
@@ -149,11 +149,11 @@ attn_problem* attn_problem_new(const attn_case* cin) {
         int64_t sl[2] = {H, tq}, sc[1] = {B + 1};
         ok |= tt_alloc(&p->q, c->dtype, 3, sq, L) | tt_alloc(&p->k, c->dtype, 3, sk, L);
         ok |= tt_alloc(&p->v, c->dtype, 3, sv, L) | tt_alloc(&p->dout, c->dtype, 3, so, L);
-        ok |= tt_alloc(&p->out, c->dtype, 3, so, L) | tt_alloc(&p->lse, CF_F32, 2, sl, L);
+        ok |= tt_alloc(&p->out, c->dtype, 3, so, L) | tt_alloc(&p->lse, CFLASH_DTYPE_F32, 2, sl, L);
         ok |= tt_alloc(&p->dq, c->dtype, 3, sq, L) | tt_alloc(&p->dk, c->dtype, 3, sk, L);
         ok |= tt_alloc(&p->dv, c->dtype, 3, sv, L);
-        ok |= tt_alloc(&p->cu_q, CF_I32, 1, sc, TT_DENSE) |
-              tt_alloc(&p->cu_k, CF_I32, 1, sc, TT_DENSE);
+        ok |= tt_alloc(&p->cu_q, CFLASH_DTYPE_I32, 1, sc, TT_DENSE) |
+              tt_alloc(&p->cu_k, CFLASH_DTYPE_I32, 1, sc, TT_DENSE);
         if (!ok) {
             int32_t* cq = p->cu_q.base;
             int32_t* ck = p->cu_k.base;
@@ -167,16 +167,16 @@ attn_problem* attn_problem_new(const attn_case* cin) {
         int64_t so[4] = {B, c->Sq, H, Dv}, sl[3] = {B, H, c->Sq};
         ok |= tt_alloc(&p->q, c->dtype, 4, sq, L) | tt_alloc(&p->k, c->dtype, 4, sk, L);
         ok |= tt_alloc(&p->v, c->dtype, 4, sv, L) | tt_alloc(&p->dout, c->dtype, 4, so, L);
-        ok |= tt_alloc(&p->out, c->dtype, 4, so, L) | tt_alloc(&p->lse, CF_F32, 3, sl, L);
+        ok |= tt_alloc(&p->out, c->dtype, 4, so, L) | tt_alloc(&p->lse, CFLASH_DTYPE_F32, 3, sl, L);
         ok |= tt_alloc(&p->dq, c->dtype, 4, sq, L) | tt_alloc(&p->dk, c->dtype, 4, sk, L);
         ok |= tt_alloc(&p->dv, c->dtype, 4, sv, L);
     }
     if (!ok && c->alibi != ATTN_ALIBI_NONE) {
         int64_t sa[2] = {B, H};
         if (c->alibi == ATTN_ALIBI_H)
-            ok |= tt_alloc(&p->alibi, CF_F32, 1, sa + 1, TT_DENSE);
+            ok |= tt_alloc(&p->alibi, CFLASH_DTYPE_F32, 1, sa + 1, TT_DENSE);
         else
-            ok |= tt_alloc(&p->alibi, CF_F32, 2, sa, TT_DENSE);
+            ok |= tt_alloc(&p->alibi, CFLASH_DTYPE_F32, 2, sa, TT_DENSE);
     }
     if (ok) {
         attn_problem_free(p);
@@ -390,8 +390,8 @@ static double slope_of(const attn_problem* p, int64_t b, int64_t h) {
 static double keep_scale(const attn_problem* p, int64_t b, int64_t h, int64_t i, int64_t j) {
     float dp = p->c.dropout_p;
     if (dp <= 0.0f) return 1.0;
-    int keep = cf_dropout_keep(p->params.seed, p->params.offset, dp, (uint64_t)b, (uint64_t)h,
-                               (uint64_t)(i + p->c.q_offset), (uint64_t)(j + p->c.k_offset));
+    int keep = cflash_dropout_keep(p->params.seed, p->params.offset, dp, (uint64_t)b, (uint64_t)h,
+                                   (uint64_t)(i + p->c.q_offset), (uint64_t)(j + p->c.k_offset));
     return keep ? 1.0 / (1.0 - (double)dp) : 0.0;
 }
 
@@ -520,15 +520,15 @@ void attn_oracle_bwd(const attn_problem* p, const double* Q, const double* K, co
 
 /* ---- The naive same-precision computation ------------------------------------------------- */
 
-static float rd(cf_dtype d, float x) {
-    return cf_round_to(d, x);
+static float rd(cflash_dtype d, float x) {
+    return cflash_round_to(d, x);
 }
 
 /* Row scores in fp32, rounded to the dtype; dx = softcap chain factor (fp32). */
 static int64_t naive_scores(const attn_problem* p, int64_t b, int64_t h, int64_t i, float* x,
                             float* dx, unsigned char* vis) {
     const attn_case* c = &p->c;
-    cf_dtype dt = c->dtype;
+    cflash_dtype dt = c->dtype;
     int64_t sq = p->qn[b], sk = p->kn[b], hk = h / (c->H / c->Hk), D = c->D;
     const double* q = p->Q + ((p->q0[b] + i) * c->H + h) * D;
     float slope = (float)slope_of(p, b, h), cap = c->softcap;
@@ -557,7 +557,7 @@ static int64_t naive_scores(const attn_problem* p, int64_t b, int64_t h, int64_t
 
 void attn_naive_fwd(const attn_problem* p, double* out, double* lse) {
     const attn_case* c = &p->c;
-    cf_dtype dt = c->dtype;
+    cflash_dtype dt = c->dtype;
     int64_t H = c->H, Hk = c->Hk, Dv = c->Dv, mk = p->max_k > 0 ? p->max_k : 1;
     float* x = malloc((size_t)mk * sizeof(float));
     float* dx = malloc((size_t)mk * sizeof(float));
@@ -601,7 +601,7 @@ void attn_naive_fwd(const attn_problem* p, double* out, double* lse) {
 void attn_naive_bwd(const attn_problem* p, const double* out, const double* lse, double* dQ,
                     double* dK, double* dV) {
     const attn_case* c = &p->c;
-    cf_dtype dt = c->dtype;
+    cflash_dtype dt = c->dtype;
     int64_t H = c->H, Hk = c->Hk, D = c->D, Dv = c->Dv, mk = p->max_k > 0 ? p->max_k : 1;
     int64_t nq = p->total_q * H * D, nk = p->total_k * Hk * D, nv = p->total_k * Hk * Dv;
     float* gq = calloc((size_t)(nq > 0 ? nq : 1), sizeof(float));
@@ -669,8 +669,8 @@ void attn_problem_compute_oracle(attn_problem* p, int bwd) {
 
 /* ---- Errors and the rule ------------------------------------------------------------------ */
 
-double attn_atol(cf_dtype d, double maxref, int grad) {
-    double k = d == CF_F32 ? (grad ? 32.0 : 8.0) : 1.0;
+double attn_atol(cflash_dtype d, double maxref, int grad) {
+    double k = d == CFLASH_DTYPE_F32 ? (grad ? 32.0 : 8.0) : 1.0;
     return k * tt_unit_roundoff(d) * (maxref > 1.0 ? maxref : 1.0);
 }
 
@@ -692,7 +692,7 @@ static double max_err(const double* a, const double* ref, int64_t n, double* max
 }
 
 static void comp(attn_errors* e, int c, const tt_tensor* t, const double* got, const double* ref,
-                 const double* naive, int64_t n, cf_dtype dt, double factor) {
+                 const double* naive, int64_t n, cflash_dtype dt, double factor) {
     double mr;
     e->present[c] = 1;
     e->err[c] = max_err(got, ref, n, &mr);
@@ -718,7 +718,7 @@ static int errors(attn_problem* p, attn_errors* e, int bwd) {
         if (!c->no_lse) {
             double* gl = dalloc(tq * H);
             gather_lse(p, gl);
-            comp(e, ATTN_LSE, &p->lse, gl, p->ref_lse, p->nv_lse, tq * H, CF_F32, 2.0);
+            comp(e, ATTN_LSE, &p->lse, gl, p->ref_lse, p->nv_lse, tq * H, CFLASH_DTYPE_F32, 2.0);
             free(gl);
         }
         free(got);

@@ -5,13 +5,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "core/attn_api.h"
+#include "api/attn_api.h"
+#include "api/context.h"
 #include "core/attn_call.h"
-#include "core/context.h"
+#include "core/device.h"
 #include "core/status.h"
 #include "core/tensor.h"
 #include "core/threads.h"
-#include "cuda/cuda_drv.h"
 
 #define INVALID CFLASH_ERR_INVALID_ARGUMENT
 
@@ -149,7 +149,7 @@ cflash_status cf_attn_apply_params(cf_attn_call* c, const cflash_attn_params* p)
 }
 
 /* Reads and checks cu_seqlens; stores the host pointer and the longest sequence. cu_seqlens on
- * a CUDA device are copied to a per-thread host buffer (slot 0: q, 1: k) through the CUDA loader
+ * a CUDA device are copied to a per-thread host buffer (slot 0: q, 1: k) through the device hooks
  * to be checked; *dev keeps the device pointer for the kernels (NULL for host cu_seqlens). */
 static cflash_status check_cu(const DLTensor* t, const char* name, int64_t total,
                               const char* total_name, int64_t* B, const int32_t** cu,
@@ -184,8 +184,8 @@ static cflash_status check_cu(const DLTensor* t, const char* name, int64_t total
             host[slot] = n;
             cap[slot] = c.shape[0];
         }
-        CFLASH_FORWARD_IF_ERROR(
-            cf_cu_memcpy(c.device_id, host[slot], c.data, sizeof(int32_t) * (size_t)c.shape[0], 0));
+        CFLASH_FORWARD_IF_ERROR(cf_device_copy(kDLCUDA, c.device_id, host[slot], c.data,
+                                               sizeof(int32_t) * (size_t)c.shape[0], 0));
         *dev = c.data;
         v = host[slot];
     }
