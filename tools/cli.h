@@ -48,7 +48,7 @@ double cf_bench_median_ms(void (*fn)(void*), void* arg, int warmup, int reps);
 typedef struct cf_peaks {
     int threads;
     double fma_f32_gflops;  /* fp32 FMA, the widest vector unit present */
-    double bf16_dot_gflops; /* AVX512-BF16 vdpbf16ps (0 when absent) */
+    double bf16_dot_gflops; /* AVX512-BF16 vdpbf16ps, or NEON BFMMLA (0 when absent) */
     double amx_bf16_gflops; /* AMX-BF16 tdpbf16ps (0 when absent or not permitted) */
     double mem_bw_gbs;      /* memory bandwidth, read + write bytes per second, GB/s */
 } cf_peaks;
