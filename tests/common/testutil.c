@@ -61,6 +61,11 @@ uint64_t tt_seed_base(void) {
     return e && *e ? strtoull(e, NULL, 0) : 0;
 }
 
+int tt_test_level(void) {
+    const char* e = getenv("CFLASH_TEST_LEVEL");
+    return e && *e ? atoi(e) : 0;
+}
+
 /* ---- Tensors ------------------------------------------------------------------------------ */
 
 DLDataType tt_dl_dtype(cf_dtype d) {
