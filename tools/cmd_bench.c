@@ -275,7 +275,8 @@ int cf_cmd_bench(int argc, char** argv) {
                 unit = "amx_bf16", peak = pk->amx_bf16_gflops, peak_cpu = pkc->amx_bf16_gflops;
             else if (!strcmp(backend, "cpu-avx512") && pk->bf16_dot_gflops > 0)
                 unit = "avx512_bf16", peak = pk->bf16_dot_gflops, peak_cpu = pkc->bf16_dot_gflops;
-            else if (!strcmp(backend, "cpu-neon") && pk->bf16_dot_gflops > 0)
+            else if ((!strcmp(backend, "cpu-neon") || !strcmp(backend, "cpu-sve")) &&
+                     pk->bf16_dot_gflops > 0)
                 unit = "neon_bfmmla", peak = pk->bf16_dot_gflops, peak_cpu = pkc->bf16_dot_gflops;
         }
         if (!pk) unit = "none";

@@ -5,8 +5,8 @@
 #include "dispatch/dispatch.h"
 
 const char* const cf_backend_names[] = {
-    "cpu-amx", "cpu-avx512", "cpu-avx2",  "cpu-neon", "cpu-generic",
-    "cpu-ref", "cuda-mma",   "cuda-simt", NULL,
+    "cpu-amx",     "cpu-avx512", "cpu-avx2", "cpu-sve",   "cpu-neon",
+    "cpu-generic", "cpu-ref",    "cuda-mma", "cuda-simt", NULL,
 };
 
 int cf_backend_known(const char* name) {
@@ -23,17 +23,18 @@ extern const cf_impl cf_impl_generic_attn_fwd, cf_impl_generic_attn_bwd;
 extern const cf_impl cf_impl_amx_attn_fwd, cf_impl_amx_attn_bwd;
 extern const cf_impl cf_impl_avx512_attn_fwd, cf_impl_avx512_attn_bwd;
 extern const cf_impl cf_impl_avx2_attn_fwd, cf_impl_avx2_attn_bwd;
+extern const cf_impl cf_impl_sve_attn_fwd, cf_impl_sve_attn_bwd;
 extern const cf_impl cf_impl_neon_attn_fwd, cf_impl_neon_attn_bwd;
 
 static const cf_impl* const attn_fwd[] = {
-    &cf_impl_amx_attn_fwd,      &cf_impl_avx512_attn_fwd,    &cf_impl_avx2_attn_fwd,
-    &cf_impl_neon_attn_fwd,     &cf_impl_generic_attn_fwd,   &cf_impl_ref_attn_fwd,
-    &cf_impl_cuda_mma_attn_fwd, &cf_impl_cuda_simt_attn_fwd,
+    &cf_impl_amx_attn_fwd, &cf_impl_avx512_attn_fwd,   &cf_impl_avx2_attn_fwd,
+    &cf_impl_sve_attn_fwd, &cf_impl_neon_attn_fwd,     &cf_impl_generic_attn_fwd,
+    &cf_impl_ref_attn_fwd, &cf_impl_cuda_mma_attn_fwd, &cf_impl_cuda_simt_attn_fwd,
 };
 static const cf_impl* const attn_bwd[] = {
-    &cf_impl_amx_attn_bwd,      &cf_impl_avx512_attn_bwd,    &cf_impl_avx2_attn_bwd,
-    &cf_impl_neon_attn_bwd,     &cf_impl_generic_attn_bwd,   &cf_impl_ref_attn_bwd,
-    &cf_impl_cuda_mma_attn_bwd, &cf_impl_cuda_simt_attn_bwd,
+    &cf_impl_amx_attn_bwd, &cf_impl_avx512_attn_bwd,   &cf_impl_avx2_attn_bwd,
+    &cf_impl_sve_attn_bwd, &cf_impl_neon_attn_bwd,     &cf_impl_generic_attn_bwd,
+    &cf_impl_ref_attn_bwd, &cf_impl_cuda_mma_attn_bwd, &cf_impl_cuda_simt_attn_bwd,
 };
 
 /* Ops around attention (rotary, norm, KV cache, merge): fast CPU kernels, then the reference. */
@@ -43,19 +44,19 @@ static const cf_impl* const attn_bwd[] = {
 #define CF_OPS_X86(op)
 #endif
 #if defined(__aarch64__)
-#define CF_OPS_ARM(op) &cf_impl_neon_##op,
+#define CF_OPS_ARM(op) &cf_impl_sve_##op, &cf_impl_neon_##op,
 #else
 #define CF_OPS_ARM(op)
 #endif
 #define CF_OPS_DECL(op)                                                                            \
-    extern const cf_impl cf_impl_avx512_##op, cf_impl_avx2_##op, cf_impl_neon_##op,                \
-        cf_impl_generic_##op, cf_impl_ref_##op;                                                    \
+    extern const cf_impl cf_impl_avx512_##op, cf_impl_avx2_##op, cf_impl_sve_##op,                 \
+        cf_impl_neon_##op, cf_impl_generic_##op, cf_impl_ref_##op;                                 \
     static const cf_impl* const op[] = {CF_OPS_X86(op) CF_OPS_ARM(op) & cf_impl_generic_##op,      \
                                         &cf_impl_ref_##op};
 /* The same with the CUDA SIMT row last (src/cuda/cuda_ops.c). */
 #define CF_OPS_DECL_CUDA(op)                                                                       \
-    extern const cf_impl cf_impl_avx512_##op, cf_impl_avx2_##op, cf_impl_neon_##op,                \
-        cf_impl_generic_##op, cf_impl_ref_##op, cf_impl_cuda_simt_##op;                            \
+    extern const cf_impl cf_impl_avx512_##op, cf_impl_avx2_##op, cf_impl_sve_##op,                 \
+        cf_impl_neon_##op, cf_impl_generic_##op, cf_impl_ref_##op, cf_impl_cuda_simt_##op;         \
     static const cf_impl* const op[] = {CF_OPS_X86(op) CF_OPS_ARM(op) & cf_impl_generic_##op,      \
                                         &cf_impl_ref_##op, &cf_impl_cuda_simt_##op};
 CF_OPS_DECL_CUDA(rotary)

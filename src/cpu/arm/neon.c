@@ -560,7 +560,9 @@ NEON_TABLE(k_bf16, gemm_bf16, NULL)
 NEON_TABLE(k_f16, NULL, gemm_f16)
 NEON_TABLE(k_both, gemm_bf16, gemm_f16)
 
-static const cf_attn_kernels* neon_kernels(void) {
+/* The table for this CPU (cpu-sve takes it for everything but its fp32 GEMM and softmax pieces). */
+const cf_attn_kernels* cf_attn_kernels_neon(void);
+const cf_attn_kernels* cf_attn_kernels_neon(void) {
     const cf_cpu_info* ci = cf_cpu();
     if (ci->bf16 && ci->asimdfhm) return &k_both;
     if (ci->bf16) return &k_bf16;
@@ -576,7 +578,8 @@ static int neon_available(char* reason, size_t len) {
 
 #else /* not AArch64 */
 
-static const cf_attn_kernels* neon_kernels(void) {
+const cf_attn_kernels* cf_attn_kernels_neon(void);
+const cf_attn_kernels* cf_attn_kernels_neon(void) {
     return &cf_attn_kernels_generic;
 }
 static int neon_available(char* reason, size_t len) {
@@ -587,13 +590,13 @@ static int neon_available(char* reason, size_t len) {
 #endif
 
 static int neon_supports(const void* call, char* reason, size_t len) {
-    return cf_attn_cpu_supports(call, neon_kernels(), reason, len);
+    return cf_attn_cpu_supports(call, cf_attn_kernels_neon(), reason, len);
 }
 static cflash_status neon_fwd(const void* call) {
-    return cf_attn_cpu_fwd(call, neon_kernels());
+    return cf_attn_cpu_fwd(call, cf_attn_kernels_neon());
 }
 static cflash_status neon_bwd(const void* call) {
-    return cf_attn_cpu_bwd(call, neon_kernels());
+    return cf_attn_cpu_bwd(call, cf_attn_kernels_neon());
 }
 
 const cf_impl cf_impl_neon_attn_fwd = {
