@@ -339,6 +339,7 @@ static void run_case(const kcase* c) {
     params(&p, &ap, &kp);
     uint64_t qh = tt_hash(&p.q);
     for (const char* const* be = ops_backends; *be; be++) {
+        if (!tt_backend_selected(*be)) continue;
         memcpy(p.kc.base, p.kc0.base, p.kc.bytes);
         memcpy(p.vc.base, p.vc0.base, p.vc.bytes);
         tt_poison(&p.out), tt_poison(&p.lse);

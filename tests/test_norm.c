@@ -204,6 +204,7 @@ static void run_case(const ncase* c) {
     }
 
     for (const char* const* be = ops_backends; *be; be++) {
+        if (!tt_backend_selected(*be)) continue;
         cflash_context* ctx = ops_context(*be, 0);
         tt_alloc(&out, c->out_dtype, 2, shp, c->layout);
         if (c->resout_dtype != CF_DTYPE_BAD) tt_alloc(&resout, c->resout_dtype, 2, shp, c->layout);

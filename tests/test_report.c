@@ -85,7 +85,7 @@ static void common_checks(void) {
         const char* no = strstr(p, "[NO] ");
         CHECK_MSG((ok && ok < end) || (no && no < end && end - no > 6), "bad row %.80s", p + 1);
     }
-    CHECK(rows == 8); /* cf_backend_names */
+    CHECK(rows == 9); /* cf_backend_names */
 
     /* The CPU section tells the truth about AMX and AVX-512, with a reason when absent. */
     const cf_cpu_info* c = cf_cpu();
@@ -96,7 +96,8 @@ static void common_checks(void) {
     if (!c->avx512f) expect(c->avx512_note);
     expect(c->arm_note);
 #if defined(__aarch64__)
-    /* ARM: the features line starts with NEON, and cpu-neon serves every op here. */
+    /* ARM: the features line starts with NEON; cpu-neon serves every op here, cpu-sve every op
+     * where the CPU has SVE. */
     expect_text("  features              neon");
     CHECK(strstr(json, "\"arm\": {\"neon_usable\": true"));
     for (int op = 0; op < CFLASH_OP_COUNT; op++) {
@@ -104,10 +105,14 @@ static void common_checks(void) {
         snprintf(row, sizeof row, "  %-16s %-12s [OKAY]\n", cflash_op_name((cflash_op)op),
                  "cpu-neon");
         CHECK_MSG(strstr(text, row), "no row '%s'", row);
+        snprintf(row, sizeof row, "  %-16s %-12s %s", cflash_op_name((cflash_op)op), "cpu-sve",
+                 c->sve ? "[OKAY]\n" : "[NO] needs SVE");
+        CHECK_MSG(strstr(text, row), "no row '%s'", row);
     }
 #else
     expect_text(c->avx2 ? " avx2 " : "absent                avx512fp16");
     expect_row("attn_fwd", "cpu-neon", "[NO] not an AArch64 CPU");
+    expect_row("attn_bwd", "cpu-sve", "[NO] not an AArch64 CPU");
     CHECK(strstr(json, "\"arm\": {\"neon_usable\": false"));
 #endif
 

@@ -66,6 +66,15 @@ int tt_test_level(void) {
     return e && *e ? atoi(e) : 0;
 }
 
+int tt_backend_selected(const char* name) {
+    const char* e = getenv("CFLASH_TEST_BACKENDS");
+    if (!e || !*e) return 1;
+    const size_t n = strlen(name);
+    for (const char* p = e; (p = strstr(p, name)); p += n)
+        if ((p == e || p[-1] == ' ') && (p[n] == 0 || p[n] == ' ')) return 1;
+    return 0;
+}
+
 /* ---- Tensors ------------------------------------------------------------------------------ */
 
 DLDataType tt_dl_dtype(cf_dtype d) {

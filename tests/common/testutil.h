@@ -95,6 +95,11 @@ uint64_t tt_seed_base(void);
  * that `make test-arm` runs under qemu-user, where the kernels and the fp64 oracle run emulated
  * (every code path, fewer and smaller shapes). */
 int tt_test_level(void);
+/* Whether the tests that loop over backends run `name`: CFLASH_TEST_BACKENDS, a space-separated
+ * list
+ * ("cpu-sve cpu-neon"), selects them; unset = all. make test-arm uses it to run only the backends a
+ * CPU model changes. */
+int tt_backend_selected(const char* name);
 
 /* ---- Tensors ------------------------------------------------------------------------------ */
 
