@@ -3,7 +3,8 @@
  * multiplies pairs with FMLAL (fp32 accumulation) where it has FEAT_FHM; otherwise blocks are
  * converted to fp32 as they are read (FCVTL, shifts). Built with target attributes, chosen at run
  * time from getauxval (src/probe/cpu_features.c). Checked under qemu-user only: the register tiles
- * (NEON_MR, NEON_NV, BF_MR below) are untuned starting points, see docs/PERF.md.
+ * (NEON_MR / NEON_NV, BF_MR / BF_NR, H_MR / H_NV below) are untuned starting points, see
+ * docs/PERF.md.
  * GEMM: fp32 6 x 16 (24 accumulators), bf16 8 x 8 (16 BFMMLA 2 x 2 blocks), fp16 6 x 8. */
 #include <math.h>
 #include <stdio.h>
@@ -21,12 +22,13 @@
 #define TBF16 __attribute__((target("arch=armv8.2-a+bf16")))
 #define TFHM __attribute__((target("arch=armv8.2-a+fp16fml")))
 
-/* ---- Partial vectors (NEON has no masked loads: the n < 4 tail goes lane by lane) ----------- */
+/* ---- Partial vectors (NEON has no masked loads: the n < 4 tail goes lane by lane; n <= 0 touches
+ * nothing) ---- */
 
 INLINE float32x4_t ld_f32(const float* p, int n) {
     if (n >= 4) return vld1q_f32(p);
     float32x4_t v = vdupq_n_f32(0.0f);
-    v = vld1q_lane_f32(p, v, 0);
+    if (n > 0) v = vld1q_lane_f32(p, v, 0);
     if (n > 1) v = vld1q_lane_f32(p + 1, v, 1);
     if (n > 2) v = vld1q_lane_f32(p + 2, v, 2);
     return v;
@@ -36,7 +38,7 @@ INLINE void st_f32(float* p, float32x4_t v, int n) {
         vst1q_f32(p, v);
         return;
     }
-    vst1q_lane_f32(p, v, 0);
+    if (n > 0) vst1q_lane_f32(p, v, 0);
     if (n > 1) vst1q_lane_f32(p + 1, v, 1);
     if (n > 2) vst1q_lane_f32(p + 2, v, 2);
 }
