@@ -11,8 +11,8 @@
 #include "common/testutil.h"
 #include "oracle/attn_oracle.h"
 
-static const char* const backends[] = {"cpu-ref", "cpu-avx512", "cpu-avx2", "cpu-generic",
-                                       "cpu-amx"};
+static const char* const backends[] = {"cpu-ref",  "cpu-amx", "cpu-avx512", "cpu-avx2",
+                                       "cpu-neon", "cpu-sve", "cpu-generic"};
 
 /* Documents of the sequence (S = 700): [0, 300), [300, 450), [450, 640); keys >= 640 padding. */
 #define S 700
@@ -140,6 +140,7 @@ static int available(const char* backend) {
 
 int main(void) {
     for (size_t i = 0; i < sizeof backends / sizeof backends[0]; i++) {
+        if (!tt_backend_selected(backends[i])) continue; /* CFLASH_TEST_BACKENDS */
         if (!available(backends[i])) {
             printf("%s: not available here\n", backends[i]);
             continue;
