@@ -28,6 +28,15 @@ expect() {
 expect 0 '^PASS$' -- check --batch 2 --heads 4 --heads-kv 2 --seqlen-q 97 --seqlen-k 130 \
     --head-dim 33 --head-dim-v 20 --dtype bf16 --causal --window 16,-1 --softcap 3 --alibi \
     --dropout 0.1 --bwd
+# Issue 13's flags: sinks, bias + dbias, mask, block-sparse lists, chunks (with causal and GQA).
+expect 0 '^PASS$' -- check --batch 2 --heads 4 --heads-kv 2 --seqlen-q 97 --seqlen-k 130 \
+    --head-dim 24 --dtype bf16 --causal --sinks --dbias --mask 0.5 --bwd
+expect 0 'blocks\[11\]\(32,32,10%\) chunk48' -- check --seqlen 100 --heads 2 --head-dim 16 \
+    --block-sparse 0.1 --block-size 32 --chunk 48 --causal --bwd
+expect 0 '"pairs":' -- bench --seqlen 64 --heads 2 --head-dim 16 --reps 1 --warmup 0 \
+    --block-sparse 0.1 --block-size 16 --sinks --bias --json
+expect 2 "--mask: '0', expected a fraction in \(0, 1\]" -- check --mask 0
+expect 2 '--chunk: 0, expected >= 1' -- check --chunk 0
 expect 0 'backend: cpu-ref \(forward' -- check --seqlen 17 --heads 2 --head-dim 8 --backend cpu-ref
 expect 0 '"pass":true' -- check --seqlen=64 --heads=6 --heads-kv=1 --head-dim=80 --dtype=fp16 \
     --bwd --json

@@ -28,6 +28,7 @@ void cf_problem_defaults(cf_problem* p) {
     p->device = kDLCPU;
     p->warmup = 2;
     p->reps = 10;
+    p->block_size = 128;
 }
 
 const char* cf_problem_usage(void) {
@@ -45,6 +46,17 @@ const char* cf_problem_usage(void) {
            "  --softcap X        softcap c > 0 (default 0 = off)\n"
            "  --alibi            ALiBi with slopes 2^(-8(h+1)/H)\n"
            "  --dropout P        dropout probability in [0, 1) (default 0)\n"
+           "  --sinks            attention sinks: one logit per head (gpt-oss, FA4 "
+           "learnable_sink)\n"
+           "  --bias             additive fp32 bias of shape (1, 1, Sq, Sk)\n"
+           "  --dbias            with --bwd: the backward also writes dbias (implies --bias)\n"
+           "  --mask P           boolean mask (1, 1, Sq, Sk); bench: it keeps a fraction P in\n"
+           "                     (0, 1] of its block-size x block-size tiles (the others wholly\n"
+           "                     masked); check: the oracle's random mask (P only turns it on)\n"
+           "  --block-sparse P   block-sparse lists keeping a fraction P in (0, 1] of the\n"
+           "                     (query block, key block) pairs (FlexAttention's BlockMask)\n"
+           "  --block-size N     block of --mask and --block-sparse (default 128)\n"
+           "  --chunk N          chunked local attention: attention_chunk = N keys (Llama 4)\n"
            "  --bwd              also the backward\n"
            "  --backend NAME     force a backend (cpu-ref, cpu-avx2, cuda-simt, ...; default "
            "auto)\n"
@@ -121,6 +133,9 @@ int cf_problem_parse(cf_problem* p, int argc, char** argv, int first, char* err,
                        : !strcmp(flag, "--alibi") ? &p->alibi
                        : !strcmp(flag, "--bwd")   ? &p->bwd
                        : !strcmp(flag, "--json")  ? &p->json
+                       : !strcmp(flag, "--sinks") ? &p->sinks
+                       : !strcmp(flag, "--bias")  ? &p->bias
+                       : !strcmp(flag, "--dbias") ? &p->dbias
                                                   : NULL;
         if (boolean) {
             if (val) {
@@ -131,9 +146,10 @@ int cf_problem_parse(cf_problem* p, int argc, char** argv, int first, char* err,
             continue;
         }
         static const char* const valued[] = {
-            "--batch",    "--heads",      "--heads-kv", "--seqlen", "--seqlen-q", "--seqlen-k",
-            "--head-dim", "--head-dim-v", "--dtype",    "--window", "--softcap",  "--dropout",
-            "--backend",  "--threads",    "--device",   "--warmup", "--reps",     NULL};
+            "--batch",        "--heads",      "--heads-kv", "--seqlen", "--seqlen-q", "--seqlen-k",
+            "--head-dim",     "--head-dim-v", "--dtype",    "--window", "--softcap",  "--dropout",
+            "--backend",      "--threads",    "--device",   "--warmup", "--reps",     "--mask",
+            "--block-sparse", "--block-size", "--chunk",    NULL};
         int known = 0;
         for (const char* const* f = valued; *f; f++)
             known |= !strcmp(*f, flag);
@@ -213,6 +229,15 @@ int cf_problem_parse(cf_problem* p, int argc, char** argv, int first, char* err,
             rc = parse_int(flag, val, 0, &p->warmup, err, err_len);
         } else if (!strcmp(flag, "--reps")) {
             rc = parse_int(flag, val, 1, &p->reps, err, err_len);
+        } else if (!strcmp(flag, "--mask") || !strcmp(flag, "--block-sparse")) {
+            float* d = !strcmp(flag, "--mask") ? &p->mask : &p->block_sparse;
+            rc = parse_float(flag, val, d, err, err_len);
+            if (!rc && !(*d > 0 && *d <= 1))
+                rc = fail(err, err_len, "%s: '%s', expected a fraction in (0, 1]", flag, val);
+        } else if (!strcmp(flag, "--block-size")) {
+            rc = parse_i64(flag, val, 1, &p->block_size, err, err_len);
+        } else if (!strcmp(flag, "--chunk")) {
+            rc = parse_i64(flag, val, 1, &p->chunk, err, err_len);
         }
         if (rc) return -1;
     }
@@ -220,6 +245,7 @@ int cf_problem_parse(cf_problem* p, int argc, char** argv, int first, char* err,
         if (!seq_q) p->seqlen_q = seqlen;
         if (!seq_k) p->seqlen_k = seqlen;
     }
+    if (p->dbias) p->bias = 1;
     if (!hkv_given) p->heads_kv = p->heads;
     if (!dv_given) p->head_dim_v = p->head_dim;
     if (p->heads % p->heads_kv) {

@@ -24,6 +24,11 @@ typedef struct cf_problem {
     int device;          /* kDLCPU or kDLCUDA */
     int json;
     int warmup, reps;
+    /* issue 13 */
+    int sinks, bias, dbias;
+    float mask, block_sparse; /* densities in (0, 1]; 0 = off */
+    int64_t block_size;       /* of --mask / --block-sparse */
+    int64_t chunk;            /* attention_chunk, 0 = off */
 } cf_problem;
 
 void cf_problem_defaults(cf_problem* p);

@@ -80,7 +80,12 @@ typedef struct bench_tensors {
     int device;
     DLTensor q, k, v, out, lse, dout, dq, dk, dv, alibi;
     int64_t shq[4], shk[4], shv[4], sho[4], shl[3], sha[1];
-    void* mem[10];
+    void* mem[16];
+    /* issue 13: sinks, dsinks [H]; bias, dbias, mask (1, 1, Sq, Sk); block lists (host) */
+    DLTensor sinks, dsinks, bias, dbias, mask, bnum, bidx;
+    int64_t shp[4], shn[3], shx[4];
+    int32_t *num, *idx;
+    uint8_t* keep; /* host: (query block, key block) kept by --mask / --block-sparse */
 } bench_tensors;
 
 static void dl_init(DLTensor* t, void* data, int device, cflash_dtype dt, int ndim,
@@ -171,6 +176,115 @@ static double pairs(const cf_problem* p) {
     return n;
 }
 
+/* ---- Issue 13's inputs: sinks, bias, tile-structured masks and lists ----------------------- */
+
+/* The (query block, key block) pairs that --mask P or --block-sparse P keep: each with
+ * probability P (a fixed xorshift), at least one per query block. */
+static uint8_t* keep_blocks(int64_t nqb, int64_t nkb, float p) {
+    uint8_t* k = calloc((size_t)(nqb * nkb) + 1, 1);
+    uint64_t s = 0x9E3779B97F4A7C15ull;
+    for (int64_t q = 0; k && q < nqb; q++) {
+        int any = 0;
+        for (int64_t j = 0; j < nkb; j++) {
+            s ^= s << 13, s ^= s >> 7, s ^= s << 17;
+            k[q * nkb + j] = (double)(s >> 11) / 9007199254740992.0 < p;
+            any |= k[q * nkb + j];
+        }
+        if (!any) k[q * nkb + (q * 7) % nkb] = 1;
+    }
+    return k;
+}
+
+/* Visible pairs of the whole problem by the library's semantics (causal, window, chunk, kept
+ * tiles); the fraction of Sq * Sk. */
+static double visible_fraction(const cf_problem* p, const uint8_t* keep, int64_t nkb) {
+    double n = 0;
+    const int64_t Sq = p->seqlen_q, Sk = p->seqlen_k, bs = p->block_size;
+    for (int64_t i = 0; i < Sq; i++) {
+        const int64_t diag = i + Sk - Sq, wr = p->causal ? 0 : p->window_right;
+        for (int64_t j = 0; j < Sk; j++) {
+            if (wr >= 0 && j > diag + wr) continue;
+            if (p->window_left >= 0 && j < diag - p->window_left) continue;
+            if (p->chunk > 0 && (diag < 0 || diag / p->chunk != j / p->chunk)) continue;
+            if (keep && !keep[(i / bs) * nkb + j / bs]) continue;
+            n += 1;
+        }
+    }
+    return Sq && Sk ? n / ((double)Sq * (double)Sk) : 0.0;
+}
+
+/* Allocates and fills what the flags ask for, points prm at it; the fraction of pairs visible. */
+static int make_extras(bench_tensors* t, const cf_problem* p, cflash_attn_params* prm, double* frac,
+                       char* err, size_t len) {
+    const int64_t Sq = p->seqlen_q, Sk = p->seqlen_k, bs = p->block_size;
+    const int64_t nqb = (Sq + bs - 1) / bs, nkb = (Sk + bs - 1) / bs;
+    const float dens = p->mask > 0 ? p->mask : p->block_sparse;
+    int64_t shp[4] = {1, 1, Sq, Sk};
+    memcpy(t->shp, shp, sizeof shp);
+    if (dens > 0 && !(t->keep = keep_blocks(nqb, nkb, dens))) {
+        snprintf(err, len, "out of memory for the block map");
+        return 0;
+    }
+    if (p->sinks) {
+        if (!make(t, 10, &t->sinks, CFLASH_DTYPE_F32, 1, t->sha, 11, err, len)) return 0;
+        prm->sinks = &t->sinks;
+        if (p->bwd && !make(t, 11, &t->dsinks, CFLASH_DTYPE_F32, 1, t->sha, 12, err, len)) return 0;
+        prm->dsinks = p->bwd ? &t->dsinks : NULL;
+    }
+    if (p->bias) {
+        if (!make(t, 12, &t->bias, CFLASH_DTYPE_F32, 4, t->shp, 13, err, len)) return 0;
+        prm->attn_bias = &t->bias;
+        if (p->dbias && p->bwd) {
+            if (!make(t, 13, &t->dbias, CFLASH_DTYPE_F32, 4, t->shp, 14, err, len)) return 0;
+            prm->dbias = &t->dbias;
+        }
+    }
+    if (p->mask > 0) {
+        uint8_t* m = malloc((size_t)(Sq * Sk) + 1);
+        void* dev = cf_tool_alloc(t->device, (size_t)(Sq * Sk) + 1, err, len);
+        if (!m || !dev) {
+            free(m);
+            if (dev) cf_tool_free(t->device, dev);
+            if (!err[0]) snprintf(err, len, "out of memory for the mask");
+            return 0;
+        }
+        for (int64_t i = 0; i < Sq; i++)
+            for (int64_t j = 0; j < Sk; j++)
+                m[i * Sk + j] = t->keep[(i / bs) * nkb + j / bs];
+        int rc = cf_tool_copy(t->device, dev, m, (size_t)(Sq * Sk), 1, err, len);
+        free(m);
+        t->mem[14] = dev;
+        if (rc) return 0;
+        dl_init(&t->mask, dev, t->device, CFLASH_DTYPE_F32, 4, t->shp);
+        t->mask.dtype.code = kDLUInt, t->mask.dtype.bits = 8;
+        prm->attn_mask = &t->mask;
+    }
+    if (p->block_sparse > 0) { /* host memory: the lists are read on the host */
+        t->num = malloc(sizeof(int32_t) * (size_t)nqb);
+        t->idx = malloc(sizeof(int32_t) * (size_t)(nqb * nkb));
+        if (!t->num || !t->idx) {
+            snprintf(err, len, "out of memory for the block lists");
+            return 0;
+        }
+        for (int64_t q = 0; q < nqb; q++) {
+            int32_t n = 0;
+            for (int64_t j = 0; j < nkb; j++)
+                if (t->keep[q * nkb + j]) t->idx[q * nkb + n++] = (int32_t)j;
+            t->num[q] = n;
+        }
+        int64_t shn[3] = {1, 1, nqb}, shx[4] = {1, 1, nqb, nkb};
+        memcpy(t->shn, shn, sizeof shn), memcpy(t->shx, shx, sizeof shx);
+        dl_init(&t->bnum, t->num, kDLCPU, CFLASH_DTYPE_F32, 3, t->shn);
+        dl_init(&t->bidx, t->idx, kDLCPU, CFLASH_DTYPE_F32, 4, t->shx);
+        t->bnum.dtype.code = t->bidx.dtype.code = kDLInt;
+        prm->block_kv_num = &t->bnum, prm->block_kv_indices = &t->bidx;
+        prm->block_q = prm->block_k = bs;
+    }
+    prm->attention_chunk = p->chunk;
+    *frac = visible_fraction(p, t->keep, nkb);
+    return 1;
+}
+
 static const char* dtype_str(cflash_dtype d) {
     return d == CFLASH_DTYPE_F32 ? "fp32" : d == CFLASH_DTYPE_F16 ? "fp16" : "bf16";
 }
@@ -239,6 +353,17 @@ int cf_cmd_bench(int argc, char** argv) {
     r.params.dropout_p = pr.dropout;
     r.params.seed = 42;
     r.params.alibi_slopes = pr.alibi ? &t.alibi : NULL;
+    /* Issue 13: FLOPs count the visible pairs of tile masks, block lists and chunks exactly. */
+    const int extra = pr.sinks || pr.bias || pr.mask > 0 || pr.block_sparse > 0 || pr.chunk > 0;
+    double vis = -1.0;
+    if (extra && !make_extras(&t, &pr, &r.params, &vis, err, sizeof err)) {
+        fprintf(stderr, "cflash bench: %s\n", err);
+        rc = 1;
+        goto done_ctx;
+    }
+    const double npairs = pr.mask > 0 || pr.block_sparse > 0 || pr.chunk > 0
+                              ? vis * (double)Sq * (double)Sk
+                              : pairs(&pr);
 
     /* The peaks first, in this same process, so the fractions compare like with like. */
     const cf_peaks* pk = pr.device == kDLCPU ? cf_measure_peaks(T) : NULL;
@@ -266,7 +391,7 @@ int cf_cmd_bench(int argc, char** argv) {
         const double ms = cf_bench_median_ms(run_once, &r, 0, pr.reps);
         const double cpu_ms = (cf_cpu_s() - c0) * 1e3 / pr.reps; /* mean CPU time per run */
         const double flops =
-            4.0 * (double)B * (double)H * pairs(&pr) * (double)(D + Dv) / 2.0 * (bwd ? 2.5 : 1.0);
+            4.0 * (double)B * (double)H * npairs * (double)(D + Dv) / 2.0 * (bwd ? 2.5 : 1.0);
         const double gflops = flops / (ms * 1e-3) * 1e-9;
         /* Per CPU-second times threads: robust on a shared machine (compare with peak_cpu). */
         const double gflops_cpu = flops / (cpu_ms * 1e-3) * 1e-9 * T;
@@ -294,18 +419,35 @@ int cf_cmd_bench(int argc, char** argv) {
                    "\"dropout\":%g,\"threads\":%d,\"warmup\":%d,\"reps\":%d,\"ms\":%.4f,"
                    "\"gflops\":%.2f,\"peak_unit\":\"%s\",\"peak_gflops\":%.1f,"
                    "\"peak_fraction\":%.4f,\"cpu_ms\":%.4f,\"gflops_cpu\":%.2f,"
-                   "\"peak_gflops_cpu\":%.1f,\"peak_fraction_cpu\":%.4f}\n",
+                   "\"peak_gflops_cpu\":%.1f,\"peak_fraction_cpu\":%.4f,\"sinks\":%d,\"bias\":%d,"
+                   "\"dbias\":%d,\"mask\":%g,\"block_sparse\":%g,\"block_size\":%lld,"
+                   "\"chunk\":%lld,\"pairs\":%.0f}\n",
                    bwd ? "attn_bwd" : "attn_fwd", backend, dtype_str(pr.dtype), (long long)B,
                    (long long)H, (long long)Hk, (long long)Sq, (long long)Sk, (long long)D,
                    (long long)Dv, pr.causal, (long long)pr.window_left, (long long)pr.window_right,
                    (double)pr.softcap, pr.alibi, (double)pr.dropout, T, pr.warmup, pr.reps, ms,
-                   gflops, unit, peak, frac, cpu_ms, gflops_cpu, peak_cpu, frac_cpu);
+                   gflops, unit, peak, frac, cpu_ms, gflops_cpu, peak_cpu, frac_cpu, pr.sinks,
+                   pr.bias, pr.dbias && bwd, (double)pr.mask, (double)pr.block_sparse,
+                   (long long)pr.block_size, (long long)pr.chunk, npairs);
         } else {
-            printf("%s %s B%lld H%lld/%lld Sq%lld Sk%lld D%lld/%lld%s threads %d, %s: %.3f ms, "
+            char feat[160] = "";
+            if (pr.sinks) strcat(feat, " sinks");
+            if (pr.bias) strcat(feat, pr.dbias && bwd ? " bias+dbias" : " bias");
+            size_t u = strlen(feat);
+            if (pr.mask > 0)
+                u += (size_t)snprintf(feat + u, sizeof feat - u, " mask%g", (double)pr.mask);
+            if (pr.block_sparse > 0)
+                u += (size_t)snprintf(feat + u, sizeof feat - u, " blocks%g",
+                                      (double)pr.block_sparse);
+            if (pr.mask > 0 || pr.block_sparse > 0)
+                u += (size_t)snprintf(feat + u, sizeof feat - u, "/%lld", (long long)pr.block_size);
+            if (pr.chunk > 0)
+                snprintf(feat + u, sizeof feat - u, " chunk%lld", (long long)pr.chunk);
+            printf("%s %s B%lld H%lld/%lld Sq%lld Sk%lld D%lld/%lld%s%s threads %d, %s: %.3f ms, "
                    "%.1f GFLOP/s",
                    bwd ? "attn_bwd" : "attn_fwd", dtype_str(pr.dtype), (long long)B, (long long)H,
                    (long long)Hk, (long long)Sq, (long long)Sk, (long long)D, (long long)Dv,
-                   pr.causal ? " causal" : "", T, backend, ms, gflops);
+                   pr.causal ? " causal" : "", feat, T, backend, ms, gflops);
             if (peak > 0)
                 printf(", %.1f%% of the %s peak (%.1f GFLOP/s); per CPU-second: %.1f%% of %.1f\n",
                        100.0 * frac, unit, peak, 100.0 * frac_cpu, peak_cpu);
@@ -317,7 +459,8 @@ int cf_cmd_bench(int argc, char** argv) {
 done_ctx:
     cflash_context_free(r.ctx);
 done:
-    for (int i = 0; i < 10; i++)
+    for (int i = 0; i < 16; i++)
         if (t.mem[i]) cf_tool_free(t.device, t.mem[i]);
+    free(t.num), free(t.idx), free(t.keep);
     return rc;
 }

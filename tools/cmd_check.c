@@ -130,6 +130,14 @@ int cf_cmd_check(int argc, char** argv) {
     c.window_left = pr.window_left, c.window_right = pr.window_right, c.softcap = pr.softcap;
     c.alibi = pr.alibi ? ATTN_ALIBI_H : ATTN_ALIBI_NONE;
     c.dropout_p = pr.dropout;
+    c.sinks = pr.sinks;
+    c.bias = pr.bias ? ATTN_BC_11 : ATTN_BC_NONE, c.dbias = pr.dbias;
+    c.mask = pr.mask > 0 ? ATTN_BC_11 : ATTN_BC_NONE; /* the oracle's own random mask */
+    c.blocks = pr.block_sparse > 0 ? ATTN_BC_11 : ATTN_BC_NONE;
+    c.block_q = c.block_k = pr.block_size;
+    c.block_pct = (int)(pr.block_sparse * 100.0f + 0.5f);
+    if (pr.block_sparse > 0 && c.block_pct < 1) c.block_pct = 1;
+    c.chunk = pr.chunk;
     c.seed = 1;
     char name[256];
     attn_case_str(&c, name, sizeof name);
