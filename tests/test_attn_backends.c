@@ -8,12 +8,15 @@
 #include "common/testutil.h"
 
 static const char* const backends[] = {"cpu-amx", "cpu-avx512", "cpu-avx2", "cpu-generic"};
+/* The dtypes each serves (bit 1 << cf_dtype; 0 = all): cpu-amx is bf16 and fp16 only. */
+static const unsigned backend_dtypes[] = {(1u << CF_BF16) | (1u << CF_F16), 0, 0, 0};
 
-/* The line "NAME: ..." of cflash_explain for a small fp32 forward: whether NAME can run here, and
- * the reason when not. */
-static int backend_available(const char* name, char* why, size_t len) {
+/* The line "NAME: ..." of cflash_explain for a small forward in a dtype NAME serves: whether NAME
+ * can run here, and the reason when not. */
+static int backend_available(const char* name, cf_dtype dt, char* why, size_t len) {
     attn_case c;
     attn_case_init(&c);
+    c.dtype = dt;
     c.Sq = c.Sk = 4;
     c.D = c.Dv = 8;
     attn_problem* p = attn_problem_new(&c);
@@ -40,9 +43,10 @@ static int backend_available(const char* name, char* why, size_t len) {
 }
 
 /* A backend this CPU cannot run, forced: the call fails with UNSUPPORTED and says why. */
-static void test_unavailable(const char* name, const char* why) {
+static void test_unavailable(const char* name, cf_dtype dt, const char* why) {
     attn_case c;
     attn_case_init(&c);
+    c.dtype = dt;
     c.Sq = c.Sk = 5;
     c.D = c.Dv = 16;
     attn_problem* p = attn_problem_new(&c);
@@ -68,9 +72,10 @@ int main(void) {
     int any = 0;
     for (size_t i = 0; i < sizeof backends / sizeof backends[0]; i++) {
         char why[512];
-        if (!backend_available(backends[i], why, sizeof why)) {
+        const cf_dtype probe = backend_dtypes[i] ? CF_BF16 : CF_F32;
+        if (!backend_available(backends[i], probe, why, sizeof why)) {
             printf("%s: not available here (%s): checking the forced error\n", backends[i], why);
-            test_unavailable(backends[i], why);
+            test_unavailable(backends[i], probe, why);
             continue;
         }
         any = 1;
@@ -81,6 +86,7 @@ int main(void) {
             o.backend = backends[i];
             o.bwd = bwd;
             o.threads = 2;
+            o.dtypes = backend_dtypes[i];
             int ran = 0, skipped = 0;
             double t0 = tt_now();
             int fails = attn_grid_run(&o, &ran, &skipped);
@@ -89,7 +95,7 @@ int main(void) {
             CHECK_MSG(skipped == 0, "%s skipped %d cases as unsupported", backends[i], skipped);
             CHECK_MSG(ran > 0, "%s ran no case", backends[i]);
         }
-        attn_grid_one_pass(backends[i], 0, 2);
+        attn_grid_one_pass(backends[i], backend_dtypes[i], 2);
     }
     CHECK_MSG(any, "no CPU backend available (cpu-generic always is)");
     return tt_summary();
