@@ -72,8 +72,8 @@ static int amx_available(char* reason, size_t len) {
 #endif
 }
 
-/* Lift this (NULL) in the commit that records `build/tests/test_attn_ref 1 cpu-amx` and the
- * CFLASH_TEST_LEVEL=1 backend grid passing on an AMX machine (DEVELOPERS.md). */
+/* Lift this (NULL) in the commit that records `build/tests/test_attn_ref 1 cpu-amx bf16,fp16` and
+ * the CFLASH_TEST_LEVEL=1 backend grid passing on an AMX machine (docs/PERF.md, "cpu-amx"). */
 #define AMX_UNVERIFIED "not yet verified on AMX hardware; force it with CFLASH_BACKEND=cpu-amx"
 
 static int amx_supports(const void* call, char* reason, size_t len) {
