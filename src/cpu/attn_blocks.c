@@ -19,8 +19,8 @@ static const struct {
     cf_attn_blocks blocks;
 } family_blocks[] = {
     {"AuthenticAMD", 26, {128, 128, 128, 128, "Zen 5 (AMD family 26), measured"}},
-    {"AuthenticAMD", 25, {128, 128, 128, 128, "Zen 4 (AMD family 25), Zen 5's until measured"}},
-    {"GenuineIntel", 6, {128, 128, 128, 128, "Intel family 6, Zen 5's until measured"}},
+    {"AuthenticAMD", 25, {128, 128, 128, 128, "AMD family 25 (Zen 3, 4), Zen 5's"}},
+    {"GenuineIntel", 6, {128, 128, 128, 128, "Intel family 6, Zen 5's"}},
 };
 static const cf_attn_blocks fallback = {128, 128, 128, 128, "default"};
 
@@ -35,8 +35,8 @@ static int parse_one(const char** s, int64_t* out, const char* what, char* why, 
     char* end = NULL;
     long long v = strtoll(p, &end, 10);
     if (errno || v < 1 || v > CF_ATTN_BLOCK_MAX) {
-        snprintf(why, len, "%s = %.*s: expected 1..%d", what, (int)(end - p < 24 ? end - p : 24),
-                 p, CF_ATTN_BLOCK_MAX);
+        snprintf(why, len, "%s = %.*s: expected 1..%d", what, (int)(end - p < 24 ? end - p : 24), p,
+                 CF_ATTN_BLOCK_MAX);
         return 0;
     }
     if (*end != ',' && *end != 0) {
