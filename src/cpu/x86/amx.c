@@ -5,8 +5,8 @@
  * thread around its tiles.
  * UNVERIFIED on hardware: the machine it was written on has no AMX. test_amx_model runs these
  * kernels through the attention grid on a software model of the tile instructions
- * (tests/amx_model); an AMX machine must still run `build/tests/test_attn_ref 1 cpu-amx` and the
- * CFLASH_TEST_LEVEL=1 backend grid before AMX_UNVERIFIED below is lifted. */
+ * (tests/amx_model); an AMX machine must still run `build/tests/test_attn_ref 1 cpu-amx bf16,fp16`
+ * and the CFLASH_TEST_LEVEL=1 backend grid before AMX_UNVERIFIED below is lifted. */
 #include <stdio.h>
 #include <string.h>
 

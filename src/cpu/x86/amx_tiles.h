@@ -1,7 +1,8 @@
 /* The AMX tile operations the AMX kernels are written in, as one thin layer with two meanings:
  * in the library, the instructions themselves (inline asm); compiled with -DCF_AMX_MODEL (the
- * test build compiles the AMX sources a second time so, as test_amx_model), calls into the
- * software model of tests/amx_model, so the same kernel text runs on any AVX-512 machine.
+ * test build compiles the AMX sources a second time so, as test_amx_model, pre-including the
+ * model's header), calls into the software model of tests/amx_model, so the same kernel text runs
+ * on any AVX-512 machine.
  * Tile numbers are constants (the instructions encode them). Every tile is 16 rows x 64 bytes.
  *
  * Why asm and not GCC's <immintrin.h> macros: GCC 12's _tile_loadd declares no memory operand
@@ -20,7 +21,10 @@
 #define CF_AMX_COLSB 64
 
 #if defined(CF_AMX_MODEL)
-#include "amx_model.h"
+/* The test build pre-includes the model's header (-include): the library never names tests/. */
+#ifndef CFLASH_TESTS_AMX_MODEL_H
+#error "CF_AMX_MODEL builds pre-include tests/amx_model/amx_model.h"
+#endif
 #define CF_AMX_CODE 1
 /* The AVX-512 parts run natively; only the tile operations are modelled. */
 #define CF_AMX_TARGET                                                                              \
