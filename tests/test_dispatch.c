@@ -346,6 +346,89 @@ static void test_library(void) {
     CHECK(!cf_dynlib_probed(CF_LIB_NVRTC));
 }
 
+/* Explain mode (cflash_context_set_explain): it covers exactly one op call on its context, which
+ * computes and writes nothing, succeeds or fails as the real call would, and then runs for real
+ * again; buf NULL or len 0 clear it; it needs a context. */
+static void test_explain_mode(void) {
+    cflash_context *ctx, *other;
+    CHECK_OK(cflash_context_create(&ctx));
+    CHECK_OK(cflash_context_create(&other));
+    int64_t sh[4] = {1, 4, 2, 8}, sh0[4] = {0, 4, 2, 8};
+    tt_tensor q, k, v, out, e0;
+    tt_alloc(&q, CF_F32, 4, sh, TT_DENSE);
+    tt_alloc(&k, CF_F32, 4, sh, TT_DENSE);
+    tt_alloc(&v, CF_F32, 4, sh, TT_DENSE);
+    tt_alloc(&out, CF_F32, 4, sh, TT_DENSE);
+    tt_alloc(&e0, CF_F32, 4, sh0, TT_DENSE);
+    tt_random(&q, 1, -1, 1);
+    tt_random(&k, 2, -1, 1);
+    tt_random(&v, 3, -1, 1);
+    cflash_attn_params p;
+    cflash_attn_params_init(&p);
+    char buf[2048];
+#define FWD(c, o) cflash_attn_fwd((c), &p, &q.dl, &k.dl, &v.dl, (o), NULL)
+
+    CHECK_ERR(cflash_context_set_explain(NULL, buf, sizeof buf), CFLASH_ERR_INVALID_ARGUMENT,
+              "ctx: is NULL, expected a context");
+    /* Explained: the choice in buf, nothing computed. */
+    tt_poison(&out);
+    strcpy(buf, "stale");
+    CHECK_OK(cflash_context_set_explain(ctx, buf, sizeof buf));
+    CHECK(buf[0] == 0);
+    CHECK_OK(FWD(ctx, &out.dl));
+    CHECK_MSG(strstr(buf, "cpu-ref: OKAY\n") && strstr(buf, "\n-> cpu-"), "explain: %.900s", buf);
+    CHECK(tt_count_nan(&out) == out.numel);
+    /* One call only: the next one computes and leaves buf alone. */
+    strcpy(buf, "untouched");
+    CHECK_OK(FWD(ctx, &out.dl));
+    CHECK(tt_count_nan(&out) == 0);
+    CHECK(!strcmp(buf, "untouched"));
+    /* A rejected call: the call's error, "not dispatched" in buf, and the mode ends with it. */
+    tt_poison(&out);
+    CHECK_OK(cflash_context_set_explain(ctx, buf, sizeof buf));
+    CHECK_ERR(FWD(ctx, NULL), CFLASH_ERR_INVALID_ARGUMENT, "out");
+    CHECK_MSG(strstr(buf, "not dispatched: CFLASH_ERR_INVALID_ARGUMENT: out") &&
+                  strstr(buf, "\n-> none\n"),
+              "explain: %.900s", buf);
+    CHECK_OK(FWD(ctx, &out.dl));
+    CHECK(tt_count_nan(&out) == 0);
+    /* buf NULL or len 0: cleared, the call runs. */
+    for (int how = 0; how < 2; how++) {
+        tt_poison(&out);
+        CHECK_OK(cflash_context_set_explain(ctx, buf, sizeof buf));
+        CHECK_OK(cflash_context_set_explain(ctx, how ? buf : NULL, how ? 0 : sizeof buf));
+        CHECK_OK(FWD(ctx, &out.dl));
+        CHECK(tt_count_nan(&out) == 0);
+    }
+    /* The mode is ctx's: calls on another context or on NULL run, ctx's next call is explained. */
+    tt_poison(&out);
+    CHECK_OK(cflash_context_set_explain(ctx, buf, sizeof buf));
+    CHECK_OK(FWD(other, &out.dl));
+    CHECK(tt_count_nan(&out) == 0);
+    tt_poison(&out);
+    CHECK_OK(FWD(NULL, &out.dl));
+    CHECK(tt_count_nan(&out) == 0);
+    tt_poison(&out);
+    CHECK_OK(FWD(ctx, &out.dl));
+    CHECK(tt_count_nan(&out) == out.numel && strstr(buf, "\n-> cpu-"));
+    /* A small buffer gets the text cut, NUL-terminated. */
+    char small[8];
+    memset(small, 'x', sizeof small);
+    CHECK_OK(cflash_context_set_explain(ctx, small, sizeof small));
+    CHECK_OK(FWD(ctx, &out.dl));
+    CHECK(strlen(small) == sizeof small - 1);
+    /* A call with nothing to do (B = 0) returns at once for real; explained, it shows the choice.
+     */
+    CHECK_OK(cflash_attn_fwd(ctx, &p, &e0.dl, &e0.dl, &e0.dl, &e0.dl, NULL));
+    CHECK_OK(cflash_context_set_explain(ctx, buf, sizeof buf));
+    CHECK_OK(cflash_attn_fwd(ctx, &p, &e0.dl, &e0.dl, &e0.dl, &e0.dl, NULL));
+    CHECK_MSG(strstr(buf, "\n-> cpu-"), "explain: %.900s", buf);
+#undef FWD
+    tt_free(&q), tt_free(&k), tt_free(&v), tt_free(&out), tt_free(&e0);
+    cflash_context_free(other);
+    cflash_context_free(ctx);
+}
+
 int main(void) {
     const char* lvl = getenv("CFLASH_LOG");
     int debug = lvl && !strcmp(lvl, "debug");
@@ -364,6 +447,7 @@ int main(void) {
     test_unverified();
     test_registry();
     test_library();
+    test_explain_mode();
     FILE* out = stdout;
     fprintf(out, "log level %s\n", debug ? "debug" : "info");
     return tt_summary();
