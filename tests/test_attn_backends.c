@@ -9,7 +9,7 @@
 
 static const char* const backends[] = {"cpu-amx", "cpu-avx512", "cpu-avx2", "cpu-generic"};
 
-/* The line "NAME: ..." of cflash_explain for a small fp32 forward: whether NAME can run here, and
+/* The line "NAME: ..." of explain mode for a small fp32 forward: whether NAME can run here, and
  * the reason when not. */
 static int backend_available(const char* name, char* why, size_t len) {
     attn_case c;
@@ -21,10 +21,8 @@ static int backend_available(const char* name, char* why, size_t len) {
     cflash_context_create(&ctx);
     cflash_context_set_backend(ctx, name);
     char buf[2048] = "";
-    attn_dl t;
-    attn_problem_host_dl(p, &t);
-    cflash_status s = cflash_explain(ctx, CFLASH_OP_ATTN_FWD, buf, sizeof buf, &p->params, t.q, t.k,
-                                     t.v, t.out, t.lse);
+    cflash_context_set_explain(ctx, buf, sizeof buf);
+    cflash_status s = attn_problem_call_fwd(ctx, p, NULL);
     why[0] = 0;
     const char* line = strstr(buf, name);
     if (line) {

@@ -184,6 +184,7 @@ _proto("cflash_context_free", None, _ctx_p)
 _proto("cflash_context_set_threads", _status, _ctx_p, ctypes.c_int)
 _proto("cflash_context_set_backend", _status, _ctx_p, ctypes.c_char_p)
 _proto("cflash_context_set_cuda_stream", _status, _ctx_p, ctypes.c_void_p)
+_proto("cflash_context_set_explain", _status, _ctx_p, _P(ctypes.c_char), ctypes.c_size_t)
 _proto("cflash_attn_params_init", None, _P(AttnParams))
 _proto("cflash_attn_fwd", _status, _ctx_p, _P(AttnParams), _T, _T, _T, _T, _T)
 _proto("cflash_attn_bwd", _status, _ctx_p, _P(AttnParams), _T, _T, _T, _T, _T, _T, _T, _T, _T)
@@ -211,9 +212,6 @@ def fn(name):
     if f is None:
         raise RuntimeError("cflash: %s is missing from %s (a library older than this package?)" % (name, library_path))
     return f
-
-# cflash_explain is variadic: its argument types are given per call.
-lib.cflash_explain.restype = _status
 
 
 def last_error():

@@ -42,3 +42,10 @@ uint64_t tt_seed_base(void) {
     const char* e = getenv("CFLASH_TEST_SEED");
     return e && *e ? strtoull(e, NULL, 0) : 0;
 }
+
+cflash_context* tt_explain(char* buf, size_t len) {
+    static _Thread_local cflash_context* ctx;
+    if (!ctx && cflash_context_create(&ctx) != CFLASH_OK) return NULL;
+    cflash_context_set_explain(ctx, buf, len);
+    return ctx;
+}

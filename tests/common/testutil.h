@@ -86,4 +86,8 @@ double tt_now(void);
  * other inputs; tests print it when it is not 0. */
 uint64_t tt_seed_base(void);
 
+/* A context (default settings, one per thread, kept until exit) in explain mode for its next
+ * call: cflash_norm_fwd(tt_explain(buf, sizeof buf), ...) writes the choice into buf. */
+cflash_context* tt_explain(char* buf, size_t len);
+
 #endif
