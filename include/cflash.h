@@ -23,9 +23,9 @@ extern "C" {
 #endif
 
 #define CFLASH_VERSION_MAJOR 0
-#define CFLASH_VERSION_MINOR 1
+#define CFLASH_VERSION_MINOR 2
 #define CFLASH_VERSION_PATCH 0
-/* MAJOR * 10000 + MINOR * 100 + PATCH of this header (0.1.0 -> 100). */
+/* MAJOR * 10000 + MINOR * 100 + PATCH of this header (0.2.0 -> 200). */
 #define CFLASH_VERSION_NUMBER                                                                      \
     (CFLASH_VERSION_MAJOR * 10000 + CFLASH_VERSION_MINOR * 100 + CFLASH_VERSION_PATCH)
 
@@ -349,8 +349,9 @@ CFLASH_API cflash_status cflash_attn_merge(cflash_context* ctx, const DLTensor* 
                                            const DLTensor* lse_partial, DLTensor* out,
                                            DLTensor* lse);
 
-/* ---- Explain and report ------------------------------------------------------------------ */
+/* ---- Ops and the report ------------------------------------------------------------------ */
 
+/* The library's ops, as the report's op x backend table and the dispatcher's messages name them. */
 typedef enum cflash_op {
     CFLASH_OP_ATTN_FWD = 0,
     CFLASH_OP_ATTN_BWD,
@@ -364,15 +365,6 @@ typedef enum cflash_op {
     CFLASH_OP_COUNT
 } cflash_op;
 
-/* Which backend would serve a call and why the others would not, on the same code path as the
- * call itself, without computing or writing any output. The arguments after buf_len are exactly
- * those of the op's function after ctx (for CFLASH_OP_ATTN_FWD: p, q, k, v, out, lse).
- * buf receives one line per backend considered, "NAME: OKAY" or "NAME: NO: reason", and a last
- * line "-> NAME" (or "-> none"). Returns CFLASH_OK when some backend would serve, else the
- * status the call would return. */
-CFLASH_API cflash_status cflash_explain(cflash_context* ctx, cflash_op op, char* buf,
-                                        size_t buf_len, ...);
-
 /* Name of an op ("attn_fwd", ...), NULL if out of range. */
 CFLASH_API const char* cflash_op_name(cflash_op op);
 
@@ -382,7 +374,7 @@ CFLASH_API const char* cflash_op_name(cflash_op op);
  * variables in effect, CPU (vendor, model, cores, caches, ISA features, AVX-512 and AMX with the
  * reason when not usable), CUDA driver and devices, NVRTC (version, supported archs), cuFile, the
  * kernel cache, and the op x backend table ([OKAY], or [NO] with the reason; "[OKAY]" means the
- * backend can run here, each call is still checked: see cflash_explain).
+ * backend can run here, each call is still checked: see cflash_context_set_explain).
  * json = 0: text lines; json = 1: one JSON object. Writes at most len bytes into buf, always
  * NUL-terminated when len > 0 (buf may be NULL when len is 0), and returns the length the whole
  * report needs, excluding the NUL (like snprintf): call again with a larger buffer when the result
