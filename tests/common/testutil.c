@@ -43,6 +43,20 @@ uint64_t tt_seed_base(void) {
     return e && *e ? strtoull(e, NULL, 0) : 0;
 }
 
+int tt_test_level(void) {
+    const char* e = getenv("CFLASH_TEST_LEVEL");
+    return e && *e ? atoi(e) : 0;
+}
+
+int tt_backend_selected(const char* name) {
+    const char* e = getenv("CFLASH_TEST_BACKENDS");
+    if (!e || !*e) return 1;
+    const size_t n = strlen(name);
+    for (const char* p = e; (p = strstr(p, name)); p += n)
+        if ((p == e || p[-1] == ' ') && (p[n] == 0 || p[n] == ' ')) return 1;
+    return 0;
+}
+
 cflash_context* tt_explain(char* buf, size_t len) {
     static _Thread_local cflash_context* ctx;
     if (!ctx && cflash_context_create(&ctx) != CFLASH_OK) return NULL;
