@@ -60,6 +60,17 @@ def make_params(dropout_p=0.0, softmax_scale=None, causal=False, window_left=-1,
     return p
 
 
+def _extras(p, **arrays):
+    """Issue 13: points p's fields (sinks, attn_bias, attn_mask, dsinks, dbias) at DL holders of
+    the arrays given (None: left NULL); returns the holders, to keep alive until the call returns."""
+    hold = []
+    for name, x in arrays.items():
+        if x is not None:
+            hold.append(DL(maybe_contiguous(x), name))
+            setattr(p, name, field(hold[-1]))
+    return hold
+
+
 def _alibi(alibi_slopes, q):
     if alibi_slopes is None:
         return None
@@ -67,8 +78,10 @@ def _alibi(alibi_slopes, q):
 
 
 def attn_fwd(q, k, v, dropout_p, softmax_scale, causal, window_left, window_right, softcap,
-             alibi_slopes, seed=0, offset=0, q_offset=0, k_offset=0):
-    """out (B, Sq, H, Dv) like q, lse float32 (B, H, Sq)."""
+             alibi_slopes, seed=0, offset=0, q_offset=0, k_offset=0, sinks=None, attn_bias=None,
+             attn_mask=None):
+    """out (B, Sq, H, Dv) like q, lse float32 (B, H, Sq). sinks fp32 (H,), attn_bias (fp32 or q's
+    dtype) and attn_mask (bool / uint8), 4 dims (B|1, H|1, Sq, Sk): issue 13's features."""
     q, k, v = maybe_contiguous(q), maybe_contiguous(k), maybe_contiguous(v)
     _shape_check(q, 4, "q", "(batch, seqlen_q, nheads, headdim)")
     _shape_check(v, 4, "v", "(batch, seqlen_k, nheads_k, headdim_v)")
@@ -78,6 +91,7 @@ def attn_fwd(q, k, v, dropout_p, softmax_scale, causal, window_left, window_righ
     a = _alibi(alibi_slopes, q)
     p = make_params(dropout_p, softmax_scale, causal, window_left, window_right, softcap, a, seed, offset,
                     q_offset=q_offset, k_offset=k_offset)
+    keep = _extras(p, sinks=sinks, attn_bias=attn_bias, attn_mask=attn_mask)  # noqa: F841 (alive for the call)
     hq, hk, hv, ho, hl = DL(q, "q"), DL(k, "k"), DL(v, "v"), DL(out, "out"), DL(lse, "lse")
     with device_guard(q):
         ctx = _lib.context(cuda_stream_of(q))
@@ -91,25 +105,31 @@ def attn_fwd(q, k, v, dropout_p, softmax_scale, causal, window_left, window_righ
 
 
 def attn_bwd(dout, q, k, v, out, lse, dropout_p, softmax_scale, causal, window_left, window_right,
-             softcap, alibi_slopes, deterministic, seed=0, offset=0, q_offset=0, k_offset=0):
-    """dq, dk, dv like q, k, v."""
+             softcap, alibi_slopes, deterministic, seed=0, offset=0, q_offset=0, k_offset=0, sinks=None,
+             attn_bias=None, attn_mask=None, want_dbias=False):
+    """dq, dk, dv like q, k, v; with sinks or want_dbias (issue 13, the forward's sinks / bias /
+    mask given again) dq, dk, dv, dsinks fp32 (H,) or None, dbias like attn_bias or None."""
     dout, q, k, v, out = [maybe_contiguous(x) for x in (dout, q, k, v, out)]
     dq, dk, dv = empty(q, q.shape), empty(k, k.shape), empty(v, v.shape)
+    ds = None if sinks is None else empty(q, (q.shape[2],), "f32")
+    db = empty(attn_bias, tuple(attn_bias.shape)) if want_dbias else None
     a = _alibi(alibi_slopes, q)
     p = make_params(dropout_p, softmax_scale, causal, window_left, window_right, softcap, a, seed, offset,
                     deterministic, q_offset, k_offset)
+    keep = _extras(p, sinks=sinks, attn_bias=attn_bias, attn_mask=attn_mask, dsinks=ds,  # noqa: F841 (alive)
+                   dbias=db)
     h = [DL(x, n) for x, n in ((dout, "dout"), (q, "q"), (k, "k"), (v, "v"), (out, "out"), (lse, "lse"),
                                (dq, "dq"), (dk, "dk"), (dv, "dv"))]
     with device_guard(q):
         ctx = _lib.context(cuda_stream_of(q))
         _run("cflash_attn_bwd", "attn_bwd", "attention backward", ctx, ctypes.byref(p), *[x.ptr for x in h])
-    return dq, dk, dv
+    return (dq, dk, dv) if sinks is None and not want_dbias else (dq, dk, dv, ds, db)
 
 
 def attn_varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p,
                     softmax_scale, causal, window_left, window_right, softcap, alibi_slopes, seed=0,
-                    offset=0, q_offset=0, k_offset=0):
-    """out (total_q, H, Dv) like q, lse float32 (H, total_q)."""
+                    offset=0, q_offset=0, k_offset=0, sinks=None):
+    """out (total_q, H, Dv) like q, lse float32 (H, total_q); sinks fp32 (H,) (issue 13)."""
     q, k, v = maybe_contiguous(q), maybe_contiguous(k), maybe_contiguous(v)
     _shape_check(q, 3, "q", "(total_q, nheads, headdim)")
     _shape_check(v, 3, "v", "(total_k, nheads_k, headdim_v)")
@@ -120,6 +140,7 @@ def attn_varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqle
     a = _alibi(alibi_slopes, q)
     p = make_params(dropout_p, softmax_scale, causal, window_left, window_right, softcap, a, seed, offset,
                     q_offset=q_offset, k_offset=k_offset)
+    keep = _extras(p, sinks=sinks)  # noqa: F841 (alive for the call)
     h = [DL(x, n) for x, n in ((q, "q"), (k, "k"), (v, "v"), (cq, "cu_seqlens_q"), (ck, "cu_seqlens_k"))]
     ho, hl = DL(out, "out"), DL(lse, "lse")
     with device_guard(q):
@@ -136,13 +157,16 @@ def attn_varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqle
 
 def attn_varlen_bwd(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
                     dropout_p, softmax_scale, causal, window_left, window_right, softcap, alibi_slopes,
-                    deterministic, seed=0, offset=0, q_offset=0, k_offset=0):
+                    deterministic, seed=0, offset=0, q_offset=0, k_offset=0, sinks=None):
+    """dq, dk, dv; with sinks (issue 13) also dsinks fp32 (H,)."""
     dout, q, k, v, out = [maybe_contiguous(x) for x in (dout, q, k, v, out)]
     dq, dk, dv = empty(q, q.shape), empty(k, k.shape), empty(v, v.shape)
+    ds = None if sinks is None else empty(q, (q.shape[1],), "f32")
     cq, ck = host_int32(cu_seqlens_q, "cu_seqlens_q"), host_int32(cu_seqlens_k, "cu_seqlens_k")
     a = _alibi(alibi_slopes, q)
     p = make_params(dropout_p, softmax_scale, causal, window_left, window_right, softcap, a, seed, offset,
                     deterministic, q_offset, k_offset)
+    keep = _extras(p, sinks=sinks, dsinks=ds)  # noqa: F841 (alive for the call)
     h = [DL(x, n) for x, n in ((dout, "dout"), (q, "q"), (k, "k"), (v, "v"), (out, "out"), (lse, "lse"),
                                (cq, "cu_seqlens_q"), (ck, "cu_seqlens_k"))]
     hg = [DL(x, n) for x, n in ((dq, "dq"), (dk, "dk"), (dv, "dv"))]
@@ -151,7 +175,7 @@ def attn_varlen_bwd(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seq
         _run("cflash_attn_varlen_bwd", "attn_varlen_bwd", "varlen attention backward", ctx, ctypes.byref(p),
              *[x.ptr for x in h], ctypes.c_int64(int(max_seqlen_q or 0)), ctypes.c_int64(int(max_seqlen_k or 0)),
              *[x.ptr for x in hg])
-    return dq, dk, dv
+    return (dq, dk, dv) if sinks is None else (dq, dk, dv, ds)
 
 
 def dropout_mask(batch, nheads, seqlen_q, seqlen_k, dropout_p, seed, offset=0, q_offset=0, k_offset=0):

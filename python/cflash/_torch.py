@@ -311,3 +311,82 @@ def attn_merge(out_partial: Tensor, lse_partial: Tensor) -> Tuple[Tensor, Tensor
 @attn_merge.register_fake
 def _(out_partial, lse_partial):
     return out_partial.new_empty(out_partial.shape[1:]), lse_partial.new_empty(lse_partial.shape[1:])
+
+
+# ---- Issue 13: sinks, additive bias and boolean masks ----
+# torch.autograd.Function (not custom ops: torch.compile breaks the graph here), so the custom ops
+# above keep their signatures.
+
+
+class AttnExtra(torch.autograd.Function):
+    """Batch attention with sinks (fp32 (H,)), attn_bias and attn_mask ((B|1, H|1, Sq, Sk));
+    gradients for q, k, v, sinks and attn_bias."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, sinks, attn_bias, attn_mask, alibi_slopes, dropout_p, scale, causal, wl, wr,
+                softcap, deterministic, seed):
+        seed = _draw(dropout_p, seed)
+        out, lse = _core.attn_fwd(q, k, v, dropout_p, scale, causal, wl, wr, softcap, alibi_slopes, seed,
+                                  sinks=sinks, attn_bias=attn_bias, attn_mask=attn_mask)
+        ctx.save_for_backward(q, k, v, out, lse, sinks, attn_bias, attn_mask, alibi_slopes)
+        ctx.args = (dropout_p, scale, causal, wl, wr, softcap, alibi_slopes, deterministic, seed)
+        rng = _rng_state(seed)
+        ctx.mark_non_differentiable(lse, rng)
+        return out, lse, rng
+
+    @staticmethod
+    def backward(ctx, dout, dlse, drng):
+        q, k, v, out, lse, sinks, bias, mask, alibi = ctx.saved_tensors
+        p, scale, causal, wl, wr, softcap, _, det, seed = ctx.args
+        want_db = bias is not None and ctx.needs_input_grad[4]
+        g = _core.attn_bwd(dout, q, k, v, out, lse, p, scale, causal, wl, wr, softcap, alibi, det, seed,
+                           sinks=sinks, attn_bias=bias, attn_mask=mask, want_dbias=want_db)
+        ds, db = (g[3], g[4]) if len(g) == 5 else (None, None)
+        return (g[0], g[1], g[2], ds if ctx.needs_input_grad[3] else None, db) + (None,) * 10
+
+
+class AttnVarlenSinks(torch.autograd.Function):
+    """Varlen attention with sinks (fp32 (H,)); gradients for q, k, v and sinks."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, cu_q, cu_k, mq, mk, sinks, alibi_slopes, dropout_p, scale, causal, wl, wr, softcap,
+                deterministic, seed):
+        seed = _draw(dropout_p, seed)
+        out, lse = _core.attn_varlen_fwd(q, k, v, cu_q, cu_k, mq, mk, dropout_p, scale, causal, wl, wr, softcap,
+                                         alibi_slopes, seed, sinks=sinks)
+        ctx.save_for_backward(q, k, v, out, lse, cu_q, cu_k, sinks, alibi_slopes)
+        ctx.args = (mq, mk, dropout_p, scale, causal, wl, wr, softcap, deterministic, seed)
+        rng = _rng_state(seed)
+        ctx.mark_non_differentiable(lse, rng)
+        return out, lse, rng
+
+    @staticmethod
+    def backward(ctx, dout, dlse, drng):
+        q, k, v, out, lse, cq, ck, sinks, alibi = ctx.saved_tensors
+        mq, mk, p, scale, causal, wl, wr, softcap, det, seed = ctx.args
+        dq, dk, dv, ds = _core.attn_varlen_bwd(dout, q, k, v, out, lse, cq, ck, mq, mk, p, scale, causal, wl, wr,
+                                               softcap, alibi, det, seed, sinks=sinks)
+        return (dq, dk, dv, None, None, None, None, ds if ctx.needs_input_grad[7] else None) + (None,) * 9
+
+
+def sdpa_masked(query, key, value, attn_mask, dropout_p=0.0, scale=None, enable_gqa=False):
+    """torch.nn.functional.scaled_dot_product_attention's call with an attn_mask, on libcflash:
+    query (B, H, Sq, D), key / value (B, Hk, Sk, D[v]); attn_mask boolean (True = the key takes
+    part) or additive (float), broadcastable to (B, H, Sq, Sk). Differentiable in query, key,
+    value and a float mask. Unlike PyTorch, a row whose every key is masked gives 0, not NaN.
+    enable_gqa is accepted as SDPA's (Hk dividing H is GQA either way)."""
+    B, H, Sq, _ = query.shape
+    Sk = key.shape[-2]
+    m = attn_mask
+    while m.dim() < 4:
+        m = m.unsqueeze(0)
+    if m.shape[2] != Sq or m.shape[3] != Sk:  # the library broadcasts over B and H only
+        m = m.expand(m.shape[0], m.shape[1], Sq, Sk).contiguous()
+    boolean = m.dtype == torch.bool
+    if not boolean and m.dtype not in (torch.float32, query.dtype):
+        m = m.to(torch.float32)
+    q, k, v = (x.transpose(1, 2) for x in (query, key, value))
+    sc = 1.0 / float(query.shape[-1]) ** 0.5 if scale is None else float(scale)
+    out, _, _ = AttnExtra.apply(q, k, v, None, None if boolean else m, m if boolean else None, None,
+                                float(dropout_p), sc, False, -1, -1, 0.0, False, -1)
+    return out.transpose(1, 2)

@@ -105,19 +105,41 @@ def _attn_probs(q, k, v, lse_like, softmax_scale, causal, window_size, softcap, 
 # ---- Batch layout ----
 
 
+def _sink(learnable_sink, q, return_attn_probs):
+    """learnable_sink as the library takes it: float32 (nheads,), like q (torch: differentiable)."""
+    if return_attn_probs:
+        raise ValueError("return_attn_probs: not supported with learnable_sink yet; expected False")
+    s = to_array(learnable_sink, "learnable_sink")
+    if is_torch(q):
+        s = _as_torch((s,), q)[0]
+        return s.to(device=q.device, dtype=_torch().torch.float32)
+    return np.asarray(s, dtype=np.float32)
+
+
 def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
-                    alibi_slopes=None, deterministic=False, return_attn_probs=False):
+                    alibi_slopes=None, deterministic=False, return_attn_probs=False, learnable_sink=None):
     """q (batch, seqlen_q, nheads, headdim), k, v (batch, seqlen_k, nheads_k, headdim[_v]) with
     nheads % nheads_k == 0 (GQA/MQA). Causal and window masks align bottom-right; window_size
     (left, right), -1 = unbounded; softcap > 0 applies c * tanh(s / c); alibi_slopes (nheads,) or
     (batch, nheads) fp32. Returns out (batch, seqlen_q, nheads, headdim_v), or with
     return_attn_probs (out, softmax_lse (batch, nheads, seqlen_q), S_dmask (batch, nheads,
-    seqlen_q, seqlen_k))."""
+    seqlen_q, seqlen_k)). learnable_sink (nheads,) (FA4's name; gpt-oss): a logit per head that
+    joins each row's softmax denominator and carries no value; softmax_lse includes it (FA4's
+    convention); differentiable with torch."""
     q, k, v, alibi_slopes = [to_array(x, n) for x, n in ((q, "q"), (k, "k"), (v, "v"), (alibi_slopes, "alibi_slopes"))]
     wl, wr = _window(window_size)
     scale = _scale(softmax_scale, q)
     tm = is_torch(q)
     seed = _seed(dropout_p, tm)
+    if learnable_sink is not None:
+        sink = _sink(learnable_sink, q, return_attn_probs)
+        if tm:
+            k, v, alibi_slopes = _as_torch((k, v, alibi_slopes), q)
+            out = _torch().AttnExtra.apply(q, k, v, sink, None, None, alibi_slopes, float(dropout_p), scale,
+                                           bool(causal), wl, wr, float(softcap), bool(deterministic), seed)[0]
+        else:
+            out = _core.attn_fwd(q, k, v, dropout_p, scale, causal, wl, wr, softcap, alibi_slopes, seed, sinks=sink)[0]
+        return out
     if tm:
         k, v, alibi_slopes = _as_torch((k, v, alibi_slopes), q)
         out, lse, rng = _torch().torch.ops.cflash.attn_fwd(q, k, v, alibi_slopes, float(dropout_p), scale,
@@ -155,11 +177,12 @@ def flash_attn_kvpacked_func(q, kv, dropout_p=0.0, softmax_scale=None, causal=Fa
 
 def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
                            softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0, alibi_slopes=None,
-                           deterministic=False, return_attn_probs=False, block_table=None):
+                           deterministic=False, return_attn_probs=False, block_table=None, learnable_sink=None):
     """q (total_q, nheads, headdim), k, v (total_k, nheads_k, headdim[_v]); cu_seqlens_* int32
     (batch + 1,). Returns out (total_q, nheads, headdim_v), or with return_attn_probs (out,
     softmax_lse (nheads, total_q), S_dmask (batch, nheads, max_seqlen_q, max_seqlen_k)).
-    block_table (paged K/V) is not supported here: use flash_attn_with_kvcache."""
+    block_table (paged K/V) is not supported here: use flash_attn_with_kvcache. learnable_sink
+    (nheads,): as flash_attn_func's."""
     if block_table is not None:
         raise ValueError("block_table: paged K/V is supported by flash_attn_with_kvcache only; expected None")
     q, k, v, alibi_slopes = [to_array(x, n) for x, n in ((q, "q"), (k, "k"), (v, "v"), (alibi_slopes, "alibi_slopes"))]
@@ -169,6 +192,16 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
     tm = is_torch(q)
     seed = _seed(dropout_p, tm)
     mq, mk = int(max_seqlen_q or 0), int(max_seqlen_k or 0)
+    if learnable_sink is not None:
+        sink = _sink(learnable_sink, q, return_attn_probs)
+        if tm:
+            k, v, alibi_slopes, cu_seqlens_q, cu_seqlens_k = _as_torch((k, v, alibi_slopes, cu_seqlens_q,
+                                                                        cu_seqlens_k), q)
+            return _torch().AttnVarlenSinks.apply(q, k, v, cu_seqlens_q, cu_seqlens_k, mq, mk, sink, alibi_slopes,
+                                                  float(dropout_p), scale, bool(causal), wl, wr, float(softcap),
+                                                  bool(deterministic), seed)[0]
+        return _core.attn_varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, mq, mk, dropout_p, scale, causal, wl, wr,
+                                     softcap, alibi_slopes, seed, sinks=sink)[0]
     if tm:
         k, v, alibi_slopes, cu_seqlens_q, cu_seqlens_k = _as_torch((k, v, alibi_slopes, cu_seqlens_q, cu_seqlens_k), q)
         out, lse, rng = _torch().torch.ops.cflash.attn_varlen_fwd(
