@@ -89,6 +89,14 @@ typedef struct cflash_attn_params {
     int deterministic;            /* 1 = deterministic backward on GPUs (CPU is always)        */
     int64_t q_offset;             /* >= 0: position of q's row 0 in a longer sequence (below)  */
     int64_t k_offset;             /* >= 0: position of k's row 0 in a longer sequence (below)  */
+    /* -- B: paged K/V and used lengths in the varlen call (FA3 / vLLM) -- */
+    const DLTensor* block_table; /* varlen only: NULL or int32 (B, max_pages): k / v are
+                                    (num_pages, page_size, Hk, D/Dv) pages, sequence b's key t at
+                                    page block_table[b, t / page_size], row t % page_size */
+    const DLTensor* seqused_q;   /* NULL or int32 [B]: only the first seqused_q[b] query rows of
+                                    sequence b are computed (the rest of its out/lse untouched) */
+    const DLTensor* seqused_k;   /* NULL or int32 [B]: sequence b uses its first seqused_k[b] keys
+                                    (with block_table, cu_seqlens_k may be NULL when given) */
 } cflash_attn_params;
 /* q_offset, k_offset (default 0): the call is one block of a longer attention, as when a sequence
  * is split across processes (context parallelism, ring attention) or prefilled in chunks. Masks,
@@ -102,8 +110,23 @@ typedef struct cflash_attn_params {
  * the dropout counter's 32-bit row and column words: q_offset + Sq and k_offset + Sk <= 2^32
  * (Sq, Sk the call's, or max_seqlen_* for varlen). The KV-cache call takes 0 only. */
 
+/* block_table, seqused_q, seqused_k (default NULL), the serving features of FA3's varlen call:
+ * - Used lengths: sequence b (a batch index, or a varlen sequence) has sq_b = seqused_q[b] query
+ *   rows and sk_b = seqused_k[b] keys instead of all of its rows (0 <= seqused <= the rows it
+ *   has). Masks align bottom-right on these lengths (query i sees key j iff
+ *   j <= i + sk_b - sq_b when causal). Forward: out and lse rows past sq_b are not written.
+ *   Backward: dq rows past sq_b, and dk / dv rows of keys past sk_b, get 0.
+ * - Paged K/V (varlen calls only, as vLLM and SGLang call flash_attn_varlen_func): k, v (and dk,
+ *   dv) are (num_pages, page_size, Hk, D / Dv), any page_size >= 1; key t of sequence b is row
+ *   t % page_size of page block_table[b, t / page_size]. Sequence b has cu_seqlens_k[b + 1] -
+ *   cu_seqlens_k[b] keys (cu_seqlens_k counts keys; its last entry is not bounded by k), or
+ *   seqused_k[b] keys when cu_seqlens_k is NULL. Every page a used key lies in is checked
+ *   against num_pages. The backward writes dk / dv of every page: 0 for rows no sequence uses;
+ *   it needs each page in at most one sequence (a shared page's gradient would be a sum).
+ * block_table and seqused_* are int32, in host memory (cpu or cuda_host). */
+
 /* Defaults: scale 0 (1/sqrt(D)), not causal, windows -1, no softcap, ALiBi or dropout, seed and
- * offset 0, not deterministic. */
+ * offset 0, not deterministic, no block table or used lengths. */
 CFLASH_API void cflash_attn_params_init(cflash_attn_params* p);
 
 /* Forward attention.

@@ -39,9 +39,11 @@ def _run(name, op, what, ctx, *args):
 
 
 def make_params(dropout_p=0.0, softmax_scale=None, causal=False, window_left=-1, window_right=-1,
-                softcap=0.0, alibi=None, seed=0, offset=0, deterministic=False, q_offset=0, k_offset=0):
+                softcap=0.0, alibi=None, seed=0, offset=0, deterministic=False, q_offset=0, k_offset=0,
+                serving=(None, None, None)):
     """A cflash_attn_params; alibi is a DL holder (or None) kept alive by the caller. q_offset,
-    k_offset: positions of the call's first query / key in a longer sequence (ring attention)."""
+    k_offset: positions of the call's first query / key in a longer sequence (ring attention).
+    serving: DL holders (or None) of block_table, seqused_q, seqused_k."""
     p = _lib.AttnParams()
     lib.cflash_attn_params_init(ctypes.byref(p))
     p.softmax_scale = 0.0 if softmax_scale is None else float(softmax_scale)
@@ -55,7 +57,14 @@ def make_params(dropout_p=0.0, softmax_scale=None, causal=False, window_left=-1,
     p.offset = int(offset) & _MASK64
     p.deterministic = 1 if deterministic else 0
     p.q_offset, p.k_offset = int(q_offset), int(k_offset)
+    p.block_table, p.seqused_q, p.seqused_k = [field(h) for h in serving]
     return p
+
+
+def _serving(block_table, seqused_q, seqused_k):
+    """DL holders of the paged-K/V and used-length index tensors (host int32 copies)."""
+    return tuple(dl(host_int32(t, n), n) for t, n in ((block_table, "block_table"), (seqused_q, "seqused_q"),
+                                                       (seqused_k, "seqused_k")))
 
 
 def _alibi(alibi_slopes, q):
@@ -106,48 +115,53 @@ def attn_bwd(dout, q, k, v, out, lse, dropout_p, softmax_scale, causal, window_l
 
 def attn_varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p,
                     softmax_scale, causal, window_left, window_right, softcap, alibi_slopes, seed=0,
-                    offset=0, q_offset=0, k_offset=0):
-    """out (total_q, H, Dv) like q, lse float32 (H, total_q)."""
+                    offset=0, q_offset=0, k_offset=0, block_table=None, seqused_q=None, seqused_k=None):
+    """out (total_q, H, Dv) like q, lse float32 (H, total_q). With block_table, k / v are pages
+    (num_pages, page_size, Hk, D); cu_seqlens_k may be None when seqused_k is given."""
     q, k, v = maybe_contiguous(q), maybe_contiguous(k), maybe_contiguous(v)
     _shape_check(q, 3, "q", "(total_q, nheads, headdim)")
-    _shape_check(v, 3, "v", "(total_k, nheads_k, headdim_v)")
+    if block_table is None:
+        _shape_check(v, 3, "v", "(total_k, nheads_k, headdim_v)")
     T, H, _ = q.shape
     out = empty(q, (T, H, v.shape[-1]))
     lse = empty(q, (H, T), "f32")
     cq, ck = host_int32(cu_seqlens_q, "cu_seqlens_q"), host_int32(cu_seqlens_k, "cu_seqlens_k")
     a = _alibi(alibi_slopes, q)
+    sv = _serving(block_table, seqused_q, seqused_k)
     p = make_params(dropout_p, softmax_scale, causal, window_left, window_right, softcap, a, seed, offset,
-                    q_offset=q_offset, k_offset=k_offset)
-    h = [DL(x, n) for x, n in ((q, "q"), (k, "k"), (v, "v"), (cq, "cu_seqlens_q"), (ck, "cu_seqlens_k"))]
+                    q_offset=q_offset, k_offset=k_offset, serving=sv)
+    h = [dl(x, n) for x, n in ((q, "q"), (k, "k"), (v, "v"), (cq, "cu_seqlens_q"), (ck, "cu_seqlens_k"))]
     ho, hl = DL(out, "out"), DL(lse, "lse")
     with device_guard(q):
         ctx = _lib.context(cuda_stream_of(q))
         mq, mk = ctypes.c_int64(int(max_seqlen_q or 0)), ctypes.c_int64(int(max_seqlen_k or 0))
         _run("cflash_attn_varlen_fwd", "attn_varlen_fwd", "varlen attention forward", ctx, ctypes.byref(p),
-             *[x.ptr for x in h], mq, mk, ho.ptr, hl.ptr)
+             *[ptr(x) for x in h], mq, mk, ho.ptr, hl.ptr)
         if explaining():
             hg = [DL(empty(x, x.shape), n) for x, n in ((q, "dq"), (k, "dk"), (v, "dv"))]
-            _run("cflash_attn_varlen_bwd", "attn_varlen_bwd", "", ctx, ctypes.byref(p), ho.ptr, *[x.ptr for x in h[:3]],
-                 ho.ptr, hl.ptr, *[x.ptr for x in h[3:]], mq, mk, *[x.ptr for x in hg])
+            _run("cflash_attn_varlen_bwd", "attn_varlen_bwd", "", ctx, ctypes.byref(p), ho.ptr,
+                 *[ptr(x) for x in h[:3]], ho.ptr, hl.ptr, *[ptr(x) for x in h[3:]], mq, mk, *[x.ptr for x in hg])
     return out, lse
 
 
 def attn_varlen_bwd(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
                     dropout_p, softmax_scale, causal, window_left, window_right, softcap, alibi_slopes,
-                    deterministic, seed=0, offset=0, q_offset=0, k_offset=0):
+                    deterministic, seed=0, offset=0, q_offset=0, k_offset=0, block_table=None, seqused_q=None,
+                    seqused_k=None):
     dout, q, k, v, out = [maybe_contiguous(x) for x in (dout, q, k, v, out)]
     dq, dk, dv = empty(q, q.shape), empty(k, k.shape), empty(v, v.shape)
     cq, ck = host_int32(cu_seqlens_q, "cu_seqlens_q"), host_int32(cu_seqlens_k, "cu_seqlens_k")
     a = _alibi(alibi_slopes, q)
+    sv = _serving(block_table, seqused_q, seqused_k)
     p = make_params(dropout_p, softmax_scale, causal, window_left, window_right, softcap, a, seed, offset,
-                    deterministic, q_offset, k_offset)
-    h = [DL(x, n) for x, n in ((dout, "dout"), (q, "q"), (k, "k"), (v, "v"), (out, "out"), (lse, "lse"),
+                    deterministic, q_offset, k_offset, serving=sv)
+    h = [dl(x, n) for x, n in ((dout, "dout"), (q, "q"), (k, "k"), (v, "v"), (out, "out"), (lse, "lse"),
                                (cq, "cu_seqlens_q"), (ck, "cu_seqlens_k"))]
     hg = [DL(x, n) for x, n in ((dq, "dq"), (dk, "dk"), (dv, "dv"))]
     with device_guard(q):
         ctx = _lib.context(cuda_stream_of(q))
         _run("cflash_attn_varlen_bwd", "attn_varlen_bwd", "varlen attention backward", ctx, ctypes.byref(p),
-             *[x.ptr for x in h], ctypes.c_int64(int(max_seqlen_q or 0)), ctypes.c_int64(int(max_seqlen_k or 0)),
+             *[ptr(x) for x in h], ctypes.c_int64(int(max_seqlen_q or 0)), ctypes.c_int64(int(max_seqlen_k or 0)),
              *[x.ptr for x in hg])
     return dq, dk, dv
 

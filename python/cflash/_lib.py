@@ -53,6 +53,10 @@ class AttnParams(ctypes.Structure):
         ("deterministic", ctypes.c_int),
         ("q_offset", ctypes.c_int64),
         ("k_offset", ctypes.c_int64),
+        # -- B: paged K/V and used lengths in the varlen call (FA3 / vLLM) --
+        ("block_table", ctypes.POINTER(DLTensor)),
+        ("seqused_q", ctypes.POINTER(DLTensor)),
+        ("seqused_k", ctypes.POINTER(DLTensor)),
     ]
 
 

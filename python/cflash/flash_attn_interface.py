@@ -155,30 +155,43 @@ def flash_attn_kvpacked_func(q, kv, dropout_p=0.0, softmax_scale=None, causal=Fa
 
 def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
                            softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0, alibi_slopes=None,
-                           deterministic=False, return_attn_probs=False, block_table=None):
+                           deterministic=False, return_attn_probs=False, block_table=None, seqused_q=None,
+                           seqused_k=None):
     """q (total_q, nheads, headdim), k, v (total_k, nheads_k, headdim[_v]); cu_seqlens_* int32
     (batch + 1,). Returns out (total_q, nheads, headdim_v), or with return_attn_probs (out,
     softmax_lse (nheads, total_q), S_dmask (batch, nheads, max_seqlen_q, max_seqlen_k)).
-    block_table (paged K/V) is not supported here: use flash_attn_with_kvcache."""
-    if block_table is not None:
-        raise ValueError("block_table: paged K/V is supported by flash_attn_with_kvcache only; expected None")
-    q, k, v, alibi_slopes = [to_array(x, n) for x, n in ((q, "q"), (k, "k"), (v, "v"), (alibi_slopes, "alibi_slopes"))]
+    Paged K/V as vLLM and SGLang call flash-attn: block_table int32 (batch, max_pages) with k, v
+    (num_pages, page_size, nheads_k, headdim), any page size; key t of sequence b at page
+    block_table[b, t // page_size], row t % page_size; cu_seqlens_k then counts keys (or is None
+    with seqused_k). seqused_q / seqused_k (FA3): int32 (batch,), the rows / keys each sequence
+    uses (out rows past seqused_q are not written)."""
+    names = ((q, "q"), (k, "k"), (v, "v"), (alibi_slopes, "alibi_slopes"))
+    q, k, v, alibi_slopes = [to_array(x, n) for x, n in names]
     cu_seqlens_q, cu_seqlens_k = to_array(cu_seqlens_q, "cu_seqlens_q"), to_array(cu_seqlens_k, "cu_seqlens_k")
+    block_table, seqused_q, seqused_k = [to_array(x, n) for x, n in ((block_table, "block_table"),
+                                                                    (seqused_q, "seqused_q"),
+                                                                    (seqused_k, "seqused_k"))]
+    serving = block_table is not None or seqused_q is not None or seqused_k is not None
+    if return_attn_probs and serving:
+        raise ValueError("return_attn_probs: not available with block_table or seqused_q / seqused_k (the "
+                         "probabilities are a test aid over dense K/V); expected False")
     wl, wr = _window(window_size)
     scale = _scale(softmax_scale, q)
     tm = is_torch(q)
     seed = _seed(dropout_p, tm)
     mq, mk = int(max_seqlen_q or 0), int(max_seqlen_k or 0)
     if tm:
-        k, v, alibi_slopes, cu_seqlens_q, cu_seqlens_k = _as_torch((k, v, alibi_slopes, cu_seqlens_q, cu_seqlens_k), q)
+        k, v, alibi_slopes, cu_seqlens_q, cu_seqlens_k, block_table, seqused_q, seqused_k = _as_torch(
+            (k, v, alibi_slopes, cu_seqlens_q, cu_seqlens_k, block_table, seqused_q, seqused_k), q)
         out, lse, rng = _torch().torch.ops.cflash.attn_varlen_fwd(
             q, k, v, cu_seqlens_q, cu_seqlens_k, mq, mk, alibi_slopes, float(dropout_p), scale, bool(causal), wl,
-            wr, float(softcap), bool(deterministic), seed)
+            wr, float(softcap), bool(deterministic), seed, block_table, seqused_q, seqused_k)
         if return_attn_probs:
             seed = int(rng[0])
     else:
         out, lse = _core.attn_varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, mq, mk, dropout_p, scale, causal, wl,
-                                         wr, softcap, alibi_slopes, seed)
+                                         wr, softcap, alibi_slopes, seed, block_table=block_table,
+                                         seqused_q=seqused_q, seqused_k=seqused_k)
     if not return_attn_probs:
         return out
     return out, lse, _attn_probs(q, k, v, lse, scale, causal, (wl, wr), softcap, alibi_slopes, dropout_p, seed,

@@ -84,17 +84,7 @@ cflash_status cf_kvcache_entry(cflash_context* ctx, cf_explain* explain,
                          "cache_batch_idx: given with block_table, expected NULL (a paged cache "
                          "selects pages per sequence through block_table)");
         cf_view bt;
-        const int64_t wb[2] = {a->B, -1};
-        CFLASH_FORWARD_IF_ERROR(
-            cf_ops_shape(&bt, kp->block_table, "block_table", 2, wb, "(B, max_pages)"));
-        CFLASH_RETURN_IF(bt.dtype != CF_I32, INVALID, "block_table: dtype %s, expected int32",
-                         cf_dtype_name(bt.dtype));
-        CFLASH_RETURN_IF(bt.device_type != kDLCPU && bt.device_type != kDLCUDAHost, INVALID,
-                         "block_table: on %s, expected host memory (cpu or cuda_host)",
-                         cf_device_name(bt.device_type));
-        CFLASH_RETURN_IF(bt.shape[1] > 1 && bt.stride[1] != 1, INVALID,
-                         "block_table: last dimension has stride %lld, expected 1",
-                         (long long)bt.stride[1]);
+        CFLASH_FORWARD_IF_ERROR(cf_ops_block_table(&bt, kp->block_table, a->B));
         c.block_table = bt.data;
         c.bt_stride = bt.stride[0];
         c.max_pages = bt.shape[1];

@@ -58,3 +58,17 @@ cflash_status cf_ops_index(cf_view* v, const DLTensor* t, const char* name, int6
                      cf_device_name(v->device_type));
     return CFLASH_OK;
 }
+
+cflash_status cf_ops_block_table(cf_view* v, const DLTensor* t, int64_t B) {
+    const int64_t want[2] = {B, -1};
+    CFLASH_FORWARD_IF_ERROR(cf_ops_shape(v, t, "block_table", 2, want, "(B, max_pages)"));
+    CFLASH_RETURN_IF(v->dtype != CF_I32, INVALID, "block_table: dtype %s, expected int32",
+                     cf_dtype_name(v->dtype));
+    CFLASH_RETURN_IF(v->device_type != kDLCPU && v->device_type != kDLCUDAHost, INVALID,
+                     "block_table: on %s, expected host memory (cpu or cuda_host)",
+                     cf_device_name(v->device_type));
+    CFLASH_RETURN_IF(v->shape[1] > 1 && v->stride[1] != 1, INVALID,
+                     "block_table: last dimension has stride %lld, expected 1",
+                     (long long)v->stride[1]);
+    return CFLASH_OK;
+}

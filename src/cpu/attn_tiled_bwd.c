@@ -28,20 +28,25 @@ static size_t align64(size_t n) {
     return (n + 63) & ~(size_t)63;
 }
 
-/* Rows of a block as fp32: in place for fp32 (ld = the view's row stride), else converted into
- * buf (ld = d). */
-static const float* rows_f32(const cf_attn_kernels* kk, const cf_view* v, int64_t b, int64_t s0,
-                             int64_t h, int64_t n, int64_t d, float* buf, int64_t* ld) {
-    const char* p = row_ptr(v, b, s0, h);
-    if (v->dtype == CF_F32) {
-        *ld = v->stride[1];
+/* n rows of d elements (dtype dt, first row p, row stride rs elements) as fp32: in place for
+ * fp32 (ld = rs), else converted into buf (ld = d). */
+static const float* rows_f32_at(const cf_attn_kernels* kk, const char* p, int64_t rs, cf_dtype dt,
+                                int64_t n, int64_t d, float* buf, int64_t* ld) {
+    if (dt == CF_F32) {
+        *ld = rs;
         return (const float*)p;
     }
-    const int64_t es = (int64_t)cf_dtype_size(v->dtype) * v->stride[1];
+    const int64_t es = (int64_t)cf_dtype_size(dt) * rs;
     for (int64_t i = 0; i < n; i++)
-        kk->to_f32(buf + i * d, p + i * es, v->dtype, d);
+        kk->to_f32(buf + i * d, p + i * es, dt, d);
     *ld = d;
     return buf;
+}
+
+/* Rows [s0, s0 + n) of view v (batch b, head h) as fp32 (see rows_f32_at). */
+static const float* rows_f32(const cf_attn_kernels* kk, const cf_view* v, int64_t b, int64_t s0,
+                             int64_t h, int64_t n, int64_t d, float* buf, int64_t* ld) {
+    return rows_f32_at(kk, row_ptr(v, b, s0, h), v->stride[1], v->dtype, n, d, buf, ld);
 }
 
 /* dst[c * n + r] = src[r * lds + c] for r < n, c < d. */
@@ -51,25 +56,29 @@ static void transpose(float* dst, const float* src, int64_t lds, int64_t n, int6
             dst[c * n + r] = src[r * lds + c];
 }
 
-/* bf16 rows of a block as 32-bit pairs along d: in place when every row starts even and d is even,
- * else copied into buf (ld = (d + 1) / 2, zero-padded). */
-static const uint32_t* rows_pairs(const cf_view* v, int64_t b, int64_t s0, int64_t h, int64_t n,
-                                  int64_t d, uint32_t* buf, int64_t* ld) {
-    const uint16_t* p = (const uint16_t*)row_ptr(v, b, s0, h);
-    if (d % 2 == 0 && (uintptr_t)v->data % 4 == 0 && v->stride[0] % 2 == 0 &&
-        v->stride[1] % 2 == 0 && v->stride[2] % 2 == 0) {
-        *ld = v->stride[1] / 2;
+/* n bf16 rows (first row p, row stride rs elements) as 32-bit pairs along d: in place when every
+ * row starts 4-byte aligned and d is even, else copied into buf (ld = (d + 1) / 2, zero-padded). */
+static const uint32_t* rows_pairs_at(const uint16_t* p, int64_t rs, int64_t n, int64_t d,
+                                     uint32_t* buf, int64_t* ld) {
+    if (d % 2 == 0 && (uintptr_t)p % 4 == 0 && rs % 2 == 0) {
+        *ld = rs / 2;
         return (const uint32_t*)p;
     }
     const int64_t d2 = (d + 1) / 2;
     for (int64_t i = 0; i < n; i++) {
-        const uint16_t* r = p + i * v->stride[1];
+        const uint16_t* r = p + i * rs;
         for (int64_t q = 0; q < d2; q++)
             buf[i * d2 + q] = (uint32_t)r[2 * q] | (uint32_t)(2 * q + 1 < d ? r[2 * q + 1] : 0)
                                                        << 16;
     }
     *ld = d2;
     return buf;
+}
+
+/* Rows [s0, s0 + n) of bf16 view v (batch b, head h) as pairs (see rows_pairs_at). */
+static const uint32_t* rows_pairs(const cf_view* v, int64_t b, int64_t s0, int64_t h, int64_t n,
+                                  int64_t d, uint32_t* buf, int64_t* ld) {
+    return rows_pairs_at((const uint16_t*)row_ptr(v, b, s0, h), v->stride[1], n, d, buf, ld);
 }
 
 /* dst[q * ldd + col] = pair (element 2q, 2q + 1) of bf16 row src (d elements): the transposed
@@ -186,6 +195,7 @@ typedef struct bwd_geom {
     /* pass 2 */
     size_t qt, dot, dq, st, dpt, y2, kc2, vc2, vec2, map2;
     size_t tmp, bytes;
+    size_t gk, gv; /* paged only */
 } bwd_geom;
 
 static void bwd_layout(const cf_attn_call* c, const cf_attn_kernels* kk, bwd_geom* g) {
@@ -226,6 +236,10 @@ static void bwd_layout(const cf_attn_call* c, const cf_attn_kernels* kk, bwd_geo
     TAKE(vec2, F * 2 * M);
     TAKE(map2, sizeof(int64_t) * 4 * M + F * M);
     TAKE(tmp, F * (size_t)g->W + 64);
+    if (c->block_table) { /* paged: a key block's K / V rows gathered across pages */
+        TAKE(gk, cf_dtype_size(c->dtype) * BKB * D);
+        TAKE(gv, cf_dtype_size(c->dtype) * BKB * Dv);
+    }
     g->bf = c->dtype == CF_BF16 && kk->gemm_bf16 != NULL;
     g->Dp2 = (g->D + 1) / 2;
     g->Dvp2 = (g->Dv + 1) / 2;
@@ -301,17 +315,21 @@ static void dkdv_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const bw
     int64_t ldk = 0;
     uint32_t *kvv = (uint32_t*)(ws + g->kvv), *dsr = (uint32_t*)(ws + g->dsr);
     const int64_t nb2 = (nb + 1) / 2;
+    int64_t krs, vrs; /* row strides: the view's, or D / Dv for rows gathered from pages */
+    const char* kb = cf_attn_cpu_key_rows(c, &c->k, b, k0, j0, nb, hk, D, ws + g->gk, &krs);
+    const char* vb = cf_attn_cpu_key_rows(c, &c->v, b, k0, j0, nb, hk, Dv, ws + g->gv, &vrs);
+    const int64_t es = (int64_t)cf_dtype_size(c->dtype);
     if (bf && dqacc) /* K as row pairs for dQ += dS K */
-        rows_vnni(kk, kvv, (const uint16_t*)row_ptr(&c->k, b, k0 + j0, hk), c->k.stride[1], nb, D);
+        rows_vnni(kk, kvv, (const uint16_t*)kb, krs, nb, D);
     if (bf) { /* K^T, V^T as pairs along d, once per key block */
         for (int64_t j = 0; j < nb; j++) {
-            pairs_col(ktv, nb, j, (const uint16_t*)row_ptr(&c->k, b, k0 + j0 + j, hk), D);
-            pairs_col(vtv, nb, j, (const uint16_t*)row_ptr(&c->v, b, k0 + j0 + j, hk), Dv);
+            pairs_col(ktv, nb, j, (const uint16_t*)(kb + j * krs * es), D);
+            pairs_col(vtv, nb, j, (const uint16_t*)(vb + j * vrs * es), Dv);
         }
     } else {
-        kr = rows_f32(kk, &c->k, b, k0 + j0, hk, nb, D, kc, &ldk);
+        kr = rows_f32_at(kk, kb, krs, c->dtype, nb, D, kc, &ldk);
         int64_t ldv;
-        const float* vr = rows_f32(kk, &c->v, b, k0 + j0, hk, nb, Dv, vc, &ldv);
+        const float* vr = rows_f32_at(kk, vb, vrs, c->dtype, nb, Dv, vc, &ldv);
         transpose(kt, kr, ldk, nb, D);
         transpose(vt, vr, ldv, nb, Dv);
     }
@@ -400,8 +418,8 @@ static void dkdv_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const bw
         }
     }
     for (int64_t j = 0; j < nb; j++) {
-        kk->from_f32(row_ptr(&c->dk, b, k0 + j0 + j, hk), dk + j * D, c->dtype, D);
-        kk->from_f32(row_ptr(&c->dv, b, k0 + j0 + j, hk), dv + j * Dv, c->dtype, Dv);
+        kk->from_f32(cf_attn_cpu_key_ptr(c, &c->dk, b, k0, j0 + j, hk), dk + j * D, c->dtype, D);
+        kk->from_f32(cf_attn_cpu_key_ptr(c, &c->dv, b, k0, j0 + j, hk), dv + j * Dv, c->dtype, Dv);
     }
 }
 
@@ -453,12 +471,15 @@ static void dq_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const bwd_
         int64_t ldk = 0, ldv = 0, ldka = 0, ldva = 0;
         const float *kr = NULL, *vr = NULL;
         const uint32_t *kpa = NULL, *vpa = NULL;
+        int64_t krs, vrs; /* row strides: the view's, or D / Dv for rows gathered from pages */
+        const char* kb = cf_attn_cpu_key_rows(c, &c->k, b, k0, j0, nb, hk, D, ws + g->gk, &krs);
+        const char* vb = cf_attn_cpu_key_rows(c, &c->v, b, k0, j0, nb, hk, Dv, ws + g->gv, &vrs);
         if (bf) {
-            kpa = rows_pairs(&c->k, b, k0 + j0, hk, nb, D, kab, &ldka);
-            vpa = rows_pairs(&c->v, b, k0 + j0, hk, nb, Dv, vab, &ldva);
+            kpa = rows_pairs_at((const uint16_t*)kb, krs, nb, D, kab, &ldka);
+            vpa = rows_pairs_at((const uint16_t*)vb, vrs, nb, Dv, vab, &ldva);
         } else {
-            kr = rows_f32(kk, &c->k, b, k0 + j0, hk, nb, D, kc, &ldk);
-            vr = rows_f32(kk, &c->v, b, k0 + j0, hk, nb, Dv, vc, &ldv);
+            kr = rows_f32_at(kk, kb, krs, c->dtype, nb, D, kc, &ldk);
+            vr = rows_f32_at(kk, vb, vrs, c->dtype, nb, Dv, vc, &ldv);
         }
         score_map mp = {Mt, nb, 1, Mt, mi, mslope, j0, mlo, mhi};
         if (bf)
@@ -480,8 +501,7 @@ static void dq_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const bwd_
                 dpt[e] *= 1.0f - y[e] * y[e];
         if (bf) {
             f32_rows_pairs(kk, dsp2, dpt, Mt, nb, Mt);
-            rows_vnni(kk, kvv, (const uint16_t*)row_ptr(&c->k, b, k0 + j0, hk), c->k.stride[1], nb,
-                      D);
+            rows_vnni(kk, kvv, (const uint16_t*)kb, krs, nb, D);
             kk->gemm_bf16(Mt, D, (nb + 1) / 2, dsp2, 1, Mt, kvv, D, dq, D, 1); /* dQ += dS K */
         } else {
             kk->gemm_f32(Mt, D, nb, dpt, 1, Mt, kr, ldk, dq, D, 1); /* dQ += dS K */
@@ -552,6 +572,7 @@ cflash_status cf_attn_cpu_bwd(const cf_attn_call* c, const cf_attn_kernels* kk) 
         units[u] = x;
     }
     if (one_pass) cf_attn_cpu_sort_tiles(units, nu);
+    cf_attn_zero_unused(c);
     /* No more threads than the largest of the region's loops has items. */
     int64_t most = c->B * c->H;
     if ((one_pass ? nu : n) > most) most = one_pass ? nu : n;

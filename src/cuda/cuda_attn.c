@@ -75,6 +75,14 @@ static int simt_tile(const cf_attn_call* c, const cf_cu_device* dev, int bwd) {
 
 /* Checks shared by both backends: device known, grid limits. */
 static int common_supports(const cf_attn_call* c, cf_cu_device* dev, char* why, size_t n) {
+    if (c->block_table) { /* issue 13: serving features, CPU backends only so far */
+        snprintf(why, n, "paged K/V (block_table): not implemented on CUDA yet");
+        return 0;
+    }
+    if (c->seqused_q || c->seqused_k) {
+        snprintf(why, n, "seqused_q / seqused_k: not implemented on CUDA yet");
+        return 0;
+    }
     if (cf_cu_device_get(c->device_id, dev) != CFLASH_OK) {
         snprintf(why, n, "%s", cflash_last_error());
         return 0;

@@ -93,6 +93,33 @@ static const offset_cfg offsets[] = {
 };
 #define NOFFS (int)(sizeof offsets / sizeof offsets[0])
 
+/* Serving (issue 13): paged K/V in the varlen call and used lengths (seqused_q / seqused_k).
+ * Page sizes 1, 3, 16 (blocks of keys gathered across pages), 128 and 200 (blocks within a
+ * page); sequences longer than a key block; no cu_seqlens_k; batch mode with used lengths. */
+typedef struct serve_cfg {
+    int shape; /* index into shapes (batch mode), or -1 - index into serve_varlens */
+    int feature;
+    int64_t page;
+    int seqused, no_cu_k;
+} serve_cfg;
+
+static const varlen_cfg serve_varlens[] = {
+    {4, 6, 2, 64, 64, {5, 0, 1, 17}, {7, 3, 0, 1}, 1},
+    {3, 2, 1, 33, 17, {1, 97, 2}, {33, 64, 1}, 0},
+    {2, 4, 2, 64, 64, {130, 3}, {300, 517}, 1},
+};
+
+static const serve_cfg serves[] = {
+    {-1, 1, 16, 0, 0},  /* causal */
+    {-2, 12, 1, 2, 0},  /* window + softcap + alibi[B,H], seqused_k, one row per page */
+    {-3, 13, 3, 3, 1},  /* everything, both seqused, no cu_seqlens_k */
+    {-3, 1, 128, 3, 0}, /* blocks within pages */
+    {-3, 0, 200, 2, 1}, /* pages not a multiple of the key block */
+    {5, 1, 0, 3, 0},    /* batch mode, causal, Sq 257 Sk 128 */
+    {3, 2, 0, 1, 0},    /* batch mode, window, seqused_q */
+};
+#define NSERVE (int)(sizeof serves / sizeof serves[0])
+
 static const cf_dtype dtypes[3] = {CF_F32, CF_F16, CF_BF16};
 
 static void set_shape(attn_case* c, const shape* s) {
@@ -121,9 +148,10 @@ static void set_varlen(attn_case* c, const varlen_cfg* v) {
 /* Per dtype, level 0: a feature sweep on small shapes, a shape sweep, varlen, one big case. */
 #define L0_FEAT NFEAT
 #define L0_SHAPE NSHAPES
-#define L0_PER_DTYPE (L0_FEAT + L0_SHAPE + NVARLEN + 1 + NOFFS)
-/* Per dtype, level 1: every shape x feature, every varlen x feature, both big shapes, offsets. */
-#define L1_PER_DTYPE ((NSHAPES + NVARLEN) * NFEAT + 2 + NOFFS)
+#define L0_PER_DTYPE (L0_FEAT + L0_SHAPE + NVARLEN + 1 + NOFFS + NSERVE)
+/* Per dtype, level 1: every shape x feature, every varlen x feature, both big shapes, offsets,
+ * serving. */
+#define L1_PER_DTYPE ((NSHAPES + NVARLEN) * NFEAT + 2 + NOFFS + NSERVE)
 
 static const int small_for_features[] = {1, 2, 3, 7, 8, 9, 4, 10};
 #define NSMALL (int)(sizeof small_for_features / sizeof small_for_features[0])
@@ -148,8 +176,19 @@ int attn_grid_case(int level, int i, attn_case* c) {
     int d = i / per, j = i % per;
     c->dtype = dtypes[d];
     c->seed = (uint64_t)(level * 100000 + i + 1) + tt_seed_base() * 1000003u;
-    if (j >= per - NOFFS) { /* the same block cases at both levels */
-        set_offsets(c, &offsets[j - (per - NOFFS)]);
+    if (j >= per - NSERVE) { /* the same serving cases at both levels */
+        const serve_cfg* sv = &serves[j - (per - NSERVE)];
+        if (sv->shape >= 0)
+            set_shape(c, &shapes[sv->shape]);
+        else
+            set_varlen(c, &serve_varlens[-1 - sv->shape]);
+        set_feature(c, &features[sv->feature]);
+        c->page = sv->page, c->seqused = sv->seqused, c->no_cu_k = sv->no_cu_k;
+        c->layout = (tt_layout)((j + d) % 3);
+        return 0;
+    }
+    if (j >= per - NSERVE - NOFFS) { /* the same block cases at both levels */
+        set_offsets(c, &offsets[j - (per - NSERVE - NOFFS)]);
         c->layout = (tt_layout)((j + d) % 3);
         return 0;
     }
@@ -210,6 +249,8 @@ int attn_grid_run(const attn_grid_opts* o, int* ran, int* skipped) {
         attn_case c;
         attn_grid_case(o->level, i, &c);
         if (o->dtypes && !(o->dtypes & (1u << c.dtype))) continue;
+        /* device hooks copy the plain tensors only; serving cases run on the host */
+        if ((o->run_fwd || o->run_bwd) && (c.page || c.seqused)) continue;
         char name[256];
         attn_case_str(&c, name, sizeof name);
         attn_problem* p = attn_problem_new(&c);

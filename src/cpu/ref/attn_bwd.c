@@ -27,11 +27,12 @@ static void bwd_row(const cf_attn_call* c, float* dq, float* dk, float* dv, int6
         delta += cf_load(c->dout.data, c->dtype, ref_at4(&c->dout, b, qi, h, d)) *
                  cf_load(c->out.data, c->dtype, ref_at4(&c->out, b, qi, h, d));
     for (int64_t j = lo; j < hi; j++) {
-        const int64_t kj = k0 + j;
+        const int64_t ko = cf_attn_kv_off(c, &c->k, b, k0, j, hk),
+                      vo = cf_attn_kv_off(c, &c->v, b, k0, j, hk);
         float dot = 0.0f;
         for (int64_t d = 0; d < c->D; d++)
             dot += cf_load(c->q.data, c->dtype, ref_at4(&c->q, b, qi, h, d)) *
-                   cf_load(c->k.data, c->dtype, ref_at4(&c->k, b, kj, hk, d));
+                   cf_load(c->k.data, c->dtype, ko + d);
         float x = c->scale * dot, t = 0.0f;
         if (c->softcap > 0.0f) t = tanhf(x / c->softcap);
         float s = cf_attn_score(c, x, cf_attn_slope(c, b, h), i, j, sq, sk);
@@ -42,7 +43,7 @@ static void bwd_row(const cf_attn_call* c, float* dq, float* dk, float* dv, int6
         float dpk = 0.0f;                        /* dO_i . v_j */
         for (int64_t d = 0; d < c->Dv; d++) {
             float g = cf_load(c->dout.data, c->dtype, ref_at4(&c->dout, b, qi, h, d));
-            dpk += g * cf_load(c->v.data, c->dtype, ref_at4(&c->v, b, kj, hk, d));
+            dpk += g * cf_load(c->v.data, c->dtype, vo + d);
             dv[j * c->Dv + d] += pk * g;
         }
         float dp = keep ? dpk * keep_scale : 0.0f;
@@ -50,7 +51,7 @@ static void bwd_row(const cf_attn_call* c, float* dq, float* dk, float* dv, int6
         if (c->softcap > 0.0f) ds *= 1.0f - t * t; /* through s = cap * tanh(x / cap) */
         ds *= c->scale;                            /* through x = scale * q.k */
         for (int64_t d = 0; d < c->D; d++) {
-            dq[d] += ds * cf_load(c->k.data, c->dtype, ref_at4(&c->k, b, kj, hk, d));
+            dq[d] += ds * cf_load(c->k.data, c->dtype, ko + d);
             dk[j * c->D + d] += ds * cf_load(c->q.data, c->dtype, ref_at4(&c->q, b, qi, h, d));
         }
     }
@@ -71,10 +72,12 @@ static int bwd_group(const cf_attn_call* c, int64_t b, int64_t hk) {
         for (int64_t i = 0; i < sq; i++)
             bwd_row(c, dq, dk, dv, b, h, q0, k0, i, sq, sk);
     for (int64_t j = 0; ok && j < sk; j++) {
+        const int64_t ko = cf_attn_kv_off(c, &c->dk, b, k0, j, hk),
+                      vo = cf_attn_kv_off(c, &c->dv, b, k0, j, hk);
         for (int64_t d = 0; d < c->D; d++)
-            cf_store(c->dk.data, c->dtype, ref_at4(&c->dk, b, k0 + j, hk, d), dk[j * c->D + d]);
+            cf_store(c->dk.data, c->dtype, ko + d, dk[j * c->D + d]);
         for (int64_t d = 0; d < c->Dv; d++)
-            cf_store(c->dv.data, c->dtype, ref_at4(&c->dv, b, k0 + j, hk, d), dv[j * c->Dv + d]);
+            cf_store(c->dv.data, c->dtype, vo + d, dv[j * c->Dv + d]);
     }
     free(dq);
     free(dk);
@@ -87,6 +90,7 @@ static cflash_status ref_bwd_run(const void* call) {
     const int64_t n = c->B * c->Hk;
     int failed = 0;
     const int nt = cf_threads_items(c->threads, n);
+    cf_attn_zero_unused(c);
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1) reduction(| : failed)
     for (int64_t g = 0; g < n; g++)
         if (!bwd_group(c, g / c->Hk, g % c->Hk)) failed = 1;
