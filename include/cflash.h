@@ -323,7 +323,15 @@ CFLASH_API cflash_status cflash_norm_bwd(cflash_context* ctx, const cflash_norm_
  *   block_table     NULL or int32 (B, max_pages): pages of each sequence (paged cache)
  * Index tensors are on the CPU. GQA: query heads h of group h / (H / Hk) are computed in one
  * pass over the group's K/V. num_splits > 1 splits the keys into that many parts computed apart
- * and merged by LSE (as cflash_attn_merge); 0 = chosen by a heuristic; 1 = no split. */
+ * and merged by LSE (as cflash_attn_merge); 0 = chosen by a heuristic; 1 = no split.
+ * Varlen (FA3's cu_seqlens_q, max_seqlen_q, cu_seqlens_k_new; each independent of the other):
+ * with cu_seqlens_q, sequence b has Sq_b = cu_seqlens_q[b + 1] - cu_seqlens_q[b] query rows
+ * (q rows cu_seqlens_q[b] ..), and B is its length - 1; with cu_seqlens_k_new, Sn_b =
+ * cu_seqlens_k_new[b + 1] - cu_seqlens_k_new[b] new rows. Everything above then reads Sq_b and
+ * Sn_b for Sq and Sn: a decode step (Sq_b = Sn_b = 1), a prefill chunk (Sq_b = Sn_b = chunk) and
+ * a speculative verification (Sq_b = Sn_b = draft length) go in one call, causal masks aligned
+ * per sequence. The last entries must not pass total_q / total_new; max_seqlen_q (0 = computed)
+ * must be >= every Sq_b, and 0 without cu_seqlens_q. */
 typedef struct cflash_kvcache_params {
     const DLTensor* k_new;
     const DLTensor* v_new;
@@ -337,6 +345,12 @@ typedef struct cflash_kvcache_params {
     const DLTensor* cache_leftpad;
     const DLTensor* block_table;
     int num_splits; /* >= 0; default 0 = heuristic */
+    /* -- B: varlen queries and new keys (mixed prefill + decode, speculative decoding; FA3) -- */
+    const DLTensor* cu_seqlens_q;     /* NULL or int32 [B + 1]: q is (total_q, H, D), out
+                                         (total_q, H, Dv), lse (H, total_q) */
+    int64_t max_seqlen_q;             /* 0 = from cu_seqlens_q */
+    const DLTensor* cu_seqlens_k_new; /* NULL or int32 [B + 1]: k_new / v_new are (total_new, Hk,
+                                         D / Dv), sequence b's new rows cu[b] .. cu[b + 1] */
 } cflash_kvcache_params;
 
 CFLASH_API void cflash_kvcache_params_init(cflash_kvcache_params* kp);

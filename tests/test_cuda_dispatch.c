@@ -157,6 +157,19 @@ static void test_serving_refused(void) {
                          &lse.t) == CFLASH_ERR_UNSUPPORTED);
     CHECK_HAS(buf, "cuda-mma: NO: paged K/V (block_table): not implemented on CUDA yet");
     CHECK_HAS(buf, "cuda-simt: NO: paged K/V (block_table): not implemented on CUDA yet");
+    /* the KV-cache call with varlen queries: 2 sequences of 128 rows against (2, 256) caches */
+    int64_t kc4[4] = {2, 256, 4, 64};
+    ft kc, vc;
+    mk(&kc, 0x7f0000a00000, CF_BF16, 4, kc4);
+    mk(&vc, 0x7f0000c00000, CF_BF16, 4, kc4);
+    cflash_attn_params_init(&prm);
+    cflash_kvcache_params kvp;
+    cflash_kvcache_params_init(&kvp);
+    kvp.cu_seqlens_q = &tcq;
+    CHECK(cflash_explain(NULL, CFLASH_OP_KVCACHE_FWD, buf, sizeof buf, &prm, &kvp, &q.t, &kc.t,
+                         &vc.t, &out.t, &lse.t) == CFLASH_ERR_UNSUPPORTED);
+    CHECK_HAS(buf, "cuda-simt: NO: varlen queries / new keys (cu_seqlens_q, cu_seqlens_k_new): not "
+                   "implemented on CUDA yet");
 }
 
 static void test_run_fails_cleanly(void) {

@@ -12,6 +12,12 @@
 
 static int verbose;
 
+typedef struct kserve {
+    /* varlen queries (cu_seqlens_q: decode, prefill-chunk and speculative rows mixed) and varlen
+     * new keys (cu_seqlens_k_new) */
+    int varlen_q, varlen_new;
+} kserve;
+
 typedef struct kcase {
     cf_dtype dtype;
     int64_t B, H, Hk, Sq, D, Dv, Sn, Lmax;
@@ -27,14 +33,17 @@ typedef struct kcase {
     int lse;
     tt_layout layout;
     uint64_t seed;
+    kserve x; /* issue 13's serving features ({0}: none) */
 } kcase;
 
 typedef struct kprob {
     kcase c;
     int64_t Sc, Bc, pps, npages, S_ro;
     int32_t L[8], P[8], bidx[8];
+    /* per batch: query rows sq (first q0 of q when varlen), new rows sn (first n0 of k_new) */
+    int64_t sq[8], sn[8], q0[8], n0[8], total_q, total_new, max_sq, max_sn;
     int32_t* bt; /* (B, pps) */
-    tt_tensor q, kc, vc, kn, vn, cs, sn, out, lse, alibi, t_seq, t_bidx, t_lp, t_bt;
+    tt_tensor q, kc, vc, kn, vn, cs, snt, out, lse, alibi, t_seq, t_bidx, t_lp, t_bt, t_cuq, t_cun;
     tt_tensor kc0, vc0; /* snapshots */
 } kprob;
 
@@ -53,13 +62,32 @@ static void cache_loc(const kprob* p, int64_t b, int64_t t, int64_t* page, int64
     }
 }
 
+/* q[b, i, h, d] (row q0 + i when varlen) and k_new / v_new[b, n, hk, d] (row n0 + n). */
+static double qget(const kprob* p, int64_t b, int64_t i, int64_t h, int64_t d) {
+    int64_t v3[3] = {p->q0[b] + i, h, d};
+    return p->c.x.varlen_q ? tt_get(&p->q, v3) : g4(&p->q, b, i, h, d);
+}
+static double newget(const kprob* p, int is_v, int64_t b, int64_t n, int64_t hk, int64_t d) {
+    const tt_tensor* t = is_v ? &p->vn : &p->kn;
+    int64_t v3[3] = {p->n0[b] + n, hk, d};
+    return p->c.x.varlen_new ? tt_get(t, v3) : g4(t, b, n, hk, d);
+}
+/* Row-major index of out (b, i, h, d) and lse (b, h, i) in the tensors' logical order. */
+static int64_t oidx(const kprob* p, int64_t b, int64_t i, int64_t h, int64_t d) {
+    const int64_t row = p->c.x.varlen_q ? p->q0[b] + i : b * p->c.Sq + i;
+    return (row * p->c.H + h) * p->c.Dv + d;
+}
+static int64_t lidx(const kprob* p, int64_t b, int64_t h, int64_t i) {
+    return p->c.x.varlen_q ? h * p->total_q + p->q0[b] + i : (b * p->c.H + h) * p->c.Sq + i;
+}
+
 /* rotate v[0..D) at position pos in fp64 */
 static void rot(const kprob* p, double* v, int64_t pos) {
     for (int64_t i = 0; i < p->c.half; i++) {
         int64_t ia = p->c.interleaved ? 2 * i : i,
                 ib = p->c.interleaved ? 2 * i + 1 : i + p->c.half;
         int64_t ci[2] = {pos, i};
-        double co = tt_get(&p->cs, ci), si = tt_get(&p->sn, ci), a = v[ia], b = v[ib];
+        double co = tt_get(&p->cs, ci), si = tt_get(&p->snt, ci), a = v[ia], b = v[ib];
         v[ia] = a * co - b * si;
         v[ib] = a * si + b * co;
     }
@@ -71,7 +99,7 @@ static void kv_row(const kprob* p, int is_v, int64_t b, int64_t t, int64_t hk, d
     int64_t n = is_v ? c->Dv : c->D;
     if (t >= p->L[b]) {
         for (int64_t d = 0; d < n; d++)
-            v[d] = g4(is_v ? &p->vn : &p->kn, b, t - p->L[b], hk, d);
+            v[d] = newget(p, is_v, b, t - p->L[b], hk, d);
         if (!is_v && c->half) {
             rot(p, v, t);
             for (int64_t d = 0; d < n; d++)
@@ -100,19 +128,19 @@ static void oracle(const kprob* p, int naive, double* out, double* lse) {
     int64_t maxk = p->Sc + 1;
     double *s = malloc(8 * (size_t)maxk), *acc = malloc(8 * (size_t)c->Dv);
     for (int64_t b = 0; b < c->B; b++) {
-        int64_t L = p->L[b], P = p->P[b], sk = L + c->Sn - P;
+        int64_t L = p->L[b], P = p->P[b], sk = L + p->sn[b] - P, Sq = p->sq[b];
         for (int64_t h = 0; h < c->H; h++) {
             int64_t hk = h / (c->H / c->Hk);
-            for (int64_t i = 0; i < c->Sq; i++) {
+            for (int64_t i = 0; i < Sq; i++) {
                 for (int64_t d = 0; d < c->D; d++)
-                    q[d] = g4(&p->q, b, i, h, d);
+                    q[d] = qget(p, b, i, h, d);
                 if (c->half) {
                     int local = c->causal || c->wl >= 0 || c->wr >= 0;
                     rot(p, q, local ? L + i : L);
                     for (int64_t d = 0; d < c->D; d++)
                         q[d] = ops_round(c->dtype, q[d]);
                 }
-                int64_t diag = i + sk - c->Sq, lo = 0, hi = sk;
+                int64_t diag = i + sk - Sq, lo = 0, hi = sk;
                 int64_t wr = c->causal ? 0 : c->wr;
                 if (c->wl >= 0 && diag - c->wl > lo) lo = diag - c->wl;
                 if (wr >= 0 && diag + wr + 1 < hi) hi = diag + wr + 1;
@@ -142,11 +170,10 @@ static void oracle(const kprob* p, int naive, double* out, double* lse) {
                 }
                 for (int64_t d = 0; d < c->Dv; d++) {
                     double o = l > 0 ? acc[d] / l : 0.0;
-                    out[((b * c->Sq + i) * c->H + h) * c->Dv + d] =
-                        naive ? ops_round(c->dtype, o) : o;
+                    out[oidx(p, b, i, h, d)] = naive ? ops_round(c->dtype, o) : o;
                 }
                 double ls = l > 0 ? m + log(l) : -INFINITY;
-                lse[(b * c->H + h) * c->Sq + i] = naive ? (float)ls : ls;
+                lse[lidx(p, b, h, i)] = naive ? (float)ls : ls;
             }
         }
     }
@@ -162,8 +189,17 @@ static void build(kprob* p, const kcase* c) {
         p->L[b] = (int32_t)(b == 0 ? c->Lmax : (int64_t)(tt_rng_u64(&r) % (uint64_t)(c->Lmax + 1)));
         if (c->seqlen_mode) p->L[b] = (int32_t)c->Lmax;
         p->P[b] = c->leftpad ? (int32_t)(tt_rng_u64(&r) % (uint64_t)(p->L[b] + 1)) : 0;
+        /* varlen: a decode row, a prefill chunk, a speculative draft of 4 (new rows as many as
+         * query rows, the way a serving step has them), and now and then none */
+        const int64_t kind = (b + (int64_t)c->seed) % 4;
+        p->sq[b] = !c->x.varlen_q ? c->Sq : kind == 0 ? 1 : kind == 1 ? c->Sq : kind == 2 ? 4 : 0;
+        p->sn[b] = !c->x.varlen_new ? c->Sn : c->Sn == 0 ? 0 : kind == 3 ? 2 : p->sq[b];
+        p->q0[b] = p->total_q, p->n0[b] = p->total_new;
+        p->total_q += p->sq[b], p->total_new += p->sn[b];
+        if (p->sq[b] > p->max_sq) p->max_sq = p->sq[b];
+        if (p->sn[b] > p->max_sn) p->max_sn = p->sn[b];
     }
-    p->Sc = c->Lmax + c->Sn + (c->seqlen_mode == 2 ? 0 : 3);
+    p->Sc = c->Lmax + p->max_sn + (c->seqlen_mode == 2 ? 0 : 3);
     if (c->page) {
         p->pps = (p->Sc + c->page - 1) / c->page;
         p->npages = c->B * p->pps + 3;
@@ -208,28 +244,40 @@ static void build(kprob* p, const kcase* c) {
     tt_alloc_like(&p->vc0, &p->vc), memcpy(p->vc0.base, p->vc.base, p->vc.bytes);
     int64_t qs[4] = {c->B, c->Sq, c->H, c->D}, os[4] = {c->B, c->Sq, c->H, c->Dv},
             ls[3] = {c->B, c->H, c->Sq};
-    tt_alloc(&p->q, c->dtype, 4, qs, c->layout);
+    int64_t vqs[3] = {p->total_q, c->H, c->D}, vos[3] = {p->total_q, c->H, c->Dv},
+            vls[2] = {c->H, p->total_q};
+    const int vq = c->x.varlen_q;
+    tt_alloc(&p->q, c->dtype, vq ? 3 : 4, vq ? vqs : qs, c->layout);
     tt_random(&p->q, c->seed + 3, -1, 1);
-    tt_alloc(&p->out, c->dtype, 4, os, c->layout);
-    tt_alloc(&p->lse, CF_F32, 3, ls, TT_DENSE);
+    tt_alloc(&p->out, c->dtype, vq ? 3 : 4, vq ? vos : os, c->layout);
+    tt_alloc(&p->lse, CF_F32, vq ? 2 : 3, vq ? vls : ls, TT_DENSE);
     if (c->Sn) {
         int64_t ns[4] = {c->B, c->Sn, c->Hk, c->D}, nv[4] = {c->B, c->Sn, c->Hk, c->Dv};
-        tt_alloc(&p->kn, c->dtype, 4, ns, c->layout);
-        tt_alloc(&p->vn, c->dtype, 4, nv, TT_DENSE);
+        int64_t vns[3] = {p->total_new, c->Hk, c->D}, vnv[3] = {p->total_new, c->Hk, c->Dv};
+        const int vn = c->x.varlen_new;
+        tt_alloc(&p->kn, c->dtype, vn ? 3 : 4, vn ? vns : ns, c->layout);
+        tt_alloc(&p->vn, c->dtype, vn ? 3 : 4, vn ? vnv : nv, TT_DENSE);
         tt_random(&p->kn, c->seed + 4, -1, 1);
         tt_random(&p->vn, c->seed + 5, -1, 1);
     }
+    int64_t nb1[1] = {c->B + 1};
+    tt_alloc(&p->t_cuq, CF_I32, 1, nb1, TT_DENSE);
+    tt_alloc(&p->t_cun, CF_I32, 1, nb1, TT_DENSE);
+    for (int64_t b = 0; b <= c->B; b++) {
+        ((int32_t*)p->t_cuq.base)[b] = (int32_t)(b < c->B ? p->q0[b] : p->total_q);
+        ((int32_t*)p->t_cun.base)[b] = (int32_t)(b < c->B ? p->n0[b] : p->total_new);
+    }
     if (c->half) {
-        p->S_ro = p->Sc + c->Sq + 1;
+        p->S_ro = p->Sc + p->max_sq + 1;
         int64_t cs[2] = {p->S_ro, c->half};
         tt_alloc(&p->cs, c->dtype, 2, cs, TT_DENSE);
-        tt_alloc(&p->sn, c->dtype, 2, cs, TT_DENSE);
+        tt_alloc(&p->snt, c->dtype, 2, cs, TT_DENSE);
         for (int64_t t = 0; t < p->S_ro; t++)
             for (int64_t i = 0; i < c->half; i++) {
                 double a = tt_rng_uniform(&r) * 6.283185307179586;
                 int64_t idx[2] = {t, i};
                 tt_set(&p->cs, idx, cos(a));
-                tt_set(&p->sn, idx, sin(a));
+                tt_set(&p->snt, idx, sin(a));
             }
     }
     if (c->alibi) {
@@ -248,8 +296,8 @@ static void build(kprob* p, const kcase* c) {
 
 static void release(kprob* p) {
     tt_tensor* ts[] = {&p->q,    &p->kc,   &p->vc,  &p->kn,    &p->vn,    &p->cs,
-                       &p->sn,   &p->out,  &p->lse, &p->alibi, &p->t_seq, &p->t_bidx,
-                       &p->t_lp, &p->t_bt, &p->kc0, &p->vc0};
+                       &p->snt,  &p->out,  &p->lse, &p->alibi, &p->t_seq, &p->t_bidx,
+                       &p->t_lp, &p->t_bt, &p->kc0, &p->vc0,   &p->t_cuq, &p->t_cun};
     for (size_t i = 0; i < sizeof ts / sizeof ts[0]; i++)
         tt_free(ts[i]);
     free(p->bt);
@@ -267,7 +315,7 @@ static void params(const kprob* p, cflash_attn_params* ap, cflash_kvcache_params
     kp->k_new = c->Sn ? &p->kn.dl : NULL;
     kp->v_new = c->Sn ? &p->vn.dl : NULL;
     kp->rotary_cos = c->half ? &p->cs.dl : NULL;
-    kp->rotary_sin = c->half ? &p->sn.dl : NULL;
+    kp->rotary_sin = c->half ? &p->snt.dl : NULL;
     kp->rotary_interleaved = c->interleaved;
     kp->cache_seqlens = c->seqlen_mode == 0 ? &p->t_seq.dl : NULL;
     kp->cache_seqlen = c->seqlen_mode == 1 ? c->Lmax : -1;
@@ -275,6 +323,9 @@ static void params(const kprob* p, cflash_attn_params* ap, cflash_kvcache_params
     kp->cache_leftpad = c->leftpad ? &p->t_lp.dl : NULL;
     kp->block_table = c->page ? &p->t_bt.dl : NULL;
     kp->num_splits = c->num_splits;
+    kp->cu_seqlens_q = c->x.varlen_q ? &p->t_cuq.dl : NULL;
+    kp->max_seqlen_q = c->x.varlen_q && c->seed % 2 ? p->max_sq + 3 : 0; /* a bound, or computed */
+    kp->cu_seqlens_k_new = c->x.varlen_new && c->Sn ? &p->t_cun.dl : NULL;
 }
 
 /* Caches after a call: appended rows as expected (rotation may round 1 ulp apart), the rest
@@ -285,7 +336,7 @@ static int64_t check_caches(const kprob* p) {
     unsigned char* written = calloc((size_t)(p->kc.shape[0] * p->kc.shape[1]), 1);
     double* v = malloc(8 * (size_t)(c->D > c->Dv ? c->D : c->Dv));
     for (int64_t b = 0; b < c->B; b++)
-        for (int64_t t = p->L[b]; t < p->L[b] + c->Sn; t++) {
+        for (int64_t t = p->L[b]; t < p->L[b] + p->sn[b]; t++) {
             int64_t pg, row;
             cache_loc(p, b, t, &pg, &row);
             written[pg * p->kc.shape[1] + row] = 1;
@@ -317,7 +368,7 @@ static int64_t check_caches(const kprob* p) {
 static void run_case(const kcase* c) {
     kprob p;
     build(&p, c);
-    int64_t no = c->B * c->Sq * c->H * c->Dv, nl = c->B * c->H * c->Sq;
+    int64_t no = p.total_q * c->H * c->Dv, nl = p.total_q * c->H;
     double *ro = malloc(8 * (size_t)no + 8), *rl = malloc(8 * (size_t)nl + 8),
            *no_ = malloc(8 * (size_t)no + 8), *nl_ = malloc(8 * (size_t)nl + 8);
     oracle(&p, 0, ro, rl);
@@ -328,13 +379,15 @@ static void run_case(const kcase* c) {
     char desc[256];
     snprintf(desc, sizeof desc,
              "%s B%lld H%lld/%lld Sq%lld Sn%lld Lmax%lld D%lld/%lld page%lld%s%s rot%lld%s%s "
-             "win(%lld,%lld) cap%.1f alibi%d splits%d seqlens%d layout%d seed%llu",
+             "win(%lld,%lld) cap%.1f alibi%d splits%d seqlens%d layout%d%s%s seed%llu",
              tt_dtype_short(c->dtype), (long long)c->B, (long long)c->H, (long long)c->Hk,
              (long long)c->Sq, (long long)c->Sn, (long long)c->Lmax, (long long)c->D,
              (long long)c->Dv, (long long)c->page, c->batch_idx ? " bidx" : "",
              c->leftpad ? " leftpad" : "", (long long)(2 * c->half), c->interleaved ? "i" : "",
              c->causal ? " causal" : "", (long long)c->wl, (long long)c->wr, (double)c->softcap,
-             c->alibi, c->num_splits, c->seqlen_mode, (int)c->layout, (unsigned long long)c->seed);
+             c->alibi, c->num_splits, c->seqlen_mode, (int)c->layout,
+             c->x.varlen_q ? " varlen-q" : "", c->x.varlen_new ? " varlen-new" : "",
+             (unsigned long long)c->seed);
     cflash_attn_params ap;
     cflash_kvcache_params kp;
     params(&p, &ap, &kp);
@@ -401,23 +454,53 @@ static void test_grid(void) {
         n++;
     }
     /* long caches: split-KV and the vector paths over many keys */
-    kcase big = {CF_BF16, 1, 32, 8,  1,  128, 128, 1, 3000, 0, 0,        0,
-                 64,      0, 1,  -1, -1, 0,   0,   0, 0,    1, TT_DENSE, 3};
+    kcase big = {CF_BF16, 1, 32, 8,  1, 128, 128, 1, 3000, 0,        0, 0,  64,
+                 0,       1, -1, -1, 0, 0,   0,   0, 1,    TT_DENSE, 3, {0}};
     run_case(&big);
     big.page = 16, big.num_splits = 5, big.dtype = CF_F16, big.B = 2, big.Sq = 4, big.Sn = 4;
     run_case(&big);
     /* chunked prefill: many query rows (the fast kernels tile them), causal, rotary, paged */
-    kcase pre = {CF_BF16, 2, 8, 2,  37, 64, 64, 37, 100, 16, 0,        1,
-                 16,      0, 1, -1, -1, 0,  0,  3,  0,   1,  TT_DENSE, 11};
+    kcase pre = {CF_BF16, 2, 8,  2,  37, 64, 64, 37, 100, 16,       0,  1,  16,
+                 0,       1, -1, -1, 0,  0,  3,  0,  1,   TT_DENSE, 11, {0}};
     run_case(&pre);
     pre.num_splits = 0, pre.dtype = CF_F32, pre.interleaved = 1, pre.page = 0, pre.batch_idx = 1;
     run_case(&pre);
-    printf("kvcache grid: %d cases + 2 long + 2 chunked prefill\n", n);
+    /* varlen queries and new keys (issue 13): decode rows, prefill chunks and speculative drafts
+     * in one call, with or without cu_seqlens_k_new, paged or not, rotary, masks, splits */
+    int nv = 0;
+    for (int i = 0; i < 12; i++) {
+        kcase v = {0};
+        v.dtype = dts[i % 3];
+        v.page = (int64_t[]){0, 16, 1, 0}[i % 4];
+        v.H = (int64_t[]){8, 6, 4}[i % 3], v.Hk = (int64_t[]){2, 1, 4}[i % 3];
+        v.B = 4 + i % 2;
+        v.Sq = (int64_t[]){7, 37, 5}[i % 3];
+        v.Sn = i % 6 == 5 ? 0 : 1;
+        v.D = v.Dv = (int64_t[]){64, 128, 40, 32}[i % 4];
+        v.Lmax = 60 + 40 * (i % 3);
+        v.batch_idx = (i / 4) % 2 && !v.page;
+        v.leftpad = i % 5 == 2;
+        v.half = i % 3 == 1 ? v.D / 2 : 0;
+        v.interleaved = i % 2;
+        v.causal = i % 4 != 3;
+        v.wl = i % 4 == 3 ? 9 : -1;
+        v.softcap = i == 7 ? 1.5f : 0.0f;
+        v.alibi = i == 8 ? 2 : 0;
+        v.num_splits = (int[]){0, 1, 3}[i % 3];
+        v.lse = 1;
+        v.layout = (tt_layout)(i % 2);
+        v.x.varlen_q = i % 3 != 2;
+        v.x.varlen_new = i % 3 != 0;
+        v.seed = 700 + (uint64_t)i + tt_seed_base();
+        run_case(&v);
+        nv++;
+    }
+    printf("kvcache grid: %d cases + 2 long + 2 chunked prefill + %d varlen\n", n, nv);
 }
 
 static void test_errors(void) {
-    kcase c = {CF_F32, 2, 4, 2,  1,  8, 8, 1, 5, 0, 0,        0,
-               2,      0, 1, -1, -1, 0, 0, 0, 0, 1, TT_DENSE, 1};
+    kcase c = {CF_F32, 2, 4,  2,  1, 8, 8, 1, 5, 0,        0, 0,  2,
+               0,      1, -1, -1, 0, 0, 0, 0, 1, TT_DENSE, 1, {0}};
     kprob p;
     build(&p, &c);
     cflash_attn_params ap;
@@ -509,7 +592,7 @@ static void test_errors(void) {
     kp.rotary_cos = kp.rotary_sin = &bad.dl;
     CHECK_ERR(CALL(), INV, "rotary_dim = 10, expected 2 <= rotary_dim <= head dim 8");
     tt_free(&bad);
-    kp.rotary_cos = &p.cs.dl, kp.rotary_sin = &p.sn.dl;
+    kp.rotary_cos = &p.cs.dl, kp.rotary_sin = &p.snt.dl;
     kp.num_splits = -1;
     CHECK_ERR(CALL(), INV, "num_splits: -1");
     kp.num_splits = 0;
@@ -536,11 +619,95 @@ static void test_errors(void) {
     release(&p);
 }
 
+/* The varlen fields' error paths (cu_seqlens_q, max_seqlen_q, cu_seqlens_k_new): status, message,
+ * and nothing written (caches, out, lse). */
+static void test_errors_varlen(void) {
+    kcase c = {CF_F32, 3, 4,  2,  5, 8, 8, 1, 5, 0,        0, 0,  2,
+               0,      1, -1, -1, 0, 0, 0, 0, 1, TT_DENSE, 2, {0}};
+    c.x.varlen_q = c.x.varlen_new = 1;
+    kprob p;
+    build(&p, &c);
+    cflash_attn_params ap;
+    cflash_kvcache_params kp;
+    params(&p, &ap, &kp);
+    const cflash_status INV = CFLASH_ERR_INVALID_ARGUMENT;
+    int32_t *cq = p.t_cuq.base, *cn = p.t_cun.base;
+    char want[160];
+#define CALL()                                                                                     \
+    cflash_attn_kvcache_fwd(NULL, &ap, &kp, &p.q.dl, &p.kc.dl, &p.vc.dl, &p.out.dl, &p.lse.dl)
+#define EXPECT(sub)                                                                                \
+    do {                                                                                           \
+        CHECK_ERR(CALL(), INV, sub);                                                               \
+        CHECK(!memcmp(p.kc.base, p.kc0.base, p.kc.bytes) &&                                        \
+              !memcmp(p.vc.base, p.vc0.base, p.vc.bytes));                                         \
+        CHECK(tt_count_nan(&p.out) == p.out.numel && tt_count_nan(&p.lse) == p.lse.numel);         \
+    } while (0)
+    CHECK_OK(CALL());
+    memcpy(p.kc.base, p.kc0.base, p.kc.bytes), memcpy(p.vc.base, p.vc0.base, p.vc.bytes);
+    tt_poison(&p.out), tt_poison(&p.lse);
+    cq[0] = 1;
+    EXPECT("cu_seqlens_q[0]: 1, expected 0");
+    cq[0] = 0, cq[2] = cq[1] - 1;
+    snprintf(want, sizeof want, "cu_seqlens_q[2]: %d is less than cu_seqlens_q[1] = %d", cq[2],
+             cq[1]);
+    EXPECT(want);
+    cq[2] = (int32_t)p.q0[2], cq[3] = (int32_t)p.total_q + 1;
+    snprintf(want, sizeof want, "cu_seqlens_q[3]: %d, expected at most total_q = %lld", cq[3],
+             (long long)p.total_q);
+    EXPECT(want);
+    cq[3] = (int32_t)p.total_q;
+    kp.max_seqlen_q = p.max_sq - 1;
+    snprintf(want, sizeof want, "max_seqlen_q: %lld, but a sequence has %lld query rows",
+             (long long)(p.max_sq - 1), (long long)p.max_sq);
+    EXPECT(want);
+    kp.max_seqlen_q = -1;
+    EXPECT("max_seqlen_q: -1");
+    kp.max_seqlen_q = 0;
+    kp.cu_seqlens_k_new = NULL; /* k_new 3-D read as (B, Sn, Hk, D) */
+    EXPECT("k_new: expected 4 dims (B, Sn, Hk, D), got 3");
+    kp.cu_seqlens_k_new = &p.t_cun.dl;
+    kp.k_new = kp.v_new = NULL;
+    EXPECT("cu_seqlens_k_new: given without k_new, expected NULL");
+    kp.k_new = &p.kn.dl, kp.v_new = &p.vn.dl;
+    cn[3] = (int32_t)p.total_new + 1;
+    snprintf(want, sizeof want, "cu_seqlens_k_new[3]: %d, expected at most total_new = %lld", cn[3],
+             (long long)p.total_new);
+    EXPECT(want);
+    cn[3] = (int32_t)p.total_new;
+    kp.v_new = &p.kn.dl; /* D = Dv: only the dtype and shape are checked, and they match */
+    CHECK_OK(CALL());
+    memcpy(p.kc.base, p.kc0.base, p.kc.bytes), memcpy(p.vc.base, p.vc0.base, p.vc.bytes);
+    tt_poison(&p.out), tt_poison(&p.lse);
+    kp.v_new = &p.vn.dl;
+    /* the longest sequence's new rows against the cache: Lmax + 2 new rows past S_cache */
+    ((int32_t*)p.t_seq.base)[0] = (int32_t)(p.Sc - p.sn[0] + 1);
+    snprintf(want, sizeof want, "cache_seqlens[0]: %lld + %lld new rows = %lld exceeds",
+             (long long)(p.Sc - p.sn[0] + 1), (long long)p.sn[0], (long long)(p.Sc + 1));
+    EXPECT(want);
+    ((int32_t*)p.t_seq.base)[0] = p.L[0];
+    tt_tensor bad;
+    int64_t l3[3] = {c.B, c.H, p.max_sq};
+    tt_alloc(&bad, CF_F32, 3, l3, TT_DENSE);
+    CHECK_ERR(
+        cflash_attn_kvcache_fwd(NULL, &ap, &kp, &p.q.dl, &p.kc.dl, &p.vc.dl, &p.out.dl, &bad.dl),
+        INV, "lse: expected 2 dims (H, total_q), got 3");
+    CHECK_ERR(cflash_attn_kvcache_fwd(NULL, &ap, &kp, &p.q.dl, &p.kc.dl, &p.vc.dl, &bad.dl, NULL),
+              INV, "out: shape (3, 4, 4), expected (total_q, H, Dv) with dim 0 =");
+    tt_free(&bad);
+    kp.cu_seqlens_q = NULL;
+    EXPECT("q: expected 4 dims (B, Sq, H, D), got 3");
+    kp.cu_seqlens_q = &p.t_cuq.dl;
+#undef CALL
+#undef EXPECT
+    release(&p);
+}
+
 int main(int argc, char** argv) {
     verbose = argc > 1 && !strcmp(argv[1], "-v");
     double t0 = tt_now();
     test_grid();
     test_errors();
+    test_errors_varlen();
     printf("test_kvcache: %.1f s\n", tt_now() - t0);
     return tt_summary();
 }

@@ -347,13 +347,21 @@ def _cast_like(t, like):
 def attn_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None, rotary_sin=None, cache_seqlens=None,
                  cache_batch_idx=None, cache_leftpad=None, block_table=None, softmax_scale=None, causal=False,
                  window_left=-1, window_right=-1, softcap=0.0, rotary_interleaved=True, alibi_slopes=None,
-                 num_splits=0):
-    """out (B, Sq, H, Dv) like q, lse float32 (B, H, Sq); k_cache / v_cache updated in place."""
+                 num_splits=0, cu_seqlens_q=None, max_seqlen_q=None, cu_seqlens_k_new=None):
+    """out (B, Sq, H, Dv) like q, lse float32 (B, H, Sq); k_cache / v_cache updated in place.
+    With cu_seqlens_q (FA3), q is (total_q, H, D): out (total_q, H, Dv), lse (H, total_q); with
+    cu_seqlens_k_new, k / v are (total_new, Hk, D)."""
     q, k, v = maybe_contiguous(q), maybe_contiguous(k), maybe_contiguous(v)
-    _shape_check(q, 4, "q", "(batch, seqlen_q, nheads, headdim)")
-    B, Sq, H, _ = q.shape
-    out = empty(q, (B, Sq, H, v_cache.shape[-1]))
-    lse = empty(q, (B, H, Sq), "f32")
+    if cu_seqlens_q is not None:
+        _shape_check(q, 3, "q", "(total_q, nheads, headdim) with cu_seqlens_q")
+        T, H, _ = q.shape
+        out = empty(q, (T, H, v_cache.shape[-1]))
+        lse = empty(q, (H, T), "f32")
+    else:
+        _shape_check(q, 4, "q", "(batch, seqlen_q, nheads, headdim)")
+        B, Sq, H, _ = q.shape
+        out = empty(q, (B, Sq, H, v_cache.shape[-1]))
+        lse = empty(q, (B, H, Sq), "f32")
     kp = _lib.KVCacheParams()
     _lib.fn("cflash_kvcache_params_init")(ctypes.byref(kp))
     if rotary_cos is not None:
@@ -367,6 +375,9 @@ def attn_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None, rotary_si
     hidx = [dl(t, n) for t, n in zip(idx, ("cache_seqlens", "cache_batch_idx", "cache_leftpad", "block_table"))]
     kp.k_new, kp.v_new, kp.rotary_cos, kp.rotary_sin = [field(t) for t in hold]
     kp.cache_seqlens, kp.cache_batch_idx, kp.cache_leftpad, kp.block_table = [field(t) for t in hidx]
+    hvar = [dl(host_int32(t, n), n) for t, n in ((cu_seqlens_q, "cu_seqlens_q"), (cu_seqlens_k_new, "cu_seqlens_k_new"))]
+    kp.cu_seqlens_q, kp.cu_seqlens_k_new = [field(t) for t in hvar]
+    kp.max_seqlen_q = int(max_seqlen_q or 0)
     kp.rotary_interleaved = int(bool(rotary_interleaved))
     kp.cache_seqlen = seqlen
     kp.num_splits = int(num_splits)

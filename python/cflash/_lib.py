@@ -107,6 +107,10 @@ class KVCacheParams(ctypes.Structure):
         ("cache_leftpad", ctypes.POINTER(DLTensor)),
         ("block_table", ctypes.POINTER(DLTensor)),
         ("num_splits", ctypes.c_int),
+        # -- B: varlen queries and new keys (FA3) --
+        ("cu_seqlens_q", ctypes.POINTER(DLTensor)),
+        ("max_seqlen_q", ctypes.c_int64),
+        ("cu_seqlens_k_new", ctypes.POINTER(DLTensor)),
     ]
 
 

@@ -147,17 +147,22 @@ def attn_kvcache(q: Tensor, k_cache: Tensor, v_cache: Tensor, k: Optional[Tensor
                  cache_seqlen: int, cache_batch_idx: Optional[Tensor], cache_leftpad: Optional[Tensor],
                  block_table: Optional[Tensor], alibi_slopes: Optional[Tensor], softmax_scale: float,
                  causal: bool, window_left: int, window_right: int, softcap: float, rotary_interleaved: bool,
-                 num_splits: int) -> Tuple[Tensor, Tensor]:
+                 num_splits: int, cu_seqlens_q: Optional[Tensor] = None, max_seqlen_q: int = 0,
+                 cu_seqlens_k_new: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
     seqlens = cache_seqlens if cache_seqlens is not None else (cache_seqlen if cache_seqlen >= 0 else None)
     return _core.attn_kvcache(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, seqlens, cache_batch_idx,
                               cache_leftpad, block_table, softmax_scale, causal, window_left, window_right, softcap,
-                              rotary_interleaved, alibi_slopes, num_splits)
+                              rotary_interleaved, alibi_slopes, num_splits, cu_seqlens_q=cu_seqlens_q,
+                              max_seqlen_q=max_seqlen_q, cu_seqlens_k_new=cu_seqlens_k_new)
 
 
 @attn_kvcache.register_fake
 def _(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens, cache_seqlen, cache_batch_idx,
       cache_leftpad, block_table, alibi_slopes, softmax_scale, causal, window_left, window_right, softcap,
-      rotary_interleaved, num_splits):
+      rotary_interleaved, num_splits, cu_seqlens_q=None, max_seqlen_q=0, cu_seqlens_k_new=None):
+    if cu_seqlens_q is not None:
+        T, H, _ = q.shape
+        return q.new_empty((T, H, v_cache.shape[-1])), q.new_empty((H, T), dtype=torch.float32)
     B, Sq, H, _ = q.shape
     return q.new_empty((B, Sq, H, v_cache.shape[-1])), q.new_empty((B, H, Sq), dtype=torch.float32)
 

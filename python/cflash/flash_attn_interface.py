@@ -226,16 +226,24 @@ def flash_attn_varlen_kvpacked_func(q, kv, cu_seqlens_q, cu_seqlens_k, max_seqle
 def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None, rotary_sin=None,
                             cache_seqlens=None, cache_batch_idx=None, cache_leftpad=None, block_table=None,
                             softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
-                            rotary_interleaved=True, alibi_slopes=None, num_splits=0, return_softmax_lse=False):
+                            rotary_interleaved=True, alibi_slopes=None, num_splits=0, return_softmax_lse=False,
+                            cu_seqlens_q=None, max_seqlen_q=None, cu_seqlens_k_new=None):
     """Decoding / chunked prefill against a KV cache. k, v (batch, seqlen_new, nheads_k, headdim),
     when given, are written into k_cache / v_cache *in place* at cache_seqlens (int or int32
     (batch,)), rotated first by rotary_cos / rotary_sin (seqlen_ro, rotary_dim / 2) when given.
     k_cache / v_cache (batch_cache, seqlen_cache, nheads_k, headdim), or paged with block_table
     (num_blocks, page_block_size, nheads_k, headdim), any page size. No backward (as flash-attn).
     Returns out (batch, seqlen_q, nheads, headdim), and softmax_lse (batch, nheads, seqlen_q) when
-    return_softmax_lse."""
+    return_softmax_lse.
+    FA3's varlen arguments put decode steps, prefill chunks and speculative drafts in one call:
+    cu_seqlens_q int32 (batch + 1,) with q (total_q, nheads, headdim) (out likewise, softmax_lse
+    (nheads, total_q)); cu_seqlens_k_new int32 (batch + 1,) with k, v (total_new, nheads_k,
+    headdim); max_seqlen_q an optional bound."""
     names = ("q", "k_cache", "v_cache", "k", "v", "rotary_cos", "rotary_sin", "alibi_slopes")
     args = (q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, alibi_slopes)
+    cu_seqlens_q, cu_seqlens_k_new = to_array(cu_seqlens_q, "cu_seqlens_q"), to_array(cu_seqlens_k_new,
+                                                                                        "cu_seqlens_k_new")
+    mq = int(max_seqlen_q or 0)
     q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, alibi_slopes = [to_array(x, n) for x, n in zip(args, names)]
     for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
         last = t.stride(-1) if is_torch(t) else t.strides[-1] // t.itemsize
@@ -252,14 +260,16 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
             else:
                 cache_seqlens = _torch().torch.as_tensor(np.asarray(cache_seqlens, dtype=np.int32))
         idx = [x if x is None or is_torch(x) else _torch().torch.as_tensor(np.asarray(x, dtype=np.int32))
-               for x in (cache_batch_idx, cache_leftpad, block_table)]
+               for x in (cache_batch_idx, cache_leftpad, block_table, cu_seqlens_q, cu_seqlens_k_new)]
         out, lse = _torch().torch.ops.cflash.attn_kvcache(
             q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens, seqlen, idx[0], idx[1], idx[2],
-            alibi_slopes, scale, bool(causal), wl, wr, float(softcap), bool(rotary_interleaved), int(num_splits))
+            alibi_slopes, scale, bool(causal), wl, wr, float(softcap), bool(rotary_interleaved), int(num_splits),
+            idx[3], mq, idx[4])
     else:
         out, lse = _core.attn_kvcache(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens,
                                       cache_batch_idx, cache_leftpad, block_table, scale, causal, wl, wr, softcap,
-                                      rotary_interleaved, alibi_slopes, num_splits)
+                                      rotary_interleaved, alibi_slopes, num_splits, cu_seqlens_q=cu_seqlens_q,
+                                      max_seqlen_q=mq, cu_seqlens_k_new=cu_seqlens_k_new)
     return (out, lse) if return_softmax_lse else out
 
 

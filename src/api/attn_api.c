@@ -220,11 +220,7 @@ static cflash_status check_max(int64_t given, int64_t actual, const char* name, 
 
 /* Turns a 3-dim varlen view (total, h, d) into the 4-dim (1, total, h, d) kernels expect. */
 static void varlen_lift(cf_view* v) {
-    for (int i = 3; i > 0; i--)
-        v->shape[i] = v->shape[i - 1], v->stride[i] = v->stride[i - 1];
-    v->shape[0] = 1;
-    v->stride[0] = 0;
-    v->ndim = 4;
+    cf_view_lift(v);
 }
 
 /* ---- Paged K/V and used lengths (block_table, seqused_q, seqused_k) ------------------------ */

@@ -7,6 +7,7 @@
 #include "api/attn_api.h"
 #include "api/context.h"
 #include "api/ops_api.h"
+#include "core/checked.h"
 #include "core/status.h"
 #include "core/threads.h"
 
@@ -40,6 +41,38 @@ static cflash_status same_as_q(const cf_view* v, const char* name, const cf_view
     return CFLASH_OK;
 }
 
+/* q, (B, Sq, H, D) or with cu_seqlens_q (total_q, H, D): sets B, Sq (the longest sequence),
+ * H, D, and the varlen rows (a->cu_q, q lifted to (1, total_q, H, D)). */
+static cflash_status check_q(cf_attn_call* a, const cflash_kvcache_params* kp, const DLTensor* q) {
+    const int vq = kp->cu_seqlens_q != NULL;
+    CFLASH_FORWARD_IF_ERROR(
+        cf_ops_shape(&a->q, q, "q", vq ? 3 : 4, NULL, vq ? "(total_q, H, D)" : "(B, Sq, H, D)"));
+    CFLASH_FORWARD_IF_ERROR(cf_ops_float(&a->q, "q", NULL, NULL));
+    if (!vq) {
+        CFLASH_RETURN_IF(kp->max_seqlen_q != 0, INVALID,
+                         "max_seqlen_q: %lld without cu_seqlens_q, expected 0 (Sq is q's dim 1)",
+                         (long long)kp->max_seqlen_q);
+        a->B = a->q.shape[0], a->Sq = a->q.shape[1], a->H = a->q.shape[2], a->D = a->q.shape[3];
+        return CFLASH_OK;
+    }
+    cf_view cu;
+    int64_t longest;
+    a->total_q = a->q.shape[0];
+    CFLASH_FORWARD_IF_ERROR(cf_ops_cu_seqlens(&cu, kp->cu_seqlens_q, "cu_seqlens_q", -1, a->total_q,
+                                              "total_q", &longest));
+    CFLASH_RETURN_IF(kp->max_seqlen_q < 0 || (kp->max_seqlen_q > 0 && kp->max_seqlen_q < longest),
+                     INVALID,
+                     "max_seqlen_q: %lld, but a sequence has %lld query rows; expected >= %lld "
+                     "or 0 (computed)",
+                     (long long)kp->max_seqlen_q, (long long)longest, (long long)longest);
+    a->cu_q = cu.data;
+    a->B = cu.shape[0] - 1;
+    a->Sq = longest; /* the bound given is only a bound: the kernels plan by the real one */
+    a->H = a->q.shape[1], a->D = a->q.shape[2];
+    cf_view_lift(&a->q);
+    return CFLASH_OK;
+}
+
 cflash_status cf_kvcache_entry(cflash_context* ctx, cf_explain* explain,
                                const cflash_attn_params* p, const cflash_kvcache_params* kp,
                                const DLTensor* q, DLTensor* k_cache, DLTensor* v_cache,
@@ -52,9 +85,7 @@ cflash_status cf_kvcache_entry(cflash_context* ctx, cf_explain* explain,
     memset(&c, 0, sizeof c);
     cf_attn_call* a = &c.a;
 
-    CFLASH_FORWARD_IF_ERROR(cf_ops_shape(&a->q, q, "q", 4, NULL, "(B, Sq, H, D)"));
-    CFLASH_FORWARD_IF_ERROR(cf_ops_float(&a->q, "q", NULL, NULL));
-    a->B = a->q.shape[0], a->Sq = a->q.shape[1], a->H = a->q.shape[2], a->D = a->q.shape[3];
+    CFLASH_FORWARD_IF_ERROR(check_q(a, kp, q));
     CFLASH_RETURN_IF(a->H < 1 || a->D < 1, INVALID, "q: H = %lld, D = %lld, expected both >= 1",
                      (long long)a->H, (long long)a->D);
     a->dtype = a->q.dtype;
@@ -115,7 +146,26 @@ cflash_status cf_kvcache_entry(cflash_context* ctx, cf_explain* explain,
     CFLASH_RETURN_IF(!kp->k_new != !kp->v_new, INVALID,
                      "%s: is NULL but %s is given, expected both or neither",
                      kp->k_new ? "v_new" : "k_new", kp->k_new ? "k_new" : "v_new");
-    if (kp->k_new) {
+    CFLASH_RETURN_IF(kp->cu_seqlens_k_new && !kp->k_new, INVALID,
+                     "cu_seqlens_k_new: given without k_new, expected NULL (it indexes the rows of "
+                     "k_new)");
+    if (kp->k_new && kp->cu_seqlens_k_new) { /* varlen: (total_new, Hk, D), lifted */
+        const int64_t wn[3] = {-1, a->Hk, a->D};
+        CFLASH_FORWARD_IF_ERROR(
+            cf_ops_shape(&c.knew, kp->k_new, "k_new", 3, wn, "(total_new, Hk, D)"));
+        CFLASH_FORWARD_IF_ERROR(same_as_q(&c.knew, "k_new", &a->q));
+        c.total_new = c.knew.shape[0];
+        cf_view cu;
+        CFLASH_FORWARD_IF_ERROR(cf_ops_cu_seqlens(&cu, kp->cu_seqlens_k_new, "cu_seqlens_k_new",
+                                                  a->B + 1, c.total_new, "total_new", &c.Sn));
+        c.cu_knew = cu.data;
+        const int64_t wvn[3] = {c.total_new, a->Hk, a->Dv};
+        CFLASH_FORWARD_IF_ERROR(
+            cf_ops_shape(&c.vnew, kp->v_new, "v_new", 3, wvn, "(total_new, Hk, Dv)"));
+        CFLASH_FORWARD_IF_ERROR(same_as_q(&c.vnew, "v_new", &a->q));
+        cf_view_lift(&c.knew);
+        cf_view_lift(&c.vnew);
+    } else if (kp->k_new) {
         const int64_t wn[4] = {a->B, -1, a->Hk, a->D};
         CFLASH_FORWARD_IF_ERROR(cf_ops_shape(&c.knew, kp->k_new, "k_new", 4, wn, "(B, Sn, Hk, D)"));
         CFLASH_FORWARD_IF_ERROR(same_as_q(&c.knew, "k_new", &a->q));
@@ -124,6 +174,9 @@ cflash_status cf_kvcache_entry(cflash_context* ctx, cf_explain* explain,
         CFLASH_FORWARD_IF_ERROR(
             cf_ops_shape(&c.vnew, kp->v_new, "v_new", 4, wvn, "(B, Sn, Hk, Dv)"));
         CFLASH_FORWARD_IF_ERROR(same_as_q(&c.vnew, "v_new", &a->q));
+        CFLASH_RETURN_IF(cf_mul_i64(a->B, c.Sn, &c.total_new), INVALID,
+                         "k_new: %lld x %lld rows overflow int64", (long long)a->B,
+                         (long long)c.Sn);
     }
 
     /* Lengths. */
@@ -144,29 +197,38 @@ cflash_status cf_kvcache_entry(cflash_context* ctx, cf_explain* explain,
     }
     int64_t num_pages = c.kc.shape[0], max_sk = 0, max_pos = -1;
     for (int64_t b = 0; b < a->B; b++) {
-        int64_t L, P, sk;
-        cf_kv_seq(&c, b, &L, &P, &sk);
+        /* (cf_kv_seq would add L + Sn before it is checked) */
+        int64_t n0, sn, q0, sq, end;
+        cf_kv_new_rows(&c, b, &n0, &sn);
+        cf_kv_q_rows(&c, b, &q0, &sq);
+        const int64_t L = c.seqlens ? c.seqlens[b] : c.seqlen, P = c.leftpad ? c.leftpad[b] : 0;
         const char* ln = c.seqlens ? "cache_seqlens" : "cache_seqlen";
         CFLASH_RETURN_IF(L < 0, INVALID, "%s[%lld]: %lld, expected >= 0", ln, (long long)b,
                          (long long)L);
-        CFLASH_RETURN_IF(L + c.Sn > capacity, INVALID,
+        CFLASH_RETURN_IF(cf_add_i64(L, sn, &end), INVALID,
+                         "%s[%lld]: %lld + %lld new rows overflows int64; expected at most the "
+                         "cache's %lld positions",
+                         ln, (long long)b, (long long)L, (long long)sn, (long long)capacity);
+        CFLASH_RETURN_IF(end > capacity, INVALID,
                          "%s[%lld]: %lld + %lld new rows = %lld exceeds the cache's %lld "
                          "positions%s",
-                         ln, (long long)b, (long long)L, (long long)c.Sn, (long long)(L + c.Sn),
+                         ln, (long long)b, (long long)L, (long long)sn, (long long)end,
                          (long long)capacity, paged ? " (max_pages * page_size)" : " (S_cache)");
         CFLASH_RETURN_IF(P < 0 || P > L, INVALID,
                          "cache_leftpad[%lld]: %lld, expected 0 <= leftpad <= cache length %lld",
                          (long long)b, (long long)P, (long long)L);
-        if (sk > max_sk) max_sk = sk;
-        if (paged && L + c.Sn > P)
-            for (int64_t g = P / c.page_size; g <= (L + c.Sn - 1) / c.page_size; g++) {
+        if (end - P > max_sk) max_sk = end - P;
+        if (paged && end > P)
+            for (int64_t g = P / c.page_size; g <= (end - 1) / c.page_size; g++) {
                 int32_t pg = c.block_table[b * c.bt_stride + g];
                 CFLASH_RETURN_IF(pg < 0 || pg >= num_pages, INVALID,
                                  "block_table[%lld, %lld]: %d, expected a page index in [0, %lld)",
                                  (long long)b, (long long)g, pg, (long long)num_pages);
             }
-        int64_t need = c.Sn > 0 ? L + c.Sn - 1 : -1;
-        if (a->Sq > 0 && cf_kv_qpos(&c, L, a->Sq - 1) > need) need = cf_kv_qpos(&c, L, a->Sq - 1);
+        /* the last rotary position: new key L + Sn - 1, query L + Sq - 1 (or L) */
+        int64_t need = end - 1, qlast = L;
+        if (sq > 0 && cf_kv_qpos(&c, 0, 1) == 1 && cf_add_i64(L, sq - 1, &qlast)) qlast = INT64_MAX;
+        if (sq > 0 && qlast > need) need = qlast;
         if (need > max_pos) max_pos = need;
     }
     a->Sk = max_sk;
@@ -203,12 +265,24 @@ cflash_status cf_kvcache_entry(cflash_context* ctx, cf_explain* explain,
                      kp->num_splits);
     c.num_splits = kp->num_splits;
 
-    const int64_t wo[4] = {a->B, a->Sq, a->H, a->Dv};
-    CFLASH_FORWARD_IF_ERROR(cf_ops_shape(&a->out, out, "out", 4, wo, "(B, Sq, H, Dv)"));
+    if (a->cu_q) { /* varlen: (total_q, H, Dv) and (H, total_q), lifted */
+        const int64_t wo[3] = {a->total_q, a->H, a->Dv};
+        CFLASH_FORWARD_IF_ERROR(cf_ops_shape(&a->out, out, "out", 3, wo, "(total_q, H, Dv)"));
+    } else {
+        const int64_t wo[4] = {a->B, a->Sq, a->H, a->Dv};
+        CFLASH_FORWARD_IF_ERROR(cf_ops_shape(&a->out, out, "out", 4, wo, "(B, Sq, H, Dv)"));
+    }
     CFLASH_FORWARD_IF_ERROR(same_as_q(&a->out, "out", &a->q));
-    if (lse) {
+    if (a->cu_q) cf_view_lift(&a->out);
+    if (lse && a->cu_q) {
+        const int64_t wl[2] = {a->H, a->total_q};
+        CFLASH_FORWARD_IF_ERROR(cf_ops_shape(&a->lse, lse, "lse", 2, wl, "(H, total_q)"));
+        cf_view_lift(&a->lse);
+    } else if (lse) {
         const int64_t wl[3] = {a->B, a->H, a->Sq};
         CFLASH_FORWARD_IF_ERROR(cf_ops_shape(&a->lse, lse, "lse", 3, wl, "(B, H, Sq)"));
+    }
+    if (lse) {
         CFLASH_RETURN_IF(a->lse.dtype != CF_F32, INVALID, "lse: dtype %s, expected float32",
                          cf_dtype_name(a->lse.dtype));
         CFLASH_RETURN_IF(a->lse.device_type != a->device_type, INVALID,

@@ -104,6 +104,15 @@ int cf_view_contiguous(const cf_view* v) {
     return 1;
 }
 
+void cf_view_lift(cf_view* v) {
+    if (v->ndim >= CF_MAX_DIMS) return; /* (views lifted here have 2 or 3 dims) */
+    for (int i = v->ndim; i > 0; i--)
+        v->shape[i] = v->shape[i - 1], v->stride[i] = v->stride[i - 1];
+    v->shape[0] = 1;
+    v->stride[0] = 0;
+    v->ndim++;
+}
+
 int64_t cf_view_numel(const cf_view* v) {
     int64_t n = 1;
     for (int i = 0; i < v->ndim; i++)

@@ -46,6 +46,9 @@ void cf_shape_str(const cf_view* v, char* buf, size_t n);
 /* 1 if the elements of v are exactly the dense row-major block. */
 int cf_view_contiguous(const cf_view* v);
 int64_t cf_view_numel(const cf_view* v);
+/* Prepends a dim of size 1 and stride 0: a varlen view (total, h, d) becomes the (1, total, h, d)
+ * that batch-mode kernels index as b = 0. */
+void cf_view_lift(cf_view* v);
 
 /* ---- fp16 / bf16 <-> fp32, exact round-to-nearest-even ---- */
 static inline float cf_bf16_to_f32(uint16_t h) {

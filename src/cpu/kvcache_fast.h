@@ -12,14 +12,17 @@
 /* Prefetch distance, in blocks of KV_KB keys. */
 #define KV_PF 2
 
+/* New row n of batch b (row n0 + n of k_new / v_new) into cache position L + n. */
 static void kv_append_fast(const cf_kvcache_call* c, float* buf, int64_t b, int64_t n, int64_t hk) {
     const cf_attn_call* a = &c->a;
-    int64_t L, P, sk;
+    int64_t L, P, sk, n0, sn;
     cf_kv_seq(c, b, &L, &P, &sk);
+    cf_kv_new_rows(c, b, &n0, &sn);
+    n += n0; /* the row in k_new / v_new; the cache position stays L + (n - n0) */
     const cf_view *kn = &c->knew, *vn = &c->vnew;
     ld_row(buf, at(kn, b * kn->stride[0] + n * kn->stride[1] + hk * kn->stride[2]), a->dtype, a->D);
     if (c->cos.data) {
-        const int64_t half = c->rd / 2, pos = L + n;
+        const int64_t half = c->rd / 2, pos = L + n - n0;
         for (int64_t i = 0; i < half; i++) {
             int64_t ia = c->interleaved ? 2 * i : i, ib = c->interleaved ? 2 * i + 1 : i + half;
             float co = cf_load(c->cos.data, c->cos.dtype, pos * c->cos.stride[0] + i);
@@ -29,8 +32,8 @@ static void kv_append_fast(const cf_kvcache_call* c, float* buf, int64_t b, int6
             buf[ib] = x * sn + y * co;
         }
     }
-    st_row(at(&c->kc, cf_kv_row(c, &c->kc, b, L + n, hk)), a->dtype, buf, a->D);
-    memcpy(at(&c->vc, cf_kv_row(c, &c->vc, b, L + n, hk)),
+    st_row(at(&c->kc, cf_kv_row(c, &c->kc, b, L + n - n0, hk)), a->dtype, buf, a->D);
+    memcpy(at(&c->vc, cf_kv_row(c, &c->vc, b, L + n - n0, hk)),
            at(vn, b * vn->stride[0] + n * vn->stride[1] + hk * vn->stride[2]),
            (size_t)a->Dv * cf_dtype_size(a->dtype));
 }
@@ -124,15 +127,16 @@ static void kv_scratch_init(kv_scratch* w, float* p, const cf_kvcache_call* c, i
 static void kv_item(const cf_kvcache_call* c, kv_scratch* w, int64_t b, int64_t hk0, int64_t nh,
                     int64_t i0, int64_t nq, int64_t j0, int64_t j1) {
     const cf_attn_call* a = &c->a;
-    const int64_t G = a->H / a->Hk, Sq = a->Sq, Rg = G * nq, R = nh * Rg, D = a->D, Dv = a->Dv;
-    int64_t L, P, sk;
+    const int64_t G = a->H / a->Hk, Rg = G * nq, R = nh * Rg, D = a->D, Dv = a->Dv;
+    int64_t L, P, sk, q0, Sq;
     cf_kv_seq(c, b, &L, &P, &sk);
+    cf_kv_q_rows(c, b, &q0, &Sq);
     int64_t jlo = j1, jhi = j0;
     for (int64_t r = 0; r < R; r++) {
         int64_t i = i0 + r % nq, h = hk0 * G + r / nq, lo, hi;
         float* q = w->q + r * D;
-        ld_row(q, at(&a->q, b * a->q.stride[0] + i * a->q.stride[1] + h * a->q.stride[2]), a->dtype,
-               D);
+        ld_row(q, at(&a->q, b * a->q.stride[0] + (q0 + i) * a->q.stride[1] + h * a->q.stride[2]),
+               a->dtype, D);
         if (c->cos.data) { /* rotate at the query's position and round to the dtype */
             const int64_t half = c->rd / 2, pos = cf_kv_qpos(c, L, i);
             for (int64_t t = 0; t < half; t++) {
@@ -290,8 +294,9 @@ static void kv_plan(const cf_kvcache_call* c, int64_t* nh, int64_t* nq, int64_t*
     const int64_t items1 = a->B * (a->Hk / h) * ((a->Sq + q - 1) / q);
     int64_t n = c->num_splits;
     if (n == 0) {
+        /* (Sq = 0: no items, and nothing to split) */
         int64_t want = 2 * (int64_t)a->threads;
-        n = items1 >= want ? 1 : (want + items1 - 1) / items1;
+        n = items1 >= want || items1 == 0 ? 1 : (want + items1 - 1) / items1;
         if (n > a->Sk / 512) n = a->Sk / 512;
     }
     if (n > a->Sk) n = a->Sk;
@@ -301,10 +306,14 @@ static void kv_plan(const cf_kvcache_call* c, int64_t* nh, int64_t* nq, int64_t*
     *ns = n < 1 ? 1 : n;
 }
 
-/* out / lse of query row (b, i, h) from an unnormalised acc, max m and sum l. */
+/* out / lse of query row (b, i, h) (row q0 + i of out) from an unnormalised acc, max m and sum
+ * l. */
 static void kv_write(const cf_kvcache_call* c, int64_t b, int64_t i, int64_t h, float* acc, float m,
                      float l) {
     const cf_attn_call* a = &c->a;
+    int64_t q0, sq;
+    cf_kv_q_rows(c, b, &q0, &sq);
+    i += q0;
     const float inv = l > 0.0f ? 1.0f / l : 0.0f;
 #pragma omp simd
     for (int64_t d = 0; d < a->Dv; d++)
@@ -334,8 +343,11 @@ static cflash_status fast_kvcache_run(const void* call) {
         float* buf = malloc(sizeof(float) * kv_scratch_floats(c, R));
         failed = !buf;
 #pragma omp for schedule(static)
-        for (int64_t r = 0; r < a->B * c->Sn * a->Hk; r++)
-            if (buf) kv_append_fast(c, buf, r / (c->Sn * a->Hk), (r / a->Hk) % c->Sn, r % a->Hk);
+        for (int64_t r = 0; r < c->total_new * a->Hk; r++) {
+            int64_t b, n;
+            cf_kv_new_row_of(c, r / a->Hk, &b, &n);
+            if (buf) kv_append_fast(c, buf, b, n, r % a->Hk);
+        }
         /* (implicit barrier: the appended rows are in the cache before any item reads them) */
         kv_scratch w = {0};
         if (buf) kv_scratch_init(&w, buf, c, R);
@@ -344,9 +356,11 @@ static cflash_status fast_kvcache_run(const void* call) {
             if (!buf) continue;
             const int64_t gi = it / ns, s = it % ns;
             const int64_t b = gi / (nchunk * nqc), ch = (gi / nqc) % nchunk, qc = gi % nqc;
-            const int64_t i0 = qc * nq, nqi = a->Sq - i0 < nq ? a->Sq - i0 : nq;
-            int64_t L, P, sk;
+            int64_t L, P, sk, q0, sq;
             cf_kv_seq(c, b, &L, &P, &sk);
+            cf_kv_q_rows(c, b, &q0, &sq); /* varlen: chunks past this sequence's rows are empty */
+            const int64_t i0 = qc * nq, nqi = sq - i0 < nq ? sq - i0 : nq;
+            if (nqi <= 0) continue;
             kv_item(c, &w, b, ch * nh, nh, i0, nqi, sk * s / ns, sk * (s + 1) / ns);
             const int64_t Ri = nh * G * nqi;
             if (ns == 1) {
@@ -366,8 +380,10 @@ static cflash_status fast_kvcache_run(const void* call) {
             if (!buf) continue;
             const int64_t gi = row / R, r = row % R;
             const int64_t b = gi / (nchunk * nqc), ch = (gi / nqc) % nchunk, qc = gi % nqc;
-            const int64_t i0 = qc * nq, nqi = a->Sq - i0 < nq ? a->Sq - i0 : nq;
-            if (r >= nh * G * nqi) continue;
+            int64_t q0, sq;
+            cf_kv_q_rows(c, b, &q0, &sq);
+            const int64_t i0 = qc * nq, nqi = sq - i0 < nq ? sq - i0 : nq;
+            if (r >= nh * G * nqi) continue; /* (none when nqi <= 0: an empty chunk) */
             const float* first = parts + gi * ns * R * (Dv + 2);
             float M = -INFINITY, l = 0.0f;
             for (int64_t s = 0; s < ns; s++) {

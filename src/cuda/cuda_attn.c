@@ -409,6 +409,12 @@ static cflash_status mma_bwd_run(const void* call) {
 
 static int kv_supports(const void* call, char* why, size_t n) {
     const cf_kvcache_call* k = call;
+    if (k->a.cu_q || k->cu_knew) { /* issue 13: serving features, CPU backends only so far */
+        snprintf(why, n,
+                 "varlen queries / new keys (cu_seqlens_q, cu_seqlens_k_new): not implemented on "
+                 "CUDA yet");
+        return 0;
+    }
     return simt_supports(&k->a, 0, why, n);
 }
 

@@ -148,3 +148,61 @@ def test_paged_varlen_torch_autograd(rng):
         g = got.numpy()
         assert not np.isnan(g).any(), name  # unused page rows get 0, not left as they were
         assert np.abs(g - ref).max() <= 1e-4 * max(1.0, mag), name
+
+
+def _mixed_step(rng, dtype=np.float32):
+    """A serving step over 3 sequences: a decode row, a prefill chunk of 6, a speculative draft of
+    3 (as many new keys as query rows), caches (3, 64, Hk, D) holding L = 10, 20, 5 rows."""
+    H, Hk, D = 4, 2, 32
+    lens = np.array([10, 20, 5], dtype=np.int32)
+    rows = [1, 6, 3]
+    cu = np.concatenate([[0], np.cumsum(rows)]).astype(np.int32)
+    kc = rng.standard_normal((3, 64, Hk, D)).astype(dtype)
+    vc = rng.standard_normal((3, 64, Hk, D)).astype(dtype)
+    q = rng.standard_normal((cu[-1], H, D)).astype(dtype)
+    kn = rng.standard_normal((cu[-1], Hk, D)).astype(dtype)
+    vn = rng.standard_normal((cu[-1], Hk, D)).astype(dtype)
+    return q, kc, vc, kn, vn, lens, cu
+
+
+def test_kvcache_varlen_mixed_numpy(rng, poison):
+    q, kc, vc, kn, vn, lens, cu = _mixed_step(rng)
+    kc0, vc0 = kc.copy(), vc.copy()
+    out, lse = cflash.flash_attn_with_kvcache(q, kc, vc, kn, vn, cache_seqlens=lens, causal=True,
+                                             cu_seqlens_q=cu, cu_seqlens_k_new=cu, max_seqlen_q=8,
+                                             return_softmax_lse=True)
+    assert out.shape == q.shape and lse.shape == (q.shape[1], q.shape[0])
+    for b in range(3):
+        L, n = int(lens[b]), int(cu[b + 1] - cu[b])
+        assert np.array_equal(kc[b, L:L + n], kn[cu[b]:cu[b + 1]])  # appended in place
+        assert np.array_equal(vc[b, L:L + n], vn[cu[b]:cu[b + 1]])
+        assert np.array_equal(kc[b, :L], kc0[b, :L]) and np.array_equal(kc[b, L + n:], kc0[b, L + n:])
+        rows = slice(cu[b], cu[b + 1])
+        ro, rl, _ = R.attention(q[None, rows], kc[None, b, :L + n], vc[None, b, :L + n], causal=True)
+        no, nl, _ = R.attention(q[None, rows], kc[None, b, :L + n], vc[None, b, :L + n], causal=True,
+                                dtype="float32")
+        check_rule("out[%d]" % b, out[None, rows], ro, no, "float32")
+        check_rule("lse[%d]" % b, lse[None, :, rows], rl, nl, "float32")
+        # the same sequence alone, in batch mode, on the caches as they were
+        kb, vb = kc0[b:b + 1].copy(), vc0[b:b + 1].copy()
+        ob = cflash.flash_attn_with_kvcache(q[None, rows], kb, vb, kn[None, rows], vn[None, rows],
+                                            cache_seqlens=lens[b:b + 1], causal=True)
+        assert np.abs(ob[0] - out[rows]).max() <= 1e-6
+    with pytest.raises(ValueError, match="max_seqlen_q: 2, but a sequence has 6 query rows"):
+        cflash.flash_attn_with_kvcache(q, kc0.copy(), vc0.copy(), kn, vn, cache_seqlens=lens, cu_seqlens_q=cu,
+                                       cu_seqlens_k_new=cu, max_seqlen_q=2)
+
+
+def test_kvcache_varlen_mixed_torch(rng):
+    torch = pytest.importorskip("torch", reason="PyTorch is not installed")
+    q, kc, vc, kn, vn, lens, cu = _mixed_step(rng)
+    ref_kc, ref_vc = kc.copy(), vc.copy()
+    ref = cflash.flash_attn_with_kvcache(q, ref_kc, ref_vc, kn, vn, cache_seqlens=lens, causal=True,
+                                         cu_seqlens_q=cu, cu_seqlens_k_new=cu)
+    tkc, tvc = torch.from_numpy(kc), torch.from_numpy(vc)
+    out = cflash.flash_attn_with_kvcache(torch.from_numpy(q), tkc, tvc, torch.from_numpy(kn), torch.from_numpy(vn),
+                                         cache_seqlens=torch.from_numpy(lens), causal=True,
+                                         cu_seqlens_q=torch.from_numpy(cu), cu_seqlens_k_new=torch.from_numpy(cu))
+    assert isinstance(out, torch.Tensor) and out.shape == q.shape
+    assert np.array_equal(out.numpy(), ref)
+    assert np.array_equal(tkc.numpy(), ref_kc) and np.array_equal(tvc.numpy(), ref_vc)

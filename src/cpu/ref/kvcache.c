@@ -29,30 +29,34 @@ static void load_rotated(const cf_kvcache_call* c, float* dst, const cf_view* sv
     }
 }
 
+/* New row n of batch b (row n0 + n of k_new / v_new) into cache position L + n. */
 static void append(const cf_kvcache_call* c, float* buf, int64_t b, int64_t n, int64_t hk) {
     const cf_attn_call* a = &c->a;
-    int64_t L, P, sk;
+    int64_t L, P, sk, n0, sn;
     cf_kv_seq(c, b, &L, &P, &sk);
-    load_rotated(c, buf, &c->knew, at4(&c->knew, b, n, hk, 0), a->D, L + n);
+    cf_kv_new_rows(c, b, &n0, &sn);
+    load_rotated(c, buf, &c->knew, at4(&c->knew, b, n0 + n, hk, 0), a->D, L + n);
     int64_t ko = cf_kv_row(c, &c->kc, b, L + n, hk), vo = cf_kv_row(c, &c->vc, b, L + n, hk);
     for (int64_t d = 0; d < a->D; d++)
         cf_store(c->kc.data, a->dtype, ko + d, buf[d]);
     for (int64_t d = 0; d < a->Dv; d++)
         cf_store(c->vc.data, a->dtype, vo + d,
-                 cf_load(c->vnew.data, a->dtype, at4(&c->vnew, b, n, hk, d)));
+                 cf_load(c->vnew.data, a->dtype, at4(&c->vnew, b, n0 + n, hk, d)));
 }
 
+/* Query row i of batch b (row q0 + i of q), head h. */
 static void attend_row(const cf_kvcache_call* c, float* q, float* acc, int64_t b, int64_t h,
                        int64_t i) {
     const cf_attn_call* a = &c->a;
     const int64_t hk = h / (a->H / a->Hk);
-    int64_t L, P, sk, lo, hi;
+    int64_t L, P, sk, lo, hi, q0, sq;
     cf_kv_seq(c, b, &L, &P, &sk);
-    load_rotated(c, q, &a->q, at4(&a->q, b, i, h, 0), a->D, cf_kv_qpos(c, L, i));
+    cf_kv_q_rows(c, b, &q0, &sq);
+    load_rotated(c, q, &a->q, at4(&a->q, b, q0 + i, h, 0), a->D, cf_kv_qpos(c, L, i));
     if (c->cos.data) /* the rotated q is rounded to the dtype, as the new keys are */
         for (int64_t d = 0; d < a->D; d++)
             q[d] = cf_round_to(a->dtype, q[d]);
-    cf_attn_key_range(a, i, a->Sq, sk, &lo, &hi);
+    cf_attn_key_range(a, i, sq, sk, &lo, &hi);
     const float slope = cf_attn_slope(a, b, h);
     float m = -INFINITY, l = 0.0f;
     for (int64_t d = 0; d < a->Dv; d++)
@@ -62,7 +66,7 @@ static void attend_row(const cf_kvcache_call* c, float* q, float* acc, int64_t b
         float dot = 0.0f;
         for (int64_t d = 0; d < a->D; d++)
             dot += q[d] * cf_load(c->kc.data, a->dtype, ko + d);
-        float s = cf_attn_score(a, a->scale * dot, slope, i, j, a->Sq, sk);
+        float s = cf_attn_score(a, a->scale * dot, slope, i, j, sq, sk);
         if (s > m) {
             float r = expf(m - s);
             l *= r;
@@ -77,9 +81,10 @@ static void attend_row(const cf_kvcache_call* c, float* q, float* acc, int64_t b
     }
     float inv = l > 0.0f ? 1.0f / l : 0.0f;
     for (int64_t d = 0; d < a->Dv; d++)
-        cf_store(a->out.data, a->dtype, at4(&a->out, b, i, h, d), acc[d] * inv);
+        cf_store(a->out.data, a->dtype, at4(&a->out, b, q0 + i, h, d), acc[d] * inv);
     if (a->lse.data)
-        ((float*)a->lse.data)[b * a->lse.stride[0] + h * a->lse.stride[1] + i * a->lse.stride[2]] =
+        ((float*)a->lse
+             .data)[b * a->lse.stride[0] + h * a->lse.stride[1] + (q0 + i) * a->lse.stride[2]] =
             l > 0.0f ? m + logf(l) : -INFINITY;
 }
 
@@ -93,13 +98,19 @@ static cflash_status ref_kvcache_run(const void* call) {
         float* buf = malloc(sizeof(float) * (size_t)nd * 2);
         failed = !buf;
 #pragma omp for schedule(static)
-        for (int64_t r = 0; r < a->B * c->Sn * a->Hk; r++)
-            if (buf) append(c, buf, r / (c->Sn * a->Hk), (r / a->Hk) % c->Sn, r % a->Hk);
-                /* (the implicit barrier: every row is in the cache before any query reads it) */
+        for (int64_t r = 0; r < c->total_new * a->Hk; r++) {
+            int64_t b, n;
+            cf_kv_new_row_of(c, r / a->Hk, &b, &n);
+            if (buf) append(c, buf, b, n, r % a->Hk);
+        }
+        /* (the implicit barrier: every row is in the cache before any query reads it) */
 #pragma omp for schedule(dynamic, 4)
-        for (int64_t r = 0; r < a->B * a->H * a->Sq; r++)
-            if (buf)
-                attend_row(c, buf, buf + nd, r / (a->H * a->Sq), (r / a->Sq) % a->H, r % a->Sq);
+        for (int64_t r = 0; r < a->B * a->H * a->Sq; r++) {
+            const int64_t b = r / (a->H * a->Sq), i = r % a->Sq;
+            int64_t q0, sq;
+            cf_kv_q_rows(c, b, &q0, &sq);
+            if (buf && i < sq) attend_row(c, buf, buf + nd, b, (r / a->Sq) % a->H, i);
+        }
         free(buf);
     }
     CFLASH_RETURN_IF(failed, CFLASH_ERR_OUT_OF_MEMORY, "cpu-ref kvcache_fwd: out of memory");
