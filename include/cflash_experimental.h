@@ -67,7 +67,7 @@ CFLASH_API void cflash_cpu_info_get(cflash_cpu_info* out);
 typedef struct cflash_peaks {
     int threads;
     double fma_f32_gflops;  /* fp32 FMA on the widest vector unit present */
-    double bf16_dot_gflops; /* AVX512-BF16 vdpbf16ps (0 when absent) */
+    double bf16_dot_gflops; /* AVX512-BF16 vdpbf16ps, or BFMMLA on ARM (0 when absent) */
     double amx_bf16_gflops; /* AMX-BF16 tdpbf16ps (0 when absent or not permitted) */
     double mem_bw_gbs;      /* memory bandwidth, read + write bytes per second, GB/s */
 } cflash_peaks;

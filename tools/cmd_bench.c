@@ -51,13 +51,18 @@ int cf_cmd_bench_peak(int argc, char** argv) {
     } else {
         printf("cpu: %s, %d threads\n", ci->model, T);
         printf("  fp32 FMA        %10.1f GFLOP/s (%s; %.1f per CPU-second x threads)\n",
-               p->fma_f32_gflops, ci->avx512f ? "AVX-512 vfmadd231ps" : "AVX2 vfmadd231ps",
+               p->fma_f32_gflops,
+               ci->neon      ? "NEON fmla"
+               : ci->avx512f ? "AVX-512 vfmadd231ps"
+                             : "AVX2 vfmadd231ps",
                pc->fma_f32_gflops);
         if (p->bf16_dot_gflops > 0)
-            printf("  AVX512-BF16     %10.1f GFLOP/s (vdpbf16ps; %.1f per CPU-second x threads)\n",
-                   p->bf16_dot_gflops, pc->bf16_dot_gflops);
+            printf("  %-15s %10.1f GFLOP/s (%s; %.1f per CPU-second x threads)\n",
+                   ci->neon ? "BF16 (NEON)" : "AVX512-BF16", p->bf16_dot_gflops,
+                   ci->neon ? "bfmmla" : "vdpbf16ps", pc->bf16_dot_gflops);
         else
-            printf("  AVX512-BF16     %10s (CPU lacks avx512_bf16)\n", "-");
+            printf("  %-15s %10s (CPU lacks %s)\n", ci->neon ? "BF16 (NEON)" : "AVX512-BF16", "-",
+                   ci->neon ? "FEAT_BF16" : "avx512_bf16");
         if (p->amx_bf16_gflops > 0)
             printf("  AMX-BF16        %10.1f GFLOP/s (tdpbf16ps)\n", p->amx_bf16_gflops);
         else
@@ -275,6 +280,9 @@ int cf_cmd_bench(int argc, char** argv) {
                 unit = "amx_bf16", peak = pk->amx_bf16_gflops, peak_cpu = pkc->amx_bf16_gflops;
             else if (!strcmp(backend, "cpu-avx512") && pk->bf16_dot_gflops > 0)
                 unit = "avx512_bf16", peak = pk->bf16_dot_gflops, peak_cpu = pkc->bf16_dot_gflops;
+            else if ((!strcmp(backend, "cpu-neon") || !strcmp(backend, "cpu-sve")) &&
+                     pk->bf16_dot_gflops > 0)
+                unit = "neon_bfmmla", peak = pk->bf16_dot_gflops, peak_cpu = pkc->bf16_dot_gflops;
         }
         if (!pk) unit = "none";
         const double frac = peak > 0 ? gflops / peak : 0.0;

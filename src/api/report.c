@@ -262,7 +262,16 @@ static void cpu_section(sb* s) {
         {"amx-fp16", c->amx_fp16},
         {"amx-int8", c->amx_int8},
         {"neon", c->neon},
+        {"fphp", c->fphp},
+        {"asimdhp", c->asimdhp},
+        {"asimdfhm", c->asimdfhm},
+        {"asimddp", c->asimddp},
+        {"bf16", c->bf16},
+        {"i8mm", c->i8mm},
         {"sve", c->sve},
+        {"sve2", c->sve2},
+        {"svebf16", c->sve_bf16},
+        {"sme", c->sme},
     };
     const size_t nf = sizeof f / sizeof f[0];
     int amx_usable = c->amx_tile && c->amx_permitted;
@@ -291,6 +300,11 @@ static void cpu_section(sb* s) {
         jbool(s, "permitted", c->amx_permitted);
         jstr(s, "note", c->amx_note);
         close_obj(s);
+        open_obj(s, "arm");
+        jbool(s, "neon_usable", c->neon);
+        jint(s, "sve_vector_bytes", c->sve_vl);
+        jstr(s, "note", c->arm_note);
+        close_obj(s);
         close_obj(s);
         return;
     }
@@ -311,6 +325,7 @@ static void cpu_section(sb* s) {
     line(s, "absent", "%s", lack[0] ? lack : "(none)");
     line(s, "AVX-512", "%s", avx512[0] ? avx512 : "unknown");
     line(s, "AMX", "%s", c->amx_note[0] ? c->amx_note : "unknown");
+    line(s, "ARM", "%s", c->arm_note[0] ? c->arm_note : "unknown");
 }
 
 static void lib_json(sb* s, cf_lib_id id) {

@@ -124,6 +124,51 @@ __attribute__((target("amx-tile,amx-bf16"))) static double amxbf16(int64_t iters
 }
 #define HAVE_AMX_PEAK 1
 #endif
+#elif defined(__aarch64__)
+#include <arm_neon.h>
+
+/* 16 independent accumulators, each through an empty asm every step (see above). */
+#define X16(M) M(0) M(1) M(2) M(3) M(4) M(5) M(6) M(7) M(8) M(9) M(10) M(11) M(12) M(13) M(14) M(15)
+#define OPAQUE(i) __asm__ volatile("" : "+w"(a##i));
+static double fma128(int64_t iters) {
+    const float32x4_t x = vdupq_n_f32(0.999999f), y = vdupq_n_f32(1e-7f);
+#define DECL(i) float32x4_t a##i = vdupq_n_f32((float)i);
+#define STEP(i) a##i = vfmaq_f32(y, a##i, x);
+#define SUM(i) s = vaddq_f32(s, a##i);
+    X16(DECL)
+    for (int64_t k = 0; k < iters; k++) {
+        X16(STEP)
+        X16(OPAQUE)
+    }
+    float32x4_t s = vdupq_n_f32(0.0f);
+    X16(SUM)
+    volatile float sink = vaddvq_f32(s);
+    (void)sink;
+    return (double)iters * 16 * 4 * 2;
+}
+/* BFMMLA: a (2 x 4) x (4 x 2) bf16 product into 2 x 2 fp32, 32 flops per instruction. */
+__attribute__((target("arch=armv8.2-a+bf16"))) static double bfmmla(int64_t iters) {
+    /* Through a volatile: GCC 12 would materialize the constant with an fp16 FMOV, which
+     * FEAT_BF16 alone does not provide. */
+    volatile uint32_t ones = 0x3f803f80; /* bf16 (1, 1) */
+    const bfloat16x8_t x = vreinterpretq_bf16_u32(vdupq_n_u32(ones)), y = x;
+#undef DECL
+#undef STEP
+#undef SUM
+#define DECL(i) float32x4_t a##i = vdupq_n_f32((float)i);
+#define STEP(i) a##i = vbfmmlaq_f32(a##i, x, y);
+#define SUM(i) s = vaddq_f32(s, a##i);
+    X16(DECL)
+    for (int64_t k = 0; k < iters; k++) {
+        X16(STEP)
+        X16(OPAQUE)
+    }
+    float32x4_t s = vdupq_n_f32(0.0f);
+    X16(SUM)
+    volatile float sink = vaddvq_f32(s);
+    (void)sink;
+    return (double)iters * 16 * 32;
+}
 #endif
 
 /* GFLOP/s of kernel run on every thread at once for about `seconds`; *per_cpu gets the same
@@ -197,6 +242,10 @@ static void measure(int threads) {
     if (ci->amx_bf16 && ci->amx_permitted)
         p.amx_bf16_gflops = run_peak(amxbf16, threads, 0.25, &pc.amx_bf16_gflops);
 #endif
+#elif defined(__aarch64__)
+    const cf_cpu_info* ci = cf_cpu();
+    if (ci->neon) p.fma_f32_gflops = run_peak(fma128, threads, 0.25, &pc.fma_f32_gflops);
+    if (ci->bf16) p.bf16_dot_gflops = run_peak(bfmmla, threads, 0.25, &pc.bf16_dot_gflops);
 #endif
     p.mem_bw_gbs = mem_bw(threads);
     peak_wall = p;

@@ -18,6 +18,8 @@
 extern const cf_impl cf_impl_amx_attn_fwd, cf_impl_amx_attn_bwd;
 extern const cf_impl cf_impl_avx512_attn_fwd, cf_impl_avx512_attn_bwd;
 extern const cf_impl cf_impl_avx2_attn_fwd, cf_impl_avx2_attn_bwd;
+extern const cf_impl cf_impl_sve_attn_fwd, cf_impl_sve_attn_bwd;
+extern const cf_impl cf_impl_neon_attn_fwd, cf_impl_neon_attn_bwd;
 extern const cf_impl cf_impl_generic_attn_fwd, cf_impl_generic_attn_bwd;
 extern const cf_impl cf_impl_ref_attn_fwd, cf_impl_ref_attn_bwd;
 extern const cf_impl cf_impl_cuda_mma_attn_fwd, cf_impl_cuda_mma_attn_bwd;
@@ -29,6 +31,13 @@ CF_OPS_ROWS_DECL(avx2);
 #else
 #define CF_X86_OPS_ROWS(isa)
 #endif
+#if defined(__aarch64__)
+CF_OPS_ROWS_DECL(sve);
+CF_OPS_ROWS_DECL(neon);
+#define CF_ARM_OPS_ROWS(isa) CF_OPS_ROWS(isa),
+#else
+#define CF_ARM_OPS_ROWS(isa)
+#endif
 CF_OPS_ROWS_DECL(generic);
 CF_OPS_ROWS_DECL(ref);
 CF_OPS_ROWS_DECL(cuda_simt);
@@ -39,6 +48,8 @@ static const cf_impl* const rows[] = {
     /* cpu-amx     */ &cf_impl_amx_attn_fwd, &cf_impl_amx_attn_bwd,
     /* cpu-avx512  */ &cf_impl_avx512_attn_fwd, &cf_impl_avx512_attn_bwd, CF_X86_OPS_ROWS(avx512)
     /* cpu-avx2    */ &cf_impl_avx2_attn_fwd, &cf_impl_avx2_attn_bwd, CF_X86_OPS_ROWS(avx2)
+    /* cpu-sve     */ &cf_impl_sve_attn_fwd, &cf_impl_sve_attn_bwd, CF_ARM_OPS_ROWS(sve)
+    /* cpu-neon    */ &cf_impl_neon_attn_fwd, &cf_impl_neon_attn_bwd, CF_ARM_OPS_ROWS(neon)
     /* cpu-generic */ &cf_impl_generic_attn_fwd, &cf_impl_generic_attn_bwd, CF_OPS_ROWS(generic),
     /* cpu-ref     */ &cf_impl_ref_attn_fwd, &cf_impl_ref_attn_bwd, CF_OPS_ROWS(ref),
     /* cuda-mma    */ &cf_impl_cuda_mma_attn_fwd, &cf_impl_cuda_mma_attn_bwd,

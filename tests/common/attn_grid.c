@@ -1,4 +1,5 @@
-/* The attention test grid (level 0: quick CI grid; level 1: the fuller cross) and attn_grid_run,
+/* The attention test grid (level 0: quick CI grid; level 1: the fuller cross; level -1: the reduced
+ * grid for emulated runs) and attn_grid_run,
  * which runs it for one backend (forced or auto) with optional hooks for device copies.
  * Shapes follow DESIGN.md's grid: seqlens 1, 2, 17, 97, 128, 257, 1025, Sq != Sk both ways,
  * head dims 1, 8, 33, 64, 80, 128, 256, Dv != D, GQA 6/2 and MQA 6/1, strided views, varlen with
@@ -165,18 +166,25 @@ static void set_offsets(attn_case* c, const offset_cfg* o) {
     c->q_offset = o->q_offset, c->k_offset = o->k_offset;
 }
 
+/* Per dtype, level -1 (make test-arm, under qemu-user): level 0 without the shapes of more than a
+ * few million multiply-adds. Still several key blocks (shape 6) and query tiles (shape 10). */
+static const int emu_shapes[] = {0, 1, 2, 3, 6, 7, 8, 9, 10};
+#define NEMU (int)(sizeof emu_shapes / sizeof emu_shapes[0])
+#define NSMALL_EMU 6 /* the first six of small_for_features */
+#define LE_PER_DTYPE (NFEAT + NEMU + NVARLEN + NOFFS + NSERVE)
+
 int attn_grid_count(int level) {
-    return 3 * (level <= 0 ? L0_PER_DTYPE : L1_PER_DTYPE);
+    return 3 * (level < 0 ? LE_PER_DTYPE : level == 0 ? L0_PER_DTYPE : L1_PER_DTYPE);
 }
 
 int attn_grid_case(int level, int i, attn_case* c) {
     if (i < 0 || i >= attn_grid_count(level)) return -1;
     attn_case_init(c);
-    int per = level <= 0 ? L0_PER_DTYPE : L1_PER_DTYPE;
+    int per = level < 0 ? LE_PER_DTYPE : level == 0 ? L0_PER_DTYPE : L1_PER_DTYPE;
     int d = i / per, j = i % per;
     c->dtype = dtypes[d];
     c->seed = (uint64_t)(level * 100000 + i + 1) + tt_seed_base() * 1000003u;
-    if (j >= per - NSERVE) { /* the same serving cases at both levels */
+    if (j >= per - NSERVE) { /* the same serving cases at every level */
         const serve_cfg* sv = &serves[j - (per - NSERVE)];
         if (sv->shape >= 0)
             set_shape(c, &shapes[sv->shape]);
@@ -187,12 +195,28 @@ int attn_grid_case(int level, int i, attn_case* c) {
         c->layout = (tt_layout)((j + d) % 3);
         return 0;
     }
-    if (j >= per - NSERVE - NOFFS) { /* the same block cases at both levels */
+    if (j >= per - NSERVE - NOFFS) { /* the same block cases at every level */
         set_offsets(c, &offsets[j - (per - NSERVE - NOFFS)]);
         c->layout = (tt_layout)((j + d) % 3);
         return 0;
     }
-    if (level <= 0) {
+    if (level < 0) {
+        if (j < NFEAT) {
+            set_shape(c, &shapes[small_for_features[(j + 3 * d) % NSMALL_EMU]]);
+            set_feature(c, &features[j]);
+            c->layout = (tt_layout)((j + d) % 3);
+            c->no_lse = j == 0 && d == 1;
+        } else if ((j -= NFEAT) < NEMU) {
+            set_shape(c, &shapes[emu_shapes[j]]);
+            set_feature(c, &features[(j * 5 + d * 3) % NFEAT]);
+            c->layout = (tt_layout)((j + 2 * d) % 3);
+        } else {
+            j -= NEMU;
+            set_varlen(c, &varlens[j]);
+            set_feature(c, &features[(j * 4 + d * 5 + 1) % NFEAT]);
+            c->layout = (tt_layout)((j + d) % 3);
+        }
+    } else if (level == 0) {
         if (j < L0_FEAT) {
             set_shape(c, &shapes[small_for_features[(j + 3 * d) % NSMALL]]);
             set_feature(c, &features[j]);

@@ -42,3 +42,17 @@ uint64_t tt_seed_base(void) {
     const char* e = getenv("CFLASH_TEST_SEED");
     return e && *e ? strtoull(e, NULL, 0) : 0;
 }
+
+int tt_test_level(void) {
+    const char* e = getenv("CFLASH_TEST_LEVEL");
+    return e && *e ? atoi(e) : 0;
+}
+
+int tt_backend_selected(const char* name) {
+    const char* e = getenv("CFLASH_TEST_BACKENDS");
+    if (!e || !*e) return 1;
+    const size_t n = strlen(name);
+    for (const char* p = e; (p = strstr(p, name)); p += n)
+        if ((p == e || p[-1] == ' ') && (p[n] == 0 || p[n] == ' ')) return 1;
+    return 0;
+}

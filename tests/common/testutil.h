@@ -85,5 +85,14 @@ double tt_now(void);
 /* Added to every case seed: CFLASH_TEST_SEED from the environment (default 0), so a run can draw
  * other inputs; tests print it when it is not 0. */
 uint64_t tt_seed_base(void);
+/* CFLASH_TEST_LEVEL from the environment (default 0): 1 = the fuller grids; -1 = the reduced grids
+ * that `make test-arm` runs under qemu-user, where the kernels and the fp64 oracle run emulated
+ * (every code path, fewer and smaller shapes). */
+int tt_test_level(void);
+/* Whether the tests that loop over backends run `name`: CFLASH_TEST_BACKENDS, a space-separated
+ * list
+ * ("cpu-sve cpu-neon"), selects them; unset = all. make test-arm uses it to run only the backends a
+ * CPU model changes. */
+int tt_backend_selected(const char* name);
 
 #endif

@@ -6,8 +6,8 @@
 
 #include "oracle/ops_oracle.h"
 
-const char* const ops_backends[] = {"cpu-ref",    "cpu-generic", "cpu-avx2",
-                                    "cpu-avx512", "auto",        NULL};
+const char* const ops_backends[] = {"cpu-ref", "cpu-generic", "cpu-avx2", "cpu-avx512",
+                                    "cpu-sve", "cpu-neon",    "auto",     NULL};
 
 cflash_context* ops_context(const char* backend, int threads) {
     cflash_context* ctx = NULL;
