@@ -351,7 +351,38 @@ typedef struct cflash_kvcache_params {
     int64_t max_seqlen_q;             /* 0 = from cu_seqlens_q */
     const DLTensor* cu_seqlens_k_new; /* NULL or int32 [B + 1]: k_new / v_new are (total_new, Hk,
                                          D / Dv), sequence b's new rows cu[b] .. cu[b + 1] */
+    /* -- B: quantized caches -- */
+    int cache_quant;           /* cflash_kv_quant: CFLASH_KV_QUANT_NONE (default),
+                                  _FP8_E4M3, _FP8_E5M2 (caches uint8 or the DLPack float8
+                                  codes), _INT8 (caches int8) */
+    const DLTensor* k_descale; /* fp8: NULL (1) or fp32 [1], [Hk] or [B, Hk] (FA3) */
+    const DLTensor* v_descale;
+    const DLTensor* k_scales;  /* int8: fp32 per (token, head): (B_cache, S_cache, Hk) or
+                                  (num_pages, page_size, Hk), written for appended rows */
+    const DLTensor* v_scales;
 } cflash_kvcache_params;
+
+/* Quantized KV caches (cflash_kvcache_params.cache_quant): the caches hold 8-bit codes; q,
+ * k_new, v_new and out keep q's float dtype; the attention reads each code as its exact value
+ * times its scale and accumulates in fp32. Codes:
+ * - FP8_E4M3 / FP8_E5M2: OCP fp8 (e4m3fn: largest 448, one NaN per sign, no infinity; e5m2:
+ *   largest 57344). Caches are uint8, or DLPack float8_e4m3fn / float8_e5m2 (type codes 10 / 12
+ *   of newer DLPack headers; read by number). Value = fp8(code) * descale, descale from
+ *   k_descale / v_descale: [1] for the tensor, [Hk] per KV head, [B, Hk] per sequence and KV
+ *   head (FA3's layout); NULL = 1. The append writes fp8(x / descale): the fp32 quotient
+ *   rounded to nearest even, saturated to the largest finite code (infinities too), NaN kept.
+ * - INT8: caches int8 with fp32 scales per (token, KV head) in k_scales / v_scales (the caches'
+ *   first three dims). Value = code * scale. The append writes, per row and KV head,
+ *   scale = max|x| / 127 and code = x / scale rounded to nearest even (in [-127, 127]; a row
+ *   of zeros gets scale 0; a row with NaN or inf gets that scale, and reads back NaN).
+ * The appended x is the row the unquantized call would store (k_new rotated and rounded to q's
+ * dtype). Decode reads 1 byte per element instead of 2 (bf16): about half the memory traffic. */
+typedef enum cflash_kv_quant {
+    CFLASH_KV_QUANT_NONE = 0,
+    CFLASH_KV_QUANT_FP8_E4M3 = 1,
+    CFLASH_KV_QUANT_FP8_E5M2 = 2,
+    CFLASH_KV_QUANT_INT8 = 3
+} cflash_kv_quant;
 
 CFLASH_API void cflash_kvcache_params_init(cflash_kvcache_params* kp);
 

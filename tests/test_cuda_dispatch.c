@@ -170,6 +170,19 @@ static void test_serving_refused(void) {
                          &vc.t, &out.t, &lse.t) == CFLASH_ERR_UNSUPPORTED);
     CHECK_HAS(buf, "cuda-simt: NO: varlen queries / new keys (cu_seqlens_q, cu_seqlens_k_new): not "
                    "implemented on CUDA yet");
+    /* a quantized (fp8, uint8-typed) cache, batch mode */
+    int64_t qb[4] = {2, 1, 4, 64};
+    ft qd, od;
+    mk(&qd, 0x7f0000000000, CF_BF16, 4, qb);
+    mk(&od, 0x7f0000600000, CF_BF16, 4, qb);
+    mk(&kc, 0x7f0000a00000, CF_U8, 4, kc4);
+    mk(&vc, 0x7f0000c00000, CF_U8, 4, kc4);
+    cflash_kvcache_params_init(&kvp);
+    kvp.cache_quant = CFLASH_KV_QUANT_FP8_E4M3;
+    CHECK(cflash_explain(NULL, CFLASH_OP_KVCACHE_FWD, buf, sizeof buf, &prm, &kvp, &qd.t, &kc.t,
+                         &vc.t, &od.t, NULL) == CFLASH_ERR_UNSUPPORTED);
+    CHECK_HAS(buf,
+              "cuda-simt: NO: quantized KV cache (cache_quant 1): not implemented on CUDA yet");
 }
 
 static void test_run_fails_cleanly(void) {

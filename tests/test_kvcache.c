@@ -16,6 +16,9 @@ typedef struct kserve {
     /* varlen queries (cu_seqlens_q: decode, prefill-chunk and speculative rows mixed) and varlen
      * new keys (cu_seqlens_k_new) */
     int varlen_q, varlen_new;
+    /* quantized caches: cflash_kv_quant; fp8 descale 0 none, 1 [1], 2 [Hk], 3 [B, Hk]; f8code:
+     * caches typed with DLPack's float8 codes instead of uint8 */
+    int quant, descale, f8code;
 } kserve;
 
 typedef struct kcase {
@@ -44,7 +47,8 @@ typedef struct kprob {
     int64_t sq[8], sn[8], q0[8], n0[8], total_q, total_new, max_sq, max_sn;
     int32_t* bt; /* (B, pps) */
     tt_tensor q, kc, vc, kn, vn, cs, snt, out, lse, alibi, t_seq, t_bidx, t_lp, t_bt, t_cuq, t_cun;
-    tt_tensor kc0, vc0; /* snapshots */
+    tt_tensor kc0, vc0;                   /* snapshots */
+    tt_tensor kds, vds, ks, vs, ks0, vs0; /* fp8 descale; int8 scales and their snapshots */
 } kprob;
 
 static double g4(const tt_tensor* t, int64_t a, int64_t b, int64_t c, int64_t d) {
@@ -93,8 +97,30 @@ static void rot(const kprob* p, double* v, int64_t pos) {
     }
 }
 
-/* Expected K or V row t of batch b, head hk after the append (rounded to the dtype). */
-static void kv_row(const kprob* p, int is_v, int64_t b, int64_t t, int64_t hk, double* v) {
+static int e5m2(const kprob* p) {
+    return p->c.x.quant == CFLASH_KV_QUANT_FP8_E5M2;
+}
+
+/* fp8 descale of batch b, KV head hk (1 when not given). */
+static double descale_of(const kprob* p, int is_v, int64_t b, int64_t hk) {
+    const tt_tensor* t = is_v ? &p->vds : &p->kds;
+    int64_t i1[1] = {p->c.x.descale == 1 ? 0 : hk}, i2[2] = {b, hk};
+    return p->c.x.descale == 0 ? 1.0 : tt_get(t, p->c.x.descale == 3 ? i2 : i1);
+}
+
+/* The value of element (pg, row, hk, d) of a quantized cache (its code times its scale, as
+ * batch b reads it); cache / scales: the tensors or their snapshots. */
+static double qval(const kprob* p, int is_v, const tt_tensor* cache, const tt_tensor* scales,
+                   int64_t b, int64_t pg, int64_t row, int64_t hk, int64_t d) {
+    int64_t i4[4] = {pg, row, hk, d}, i3[3] = {pg, row, hk};
+    const double code = tt_get(cache, i4);
+    if (p->c.x.quant == CFLASH_KV_QUANT_INT8) return code * tt_get(scales, i3);
+    return ops_fp8_value((uint8_t)code, e5m2(p)) * descale_of(p, is_v, b, hk);
+}
+
+/* Expected K or V row t of batch b, head hk after the append (rounded to the dtype); for a
+ * quantized cache, the row before it is coded. */
+static void kv_expected(const kprob* p, int is_v, int64_t b, int64_t t, int64_t hk, double* v) {
     const kcase* c = &p->c;
     int64_t n = is_v ? c->Dv : c->D;
     if (t >= p->L[b]) {
@@ -111,6 +137,20 @@ static void kv_row(const kprob* p, int is_v, int64_t b, int64_t t, int64_t hk, d
         for (int64_t d = 0; d < n; d++)
             v[d] = g4(is_v ? &p->vc0 : &p->kc0, pg, row, hk, d);
     }
+}
+
+/* K or V row t of batch b, head hk as the attention must read it: the expected row, or for a
+ * quantized cache the value of what the cache holds after the call (check_caches checks the
+ * codes against the reference quantizer). */
+static void kv_row(const kprob* p, int is_v, int64_t b, int64_t t, int64_t hk, double* v) {
+    if (!p->c.x.quant) {
+        kv_expected(p, is_v, b, t, hk, v);
+        return;
+    }
+    int64_t pg, row;
+    cache_loc(p, b, t, &pg, &row);
+    for (int64_t d = 0; d < (is_v ? p->c.Dv : p->c.D); d++)
+        v[d] = qval(p, is_v, is_v ? &p->vc : &p->kc, is_v ? &p->vs : &p->ks, b, pg, row, hk, d);
 }
 
 static float slope(const kprob* p, int64_t b, int64_t h) {
@@ -147,6 +187,8 @@ static void oracle(const kprob* p, int naive, double* out, double* lse) {
                 double m = -INFINITY, l = 0;
                 for (int64_t j = lo; j < hi; j++) {
                     kv_row(p, 0, b, P + j, hk, kr);
+                    for (int64_t d = 0; naive && c->x.quant && d < c->D; d++)
+                        kr[d] = ops_round(c->dtype, kr[d]); /* decoded into the dtype */
                     double dot = 0;
                     for (int64_t d = 0; d < c->D; d++)
                         dot += q[d] * kr[d];
@@ -165,6 +207,8 @@ static void oracle(const kprob* p, int naive, double* out, double* lse) {
                     l += e;
                     if (naive) e = ops_round(c->dtype, e);
                     kv_row(p, 1, b, P + j, hk, vr);
+                    for (int64_t d = 0; naive && c->x.quant && d < c->Dv; d++)
+                        vr[d] = ops_round(c->dtype, vr[d]);
                     for (int64_t d = 0; d < c->Dv; d++)
                         acc[d] += e * vr[d];
                 }
@@ -178,6 +222,44 @@ static void oracle(const kprob* p, int naive, double* out, double* lse) {
         }
     }
     free(q), free(kr), free(vr), free(s), free(acc);
+}
+
+/* A quantized cache's contents: fp8 codes of values in [-1, 1] under the descale of batch 0
+ * (descale factors drawn in [0.004, 0.012]); int8 codes in [-127, 127] with scales around 1/127
+ * (values in about [-1.5, 1.5]). */
+static void fill_codes(kprob* p, tt_rng* r) {
+    const kcase* c = &p->c;
+    const int64_t B = c->B, Hk = c->Hk;
+    if (c->x.descale) {
+        int64_t s1[1] = {c->x.descale == 1 ? 1 : Hk}, s2[2] = {B, Hk};
+        const int nd = c->x.descale == 3 ? 2 : 1;
+        tt_alloc(&p->kds, CF_F32, nd, nd == 2 ? s2 : s1, TT_DENSE);
+        tt_alloc(&p->vds, CF_F32, nd, nd == 2 ? s2 : s1, TT_DENSE);
+        tt_random(&p->kds, c->seed + 11, 0.004, 0.012);
+        tt_random(&p->vds, c->seed + 12, 0.004, 0.012);
+    }
+    const int int8 = c->x.quant == CFLASH_KV_QUANT_INT8;
+    for (int is_v = 0; is_v < 2; is_v++) {
+        tt_tensor *t = is_v ? &p->vc : &p->kc, *sc = is_v ? &p->vs : &p->ks;
+        if (int8) {
+            int64_t ss[3] = {t->shape[0], t->shape[1], Hk};
+            tt_alloc(sc, CF_F32, 3, ss, c->layout);
+            tt_random(sc, c->seed + 13 + (uint64_t)is_v, 0.5 / 127, 1.5 / 127);
+        }
+        for (int64_t n = 0; n < t->numel; n++) {
+            int64_t idx[4];
+            tt_unravel(t, n, idx);
+            const double x = 2.0 * tt_rng_uniform(r) - 1.0;
+            tt_set(
+                t, idx,
+                int8 ? (double)(int64_t)(tt_rng_u64(r) % 255) - 127.0
+                     : (double)ops_fp8_code((float)(x / descale_of(p, is_v, 0, idx[2])), e5m2(p)));
+        }
+    }
+    if (int8) {
+        tt_alloc_like(&p->ks0, &p->ks), memcpy(p->ks0.base, p->ks.base, p->ks.bytes);
+        tt_alloc_like(&p->vs0, &p->vs), memcpy(p->vs0.base, p->vs.base, p->vs.bytes);
+    }
 }
 
 static void build(kprob* p, const kcase* c) {
@@ -200,6 +282,12 @@ static void build(kprob* p, const kcase* c) {
         if (p->sn[b] > p->max_sn) p->max_sn = p->sn[b];
     }
     p->Sc = c->Lmax + p->max_sn + (c->seqlen_mode == 2 ? 0 : 3);
+    const int qt = c->x.quant;
+    const cf_dtype cdt = !qt                              ? c->dtype
+                         : qt == CFLASH_KV_QUANT_INT8     ? CF_I8
+                         : !c->x.f8code                   ? CF_U8
+                         : qt == CFLASH_KV_QUANT_FP8_E5M2 ? CF_F8E5M2
+                                                          : CF_F8E4M3;
     if (c->page) {
         p->pps = (p->Sc + c->page - 1) / c->page;
         p->npages = c->B * p->pps + 3;
@@ -219,8 +307,8 @@ static void build(kprob* p, const kcase* c) {
         free(perm);
         int64_t s[4] = {p->npages, c->page, c->Hk, c->D},
                 sv[4] = {p->npages, c->page, c->Hk, c->Dv};
-        tt_alloc(&p->kc, c->dtype, 4, s, c->layout);
-        tt_alloc(&p->vc, c->dtype, 4, sv, c->layout);
+        tt_alloc(&p->kc, cdt, 4, s, c->layout);
+        tt_alloc(&p->vc, cdt, 4, sv, c->layout);
         int64_t bs[2] = {c->B, p->pps};
         tt_alloc(&p->t_bt, CF_I32, 2, bs, TT_DENSE);
         memcpy(p->t_bt.dl.data, p->bt, sizeof(int32_t) * (size_t)(c->B * p->pps));
@@ -232,14 +320,18 @@ static void build(kprob* p, const kcase* c) {
         for (int64_t b = 0; b < c->B; b++)
             p->bidx[b] = (int32_t)(p->Bc - 1 - b);
         int64_t s[4] = {p->Bc, p->Sc, c->Hk, c->D}, sv[4] = {p->Bc, p->Sc, c->Hk, c->Dv};
-        tt_alloc(&p->kc, c->dtype, 4, s, c->layout);
-        tt_alloc(&p->vc, c->dtype, 4, sv, c->layout);
+        tt_alloc(&p->kc, cdt, 4, s, c->layout);
+        tt_alloc(&p->vc, cdt, 4, sv, c->layout);
     }
     if (c->seqlen_mode == 2)
         for (int64_t b = 0; b < c->B; b++)
             p->P[b] = c->leftpad ? p->P[b] : 0;
-    tt_random(&p->kc, c->seed + 1, -1, 1);
-    tt_random(&p->vc, c->seed + 2, -1, 1);
+    if (qt)
+        fill_codes(p, &r);
+    else {
+        tt_random(&p->kc, c->seed + 1, -1, 1);
+        tt_random(&p->vc, c->seed + 2, -1, 1);
+    }
     tt_alloc_like(&p->kc0, &p->kc), memcpy(p->kc0.base, p->kc.base, p->kc.bytes);
     tt_alloc_like(&p->vc0, &p->vc), memcpy(p->vc0.base, p->vc.base, p->vc.bytes);
     int64_t qs[4] = {c->B, c->Sq, c->H, c->D}, os[4] = {c->B, c->Sq, c->H, c->Dv},
@@ -297,7 +389,8 @@ static void build(kprob* p, const kcase* c) {
 static void release(kprob* p) {
     tt_tensor* ts[] = {&p->q,    &p->kc,   &p->vc,  &p->kn,    &p->vn,    &p->cs,
                        &p->snt,  &p->out,  &p->lse, &p->alibi, &p->t_seq, &p->t_bidx,
-                       &p->t_lp, &p->t_bt, &p->kc0, &p->vc0,   &p->t_cuq, &p->t_cun};
+                       &p->t_lp, &p->t_bt, &p->kc0, &p->vc0,   &p->t_cuq, &p->t_cun,
+                       &p->kds,  &p->vds,  &p->ks,  &p->vs,    &p->ks0,   &p->vs0};
     for (size_t i = 0; i < sizeof ts / sizeof ts[0]; i++)
         tt_free(ts[i]);
     free(p->bt);
@@ -326,10 +419,57 @@ static void params(const kprob* p, cflash_attn_params* ap, cflash_kvcache_params
     kp->cu_seqlens_q = c->x.varlen_q ? &p->t_cuq.dl : NULL;
     kp->max_seqlen_q = c->x.varlen_q && c->seed % 2 ? p->max_sq + 3 : 0; /* a bound, or computed */
     kp->cu_seqlens_k_new = c->x.varlen_new && c->Sn ? &p->t_cun.dl : NULL;
+    kp->cache_quant = c->x.quant;
+    kp->k_descale = p->kds.base ? &p->kds.dl : NULL;
+    kp->v_descale = p->vds.base ? &p->vds.dl : NULL;
+    kp->k_scales = p->ks.base ? &p->ks.dl : NULL;
+    kp->v_scales = p->vs.base ? &p->vs.dl : NULL;
 }
 
-/* Caches after a call: appended rows as expected (rotation may round 1 ulp apart), the rest
- * bit-identical to the snapshot. Returns the number of bad elements. */
+/* The codes (and int8 scale) a call wrote for new row t of batch b, KV head hk at (pg, row),
+ * against the reference quantizer of the expected row: exact, or for a rotated K within one step
+ * of a code (the rotation may round the row 1 ulp apart). Returns the number of bad elements. */
+static int64_t check_quant_row(const kprob* p, int is_v, int64_t b, int64_t t, int64_t pg,
+                               int64_t row, int64_t hk) {
+    const kcase* c = &p->c;
+    const int64_t n = is_v ? c->Dv : c->D;
+    const tt_tensor* cache = is_v ? &p->vc : &p->kc;
+    const int slack = !is_v && c->half;
+    double* v = malloc(sizeof(double) * (size_t)n);
+    float* x = malloc(sizeof(float) * (size_t)n);
+    int8_t* codes = malloc((size_t)n);
+    kv_expected(p, is_v, b, t, hk, v);
+    for (int64_t d = 0; d < n; d++)
+        x[d] = (float)v[d];
+    int64_t bad = 0, i4[4] = {pg, row, hk, 0}, i3[3] = {pg, row, hk};
+    if (c->x.quant == CFLASH_KV_QUANT_INT8) {
+        const float sc = ops_int8_codes(codes, x, n);
+        const double got_sc = tt_get(is_v ? &p->vs : &p->ks, i3);
+        for (int64_t d = 0; d < n; d++) {
+            i4[3] = d;
+            const double got = tt_get(cache, i4);
+            bad += slack ? !(fabs(got * got_sc - codes[d] * (double)sc) <= 1.01 * sc)
+                         : got != codes[d];
+        }
+        bad += slack ? !(fabs(got_sc - sc) <= 1e-5 * sc)
+                     : !(got_sc == sc || (sc != sc && got_sc != got_sc));
+    } else {
+        const float ds = (float)descale_of(p, is_v, b, hk);
+        const double step = e5m2(p) ? 0.25 : 0.125, tiny = e5m2(p) ? 0x1p-16 : 0x1p-9;
+        for (int64_t d = 0; d < n; d++) {
+            i4[3] = d;
+            const uint8_t want = ops_fp8_code(x[d] / ds, e5m2(p)), got = (uint8_t)tt_get(cache, i4);
+            const double ve = ops_fp8_value(want, e5m2(p)), vg = ops_fp8_value(got, e5m2(p));
+            bad += slack ? !(fabs(vg - ve) <= fabs(ve) * step + tiny) : got != want;
+        }
+    }
+    free(v), free(x), free(codes);
+    return bad;
+}
+
+/* Caches after a call: appended rows as expected (rotation may round 1 ulp apart; quantized:
+ * the reference quantizer's codes), the rest bit-identical to the snapshot. Returns the number
+ * of bad elements. */
 static int64_t check_caches(const kprob* p) {
     const kcase* c = &p->c;
     int64_t bad = 0;
@@ -341,6 +481,11 @@ static int64_t check_caches(const kprob* p) {
             cache_loc(p, b, t, &pg, &row);
             written[pg * p->kc.shape[1] + row] = 1;
             for (int64_t hk = 0; hk < c->Hk; hk++) {
+                if (c->x.quant) {
+                    bad += check_quant_row(p, 0, b, t, pg, row, hk);
+                    bad += check_quant_row(p, 1, b, t, pg, row, hk);
+                    continue;
+                }
                 kv_row(p, 0, b, t, hk, v);
                 for (int64_t d = 0; d < c->D; d++)
                     bad += !(fabs(g4(&p->kc, pg, row, hk, d) - v[d]) <=
@@ -354,15 +499,31 @@ static int64_t check_caches(const kprob* p) {
         for (int64_t row = 0; row < p->kc.shape[1]; row++) {
             if (written[pg * p->kc.shape[1] + row]) continue;
             for (int64_t hk = 0; hk < c->Hk; hk++) {
+                int64_t i3[3] = {pg, row, hk};
+                if (p->ks.base)
+                    bad += tt_get(&p->ks, i3) != tt_get(&p->ks0, i3) ||
+                           tt_get(&p->vs, i3) != tt_get(&p->vs0, i3);
                 for (int64_t d = 0; d < c->D; d++)
                     bad += g4(&p->kc, pg, row, hk, d) != g4(&p->kc0, pg, row, hk, d);
                 for (int64_t d = 0; d < c->Dv; d++)
                     bad += g4(&p->vc, pg, row, hk, d) != g4(&p->vc0, pg, row, hk, d);
             }
         }
-    bad += !tt_padding_intact(&p->kc) * 1000;
+    bad += !tt_padding_intact(&p->kc) * 1000 + !tt_padding_intact(&p->vc) * 1000;
+    if (p->ks.base) bad += (!tt_padding_intact(&p->ks) + !tt_padding_intact(&p->vs)) * 1000;
     free(written), free(v);
     return bad;
+}
+
+/* The fp64 results, the naive ones and the error rule's bounds for out (bo) and lse (bl). */
+static void oracle_bounds(const kprob* p, double* ro, double* rl, double* no_, double* nl_,
+                          double* bo, double* bl) {
+    const int64_t no = p->total_q * p->c.H * p->c.Dv, nl = p->total_q * p->c.H;
+    oracle(p, 0, ro, rl);
+    oracle(p, 1, no_, nl_);
+    *bo = ops_bound(p->c.dtype, 2.0, ops_max_err_arr(no_, ro, no), ops_max_abs(ro, no));
+    *bl = ops_bound(CF_F32, 2.0, ops_max_err_arr(nl_, rl, nl), ops_max_abs(rl, nl)) +
+          2 * tt_unit_roundoff(p->c.dtype);
 }
 
 static void run_case(const kcase* c) {
@@ -370,23 +531,24 @@ static void run_case(const kcase* c) {
     build(&p, c);
     int64_t no = p.total_q * c->H * c->Dv, nl = p.total_q * c->H;
     double *ro = malloc(8 * (size_t)no + 8), *rl = malloc(8 * (size_t)nl + 8),
-           *no_ = malloc(8 * (size_t)no + 8), *nl_ = malloc(8 * (size_t)nl + 8);
-    oracle(&p, 0, ro, rl);
-    oracle(&p, 1, no_, nl_);
-    double bo = ops_bound(c->dtype, 2.0, ops_max_err_arr(no_, ro, no), ops_max_abs(ro, no));
-    double bl = ops_bound(CF_F32, 2.0, ops_max_err_arr(nl_, rl, nl), ops_max_abs(rl, nl)) +
-                2 * tt_unit_roundoff(c->dtype);
-    char desc[256];
+           *no_ = malloc(8 * (size_t)no + 8), *nl_ = malloc(8 * (size_t)nl + 8), bo = 0, bl = 0;
+    if (!c->x.quant) oracle_bounds(&p, ro, rl, no_, nl_, &bo, &bl);
+    char desc[320], qdesc[64] = "";
+    if (c->x.quant)
+        snprintf(qdesc, sizeof qdesc, " %s%s descale%d",
+                 (const char*[]){"", "e4m3", "e5m2", "int8"}[c->x.quant],
+                 c->x.f8code && c->x.quant != CFLASH_KV_QUANT_INT8 ? "(float8 type)" : "",
+                 c->x.descale);
     snprintf(desc, sizeof desc,
              "%s B%lld H%lld/%lld Sq%lld Sn%lld Lmax%lld D%lld/%lld page%lld%s%s rot%lld%s%s "
-             "win(%lld,%lld) cap%.1f alibi%d splits%d seqlens%d layout%d%s%s seed%llu",
+             "win(%lld,%lld) cap%.1f alibi%d splits%d seqlens%d layout%d%s%s%s seed%llu",
              tt_dtype_short(c->dtype), (long long)c->B, (long long)c->H, (long long)c->Hk,
              (long long)c->Sq, (long long)c->Sn, (long long)c->Lmax, (long long)c->D,
              (long long)c->Dv, (long long)c->page, c->batch_idx ? " bidx" : "",
              c->leftpad ? " leftpad" : "", (long long)(2 * c->half), c->interleaved ? "i" : "",
              c->causal ? " causal" : "", (long long)c->wl, (long long)c->wr, (double)c->softcap,
              c->alibi, c->num_splits, c->seqlen_mode, (int)c->layout,
-             c->x.varlen_q ? " varlen-q" : "", c->x.varlen_new ? " varlen-new" : "",
+             c->x.varlen_q ? " varlen-q" : "", c->x.varlen_new ? " varlen-new" : "", qdesc,
              (unsigned long long)c->seed);
     cflash_attn_params ap;
     cflash_kvcache_params kp;
@@ -396,6 +558,8 @@ static void run_case(const kcase* c) {
         if (!tt_backend_selected(*be)) continue;
         memcpy(p.kc.base, p.kc0.base, p.kc.bytes);
         memcpy(p.vc.base, p.vc0.base, p.vc.bytes);
+        if (p.ks.base)
+            memcpy(p.ks.base, p.ks0.base, p.ks.bytes), memcpy(p.vs.base, p.vs0.base, p.vs.bytes);
         tt_poison(&p.out), tt_poison(&p.lse);
         cflash_context* ctx = ops_context(*be, 0);
         cflash_status s = cflash_attn_kvcache_fwd(ctx, &ap, &kp, &p.q.dl, &p.kc.dl, &p.vc.dl,
@@ -403,6 +567,8 @@ static void run_case(const kcase* c) {
         cflash_context_free(ctx);
         if (ops_backend_skips(*be, "kvcache_fwd", s)) continue;
         CHECK_MSG(s == CFLASH_OK, "%s on %s: %s", desc, *be, cflash_last_error());
+        /* a quantized cache: the oracle reads the codes the call stored (checked below) */
+        if (c->x.quant) oracle_bounds(&p, ro, rl, no_, nl_, &bo, &bl);
         int64_t nan = 0, nan2 = 0;
         double eo = ops_max_err(&p.out, ro, &nan), el = c->lse ? ops_max_err(&p.lse, rl, &nan2) : 0;
         CHECK_MSG(eo <= bo && nan == 0 && tt_padding_intact(&p.out),
@@ -500,7 +666,51 @@ static void test_grid(void) {
         run_case(&v);
         nv++;
     }
-    printf("kvcache grid: %d cases + 2 long + 2 chunked prefill + %d varlen\n", n, nv);
+    /* quantized caches (issue 13): fp8 e4m3 / e5m2 with each descale layout, uint8 or float8
+     * typed, int8 with per-(token, head) scales; paged, rotary, varlen, masks, splits */
+    int nqz = 0;
+    for (int i = 0; i < (emulated ? 9 : 18); i++) {
+        kcase v = {0};
+        v.dtype = dts[i % 3];
+        v.x.quant = 1 + i % 3;
+        v.x.descale = v.x.quant == CFLASH_KV_QUANT_INT8 ? 0 : (i / 3) % 4;
+        v.x.f8code = (i / 2) % 2;
+        v.page = (int64_t[]){0, 16, 0, 1, 256}[i % 5];
+        v.H = (int64_t[]){8, 4, 6}[(i / 3) % 3], v.Hk = (int64_t[]){2, 4, 1}[(i / 3) % 3];
+        v.B = 1 + i % 3;
+        v.Sq = (int64_t[]){1, 1, 4}[i % 3];
+        v.Sn = i % 4 == 3 ? 0 : v.Sq;
+        v.D = v.Dv = (int64_t[]){64, 128, 32, 40}[i % 4];
+        v.Lmax = (int64_t[]){37, 300, 1}[i % 3];
+        v.half = i % 4 == 1 ? v.D / 2 : 0;
+        v.interleaved = i % 2;
+        v.causal = i % 3 != 2;
+        v.wl = i % 6 == 5 ? 12 : -1;
+        v.softcap = i == 7 ? 1.5f : 0.0f;
+        v.alibi = i == 10 ? 1 : 0;
+        v.num_splits = (int[]){0, 1, 3}[(i / 2) % 3];
+        v.lse = 1;
+        v.layout = (tt_layout)(i % 2);
+        v.x.varlen_q = v.x.varlen_new = i % 5 == 3;
+        v.leftpad = i % 7 == 4;
+        v.batch_idx = i % 8 == 6 && !v.page;
+        v.seed = 800 + (uint64_t)i + tt_seed_base();
+        run_case(&v);
+        nqz++;
+    }
+    /* long quantized decodes: the block kernels over many keys */
+    for (int qz = 1; qz <= 3; qz++) {
+        kcase v = {0};
+        v.dtype = CF_BF16, v.B = 1, v.H = 32, v.Hk = 8, v.Sq = v.Sn = 1, v.D = v.Dv = 128;
+        v.Lmax = emulated ? 600 : 3000, v.causal = 1, v.wl = v.wr = -1, v.lse = 1;
+        v.x.quant = qz, v.x.descale = qz == CFLASH_KV_QUANT_INT8 ? 0 : 2;
+        v.page = qz == 2 ? 16 : 0;
+        v.seed = 850 + (uint64_t)qz + tt_seed_base();
+        run_case(&v);
+        nqz++;
+    }
+    printf("kvcache grid: %d cases + 2 long + 2 chunked prefill + %d varlen + %d quantized\n", n,
+           nv, nqz);
 }
 
 static void test_errors(void) {
@@ -707,12 +917,180 @@ static void test_errors_varlen(void) {
     release(&p);
 }
 
+/* The quantized caches' error paths: status, message, and nothing written (caches, scales, out). */
+static void test_errors_quant(void) {
+    const cflash_status INV = CFLASH_ERR_INVALID_ARGUMENT;
+    for (int qz = CFLASH_KV_QUANT_FP8_E4M3; qz <= CFLASH_KV_QUANT_INT8; qz += 2) {
+        kcase c = {CF_F32, 2, 4,  2,  1, 8, 8, 1, 5, 0,        0, 0,  0,
+                   0,      1, -1, -1, 0, 0, 0, 0, 1, TT_DENSE, 3, {0}};
+        c.x.quant = qz, c.x.descale = qz == CFLASH_KV_QUANT_INT8 ? 0 : 2;
+        kprob p;
+        build(&p, &c);
+        cflash_attn_params ap;
+        cflash_kvcache_params kp;
+        params(&p, &ap, &kp);
+#define CALL()                                                                                     \
+    cflash_attn_kvcache_fwd(NULL, &ap, &kp, &p.q.dl, &p.kc.dl, &p.vc.dl, &p.out.dl, &p.lse.dl)
+#define UNTOUCHED()                                                                                \
+    (!memcmp(p.kc.base, p.kc0.base, p.kc.bytes) && !memcmp(p.vc.base, p.vc0.base, p.vc.bytes) &&   \
+     (!p.ks.base || !memcmp(p.ks.base, p.ks0.base, p.ks.bytes)) &&                                 \
+     (!p.vs.base || !memcmp(p.vs.base, p.vs0.base, p.vs.bytes)) &&                                 \
+     tt_count_nan(&p.out) == p.out.numel)
+#define EXPECT(sub)                                                                                \
+    do {                                                                                           \
+        CHECK_ERR(CALL(), INV, sub);                                                               \
+        CHECK_MSG(UNTOUCHED(), "wrote on error: %s", sub);                                         \
+    } while (0)
+        CHECK_OK(CALL());
+        memcpy(p.kc.base, p.kc0.base, p.kc.bytes), memcpy(p.vc.base, p.vc0.base, p.vc.bytes);
+        if (p.ks.base)
+            memcpy(p.ks.base, p.ks0.base, p.ks.bytes), memcpy(p.vs.base, p.vs0.base, p.vs.bytes);
+        tt_poison(&p.out), tt_poison(&p.lse);
+        kp.cache_quant = 7;
+        EXPECT("cache_quant: 7, expected 0 (none), 1 (fp8 e4m3), 2 (fp8 e5m2) or 3 (int8)");
+        kp.cache_quant = -1;
+        EXPECT("cache_quant: -1");
+        DLTensor kc = p.kc.dl, vc = p.vc.dl;
+        kp.cache_quant = qz;
+        if (qz == CFLASH_KV_QUANT_INT8) {
+            kc.dtype.code = kDLUInt; /* uint8 codes are fp8 ones */
+            CHECK_ERR(
+                cflash_attn_kvcache_fwd(NULL, &ap, &kp, &p.q.dl, &kc, &p.vc.dl, &p.out.dl, NULL),
+                INV, "k_cache: dtype uint8, expected int8 for cache_quant 3 (int8)");
+            kp.v_scales = NULL;
+            EXPECT("v_scales: is NULL, expected fp32 (B_cache, S_cache, Hk) or (num_pages, "
+                   "page_size, Hk) scales for an int8 cache");
+            kp.v_scales = &p.vs.dl, kp.k_descale = &p.ks.dl;
+            EXPECT("k_descale: given with cache_quant 3 (int8), expected NULL (descale factors "
+                   "are for fp8 caches)");
+            kp.k_descale = NULL;
+            DLTensor ks = p.ks.dl;
+            int64_t bad3[3] = {p.ks.shape[0], p.ks.shape[1] + 1, p.ks.shape[2]};
+            ks.shape = bad3;
+            kp.k_scales = &ks;
+            EXPECT("k_scales: shape (");
+            ks.shape = p.ks.dl.shape, ks.dtype = tt_dl_dtype(CF_F16);
+            EXPECT("k_scales: dtype float16, expected float32");
+            ks.dtype = p.ks.dl.dtype;
+            int64_t st0[3] = {p.ks.strides[0], 0, p.ks.strides[2]};
+            ks.strides = st0;
+            EXPECT("k_scales: stride 0 in dim 1 of size");
+            ks.strides = p.ks.dl.strides, ks.device.device_type = kDLCUDA;
+            EXPECT("k_scales: on cuda:0, expected cpu:0 (the device of q)");
+            kp.k_scales = &p.ks.dl;
+            kp.cache_quant = CFLASH_KV_QUANT_FP8_E4M3;
+            EXPECT("k_cache: dtype int8, expected uint8 or float8_e4m3fn for cache_quant 1");
+        } else {
+            kp.cache_quant = CFLASH_KV_QUANT_NONE;
+            EXPECT("k_cache: dtype uint8, expected float32 (the dtype of q), or cache_quant set "
+                   "for 8-bit codes");
+            kp.cache_quant = CFLASH_KV_QUANT_FP8_E5M2;
+            kc.dtype.code = 10 /* kDLFloat8_e4m3fn */, vc.dtype.code = 10;
+            CHECK_ERR(cflash_attn_kvcache_fwd(NULL, &ap, &kp, &p.q.dl, &kc, &vc, &p.out.dl, NULL),
+                      INV,
+                      "k_cache: dtype float8_e4m3fn, expected uint8 or float8_e5m2 for "
+                      "cache_quant 2 (fp8 e5m2)");
+            kp.cache_quant = qz;
+            kp.k_descale = NULL; /* a NULL descale is 1: valid */
+            kp.v_scales = &p.kds.dl;
+            EXPECT("v_scales: given with cache_quant 1 (fp8 e4m3), expected NULL (per-token "
+                   "scales are for int8 caches)");
+            kp.v_scales = NULL;
+            int64_t s3[1] = {3};
+            tt_tensor bad;
+            tt_alloc(&bad, CF_F32, 1, s3, TT_DENSE);
+            kp.k_descale = &bad.dl;
+            EXPECT("k_descale: shape (3), expected [1], [Hk] = [2] or [B, Hk] = [2, 2]");
+            tt_free(&bad);
+            DLTensor kd = p.kds.dl;
+            kd.dtype = tt_dl_dtype(CF_F16);
+            kp.k_descale = &kd;
+            EXPECT("k_descale: dtype float16, expected float32");
+            kd.dtype = p.kds.dl.dtype, kd.device.device_type = kDLCUDA;
+            kp.v_descale = &kd, kp.k_descale = &p.kds.dl;
+            EXPECT("v_descale: on cuda:0, expected cpu:0 (the device of q)");
+            kp.v_descale = &p.vds.dl;
+            DLTensor vh = p.vc.dl;
+            vh.dtype = tt_dl_dtype(CF_F32);
+            CHECK_ERR(
+                cflash_attn_kvcache_fwd(NULL, &ap, &kp, &p.q.dl, &p.kc.dl, &vh, &p.out.dl, NULL),
+                INV, "v_cache: dtype float32, expected uint8 or float8_e4m3fn");
+        }
+        CHECK_MSG(UNTOUCHED(), "quantized error paths wrote caller memory");
+#undef CALL
+#undef UNTOUCHED
+#undef EXPECT
+        release(&p);
+    }
+}
+
+/* The append's quantizer on the values where rounding rules differ: ties (to even), the largest
+ * finite codes and beyond (saturation, infinities), subnormals, NaN, a row of zeros (int8 scale
+ * 0); every backend's codes against the reference quantizer, exactly. Random rows rarely hit a
+ * tie, so the grid alone would not see round-half-away or a missing saturation. */
+static void test_quant_edges(void) {
+    static const float e4m3[] = {0.0f,   -0.0f,   1.0625f,   1.1875f,      -1.0625f,
+                                 448.0f, 464.0f,  1000.0f,   INFINITY,     -INFINITY,
+                                 NAN,    0x1p-9f, 0x1p-10f,  3 * 0x1p-10f, 0x1p-6f - 0x1p-11f,
+                                 240.0f, 1e-30f,  -0x1p-10f, 0x1.7p-8f,    17.0f};
+    static const float e5m2[] = {
+        0.0f,     57344.0f, 61440.0f,     1e6f,   INFINITY, -INFINITY, NAN,
+        0x1p-16f, 0x1p-17f, 3 * 0x1p-17f, 1.125f, 1.375f,   -1.375f,   0x1p-14f - 0x1p-17f,
+        5.0f,     40000.0f, -1e-20f,      0.3f};
+    static const float i8[] = {2.5f, -2.5f, 3.5f, 127.0f, 0.5f, -0.5f, 1.5f, -127.0f, 64.49f, 1.0f};
+    for (int qz = CFLASH_KV_QUANT_FP8_E4M3; qz <= CFLASH_KV_QUANT_INT8; qz++) {
+        kcase c = {0};
+        c.dtype = CF_F32, c.B = 1, c.H = 3, c.Hk = 3, c.Sq = c.Sn = 1, c.D = c.Dv = 24;
+        c.Lmax = 5, c.wl = c.wr = -1, c.layout = TT_DENSE, c.seed = 950 + (uint64_t)qz;
+        c.x.quant = qz;
+        kprob p;
+        build(&p, &c);
+        const float* tab = qz == CFLASH_KV_QUANT_INT8       ? i8
+                           : qz == CFLASH_KV_QUANT_FP8_E5M2 ? e5m2
+                                                            : e4m3;
+        const int64_t nt = qz == CFLASH_KV_QUANT_INT8       ? 10
+                           : qz == CFLASH_KV_QUANT_FP8_E5M2 ? 18
+                                                            : 20;
+        for (int is_v = 0; is_v < 2; is_v++)
+            for (int64_t hk = 0; hk < c.Hk; hk++)
+                for (int64_t d = 0; d < c.D; d++) {
+                    int64_t idx[4] = {0, 0, hk, d};
+                    double x = tab[(d + is_v * 7) % nt];
+                    if (qz == CFLASH_KV_QUANT_INT8) /* head 1: zeros; head 2: one NaN or inf */
+                        x = hk == 1 ? 0.0 : hk == 2 && d == 5 ? (is_v ? NAN : INFINITY) : x;
+                    tt_set(is_v ? &p.vn : &p.kn, idx, x);
+                }
+        cflash_attn_params ap;
+        cflash_kvcache_params kp;
+        params(&p, &ap, &kp);
+        for (const char* const* be = ops_backends; *be; be++) {
+            if (!tt_backend_selected(*be)) continue;
+            memcpy(p.kc.base, p.kc0.base, p.kc.bytes), memcpy(p.vc.base, p.vc0.base, p.vc.bytes);
+            if (p.ks.base)
+                memcpy(p.ks.base, p.ks0.base, p.ks.bytes),
+                    memcpy(p.vs.base, p.vs0.base, p.vs.bytes);
+            cflash_context* ctx = ops_context(*be, 0);
+            cflash_status s = cflash_attn_kvcache_fwd(ctx, &ap, &kp, &p.q.dl, &p.kc.dl, &p.vc.dl,
+                                                      &p.out.dl, NULL);
+            cflash_context_free(ctx);
+            if (ops_backend_skips(*be, "kvcache_fwd", s)) continue;
+            CHECK_MSG(s == CFLASH_OK, "quant edges %d on %s: %s", qz, *be, cflash_last_error());
+            const int64_t bad = check_caches(&p);
+            CHECK_MSG(bad == 0, "quant edges %d on %s: %lld cache elements wrong", qz, *be,
+                      (long long)bad);
+        }
+        release(&p);
+    }
+}
+
 int main(int argc, char** argv) {
     verbose = argc > 1 && !strcmp(argv[1], "-v");
     double t0 = tt_now();
     test_grid();
     test_errors();
     test_errors_varlen();
+    test_errors_quant();
+    test_quant_edges();
     printf("test_kvcache: %.1f s\n", tt_now() - t0);
     return tt_summary();
 }

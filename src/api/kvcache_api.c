@@ -73,6 +73,114 @@ static cflash_status check_q(cf_attn_call* a, const cflash_kvcache_params* kp, c
     return CFLASH_OK;
 }
 
+/* ---- Quantized caches ---------------------------------------------------------------------- */
+
+static const char* quant_name(int q) {
+    return q == CFLASH_KV_QUANT_FP8_E4M3   ? "fp8 e4m3"
+           : q == CFLASH_KV_QUANT_FP8_E5M2 ? "fp8 e5m2"
+           : q == CFLASH_KV_QUANT_INT8     ? "int8"
+                                           : "none";
+}
+
+/* A cache's dtype: q's when not quantized, else cache_quant's code type; q's device; a
+ * contiguous last dim. */
+static cflash_status cache_dtype(const cf_view* v, const char* name, const cf_view* q, int quant) {
+    if (quant == CFLASH_KV_QUANT_NONE) {
+        const int code8 = v->dtype == CF_U8 || v->dtype == CF_I8 || v->dtype == CF_F8E4M3 ||
+                          v->dtype == CF_F8E5M2;
+        CFLASH_RETURN_IF(code8, INVALID,
+                         "%s: dtype %s, expected %s (the dtype of q), or cache_quant set for 8-bit "
+                         "codes (1: fp8 e4m3, 2: fp8 e5m2, 3: int8)",
+                         name, cf_dtype_name(v->dtype), cf_dtype_name(q->dtype));
+        return same_as_q(v, name, q);
+    }
+    const int int8 = quant == CFLASH_KV_QUANT_INT8, e5m2 = quant == CFLASH_KV_QUANT_FP8_E5M2;
+    const cf_dtype want = int8 ? CF_I8 : e5m2 ? CF_F8E5M2 : CF_F8E4M3;
+    CFLASH_RETURN_IF(v->dtype != want && (int8 || v->dtype != CF_U8), INVALID,
+                     "%s: dtype %s, expected %s for cache_quant %d (%s)", name,
+                     cf_dtype_name(v->dtype),
+                     int8   ? "int8"
+                     : e5m2 ? "uint8 or float8_e5m2"
+                            : "uint8 or float8_e4m3fn",
+                     quant, quant_name(quant));
+    CFLASH_RETURN_IF(v->device_type != q->device_type || v->device_id != q->device_id, INVALID,
+                     "%s: on %s:%d, expected %s:%d (the device of q)", name,
+                     cf_device_name(v->device_type), v->device_id, cf_device_name(q->device_type),
+                     q->device_id);
+    CFLASH_RETURN_IF(v->shape[v->ndim - 1] > 1 && v->stride[v->ndim - 1] != 1, INVALID,
+                     "%s: last dimension has stride %lld, expected 1 (contiguous)", name,
+                     (long long)v->stride[v->ndim - 1]);
+    return CFLASH_OK;
+}
+
+/* cache_quant and the descale factors / scales it takes (the caches are checked). */
+static cflash_status check_quant(cf_kvcache_call* c, const cflash_kvcache_params* kp) {
+    const cf_attn_call* a = &c->a;
+    const int q = kp->cache_quant; /* (its range is checked first of all) */
+    c->quant = q;
+    const int fp8 = q == CFLASH_KV_QUANT_FP8_E4M3 || q == CFLASH_KV_QUANT_FP8_E5M2;
+    const DLTensor* dt[2] = {kp->k_descale, kp->v_descale};
+    const DLTensor* st[2] = {kp->k_scales, kp->v_scales};
+    const char* dn[2] = {"k_descale", "v_descale"};
+    const char* sn[2] = {"k_scales", "v_scales"};
+    for (int t = 0; t < 2; t++) {
+        CFLASH_RETURN_IF(dt[t] && !fp8, INVALID,
+                         "%s: given with cache_quant %d (%s), expected NULL (descale factors are "
+                         "for fp8 caches)",
+                         dn[t], q, quant_name(q));
+        CFLASH_RETURN_IF(st[t] && q != CFLASH_KV_QUANT_INT8, INVALID,
+                         "%s: given with cache_quant %d (%s), expected NULL (per-token scales are "
+                         "for int8 caches)",
+                         sn[t], q, quant_name(q));
+        CFLASH_RETURN_IF(!st[t] && q == CFLASH_KV_QUANT_INT8, INVALID,
+                         "%s: is NULL, expected fp32 (B_cache, S_cache, Hk) or (num_pages, "
+                         "page_size, Hk) scales for an int8 cache",
+                         sn[t]);
+        if (dt[t]) {
+            cf_view d;
+            CFLASH_FORWARD_IF_ERROR(cf_view_from(&d, dt[t], dn[t]));
+            char got[96];
+            cf_shape_str(&d, got, sizeof got);
+            const int ok = (d.ndim == 1 && (d.shape[0] == 1 || d.shape[0] == a->Hk)) ||
+                           (d.ndim == 2 && d.shape[0] == a->B && d.shape[1] == a->Hk);
+            CFLASH_RETURN_IF(!ok, INVALID,
+                             "%s: shape %s, expected [1], [Hk] = [%lld] or [B, Hk] = [%lld, %lld]",
+                             dn[t], got, (long long)a->Hk, (long long)a->B, (long long)a->Hk);
+            CFLASH_RETURN_IF(d.dtype != CF_F32, INVALID, "%s: dtype %s, expected float32", dn[t],
+                             cf_dtype_name(d.dtype));
+            CFLASH_RETURN_IF(d.device_type != a->q.device_type || d.device_id != a->q.device_id,
+                             INVALID, "%s: on %s:%d, expected %s:%d (the device of q)", dn[t],
+                             cf_device_name(d.device_type), d.device_id,
+                             cf_device_name(a->q.device_type), a->q.device_id);
+            const int64_t hs = d.shape[d.ndim - 1] > 1 ? d.stride[d.ndim - 1] : 0;
+            const int64_t bs = d.ndim == 2 ? d.stride[0] : 0;
+            if (t == 0)
+                c->kd = d.data, c->kd_hs = hs, c->kd_bs = bs;
+            else
+                c->vd = d.data, c->vd_hs = hs, c->vd_bs = bs;
+        }
+        if (st[t]) {
+            cf_view* v = t ? &c->vs : &c->ks;
+            const int64_t want[3] = {c->kc.shape[0], c->kc.shape[1], a->Hk};
+            CFLASH_FORWARD_IF_ERROR(cf_ops_shape(v, st[t], sn[t], 3, want,
+                                                 "(B_cache, S_cache, Hk) or (num_pages, "
+                                                 "page_size, Hk), the caches' first dims"));
+            CFLASH_RETURN_IF(v->dtype != CF_F32, INVALID, "%s: dtype %s, expected float32", sn[t],
+                             cf_dtype_name(v->dtype));
+            CFLASH_RETURN_IF(v->device_type != a->q.device_type || v->device_id != a->q.device_id,
+                             INVALID, "%s: on %s:%d, expected %s:%d (the device of q)", sn[t],
+                             cf_device_name(v->device_type), v->device_id,
+                             cf_device_name(a->q.device_type), a->q.device_id);
+            for (int i = 0; i < 3; i++) /* written in place: no two rows at one address */
+                CFLASH_RETURN_IF(v->shape[i] > 1 && v->stride[i] == 0, INVALID,
+                                 "%s: stride 0 in dim %d of size %lld, expected rows that do not "
+                                 "overlap (the append writes them)",
+                                 sn[t], i, (long long)v->shape[i]);
+        }
+    }
+    return CFLASH_OK;
+}
+
 cflash_status cf_kvcache_entry(cflash_context* ctx, cf_explain* explain,
                                const cflash_attn_params* p, const cflash_kvcache_params* kp,
                                const DLTensor* q, DLTensor* k_cache, DLTensor* v_cache,
@@ -84,6 +192,10 @@ cflash_status cf_kvcache_entry(cflash_context* ctx, cf_explain* explain,
     cf_kvcache_call c;
     memset(&c, 0, sizeof c);
     cf_attn_call* a = &c.a;
+    CFLASH_RETURN_IF(
+        kp->cache_quant < CFLASH_KV_QUANT_NONE || kp->cache_quant > CFLASH_KV_QUANT_INT8, INVALID,
+        "cache_quant: %d, expected 0 (none), 1 (fp8 e4m3), 2 (fp8 e5m2) or 3 (int8)",
+        kp->cache_quant);
 
     CFLASH_FORWARD_IF_ERROR(check_q(a, kp, q));
     CFLASH_RETURN_IF(a->H < 1 || a->D < 1, INVALID, "q: H = %lld, D = %lld, expected both >= 1",
@@ -96,17 +208,18 @@ cflash_status cf_kvcache_entry(cflash_context* ctx, cf_explain* explain,
     const char* vl = paged ? "(num_pages, page_size, Hk, Dv)" : "(B_cache, S_cache, Hk, Dv)";
     const int64_t wk[4] = {-1, -1, -1, a->D};
     CFLASH_FORWARD_IF_ERROR(cf_ops_shape(&c.kc, k_cache, "k_cache", 4, wk, kl));
-    CFLASH_FORWARD_IF_ERROR(same_as_q(&c.kc, "k_cache", &a->q));
+    CFLASH_FORWARD_IF_ERROR(cache_dtype(&c.kc, "k_cache", &a->q, kp->cache_quant));
     a->Hk = c.kc.shape[2];
     CFLASH_RETURN_IF(a->Hk < 1 || a->H % a->Hk != 0, INVALID,
                      "k_cache: %lld heads, expected a divisor of the %lld heads of q (GQA/MQA)",
                      (long long)a->Hk, (long long)a->H);
     const int64_t wv[4] = {c.kc.shape[0], c.kc.shape[1], a->Hk, -1};
     CFLASH_FORWARD_IF_ERROR(cf_ops_shape(&c.vc, v_cache, "v_cache", 4, wv, vl));
-    CFLASH_FORWARD_IF_ERROR(same_as_q(&c.vc, "v_cache", &a->q));
+    CFLASH_FORWARD_IF_ERROR(cache_dtype(&c.vc, "v_cache", &a->q, kp->cache_quant));
     a->Dv = c.vc.shape[3];
     CFLASH_RETURN_IF(a->Dv < 1, INVALID, "v_cache: head dim Dv = 0, expected >= 1");
     CFLASH_FORWARD_IF_ERROR(check_attn(a, p));
+    CFLASH_FORWARD_IF_ERROR(check_quant(&c, kp));
 
     /* Where each sequence lives. */
     int64_t capacity;

@@ -71,6 +71,13 @@ typedef struct cf_kvcache_call {
     int64_t Sn;             /* new rows per sequence; with cu_knew the longest */
     const int32_t* cu_knew; /* [B + 1] or NULL: sequence b's new rows (cu_seqlens_k_new) */
     int64_t total_new;      /* rows of k_new: B * Sn, or cu_knew[B] */
+    /* Quantized caches (cflash_kv_quant; kc / vc views then have the code dtype). fp8: value =
+     * fp8(code) * descale, descale(b, hk) = d[b * bstride + hk * hstride] (NULL: 1); int8:
+     * value = code * scale, scales in the 3-D views ks / vs indexed like the caches. */
+    int quant;
+    const float *kd, *vd;
+    int64_t kd_bs, kd_hs, vd_bs, vd_hs;
+    cf_view ks, vs;
     const int32_t* seqlens; /* [B] or NULL: then every batch has seqlen */
     int64_t seqlen;
     const int32_t* batch_idx;                /* [B] or NULL */
@@ -134,6 +141,13 @@ static inline int64_t cf_kv_row(const cf_kvcache_call* c, const cf_view* v, int6
         row = t;
     }
     return page * v->stride[0] + row * v->stride[1] + h * v->stride[2];
+}
+
+/* fp8 descale of batch b, KV head hk for K (is_v 0) or V; 1 when not given. */
+static inline float cf_kv_descale(const cf_kvcache_call* c, int is_v, int64_t b, int64_t hk) {
+    const float* d = is_v ? c->vd : c->kd;
+    if (!d) return 1.0f;
+    return is_v ? d[b * c->vd_bs + hk * c->vd_hs] : d[b * c->kd_bs + hk * c->kd_hs];
 }
 
 /* Rotary position of q row i of batch b (old length L). */

@@ -9,6 +9,8 @@
  * 3. Splits (num_splits > 1, or chosen when there are fewer items than threads) keep
  *    (max, sum, acc) per split and are merged by their LSE, as cflash_attn_merge does. */
 
+#include "core/quant.h"
+
 /* Prefetch distance, in blocks of KV_KB keys. */
 #define KV_PF 2
 
@@ -32,9 +34,15 @@ static void kv_append_fast(const cf_kvcache_call* c, float* buf, int64_t b, int6
             buf[ib] = x * sn + y * co;
         }
     }
+    const void* vrow = at(vn, b * vn->stride[0] + n * vn->stride[1] + hk * vn->stride[2]);
+    if (c->quant != CFLASH_KV_QUANT_NONE) { /* rounded to the dtype, then coded */
+        cf_kv_quant_store(c, 0, b, L + n - n0, hk, buf, a->D);
+        ld_row(buf, vrow, a->dtype, a->Dv);
+        cf_kv_quant_store(c, 1, b, L + n - n0, hk, buf, a->Dv);
+        return;
+    }
     st_row(at(&c->kc, cf_kv_row(c, &c->kc, b, L + n - n0, hk)), a->dtype, buf, a->D);
-    memcpy(at(&c->vc, cf_kv_row(c, &c->vc, b, L + n - n0, hk)),
-           at(vn, b * vn->stride[0] + n * vn->stride[1] + hk * vn->stride[2]),
+    memcpy(at(&c->vc, cf_kv_row(c, &c->vc, b, L + n - n0, hk)), vrow,
            (size_t)a->Dv * cf_dtype_size(a->dtype));
 }
 
@@ -100,12 +108,15 @@ static void kv_pv(float* restrict acc, int64_t R, int64_t Dv, const void* const*
 typedef struct kv_scratch {
     float *q, *acc, *m, *l, *s, *kf, *vf, *lv; /* lv: 16-lane partial sums of l (cpu-avx512) */
     int64_t *lo, *hi;
+    /* quantized caches: a block's rows decoded (KV_KB * max(D, Dv)), the value of each code
+     * (256), the factors of a block's keys (KV_KB) */
+    float *kq, *lut, *fk;
 } kv_scratch;
 
 static size_t kv_scratch_floats(const cf_kvcache_call* c, int64_t R) {
     const cf_attn_call* a = &c->a;
     return (size_t)(R * a->D + R * a->Dv + 2 * R + R * KV_KB + KV_KB * (a->D + a->Dv) + 4 * R +
-                    16 * R + 64);
+                    16 * R + 64 + KV_KB * (a->D > a->Dv ? a->D : a->Dv) + 256 + KV_KB);
 }
 
 static void kv_scratch_init(kv_scratch* w, float* p, const cf_kvcache_call* c, int64_t R) {
@@ -119,7 +130,55 @@ static void kv_scratch_init(kv_scratch* w, float* p, const cf_kvcache_call* c, i
     w->vf = p, p += KV_KB * a->Dv;
     w->lv = p, p += 16 * R;
     w->lo = (int64_t*)p, p += 2 * R;
-    w->hi = (int64_t*)p;
+    w->hi = (int64_t*)p, p += 2 * R;
+    w->kq = p, p += KV_KB * (a->D > a->Dv ? a->D : a->Dv);
+    w->lut = p, p += 256;
+    w->fk = p;
+}
+
+/* ---- Quantized caches (any ISA): a block's codes decoded to fp32 rows through a table of the
+ * 256 code values, the scales applied to the scores (K) and to P (V) key by key ---- */
+
+static void kv_q_lut(const cf_kvcache_call* c, float* lut) {
+    for (int i = 0; i < 256; i++)
+        lut[i] = c->quant == CFLASH_KV_QUANT_INT8
+                     ? (float)(int8_t)(uint8_t)i
+                     : cf_fp8_to_f32((uint8_t)i, c->quant == CFLASH_KV_QUANT_FP8_E5M2);
+}
+
+/* out[t] = dst + t * n: the n codes of row t decoded. */
+static void kv_q_rows(const float* lut, const void* const* rows, int64_t nb, int64_t n, float* dst,
+                      const void** out) {
+    for (int64_t t = 0; t < nb; t++) {
+        const uint8_t* x = rows[t];
+        float* y = dst + t * n;
+        for (int64_t d = 0; d < n; d++)
+            y[d] = lut[x[d]];
+        out[t] = y;
+    }
+}
+
+/* f[t]: the factor of key t0 + t (of nb) of batch b, KV head hk, K (is_v 0) or V: its int8
+ * scale, or the fp8 descale. */
+static void kv_q_factors(const cf_kvcache_call* c, int is_v, int64_t b, int64_t t0, int64_t nb,
+                         int64_t hk, float* f) {
+    if (c->quant != CFLASH_KV_QUANT_INT8) {
+        const float d = cf_kv_descale(c, is_v, b, hk);
+        for (int64_t t = 0; t < nb; t++)
+            f[t] = d;
+        return;
+    }
+    const cf_view* sv = is_v ? &c->vs : &c->ks;
+    for (int64_t t = 0; t < nb; t++)
+        f[t] = ((const float*)sv->data)[cf_kv_row(c, sv, b, t0 + t, hk)];
+}
+
+/* x[r * KV_KB + t] *= f[t] for R rows of nb keys; a 0 (a masked key's P) stays 0 whatever the
+ * factor (a NaN scale of a key a row cannot see must not reach that row). */
+static void kv_q_apply(float* x, int64_t R, int64_t nb, const float* f) {
+    for (int64_t r = 0; r < R; r++)
+        for (int64_t t = 0; t < nb; t++)
+            if (x[r * KV_KB + t] != 0.0f) x[r * KV_KB + t] *= f[t];
 }
 
 /* Keys [j0, j1) of batch b for the KV heads [hk0, hk0 + nh) and query rows [i0, i0 + nq): leaves
@@ -165,10 +224,13 @@ static void kv_item(const cf_kvcache_call* c, kv_scratch* w, int64_t b, int64_t 
     }
     memset(w->acc, 0, sizeof(float) * (size_t)(R * Dv));
     memset(w->lv, 0, sizeof(float) * (size_t)(16 * R));
-    const int64_t es = (int64_t)cf_dtype_size(a->dtype);
-    const int dx4 = kv_dots_x4_ok(a->dtype, Rg, D); /* bf16 scores, keys in fours */
-    const int pdp = kv_pv_dp_ok(a->dtype, Rg, Dv);  /* P.V by vdpbf16ps */
+    const int64_t es = (int64_t)cf_dtype_size(c->kc.dtype); /* 1 for code caches */
+    const int quant = c->quant != CFLASH_KV_QUANT_NONE;
+    const int dx4 = !quant && kv_dots_x4_ok(a->dtype, Rg, D); /* bf16 scores, keys in fours */
+    const int pdp = !quant && kv_pv_dp_ok(a->dtype, Rg, Dv);  /* P.V by vdpbf16ps */
+    if (quant) kv_q_lut(c, w->lut);
     const void* rows[KV_KB];
+    const void* qrows[KV_KB]; /* decoded rows (quantized caches) */
     int64_t base[KV_KB], pfk[KV_KB], pfv[KV_KB];
     for (int64_t jb = jlo; jb < jhi; jb += KV_KB) {
         const int64_t nb = jhi - jb < KV_KB ? jhi - jb : KV_KB;
@@ -189,10 +251,16 @@ static void kv_item(const cf_kvcache_call* c, kv_scratch* w, int64_t b, int64_t 
                 for (int64_t o = 0; o < D * es; o += 64)
                     __builtin_prefetch(
                         (const char*)c->kc.data + (pfk[t] + g * c->kc.stride[2]) * es + o, 0, 2);
-            if (dx4)
-                kv_dots_bf16x4(w->q + g * Rg * D, Rg, D, rows, nb, w->s + g * Rg * KV_KB);
+            float* sg = w->s + g * Rg * KV_KB;
+            if (quant) { /* scores against the codes' values, then times each key's factor */
+                kv_q_rows(w->lut, rows, nb, D, w->kq, qrows);
+                kv_dots(w->q + g * Rg * D, Rg, D, qrows, nb, CF_F32, sg, w->kf);
+                kv_q_factors(c, 0, b, P + jb, nb, hk0 + g, w->fk);
+                kv_q_apply(sg, Rg, nb, w->fk);
+            } else if (dx4)
+                kv_dots_bf16x4(w->q + g * Rg * D, Rg, D, rows, nb, sg);
             else
-                kv_dots(w->q + g * Rg * D, Rg, D, rows, nb, a->dtype, w->s + g * Rg * KV_KB, w->kf);
+                kv_dots(w->q + g * Rg * D, Rg, D, rows, nb, a->dtype, sg, w->kf);
         }
         for (int64_t r = 0; r < R; r++) {
             const int64_t i = i0 + r % nq, h = hk0 * G + r / nq;
@@ -260,11 +328,16 @@ static void kv_item(const cf_kvcache_call* c, kv_scratch* w, int64_t b, int64_t 
                 for (int64_t o = 0; o < Dv * es; o += 64)
                     __builtin_prefetch(
                         (const char*)c->vc.data + (pfv[t] + g * c->vc.stride[2]) * es + o, 0, 2);
-            if (pdp)
-                kv_pv_dp(w->acc + g * Rg * Dv, Rg, Dv, rows, nb, w->s + g * Rg * KV_KB);
+            float* pg = w->s + g * Rg * KV_KB;
+            if (quant) { /* P times each key's factor, against the codes' values */
+                kv_q_rows(w->lut, rows, nb, Dv, w->kq, qrows);
+                kv_q_factors(c, 1, b, P + jb, nb, hk0 + g, w->fk);
+                kv_q_apply(pg, Rg, nb, w->fk);
+                kv_pv(w->acc + g * Rg * Dv, Rg, Dv, qrows, nb, CF_F32, pg, w->vf);
+            } else if (pdp)
+                kv_pv_dp(w->acc + g * Rg * Dv, Rg, Dv, rows, nb, pg);
             else
-                kv_pv(w->acc + g * Rg * Dv, Rg, Dv, rows, nb, a->dtype, w->s + g * Rg * KV_KB,
-                      w->vf);
+                kv_pv(w->acc + g * Rg * Dv, Rg, Dv, rows, nb, a->dtype, pg, w->vf);
         }
     }
     if (pdp) kv_pv_unpermute(w->acc, R, Dv);

@@ -415,6 +415,11 @@ static int kv_supports(const void* call, char* why, size_t n) {
                  "CUDA yet");
         return 0;
     }
+    if (k->quant) {
+        snprintf(why, n, "quantized KV cache (cache_quant %d): not implemented on CUDA yet",
+                 k->quant);
+        return 0;
+    }
     return simt_supports(&k->a, 0, why, n);
 }
 
