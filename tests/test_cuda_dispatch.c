@@ -55,8 +55,8 @@ static void mkprob(prob* p, cf_dtype dt, int64_t D, uintptr_t qaddr) {
 static cflash_status explain_fwd(prob* p, char* buf, size_t n) {
     cflash_attn_params prm;
     cflash_attn_params_init(&prm);
-    return cflash_explain(NULL, CFLASH_OP_ATTN_FWD, buf, n, &prm, &p->q.t, &p->k.t, &p->v.t,
-                          &p->out.t, &p->lse.t);
+    return cflash_attn_fwd(tt_explain(buf, n), &prm, &p->q.t, &p->k.t, &p->v.t, &p->out.t,
+                           &p->lse.t);
 }
 
 #define CHECK_HAS(buf, sub)                                                                        \
@@ -100,13 +100,13 @@ static void test_choice(void) {
     mkprob(&p, CF_BF16, 64, 0x7f0000000000);
     cflash_attn_params prm;
     cflash_attn_params_init(&prm);
-    CHECK_OK(cflash_explain(NULL, CFLASH_OP_ATTN_BWD, buf, sizeof buf, &prm, &p.dout.t, &p.q.t,
-                            &p.k.t, &p.v.t, &p.out.t, &p.lse.t, &p.dq.t, &p.dk.t, &p.dv.t));
+    CHECK_OK(cflash_attn_bwd(tt_explain(buf, sizeof buf), &prm, &p.dout.t, &p.q.t, &p.k.t, &p.v.t,
+                             &p.out.t, &p.lse.t, &p.dq.t, &p.dk.t, &p.dv.t));
     CHECK_HAS(buf, "-> cuda-mma");
     /* Head dim 128: the backward's 70144 bytes of shared memory exceed the fake's 48 KB. */
     mkprob(&p, CF_BF16, 128, 0x7f0000000000);
-    CHECK_OK(cflash_explain(NULL, CFLASH_OP_ATTN_BWD, buf, sizeof buf, &prm, &p.dout.t, &p.q.t,
-                            &p.k.t, &p.v.t, &p.out.t, &p.lse.t, &p.dq.t, &p.dk.t, &p.dv.t));
+    CHECK_OK(cflash_attn_bwd(tt_explain(buf, sizeof buf), &prm, &p.dout.t, &p.q.t, &p.k.t, &p.v.t,
+                             &p.out.t, &p.lse.t, &p.dq.t, &p.dk.t, &p.dv.t));
     CHECK_HAS(buf, "cuda-mma: NO: backward needs 70144 bytes of shared memory");
     CHECK_HAS(buf, "-> cuda-simt");
 
@@ -133,8 +133,8 @@ static void test_serving_refused(void) {
     cflash_attn_params prm;
     cflash_attn_params_init(&prm);
     prm.seqused_k = &su;
-    CHECK(cflash_explain(NULL, CFLASH_OP_ATTN_FWD, buf, sizeof buf, &prm, &p.q.t, &p.k.t, &p.v.t,
-                         &p.out.t, &p.lse.t) == CFLASH_ERR_UNSUPPORTED);
+    CHECK(cflash_attn_fwd(tt_explain(buf, sizeof buf), &prm, &p.q.t, &p.k.t, &p.v.t, &p.out.t,
+                          &p.lse.t) == CFLASH_ERR_UNSUPPORTED);
     CHECK_HAS(buf, "cuda-mma: NO: seqused_q / seqused_k: not implemented on CUDA yet");
     CHECK_HAS(buf, "cuda-simt: NO: seqused_q / seqused_k: not implemented on CUDA yet");
     CHECK_HAS(buf, "-> none");
@@ -152,9 +152,8 @@ static void test_serving_refused(void) {
     DLTensor tbt = {table, {kDLCPU, 0}, 2, tt_dl_dtype(CF_I32), bs, bst, 0};
     cflash_attn_params_init(&prm);
     prm.block_table = &tbt;
-    CHECK(cflash_explain(NULL, CFLASH_OP_ATTN_VARLEN_FWD, buf, sizeof buf, &prm, &q.t, &k.t, &v.t,
-                         &tcq, &tcq, (int64_t)0, (int64_t)0, &out.t,
-                         &lse.t) == CFLASH_ERR_UNSUPPORTED);
+    CHECK(cflash_attn_varlen_fwd(tt_explain(buf, sizeof buf), &prm, &q.t, &k.t, &v.t, &tcq, &tcq,
+                                 (int64_t)0, (int64_t)0, &out.t, &lse.t) == CFLASH_ERR_UNSUPPORTED);
     CHECK_HAS(buf, "cuda-mma: NO: paged K/V (block_table): not implemented on CUDA yet");
     CHECK_HAS(buf, "cuda-simt: NO: paged K/V (block_table): not implemented on CUDA yet");
     /* the KV-cache call with varlen queries: 2 sequences of 128 rows against (2, 256) caches */
@@ -166,8 +165,8 @@ static void test_serving_refused(void) {
     cflash_kvcache_params kvp;
     cflash_kvcache_params_init(&kvp);
     kvp.cu_seqlens_q = &tcq;
-    CHECK(cflash_explain(NULL, CFLASH_OP_KVCACHE_FWD, buf, sizeof buf, &prm, &kvp, &q.t, &kc.t,
-                         &vc.t, &out.t, &lse.t) == CFLASH_ERR_UNSUPPORTED);
+    CHECK(cflash_attn_kvcache_fwd(tt_explain(buf, sizeof buf), &prm, &kvp, &q.t, &kc.t, &vc.t,
+                                  &out.t, &lse.t) == CFLASH_ERR_UNSUPPORTED);
     CHECK_HAS(buf, "cuda-simt: NO: varlen queries / new keys (cu_seqlens_q, cu_seqlens_k_new): not "
                    "implemented on CUDA yet");
     /* a quantized (fp8, uint8-typed) cache, batch mode */
@@ -179,8 +178,8 @@ static void test_serving_refused(void) {
     mk(&vc, 0x7f0000c00000, CF_U8, 4, kc4);
     cflash_kvcache_params_init(&kvp);
     kvp.cache_quant = CFLASH_KV_QUANT_FP8_E4M3;
-    CHECK(cflash_explain(NULL, CFLASH_OP_KVCACHE_FWD, buf, sizeof buf, &prm, &kvp, &qd.t, &kc.t,
-                         &vc.t, &od.t, NULL) == CFLASH_ERR_UNSUPPORTED);
+    CHECK(cflash_attn_kvcache_fwd(tt_explain(buf, sizeof buf), &prm, &kvp, &qd.t, &kc.t, &vc.t,
+                                  &od.t, NULL) == CFLASH_ERR_UNSUPPORTED);
     CHECK_HAS(buf,
               "cuda-simt: NO: quantized KV cache (cache_quant 1): not implemented on CUDA yet");
 }

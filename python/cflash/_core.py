@@ -24,18 +24,20 @@ def explaining():
 
 
 def _run(name, op, what, ctx, *args):
-    """Calls the library function `name`, or, while cflash.explain() collects, asks cflash_explain
-    about the same arguments (same validation and selection code, nothing computed or written)."""
+    """Calls the library function `name`; while cflash.explain() collects, the call is made in
+    the context's explain mode (same validation and selection code, nothing computed or written)
+    and its text is collected under `op`."""
     sink = getattr(_explain, "sink", None)
     if sink is None:
         check(_lib.fn(name)(ctx, *args), what)
         return
     buf = ctypes.create_string_buffer(16384)
-    st = lib.cflash_explain(ctx, ctypes.c_int(_lib.OPS[op]), buf, ctypes.c_size_t(len(buf)), *args)
-    text = buf.value.decode("utf-8", "replace")
-    if st != _lib.OK and not text:
-        text = "error: " + _lib.last_error()
-    sink.append((op, st, text))
+    check(lib.cflash_context_set_explain(ctx, buf, len(buf)), "explain")
+    try:
+        st = _lib.fn(name)(ctx, *args)
+    finally:  # the mode covers one call: never leave it set for a later real call
+        lib.cflash_context_set_explain(ctx, None, 0)
+    sink.append((op, st, buf.value.decode("utf-8", "replace")))
 
 
 def make_params(dropout_p=0.0, softmax_scale=None, causal=False, window_left=-1, window_right=-1,
