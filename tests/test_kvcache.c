@@ -250,10 +250,15 @@ static void fill_codes(kprob* p, tt_rng* r) {
             int64_t idx[4];
             tt_unravel(t, n, idx);
             const double x = 2.0 * tt_rng_uniform(r) - 1.0;
-            tt_set(
-                t, idx,
-                int8 ? (double)(int64_t)(tt_rng_u64(r) % 255) - 127.0
-                     : (double)ops_fp8_code((float)(x / descale_of(p, is_v, 0, idx[2])), e5m2(p)));
+            const uint64_t u = tt_rng_u64(r);
+            uint8_t any =
+                (uint8_t)(u >> 8); /* one in 8: any finite code (subnormals, the largest) */
+            if (!isfinite(ops_fp8_value(any, e5m2(p)))) any &= 0x83;
+            tt_set(t, idx,
+                   int8         ? (double)(int64_t)(u % 255) - 127.0
+                   : u % 8 == 0 ? (double)any
+                                : (double)ops_fp8_code((float)(x / descale_of(p, is_v, 0, idx[2])),
+                                                       e5m2(p)));
         }
     }
     if (int8) {

@@ -136,9 +136,24 @@ static void kv_scratch_init(kv_scratch* w, float* p, const cf_kvcache_call* c, i
     w->fk = p;
 }
 
+/* The dtype code rows are read as by the ISA's kv_dots / kv_pv (CF_OPS_KV_CODES), and the unit
+ * of what they return (a factor the per-key factors carry). */
+static inline cf_dtype kv_code_dtype(const cf_kvcache_call* c) {
+    return c->quant == CFLASH_KV_QUANT_INT8       ? CF_I8
+           : c->quant == CFLASH_KV_QUANT_FP8_E5M2 ? CF_F8E5M2
+                                                  : CF_F8E4M3;
+}
+#ifndef CF_OPS_KV_CODES
+static inline float kv_code_unit(cf_dtype dt) {
+    (void)dt;
+    return 1.0f;
+}
+#endif
+
 /* ---- Quantized caches (any ISA): a block's codes decoded to fp32 rows through a table of the
  * 256 code values, the scales applied to the scores (K) and to P (V) key by key ---- */
 
+#ifndef CF_OPS_KV_CODES /* else the ISA's kernels read the codes */
 static void kv_q_lut(const cf_kvcache_call* c, float* lut) {
     for (int i = 0; i < 256; i++)
         lut[i] = c->quant == CFLASH_KV_QUANT_INT8
@@ -158,19 +173,22 @@ static void kv_q_rows(const float* lut, const void* const* rows, int64_t nb, int
     }
 }
 
+#endif
+
 /* f[t]: the factor of key t0 + t (of nb) of batch b, KV head hk, K (is_v 0) or V: its int8
  * scale, or the fp8 descale. */
 static void kv_q_factors(const cf_kvcache_call* c, int is_v, int64_t b, int64_t t0, int64_t nb,
                          int64_t hk, float* f) {
+    const float u = kv_code_unit(kv_code_dtype(c));
     if (c->quant != CFLASH_KV_QUANT_INT8) {
-        const float d = cf_kv_descale(c, is_v, b, hk);
+        const float d = cf_kv_descale(c, is_v, b, hk) * u;
         for (int64_t t = 0; t < nb; t++)
             f[t] = d;
         return;
     }
     const cf_view* sv = is_v ? &c->vs : &c->ks;
     for (int64_t t = 0; t < nb; t++)
-        f[t] = ((const float*)sv->data)[cf_kv_row(c, sv, b, t0 + t, hk)];
+        f[t] = ((const float*)sv->data)[cf_kv_row(c, sv, b, t0 + t, hk)] * u;
 }
 
 /* x[r * KV_KB + t] *= f[t] for R rows of nb keys; a 0 (a masked key's P) stays 0 whatever the
@@ -228,9 +246,11 @@ static void kv_item(const cf_kvcache_call* c, kv_scratch* w, int64_t b, int64_t 
     const int quant = c->quant != CFLASH_KV_QUANT_NONE;
     const int dx4 = !quant && kv_dots_x4_ok(a->dtype, Rg, D); /* bf16 scores, keys in fours */
     const int pdp = !quant && kv_pv_dp_ok(a->dtype, Rg, Dv);  /* P.V by vdpbf16ps */
+#ifndef CF_OPS_KV_CODES
     if (quant) kv_q_lut(c, w->lut);
-    const void* rows[KV_KB];
     const void* qrows[KV_KB]; /* decoded rows (quantized caches) */
+#endif
+    const void* rows[KV_KB];
     int64_t base[KV_KB], pfk[KV_KB], pfv[KV_KB];
     for (int64_t jb = jlo; jb < jhi; jb += KV_KB) {
         const int64_t nb = jhi - jb < KV_KB ? jhi - jb : KV_KB;
@@ -253,8 +273,12 @@ static void kv_item(const cf_kvcache_call* c, kv_scratch* w, int64_t b, int64_t 
                         (const char*)c->kc.data + (pfk[t] + g * c->kc.stride[2]) * es + o, 0, 2);
             float* sg = w->s + g * Rg * KV_KB;
             if (quant) { /* scores against the codes' values, then times each key's factor */
+#ifdef CF_OPS_KV_CODES
+                kv_dots(w->q + g * Rg * D, Rg, D, rows, nb, kv_code_dtype(c), sg, w->kf);
+#else
                 kv_q_rows(w->lut, rows, nb, D, w->kq, qrows);
                 kv_dots(w->q + g * Rg * D, Rg, D, qrows, nb, CF_F32, sg, w->kf);
+#endif
                 kv_q_factors(c, 0, b, P + jb, nb, hk0 + g, w->fk);
                 kv_q_apply(sg, Rg, nb, w->fk);
             } else if (dx4)
@@ -330,10 +354,14 @@ static void kv_item(const cf_kvcache_call* c, kv_scratch* w, int64_t b, int64_t 
                         (const char*)c->vc.data + (pfv[t] + g * c->vc.stride[2]) * es + o, 0, 2);
             float* pg = w->s + g * Rg * KV_KB;
             if (quant) { /* P times each key's factor, against the codes' values */
-                kv_q_rows(w->lut, rows, nb, Dv, w->kq, qrows);
                 kv_q_factors(c, 1, b, P + jb, nb, hk0 + g, w->fk);
                 kv_q_apply(pg, Rg, nb, w->fk);
+#ifdef CF_OPS_KV_CODES
+                kv_pv(w->acc + g * Rg * Dv, Rg, Dv, rows, nb, kv_code_dtype(c), pg, w->vf);
+#else
+                kv_q_rows(w->lut, rows, nb, Dv, w->kq, qrows);
                 kv_pv(w->acc + g * Rg * Dv, Rg, Dv, qrows, nb, CF_F32, pg, w->vf);
+#endif
             } else if (pdp)
                 kv_pv_dp(w->acc + g * Rg * Dv, Rg, Dv, rows, nb, pg);
             else

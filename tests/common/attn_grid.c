@@ -275,6 +275,7 @@ int attn_grid_run(const attn_grid_opts* o, int* ran, int* skipped) {
         if (o->dtypes && !(o->dtypes & (1u << c.dtype))) continue;
         /* device hooks copy the plain tensors only; serving cases run on the host */
         if ((o->run_fwd || o->run_bwd) && (c.page || c.seqused)) continue;
+        if (o->no_paged && c.page) continue;
         char name[256];
         attn_case_str(&c, name, sizeof name);
         attn_problem* p = attn_problem_new(&c);
@@ -349,7 +350,8 @@ int attn_grid_one_pass(const char* backend, unsigned dtypes, int threads) {
     for (int di = 0; di < 3; di++)
         for (int f = 0; f < 5; f++) {
             if (dtypes && !(dtypes & (1u << dts[di]))) continue;
-            if (tt_test_level() < 0 && f % 3 != di) continue; /* emulated: each shape in one dtype */
+            if (tt_test_level() < 0 && f % 3 != di)
+                continue; /* emulated: each shape in one dtype */
             attn_case c;
             attn_case_init(&c);
             c.B = 3, c.H = 6, c.Hk = 3, c.Sq = 97, c.Sk = 130, c.D = 40, c.Dv = 40;
