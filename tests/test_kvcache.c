@@ -1089,6 +1089,30 @@ static void test_quant_edges(void) {
     }
 }
 
+/* The MLA latent cache (v_cache a view of k_cache) with an append: refused (UNSUPPORTED, saying
+ * why), nothing written. */
+static void test_latent_append_refused(void) {
+    kcase c = {0};
+    c.dtype = CF_F32, c.B = 2, c.H = 4, c.Hk = 1, c.Sq = c.Sn = 1, c.D = c.Dv = 16;
+    c.Lmax = 5, c.wl = c.wr = -1, c.layout = TT_DENSE, c.seed = 970;
+    kprob p;
+    build(&p, &c);
+    cflash_attn_params ap;
+    cflash_kvcache_params kp;
+    params(&p, &ap, &kp);
+    for (int no_vnew = 0; no_vnew < 2; no_vnew++) {
+        kp.v_new = no_vnew ? NULL : &p.vn.dl;
+        CHECK_ERR(
+            cflash_attn_kvcache_fwd(NULL, &ap, &kp, &p.q.dl, &p.kc.dl, &p.kc.dl, &p.out.dl, NULL),
+            CFLASH_ERR_UNSUPPORTED,
+            "v_cache: a view of k_cache (the MLA latent cache) with k_new: an append into a "
+            "latent cache is not implemented yet");
+        CHECK_MSG(!memcmp(p.kc.base, p.kc0.base, p.kc.bytes) && tt_count_nan(&p.out) == p.out.numel,
+                  "latent refusal wrote caller memory");
+    }
+    release(&p);
+}
+
 int main(int argc, char** argv) {
     verbose = argc > 1 && !strcmp(argv[1], "-v");
     double t0 = tt_now();
@@ -1097,6 +1121,7 @@ int main(int argc, char** argv) {
     test_errors_varlen();
     test_errors_quant();
     test_quant_edges();
+    test_latent_append_refused();
     printf("test_kvcache: %.1f s\n", tt_now() - t0);
     return tt_summary();
 }

@@ -256,6 +256,9 @@ static cflash_status kvcache_fwd(cflash_context* ctx, const cflash_attn_params* 
     }
 
     /* New keys and values. */
+    CFLASH_RETURN_IF(kp->k_new && !kp->v_new && c.vc.data == c.kc.data, CFLASH_ERR_UNSUPPORTED,
+                     "v_cache: a view of k_cache (the MLA latent cache) with k_new: an append into "
+                     "a latent cache is not implemented yet (call without k_new)");
     CFLASH_RETURN_IF(!kp->k_new != !kp->v_new, INVALID,
                      "%s: is NULL but %s is given, expected both or neither",
                      kp->k_new ? "v_new" : "k_new", kp->k_new ? "k_new" : "v_new");
@@ -405,6 +408,13 @@ static cflash_status kvcache_fwd(cflash_context* ctx, const cflash_attn_params* 
     /* Decode is bound by the cache rows read (B x longest Sk x Hk x (D + Dv) elements); a long
      * Sq adds the attention flops, counted in bytes at the ratio of the two thresholds. */
     const double kv_rows = (double)a->B * (double)a->Sk * (double)(a->D + a->Dv);
+    /* An append into an MLA latent cache (v_cache a view of k_cache, v_new NULL) would write the
+     * rows once for both: refused, with or without v_new, until it is implemented (reading such
+     * a cache without k_new works: it is read as two caches). */
+    CFLASH_RETURN_IF(kp->k_new && c.vc.data == c.kc.data, CFLASH_ERR_UNSUPPORTED,
+                     "v_cache: a view of k_cache (the MLA latent cache) with k_new: an append into "
+                     "a latent cache is not implemented yet (append without the view, or call "
+                     "without k_new)");
     a->threads = cf_threads_resolve("kvcache", cf_context_threads(ctx),
                                     kv_rows * (double)a->Hk * (double)cf_dtype_size(c.kc.dtype) +
                                         2.0 * kv_rows * (double)a->Sq * (double)a->H *
