@@ -514,3 +514,18 @@ static cflash_status fast_kvcache_run(const void* call) {
     CFLASH_RETURN_IF(failed, CFLASH_ERR_OUT_OF_MEMORY, "kvcache_fwd: out of memory for scratch");
     return CFLASH_OK;
 }
+
+/* Which calls this build serves: all, except where the ISA file names a feature it refuses
+ * (CF_OPS_KV_QUANT_REFUSED: the reason quantized caches are refused). */
+static int fast_kvcache_supports(const void* call, char* why, size_t n) {
+#ifdef CF_OPS_KV_QUANT_REFUSED
+    const cf_kvcache_call* c = call;
+    if (c->quant != CFLASH_KV_QUANT_NONE) {
+        snprintf(why, n, "%s", CF_OPS_KV_QUANT_REFUSED);
+        return 0;
+    }
+#else
+    (void)call, (void)why, (void)n;
+#endif
+    return 1;
+}
