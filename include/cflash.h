@@ -125,6 +125,14 @@ typedef struct cflash_attn_params {
     /* -- A: chunked local attention (Llama 4; FA3 attention_chunk) -- */
     int64_t attention_chunk; /* 0 = off; else > 0: query i (at key position i + Sk - Sq) sees
                                 key j only if both lie in the same chunk of this many keys */
+    /* -- B: paged K/V and used lengths in the varlen call (FA3 / vLLM) -- */
+    const DLTensor* block_table; /* varlen only: NULL or int32 (B, max_pages): k / v are
+                                    (num_pages, page_size, Hk, D/Dv) pages, sequence b's key t at
+                                    page block_table[b, t / page_size], row t % page_size */
+    const DLTensor* seqused_q;   /* NULL or int32 [B]: only the first seqused_q[b] query rows of
+                                    sequence b are computed (the rest of its out/lse untouched) */
+    const DLTensor* seqused_k;   /* NULL or int32 [B]: sequence b uses its first seqused_k[b] keys
+                                    (with block_table, cu_seqlens_k may be NULL when given) */
 } cflash_attn_params;
 /* q_offset, k_offset (default 0): the call is one block of a longer attention, as when a sequence
  * is split across processes (context parallelism, ring attention) or prefilled in chunks. Masks,
@@ -162,8 +170,24 @@ typedef struct cflash_attn_params {
  * The CUDA backends do not take these features yet (CFLASH_ERR_UNSUPPORTED with the reason);
  * every CPU backend does. */
 
+/* block_table, seqused_q, seqused_k (default NULL), the serving features of FA3's varlen call:
+ * - Used lengths: sequence b (a batch index, or a varlen sequence) has sq_b = seqused_q[b] query
+ *   rows and sk_b = seqused_k[b] keys instead of all of its rows (0 <= seqused <= the rows it
+ *   has). Masks align bottom-right on these lengths (query i sees key j iff
+ *   j <= i + sk_b - sq_b when causal). Forward: out and lse rows past sq_b are not written.
+ *   Backward: dq rows past sq_b, and dk / dv rows of keys past sk_b, get 0.
+ * - Paged K/V (varlen calls only, as vLLM and SGLang call flash_attn_varlen_func): k, v (and dk,
+ *   dv) are (num_pages, page_size, Hk, D / Dv), any page_size >= 1; key t of sequence b is row
+ *   t % page_size of page block_table[b, t / page_size]. Sequence b has cu_seqlens_k[b + 1] -
+ *   cu_seqlens_k[b] keys (cu_seqlens_k counts keys; its last entry is not bounded by k), or
+ *   seqused_k[b] keys when cu_seqlens_k is NULL. Every page a used key lies in is checked
+ *   against num_pages. The backward writes dk / dv of every page: 0 for rows no sequence uses;
+ *   it needs each page in at most one sequence (a shared page's gradient would be a sum).
+ * block_table and seqused_* are int32, in host memory (cpu or cuda_host). */
+
 /* Defaults: scale 0 (1/sqrt(D)), not causal, windows -1, no softcap, ALiBi or dropout, seed and
- * offset 0, not deterministic, none of issue 13's features (block_q = block_k = 128). */
+ * offset 0, not deterministic, none of issue 13's features (block_q = block_k = 128), no block
+ * table or used lengths. */
 CFLASH_API void cflash_attn_params_init(cflash_attn_params* p);
 
 /* Forward attention.
@@ -360,7 +384,15 @@ CFLASH_API cflash_status cflash_norm_bwd(cflash_context* ctx, const cflash_norm_
  *   block_table     NULL or int32 (B, max_pages): pages of each sequence (paged cache)
  * Index tensors are on the CPU. GQA: query heads h of group h / (H / Hk) are computed in one
  * pass over the group's K/V. num_splits > 1 splits the keys into that many parts computed apart
- * and merged by LSE (as cflash_attn_merge); 0 = chosen by a heuristic; 1 = no split. */
+ * and merged by LSE (as cflash_attn_merge); 0 = chosen by a heuristic; 1 = no split.
+ * Varlen (FA3's cu_seqlens_q, max_seqlen_q, cu_seqlens_k_new; each independent of the other):
+ * with cu_seqlens_q, sequence b has Sq_b = cu_seqlens_q[b + 1] - cu_seqlens_q[b] query rows
+ * (q rows cu_seqlens_q[b] ..), and B is its length - 1; with cu_seqlens_k_new, Sn_b =
+ * cu_seqlens_k_new[b + 1] - cu_seqlens_k_new[b] new rows. Everything above then reads Sq_b and
+ * Sn_b for Sq and Sn: a decode step (Sq_b = Sn_b = 1), a prefill chunk (Sq_b = Sn_b = chunk) and
+ * a speculative verification (Sq_b = Sn_b = draft length) go in one call, causal masks aligned
+ * per sequence. The last entries must not pass total_q / total_new; max_seqlen_q (0 = computed)
+ * must be >= every Sq_b, and 0 without cu_seqlens_q. */
 typedef struct cflash_kvcache_params {
     const DLTensor* k_new;
     const DLTensor* v_new;
@@ -374,7 +406,44 @@ typedef struct cflash_kvcache_params {
     const DLTensor* cache_leftpad;
     const DLTensor* block_table;
     int num_splits; /* >= 0; default 0 = heuristic */
+    /* -- B: varlen queries and new keys (mixed prefill + decode, speculative decoding; FA3) -- */
+    const DLTensor* cu_seqlens_q;     /* NULL or int32 [B + 1]: q is (total_q, H, D), out
+                                         (total_q, H, Dv), lse (H, total_q) */
+    int64_t max_seqlen_q;             /* 0 = from cu_seqlens_q */
+    const DLTensor* cu_seqlens_k_new; /* NULL or int32 [B + 1]: k_new / v_new are (total_new, Hk,
+                                         D / Dv), sequence b's new rows cu[b] .. cu[b + 1] */
+    /* -- B: quantized caches -- */
+    int cache_quant;           /* cflash_kv_quant: CFLASH_KV_QUANT_NONE (default),
+                                  _FP8_E4M3, _FP8_E5M2 (caches uint8 or the DLPack float8
+                                  codes), _INT8 (caches int8) */
+    const DLTensor* k_descale; /* fp8: NULL (1) or fp32 [1], [Hk] or [B, Hk] (FA3) */
+    const DLTensor* v_descale;
+    const DLTensor* k_scales; /* int8: fp32 per (token, head): (B_cache, S_cache, Hk) or
+                                 (num_pages, page_size, Hk), written for appended rows */
+    const DLTensor* v_scales;
 } cflash_kvcache_params;
+
+/* Quantized KV caches (cflash_kvcache_params.cache_quant): the caches hold 8-bit codes; q,
+ * k_new, v_new and out keep q's float dtype; the attention reads each code as its exact value
+ * times its scale and accumulates in fp32. Codes:
+ * - FP8_E4M3 / FP8_E5M2: OCP fp8 (e4m3fn: largest 448, one NaN per sign, no infinity; e5m2:
+ *   largest 57344). Caches are uint8, or DLPack float8_e4m3fn / float8_e5m2 (type codes 10 / 12
+ *   of newer DLPack headers; read by number). Value = fp8(code) * descale, descale from
+ *   k_descale / v_descale: [1] for the tensor, [Hk] per KV head, [B, Hk] per sequence and KV
+ *   head (FA3's layout); NULL = 1. The append writes fp8(x / descale): the fp32 quotient
+ *   rounded to nearest even, saturated to the largest finite code (infinities too), NaN kept.
+ * - INT8: caches int8 with fp32 scales per (token, KV head) in k_scales / v_scales (the caches'
+ *   first three dims). Value = code * scale. The append writes, per row and KV head,
+ *   scale = max|x| / 127 and code = x / scale rounded to nearest even (in [-127, 127]; a row
+ *   of zeros gets scale 0; a row with NaN or inf gets that scale, and reads back NaN).
+ * The appended x is the row the unquantized call would store (k_new rotated and rounded to q's
+ * dtype). Decode reads 1 byte per element instead of 2 (bf16): about half the memory traffic. */
+typedef enum cflash_kv_quant {
+    CFLASH_KV_QUANT_NONE = 0,
+    CFLASH_KV_QUANT_FP8_E4M3 = 1,
+    CFLASH_KV_QUANT_FP8_E5M2 = 2,
+    CFLASH_KV_QUANT_INT8 = 3
+} cflash_kv_quant;
 
 CFLASH_API void cflash_kvcache_params_init(cflash_kvcache_params* kp);
 

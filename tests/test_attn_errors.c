@@ -647,6 +647,139 @@ static void test_varlen(void) {
     CHECK_OK(fwd(&A)); /* a larger bound is fine */
 }
 
+/* ---- Serving: paged K/V (varlen), seqused_q / seqused_k ------------------------------------ */
+
+static void test_serving(void) {
+    /* The varlen fixture's keys (lengths 7, 2, 0) in pages of 3 rows: k (4, 3, 2, 8). */
+    tt_tensor kp, vp, dkp, dvp, bt, su, su2, bad;
+    int64_t sk[4] = {4, 3, 2, 8}, sv[4] = {4, 3, 2, 6}, sb[2] = {3, 3}, ss[1] = {3};
+    tt_alloc(&kp, CF_F32, 4, sk, TT_PADDED), tt_random(&kp, 301, 0.1, 1.0);
+    tt_alloc(&vp, CF_F32, 4, sv, TT_PADDED), tt_random(&vp, 302, 0.1, 1.0);
+    tt_alloc(&dkp, CF_F32, 4, sk, TT_PADDED), tt_alloc(&dvp, CF_F32, 4, sv, TT_PADDED);
+    tt_alloc(&bt, CF_I32, 2, sb, TT_DENSE), tt_alloc(&su, CF_I32, 1, ss, TT_DENSE);
+    tt_alloc(&su2, CF_I32, 1, ss, TT_DENSE);
+    int32_t* b = bt.base;
+    const int32_t table[9] = {2, 0, 3, 1, 99, -5, 77, 77, 77}; /* unused entries: never read */
+    memcpy(b, table, sizeof table);
+    int32_t* u = su.base;
+    u[0] = 5, u[1] = 2, u[2] = 0;
+    ((int32_t*)su2.base)[0] = 1, ((int32_t*)su2.base)[1] = 0, ((int32_t*)su2.base)[2] = 6;
+    args A;
+#define PAGED(A)                                                                                   \
+    (reset(A, 1), (A)->t[K] = &kp.dl, (A)->t[V] = &vp.dl, (A)->t[DK] = &dkp.dl,                    \
+     (A)->t[DV] = &dvp.dl, (A)->p.block_table = &bt.dl)
+#define EXPECT_PAGED(A, status, sub)                                                               \
+    do {                                                                                           \
+        uint64_t hp_ = tt_hash(&dkp) ^ tt_hash(&dvp) * 3;                                          \
+        EXPECT_BOTH(A, status, sub);                                                               \
+        CHECK_MSG((tt_hash(&dkp) ^ tt_hash(&dvp) * 3) == hp_, "dk / dv pages written on error");   \
+    } while (0)
+    PAGED(&A);
+    CHECK_OK(fwd(&A));
+    CHECK_OK(bwd(&A));
+    PAGED(&A), A.p.seqused_k = &su.dl, A.p.seqused_q = &su2.dl, A.t[CUK] = NULL;
+    CHECK_OK(fwd(&A));
+    CHECK_OK(bwd(&A));
+    reset(&A, 0), A.p.block_table = &bt.dl;
+    EXPECT_BOTH(&A, INV, "block_table: given to a batch-mode call, expected NULL");
+    PAGED(&A), A.t[K] = &var[K].dl;
+    EXPECT_PAGED(&A, INV, "k: expected 4 dims (num_pages, page_size, Hk, D), got 3");
+    int64_t sv5[4] = {5, 3, 2, 6};
+    tt_alloc(&bad, CF_F32, 4, sv5, TT_DENSE);
+    PAGED(&A), A.t[V] = &bad.dl;
+    EXPECT_PAGED(&A, INV,
+                 "v: shape (5, 3, 2, 6), expected (num_pages, page_size, Hk, Dv) with dim 0 = 4");
+    tt_free(&bad);
+    PAGED(&A), A.p.block_table = &su.dl;
+    EXPECT_PAGED(&A, INV, "block_table: expected 2 dims (B, max_pages), got 1");
+    int64_t s23[2] = {2, 3};
+    tt_alloc(&bad, CF_I32, 2, s23, TT_DENSE);
+    PAGED(&A), A.p.block_table = &bad.dl;
+    EXPECT_PAGED(&A, INV, "block_table: shape (2, 3), expected (B, max_pages) with dim 0 = 3");
+    tt_free(&bad);
+    int64_t sf[2] = {3, 3};
+    tt_alloc(&bad, CF_F32, 2, sf, TT_DENSE);
+    PAGED(&A), A.p.block_table = &bad.dl;
+    EXPECT_PAGED(&A, INV, "block_table: dtype float32, expected int32");
+    tt_free(&bad);
+    DLTensor btd = bt.dl;
+    btd.device = cuda0;
+    PAGED(&A), A.p.block_table = &btd;
+    EXPECT_PAGED(&A, INV, "block_table: on cuda, expected host memory (cpu or cuda_host)");
+    int64_t bs[2] = {3, 2};
+    DLTensor bts = bt.dl;
+    bts.shape = sb, bts.strides = bs;
+    PAGED(&A), A.p.block_table = &bts;
+    EXPECT_PAGED(&A, INV, "block_table: last dimension has stride 2, expected 1");
+    b[1] = 4;
+    PAGED(&A);
+    EXPECT_PAGED(&A, INV, "block_table[0, 1]: 4, expected a page index in [0, 4)");
+    b[1] = 0, b[3] = -1;
+    PAGED(&A);
+    EXPECT_PAGED(&A, INV, "block_table[1, 0]: -1, expected a page index in [0, 4)");
+    b[3] = 1;
+    cu_k_vals[1] = 10, cu_k_vals[2] = 12, cu_k_vals[3] = 12; /* sequence 0: 10 keys > 3 pages */
+    memcpy(var[CUK].base, cu_k_vals, sizeof cu_k_vals);
+    PAGED(&A);
+    EXPECT_PAGED(&A, INV,
+                 "cu_seqlens_k: sequence 0 has 10 keys, more than its 3 pages x page_size 3 hold");
+    cu_k_vals[1] = 7, cu_k_vals[2] = 9, cu_k_vals[3] = 9;
+    memcpy(var[CUK].base, cu_k_vals, sizeof cu_k_vals);
+    PAGED(&A), A.t[CUK] = NULL;
+    EXPECT_PAGED(&A, INV, "cu_seqlens_k: is NULL");
+    /* used lengths */
+    u[0] = 8;
+    PAGED(&A), A.p.seqused_k = &su.dl;
+    EXPECT_PAGED(&A, INV,
+                 "seqused_k[0]: 8, expected 0 <= seqused_k <= 7 (the keys sequence 0 has)");
+    PAGED(&A), A.p.seqused_k = &su.dl, A.t[CUK] = NULL; /* bounded by the pages: 3 x 3 */
+    u[0] = 10;
+    EXPECT_PAGED(&A, INV, "seqused_k[0]: 10, expected 0 <= seqused_k <= 9 (the key positions");
+    u[0] = 9; /* page 3 of sequence 0's table entries is in range: valid */
+    CHECK_OK(fwd(&A));
+    u[0] = 5, u[2] = -1;
+    reset(&A, 1), A.p.seqused_k = &su.dl;
+    EXPECT_BOTH(&A, INV, "seqused_k[2]: -1, expected 0 <= seqused_k <= 0");
+    u[2] = 0;
+    reset(&A, 1), A.p.seqused_q = &su.dl; /* q lengths 5, 0, 6: 2 > 0 */
+    EXPECT_BOTH(&A, INV,
+                "seqused_q[1]: 2, expected 0 <= seqused_q <= 0 (the query rows sequence 1 has)");
+    reset(&A, 0), A.p.seqused_q = &su.dl;
+    EXPECT_BOTH(&A, INV, "seqused_q: length 3, expected 2");
+    int64_t s2[1] = {2};
+    tt_alloc(&bad, CF_F32, 1, s2, TT_DENSE);
+    reset(&A, 0), A.p.seqused_k = &bad.dl;
+    EXPECT_BOTH(&A, INV, "seqused_k: float32 with 1 dims, expected int32 with 1 dim");
+    tt_free(&bad);
+    tt_alloc(&bad, CF_I32, 1, s2, TT_DENSE);
+    ((int32_t*)bad.base)[0] = 8, ((int32_t*)bad.base)[1] = 1; /* batch Sk = 7 */
+    reset(&A, 0), A.p.seqused_k = &bad.dl;
+    EXPECT_BOTH(&A, INV, "seqused_k[0]: 8, expected 0 <= seqused_k <= 7");
+    ((int32_t*)bad.base)[0] = 7;
+    CHECK_OK(fwd(&A));
+    CHECK_OK(bwd(&A));
+    DLTensor sud = bad.dl;
+    sud.device = cuda0;
+    reset(&A, 0), A.p.seqused_q = &sud;
+    EXPECT_BOTH(&A, INV, "seqused_q: on cuda, expected host memory (cpu or cuda_host)");
+    tt_free(&bad);
+    /* the backward: dk / dv like the pages, each page in one place */
+    PAGED(&A), A.t[DK] = &var[DK].dl;
+    EXPECT(bwd(&A), INV, "dk: expected 4 dims (num_pages, page_size, Hk, D), like k");
+    PAGED(&A), A.t[DV] = &dkp.dl;
+    EXPECT(bwd(&A), INV, "dv: shape (4, 3, 2, 8), expected (num_pages, page_size, Hk, Dv)");
+    b[3] = 2; /* sequence 1's page is sequence 0's first */
+    PAGED(&A);
+    CHECK_OK(fwd(&A)); /* the forward may share pages (a common prefix) */
+    EXPECT(bwd(&A), INV,
+           "block_table[1, 0]: page 2 is also block_table[0, 0]; expected each page in one place");
+    b[3] = 1;
+#undef PAGED
+#undef EXPECT_PAGED
+    tt_free(&kp), tt_free(&vp), tt_free(&dkp), tt_free(&dvp), tt_free(&bt), tt_free(&su);
+    tt_free(&su2);
+}
+
 /* ---- Dropout mask ------------------------------------------------------------------------- */
 
 static void test_dropout_mask(void) {
@@ -761,6 +894,7 @@ int main(void) {
     test_varlen();
     test_features();
     test_kvcache_refuses();
+    test_serving();
     test_dropout_mask();
     test_context_and_dispatch();
     test_status();

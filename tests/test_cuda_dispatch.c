@@ -160,6 +160,69 @@ static void test_features_refused(void) {
         }
 }
 
+/* Issue 13's serving features: both CUDA backends refuse them in supports(), saying why, so the
+ * automatic choice never hands them such a call. */
+static void test_serving_refused(void) {
+    char buf[4096];
+    prob p;
+    mkprob(&p, CF_BF16, 64, 0x7f0000000000);
+    int32_t used[2] = {100, 128}; /* host memory, as index tensors are */
+    int64_t s2[1] = {2}, st[1] = {1};
+    DLTensor su = {used, {kDLCPU, 0}, 1, tt_dl_dtype(CF_I32), s2, st, 0};
+    cflash_attn_params prm;
+    cflash_attn_params_init(&prm);
+    prm.seqused_k = &su;
+    CHECK(cflash_attn_fwd(tt_explain(buf, sizeof buf), &prm, &p.q.t, &p.k.t, &p.v.t, &p.out.t,
+                          &p.lse.t) == CFLASH_ERR_UNSUPPORTED);
+    CHECK_HAS(buf, "cuda-mma: NO: seqused_q / seqused_k: not implemented on CUDA yet");
+    CHECK_HAS(buf, "cuda-simt: NO: seqused_q / seqused_k: not implemented on CUDA yet");
+    CHECK_HAS(buf, "-> none");
+    /* paged K/V in the varlen call: 2 sequences of 128 rows, pages of 64 */
+    int64_t tq[3] = {256, 4, 64}, kp[4] = {4, 64, 4, 64}, l2[2] = {4, 256}, cu[1] = {3},
+            bs[2] = {2, 2}, bst[2] = {2, 1};
+    ft q, k, v, out, lse;
+    mk(&q, 0x7f0000000000, CF_BF16, 3, tq);
+    mk(&k, 0x7f0000200000, CF_BF16, 4, kp);
+    mk(&v, 0x7f0000400000, CF_BF16, 4, kp);
+    mk(&out, 0x7f0000600000, CF_BF16, 3, tq);
+    mk(&lse, 0x7f0000800000, CF_F32, 2, l2);
+    int32_t cq[3] = {0, 128, 256}, table[4] = {0, 1, 2, 3};
+    DLTensor tcq = {cq, {kDLCPU, 0}, 1, tt_dl_dtype(CF_I32), cu, st, 0};
+    DLTensor tbt = {table, {kDLCPU, 0}, 2, tt_dl_dtype(CF_I32), bs, bst, 0};
+    cflash_attn_params_init(&prm);
+    prm.block_table = &tbt;
+    CHECK(cflash_attn_varlen_fwd(tt_explain(buf, sizeof buf), &prm, &q.t, &k.t, &v.t, &tcq, &tcq,
+                                 (int64_t)0, (int64_t)0, &out.t, &lse.t) == CFLASH_ERR_UNSUPPORTED);
+    CHECK_HAS(buf, "cuda-mma: NO: paged K/V (block_table): not implemented on CUDA yet");
+    CHECK_HAS(buf, "cuda-simt: NO: paged K/V (block_table): not implemented on CUDA yet");
+    /* the KV-cache call with varlen queries: 2 sequences of 128 rows against (2, 256) caches */
+    int64_t kc4[4] = {2, 256, 4, 64};
+    ft kc, vc;
+    mk(&kc, 0x7f0000a00000, CF_BF16, 4, kc4);
+    mk(&vc, 0x7f0000c00000, CF_BF16, 4, kc4);
+    cflash_attn_params_init(&prm);
+    cflash_kvcache_params kvp;
+    cflash_kvcache_params_init(&kvp);
+    kvp.cu_seqlens_q = &tcq;
+    CHECK(cflash_attn_kvcache_fwd(tt_explain(buf, sizeof buf), &prm, &kvp, &q.t, &kc.t, &vc.t,
+                                  &out.t, &lse.t) == CFLASH_ERR_UNSUPPORTED);
+    CHECK_HAS(buf, "cuda-simt: NO: varlen queries / new keys (cu_seqlens_q, cu_seqlens_k_new): not "
+                   "implemented on CUDA yet");
+    /* a quantized (fp8, uint8-typed) cache, batch mode */
+    int64_t qb[4] = {2, 1, 4, 64};
+    ft qd, od;
+    mk(&qd, 0x7f0000000000, CF_BF16, 4, qb);
+    mk(&od, 0x7f0000600000, CF_BF16, 4, qb);
+    mk(&kc, 0x7f0000a00000, CF_U8, 4, kc4);
+    mk(&vc, 0x7f0000c00000, CF_U8, 4, kc4);
+    cflash_kvcache_params_init(&kvp);
+    kvp.cache_quant = CFLASH_KV_QUANT_FP8_E4M3;
+    CHECK(cflash_attn_kvcache_fwd(tt_explain(buf, sizeof buf), &prm, &kvp, &qd.t, &kc.t, &vc.t,
+                                  &od.t, NULL) == CFLASH_ERR_UNSUPPORTED);
+    CHECK_HAS(buf,
+              "cuda-simt: NO: quantized KV cache (cache_quant 1): not implemented on CUDA yet");
+}
+
 static void test_run_fails_cleanly(void) {
     /* The fake driver fails every GPU operation: the error names the call and the driver's code. */
     prob p;
@@ -226,6 +289,7 @@ int main(int argc, char** argv) {
     } else {
         test_choice();
         test_features_refused();
+        test_serving_refused();
         test_run_fails_cleanly();
         test_one_loader();
     }

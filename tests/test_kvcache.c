@@ -12,6 +12,15 @@
 
 static int verbose;
 
+typedef struct kserve {
+    /* varlen queries (cu_seqlens_q: decode, prefill-chunk and speculative rows mixed) and varlen
+     * new keys (cu_seqlens_k_new) */
+    int varlen_q, varlen_new;
+    /* quantized caches: cflash_kv_quant; fp8 descale 0 none, 1 [1], 2 [Hk], 3 [B, Hk]; f8code:
+     * caches typed with DLPack's float8 codes instead of uint8 */
+    int quant, descale, f8code;
+} kserve;
+
 typedef struct kcase {
     cf_dtype dtype;
     int64_t B, H, Hk, Sq, D, Dv, Sn, Lmax;
@@ -27,15 +36,19 @@ typedef struct kcase {
     int lse;
     tt_layout layout;
     uint64_t seed;
+    kserve x; /* issue 13's serving features ({0}: none) */
 } kcase;
 
 typedef struct kprob {
     kcase c;
     int64_t Sc, Bc, pps, npages, S_ro;
     int32_t L[8], P[8], bidx[8];
+    /* per batch: query rows sq (first q0 of q when varlen), new rows sn (first n0 of k_new) */
+    int64_t sq[8], sn[8], q0[8], n0[8], total_q, total_new, max_sq, max_sn;
     int32_t* bt; /* (B, pps) */
-    tt_tensor q, kc, vc, kn, vn, cs, sn, out, lse, alibi, t_seq, t_bidx, t_lp, t_bt;
-    tt_tensor kc0, vc0; /* snapshots */
+    tt_tensor q, kc, vc, kn, vn, cs, snt, out, lse, alibi, t_seq, t_bidx, t_lp, t_bt, t_cuq, t_cun;
+    tt_tensor kc0, vc0;                   /* snapshots */
+    tt_tensor kds, vds, ks, vs, ks0, vs0; /* fp8 descale; int8 scales and their snapshots */
 } kprob;
 
 static double g4(const tt_tensor* t, int64_t a, int64_t b, int64_t c, int64_t d) {
@@ -53,25 +66,66 @@ static void cache_loc(const kprob* p, int64_t b, int64_t t, int64_t* page, int64
     }
 }
 
+/* q[b, i, h, d] (row q0 + i when varlen) and k_new / v_new[b, n, hk, d] (row n0 + n). */
+static double qget(const kprob* p, int64_t b, int64_t i, int64_t h, int64_t d) {
+    int64_t v3[3] = {p->q0[b] + i, h, d};
+    return p->c.x.varlen_q ? tt_get(&p->q, v3) : g4(&p->q, b, i, h, d);
+}
+static double newget(const kprob* p, int is_v, int64_t b, int64_t n, int64_t hk, int64_t d) {
+    const tt_tensor* t = is_v ? &p->vn : &p->kn;
+    int64_t v3[3] = {p->n0[b] + n, hk, d};
+    return p->c.x.varlen_new ? tt_get(t, v3) : g4(t, b, n, hk, d);
+}
+/* Row-major index of out (b, i, h, d) and lse (b, h, i) in the tensors' logical order. */
+static int64_t oidx(const kprob* p, int64_t b, int64_t i, int64_t h, int64_t d) {
+    const int64_t row = p->c.x.varlen_q ? p->q0[b] + i : b * p->c.Sq + i;
+    return (row * p->c.H + h) * p->c.Dv + d;
+}
+static int64_t lidx(const kprob* p, int64_t b, int64_t h, int64_t i) {
+    return p->c.x.varlen_q ? h * p->total_q + p->q0[b] + i : (b * p->c.H + h) * p->c.Sq + i;
+}
+
 /* rotate v[0..D) at position pos in fp64 */
 static void rot(const kprob* p, double* v, int64_t pos) {
     for (int64_t i = 0; i < p->c.half; i++) {
         int64_t ia = p->c.interleaved ? 2 * i : i,
                 ib = p->c.interleaved ? 2 * i + 1 : i + p->c.half;
         int64_t ci[2] = {pos, i};
-        double co = tt_get(&p->cs, ci), si = tt_get(&p->sn, ci), a = v[ia], b = v[ib];
+        double co = tt_get(&p->cs, ci), si = tt_get(&p->snt, ci), a = v[ia], b = v[ib];
         v[ia] = a * co - b * si;
         v[ib] = a * si + b * co;
     }
 }
 
-/* Expected K or V row t of batch b, head hk after the append (rounded to the dtype). */
-static void kv_row(const kprob* p, int is_v, int64_t b, int64_t t, int64_t hk, double* v) {
+static int e5m2(const kprob* p) {
+    return p->c.x.quant == CFLASH_KV_QUANT_FP8_E5M2;
+}
+
+/* fp8 descale of batch b, KV head hk (1 when not given). */
+static double descale_of(const kprob* p, int is_v, int64_t b, int64_t hk) {
+    const tt_tensor* t = is_v ? &p->vds : &p->kds;
+    int64_t i1[1] = {p->c.x.descale == 1 ? 0 : hk}, i2[2] = {b, hk};
+    return p->c.x.descale == 0 ? 1.0 : tt_get(t, p->c.x.descale == 3 ? i2 : i1);
+}
+
+/* The value of element (pg, row, hk, d) of a quantized cache (its code times its scale, as
+ * batch b reads it); cache / scales: the tensors or their snapshots. */
+static double qval(const kprob* p, int is_v, const tt_tensor* cache, const tt_tensor* scales,
+                   int64_t b, int64_t pg, int64_t row, int64_t hk, int64_t d) {
+    int64_t i4[4] = {pg, row, hk, d}, i3[3] = {pg, row, hk};
+    const double code = tt_get(cache, i4);
+    if (p->c.x.quant == CFLASH_KV_QUANT_INT8) return code * tt_get(scales, i3);
+    return ops_fp8_value((uint8_t)code, e5m2(p)) * descale_of(p, is_v, b, hk);
+}
+
+/* Expected K or V row t of batch b, head hk after the append (rounded to the dtype); for a
+ * quantized cache, the row before it is coded. */
+static void kv_expected(const kprob* p, int is_v, int64_t b, int64_t t, int64_t hk, double* v) {
     const kcase* c = &p->c;
     int64_t n = is_v ? c->Dv : c->D;
     if (t >= p->L[b]) {
         for (int64_t d = 0; d < n; d++)
-            v[d] = g4(is_v ? &p->vn : &p->kn, b, t - p->L[b], hk, d);
+            v[d] = newget(p, is_v, b, t - p->L[b], hk, d);
         if (!is_v && c->half) {
             rot(p, v, t);
             for (int64_t d = 0; d < n; d++)
@@ -83,6 +137,20 @@ static void kv_row(const kprob* p, int is_v, int64_t b, int64_t t, int64_t hk, d
         for (int64_t d = 0; d < n; d++)
             v[d] = g4(is_v ? &p->vc0 : &p->kc0, pg, row, hk, d);
     }
+}
+
+/* K or V row t of batch b, head hk as the attention must read it: the expected row, or for a
+ * quantized cache the value of what the cache holds after the call (check_caches checks the
+ * codes against the reference quantizer). */
+static void kv_row(const kprob* p, int is_v, int64_t b, int64_t t, int64_t hk, double* v) {
+    if (!p->c.x.quant) {
+        kv_expected(p, is_v, b, t, hk, v);
+        return;
+    }
+    int64_t pg, row;
+    cache_loc(p, b, t, &pg, &row);
+    for (int64_t d = 0; d < (is_v ? p->c.Dv : p->c.D); d++)
+        v[d] = qval(p, is_v, is_v ? &p->vc : &p->kc, is_v ? &p->vs : &p->ks, b, pg, row, hk, d);
 }
 
 static float slope(const kprob* p, int64_t b, int64_t h) {
@@ -100,25 +168,27 @@ static void oracle(const kprob* p, int naive, double* out, double* lse) {
     int64_t maxk = p->Sc + 1;
     double *s = malloc(8 * (size_t)maxk), *acc = malloc(8 * (size_t)c->Dv);
     for (int64_t b = 0; b < c->B; b++) {
-        int64_t L = p->L[b], P = p->P[b], sk = L + c->Sn - P;
+        int64_t L = p->L[b], P = p->P[b], sk = L + p->sn[b] - P, Sq = p->sq[b];
         for (int64_t h = 0; h < c->H; h++) {
             int64_t hk = h / (c->H / c->Hk);
-            for (int64_t i = 0; i < c->Sq; i++) {
+            for (int64_t i = 0; i < Sq; i++) {
                 for (int64_t d = 0; d < c->D; d++)
-                    q[d] = g4(&p->q, b, i, h, d);
+                    q[d] = qget(p, b, i, h, d);
                 if (c->half) {
                     int local = c->causal || c->wl >= 0 || c->wr >= 0;
                     rot(p, q, local ? L + i : L);
                     for (int64_t d = 0; d < c->D; d++)
                         q[d] = ops_round(c->dtype, q[d]);
                 }
-                int64_t diag = i + sk - c->Sq, lo = 0, hi = sk;
+                int64_t diag = i + sk - Sq, lo = 0, hi = sk;
                 int64_t wr = c->causal ? 0 : c->wr;
                 if (c->wl >= 0 && diag - c->wl > lo) lo = diag - c->wl;
                 if (wr >= 0 && diag + wr + 1 < hi) hi = diag + wr + 1;
                 double m = -INFINITY, l = 0;
                 for (int64_t j = lo; j < hi; j++) {
                     kv_row(p, 0, b, P + j, hk, kr);
+                    for (int64_t d = 0; naive && c->x.quant && d < c->D; d++)
+                        kr[d] = ops_round(c->dtype, kr[d]); /* decoded into the dtype */
                     double dot = 0;
                     for (int64_t d = 0; d < c->D; d++)
                         dot += q[d] * kr[d];
@@ -137,20 +207,64 @@ static void oracle(const kprob* p, int naive, double* out, double* lse) {
                     l += e;
                     if (naive) e = ops_round(c->dtype, e);
                     kv_row(p, 1, b, P + j, hk, vr);
+                    for (int64_t d = 0; naive && c->x.quant && d < c->Dv; d++)
+                        vr[d] = ops_round(c->dtype, vr[d]);
                     for (int64_t d = 0; d < c->Dv; d++)
                         acc[d] += e * vr[d];
                 }
                 for (int64_t d = 0; d < c->Dv; d++) {
                     double o = l > 0 ? acc[d] / l : 0.0;
-                    out[((b * c->Sq + i) * c->H + h) * c->Dv + d] =
-                        naive ? ops_round(c->dtype, o) : o;
+                    out[oidx(p, b, i, h, d)] = naive ? ops_round(c->dtype, o) : o;
                 }
                 double ls = l > 0 ? m + log(l) : -INFINITY;
-                lse[(b * c->H + h) * c->Sq + i] = naive ? (float)ls : ls;
+                lse[lidx(p, b, h, i)] = naive ? (float)ls : ls;
             }
         }
     }
     free(q), free(kr), free(vr), free(s), free(acc);
+}
+
+/* A quantized cache's contents: fp8 codes of values in [-1, 1] under the descale of batch 0
+ * (descale factors drawn in [0.004, 0.012]); int8 codes in [-127, 127] with scales around 1/127
+ * (values in about [-1.5, 1.5]). */
+static void fill_codes(kprob* p, tt_rng* r) {
+    const kcase* c = &p->c;
+    const int64_t B = c->B, Hk = c->Hk;
+    if (c->x.descale) {
+        int64_t s1[1] = {c->x.descale == 1 ? 1 : Hk}, s2[2] = {B, Hk};
+        const int nd = c->x.descale == 3 ? 2 : 1;
+        tt_alloc(&p->kds, CF_F32, nd, nd == 2 ? s2 : s1, TT_DENSE);
+        tt_alloc(&p->vds, CF_F32, nd, nd == 2 ? s2 : s1, TT_DENSE);
+        tt_random(&p->kds, c->seed + 11, 0.004, 0.012);
+        tt_random(&p->vds, c->seed + 12, 0.004, 0.012);
+    }
+    const int int8 = c->x.quant == CFLASH_KV_QUANT_INT8;
+    for (int is_v = 0; is_v < 2; is_v++) {
+        tt_tensor *t = is_v ? &p->vc : &p->kc, *sc = is_v ? &p->vs : &p->ks;
+        if (int8) {
+            int64_t ss[3] = {t->shape[0], t->shape[1], Hk};
+            tt_alloc(sc, CF_F32, 3, ss, c->layout);
+            tt_random(sc, c->seed + 13 + (uint64_t)is_v, 0.5 / 127, 1.5 / 127);
+        }
+        for (int64_t n = 0; n < t->numel; n++) {
+            int64_t idx[4];
+            tt_unravel(t, n, idx);
+            const double x = 2.0 * tt_rng_uniform(r) - 1.0;
+            const uint64_t u = tt_rng_u64(r);
+            uint8_t any =
+                (uint8_t)(u >> 8); /* one in 8: any finite code (subnormals, the largest) */
+            if (!isfinite(ops_fp8_value(any, e5m2(p)))) any &= 0x83;
+            tt_set(t, idx,
+                   int8         ? (double)(int64_t)(u % 255) - 127.0
+                   : u % 8 == 0 ? (double)any
+                                : (double)ops_fp8_code((float)(x / descale_of(p, is_v, 0, idx[2])),
+                                                       e5m2(p)));
+        }
+    }
+    if (int8) {
+        tt_alloc_like(&p->ks0, &p->ks), memcpy(p->ks0.base, p->ks.base, p->ks.bytes);
+        tt_alloc_like(&p->vs0, &p->vs), memcpy(p->vs0.base, p->vs.base, p->vs.bytes);
+    }
 }
 
 static void build(kprob* p, const kcase* c) {
@@ -162,8 +276,23 @@ static void build(kprob* p, const kcase* c) {
         p->L[b] = (int32_t)(b == 0 ? c->Lmax : (int64_t)(tt_rng_u64(&r) % (uint64_t)(c->Lmax + 1)));
         if (c->seqlen_mode) p->L[b] = (int32_t)c->Lmax;
         p->P[b] = c->leftpad ? (int32_t)(tt_rng_u64(&r) % (uint64_t)(p->L[b] + 1)) : 0;
+        /* varlen: a decode row, a prefill chunk, a speculative draft of 4 (new rows as many as
+         * query rows, the way a serving step has them), and now and then none */
+        const int64_t kind = (b + (int64_t)c->seed) % 4;
+        p->sq[b] = !c->x.varlen_q ? c->Sq : kind == 0 ? 1 : kind == 1 ? c->Sq : kind == 2 ? 4 : 0;
+        p->sn[b] = !c->x.varlen_new ? c->Sn : c->Sn == 0 ? 0 : kind == 3 ? 2 : p->sq[b];
+        p->q0[b] = p->total_q, p->n0[b] = p->total_new;
+        p->total_q += p->sq[b], p->total_new += p->sn[b];
+        if (p->sq[b] > p->max_sq) p->max_sq = p->sq[b];
+        if (p->sn[b] > p->max_sn) p->max_sn = p->sn[b];
     }
-    p->Sc = c->Lmax + c->Sn + (c->seqlen_mode == 2 ? 0 : 3);
+    p->Sc = c->Lmax + p->max_sn + (c->seqlen_mode == 2 ? 0 : 3);
+    const int qt = c->x.quant;
+    const cf_dtype cdt = !qt                              ? c->dtype
+                         : qt == CFLASH_KV_QUANT_INT8     ? CF_I8
+                         : !c->x.f8code                   ? CF_U8
+                         : qt == CFLASH_KV_QUANT_FP8_E5M2 ? CF_F8E5M2
+                                                          : CF_F8E4M3;
     if (c->page) {
         p->pps = (p->Sc + c->page - 1) / c->page;
         p->npages = c->B * p->pps + 3;
@@ -183,8 +312,8 @@ static void build(kprob* p, const kcase* c) {
         free(perm);
         int64_t s[4] = {p->npages, c->page, c->Hk, c->D},
                 sv[4] = {p->npages, c->page, c->Hk, c->Dv};
-        tt_alloc(&p->kc, c->dtype, 4, s, c->layout);
-        tt_alloc(&p->vc, c->dtype, 4, sv, c->layout);
+        tt_alloc(&p->kc, cdt, 4, s, c->layout);
+        tt_alloc(&p->vc, cdt, 4, sv, c->layout);
         int64_t bs[2] = {c->B, p->pps};
         tt_alloc(&p->t_bt, CF_I32, 2, bs, TT_DENSE);
         memcpy(p->t_bt.dl.data, p->bt, sizeof(int32_t) * (size_t)(c->B * p->pps));
@@ -196,40 +325,56 @@ static void build(kprob* p, const kcase* c) {
         for (int64_t b = 0; b < c->B; b++)
             p->bidx[b] = (int32_t)(p->Bc - 1 - b);
         int64_t s[4] = {p->Bc, p->Sc, c->Hk, c->D}, sv[4] = {p->Bc, p->Sc, c->Hk, c->Dv};
-        tt_alloc(&p->kc, c->dtype, 4, s, c->layout);
-        tt_alloc(&p->vc, c->dtype, 4, sv, c->layout);
+        tt_alloc(&p->kc, cdt, 4, s, c->layout);
+        tt_alloc(&p->vc, cdt, 4, sv, c->layout);
     }
     if (c->seqlen_mode == 2)
         for (int64_t b = 0; b < c->B; b++)
             p->P[b] = c->leftpad ? p->P[b] : 0;
-    tt_random(&p->kc, c->seed + 1, -1, 1);
-    tt_random(&p->vc, c->seed + 2, -1, 1);
+    if (qt)
+        fill_codes(p, &r);
+    else {
+        tt_random(&p->kc, c->seed + 1, -1, 1);
+        tt_random(&p->vc, c->seed + 2, -1, 1);
+    }
     tt_alloc_like(&p->kc0, &p->kc), memcpy(p->kc0.base, p->kc.base, p->kc.bytes);
     tt_alloc_like(&p->vc0, &p->vc), memcpy(p->vc0.base, p->vc.base, p->vc.bytes);
     int64_t qs[4] = {c->B, c->Sq, c->H, c->D}, os[4] = {c->B, c->Sq, c->H, c->Dv},
             ls[3] = {c->B, c->H, c->Sq};
-    tt_alloc(&p->q, c->dtype, 4, qs, c->layout);
+    int64_t vqs[3] = {p->total_q, c->H, c->D}, vos[3] = {p->total_q, c->H, c->Dv},
+            vls[2] = {c->H, p->total_q};
+    const int vq = c->x.varlen_q;
+    tt_alloc(&p->q, c->dtype, vq ? 3 : 4, vq ? vqs : qs, c->layout);
     tt_random(&p->q, c->seed + 3, -1, 1);
-    tt_alloc(&p->out, c->dtype, 4, os, c->layout);
-    tt_alloc(&p->lse, CF_F32, 3, ls, TT_DENSE);
+    tt_alloc(&p->out, c->dtype, vq ? 3 : 4, vq ? vos : os, c->layout);
+    tt_alloc(&p->lse, CF_F32, vq ? 2 : 3, vq ? vls : ls, TT_DENSE);
     if (c->Sn) {
         int64_t ns[4] = {c->B, c->Sn, c->Hk, c->D}, nv[4] = {c->B, c->Sn, c->Hk, c->Dv};
-        tt_alloc(&p->kn, c->dtype, 4, ns, c->layout);
-        tt_alloc(&p->vn, c->dtype, 4, nv, TT_DENSE);
+        int64_t vns[3] = {p->total_new, c->Hk, c->D}, vnv[3] = {p->total_new, c->Hk, c->Dv};
+        const int vn = c->x.varlen_new;
+        tt_alloc(&p->kn, c->dtype, vn ? 3 : 4, vn ? vns : ns, c->layout);
+        tt_alloc(&p->vn, c->dtype, vn ? 3 : 4, vn ? vnv : nv, TT_DENSE);
         tt_random(&p->kn, c->seed + 4, -1, 1);
         tt_random(&p->vn, c->seed + 5, -1, 1);
     }
+    int64_t nb1[1] = {c->B + 1};
+    tt_alloc(&p->t_cuq, CF_I32, 1, nb1, TT_DENSE);
+    tt_alloc(&p->t_cun, CF_I32, 1, nb1, TT_DENSE);
+    for (int64_t b = 0; b <= c->B; b++) {
+        ((int32_t*)p->t_cuq.base)[b] = (int32_t)(b < c->B ? p->q0[b] : p->total_q);
+        ((int32_t*)p->t_cun.base)[b] = (int32_t)(b < c->B ? p->n0[b] : p->total_new);
+    }
     if (c->half) {
-        p->S_ro = p->Sc + c->Sq + 1;
+        p->S_ro = p->Sc + p->max_sq + 1;
         int64_t cs[2] = {p->S_ro, c->half};
         tt_alloc(&p->cs, c->dtype, 2, cs, TT_DENSE);
-        tt_alloc(&p->sn, c->dtype, 2, cs, TT_DENSE);
+        tt_alloc(&p->snt, c->dtype, 2, cs, TT_DENSE);
         for (int64_t t = 0; t < p->S_ro; t++)
             for (int64_t i = 0; i < c->half; i++) {
                 double a = tt_rng_uniform(&r) * 6.283185307179586;
                 int64_t idx[2] = {t, i};
                 tt_set(&p->cs, idx, cos(a));
-                tt_set(&p->sn, idx, sin(a));
+                tt_set(&p->snt, idx, sin(a));
             }
     }
     if (c->alibi) {
@@ -248,8 +393,9 @@ static void build(kprob* p, const kcase* c) {
 
 static void release(kprob* p) {
     tt_tensor* ts[] = {&p->q,    &p->kc,   &p->vc,  &p->kn,    &p->vn,    &p->cs,
-                       &p->sn,   &p->out,  &p->lse, &p->alibi, &p->t_seq, &p->t_bidx,
-                       &p->t_lp, &p->t_bt, &p->kc0, &p->vc0};
+                       &p->snt,  &p->out,  &p->lse, &p->alibi, &p->t_seq, &p->t_bidx,
+                       &p->t_lp, &p->t_bt, &p->kc0, &p->vc0,   &p->t_cuq, &p->t_cun,
+                       &p->kds,  &p->vds,  &p->ks,  &p->vs,    &p->ks0,   &p->vs0};
     for (size_t i = 0; i < sizeof ts / sizeof ts[0]; i++)
         tt_free(ts[i]);
     free(p->bt);
@@ -267,7 +413,7 @@ static void params(const kprob* p, cflash_attn_params* ap, cflash_kvcache_params
     kp->k_new = c->Sn ? &p->kn.dl : NULL;
     kp->v_new = c->Sn ? &p->vn.dl : NULL;
     kp->rotary_cos = c->half ? &p->cs.dl : NULL;
-    kp->rotary_sin = c->half ? &p->sn.dl : NULL;
+    kp->rotary_sin = c->half ? &p->snt.dl : NULL;
     kp->rotary_interleaved = c->interleaved;
     kp->cache_seqlens = c->seqlen_mode == 0 ? &p->t_seq.dl : NULL;
     kp->cache_seqlen = c->seqlen_mode == 1 ? c->Lmax : -1;
@@ -275,21 +421,76 @@ static void params(const kprob* p, cflash_attn_params* ap, cflash_kvcache_params
     kp->cache_leftpad = c->leftpad ? &p->t_lp.dl : NULL;
     kp->block_table = c->page ? &p->t_bt.dl : NULL;
     kp->num_splits = c->num_splits;
+    kp->cu_seqlens_q = c->x.varlen_q ? &p->t_cuq.dl : NULL;
+    kp->max_seqlen_q = c->x.varlen_q && c->seed % 2 ? p->max_sq + 3 : 0; /* a bound, or computed */
+    kp->cu_seqlens_k_new = c->x.varlen_new && c->Sn ? &p->t_cun.dl : NULL;
+    kp->cache_quant = c->x.quant;
+    kp->k_descale = p->kds.base ? &p->kds.dl : NULL;
+    kp->v_descale = p->vds.base ? &p->vds.dl : NULL;
+    kp->k_scales = p->ks.base ? &p->ks.dl : NULL;
+    kp->v_scales = p->vs.base ? &p->vs.dl : NULL;
 }
 
-/* Caches after a call: appended rows as expected (rotation may round 1 ulp apart), the rest
- * bit-identical to the snapshot. Returns the number of bad elements. */
+/* The codes (and int8 scale) a call wrote for new row t of batch b, KV head hk at (pg, row),
+ * against the reference quantizer of the expected row: exact, or for a rotated K within one step
+ * of a code (the rotation may round the row 1 ulp apart). Returns the number of bad elements. */
+static int64_t check_quant_row(const kprob* p, int is_v, int64_t b, int64_t t, int64_t pg,
+                               int64_t row, int64_t hk) {
+    const kcase* c = &p->c;
+    const int64_t n = is_v ? c->Dv : c->D;
+    const tt_tensor* cache = is_v ? &p->vc : &p->kc;
+    const int slack = !is_v && c->half;
+    double* v = malloc(sizeof(double) * (size_t)n);
+    float* x = malloc(sizeof(float) * (size_t)n);
+    int8_t* codes = malloc((size_t)n);
+    kv_expected(p, is_v, b, t, hk, v);
+    for (int64_t d = 0; d < n; d++)
+        x[d] = (float)v[d];
+    int64_t bad = 0, i4[4] = {pg, row, hk, 0}, i3[3] = {pg, row, hk};
+    if (c->x.quant == CFLASH_KV_QUANT_INT8) {
+        const float sc = ops_int8_codes(codes, x, n);
+        const double got_sc = tt_get(is_v ? &p->vs : &p->ks, i3);
+        for (int64_t d = 0; d < n; d++) {
+            i4[3] = d;
+            const double got = tt_get(cache, i4);
+            bad += slack ? !(fabs(got * got_sc - codes[d] * (double)sc) <= 1.01 * sc)
+                         : got != codes[d];
+        }
+        bad += slack ? !(fabs(got_sc - sc) <= 1e-5 * sc)
+                     : !(got_sc == sc || (sc != sc && got_sc != got_sc));
+    } else {
+        const float ds = (float)descale_of(p, is_v, b, hk);
+        const double step = e5m2(p) ? 0.25 : 0.125, tiny = e5m2(p) ? 0x1p-16 : 0x1p-9;
+        for (int64_t d = 0; d < n; d++) {
+            i4[3] = d;
+            const uint8_t want = ops_fp8_code(x[d] / ds, e5m2(p)), got = (uint8_t)tt_get(cache, i4);
+            const double ve = ops_fp8_value(want, e5m2(p)), vg = ops_fp8_value(got, e5m2(p));
+            bad += slack ? !(fabs(vg - ve) <= fabs(ve) * step + tiny) : got != want;
+        }
+    }
+    free(v), free(x), free(codes);
+    return bad;
+}
+
+/* Caches after a call: appended rows as expected (rotation may round 1 ulp apart; quantized:
+ * the reference quantizer's codes), the rest bit-identical to the snapshot. Returns the number
+ * of bad elements. */
 static int64_t check_caches(const kprob* p) {
     const kcase* c = &p->c;
     int64_t bad = 0;
     unsigned char* written = calloc((size_t)(p->kc.shape[0] * p->kc.shape[1]), 1);
     double* v = malloc(8 * (size_t)(c->D > c->Dv ? c->D : c->Dv));
     for (int64_t b = 0; b < c->B; b++)
-        for (int64_t t = p->L[b]; t < p->L[b] + c->Sn; t++) {
+        for (int64_t t = p->L[b]; t < p->L[b] + p->sn[b]; t++) {
             int64_t pg, row;
             cache_loc(p, b, t, &pg, &row);
             written[pg * p->kc.shape[1] + row] = 1;
             for (int64_t hk = 0; hk < c->Hk; hk++) {
+                if (c->x.quant) {
+                    bad += check_quant_row(p, 0, b, t, pg, row, hk);
+                    bad += check_quant_row(p, 1, b, t, pg, row, hk);
+                    continue;
+                }
                 kv_row(p, 0, b, t, hk, v);
                 for (int64_t d = 0; d < c->D; d++)
                     bad += !(fabs(g4(&p->kc, pg, row, hk, d) - v[d]) <=
@@ -303,38 +504,57 @@ static int64_t check_caches(const kprob* p) {
         for (int64_t row = 0; row < p->kc.shape[1]; row++) {
             if (written[pg * p->kc.shape[1] + row]) continue;
             for (int64_t hk = 0; hk < c->Hk; hk++) {
+                int64_t i3[3] = {pg, row, hk};
+                if (p->ks.base)
+                    bad += tt_get(&p->ks, i3) != tt_get(&p->ks0, i3) ||
+                           tt_get(&p->vs, i3) != tt_get(&p->vs0, i3);
                 for (int64_t d = 0; d < c->D; d++)
                     bad += g4(&p->kc, pg, row, hk, d) != g4(&p->kc0, pg, row, hk, d);
                 for (int64_t d = 0; d < c->Dv; d++)
                     bad += g4(&p->vc, pg, row, hk, d) != g4(&p->vc0, pg, row, hk, d);
             }
         }
-    bad += !tt_padding_intact(&p->kc) * 1000;
+    bad += !tt_padding_intact(&p->kc) * 1000 + !tt_padding_intact(&p->vc) * 1000;
+    if (p->ks.base) bad += (!tt_padding_intact(&p->ks) + !tt_padding_intact(&p->vs)) * 1000;
     free(written), free(v);
     return bad;
+}
+
+/* The fp64 results, the naive ones and the error rule's bounds for out (bo) and lse (bl). */
+static void oracle_bounds(const kprob* p, double* ro, double* rl, double* no_, double* nl_,
+                          double* bo, double* bl) {
+    const int64_t no = p->total_q * p->c.H * p->c.Dv, nl = p->total_q * p->c.H;
+    oracle(p, 0, ro, rl);
+    oracle(p, 1, no_, nl_);
+    *bo = ops_bound(p->c.dtype, 2.0, ops_max_err_arr(no_, ro, no), ops_max_abs(ro, no));
+    *bl = ops_bound(CF_F32, 2.0, ops_max_err_arr(nl_, rl, nl), ops_max_abs(rl, nl)) +
+          2 * tt_unit_roundoff(p->c.dtype);
 }
 
 static void run_case(const kcase* c) {
     kprob p;
     build(&p, c);
-    int64_t no = c->B * c->Sq * c->H * c->Dv, nl = c->B * c->H * c->Sq;
+    int64_t no = p.total_q * c->H * c->Dv, nl = p.total_q * c->H;
     double *ro = malloc(8 * (size_t)no + 8), *rl = malloc(8 * (size_t)nl + 8),
-           *no_ = malloc(8 * (size_t)no + 8), *nl_ = malloc(8 * (size_t)nl + 8);
-    oracle(&p, 0, ro, rl);
-    oracle(&p, 1, no_, nl_);
-    double bo = ops_bound(c->dtype, 2.0, ops_max_err_arr(no_, ro, no), ops_max_abs(ro, no));
-    double bl = ops_bound(CF_F32, 2.0, ops_max_err_arr(nl_, rl, nl), ops_max_abs(rl, nl)) +
-                2 * tt_unit_roundoff(c->dtype);
-    char desc[256];
+           *no_ = malloc(8 * (size_t)no + 8), *nl_ = malloc(8 * (size_t)nl + 8), bo = 0, bl = 0;
+    if (!c->x.quant) oracle_bounds(&p, ro, rl, no_, nl_, &bo, &bl);
+    char desc[320], qdesc[64] = "";
+    if (c->x.quant)
+        snprintf(qdesc, sizeof qdesc, " %s%s descale%d",
+                 (const char*[]){"", "e4m3", "e5m2", "int8"}[c->x.quant],
+                 c->x.f8code && c->x.quant != CFLASH_KV_QUANT_INT8 ? "(float8 type)" : "",
+                 c->x.descale);
     snprintf(desc, sizeof desc,
              "%s B%lld H%lld/%lld Sq%lld Sn%lld Lmax%lld D%lld/%lld page%lld%s%s rot%lld%s%s "
-             "win(%lld,%lld) cap%.1f alibi%d splits%d seqlens%d layout%d seed%llu",
+             "win(%lld,%lld) cap%.1f alibi%d splits%d seqlens%d layout%d%s%s%s seed%llu",
              tt_dtype_short(c->dtype), (long long)c->B, (long long)c->H, (long long)c->Hk,
              (long long)c->Sq, (long long)c->Sn, (long long)c->Lmax, (long long)c->D,
              (long long)c->Dv, (long long)c->page, c->batch_idx ? " bidx" : "",
              c->leftpad ? " leftpad" : "", (long long)(2 * c->half), c->interleaved ? "i" : "",
              c->causal ? " causal" : "", (long long)c->wl, (long long)c->wr, (double)c->softcap,
-             c->alibi, c->num_splits, c->seqlen_mode, (int)c->layout, (unsigned long long)c->seed);
+             c->alibi, c->num_splits, c->seqlen_mode, (int)c->layout,
+             c->x.varlen_q ? " varlen-q" : "", c->x.varlen_new ? " varlen-new" : "", qdesc,
+             (unsigned long long)c->seed);
     cflash_attn_params ap;
     cflash_kvcache_params kp;
     params(&p, &ap, &kp);
@@ -343,6 +563,8 @@ static void run_case(const kcase* c) {
         if (!tt_backend_selected(*be)) continue;
         memcpy(p.kc.base, p.kc0.base, p.kc.bytes);
         memcpy(p.vc.base, p.vc0.base, p.vc.bytes);
+        if (p.ks.base)
+            memcpy(p.ks.base, p.ks0.base, p.ks.bytes), memcpy(p.vs.base, p.vs0.base, p.vs.bytes);
         tt_poison(&p.out), tt_poison(&p.lse);
         cflash_context* ctx = ops_context(*be, 0);
         cflash_status s = cflash_attn_kvcache_fwd(ctx, &ap, &kp, &p.q.dl, &p.kc.dl, &p.vc.dl,
@@ -350,6 +572,8 @@ static void run_case(const kcase* c) {
         cflash_context_free(ctx);
         if (ops_backend_skips(*be, "kvcache_fwd", s)) continue;
         CHECK_MSG(s == CFLASH_OK, "%s on %s: %s", desc, *be, cflash_last_error());
+        /* a quantized cache: the oracle reads the codes the call stored (checked below) */
+        if (c->x.quant) oracle_bounds(&p, ro, rl, no_, nl_, &bo, &bl);
         int64_t nan = 0, nan2 = 0;
         double eo = ops_max_err(&p.out, ro, &nan), el = c->lse ? ops_max_err(&p.lse, rl, &nan2) : 0;
         CHECK_MSG(eo <= bo && nan == 0 && tt_padding_intact(&p.out),
@@ -405,24 +629,98 @@ static void test_grid(void) {
         n++;
     }
     /* long caches: split-KV and the vector paths over many keys */
-    kcase big = {CF_BF16, 1, 32, 8,  1,  128, 128, 1, 3000, 0, 0,        0,
-                 64,      0, 1,  -1, -1, 0,   0,   0, 0,    1, TT_DENSE, 3};
+    kcase big = {CF_BF16, 1, 32, 8,  1, 128, 128, 1, 3000, 0,        0, 0,  64,
+                 0,       1, -1, -1, 0, 0,   0,   0, 1,    TT_DENSE, 3, {0}};
     if (emulated) big.H = 8, big.Hk = 2, big.Lmax = 1000;
     run_case(&big);
     big.page = 16, big.num_splits = 5, big.dtype = CF_F16, big.B = 2, big.Sq = 4, big.Sn = 4;
     run_case(&big);
     /* chunked prefill: many query rows (the fast kernels tile them), causal, rotary, paged */
-    kcase pre = {CF_BF16, 2, 8, 2,  37, 64, 64, 37, 100, 16, 0,        1,
-                 16,      0, 1, -1, -1, 0,  0,  3,  0,   1,  TT_DENSE, 11};
+    kcase pre = {CF_BF16, 2, 8,  2,  37, 64, 64, 37, 100, 16,       0,  1,  16,
+                 0,       1, -1, -1, 0,  0,  3,  0,  1,   TT_DENSE, 11, {0}};
     run_case(&pre);
     pre.num_splits = 0, pre.dtype = CF_F32, pre.interleaved = 1, pre.page = 0, pre.batch_idx = 1;
     run_case(&pre);
-    printf("kvcache grid: %d cases + 2 long + 2 chunked prefill\n", n);
+    /* varlen queries and new keys (issue 13): decode rows, prefill chunks and speculative drafts
+     * in one call, with or without cu_seqlens_k_new, paged or not, rotary, masks, splits */
+    int nv = 0;
+    for (int i = 0; i < (emulated ? 6 : 12); i++) {
+        kcase v = {0};
+        v.dtype = dts[i % 3];
+        v.page = (int64_t[]){0, 16, 1, 0}[i % 4];
+        v.H = (int64_t[]){8, 6, 4}[i % 3], v.Hk = (int64_t[]){2, 1, 4}[i % 3];
+        v.B = 4 + i % 2;
+        v.Sq = (int64_t[]){7, 37, 5}[i % 3];
+        v.Sn = i % 6 == 5 ? 0 : 1;
+        v.D = v.Dv = (int64_t[]){64, 128, 40, 32}[i % 4];
+        v.Lmax = 60 + 40 * (i % 3);
+        v.batch_idx = (i / 4) % 2 && !v.page;
+        v.leftpad = i % 5 == 2;
+        v.half = i % 3 == 1 ? v.D / 2 : 0;
+        v.interleaved = i % 2;
+        v.causal = i % 4 != 3;
+        v.wl = i % 4 == 3 ? 9 : -1;
+        v.softcap = i == 7 ? 1.5f : 0.0f;
+        v.alibi = i == 8 ? 2 : 0;
+        v.num_splits = (int[]){0, 1, 3}[i % 3];
+        v.lse = 1;
+        v.layout = (tt_layout)(i % 2);
+        v.x.varlen_q = i % 3 != 2;
+        v.x.varlen_new = i % 3 != 0;
+        v.seed = 700 + (uint64_t)i + tt_seed_base();
+        run_case(&v);
+        nv++;
+    }
+    /* quantized caches (issue 13): fp8 e4m3 / e5m2 with each descale layout, uint8 or float8
+     * typed, int8 with per-(token, head) scales; paged, rotary, varlen, masks, splits */
+    int nqz = 0;
+    for (int i = 0; i < (emulated ? 9 : 18); i++) {
+        kcase v = {0};
+        v.dtype = dts[i % 3];
+        v.x.quant = 1 + i % 3;
+        v.x.descale = v.x.quant == CFLASH_KV_QUANT_INT8 ? 0 : (i / 3) % 4;
+        v.x.f8code = (i / 2) % 2;
+        v.page = (int64_t[]){0, 16, 0, 1, 256}[i % 5];
+        v.H = (int64_t[]){8, 4, 6}[(i / 3) % 3], v.Hk = (int64_t[]){2, 4, 1}[(i / 3) % 3];
+        v.B = 1 + i % 3;
+        v.Sq = (int64_t[]){1, 1, 4}[i % 3];
+        v.Sn = i % 4 == 3 ? 0 : v.Sq;
+        v.D = v.Dv = (int64_t[]){64, 128, 32, 40}[i % 4];
+        v.Lmax = (int64_t[]){37, 300, 1}[i % 3];
+        v.half = i % 4 == 1 ? v.D / 2 : 0;
+        v.interleaved = i % 2;
+        v.causal = i % 3 != 2;
+        v.wl = i % 6 == 5 ? 12 : -1;
+        v.softcap = i == 7 ? 1.5f : 0.0f;
+        v.alibi = i == 10 ? 1 : 0;
+        v.num_splits = (int[]){0, 1, 3}[(i / 2) % 3];
+        v.lse = 1;
+        v.layout = (tt_layout)(i % 2);
+        v.x.varlen_q = v.x.varlen_new = i % 5 == 3;
+        v.leftpad = i % 7 == 4;
+        v.batch_idx = i % 8 == 6 && !v.page;
+        v.seed = 800 + (uint64_t)i + tt_seed_base();
+        run_case(&v);
+        nqz++;
+    }
+    /* long quantized decodes: the block kernels over many keys */
+    for (int qz = 1; qz <= 3; qz++) {
+        kcase v = {0};
+        v.dtype = CF_BF16, v.B = 1, v.H = 32, v.Hk = 8, v.Sq = v.Sn = 1, v.D = v.Dv = 128;
+        v.Lmax = emulated ? 600 : 3000, v.causal = 1, v.wl = v.wr = -1, v.lse = 1;
+        v.x.quant = qz, v.x.descale = qz == CFLASH_KV_QUANT_INT8 ? 0 : 2;
+        v.page = qz == 2 ? 16 : 0;
+        v.seed = 850 + (uint64_t)qz + tt_seed_base();
+        run_case(&v);
+        nqz++;
+    }
+    printf("kvcache grid: %d cases + 2 long + 2 chunked prefill + %d varlen + %d quantized\n", n,
+           nv, nqz);
 }
 
 static void test_errors(void) {
-    kcase c = {CF_F32, 2, 4, 2,  1,  8, 8, 1, 5, 0, 0,        0,
-               2,      0, 1, -1, -1, 0, 0, 0, 0, 1, TT_DENSE, 1};
+    kcase c = {CF_F32, 2, 4,  2,  1, 8, 8, 1, 5, 0,        0, 0,  2,
+               0,      1, -1, -1, 0, 0, 0, 0, 1, TT_DENSE, 1, {0}};
     kprob p;
     build(&p, &c);
     cflash_attn_params ap;
@@ -514,7 +812,7 @@ static void test_errors(void) {
     kp.rotary_cos = kp.rotary_sin = &bad.dl;
     CHECK_ERR(CALL(), INV, "rotary_dim = 10, expected 2 <= rotary_dim <= head dim 8");
     tt_free(&bad);
-    kp.rotary_cos = &p.cs.dl, kp.rotary_sin = &p.sn.dl;
+    kp.rotary_cos = &p.cs.dl, kp.rotary_sin = &p.snt.dl;
     kp.num_splits = -1;
     CHECK_ERR(CALL(), INV, "num_splits: -1");
     kp.num_splits = 0;
@@ -542,11 +840,288 @@ static void test_errors(void) {
     release(&p);
 }
 
+/* The varlen fields' error paths (cu_seqlens_q, max_seqlen_q, cu_seqlens_k_new): status, message,
+ * and nothing written (caches, out, lse). */
+static void test_errors_varlen(void) {
+    kcase c = {CF_F32, 3, 4,  2,  5, 8, 8, 1, 5, 0,        0, 0,  2,
+               0,      1, -1, -1, 0, 0, 0, 0, 1, TT_DENSE, 2, {0}};
+    c.x.varlen_q = c.x.varlen_new = 1;
+    kprob p;
+    build(&p, &c);
+    cflash_attn_params ap;
+    cflash_kvcache_params kp;
+    params(&p, &ap, &kp);
+    const cflash_status INV = CFLASH_ERR_INVALID_ARGUMENT;
+    int32_t *cq = p.t_cuq.base, *cn = p.t_cun.base;
+    char want[160];
+#define CALL()                                                                                     \
+    cflash_attn_kvcache_fwd(NULL, &ap, &kp, &p.q.dl, &p.kc.dl, &p.vc.dl, &p.out.dl, &p.lse.dl)
+#define EXPECT(sub)                                                                                \
+    do {                                                                                           \
+        CHECK_ERR(CALL(), INV, sub);                                                               \
+        CHECK(!memcmp(p.kc.base, p.kc0.base, p.kc.bytes) &&                                        \
+              !memcmp(p.vc.base, p.vc0.base, p.vc.bytes));                                         \
+        CHECK(tt_count_nan(&p.out) == p.out.numel && tt_count_nan(&p.lse) == p.lse.numel);         \
+    } while (0)
+    CHECK_OK(CALL());
+    memcpy(p.kc.base, p.kc0.base, p.kc.bytes), memcpy(p.vc.base, p.vc0.base, p.vc.bytes);
+    tt_poison(&p.out), tt_poison(&p.lse);
+    cq[0] = 1;
+    EXPECT("cu_seqlens_q[0]: 1, expected 0");
+    cq[0] = 0, cq[2] = cq[1] - 1;
+    snprintf(want, sizeof want, "cu_seqlens_q[2]: %d is less than cu_seqlens_q[1] = %d", cq[2],
+             cq[1]);
+    EXPECT(want);
+    cq[2] = (int32_t)p.q0[2], cq[3] = (int32_t)p.total_q + 1;
+    snprintf(want, sizeof want, "cu_seqlens_q[3]: %d, expected at most total_q = %lld", cq[3],
+             (long long)p.total_q);
+    EXPECT(want);
+    cq[3] = (int32_t)p.total_q;
+    kp.max_seqlen_q = p.max_sq - 1;
+    snprintf(want, sizeof want, "max_seqlen_q: %lld, but a sequence has %lld query rows",
+             (long long)(p.max_sq - 1), (long long)p.max_sq);
+    EXPECT(want);
+    kp.max_seqlen_q = -1;
+    EXPECT("max_seqlen_q: -1");
+    kp.max_seqlen_q = 0;
+    kp.cu_seqlens_k_new = NULL; /* k_new 3-D read as (B, Sn, Hk, D) */
+    EXPECT("k_new: expected 4 dims (B, Sn, Hk, D), got 3");
+    kp.cu_seqlens_k_new = &p.t_cun.dl;
+    kp.k_new = kp.v_new = NULL;
+    EXPECT("cu_seqlens_k_new: given without k_new, expected NULL");
+    kp.k_new = &p.kn.dl, kp.v_new = &p.vn.dl;
+    cn[3] = (int32_t)p.total_new + 1;
+    snprintf(want, sizeof want, "cu_seqlens_k_new[3]: %d, expected at most total_new = %lld", cn[3],
+             (long long)p.total_new);
+    EXPECT(want);
+    cn[3] = (int32_t)p.total_new;
+    kp.v_new = &p.kn.dl; /* D = Dv: only the dtype and shape are checked, and they match */
+    CHECK_OK(CALL());
+    memcpy(p.kc.base, p.kc0.base, p.kc.bytes), memcpy(p.vc.base, p.vc0.base, p.vc.bytes);
+    tt_poison(&p.out), tt_poison(&p.lse);
+    kp.v_new = &p.vn.dl;
+    /* the longest sequence's new rows against the cache: Lmax + 2 new rows past S_cache */
+    ((int32_t*)p.t_seq.base)[0] = (int32_t)(p.Sc - p.sn[0] + 1);
+    snprintf(want, sizeof want, "cache_seqlens[0]: %lld + %lld new rows = %lld exceeds",
+             (long long)(p.Sc - p.sn[0] + 1), (long long)p.sn[0], (long long)(p.Sc + 1));
+    EXPECT(want);
+    ((int32_t*)p.t_seq.base)[0] = p.L[0];
+    tt_tensor bad;
+    int64_t l3[3] = {c.B, c.H, p.max_sq};
+    tt_alloc(&bad, CF_F32, 3, l3, TT_DENSE);
+    CHECK_ERR(
+        cflash_attn_kvcache_fwd(NULL, &ap, &kp, &p.q.dl, &p.kc.dl, &p.vc.dl, &p.out.dl, &bad.dl),
+        INV, "lse: expected 2 dims (H, total_q), got 3");
+    CHECK_ERR(cflash_attn_kvcache_fwd(NULL, &ap, &kp, &p.q.dl, &p.kc.dl, &p.vc.dl, &bad.dl, NULL),
+              INV, "out: shape (3, 4, 4), expected (total_q, H, Dv) with dim 0 =");
+    tt_free(&bad);
+    kp.cu_seqlens_q = NULL;
+    EXPECT("q: expected 4 dims (B, Sq, H, D), got 3");
+    kp.cu_seqlens_q = &p.t_cuq.dl;
+#undef CALL
+#undef EXPECT
+    release(&p);
+}
+
+/* The quantized caches' error paths: status, message, and nothing written (caches, scales, out). */
+static void test_errors_quant(void) {
+    const cflash_status INV = CFLASH_ERR_INVALID_ARGUMENT;
+    for (int qz = CFLASH_KV_QUANT_FP8_E4M3; qz <= CFLASH_KV_QUANT_INT8; qz += 2) {
+        kcase c = {CF_F32, 2, 4,  2,  1, 8, 8, 1, 5, 0,        0, 0,  0,
+                   0,      1, -1, -1, 0, 0, 0, 0, 1, TT_DENSE, 3, {0}};
+        c.x.quant = qz, c.x.descale = qz == CFLASH_KV_QUANT_INT8 ? 0 : 2;
+        kprob p;
+        build(&p, &c);
+        cflash_attn_params ap;
+        cflash_kvcache_params kp;
+        params(&p, &ap, &kp);
+#define CALL()                                                                                     \
+    cflash_attn_kvcache_fwd(NULL, &ap, &kp, &p.q.dl, &p.kc.dl, &p.vc.dl, &p.out.dl, &p.lse.dl)
+#define UNTOUCHED()                                                                                \
+    (!memcmp(p.kc.base, p.kc0.base, p.kc.bytes) && !memcmp(p.vc.base, p.vc0.base, p.vc.bytes) &&   \
+     (!p.ks.base || !memcmp(p.ks.base, p.ks0.base, p.ks.bytes)) &&                                 \
+     (!p.vs.base || !memcmp(p.vs.base, p.vs0.base, p.vs.bytes)) &&                                 \
+     tt_count_nan(&p.out) == p.out.numel)
+#define EXPECT(sub)                                                                                \
+    do {                                                                                           \
+        CHECK_ERR(CALL(), INV, sub);                                                               \
+        CHECK_MSG(UNTOUCHED(), "wrote on error: %s", sub);                                         \
+    } while (0)
+        CHECK_OK(CALL());
+        memcpy(p.kc.base, p.kc0.base, p.kc.bytes), memcpy(p.vc.base, p.vc0.base, p.vc.bytes);
+        if (p.ks.base)
+            memcpy(p.ks.base, p.ks0.base, p.ks.bytes), memcpy(p.vs.base, p.vs0.base, p.vs.bytes);
+        tt_poison(&p.out), tt_poison(&p.lse);
+        kp.cache_quant = 7;
+        EXPECT("cache_quant: 7, expected 0 (none), 1 (fp8 e4m3), 2 (fp8 e5m2) or 3 (int8)");
+        kp.cache_quant = -1;
+        EXPECT("cache_quant: -1");
+        DLTensor kc = p.kc.dl, vc = p.vc.dl;
+        kp.cache_quant = qz;
+        if (qz == CFLASH_KV_QUANT_INT8) {
+            kc.dtype.code = kDLUInt; /* uint8 codes are fp8 ones */
+            CHECK_ERR(
+                cflash_attn_kvcache_fwd(NULL, &ap, &kp, &p.q.dl, &kc, &p.vc.dl, &p.out.dl, NULL),
+                INV, "k_cache: dtype uint8, expected int8 for cache_quant 3 (int8)");
+            kp.v_scales = NULL;
+            EXPECT("v_scales: is NULL, expected fp32 (B_cache, S_cache, Hk) or (num_pages, "
+                   "page_size, Hk) scales for an int8 cache");
+            kp.v_scales = &p.vs.dl, kp.k_descale = &p.ks.dl;
+            EXPECT("k_descale: given with cache_quant 3 (int8), expected NULL (descale factors "
+                   "are for fp8 caches)");
+            kp.k_descale = NULL;
+            DLTensor ks = p.ks.dl;
+            int64_t bad3[3] = {p.ks.shape[0], p.ks.shape[1] + 1, p.ks.shape[2]};
+            ks.shape = bad3;
+            kp.k_scales = &ks;
+            EXPECT("k_scales: shape (");
+            ks.shape = p.ks.dl.shape, ks.dtype = tt_dl_dtype(CF_F16);
+            EXPECT("k_scales: dtype float16, expected float32");
+            ks.dtype = p.ks.dl.dtype;
+            int64_t st0[3] = {p.ks.strides[0], 0, p.ks.strides[2]};
+            ks.strides = st0;
+            EXPECT("k_scales: stride 0 in dim 1 of size");
+            ks.strides = p.ks.dl.strides, ks.device.device_type = kDLCUDA;
+            EXPECT("k_scales: on cuda:0, expected cpu:0 (the device of q)");
+            kp.k_scales = &p.ks.dl;
+            kp.cache_quant = CFLASH_KV_QUANT_FP8_E4M3;
+            EXPECT("k_cache: dtype int8, expected uint8 or float8_e4m3fn for cache_quant 1");
+        } else {
+            kp.cache_quant = CFLASH_KV_QUANT_NONE;
+            EXPECT("k_cache: dtype uint8, expected float32 (the dtype of q), or cache_quant set "
+                   "for 8-bit codes");
+            kp.cache_quant = CFLASH_KV_QUANT_FP8_E5M2;
+            kc.dtype.code = 10 /* kDLFloat8_e4m3fn */, vc.dtype.code = 10;
+            CHECK_ERR(cflash_attn_kvcache_fwd(NULL, &ap, &kp, &p.q.dl, &kc, &vc, &p.out.dl, NULL),
+                      INV,
+                      "k_cache: dtype float8_e4m3fn, expected uint8 or float8_e5m2 for "
+                      "cache_quant 2 (fp8 e5m2)");
+            kp.cache_quant = qz;
+            kp.k_descale = NULL; /* a NULL descale is 1: valid */
+            kp.v_scales = &p.kds.dl;
+            EXPECT("v_scales: given with cache_quant 1 (fp8 e4m3), expected NULL (per-token "
+                   "scales are for int8 caches)");
+            kp.v_scales = NULL;
+            int64_t s3[1] = {3};
+            tt_tensor bad;
+            tt_alloc(&bad, CF_F32, 1, s3, TT_DENSE);
+            kp.k_descale = &bad.dl;
+            EXPECT("k_descale: shape (3), expected [1], [Hk] = [2] or [B, Hk] = [2, 2]");
+            tt_free(&bad);
+            DLTensor kd = p.kds.dl;
+            kd.dtype = tt_dl_dtype(CF_F16);
+            kp.k_descale = &kd;
+            EXPECT("k_descale: dtype float16, expected float32");
+            kd.dtype = p.kds.dl.dtype, kd.device.device_type = kDLCUDA;
+            kp.v_descale = &kd, kp.k_descale = &p.kds.dl;
+            EXPECT("v_descale: on cuda:0, expected cpu:0 (the device of q)");
+            kp.v_descale = &p.vds.dl;
+            DLTensor vh = p.vc.dl;
+            vh.dtype = tt_dl_dtype(CF_F32);
+            CHECK_ERR(
+                cflash_attn_kvcache_fwd(NULL, &ap, &kp, &p.q.dl, &p.kc.dl, &vh, &p.out.dl, NULL),
+                INV, "v_cache: dtype float32, expected uint8 or float8_e4m3fn");
+        }
+        CHECK_MSG(UNTOUCHED(), "quantized error paths wrote caller memory");
+#undef CALL
+#undef UNTOUCHED
+#undef EXPECT
+        release(&p);
+    }
+}
+
+/* The append's quantizer on the values where rounding rules differ: ties (to even), the largest
+ * finite codes and beyond (saturation, infinities), subnormals, NaN, a row of zeros (int8 scale
+ * 0); every backend's codes against the reference quantizer, exactly. Random rows rarely hit a
+ * tie, so the grid alone would not see round-half-away or a missing saturation. */
+static void test_quant_edges(void) {
+    static const float e4m3[] = {0.0f,   -0.0f,   1.0625f,   1.1875f,      -1.0625f,
+                                 448.0f, 464.0f,  1000.0f,   INFINITY,     -INFINITY,
+                                 NAN,    0x1p-9f, 0x1p-10f,  3 * 0x1p-10f, 0x1p-6f - 0x1p-11f,
+                                 240.0f, 1e-30f,  -0x1p-10f, 0x1.7p-8f,    17.0f};
+    static const float e5m2[] = {
+        0.0f,     57344.0f, 61440.0f,     1e6f,   INFINITY, -INFINITY, NAN,
+        0x1p-16f, 0x1p-17f, 3 * 0x1p-17f, 1.125f, 1.375f,   -1.375f,   0x1p-14f - 0x1p-17f,
+        5.0f,     40000.0f, -1e-20f,      0.3f};
+    static const float i8[] = {2.5f, -2.5f, 3.5f, 127.0f, 0.5f, -0.5f, 1.5f, -127.0f, 64.49f, 1.0f};
+    for (int qz = CFLASH_KV_QUANT_FP8_E4M3; qz <= CFLASH_KV_QUANT_INT8; qz++) {
+        kcase c = {0};
+        c.dtype = CF_F32, c.B = 1, c.H = 3, c.Hk = 3, c.Sq = c.Sn = 1, c.D = c.Dv = 24;
+        c.Lmax = 5, c.wl = c.wr = -1, c.layout = TT_DENSE, c.seed = 950 + (uint64_t)qz;
+        c.x.quant = qz;
+        kprob p;
+        build(&p, &c);
+        const float* tab = qz == CFLASH_KV_QUANT_INT8       ? i8
+                           : qz == CFLASH_KV_QUANT_FP8_E5M2 ? e5m2
+                                                            : e4m3;
+        const int64_t nt = qz == CFLASH_KV_QUANT_INT8       ? 10
+                           : qz == CFLASH_KV_QUANT_FP8_E5M2 ? 18
+                                                            : 20;
+        for (int is_v = 0; is_v < 2; is_v++)
+            for (int64_t hk = 0; hk < c.Hk; hk++)
+                for (int64_t d = 0; d < c.D; d++) {
+                    int64_t idx[4] = {0, 0, hk, d};
+                    double x = tab[(d + is_v * 7) % nt];
+                    if (qz == CFLASH_KV_QUANT_INT8) /* head 1: zeros; head 2: one NaN or inf */
+                        x = hk == 1 ? 0.0 : hk == 2 && d == 5 ? (is_v ? NAN : INFINITY) : x;
+                    tt_set(is_v ? &p.vn : &p.kn, idx, x);
+                }
+        cflash_attn_params ap;
+        cflash_kvcache_params kp;
+        params(&p, &ap, &kp);
+        for (const char* const* be = ops_backends; *be; be++) {
+            if (!tt_backend_selected(*be)) continue;
+            memcpy(p.kc.base, p.kc0.base, p.kc.bytes), memcpy(p.vc.base, p.vc0.base, p.vc.bytes);
+            if (p.ks.base)
+                memcpy(p.ks.base, p.ks0.base, p.ks.bytes),
+                    memcpy(p.vs.base, p.vs0.base, p.vs.bytes);
+            cflash_context* ctx = ops_context(*be, 0);
+            cflash_status s = cflash_attn_kvcache_fwd(ctx, &ap, &kp, &p.q.dl, &p.kc.dl, &p.vc.dl,
+                                                      &p.out.dl, NULL);
+            cflash_context_free(ctx);
+            if (ops_backend_skips(*be, "kvcache_fwd", s)) continue;
+            CHECK_MSG(s == CFLASH_OK, "quant edges %d on %s: %s", qz, *be, cflash_last_error());
+            const int64_t bad = check_caches(&p);
+            CHECK_MSG(bad == 0, "quant edges %d on %s: %lld cache elements wrong", qz, *be,
+                      (long long)bad);
+        }
+        release(&p);
+    }
+}
+
+/* The MLA latent cache (v_cache a view of k_cache) with an append: refused (UNSUPPORTED, saying
+ * why), nothing written. */
+static void test_latent_append_refused(void) {
+    kcase c = {0};
+    c.dtype = CF_F32, c.B = 2, c.H = 4, c.Hk = 1, c.Sq = c.Sn = 1, c.D = c.Dv = 16;
+    c.Lmax = 5, c.wl = c.wr = -1, c.layout = TT_DENSE, c.seed = 970;
+    kprob p;
+    build(&p, &c);
+    cflash_attn_params ap;
+    cflash_kvcache_params kp;
+    params(&p, &ap, &kp);
+    for (int no_vnew = 0; no_vnew < 2; no_vnew++) {
+        kp.v_new = no_vnew ? NULL : &p.vn.dl;
+        CHECK_ERR(
+            cflash_attn_kvcache_fwd(NULL, &ap, &kp, &p.q.dl, &p.kc.dl, &p.kc.dl, &p.out.dl, NULL),
+            CFLASH_ERR_UNSUPPORTED,
+            "v_cache: a view of k_cache (the MLA latent cache) with k_new: an append into a "
+            "latent cache is not implemented yet");
+        CHECK_MSG(!memcmp(p.kc.base, p.kc0.base, p.kc.bytes) && tt_count_nan(&p.out) == p.out.numel,
+                  "latent refusal wrote caller memory");
+    }
+    release(&p);
+}
+
 int main(int argc, char** argv) {
     verbose = argc > 1 && !strcmp(argv[1], "-v");
     double t0 = tt_now();
     test_grid();
     test_errors();
+    test_errors_varlen();
+    test_errors_quant();
+    test_quant_edges();
+    test_latent_append_refused();
     printf("test_kvcache: %.1f s\n", tt_now() - t0);
     return tt_summary();
 }

@@ -8,9 +8,11 @@
  *           --residual (residual in, prenorm residual_out). Bytes: x (+ residual) read, out
  *           (+ residual_out) written.
  *   decode  q (batch, seqlen-q, heads, head-dim) against a full cache (batch, seqlen-k, heads-kv,
- *           head-dim); --page N (paged cache), --splits N. Bytes: K and V read (+ q, out).
+ *           head-dim); --page N (paged cache), --splits N, --kv-quant e4m3|e5m2|int8 (a
+ *           quantized cache: 1-byte codes, fp8 descale per KV head, int8 scales per (token,
+ *           head)). Bytes: K and V read (+ their int8 scales, q, out).
  *   merge   --splits N parts of (batch, seqlen-q, heads, head-dim) in the dtype, fp32 LSE.
- * Example (the issue's decode target):
+ * Example (the issue's decode target; issue 13: the same with --kv-quant e4m3 at >= 1.8x):
  *   cflash bench decode --batch 1 --heads 32 --heads-kv 8 --head-dim 128 --seqlen-q 1
  *       --seqlen-k 131072 --dtype bf16 */
 #include <math.h>
@@ -36,6 +38,7 @@ int cf_cmd_bench_merge(int argc, char** argv);
 typedef struct ops_flags {
     int64_t rotary_dim, page, splits;
     int interleaved, inplace, layer, residual;
+    int kv_quant; /* cflash_kv_quant */
 } ops_flags;
 
 static int parse(const char* cmd, int argc, char** argv, cf_problem* pr, ops_flags* f) {
@@ -59,7 +62,22 @@ static int parse(const char* cmd, int argc, char** argv, cf_problem* pr, ops_fla
             i++;
             continue;
         }
-        if (i >= 3 && !strcmp(a, "--interleaved"))
+        if (i >= 3 && !strcmp(a, "--kv-quant")) {
+            const char* v = i + 1 < argc ? argv[++i] : "";
+            f->kv_quant = !strcmp(v, "e4m3")   ? CFLASH_KV_QUANT_FP8_E4M3
+                          : !strcmp(v, "e5m2") ? CFLASH_KV_QUANT_FP8_E5M2
+                          : !strcmp(v, "int8") ? CFLASH_KV_QUANT_INT8
+                          : !strcmp(v, "none") ? CFLASH_KV_QUANT_NONE
+                                               : -1;
+            if (f->kv_quant < 0) {
+                fprintf(stderr,
+                        "cflash bench %s: --kv-quant '%s', expected none, e4m3, e5m2 or "
+                        "int8\n",
+                        cmd, v);
+                free(rest);
+                return -1;
+            }
+        } else if (i >= 3 && !strcmp(a, "--interleaved"))
             f->interleaved = 1;
         else if (i >= 3 && !strcmp(a, "--inplace"))
             f->inplace = 1;
@@ -112,6 +130,10 @@ static int tens_new(tens* t, cflash_dtype dt, int ndim, const int64_t* shape, ui
         float x = (float)((h >> 40) & 0xffff) / 32768.0f - 1.0f;
         if (dt == CFLASH_DTYPE_I32)
             ((int32_t*)p)[i] = 0;
+        else if (dt == CFLASH_DTYPE_U8) /* fp8 codes of magnitude < 2^7: no NaN, no infinity */
+            ((uint8_t*)p)[i] = (uint8_t)((h >> 40) & 0xb7);
+        else if (dt == CFLASH_DTYPE_I8)
+            ((int8_t*)p)[i] = (int8_t)((int)((h >> 40) % 255) - 127);
         else
             cflash_store(p, dt, i, x);
     }
@@ -119,11 +141,7 @@ static int tens_new(tens* t, cflash_dtype dt, int ndim, const int64_t* shape, ui
     t->dl.device.device_type = kDLCPU;
     t->dl.ndim = ndim;
     t->dl.shape = t->shape;
-    DLDataType d = {kDLFloat, 32, 1};
-    if (dt == CFLASH_DTYPE_F16) d.bits = 16;
-    if (dt == CFLASH_DTYPE_BF16) d.code = kDLBfloat, d.bits = 16;
-    if (dt == CFLASH_DTYPE_I32) d.code = kDLInt;
-    t->dl.dtype = d;
+    t->dl.dtype = cflash_dtype_to_dl(dt);
     return 0;
 }
 
@@ -374,7 +392,7 @@ typedef struct dec_arg {
     cflash_context* ctx;
     cflash_attn_params p;
     cflash_kvcache_params kp;
-    tens q, kc, vc, out, lse, bt;
+    tens q, kc, vc, out, lse, bt, kd, vd, ks, vs;
 } dec_arg;
 
 static cflash_status dec_call(void* p) {
@@ -394,12 +412,19 @@ int cf_cmd_bench_decode(int argc, char** argv) {
     int64_t qs[4] = {B, Sq, H, D}, ls[3] = {B, H, Sq};
     int64_t pages = f.page ? (Sk + f.page - 1) / f.page : 0;
     int64_t ks[4] = {B, Sk, Hk, D}, kps[4] = {B * pages, f.page, Hk, D}, bts[2] = {B, pages};
+    int64_t ss[3] = {f.page ? B * pages : B, f.page ? f.page : Sk, Hk}, ds[1] = {Hk};
+    const int int8 = f.kv_quant == CFLASH_KV_QUANT_INT8, fp8 = f.kv_quant && !int8;
+    const cflash_dtype cdt = int8 ? CFLASH_DTYPE_I8 : fp8 ? CFLASH_DTYPE_U8 : pr.dtype;
     a.ctx = make_ctx(&pr);
     if (!a.ctx || tens_new(&a.q, pr.dtype, 4, qs, 1) ||
-        tens_new(&a.kc, pr.dtype, 4, f.page ? kps : ks, 2) ||
-        tens_new(&a.vc, pr.dtype, 4, f.page ? kps : ks, 3) ||
-        tens_new(&a.out, pr.dtype, 4, qs, 4) || tens_new(&a.lse, CFLASH_DTYPE_F32, 3, ls, 5) ||
-        (f.page && tens_new(&a.bt, CFLASH_DTYPE_I32, 2, bts, 6)))
+        tens_new(&a.kc, cdt, 4, f.page ? kps : ks, 2) ||
+        tens_new(&a.vc, cdt, 4, f.page ? kps : ks, 3) || tens_new(&a.out, pr.dtype, 4, qs, 4) ||
+        tens_new(&a.lse, CFLASH_DTYPE_F32, 3, ls, 5) ||
+        (f.page && tens_new(&a.bt, CFLASH_DTYPE_I32, 2, bts, 6)) ||
+        (fp8 && (tens_new(&a.kd, CFLASH_DTYPE_F32, 1, ds, 7) ||
+                 tens_new(&a.vd, CFLASH_DTYPE_F32, 1, ds, 8))) ||
+        (int8 && (tens_new(&a.ks, CFLASH_DTYPE_F32, 3, ss, 9) ||
+                  tens_new(&a.vs, CFLASH_DTYPE_F32, 3, ss, 10))))
         return 1;
     for (int64_t i = 0; f.page && i < B * pages; i++) /* pages in a scattered order */
         ((int32_t*)a.bt.dl.data)[i] = (int32_t)((i * 7919) % (B * pages));
@@ -411,18 +436,23 @@ int cf_cmd_bench_decode(int argc, char** argv) {
     a.kp.cache_seqlen = Sk;
     a.kp.block_table = f.page ? &a.bt.dl : NULL;
     a.kp.num_splits = f.splits >= 0 ? (int)f.splits : 0;
+    a.kp.cache_quant = f.kv_quant;
+    a.kp.k_descale = fp8 ? &a.kd.dl : NULL, a.kp.v_descale = fp8 ? &a.vd.dl : NULL;
+    a.kp.k_scales = int8 ? &a.ks.dl : NULL, a.kp.v_scales = int8 ? &a.vs.dl : NULL;
     char shape[160];
-    snprintf(shape, sizeof shape, "B%lld H%lld/%lld D%lld Sq%lld Sk%lld%s%s", (long long)B,
+    snprintf(shape, sizeof shape, "B%lld H%lld/%lld D%lld Sq%lld Sk%lld%s%s%s", (long long)B,
              (long long)H, (long long)Hk, (long long)D, (long long)Sq, (long long)Sk,
+             (const char*[]){"", " cache-e4m3", " cache-e5m2", " cache-int8"}[f.kv_quant],
              f.page ? " paged" : "", pr.causal ? " causal" : "");
     if (f.page)
         snprintf(shape + strlen(shape), sizeof shape - strlen(shape), "%lld", (long long)f.page);
-    double es = (double)cflash_dtype_size(pr.dtype);
-    double bytes = 2.0 * (double)(B * Sk * Hk * D) * es + 2.0 * (double)(B * Sq * H * D) * es;
+    double es = (double)cflash_dtype_size(pr.dtype), ces = (double)cflash_dtype_size(cdt);
+    double bytes = 2.0 * (double)(B * Sk * Hk * D) * ces + 2.0 * (double)(B * Sq * H * D) * es +
+                   (int8 ? 2.0 * 4.0 * (double)(B * Sk * Hk) : 0.0);
     job j = {dec_call, &a, CFLASH_OK};
     int rc = report("decode", &pr, shape, a.ctx, &j, bytes);
     tens_free(&a.q), tens_free(&a.kc), tens_free(&a.vc), tens_free(&a.out), tens_free(&a.lse),
-        tens_free(&a.bt);
+        tens_free(&a.bt), tens_free(&a.kd), tens_free(&a.vd), tens_free(&a.ks), tens_free(&a.vs);
     cflash_context_free(a.ctx);
     return rc;
 }

@@ -61,6 +61,12 @@ CFLASH_ERR_IO = -5
 CFLASH_NORM_RMS = 0
 CFLASH_NORM_LAYER = 1
 
+# cflash_kv_quant
+CFLASH_KV_QUANT_NONE = 0
+CFLASH_KV_QUANT_FP8_E4M3 = 1
+CFLASH_KV_QUANT_FP8_E5M2 = 2
+CFLASH_KV_QUANT_INT8 = 3
+
 # cflash_op
 CFLASH_OP_ATTN_FWD = 0
 CFLASH_OP_ATTN_BWD = 1
@@ -85,6 +91,12 @@ ENUMS = {
     "cflash_norm_type": {
         "CFLASH_NORM_RMS": CFLASH_NORM_RMS,
         "CFLASH_NORM_LAYER": CFLASH_NORM_LAYER,
+    },
+    "cflash_kv_quant": {
+        "CFLASH_KV_QUANT_NONE": CFLASH_KV_QUANT_NONE,
+        "CFLASH_KV_QUANT_FP8_E4M3": CFLASH_KV_QUANT_FP8_E4M3,
+        "CFLASH_KV_QUANT_FP8_E5M2": CFLASH_KV_QUANT_FP8_E5M2,
+        "CFLASH_KV_QUANT_INT8": CFLASH_KV_QUANT_INT8,
     },
     "cflash_op": {
         "CFLASH_OP_ATTN_FWD": CFLASH_OP_ATTN_FWD,
@@ -128,6 +140,9 @@ class cflash_attn_params(_c.Structure):
         ("block_q", _c.c_int64),  # int64_t
         ("block_k", _c.c_int64),  # int64_t
         ("attention_chunk", _c.c_int64),  # int64_t
+        ("block_table", _c.POINTER(DLTensor)),  # const DLTensor*
+        ("seqused_q", _c.POINTER(DLTensor)),  # const DLTensor*
+        ("seqused_k", _c.POINTER(DLTensor)),  # const DLTensor*
     ]
 
 
@@ -175,6 +190,14 @@ class cflash_kvcache_params(_c.Structure):
         ("cache_leftpad", _c.POINTER(DLTensor)),  # const DLTensor*
         ("block_table", _c.POINTER(DLTensor)),  # const DLTensor*
         ("num_splits", _c.c_int),  # int
+        ("cu_seqlens_q", _c.POINTER(DLTensor)),  # const DLTensor*
+        ("max_seqlen_q", _c.c_int64),  # int64_t
+        ("cu_seqlens_k_new", _c.POINTER(DLTensor)),  # const DLTensor*
+        ("cache_quant", _c.c_int),  # int
+        ("k_descale", _c.POINTER(DLTensor)),  # const DLTensor*
+        ("v_descale", _c.POINTER(DLTensor)),  # const DLTensor*
+        ("k_scales", _c.POINTER(DLTensor)),  # const DLTensor*
+        ("v_scales", _c.POINTER(DLTensor)),  # const DLTensor*
     ]
 
 

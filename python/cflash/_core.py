@@ -41,9 +41,11 @@ def _run(name, op, what, ctx, *args):
 
 
 def make_params(dropout_p=0.0, softmax_scale=None, causal=False, window_left=-1, window_right=-1,
-                softcap=0.0, alibi=None, seed=0, offset=0, deterministic=False, q_offset=0, k_offset=0):
+                softcap=0.0, alibi=None, seed=0, offset=0, deterministic=False, q_offset=0, k_offset=0,
+                serving=(None, None, None)):
     """A cflash_attn_params; alibi is a DL holder (or None) kept alive by the caller. q_offset,
-    k_offset: positions of the call's first query / key in a longer sequence (ring attention)."""
+    k_offset: positions of the call's first query / key in a longer sequence (ring attention).
+    serving: DL holders (or None) of block_table, seqused_q, seqused_k."""
     p = _lib.AttnParams()
     lib.cflash_attn_params_init(ctypes.byref(p))
     p.softmax_scale = 0.0 if softmax_scale is None else float(softmax_scale)
@@ -57,6 +59,7 @@ def make_params(dropout_p=0.0, softmax_scale=None, causal=False, window_left=-1,
     p.offset = int(offset) & _MASK64
     p.deterministic = 1 if deterministic else 0
     p.q_offset, p.k_offset = int(q_offset), int(k_offset)
+    p.block_table, p.seqused_q, p.seqused_k = [field(h) for h in serving]
     return p
 
 
@@ -69,6 +72,12 @@ def _extras(p, **arrays):
             hold.append(DL(maybe_contiguous(x), name))
             setattr(p, name, field(hold[-1]))
     return hold
+
+
+def _serving(block_table, seqused_q, seqused_k):
+    """DL holders of the paged-K/V and used-length index tensors (host int32 copies)."""
+    return tuple(dl(host_int32(t, n), n) for t, n in ((block_table, "block_table"), (seqused_q, "seqused_q"),
+                                                       (seqused_k, "seqused_k")))
 
 
 def _alibi(alibi_slopes, q):
@@ -128,52 +137,59 @@ def attn_bwd(dout, q, k, v, out, lse, dropout_p, softmax_scale, causal, window_l
 
 def attn_varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p,
                     softmax_scale, causal, window_left, window_right, softcap, alibi_slopes, seed=0,
-                    offset=0, q_offset=0, k_offset=0, sinks=None):
-    """out (total_q, H, Dv) like q, lse float32 (H, total_q); sinks fp32 (H,) (issue 13)."""
+                    offset=0, q_offset=0, k_offset=0, sinks=None, block_table=None, seqused_q=None,
+                    seqused_k=None):
+    """out (total_q, H, Dv) like q, lse float32 (H, total_q); sinks fp32 (H,) (issue 13). With
+    block_table, k / v are pages (num_pages, page_size, Hk, D); cu_seqlens_k may be None when
+    seqused_k is given."""
     q, k, v = maybe_contiguous(q), maybe_contiguous(k), maybe_contiguous(v)
     _shape_check(q, 3, "q", "(total_q, nheads, headdim)")
-    _shape_check(v, 3, "v", "(total_k, nheads_k, headdim_v)")
+    if block_table is None:
+        _shape_check(v, 3, "v", "(total_k, nheads_k, headdim_v)")
     T, H, _ = q.shape
     out = empty(q, (T, H, v.shape[-1]))
     lse = empty(q, (H, T), "f32")
     cq, ck = host_int32(cu_seqlens_q, "cu_seqlens_q"), host_int32(cu_seqlens_k, "cu_seqlens_k")
     a = _alibi(alibi_slopes, q)
+    sv = _serving(block_table, seqused_q, seqused_k)
     p = make_params(dropout_p, softmax_scale, causal, window_left, window_right, softcap, a, seed, offset,
-                    q_offset=q_offset, k_offset=k_offset)
+                    q_offset=q_offset, k_offset=k_offset, serving=sv)
     keep = _extras(p, sinks=sinks)  # noqa: F841 (alive for the call)
-    h = [DL(x, n) for x, n in ((q, "q"), (k, "k"), (v, "v"), (cq, "cu_seqlens_q"), (ck, "cu_seqlens_k"))]
+    h = [dl(x, n) for x, n in ((q, "q"), (k, "k"), (v, "v"), (cq, "cu_seqlens_q"), (ck, "cu_seqlens_k"))]
     ho, hl = DL(out, "out"), DL(lse, "lse")
     with device_guard(q):
         ctx = _lib.context(cuda_stream_of(q))
         mq, mk = ctypes.c_int64(int(max_seqlen_q or 0)), ctypes.c_int64(int(max_seqlen_k or 0))
         _run("cflash_attn_varlen_fwd", "attn_varlen_fwd", "varlen attention forward", ctx, ctypes.byref(p),
-             *[x.ptr for x in h], mq, mk, ho.ptr, hl.ptr)
+             *[ptr(x) for x in h], mq, mk, ho.ptr, hl.ptr)
         if explaining():
             hg = [DL(empty(x, x.shape), n) for x, n in ((q, "dq"), (k, "dk"), (v, "dv"))]
-            _run("cflash_attn_varlen_bwd", "attn_varlen_bwd", "", ctx, ctypes.byref(p), ho.ptr, *[x.ptr for x in h[:3]],
-                 ho.ptr, hl.ptr, *[x.ptr for x in h[3:]], mq, mk, *[x.ptr for x in hg])
+            _run("cflash_attn_varlen_bwd", "attn_varlen_bwd", "", ctx, ctypes.byref(p), ho.ptr,
+                 *[ptr(x) for x in h[:3]], ho.ptr, hl.ptr, *[ptr(x) for x in h[3:]], mq, mk, *[x.ptr for x in hg])
     return out, lse
 
 
 def attn_varlen_bwd(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
                     dropout_p, softmax_scale, causal, window_left, window_right, softcap, alibi_slopes,
-                    deterministic, seed=0, offset=0, q_offset=0, k_offset=0, sinks=None):
+                    deterministic, seed=0, offset=0, q_offset=0, k_offset=0, sinks=None, block_table=None,
+                    seqused_q=None, seqused_k=None):
     """dq, dk, dv; with sinks (issue 13) also dsinks fp32 (H,)."""
     dout, q, k, v, out = [maybe_contiguous(x) for x in (dout, q, k, v, out)]
     dq, dk, dv = empty(q, q.shape), empty(k, k.shape), empty(v, v.shape)
     ds = None if sinks is None else empty(q, (q.shape[1],), "f32")
     cq, ck = host_int32(cu_seqlens_q, "cu_seqlens_q"), host_int32(cu_seqlens_k, "cu_seqlens_k")
     a = _alibi(alibi_slopes, q)
+    sv = _serving(block_table, seqused_q, seqused_k)
     p = make_params(dropout_p, softmax_scale, causal, window_left, window_right, softcap, a, seed, offset,
-                    deterministic, q_offset, k_offset)
+                    deterministic, q_offset, k_offset, serving=sv)
     keep = _extras(p, sinks=sinks, dsinks=ds)  # noqa: F841 (alive for the call)
-    h = [DL(x, n) for x, n in ((dout, "dout"), (q, "q"), (k, "k"), (v, "v"), (out, "out"), (lse, "lse"),
+    h = [dl(x, n) for x, n in ((dout, "dout"), (q, "q"), (k, "k"), (v, "v"), (out, "out"), (lse, "lse"),
                                (cq, "cu_seqlens_q"), (ck, "cu_seqlens_k"))]
     hg = [DL(x, n) for x, n in ((dq, "dq"), (dk, "dk"), (dv, "dv"))]
     with device_guard(q):
         ctx = _lib.context(cuda_stream_of(q))
         _run("cflash_attn_varlen_bwd", "attn_varlen_bwd", "varlen attention backward", ctx, ctypes.byref(p),
-             *[x.ptr for x in h], ctypes.c_int64(int(max_seqlen_q or 0)), ctypes.c_int64(int(max_seqlen_k or 0)),
+             *[ptr(x) for x in h], ctypes.c_int64(int(max_seqlen_q or 0)), ctypes.c_int64(int(max_seqlen_k or 0)),
              *[x.ptr for x in hg])
     return (dq, dk, dv) if sinks is None else (dq, dk, dv, ds)
 
@@ -359,13 +375,21 @@ def _cast_like(t, like):
 def attn_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None, rotary_sin=None, cache_seqlens=None,
                  cache_batch_idx=None, cache_leftpad=None, block_table=None, softmax_scale=None, causal=False,
                  window_left=-1, window_right=-1, softcap=0.0, rotary_interleaved=True, alibi_slopes=None,
-                 num_splits=0):
-    """out (B, Sq, H, Dv) like q, lse float32 (B, H, Sq); k_cache / v_cache updated in place."""
+                 num_splits=0, cu_seqlens_q=None, max_seqlen_q=None, cu_seqlens_k_new=None):
+    """out (B, Sq, H, Dv) like q, lse float32 (B, H, Sq); k_cache / v_cache updated in place.
+    With cu_seqlens_q (FA3), q is (total_q, H, D): out (total_q, H, Dv), lse (H, total_q); with
+    cu_seqlens_k_new, k / v are (total_new, Hk, D)."""
     q, k, v = maybe_contiguous(q), maybe_contiguous(k), maybe_contiguous(v)
-    _shape_check(q, 4, "q", "(batch, seqlen_q, nheads, headdim)")
-    B, Sq, H, _ = q.shape
-    out = empty(q, (B, Sq, H, v_cache.shape[-1]))
-    lse = empty(q, (B, H, Sq), "f32")
+    if cu_seqlens_q is not None:
+        _shape_check(q, 3, "q", "(total_q, nheads, headdim) with cu_seqlens_q")
+        T, H, _ = q.shape
+        out = empty(q, (T, H, v_cache.shape[-1]))
+        lse = empty(q, (H, T), "f32")
+    else:
+        _shape_check(q, 4, "q", "(batch, seqlen_q, nheads, headdim)")
+        B, Sq, H, _ = q.shape
+        out = empty(q, (B, Sq, H, v_cache.shape[-1]))
+        lse = empty(q, (B, H, Sq), "f32")
     kp = _lib.KVCacheParams()
     _lib.fn("cflash_kvcache_params_init")(ctypes.byref(kp))
     if rotary_cos is not None:
@@ -379,6 +403,9 @@ def attn_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None, rotary_si
     hidx = [dl(t, n) for t, n in zip(idx, ("cache_seqlens", "cache_batch_idx", "cache_leftpad", "block_table"))]
     kp.k_new, kp.v_new, kp.rotary_cos, kp.rotary_sin = [field(t) for t in hold]
     kp.cache_seqlens, kp.cache_batch_idx, kp.cache_leftpad, kp.block_table = [field(t) for t in hidx]
+    hvar = [dl(host_int32(t, n), n) for t, n in ((cu_seqlens_q, "cu_seqlens_q"), (cu_seqlens_k_new, "cu_seqlens_k_new"))]
+    kp.cu_seqlens_q, kp.cu_seqlens_k_new = [field(t) for t in hvar]
+    kp.max_seqlen_q = int(max_seqlen_q or 0)
     kp.rotary_interleaved = int(bool(rotary_interleaved))
     kp.cache_seqlen = seqlen
     kp.num_splits = int(num_splits)

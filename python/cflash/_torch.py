@@ -79,19 +79,23 @@ attn_fwd.register_autograd(_attn_backward, setup_context=_attn_setup)
 
 
 @_op("cflash::attn_varlen_fwd", mutates_args=())
-def attn_varlen_fwd(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor, cu_seqlens_k: Tensor,
+def attn_varlen_fwd(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor, cu_seqlens_k: Optional[Tensor],
                     max_seqlen_q: int, max_seqlen_k: int, alibi_slopes: Optional[Tensor], dropout_p: float,
                     softmax_scale: float, causal: bool, window_left: int, window_right: int, softcap: float,
-                    deterministic: bool, seed: int) -> Tuple[Tensor, Tensor, Tensor]:
+                    deterministic: bool, seed: int, block_table: Optional[Tensor] = None,
+                    seqused_q: Optional[Tensor] = None,
+                    seqused_k: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor]:
     seed = _draw(dropout_p, seed)
     out, lse = _core.attn_varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p,
-                                     softmax_scale, causal, window_left, window_right, softcap, alibi_slopes, seed)
+                                     softmax_scale, causal, window_left, window_right, softcap, alibi_slopes, seed,
+                                     block_table=block_table, seqused_q=seqused_q, seqused_k=seqused_k)
     return out, lse, _rng_state(seed)
 
 
 @attn_varlen_fwd.register_fake
 def _(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, alibi_slopes, dropout_p, softmax_scale,
-      causal, window_left, window_right, softcap, deterministic, seed):
+      causal, window_left, window_right, softcap, deterministic, seed, block_table=None, seqused_q=None,
+      seqused_k=None):
     T, H, _ = q.shape
     return (q.new_empty((T, H, v.shape[-1])), q.new_empty((H, T), dtype=torch.float32),
             torch.empty((2,), dtype=torch.int64))
@@ -99,33 +103,36 @@ def _(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, alibi_slo
 
 @_op("cflash::attn_varlen_bwd", mutates_args=())
 def attn_varlen_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
-                    cu_seqlens_q: Tensor, cu_seqlens_k: Tensor, max_seqlen_q: int, max_seqlen_k: int,
+                    cu_seqlens_q: Tensor, cu_seqlens_k: Optional[Tensor], max_seqlen_q: int, max_seqlen_k: int,
                     alibi_slopes: Optional[Tensor], dropout_p: float, softmax_scale: float, causal: bool,
                     window_left: int, window_right: int, softcap: float, deterministic: bool,
-                    rng_state: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+                    rng_state: Tensor, block_table: Optional[Tensor] = None, seqused_q: Optional[Tensor] = None,
+                    seqused_k: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor]:
     return _core.attn_varlen_bwd(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
                                  dropout_p, softmax_scale, causal, window_left, window_right, softcap,
-                                 alibi_slopes, deterministic, int(rng_state[0]))
+                                 alibi_slopes, deterministic, int(rng_state[0]), block_table=block_table,
+                                 seqused_q=seqused_q, seqused_k=seqused_k)
 
 
 @attn_varlen_bwd.register_fake
 def _(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, alibi_slopes, dropout_p,
-      softmax_scale, causal, window_left, window_right, softcap, deterministic, rng_state):
+      softmax_scale, causal, window_left, window_right, softcap, deterministic, rng_state, block_table=None,
+      seqused_q=None, seqused_k=None):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
 def _varlen_setup(ctx, inputs, output):
     q, k, v, cq, ck, mq, mk, alibi = inputs[:8]
     ctx.lens = (mq, mk)
-    ctx.args = inputs[8:-1]
-    ctx.save_for_backward(q, k, v, output[0], output[1], cq, ck, alibi, output[2])
+    ctx.args = inputs[8:15]  # dropout_p .. deterministic; the seed travels in rng_state
+    ctx.save_for_backward(q, k, v, output[0], output[1], cq, ck, alibi, output[2], *inputs[16:19])
 
 
 def _varlen_backward(ctx, dout, dlse, drng):
-    q, k, v, out, lse, cq, ck, alibi, rng = ctx.saved_tensors
+    q, k, v, out, lse, cq, ck, alibi, rng, bt, suq, suk = ctx.saved_tensors
     dq, dk, dv = torch.ops.cflash.attn_varlen_bwd(dout, q, k, v, out, lse, cq, ck, *ctx.lens, alibi, *ctx.args,
-                                                  rng)
-    return (dq, dk, dv) + (None,) * 13
+                                                  rng, bt, suq, suk)
+    return (dq, dk, dv) + (None,) * 16
 
 
 attn_varlen_fwd.register_autograd(_varlen_backward, setup_context=_varlen_setup)
@@ -140,17 +147,22 @@ def attn_kvcache(q: Tensor, k_cache: Tensor, v_cache: Tensor, k: Optional[Tensor
                  cache_seqlen: int, cache_batch_idx: Optional[Tensor], cache_leftpad: Optional[Tensor],
                  block_table: Optional[Tensor], alibi_slopes: Optional[Tensor], softmax_scale: float,
                  causal: bool, window_left: int, window_right: int, softcap: float, rotary_interleaved: bool,
-                 num_splits: int) -> Tuple[Tensor, Tensor]:
+                 num_splits: int, cu_seqlens_q: Optional[Tensor] = None, max_seqlen_q: int = 0,
+                 cu_seqlens_k_new: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
     seqlens = cache_seqlens if cache_seqlens is not None else (cache_seqlen if cache_seqlen >= 0 else None)
     return _core.attn_kvcache(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, seqlens, cache_batch_idx,
                               cache_leftpad, block_table, softmax_scale, causal, window_left, window_right, softcap,
-                              rotary_interleaved, alibi_slopes, num_splits)
+                              rotary_interleaved, alibi_slopes, num_splits, cu_seqlens_q=cu_seqlens_q,
+                              max_seqlen_q=max_seqlen_q, cu_seqlens_k_new=cu_seqlens_k_new)
 
 
 @attn_kvcache.register_fake
 def _(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens, cache_seqlen, cache_batch_idx,
       cache_leftpad, block_table, alibi_slopes, softmax_scale, causal, window_left, window_right, softcap,
-      rotary_interleaved, num_splits):
+      rotary_interleaved, num_splits, cu_seqlens_q=None, max_seqlen_q=0, cu_seqlens_k_new=None):
+    if cu_seqlens_q is not None:
+        T, H, _ = q.shape
+        return q.new_empty((T, H, v_cache.shape[-1])), q.new_empty((H, T), dtype=torch.float32)
     B, Sq, H, _ = q.shape
     return q.new_empty((B, Sq, H, v_cache.shape[-1])), q.new_empty((B, H, Sq), dtype=torch.float32)
 

@@ -177,16 +177,27 @@ def flash_attn_kvpacked_func(q, kv, dropout_p=0.0, softmax_scale=None, causal=Fa
 
 def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
                            softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0, alibi_slopes=None,
-                           deterministic=False, return_attn_probs=False, block_table=None, learnable_sink=None):
+                           deterministic=False, return_attn_probs=False, block_table=None, seqused_q=None,
+                           seqused_k=None, learnable_sink=None):
     """q (total_q, nheads, headdim), k, v (total_k, nheads_k, headdim[_v]); cu_seqlens_* int32
     (batch + 1,). Returns out (total_q, nheads, headdim_v), or with return_attn_probs (out,
     softmax_lse (nheads, total_q), S_dmask (batch, nheads, max_seqlen_q, max_seqlen_k)).
-    block_table (paged K/V) is not supported here: use flash_attn_with_kvcache. learnable_sink
-    (nheads,): as flash_attn_func's."""
-    if block_table is not None:
-        raise ValueError("block_table: paged K/V is supported by flash_attn_with_kvcache only; expected None")
-    q, k, v, alibi_slopes = [to_array(x, n) for x, n in ((q, "q"), (k, "k"), (v, "v"), (alibi_slopes, "alibi_slopes"))]
+    Paged K/V as vLLM and SGLang call flash-attn: block_table int32 (batch, max_pages) with k, v
+    (num_pages, page_size, nheads_k, headdim), any page size; key t of sequence b at page
+    block_table[b, t // page_size], row t % page_size; cu_seqlens_k then counts keys (or is None
+    with seqused_k). seqused_q / seqused_k (FA3): int32 (batch,), the rows / keys each sequence
+    uses (out rows past seqused_q are not written). learnable_sink (nheads,): as
+    flash_attn_func's."""
+    names = ((q, "q"), (k, "k"), (v, "v"), (alibi_slopes, "alibi_slopes"))
+    q, k, v, alibi_slopes = [to_array(x, n) for x, n in names]
     cu_seqlens_q, cu_seqlens_k = to_array(cu_seqlens_q, "cu_seqlens_q"), to_array(cu_seqlens_k, "cu_seqlens_k")
+    block_table, seqused_q, seqused_k = [to_array(x, n) for x, n in ((block_table, "block_table"),
+                                                                    (seqused_q, "seqused_q"),
+                                                                    (seqused_k, "seqused_k"))]
+    serving = block_table is not None or seqused_q is not None or seqused_k is not None
+    if return_attn_probs and serving:
+        raise ValueError("return_attn_probs: not available with block_table or seqused_q / seqused_k (the "
+                         "probabilities are a test aid over dense K/V); expected False")
     wl, wr = _window(window_size)
     scale = _scale(softmax_scale, q)
     tm = is_torch(q)
@@ -195,23 +206,29 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
     if learnable_sink is not None:
         sink = _sink(learnable_sink, q, return_attn_probs)
         if tm:
+            if serving:
+                raise ValueError("learnable_sink: not supported with block_table or seqused_q / seqused_k on "
+                                 "torch tensors yet (NumPy arrays take both); expected None")
             k, v, alibi_slopes, cu_seqlens_q, cu_seqlens_k = _as_torch((k, v, alibi_slopes, cu_seqlens_q,
                                                                         cu_seqlens_k), q)
             return _torch().AttnVarlenSinks.apply(q, k, v, cu_seqlens_q, cu_seqlens_k, mq, mk, sink, alibi_slopes,
                                                   float(dropout_p), scale, bool(causal), wl, wr, float(softcap),
                                                   bool(deterministic), seed)[0]
         return _core.attn_varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, mq, mk, dropout_p, scale, causal, wl, wr,
-                                     softcap, alibi_slopes, seed, sinks=sink)[0]
+                                     softcap, alibi_slopes, seed, sinks=sink, block_table=block_table,
+                                     seqused_q=seqused_q, seqused_k=seqused_k)[0]
     if tm:
-        k, v, alibi_slopes, cu_seqlens_q, cu_seqlens_k = _as_torch((k, v, alibi_slopes, cu_seqlens_q, cu_seqlens_k), q)
+        k, v, alibi_slopes, cu_seqlens_q, cu_seqlens_k, block_table, seqused_q, seqused_k = _as_torch(
+            (k, v, alibi_slopes, cu_seqlens_q, cu_seqlens_k, block_table, seqused_q, seqused_k), q)
         out, lse, rng = _torch().torch.ops.cflash.attn_varlen_fwd(
             q, k, v, cu_seqlens_q, cu_seqlens_k, mq, mk, alibi_slopes, float(dropout_p), scale, bool(causal), wl,
-            wr, float(softcap), bool(deterministic), seed)
+            wr, float(softcap), bool(deterministic), seed, block_table, seqused_q, seqused_k)
         if return_attn_probs:
             seed = int(rng[0])
     else:
         out, lse = _core.attn_varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, mq, mk, dropout_p, scale, causal, wl,
-                                         wr, softcap, alibi_slopes, seed)
+                                         wr, softcap, alibi_slopes, seed, block_table=block_table,
+                                         seqused_q=seqused_q, seqused_k=seqused_k)
     if not return_attn_probs:
         return out
     return out, lse, _attn_probs(q, k, v, lse, scale, causal, (wl, wr), softcap, alibi_slopes, dropout_p, seed,
@@ -246,16 +263,24 @@ def flash_attn_varlen_kvpacked_func(q, kv, cu_seqlens_q, cu_seqlens_k, max_seqle
 def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None, rotary_sin=None,
                             cache_seqlens=None, cache_batch_idx=None, cache_leftpad=None, block_table=None,
                             softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
-                            rotary_interleaved=True, alibi_slopes=None, num_splits=0, return_softmax_lse=False):
+                            rotary_interleaved=True, alibi_slopes=None, num_splits=0, return_softmax_lse=False,
+                            cu_seqlens_q=None, max_seqlen_q=None, cu_seqlens_k_new=None):
     """Decoding / chunked prefill against a KV cache. k, v (batch, seqlen_new, nheads_k, headdim),
     when given, are written into k_cache / v_cache *in place* at cache_seqlens (int or int32
     (batch,)), rotated first by rotary_cos / rotary_sin (seqlen_ro, rotary_dim / 2) when given.
     k_cache / v_cache (batch_cache, seqlen_cache, nheads_k, headdim), or paged with block_table
     (num_blocks, page_block_size, nheads_k, headdim), any page size. No backward (as flash-attn).
     Returns out (batch, seqlen_q, nheads, headdim), and softmax_lse (batch, nheads, seqlen_q) when
-    return_softmax_lse."""
+    return_softmax_lse.
+    FA3's varlen arguments put decode steps, prefill chunks and speculative drafts in one call:
+    cu_seqlens_q int32 (batch + 1,) with q (total_q, nheads, headdim) (out likewise, softmax_lse
+    (nheads, total_q)); cu_seqlens_k_new int32 (batch + 1,) with k, v (total_new, nheads_k,
+    headdim); max_seqlen_q an optional bound."""
     names = ("q", "k_cache", "v_cache", "k", "v", "rotary_cos", "rotary_sin", "alibi_slopes")
     args = (q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, alibi_slopes)
+    cu_seqlens_q, cu_seqlens_k_new = to_array(cu_seqlens_q, "cu_seqlens_q"), to_array(cu_seqlens_k_new,
+                                                                                        "cu_seqlens_k_new")
+    mq = int(max_seqlen_q or 0)
     q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, alibi_slopes = [to_array(x, n) for x, n in zip(args, names)]
     for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
         last = t.stride(-1) if is_torch(t) else t.strides[-1] // t.itemsize
@@ -272,14 +297,16 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
             else:
                 cache_seqlens = _torch().torch.as_tensor(np.asarray(cache_seqlens, dtype=np.int32))
         idx = [x if x is None or is_torch(x) else _torch().torch.as_tensor(np.asarray(x, dtype=np.int32))
-               for x in (cache_batch_idx, cache_leftpad, block_table)]
+               for x in (cache_batch_idx, cache_leftpad, block_table, cu_seqlens_q, cu_seqlens_k_new)]
         out, lse = _torch().torch.ops.cflash.attn_kvcache(
             q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens, seqlen, idx[0], idx[1], idx[2],
-            alibi_slopes, scale, bool(causal), wl, wr, float(softcap), bool(rotary_interleaved), int(num_splits))
+            alibi_slopes, scale, bool(causal), wl, wr, float(softcap), bool(rotary_interleaved), int(num_splits),
+            idx[3], mq, idx[4])
     else:
         out, lse = _core.attn_kvcache(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens,
                                       cache_batch_idx, cache_leftpad, block_table, scale, causal, wl, wr, softcap,
-                                      rotary_interleaved, alibi_slopes, num_splits)
+                                      rotary_interleaved, alibi_slopes, num_splits, cu_seqlens_q=cu_seqlens_q,
+                                      max_seqlen_q=mq, cu_seqlens_k_new=cu_seqlens_k_new)
     return (out, lse) if return_softmax_lse else out
 
 

@@ -7,7 +7,9 @@
 
 #include "api/attn_api.h"
 #include "api/context.h"
+#include "api/ops_api.h"
 #include "core/attn_call.h"
+#include "core/checked.h"
 #include "core/device.h"
 #include "core/status.h"
 #include "core/tensor.h"
@@ -442,11 +444,109 @@ static cflash_status check_max(int64_t given, int64_t actual, const char* name, 
 
 /* Turns a 3-dim varlen view (total, h, d) into the 4-dim (1, total, h, d) kernels expect. */
 static void varlen_lift(cf_view* v) {
-    for (int i = 3; i > 0; i--)
-        v->shape[i] = v->shape[i - 1], v->stride[i] = v->stride[i - 1];
-    v->shape[0] = 1;
-    v->stride[0] = 0;
-    v->ndim = 4;
+    cf_view_lift(v);
+}
+
+/* ---- Paged K/V and used lengths (block_table, seqused_q, seqused_k) ------------------------ */
+
+/* The rows sequence b has: of q (varlen: from cu_seqlens_q, else Sq) and of k (cu_seqlens_k,
+ * else Sk, or when paged without cu_seqlens_k every position its pages hold). */
+static int64_t rows_q(const cf_attn_call* c, int64_t b) {
+    return c->varlen ? (int64_t)c->cu_q[b + 1] - c->cu_q[b] : c->Sq;
+}
+
+/* Checks the call's block table and used lengths against its B sequences (k's dim 1 is Sk, or
+ * the page size when paged) and stores them in c; *mk gets the longest key count when it is not
+ * known from cu_seqlens_k. c->varlen, cu_q, cu_k (and Sq in batch mode) must be set. */
+static cflash_status check_serving(cf_attn_call* c, const cflash_attn_params* p, int64_t B,
+                                   int64_t Sk, int64_t* mk) {
+    int64_t capacity = 0; /* positions a sequence's pages hold (paged) */
+    if (p->block_table) {
+        cf_view bt;
+        CFLASH_FORWARD_IF_ERROR(cf_ops_block_table(&bt, p->block_table, B));
+        CFLASH_RETURN_IF(Sk < 1, INVALID, "k: page_size (dim 1) = 0, expected >= 1");
+        c->block_table = bt.data;
+        c->bt_stride = bt.stride[0];
+        c->page_size = Sk;
+        /* more positions than int64 holds: no length reaches them */
+        if (cf_mul_i64(bt.shape[1], Sk, &capacity)) capacity = INT64_MAX;
+    }
+    const DLTensor* su[2] = {p->seqused_q, p->seqused_k};
+    const char* sun[2] = {"seqused_q", "seqused_k"};
+    const int32_t** dst[2] = {&c->seqused_q, &c->seqused_k};
+    for (int t = 0; t < 2; t++) {
+        if (!su[t]) continue;
+        cf_view v;
+        CFLASH_FORWARD_IF_ERROR(cf_ops_index(&v, su[t], sun[t], B));
+        const int32_t* x = v.data;
+        for (int64_t b = 0; b < B; b++) {
+            int64_t has = t == 0           ? rows_q(c, b)
+                          : c->cu_k        ? (int64_t)c->cu_k[b + 1] - c->cu_k[b]
+                          : p->block_table ? capacity
+                                           : Sk;
+            CFLASH_RETURN_IF(x[b] < 0 || x[b] > has, INVALID,
+                             "%s[%lld]: %d, expected 0 <= %s <= %lld (the %s sequence %lld has)",
+                             sun[t], (long long)b, x[b], sun[t], (long long)has,
+                             t == 0                       ? "query rows"
+                             : p->block_table && !c->cu_k ? "key positions"
+                                                          : "keys",
+                             (long long)b);
+        }
+        *dst[t] = x;
+    }
+    if (!p->block_table) return CFLASH_OK;
+    /* Every page a used key lies in, before anything is read or written. */
+    int64_t longest = 0;
+    const int64_t num_pages = c->k.shape[0];
+    for (int64_t b = 0; b < B; b++) {
+        const int64_t n = c->cu_k ? (int64_t)c->cu_k[b + 1] - c->cu_k[b] : 0;
+        CFLASH_RETURN_IF(n > capacity, INVALID,
+                         "cu_seqlens_k: sequence %lld has %lld keys, more than its %lld pages x "
+                         "page_size %lld hold (block_table's max_pages)",
+                         (long long)b, (long long)n, (long long)(capacity / c->page_size),
+                         (long long)c->page_size);
+        const int64_t sk = c->seqused_k ? c->seqused_k[b] : n;
+        if (sk > longest) longest = sk;
+        for (int64_t g = 0; g < (sk + c->page_size - 1) / c->page_size; g++) {
+            const int32_t pg = c->block_table[b * c->bt_stride + g];
+            CFLASH_RETURN_IF(pg < 0 || pg >= num_pages, INVALID,
+                             "block_table[%lld, %lld]: %d, expected a page index in [0, %lld)",
+                             (long long)b, (long long)g, pg, (long long)num_pages);
+        }
+    }
+    if (!c->cu_k) *mk = longest;
+    return CFLASH_OK;
+}
+
+/* The backward writes each used page row's dk / dv once: a page in two places of the block
+ * table (two sequences sharing a prefix) would need its gradients summed. */
+static cflash_status check_pages_distinct(const cf_attn_call* c) {
+    const int64_t num_pages = c->k.shape[0];
+    int64_t* owner = malloc(sizeof(int64_t) * (size_t)(num_pages > 0 ? num_pages : 1));
+    CFLASH_RETURN_IF(!owner, CFLASH_ERR_OUT_OF_MEMORY, "block_table: no memory to check %lld pages",
+                     (long long)num_pages);
+    for (int64_t i = 0; i < num_pages; i++)
+        owner[i] = -1;
+    for (int64_t b = 0; b < c->B; b++) {
+        int64_t q0, sq, k0, sk;
+        cf_attn_seq(c, b, &q0, &sq, &k0, &sk);
+        for (int64_t g = 0; g < (sk + c->page_size - 1) / c->page_size; g++) {
+            const int32_t pg = c->block_table[b * c->bt_stride + g];
+            if (owner[pg] >= 0) {
+                const int64_t ob = owner[pg] / (INT64_C(1) << 31),
+                              og = owner[pg] % (INT64_C(1) << 31);
+                free(owner);
+                return cf_error(INVALID,
+                                "block_table[%lld, %lld]: page %d is also block_table[%lld, %lld]; "
+                                "expected each page in one place for the backward (its dk / dv "
+                                "rows are written, not summed)",
+                                (long long)b, (long long)g, pg, (long long)ob, (long long)og);
+            }
+            owner[pg] = b * (INT64_C(1) << 31) + g;
+        }
+    }
+    free(owner);
+    return CFLASH_OK;
 }
 
 /* Checks q, k, v (and with them B, H, Hk, D, Dv, Sq, Sk or the varlen totals) and the params.
@@ -464,8 +564,8 @@ static cflash_status check_qkv(cflash_context* ctx, cf_attn_call* c, int varlen,
     CFLASH_FORWARD_IF_ERROR(cf_attn_check_params(p));
     const int64_t any4[4] = {-1, -1, -1, -1};
     const char* ql = varlen ? "(total_q, H, D)" : "(B, Sq, H, D)";
-    const char* kl = varlen ? "(total_k, Hk, D)" : "(B, Sk, Hk, D)";
-    const char* vl = varlen ? "(total_k, Hk, Dv)" : "(B, Sk, Hk, Dv)";
+    const char *kl = varlen ? "(total_k, Hk, D)" : "(B, Sk, Hk, D)",
+               *vl = varlen ? "(total_k, Hk, Dv)" : "(B, Sk, Hk, Dv)";
     int nd = varlen ? 3 : 4, o = varlen ? 1 : 0; /* o: index shift of (s, h, d) */
     CFLASH_FORWARD_IF_ERROR(check_shape(&c->q, q, "q", nd, any4, ql));
     CFLASH_FORWARD_IF_ERROR(check_dtype(&c->q, q));
@@ -474,36 +574,47 @@ static cflash_status check_qkv(cflash_context* ctx, cf_attn_call* c, int varlen,
     int64_t H = c->q.shape[2 - o], D = c->q.shape[3 - o];
     CFLASH_RETURN_IF(D < 1, INVALID, "q: head dim D = 0, expected >= 1");
     CFLASH_RETURN_IF(H < 1, INVALID, "q: heads H = 0, expected >= 1");
+    /* Paged K/V (varlen only): k, v are (num_pages, page_size, Hk, D / Dv), 4 dims. */
+    CFLASH_RETURN_IF(!varlen && p->block_table, INVALID,
+                     "block_table: given to a batch-mode call, expected NULL (paged K/V is for "
+                     "the varlen call; a paged KV cache goes to cflash_attn_kvcache_fwd)");
+    const int paged = p->block_table != NULL;
+    const int knd = paged ? 4 : nd, ko = paged ? 0 : o;
+    if (paged) kl = "(num_pages, page_size, Hk, D)", vl = "(num_pages, page_size, Hk, Dv)";
     int64_t wk[4] = {B, -1, -1, D};
-    CFLASH_FORWARD_IF_ERROR(check_shape(&c->k, k, "k", nd, varlen ? wk + 1 : wk, kl));
+    CFLASH_FORWARD_IF_ERROR(check_shape(&c->k, k, "k", knd, varlen && !paged ? wk + 1 : wk, kl));
     CFLASH_FORWARD_IF_ERROR(check_same(&c->k, "k", &c->q, "q"));
-    int64_t Sk = c->k.shape[1 - o], Hk = c->k.shape[2 - o];
+    int64_t Sk = c->k.shape[1 - ko], Hk = c->k.shape[2 - ko];
     CFLASH_RETURN_IF(Hk < 1 || H % Hk != 0, INVALID,
                      "k: %lld heads, expected a divisor of the %lld heads of q (GQA/MQA)",
                      (long long)Hk, (long long)H);
-    int64_t wv[4] = {B, Sk, Hk, -1};
-    CFLASH_FORWARD_IF_ERROR(check_shape(&c->v, v, "v", nd, varlen ? wv + 1 : wv, vl));
+    int64_t wv[4] = {paged ? c->k.shape[0] : B, Sk, Hk, -1};
+    CFLASH_FORWARD_IF_ERROR(check_shape(&c->v, v, "v", knd, varlen && !paged ? wv + 1 : wv, vl));
     CFLASH_FORWARD_IF_ERROR(check_same(&c->v, "v", &c->q, "q"));
-    int64_t Dv = c->v.shape[3 - o];
+    int64_t Dv = c->v.shape[3 - ko];
     CFLASH_RETURN_IF(Dv < 1, INVALID, "v: head dim Dv = 0, expected >= 1");
 
     c->varlen = varlen;
     if (varlen) {
         int64_t mq = 0, mk = 0;
         c->total_q = c->q.shape[0];
-        c->total_k = c->k.shape[0];
+        c->total_k = paged ? 0 : c->k.shape[0];
         CFLASH_FORWARD_IF_ERROR(check_cu(cu_q, "cu_seqlens_q", c->total_q, "total_q", &B, &c->cu_q,
                                          &mq, &c->cu_q_dev, 0, &c->q));
-        CFLASH_FORWARD_IF_ERROR(check_cu(cu_k, "cu_seqlens_k", c->total_k, "total_k", &B, &c->cu_k,
-                                         &mk, &c->cu_k_dev, 1, &c->q));
+        /* paged: cu_seqlens_k counts keys (not rows of k), bounded by each sequence's pages */
+        if (cu_k || !paged || !p->seqused_k)
+            CFLASH_FORWARD_IF_ERROR(check_cu(cu_k, "cu_seqlens_k", paged ? INT64_MAX : c->total_k,
+                                             "total_k", &B, &c->cu_k, &mk, &c->cu_k_dev, 1, &c->q));
+        CFLASH_FORWARD_IF_ERROR(check_serving(c, p, B, Sk, &mk));
         CFLASH_FORWARD_IF_ERROR(check_max(max_q, mq, "max_seqlen_q", &c->Sq));
         CFLASH_FORWARD_IF_ERROR(check_max(max_k, mk, "max_seqlen_k", &c->Sk));
         varlen_lift(&c->q);
-        varlen_lift(&c->k);
-        varlen_lift(&c->v);
+        if (!paged) varlen_lift(&c->k), varlen_lift(&c->v);
     } else {
         c->Sq = c->q.shape[1];
         c->Sk = Sk;
+        int64_t mk = Sk;
+        CFLASH_FORWARD_IF_ERROR(check_serving(c, p, B, Sk, &mk));
     }
     c->B = B;
     c->H = H;
@@ -602,10 +713,22 @@ static cflash_status attn_bwd(cflash_context* ctx, int varlen, const cflash_attn
     CFLASH_FORWARD_IF_ERROR(check_lse_for(&c, lse));
     CFLASH_FORWARD_IF_ERROR(check_like(&c.dq, dq, "dq", &c, sq, c.H, c.D,
                                        varlen ? "(total_q, H, D)" : "(B, Sq, H, D)"));
-    CFLASH_FORWARD_IF_ERROR(check_like(&c.dk, dk, "dk", &c, sk, c.Hk, c.D,
-                                       varlen ? "(total_k, Hk, D)" : "(B, Sk, Hk, D)"));
-    CFLASH_FORWARD_IF_ERROR(check_like(&c.dv, dv, "dv", &c, sk, c.Hk, c.Dv,
-                                       varlen ? "(total_k, Hk, Dv)" : "(B, Sk, Hk, Dv)"));
+    if (c.block_table) { /* dk, dv: pages like k, v */
+        const int64_t wk[4] = {c.k.shape[0], c.page_size, c.Hk, c.D},
+                      wv[4] = {c.k.shape[0], c.page_size, c.Hk, c.Dv};
+        CFLASH_FORWARD_IF_ERROR(
+            check_shape(&c.dk, dk, "dk", 4, wk, "(num_pages, page_size, Hk, D), like k"));
+        CFLASH_FORWARD_IF_ERROR(check_same(&c.dk, "dk", &c.q, "q"));
+        CFLASH_FORWARD_IF_ERROR(
+            check_shape(&c.dv, dv, "dv", 4, wv, "(num_pages, page_size, Hk, Dv), like v"));
+        CFLASH_FORWARD_IF_ERROR(check_same(&c.dv, "dv", &c.q, "q"));
+        CFLASH_FORWARD_IF_ERROR(check_pages_distinct(&c));
+    } else {
+        CFLASH_FORWARD_IF_ERROR(check_like(&c.dk, dk, "dk", &c, sk, c.Hk, c.D,
+                                           varlen ? "(total_k, Hk, D)" : "(B, Sk, Hk, D)"));
+        CFLASH_FORWARD_IF_ERROR(check_like(&c.dv, dv, "dv", &c, sk, c.Hk, c.Dv,
+                                           varlen ? "(total_k, Hk, Dv)" : "(B, Sk, Hk, Dv)"));
+    }
     CFLASH_FORWARD_IF_ERROR(check_output(dq, "dq"));
     CFLASH_FORWARD_IF_ERROR(check_output(dk, "dk"));
     CFLASH_FORWARD_IF_ERROR(check_output(dv, "dv"));

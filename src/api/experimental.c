@@ -25,6 +25,9 @@ DLDataType cflash_dtype_to_dl(cflash_dtype d) {
     case CF_BF16: t.code = kDLBfloat, t.bits = 16; break;
     case CF_I32: t.code = kDLInt; break;
     case CF_U8: t.code = kDLUInt, t.bits = 8; break;
+    case CF_I8: t.code = kDLInt, t.bits = 8; break;
+    case CF_F8E4M3: t.code = CF_DL_FLOAT8_E4M3FN, t.bits = 8; break;
+    case CF_F8E5M2: t.code = CF_DL_FLOAT8_E5M2, t.bits = 8; break;
     default: t.code = kDLOpaqueHandle, t.bits = 8; break;
     }
     return t;

@@ -18,5 +18,12 @@ cflash_status cf_ops_dtype_in(const cf_view* v, const char* name, cf_dtype allow
                               const char* allowed_what);
 /* int32 [n] (n >= 0 checked; n < 0: any length) in host memory, contiguous. */
 cflash_status cf_ops_index(cf_view* v, const DLTensor* t, const char* name, int64_t n);
+/* A block table: int32 (B, max_pages) in host memory, last dim contiguous (entries are checked
+ * by the caller, against the pages each sequence uses). */
+cflash_status cf_ops_block_table(cf_view* v, const DLTensor* t, int64_t B);
+/* cu_seqlens: an index tensor of n entries (n < 0: any length >= 1) starting at 0,
+ * non-decreasing, ending at most at total; *maxlen gets the longest sequence. */
+cflash_status cf_ops_cu_seqlens(cf_view* v, const DLTensor* t, const char* name, int64_t n,
+                                int64_t total, const char* total_name, int64_t* maxlen);
 
 #endif

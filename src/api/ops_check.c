@@ -58,3 +58,37 @@ cflash_status cf_ops_index(cf_view* v, const DLTensor* t, const char* name, int6
                      cf_device_name(v->device_type));
     return CFLASH_OK;
 }
+
+cflash_status cf_ops_block_table(cf_view* v, const DLTensor* t, int64_t B) {
+    const int64_t want[2] = {B, -1};
+    CFLASH_FORWARD_IF_ERROR(cf_ops_shape(v, t, "block_table", 2, want, "(B, max_pages)"));
+    CFLASH_RETURN_IF(v->dtype != CF_I32, INVALID, "block_table: dtype %s, expected int32",
+                     cf_dtype_name(v->dtype));
+    CFLASH_RETURN_IF(v->device_type != kDLCPU && v->device_type != kDLCUDAHost, INVALID,
+                     "block_table: on %s, expected host memory (cpu or cuda_host)",
+                     cf_device_name(v->device_type));
+    CFLASH_RETURN_IF(v->shape[1] > 1 && v->stride[1] != 1, INVALID,
+                     "block_table: last dimension has stride %lld, expected 1",
+                     (long long)v->stride[1]);
+    return CFLASH_OK;
+}
+
+cflash_status cf_ops_cu_seqlens(cf_view* v, const DLTensor* t, const char* name, int64_t n,
+                                int64_t total, const char* total_name, int64_t* maxlen) {
+    CFLASH_FORWARD_IF_ERROR(cf_ops_index(v, t, name, n));
+    CFLASH_RETURN_IF(v->shape[0] < 1, INVALID, "%s: length 0, expected B + 1 >= 1", name);
+    const int32_t* cu = v->data;
+    CFLASH_RETURN_IF(cu[0] != 0, INVALID, "%s[0]: %d, expected 0", name, cu[0]);
+    int64_t mx = 0;
+    for (int64_t b = 0; b + 1 < v->shape[0]; b++) {
+        CFLASH_RETURN_IF(cu[b + 1] < cu[b], INVALID,
+                         "%s[%lld]: %d is less than %s[%lld] = %d, expected non-decreasing", name,
+                         (long long)(b + 1), cu[b + 1], name, (long long)b, cu[b]);
+        if (cu[b + 1] - cu[b] > mx) mx = cu[b + 1] - cu[b];
+    }
+    const int64_t last = v->shape[0] - 1;
+    CFLASH_RETURN_IF(cu[last] > total, INVALID, "%s[%lld]: %d, expected at most %s = %lld", name,
+                     (long long)last, cu[last], total_name, (long long)total);
+    *maxlen = mx;
+    return CFLASH_OK;
+}

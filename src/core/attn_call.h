@@ -55,6 +55,13 @@ typedef struct cf_attn_call {
     cf_view bs_num, bs_idx;
     int64_t block_q, block_k;
     int64_t chunk; /* attention_chunk, 0 = off */
+
+    /* Paged K/V and used lengths (cflash_attn_params' block_table, seqused_q, seqused_k), host
+     * pointers. Paged: k, v (dk, dv) views are (num_pages, page_size, Hk, d), key t of sequence b
+     * at page block_table[b * bt_stride + t / page_size]; cu_k may then be NULL. */
+    const int32_t* block_table;
+    int64_t bt_stride, page_size;
+    const int32_t *seqused_q, *seqused_k; /* [B] or NULL */
 } cf_attn_call;
 
 /* Rows of sequence b: q rows [*q0, *q0 + *sq), k rows [*k0, *k0 + *sk) along dim 1 of the views
@@ -64,14 +71,17 @@ static inline void cf_attn_seq(const cf_attn_call* c, int64_t b, int64_t* q0, in
     if (c->varlen) {
         *q0 = c->cu_q[b];
         *sq = c->cu_q[b + 1] - c->cu_q[b];
-        *k0 = c->cu_k[b];
-        *sk = c->cu_k[b + 1] - c->cu_k[b];
+        *k0 = c->cu_k ? c->cu_k[b] : 0;
+        *sk = c->cu_k ? c->cu_k[b + 1] - c->cu_k[b] : 0;
     } else {
         *q0 = 0;
         *sq = c->Sq;
         *k0 = 0;
         *sk = c->Sk;
     }
+    if (c->block_table) *k0 = 0; /* keys are found through the block table */
+    if (c->seqused_q) *sq = c->seqused_q[b];
+    if (c->seqused_k) *sk = c->seqused_k[b];
 }
 
 /* The key index on the diagonal of query row i (bottom-right alignment, shifted by the block
@@ -101,6 +111,17 @@ static inline void cf_attn_key_range(const cf_attn_call* c, int64_t i, int64_t s
     if (h > sk) h = sk;
     *lo = l;
     *hi = h > l ? h : l;
+}
+
+/* Element offset of key j of sequence b (first row k0, from cf_attn_seq), head h, in a key-side
+ * view v (k, v, dk or dv): through the block table when paged. */
+static inline int64_t cf_attn_kv_off(const cf_attn_call* c, const cf_view* v, int64_t b, int64_t k0,
+                                     int64_t j, int64_t h) {
+    if (c->block_table) {
+        const int64_t page = c->block_table[b * c->bt_stride + j / c->page_size];
+        return page * v->stride[0] + (j % c->page_size) * v->stride[1] + h * v->stride[2];
+    }
+    return b * v->stride[0] + (k0 + j) * v->stride[1] + h * v->stride[2];
 }
 
 /* ALiBi slope of (b, h), 0 when off. */
@@ -165,6 +186,46 @@ static inline float cf_attn_extra(const cf_attn_call* c, int64_t b, int64_t h, i
         x = y == -INFINITY ? -INFINITY : x + y; /* -inf masks, whatever x is (NaN included) */
     }
     return x;
+}
+
+/* The backward's gradients of rows a call does not use (seqused_q / seqused_k, pages no sequence
+ * uses): dq rows of queries past sq_b and dk / dv rows of keys past sk_b are set to 0; with a
+ * block table every row of dk and dv is (the used ones are then overwritten). Backends call it
+ * before their work. */
+static inline void cf_attn_zero_unused(const cf_attn_call* c) {
+    if (!c->seqused_q && !c->seqused_k && !c->block_table) return;
+    const cf_view* kv[2] = {&c->dk, &c->dv};
+    if (c->block_table)
+        for (int t = 0; t < 2; t++) {
+            const cf_view* v = kv[t];
+            for (int64_t p = 0; p < v->shape[0]; p++)
+                for (int64_t r = 0; r < v->shape[1]; r++)
+                    for (int64_t h = 0; h < v->shape[2]; h++)
+                        for (int64_t d = 0; d < v->shape[3]; d++)
+                            cf_store(v->data, v->dtype,
+                                     p * v->stride[0] + r * v->stride[1] + h * v->stride[2] + d,
+                                     0.0f);
+        }
+    for (int64_t b = 0; b < c->B; b++) {
+        int64_t q0, sq, k0, sk;
+        cf_attn_seq(c, b, &q0, &sq, &k0, &sk);
+        const int64_t nq = c->varlen ? c->cu_q[b + 1] - c->cu_q[b] : c->Sq;
+        for (int64_t i = sq; i < nq; i++)
+            for (int64_t h = 0; h < c->H; h++)
+                for (int64_t d = 0; d < c->D; d++)
+                    cf_store(c->dq.data, c->dtype,
+                             b * c->dq.stride[0] + (q0 + i) * c->dq.stride[1] +
+                                 h * c->dq.stride[2] + d,
+                             0.0f);
+        if (c->block_table) continue;
+        const int64_t nk = c->varlen ? c->cu_k[b + 1] - c->cu_k[b] : c->Sk;
+        for (int64_t j = sk; j < nk; j++)
+            for (int t = 0; t < 2; t++)
+                for (int64_t h = 0; h < c->Hk; h++)
+                    for (int64_t d = 0; d < kv[t]->shape[3]; d++)
+                        cf_store(kv[t]->data, c->dtype, cf_attn_kv_off(c, kv[t], b, k0, j, h) + d,
+                                 0.0f);
+    }
 }
 
 #endif

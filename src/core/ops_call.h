@@ -61,11 +61,23 @@ static inline int cf_norm_keep(const cf_norm_call* c, int64_t r, int64_t j) {
 /* ---- KV cache ---- */
 typedef struct cf_kvcache_call {
     /* dtype, device, B, H, Hk, D, Dv, Sq (of q), q, out, lse, scale, masks, alibi, threads.
-     * a.Sk is the largest Sk_b; a.k / a.v are unused. */
+     * a.Sk is the largest Sk_b; a.k / a.v are unused. Varlen queries (cu_seqlens_q): a.cu_q
+     * gives sequence b's q rows, a.Sq is max_seqlen_q, and q / out / lse are lifted views
+     * (1, total_q, H, d) / (1, H, total_q) as in the attention call. */
     cf_attn_call a;
-    cf_view kc, vc;     /* 4-D caches: (B_cache, S_cache, Hk, D) or (pages, page_size, Hk, D) */
-    cf_view knew, vnew; /* 4-D (B, Sn, Hk, D/Dv); data NULL when absent */
-    int64_t Sn;
+    cf_view kc, vc;         /* 4-D caches: (B_cache, S_cache, Hk, D) or (pages, page_size, Hk, D) */
+    cf_view knew, vnew;     /* 4-D (B, Sn, Hk, D/Dv), or (1, total_new, Hk, D/Dv) with cu_knew; data
+                               NULL when absent */
+    int64_t Sn;             /* new rows per sequence; with cu_knew the longest */
+    const int32_t* cu_knew; /* [B + 1] or NULL: sequence b's new rows (cu_seqlens_k_new) */
+    int64_t total_new;      /* rows of k_new: B * Sn, or cu_knew[B] */
+    /* Quantized caches (cflash_kv_quant; kc / vc views then have the code dtype). fp8: value =
+     * fp8(code) * descale, descale(b, hk) = d[b * bstride + hk * hstride] (NULL: 1); int8:
+     * value = code * scale, scales in the 3-D views ks / vs indexed like the caches. */
+    int quant;
+    const float *kd, *vd;
+    int64_t kd_bs, kd_hs, vd_bs, vd_hs;
+    cf_view ks, vs;
     const int32_t* seqlens; /* [B] or NULL: then every batch has seqlen */
     int64_t seqlen;
     const int32_t* batch_idx;                /* [B] or NULL */
@@ -78,12 +90,43 @@ typedef struct cf_kvcache_call {
     int num_splits; /* as given (0 = heuristic) */
 } cf_kvcache_call;
 
-/* Batch b: old length L, left pad P, keys Sk_b = L + Sn - P (the key j is at position P + j). */
+/* New rows of batch b: k_new / v_new rows [*n0, *n0 + *sn) along dim 1. */
+static inline void cf_kv_new_rows(const cf_kvcache_call* c, int64_t b, int64_t* n0, int64_t* sn) {
+    *n0 = c->cu_knew ? c->cu_knew[b] : 0;
+    *sn = c->cu_knew ? c->cu_knew[b + 1] - c->cu_knew[b] : c->Sn;
+}
+
+/* Query rows of batch b: q / out rows [*q0, *q0 + *sq) along dim 1. */
+static inline void cf_kv_q_rows(const cf_kvcache_call* c, int64_t b, int64_t* q0, int64_t* sq) {
+    *q0 = c->a.cu_q ? c->a.cu_q[b] : 0;
+    *sq = c->a.cu_q ? c->a.cu_q[b + 1] - c->a.cu_q[b] : c->a.Sq;
+}
+
+/* The batch and new-row index of k_new row r (of total_new): a binary search of cu_knew. */
+static inline void cf_kv_new_row_of(const cf_kvcache_call* c, int64_t r, int64_t* b, int64_t* n) {
+    if (!c->cu_knew) {
+        *b = r / c->Sn, *n = r % c->Sn;
+        return;
+    }
+    int64_t lo = 0, hi = c->a.B; /* the last b with cu_knew[b] <= r */
+    while (hi - lo > 1) {
+        const int64_t mid = (lo + hi) / 2;
+        if (c->cu_knew[mid] <= r)
+            lo = mid;
+        else
+            hi = mid;
+    }
+    *b = lo, *n = r - c->cu_knew[lo];
+}
+
+/* Batch b: old length L, left pad P, keys Sk_b = L + Sn_b - P (the key j is at position P + j). */
 static inline void cf_kv_seq(const cf_kvcache_call* c, int64_t b, int64_t* L, int64_t* P,
                              int64_t* sk) {
+    int64_t n0, sn;
+    cf_kv_new_rows(c, b, &n0, &sn);
     *L = c->seqlens ? c->seqlens[b] : c->seqlen;
     *P = c->leftpad ? c->leftpad[b] : 0;
-    *sk = *L + c->Sn - *P;
+    *sk = *L + sn - *P;
 }
 
 /* Element offset of cache row (position t, KV head h, dim 0) of batch b in view v (kc or vc). */
@@ -98,6 +141,13 @@ static inline int64_t cf_kv_row(const cf_kvcache_call* c, const cf_view* v, int6
         row = t;
     }
     return page * v->stride[0] + row * v->stride[1] + h * v->stride[2];
+}
+
+/* fp8 descale of batch b, KV head hk for K (is_v 0) or V; 1 when not given. */
+static inline float cf_kv_descale(const cf_kvcache_call* c, int is_v, int64_t b, int64_t hk) {
+    const float* d = is_v ? c->vd : c->kd;
+    if (!d) return 1.0f;
+    return is_v ? d[b * c->vd_bs + hk * c->vd_hs] : d[b * c->kd_bs + hk * c->kd_hs];
 }
 
 /* Rotary position of q row i of batch b (old length L). */

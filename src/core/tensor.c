@@ -11,6 +11,9 @@ cf_dtype cf_dtype_of(DLDataType t) {
     if (t.code == kDLBfloat && t.bits == 16) return CF_BF16;
     if (t.code == kDLInt && t.bits == 32) return CF_I32;
     if (t.code == kDLUInt && t.bits == 8) return CF_U8;
+    if (t.code == kDLInt && t.bits == 8) return CF_I8;
+    if (t.code == CF_DL_FLOAT8_E4M3FN && t.bits == 8) return CF_F8E4M3;
+    if (t.code == CF_DL_FLOAT8_E5M2 && t.bits == 8) return CF_F8E5M2;
     return CF_DTYPE_BAD;
 }
 
@@ -21,6 +24,9 @@ const char* cf_dtype_name(cf_dtype d) {
     case CF_BF16: return "bfloat16";
     case CF_I32: return "int32";
     case CF_U8: return "uint8";
+    case CF_I8: return "int8";
+    case CF_F8E4M3: return "float8_e4m3fn";
+    case CF_F8E5M2: return "float8_e5m2";
     default: return "unsupported";
     }
 }
@@ -31,12 +37,20 @@ size_t cf_dtype_size(cf_dtype d) {
     case CF_I32: return 4;
     case CF_F16:
     case CF_BF16: return 2;
-    case CF_U8: return 1;
+    case CF_U8:
+    case CF_I8:
+    case CF_F8E4M3:
+    case CF_F8E5M2: return 1;
     default: return 0;
     }
 }
 
 void cf_dl_dtype_str(DLDataType t, char* buf, size_t n) {
+    if ((t.code == CF_DL_FLOAT8_E4M3FN || t.code == CF_DL_FLOAT8_E5M2) && t.bits == 8 &&
+        t.lanes == 1) {
+        snprintf(buf, n, "%s", t.code == CF_DL_FLOAT8_E5M2 ? "float8_e5m2" : "float8_e4m3fn");
+        return;
+    }
     const char* code = t.code == kDLFloat    ? "float"
                        : t.code == kDLBfloat ? "bfloat"
                        : t.code == kDLInt    ? "int"
@@ -102,6 +116,15 @@ int cf_view_contiguous(const cf_view* v) {
         dense *= v->shape[i];
     }
     return 1;
+}
+
+void cf_view_lift(cf_view* v) {
+    if (v->ndim >= CF_MAX_DIMS) return; /* (views lifted here have 2 or 3 dims) */
+    for (int i = v->ndim; i > 0; i--)
+        v->shape[i] = v->shape[i - 1], v->stride[i] = v->stride[i - 1];
+    v->shape[0] = 1;
+    v->stride[0] = 0;
+    v->ndim++;
 }
 
 int64_t cf_view_numel(const cf_view* v) {

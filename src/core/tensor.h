@@ -17,6 +17,13 @@ typedef cflash_dtype cf_dtype;
 #define CF_BF16 CFLASH_DTYPE_BF16
 #define CF_I32 CFLASH_DTYPE_I32
 #define CF_U8 CFLASH_DTYPE_U8
+#define CF_I8 CFLASH_DTYPE_I8
+#define CF_F8E4M3 CFLASH_DTYPE_F8E4M3
+#define CF_F8E5M2 CFLASH_DTYPE_F8E5M2
+/* DLPack's float8 type codes (dlpack.h 1.1 and later; the 0.6 header this builds with has none):
+ * read by number. */
+#define CF_DL_FLOAT8_E4M3FN 10
+#define CF_DL_FLOAT8_E5M2 12
 #define CF_DTYPE_BAD CFLASH_DTYPE_INVALID
 
 #define CF_MAX_DIMS 6
@@ -46,6 +53,9 @@ void cf_shape_str(const cf_view* v, char* buf, size_t n);
 /* 1 if the elements of v are exactly the dense row-major block. */
 int cf_view_contiguous(const cf_view* v);
 int64_t cf_view_numel(const cf_view* v);
+/* Prepends a dim of size 1 and stride 0: a varlen view (total, h, d) becomes the (1, total, h, d)
+ * that batch-mode kernels index as b = 0. */
+void cf_view_lift(cf_view* v);
 
 /* ---- fp16 / bf16 <-> fp32, exact round-to-nearest-even ---- */
 static inline float cf_bf16_to_f32(uint16_t h) {

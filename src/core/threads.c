@@ -18,7 +18,7 @@ int cf_threads_for(int requested, double work, double min_per_thread) {
 
 double cf_attn_flops(const cf_attn_call* c) {
     double pairs = 0.0;
-    if (c->varlen && c->cu_q && c->cu_k) {
+    if (c->varlen && c->cu_q && (c->cu_k || c->seqused_k)) {
         for (int64_t b = 0; b < c->B; b++) {
             int64_t q0, sq, k0, sk;
             cf_attn_seq(c, b, &q0, &sq, &k0, &sk);

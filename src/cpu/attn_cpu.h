@@ -9,6 +9,7 @@
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "core/attn_call.h"
 
@@ -92,6 +93,27 @@ attn_tile* cf_attn_cpu_q_tiles(const cf_attn_call* c, int64_t n, int64_t* count)
 /* Sorts tiles heaviest first (ties by idx). */
 void cf_attn_cpu_sort_tiles(attn_tile* t, int64_t n);
 
+/* Key-side rows (k, v, dk, dv) of sequence b (first row k0, from cf_attn_seq), paged or not. */
+static inline char* cf_attn_cpu_key_ptr(const cf_attn_call* c, const cf_view* v, int64_t b,
+                                        int64_t k0, int64_t j, int64_t h) {
+    return (char*)v->data + cf_attn_kv_off(c, v, b, k0, j, h) * (int64_t)cf_dtype_size(v->dtype);
+}
+/* Rows [j0, j0 + n) of key-side view v, head h, d elements each, as a first row and a row stride
+ * *rs (elements): in place when they are equally spaced (not paged, or within one page), else
+ * copied into buf (n * d elements of v's dtype; *rs = d). */
+static inline const char* cf_attn_cpu_key_rows(const cf_attn_call* c, const cf_view* v, int64_t b,
+                                               int64_t k0, int64_t j0, int64_t n, int64_t h,
+                                               int64_t d, char* buf, int64_t* rs) {
+    if (!c->block_table || n < 1 || j0 / c->page_size == (j0 + n - 1) / c->page_size) {
+        *rs = v->stride[1];
+        return cf_attn_cpu_key_ptr(c, v, b, k0, j0, h);
+    }
+    const size_t bytes = (size_t)d * cf_dtype_size(v->dtype);
+    for (int64_t i = 0; i < n; i++)
+        memcpy(buf + (size_t)i * bytes, cf_attn_cpu_key_ptr(c, v, b, k0, j0 + i, h), bytes);
+    *rs = d;
+    return buf;
+}
 /* ---- The backward's pieces, shared with backends that bring their own tile functions ---- */
 
 /* The backward's driver (passes 0-2 of attn_tiled_bwd.c: dl = rowsum(dO * O), then dK/dV per key

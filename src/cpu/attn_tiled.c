@@ -65,6 +65,7 @@ typedef struct fwd_geom {
     void (*pack_pairs)(uint32_t*, const float*, const float*, int64_t);
     int k_direct, v_direct; /* K/V read in place (fp32 dtype, or bf16 pairs aligned) */
     size_t off_qt, off_st, off_o, off_vec, off_lohi, off_kc, off_vc, off_tmp, off_x, bytes;
+    size_t off_gk, off_gv; /* paged: a block's K / V rows gathered across pages */
 } fwd_geom;
 
 static void fwd_layout(const cf_attn_call* c, const cf_attn_kernels* k, fwd_geom* g) {
@@ -102,7 +103,9 @@ static void fwd_layout(const cf_attn_call* c, const cf_attn_kernels* k, fwd_geom
     g->off_lohi = off; /* key ranges of the tile's rows per head: lo, hi [n] */
     off += align64(sizeof(int64_t) * (size_t)(2 * g->n));
     g->off_kc = off; /* K block: fp32 rows [BK][D] or bf16 pairs [BK][Dp2] */
-    off += g->k_direct ? 0 : align64(sizeof(float) * (size_t)(BK * (g->bf16 ? g->Dp2 : g->D)));
+    off += g->k_direct && !c->block_table
+               ? 0
+               : align64(sizeof(float) * (size_t)(BK * (g->bf16 ? g->Dp2 : g->D)));
     g->off_vc = off; /* V block: fp32 rows [BK][Dv], or pairs [BK/2][Dv] plus P pairs [BK/2][M] */
     if (g->bf16)
         off += align64(sizeof(uint32_t) * (size_t)(((BK + 1) / 2) * (g->Dv + M)));
@@ -114,6 +117,13 @@ static void fwd_layout(const cf_attn_call* c, const cf_attn_kernels* k, fwd_geom
     if (cf_attn_has_extra(c))
         off += align64((2 * sizeof(int64_t) + sizeof(uint8_t*)) * (size_t)M) +
                align64((size_t)(g->G * (g->n + 1) * BK));
+    if (c->block_table) {
+        const size_t es = cf_dtype_size(c->dtype);
+        g->off_gk = off;
+        off += align64(es * (size_t)(BK * g->D));
+        g->off_gv = off;
+        off += align64(es * (size_t)(BK * g->Dv));
+    }
     g->bytes = off;
 }
 
@@ -293,10 +303,6 @@ static void fwd_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const fwd
     for (int64_t j0 = jlo; j0 < jhi; j0 += BK) {
         const int64_t nb = jhi - j0 < BK ? jhi - j0 : BK;
         const int full = lo[na - 1] <= j0 && hi[0] >= j0 + nb;
-        const char* krow = row_ptr(&c->k, b, k0 + j0, hk);
-        const char* vrow = row_ptr(&c->v, b, k0 + j0, hk);
-        const int64_t kes = (int64_t)cf_dtype_size(c->dtype) * c->k.stride[1];
-        const int64_t ves = (int64_t)cf_dtype_size(c->dtype) * c->v.stride[1];
         if (xtra) { /* skip blocks whose every pair attn_mask, attn_bias or the lists hide */
             int open = 1;
             if (bsp) {
@@ -316,14 +322,21 @@ static void fwd_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const fwd
             }
             if (!open) continue;
         }
+        int64_t krs, vrs; /* row strides: the view's, or D / Dv for rows gathered from pages */
+        const char* krow =
+            cf_attn_cpu_key_rows(c, &c->k, b, k0, j0, nb, hk, D, ws + g->off_gk, &krs);
+        const char* vrow =
+            cf_attn_cpu_key_rows(c, &c->v, b, k0, j0, nb, hk, Dv, ws + g->off_gv, &vrs);
+        const int64_t kes = (int64_t)cf_dtype_size(c->dtype) * krs;
+        const int64_t ves = (int64_t)cf_dtype_size(c->dtype) * vrs;
 
         /* S^T [nb][Mt] = K Q^T */
         if (g->bf16) {
             const uint32_t* ka;
             int64_t ldk;
-            if (g->k_direct) {
+            if (g->k_direct && krs % 2 == 0) {
                 ka = (const uint32_t*)krow;
-                ldk = c->k.stride[1] / 2;
+                ldk = krs / 2;
             } else {
                 uint32_t* kp = (uint32_t*)kc;
                 for (int64_t j = 0; j < nb; j++) {
@@ -342,7 +355,7 @@ static void fwd_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const fwd
             int64_t ldk;
             if (g->k_direct) {
                 ka = (const float*)krow;
-                ldk = c->k.stride[1];
+                ldk = krs;
             } else {
                 for (int64_t j = 0; j < nb; j++)
                     kk->to_f32(kc + j * D, krow + j * kes, c->dtype, D);
@@ -452,7 +465,7 @@ static void fwd_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const fwd
             int64_t ldv;
             if (g->v_direct) {
                 vb = (const float*)vrow;
-                ldv = c->v.stride[1];
+                ldv = vrs;
             } else {
                 for (int64_t j = 0; j < nb; j++)
                     kk->to_f32(vc + j * Dv, vrow + j * ves, c->dtype, Dv);

@@ -28,20 +28,25 @@ static size_t align64(size_t n) {
     return (n + 63) & ~(size_t)63;
 }
 
-/* Rows of a block as fp32: in place for fp32 (ld = the view's row stride), else converted into
- * buf (ld = d). */
-static const float* rows_f32(const cf_attn_kernels* kk, const cf_view* v, int64_t b, int64_t s0,
-                             int64_t h, int64_t n, int64_t d, float* buf, int64_t* ld) {
-    const char* p = row_ptr(v, b, s0, h);
-    if (v->dtype == CF_F32) {
-        *ld = v->stride[1];
+/* n rows of d elements (dtype dt, first row p, row stride rs elements) as fp32: in place for
+ * fp32 (ld = rs), else converted into buf (ld = d). */
+static const float* rows_f32_at(const cf_attn_kernels* kk, const char* p, int64_t rs, cf_dtype dt,
+                                int64_t n, int64_t d, float* buf, int64_t* ld) {
+    if (dt == CF_F32) {
+        *ld = rs;
         return (const float*)p;
     }
-    const int64_t es = (int64_t)cf_dtype_size(v->dtype) * v->stride[1];
+    const int64_t es = (int64_t)cf_dtype_size(dt) * rs;
     for (int64_t i = 0; i < n; i++)
-        kk->to_f32(buf + i * d, p + i * es, v->dtype, d);
+        kk->to_f32(buf + i * d, p + i * es, dt, d);
     *ld = d;
     return buf;
+}
+
+/* Rows [s0, s0 + n) of view v (batch b, head h) as fp32 (see rows_f32_at). */
+static const float* rows_f32(const cf_attn_kernels* kk, const cf_view* v, int64_t b, int64_t s0,
+                             int64_t h, int64_t n, int64_t d, float* buf, int64_t* ld) {
+    return rows_f32_at(kk, row_ptr(v, b, s0, h), v->stride[1], v->dtype, n, d, buf, ld);
 }
 
 /* dst[c * n + r] = src[r * lds + c] for r < n, c < d. */
@@ -51,25 +56,29 @@ static void transpose(float* dst, const float* src, int64_t lds, int64_t n, int6
             dst[c * n + r] = src[r * lds + c];
 }
 
-/* bf16 rows of a block as 32-bit pairs along d: in place when every row starts even and d is even,
- * else copied into buf (ld = (d + 1) / 2, zero-padded). */
-static const uint32_t* rows_pairs(const cf_view* v, int64_t b, int64_t s0, int64_t h, int64_t n,
-                                  int64_t d, uint32_t* buf, int64_t* ld) {
-    const uint16_t* p = (const uint16_t*)row_ptr(v, b, s0, h);
-    if (d % 2 == 0 && (uintptr_t)v->data % 4 == 0 && v->stride[0] % 2 == 0 &&
-        v->stride[1] % 2 == 0 && v->stride[2] % 2 == 0) {
-        *ld = v->stride[1] / 2;
+/* n bf16 rows (first row p, row stride rs elements) as 32-bit pairs along d: in place when every
+ * row starts 4-byte aligned and d is even, else copied into buf (ld = (d + 1) / 2, zero-padded). */
+static const uint32_t* rows_pairs_at(const uint16_t* p, int64_t rs, int64_t n, int64_t d,
+                                     uint32_t* buf, int64_t* ld) {
+    if (d % 2 == 0 && (uintptr_t)p % 4 == 0 && rs % 2 == 0) {
+        *ld = rs / 2;
         return (const uint32_t*)p;
     }
     const int64_t d2 = (d + 1) / 2;
     for (int64_t i = 0; i < n; i++) {
-        const uint16_t* r = p + i * v->stride[1];
+        const uint16_t* r = p + i * rs;
         for (int64_t q = 0; q < d2; q++)
             buf[i * d2 + q] = (uint32_t)r[2 * q] | (uint32_t)(2 * q + 1 < d ? r[2 * q + 1] : 0)
                                                        << 16;
     }
     *ld = d2;
     return buf;
+}
+
+/* Rows [s0, s0 + n) of bf16 view v (batch b, head h) as pairs (see rows_pairs_at). */
+static const uint32_t* rows_pairs(const cf_view* v, int64_t b, int64_t s0, int64_t h, int64_t n,
+                                  int64_t d, uint32_t* buf, int64_t* ld) {
+    return rows_pairs_at((const uint16_t*)row_ptr(v, b, s0, h), v->stride[1], n, d, buf, ld);
 }
 
 /* dst[q * ldd + col] = pair (element 2q, 2q + 1) of bf16 row src (d elements): the transposed
@@ -178,6 +187,7 @@ typedef struct bwd_geom {
     size_t qt, dot, dq, st, dpt, y2, kc2, vc2, vec2, map2;
     size_t tmp, bytes;
     size_t xkv, xkvp, dbacc; /* issue 13 */
+    size_t gk, gv;           /* paged only */
 } bwd_geom;
 
 static void bwd_layout(const cf_attn_call* c, const cf_attn_kernels* kk, bwd_geom* g) {
@@ -229,6 +239,10 @@ static void bwd_layout(const cf_attn_call* c, const cf_attn_kernels* kk, bwd_geo
     }
     if (c->dbias.data) { /* issue 13: one dbias block */
         TAKE(dbacc, F * BQ * BKB);
+    }
+    if (c->block_table) { /* paged: a key block's K / V rows gathered across pages */
+        TAKE(gk, cf_dtype_size(c->dtype) * BKB * D);
+        TAKE(gv, cf_dtype_size(c->dtype) * BKB * Dv);
     }
     g->bf = c->dtype == CF_BF16 && kk->gemm_bf16 != NULL;
     g->Dp2 = (g->D + 1) / 2;
@@ -307,17 +321,21 @@ static void dkdv_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const bw
     const int xtra = cf_attn_has_extra(c);
     uint8_t* xkv = (uint8_t*)(ws + g->xkv);
     const uint8_t** xkvp = (const uint8_t**)(ws + g->xkvp);
+    int64_t krs, vrs; /* row strides: the view's, or D / Dv for rows gathered from pages */
+    const char* kb = cf_attn_cpu_key_rows(c, &c->k, b, k0, j0, nb, hk, D, ws + g->gk, &krs);
+    const char* vb = cf_attn_cpu_key_rows(c, &c->v, b, k0, j0, nb, hk, Dv, ws + g->gv, &vrs);
+    const int64_t es = (int64_t)cf_dtype_size(c->dtype);
     if (bf && dqacc) /* K as row pairs for dQ += dS K */
-        rows_vnni(kk, kvv, (const uint16_t*)row_ptr(&c->k, b, k0 + j0, hk), c->k.stride[1], nb, D);
+        rows_vnni(kk, kvv, (const uint16_t*)kb, krs, nb, D);
     if (bf) { /* K^T, V^T as pairs along d, once per key block */
         for (int64_t j = 0; j < nb; j++) {
-            pairs_col(ktv, nb, j, (const uint16_t*)row_ptr(&c->k, b, k0 + j0 + j, hk), D);
-            pairs_col(vtv, nb, j, (const uint16_t*)row_ptr(&c->v, b, k0 + j0 + j, hk), Dv);
+            pairs_col(ktv, nb, j, (const uint16_t*)(kb + j * krs * es), D);
+            pairs_col(vtv, nb, j, (const uint16_t*)(vb + j * vrs * es), Dv);
         }
     } else {
-        kr = rows_f32(kk, &c->k, b, k0 + j0, hk, nb, D, kc, &ldk);
+        kr = rows_f32_at(kk, kb, krs, c->dtype, nb, D, kc, &ldk);
         int64_t ldv;
-        const float* vr = rows_f32(kk, &c->v, b, k0 + j0, hk, nb, Dv, vc, &ldv);
+        const float* vr = rows_f32_at(kk, vb, vrs, c->dtype, nb, Dv, vc, &ldv);
         transpose(kt, kr, ldk, nb, D);
         transpose(vt, vr, ldv, nb, Dv);
     }
@@ -406,8 +424,8 @@ static void dkdv_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const bw
         }
     }
     for (int64_t j = 0; j < nb; j++) {
-        kk->from_f32(row_ptr(&c->dk, b, k0 + j0 + j, hk), dk + j * D, c->dtype, D);
-        kk->from_f32(row_ptr(&c->dv, b, k0 + j0 + j, hk), dv + j * Dv, c->dtype, Dv);
+        kk->from_f32(cf_attn_cpu_key_ptr(c, &c->dk, b, k0, j0 + j, hk), dk + j * D, c->dtype, D);
+        kk->from_f32(cf_attn_cpu_key_ptr(c, &c->dv, b, k0, j0 + j, hk), dv + j * Dv, c->dtype, Dv);
     }
 }
 
@@ -469,12 +487,15 @@ static void dq_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const bwd_
         int64_t ldk = 0, ldv = 0, ldka = 0, ldva = 0;
         const float *kr = NULL, *vr = NULL;
         const uint32_t *kpa = NULL, *vpa = NULL;
+        int64_t krs, vrs; /* row strides: the view's, or D / Dv for rows gathered from pages */
+        const char* kb = cf_attn_cpu_key_rows(c, &c->k, b, k0, j0, nb, hk, D, ws + g->gk, &krs);
+        const char* vb = cf_attn_cpu_key_rows(c, &c->v, b, k0, j0, nb, hk, Dv, ws + g->gv, &vrs);
         if (bf) {
-            kpa = rows_pairs(&c->k, b, k0 + j0, hk, nb, D, kab, &ldka);
-            vpa = rows_pairs(&c->v, b, k0 + j0, hk, nb, Dv, vab, &ldva);
+            kpa = rows_pairs_at((const uint16_t*)kb, krs, nb, D, kab, &ldka);
+            vpa = rows_pairs_at((const uint16_t*)vb, vrs, nb, Dv, vab, &ldva);
         } else {
-            kr = rows_f32(kk, &c->k, b, k0 + j0, hk, nb, D, kc, &ldk);
-            vr = rows_f32(kk, &c->v, b, k0 + j0, hk, nb, Dv, vc, &ldv);
+            kr = rows_f32_at(kk, kb, krs, c->dtype, nb, D, kc, &ldk);
+            vr = rows_f32_at(kk, vb, vrs, c->dtype, nb, Dv, vc, &ldv);
         }
         cf_attn_score_map mp = {Mt, nb,  1,   Mt, mi,    mslope,
                                 j0, mlo, mhi, b,  heads, c->bs_num.data ? xkvp : NULL};
@@ -497,8 +518,7 @@ static void dq_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const bwd_
                 dpt[e] *= 1.0f - y[e] * y[e];
         if (bf) {
             f32_rows_pairs(kk, dsp2, dpt, Mt, nb, Mt);
-            rows_vnni(kk, kvv, (const uint16_t*)row_ptr(&c->k, b, k0 + j0, hk), c->k.stride[1], nb,
-                      D);
+            rows_vnni(kk, kvv, (const uint16_t*)kb, krs, nb, D);
             kk->gemm_bf16(Mt, D, (nb + 1) / 2, dsp2, 1, Mt, kvv, D, dq, D, 1); /* dQ += dS K */
         } else {
             kk->gemm_f32(Mt, D, nb, dpt, 1, Mt, kr, ldk, dq, D, 1); /* dQ += dS K */
@@ -518,7 +538,7 @@ static void dq_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const bwd_
 static void dbias_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const void* geom,
                        int64_t bb, int64_t hh, int64_t i0, int64_t bq, char* ws, const float* dl) {
     const bwd_geom* g = geom;
-    const int64_t Sq = c->Sq, Sk = c->Sk, D = g->D, Dv = g->Dv, G = g->G, BQ = g->bq, BKB = g->bk;
+    const int64_t Sk = c->Sk, D = g->D, Dv = g->Dv, G = g->G, BQ = g->bq, BKB = g->bk;
     float *kc = (float*)(ws + g->kc), *kt = (float*)(ws + g->kt), *vc = (float*)(ws + g->vc),
           *vt = (float*)(ws + g->vt), *qc = (float*)(ws + g->qc), *doc = (float*)(ws + g->doc),
           *s = (float*)(ws + g->s), *dp = (float*)(ws + g->dp), *lb = (float*)(ws + g->vec1),
@@ -536,35 +556,41 @@ static void dbias_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const v
         memset(acc, 0, sizeof(float) * (size_t)(bq * nb));
         for (int64_t b = b0; b < b1; b++)
             for (int64_t h = h0; h < h1; h++) {
+                /* seqused_q / seqused_k: only the used rows and keys of b contribute (the others
+                 * are not the forward's: their lse, q, k may be anything) */
+                int64_t q0, sq, k0, sk;
+                cf_attn_seq(c, b, &q0, &sq, &k0, &sk);
+                const int64_t nr = sq - i0 < bq ? sq - i0 : bq, nc = sk - j0 < nb ? sk - j0 : nb;
+                if (nr <= 0 || nc <= 0) continue;
                 int64_t any = 0;
-                for (int64_t r = 0; r < bq; r++) {
+                for (int64_t r = 0; r < nr; r++) {
                     mi[r] = i0 + r, hr[r] = h, mslope[r] = cf_attn_slope(c, b, h);
-                    cf_attn_key_range(c, i0 + r, Sq, Sk, &mlo[r], &mhi[r]);
-                    any |= mlo[r] < j0 + nb && mhi[r] > j0 && mlo[r] < mhi[r];
+                    cf_attn_key_range(c, i0 + r, sq, sk, &mlo[r], &mhi[r]);
+                    any |= mlo[r] < j0 + nc && mhi[r] > j0 && mlo[r] < mhi[r];
                     lb[r] = cf_attn_lse2(c, b, h, i0 + r);
                     dlr[r] = cf_attn_dl(c, dl, b, h, i0 + r);
                 }
-                if (!any || !rows_open(c, b, h, i0, bq, j0, nb, xkv, xkvp)) continue;
+                if (!any || !rows_open(c, b, h, i0, nr, j0, nc, xkv, xkvp)) continue;
                 const int64_t hk = h / G;
                 int64_t ldk, ldv, ldq, ldo;
-                const float* kr = rows_f32(kk, &c->k, b, j0, hk, nb, D, kc, &ldk);
-                const float* vr = rows_f32(kk, &c->v, b, j0, hk, nb, Dv, vc, &ldv);
-                const float* qr = rows_f32(kk, &c->q, b, i0, h, bq, D, qc, &ldq);
-                const float* dor = rows_f32(kk, &c->dout, b, i0, h, bq, Dv, doc, &ldo);
-                transpose(kt, kr, ldk, nb, D);
-                transpose(vt, vr, ldv, nb, Dv);
-                cf_attn_score_map mp = {bq, nb,  nb,  1, mi, mslope,
+                const float* kr = rows_f32(kk, &c->k, b, j0, hk, nc, D, kc, &ldk);
+                const float* vr = rows_f32(kk, &c->v, b, j0, hk, nc, Dv, vc, &ldv);
+                const float* qr = rows_f32(kk, &c->q, b, i0, h, nr, D, qc, &ldq);
+                const float* dor = rows_f32(kk, &c->dout, b, i0, h, nr, Dv, doc, &ldo);
+                transpose(kt, kr, ldk, nc, D);
+                transpose(vt, vr, ldv, nc, Dv);
+                cf_attn_score_map mp = {nr, nc,  nc,  1, mi, mslope,
                                         j0, mlo, mhi, b, hr, c->bs_num.data ? xkvp : NULL};
-                kk->gemm_f32(bq, nb, D, qr, ldq, 1, kt, nb, s, nb, 0);
-                const float sx = cf_attn_scores(c, &mp, s, NULL, Sq, Sk);
-                for (int64_t r = 0; r < bq; r++)
-                    kk->exp_row(s + r * nb, nb, sx, lb[r]);
-                kk->gemm_f32(bq, nb, Dv, dor, ldo, 1, vt, nb, dp, nb, 0); /* dP = dO V^T */
+                kk->gemm_f32(nr, nc, D, qr, ldq, 1, kt, nc, s, nc, 0);
+                const float sx = cf_attn_scores(c, &mp, s, NULL, sq, sk);
+                for (int64_t r = 0; r < nr; r++)
+                    kk->exp_row(s + r * nc, nc, sx, lb[r]);
+                kk->gemm_f32(nr, nc, Dv, dor, ldo, 1, vt, nc, dp, nc, 0); /* dP = dO V^T */
                 if (c->dropout_p > 0.0f) cf_attn_dropout_apply(c, dp, &mp, hr, b, ks);
-                for (int64_t r = 0; r < bq; r++) {
-                    kk->ds_row(dp + r * nb, s + r * nb, dp + r * nb, nb, dlr[r], 1.0f);
-                    for (int64_t j = 0; j < nb; j++)
-                        acc[r * nb + j] += dp[r * nb + j];
+                for (int64_t r = 0; r < nr; r++) {
+                    kk->ds_row(dp + r * nc, s + r * nc, dp + r * nc, nc, dlr[r], 1.0f);
+                    for (int64_t j = 0; j < nc; j++)
+                        acc[r * nb + j] += dp[r * nc + j];
                 }
             }
         for (int64_t r = 0; r < bq; r++)
@@ -640,6 +666,7 @@ cflash_status cf_attn_cpu_bwd_run(const cf_attn_call* c, const cf_attn_kernels* 
     /* Issue 13: dbias tasks, one per block of dbias_rows rows of each dbias (b', h'). */
     const int64_t BQ = e->dbias_rows > 0 ? e->dbias_rows : 1, nqb = (c->Sq + BQ - 1) / BQ;
     const int64_t ndb = c->dbias.data ? c->dbias.shape[0] * c->dbias.shape[1] * nqb : 0;
+    cf_attn_zero_unused(c);
     /* No more threads than the largest of the region's loops has items. */
     int64_t most = c->B * c->H;
     if ((one_pass ? nu : n) > most) most = one_pass ? nu : n;

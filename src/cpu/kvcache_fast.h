@@ -9,17 +9,22 @@
  * 3. Splits (num_splits > 1, or chosen when there are fewer items than threads) keep
  *    (max, sum, acc) per split and are merged by their LSE, as cflash_attn_merge does. */
 
+#include "core/quant.h"
+
 /* Prefetch distance, in blocks of KV_KB keys. */
 #define KV_PF 2
 
+/* New row n of batch b (row n0 + n of k_new / v_new) into cache position L + n. */
 static void kv_append_fast(const cf_kvcache_call* c, float* buf, int64_t b, int64_t n, int64_t hk) {
     const cf_attn_call* a = &c->a;
-    int64_t L, P, sk;
+    int64_t L, P, sk, n0, sn;
     cf_kv_seq(c, b, &L, &P, &sk);
+    cf_kv_new_rows(c, b, &n0, &sn);
+    n += n0; /* the row in k_new / v_new; the cache position stays L + (n - n0) */
     const cf_view *kn = &c->knew, *vn = &c->vnew;
     ld_row(buf, at(kn, b * kn->stride[0] + n * kn->stride[1] + hk * kn->stride[2]), a->dtype, a->D);
     if (c->cos.data) {
-        const int64_t half = c->rd / 2, pos = L + n;
+        const int64_t half = c->rd / 2, pos = L + n - n0;
         for (int64_t i = 0; i < half; i++) {
             int64_t ia = c->interleaved ? 2 * i : i, ib = c->interleaved ? 2 * i + 1 : i + half;
             float co = cf_load(c->cos.data, c->cos.dtype, pos * c->cos.stride[0] + i);
@@ -29,9 +34,15 @@ static void kv_append_fast(const cf_kvcache_call* c, float* buf, int64_t b, int6
             buf[ib] = x * sn + y * co;
         }
     }
-    st_row(at(&c->kc, cf_kv_row(c, &c->kc, b, L + n, hk)), a->dtype, buf, a->D);
-    memcpy(at(&c->vc, cf_kv_row(c, &c->vc, b, L + n, hk)),
-           at(vn, b * vn->stride[0] + n * vn->stride[1] + hk * vn->stride[2]),
+    const void* vrow = at(vn, b * vn->stride[0] + n * vn->stride[1] + hk * vn->stride[2]);
+    if (c->quant != CFLASH_KV_QUANT_NONE) { /* rounded to the dtype, then coded */
+        cf_kv_quant_store(c, 0, b, L + n - n0, hk, buf, a->D);
+        ld_row(buf, vrow, a->dtype, a->Dv);
+        cf_kv_quant_store(c, 1, b, L + n - n0, hk, buf, a->Dv);
+        return;
+    }
+    st_row(at(&c->kc, cf_kv_row(c, &c->kc, b, L + n - n0, hk)), a->dtype, buf, a->D);
+    memcpy(at(&c->vc, cf_kv_row(c, &c->vc, b, L + n - n0, hk)), vrow,
            (size_t)a->Dv * cf_dtype_size(a->dtype));
 }
 
@@ -97,12 +108,15 @@ static void kv_pv(float* restrict acc, int64_t R, int64_t Dv, const void* const*
 typedef struct kv_scratch {
     float *q, *acc, *m, *l, *s, *kf, *vf, *lv; /* lv: 16-lane partial sums of l (cpu-avx512) */
     int64_t *lo, *hi;
+    /* quantized caches: a block's rows decoded (KV_KB * max(D, Dv)), the value of each code
+     * (256), the factors of a block's keys (KV_KB) */
+    float *kq, *lut, *fk;
 } kv_scratch;
 
 static size_t kv_scratch_floats(const cf_kvcache_call* c, int64_t R) {
     const cf_attn_call* a = &c->a;
     return (size_t)(R * a->D + R * a->Dv + 2 * R + R * KV_KB + KV_KB * (a->D + a->Dv) + 4 * R +
-                    16 * R + 64);
+                    16 * R + 64 + KV_KB * (a->D > a->Dv ? a->D : a->Dv) + 256 + KV_KB);
 }
 
 static void kv_scratch_init(kv_scratch* w, float* p, const cf_kvcache_call* c, int64_t R) {
@@ -116,7 +130,73 @@ static void kv_scratch_init(kv_scratch* w, float* p, const cf_kvcache_call* c, i
     w->vf = p, p += KV_KB * a->Dv;
     w->lv = p, p += 16 * R;
     w->lo = (int64_t*)p, p += 2 * R;
-    w->hi = (int64_t*)p;
+    w->hi = (int64_t*)p, p += 2 * R;
+    w->kq = p, p += KV_KB * (a->D > a->Dv ? a->D : a->Dv);
+    w->lut = p, p += 256;
+    w->fk = p;
+}
+
+/* The dtype code rows are read as by the ISA's kv_dots / kv_pv (CF_OPS_KV_CODES), and the unit
+ * of what they return (a factor the per-key factors carry). */
+static inline cf_dtype kv_code_dtype(const cf_kvcache_call* c) {
+    return c->quant == CFLASH_KV_QUANT_INT8       ? CF_I8
+           : c->quant == CFLASH_KV_QUANT_FP8_E5M2 ? CF_F8E5M2
+                                                  : CF_F8E4M3;
+}
+#ifndef CF_OPS_KV_CODES
+static inline float kv_code_unit(cf_dtype dt) {
+    (void)dt;
+    return 1.0f;
+}
+#endif
+
+/* ---- Quantized caches (any ISA): a block's codes decoded to fp32 rows through a table of the
+ * 256 code values, the scales applied to the scores (K) and to P (V) key by key ---- */
+
+#ifndef CF_OPS_KV_CODES /* else the ISA's kernels read the codes */
+static void kv_q_lut(const cf_kvcache_call* c, float* lut) {
+    for (int i = 0; i < 256; i++)
+        lut[i] = c->quant == CFLASH_KV_QUANT_INT8
+                     ? (float)(int8_t)(uint8_t)i
+                     : cf_fp8_to_f32((uint8_t)i, c->quant == CFLASH_KV_QUANT_FP8_E5M2);
+}
+
+/* out[t] = dst + t * n: the n codes of row t decoded. */
+static void kv_q_rows(const float* lut, const void* const* rows, int64_t nb, int64_t n, float* dst,
+                      const void** out) {
+    for (int64_t t = 0; t < nb; t++) {
+        const uint8_t* x = rows[t];
+        float* y = dst + t * n;
+        for (int64_t d = 0; d < n; d++)
+            y[d] = lut[x[d]];
+        out[t] = y;
+    }
+}
+
+#endif
+
+/* f[t]: the factor of key t0 + t (of nb) of batch b, KV head hk, K (is_v 0) or V: its int8
+ * scale, or the fp8 descale. */
+static void kv_q_factors(const cf_kvcache_call* c, int is_v, int64_t b, int64_t t0, int64_t nb,
+                         int64_t hk, float* f) {
+    const float u = kv_code_unit(kv_code_dtype(c));
+    if (c->quant != CFLASH_KV_QUANT_INT8) {
+        const float d = cf_kv_descale(c, is_v, b, hk) * u;
+        for (int64_t t = 0; t < nb; t++)
+            f[t] = d;
+        return;
+    }
+    const cf_view* sv = is_v ? &c->vs : &c->ks;
+    for (int64_t t = 0; t < nb; t++)
+        f[t] = ((const float*)sv->data)[cf_kv_row(c, sv, b, t0 + t, hk)] * u;
+}
+
+/* x[r * KV_KB + t] *= f[t] for R rows of nb keys; a 0 (a masked key's P) stays 0 whatever the
+ * factor (a NaN scale of a key a row cannot see must not reach that row). */
+static void kv_q_apply(float* x, int64_t R, int64_t nb, const float* f) {
+    for (int64_t r = 0; r < R; r++)
+        for (int64_t t = 0; t < nb; t++)
+            if (x[r * KV_KB + t] != 0.0f) x[r * KV_KB + t] *= f[t];
 }
 
 /* Keys [j0, j1) of batch b for the KV heads [hk0, hk0 + nh) and query rows [i0, i0 + nq): leaves
@@ -126,15 +206,16 @@ static void kv_scratch_init(kv_scratch* w, float* p, const cf_kvcache_call* c, i
 static void kv_item(const cf_kvcache_call* c, kv_scratch* w, int64_t b, int64_t hk0, int64_t nh,
                     int64_t i0, int64_t nq, int64_t j0, int64_t j1) {
     const cf_attn_call* a = &c->a;
-    const int64_t G = a->H / a->Hk, Sq = a->Sq, Rg = G * nq, R = nh * Rg, D = a->D, Dv = a->Dv;
-    int64_t L, P, sk;
+    const int64_t G = a->H / a->Hk, Rg = G * nq, R = nh * Rg, D = a->D, Dv = a->Dv;
+    int64_t L, P, sk, q0, Sq;
     cf_kv_seq(c, b, &L, &P, &sk);
+    cf_kv_q_rows(c, b, &q0, &Sq);
     int64_t jlo = j1, jhi = j0;
     for (int64_t r = 0; r < R; r++) {
         int64_t i = i0 + r % nq, h = hk0 * G + r / nq, lo, hi;
         float* q = w->q + r * D;
-        ld_row(q, at(&a->q, b * a->q.stride[0] + i * a->q.stride[1] + h * a->q.stride[2]), a->dtype,
-               D);
+        ld_row(q, at(&a->q, b * a->q.stride[0] + (q0 + i) * a->q.stride[1] + h * a->q.stride[2]),
+               a->dtype, D);
         if (c->cos.data) { /* rotate at the query's position and round to the dtype */
             const int64_t half = c->rd / 2, pos = cf_kv_qpos(c, L, i);
             for (int64_t t = 0; t < half; t++) {
@@ -161,9 +242,14 @@ static void kv_item(const cf_kvcache_call* c, kv_scratch* w, int64_t b, int64_t 
     }
     memset(w->acc, 0, sizeof(float) * (size_t)(R * Dv));
     memset(w->lv, 0, sizeof(float) * (size_t)(16 * R));
-    const int64_t es = (int64_t)cf_dtype_size(a->dtype);
-    const int dx4 = kv_dots_x4_ok(a->dtype, Rg, D); /* bf16 scores, keys in fours */
-    const int pdp = kv_pv_dp_ok(a->dtype, Rg, Dv);  /* P.V by vdpbf16ps */
+    const int64_t es = (int64_t)cf_dtype_size(c->kc.dtype); /* 1 for code caches */
+    const int quant = c->quant != CFLASH_KV_QUANT_NONE;
+    const int dx4 = !quant && kv_dots_x4_ok(a->dtype, Rg, D); /* bf16 scores, keys in fours */
+    const int pdp = !quant && kv_pv_dp_ok(a->dtype, Rg, Dv);  /* P.V by vdpbf16ps */
+#ifndef CF_OPS_KV_CODES
+    if (quant) kv_q_lut(c, w->lut);
+    const void* qrows[KV_KB]; /* decoded rows (quantized caches) */
+#endif
     const void* rows[KV_KB];
     int64_t base[KV_KB], pfk[KV_KB], pfv[KV_KB];
     for (int64_t jb = jlo; jb < jhi; jb += KV_KB) {
@@ -185,10 +271,20 @@ static void kv_item(const cf_kvcache_call* c, kv_scratch* w, int64_t b, int64_t 
                 for (int64_t o = 0; o < D * es; o += 64)
                     __builtin_prefetch(
                         (const char*)c->kc.data + (pfk[t] + g * c->kc.stride[2]) * es + o, 0, 2);
-            if (dx4)
-                kv_dots_bf16x4(w->q + g * Rg * D, Rg, D, rows, nb, w->s + g * Rg * KV_KB);
+            float* sg = w->s + g * Rg * KV_KB;
+            if (quant) { /* scores against the codes' values, then times each key's factor */
+#ifdef CF_OPS_KV_CODES
+                kv_dots(w->q + g * Rg * D, Rg, D, rows, nb, kv_code_dtype(c), sg, w->kf);
+#else
+                kv_q_rows(w->lut, rows, nb, D, w->kq, qrows);
+                kv_dots(w->q + g * Rg * D, Rg, D, qrows, nb, CF_F32, sg, w->kf);
+#endif
+                kv_q_factors(c, 0, b, P + jb, nb, hk0 + g, w->fk);
+                kv_q_apply(sg, Rg, nb, w->fk);
+            } else if (dx4)
+                kv_dots_bf16x4(w->q + g * Rg * D, Rg, D, rows, nb, sg);
             else
-                kv_dots(w->q + g * Rg * D, Rg, D, rows, nb, a->dtype, w->s + g * Rg * KV_KB, w->kf);
+                kv_dots(w->q + g * Rg * D, Rg, D, rows, nb, a->dtype, sg, w->kf);
         }
         for (int64_t r = 0; r < R; r++) {
             const int64_t i = i0 + r % nq, h = hk0 * G + r / nq;
@@ -256,11 +352,20 @@ static void kv_item(const cf_kvcache_call* c, kv_scratch* w, int64_t b, int64_t 
                 for (int64_t o = 0; o < Dv * es; o += 64)
                     __builtin_prefetch(
                         (const char*)c->vc.data + (pfv[t] + g * c->vc.stride[2]) * es + o, 0, 2);
-            if (pdp)
-                kv_pv_dp(w->acc + g * Rg * Dv, Rg, Dv, rows, nb, w->s + g * Rg * KV_KB);
+            float* pg = w->s + g * Rg * KV_KB;
+            if (quant) { /* P times each key's factor, against the codes' values */
+                kv_q_factors(c, 1, b, P + jb, nb, hk0 + g, w->fk);
+                kv_q_apply(pg, Rg, nb, w->fk);
+#ifdef CF_OPS_KV_CODES
+                kv_pv(w->acc + g * Rg * Dv, Rg, Dv, rows, nb, kv_code_dtype(c), pg, w->vf);
+#else
+                kv_q_rows(w->lut, rows, nb, Dv, w->kq, qrows);
+                kv_pv(w->acc + g * Rg * Dv, Rg, Dv, qrows, nb, CF_F32, pg, w->vf);
+#endif
+            } else if (pdp)
+                kv_pv_dp(w->acc + g * Rg * Dv, Rg, Dv, rows, nb, pg);
             else
-                kv_pv(w->acc + g * Rg * Dv, Rg, Dv, rows, nb, a->dtype, w->s + g * Rg * KV_KB,
-                      w->vf);
+                kv_pv(w->acc + g * Rg * Dv, Rg, Dv, rows, nb, a->dtype, pg, w->vf);
         }
     }
     if (pdp) kv_pv_unpermute(w->acc, R, Dv);
@@ -292,8 +397,9 @@ static void kv_plan(const cf_kvcache_call* c, int64_t* nh, int64_t* nq, int64_t*
     const int64_t items1 = a->B * (a->Hk / h) * ((a->Sq + q - 1) / q);
     int64_t n = c->num_splits;
     if (n == 0) {
+        /* (Sq = 0: no items, and nothing to split) */
         int64_t want = 2 * (int64_t)a->threads;
-        n = items1 >= want ? 1 : (want + items1 - 1) / items1;
+        n = items1 >= want || items1 == 0 ? 1 : (want + items1 - 1) / items1;
         if (n > a->Sk / 512) n = a->Sk / 512;
     }
     if (n > a->Sk) n = a->Sk;
@@ -303,10 +409,14 @@ static void kv_plan(const cf_kvcache_call* c, int64_t* nh, int64_t* nq, int64_t*
     *ns = n < 1 ? 1 : n;
 }
 
-/* out / lse of query row (b, i, h) from an unnormalised acc, max m and sum l. */
+/* out / lse of query row (b, i, h) (row q0 + i of out) from an unnormalised acc, max m and sum
+ * l. */
 static void kv_write(const cf_kvcache_call* c, int64_t b, int64_t i, int64_t h, float* acc, float m,
                      float l) {
     const cf_attn_call* a = &c->a;
+    int64_t q0, sq;
+    cf_kv_q_rows(c, b, &q0, &sq);
+    i += q0;
     const float inv = l > 0.0f ? 1.0f / l : 0.0f;
 #pragma omp simd
     for (int64_t d = 0; d < a->Dv; d++)
@@ -336,8 +446,11 @@ static cflash_status fast_kvcache_run(const void* call) {
         float* buf = malloc(sizeof(float) * kv_scratch_floats(c, R));
         failed = !buf;
 #pragma omp for schedule(static)
-        for (int64_t r = 0; r < a->B * c->Sn * a->Hk; r++)
-            if (buf) kv_append_fast(c, buf, r / (c->Sn * a->Hk), (r / a->Hk) % c->Sn, r % a->Hk);
+        for (int64_t r = 0; r < c->total_new * a->Hk; r++) {
+            int64_t b, n;
+            cf_kv_new_row_of(c, r / a->Hk, &b, &n);
+            if (buf) kv_append_fast(c, buf, b, n, r % a->Hk);
+        }
         /* (implicit barrier: the appended rows are in the cache before any item reads them) */
         kv_scratch w = {0};
         if (buf) kv_scratch_init(&w, buf, c, R);
@@ -346,9 +459,11 @@ static cflash_status fast_kvcache_run(const void* call) {
             if (!buf) continue;
             const int64_t gi = it / ns, s = it % ns;
             const int64_t b = gi / (nchunk * nqc), ch = (gi / nqc) % nchunk, qc = gi % nqc;
-            const int64_t i0 = qc * nq, nqi = a->Sq - i0 < nq ? a->Sq - i0 : nq;
-            int64_t L, P, sk;
+            int64_t L, P, sk, q0, sq;
             cf_kv_seq(c, b, &L, &P, &sk);
+            cf_kv_q_rows(c, b, &q0, &sq); /* varlen: chunks past this sequence's rows are empty */
+            const int64_t i0 = qc * nq, nqi = sq - i0 < nq ? sq - i0 : nq;
+            if (nqi <= 0) continue;
             kv_item(c, &w, b, ch * nh, nh, i0, nqi, sk * s / ns, sk * (s + 1) / ns);
             const int64_t Ri = nh * G * nqi;
             if (ns == 1) {
@@ -368,8 +483,10 @@ static cflash_status fast_kvcache_run(const void* call) {
             if (!buf) continue;
             const int64_t gi = row / R, r = row % R;
             const int64_t b = gi / (nchunk * nqc), ch = (gi / nqc) % nchunk, qc = gi % nqc;
-            const int64_t i0 = qc * nq, nqi = a->Sq - i0 < nq ? a->Sq - i0 : nq;
-            if (r >= nh * G * nqi) continue;
+            int64_t q0, sq;
+            cf_kv_q_rows(c, b, &q0, &sq);
+            const int64_t i0 = qc * nq, nqi = sq - i0 < nq ? sq - i0 : nq;
+            if (r >= nh * G * nqi) continue; /* (none when nqi <= 0: an empty chunk) */
             const float* first = parts + gi * ns * R * (Dv + 2);
             float M = -INFINITY, l = 0.0f;
             for (int64_t s = 0; s < ns; s++) {
@@ -396,4 +513,19 @@ static cflash_status fast_kvcache_run(const void* call) {
     free(parts);
     CFLASH_RETURN_IF(failed, CFLASH_ERR_OUT_OF_MEMORY, "kvcache_fwd: out of memory for scratch");
     return CFLASH_OK;
+}
+
+/* Which calls this build serves: all, except where the ISA file names a feature it refuses
+ * (CF_OPS_KV_QUANT_REFUSED: the reason quantized caches are refused). */
+static int fast_kvcache_supports(const void* call, char* why, size_t n) {
+#ifdef CF_OPS_KV_QUANT_REFUSED
+    const cf_kvcache_call* c = call;
+    if (c->quant != CFLASH_KV_QUANT_NONE) {
+        snprintf(why, n, "%s", CF_OPS_KV_QUANT_REFUSED);
+        return 0;
+    }
+#else
+    (void)call, (void)why, (void)n;
+#endif
+    return 1;
 }

@@ -3,18 +3,18 @@
  * int (*)(char*, size_t) or NULL), after the kernel bodies. */
 #define CF_OPS_CAT2(a, b) a##b
 #define CF_OPS_CAT(a, b) CF_OPS_CAT2(a, b)
-#define CF_OPS_IMPL(name, OP, fn)                                                                  \
+#define CF_OPS_IMPL(name, OP, fn, sup)                                                             \
     const cf_impl CF_OPS_CAT(CF_OPS_CAT(CF_OPS_CAT(cf_impl_, CF_OPS_ISA), _), name) = {            \
         .backend = CF_OPS_BACKEND,                                                                 \
         .op = OP,                                                                                  \
         .device_type = kDLCPU,                                                                     \
-        .supports = NULL, /* every CPU call of these ops */                                        \
+        .supports = sup, /* NULL: every CPU call of the op */                                      \
         .run = fn,                                                                                 \
         .available = CF_OPS_AVAILABLE,                                                             \
     };
 
-CF_OPS_IMPL(rotary, CFLASH_OP_ROTARY, fast_rotary_run)
-CF_OPS_IMPL(norm_fwd, CFLASH_OP_NORM_FWD, fast_norm_fwd_run)
-CF_OPS_IMPL(norm_bwd, CFLASH_OP_NORM_BWD, fast_norm_bwd_run)
-CF_OPS_IMPL(kvcache_fwd, CFLASH_OP_KVCACHE_FWD, fast_kvcache_run)
-CF_OPS_IMPL(attn_merge, CFLASH_OP_ATTN_MERGE, fast_merge_run)
+CF_OPS_IMPL(rotary, CFLASH_OP_ROTARY, fast_rotary_run, NULL)
+CF_OPS_IMPL(norm_fwd, CFLASH_OP_NORM_FWD, fast_norm_fwd_run, NULL)
+CF_OPS_IMPL(norm_bwd, CFLASH_OP_NORM_BWD, fast_norm_bwd_run, NULL)
+CF_OPS_IMPL(kvcache_fwd, CFLASH_OP_KVCACHE_FWD, fast_kvcache_run, fast_kvcache_supports)
+CF_OPS_IMPL(attn_merge, CFLASH_OP_ATTN_MERGE, fast_merge_run, NULL)

@@ -73,7 +73,7 @@ static int simt_tile(const cf_attn_call* c, const cf_cu_device* dev, int bwd) {
     return 0;
 }
 
-/* Issue 13's features (A) the CUDA kernels do not have: the name of the first one used, or NULL.
+/* Issue 13's features the CUDA kernels do not have: the name of the first one used, or NULL.
  * Refused in supports() so the automatic choice never hands such a call to a CUDA backend. */
 static const char* missing_feature(const cf_attn_call* c) {
     if (c->sinks) return "sinks";
@@ -81,6 +81,8 @@ static const char* missing_feature(const cf_attn_call* c) {
     if (c->mask.data) return "attn_mask";
     if (c->bs_num.data) return "block-sparse mask";
     if (c->chunk > 0) return "attention_chunk";
+    if (c->block_table) return "paged K/V (block_table)";
+    if (c->seqused_q || c->seqused_k) return "seqused_q / seqused_k";
     return NULL;
 }
 
@@ -417,6 +419,17 @@ static cflash_status mma_bwd_run(const void* call) {
 
 static int kv_supports(const void* call, char* why, size_t n) {
     const cf_kvcache_call* k = call;
+    if (k->a.cu_q || k->cu_knew) { /* issue 13: serving features, CPU backends only so far */
+        snprintf(why, n,
+                 "varlen queries / new keys (cu_seqlens_q, cu_seqlens_k_new): not implemented on "
+                 "CUDA yet");
+        return 0;
+    }
+    if (k->quant) {
+        snprintf(why, n, "quantized KV cache (cache_quant %d): not implemented on CUDA yet",
+                 k->quant);
+        return 0;
+    }
     return simt_supports(&k->a, 0, why, n);
 }
 

@@ -150,6 +150,38 @@ static const feat13 f13[] = {
 };
 #define NF13 (int)(sizeof f13 / sizeof f13[0])
 
+/* Serving (issue 13): paged K/V in the varlen call and used lengths (seqused_q / seqused_k).
+ * Page sizes 1, 3, 16 (blocks of keys gathered across pages), 128 and 200 (blocks within a
+ * page); sequences longer than a key block; no cu_seqlens_k; batch mode with used lengths. */
+typedef struct serve_cfg {
+    int shape; /* index into shapes (batch mode), or -1 - index into serve_varlens */
+    int feature;
+    int64_t page;
+    int seqused, no_cu_k;
+    int with_a; /* 1: + sinks, bias (dbias), mask; 2: + sinks, block-sparse, chunk; 3: + blocks */
+} serve_cfg;
+
+static const varlen_cfg serve_varlens[] = {
+    {4, 6, 2, 64, 64, {5, 0, 1, 17}, {7, 3, 0, 1}, 1},
+    {3, 2, 1, 33, 17, {1, 97, 2}, {33, 64, 1}, 0},
+    {2, 4, 2, 64, 64, {130, 3}, {300, 517}, 1},
+};
+
+static const serve_cfg serves[] = {
+    {-1, 1, 16, 0, 0, 0},  /* causal */
+    {-2, 12, 1, 2, 0, 0},  /* window + softcap + alibi[B,H], seqused_k, one row per page */
+    {-3, 13, 3, 3, 1, 0},  /* everything, both seqused, no cu_seqlens_k */
+    {-3, 1, 128, 3, 0, 0}, /* blocks within pages */
+    {-3, 0, 200, 2, 1, 0}, /* pages not a multiple of the key block */
+    {5, 1, 0, 3, 0, 0},    /* batch mode, causal, Sq 257 Sk 128 */
+    {3, 2, 0, 1, 0, 0},    /* batch mode, window, seqused_q */
+    /* with A's features (issue 13): masks align on the used lengths, pages hold the keys */
+    {5, 1, 0, 3, 0, 1},   /* batch, causal, both seqused, sinks + bias[BH] + dbias + mask[1H] */
+    {-3, 1, 16, 3, 1, 2}, /* paged, both seqused, no cu_k, sinks + blocks[11] + chunk 32 */
+    {-1, 0, 3, 2, 0, 3},  /* paged, seqused_k, blocks[BH] (8, 4) */
+};
+#define NSERVE (int)(sizeof serves / sizeof serves[0])
+
 static const cf_dtype dtypes[3] = {CF_F32, CF_F16, CF_BF16};
 
 static void set_shape(attn_case* c, const shape* s) {
@@ -178,10 +210,10 @@ static void set_varlen(attn_case* c, const varlen_cfg* v) {
 /* Per dtype, level 0: a feature sweep on small shapes, a shape sweep, varlen, one big case. */
 #define L0_FEAT NFEAT
 #define L0_SHAPE NSHAPES
-#define L0_PER_DTYPE (L0_FEAT + L0_SHAPE + NVARLEN + 1 + NF13 + NOFFS)
+#define L0_PER_DTYPE (L0_FEAT + L0_SHAPE + NVARLEN + 1 + NF13 + NOFFS + NSERVE)
 /* Per dtype, level 1: every shape x feature, every varlen x feature, both big shapes, the issue
- * 13 cases on their shape and on two more, offsets. */
-#define L1_PER_DTYPE ((NSHAPES + NVARLEN) * NFEAT + 2 + 3 * NF13 + NOFFS)
+ * 13 cases on their shape and on two more, offsets, serving. */
+#define L1_PER_DTYPE ((NSHAPES + NVARLEN) * NFEAT + 2 + 3 * NF13 + NOFFS + NSERVE)
 
 static const int small_for_features[] = {1, 2, 3, 7, 8, 9, 4, 10};
 #define NSMALL (int)(sizeof small_for_features / sizeof small_for_features[0])
@@ -221,7 +253,7 @@ static const int emu_shapes[] = {0, 1, 2, 3, 6, 7, 8, 9, 10};
 /* The issue 13 cases on those shapes (or varlen). */
 static const int f13_emu[] = {0, 2, 3, 6, 8, 9, 12, 14, 17, 18, 23, 24, 25, 27, 28};
 #define NF13_EMU (int)(sizeof f13_emu / sizeof f13_emu[0])
-#define LE_PER_DTYPE (NFEAT + NEMU + NVARLEN + NF13_EMU + NOFFS)
+#define LE_PER_DTYPE (NFEAT + NEMU + NVARLEN + NF13_EMU + NOFFS + NSERVE)
 
 int attn_grid_count(int level) {
     return 3 * (level < 0 ? LE_PER_DTYPE : level == 0 ? L0_PER_DTYPE : L1_PER_DTYPE);
@@ -234,14 +266,29 @@ int attn_grid_case(int level, int i, attn_case* c) {
     int d = i / per, j = i % per;
     c->dtype = dtypes[d];
     c->seed = (uint64_t)(level * 100000 + i + 1) + tt_seed_base() * 1000003u;
-    if (j >= per - NOFFS) { /* the same block cases at every level */
-        set_offsets(c, &offsets[j - (per - NOFFS)]);
+    if (j >= per - NSERVE) { /* the same serving cases at every level */
+        const serve_cfg* sv = &serves[j - (per - NSERVE)];
+        if (sv->shape >= 0)
+            set_shape(c, &shapes[sv->shape]);
+        else
+            set_varlen(c, &serve_varlens[-1 - sv->shape]);
+        set_feature(c, &features[sv->feature]);
+        c->page = sv->page, c->seqused = sv->seqused, c->no_cu_k = sv->no_cu_k;
+        if (sv->with_a == 1) c->sinks = 1, c->bias = ATTN_BC_BH, c->dbias = 1, c->mask = ATTN_BC_1H;
+        if (sv->with_a == 2)
+            c->sinks = 1, c->blocks = ATTN_BC_11, c->block_q = c->block_k = 16, c->chunk = 32;
+        if (sv->with_a == 3) c->blocks = ATTN_BC_BH, c->block_q = 8, c->block_k = 4;
+        c->layout = (tt_layout)((j + d) % 3);
+        return 0;
+    }
+    if (j >= per - NSERVE - NOFFS) { /* the same block cases at every level */
+        set_offsets(c, &offsets[j - (per - NSERVE - NOFFS)]);
         c->layout = (tt_layout)((j + d) % 3);
         return 0;
     }
     const int n13 = level < 0 ? NF13_EMU : level == 0 ? NF13 : 3 * NF13;
-    if (j >= per - NOFFS - n13) { /* issue 13's features */
-        const int k = j - (per - NOFFS - n13);
+    if (j >= per - NSERVE - NOFFS - n13) { /* issue 13's features */
+        const int k = j - (per - NSERVE - NOFFS - n13);
         set_f13(c, level < 0 ? f13_emu[k] : k % NF13, level < 0 ? 0 : k / NF13);
         c->layout = (tt_layout)((k + d) % 3);
         return 0;
@@ -320,6 +367,9 @@ int attn_grid_run(const attn_grid_opts* o, int* ran, int* skipped) {
         attn_grid_case(o->level, i, &c);
         if (o->dtypes && !(o->dtypes & (1u << c.dtype))) continue;
         if (o->plain_only && (c.sinks || c.bias || c.mask || c.blocks || c.chunk)) continue;
+        /* device hooks copy the plain tensors only; serving cases run on the host */
+        if ((o->run_fwd || o->run_bwd) && (c.page || c.seqused)) continue;
+        if (o->no_paged && c.page) continue;
         char name[256];
         attn_case_str(&c, name, sizeof name);
         attn_problem* p = attn_problem_new(&c);
@@ -394,7 +444,8 @@ int attn_grid_one_pass(const char* backend, unsigned dtypes, int threads) {
     for (int di = 0; di < 3; di++)
         for (int f = 0; f < 5; f++) {
             if (dtypes && !(dtypes & (1u << dts[di]))) continue;
-            if (tt_test_level() < 0 && f % 3 != di) continue; /* emulated: each shape in one dtype */
+            if (tt_test_level() < 0 && f % 3 != di)
+                continue; /* emulated: each shape in one dtype */
             attn_case c;
             attn_case_init(&c);
             c.B = 3, c.H = 6, c.Hk = 3, c.Sq = 97, c.Sk = 130, c.D = 40, c.Dv = 40;

@@ -67,6 +67,10 @@ void attn_case_str(const attn_case* c, char* buf, size_t n) {
                (long long)(c->block_q ? c->block_q : 128),
                (long long)(c->block_k ? c->block_k : 128), c->block_pct ? c->block_pct : 50);
     if (c->chunk) APPEND(" chunk%lld", (long long)c->chunk);
+    if (c->page) APPEND(" paged%lld", (long long)c->page);
+    if (c->seqused & 1) APPEND(" seqused_q");
+    if (c->seqused & 2) APPEND(" seqused_k");
+    if (c->no_cu_k) APPEND(" no-cu_k");
     APPEND(" seed%llu", (unsigned long long)c->seed);
 }
 
@@ -120,6 +124,9 @@ static uint64_t inputs_hash(const attn_problem* p) {
     const tt_tensor* extra[5] = {&p->sinks, &p->bias, &p->mask, &p->bs_num, &p->bs_idx};
     for (int i = 0; i < 5; i++)
         if (extra[i]->base) h ^= tt_hash(extra[i]) * (uint64_t)(19 + 2 * i);
+    const tt_tensor* serving[5] = {&p->su_q, &p->su_k, &p->bt, &p->kp, &p->vp};
+    for (int i = 0; i < 5; i++)
+        if (serving[i]->base) h ^= tt_hash(serving[i]) * (uint64_t)(29 + 2 * i);
     return h;
 }
 
@@ -230,11 +237,120 @@ static void gather_features(attn_problem* p) {
         p->BIAS[n] = tt_get_flat(&p->bias, n);
 }
 
+/* ---- Serving cases: used lengths and pages ---------------------------------------------- */
+
+/* Sets row r (packed, of a q-like (kind 0) or k-like (kind 1) tensor) of t to NaN: rows a call
+ * must not read. */
+static void nan_row(const attn_problem* p, tt_tensor* t, int kind, int64_t r, int64_t heads,
+                    int64_t dim) {
+    int64_t idx[4];
+    for (int64_t h = 0; h < heads; h++)
+        for (int64_t d = 0; d < dim; d++) {
+            row_index(p, kind, r, h, d, idx);
+            tt_set(t, idx, NAN);
+        }
+}
+
+/* Draws the used lengths (seqused: qn / kn become them; the rows past them hold NaN, never to be
+ * read) and, for paged cases, scatters each sequence's key rows into shuffled pages of a block
+ * table whose unused entries hold page indices out of range (never to be read either). */
+static int serving_setup(attn_problem* p, uint64_t seed) {
+    const attn_case* c = &p->c;
+    const int64_t B = p->B, H = c->H, Hk = c->Hk, D = c->D, Dv = c->Dv;
+    tt_rng r;
+    tt_rng_init(&r, seed);
+    int64_t sb[1] = {B};
+    for (int t = 0; t < 2; t++) {
+        if (!(c->seqused & (1 << t))) continue;
+        tt_tensor* su = t ? &p->su_k : &p->su_q;
+        if (tt_alloc(su, CFLASH_DTYPE_I32, 1, sb, TT_DENSE)) return -1;
+        int64_t* n = t ? p->kn : p->qn;
+        for (int64_t b = 0; b < B; b++) {
+            int64_t rows = n[b], u = rows - (int64_t)(tt_rng_u64(&r) % (uint64_t)(rows / 2 + 1));
+            if (b == 0 && rows > 1 && u == rows) u = rows - 1; /* some rows always unused */
+            if (t == 1 && b == B - 1 && B > 1) u = 0;          /* a sequence with no key */
+            ((int32_t*)su->base)[b] = (int32_t)u;
+            for (int64_t i = u; i < rows; i++) {
+                const int64_t row = (t ? p->k0[b] : p->q0[b]) + i;
+                if (t) {
+                    nan_row(p, &p->k, 1, row, Hk, D);
+                    nan_row(p, &p->v, 1, row, Hk, Dv);
+                } else {
+                    nan_row(p, &p->q, 0, row, H, D);
+                    nan_row(p, &p->dout, 0, row, H, Dv);
+                }
+            }
+            n[b] = u;
+        }
+    }
+    if (!c->page) return 0;
+    const int64_t ps = c->page;
+    int64_t used_pages = 0, max_pages = 1;
+    for (int64_t b = 0; b < B; b++) {
+        const int64_t np = (p->krows[b] + ps - 1) / ps;
+        used_pages += np;
+        if (np + 1 > max_pages) max_pages = np + 1;
+    }
+    const int64_t num_pages = used_pages + 2; /* two pages no sequence uses */
+    int64_t sk[4] = {num_pages, ps, Hk, D}, sv[4] = {num_pages, ps, Hk, Dv}, st[2] = {B, max_pages};
+    if (tt_alloc(&p->kp, c->dtype, 4, sk, c->layout) ||
+        tt_alloc(&p->vp, c->dtype, 4, sv, c->layout) ||
+        tt_alloc(&p->dkp, c->dtype, 4, sk, c->layout) ||
+        tt_alloc(&p->dvp, c->dtype, 4, sv, c->layout) ||
+        tt_alloc(&p->bt, CFLASH_DTYPE_I32, 2, st, TT_DENSE))
+        return -1;
+    p->kloc = malloc(sizeof(int64_t) * (size_t)(p->total_k > 0 ? p->total_k : 1));
+    int64_t* perm = malloc(sizeof(int64_t) * (size_t)num_pages);
+    if (!p->kloc || !perm) {
+        free(perm);
+        return -1;
+    }
+    for (int64_t i = 0; i < num_pages; i++)
+        perm[i] = i;
+    for (int64_t i = num_pages - 1; i > 0; i--) {
+        int64_t j = (int64_t)(tt_rng_u64(&r) % (uint64_t)(i + 1)), t = perm[i];
+        perm[i] = perm[j], perm[j] = t;
+    }
+    int32_t* bt = p->bt.base;
+    int64_t next = 0;
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t g = 0; g < max_pages; g++)
+            bt[b * max_pages + g] =
+                g < (p->krows[b] + ps - 1) / ps ? (int32_t)perm[next++] : (int32_t)(num_pages + 7);
+    free(perm);
+    /* kp / vp are NaN (tt_alloc's poison) except the rows of keys: copy them from k / v */
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t t = 0; t < p->krows[b]; t++) {
+            const int64_t row = p->k0[b] + t, pg = bt[b * max_pages + t / ps], pr = t % ps;
+            p->kloc[row] = pg * ps + pr;
+            int64_t src[4], dst[4] = {pg, pr, 0, 0};
+            for (int64_t h = 0; h < Hk; h++) {
+                dst[2] = h;
+                for (int64_t d = 0; d < D; d++) {
+                    row_index(p, 1, row, h, d, src);
+                    dst[3] = d;
+                    tt_set(&p->kp, dst, tt_get(&p->k, src));
+                }
+                for (int64_t d = 0; d < Dv; d++) {
+                    row_index(p, 1, row, h, d, src);
+                    dst[3] = d;
+                    tt_set(&p->vp, dst, tt_get(&p->v, src));
+                }
+            }
+        }
+    return 0;
+}
+
 attn_problem* attn_problem_new(const attn_case* cin) {
     const attn_case* c = cin;
     if (c->B < 0 || c->H < 1 || c->Hk < 1 || c->H % c->Hk || c->D < 1 || c->Dv < 1 || c->Sq < 0 ||
         c->Sk < 0 || (c->varlen && (c->B < 1 || c->B > ATTN_MAX_SEQS))) {
         fprintf(stderr, "attn_problem_new: bad case\n");
+        return NULL;
+    }
+    if ((c->page && (!c->varlen || c->page < 1)) ||
+        (c->no_cu_k && (!c->page || !(c->seqused & 2)))) {
+        fprintf(stderr, "attn_problem_new: paged needs varlen, no_cu_k needs paged + seqused_k\n");
         return NULL;
     }
     attn_problem* p = calloc(1, sizeof *p);
@@ -257,6 +373,14 @@ attn_problem* attn_problem_new(const attn_case* cin) {
     }
     p->total_q = tq, p->total_k = tk;
     p->scale = c->scale != 0 ? c->scale : (float)(1.0 / sqrt((double)D));
+    p->qrows = calloc((size_t)B + 1, sizeof(int64_t));
+    p->krows = calloc((size_t)B + 1, sizeof(int64_t));
+    if (!p->q0 || !p->qn || !p->k0 || !p->kn || !p->qrows || !p->krows) {
+        attn_problem_free(p);
+        return NULL;
+    }
+    memcpy(p->qrows, p->qn, sizeof(int64_t) * (size_t)B);
+    memcpy(p->krows, p->kn, sizeof(int64_t) * (size_t)B);
 
     int ok = 0;
     tt_layout L = c->layout;
@@ -304,6 +428,10 @@ attn_problem* attn_problem_new(const attn_case* cin) {
     tt_random(&p->k, s + 2, -2.0, 2.0);
     tt_random(&p->v, s + 3, -1.0, 1.0);
     tt_random(&p->dout, s + 4, -1.0, 1.0);
+    if ((c->seqused || c->page) && serving_setup(p, s + 7)) {
+        attn_problem_free(p);
+        return NULL;
+    }
     if (p->alibi.base) {
         /* The usual geometric slopes 2^(-8(h+1)/H), jittered per (b, h). */
         tt_rng r;
@@ -334,6 +462,9 @@ attn_problem* attn_problem_new(const attn_case* cin) {
     p->params.block_q = c->block_q ? c->block_q : 128;
     p->params.block_k = c->block_k ? c->block_k : 128;
     p->params.attention_chunk = c->chunk;
+    p->params.block_table = p->bt.base ? &p->bt.dl : NULL;
+    p->params.seqused_q = p->su_q.base ? &p->su_q.dl : NULL;
+    p->params.seqused_k = p->su_k.base ? &p->su_k.dl : NULL;
     {
         tt_rng r;
         tt_rng_init(&r, s + 6);
@@ -383,9 +514,11 @@ void attn_problem_refresh_inputs(attn_problem* p) {
 
 void attn_problem_free(attn_problem* p) {
     if (!p) return;
-    tt_tensor* ts[] = {&p->q,    &p->k,     &p->v,     &p->dout,   &p->out,   &p->lse,   &p->dq,
-                       &p->dk,   &p->dv,    &p->alibi, &p->cu_q,   &p->cu_k,  &p->sinks, &p->dsinks,
-                       &p->bias, &p->dbias, &p->mask,  &p->bs_num, &p->bs_idx};
+    tt_tensor* ts[] = {&p->q,      &p->k,      &p->v,    &p->dout,  &p->out,  &p->lse,
+                       &p->dq,     &p->dk,     &p->dv,   &p->alibi, &p->cu_q, &p->cu_k,
+                       &p->sinks,  &p->dsinks, &p->bias, &p->dbias, &p->mask, &p->bs_num,
+                       &p->bs_idx, &p->su_q,   &p->su_k, &p->bt,    &p->kp,   &p->vp,
+                       &p->dkp,    &p->dvp};
     for (size_t i = 0; i < sizeof ts / sizeof ts[0]; i++)
         tt_free(ts[i]);
     double* ds[] = {p->Q,       p->K,         p->V,         p->dO,       p->ref_out,
@@ -395,6 +528,7 @@ void attn_problem_free(attn_problem* p) {
     for (size_t i = 0; i < sizeof ds / sizeof ds[0]; i++)
         free(ds[i]);
     free(p->q0), free(p->qn), free(p->k0), free(p->kn);
+    free(p->qrows), free(p->krows), free(p->kloc);
     free(p);
 }
 
@@ -407,13 +541,27 @@ void attn_problem_host_dl(attn_problem* p, attn_dl* t) {
     t->cu_k = p->cu_k.base ? &p->cu_k.dl : NULL;
     t->out = &p->out.dl, t->lse = &p->lse.dl;
     t->dq = &p->dq.dl, t->dk = &p->dk.dl, t->dv = &p->dv.dl;
+    if (p->kp.base) t->k = &p->kp.dl, t->v = &p->vp.dl, t->dk = &p->dkp.dl, t->dv = &p->dvp.dl;
+    if (p->c.no_cu_k) t->cu_k = NULL;
+    t->block_table = p->bt.base ? &p->bt.dl : NULL;
+    t->seqused_q = p->su_q.base ? &p->su_q.dl : NULL;
+    t->seqused_k = p->su_k.base ? &p->su_k.dl : NULL;
+}
+
+/* p's params with the tensors of t (ALiBi slopes, block table, used lengths). */
+static cflash_attn_params params_for(const attn_problem* p, const attn_dl* t) {
+    cflash_attn_params prm = p->params;
+    prm.alibi_slopes = t->alibi;
+    prm.block_table = t->block_table;
+    prm.seqused_q = t->seqused_q;
+    prm.seqused_k = t->seqused_k;
+    return prm;
 }
 
 cflash_status attn_problem_call_fwd(cflash_context* ctx, attn_problem* p, const attn_dl* t) {
     attn_dl host;
     if (!t) attn_problem_host_dl(p, &host), t = &host;
-    cflash_attn_params prm = p->params;
-    prm.alibi_slopes = t->alibi;
+    cflash_attn_params prm = params_for(p, t);
     DLTensor* lse = p->c.no_lse ? NULL : t->lse;
     if (p->c.varlen) {
         int64_t mq = p->c.varlen_pass_max ? p->max_q : 0, mk = p->c.varlen_pass_max ? p->max_k : 0;
@@ -426,8 +574,7 @@ cflash_status attn_problem_call_fwd(cflash_context* ctx, attn_problem* p, const 
 cflash_status attn_problem_call_bwd(cflash_context* ctx, attn_problem* p, const attn_dl* t) {
     attn_dl host;
     if (!t) attn_problem_host_dl(p, &host), t = &host;
-    cflash_attn_params prm = p->params;
-    prm.alibi_slopes = t->alibi;
+    cflash_attn_params prm = params_for(p, t);
     if (p->c.varlen) {
         int64_t mq = p->c.varlen_pass_max ? p->max_q : 0, mk = p->c.varlen_pass_max ? p->max_k : 0;
         return cflash_attn_varlen_bwd(ctx, &prm, t->dout, t->q, t->k, t->v, t->out, t->lse, t->cu_q,
@@ -462,6 +609,7 @@ cflash_status attn_problem_run_bwd(cflash_context* ctx, attn_problem* p) {
     tt_poison(&p->dv);
     if (p->dsinks.base) tt_poison(&p->dsinks);
     if (p->dbias.base) tt_poison(&p->dbias);
+    if (p->dkp.base) tt_poison(&p->dkp), tt_poison(&p->dvp);
     uint64_t h_out = tt_hash(&p->out) ^ tt_hash(&p->lse);
     cflash_status s = attn_problem_call_bwd(ctx, p, NULL);
     p->inputs_ok = inputs_hash(p) == p->in_hash && (tt_hash(&p->out) ^ tt_hash(&p->lse)) == h_out;
@@ -854,10 +1002,26 @@ void attn_naive_bwd(const attn_problem* p, const double* out, const double* lse,
     free(gq), free(gk), free(gv), free(x), free(dx), free(vis), free(gb), free(gs);
 }
 
+/* Rows past a sequence's used length (seqused_q): the forward must leave them as they were, so
+ * the expected out and lse there are the poison, NaN. */
+static void mark_unused_rows(const attn_problem* p, double* out, double* lse) {
+    const int64_t H = p->c.H, Dv = p->c.Dv;
+    for (int64_t b = 0; b < p->B; b++)
+        for (int64_t i = p->qn[b]; i < p->qrows[b]; i++)
+            for (int64_t h = 0; h < H; h++) {
+                const int64_t r = p->q0[b] + i;
+                lse[r * H + h] = NAN;
+                for (int64_t d = 0; d < Dv; d++)
+                    out[(r * H + h) * Dv + d] = NAN;
+            }
+}
+
 void attn_problem_compute_oracle(attn_problem* p, int bwd) {
     if (!p->have_fwd) {
         attn_oracle_fwd(p, p->Q, p->K, p->V, p->ref_out, p->ref_lse);
         attn_naive_fwd(p, p->nv_out, p->nv_lse);
+        mark_unused_rows(p, p->ref_out, p->ref_lse);
+        mark_unused_rows(p, p->nv_out, p->nv_lse);
         p->have_fwd = 1;
     }
     if (bwd && !p->have_bwd) {
@@ -874,12 +1038,15 @@ double attn_atol(cflash_dtype d, double maxref, int grad) {
     return k * tt_unit_roundoff(d) * (maxref > 1.0 ? maxref : 1.0);
 }
 
-/* Max |a - ref| where -inf must match exactly; NaN in a counts as infinite error. */
+/* Max |a - ref| where -inf must match exactly; NaN in a counts as infinite error, except where
+ * ref is NaN too (an element the call must leave as poisoned). */
 static double max_err(const double* a, const double* ref, int64_t n, double* maxref) {
     double e = 0, mr = 0;
     for (int64_t i = 0; i < n; i++) {
         double d;
-        if (isinf(ref[i]) || isinf(a[i]))
+        if (isnan(ref[i]))
+            d = isnan(a[i]) ? 0 : INFINITY;
+        else if (isinf(ref[i]) || isinf(a[i]))
             d = (a[i] == ref[i]) ? 0 : INFINITY;
         else
             d = fabs(a[i] - ref[i]);
@@ -898,9 +1065,45 @@ static void comp(attn_errors* e, int c, const tt_tensor* t, const double* got, c
     e->err[c] = max_err(got, ref, n, &mr);
     e->naive[c] = max_err(naive, ref, n, NULL);
     e->bound[c] = factor * e->naive[c] + attn_atol(dt, mr, c >= ATTN_DQ);
-    e->nan[c] = tt_count_nan(t);
+    e->nan[c] = 0; /* NaN where a value was expected */
+    for (int64_t i = 0; i < n; i++)
+        e->nan[c] += isnan(got[i]) && !isnan(ref[i]);
     e->padding_ok[c] = tt_padding_intact(t);
     if (!(e->err[c] <= e->bound[c]) || e->nan[c] || !e->padding_ok[c]) e->pass = 0;
+}
+
+/* Key-side tensor (k, dk, ... or their pages) -> dense fp64 packed rows. */
+static void gather_keys(const attn_problem* p, const tt_tensor* t, int64_t heads, int64_t dim,
+                        double* dst) {
+    if (!p->kloc) {
+        gather(p, t, 1, p->total_k, heads, dim, dst);
+        return;
+    }
+    for (int64_t r = 0; r < p->total_k; r++)
+        for (int64_t h = 0; h < heads; h++)
+            for (int64_t d = 0; d < dim; d++) {
+                int64_t idx[4] = {p->kloc[r] / p->c.page, p->kloc[r] % p->c.page, h, d};
+                dst[(r * heads + h) * dim + d] = tt_get(t, idx);
+            }
+}
+
+/* Elements of page rows no key lies in that are not 0 (the backward zeroes them). */
+static int64_t unused_page_rows(const attn_problem* p, const tt_tensor* t) {
+    if (!p->kloc) return 0;
+    const int64_t ps = p->c.page, n = t->shape[0] * ps;
+    unsigned char* used = calloc((size_t)n, 1);
+    int64_t bad = 0;
+    if (!used) return 1;
+    for (int64_t r = 0; r < p->total_k; r++)
+        used[p->kloc[r]] = 1;
+    for (int64_t x = 0; x < n; x++)
+        for (int64_t h = 0; !used[x] && h < t->shape[2]; h++)
+            for (int64_t d = 0; d < t->shape[3]; d++) {
+                int64_t idx[4] = {x / ps, x % ps, h, d};
+                bad += tt_get(t, idx) != 0.0;
+            }
+    free(used);
+    return bad;
 }
 
 static int errors(attn_problem* p, attn_errors* e, int bwd) {
@@ -928,10 +1131,14 @@ static int errors(attn_problem* p, attn_errors* e, int bwd) {
                                : tk * Hk * (c->D > c->Dv ? c->D : c->Dv));
         gather(p, &p->dq, 0, tq, H, c->D, g);
         comp(e, ATTN_DQ, &p->dq, g, p->ref_dq, p->nv_dq, tq * H * c->D, c->dtype, 3.0);
-        gather(p, &p->dk, 1, tk, Hk, c->D, g);
-        comp(e, ATTN_DK, &p->dk, g, p->ref_dk, p->nv_dk, tk * Hk * c->D, c->dtype, 3.0);
-        gather(p, &p->dv, 1, tk, Hk, c->Dv, g);
-        comp(e, ATTN_DV, &p->dv, g, p->ref_dv, p->nv_dv, tk * Hk * c->Dv, c->dtype, 3.0);
+        const tt_tensor *dk = p->dkp.base ? &p->dkp : &p->dk, *dv = p->dkp.base ? &p->dvp : &p->dv;
+        gather_keys(p, dk, Hk, c->D, g);
+        comp(e, ATTN_DK, dk, g, p->ref_dk, p->nv_dk, tk * Hk * c->D, c->dtype, 3.0);
+        e->stray[ATTN_DK] = unused_page_rows(p, dk);
+        gather_keys(p, dv, Hk, c->Dv, g);
+        comp(e, ATTN_DV, dv, g, p->ref_dv, p->nv_dv, tk * Hk * c->Dv, c->dtype, 3.0);
+        e->stray[ATTN_DV] = unused_page_rows(p, dv);
+        if (e->stray[ATTN_DK] || e->stray[ATTN_DV]) e->pass = 0;
         free(g);
         if (p->dsinks.base) {
             double* gs = dalloc(H);
@@ -976,6 +1183,9 @@ void attn_errors_str(const attn_problem* p, const attn_errors* e, char* buf, siz
         if (e->nan[c])
             APPEND(" [%s: %lld unwritten/NaN]", attn_comp_names[c], (long long)e->nan[c]);
         if (!e->padding_ok[c]) APPEND(" [%s: wrote outside the view]", attn_comp_names[c]);
+        if (e->stray[c])
+            APPEND(" [%s: %lld elements of unused page rows not 0]", attn_comp_names[c],
+                   (long long)e->stray[c]);
     }
     if (!e->inputs_ok) APPEND(" [inputs modified]");
     APPEND(" -> %s", e->pass ? "PASS" : "FAIL");

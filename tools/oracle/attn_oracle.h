@@ -59,6 +59,10 @@ typedef struct attn_case {
     int64_t block_q, block_k; /* its block sizes (0 = 128) */
     int block_pct;            /* percent of key blocks each query block lists (0 = 50) */
     int64_t chunk;            /* attention_chunk (0 = off) */
+    /* Serving (issue 13): varlen K/V passed as pages, used lengths. */
+    int64_t page; /* varlen: > 0 = k, v (and dk, dv) as shuffled pages of this many rows */
+    int seqused;  /* bit 0: seqused_q, bit 1: seqused_k, drawn from the seed (<= the rows) */
+    int no_cu_k;  /* paged with seqused_k: cu_seqlens_k passed as NULL */
 } attn_case;
 
 /* B = H = Hk = Sq = Sk = D = Dv = 1, fp32, no masks, windows -1, dense, seed 1. */
@@ -79,6 +83,7 @@ typedef struct attn_errors {
     double bound[ATTN_NCOMP];   /* factor * naive + atol */
     int64_t nan[ATTN_NCOMP];    /* poisoned (unwritten) or NaN elements */
     int padding_ok[ATTN_NCOMP]; /* bytes outside the view untouched */
+    int64_t stray[ATTN_NCOMP];  /* paged dk / dv: non-zero elements of rows no key uses */
     int inputs_ok;              /* q, k, v, dout, alibi, cu_seqlens unchanged by the call */
     int pass;
 } attn_errors;
@@ -87,6 +92,7 @@ typedef struct attn_errors {
 typedef struct attn_dl {
     const DLTensor *q, *k, *v, *dout, *alibi, *cu_q, *cu_k;
     DLTensor *out, *lse, *dq, *dk, *dv;
+    const DLTensor *block_table, *seqused_q, *seqused_k; /* serving cases (host memory) */
 } attn_dl;
 /* (The issue 13 tensors -- sinks, bias, mask, block-sparse, dsinks, dbias -- are always the host
  * ones of the problem, through p->params: device tests skip such cases, see attn_grid_opts.) */
@@ -96,7 +102,9 @@ typedef struct attn_problem {
     cflash_attn_params params;   /* alibi_slopes points at the host alibi tensor (or NULL) */
     int64_t B, total_q, total_k; /* total rows of q / k (batch mode: B*Sq, B*Sk) */
     int64_t max_q, max_k;        /* longest sequences */
-    int64_t *q0, *qn, *k0, *kn;  /* [B]: first packed row and length of each sequence */
+    int64_t *q0, *qn, *k0, *kn;  /* [B]: first packed row and length (the used one, with
+                                    seqused) of each sequence */
+    int64_t *qrows, *krows;      /* [B]: rows each sequence has in q / k (>= qn, kn) */
     float scale;                 /* the resolved softmax scale, as the library computes it */
 
     /* Host tensors. Inputs are random; outputs are poisoned before every run. */
@@ -109,7 +117,12 @@ typedef struct attn_problem {
      * Sk); block-sparse num (nsb, nsh, nqb) and idx (nsb, nsh, nqb, nkb + 2). */
     tt_tensor sinks, dsinks, bias, dbias, mask, bs_num, bs_idx;
     int64_t nbb, nbh, nmb, nmh, nsb, nsh; /* leading dims of bias, mask, block-sparse (B|1, H|1) */
-    uint64_t in_hash;                     /* of all inputs, taken at creation */
+    /* Serving: seqused int32 [B] (base NULL when off); paged: k, v, dk, dv as pages
+     * (num_pages, page, Hk, d) with the block table; unused page rows hold NaN (never read).
+     * kloc[r] = page * page + row of packed key row r (-1: not in a page). */
+    tt_tensor su_q, su_k, bt, kp, vp, dkp, dvp;
+    int64_t* kloc;
+    uint64_t in_hash; /* of all inputs, taken at creation */
 
     /* Inputs as fp64, dense in packed-row layout: X[(row*heads + h)*dim + d]. */
     double *Q, *K, *V, *dO;

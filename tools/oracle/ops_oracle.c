@@ -74,3 +74,47 @@ double ops_bound(cflash_dtype d, double factor, double naive, double maxref) {
 double ops_round(cflash_dtype d, double x) {
     return (double)cflash_round_to(d, (float)x);
 }
+
+/* ---- Quantized KV caches ------------------------------------------------------------------ */
+
+double ops_fp8_value(uint8_t code, int e5m2) {
+    const double sign = code & 0x80 ? -1.0 : 1.0;
+    if (e5m2) {
+        const int e = (code >> 2) & 31, m = code & 3;
+        if (e == 31) return m ? NAN : sign * INFINITY;
+        return sign * (e ? ldexp(4 + m, e - 17) : ldexp(m, -16));
+    }
+    const int e = (code >> 3) & 15, m = code & 7;
+    if (e == 15 && m == 7) return NAN;
+    return sign * (e ? ldexp(8 + m, e - 10) : ldexp(m, -9));
+}
+
+uint8_t ops_fp8_code(float x, int e5m2) {
+    if (x != x) return 0x7f;
+    const double ax = fabs((double)x);
+    if (isinf(x)) return (uint8_t)((e5m2 ? 0x7b : 0x7e) | (signbit(x) ? 0x80 : 0)); /* saturate */
+    int best = 0;
+    double bd = INFINITY;
+    for (int c = 0; c < 128; c++) { /* the magnitudes; finite ones only */
+        const double v = ops_fp8_value((uint8_t)c, e5m2);
+        if (!isfinite(v)) continue;
+        const double d = fabs(v - ax);
+        if (d < bd || (d == bd && !(c & 1))) bd = d, best = c;
+    }
+    return (uint8_t)(best | (signbit(x) ? 0x80 : 0));
+}
+
+float ops_int8_codes(int8_t* codes, const float* x, int64_t n) {
+    float amax = 0.0f;
+    int nan = 0;
+    for (int64_t d = 0; d < n; d++) {
+        nan |= x[d] != x[d];
+        if (fabsf(x[d]) > amax) amax = fabsf(x[d]);
+    }
+    const float scale = nan ? NAN : amax / 127.0f;
+    for (int64_t d = 0; d < n; d++) {
+        double q = scale > 0.0f && isfinite(scale) ? rint((double)(x[d] / scale)) : 0.0;
+        codes[d] = (int8_t)(q > 127 ? 127 : q < -127 ? -127 : q);
+    }
+    return scale;
+}

@@ -30,4 +30,16 @@ double ops_bound(cflash_dtype d, double factor, double naive, double maxref);
 /* x rounded to dtype d (as storing it would). */
 double ops_round(cflash_dtype d, double x);
 
+/* ---- Quantized KV caches (include/cflash.h, cflash_kv_quant), written from the definitions ----
+ */
+
+/* The value of an fp8 code (e5m2 1: e5m2, else e4m3fn): NaN for NaN codes, +-inf for e5m2's. */
+double ops_fp8_value(uint8_t code, int e5m2);
+/* The code whose value is nearest to x, ties to the even code, saturating to the largest finite
+ * value (infinities too), NaN for NaN: found by search over the 256 codes. */
+uint8_t ops_fp8_code(float x, int e5m2);
+/* The int8 codes of a row (per the header: scale = max|x| / 127 in fp32, code = x / scale
+ * rounded to nearest even) and its scale. */
+float ops_int8_codes(int8_t* codes, const float* x, int64_t n);
+
 #endif

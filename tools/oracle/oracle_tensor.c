@@ -147,7 +147,10 @@ int64_t tt_offset(const tt_tensor* t, const int64_t* idx) {
 static double load_at(const tt_tensor* t, int64_t o) {
     switch (t->dtype) {
     case CFLASH_DTYPE_I32: return (double)((const int32_t*)t->base)[o];
-    case CFLASH_DTYPE_U8: return (double)((const uint8_t*)t->base)[o];
+    case CFLASH_DTYPE_U8:
+    case CFLASH_DTYPE_F8E4M3:
+    case CFLASH_DTYPE_F8E5M2: return (double)((const uint8_t*)t->base)[o];
+    case CFLASH_DTYPE_I8: return (double)((const int8_t*)t->base)[o];
     default: return (double)cflash_load(t->base, t->dtype, o);
     }
 }
@@ -155,7 +158,10 @@ static double load_at(const tt_tensor* t, int64_t o) {
 static void store_at(tt_tensor* t, int64_t o, double x) {
     switch (t->dtype) {
     case CFLASH_DTYPE_I32: ((int32_t*)t->base)[o] = (int32_t)x; break;
-    case CFLASH_DTYPE_U8: ((uint8_t*)t->base)[o] = (uint8_t)x; break;
+    case CFLASH_DTYPE_U8:
+    case CFLASH_DTYPE_F8E4M3:
+    case CFLASH_DTYPE_F8E5M2: ((uint8_t*)t->base)[o] = (uint8_t)x; break;
+    case CFLASH_DTYPE_I8: ((int8_t*)t->base)[o] = (int8_t)x; break;
     default: cflash_store(t->base, t->dtype, o, (float)x); break;
     }
 }

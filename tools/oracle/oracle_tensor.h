@@ -60,7 +60,8 @@ int64_t tt_count_nan(const tt_tensor* t);
 /* 1 iff every byte of the allocation outside the logical elements still holds the poison. */
 int tt_padding_intact(const tt_tensor* t);
 
-/* Element offset (in elements, from base) of a logical index idx[ndim]. */
+/* Element offset (in elements, from base) of a logical index idx[ndim]. tt_get / tt_set read and
+ * write values as double; for the fp8 types (F8E4M3, F8E5M2) the value is the code, 0 to 255. */
 int64_t tt_offset(const tt_tensor* t, const int64_t* idx);
 double tt_get(const tt_tensor* t, const int64_t* idx);
 void tt_set(tt_tensor* t, const int64_t* idx, double x); /* rounds to the dtype */

@@ -22,19 +22,21 @@ static float row_delta(const cf_attn_call* c, int64_t b, int64_t h, int64_t qi) 
     return delta;
 }
 
-/* The pair (query i, key j) of head h, sequence b (rows qi, kj in the views), with the row's lse
+/* The pair (query i, key j) of head h, sequence b (query row qi, keys from k0), with the row's lse
  * and delta: returns 0 when the pair is masked; else adds p * keep * dO to dv_row (NULL = skip)
  * and sets *ds_s = dL/d(score) (what dbias receives) and *ds = the same scaled back to q.k
  * (dq += ds k, dk += ds q). */
-static int pair_grad(const cf_attn_call* c, int64_t b, int64_t h, int64_t qi, int64_t kj, int64_t i,
+static int pair_grad(const cf_attn_call* c, int64_t b, int64_t h, int64_t qi, int64_t k0, int64_t i,
                      int64_t j, int64_t sq, int64_t sk, float lse, float delta, float* dv_row,
                      float* ds_s, float* ds) {
     const int64_t hk = h / (c->H / c->Hk);
     const float keep_scale = 1.0f / (1.0f - c->dropout_p);
+    const int64_t ko = cf_attn_kv_off(c, &c->k, b, k0, j, hk),
+                  vo = cf_attn_kv_off(c, &c->v, b, k0, j, hk);
     float dot = 0.0f;
     for (int64_t d = 0; d < c->D; d++)
         dot += cf_load(c->q.data, c->dtype, ref_at4(&c->q, b, qi, h, d)) *
-               cf_load(c->k.data, c->dtype, ref_at4(&c->k, b, kj, hk, d));
+               cf_load(c->k.data, c->dtype, ko + d);
     float x = c->scale * dot, t = 0.0f;
     if (c->softcap > 0.0f) t = tanhf(x / c->softcap);
     float s = cf_attn_score(c, x, cf_attn_slope(c, b, h), i, j, sq, sk);
@@ -46,7 +48,7 @@ static int pair_grad(const cf_attn_call* c, int64_t b, int64_t h, int64_t qi, in
     float dpk = 0.0f;                        /* dO_i . v_j */
     for (int64_t d = 0; d < c->Dv; d++) {
         float g = cf_load(c->dout.data, c->dtype, ref_at4(&c->dout, b, qi, h, d));
-        dpk += g * cf_load(c->v.data, c->dtype, ref_at4(&c->v, b, kj, hk, d));
+        dpk += g * cf_load(c->v.data, c->dtype, vo + d);
         if (dv_row) dv_row[d] += pk * g;
     }
     float dp = keep ? dpk * keep_scale : 0.0f;
@@ -69,12 +71,12 @@ static void bwd_row(const cf_attn_call* c, float* dq, float* dk, float* dv, int6
     if (lse == -INFINITY) hi = lo; /* a row that saw no key has no gradient */
     const float delta = row_delta(c, b, h, qi);
     for (int64_t j = lo; j < hi; j++) {
-        const int64_t kj = k0 + j;
+        const int64_t ko = cf_attn_kv_off(c, &c->k, b, k0, j, hk);
         float ds_s, ds;
-        if (!pair_grad(c, b, h, qi, kj, i, j, sq, sk, lse, delta, dv + j * c->Dv, &ds_s, &ds))
+        if (!pair_grad(c, b, h, qi, k0, i, j, sq, sk, lse, delta, dv + j * c->Dv, &ds_s, &ds))
             continue;
         for (int64_t d = 0; d < c->D; d++) {
-            dq[d] += ds * cf_load(c->k.data, c->dtype, ref_at4(&c->k, b, kj, hk, d));
+            dq[d] += ds * cf_load(c->k.data, c->dtype, ko + d);
             dk[j * c->D + d] += ds * cf_load(c->q.data, c->dtype, ref_at4(&c->q, b, qi, h, d));
         }
     }
@@ -85,13 +87,15 @@ static void bwd_row(const cf_attn_call* c, float* dq, float* dk, float* dv, int6
 /* One row (b', h', i) of dbias (batch calls only): dL/d(score) summed over the (b, h) that the
  * bias broadcasts to, in a fixed order. acc: Sk floats. */
 static void dbias_row(const cf_attn_call* c, float* acc, int64_t bb, int64_t hh, int64_t i) {
-    const int64_t sq = c->Sq, sk = c->Sk;
     const int64_t b0 = c->dbias.shape[0] == 1 ? 0 : bb, b1 = c->dbias.shape[0] == 1 ? c->B : bb + 1;
     const int64_t h0 = c->dbias.shape[1] == 1 ? 0 : hh, h1 = c->dbias.shape[1] == 1 ? c->H : hh + 1;
-    for (int64_t j = 0; j < sk; j++)
+    for (int64_t j = 0; j < c->Sk; j++)
         acc[j] = 0.0f;
     for (int64_t b = b0; b < b1; b++)
         for (int64_t h = h0; h < h1; h++) {
+            int64_t q0, sq, k0, sk; /* seqused_q / seqused_k shorten a batch's rows */
+            cf_attn_seq(c, b, &q0, &sq, &k0, &sk);
+            if (i >= sq) continue;
             const float lse = ((const float*)c->lse.data)[ref_at3(&c->lse, b, h, i)];
             if (lse == -INFINITY) continue;
             const float delta = row_delta(c, b, h, i);
@@ -99,11 +103,11 @@ static void dbias_row(const cf_attn_call* c, float* acc, int64_t bb, int64_t hh,
             cf_attn_key_range(c, i, sq, sk, &lo, &hi);
             for (int64_t j = lo; j < hi; j++) {
                 float ds_s, ds;
-                if (pair_grad(c, b, h, i, j, i, j, sq, sk, lse, delta, NULL, &ds_s, &ds))
+                if (pair_grad(c, b, h, i, 0, i, j, sq, sk, lse, delta, NULL, &ds_s, &ds))
                     acc[j] += ds_s;
             }
         }
-    for (int64_t j = 0; j < sk; j++)
+    for (int64_t j = 0; j < c->Sk; j++)
         cf_store(c->dbias.data, c->dbias.dtype,
                  bb * c->dbias.stride[0] + hh * c->dbias.stride[1] + i * c->dbias.stride[2] + j,
                  acc[j]);
@@ -137,10 +141,12 @@ static int bwd_group(const cf_attn_call* c, int64_t b, int64_t hk) {
         for (int64_t i = 0; i < sq; i++)
             bwd_row(c, dq, dk, dv, b, h, q0, k0, i, sq, sk);
     for (int64_t j = 0; ok && j < sk; j++) {
+        const int64_t ko = cf_attn_kv_off(c, &c->dk, b, k0, j, hk),
+                      vo = cf_attn_kv_off(c, &c->dv, b, k0, j, hk);
         for (int64_t d = 0; d < c->D; d++)
-            cf_store(c->dk.data, c->dtype, ref_at4(&c->dk, b, k0 + j, hk, d), dk[j * c->D + d]);
+            cf_store(c->dk.data, c->dtype, ko + d, dk[j * c->D + d]);
         for (int64_t d = 0; d < c->Dv; d++)
-            cf_store(c->dv.data, c->dtype, ref_at4(&c->dv, b, k0 + j, hk, d), dv[j * c->Dv + d]);
+            cf_store(c->dv.data, c->dtype, vo + d, dv[j * c->Dv + d]);
     }
     free(dq);
     free(dk);
@@ -153,6 +159,7 @@ static cflash_status ref_bwd_run(const void* call) {
     const int64_t n = c->B * c->Hk;
     int failed = 0;
     const int nt = cf_threads_items(c->threads, n);
+    cf_attn_zero_unused(c);
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1) reduction(| : failed)
     for (int64_t g = 0; g < n; g++)
         if (!bwd_group(c, g / c->Hk, g % c->Hk)) failed = 1;

@@ -23,7 +23,7 @@ static void fwd_row(const cf_attn_call* c, float* acc, int64_t b, int64_t h, int
     for (int64_t d = 0; d < c->Dv; d++)
         acc[d] = 0.0f;
     for (int64_t j = lo; j < hi; j++) {
-        float s = ref_score(c, b, h, hk, qi, k0 + j, i, j, sq, sk);
+        float s = ref_score(c, b, h, hk, qi, k0, i, j, sq, sk);
         if (extra && (s = cf_attn_extra(c, b, h, i, j, s)) == -INFINITY) continue; /* masked */
         if (s > m) { /* rescale what was accumulated under the old maximum */
             float r = expf(m - s);
@@ -37,8 +37,9 @@ static void fwd_row(const cf_attn_call* c, float* acc, int64_t b, int64_t h, int
         if (!cf_dropout_keep(c->seed, c->offset, c->dropout_p, (uint64_t)b, (uint64_t)h,
                              (uint64_t)(i + c->q_offset), (uint64_t)(j + c->k_offset)))
             continue;
+        const int64_t vo = cf_attn_kv_off(c, &c->v, b, k0, j, hk);
         for (int64_t d = 0; d < c->Dv; d++)
-            acc[d] += p * cf_load(c->v.data, c->dtype, ref_at4(&c->v, b, k0 + j, hk, d));
+            acc[d] += p * cf_load(c->v.data, c->dtype, vo + d);
     }
     /* No visible key (or every score -inf): out 0, lse -inf (the sink when there is one). */
     float inv = l > 0.0f ? keep_scale / l : 0.0f;

@@ -1,11 +1,13 @@
 /* Reference KV-cache attention (backend cpu-ref): append the (rotated) new keys and values into
- * the cache, then one query row at a time with an online softmax over the sequence's visible
- * cache positions, fp32 accumulation. Ignores num_splits (one pass). No intrinsics. */
+ * the cache (quantized when the cache is), then one query row at a time with an online softmax
+ * over the sequence's visible cache positions, each cache row read as its value (codes times
+ * their scales), fp32 accumulation. Ignores num_splits (one pass). No intrinsics. */
 #include <math.h>
 #include <stdlib.h>
 
 #include "core/backend.h"
 #include "core/ops_call.h"
+#include "core/quant.h"
 #include "core/status.h"
 
 static inline int64_t at4(const cf_view* v, int64_t b, int64_t s, int64_t h, int64_t d) {
@@ -29,40 +31,79 @@ static void load_rotated(const cf_kvcache_call* c, float* dst, const cf_view* sv
     }
 }
 
-static void append(const cf_kvcache_call* c, float* buf, int64_t b, int64_t n, int64_t hk) {
-    const cf_attn_call* a = &c->a;
-    int64_t L, P, sk;
-    cf_kv_seq(c, b, &L, &P, &sk);
-    load_rotated(c, buf, &c->knew, at4(&c->knew, b, n, hk, 0), a->D, L + n);
-    int64_t ko = cf_kv_row(c, &c->kc, b, L + n, hk), vo = cf_kv_row(c, &c->vc, b, L + n, hk);
-    for (int64_t d = 0; d < a->D; d++)
-        cf_store(c->kc.data, a->dtype, ko + d, buf[d]);
-    for (int64_t d = 0; d < a->Dv; d++)
-        cf_store(c->vc.data, a->dtype, vo + d,
-                 cf_load(c->vnew.data, a->dtype, at4(&c->vnew, b, n, hk, d)));
+/* x[0..n) (fp32) into cache row t of batch b, KV head hk of the K (is_v 0) or V cache: stored in
+ * the dtype, or quantized (core/quant.h). */
+static void store_row(const cf_kvcache_call* c, int is_v, int64_t b, int64_t t, int64_t hk,
+                      float* x, int64_t n) {
+    if (c->quant != CFLASH_KV_QUANT_NONE) {
+        cf_kv_quant_store(c, is_v, b, t, hk, x, n);
+        return;
+    }
+    const cf_view* v = is_v ? &c->vc : &c->kc;
+    const int64_t o = cf_kv_row(c, v, b, t, hk);
+    for (int64_t d = 0; d < n; d++)
+        cf_store(v->data, c->a.dtype, o + d, x[d]);
 }
 
-static void attend_row(const cf_kvcache_call* c, float* q, float* acc, int64_t b, int64_t h,
-                       int64_t i) {
+/* dst[0..n) = the values of cache row t of batch b, KV head hk (K: is_v 0, or V). */
+static void load_row(const cf_kvcache_call* c, int is_v, int64_t b, int64_t t, int64_t hk,
+                     float* dst, int64_t n) {
+    const cf_view* v = is_v ? &c->vc : &c->kc;
+    const int64_t o = cf_kv_row(c, v, b, t, hk);
+    if (c->quant == CFLASH_KV_QUANT_NONE) {
+        for (int64_t d = 0; d < n; d++)
+            dst[d] = cf_load(v->data, c->a.dtype, o + d);
+    } else if (c->quant == CFLASH_KV_QUANT_INT8) {
+        const cf_view* sv = is_v ? &c->vs : &c->ks;
+        const float scale = ((const float*)sv->data)[cf_kv_row(c, sv, b, t, hk)];
+        for (int64_t d = 0; d < n; d++)
+            dst[d] = (float)((const int8_t*)v->data)[o + d] * scale;
+    } else {
+        const float ds = cf_kv_descale(c, is_v, b, hk);
+        for (int64_t d = 0; d < n; d++)
+            dst[d] = cf_fp8_to_f32(((const uint8_t*)v->data)[o + d],
+                                   c->quant == CFLASH_KV_QUANT_FP8_E5M2) *
+                     ds;
+    }
+}
+
+/* New row n of batch b (row n0 + n of k_new / v_new) into cache position L + n. */
+static void append(const cf_kvcache_call* c, float* buf, int64_t b, int64_t n, int64_t hk) {
+    const cf_attn_call* a = &c->a;
+    int64_t L, P, sk, n0, sn;
+    cf_kv_seq(c, b, &L, &P, &sk);
+    cf_kv_new_rows(c, b, &n0, &sn);
+    load_rotated(c, buf, &c->knew, at4(&c->knew, b, n0 + n, hk, 0), a->D, L + n);
+    store_row(c, 0, b, L + n, hk, buf, a->D);
+    for (int64_t d = 0; d < a->Dv; d++)
+        buf[d] = cf_load(c->vnew.data, a->dtype, at4(&c->vnew, b, n0 + n, hk, d));
+    store_row(c, 1, b, L + n, hk, buf, a->Dv);
+}
+
+/* Query row i of batch b (row q0 + i of q), head h; kr, vr: scratch rows of D, Dv floats. */
+static void attend_row(const cf_kvcache_call* c, float* q, float* acc, float* kr, float* vr,
+                       int64_t b, int64_t h, int64_t i) {
     const cf_attn_call* a = &c->a;
     const int64_t hk = h / (a->H / a->Hk);
-    int64_t L, P, sk, lo, hi;
+    int64_t L, P, sk, lo, hi, q0, sq;
     cf_kv_seq(c, b, &L, &P, &sk);
-    load_rotated(c, q, &a->q, at4(&a->q, b, i, h, 0), a->D, cf_kv_qpos(c, L, i));
+    cf_kv_q_rows(c, b, &q0, &sq);
+    load_rotated(c, q, &a->q, at4(&a->q, b, q0 + i, h, 0), a->D, cf_kv_qpos(c, L, i));
     if (c->cos.data) /* the rotated q is rounded to the dtype, as the new keys are */
         for (int64_t d = 0; d < a->D; d++)
             q[d] = cf_round_to(a->dtype, q[d]);
-    cf_attn_key_range(a, i, a->Sq, sk, &lo, &hi);
+    cf_attn_key_range(a, i, sq, sk, &lo, &hi);
     const float slope = cf_attn_slope(a, b, h);
     float m = -INFINITY, l = 0.0f;
     for (int64_t d = 0; d < a->Dv; d++)
         acc[d] = 0.0f;
     for (int64_t j = lo; j < hi; j++) {
-        int64_t ko = cf_kv_row(c, &c->kc, b, P + j, hk), vo = cf_kv_row(c, &c->vc, b, P + j, hk);
+        load_row(c, 0, b, P + j, hk, kr, a->D);
+        load_row(c, 1, b, P + j, hk, vr, a->Dv);
         float dot = 0.0f;
         for (int64_t d = 0; d < a->D; d++)
-            dot += q[d] * cf_load(c->kc.data, a->dtype, ko + d);
-        float s = cf_attn_score(a, a->scale * dot, slope, i, j, a->Sq, sk);
+            dot += q[d] * kr[d];
+        float s = cf_attn_score(a, a->scale * dot, slope, i, j, sq, sk);
         if (s > m) {
             float r = expf(m - s);
             l *= r;
@@ -73,13 +114,14 @@ static void attend_row(const cf_kvcache_call* c, float* q, float* acc, int64_t b
         float p = expf(s - m);
         l += p;
         for (int64_t d = 0; d < a->Dv; d++)
-            acc[d] += p * cf_load(c->vc.data, a->dtype, vo + d);
+            acc[d] += p * vr[d];
     }
     float inv = l > 0.0f ? 1.0f / l : 0.0f;
     for (int64_t d = 0; d < a->Dv; d++)
-        cf_store(a->out.data, a->dtype, at4(&a->out, b, i, h, d), acc[d] * inv);
+        cf_store(a->out.data, a->dtype, at4(&a->out, b, q0 + i, h, d), acc[d] * inv);
     if (a->lse.data)
-        ((float*)a->lse.data)[b * a->lse.stride[0] + h * a->lse.stride[1] + i * a->lse.stride[2]] =
+        ((float*)a->lse
+             .data)[b * a->lse.stride[0] + h * a->lse.stride[1] + (q0 + i) * a->lse.stride[2]] =
             l > 0.0f ? m + logf(l) : -INFINITY;
 }
 
@@ -90,16 +132,23 @@ static cflash_status ref_kvcache_run(const void* call) {
     int failed = 0;
 #pragma omp parallel num_threads(a->threads) reduction(| : failed)
     {
-        float* buf = malloc(sizeof(float) * (size_t)nd * 2);
+        float* buf = malloc(sizeof(float) * (size_t)nd * 4);
         failed = !buf;
 #pragma omp for schedule(static)
-        for (int64_t r = 0; r < a->B * c->Sn * a->Hk; r++)
-            if (buf) append(c, buf, r / (c->Sn * a->Hk), (r / a->Hk) % c->Sn, r % a->Hk);
-                /* (the implicit barrier: every row is in the cache before any query reads it) */
+        for (int64_t r = 0; r < c->total_new * a->Hk; r++) {
+            int64_t b, n;
+            cf_kv_new_row_of(c, r / a->Hk, &b, &n);
+            if (buf) append(c, buf, b, n, r % a->Hk);
+        }
+        /* (the implicit barrier: every row is in the cache before any query reads it) */
 #pragma omp for schedule(dynamic, 4)
-        for (int64_t r = 0; r < a->B * a->H * a->Sq; r++)
-            if (buf)
-                attend_row(c, buf, buf + nd, r / (a->H * a->Sq), (r / a->Sq) % a->H, r % a->Sq);
+        for (int64_t r = 0; r < a->B * a->H * a->Sq; r++) {
+            const int64_t b = r / (a->H * a->Sq), i = r % a->Sq;
+            int64_t q0, sq;
+            cf_kv_q_rows(c, b, &q0, &sq);
+            if (buf && i < sq)
+                attend_row(c, buf, buf + nd, buf + 2 * nd, buf + 3 * nd, b, (r / a->Sq) % a->H, i);
+        }
         free(buf);
     }
     CFLASH_RETURN_IF(failed, CFLASH_ERR_OUT_OF_MEMORY, "cpu-ref kvcache_fwd: out of memory");

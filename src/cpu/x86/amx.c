@@ -83,6 +83,12 @@ static int amx_supports(const void* call, char* reason, size_t len) {
                  cf_dtype_name(c->dtype));
         return 0;
     }
+    if (c->block_table) { /* its tile loaders take equally spaced key rows */
+        snprintf(reason, len,
+                 "paged K/V (block_table): not implemented on cpu-amx yet (cpu-avx512 "
+                 "serves it)");
+        return 0;
+    }
     return cf_attn_cpu_supports(c, cf_attn_kernels_avx512(), reason, len);
 }
 

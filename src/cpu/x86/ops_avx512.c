@@ -31,6 +31,27 @@
  * converted in registers), four query rows per pass so each loaded key feeds four FMAs. ---- */
 #define CF_OPS_KV_BLOCK_KERNELS 1
 
+/* Quantized caches: the ISA's kv_dots / kv_pv read the 1-byte codes of a row in registers (dt
+ * CF_I8, CF_F8E4M3, CF_F8E5M2), no decoded copy. fp8 goes through fp16 (vcvtph2ps is exact on
+ * fp16 subnormals): an e5m2 code is the high byte of the fp16 of its value; an e4m3fn code
+ * shifted into fp16's exponent and mantissa fields is its value times 2^-8 (KV_CODE_UNIT puts
+ * the 2^8 back in the per-key factor) and its one NaN pattern is set apart. */
+#define CF_OPS_KV_CODES 1
+static inline float kv_code_unit(cf_dtype dt) {
+    return dt == CF_F8E4M3 ? 256.0f : 1.0f;
+}
+static inline __m512 kv_load16_code(const void* row, cf_dtype dt, int64_t d, __mmask16 m) {
+    const __m128i b = _mm_maskz_loadu_epi8(m, (const uint8_t*)row + d);
+    if (dt == CF_I8) return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b));
+    const __m256i w = _mm256_cvtepu8_epi16(b);
+    if (dt == CF_F8E5M2) return _mm512_cvtph_ps(_mm256_slli_epi16(w, 8));
+    const __m256i a = _mm256_slli_epi16(w, 7); /* e, m in bits 7..13, the sign at bit 14 */
+    const __m256i h = _mm256_add_epi16(a, _mm256_and_si256(a, _mm256_set1_epi16(0x4000)));
+    const __mmask16 nan =
+        _mm_cmpeq_epi8_mask(_mm_or_si128(b, _mm_set1_epi8((char)0x80)), _mm_set1_epi8((char)0xff));
+    return _mm512_mask_mov_ps(_mm512_cvtph_ps(h), nan, _mm512_set1_ps(NAN));
+}
+
 /* 16 elements (m: the valid lanes) of a row of dtype dt at element d, as fp32. */
 static inline __m512 kv_load16(const void* row, cf_dtype dt, int64_t d, __mmask16 m) {
     if (dt == CF_BF16) {
@@ -38,6 +59,7 @@ static inline __m512 kv_load16(const void* row, cf_dtype dt, int64_t d, __mmask1
         return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
     }
     if (dt == CF_F16) return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, (const uint16_t*)row + d));
+    if (dt == CF_I8 || dt == CF_F8E4M3 || dt == CF_F8E5M2) return kv_load16_code(row, dt, d, m);
     return _mm512_maskz_loadu_ps(m, (const float*)row + d);
 }
 
