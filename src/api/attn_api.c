@@ -224,8 +224,6 @@ static cflash_status check_bias_dtype(const cf_view* v, const DLTensor* t, const
                     cf_dtype_name(c->dtype));
 }
 
-static cflash_status check_output(const DLTensor* t, const char* name);
-
 /* The block-sparse tensors: shapes, device, and (in host memory) their values. */
 static cflash_status check_block_sparse(cf_attn_call* c, const cflash_attn_params* p) {
     CFLASH_RETURN_IF(!p->block_kv_indices, INVALID,
@@ -247,8 +245,12 @@ static cflash_status check_block_sparse(cf_attn_call* c, const cflash_attn_param
                      "query blocks, K)",
                      cf_dtype_name(x->dtype), x->ndim);
     /* Query blocks cover the call's rows at their positions: (q_offset + Sq) / block_q rounded
-     * up (q_offset + Sq <= 2^33 after check_offset: no overflow). */
-    const int64_t nqb = (c->q_offset + c->Sq + p->block_q - 1) / p->block_q;
+     * up (checked, though check_offset bounds q_offset + Sq by 2^33). */
+    int64_t end_q, nqb;
+    CFLASH_RETURN_IF(cf_add_i64(c->q_offset, c->Sq, &end_q), INVALID,
+                     "q_offset: %lld + Sq %lld overflows int64", (long long)c->q_offset,
+                     (long long)c->Sq);
+    nqb = end_q == 0 ? 0 : (end_q - 1) / p->block_q + 1;
     char got[96];
     if ((n->shape[0] != c->B && n->shape[0] != 1) || (n->shape[1] != c->H && n->shape[1] != 1) ||
         n->shape[2] < nqb) {
@@ -342,7 +344,7 @@ static cflash_status check_features(cf_attn_call* c, const cflash_attn_params* p
                          "differentiate)");
         CFLASH_FORWARD_IF_ERROR(check_pairs(&c->dbias, p->dbias, "dbias", c));
         CFLASH_FORWARD_IF_ERROR(check_bias_dtype(&c->dbias, p->dbias, "dbias", c));
-        CFLASH_FORWARD_IF_ERROR(check_output(p->dbias, "dbias"));
+        CFLASH_FORWARD_IF_ERROR(cf_check_output(p->dbias, "dbias"));
         for (int i = 0; i < 2; i++)
             if (c->dbias.shape[i] != c->bias.shape[i]) {
                 char got[96], want[96];
@@ -432,13 +434,16 @@ static cflash_status check_cu(const DLTensor* t, const char* name, int64_t total
     return CFLASH_OK;
 }
 
-static cflash_status check_max(int64_t given, int64_t actual, const char* name, int64_t* out) {
+/* A given bound past the packed rows (total) is no tighter than total: kept as total, so that no
+ * kernel loops up to a bound near INT64_MAX. */
+static cflash_status check_max(int64_t given, int64_t actual, int64_t total, const char* name,
+                               int64_t* out) {
     CFLASH_RETURN_IF(given < 0, INVALID, "%s: %lld, expected >= 0 (0 = from cu_seqlens)", name,
                      (long long)given);
     CFLASH_RETURN_IF(given > 0 && given < actual, INVALID,
                      "%s: %lld, but a sequence has %lld rows; expected >= %lld or 0", name,
                      (long long)given, (long long)actual, (long long)actual);
-    *out = given > 0 ? given : actual;
+    *out = given > total ? total : given > 0 ? given : actual;
     return CFLASH_OK;
 }
 
@@ -453,6 +458,11 @@ static void varlen_lift(cf_view* v) {
  * else Sk, or when paged without cu_seqlens_k every position its pages hold). */
 static int64_t rows_q(const cf_attn_call* c, int64_t b) {
     return c->varlen ? (int64_t)c->cu_q[b + 1] - c->cu_q[b] : c->Sq;
+}
+
+/* Pages holding n keys, n >= 0 (no n + page_size - 1: page_size may be near INT64_MAX). */
+static int64_t pages_of(int64_t n, int64_t page_size) {
+    return n == 0 ? 0 : (n - 1) / page_size + 1;
 }
 
 /* Checks the call's block table and used lengths against its B sequences (k's dim 1 is Sk, or
@@ -507,7 +517,7 @@ static cflash_status check_serving(cf_attn_call* c, const cflash_attn_params* p,
                          (long long)c->page_size);
         const int64_t sk = c->seqused_k ? c->seqused_k[b] : n;
         if (sk > longest) longest = sk;
-        for (int64_t g = 0; g < (sk + c->page_size - 1) / c->page_size; g++) {
+        for (int64_t g = 0; g < pages_of(sk, c->page_size); g++) {
             const int32_t pg = c->block_table[b * c->bt_stride + g];
             CFLASH_RETURN_IF(pg < 0 || pg >= num_pages, INVALID,
                              "block_table[%lld, %lld]: %d, expected a page index in [0, %lld)",
@@ -530,7 +540,7 @@ static cflash_status check_pages_distinct(const cf_attn_call* c) {
     for (int64_t b = 0; b < c->B; b++) {
         int64_t q0, sq, k0, sk;
         cf_attn_seq(c, b, &q0, &sq, &k0, &sk);
-        for (int64_t g = 0; g < (sk + c->page_size - 1) / c->page_size; g++) {
+        for (int64_t g = 0; g < pages_of(sk, c->page_size); g++) {
             const int32_t pg = c->block_table[b * c->bt_stride + g];
             if (owner[pg] >= 0) {
                 const int64_t ob = owner[pg] / (INT64_C(1) << 31),
@@ -606,8 +616,9 @@ static cflash_status check_qkv(cflash_context* ctx, cf_attn_call* c, int varlen,
             CFLASH_FORWARD_IF_ERROR(check_cu(cu_k, "cu_seqlens_k", paged ? INT64_MAX : c->total_k,
                                              "total_k", &B, &c->cu_k, &mk, &c->cu_k_dev, 1, &c->q));
         CFLASH_FORWARD_IF_ERROR(check_serving(c, p, B, Sk, &mk));
-        CFLASH_FORWARD_IF_ERROR(check_max(max_q, mq, "max_seqlen_q", &c->Sq));
-        CFLASH_FORWARD_IF_ERROR(check_max(max_k, mk, "max_seqlen_k", &c->Sk));
+        CFLASH_FORWARD_IF_ERROR(check_max(max_q, mq, c->total_q, "max_seqlen_q", &c->Sq));
+        CFLASH_FORWARD_IF_ERROR(
+            check_max(max_k, mk, paged ? INT64_MAX : c->total_k, "max_seqlen_k", &c->Sk));
         varlen_lift(&c->q);
         if (!paged) varlen_lift(&c->k), varlen_lift(&c->v);
     } else {
@@ -645,21 +656,6 @@ static cflash_status check_like(cf_view* dst, const DLTensor* t, const char* nam
     return CFLASH_OK;
 }
 
-/* An output with stride 0 in a dimension of size > 1 (a broadcast view) would have several of its
- * elements written to one address, by several threads: rejected. Call after t is validated. */
-static cflash_status check_output(const DLTensor* t, const char* name) {
-    if (!t || !t->strides) return CFLASH_OK;
-    for (int i = 0; i < t->ndim; i++)
-        if (t->shape[i] == 0)
-            return CFLASH_OK; /* nothing is written (NumPy gives such strides 0) */
-    for (int i = 0; i < t->ndim; i++)
-        CFLASH_RETURN_IF(t->shape[i] > 1 && t->strides[i] == 0, INVALID,
-                         "%s: stride 0 in dim %d of size %lld, expected an output whose elements "
-                         "do not overlap (not a broadcast view)",
-                         name, i, (long long)t->shape[i]);
-    return CFLASH_OK;
-}
-
 static cflash_status check_lse_for(cf_attn_call* c, const DLTensor* lse) {
     if (c->varlen) {
         int64_t want[2] = {c->H, c->total_q};
@@ -689,8 +685,8 @@ static cflash_status attn_fwd(cflash_context* ctx, int varlen, const cflash_attn
     CFLASH_FORWARD_IF_ERROR(
         check_like(&c.out, out, "out", &c, varlen ? c.total_q : c.Sq, c.H, c.Dv, ol));
     if (lse) CFLASH_FORWARD_IF_ERROR(check_lse_for(&c, lse));
-    CFLASH_FORWARD_IF_ERROR(check_output(out, "out"));
-    CFLASH_FORWARD_IF_ERROR(check_output(lse, "lse"));
+    CFLASH_FORWARD_IF_ERROR(cf_check_output(out, "out"));
+    CFLASH_FORWARD_IF_ERROR(cf_check_output(lse, "lse"));
     cflash_op op = varlen ? CFLASH_OP_ATTN_VARLEN_FWD : CFLASH_OP_ATTN_FWD;
     return cf_context_dispatch(ctx, op, c.device_type, &c,
                                c.B == 0 || (varlen ? c.total_q : c.Sq) == 0);
@@ -729,11 +725,12 @@ static cflash_status attn_bwd(cflash_context* ctx, int varlen, const cflash_attn
         CFLASH_FORWARD_IF_ERROR(check_like(&c.dv, dv, "dv", &c, sk, c.Hk, c.Dv,
                                            varlen ? "(total_k, Hk, Dv)" : "(B, Sk, Hk, Dv)"));
     }
-    CFLASH_FORWARD_IF_ERROR(check_output(dq, "dq"));
-    CFLASH_FORWARD_IF_ERROR(check_output(dk, "dk"));
-    CFLASH_FORWARD_IF_ERROR(check_output(dv, "dv"));
+    CFLASH_FORWARD_IF_ERROR(cf_check_output(dq, "dq"));
+    CFLASH_FORWARD_IF_ERROR(cf_check_output(dk, "dk"));
+    CFLASH_FORWARD_IF_ERROR(cf_check_output(dv, "dv"));
     cflash_op op = varlen ? CFLASH_OP_ATTN_VARLEN_BWD : CFLASH_OP_ATTN_BWD;
-    return cf_context_dispatch(ctx, op, c.device_type, &c, c.B == 0);
+    /* nothing to write without queries and keys (the other dims of empty views may be huge) */
+    return cf_context_dispatch(ctx, op, c.device_type, &c, c.B == 0 || (sq == 0 && sk == 0));
 }
 
 cflash_status cflash_attn_fwd(cflash_context* ctx, const cflash_attn_params* p, const DLTensor* q,
@@ -782,8 +779,10 @@ cflash_status cflash_attn_dropout_mask(const cflash_attn_params* p, DLTensor* ma
                      cf_dtype_name(m.dtype));
     CFLASH_RETURN_IF(m.device_type != kDLCPU, INVALID, "mask: on %s, expected cpu",
                      cf_device_name(m.device_type));
+    CFLASH_FORWARD_IF_ERROR(cf_check_output(mask, "mask"));
     CFLASH_FORWARD_IF_ERROR(check_offset(p->q_offset, m.shape[2], "q_offset", "Sq"));
     CFLASH_FORWARD_IF_ERROR(check_offset(p->k_offset, m.shape[3], "k_offset", "Sk"));
+    if (cf_view_numel(&m) == 0) return CFLASH_OK; /* (the other dims may be huge) */
     const uint64_t qo = (uint64_t)p->q_offset, ko = (uint64_t)p->k_offset;
     uint8_t* d = m.data;
     for (int64_t b = 0; b < m.shape[0]; b++)

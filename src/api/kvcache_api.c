@@ -235,7 +235,8 @@ static cflash_status kvcache_fwd(cflash_context* ctx, const cflash_attn_params* 
         c.max_pages = bt.shape[1];
         c.page_size = c.kc.shape[1];
         CFLASH_RETURN_IF(c.page_size < 1, INVALID, "k_cache: page_size (dim 1) = 0, expected >= 1");
-        capacity = c.max_pages * c.page_size;
+        /* more positions than int64 holds: no length can reach them anyway */
+        if (cf_mul_i64(c.max_pages, c.page_size, &capacity)) capacity = INT64_MAX;
     } else {
         c.page_size = c.kc.shape[1];
         capacity = c.kc.shape[1];
@@ -294,6 +295,9 @@ static cflash_status kvcache_fwd(cflash_context* ctx, const cflash_attn_params* 
         CFLASH_RETURN_IF(cf_mul_i64(a->B, c.Sn, &c.total_new), INVALID,
                          "k_new: %lld x %lld rows overflow int64", (long long)a->B,
                          (long long)c.Sn);
+        /* The caches are written in place: a broadcast dim would give rows one address. */
+        CFLASH_FORWARD_IF_ERROR(cf_check_output(k_cache, "k_cache"));
+        CFLASH_FORWARD_IF_ERROR(cf_check_output(v_cache, "v_cache"));
     }
 
     /* Lengths. */
@@ -313,7 +317,10 @@ static cflash_status kvcache_fwd(cflash_context* ctx, const cflash_attn_params* 
         c.leftpad = lp.data;
     }
     int64_t num_pages = c.kc.shape[0], max_sk = 0, max_pos = -1;
-    for (int64_t b = 0; b < a->B; b++) {
+    /* Per batch; once when nothing differs between batches (B may be huge when q is empty). */
+    const int64_t nchk =
+        c.seqlens || c.leftpad || c.block_table || c.cu_knew || a->cu_q ? a->B : a->B > 0;
+    for (int64_t b = 0; b < nchk; b++) {
         /* (cf_kv_seq would add L + Sn before it is checked) */
         int64_t n0, sn, q0, sq, end;
         cf_kv_new_rows(&c, b, &n0, &sn);
@@ -330,7 +337,9 @@ static cflash_status kvcache_fwd(cflash_context* ctx, const cflash_attn_params* 
                          "%s[%lld]: %lld + %lld new rows = %lld exceeds the cache's %lld "
                          "positions%s",
                          ln, (long long)b, (long long)L, (long long)sn, (long long)end,
-                         (long long)capacity, paged ? " (max_pages * page_size)" : " (S_cache)");
+                         (long long)capacity,
+                         paged ? " (max_pages * page_size addressable through block_table)"
+                               : " (S_cache)");
         CFLASH_RETURN_IF(P < 0 || P > L, INVALID,
                          "cache_leftpad[%lld]: %lld, expected 0 <= leftpad <= cache length %lld",
                          (long long)b, (long long)P, (long long)L);
@@ -344,7 +353,7 @@ static cflash_status kvcache_fwd(cflash_context* ctx, const cflash_attn_params* 
             }
         /* the last rotary position: new key L + Sn - 1, query L + Sq - 1 (or L) */
         int64_t need = end - 1, qlast = L;
-        if (sq > 0 && cf_kv_qpos(&c, 0, 1) == 1 && cf_add_i64(L, sq - 1, &qlast)) qlast = INT64_MAX;
+        if (sq > 0 && cf_kv_q_shifted(&c) && cf_add_i64(L, sq - 1, &qlast)) qlast = INT64_MAX;
         if (sq > 0 && qlast > need) need = qlast;
         if (need > max_pos) max_pos = need;
     }
@@ -369,7 +378,7 @@ static cflash_status kvcache_fwd(cflash_context* ctx, const cflash_attn_params* 
         CFLASH_RETURN_IF(c.sin.dtype != c.cos.dtype, INVALID,
                          "rotary_sin: dtype %s, expected %s (that of rotary_cos)",
                          cf_dtype_name(c.sin.dtype), cf_dtype_name(c.cos.dtype));
-        c.rd = 2 * c.cos.shape[1];
+        if (cf_mul_i64(2, c.cos.shape[1], &c.rd)) c.rd = INT64_MAX; /* (fails the check below) */
         CFLASH_RETURN_IF(c.rd < 2 || c.rd > a->D, INVALID,
                          "rotary_cos: rotary_dim = %lld, expected 2 <= rotary_dim <= head dim %lld",
                          (long long)c.rd, (long long)a->D);
@@ -406,9 +415,11 @@ static cflash_status kvcache_fwd(cflash_context* ctx, const cflash_attn_params* 
                          "lse: on %s, expected %s (the device of q)",
                          cf_device_name(a->lse.device_type), cf_device_name(a->device_type));
     }
+    CFLASH_FORWARD_IF_ERROR(cf_check_output(out, "out"));
+    CFLASH_FORWARD_IF_ERROR(cf_check_output(lse, "lse"));
     /* Decode is bound by the cache rows read (B x longest Sk x Hk x (D + Dv) elements); a long
      * Sq adds the attention flops, counted in bytes at the ratio of the two thresholds. */
-    const double kv_rows = (double)a->B * (double)a->Sk * (double)(a->D + a->Dv);
+    const double kv_rows = (double)a->B * (double)a->Sk * ((double)a->D + (double)a->Dv);
     /* An append into an MLA latent cache (v_cache a view of k_cache, v_new NULL) would write the
      * rows once for both: refused, with or without v_new, until it is implemented (reading such
      * a cache without k_new works: it is read as two caches). */

@@ -150,9 +150,13 @@ static inline float cf_kv_descale(const cf_kvcache_call* c, int is_v, int64_t b,
     return is_v ? d[b * c->vd_bs + hk * c->vd_hs] : d[b * c->kd_bs + hk * c->kd_hs];
 }
 
+/* Whether q rows sit at successive positions (causal or windowed) or all at the old length. */
+static inline int cf_kv_q_shifted(const cf_kvcache_call* c) {
+    return c->a.causal || c->a.window_left >= 0 || c->a.window_right >= 0;
+}
 /* Rotary position of q row i of batch b (old length L). */
 static inline int64_t cf_kv_qpos(const cf_kvcache_call* c, int64_t L, int64_t i) {
-    return (c->a.causal || c->a.window_left >= 0 || c->a.window_right >= 0) ? L + i : L;
+    return cf_kv_q_shifted(c) ? L + i : L;
 }
 
 /* ---- Merge ---- */

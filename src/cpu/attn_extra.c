@@ -67,7 +67,7 @@ int cf_attn_cpu_region_open(const cf_attn_call* c, int64_t b, int64_t h, int64_t
 
 void cf_attn_cpu_extras(const cf_attn_call* c, int64_t b, float* s, int64_t nr, int64_t nc,
                         int64_t rs, int64_t cs, const int64_t* i, const int64_t* h,
-                        const uint8_t* const* kv, int64_t j0, float u) {
+                        const uint8_t* const* kv, int64_t j0) {
     for (int64_t r = 0; r < nr; r++) {
         float* x = s + r * rs;
         if (c->bias.data) {
@@ -75,11 +75,11 @@ void cf_attn_cpu_extras(const cf_attn_call* c, int64_t b, float* s, int64_t nr, 
             if (c->bias.dtype == CF_F32) {
                 const float* y = (const float*)c->bias.data + at;
                 for (int64_t j = 0; j < nc; j++) /* -inf masks, whatever the score */
-                    x[j * cs] = y[j] == -INFINITY ? -INFINITY : x[j * cs] + u * y[j];
+                    x[j * cs] = y[j] == -INFINITY ? -INFINITY : x[j * cs] + y[j];
             } else {
                 for (int64_t j = 0; j < nc; j++) {
                     const float y = cf_load(c->bias.data, c->bias.dtype, at + j);
-                    x[j * cs] = y == -INFINITY ? -INFINITY : x[j * cs] + u * y;
+                    x[j * cs] = y == -INFINITY ? -INFINITY : x[j * cs] + y;
                 }
             }
         }

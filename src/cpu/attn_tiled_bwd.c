@@ -16,8 +16,7 @@
 #include "core/status.h"
 #include "core/threads.h"
 #include "cpu/attn_cpu.h"
-
-#define LOG2E 1.4426950408889634f
+#include "cpu/ref/attn_ref.h"
 
 static inline char* row_ptr(const cf_view* v, int64_t b, int64_t s, int64_t h) {
     return (char*)v->data + (b * v->stride[0] + s * v->stride[1] + h * v->stride[2]) *
@@ -129,10 +128,28 @@ void cf_attn_rows_seeing(const cf_attn_call* c, int64_t sq, int64_t sk, int64_t 
     *z = l;
 }
 
-float cf_attn_scores(const cf_attn_call* c, const cf_attn_score_map* mp, float* s, float* y,
-                     int64_t sq, int64_t sk) {
+/* Applies masks and the score transform to S rows in place: natural-log scores (scaled,
+ * soft-capped, ALiBi-biased, plus issue 13's bias), -inf where masked. scale * (q.k) is rounded and
+ * stored here exactly as the forward's scale_max_cols rounds it, so exp(s - lse) <= 1 for every
+ * score however large (see exp_cols in attn_cpu.h). */
+void cf_attn_scores(const cf_attn_call* c, const cf_attn_score_map* mp, float* s, float* y,
+                    int64_t sq, int64_t sk) {
     const int general = c->softcap > 0.0f || c->alibi != NULL, xtra = cf_attn_has_extra(c);
-    for (int64_t ri = 0; ri < mp->nr; ri++) {
+    int full = 0;   /* plain scores whose every row sees every key of the block */
+    if (!general) { /* scale all (along the contiguous direction), then mask */
+        if (mp->cs == 1)
+            for (int64_t ri = 0; ri < mp->nr; ri++)
+                for (int64_t ci = 0; ci < mp->nc; ci++)
+                    s[ri * mp->rs + ci] *= c->scale;
+        else
+            for (int64_t ci = 0; ci < mp->nc; ci++)
+                for (int64_t ri = 0; ri < mp->nr; ri++)
+                    s[ri * mp->rs + ci * mp->cs] *= c->scale;
+        full = 1; /* lo and hi are non-decreasing over the rows */
+        for (int64_t ri = 0; ri < mp->nr && full; ri++)
+            full = mp->lo[ri] <= mp->j0 && mp->hi[ri] >= mp->j0 + mp->nc;
+    }
+    for (int64_t ri = 0; ri < mp->nr && !full; ri++) {
         const int64_t lo = mp->lo[ri], hi = mp->hi[ri], i = mp->i[ri];
         for (int64_t ci = 0; ci < mp->nc; ci++) {
             const int64_t j = mp->j0 + ci, at = ri * mp->rs + ci * mp->cs;
@@ -141,19 +158,76 @@ float cf_attn_scores(const cf_attn_call* c, const cf_attn_score_map* mp, float* 
                 if (y) y[at] = 0.0f;
                 continue;
             }
-            if (!general) {
-                if (xtra) s[at] *= c->scale * LOG2E; /* log2 units, for the bias */
-                continue;
-            }
-            float x = s[at] * c->scale;
+            if (!general) continue;
+            const float x = s[at] * c->scale;
             if (y) y[at] = tanhf(x / c->softcap);
-            s[at] = cf_attn_score(c, x, mp->slope[ri], i, j, sq, sk) * LOG2E;
+            s[at] = cf_attn_score(c, x, mp->slope[ri], i, j, sq, sk);
         }
     }
     if (xtra)
         cf_attn_cpu_extras(c, mp->b, s, mp->nr, mp->nc, mp->rs, mp->cs, mp->i, mp->h, mp->kv,
-                           mp->j0, LOG2E);
-    return general || xtra ? 1.0f : c->scale * LOG2E;
+                           mp->j0);
+}
+
+int cf_attn_bwd_query_rows_bad(const cf_attn_call* c, int64_t b, int64_t h, int64_t qi0, int64_t n,
+                               const float* dlr) {
+    int bad = 0;
+    for (int64_t r = 0; r < n; r++)
+        bad |= !(cf_attn_lse_at(c, b, h, qi0 + r) < INFINITY) | (dlr[r] - dlr[r] != 0.0f);
+    return bad;
+}
+
+/* Whether key rows [a, z) of the block (keys j0 + a ..) of view v hold a NaN or infinity: one
+ * row at a time (pages need not be equally spaced). */
+static int key_rows_nonfinite(const cf_attn_call* c, const cf_view* v, int64_t b, int64_t k0,
+                              int64_t j0, int64_t a, int64_t z, int64_t hk, int64_t d) {
+    int bad = 0;
+    for (int64_t t = a; t < z && !bad; t++)
+        bad = cf_attn_cpu_rows_nonfinite(cf_attn_cpu_key_ptr(c, v, b, k0, j0 + t, hk), 0, 1, d,
+                                         c->dtype);
+    return bad;
+}
+
+int cf_attn_bwd_key_rows_bad(const cf_attn_call* c, int64_t b, int64_t hk, int64_t k0, int64_t j0,
+                             int64_t n, int hidden, int64_t lo_last, int64_t hi_first) {
+    /* hidden: [0, a) is hidden from the last rows, [z, n) from the first (see
+     * cf_attn_cpu_hidden_nonfinite) */
+    const int64_t a = !hidden ? n : lo_last < n ? lo_last : n;
+    const int64_t z = !hidden ? n : hi_first > 0 ? hi_first : 0;
+    const cf_view* kv[2] = {&c->k, &c->v};
+    const int64_t dim[2] = {c->D, c->Dv};
+    int bad = 0;
+    for (int t = 0; t < 2 && !bad; t++)
+        bad = key_rows_nonfinite(c, kv[t], b, k0, j0, 0, a, hk, dim[t]) ||
+              key_rows_nonfinite(c, kv[t], b, k0, j0, z, n, hk, dim[t]);
+    return bad;
+}
+
+void cf_attn_bwd_exact_pairs(const cf_attn_call* c, int64_t b, int64_t h, int64_t i0, int64_t nq,
+                             const float* dlr, int64_t j0, int64_t nb, float* dk, int64_t ldk,
+                             float* dv, int64_t ldv, float* dq, int64_t ldq) {
+    int64_t q0, sq, k0, sk;
+    cf_attn_seq(c, b, &q0, &sq, &k0, &sk);
+    const int64_t hk = h / (c->H / c->Hk), D = c->D;
+    for (int64_t i = i0; i < i0 + nq; i++) {
+        const float lse = cf_attn_lse_at(c, b, h, q0 + i);
+        int64_t lo, hi;
+        cf_attn_key_range(c, i, sq, sk, &lo, &hi);
+        if (lse == -INFINITY) continue; /* a row that saw no key has no gradient */
+        for (int64_t j = lo > j0 ? lo : j0; j < hi && j < j0 + nb; j++) {
+            float ds_s, ds; /* ds_s: dbias has its own pass (dbias_tile) */
+            if (!ref_pair_grad(c, b, h, q0 + i, k0, i, j, sq, sk, lse, dlr[i - i0],
+                               dv ? dv + (j - j0) * ldv : NULL, &ds_s, &ds))
+                continue; /* hidden by issue 13's masks */
+            const int64_t ko = cf_attn_kv_off(c, &c->k, b, k0, j, hk);
+            for (int64_t d = 0; d < D; d++) {
+                if (dq) dq[(i - i0) * ldq + d] += ds * cf_load(c->k.data, c->dtype, ko + d);
+                if (dk)
+                    dk[(j - j0) * ldk + d] +=
+                        ds * cf_load(c->q.data, c->dtype, ref_at4(&c->q, b, q0 + i, h, d));
+            }
+        }
+    }
 }
 
 /* Issue 13: whether any pair of query rows [i0, i0 + n) of head h and keys [j0, j0 + nb) can be
@@ -343,6 +417,7 @@ static void dkdv_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const bw
     memset(dv, 0, sizeof(float) * (size_t)(nb * Dv));
     int64_t ia, iz;
     cf_attn_rows_seeing(c, sq, sk, j0, j0 + nb, &ia, &iz);
+    int kbad = -1; /* K/V rows of the block hold a NaN or infinity (checked when first needed) */
     for (int64_t gi = 0; gi < g->G; gi++) {
         const int64_t h = hk * g->G + gi;
         const float slope = cf_attn_slope(c, b, h);
@@ -364,19 +439,29 @@ static void dkdv_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const bw
                 mslope[r] = slope;
                 hh[r] = h;
                 cf_attn_key_range(c, i0 + r, sq, sk, &mlo[r], &mhi[r]);
-                lb[r] = cf_attn_lse2(c, b, h, q0 + i0 + r);
+                lb[r] = cf_attn_lse_sub(c, b, h, q0 + i0 + r);
                 dlr[r] = cf_attn_dl(c, dl, b, h, q0 + i0 + r);
+            }
+            /* A partly masked block holding a NaN or infinity: pair by pair (see
+             * cf_attn_bwd_exact_pairs); issue 13's masks may hide any pair. */
+            if (xtra || mlo[bq - 1] > j0 || mhi[0] < j0 + nb) {
+                if (kbad < 0) kbad = cf_attn_bwd_key_rows_bad(c, b, hk, k0, j0, nb, 0, 0, 0);
+                if (kbad || cf_attn_bwd_query_rows_bad(c, b, h, q0 + i0, bq, dlr)) {
+                    cf_attn_bwd_exact_pairs(c, b, h, i0, bq, dlr, j0, nb, dk, D, dv, Dv,
+                                            dqacc ? dqacc + (gi * sq + i0) * D : NULL, D);
+                    continue;
+                }
             }
             cf_attn_score_map mp = {bq, nb,  nb,  1, mi, mslope,
                                     j0, mlo, mhi, b, hh, c->bs_num.data ? xkvp : NULL};
-            /* P = exp2(S * s - lse2) */
+            /* P = exp(S - lse) */
             if (bf)
                 kk->gemm_bf16(bq, nb, g->Dp2, qpa, ldqa, 1, ktv, nb, s, nb, 0);
             else
                 kk->gemm_f32(bq, nb, D, qr, ldq, 1, kt, nb, s, nb, 0);
-            const float sx = cf_attn_scores(c, &mp, s, c->softcap > 0.0f ? y : NULL, sq, sk);
+            cf_attn_scores(c, &mp, s, c->softcap > 0.0f ? y : NULL, sq, sk);
             for (int64_t r = 0; r < bq; r++)
-                kk->exp_row(s + r * nb, nb, sx, lb[r]);
+                kk->exp_row(s + r * nb, nb, lb[r]);
             const float* pw = s;
             if (c->dropout_p > 0.0f) {
                 memcpy(pd, s, sizeof(float) * (size_t)(bq * nb));
@@ -466,7 +551,7 @@ static void dq_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const bwd_
             mi[r] = i0 + ii;
             mslope[r] = cf_attn_slope(c, b, h);
             cf_attn_key_range(c, i0 + ii, sq, sk, &mlo[r], &mhi[r]);
-            lb[r] = cf_attn_lse2(c, b, h, qi);
+            lb[r] = cf_attn_lse_sub(c, b, h, qi);
             dlr[r] = cf_attn_dl(c, dl, b, h, qi);
             heads[r] = h;
         }
@@ -475,6 +560,7 @@ static void dq_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const bwd_
     uint8_t* xkv = (uint8_t*)(ws + g->xkv);
     const uint8_t** xkvp = (const uint8_t**)(ws + g->xkvp);
     const int64_t jlo = mlo[0], jhi = mhi[na - 1];
+    int qbad = -1; /* the tile's query rows hold a NaN or infinity (checked when first needed) */
     for (int64_t j0 = jlo; j0 < jhi; j0 += g->bk) {
         const int64_t nb = jhi - j0 < g->bk ? jhi - j0 : g->bk;
         if (xtra) { /* skip a block whose every pair the per-pair masks hide, for every head */
@@ -483,6 +569,21 @@ static void dq_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const bwd_
                 open |= rows_open(c, b, hk * G + gi, i0, na, j0, nb, xkv + gi * (g->n + 1) * g->bk,
                                   xkvp + gi * na);
             if (!open) continue;
+        }
+        /* A partly masked block holding a NaN or infinity: pair by pair (see
+         * cf_attn_bwd_exact_pairs); issue 13's masks may hide any pair. */
+        if (xtra || mlo[na - 1] > j0 || mhi[0] < j0 + nb) {
+            for (int64_t gi = 0; qbad < 0 && gi < G; gi++)
+                if (cf_attn_bwd_query_rows_bad(c, b, hk * G + gi, q0 + i0, na, dlr + gi * na))
+                    qbad = 1;
+            if (qbad < 0) qbad = 0;
+            if (qbad || cf_attn_bwd_key_rows_bad(c, b, hk, k0, j0, nb, !xtra, mlo[na - 1] - j0,
+                                                 mhi[0] - j0)) {
+                for (int64_t gi = 0; gi < G; gi++)
+                    cf_attn_bwd_exact_pairs(c, b, hk * G + gi, i0, na, dlr + gi * na, j0, nb, NULL,
+                                            0, NULL, 0, dq + gi * na * D, D);
+                continue;
+            }
         }
         int64_t ldk = 0, ldv = 0, ldka = 0, ldva = 0;
         const float *kr = NULL, *vr = NULL;
@@ -503,9 +604,9 @@ static void dq_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const bwd_
             kk->gemm_bf16(nb, Mt, g->Dp2, kpa, ldka, 1, qv2, Mt, st, Mt, 0);
         else
             kk->gemm_f32(nb, Mt, D, kr, ldk, 1, qt, Mt, st, Mt, 0); /* S^T = K Q^T */
-        const float sx = cf_attn_scores(c, &mp, st, c->softcap > 0.0f ? y : NULL, sq, sk);
+        cf_attn_scores(c, &mp, st, c->softcap > 0.0f ? y : NULL, sq, sk);
         for (int64_t j = 0; j < nb; j++)
-            kk->exp_cols(st + j * Mt, Mt, sx, lb, NULL);
+            kk->exp_cols(st + j * Mt, Mt, lb, NULL);
         if (bf)
             kk->gemm_bf16(nb, Mt, g->Dvp2, vpa, ldva, 1, dov2, Mt, dpt, Mt, 0);
         else
@@ -567,11 +668,27 @@ static void dbias_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const v
                     mi[r] = i0 + r, hr[r] = h, mslope[r] = cf_attn_slope(c, b, h);
                     cf_attn_key_range(c, i0 + r, sq, sk, &mlo[r], &mhi[r]);
                     any |= mlo[r] < j0 + nc && mhi[r] > j0 && mlo[r] < mhi[r];
-                    lb[r] = cf_attn_lse2(c, b, h, i0 + r);
+                    lb[r] = cf_attn_lse_sub(c, b, h, i0 + r);
                     dlr[r] = cf_attn_dl(c, dl, b, h, i0 + r);
                 }
                 if (!any || !rows_open(c, b, h, i0, nr, j0, nc, xkv, xkvp)) continue;
                 const int64_t hk = h / G;
+                /* a NaN or infinity in the rows: pair by pair (masked pairs get 0, see
+                 * cf_attn_bwd_exact_pairs) */
+                if (cf_attn_bwd_key_rows_bad(c, b, hk, 0, j0, nc, 0, 0, 0) ||
+                    cf_attn_bwd_query_rows_bad(c, b, h, i0, nr, dlr)) {
+                    for (int64_t r = 0; r < nr; r++) {
+                        const float lse = cf_attn_lse_at(c, b, h, i0 + r);
+                        for (int64_t j = mlo[r] > j0 ? mlo[r] : j0;
+                             lse != -INFINITY && j < mhi[r] && j < j0 + nc; j++) {
+                            float ds_s, ds;
+                            if (ref_pair_grad(c, b, h, i0 + r, 0, i0 + r, j, sq, sk, lse, dlr[r],
+                                              NULL, &ds_s, &ds))
+                                acc[r * nb + j - j0] += ds_s;
+                        }
+                    }
+                    continue;
+                }
                 int64_t ldk, ldv, ldq, ldo;
                 const float* kr = rows_f32(kk, &c->k, b, j0, hk, nc, D, kc, &ldk);
                 const float* vr = rows_f32(kk, &c->v, b, j0, hk, nc, Dv, vc, &ldv);
@@ -582,9 +699,9 @@ static void dbias_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const v
                 cf_attn_score_map mp = {nr, nc,  nc,  1, mi, mslope,
                                         j0, mlo, mhi, b, hr, c->bs_num.data ? xkvp : NULL};
                 kk->gemm_f32(nr, nc, D, qr, ldq, 1, kt, nc, s, nc, 0);
-                const float sx = cf_attn_scores(c, &mp, s, NULL, sq, sk);
+                cf_attn_scores(c, &mp, s, NULL, sq, sk);
                 for (int64_t r = 0; r < nr; r++)
-                    kk->exp_row(s + r * nc, nc, sx, lb[r]);
+                    kk->exp_row(s + r * nc, nc, lb[r]);
                 kk->gemm_f32(nr, nc, Dv, dor, ldo, 1, vt, nc, dp, nc, 0); /* dP = dO V^T */
                 if (c->dropout_p > 0.0f) cf_attn_dropout_apply(c, dp, &mp, hr, b, ks);
                 for (int64_t r = 0; r < nr; r++) {
@@ -697,7 +814,7 @@ cflash_status cf_attn_cpu_bwd_run(const cf_attn_call* c, const cf_attn_kernels* 
                 /* dsink = -sum over rows of exp(sink - lse) * rowsum(dO * O) (FA4's form) */
                 const float sink = cf_attn_sink(c, h);
                 if (dsk && sink != -INFINITY)
-                    dsk[e0] += exp2f(sink * LOG2E - cf_attn_lse2(c, b, h, q0 + i)) * acc;
+                    dsk[e0] += expf(sink - cf_attn_lse_at(c, b, h, q0 + i)) * acc;
             }
         }
         if (one_pass) {

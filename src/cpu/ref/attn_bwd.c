@@ -8,7 +8,6 @@
 #include <string.h>
 
 #include "core/backend.h"
-#include "core/philox.h"
 #include "core/status.h"
 #include "core/threads.h"
 #include "cpu/ref/attn_ref.h"
@@ -20,43 +19,6 @@ static float row_delta(const cf_attn_call* c, int64_t b, int64_t h, int64_t qi) 
         delta += cf_load(c->dout.data, c->dtype, ref_at4(&c->dout, b, qi, h, d)) *
                  cf_load(c->out.data, c->dtype, ref_at4(&c->out, b, qi, h, d));
     return delta;
-}
-
-/* The pair (query i, key j) of head h, sequence b (query row qi, keys from k0), with the row's lse
- * and delta: returns 0 when the pair is masked; else adds p * keep * dO to dv_row (NULL = skip)
- * and sets *ds_s = dL/d(score) (what dbias receives) and *ds = the same scaled back to q.k
- * (dq += ds k, dk += ds q). */
-static int pair_grad(const cf_attn_call* c, int64_t b, int64_t h, int64_t qi, int64_t k0, int64_t i,
-                     int64_t j, int64_t sq, int64_t sk, float lse, float delta, float* dv_row,
-                     float* ds_s, float* ds) {
-    const int64_t hk = h / (c->H / c->Hk);
-    const float keep_scale = 1.0f / (1.0f - c->dropout_p);
-    const int64_t ko = cf_attn_kv_off(c, &c->k, b, k0, j, hk),
-                  vo = cf_attn_kv_off(c, &c->v, b, k0, j, hk);
-    float dot = 0.0f;
-    for (int64_t d = 0; d < c->D; d++)
-        dot += cf_load(c->q.data, c->dtype, ref_at4(&c->q, b, qi, h, d)) *
-               cf_load(c->k.data, c->dtype, ko + d);
-    float x = c->scale * dot, t = 0.0f;
-    if (c->softcap > 0.0f) t = tanhf(x / c->softcap);
-    float s = cf_attn_score(c, x, cf_attn_slope(c, b, h), i, j, sq, sk);
-    if (cf_attn_has_extra(c) && (s = cf_attn_extra(c, b, h, i, j, s)) == -INFINITY) return 0;
-    float p = expf(s - lse);
-    int keep = cf_dropout_keep(c->seed, c->offset, c->dropout_p, (uint64_t)b, (uint64_t)h,
-                               (uint64_t)(i + c->q_offset), (uint64_t)(j + c->k_offset));
-    float pk = keep ? p * keep_scale : 0.0f; /* the weight the forward applied to v_j */
-    float dpk = 0.0f;                        /* dO_i . v_j */
-    for (int64_t d = 0; d < c->Dv; d++) {
-        float g = cf_load(c->dout.data, c->dtype, ref_at4(&c->dout, b, qi, h, d));
-        dpk += g * cf_load(c->v.data, c->dtype, vo + d);
-        if (dv_row) dv_row[d] += pk * g;
-    }
-    float dp = keep ? dpk * keep_scale : 0.0f;
-    float g = p * (dp - delta); /* d loss / d s */
-    *ds_s = g;
-    if (c->softcap > 0.0f) g *= 1.0f - t * t; /* through s = cap * tanh(x / cap) */
-    *ds = g * c->scale;                       /* through x = scale * q.k */
-    return 1;
 }
 
 /* Gradients of one query row i of head h (sequence b) into dq (D) and the group's dk/dv (Sk rows).
@@ -73,7 +35,7 @@ static void bwd_row(const cf_attn_call* c, float* dq, float* dk, float* dv, int6
     for (int64_t j = lo; j < hi; j++) {
         const int64_t ko = cf_attn_kv_off(c, &c->k, b, k0, j, hk);
         float ds_s, ds;
-        if (!pair_grad(c, b, h, qi, k0, i, j, sq, sk, lse, delta, dv + j * c->Dv, &ds_s, &ds))
+        if (!ref_pair_grad(c, b, h, qi, k0, i, j, sq, sk, lse, delta, dv + j * c->Dv, &ds_s, &ds))
             continue;
         for (int64_t d = 0; d < c->D; d++) {
             dq[d] += ds * cf_load(c->k.data, c->dtype, ko + d);
@@ -103,7 +65,7 @@ static void dbias_row(const cf_attn_call* c, float* acc, int64_t bb, int64_t hh,
             cf_attn_key_range(c, i, sq, sk, &lo, &hi);
             for (int64_t j = lo; j < hi; j++) {
                 float ds_s, ds;
-                if (pair_grad(c, b, h, i, 0, i, j, sq, sk, lse, delta, NULL, &ds_s, &ds))
+                if (ref_pair_grad(c, b, h, i, 0, i, j, sq, sk, lse, delta, NULL, &ds_s, &ds))
                     acc[j] += ds_s;
             }
         }
