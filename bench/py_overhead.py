@@ -54,11 +54,6 @@ def paths(dtype, sk, grad):
         "kvcache": lambda: cflash.flash_attn_with_kvcache(q, kc, vc, cache_seqlens=sk),
         "op": lambda: op(q, k, v, None, 0.0, scale, False, -1, -1, 0.0, False, 0),
         "sdpa_patch": lambda: cflash.scaled_dot_product_attention(qt, kt, vt, enable_gqa=True),
-    } if hasattr(cflash, "scaled_dot_product_attention") else {
-        "sdpa": lambda: F.scaled_dot_product_attention(qt, kt, vt, enable_gqa=True),
-        "func": lambda: cflash.flash_attn_func(q, k, v),
-        "kvcache": lambda: cflash.flash_attn_with_kvcache(q, kc, vc, cache_seqlens=sk),
-        "op": lambda: op(q, k, v, None, 0.0, scale, False, -1, -1, 0.0, False, 0),
     }
 
 
