@@ -74,6 +74,14 @@ def check_rule(name, got, ref, naive, dtype, factor=2.0, magnitude=None):
     assert err <= bound, "%s: max error %.3g > bound %.3g (naive %.3g)" % (name, err, bound, nerr)
 
 
+def grads(fn, inputs, dout):
+    """(output, [gradients]) of fn on fresh leaf copies of inputs (torch), for dout."""
+    xs = [x.detach().clone().requires_grad_(True) for x in inputs]
+    out = fn(*xs)
+    out.backward(dout)
+    return out.detach(), [x.grad for x in xs]
+
+
 BASE_SEED = int(os.environ.get("CFLASH_TEST_SEED", str(int.from_bytes(os.urandom(4), "little"))))
 
 

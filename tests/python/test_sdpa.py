@@ -8,7 +8,7 @@ patch_sdpa / unpatch_sdpa."""
 import numpy as np
 import pytest
 
-from conftest import check_rule, grad_magnitude, require
+from conftest import check_rule, grad_magnitude, grads, require
 
 torch = require("torch", "PyTorch is not installed: the SDPA tests need it")
 F = torch.nn.functional
@@ -18,13 +18,6 @@ from cflash import _core, reference as R  # noqa: E402
 
 TN = lambda t: t.detach().double().numpy()  # noqa: E731
 SDPA = F.scaled_dot_product_attention  # PyTorch's own, taken before any test patches it
-
-
-def grads(fn, inputs, dout):
-    xs = [x.detach().clone().requires_grad_(True) for x in inputs]
-    out = fn(*xs)
-    out.backward(dout)
-    return out.detach(), [x.grad for x in xs]
 
 
 CASES = [  # (B, H, Hk, Sq, Sk, D, Dv, causal, scale)

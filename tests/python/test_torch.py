@@ -18,7 +18,7 @@ import cflash  # noqa: E402
 from cflash import reference as R  # noqa: E402
 from cflash.layers.rotary import RotaryEmbedding, apply_rotary_emb, apply_rotary_emb_qkv_  # noqa: E402
 from cflash.ops import RMSNorm, layer_norm_fn, rms_norm_fn  # noqa: E402
-from conftest import check_rule, grad_magnitude  # noqa: E402
+from conftest import check_rule, grad_magnitude, grads  # noqa: E402
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
@@ -38,13 +38,6 @@ def sdpa(q, k, v, causal=False, window=(-1, -1), alibi=None, scale=None):
     o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask,
                                        scale=scale)
     return o.transpose(1, 2)
-
-
-def grads(fn, inputs, dout):
-    xs = [x.detach().clone().requires_grad_(True) for x in inputs]
-    out = fn(*xs)
-    out.backward(dout)
-    return out.detach(), [x.grad for x in xs]
 
 
 CASES = [  # (B, Sq, Sk, H, Hk, D, causal, window, alibi)
