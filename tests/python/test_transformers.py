@@ -12,9 +12,9 @@ import pytest
 
 from conftest import require
 
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here downloads: make sure nothing tries
 torch = require("torch", "PyTorch is not installed")
 transformers = require("transformers", "transformers is not installed (.ci/deps.sh python installs it)")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import cflash.integrations.transformers as cft  # noqa: E402
 
