@@ -4,7 +4,7 @@ drop-in for flash-attn 2.x: `from cflash import flash_attn_func` where a model h
 signature (cflash.patch_sdpa() routes torch's function to it). NumPy arrays and torch tensors (CPU or CUDA) are passed
 to libcflash through DLPack without copies; torch is optional and imported only when used."""
 
-from ._lib import library_path, set_backend, get_backend, set_num_threads, version as _version
+from ._lib import InvalidArgumentError, library_path, set_backend, get_backend, set_num_threads, version as _version
 from .flash_attn_interface import (
     flash_attn_func,
     flash_attn_kvpacked_func,
@@ -38,5 +38,6 @@ __all__ = [
     "get_backend",
     "set_num_threads",
     "library_path",
+    "InvalidArgumentError",
     "__version__",
 ]
