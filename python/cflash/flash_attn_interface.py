@@ -7,7 +7,7 @@ import sys
 import numpy as np
 
 from . import _core, _lib, _sdmask
-from ._tensor import is_torch, maybe_contiguous, to_array
+from ._tensor import is_torch, to_array
 
 __all__ = [
     "flash_attn_func",
