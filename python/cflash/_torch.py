@@ -231,7 +231,13 @@ def rotate_inplace(x, cos, sin, offs, off, cu, mx, interleaved, num_heads, parts
         return _RotaryInplace.apply(x, cos, sin, cos_k, sin_k, *args)
     for n, view in enumerate(_views(x, num_heads, parts)):
         c, s = (cos, sin) if n == 0 or cos_k is None else (cos_k, sin_k)
-        view.copy_(torch.ops.cflash.rotary(view, c, s, offs, off, cu, mx, interleaved, False))
+        rotated = torch.ops.cflash.rotary(view, c, s, offs, off, cu, mx, interleaved, False)
+        try:
+            view.copy_(rotated)
+        except RuntimeError:  # a view autograd will not let be written (made in no_grad or a custom Function)
+            if n:
+                raise
+            return _RotaryInplace.apply(x, cos, sin, cos_k, sin_k, *args)
     return x
 
 

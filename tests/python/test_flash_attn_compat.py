@@ -258,6 +258,39 @@ def test_rotary_kv_and_module_on_leaves():
     close_to(qkv.grad, qkv_pt.grad, "module dqkv")
 
 
+def test_rotary_in_place_on_a_view_made_by_a_custom_function():
+    """flash-attn's own index_first_axis returns a view made inside a custom Function; rotated in
+    place with the gradient flowing from an earlier layer (not a leaf), autograd refuses to let it
+    be written outside a Function: the rotation is written inside one, as flash-attn does."""
+    class Gather(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, t, idx):
+            ctx.save_for_backward(idx)
+            ctx.n = t.shape[0]
+            return t.reshape(t.shape[0], -1)[idx].reshape(-1, *t.shape[1:])
+
+        @staticmethod
+        def backward(ctx, grad):
+            (idx,) = ctx.saved_tensors
+            out = grad.new_zeros((ctx.n,) + tuple(grad.shape[1:]))
+            return out.index_add(0, idx, grad), None
+
+    g = torch.Generator().manual_seed(14)
+    w = torch.randn(12, 2, 16, generator=g).requires_grad_()
+    idx = torch.tensor([0, 2, 3, 5, 6, 7, 9, 11])
+    cu = torch.tensor([0, 3, 8], dtype=torch.int32)
+    cos, sin = _tables(8, 16, torch.float32, g)
+    out = apply_rotary_emb(Gather.apply(w * 2.0, idx), cos, sin, inplace=True, cu_seqlens=cu, max_seqlen=5)
+    dout = torch.randn(out.shape, generator=g)
+    out.backward(dout)
+    w2 = w.detach().clone().requires_grad_()
+    x2 = (w2 * 2.0)[idx]
+    ref = torch.cat([rot_ref(x2[None, 0:3], cos, sin, 0, False)[0], rot_ref(x2[None, 3:8], cos, sin, 0, False)[0]])
+    ref.backward(dout)
+    close_to(out, ref, "out")
+    close_to(w.grad, w2.grad, "dw")
+
+
 @pytest.mark.parametrize("view_kind", ["bert_padding", "custom_function_view"])
 @pytest.mark.parametrize("inplace", [False, True])
 def test_rotary_varlen_on_unpadded_leaf(inplace, view_kind):
