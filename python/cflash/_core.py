@@ -13,7 +13,7 @@ import numpy as np
 
 from . import _fast, _lib
 from ._lib import lib, check
-from ._tensor import empty, host_int32, cuda_stream_of, device_guard, maybe_contiguous
+from ._tensor import empty, empty_like, host_int32, cuda_stream_of, device_guard, maybe_contiguous
 
 _MASK64 = (1 << 64) - 1
 _void = ctypes.c_void_p
@@ -114,8 +114,8 @@ def attn_fwd(q, k, v, dropout_p, softmax_scale, causal, window_left, window_righ
         _shape_check(v, 4, "v", "(batch, seqlen_k, nheads_k, headdim_v)")
     B, Sq, H, D = q.shape
     Dv = v.shape[-1]
-    out = empty(q, (B, Sq, H, Dv))
-    lse = empty(q, (B, H, Sq), "f32") if want_lse or explaining() else None
+    out = empty_like(q) if Dv == D else empty(q, (B, Sq, H, Dv))
+    lse = empty(q, (B, H, Sq), "f32") if want_lse or _explain.sink is not None else None
     a = _Args()
     p = make_params(dropout_p, softmax_scale, causal, window_left, window_right, softcap, _alibi(alibi_slopes, a),
                     seed, offset)
@@ -131,7 +131,7 @@ def attn_fwd(q, k, v, dropout_p, softmax_scale, causal, window_left, window_righ
         if sink is not None:
             del sink[n:]  # that entry would refuse: the general one serves (explained next)
     _run("cflash_attn_fwd", "attn_fwd", "attention forward", q, pp, hq, hk, hv, ho, hl)
-    if explaining():
+    if _explain.sink is not None:
         _explain_bwd(q, k, v, out, lse, pp, hq, hk, hv, ho, hl, a)
     return out, lse
 

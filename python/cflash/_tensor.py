@@ -172,6 +172,11 @@ _NP_NAMED = {"f32": np.float32, "i32": np.int32, "u8": np.uint8}
 _TORCH_NAMED = {}
 
 
+def empty_like(x):
+    """An uninitialised array of x's kind, shape, dtype and device (the cheapest allocation)."""
+    return np.empty_like(x) if type(x) is np.ndarray else sys.modules["torch"].empty_like(x)
+
+
 def empty(like, shape, dtype=None):
     """An uninitialised array of the kind and device of `like`; dtype None = like's, "f32" = float32,
     "i32" = int32, "u8" = uint8, or a dtype of like's kind."""

@@ -34,32 +34,40 @@ def _torch_sdpa():
     return _original
 
 
+_FLOATS = ()
+
+
 def _why_not(q, k, v, attn_mask, is_causal, enable_gqa):
     """None when the library serves the call, else the reason it goes to PyTorch."""
+    global _FLOATS
     torch = sys.modules["torch"]
-    if not all(isinstance(t, torch.Tensor) for t in (q, k, v)):
+    if not _FLOATS:
+        _FLOATS = (torch.float32, torch.float16, torch.bfloat16)
+    T = torch.Tensor
+    if not (isinstance(q, T) and isinstance(k, T) and isinstance(v, T)):
         return "query, key, value: not all torch tensors"
     if attn_mask is not None:
         return "attn_mask: given; boolean and additive masks go to PyTorch until libcflash has them (issue 13)"
     if q.is_nested or k.is_nested or v.is_nested:
         return "nested tensors"
-    nd = q.dim()
-    if nd not in (3, 4) or k.dim() != nd or v.dim() != nd:
-        return "query, key, value: %d, %d, %d dims, expected 3 or 4 each" % (nd, k.dim(), v.dim())
-    fl = (torch.float32, torch.float16, torch.bfloat16)
-    if q.dtype not in fl or k.dtype != q.dtype or v.dtype != q.dtype:
-        return "dtypes %s, %s, %s: expected one of float32, float16, bfloat16 for all" % (q.dtype, k.dtype, v.dtype)
-    if q.device.type not in ("cpu", "cuda") or k.device != q.device or v.device != q.device:
+    qs, ks, vs = q.shape, k.shape, v.shape
+    nd = len(qs)
+    if nd not in (3, 4) or len(ks) != nd or len(vs) != nd:
+        return "query, key, value: %d, %d, %d dims, expected 3 or 4 each" % (nd, len(ks), len(vs))
+    dt = q.dtype
+    if dt not in _FLOATS or k.dtype != dt or v.dtype != dt:
+        return "dtypes %s, %s, %s: expected one of float32, float16, bfloat16 for all" % (dt, k.dtype, v.dtype)
+    if not (q.is_cpu and k.is_cpu and v.is_cpu) and not (q.is_cuda and k.device == q.device and v.device == q.device):
         return "devices %s, %s, %s: expected one cpu or cuda device" % (q.device, k.device, v.device)
-    if q.shape[0] != k.shape[0] or k.shape[0] != v.shape[0] or k.shape[-2] != v.shape[-2]:
-        return "shapes %s, %s, %s do not line up (PyTorch says how)" % (tuple(q.shape), tuple(k.shape), tuple(v.shape))
-    if q.shape[-1] != k.shape[-1]:
-        return "query and key head dims %d, %d differ (PyTorch says how)" % (q.shape[-1], k.shape[-1])
+    if qs[0] != ks[0] or ks[0] != vs[0] or ks[-2] != vs[-2]:
+        return "shapes %s, %s, %s do not line up (PyTorch says how)" % (tuple(qs), tuple(ks), tuple(vs))
+    if qs[-1] != ks[-1]:
+        return "query and key head dims %d, %d differ (PyTorch says how)" % (qs[-1], ks[-1])
     if nd == 4:
-        hq, hk, hv = q.shape[1], k.shape[1], v.shape[1]
+        hq, hk, hv = qs[1], ks[1], vs[1]
         if hk != hv or (hq != hk and not (enable_gqa and hk > 0 and hq % hk == 0)):
             return "heads %d, %d, %d: expected equal, or a multiple for query with enable_gqa" % (hq, hk, hv)
-    if k.shape[-2] == 0:
+    if ks[-2] == 0:
         return "no keys"
     return None
 
