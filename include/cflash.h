@@ -25,6 +25,9 @@ extern "C" {
 #define CFLASH_VERSION_MAJOR 0
 #define CFLASH_VERSION_MINOR 1
 #define CFLASH_VERSION_PATCH 0
+/* MAJOR * 10000 + MINOR * 100 + PATCH of this header (0.1.0 -> 100). */
+#define CFLASH_VERSION_NUMBER                                                                      \
+    (CFLASH_VERSION_MAJOR * 10000 + CFLASH_VERSION_MINOR * 100 + CFLASH_VERSION_PATCH)
 
 /* ---- Status and errors ------------------------------------------------------------------- */
 
@@ -44,8 +47,11 @@ CFLASH_API const char* cflash_status_string(cflash_status s);
  * this thread. Successful calls do not clear it. */
 CFLASH_API const char* cflash_last_error(void);
 
-/* "MAJOR.MINOR.PATCH". */
+/* "MAJOR.MINOR.PATCH" of the library actually loaded. */
 CFLASH_API const char* cflash_version(void);
+/* The same as MAJOR * 10000 + MINOR * 100 + PATCH, to compare with CFLASH_VERSION_NUMBER (the
+ * header a program was compiled with) or with a minimum it needs. */
+CFLASH_API unsigned cflash_version_number(void);
 
 /* ---- Context ----------------------------------------------------------------------------- */
 
@@ -81,7 +87,20 @@ typedef struct cflash_attn_params {
     uint64_t seed;                /* dropout: Philox-4x32-10 key                               */
     uint64_t offset;              /* dropout: added to the Philox counter                      */
     int deterministic;            /* 1 = deterministic backward on GPUs (CPU is always)        */
+    int64_t q_offset;             /* >= 0: position of q's row 0 in a longer sequence (below)  */
+    int64_t k_offset;             /* >= 0: position of k's row 0 in a longer sequence (below)  */
 } cflash_attn_params;
+/* q_offset, k_offset (default 0): the call is one block of a longer attention, as when a sequence
+ * is split across processes (context parallelism, ring attention) or prefilled in chunks. Masks,
+ * ALiBi and dropout read query row i as position i + q_offset and key j as j + k_offset: query i
+ * sees key j iff j + k_offset <= i + q_offset + Sk - Sq (causal), the window bounds and the ALiBi
+ * distance |i + q_offset + Sk - Sq - j - k_offset| shift alike, and dropout keys are
+ * (b, h, i + q_offset, j + k_offset). Sk - Sq is the call's own, so for a self-attention cut into
+ * blocks of equal length the block call equals rows [q_offset, q_offset + Sq) of the whole
+ * attention restricted to keys [k_offset, k_offset + Sk), and blocks merge by their LSE
+ * (cflash_attn_merge). Varlen calls apply the same offsets to every sequence. Positions must fit
+ * the dropout counter's 32-bit row and column words: q_offset + Sq and k_offset + Sk <= 2^32
+ * (Sq, Sk the call's, or max_seqlen_* for varlen). The KV-cache call takes 0 only. */
 
 /* Defaults: scale 0 (1/sqrt(D)), not causal, windows -1, no softcap, ALiBi or dropout, seed and
  * offset 0, not deterministic. */
@@ -140,7 +159,8 @@ CFLASH_API cflash_status cflash_attn_varlen_bwd(
 /* The dropout keep mask of a (non-varlen) attention call, for tests and debugging:
  *   mask uint8 (B, H, Sq, Sk) on the CPU: 1 = kept, 0 = dropped.
  * It is a pure function of (seed, offset, b, h, i, j): every backend drops the same weights
- * (for varlen calls, b is the sequence and i, j the row and column within it).
+ * (for varlen calls, b is the sequence and i, j the row and column within it). With p->q_offset
+ * and p->k_offset, element (b, h, i, j) is the keep bit of (b, h, i + q_offset, j + k_offset).
  * Keying: Philox-4x32-10 with key (seed lo, seed hi) and the 128-bit counter
  *   {j / 4, i, b, h} + offset (offset added to the low 64 bits, carry into the high 64);
  * word j % 4 of the output, x, keeps iff x < floor((1 - p) * 2^32). */

@@ -17,9 +17,9 @@
 #if defined(CF_HAVE_AMX_CODE) && defined(__linux__)
 void cf_amx_thread_begin(void); /* src/cpu/x86/amx.c */
 
-static volatile sig_atomic_t seen;      /* ldtilecfg executions caught by the handler */
-static unsigned char captured[64];      /* what the last one would have loaded */
-static volatile sig_atomic_t undecoded; /* SIGILL at an instruction that is not ldtilecfg */
+static volatile sig_atomic_t seen;              /* ldtilecfg executions caught by the handler */
+static _Alignas(64) unsigned char captured[64]; /* what the last one would have loaded */
+static volatile sig_atomic_t undecoded;         /* SIGILL at an instruction that is not ldtilecfg */
 
 /* Register number (ModRM/SIB encoding, 0..15) -> its saved value. */
 static uint64_t reg_value(const ucontext_t* uc, int r) {

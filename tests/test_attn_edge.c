@@ -5,7 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "common/attn_oracle.h"
+#include "common/testutil.h"
+#include "oracle/attn_oracle.h"
 
 static const char* backend = "cpu-ref";
 

@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "common/attn_oracle.h"
+#include "common/attn_grid.h"
 #include "common/testutil.h"
 #include "core/status.h"
 #include "cuda/cuda_drv.h"

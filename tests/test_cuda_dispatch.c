@@ -5,11 +5,14 @@
  *   test_cuda_dispatch            expects CFLASH_LIBCUDA = the fake, CFLASH_FAKE_CUINIT=0
  *   test_cuda_dispatch no-nvrtc   the same with NVRTC hidden: both backends say why
  * Skips (exit 77) when the fake is not configured. */
+#include <dlfcn.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "common/testutil.h"
 #include "cuda/cuda_drv.h"
+#include "probe/cuda_loader.h"
+#include "probe/dynlib.h"
 
 /* A CUDA tensor at a fake address (never dereferenced on the host by validation). */
 typedef struct ft {
@@ -162,6 +165,16 @@ static void test_no_nvrtc(void) {
     CHECK_HAS(buf, "no precompiled cubins");
 }
 
+/* The probe (cflash_report) and the backend use one driver loader: the same entry points, and
+ * cuInit called once. */
+static void test_one_loader(void) {
+    size_t need = cflash_report(NULL, 0, 0);
+    CHECK(need > 0);
+    CHECK(cf_cu(NULL, 0) != NULL && cf_cu(NULL, 0) == cf_cu_load()->api);
+    const int* calls = dlsym(cf_dynlib_get(CF_LIB_CUDA)->handle, "cf_fake_cuinit_calls");
+    CHECK_MSG(calls && *calls == 1, "cuInit ran %d times", calls ? *calls : -1);
+}
+
 int main(int argc, char** argv) {
     char why[1024];
     if (!getenv("CFLASH_FAKE_CUINIT") || !cf_cu_available(why, sizeof why)) {
@@ -174,6 +187,7 @@ int main(int argc, char** argv) {
     } else {
         test_choice();
         test_run_fails_cleanly();
+        test_one_loader();
     }
     return tt_summary();
 }

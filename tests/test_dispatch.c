@@ -216,6 +216,43 @@ static void test_unverified(void) {
     CHECK(runs_unverified == 1);
 }
 
+/* ---- The registry ---- */
+
+/* Backend names come from the registered rows: each name has rows, each row's backend is named
+ * once, and the per-op lists keep the names' priority order. */
+static void test_registry(void) {
+    size_t n_names = 0;
+    while (cf_backend_name(n_names))
+        n_names++;
+    CHECK(n_names > 0 && cf_backend_known("cpu-ref") && !cf_backend_known("no-such-backend"));
+    for (size_t i = 0; i < n_names; i++) {
+        const char* name = cf_backend_name(i);
+        size_t rows = 0;
+        for (int op = 0; op < CFLASH_OP_COUNT; op++) {
+            size_t n = 0;
+            const cf_impl* const* impls = cf_impls_for((cflash_op)op, &n);
+            for (size_t j = 0; j < n; j++)
+                rows += !strcmp(impls[j]->backend, name);
+        }
+        CHECK_MSG(rows > 0, "backend %s is named but registers no row", name);
+        for (size_t j = 0; j < i; j++)
+            CHECK_MSG(strcmp(cf_backend_name(j), name), "%s named twice", name);
+    }
+    for (int op = 0; op < CFLASH_OP_COUNT; op++) {
+        size_t n = 0, last = 0;
+        const cf_impl* const* impls = cf_impls_for((cflash_op)op, &n);
+        CHECK_MSG(n > 0, "no row for %s", cflash_op_name((cflash_op)op));
+        for (size_t j = 0; j < n; j++) {
+            size_t k = 0;
+            while (k < n_names && strcmp(cf_backend_name(k), impls[j]->backend))
+                k++;
+            CHECK_MSG(k < n_names && k >= last, "%s: %s out of the names' order",
+                      cflash_op_name((cflash_op)op), impls[j]->backend);
+            last = k;
+        }
+    }
+}
+
 /* ---- The real library ---- */
 
 static void test_library(void) {
@@ -325,6 +362,7 @@ int main(void) {
     test_forced_fake();
     test_logging(debug);
     test_unverified();
+    test_registry();
     test_library();
     FILE* out = stdout;
     fprintf(out, "log level %s\n", debug ? "debug" : "info");

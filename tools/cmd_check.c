@@ -1,6 +1,6 @@
 /* `cflash check`: runs attention forward (and with --bwd, backward) on the shape given by the
- * flags, with the chosen backend, against the fp64 oracle of the tests
- * (tests/common/attn_oracle.c), and prints the max errors, the bounds of DESIGN.md's error rule,
+ * flags, with the chosen backend, against the fp64 oracle the tests use too
+ * (tools/oracle/attn_oracle.c), and prints the max errors, the bounds of DESIGN.md's error rule,
  * the backend that served, and PASS or FAIL. Exit status: 0 pass, 1 error rule failed or the
  * library returned an error, 2 bad flags. */
 #include <math.h>
@@ -8,7 +8,7 @@
 #include <string.h>
 
 #include "cli.h"
-#include "common/attn_oracle.h"
+#include "oracle/attn_oracle.h"
 
 int cf_cmd_check(int argc, char** argv);
 

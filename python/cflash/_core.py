@@ -74,10 +74,11 @@ def _run_on(name, op, what, ctx, args):
 
 
 def make_params(dropout_p=0.0, softmax_scale=None, causal=False, window_left=-1, window_right=-1,
-                softcap=0.0, alibi=None, seed=0, offset=0, deterministic=False):
-    """A cflash_attn_params; alibi is a DLTensor address (or None) kept valid by the caller. Those
-    without ALiBi or dropout are made once and shared (the library only reads them)."""
-    if alibi is None and not dropout_p:
+                softcap=0.0, alibi=None, seed=0, offset=0, deterministic=False, q_offset=0, k_offset=0):
+    """A cflash_attn_params; alibi is a DLTensor address (or None) kept valid by the caller. q_offset,
+    k_offset: positions of the call's first query / key in a longer sequence (ring attention).
+    Those without ALiBi, dropout or offsets are made once and shared (the library only reads them)."""
+    if alibi is None and not dropout_p and not q_offset and not k_offset:
         return _fast.attn_params(0.0 if softmax_scale is None else float(softmax_scale), bool(causal),
                                  int(window_left), int(window_right), float(softcap), bool(deterministic))
     p = _lib.AttnParams()
@@ -92,6 +93,7 @@ def make_params(dropout_p=0.0, softmax_scale=None, causal=False, window_left=-1,
     p.seed = int(seed) & _MASK64
     p.offset = int(offset) & _MASK64
     p.deterministic = 1 if deterministic else 0
+    p.q_offset, p.k_offset = int(q_offset), int(k_offset)
     return p
 
 
@@ -103,9 +105,10 @@ def _alibi(alibi_slopes, a):
 
 
 def attn_fwd(q, k, v, dropout_p, softmax_scale, causal, window_left, window_right, softcap,
-             alibi_slopes, seed=0, offset=0, want_lse=True):
+             alibi_slopes, seed=0, offset=0, q_offset=0, k_offset=0, want_lse=True):
     """out (B, Sq, H, Dv) like q, lse float32 (B, H, Sq) (None unless want_lse).
-    A CPU call at a decode shape (seqlen_q 1, no dropout) is served by the library's decode entry,
+    A CPU call at a decode shape (seqlen_q 1, no dropout, no block offsets) is served by the
+    library's decode entry,
     cflash_attn_kvcache_fwd with k, v as the whole cache: the same out and lse, from the kernel
     made for it (cflash_attn_fwd serves when that entry refuses the call)."""
     q, k, v = maybe_contiguous(q), maybe_contiguous(k), maybe_contiguous(v)
@@ -118,10 +121,11 @@ def attn_fwd(q, k, v, dropout_p, softmax_scale, causal, window_left, window_righ
     lse = empty(q, (B, H, Sq), "f32") if want_lse or _explain.sink is not None else None
     a = _Args()
     p = make_params(dropout_p, softmax_scale, causal, window_left, window_right, softcap, _alibi(alibi_slopes, a),
-                    seed, offset)
+                    seed, offset, q_offset=q_offset, k_offset=k_offset)
     pp = ctypes.byref(p)
     hq, hk, hv, ho, hl = a(q, "q"), a(k, "k"), a(v, "v"), a(out, "out"), a(lse, "lse")
-    if Sq == 1 and not dropout_p and _fast.KV_DEFAULTS is not None and (type(q) is np.ndarray or q.is_cpu):
+    if (Sq == 1 and not dropout_p and not q_offset and not k_offset and _fast.KV_DEFAULTS is not None
+            and (type(q) is np.ndarray or q.is_cpu)):
         sink = _explain.sink
         n = len(sink) if sink is not None else 0
         if _run("cflash_attn_kvcache_fwd", "kvcache_fwd", None, q, pp, _fast.KV_DEFAULTS, hq, hk, hv, ho, hl) == 0:
@@ -143,13 +147,13 @@ def _explain_bwd(q, k, v, out, lse, pp, hq, hk, hv, ho, hl, a):
 
 
 def attn_bwd(dout, q, k, v, out, lse, dropout_p, softmax_scale, causal, window_left, window_right,
-             softcap, alibi_slopes, deterministic, seed=0, offset=0):
+             softcap, alibi_slopes, deterministic, seed=0, offset=0, q_offset=0, k_offset=0):
     """dq, dk, dv like q, k, v."""
     dout, q, k, v, out = [maybe_contiguous(x) for x in (dout, q, k, v, out)]
     dq, dk, dv = empty(q, q.shape), empty(k, k.shape), empty(v, v.shape)
     a = _Args()
     p = make_params(dropout_p, softmax_scale, causal, window_left, window_right, softcap, _alibi(alibi_slopes, a),
-                    seed, offset, deterministic)
+                    seed, offset, deterministic, q_offset, k_offset)
     h = [a(x, n) for x, n in ((dout, "dout"), (q, "q"), (k, "k"), (v, "v"), (out, "out"), (lse, "lse"),
                               (dq, "dq"), (dk, "dk"), (dv, "dv"))]
     _run("cflash_attn_bwd", "attn_bwd", "attention backward", q, ctypes.byref(p), *h)
@@ -158,7 +162,7 @@ def attn_bwd(dout, q, k, v, out, lse, dropout_p, softmax_scale, causal, window_l
 
 def attn_varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p,
                     softmax_scale, causal, window_left, window_right, softcap, alibi_slopes, seed=0,
-                    offset=0, block_table=None, seqused_k=None):
+                    offset=0, q_offset=0, k_offset=0, block_table=None, seqused_k=None):
     """out (total_q, H, Dv) like q, lse float32 (H, total_q). block_table (B, max_pages) int32
     with k, v paged (num_pages, page_size, Hk, D) and seqused_k (B,) int32 are for the library's
     paged varlen call (issue 13); until it exists they are refused here."""
@@ -172,7 +176,7 @@ def attn_varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqle
     cq, ck = host_int32(cu_seqlens_q, "cu_seqlens_q"), host_int32(cu_seqlens_k, "cu_seqlens_k")
     a = _Args()
     p = make_params(dropout_p, softmax_scale, causal, window_left, window_right, softcap, _alibi(alibi_slopes, a),
-                    seed, offset)
+                    seed, offset, q_offset=q_offset, k_offset=k_offset)
     h = [a(x, n) for x, n in ((q, "q"), (k, "k"), (v, "v"), (cq, "cu_seqlens_q"), (ck, "cu_seqlens_k"))]
     ho, hl = a(out, "out"), a(lse, "lse")
     mq, mk = _i64(int(max_seqlen_q or 0)), _i64(int(max_seqlen_k or 0))
@@ -197,13 +201,13 @@ def _paged_varlen(block_table, seqused_k):
 
 def attn_varlen_bwd(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
                     dropout_p, softmax_scale, causal, window_left, window_right, softcap, alibi_slopes,
-                    deterministic, seed=0, offset=0):
+                    deterministic, seed=0, offset=0, q_offset=0, k_offset=0):
     dout, q, k, v, out = [maybe_contiguous(x) for x in (dout, q, k, v, out)]
     dq, dk, dv = empty(q, q.shape), empty(k, k.shape), empty(v, v.shape)
     cq, ck = host_int32(cu_seqlens_q, "cu_seqlens_q"), host_int32(cu_seqlens_k, "cu_seqlens_k")
     a = _Args()
     p = make_params(dropout_p, softmax_scale, causal, window_left, window_right, softcap, _alibi(alibi_slopes, a),
-                    seed, offset, deterministic)
+                    seed, offset, deterministic, q_offset, k_offset)
     h = [a(x, n) for x, n in ((dout, "dout"), (q, "q"), (k, "k"), (v, "v"), (out, "out"), (lse, "lse"),
                               (cq, "cu_seqlens_q"), (ck, "cu_seqlens_k"))]
     hg = [a(x, n) for x, n in ((dq, "dq"), (dk, "dk"), (dv, "dv"))]
@@ -212,10 +216,10 @@ def attn_varlen_bwd(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seq
     return dq, dk, dv
 
 
-def dropout_mask(batch, nheads, seqlen_q, seqlen_k, dropout_p, seed, offset=0):
+def dropout_mask(batch, nheads, seqlen_q, seqlen_k, dropout_p, seed, offset=0, q_offset=0, k_offset=0):
     """The keep mask every backend uses: uint8 NumPy (B, H, Sq, Sk), 1 = kept."""
     m = np.empty((batch, nheads, seqlen_q, seqlen_k), dtype=np.uint8)
-    p = make_params(dropout_p=dropout_p, seed=seed, offset=offset)
+    p = make_params(dropout_p=dropout_p, seed=seed, offset=offset, q_offset=q_offset, k_offset=k_offset)
     a = _Args()
     check(_fast.handle("cflash_attn_dropout_mask")(ctypes.byref(p), a(m, "mask")), "dropout mask")
     return m

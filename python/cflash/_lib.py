@@ -51,6 +51,8 @@ class AttnParams(ctypes.Structure):
         ("seed", ctypes.c_uint64),
         ("offset", ctypes.c_uint64),
         ("deterministic", ctypes.c_int),
+        ("q_offset", ctypes.c_int64),
+        ("k_offset", ctypes.c_int64),
     ]
 
 

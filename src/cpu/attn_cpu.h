@@ -1,6 +1,7 @@
 /* CPU attention: the tiled online-softmax driver (src/cpu/attn_tiled.c, attn_tiled_bwd.c) shared by
- * the cpu-generic, cpu-avx2, cpu-avx512 and cpu-amx backends, and the table of microkernels each
- * backend supplies. The driver does blocking, masks, dropout, threading; the table does the math.
+ * the cpu-generic, cpu-avx2, cpu-avx512, cpu-amx and cpu-neon backends, and the table of
+ * microkernels each backend supplies. The driver does blocking, masks, dropout, threading; the
+ * table does the math.
  */
 #ifndef CFLASH_CPU_ATTN_CPU_H
 #define CFLASH_CPU_ATTN_CPU_H
@@ -22,6 +23,11 @@ typedef struct cf_attn_kernels {
      * B[p * ldb + n] the pair (B(2p, n), B(2p + 1, n)) (VNNI layout). fp32 accumulation. */
     void (*gemm_bf16)(int64_t M, int64_t N, int64_t P, const uint32_t* A, int64_t rsa, int64_t csa,
                       const uint32_t* B, int64_t ldb, float* C, int64_t ldc, int acc);
+    /* fp16 pairs (NULL when the ISA has no fp16 product with fp32 accumulation): as gemm_bf16
+     * with fp16 pairs. Used by the forward only: there P in [0, 1] is the one operand rounded to
+     * fp16, where the backward's dS could leave fp16's range. */
+    void (*gemm_f16)(int64_t M, int64_t N, int64_t P, const uint32_t* A, int64_t rsa, int64_t csa,
+                     const uint32_t* B, int64_t ldb, float* C, int64_t ldc, int acc);
     /* x[i] *= s; mx[i] = max(mx[i], x[i]) for i < n. */
     void (*scale_max_cols)(float* x, int64_t n, float s, float* mx);
     /* x[i] = exp2(x[i] * s - m[i]) (0 for x = -inf); sum[i] += x[i] when sum != NULL. */
@@ -35,6 +41,8 @@ typedef struct cf_attn_kernels {
                     float sc);
     /* dst[i] = bf16(lo[i]) | bf16(hi[i]) << 16 (round to nearest even); hi NULL = 0. */
     void (*pack_pairs_f32)(uint32_t* dst, const float* lo, const float* hi, int64_t n);
+    /* The same into fp16 pairs (with gemm_f16). */
+    void (*pack_pairs_f16)(uint32_t* dst, const float* lo, const float* hi, int64_t n);
     /* dst[i] = lo[i] | hi[i] << 16 (bf16 bits; hi NULL = 0): two rows into VNNI pairs. */
     void (*interleave_u16)(uint32_t* dst, const uint16_t* lo, const uint16_t* hi, int64_t n);
     /* dtype conversion of n contiguous elements. */

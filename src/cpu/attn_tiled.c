@@ -55,9 +55,13 @@ int cf_attn_cpu_supports(const cf_attn_call* c, const cf_attn_kernels* k, char* 
 /* ---- Forward geometry and workspace --------------------------------------------------------- */
 
 typedef struct fwd_geom {
-    int64_t G, n, M;        /* heads per group, rows per head, rows per tile (G * n) */
-    int64_t D, Dv, Dp2;     /* Dp2: pairs of D (bf16 mode) */
-    int bf16;               /* bf16 pairs mode (gemm_bf16) */
+    int64_t G, n, M;    /* heads per group, rows per head, rows per tile (G * n) */
+    int64_t D, Dv, Dp2; /* Dp2: pairs of D (bf16 mode) */
+    int bf16;           /* 16-bit pairs mode: bf16 (gemm_bf16) or fp16 (gemm_f16) */
+    /* The pairs mode's GEMM and P packing for the call's dtype. */
+    void (*gemm_pairs)(int64_t, int64_t, int64_t, const uint32_t*, int64_t, int64_t,
+                       const uint32_t*, int64_t, float*, int64_t, int);
+    void (*pack_pairs)(uint32_t*, const float*, const float*, int64_t);
     int k_direct, v_direct; /* K/V read in place (fp32 dtype, or bf16 pairs aligned) */
     size_t off_qt, off_st, off_o, off_vec, off_lohi, off_kc, off_vc, off_tmp, bytes;
 } fwd_geom;
@@ -71,7 +75,11 @@ static void fwd_layout(const cf_attn_call* c, const cf_attn_kernels* k, fwd_geom
     g->D = c->D;
     g->Dv = c->Dv;
     g->Dp2 = (c->D + 1) / 2;
-    g->bf16 = c->dtype == CF_BF16 && k->gemm_bf16 != NULL;
+    if (c->dtype == CF_BF16 && k->gemm_bf16)
+        g->gemm_pairs = k->gemm_bf16, g->pack_pairs = k->pack_pairs_f32;
+    else if (c->dtype == CF_F16 && k->gemm_f16)
+        g->gemm_pairs = k->gemm_f16, g->pack_pairs = k->pack_pairs_f16;
+    g->bf16 = g->gemm_pairs != NULL;
     if (g->bf16) {
         g->k_direct = pairs_in_place(&c->k, c->D);
         g->v_direct = 0; /* V is always re-laid as row pairs */
@@ -288,7 +296,7 @@ static void fwd_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const fwd
                 ka = kp;
                 ldk = g->Dp2;
             }
-            kk->gemm_bf16(nb, Mt, g->Dp2, ka, ldk, 1, qv, Mt, st, Mt, 0);
+            g->gemm_pairs(nb, Mt, g->Dp2, ka, ldk, 1, qv, Mt, st, Mt, 0);
         } else {
             const float* ka;
             int64_t ldk;
@@ -370,11 +378,11 @@ static void fwd_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const fwd
                 for (int64_t ii = 0; ii < na; ii++) {
                     cf_philox_out w = {{0, 0, 0, 0}};
                     for (int64_t j = 0; j < nb; j++) {
-                        const int64_t jj = j0 + j;
+                        const int64_t jj = j0 + j + c->k_offset; /* the key's position */
                         if (j == 0 || (jj & 3) == 0)
                             w = cf_dropout_words(c->seed, c->offset, (uint64_t)b,
-                                                 (uint64_t)(hk * G + gi), (uint64_t)(i0 + ii),
-                                                 (uint64_t)jj);
+                                                 (uint64_t)(hk * G + gi),
+                                                 (uint64_t)(i0 + ii + c->q_offset), (uint64_t)jj);
                         if ((uint64_t)w.x[jj & 3] >= thr) st[j * Mt + gi * na + ii] = 0.0f;
                     }
                 }
@@ -390,10 +398,10 @@ static void fwd_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const fwd
                 const uint16_t* v1 =
                     2 * p + 1 < nb ? (const uint16_t*)(vrow + (2 * p + 1) * ves) : NULL;
                 kk->interleave_u16(vv + p * Dv, v0, v1, Dv);
-                kk->pack_pairs_f32(pv + p * Mt, st + 2 * p * Mt,
-                                   2 * p + 1 < nb ? st + (2 * p + 1) * Mt : NULL, Mt);
+                g->pack_pairs(pv + p * Mt, st + 2 * p * Mt,
+                              2 * p + 1 < nb ? st + (2 * p + 1) * Mt : NULL, Mt);
             }
-            kk->gemm_bf16(Mt, Dv, np, pv, 1, Mt, vv, Dv, o, Dv, 1);
+            g->gemm_pairs(Mt, Dv, np, pv, 1, Mt, vv, Dv, o, Dv, 1);
         } else {
             const float* vb;
             int64_t ldv;

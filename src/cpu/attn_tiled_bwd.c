@@ -266,10 +266,10 @@ static void dropout_apply(const cf_attn_call* c, float* x, const score_map* mp, 
     for (int64_t ri = 0; ri < mp->nr; ri++) {
         cf_philox_out w = {{0, 0, 0, 0}};
         for (int64_t ci = 0; ci < mp->nc; ci++) {
-            const int64_t j = mp->j0 + ci, at = ri * mp->rs + ci * mp->cs;
+            const int64_t j = mp->j0 + ci + c->k_offset, at = ri * mp->rs + ci * mp->cs;
             if (ci == 0 || (j & 3) == 0)
                 w = cf_dropout_words(c->seed, c->offset, (uint64_t)b, (uint64_t)hh[ri],
-                                     (uint64_t)mp->i[ri], (uint64_t)j);
+                                     (uint64_t)(mp->i[ri] + c->q_offset), (uint64_t)j);
             x[at] = (uint64_t)w.x[j & 3] < thr ? x[at] * ks : 0.0f;
         }
     }

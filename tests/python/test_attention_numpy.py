@@ -269,10 +269,14 @@ def test_library_override_env(tmp_path):
     assert r.returncode != 0 and "CFLASH_LIBRARY=" in r.stderr and "does not exist" in r.stderr
 
 
-@pytest.mark.parametrize("backend", ["cpu-amx", "cpu-avx512", "cpu-avx2", "cpu-neon", "cpu-generic", "cpu-ref"])
+@pytest.mark.parametrize("backend", ["cpu-amx", "cpu-avx512", "cpu-avx2", "cpu-sve", "cpu-neon", "cpu-generic", "cpu-ref"])
 def test_each_cpu_backend_through_python(rng, poison, backend):
     """The package's calls on every CPU backend that can run here (forced), fp32 and fp16, fwd + bwd."""
     q, k, v, kw = make_case(rng, 2, 19, 23, 4, 2, 24, 24, "float32", "cwa")
+    try:
+        cflash.set_backend(backend)
+    except ValueError as e:  # a backend with no rows in this build (cpu-neon on x86) is not a name
+        pytest.skip("%s is not in this build: %s" % (backend, e))
     try:
         cflash.set_backend(backend)
         for dtype in ("float32", "float16"):

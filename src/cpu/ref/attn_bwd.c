@@ -5,11 +5,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/backend.h"
 #include "core/philox.h"
 #include "core/status.h"
 #include "core/threads.h"
 #include "cpu/ref/attn_ref.h"
-#include "dispatch/dispatch.h"
 
 /* Gradients of one query row i of head h (sequence b) into dq (D) and the group's dk/dv (Sk rows).
  */
@@ -37,7 +37,7 @@ static void bwd_row(const cf_attn_call* c, float* dq, float* dk, float* dv, int6
         float s = cf_attn_score(c, x, cf_attn_slope(c, b, h), i, j, sq, sk);
         float p = expf(s - lse);
         int keep = cf_dropout_keep(c->seed, c->offset, c->dropout_p, (uint64_t)b, (uint64_t)h,
-                                   (uint64_t)i, (uint64_t)j);
+                                   (uint64_t)(i + c->q_offset), (uint64_t)(j + c->k_offset));
         float pk = keep ? p * keep_scale : 0.0f; /* the weight the forward applied to v_j */
         float dpk = 0.0f;                        /* dO_i . v_j */
         for (int64_t d = 0; d < c->Dv; d++) {

@@ -7,9 +7,9 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "core/backend.h"
 #include "cpu/attn_cpu.h"
 #include "cpu/x86/amx_tilecfg.h"
-#include "dispatch/dispatch.h"
 #include "probe/cpu_features.h"
 
 const cf_attn_kernels* cf_attn_kernels_avx512(void);

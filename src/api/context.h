@@ -1,6 +1,6 @@
 /* The context's fields, for the op entry points. */
-#ifndef CFLASH_CORE_CONTEXT_H
-#define CFLASH_CORE_CONTEXT_H
+#ifndef CFLASH_API_CONTEXT_H
+#define CFLASH_API_CONTEXT_H
 
 #include "cflash.h"
 #include "dispatch/dispatch.h"

@@ -3,11 +3,11 @@
  * varlen, rows without keys -> out 0 and lse -inf), the naive same-precision computation that sets
  * the error bound, problem setup/run/check, and the test grid. Scores are materialised per row. */
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "common/attn_oracle.h"
-#include "core/philox.h"
+#include "oracle/attn_oracle.h"
 
 const char* const attn_comp_names[ATTN_NCOMP] = {"out", "lse", "dq", "dk", "dv"};
 
@@ -16,7 +16,7 @@ const char* const attn_comp_names[ATTN_NCOMP] = {"out", "lse", "dq", "dk", "dv"}
 void attn_case_init(attn_case* c) {
     memset(c, 0, sizeof *c);
     c->B = c->H = c->Hk = c->Sq = c->Sk = c->D = c->Dv = 1;
-    c->dtype = CF_F32;
+    c->dtype = CFLASH_DTYPE_F32;
     c->window_left = c->window_right = -1;
     c->seed = 1;
 }
@@ -55,6 +55,8 @@ void attn_case_str(const attn_case* c, char* buf, size_t n) {
     if (c->layout == TT_PADDED) APPEND(" padded");
     if (c->layout == TT_PERMUTED) APPEND(" permuted");
     if (c->no_lse) APPEND(" no-lse");
+    if (c->q_offset || c->k_offset)
+        APPEND(" at(%lld,%lld)", (long long)c->q_offset, (long long)c->k_offset);
     APPEND(" seed%llu", (unsigned long long)c->seed);
 }
 
@@ -147,11 +149,11 @@ attn_problem* attn_problem_new(const attn_case* cin) {
         int64_t sl[2] = {H, tq}, sc[1] = {B + 1};
         ok |= tt_alloc(&p->q, c->dtype, 3, sq, L) | tt_alloc(&p->k, c->dtype, 3, sk, L);
         ok |= tt_alloc(&p->v, c->dtype, 3, sv, L) | tt_alloc(&p->dout, c->dtype, 3, so, L);
-        ok |= tt_alloc(&p->out, c->dtype, 3, so, L) | tt_alloc(&p->lse, CF_F32, 2, sl, L);
+        ok |= tt_alloc(&p->out, c->dtype, 3, so, L) | tt_alloc(&p->lse, CFLASH_DTYPE_F32, 2, sl, L);
         ok |= tt_alloc(&p->dq, c->dtype, 3, sq, L) | tt_alloc(&p->dk, c->dtype, 3, sk, L);
         ok |= tt_alloc(&p->dv, c->dtype, 3, sv, L);
-        ok |= tt_alloc(&p->cu_q, CF_I32, 1, sc, TT_DENSE) |
-              tt_alloc(&p->cu_k, CF_I32, 1, sc, TT_DENSE);
+        ok |= tt_alloc(&p->cu_q, CFLASH_DTYPE_I32, 1, sc, TT_DENSE) |
+              tt_alloc(&p->cu_k, CFLASH_DTYPE_I32, 1, sc, TT_DENSE);
         if (!ok) {
             int32_t* cq = p->cu_q.base;
             int32_t* ck = p->cu_k.base;
@@ -165,16 +167,16 @@ attn_problem* attn_problem_new(const attn_case* cin) {
         int64_t so[4] = {B, c->Sq, H, Dv}, sl[3] = {B, H, c->Sq};
         ok |= tt_alloc(&p->q, c->dtype, 4, sq, L) | tt_alloc(&p->k, c->dtype, 4, sk, L);
         ok |= tt_alloc(&p->v, c->dtype, 4, sv, L) | tt_alloc(&p->dout, c->dtype, 4, so, L);
-        ok |= tt_alloc(&p->out, c->dtype, 4, so, L) | tt_alloc(&p->lse, CF_F32, 3, sl, L);
+        ok |= tt_alloc(&p->out, c->dtype, 4, so, L) | tt_alloc(&p->lse, CFLASH_DTYPE_F32, 3, sl, L);
         ok |= tt_alloc(&p->dq, c->dtype, 4, sq, L) | tt_alloc(&p->dk, c->dtype, 4, sk, L);
         ok |= tt_alloc(&p->dv, c->dtype, 4, sv, L);
     }
     if (!ok && c->alibi != ATTN_ALIBI_NONE) {
         int64_t sa[2] = {B, H};
         if (c->alibi == ATTN_ALIBI_H)
-            ok |= tt_alloc(&p->alibi, CF_F32, 1, sa + 1, TT_DENSE);
+            ok |= tt_alloc(&p->alibi, CFLASH_DTYPE_F32, 1, sa + 1, TT_DENSE);
         else
-            ok |= tt_alloc(&p->alibi, CF_F32, 2, sa, TT_DENSE);
+            ok |= tt_alloc(&p->alibi, CFLASH_DTYPE_F32, 2, sa, TT_DENSE);
     }
     if (ok) {
         attn_problem_free(p);
@@ -203,6 +205,8 @@ attn_problem* attn_problem_new(const attn_case* cin) {
     p->params.softcap = c->softcap;
     p->params.alibi_slopes = p->alibi.base ? &p->alibi.dl : NULL;
     p->params.dropout_p = c->dropout_p;
+    p->params.q_offset = c->q_offset;
+    p->params.k_offset = c->k_offset;
     {
         tt_rng r;
         tt_rng_init(&r, s + 6);
@@ -361,10 +365,16 @@ cflash_status attn_problem_explain(cflash_context* ctx, attn_problem* p, int bwd
 
 /* ---- The fp64 oracle ---------------------------------------------------------------------- */
 
-/* Query i of a sequence (sq, sk) sees key j. Written from DESIGN.md, independently of the
- * library's cf_attn_key_range. */
+/* Signed distance from key j to the diagonal of query i (sq, sk: the sequence's lengths), by
+ * positions: row i is at i + q_offset, key j at j + k_offset, aligned bottom-right. */
+static int64_t to_diag(const attn_case* c, int64_t i, int64_t j, int64_t sq, int64_t sk) {
+    return (i + c->q_offset) + sk - sq - (j + c->k_offset);
+}
+
+/* Query i of a sequence (sq, sk) sees key j. Written from DESIGN.md and include/cflash.h,
+ * independently of the library's cf_attn_key_range. */
 static int visible(const attn_case* c, int64_t i, int64_t j, int64_t sq, int64_t sk) {
-    int64_t diag = i + sk - sq;
+    int64_t diag = j + to_diag(c, i, j, sq, sk); /* the key index on row i's diagonal */
     if (c->causal && j > diag) return 0;
     if (c->window_left >= 0 && j < diag - c->window_left) return 0;
     if (c->window_right >= 0 && j > diag + c->window_right) return 0;
@@ -380,8 +390,8 @@ static double slope_of(const attn_problem* p, int64_t b, int64_t h) {
 static double keep_scale(const attn_problem* p, int64_t b, int64_t h, int64_t i, int64_t j) {
     float dp = p->c.dropout_p;
     if (dp <= 0.0f) return 1.0;
-    int keep = cf_dropout_keep(p->params.seed, p->params.offset, dp, (uint64_t)b, (uint64_t)h,
-                               (uint64_t)i, (uint64_t)j);
+    int keep = cflash_dropout_keep(p->params.seed, p->params.offset, dp, (uint64_t)b, (uint64_t)h,
+                                   (uint64_t)(i + p->c.q_offset), (uint64_t)(j + p->c.k_offset));
     return keep ? 1.0 / (1.0 - (double)dp) : 0.0;
 }
 
@@ -409,7 +419,7 @@ static int64_t oracle_scores(const attn_problem* p, const double* Q, const doubl
             s = cap * t;
             g = 1.0 - t * t;
         }
-        s -= slope * fabs((double)(i + sk - sq - j));
+        s -= slope * fabs((double)to_diag(c, i, j, sq, sk));
         x[j] = s;
         dx[j] = g;
     }
@@ -510,15 +520,15 @@ void attn_oracle_bwd(const attn_problem* p, const double* Q, const double* K, co
 
 /* ---- The naive same-precision computation ------------------------------------------------- */
 
-static float rd(cf_dtype d, float x) {
-    return cf_round_to(d, x);
+static float rd(cflash_dtype d, float x) {
+    return cflash_round_to(d, x);
 }
 
 /* Row scores in fp32, rounded to the dtype; dx = softcap chain factor (fp32). */
 static int64_t naive_scores(const attn_problem* p, int64_t b, int64_t h, int64_t i, float* x,
                             float* dx, unsigned char* vis) {
     const attn_case* c = &p->c;
-    cf_dtype dt = c->dtype;
+    cflash_dtype dt = c->dtype;
     int64_t sq = p->qn[b], sk = p->kn[b], hk = h / (c->H / c->Hk), D = c->D;
     const double* q = p->Q + ((p->q0[b] + i) * c->H + h) * D;
     float slope = (float)slope_of(p, b, h), cap = c->softcap;
@@ -538,7 +548,7 @@ static int64_t naive_scores(const attn_problem* p, int64_t b, int64_t h, int64_t
             s = rd(dt, cap * t);
             g = 1.0f - t * t;
         }
-        if (slope != 0) s = rd(dt, s - slope * (float)llabs(i + sk - sq - j));
+        if (slope != 0) s = rd(dt, s - slope * (float)llabs(to_diag(c, i, j, sq, sk)));
         x[j] = s;
         dx[j] = g;
     }
@@ -547,7 +557,7 @@ static int64_t naive_scores(const attn_problem* p, int64_t b, int64_t h, int64_t
 
 void attn_naive_fwd(const attn_problem* p, double* out, double* lse) {
     const attn_case* c = &p->c;
-    cf_dtype dt = c->dtype;
+    cflash_dtype dt = c->dtype;
     int64_t H = c->H, Hk = c->Hk, Dv = c->Dv, mk = p->max_k > 0 ? p->max_k : 1;
     float* x = malloc((size_t)mk * sizeof(float));
     float* dx = malloc((size_t)mk * sizeof(float));
@@ -591,7 +601,7 @@ void attn_naive_fwd(const attn_problem* p, double* out, double* lse) {
 void attn_naive_bwd(const attn_problem* p, const double* out, const double* lse, double* dQ,
                     double* dK, double* dV) {
     const attn_case* c = &p->c;
-    cf_dtype dt = c->dtype;
+    cflash_dtype dt = c->dtype;
     int64_t H = c->H, Hk = c->Hk, D = c->D, Dv = c->Dv, mk = p->max_k > 0 ? p->max_k : 1;
     int64_t nq = p->total_q * H * D, nk = p->total_k * Hk * D, nv = p->total_k * Hk * Dv;
     float* gq = calloc((size_t)(nq > 0 ? nq : 1), sizeof(float));
@@ -659,8 +669,8 @@ void attn_problem_compute_oracle(attn_problem* p, int bwd) {
 
 /* ---- Errors and the rule ------------------------------------------------------------------ */
 
-double attn_atol(cf_dtype d, double maxref, int grad) {
-    double k = d == CF_F32 ? (grad ? 32.0 : 8.0) : 1.0;
+double attn_atol(cflash_dtype d, double maxref, int grad) {
+    double k = d == CFLASH_DTYPE_F32 ? (grad ? 32.0 : 8.0) : 1.0;
     return k * tt_unit_roundoff(d) * (maxref > 1.0 ? maxref : 1.0);
 }
 
@@ -682,7 +692,7 @@ static double max_err(const double* a, const double* ref, int64_t n, double* max
 }
 
 static void comp(attn_errors* e, int c, const tt_tensor* t, const double* got, const double* ref,
-                 const double* naive, int64_t n, cf_dtype dt, double factor) {
+                 const double* naive, int64_t n, cflash_dtype dt, double factor) {
     double mr;
     e->present[c] = 1;
     e->err[c] = max_err(got, ref, n, &mr);
@@ -708,7 +718,7 @@ static int errors(attn_problem* p, attn_errors* e, int bwd) {
         if (!c->no_lse) {
             double* gl = dalloc(tq * H);
             gather_lse(p, gl);
-            comp(e, ATTN_LSE, &p->lse, gl, p->ref_lse, p->nv_lse, tq * H, CF_F32, 2.0);
+            comp(e, ATTN_LSE, &p->lse, gl, p->ref_lse, p->nv_lse, tq * H, CFLASH_DTYPE_F32, 2.0);
             free(gl);
         }
         free(got);

@@ -1,9 +1,10 @@
-/* The attention test oracle: a case description (attn_case), a problem that owns its tensors and
+/* The attention oracle: a case description (attn_case), a problem that owns its tensors and
  * cached fp64 results (attn_problem), a naive same-precision computation for the error rule of
- * DESIGN.md, the run/check functions every attention test uses, and the test grid.
+ * DESIGN.md, and the run/check functions every attention test and `cflash check` use. Public and
+ * experimental headers only; the test grid over it is tests/common/attn_grid.h.
  *
  * Typical use (any backend):
- *     attn_case c; attn_grid_case(0, i, &c);
+ *     attn_case c; attn_grid_case(0, i, &c);  // or fill one by hand
  *     attn_problem* p = attn_problem_new(&c);
  *     CHECK_OK(attn_problem_run_fwd(ctx, p));   // poisons out/lse, calls cflash_attn_*fwd
  *     char msg[512]; CHECK_MSG(attn_problem_check_fwd(p, msg, sizeof msg), "%s", msg);
@@ -11,10 +12,10 @@
  * For a device backend, copy the host tensors (p->q, ...; tt_dl_on) to the device, call
  * attn_problem_call_fwd with the device tensors, copy out/lse back into p->out / p->lse, then
  * check as above. attn_grid_run does all of this over a grid, with hooks for such copies. */
-#ifndef CFLASH_TESTS_ATTN_ORACLE_H
-#define CFLASH_TESTS_ATTN_ORACLE_H
+#ifndef CFLASH_ORACLE_ATTN_ORACLE_H
+#define CFLASH_ORACLE_ATTN_ORACLE_H
 
-#include "common/testutil.h"
+#include "oracle/oracle_tensor.h"
 
 #define ATTN_MAX_SEQS 8
 
@@ -24,7 +25,7 @@ typedef struct attn_case {
     int64_t B, H, Hk; /* varlen: B = number of sequences */
     int64_t Sq, Sk;   /* batch mode only (varlen: from seqlens_*) */
     int64_t D, Dv;
-    cf_dtype dtype; /* CF_F32, CF_F16, CF_BF16 */
+    cflash_dtype dtype; /* CFLASH_DTYPE_F32, CFLASH_DTYPE_F16, CFLASH_DTYPE_BF16 */
     int causal;
     int64_t window_left, window_right; /* -1 = unbounded */
     float softcap;                     /* 0 = off */
@@ -37,6 +38,7 @@ typedef struct attn_case {
     tt_layout layout;    /* of q, k, v, out, lse, dout, dq, dk, dv */
     int no_lse;          /* forward with lse = NULL (the backward still needs one) */
     uint64_t seed;       /* inputs and the dropout seed/offset derive from it */
+    int64_t q_offset, k_offset; /* block positions (cflash_attn_params), 0 = none */
 } attn_case;
 
 /* B = H = Hk = Sq = Sk = D = Dv = 1, fp32, no masks, windows -1, dense, seed 1. */
@@ -149,36 +151,6 @@ void attn_problem_compute_oracle(attn_problem* p, int bwd);
  * and so is the naive error, but a FlashAttention backward computes D = rowsum(dO * out) and
  * dP = dO . v in different orders, leaving ~1e-6 of fp32 cancellation (measured up to 8.8e-7 with
  * D = 256, GQA 6/1, window (0, 0)). */
-double attn_atol(cf_dtype d, double maxref, int grad);
-
-/* ---- The grid ---------------------------------------------------------------------------------
- */
-
-/* level 0: the quick CI grid (fp32, fp16, bf16; every feature alone and combined; the odd sizes;
- * GQA/MQA; strided; varlen); level 1: the fuller cross of shapes x features x dtypes. */
-int attn_grid_count(int level);
-int attn_grid_case(int level, int i, attn_case* c); /* 0, or -1 when i is out of range */
-
-typedef struct attn_grid_opts {
-    int level;
-    const char* backend; /* forced backend for every call; NULL = auto */
-    int bwd;             /* also run and check the backward */
-    unsigned dtypes;     /* bit (1u << cf_dtype) per dtype to run; 0 = all */
-    int threads;         /* context threads; 0 = default */
-    /* 1: a CFLASH_ERR_UNSUPPORTED from the forced backend skips the case (counted, printed once per
-     * distinct message) instead of failing. */
-    int skip_unsupported;
-    int max_cases; /* 0 = all */
-    /* Optional: replace the host runs (e.g. copy to a device, call, copy results back into
-     * p->out, p->lse, p->dq, p->dk, p->dv). NULL = attn_problem_run_fwd / _bwd. */
-    cflash_status (*run_fwd)(cflash_context* ctx, attn_problem* p, void* user);
-    cflash_status (*run_bwd)(cflash_context* ctx, attn_problem* p, void* user);
-    void* user;
-    int verbose; /* print every case with its errors */
-} attn_grid_opts;
-
-/* Runs the grid, recording one CHECK per case and direction. Returns the number of failures;
- * *ran / *skipped (may be NULL) get the cases run and skipped. */
-int attn_grid_run(const attn_grid_opts* o, int* ran, int* skipped);
+double attn_atol(cflash_dtype d, double maxref, int grad);
 
 #endif

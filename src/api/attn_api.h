@@ -1,7 +1,7 @@
 /* Internal entry points of the attention ops, shared by the public functions and cflash_explain
  * (explain != NULL: validate and choose, but do not run). */
-#ifndef CFLASH_CORE_ATTN_API_H
-#define CFLASH_CORE_ATTN_API_H
+#ifndef CFLASH_API_ATTN_API_H
+#define CFLASH_API_ATTN_API_H
 
 #include "cflash.h"
 #include "dispatch/dispatch.h"

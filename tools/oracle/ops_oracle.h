@@ -1,10 +1,10 @@
 /* Helpers shared by the tests of the ops around attention (rotary, norm, KV cache, merge): the CPU
  * backends each test runs, the error rule's bound, and comparing a tensor with fp64 values. The
  * fp64 references themselves live in each test file, beside the cases they check. */
-#ifndef CFLASH_TESTS_OPS_ORACLE_H
-#define CFLASH_TESTS_OPS_ORACLE_H
+#ifndef CFLASH_ORACLE_OPS_ORACLE_H
+#define CFLASH_ORACLE_OPS_ORACLE_H
 
-#include "common/testutil.h"
+#include "oracle/oracle_tensor.h"
 
 /* CPU backends the op tests run, in order; "auto" = let the dispatcher choose. NULL-terminated. */
 extern const char* const ops_backends[];
@@ -25,9 +25,9 @@ double ops_max_abs(const double* ref, int64_t n);
 
 /* The error rule: factor * naive + k * unit_roundoff(d) * max(1, maxref), k = 8 for fp32 (order of
  * accumulation), 2 otherwise. */
-double ops_bound(cf_dtype d, double factor, double naive, double maxref);
+double ops_bound(cflash_dtype d, double factor, double naive, double maxref);
 
 /* x rounded to dtype d (as storing it would). */
-double ops_round(cf_dtype d, double x);
+double ops_round(cflash_dtype d, double x);
 
 #endif

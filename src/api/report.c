@@ -12,10 +12,9 @@
 #include <omp.h>
 #endif
 
+#include "core/device.h"
 #include "core/status.h"
 #include "core/strbuf.h"
-#include "cuda/cuda_rtc.h"
-#include "cuda/kcache.h"
 #include "dispatch/dispatch.h"
 #include "probe/cpu_features.h"
 #include "probe/dynlib.h"
@@ -146,25 +145,14 @@ static const char* const env_vars[] = {
     "CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS",  "LD_LIBRARY_PATH", NULL,
 };
 
-/* The CUDA kernels this build carries: sources for NVRTC, and precompiled cubins (AOT). */
-static void cuda_kernels(char* out, size_t len, int* n_sources) {
-    int n = 0;
-    for (const cf_cuda_source* src = cf_cuda_sources; src->name; src++)
-        n++;
-    *n_sources = n;
-    char archs[256] = "";
-    for (int i = 0; i < cf_cuda_aot_count; i++) {
-        char a[16];
-        snprintf(a, sizeof a, "sm_%d", cf_cuda_aot_table[i].arch);
-        if (!strstr(archs, a)) {
-            cf_strcatf(archs, sizeof archs, "%s%s", archs[0] ? " " : "", a);
-        }
-    }
-    if (cf_cuda_aot_count)
-        snprintf(out, len, "%d sources for NVRTC; %d precompiled cubins (%s)", n, cf_cuda_aot_count,
-                 archs);
+/* The CUDA kernels this build carries, from the CUDA backend's device hooks. */
+static void cuda_kernels(char* out, size_t len, int* n_sources, int* n_binaries) {
+    const cf_device_hooks* h = cf_device_hooks_for(kDLCUDA);
+    *n_sources = *n_binaries = 0;
+    if (h && h->describe_kernels)
+        h->describe_kernels(out, len, n_sources, n_binaries);
     else
-        snprintf(out, len, "%d sources for NVRTC; no precompiled cubins (CFLASH_CUDA_AOT=OFF)", n);
+        snprintf(out, len, "none: this build has no CUDA backend");
 }
 
 static void library_section(sb* s) {
@@ -203,8 +191,8 @@ static void library_section(sb* s) {
     const char* cc = "unknown";
 #endif
     char kernels[512];
-    int n_sources = 0;
-    cuda_kernels(kernels, sizeof kernels, &n_sources);
+    int n_sources = 0, n_binaries = 0;
+    cuda_kernels(kernels, sizeof kernels, &n_sources, &n_binaries);
     if (s->json) {
         open_obj(s, "library");
         jstr(s, "version", cflash_version());
@@ -215,7 +203,7 @@ static void library_section(sb* s) {
         jstr(s, "build", kind);
         jstr(s, "sanitizers", san);
         jint(s, "cuda_sources", n_sources);
-        jint(s, "cuda_aot_cubins", cf_cuda_aot_count);
+        jint(s, "cuda_aot_cubins", n_binaries);
         jstr(s, "cuda_kernels", kernels);
         close_obj(s);
         open_obj(s, "environment");
@@ -274,7 +262,16 @@ static void cpu_section(sb* s) {
         {"amx-fp16", c->amx_fp16},
         {"amx-int8", c->amx_int8},
         {"neon", c->neon},
+        {"fphp", c->fphp},
+        {"asimdhp", c->asimdhp},
+        {"asimdfhm", c->asimdfhm},
+        {"asimddp", c->asimddp},
+        {"bf16", c->bf16},
+        {"i8mm", c->i8mm},
         {"sve", c->sve},
+        {"sve2", c->sve2},
+        {"svebf16", c->sve_bf16},
+        {"sme", c->sme},
     };
     const size_t nf = sizeof f / sizeof f[0];
     int amx_usable = c->amx_tile && c->amx_permitted;
@@ -303,6 +300,11 @@ static void cpu_section(sb* s) {
         jbool(s, "permitted", c->amx_permitted);
         jstr(s, "note", c->amx_note);
         close_obj(s);
+        open_obj(s, "arm");
+        jbool(s, "neon_usable", c->neon);
+        jint(s, "sve_vector_bytes", c->sve_vl);
+        jstr(s, "note", c->arm_note);
+        close_obj(s);
         close_obj(s);
         return;
     }
@@ -323,6 +325,7 @@ static void cpu_section(sb* s) {
     line(s, "absent", "%s", lack[0] ? lack : "(none)");
     line(s, "AVX-512", "%s", avx512[0] ? avx512 : "unknown");
     line(s, "AMX", "%s", c->amx_note[0] ? c->amx_note : "unknown");
+    line(s, "ARM", "%s", c->arm_note[0] ? c->arm_note : "unknown");
 }
 
 static void lib_json(sb* s, cf_lib_id id) {
@@ -463,7 +466,11 @@ static void cufile_section(sb* s) {
 
 static void kcache_section(sb* s) {
     char d[4096] = "";
-    cf_kcache_describe(d, sizeof d, s->json);
+    const cf_device_hooks* h = cf_device_hooks_for(kDLCUDA);
+    if (h && h->describe_cache)
+        h->describe_cache(d, sizeof d, s->json);
+    else if (!s->json)
+        snprintf(d, sizeof d, "none: this build has no CUDA backend\n");
     if (s->json) {
         key(s, "kernel_cache");
         put(s, "{%s}", d);
@@ -509,18 +516,19 @@ static void backends_section(sb* s) {
     for (int op = 0; op < CFLASH_OP_COUNT; op++) {
         const char* opname = cflash_op_name((cflash_op)op);
         if (s->json) open_obj(s, opname);
-        for (const char* const* b = cf_backend_names; *b; b++) {
+        const char* b;
+        for (size_t i = 0; (b = cf_backend_name(i)) != NULL; i++) {
             char why[1024];
-            int ok = backend_status((cflash_op)op, *b, why, sizeof why);
+            int ok = backend_status((cflash_op)op, b, why, sizeof why);
             if (s->json) {
-                open_obj(s, *b);
+                open_obj(s, b);
                 jbool(s, "ok", ok);
                 jstr(s, "reason", ok ? NULL : why);
                 close_obj(s);
             } else if (ok) {
-                put(s, "  %-16s %-12s [OKAY]\n", opname, *b);
+                put(s, "  %-16s %-12s [OKAY]\n", opname, b);
             } else {
-                put(s, "  %-16s %-12s [NO] %s\n", opname, *b, why);
+                put(s, "  %-16s %-12s [NO] %s\n", opname, b, why);
             }
         }
         if (s->json) close_obj(s);

@@ -1,11 +1,13 @@
 /* Helpers shared by the op tests: backends to run, error comparison, the error rule's bound. */
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
-#include "common/ops_oracle.h"
+#include "oracle/ops_oracle.h"
 
-const char* const ops_backends[] = {"cpu-ref",    "cpu-generic", "cpu-avx2",
-                                    "cpu-avx512", "auto",        NULL};
+const char* const ops_backends[] = {"cpu-ref", "cpu-generic", "cpu-avx2", "cpu-avx512",
+                                    "cpu-sve", "cpu-neon",    "auto",     NULL};
 
 cflash_context* ops_context(const char* backend, int threads) {
     cflash_context* ctx = NULL;
@@ -64,11 +66,11 @@ double ops_max_abs(const double* ref, int64_t n) {
     return m;
 }
 
-double ops_bound(cf_dtype d, double factor, double naive, double maxref) {
-    double k = d == CF_F32 ? 8.0 : 2.0;
+double ops_bound(cflash_dtype d, double factor, double naive, double maxref) {
+    double k = d == CFLASH_DTYPE_F32 ? 8.0 : 2.0;
     return factor * naive + k * tt_unit_roundoff(d) * (maxref > 1.0 ? maxref : 1.0);
 }
 
-double ops_round(cf_dtype d, double x) {
-    return (double)cf_round_to(d, (float)x);
+double ops_round(cflash_dtype d, double x) {
+    return (double)cflash_round_to(d, (float)x);
 }

@@ -4,9 +4,9 @@
 #include <math.h>
 #include <string.h>
 
-#include "core/attn_api.h"
-#include "core/context.h"
-#include "core/ops_call.h"
+#include "api/attn_api.h"
+#include "api/context.h"
+#include "api/ops_api.h"
 #include "core/status.h"
 #include "core/threads.h"
 
@@ -19,11 +19,16 @@ void cflash_kvcache_params_init(cflash_kvcache_params* kp) {
     kp->cache_seqlen = -1;
 }
 
-/* The attention parameters, as attention checks and resolves them, less dropout. */
+/* The attention parameters, as attention checks and resolves them, less dropout and block
+ * offsets. */
 static cflash_status check_attn(cf_attn_call* a, const cflash_attn_params* p) {
     CFLASH_RETURN_IF(p->dropout_p != 0.0f, INVALID,
                      "dropout_p: %g, expected 0 (the KV-cache path has no dropout)",
                      (double)p->dropout_p);
+    CFLASH_RETURN_IF(p->q_offset != 0 || p->k_offset != 0, INVALID,
+                     "q_offset, k_offset: %lld, %lld, expected 0 (KV-cache positions come from "
+                     "cache_seqlens)",
+                     (long long)p->q_offset, (long long)p->k_offset);
     CFLASH_FORWARD_IF_ERROR(cf_attn_check_params(p));
     return cf_attn_apply_params(a, p);
 }

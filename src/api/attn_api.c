@@ -5,13 +5,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "core/attn_api.h"
+#include "api/attn_api.h"
+#include "api/context.h"
 #include "core/attn_call.h"
-#include "core/context.h"
+#include "core/device.h"
 #include "core/status.h"
 #include "core/tensor.h"
 #include "core/threads.h"
-#include "cuda/cuda_drv.h"
 
 #define INVALID CFLASH_ERR_INVALID_ARGUMENT
 
@@ -118,8 +118,24 @@ static cflash_status check_alibi(cf_attn_call* c, const DLTensor* t) {
     return CFLASH_OK;
 }
 
+/* A block offset (q_offset / k_offset) for rows of length s: 0 (no block), or off > 0 with
+ * off + s <= 2^32, the width of the dropout counter's row and column words. */
+static cflash_status check_offset(int64_t off, int64_t s, const char* name, const char* len) {
+    int64_t end = 0;
+    if (off == 0) return CFLASH_OK;
+    CFLASH_RETURN_IF(off < 0 || __builtin_add_overflow(off, s, &end) || end > CF_ATTN_MAX_POS,
+                     INVALID,
+                     "%s: %lld, expected 0 <= %s <= 2^32 - %s = %lld (positions fit 32 bits)", name,
+                     (long long)off, name, len, (long long)(CF_ATTN_MAX_POS - s));
+    return CFLASH_OK;
+}
+
 cflash_status cf_attn_apply_params(cf_attn_call* c, const cflash_attn_params* p) {
     CFLASH_FORWARD_IF_ERROR(check_alibi(c, p->alibi_slopes));
+    CFLASH_FORWARD_IF_ERROR(check_offset(p->q_offset, c->Sq, "q_offset", "Sq"));
+    CFLASH_FORWARD_IF_ERROR(check_offset(p->k_offset, c->Sk, "k_offset", "Sk"));
+    c->q_offset = p->q_offset;
+    c->k_offset = p->k_offset;
     c->scale = p->softmax_scale != 0.0f ? p->softmax_scale : (float)(1.0 / sqrt((double)c->D));
     c->causal = p->causal != 0;
     c->window_left = p->window_left;
@@ -133,7 +149,7 @@ cflash_status cf_attn_apply_params(cf_attn_call* c, const cflash_attn_params* p)
 }
 
 /* Reads and checks cu_seqlens; stores the host pointer and the longest sequence. cu_seqlens on
- * a CUDA device are copied to a per-thread host buffer (slot 0: q, 1: k) through the CUDA loader
+ * a CUDA device are copied to a per-thread host buffer (slot 0: q, 1: k) through the device hooks
  * to be checked; *dev keeps the device pointer for the kernels (NULL for host cu_seqlens). */
 static cflash_status check_cu(const DLTensor* t, const char* name, int64_t total,
                               const char* total_name, int64_t* B, const int32_t** cu,
@@ -168,8 +184,8 @@ static cflash_status check_cu(const DLTensor* t, const char* name, int64_t total
             host[slot] = n;
             cap[slot] = c.shape[0];
         }
-        CFLASH_FORWARD_IF_ERROR(
-            cf_cu_memcpy(c.device_id, host[slot], c.data, sizeof(int32_t) * (size_t)c.shape[0], 0));
+        CFLASH_FORWARD_IF_ERROR(cf_device_copy(kDLCUDA, c.device_id, host[slot], c.data,
+                                               sizeof(int32_t) * (size_t)c.shape[0], 0));
         *dev = c.data;
         v = host[slot];
     }
@@ -418,6 +434,9 @@ cflash_status cflash_attn_dropout_mask(const cflash_attn_params* p, DLTensor* ma
                      cf_dtype_name(m.dtype));
     CFLASH_RETURN_IF(m.device_type != kDLCPU, INVALID, "mask: on %s, expected cpu",
                      cf_device_name(m.device_type));
+    CFLASH_FORWARD_IF_ERROR(check_offset(p->q_offset, m.shape[2], "q_offset", "Sq"));
+    CFLASH_FORWARD_IF_ERROR(check_offset(p->k_offset, m.shape[3], "k_offset", "Sk"));
+    const uint64_t qo = (uint64_t)p->q_offset, ko = (uint64_t)p->k_offset;
     uint8_t* d = m.data;
     for (int64_t b = 0; b < m.shape[0]; b++)
         for (int64_t h = 0; h < m.shape[1]; h++)
@@ -425,6 +444,6 @@ cflash_status cflash_attn_dropout_mask(const cflash_attn_params* p, DLTensor* ma
                 for (int64_t j = 0; j < m.shape[3]; j++)
                     d[b * m.stride[0] + h * m.stride[1] + i * m.stride[2] + j * m.stride[3]] =
                         (uint8_t)cf_dropout_keep(p->seed, p->offset, p->dropout_p, (uint64_t)b,
-                                                 (uint64_t)h, (uint64_t)i, (uint64_t)j);
+                                                 (uint64_t)h, (uint64_t)i + qo, (uint64_t)j + ko);
     return CFLASH_OK;
 }

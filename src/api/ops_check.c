@@ -2,7 +2,7 @@
  * cache, merge): shapes, float dtypes and devices, host int32 index tensors. */
 #include <stdio.h>
 
-#include "core/ops_call.h"
+#include "api/ops_api.h"
 #include "core/status.h"
 
 #define INVALID CFLASH_ERR_INVALID_ARGUMENT

@@ -3,8 +3,8 @@
 #include <math.h>
 #include <string.h>
 
-#include "core/context.h"
-#include "core/ops_call.h"
+#include "api/context.h"
+#include "api/ops_api.h"
 #include "core/status.h"
 #include "core/threads.h"
 

@@ -6,8 +6,9 @@
 #include <omp.h>
 #endif
 
-#include "core/context.h"
+#include "api/context.h"
 #include "core/status.h"
+#include "core/strbuf.h"
 
 cflash_status cflash_context_create(cflash_context** ctx) {
     CFLASH_RETURN_IF(!ctx, CFLASH_ERR_INVALID_ARGUMENT, "ctx: is NULL, expected cflash_context**");
@@ -41,10 +42,9 @@ cflash_status cflash_context_set_backend(cflash_context* ctx, const char* name) 
     }
     if (!cf_backend_known(name)) {
         char list[512] = "";
-        for (const char* const* b = cf_backend_names; *b; b++) {
-            strncat(list, *b, sizeof list - strlen(list) - 1);
-            if (b[1]) strncat(list, ", ", sizeof list - strlen(list) - 1);
-        }
+        const char* b;
+        for (size_t i = 0; (b = cf_backend_name(i)) != NULL; i++)
+            cf_strcatf(list, sizeof list, "%s%s", i ? ", " : "", b);
         return cf_error(CFLASH_ERR_INVALID_ARGUMENT,
                         "backend: unknown name '%s', expected auto or one of: %s", name, list);
     }

@@ -3,8 +3,8 @@
 #include <stdarg.h>
 #include <stdio.h>
 
-#include "core/attn_api.h"
-#include "core/ops_call.h"
+#include "api/attn_api.h"
+#include "api/ops_api.h"
 #include "core/status.h"
 #include "dispatch/dispatch.h"
 
