@@ -5,7 +5,9 @@
 # Reads the disassembly of libcflash.so. Usage: peak_kernels.sh PATH_TO_LIBCFLASH_SO
 lib=$1
 command -v objdump >/dev/null 2>&1 || { echo "skipped: objdump not found"; exit 77; }
-[ "$(uname -m)" = x86_64 ] || { echo "skipped: the peak kernels checked here are x86-64"; exit 77; }
+# The library's own architecture, not the host's: make test-arm runs this ctest on an aarch64 build.
+objdump -f "$lib" 2>/dev/null | grep -q 'x86-64' ||
+    { echo "skipped: $lib is not an x86-64 object (the peak kernels checked here are x86-64)"; exit 77; }
 fail=0
 # check FUNCTION INSTRUCTION_REGEX: at least 16 such instructions in the function's body.
 check() {

@@ -6,6 +6,7 @@
 #ifndef CFLASH_CPU_ATTN_CPU_H
 #define CFLASH_CPU_ATTN_CPU_H
 
+#include <math.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -76,19 +77,103 @@ typedef struct attn_tile {
     int64_t b, hk, i0, i1;
     int64_t cost, idx;
 } attn_tile;
+/* The forward's tile loop, shared by backends with a tile function of their own (cpu-amx): tiles
+ * of n query rows per head over the heads of a GQA group (grouped per (sequence, KV head),
+ * heaviest first), spread over c->threads with `bytes` of workspace each (64-byte aligned);
+ * k->thread_begin/end run around each thread's tiles. */
+typedef void (*cf_attn_fwd_tile_fn)(const cf_attn_call* c, const cf_attn_kernels* k,
+                                    const void* geom, const attn_tile* t, char* ws);
+cflash_status cf_attn_cpu_fwd_run(const cf_attn_call* c, const cf_attn_kernels* k, int64_t n,
+                                  size_t bytes, cf_attn_fwd_tile_fn tile, const void* geom);
+/* Query rows per head of a tile of about `rows` rows over the group (>= 1, <= Sq). */
+int64_t cf_attn_cpu_tile_rows(const cf_attn_call* c, int64_t rows);
 /* Query tiles of n rows per (sequence, KV head), heaviest first; NULL when out of memory. */
 attn_tile* cf_attn_cpu_q_tiles(const cf_attn_call* c, int64_t n, int64_t* count);
 /* Sorts tiles heaviest first (ties by idx). */
 void cf_attn_cpu_sort_tiles(attn_tile* t, int64_t n);
 
+/* ---- The backward's pieces, shared with backends that bring their own tile functions ---- */
+
+/* The backward's driver (passes 0-2 of attn_tiled_bwd.c: dl = rowsum(dO * O), then dK/dV per key
+ * block and dQ one pass or three, threads and workspace) over a backend's tile functions. */
+typedef struct cf_attn_bwd_engine {
+    int64_t q_rows; /* dq tiles: query rows per head (three-pass mode) */
+    int64_t bk;     /* keys per dkdv block */
+    size_t bytes;   /* per-thread workspace of the tile functions */
+    /* dK, dV of keys [t->i0, t->i1) of (t->b, t->hk), written out; with dqacc (fp32 [G][sq][D] of
+     * the sequence, one pass) also dQ += dS K there. dl as cf_attn_dl reads it. */
+    void (*dkdv)(const cf_attn_call* c, const cf_attn_kernels* k, const void* geom,
+                 const attn_tile* t, char* ws, const float* dl, float* dqacc);
+    /* dQ of query tile t (three-pass mode), written out. */
+    void (*dq)(const cf_attn_call* c, const cf_attn_kernels* k, const void* geom,
+               const attn_tile* t, char* ws, const float* dl);
+    const void* geom;
+} cf_attn_bwd_engine;
+cflash_status cf_attn_cpu_bwd_run(const cf_attn_call* c, const cf_attn_kernels* k,
+                                  const cf_attn_bwd_engine* e);
+
+/* Row of (b, query qi) in the dl buffer of one head. */
+static inline int64_t cf_attn_dl_row(const cf_attn_call* c, int64_t b, int64_t qi) {
+    return c->varlen ? qi : b * c->Sq + qi;
+}
+/* dl of (b, h, query qi): rowsum(dO * O) as pass 0 left it. */
+static inline float cf_attn_dl(const cf_attn_call* c, const float* dl, int64_t b, int64_t h,
+                               int64_t qi) {
+    return dl[h * (c->varlen ? c->total_q : c->B * c->Sq) + cf_attn_dl_row(c, b, qi)];
+}
+/* The forward's lse of (b, h, qi) in log2 units, the subtrahend of exp2(x * s - m); +inf for a
+ * row that saw no key (its P is 0). */
+static inline float cf_attn_lse2(const cf_attn_call* c, int64_t b, int64_t h, int64_t qi) {
+    const float lse =
+        ((const float*)
+             c->lse.data)[b * c->lse.stride[0] + h * c->lse.stride[1] + qi * c->lse.stride[2]];
+    return lse == -INFINITY ? INFINITY : lse * 1.4426950408889634f;
+}
+/* First query row i in [0, sq) with hi(i) > j0 and one past the last with lo(i) < j1: the rows
+ * that see some key of [j0, j1) lie in [*a, *z) (lo and hi are non-decreasing in i). */
+void cf_attn_rows_seeing(const cf_attn_call* c, int64_t sq, int64_t sk, int64_t j0, int64_t j1,
+                         int64_t* a, int64_t* z);
+
+/* Element (row ri, col ci) of a block of scores is query i[ri], key j0 + ci, at
+ * s[ri * rs + ci * cs]. */
+typedef struct cf_attn_score_map {
+    int64_t nr, nc, rs, cs;
+    const int64_t* i;       /* query position per row */
+    const float* slope;     /* ALiBi slope per row */
+    int64_t j0;             /* key of column 0 */
+    const int64_t *lo, *hi; /* visible keys per row */
+} cf_attn_score_map;
+/* Applies masks (-inf) and the score transform to raw q.k scores (log2 units afterwards when
+ * transformed, untouched when plain): returns the scale exp must still apply (scale * log2(e)
+ * when plain, 1 when transformed here). y, when non-NULL, receives tanh(x / softcap) for the
+ * softcap derivative (0 where masked). */
+float cf_attn_scores(const cf_attn_call* c, const cf_attn_score_map* mp, float* s, float* y,
+                     int64_t sq, int64_t sk);
+/* Zeroes dropped entries of a block and scales kept ones by ks; row ri belongs to head hh[ri]. */
+void cf_attn_dropout_apply(const cf_attn_call* c, float* x, const cf_attn_score_map* mp,
+                           const int64_t* hh, int64_t b, float ks);
+
 /* Shared limits, checked by every CPU backend's supports(). */
 int cf_attn_cpu_supports(const cf_attn_call* c, const cf_attn_kernels* k, char* reason, size_t len);
 
-/* Blocking (tuned on Zen 5: see docs/PERF.md). */
-#define CF_ATTN_TILE_ROWS 128 /* query rows per tile, over the heads of a GQA group */
-#define CF_ATTN_BLOCK_K 128   /* keys per block */
-#define CF_ATTN_BWD_BLOCK_Q 128
-#define CF_ATTN_BWD_BLOCK_K 128
+/* Block shapes, chosen once per process (attn_blocks.c): per CPU family (vendor and family from
+ * the CPU probe; Zen 5 measured in docs/PERF.md), or from CFLASH_ATTN_BLOCKS=q,k[,bq,bk] (each
+ * 1..CF_ATTN_BLOCK_MAX; a bad value is logged and ignored). The drivers take any shape. */
+typedef struct cf_attn_blocks {
+    int64_t q;          /* forward: query rows per tile, over the heads of a GQA group */
+    int64_t k;          /* forward: keys per block */
+    int64_t bwd_q;      /* backward: query rows per block (per head) and per dQ tile (group) */
+    int64_t bwd_k;      /* backward: keys per block */
+    const char* source; /* where they came from, for logs */
+} cf_attn_blocks;
+#define CF_ATTN_BLOCK_MAX 1024
+cf_attn_blocks cf_attn_cpu_blocks(void);
+/* Parses "q,k" (backward blocks from base) or "q,k,bq,bk" into *b; 0 with the reason in why. */
+int cf_attn_blocks_parse(const char* s, const cf_attn_blocks* base, cf_attn_blocks* b, char* why,
+                         size_t len);
+/* Tests and tuning tools only: the blocks of later calls (NULL: back to the chosen ones). Not to
+ * be called while an attention call runs. */
+void cf_attn_cpu_set_blocks(const cf_attn_blocks* b);
 /* The one-pass backward's per-thread fp32 dQ buffer (G * Sq * D floats) may take at most this
  * much; longer sequences use the three-pass backward, whose workspace does not grow with Sq. */
 #define CF_ATTN_BWD_DQ_BYTES ((size_t)8 << 20)

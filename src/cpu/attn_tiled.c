@@ -1,9 +1,9 @@
 /* The tiled online-softmax attention forward shared by every fast CPU backend. A tile is up to
- * CF_ATTN_TILE_ROWS query rows taken from all query heads of one GQA group (so each K/V block is
- * read once for the group); it walks the visible key blocks computing S^T = K Q^T (Q^T packed once
- * per tile, K read in place), the online softmax down the columns, and O += P V. Threads take tiles
- * one head after another, heaviest first within a head. Per-thread workspace depends on the head
- * dims and group size only. */
+ * cf_attn_cpu_blocks().q query rows taken from all query heads of one GQA group (so each K/V block
+ * is read once for the group); it walks the visible key blocks computing S^T = K Q^T (Q^T packed
+ * once per tile, K read in place), the online softmax down the columns, and O += P V. Threads take
+ * tiles one head after another, heaviest first within a head. Per-thread workspace depends on the
+ * head dims and group size only. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -56,6 +56,7 @@ int cf_attn_cpu_supports(const cf_attn_call* c, const cf_attn_kernels* k, char* 
 
 typedef struct fwd_geom {
     int64_t G, n, M;    /* heads per group, rows per head, rows per tile (G * n) */
+    int64_t bk;         /* keys per block */
     int64_t D, Dv, Dp2; /* Dp2: pairs of D (bf16 mode) */
     int bf16;           /* 16-bit pairs mode: bf16 (gemm_bf16) or fp16 (gemm_f16) */
     /* The pairs mode's GEMM and P packing for the call's dtype. */
@@ -68,10 +69,11 @@ typedef struct fwd_geom {
 
 static void fwd_layout(const cf_attn_call* c, const cf_attn_kernels* k, fwd_geom* g) {
     memset(g, 0, sizeof *g);
+    const cf_attn_blocks bl = cf_attn_cpu_blocks();
     g->G = c->H / c->Hk;
-    g->n = CF_ATTN_TILE_ROWS / g->G > 0 ? CF_ATTN_TILE_ROWS / g->G : 1;
-    if (g->n > c->Sq && c->Sq > 0) g->n = c->Sq;
+    g->n = cf_attn_cpu_tile_rows(c, bl.q);
     g->M = g->G * g->n;
+    g->bk = bl.k;
     g->D = c->D;
     g->Dv = c->Dv;
     g->Dp2 = (c->D + 1) / 2;
@@ -87,7 +89,7 @@ static void fwd_layout(const cf_attn_call* c, const cf_attn_kernels* k, fwd_geom
         g->k_direct = c->dtype == CF_F32;
         g->v_direct = c->dtype == CF_F32;
     }
-    const int64_t BK = CF_ATTN_BLOCK_K, M = g->M;
+    const int64_t BK = g->bk, M = g->M;
     size_t off = 0;
     g->off_qt = off; /* fp32: Q^T [D][M]; bf16: pairs [Dp2][M] */
     off += align64(sizeof(float) * (size_t)(g->bf16 ? g->Dp2 : g->D) * (size_t)M);
@@ -207,7 +209,7 @@ static attn_tile* make_q_tiles(const cf_attn_call* c, int64_t n, int64_t* count,
 static void fwd_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const fwd_geom* g,
                      const attn_tile* t, char* ws) {
     const int64_t b = t->b, hk = t->hk, i0 = t->i0, na = t->i1 - t->i0, G = g->G;
-    const int64_t Mt = G * na, D = g->D, Dv = g->Dv, BK = CF_ATTN_BLOCK_K;
+    const int64_t Mt = G * na, D = g->D, Dv = g->Dv, BK = g->bk;
     int64_t q0, sq, k0, sk;
     cf_attn_seq(c, b, &q0, &sq, &k0, &sk);
     float* qt = (float*)(ws + g->off_qt);
@@ -438,19 +440,26 @@ static void fwd_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const fwd
 
 /* ---- Forward driver ------------------------------------------------------------------------- */
 
-cflash_status cf_attn_cpu_fwd(const cf_attn_call* c, const cf_attn_kernels* kk) {
-    fwd_geom g;
-    fwd_layout(c, kk, &g);
+int64_t cf_attn_cpu_tile_rows(const cf_attn_call* c, int64_t rows) {
+    const int64_t G = c->H / c->Hk;
+    int64_t n = rows / G > 0 ? rows / G : 1;
+    if (n > c->Sq && c->Sq > 0) n = c->Sq;
+    return n;
+}
+
+cflash_status cf_attn_cpu_fwd_run(const cf_attn_call* c, const cf_attn_kernels* kk, int64_t n,
+                                  size_t bytes, cf_attn_fwd_tile_fn tile, const void* geom) {
     int64_t ntiles = 0;
-    attn_tile* tiles = make_q_tiles(c, g.n, &ntiles, 1);
+    attn_tile* tiles = make_q_tiles(c, n, &ntiles, 1);
     const int T = c->threads > 0 ? c->threads : 1;
-    char* ws = aligned_alloc(64, g.bytes * (size_t)T);
+    bytes = align64(bytes);
+    char* ws = aligned_alloc(64, bytes * (size_t)T);
     if (!tiles || !ws) {
         free(tiles);
         free(ws);
         return cf_error(CFLASH_ERR_OUT_OF_MEMORY,
                         "%s attn_fwd: out of memory for %d threads x %zu bytes of workspace",
-                        kk->name, T, g.bytes);
+                        kk->name, T, bytes);
     }
 #pragma omp parallel num_threads(cf_threads_items(T, ntiles))
     {
@@ -458,16 +467,27 @@ cflash_status cf_attn_cpu_fwd(const cf_attn_call* c, const cf_attn_kernels* kk) 
 #ifdef _OPENMP
         tid = omp_get_thread_num();
 #endif
-        char* mine = ws + g.bytes * (size_t)tid;
+        char* mine = ws + bytes * (size_t)tid;
         if (kk->thread_begin) kk->thread_begin();
 #pragma omp for schedule(dynamic, 1)
         for (int64_t i = 0; i < ntiles; i++)
-            fwd_tile(c, kk, &g, &tiles[i], mine);
+            tile(c, kk, geom, &tiles[i], mine);
         if (kk->thread_end) kk->thread_end();
     }
     free(ws);
     free(tiles);
     return CFLASH_OK;
+}
+
+static void fwd_tile_fn(const cf_attn_call* c, const cf_attn_kernels* kk, const void* geom,
+                        const attn_tile* t, char* ws) {
+    fwd_tile(c, kk, geom, t, ws);
+}
+
+cflash_status cf_attn_cpu_fwd(const cf_attn_call* c, const cf_attn_kernels* kk) {
+    fwd_geom g;
+    fwd_layout(c, kk, &g);
+    return cf_attn_cpu_fwd_run(c, kk, g.n, g.bytes, fwd_tile_fn, &g);
 }
 
 attn_tile* cf_attn_cpu_q_tiles(const cf_attn_call* c, int64_t n, int64_t* count) {

@@ -295,3 +295,48 @@ int attn_grid_run(const attn_grid_opts* o, int* ran, int* skipped) {
     if (skipped) *skipped = nskip;
     return tt_failed - fails0;
 }
+
+/* ---- The one-pass backward ----------------------------------------------------------------- */
+
+int attn_grid_one_pass(const char* backend, unsigned dtypes, int threads) {
+    cflash_context* ctx = NULL;
+    CHECK_OK(cflash_context_create(&ctx));
+    CHECK_OK(cflash_context_set_backend(ctx, backend));
+    CHECK_OK(cflash_context_set_threads(ctx, threads));
+    const cf_dtype dts[3] = {CF_F32, CF_F16, CF_BF16};
+    int n = 0;
+    for (int di = 0; di < 3; di++)
+        for (int f = 0; f < 5; f++) {
+            if (dtypes && !(dtypes & (1u << dts[di]))) continue;
+            if (tt_test_level() < 0 && f % 3 != di) continue; /* emulated: each shape in one dtype */
+            attn_case c;
+            attn_case_init(&c);
+            c.B = 3, c.H = 6, c.Hk = 3, c.Sq = 97, c.Sk = 130, c.D = 40, c.Dv = 40;
+            c.dtype = dts[di];
+            c.seed = 100 + (uint64_t)(di * 10 + f);
+            if (f == 1) c.causal = 1, c.Sq = c.Sk = 150;
+            if (f == 2)
+                c.window_left = 20, c.window_right = 7, c.softcap = 1.5f, c.dropout_p = 0.2f,
+                c.alibi = ATTN_ALIBI_H;
+            if (f == 3) c.D = 33, c.Dv = 17, c.layout = TT_PADDED, c.Hk = 6, c.B = 2; /* odd dims */
+            if (f == 4) {
+                c.varlen = 1, c.B = 3;
+                const int32_t lq[3] = {70, 1, 33}, lk[3] = {64, 90, 5};
+                for (int b = 0; b < 3; b++)
+                    c.seqlens_q[b] = lq[b], c.seqlens_k[b] = lk[b];
+                c.causal = 1;
+            }
+            attn_problem* p = attn_problem_new(&c);
+            CHECK(p != NULL);
+            if (!p) continue;
+            char msg[768];
+            CHECK_OK(attn_problem_run_bwd(ctx, p));
+            CHECK_MSG(attn_problem_check_fwd(p, msg, sizeof msg), "%s: %s", backend, msg);
+            CHECK_MSG(attn_problem_check_bwd(p, msg, sizeof msg), "%s: %s", backend, msg);
+            attn_problem_free(p);
+            n++;
+        }
+    printf("%s one-pass backward: %d cases\n", backend, n);
+    cflash_context_free(ctx);
+    return n;
+}

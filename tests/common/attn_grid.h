@@ -32,6 +32,12 @@ typedef struct attn_grid_opts {
     int verbose; /* print every case with its errors */
 } attn_grid_opts;
 
+/* Problems with at least 4 x threads (sequence, KV head) units, so the CPU backward takes its
+ * one-pass path (dQ accumulated per unit) as well as the three-pass one the small grid cases use:
+ * forward and backward on backend with `threads` threads, dtypes as in attn_grid_opts (0 = all),
+ * every feature. One CHECK per step; returns the cases run. */
+int attn_grid_one_pass(const char* backend, unsigned dtypes, int threads);
+
 /* Runs the grid, recording one CHECK per case and direction. Returns the number of failures;
  * *ran / *skipped (may be NULL) get the cases run and skipped. */
 int attn_grid_run(const attn_grid_opts* o, int* ran, int* skipped);
