@@ -23,9 +23,9 @@ extern "C" {
 #endif
 
 #define CFLASH_VERSION_MAJOR 0
-#define CFLASH_VERSION_MINOR 1
+#define CFLASH_VERSION_MINOR 2
 #define CFLASH_VERSION_PATCH 0
-/* MAJOR * 10000 + MINOR * 100 + PATCH of this header (0.1.0 -> 100). */
+/* MAJOR * 10000 + MINOR * 100 + PATCH of this header (0.2.0 -> 200). */
 #define CFLASH_VERSION_NUMBER                                                                      \
     (CFLASH_VERSION_MAJOR * 10000 + CFLASH_VERSION_MINOR * 100 + CFLASH_VERSION_PATCH)
 
@@ -70,6 +70,20 @@ CFLASH_API cflash_status cflash_context_set_threads(cflash_context* ctx, int n);
 CFLASH_API cflash_status cflash_context_set_backend(cflash_context* ctx, const char* name);
 /* A CUstream as void*; NULL = the default stream. */
 CFLASH_API cflash_status cflash_context_set_cuda_stream(cflash_context* ctx, void* stream);
+
+/* Explain mode: the next op call on ctx (any function below that takes a ctx) is validated and
+ * dispatched as for real, on the same code path, but nothing is computed and nothing written.
+ * Instead buf receives one line per backend considered, "NAME: OKAY" or "NAME: NO: reason", and
+ * a last line "-> NAME" (or "-> none"); a call rejected before any backend is considered (a bad
+ * argument) gets "not dispatched: STATUS: message" and "-> none". The call returns CFLASH_OK when
+ * some backend would serve, else the status (and message) the real call would return. Then the
+ * mode clears itself: it covers exactly one call, whether that call succeeds or fails.
+ * Text longer than len - 1 bytes is cut; buf must stay valid until that call returns.
+ * buf NULL or len 0: clears the mode (the next call runs for real). ctx NULL is an error: explain
+ * mode belongs to a context (a call made with ctx = NULL is never explained). Like the context's
+ * other settings, the mode is not per thread: set it and make the call from the one thread that
+ * uses the context at that time. */
+CFLASH_API cflash_status cflash_context_set_explain(cflash_context* ctx, char* buf, size_t len);
 
 /* ---- Attention --------------------------------------------------------------------------- */
 
@@ -335,8 +349,9 @@ CFLASH_API cflash_status cflash_attn_merge(cflash_context* ctx, const DLTensor* 
                                            const DLTensor* lse_partial, DLTensor* out,
                                            DLTensor* lse);
 
-/* ---- Explain and report ------------------------------------------------------------------ */
+/* ---- Ops and the report ------------------------------------------------------------------ */
 
+/* The library's ops, as the report's op x backend table and the dispatcher's messages name them. */
 typedef enum cflash_op {
     CFLASH_OP_ATTN_FWD = 0,
     CFLASH_OP_ATTN_BWD,
@@ -350,15 +365,6 @@ typedef enum cflash_op {
     CFLASH_OP_COUNT
 } cflash_op;
 
-/* Which backend would serve a call and why the others would not, on the same code path as the
- * call itself, without computing or writing any output. The arguments after buf_len are exactly
- * those of the op's function after ctx (for CFLASH_OP_ATTN_FWD: p, q, k, v, out, lse).
- * buf receives one line per backend considered, "NAME: OKAY" or "NAME: NO: reason", and a last
- * line "-> NAME" (or "-> none"). Returns CFLASH_OK when some backend would serve, else the
- * status the call would return. */
-CFLASH_API cflash_status cflash_explain(cflash_context* ctx, cflash_op op, char* buf,
-                                        size_t buf_len, ...);
-
 /* Name of an op ("attn_fwd", ...), NULL if out of range. */
 CFLASH_API const char* cflash_op_name(cflash_op op);
 
@@ -368,7 +374,7 @@ CFLASH_API const char* cflash_op_name(cflash_op op);
  * variables in effect, CPU (vendor, model, cores, caches, ISA features, AVX-512 and AMX with the
  * reason when not usable), CUDA driver and devices, NVRTC (version, supported archs), cuFile, the
  * kernel cache, and the op x backend table ([OKAY], or [NO] with the reason; "[OKAY]" means the
- * backend can run here, each call is still checked: see cflash_explain).
+ * backend can run here, each call is still checked: see cflash_context_set_explain).
  * json = 0: text lines; json = 1: one JSON object. Writes at most len bytes into buf, always
  * NUL-terminated when len > 0 (buf may be NULL when len is 0), and returns the length the whole
  * report needs, excluding the NUL (like snprintf): call again with a larger buffer when the result

@@ -13,7 +13,7 @@ static const char* const backends[] = {"cpu-amx", "cpu-avx512", "cpu-avx2",
 /* The dtypes each serves (bit 1 << cf_dtype; 0 = all): cpu-amx is bf16 and fp16 only. */
 static const unsigned backend_dtypes[] = {(1u << CF_BF16) | (1u << CF_F16), 0, 0, 0, 0, 0};
 
-/* The line "NAME: ..." of cflash_explain for a small forward in a dtype NAME serves: whether NAME
+/* The line "NAME: ..." of explain mode for a small forward in a dtype NAME serves: whether NAME
  * can run here, and the reason when not. */
 static int backend_available(const char* name, cf_dtype dt, char* why, size_t len) {
     attn_case c;
@@ -26,10 +26,8 @@ static int backend_available(const char* name, cf_dtype dt, char* why, size_t le
     cflash_context_create(&ctx);
     cflash_context_set_backend(ctx, name);
     char buf[2048] = "";
-    attn_dl t;
-    attn_problem_host_dl(p, &t);
-    cflash_status s = cflash_explain(ctx, CFLASH_OP_ATTN_FWD, buf, sizeof buf, &p->params, t.q, t.k,
-                                     t.v, t.out, t.lse);
+    cflash_context_set_explain(ctx, buf, sizeof buf);
+    cflash_status s = attn_problem_call_fwd(ctx, p, NULL);
     why[0] = 0;
     const char* line = strstr(buf, name);
     if (line) {

@@ -487,18 +487,17 @@ static void test_context_and_dispatch(void) {
     CHECK_OK(fwd(&A));
     unsetenv("CFLASH_BACKEND");
 
-    /* explain */
+    /* explain mode: needs a context; a bad call explained gives the call's error */
     char buf[512];
-    CHECK_ERR(cflash_explain(NULL, CFLASH_OP_ATTN_FWD, NULL, 10), INV,
-              "buf: NULL or empty, expected a buffer");
-    CHECK_ERR(cflash_explain(NULL, CFLASH_OP_ATTN_FWD, buf, 0), INV, "buf: NULL or empty");
-    CHECK_ERR(cflash_explain(NULL, (cflash_op)99, buf, sizeof buf), INV,
-              "op: 99, expected a cflash_op below");
+    CHECK_ERR(cflash_context_set_explain(NULL, buf, sizeof buf), INV,
+              "ctx: is NULL, expected a context");
+    CHECK_OK(cflash_context_set_backend(ctx, NULL));
     A.p.dropout_p = 2.0f;
     h0 = out_hash();
-    CHECK_ERR(cflash_explain(NULL, CFLASH_OP_ATTN_FWD, buf, sizeof buf, &A.p, t[Q], t[K], t[V],
-                             t[OUT], t[LSE]),
-              INV, "dropout_p: 2");
+    CHECK_OK(cflash_context_set_explain(ctx, buf, sizeof buf));
+    CHECK_ERR(cflash_attn_fwd(ctx, &A.p, t[Q], t[K], t[V], t[OUT], t[LSE]), INV, "dropout_p: 2");
+    CHECK_MSG(strstr(buf, "not dispatched: CFLASH_ERR_INVALID_ARGUMENT: dropout_p: 2"),
+              "explain: %s", buf);
     CHECK_MSG(out_hash() == h0, "explain wrote caller memory");
     cflash_context_free(ctx);
 }

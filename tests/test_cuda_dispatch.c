@@ -55,8 +55,8 @@ static void mkprob(prob* p, cf_dtype dt, int64_t D, uintptr_t qaddr) {
 static cflash_status explain_fwd(prob* p, char* buf, size_t n) {
     cflash_attn_params prm;
     cflash_attn_params_init(&prm);
-    return cflash_explain(NULL, CFLASH_OP_ATTN_FWD, buf, n, &prm, &p->q.t, &p->k.t, &p->v.t,
-                          &p->out.t, &p->lse.t);
+    return cflash_attn_fwd(tt_explain(buf, n), &prm, &p->q.t, &p->k.t, &p->v.t, &p->out.t,
+                           &p->lse.t);
 }
 
 #define CHECK_HAS(buf, sub)                                                                        \
@@ -100,13 +100,13 @@ static void test_choice(void) {
     mkprob(&p, CF_BF16, 64, 0x7f0000000000);
     cflash_attn_params prm;
     cflash_attn_params_init(&prm);
-    CHECK_OK(cflash_explain(NULL, CFLASH_OP_ATTN_BWD, buf, sizeof buf, &prm, &p.dout.t, &p.q.t,
-                            &p.k.t, &p.v.t, &p.out.t, &p.lse.t, &p.dq.t, &p.dk.t, &p.dv.t));
+    CHECK_OK(cflash_attn_bwd(tt_explain(buf, sizeof buf), &prm, &p.dout.t, &p.q.t, &p.k.t, &p.v.t,
+                             &p.out.t, &p.lse.t, &p.dq.t, &p.dk.t, &p.dv.t));
     CHECK_HAS(buf, "-> cuda-mma");
     /* Head dim 128: the backward's 70144 bytes of shared memory exceed the fake's 48 KB. */
     mkprob(&p, CF_BF16, 128, 0x7f0000000000);
-    CHECK_OK(cflash_explain(NULL, CFLASH_OP_ATTN_BWD, buf, sizeof buf, &prm, &p.dout.t, &p.q.t,
-                            &p.k.t, &p.v.t, &p.out.t, &p.lse.t, &p.dq.t, &p.dk.t, &p.dv.t));
+    CHECK_OK(cflash_attn_bwd(tt_explain(buf, sizeof buf), &prm, &p.dout.t, &p.q.t, &p.k.t, &p.v.t,
+                             &p.out.t, &p.lse.t, &p.dq.t, &p.dk.t, &p.dv.t));
     CHECK_HAS(buf, "cuda-mma: NO: backward needs 70144 bytes of shared memory");
     CHECK_HAS(buf, "-> cuda-simt");
 

@@ -533,10 +533,11 @@ static void test_errors(void) {
     CHECK(!memcmp(p.kc.base, p.kc0.base, p.kc.bytes) && !memcmp(p.vc.base, p.vc0.base, p.vc.bytes));
     CHECK(tt_count_nan(&p.out) == p.out.numel);
     char buf[512];
-    CHECK_OK(cflash_explain(NULL, CFLASH_OP_KVCACHE_FWD, buf, sizeof buf, &ap, &kp, &p.q.dl,
-                            &p.kc.dl, &p.vc.dl, &p.out.dl, &p.lse.dl));
+    CHECK_OK(cflash_attn_kvcache_fwd(tt_explain(buf, sizeof buf), &ap, &kp, &p.q.dl, &p.kc.dl,
+                                     &p.vc.dl, &p.out.dl, &p.lse.dl));
     CHECK_MSG(strstr(buf, "cpu-ref: OKAY"), "explain: %s", buf);
     CHECK(!memcmp(p.kc.base, p.kc0.base, p.kc.bytes)); /* explain writes nothing */
+    CHECK(!memcmp(p.vc.base, p.vc0.base, p.vc.bytes) && tt_count_nan(&p.out) == p.out.numel);
 #undef CALL
     release(&p);
 }

@@ -335,9 +335,10 @@ static void test_errors(void) {
     CHECK_ERR(cflash_rotary_tables(&tp, &c.dl, &s.dl), INV, "interpolation_factor: -1");
     /* explain: the same path */
     char buf[512];
-    CHECK_OK(
-        cflash_explain(NULL, CFLASH_OP_ROTARY, buf, sizeof buf, &p, &x.dl, &c.dl, &s.dl, &o.dl));
+    tt_poison(&o);
+    CHECK_OK(cflash_rotary_apply(tt_explain(buf, sizeof buf), &p, &x.dl, &c.dl, &s.dl, &o.dl));
     CHECK_MSG(strstr(buf, "cpu-ref: OKAY") && strstr(buf, "-> "), "explain: %s", buf);
+    CHECK(tt_count_nan(&o) == o.numel);
     tt_free(&x), tt_free(&c), tt_free(&s), tt_free(&o);
 }
 

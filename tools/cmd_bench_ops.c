@@ -147,12 +147,20 @@ static void run_job(void* p) {
     if (s != CFLASH_OK) j->status = s;
 }
 
-static const char* served_by(const char* text, char* name, size_t n) {
+/* The backend that would serve j's call ("-> NAME" of explain mode on ctx, then the call itself),
+ * into name. Prints the library's message and returns non-zero when the call would fail. */
+static int served_by(const char* op, cflash_context* ctx, job* j, char* name, size_t n) {
+    char text[1024];
+    cflash_context_set_explain(ctx, text, sizeof text);
+    if (j->fn(j->arg) != CFLASH_OK) {
+        fprintf(stderr, "cflash bench %s: %s\n", op, cflash_last_error());
+        return 1;
+    }
     const char* a = strstr(text, "-> ");
     snprintf(name, n, "%s", a ? a + 3 : "?");
     char* nl = strchr(name, '\n');
     if (nl) *nl = 0;
-    return name;
+    return 0;
 }
 
 /* The same-run bandwidth reference: a copy of 256 MB into 256 MB (each far larger than the
@@ -184,8 +192,12 @@ static int cmp_d(const void* x, const void* y) {
     return a < b ? -1 : a > b;
 }
 
-static int report(const char* op, const cf_problem* pr, const char* shape, const char* backend,
+/* Times j (the op's call on ctx) against the copy and prints the line; the call is explained
+ * first, for the backend's name. */
+static int report(const char* op, const cf_problem* pr, const char* shape, cflash_context* ctx,
                   job* j, double bytes) {
+    char backend[64];
+    if (served_by(op, ctx, j, backend, sizeof backend)) return 1;
     int threads = pr->threads;
 #ifdef _OPENMP
     if (threads <= 0) threads = omp_get_max_threads();
@@ -296,13 +308,7 @@ int cf_cmd_bench_rotary(int argc, char** argv) {
     cflash_rotary_params_init(&a.p);
     a.p.interleaved = f.interleaved;
     a.inplace = f.inplace;
-    char text[1024], be[64], shape[128];
-    cflash_status s = cflash_explain(a.ctx, CFLASH_OP_ROTARY, text, sizeof text, &a.p, &a.x.dl,
-                                     &a.cs.dl, &a.sn.dl, f.inplace ? NULL : &a.out.dl);
-    if (s != CFLASH_OK) {
-        fprintf(stderr, "cflash bench rotary: %s\n", cflash_last_error());
-        return 1;
-    }
+    char shape[128];
     snprintf(shape, sizeof shape, "x(%lld,%lld,%lld,%lld) rd%lld%s%s", (long long)B, (long long)S,
              (long long)H, (long long)D, (long long)rd, f.interleaved ? " interleaved" : "",
              f.inplace ? " inplace" : "");
@@ -311,7 +317,7 @@ int cf_cmd_bench_rotary(int argc, char** argv) {
     double bytes = n * es + (f.inplace ? n * es * (double)rd / (double)D : n * es) +
                    2.0 * (double)(S * (rd / 2)) * 4.0;
     job j = {rot_call, &a, CFLASH_OK};
-    int rc = report("rotary", &pr, shape, served_by(text, be, sizeof be), &j, bytes);
+    int rc = report("rotary", &pr, shape, a.ctx, &j, bytes);
     tens_free(&a.x), tens_free(&a.cs), tens_free(&a.sn), tens_free(&a.out);
     cflash_context_free(a.ctx);
     return rc;
@@ -350,19 +356,12 @@ int cf_cmd_bench_norm(int argc, char** argv) {
         return 1;
     cflash_norm_params_init(&a.p);
     a.p.type = f.layer ? CFLASH_NORM_LAYER : CFLASH_NORM_RMS;
-    char text[1024], be[64], shape[128];
-    cflash_status s = cflash_explain(a.ctx, CFLASH_OP_NORM_FWD, text, sizeof text, &a.p, &a.x.dl,
-                                     f.residual ? &a.res.dl : NULL, &a.w.dl, NULL, &a.out.dl,
-                                     f.residual ? &a.resout.dl : NULL, NULL, NULL);
-    if (s != CFLASH_OK) {
-        fprintf(stderr, "cflash bench norm: %s\n", cflash_last_error());
-        return 1;
-    }
+    char shape[128];
     snprintf(shape, sizeof shape, "%s x(%lld,%lld)%s", f.layer ? "layernorm" : "rmsnorm",
              (long long)M, (long long)N, f.residual ? " +residual" : "");
     double bytes = (double)(M * N) * (double)cflash_dtype_size(pr.dtype) * (f.residual ? 4.0 : 2.0);
     job j = {norm_call, &a, CFLASH_OK};
-    int rc = report("norm", &pr, shape, served_by(text, be, sizeof be), &j, bytes);
+    int rc = report("norm", &pr, shape, a.ctx, &j, bytes);
     tens_free(&a.x), tens_free(&a.w), tens_free(&a.out), tens_free(&a.res), tens_free(&a.resout);
     cflash_context_free(a.ctx);
     return rc;
@@ -412,13 +411,7 @@ int cf_cmd_bench_decode(int argc, char** argv) {
     a.kp.cache_seqlen = Sk;
     a.kp.block_table = f.page ? &a.bt.dl : NULL;
     a.kp.num_splits = f.splits >= 0 ? (int)f.splits : 0;
-    char text[1024], be[64], shape[160];
-    cflash_status s = cflash_explain(a.ctx, CFLASH_OP_KVCACHE_FWD, text, sizeof text, &a.p, &a.kp,
-                                     &a.q.dl, &a.kc.dl, &a.vc.dl, &a.out.dl, &a.lse.dl);
-    if (s != CFLASH_OK) {
-        fprintf(stderr, "cflash bench decode: %s\n", cflash_last_error());
-        return 1;
-    }
+    char shape[160];
     snprintf(shape, sizeof shape, "B%lld H%lld/%lld D%lld Sq%lld Sk%lld%s%s", (long long)B,
              (long long)H, (long long)Hk, (long long)D, (long long)Sq, (long long)Sk,
              f.page ? " paged" : "", pr.causal ? " causal" : "");
@@ -427,7 +420,7 @@ int cf_cmd_bench_decode(int argc, char** argv) {
     double es = (double)cflash_dtype_size(pr.dtype);
     double bytes = 2.0 * (double)(B * Sk * Hk * D) * es + 2.0 * (double)(B * Sq * H * D) * es;
     job j = {dec_call, &a, CFLASH_OK};
-    int rc = report("decode", &pr, shape, served_by(text, be, sizeof be), &j, bytes);
+    int rc = report("decode", &pr, shape, a.ctx, &j, bytes);
     tens_free(&a.q), tens_free(&a.kc), tens_free(&a.vc), tens_free(&a.out), tens_free(&a.lse),
         tens_free(&a.bt);
     cflash_context_free(a.ctx);
@@ -462,20 +455,14 @@ int cf_cmd_bench_merge(int argc, char** argv) {
         tens_new(&a.lp, CFLASH_DTYPE_F32, 4, pl, 2) || tens_new(&a.out, pr.dtype, 4, os, 3) ||
         tens_new(&a.lse, CFLASH_DTYPE_F32, 3, ls, 4))
         return 1;
-    char text[1024], be[64], shape[128];
-    cflash_status s = cflash_explain(a.ctx, CFLASH_OP_ATTN_MERGE, text, sizeof text, &a.op.dl,
-                                     &a.lp.dl, &a.out.dl, &a.lse.dl);
-    if (s != CFLASH_OK) {
-        fprintf(stderr, "cflash bench merge: %s\n", cflash_last_error());
-        return 1;
-    }
+    char shape[128];
     snprintf(shape, sizeof shape, "%lld x (%lld,%lld,%lld,%lld)", (long long)NS, (long long)B,
              (long long)Sq, (long long)H, (long long)D);
     double es = (double)cflash_dtype_size(pr.dtype), n = (double)(B * Sq * H * D);
     double bytes =
         (double)NS * (n * es + (double)(B * H * Sq) * 4.0) + n * es + (double)(B * H * Sq) * 4.0;
     job j = {merge_call, &a, CFLASH_OK};
-    int rc = report("merge", &pr, shape, served_by(text, be, sizeof be), &j, bytes);
+    int rc = report("merge", &pr, shape, a.ctx, &j, bytes);
     tens_free(&a.op), tens_free(&a.lp), tens_free(&a.out), tens_free(&a.lse);
     cflash_context_free(a.ctx);
     return rc;

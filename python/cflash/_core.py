@@ -45,10 +45,10 @@ class _Args(list):
 
 def _run(name, op, what, x, *args):
     """Calls the library function `name` on x's device (CUDA: that device current, torch's current
-    stream), or, while cflash.explain() collects, asks cflash_explain about the same arguments
-    (same validation and selection code, nothing computed or written). Pointer arguments are
-    addresses (ints), params by ctypes.byref. Returns the status when `what` is None (the caller
-    handles a failure), else raises on one."""
+    stream); while cflash.explain() collects, the call is made in the context's explain mode
+    (same validation and selection code, nothing computed or written) and its text is collected
+    under `op`. Pointer arguments are addresses (ints), params by ctypes.byref. Returns the status
+    when `what` is None (the caller handles a failure), else raises on one."""
     if type(x) is np.ndarray or x.is_cpu:
         return _run_on(name, op, what, _lib.context(None), args)
     with device_guard(x):
@@ -64,8 +64,11 @@ def _run_on(name, op, what, ctx, args):
         check(st, what)
         return st
     buf = ctypes.create_string_buffer(16384)
-    cargs = [_void(a) if type(a) is int else a for a in args]  # varargs: addresses as pointers
-    st = lib.cflash_explain(ctx, ctypes.c_int(_lib.OPS[op]), buf, ctypes.c_size_t(len(buf)), *cargs)
+    check(lib.cflash_context_set_explain(ctx, buf, len(buf)), "explain")
+    try:
+        st = _fast.handle(name)(ctx, *args)
+    finally:  # the mode covers one call: never leave it set for a later real call
+        lib.cflash_context_set_explain(ctx, None, 0)
     text = buf.value.decode("utf-8", "replace")
     if st != _lib.OK and not text:
         text = "error: " + _lib.last_error()

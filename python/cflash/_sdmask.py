@@ -1,6 +1,6 @@
 """flash-attn's S_dmask, the third result of return_attn_probs=True, in the form its CUDA kernel
 writes it, so that code (and tests) that decode it work unchanged. Materialised in NumPy from the
-fp64 reference scores: meant for tests and inspection, not for speed.
+fp64 scores of _scores.py (not the test oracle): meant for tests and inspection, not for speed.
 
 flash-attn (2.x) returns it only with dropout (an empty tensor otherwise), shaped (batch, nheads,
 round_multiple(seqlen_q, 128), round_multiple(seqlen_k, 128)), in q's dtype. Its kernel walks the
@@ -11,7 +11,7 @@ the padding hold 0 (flash-attn leaves some of them unwritten)."""
 
 import numpy as np
 
-from . import _core, reference
+from . import _core, _scores
 from ._tensor import is_torch
 
 
@@ -85,7 +85,7 @@ def s_dmask(q, k, softmax_scale, causal, window_size, softcap, alibi_slopes, dro
         Sq, Sk = qb.shape[1], kb.shape[1]
         if Sq == 0 or Sk == 0:
             continue
-        t = reference.scores(qb, kb, softmax_scale, causal, window_size, softcap, ab)
+        t = _scores.scores(qb, kb, softmax_scale, causal, window_size, softcap, ab)
         if keep_all is not None:
             keep = keep_all[b:b + 1]
         else:  # varlen: sequence b's mask is keyed by index b, rows and columns within it

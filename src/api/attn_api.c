@@ -340,11 +340,13 @@ static cflash_status check_lse_for(cf_attn_call* c, const DLTensor* lse) {
 }
 
 /* ---- Entry points ------------------------------------------------------------------------- */
+/* The batch and varlen calls share one body each; every public function returns through
+ * cf_context_end_call (explain mode). */
 
-cflash_status cf_attn_fwd_entry(cflash_context* ctx, cf_explain* explain, int varlen,
-                                const cflash_attn_params* p, const DLTensor* q, const DLTensor* k,
-                                const DLTensor* v, const DLTensor* cu_q, const DLTensor* cu_k,
-                                int64_t max_q, int64_t max_k, DLTensor* out, DLTensor* lse) {
+static cflash_status attn_fwd(cflash_context* ctx, int varlen, const cflash_attn_params* p,
+                              const DLTensor* q, const DLTensor* k, const DLTensor* v,
+                              const DLTensor* cu_q, const DLTensor* cu_k, int64_t max_q,
+                              int64_t max_k, DLTensor* out, DLTensor* lse) {
     cf_attn_call c;
     CFLASH_FORWARD_IF_ERROR(check_qkv(ctx, &c, varlen, 0, p, q, k, v, cu_q, cu_k, max_q, max_k));
     const char* ol = varlen ? "(total_q, H, Dv)" : "(B, Sq, H, Dv)";
@@ -354,16 +356,15 @@ cflash_status cf_attn_fwd_entry(cflash_context* ctx, cf_explain* explain, int va
     CFLASH_FORWARD_IF_ERROR(check_output(out, "out"));
     CFLASH_FORWARD_IF_ERROR(check_output(lse, "lse"));
     cflash_op op = varlen ? CFLASH_OP_ATTN_VARLEN_FWD : CFLASH_OP_ATTN_FWD;
-    if (!explain && (c.B == 0 || (varlen ? c.total_q : c.Sq) == 0)) return CFLASH_OK;
-    return cf_dispatch(op, c.device_type, cf_context_backend(ctx), &c, explain);
+    return cf_context_dispatch(ctx, op, c.device_type, &c,
+                               c.B == 0 || (varlen ? c.total_q : c.Sq) == 0);
 }
 
-cflash_status cf_attn_bwd_entry(cflash_context* ctx, cf_explain* explain, int varlen,
-                                const cflash_attn_params* p, const DLTensor* dout,
-                                const DLTensor* q, const DLTensor* k, const DLTensor* v,
-                                const DLTensor* out, const DLTensor* lse, const DLTensor* cu_q,
-                                const DLTensor* cu_k, int64_t max_q, int64_t max_k, DLTensor* dq,
-                                DLTensor* dk, DLTensor* dv) {
+static cflash_status attn_bwd(cflash_context* ctx, int varlen, const cflash_attn_params* p,
+                              const DLTensor* dout, const DLTensor* q, const DLTensor* k,
+                              const DLTensor* v, const DLTensor* out, const DLTensor* lse,
+                              const DLTensor* cu_q, const DLTensor* cu_k, int64_t max_q,
+                              int64_t max_k, DLTensor* dq, DLTensor* dk, DLTensor* dv) {
     cf_attn_call c;
     CFLASH_FORWARD_IF_ERROR(check_qkv(ctx, &c, varlen, 1, p, q, k, v, cu_q, cu_k, max_q, max_k));
     int64_t sq = varlen ? c.total_q : c.Sq, sk = varlen ? c.total_k : c.Sk;
@@ -384,21 +385,20 @@ cflash_status cf_attn_bwd_entry(cflash_context* ctx, cf_explain* explain, int va
     CFLASH_FORWARD_IF_ERROR(check_output(dk, "dk"));
     CFLASH_FORWARD_IF_ERROR(check_output(dv, "dv"));
     cflash_op op = varlen ? CFLASH_OP_ATTN_VARLEN_BWD : CFLASH_OP_ATTN_BWD;
-    if (!explain && c.B == 0) return CFLASH_OK;
-    return cf_dispatch(op, c.device_type, cf_context_backend(ctx), &c, explain);
+    return cf_context_dispatch(ctx, op, c.device_type, &c, c.B == 0);
 }
 
 cflash_status cflash_attn_fwd(cflash_context* ctx, const cflash_attn_params* p, const DLTensor* q,
                               const DLTensor* k, const DLTensor* v, DLTensor* out, DLTensor* lse) {
-    return cf_attn_fwd_entry(ctx, NULL, 0, p, q, k, v, NULL, NULL, 0, 0, out, lse);
+    return cf_context_end_call(ctx, attn_fwd(ctx, 0, p, q, k, v, NULL, NULL, 0, 0, out, lse));
 }
 
 cflash_status cflash_attn_bwd(cflash_context* ctx, const cflash_attn_params* p,
                               const DLTensor* dout, const DLTensor* q, const DLTensor* k,
                               const DLTensor* v, const DLTensor* out, const DLTensor* lse,
                               DLTensor* dq, DLTensor* dk, DLTensor* dv) {
-    return cf_attn_bwd_entry(ctx, NULL, 0, p, dout, q, k, v, out, lse, NULL, NULL, 0, 0, dq, dk,
-                             dv);
+    return cf_context_end_call(
+        ctx, attn_bwd(ctx, 0, p, dout, q, k, v, out, lse, NULL, NULL, 0, 0, dq, dk, dv));
 }
 
 cflash_status cflash_attn_varlen_fwd(cflash_context* ctx, const cflash_attn_params* p,
@@ -406,8 +406,8 @@ cflash_status cflash_attn_varlen_fwd(cflash_context* ctx, const cflash_attn_para
                                      const DLTensor* cu_seqlens_q, const DLTensor* cu_seqlens_k,
                                      int64_t max_seqlen_q, int64_t max_seqlen_k, DLTensor* out,
                                      DLTensor* lse) {
-    return cf_attn_fwd_entry(ctx, NULL, 1, p, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
-                             max_seqlen_k, out, lse);
+    return cf_context_end_call(ctx, attn_fwd(ctx, 1, p, q, k, v, cu_seqlens_q, cu_seqlens_k,
+                                             max_seqlen_q, max_seqlen_k, out, lse));
 }
 
 cflash_status cflash_attn_varlen_bwd(cflash_context* ctx, const cflash_attn_params* p,
@@ -416,8 +416,8 @@ cflash_status cflash_attn_varlen_bwd(cflash_context* ctx, const cflash_attn_para
                                      const DLTensor* cu_seqlens_q, const DLTensor* cu_seqlens_k,
                                      int64_t max_seqlen_q, int64_t max_seqlen_k, DLTensor* dq,
                                      DLTensor* dk, DLTensor* dv) {
-    return cf_attn_bwd_entry(ctx, NULL, 1, p, dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k,
-                             max_seqlen_q, max_seqlen_k, dq, dk, dv);
+    return cf_context_end_call(ctx, attn_bwd(ctx, 1, p, dout, q, k, v, out, lse, cu_seqlens_q,
+                                             cu_seqlens_k, max_seqlen_q, max_seqlen_k, dq, dk, dv));
 }
 
 /* ---- Dropout mask ------------------------------------------------------------------------- */

@@ -40,10 +40,10 @@ static cflash_status same_as_q(const cf_view* v, const char* name, const cf_view
     return CFLASH_OK;
 }
 
-cflash_status cf_kvcache_entry(cflash_context* ctx, cf_explain* explain,
-                               const cflash_attn_params* p, const cflash_kvcache_params* kp,
-                               const DLTensor* q, DLTensor* k_cache, DLTensor* v_cache,
-                               DLTensor* out, DLTensor* lse) {
+static cflash_status kvcache_fwd(cflash_context* ctx, const cflash_attn_params* p,
+                                 const cflash_kvcache_params* kp, const DLTensor* q,
+                                 DLTensor* k_cache, DLTensor* v_cache, DLTensor* out,
+                                 DLTensor* lse) {
     cflash_attn_params pd;
     cflash_kvcache_params kd;
     if (!p) cflash_attn_params_init(&pd), p = &pd;
@@ -236,13 +236,12 @@ cflash_status cf_kvcache_entry(cflash_context* ctx, cf_explain* explain,
                                             (CF_MIN_BYTES_PER_THREAD / CF_MIN_FLOPS_PER_THREAD),
                                     0);
     a->stream = ctx ? ctx->cuda_stream : NULL;
-    if (!explain && a->B == 0) return CFLASH_OK;
-    return cf_dispatch(CFLASH_OP_KVCACHE_FWD, a->device_type, cf_context_backend(ctx), &c, explain);
+    return cf_context_dispatch(ctx, CFLASH_OP_KVCACHE_FWD, a->device_type, &c, a->B == 0);
 }
 
 cflash_status cflash_attn_kvcache_fwd(cflash_context* ctx, const cflash_attn_params* p,
                                       const cflash_kvcache_params* kp, const DLTensor* q,
                                       DLTensor* k_cache, DLTensor* v_cache, DLTensor* out,
                                       DLTensor* lse) {
-    return cf_kvcache_entry(ctx, NULL, p, kp, q, k_cache, v_cache, out, lse);
+    return cf_context_end_call(ctx, kvcache_fwd(ctx, p, kp, q, k_cache, v_cache, out, lse));
 }

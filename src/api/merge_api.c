@@ -9,8 +9,8 @@
 
 #define INVALID CFLASH_ERR_INVALID_ARGUMENT
 
-cflash_status cf_merge_entry(cflash_context* ctx, cf_explain* explain, const DLTensor* out_partial,
-                             const DLTensor* lse_partial, DLTensor* out, DLTensor* lse) {
+static cflash_status attn_merge(cflash_context* ctx, const DLTensor* out_partial,
+                                const DLTensor* lse_partial, DLTensor* out, DLTensor* lse) {
     cf_merge_call c;
     memset(&c, 0, sizeof c);
     CFLASH_FORWARD_IF_ERROR(
@@ -48,11 +48,10 @@ cflash_status cf_merge_entry(cflash_context* ctx, cf_explain* explain, const DLT
             ((double)c.NS * (double)cf_dtype_size(c.op.dtype) + (double)cf_dtype_size(c.out.dtype)),
         0);
     c.stream = ctx ? ctx->cuda_stream : NULL;
-    if (!explain && c.B * c.Sq * c.H == 0) return CFLASH_OK;
-    return cf_dispatch(CFLASH_OP_ATTN_MERGE, c.device_type, cf_context_backend(ctx), &c, explain);
+    return cf_context_dispatch(ctx, CFLASH_OP_ATTN_MERGE, c.device_type, &c, c.B * c.Sq * c.H == 0);
 }
 
 cflash_status cflash_attn_merge(cflash_context* ctx, const DLTensor* out_partial,
                                 const DLTensor* lse_partial, DLTensor* out, DLTensor* lse) {
-    return cf_merge_entry(ctx, NULL, out_partial, lse_partial, out, lse);
+    return cf_context_end_call(ctx, attn_merge(ctx, out_partial, lse_partial, out, lse));
 }

@@ -118,11 +118,10 @@ static cflash_status check_stats(cf_norm_call* c, const DLTensor* mean, const DL
     return CFLASH_OK;
 }
 
-cflash_status cf_norm_fwd_entry(cflash_context* ctx, cf_explain* explain,
-                                const cflash_norm_params* p, const DLTensor* x,
-                                const DLTensor* residual, const DLTensor* weight,
-                                const DLTensor* bias, DLTensor* out, DLTensor* residual_out,
-                                DLTensor* mean, DLTensor* rstd) {
+static cflash_status norm_fwd(cflash_context* ctx, const cflash_norm_params* p, const DLTensor* x,
+                              const DLTensor* residual, const DLTensor* weight,
+                              const DLTensor* bias, DLTensor* out, DLTensor* residual_out,
+                              DLTensor* mean, DLTensor* rstd) {
     cflash_norm_params defaults;
     if (!p) {
         cflash_norm_params_init(&defaults);
@@ -139,15 +138,14 @@ cflash_status cf_norm_fwd_entry(cflash_context* ctx, cf_explain* explain,
         CFLASH_FORWARD_IF_ERROR(
             rows(&c.residual_out, residual_out, "residual_out", x, &c.x, c.dtype, xd));
     CFLASH_FORWARD_IF_ERROR(check_stats(&c, mean, rstd));
-    if (!explain && c.M == 0) return CFLASH_OK;
-    return cf_dispatch(CFLASH_OP_NORM_FWD, c.device_type, cf_context_backend(ctx), &c, explain);
+    return cf_context_dispatch(ctx, CFLASH_OP_NORM_FWD, c.device_type, &c, c.M == 0);
 }
 
-cflash_status cf_norm_bwd_entry(cflash_context* ctx, cf_explain* explain,
-                                const cflash_norm_params* p, const DLTensor* dy, const DLTensor* x,
-                                const DLTensor* weight, const DLTensor* bias, const DLTensor* mean,
-                                const DLTensor* rstd, const DLTensor* dresidual_out, DLTensor* dx,
-                                DLTensor* dweight, DLTensor* dbias, DLTensor* dresidual) {
+static cflash_status norm_bwd(cflash_context* ctx, const cflash_norm_params* p, const DLTensor* dy,
+                              const DLTensor* x, const DLTensor* weight, const DLTensor* bias,
+                              const DLTensor* mean, const DLTensor* rstd,
+                              const DLTensor* dresidual_out, DLTensor* dx, DLTensor* dweight,
+                              DLTensor* dbias, DLTensor* dresidual) {
     cflash_norm_params defaults;
     if (!p) {
         cflash_norm_params_init(&defaults);
@@ -173,16 +171,16 @@ cflash_status cf_norm_bwd_entry(cflash_context* ctx, cf_explain* explain,
     if (dresidual)
         CFLASH_FORWARD_IF_ERROR(
             rows(&c.dresidual, dresidual, "dresidual", x, &c.x, CF_DTYPE_BAD, NULL));
-    if (!explain && c.M == 0 && !dweight && !dbias) return CFLASH_OK;
-    return cf_dispatch(CFLASH_OP_NORM_BWD, c.device_type, cf_context_backend(ctx), &c, explain);
+    return cf_context_dispatch(ctx, CFLASH_OP_NORM_BWD, c.device_type, &c,
+                               c.M == 0 && !dweight && !dbias);
 }
 
 cflash_status cflash_norm_fwd(cflash_context* ctx, const cflash_norm_params* p, const DLTensor* x,
                               const DLTensor* residual, const DLTensor* weight,
                               const DLTensor* bias, DLTensor* out, DLTensor* residual_out,
                               DLTensor* mean, DLTensor* rstd) {
-    return cf_norm_fwd_entry(ctx, NULL, p, x, residual, weight, bias, out, residual_out, mean,
-                             rstd);
+    return cf_context_end_call(
+        ctx, norm_fwd(ctx, p, x, residual, weight, bias, out, residual_out, mean, rstd));
 }
 
 cflash_status cflash_norm_bwd(cflash_context* ctx, const cflash_norm_params* p, const DLTensor* dy,
@@ -190,6 +188,6 @@ cflash_status cflash_norm_bwd(cflash_context* ctx, const cflash_norm_params* p, 
                               const DLTensor* mean, const DLTensor* rstd,
                               const DLTensor* dresidual_out, DLTensor* dx, DLTensor* dweight,
                               DLTensor* dbias, DLTensor* dresidual) {
-    return cf_norm_bwd_entry(ctx, NULL, p, dy, x, weight, bias, mean, rstd, dresidual_out, dx,
-                             dweight, dbias, dresidual);
+    return cf_context_end_call(ctx, norm_bwd(ctx, p, dy, x, weight, bias, mean, rstd, dresidual_out,
+                                             dx, dweight, dbias, dresidual));
 }

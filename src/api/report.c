@@ -511,7 +511,7 @@ static void backends_section(sb* s) {
         open_obj(s, "backends");
     } else {
         put(s, "\n[backends]  [OKAY]: can run on this machine (each call is still checked: "
-               "dtype, head dim, ...; see cflash_explain and CFLASH_LOG=info)\n");
+               "dtype, head dim, ...; see cflash_context_set_explain and CFLASH_LOG=info)\n");
     }
     for (int op = 0; op < CFLASH_OP_COUNT; op++) {
         const char* opname = cflash_op_name((cflash_op)op);

@@ -54,9 +54,9 @@ static void lift(cf_view* v) { /* (total, h, d) -> (1, total, h, d) */
     v->ndim = 4;
 }
 
-cflash_status cf_rotary_entry(cflash_context* ctx, cf_explain* explain,
-                              const cflash_rotary_params* p, const DLTensor* x, const DLTensor* cos,
-                              const DLTensor* sin, DLTensor* out) {
+static cflash_status rotary_apply(cflash_context* ctx, const cflash_rotary_params* p,
+                                  const DLTensor* x, const DLTensor* cos, const DLTensor* sin,
+                                  DLTensor* out) {
     cflash_rotary_params defaults;
     if (!p) {
         cflash_rotary_params_init(&defaults);
@@ -165,14 +165,14 @@ cflash_status cf_rotary_entry(cflash_context* ctx, cf_explain* explain,
                                        (double)c.D * (double)cf_dtype_size(c.dtype),
                                    0);
     c.stream = ctx ? ctx->cuda_stream : NULL;
-    if (!explain && (c.B == 0 || c.S == 0 || c.H == 0 || c.D == 0)) return CFLASH_OK;
-    return cf_dispatch(CFLASH_OP_ROTARY, c.device_type, cf_context_backend(ctx), &c, explain);
+    return cf_context_dispatch(ctx, CFLASH_OP_ROTARY, c.device_type, &c,
+                               c.B == 0 || c.S == 0 || c.H == 0 || c.D == 0);
 }
 
 cflash_status cflash_rotary_apply(cflash_context* ctx, const cflash_rotary_params* p,
                                   const DLTensor* x, const DLTensor* cos, const DLTensor* sin,
                                   DLTensor* out) {
-    return cf_rotary_entry(ctx, NULL, p, x, cos, sin, out);
+    return cf_context_end_call(ctx, rotary_apply(ctx, p, x, cos, sin, out));
 }
 
 /* ---- cos/sin tables ----------------------------------------------------------------------- */

@@ -1,7 +1,8 @@
 /* Backend registry and selection. A backend provides, per op it serves, an implementation row
  * (core/backend.h). The dispatcher tries the forced backend, else the ordered list for the call's
- * device, and runs the first that supports the call. cflash_explain uses the same function,
- * cf_dispatch(), with run disabled. Backends never include this header. */
+ * device, and runs the first that supports the call. Explain mode uses the same function,
+ * cf_dispatch(), with the context's explain sink in place of running. Backends never include this
+ * header. */
 #ifndef CFLASH_DISPATCH_H
 #define CFLASH_DISPATCH_H
 

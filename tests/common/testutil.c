@@ -56,3 +56,10 @@ int tt_backend_selected(const char* name) {
         if ((p == e || p[-1] == ' ') && (p[n] == 0 || p[n] == ' ')) return 1;
     return 0;
 }
+
+cflash_context* tt_explain(char* buf, size_t len) {
+    static _Thread_local cflash_context* ctx;
+    if (!ctx && cflash_context_create(&ctx) != CFLASH_OK) return NULL;
+    cflash_context_set_explain(ctx, buf, len);
+    return ctx;
+}

@@ -95,4 +95,8 @@ int tt_test_level(void);
  * CPU model changes. */
 int tt_backend_selected(const char* name);
 
+/* A context (default settings, one per thread, kept until exit) in explain mode for its next
+ * call: cflash_norm_fwd(tt_explain(buf, sizeof buf), ...) writes the choice into buf. */
+cflash_context* tt_explain(char* buf, size_t len);
+
 #endif

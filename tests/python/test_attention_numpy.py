@@ -115,6 +115,41 @@ def test_public_function_matches_core(rng):
     check_rule("out", out, ro, R.attention(q, k, v, softmax_scale=scale, dtype="float32")[0], "float32")
 
 
+@pytest.mark.parametrize("B, Sq, Sk, H, Hk, causal, window, softcap, alibi", [
+    (2, 5, 7, 4, 2, False, (-1, -1), 0.0, None),
+    (1, 7, 5, 2, 1, True, (-1, -1), 0.0, "H"),
+    (2, 9, 4, 2, 2, False, (2, 1), 3.0, "BH"),
+    (1, 20, 6, 2, 1, True, (1, -1), 0.0, None),  # rows that see no key
+    (1, 3, 0, 1, 1, False, (-1, -1), 0.0, None),
+])
+def test_package_scores_against_the_reference(rng, B, Sq, Sk, H, Hk, causal, window, softcap, alibi):
+    # S_dmask (_sdmask.py) is built on the package's own _scores.py, never on the test oracle: the
+    # two agree (S_dmask's flash-attn encoding itself: test_flash_attn_compat.py)
+    from cflash import _scores
+
+    q = rng.standard_normal((B, Sq, H, 16)).astype(np.float32)
+    k, v = (rng.standard_normal((B, Sk, Hk, 16)).astype(np.float32) for _ in range(2))
+    slopes = {None: None, "H": rng.uniform(0.1, 1, H), "BH": rng.uniform(0.1, 1, (B, H))}[alibi]
+    slopes = None if slopes is None else slopes.astype(np.float32)
+    probs = _scores.probabilities(q, k, None, causal, window, softcap, slopes)
+    _, _, rp = R.attention(q, k, v, causal=causal, window_size=window, softcap=softcap, alibi_slopes=slopes)
+    assert probs.shape == (B, H, Sq, Sk) and np.abs(probs - rp).max(initial=0) < 1e-6
+
+
+def test_package_code_does_not_import_the_test_reference():
+    import subprocess
+    import sys
+    import os
+
+    code = ("import sys; sys.path.insert(0, %r); import numpy as np, cflash; q = np.ones((1, 3, 1, 4), np.float32); "
+            "cflash.flash_attn_func(q, q, q, dropout_p=0.5, return_attn_probs=True); "
+            "cflash.explain(cflash.flash_attn_func, q, q, q); cflash.report(); "
+            "assert 'cflash.reference' not in sys.modules, 'cflash.reference was imported'"
+            % os.path.dirname(os.path.dirname(cflash.__file__)))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
 def test_return_attn_probs_and_dropout_repeatable(rng):
     q, k, v = (rng.standard_normal((1, 6, 2, 8)).astype(np.float32) for _ in range(3))
     out, lse, probs = cflash.flash_attn_func(q, k, v, causal=True, return_attn_probs=True)
@@ -245,7 +280,10 @@ def test_explain_and_report(rng):
     text = cflash.explain("flash_attn_func", q, q, q, causal=True)
     assert "attn_fwd:" in text and "attn_bwd:" in text and "-> " in text
     bad = cflash.explain(cflash.flash_attn_func, q.astype(np.float64), q, q)
-    assert "CFLASH_ERR_INVALID_ARGUMENT" in bad
+    assert "CFLASH_ERR_INVALID_ARGUMENT" in bad and "not dispatched" in bad
+    # explain mode covers its call only: the next calls on this thread's context compute
+    ro, _, _ = R.attention(q, q, q, causal=True)
+    assert np.abs(cflash.flash_attn_func(q, q, q, causal=True) - ro).max() < 1e-5
     from cflash.ops import rms_norm_fn
 
     x16 = q.astype(np.float16)

@@ -330,29 +330,19 @@ cflash_status attn_problem_run_bwd(cflash_context* ctx, attn_problem* p) {
     return s;
 }
 
-cflash_status attn_problem_explain(cflash_context* ctx, attn_problem* p, int bwd, char* name,
-                                   size_t len) {
-    char buf[2048];
-    attn_dl t;
-    attn_problem_host_dl(p, &t);
-    cflash_attn_params prm = p->params;
-    int64_t mq = p->c.varlen_pass_max ? p->max_q : 0, mk = p->c.varlen_pass_max ? p->max_k : 0;
-    cflash_status s;
-    DLTensor* lse = p->c.no_lse && !bwd ? NULL : t.lse;
-    if (!bwd && !p->c.varlen)
-        s = cflash_explain(ctx, CFLASH_OP_ATTN_FWD, buf, sizeof buf, &prm, t.q, t.k, t.v, t.out,
-                           lse);
-    else if (!bwd)
-        s = cflash_explain(ctx, CFLASH_OP_ATTN_VARLEN_FWD, buf, sizeof buf, &prm, t.q, t.k, t.v,
-                           t.cu_q, t.cu_k, mq, mk, t.out, lse);
-    else if (!p->c.varlen)
-        s = cflash_explain(ctx, CFLASH_OP_ATTN_BWD, buf, sizeof buf, &prm, t.dout, t.q, t.k, t.v,
-                           (const DLTensor*)t.out, (const DLTensor*)t.lse, t.dq, t.dk, t.dv);
-    else
-        s = cflash_explain(ctx, CFLASH_OP_ATTN_VARLEN_BWD, buf, sizeof buf, &prm, t.dout, t.q, t.k,
-                           t.v, (const DLTensor*)t.out, (const DLTensor*)t.lse, t.cu_q, t.cu_k, mq,
-                           mk, t.dq, t.dk, t.dv);
-    if (len) name[0] = 0;
+cflash_status attn_problem_explain(cflash_context* ctx, attn_problem* p, const attn_dl* t, int bwd,
+                                   char* name, size_t len) {
+    char buf[2048] = "";
+    cflash_context* own = NULL; /* explain mode needs a context: ctx NULL gets a default one */
+    if (!ctx) {
+        cflash_status s = cflash_context_create(&own);
+        if (s != CFLASH_OK) return s;
+        ctx = own;
+    }
+    cflash_context_set_explain(ctx, buf, sizeof buf);
+    cflash_status s = bwd ? attn_problem_call_bwd(ctx, p, t) : attn_problem_call_fwd(ctx, p, t);
+    cflash_context_free(own);
+    if (len) snprintf(name, len, "?");
     const char* arrow = strstr(buf, "-> ");
     if (arrow && len) {
         size_t n = strcspn(arrow + 3, "\n");

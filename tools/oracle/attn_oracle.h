@@ -124,9 +124,11 @@ int attn_problem_check_fwd(attn_problem* p, char* msg, size_t len);
 int attn_problem_check_bwd(attn_problem* p, char* msg, size_t len);
 void attn_errors_str(const attn_problem* p, const attn_errors* e, char* msg, size_t len);
 
-/* The backend that would serve p's forward / backward (cflash_explain's "-> NAME"), into name. */
-cflash_status attn_problem_explain(cflash_context* ctx, attn_problem* p, int bwd, char* name,
-                                   size_t len);
+/* The backend that would serve p's forward / backward ("-> NAME" of explain mode on ctx; ctx NULL:
+ * a default context), into name ("?" if none is named). t as for the calls (NULL: p's host
+ * tensors). Returns the status the call would return. */
+cflash_status attn_problem_explain(cflash_context* ctx, attn_problem* p, const attn_dl* t, int bwd,
+                                   char* name, size_t len);
 
 /* ---- The fp64 oracle and the naive computation (exposed for gradcheck and the tool) ------- */
 
