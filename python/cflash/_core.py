@@ -131,7 +131,8 @@ def attn_fwd(q, k, v, dropout_p, softmax_scale, causal, window_left, window_righ
             and (type(q) is np.ndarray or q.is_cpu)):
         sink = _explain.sink
         n = len(sink) if sink is not None else 0
-        if _run("cflash_attn_kvcache_fwd", "kvcache_fwd", None, q, pp, _fast.KV_DEFAULTS, hq, hk, hv, ho, hl) == 0:
+        st = _run("cflash_attn_kvcache_fwd", "kvcache_fwd", None, q, pp, _fast.KV_DEFAULTS, hq, hk, hv, ho, hl)
+        if st == _lib.OK:
             if sink is not None:
                 _explain_bwd(q, k, v, out, lse, pp, hq, hk, hv, ho, hl, a)
             return out, lse
