@@ -24,7 +24,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from sdpa_compare import DLDevice, DLDataType, DLTensor, AttnParams, DL_CODES, DTYPES  # noqa: E402
+from sdpa_compare import DLDevice, DLDataType, DLTensor, AttnParams, DL_CODES, DTYPES, load_library  # noqa: E402
 
 
 def dl_cuda(t, keep):
@@ -40,8 +40,7 @@ def dl_cuda(t, keep):
 
 class Cflash:
     def __init__(self, path, backend):
-        self.lib = L = C.CDLL(path)
-        L.cflash_last_error.restype = C.c_char_p
+        self.lib = L = load_library(path)
         self.ctx = C.c_void_p()
         self.check(L.cflash_context_create(C.byref(self.ctx)))
         self.check(L.cflash_context_set_cuda_stream(

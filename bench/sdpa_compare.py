@@ -30,25 +30,33 @@ import torch
 import torch.nn.functional as F
 
 
-class DLDevice(C.Structure):
-    _fields_ = [("device_type", C.c_int32), ("device_id", C.c_int32)]
+def _load_abi():
+    """include/cflash.h's ctypes mirror (python/cflash/_abi.py, generated), loaded by its path: the
+    structs and prototypes follow the header, and the Python package is not needed."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python", "cflash", "_abi.py")
+    spec = importlib.util.spec_from_file_location("cflash_abi", path)
+    m = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(m)
+    return m
 
 
-class DLDataType(C.Structure):
-    _fields_ = [("code", C.c_uint8), ("bits", C.c_uint8), ("lanes", C.c_uint16)]
+_abi = _load_abi()
+DLDevice, DLDataType, DLTensor = _abi.DLDevice, _abi.DLDataType, _abi.DLTensor
+AttnParams = _abi.cflash_attn_params
 
 
-class DLTensor(C.Structure):
-    _fields_ = [("data", C.c_void_p), ("device", DLDevice), ("ndim", C.c_int32),
-                ("dtype", DLDataType), ("shape", C.POINTER(C.c_int64)),
-                ("strides", C.POINTER(C.c_int64)), ("byte_offset", C.c_uint64)]
-
-
-class AttnParams(C.Structure):
-    _fields_ = [("softmax_scale", C.c_float), ("causal", C.c_int), ("window_left", C.c_int64),
-                ("window_right", C.c_int64), ("softcap", C.c_float),
-                ("alibi_slopes", C.POINTER(DLTensor)), ("dropout_p", C.c_float),
-                ("seed", C.c_uint64), ("offset", C.c_uint64), ("deterministic", C.c_int)]
+def load_library(path):
+    """libcflash at path, each function given its prototype from _abi.py."""
+    lib = C.CDLL(path)
+    for name, (restype, argtypes) in _abi.FUNCTIONS.items():
+        f = getattr(lib, name, None)
+        if f is not None:
+            f.restype = restype
+            if argtypes is not None:
+                f.argtypes = argtypes
+    return lib
 
 
 DL_CODES = {torch.float32: (2, 32), torch.float16: (2, 16), torch.bfloat16: (4, 16)}
@@ -69,10 +77,7 @@ def dl(t, keep):
 
 class Cflash:
     def __init__(self, path, threads, backend):
-        self.lib = C.CDLL(path)
-        L = self.lib
-        L.cflash_last_error.restype = C.c_char_p
-        L.cflash_context_create.argtypes = [C.POINTER(C.c_void_p)]
+        self.lib = L = load_library(path)
         self.ctx = C.c_void_p()
         self.check(L.cflash_context_create(C.byref(self.ctx)))
         self.check(L.cflash_context_set_threads(self.ctx, threads))

@@ -1,49 +1,89 @@
-"""The library's attention calls on plain arrays (NumPy or torch, no autograd): allocate the
-outputs like the inputs, build the params, call C on torch's current CUDA stream where relevant.
-The public functions (flash_attn_interface.py) and the torch custom ops (_torch.py) sit on these."""
+"""The library's calls on plain arrays (NumPy or torch, no autograd): allocate the outputs like the
+inputs, build the params, call C on torch's current CUDA stream where relevant. The public
+functions (flash_attn_interface.py, layers, ops) and the torch custom ops (_torch.py) sit on these.
+
+Arrays reach C as DLTensor addresses (see _fast.py: torch and NumPy write the DLTensor
+themselves), so a small call costs microseconds here; the library validates every argument, so
+Python checks only what it needs to allocate the outputs."""
 
 import ctypes
 import threading
 
 import numpy as np
 
-from . import _lib
+from . import _fast, _lib
 from ._lib import lib, check
-from ._tensor import DL, dl, ptr, field, empty, host_int32, cuda_stream_of, device_guard, maybe_contiguous
+from ._tensor import empty, empty_like, host_int32, cuda_stream_of, device_guard, maybe_contiguous
 
 _MASK64 = (1 << 64) - 1
+_void = ctypes.c_void_p
+_i64 = ctypes.c_int64
 
 
 # ---- Calling, or explaining the call ----
 
-_explain = threading.local()
+class _Explaining(threading.local):
+    sink = None  # a list while cflash.explain() collects on this thread
+
+
+_explain = _Explaining()
 
 
 def explaining():
-    return getattr(_explain, "sink", None) is not None
+    return _explain.sink is not None
 
 
-def _run(name, op, what, ctx, *args):
-    """Calls the library function `name`; while cflash.explain() collects, the call is made in
-    the context's explain mode (same validation and selection code, nothing computed or written)
-    and its text is collected under `op`."""
-    sink = getattr(_explain, "sink", None)
+class _Args(list):
+    """DLTensor addresses for one call (None passes NULL); the list keeps them valid until it is
+    dropped, after the call."""
+
+    __slots__ = ()
+
+    def __call__(self, x, name):
+        return None if x is None else _fast.address(x, name, self)
+
+
+def _run(name, op, what, x, *args):
+    """Calls the library function `name` on x's device (CUDA: that device current, torch's current
+    stream); while cflash.explain() collects, the call is made in the context's explain mode
+    (same validation and selection code, nothing computed or written) and its text is collected
+    under `op`. Pointer arguments are addresses (ints), params by ctypes.byref. Returns the status
+    when `what` is None (the caller handles a failure), else raises on one."""
+    if type(x) is np.ndarray or x.is_cpu:
+        return _run_on(name, op, what, _lib.context(None), args)
+    with device_guard(x):
+        return _run_on(name, op, what, _lib.context(cuda_stream_of(x)), args)
+
+
+def _run_on(name, op, what, ctx, args):
+    sink = _explain.sink
     if sink is None:
-        check(_lib.fn(name)(ctx, *args), what)
-        return
+        st = _fast.handle(name)(ctx, *args)
+        if what is None:
+            return st
+        check(st, what)
+        return st
     buf = ctypes.create_string_buffer(16384)
     check(lib.cflash_context_set_explain(ctx, buf, len(buf)), "explain")
     try:
-        st = _lib.fn(name)(ctx, *args)
+        st = _fast.handle(name)(ctx, *args)
     finally:  # the mode covers one call: never leave it set for a later real call
         lib.cflash_context_set_explain(ctx, None, 0)
-    sink.append((op, st, buf.value.decode("utf-8", "replace")))
+    text = buf.value.decode("utf-8", "replace")
+    if st != _lib.OK and not text:
+        text = "error: " + _lib.last_error()
+    sink.append((op, st, text))
+    return st
 
 
 def make_params(dropout_p=0.0, softmax_scale=None, causal=False, window_left=-1, window_right=-1,
                 softcap=0.0, alibi=None, seed=0, offset=0, deterministic=False, q_offset=0, k_offset=0):
-    """A cflash_attn_params; alibi is a DL holder (or None) kept alive by the caller. q_offset,
-    k_offset: positions of the call's first query / key in a longer sequence (ring attention)."""
+    """A cflash_attn_params; alibi is a DLTensor address (or None) kept valid by the caller. q_offset,
+    k_offset: positions of the call's first query / key in a longer sequence (ring attention).
+    Those without ALiBi, dropout or offsets are made once and shared (the library only reads them)."""
+    if alibi is None and not dropout_p and not q_offset and not k_offset:
+        return _fast.attn_params(0.0 if softmax_scale is None else float(softmax_scale), bool(causal),
+                                 int(window_left), int(window_right), float(softcap), bool(deterministic))
     p = _lib.AttnParams()
     lib.cflash_attn_params_init(ctypes.byref(p))
     p.softmax_scale = 0.0 if softmax_scale is None else float(softmax_scale)
@@ -51,7 +91,7 @@ def make_params(dropout_p=0.0, softmax_scale=None, causal=False, window_left=-1,
     p.window_left = int(window_left)
     p.window_right = int(window_right)
     p.softcap = float(softcap)
-    p.alibi_slopes = field(alibi)
+    _fast.set_pointer(p, "alibi_slopes", alibi)
     p.dropout_p = float(dropout_p)
     p.seed = int(seed) & _MASK64
     p.offset = int(offset) & _MASK64
@@ -60,34 +100,54 @@ def make_params(dropout_p=0.0, softmax_scale=None, causal=False, window_left=-1,
     return p
 
 
-def _alibi(alibi_slopes, q):
-    if alibi_slopes is None:
-        return None
-    return DL(maybe_contiguous(alibi_slopes), "alibi_slopes")
+def _alibi(alibi_slopes, a):
+    return a(maybe_contiguous(alibi_slopes), "alibi_slopes") if alibi_slopes is not None else None
+
+
+# ---- Attention ----
 
 
 def attn_fwd(q, k, v, dropout_p, softmax_scale, causal, window_left, window_right, softcap,
-             alibi_slopes, seed=0, offset=0, q_offset=0, k_offset=0):
-    """out (B, Sq, H, Dv) like q, lse float32 (B, H, Sq)."""
+             alibi_slopes, seed=0, offset=0, q_offset=0, k_offset=0, want_lse=True):
+    """out (B, Sq, H, Dv) like q, lse float32 (B, H, Sq) (None unless want_lse).
+    A CPU call at a decode shape (seqlen_q 1, no dropout, no block offsets) is served by the
+    library's decode entry,
+    cflash_attn_kvcache_fwd with k, v as the whole cache: the same out and lse, from the kernel
+    made for it (cflash_attn_fwd serves when that entry refuses the call)."""
     q, k, v = maybe_contiguous(q), maybe_contiguous(k), maybe_contiguous(v)
-    _shape_check(q, 4, "q", "(batch, seqlen_q, nheads, headdim)")
-    _shape_check(v, 4, "v", "(batch, seqlen_k, nheads_k, headdim_v)")
-    B, Sq, H, _ = q.shape
-    out = empty(q, (B, Sq, H, v.shape[-1]))
-    lse = empty(q, (B, H, Sq), "f32")
-    a = _alibi(alibi_slopes, q)
-    p = make_params(dropout_p, softmax_scale, causal, window_left, window_right, softcap, a, seed, offset,
-                    q_offset=q_offset, k_offset=k_offset)
-    hq, hk, hv, ho, hl = DL(q, "q"), DL(k, "k"), DL(v, "v"), DL(out, "out"), DL(lse, "lse")
-    with device_guard(q):
-        ctx = _lib.context(cuda_stream_of(q))
-        _run("cflash_attn_fwd", "attn_fwd", "attention forward", ctx, ctypes.byref(p), hq.ptr, hk.ptr, hv.ptr, ho.ptr,
-             hl.ptr)
-        if explaining():  # the backward of this call, with placeholder gradients
-            hg = [DL(empty(x, x.shape), n) for x, n in ((q, "dq"), (k, "dk"), (v, "dv"))]
-            _run("cflash_attn_bwd", "attn_bwd", "", ctx, ctypes.byref(p), ho.ptr, hq.ptr, hk.ptr, hv.ptr, ho.ptr,
-                 hl.ptr, *[x.ptr for x in hg])
+    if q.ndim != 4 or v.ndim != 4:
+        _shape_check(q, 4, "q", "(batch, seqlen_q, nheads, headdim)")
+        _shape_check(v, 4, "v", "(batch, seqlen_k, nheads_k, headdim_v)")
+    B, Sq, H, D = q.shape
+    Dv = v.shape[-1]
+    out = empty_like(q) if Dv == D else empty(q, (B, Sq, H, Dv))
+    lse = empty(q, (B, H, Sq), "f32") if want_lse or _explain.sink is not None else None
+    a = _Args()
+    p = make_params(dropout_p, softmax_scale, causal, window_left, window_right, softcap, _alibi(alibi_slopes, a),
+                    seed, offset, q_offset=q_offset, k_offset=k_offset)
+    pp = ctypes.byref(p)
+    hq, hk, hv, ho, hl = a(q, "q"), a(k, "k"), a(v, "v"), a(out, "out"), a(lse, "lse")
+    if (Sq == 1 and not dropout_p and not q_offset and not k_offset and _fast.KV_DEFAULTS is not None
+            and (type(q) is np.ndarray or q.is_cpu)):
+        sink = _explain.sink
+        n = len(sink) if sink is not None else 0
+        st = _run("cflash_attn_kvcache_fwd", "kvcache_fwd", None, q, pp, _fast.KV_DEFAULTS, hq, hk, hv, ho, hl)
+        if st == _lib.OK:
+            if sink is not None:
+                _explain_bwd(q, k, v, out, lse, pp, hq, hk, hv, ho, hl, a)
+            return out, lse
+        if sink is not None:
+            del sink[n:]  # that entry would refuse: the general one serves (explained next)
+    _run("cflash_attn_fwd", "attn_fwd", "attention forward", q, pp, hq, hk, hv, ho, hl)
+    if _explain.sink is not None:
+        _explain_bwd(q, k, v, out, lse, pp, hq, hk, hv, ho, hl, a)
     return out, lse
+
+
+def _explain_bwd(q, k, v, out, lse, pp, hq, hk, hv, ho, hl, a):
+    # the backward of this call, with placeholder gradients
+    hg = [a(empty(x, x.shape), n) for x, n in ((q, "dq"), (k, "dk"), (v, "dv"))]
+    _run("cflash_attn_bwd", "attn_bwd", "", q, pp, ho, hq, hk, hv, ho, hl, *hg)
 
 
 def attn_bwd(dout, q, k, v, out, lse, dropout_p, softmax_scale, causal, window_left, window_right,
@@ -95,21 +155,22 @@ def attn_bwd(dout, q, k, v, out, lse, dropout_p, softmax_scale, causal, window_l
     """dq, dk, dv like q, k, v."""
     dout, q, k, v, out = [maybe_contiguous(x) for x in (dout, q, k, v, out)]
     dq, dk, dv = empty(q, q.shape), empty(k, k.shape), empty(v, v.shape)
-    a = _alibi(alibi_slopes, q)
-    p = make_params(dropout_p, softmax_scale, causal, window_left, window_right, softcap, a, seed, offset,
-                    deterministic, q_offset, k_offset)
-    h = [DL(x, n) for x, n in ((dout, "dout"), (q, "q"), (k, "k"), (v, "v"), (out, "out"), (lse, "lse"),
-                               (dq, "dq"), (dk, "dk"), (dv, "dv"))]
-    with device_guard(q):
-        ctx = _lib.context(cuda_stream_of(q))
-        _run("cflash_attn_bwd", "attn_bwd", "attention backward", ctx, ctypes.byref(p), *[x.ptr for x in h])
+    a = _Args()
+    p = make_params(dropout_p, softmax_scale, causal, window_left, window_right, softcap, _alibi(alibi_slopes, a),
+                    seed, offset, deterministic, q_offset, k_offset)
+    h = [a(x, n) for x, n in ((dout, "dout"), (q, "q"), (k, "k"), (v, "v"), (out, "out"), (lse, "lse"),
+                              (dq, "dq"), (dk, "dk"), (dv, "dv"))]
+    _run("cflash_attn_bwd", "attn_bwd", "attention backward", q, ctypes.byref(p), *h)
     return dq, dk, dv
 
 
 def attn_varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p,
                     softmax_scale, causal, window_left, window_right, softcap, alibi_slopes, seed=0,
-                    offset=0, q_offset=0, k_offset=0):
-    """out (total_q, H, Dv) like q, lse float32 (H, total_q)."""
+                    offset=0, q_offset=0, k_offset=0, block_table=None, seqused_k=None):
+    """out (total_q, H, Dv) like q, lse float32 (H, total_q). block_table (B, max_pages) int32
+    with k, v paged (num_pages, page_size, Hk, D) and seqused_k (B,) int32 are for the library's
+    paged varlen call (issue 13); until it exists they are refused here."""
+    _paged_varlen(block_table, seqused_k)
     q, k, v = maybe_contiguous(q), maybe_contiguous(k), maybe_contiguous(v)
     _shape_check(q, 3, "q", "(total_q, nheads, headdim)")
     _shape_check(v, 3, "v", "(total_k, nheads_k, headdim_v)")
@@ -117,21 +178,29 @@ def attn_varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqle
     out = empty(q, (T, H, v.shape[-1]))
     lse = empty(q, (H, T), "f32")
     cq, ck = host_int32(cu_seqlens_q, "cu_seqlens_q"), host_int32(cu_seqlens_k, "cu_seqlens_k")
-    a = _alibi(alibi_slopes, q)
-    p = make_params(dropout_p, softmax_scale, causal, window_left, window_right, softcap, a, seed, offset,
-                    q_offset=q_offset, k_offset=k_offset)
-    h = [DL(x, n) for x, n in ((q, "q"), (k, "k"), (v, "v"), (cq, "cu_seqlens_q"), (ck, "cu_seqlens_k"))]
-    ho, hl = DL(out, "out"), DL(lse, "lse")
-    with device_guard(q):
-        ctx = _lib.context(cuda_stream_of(q))
-        mq, mk = ctypes.c_int64(int(max_seqlen_q or 0)), ctypes.c_int64(int(max_seqlen_k or 0))
-        _run("cflash_attn_varlen_fwd", "attn_varlen_fwd", "varlen attention forward", ctx, ctypes.byref(p),
-             *[x.ptr for x in h], mq, mk, ho.ptr, hl.ptr)
-        if explaining():
-            hg = [DL(empty(x, x.shape), n) for x, n in ((q, "dq"), (k, "dk"), (v, "dv"))]
-            _run("cflash_attn_varlen_bwd", "attn_varlen_bwd", "", ctx, ctypes.byref(p), ho.ptr, *[x.ptr for x in h[:3]],
-                 ho.ptr, hl.ptr, *[x.ptr for x in h[3:]], mq, mk, *[x.ptr for x in hg])
+    a = _Args()
+    p = make_params(dropout_p, softmax_scale, causal, window_left, window_right, softcap, _alibi(alibi_slopes, a),
+                    seed, offset, q_offset=q_offset, k_offset=k_offset)
+    h = [a(x, n) for x, n in ((q, "q"), (k, "k"), (v, "v"), (cq, "cu_seqlens_q"), (ck, "cu_seqlens_k"))]
+    ho, hl = a(out, "out"), a(lse, "lse")
+    mq, mk = _i64(int(max_seqlen_q or 0)), _i64(int(max_seqlen_k or 0))
+    _run("cflash_attn_varlen_fwd", "attn_varlen_fwd", "varlen attention forward", q, ctypes.byref(p), *h, mq, mk,
+         ho, hl)
+    if explaining():
+        hg = [a(empty(x, x.shape), n) for x, n in ((q, "dq"), (k, "dk"), (v, "dv"))]
+        _run("cflash_attn_varlen_bwd", "attn_varlen_bwd", "", q, ctypes.byref(p), ho, *h[:3], ho, hl, *h[3:], mq,
+             mk, *hg)
     return out, lse
+
+
+def _paged_varlen(block_table, seqused_k):
+    # Where the paged varlen call will be made: pass both as host int32 DLTensors to the
+    # library's entry for it (and its explain), once libcflash has one.
+    for name, x in (("block_table", block_table), ("seqused_k", seqused_k)):
+        if x is not None:
+            raise _lib.InvalidArgumentError(
+                "%s: not supported by this libcflash's varlen call (paged K/V is served by "
+                "flash_attn_with_kvcache); expected None" % name)
 
 
 def attn_varlen_bwd(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
@@ -140,17 +209,14 @@ def attn_varlen_bwd(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seq
     dout, q, k, v, out = [maybe_contiguous(x) for x in (dout, q, k, v, out)]
     dq, dk, dv = empty(q, q.shape), empty(k, k.shape), empty(v, v.shape)
     cq, ck = host_int32(cu_seqlens_q, "cu_seqlens_q"), host_int32(cu_seqlens_k, "cu_seqlens_k")
-    a = _alibi(alibi_slopes, q)
-    p = make_params(dropout_p, softmax_scale, causal, window_left, window_right, softcap, a, seed, offset,
-                    deterministic, q_offset, k_offset)
-    h = [DL(x, n) for x, n in ((dout, "dout"), (q, "q"), (k, "k"), (v, "v"), (out, "out"), (lse, "lse"),
-                               (cq, "cu_seqlens_q"), (ck, "cu_seqlens_k"))]
-    hg = [DL(x, n) for x, n in ((dq, "dq"), (dk, "dk"), (dv, "dv"))]
-    with device_guard(q):
-        ctx = _lib.context(cuda_stream_of(q))
-        _run("cflash_attn_varlen_bwd", "attn_varlen_bwd", "varlen attention backward", ctx, ctypes.byref(p),
-             *[x.ptr for x in h], ctypes.c_int64(int(max_seqlen_q or 0)), ctypes.c_int64(int(max_seqlen_k or 0)),
-             *[x.ptr for x in hg])
+    a = _Args()
+    p = make_params(dropout_p, softmax_scale, causal, window_left, window_right, softcap, _alibi(alibi_slopes, a),
+                    seed, offset, deterministic, q_offset, k_offset)
+    h = [a(x, n) for x, n in ((dout, "dout"), (q, "q"), (k, "k"), (v, "v"), (out, "out"), (lse, "lse"),
+                              (cq, "cu_seqlens_q"), (ck, "cu_seqlens_k"))]
+    hg = [a(x, n) for x, n in ((dq, "dq"), (dk, "dk"), (dv, "dv"))]
+    _run("cflash_attn_varlen_bwd", "attn_varlen_bwd", "varlen attention backward", q, ctypes.byref(p), *h,
+         _i64(int(max_seqlen_q or 0)), _i64(int(max_seqlen_k or 0)), *hg)
     return dq, dk, dv
 
 
@@ -158,8 +224,8 @@ def dropout_mask(batch, nheads, seqlen_q, seqlen_k, dropout_p, seed, offset=0, q
     """The keep mask every backend uses: uint8 NumPy (B, H, Sq, Sk), 1 = kept."""
     m = np.empty((batch, nheads, seqlen_q, seqlen_k), dtype=np.uint8)
     p = make_params(dropout_p=dropout_p, seed=seed, offset=offset, q_offset=q_offset, k_offset=k_offset)
-    hm = DL(m, "mask")
-    check(lib.cflash_attn_dropout_mask(ctypes.byref(p), hm.ptr), "dropout mask")
+    a = _Args()
+    check(_fast.handle("cflash_attn_dropout_mask")(ctypes.byref(p), a(m, "mask")), "dropout mask")
     return m
 
 
@@ -208,15 +274,14 @@ def rotary(x, cos, sin, interleaved=False, conjugate=False, seqlen_offsets=0, cu
     _lib.fn("cflash_rotary_params_init")(ctypes.byref(p))
     p.interleaved, p.conjugate = int(bool(interleaved)), int(bool(conjugate))
     p.seqlen_offset = off
-    ho, hc = dl(offs, "seqlen_offsets"), dl(cu, "cu_seqlens")
-    p.seqlen_offsets, p.cu_seqlens = field(ho), field(hc)
+    a = _Args()
+    _fast.set_pointer(p, "seqlen_offsets", a(offs, "seqlen_offsets"))
+    _fast.set_pointer(p, "cu_seqlens", a(cu, "cu_seqlens"))
     p.max_seqlen = int(max_seqlen or 0)
     p.num_heads = int(num_heads or 0)
     out = x if inplace else empty(x, x.shape)
-    hx, hcos, hsin, hout = DL(x, "x"), DL(cos, "cos"), DL(sin, "sin"), DL(out, "out")
-    with device_guard(x):
-        ctx = _lib.context(cuda_stream_of(x))
-        _run("cflash_rotary_apply", "rotary", "rotary", ctx, ctypes.byref(p), hx.ptr, hcos.ptr, hsin.ptr, hout.ptr)
+    _run("cflash_rotary_apply", "rotary", "rotary", x, ctypes.byref(p), a(x, "x"), a(cos, "cos"), a(sin, "sin"),
+         a(out, "out"))
     return out
 
 
@@ -227,8 +292,8 @@ def rotary_tables(seqlen, rotary_dim, base=10000.0, interpolation_factor=1.0, dt
     p = _lib.RotaryTableParams()
     _lib.fn("cflash_rotary_table_params_init")(ctypes.byref(p))
     p.base, p.interpolation_factor, p.position_start = float(base), float(interpolation_factor), int(position_start)
-    hc, hs = DL(cos, "cos"), DL(sin, "sin")
-    check(_lib.fn("cflash_rotary_tables")(ctypes.byref(p), hc.ptr, hs.ptr), "rotary tables")
+    a = _Args()
+    check(_fast.handle("cflash_rotary_tables")(ctypes.byref(p), a(cos, "cos"), a(sin, "sin")), "rotary tables")
     return cos, sin
 
 
@@ -248,16 +313,16 @@ def _rows(x, n):
     return x.reshape(-1, n) if x is not None else None
 
 
-def norm_fwd(x, weight, bias, residual, eps, dropout_p, seed, is_rms_norm, residual_in_fp32):
-    """y like x, h (the summed input, "residual_out") or None when it would equal x, mean (or None),
-    rstd; all 2-D (M, N) except y, which has x's shape."""
+def norm_fwd(x, weight, bias, residual, eps, dropout_p, seed, is_rms_norm, residual_in_fp32, out_dtype=None):
+    """y (x's shape, out_dtype or x's dtype), h (the summed input, "residual_out") or None when it
+    would equal x, mean (or None), rstd; all 2-D (M, N) except y."""
     N = x.shape[-1]
     shape = tuple(x.shape)
     x2 = maybe_contiguous(_rows(x, N))
     r2 = maybe_contiguous(_rows(residual, N))
     weight, bias = maybe_contiguous(weight), maybe_contiguous(bias)
     M = x2.shape[0]
-    y = empty(x2, (M, N))
+    y = empty(x2, (M, N), out_dtype)
     if residual is not None:
         res_dtype = "f32" if str(residual.dtype).endswith("float32") else None
         h = empty(r2, (M, N), res_dtype if res_dtype else None)
@@ -268,11 +333,10 @@ def norm_fwd(x, weight, bias, residual, eps, dropout_p, seed, is_rms_norm, resid
     mean = None if is_rms_norm else empty(x2, (M,), "f32")
     rstd = empty(x2, (M,), "f32")
     p = _norm_params(is_rms_norm, eps, dropout_p, seed)
-    hs = [dl(t, n) for t, n in ((x2, "x"), (r2, "residual"), (weight, "weight"), (bias, "bias"), (y, "out"),
-                                (h, "residual_out"), (mean, "mean"), (rstd, "rstd"))]
-    with device_guard(x):
-        ctx = _lib.context(cuda_stream_of(x))
-        _run("cflash_norm_fwd", "norm_fwd", "norm forward", ctx, ctypes.byref(p), *[ptr(t) for t in hs])
+    a = _Args()
+    hs = [a(t, n) for t, n in ((x2, "x"), (r2, "residual"), (weight, "weight"), (bias, "bias"), (y, "out"),
+                               (h, "residual_out"), (mean, "mean"), (rstd, "rstd"))]
+    _run("cflash_norm_fwd", "norm_fwd", "norm forward", x, ctypes.byref(p), *hs)
     if explaining():  # the backward of this call (same code as the real one), placeholder gradients
         norm_bwd(y, h if h is not None else x2, weight, bias, mean, rstd, None, eps, dropout_p, seed, is_rms_norm,
                  x2, r2 is not None, r2)
@@ -298,12 +362,11 @@ def norm_bwd(dy, h, weight, bias, mean, rstd, dresidual_out, eps, dropout_p, see
     db = empty(bias, bias.shape) if bias is not None else None
     dres = empty(residual_like if residual_like is not None else h, (M, N)) if has_residual else None
     p = _norm_params(is_rms_norm, eps, dropout_p, seed)
-    hs = [dl(t, n) for t, n in ((dy2, "dy"), (h, "x"), (weight, "weight"), (bias, "bias"), (mean, "mean"),
-                                (rstd, "rstd"), (dro, "dresidual_out"), (dx, "dx"), (dw, "dweight"),
-                                (db, "dbias"), (dres, "dresidual"))]
-    with device_guard(h):
-        ctx = _lib.context(cuda_stream_of(h))
-        _run("cflash_norm_bwd", "norm_bwd", "norm backward", ctx, ctypes.byref(p), *[ptr(t) for t in hs])
+    a = _Args()
+    hs = [a(t, n) for t, n in ((dy2, "dy"), (h, "x"), (weight, "weight"), (bias, "bias"), (mean, "mean"),
+                               (rstd, "rstd"), (dro, "dresidual_out"), (dx, "dx"), (dw, "dweight"),
+                               (db, "dbias"), (dres, "dresidual"))]
+    _run("cflash_norm_bwd", "norm_bwd", "norm backward", h, ctypes.byref(p), *hs)
     if explaining():
         return dx, dw, db, dres  # nothing was computed: no casts of uninitialised memory
     if dw is not None and not _same_dtype(dw, w_like):
@@ -335,36 +398,33 @@ def _cast_like(t, like):
 def attn_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None, rotary_sin=None, cache_seqlens=None,
                  cache_batch_idx=None, cache_leftpad=None, block_table=None, softmax_scale=None, causal=False,
                  window_left=-1, window_right=-1, softcap=0.0, rotary_interleaved=True, alibi_slopes=None,
-                 num_splits=0):
-    """out (B, Sq, H, Dv) like q, lse float32 (B, H, Sq); k_cache / v_cache updated in place."""
+                 num_splits=0, want_lse=True):
+    """out (B, Sq, H, Dv) like q, lse float32 (B, H, Sq) (None unless want_lse); k_cache / v_cache
+    updated in place."""
     q, k, v = maybe_contiguous(q), maybe_contiguous(k), maybe_contiguous(v)
     _shape_check(q, 4, "q", "(batch, seqlen_q, nheads, headdim)")
     B, Sq, H, _ = q.shape
     out = empty(q, (B, Sq, H, v_cache.shape[-1]))
-    lse = empty(q, (B, H, Sq), "f32")
-    kp = _lib.KVCacheParams()
-    _lib.fn("cflash_kvcache_params_init")(ctypes.byref(kp))
+    lse = empty(q, (B, H, Sq), "f32") if want_lse else None
+    kp, fields = _fast.kvcache_params()
     if rotary_cos is not None:
         rotary_cos, rotary_sin = _table_dtype(rotary_cos, q), _table_dtype(rotary_sin, q)
     seqlen = -1
     if isinstance(cache_seqlens, (int, np.integer)):
         seqlen, cache_seqlens = int(cache_seqlens), None
-    idx = [host_int32(t, n) for t, n in ((cache_seqlens, "cache_seqlens"), (cache_batch_idx, "cache_batch_idx"),
-                                          (cache_leftpad, "cache_leftpad"), (block_table, "block_table"))]
-    hold = [dl(t, n) for t, n in ((k, "k"), (v, "v"), (rotary_cos, "rotary_cos"), (rotary_sin, "rotary_sin"))]
-    hidx = [dl(t, n) for t, n in zip(idx, ("cache_seqlens", "cache_batch_idx", "cache_leftpad", "block_table"))]
-    kp.k_new, kp.v_new, kp.rotary_cos, kp.rotary_sin = [field(t) for t in hold]
-    kp.cache_seqlens, kp.cache_batch_idx, kp.cache_leftpad, kp.block_table = [field(t) for t in hidx]
+    a = _Args()
+    fields.k_new, fields.v_new = a(k, "k"), a(v, "v")
+    fields.rotary_cos, fields.rotary_sin = a(rotary_cos, "rotary_cos"), a(rotary_sin, "rotary_sin")
+    fields.cache_seqlens = a(host_int32(cache_seqlens, "cache_seqlens"), "cache_seqlens")
+    fields.cache_batch_idx = a(host_int32(cache_batch_idx, "cache_batch_idx"), "cache_batch_idx")
+    fields.cache_leftpad = a(host_int32(cache_leftpad, "cache_leftpad"), "cache_leftpad")
+    fields.block_table = a(host_int32(block_table, "block_table"), "block_table")
     kp.rotary_interleaved = int(bool(rotary_interleaved))
     kp.cache_seqlen = seqlen
     kp.num_splits = int(num_splits)
-    a = _alibi(alibi_slopes, q)
-    p = make_params(0.0, softmax_scale, causal, window_left, window_right, softcap, a)
-    hq, hk, hv, ho, hl = DL(q, "q"), DL(k_cache, "k_cache"), DL(v_cache, "v_cache"), DL(out, "out"), DL(lse, "lse")
-    with device_guard(q):
-        ctx = _lib.context(cuda_stream_of(q))
-        _run("cflash_attn_kvcache_fwd", "kvcache_fwd", "flash_attn_with_kvcache", ctx, ctypes.byref(p), ctypes.byref(kp),
-             hq.ptr, hk.ptr, hv.ptr, ho.ptr, hl.ptr)
+    p = make_params(0.0, softmax_scale, causal, window_left, window_right, softcap, _alibi(alibi_slopes, a))
+    _run("cflash_attn_kvcache_fwd", "kvcache_fwd", "flash_attn_with_kvcache", q, ctypes.byref(p), ctypes.byref(kp),
+         a(q, "q"), a(k_cache, "k_cache"), a(v_cache, "v_cache"), a(out, "out"), a(lse, "lse"))
     return out, lse
 
 
@@ -372,9 +432,7 @@ def attn_merge(out_partial, lse_partial):
     """Merges partial results (NS, B, Sq, H, Dv) / (NS, B, H, Sq) by LSE: out, lse."""
     out = empty(out_partial, out_partial.shape[1:])
     lse = empty(out_partial, lse_partial.shape[1:], "f32")
-    hs = [DL(t, n) for t, n in ((out_partial, "out_partial"), (lse_partial, "lse_partial"), (out, "out"),
-                                (lse, "lse"))]
-    with device_guard(out_partial):
-        ctx = _lib.context(cuda_stream_of(out_partial))
-        _run("cflash_attn_merge", "attn_merge", "attention merge", ctx, *[t.ptr for t in hs])
+    a = _Args()
+    _run("cflash_attn_merge", "attn_merge", "attention merge", out_partial, a(out_partial, "out_partial"),
+         a(lse_partial, "lse_partial"), a(out, "out"), a(lse, "lse"))
     return out, lse

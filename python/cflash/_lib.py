@@ -91,15 +91,20 @@ def last_error():
     return lib.cflash_last_error().decode("utf-8", "replace")
 
 
+class InvalidArgumentError(ValueError, RuntimeError):
+    """CFLASH_ERR_INVALID_ARGUMENT: a ValueError, and a RuntimeError too because flash-attn raises
+    RuntimeError (TORCH_CHECK) for bad arguments, so code written for either catches it."""
+
+
 def check(status, what=""):
-    """Turns a failing status into ValueError (invalid argument) or RuntimeError."""
+    """Turns a failing status into InvalidArgumentError (invalid argument) or RuntimeError."""
     if status == OK:
         return
     name = lib.cflash_status_string(status).decode()
     msg = last_error()
     text = "%s: %s" % (what, msg) if what else msg
     if status == ERR_INVALID_ARGUMENT:
-        raise ValueError(text)
+        raise InvalidArgumentError(text)
     raise RuntimeError("%s (%s)" % (text, name))
 
 

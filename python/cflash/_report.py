@@ -58,9 +58,7 @@ def _library_report(json):
     f = getattr(_lib.lib, "cflash_report", None)
     if f is None:
         return None
-    # size_t cflash_report(char* buf, size_t len, int json): snprintf-like, never fails.
-    f.restype = ctypes.c_size_t
-    f.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_int]
+    # snprintf-like, never fails; its prototype comes from _abi.py (_lib binds it)
     n = f(None, 0, 1 if json else 0)
     buf = ctypes.create_string_buffer(n + 1)
     f(buf, n + 1, 1 if json else 0)

@@ -43,11 +43,13 @@ def maybe_contiguous(x):
     """x with a contiguous last dimension (copied only if it is not), as flash-attn does."""
     if x is None:
         return None
-    if is_torch(x):
-        return x.contiguous() if x.dim() > 0 and x.stride(-1) != 1 and x.shape[-1] > 1 else x
-    if x.ndim > 0 and x.shape[-1] > 1 and x.strides[-1] != x.itemsize:
-        return np.ascontiguousarray(x)
-    return x
+    if type(x) is np.ndarray:
+        if x.ndim > 0 and x.shape[-1] > 1 and x.strides[-1] != x.itemsize:
+            return np.ascontiguousarray(x)
+        return x
+    if x.ndim == 0 or x.stride(-1) == 1 or x.shape[-1] <= 1:
+        return x
+    return x.contiguous()
 
 
 # ---- dtypes ----
@@ -166,15 +168,26 @@ def field(h):
 # ---- Allocation like an input ----
 
 
+_NP_NAMED = {"f32": np.float32, "i32": np.int32, "u8": np.uint8}
+_TORCH_NAMED = {}
+
+
+def empty_like(x):
+    """An uninitialised array of x's kind, shape, dtype and device (the cheapest allocation)."""
+    return np.empty_like(x) if type(x) is np.ndarray else sys.modules["torch"].empty_like(x)
+
+
 def empty(like, shape, dtype=None):
     """An uninitialised array of the kind and device of `like`; dtype None = like's, "f32" = float32,
-    "i32" = int32."""
-    if is_torch(like):
+    "i32" = int32, "u8" = uint8, or a dtype of like's kind."""
+    if type(like) is np.ndarray:
+        return np.empty(shape, dtype=like.dtype if dtype is None else _NP_NAMED.get(dtype, dtype))
+    if dtype is None:
+        return like.new_empty(shape)
+    if not _TORCH_NAMED:
         torch = sys.modules["torch"]
-        dt = {None: like.dtype, "f32": torch.float32, "i32": torch.int32, "u8": torch.uint8}[dtype]
-        return torch.empty(tuple(shape), dtype=dt, device=like.device)
-    dt = {None: like.dtype, "f32": np.float32, "i32": np.int32, "u8": np.uint8}[dtype]
-    return np.empty(tuple(shape), dtype=dt)
+        _TORCH_NAMED.update({"f32": torch.float32, "i32": torch.int32, "u8": torch.uint8})
+    return like.new_empty(shape, dtype=_TORCH_NAMED.get(dtype, dtype))
 
 
 def host_int32(x, name):
@@ -182,10 +195,11 @@ def host_int32(x, name):
     if x is None:
         return None
     if is_torch(x):
-        x = x.detach()
         if x.dtype != sys.modules["torch"].int32:
             raise ValueError("%s: dtype %s, expected torch.int32" % (name, x.dtype))
-        return np.ascontiguousarray(x.cpu().numpy())
+        if x.is_cpu and x.is_contiguous():
+            return x  # as it is (a decode step passes cache_seqlens every call)
+        return np.ascontiguousarray(x.detach().cpu().numpy())
     x = np.asarray(x)
     if x.dtype != np.int32:
         raise ValueError("%s: dtype %s, expected int32" % (name, x.dtype))

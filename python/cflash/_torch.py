@@ -24,6 +24,8 @@ def _draw(dropout_p, seed):
 
 def _rng_state(seed):
     """(seed, offset) as flash-attn's rng_state: saved for the backward, read back for S_dmask."""
+    if not seed:  # no dropout: the cheaper allocation (a call at decode shapes is microseconds)
+        return torch.zeros(2, dtype=torch.int64)
     return torch.tensor([seed, 0], dtype=torch.int64)
 
 
@@ -82,16 +84,18 @@ attn_fwd.register_autograd(_attn_backward, setup_context=_attn_setup)
 def attn_varlen_fwd(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor, cu_seqlens_k: Tensor,
                     max_seqlen_q: int, max_seqlen_k: int, alibi_slopes: Optional[Tensor], dropout_p: float,
                     softmax_scale: float, causal: bool, window_left: int, window_right: int, softcap: float,
-                    deterministic: bool, seed: int) -> Tuple[Tensor, Tensor, Tensor]:
+                    deterministic: bool, seed: int, block_table: Optional[Tensor] = None,
+                    seqused_k: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor]:
     seed = _draw(dropout_p, seed)
     out, lse = _core.attn_varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p,
-                                     softmax_scale, causal, window_left, window_right, softcap, alibi_slopes, seed)
+                                     softmax_scale, causal, window_left, window_right, softcap, alibi_slopes, seed,
+                                     block_table=block_table, seqused_k=seqused_k)
     return out, lse, _rng_state(seed)
 
 
 @attn_varlen_fwd.register_fake
 def _(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, alibi_slopes, dropout_p, softmax_scale,
-      causal, window_left, window_right, softcap, deterministic, seed):
+      causal, window_left, window_right, softcap, deterministic, seed, block_table=None, seqused_k=None):
     T, H, _ = q.shape
     return (q.new_empty((T, H, v.shape[-1])), q.new_empty((H, T), dtype=torch.float32),
             torch.empty((2,), dtype=torch.int64))
@@ -117,7 +121,7 @@ def _(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seq
 def _varlen_setup(ctx, inputs, output):
     q, k, v, cq, ck, mq, mk, alibi = inputs[:8]
     ctx.lens = (mq, mk)
-    ctx.args = inputs[8:-1]
+    ctx.args = inputs[8:-3]  # the seed travels in rng_state; block_table, seqused_k are None
     ctx.save_for_backward(q, k, v, output[0], output[1], cq, ck, alibi, output[2])
 
 
@@ -125,7 +129,7 @@ def _varlen_backward(ctx, dout, dlse, drng):
     q, k, v, out, lse, cq, ck, alibi, rng = ctx.saved_tensors
     dq, dk, dv = torch.ops.cflash.attn_varlen_bwd(dout, q, k, v, out, lse, cq, ck, *ctx.lens, alibi, *ctx.args,
                                                   rng)
-    return (dq, dk, dv) + (None,) * 13
+    return (dq, dk, dv) + (None,) * 15
 
 
 attn_varlen_fwd.register_autograd(_varlen_backward, setup_context=_varlen_setup)
@@ -207,20 +211,67 @@ def part_view(x, part):
 
 def rotate_inplace(x, cos, sin, offs, off, cu, mx, interleaved, num_heads, parts, cos_k, sin_k):
     """Rotates x in place (all of it, its first num_heads heads, or its parts: ("select", dim, i) /
-    ("narrow", dim, start, length) views; the second part uses cos_k / sin_k when given); returns x.
-    Without autograd the library writes x directly. With autograd, each part is computed by the
-    differentiable op and copied back with copy_, which autograd and torch.compile handle
-    everywhere (a custom Function marking a view dirty gets wrong gradients from torch.compile
-    across a graph break, in PyTorch 2.15)."""
-    views = [part_view(x, p) for p in parts] if parts else [x.narrow(-2, 0, num_heads) if num_heads else x]
+    ("narrow", dim, start, length) views; the second part uses cos_k / sin_k when given); returns x
+    or, on a leaf that requires grad, the result to differentiate through (as flash-attn).
+    Without autograd the library writes x directly. With autograd:
+    - x a leaf that requires grad (or a view made where autograd cannot track it, such as the
+      output of a custom Function): the write happens inside an autograd.Function, as
+      flash-attn's ApplyRotaryEmb does; the returned tensor carries the gradient (the leaf itself
+      cannot be rebased onto a graph);
+    - otherwise each part is computed by the differentiable op and copied back with copy_, so x
+      itself carries the gradient; autograd and torch.compile handle this everywhere (a custom
+      Function marking a view dirty gets wrong gradients from torch.compile across a graph break,
+      in PyTorch 2.15)."""
     grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, cos, sin, cos_k, sin_k))
-    for n, view in enumerate(views):
+    args = (offs, off, cu, mx, interleaved, num_heads, parts)
+    if not grad:
+        _rotate_views(x, cos, sin, cos_k, sin_k, args, False)
+        return x
+    if x.requires_grad and x.is_leaf:
+        return _RotaryInplace.apply(x, cos, sin, cos_k, sin_k, *args)
+    for n, view in enumerate(_views(x, num_heads, parts)):
         c, s = (cos, sin) if n == 0 or cos_k is None else (cos_k, sin_k)
-        if grad:
-            view.copy_(torch.ops.cflash.rotary(view, c, s, offs, off, cu, mx, interleaved, False))
-        else:
-            torch.ops.cflash.rotary_(view, c, s, offs, off, cu, mx, interleaved, False, 0)
+        rotated = torch.ops.cflash.rotary(view, c, s, offs, off, cu, mx, interleaved, False)
+        try:
+            view.copy_(rotated)
+        except RuntimeError:  # a view autograd will not let be written (made in no_grad or a custom Function)
+            if n:
+                raise
+            return _RotaryInplace.apply(x, cos, sin, cos_k, sin_k, *args)
     return x
+
+
+def _views(x, num_heads, parts):
+    return [part_view(x, p) for p in parts] if parts else [x.narrow(-2, 0, num_heads) if num_heads else x]
+
+
+def _rotate_views(x, cos, sin, cos_k, sin_k, args, conjugate):
+    offs, off, cu, mx, interleaved, num_heads, parts = args
+    for n, view in enumerate(_views(x, num_heads, parts)):
+        c, s = (cos, sin) if n == 0 or cos_k is None else (cos_k, sin_k)
+        torch.ops.cflash.rotary_(view, c, s, offs, off, cu, mx, interleaved, conjugate, 0)
+
+
+class _RotaryInplace(torch.autograd.Function):
+    """In-place rotation of a leaf that requires grad: written inside forward (where autograd does
+    not watch), the gradient is the conjugate rotation of the incoming one. cos / sin get no
+    gradient, as in flash-attn."""
+
+    @staticmethod
+    def forward(ctx, x, cos, sin, cos_k, sin_k, offs, off, cu, mx, interleaved, num_heads, parts):
+        args = (offs, off, cu, mx, interleaved, num_heads, parts)
+        _rotate_views(x, cos, sin, cos_k, sin_k, args, False)
+        ctx.save_for_backward(cos, sin, cos_k, sin_k, offs, cu)
+        ctx.args = (off, mx, interleaved, num_heads, parts)
+        return x
+
+    @staticmethod
+    def backward(ctx, g):
+        cos, sin, cos_k, sin_k, offs, cu = ctx.saved_tensors
+        off, mx, interleaved, num_heads, parts = ctx.args
+        dx = g.clone(memory_format=torch.contiguous_format)
+        _rotate_views(dx, cos, sin, cos_k, sin_k, (offs, off, cu, mx, interleaved, num_heads, parts), True)
+        return (dx,) + (None,) * 11
 
 
 # ---- Norm ----
@@ -228,21 +279,21 @@ def rotate_inplace(x, cos, sin, offs, off, cu, mx, interleaved, num_heads, parts
 
 @_op("cflash::norm_fwd", mutates_args=())
 def norm_fwd(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], residual: Optional[Tensor], eps: float,
-             dropout_p: float, seed: int, is_rms_norm: bool,
-             residual_in_fp32: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+             dropout_p: float, seed: int, is_rms_norm: bool, residual_in_fp32: bool,
+             out_dtype: Optional[torch.dtype] = None) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     seed = _draw(dropout_p, seed)
     y, h, mean, rstd = _core.norm_fwd(x, weight, bias, residual, eps, dropout_p, seed, is_rms_norm,
-                                      residual_in_fp32)
+                                      residual_in_fp32, out_dtype)
     empty = x.new_empty((0,), dtype=torch.float32)
     return (y, (h if h is not None else empty.clone()), (mean if mean is not None else empty.clone()), rstd,
             _rng_state(seed))
 
 
 @norm_fwd.register_fake
-def _(x, weight, bias, residual, eps, dropout_p, seed, is_rms_norm, residual_in_fp32):
+def _(x, weight, bias, residual, eps, dropout_p, seed, is_rms_norm, residual_in_fp32, out_dtype=None):
     N = x.shape[-1]
     M = x.numel() // N if N else 0
-    y = torch.empty_like(x, memory_format=torch.contiguous_format)
+    y = torch.empty_like(x, memory_format=torch.contiguous_format, dtype=out_dtype or x.dtype)
     if residual is not None:
         h = x.new_empty((M, N), dtype=residual.dtype)
     elif (residual_in_fp32 and x.dtype != torch.float32) or dropout_p > 0:
@@ -275,7 +326,7 @@ def _(dy, h, weight, bias, mean, rstd, dresidual_out, x_like, residual_like, eps
 
 
 def _norm_setup(ctx, inputs, output):
-    x, weight, bias, residual, eps, dropout_p, _, is_rms, _ = inputs
+    x, weight, bias, residual, eps, dropout_p, _, is_rms, _, _ = inputs
     y, h, mean, rstd, rng = output
     ctx.has_h = h.numel() > 0 or x.numel() == 0
     ctx.has_bias = bias is not None
@@ -294,10 +345,35 @@ def _norm_backward(ctx, dy, dh, dmean, drstd, drng):
     dx, dw, db, dres = torch.ops.cflash.norm_bwd(dy, h, weight, bias, mean, rstd, dro, x_like, residual_like,
                                                  eps, dropout_p, rng, is_rms)
     return (dx.reshape(ctx.shape), dw if weight is not None else None, db if ctx.has_bias else None,
-            dres.reshape(ctx.shape) if residual_like is not None else None, None, None, None, None, None)
+            dres.reshape(ctx.shape) if residual_like is not None else None, None, None, None, None, None, None)
 
 
 norm_fwd.register_autograd(_norm_backward, setup_context=_norm_setup)
+
+
+def fresh_rng_state():
+    """A dropout (seed, offset) tensor drawn from torch's generator without leaving the graph
+    (no .item(): torch.compile keeps it in one piece)."""
+    seed = torch.randint(0, 2**62, (1,), dtype=torch.int64)
+    return torch.cat([seed, seed.new_zeros(1)])
+
+
+@_op("cflash::dropout_keep", mutates_args=())
+def dropout_keep(x: Tensor, n_masks: int, dropout_p: float, rng_state: Tensor) -> Tensor:
+    """The norm's dropout keep masks, bool (n_masks, rows, x.shape[-1]) on x's device: mask 0 is
+    the one cflash_norm_fwd applies with this seed (the attention mask's Philox keying, head 0),
+    mask m the same keying at head m (flash-attn's second input x1 uses mask 1)."""
+    N = x.shape[-1]
+    M = x.numel() // N if N else 0
+    m = _core.dropout_mask(1, n_masks, M, N, dropout_p, int(rng_state[0]), int(rng_state[1]))[0]
+    return torch.from_numpy(m).to(device=x.device, dtype=torch.bool)
+
+
+@dropout_keep.register_fake
+def _(x, n_masks, dropout_p, rng_state):
+    N = x.shape[-1]
+    M = x.numel() // N if N else 0
+    return x.new_empty((n_masks, M, N), dtype=torch.bool)
 
 
 # ---- Merge ----

@@ -2,9 +2,11 @@
 order and defaults, on libcflash. They take NumPy arrays or torch tensors (CPU or CUDA) and return
 the same kind; with torch they are differentiable and traceable by torch.compile."""
 
+import sys
+
 import numpy as np
 
-from . import _core
+from . import _core, _lib, _sdmask
 from ._tensor import is_torch, to_array
 
 __all__ = [
@@ -59,47 +61,13 @@ def _scale(softmax_scale, q):
     return float(softmax_scale) if softmax_scale != 0 else 1e-30
 
 
-def _attn_probs(q, k, v, lse_like, softmax_scale, causal, window_size, softcap, alibi_slopes, dropout_p, seed,
-                cu_seqlens_q=None, cu_seqlens_k=None):
-    """flash-attn's S_dmask: the attention probabilities (B, H, Sq, Sk), negative where dropout
-    dropped them. For tests and inspection (materialised in NumPy, _scores.py)."""
-    from . import _scores
+def _get_block_size_n(device, head_dim, is_dropout, is_causal):
+    """flash-attn's helper for decoding S_dmask: the key-block width of its running maximum (the
+    same on every device here)."""
+    return _sdmask.block_size_n(head_dim, is_dropout, is_causal)
 
-    torch_mode = is_torch(q)
-    qn, kn, vn = [x.detach().float().cpu().numpy() if torch_mode else x for x in (q, k, v)]
-    al = alibi_slopes
-    if al is not None and torch_mode:
-        al = al.detach().float().cpu().numpy()
-    if cu_seqlens_q is None:
-        seqs = [(qn, kn, vn, al)]
-    else:  # varlen: padded to max lengths, one sequence at a time
-        cq = np.asarray(cu_seqlens_q.cpu() if torch_mode else cu_seqlens_q)
-        ck = np.asarray(cu_seqlens_k.cpu() if torch_mode else cu_seqlens_k)
-        seqs = [(qn[None, cq[b]:cq[b + 1]], kn[None, ck[b]:ck[b + 1]], vn[None, ck[b]:ck[b + 1]],
-                 al[b] if al is not None and np.ndim(al) == 2 else al) for b in range(len(cq) - 1)]
-    ps = []
-    for b, (qq, kk, vv, aa) in enumerate(seqs):
-        p = _scores.probabilities(qq, kk, softmax_scale, causal, window_size, softcap, aa)
-        if dropout_p > 0:
-            B, H, Sq, Sk = p.shape
-            m = _core.dropout_mask(B, H, Sq, Sk, dropout_p, seed)
-            if cu_seqlens_q is not None:  # the mask of sequence b is that of batch index b
-                m = _core.dropout_mask(b + 1, H, Sq, Sk, dropout_p, seed)[b:b + 1]
-            p = np.where(m.astype(bool), p, -p)
-        ps.append(p)
-    if cu_seqlens_q is not None:
-        mq = max(p.shape[2] for p in ps) if ps else 0
-        mk = max(p.shape[3] for p in ps) if ps else 0
-        full = np.zeros((len(ps), qn.shape[1], mq, mk))
-        for b, p in enumerate(ps):
-            full[b, :, :p.shape[2], :p.shape[3]] = p[0]
-        ps = [full]
-    s = ps[0] if len(ps) == 1 else np.concatenate(ps)
-    if torch_mode:
-        import torch
 
-        return torch.from_numpy(s).to(device=q.device, dtype=q.dtype)
-    return s.astype(q.dtype)
+round_multiple = _sdmask.round_multiple
 
 
 # ---- Batch layout ----
@@ -111,25 +79,48 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, wi
     nheads % nheads_k == 0 (GQA/MQA). Causal and window masks align bottom-right; window_size
     (left, right), -1 = unbounded; softcap > 0 applies c * tanh(s / c); alibi_slopes (nheads,) or
     (batch, nheads) fp32. Returns out (batch, seqlen_q, nheads, headdim_v), or with
-    return_attn_probs (out, softmax_lse (batch, nheads, seqlen_q), S_dmask (batch, nheads,
-    seqlen_q, seqlen_k))."""
-    q, k, v, alibi_slopes = [to_array(x, n) for x, n in ((q, "q"), (k, "k"), (v, "v"), (alibi_slopes, "alibi_slopes"))]
+    return_attn_probs (out, softmax_lse (batch, nheads, seqlen_q), S_dmask: see _sdmask.py;
+    an empty array without dropout, as flash-attn's)."""
+    out, lse, S, _ = _fwd(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic,
+                          return_attn_probs)
+    return (out, lse, S) if return_attn_probs else out
+
+
+def _fwd(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic, want_probs):
+    """The batch-layout forward: (out, lse, S_dmask or None, dropout seed)."""
     wl, wr = _window(window_size)
-    scale = _scale(softmax_scale, q)
-    tm = is_torch(q)
-    seed = _seed(dropout_p, tm)
-    if tm:
-        k, v, alibi_slopes = _as_torch((k, v, alibi_slopes), q)
-        out, lse, rng = _torch().torch.ops.cflash.attn_fwd(q, k, v, alibi_slopes, float(dropout_p), scale,
-                                                          bool(causal), wl, wr, float(softcap), bool(deterministic),
-                                                          seed)
-        if return_attn_probs:
-            seed = int(rng[0])
+    if _direct(q, k, v):
+        scale = _scale(softmax_scale, q)
+        seed = _seed(dropout_p, False) if type(q) is np.ndarray else (_torch().new_seed() if dropout_p else 0)
+        out, lse = _core.attn_fwd(q, k, v, dropout_p, scale, causal, wl, wr, softcap, alibi_slopes, seed,
+                                  want_lse=want_probs)
     else:
-        out, lse = _core.attn_fwd(q, k, v, dropout_p, scale, causal, wl, wr, softcap, alibi_slopes, seed)
-    if not return_attn_probs:
-        return out
-    return out, lse, _attn_probs(q, k, v, lse, scale, causal, (wl, wr), softcap, alibi_slopes, dropout_p, seed)
+        q, k, v, alibi_slopes = [to_array(x, n) for x, n in ((q, "q"), (k, "k"), (v, "v"),
+                                                             (alibi_slopes, "alibi_slopes"))]
+        scale = _scale(softmax_scale, q)
+        tm = is_torch(q)
+        seed = _seed(dropout_p, tm)
+        if tm:
+            k, v, alibi_slopes = _as_torch((k, v, alibi_slopes), q)
+            out, lse, rng = _torch().torch.ops.cflash.attn_fwd(q, k, v, alibi_slopes, float(dropout_p), scale,
+                                                              bool(causal), wl, wr, float(softcap),
+                                                              bool(deterministic), seed)
+            seed = int(rng[0]) if dropout_p else 0
+        else:
+            out, lse = _core.attn_fwd(q, k, v, dropout_p, scale, causal, wl, wr, softcap, alibi_slopes, seed)
+    S = _sdmask.s_dmask(q, k, scale, causal, (wl, wr), softcap, alibi_slopes, dropout_p, seed) if want_probs else None
+    return out, lse, S, seed
+
+
+def _direct(q, *xs):
+    """Whether a call can go to the library directly, without the torch custom op's dispatch:
+    NumPy arrays, or torch tensors when no gradient is wanted and torch.compile is not tracing."""
+    if type(q) is np.ndarray:
+        return True
+    torch = sys.modules.get("torch")
+    if torch is None or not isinstance(q, torch.Tensor) or torch.compiler.is_compiling():
+        return False
+    return not (torch.is_grad_enabled() and (q.requires_grad or any(getattr(x, "requires_grad", False) for x in xs)))
 
 
 def flash_attn_qkvpacked_func(qkv, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1),
@@ -158,31 +149,42 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
                            deterministic=False, return_attn_probs=False, block_table=None):
     """q (total_q, nheads, headdim), k, v (total_k, nheads_k, headdim[_v]); cu_seqlens_* int32
     (batch + 1,). Returns out (total_q, nheads, headdim_v), or with return_attn_probs (out,
-    softmax_lse (nheads, total_q), S_dmask (batch, nheads, max_seqlen_q, max_seqlen_k)).
-    block_table (paged K/V) is not supported here: use flash_attn_with_kvcache."""
-    if block_table is not None:
-        raise ValueError("block_table: paged K/V is supported by flash_attn_with_kvcache only; expected None")
+    softmax_lse (nheads, total_q), S_dmask (batch, nheads, max_seqlen_q, max_seqlen_k) rounded up
+    to 128 as flash-attn's). block_table (paged K/V): refused until the library's varlen call
+    takes it (use flash_attn_with_kvcache meanwhile)."""
+    out, lse, S, _ = _varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p,
+                                 softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic,
+                                 return_attn_probs, block_table)
+    return (out, lse, S) if return_attn_probs else out
+
+
+def _varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p, softmax_scale, causal,
+                window_size, softcap, alibi_slopes, deterministic, want_probs, block_table=None, seqused_k=None):
+    """The varlen forward: (out, lse, S_dmask or None, dropout seed)."""
     q, k, v, alibi_slopes = [to_array(x, n) for x, n in ((q, "q"), (k, "k"), (v, "v"), (alibi_slopes, "alibi_slopes"))]
     cu_seqlens_q, cu_seqlens_k = to_array(cu_seqlens_q, "cu_seqlens_q"), to_array(cu_seqlens_k, "cu_seqlens_k")
+    block_table, seqused_k = to_array(block_table, "block_table"), to_array(seqused_k, "seqused_k")
     wl, wr = _window(window_size)
     scale = _scale(softmax_scale, q)
     tm = is_torch(q)
     seed = _seed(dropout_p, tm)
     mq, mk = int(max_seqlen_q or 0), int(max_seqlen_k or 0)
     if tm:
-        k, v, alibi_slopes, cu_seqlens_q, cu_seqlens_k = _as_torch((k, v, alibi_slopes, cu_seqlens_q, cu_seqlens_k), q)
+        k, v, alibi_slopes, cu_seqlens_q, cu_seqlens_k, block_table, seqused_k = _as_torch(
+            (k, v, alibi_slopes, cu_seqlens_q, cu_seqlens_k, block_table, seqused_k), q)
         out, lse, rng = _torch().torch.ops.cflash.attn_varlen_fwd(
             q, k, v, cu_seqlens_q, cu_seqlens_k, mq, mk, alibi_slopes, float(dropout_p), scale, bool(causal), wl,
-            wr, float(softcap), bool(deterministic), seed)
-        if return_attn_probs:
-            seed = int(rng[0])
+            wr, float(softcap), bool(deterministic), seed, block_table, seqused_k)
+        seed = int(rng[0]) if dropout_p else 0
     else:
         out, lse = _core.attn_varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, mq, mk, dropout_p, scale, causal, wl,
-                                         wr, softcap, alibi_slopes, seed)
-    if not return_attn_probs:
-        return out
-    return out, lse, _attn_probs(q, k, v, lse, scale, causal, (wl, wr), softcap, alibi_slopes, dropout_p, seed,
-                                 cu_seqlens_q, cu_seqlens_k)
+                                         wr, softcap, alibi_slopes, seed, block_table=block_table,
+                                         seqused_k=seqused_k)
+    S = None
+    if want_probs:
+        S = _sdmask.s_dmask(q, k, scale, causal, (wl, wr), softcap, alibi_slopes, dropout_p, seed, cu_seqlens_q,
+                            cu_seqlens_k, mq, mk)
+    return out, lse, S, seed
 
 
 def flash_attn_varlen_qkvpacked_func(qkv, cu_seqlens, max_seqlen, dropout_p=0.0, softmax_scale=None, causal=False,
@@ -207,6 +209,52 @@ def flash_attn_varlen_kvpacked_func(q, kv, cu_seqlens_q, cu_seqlens_k, max_seqle
                                   return_attn_probs)
 
 
+# ---- flash-attn's private entry points (flash_attn_interface._flash_attn_*forward) ----
+
+
+def _rng_state(seed, like):
+    if is_torch(like):
+        return _torch().torch.tensor([seed, 0], dtype=_torch().torch.int64)
+    return np.array([seed, 0], dtype=np.int64)
+
+
+def _flash_attn_forward(q, k, v, dropout_p, softmax_scale, causal, window_size_left=-1, window_size_right=-1,
+                        softcap=0.0, alibi_slopes=None, return_softmax=False):
+    """(out, softmax_lse, S_dmask, rng_state): what flash-attn's op of this name returns (S_dmask
+    empty unless return_softmax with dropout; rng_state int64 [seed, offset])."""
+    out, lse, S, seed = _fwd(q, k, v, dropout_p, softmax_scale, causal, (window_size_left, window_size_right), softcap,
+                             alibi_slopes, False, True)
+    if not return_softmax:
+        S = _sdmask.s_dmask(out, None, 0, 0, 0, 0, None, 0.0, 0)
+    return out, lse, S, _rng_state(seed, out)
+
+
+def _flash_attn_varlen_forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p,
+                               softmax_scale, causal, window_size_left=-1, window_size_right=-1, softcap=0.0,
+                               alibi_slopes=None, return_softmax=False, block_table=None, leftpad_k=None,
+                               seqused_k=None, zero_tensors=False, num_splits=0):
+    """flash-attn's varlen op of this name: (out, softmax_lse, S_dmask, rng_state). block_table
+    and seqused_k go where the library will take them (refused until then), leftpad_k is refused;
+    num_splits > 1 is refused as flash-attn does; zero_tensors zeroes the rows past the last
+    sequence."""
+    if num_splits > 1:
+        raise _lib.InvalidArgumentError("num_splits > 1 is not supported in the varlen call (flash-attn refuses it "
+                                        "too); expected 0 or 1")
+    if leftpad_k is not None:
+        raise _lib.InvalidArgumentError("leftpad_k: not supported in the varlen call; expected None (left padding "
+                                        "is served by flash_attn_with_kvcache's cache_leftpad)")
+    out, lse, S, seed = _varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p,
+                                    softmax_scale, causal, (window_size_left, window_size_right), softcap,
+                                    alibi_slopes, False, return_softmax, block_table, seqused_k)
+    if S is None:
+        S = _sdmask.s_dmask(out, None, 0, 0, 0, 0, None, 0.0, 0)
+    if zero_tensors:
+        end = int(cu_seqlens_q[-1])
+        out[end:] = 0
+        lse[:, end:] = -np.inf
+    return out, lse, S, _rng_state(seed, out)
+
+
 # ---- KV cache ----
 
 
@@ -221,6 +269,13 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
     (num_blocks, page_block_size, nheads_k, headdim), any page size. No backward (as flash-attn).
     Returns out (batch, seqlen_q, nheads, headdim), and softmax_lse (batch, nheads, seqlen_q) when
     return_softmax_lse."""
+    if _direct(q):  # not traced: the library directly (there is no autograd here, as in flash-attn)
+        wl, wr = _window(window_size)
+        out, lse = _core.attn_kvcache(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens,
+                                      cache_batch_idx, cache_leftpad, block_table, _scale(softmax_scale, q), causal,
+                                      wl, wr, softcap, rotary_interleaved, alibi_slopes, num_splits,
+                                      want_lse=return_softmax_lse)
+        return (out, lse) if return_softmax_lse else out
     names = ("q", "k_cache", "v_cache", "k", "v", "rotary_cos", "rotary_sin", "alibi_slopes")
     args = (q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, alibi_slopes)
     q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, alibi_slopes = [to_array(x, n) for x, n in zip(args, names)]

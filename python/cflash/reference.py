@@ -89,6 +89,15 @@ def attention(q, k, v, softmax_scale=None, causal=False, window_size=(-1, -1), s
     return out, lse, p
 
 
+def scores(q, k, softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0, alibi_slopes=None):
+    """The scaled, softcapped, ALiBi-biased scores (B, H, Sq, Sk) in fp64, -inf where masked: what
+    each row's softmax is taken over."""
+    q, k, slopes = _f64(q), _f64(k), _f64(alibi_slopes)
+    scale = q.shape[-1] ** -0.5 if softmax_scale is None else softmax_scale
+    ok = visible(q.shape[1], k.shape[1], causal, window_size)
+    return _scores(q, k, scale, softcap, slopes, ok, lambda x: x)[0]
+
+
 def attention_bwd(dout, q, k, v, softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
                   alibi_slopes=None, dropout_p=0.0, dropout_mask=None, dtype=None):
     """Gradients dq, dk, dv of sum(out * dout) for attention(...); dtype as there."""

@@ -163,7 +163,9 @@ static cflash_status kvcache_fwd(cflash_context* ctx, const cflash_attn_params* 
                          "%s[%lld]: %lld + %lld new rows = %lld exceeds the cache's %lld "
                          "positions%s",
                          ln, (long long)b, (long long)L, (long long)c.Sn, (long long)(L + c.Sn),
-                         (long long)capacity, paged ? " (max_pages * page_size)" : " (S_cache)");
+                         (long long)capacity,
+                         paged ? " (max_pages * page_size addressable through block_table)"
+                               : " (S_cache)");
         CFLASH_RETURN_IF(P < 0 || P > L, INVALID,
                          "cache_leftpad[%lld]: %lld, expected 0 <= leftpad <= cache length %lld",
                          (long long)b, (long long)P, (long long)L);

@@ -2,6 +2,7 @@
 library at $CFLASH_LIBRARY, else build/libcflash.so (what `make` builds), else fail saying how to
 build it. Shared helpers: seeded inputs, NaN-poisoned outputs, the error rule."""
 
+import importlib
 import os
 import sys
 import zlib
@@ -25,6 +26,15 @@ if "CFLASH_TEST_INSTALLED" not in os.environ:  # test the checkout's package, no
 
 import cflash  # noqa: E402
 from cflash import _core, _tensor  # noqa: E402
+
+def require(module, why):
+    """The module, for tests that need an optional dependency. In CI (CI=true) a missing one is an
+    error, not a skip: CI installs every one (.ci/deps.sh python), so a skip there would hide that
+    the tests did not run. Elsewhere the tests skip, saying why."""
+    if os.environ.get("CI") == "true":
+        return importlib.import_module(module)
+    return pytest.importorskip(module, reason=why)
+
 
 UNIT_ROUNDOFF = {"float32": 2.0**-24, "float16": 2.0**-11, "bfloat16": 2.0**-8}
 
@@ -62,6 +72,14 @@ def check_rule(name, got, ref, naive, dtype, factor=2.0, magnitude=None):
     scale = np.asarray(ref) if magnitude is None else np.array([magnitude])
     bound = factor * nerr + atol(dtype, scale)
     assert err <= bound, "%s: max error %.3g > bound %.3g (naive %.3g)" % (name, err, bound, nerr)
+
+
+def grads(fn, inputs, dout):
+    """(output, [gradients]) of fn on fresh leaf copies of inputs (torch), for dout."""
+    xs = [x.detach().clone().requires_grad_(True) for x in inputs]
+    out = fn(*xs)
+    out.backward(dout)
+    return out.detach(), [x.grad for x in xs]
 
 
 BASE_SEED = int(os.environ.get("CFLASH_TEST_SEED", str(int.from_bytes(os.urandom(4), "little"))))

@@ -7,8 +7,9 @@ import re
 import types
 
 import pytest
+from conftest import require
 
-torch = pytest.importorskip("torch", reason="PyTorch is not installed: the drop-in test needs it")
+torch = require("torch", "PyTorch is not installed: the drop-in test needs it")
 nn = torch.nn
 F = torch.nn.functional
 

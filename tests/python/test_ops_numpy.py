@@ -155,15 +155,17 @@ def test_norm_dropout_uses_the_attention_philox_keying(rng):
     assert np.abs(y - R.norm(want_h, w, None, None, 1e-6, True)[0]).max() < 1e-5
 
 
-def test_norm_unsupported_options(rng):
+def test_norm_argument_errors(rng):
     x = rng.standard_normal((2, 8)).astype(np.float32)
     w = np.ones(8, np.float32)
-    with pytest.raises(ValueError, match="x1"):
-        layer_norm_fn(x, w, None, x1=x)
-    with pytest.raises(ValueError, match="rowscale"):
-        rms_norm_fn(x, w, None, rowscale=np.ones(2, np.float32))
-    with pytest.raises(ValueError, match="residual"):
+    with pytest.raises(ValueError, match="rowscale: given with x1"):
+        layer_norm_fn(x, w, None, x1=x, rowscale=np.ones(2, np.float32))
+    with pytest.raises(ValueError, match=r"rowscale: shape \(3,\), expected one value per row"):
+        rms_norm_fn(x, w, None, rowscale=np.ones(3, np.float32))
+    with pytest.raises(ValueError, match="residual: shape"):
         rms_norm_fn(x, w, None, residual=x[:1])
+    with pytest.raises(ValueError, match="x1: shape"):
+        rms_norm_fn(x, w, None, x1=x[:1])
 
 
 # ---- KV cache ----

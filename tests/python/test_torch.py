@@ -9,15 +9,16 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import require
 
-torch = pytest.importorskip("torch", reason="PyTorch is not installed: the torch tests need it")
+torch = require("torch", "PyTorch is not installed: the torch tests need it")
 F = torch.nn.functional
 
 import cflash  # noqa: E402
 from cflash import reference as R  # noqa: E402
 from cflash.layers.rotary import RotaryEmbedding, apply_rotary_emb, apply_rotary_emb_qkv_  # noqa: E402
 from cflash.ops import RMSNorm, layer_norm_fn, rms_norm_fn  # noqa: E402
-from conftest import check_rule, grad_magnitude  # noqa: E402
+from conftest import check_rule, grad_magnitude, grads  # noqa: E402
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
@@ -37,13 +38,6 @@ def sdpa(q, k, v, causal=False, window=(-1, -1), alibi=None, scale=None):
     o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask,
                                        scale=scale)
     return o.transpose(1, 2)
-
-
-def grads(fn, inputs, dout):
-    xs = [x.detach().clone().requires_grad_(True) for x in inputs]
-    out = fn(*xs)
-    out.backward(dout)
-    return out.detach(), [x.grad for x in xs]
 
 
 CASES = [  # (B, Sq, Sk, H, Hk, D, causal, window, alibi)
@@ -89,14 +83,14 @@ def test_lse_softcap_dropout_against_reference():
     q, k, v = (torch.randn(2, 12, 4, 16) for _ in range(3))
     out, lse, probs = cflash.flash_attn_func(q, k, v, softcap=3.0, causal=True, return_attn_probs=True)
     ro, rl, rp = R.attention(q, k, v, softcap=3.0, causal=True)
-    assert lse.dtype == torch.float32 and lse.shape == (2, 4, 12)
+    assert lse.dtype == torch.float32 and lse.shape == (2, 4, 12) and probs.shape == (0,)
     assert np.abs(out.numpy() - ro).max() < 1e-5 and np.abs(lse.numpy() - rl).max() < 1e-5
     torch.manual_seed(7)
     o1, _, p1 = cflash.flash_attn_func(q, k, v, dropout_p=0.25, return_attn_probs=True)
     torch.manual_seed(7)
     o2 = cflash.flash_attn_func(q, k, v, dropout_p=0.25)
     assert torch.equal(o1, o2), "torch.manual_seed must make dropout repeatable"
-    keep = (p1 >= 0).double().numpy()
+    keep = (p1[:, :, :12, :12] >= 0).double().numpy()
     assert 0.6 < keep.mean() < 0.9
     ro, _, _ = R.attention(q, k, v, dropout_p=0.25, dropout_mask=keep)
     assert np.abs(o1.numpy() - ro).max() < 1e-5

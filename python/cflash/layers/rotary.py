@@ -9,7 +9,7 @@ from .. import _core
 from .._tensor import is_torch, to_array
 
 __all__ = ["apply_rotary_emb", "apply_rotary_emb_func", "apply_rotary_emb_qkv_", "apply_rotary_emb_kv_",
-           "RotaryEmbedding"]
+           "apply_rotary_emb_torch", "RotaryEmbedding"]
 
 
 def _torch():
@@ -68,6 +68,22 @@ def apply_rotary_emb(x, cos, sin, interleaved=False, inplace=False, seqlen_offse
 
 
 apply_rotary_emb_func = apply_rotary_emb  # flash-attn's older name
+
+
+def apply_rotary_emb_torch(x, cos, sin, interleaved=False):
+    """Plain-torch rotation, flash-attn's reference: x (..., seqlen, nheads, headdim), cos / sin
+    (seqlen, rotary_dim / 2) or (batch, seqlen, rotary_dim / 2), positions from 0."""
+    import torch
+
+    r = cos.shape[-1]
+    c, s = cos.unsqueeze(-2), sin.unsqueeze(-2)  # broadcast over heads
+    if interleaved:
+        a, b = x[..., 0:2 * r:2], x[..., 1:2 * r:2]
+        rot = torch.stack((a * c - b * s, a * s + b * c), dim=-1).flatten(-2)
+    else:
+        a, b = x[..., :r], x[..., r:2 * r]
+        rot = torch.cat((a * c - b * s, a * s + b * c), dim=-1)
+    return torch.cat((rot, x[..., 2 * r:]), dim=-1)
 
 
 def apply_rotary_emb_qkv_(qkv, cos, sin, cos_k=None, sin_k=None, interleaved=False, seqlen_offsets=0,

@@ -1,6 +1,6 @@
 """flash_attn.ops.triton.layer_norm's names, served by cflash.ops (libcflash kernels)."""
 
-from .. import layer_norm_fn, rms_norm_fn  # noqa: F401
+from .. import layer_norm_fn, layer_norm_linear_fn, layer_norm_ref, rms_norm_fn, rms_norm_ref  # noqa: F401
 
 
 def __getattr__(name):

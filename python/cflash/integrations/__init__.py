@@ -1,0 +1,2 @@
+"""Integrations with other libraries (cflash.integrations.transformers: Hugging Face
+transformers' attention and mask registries)."""
