@@ -293,21 +293,6 @@ static cflash_status check_like(cf_view* dst, const DLTensor* t, const char* nam
     return CFLASH_OK;
 }
 
-/* An output with stride 0 in a dimension of size > 1 (a broadcast view) would have several of its
- * elements written to one address, by several threads: rejected. Call after t is validated. */
-static cflash_status check_output(const DLTensor* t, const char* name) {
-    if (!t || !t->strides) return CFLASH_OK;
-    for (int i = 0; i < t->ndim; i++)
-        if (t->shape[i] == 0)
-            return CFLASH_OK; /* nothing is written (NumPy gives such strides 0) */
-    for (int i = 0; i < t->ndim; i++)
-        CFLASH_RETURN_IF(t->shape[i] > 1 && t->strides[i] == 0, INVALID,
-                         "%s: stride 0 in dim %d of size %lld, expected an output whose elements "
-                         "do not overlap (not a broadcast view)",
-                         name, i, (long long)t->shape[i]);
-    return CFLASH_OK;
-}
-
 static cflash_status check_lse_for(cf_attn_call* c, const DLTensor* lse) {
     if (c->varlen) {
         int64_t want[2] = {c->H, c->total_q};
@@ -335,8 +320,8 @@ cflash_status cf_attn_fwd_entry(cflash_context* ctx, cf_explain* explain, int va
     CFLASH_FORWARD_IF_ERROR(
         check_like(&c.out, out, "out", &c, varlen ? c.total_q : c.Sq, c.H, c.Dv, ol));
     if (lse) CFLASH_FORWARD_IF_ERROR(check_lse_for(&c, lse));
-    CFLASH_FORWARD_IF_ERROR(check_output(out, "out"));
-    CFLASH_FORWARD_IF_ERROR(check_output(lse, "lse"));
+    CFLASH_FORWARD_IF_ERROR(cf_check_output(out, "out"));
+    CFLASH_FORWARD_IF_ERROR(cf_check_output(lse, "lse"));
     cflash_op op = varlen ? CFLASH_OP_ATTN_VARLEN_FWD : CFLASH_OP_ATTN_FWD;
     if (!explain && (c.B == 0 || (varlen ? c.total_q : c.Sq) == 0)) return CFLASH_OK;
     return cf_dispatch(op, c.device_type, cf_context_backend(ctx), &c, explain);
@@ -364,9 +349,9 @@ cflash_status cf_attn_bwd_entry(cflash_context* ctx, cf_explain* explain, int va
                                        varlen ? "(total_k, Hk, D)" : "(B, Sk, Hk, D)"));
     CFLASH_FORWARD_IF_ERROR(check_like(&c.dv, dv, "dv", &c, sk, c.Hk, c.Dv,
                                        varlen ? "(total_k, Hk, Dv)" : "(B, Sk, Hk, Dv)"));
-    CFLASH_FORWARD_IF_ERROR(check_output(dq, "dq"));
-    CFLASH_FORWARD_IF_ERROR(check_output(dk, "dk"));
-    CFLASH_FORWARD_IF_ERROR(check_output(dv, "dv"));
+    CFLASH_FORWARD_IF_ERROR(cf_check_output(dq, "dq"));
+    CFLASH_FORWARD_IF_ERROR(cf_check_output(dk, "dk"));
+    CFLASH_FORWARD_IF_ERROR(cf_check_output(dv, "dv"));
     cflash_op op = varlen ? CFLASH_OP_ATTN_VARLEN_BWD : CFLASH_OP_ATTN_BWD;
     if (!explain && c.B == 0) return CFLASH_OK;
     return cf_dispatch(op, c.device_type, cf_context_backend(ctx), &c, explain);
@@ -418,6 +403,7 @@ cflash_status cflash_attn_dropout_mask(const cflash_attn_params* p, DLTensor* ma
                      cf_dtype_name(m.dtype));
     CFLASH_RETURN_IF(m.device_type != kDLCPU, INVALID, "mask: on %s, expected cpu",
                      cf_device_name(m.device_type));
+    CFLASH_FORWARD_IF_ERROR(cf_check_output(mask, "mask"));
     uint8_t* d = m.data;
     for (int64_t b = 0; b < m.shape[0]; b++)
         for (int64_t h = 0; h < m.shape[1]; h++)

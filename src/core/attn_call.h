@@ -58,15 +58,16 @@ static inline void cf_attn_seq(const cf_attn_call* c, int64_t b, int64_t* q0, in
 }
 
 /* Visible key range of query row i (0-based within its sequence) of a sequence with lengths
- * sq, sk: keys [*lo, *hi) (clamped to [0, sk]; empty when *lo >= *hi). */
+ * sq, sk: keys [*lo, *hi) (clamped to [0, sk]; empty when *lo >= *hi). Windows are caller
+ * int64s of any size: each bound is compared with the distance it would move, never added to
+ * the diagonal unchecked (a window near INT64_MAX is the unbounded one). */
 static inline void cf_attn_key_range(const cf_attn_call* c, int64_t i, int64_t sq, int64_t sk,
                                      int64_t* lo, int64_t* hi) {
-    int64_t diag = i + sk - sq;
+    const int64_t diag = (i - sq) + sk; /* i < sq: no overflow */
     int64_t l = 0, h = sk;
-    if (c->window_left >= 0 && diag - c->window_left > l) l = diag - c->window_left;
-    if (c->window_right >= 0 && diag + c->window_right + 1 < h) h = diag + c->window_right + 1;
-    if (l < 0) l = 0;
-    if (h > sk) h = sk;
+    if (c->window_left >= 0 && c->window_left < diag) l = diag - c->window_left;
+    /* diag + window_right + 1 < sk  <=>  window_right < sq - 1 - i */
+    if (c->window_right >= 0 && c->window_right < sq - 1 - i) h = diag + c->window_right + 1;
     *lo = l;
     *hi = h > l ? h : l;
 }

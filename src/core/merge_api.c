@@ -41,6 +41,8 @@ cflash_status cf_merge_entry(cflash_context* ctx, cf_explain* explain, const DLT
                          INVALID, "lse: on %s, expected %s (the device of out_partial)",
                          cf_device_name(c.lse.device_type), cf_device_name(c.device_type));
     }
+    CFLASH_FORWARD_IF_ERROR(cf_check_output(out, "out"));
+    CFLASH_FORWARD_IF_ERROR(cf_check_output(lse, "lse"));
     /* The NS partial outputs read, the output written. */
     c.threads = cf_threads_resolve(
         "attn_merge", cf_context_threads(ctx),
@@ -48,7 +50,8 @@ cflash_status cf_merge_entry(cflash_context* ctx, cf_explain* explain, const DLT
             ((double)c.NS * (double)cf_dtype_size(c.op.dtype) + (double)cf_dtype_size(c.out.dtype)),
         0);
     c.stream = ctx ? ctx->cuda_stream : NULL;
-    if (!explain && c.B * c.Sq * c.H == 0) return CFLASH_OK;
+    /* nothing to write (Dv = 0 writes only the lse); dims of empty tensors may be huge */
+    if (!explain && (c.B == 0 || c.Sq == 0 || c.H == 0 || (c.Dv == 0 && !lse))) return CFLASH_OK;
     return cf_dispatch(CFLASH_OP_ATTN_MERGE, c.device_type, cf_context_backend(ctx), &c, explain);
 }
 

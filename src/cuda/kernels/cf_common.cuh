@@ -82,14 +82,13 @@ CF_DEV void cf_seq(const cf_attn_args* a, cf_i64 b, cf_i64* q0, cf_i64* sq, cf_i
     }
 }
 
-/* Visible keys [*lo, *hi) of query row i. */
+/* Visible keys [*lo, *hi) of query row i. Windows may be near INT64_MAX: each is compared with
+ * the distance it would move a bound, never added unchecked (as src/core/attn_call.h). */
 CF_DEV void cf_key_range(const cf_attn_args* a, cf_i64 i, cf_i64 sq, cf_i64 sk, cf_i64* lo,
                          cf_i64* hi) {
-    cf_i64 diag = i + sk - sq, l = 0, h = sk;
-    if (a->window_left >= 0 && diag - a->window_left > l) l = diag - a->window_left;
-    if (a->window_right >= 0 && diag + a->window_right + 1 < h) h = diag + a->window_right + 1;
-    if (l < 0) l = 0;
-    if (h > sk) h = sk;
+    cf_i64 diag = (i - sq) + sk, l = 0, h = sk;
+    if (a->window_left >= 0 && a->window_left < diag) l = diag - a->window_left;
+    if (a->window_right >= 0 && a->window_right < sq - 1 - i) h = diag + a->window_right + 1;
     *lo = l;
     *hi = h > l ? h : l;
 }
@@ -97,11 +96,9 @@ CF_DEV void cf_key_range(const cf_attn_args* a, cf_i64 i, cf_i64 sq, cf_i64 sk, 
 /* Query rows [*lo, *hi) that see key j (the inverse of cf_key_range). */
 CF_DEV void cf_query_range(const cf_attn_args* a, cf_i64 j, cf_i64 sq, cf_i64 sk, cf_i64* lo,
                            cf_i64* hi) {
-    cf_i64 l = 0, h = sq;
-    if (a->window_right >= 0 && j + sq - sk - a->window_right > l)
-        l = j + sq - sk - a->window_right;
-    if (a->window_left >= 0 && j + sq - sk + a->window_left + 1 < h)
-        h = j + sq - sk + a->window_left + 1;
+    cf_i64 t = (j - sk) + sq, l = 0, h = sq; /* t: the row whose diagonal is key j */
+    if (a->window_right >= 0 && a->window_right < t) l = t - a->window_right;
+    if (a->window_left >= 0 && a->window_left < sk - 1 - j) h = t + a->window_left + 1;
     *lo = l;
     *hi = h > l ? h : l;
 }
