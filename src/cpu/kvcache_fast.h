@@ -103,8 +103,11 @@ static size_t kv_scratch_floats(const cf_kvcache_call* c, int64_t R) {
                     16 * R + 64);
 }
 
+/* p: a malloc'd block of kv_scratch_floats floats. The int64 ranges go first, where malloc's
+ * alignment holds (after an odd number of floats they would be misaligned). */
 static void kv_scratch_init(kv_scratch* w, float* p, const cf_kvcache_call* c, int64_t R) {
     const cf_attn_call* a = &c->a;
+    w->lo = (int64_t*)p, w->hi = w->lo + R, p += 4 * R;
     w->q = p, p += R * a->D;
     w->acc = p, p += R * a->Dv;
     w->m = p, p += R;
@@ -112,9 +115,7 @@ static void kv_scratch_init(kv_scratch* w, float* p, const cf_kvcache_call* c, i
     w->s = p, p += R * KV_KB;
     w->kf = p, p += KV_KB * a->D;
     w->vf = p, p += KV_KB * a->Dv;
-    w->lv = p, p += 16 * R;
-    w->lo = (int64_t*)p, p += 2 * R;
-    w->hi = (int64_t*)p;
+    w->lv = p;
 }
 
 /* Keys [j0, j1) of batch b for the KV heads [hk0, hk0 + nh) and query rows [i0, i0 + nq): leaves
@@ -290,8 +291,9 @@ static void kv_plan(const cf_kvcache_call* c, int64_t* nh, int64_t* nq, int64_t*
     const int64_t items1 = a->B * (a->Hk / h) * ((a->Sq + q - 1) / q);
     int64_t n = c->num_splits;
     if (n == 0) {
+        /* (Sq = 0: no items, and nothing to split) */
         int64_t want = 2 * (int64_t)a->threads;
-        n = items1 >= want ? 1 : (want + items1 - 1) / items1;
+        n = items1 >= want || items1 == 0 ? 1 : (want + items1 - 1) / items1;
         if (n > a->Sk / 512) n = a->Sk / 512;
     }
     if (n > a->Sk) n = a->Sk;

@@ -87,8 +87,9 @@ static inline void* at(const cf_view* v, int64_t off) {
     return (char*)v->data + off * (int64_t)cf_dtype_size(v->dtype);
 }
 
-/* exp(x) for x <= 0 (softmax arguments), relative error ~2 ulp; 0 below -87 and for -inf.
- * Branch-free so that loops over it vectorize. */
+/* exp(x) for x <= 0 (softmax arguments), relative error ~2 ulp; 0 below -87 and for -inf, NaN
+ * for NaN. Branch-free so that loops over it vectorize. 2^n is built from n's float bits (a
+ * magic-number add, no float -> int conversion, which is undefined for NaN). */
 static inline float fexp(float x) {
     const float l2e = 1.44269504088896341f, c1 = 0.693359375f, c2 = -2.12194440e-4f;
     float xc = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
@@ -101,10 +102,12 @@ static inline float fexp(float x) {
     p = p * r + 1.6666665459e-1f;
     p = p * r + 5.0000001201e-1f;
     p = p * r * r + r + 1.0f;
+    /* n + 127 + 1.5 * 2^23: its low mantissa bits hold n + 127 (n in [-126, 127]) */
     union {
-        int32_t i;
         float f;
-    } e = {((int32_t)n + 127) << 23}; /* 2^n (a union: memcpy here stops vectorization) */
+        uint32_t u;
+    } t = {n + 12583039.0f}, e; /* a union: memcpy here stops vectorization */
+    e.u = t.u << 23;            /* 2^n */
     return x < -87.0f ? 0.0f : p * e.f;
 }
 
