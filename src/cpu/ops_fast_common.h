@@ -20,6 +20,7 @@
 
 #include "core/ops_call.h"
 #include "core/status.h"
+#include "core/threads.h"
 #include "dispatch/dispatch.h"
 
 /* dst[0..n) = src[0..n) (dtype dt) as fp32. */
