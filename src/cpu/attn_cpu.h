@@ -22,12 +22,16 @@ typedef struct cf_attn_kernels {
      * B[p * ldb + n] the pair (B(2p, n), B(2p + 1, n)) (VNNI layout). fp32 accumulation. */
     void (*gemm_bf16)(int64_t M, int64_t N, int64_t P, const uint32_t* A, int64_t rsa, int64_t csa,
                       const uint32_t* B, int64_t ldb, float* C, int64_t ldc, int acc);
-    /* x[i] *= s; mx[i] = max(mx[i], x[i]) for i < n. */
+    /* x[i] *= s; mx[i] = max(mx[i], x[i]) for i < n (a NaN x may be skipped by the max). */
     void (*scale_max_cols)(float* x, int64_t n, float s, float* mx);
-    /* x[i] = exp2(x[i] * s - m[i]) (0 for x = -inf); sum[i] += x[i] when sum != NULL. */
-    void (*exp_cols)(float* x, int64_t n, float s, const float* m, float* sum);
-    /* x[i] = exp2(x[i] * s - b) (0 for x = -inf). */
-    void (*exp_row)(float* x, int64_t n, float s, float b);
+    /* x[i] = exp(x[i] - m[i]) (0 for x = -inf, NaN for NaN); sum[i] += x[i] when sum != NULL.
+     * Computed as exp2((x - m) * log2 e), the difference first: the forward's running max and
+     * LSE are natural-log values of the very scores the backward recomputes, so for any score
+     * magnitude exp(s - lse) <= 1 there (a conversion to log2 units in between would round
+     * differently on the two sides, by far more than 1 once |s| is large). */
+    void (*exp_cols)(float* x, int64_t n, const float* m, float* sum);
+    /* x[i] = exp(x[i] - b) (0 for x = -inf, NaN for NaN), as exp_cols. */
+    void (*exp_row)(float* x, int64_t n, float b);
     /* ds[i] = p[i] * (dp[i] - dl) * sc. */
     void (*ds_row)(float* ds, const float* p, const float* dp, int64_t n, float dl, float sc);
     /* ds[i] = p[i] * (dp[i] - dl[i]) * sc. */
@@ -72,6 +76,16 @@ typedef struct attn_tile {
 attn_tile* cf_attn_cpu_q_tiles(const cf_attn_call* c, int64_t n, int64_t* count);
 /* Sorts tiles heaviest first (ties by idx). */
 void cf_attn_cpu_sort_tiles(attn_tile* t, int64_t n);
+
+/* Whether any of n rows of d elements of dtype dt (row starts rs bytes apart from p) holds a NaN
+ * or an infinity. The drivers check the rows of a partly masked block with it before a product
+ * whose zero weights would carry them into rows that cannot see them. */
+int cf_attn_cpu_rows_nonfinite(const char* p, int64_t rs, int64_t n, int64_t d, cf_dtype dt);
+/* The same over the keys of block [j0, j0 + nb) (row j0 at p) that some rows of a tile cannot see:
+ * those before the last row's lo and those from the first row's hi on (lo and hi do not decrease
+ * over the rows); the keys every row sees cannot carry anything across a mask. */
+int cf_attn_cpu_hidden_nonfinite(const char* p, int64_t rs, int64_t j0, int64_t nb, int64_t lo_last,
+                                 int64_t hi_first, int64_t d, cf_dtype dt);
 
 /* Shared limits, checked by every CPU backend's supports(). */
 int cf_attn_cpu_supports(const cf_attn_call* c, const cf_attn_kernels* k, char* reason, size_t len);

@@ -18,9 +18,6 @@
 #include "core/threads.h"
 #include "cpu/attn_cpu.h"
 
-#define LOG2E 1.4426950408889634f
-#define LN2 0.6931471805599453f
-
 /* ---- Shared helpers ------------------------------------------------------------------------- */
 
 static inline char* row_ptr(const cf_view* v, int64_t b, int64_t s, int64_t h) {
@@ -36,6 +33,30 @@ static size_t align64(size_t n) {
 static int pairs_in_place(const cf_view* v, int64_t d) {
     return d % 2 == 0 && (uintptr_t)v->data % 4 == 0 && v->stride[0] % 2 == 0 &&
            v->stride[1] % 2 == 0 && v->stride[2] % 2 == 0;
+}
+
+int cf_attn_cpu_rows_nonfinite(const char* p, int64_t rs, int64_t n, int64_t d, cf_dtype dt) {
+    int bad = 0;
+    for (int64_t r = 0; r < n && !bad; r++, p += rs)
+        if (dt == CF_F32) {
+            const float* x = (const float*)p;
+            for (int64_t i = 0; i < d; i++)
+                bad |= x[i] - x[i] != 0.0f; /* NaN for NaN and +-inf */
+        } else {
+            const uint16_t* h = (const uint16_t*)p;
+            const uint16_t e = dt == CF_F16 ? 0x7c00 : 0x7f80; /* exponent all ones */
+            for (int64_t i = 0; i < d; i++)
+                bad |= (h[i] & e) == e;
+        }
+    return bad;
+}
+
+int cf_attn_cpu_hidden_nonfinite(const char* p, int64_t rs, int64_t j0, int64_t nb, int64_t lo_last,
+                                 int64_t hi_first, int64_t d, cf_dtype dt) {
+    const int64_t a = lo_last - j0 < nb ? lo_last - j0 : nb; /* [0, a): hidden from the last rows */
+    const int64_t z = hi_first - j0 > 0 ? hi_first - j0 : 0; /* [z, nb): from the first rows */
+    return (a > 0 && cf_attn_cpu_rows_nonfinite(p, rs, a, d, dt)) ||
+           (z < nb && cf_attn_cpu_rows_nonfinite(p + z * rs, rs, nb - z, d, dt));
 }
 
 int cf_attn_cpu_supports(const cf_attn_call* c, const cf_attn_kernels* k, char* reason,
@@ -213,7 +234,6 @@ static void fwd_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const fwd
     float* vc = (float*)(ws + g->off_vc);
     float* tmp = (float*)(ws + g->off_tmp);
     const int general = c->softcap > 0.0f || c->alibi != NULL;
-    const float s2 = c->scale * LOG2E;
 
     for (int64_t ii = 0; ii < na; ii++)
         cf_attn_key_range(c, i0 + ii, sq, sk, &lo[ii], &hi[ii]);
@@ -304,7 +324,8 @@ static void fwd_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const fwd
             kk->gemm_f32(nb, Mt, D, ka, ldk, 1, qt, Mt, st, Mt, 0);
         }
 
-        /* Scores (log2 units), masks, column maxima. */
+        /* Scores (natural units, as the LSE: see exp_cols in attn_cpu.h), masks, column
+         * maxima. */
         for (int64_t r = 0; r < Mt; r++)
             mx[r] = -INFINITY;
         if (general) {
@@ -317,8 +338,7 @@ static void fwd_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const fwd
                         row[r] =
                             (jj < lo[ii] || jj >= hi[ii])
                                 ? -INFINITY
-                                : cf_attn_score(c, row[r] * c->scale, slope, i0 + ii, jj, sq, sk) *
-                                      LOG2E;
+                                : cf_attn_score(c, row[r] * c->scale, slope, i0 + ii, jj, sq, sk);
                     }
                 }
                 kk->scale_max_cols(row, Mt, 1.0f, mx);
@@ -344,20 +364,20 @@ static void fwd_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const fwd
                             rg[ii] = -INFINITY;
                     }
                 }
-                kk->scale_max_cols(row, Mt, s2, mx);
+                kk->scale_max_cols(row, Mt, c->scale, mx);
             }
         }
 
         /* Online softmax update. */
         for (int64_t r = 0; r < Mt; r++) {
             const float mn = mx[r] > m[r] ? mx[r] : m[r];
-            alpha[r] = m[r] == -INFINITY ? 0.0f : exp2f(m[r] - mn);
+            alpha[r] = m[r] == -INFINITY ? 0.0f : expf(m[r] - mn);
             mu[r] = mn == -INFINITY ? 0.0f : mn;
             m[r] = mn;
             lsum[r] = 0.0f;
         }
         for (int64_t j = 0; j < nb; j++)
-            kk->exp_cols(st + j * Mt, Mt, 1.0f, mu, lsum);
+            kk->exp_cols(st + j * Mt, Mt, mu, lsum);
         for (int64_t r = 0; r < Mt; r++) {
             l[r] = l[r] * alpha[r] + lsum[r];
             if (alpha[r] != 1.0f && alpha[r] != 0.0f)
@@ -380,8 +400,23 @@ static void fwd_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const fwd
                 }
         }
 
-        /* O += P V */
-        if (g->bf16) {
+        /* O += P V. In a partly masked block a row's masked keys have P = 0, and 0 times a NaN
+         * or infinite v would still reach the row: such a block (rare) sums visible pairs only. */
+        if (!full &&
+            cf_attn_cpu_hidden_nonfinite(vrow, ves, j0, nb, lo[na - 1], hi[0], Dv, c->dtype)) {
+            for (int64_t j = 0; j < nb; j++) {
+                const int64_t jj = j0 + j;
+                kk->to_f32(tmp, vrow + j * ves, c->dtype, Dv);
+                for (int64_t gi = 0; gi < G; gi++)
+                    for (int64_t ii = 0; ii < na; ii++) {
+                        if (jj < lo[ii] || jj >= hi[ii]) continue;
+                        const int64_t r = gi * na + ii;
+                        const float pr = st[j * Mt + r];
+                        for (int64_t d = 0; d < Dv; d++)
+                            o[r * Dv + d] += pr * tmp[d];
+                    }
+            }
+        } else if (g->bf16) {
             const int64_t np = (nb + 1) / 2;
             uint32_t* vv = (uint32_t*)vc;
             uint32_t* pv = vv + np * Dv;
@@ -410,12 +445,13 @@ static void fwd_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const fwd
         }
     }
 
-    /* out = O / l (times the dropout rescale), lse = ln(2) * (m + log2 l). */
+    /* out = O / l (times the dropout rescale), lse = m + ln l; l = 0 (no key seen): 0 and -inf;
+     * l NaN (a NaN score): NaN both. */
     const float keep_scale = 1.0f / (1.0f - c->dropout_p);
     for (int64_t gi = 0; gi < G; gi++)
         for (int64_t ii = 0; ii < na; ii++) {
             const int64_t r = gi * na + ii, h = hk * G + gi;
-            const float inv = l[r] > 0.0f ? keep_scale / l[r] : 0.0f;
+            const float inv = l[r] != 0.0f ? keep_scale / l[r] : 0.0f;
             for (int64_t d = 0; d < Dv; d++)
                 tmp[d] = o[r * Dv + d] * inv;
             kk->from_f32(row_ptr(&c->out, b, q0 + i0 + ii, h), tmp, c->dtype, Dv);
@@ -423,7 +459,7 @@ static void fwd_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const fwd
                 float* lp = (float*)c->lse.data;
                 lp[b * c->lse.stride[0] + h * c->lse.stride[1] +
                    (q0 + i0 + ii) * c->lse.stride[2]] =
-                    l[r] > 0.0f ? (m[r] + log2f(l[r])) * LN2 : -INFINITY;
+                    l[r] != 0.0f ? m[r] + logf(l[r]) : -INFINITY;
             }
         }
 }

@@ -16,8 +16,7 @@
 #include "core/status.h"
 #include "core/threads.h"
 #include "cpu/attn_cpu.h"
-
-#define LOG2E 1.4426950408889634f
+#include "cpu/ref/attn_ref.h"
 
 static inline char* row_ptr(const cf_view* v, int64_t b, int64_t s, int64_t h) {
     return (char*)v->data + (b * v->stride[0] + s * v->stride[1] + h * v->stride[2]) *
@@ -106,10 +105,9 @@ static inline float lse_at(const cf_attn_call* c, int64_t b, int64_t h, int64_t 
                 c->lse.data)[b * c->lse.stride[0] + h * c->lse.stride[1] + qi * c->lse.stride[2]];
 }
 
-/* The subtrahend of exp2(x * s - m) for a row: lse in log2 units; +inf for a row that saw no key
- * (its P is 0). */
-static inline float lse2(float lse) {
-    return lse == -INFINITY ? INFINITY : lse * LOG2E;
+/* The subtrahend of exp(s - m) for a row: its lse; +inf for a row that saw no key (P is 0). */
+static inline float lse_sub(float lse) {
+    return lse == -INFINITY ? INFINITY : lse;
 }
 
 /* First query row i in [0, sq) with hi(i) > j0 and one past the last with lo(i) < j1: the rows
@@ -138,10 +136,12 @@ static void rows_seeing(const cf_attn_call* c, int64_t sq, int64_t sk, int64_t j
     *z = l;
 }
 
-/* Applies masks and the score transform to S rows (log2 units afterwards, unscaled when plain):
- * returns the scale exp must still apply (s2 when plain, 1 when transformed here). y, when
- * non-NULL, receives the soft-capped score / cap (tanh) for the softcap derivative. Element
- * (row ri, col ci) of s is query i(ri), key j(ci), at s[ri * rs + ci * cs]. */
+/* Applies masks and the score transform to S rows in place: natural-log scores (scaled,
+ * soft-capped, ALiBi-biased), -inf where masked. scale * (q.k) is rounded and stored here exactly
+ * as the forward's scale_max_cols rounds it, so exp(s - lse) <= 1 for every score however large
+ * (see exp_cols in attn_cpu.h). y, when non-NULL, receives the soft-capped score / cap (tanh) for
+ * the softcap derivative. Element (row ri, col ci) of s is query i(ri), key j(ci), at
+ * s[ri * rs + ci * cs]. */
 typedef struct score_map {
     int64_t nr, nc, rs, cs;
     const int64_t* i;       /* query position per row */
@@ -150,9 +150,17 @@ typedef struct score_map {
     const int64_t *lo, *hi; /* per row */
 } score_map;
 
-static float scores(const cf_attn_call* c, const score_map* mp, float* s, float* y, int64_t sq,
-                    int64_t sk) {
+static void scores(const cf_attn_call* c, const score_map* mp, float* s, float* y, int64_t sq,
+                   int64_t sk) {
     const int general = c->softcap > 0.0f || c->alibi != NULL;
+    if (!general) { /* the block is dense (rs = nc or cs = nr): scale all, then mask */
+        for (int64_t e = 0; e < mp->nr * mp->nc; e++)
+            s[e] *= c->scale;
+        int full = 1; /* lo and hi are non-decreasing over the rows */
+        for (int64_t ri = 0; ri < mp->nr && full; ri++)
+            full = mp->lo[ri] <= mp->j0 && mp->hi[ri] >= mp->j0 + mp->nc;
+        if (full) return;
+    }
     for (int64_t ri = 0; ri < mp->nr; ri++) {
         const int64_t lo = mp->lo[ri], hi = mp->hi[ri], i = mp->i[ri];
         for (int64_t ci = 0; ci < mp->nc; ci++) {
@@ -163,12 +171,68 @@ static float scores(const cf_attn_call* c, const score_map* mp, float* s, float*
                 continue;
             }
             if (!general) continue;
-            float x = s[at] * c->scale;
+            const float x = s[at] * c->scale;
             if (y) y[at] = tanhf(x / c->softcap);
-            s[at] = cf_attn_score(c, x, mp->slope[ri], i, j, sq, sk) * LOG2E;
+            s[at] = cf_attn_score(c, x, mp->slope[ri], i, j, sq, sk);
         }
     }
-    return general ? 1.0f : c->scale * LOG2E;
+}
+
+/* Whether rows [i0, i0 + n) of head h hold a NaN or infinity in their lse (+inf or NaN; -inf is
+ * a row without keys) or rowsum(dO * O) (dlr, n values). With the forward's lse and out for the
+ * same inputs this covers q (a non-finite q makes the lse non-finite, or -inf) and dout and out
+ * (through the rowsum), without reading the rows. */
+static int query_rows_bad(const cf_attn_call* c, int64_t b, int64_t h, int64_t qi0, int64_t n,
+                          const float* dlr) {
+    int bad = 0;
+    for (int64_t r = 0; r < n; r++)
+        bad |= !(lse_at(c, b, h, qi0 + r) < INFINITY) | (dlr[r] - dlr[r] != 0.0f);
+    return bad;
+}
+
+/* Whether keys [kj0, kj0 + n) of KV head hk hold a NaN or infinity in k or v; with hidden, only
+ * those some of the rows cannot see: before lo_last or from hi_first on, relative to kj0
+ * (cf_attn_cpu_hidden_nonfinite). */
+static int key_rows_bad(const cf_attn_call* c, int64_t b, int64_t hk, int64_t kj0, int64_t n,
+                        int hidden, int64_t lo_last, int64_t hi_first) {
+    const int64_t es = (int64_t)cf_dtype_size(c->dtype);
+    const char *kp = row_ptr(&c->k, b, kj0, hk), *vp = row_ptr(&c->v, b, kj0, hk);
+    const int64_t ks = c->k.stride[1] * es, vs = c->v.stride[1] * es;
+    if (!hidden)
+        return cf_attn_cpu_rows_nonfinite(kp, ks, n, c->D, c->dtype) ||
+               cf_attn_cpu_rows_nonfinite(vp, vs, n, c->Dv, c->dtype);
+    return cf_attn_cpu_hidden_nonfinite(kp, ks, 0, n, lo_last, hi_first, c->D, c->dtype) ||
+           cf_attn_cpu_hidden_nonfinite(vp, vs, 0, n, lo_last, hi_first, c->Dv, c->dtype);
+}
+
+/* Gradients of the visible pairs of query rows [i0, i0 + nq) of head h (rowsums dlr[i - i0])
+ * against keys [j0, j0 + nb), pair by pair as cpu-ref computes them. For a partly masked block
+ * holding a NaN or infinity (rare): the products' zero weights would carry it to pairs that cannot
+ * see each other. Accumulates dk, dv (block rows j - j0, width D / Dv; NULL = skip) and dq (row
+ * i - i0 at dq + (i - i0) * D; NULL = skip). */
+static void exact_pairs(const cf_attn_call* c, int64_t b, int64_t h, int64_t i0, int64_t nq,
+                        const float* dlr, int64_t j0, int64_t nb, float* dk, float* dv, float* dq) {
+    int64_t q0, sq, k0, sk;
+    cf_attn_seq(c, b, &q0, &sq, &k0, &sk);
+    const int64_t hk = h / (c->H / c->Hk), D = c->D;
+    for (int64_t i = i0; i < i0 + nq; i++) {
+        const float lse = lse_at(c, b, h, q0 + i);
+        int64_t lo, hi;
+        cf_attn_key_range(c, i, sq, sk, &lo, &hi);
+        if (lse == -INFINITY) continue; /* a row that saw no key has no gradient */
+        for (int64_t j = lo > j0 ? lo : j0; j < hi && j < j0 + nb; j++) {
+            const float ds = ref_pair_grad(c, b, h, hk, q0 + i, k0 + j, i, j, sq, sk, lse,
+                                           dlr[i - i0], dv ? dv + (j - j0) * c->Dv : NULL);
+            for (int64_t d = 0; d < D; d++) {
+                if (dq)
+                    dq[(i - i0) * D + d] +=
+                        ds * cf_load(c->k.data, c->dtype, ref_at4(&c->k, b, k0 + j, hk, d));
+                if (dk)
+                    dk[(j - j0) * D + d] +=
+                        ds * cf_load(c->q.data, c->dtype, ref_at4(&c->q, b, q0 + i, h, d));
+            }
+        }
+    }
 }
 
 /* ---- Workspace ------------------------------------------------------------------------------ */
@@ -319,6 +383,7 @@ static void dkdv_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const bw
     memset(dv, 0, sizeof(float) * (size_t)(nb * Dv));
     int64_t ia, iz;
     rows_seeing(c, sq, sk, j0, j0 + nb, &ia, &iz);
+    int kbad = -1; /* K/V rows of the block hold a NaN or infinity (checked when first needed) */
     for (int64_t gi = 0; gi < g->G; gi++) {
         const int64_t h = hk * g->G + gi;
         const float slope = cf_attn_slope(c, b, h);
@@ -340,19 +405,28 @@ static void dkdv_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const bw
                 mslope[r] = slope;
                 hh[r] = h;
                 cf_attn_key_range(c, i0 + r, sq, sk, &mlo[r], &mhi[r]);
-                lb[r] = lse2(lse_at(c, b, h, q0 + i0 + r));
+                lb[r] = lse_sub(lse_at(c, b, h, q0 + i0 + r));
                 dlr[r] =
                     dl[h * (c->varlen ? c->total_q : c->B * c->Sq) + dl_row(c, b, q0 + i0 + r)];
             }
+            /* A partly masked block holding a NaN or infinity: pair by pair (see exact_pairs). */
+            if (mlo[bq - 1] > j0 || mhi[0] < j0 + nb) {
+                if (kbad < 0) kbad = key_rows_bad(c, b, hk, k0 + j0, nb, 0, 0, 0);
+                if (kbad || query_rows_bad(c, b, h, q0 + i0, bq, dlr)) {
+                    exact_pairs(c, b, h, i0, bq, dlr, j0, nb, dk, dv,
+                                dqacc ? dqacc + (gi * sq + i0) * D : NULL);
+                    continue;
+                }
+            }
             score_map mp = {bq, nb, nb, 1, mi, mslope, j0, mlo, mhi};
-            /* P = exp2(S * s - lse2) */
+            /* P = exp(S - lse) */
             if (bf)
                 kk->gemm_bf16(bq, nb, g->Dp2, qpa, ldqa, 1, ktv, nb, s, nb, 0);
             else
                 kk->gemm_f32(bq, nb, D, qr, ldq, 1, kt, nb, s, nb, 0);
-            const float sx = scores(c, &mp, s, c->softcap > 0.0f ? y : NULL, sq, sk);
+            scores(c, &mp, s, c->softcap > 0.0f ? y : NULL, sq, sk);
             for (int64_t r = 0; r < bq; r++)
-                kk->exp_row(s + r * nb, nb, sx, lb[r]);
+                kk->exp_row(s + r * nb, nb, lb[r]);
             const float* pw = s;
             if (c->dropout_p > 0.0f) {
                 memcpy(pd, s, sizeof(float) * (size_t)(bq * nb));
@@ -442,14 +516,27 @@ static void dq_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const bwd_
             mi[r] = i0 + ii;
             mslope[r] = cf_attn_slope(c, b, h);
             cf_attn_key_range(c, i0 + ii, sq, sk, &mlo[r], &mhi[r]);
-            lb[r] = lse2(lse_at(c, b, h, qi));
+            lb[r] = lse_sub(lse_at(c, b, h, qi));
             dlr[r] = dl[h * (c->varlen ? c->total_q : c->B * c->Sq) + dl_row(c, b, qi)];
             heads[r] = h;
         }
     memset(dq, 0, sizeof(float) * (size_t)(Mt * D));
     const int64_t jlo = mlo[0], jhi = mhi[na - 1];
+    int qbad = -1; /* the tile's query rows hold a NaN or infinity (checked when first needed) */
     for (int64_t j0 = jlo; j0 < jhi; j0 += BKB) {
         const int64_t nb = jhi - j0 < BKB ? jhi - j0 : BKB;
+        /* A partly masked block holding a NaN or infinity: pair by pair (see exact_pairs). */
+        if (mlo[na - 1] > j0 || mhi[0] < j0 + nb) {
+            for (int64_t gi = 0; qbad < 0 && gi < G; gi++)
+                if (query_rows_bad(c, b, hk * G + gi, q0 + i0, na, dlr + gi * na)) qbad = 1;
+            if (qbad < 0) qbad = 0;
+            if (qbad || key_rows_bad(c, b, hk, k0 + j0, nb, 1, mlo[na - 1] - j0, mhi[0] - j0)) {
+                for (int64_t gi = 0; gi < G; gi++)
+                    exact_pairs(c, b, hk * G + gi, i0, na, dlr + gi * na, j0, nb, NULL, NULL,
+                                dq + gi * na * D);
+                continue;
+            }
+        }
         int64_t ldk = 0, ldv = 0, ldka = 0, ldva = 0;
         const float *kr = NULL, *vr = NULL;
         const uint32_t *kpa = NULL, *vpa = NULL;
@@ -465,9 +552,9 @@ static void dq_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const bwd_
             kk->gemm_bf16(nb, Mt, g->Dp2, kpa, ldka, 1, qv2, Mt, st, Mt, 0);
         else
             kk->gemm_f32(nb, Mt, D, kr, ldk, 1, qt, Mt, st, Mt, 0); /* S^T = K Q^T */
-        const float sx = scores(c, &mp, st, c->softcap > 0.0f ? y : NULL, sq, sk);
+        scores(c, &mp, st, c->softcap > 0.0f ? y : NULL, sq, sk);
         for (int64_t j = 0; j < nb; j++)
-            kk->exp_cols(st + j * Mt, Mt, sx, lb, NULL);
+            kk->exp_cols(st + j * Mt, Mt, lb, NULL);
         if (bf)
             kk->gemm_bf16(nb, Mt, g->Dvp2, vpa, ldva, 1, dov2, Mt, dpt, Mt, 0);
         else
