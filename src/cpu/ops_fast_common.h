@@ -112,8 +112,8 @@ static inline float fexp(float x) {
     return x < -87.0f ? 0.0f : p * e.f;
 }
 
-/* s[t] = exp(s[t] - m) for t < n (0 where s[t] = -inf); returns the sum. Same polynomial as
- * fexp; 2^n applied with scalef (AVX-512) or an exponent add (AVX2). */
+/* s[t] = exp(s[t] - m) for t < n (0 where s[t] = -inf, NaN where NaN); returns the sum. Same
+ * polynomial as fexp; 2^n applied with scalef (AVX-512) or an exponent add (AVX2). */
 static inline float exp_row(float* s, int64_t n, float m) {
     float sum = 0.0f;
     int64_t t = 0;
@@ -124,8 +124,8 @@ static inline float exp_row(float* s, int64_t n, float m) {
     __m512 acc = _mm512_setzero_ps();
     for (; t + 16 <= n; t += 16) {
         __m512 x = _mm512_sub_ps(_mm512_loadu_ps(s + t), vm);
-        __mmask16 live = _mm512_cmp_ps_mask(x, lo, _CMP_GE_OQ);
-        x = _mm512_max_ps(x, lo);
+        __mmask16 live = _mm512_cmp_ps_mask(x, lo, _CMP_NLT_UQ); /* x >= -87 or NaN */
+        x = _mm512_max_ps(lo, x);                                /* a NaN x passes */
         __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(x, l2e), _MM_FROUND_TO_NEAREST_INT);
         __m512 r = _mm512_fnmadd_ps(k, c2, _mm512_fnmadd_ps(k, c1, x));
         __m512 p = _mm512_set1_ps(1.9875691500e-4f);
