@@ -31,6 +31,7 @@ static void isolated(const char* name, void (*fn)(void)) {
     fflush(stdout);
     pid_t pid = fork();
     if (pid == 0) {
+        alarm(120); /* a hang (a loop over huge dims) fails the case: SIGALRM */
         tt_passed = tt_failed = 0;
         fn();
         printf("%s: %d passed, %d failed\n", name, tt_passed, tt_failed);
@@ -545,6 +546,43 @@ static void extent_overflow(void) {
     tt_free(&q), tt_free(&k), tt_free(&v), tt_free(&out), tt_free(&lse);
 }
 
+/* ---- 8. Found by the fuzzer (tests/fuzz) ------------------------------------------------- */
+
+/* Empty tensors whose other dims are huge: nothing to do, at once (no loop over those dims, no
+ * overflow in a derived size). */
+static void fuzz_found(void) {
+    int64_t m[4] = {INT64_C(1) << 40, INT64_C(1) << 40, 0, 5};
+    DLTensor mask = null_tensor(CF_U8, 4, m, NULL);
+    mask.dtype.code = kDLUInt, mask.dtype.bits = 8;
+    cflash_attn_params p;
+    cflash_attn_params_init(&p);
+    CHECK_OK(cflash_attn_dropout_mask(&p, &mask));
+    /* rotary tables of 0 rows and INT64_MAX columns: rotary_dim = 2 * columns wraps */
+    int64_t cs[2] = {0, INT64_MAX};
+    DLTensor c0 = null_tensor(CF_F32, 2, cs, NULL);
+    CHECK_OK(cflash_rotary_tables(NULL, &c0, &c0));
+    /* ... as cos / sin of rotary_apply: rejected (rotary_dim > D), not wrapped */
+    tt_tensor x;
+    alloc4(&x, CF_F32, 1, 2, 1, 8);
+    tt_random(&x, 1, -1, 1);
+    CHECK_ERR(cflash_rotary_apply(NULL, NULL, &x.dl, &c0, &c0, NULL), INV, "rotary_dim");
+    /* KV cache with B = 2^40 sequences of Sq = 0 queries over a broadcast cache, one length for
+     * all: checked once, nothing to do */
+    int64_t qs[4] = {INT64_C(1) << 40, 0, 2, 8}, kcs[4] = {INT64_C(1) << 40, 16, 1, 8},
+            kst[4] = {0, 8, 8, 1};
+    DLTensor q = null_tensor(CF_F32, 4, qs, NULL);
+    tt_tensor kc;
+    alloc4(&kc, CF_F32, 1, 16, 1, 8);
+    tt_random(&kc, 2, -1, 1);
+    DLTensor k = kc.dl;
+    k.shape = kcs, k.strides = kst;
+    cflash_kvcache_params kp;
+    cflash_kvcache_params_init(&kp);
+    kp.cache_seqlen = 9;
+    CHECK_OK(cflash_attn_kvcache_fwd(NULL, NULL, &kp, &q, &k, &k, &q, NULL));
+    tt_free(&x), tt_free(&kc);
+}
+
 int main(void) {
     isolated("1 kvcache Sq = 0, num_splits = 0", kv_sq0);
     isolated("2a kvcache cache_seqlen near INT64_MAX + new rows", kv_seqlen_overflow);
@@ -557,5 +595,6 @@ int main(void) {
     isolated("6c kvcache D 33 / Dv 32 scratch", kv_odd_dims);
     isolated("6d kvcache exp over NaN", kv_nan_exp);
     isolated("7 extents past the address space", extent_overflow);
+    isolated("8 empty tensors with huge dims (found by the fuzzer)", fuzz_found);
     return tt_summary();
 }

@@ -404,6 +404,7 @@ cflash_status cflash_attn_dropout_mask(const cflash_attn_params* p, DLTensor* ma
     CFLASH_RETURN_IF(m.device_type != kDLCPU, INVALID, "mask: on %s, expected cpu",
                      cf_device_name(m.device_type));
     CFLASH_FORWARD_IF_ERROR(cf_check_output(mask, "mask"));
+    if (cf_view_numel(&m) == 0) return CFLASH_OK; /* (the other dims may be huge) */
     uint8_t* d = m.data;
     for (int64_t b = 0; b < m.shape[0]; b++)
         for (int64_t h = 0; h < m.shape[1]; h++)

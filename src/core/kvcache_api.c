@@ -153,7 +153,9 @@ cflash_status cf_kvcache_entry(cflash_context* ctx, cf_explain* explain,
         c.leftpad = lp.data;
     }
     int64_t num_pages = c.kc.shape[0], max_sk = 0, max_pos = -1;
-    for (int64_t b = 0; b < a->B; b++) {
+    /* Per batch; once when nothing differs between batches (B may be huge when q is empty). */
+    const int64_t nchk = c.seqlens || c.leftpad || c.block_table ? a->B : a->B > 0;
+    for (int64_t b = 0; b < nchk; b++) {
         /* (cf_kv_seq would add L + Sn before it is checked) */
         const int64_t L = c.seqlens ? c.seqlens[b] : c.seqlen, P = c.leftpad ? c.leftpad[b] : 0;
         const char* ln = c.seqlens ? "cache_seqlens" : "cache_seqlen";
@@ -207,7 +209,7 @@ cflash_status cf_kvcache_entry(cflash_context* ctx, cf_explain* explain,
         CFLASH_RETURN_IF(c.sin.dtype != c.cos.dtype, INVALID,
                          "rotary_sin: dtype %s, expected %s (that of rotary_cos)",
                          cf_dtype_name(c.sin.dtype), cf_dtype_name(c.cos.dtype));
-        c.rd = 2 * c.cos.shape[1];
+        if (cf_mul_i64(2, c.cos.shape[1], &c.rd)) c.rd = INT64_MAX; /* (fails the check below) */
         CFLASH_RETURN_IF(c.rd < 2 || c.rd > a->D, INVALID,
                          "rotary_cos: rotary_dim = %lld, expected 2 <= rotary_dim <= head dim %lld",
                          (long long)c.rd, (long long)a->D);

@@ -87,7 +87,7 @@ cflash_status cf_rotary_entry(cflash_context* ctx, cf_explain* explain,
     CFLASH_RETURN_IF(c.sin.dtype != c.cos.dtype, INVALID,
                      "sin: dtype %s, expected %s (that of cos)", cf_dtype_name(c.sin.dtype),
                      cf_dtype_name(c.cos.dtype));
-    c.rd = 2 * c.cos.shape[1];
+    if (cf_mul_i64(2, c.cos.shape[1], &c.rd)) c.rd = INT64_MAX; /* (fails the check below) */
     CFLASH_RETURN_IF(c.rd < 2 || c.rd > c.D, INVALID,
                      "cos: rotary_dim = 2 * %lld = %lld, expected 2 <= rotary_dim <= head dim %lld",
                      (long long)c.cos.shape[1], (long long)c.rd, (long long)c.D);
@@ -219,13 +219,14 @@ cflash_status cflash_rotary_tables(const cflash_rotary_table_params* p, DLTensor
         CFLASH_FORWARD_IF_ERROR(cf_ops_index(&pv, p->positions, "positions", cv.shape[0]));
         pos = pv.data;
     }
-    int64_t half = cv.shape[1], rd = 2 * half;
+    const int64_t half = cv.shape[1];
+    const double rd = 2.0 * (double)half; /* (an empty table's dims may be huge) */
     for (int64_t r = 0; r < cv.shape[0]; r++) {
         /* (in double: position_start + r may pass INT64_MAX) */
         double t = (pos ? (double)pos[r] : (double)p->position_start + (double)r) /
                    p->interpolation_factor;
         for (int64_t i = 0; i < half; i++) {
-            double a = t * pow(p->base, -(double)(2 * i) / (double)rd);
+            double a = t * pow(p->base, -2.0 * (double)i / rd);
             cf_store(cv.data, cv.dtype, r * cv.stride[0] + i, (float)cos(a));
             cf_store(sv.data, sv.dtype, r * sv.stride[0] + i, (float)sin(a));
         }
