@@ -580,6 +580,13 @@ static void fuzz_found(void) {
     cflash_kvcache_params_init(&kp);
     kp.cache_seqlen = 9;
     CHECK_OK(cflash_attn_kvcache_fwd(NULL, NULL, &kp, &q, &k, &k, &q, NULL));
+    /* attention with head dim INT64_MAX on empty q and k (D + Dv wrapped in the flop count) */
+    int64_t qd[4] = {0, 3, 1, INT64_MAX}, vd[4] = {0, 3, 1, 64};
+    int64_t ld[3] = {0, 1, 3};
+    DLTensor qh = null_tensor(CF_F32, 4, qd, NULL), vh = null_tensor(CF_F32, 4, vd, NULL);
+    DLTensor lh = null_tensor(CF_F32, 3, ld, NULL);
+    CHECK_OK(cflash_attn_fwd(NULL, NULL, &qh, &qh, &vh, &vh, NULL));
+    CHECK_OK(cflash_attn_bwd(NULL, NULL, &vh, &qh, &qh, &vh, &vh, &lh, &qh, &qh, &vh));
     tt_free(&x), tt_free(&kc);
 }
 

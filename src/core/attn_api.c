@@ -353,7 +353,8 @@ cflash_status cf_attn_bwd_entry(cflash_context* ctx, cf_explain* explain, int va
     CFLASH_FORWARD_IF_ERROR(cf_check_output(dk, "dk"));
     CFLASH_FORWARD_IF_ERROR(cf_check_output(dv, "dv"));
     cflash_op op = varlen ? CFLASH_OP_ATTN_VARLEN_BWD : CFLASH_OP_ATTN_BWD;
-    if (!explain && c.B == 0) return CFLASH_OK;
+    /* nothing to write without queries and keys (the other dims of empty views may be huge) */
+    if (!explain && (c.B == 0 || (sq == 0 && sk == 0))) return CFLASH_OK;
     return cf_dispatch(op, c.device_type, cf_context_backend(ctx), &c, explain);
 }
 

@@ -238,7 +238,7 @@ cflash_status cf_kvcache_entry(cflash_context* ctx, cf_explain* explain,
     CFLASH_FORWARD_IF_ERROR(cf_check_output(lse, "lse"));
     /* Decode is bound by the cache rows read (B x longest Sk x Hk x (D + Dv) elements); a long
      * Sq adds the attention flops, counted in bytes at the ratio of the two thresholds. */
-    const double kv_rows = (double)a->B * (double)a->Sk * (double)(a->D + a->Dv);
+    const double kv_rows = (double)a->B * (double)a->Sk * ((double)a->D + (double)a->Dv);
     a->threads = cf_threads_resolve("kvcache", cf_context_threads(ctx),
                                     kv_rows * (double)a->Hk * (double)cf_dtype_size(c.kc.dtype) +
                                         2.0 * kv_rows * (double)a->Sq * (double)a->H *
