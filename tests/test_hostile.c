@@ -588,6 +588,26 @@ static void fuzz_found(void) {
     CHECK_OK(cflash_attn_fwd(NULL, NULL, &qh, &qh, &vh, &vh, NULL));
     CHECK_OK(cflash_attn_bwd(NULL, NULL, &vh, &qh, &qh, &vh, &vh, &lh, &qh, &qh, &vh));
     tt_free(&x), tt_free(&kc);
+    /* varlen with max_seqlen_q / _k near INT64_MAX (a valid upper bound): the result of 0 */
+    for (int bi = 0; ops_backends[bi]; bi++) {
+        attn_case ac;
+        attn_case_init(&ac);
+        ac.varlen = 1, ac.B = 2, ac.H = 2, ac.Hk = 1, ac.D = 8, ac.Dv = 8, ac.varlen_pass_max = 0;
+        ac.seqlens_q[0] = 5, ac.seqlens_q[1] = 3, ac.seqlens_k[0] = 4, ac.seqlens_k[1] = 7;
+        attn_problem* ap = attn_problem_new(&ac);
+        cflash_context* ctx = ops_context(ops_backends[bi], 2);
+        attn_dl t;
+        attn_problem_host_dl(ap, &t);
+        cflash_status st = cflash_attn_varlen_fwd(ctx, &ap->params, t.q, t.k, t.v, t.cu_q, t.cu_k,
+                                                  INT64_MAX - 1, INT64_MAX, t.out, t.lse);
+        if (!ops_backend_skips(ops_backends[bi], "attn", st)) {
+            char msg[512];
+            CHECK_MSG(st == CFLASH_OK, "%s: %s", ops_backends[bi], cflash_last_error());
+            CHECK_MSG(attn_problem_check_fwd(ap, msg, sizeof msg), "%s: %s", ops_backends[bi], msg);
+        }
+        cflash_context_free(ctx);
+        attn_problem_free(ap);
+    }
 }
 
 int main(void) {

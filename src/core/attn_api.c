@@ -190,13 +190,16 @@ static cflash_status check_cu(const DLTensor* t, const char* name, int64_t total
     return CFLASH_OK;
 }
 
-static cflash_status check_max(int64_t given, int64_t actual, const char* name, int64_t* out) {
+/* A given bound past the packed rows (total) is no tighter than total: kept as total, so that no
+ * kernel loops up to a bound near INT64_MAX. */
+static cflash_status check_max(int64_t given, int64_t actual, int64_t total, const char* name,
+                               int64_t* out) {
     CFLASH_RETURN_IF(given < 0, INVALID, "%s: %lld, expected >= 0 (0 = from cu_seqlens)", name,
                      (long long)given);
     CFLASH_RETURN_IF(given > 0 && given < actual, INVALID,
                      "%s: %lld, but a sequence has %lld rows; expected >= %lld or 0", name,
                      (long long)given, (long long)actual, (long long)actual);
-    *out = given > 0 ? given : actual;
+    *out = given > total ? total : given > 0 ? given : actual;
     return CFLASH_OK;
 }
 
@@ -256,8 +259,8 @@ static cflash_status check_qkv(cflash_context* ctx, cf_attn_call* c, int varlen,
                                          &mq, &c->cu_q_dev, 0, &c->q));
         CFLASH_FORWARD_IF_ERROR(check_cu(cu_k, "cu_seqlens_k", c->total_k, "total_k", &B, &c->cu_k,
                                          &mk, &c->cu_k_dev, 1, &c->q));
-        CFLASH_FORWARD_IF_ERROR(check_max(max_q, mq, "max_seqlen_q", &c->Sq));
-        CFLASH_FORWARD_IF_ERROR(check_max(max_k, mk, "max_seqlen_k", &c->Sk));
+        CFLASH_FORWARD_IF_ERROR(check_max(max_q, mq, c->total_q, "max_seqlen_q", &c->Sq));
+        CFLASH_FORWARD_IF_ERROR(check_max(max_k, mk, c->total_k, "max_seqlen_k", &c->Sk));
         varlen_lift(&c->q);
         varlen_lift(&c->k);
         varlen_lift(&c->v);
