@@ -610,6 +610,36 @@ static void fuzz_found(void) {
     }
 }
 
+/* A wild stride on a dim of size 1 (never stepped along; found by the fuzzer: kernels multiplied
+ * it by the element size): accepted, and the result that of the dense view. */
+static void size1_wild_stride(void) {
+    for (int bi = 0; ops_backends[bi]; bi++) {
+        attn_case ac;
+        attn_case_init(&ac);
+        /* varlen, one key in all: k (total_k = 1, Hk = 1, D), both strides wild */
+        ac.varlen = 1, ac.B = 1, ac.H = 2, ac.Hk = 1, ac.D = 16, ac.Dv = 8;
+        ac.seqlens_q[0] = 5, ac.seqlens_k[0] = 1;
+        attn_problem* ap = attn_problem_new(&ac);
+        attn_dl t;
+        attn_problem_host_dl(ap, &t);
+        DLTensor k = *t.k;
+        int64_t st[3];
+        memcpy(st, ap->k.strides, sizeof st);
+        st[0] = INT64_C(-7668058096621991479), st[1] = INT64_MAX;
+        k.strides = st;
+        t.k = &k;
+        cflash_context* ctx = ops_context(ops_backends[bi], 2);
+        cflash_status s = attn_problem_call_fwd(ctx, ap, &t);
+        if (!ops_backend_skips(ops_backends[bi], "attn", s)) {
+            char msg[512];
+            CHECK_MSG(s == CFLASH_OK, "%s: %s", ops_backends[bi], cflash_last_error());
+            CHECK_MSG(attn_problem_check_fwd(ap, msg, sizeof msg), "%s: %s", ops_backends[bi], msg);
+        }
+        cflash_context_free(ctx);
+        attn_problem_free(ap);
+    }
+}
+
 int main(void) {
     isolated("1 kvcache Sq = 0, num_splits = 0", kv_sq0);
     isolated("2a kvcache cache_seqlen near INT64_MAX + new rows", kv_seqlen_overflow);
@@ -623,5 +653,6 @@ int main(void) {
     isolated("6d kvcache exp over NaN", kv_nan_exp);
     isolated("7 extents past the address space", extent_overflow);
     isolated("8 empty tensors with huge dims (found by the fuzzer)", fuzz_found);
+    isolated("9 a wild stride on a dim of size 1 (found by the fuzzer)", size1_wild_stride);
     return tt_summary();
 }

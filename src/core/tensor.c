@@ -137,10 +137,12 @@ cflash_status cf_view_from(cf_view* v, const DLTensor* t, const char* name) {
         v->data = cf_empty_storage;
         return CFLASH_OK;
     }
+    /* A dim of size 1 is never stepped along, so its stride is free (DLPack producers leave any
+     * value there): 0 here, so that no kernel multiplies a wild one by the element size. */
     int64_t dense = 1;
     for (int i = t->ndim - 1; i >= 0; i--) {
         v->shape[i] = t->shape[i];
-        v->stride[i] = t->strides ? t->strides[i] : dense;
+        v->stride[i] = t->shape[i] == 1 ? 0 : t->strides ? t->strides[i] : dense;
         dense *= t->shape[i]; /* a partial product of numel: no overflow */
     }
     CFLASH_FORWARD_IF_ERROR(check_extent(v, t, name));
