@@ -1,6 +1,7 @@
 #!/bin/sh
-# Installs what building and testing cflash need, only when missing: a C compiler, make, CMake and
-# DLPack's header (apt); with the argument "python" also NumPy and pytest for the Python tests
+# Installs what building and testing cflash need, only when missing: a C compiler, make, CMake,
+# DLPack's header, clang and its libFuzzer runtime (apt); with the argument "python" also NumPy and
+# pytest for the Python tests
 # (pip when available, else apt). Safe to run repeatedly; does nothing when all is present.
 set -e
 
@@ -21,6 +22,15 @@ command -v clang >/dev/null 2>&1 || need="$need clang" # the warning check build
     need="$need libdlpack-dev"
 # shellcheck disable=SC2086
 [ -z "$need" ] || apt_install $need
+# libFuzzer for the fuzz stage (tests/fuzz): clang's runtime libraries, packaged apart from clang
+# (Debian: libclang-rt-14-dev for clang 14). Without them that stage is skipped, saying so.
+if command -v clang >/dev/null 2>&1; then
+    rt=$(clang -print-file-name=libclang_rt.fuzzer-x86_64.a 2>/dev/null || true)
+    if [ ! -f "$rt" ]; then
+        ver=$(clang -dumpversion 2>/dev/null | cut -d. -f1)
+        apt_install "libclang-rt-$ver-dev" || echo "deps: libclang-rt-$ver-dev not installed"
+    fi
+fi
 
 [ "${1:-}" = python ] || exit 0
 command -v python3 >/dev/null 2>&1 || apt_install python3
