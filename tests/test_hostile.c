@@ -640,6 +640,74 @@ static void size1_wild_stride(void) {
     }
 }
 
+/* ---- 10. Outputs whose elements share an address (found by the fuzzer) -------------------- */
+
+/* lse (2, 9, 22) with strides (198, 22, 2): the Sq dim (22 steps of 2) reaches over the next
+ * head's row, so elements share addresses; threads wrote them in any order and a rerun gave other
+ * bytes. Rejected naming the output, nothing written; a nesting layout (reversed, padded) is
+ * still accepted, with the results of the dense call. */
+static void output_overlap(void) {
+    tt_tensor q, k, v, out, lse, bad, good;
+    alloc4(&q, CF_F32, 2, 22, 9, 6), alloc4(&k, CF_F32, 2, 22, 3, 6);
+    alloc4(&v, CF_F32, 2, 22, 3, 25), alloc4(&out, CF_F32, 2, 22, 9, 25);
+    tt_random(&q, 1, -1, 1), tt_random(&k, 2, -1, 1), tt_random(&v, 3, -1, 1);
+    const int64_t ls[3] = {2, 9, 22}, bad_st[3] = {198, 22, 2}, good_st[3] = {-(9 * 23), 23, 1};
+    alloc_n(&lse, CF_F32, 3, ls);
+    tt_alloc_strided(&bad, CF_F32, 3, ls, bad_st);
+    tt_alloc_strided(&good, CF_F32, 3, ls, good_st);
+    for (int bi = 0; attn_backends[bi]; bi++) {
+        cflash_context* ctx = ops_context(attn_backends[bi], 2);
+        uint64_t h = tt_hash(&out) ^ tt_hash(&bad);
+        CHECK_ERR(cflash_attn_fwd(ctx, NULL, &q.dl, &k.dl, &v.dl, &out.dl, &bad.dl), INV,
+                  "lse: elements share an address");
+        CHECK_MSG((tt_hash(&out) ^ tt_hash(&bad)) == h, "%s: rejected call wrote memory",
+                  attn_backends[bi]);
+        /* the same overlap in out: dim 1 (Sq, stride 25) inside the reach of H x Dv */
+        DLTensor o = out.dl;
+        const int64_t ost[4] = {22 * 9 * 25, 25, 25, 1};
+        o.strides = (int64_t*)ost;
+        CHECK_ERR(cflash_attn_fwd(ctx, NULL, &q.dl, &k.dl, &v.dl, &o, NULL), INV,
+                  "out: elements share an address");
+        cflash_status s = cflash_attn_fwd(ctx, NULL, &q.dl, &k.dl, &v.dl, &out.dl, &lse.dl);
+        if (!ops_backend_skips(attn_backends[bi], "attn", s)) {
+            CHECK_OK(s);
+            CHECK_OK(cflash_attn_fwd(ctx, NULL, &q.dl, &k.dl, &v.dl, &out.dl, &good.dl));
+            int same = 1;
+            for (int64_t i = 0; i < 2 * 9 * 22; i++) {
+                const int64_t b = i / 198, hh = i / 22 % 9, sq = i % 22;
+                const float* g = (const float*)((char*)good.dl.data + good.dl.byte_offset);
+                same &= ((const float*)lse.dl.data)[i] == g[b * good_st[0] + hh * 23 + sq];
+            }
+            CHECK_MSG(same, "%s: lse in a reversed, padded view differs", attn_backends[bi]);
+        }
+        cflash_context_free(ctx);
+    }
+    /* the other ops' outputs go through the same check */
+    int64_t xs[4] = {1, 4, 2, 8}, xst[4] = {64, 8, 8, 1};
+    tt_tensor x, cs, sn;
+    alloc_n(&x, CF_F32, 4, xs);
+    const int64_t t[2] = {16, 4};
+    alloc_n(&cs, CF_F32, 2, t), alloc_n(&sn, CF_F32, 2, t);
+    tt_random(&x, 4, -1, 1), tt_random(&cs, 5, -1, 1), tt_random(&sn, 6, -1, 1);
+    tt_tensor ro;
+    tt_alloc_strided(&ro, CF_F32, 4, xs, xst);
+    CHECK_ERR(cflash_rotary_apply(NULL, NULL, &x.dl, &cs.dl, &sn.dl, &ro.dl), INV,
+              "out: elements share an address");
+    /* norm rows (4, 8) written 4 elements apart */
+    const int64_t ns[2] = {4, 8}, nst[2] = {4, 1};
+    tt_tensor nx, no;
+    alloc_n(&nx, CF_F32, 2, ns);
+    tt_random(&nx, 7, -1, 1);
+    tt_alloc_strided(&no, CF_F32, 2, ns, nst);
+    cflash_norm_params np;
+    cflash_norm_params_init(&np);
+    CHECK_ERR(cflash_norm_fwd(NULL, &np, &nx.dl, NULL, NULL, NULL, &no.dl, NULL, NULL, NULL), INV,
+              "out: elements share an address");
+    tt_free(&x), tt_free(&cs), tt_free(&sn), tt_free(&ro), tt_free(&nx), tt_free(&no);
+    tt_free(&q), tt_free(&k), tt_free(&v), tt_free(&out), tt_free(&lse), tt_free(&bad);
+    tt_free(&good);
+}
+
 int main(void) {
     isolated("1 kvcache Sq = 0, num_splits = 0", kv_sq0);
     isolated("2a kvcache cache_seqlen near INT64_MAX + new rows", kv_seqlen_overflow);
@@ -654,5 +722,6 @@ int main(void) {
     isolated("7 extents past the address space", extent_overflow);
     isolated("8 empty tensors with huge dims (found by the fuzzer)", fuzz_found);
     isolated("9 a wild stride on a dim of size 1 (found by the fuzzer)", size1_wild_stride);
+    isolated("10 outputs whose elements share an address (found by the fuzzer)", output_overlap);
     return tt_summary();
 }

@@ -150,6 +150,10 @@ cflash_status cf_view_from(cf_view* v, const DLTensor* t, const char* name) {
     return CFLASH_OK;
 }
 
+static uint64_t abs_u64(int64_t x) {
+    return x < 0 ? 0 - (uint64_t)x : (uint64_t)x;
+}
+
 cflash_status cf_check_output(const DLTensor* t, const char* name) {
     if (!t || !t->strides) return CFLASH_OK;
     for (int i = 0; i < t->ndim; i++)
@@ -160,6 +164,40 @@ cflash_status cf_check_output(const DLTensor* t, const char* name) {
                          "%s: stride 0 in dim %d of size %lld, expected an output whose elements "
                          "do not overlap (not a broadcast view)",
                          name, i, (long long)t->shape[i]);
+    /* Distinct addresses for distinct elements, by a sufficient test (an exact one is a knapsack
+     * problem): the dims of size > 1, ordered by |stride|, nest -- each |stride| exceeds the
+     * reach sum |stride_j| * (shape_j - 1) of the smaller ones, as in every dense, padded,
+     * sliced, permuted or reversed view. Else two elements may share an address, and the threads
+     * writing them race (the result would differ from run to run). */
+    int dim[CF_MAX_DIMS], n = 0;
+    for (int i = 0; i < t->ndim; i++)
+        if (t->shape[i] > 1) {
+            int j = n++;
+            for (; j > 0 && abs_u64(t->strides[dim[j - 1]]) > abs_u64(t->strides[i]); j--)
+                dim[j] = dim[j - 1];
+            dim[j] = i;
+        }
+    uint64_t reach = 0; /* largest offset, in elements, that the smaller dims reach */
+    for (int j = 0; j < n; j++) {
+        const int i = dim[j];
+        const uint64_t st = abs_u64(t->strides[i]);
+        if (st <= reach) {
+            char sh[160], sd[160];
+            dims_str(t->shape, t->ndim, sh, sizeof sh);
+            dims_str(t->strides, t->ndim, sd, sizeof sd);
+            return cf_error(CFLASH_ERR_INVALID_ARGUMENT,
+                            "%s: elements share an address: shape %s, strides %s; dim %d (stride "
+                            "%lld) steps within the reach %llu of the dims with smaller strides, "
+                            "expected an output whose dims, ordered by |stride|, each step past "
+                            "the reach of the smaller ones",
+                            name, sh, sd, i, (long long)t->strides[i], (unsigned long long)reach);
+        }
+        uint64_t span;
+        /* cf_view_from bounded every |stride| * (shape - 1), and their sum, by the address space */
+        if (__builtin_mul_overflow(st, (uint64_t)(t->shape[i] - 1), &span) ||
+            __builtin_add_overflow(reach, span, &reach))
+            reach = UINT64_MAX;
+    }
     return CFLASH_OK;
 }
 

@@ -42,9 +42,10 @@ const char* cf_device_name(int device_type);
  * (a dim 0) gets data pointing at a static placeholder (never NULL: kernels may form addresses
  * from it but touch nothing) and dense strides. */
 cflash_status cf_view_from(cf_view* v, const DLTensor* t, const char* name);
-/* An output with stride 0 in a dim of size > 1 (a broadcast view) would have several of its
- * elements written to one address, by several threads: rejected. Call after t is validated
- * (cf_view_from); NULL (an absent optional output) passes. */
+/* An output whose elements may share an address (stride 0 in a dim of size > 1, a broadcast
+ * view; or dims that do not nest, each |stride| past the reach of the smaller ones) would have
+ * several of its elements written to one address, by several threads: rejected. Call after t is
+ * validated (cf_view_from); NULL (an absent optional output) passes. */
 cflash_status cf_check_output(const DLTensor* t, const char* name);
 /* Writes "(2, 17, 4, 64)" into buf. */
 void cf_shape_str(const cf_view* v, char* buf, size_t n);
