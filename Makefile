@@ -1,7 +1,8 @@
 # Thin wrapper over CMake for the README's commands:
 #   make run    build, then `cflash report`, `cflash check` and `cflash bench` on the default shape
 #   make test   build and run every test: ctest, the same C tests under ASan + UBSan, a clang
-#               -Werror build, the fuzzer for FUZZ_CI_SECONDS on the kept corpus, Python tests
+#               -Werror build, the fuzzer for FUZZ_CI_SECONDS on the kept corpus, Python tests,
+#               and the aarch64 build under qemu-user (test-arm)
 #   make fuzz   the libFuzzer target over every entry point for FUZZ_SECONDS on FUZZ_JOBS cores
 # Both install what is missing first (.ci/deps.sh). BUILD, ASAN_BUILD and JOBS can be overridden.
 BUILD ?= build
@@ -11,7 +12,7 @@ CFLASH := $(BUILD)/cflash
 # The sanitizer run: any report fails the test (UBSan aborts; ASan's leak check stays on).
 SAN_ENV := ASAN_OPTIONS=abort_on_error=1:detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 
-.PHONY: all deps build run test test-c test-asan test-clang test-fuzz test-python fuzz clean
+.PHONY: all deps build run test test-c test-asan test-clang test-fuzz test-python test-arm fuzz clean
 
 all: build
 
@@ -35,10 +36,16 @@ test: build
 	$(MAKE) --no-print-directory test-clang || fail="$$fail test-clang"; \
 	$(MAKE) --no-print-directory test-fuzz || fail="$$fail test-fuzz"; \
 	$(MAKE) --no-print-directory test-python || fail="$$fail test-python"; \
+	$(MAKE) --no-print-directory test-arm || fail="$$fail test-arm"; \
 	if [ -n "$$fail" ]; then echo "make test: FAILED:$$fail"; exit 1; fi; \
 	echo "make test: all stages passed"
 
+# MPI is installed for this stage only (the MPI ring example's tests); the build is re-configured so
+# that CMake finds it.
 test-c: build
+	sh .ci/deps.sh mpi
+	cmake -S . -B $(BUILD) > /dev/null
+	cmake --build $(BUILD) -j$(JOBS)
 	cd $(BUILD) && ctest --output-on-failure -j$(JOBS)
 
 # Left out here: GPU tests (label gpu; the CUDA driver is not built for the sanitizers) and
@@ -77,5 +84,16 @@ test-python: build
 	    CFLASH_LIBRARY=$(CURDIR)/$(BUILD)/libcflash.so python3 -m pytest -q tests/python; \
 	else echo "(no Python tests yet)"; fi
 
+# AArch64: cross-built with Debian's gcc-aarch64-linux-gnu (cmake/aarch64-linux-gnu.cmake, -Werror)
+# and run under qemu-user on each CPU model it offers (tests/qemu_arm.sh says which tests, on which
+# model, and which cannot run emulated and why).
+ARM_BUILD ?= build-arm
+test-arm: deps
+	@sh .ci/deps.sh arm
+	cmake -S . -B $(ARM_BUILD) -DCMAKE_TOOLCHAIN_FILE=cmake/aarch64-linux-gnu.cmake \
+	    -DCMAKE_BUILD_TYPE=Release -DCFLASH_WERROR=ON
+	cmake --build $(ARM_BUILD) -j$(JOBS)
+	sh tests/qemu_arm.sh $(ARM_BUILD) $(JOBS)
+
 clean:
-	rm -rf $(BUILD) $(ASAN_BUILD) $(CLANG_BUILD) $(FUZZ_BUILD)
+	rm -rf $(BUILD) $(ASAN_BUILD) $(CLANG_BUILD) $(FUZZ_BUILD) $(ARM_BUILD)

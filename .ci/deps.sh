@@ -1,8 +1,10 @@
 #!/bin/sh
 # Installs what building and testing cflash need, only when missing: a C compiler, make, CMake,
 # DLPack's header, clang and its libFuzzer runtime (apt); with the argument "python" also NumPy and
-# pytest for the Python tests
-# (pip when available, else apt). Safe to run repeatedly; does nothing when all is present.
+# pytest for the Python tests (pip when available, else apt); with "mpi" also MPICH (mpicc,
+# mpiexec) for the MPI ring example and its tests (examples/mpi_ring); with "arm" the aarch64 cross
+# compiler, its libgomp and qemu-user for `make test-arm`. Safe to run repeatedly; does nothing
+# when all is present.
 set -e
 
 apt_install() {
@@ -30,6 +32,21 @@ if command -v clang >/dev/null 2>&1; then
         ver=$(clang -dumpversion 2>/dev/null | cut -d. -f1)
         apt_install "libclang-rt-$ver-dev" || echo "deps: libclang-rt-$ver-dev not installed"
     fi
+fi
+
+if [ "${1:-}" = mpi ]; then
+    command -v mpicc >/dev/null 2>&1 && command -v mpiexec >/dev/null 2>&1 || apt_install mpich libmpich-dev
+    exit 0
+fi
+
+if [ "${1:-}" = arm ]; then
+    need=""
+    command -v aarch64-linux-gnu-gcc >/dev/null 2>&1 || need="$need gcc-aarch64-linux-gnu"
+    [ -f /usr/aarch64-linux-gnu/lib/libgomp.so.1 ] || need="$need libgomp1-arm64-cross"
+    command -v qemu-aarch64 >/dev/null 2>&1 || need="$need qemu-user"
+    # shellcheck disable=SC2086
+    [ -z "$need" ] || apt_install $need
+    exit 0
 fi
 
 [ "${1:-}" = python ] || exit 0

@@ -85,10 +85,12 @@ class Cflash:
         if status != 0:
             raise RuntimeError("cflash: %s" % self.lib.cflash_last_error().decode())
 
-    def backend_for(self, op, args):
+    def backend_for(self, bwd, args):
+        """The backend the forward (bwd 0) or backward (1) call on args would use: explain mode."""
         buf = C.create_string_buffer(4096)
-        self.lib.cflash_explain(self.ctx, op, buf, C.c_size_t(len(buf)), C.byref(self.params),
-                                *args)
+        self.check(self.lib.cflash_context_set_explain(self.ctx, buf, C.c_size_t(len(buf))))
+        call = self.lib.cflash_attn_bwd if bwd else self.lib.cflash_attn_fwd
+        call(self.ctx, C.byref(self.params), *args)
         for line in buf.value.decode().splitlines():
             if line.startswith("-> "):
                 return line[3:]

@@ -23,8 +23,11 @@ extern "C" {
 #endif
 
 #define CFLASH_VERSION_MAJOR 0
-#define CFLASH_VERSION_MINOR 1
+#define CFLASH_VERSION_MINOR 2
 #define CFLASH_VERSION_PATCH 0
+/* MAJOR * 10000 + MINOR * 100 + PATCH of this header (0.2.0 -> 200). */
+#define CFLASH_VERSION_NUMBER                                                                      \
+    (CFLASH_VERSION_MAJOR * 10000 + CFLASH_VERSION_MINOR * 100 + CFLASH_VERSION_PATCH)
 
 /* ---- Status and errors ------------------------------------------------------------------- */
 
@@ -44,8 +47,11 @@ CFLASH_API const char* cflash_status_string(cflash_status s);
  * this thread. Successful calls do not clear it. */
 CFLASH_API const char* cflash_last_error(void);
 
-/* "MAJOR.MINOR.PATCH". */
+/* "MAJOR.MINOR.PATCH" of the library actually loaded. */
 CFLASH_API const char* cflash_version(void);
+/* The same as MAJOR * 10000 + MINOR * 100 + PATCH, to compare with CFLASH_VERSION_NUMBER (the
+ * header a program was compiled with) or with a minimum it needs. */
+CFLASH_API unsigned cflash_version_number(void);
 
 /* ---- Non-finite values (NaN, +-inf): every CPU backend alike ------------------------------
  * Attention (forward, varlen, KV cache): a NaN or infinity in an input a query row can see -- its
@@ -88,6 +94,20 @@ CFLASH_API cflash_status cflash_context_set_backend(cflash_context* ctx, const c
 /* A CUstream as void*; NULL = the default stream. */
 CFLASH_API cflash_status cflash_context_set_cuda_stream(cflash_context* ctx, void* stream);
 
+/* Explain mode: the next op call on ctx (any function below that takes a ctx) is validated and
+ * dispatched as for real, on the same code path, but nothing is computed and nothing written.
+ * Instead buf receives one line per backend considered, "NAME: OKAY" or "NAME: NO: reason", and
+ * a last line "-> NAME" (or "-> none"); a call rejected before any backend is considered (a bad
+ * argument) gets "not dispatched: STATUS: message" and "-> none". The call returns CFLASH_OK when
+ * some backend would serve, else the status (and message) the real call would return. Then the
+ * mode clears itself: it covers exactly one call, whether that call succeeds or fails.
+ * Text longer than len - 1 bytes is cut; buf must stay valid until that call returns.
+ * buf NULL or len 0: clears the mode (the next call runs for real). ctx NULL is an error: explain
+ * mode belongs to a context (a call made with ctx = NULL is never explained). Like the context's
+ * other settings, the mode is not per thread: set it and make the call from the one thread that
+ * uses the context at that time. */
+CFLASH_API cflash_status cflash_context_set_explain(cflash_context* ctx, char* buf, size_t len);
+
 /* ---- Attention --------------------------------------------------------------------------- */
 
 typedef struct cflash_attn_params {
@@ -104,7 +124,20 @@ typedef struct cflash_attn_params {
     uint64_t seed;                /* dropout: Philox-4x32-10 key                               */
     uint64_t offset;              /* dropout: added to the Philox counter                      */
     int deterministic;            /* 1 = deterministic backward on GPUs (CPU is always)        */
+    int64_t q_offset;             /* >= 0: position of q's row 0 in a longer sequence (below)  */
+    int64_t k_offset;             /* >= 0: position of k's row 0 in a longer sequence (below)  */
 } cflash_attn_params;
+/* q_offset, k_offset (default 0): the call is one block of a longer attention, as when a sequence
+ * is split across processes (context parallelism, ring attention) or prefilled in chunks. Masks,
+ * ALiBi and dropout read query row i as position i + q_offset and key j as j + k_offset: query i
+ * sees key j iff j + k_offset <= i + q_offset + Sk - Sq (causal), the window bounds and the ALiBi
+ * distance |i + q_offset + Sk - Sq - j - k_offset| shift alike, and dropout keys are
+ * (b, h, i + q_offset, j + k_offset). Sk - Sq is the call's own, so for a self-attention cut into
+ * blocks of equal length the block call equals rows [q_offset, q_offset + Sq) of the whole
+ * attention restricted to keys [k_offset, k_offset + Sk), and blocks merge by their LSE
+ * (cflash_attn_merge). Varlen calls apply the same offsets to every sequence. Positions must fit
+ * the dropout counter's 32-bit row and column words: q_offset + Sq and k_offset + Sk <= 2^32
+ * (Sq, Sk the call's, or max_seqlen_* for varlen). The KV-cache call takes 0 only. */
 
 /* Defaults: scale 0 (1/sqrt(D)), not causal, windows -1, no softcap, ALiBi or dropout, seed and
  * offset 0, not deterministic. */
@@ -164,7 +197,8 @@ CFLASH_API cflash_status cflash_attn_varlen_bwd(
 /* The dropout keep mask of a (non-varlen) attention call, for tests and debugging:
  *   mask uint8 (B, H, Sq, Sk) on the CPU: 1 = kept, 0 = dropped.
  * It is a pure function of (seed, offset, b, h, i, j): every backend drops the same weights
- * (for varlen calls, b is the sequence and i, j the row and column within it).
+ * (for varlen calls, b is the sequence and i, j the row and column within it). With p->q_offset
+ * and p->k_offset, element (b, h, i, j) is the keep bit of (b, h, i + q_offset, j + k_offset).
  * Keying: Philox-4x32-10 with key (seed lo, seed hi) and the 128-bit counter
  *   {j / 4, i, b, h} + offset (offset added to the low 64 bits, carry into the high 64);
  * word j % 4 of the output, x, keeps iff x < floor((1 - p) * 2^32). */
@@ -339,8 +373,9 @@ CFLASH_API cflash_status cflash_attn_merge(cflash_context* ctx, const DLTensor* 
                                            const DLTensor* lse_partial, DLTensor* out,
                                            DLTensor* lse);
 
-/* ---- Explain and report ------------------------------------------------------------------ */
+/* ---- Ops and the report ------------------------------------------------------------------ */
 
+/* The library's ops, as the report's op x backend table and the dispatcher's messages name them. */
 typedef enum cflash_op {
     CFLASH_OP_ATTN_FWD = 0,
     CFLASH_OP_ATTN_BWD,
@@ -354,15 +389,6 @@ typedef enum cflash_op {
     CFLASH_OP_COUNT
 } cflash_op;
 
-/* Which backend would serve a call and why the others would not, on the same code path as the
- * call itself, without computing or writing any output. The arguments after buf_len are exactly
- * those of the op's function after ctx (for CFLASH_OP_ATTN_FWD: p, q, k, v, out, lse).
- * buf receives one line per backend considered, "NAME: OKAY" or "NAME: NO: reason", and a last
- * line "-> NAME" (or "-> none"). Returns CFLASH_OK when some backend would serve, else the
- * status the call would return. */
-CFLASH_API cflash_status cflash_explain(cflash_context* ctx, cflash_op op, char* buf,
-                                        size_t buf_len, ...);
-
 /* Name of an op ("attn_fwd", ...), NULL if out of range. */
 CFLASH_API const char* cflash_op_name(cflash_op op);
 
@@ -372,7 +398,7 @@ CFLASH_API const char* cflash_op_name(cflash_op op);
  * variables in effect, CPU (vendor, model, cores, caches, ISA features, AVX-512 and AMX with the
  * reason when not usable), CUDA driver and devices, NVRTC (version, supported archs), cuFile, the
  * kernel cache, and the op x backend table ([OKAY], or [NO] with the reason; "[OKAY]" means the
- * backend can run here, each call is still checked: see cflash_explain).
+ * backend can run here, each call is still checked: see cflash_context_set_explain).
  * json = 0: text lines; json = 1: one JSON object. Writes at most len bytes into buf, always
  * NUL-terminated when len > 0 (buf may be NULL when len is 0), and returns the length the whole
  * report needs, excluding the NUL (like snprintf): call again with a larger buffer when the result

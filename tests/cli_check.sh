@@ -11,7 +11,9 @@ trap 'rm -f "$out"' EXIT
 expect() {
     code=$1 re=$2
     shift 3
-    "$cflash" "$@" >"$out" 2>&1
+    # CFLASH_TEST_RUNNER: the emulator of a cross build (tests/CMakeLists.txt), else empty.
+    # shellcheck disable=SC2086
+    ${CFLASH_TEST_RUNNER:-} "$cflash" "$@" >"$out" 2>&1
     got=$?
     if [ "$got" = "$code" ] && grep -Eq -- "$re" "$out"; then
         pass=$((pass + 1))

@@ -16,7 +16,9 @@ if ! "$cc" -std=c11 -Wall -Wextra -Werror $extra "$work/example.c" -I"$src/inclu
     -L"$lib" -lcflash -Wl,-rpath,"$lib" -lm -o "$work/example"; then
     echo "FAIL: the README example does not compile"; echo "0 passed, 1 failed"; exit 1
 fi
-if ! "$work/example" >"$work/out.txt" 2>&1; then
+# CFLASH_TEST_RUNNER: the emulator of a cross build (tests/CMakeLists.txt), else empty.
+# shellcheck disable=SC2086
+if ! ${CFLASH_TEST_RUNNER:-} "$work/example" >"$work/out.txt" 2>&1; then
     cat "$work/out.txt"; echo "FAIL: the README example exited non-zero"; echo "1 passed, 1 failed"
     exit 1
 fi

@@ -17,9 +17,9 @@
 #if defined(CF_HAVE_AMX_CODE) && defined(__linux__)
 void cf_amx_thread_begin(void); /* src/cpu/x86/amx.c */
 
-static volatile sig_atomic_t seen;      /* ldtilecfg executions caught by the handler */
-static unsigned char captured[64];      /* what the last one would have loaded */
-static volatile sig_atomic_t undecoded; /* SIGILL at an instruction that is not ldtilecfg */
+static volatile sig_atomic_t seen;              /* ldtilecfg executions caught by the handler */
+static _Alignas(64) unsigned char captured[64]; /* what the last one would have loaded */
+static volatile sig_atomic_t undecoded;         /* SIGILL at an instruction that is not ldtilecfg */
 
 /* Register number (ModRM/SIB encoding, 0..15) -> its saved value. */
 static uint64_t reg_value(const ucontext_t* uc, int r) {
@@ -95,13 +95,13 @@ __attribute__((noinline)) static void dirty_stack(void) {
 
 static void expect_kernel_config(const unsigned char* got, const char* what) {
     cf_amx_tilecfg want;
-    cf_amx_tilecfg_fill(&want, 6, 16, 64);
-    CHECK_MSG(!memcmp(got, &want, 64), "%s: config bytes differ from palette 1, tiles 0-5 16x64",
+    cf_amx_tilecfg_fill(&want, 8, 16, 64);
+    CHECK_MSG(!memcmp(got, &want, 64), "%s: config bytes differ from palette 1, tiles 0-7 16x64",
               what);
     const cf_amx_tilecfg* g = (const cf_amx_tilecfg*)got;
-    CHECK_MSG(g->palette == 1 && g->colsb[5] == 64 && g->rows[5] == 16 && g->rows[6] == 0,
-              "%s: palette %d, tile 5 %d x %d bytes, tile 6 rows %d", what, g->palette, g->rows[5],
-              g->colsb[5], g->rows[6]);
+    CHECK_MSG(g->palette == 1 && g->colsb[7] == 64 && g->rows[7] == 16 && g->rows[8] == 0,
+              "%s: palette %d, tile 7 %d x %d bytes, tile 8 rows %d", what, g->palette, g->rows[7],
+              g->colsb[7], g->rows[8]);
 }
 
 __attribute__((target("amx-tile"))) static void tile_release(void) {
@@ -145,7 +145,7 @@ int main(void) {
     dirty_stack();
     {
         cf_amx_tilecfg cfg;
-        cf_amx_tilecfg_fill(&cfg, 6, 16, 64);
+        cf_amx_tilecfg_fill(&cfg, 8, 16, 64);
         cf_amx_tilecfg_load(&cfg);
     }
     CHECK(seen == 1);

@@ -1,19 +1,24 @@
 /* Every fast CPU attention backend available on this machine, forced, over the quick grid against
  * the fp64 oracle, forward and backward, every dtype; and forcing a backend this CPU cannot run
- * returns CFLASH_ERR_UNSUPPORTED with the reason. CFLASH_TEST_LEVEL=1 runs the fuller grid. */
+ * returns CFLASH_ERR_UNSUPPORTED with the reason. CFLASH_TEST_LEVEL=1 runs the fuller grid, -1 the
+ * reduced one (emulated runs). */
 #include <stdlib.h>
 #include <string.h>
 
-#include "common/attn_oracle.h"
+#include "common/attn_grid.h"
 #include "common/testutil.h"
 
-static const char* const backends[] = {"cpu-amx", "cpu-avx512", "cpu-avx2", "cpu-generic"};
+static const char* const backends[] = {"cpu-amx", "cpu-avx512", "cpu-avx2",
+                                       "cpu-sve", "cpu-neon",   "cpu-generic"};
+/* The dtypes each serves (bit 1 << cf_dtype; 0 = all): cpu-amx is bf16 and fp16 only. */
+static const unsigned backend_dtypes[] = {(1u << CF_BF16) | (1u << CF_F16), 0, 0, 0, 0, 0};
 
-/* The line "NAME: ..." of cflash_explain for a small fp32 forward: whether NAME can run here, and
- * the reason when not. */
-static int backend_available(const char* name, char* why, size_t len) {
+/* The line "NAME: ..." of explain mode for a small forward in a dtype NAME serves: whether NAME
+ * can run here, and the reason when not. */
+static int backend_available(const char* name, cf_dtype dt, char* why, size_t len) {
     attn_case c;
     attn_case_init(&c);
+    c.dtype = dt;
     c.Sq = c.Sk = 4;
     c.D = c.Dv = 8;
     attn_problem* p = attn_problem_new(&c);
@@ -21,10 +26,8 @@ static int backend_available(const char* name, char* why, size_t len) {
     cflash_context_create(&ctx);
     cflash_context_set_backend(ctx, name);
     char buf[2048] = "";
-    attn_dl t;
-    attn_problem_host_dl(p, &t);
-    cflash_status s = cflash_explain(ctx, CFLASH_OP_ATTN_FWD, buf, sizeof buf, &p->params, t.q, t.k,
-                                     t.v, t.out, t.lse);
+    cflash_context_set_explain(ctx, buf, sizeof buf);
+    cflash_status s = attn_problem_call_fwd(ctx, p, NULL);
     why[0] = 0;
     const char* line = strstr(buf, name);
     if (line) {
@@ -40,9 +43,10 @@ static int backend_available(const char* name, char* why, size_t len) {
 }
 
 /* A backend this CPU cannot run, forced: the call fails with UNSUPPORTED and says why. */
-static void test_unavailable(const char* name, const char* why) {
+static void test_unavailable(const char* name, cf_dtype dt, const char* why) {
     attn_case c;
     attn_case_init(&c);
+    c.dtype = dt;
     c.Sq = c.Sk = 5;
     c.D = c.Dv = 16;
     attn_problem* p = attn_problem_new(&c);
@@ -62,67 +66,27 @@ static void test_unavailable(const char* name, const char* why) {
     attn_problem_free(p);
 }
 
-/* Problems with at least 4 x threads (sequence, KV head) units, so the backward takes its one-pass
- * path (dQ accumulated per unit) as well as the three-pass one the small grid cases use. */
-static void test_one_pass(const char* backend) {
-    cflash_context* ctx = NULL;
-    CHECK_OK(cflash_context_create(&ctx));
-    CHECK_OK(cflash_context_set_backend(ctx, backend));
-    CHECK_OK(cflash_context_set_threads(ctx, 2));
-    const cf_dtype dts[3] = {CF_F32, CF_F16, CF_BF16};
-    int n = 0;
-    for (int di = 0; di < 3; di++)
-        for (int f = 0; f < 5; f++) {
-            attn_case c;
-            attn_case_init(&c);
-            c.B = 3, c.H = 6, c.Hk = 3, c.Sq = 97, c.Sk = 130, c.D = 40, c.Dv = 40;
-            c.dtype = dts[di];
-            c.seed = 100 + (uint64_t)(di * 10 + f);
-            if (f == 1) c.causal = 1, c.Sq = c.Sk = 150;
-            if (f == 2)
-                c.window_left = 20, c.window_right = 7, c.softcap = 1.5f, c.dropout_p = 0.2f,
-                c.alibi = ATTN_ALIBI_H;
-            if (f == 3) c.D = 33, c.Dv = 17, c.layout = TT_PADDED, c.Hk = 6, c.B = 2; /* odd dims */
-            if (f == 4) {
-                c.varlen = 1, c.B = 3;
-                const int32_t lq[3] = {70, 1, 33}, lk[3] = {64, 90, 5};
-                for (int b = 0; b < 3; b++)
-                    c.seqlens_q[b] = lq[b], c.seqlens_k[b] = lk[b];
-                c.causal = 1;
-            }
-            attn_problem* p = attn_problem_new(&c);
-            CHECK(p != NULL);
-            if (!p) continue;
-            char msg[768];
-            CHECK_OK(attn_problem_run_bwd(ctx, p));
-            CHECK_MSG(attn_problem_check_fwd(p, msg, sizeof msg), "%s: %s", backend, msg);
-            CHECK_MSG(attn_problem_check_bwd(p, msg, sizeof msg), "%s: %s", backend, msg);
-            attn_problem_free(p);
-            n++;
-        }
-    printf("%s one-pass backward: %d cases\n", backend, n);
-    cflash_context_free(ctx);
-}
-
 int main(void) {
-    const char* lv = getenv("CFLASH_TEST_LEVEL");
-    const int level = lv ? atoi(lv) : 0;
+    const int level = tt_test_level();
     int any = 0;
     for (size_t i = 0; i < sizeof backends / sizeof backends[0]; i++) {
         char why[512];
-        if (!backend_available(backends[i], why, sizeof why)) {
+        if (!tt_backend_selected(backends[i])) continue; /* CFLASH_TEST_BACKENDS */
+        const cf_dtype probe = backend_dtypes[i] ? CF_BF16 : CF_F32;
+        if (!backend_available(backends[i], probe, why, sizeof why)) {
             printf("%s: not available here (%s): checking the forced error\n", backends[i], why);
-            test_unavailable(backends[i], why);
+            test_unavailable(backends[i], probe, why);
             continue;
         }
         any = 1;
-        for (int bwd = 0; bwd <= 1; bwd++) {
+        for (int bwd = level < 0; bwd <= 1; bwd++) { /* emulated: fwd+bwd checks both */
             attn_grid_opts o;
             memset(&o, 0, sizeof o);
             o.level = level;
             o.backend = backends[i];
             o.bwd = bwd;
             o.threads = 2;
+            o.dtypes = backend_dtypes[i];
             int ran = 0, skipped = 0;
             double t0 = tt_now();
             int fails = attn_grid_run(&o, &ran, &skipped);
@@ -131,8 +95,9 @@ int main(void) {
             CHECK_MSG(skipped == 0, "%s skipped %d cases as unsupported", backends[i], skipped);
             CHECK_MSG(ran > 0, "%s ran no case", backends[i]);
         }
-        test_one_pass(backends[i]);
+        attn_grid_one_pass(backends[i], backend_dtypes[i], 2);
     }
-    CHECK_MSG(any, "no CPU backend available (cpu-generic always is)");
+    CHECK_MSG(any || !tt_backend_selected("cpu-generic"),
+              "no CPU backend available (cpu-generic always is)");
     return tt_summary();
 }

@@ -5,7 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "common/attn_oracle.h"
+#include "common/testutil.h"
+#include "oracle/attn_oracle.h"
 
 static const char* backend = "cpu-ref";
 
@@ -175,26 +176,24 @@ static void test_backend_selection(void) {
     char name[64];
     /* CFLASH_BACKEND forces a backend for contexts that set none; the context's choice wins. */
     setenv("CFLASH_BACKEND", "cpu-ref", 1);
-    CHECK_OK(attn_problem_explain(NULL, p, 0, name, sizeof name));
+    CHECK_OK(attn_problem_explain(NULL, p, NULL, 0, name, sizeof name));
     CHECK_MSG(!strcmp(name, "cpu-ref"), "CFLASH_BACKEND=cpu-ref: explain says '%s'", name);
-    CHECK_OK(attn_problem_explain(NULL, p, 1, name, sizeof name));
+    CHECK_OK(attn_problem_explain(NULL, p, NULL, 1, name, sizeof name));
     CHECK_MSG(!strcmp(name, "cpu-ref"), "CFLASH_BACKEND=cpu-ref (bwd): explain says '%s'", name);
     cflash_context* ctx = NULL;
     cflash_context_create(&ctx);
     CHECK_OK(cflash_context_set_backend(ctx, "cuda-simt"));
-    CHECK_ERR(attn_problem_explain(ctx, p, 0, name, sizeof name), CFLASH_ERR_UNSUPPORTED,
+    CHECK_ERR(attn_problem_explain(ctx, p, NULL, 0, name, sizeof name), CFLASH_ERR_UNSUPPORTED,
               "cuda-simt");
     CHECK_MSG(!strcmp(name, "none"), "forced cuda-simt on CPU tensors: explain says '%s'", name);
     unsetenv("CFLASH_BACKEND");
     /* auto: some CPU backend serves; explain's buffer has one line per backend and the arrow. */
     CHECK_OK(cflash_context_set_backend(ctx, "auto"));
-    CHECK_OK(attn_problem_explain(ctx, p, 0, name, sizeof name));
+    CHECK_OK(attn_problem_explain(ctx, p, NULL, 0, name, sizeof name));
     CHECK_MSG(!strncmp(name, "cpu-", 4), "auto on CPU tensors: explain says '%s'", name);
     char buf[1024];
-    attn_dl t;
-    attn_problem_host_dl(p, &t);
-    CHECK_OK(cflash_explain(ctx, CFLASH_OP_ATTN_FWD, buf, sizeof buf, &p->params, t.q, t.k, t.v,
-                            t.out, t.lse));
+    CHECK_OK(cflash_context_set_explain(ctx, buf, sizeof buf));
+    CHECK_OK(attn_problem_call_fwd(ctx, p, NULL));
     CHECK_MSG(strstr(buf, ": OKAY\n") && strstr(buf, "-> cpu-"), "explain text: %s", buf);
     /* explain never writes outputs */
     CHECK(tt_count_nan(&p->out) == p->out.numel);

@@ -152,6 +152,22 @@ static void test_params(void) {
         EXPECT_BOTH(&A, INV, "softcap: inf");
         reset(&A, vl), A.p.softcap = NAN;
         EXPECT_BOTH(&A, INV, "softcap: nan");
+        /* Block offsets: >= 0 and positions below 2^32 (batch Sq 5, Sk 7; varlen max 6, 7). */
+        const int64_t sq = vl ? 6 : 5, lim = (int64_t)1 << 32;
+        char want[128];
+        reset(&A, vl), A.p.q_offset = -1;
+        snprintf(want, sizeof want, "q_offset: -1, expected 0 <= q_offset <= 2^32 - Sq = %lld",
+                 (long long)(lim - sq));
+        EXPECT_BOTH(&A, INV, want);
+        reset(&A, vl), A.p.q_offset = lim - sq + 1;
+        EXPECT_BOTH(&A, INV, "q_offset: ");
+        reset(&A, vl), A.p.k_offset = INT64_MAX; /* k_offset + Sk overflows int64 */
+        EXPECT_BOTH(&A, INV, "k_offset: 9223372036854775807, expected 0 <= k_offset <= 2^32 - Sk");
+        reset(&A, vl), A.p.k_offset = INT64_MIN;
+        EXPECT_BOTH(&A, INV, "k_offset: -9223372036854775808");
+        reset(&A, vl), A.p.q_offset = lim - sq, A.p.k_offset = lim - 7; /* the last positions */
+        CHECK_OK(fwd(&A));
+        CHECK_OK(bwd(&A));
     }
 }
 
@@ -426,6 +442,11 @@ static void test_dropout_mask(void) {
     CHECK_ERR(cflash_attn_dropout_mask(&p, &md), INV, "mask: on cuda, expected cpu");
     p.dropout_p = 1.5f;
     CHECK_ERR(cflash_attn_dropout_mask(&p, &m.dl), INV, "dropout_p: 1.5");
+    p.dropout_p = 0.5f, p.q_offset = -2;
+    CHECK_ERR(cflash_attn_dropout_mask(&p, &m.dl), INV, "q_offset: -2, expected 0 <= q_offset");
+    p.q_offset = 0, p.k_offset = ((int64_t)1 << 32) - 3; /* Sk = 4 */
+    CHECK_ERR(cflash_attn_dropout_mask(&p, &m.dl), INV,
+              "k_offset: 4294967293, expected 0 <= k_offset <= 2^32 - Sk = 4294967292");
     CHECK_MSG((tt_hash(&m) ^ tt_hash(&m3) * 3 ^ tt_hash(&mf) * 5) == h, "mask written on error");
     tt_free(&m), tt_free(&m3), tt_free(&mf);
 }
@@ -466,18 +487,17 @@ static void test_context_and_dispatch(void) {
     CHECK_OK(fwd(&A));
     unsetenv("CFLASH_BACKEND");
 
-    /* explain */
+    /* explain mode: needs a context; a bad call explained gives the call's error */
     char buf[512];
-    CHECK_ERR(cflash_explain(NULL, CFLASH_OP_ATTN_FWD, NULL, 10), INV,
-              "buf: NULL or empty, expected a buffer");
-    CHECK_ERR(cflash_explain(NULL, CFLASH_OP_ATTN_FWD, buf, 0), INV, "buf: NULL or empty");
-    CHECK_ERR(cflash_explain(NULL, (cflash_op)99, buf, sizeof buf), INV,
-              "op: 99, expected a cflash_op below");
+    CHECK_ERR(cflash_context_set_explain(NULL, buf, sizeof buf), INV,
+              "ctx: is NULL, expected a context");
+    CHECK_OK(cflash_context_set_backend(ctx, NULL));
     A.p.dropout_p = 2.0f;
     h0 = out_hash();
-    CHECK_ERR(cflash_explain(NULL, CFLASH_OP_ATTN_FWD, buf, sizeof buf, &A.p, t[Q], t[K], t[V],
-                             t[OUT], t[LSE]),
-              INV, "dropout_p: 2");
+    CHECK_OK(cflash_context_set_explain(ctx, buf, sizeof buf));
+    CHECK_ERR(cflash_attn_fwd(ctx, &A.p, t[Q], t[K], t[V], t[OUT], t[LSE]), INV, "dropout_p: 2");
+    CHECK_MSG(strstr(buf, "not dispatched: CFLASH_ERR_INVALID_ARGUMENT: dropout_p: 2"),
+              "explain: %s", buf);
     CHECK_MSG(out_hash() == h0, "explain wrote caller memory");
     cflash_context_free(ctx);
 }

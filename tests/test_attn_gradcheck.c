@@ -7,7 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "common/attn_oracle.h"
+#include "common/testutil.h"
+#include "oracle/attn_oracle.h"
 
 /* L = sum(out * dO) with the oracle forward. */
 static double loss(const attn_problem* p, double* out, double* lse) {

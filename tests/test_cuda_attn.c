@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "common/attn_oracle.h"
+#include "common/attn_grid.h"
 #include "common/testutil.h"
 #include "core/status.h"
 #include "cuda/cuda_drv.h"
@@ -177,8 +177,8 @@ static void test_choice(const cf_cu_device* dev) {
         CHECK_OK(gpu_setup(&g, p));
         cflash_attn_params prm = p->params;
         char buf[2048], name[64] = "";
-        CHECK_OK(cflash_explain(NULL, CFLASH_OP_ATTN_FWD, buf, sizeof buf, &prm, g.t.q, g.t.k,
-                                g.t.v, g.t.out, g.t.lse));
+        CHECK_OK(cflash_attn_fwd(tt_explain(buf, sizeof buf), &prm, g.t.q, g.t.k, g.t.v, g.t.out,
+                                 g.t.lse));
         char* arrow = strstr(buf, "-> ");
         if (arrow) sscanf(arrow + 3, "%63s", name);
         CHECK_MSG(!strcmp(name, cases[i].want), "%s D=%lld: chose %s, expected %s\n%.700s",

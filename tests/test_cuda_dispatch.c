@@ -5,11 +5,14 @@
  *   test_cuda_dispatch            expects CFLASH_LIBCUDA = the fake, CFLASH_FAKE_CUINIT=0
  *   test_cuda_dispatch no-nvrtc   the same with NVRTC hidden: both backends say why
  * Skips (exit 77) when the fake is not configured. */
+#include <dlfcn.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "common/testutil.h"
 #include "cuda/cuda_drv.h"
+#include "probe/cuda_loader.h"
+#include "probe/dynlib.h"
 
 /* A CUDA tensor at a fake address (never dereferenced on the host by validation). */
 typedef struct ft {
@@ -52,8 +55,8 @@ static void mkprob(prob* p, cf_dtype dt, int64_t D, uintptr_t qaddr) {
 static cflash_status explain_fwd(prob* p, char* buf, size_t n) {
     cflash_attn_params prm;
     cflash_attn_params_init(&prm);
-    return cflash_explain(NULL, CFLASH_OP_ATTN_FWD, buf, n, &prm, &p->q.t, &p->k.t, &p->v.t,
-                          &p->out.t, &p->lse.t);
+    return cflash_attn_fwd(tt_explain(buf, n), &prm, &p->q.t, &p->k.t, &p->v.t, &p->out.t,
+                           &p->lse.t);
 }
 
 #define CHECK_HAS(buf, sub)                                                                        \
@@ -97,13 +100,13 @@ static void test_choice(void) {
     mkprob(&p, CF_BF16, 64, 0x7f0000000000);
     cflash_attn_params prm;
     cflash_attn_params_init(&prm);
-    CHECK_OK(cflash_explain(NULL, CFLASH_OP_ATTN_BWD, buf, sizeof buf, &prm, &p.dout.t, &p.q.t,
-                            &p.k.t, &p.v.t, &p.out.t, &p.lse.t, &p.dq.t, &p.dk.t, &p.dv.t));
+    CHECK_OK(cflash_attn_bwd(tt_explain(buf, sizeof buf), &prm, &p.dout.t, &p.q.t, &p.k.t, &p.v.t,
+                             &p.out.t, &p.lse.t, &p.dq.t, &p.dk.t, &p.dv.t));
     CHECK_HAS(buf, "-> cuda-mma");
     /* Head dim 128: the backward's 70144 bytes of shared memory exceed the fake's 48 KB. */
     mkprob(&p, CF_BF16, 128, 0x7f0000000000);
-    CHECK_OK(cflash_explain(NULL, CFLASH_OP_ATTN_BWD, buf, sizeof buf, &prm, &p.dout.t, &p.q.t,
-                            &p.k.t, &p.v.t, &p.out.t, &p.lse.t, &p.dq.t, &p.dk.t, &p.dv.t));
+    CHECK_OK(cflash_attn_bwd(tt_explain(buf, sizeof buf), &prm, &p.dout.t, &p.q.t, &p.k.t, &p.v.t,
+                             &p.out.t, &p.lse.t, &p.dq.t, &p.dk.t, &p.dv.t));
     CHECK_HAS(buf, "cuda-mma: NO: backward needs 70144 bytes of shared memory");
     CHECK_HAS(buf, "-> cuda-simt");
 
@@ -162,6 +165,16 @@ static void test_no_nvrtc(void) {
     CHECK_HAS(buf, "no precompiled cubins");
 }
 
+/* The probe (cflash_report) and the backend use one driver loader: the same entry points, and
+ * cuInit called once. */
+static void test_one_loader(void) {
+    size_t need = cflash_report(NULL, 0, 0);
+    CHECK(need > 0);
+    CHECK(cf_cu(NULL, 0) != NULL && cf_cu(NULL, 0) == cf_cu_load()->api);
+    const int* calls = dlsym(cf_dynlib_get(CF_LIB_CUDA)->handle, "cf_fake_cuinit_calls");
+    CHECK_MSG(calls && *calls == 1, "cuInit ran %d times", calls ? *calls : -1);
+}
+
 int main(int argc, char** argv) {
     char why[1024];
     if (!getenv("CFLASH_FAKE_CUINIT") || !cf_cu_available(why, sizeof why)) {
@@ -174,6 +187,7 @@ int main(int argc, char** argv) {
     } else {
         test_choice();
         test_run_fails_cleanly();
+        test_one_loader();
     }
     return tt_summary();
 }

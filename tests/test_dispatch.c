@@ -1,6 +1,6 @@
 /* Dispatch: the selection logic with fake implementations (order, availability, supports, forced
  * backends, explain text, fallback logging once per distinct reason), then the real library path
- * (CFLASH_BACKEND, context backend, cflash_explain) with an attention call that must succeed.
+ * (CFLASH_BACKEND, context backend, explain mode) with an attention call that must succeed.
  * Run as test_dispatch (CFLASH_LOG unset: the test sets info) and test_dispatch_debug
  * (CFLASH_LOG=debug: every choice is logged). */
 #include <stdio.h>
@@ -216,6 +216,43 @@ static void test_unverified(void) {
     CHECK(runs_unverified == 1);
 }
 
+/* ---- The registry ---- */
+
+/* Backend names come from the registered rows: each name has rows, each row's backend is named
+ * once, and the per-op lists keep the names' priority order. */
+static void test_registry(void) {
+    size_t n_names = 0;
+    while (cf_backend_name(n_names))
+        n_names++;
+    CHECK(n_names > 0 && cf_backend_known("cpu-ref") && !cf_backend_known("no-such-backend"));
+    for (size_t i = 0; i < n_names; i++) {
+        const char* name = cf_backend_name(i);
+        size_t rows = 0;
+        for (int op = 0; op < CFLASH_OP_COUNT; op++) {
+            size_t n = 0;
+            const cf_impl* const* impls = cf_impls_for((cflash_op)op, &n);
+            for (size_t j = 0; j < n; j++)
+                rows += !strcmp(impls[j]->backend, name);
+        }
+        CHECK_MSG(rows > 0, "backend %s is named but registers no row", name);
+        for (size_t j = 0; j < i; j++)
+            CHECK_MSG(strcmp(cf_backend_name(j), name), "%s named twice", name);
+    }
+    for (int op = 0; op < CFLASH_OP_COUNT; op++) {
+        size_t n = 0, last = 0;
+        const cf_impl* const* impls = cf_impls_for((cflash_op)op, &n);
+        CHECK_MSG(n > 0, "no row for %s", cflash_op_name((cflash_op)op));
+        for (size_t j = 0; j < n; j++) {
+            size_t k = 0;
+            while (k < n_names && strcmp(cf_backend_name(k), impls[j]->backend))
+                k++;
+            CHECK_MSG(k < n_names && k >= last, "%s: %s out of the names' order",
+                      cflash_op_name((cflash_op)op), impls[j]->backend);
+            last = k;
+        }
+    }
+}
+
 /* ---- The real library ---- */
 
 static void test_library(void) {
@@ -253,60 +290,110 @@ static void test_library(void) {
     CHECK_ERR(cflash_context_set_backend(ctx, "cpu-fast"), CFLASH_ERR_INVALID_ARGUMENT,
               "expected auto or one of: cpu-amx");
 
-    /* cflash_explain on real tensors: one well-formed line per CPU backend, then the choice. */
-    int64_t sh[4] = {1, 4, 2, 8};
-    tt_tensor q, k, v, out;
+    cflash_context_free(ctx);
+    /* CPU calls, forced CUDA backends included, never load libcuda (no cuInit: fork stays safe). */
+    CHECK(!cf_dynlib_probed(CF_LIB_CUDA));
+    CHECK(!cf_dynlib_probed(CF_LIB_NVRTC));
+}
+
+/* Explain mode (cflash_context_set_explain): it covers exactly one op call on its context, which
+ * computes and writes nothing, succeeds or fails as the real call would, and then runs for real
+ * again; buf NULL or len 0 clear it; it needs a context. */
+static void test_explain_mode(void) {
+    cflash_context *ctx, *other;
+    CHECK_OK(cflash_context_create(&ctx));
+    CHECK_OK(cflash_context_create(&other));
+    int64_t sh[4] = {1, 4, 2, 8}, sh0[4] = {0, 4, 2, 8};
+    tt_tensor q, k, v, out, e0;
     tt_alloc(&q, CF_F32, 4, sh, TT_DENSE);
     tt_alloc(&k, CF_F32, 4, sh, TT_DENSE);
     tt_alloc(&v, CF_F32, 4, sh, TT_DENSE);
     tt_alloc(&out, CF_F32, 4, sh, TT_DENSE);
+    tt_alloc(&e0, CF_F32, 4, sh0, TT_DENSE);
     tt_random(&q, 1, -1, 1);
     tt_random(&k, 2, -1, 1);
     tt_random(&v, 3, -1, 1);
     cflash_attn_params p;
     cflash_attn_params_init(&p);
     char buf[2048];
-    CHECK_OK(cflash_explain(ctx, CFLASH_OP_ATTN_FWD, buf, sizeof buf, &p, &q.dl, &k.dl, &v.dl,
-                            &out.dl, (DLTensor*)NULL));
+#define FWD(c, o) cflash_attn_fwd((c), &p, &q.dl, &k.dl, &v.dl, (o), NULL)
+
+    CHECK_ERR(cflash_context_set_explain(NULL, buf, sizeof buf), CFLASH_ERR_INVALID_ARGUMENT,
+              "ctx: is NULL, expected a context");
+    /* Explained: the choice in buf, nothing computed. */
+    tt_poison(&out);
+    strcpy(buf, "stale");
+    CHECK_OK(cflash_context_set_explain(ctx, buf, sizeof buf));
+    CHECK(buf[0] == 0);
+    CHECK_OK(FWD(ctx, &out.dl));
     CHECK_MSG(strstr(buf, "cpu-ref: OKAY\n") && strstr(buf, "\n-> cpu-"), "explain: %.900s", buf);
+    CHECK(tt_count_nan(&out) == out.numel);
     CHECK(strstr(buf, "cuda-") == NULL); /* CPU tensors: only the CPU list */
-    int lines_ok = 1;
+    int lines_ok = 1;                    /* one well-formed line per CPU backend, then the choice */
     for (char *l = buf, *nl; *l; l = nl + 1) {
         if (!(nl = strchr(l, '\n'))) break;
         lines_ok &= !strncmp(l, "-> ", 3) || strstr(l, ": OKAY\n") == nl - 6 ||
                     (strstr(l, ": NO: ") && strstr(l, ": NO: ") < nl);
     }
     CHECK_MSG(lines_ok, "explain: %.900s", buf);
-    CHECK(tt_count_nan(&out) == out.numel); /* explain computes nothing */
-    /* Explain gives the same status and message as the call would. */
-    CHECK_OK(cflash_context_set_backend(ctx, "cuda-mma"));
-    CHECK_ERR(cflash_explain(ctx, CFLASH_OP_ATTN_FWD, buf, sizeof buf, &p, &q.dl, &k.dl, &v.dl,
-                             &out.dl, (DLTensor*)NULL),
-              CFLASH_ERR_UNSUPPORTED, "backend 'cuda-mma' is forced");
-    CHECK_MSG(strstr(buf, "cuda-mma: NO: ") && strstr(buf, "-> none\n"), "explain: %.900s", buf);
-    char msg_explain[1024];
-    snprintf(msg_explain, sizeof msg_explain, "%s", cflash_last_error());
-    CHECK_ERR(cflash_attn_fwd(ctx, &p, &q.dl, &k.dl, &v.dl, &out.dl, NULL), CFLASH_ERR_UNSUPPORTED,
-              msg_explain);
-    CHECK_ERR(cflash_explain(ctx, CFLASH_OP_COUNT, buf, sizeof buf), CFLASH_ERR_INVALID_ARGUMENT,
-              "op: 9");
-    CHECK_ERR(cflash_explain(ctx, CFLASH_OP_ATTN_FWD, NULL, 0), CFLASH_ERR_INVALID_ARGUMENT, "buf");
-    /* A bad argument: the same error as the call, and buf says so. */
-    CHECK_OK(cflash_context_set_backend(ctx, NULL));
-    CHECK_ERR(cflash_explain(ctx, CFLASH_OP_ATTN_FWD, buf, sizeof buf, &p, &q.dl, &k.dl, &v.dl,
-                             (DLTensor*)NULL, (DLTensor*)NULL),
-              CFLASH_ERR_INVALID_ARGUMENT, "out");
+    /* One call only: the next one computes and leaves buf alone. */
+    strcpy(buf, "untouched");
+    CHECK_OK(FWD(ctx, &out.dl));
+    CHECK(tt_count_nan(&out) == 0);
+    CHECK(!strcmp(buf, "untouched"));
+    /* A rejected call: the call's error, "not dispatched" in buf, and the mode ends with it. */
+    tt_poison(&out);
+    CHECK_OK(cflash_context_set_explain(ctx, buf, sizeof buf));
+    CHECK_ERR(FWD(ctx, NULL), CFLASH_ERR_INVALID_ARGUMENT, "out");
     CHECK_MSG(strstr(buf, "not dispatched: CFLASH_ERR_INVALID_ARGUMENT: out") &&
                   strstr(buf, "\n-> none\n"),
               "explain: %.900s", buf);
-    tt_free(&q);
-    tt_free(&k);
-    tt_free(&v);
-    tt_free(&out);
+    CHECK_OK(FWD(ctx, &out.dl));
+    CHECK(tt_count_nan(&out) == 0);
+    /* A forced backend that cannot serve: the status and message the call gives. */
+    CHECK_OK(cflash_context_set_backend(ctx, "cuda-mma"));
+    CHECK_OK(cflash_context_set_explain(ctx, buf, sizeof buf));
+    CHECK_ERR(FWD(ctx, &out.dl), CFLASH_ERR_UNSUPPORTED, "backend 'cuda-mma' is forced");
+    CHECK_MSG(strstr(buf, "cuda-mma: NO: ") && strstr(buf, "-> none\n"), "explain: %.900s", buf);
+    char msg_explain[1024];
+    snprintf(msg_explain, sizeof msg_explain, "%s", cflash_last_error());
+    CHECK_ERR(FWD(ctx, &out.dl), CFLASH_ERR_UNSUPPORTED, msg_explain);
+    CHECK_OK(cflash_context_set_backend(ctx, NULL));
+    /* buf NULL or len 0: cleared, the call runs. */
+    for (int how = 0; how < 2; how++) {
+        tt_poison(&out);
+        CHECK_OK(cflash_context_set_explain(ctx, buf, sizeof buf));
+        CHECK_OK(cflash_context_set_explain(ctx, how ? buf : NULL, how ? 0 : sizeof buf));
+        CHECK_OK(FWD(ctx, &out.dl));
+        CHECK(tt_count_nan(&out) == 0);
+    }
+    /* The mode is ctx's: calls on another context or on NULL run, ctx's next call is explained. */
+    tt_poison(&out);
+    CHECK_OK(cflash_context_set_explain(ctx, buf, sizeof buf));
+    CHECK_OK(FWD(other, &out.dl));
+    CHECK(tt_count_nan(&out) == 0);
+    tt_poison(&out);
+    CHECK_OK(FWD(NULL, &out.dl));
+    CHECK(tt_count_nan(&out) == 0);
+    tt_poison(&out);
+    CHECK_OK(FWD(ctx, &out.dl));
+    CHECK(tt_count_nan(&out) == out.numel && strstr(buf, "\n-> cpu-"));
+    /* A small buffer gets the text cut, NUL-terminated. */
+    char small[8];
+    memset(small, 'x', sizeof small);
+    CHECK_OK(cflash_context_set_explain(ctx, small, sizeof small));
+    CHECK_OK(FWD(ctx, &out.dl));
+    CHECK(strlen(small) == sizeof small - 1);
+    /* A call with nothing to do (B = 0) returns at once for real; explained, it shows the choice.
+     */
+    CHECK_OK(cflash_attn_fwd(ctx, &p, &e0.dl, &e0.dl, &e0.dl, &e0.dl, NULL));
+    CHECK_OK(cflash_context_set_explain(ctx, buf, sizeof buf));
+    CHECK_OK(cflash_attn_fwd(ctx, &p, &e0.dl, &e0.dl, &e0.dl, &e0.dl, NULL));
+    CHECK_MSG(strstr(buf, "\n-> cpu-"), "explain: %.900s", buf);
+#undef FWD
+    tt_free(&q), tt_free(&k), tt_free(&v), tt_free(&out), tt_free(&e0);
+    cflash_context_free(other);
     cflash_context_free(ctx);
-    /* CPU calls, forced CUDA backends included, never load libcuda (no cuInit: fork stays safe). */
-    CHECK(!cf_dynlib_probed(CF_LIB_CUDA));
-    CHECK(!cf_dynlib_probed(CF_LIB_NVRTC));
 }
 
 int main(void) {
@@ -325,6 +412,8 @@ int main(void) {
     test_forced_fake();
     test_logging(debug);
     test_unverified();
+    test_registry();
+    test_explain_mode();
     test_library();
     FILE* out = stdout;
     fprintf(out, "log level %s\n", debug ? "debug" : "info");

@@ -6,8 +6,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "common/attn_oracle.h"
+#include "common/testutil.h"
 #include "core/philox.h"
+#include "oracle/attn_oracle.h"
 
 static const char* backend = "cpu-ref";
 
@@ -188,6 +189,49 @@ static void test_oracle_and_determinism(void) {
     cflash_context_free(ctx);
 }
 
+/* q_offset / k_offset: the mask of a block is the slice of a larger mask at those positions,
+ * for offsets that are not multiples of 4 (the Philox word of a key) and at the 2^32 limit. */
+static void test_block_offsets(void) {
+    const int64_t B = 2, H = 2, Sq = 13, Sk = 11, big = 40;
+    static const int64_t at[][2] = {{0, 0}, {5, 3}, {27, 29}, {1, 2}};
+    cflash_attn_params p;
+    cflash_attn_params_init(&p);
+    p.dropout_p = 0.4f;
+    p.seed = 99;
+    tt_tensor whole, blk;
+    if (api_mask(&whole, &p, B, H, big, big, TT_DENSE)) return;
+    for (size_t n = 0; n < sizeof at / sizeof at[0]; n++) {
+        p.q_offset = at[n][0], p.k_offset = at[n][1];
+        if (api_mask(&blk, &p, B, H, Sq, Sk, TT_PADDED)) break;
+        int64_t bad = 0;
+        for (int64_t b = 0; b < B; b++)
+            for (int64_t h = 0; h < H; h++)
+                for (int64_t i = 0; i < Sq; i++)
+                    for (int64_t j = 0; j < Sk; j++) {
+                        int64_t x[4] = {b, h, i, j}, y[4] = {b, h, i + at[n][0], j + at[n][1]};
+                        bad += tt_get(&blk, x) != tt_get(&whole, y);
+                    }
+        CHECK_MSG(bad == 0, "mask at (%lld, %lld): %lld elements differ from the whole mask's",
+                  (long long)at[n][0], (long long)at[n][1], (long long)bad);
+        tt_free(&blk);
+    }
+    tt_free(&whole);
+    /* Positions up to 2^32 - 1: the last row and key of the counter's range. */
+    p.q_offset = ((int64_t)1 << 32) - Sq, p.k_offset = ((int64_t)1 << 32) - Sk;
+    if (api_mask(&blk, &p, B, H, Sq, Sk, TT_DENSE) == 0) {
+        int64_t bad = 0;
+        for (int64_t i = 0; i < Sq; i++)
+            for (int64_t j = 0; j < Sk; j++) {
+                int64_t x[4] = {1, 1, i, j};
+                bad += tt_get(&blk, x) != cf_dropout_keep(p.seed, p.offset, p.dropout_p, 1, 1,
+                                                          (uint64_t)(i + p.q_offset),
+                                                          (uint64_t)(j + p.k_offset));
+            }
+        CHECK_MSG(bad == 0, "mask at the 2^32 limit: %lld elements differ", (long long)bad);
+        tt_free(&blk);
+    }
+}
+
 int main(int argc, char** argv) {
     if (argc > 1) backend = argv[1];
     double t0 = tt_now();
@@ -197,6 +241,7 @@ int main(int argc, char** argv) {
     /* An offset whose low 64 bits carry into the high word of the counter. */
     test_mask_agreement(7, UINT64_MAX - 50, 0.2f, TT_PERMUTED);
     test_oracle_and_determinism();
+    test_block_offsets();
     printf("dropout (%s): %.1f s\n", backend, tt_now() - t0);
     return tt_summary();
 }

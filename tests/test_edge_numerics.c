@@ -12,11 +12,21 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "common/attn_oracle.h"
-#include "common/ops_oracle.h"
+#include "common/testutil.h"
+#include "oracle/attn_oracle.h"
+#ifdef CF_AMX_MODEL
+#include "probe/cpu_features.h"
+#endif
+#include "oracle/ops_oracle.h"
 
-static const char* const attn_backends[] = {"cpu-ref",    "cpu-generic", "cpu-avx2",
-                                            "cpu-avx512", "cpu-amx",     NULL};
+#ifdef CF_AMX_MODEL
+/* test_edge_numerics_amx_model: cpu-amx's kernels on the tile model (tests/amx_model), the
+ * attention checks only (the other ops have no cpu-amx path). */
+static const char* const attn_backends[] = {"cpu-amx", NULL};
+#else
+static const char* const attn_backends[] = {"cpu-ref", "cpu-generic", "cpu-avx2", "cpu-avx512",
+                                            "cpu-amx", "cpu-neon",    "cpu-sve",  NULL};
+#endif
 static const cf_dtype dtypes[3] = {CF_F32, CF_F16, CF_BF16};
 
 /* |x - base| within a few units of the dtype (a NaN-free result next to a clean run: the same
@@ -679,14 +689,27 @@ static void edge_shapes(void) {
 }
 
 int main(void) {
+#ifdef CF_AMX_MODEL
+    const cf_cpu_info* ci = cf_cpu();
+    if (!ci->avx512f || !ci->avx512bw || !ci->avx512vl || !ci->avx512dq || !ci->avx512bf16 ||
+        !ci->fma || !ci->f16c) {
+        printf("skipped: the modelled kernels' AVX-512 parts need AVX-512 F/BW/VL/DQ/BF16\n");
+        return 77;
+    }
+    (void)norm_bwd_threads, (void)kv_nonfinite, (void)merge_nonfinite, (void)norm_nonfinite;
+    (void)rotary_nonfinite;
+#else
     norm_bwd_threads();
+#endif
     huge_magnitudes();
     attn_nonfinite();
     attn_nan_dropout();
+#ifndef CF_AMX_MODEL
     kv_nonfinite();
     merge_nonfinite();
     norm_nonfinite();
     rotary_nonfinite();
+#endif
     edge_shapes();
     return tt_summary();
 }

@@ -21,7 +21,14 @@ static void* probe_thread(void* arg) {
     return NULL;
 }
 
-/* 1 if the "flags" line of /proc/cpuinfo has the word w, 0 if not, -1 if unreadable. */
+#if defined(__aarch64__)
+#define CPUINFO_KEY "Features"
+#else
+#define CPUINFO_KEY "flags"
+#endif
+
+/* 1 if the "flags" line (x86) or "Features" line (ARM) of /proc/cpuinfo has the word w, 0 if
+ * not, -1 if there is no such line (unreadable; or the host's file under qemu-user). */
 static int cpuinfo_has(const char* w) {
     static char flags[9000];
     static int loaded = 0;
@@ -31,7 +38,7 @@ static int cpuinfo_has(const char* w) {
         if (f) {
             char l[8192];
             while (fgets(l, sizeof l, f))
-                if (!strncmp(l, "flags", 5)) {
+                if (!strncmp(l, CPUINFO_KEY, strlen(CPUINFO_KEY))) {
                     snprintf(flags, sizeof flags, " %s ", strchr(l, ':') ? strchr(l, ':') + 1 : l);
                     for (char* p = flags; *p; p++)
                         if (*p == '\n') *p = ' ';
@@ -46,6 +53,63 @@ static int cpuinfo_has(const char* w) {
     snprintf(pat, sizeof pat, " %s ", w);
     return strstr(flags, pat) != NULL;
 }
+
+#if defined(__aarch64__)
+/* ARM: the probe against Linux's "Features" line where /proc/cpuinfo has one (a real ARM machine;
+ * qemu-user shows the host's file), and against CFLASH_TEST_CPU_FEATURES ("+bf16 -sve ..."; make
+ * test-arm sets it for each qemu CPU model) and CFLASH_TEST_SVE_VL (bytes) where given. */
+static void test_cpu_arm(const cf_cpu_info* c) {
+    const struct {
+        const char* flag;
+        int mine;
+    } f[] = {
+        {"asimd", c->neon},        {"fphp", c->fphp},       {"asimdhp", c->asimdhp},
+        {"asimdfhm", c->asimdfhm}, {"asimddp", c->asimddp}, {"bf16", c->bf16},
+        {"i8mm", c->i8mm},         {"sve", c->sve},         {"sve2", c->sve2},
+        {"svebf16", c->sve_bf16},  {"sme", c->sme},
+    };
+    const int nf = (int)(sizeof f / sizeof f[0]);
+    printf("arm: %s (SVE vector length %d bytes)\n", c->arm_note, c->sve_vl);
+    for (int i = 0; i < nf; i++) {
+        const int linux_says = cpuinfo_has(f[i].flag);
+        if (linux_says < 0) {
+            printf("/proc/cpuinfo has no Features line (qemu-user?): not compared\n");
+            break;
+        }
+        CHECK_MSG(linux_says == f[i].mine, "%s: /proc/cpuinfo says %d, cf_cpu says %d", f[i].flag,
+                  linux_says, f[i].mine);
+    }
+    const char* want = getenv("CFLASH_TEST_CPU_FEATURES");
+    for (const char* p = want; p && *p;) {
+        while (*p == ' ')
+            p++;
+        if (!*p) break;
+        const int on = *p == '+';
+        CHECK_MSG(*p == '+' || *p == '-', "CFLASH_TEST_CPU_FEATURES: '%s': expected +name or -name",
+                  p);
+        const char* e = strchr(p, ' ');
+        const size_t n = e ? (size_t)(e - p - 1) : strlen(p + 1);
+        int found = 0;
+        for (int i = 0; i < nf; i++)
+            if (strlen(f[i].flag) == n && !strncmp(f[i].flag, p + 1, n)) {
+                found = 1;
+                CHECK_MSG(f[i].mine == on, "%s: expected %s, cf_cpu says %d", f[i].flag,
+                          on ? "present" : "absent", f[i].mine);
+            }
+        CHECK_MSG(found, "CFLASH_TEST_CPU_FEATURES: unknown feature '%.*s'", (int)n, p + 1);
+        p += n + 1;
+    }
+    CHECK(c->neon); /* every AArch64 Linux has AdvSIMD */
+    CHECK(!strcmp(c->vendor, "ARM"));
+    CHECK(c->sve ? c->sve_vl >= 16 && c->sve_vl <= 256 && c->sve_vl % 16 == 0 : c->sve_vl == 0);
+    CHECK(!c->sve2 || c->sve);
+    CHECK(strstr(c->arm_note, c->sve ? "-bit vectors" : "SVE absent") != NULL);
+    const char* vl = getenv("CFLASH_TEST_SVE_VL");
+    if (vl)
+        CHECK_MSG(c->sve_vl == atoi(vl), "SVE vector length %d bytes, expected %s", c->sve_vl, vl);
+    CHECK(!c->avx2 && !c->avx512f && !c->amx_tile);
+}
+#endif
 
 static void test_cpu(void) {
     pthread_t t[4];
@@ -117,6 +181,12 @@ static void test_cpu(void) {
         fclose(s);
     }
     CHECK(!strcmp(c->vendor, "GenuineIntel") || !strcmp(c->vendor, "AuthenticAMD") || c->vendor[0]);
+#endif
+#if defined(__aarch64__)
+    test_cpu_arm(c);
+#else
+    CHECK(!strcmp(c->arm_note, "not an ARM CPU"));
+    CHECK(!c->neon && !c->sve && !c->bf16 && !c->sve_vl);
 #endif
 }
 

@@ -9,9 +9,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include "common/testutil.h"
+#include "dispatch/dispatch.h"
 #include "probe/cpu_features.h"
 #include "report_smoke.h"
 
@@ -86,7 +86,11 @@ static void common_checks(void) {
         const char* no = strstr(p, "[NO] ");
         CHECK_MSG((ok && ok < end) || (no && no < end && end - no > 6), "bad row %.80s", p + 1);
     }
-    CHECK(rows == 8); /* cf_backend_names */
+    size_t n_backends = 0;
+    while (cf_backend_name(n_backends))
+        n_backends++;
+    CHECK_MSG(rows == (int)n_backends, "%d attn_fwd rows, %zu backends registered", rows,
+              n_backends);
 
     /* The CPU section tells the truth about AMX and AVX-512, with a reason when absent. */
     const cf_cpu_info* c = cf_cpu();
@@ -95,7 +99,27 @@ static void common_checks(void) {
     expect_text(amx);
     expect(c->amx_note);
     if (!c->avx512f) expect(c->avx512_note);
+    expect(c->arm_note);
+#if defined(__aarch64__)
+    /* ARM: the features line starts with NEON; cpu-neon serves every op here, cpu-sve every op
+     * where the CPU has SVE. */
+    expect_text("  features              neon");
+    CHECK(strstr(json, "\"arm\": {\"neon_usable\": true"));
+    for (int op = 0; op < CFLASH_OP_COUNT; op++) {
+        char row[64];
+        snprintf(row, sizeof row, "  %-16s %-12s [OKAY]\n", cflash_op_name((cflash_op)op),
+                 "cpu-neon");
+        CHECK_MSG(strstr(text, row), "no row '%s'", row);
+        snprintf(row, sizeof row, "  %-16s %-12s %s", cflash_op_name((cflash_op)op), "cpu-sve",
+                 c->sve ? "[OKAY]\n" : "[NO] needs SVE");
+        CHECK_MSG(strstr(text, row), "no row '%s'", row);
+    }
+#else
     expect_text(c->avx2 ? " avx2 " : "absent                avx512fp16");
+    expect_row("attn_fwd", "cpu-neon", "[NO] not an AArch64 CPU");
+    expect_row("attn_bwd", "cpu-sve", "[NO] not an AArch64 CPU");
+    CHECK(strstr(json, "\"arm\": {\"neon_usable\": false"));
+#endif
 
     /* CUDA: usable, or a reason. */
     CHECK(strstr(text, "[cuda driver]\n  status                [OKAY]") ||
@@ -113,9 +137,22 @@ static void* report_thread(void* arg) {
     return NULL;
 }
 
-static int file_exists(const char* p) {
-    struct stat st;
-    return stat(p, &st) == 0;
+/* Whether p is an ELF file for this process's machine (under qemu-user the host's x86-64 NVRTC
+ * exists but cannot be loaded). */
+static int native_elf(const char* p) {
+#if defined(__x86_64__)
+    const unsigned machine = 62; /* EM_X86_64 */
+#elif defined(__aarch64__)
+    const unsigned machine = 183; /* EM_AARCH64 */
+#else
+    const unsigned machine = 0;
+#endif
+    unsigned char h[20];
+    FILE* f = fopen(p, "rb");
+    if (!f) return 0;
+    const size_t n = fread(h, 1, sizeof h, f);
+    fclose(f);
+    return n == sizeof h && !memcmp(h, "\177ELF", 4) && (unsigned)(h[18] | h[19] << 8) == machine;
 }
 
 int main(int argc, char** argv) {
@@ -151,8 +188,8 @@ int main(int argc, char** argv) {
             CHECK_MSG(path && !strstr(path, "bin"), "PATH should be an empty dir, is %s", path);
         }
         /* Where NVRTC is installed at the usual place, it must be found, with version and archs. */
-        if (file_exists("/usr/local/cuda/lib64/libnvrtc.so.13") ||
-            file_exists("/usr/local/cuda/lib64/libnvrtc.so.12")) {
+        if (native_elf("/usr/local/cuda/lib64/libnvrtc.so.13") ||
+            native_elf("/usr/local/cuda/lib64/libnvrtc.so.12")) {
             expect_text("[nvrtc]\n  status                [OKAY] NVRTC 1");
             expect_text("  archs                 sm_");
             CHECK(strstr(json, "\"archs\": [") && !strstr(json, "\"archs\": []"));

@@ -8,8 +8,9 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "common/attn_oracle.h"
+#include "common/testutil.h"
 #include "core/threads.h"
+#include "oracle/attn_oracle.h"
 
 /* ---- The rule ---------------------------------------------------------------------------- */
 

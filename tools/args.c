@@ -18,7 +18,7 @@ void cf_problem_defaults(cf_problem* p) {
     p->seqlen_k = 512;
     p->head_dim = 64;
     p->head_dim_v = 64; /* = head_dim unless given */
-    p->dtype = CF_F32;
+    p->dtype = CFLASH_DTYPE_F32;
     p->window_left = -1;
     p->window_right = -1;
     p->softcap = 0.0f;
@@ -167,11 +167,11 @@ int cf_problem_parse(cf_problem* p, int argc, char** argv, int first, char* err,
             rc = parse_i64(flag, val, 1, &p->head_dim_v, err, err_len), dv_given = 1;
         else if (!strcmp(flag, "--dtype")) {
             if (!strcmp(val, "fp32") || !strcmp(val, "float32"))
-                p->dtype = CF_F32;
+                p->dtype = CFLASH_DTYPE_F32;
             else if (!strcmp(val, "fp16") || !strcmp(val, "float16"))
-                p->dtype = CF_F16;
+                p->dtype = CFLASH_DTYPE_F16;
             else if (!strcmp(val, "bf16") || !strcmp(val, "bfloat16"))
-                p->dtype = CF_BF16;
+                p->dtype = CFLASH_DTYPE_BF16;
             else
                 rc = fail(err, err_len, "%s: '%s', expected fp32, fp16 or bf16", flag, val);
         } else if (!strcmp(flag, "--window")) {

@@ -7,12 +7,12 @@
 #include <stdint.h>
 
 #include "cflash.h"
-#include "core/tensor.h"
+#include "cflash_experimental.h"
 
 /* ---- Problem flags (tools/args.c) ---- */
 typedef struct cf_problem {
     int64_t batch, heads, heads_kv, seqlen_q, seqlen_k, head_dim, head_dim_v;
-    cf_dtype dtype;
+    cflash_dtype dtype;
     int causal;
     int64_t window_left, window_right;
     float softcap;
@@ -45,14 +45,9 @@ int cf_tool_sync(int device, char* err, size_t err_len);
 double cf_now_s(void); /* monotonic seconds */
 /* Runs fn(arg) warmup times, then reps times; returns the median wall time in ms. */
 double cf_bench_median_ms(void (*fn)(void*), void* arg, int warmup, int reps);
-typedef struct cf_peaks {
-    int threads;
-    double fma_f32_gflops;  /* fp32 FMA, the widest vector unit present */
-    double bf16_dot_gflops; /* AVX512-BF16 vdpbf16ps (0 when absent) */
-    double amx_bf16_gflops; /* AMX-BF16 tdpbf16ps (0 when absent or not permitted) */
-    double mem_bw_gbs;      /* memory bandwidth, read + write bytes per second, GB/s */
-} cf_peaks;
-/* Measures the machine's peaks with this many threads (0 = all), once per process. */
+typedef cflash_peaks cf_peaks;
+/* The machine's peaks with this many threads (0 = all), measured by the library once per process
+ * (cflash_peaks_measure). */
 const cf_peaks* cf_measure_peaks(int threads);
 
 /* ---- Subcommands: int cmd(argc, argv) with argv[0] = "cflash". ---- */

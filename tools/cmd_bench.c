@@ -11,7 +11,6 @@
 #endif
 
 #include "cli.h"
-#include "probe/cpu_features.h"
 
 int cf_cmd_bench(int argc, char** argv);
 /* bench_util.c: process CPU seconds, and the peaks per CPU-second (times threads). */
@@ -40,7 +39,9 @@ int cf_cmd_bench_peak(int argc, char** argv) {
     const int T = resolve_threads(pr.threads);
     const cf_peaks* p = cf_measure_peaks(T);
     const cf_peaks* pc = cf_measure_peaks_cpu(T);
-    const cf_cpu_info* ci = cf_cpu();
+    cflash_cpu_info cpu;
+    cflash_cpu_info_get(&cpu);
+    const cflash_cpu_info* ci = &cpu;
     if (pr.json) {
         printf("{\"op\":\"peak\",\"cpu\":\"%s\",\"threads\":%d,\"fma_f32_gflops\":%.1f,"
                "\"bf16_dot_gflops\":%.1f,\"amx_bf16_gflops\":%.1f,\"mem_bw_gbs\":%.1f,"
@@ -50,13 +51,18 @@ int cf_cmd_bench_peak(int argc, char** argv) {
     } else {
         printf("cpu: %s, %d threads\n", ci->model, T);
         printf("  fp32 FMA        %10.1f GFLOP/s (%s; %.1f per CPU-second x threads)\n",
-               p->fma_f32_gflops, ci->avx512f ? "AVX-512 vfmadd231ps" : "AVX2 vfmadd231ps",
+               p->fma_f32_gflops,
+               ci->neon      ? "NEON fmla"
+               : ci->avx512f ? "AVX-512 vfmadd231ps"
+                             : "AVX2 vfmadd231ps",
                pc->fma_f32_gflops);
         if (p->bf16_dot_gflops > 0)
-            printf("  AVX512-BF16     %10.1f GFLOP/s (vdpbf16ps; %.1f per CPU-second x threads)\n",
-                   p->bf16_dot_gflops, pc->bf16_dot_gflops);
+            printf("  %-15s %10.1f GFLOP/s (%s; %.1f per CPU-second x threads)\n",
+                   ci->neon ? "BF16 (NEON)" : "AVX512-BF16", p->bf16_dot_gflops,
+                   ci->neon ? "bfmmla" : "vdpbf16ps", pc->bf16_dot_gflops);
         else
-            printf("  AVX512-BF16     %10s (CPU lacks avx512_bf16)\n", "-");
+            printf("  %-15s %10s (CPU lacks %s)\n", ci->neon ? "BF16 (NEON)" : "AVX512-BF16", "-",
+                   ci->neon ? "FEAT_BF16" : "avx512_bf16");
         if (p->amx_bf16_gflops > 0)
             printf("  AMX-BF16        %10.1f GFLOP/s (tdpbf16ps)\n", p->amx_bf16_gflops);
         else
@@ -77,7 +83,8 @@ typedef struct bench_tensors {
     void* mem[10];
 } bench_tensors;
 
-static void dl_init(DLTensor* t, void* data, int device, cf_dtype dt, int ndim, int64_t* shape) {
+static void dl_init(DLTensor* t, void* data, int device, cflash_dtype dt, int ndim,
+                    int64_t* shape) {
     memset(t, 0, sizeof *t);
     t->data = data;
     t->device.device_type = device;
@@ -85,18 +92,20 @@ static void dl_init(DLTensor* t, void* data, int device, cf_dtype dt, int ndim, 
     t->ndim = ndim;
     t->shape = shape;
     t->strides = NULL;
-    t->dtype.code = dt == CF_F32 ? kDLFloat : dt == CF_F16 ? kDLFloat : kDLBfloat;
-    t->dtype.bits = dt == CF_F32 ? 32 : 16;
+    t->dtype.code = dt == CFLASH_DTYPE_F32   ? kDLFloat
+                    : dt == CFLASH_DTYPE_F16 ? kDLFloat
+                                             : kDLBfloat;
+    t->dtype.bits = dt == CFLASH_DTYPE_F32 ? 32 : 16;
     t->dtype.lanes = 1;
 }
 
 /* Allocates a tensor on the device filled with uniform random values in [-1, 1). */
-static void* make(bench_tensors* bt, int slot, DLTensor* t, cf_dtype dt, int ndim, int64_t* shape,
-                  uint64_t seed, char* err, size_t len) {
+static void* make(bench_tensors* bt, int slot, DLTensor* t, cflash_dtype dt, int ndim,
+                  int64_t* shape, uint64_t seed, char* err, size_t len) {
     int64_t n = 1;
     for (int i = 0; i < ndim; i++)
         n *= shape[i];
-    const size_t es = cf_dtype_size(dt), bytes = (size_t)n * es;
+    const size_t es = cflash_dtype_size(dt), bytes = (size_t)n * es;
     void* host = malloc(bytes ? bytes : 1);
     void* dev = cf_tool_alloc(bt->device, bytes ? bytes : 1, err, len);
     if (!host || !dev) {
@@ -109,7 +118,7 @@ static void* make(bench_tensors* bt, int slot, DLTensor* t, cf_dtype dt, int ndi
     for (int64_t i = 0; i < n; i++) {
         s ^= s << 13, s ^= s >> 7, s ^= s << 17;
         float x = (float)((double)(s >> 11) / 9007199254740992.0) * 2.0f - 1.0f;
-        cf_store(host, dt, i, x);
+        cflash_store(host, dt, i, x);
     }
     int rc = cf_tool_copy(bt->device, dev, host, bytes, 1, err, len);
     free(host);
@@ -162,8 +171,8 @@ static double pairs(const cf_problem* p) {
     return n;
 }
 
-static const char* dtype_str(cf_dtype d) {
-    return d == CF_F32 ? "fp32" : d == CF_F16 ? "fp16" : "bf16";
+static const char* dtype_str(cflash_dtype d) {
+    return d == CFLASH_DTYPE_F32 ? "fp32" : d == CFLASH_DTYPE_F16 ? "fp16" : "bf16";
 }
 
 int cf_cmd_bench(int argc, char** argv) {
@@ -188,14 +197,14 @@ int cf_cmd_bench(int argc, char** argv) {
              make(&t, 1, &t.k, pr.dtype, 4, t.shk, 2, err, sizeof err) &&
              make(&t, 2, &t.v, pr.dtype, 4, t.shv, 3, err, sizeof err) &&
              make(&t, 3, &t.out, pr.dtype, 4, t.sho, 4, err, sizeof err) &&
-             make(&t, 4, &t.lse, CF_F32, 3, t.shl, 5, err, sizeof err);
+             make(&t, 4, &t.lse, CFLASH_DTYPE_F32, 3, t.shl, 5, err, sizeof err);
     if (ok && pr.bwd)
         ok = make(&t, 5, &t.dout, pr.dtype, 4, t.sho, 6, err, sizeof err) &&
              make(&t, 6, &t.dq, pr.dtype, 4, t.shq, 7, err, sizeof err) &&
              make(&t, 7, &t.dk, pr.dtype, 4, t.shk, 8, err, sizeof err) &&
              make(&t, 8, &t.dv, pr.dtype, 4, t.shv, 9, err, sizeof err);
     if (ok && pr.alibi) {
-        ok = make(&t, 9, &t.alibi, CF_F32, 1, t.sha, 10, err, sizeof err) != NULL;
+        ok = make(&t, 9, &t.alibi, CFLASH_DTYPE_F32, 1, t.sha, 10, err, sizeof err) != NULL;
         if (ok) {
             float* s = malloc(sizeof(float) * (size_t)H);
             for (int64_t h = 0; h < H && s; h++)
@@ -236,12 +245,8 @@ int cf_cmd_bench(int argc, char** argv) {
     for (int bwd = 0; bwd <= pr.bwd; bwd++) {
         r.bwd = bwd;
         char ex[2048] = "", backend[64] = "?";
-        cflash_op op = bwd ? CFLASH_OP_ATTN_BWD : CFLASH_OP_ATTN_FWD;
-        if (bwd)
-            cflash_explain(r.ctx, op, ex, sizeof ex, &r.params, &t.dout, &t.q, &t.k, &t.v, &t.out,
-                           &t.lse, &t.dq, &t.dk, &t.dv);
-        else
-            cflash_explain(r.ctx, op, ex, sizeof ex, &r.params, &t.q, &t.k, &t.v, &t.out, &t.lse);
+        cflash_context_set_explain(r.ctx, ex, sizeof ex); /* the next call names its backend */
+        run_once(&r);
         const char* arrow = strstr(ex, "-> ");
         if (arrow) sscanf(arrow + 3, "%63s", backend);
         run_once(&r);
@@ -265,11 +270,15 @@ int cf_cmd_bench(int argc, char** argv) {
         /* The unit doing the matrix work. */
         const char* unit = "fp32_fma";
         double peak = pk ? pk->fma_f32_gflops : 0.0, peak_cpu = pkc ? pkc->fma_f32_gflops : 0.0;
-        if (pk && pr.dtype == CF_BF16) { /* the bf16 kernels multiply on vdpbf16ps / AMX */
+        if (pk &&
+            pr.dtype == CFLASH_DTYPE_BF16) { /* the bf16 kernels multiply on vdpbf16ps / AMX */
             if (!strcmp(backend, "cpu-amx") && pk->amx_bf16_gflops > 0)
                 unit = "amx_bf16", peak = pk->amx_bf16_gflops, peak_cpu = pkc->amx_bf16_gflops;
             else if (!strcmp(backend, "cpu-avx512") && pk->bf16_dot_gflops > 0)
                 unit = "avx512_bf16", peak = pk->bf16_dot_gflops, peak_cpu = pkc->bf16_dot_gflops;
+            else if ((!strcmp(backend, "cpu-neon") || !strcmp(backend, "cpu-sve")) &&
+                     pk->bf16_dot_gflops > 0)
+                unit = "neon_bfmmla", peak = pk->bf16_dot_gflops, peak_cpu = pkc->bf16_dot_gflops;
         }
         if (!pk) unit = "none";
         const double frac = peak > 0 ? gflops / peak : 0.0;

@@ -94,12 +94,12 @@ typedef struct tens {
 } tens;
 
 /* Allocates and fills with values in [-1, 1) from a cheap hash, in parallel (GBs of inputs). */
-static int tens_new(tens* t, cf_dtype dt, int ndim, const int64_t* shape, uint64_t seed) {
+static int tens_new(tens* t, cflash_dtype dt, int ndim, const int64_t* shape, uint64_t seed) {
     memset(t, 0, sizeof *t);
     int64_t n = 1;
     for (int i = 0; i < ndim; i++)
         t->shape[i] = shape[i], n *= shape[i];
-    size_t es = cf_dtype_size(dt), bytes = (size_t)n * es;
+    size_t es = cflash_dtype_size(dt), bytes = (size_t)n * es;
     void* p = malloc(bytes ? bytes : 1);
     if (!p) {
         fprintf(stderr, "cflash bench: out of memory for %zu bytes\n", bytes);
@@ -110,19 +110,19 @@ static int tens_new(tens* t, cf_dtype dt, int ndim, const int64_t* shape, uint64
         uint64_t h = ((uint64_t)i + seed) * 0x9E3779B97F4A7C15ull;
         h ^= h >> 29;
         float x = (float)((h >> 40) & 0xffff) / 32768.0f - 1.0f;
-        if (dt == CF_I32)
+        if (dt == CFLASH_DTYPE_I32)
             ((int32_t*)p)[i] = 0;
         else
-            cf_store(p, dt, i, x);
+            cflash_store(p, dt, i, x);
     }
     t->dl.data = p;
     t->dl.device.device_type = kDLCPU;
     t->dl.ndim = ndim;
     t->dl.shape = t->shape;
     DLDataType d = {kDLFloat, 32, 1};
-    if (dt == CF_F16) d.bits = 16;
-    if (dt == CF_BF16) d.code = kDLBfloat, d.bits = 16;
-    if (dt == CF_I32) d.code = kDLInt;
+    if (dt == CFLASH_DTYPE_F16) d.bits = 16;
+    if (dt == CFLASH_DTYPE_BF16) d.code = kDLBfloat, d.bits = 16;
+    if (dt == CFLASH_DTYPE_I32) d.code = kDLInt;
     t->dl.dtype = d;
     return 0;
 }
@@ -147,12 +147,20 @@ static void run_job(void* p) {
     if (s != CFLASH_OK) j->status = s;
 }
 
-static const char* served_by(const char* text, char* name, size_t n) {
+/* The backend that would serve j's call ("-> NAME" of explain mode on ctx, then the call itself),
+ * into name. Prints the library's message and returns non-zero when the call would fail. */
+static int served_by(const char* op, cflash_context* ctx, job* j, char* name, size_t n) {
+    char text[1024];
+    cflash_context_set_explain(ctx, text, sizeof text);
+    if (j->fn(j->arg) != CFLASH_OK) {
+        fprintf(stderr, "cflash bench %s: %s\n", op, cflash_last_error());
+        return 1;
+    }
     const char* a = strstr(text, "-> ");
     snprintf(name, n, "%s", a ? a + 3 : "?");
     char* nl = strchr(name, '\n');
     if (nl) *nl = 0;
-    return name;
+    return 0;
 }
 
 /* The same-run bandwidth reference: a copy of 256 MB into 256 MB (each far larger than the
@@ -184,8 +192,12 @@ static int cmp_d(const void* x, const void* y) {
     return a < b ? -1 : a > b;
 }
 
-static int report(const char* op, const cf_problem* pr, const char* shape, const char* backend,
+/* Times j (the op's call on ctx) against the copy and prints the line; the call is explained
+ * first, for the backend's name. */
+static int report(const char* op, const cf_problem* pr, const char* shape, cflash_context* ctx,
                   job* j, double bytes) {
+    char backend[64];
+    if (served_by(op, ctx, j, backend, sizeof backend)) return 1;
     int threads = pr->threads;
 #ifdef _OPENMP
     if (threads <= 0) threads = omp_get_max_threads();
@@ -236,7 +248,7 @@ static int report(const char* op, const cf_problem* pr, const char* shape, const
                "\"ms\":%.4f,\"bytes\":%.0f,\"gbs\":%.2f,\"mem_bw_gbs\":%.2f,\"frac_mem_bw\":%.3f,"
                "\"copy_gbs_same_run\":%.2f,\"frac_copy\":%.3f,\"gbs_cpu_time\":%.2f,"
                "\"copy_gbs_cpu_time\":%.2f,\"frac_copy_cpu_time\":%.3f}\n",
-               op, shape, cf_dtype_name(pr->dtype), backend, threads, ms, bytes, gbs,
+               op, shape, cflash_dtype_name(pr->dtype), backend, threads, ms, bytes, gbs,
                pk->mem_bw_gbs, frac, ref, frac_ref, gbs_cpu, ref_cpu, gbs_cpu / ref_cpu);
     else
         printf(
@@ -244,7 +256,7 @@ static int report(const char* op, const cf_problem* pr, const char* shape, const
             "        = %.0f%% of the copy bandwidth timed alternately with it (%.2f GB/s, median)\n"
             "        = %.0f%% of `cflash bench peak` memory bandwidth (%.2f GB/s, best of 5)\n"
             "        per CPU time (CPU ms / threads): %.2f GB/s = %.0f%% of the copy's %.2f GB/s\n",
-            op, shape, cf_dtype_name(pr->dtype), backend, threads, ms, reps, bytes * 1e-9, gbs,
+            op, shape, cflash_dtype_name(pr->dtype), backend, threads, ms, reps, bytes * 1e-9, gbs,
             100.0 * frac_ref, ref, 100.0 * frac, pk->mem_bw_gbs, gbs_cpu, 100.0 * gbs_cpu / ref_cpu,
             ref_cpu);
     return 0;
@@ -288,28 +300,24 @@ int cf_cmd_bench_rotary(int argc, char** argv) {
     int64_t rd = f.rotary_dim ? f.rotary_dim : D;
     int64_t xs[4] = {B, S, H, D}, cs[2] = {S, rd / 2};
     a.ctx = make_ctx(&pr);
-    if (!a.ctx || tens_new(&a.x, pr.dtype, 4, xs, 1) || tens_new(&a.cs, CF_F32, 2, cs, 2) ||
-        tens_new(&a.sn, CF_F32, 2, cs, 3) || (!f.inplace && tens_new(&a.out, pr.dtype, 4, xs, 4)))
+    if (!a.ctx || tens_new(&a.x, pr.dtype, 4, xs, 1) ||
+        tens_new(&a.cs, CFLASH_DTYPE_F32, 2, cs, 2) ||
+        tens_new(&a.sn, CFLASH_DTYPE_F32, 2, cs, 3) ||
+        (!f.inplace && tens_new(&a.out, pr.dtype, 4, xs, 4)))
         return 1;
     cflash_rotary_params_init(&a.p);
     a.p.interleaved = f.interleaved;
     a.inplace = f.inplace;
-    char text[1024], be[64], shape[128];
-    cflash_status s = cflash_explain(a.ctx, CFLASH_OP_ROTARY, text, sizeof text, &a.p, &a.x.dl,
-                                     &a.cs.dl, &a.sn.dl, f.inplace ? NULL : &a.out.dl);
-    if (s != CFLASH_OK) {
-        fprintf(stderr, "cflash bench rotary: %s\n", cflash_last_error());
-        return 1;
-    }
+    char shape[128];
     snprintf(shape, sizeof shape, "x(%lld,%lld,%lld,%lld) rd%lld%s%s", (long long)B, (long long)S,
              (long long)H, (long long)D, (long long)rd, f.interleaved ? " interleaved" : "",
              f.inplace ? " inplace" : "");
-    double es = (double)cf_dtype_size(pr.dtype), n = (double)(B * S * H * D);
+    double es = (double)cflash_dtype_size(pr.dtype), n = (double)(B * S * H * D);
     /* in place only the rotated dims are written back */
     double bytes = n * es + (f.inplace ? n * es * (double)rd / (double)D : n * es) +
                    2.0 * (double)(S * (rd / 2)) * 4.0;
     job j = {rot_call, &a, CFLASH_OK};
-    int rc = report("rotary", &pr, shape, served_by(text, be, sizeof be), &j, bytes);
+    int rc = report("rotary", &pr, shape, a.ctx, &j, bytes);
     tens_free(&a.x), tens_free(&a.cs), tens_free(&a.sn), tens_free(&a.out);
     cflash_context_free(a.ctx);
     return rc;
@@ -341,26 +349,19 @@ int cf_cmd_bench_norm(int argc, char** argv) {
     int64_t xs[2] = {M, N}, ws[1] = {N};
     a.ctx = make_ctx(&pr);
     a.residual = f.residual;
-    if (!a.ctx || tens_new(&a.x, pr.dtype, 2, xs, 1) || tens_new(&a.w, CF_F32, 1, ws, 2) ||
-        tens_new(&a.out, pr.dtype, 2, xs, 3) ||
+    if (!a.ctx || tens_new(&a.x, pr.dtype, 2, xs, 1) ||
+        tens_new(&a.w, CFLASH_DTYPE_F32, 1, ws, 2) || tens_new(&a.out, pr.dtype, 2, xs, 3) ||
         (f.residual &&
          (tens_new(&a.res, pr.dtype, 2, xs, 4) || tens_new(&a.resout, pr.dtype, 2, xs, 5))))
         return 1;
     cflash_norm_params_init(&a.p);
     a.p.type = f.layer ? CFLASH_NORM_LAYER : CFLASH_NORM_RMS;
-    char text[1024], be[64], shape[128];
-    cflash_status s = cflash_explain(a.ctx, CFLASH_OP_NORM_FWD, text, sizeof text, &a.p, &a.x.dl,
-                                     f.residual ? &a.res.dl : NULL, &a.w.dl, NULL, &a.out.dl,
-                                     f.residual ? &a.resout.dl : NULL, NULL, NULL);
-    if (s != CFLASH_OK) {
-        fprintf(stderr, "cflash bench norm: %s\n", cflash_last_error());
-        return 1;
-    }
+    char shape[128];
     snprintf(shape, sizeof shape, "%s x(%lld,%lld)%s", f.layer ? "layernorm" : "rmsnorm",
              (long long)M, (long long)N, f.residual ? " +residual" : "");
-    double bytes = (double)(M * N) * (double)cf_dtype_size(pr.dtype) * (f.residual ? 4.0 : 2.0);
+    double bytes = (double)(M * N) * (double)cflash_dtype_size(pr.dtype) * (f.residual ? 4.0 : 2.0);
     job j = {norm_call, &a, CFLASH_OK};
-    int rc = report("norm", &pr, shape, served_by(text, be, sizeof be), &j, bytes);
+    int rc = report("norm", &pr, shape, a.ctx, &j, bytes);
     tens_free(&a.x), tens_free(&a.w), tens_free(&a.out), tens_free(&a.res), tens_free(&a.resout);
     cflash_context_free(a.ctx);
     return rc;
@@ -397,8 +398,8 @@ int cf_cmd_bench_decode(int argc, char** argv) {
     if (!a.ctx || tens_new(&a.q, pr.dtype, 4, qs, 1) ||
         tens_new(&a.kc, pr.dtype, 4, f.page ? kps : ks, 2) ||
         tens_new(&a.vc, pr.dtype, 4, f.page ? kps : ks, 3) ||
-        tens_new(&a.out, pr.dtype, 4, qs, 4) || tens_new(&a.lse, CF_F32, 3, ls, 5) ||
-        (f.page && tens_new(&a.bt, CF_I32, 2, bts, 6)))
+        tens_new(&a.out, pr.dtype, 4, qs, 4) || tens_new(&a.lse, CFLASH_DTYPE_F32, 3, ls, 5) ||
+        (f.page && tens_new(&a.bt, CFLASH_DTYPE_I32, 2, bts, 6)))
         return 1;
     for (int64_t i = 0; f.page && i < B * pages; i++) /* pages in a scattered order */
         ((int32_t*)a.bt.dl.data)[i] = (int32_t)((i * 7919) % (B * pages));
@@ -410,22 +411,16 @@ int cf_cmd_bench_decode(int argc, char** argv) {
     a.kp.cache_seqlen = Sk;
     a.kp.block_table = f.page ? &a.bt.dl : NULL;
     a.kp.num_splits = f.splits >= 0 ? (int)f.splits : 0;
-    char text[1024], be[64], shape[160];
-    cflash_status s = cflash_explain(a.ctx, CFLASH_OP_KVCACHE_FWD, text, sizeof text, &a.p, &a.kp,
-                                     &a.q.dl, &a.kc.dl, &a.vc.dl, &a.out.dl, &a.lse.dl);
-    if (s != CFLASH_OK) {
-        fprintf(stderr, "cflash bench decode: %s\n", cflash_last_error());
-        return 1;
-    }
+    char shape[160];
     snprintf(shape, sizeof shape, "B%lld H%lld/%lld D%lld Sq%lld Sk%lld%s%s", (long long)B,
              (long long)H, (long long)Hk, (long long)D, (long long)Sq, (long long)Sk,
              f.page ? " paged" : "", pr.causal ? " causal" : "");
     if (f.page)
         snprintf(shape + strlen(shape), sizeof shape - strlen(shape), "%lld", (long long)f.page);
-    double es = (double)cf_dtype_size(pr.dtype);
+    double es = (double)cflash_dtype_size(pr.dtype);
     double bytes = 2.0 * (double)(B * Sk * Hk * D) * es + 2.0 * (double)(B * Sq * H * D) * es;
     job j = {dec_call, &a, CFLASH_OK};
-    int rc = report("decode", &pr, shape, served_by(text, be, sizeof be), &j, bytes);
+    int rc = report("decode", &pr, shape, a.ctx, &j, bytes);
     tens_free(&a.q), tens_free(&a.kc), tens_free(&a.vc), tens_free(&a.out), tens_free(&a.lse),
         tens_free(&a.bt);
     cflash_context_free(a.ctx);
@@ -456,23 +451,18 @@ int cf_cmd_bench_merge(int argc, char** argv) {
     int64_t ps[5] = {NS, B, Sq, H, D}, pl[4] = {NS, B, H, Sq}, os[4] = {B, Sq, H, D},
             ls[3] = {B, H, Sq};
     a.ctx = make_ctx(&pr);
-    if (!a.ctx || tens_new(&a.op, pr.dtype, 5, ps, 1) || tens_new(&a.lp, CF_F32, 4, pl, 2) ||
-        tens_new(&a.out, pr.dtype, 4, os, 3) || tens_new(&a.lse, CF_F32, 3, ls, 4))
+    if (!a.ctx || tens_new(&a.op, pr.dtype, 5, ps, 1) ||
+        tens_new(&a.lp, CFLASH_DTYPE_F32, 4, pl, 2) || tens_new(&a.out, pr.dtype, 4, os, 3) ||
+        tens_new(&a.lse, CFLASH_DTYPE_F32, 3, ls, 4))
         return 1;
-    char text[1024], be[64], shape[128];
-    cflash_status s = cflash_explain(a.ctx, CFLASH_OP_ATTN_MERGE, text, sizeof text, &a.op.dl,
-                                     &a.lp.dl, &a.out.dl, &a.lse.dl);
-    if (s != CFLASH_OK) {
-        fprintf(stderr, "cflash bench merge: %s\n", cflash_last_error());
-        return 1;
-    }
+    char shape[128];
     snprintf(shape, sizeof shape, "%lld x (%lld,%lld,%lld,%lld)", (long long)NS, (long long)B,
              (long long)Sq, (long long)H, (long long)D);
-    double es = (double)cf_dtype_size(pr.dtype), n = (double)(B * Sq * H * D);
+    double es = (double)cflash_dtype_size(pr.dtype), n = (double)(B * Sq * H * D);
     double bytes =
         (double)NS * (n * es + (double)(B * H * Sq) * 4.0) + n * es + (double)(B * H * Sq) * 4.0;
     job j = {merge_call, &a, CFLASH_OK};
-    int rc = report("merge", &pr, shape, served_by(text, be, sizeof be), &j, bytes);
+    int rc = report("merge", &pr, shape, a.ctx, &j, bytes);
     tens_free(&a.op), tens_free(&a.lp), tens_free(&a.out), tens_free(&a.lse);
     cflash_context_free(a.ctx);
     return rc;

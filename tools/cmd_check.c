@@ -1,6 +1,6 @@
 /* `cflash check`: runs attention forward (and with --bwd, backward) on the shape given by the
- * flags, with the chosen backend, against the fp64 oracle of the tests
- * (tests/common/attn_oracle.c), and prints the max errors, the bounds of DESIGN.md's error rule,
+ * flags, with the chosen backend, against the fp64 oracle the tests use too
+ * (tools/oracle/attn_oracle.c), and prints the max errors, the bounds of DESIGN.md's error rule,
  * the backend that served, and PASS or FAIL. Exit status: 0 pass, 1 error rule failed or the
  * library returned an error, 2 bad flags. */
 #include <math.h>
@@ -8,7 +8,7 @@
 #include <string.h>
 
 #include "cli.h"
-#include "common/attn_oracle.h"
+#include "oracle/attn_oracle.h"
 
 int cf_cmd_check(int argc, char** argv);
 
@@ -62,28 +62,6 @@ static void dev_dl(dev_set* d, attn_dl* t) {
     t->dq = &d->dl[T_DQ], t->dk = &d->dl[T_DK], t->dv = &d->dl[T_DV];
     t->alibi = d->base[T_ALIBI] ? &d->dl[T_ALIBI] : NULL;
     t->cu_q = t->cu_k = NULL;
-}
-
-/* The backend cflash_explain names for this call ("-> NAME"), or "?" . */
-static void served_by(cflash_context* ctx, attn_problem* p, const attn_dl* t, int bwd, char* name,
-                      size_t n) {
-    char buf[2048] = "";
-    cflash_attn_params prm = p->params;
-    prm.alibi_slopes = t->alibi;
-    if (!bwd)
-        cflash_explain(ctx, CFLASH_OP_ATTN_FWD, buf, sizeof buf, &prm, t->q, t->k, t->v, t->out,
-                       t->lse);
-    else
-        cflash_explain(ctx, CFLASH_OP_ATTN_BWD, buf, sizeof buf, &prm, t->dout, t->q, t->k, t->v,
-                       (const DLTensor*)t->out, (const DLTensor*)t->lse, t->dq, t->dk, t->dv);
-    const char* a = strstr(buf, "-> ");
-    snprintf(name, n, "%s", "?");
-    if (a) {
-        size_t len = strcspn(a + 3, "\n");
-        if (len >= n) len = n - 1;
-        memcpy(name, a + 3, len);
-        name[len] = 0;
-    }
 }
 
 static void print_errors(const attn_errors* e, const char* dir, int json, int* first) {
@@ -164,7 +142,7 @@ int cf_cmd_check(int argc, char** argv) {
     }
     const attn_dl* tl = t ? t : &host;
     char fwd_backend[64], bwd_backend[64] = "";
-    served_by(ctx, p, tl, 0, fwd_backend, sizeof fwd_backend);
+    attn_problem_explain(ctx, p, tl, 0, fwd_backend, sizeof fwd_backend);
 
     /* Forward. */
     double t0 = cf_now_s();
@@ -190,7 +168,7 @@ int cf_cmd_check(int argc, char** argv) {
     double s_oracle = cf_now_s() - t1;
     double ms_bwd = 0;
     if (pr.bwd) {
-        served_by(ctx, p, tl, 1, bwd_backend, sizeof bwd_backend);
+        attn_problem_explain(ctx, p, tl, 1, bwd_backend, sizeof bwd_backend);
         t0 = cf_now_s();
         s = attn_problem_call_bwd(ctx, p, tl);
         if (s == CFLASH_OK && t && dev_download(&dev, p, 1, err, sizeof err)) {

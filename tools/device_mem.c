@@ -1,11 +1,17 @@
-/* Device memory for the tool: plain malloc for the CPU; the CUDA branch goes through the
- * library's driver loader (src/cuda/) so the tool, like the library, never links CUDA. */
+/* Device memory for the tool: plain malloc for the CPU; other devices go through the library's
+ * experimental device memory (cflash_device_*, its own driver loader), so the tool, like the
+ * library, never links CUDA. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "cli.h"
-#include "cuda/cuda_drv.h"
+
+/* The tool runs on device 0 of a type. */
+static DLDevice dev0(int device) {
+    DLDevice d = {(DLDeviceType)device, 0};
+    return d;
+}
 
 void* cf_tool_alloc(int device, size_t bytes, char* err, size_t err_len) {
     if (device == kDLCPU) {
@@ -16,14 +22,14 @@ void* cf_tool_alloc(int device, size_t bytes, char* err, size_t err_len) {
     /* CFLASH-TOOL-CUDA-ALLOC */
     if (device == kDLCUDA) { /* device 0; the context is created here, at first use */
         void* p = NULL;
-        if (cf_cu_malloc(0, &p, bytes) != CFLASH_OK) {
+        if (cflash_device_alloc(dev0(device), bytes, &p) != CFLASH_OK) {
             snprintf(err, err_len, "%s", cflash_last_error());
             return NULL;
         }
         return p;
     }
     snprintf(err, err_len, "device %s: this build of the tool has no memory support for it",
-             cf_device_name(device));
+             cflash_device_name(device));
     return NULL;
 }
 
@@ -34,7 +40,7 @@ void cf_tool_free(int device, void* p) {
         return;
     }
     /* CFLASH-TOOL-CUDA-FREE */
-    if (device == kDLCUDA) cf_cu_free(0, p);
+    if (device == kDLCUDA) cflash_device_free(dev0(device), p);
 }
 
 int cf_tool_copy(int device, void* dst, const void* src, size_t bytes, int to_device, char* err,
@@ -46,12 +52,12 @@ int cf_tool_copy(int device, void* dst, const void* src, size_t bytes, int to_de
     }
     /* CFLASH-TOOL-CUDA-COPY */
     if (device == kDLCUDA) {
-        if (cf_cu_memcpy(0, dst, src, bytes, to_device) == CFLASH_OK) return 0;
+        if (cflash_device_copy(dev0(device), dst, src, bytes, to_device) == CFLASH_OK) return 0;
         snprintf(err, err_len, "%s", cflash_last_error());
         return -1;
     }
     snprintf(err, err_len, "device %s: copies not supported by this build of the tool",
-             cf_device_name(device));
+             cflash_device_name(device));
     return -1;
 }
 
@@ -59,11 +65,11 @@ int cf_tool_sync(int device, char* err, size_t err_len) {
     if (device == kDLCPU) return 0;
     /* CFLASH-TOOL-CUDA-SYNC */
     if (device == kDLCUDA) {
-        if (cf_cu_sync(0) == CFLASH_OK) return 0;
+        if (cflash_device_sync(dev0(device)) == CFLASH_OK) return 0;
         snprintf(err, err_len, "%s", cflash_last_error());
         return -1;
     }
     snprintf(err, err_len, "device %s: sync not supported by this build of the tool",
-             cf_device_name(device));
+             cflash_device_name(device));
     return -1;
 }

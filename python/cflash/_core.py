@@ -24,23 +24,26 @@ def explaining():
 
 
 def _run(name, op, what, ctx, *args):
-    """Calls the library function `name`, or, while cflash.explain() collects, asks cflash_explain
-    about the same arguments (same validation and selection code, nothing computed or written)."""
+    """Calls the library function `name`; while cflash.explain() collects, the call is made in
+    the context's explain mode (same validation and selection code, nothing computed or written)
+    and its text is collected under `op`."""
     sink = getattr(_explain, "sink", None)
     if sink is None:
         check(_lib.fn(name)(ctx, *args), what)
         return
     buf = ctypes.create_string_buffer(16384)
-    st = lib.cflash_explain(ctx, ctypes.c_int(_lib.OPS[op]), buf, ctypes.c_size_t(len(buf)), *args)
-    text = buf.value.decode("utf-8", "replace")
-    if st != _lib.OK and not text:
-        text = "error: " + _lib.last_error()
-    sink.append((op, st, text))
+    check(lib.cflash_context_set_explain(ctx, buf, len(buf)), "explain")
+    try:
+        st = _lib.fn(name)(ctx, *args)
+    finally:  # the mode covers one call: never leave it set for a later real call
+        lib.cflash_context_set_explain(ctx, None, 0)
+    sink.append((op, st, buf.value.decode("utf-8", "replace")))
 
 
 def make_params(dropout_p=0.0, softmax_scale=None, causal=False, window_left=-1, window_right=-1,
-                softcap=0.0, alibi=None, seed=0, offset=0, deterministic=False):
-    """A cflash_attn_params; alibi is a DL holder (or None) kept alive by the caller."""
+                softcap=0.0, alibi=None, seed=0, offset=0, deterministic=False, q_offset=0, k_offset=0):
+    """A cflash_attn_params; alibi is a DL holder (or None) kept alive by the caller. q_offset,
+    k_offset: positions of the call's first query / key in a longer sequence (ring attention)."""
     p = _lib.AttnParams()
     lib.cflash_attn_params_init(ctypes.byref(p))
     p.softmax_scale = 0.0 if softmax_scale is None else float(softmax_scale)
@@ -53,6 +56,7 @@ def make_params(dropout_p=0.0, softmax_scale=None, causal=False, window_left=-1,
     p.seed = int(seed) & _MASK64
     p.offset = int(offset) & _MASK64
     p.deterministic = 1 if deterministic else 0
+    p.q_offset, p.k_offset = int(q_offset), int(k_offset)
     return p
 
 
@@ -63,7 +67,7 @@ def _alibi(alibi_slopes, q):
 
 
 def attn_fwd(q, k, v, dropout_p, softmax_scale, causal, window_left, window_right, softcap,
-             alibi_slopes, seed=0, offset=0):
+             alibi_slopes, seed=0, offset=0, q_offset=0, k_offset=0):
     """out (B, Sq, H, Dv) like q, lse float32 (B, H, Sq)."""
     q, k, v = maybe_contiguous(q), maybe_contiguous(k), maybe_contiguous(v)
     _shape_check(q, 4, "q", "(batch, seqlen_q, nheads, headdim)")
@@ -72,7 +76,8 @@ def attn_fwd(q, k, v, dropout_p, softmax_scale, causal, window_left, window_righ
     out = empty(q, (B, Sq, H, v.shape[-1]))
     lse = empty(q, (B, H, Sq), "f32")
     a = _alibi(alibi_slopes, q)
-    p = make_params(dropout_p, softmax_scale, causal, window_left, window_right, softcap, a, seed, offset)
+    p = make_params(dropout_p, softmax_scale, causal, window_left, window_right, softcap, a, seed, offset,
+                    q_offset=q_offset, k_offset=k_offset)
     hq, hk, hv, ho, hl = DL(q, "q"), DL(k, "k"), DL(v, "v"), DL(out, "out"), DL(lse, "lse")
     with device_guard(q):
         ctx = _lib.context(cuda_stream_of(q))
@@ -86,13 +91,13 @@ def attn_fwd(q, k, v, dropout_p, softmax_scale, causal, window_left, window_righ
 
 
 def attn_bwd(dout, q, k, v, out, lse, dropout_p, softmax_scale, causal, window_left, window_right,
-             softcap, alibi_slopes, deterministic, seed=0, offset=0):
+             softcap, alibi_slopes, deterministic, seed=0, offset=0, q_offset=0, k_offset=0):
     """dq, dk, dv like q, k, v."""
     dout, q, k, v, out = [maybe_contiguous(x) for x in (dout, q, k, v, out)]
     dq, dk, dv = empty(q, q.shape), empty(k, k.shape), empty(v, v.shape)
     a = _alibi(alibi_slopes, q)
     p = make_params(dropout_p, softmax_scale, causal, window_left, window_right, softcap, a, seed, offset,
-                    deterministic)
+                    deterministic, q_offset, k_offset)
     h = [DL(x, n) for x, n in ((dout, "dout"), (q, "q"), (k, "k"), (v, "v"), (out, "out"), (lse, "lse"),
                                (dq, "dq"), (dk, "dk"), (dv, "dv"))]
     with device_guard(q):
@@ -103,7 +108,7 @@ def attn_bwd(dout, q, k, v, out, lse, dropout_p, softmax_scale, causal, window_l
 
 def attn_varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p,
                     softmax_scale, causal, window_left, window_right, softcap, alibi_slopes, seed=0,
-                    offset=0):
+                    offset=0, q_offset=0, k_offset=0):
     """out (total_q, H, Dv) like q, lse float32 (H, total_q)."""
     q, k, v = maybe_contiguous(q), maybe_contiguous(k), maybe_contiguous(v)
     _shape_check(q, 3, "q", "(total_q, nheads, headdim)")
@@ -113,7 +118,8 @@ def attn_varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqle
     lse = empty(q, (H, T), "f32")
     cq, ck = host_int32(cu_seqlens_q, "cu_seqlens_q"), host_int32(cu_seqlens_k, "cu_seqlens_k")
     a = _alibi(alibi_slopes, q)
-    p = make_params(dropout_p, softmax_scale, causal, window_left, window_right, softcap, a, seed, offset)
+    p = make_params(dropout_p, softmax_scale, causal, window_left, window_right, softcap, a, seed, offset,
+                    q_offset=q_offset, k_offset=k_offset)
     h = [DL(x, n) for x, n in ((q, "q"), (k, "k"), (v, "v"), (cq, "cu_seqlens_q"), (ck, "cu_seqlens_k"))]
     ho, hl = DL(out, "out"), DL(lse, "lse")
     with device_guard(q):
@@ -130,13 +136,13 @@ def attn_varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqle
 
 def attn_varlen_bwd(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
                     dropout_p, softmax_scale, causal, window_left, window_right, softcap, alibi_slopes,
-                    deterministic, seed=0, offset=0):
+                    deterministic, seed=0, offset=0, q_offset=0, k_offset=0):
     dout, q, k, v, out = [maybe_contiguous(x) for x in (dout, q, k, v, out)]
     dq, dk, dv = empty(q, q.shape), empty(k, k.shape), empty(v, v.shape)
     cq, ck = host_int32(cu_seqlens_q, "cu_seqlens_q"), host_int32(cu_seqlens_k, "cu_seqlens_k")
     a = _alibi(alibi_slopes, q)
     p = make_params(dropout_p, softmax_scale, causal, window_left, window_right, softcap, a, seed, offset,
-                    deterministic)
+                    deterministic, q_offset, k_offset)
     h = [DL(x, n) for x, n in ((dout, "dout"), (q, "q"), (k, "k"), (v, "v"), (out, "out"), (lse, "lse"),
                                (cq, "cu_seqlens_q"), (ck, "cu_seqlens_k"))]
     hg = [DL(x, n) for x, n in ((dq, "dq"), (dk, "dk"), (dv, "dv"))]
@@ -148,10 +154,10 @@ def attn_varlen_bwd(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seq
     return dq, dk, dv
 
 
-def dropout_mask(batch, nheads, seqlen_q, seqlen_k, dropout_p, seed, offset=0):
+def dropout_mask(batch, nheads, seqlen_q, seqlen_k, dropout_p, seed, offset=0, q_offset=0, k_offset=0):
     """The keep mask every backend uses: uint8 NumPy (B, H, Sq, Sk), 1 = kept."""
     m = np.empty((batch, nheads, seqlen_q, seqlen_k), dtype=np.uint8)
-    p = make_params(dropout_p=dropout_p, seed=seed, offset=offset)
+    p = make_params(dropout_p=dropout_p, seed=seed, offset=offset, q_offset=q_offset, k_offset=k_offset)
     hm = DL(m, "mask")
     check(lib.cflash_attn_dropout_mask(ctypes.byref(p), hm.ptr), "dropout mask")
     return m

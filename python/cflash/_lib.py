@@ -11,115 +11,21 @@ import os
 import sys
 import threading
 
-# ---- DLPack structures (dlpack.h, DLPACK_VERSION 0.6: the ABI cflash.h is built against) ----
+# ---- Structs, values and prototypes: _abi.py, made from include/cflash.h by tools/gen_pybind.py ----
 
-kDLCPU, kDLCUDA, kDLCUDAHost = 1, 2, 3
-kDLInt, kDLUInt, kDLFloat, kDLBfloat = 0, 1, 2, 4
+from . import _abi
+from ._abi import DLDataType, DLDevice, DLTensor  # noqa: F401 (the package's names for them)
+from ._abi import kDLBfloat, kDLCPU, kDLCUDA, kDLCUDAHost, kDLFloat, kDLInt, kDLUInt  # noqa: F401
 
-
-class DLDevice(ctypes.Structure):
-    _fields_ = [("device_type", ctypes.c_int32), ("device_id", ctypes.c_int32)]
-
-
-class DLDataType(ctypes.Structure):
-    _fields_ = [("code", ctypes.c_uint8), ("bits", ctypes.c_uint8), ("lanes", ctypes.c_uint16)]
-
-
-class DLTensor(ctypes.Structure):
-    _fields_ = [
-        ("data", ctypes.c_void_p),
-        ("device", DLDevice),
-        ("ndim", ctypes.c_int32),
-        ("dtype", DLDataType),
-        ("shape", ctypes.POINTER(ctypes.c_int64)),
-        ("strides", ctypes.POINTER(ctypes.c_int64)),
-        ("byte_offset", ctypes.c_uint64),
-    ]
-
-
-class AttnParams(ctypes.Structure):
-    """cflash_attn_params (include/cflash.h); keep the field order in step with the header."""
-
-    _fields_ = [
-        ("softmax_scale", ctypes.c_float),
-        ("causal", ctypes.c_int),
-        ("window_left", ctypes.c_int64),
-        ("window_right", ctypes.c_int64),
-        ("softcap", ctypes.c_float),
-        ("alibi_slopes", ctypes.POINTER(DLTensor)),
-        ("dropout_p", ctypes.c_float),
-        ("seed", ctypes.c_uint64),
-        ("offset", ctypes.c_uint64),
-        ("deterministic", ctypes.c_int),
-    ]
-
-
-class RotaryParams(ctypes.Structure):
-    _fields_ = [
-        ("interleaved", ctypes.c_int),
-        ("conjugate", ctypes.c_int),
-        ("seqlen_offset", ctypes.c_int64),
-        ("seqlen_offsets", ctypes.POINTER(DLTensor)),
-        ("cu_seqlens", ctypes.POINTER(DLTensor)),
-        ("max_seqlen", ctypes.c_int64),
-        ("num_heads", ctypes.c_int64),
-    ]
-
-
-class RotaryTableParams(ctypes.Structure):
-    _fields_ = [
-        ("base", ctypes.c_double),
-        ("interpolation_factor", ctypes.c_double),
-        ("position_start", ctypes.c_int64),
-        ("positions", ctypes.POINTER(DLTensor)),
-    ]
-
-
-NORM_RMS, NORM_LAYER = 0, 1
-
-
-class NormParams(ctypes.Structure):
-    _fields_ = [
-        ("type", ctypes.c_int),
-        ("eps", ctypes.c_float),
-        ("dropout_p", ctypes.c_float),
-        ("seed", ctypes.c_uint64),
-        ("offset", ctypes.c_uint64),
-    ]
-
-
-class KVCacheParams(ctypes.Structure):
-    _fields_ = [
-        ("k_new", ctypes.POINTER(DLTensor)),
-        ("v_new", ctypes.POINTER(DLTensor)),
-        ("rotary_cos", ctypes.POINTER(DLTensor)),
-        ("rotary_sin", ctypes.POINTER(DLTensor)),
-        ("rotary_interleaved", ctypes.c_int),
-        ("cache_seqlens", ctypes.POINTER(DLTensor)),
-        ("cache_seqlen", ctypes.c_int64),
-        ("cache_batch_idx", ctypes.POINTER(DLTensor)),
-        ("cache_leftpad", ctypes.POINTER(DLTensor)),
-        ("block_table", ctypes.POINTER(DLTensor)),
-        ("num_splits", ctypes.c_int),
-    ]
-
-
-# ---- Status codes and ops (include/cflash.h) ----
-
-OK = 0
-ERR_INVALID_ARGUMENT = -1
-
-OPS = {
-    "attn_fwd": 0,
-    "attn_bwd": 1,
-    "attn_varlen_fwd": 2,
-    "attn_varlen_bwd": 3,
-    "kvcache_fwd": 4,
-    "attn_merge": 5,
-    "rotary": 6,
-    "norm_fwd": 7,
-    "norm_bwd": 8,
-}
+AttnParams = _abi.cflash_attn_params
+RotaryParams = _abi.cflash_rotary_params
+RotaryTableParams = _abi.cflash_rotary_table_params
+NormParams = _abi.cflash_norm_params
+KVCacheParams = _abi.cflash_kvcache_params
+NORM_RMS, NORM_LAYER = _abi.CFLASH_NORM_RMS, _abi.CFLASH_NORM_LAYER
+OK, ERR_INVALID_ARGUMENT = _abi.CFLASH_OK, _abi.CFLASH_ERR_INVALID_ARGUMENT
+# op name ("attn_fwd", ...) -> cflash_op value
+OPS = {k[len("CFLASH_OP_"):].lower(): v for k, v in _abi.ENUMS["cflash_op"].items() if k != "CFLASH_OP_COUNT"}
 
 # ---- Finding and loading the library ----
 
@@ -158,49 +64,19 @@ def _load():
 
 lib, library_path = _load()
 
-_P = ctypes.POINTER
-_T = _P(DLTensor)
-_ctx_p = ctypes.c_void_p
-_i64 = ctypes.c_int64
-_status = ctypes.c_int
+
+def _bind():
+    """Gives every library function its prototype from _abi.FUNCTIONS. Looked up softly: a library
+    without some of them (older than this package) still loads, and fn() says so when one is used."""
+    for name, (restype, argtypes) in _abi.FUNCTIONS.items():
+        f = getattr(lib, name, None)
+        if f is not None:
+            f.restype = restype
+            if argtypes is not None:
+                f.argtypes = argtypes
 
 
-def _proto(name, restype, *argtypes):
-    f = getattr(lib, name, None)
-    if f is None:
-        return None
-    f.restype = restype
-    f.argtypes = list(argtypes)
-    return f
-
-
-_proto("cflash_status_string", ctypes.c_char_p, ctypes.c_int)
-_proto("cflash_last_error", ctypes.c_char_p)
-_proto("cflash_version", ctypes.c_char_p)
-_proto("cflash_context_create", _status, _P(ctypes.c_void_p))
-_proto("cflash_context_free", None, _ctx_p)
-_proto("cflash_context_set_threads", _status, _ctx_p, ctypes.c_int)
-_proto("cflash_context_set_backend", _status, _ctx_p, ctypes.c_char_p)
-_proto("cflash_context_set_cuda_stream", _status, _ctx_p, ctypes.c_void_p)
-_proto("cflash_attn_params_init", None, _P(AttnParams))
-_proto("cflash_attn_fwd", _status, _ctx_p, _P(AttnParams), _T, _T, _T, _T, _T)
-_proto("cflash_attn_bwd", _status, _ctx_p, _P(AttnParams), _T, _T, _T, _T, _T, _T, _T, _T, _T)
-_proto("cflash_attn_varlen_fwd", _status, _ctx_p, _P(AttnParams), _T, _T, _T, _T, _T, _i64, _i64, _T, _T)
-_proto("cflash_attn_varlen_bwd", _status, _ctx_p, _P(AttnParams), _T, _T, _T, _T, _T, _T, _T, _T, _i64, _i64, _T, _T, _T)
-_proto("cflash_attn_dropout_mask", _status, _P(AttnParams), _T)
-_proto("cflash_op_name", ctypes.c_char_p, ctypes.c_int)
-# Ops (rotary, norm, KV cache, merge). Looked up softly: a library without them still loads, and
-# the functions that need them say so when called.
-_proto("cflash_rotary_params_init", None, _P(RotaryParams))
-_proto("cflash_rotary_apply", _status, _ctx_p, _P(RotaryParams), _T, _T, _T, _T)
-_proto("cflash_rotary_table_params_init", None, _P(RotaryTableParams))
-_proto("cflash_rotary_tables", _status, _P(RotaryTableParams), _T, _T)
-_proto("cflash_norm_params_init", None, _P(NormParams))
-_proto("cflash_norm_fwd", _status, _ctx_p, _P(NormParams), _T, _T, _T, _T, _T, _T, _T, _T)
-_proto("cflash_norm_bwd", _status, _ctx_p, _P(NormParams), _T, _T, _T, _T, _T, _T, _T, _T, _T, _T, _T)
-_proto("cflash_kvcache_params_init", None, _P(KVCacheParams))
-_proto("cflash_attn_kvcache_fwd", _status, _ctx_p, _P(AttnParams), _P(KVCacheParams), _T, _T, _T, _T, _T)
-_proto("cflash_attn_merge", _status, _ctx_p, _T, _T, _T, _T)
+_bind()
 
 
 def fn(name):
@@ -209,9 +85,6 @@ def fn(name):
     if f is None:
         raise RuntimeError("cflash: %s is missing from %s (a library older than this package?)" % (name, library_path))
     return f
-
-# cflash_explain is variadic: its argument types are given per call.
-lib.cflash_explain.restype = _status
 
 
 def last_error():
@@ -319,8 +192,6 @@ def _register_library_dirs():
     f = getattr(lib, "cflash_add_library_dir", None)
     if f is None:
         return
-    f.restype = _status
-    f.argtypes = [ctypes.c_char_p]
     for d in nvidia_wheel_dirs():
         f(d.encode())  # a failure here only means that directory is not used
 

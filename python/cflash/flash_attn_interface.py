@@ -62,8 +62,8 @@ def _scale(softmax_scale, q):
 def _attn_probs(q, k, v, lse_like, softmax_scale, causal, window_size, softcap, alibi_slopes, dropout_p, seed,
                 cu_seqlens_q=None, cu_seqlens_k=None):
     """flash-attn's S_dmask: the attention probabilities (B, H, Sq, Sk), negative where dropout
-    dropped them. For tests only (materialised in NumPy from cflash.reference)."""
-    from . import reference
+    dropped them. For tests and inspection (materialised in NumPy, _scores.py)."""
+    from . import _scores
 
     torch_mode = is_torch(q)
     qn, kn, vn = [x.detach().float().cpu().numpy() if torch_mode else x for x in (q, k, v)]
@@ -79,7 +79,7 @@ def _attn_probs(q, k, v, lse_like, softmax_scale, causal, window_size, softcap, 
                  al[b] if al is not None and np.ndim(al) == 2 else al) for b in range(len(cq) - 1)]
     ps = []
     for b, (qq, kk, vv, aa) in enumerate(seqs):
-        _, _, p = reference.attention(qq, kk, vv, softmax_scale, causal, window_size, softcap, aa)
+        p = _scores.probabilities(qq, kk, softmax_scale, causal, window_size, softcap, aa)
         if dropout_p > 0:
             B, H, Sq, Sk = p.shape
             m = _core.dropout_mask(B, H, Sq, Sk, dropout_p, seed)

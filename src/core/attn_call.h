@@ -1,12 +1,16 @@
 /* The validated form of an attention call that every backend receives: views, sizes, and the
- * parameters with defaults resolved. Built by src/core/attn_api.c; backends never re-validate. */
+ * parameters with defaults resolved. Built by src/api/attn_api.c; backends never re-validate. */
 #ifndef CFLASH_CORE_ATTN_CALL_H
 #define CFLASH_CORE_ATTN_CALL_H
 
 #include <math.h>
 #include <stdint.h>
 
+#include "core/checked.h"
 #include "core/tensor.h"
+
+/* Block offsets keep positions below this (the dropout counter's row and column are 32 bits). */
+#define CF_ATTN_MAX_POS ((int64_t)1 << 32)
 
 typedef struct cf_attn_call {
     cf_dtype dtype; /* of q, k, v, out (and dout, dq, dk, dv) */
@@ -26,6 +30,7 @@ typedef struct cf_attn_call {
     float scale; /* resolved: never 0 */
     int causal;
     int64_t window_left, window_right; /* causal folded in: window_right = 0 when causal */
+    int64_t q_offset, k_offset;        /* positions of q's / k's row 0 (cflash_attn_params) */
     float softcap;
     const float* alibi;    /* NULL, or fp32 slopes on the call's device:
                               slope(b, h) = alibi[b * alibi_bstride + h] */
@@ -57,17 +62,25 @@ static inline void cf_attn_seq(const cf_attn_call* c, int64_t b, int64_t* q0, in
     }
 }
 
+/* The key index on the diagonal of query row i (bottom-right alignment, shifted by the block
+ * offsets; |offsets| <= 2^32 is checked, so nothing here overflows). */
+static inline int64_t cf_attn_diag(const cf_attn_call* c, int64_t i, int64_t sq, int64_t sk) {
+    return i + sk - sq + c->q_offset - c->k_offset;
+}
+
 /* Visible key range of query row i (0-based within its sequence) of a sequence with lengths
  * sq, sk: keys [*lo, *hi) (clamped to [0, sk]; empty when *lo >= *hi). Windows are caller
  * int64s of any size: each bound is compared with the distance it would move, never added to
  * the diagonal unchecked (a window near INT64_MAX is the unbounded one). */
 static inline void cf_attn_key_range(const cf_attn_call* c, int64_t i, int64_t sq, int64_t sk,
                                      int64_t* lo, int64_t* hi) {
-    const int64_t diag = (i - sq) + sk; /* i < sq: no overflow */
-    int64_t l = 0, h = sk;
+    const int64_t diag = cf_attn_diag(c, i, sq, sk);
+    int64_t l = 0, h = sk, far;
     if (c->window_left >= 0 && c->window_left < diag) l = diag - c->window_left;
-    /* diag + window_right + 1 < sk  <=>  window_right < sq - 1 - i */
-    if (c->window_right >= 0 && c->window_right < sq - 1 - i) h = diag + c->window_right + 1;
+    /* diag + window_right + 1 < sk, where the sum fits (else the window reaches past every key) */
+    if (c->window_right >= 0 && !cf_add_i64(diag, c->window_right, &far) && far < sk - 1)
+        h = far + 1;
+    if (l > sk) l = sk; /* a block's rows can lie wholly past its keys */
     *lo = l;
     *hi = h > l ? h : l;
 }
@@ -83,7 +96,7 @@ static inline float cf_attn_score(const cf_attn_call* c, float x, float slope, i
                                   int64_t sq, int64_t sk) {
     if (c->softcap > 0.0f) x = c->softcap * tanhf(x / c->softcap);
     if (slope != 0.0f) {
-        int64_t d = i + sk - sq - j;
+        int64_t d = cf_attn_diag(c, i, sq, sk) - j;
         x -= slope * (float)(d < 0 ? -d : d);
     }
     return x;

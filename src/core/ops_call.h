@@ -1,6 +1,6 @@
 /* The validated form of the calls of the ops around attention (rotary, norm, KV cache, merge)
- * that backends receive, and the entry points shared by the public functions and cflash_explain.
- * Built by src/core/{rotary,norm,kvcache,merge}_api.c; backends never re-validate. */
+ * that backends receive. Built by src/api/{rotary,norm,kvcache,merge}_api.c; backends never
+ * re-validate. */
 #ifndef CFLASH_CORE_OPS_CALL_H
 #define CFLASH_CORE_OPS_CALL_H
 
@@ -8,7 +8,6 @@
 
 #include "core/attn_call.h"
 #include "core/tensor.h"
-#include "dispatch/dispatch.h"
 
 /* ---- Rotary ---- */
 typedef struct cf_rotary_call {
@@ -121,39 +120,5 @@ typedef struct cf_merge_call {
     int threads;
     void* stream;
 } cf_merge_call;
-
-/* ---- Entry points (explain != NULL: validate and choose, but do not run) ---- */
-cflash_status cf_rotary_entry(cflash_context* ctx, cf_explain* explain,
-                              const cflash_rotary_params* p, const DLTensor* x, const DLTensor* cos,
-                              const DLTensor* sin, DLTensor* out);
-cflash_status cf_norm_fwd_entry(cflash_context* ctx, cf_explain* explain,
-                                const cflash_norm_params* p, const DLTensor* x,
-                                const DLTensor* residual, const DLTensor* weight,
-                                const DLTensor* bias, DLTensor* out, DLTensor* residual_out,
-                                DLTensor* mean, DLTensor* rstd);
-cflash_status cf_norm_bwd_entry(cflash_context* ctx, cf_explain* explain,
-                                const cflash_norm_params* p, const DLTensor* dy, const DLTensor* x,
-                                const DLTensor* weight, const DLTensor* bias, const DLTensor* mean,
-                                const DLTensor* rstd, const DLTensor* dresidual_out, DLTensor* dx,
-                                DLTensor* dweight, DLTensor* dbias, DLTensor* dresidual);
-cflash_status cf_kvcache_entry(cflash_context* ctx, cf_explain* explain,
-                               const cflash_attn_params* p, const cflash_kvcache_params* kp,
-                               const DLTensor* q, DLTensor* k_cache, DLTensor* v_cache,
-                               DLTensor* out, DLTensor* lse);
-cflash_status cf_merge_entry(cflash_context* ctx, cf_explain* explain, const DLTensor* out_partial,
-                             const DLTensor* lse_partial, DLTensor* out, DLTensor* lse);
-
-/* Shared validation helpers (src/core/ops_check.c). */
-/* Loads t (name) into v and checks ndim and each dim against want[i] (>= 0). */
-cflash_status cf_ops_shape(cf_view* v, const DLTensor* t, const char* name, int ndim,
-                           const int64_t* want, const char* layout);
-/* Float dtype (f32/f16/bf16), same device as ref, last dim contiguous. */
-cflash_status cf_ops_float(const cf_view* v, const char* name, const cf_view* ref,
-                           const char* ref_name);
-/* dtype must be float32 or allowed (CF_DTYPE_BAD = float32 only). */
-cflash_status cf_ops_dtype_in(const cf_view* v, const char* name, cf_dtype allowed,
-                              const char* allowed_what);
-/* int32 [n] (n >= 0 checked; n < 0: any length) in host memory, contiguous. */
-cflash_status cf_ops_index(cf_view* v, const DLTensor* t, const char* name, int64_t n);
 
 #endif

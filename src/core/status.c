@@ -31,10 +31,3 @@ const char* cflash_status_string(cflash_status s) {
     }
     return "CFLASH_ERR_UNKNOWN";
 }
-
-#define CF_STR2(x) #x
-#define CF_STR(x) CF_STR2(x)
-const char* cflash_version(void) {
-    return CF_STR(CFLASH_VERSION_MAJOR) "." CF_STR(CFLASH_VERSION_MINOR) "." CF_STR(
-        CFLASH_VERSION_PATCH);
-}

@@ -7,15 +7,17 @@
 #include <string.h>
 
 #include "cflash.h"
+#include "cflash_experimental.h"
 
-typedef enum cf_dtype {
-    CF_F32 = 0,
-    CF_F16 = 1,
-    CF_BF16 = 2,
-    CF_I32 = 3,
-    CF_U8 = 4,
-    CF_DTYPE_BAD = -1
-} cf_dtype;
+/* The element types are the experimental API's (one type, so the tool's and the tests' values
+ * pass unconverted); the short names keep kernel code readable. */
+typedef cflash_dtype cf_dtype;
+#define CF_F32 CFLASH_DTYPE_F32
+#define CF_F16 CFLASH_DTYPE_F16
+#define CF_BF16 CFLASH_DTYPE_BF16
+#define CF_I32 CFLASH_DTYPE_I32
+#define CF_U8 CFLASH_DTYPE_U8
+#define CF_DTYPE_BAD CFLASH_DTYPE_INVALID
 
 #define CF_MAX_DIMS 6
 

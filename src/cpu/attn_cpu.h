@@ -1,10 +1,12 @@
 /* CPU attention: the tiled online-softmax driver (src/cpu/attn_tiled.c, attn_tiled_bwd.c) shared by
- * the cpu-generic, cpu-avx2, cpu-avx512 and cpu-amx backends, and the table of microkernels each
- * backend supplies. The driver does blocking, masks, dropout, threading; the table does the math.
+ * the cpu-generic, cpu-avx2, cpu-avx512, cpu-amx and cpu-neon backends, and the table of
+ * microkernels each backend supplies. The driver does blocking, masks, dropout, threading; the
+ * table does the math.
  */
 #ifndef CFLASH_CPU_ATTN_CPU_H
 #define CFLASH_CPU_ATTN_CPU_H
 
+#include <math.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -22,6 +24,11 @@ typedef struct cf_attn_kernels {
      * B[p * ldb + n] the pair (B(2p, n), B(2p + 1, n)) (VNNI layout). fp32 accumulation. */
     void (*gemm_bf16)(int64_t M, int64_t N, int64_t P, const uint32_t* A, int64_t rsa, int64_t csa,
                       const uint32_t* B, int64_t ldb, float* C, int64_t ldc, int acc);
+    /* fp16 pairs (NULL when the ISA has no fp16 product with fp32 accumulation): as gemm_bf16
+     * with fp16 pairs. Used by the forward only: there P in [0, 1] is the one operand rounded to
+     * fp16, where the backward's dS could leave fp16's range. */
+    void (*gemm_f16)(int64_t M, int64_t N, int64_t P, const uint32_t* A, int64_t rsa, int64_t csa,
+                     const uint32_t* B, int64_t ldb, float* C, int64_t ldc, int acc);
     /* x[i] *= s; mx[i] = max(mx[i], x[i]) for i < n (a NaN x may be skipped by the max). */
     void (*scale_max_cols)(float* x, int64_t n, float s, float* mx);
     /* x[i] = exp(x[i] - m[i]) (0 for x = -inf, NaN for NaN); sum[i] += x[i] when sum != NULL.
@@ -39,6 +46,8 @@ typedef struct cf_attn_kernels {
                     float sc);
     /* dst[i] = bf16(lo[i]) | bf16(hi[i]) << 16 (round to nearest even); hi NULL = 0. */
     void (*pack_pairs_f32)(uint32_t* dst, const float* lo, const float* hi, int64_t n);
+    /* The same into fp16 pairs (with gemm_f16). */
+    void (*pack_pairs_f16)(uint32_t* dst, const float* lo, const float* hi, int64_t n);
     /* dst[i] = lo[i] | hi[i] << 16 (bf16 bits; hi NULL = 0): two rows into VNNI pairs. */
     void (*interleave_u16)(uint32_t* dst, const uint16_t* lo, const uint16_t* hi, int64_t n);
     /* dtype conversion of n contiguous elements. */
@@ -72,6 +81,16 @@ typedef struct attn_tile {
     int64_t b, hk, i0, i1;
     int64_t cost, idx;
 } attn_tile;
+/* The forward's tile loop, shared by backends with a tile function of their own (cpu-amx): tiles
+ * of n query rows per head over the heads of a GQA group (grouped per (sequence, KV head),
+ * heaviest first), spread over c->threads with `bytes` of workspace each (64-byte aligned);
+ * k->thread_begin/end run around each thread's tiles. */
+typedef void (*cf_attn_fwd_tile_fn)(const cf_attn_call* c, const cf_attn_kernels* k,
+                                    const void* geom, const attn_tile* t, char* ws);
+cflash_status cf_attn_cpu_fwd_run(const cf_attn_call* c, const cf_attn_kernels* k, int64_t n,
+                                  size_t bytes, cf_attn_fwd_tile_fn tile, const void* geom);
+/* Query rows per head of a tile of about `rows` rows over the group (>= 1, <= Sq). */
+int64_t cf_attn_cpu_tile_rows(const cf_attn_call* c, int64_t rows);
 /* Query tiles of n rows per (sequence, KV head), heaviest first; NULL when out of memory. */
 attn_tile* cf_attn_cpu_q_tiles(const cf_attn_call* c, int64_t n, int64_t* count);
 /* Sorts tiles heaviest first (ties by idx). */
@@ -87,14 +106,109 @@ int cf_attn_cpu_rows_nonfinite(const char* p, int64_t rs, int64_t n, int64_t d, 
 int cf_attn_cpu_hidden_nonfinite(const char* p, int64_t rs, int64_t j0, int64_t nb, int64_t lo_last,
                                  int64_t hi_first, int64_t d, cf_dtype dt);
 
+/* ---- The backward's pieces, shared with backends that bring their own tile functions ---- */
+
+/* The backward's driver (passes 0-2 of attn_tiled_bwd.c: dl = rowsum(dO * O), then dK/dV per key
+ * block and dQ one pass or three, threads and workspace) over a backend's tile functions. */
+typedef struct cf_attn_bwd_engine {
+    int64_t q_rows; /* dq tiles: query rows per head (three-pass mode) */
+    int64_t bk;     /* keys per dkdv block */
+    size_t bytes;   /* per-thread workspace of the tile functions */
+    /* dK, dV of keys [t->i0, t->i1) of (t->b, t->hk), written out; with dqacc (fp32 [G][sq][D] of
+     * the sequence, one pass) also dQ += dS K there. dl as cf_attn_dl reads it. */
+    void (*dkdv)(const cf_attn_call* c, const cf_attn_kernels* k, const void* geom,
+                 const attn_tile* t, char* ws, const float* dl, float* dqacc);
+    /* dQ of query tile t (three-pass mode), written out. */
+    void (*dq)(const cf_attn_call* c, const cf_attn_kernels* k, const void* geom,
+               const attn_tile* t, char* ws, const float* dl);
+    const void* geom;
+} cf_attn_bwd_engine;
+cflash_status cf_attn_cpu_bwd_run(const cf_attn_call* c, const cf_attn_kernels* k,
+                                  const cf_attn_bwd_engine* e);
+
+/* Row of (b, query qi) in the dl buffer of one head. */
+static inline int64_t cf_attn_dl_row(const cf_attn_call* c, int64_t b, int64_t qi) {
+    return c->varlen ? qi : b * c->Sq + qi;
+}
+/* dl of (b, h, query qi): rowsum(dO * O) as pass 0 left it. */
+static inline float cf_attn_dl(const cf_attn_call* c, const float* dl, int64_t b, int64_t h,
+                               int64_t qi) {
+    return dl[h * (c->varlen ? c->total_q : c->B * c->Sq) + cf_attn_dl_row(c, b, qi)];
+}
+/* The forward's lse of (b, h, qi) (natural-log units, as the scores: see exp_cols). */
+static inline float cf_attn_lse_at(const cf_attn_call* c, int64_t b, int64_t h, int64_t qi) {
+    return ((const float*)
+                c->lse.data)[b * c->lse.stride[0] + h * c->lse.stride[1] + qi * c->lse.stride[2]];
+}
+/* The subtrahend of exp(s - m) for row (b, h, qi): its lse; +inf for a row that saw no key (its
+ * P is 0). */
+static inline float cf_attn_lse_sub(const cf_attn_call* c, int64_t b, int64_t h, int64_t qi) {
+    const float lse = cf_attn_lse_at(c, b, h, qi);
+    return lse == -INFINITY ? INFINITY : lse;
+}
+/* First query row i in [0, sq) with hi(i) > j0 and one past the last with lo(i) < j1: the rows
+ * that see some key of [j0, j1) lie in [*a, *z) (lo and hi are non-decreasing in i). */
+void cf_attn_rows_seeing(const cf_attn_call* c, int64_t sq, int64_t sk, int64_t j0, int64_t j1,
+                         int64_t* a, int64_t* z);
+
+/* Element (row ri, col ci) of a block of scores is query i[ri], key j0 + ci, at
+ * s[ri * rs + ci * cs]. */
+typedef struct cf_attn_score_map {
+    int64_t nr, nc, rs, cs;
+    const int64_t* i;       /* query position per row */
+    const float* slope;     /* ALiBi slope per row */
+    int64_t j0;             /* key of column 0 */
+    const int64_t *lo, *hi; /* visible keys per row */
+} cf_attn_score_map;
+/* Raw q.k scores to the scores exp(s - lse) takes, in place: scaled, soft-capped, ALiBi-biased
+ * (natural-log units, rounded as the forward rounds them: see exp_cols), -inf where masked. y, when
+ * non-NULL, receives tanh(x / softcap) for the softcap derivative (0 where masked). */
+void cf_attn_scores(const cf_attn_call* c, const cf_attn_score_map* mp, float* s, float* y,
+                    int64_t sq, int64_t sk);
+/* NaN semantics in the backward (a masked pair never affects a gradient): a partly masked block
+ * whose rows hold a NaN or infinity is summed pair by pair, since the products' zero weights would
+ * carry it to pairs that cannot see each other. Whether query rows [qi0, qi0 + n) of head h hold
+ * one in their lse (+inf or NaN; -inf is a row without keys) or rowsum(dO * O) (dlr, n values):
+ * with the forward's lse and out this covers q, dout and out without reading them. */
+int cf_attn_bwd_query_rows_bad(const cf_attn_call* c, int64_t b, int64_t h, int64_t qi0, int64_t n,
+                               const float* dlr);
+/* Whether keys [kj0, kj0 + n) of KV head hk hold one in k or v; with hidden, only those some rows
+ * cannot see: before lo_last or from hi_first on, relative to kj0 (cf_attn_cpu_hidden_nonfinite).
+ */
+int cf_attn_bwd_key_rows_bad(const cf_attn_call* c, int64_t b, int64_t hk, int64_t kj0, int64_t n,
+                             int hidden, int64_t lo_last, int64_t hi_first);
+/* The gradients of the visible pairs of query rows [i0, i0 + nq) of head h (rowsums dlr[i - i0])
+ * against keys [j0, j0 + nb), pair by pair as cpu-ref computes them. Accumulates dk, dv (block row
+ * j - j0 at dk + (j - j0) * ldk, dv + (j - j0) * ldv; NULL = skip) and dq (row i - i0 at
+ * dq + (i - i0) * ldq; NULL = skip). */
+void cf_attn_bwd_exact_pairs(const cf_attn_call* c, int64_t b, int64_t h, int64_t i0, int64_t nq,
+                             const float* dlr, int64_t j0, int64_t nb, float* dk, int64_t ldk,
+                             float* dv, int64_t ldv, float* dq, int64_t ldq);
+/* Zeroes dropped entries of a block and scales kept ones by ks; row ri belongs to head hh[ri]. */
+void cf_attn_dropout_apply(const cf_attn_call* c, float* x, const cf_attn_score_map* mp,
+                           const int64_t* hh, int64_t b, float ks);
+
 /* Shared limits, checked by every CPU backend's supports(). */
 int cf_attn_cpu_supports(const cf_attn_call* c, const cf_attn_kernels* k, char* reason, size_t len);
 
-/* Blocking (tuned on Zen 5: see docs/PERF.md). */
-#define CF_ATTN_TILE_ROWS 128 /* query rows per tile, over the heads of a GQA group */
-#define CF_ATTN_BLOCK_K 128   /* keys per block */
-#define CF_ATTN_BWD_BLOCK_Q 128
-#define CF_ATTN_BWD_BLOCK_K 128
+/* Block shapes, chosen once per process (attn_blocks.c): per CPU family (vendor and family from
+ * the CPU probe; Zen 5 measured in docs/PERF.md), or from CFLASH_ATTN_BLOCKS=q,k[,bq,bk] (each
+ * 1..CF_ATTN_BLOCK_MAX; a bad value is logged and ignored). The drivers take any shape. */
+typedef struct cf_attn_blocks {
+    int64_t q;          /* forward: query rows per tile, over the heads of a GQA group */
+    int64_t k;          /* forward: keys per block */
+    int64_t bwd_q;      /* backward: query rows per block (per head) and per dQ tile (group) */
+    int64_t bwd_k;      /* backward: keys per block */
+    const char* source; /* where they came from, for logs */
+} cf_attn_blocks;
+#define CF_ATTN_BLOCK_MAX 1024
+cf_attn_blocks cf_attn_cpu_blocks(void);
+/* Parses "q,k" (backward blocks from base) or "q,k,bq,bk" into *b; 0 with the reason in why. */
+int cf_attn_blocks_parse(const char* s, const cf_attn_blocks* base, cf_attn_blocks* b, char* why,
+                         size_t len);
+/* Tests and tuning tools only: the blocks of later calls (NULL: back to the chosen ones). Not to
+ * be called while an attention call runs. */
+void cf_attn_cpu_set_blocks(const cf_attn_blocks* b);
 /* The one-pass backward's per-thread fp32 dQ buffer (G * Sq * D floats) may take at most this
  * much; longer sequences use the three-pass backward, whose workspace does not grow with Sq. */
 #define CF_ATTN_BWD_DQ_BYTES ((size_t)8 << 20)

@@ -1,9 +1,9 @@
 /* The tiled online-softmax attention forward shared by every fast CPU backend. A tile is up to
- * CF_ATTN_TILE_ROWS query rows taken from all query heads of one GQA group (so each K/V block is
- * read once for the group); it walks the visible key blocks computing S^T = K Q^T (Q^T packed once
- * per tile, K read in place), the online softmax down the columns, and O += P V. Threads take tiles
- * one head after another, heaviest first within a head. Per-thread workspace depends on the head
- * dims and group size only. */
+ * cf_attn_cpu_blocks().q query rows taken from all query heads of one GQA group (so each K/V block
+ * is read once for the group); it walks the visible key blocks computing S^T = K Q^T (Q^T packed
+ * once per tile, K read in place), the online softmax down the columns, and O += P V. Threads take
+ * tiles one head after another, heaviest first within a head. Per-thread workspace depends on the
+ * head dims and group size only. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -76,34 +76,48 @@ int cf_attn_cpu_supports(const cf_attn_call* c, const cf_attn_kernels* k, char* 
 /* ---- Forward geometry and workspace --------------------------------------------------------- */
 
 typedef struct fwd_geom {
-    int64_t G, n, M;        /* heads per group, rows per head, rows per tile (G * n) */
-    int64_t D, Dv, Dp2;     /* Dp2: pairs of D (bf16 mode) */
-    int bf16;               /* bf16 pairs mode (gemm_bf16) */
+    int64_t G, n, M;    /* heads per group, rows per head, rows per tile (G * n) */
+    int64_t bk;         /* keys per block */
+    int64_t D, Dv, Dp2; /* Dp2: pairs of D (bf16 mode) */
+    int bf16;           /* P V in 16-bit pairs: bf16 (gemm_bf16) or fp16 (gemm_f16) */
+    /* S = Q K^T in bf16 pairs, as the backward recomputes it (cpu_bwd's bf): the scores must
+     * round the same on both sides (see exp_cols in attn_cpu.h), so fp16 takes gemm_f32 there,
+     * which the backward uses for fp16 (gemm_f16 is forward-only). */
+    int qk_pairs;
+    /* The pairs mode's GEMM and P packing for the call's dtype. */
+    void (*gemm_pairs)(int64_t, int64_t, int64_t, const uint32_t*, int64_t, int64_t,
+                       const uint32_t*, int64_t, float*, int64_t, int);
+    void (*pack_pairs)(uint32_t*, const float*, const float*, int64_t);
     int k_direct, v_direct; /* K/V read in place (fp32 dtype, or bf16 pairs aligned) */
     size_t off_qt, off_st, off_o, off_vec, off_lohi, off_kc, off_vc, off_tmp, bytes;
 } fwd_geom;
 
 static void fwd_layout(const cf_attn_call* c, const cf_attn_kernels* k, fwd_geom* g) {
     memset(g, 0, sizeof *g);
+    const cf_attn_blocks bl = cf_attn_cpu_blocks();
     g->G = c->H / c->Hk;
-    g->n = CF_ATTN_TILE_ROWS / g->G > 0 ? CF_ATTN_TILE_ROWS / g->G : 1;
-    if (g->n > c->Sq && c->Sq > 0) g->n = c->Sq;
+    g->n = cf_attn_cpu_tile_rows(c, bl.q);
     g->M = g->G * g->n;
+    g->bk = bl.k;
     g->D = c->D;
     g->Dv = c->Dv;
     g->Dp2 = (c->D + 1) / 2;
-    g->bf16 = c->dtype == CF_BF16 && k->gemm_bf16 != NULL;
-    if (g->bf16) {
+    if (c->dtype == CF_BF16 && k->gemm_bf16)
+        g->gemm_pairs = k->gemm_bf16, g->pack_pairs = k->pack_pairs_f32;
+    else if (c->dtype == CF_F16 && k->gemm_f16)
+        g->gemm_pairs = k->gemm_f16, g->pack_pairs = k->pack_pairs_f16;
+    g->bf16 = g->gemm_pairs != NULL;
+    g->qk_pairs = c->dtype == CF_BF16 && k->gemm_bf16;
+    if (g->qk_pairs) {
         g->k_direct = pairs_in_place(&c->k, c->D);
-        g->v_direct = 0; /* V is always re-laid as row pairs */
     } else {
         g->k_direct = c->dtype == CF_F32;
-        g->v_direct = c->dtype == CF_F32;
     }
-    const int64_t BK = CF_ATTN_BLOCK_K, M = g->M;
+    g->v_direct = !g->bf16 && c->dtype == CF_F32; /* pairs: V is always re-laid as row pairs */
+    const int64_t BK = g->bk, M = g->M;
     size_t off = 0;
     g->off_qt = off; /* fp32: Q^T [D][M]; bf16: pairs [Dp2][M] */
-    off += align64(sizeof(float) * (size_t)(g->bf16 ? g->Dp2 : g->D) * (size_t)M);
+    off += align64(sizeof(float) * (size_t)(g->qk_pairs ? g->Dp2 : g->D) * (size_t)M);
     g->off_st = off; /* S^T [BK][M] */
     off += align64(sizeof(float) * (size_t)(BK * M));
     g->off_o = off; /* O [M][Dv] */
@@ -113,7 +127,7 @@ static void fwd_layout(const cf_attn_call* c, const cf_attn_kernels* k, fwd_geom
     g->off_lohi = off; /* key ranges of the tile's rows per head: lo, hi [n] */
     off += align64(sizeof(int64_t) * (size_t)(2 * g->n));
     g->off_kc = off; /* K block: fp32 rows [BK][D] or bf16 pairs [BK][Dp2] */
-    off += g->k_direct ? 0 : align64(sizeof(float) * (size_t)(BK * (g->bf16 ? g->Dp2 : g->D)));
+    off += g->k_direct ? 0 : align64(sizeof(float) * (size_t)(BK * (g->qk_pairs ? g->Dp2 : g->D)));
     g->off_vc = off; /* V block: fp32 rows [BK][Dv], or pairs [BK/2][Dv] plus P pairs [BK/2][M] */
     if (g->bf16)
         off += align64(sizeof(uint32_t) * (size_t)(((BK + 1) / 2) * (g->Dv + M)));
@@ -220,7 +234,7 @@ static attn_tile* make_q_tiles(const cf_attn_call* c, int64_t n, int64_t* count,
 static void fwd_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const fwd_geom* g,
                      const attn_tile* t, char* ws) {
     const int64_t b = t->b, hk = t->hk, i0 = t->i0, na = t->i1 - t->i0, G = g->G;
-    const int64_t Mt = G * na, D = g->D, Dv = g->Dv, BK = CF_ATTN_BLOCK_K;
+    const int64_t Mt = G * na, D = g->D, Dv = g->Dv, BK = g->bk;
     int64_t q0, sq, k0, sk;
     cf_attn_seq(c, b, &q0, &sq, &k0, &sk);
     float* qt = (float*)(ws + g->off_qt);
@@ -243,14 +257,14 @@ static void fwd_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const fwd
      * 16 at a time into the S^T buffer (free until the first block), then written out a cache
      * line per column; a strided store per element missed L1 (fp32 Q^T is 64 KB at D = 128) and
      * cost ~3% of a causal fp32 forward. */
-    const int64_t Dq = g->bf16 ? g->Dp2 : D;
+    const int64_t Dq = g->qk_pairs ? g->Dp2 : D;
     const int64_t R = BK * Mt >= 16 * Dq ? 16 : 1;
     for (int64_t r0 = 0; r0 < Mt; r0 += R) {
         const int64_t rn = Mt - r0 < R ? Mt - r0 : R;
         for (int64_t rr = 0; rr < rn; rr++) {
             const int64_t r = r0 + rr, gi = r / na, ii = r % na;
             const char* src = row_ptr(&c->q, b, q0 + i0 + ii, hk * G + gi);
-            if (g->bf16) {
+            if (g->qk_pairs) {
                 /* The pair is the little-endian 32-bit word (as K is read in place). */
                 uint32_t* dst = (uint32_t*)(R == 16 ? st : tmp) + rr * Dq;
                 const uint16_t* h16 = (const uint16_t*)src;
@@ -265,7 +279,7 @@ static void fwd_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const fwd
                 kk->to_f32((R == 16 ? st : tmp) + rr * Dq, src, c->dtype, D);
             }
         }
-        if (g->bf16) {
+        if (g->qk_pairs) {
             const uint32_t* rb = (const uint32_t*)(R == 16 ? st : tmp);
             for (int64_t p = 0; p < Dq; p++)
                 for (int64_t rr = 0; rr < rn; rr++)
@@ -290,7 +304,7 @@ static void fwd_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const fwd
         const int64_t ves = (int64_t)cf_dtype_size(c->dtype) * c->v.stride[1];
 
         /* S^T [nb][Mt] = K Q^T */
-        if (g->bf16) {
+        if (g->qk_pairs) {
             const uint32_t* ka;
             int64_t ldk;
             if (g->k_direct) {
@@ -308,7 +322,7 @@ static void fwd_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const fwd
                 ka = kp;
                 ldk = g->Dp2;
             }
-            kk->gemm_bf16(nb, Mt, g->Dp2, ka, ldk, 1, qv, Mt, st, Mt, 0);
+            g->gemm_pairs(nb, Mt, g->Dp2, ka, ldk, 1, qv, Mt, st, Mt, 0);
         } else {
             const float* ka;
             int64_t ldk;
@@ -390,11 +404,11 @@ static void fwd_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const fwd
                 for (int64_t ii = 0; ii < na; ii++) {
                     cf_philox_out w = {{0, 0, 0, 0}};
                     for (int64_t j = 0; j < nb; j++) {
-                        const int64_t jj = j0 + j;
+                        const int64_t jj = j0 + j + c->k_offset; /* the key's position */
                         if (j == 0 || (jj & 3) == 0)
                             w = cf_dropout_words(c->seed, c->offset, (uint64_t)b,
-                                                 (uint64_t)(hk * G + gi), (uint64_t)(i0 + ii),
-                                                 (uint64_t)jj);
+                                                 (uint64_t)(hk * G + gi),
+                                                 (uint64_t)(i0 + ii + c->q_offset), (uint64_t)jj);
                         if ((uint64_t)w.x[jj & 3] >= thr) st[j * Mt + gi * na + ii] = 0.0f;
                     }
                 }
@@ -425,10 +439,10 @@ static void fwd_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const fwd
                 const uint16_t* v1 =
                     2 * p + 1 < nb ? (const uint16_t*)(vrow + (2 * p + 1) * ves) : NULL;
                 kk->interleave_u16(vv + p * Dv, v0, v1, Dv);
-                kk->pack_pairs_f32(pv + p * Mt, st + 2 * p * Mt,
-                                   2 * p + 1 < nb ? st + (2 * p + 1) * Mt : NULL, Mt);
+                g->pack_pairs(pv + p * Mt, st + 2 * p * Mt,
+                              2 * p + 1 < nb ? st + (2 * p + 1) * Mt : NULL, Mt);
             }
-            kk->gemm_bf16(Mt, Dv, np, pv, 1, Mt, vv, Dv, o, Dv, 1);
+            g->gemm_pairs(Mt, Dv, np, pv, 1, Mt, vv, Dv, o, Dv, 1);
         } else {
             const float* vb;
             int64_t ldv;
@@ -466,19 +480,26 @@ static void fwd_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const fwd
 
 /* ---- Forward driver ------------------------------------------------------------------------- */
 
-cflash_status cf_attn_cpu_fwd(const cf_attn_call* c, const cf_attn_kernels* kk) {
-    fwd_geom g;
-    fwd_layout(c, kk, &g);
+int64_t cf_attn_cpu_tile_rows(const cf_attn_call* c, int64_t rows) {
+    const int64_t G = c->H / c->Hk;
+    int64_t n = rows / G > 0 ? rows / G : 1;
+    if (n > c->Sq && c->Sq > 0) n = c->Sq;
+    return n;
+}
+
+cflash_status cf_attn_cpu_fwd_run(const cf_attn_call* c, const cf_attn_kernels* kk, int64_t n,
+                                  size_t bytes, cf_attn_fwd_tile_fn tile, const void* geom) {
     int64_t ntiles = 0;
-    attn_tile* tiles = make_q_tiles(c, g.n, &ntiles, 1);
+    attn_tile* tiles = make_q_tiles(c, n, &ntiles, 1);
     const int T = c->threads > 0 ? c->threads : 1;
-    char* ws = aligned_alloc(64, g.bytes * (size_t)T);
+    bytes = align64(bytes);
+    char* ws = aligned_alloc(64, bytes * (size_t)T);
     if (!tiles || !ws) {
         free(tiles);
         free(ws);
         return cf_error(CFLASH_ERR_OUT_OF_MEMORY,
                         "%s attn_fwd: out of memory for %d threads x %zu bytes of workspace",
-                        kk->name, T, g.bytes);
+                        kk->name, T, bytes);
     }
 #pragma omp parallel num_threads(cf_threads_items(T, ntiles))
     {
@@ -486,16 +507,27 @@ cflash_status cf_attn_cpu_fwd(const cf_attn_call* c, const cf_attn_kernels* kk) 
 #ifdef _OPENMP
         tid = omp_get_thread_num();
 #endif
-        char* mine = ws + g.bytes * (size_t)tid;
+        char* mine = ws + bytes * (size_t)tid;
         if (kk->thread_begin) kk->thread_begin();
 #pragma omp for schedule(dynamic, 1)
         for (int64_t i = 0; i < ntiles; i++)
-            fwd_tile(c, kk, &g, &tiles[i], mine);
+            tile(c, kk, geom, &tiles[i], mine);
         if (kk->thread_end) kk->thread_end();
     }
     free(ws);
     free(tiles);
     return CFLASH_OK;
+}
+
+static void fwd_tile_fn(const cf_attn_call* c, const cf_attn_kernels* kk, const void* geom,
+                        const attn_tile* t, char* ws) {
+    fwd_tile(c, kk, geom, t, ws);
+}
+
+cflash_status cf_attn_cpu_fwd(const cf_attn_call* c, const cf_attn_kernels* kk) {
+    fwd_geom g;
+    fwd_layout(c, kk, &g);
+    return cf_attn_cpu_fwd_run(c, kk, g.n, g.bytes, fwd_tile_fn, &g);
 }
 
 attn_tile* cf_attn_cpu_q_tiles(const cf_attn_call* c, int64_t n, int64_t* count) {

@@ -95,25 +95,8 @@ static void f32_rows_pairs(const cf_attn_kernels* kk, uint32_t* dst, const float
                            2 * q + 1 < n ? src + (2 * q + 1) * ld : NULL, w);
 }
 
-/* Global row of (b, q0 + i) in the dl buffer. */
-static inline int64_t dl_row(const cf_attn_call* c, int64_t b, int64_t qi) {
-    return c->varlen ? qi : b * c->Sq + qi;
-}
-
-static inline float lse_at(const cf_attn_call* c, int64_t b, int64_t h, int64_t qi) {
-    return ((const float*)
-                c->lse.data)[b * c->lse.stride[0] + h * c->lse.stride[1] + qi * c->lse.stride[2]];
-}
-
-/* The subtrahend of exp(s - m) for a row: its lse; +inf for a row that saw no key (P is 0). */
-static inline float lse_sub(float lse) {
-    return lse == -INFINITY ? INFINITY : lse;
-}
-
-/* First query row i in [0, sq) with hi(i) > j0 and one past the last with lo(i) < j1: the rows
- * that see some key of [j0, j1) lie in [*a, *z) (lo and hi are non-decreasing in i). */
-static void rows_seeing(const cf_attn_call* c, int64_t sq, int64_t sk, int64_t j0, int64_t j1,
-                        int64_t* a, int64_t* z) {
+void cf_attn_rows_seeing(const cf_attn_call* c, int64_t sq, int64_t sk, int64_t j0, int64_t j1,
+                         int64_t* a, int64_t* z) {
     int64_t l = 0, h = sq;
     while (l < h) {
         int64_t mid = (l + h) / 2, lo, hi;
@@ -139,23 +122,19 @@ static void rows_seeing(const cf_attn_call* c, int64_t sq, int64_t sk, int64_t j
 /* Applies masks and the score transform to S rows in place: natural-log scores (scaled,
  * soft-capped, ALiBi-biased), -inf where masked. scale * (q.k) is rounded and stored here exactly
  * as the forward's scale_max_cols rounds it, so exp(s - lse) <= 1 for every score however large
- * (see exp_cols in attn_cpu.h). y, when non-NULL, receives the soft-capped score / cap (tanh) for
- * the softcap derivative. Element (row ri, col ci) of s is query i(ri), key j(ci), at
- * s[ri * rs + ci * cs]. */
-typedef struct score_map {
-    int64_t nr, nc, rs, cs;
-    const int64_t* i;       /* query position per row */
-    const float* slope;     /* ALiBi slope per row */
-    int64_t j0;             /* key of column 0 */
-    const int64_t *lo, *hi; /* per row */
-} score_map;
-
-static void scores(const cf_attn_call* c, const score_map* mp, float* s, float* y, int64_t sq,
-                   int64_t sk) {
+ * (see exp_cols in attn_cpu.h). */
+void cf_attn_scores(const cf_attn_call* c, const cf_attn_score_map* mp, float* s, float* y,
+                    int64_t sq, int64_t sk) {
     const int general = c->softcap > 0.0f || c->alibi != NULL;
-    if (!general) { /* the block is dense (rs = nc or cs = nr): scale all, then mask */
-        for (int64_t e = 0; e < mp->nr * mp->nc; e++)
-            s[e] *= c->scale;
+    if (!general) { /* scale all (along the contiguous direction), then mask */
+        if (mp->cs == 1)
+            for (int64_t ri = 0; ri < mp->nr; ri++)
+                for (int64_t ci = 0; ci < mp->nc; ci++)
+                    s[ri * mp->rs + ci] *= c->scale;
+        else
+            for (int64_t ci = 0; ci < mp->nc; ci++)
+                for (int64_t ri = 0; ri < mp->nr; ri++)
+                    s[ri * mp->rs + ci * mp->cs] *= c->scale;
         int full = 1; /* lo and hi are non-decreasing over the rows */
         for (int64_t ri = 0; ri < mp->nr && full; ri++)
             full = mp->lo[ri] <= mp->j0 && mp->hi[ri] >= mp->j0 + mp->nc;
@@ -178,23 +157,16 @@ static void scores(const cf_attn_call* c, const score_map* mp, float* s, float* 
     }
 }
 
-/* Whether rows [i0, i0 + n) of head h hold a NaN or infinity in their lse (+inf or NaN; -inf is
- * a row without keys) or rowsum(dO * O) (dlr, n values). With the forward's lse and out for the
- * same inputs this covers q (a non-finite q makes the lse non-finite, or -inf) and dout and out
- * (through the rowsum), without reading the rows. */
-static int query_rows_bad(const cf_attn_call* c, int64_t b, int64_t h, int64_t qi0, int64_t n,
-                          const float* dlr) {
+int cf_attn_bwd_query_rows_bad(const cf_attn_call* c, int64_t b, int64_t h, int64_t qi0, int64_t n,
+                               const float* dlr) {
     int bad = 0;
     for (int64_t r = 0; r < n; r++)
-        bad |= !(lse_at(c, b, h, qi0 + r) < INFINITY) | (dlr[r] - dlr[r] != 0.0f);
+        bad |= !(cf_attn_lse_at(c, b, h, qi0 + r) < INFINITY) | (dlr[r] - dlr[r] != 0.0f);
     return bad;
 }
 
-/* Whether keys [kj0, kj0 + n) of KV head hk hold a NaN or infinity in k or v; with hidden, only
- * those some of the rows cannot see: before lo_last or from hi_first on, relative to kj0
- * (cf_attn_cpu_hidden_nonfinite). */
-static int key_rows_bad(const cf_attn_call* c, int64_t b, int64_t hk, int64_t kj0, int64_t n,
-                        int hidden, int64_t lo_last, int64_t hi_first) {
+int cf_attn_bwd_key_rows_bad(const cf_attn_call* c, int64_t b, int64_t hk, int64_t kj0, int64_t n,
+                             int hidden, int64_t lo_last, int64_t hi_first) {
     const int64_t es = (int64_t)cf_dtype_size(c->dtype);
     const char *kp = row_ptr(&c->k, b, kj0, hk), *vp = row_ptr(&c->v, b, kj0, hk);
     const int64_t ks = c->k.stride[1] * es, vs = c->v.stride[1] * es;
@@ -205,30 +177,26 @@ static int key_rows_bad(const cf_attn_call* c, int64_t b, int64_t hk, int64_t kj
            cf_attn_cpu_hidden_nonfinite(vp, vs, 0, n, lo_last, hi_first, c->Dv, c->dtype);
 }
 
-/* Gradients of the visible pairs of query rows [i0, i0 + nq) of head h (rowsums dlr[i - i0])
- * against keys [j0, j0 + nb), pair by pair as cpu-ref computes them. For a partly masked block
- * holding a NaN or infinity (rare): the products' zero weights would carry it to pairs that cannot
- * see each other. Accumulates dk, dv (block rows j - j0, width D / Dv; NULL = skip) and dq (row
- * i - i0 at dq + (i - i0) * D; NULL = skip). */
-static void exact_pairs(const cf_attn_call* c, int64_t b, int64_t h, int64_t i0, int64_t nq,
-                        const float* dlr, int64_t j0, int64_t nb, float* dk, float* dv, float* dq) {
+void cf_attn_bwd_exact_pairs(const cf_attn_call* c, int64_t b, int64_t h, int64_t i0, int64_t nq,
+                             const float* dlr, int64_t j0, int64_t nb, float* dk, int64_t ldk,
+                             float* dv, int64_t ldv, float* dq, int64_t ldq) {
     int64_t q0, sq, k0, sk;
     cf_attn_seq(c, b, &q0, &sq, &k0, &sk);
     const int64_t hk = h / (c->H / c->Hk), D = c->D;
     for (int64_t i = i0; i < i0 + nq; i++) {
-        const float lse = lse_at(c, b, h, q0 + i);
+        const float lse = cf_attn_lse_at(c, b, h, q0 + i);
         int64_t lo, hi;
         cf_attn_key_range(c, i, sq, sk, &lo, &hi);
         if (lse == -INFINITY) continue; /* a row that saw no key has no gradient */
         for (int64_t j = lo > j0 ? lo : j0; j < hi && j < j0 + nb; j++) {
             const float ds = ref_pair_grad(c, b, h, hk, q0 + i, k0 + j, i, j, sq, sk, lse,
-                                           dlr[i - i0], dv ? dv + (j - j0) * c->Dv : NULL);
+                                           dlr[i - i0], dv ? dv + (j - j0) * ldv : NULL);
             for (int64_t d = 0; d < D; d++) {
                 if (dq)
-                    dq[(i - i0) * D + d] +=
+                    dq[(i - i0) * ldq + d] +=
                         ds * cf_load(c->k.data, c->dtype, ref_at4(&c->k, b, k0 + j, hk, d));
                 if (dk)
-                    dk[(j - j0) * D + d] +=
+                    dk[(j - j0) * ldk + d] +=
                         ds * cf_load(c->q.data, c->dtype, ref_at4(&c->q, b, q0 + i, h, d));
             }
         }
@@ -237,12 +205,10 @@ static void exact_pairs(const cf_attn_call* c, int64_t b, int64_t h, int64_t i0,
 
 /* ---- Workspace ------------------------------------------------------------------------------ */
 
-#define BQ CF_ATTN_BWD_BLOCK_Q
-#define BKB CF_ATTN_BWD_BLOCK_K
-
 typedef struct bwd_geom {
     int64_t G, n, M, D, Dv, W, Dp2, Dvp2;
-    int bf; /* bf16 pairs mode: the seven products on gemm_bf16 */
+    int64_t bq, bk; /* query rows and keys per block */
+    int bf;         /* bf16 pairs mode: the seven products on gemm_bf16 */
     /* bf16 mode buffers (uint32 pairs) */
     size_t ktv, vtv, dov, qv, pp, dsp, qa, doa, qv2, dov2, kvv, dsp2, ka, va, dsr;
     /* pass 1 */
@@ -254,13 +220,17 @@ typedef struct bwd_geom {
 
 static void bwd_layout(const cf_attn_call* c, const cf_attn_kernels* kk, bwd_geom* g) {
     memset(g, 0, sizeof *g); /* the bf16 offsets stay 0 when unused */
+    const cf_attn_blocks bl = cf_attn_cpu_blocks();
+    g->bq = bl.bwd_q;
+    g->bk = bl.bwd_k;
     g->G = c->H / c->Hk;
-    g->n = BQ / g->G > 0 ? BQ / g->G : 1;
+    g->n = g->bq / g->G > 0 ? g->bq / g->G : 1;
     g->M = g->G * g->n;
     g->D = c->D;
     g->Dv = c->Dv;
     g->W = g->D > g->Dv ? g->D : g->Dv;
     const size_t F = sizeof(float), D = (size_t)g->D, Dv = (size_t)g->Dv, M = (size_t)g->M;
+    const size_t BQ = (size_t)g->bq, BKB = (size_t)g->bk;
     size_t off = 0;
 #define TAKE(field, bytes_)                                                                        \
     g->field = off;                                                                                \
@@ -278,7 +248,7 @@ static void bwd_layout(const cf_attn_call* c, const cf_attn_kernels* kk, bwd_geo
     TAKE(pd, F * BQ * BKB);
     TAKE(y, F * BQ * BKB);
     TAKE(vec1, F * 2 * BQ);
-    TAKE(map1, sizeof(int64_t) * 3 * BQ + F * BQ);
+    TAKE(map1, sizeof(int64_t) * 4 * BQ + F * BQ);
     TAKE(qt, F * D * M);
     TAKE(dot, F * Dv * M);
     TAKE(dq, F * M * D);
@@ -322,18 +292,16 @@ size_t cf_attn_cpu_bwd_workspace(const cf_attn_call* c, const cf_attn_kernels* k
     return g.bytes;
 }
 
-/* Zeroes dropped entries of a (rows x cols) block and scales kept ones by ks. Row ri is query
- * i[ri] of head h[ri]; column ci is key j0 + ci; element at x[ri * rs + ci * cs]. */
-static void dropout_apply(const cf_attn_call* c, float* x, const score_map* mp, const int64_t* hh,
-                          int64_t b, float ks) {
+void cf_attn_dropout_apply(const cf_attn_call* c, float* x, const cf_attn_score_map* mp,
+                           const int64_t* hh, int64_t b, float ks) {
     const uint64_t thr = cf_dropout_threshold(c->dropout_p);
     for (int64_t ri = 0; ri < mp->nr; ri++) {
         cf_philox_out w = {{0, 0, 0, 0}};
         for (int64_t ci = 0; ci < mp->nc; ci++) {
-            const int64_t j = mp->j0 + ci, at = ri * mp->rs + ci * mp->cs;
+            const int64_t j = mp->j0 + ci + c->k_offset, at = ri * mp->rs + ci * mp->cs;
             if (ci == 0 || (j & 3) == 0)
                 w = cf_dropout_words(c->seed, c->offset, (uint64_t)b, (uint64_t)hh[ri],
-                                     (uint64_t)mp->i[ri], (uint64_t)j);
+                                     (uint64_t)(mp->i[ri] + c->q_offset), (uint64_t)j);
             x[at] = (uint64_t)w.x[j & 3] < thr ? x[at] * ks : 0.0f;
         }
     }
@@ -346,6 +314,7 @@ static void dropout_apply(const cf_attn_call* c, float* x, const score_map* mp, 
 static void dkdv_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const bwd_geom* g,
                       const attn_tile* t, char* ws, const float* dl, float* dqacc) {
     const int64_t b = t->b, hk = t->hk, j0 = t->i0, nb = t->i1 - t->i0, D = g->D, Dv = g->Dv;
+    const int64_t BQ = g->bq;
     int64_t q0, sq, k0, sk;
     cf_attn_seq(c, b, &q0, &sq, &k0, &sk);
     float *kc = (float*)(ws + g->kc), *kt = (float*)(ws + g->kt), *vc = (float*)(ws + g->vc),
@@ -353,8 +322,8 @@ static void dkdv_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const bw
           *qc = (float*)(ws + g->qc), *doc = (float*)(ws + g->doc), *s = (float*)(ws + g->s),
           *dp = (float*)(ws + g->dp), *pd = (float*)(ws + g->pd), *y = (float*)(ws + g->y),
           *lb = (float*)(ws + g->vec1), *dlr = lb + BQ;
-    int64_t *mi = (int64_t*)(ws + g->map1), *mlo = mi + BQ, *mhi = mlo + BQ;
-    float* mslope = (float*)(mhi + BQ);
+    int64_t *mi = (int64_t*)(ws + g->map1), *mlo = mi + BQ, *mhi = mlo + BQ, *hh = mhi + BQ;
+    float* mslope = (float*)(hh + BQ);
     const float ks = 1.0f / (1.0f - c->dropout_p);
     const int bf = g->bf;
     uint32_t *ktv = (uint32_t*)(ws + g->ktv), *vtv = (uint32_t*)(ws + g->vtv),
@@ -382,7 +351,7 @@ static void dkdv_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const bw
     memset(dk, 0, sizeof(float) * (size_t)(nb * D));
     memset(dv, 0, sizeof(float) * (size_t)(nb * Dv));
     int64_t ia, iz;
-    rows_seeing(c, sq, sk, j0, j0 + nb, &ia, &iz);
+    cf_attn_rows_seeing(c, sq, sk, j0, j0 + nb, &ia, &iz);
     int kbad = -1; /* K/V rows of the block hold a NaN or infinity (checked when first needed) */
     for (int64_t gi = 0; gi < g->G; gi++) {
         const int64_t h = hk * g->G + gi;
@@ -399,38 +368,37 @@ static void dkdv_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const bw
                 qr = rows_f32(kk, &c->q, b, q0 + i0, h, bq, D, qc, &ldq);
                 dor = rows_f32(kk, &c->dout, b, q0 + i0, h, bq, Dv, doc, &ldo);
             }
-            int64_t hh[BQ];
             for (int64_t r = 0; r < bq; r++) {
                 mi[r] = i0 + r;
                 mslope[r] = slope;
                 hh[r] = h;
                 cf_attn_key_range(c, i0 + r, sq, sk, &mlo[r], &mhi[r]);
-                lb[r] = lse_sub(lse_at(c, b, h, q0 + i0 + r));
-                dlr[r] =
-                    dl[h * (c->varlen ? c->total_q : c->B * c->Sq) + dl_row(c, b, q0 + i0 + r)];
+                lb[r] = cf_attn_lse_sub(c, b, h, q0 + i0 + r);
+                dlr[r] = cf_attn_dl(c, dl, b, h, q0 + i0 + r);
             }
-            /* A partly masked block holding a NaN or infinity: pair by pair (see exact_pairs). */
+            /* A partly masked block holding a NaN or infinity: pair by pair (see
+             * cf_attn_bwd_exact_pairs). */
             if (mlo[bq - 1] > j0 || mhi[0] < j0 + nb) {
-                if (kbad < 0) kbad = key_rows_bad(c, b, hk, k0 + j0, nb, 0, 0, 0);
-                if (kbad || query_rows_bad(c, b, h, q0 + i0, bq, dlr)) {
-                    exact_pairs(c, b, h, i0, bq, dlr, j0, nb, dk, dv,
-                                dqacc ? dqacc + (gi * sq + i0) * D : NULL);
+                if (kbad < 0) kbad = cf_attn_bwd_key_rows_bad(c, b, hk, k0 + j0, nb, 0, 0, 0);
+                if (kbad || cf_attn_bwd_query_rows_bad(c, b, h, q0 + i0, bq, dlr)) {
+                    cf_attn_bwd_exact_pairs(c, b, h, i0, bq, dlr, j0, nb, dk, D, dv, Dv,
+                                            dqacc ? dqacc + (gi * sq + i0) * D : NULL, D);
                     continue;
                 }
             }
-            score_map mp = {bq, nb, nb, 1, mi, mslope, j0, mlo, mhi};
+            cf_attn_score_map mp = {bq, nb, nb, 1, mi, mslope, j0, mlo, mhi};
             /* P = exp(S - lse) */
             if (bf)
                 kk->gemm_bf16(bq, nb, g->Dp2, qpa, ldqa, 1, ktv, nb, s, nb, 0);
             else
                 kk->gemm_f32(bq, nb, D, qr, ldq, 1, kt, nb, s, nb, 0);
-            scores(c, &mp, s, c->softcap > 0.0f ? y : NULL, sq, sk);
+            cf_attn_scores(c, &mp, s, c->softcap > 0.0f ? y : NULL, sq, sk);
             for (int64_t r = 0; r < bq; r++)
                 kk->exp_row(s + r * nb, nb, lb[r]);
             const float* pw = s;
             if (c->dropout_p > 0.0f) {
                 memcpy(pd, s, sizeof(float) * (size_t)(bq * nb));
-                dropout_apply(c, pd, &mp, hh, b, ks);
+                cf_attn_dropout_apply(c, pd, &mp, hh, b, ks);
                 pw = pd;
             }
             const int64_t hq = (bq + 1) / 2;
@@ -444,7 +412,7 @@ static void dkdv_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const bw
                 kk->gemm_f32(nb, Dv, bq, pw, 1, nb, dor, ldo, dv, Dv, 1); /* dV += P^T dO */
                 kk->gemm_f32(bq, nb, Dv, dor, ldo, 1, vt, nb, dp, nb, 0); /* dP = dO V^T */
             }
-            if (c->dropout_p > 0.0f) dropout_apply(c, dp, &mp, hh, b, ks);
+            if (c->dropout_p > 0.0f) cf_attn_dropout_apply(c, dp, &mp, hh, b, ks);
             for (int64_t r = 0; r < bq; r++)
                 kk->ds_row(dp + r * nb, s + r * nb, dp + r * nb, nb, dlr[r], c->scale);
             if (c->softcap > 0.0f)
@@ -516,24 +484,27 @@ static void dq_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const bwd_
             mi[r] = i0 + ii;
             mslope[r] = cf_attn_slope(c, b, h);
             cf_attn_key_range(c, i0 + ii, sq, sk, &mlo[r], &mhi[r]);
-            lb[r] = lse_sub(lse_at(c, b, h, qi));
-            dlr[r] = dl[h * (c->varlen ? c->total_q : c->B * c->Sq) + dl_row(c, b, qi)];
+            lb[r] = cf_attn_lse_sub(c, b, h, qi);
+            dlr[r] = cf_attn_dl(c, dl, b, h, qi);
             heads[r] = h;
         }
     memset(dq, 0, sizeof(float) * (size_t)(Mt * D));
     const int64_t jlo = mlo[0], jhi = mhi[na - 1];
     int qbad = -1; /* the tile's query rows hold a NaN or infinity (checked when first needed) */
-    for (int64_t j0 = jlo; j0 < jhi; j0 += BKB) {
-        const int64_t nb = jhi - j0 < BKB ? jhi - j0 : BKB;
-        /* A partly masked block holding a NaN or infinity: pair by pair (see exact_pairs). */
+    for (int64_t j0 = jlo; j0 < jhi; j0 += g->bk) {
+        const int64_t nb = jhi - j0 < g->bk ? jhi - j0 : g->bk;
+        /* A partly masked block holding a NaN or infinity: pair by pair (see
+         * cf_attn_bwd_exact_pairs). */
         if (mlo[na - 1] > j0 || mhi[0] < j0 + nb) {
             for (int64_t gi = 0; qbad < 0 && gi < G; gi++)
-                if (query_rows_bad(c, b, hk * G + gi, q0 + i0, na, dlr + gi * na)) qbad = 1;
+                if (cf_attn_bwd_query_rows_bad(c, b, hk * G + gi, q0 + i0, na, dlr + gi * na))
+                    qbad = 1;
             if (qbad < 0) qbad = 0;
-            if (qbad || key_rows_bad(c, b, hk, k0 + j0, nb, 1, mlo[na - 1] - j0, mhi[0] - j0)) {
+            if (qbad ||
+                cf_attn_bwd_key_rows_bad(c, b, hk, k0 + j0, nb, 1, mlo[na - 1] - j0, mhi[0] - j0)) {
                 for (int64_t gi = 0; gi < G; gi++)
-                    exact_pairs(c, b, hk * G + gi, i0, na, dlr + gi * na, j0, nb, NULL, NULL,
-                                dq + gi * na * D);
+                    cf_attn_bwd_exact_pairs(c, b, hk * G + gi, i0, na, dlr + gi * na, j0, nb, NULL,
+                                            0, NULL, 0, dq + gi * na * D, D);
                 continue;
             }
         }
@@ -547,19 +518,19 @@ static void dq_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const bwd_
             kr = rows_f32(kk, &c->k, b, k0 + j0, hk, nb, D, kc, &ldk);
             vr = rows_f32(kk, &c->v, b, k0 + j0, hk, nb, Dv, vc, &ldv);
         }
-        score_map mp = {Mt, nb, 1, Mt, mi, mslope, j0, mlo, mhi};
+        cf_attn_score_map mp = {Mt, nb, 1, Mt, mi, mslope, j0, mlo, mhi};
         if (bf)
             kk->gemm_bf16(nb, Mt, g->Dp2, kpa, ldka, 1, qv2, Mt, st, Mt, 0);
         else
             kk->gemm_f32(nb, Mt, D, kr, ldk, 1, qt, Mt, st, Mt, 0); /* S^T = K Q^T */
-        scores(c, &mp, st, c->softcap > 0.0f ? y : NULL, sq, sk);
+        cf_attn_scores(c, &mp, st, c->softcap > 0.0f ? y : NULL, sq, sk);
         for (int64_t j = 0; j < nb; j++)
             kk->exp_cols(st + j * Mt, Mt, lb, NULL);
         if (bf)
             kk->gemm_bf16(nb, Mt, g->Dvp2, vpa, ldva, 1, dov2, Mt, dpt, Mt, 0);
         else
             kk->gemm_f32(nb, Mt, Dv, vr, ldv, 1, dot, Mt, dpt, Mt, 0); /* dP^T = V dO^T */
-        if (c->dropout_p > 0.0f) dropout_apply(c, dpt, &mp, heads, b, ks);
+        if (c->dropout_p > 0.0f) cf_attn_dropout_apply(c, dpt, &mp, heads, b, ks);
         for (int64_t j = 0; j < nb; j++)
             kk->ds_cols(dpt + j * Mt, st + j * Mt, dpt + j * Mt, Mt, dlr, c->scale);
         if (c->softcap > 0.0f)
@@ -583,9 +554,9 @@ static void dq_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const bwd_
 /* ---- Driver -----------------------------------------------------------------------------------
  */
 
-cflash_status cf_attn_cpu_bwd(const cf_attn_call* c, const cf_attn_kernels* kk) {
-    bwd_geom g;
-    bwd_layout(c, kk, &g);
+cflash_status cf_attn_cpu_bwd_run(const cf_attn_call* c, const cf_attn_kernels* kk,
+                                  const cf_attn_bwd_engine* e) {
+    const int64_t BKB = e->bk, G = c->H / c->Hk;
     const int T = c->threads > 0 ? c->threads : 1;
     const int64_t rows = c->varlen ? c->total_q : c->B * c->Sq;
     int64_t nq = 0, nk = 0;
@@ -594,16 +565,18 @@ cflash_status cf_attn_cpu_bwd(const cf_attn_call* c, const cf_attn_kernels* kk) 
         cf_attn_seq(c, b, &q0, &sq, &k0, &sk);
         nk += (sk + BKB - 1) / BKB * c->Hk;
     }
-    attn_tile* qtiles = cf_attn_cpu_q_tiles(c, g.n, &nq);
+    /* Each thread's workspace: the engine's, then two rows of fp32 for pass 0. */
+    const size_t eb = align64(e->bytes), bytes = eb + align64(sizeof(float) * 2 * (size_t)c->Dv);
+    attn_tile* qtiles = cf_attn_cpu_q_tiles(c, e->q_rows, &nq);
     attn_tile* ktiles = malloc(sizeof *ktiles * (size_t)(nk > 0 ? nk : 1));
     float* dl = malloc(sizeof(float) * (size_t)(rows * c->H > 0 ? rows * c->H : 1));
-    char* ws = aligned_alloc(64, g.bytes * (size_t)T);
+    char* ws = aligned_alloc(64, bytes * (size_t)T);
     if (!qtiles || !ktiles || !dl || !ws) {
         free(qtiles), free(ktiles), free(dl), free(ws);
         return cf_error(CFLASH_ERR_OUT_OF_MEMORY,
                         "%s attn_bwd: out of memory for %d threads x %zu bytes of workspace and "
                         "%lld floats of rowsum(dO * O)",
-                        kk->name, T, g.bytes, (long long)(rows * c->H));
+                        kk->name, T, bytes, (long long)(rows * c->H));
     }
     int64_t n = 0;
     for (int64_t b = 0; b < c->B; b++) {
@@ -612,7 +585,7 @@ cflash_status cf_attn_cpu_bwd(const cf_attn_call* c, const cf_attn_kernels* kk) 
         for (int64_t hk = 0; hk < c->Hk; hk++)
             for (int64_t j0 = 0; j0 < sk; j0 += BKB) {
                 int64_t j1 = j0 + BKB < sk ? j0 + BKB : sk, a, z;
-                rows_seeing(c, sq, sk, j0, j1, &a, &z);
+                cf_attn_rows_seeing(c, sq, sk, j0, j1, &a, &z);
                 attn_tile x = {b, hk, j0, j1, (z - a) * (j1 - j0) + 1, n};
                 ktiles[n++] = x;
             }
@@ -622,7 +595,7 @@ cflash_status cf_attn_cpu_bwd(const cf_attn_call* c, const cf_attn_kernels* kk) 
     /* One pass (dQ accumulated per (sequence, KV head) unit) when there are enough units to keep
      * every thread busy and the unit's fp32 dQ fits a bounded buffer; else three passes. */
     const int64_t nu = c->B * c->Hk;
-    const size_t dq_floats = (size_t)(g.G * c->Sq * c->D);
+    const size_t dq_floats = (size_t)(G * c->Sq * c->D);
     const size_t dq_stride = (dq_floats + 15) & ~(size_t)15;
     const int one_pass = nu >= 4 * (int64_t)T && dq_floats * sizeof(float) <= CF_ATTN_BWD_DQ_BYTES;
     attn_tile* units = one_pass ? malloc(sizeof *units * (size_t)nu) : NULL;
@@ -649,13 +622,13 @@ cflash_status cf_attn_cpu_bwd(const cf_attn_call* c, const cf_attn_kernels* kk) 
 #ifdef _OPENMP
         tid = omp_get_thread_num();
 #endif
-        char* mine = ws + g.bytes * (size_t)tid;
-        float* ta = (float*)(mine + g.kc); /* scratch rows for pass 0 */
-        float* tb = (float*)(mine + g.vc);
+        char* mine = ws + bytes * (size_t)tid;
+        float* ta = (float*)(mine + eb); /* scratch rows for pass 0 */
+        float* tb = ta + c->Dv;
         if (kk->thread_begin) kk->thread_begin();
 #pragma omp for schedule(static)
-        for (int64_t e = 0; e < c->B * c->H; e++) {
-            const int64_t b = e / c->H, h = e % c->H;
+        for (int64_t e0 = 0; e0 < c->B * c->H; e0++) {
+            const int64_t b = e0 / c->H, h = e0 % c->H;
             int64_t q0, sq, k0, sk;
             cf_attn_seq(c, b, &q0, &sq, &k0, &sk);
             for (int64_t i = 0; i < sq; i++) {
@@ -664,7 +637,7 @@ cflash_status cf_attn_cpu_bwd(const cf_attn_call* c, const cf_attn_kernels* kk) 
                 float acc = 0.0f;
                 for (int64_t d = 0; d < c->Dv; d++)
                     acc += ta[d] * tb[d];
-                dl[h * rows + dl_row(c, b, q0 + i)] = acc;
+                dl[h * rows + cf_attn_dl_row(c, b, q0 + i)] = acc;
             }
         }
         if (one_pass) {
@@ -676,27 +649,43 @@ cflash_status cf_attn_cpu_bwd(const cf_attn_call* c, const cf_attn_kernels* kk) 
                 const int64_t b = units[u].b, hk = units[u].hk;
                 int64_t q0, sq, k0, sk;
                 cf_attn_seq(c, b, &q0, &sq, &k0, &sk);
-                memset(dqacc, 0, sizeof(float) * (size_t)(g.G * sq * c->D));
+                memset(dqacc, 0, sizeof(float) * (size_t)(G * sq * c->D));
                 for (int64_t j0 = 0; j0 < sk; j0 += BKB) {
                     attn_tile kt = {b, hk, j0, j0 + BKB < sk ? j0 + BKB : sk, 0, 0};
-                    dkdv_tile(c, kk, &g, &kt, mine, dl, dqacc);
+                    e->dkdv(c, kk, e->geom, &kt, mine, dl, dqacc);
                 }
-                for (int64_t gi = 0; gi < g.G; gi++)
+                for (int64_t gi = 0; gi < G; gi++)
                     for (int64_t i = 0; i < sq; i++)
-                        kk->from_f32(row_ptr(&c->dq, b, q0 + i, hk * g.G + gi),
+                        kk->from_f32(row_ptr(&c->dq, b, q0 + i, hk * G + gi),
                                      dqacc + (gi * sq + i) * c->D, c->dtype, c->D);
             }
         } else {
 #pragma omp for schedule(dynamic, 1)
             for (int64_t i = 0; i < n; i++)
-                dkdv_tile(c, kk, &g, &ktiles[i], mine, dl, NULL);
+                e->dkdv(c, kk, e->geom, &ktiles[i], mine, dl, NULL);
 #pragma omp for schedule(dynamic, 1)
             for (int64_t i = 0; i < nq; i++)
-                dq_tile(c, kk, &g, &qtiles[i], mine, dl);
+                e->dq(c, kk, e->geom, &qtiles[i], mine, dl);
         }
         if (kk->thread_end) kk->thread_end();
     }
     free(units), free(dqbuf);
     free(ws), free(dl), free(ktiles), free(qtiles);
     return CFLASH_OK;
+}
+
+static void dkdv_fn(const cf_attn_call* c, const cf_attn_kernels* kk, const void* geom,
+                    const attn_tile* t, char* ws, const float* dl, float* dqacc) {
+    dkdv_tile(c, kk, geom, t, ws, dl, dqacc);
+}
+static void dq_fn(const cf_attn_call* c, const cf_attn_kernels* kk, const void* geom,
+                  const attn_tile* t, char* ws, const float* dl) {
+    dq_tile(c, kk, geom, t, ws, dl);
+}
+
+cflash_status cf_attn_cpu_bwd(const cf_attn_call* c, const cf_attn_kernels* kk) {
+    bwd_geom g;
+    bwd_layout(c, kk, &g);
+    const cf_attn_bwd_engine e = {g.n, g.bk, g.bytes, dkdv_fn, dq_fn, &g};
+    return cf_attn_cpu_bwd_run(c, kk, &e);
 }

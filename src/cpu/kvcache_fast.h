@@ -38,6 +38,7 @@ static void kv_append_fast(const cf_kvcache_call* c, float* buf, int64_t b, int6
 #ifdef CF_OPS_KV_BLOCK_KERNELS /* the cpu-avx512 build */
 #include "cpu/x86/kv_bf16_avx512.h"
 #else
+#ifndef CF_OPS_KV_DOTS_BF16 /* else the ISA file defines these two (cpu-neon: BFDOT) */
 static inline int kv_dots_x4_ok(cf_dtype dt, int64_t R, int64_t D) {
     (void)dt, (void)R, (void)D;
     return 0;
@@ -46,6 +47,7 @@ static void kv_dots_bf16x4(const float* restrict q, int64_t R, int64_t D, const 
                            int64_t nb, float* restrict s) {
     (void)q, (void)R, (void)D, (void)rows, (void)nb, (void)s;
 }
+#endif
 static inline int kv_pv_dp_ok(cf_dtype dt, int64_t R, int64_t Dv) {
     (void)dt, (void)R, (void)Dv;
     return 0;

@@ -1,8 +1,8 @@
 /* Pieces every fast op kernel shares, compiled once per ISA: it is included by
- * src/cpu/ops_generic.c, src/cpu/x86/ops_avx2.c and src/cpu/x86/ops_avx512.c after their
- * `#pragma GCC target`, so the plain loops here vectorize to that ISA's width. Rows are converted
- * to fp32 scratch (ld_row / st_row; fp16 through F16C where present), the math runs on fp32 in
- * `omp simd` loops, and fexp is a vectorizable exp. */
+ * src/cpu/ops_generic.c, src/cpu/x86/ops_avx2.c, src/cpu/x86/ops_avx512.c (after their
+ * `#pragma GCC target`) and src/cpu/arm/ops_neon.c, so the plain loops here vectorize to that ISA's
+ * width. Rows are converted to fp32 scratch (ld_row / st_row; fp16 through F16C where present), the
+ * math runs on fp32 in `omp simd` loops, and fexp is a vectorizable exp. */
 #ifndef CFLASH_CPU_OPS_FAST_COMMON_H
 #define CFLASH_CPU_OPS_FAST_COMMON_H
 
@@ -12,16 +12,20 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* The including file says which ISA it is built for (CF_OPS_AVX512 / CF_OPS_AVX2 / CF_OPS_F16C),
- * because clang's target pragma does not define __AVX512F__ and friends as GCC's does. */
+/* The including file says which ISA it is built for (CF_OPS_AVX512 / CF_OPS_AVX2 / CF_OPS_F16C /
+ * CF_OPS_NEON), because clang's target pragma does not define __AVX512F__ and friends as GCC's
+ * does. */
 #if defined(CF_OPS_F16C) || defined(CF_OPS_AVX512)
 #include <immintrin.h>
 #endif
+#if defined(CF_OPS_NEON)
+#include <arm_neon.h>
+#endif
 
+#include "core/backend.h"
 #include "core/ops_call.h"
 #include "core/status.h"
 #include "core/threads.h"
-#include "dispatch/dispatch.h"
 
 /* dst[0..n) = src[0..n) (dtype dt) as fp32. */
 static inline void ld_row(float* restrict dst, const void* restrict src, cf_dtype dt, int64_t n) {
@@ -45,6 +49,9 @@ static inline void ld_row(float* restrict dst, const void* restrict src, cf_dtyp
 #elif defined(CF_OPS_F16C)
         for (; i + 8 <= n; i += 8)
             _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(s + i))));
+#elif defined(CF_OPS_NEON) /* FCVTL: every AArch64 core */
+        for (; i + 4 <= n; i += 4)
+            vst1q_f32(dst + i, vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(s + i))));
 #endif
         for (; i < n; i++)
             dst[i] = cf_f16_to_f32(s[i]);
@@ -77,6 +84,9 @@ static inline void st_row(void* restrict dst, cf_dtype dt, const float* restrict
             _mm_storeu_si128((__m128i*)(d + i),
                              _mm256_cvtps_ph(_mm256_loadu_ps(src + i),
                                              _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+#elif defined(CF_OPS_NEON) /* FCVTN, rounding to nearest even (the FPCR default) */
+        for (; i + 4 <= n; i += 4)
+            vst1_u16(d + i, vreinterpret_u16_f16(vcvt_f16_f32(vld1q_f32(src + i))));
 #endif
         for (; i < n; i++)
             d[i] = cf_f32_to_f16(src[i]);
@@ -113,7 +123,7 @@ static inline float fexp(float x) {
 }
 
 /* s[t] = exp(s[t] - m) for t < n (0 where s[t] = -inf, NaN where NaN); returns the sum. Same
- * polynomial as fexp; 2^n applied with scalef (AVX-512) or an exponent add (AVX2). */
+ * polynomial as fexp; 2^n applied with scalef (AVX-512) or an exponent add (AVX2, NEON). */
 static inline float exp_row(float* s, int64_t n, float m) {
     float sum = 0.0f;
     int64_t t = 0;
@@ -140,6 +150,30 @@ static inline float exp_row(float* s, int64_t n, float m) {
         acc = _mm512_add_ps(acc, p);
     }
     sum = _mm512_reduce_add_ps(acc);
+#elif defined(CF_OPS_NEON)
+    const float32x4_t lo = vdupq_n_f32(-87.0f), hi = vdupq_n_f32(88.0f), vm = vdupq_n_f32(m);
+    float32x4_t acc = vdupq_n_f32(0.0f);
+    for (; t + 4 <= n; t += 4) {
+        const float32x4_t x = vsubq_f32(vld1q_f32(s + t), vm);
+        const uint32x4_t dead = vcltq_f32(x, lo); /* false for NaN: NaN stays NaN, as fexp */
+        const float32x4_t xc = vminq_f32(vmaxq_f32(x, lo), hi);
+        const float32x4_t k = vrndnq_f32(vmulq_n_f32(xc, 1.44269504088896341f));
+        const float32x4_t r =
+            vfmsq_n_f32(vfmsq_n_f32(xc, k, 0.693359375f), k, -2.12194440e-4f); /* xc - k ln 2 */
+        float32x4_t p = vdupq_n_f32(1.9875691500e-4f);
+        p = vfmaq_f32(vdupq_n_f32(1.3981999507e-3f), p, r);
+        p = vfmaq_f32(vdupq_n_f32(8.3334519073e-3f), p, r);
+        p = vfmaq_f32(vdupq_n_f32(4.1665795894e-2f), p, r);
+        p = vfmaq_f32(vdupq_n_f32(1.6666665459e-1f), p, r);
+        p = vfmaq_f32(vdupq_n_f32(5.0000001201e-1f), p, r);
+        p = vfmaq_f32(vaddq_f32(r, vdupq_n_f32(1.0f)), vmulq_f32(p, r), r);
+        const int32x4_t e = vshlq_n_s32(vaddq_s32(vcvtq_s32_f32(k), vdupq_n_s32(127)), 23);
+        p = vmulq_f32(p, vreinterpretq_f32_s32(e));
+        p = vreinterpretq_f32_u32(vbicq_u32(vreinterpretq_u32_f32(p), dead));
+        vst1q_f32(s + t, p);
+        acc = vaddq_f32(acc, p);
+    }
+    sum = vaddvq_f32(acc);
 #endif
     for (; t < n; t++) {
         s[t] = fexp(s[t] - m);

@@ -1,6 +1,6 @@
-/* Fast rotary embedding body (included once per ISA by ops_generic.c / x86/ops_*.c after
- * ops_fast_common.h): rows split in contiguous blocks over threads; per row the cos/sin row is
- * converted once. When a row's heads are dense (and, in place, everything rotates) the whole row
+/* Fast rotary embedding body (included once per ISA by ops_generic.c / x86/ops_*.c / arm/ops_neon.c
+ * after ops_fast_common.h): rows split in contiguous blocks over threads; per row the cos/sin row
+ * is converted once. When a row's heads are dense (and, in place, everything rotates) the whole row
  * is converted to fp32 with one call, rotated head by head, and stored with one call; otherwise
  * head by head. The next row is prefetched while this one is computed. */
 
@@ -26,6 +26,12 @@ static inline void rotate_head(const cf_rotary_call* c, const float* restrict x,
             _mm256_storeu_ps(o + d, _mm256_fmadd_ps(v, _mm256_loadu_ps(ce + d),
                                                     _mm256_mul_ps(_mm256_permute_ps(v, 0xB1),
                                                                   _mm256_loadu_ps(se + d))));
+        }
+#elif defined(CF_OPS_NEON) /* REV64 swaps the pairs */
+        for (; d + 4 <= c->rd; d += 4) {
+            const float32x4_t v = vld1q_f32(x + d);
+            vst1q_f32(o + d, vfmaq_f32(vmulq_f32(vrev64q_f32(v), vld1q_f32(se + d)), v,
+                                       vld1q_f32(ce + d)));
         }
 #endif
         for (; d < c->rd; d++)

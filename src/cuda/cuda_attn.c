@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "core/attn_call.h"
+#include "core/backend.h"
 #include "core/ops_call.h"
 #include "core/philox.h"
 #include "core/status.h"
@@ -15,7 +16,6 @@
 #include "cuda/cuda_launch.h"
 #include "cuda/cuda_rtc.h"
 #include "cuda/kernels/cf_ops_args.cuh"
-#include "dispatch/dispatch.h"
 
 #define SIMT_WARPS 4 /* CF_WARPS in attn_simt.cu */
 #define MMA_WARPS 4  /* attn_mma.cu: 4 warps x 16 query rows */
@@ -151,6 +151,8 @@ static void fill_args(const cf_attn_call* c, cf_attn_args* a) {
     a->Sk = c->Sk;
     a->window_left = c->window_left;
     a->window_right = c->window_right;
+    a->q_offset = c->q_offset;
+    a->k_offset = c->k_offset;
     a->seed = c->seed;
     a->offset = c->offset;
     a->keep_threshold = cf_dropout_threshold(c->dropout_p);

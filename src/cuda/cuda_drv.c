@@ -1,13 +1,17 @@
-/* The driver loader: resolves the driver functions with dlsym on the probe's libcuda handle, runs
- * cuInit once, and retains a device's primary context the first time a CUDA op needs it (never
- * while probing: a context created before fork() breaks the child). */
-#include <dlfcn.h>
+/* The CUDA backend's driver layer over the shared loader (probe/cuda_loader.h): checks that every
+ * entry point it needs is there and cuInit succeeded, and retains a device's primary context the
+ * first time a CUDA op needs it (never while probing: a context created before fork() breaks the
+ * child). */
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 
+#include "core/device.h"
 #include "core/status.h"
 #include "cuda/cuda_drv.h"
+#include "cuda/cuda_rtc.h"
+#include "cuda/kcache.h"
+#include "probe/cuda_loader.h"
 #include "probe/dynlib.h"
 
 /* snprintf(dst, n, "%s", src) without the truncation warning: messages are cut to fit. */
@@ -18,8 +22,8 @@ static void copy_why(char* dst, size_t n, const char* src) {
     dst[L] = 0;
 }
 
-static cf_cu_api api;
-static int api_state; /* 0 = not tried, 1 = ready, -1 = failed (reason in api_why) */
+static const cf_cu_api* api; /* set once api_state is 1 */
+static int api_state;        /* 0 = not tried, 1 = ready, -1 = failed (reason in api_why) */
 static char api_why[3072];
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 
@@ -28,76 +32,29 @@ static CUcontext primary[MAX_DEVICES];
 static cf_cu_device devices[MAX_DEVICES];
 static int device_known[MAX_DEVICES];
 
+/* The backend's view of the shared loader (probe/cuda_loader.h): every entry point it needs, and
+ * cuInit succeeded. */
 static void load_locked(void) {
     if (api_state) return;
+    const cf_cu_load_result* r = cf_cu_load();
     const cf_dynlib* lib = cf_dynlib_get(CF_LIB_CUDA);
-    if (!lib->found || !lib->handle) {
+    api_state = -1;
+    if (!r->api) {
         snprintf(api_why, sizeof api_why, "libcuda.so.1 not found: %s",
                  lib->error[0] ? lib->error : "no NVIDIA driver installed");
-        api_state = -1;
-        return;
-    }
-    void* h = lib->handle;
-    struct {
-        void** slot;
-        const char* name;
-        int optional;
-    } syms[] = {
-#define S(field, sym, opt) {(void**)&api.field, sym, opt}
-        S(cuInit, "cuInit", 0),
-        S(cuDriverGetVersion, "cuDriverGetVersion", 0),
-        S(cuDeviceGetCount, "cuDeviceGetCount", 0),
-        S(cuDeviceGet, "cuDeviceGet", 0),
-        S(cuDeviceGetAttribute, "cuDeviceGetAttribute", 0),
-        S(cuDeviceGetName, "cuDeviceGetName", 0),
-        S(cuDeviceTotalMem, "cuDeviceTotalMem_v2", 0),
-        S(cuDevicePrimaryCtxRetain, "cuDevicePrimaryCtxRetain", 0),
-        S(cuCtxPushCurrent, "cuCtxPushCurrent_v2", 0),
-        S(cuCtxPopCurrent, "cuCtxPopCurrent_v2", 0),
-        S(cuCtxSynchronize, "cuCtxSynchronize", 0),
-        S(cuModuleLoadData, "cuModuleLoadData", 0),
-        S(cuModuleUnload, "cuModuleUnload", 0),
-        S(cuModuleGetFunction, "cuModuleGetFunction", 0),
-        S(cuFuncSetAttribute, "cuFuncSetAttribute", 0),
-        S(cuFuncGetAttribute, "cuFuncGetAttribute", 0),
-        S(cuLaunchKernel, "cuLaunchKernel", 0),
-        S(cuMemAlloc, "cuMemAlloc_v2", 0),
-        S(cuMemFree, "cuMemFree_v2", 0),
-        S(cuMemAllocAsync, "cuMemAllocAsync", 1),
-        S(cuMemFreeAsync, "cuMemFreeAsync", 1),
-        S(cuMemcpyHtoD, "cuMemcpyHtoD_v2", 0),
-        S(cuMemcpyDtoH, "cuMemcpyDtoH_v2", 0),
-        S(cuMemcpyHtoDAsync, "cuMemcpyHtoDAsync_v2", 0),
-        S(cuMemcpyDtoHAsync, "cuMemcpyDtoHAsync_v2", 0),
-        S(cuMemsetD8Async, "cuMemsetD8Async", 0),
-        S(cuMemsetD32Async, "cuMemsetD32Async", 0),
-        S(cuStreamSynchronize, "cuStreamSynchronize", 0),
-        S(cuGetErrorString, "cuGetErrorString", 0),
-        S(cuGetErrorName, "cuGetErrorName", 0),
-#undef S
-    };
-    for (size_t i = 0; i < sizeof syms / sizeof syms[0]; i++) {
-        dlerror();
-        *syms[i].slot = dlsym(h, syms[i].name);
-        if (!*syms[i].slot && !syms[i].optional) {
-            const char* e = dlerror();
-            snprintf(api_why, sizeof api_why, "%s: symbol %s missing (driver too old?): %s",
-                     lib->path, syms[i].name, e ? e : "");
-            api_state = -1;
-            return;
-        }
-    }
-    CUresult r = api.cuInit(0);
-    if (r != 0) {
+    } else if (r->backend_missing[0]) {
+        snprintf(api_why, sizeof api_why, "%s: symbol %s missing (driver too old?): %s", lib->path,
+                 r->backend_missing, r->backend_missing_error);
+    } else if (r->init_result != 0) {
         const char *name = "?", *desc = "";
-        api.cuGetErrorName(r, &name);
-        api.cuGetErrorString(r, &desc);
-        snprintf(api_why, sizeof api_why, "cuInit failed: %s (%d): %s", name ? name : "?", r,
-                 desc ? desc : "");
-        api_state = -1;
-        return;
+        r->api->cuGetErrorName(r->init_result, &name);
+        r->api->cuGetErrorString(r->init_result, &desc);
+        snprintf(api_why, sizeof api_why, "cuInit failed: %s (%d): %s", name ? name : "?",
+                 r->init_result, desc ? desc : "");
+    } else {
+        api = r->api;
+        api_state = 1;
     }
-    api_state = 1;
 }
 
 const cf_cu_api* cf_cu(char* why, size_t why_len) {
@@ -106,7 +63,7 @@ const cf_cu_api* cf_cu(char* why, size_t why_len) {
     int ok = api_state == 1;
     if (!ok && why && why_len) copy_why(why, why_len, api_why);
     pthread_mutex_unlock(&lock);
-    return ok ? &api : NULL;
+    return ok ? api : NULL;
 }
 
 int cf_cu_device_count(void) {
@@ -128,8 +85,8 @@ int cf_cu_available(char* why, size_t why_len) {
 cflash_status cf_cu_error(CUresult r, const char* what) {
     const char *name = NULL, *desc = NULL;
     if (api_state == 1) {
-        api.cuGetErrorName(r, &name);
-        api.cuGetErrorString(r, &desc);
+        api->cuGetErrorName(r, &name);
+        api->cuGetErrorString(r, &desc);
     }
     return cf_error(CFLASH_ERR_BACKEND, "cuda: %s: %s (%d): %s", what, name ? name : "?", r,
                     desc ? desc : "unknown error");
@@ -186,19 +143,19 @@ cflash_status cf_cu_enter(int ordinal) {
     CUresult r = 0;
     if (!ctx) {
         CUdevice dev;
-        r = api.cuDeviceGet(&dev, ordinal);
-        if (r == 0) r = api.cuDevicePrimaryCtxRetain(&ctx, dev);
+        r = api->cuDeviceGet(&dev, ordinal);
+        if (r == 0) r = api->cuDevicePrimaryCtxRetain(&ctx, dev);
         if (r == 0) primary[ordinal] = ctx; /* kept for the life of the process */
     }
     pthread_mutex_unlock(&lock);
     CF_CU_TRY(r, "cuDevicePrimaryCtxRetain");
-    CF_CU_TRY(api.cuCtxPushCurrent(ctx), "cuCtxPushCurrent");
+    CF_CU_TRY(api->cuCtxPushCurrent(ctx), "cuCtxPushCurrent");
     return CFLASH_OK;
 }
 
 void cf_cu_leave(void) {
     CUcontext prev;
-    api.cuCtxPopCurrent(&prev);
+    api->cuCtxPopCurrent(&prev);
 }
 
 /* ---- Memory for the tool and the tests ---------------------------------------------------- */
@@ -206,7 +163,7 @@ void cf_cu_leave(void) {
 cflash_status cf_cu_malloc(int ordinal, void** p, size_t bytes) {
     CFLASH_FORWARD_IF_ERROR(cf_cu_enter(ordinal));
     CUdeviceptr d = 0;
-    CUresult r = api.cuMemAlloc(&d, bytes ? bytes : 1);
+    CUresult r = api->cuMemAlloc(&d, bytes ? bytes : 1);
     cf_cu_leave();
     if (r == 2 /* CUDA_ERROR_OUT_OF_MEMORY */)
         return cf_error(CFLASH_ERR_OUT_OF_MEMORY, "cuda: cuMemAlloc of %zu bytes: out of memory",
@@ -218,15 +175,15 @@ cflash_status cf_cu_malloc(int ordinal, void** p, size_t bytes) {
 
 void cf_cu_free(int ordinal, void* p) {
     if (!p || cf_cu_enter(ordinal) != CFLASH_OK) return;
-    api.cuMemFree((CUdeviceptr)(uintptr_t)p);
+    api->cuMemFree((CUdeviceptr)(uintptr_t)p);
     cf_cu_leave();
 }
 
 cflash_status cf_cu_memcpy(int ordinal, void* dst, const void* src, size_t bytes, int to_device) {
     if (!bytes) return CFLASH_OK;
     CFLASH_FORWARD_IF_ERROR(cf_cu_enter(ordinal));
-    CUresult r = to_device ? api.cuMemcpyHtoD((CUdeviceptr)(uintptr_t)dst, src, bytes)
-                           : api.cuMemcpyDtoH(dst, (CUdeviceptr)(uintptr_t)src, bytes);
+    CUresult r = to_device ? api->cuMemcpyHtoD((CUdeviceptr)(uintptr_t)dst, src, bytes)
+                           : api->cuMemcpyDtoH(dst, (CUdeviceptr)(uintptr_t)src, bytes);
     cf_cu_leave();
     CF_CU_TRY(r, to_device ? "cuMemcpyHtoD" : "cuMemcpyDtoH");
     return CFLASH_OK;
@@ -234,8 +191,25 @@ cflash_status cf_cu_memcpy(int ordinal, void* dst, const void* src, size_t bytes
 
 cflash_status cf_cu_sync(int ordinal) {
     CFLASH_FORWARD_IF_ERROR(cf_cu_enter(ordinal));
-    CUresult r = api.cuCtxSynchronize();
+    CUresult r = api->cuCtxSynchronize();
     cf_cu_leave();
     CF_CU_TRY(r, "cuCtxSynchronize");
     return CFLASH_OK;
+}
+
+/* ---- The front door's device hooks (core/device.h), registered when the library loads ------ */
+
+static const cf_device_hooks cuda_hooks = {
+    .device_type = kDLCUDA,
+    .alloc = cf_cu_malloc,
+    .free = cf_cu_free,
+    .copy = cf_cu_memcpy,
+    .sync = cf_cu_sync,
+    .describe_kernels = cf_cuda_describe_kernels,
+    .describe_cache = cf_kcache_describe,
+};
+
+/* Only stores a pointer: no driver is loaded and no context created here. */
+__attribute__((constructor)) static void register_cuda_hooks(void) {
+    cf_device_register(&cuda_hooks);
 }

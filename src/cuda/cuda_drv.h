@@ -1,5 +1,5 @@
-/* The CUDA driver API as cflash uses it, loaded with dlsym from the handle the dlopen probe found
- * (src/probe/dynlib.h): no link to libcuda or libcudart, and no CUDA context until a CUDA op runs.
+/* The CUDA driver API as cflash uses it, from the one driver loader (src/probe/cuda_loader.h) that
+ * the probe shares: no link to libcuda or libcudart, and no CUDA context until a CUDA op runs.
  * The primary context of a device is retained once and pushed/popped around each operation. */
 #ifndef CFLASH_CUDA_DRV_H
 #define CFLASH_CUDA_DRV_H
@@ -8,52 +8,7 @@
 #include <stdint.h>
 
 #include "cflash.h"
-
-/* The few driver types used, ABI-compatible with cuda.h (whose own types are used when a test
- * includes it first, to check the attribute numbers below). */
-#ifndef __cuda_cuda_h__
-typedef int CUresult;
-typedef int CUdevice;
-typedef struct CUctx_st* CUcontext;
-typedef struct CUmod_st* CUmodule;
-typedef struct CUfunc_st* CUfunction;
-typedef struct CUstream_st* CUstream;
-typedef unsigned long long CUdeviceptr;
-#endif
-
-typedef struct cf_cu_api {
-    CUresult (*cuInit)(unsigned);
-    CUresult (*cuDriverGetVersion)(int*);
-    CUresult (*cuDeviceGetCount)(int*);
-    CUresult (*cuDeviceGet)(CUdevice*, int);
-    CUresult (*cuDeviceGetAttribute)(int*, int, CUdevice);
-    CUresult (*cuDeviceGetName)(char*, int, CUdevice);
-    CUresult (*cuDeviceTotalMem)(size_t*, CUdevice);
-    CUresult (*cuDevicePrimaryCtxRetain)(CUcontext*, CUdevice);
-    CUresult (*cuCtxPushCurrent)(CUcontext);
-    CUresult (*cuCtxPopCurrent)(CUcontext*);
-    CUresult (*cuCtxSynchronize)(void);
-    CUresult (*cuModuleLoadData)(CUmodule*, const void*);
-    CUresult (*cuModuleUnload)(CUmodule);
-    CUresult (*cuModuleGetFunction)(CUfunction*, CUmodule, const char*);
-    CUresult (*cuFuncSetAttribute)(CUfunction, int, int);
-    CUresult (*cuFuncGetAttribute)(int*, int, CUfunction);
-    CUresult (*cuLaunchKernel)(CUfunction, unsigned, unsigned, unsigned, unsigned, unsigned,
-                               unsigned, unsigned, CUstream, void**, void**);
-    CUresult (*cuMemAlloc)(CUdeviceptr*, size_t);
-    CUresult (*cuMemFree)(CUdeviceptr);
-    CUresult (*cuMemAllocAsync)(CUdeviceptr*, size_t, CUstream); /* optional (CUDA 11.2+) */
-    CUresult (*cuMemFreeAsync)(CUdeviceptr, CUstream);           /* optional */
-    CUresult (*cuMemcpyHtoD)(CUdeviceptr, const void*, size_t);
-    CUresult (*cuMemcpyDtoH)(void*, CUdeviceptr, size_t);
-    CUresult (*cuMemcpyHtoDAsync)(CUdeviceptr, const void*, size_t, CUstream);
-    CUresult (*cuMemcpyDtoHAsync)(void*, CUdeviceptr, size_t, CUstream);
-    CUresult (*cuMemsetD8Async)(CUdeviceptr, unsigned char, size_t, CUstream);
-    CUresult (*cuMemsetD32Async)(CUdeviceptr, unsigned, size_t, CUstream);
-    CUresult (*cuStreamSynchronize)(CUstream);
-    CUresult (*cuGetErrorString)(CUresult, const char**);
-    CUresult (*cuGetErrorName)(CUresult, const char**);
-} cf_cu_api;
+#include "probe/cuda_loader.h"
 
 /* Attribute numbers from cuda.h (checked against the installed header by test_cuda_nvrtc). */
 enum {

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "core/backend.h"
 #include "core/ops_call.h"
 #include "core/philox.h"
 #include "core/status.h"
@@ -14,7 +15,6 @@
 #include "cuda/cuda_launch.h"
 #include "cuda/cuda_rtc.h"
 #include "cuda/kernels/cf_ops_args.cuh"
-#include "dispatch/dispatch.h"
 
 #define OPS_SRC "ops_simt.cu"
 #define NORM_THREADS 256 /* CF_NORM_THREADS */

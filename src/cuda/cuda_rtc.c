@@ -8,11 +8,32 @@
 
 #include "core/log.h"
 #include "core/status.h"
+#include "core/strbuf.h"
 #include "cuda/cuda_rtc.h"
 #include "cuda/kcache.h"
 #include "probe/dynlib.h"
 
 /* ---- Embedded sources and variants -------------------------------------------------------- */
+
+/* The kernels this build carries, for the report: sources for NVRTC, and precompiled cubins. */
+void cf_cuda_describe_kernels(char* out, size_t len, int* n_sources, int* n_binaries) {
+    int n = 0;
+    for (const cf_cuda_source* src = cf_cuda_sources; src->name; src++)
+        n++;
+    *n_sources = n;
+    *n_binaries = cf_cuda_aot_count;
+    char archs[256] = "";
+    for (int i = 0; i < cf_cuda_aot_count; i++) {
+        char a[16];
+        snprintf(a, sizeof a, "sm_%d", cf_cuda_aot_table[i].arch);
+        if (!strstr(archs, a)) cf_strcatf(archs, sizeof archs, "%s%s", archs[0] ? " " : "", a);
+    }
+    if (cf_cuda_aot_count)
+        snprintf(out, len, "%d sources for NVRTC; %d precompiled cubins (%s)", n, cf_cuda_aot_count,
+                 archs);
+    else
+        snprintf(out, len, "%d sources for NVRTC; no precompiled cubins (CFLASH_CUDA_AOT=OFF)", n);
+}
 
 const char* cf_cuda_source_text(const char* name) {
     for (const cf_cuda_source* s = cf_cuda_sources; s->name; s++)

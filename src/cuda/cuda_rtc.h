@@ -29,6 +29,8 @@ extern const cf_cuda_aot cf_cuda_aot_table[];
 extern const int cf_cuda_aot_count;
 
 const char* cf_cuda_source_text(const char* name); /* NULL if unknown */
+/* One line for the report ("7 sources for NVRTC; no precompiled cubins ..."), with the counts. */
+void cf_cuda_describe_kernels(char* out, size_t len, int* n_sources, int* n_binaries);
 
 /* ---- Kernel variants: every (source, defines) the launch code can ask for ---- */
 typedef struct cf_cuda_variant {

@@ -1,6 +1,6 @@
 /* cf_dispatch: the one function that picks the implementation for a call, used both to run and to
  * explain. Reasons for every implementation passed over are kept for the error message, logged
- * once per distinct reason at CFLASH_LOG=info, and written out by cflash_explain. */
+ * once per distinct reason at CFLASH_LOG=info, and written out in explain mode. */
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>

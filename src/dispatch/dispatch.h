@@ -1,34 +1,19 @@
-/* Backend registry and selection. A backend provides, per op it serves, an implementation:
- * supports(call) writes a reason when it cannot serve; run(call) computes. The dispatcher tries the
- * forced backend, else the ordered list for the call's device, and runs the first that supports the
- * call. cflash_explain uses the same function, cf_dispatch(), with run disabled. */
+/* Backend registry and selection. A backend provides, per op it serves, an implementation row
+ * (core/backend.h). The dispatcher tries the forced backend, else the ordered list for the call's
+ * device, and runs the first that supports the call. Explain mode uses the same function,
+ * cf_dispatch(), with the context's explain sink in place of running. Backends never include this
+ * header. */
 #ifndef CFLASH_DISPATCH_H
 #define CFLASH_DISPATCH_H
 
 #include <stddef.h>
 
 #include "cflash.h"
+#include "core/backend.h"
 
-typedef struct cf_impl {
-    const char* backend; /* "cpu-ref", "cpu-avx512", "cuda-mma", ... */
-    cflash_op op;        /* CFLASH_OP_ATTN_VARLEN_* are served by the ATTN_FWD / ATTN_BWD impls */
-    int device_type;     /* kDLCPU or kDLCUDA */
-    /* 1 if it can serve this call; else 0 with a reason ("needs AMX-BF16: CPU lacks amx_bf16").
-     * call points to the op's call struct (cf_attn_call for attention). */
-    int (*supports)(const void* call, char* reason, size_t reason_len);
-    cflash_status (*run)(const void* call);
-    /* Optional (NULL = always): can this backend run at all on this machine (ISA present, driver
-     * and NVRTC found)? Checked before supports; used alone by `cflash report`. */
-    int (*available)(char* reason, size_t reason_len);
-    /* NULL once the kernel has passed the test grid on its own hardware; until then the reason
-     * ("not yet verified on AMX hardware; force it with CFLASH_BACKEND=cpu-amx"): the automatic
-     * choice passes it over with this reason, and it serves only when forced. */
-    const char* unverified;
-} cf_impl;
-/* Define impls with designated initialisers (.backend = ..., .op = ...) so fields can be added. */
-
-/* Names of all backends in priority order, NULL-terminated (for report and set_backend). */
-extern const char* const cf_backend_names[];
+/* Name of backend i (0, 1, ...) in priority order, NULL past the last: the backends that have rows
+ * in the registry (src/dispatch/registry.c), for the report and set_backend. */
+const char* cf_backend_name(size_t i);
 int cf_backend_known(const char* name);
 
 /* The impls registered for op in priority order; *n receives the count. */

@@ -244,16 +244,31 @@ static void probe_x86(cf_cpu_info* c) {
 }
 #endif
 
-/* ---- ARM64: getauxval ---- */
+/* ---- ARM64: getauxval, prctl ---- */
 #ifdef CF_ARM64
-#ifndef HWCAP_ASIMD
-#define HWCAP_ASIMD (1 << 1)
+#include <sys/prctl.h>
+/* The bits of <asm/hwcap.h>, spelled out: older libc headers lack the newer ones. */
+#define CF_HWCAP_ASIMD (1ul << 1)
+#define CF_HWCAP_FPHP (1ul << 9)
+#define CF_HWCAP_ASIMDHP (1ul << 10)
+#define CF_HWCAP_ASIMDDP (1ul << 20)
+#define CF_HWCAP_SVE (1ul << 22)
+#define CF_HWCAP_ASIMDFHM (1ul << 23)
+#define CF_HWCAP2_SVE2 (1ul << 1)
+#define CF_HWCAP2_SVEBF16 (1ul << 12)
+#define CF_HWCAP2_I8MM (1ul << 13)
+#define CF_HWCAP2_BF16 (1ul << 14)
+#define CF_HWCAP2_SME (1ul << 23)
+#ifndef AT_HWCAP2
+#define AT_HWCAP2 26
 #endif
-#ifndef HWCAP_SVE
-#define HWCAP_SVE (1 << 22)
+#ifndef PR_SVE_GET_VL
+#define PR_SVE_GET_VL 51
 #endif
+#define CF_PR_SVE_VL_LEN_MASK 0xffff
+
 static void probe_arm(cf_cpu_info* c) {
-    unsigned long hw = getauxval(AT_HWCAP);
+    const unsigned long hw = getauxval(AT_HWCAP), hw2 = getauxval(AT_HWCAP2);
     snprintf(c->vendor, sizeof c->vendor, "ARM");
     snprintf(c->model, sizeof c->model, "aarch64");
     /* MIDR_EL1 as Linux exposes it: implementer [31:24], variant [23:20], part [15:4], rev [3:0].
@@ -268,8 +283,34 @@ static void probe_arm(cf_cpu_info* c) {
         snprintf(c->model, sizeof c->model, "aarch64 (implementer 0x%02x, part 0x%03x)", c->family,
                  c->model_id);
     }
-    c->neon = (hw & HWCAP_ASIMD) != 0;
-    c->sve = (hw & HWCAP_SVE) != 0;
+    c->neon = (hw & CF_HWCAP_ASIMD) != 0;
+    c->fphp = (hw & CF_HWCAP_FPHP) != 0;
+    c->asimdhp = (hw & CF_HWCAP_ASIMDHP) != 0;
+    c->asimdfhm = (hw & CF_HWCAP_ASIMDFHM) != 0;
+    c->asimddp = (hw & CF_HWCAP_ASIMDDP) != 0;
+    c->bf16 = (hw2 & CF_HWCAP2_BF16) != 0;
+    c->i8mm = (hw2 & CF_HWCAP2_I8MM) != 0;
+    c->sve = (hw & CF_HWCAP_SVE) != 0;
+    c->sve2 = (hw2 & CF_HWCAP2_SVE2) != 0;
+    c->sve_bf16 = (hw2 & CF_HWCAP2_SVEBF16) != 0;
+    c->sme = (hw2 & CF_HWCAP2_SME) != 0;
+    if (c->sve) {
+        /* The length this thread runs with (a process may lower it with PR_SVE_SET_VL). */
+        const int vl = prctl(PR_SVE_GET_VL, 0, 0, 0, 0);
+        c->sve_vl = vl > 0 ? vl & CF_PR_SVE_VL_LEN_MASK : 0;
+    }
+    char sve[64];
+    if (c->sve)
+        snprintf(sve, sizeof sve, "%d-bit vectors%s", c->sve_vl * 8, c->sve2 ? ", SVE2" : "");
+    else
+        snprintf(sve, sizeof sve, "absent (AT_HWCAP bit 22 = 0)");
+    if (!c->neon)
+        snprintf(c->arm_note, sizeof c->arm_note,
+                 "AdvSIMD not reported (AT_HWCAP bit 1 = 0): no NEON kernels; SVE %s", sve);
+    else
+        snprintf(c->arm_note, sizeof c->arm_note, "NEON usable; bf16 %s; fp16 %s; SVE %s",
+                 c->bf16 ? "by BFMMLA (FEAT_BF16)" : "converted to fp32 (no FEAT_BF16)",
+                 c->asimdfhm ? "by FMLAL (FEAT_FHM)" : "converted to fp32 (no FEAT_FHM)", sve);
     snprintf(c->avx512_note, sizeof c->avx512_note, "not an x86 CPU");
     snprintf(c->amx_note, sizeof c->amx_note, "not present: not an x86 CPU");
 }
@@ -280,10 +321,12 @@ static void probe(void) {
     snprintf(c->vendor, sizeof c->vendor, "unknown");
     snprintf(c->model, sizeof c->model, "unknown");
 #if defined(CF_X86)
+    snprintf(c->arm_note, sizeof c->arm_note, "not an ARM CPU");
     probe_x86(c);
 #elif defined(CF_ARM64)
     probe_arm(c);
 #else
+    snprintf(c->arm_note, sizeof c->arm_note, "not an ARM CPU");
     snprintf(c->avx512_note, sizeof c->avx512_note, "not an x86 CPU");
     snprintf(c->amx_note, sizeof c->amx_note, "not present: not an x86 CPU");
 #endif

@@ -17,7 +17,15 @@ typedef struct cf_cpu_info {
     int amx_tile, amx_bf16, amx_fp16, amx_int8; /* CPU reports AMX and XCR0 enables tile state */
     int amx_permitted;   /* arch_prctl(ARCH_REQ_XCOMP_PERM) granted the tile data state */
     char amx_error[128]; /* why not permitted ("" when permitted or no AMX) */
-    int neon, sve;       /* ARM */
+    /* ARM (getauxval AT_HWCAP / AT_HWCAP2; Linux sets a bit only when the kernel supports it) */
+    int neon;          /* AdvSIMD (asimd): every AArch64 Linux CPU */
+    int fphp, asimdhp; /* FEAT_FP16: scalar / vector half-precision arithmetic */
+    int asimdfhm;      /* FEAT_FHM: FMLAL, fp16 products accumulated in fp32 */
+    int asimddp;       /* FEAT_DotProd: SDOT/UDOT */
+    int bf16, i8mm;    /* FEAT_BF16 (BFDOT, BFMMLA, BFCVT) and FEAT_I8MM (SMMLA) for AdvSIMD */
+    int sve, sve2, sve_bf16, sme;
+    int sve_vl;         /* SVE vector length of this thread in bytes (PR_SVE_GET_VL); 0 = no SVE */
+    char arm_note[192]; /* what the ARM kernels can use here, or "not an ARM CPU" */
     /* Why the features above are what they are, in words, for reasons and the report: */
     int os_avx, os_avx512, os_amx; /* XCR0 enables the YMM / ZMM+opmask / tile state */
     char avx512_note[160];         /* "" when AVX-512F is usable, else why not */

@@ -1,6 +1,6 @@
-/* CUDA driver, NVRTC and cuFile probes (see gpu_probe.h): dlsym on the handles that dynlib.c found,
- * then context-free queries. Types are declared locally (plain int/size_t ABI) so no CUDA header is
- * needed to build. */
+/* CUDA driver, NVRTC and cuFile probes (see gpu_probe.h): the driver's entry points come from the
+ * shared loader (cuda_loader.h), NVRTC's and cuFile's from dlsym on the handles dynlib.c found;
+ * then context-free queries only. No CUDA header is needed to build. */
 #include <dlfcn.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -9,11 +9,9 @@
 #include <string.h>
 
 #include "core/strbuf.h"
+#include "probe/cuda_loader.h"
 #include "probe/dynlib.h"
 #include "probe/gpu_probe.h"
-
-typedef int CUresult;
-typedef int CUdevice;
 
 /* ---- Helpers ---- */
 
@@ -59,12 +57,12 @@ static const struct {
     {999, "CUDA_ERROR_UNKNOWN"},
 };
 
-typedef CUresult (*get_error_fn)(CUresult, const char**);
-static get_error_fn cu_get_error_name, cu_get_error_string;
+/* The driver's entry points once the probe has loaded them (a name lookup never loads libcuda). */
+static const cf_cu_api* probed;
 
 const char* cf_cuda_result_name(int result) {
     const char* s = NULL;
-    if (cu_get_error_name && cu_get_error_name(result, &s) == 0 && s) return s;
+    if (probed && probed->cuGetErrorName && probed->cuGetErrorName(result, &s) == 0 && s) return s;
     for (size_t i = 0; i < sizeof cu_names / sizeof cu_names[0]; i++)
         if (cu_names[i].code == result) return cu_names[i].name;
     return "CUDA error (unknown code)";
@@ -98,42 +96,28 @@ static void probe_cuda(void) {
         return;
     }
     c->lib_found = 1;
-    char missing[512] = "";
-    void* h = d->handle;
-    CUresult (*cuInit)(unsigned) = sym(h, "cuInit", missing, sizeof missing);
-    CUresult (*cuDriverGetVersion)(int*) = sym(h, "cuDriverGetVersion", missing, sizeof missing);
-    CUresult (*cuDeviceGetCount)(int*) = sym(h, "cuDeviceGetCount", missing, sizeof missing);
-    CUresult (*cuDeviceGet)(CUdevice*, int) = sym(h, "cuDeviceGet", missing, sizeof missing);
-    CUresult (*cuDeviceGetName)(char*, int, CUdevice) =
-        sym(h, "cuDeviceGetName", missing, sizeof missing);
-    CUresult (*cuDeviceGetAttribute)(int*, int, CUdevice) =
-        sym(h, "cuDeviceGetAttribute", missing, sizeof missing);
-    CUresult (*cuDeviceTotalMem)(size_t*, CUdevice) =
-        sym(h, "cuDeviceTotalMem_v2", missing, sizeof missing);
-    cu_get_error_name = (get_error_fn)sym(h, "cuGetErrorName", NULL, 0);
-    cu_get_error_string = (get_error_fn)sym(h, "cuGetErrorString", NULL, 0);
-    if (missing[0]) {
+    const cf_cu_load_result* ld = cf_cu_load();
+    const cf_cu_api* cu = probed = ld->api;
+    if (ld->probe_missing[0]) {
         cf_strcatf(
             c->error, sizeof c->error,
             "%s at %s lacks the entry point(s) %s: not a CUDA driver library, or one too old",
-            cf_dynlib_name(CF_LIB_CUDA), d->path, missing);
+            cf_dynlib_name(CF_LIB_CUDA), d->path, ld->probe_missing);
         return;
     }
     c->symbols_ok = 1;
-    /* The version needs no cuInit, so it is known even when cuInit fails. */
-    int v = 0;
-    if (cuDriverGetVersion(&v) == 0) c->driver_version = v;
-    c->init_result = cuInit(0);
+    c->driver_version = ld->driver_version;
+    c->init_result = ld->init_result;
     if (c->init_result != 0) {
         const char* text = NULL;
-        if (cu_get_error_string) cu_get_error_string(c->init_result, &text);
+        if (cu->cuGetErrorString) cu->cuGetErrorString(c->init_result, &text);
         cf_strcatf(c->error, sizeof c->error, "cuInit failed with %d %s%s%s%s (libcuda: %s)",
                    c->init_result, cf_cuda_result_name(c->init_result), text ? ": " : "",
                    text ? text : "", cu_hint(c->init_result), d->path);
         return;
     }
     int n = 0;
-    CUresult r = cuDeviceGetCount(&n);
+    CUresult r = cu->cuDeviceGetCount(&n);
     if (r != 0) {
         cf_strcatf(c->error, sizeof c->error, "cuDeviceGetCount failed with %d %s", r,
                    cf_cuda_result_name(r));
@@ -147,22 +131,22 @@ static void probe_cuda(void) {
     for (int i = 0; i < c->device_count; i++) {
         cf_cuda_device* dev = &c->devices[i];
         CUdevice cd;
-        if ((r = cuDeviceGet(&cd, i)) != 0) {
+        if ((r = cu->cuDeviceGet(&cd, i)) != 0) {
             snprintf(dev->error, sizeof dev->error, "cuDeviceGet(%d) failed with %d %s", i, r,
                      cf_cuda_result_name(r));
             continue;
         }
-        if ((r = cuDeviceGetName(dev->name, (int)sizeof dev->name - 1, cd)) != 0)
+        if ((r = cu->cuDeviceGetName(dev->name, (int)sizeof dev->name - 1, cd)) != 0)
             snprintf(dev->name, sizeof dev->name, "(cuDeviceGetName failed: %s)",
                      cf_cuda_result_name(r));
         /* CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT = 16, COMPUTE_CAPABILITY_MAJOR/MINOR = 75/76 */
-        if ((r = cuDeviceGetAttribute(&dev->major, 75, cd)) != 0 ||
-            (r = cuDeviceGetAttribute(&dev->minor, 76, cd)) != 0 ||
-            (r = cuDeviceGetAttribute(&dev->sms, 16, cd)) != 0)
+        if ((r = cu->cuDeviceGetAttribute(&dev->major, 75, cd)) != 0 ||
+            (r = cu->cuDeviceGetAttribute(&dev->minor, 76, cd)) != 0 ||
+            (r = cu->cuDeviceGetAttribute(&dev->sms, 16, cd)) != 0)
             snprintf(dev->error, sizeof dev->error, "cuDeviceGetAttribute failed with %d %s", r,
                      cf_cuda_result_name(r));
         size_t mem = 0;
-        if ((r = cuDeviceTotalMem(&mem, cd)) == 0)
+        if ((r = cu->cuDeviceTotalMem(&mem, cd)) == 0)
             dev->total_mem = mem;
         else if (!dev->error[0])
             snprintf(dev->error, sizeof dev->error, "cuDeviceTotalMem failed with %d %s", r,

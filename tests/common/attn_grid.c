@@ -1,4 +1,5 @@
-/* The attention test grid (level 0: quick CI grid; level 1: the fuller cross) and attn_grid_run,
+/* The attention test grid (level 0: quick CI grid; level 1: the fuller cross; level -1: the reduced
+ * grid for emulated runs) and attn_grid_run,
  * which runs it for one backend (forced or auto) with optional hooks for device copies.
  * Shapes follow DESIGN.md's grid: seqlens 1, 2, 17, 97, 128, 257, 1025, Sq != Sk both ways,
  * head dims 1, 8, 33, 64, 80, 128, 256, Dv != D, GQA 6/2 and MQA 6/1, strided views, varlen with
@@ -6,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "common/attn_oracle.h"
+#include "common/attn_grid.h"
 
 typedef struct shape {
     int64_t B, H, Hk, Sq, Sk, D, Dv;
@@ -75,6 +76,24 @@ static const varlen_cfg varlens[] = {
 };
 #define NVARLEN (int)(sizeof varlens / sizeof varlens[0])
 
+/* Blocks of a longer attention (q_offset, k_offset): a shape or varlen config, a feature, the
+ * offsets. Past, future (rows that see no key) and straddling blocks, keys at positions that are
+ * not multiples of 4 (the Philox word of a key), positions at the 2^32 limit. */
+typedef struct offset_cfg {
+    int shape; /* index into shapes, or -1 - index into varlens */
+    int feature;
+    int64_t q_offset, k_offset;
+} offset_cfg;
+
+static const offset_cfg offsets[] = {
+    {4, 13, 300, 257}, /* everything, straddling, k % 4 = 1 */
+    {2, 12, 5, 0},     /* window + softcap + alibi[B,H] */
+    {11, 1, 1, 130},   /* causal future block: empty rows */
+    {-1, 11, 7, 3},    /* varlen, causal + alibi + dropout */
+    {3, 14, ((int64_t)1 << 32) - 97, ((int64_t)1 << 32) - 19}, /* dropout at the position limit */
+};
+#define NOFFS (int)(sizeof offsets / sizeof offsets[0])
+
 static const cf_dtype dtypes[3] = {CF_F32, CF_F16, CF_BF16};
 
 static void set_shape(attn_case* c, const shape* s) {
@@ -103,25 +122,62 @@ static void set_varlen(attn_case* c, const varlen_cfg* v) {
 /* Per dtype, level 0: a feature sweep on small shapes, a shape sweep, varlen, one big case. */
 #define L0_FEAT NFEAT
 #define L0_SHAPE NSHAPES
-#define L0_PER_DTYPE (L0_FEAT + L0_SHAPE + NVARLEN + 1)
-/* Per dtype, level 1: every shape x feature, every varlen x feature, both big shapes. */
-#define L1_PER_DTYPE ((NSHAPES + NVARLEN) * NFEAT + 2)
+#define L0_PER_DTYPE (L0_FEAT + L0_SHAPE + NVARLEN + 1 + NOFFS)
+/* Per dtype, level 1: every shape x feature, every varlen x feature, both big shapes, offsets. */
+#define L1_PER_DTYPE ((NSHAPES + NVARLEN) * NFEAT + 2 + NOFFS)
 
 static const int small_for_features[] = {1, 2, 3, 7, 8, 9, 4, 10};
 #define NSMALL (int)(sizeof small_for_features / sizeof small_for_features[0])
 
+static void set_offsets(attn_case* c, const offset_cfg* o) {
+    if (o->shape >= 0)
+        set_shape(c, &shapes[o->shape]);
+    else
+        set_varlen(c, &varlens[-1 - o->shape]);
+    set_feature(c, &features[o->feature]);
+    c->q_offset = o->q_offset, c->k_offset = o->k_offset;
+}
+
+/* Per dtype, level -1 (make test-arm, under qemu-user): level 0 without the shapes of more than a
+ * few million multiply-adds. Still several key blocks (shape 6) and query tiles (shape 10). */
+static const int emu_shapes[] = {0, 1, 2, 3, 6, 7, 8, 9, 10};
+#define NEMU (int)(sizeof emu_shapes / sizeof emu_shapes[0])
+#define NSMALL_EMU 6 /* the first six of small_for_features */
+#define LE_PER_DTYPE (NFEAT + NEMU + NVARLEN + NOFFS)
+
 int attn_grid_count(int level) {
-    return 3 * (level <= 0 ? L0_PER_DTYPE : L1_PER_DTYPE);
+    return 3 * (level < 0 ? LE_PER_DTYPE : level == 0 ? L0_PER_DTYPE : L1_PER_DTYPE);
 }
 
 int attn_grid_case(int level, int i, attn_case* c) {
     if (i < 0 || i >= attn_grid_count(level)) return -1;
     attn_case_init(c);
-    int per = level <= 0 ? L0_PER_DTYPE : L1_PER_DTYPE;
+    int per = level < 0 ? LE_PER_DTYPE : level == 0 ? L0_PER_DTYPE : L1_PER_DTYPE;
     int d = i / per, j = i % per;
     c->dtype = dtypes[d];
     c->seed = (uint64_t)(level * 100000 + i + 1) + tt_seed_base() * 1000003u;
-    if (level <= 0) {
+    if (j >= per - NOFFS) { /* the same block cases at every level */
+        set_offsets(c, &offsets[j - (per - NOFFS)]);
+        c->layout = (tt_layout)((j + d) % 3);
+        return 0;
+    }
+    if (level < 0) {
+        if (j < NFEAT) {
+            set_shape(c, &shapes[small_for_features[(j + 3 * d) % NSMALL_EMU]]);
+            set_feature(c, &features[j]);
+            c->layout = (tt_layout)((j + d) % 3);
+            c->no_lse = j == 0 && d == 1;
+        } else if ((j -= NFEAT) < NEMU) {
+            set_shape(c, &shapes[emu_shapes[j]]);
+            set_feature(c, &features[(j * 5 + d * 3) % NFEAT]);
+            c->layout = (tt_layout)((j + 2 * d) % 3);
+        } else {
+            j -= NEMU;
+            set_varlen(c, &varlens[j]);
+            set_feature(c, &features[(j * 4 + d * 5 + 1) % NFEAT]);
+            c->layout = (tt_layout)((j + d) % 3);
+        }
+    } else if (level == 0) {
         if (j < L0_FEAT) {
             set_shape(c, &shapes[small_for_features[(j + 3 * d) % NSMALL]]);
             set_feature(c, &features[j]);
@@ -238,4 +294,49 @@ int attn_grid_run(const attn_grid_opts* o, int* ran, int* skipped) {
     if (ran) *ran = nran;
     if (skipped) *skipped = nskip;
     return tt_failed - fails0;
+}
+
+/* ---- The one-pass backward ----------------------------------------------------------------- */
+
+int attn_grid_one_pass(const char* backend, unsigned dtypes, int threads) {
+    cflash_context* ctx = NULL;
+    CHECK_OK(cflash_context_create(&ctx));
+    CHECK_OK(cflash_context_set_backend(ctx, backend));
+    CHECK_OK(cflash_context_set_threads(ctx, threads));
+    const cf_dtype dts[3] = {CF_F32, CF_F16, CF_BF16};
+    int n = 0;
+    for (int di = 0; di < 3; di++)
+        for (int f = 0; f < 5; f++) {
+            if (dtypes && !(dtypes & (1u << dts[di]))) continue;
+            if (tt_test_level() < 0 && f % 3 != di) continue; /* emulated: each shape in one dtype */
+            attn_case c;
+            attn_case_init(&c);
+            c.B = 3, c.H = 6, c.Hk = 3, c.Sq = 97, c.Sk = 130, c.D = 40, c.Dv = 40;
+            c.dtype = dts[di];
+            c.seed = 100 + (uint64_t)(di * 10 + f);
+            if (f == 1) c.causal = 1, c.Sq = c.Sk = 150;
+            if (f == 2)
+                c.window_left = 20, c.window_right = 7, c.softcap = 1.5f, c.dropout_p = 0.2f,
+                c.alibi = ATTN_ALIBI_H;
+            if (f == 3) c.D = 33, c.Dv = 17, c.layout = TT_PADDED, c.Hk = 6, c.B = 2; /* odd dims */
+            if (f == 4) {
+                c.varlen = 1, c.B = 3;
+                const int32_t lq[3] = {70, 1, 33}, lk[3] = {64, 90, 5};
+                for (int b = 0; b < 3; b++)
+                    c.seqlens_q[b] = lq[b], c.seqlens_k[b] = lk[b];
+                c.causal = 1;
+            }
+            attn_problem* p = attn_problem_new(&c);
+            CHECK(p != NULL);
+            if (!p) continue;
+            char msg[768];
+            CHECK_OK(attn_problem_run_bwd(ctx, p));
+            CHECK_MSG(attn_problem_check_fwd(p, msg, sizeof msg), "%s: %s", backend, msg);
+            CHECK_MSG(attn_problem_check_bwd(p, msg, sizeof msg), "%s: %s", backend, msg);
+            attn_problem_free(p);
+            n++;
+        }
+    printf("%s one-pass backward: %d cases\n", backend, n);
+    cflash_context_free(ctx);
+    return n;
 }

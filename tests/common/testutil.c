@@ -1,9 +1,6 @@
-/* Test helpers: the check counters and summary, a seeded RNG, and owned CPU tensors (tt_tensor)
- * with padded or permuted strides, NaN poisoning and element access as double. */
-#include <math.h>
+/* Test helpers: the check counters and summary, the clock, and the seed base. */
 #include <stdarg.h>
 #include <stdlib.h>
-#include <string.h>
 #include <time.h>
 
 #include "common/testutil.h"
@@ -39,332 +36,30 @@ double tt_now(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-/* ---- RNG ---------------------------------------------------------------------------------- */
-
-void tt_rng_init(tt_rng* r, uint64_t seed) {
-    r->s = seed * 0x9E3779B97F4A7C15ull + 0x1234567ull;
-}
-
-uint64_t tt_rng_u64(tt_rng* r) {
-    uint64_t z = (r->s += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
-double tt_rng_uniform(tt_rng* r) {
-    return (double)(tt_rng_u64(r) >> 11) * (1.0 / 9007199254740992.0);
-}
+/* ---- Seeds ------------------------------------------------------------------------------- */
 
 uint64_t tt_seed_base(void) {
     const char* e = getenv("CFLASH_TEST_SEED");
     return e && *e ? strtoull(e, NULL, 0) : 0;
 }
 
-/* ---- Tensors ------------------------------------------------------------------------------ */
-
-DLDataType tt_dl_dtype(cf_dtype d) {
-    DLDataType t = {kDLFloat, 32, 1};
-    switch (d) {
-    case CF_F32: break;
-    case CF_F16: t.bits = 16; break;
-    case CF_BF16: t.code = kDLBfloat, t.bits = 16; break;
-    case CF_I32: t.code = kDLInt; break;
-    case CF_U8: t.code = kDLUInt, t.bits = 8; break;
-    default: t.code = kDLOpaqueHandle, t.bits = 8; break;
-    }
-    return t;
+int tt_test_level(void) {
+    const char* e = getenv("CFLASH_TEST_LEVEL");
+    return e && *e ? atoi(e) : 0;
 }
 
-/* The DLTensor of t over its allocation (base, offset, shape, strides set), then poisoned. */
-static void dl_init(tt_tensor* t, int ndim) {
-    t->dl.data = t->base;
-    t->dl.device.device_type = kDLCPU;
-    t->dl.device.device_id = 0;
-    t->dl.ndim = ndim;
-    t->dl.dtype = tt_dl_dtype(t->dtype);
-    t->dl.shape = t->shape;
-    t->dl.strides = t->strides;
-    t->dl.byte_offset = t->offset;
-    tt_poison(t);
-}
-
-int tt_alloc(tt_tensor* t, cf_dtype dtype, int ndim, const int64_t* shape, tt_layout layout) {
-    memset(t, 0, sizeof *t);
-    size_t es = cf_dtype_size(dtype);
-    if (ndim < 1 || ndim > TT_MAX_DIMS || es == 0) {
-        fprintf(stderr, "tt_alloc: bad ndim %d or dtype %d\n", ndim, (int)dtype);
-        return -1;
-    }
-    t->dtype = dtype;
-    t->layout = layout;
-    int order[TT_MAX_DIMS]; /* memory order, outermost first */
-    for (int i = 0; i < ndim; i++)
-        order[i] = i;
-    if (layout == TT_PERMUTED && ndim >= 3) order[ndim - 3] = ndim - 2, order[ndim - 2] = ndim - 3;
-    int64_t numel = 1, extent = 1;
-    for (int i = 0; i < ndim; i++) {
-        if (shape[i] < 0) {
-            fprintf(stderr, "tt_alloc: negative shape[%d]\n", i);
-            return -1;
-        }
-        t->shape[i] = shape[i];
-        numel *= shape[i];
-    }
-    /* Innermost first: stride = extent of everything inside, padded by a few elements. */
-    for (int r = ndim - 1; r >= 0; r--) {
-        int d = order[r];
-        t->strides[d] = extent;
-        int64_t pad = (layout != TT_DENSE && r < ndim - 1) ? 3 + r : 0;
-        extent = extent * (shape[d] > 0 ? shape[d] : 1) + pad;
-    }
-    t->numel = numel;
-    t->offset = layout != TT_DENSE ? 64 : 0;
-    t->bytes = t->offset + (size_t)extent * es + 64;
-    t->base = malloc(t->bytes);
-    if (!t->base) {
-        fprintf(stderr, "tt_alloc: out of memory (%zu bytes)\n", t->bytes);
-        return -1;
-    }
-    dl_init(t, ndim);
+int tt_backend_selected(const char* name) {
+    const char* e = getenv("CFLASH_TEST_BACKENDS");
+    if (!e || !*e) return 1;
+    const size_t n = strlen(name);
+    for (const char* p = e; (p = strstr(p, name)); p += n)
+        if ((p == e || p[-1] == ' ') && (p[n] == 0 || p[n] == ' ')) return 1;
     return 0;
 }
 
-int tt_alloc_strided(tt_tensor* t, cf_dtype dtype, int ndim, const int64_t* shape,
-                     const int64_t* strides) {
-    memset(t, 0, sizeof *t);
-    size_t es = cf_dtype_size(dtype);
-    if (ndim < 1 || ndim > TT_MAX_DIMS || es == 0) {
-        fprintf(stderr, "tt_alloc_strided: bad ndim %d or dtype %d\n", ndim, (int)dtype);
-        return -1;
-    }
-    int64_t lo = 0, hi = 0, numel = 1; /* element offsets reached, relative to element 0 */
-    for (int i = 0; i < ndim; i++) {
-        t->shape[i] = shape[i];
-        t->strides[i] = strides[i];
-        if (__builtin_mul_overflow(numel, shape[i], &numel)) numel = INT64_MAX; /* broadcast */
-    }
-    for (int i = 0; i < ndim; i++)
-        if (shape[i] == 0) numel = 0;
-    for (int i = 0; i < ndim && numel; i++) {
-        int64_t span = strides[i] * (shape[i] - 1);
-        if (span < 0)
-            lo += span;
-        else
-            hi += span;
-    }
-    t->dtype = dtype;
-    t->numel = numel;
-    t->offset = (size_t)(-lo) * es;
-    t->bytes = numel ? (size_t)(hi - lo + 1) * es : es;
-    t->base = malloc(t->bytes);
-    if (!t->base) {
-        fprintf(stderr, "tt_alloc_strided: out of memory (%zu bytes)\n", t->bytes);
-        memset(t, 0, sizeof *t);
-        return -1;
-    }
-    dl_init(t, ndim);
-    return 0;
-}
-
-int tt_alloc_like(tt_tensor* t, const tt_tensor* src) {
-    return tt_alloc(t, src->dtype, src->dl.ndim, src->shape, src->layout);
-}
-
-void tt_free(tt_tensor* t) {
-    if (!t) return;
-    free(t->base);
-    memset(t, 0, sizeof *t);
-}
-
-static void poison_bytes(cf_dtype d, void* p, size_t bytes) {
-    size_t es = cf_dtype_size(d);
-    unsigned char pat[4];
-    switch (d) {
-    case CF_F32: {
-        uint32_t u = 0x7fc00000u;
-        memcpy(pat, &u, 4);
-        break;
-    }
-    case CF_F16: {
-        uint16_t u = 0x7e00;
-        memcpy(pat, &u, 2);
-        break;
-    }
-    case CF_BF16: {
-        uint16_t u = 0x7fc0;
-        memcpy(pat, &u, 2);
-        break;
-    }
-    case CF_I32: {
-        int32_t u = 0x7fffffff;
-        memcpy(pat, &u, 4);
-        break;
-    }
-    default:
-        pat[0] = 0xff;
-        es = 1;
-        break;
-    }
-    unsigned char* b = p;
-    for (size_t i = 0; i + es <= bytes; i += es)
-        memcpy(b + i, pat, es);
-    for (size_t i = bytes / es * es; i < bytes; i++)
-        b[i] = 0xff;
-}
-
-void tt_poison(tt_tensor* t) {
-    if (t->base) poison_bytes(t->dtype, t->base, t->bytes);
-}
-
-void tt_unravel(const tt_tensor* t, int64_t n, int64_t* idx) {
-    for (int i = t->dl.ndim - 1; i >= 0; i--) {
-        int64_t s = t->shape[i] > 0 ? t->shape[i] : 1;
-        idx[i] = n % s;
-        n /= s;
-    }
-}
-
-int64_t tt_offset(const tt_tensor* t, const int64_t* idx) {
-    int64_t o = (int64_t)(t->offset / cf_dtype_size(t->dtype));
-    for (int i = 0; i < t->dl.ndim; i++)
-        o += idx[i] * t->strides[i];
-    return o;
-}
-
-static double load_at(const tt_tensor* t, int64_t o) {
-    switch (t->dtype) {
-    case CF_I32: return (double)((const int32_t*)t->base)[o];
-    case CF_U8: return (double)((const uint8_t*)t->base)[o];
-    default: return (double)cf_load(t->base, t->dtype, o);
-    }
-}
-
-static void store_at(tt_tensor* t, int64_t o, double x) {
-    switch (t->dtype) {
-    case CF_I32: ((int32_t*)t->base)[o] = (int32_t)x; break;
-    case CF_U8: ((uint8_t*)t->base)[o] = (uint8_t)x; break;
-    default: cf_store(t->base, t->dtype, o, (float)x); break;
-    }
-}
-
-double tt_get(const tt_tensor* t, const int64_t* idx) {
-    return load_at(t, tt_offset(t, idx));
-}
-void tt_set(tt_tensor* t, const int64_t* idx, double x) {
-    store_at(t, tt_offset(t, idx), x);
-}
-
-double tt_get_flat(const tt_tensor* t, int64_t n) {
-    int64_t idx[TT_MAX_DIMS];
-    tt_unravel(t, n, idx);
-    return tt_get(t, idx);
-}
-
-void tt_set_flat(tt_tensor* t, int64_t n, double x) {
-    int64_t idx[TT_MAX_DIMS];
-    tt_unravel(t, n, idx);
-    tt_set(t, idx, x);
-}
-
-void tt_random(tt_tensor* t, uint64_t seed, double lo, double hi) {
-    tt_rng r;
-    tt_rng_init(&r, seed);
-    int nonzero = 0;
-    for (int64_t n = 0; n < t->numel; n++) {
-        tt_set_flat(t, n, lo + (hi - lo) * tt_rng_uniform(&r));
-        nonzero |= tt_get_flat(t, n) != 0.0;
-    }
-    if (t->numel > 0 && !nonzero) tt_set_flat(t, 0, hi / 2 != 0 ? hi / 2 : 1.0);
-}
-
-void tt_fill(tt_tensor* t, double x) {
-    for (int64_t n = 0; n < t->numel; n++)
-        tt_set_flat(t, n, x);
-}
-
-static int is_poison_elem(const tt_tensor* t, int64_t o) {
-    switch (t->dtype) {
-    case CF_I32: return ((const int32_t*)t->base)[o] == 0x7fffffff;
-    case CF_U8: return ((const uint8_t*)t->base)[o] == 0xff;
-    default: return isnan(cf_load(t->base, t->dtype, o));
-    }
-}
-
-int64_t tt_count_nan(const tt_tensor* t) {
-    int64_t c = 0, idx[TT_MAX_DIMS];
-    for (int64_t n = 0; n < t->numel; n++) {
-        tt_unravel(t, n, idx);
-        c += is_poison_elem(t, tt_offset(t, idx));
-    }
-    return c;
-}
-
-int tt_padding_intact(const tt_tensor* t) {
-    size_t es = cf_dtype_size(t->dtype);
-    unsigned char* mark = calloc(t->bytes, 1);
-    unsigned char* want = malloc(t->bytes);
-    if (!mark || !want) {
-        free(mark);
-        free(want);
-        return 0;
-    }
-    poison_bytes(t->dtype, want, t->bytes);
-    int64_t idx[TT_MAX_DIMS];
-    for (int64_t n = 0; n < t->numel; n++) {
-        tt_unravel(t, n, idx);
-        memset(mark + (size_t)tt_offset(t, idx) * es, 1, es);
-    }
-    const unsigned char* b = t->base;
-    int ok = 1;
-    for (size_t i = 0; i < t->bytes && ok; i++)
-        if (!mark[i] && b[i] != want[i]) ok = 0;
-    free(mark);
-    free(want);
-    return ok;
-}
-
-DLTensor tt_dl_on(const tt_tensor* t, void* base, DLDevice dev) {
-    DLTensor d = t->dl;
-    d.data = base;
-    d.device = dev;
-    d.shape = (int64_t*)t->shape;
-    d.strides = (int64_t*)t->strides;
-    return d;
-}
-
-uint64_t tt_hash(const tt_tensor* t) {
-    uint64_t h = 0xcbf29ce484222325ull;
-    const unsigned char* b = t->base;
-    for (size_t i = 0; i < t->bytes; i++)
-        h = (h ^ b[i]) * 0x100000001b3ull;
-    return h;
-}
-
-double tt_unit_roundoff(cf_dtype d) {
-    switch (d) {
-    case CF_F16: return ldexp(1.0, -11);
-    case CF_BF16: return ldexp(1.0, -8);
-    default: return ldexp(1.0, -24);
-    }
-}
-
-const char* tt_dtype_short(cf_dtype d) {
-    switch (d) {
-    case CF_F32: return "fp32";
-    case CF_F16: return "fp16";
-    case CF_BF16: return "bf16";
-    case CF_I32: return "int32";
-    case CF_U8: return "uint8";
-    default: return "?";
-    }
-}
-
-cf_dtype tt_dtype_parse(const char* s) {
-    if (!s) return CF_DTYPE_BAD;
-    if (!strcmp(s, "fp32") || !strcmp(s, "float32") || !strcmp(s, "f32")) return CF_F32;
-    if (!strcmp(s, "fp16") || !strcmp(s, "float16") || !strcmp(s, "f16") || !strcmp(s, "half"))
-        return CF_F16;
-    if (!strcmp(s, "bf16") || !strcmp(s, "bfloat16")) return CF_BF16;
-    return CF_DTYPE_BAD;
+cflash_context* tt_explain(char* buf, size_t len) {
+    static _Thread_local cflash_context* ctx;
+    if (!ctx && cflash_context_create(&ctx) != CFLASH_OK) return NULL;
+    cflash_context_set_explain(ctx, buf, len);
+    return ctx;
 }

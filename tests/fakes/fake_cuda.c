@@ -9,8 +9,12 @@
 
 #define EXPORT __attribute__((visibility("default")))
 
+/* cuInit calls so far: the probe and the backends share one loader, so at most one per process. */
+EXPORT int cf_fake_cuinit_calls;
+
 EXPORT int cuInit(unsigned flags) {
     (void)flags;
+    cf_fake_cuinit_calls++;
     const char* e = getenv("CFLASH_FAKE_CUINIT");
     return e ? atoi(e) : 100;
 }

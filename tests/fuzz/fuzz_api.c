@@ -1,12 +1,13 @@
 /* libFuzzer target over every public entry point of cflash.h: the input bytes choose the call
  * (attention fwd / bwd / varlen, KV cache, rotary, rotary tables, norm fwd / bwd, merge, dropout
- * mask, explain, the context calls, report, names and versions, library directories (invalid
- * ones only: a valid one stays for the process)), its shapes, dtypes, strides (negative, zero,
- * huge), offsets, devices, parameters and index tensors. Every tensor lives in a buffer of exactly
- * the bytes its view reaches, so ASan sees any access outside a view; the oracle checks that the
- * status is a valid code with a message, that a failing call wrote nothing, that a successful
- * one wrote nothing outside its output views and no input, and that a rerun gives the same
- * bytes. Built by `make fuzz` / `make test` (stage test-fuzz) with clang; see README "Fuzzing". */
+ * mask, each in explain mode too, the context calls, report, names and versions, library
+ * directories (invalid ones only: a valid one stays for the process)), its shapes, dtypes, strides
+ * (negative, zero, huge), offsets, devices, parameters and index tensors. Every tensor lives in a
+ * buffer of exactly the bytes its view reaches, so ASan sees any access outside a view; the oracle
+ * checks that the status is a valid code with a message, that a failing call wrote nothing, that a
+ * successful one wrote nothing outside its output views and no input, and that a rerun gives the
+ * same bytes. Built by `make fuzz` / `make test` (stage test-fuzz) with clang; see README
+ * "Fuzzing". */
 #include <math.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -439,37 +440,12 @@ typedef struct args {
 
 static cflash_status invoke(cflash_context* ctx, args* x, char* buf, size_t len) {
     DLTensor** a = x->a;
-    static const cflash_op ops[] = {CFLASH_OP_ATTN_FWD,        CFLASH_OP_ATTN_BWD,
-                                    CFLASH_OP_ATTN_VARLEN_FWD, CFLASH_OP_ATTN_VARLEN_BWD,
-                                    CFLASH_OP_KVCACHE_FWD,     CFLASH_OP_ROTARY,
-                                    CFLASH_OP_COUNT,           CFLASH_OP_NORM_FWD,
-                                    CFLASH_OP_NORM_BWD,        CFLASH_OP_ATTN_MERGE};
+    /* explain mode for the one call that follows (on a context: ctx NULL is an error; len 0
+     * clears the mode, and the call runs for real) */
     if (x->explain && x->op < OP_MASK && x->op != OP_TABLES) {
-        switch (x->op) {
-        case OP_FWD:
-            return cflash_explain(ctx, ops[x->op], buf, len, &x->ap, a[0], a[1], a[2], a[3], a[4]);
-        case OP_BWD:
-            return cflash_explain(ctx, ops[x->op], buf, len, &x->ap, a[0], a[1], a[2], a[3], a[4],
-                                  a[5], a[6], a[7], a[8]);
-        case OP_VFWD:
-            return cflash_explain(ctx, ops[x->op], buf, len, &x->ap, a[0], a[1], a[2], a[5], a[6],
-                                  x->mq, x->mk, a[3], a[4]);
-        case OP_VBWD:
-            return cflash_explain(ctx, ops[x->op], buf, len, &x->ap, a[0], a[1], a[2], a[3], a[4],
-                                  a[5], a[9], a[10], x->mq, x->mk, a[6], a[7], a[8]);
-        case OP_KV:
-            return cflash_explain(ctx, ops[x->op], buf, len, &x->ap, &x->kp, a[0], a[1], a[2], a[3],
-                                  a[4]);
-        case OP_ROT:
-            return cflash_explain(ctx, ops[x->op], buf, len, &x->rp, a[0], a[1], a[2], a[3]);
-        case OP_NFWD:
-            return cflash_explain(ctx, ops[x->op], buf, len, &x->np, a[0], a[1], a[2], a[3], a[4],
-                                  a[5], a[6], a[7]);
-        case OP_NBWD:
-            return cflash_explain(ctx, ops[x->op], buf, len, &x->np, a[0], a[1], a[2], a[3], a[4],
-                                  a[5], a[6], a[7], a[8], a[9], a[10]);
-        case OP_MERGE: return cflash_explain(ctx, ops[x->op], buf, len, a[0], a[1], a[2], a[3]);
-        }
+        const cflash_status e = cflash_context_set_explain(ctx, buf, len);
+        check_status(e);
+        if (!ctx && e == CFLASH_OK) finding("cflash_context_set_explain", "accepted ctx NULL");
     }
     switch (x->op) {
     case OP_FWD: return cflash_attn_fwd(ctx, &x->ap, a[0], a[1], a[2], a[3], a[4]);
@@ -506,6 +482,9 @@ static void attn_params(src* s, cflash_attn_params* p, call* c, int64_t B, int64
     p->seed = take(s, 8);
     p->offset = take(s, 2);
     p->deterministic = one_in(s, 2);
+    /* block positions (ring attention): small, near 2^32, or hostile */
+    p->q_offset = one_in(s, 4) ? hostile_i64(s, pick(s, 0, 40)) : 0;
+    p->k_offset = one_in(s, 4) ? hostile_i64(s, pick(s, 0, 40)) : 0;
     if (one_in(s, 4)) {
         const int64_t h1[1] = {H}, bh[2] = {B, H};
         p->alibi_slopes = one_in(s, 2) ? mk(c, s, IN, 1, h1, DT_F32) : mk(c, s, IN, 2, bh, DT_F32);
@@ -753,11 +732,11 @@ static void small_calls(src* s) {
     const char* dirs[3] = {NULL, "", dir};
     if (cflash_add_library_dir(dirs[take(s, 1) % 3]) == CFLASH_OK)
         finding("cflash_add_library_dir", "accepted NULL, empty or 599 characters");
-    /* an op out of range, or attention with NULL tensors (pointer arguments only) */
-    static const int eops[] = {-1, CFLASH_OP_COUNT, CFLASH_OP_COUNT + 7, CFLASH_OP_ATTN_FWD};
+    /* explain mode without a context, and attention with NULL params and tensors */
     char buf[64];
-    check_status(cflash_explain(NULL, (cflash_op)eops[take(s, 1) % 4], buf, sizeof buf, NULL, NULL,
-                                NULL, NULL, NULL, NULL));
+    if (cflash_context_set_explain(NULL, buf, sizeof buf) == CFLASH_OK)
+        finding("cflash_context_set_explain", "accepted ctx NULL");
+    check_status(cflash_attn_fwd(NULL, NULL, NULL, NULL, NULL, NULL, NULL));
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size);
@@ -782,7 +761,7 @@ int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     describe(&c, x.op, x.explain);
     cflash_status s1 = invoke(ctx, &x, buf, len);
     check_status(s1);
-    const int explains = x.explain && x.op < OP_MASK && x.op != OP_TABLES;
+    const int explains = x.explain && ctx && len && x.op < OP_MASK && x.op != OP_TABLES;
     if (explains && len && !memchr(buf, 0, len)) finding("explain", "buf not NUL-terminated");
     check_writes(&c, s1, !explains);
     snapshot(&c, 1); /* the first call's results */

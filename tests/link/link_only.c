@@ -36,7 +36,14 @@ int main(void) {
             printf("out[%d] = %g outside [0, 1)\n", i, out[i]);
             return 1;
         }
+    /* The library loaded is the one this program was compiled against. */
+    if (cflash_version_number() != CFLASH_VERSION_NUMBER) {
+        printf("cflash_version_number() = %u, header says %u\n", cflash_version_number(),
+               (unsigned)CFLASH_VERSION_NUMBER);
+        return 1;
+    }
     size_t n = cflash_report(NULL, 0, 0);
-    printf("cflash %s: attention ok, report %zu bytes\n", cflash_version(), n);
+    printf("cflash %s (%u): attention ok, report %zu bytes\n", cflash_version(),
+           cflash_version_number(), n);
     return n > 100 ? 0 : 1;
 }

@@ -1,7 +1,8 @@
 #!/bin/sh
 # A C program that links only -lcflash builds and runs: against the build tree's libcflash.so, then
 # against an installed prefix (cmake --install to a temp dir) through the installed pkg-config file.
-# Then a CMake project finds the installed package (find_package(cflash)) and links both libraries.
+# Then the installed headers and tool (which must report the installed library as the one it runs
+# on), and a CMake project finds the installed package (find_package(cflash)) and links both.
 # Also shows libcflash.so's DT_NEEDED entries (libm, libdl, OpenMP, pthread) that make this work.
 # usage: link_test.sh CC SOURCE_DIR BUILD_DIR WORK_DIR [EXTRA_CFLAGS (sanitizer builds)]
 set -eu
@@ -31,6 +32,19 @@ if command -v ldd >/dev/null 2>&1; then
     ldd "$WORK/from_prefix" | grep libcflash
     ldd "$WORK/from_prefix" | grep -q "$WORK/prefix" || { echo "not the installed library"; exit 1; }
 fi
+echo "== installed prefix: both headers, and the tool on the installed library"
+test -f "$WORK/prefix/include/cflash.h" || { echo "cflash.h not installed"; exit 1; }
+test -f "$WORK/prefix/include/cflash_experimental.h" || {
+    echo "cflash_experimental.h not installed"
+    exit 1
+}
+TOOL="$WORK/prefix/bin/cflash"
+"$TOOL" report >"$WORK/tool_report.txt"
+grep -E "^  path +$WORK/prefix/lib[^ ]*/libcflash\.so" "$WORK/tool_report.txt" || {
+    echo "the installed tool does not report the installed library:"
+    head -n 6 "$WORK/tool_report.txt"
+    exit 1
+}
 echo "== installed prefix: find_package(cflash) from a CMake project, shared and static"
 # shellcheck disable=SC2086
 cmake -S "$SRC/tests/link/consumer" -B "$WORK/consumer" -DCMAKE_PREFIX_PATH="$WORK/prefix" \

@@ -311,7 +311,7 @@ def test_other_dlpack_producers_are_used_without_copy(rng):
     assert isinstance(out, np.ndarray) and np.abs(out - R.attention(x, x, x, causal=True)[0]).max() < 1e-5
 
 
-@pytest.mark.parametrize("backend", ["cpu-amx", "cpu-avx512", "cpu-avx2", "cpu-neon", "cpu-generic", "cpu-ref"])
+@pytest.mark.parametrize("backend", ["cpu-amx", "cpu-avx512", "cpu-avx2", "cpu-sve", "cpu-neon", "cpu-generic", "cpu-ref"])
 def test_ops_on_each_cpu_backend(rng, poison, backend):
     """Rotary, norm (fwd + bwd) and KV-cache attention with each CPU backend forced; an op the
     backend does not serve is skipped for it (the library's reason is checked to be UNSUPPORTED)."""
@@ -355,6 +355,10 @@ def test_ops_on_each_cpu_backend(rng, poison, backend):
                                    dtype="float32")
             check_rule("kvcache", out[b:b + 1], ro, no, "float32")
 
+    try:
+        cflash.set_backend(backend)
+    except ValueError as e:  # a backend with no rows in this build (cpu-neon on x86) is not a name
+        pytest.skip("%s is not in this build: %s" % (backend, e))
     try:
         cflash.set_backend(backend)
         for fn in (rotary, norm, kvcache):

@@ -5,10 +5,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/backend.h"
 #include "core/status.h"
 #include "core/threads.h"
 #include "cpu/ref/attn_ref.h"
-#include "dispatch/dispatch.h"
 
 /* Gradients of one query row i of head h (sequence b) into dq (D) and the group's dk/dv (Sk rows).
  */

@@ -4,11 +4,11 @@
 #include <math.h>
 #include <stdlib.h>
 
+#include "core/backend.h"
 #include "core/philox.h"
 #include "core/status.h"
 #include "core/threads.h"
 #include "cpu/ref/attn_ref.h"
-#include "dispatch/dispatch.h"
 
 /* One row: out (Dv) and lse of query i (position qi in the view) of sequence b, head h. */
 static void fwd_row(const cf_attn_call* c, float* acc, int64_t b, int64_t h, int64_t q0, int64_t k0,
@@ -33,7 +33,7 @@ static void fwd_row(const cf_attn_call* c, float* acc, int64_t b, int64_t h, int
         l += p;
         /* a dropped weight is 0 (still times v: 0 * NaN is NaN, as in dropout(P) V) */
         if (!cf_dropout_keep(c->seed, c->offset, c->dropout_p, (uint64_t)b, (uint64_t)h,
-                             (uint64_t)i, (uint64_t)j))
+                             (uint64_t)(i + c->q_offset), (uint64_t)(j + c->k_offset)))
             p = 0.0f;
         for (int64_t d = 0; d < c->Dv; d++)
             acc[d] += p * cf_load(c->v.data, c->dtype, ref_at4(&c->v, b, k0 + j, hk, d));

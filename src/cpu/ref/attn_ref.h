@@ -45,7 +45,7 @@ static inline float ref_pair_grad(const cf_attn_call* c, int64_t b, int64_t h, i
     float s = cf_attn_score(c, x, cf_attn_slope(c, b, h), i, j, sq, sk);
     float p = expf(s - lse);
     int keep = cf_dropout_keep(c->seed, c->offset, c->dropout_p, (uint64_t)b, (uint64_t)h,
-                               (uint64_t)i, (uint64_t)j);
+                               (uint64_t)(i + c->q_offset), (uint64_t)(j + c->k_offset));
     float pk = keep ? p * keep_scale : 0.0f; /* the weight the forward applied to v_j */
     float dpk = 0.0f;                        /* dO_i . v_j */
     for (int64_t d = 0; d < c->Dv; d++) {

@@ -4,9 +4,9 @@
 #include <math.h>
 #include <stdlib.h>
 
+#include "core/backend.h"
 #include "core/ops_call.h"
 #include "core/status.h"
-#include "dispatch/dispatch.h"
 
 static inline int64_t at4(const cf_view* v, int64_t b, int64_t s, int64_t h, int64_t d) {
     return b * v->stride[0] + s * v->stride[1] + h * v->stride[2] + d * v->stride[3];

@@ -2,9 +2,9 @@
  * lse = max + log(sum exp(lse_s - max)), out = sum exp(lse_s - lse) out_s, in fp32. */
 #include <math.h>
 
+#include "core/backend.h"
 #include "core/ops_call.h"
 #include "core/status.h"
-#include "dispatch/dispatch.h"
 
 static cflash_status ref_merge_run(const void* call) {
     const cf_merge_call* c = call;

@@ -4,9 +4,9 @@
 #include <math.h>
 #include <stdlib.h>
 
+#include "core/backend.h"
 #include "core/ops_call.h"
 #include "core/status.h"
-#include "dispatch/dispatch.h"
 
 static inline float ld(const cf_view* v, int64_t r, int64_t j) {
     return cf_load(v->data, v->dtype, r * v->stride[0] + j * v->stride[1]);

@@ -5,8 +5,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "core/backend.h"
 #include "cpu/attn_cpu.h"
-#include "dispatch/dispatch.h"
 #include "probe/cpu_features.h"
 
 #if defined(__x86_64__) || defined(__i386__)

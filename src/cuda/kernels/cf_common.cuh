@@ -37,6 +37,7 @@ typedef struct cf_attn_args {
     cf_i64 alibi_bstride;
     cf_i64 B, H, Hk, D, Dv, Sq, Sk;   /* Sq, Sk: the lengths, or the varlen maxima */
     cf_i64 window_left, window_right; /* -1 = unbounded; causal folded in (right = 0) */
+    cf_i64 q_offset, k_offset;        /* positions of q's / k's row 0 (cflash_attn_params) */
     cf_u64 seed, offset;
     cf_u64 keep_threshold; /* dropout: keep iff Philox word < this; 2^32 = keep all */
     float scale, softcap, dropout_p, keep_scale; /* keep_scale = 1 / (1 - dropout_p) */
@@ -82,13 +83,21 @@ CF_DEV void cf_seq(const cf_attn_args* a, cf_i64 b, cf_i64* q0, cf_i64* sq, cf_i
     }
 }
 
+/* The key on the diagonal of query row i (src/core/attn_call.h: cf_attn_diag; |offsets| <= 2^32
+ * is checked, so this does not overflow). */
+CF_DEV cf_i64 cf_diag(const cf_attn_args* a, cf_i64 i, cf_i64 sq, cf_i64 sk) {
+    return i + sk - sq + a->q_offset - a->k_offset;
+}
+
 /* Visible keys [*lo, *hi) of query row i. Windows may be near INT64_MAX: each is compared with
  * the distance it would move a bound, never added unchecked (as src/core/attn_call.h). */
 CF_DEV void cf_key_range(const cf_attn_args* a, cf_i64 i, cf_i64 sq, cf_i64 sk, cf_i64* lo,
                          cf_i64* hi) {
-    cf_i64 diag = (i - sq) + sk, l = 0, h = sk;
+    cf_i64 diag = cf_diag(a, i, sq, sk), l = 0, h = sk;
     if (a->window_left >= 0 && a->window_left < diag) l = diag - a->window_left;
-    if (a->window_right >= 0 && a->window_right < sq - 1 - i) h = diag + a->window_right + 1;
+    /* diag + window_right + 1 < sk  <=>  window_right < sk - 1 - diag */
+    if (a->window_right >= 0 && a->window_right < sk - 1 - diag) h = diag + a->window_right + 1;
+    if (l > sk) l = sk; /* a block's rows can lie wholly past its keys */
     *lo = l;
     *hi = h > l ? h : l;
 }
@@ -96,9 +105,11 @@ CF_DEV void cf_key_range(const cf_attn_args* a, cf_i64 i, cf_i64 sq, cf_i64 sk, 
 /* Query rows [*lo, *hi) that see key j (the inverse of cf_key_range). */
 CF_DEV void cf_query_range(const cf_attn_args* a, cf_i64 j, cf_i64 sq, cf_i64 sk, cf_i64* lo,
                            cf_i64* hi) {
-    cf_i64 t = (j - sk) + sq, l = 0, h = sq; /* t: the row whose diagonal is key j */
-    if (a->window_right >= 0 && a->window_right < t) l = t - a->window_right;
-    if (a->window_left >= 0 && a->window_left < sk - 1 - j) h = t + a->window_left + 1;
+    cf_i64 l = 0, h = sq, r = j - cf_diag(a, 0, sq, sk); /* the row whose diagonal is j */
+    if (a->window_right >= 0 && a->window_right < r) l = r - a->window_right;
+    /* r + window_left + 1 < sq  <=>  window_left < sq - 1 - r */
+    if (a->window_left >= 0 && a->window_left < sq - 1 - r) h = r + a->window_left + 1;
+    if (l > sq) l = sq;
     *lo = l;
     *hi = h > l ? h : l;
 }
@@ -153,7 +164,7 @@ CF_DEV int cf_keep(cf_u64 seed, cf_u64 offset, float p, cf_u64 threshold, cf_u64
 
 CF_DEV int cf_dropout_keep_word(const cf_attn_args* a, cf_i64 b, cf_i64 h, cf_i64 i, cf_i64 j) {
     return cf_keep(a->seed, a->offset, a->dropout_p, a->keep_threshold, (cf_u64)b, (cf_u64)h,
-                   (cf_u64)i, (cf_u64)j);
+                   (cf_u64)(i + a->q_offset), (cf_u64)(j + a->k_offset));
 }
 
 #ifdef __CUDACC__
@@ -253,7 +264,7 @@ CF_DEV float cf_score(const cf_attn_args* a, float x, float slope, cf_i64 i, cf_
         x = a->softcap * *t;
     }
     if (slope != 0.0f) {
-        cf_i64 d = i + sk - sq - j;
+        cf_i64 d = cf_diag(a, i, sq, sk) - j;
         x -= slope * (float)(d < 0 ? -d : d);
     }
     return x;

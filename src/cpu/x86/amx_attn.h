@@ -1,0 +1,68 @@
+/* The pieces of cpu-amx shared by its files: the tile GEMM every product runs on, the packers that
+ * bring blocks to tile layouts, and the forward and backward tile engines (plugged into the shared
+ * drivers of src/cpu/attn_tiled*.c). Operands are padded to whole tiles with zeros:
+ *   A: rows of 16-bit values (bf16 or fp16), lda elements apart, K padded to a multiple of 32;
+ *   B: VNNI pairs, B[p][n] = (B(2p, n), B(2p + 1, n)) as one uint32, ldb pairs apart, N padded to
+ *      a multiple of 16;
+ *   C: fp32 rows, ldc apart, M and N multiples of 16. */
+#ifndef CFLASH_CPU_X86_AMX_ATTN_H
+#define CFLASH_CPU_X86_AMX_ATTN_H
+
+#include <stdint.h>
+
+#include "cpu/attn_cpu.h"
+
+static inline int64_t cf_amx_round(int64_t x, int64_t m) {
+    return (x + m - 1) / m * m;
+}
+
+/* C (+)= A B over tiles: C is mt x nt tiles of 16 x 16 fp32, A mt row tiles of 16 rows, B nt column
+ * tiles; k-chunks [kc0, kc1) of 32 elements (16 pairs): A columns [32 kc0, 32 kc1), B pair rows
+ * [16 kc0, 16 kc1). acc = 0 starts from 0. fp16: tdpfp16ps, else tdpbf16ps. Needs the thread's
+ * tile configuration (cf_amx_thread_begin). */
+void cf_amx_mm(float* C, int64_t ldc, const uint16_t* A, int64_t lda, const uint32_t* B,
+               int64_t ldb, int64_t mt, int64_t nt, int64_t kc0, int64_t kc1, int acc, int fp16);
+
+/* dst[c * ldd + r] = src[r * lds + c] (32-bit), r < rows, c < cols, both multiples of 16. */
+void cf_amx_t32(uint32_t* dst, int64_t ldd, const uint32_t* src, int64_t lds, int64_t rows,
+                int64_t cols);
+
+/* Rows [s0, s0 + n) of head h of sequence-row view v (16-bit dtype, d elements each) as rows of
+ * dst (ldd apart), zero-padded to `width` elements and to `rows` rows. */
+void cf_amx_rows16(uint16_t* dst, int64_t ldd, int64_t width, int64_t rows, const cf_view* v,
+                   int64_t b, int64_t s0, int64_t h, int64_t n, int64_t d);
+/* The same rows as VNNI pairs: dst[q * ldd + x] = (row 2q [x], row 2q + 1 [x]) for x < d, zero for
+ * x in [d, width) and pair rows past n, up to `pairs` pair rows. */
+void cf_amx_rows_vnni(const cf_attn_kernels* k, uint32_t* dst, int64_t ldd, int64_t width,
+                      int64_t pairs, const cf_view* v, int64_t b, int64_t s0, int64_t h, int64_t n,
+                      int64_t d);
+/* fp32 rows (n x d, lds apart) rounded to dt (bf16 or fp16) as rows of dst, zero-padded to width
+ * and to `rows` rows. */
+void cf_amx_f32_rows16(const cf_attn_kernels* k, uint16_t* dst, int64_t ldd, int64_t width,
+                       int64_t rows, const float* src, int64_t lds, int64_t n, int64_t d,
+                       cf_dtype dt);
+/* The transposed operand of a product over h16's rows: dst[j * ldd + q] = (h16[2q][j],
+ * h16[2q + 1][j]) for q < rows / 2, j < cols (rows a multiple of 32, cols of 16), through tmp
+ * (rows / 2 x cols pairs). As A (uint16 rows ldd * 2 apart) it is h16^T. */
+void cf_amx_pairs_t(const cf_attn_kernels* k, uint32_t* dst, int64_t ldd, uint32_t* tmp,
+                    const uint16_t* h16, int64_t ldh, int64_t rows, int64_t cols);
+
+/* Largest element of x[0, n) after x[i] *= s in place; NaN when any is NaN, -inf for n = 0. */
+float cf_amx_row_scale_max(float* x, int64_t n, float s);
+/* Sum of x[0, n). */
+float cf_amx_row_sum(const float* x, int64_t n);
+
+/* The engines: bf16 on tdpbf16ps, fp16 on tdpfp16ps (the caller checked AMX-FP16). */
+cflash_status cf_amx_attn_fwd(const cf_attn_call* c, const cf_attn_kernels* k);
+cflash_status cf_amx_attn_bwd(const cf_attn_call* c, const cf_attn_kernels* k);
+
+/* The thread's tile configuration: palette 1, tiles 0-7 of 16 rows x 64 bytes. */
+void cf_amx_thread_begin(void);
+void cf_amx_thread_end(void);
+
+static inline char* cf_amx_row_ptr(const cf_view* v, int64_t b, int64_t s, int64_t h) {
+    return (char*)v->data + (b * v->stride[0] + s * v->stride[1] + h * v->stride[2]) *
+                                (int64_t)cf_dtype_size(v->dtype);
+}
+
+#endif

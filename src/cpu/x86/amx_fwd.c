@@ -1,0 +1,223 @@
+/* cpu-amx forward: both products on tiles. A tile is the shared driver's (query rows of every head
+ * of a GQA group, src/cpu/attn_tiled.c schedules them); per KV block, K is brought to K^T in VNNI
+ * pairs and V to VNNI pairs in the thread's workspace (a few hundred KB: stays in L2) and serve
+ * all the tile's rows, so no K/V is copied beyond the blocks a tile visits. Then
+ *   S = Q K^T           (A: Q rows packed once per tile; B: the block's K^T pairs)
+ *   online softmax      (per row in AVX-512 on the fp32 S, P rounded to the dtype once)
+ *   O += P V            (A: P rows; B: the block's V pairs; O fp32 in the workspace)
+ * Per 32-row slice only the 16-key column tiles (for S) and 32-key chunks (for P V) that some
+ * row of the slice sees are computed: causal and windowed tiles skip what is masked. */
+#include <math.h>
+#include <string.h>
+
+#include "core/philox.h"
+#include "cpu/x86/amx_attn.h"
+#include "cpu/x86/amx_tiles.h"
+
+#ifdef CF_AMX_CODE
+
+typedef struct amx_fwd_geom {
+    int64_t G, n, bk;             /* heads per group, rows per head per tile, keys per block */
+    int64_t D32, Dv16, NB32, M32; /* padded: head dims, keys per block, rows per tile */
+    int fp16;                     /* tdpfp16ps (fp16) or tdpbf16ps (bf16) */
+    size_t qa, kr, kt, vv, s, p, o, vec, rng, lohi, tmp, bytes;
+} amx_fwd_geom;
+
+static size_t a64(size_t n) {
+    return (n + 63) & ~(size_t)63;
+}
+
+static void fwd_layout(const cf_attn_call* c, amx_fwd_geom* g) {
+    memset(g, 0, sizeof *g);
+    const cf_attn_blocks bl = cf_attn_cpu_blocks();
+    g->G = c->H / c->Hk;
+    g->n = cf_attn_cpu_tile_rows(c, bl.q);
+    g->bk = bl.k;
+    g->D32 = cf_amx_round(c->D, 32);
+    g->Dv16 = cf_amx_round(c->Dv, 16);
+    g->NB32 = cf_amx_round(g->bk, 32);
+    g->M32 = cf_amx_round(g->G * g->n, 32); /* slices of 32 rows */
+    g->fp16 = c->dtype == CF_F16;
+    const size_t M = (size_t)g->M32, NB = (size_t)g->NB32, D32 = (size_t)g->D32,
+                 Dv = (size_t)g->Dv16;
+    size_t off = 0;
+#define TAKE(field, bytes_)                                                                        \
+    g->field = off;                                                                                \
+    off += a64(bytes_)
+    TAKE(qa, 2 * M * D32);            /* Q rows [M32][D32] */
+    TAKE(kr, 2 * NB * D32);           /* K rows [NB32][D32], staging for kt */
+    TAKE(kt, 4 * (D32 / 2) * NB);     /* K^T pairs [D32 / 2][NB32] */
+    TAKE(vv, 4 * (NB / 2) * Dv);      /* V pairs [NB32 / 2][Dv16] */
+    TAKE(s, 4 * M * NB);              /* S, then P in fp32 [M32][NB32] */
+    TAKE(p, 2 * M * NB);              /* P rounded [M32][NB32] */
+    TAKE(o, 4 * M * Dv);              /* O [M32][Dv16] */
+    TAKE(vec, 4 * 2 * M);             /* m, l per row */
+    TAKE(rng, 8 * 2 * (M / 32 + 1));  /* key chunks [k0, k1) of P V per 32-row slice */
+    TAKE(lohi, 8 * 2 * (size_t)g->n); /* visible keys per row of a head */
+    TAKE(tmp, 4 * Dv);                /* one output row */
+#undef TAKE
+    g->bytes = off;
+}
+
+/* ---- One tile ----------------------------------------------------------------------------------
+ */
+
+/* Visible keys [a, z) of block row ii (0 <= a <= z <= nb). */
+static void row_range(const int64_t* lo, const int64_t* hi, int64_t ii, int64_t j0, int64_t nb,
+                      int64_t* a, int64_t* z) {
+    int64_t x = lo[ii] - j0, y = hi[ii] - j0;
+    x = x < 0 ? 0 : x > nb ? nb : x;
+    y = y < x ? x : y > nb ? nb : y;
+    *a = x, *z = y;
+}
+
+CF_AMX_TARGET static void fwd_tile(const cf_attn_call* c, const cf_attn_kernels* kk,
+                                   const void* geom, const attn_tile* t, char* ws) {
+    const amx_fwd_geom* g = geom;
+    const int64_t b = t->b, hk = t->hk, i0 = t->i0, na = t->i1 - t->i0, G = g->G;
+    const int64_t Mt = G * na, M32 = cf_amx_round(Mt, 32), D = c->D, Dv = c->Dv;
+    const int64_t D32 = g->D32, Dv16 = g->Dv16, NB32 = g->NB32, BK = g->bk;
+    int64_t q0, sq, k0, sk;
+    cf_attn_seq(c, b, &q0, &sq, &k0, &sk);
+    uint16_t *qa = (uint16_t*)(ws + g->qa), *kr = (uint16_t*)(ws + g->kr),
+             *p = (uint16_t*)(ws + g->p);
+    uint32_t *kt = (uint32_t*)(ws + g->kt), *vv = (uint32_t*)(ws + g->vv);
+    float *s = (float*)(ws + g->s), *o = (float*)(ws + g->o), *m = (float*)(ws + g->vec),
+          *l = m + M32, *tmp = (float*)(ws + g->tmp);
+    int64_t *rng = (int64_t*)(ws + g->rng), *lo = (int64_t*)(ws + g->lohi), *hi = lo + na;
+    const int general = c->softcap > 0.0f || c->alibi != NULL;
+
+    for (int64_t ii = 0; ii < na; ii++)
+        cf_attn_key_range(c, i0 + ii, sq, sk, &lo[ii], &hi[ii]);
+    const int64_t jlo = lo[0], jhi = hi[na - 1];
+    /* Row r = gi * na + ii is query i0 + ii of head hk * G + gi; rows past Mt stay 0. */
+    for (int64_t gi = 0; gi < G; gi++)
+        cf_amx_rows16(qa + gi * na * D32, D32, D32, na, &c->q, b, q0 + i0, hk * G + gi, na, D);
+    memset(qa + Mt * D32, 0, sizeof(uint16_t) * (size_t)((M32 - Mt) * D32));
+    memset(p + Mt * NB32, 0, sizeof(uint16_t) * (size_t)((M32 - Mt) * NB32));
+    memset(o, 0, sizeof(float) * (size_t)(M32 * Dv16));
+    for (int64_t r = 0; r < Mt; r++)
+        m[r] = -INFINITY, l[r] = 0.0f;
+
+    for (int64_t j0 = jlo; j0 < jhi; j0 += BK) {
+        const int64_t nb = jhi - j0 < BK ? jhi - j0 : BK, nb32 = cf_amx_round(nb, 32);
+        /* The block in tile layouts: K^T pairs (through K rows) and V pairs. */
+        cf_amx_rows16(kr, D32, D32, nb32, &c->k, b, k0 + j0, hk, nb, D);
+        cf_amx_t32(kt, NB32, (const uint32_t*)kr, D32 / 2, nb32, D32 / 2);
+        cf_amx_rows_vnni(kk, vv, Dv16, Dv16, nb32 / 2, &c->v, b, k0 + j0, hk, nb, Dv);
+
+        /* S = Q K^T, per 32-row slice over the columns its rows see. */
+        for (int64_t r0 = 0; r0 < Mt; r0 += 32) {
+            int64_t c0 = nb, c1 = 0;
+            for (int64_t r = r0; r < r0 + 32 && r < Mt; r++) {
+                int64_t a, z;
+                row_range(lo, hi, r % na, j0, nb, &a, &z);
+                if (a < z) c0 = a < c0 ? a : c0, c1 = z > c1 ? z : c1;
+            }
+            int64_t* kc = rng + 2 * (r0 / 32);
+            kc[0] = kc[1] = 0;
+            if (c0 >= c1) continue;
+            const int64_t n0 = c0 / 16, n1 = (c1 + 15) / 16;
+            cf_amx_mm(s + r0 * NB32 + 16 * n0, NB32, qa + r0 * D32, D32, kt + 16 * n0, NB32,
+                      Mt - r0 > 16 ? 2 : 1, n1 - n0, 0, D32 / 32, 0, g->fp16);
+            kc[0] = c0 / 32, kc[1] = (c1 + 31) / 32;
+        }
+
+        /* Online softmax per row on its visible keys; P rounded, 0 elsewhere. */
+        for (int64_t r = 0; r < Mt; r++) {
+            const int64_t gi = r / na, ii = r % na, h = hk * G + gi;
+            float* x = s + r * NB32;
+            uint16_t* pr = p + r * NB32;
+            int64_t a, z;
+            row_range(lo, hi, ii, j0, nb, &a, &z);
+            if (a >= z) {
+                memset(pr, 0, sizeof(uint16_t) * (size_t)nb32);
+                continue;
+            }
+            /* natural-log scores, as the backward recomputes them (see exp_cols in attn_cpu.h) */
+            float sx = c->scale;
+            if (general) {
+                const float slope = cf_attn_slope(c, b, h);
+                for (int64_t j = a; j < z; j++)
+                    x[j] = cf_attn_score(c, x[j] * c->scale, slope, i0 + ii, j0 + j, sq, sk);
+                sx = 1.0f;
+            }
+            const float mx = cf_amx_row_scale_max(x + a, z - a, sx);
+            /* A NaN the row sees makes its output NaN: m and l stay NaN from here on. */
+            const float mn = isnan(mx) || isnan(m[r]) ? NAN : mx > m[r] ? mx : m[r];
+            const float alpha = m[r] == -INFINITY ? 0.0f : expf(m[r] - mn);
+            kk->exp_row(x + a, z - a, isnan(mn) ? 0.0f : mn);
+            l[r] = l[r] * alpha + cf_amx_row_sum(x + a, z - a);
+            m[r] = mn;
+            if (alpha != 1.0f && alpha != 0.0f)
+                for (int64_t d = 0; d < Dv; d++)
+                    o[r * Dv16 + d] *= alpha;
+            if (c->dropout_p > 0.0f) {
+                const uint64_t thr = cf_dropout_threshold(c->dropout_p);
+                cf_philox_out w = {{0, 0, 0, 0}};
+                for (int64_t j = a; j < z; j++) {
+                    const int64_t jj = j0 + j + c->k_offset; /* the key's position */
+                    if (j == a || (jj & 3) == 0)
+                        w = cf_dropout_words(c->seed, c->offset, (uint64_t)b, (uint64_t)h,
+                                             (uint64_t)(i0 + ii + c->q_offset), (uint64_t)jj);
+                    if ((uint64_t)w.x[jj & 3] >= thr) x[j] = 0.0f;
+                }
+            }
+            memset(pr, 0, sizeof(uint16_t) * (size_t)a);
+            kk->from_f32(pr + a, x + a, c->dtype, z - a);
+            memset(pr + z, 0, sizeof(uint16_t) * (size_t)(nb32 - z));
+        }
+
+        /* O += P V. In a partly masked block a row's masked keys have P = 0, and 0 times a NaN
+         * or infinite v would still reach the row: such a block (rare) sums visible pairs only,
+         * in fp32. Else over the key chunks each slice's rows see, on tiles. */
+        const char* vrow = cf_amx_row_ptr(&c->v, b, k0 + j0, hk);
+        const int64_t ves = c->v.stride[1] * (int64_t)cf_dtype_size(c->dtype);
+        if ((lo[na - 1] > j0 || hi[0] < j0 + nb) &&
+            cf_attn_cpu_hidden_nonfinite(vrow, ves, j0, nb, lo[na - 1], hi[0], Dv, c->dtype)) {
+            for (int64_t j = 0; j < nb; j++) {
+                kk->to_f32(tmp, vrow + j * ves, c->dtype, Dv);
+                for (int64_t r = 0; r < Mt; r++) {
+                    const int64_t ii = r % na;
+                    if (j0 + j < lo[ii] || j0 + j >= hi[ii]) continue;
+                    const float pr = s[r * NB32 + j];
+                    for (int64_t d = 0; d < Dv; d++)
+                        o[r * Dv16 + d] += pr * tmp[d];
+                }
+            }
+            continue;
+        }
+        for (int64_t r0 = 0; r0 < Mt; r0 += 32) {
+            const int64_t* kc = rng + 2 * (r0 / 32);
+            cf_amx_mm(o + r0 * Dv16, Dv16, p + r0 * NB32, NB32, vv, Dv16, Mt - r0 > 16 ? 2 : 1,
+                      Dv16 / 16, kc[0], kc[1], 1, g->fp16);
+        }
+    }
+
+    /* out = O / l (times the dropout rescale), lse = m + ln l. */
+    const float keep_scale = 1.0f / (1.0f - c->dropout_p);
+    for (int64_t r = 0; r < Mt; r++) {
+        const int64_t gi = r / na, ii = r % na, h = hk * G + gi;
+        const float inv = l[r] > 0.0f ? keep_scale / l[r] : isnan(l[r]) ? NAN : 0.0f;
+        for (int64_t d = 0; d < Dv; d++)
+            tmp[d] = o[r * Dv16 + d] * inv;
+        kk->from_f32(cf_amx_row_ptr(&c->out, b, q0 + i0 + ii, h), tmp, c->dtype, Dv);
+        if (c->lse.data) {
+            float* lp = (float*)c->lse.data;
+            lp[b * c->lse.stride[0] + h * c->lse.stride[1] + (q0 + i0 + ii) * c->lse.stride[2]] =
+                l[r] > 0.0f   ? m[r] + logf(l[r])
+                : isnan(l[r]) ? NAN
+                              : -INFINITY;
+        }
+    }
+}
+
+cflash_status cf_amx_attn_fwd(const cf_attn_call* c, const cf_attn_kernels* kk) {
+    amx_fwd_geom g;
+    fwd_layout(c, &g);
+    return cf_attn_cpu_fwd_run(c, kk, g.n, g.bytes, fwd_tile, &g);
+}
+
+#else
+typedef int cf_amx_fwd_unused; /* not x86-64, or a compiler without AMX */
+#endif

@@ -1,0 +1,210 @@
+/* cpu-amx: the tile GEMM that every product of the forward and backward runs on, and the
+ * AVX-512 packers that bring blocks to its operand layouts (amx_attn.h). The tiles are used as
+ * 2 x 2 accumulators (tmm0-3) fed by two A tiles (tmm4-5) and two B tiles (tmm6-7), so each tile
+ * loaded serves two multiplies. */
+#include <math.h>
+#include <string.h>
+
+#include "cpu/x86/amx_attn.h"
+#include "cpu/x86/amx_tiles.h"
+
+#ifdef CF_AMX_CODE
+#include <immintrin.h>
+
+#define INLINE static inline __attribute__((always_inline))
+
+/* ---- Tile GEMM ---------------------------------------------------------------------------------
+ */
+
+#define DP(FP16, c, a, b)                                                                          \
+    do {                                                                                           \
+        if (FP16)                                                                                  \
+            CF_TILE_DPFP16(c, a, b);                                                               \
+        else                                                                                       \
+            CF_TILE_DPBF16(c, a, b);                                                               \
+    } while (0)
+
+/* One MI x NJ (1 or 2 each) block of C tiles over k-chunks [kc0, kc1). */
+CF_AMX_TARGET INLINE void mm_block(const int MI, const int NJ, const int FP16, float* C,
+                                   int64_t ldc, const uint16_t* A, int64_t lda, const uint32_t* B,
+                                   int64_t ldb, int64_t kc0, int64_t kc1, int acc) {
+    const int64_t sc = ldc * 4, sa = lda * 2, sb = ldb * 4;
+    float *c0 = C, *c1 = C + 16, *c2 = C + 16 * ldc, *c3 = C + 16 * ldc + 16;
+    if (acc) {
+        CF_TILE_LOAD(0, c0, sc);
+        if (NJ > 1) CF_TILE_LOAD(1, c1, sc);
+        if (MI > 1) CF_TILE_LOAD(2, c2, sc);
+        if (MI > 1 && NJ > 1) CF_TILE_LOAD(3, c3, sc);
+    } else {
+        CF_TILE_ZERO(0);
+        if (NJ > 1) CF_TILE_ZERO(1);
+        if (MI > 1) CF_TILE_ZERO(2);
+        if (MI > 1 && NJ > 1) CF_TILE_ZERO(3);
+    }
+    for (int64_t k = kc0; k < kc1; k++) {
+        const uint16_t* a = A + 32 * k;
+        const uint32_t* b = B + 16 * k * ldb;
+        CF_TILE_LOAD(4, a, sa);
+        if (MI > 1) CF_TILE_LOAD(5, a + 16 * lda, sa);
+        CF_TILE_LOAD(6, b, sb);
+        if (NJ > 1) CF_TILE_LOAD(7, b + 16, sb);
+        DP(FP16, 0, 4, 6);
+        if (NJ > 1) DP(FP16, 1, 4, 7);
+        if (MI > 1) DP(FP16, 2, 5, 6);
+        if (MI > 1 && NJ > 1) DP(FP16, 3, 5, 7);
+    }
+    CF_TILE_STORE(0, c0, sc);
+    if (NJ > 1) CF_TILE_STORE(1, c1, sc);
+    if (MI > 1) CF_TILE_STORE(2, c2, sc);
+    if (MI > 1 && NJ > 1) CF_TILE_STORE(3, c3, sc);
+}
+
+typedef void (*mm_fn)(float*, int64_t, const uint16_t*, int64_t, const uint32_t*, int64_t, int64_t,
+                      int64_t, int);
+#define MM(MI, NJ, FP)                                                                             \
+    CF_AMX_TARGET static void mm_##MI##NJ##FP(float* C, int64_t ldc, const uint16_t* A,            \
+                                              int64_t lda, const uint32_t* B, int64_t ldb,         \
+                                              int64_t kc0, int64_t kc1, int acc) {                 \
+        mm_block(MI, NJ, FP, C, ldc, A, lda, B, ldb, kc0, kc1, acc);                               \
+    }
+MM(1, 1, 0)
+MM(1, 2, 0)
+MM(2, 1, 0)
+MM(2, 2, 0)
+MM(1, 1, 1)
+MM(1, 2, 1)
+MM(2, 1, 1)
+MM(2, 2, 1)
+static const mm_fn mm_tab[2][2][2] = {{{mm_110, mm_120}, {mm_210, mm_220}},
+                                      {{mm_111, mm_121}, {mm_211, mm_221}}};
+
+void cf_amx_mm(float* C, int64_t ldc, const uint16_t* A, int64_t lda, const uint32_t* B,
+               int64_t ldb, int64_t mt, int64_t nt, int64_t kc0, int64_t kc1, int acc, int fp16) {
+    if (acc && kc1 <= kc0) return;
+    for (int64_t i = 0; i < mt; i += 2)
+        for (int64_t j = 0; j < nt; j += 2) {
+            const int mi = mt - i > 1 ? 2 : 1, nj = nt - j > 1 ? 2 : 1;
+            mm_tab[fp16 != 0][mi - 1][nj - 1](C + 16 * i * ldc + 16 * j, ldc, A + 16 * i * lda, lda,
+                                              B + 16 * j, ldb, kc0, kc1, acc);
+        }
+}
+
+/* ---- Packers -----------------------------------------------------------------------------------
+ */
+
+/* 16 x 16 transpose of 32-bit elements: 32-bit and 64-bit unpacks within 128-bit lanes, then two
+ * rounds of lane shuffles. */
+CF_AMX_TARGET INLINE void t32_16(uint32_t* dst, int64_t ldd, const uint32_t* src, int64_t lds) {
+    __m512i r[16], t[16];
+    for (int i = 0; i < 16; i++)
+        r[i] = _mm512_loadu_si512(src + i * lds);
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+    }
+    /* r[4g + e], lane L: rows 4g .. 4g + 3 of column 4L + e. */
+    for (int g = 0; g < 16; g += 4) {
+        r[g] = _mm512_unpacklo_epi64(t[g], t[g + 2]);
+        r[g + 1] = _mm512_unpackhi_epi64(t[g], t[g + 2]);
+        r[g + 2] = _mm512_unpacklo_epi64(t[g + 1], t[g + 3]);
+        r[g + 3] = _mm512_unpackhi_epi64(t[g + 1], t[g + 3]);
+    }
+    for (int e = 0; e < 4; e++) {
+        const __m512i v = _mm512_shuffle_i32x4(r[e], r[4 + e], 0x88);
+        const __m512i w = _mm512_shuffle_i32x4(r[8 + e], r[12 + e], 0x88);
+        const __m512i v2 = _mm512_shuffle_i32x4(r[e], r[4 + e], 0xdd);
+        const __m512i w2 = _mm512_shuffle_i32x4(r[8 + e], r[12 + e], 0xdd);
+        _mm512_storeu_si512(dst + (0 + e) * ldd, _mm512_shuffle_i32x4(v, w, 0x88));
+        _mm512_storeu_si512(dst + (4 + e) * ldd, _mm512_shuffle_i32x4(v2, w2, 0x88));
+        _mm512_storeu_si512(dst + (8 + e) * ldd, _mm512_shuffle_i32x4(v, w, 0xdd));
+        _mm512_storeu_si512(dst + (12 + e) * ldd, _mm512_shuffle_i32x4(v2, w2, 0xdd));
+    }
+}
+
+CF_AMX_TARGET void cf_amx_t32(uint32_t* dst, int64_t ldd, const uint32_t* src, int64_t lds,
+                              int64_t rows, int64_t cols) {
+    for (int64_t r = 0; r < rows; r += 16)
+        for (int64_t c = 0; c < cols; c += 16)
+            t32_16(dst + c * ldd + r, ldd, src + r * lds + c, lds);
+}
+
+void cf_amx_rows16(uint16_t* dst, int64_t ldd, int64_t width, int64_t rows, const cf_view* v,
+                   int64_t b, int64_t s0, int64_t h, int64_t n, int64_t d) {
+    for (int64_t r = 0; r < rows; r++) {
+        uint16_t* o = dst + r * ldd;
+        if (r < n) {
+            memcpy(o, cf_amx_row_ptr(v, b, s0 + r, h), sizeof(uint16_t) * (size_t)d);
+            memset(o + d, 0, sizeof(uint16_t) * (size_t)(width - d));
+        } else {
+            memset(o, 0, sizeof(uint16_t) * (size_t)width);
+        }
+    }
+}
+
+void cf_amx_rows_vnni(const cf_attn_kernels* k, uint32_t* dst, int64_t ldd, int64_t width,
+                      int64_t pairs, const cf_view* v, int64_t b, int64_t s0, int64_t h, int64_t n,
+                      int64_t d) {
+    for (int64_t q = 0; q < pairs; q++) {
+        uint32_t* o = dst + q * ldd;
+        if (2 * q < n) {
+            const uint16_t* lo = (const uint16_t*)cf_amx_row_ptr(v, b, s0 + 2 * q, h);
+            const uint16_t* hi =
+                2 * q + 1 < n ? (const uint16_t*)cf_amx_row_ptr(v, b, s0 + 2 * q + 1, h) : NULL;
+            k->interleave_u16(o, lo, hi, d);
+            memset(o + d, 0, sizeof(uint32_t) * (size_t)(width - d));
+        } else {
+            memset(o, 0, sizeof(uint32_t) * (size_t)width);
+        }
+    }
+}
+
+void cf_amx_f32_rows16(const cf_attn_kernels* k, uint16_t* dst, int64_t ldd, int64_t width,
+                       int64_t rows, const float* src, int64_t lds, int64_t n, int64_t d,
+                       cf_dtype dt) {
+    for (int64_t r = 0; r < rows; r++) {
+        uint16_t* o = dst + r * ldd;
+        if (r < n) {
+            k->from_f32(o, src + r * lds, dt, d);
+            memset(o + d, 0, sizeof(uint16_t) * (size_t)(width - d));
+        } else {
+            memset(o, 0, sizeof(uint16_t) * (size_t)width);
+        }
+    }
+}
+
+void cf_amx_pairs_t(const cf_attn_kernels* k, uint32_t* dst, int64_t ldd, uint32_t* tmp,
+                    const uint16_t* h16, int64_t ldh, int64_t rows, int64_t cols) {
+    for (int64_t q = 0; q < rows / 2; q++)
+        k->interleave_u16(tmp + q * cols, h16 + 2 * q * ldh, h16 + (2 * q + 1) * ldh, cols);
+    cf_amx_t32(dst, ldd, tmp, cols, rows / 2, cols);
+}
+
+/* ---- Row reductions ----------------------------------------------------------------------------
+ */
+
+CF_AMX_TARGET float cf_amx_row_scale_max(float* x, int64_t n, float s) {
+    const __m512 vs = _mm512_set1_ps(s);
+    __m512 mx = _mm512_set1_ps(-INFINITY);
+    __mmask16 nan = 0;
+    for (int64_t i = 0; i < n; i += 16) {
+        const __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1u);
+        const __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + i), vs);
+        _mm512_mask_storeu_ps(x + i, m, v);
+        nan |= _mm512_mask_cmp_ps_mask(m, v, v, _CMP_UNORD_Q);
+        mx = _mm512_mask_max_ps(mx, m, mx, v);
+    }
+    return nan ? NAN : _mm512_reduce_max_ps(mx);
+}
+
+CF_AMX_TARGET float cf_amx_row_sum(const float* x, int64_t n) {
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t i = 0; i < n; i += 16) {
+        const __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1u);
+        acc = _mm512_add_ps(acc, _mm512_maskz_loadu_ps(m, x + i));
+    }
+    return _mm512_reduce_add_ps(acc);
+}
+
+#else
+typedef int cf_amx_mm_unused; /* not x86-64, or a compiler without AMX */
+#endif

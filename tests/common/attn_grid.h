@@ -1,0 +1,45 @@
+/* The attention test grid over the oracle (tools/oracle/attn_oracle.h): the cases of every level
+ * and attn_grid_run, which runs and checks them (one CHECK per case and direction). */
+#ifndef CFLASH_TESTS_ATTN_GRID_H
+#define CFLASH_TESTS_ATTN_GRID_H
+
+#include "common/testutil.h"
+#include "oracle/attn_oracle.h"
+
+/* ---- The grid ---------------------------------------------------------------------------------
+ */
+
+/* level 0: the quick CI grid (fp32, fp16, bf16; every feature alone and combined; the odd sizes;
+ * GQA/MQA; strided; varlen); level 1: the fuller cross of shapes x features x dtypes. */
+int attn_grid_count(int level);
+int attn_grid_case(int level, int i, attn_case* c); /* 0, or -1 when i is out of range */
+
+typedef struct attn_grid_opts {
+    int level;
+    const char* backend; /* forced backend for every call; NULL = auto */
+    int bwd;             /* also run and check the backward */
+    unsigned dtypes;     /* bit (1u << cflash_dtype) per dtype to run; 0 = all */
+    int threads;         /* context threads; 0 = default */
+    /* 1: a CFLASH_ERR_UNSUPPORTED from the forced backend skips the case (counted, printed once per
+     * distinct message) instead of failing. */
+    int skip_unsupported;
+    int max_cases; /* 0 = all */
+    /* Optional: replace the host runs (e.g. copy to a device, call, copy results back into
+     * p->out, p->lse, p->dq, p->dk, p->dv). NULL = attn_problem_run_fwd / _bwd. */
+    cflash_status (*run_fwd)(cflash_context* ctx, attn_problem* p, void* user);
+    cflash_status (*run_bwd)(cflash_context* ctx, attn_problem* p, void* user);
+    void* user;
+    int verbose; /* print every case with its errors */
+} attn_grid_opts;
+
+/* Problems with at least 4 x threads (sequence, KV head) units, so the CPU backward takes its
+ * one-pass path (dQ accumulated per unit) as well as the three-pass one the small grid cases use:
+ * forward and backward on backend with `threads` threads, dtypes as in attn_grid_opts (0 = all),
+ * every feature. One CHECK per step; returns the cases run. */
+int attn_grid_one_pass(const char* backend, unsigned dtypes, int threads);
+
+/* Runs the grid, recording one CHECK per case and direction. Returns the number of failures;
+ * *ran / *skipped (may be NULL) get the cases run and skipped. */
+int attn_grid_run(const attn_grid_opts* o, int* ran, int* skipped);
+
+#endif

@@ -1,0 +1,52 @@
+#!/bin/sh
+# The aarch64 C tests under qemu-user (`make test-arm`, after the cross build in BUILD_DIR), on each
+# CPU feature set qemu models: first every test that can run emulated on `-cpu max` (NEON,
+# FEAT_FP16/FHM, BF16, I8MM, SVE2 at 512 bits, SME); then cpu-sve's tests at the shortest and the
+# longest SVE vector (128 and 2048 bits: its kernels read the length at run time); then, without
+# SVE (`max,sve=off`) and on a NEON-only core (Cortex-A72: no fp16 arithmetic, no bf16), the probe,
+# the report and cpu-neon's tests (cpu-sve must refuse there, with its reason). The grids run
+# reduced (CFLASH_TEST_LEVEL=-1): kernels and the fp64 oracle are emulated, tens of times slower.
+# Usage: qemu_arm.sh BUILD_DIR [JOBS]
+set -uf # -f: the ctest regexes below are expanded unquoted, never as file globs
+build=$1 jobs=${2:-2}
+command -v qemu-aarch64 >/dev/null 2>&1 || { echo "qemu-aarch64 not found (sh .ci/deps.sh arm)"; exit 1; }
+cd "$build" || exit 1
+
+# Not run emulated, and why:
+#   test_cuda_dispatch      needs NVRTC; the host's is an x86-64 library the emulated process cannot
+#                           load (test_cuda_dispatch_no_nvrtc, the same with NVRTC absent, runs)
+#   test_link_only_lcflash  builds a consumer project with find_package(cflash) using the host's
+#                           compiler (the README example is compiled by the cross compiler and runs)
+#   test_attn_memory        the memory bound is the driver's, the same C on every architecture (the
+#                           x86 stage checks it); its 8192- and 131072-long sequences take ~10 min here
+#   *_parallel              the same grids with the small-call thread cut off: thread splitting is
+#                           architecture-independent C (the x86 stages run them); the multi-thread
+#                           kernel paths still run here in test_attn_backends' one-pass cases
+exclude='^(test_cuda_dispatch|test_link_only_lcflash|test_attn_memory|.*_parallel)$'
+# The tests that loop over backends, for the models that change only some backends.
+kernels='test_attn_backends|test_kvcache|test_norm|test_rotary|test_merge'
+
+fail=""
+# name;QEMU_CPU;ctest selection;CFLASH_TEST_BACKENDS;features the probe must see;SVE bytes
+for model in \
+    "max;max;-E $exclude;;+asimd +fphp +asimdhp +asimdfhm +asimddp +bf16 +i8mm +sve +sve2 +svebf16 +sme;" \
+    "sve128;max,sve-default-vector-length=16;-R ^(test_probe|test_report|$kernels)\$;cpu-sve;+sve;16" \
+    "sve2048;max,sve-default-vector-length=256;-R ^(test_probe|test_report|$kernels)\$;cpu-sve;+sve;256" \
+    "nosve;max,sve=off;-R ^(test_probe|test_report|test_attn_backends|test_kvcache)\$;cpu-sve cpu-neon;+asimd +fphp +asimdhp +asimdfhm +bf16 +i8mm -sve -sve2 -sme;0" \
+    "cortex-a72;cortex-a72;-R ^(test_probe|test_report|test_attn_backends|test_kvcache)\$;cpu-sve cpu-neon;+asimd -fphp -asimdhp -asimdfhm -asimddp -bf16 -i8mm -sve -sve2 -sme;0"; do
+    IFS=';' read -r name cpu select backends features vl <<EOF
+$model
+EOF
+    echo "== qemu-aarch64 -cpu $cpu: ctest $select${backends:+ (backends: $backends)}"
+    # shellcheck disable=SC2086
+    if ! env QEMU_CPU="$cpu" CFLASH_TEST_LEVEL=-1 CFLASH_TEST_CPU_FEATURES="$features" \
+        ${vl:+CFLASH_TEST_SVE_VL=$vl} CFLASH_TEST_BACKENDS="$backends" \
+        ctest --output-on-failure -j"$jobs" $select; then
+        fail="$fail $name"
+    fi
+done
+if [ -n "$fail" ]; then
+    echo "qemu_arm: FAILED on:$fail"
+    exit 1
+fi
+echo "qemu_arm: every CPU model passed"
