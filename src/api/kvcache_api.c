@@ -7,6 +7,7 @@
 #include "api/attn_api.h"
 #include "api/context.h"
 #include "api/ops_api.h"
+#include "core/checked.h"
 #include "core/status.h"
 #include "core/threads.h"
 
@@ -100,7 +101,8 @@ static cflash_status kvcache_fwd(cflash_context* ctx, const cflash_attn_params* 
         c.max_pages = bt.shape[1];
         c.page_size = c.kc.shape[1];
         CFLASH_RETURN_IF(c.page_size < 1, INVALID, "k_cache: page_size (dim 1) = 0, expected >= 1");
-        capacity = c.max_pages * c.page_size;
+        /* more positions than int64 holds: no length can reach them anyway */
+        if (cf_mul_i64(c.max_pages, c.page_size, &capacity)) capacity = INT64_MAX;
     } else {
         c.page_size = c.kc.shape[1];
         capacity = c.kc.shape[1];
@@ -134,6 +136,9 @@ static cflash_status kvcache_fwd(cflash_context* ctx, const cflash_attn_params* 
         CFLASH_FORWARD_IF_ERROR(
             cf_ops_shape(&c.vnew, kp->v_new, "v_new", 4, wvn, "(B, Sn, Hk, Dv)"));
         CFLASH_FORWARD_IF_ERROR(same_as_q(&c.vnew, "v_new", &a->q));
+        /* The caches are written in place: a broadcast dim would give rows one address. */
+        CFLASH_FORWARD_IF_ERROR(cf_check_output(k_cache, "k_cache"));
+        CFLASH_FORWARD_IF_ERROR(cf_check_output(v_cache, "v_cache"));
     }
 
     /* Lengths. */
@@ -153,32 +158,41 @@ static cflash_status kvcache_fwd(cflash_context* ctx, const cflash_attn_params* 
         c.leftpad = lp.data;
     }
     int64_t num_pages = c.kc.shape[0], max_sk = 0, max_pos = -1;
-    for (int64_t b = 0; b < a->B; b++) {
-        int64_t L, P, sk;
-        cf_kv_seq(&c, b, &L, &P, &sk);
+    /* Per batch; once when nothing differs between batches (B may be huge when q is empty). */
+    const int64_t nchk = c.seqlens || c.leftpad || c.block_table ? a->B : a->B > 0;
+    for (int64_t b = 0; b < nchk; b++) {
+        /* (cf_kv_seq would add L + Sn before it is checked) */
+        const int64_t L = c.seqlens ? c.seqlens[b] : c.seqlen, P = c.leftpad ? c.leftpad[b] : 0;
         const char* ln = c.seqlens ? "cache_seqlens" : "cache_seqlen";
         CFLASH_RETURN_IF(L < 0, INVALID, "%s[%lld]: %lld, expected >= 0", ln, (long long)b,
                          (long long)L);
-        CFLASH_RETURN_IF(L + c.Sn > capacity, INVALID,
+        int64_t end; /* one past the last position written: L + Sn */
+        CFLASH_RETURN_IF(cf_add_i64(L, c.Sn, &end), INVALID,
+                         "%s[%lld]: %lld + %lld new rows overflows int64; expected at most the "
+                         "cache's %lld positions",
+                         ln, (long long)b, (long long)L, (long long)c.Sn, (long long)capacity);
+        CFLASH_RETURN_IF(end > capacity, INVALID,
                          "%s[%lld]: %lld + %lld new rows = %lld exceeds the cache's %lld "
                          "positions%s",
-                         ln, (long long)b, (long long)L, (long long)c.Sn, (long long)(L + c.Sn),
+                         ln, (long long)b, (long long)L, (long long)c.Sn, (long long)end,
                          (long long)capacity,
                          paged ? " (max_pages * page_size addressable through block_table)"
                                : " (S_cache)");
         CFLASH_RETURN_IF(P < 0 || P > L, INVALID,
                          "cache_leftpad[%lld]: %lld, expected 0 <= leftpad <= cache length %lld",
                          (long long)b, (long long)P, (long long)L);
-        if (sk > max_sk) max_sk = sk;
-        if (paged && L + c.Sn > P)
-            for (int64_t g = P / c.page_size; g <= (L + c.Sn - 1) / c.page_size; g++) {
+        if (end - P > max_sk) max_sk = end - P;
+        if (paged && end > P)
+            for (int64_t g = P / c.page_size; g <= (end - 1) / c.page_size; g++) {
                 int32_t pg = c.block_table[b * c.bt_stride + g];
                 CFLASH_RETURN_IF(pg < 0 || pg >= num_pages, INVALID,
                                  "block_table[%lld, %lld]: %d, expected a page index in [0, %lld)",
                                  (long long)b, (long long)g, pg, (long long)num_pages);
             }
-        int64_t need = c.Sn > 0 ? L + c.Sn - 1 : -1;
-        if (a->Sq > 0 && cf_kv_qpos(&c, L, a->Sq - 1) > need) need = cf_kv_qpos(&c, L, a->Sq - 1);
+        /* the last rotary position: new key L + Sn - 1, query L + Sq - 1 (or L) */
+        int64_t need = end - 1, qlast = L;
+        if (a->Sq > 0 && cf_kv_q_shifted(&c) && cf_add_i64(L, a->Sq - 1, &qlast)) qlast = INT64_MAX;
+        if (a->Sq > 0 && qlast > need) need = qlast;
         if (need > max_pos) max_pos = need;
     }
     a->Sk = max_sk;
@@ -202,7 +216,7 @@ static cflash_status kvcache_fwd(cflash_context* ctx, const cflash_attn_params* 
         CFLASH_RETURN_IF(c.sin.dtype != c.cos.dtype, INVALID,
                          "rotary_sin: dtype %s, expected %s (that of rotary_cos)",
                          cf_dtype_name(c.sin.dtype), cf_dtype_name(c.cos.dtype));
-        c.rd = 2 * c.cos.shape[1];
+        if (cf_mul_i64(2, c.cos.shape[1], &c.rd)) c.rd = INT64_MAX; /* (fails the check below) */
         CFLASH_RETURN_IF(c.rd < 2 || c.rd > a->D, INVALID,
                          "rotary_cos: rotary_dim = %lld, expected 2 <= rotary_dim <= head dim %lld",
                          (long long)c.rd, (long long)a->D);
@@ -227,9 +241,11 @@ static cflash_status kvcache_fwd(cflash_context* ctx, const cflash_attn_params* 
                          "lse: on %s, expected %s (the device of q)",
                          cf_device_name(a->lse.device_type), cf_device_name(a->device_type));
     }
+    CFLASH_FORWARD_IF_ERROR(cf_check_output(out, "out"));
+    CFLASH_FORWARD_IF_ERROR(cf_check_output(lse, "lse"));
     /* Decode is bound by the cache rows read (B x longest Sk x Hk x (D + Dv) elements); a long
      * Sq adds the attention flops, counted in bytes at the ratio of the two thresholds. */
-    const double kv_rows = (double)a->B * (double)a->Sk * (double)(a->D + a->Dv);
+    const double kv_rows = (double)a->B * (double)a->Sk * ((double)a->D + (double)a->Dv);
     a->threads = cf_threads_resolve("kvcache", cf_context_threads(ctx),
                                     kv_rows * (double)a->Hk * (double)cf_dtype_size(c.kc.dtype) +
                                         2.0 * kv_rows * (double)a->Sq * (double)a->H *

@@ -41,6 +41,8 @@ static cflash_status attn_merge(cflash_context* ctx, const DLTensor* out_partial
                          INVALID, "lse: on %s, expected %s (the device of out_partial)",
                          cf_device_name(c.lse.device_type), cf_device_name(c.device_type));
     }
+    CFLASH_FORWARD_IF_ERROR(cf_check_output(out, "out"));
+    CFLASH_FORWARD_IF_ERROR(cf_check_output(lse, "lse"));
     /* The NS partial outputs read, the output written. */
     c.threads = cf_threads_resolve(
         "attn_merge", cf_context_threads(ctx),
@@ -48,7 +50,9 @@ static cflash_status attn_merge(cflash_context* ctx, const DLTensor* out_partial
             ((double)c.NS * (double)cf_dtype_size(c.op.dtype) + (double)cf_dtype_size(c.out.dtype)),
         0);
     c.stream = ctx ? ctx->cuda_stream : NULL;
-    return cf_context_dispatch(ctx, CFLASH_OP_ATTN_MERGE, c.device_type, &c, c.B * c.Sq * c.H == 0);
+    /* nothing to write (Dv = 0 writes only the lse); dims of empty tensors may be huge */
+    return cf_context_dispatch(ctx, CFLASH_OP_ATTN_MERGE, c.device_type, &c,
+                               c.B == 0 || c.Sq == 0 || c.H == 0 || (c.Dv == 0 && !lse));
 }
 
 cflash_status cflash_attn_merge(cflash_context* ctx, const DLTensor* out_partial,

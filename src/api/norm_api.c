@@ -5,6 +5,7 @@
 
 #include "api/context.h"
 #include "api/ops_api.h"
+#include "core/checked.h"
 #include "core/status.h"
 #include "core/threads.h"
 
@@ -35,21 +36,25 @@ static cflash_status rows(cf_view* v, const DLTensor* t, const char* name, const
     CFLASH_FORWARD_IF_ERROR(cf_ops_float(v, name, ref, "x"));
     if (allowed != CF_DTYPE_BAD || allowed_what)
         CFLASH_FORWARD_IF_ERROR(cf_ops_dtype_in(v, name, allowed, allowed_what));
-    int nd = v->ndim;
-    int64_t N = v->shape[nd - 1], M = 1, rs = N, want = -1;
-    for (int i = nd - 2; i >= 0; i--) {
+    /* The leading dims of size > 1, innermost first, must each step by the whole of the ones
+     * inside: dim i's stride = stride * shape of the previous one (signs included). */
+    int nd = v->ndim, set = 0;
+    int64_t N = v->shape[nd - 1], M, rs = N, want = 0;
+    /* rows: fits in int64 (the view's element count does) unless N = 0 */
+    CFLASH_RETURN_IF(cf_prod_i64(v->shape, nd - 1, &M), INVALID,
+                     "%s: last dim N = 0 with more than INT64_MAX rows, expected N >= 1", name);
+    for (int i = nd - 2; i >= 0 && M > 0; i--) {
         if (v->shape[i] == 1) continue;
-        if (want < 0)
-            rs = v->stride[i];
+        if (!set)
+            rs = v->stride[i], set = 1;
         else if (v->stride[i] != want)
             return cf_error(INVALID,
                             "%s: dim %d has stride %lld, expected %lld: the leading dims must "
                             "flatten to rows of one stride",
                             name, i, (long long)v->stride[i], (long long)want);
-        want = v->stride[i] * v->shape[i];
+        /* on overflow no valid stride can match (INT64_MIN fails the extent check) */
+        if (cf_mul_i64(v->stride[i], v->shape[i], &want)) want = INT64_MIN;
     }
-    for (int i = 0; i < nd - 1; i++)
-        M *= v->shape[i];
     v->ndim = 2;
     v->shape[0] = M;
     v->stride[0] = rs;
@@ -138,6 +143,10 @@ static cflash_status norm_fwd(cflash_context* ctx, const cflash_norm_params* p, 
         CFLASH_FORWARD_IF_ERROR(
             rows(&c.residual_out, residual_out, "residual_out", x, &c.x, c.dtype, xd));
     CFLASH_FORWARD_IF_ERROR(check_stats(&c, mean, rstd));
+    const DLTensor* outs[4] = {out, residual_out, mean, rstd};
+    const char* names[4] = {"out", "residual_out", "mean", "rstd"};
+    for (int i = 0; i < 4; i++)
+        CFLASH_FORWARD_IF_ERROR(cf_check_output(outs[i], names[i]));
     return cf_context_dispatch(ctx, CFLASH_OP_NORM_FWD, c.device_type, &c, c.M == 0);
 }
 
@@ -171,6 +180,10 @@ static cflash_status norm_bwd(cflash_context* ctx, const cflash_norm_params* p, 
     if (dresidual)
         CFLASH_FORWARD_IF_ERROR(
             rows(&c.dresidual, dresidual, "dresidual", x, &c.x, CF_DTYPE_BAD, NULL));
+    const DLTensor* outs[4] = {dx, dweight, dbias, dresidual};
+    const char* names[4] = {"dx", "dweight", "dbias", "dresidual"};
+    for (int i = 0; i < 4; i++)
+        CFLASH_FORWARD_IF_ERROR(cf_check_output(outs[i], names[i]));
     return cf_context_dispatch(ctx, CFLASH_OP_NORM_BWD, c.device_type, &c,
                                c.M == 0 && !dweight && !dbias);
 }

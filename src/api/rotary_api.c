@@ -5,6 +5,7 @@
 
 #include "api/context.h"
 #include "api/ops_api.h"
+#include "core/checked.h"
 #include "core/status.h"
 #include "core/threads.h"
 
@@ -86,7 +87,7 @@ static cflash_status rotary_apply(cflash_context* ctx, const cflash_rotary_param
     CFLASH_RETURN_IF(c.sin.dtype != c.cos.dtype, INVALID,
                      "sin: dtype %s, expected %s (that of cos)", cf_dtype_name(c.sin.dtype),
                      cf_dtype_name(c.cos.dtype));
-    c.rd = 2 * c.cos.shape[1];
+    if (cf_mul_i64(2, c.cos.shape[1], &c.rd)) c.rd = INT64_MAX; /* (fails the check below) */
     CFLASH_RETURN_IF(c.rd < 2 || c.rd > c.D, INVALID,
                      "cos: rotary_dim = 2 * %lld = %lld, expected 2 <= rotary_dim <= head dim %lld",
                      (long long)c.cos.shape[1], (long long)c.rd, (long long)c.D);
@@ -125,20 +126,29 @@ static cflash_status rotary_apply(cflash_context* ctx, const cflash_rotary_param
             CFLASH_RETURN_IF(c.offsets[b] < 0, INVALID, "seqlen_offsets[%lld]: %d, expected >= 0",
                              (long long)b, c.offsets[b]);
     }
-    for (int64_t b = 0; b < c.B; b++) {
-        int64_t s0, len, off;
+    /* Every position used, offset + row, must have a cos/sin row: offset + len <= S_ro (the
+     * sum checked: an offset near INT64_MAX would wrap it). One check covers every batch when the
+     * offset and length are the same for all. */
+    const int64_t nchk = c.offsets || c.varlen ? c.B : c.B > 0;
+    for (int64_t b = 0; b < nchk; b++) {
+        int64_t s0, len, off, end;
         cf_rotary_seq(&c, b, &s0, &len, &off);
-        if (len > 0 && off + len > c.cos.shape[0])
-            return cf_error(INVALID,
-                            "cos: %lld rows, but sequence %lld needs positions up to %lld "
-                            "(offset %lld + length %lld - 1); expected S_ro > %lld",
-                            (long long)c.cos.shape[0], (long long)b, (long long)(off + len - 1),
-                            (long long)off, (long long)len, (long long)(off + len - 1));
+        if (len == 0) continue;
+        CFLASH_RETURN_IF(cf_add_i64(off, len, &end), INVALID,
+                         "cos: %lld rows, but sequence %lld needs positions from offset %lld "
+                         "over %lld rows, past INT64_MAX; expected offset + length <= S_ro",
+                         (long long)c.cos.shape[0], (long long)b, (long long)off, (long long)len);
+        CFLASH_RETURN_IF(end > c.cos.shape[0], INVALID,
+                         "cos: %lld rows, but sequence %lld needs positions up to %lld "
+                         "(offset %lld + length %lld - 1); expected S_ro > %lld",
+                         (long long)c.cos.shape[0], (long long)b, (long long)(end - 1),
+                         (long long)off, (long long)len, (long long)(end - 1));
     }
 
     if (!out || (out->data == x->data && out->byte_offset == x->byte_offset)) {
         c.out = c.x;
         c.inplace = 1;
+        CFLASH_FORWARD_IF_ERROR(cf_check_output(x, "x (rotated in place)"));
         if (out) { /* same memory: it must be the same view */
             cf_view ov;
             CFLASH_FORWARD_IF_ERROR(cf_ops_shape(&ov, out, "out", x->ndim, x->shape, xl));
@@ -157,6 +167,7 @@ static cflash_status rotary_apply(cflash_context* ctx, const cflash_rotary_param
         CFLASH_RETURN_IF(c.out.dtype != c.dtype, INVALID,
                          "out: dtype %s, expected %s (the dtype of x)", cf_dtype_name(c.out.dtype),
                          cf_dtype_name(c.dtype));
+        CFLASH_FORWARD_IF_ERROR(cf_check_output(out, "out"));
         if (varlen) lift(&c.out);
     }
     /* x read and out written, row by row (x's view: (B or 1, rows, H, D)). */
@@ -200,17 +211,22 @@ cflash_status cflash_rotary_tables(const cflash_rotary_table_params* p, DLTensor
     CFLASH_FORWARD_IF_ERROR(cf_ops_float(&sv, "sin", &cv, "cos"));
     CFLASH_RETURN_IF(sv.dtype != cv.dtype, INVALID, "sin: dtype %s, expected %s (that of cos)",
                      cf_dtype_name(sv.dtype), cf_dtype_name(cv.dtype));
+    CFLASH_FORWARD_IF_ERROR(cf_check_output(cos_t, "cos"));
+    CFLASH_FORWARD_IF_ERROR(cf_check_output(sin_t, "sin"));
     const int32_t* pos = NULL;
     if (p->positions) {
         cf_view pv;
         CFLASH_FORWARD_IF_ERROR(cf_ops_index(&pv, p->positions, "positions", cv.shape[0]));
         pos = pv.data;
     }
-    int64_t half = cv.shape[1], rd = 2 * half;
+    const int64_t half = cv.shape[1];
+    const double rd = 2.0 * (double)half; /* (an empty table's dims may be huge) */
     for (int64_t r = 0; r < cv.shape[0]; r++) {
-        double t = (double)(pos ? pos[r] : p->position_start + r) / p->interpolation_factor;
+        /* (in double: position_start + r may pass INT64_MAX) */
+        double t = (pos ? (double)pos[r] : (double)p->position_start + (double)r) /
+                   p->interpolation_factor;
         for (int64_t i = 0; i < half; i++) {
-            double a = t * pow(p->base, -(double)(2 * i) / (double)rd);
+            double a = t * pow(p->base, -2.0 * (double)i / rd);
             cf_store(cv.data, cv.dtype, r * cv.stride[0] + i, (float)cos(a));
             cf_store(sv.data, sv.dtype, r * sv.stride[0] + i, (float)sin(a));
         }

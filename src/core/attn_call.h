@@ -6,6 +6,7 @@
 #include <math.h>
 #include <stdint.h>
 
+#include "core/checked.h"
 #include "core/tensor.h"
 
 /* Block offsets keep positions below this (the dropout counter's row and column are 32 bits). */
@@ -68,16 +69,18 @@ static inline int64_t cf_attn_diag(const cf_attn_call* c, int64_t i, int64_t sq,
 }
 
 /* Visible key range of query row i (0-based within its sequence) of a sequence with lengths
- * sq, sk: keys [*lo, *hi) (clamped to [0, sk]; empty when *lo >= *hi). */
+ * sq, sk: keys [*lo, *hi) (clamped to [0, sk]; empty when *lo >= *hi). Windows are caller
+ * int64s of any size: each bound is compared with the distance it would move, never added to
+ * the diagonal unchecked (a window near INT64_MAX is the unbounded one). */
 static inline void cf_attn_key_range(const cf_attn_call* c, int64_t i, int64_t sq, int64_t sk,
                                      int64_t* lo, int64_t* hi) {
-    int64_t diag = cf_attn_diag(c, i, sq, sk);
-    int64_t l = 0, h = sk;
-    if (c->window_left >= 0 && diag - c->window_left > l) l = diag - c->window_left;
-    if (c->window_right >= 0 && diag + c->window_right + 1 < h) h = diag + c->window_right + 1;
-    if (l < 0) l = 0;
+    const int64_t diag = cf_attn_diag(c, i, sq, sk);
+    int64_t l = 0, h = sk, far;
+    if (c->window_left >= 0 && c->window_left < diag) l = diag - c->window_left;
+    /* diag + window_right + 1 < sk, where the sum fits (else the window reaches past every key) */
+    if (c->window_right >= 0 && !cf_add_i64(diag, c->window_right, &far) && far < sk - 1)
+        h = far + 1;
     if (l > sk) l = sk; /* a block's rows can lie wholly past its keys */
-    if (h > sk) h = sk;
     *lo = l;
     *hi = h > l ? h : l;
 }

@@ -100,9 +100,13 @@ static inline int64_t cf_kv_row(const cf_kvcache_call* c, const cf_view* v, int6
     return page * v->stride[0] + row * v->stride[1] + h * v->stride[2];
 }
 
+/* Whether q rows sit at successive positions (causal or windowed) or all at the old length. */
+static inline int cf_kv_q_shifted(const cf_kvcache_call* c) {
+    return c->a.causal || c->a.window_left >= 0 || c->a.window_right >= 0;
+}
 /* Rotary position of q row i of batch b (old length L). */
 static inline int64_t cf_kv_qpos(const cf_kvcache_call* c, int64_t L, int64_t i) {
-    return (c->a.causal || c->a.window_left >= 0 || c->a.window_right >= 0) ? L + i : L;
+    return cf_kv_q_shifted(c) ? L + i : L;
 }
 
 /* ---- Merge ---- */

@@ -1,6 +1,8 @@
 /* DLTensor -> cf_view, dtype names and sizes, and exact fp16 conversions. */
+#include <stdint.h>
 #include <stdio.h>
 
+#include "core/checked.h"
 #include "core/status.h"
 #include "core/tensor.h"
 
@@ -58,31 +60,144 @@ const char* cf_device_name(int device_type) {
     }
 }
 
+/* The data of every empty view: no element of it is ever read or written, but kernels still form
+ * row addresses from it, and arithmetic on a NULL pointer is undefined. */
+static char cf_empty_storage[64] __attribute__((aligned(64)));
+
+/* "(a, b, c)" of n int64s into buf. */
+static void dims_str(const int64_t* d, int n, char* buf, size_t len) {
+    size_t used = (size_t)snprintf(buf, len, "(");
+    for (int i = 0; i < n && used < len; i++)
+        used += (size_t)snprintf(buf + used, len - used, "%s%lld", i ? ", " : "", (long long)d[i]);
+    if (used < len) snprintf(buf + used, len - used, ")");
+}
+
+/* Checks that every element of t lies inside the address space: the element offsets reached,
+ * sum of stride_i * (shape_i - 1) split by sign, times the element size, added to data +
+ * byte_offset, all without wrapping. Then offsets a kernel computes from in-range indices fit in
+ * int64 too. t is non-empty with strides in v. */
+static cflash_status check_extent(const cf_view* v, const DLTensor* t, const char* name) {
+    const int64_t es = (int64_t)(cf_dtype_size(v->dtype) ? cf_dtype_size(v->dtype) : 1);
+    int64_t lo = 0, hi = 0, span, lo_b, hi_b;
+    int bad = 0;
+    for (int i = 0; i < v->ndim && !bad; i++) {
+        bad |= cf_mul_i64(v->stride[i], v->shape[i] - 1, &span);
+        if (!bad) bad |= span < 0 ? cf_add_i64(lo, span, &lo) : cf_add_i64(hi, span, &hi);
+    }
+    bad = bad || cf_mul_i64(lo, es, &lo_b) || cf_add_i64(hi, 1, &hi) || cf_mul_i64(hi, es, &hi_b);
+    const uintptr_t base = (uintptr_t)t->data;
+    bad = bad || t->byte_offset > (uint64_t)(UINTPTR_MAX - base);
+    if (!bad) {
+        const uintptr_t first = base + (uintptr_t)t->byte_offset;
+        bad = (uint64_t)(-(lo_b + 1)) + 1 > first || (uint64_t)hi_b > UINTPTR_MAX - first;
+    }
+    if (!bad) return CFLASH_OK;
+    char sh[160], st[160];
+    dims_str(v->shape, v->ndim, sh, sizeof sh);
+    dims_str(v->stride, v->ndim, st, sizeof st);
+    return cf_error(CFLASH_ERR_INVALID_ARGUMENT,
+                    "%s: the view reaches outside the address space: shape %s, strides %s "
+                    "(elements), byte_offset %llu from data %p; expected strides and an offset "
+                    "whose elements are addressable",
+                    name, sh, st, (unsigned long long)t->byte_offset, t->data);
+}
+
 cflash_status cf_view_from(cf_view* v, const DLTensor* t, const char* name) {
     CFLASH_RETURN_IF(!t, CFLASH_ERR_INVALID_ARGUMENT, "%s: is NULL, expected a tensor", name);
     CFLASH_RETURN_IF(t->ndim < 1 || t->ndim > CF_MAX_DIMS, CFLASH_ERR_INVALID_ARGUMENT,
                      "%s: ndim is %d, expected 1..%d", name, t->ndim, CF_MAX_DIMS);
     CFLASH_RETURN_IF(!t->shape, CFLASH_ERR_INVALID_ARGUMENT, "%s: shape is NULL", name);
-    /* An empty tensor may have no data (PyTorch and NumPy give NULL for zero elements). */
-    int empty = 0;
     for (int i = 0; i < t->ndim; i++)
-        empty |= t->shape[i] == 0;
-    CFLASH_RETURN_IF(!t->data && !empty, CFLASH_ERR_INVALID_ARGUMENT, "%s: data is NULL", name);
+        CFLASH_RETURN_IF(t->shape[i] < 0, CFLASH_ERR_INVALID_ARGUMENT,
+                         "%s: shape[%d] is %lld, expected >= 0", name, i, (long long)t->shape[i]);
+    int64_t numel;
+    if (cf_prod_i64(t->shape, t->ndim, &numel)) {
+        char sh[160];
+        dims_str(t->shape, t->ndim, sh, sizeof sh);
+        return cf_error(CFLASH_ERR_INVALID_ARGUMENT,
+                        "%s: shape %s has more than INT64_MAX elements, expected fewer", name, sh);
+    }
+    /* An empty tensor may have no data (PyTorch and NumPy give NULL for zero elements). */
+    CFLASH_RETURN_IF(!t->data && numel > 0, CFLASH_ERR_INVALID_ARGUMENT, "%s: data is NULL", name);
     v->dtype = cf_dtype_of(t->dtype);
     v->ndim = t->ndim;
     v->device_type = t->device.device_type;
     v->device_id = t->device.device_id;
-    int64_t dense = 1;
-    for (int i = t->ndim - 1; i >= 0; i--) {
-        CFLASH_RETURN_IF(t->shape[i] < 0, CFLASH_ERR_INVALID_ARGUMENT,
-                         "%s: shape[%d] is %lld, expected >= 0", name, i, (long long)t->shape[i]);
-        v->shape[i] = t->shape[i];
-        v->stride[i] = t->strides ? t->strides[i] : dense;
-        dense *= t->shape[i];
-    }
     for (int i = t->ndim; i < CF_MAX_DIMS; i++)
         v->shape[i] = 1, v->stride[i] = 0;
+    if (numel == 0) {
+        /* Nothing to address: dense strides with the zero dims counted as 1 (0 where that
+         * overflows), whatever the caller's strides were. */
+        int64_t dense = 1;
+        for (int i = t->ndim - 1; i >= 0; i--) {
+            v->shape[i] = t->shape[i];
+            v->stride[i] = dense;
+            if (dense && cf_mul_i64(dense, t->shape[i] > 0 ? t->shape[i] : 1, &dense)) dense = 0;
+        }
+        v->data = cf_empty_storage;
+        return CFLASH_OK;
+    }
+    /* A dim of size 1 is never stepped along, so its stride is free (DLPack producers leave any
+     * value there): 0 here, so that no kernel multiplies a wild one by the element size. */
+    int64_t dense = 1;
+    for (int i = t->ndim - 1; i >= 0; i--) {
+        v->shape[i] = t->shape[i];
+        v->stride[i] = t->shape[i] == 1 ? 0 : t->strides ? t->strides[i] : dense;
+        dense *= t->shape[i]; /* a partial product of numel: no overflow */
+    }
+    CFLASH_FORWARD_IF_ERROR(check_extent(v, t, name));
     v->data = (char*)t->data + t->byte_offset;
+    return CFLASH_OK;
+}
+
+static uint64_t abs_u64(int64_t x) {
+    return x < 0 ? 0 - (uint64_t)x : (uint64_t)x;
+}
+
+cflash_status cf_check_output(const DLTensor* t, const char* name) {
+    if (!t || !t->strides) return CFLASH_OK;
+    for (int i = 0; i < t->ndim; i++)
+        if (t->shape[i] == 0)
+            return CFLASH_OK; /* nothing is written (NumPy gives such strides 0) */
+    for (int i = 0; i < t->ndim; i++)
+        CFLASH_RETURN_IF(t->shape[i] > 1 && t->strides[i] == 0, CFLASH_ERR_INVALID_ARGUMENT,
+                         "%s: stride 0 in dim %d of size %lld, expected an output whose elements "
+                         "do not overlap (not a broadcast view)",
+                         name, i, (long long)t->shape[i]);
+    /* Distinct addresses for distinct elements, by a sufficient test (an exact one is a knapsack
+     * problem): the dims of size > 1, ordered by |stride|, nest -- each |stride| exceeds the
+     * reach sum |stride_j| * (shape_j - 1) of the smaller ones, as in every dense, padded,
+     * sliced, permuted or reversed view. Else two elements may share an address, and the threads
+     * writing them race (the result would differ from run to run). */
+    int dim[CF_MAX_DIMS], n = 0;
+    for (int i = 0; i < t->ndim; i++)
+        if (t->shape[i] > 1) {
+            int j = n++;
+            for (; j > 0 && abs_u64(t->strides[dim[j - 1]]) > abs_u64(t->strides[i]); j--)
+                dim[j] = dim[j - 1];
+            dim[j] = i;
+        }
+    uint64_t reach = 0; /* largest offset, in elements, that the smaller dims reach */
+    for (int j = 0; j < n; j++) {
+        const int i = dim[j];
+        const uint64_t st = abs_u64(t->strides[i]);
+        if (st <= reach) {
+            char sh[160], sd[160];
+            dims_str(t->shape, t->ndim, sh, sizeof sh);
+            dims_str(t->strides, t->ndim, sd, sizeof sd);
+            return cf_error(CFLASH_ERR_INVALID_ARGUMENT,
+                            "%s: elements share an address: shape %s, strides %s; dim %d (stride "
+                            "%lld) steps within the reach %llu of the dims with smaller strides, "
+                            "expected an output whose dims, ordered by |stride|, each step past "
+                            "the reach of the smaller ones",
+                            name, sh, sd, i, (long long)t->strides[i], (unsigned long long)reach);
+        }
+        uint64_t span;
+        /* cf_view_from bounded every |stride| * (shape - 1), and their sum, by the address space */
+        if (__builtin_mul_overflow(st, (uint64_t)(t->shape[i] - 1), &span) ||
+            __builtin_add_overflow(reach, span, &reach))
+            reach = UINT64_MAX;
+    }
     return CFLASH_OK;
 }
 
@@ -99,15 +214,14 @@ int cf_view_contiguous(const cf_view* v) {
     int64_t dense = 1;
     for (int i = v->ndim - 1; i >= 0; i--) {
         if (v->shape[i] != 1 && v->stride[i] != dense) return 0;
-        dense *= v->shape[i];
+        if (cf_mul_i64(dense, v->shape[i], &dense)) return 0;
     }
     return 1;
 }
 
 int64_t cf_view_numel(const cf_view* v) {
-    int64_t n = 1;
-    for (int i = 0; i < v->ndim; i++)
-        n *= v->shape[i];
+    int64_t n = 0;
+    cf_prod_i64(v->shape, v->ndim, &n); /* fits: cf_view_from checked it */
     return n;
 }
 

@@ -38,9 +38,17 @@ size_t cf_dtype_size(cf_dtype d);
 void cf_dl_dtype_str(DLDataType t, char* buf, size_t n);
 const char* cf_device_name(int device_type);
 
-/* Fills v from t. name is used in messages ("q"). Checks: t non-NULL, data non-NULL,
- * ndim in [1, CF_MAX_DIMS], shape >= 0. */
+/* Fills v from t. name is used in messages ("q"). Checks: t non-NULL, ndim in [1, CF_MAX_DIMS],
+ * shape >= 0, fewer than 2^63 elements, data non-NULL unless empty, and every element inside the
+ * address space (no stride, offset or extent wraps; element offsets fit in int64). An empty view
+ * (a dim 0) gets data pointing at a static placeholder (never NULL: kernels may form addresses
+ * from it but touch nothing) and dense strides. */
 cflash_status cf_view_from(cf_view* v, const DLTensor* t, const char* name);
+/* An output whose elements may share an address (stride 0 in a dim of size > 1, a broadcast
+ * view; or dims that do not nest, each |stride| past the reach of the smaller ones) would have
+ * several of its elements written to one address, by several threads: rejected. Call after t is
+ * validated (cf_view_from); NULL (an absent optional output) passes. */
+cflash_status cf_check_output(const DLTensor* t, const char* name);
 /* Writes "(2, 17, 4, 64)" into buf. */
 void cf_shape_str(const cf_view* v, char* buf, size_t n);
 /* 1 if the elements of v are exactly the dense row-major block. */

@@ -27,7 +27,8 @@ double cf_attn_flops(const cf_attn_call* c) {
     } else {
         pairs = (double)c->B * (double)c->Sq * (double)c->Sk;
     }
-    return 2.0 * pairs * (double)c->H * (double)(c->D + c->Dv);
+    /* D + Dv in double: the dims of empty views may be huge */
+    return 2.0 * pairs * (double)c->H * ((double)c->D + (double)c->Dv);
 }
 
 /* CFLASH_SMALL_CALLS=parallel turns the cut off (every call gets the context's count): the test

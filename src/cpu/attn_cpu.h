@@ -29,12 +29,16 @@ typedef struct cf_attn_kernels {
      * fp16, where the backward's dS could leave fp16's range. */
     void (*gemm_f16)(int64_t M, int64_t N, int64_t P, const uint32_t* A, int64_t rsa, int64_t csa,
                      const uint32_t* B, int64_t ldb, float* C, int64_t ldc, int acc);
-    /* x[i] *= s; mx[i] = max(mx[i], x[i]) for i < n. */
+    /* x[i] *= s; mx[i] = max(mx[i], x[i]) for i < n (a NaN x may be skipped by the max). */
     void (*scale_max_cols)(float* x, int64_t n, float s, float* mx);
-    /* x[i] = exp2(x[i] * s - m[i]) (0 for x = -inf); sum[i] += x[i] when sum != NULL. */
-    void (*exp_cols)(float* x, int64_t n, float s, const float* m, float* sum);
-    /* x[i] = exp2(x[i] * s - b) (0 for x = -inf). */
-    void (*exp_row)(float* x, int64_t n, float s, float b);
+    /* x[i] = exp(x[i] - m[i]) (0 for x = -inf, NaN for NaN); sum[i] += x[i] when sum != NULL.
+     * Computed as exp2((x - m) * log2 e), the difference first: the forward's running max and
+     * LSE are natural-log values of the very scores the backward recomputes, so for any score
+     * magnitude exp(s - lse) <= 1 there (a conversion to log2 units in between would round
+     * differently on the two sides, by far more than 1 once |s| is large). */
+    void (*exp_cols)(float* x, int64_t n, const float* m, float* sum);
+    /* x[i] = exp(x[i] - b) (0 for x = -inf, NaN for NaN), as exp_cols. */
+    void (*exp_row)(float* x, int64_t n, float b);
     /* ds[i] = p[i] * (dp[i] - dl) * sc. */
     void (*ds_row)(float* ds, const float* p, const float* dp, int64_t n, float dl, float sc);
     /* ds[i] = p[i] * (dp[i] - dl[i]) * sc. */
@@ -92,6 +96,16 @@ attn_tile* cf_attn_cpu_q_tiles(const cf_attn_call* c, int64_t n, int64_t* count)
 /* Sorts tiles heaviest first (ties by idx). */
 void cf_attn_cpu_sort_tiles(attn_tile* t, int64_t n);
 
+/* Whether any of n rows of d elements of dtype dt (row starts rs bytes apart from p) holds a NaN
+ * or an infinity. The drivers check the rows of a partly masked block with it before a product
+ * whose zero weights would carry them into rows that cannot see them. */
+int cf_attn_cpu_rows_nonfinite(const char* p, int64_t rs, int64_t n, int64_t d, cf_dtype dt);
+/* The same over the keys of block [j0, j0 + nb) (row j0 at p) that some rows of a tile cannot see:
+ * those before the last row's lo and those from the first row's hi on (lo and hi do not decrease
+ * over the rows); the keys every row sees cannot carry anything across a mask. */
+int cf_attn_cpu_hidden_nonfinite(const char* p, int64_t rs, int64_t j0, int64_t nb, int64_t lo_last,
+                                 int64_t hi_first, int64_t d, cf_dtype dt);
+
 /* ---- The backward's pieces, shared with backends that bring their own tile functions ---- */
 
 /* The backward's driver (passes 0-2 of attn_tiled_bwd.c: dl = rowsum(dO * O), then dK/dV per key
@@ -121,13 +135,16 @@ static inline float cf_attn_dl(const cf_attn_call* c, const float* dl, int64_t b
                                int64_t qi) {
     return dl[h * (c->varlen ? c->total_q : c->B * c->Sq) + cf_attn_dl_row(c, b, qi)];
 }
-/* The forward's lse of (b, h, qi) in log2 units, the subtrahend of exp2(x * s - m); +inf for a
- * row that saw no key (its P is 0). */
-static inline float cf_attn_lse2(const cf_attn_call* c, int64_t b, int64_t h, int64_t qi) {
-    const float lse =
-        ((const float*)
-             c->lse.data)[b * c->lse.stride[0] + h * c->lse.stride[1] + qi * c->lse.stride[2]];
-    return lse == -INFINITY ? INFINITY : lse * 1.4426950408889634f;
+/* The forward's lse of (b, h, qi) (natural-log units, as the scores: see exp_cols). */
+static inline float cf_attn_lse_at(const cf_attn_call* c, int64_t b, int64_t h, int64_t qi) {
+    return ((const float*)
+                c->lse.data)[b * c->lse.stride[0] + h * c->lse.stride[1] + qi * c->lse.stride[2]];
+}
+/* The subtrahend of exp(s - m) for row (b, h, qi): its lse; +inf for a row that saw no key (its
+ * P is 0). */
+static inline float cf_attn_lse_sub(const cf_attn_call* c, int64_t b, int64_t h, int64_t qi) {
+    const float lse = cf_attn_lse_at(c, b, h, qi);
+    return lse == -INFINITY ? INFINITY : lse;
 }
 /* First query row i in [0, sq) with hi(i) > j0 and one past the last with lo(i) < j1: the rows
  * that see some key of [j0, j1) lie in [*a, *z) (lo and hi are non-decreasing in i). */
@@ -143,12 +160,30 @@ typedef struct cf_attn_score_map {
     int64_t j0;             /* key of column 0 */
     const int64_t *lo, *hi; /* visible keys per row */
 } cf_attn_score_map;
-/* Applies masks (-inf) and the score transform to raw q.k scores (log2 units afterwards when
- * transformed, untouched when plain): returns the scale exp must still apply (scale * log2(e)
- * when plain, 1 when transformed here). y, when non-NULL, receives tanh(x / softcap) for the
- * softcap derivative (0 where masked). */
-float cf_attn_scores(const cf_attn_call* c, const cf_attn_score_map* mp, float* s, float* y,
-                     int64_t sq, int64_t sk);
+/* Raw q.k scores to the scores exp(s - lse) takes, in place: scaled, soft-capped, ALiBi-biased
+ * (natural-log units, rounded as the forward rounds them: see exp_cols), -inf where masked. y, when
+ * non-NULL, receives tanh(x / softcap) for the softcap derivative (0 where masked). */
+void cf_attn_scores(const cf_attn_call* c, const cf_attn_score_map* mp, float* s, float* y,
+                    int64_t sq, int64_t sk);
+/* NaN semantics in the backward (a masked pair never affects a gradient): a partly masked block
+ * whose rows hold a NaN or infinity is summed pair by pair, since the products' zero weights would
+ * carry it to pairs that cannot see each other. Whether query rows [qi0, qi0 + n) of head h hold
+ * one in their lse (+inf or NaN; -inf is a row without keys) or rowsum(dO * O) (dlr, n values):
+ * with the forward's lse and out this covers q, dout and out without reading them. */
+int cf_attn_bwd_query_rows_bad(const cf_attn_call* c, int64_t b, int64_t h, int64_t qi0, int64_t n,
+                               const float* dlr);
+/* Whether keys [kj0, kj0 + n) of KV head hk hold one in k or v; with hidden, only those some rows
+ * cannot see: before lo_last or from hi_first on, relative to kj0 (cf_attn_cpu_hidden_nonfinite).
+ */
+int cf_attn_bwd_key_rows_bad(const cf_attn_call* c, int64_t b, int64_t hk, int64_t kj0, int64_t n,
+                             int hidden, int64_t lo_last, int64_t hi_first);
+/* The gradients of the visible pairs of query rows [i0, i0 + nq) of head h (rowsums dlr[i - i0])
+ * against keys [j0, j0 + nb), pair by pair as cpu-ref computes them. Accumulates dk, dv (block row
+ * j - j0 at dk + (j - j0) * ldk, dv + (j - j0) * ldv; NULL = skip) and dq (row i - i0 at
+ * dq + (i - i0) * ldq; NULL = skip). */
+void cf_attn_bwd_exact_pairs(const cf_attn_call* c, int64_t b, int64_t h, int64_t i0, int64_t nq,
+                             const float* dlr, int64_t j0, int64_t nb, float* dk, int64_t ldk,
+                             float* dv, int64_t ldv, float* dq, int64_t ldq);
 /* Zeroes dropped entries of a block and scales kept ones by ks; row ri belongs to head hh[ri]. */
 void cf_attn_dropout_apply(const cf_attn_call* c, float* x, const cf_attn_score_map* mp,
                            const int64_t* hh, int64_t b, float ks);

@@ -29,16 +29,18 @@ static void scale_max_cols(float* x, int64_t n, float s, float* mx) {
     }
 }
 
-static void exp_cols(float* x, int64_t n, float s, const float* m, float* sum) {
+#define LOG2E 1.4426950408889634f
+
+static void exp_cols(float* x, int64_t n, const float* m, float* sum) {
     for (int64_t i = 0; i < n; i++) {
-        x[i] = exp2f(x[i] * s - m[i]);
+        x[i] = exp2f((x[i] - m[i]) * LOG2E);
         if (sum) sum[i] += x[i];
     }
 }
 
-static void exp_row(float* x, int64_t n, float s, float b) {
+static void exp_row(float* x, int64_t n, float b) {
     for (int64_t i = 0; i < n; i++)
-        x[i] = exp2f(x[i] * s - b);
+        x[i] = exp2f((x[i] - b) * LOG2E);
 }
 
 static void ds_row(float* ds, const float* p, const float* dp, int64_t n, float dl, float sc) {

@@ -18,9 +18,6 @@
 #include "core/threads.h"
 #include "cpu/attn_cpu.h"
 
-#define LOG2E 1.4426950408889634f
-#define LN2 0.6931471805599453f
-
 /* ---- Shared helpers ------------------------------------------------------------------------- */
 
 static inline char* row_ptr(const cf_view* v, int64_t b, int64_t s, int64_t h) {
@@ -36,6 +33,30 @@ static size_t align64(size_t n) {
 static int pairs_in_place(const cf_view* v, int64_t d) {
     return d % 2 == 0 && (uintptr_t)v->data % 4 == 0 && v->stride[0] % 2 == 0 &&
            v->stride[1] % 2 == 0 && v->stride[2] % 2 == 0;
+}
+
+int cf_attn_cpu_rows_nonfinite(const char* p, int64_t rs, int64_t n, int64_t d, cf_dtype dt) {
+    int bad = 0;
+    for (int64_t r = 0; r < n && !bad; r++, p += rs)
+        if (dt == CF_F32) {
+            const float* x = (const float*)p;
+            for (int64_t i = 0; i < d; i++)
+                bad |= x[i] - x[i] != 0.0f; /* NaN for NaN and +-inf */
+        } else {
+            const uint16_t* h = (const uint16_t*)p;
+            const uint16_t e = dt == CF_F16 ? 0x7c00 : 0x7f80; /* exponent all ones */
+            for (int64_t i = 0; i < d; i++)
+                bad |= (h[i] & e) == e;
+        }
+    return bad;
+}
+
+int cf_attn_cpu_hidden_nonfinite(const char* p, int64_t rs, int64_t j0, int64_t nb, int64_t lo_last,
+                                 int64_t hi_first, int64_t d, cf_dtype dt) {
+    const int64_t a = lo_last - j0 < nb ? lo_last - j0 : nb; /* [0, a): hidden from the last rows */
+    const int64_t z = hi_first - j0 > 0 ? hi_first - j0 : 0; /* [z, nb): from the first rows */
+    return (a > 0 && cf_attn_cpu_rows_nonfinite(p, rs, a, d, dt)) ||
+           (z < nb && cf_attn_cpu_rows_nonfinite(p + z * rs, rs, nb - z, d, dt));
 }
 
 int cf_attn_cpu_supports(const cf_attn_call* c, const cf_attn_kernels* k, char* reason,
@@ -58,7 +79,11 @@ typedef struct fwd_geom {
     int64_t G, n, M;    /* heads per group, rows per head, rows per tile (G * n) */
     int64_t bk;         /* keys per block */
     int64_t D, Dv, Dp2; /* Dp2: pairs of D (bf16 mode) */
-    int bf16;           /* 16-bit pairs mode: bf16 (gemm_bf16) or fp16 (gemm_f16) */
+    int bf16;           /* P V in 16-bit pairs: bf16 (gemm_bf16) or fp16 (gemm_f16) */
+    /* S = Q K^T in bf16 pairs, as the backward recomputes it (cpu_bwd's bf): the scores must
+     * round the same on both sides (see exp_cols in attn_cpu.h), so fp16 takes gemm_f32 there,
+     * which the backward uses for fp16 (gemm_f16 is forward-only). */
+    int qk_pairs;
     /* The pairs mode's GEMM and P packing for the call's dtype. */
     void (*gemm_pairs)(int64_t, int64_t, int64_t, const uint32_t*, int64_t, int64_t,
                        const uint32_t*, int64_t, float*, int64_t, int);
@@ -82,17 +107,17 @@ static void fwd_layout(const cf_attn_call* c, const cf_attn_kernels* k, fwd_geom
     else if (c->dtype == CF_F16 && k->gemm_f16)
         g->gemm_pairs = k->gemm_f16, g->pack_pairs = k->pack_pairs_f16;
     g->bf16 = g->gemm_pairs != NULL;
-    if (g->bf16) {
+    g->qk_pairs = c->dtype == CF_BF16 && k->gemm_bf16;
+    if (g->qk_pairs) {
         g->k_direct = pairs_in_place(&c->k, c->D);
-        g->v_direct = 0; /* V is always re-laid as row pairs */
     } else {
         g->k_direct = c->dtype == CF_F32;
-        g->v_direct = c->dtype == CF_F32;
     }
+    g->v_direct = !g->bf16 && c->dtype == CF_F32; /* pairs: V is always re-laid as row pairs */
     const int64_t BK = g->bk, M = g->M;
     size_t off = 0;
     g->off_qt = off; /* fp32: Q^T [D][M]; bf16: pairs [Dp2][M] */
-    off += align64(sizeof(float) * (size_t)(g->bf16 ? g->Dp2 : g->D) * (size_t)M);
+    off += align64(sizeof(float) * (size_t)(g->qk_pairs ? g->Dp2 : g->D) * (size_t)M);
     g->off_st = off; /* S^T [BK][M] */
     off += align64(sizeof(float) * (size_t)(BK * M));
     g->off_o = off; /* O [M][Dv] */
@@ -102,7 +127,7 @@ static void fwd_layout(const cf_attn_call* c, const cf_attn_kernels* k, fwd_geom
     g->off_lohi = off; /* key ranges of the tile's rows per head: lo, hi [n] */
     off += align64(sizeof(int64_t) * (size_t)(2 * g->n));
     g->off_kc = off; /* K block: fp32 rows [BK][D] or bf16 pairs [BK][Dp2] */
-    off += g->k_direct ? 0 : align64(sizeof(float) * (size_t)(BK * (g->bf16 ? g->Dp2 : g->D)));
+    off += g->k_direct ? 0 : align64(sizeof(float) * (size_t)(BK * (g->qk_pairs ? g->Dp2 : g->D)));
     g->off_vc = off; /* V block: fp32 rows [BK][Dv], or pairs [BK/2][Dv] plus P pairs [BK/2][M] */
     if (g->bf16)
         off += align64(sizeof(uint32_t) * (size_t)(((BK + 1) / 2) * (g->Dv + M)));
@@ -223,7 +248,6 @@ static void fwd_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const fwd
     float* vc = (float*)(ws + g->off_vc);
     float* tmp = (float*)(ws + g->off_tmp);
     const int general = c->softcap > 0.0f || c->alibi != NULL;
-    const float s2 = c->scale * LOG2E;
 
     for (int64_t ii = 0; ii < na; ii++)
         cf_attn_key_range(c, i0 + ii, sq, sk, &lo[ii], &hi[ii]);
@@ -233,14 +257,14 @@ static void fwd_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const fwd
      * 16 at a time into the S^T buffer (free until the first block), then written out a cache
      * line per column; a strided store per element missed L1 (fp32 Q^T is 64 KB at D = 128) and
      * cost ~3% of a causal fp32 forward. */
-    const int64_t Dq = g->bf16 ? g->Dp2 : D;
+    const int64_t Dq = g->qk_pairs ? g->Dp2 : D;
     const int64_t R = BK * Mt >= 16 * Dq ? 16 : 1;
     for (int64_t r0 = 0; r0 < Mt; r0 += R) {
         const int64_t rn = Mt - r0 < R ? Mt - r0 : R;
         for (int64_t rr = 0; rr < rn; rr++) {
             const int64_t r = r0 + rr, gi = r / na, ii = r % na;
             const char* src = row_ptr(&c->q, b, q0 + i0 + ii, hk * G + gi);
-            if (g->bf16) {
+            if (g->qk_pairs) {
                 /* The pair is the little-endian 32-bit word (as K is read in place). */
                 uint32_t* dst = (uint32_t*)(R == 16 ? st : tmp) + rr * Dq;
                 const uint16_t* h16 = (const uint16_t*)src;
@@ -255,7 +279,7 @@ static void fwd_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const fwd
                 kk->to_f32((R == 16 ? st : tmp) + rr * Dq, src, c->dtype, D);
             }
         }
-        if (g->bf16) {
+        if (g->qk_pairs) {
             const uint32_t* rb = (const uint32_t*)(R == 16 ? st : tmp);
             for (int64_t p = 0; p < Dq; p++)
                 for (int64_t rr = 0; rr < rn; rr++)
@@ -280,7 +304,7 @@ static void fwd_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const fwd
         const int64_t ves = (int64_t)cf_dtype_size(c->dtype) * c->v.stride[1];
 
         /* S^T [nb][Mt] = K Q^T */
-        if (g->bf16) {
+        if (g->qk_pairs) {
             const uint32_t* ka;
             int64_t ldk;
             if (g->k_direct) {
@@ -314,7 +338,8 @@ static void fwd_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const fwd
             kk->gemm_f32(nb, Mt, D, ka, ldk, 1, qt, Mt, st, Mt, 0);
         }
 
-        /* Scores (log2 units), masks, column maxima. */
+        /* Scores (natural units, as the LSE: see exp_cols in attn_cpu.h), masks, column
+         * maxima. */
         for (int64_t r = 0; r < Mt; r++)
             mx[r] = -INFINITY;
         if (general) {
@@ -327,8 +352,7 @@ static void fwd_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const fwd
                         row[r] =
                             (jj < lo[ii] || jj >= hi[ii])
                                 ? -INFINITY
-                                : cf_attn_score(c, row[r] * c->scale, slope, i0 + ii, jj, sq, sk) *
-                                      LOG2E;
+                                : cf_attn_score(c, row[r] * c->scale, slope, i0 + ii, jj, sq, sk);
                     }
                 }
                 kk->scale_max_cols(row, Mt, 1.0f, mx);
@@ -354,20 +378,20 @@ static void fwd_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const fwd
                             rg[ii] = -INFINITY;
                     }
                 }
-                kk->scale_max_cols(row, Mt, s2, mx);
+                kk->scale_max_cols(row, Mt, c->scale, mx);
             }
         }
 
         /* Online softmax update. */
         for (int64_t r = 0; r < Mt; r++) {
             const float mn = mx[r] > m[r] ? mx[r] : m[r];
-            alpha[r] = m[r] == -INFINITY ? 0.0f : exp2f(m[r] - mn);
+            alpha[r] = m[r] == -INFINITY ? 0.0f : expf(m[r] - mn);
             mu[r] = mn == -INFINITY ? 0.0f : mn;
             m[r] = mn;
             lsum[r] = 0.0f;
         }
         for (int64_t j = 0; j < nb; j++)
-            kk->exp_cols(st + j * Mt, Mt, 1.0f, mu, lsum);
+            kk->exp_cols(st + j * Mt, Mt, mu, lsum);
         for (int64_t r = 0; r < Mt; r++) {
             l[r] = l[r] * alpha[r] + lsum[r];
             if (alpha[r] != 1.0f && alpha[r] != 0.0f)
@@ -390,8 +414,23 @@ static void fwd_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const fwd
                 }
         }
 
-        /* O += P V */
-        if (g->bf16) {
+        /* O += P V. In a partly masked block a row's masked keys have P = 0, and 0 times a NaN
+         * or infinite v would still reach the row: such a block (rare) sums visible pairs only. */
+        if (!full &&
+            cf_attn_cpu_hidden_nonfinite(vrow, ves, j0, nb, lo[na - 1], hi[0], Dv, c->dtype)) {
+            for (int64_t j = 0; j < nb; j++) {
+                const int64_t jj = j0 + j;
+                kk->to_f32(tmp, vrow + j * ves, c->dtype, Dv);
+                for (int64_t gi = 0; gi < G; gi++)
+                    for (int64_t ii = 0; ii < na; ii++) {
+                        if (jj < lo[ii] || jj >= hi[ii]) continue;
+                        const int64_t r = gi * na + ii;
+                        const float pr = st[j * Mt + r];
+                        for (int64_t d = 0; d < Dv; d++)
+                            o[r * Dv + d] += pr * tmp[d];
+                    }
+            }
+        } else if (g->bf16) {
             const int64_t np = (nb + 1) / 2;
             uint32_t* vv = (uint32_t*)vc;
             uint32_t* pv = vv + np * Dv;
@@ -420,12 +459,13 @@ static void fwd_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const fwd
         }
     }
 
-    /* out = O / l (times the dropout rescale), lse = ln(2) * (m + log2 l). */
+    /* out = O / l (times the dropout rescale), lse = m + ln l; l = 0 (no key seen): 0 and -inf;
+     * l NaN (a NaN score): NaN both. */
     const float keep_scale = 1.0f / (1.0f - c->dropout_p);
     for (int64_t gi = 0; gi < G; gi++)
         for (int64_t ii = 0; ii < na; ii++) {
             const int64_t r = gi * na + ii, h = hk * G + gi;
-            const float inv = l[r] > 0.0f ? keep_scale / l[r] : 0.0f;
+            const float inv = l[r] != 0.0f ? keep_scale / l[r] : 0.0f;
             for (int64_t d = 0; d < Dv; d++)
                 tmp[d] = o[r * Dv + d] * inv;
             kk->from_f32(row_ptr(&c->out, b, q0 + i0 + ii, h), tmp, c->dtype, Dv);
@@ -433,7 +473,7 @@ static void fwd_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const fwd
                 float* lp = (float*)c->lse.data;
                 lp[b * c->lse.stride[0] + h * c->lse.stride[1] +
                    (q0 + i0 + ii) * c->lse.stride[2]] =
-                    l[r] > 0.0f ? (m[r] + log2f(l[r])) * LN2 : -INFINITY;
+                    l[r] != 0.0f ? m[r] + logf(l[r]) : -INFINITY;
             }
         }
 }

@@ -16,8 +16,7 @@
 #include "core/status.h"
 #include "core/threads.h"
 #include "cpu/attn_cpu.h"
-
-#define LOG2E 1.4426950408889634f
+#include "cpu/ref/attn_ref.h"
 
 static inline char* row_ptr(const cf_view* v, int64_t b, int64_t s, int64_t h) {
     return (char*)v->data + (b * v->stride[0] + s * v->stride[1] + h * v->stride[2]) *
@@ -120,9 +119,27 @@ void cf_attn_rows_seeing(const cf_attn_call* c, int64_t sq, int64_t sk, int64_t 
     *z = l;
 }
 
-float cf_attn_scores(const cf_attn_call* c, const cf_attn_score_map* mp, float* s, float* y,
-                     int64_t sq, int64_t sk) {
+/* Applies masks and the score transform to S rows in place: natural-log scores (scaled,
+ * soft-capped, ALiBi-biased), -inf where masked. scale * (q.k) is rounded and stored here exactly
+ * as the forward's scale_max_cols rounds it, so exp(s - lse) <= 1 for every score however large
+ * (see exp_cols in attn_cpu.h). */
+void cf_attn_scores(const cf_attn_call* c, const cf_attn_score_map* mp, float* s, float* y,
+                    int64_t sq, int64_t sk) {
     const int general = c->softcap > 0.0f || c->alibi != NULL;
+    if (!general) { /* scale all (along the contiguous direction), then mask */
+        if (mp->cs == 1)
+            for (int64_t ri = 0; ri < mp->nr; ri++)
+                for (int64_t ci = 0; ci < mp->nc; ci++)
+                    s[ri * mp->rs + ci] *= c->scale;
+        else
+            for (int64_t ci = 0; ci < mp->nc; ci++)
+                for (int64_t ri = 0; ri < mp->nr; ri++)
+                    s[ri * mp->rs + ci * mp->cs] *= c->scale;
+        int full = 1; /* lo and hi are non-decreasing over the rows */
+        for (int64_t ri = 0; ri < mp->nr && full; ri++)
+            full = mp->lo[ri] <= mp->j0 && mp->hi[ri] >= mp->j0 + mp->nc;
+        if (full) return;
+    }
     for (int64_t ri = 0; ri < mp->nr; ri++) {
         const int64_t lo = mp->lo[ri], hi = mp->hi[ri], i = mp->i[ri];
         for (int64_t ci = 0; ci < mp->nc; ci++) {
@@ -133,12 +150,57 @@ float cf_attn_scores(const cf_attn_call* c, const cf_attn_score_map* mp, float* 
                 continue;
             }
             if (!general) continue;
-            float x = s[at] * c->scale;
+            const float x = s[at] * c->scale;
             if (y) y[at] = tanhf(x / c->softcap);
-            s[at] = cf_attn_score(c, x, mp->slope[ri], i, j, sq, sk) * LOG2E;
+            s[at] = cf_attn_score(c, x, mp->slope[ri], i, j, sq, sk);
         }
     }
-    return general ? 1.0f : c->scale * LOG2E;
+}
+
+int cf_attn_bwd_query_rows_bad(const cf_attn_call* c, int64_t b, int64_t h, int64_t qi0, int64_t n,
+                               const float* dlr) {
+    int bad = 0;
+    for (int64_t r = 0; r < n; r++)
+        bad |= !(cf_attn_lse_at(c, b, h, qi0 + r) < INFINITY) | (dlr[r] - dlr[r] != 0.0f);
+    return bad;
+}
+
+int cf_attn_bwd_key_rows_bad(const cf_attn_call* c, int64_t b, int64_t hk, int64_t kj0, int64_t n,
+                             int hidden, int64_t lo_last, int64_t hi_first) {
+    const int64_t es = (int64_t)cf_dtype_size(c->dtype);
+    const char *kp = row_ptr(&c->k, b, kj0, hk), *vp = row_ptr(&c->v, b, kj0, hk);
+    const int64_t ks = c->k.stride[1] * es, vs = c->v.stride[1] * es;
+    if (!hidden)
+        return cf_attn_cpu_rows_nonfinite(kp, ks, n, c->D, c->dtype) ||
+               cf_attn_cpu_rows_nonfinite(vp, vs, n, c->Dv, c->dtype);
+    return cf_attn_cpu_hidden_nonfinite(kp, ks, 0, n, lo_last, hi_first, c->D, c->dtype) ||
+           cf_attn_cpu_hidden_nonfinite(vp, vs, 0, n, lo_last, hi_first, c->Dv, c->dtype);
+}
+
+void cf_attn_bwd_exact_pairs(const cf_attn_call* c, int64_t b, int64_t h, int64_t i0, int64_t nq,
+                             const float* dlr, int64_t j0, int64_t nb, float* dk, int64_t ldk,
+                             float* dv, int64_t ldv, float* dq, int64_t ldq) {
+    int64_t q0, sq, k0, sk;
+    cf_attn_seq(c, b, &q0, &sq, &k0, &sk);
+    const int64_t hk = h / (c->H / c->Hk), D = c->D;
+    for (int64_t i = i0; i < i0 + nq; i++) {
+        const float lse = cf_attn_lse_at(c, b, h, q0 + i);
+        int64_t lo, hi;
+        cf_attn_key_range(c, i, sq, sk, &lo, &hi);
+        if (lse == -INFINITY) continue; /* a row that saw no key has no gradient */
+        for (int64_t j = lo > j0 ? lo : j0; j < hi && j < j0 + nb; j++) {
+            const float ds = ref_pair_grad(c, b, h, hk, q0 + i, k0 + j, i, j, sq, sk, lse,
+                                           dlr[i - i0], dv ? dv + (j - j0) * ldv : NULL);
+            for (int64_t d = 0; d < D; d++) {
+                if (dq)
+                    dq[(i - i0) * ldq + d] +=
+                        ds * cf_load(c->k.data, c->dtype, ref_at4(&c->k, b, k0 + j, hk, d));
+                if (dk)
+                    dk[(j - j0) * ldk + d] +=
+                        ds * cf_load(c->q.data, c->dtype, ref_at4(&c->q, b, q0 + i, h, d));
+            }
+        }
+    }
 }
 
 /* ---- Workspace ------------------------------------------------------------------------------ */
@@ -290,6 +352,7 @@ static void dkdv_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const bw
     memset(dv, 0, sizeof(float) * (size_t)(nb * Dv));
     int64_t ia, iz;
     cf_attn_rows_seeing(c, sq, sk, j0, j0 + nb, &ia, &iz);
+    int kbad = -1; /* K/V rows of the block hold a NaN or infinity (checked when first needed) */
     for (int64_t gi = 0; gi < g->G; gi++) {
         const int64_t h = hk * g->G + gi;
         const float slope = cf_attn_slope(c, b, h);
@@ -310,18 +373,28 @@ static void dkdv_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const bw
                 mslope[r] = slope;
                 hh[r] = h;
                 cf_attn_key_range(c, i0 + r, sq, sk, &mlo[r], &mhi[r]);
-                lb[r] = cf_attn_lse2(c, b, h, q0 + i0 + r);
+                lb[r] = cf_attn_lse_sub(c, b, h, q0 + i0 + r);
                 dlr[r] = cf_attn_dl(c, dl, b, h, q0 + i0 + r);
             }
+            /* A partly masked block holding a NaN or infinity: pair by pair (see
+             * cf_attn_bwd_exact_pairs). */
+            if (mlo[bq - 1] > j0 || mhi[0] < j0 + nb) {
+                if (kbad < 0) kbad = cf_attn_bwd_key_rows_bad(c, b, hk, k0 + j0, nb, 0, 0, 0);
+                if (kbad || cf_attn_bwd_query_rows_bad(c, b, h, q0 + i0, bq, dlr)) {
+                    cf_attn_bwd_exact_pairs(c, b, h, i0, bq, dlr, j0, nb, dk, D, dv, Dv,
+                                            dqacc ? dqacc + (gi * sq + i0) * D : NULL, D);
+                    continue;
+                }
+            }
             cf_attn_score_map mp = {bq, nb, nb, 1, mi, mslope, j0, mlo, mhi};
-            /* P = exp2(S * s - lse2) */
+            /* P = exp(S - lse) */
             if (bf)
                 kk->gemm_bf16(bq, nb, g->Dp2, qpa, ldqa, 1, ktv, nb, s, nb, 0);
             else
                 kk->gemm_f32(bq, nb, D, qr, ldq, 1, kt, nb, s, nb, 0);
-            const float sx = cf_attn_scores(c, &mp, s, c->softcap > 0.0f ? y : NULL, sq, sk);
+            cf_attn_scores(c, &mp, s, c->softcap > 0.0f ? y : NULL, sq, sk);
             for (int64_t r = 0; r < bq; r++)
-                kk->exp_row(s + r * nb, nb, sx, lb[r]);
+                kk->exp_row(s + r * nb, nb, lb[r]);
             const float* pw = s;
             if (c->dropout_p > 0.0f) {
                 memcpy(pd, s, sizeof(float) * (size_t)(bq * nb));
@@ -411,14 +484,30 @@ static void dq_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const bwd_
             mi[r] = i0 + ii;
             mslope[r] = cf_attn_slope(c, b, h);
             cf_attn_key_range(c, i0 + ii, sq, sk, &mlo[r], &mhi[r]);
-            lb[r] = cf_attn_lse2(c, b, h, qi);
+            lb[r] = cf_attn_lse_sub(c, b, h, qi);
             dlr[r] = cf_attn_dl(c, dl, b, h, qi);
             heads[r] = h;
         }
     memset(dq, 0, sizeof(float) * (size_t)(Mt * D));
     const int64_t jlo = mlo[0], jhi = mhi[na - 1];
+    int qbad = -1; /* the tile's query rows hold a NaN or infinity (checked when first needed) */
     for (int64_t j0 = jlo; j0 < jhi; j0 += g->bk) {
         const int64_t nb = jhi - j0 < g->bk ? jhi - j0 : g->bk;
+        /* A partly masked block holding a NaN or infinity: pair by pair (see
+         * cf_attn_bwd_exact_pairs). */
+        if (mlo[na - 1] > j0 || mhi[0] < j0 + nb) {
+            for (int64_t gi = 0; qbad < 0 && gi < G; gi++)
+                if (cf_attn_bwd_query_rows_bad(c, b, hk * G + gi, q0 + i0, na, dlr + gi * na))
+                    qbad = 1;
+            if (qbad < 0) qbad = 0;
+            if (qbad ||
+                cf_attn_bwd_key_rows_bad(c, b, hk, k0 + j0, nb, 1, mlo[na - 1] - j0, mhi[0] - j0)) {
+                for (int64_t gi = 0; gi < G; gi++)
+                    cf_attn_bwd_exact_pairs(c, b, hk * G + gi, i0, na, dlr + gi * na, j0, nb, NULL,
+                                            0, NULL, 0, dq + gi * na * D, D);
+                continue;
+            }
+        }
         int64_t ldk = 0, ldv = 0, ldka = 0, ldva = 0;
         const float *kr = NULL, *vr = NULL;
         const uint32_t *kpa = NULL, *vpa = NULL;
@@ -434,9 +523,9 @@ static void dq_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const bwd_
             kk->gemm_bf16(nb, Mt, g->Dp2, kpa, ldka, 1, qv2, Mt, st, Mt, 0);
         else
             kk->gemm_f32(nb, Mt, D, kr, ldk, 1, qt, Mt, st, Mt, 0); /* S^T = K Q^T */
-        const float sx = cf_attn_scores(c, &mp, st, c->softcap > 0.0f ? y : NULL, sq, sk);
+        cf_attn_scores(c, &mp, st, c->softcap > 0.0f ? y : NULL, sq, sk);
         for (int64_t j = 0; j < nb; j++)
-            kk->exp_cols(st + j * Mt, Mt, sx, lb, NULL);
+            kk->exp_cols(st + j * Mt, Mt, lb, NULL);
         if (bf)
             kk->gemm_bf16(nb, Mt, g->Dvp2, vpa, ldva, 1, dov2, Mt, dpt, Mt, 0);
         else

@@ -86,13 +86,29 @@ static void kv_pv(float* restrict acc, int64_t R, int64_t Dv, const void* const*
             const float pr = p[r * KV_KB + t];
             const float* v = vf + t * Dv;
             float* a = acc + r * Dv;
-            if (pr == 0.0f) continue;
 #pragma omp simd
             for (int64_t d = 0; d < Dv; d++)
                 a[d] += pr * v[d];
         }
 }
 #endif
+
+/* Whether any of the nb rows (Dv elements of dtype dt each) holds a NaN or an infinity. */
+static int kv_rows_nonfinite(const void* const* rows, int64_t nb, int64_t Dv, cf_dtype dt) {
+    int bad = 0;
+    for (int64_t t = 0; t < nb; t++)
+        if (dt == CF_F32) {
+            const float* x = rows[t];
+            for (int64_t d = 0; d < Dv; d++)
+                bad |= x[d] - x[d] != 0.0f; /* NaN for NaN and +-inf */
+        } else {
+            const uint16_t* h = rows[t];
+            const uint16_t e = dt == CF_F16 ? 0x7c00 : 0x7f80; /* exponent all ones */
+            for (int64_t d = 0; d < Dv; d++)
+                bad |= (h[d] & e) == e;
+        }
+    return bad;
+}
 
 typedef struct kv_scratch {
     float *q, *acc, *m, *l, *s, *kf, *vf, *lv; /* lv: 16-lane partial sums of l (cpu-avx512) */
@@ -105,8 +121,11 @@ static size_t kv_scratch_floats(const cf_kvcache_call* c, int64_t R) {
                     16 * R + 64);
 }
 
+/* p: a malloc'd block of kv_scratch_floats floats. The int64 ranges go first, where malloc's
+ * alignment holds (after an odd number of floats they would be misaligned). */
 static void kv_scratch_init(kv_scratch* w, float* p, const cf_kvcache_call* c, int64_t R) {
     const cf_attn_call* a = &c->a;
+    w->lo = (int64_t*)p, w->hi = w->lo + R, p += 4 * R;
     w->q = p, p += R * a->D;
     w->acc = p, p += R * a->Dv;
     w->m = p, p += R;
@@ -114,9 +133,26 @@ static void kv_scratch_init(kv_scratch* w, float* p, const cf_kvcache_call* c, i
     w->s = p, p += R * KV_KB;
     w->kf = p, p += KV_KB * a->D;
     w->vf = p, p += KV_KB * a->Dv;
-    w->lv = p, p += 16 * R;
-    w->lo = (int64_t*)p, p += 2 * R;
-    w->hi = (int64_t*)p;
+    w->lv = p;
+}
+
+/* acc[r] += p[r][t] v_t for rows [r0, r0 + n) and the keys t of the block (at jb) each row sees,
+ * pair by pair: for a partly masked block whose V holds a NaN or infinity (rare), where a masked
+ * key's weight 0 would still carry it into the row. pdp: acc is in kv_pv_dp's permuted order. */
+static void kv_pv_visible(const cf_kvcache_call* c, kv_scratch* w, int64_t r0, int64_t n,
+                          int64_t jb, const void* const* rows, int64_t nb, int pdp) {
+    const int64_t Dv = c->a.Dv;
+    for (int64_t t = 0; t < nb; t++) {
+        ld_row(w->vf, rows[t], c->a.dtype, Dv);
+        for (int64_t r = r0; r < r0 + n; r++) {
+            if (jb + t < w->lo[r] || jb + t >= w->hi[r]) continue;
+            const float pr = w->s[r * KV_KB + t];
+            float* a = w->acc + r * Dv;
+            for (int64_t d = 0; d < Dv; d++) /* kv_pv_dp: element d sits at (see kv_pv_unpermute) */
+                a[pdp ? (d & ~31) + ((d >> 2) & 1) * 16 + ((d >> 3) & 3) * 4 + (d & 3) : d] +=
+                    pr * w->vf[d];
+        }
+    }
 }
 
 /* Keys [j0, j1) of batch b for the KV heads [hk0, hk0 + nh) and query rows [i0, i0 + nq): leaves
@@ -224,9 +260,11 @@ static void kv_item(const cf_kvcache_call* c, kv_scratch* w, int64_t b, int64_t 
                     s[t] = x;
                     mx = x > mx ? x : mx;
                 }
-            if (mx == -INFINITY) { /* nothing visible in this block: P row is 0 */
+            if (mx == -INFINITY) { /* nothing visible in this block (or only NaN): P row is 0 */
+                int nan = 0;
                 for (int64_t t = 0; t < nb; t++)
-                    s[t] = 0.0f;
+                    nan |= s[t] != s[t], s[t] = 0.0f;
+                if (nan) w->m[r] = NAN, w->l[r] = NAN; /* a NaN score: the row is NaN */
                 continue;
             }
             /* a running max that does not move leaves alpha = fexp(0) = 1 exactly: skip it */
@@ -249,9 +287,16 @@ static void kv_item(const cf_kvcache_call* c, kv_scratch* w, int64_t b, int64_t 
         }
         for (int64_t t = 0; t < nb; t++)
             base[t] = cf_kv_row(c, &c->vc, b, P + jb + t, hk0);
+        int partial = 0; /* some row does not see every key of the block */
+        for (int64_t r = 0; r < R; r++)
+            partial |= w->lo[r] > jb || w->hi[r] < jb + nb;
         for (int64_t g = 0; g < nh; g++) {
             for (int64_t t = 0; t < nb; t++)
                 rows[t] = (const char*)c->vc.data + (base[t] + g * c->vc.stride[2]) * es;
+            if (partial && kv_rows_nonfinite(rows, nb, Dv, a->dtype)) {
+                kv_pv_visible(c, w, g * Rg, Rg, jb, rows, nb, pdp);
+                continue;
+            }
             for (int64_t t = 0; t < npf; t++)
                 for (int64_t o = 0; o < Dv * es; o += 64)
                     __builtin_prefetch(
@@ -292,8 +337,9 @@ static void kv_plan(const cf_kvcache_call* c, int64_t* nh, int64_t* nq, int64_t*
     const int64_t items1 = a->B * (a->Hk / h) * ((a->Sq + q - 1) / q);
     int64_t n = c->num_splits;
     if (n == 0) {
+        /* (Sq = 0: no items, and nothing to split) */
         int64_t want = 2 * (int64_t)a->threads;
-        n = items1 >= want ? 1 : (want + items1 - 1) / items1;
+        n = items1 >= want || items1 == 0 ? 1 : (want + items1 - 1) / items1;
         if (n > a->Sk / 512) n = a->Sk / 512;
     }
     if (n > a->Sk) n = a->Sk;
@@ -303,11 +349,12 @@ static void kv_plan(const cf_kvcache_call* c, int64_t* nh, int64_t* nq, int64_t*
     *ns = n < 1 ? 1 : n;
 }
 
-/* out / lse of query row (b, i, h) from an unnormalised acc, max m and sum l. */
+/* out / lse of query row (b, i, h) from an unnormalised acc, max m and sum l (0: no key seen,
+ * out 0 and lse -inf; NaN: a NaN score, NaN both). */
 static void kv_write(const cf_kvcache_call* c, int64_t b, int64_t i, int64_t h, float* acc, float m,
                      float l) {
     const cf_attn_call* a = &c->a;
-    const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+    const float inv = l != 0.0f ? 1.0f / l : 0.0f;
 #pragma omp simd
     for (int64_t d = 0; d < a->Dv; d++)
         acc[d] *= inv;
@@ -315,7 +362,7 @@ static void kv_write(const cf_kvcache_call* c, int64_t b, int64_t i, int64_t h, 
            a->dtype, acc, a->Dv);
     if (a->lse.data)
         ((float*)a->lse.data)[b * a->lse.stride[0] + h * a->lse.stride[1] + i * a->lse.stride[2]] =
-            l > 0.0f ? m + logf(l) : -INFINITY;
+            l != 0.0f ? m + logf(l) : -INFINITY;
 }
 
 static cflash_status fast_kvcache_run(const void* call) {
@@ -374,7 +421,8 @@ static cflash_status fast_kvcache_run(const void* call) {
             float M = -INFINITY, l = 0.0f;
             for (int64_t s = 0; s < ns; s++) {
                 float m = first[s * R * (Dv + 2) + R * Dv + r];
-                M = m > M ? m : M;
+                M = m > M || m != m ? m : M; /* a NaN split max (a NaN score) makes the row NaN */
+                if (M != M) break;
             }
             float* o = buf;
             for (int64_t d = 0; d < Dv; d++)

@@ -19,8 +19,11 @@ static cflash_status fast_merge_run(const void* call) {
                 const float* lp = (const float*)c->lp.data + b * c->lp.stride[1] +
                                   h * c->lp.stride[2] + i * c->lp.stride[3];
                 float m = -INFINITY, sum = 0.0f;
-                for (int64_t s = 0; s < NS; s++)
-                    m = fmaxf(m, lp[s * c->lp.stride[0]]);
+                for (int64_t s = 0; s < NS; s++) { /* a NaN part LSE makes the row NaN */
+                    const float l = lp[s * c->lp.stride[0]];
+                    m = l > m || l != l ? l : m;
+                    if (m != m) break;
+                }
                 for (int64_t s = 0; s < NS; s++) {
                     float l = lp[s * c->lp.stride[0]];
                     w[s] = (m == -INFINITY || l == -INFINITY) ? 0.0f : expf(l - m);
@@ -30,7 +33,9 @@ static cflash_status fast_merge_run(const void* call) {
                 for (int64_t d = 0; d < Dv; d++)
                     acc[d] = 0.0f;
                 for (int64_t s = 0; s < NS; s++) {
-                    if (w[s] == 0.0f) continue;
+                    /* parts with LSE -inf hold no key (their out may be anything); a weight that
+                     * underflows to 0 still multiplies out (0 * NaN is NaN, as a naive sum) */
+                    if (m == -INFINITY || lp[s * c->lp.stride[0]] == -INFINITY) continue;
                     float ws = w[s] / sum;
                     ld_row(row,
                            at(&c->op, s * c->op.stride[0] + b * c->op.stride[1] +

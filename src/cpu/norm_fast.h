@@ -1,7 +1,8 @@
 /* Fast RMSNorm / LayerNorm body (included once per ISA after ops_fast_common.h). Forward: rows in
  * contiguous blocks per thread; each row is read once (x, residual), h kept in fp32 scratch, and
- * written once (out, residual_out). Backward: the same, with per-thread dweight/dbias partials
- * summed in thread order at the end (deterministic for a given thread count). */
+ * written once (out, residual_out). Backward: the same, with dweight/dbias summed per chunk of
+ * rows and the chunks summed in order at the end; the chunks depend on M and N only, so the sums
+ * are the same bits for any thread count. */
 
 /* weight / bias as fp32 [N] (1 / 0 when absent). */
 static void norm_wb(const cf_norm_call* c, float* w, float* bias) {
@@ -108,29 +109,40 @@ static cflash_status fast_norm_fwd_run(const void* call) {
     return CFLASH_OK;
 }
 
+/* Chunks of rows for the dweight / dbias partial sums: a function of M and N only (at most 64,
+ * at least 16 rows each, partials within 64 MB). */
+static int64_t norm_chunks(int64_t M, int64_t N) {
+    int64_t n = (M + 15) / 16, cap = ((int64_t)64 << 20) / (8 * N);
+    if (n > 64) n = 64;
+    if (n > cap) n = cap;
+    return n < 1 ? 1 : n;
+}
+
 static cflash_status fast_norm_bwd_run(const void* call) {
     const cf_norm_call* c = call;
-    const int64_t N = c->N;
-    const int nt = c->threads;
-    float* part_acc = calloc((size_t)nt * 2 * (size_t)N, sizeof(float)); /* dweight, dbias */
+    const int64_t N = c->N, nch = norm_chunks(c->M, N);
+    const int nt = cf_threads_items(c->threads, nch);
+    float* part_acc = calloc((size_t)nch * 2 * (size_t)N, sizeof(float)); /* dweight, dbias */
     CFLASH_RETURN_IF(!part_acc, CFLASH_ERR_OUT_OF_MEMORY, "norm_bwd: out of memory");
-    int failed = 0, used = 1;
+    int failed = 0;
 #pragma omp parallel num_threads(nt) reduction(| : failed)
     {
         float* buf = malloc(sizeof(float) * (size_t)(5 * N + 64));
         failed = !buf;
-        int tid = CF_TID, n = CF_NT;
-#pragma omp single
-        used = n;
         if (buf) {
             float *h = buf, *dy = h + N, *g = dy + N, *w = g + N, *tmp = w + N;
-            float *dw = part_acc + (size_t)tid * 2 * (size_t)N, *db = dw + N;
             norm_wb(c, w, tmp);
             const float ks = 1.0f / (1.0f - c->dropout_p);
-            int64_t r0, r1;
-            part(c->M, tid, n, &r0, &r1);
-            for (int64_t r = r0; r < r1; r++) {
+            int64_t c0, c1;
+            part(nch, CF_TID, CF_NT, &c0, &c1);
+            /* chunk ch: rows [M * ch / nch, M * (ch + 1) / nch), none empty (nch <= M) */
+            const int64_t r1 = c->M * c1 / nch; /* the thread's last row + 1 */
+            int64_t ch = c0;
+            for (int64_t r = c->M * c0 / nch; r < r1; r++) {
                 float mu, rs, mg = 0.0f, mgx = 0.0f;
+                while (r >= c->M * (ch + 1) / nch)
+                    ch++;
+                float *dw = part_acc + (size_t)ch * 2 * (size_t)N, *db = dw + N;
                 if (r + 1 < r1) {
                     prefetch_row(at(&c->x, (r + 1) * c->x.stride[0]), c->x.dtype, N, 0);
                     prefetch_row(at(&c->dy, (r + 1) * c->dy.stride[0]), c->dy.dtype, N, 0);
@@ -176,7 +188,7 @@ static cflash_status fast_norm_bwd_run(const void* call) {
     if (!failed)
         for (int64_t j = 0; j < N; j++) {
             float sw = 0.0f, sb = 0.0f;
-            for (int t = 0; t < used; t++) {
+            for (int64_t t = 0; t < nch; t++) {
                 sw += part_acc[(size_t)t * 2 * (size_t)N + (size_t)j];
                 sb += part_acc[(size_t)t * 2 * (size_t)N + (size_t)(N + j)];
             }

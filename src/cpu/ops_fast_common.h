@@ -25,6 +25,7 @@
 #include "core/backend.h"
 #include "core/ops_call.h"
 #include "core/status.h"
+#include "core/threads.h"
 
 /* dst[0..n) = src[0..n) (dtype dt) as fp32. */
 static inline void ld_row(float* restrict dst, const void* restrict src, cf_dtype dt, int64_t n) {
@@ -97,8 +98,9 @@ static inline void* at(const cf_view* v, int64_t off) {
     return (char*)v->data + off * (int64_t)cf_dtype_size(v->dtype);
 }
 
-/* exp(x) for x <= 0 (softmax arguments), relative error ~2 ulp; 0 below -87 and for -inf.
- * Branch-free so that loops over it vectorize. */
+/* exp(x) for x <= 0 (softmax arguments), relative error ~2 ulp; 0 below -87 and for -inf, NaN
+ * for NaN. Branch-free so that loops over it vectorize. 2^n is built from n's float bits (a
+ * magic-number add, no float -> int conversion, which is undefined for NaN). */
 static inline float fexp(float x) {
     const float l2e = 1.44269504088896341f, c1 = 0.693359375f, c2 = -2.12194440e-4f;
     float xc = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
@@ -111,15 +113,17 @@ static inline float fexp(float x) {
     p = p * r + 1.6666665459e-1f;
     p = p * r + 5.0000001201e-1f;
     p = p * r * r + r + 1.0f;
+    /* n + 127 + 1.5 * 2^23: its low mantissa bits hold n + 127 (n in [-126, 127]) */
     union {
-        int32_t i;
         float f;
-    } e = {((int32_t)n + 127) << 23}; /* 2^n (a union: memcpy here stops vectorization) */
+        uint32_t u;
+    } t = {n + 12583039.0f}, e; /* a union: memcpy here stops vectorization */
+    e.u = t.u << 23;            /* 2^n */
     return x < -87.0f ? 0.0f : p * e.f;
 }
 
-/* s[t] = exp(s[t] - m) for t < n (0 where s[t] = -inf); returns the sum. Same polynomial as
- * fexp; 2^n applied with scalef (AVX-512) or an exponent add (NEON). */
+/* s[t] = exp(s[t] - m) for t < n (0 where s[t] = -inf, NaN where NaN); returns the sum. Same
+ * polynomial as fexp; 2^n applied with scalef (AVX-512) or an exponent add (AVX2, NEON). */
 static inline float exp_row(float* s, int64_t n, float m) {
     float sum = 0.0f;
     int64_t t = 0;
@@ -130,8 +134,8 @@ static inline float exp_row(float* s, int64_t n, float m) {
     __m512 acc = _mm512_setzero_ps();
     for (; t + 16 <= n; t += 16) {
         __m512 x = _mm512_sub_ps(_mm512_loadu_ps(s + t), vm);
-        __mmask16 live = _mm512_cmp_ps_mask(x, lo, _CMP_GE_OQ);
-        x = _mm512_max_ps(x, lo);
+        __mmask16 live = _mm512_cmp_ps_mask(x, lo, _CMP_NLT_UQ); /* x >= -87 or NaN */
+        x = _mm512_max_ps(lo, x);                                /* a NaN x passes */
         __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(x, l2e), _MM_FROUND_TO_NEAREST_INT);
         __m512 r = _mm512_fnmadd_ps(k, c2, _mm512_fnmadd_ps(k, c1, x));
         __m512 p = _mm512_set1_ps(1.9875691500e-4f);

@@ -50,7 +50,7 @@ static cflash_status fast_rotary_run(const void* call) {
     const int64_t half = c->rd / 2, D = c->D, H = c->H, rows = c->B * c->S;
     const size_t xs = cf_dtype_size(c->dtype);
     /* whole rows: heads dense in x and out, and nothing to leave untouched in place */
-    const int whole = c->x.stride[2] == D && c->out.stride[2] == D &&
+    const int whole = (H == 1 || (c->x.stride[2] == D && c->out.stride[2] == D)) &&
                       (!c->inplace || (c->rd == D && c->nrot == H));
     const int64_t nbuf = whole ? 2 * H * D : 2 * D;
 #ifdef CF_OPS_ROTARY_ROW_BF16

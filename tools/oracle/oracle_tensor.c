@@ -30,6 +30,19 @@ DLDataType tt_dl_dtype(cflash_dtype d) {
     return cflash_dtype_to_dl(d);
 }
 
+/* The DLTensor of t over its allocation (base, offset, shape, strides set), then poisoned. */
+static void dl_init(tt_tensor* t, int ndim) {
+    t->dl.data = t->base;
+    t->dl.device.device_type = kDLCPU;
+    t->dl.device.device_id = 0;
+    t->dl.ndim = ndim;
+    t->dl.dtype = tt_dl_dtype(t->dtype);
+    t->dl.shape = t->shape;
+    t->dl.strides = t->strides;
+    t->dl.byte_offset = t->offset;
+    tt_poison(t);
+}
+
 int tt_alloc(tt_tensor* t, cflash_dtype dtype, int ndim, const int64_t* shape, tt_layout layout) {
     memset(t, 0, sizeof *t);
     size_t es = cflash_dtype_size(dtype);
@@ -67,15 +80,44 @@ int tt_alloc(tt_tensor* t, cflash_dtype dtype, int ndim, const int64_t* shape, t
         fprintf(stderr, "tt_alloc: out of memory (%zu bytes)\n", t->bytes);
         return -1;
     }
-    t->dl.data = t->base;
-    t->dl.device.device_type = kDLCPU;
-    t->dl.device.device_id = 0;
-    t->dl.ndim = ndim;
-    t->dl.dtype = tt_dl_dtype(dtype);
-    t->dl.shape = t->shape;
-    t->dl.strides = t->strides;
-    t->dl.byte_offset = t->offset;
-    tt_poison(t);
+    dl_init(t, ndim);
+    return 0;
+}
+
+int tt_alloc_strided(tt_tensor* t, cflash_dtype dtype, int ndim, const int64_t* shape,
+                     const int64_t* strides) {
+    memset(t, 0, sizeof *t);
+    size_t es = cflash_dtype_size(dtype);
+    if (ndim < 1 || ndim > TT_MAX_DIMS || es == 0) {
+        fprintf(stderr, "tt_alloc_strided: bad ndim %d or dtype %d\n", ndim, (int)dtype);
+        return -1;
+    }
+    int64_t lo = 0, hi = 0, numel = 1; /* element offsets reached, relative to element 0 */
+    for (int i = 0; i < ndim; i++) {
+        t->shape[i] = shape[i];
+        t->strides[i] = strides[i];
+        if (__builtin_mul_overflow(numel, shape[i], &numel)) numel = INT64_MAX; /* broadcast */
+    }
+    for (int i = 0; i < ndim; i++)
+        if (shape[i] == 0) numel = 0;
+    for (int i = 0; i < ndim && numel; i++) {
+        int64_t span = strides[i] * (shape[i] - 1);
+        if (span < 0)
+            lo += span;
+        else
+            hi += span;
+    }
+    t->dtype = dtype;
+    t->numel = numel;
+    t->offset = (size_t)(-lo) * es;
+    t->bytes = numel ? (size_t)(hi - lo + 1) * es : es;
+    t->base = malloc(t->bytes);
+    if (!t->base) {
+        fprintf(stderr, "tt_alloc_strided: out of memory (%zu bytes)\n", t->bytes);
+        memset(t, 0, sizeof *t);
+        return -1;
+    }
+    dl_init(t, ndim);
     return 0;
 }
 

@@ -44,6 +44,12 @@ typedef struct tt_tensor {
  * argument or out of memory (with a message on stderr). A zero-size tensor gets a small
  * allocation so data is never NULL. */
 int tt_alloc(tt_tensor* t, cflash_dtype dtype, int ndim, const int64_t* shape, tt_layout layout);
+/* Allocates exactly the bytes the given element strides reach (any signs, zero allowed), with
+ * data / byte_offset placed so that every element is inside and nothing else is: an access
+ * outside the view is one outside the allocation (ASan sees it). Poisoned. 0, or -1. numel
+ * saturates at INT64_MAX (a huge broadcast view: do not iterate it). */
+int tt_alloc_strided(tt_tensor* t, cflash_dtype dtype, int ndim, const int64_t* shape,
+                     const int64_t* strides);
 /* Same shape, dtype and layout as src (values not copied; poisoned). */
 int tt_alloc_like(tt_tensor* t, const tt_tensor* src);
 void tt_free(tt_tensor* t); /* accepts a zeroed or freed tensor */

@@ -425,21 +425,24 @@ static void scale_max_cols(float* x, int64_t n, float s, float* mx) {
     }
 }
 
-static void exp_cols(float* x, int64_t n, float s, const float* mu, float* sum) {
+#define LOG2E 1.4426950408889634f
+
+/* exp(x - m) as exp2((x - m) * log2 e), the difference first (see exp_cols in attn_cpu.h). */
+static void exp_cols(float* x, int64_t n, const float* mu, float* sum) {
     for (int64_t i = 0; i < n; i += 4) {
         const int w = (int)(n - i);
         const float32x4_t e =
-            exp2_ps(vsubq_f32(vmulq_n_f32(ld_f32(x + i, w), s), ld_f32(mu + i, w)));
+            exp2_ps(vmulq_n_f32(vsubq_f32(ld_f32(x + i, w), ld_f32(mu + i, w)), LOG2E));
         st_f32(x + i, e, w);
         if (sum) st_f32(sum + i, vaddq_f32(ld_f32(sum + i, w), e), w);
     }
 }
 
-static void exp_row(float* x, int64_t n, float s, float b) {
+static void exp_row(float* x, int64_t n, float b) {
     const float32x4_t vb = vdupq_n_f32(b);
     for (int64_t i = 0; i < n; i += 4) {
         const int w = (int)(n - i);
-        st_f32(x + i, exp2_ps(vsubq_f32(vmulq_n_f32(ld_f32(x + i, w), s), vb)), w);
+        st_f32(x + i, exp2_ps(vmulq_n_f32(vsubq_f32(ld_f32(x + i, w), vb), LOG2E)), w);
     }
 }
 

@@ -127,21 +127,26 @@ TSVE static void scale_max_cols(float* x, int64_t n, float s, float* mx) {
     }
 }
 
-TSVE static void exp_cols(float* x, int64_t n, float s, const float* mu, float* sum) {
+#define LOG2E 1.4426950408889634f
+
+/* exp(x - m) as exp2((x - m) * log2 e), the difference first (see exp_cols in attn_cpu.h). */
+TSVE static void exp_cols(float* x, int64_t n, const float* mu, float* sum) {
     for (int64_t i = 0; i < n; i += (int64_t)svcntw()) {
         const svbool_t pg = svwhilelt_b32_s64(i, n);
         const svfloat32_t e = exp2_sve(
-            pg, svsub_f32_x(pg, svmul_n_f32_x(pg, svld1_f32(pg, x + i), s), svld1_f32(pg, mu + i)));
+            pg,
+            svmul_n_f32_x(pg, svsub_f32_x(pg, svld1_f32(pg, x + i), svld1_f32(pg, mu + i)), LOG2E));
         svst1_f32(pg, x + i, e);
         if (sum) svst1_f32(pg, sum + i, svadd_f32_x(pg, svld1_f32(pg, sum + i), e));
     }
 }
 
-TSVE static void exp_row(float* x, int64_t n, float s, float b) {
+TSVE static void exp_row(float* x, int64_t n, float b) {
     for (int64_t i = 0; i < n; i += (int64_t)svcntw()) {
         const svbool_t pg = svwhilelt_b32_s64(i, n);
-        svst1_f32(pg, x + i,
-                  exp2_sve(pg, svsub_n_f32_x(pg, svmul_n_f32_x(pg, svld1_f32(pg, x + i), s), b)));
+        svst1_f32(
+            pg, x + i,
+            exp2_sve(pg, svmul_n_f32_x(pg, svsub_n_f32_x(pg, svld1_f32(pg, x + i), b), LOG2E)));
     }
 }
 

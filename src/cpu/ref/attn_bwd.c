@@ -6,7 +6,6 @@
 #include <string.h>
 
 #include "core/backend.h"
-#include "core/philox.h"
 #include "core/status.h"
 #include "core/threads.h"
 #include "cpu/ref/attn_ref.h"
@@ -16,7 +15,6 @@
 static void bwd_row(const cf_attn_call* c, float* dq, float* dk, float* dv, int64_t b, int64_t h,
                     int64_t q0, int64_t k0, int64_t i, int64_t sq, int64_t sk) {
     const int64_t hk = h / (c->H / c->Hk), qi = q0 + i;
-    const float keep_scale = 1.0f / (1.0f - c->dropout_p);
     const float lse = ((const float*)c->lse.data)[ref_at3(&c->lse, b, h, qi)];
     memset(dq, 0, sizeof(float) * (size_t)c->D);
     int64_t lo, hi;
@@ -28,27 +26,8 @@ static void bwd_row(const cf_attn_call* c, float* dq, float* dk, float* dv, int6
                  cf_load(c->out.data, c->dtype, ref_at4(&c->out, b, qi, h, d));
     for (int64_t j = lo; j < hi; j++) {
         const int64_t kj = k0 + j;
-        float dot = 0.0f;
-        for (int64_t d = 0; d < c->D; d++)
-            dot += cf_load(c->q.data, c->dtype, ref_at4(&c->q, b, qi, h, d)) *
-                   cf_load(c->k.data, c->dtype, ref_at4(&c->k, b, kj, hk, d));
-        float x = c->scale * dot, t = 0.0f;
-        if (c->softcap > 0.0f) t = tanhf(x / c->softcap);
-        float s = cf_attn_score(c, x, cf_attn_slope(c, b, h), i, j, sq, sk);
-        float p = expf(s - lse);
-        int keep = cf_dropout_keep(c->seed, c->offset, c->dropout_p, (uint64_t)b, (uint64_t)h,
-                                   (uint64_t)(i + c->q_offset), (uint64_t)(j + c->k_offset));
-        float pk = keep ? p * keep_scale : 0.0f; /* the weight the forward applied to v_j */
-        float dpk = 0.0f;                        /* dO_i . v_j */
-        for (int64_t d = 0; d < c->Dv; d++) {
-            float g = cf_load(c->dout.data, c->dtype, ref_at4(&c->dout, b, qi, h, d));
-            dpk += g * cf_load(c->v.data, c->dtype, ref_at4(&c->v, b, kj, hk, d));
-            dv[j * c->Dv + d] += pk * g;
-        }
-        float dp = keep ? dpk * keep_scale : 0.0f;
-        float ds = p * (dp - delta);               /* d loss / d s */
-        if (c->softcap > 0.0f) ds *= 1.0f - t * t; /* through s = cap * tanh(x / cap) */
-        ds *= c->scale;                            /* through x = scale * q.k */
+        const float ds =
+            ref_pair_grad(c, b, h, hk, qi, kj, i, j, sq, sk, lse, delta, dv + j * c->Dv);
         for (int64_t d = 0; d < c->D; d++) {
             dq[d] += ds * cf_load(c->k.data, c->dtype, ref_at4(&c->k, b, kj, hk, d));
             dk[j * c->D + d] += ds * cf_load(c->q.data, c->dtype, ref_at4(&c->q, b, qi, h, d));

@@ -31,18 +31,19 @@ static void fwd_row(const cf_attn_call* c, float* acc, int64_t b, int64_t h, int
         }
         float p = expf(s - m);
         l += p;
+        /* a dropped weight is 0 (still times v: 0 * NaN is NaN, as in dropout(P) V) */
         if (!cf_dropout_keep(c->seed, c->offset, c->dropout_p, (uint64_t)b, (uint64_t)h,
                              (uint64_t)(i + c->q_offset), (uint64_t)(j + c->k_offset)))
-            continue;
+            p = 0.0f;
         for (int64_t d = 0; d < c->Dv; d++)
             acc[d] += p * cf_load(c->v.data, c->dtype, ref_at4(&c->v, b, k0 + j, hk, d));
     }
-    /* No visible key (or every score -inf): out 0, lse -inf. */
-    float inv = l > 0.0f ? keep_scale / l : 0.0f;
+    /* No visible key (or every score -inf): out 0, lse -inf. A NaN score: l NaN, NaN both. */
+    float inv = l != 0.0f ? keep_scale / l : 0.0f;
     for (int64_t d = 0; d < c->Dv; d++)
         cf_store(c->out.data, c->dtype, ref_at4(&c->out, b, qi, h, d), acc[d] * inv);
     if (c->lse.data)
-        ((float*)c->lse.data)[ref_at3(&c->lse, b, h, q0 + i)] = l > 0.0f ? m + logf(l) : -INFINITY;
+        ((float*)c->lse.data)[ref_at3(&c->lse, b, h, q0 + i)] = l != 0.0f ? m + logf(l) : -INFINITY;
 }
 
 static cflash_status ref_fwd_run(const void* call) {

@@ -75,12 +75,12 @@ static void attend_row(const cf_kvcache_call* c, float* q, float* acc, int64_t b
         for (int64_t d = 0; d < a->Dv; d++)
             acc[d] += p * cf_load(c->vc.data, a->dtype, vo + d);
     }
-    float inv = l > 0.0f ? 1.0f / l : 0.0f;
+    float inv = l != 0.0f ? 1.0f / l : 0.0f; /* l NaN (a NaN score): NaN out and lse */
     for (int64_t d = 0; d < a->Dv; d++)
         cf_store(a->out.data, a->dtype, at4(&a->out, b, i, h, d), acc[d] * inv);
     if (a->lse.data)
         ((float*)a->lse.data)[b * a->lse.stride[0] + h * a->lse.stride[1] + i * a->lse.stride[2]] =
-            l > 0.0f ? m + logf(l) : -INFINITY;
+            l != 0.0f ? m + logf(l) : -INFINITY;
 }
 
 static cflash_status ref_kvcache_run(const void* call) {

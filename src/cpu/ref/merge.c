@@ -15,8 +15,11 @@ static cflash_status ref_merge_run(const void* call) {
         const float* lp = c->lp.data;
         int64_t lo = b * c->lp.stride[1] + h * c->lp.stride[2] + i * c->lp.stride[3];
         float m = -INFINITY, sum = 0.0f;
-        for (int64_t s = 0; s < c->NS; s++)
-            m = fmaxf(m, lp[lo + s * c->lp.stride[0]]);
+        for (int64_t s = 0; s < c->NS; s++) { /* a NaN part LSE makes the row NaN */
+            const float l = lp[lo + s * c->lp.stride[0]];
+            m = l > m || l != l ? l : m;
+            if (m != m) break;
+        }
         if (m != -INFINITY)
             for (int64_t s = 0; s < c->NS; s++)
                 sum += expf(lp[lo + s * c->lp.stride[0]] - m);

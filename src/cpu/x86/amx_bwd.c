@@ -69,7 +69,7 @@ static void bwd_layout(const cf_attn_call* c, amx_bwd_geom* g) {
     TAKE(dov, 4 * (R / 2) * Dv16);     /* dO pairs [R32 / 2][Dv16] */
     TAKE(qv, 4 * (R / 2) * D16);       /* Q pairs [R32 / 2][D16] */
     TAKE(dq, 4 * R * D16);             /* dQ of a block or tile [R32][D16] */
-    TAKE(map, (8 * 4 + 4 * 3) * R);    /* per row: query, lo, hi, head; slope, lse2, dl */
+    TAKE(map, (8 * 4 + 4 * 3) * R);    /* per row: query, lo, hi, head; slope, lse, dl */
 #undef TAKE
     g->bytes = off;
 }
@@ -97,7 +97,7 @@ static void map_row(const cf_attn_call* c, const float* dl, const rows_map* mp, 
     mp->h[r] = h;
     mp->slope[r] = cf_attn_slope(c, b, h);
     cf_attn_key_range(c, i, sq, sk, &mp->lo[r], &mp->hi[r]);
-    mp->lb[r] = cf_attn_lse2(c, b, h, q0 + i);
+    mp->lb[r] = cf_attn_lse_sub(c, b, h, q0 + i);
     mp->dl[r] = cf_attn_dl(c, dl, b, h, q0 + i);
 }
 
@@ -132,9 +132,9 @@ static void p_and_ds(const cf_attn_call* c, const cf_attn_kernels* kk, const amx
     cf_amx_mm(s, NB32, qa, g->D32, (const uint32_t*)(ws + g->ktv), NB32, nr16 / 16, nb16 / 16, 0,
               g->D32 / 32, 0, g->fp16);
     const cf_attn_score_map sm = {nr, nb, NB32, 1, mp->i, mp->slope, j0, mp->lo, mp->hi};
-    const float sx = cf_attn_scores(c, &sm, s, c->softcap > 0.0f ? y : NULL, sq, sk);
+    cf_attn_scores(c, &sm, s, c->softcap > 0.0f ? y : NULL, sq, sk);
     for (int64_t r = 0; r < nr; r++) {
-        kk->exp_row(s + r * NB32, nb, sx, mp->lb[r]);
+        kk->exp_row(s + r * NB32, nb, mp->lb[r]);
         memset(s + r * NB32 + nb, 0, sizeof(float) * (size_t)(nb32 - nb));
     }
     const float ks = 1.0f / (1.0f - c->dropout_p);
@@ -178,6 +178,7 @@ CF_AMX_TARGET static void dkdv_tile(const cf_attn_call* c, const cf_attn_kernels
     memset(dv, 0, sizeof(float) * (size_t)(nb16 * Dv16));
     int64_t ia, iz;
     cf_attn_rows_seeing(c, sq, sk, j0, j0 + nb, &ia, &iz);
+    int kbad = -1; /* K/V rows of the block hold a NaN or infinity (checked when first needed) */
     for (int64_t gi = 0; gi < g->G; gi++) {
         const int64_t h = hk * g->G + gi;
         for (int64_t i0 = ia; i0 < iz; i0 += g->bq) {
@@ -189,6 +190,16 @@ CF_AMX_TARGET static void dkdv_tile(const cf_attn_call* c, const cf_attn_kernels
                           nr, Dv);
             for (int64_t r = 0; r < nr; r++)
                 map_row(c, dl, &mp, r, b, q0, h, i0 + r, sq, sk);
+            /* A partly masked block holding a NaN or infinity: pair by pair, in fp32 (the tile
+             * products' zero weights would carry it across the mask). */
+            if (mp.lo[nr - 1] > j0 || mp.hi[0] < j0 + nb) {
+                if (kbad < 0) kbad = cf_attn_bwd_key_rows_bad(c, b, hk, k0 + j0, nb, 0, 0, 0);
+                if (kbad || cf_attn_bwd_query_rows_bad(c, b, h, q0 + i0, nr, mp.dl)) {
+                    cf_attn_bwd_exact_pairs(c, b, h, i0, nr, mp.dl, j0, nb, dk, D16, dv, Dv16,
+                                            dqacc ? dqacc + (gi * sq + i0) * D : NULL, D);
+                    continue;
+                }
+            }
             p_and_ds(c, kk, g, ws, &mp, b, nr, j0, nb, sq, sk);
 
             /* dV += P^T dO */
@@ -251,8 +262,23 @@ CF_AMX_TARGET static void dq_tile(const cf_attn_call* c, const cf_attn_kernels* 
     memset(doa + Mt * g->Dv32, 0, sizeof(uint16_t) * (size_t)((m16 - Mt) * g->Dv32));
     memset(dq, 0, sizeof(float) * (size_t)(m16 * D16));
     const int64_t jlo = mp.lo[0], jhi = mp.hi[na - 1];
+    int qbad = -1; /* the tile's query rows hold a NaN or infinity (checked when first needed) */
     for (int64_t j0 = jlo; j0 < jhi; j0 += g->bk) {
         const int64_t nb = jhi - j0 < g->bk ? jhi - j0 : g->bk, nb32 = cf_amx_round(nb, 32);
+        /* A partly masked block holding a NaN or infinity: pair by pair (see dkdv_tile). */
+        if (mp.lo[na - 1] > j0 || mp.hi[0] < j0 + nb) {
+            for (int64_t gi = 0; qbad < 0 && gi < G; gi++)
+                if (cf_attn_bwd_query_rows_bad(c, b, hk * G + gi, q0 + i0, na, mp.dl + gi * na))
+                    qbad = 1;
+            if (qbad < 0) qbad = 0;
+            if (qbad || cf_attn_bwd_key_rows_bad(c, b, hk, k0 + j0, nb, 1, mp.lo[na - 1] - j0,
+                                                 mp.hi[0] - j0)) {
+                for (int64_t gi = 0; gi < G; gi++)
+                    cf_attn_bwd_exact_pairs(c, b, hk * G + gi, i0, na, mp.dl + gi * na, j0, nb,
+                                            NULL, 0, NULL, 0, dq + gi * na * D16, D16);
+                continue;
+            }
+        }
         pack_keys(c, kk, g, ws, b, k0, j0, nb, hk, 1);
         p_and_ds(c, kk, g, ws, &mp, b, Mt, j0, nb, sq, sk);
         /* dQ += dS K */

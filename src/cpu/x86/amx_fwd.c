@@ -16,9 +16,6 @@
 
 #ifdef CF_AMX_CODE
 
-#define LOG2E 1.4426950408889634f
-#define LN2 0.6931471805599453f
-
 typedef struct amx_fwd_geom {
     int64_t G, n, bk;             /* heads per group, rows per head per tile, keys per block */
     int64_t D32, Dv16, NB32, M32; /* padded: head dims, keys per block, rows per tile */
@@ -89,7 +86,6 @@ CF_AMX_TARGET static void fwd_tile(const cf_attn_call* c, const cf_attn_kernels*
           *l = m + M32, *tmp = (float*)(ws + g->tmp);
     int64_t *rng = (int64_t*)(ws + g->rng), *lo = (int64_t*)(ws + g->lohi), *hi = lo + na;
     const int general = c->softcap > 0.0f || c->alibi != NULL;
-    const float s2 = c->scale * LOG2E;
 
     for (int64_t ii = 0; ii < na; ii++)
         cf_attn_key_range(c, i0 + ii, sq, sk, &lo[ii], &hi[ii]);
@@ -138,19 +134,19 @@ CF_AMX_TARGET static void fwd_tile(const cf_attn_call* c, const cf_attn_kernels*
                 memset(pr, 0, sizeof(uint16_t) * (size_t)nb32);
                 continue;
             }
-            float sx = s2;
+            /* natural-log scores, as the backward recomputes them (see exp_cols in attn_cpu.h) */
+            float sx = c->scale;
             if (general) {
                 const float slope = cf_attn_slope(c, b, h);
                 for (int64_t j = a; j < z; j++)
-                    x[j] =
-                        cf_attn_score(c, x[j] * c->scale, slope, i0 + ii, j0 + j, sq, sk) * LOG2E;
+                    x[j] = cf_attn_score(c, x[j] * c->scale, slope, i0 + ii, j0 + j, sq, sk);
                 sx = 1.0f;
             }
             const float mx = cf_amx_row_scale_max(x + a, z - a, sx);
             /* A NaN the row sees makes its output NaN: m and l stay NaN from here on. */
             const float mn = isnan(mx) || isnan(m[r]) ? NAN : mx > m[r] ? mx : m[r];
-            const float alpha = m[r] == -INFINITY ? 0.0f : exp2f(m[r] - mn);
-            kk->exp_row(x + a, z - a, 1.0f, isnan(mn) ? 0.0f : mn);
+            const float alpha = m[r] == -INFINITY ? 0.0f : expf(m[r] - mn);
+            kk->exp_row(x + a, z - a, isnan(mn) ? 0.0f : mn);
             l[r] = l[r] * alpha + cf_amx_row_sum(x + a, z - a);
             m[r] = mn;
             if (alpha != 1.0f && alpha != 0.0f)
@@ -172,7 +168,25 @@ CF_AMX_TARGET static void fwd_tile(const cf_attn_call* c, const cf_attn_kernels*
             memset(pr + z, 0, sizeof(uint16_t) * (size_t)(nb32 - z));
         }
 
-        /* O += P V over the key chunks each slice's rows see. */
+        /* O += P V. In a partly masked block a row's masked keys have P = 0, and 0 times a NaN
+         * or infinite v would still reach the row: such a block (rare) sums visible pairs only,
+         * in fp32. Else over the key chunks each slice's rows see, on tiles. */
+        const char* vrow = cf_amx_row_ptr(&c->v, b, k0 + j0, hk);
+        const int64_t ves = c->v.stride[1] * (int64_t)cf_dtype_size(c->dtype);
+        if ((lo[na - 1] > j0 || hi[0] < j0 + nb) &&
+            cf_attn_cpu_hidden_nonfinite(vrow, ves, j0, nb, lo[na - 1], hi[0], Dv, c->dtype)) {
+            for (int64_t j = 0; j < nb; j++) {
+                kk->to_f32(tmp, vrow + j * ves, c->dtype, Dv);
+                for (int64_t r = 0; r < Mt; r++) {
+                    const int64_t ii = r % na;
+                    if (j0 + j < lo[ii] || j0 + j >= hi[ii]) continue;
+                    const float pr = s[r * NB32 + j];
+                    for (int64_t d = 0; d < Dv; d++)
+                        o[r * Dv16 + d] += pr * tmp[d];
+                }
+            }
+            continue;
+        }
         for (int64_t r0 = 0; r0 < Mt; r0 += 32) {
             const int64_t* kc = rng + 2 * (r0 / 32);
             cf_amx_mm(o + r0 * Dv16, Dv16, p + r0 * NB32, NB32, vv, Dv16, Mt - r0 > 16 ? 2 : 1,
@@ -180,7 +194,7 @@ CF_AMX_TARGET static void fwd_tile(const cf_attn_call* c, const cf_attn_kernels*
         }
     }
 
-    /* out = O / l (times the dropout rescale), lse = ln(2) * (m + log2 l). */
+    /* out = O / l (times the dropout rescale), lse = m + ln l. */
     const float keep_scale = 1.0f / (1.0f - c->dropout_p);
     for (int64_t r = 0; r < Mt; r++) {
         const int64_t gi = r / na, ii = r % na, h = hk * G + gi;
@@ -191,7 +205,7 @@ CF_AMX_TARGET static void fwd_tile(const cf_attn_call* c, const cf_attn_kernels*
         if (c->lse.data) {
             float* lp = (float*)c->lse.data;
             lp[b * c->lse.stride[0] + h * c->lse.stride[1] + (q0 + i0 + ii) * c->lse.stride[2]] =
-                l[r] > 0.0f   ? (m[r] + log2f(l[r])) * LN2
+                l[r] > 0.0f   ? m[r] + logf(l[r])
                 : isnan(l[r]) ? NAN
                               : -INFINITY;
         }

@@ -107,11 +107,11 @@ T256 static void gemm_f32(int64_t M, int64_t N, int64_t K, const float* A, int64
 /* ---- Softmax pieces ----------------------------------------------------------------------------
  */
 
-/* 2^x for x <= 0; x < -126 (and -inf) gives 0. */
+/* 2^x for x <= 0; x < -126 (and -inf) gives 0, NaN gives NaN. */
 T256 INLINE __m256 exp2_ps(__m256 x) {
     const __m256 lo = _mm256_set1_ps(-126.0f);
-    const __m256 keep = _mm256_cmp_ps(x, lo, _CMP_GE_OQ);
-    const __m256 xc = _mm256_max_ps(x, lo);
+    const __m256 keep = _mm256_cmp_ps(x, lo, _CMP_NLT_UQ); /* x >= lo or NaN */
+    const __m256 xc = _mm256_max_ps(lo, x);                /* a NaN x (the second operand) passes */
     const __m256 n = _mm256_round_ps(xc, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     const __m256 f = _mm256_sub_ps(xc, n);
     __m256 p = _mm256_set1_ps(1.5252733e-5f);
@@ -142,23 +142,25 @@ T256 static void scale_max_cols(float* x, int64_t n, float s, float* mx) {
     }
 }
 
-T256 static void exp_cols(float* x, int64_t n, float s, const float* mu, float* sum) {
-    const __m256 vs = _mm256_set1_ps(s);
+#define LOG2E 1.4426950408889634f
+
+T256 static void exp_cols(float* x, int64_t n, const float* mu, float* sum) {
+    const __m256 l2e = _mm256_set1_ps(LOG2E);
     for (int64_t i = 0; i < n; i += 8) {
         const __m256i m = lane_mask(n - i);
         const int full = n - i >= 8;
-        const __m256 e = exp2_ps(_mm256_fmsub_ps(LDE(x + i), vs, LDE(mu + i)));
+        const __m256 e = exp2_ps(_mm256_mul_ps(_mm256_sub_ps(LDE(x + i), LDE(mu + i)), l2e));
         STE(x + i, e);
         if (sum) STE(sum + i, _mm256_add_ps(LDE(sum + i), e));
     }
 }
 
-T256 static void exp_row(float* x, int64_t n, float s, float b) {
-    const __m256 vs = _mm256_set1_ps(s), vb = _mm256_set1_ps(b);
+T256 static void exp_row(float* x, int64_t n, float b) {
+    const __m256 l2e = _mm256_set1_ps(LOG2E), vb = _mm256_set1_ps(b);
     for (int64_t i = 0; i < n; i += 8) {
         const __m256i m = lane_mask(n - i);
         const int full = n - i >= 8;
-        STE(x + i, exp2_ps(_mm256_fmsub_ps(LDE(x + i), vs, vb)));
+        STE(x + i, exp2_ps(_mm256_mul_ps(_mm256_sub_ps(LDE(x + i), vb), l2e)));
     }
 }
 

@@ -213,9 +213,10 @@ T512 void cf_avx512_interleave_u16(uint32_t* dst, const uint16_t* lo, const uint
 /* ---- Softmax pieces ----------------------------------------------------------------------------
  */
 
-/* 2^x for x <= 0 (x = -inf gives 0): 2^round(x) * p(x - round(x)), degree-7 polynomial, ~1 ulp. */
+/* 2^x for x <= 0 (x = -inf gives 0, NaN gives NaN): 2^round(x) * p(x - round(x)), degree-7
+ * polynomial, ~1 ulp. */
 T512 INLINE __m512 exp2_ps(__m512 x) {
-    x = _mm512_max_ps(x, _mm512_set1_ps(-160.0f));
+    x = _mm512_max_ps(_mm512_set1_ps(-160.0f), x); /* a NaN x (the second operand) passes */
     const __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     const __m512 f = _mm512_sub_ps(x, n);
     __m512 p = _mm512_set1_ps(1.5252733e-5f);
@@ -244,25 +245,28 @@ T512 static void scale_max_cols(float* x, int64_t n, float s, float* mx) {
     }
 }
 
+#define LOG2E 1.4426950408889634f
+
 /* Fused exp + running sum. */
-T512 static void exp_cols(float* x, int64_t n, float s, const float* mu, float* sum) {
-    const __m512 vs = _mm512_set1_ps(s);
+T512 static void exp_cols(float* x, int64_t n, const float* mu, float* sum) {
+    const __m512 l2e = _mm512_set1_ps(LOG2E);
     for (int64_t i = 0; i < n; i += 16) {
         const __mmask16 m = tail(n, i);
-        const __m512 e = exp2_ps(
-            _mm512_fmsub_ps(_mm512_maskz_loadu_ps(m, x + i), vs, _mm512_maskz_loadu_ps(m, mu + i)));
+        const __m512 e = exp2_ps(_mm512_mul_ps(
+            _mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + i), _mm512_maskz_loadu_ps(m, mu + i)), l2e));
         _mm512_mask_storeu_ps(x + i, m, e);
         if (sum)
             _mm512_mask_storeu_ps(sum + i, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, sum + i), e));
     }
 }
 
-T512 static void exp_row(float* x, int64_t n, float s, float b) {
-    const __m512 vs = _mm512_set1_ps(s), vb = _mm512_set1_ps(b);
+T512 static void exp_row(float* x, int64_t n, float b) {
+    const __m512 l2e = _mm512_set1_ps(LOG2E), vb = _mm512_set1_ps(b);
     for (int64_t i = 0; i < n; i += 16) {
         const __mmask16 m = tail(n, i);
-        _mm512_mask_storeu_ps(x + i, m,
-                              exp2_ps(_mm512_fmsub_ps(_mm512_maskz_loadu_ps(m, x + i), vs, vb)));
+        _mm512_mask_storeu_ps(
+            x + i, m,
+            exp2_ps(_mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + i), vb), l2e)));
     }
 }
 

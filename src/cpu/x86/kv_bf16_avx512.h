@@ -99,8 +99,8 @@ static inline void kv_softmax16(float* s, float scale, float* m, float* l, float
     const __m512 l2e = _mm512_set1_ps(1.44269504088896341f), c1 = _mm512_set1_ps(0.693359375f),
                  c2 = _mm512_set1_ps(-2.12194440e-4f), lo = _mm512_set1_ps(-87.0f);
     x = _mm512_sub_ps(x, _mm512_set1_ps(*m));
-    const __mmask16 live = _mm512_cmp_ps_mask(x, lo, _CMP_GE_OQ);
-    x = _mm512_max_ps(x, lo);
+    const __mmask16 live = _mm512_cmp_ps_mask(x, lo, _CMP_NLT_UQ); /* x >= -87 or NaN */
+    x = _mm512_max_ps(lo, x);                                      /* a NaN x passes */
     __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(x, l2e), _MM_FROUND_TO_NEAREST_INT);
     __m512 r = _mm512_fnmadd_ps(k, c2, _mm512_fnmadd_ps(k, c1, x));
     __m512 p = _mm512_set1_ps(1.9875691500e-4f);

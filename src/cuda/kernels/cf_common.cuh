@@ -83,20 +83,21 @@ CF_DEV void cf_seq(const cf_attn_args* a, cf_i64 b, cf_i64* q0, cf_i64* sq, cf_i
     }
 }
 
-/* The key on the diagonal of query row i (src/core/attn_call.h: cf_attn_diag). */
+/* The key on the diagonal of query row i (src/core/attn_call.h: cf_attn_diag; |offsets| <= 2^32
+ * is checked, so this does not overflow). */
 CF_DEV cf_i64 cf_diag(const cf_attn_args* a, cf_i64 i, cf_i64 sq, cf_i64 sk) {
     return i + sk - sq + a->q_offset - a->k_offset;
 }
 
-/* Visible keys [*lo, *hi) of query row i. */
+/* Visible keys [*lo, *hi) of query row i. Windows may be near INT64_MAX: each is compared with
+ * the distance it would move a bound, never added unchecked (as src/core/attn_call.h). */
 CF_DEV void cf_key_range(const cf_attn_args* a, cf_i64 i, cf_i64 sq, cf_i64 sk, cf_i64* lo,
                          cf_i64* hi) {
     cf_i64 diag = cf_diag(a, i, sq, sk), l = 0, h = sk;
-    if (a->window_left >= 0 && diag - a->window_left > l) l = diag - a->window_left;
-    if (a->window_right >= 0 && diag + a->window_right + 1 < h) h = diag + a->window_right + 1;
-    if (l < 0) l = 0;
+    if (a->window_left >= 0 && a->window_left < diag) l = diag - a->window_left;
+    /* diag + window_right + 1 < sk  <=>  window_right < sk - 1 - diag */
+    if (a->window_right >= 0 && a->window_right < sk - 1 - diag) h = diag + a->window_right + 1;
     if (l > sk) l = sk; /* a block's rows can lie wholly past its keys */
-    if (h > sk) h = sk;
     *lo = l;
     *hi = h > l ? h : l;
 }
@@ -105,8 +106,9 @@ CF_DEV void cf_key_range(const cf_attn_args* a, cf_i64 i, cf_i64 sq, cf_i64 sk, 
 CF_DEV void cf_query_range(const cf_attn_args* a, cf_i64 j, cf_i64 sq, cf_i64 sk, cf_i64* lo,
                            cf_i64* hi) {
     cf_i64 l = 0, h = sq, r = j - cf_diag(a, 0, sq, sk); /* the row whose diagonal is j */
-    if (a->window_right >= 0 && r - a->window_right > l) l = r - a->window_right;
-    if (a->window_left >= 0 && r + a->window_left + 1 < h) h = r + a->window_left + 1;
+    if (a->window_right >= 0 && a->window_right < r) l = r - a->window_right;
+    /* r + window_left + 1 < sq  <=>  window_left < sq - 1 - r */
+    if (a->window_left >= 0 && a->window_left < sq - 1 - r) h = r + a->window_left + 1;
     if (l > sq) l = sq;
     *lo = l;
     *hi = h > l ? h : l;

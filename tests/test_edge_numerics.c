@@ -1,0 +1,715 @@
+/* Edge numerics on every CPU backend (issue 11, findings 8-10 and the edge cases):
+ *   - norm backward dweight / dbias bit-identical for any thread count;
+ *   - huge magnitudes per dtype (fp16 up to 6e4, bf16 / fp32 up to 1e17): finite results, the
+ *     fp16 backward included (finding 9);
+ *   - NaN / inf in q, k, v, dout at visible and masked positions: the semantics of cflash.h
+ *     (a non-finite input a row can see makes that row's result non-finite, as a naive computation
+ *     does; a masked key never affects a row), checked element by element against a model of the
+ *     naive computation, every other element against a clean run;
+ *   - the same for the KV cache (cache slots past the length, causal rows), merge, norm, rotary;
+ *   - Sq = 0, Sk = 0, D = 1 and 512, Dv != D against the fp64 oracle. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/testutil.h"
+#include "oracle/attn_oracle.h"
+#ifdef CF_AMX_MODEL
+#include "probe/cpu_features.h"
+#endif
+#include "oracle/ops_oracle.h"
+
+#ifdef CF_AMX_MODEL
+/* test_edge_numerics_amx_model: cpu-amx's kernels on the tile model (tests/amx_model), the
+ * attention checks only (the other ops have no cpu-amx path). */
+static const char* const attn_backends[] = {"cpu-amx", NULL};
+#else
+static const char* const attn_backends[] = {"cpu-ref", "cpu-generic", "cpu-avx2", "cpu-avx512",
+                                            "cpu-amx", "cpu-neon",    "cpu-sve",  NULL};
+#endif
+static const cf_dtype dtypes[3] = {CF_F32, CF_F16, CF_BF16};
+
+/* |x - base| within a few units of the dtype (a NaN-free result next to a clean run: the same
+ * math, possibly summed in another order). */
+static int near(double x, double base, cf_dtype dt) {
+    double u = dt == CF_F32 ? 1e-5 : 4.0 * tt_unit_roundoff(dt);
+    return isfinite(x) && fabs(x - base) <= u * (1.0 + fabs(base));
+}
+
+/* ---- 8. Norm backward: the same bits for any thread count --------------------------------- */
+
+static void norm_bwd_threads(void) {
+    const int64_t M = 4096, N = 96, xs[2] = {M, N}, ws[1] = {N};
+    tt_tensor x, dy, w, b, dx, dw, db, dw1, db1;
+    tt_alloc(&x, CF_F32, 2, xs, TT_DENSE), tt_alloc(&dy, CF_F32, 2, xs, TT_DENSE);
+    tt_alloc(&dx, CF_F32, 2, xs, TT_DENSE);
+    tt_alloc(&w, CF_F32, 1, ws, TT_DENSE), tt_alloc(&b, CF_F32, 1, ws, TT_DENSE);
+    tt_alloc(&dw, CF_F32, 1, ws, TT_DENSE), tt_alloc(&db, CF_F32, 1, ws, TT_DENSE);
+    tt_alloc(&dw1, CF_F32, 1, ws, TT_DENSE), tt_alloc(&db1, CF_F32, 1, ws, TT_DENSE);
+    tt_random(&x, 1, -2, 2), tt_random(&dy, 2, -1, 1), tt_random(&w, 3, 0.5, 1.5);
+    tt_random(&b, 4, -1, 1);
+    cflash_norm_params p;
+    cflash_norm_params_init(&p);
+    p.type = CFLASH_NORM_LAYER;
+    for (int bi = 0; ops_backends[bi]; bi++) {
+        const int threads[5] = {1, 2, 3, 4, 7};
+        for (int ti = 0; ti < 5; ti++) {
+            cflash_context* ctx = ops_context(ops_backends[bi], threads[ti]);
+            tt_tensor* pw = ti ? &dw : &dw1;
+            tt_tensor* pb = ti ? &db : &db1;
+            cflash_status s = cflash_norm_bwd(ctx, &p, &dy.dl, &x.dl, &w.dl, &b.dl, NULL, NULL,
+                                              NULL, &dx.dl, &pw->dl, &pb->dl, NULL);
+            cflash_context_free(ctx);
+            if (ops_backend_skips(ops_backends[bi], "norm_bwd", s)) break;
+            CHECK_MSG(s == CFLASH_OK, "%s: %s", ops_backends[bi], cflash_last_error());
+            if (ti)
+                CHECK_MSG(!memcmp(dw.base, dw1.base, dw.bytes) &&
+                              !memcmp(db.base, db1.base, db.bytes),
+                          "%s: norm_bwd dweight/dbias with %d threads differ from 1 thread",
+                          ops_backends[bi], threads[ti]);
+        }
+    }
+    tt_free(&x), tt_free(&dy), tt_free(&w), tt_free(&b), tt_free(&dx), tt_free(&dw);
+    tt_free(&db), tt_free(&dw1), tt_free(&db1);
+}
+
+/* ---- 9. Huge magnitudes per dtype ---------------------------------------------------------- */
+
+static double tmax(const tt_tensor* t) {
+    double m = 0;
+    for (int64_t n = 0; n < t->numel; n++)
+        if (fabs(tt_get_flat(t, n)) > m) m = fabs(tt_get_flat(t, n));
+    return m;
+}
+
+static int64_t nonfinite(const tt_tensor* t) {
+    int64_t c = 0;
+    for (int64_t n = 0; n < t->numel; n++)
+        c += !isfinite(tt_get_flat(t, n));
+    return c;
+}
+
+/* q, k, v at the edge of the dtype (scores far beyond fp16, one-hot softmax), dout in [-1, 1]:
+ * every result finite, out and dv at the fp64 oracle's (one-hot: exact up to rounding); dq and dk
+ * (0 in exact arithmetic) finite. */
+static void huge_magnitudes(void) {
+    for (int bi = 0; attn_backends[bi]; bi++)
+        for (int di = 0; di < 3; di++)
+            for (int causal = 0; causal <= 1; causal++) {
+                const char* be = attn_backends[bi];
+                attn_case c;
+                attn_case_init(&c);
+                c.B = 1, c.H = 2, c.Hk = 1, c.Sq = 16, c.Sk = 40, c.D = 32, c.Dv = 32;
+                c.dtype = dtypes[di], c.causal = causal, c.seed = 90 + (uint64_t)di;
+                attn_problem* p = attn_problem_new(&c);
+                const double big = c.dtype == CF_F16 ? 6e4 : 1e17;
+                tt_random(&p->q, 11, -big, big), tt_random(&p->k, 12, -big, big);
+                tt_random(&p->v, 13, -big, big), tt_random(&p->dout, 14, -1, 1);
+                attn_problem_refresh_inputs(p);
+                cflash_context* ctx = ops_context(be, 2);
+                cflash_status s = attn_problem_run_bwd(ctx, p);
+                cflash_context_free(ctx);
+                if (ops_backend_skips(be, "attn", s)) {
+                    attn_problem_free(p);
+                    break;
+                }
+                CHECK_MSG(s == CFLASH_OK, "%s: %s", be, cflash_last_error());
+                int64_t bad = nonfinite(&p->out) + nonfinite(&p->lse) + nonfinite(&p->dq) +
+                              nonfinite(&p->dk) + nonfinite(&p->dv);
+                CHECK_MSG(bad == 0, "%s %s causal %d |x| <= %g: %lld non-finite results", be,
+                          tt_dtype_short(c.dtype), causal, big, (long long)bad);
+                attn_problem_compute_oracle(p, 1);
+                const double u = tt_unit_roundoff(c.dtype);
+                double eo = 0, ev = 0;
+                for (int64_t n = 0; n < p->out.numel; n++)
+                    eo = fmax(eo, fabs(tt_get_flat(&p->out, n) - p->ref_out[n]));
+                for (int64_t n = 0; n < p->dv.numel; n++)
+                    ev = fmax(ev, fabs(tt_get_flat(&p->dv, n) - p->ref_dv[n]));
+                const double mv = tmax(&p->v), mdv = ops_max_abs(p->ref_dv, p->dv.numel);
+                CHECK_MSG(eo <= 2 * u * mv, "%s %s causal %d: out err %g > %g", be,
+                          tt_dtype_short(c.dtype), causal, eo, 2 * u * mv);
+                CHECK_MSG(ev <= 4 * u * (mdv > 1 ? mdv : 1), "%s %s causal %d: dv err %g", be,
+                          tt_dtype_short(c.dtype), causal, ev);
+                attn_problem_free(p);
+            }
+}
+
+/* ---- 10. Non-finite inputs: attention -------------------------------------------------------- */
+
+static void vis(const attn_case* c, int64_t i, int64_t* lo, int64_t* hi) {
+    const int64_t diag = i + c->Sk - c->Sq, wl = c->window_left;
+    const int64_t wr = c->causal ? 0 : c->window_right;
+    *lo = wl >= 0 && diag - wl > 0 ? diag - wl : 0;
+    *hi = wr >= 0 && diag + wr + 1 < c->Sk ? diag + wr + 1 : c->Sk;
+    if (*hi < *lo) *hi = *lo;
+}
+
+static int bad4(const tt_tensor* t, int64_t b, int64_t s, int64_t h, int64_t d) {
+    const int64_t idx[4] = {b, s, h, d};
+    return !isfinite(tt_get(t, idx));
+}
+static int bad_row(const tt_tensor* t, int64_t b, int64_t s, int64_t h, int64_t n) {
+    for (int64_t d = 0; d < n; d++)
+        if (bad4(t, b, s, h, d)) return 1;
+    return 0;
+}
+
+/* One element of a result: non-finite where the model says so, else next to the clean run. */
+static int expect(const tt_tensor* t, const tt_tensor* base, const int64_t* idx, int want_bad,
+                  cf_dtype dt) {
+    double x = tt_get(t, idx), b = tt_get(base, idx);
+    return want_bad ? !isfinite(x) : near(x, b, dt);
+}
+
+/* expect() at element (a, b, c, d) of a 4-D result, with a message naming it on failure. */
+static int expect_at(const tt_tensor* t, const tt_tensor* base, int64_t a, int64_t b, int64_t c,
+                     int64_t d, int want_bad, cf_dtype dt, const char* name, char* msg,
+                     size_t len) {
+    const int64_t idx[4] = {a, b, c, d};
+    if (expect(t, base, idx, want_bad, dt)) return 1;
+    snprintf(msg, len, "%s[%lld, %lld, %lld, %lld] = %g (clean %g), expected %s", name,
+             (long long)a, (long long)b, (long long)c, (long long)d, tt_get(t, idx),
+             tt_get(base, idx), want_bad ? "non-finite" : "the clean value");
+    return 0;
+}
+
+typedef struct nan_model {
+    const attn_problem* p;
+    unsigned char* rownan; /* [B][H][Sq]: forward row non-finite (q or a visible k) */
+    unsigned char* outbad; /* [B][H][Sq]: some element of out non-finite */
+} nan_model;
+
+static int64_t rix(const attn_case* c, int64_t b, int64_t h, int64_t i) {
+    return (b * c->H + h) * c->Sq + i;
+}
+
+static void model_init(nan_model* m, const attn_problem* p) {
+    const attn_case* c = &p->c;
+    m->p = p;
+    m->rownan = calloc((size_t)(c->B * c->H * c->Sq) + 1, 1);
+    m->outbad = calloc((size_t)(c->B * c->H * c->Sq) + 1, 1);
+    for (int64_t b = 0; b < c->B; b++)
+        for (int64_t h = 0; h < c->H; h++)
+            for (int64_t i = 0; i < c->Sq; i++) {
+                int64_t lo, hi, hk = h / (c->H / c->Hk);
+                vis(c, i, &lo, &hi);
+                if (lo == hi) continue;
+                int r = bad_row(&p->q, b, i, h, c->D), o = 0;
+                for (int64_t j = lo; j < hi; j++)
+                    r |= bad_row(&p->k, b, j, hk, c->D), o |= bad_row(&p->v, b, j, hk, c->Dv);
+                m->rownan[rix(c, b, h, i)] = (unsigned char)r;
+                m->outbad[rix(c, b, h, i)] = (unsigned char)(r | o);
+            }
+}
+
+static void model_free(nan_model* m) {
+    free(m->rownan), free(m->outbad);
+}
+
+/* Forward: p (with the injected values) against base (clean inputs, same backend). */
+static int check_fwd_model(const nan_model* m, const attn_problem* p, const attn_problem* base,
+                           char* msg, size_t len) {
+    const attn_case* c = &p->c;
+    for (int64_t b = 0; b < c->B; b++)
+        for (int64_t h = 0; h < c->H; h++)
+            for (int64_t i = 0; i < c->Sq; i++) {
+                int64_t lo, hi, hk = h / (c->H / c->Hk);
+                vis(c, i, &lo, &hi);
+                const int rn = m->rownan[rix(c, b, h, i)];
+                for (int64_t d = 0; d < c->Dv; d++) {
+                    int bad = 0;
+                    for (int64_t j = lo; j < hi && !bad; j++)
+                        bad = bad4(&p->v, b, j, hk, d);
+                    const int64_t idx[4] = {b, i, h, d};
+                    int ok = lo == hi ? tt_get(&p->out, idx) == 0.0
+                                      : expect(&p->out, &base->out, idx, rn || bad, c->dtype);
+                    if (!ok) {
+                        snprintf(msg, len, "out[%lld, %lld, %lld, %lld] = %g (clean %g), %s",
+                                 (long long)b, (long long)i, (long long)h, (long long)d,
+                                 tt_get(&p->out, idx), tt_get(&base->out, idx),
+                                 lo == hi    ? "expected 0 (no key visible)"
+                                 : rn || bad ? "expected non-finite"
+                                             : "expected the clean value");
+                        return 0;
+                    }
+                }
+                const int64_t li[3] = {b, h, i};
+                double l = tt_get(&p->lse, li), lb = tt_get(&base->lse, li);
+                int ok = lo == hi ? l == -INFINITY : rn ? isnan(l) : fabs(l - lb) <= 1e-4;
+                if (!ok) {
+                    snprintf(msg, len, "lse[%lld, %lld, %lld] = %g (clean %g)", (long long)b,
+                             (long long)h, (long long)i, l, lb);
+                    return 0;
+                }
+            }
+    return 1;
+}
+
+/* Backward: the naive computation's non-finite pattern (see the file comment's rule, applied to
+ * dS = P (dO.v - rowsum(dO * out)) and the three products). */
+static int check_bwd_model(const nan_model* m, const attn_problem* p, const attn_problem* base,
+                           char* msg, size_t len) {
+    const attn_case* c = &p->c;
+    const int64_t G = c->H / c->Hk;
+    unsigned char* kbad = calloc((size_t)(c->B * c->Hk * c->Sk) + 1, 1);
+    unsigned char* vbad = calloc((size_t)(c->B * c->Hk * c->Sk * c->Dv) + 1, 1);
+    int ok = 1;
+    for (int64_t b = 0; b < c->B && ok; b++)
+        for (int64_t h = 0; h < c->H && ok; h++)
+            for (int64_t i = 0; i < c->Sq && ok; i++) {
+                int64_t lo, hi, hk = h / G;
+                vis(c, i, &lo, &hi);
+                const int rn = m->rownan[rix(c, b, h, i)];
+                const int rowdirty = rn || bad_row(&p->q, b, i, h, c->D) ||
+                                     bad_row(&p->dout, b, i, h, c->Dv) ||
+                                     m->outbad[rix(c, b, h, i)];
+                int dq_bad = 0;
+                for (int64_t j = lo; j < hi; j++) {
+                    int ds = rowdirty || bad_row(&p->k, b, j, hk, c->D) ||
+                             bad_row(&p->v, b, j, hk, c->Dv);
+                    dq_bad |= ds;
+                    if (ds) kbad[(b * c->Hk + hk) * c->Sk + j] = 1;
+                    for (int64_t d = 0; d < c->Dv; d++)
+                        if (rn || bad4(&p->dout, b, i, h, d))
+                            vbad[((b * c->Hk + hk) * c->Sk + j) * c->Dv + d] = 1;
+                }
+                for (int64_t d = 0; d < c->D && ok; d++) {
+                    const int64_t idx[4] = {b, i, h, d};
+                    if (lo == hi)
+                        ok = tt_get(&p->dq, idx) == 0.0;
+                    else
+                        ok = expect_at(&p->dq, &base->dq, b, i, h, d, dq_bad, c->dtype, "dq", msg,
+                                       len);
+                    if (!ok && lo == hi)
+                        snprintf(msg, len, "dq[%lld, %lld, %lld, %lld] = %g, expected 0",
+                                 (long long)b, (long long)i, (long long)h, (long long)d,
+                                 tt_get(&p->dq, idx));
+                }
+            }
+    for (int64_t b = 0; b < c->B && ok; b++)
+        for (int64_t hk = 0; hk < c->Hk && ok; hk++)
+            for (int64_t j = 0; j < c->Sk && ok; j++) {
+                const int64_t kv = (b * c->Hk + hk) * c->Sk + j;
+                for (int64_t d = 0; d < c->D && ok; d++)
+                    ok = expect_at(&p->dk, &base->dk, b, j, hk, d, kbad[kv], c->dtype, "dk", msg,
+                                   len);
+                for (int64_t d = 0; d < c->Dv && ok; d++)
+                    ok = expect_at(&p->dv, &base->dv, b, j, hk, d, vbad[kv * c->Dv + d], c->dtype,
+                                   "dv", msg, len);
+            }
+    free(kbad), free(vbad);
+    return ok;
+}
+
+typedef struct inject {
+    const char* what;
+    int tensor; /* 0 q, 1 k, 2 v, 3 dout */
+    int64_t s, h, d;
+    double value;
+} inject;
+
+static tt_tensor* inj_tensor(attn_problem* p, int t) {
+    return t == 0 ? &p->q : t == 1 ? &p->k : t == 2 ? &p->v : &p->dout;
+}
+
+/* One backend, dtype, shape and injection: 1 when run, 0 when the backend cannot serve. */
+static int attn_nonfinite_case(const char* be, const attn_case* c, const inject* x) {
+    attn_problem* base = attn_problem_new(c);
+    attn_problem* p = attn_problem_new(c);
+    const int64_t idx[4] = {0, x->s, x->h, x->d};
+    tt_set(inj_tensor(p, x->tensor), idx, x->value);
+    attn_problem_refresh_inputs(p);
+    /* one thread for B * Hk >= 4: the one-pass backward (it needs 4 units per thread) */
+    cflash_context* ctx = ops_context(be, c->B * c->Hk >= 4 ? 1 : 2);
+    cflash_status s = attn_problem_run_bwd(ctx, base);
+    int ran = !ops_backend_skips(be, "attn", s);
+    if (ran) {
+        CHECK_MSG(s == CFLASH_OK, "%s: %s", be, cflash_last_error());
+        s = attn_problem_run_bwd(ctx, p);
+        CHECK_MSG(s == CFLASH_OK, "%s: %s", be, cflash_last_error());
+        nan_model m;
+        model_init(&m, p);
+        char name[160], msg[512] = "";
+        attn_case_str(c, name, sizeof name);
+        CHECK_MSG(check_fwd_model(&m, p, base, msg, sizeof msg), "%s %s: %s: %s", be, name, x->what,
+                  msg);
+        CHECK_MSG(check_bwd_model(&m, p, base, msg, sizeof msg), "%s %s: %s: %s", be, name, x->what,
+                  msg);
+        model_free(&m);
+    }
+    cflash_context_free(ctx);
+    attn_problem_free(p), attn_problem_free(base);
+    return ran;
+}
+
+static void attn_nonfinite(void) {
+    /* Shapes: causal with partial diagonal blocks (Sq = Sk = 150 > one 128-key block); a window
+     * (rows see 26 keys); Sq > Sk causal (the first rows see nothing); enough units for the
+     * one-pass backward. */
+    attn_case shapes[4];
+    for (int i = 0; i < 4; i++) {
+        attn_case_init(&shapes[i]);
+        shapes[i].B = 1, shapes[i].H = 2, shapes[i].Hk = 1, shapes[i].D = 16, shapes[i].Dv = 24;
+    }
+    shapes[0].Sq = shapes[0].Sk = 150, shapes[0].causal = 1;
+    shapes[1].Sq = 140, shapes[1].Sk = 160, shapes[1].window_left = 20, shapes[1].window_right = 5;
+    shapes[2].Sq = 150, shapes[2].Sk = 60, shapes[2].causal = 1;
+    /* B * Hk = 4 (sequence, KV head) units: the one-pass backward (dQ accumulated per unit) */
+    shapes[3].B = 2, shapes[3].H = 4, shapes[3].Hk = 2, shapes[3].Sq = shapes[3].Sk = 140;
+    shapes[3].causal = 1;
+    const inject inj[] = {
+        {"NaN in a q row", 0, 70, 1, 3, NAN},
+        {"NaN in a k row", 1, 75, 0, 5, NAN},
+        {"NaN in v", 2, 100, 0, 7, NAN},
+        {"NaN in v seen by the last rows only", 2, 149, 0, 2, NAN},
+        {"+inf in v", 2, 100, 0, 7, INFINITY},
+        {"-inf in v", 2, 40, 0, 1, -INFINITY},
+        {"+inf in a q row", 0, 120, 0, 0, INFINITY},
+        {"NaN in a q row that sees no key", 0, 3, 0, 1, NAN},
+        {"NaN in dout", 3, 70, 0, 2, NAN},
+        {"NaN in k at key 0", 1, 0, 0, 0, NAN},
+    };
+    int cases = 0;
+    for (int bi = 0; attn_backends[bi]; bi++)
+        for (int di = 0; di < 3; di++)
+            for (int si = 0; si < 4; si++)
+                for (size_t ii = 0; ii < sizeof inj / sizeof inj[0]; ii++) {
+                    attn_case c = shapes[si];
+                    c.dtype = dtypes[di];
+                    c.seed = 300 + (uint64_t)(si * 10 + di);
+                    const inject* x = &inj[ii];
+                    if (x->s >= (x->tensor == 1 || x->tensor == 2 ? c.Sk : c.Sq)) continue;
+                    cases += attn_nonfinite_case(attn_backends[bi], &c, x);
+                }
+    printf("non-finite attention inputs: %d cases\n", cases);
+}
+
+/* Dropout does not hide a NaN: a dropped weight is 0, and 0 * NaN is NaN as in a naive
+ * computation (dropout(P) V); every backend alike. */
+static void attn_nan_dropout(void) {
+    for (int bi = 0; attn_backends[bi]; bi++) {
+        attn_case c;
+        attn_case_init(&c);
+        c.B = 1, c.H = 2, c.Hk = 2, c.Sq = 40, c.Sk = 50, c.D = 8, c.Dv = 8, c.dropout_p = 0.5f;
+        c.seed = 77;
+        attn_problem* p = attn_problem_new(&c);
+        const int64_t idx[4] = {0, 10, 0, 3};
+        tt_set(&p->v, idx, NAN);
+        attn_problem_refresh_inputs(p);
+        cflash_context* ctx = ops_context(attn_backends[bi], 2);
+        cflash_status s = attn_problem_run_fwd(ctx, p);
+        cflash_context_free(ctx);
+        if (ops_backend_skips(attn_backends[bi], "attn", s)) {
+            attn_problem_free(p);
+            continue;
+        }
+        CHECK_OK(s);
+        int all = 1;
+        for (int64_t i = 0; i < c.Sq; i++)
+            all &= bad4(&p->out, 0, i, 0, 3) && !bad4(&p->out, 0, i, 0, 2) &&
+                   !bad4(&p->out, 0, i, 1, 3);
+        CHECK_MSG(all, "%s: NaN in v with dropout: expected column 3 of head 0 NaN in every row",
+                  attn_backends[bi]);
+        attn_problem_free(p);
+    }
+}
+
+/* ---- 10. Non-finite inputs: KV cache, merge, norm, rotary -------------------------------------
+ */
+
+typedef struct kvp {
+    tt_tensor q, kc, vc, out, lse;
+} kvp;
+
+static void kvp_init(kvp* k, cf_dtype dt, int64_t H, int64_t Sq, int64_t D, uint64_t seed) {
+    const int64_t qs[4] = {1, Sq, H, D}, cs[4] = {1, 64, 1, D}, ls[3] = {1, H, Sq};
+    tt_alloc(&k->q, dt, 4, qs, TT_DENSE), tt_alloc(&k->out, dt, 4, qs, TT_DENSE);
+    tt_alloc(&k->kc, dt, 4, cs, TT_DENSE), tt_alloc(&k->vc, dt, 4, cs, TT_DENSE);
+    tt_alloc(&k->lse, CF_F32, 3, ls, TT_DENSE);
+    tt_random(&k->q, seed, -1, 1), tt_random(&k->kc, seed + 1, -1, 1);
+    tt_random(&k->vc, seed + 2, -1, 1);
+}
+static void kvp_free(kvp* k) {
+    tt_free(&k->q), tt_free(&k->kc), tt_free(&k->vc), tt_free(&k->out), tt_free(&k->lse);
+}
+
+static cflash_status kvp_run(kvp* k, const char* be, int causal, int splits) {
+    cflash_attn_params p;
+    cflash_attn_params_init(&p);
+    p.causal = causal;
+    cflash_kvcache_params kp;
+    cflash_kvcache_params_init(&kp);
+    kp.cache_seqlen = 40, kp.num_splits = splits;
+    tt_poison(&k->out), tt_poison(&k->lse);
+    cflash_context* ctx = ops_context(be, 2);
+    cflash_status s = cflash_attn_kvcache_fwd(ctx, &p, &kp, &k->q.dl, &k->kc.dl, &k->vc.dl,
+                                              &k->out.dl, &k->lse.dl);
+    cflash_context_free(ctx);
+    return s;
+}
+
+typedef struct kinj {
+    const char* what;
+    int t; /* 0 q, 1 k cache, 2 v cache */
+    int64_t s, h, d;
+} kinj;
+
+/* Cache length 40 of 64 slots; causal rows i of Sq see positions [0, 40 - Sq + i]. One case:
+ * 1 when run, 0 when the backend cannot serve. */
+static int kv_nonfinite_case(const char* be, cf_dtype dt, int shape, int splits, const kinj* x) {
+    /* decode over a bf16-friendly shape (H 4, D 64), and causal chunked prefill */
+    const int64_t H = shape ? 2 : 4, Sq = shape ? 3 : 1, D = 64;
+    if (x->t == 0 && x->s >= Sq) return 0;
+    kvp base, k;
+    kvp_init(&base, dt, H, Sq, D, 500 + (uint64_t)dt);
+    kvp_init(&k, dt, H, Sq, D, 500 + (uint64_t)dt);
+    const int64_t idx[4] = {0, x->s, x->t ? 0 : x->h, x->d};
+    tt_set(x->t == 0 ? &k.q : x->t == 1 ? &k.kc : &k.vc, idx, NAN);
+    cflash_status s = kvp_run(&base, be, shape, splits);
+    const int ran = !ops_backend_skips(be, "kvcache", s);
+    if (ran) {
+        CHECK_OK(s);
+        CHECK_OK(kvp_run(&k, be, shape, splits));
+        int ok = 1;
+        for (int64_t i = 0; i < Sq && ok; i++)
+            for (int64_t h = 0; h < H && ok; h++) {
+                const int64_t hi = shape ? 40 - Sq + i + 1 : 40;
+                int rn = bad_row(&k.q, 0, i, h, D), cb[64] = {0};
+                for (int64_t j = 0; j < hi; j++) {
+                    rn |= bad_row(&k.kc, 0, j, 0, D);
+                    for (int64_t d = 0; d < D; d++)
+                        cb[d] |= bad4(&k.vc, 0, j, 0, d);
+                }
+                for (int64_t d = 0; d < D && ok; d++) {
+                    const int64_t o[4] = {0, i, h, d};
+                    ok = expect(&k.out, &base.out, o, rn || cb[d], dt);
+                }
+                const int64_t li[3] = {0, h, i};
+                double l = tt_get(&k.lse, li);
+                ok = ok && (rn ? isnan(l) : fabs(l - tt_get(&base.lse, li)) < 1e-4);
+                CHECK_MSG(ok, "%s %s %s Sq %lld splits %d: row %lld head %lld", be,
+                          tt_dtype_short(dt), x->what, (long long)Sq, splits, (long long)i,
+                          (long long)h);
+            }
+    }
+    kvp_free(&base), kvp_free(&k);
+    return ran;
+}
+
+static void kv_nonfinite(void) {
+    const kinj inj[] = {
+        {"NaN in q", 0, 0, 1, 4},
+        {"NaN in k at 39", 1, 39, 0, 3},
+        {"NaN in v at 38", 2, 38, 0, 5},
+        {"NaN in k past the length", 1, 45, 0, 0},
+        {"NaN in v past the length", 2, 50, 0, 9},
+        {"NaN in k at 0", 1, 0, 0, 7},
+    };
+    int cases = 0;
+    for (int bi = 0; ops_backends[bi]; bi++)
+        for (int di = 0; di < 3; di++)
+            for (int shape = 0; shape < 2; shape++)
+                for (int splits = 1; splits <= 3; splits += 2)
+                    for (size_t ii = 0; ii < sizeof inj / sizeof inj[0]; ii++)
+                        cases += kv_nonfinite_case(ops_backends[bi], dtypes[di], shape, splits,
+                                                   &inj[ii]);
+    printf("non-finite KV-cache inputs: %d cases\n", cases);
+}
+
+/* Merge: a NaN part LSE makes the row NaN; a part with LSE -inf is ignored whatever its out
+ * holds; a NaN in a weighted part's out makes that column NaN. */
+static void merge_nonfinite(void) {
+    const int64_t os[5] = {3, 1, 4, 2, 8}, ls[4] = {3, 1, 2, 4}, oo[4] = {1, 4, 2, 8};
+    const int64_t lo[3] = {1, 2, 4};
+    for (int bi = 0; ops_backends[bi]; bi++) {
+        tt_tensor op, lp, out, lse, out0, lse0;
+        tt_alloc(&op, CF_F32, 5, os, TT_DENSE), tt_alloc(&lp, CF_F32, 4, ls, TT_DENSE);
+        tt_alloc(&out, CF_F32, 4, oo, TT_DENSE), tt_alloc(&lse, CF_F32, 3, lo, TT_DENSE);
+        tt_alloc(&out0, CF_F32, 4, oo, TT_DENSE), tt_alloc(&lse0, CF_F32, 3, lo, TT_DENSE);
+        tt_random(&op, 1, -1, 1), tt_random(&lp, 2, -3, 3);
+        const int64_t minf[4] = {2, 0, 1, 2};
+        tt_set(&lp, minf, -INFINITY);
+        cflash_context* ctx = ops_context(ops_backends[bi], 1);
+        cflash_status s = cflash_attn_merge(ctx, &op.dl, &lp.dl, &out0.dl, &lse0.dl);
+        if (ops_backend_skips(ops_backends[bi], "merge", s)) goto done;
+        CHECK_OK(s);
+        const int64_t nl[4] = {1, 0, 0, 1}, dead[5] = {2, 0, 2, 1, 3}, no[5] = {0, 0, 3, 1, 5};
+        tt_set(&lp, nl, NAN);   /* row (i 1, h 0): NaN */
+        tt_set(&op, dead, NAN); /* part 2 of (i 2, h 1) has lse -inf: ignored */
+        tt_set(&op, no, NAN);   /* (i 3, h 1) column 5: NaN */
+        /* row (i 0, h 1): parts 0 and 2 empty, part 1 NaN: NaN (not the empty row's 0 / -inf) */
+        const int64_t e0[4] = {0, 0, 1, 0}, e1[4] = {1, 0, 1, 0}, e2[4] = {2, 0, 1, 0};
+        tt_set(&lp, e0, -INFINITY), tt_set(&lp, e1, NAN), tt_set(&lp, e2, -INFINITY);
+        /* row (i 2, h 0): part 1's weight underflows to 0, its out holds a NaN in column 6 */
+        const int64_t u0[4] = {0, 0, 0, 2}, u1[4] = {1, 0, 0, 2}, u2[4] = {2, 0, 0, 2};
+        const int64_t un[5] = {1, 0, 2, 0, 6};
+        tt_set(&lp, u0, 1.0), tt_set(&lp, u1, -200.0), tt_set(&lp, u2, 0.5);
+        tt_set(&op, un, NAN);
+        CHECK_OK(cflash_attn_merge(ctx, &op.dl, &lp.dl, &out.dl, &lse.dl));
+        int ok = 1;
+        for (int64_t i = 0; i < 4; i++)
+            for (int64_t h = 0; h < 2; h++) {
+                const int rn = (i == 1 && h == 0) || (i == 0 && h == 1);
+                if (i == 2 && h == 0) { /* its lse changed: only NaN-ness is checked */
+                    for (int64_t d = 0; d < 8; d++)
+                        ok &= !bad4(&out, 0, i, h, d) == (d != 6);
+                    continue;
+                }
+                for (int64_t d = 0; d < 8; d++) {
+                    const int64_t o[4] = {0, i, h, d};
+                    ok &= expect(&out, &out0, o, rn || (i == 3 && h == 1 && d == 5), CF_F32);
+                }
+                const int64_t l[3] = {0, h, i};
+                ok &= rn ? isnan(tt_get(&lse, l)) : near(tt_get(&lse, l), tt_get(&lse0, l), CF_F32);
+            }
+        CHECK_MSG(ok, "%s: merge with non-finite parts", ops_backends[bi]);
+    done:
+        cflash_context_free(ctx);
+        tt_free(&op), tt_free(&lp), tt_free(&out), tt_free(&lse), tt_free(&out0), tt_free(&lse0);
+    }
+}
+
+/* Norm: a NaN in x row r makes out row r NaN (statistics), dx row r and dweight NaN; dbias (a sum
+ * of dy) stays finite; every other row is the clean run's. */
+static void norm_nonfinite(void) {
+    const int64_t xs[2] = {16, 40}, ws[1] = {40};
+    for (int bi = 0; ops_backends[bi]; bi++)
+        for (int di = 0; di < 3; di += 2) {
+            const cf_dtype dt = dtypes[di];
+            tt_tensor x, dy, w, b, out, out0, dx, dx0, dw, db, db0;
+            tt_alloc(&x, dt, 2, xs, TT_DENSE), tt_alloc(&dy, dt, 2, xs, TT_DENSE);
+            tt_alloc(&out, dt, 2, xs, TT_DENSE), tt_alloc(&out0, dt, 2, xs, TT_DENSE);
+            tt_alloc(&dx, dt, 2, xs, TT_DENSE), tt_alloc(&dx0, dt, 2, xs, TT_DENSE);
+            tt_alloc(&w, dt, 1, ws, TT_DENSE), tt_alloc(&b, dt, 1, ws, TT_DENSE);
+            tt_alloc(&dw, CF_F32, 1, ws, TT_DENSE), tt_alloc(&db, CF_F32, 1, ws, TT_DENSE);
+            tt_alloc(&db0, CF_F32, 1, ws, TT_DENSE);
+            tt_random(&x, 1, -2, 2), tt_random(&dy, 2, -1, 1), tt_random(&w, 3, 0.5, 1.5);
+            tt_random(&b, 4, -1, 1);
+            cflash_norm_params p;
+            cflash_norm_params_init(&p);
+            p.type = CFLASH_NORM_LAYER;
+            cflash_context* ctx = ops_context(ops_backends[bi], 2);
+            cflash_status s =
+                cflash_norm_fwd(ctx, &p, &x.dl, NULL, &w.dl, &b.dl, &out0.dl, NULL, NULL, NULL);
+            if (ops_backend_skips(ops_backends[bi], "norm", s)) goto done;
+            CHECK_OK(s);
+            CHECK_OK(cflash_norm_bwd(ctx, &p, &dy.dl, &x.dl, &w.dl, &b.dl, NULL, NULL, NULL,
+                                     &dx0.dl, NULL, &db0.dl, NULL));
+            const int64_t at[2] = {5, 7};
+            tt_set(&x, at, NAN);
+            CHECK_OK(
+                cflash_norm_fwd(ctx, &p, &x.dl, NULL, &w.dl, &b.dl, &out.dl, NULL, NULL, NULL));
+            CHECK_OK(cflash_norm_bwd(ctx, &p, &dy.dl, &x.dl, &w.dl, &b.dl, NULL, NULL, NULL, &dx.dl,
+                                     &dw.dl, &db.dl, NULL));
+            int ok = 1;
+            for (int64_t r = 0; r < 16; r++)
+                for (int64_t j = 0; j < 40; j++) {
+                    const int64_t e[2] = {r, j};
+                    ok &= expect(&out, &out0, e, r == 5, dt) && expect(&dx, &dx0, e, r == 5, dt);
+                }
+            for (int64_t j = 0; j < 40; j++) {
+                const int64_t e[1] = {j};
+                ok &= isnan(tt_get(&dw, e)) && near(tt_get(&db, e), tt_get(&db0, e), CF_F32);
+            }
+            CHECK_MSG(ok, "%s %s: norm with a NaN in x", ops_backends[bi], tt_dtype_short(dt));
+        done:
+            cflash_context_free(ctx);
+            tt_free(&x), tt_free(&dy), tt_free(&w), tt_free(&b), tt_free(&out), tt_free(&out0);
+            tt_free(&dx), tt_free(&dx0), tt_free(&dw), tt_free(&db), tt_free(&db0);
+        }
+}
+
+/* Rotary: a NaN in x reaches only the outputs of its own pair. */
+static void rotary_nonfinite(void) {
+    const int64_t xs[4] = {1, 3, 2, 16}, cs[2] = {8, 8};
+    for (int bi = 0; ops_backends[bi]; bi++)
+        for (int il = 0; il <= 1; il++) {
+            tt_tensor x, out, out0, cv, sv;
+            tt_alloc(&x, CF_F32, 4, xs, TT_DENSE), tt_alloc(&out, CF_F32, 4, xs, TT_DENSE);
+            tt_alloc(&out0, CF_F32, 4, xs, TT_DENSE);
+            tt_alloc(&cv, CF_F32, 2, cs, TT_DENSE), tt_alloc(&sv, CF_F32, 2, cs, TT_DENSE);
+            tt_random(&x, 1, -1, 1), tt_random(&cv, 2, -1, 1), tt_random(&sv, 3, -1, 1);
+            cflash_rotary_params p;
+            cflash_rotary_params_init(&p);
+            p.interleaved = il;
+            cflash_context* ctx = ops_context(ops_backends[bi], 1);
+            cflash_status s = cflash_rotary_apply(ctx, &p, &x.dl, &cv.dl, &sv.dl, &out0.dl);
+            if (ops_backend_skips(ops_backends[bi], "rotary", s)) goto done;
+            const int64_t at[4] = {0, 1, 1, 4};
+            tt_set(&x, at, NAN);
+            CHECK_OK(cflash_rotary_apply(ctx, &p, &x.dl, &cv.dl, &sv.dl, &out.dl));
+            int ok = 1;
+            for (int64_t n = 0; n < x.numel; n++) {
+                int64_t idx[4];
+                tt_unravel(&x, n, idx);
+                const int64_t partner = il ? idx[3] / 2 == 2 : idx[3] % 8 == 4;
+                ok &= expect(&out, &out0, idx, idx[1] == 1 && idx[2] == 1 && partner, CF_F32);
+            }
+            CHECK_MSG(ok, "%s interleaved %d: rotary with a NaN in x", ops_backends[bi], il);
+        done:
+            cflash_context_free(ctx);
+            tt_free(&x), tt_free(&out), tt_free(&out0), tt_free(&cv), tt_free(&sv);
+        }
+}
+
+/* ---- Shapes: Sq = 0, Sk = 0, D = 1 and 512, Dv != D --------------------------------------- */
+
+static void edge_shapes(void) {
+    const int64_t sh[][4] = {
+        /* Sq, Sk, D, Dv */
+        {0, 9, 8, 8},      {7, 0, 8, 8},  {5, 6, 1, 1},    {33, 20, 512, 512},
+        {17, 40, 512, 64}, {9, 9, 1, 33}, {20, 31, 64, 1}, {40, 37, 7, 130},
+    };
+    int cases = 0;
+    for (int bi = 0; attn_backends[bi]; bi++)
+        for (int di = 0; di < 3; di++)
+            for (size_t si = 0; si < sizeof sh / sizeof sh[0]; si++)
+                for (int causal = 0; causal <= 1; causal++) {
+                    attn_case c;
+                    attn_case_init(&c);
+                    c.B = 2, c.H = 2, c.Hk = 1, c.Sq = sh[si][0], c.Sk = sh[si][1];
+                    c.D = sh[si][2], c.Dv = sh[si][3], c.dtype = dtypes[di], c.causal = causal;
+                    c.seed = 700 + si;
+                    attn_problem* p = attn_problem_new(&c);
+                    cflash_context* ctx = ops_context(attn_backends[bi], 2);
+                    cflash_status s = attn_problem_run_bwd(ctx, p);
+                    cflash_context_free(ctx);
+                    if (!ops_backend_skips(attn_backends[bi], "attn", s)) {
+                        char msg[768];
+                        CHECK_MSG(s == CFLASH_OK, "%s: %s", attn_backends[bi], cflash_last_error());
+                        CHECK_MSG(attn_problem_check_fwd(p, msg, sizeof msg), "%s: %s",
+                                  attn_backends[bi], msg);
+                        CHECK_MSG(attn_problem_check_bwd(p, msg, sizeof msg), "%s: %s",
+                                  attn_backends[bi], msg);
+                        cases++;
+                    }
+                    attn_problem_free(p);
+                }
+    printf("edge shapes: %d cases\n", cases);
+}
+
+int main(void) {
+#ifdef CF_AMX_MODEL
+    const cf_cpu_info* ci = cf_cpu();
+    if (!ci->avx512f || !ci->avx512bw || !ci->avx512vl || !ci->avx512dq || !ci->avx512bf16 ||
+        !ci->fma || !ci->f16c) {
+        printf("skipped: the modelled kernels' AVX-512 parts need AVX-512 F/BW/VL/DQ/BF16\n");
+        return 77;
+    }
+    (void)norm_bwd_threads, (void)kv_nonfinite, (void)merge_nonfinite, (void)norm_nonfinite;
+    (void)rotary_nonfinite;
+#else
+    norm_bwd_threads();
+#endif
+    huge_magnitudes();
+    attn_nonfinite();
+    attn_nan_dropout();
+#ifndef CF_AMX_MODEL
+    kv_nonfinite();
+    merge_nonfinite();
+    norm_nonfinite();
+    rotary_nonfinite();
+#endif
+    edge_shapes();
+    return tt_summary();
+}
