@@ -117,6 +117,7 @@ static void test_grid(const char* backend) {
         attn_grid_opts o;
         memset(&o, 0, sizeof o);
         o.backend = backend;
+        o.level = tt_test_level() < 0 ? tt_test_level() : 0; /* emulated (qemu): the reduced grid */
         o.bwd = 1;
         o.threads = 2;
         o.max_cases = shapes[i].small ? 14 : 0;
