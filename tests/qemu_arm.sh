@@ -41,8 +41,10 @@ for model in \
 $model
 EOF
     echo "== qemu-aarch64 -cpu $cpu: ctest $select${backends:+ (backends: $backends)}"
+    # passive OpenMP waiting: a spinning idle thread is emulated too (see the Makefile's TEST_ENV)
     # shellcheck disable=SC2086
     if ! env QEMU_CPU="$cpu" CFLASH_TEST_LEVEL=-1 CFLASH_TEST_CPU_FEATURES="$features" \
+        OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}" \
         ${vl:+CFLASH_TEST_SVE_VL=$vl} CFLASH_TEST_BACKENDS="$backends" \
         ctest --output-on-failure -j"$jobs" $select; then
         fail="$fail $name"
