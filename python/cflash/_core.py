@@ -78,15 +78,15 @@ def _run_on(name, op, what, ctx, args):
 
 def make_params(dropout_p=0.0, softmax_scale=None, causal=False, window_left=-1, window_right=-1,
                 softcap=0.0, alibi=None, seed=0, offset=0, deterministic=False, q_offset=0, k_offset=0,
-                extras=None):
+                extras=None, attention_chunk=0):
     """A cflash_attn_params; alibi is a DLTensor address (or None) kept valid by the caller. q_offset,
     k_offset: positions of the call's first query / key in a longer sequence (ring attention).
     extras: {field: address or None} for issue 13's pointer fields (sinks, attn_bias, attn_mask,
-    dsinks, dbias, block_table, seqused_q, seqused_k).
+    dsinks, dbias, block_table, seqused_q, seqused_k); attention_chunk > 0: chunked local attention.
     Those without ALiBi, dropout, offsets or extras are made once and shared (the library only
     reads them)."""
     extras = {n: x for n, x in (extras or {}).items() if x is not None}
-    if alibi is None and not dropout_p and not q_offset and not k_offset and not extras:
+    if alibi is None and not dropout_p and not q_offset and not k_offset and not extras and not attention_chunk:
         return _fast.attn_params(0.0 if softmax_scale is None else float(softmax_scale), bool(causal),
                                  int(window_left), int(window_right), float(softcap), bool(deterministic))
     p = _lib.AttnParams()
@@ -102,6 +102,7 @@ def make_params(dropout_p=0.0, softmax_scale=None, causal=False, window_left=-1,
     p.offset = int(offset) & _MASK64
     p.deterministic = 1 if deterministic else 0
     p.q_offset, p.k_offset = int(q_offset), int(k_offset)
+    p.attention_chunk = int(attention_chunk)
     for name, x in extras.items():
         _fast.set_pointer(p, name, x)
     return p
@@ -155,9 +156,8 @@ def attn_fwd(q, k, v, dropout_p, softmax_scale, causal, window_left, window_righ
     else:
         ex = _extras(a, sinks=sinks, attn_bias=attn_bias, attn_mask=attn_mask)
         p = make_params(dropout_p, softmax_scale, causal, window_left, window_right, softcap,
-                        _alibi(alibi_slopes, a), seed, offset, q_offset=q_offset, k_offset=k_offset, extras=ex)
-        if attention_chunk:
-            p.attention_chunk = int(attention_chunk)
+                        _alibi(alibi_slopes, a), seed, offset, q_offset=q_offset, k_offset=k_offset, extras=ex,
+                        attention_chunk=attention_chunk)
     pp = ctypes.byref(p)
     addr = _fast.address
     hq, hk, hv, ho = addr(q, "q", a), addr(k, "k", a), addr(v, "v", a), addr(out, "out", a)
@@ -188,9 +188,10 @@ def _explain_bwd(q, k, v, out, lse, pp, hq, hk, hv, ho, hl, a):
 
 def attn_bwd(dout, q, k, v, out, lse, dropout_p, softmax_scale, causal, window_left, window_right,
              softcap, alibi_slopes, deterministic, seed=0, offset=0, q_offset=0, k_offset=0, sinks=None,
-             attn_bias=None, attn_mask=None, want_dbias=False):
+             attn_bias=None, attn_mask=None, want_dbias=False, attention_chunk=0):
     """dq, dk, dv like q, k, v; with sinks or want_dbias (issue 13, the forward's sinks / bias /
-    mask given again) dq, dk, dv, dsinks fp32 (H,) or None, dbias like attn_bias or None."""
+    mask / attention_chunk given again) dq, dk, dv, dsinks fp32 (H,) or None, dbias like
+    attn_bias or None."""
     dout, q, k, v, out = [maybe_contiguous(x) for x in (dout, q, k, v, out)]
     dq, dk, dv = empty(q, q.shape), empty(k, k.shape), empty(v, v.shape)
     ds = None if sinks is None else empty(q, (q.shape[2],), "f32")
@@ -198,7 +199,7 @@ def attn_bwd(dout, q, k, v, out, lse, dropout_p, softmax_scale, causal, window_l
     a = _Args()
     ex = _extras(a, sinks=sinks, attn_bias=attn_bias, attn_mask=attn_mask, dsinks=ds, dbias=db)
     p = make_params(dropout_p, softmax_scale, causal, window_left, window_right, softcap, _alibi(alibi_slopes, a),
-                    seed, offset, deterministic, q_offset, k_offset, extras=ex)
+                    seed, offset, deterministic, q_offset, k_offset, extras=ex, attention_chunk=attention_chunk)
     h = [a(x, n) for x, n in ((dout, "dout"), (q, "q"), (k, "k"), (v, "v"), (out, "out"), (lse, "lse"),
                               (dq, "dq"), (dk, "dk"), (dv, "dv"))]
     _run("cflash_attn_bwd", "attn_bwd", "attention backward", q, ctypes.byref(p), *h)
@@ -208,8 +209,9 @@ def attn_bwd(dout, q, k, v, out, lse, dropout_p, softmax_scale, causal, window_l
 def attn_varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p,
                     softmax_scale, causal, window_left, window_right, softcap, alibi_slopes, seed=0,
                     offset=0, q_offset=0, k_offset=0, sinks=None, block_table=None, seqused_q=None,
-                    seqused_k=None):
-    """out (total_q, H, Dv) like q, lse float32 (H, total_q); sinks fp32 (H,) (issue 13). With
+                    seqused_k=None, attention_chunk=0):
+    """out (total_q, H, Dv) like q, lse float32 (H, total_q); sinks fp32 (H,) and attention_chunk
+    (issue 13). With
     block_table (B, max_pages) int32, k / v are pages (num_pages, page_size, Hk, D); cu_seqlens_k
     may be None when seqused_k (B,) int32 is given; seqused_q (B,) int32."""
     q, k, v = maybe_contiguous(q), maybe_contiguous(k), maybe_contiguous(v)
@@ -223,7 +225,7 @@ def attn_varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqle
     a = _Args()
     ex = dict(_extras(a, sinks=sinks), **_serving(a, block_table, seqused_q, seqused_k))
     p = make_params(dropout_p, softmax_scale, causal, window_left, window_right, softcap, _alibi(alibi_slopes, a),
-                    seed, offset, q_offset=q_offset, k_offset=k_offset, extras=ex)
+                    seed, offset, q_offset=q_offset, k_offset=k_offset, extras=ex, attention_chunk=attention_chunk)
     h = [a(x, n) for x, n in ((q, "q"), (k, "k"), (v, "v"), (cq, "cu_seqlens_q"), (ck, "cu_seqlens_k"))]
     ho, hl = a(out, "out"), a(lse, "lse")
     mq, mk = _i64(int(max_seqlen_q or 0)), _i64(int(max_seqlen_k or 0))
@@ -239,7 +241,7 @@ def attn_varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqle
 def attn_varlen_bwd(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
                     dropout_p, softmax_scale, causal, window_left, window_right, softcap, alibi_slopes,
                     deterministic, seed=0, offset=0, q_offset=0, k_offset=0, sinks=None, block_table=None,
-                    seqused_q=None, seqused_k=None):
+                    seqused_q=None, seqused_k=None, attention_chunk=0):
     """dq, dk, dv (dk, dv as pages with block_table); with sinks (issue 13) also dsinks fp32 (H,)."""
     dout, q, k, v, out = [maybe_contiguous(x) for x in (dout, q, k, v, out)]
     dq, dk, dv = empty(q, q.shape), empty(k, k.shape), empty(v, v.shape)
@@ -248,7 +250,7 @@ def attn_varlen_bwd(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seq
     a = _Args()
     ex = dict(_extras(a, sinks=sinks, dsinks=ds), **_serving(a, block_table, seqused_q, seqused_k))
     p = make_params(dropout_p, softmax_scale, causal, window_left, window_right, softcap, _alibi(alibi_slopes, a),
-                    seed, offset, deterministic, q_offset, k_offset, extras=ex)
+                    seed, offset, deterministic, q_offset, k_offset, extras=ex, attention_chunk=attention_chunk)
     h = [a(x, n) for x, n in ((dout, "dout"), (q, "q"), (k, "k"), (v, "v"), (out, "out"), (lse, "lse"),
                               (cq, "cu_seqlens_q"), (ck, "cu_seqlens_k"))]
     hg = [a(x, n) for x, n in ((dq, "dq"), (dk, "dk"), (dv, "dv"))]
@@ -493,8 +495,7 @@ def attn_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None, rotary_si
                               int(window_right), float(softcap), False)
     else:
         p = make_params(0.0, softmax_scale, causal, window_left, window_right, softcap, _alibi(alibi_slopes, a),
-                        extras=_extras(a, sinks=sinks))
-        p.attention_chunk = int(attention_chunk)
+                        extras=_extras(a, sinks=sinks), attention_chunk=attention_chunk)
     _run("cflash_attn_kvcache_fwd", "kvcache_fwd", "flash_attn_with_kvcache", q, ctypes.byref(p), kp.ref,
          addr(q, "q", a), addr(k_cache, "k_cache", a), addr(v_cache, "v_cache", a), addr(out, "out", a),
          None if lse is None else addr(lse, "lse", a))

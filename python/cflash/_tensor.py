@@ -68,9 +68,14 @@ def _np_dltype(dt):
     return DLDataType(t.code, t.bits, t.lanes)
 
 
+_FLOAT8 = {"float8_e4m3fn": 10, "float8_e5m2": 12}  # DLPack's kDLFloat8_e4m3fn / _e5m2 (DLPack 1.1)
+
+
 def _np_dltype_new(dt):
     if dt.name == "bfloat16":  # ml_dtypes.bfloat16
         return DLDataType(_lib.kDLBfloat, 16, 1)
+    if dt.name in _FLOAT8:  # ml_dtypes' fp8 (quantized KV caches)
+        return DLDataType(_FLOAT8[dt.name], 8, 1)
     if dt.kind == "b":
         return DLDataType(_lib.kDLUInt, 8, 1)
     code = _NP_CODES.get(dt.kind)
@@ -101,6 +106,8 @@ def _torch_table():
         torch.int8: (_lib.kDLInt, 8),
         torch.uint8: (_lib.kDLUInt, 8),
         torch.bool: (_lib.kDLUInt, 8),
+        torch.float8_e4m3fn: (_FLOAT8["float8_e4m3fn"], 8),
+        torch.float8_e5m2: (_FLOAT8["float8_e5m2"], 8),
     }
 
 
