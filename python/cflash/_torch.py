@@ -57,10 +57,11 @@ def attn_fwd(q: Tensor, k: Tensor, v: Tensor, alibi_slopes: Optional[Tensor], dr
              softmax_scale: float, causal: bool, window_left: int, window_right: int, softcap: float,
              deterministic: bool, seed: int, sinks: Optional[Tensor] = None,
              attention_chunk: int = 0) -> Tuple[Tensor, Tensor, Tensor]:
-    seed = _draw(dropout_p, seed)
+    # (_draw and _rng_state inline: this is the op torch.compile'd decode steps call)
+    seed = new_seed() if dropout_p > 0 and seed < 0 else max(seed, 0)
     out, lse = _core.attn_fwd(q, k, v, dropout_p, softmax_scale, causal, window_left, window_right, softcap,
-                              alibi_slopes, seed, sinks=sinks, attention_chunk=attention_chunk)
-    return out, lse, _rng_state(seed)
+                              alibi_slopes, seed, 0, 0, 0, True, sinks, None, None, attention_chunk)
+    return out, lse, (_RNG_ZERO.new_zeros(2) if not seed else _rng_state(seed))
 
 
 @attn_fwd.register_fake
