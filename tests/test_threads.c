@@ -6,6 +6,7 @@
  * Usage: test_threads */
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #include "common/testutil.h"
@@ -53,6 +54,23 @@ static void test_attn_flops(void) {
     const int32_t cq[4] = {0, 1, 11, 14}, ck[4] = {0, 7, 9, 29};
     c.varlen = 1, c.cu_q = cq, c.cu_k = ck, c.Sq = 10, c.Sk = 20;
     CHECK_NEAR(cf_attn_flops(&c), 2.0 * (1 * 7 + 10 * 2 + 3 * 20) * 2 * 64, 0);
+}
+
+/* A team that sleeps between regions (OMP_WAIT_POLICY=passive, as the Python overhead bench
+ * runs; the ctest variant test_threads_passive) needs CF_SLEEPING_TEAM_FACTOR times the work per
+ * thread: the fp32 decode step B1 H32 Hk8 D128 Sk16 (256 KiB of KV-cache work, 9 us on one
+ * thread) woke a second one for 17 us more. */
+static void test_sleeping_team(int par) {
+    const char *w = getenv("OMP_WAIT_POLICY"), *s = getenv("GOMP_SPINCOUNT");
+    const int sleeping = (w && !strcasecmp(w, "passive")) || (s && !strcmp(s, "0"));
+    const double f = sleeping ? CF_SLEEPING_TEAM_FACTOR : 1.0, Bm = CF_MIN_BYTES_PER_THREAD;
+    CHECK(cf_threads_team_factor() == f);
+    CHECK(CF_SLEEPING_TEAM_FACTOR >= 1.0 && CF_SLEEPING_TEAM_FACTOR <= 16.0);
+    CHECK(cf_threads_resolve("test", 2, 2 * Bm, 0) == (sleeping && !par ? 1 : 2));
+    CHECK(cf_threads_resolve("test", 2, 2 * f * Bm - 1, 0) == (par ? 2 : 1));
+    CHECK(cf_threads_resolve("test", 2, 2 * f * Bm, 0) == 2);
+    CHECK(cf_threads_resolve("test", 2, 2 * f * CF_MIN_FLOPS_PER_THREAD - 1, 1) == (par ? 2 : 1));
+    CHECK(cf_threads_resolve("test", 2, 2 * f * CF_MIN_FLOPS_PER_THREAD, 1) == 2);
 }
 
 /* ---- End to end: the resolved count of real calls ------------------------------------------ */
@@ -157,6 +175,7 @@ int main(void) {
     const char* sc = getenv("CFLASH_SMALL_CALLS");
     const int par = sc && !strcmp(sc, "parallel");
     CHECK(cf_threads_small_calls_parallel() == par);
+    test_sleeping_team(par);
     const char* tiny_fwd = par ? "attn_fwd: threads 2 of 2" : "attn_fwd: threads 1 of 2";
     const char* tiny_bwd = par ? "attn_bwd: threads 2 of 2" : "attn_bwd: threads 1 of 2";
 

@@ -78,15 +78,15 @@ def _run_on(name, op, what, ctx, args):
 
 def make_params(dropout_p=0.0, softmax_scale=None, causal=False, window_left=-1, window_right=-1,
                 softcap=0.0, alibi=None, seed=0, offset=0, deterministic=False, q_offset=0, k_offset=0,
-                extras=None):
+                extras=None, attention_chunk=0):
     """A cflash_attn_params; alibi is a DLTensor address (or None) kept valid by the caller. q_offset,
     k_offset: positions of the call's first query / key in a longer sequence (ring attention).
     extras: {field: address or None} for issue 13's pointer fields (sinks, attn_bias, attn_mask,
-    dsinks, dbias, block_table, seqused_q, seqused_k).
+    dsinks, dbias, block_table, seqused_q, seqused_k); attention_chunk > 0: chunked local attention.
     Those without ALiBi, dropout, offsets or extras are made once and shared (the library only
     reads them)."""
     extras = {n: x for n, x in (extras or {}).items() if x is not None}
-    if alibi is None and not dropout_p and not q_offset and not k_offset and not extras:
+    if alibi is None and not dropout_p and not q_offset and not k_offset and not extras and not attention_chunk:
         return _fast.attn_params(0.0 if softmax_scale is None else float(softmax_scale), bool(causal),
                                  int(window_left), int(window_right), float(softcap), bool(deterministic))
     p = _lib.AttnParams()
@@ -102,6 +102,7 @@ def make_params(dropout_p=0.0, softmax_scale=None, causal=False, window_left=-1,
     p.offset = int(offset) & _MASK64
     p.deterministic = 1 if deterministic else 0
     p.q_offset, p.k_offset = int(q_offset), int(k_offset)
+    p.attention_chunk = int(attention_chunk)
     for name, x in extras.items():
         _fast.set_pointer(p, name, x)
     return p
@@ -128,14 +129,14 @@ def _serving(a, block_table, seqused_q, seqused_k):
 
 def attn_fwd(q, k, v, dropout_p, softmax_scale, causal, window_left, window_right, softcap,
              alibi_slopes, seed=0, offset=0, q_offset=0, k_offset=0, want_lse=True, sinks=None, attn_bias=None,
-             attn_mask=None):
+             attn_mask=None, attention_chunk=0):
     """out (B, Sq, H, Dv) like q, lse float32 (B, H, Sq) (None unless want_lse). sinks fp32 (H,),
-    attn_bias (fp32 or q's dtype) and attn_mask (bool / uint8), 4 dims (B|1, H|1, Sq, Sk): issue
-    13's features.
+    attn_bias (fp32 or q's dtype) and attn_mask (bool / uint8), 4 dims (B|1, H|1, Sq, Sk), and
+    attention_chunk (> 0: chunked local attention): issue 13's features.
     A CPU call at a decode shape (seqlen_q 1, no dropout, no block offsets) is served by the
-    library's decode entry,
-    cflash_attn_kvcache_fwd with k, v as the whole cache: the same out and lse, from the kernel
-    made for it (cflash_attn_fwd serves when that entry refuses the call)."""
+    library's decode entry, cflash_attn_kvcache_fwd with k, v as the whole cache: the same out
+    and lse, from the kernel made for it (cflash_attn_fwd serves when that entry refuses the
+    call)."""
     q, k, v = maybe_contiguous(q), maybe_contiguous(k), maybe_contiguous(v)
     if q.ndim != 4 or v.ndim != 4:
         _shape_check(q, 4, "q", "(batch, seqlen_q, nheads, headdim)")
@@ -143,27 +144,38 @@ def attn_fwd(q, k, v, dropout_p, softmax_scale, causal, window_left, window_righ
     B, Sq, H, D = q.shape
     Dv = v.shape[-1]
     out = empty_like(q) if Dv == D else empty(q, (B, Sq, H, Dv))
-    lse = empty(q, (B, H, Sq), "f32") if want_lse or _explain.sink is not None else None
+    sink = _explain.sink
+    lse = empty(q, (B, H, Sq), "f32") if want_lse or sink is not None else None
     a = _Args()
-    ex = _extras(a, sinks=sinks, attn_bias=attn_bias, attn_mask=attn_mask)
-    p = make_params(dropout_p, softmax_scale, causal, window_left, window_right, softcap, _alibi(alibi_slopes, a),
-                    seed, offset, q_offset=q_offset, k_offset=k_offset, extras=ex)
+    # what the decode entry does not take (it takes ALiBi)
+    extra = (dropout_p or q_offset or k_offset or sinks is not None or attn_bias is not None
+             or attn_mask is not None or attention_chunk)
+    if alibi_slopes is None and not extra:  # the shared params (decode steps: most calls)
+        p = _fast.attn_params(0.0 if softmax_scale is None else float(softmax_scale), bool(causal),
+                              int(window_left), int(window_right), float(softcap), False)
+    else:
+        ex = _extras(a, sinks=sinks, attn_bias=attn_bias, attn_mask=attn_mask)
+        p = make_params(dropout_p, softmax_scale, causal, window_left, window_right, softcap,
+                        _alibi(alibi_slopes, a), seed, offset, q_offset=q_offset, k_offset=k_offset, extras=ex,
+                        attention_chunk=attention_chunk)
     pp = ctypes.byref(p)
-    hq, hk, hv, ho, hl = a(q, "q"), a(k, "k"), a(v, "v"), a(out, "out"), a(lse, "lse")
-    if (Sq == 1 and not dropout_p and not q_offset and not k_offset and _fast.KV_DEFAULTS is not None
-            and sinks is None and attn_bias is None and attn_mask is None  # the decode entry has none
-            and (type(q) is np.ndarray or q.is_cpu)):
-        sink = _explain.sink
-        n = len(sink) if sink is not None else 0
-        st = _run("cflash_attn_kvcache_fwd", "kvcache_fwd", None, q, pp, _fast.KV_DEFAULTS, hq, hk, hv, ho, hl)
-        if st == _lib.OK:
-            if sink is not None:
+    addr = _fast.address
+    hq, hk, hv, ho = addr(q, "q", a), addr(k, "k", a), addr(v, "v", a), addr(out, "out", a)
+    hl = None if lse is None else addr(lse, "lse", a)
+    if Sq == 1 and not extra and _fast.KV_DEFAULTS is not None and (type(q) is np.ndarray or q.is_cpu):
+        if sink is None:  # a decode step (most calls): _run's path, inline
+            if _fast.handle("cflash_attn_kvcache_fwd")(_lib.context(None), pp, _fast.KV_DEFAULTS, hq, hk, hv, ho,
+                                                        hl) == _lib.OK:
+                return out, lse
+        else:
+            n = len(sink)
+            if _run("cflash_attn_kvcache_fwd", "kvcache_fwd", None, q, pp, _fast.KV_DEFAULTS, hq, hk, hv, ho,
+                    hl) == _lib.OK:
                 _explain_bwd(q, k, v, out, lse, pp, hq, hk, hv, ho, hl, a)
-            return out, lse
-        if sink is not None:
+                return out, lse
             del sink[n:]  # that entry would refuse: the general one serves (explained next)
     _run("cflash_attn_fwd", "attn_fwd", "attention forward", q, pp, hq, hk, hv, ho, hl)
-    if _explain.sink is not None:
+    if sink is not None:
         _explain_bwd(q, k, v, out, lse, pp, hq, hk, hv, ho, hl, a)
     return out, lse
 
@@ -176,9 +188,10 @@ def _explain_bwd(q, k, v, out, lse, pp, hq, hk, hv, ho, hl, a):
 
 def attn_bwd(dout, q, k, v, out, lse, dropout_p, softmax_scale, causal, window_left, window_right,
              softcap, alibi_slopes, deterministic, seed=0, offset=0, q_offset=0, k_offset=0, sinks=None,
-             attn_bias=None, attn_mask=None, want_dbias=False):
+             attn_bias=None, attn_mask=None, want_dbias=False, attention_chunk=0):
     """dq, dk, dv like q, k, v; with sinks or want_dbias (issue 13, the forward's sinks / bias /
-    mask given again) dq, dk, dv, dsinks fp32 (H,) or None, dbias like attn_bias or None."""
+    mask / attention_chunk given again) dq, dk, dv, dsinks fp32 (H,) or None, dbias like
+    attn_bias or None."""
     dout, q, k, v, out = [maybe_contiguous(x) for x in (dout, q, k, v, out)]
     dq, dk, dv = empty(q, q.shape), empty(k, k.shape), empty(v, v.shape)
     ds = None if sinks is None else empty(q, (q.shape[2],), "f32")
@@ -186,7 +199,7 @@ def attn_bwd(dout, q, k, v, out, lse, dropout_p, softmax_scale, causal, window_l
     a = _Args()
     ex = _extras(a, sinks=sinks, attn_bias=attn_bias, attn_mask=attn_mask, dsinks=ds, dbias=db)
     p = make_params(dropout_p, softmax_scale, causal, window_left, window_right, softcap, _alibi(alibi_slopes, a),
-                    seed, offset, deterministic, q_offset, k_offset, extras=ex)
+                    seed, offset, deterministic, q_offset, k_offset, extras=ex, attention_chunk=attention_chunk)
     h = [a(x, n) for x, n in ((dout, "dout"), (q, "q"), (k, "k"), (v, "v"), (out, "out"), (lse, "lse"),
                               (dq, "dq"), (dk, "dk"), (dv, "dv"))]
     _run("cflash_attn_bwd", "attn_bwd", "attention backward", q, ctypes.byref(p), *h)
@@ -196,8 +209,9 @@ def attn_bwd(dout, q, k, v, out, lse, dropout_p, softmax_scale, causal, window_l
 def attn_varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p,
                     softmax_scale, causal, window_left, window_right, softcap, alibi_slopes, seed=0,
                     offset=0, q_offset=0, k_offset=0, sinks=None, block_table=None, seqused_q=None,
-                    seqused_k=None):
-    """out (total_q, H, Dv) like q, lse float32 (H, total_q); sinks fp32 (H,) (issue 13). With
+                    seqused_k=None, attention_chunk=0):
+    """out (total_q, H, Dv) like q, lse float32 (H, total_q); sinks fp32 (H,) and attention_chunk
+    (issue 13). With
     block_table (B, max_pages) int32, k / v are pages (num_pages, page_size, Hk, D); cu_seqlens_k
     may be None when seqused_k (B,) int32 is given; seqused_q (B,) int32."""
     q, k, v = maybe_contiguous(q), maybe_contiguous(k), maybe_contiguous(v)
@@ -211,7 +225,7 @@ def attn_varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqle
     a = _Args()
     ex = dict(_extras(a, sinks=sinks), **_serving(a, block_table, seqused_q, seqused_k))
     p = make_params(dropout_p, softmax_scale, causal, window_left, window_right, softcap, _alibi(alibi_slopes, a),
-                    seed, offset, q_offset=q_offset, k_offset=k_offset, extras=ex)
+                    seed, offset, q_offset=q_offset, k_offset=k_offset, extras=ex, attention_chunk=attention_chunk)
     h = [a(x, n) for x, n in ((q, "q"), (k, "k"), (v, "v"), (cq, "cu_seqlens_q"), (ck, "cu_seqlens_k"))]
     ho, hl = a(out, "out"), a(lse, "lse")
     mq, mk = _i64(int(max_seqlen_q or 0)), _i64(int(max_seqlen_k or 0))
@@ -227,7 +241,7 @@ def attn_varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqle
 def attn_varlen_bwd(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
                     dropout_p, softmax_scale, causal, window_left, window_right, softcap, alibi_slopes,
                     deterministic, seed=0, offset=0, q_offset=0, k_offset=0, sinks=None, block_table=None,
-                    seqused_q=None, seqused_k=None):
+                    seqused_q=None, seqused_k=None, attention_chunk=0):
     """dq, dk, dv (dk, dv as pages with block_table); with sinks (issue 13) also dsinks fp32 (H,)."""
     dout, q, k, v, out = [maybe_contiguous(x) for x in (dout, q, k, v, out)]
     dq, dk, dv = empty(q, q.shape), empty(k, k.shape), empty(v, v.shape)
@@ -236,7 +250,7 @@ def attn_varlen_bwd(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seq
     a = _Args()
     ex = dict(_extras(a, sinks=sinks, dsinks=ds), **_serving(a, block_table, seqused_q, seqused_k))
     p = make_params(dropout_p, softmax_scale, causal, window_left, window_right, softcap, _alibi(alibi_slopes, a),
-                    seed, offset, deterministic, q_offset, k_offset, extras=ex)
+                    seed, offset, deterministic, q_offset, k_offset, extras=ex, attention_chunk=attention_chunk)
     h = [a(x, n) for x, n in ((dout, "dout"), (q, "q"), (k, "k"), (v, "v"), (out, "out"), (lse, "lse"),
                               (cq, "cu_seqlens_q"), (ck, "cu_seqlens_k"))]
     hg = [a(x, n) for x, n in ((dq, "dq"), (dk, "dk"), (dv, "dv"))]
@@ -420,14 +434,22 @@ def _cast_like(t, like):
 # ---- KV cache ----
 
 
+QUANT = {"none": 0, "fp8_e4m3": 1, "fp8_e5m2": 2, "int8": 3}  # cache_quant names -> cflash_kv_quant
+
+
 def attn_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None, rotary_sin=None, cache_seqlens=None,
                  cache_batch_idx=None, cache_leftpad=None, block_table=None, softmax_scale=None, causal=False,
                  window_left=-1, window_right=-1, softcap=0.0, rotary_interleaved=True, alibi_slopes=None,
-                 num_splits=0, want_lse=True, cu_seqlens_q=None, max_seqlen_q=None, cu_seqlens_k_new=None):
+                 num_splits=0, want_lse=True, cu_seqlens_q=None, max_seqlen_q=None, cu_seqlens_k_new=None,
+                 cache_quant=0, k_descale=None, v_descale=None, k_scales=None, v_scales=None, sinks=None,
+                 attention_chunk=0):
     """out (B, Sq, H, Dv) like q, lse float32 (B, H, Sq) (None unless want_lse); k_cache / v_cache
     updated in place. With cu_seqlens_q (FA3), q is (total_q, H, D): out (total_q, H, Dv), lse
-    (H, total_q); with cu_seqlens_k_new, k / v are (total_new, Hk, D)."""
-    q, k, v = maybe_contiguous(q), maybe_contiguous(k), maybe_contiguous(v)
+    (H, total_q); with cu_seqlens_k_new, k / v are (total_new, Hk, D). cache_quant (a
+    cflash_kv_quant value): 8-bit caches, with k_descale / v_descale (fp8) or k_scales / v_scales
+    (int8, written for appended rows). sinks and attention_chunk go to the library as given (it
+    refuses what its KV-cache call does not take yet)."""
+    q = maybe_contiguous(q)
     if cu_seqlens_q is not None:
         _shape_check(q, 3, "q", "(total_q, nheads, headdim) with cu_seqlens_q")
         T, H, _ = q.shape
@@ -438,28 +460,45 @@ def attn_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None, rotary_si
         B, Sq, H, _ = q.shape
         out = empty(q, (B, Sq, H, v_cache.shape[-1]))
         lse = empty(q, (B, H, Sq), "f32") if want_lse else None
-    kp, fields = _fast.kvcache_params()
-    if rotary_cos is not None:
-        rotary_cos, rotary_sin = _table_dtype(rotary_cos, q), _table_dtype(rotary_sin, q)
+    a = _Args()
+    addr = _fast.address
+    given = {}  # the pointer fields this call sets (a decode step: one or two)
+    if k is not None or v is not None:
+        given["k_new"], given["v_new"] = a(maybe_contiguous(k), "k"), a(maybe_contiguous(v), "v")
+    if rotary_cos is not None or rotary_sin is not None:
+        given["rotary_cos"] = a(_table_dtype(rotary_cos, q) if rotary_cos is not None else None, "rotary_cos")
+        given["rotary_sin"] = a(_table_dtype(rotary_sin, q) if rotary_sin is not None else None, "rotary_sin")
     seqlen = -1
     if isinstance(cache_seqlens, (int, np.integer)):
-        seqlen, cache_seqlens = int(cache_seqlens), None
-    a = _Args()
-    fields.k_new, fields.v_new = a(k, "k"), a(v, "v")
-    fields.rotary_cos, fields.rotary_sin = a(rotary_cos, "rotary_cos"), a(rotary_sin, "rotary_sin")
-    fields.cache_seqlens = a(host_int32(cache_seqlens, "cache_seqlens"), "cache_seqlens")
-    fields.cache_batch_idx = a(host_int32(cache_batch_idx, "cache_batch_idx"), "cache_batch_idx")
-    fields.cache_leftpad = a(host_int32(cache_leftpad, "cache_leftpad"), "cache_leftpad")
-    fields.block_table = a(host_int32(block_table, "block_table"), "block_table")
-    fields.cu_seqlens_q = a(host_int32(cu_seqlens_q, "cu_seqlens_q"), "cu_seqlens_q")
-    fields.cu_seqlens_k_new = a(host_int32(cu_seqlens_k_new, "cu_seqlens_k_new"), "cu_seqlens_k_new")
-    kp.max_seqlen_q = int(max_seqlen_q or 0)
-    kp.rotary_interleaved = int(bool(rotary_interleaved))
-    kp.cache_seqlen = seqlen
-    kp.num_splits = int(num_splits)
-    p = make_params(0.0, softmax_scale, causal, window_left, window_right, softcap, _alibi(alibi_slopes, a))
-    _run("cflash_attn_kvcache_fwd", "kvcache_fwd", "flash_attn_with_kvcache", q, ctypes.byref(p), ctypes.byref(kp),
-         a(q, "q"), a(k_cache, "k_cache"), a(v_cache, "v_cache"), a(out, "out"), a(lse, "lse"))
+        seqlen = int(cache_seqlens)
+    elif cache_seqlens is not None:
+        given["cache_seqlens"] = addr(host_int32(cache_seqlens, "cache_seqlens"), "cache_seqlens", a)
+    for x, n in ((cache_batch_idx, "cache_batch_idx"), (cache_leftpad, "cache_leftpad"), (block_table, "block_table"),
+                 (cu_seqlens_q, "cu_seqlens_q"), (cu_seqlens_k_new, "cu_seqlens_k_new")):
+        if x is not None:
+            given[n] = addr(host_int32(x, n), n, a)
+    if k_descale is not None or v_descale is not None or k_scales is not None or v_scales is not None:
+        for x, n in ((k_descale, "k_descale"), (v_descale, "v_descale"), (k_scales, "k_scales"),
+                     (v_scales, "v_scales")):
+            if x is not None:  # (the library refuses those cache_quant does not take)
+                given[n] = addr(x, n, a)
+    kp = _fast.kvcache_params()
+    kp.pointers(given)
+    c = kp.kp
+    c.max_seqlen_q = int(max_seqlen_q or 0)
+    c.rotary_interleaved = 1 if rotary_interleaved else 0
+    c.cache_seqlen = seqlen
+    c.num_splits = int(num_splits)
+    c.cache_quant = int(cache_quant)
+    if alibi_slopes is None and sinks is None and not attention_chunk:
+        p = _fast.attn_params(0.0 if softmax_scale is None else float(softmax_scale), bool(causal), int(window_left),
+                              int(window_right), float(softcap), False)
+    else:
+        p = make_params(0.0, softmax_scale, causal, window_left, window_right, softcap, _alibi(alibi_slopes, a),
+                        extras=_extras(a, sinks=sinks), attention_chunk=attention_chunk)
+    _run("cflash_attn_kvcache_fwd", "kvcache_fwd", "flash_attn_with_kvcache", q, ctypes.byref(p), kp.ref,
+         addr(q, "q", a), addr(k_cache, "k_cache", a), addr(v_cache, "v_cache", a), addr(out, "out", a),
+         None if lse is None else addr(lse, "lse", a))
     return out, lse
 
 

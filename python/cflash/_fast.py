@@ -56,6 +56,28 @@ def _layout_ok():
 _CAPSULES = _layout_ok()  # never expected to fail (DLPack's ABI is stable); then all goes through DL
 
 
+def _capsule_offset():
+    """Where a capsule object holds its pointer (CPython: right after the object header), checked
+    on a capsule made here; None where that does not hold (then PyCapsule_GetPointer is called,
+    0.3 us more per tensor)."""
+    try:
+        new = ctypes.pythonapi.PyCapsule_New
+        new.restype = ctypes.py_object
+        new.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p]
+        target = ctypes.c_int64()
+        cap = new(ctypes.addressof(target), _NAME, None)
+        off = object.__basicsize__
+        if _void.from_address(id(cap) + off).value == ctypes.addressof(target) == _capsule_pointer(cap, _NAME):
+            return off
+    except Exception:
+        pass
+    return None
+
+
+_OFFSET = _capsule_offset()
+_torch_capsules = [False]  # torch's to_dlpack checked to give b"dltensor" capsules (on first use)
+
+
 def address(x, name, keep):
     """The address of a DLTensor over x's memory (a torch tensor or NumPy array), valid while what
     is appended to keep lives. What DLPack cannot carry goes through _tensor.DL, which also
@@ -67,6 +89,10 @@ def address(x, name, keep):
             if not x.size:  # NumPy gives an empty array 0 strides: DL writes dense ones
                 raise ValueError
             cap = x.__dlpack__()
+        elif _torch_capsules[0]:  # the capsule's pointer read in place (its name checked once)
+            cap = _to_dlpack(x)
+            keep.append(cap)
+            return _void.from_address(id(cap) + _OFFSET).value
         else:
             cap = _to_dlpack(x)
     except Exception:  # NumPy bfloat16 or read-only, a non-array, an odd device: DL says
@@ -82,8 +108,17 @@ def _to_dlpack(x):
     global _to_dlpack
     if not hasattr(x, "data_ptr"):
         raise TypeError("not a torch tensor")
+    import torch
     from torch.utils.dlpack import to_dlpack
 
+    # PyCapsule_GetPointer raises unless the name is b"dltensor" (a DLManagedTensor, not the
+    # versioned struct): only then may the pointer be read without it.
+    try:
+        probe = to_dlpack(torch.empty(1))
+        _torch_capsules[0] = _OFFSET is not None and _capsule_pointer(probe, _NAME) == _void.from_address(
+            id(probe) + _OFFSET).value
+    except Exception:
+        _torch_capsules[0] = False
     _to_dlpack = to_dlpack
     return to_dlpack(x)
 
@@ -114,15 +149,28 @@ def attn_params(scale, causal, wl, wr, softcap, deterministic=False):
     return p
 
 
-class _PointerFields:
-    """Writes the pointer fields of one ctypes struct in place: fields.name = address or None."""
+class _KVParams:
+    """One thread's cflash_kvcache_params, reused call after call. Its pointer fields are written
+    in place, and only those that change (a decode step passes one or two of the fifteen)."""
 
-    def __init__(self, struct, names):
-        object.__setattr__(self, "_views", {n: _void.from_buffer(struct, getattr(type(struct), n).offset)
-                                            for n in names})
+    __slots__ = ("kp", "ref", "_views", "_set")
 
-    def __setattr__(self, name, addr):
-        self._views[name].value = addr
+    def __init__(self):
+        self.kp = _lib.KVCacheParams()
+        _lib.fn("cflash_kvcache_params_init")(ctypes.byref(self.kp))
+        self.ref = ctypes.byref(self.kp)
+        self._views = {n: _void.from_buffer(self.kp, getattr(_lib.KVCacheParams, n).offset) for n in _KV_POINTERS}
+        self._set = ()
+
+    def pointers(self, given):
+        """given: {field: address} of the pointers this call passes; every other one is NULL."""
+        views = self._views
+        for n in self._set:
+            if n not in given:
+                views[n].value = None
+        for n, x in given.items():
+            views[n].value = x
+        self._set = tuple(given)
 
 
 class _ThreadParams(threading.local):
@@ -132,18 +180,17 @@ class _ThreadParams(threading.local):
 
 _thread = _ThreadParams()
 _KV_POINTERS = ("k_new", "v_new", "rotary_cos", "rotary_sin", "cache_seqlens", "cache_batch_idx", "cache_leftpad",
-                "block_table", "cu_seqlens_q", "cu_seqlens_k_new")
+                "block_table", "cu_seqlens_q", "cu_seqlens_k_new", "k_descale", "v_descale", "k_scales", "v_scales")
 
 
 def kvcache_params():
-    """(this thread's cflash_kvcache_params, its pointer fields): reused call after call; the
-    caller sets every field it passes (all pointers, cache_seqlen, rotary_interleaved,
-    num_splits, max_seqlen_q) before each call."""
-    if _thread.kp is None:
-        kp = _lib.KVCacheParams()
-        _lib.fn("cflash_kvcache_params_init")(ctypes.byref(kp))
-        _thread.kp = (kp, _PointerFields(kp, _KV_POINTERS))
-    return _thread.kp
+    """This thread's _KVParams: the caller sets every value field it passes (cache_seqlen,
+    rotary_interleaved, num_splits, max_seqlen_q, cache_quant) and the pointers, before each
+    call."""
+    kp = _thread.kp
+    if kp is None:
+        kp = _thread.kp = _KVParams()
+    return kp
 
 
 def _kv_defaults():

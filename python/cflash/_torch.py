@@ -11,6 +11,23 @@ from . import _core
 
 _op = torch.library.custom_op
 
+# custom_op runs each call through a wrapper that checks the outputs against the inputs (no
+# aliasing): 3.5 us per call, as much as the library's own decode step. _fast_op registers the
+# plain function as the CPU and CUDA kernel as well, which the dispatcher prefers to custom_op's
+# CompositeExplicitAutograd one; schema, fake kernel, autograd and the version bumps of mutated
+# inputs (ADInplaceOrView) stay custom_op's. Our outputs are always fresh tensors.
+_KERNELS = torch.library.Library("cflash", "IMPL")
+
+
+def _fast_op(name, mutates_args=()):
+    def wrap(fn):
+        op = _op("cflash::" + name, mutates_args=mutates_args)(fn)
+        for key in ("CPU", "CUDA"):
+            _KERNELS.impl(name, fn, key)
+        return op
+
+    return wrap
+
 
 def new_seed():
     """A dropout seed from torch's default generator (so torch.manual_seed makes runs repeatable)."""
@@ -22,119 +39,140 @@ def _draw(dropout_p, seed):
     return new_seed() if dropout_p > 0 and seed < 0 else max(seed, 0)
 
 
+_RNG_ZERO = torch.zeros(2, dtype=torch.int64)  # a dtype to copy, never returned
+
+
 def _rng_state(seed):
     """(seed, offset) as flash-attn's rng_state: saved for the backward, read back for S_dmask."""
-    if not seed:  # no dropout: the cheaper allocation (a call at decode shapes is microseconds)
-        return torch.zeros(2, dtype=torch.int64)
+    if not seed:  # no dropout: the cheapest allocation (a call at decode shapes is microseconds)
+        return _RNG_ZERO.new_zeros(2)
     return torch.tensor([seed, 0], dtype=torch.int64)
 
 
 # ---- Attention ----
 
 
-@_op("cflash::attn_fwd", mutates_args=())
+@_fast_op("attn_fwd")
 def attn_fwd(q: Tensor, k: Tensor, v: Tensor, alibi_slopes: Optional[Tensor], dropout_p: float,
              softmax_scale: float, causal: bool, window_left: int, window_right: int, softcap: float,
-             deterministic: bool, seed: int) -> Tuple[Tensor, Tensor, Tensor]:
-    seed = _draw(dropout_p, seed)
+             deterministic: bool, seed: int, sinks: Optional[Tensor] = None,
+             attention_chunk: int = 0) -> Tuple[Tensor, Tensor, Tensor]:
+    # (_draw and _rng_state inline: this is the op torch.compile'd decode steps call)
+    seed = new_seed() if dropout_p > 0 and seed < 0 else max(seed, 0)
     out, lse = _core.attn_fwd(q, k, v, dropout_p, softmax_scale, causal, window_left, window_right, softcap,
-                              alibi_slopes, seed)
-    return out, lse, _rng_state(seed)
+                              alibi_slopes, seed, 0, 0, 0, True, sinks, None, None, attention_chunk)
+    return out, lse, (_RNG_ZERO.new_zeros(2) if not seed else _rng_state(seed))
 
 
 @attn_fwd.register_fake
 def _(q, k, v, alibi_slopes, dropout_p, softmax_scale, causal, window_left, window_right, softcap,
-      deterministic, seed):
+      deterministic, seed, sinks=None, attention_chunk=0):
     B, Sq, H, _ = q.shape
     return (q.new_empty((B, Sq, H, v.shape[-1])), q.new_empty((B, H, Sq), dtype=torch.float32),
             torch.empty((2,), dtype=torch.int64))
 
 
-@_op("cflash::attn_bwd", mutates_args=())
+def _dsinks(q, sinks, ds):
+    """The backward's 4th result: dL/dsinks fp32 (H,), or an empty tensor without sinks (a custom
+    op returns tensors only)."""
+    return ds if sinks is not None else q.new_empty((0,), dtype=torch.float32)
+
+
+@_fast_op("attn_bwd")
 def attn_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
              alibi_slopes: Optional[Tensor], dropout_p: float, softmax_scale: float, causal: bool,
              window_left: int, window_right: int, softcap: float, deterministic: bool,
-             rng_state: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
-    return _core.attn_bwd(dout, q, k, v, out, lse, dropout_p, softmax_scale, causal, window_left, window_right,
-                          softcap, alibi_slopes, deterministic, int(rng_state[0]))
+             rng_state: Tensor, sinks: Optional[Tensor] = None,
+             attention_chunk: int = 0) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    g = _core.attn_bwd(dout, q, k, v, out, lse, dropout_p, softmax_scale, causal, window_left, window_right,
+                       softcap, alibi_slopes, deterministic, int(rng_state[0]), sinks=sinks,
+                       attention_chunk=attention_chunk)
+    return g[0], g[1], g[2], _dsinks(q, sinks, g[3] if sinks is not None else None)
 
 
 @attn_bwd.register_fake
 def _(dout, q, k, v, out, lse, alibi_slopes, dropout_p, softmax_scale, causal, window_left, window_right,
-      softcap, deterministic, rng_state):
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+      softcap, deterministic, rng_state, sinks=None, attention_chunk=0):
+    ds = q.new_empty((q.shape[2] if sinks is not None else 0,), dtype=torch.float32)
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), ds
 
 
 def _attn_setup(ctx, inputs, output):
     q, k, v, alibi = inputs[:4]
-    ctx.args = inputs[4:-1]  # the seed travels in rng_state
-    ctx.save_for_backward(q, k, v, output[0], output[1], alibi, output[2])
+    ctx.args = inputs[4:11]  # dropout_p .. deterministic; the seed travels in rng_state
+    ctx.chunk = inputs[13]
+    ctx.save_for_backward(q, k, v, output[0], output[1], alibi, output[2], inputs[12])
 
 
 def _attn_backward(ctx, dout, dlse, drng):
-    q, k, v, out, lse, alibi, rng = ctx.saved_tensors
-    dq, dk, dv = torch.ops.cflash.attn_bwd(dout, q, k, v, out, lse, alibi, *ctx.args, rng)
-    return dq, dk, dv, None, None, None, None, None, None, None, None, None
+    q, k, v, out, lse, alibi, rng, sinks = ctx.saved_tensors
+    dq, dk, dv, ds = torch.ops.cflash.attn_bwd(dout, q, k, v, out, lse, alibi, *ctx.args, rng, sinks, ctx.chunk)
+    return (dq, dk, dv) + (None,) * 9 + (ds if sinks is not None and ctx.needs_input_grad[12] else None, None)
 
 
 attn_fwd.register_autograd(_attn_backward, setup_context=_attn_setup)
 
 
-@_op("cflash::attn_varlen_fwd", mutates_args=())
+@_fast_op("attn_varlen_fwd")
 def attn_varlen_fwd(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor, cu_seqlens_k: Optional[Tensor],
                     max_seqlen_q: int, max_seqlen_k: int, alibi_slopes: Optional[Tensor], dropout_p: float,
                     softmax_scale: float, causal: bool, window_left: int, window_right: int, softcap: float,
                     deterministic: bool, seed: int, block_table: Optional[Tensor] = None,
-                    seqused_q: Optional[Tensor] = None,
-                    seqused_k: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor]:
+                    seqused_q: Optional[Tensor] = None, seqused_k: Optional[Tensor] = None,
+                    sinks: Optional[Tensor] = None, attention_chunk: int = 0) -> Tuple[Tensor, Tensor, Tensor]:
     seed = _draw(dropout_p, seed)
     out, lse = _core.attn_varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p,
                                      softmax_scale, causal, window_left, window_right, softcap, alibi_slopes, seed,
-                                     block_table=block_table, seqused_q=seqused_q, seqused_k=seqused_k)
+                                     block_table=block_table, seqused_q=seqused_q, seqused_k=seqused_k,
+                                     sinks=sinks, attention_chunk=attention_chunk)
     return out, lse, _rng_state(seed)
 
 
 @attn_varlen_fwd.register_fake
 def _(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, alibi_slopes, dropout_p, softmax_scale,
       causal, window_left, window_right, softcap, deterministic, seed, block_table=None, seqused_q=None,
-      seqused_k=None):
+      seqused_k=None, sinks=None, attention_chunk=0):
     T, H, _ = q.shape
     return (q.new_empty((T, H, v.shape[-1])), q.new_empty((H, T), dtype=torch.float32),
             torch.empty((2,), dtype=torch.int64))
 
 
-@_op("cflash::attn_varlen_bwd", mutates_args=())
+@_fast_op("attn_varlen_bwd")
 def attn_varlen_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
                     cu_seqlens_q: Tensor, cu_seqlens_k: Optional[Tensor], max_seqlen_q: int, max_seqlen_k: int,
                     alibi_slopes: Optional[Tensor], dropout_p: float, softmax_scale: float, causal: bool,
                     window_left: int, window_right: int, softcap: float, deterministic: bool,
                     rng_state: Tensor, block_table: Optional[Tensor] = None, seqused_q: Optional[Tensor] = None,
-                    seqused_k: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor]:
-    return _core.attn_varlen_bwd(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
-                                 dropout_p, softmax_scale, causal, window_left, window_right, softcap,
-                                 alibi_slopes, deterministic, int(rng_state[0]), block_table=block_table,
-                                 seqused_q=seqused_q, seqused_k=seqused_k)
+                    seqused_k: Optional[Tensor] = None, sinks: Optional[Tensor] = None,
+                    attention_chunk: int = 0) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    g = _core.attn_varlen_bwd(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                              dropout_p, softmax_scale, causal, window_left, window_right, softcap, alibi_slopes,
+                              deterministic, int(rng_state[0]), block_table=block_table, seqused_q=seqused_q,
+                              seqused_k=seqused_k, sinks=sinks, attention_chunk=attention_chunk)
+    return g[0], g[1], g[2], _dsinks(q, sinks, g[3] if sinks is not None else None)
 
 
 @attn_varlen_bwd.register_fake
 def _(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, alibi_slopes, dropout_p,
       softmax_scale, causal, window_left, window_right, softcap, deterministic, rng_state, block_table=None,
-      seqused_q=None, seqused_k=None):
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+      seqused_q=None, seqused_k=None, sinks=None, attention_chunk=0):
+    ds = q.new_empty((q.shape[1] if sinks is not None else 0,), dtype=torch.float32)
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), ds
 
 
 def _varlen_setup(ctx, inputs, output):
     q, k, v, cq, ck, mq, mk, alibi = inputs[:8]
     ctx.lens = (mq, mk)
     ctx.args = inputs[8:15]  # dropout_p .. deterministic; the seed travels in rng_state
-    ctx.save_for_backward(q, k, v, output[0], output[1], cq, ck, alibi, output[2], *inputs[16:19])
+    ctx.chunk = inputs[20]
+    ctx.save_for_backward(q, k, v, output[0], output[1], cq, ck, alibi, output[2], *inputs[16:20])
 
 
 def _varlen_backward(ctx, dout, dlse, drng):
-    q, k, v, out, lse, cq, ck, alibi, rng, bt, suq, suk = ctx.saved_tensors
-    dq, dk, dv = torch.ops.cflash.attn_varlen_bwd(dout, q, k, v, out, lse, cq, ck, *ctx.lens, alibi, *ctx.args,
-                                                  rng, bt, suq, suk)
-    return (dq, dk, dv) + (None,) * 16
+    q, k, v, out, lse, cq, ck, alibi, rng, bt, suq, suk, sinks = ctx.saved_tensors
+    dq, dk, dv, ds = torch.ops.cflash.attn_varlen_bwd(dout, q, k, v, out, lse, cq, ck, *ctx.lens, alibi, *ctx.args,
+                                                      rng, bt, suq, suk, sinks, ctx.chunk)
+    return (dq, dk, dv) + (None,) * 16 + (ds if sinks is not None and ctx.needs_input_grad[19] else None, None)
 
 
 attn_varlen_fwd.register_autograd(_varlen_backward, setup_context=_varlen_setup)
@@ -143,25 +181,31 @@ attn_varlen_fwd.register_autograd(_varlen_backward, setup_context=_varlen_setup)
 # ---- KV cache (no backward, as flash-attn) ----
 
 
-@_op("cflash::attn_kvcache", mutates_args=("k_cache", "v_cache"))
+@_fast_op("attn_kvcache", mutates_args=("k_cache", "v_cache", "k_scales", "v_scales"))
 def attn_kvcache(q: Tensor, k_cache: Tensor, v_cache: Tensor, k: Optional[Tensor], v: Optional[Tensor],
                  rotary_cos: Optional[Tensor], rotary_sin: Optional[Tensor], cache_seqlens: Optional[Tensor],
                  cache_seqlen: int, cache_batch_idx: Optional[Tensor], cache_leftpad: Optional[Tensor],
                  block_table: Optional[Tensor], alibi_slopes: Optional[Tensor], softmax_scale: float,
                  causal: bool, window_left: int, window_right: int, softcap: float, rotary_interleaved: bool,
                  num_splits: int, cu_seqlens_q: Optional[Tensor] = None, max_seqlen_q: int = 0,
-                 cu_seqlens_k_new: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+                 cu_seqlens_k_new: Optional[Tensor] = None, cache_quant: int = 0, k_descale: Optional[Tensor] = None,
+                 v_descale: Optional[Tensor] = None, k_scales: Optional[Tensor] = None,
+                 v_scales: Optional[Tensor] = None, sinks: Optional[Tensor] = None,
+                 attention_chunk: int = 0) -> Tuple[Tensor, Tensor]:
     seqlens = cache_seqlens if cache_seqlens is not None else (cache_seqlen if cache_seqlen >= 0 else None)
     return _core.attn_kvcache(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, seqlens, cache_batch_idx,
                               cache_leftpad, block_table, softmax_scale, causal, window_left, window_right, softcap,
                               rotary_interleaved, alibi_slopes, num_splits, cu_seqlens_q=cu_seqlens_q,
-                              max_seqlen_q=max_seqlen_q, cu_seqlens_k_new=cu_seqlens_k_new)
+                              max_seqlen_q=max_seqlen_q, cu_seqlens_k_new=cu_seqlens_k_new, cache_quant=cache_quant,
+                              k_descale=k_descale, v_descale=v_descale, k_scales=k_scales, v_scales=v_scales,
+                              sinks=sinks, attention_chunk=attention_chunk)
 
 
 @attn_kvcache.register_fake
 def _(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens, cache_seqlen, cache_batch_idx,
       cache_leftpad, block_table, alibi_slopes, softmax_scale, causal, window_left, window_right, softcap,
-      rotary_interleaved, num_splits, cu_seqlens_q=None, max_seqlen_q=0, cu_seqlens_k_new=None):
+      rotary_interleaved, num_splits, cu_seqlens_q=None, max_seqlen_q=0, cu_seqlens_k_new=None, cache_quant=0,
+      k_descale=None, v_descale=None, k_scales=None, v_scales=None, sinks=None, attention_chunk=0):
     if cu_seqlens_q is not None:
         T, H, _ = q.shape
         return q.new_empty((T, H, v_cache.shape[-1])), q.new_empty((H, T), dtype=torch.float32)
@@ -399,9 +443,9 @@ def _(out_partial, lse_partial):
     return out_partial.new_empty(out_partial.shape[1:]), lse_partial.new_empty(lse_partial.shape[1:])
 
 
-# ---- Issue 13: sinks, additive bias and boolean masks ----
-# torch.autograd.Function (not custom ops: torch.compile breaks the graph here), so the custom ops
-# above keep their signatures.
+# ---- Issue 13: additive bias and boolean masks (SDPA's attn_mask) ----
+# A torch.autograd.Function (torch.compile breaks the graph here); sinks and attention_chunk are
+# arguments of the custom ops above.
 
 
 class AttnExtra(torch.autograd.Function):
@@ -429,30 +473,6 @@ class AttnExtra(torch.autograd.Function):
                            sinks=sinks, attn_bias=bias, attn_mask=mask, want_dbias=want_db)
         ds, db = (g[3], g[4]) if len(g) == 5 else (None, None)
         return (g[0], g[1], g[2], ds if ctx.needs_input_grad[3] else None, db) + (None,) * 10
-
-
-class AttnVarlenSinks(torch.autograd.Function):
-    """Varlen attention with sinks (fp32 (H,)); gradients for q, k, v and sinks."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, cu_q, cu_k, mq, mk, sinks, alibi_slopes, dropout_p, scale, causal, wl, wr, softcap,
-                deterministic, seed):
-        seed = _draw(dropout_p, seed)
-        out, lse = _core.attn_varlen_fwd(q, k, v, cu_q, cu_k, mq, mk, dropout_p, scale, causal, wl, wr, softcap,
-                                         alibi_slopes, seed, sinks=sinks)
-        ctx.save_for_backward(q, k, v, out, lse, cu_q, cu_k, sinks, alibi_slopes)
-        ctx.args = (mq, mk, dropout_p, scale, causal, wl, wr, softcap, deterministic, seed)
-        rng = _rng_state(seed)
-        ctx.mark_non_differentiable(lse, rng)
-        return out, lse, rng
-
-    @staticmethod
-    def backward(ctx, dout, dlse, drng):
-        q, k, v, out, lse, cq, ck, sinks, alibi = ctx.saved_tensors
-        mq, mk, p, scale, causal, wl, wr, softcap, det, seed = ctx.args
-        dq, dk, dv, ds = _core.attn_varlen_bwd(dout, q, k, v, out, lse, cq, ck, mq, mk, p, scale, causal, wl, wr,
-                                               softcap, alibi, det, seed, sinks=sinks)
-        return (dq, dk, dv, None, None, None, None, ds if ctx.needs_input_grad[7] else None) + (None,) * 9
 
 
 def sdpa_masked(query, key, value, attn_mask, dropout_p=0.0, scale=None, enable_gqa=False):

@@ -21,6 +21,7 @@ why. torch is imported only when a function here is called."""
 import sys
 
 from . import _core
+from .flash_attn_interface import flash_attn_func
 
 __all__ = ["scaled_dot_product_attention", "patch_sdpa", "unpatch_sdpa"]
 
@@ -109,8 +110,6 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
 
 
 def _serve(q, k, v, dropout_p, is_causal, scale):
-    from .flash_attn_interface import flash_attn_func
-
     three = q.dim() == 3
     if three:
         q, k, v = q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1)

@@ -4,6 +4,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "core/log.h"
 #include "core/threads.h"
@@ -32,12 +33,21 @@ double cf_attn_flops(const cf_attn_call* c) {
 }
 
 /* CFLASH_SMALL_CALLS=parallel turns the cut off (every call gets the context's count): the test
- * variants use it so that small shapes still exercise the multi-thread paths of the kernels. */
+ * variants use it so that small shapes still exercise the multi-thread paths of the kernels.
+ * A sleeping team (OMP_WAIT_POLICY=passive, or GOMP_SPINCOUNT=0, what libgomp reads) is woken
+ * through the kernel at every region, 7 us instead of 0.5 us (docs/PERF.md "Small calls"), and
+ * far more when another process holds the other core: each thread must then bring
+ * CF_SLEEPING_TEAM_FACTOR times the work. */
 static int cut_off;
+static double team_factor = 1.0;
 static pthread_once_t cut_once = PTHREAD_ONCE_INIT;
 static void read_cut(void) {
     const char* e = getenv("CFLASH_SMALL_CALLS");
     cut_off = e && !strcmp(e, "parallel");
+    const char* w = getenv("OMP_WAIT_POLICY");
+    const char* s = getenv("GOMP_SPINCOUNT");
+    if ((w && !strcasecmp(w, "passive")) || (s && !strcmp(s, "0")))
+        team_factor = CF_SLEEPING_TEAM_FACTOR;
 }
 
 int cf_threads_small_calls_parallel(void) {
@@ -45,8 +55,15 @@ int cf_threads_small_calls_parallel(void) {
     return cut_off;
 }
 
+double cf_threads_team_factor(void) {
+    pthread_once(&cut_once, read_cut);
+    return team_factor;
+}
+
 int cf_threads_resolve(const char* op, int requested, double work, int flops) {
-    int n = flops ? cf_threads_for_flops(requested, work) : cf_threads_for_bytes(requested, work);
+    const double f = cf_threads_team_factor();
+    int n = cf_threads_for(requested, work,
+                           f * (flops ? CF_MIN_FLOPS_PER_THREAD : CF_MIN_BYTES_PER_THREAD));
     if (cf_threads_small_calls_parallel()) n = requested > 1 ? requested : 1;
     if (cf_log_level() >= CF_LOG_DEBUG)
         cf_log(CF_LOG_DEBUG, "%s: threads %d of %d (work %.0f %s)", op, n, requested, work,

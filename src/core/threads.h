@@ -13,6 +13,11 @@
 #define CF_MIN_FLOPS_PER_THREAD (256.0 * 1024.0)
 #define CF_MIN_BYTES_PER_THREAD (128.0 * 1024.0)
 
+/* With the OpenMP team asleep between regions (OMP_WAIT_POLICY=passive or GOMP_SPINCOUNT=0),
+ * each thread needs this many times the minimum: waking a sleeping thread costs 7 us or more, a
+ * spinning one 0.5 us. At 4x, a thread's share of a decode call is ~15 us of fp32 work. */
+#define CF_SLEEPING_TEAM_FACTOR 4.0
+
 /* requested (>= 1) threads, cut to floor(work / min_per_thread), at least 1. */
 int cf_threads_for(int requested, double work, double min_per_thread);
 static inline int cf_threads_for_flops(int requested, double flops) {
@@ -35,8 +40,13 @@ double cf_attn_flops(const cf_attn_call* c);
  * count for every call (for tests of the kernels' multi-thread paths on small shapes). */
 int cf_threads_small_calls_parallel(void);
 
-/* Logs (CFLASH_LOG=debug) "OP: threads N of M (work W UNIT)" and returns N; every op's call
- * builder goes through it, so the resolved count is visible. */
+/* CF_SLEEPING_TEAM_FACTOR when the environment puts the OpenMP team to sleep between regions,
+ * else 1 (read once). */
+double cf_threads_team_factor(void);
+
+/* The count for `work` (flops when `flops`, else bytes) with the minimum per thread scaled by
+ * cf_threads_team_factor(). Logs (CFLASH_LOG=debug) "OP: threads N of M (work W UNIT)" and
+ * returns N; every op's call builder goes through it, so the resolved count is visible. */
 int cf_threads_resolve(const char* op, int requested, double work, int flops);
 
 #endif

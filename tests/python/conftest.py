@@ -111,5 +111,9 @@ def poison(monkeypatch):
             x.fill(np.nan)
         return x
 
+    def poisoned_like(like):
+        return poisoned(like, like.shape)
+
     monkeypatch.setattr(_core, "empty", poisoned)
+    monkeypatch.setattr(_core, "empty_like", poisoned_like)
     yield

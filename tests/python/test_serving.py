@@ -46,6 +46,13 @@ def _varlen(rng, lq, lk, H, Hk, D, Dv, dtype=np.float32):
     return q, k, v, cq, ck
 
 
+def _paged_case(rng, lq, lk, H, Hk, D, page):
+    """A varlen case with its K/V also in pages: q, k, v, cq, ck, k pages, v pages, block_table."""
+    q, k, v, cq, ck = _varlen(rng, lq, lk, H, Hk, D, D)
+    kp, table = _paged(rng, k, ck, page)
+    return q, k, v, cq, ck, kp, _scatter(v, ck, table, page, kp.shape[0]), table
+
+
 def _check_seqs(out, lse, q, k, v, cq, ck, uq, uk, dtype, **kw):
     for b in range(len(cq) - 1):
         sq = slice(cq[b], cq[b] + uq[b])
@@ -115,9 +122,7 @@ def test_paged_varlen_torch_autograd(rng):
     torch = pytest.importorskip("torch", reason="PyTorch is not installed")
     lq, lk = [5, 0, 33], [17, 3, 70]
     H, Hk, D, page = 4, 2, 16, 8
-    q, k, v, cq, ck = _varlen(rng, lq, lk, H, Hk, D, D)
-    kp, table = _paged(rng, k, ck, page)
-    vp = _scatter(v, ck, table, page, kp.shape[0])
+    q, k, v, cq, ck, kp, vp, table = _paged_case(rng, lq, lk, H, Hk, D, page)
     uq = np.array([5, 0, 30], dtype=np.int32)
     tq, tk, tv = (torch.from_numpy(x).requires_grad_() for x in (q, kp, vp))
     out = cflash.flash_attn_varlen_func(tq, tk, tv, torch.from_numpy(cq), torch.from_numpy(ck), max(lq), max(lk),
@@ -206,3 +211,52 @@ def test_kvcache_varlen_mixed_torch(rng):
     assert isinstance(out, torch.Tensor) and out.shape == q.shape
     assert np.array_equal(out.numpy(), ref)
     assert np.array_equal(tkc.numpy(), ref_kc) and np.array_equal(tvc.numpy(), ref_vc)
+
+
+def test_paged_varlen_sink_torch_autograd(rng):
+    """learnable_sink with block_table and seqused_k on torch tensors (the custom op carries all
+    three): out and dsink against the fp64 reference on the gathered keys; dq, dk, dv equal to the
+    dense call's (dk, dv gathered from the pages)."""
+    torch = pytest.importorskip("torch", reason="PyTorch is not installed")
+    lq, lk = [3, 12, 1], [20, 12, 33]
+    H, Hk, D, page = 4, 2, 16, 5
+    q, k, v, cq, ck, kp, vp, table = _paged_case(rng, lq, lk, H, Hk, D, page)
+    kp, vp = np.nan_to_num(kp), np.nan_to_num(vp)  # rows no sequence uses: 0 (their gradient is 0)
+    uk = np.array([20, 7, 33], dtype=np.int32)
+    sink = rng.standard_normal(H).astype(np.float32)
+    dout = rng.standard_normal(q.shape).astype(np.float32)
+    tq, tk, tv, ts = (torch.from_numpy(x).requires_grad_() for x in (q, kp, vp, sink))
+    out = cflash.flash_attn_varlen_func(tq, tk, tv, torch.from_numpy(cq), None, max(lq), 0, causal=True,
+                                        block_table=torch.from_numpy(table), seqused_k=torch.from_numpy(uk),
+                                        learnable_sink=ts)
+    out.backward(torch.from_numpy(dout))
+    # dense: the used keys of each sequence packed
+    used = np.concatenate([np.arange(ck[b], ck[b] + uk[b]) for b in range(3)])
+    cu = np.concatenate([[0], np.cumsum(uk)]).astype(np.int32)
+    dq_, dk_, dv_, ds_ = (torch.from_numpy(x).requires_grad_() for x in (q, k[used], v[used], sink))
+    dense = cflash.flash_attn_varlen_func(dq_, dk_, dv_, torch.from_numpy(cq), torch.from_numpy(cu), max(lq),
+                                          int(uk.max()), causal=True, learnable_sink=ds_)
+    dense.backward(torch.from_numpy(dout))
+    assert (out - dense).abs().max() <= 1e-5
+    def ref(qs, ks, vs, dtype):  # causal attention with the sink, in dtype
+        qt, kt, vt, st = (torch.from_numpy(x).to(dtype) for x in (qs, ks, vs, sink))
+        kk, vv = kt.repeat_interleave(H // Hk, 2), vt.repeat_interleave(H // Hk, 2)
+        s = torch.einsum("bihd,bjhd->bhij", qt, kk) * D ** -0.5
+        Sq, Sk = s.shape[-2], s.shape[-1]
+        s = s.masked_fill(~torch.ones(Sq, Sk, dtype=torch.bool).tril(Sk - Sq), float("-inf"))
+        s = torch.cat([s, st.view(1, H, 1, 1).expand(1, H, Sq, 1)], -1)
+        return torch.einsum("bhij,bjhd->bihd", torch.softmax(s, -1)[..., :Sk], vv).numpy()
+
+    for b in range(3):
+        sq, sk = slice(cq[b], cq[b + 1]), slice(ck[b], ck[b] + uk[b])
+        args = (q[None, sq], k[None, sk], v[None, sk])
+        check_rule("out[%d]" % b, out.detach().numpy()[None, sq], ref(*args, torch.float64), ref(*args, torch.float32),
+                   "float32")
+    assert torch.allclose(tq.grad, dq_.grad, rtol=0, atol=1e-5)
+    assert torch.allclose(ts.grad, ds_.grad, rtol=0, atol=1e-4)
+    gk, gv = np.zeros_like(kp), np.zeros_like(vp)
+    for b in range(3):
+        for t in range(int(uk[b])):
+            gk[table[b, t // page], t % page] = dk_.grad.numpy()[cu[b] + t]
+            gv[table[b, t // page], t % page] = dv_.grad.numpy()[cu[b] + t]
+    assert np.abs(tk.grad.numpy() - gk).max() <= 1e-5 and np.abs(tv.grad.numpy() - gv).max() <= 1e-5

@@ -1,7 +1,8 @@
-"""Issue 13 through the Python package: learnable_sink (FA4's name) in flash_attn_func and
-flash_attn_varlen_func, on NumPy and with torch autograd (dq, dk, dv, dsink), and the SDPA mask
-route cflash._torch.sdpa_masked (boolean and additive masks, the bias gradient), against a float64
-torch reference under DESIGN.md's rule (naive: the same formula in float32)."""
+"""Issue 13 through the Python package: learnable_sink (FA4's name) and attention_chunk (FA3's) in
+flash_attn_func and flash_attn_varlen_func, on NumPy and with torch autograd (dq, dk, dv, dsink),
+eager and under torch.compile, and the SDPA mask route cflash._torch.sdpa_masked (boolean and
+additive masks, the bias gradient), against a float64 torch reference under DESIGN.md's rule
+(naive: the same formula in float32)."""
 
 import numpy as np
 import pytest
@@ -13,9 +14,10 @@ from conftest import check_rule, grad_magnitude
 torch = pytest.importorskip("torch")
 
 
-def ref_attn(q, k, v, scale, causal=False, sink=None, bias=None, mask=None):
+def ref_attn(q, k, v, scale, causal=False, sink=None, bias=None, mask=None, chunk=0):
     """q (B, Sq, H, D), k / v (B, Sk, Hk, D[v]) in any float dtype: out (B, Sq, H, Dv), lse (B, H,
-    Sq) over the visible scores and the sink."""
+    Sq) over the visible scores and the sink; chunk > 0: query i (key position i + Sk - Sq) sees
+    only keys of its own chunk."""
     B, Sq, H, _ = q.shape
     Sk, Hk = k.shape[1], k.shape[2]
     kk, vv = k.repeat_interleave(H // Hk, dim=2), v.repeat_interleave(H // Hk, dim=2)
@@ -25,6 +27,9 @@ def ref_attn(q, k, v, scale, causal=False, sink=None, bias=None, mask=None):
     ok = torch.ones(Sq, Sk, dtype=torch.bool)
     if causal:
         ok = ok.tril(Sk - Sq)
+    if chunk:
+        pos = torch.arange(Sq)[:, None] + (Sk - Sq)
+        ok = ok & (torch.div(pos, chunk, rounding_mode="floor") == torch.arange(Sk)[None, :] // chunk)
     ok = ok.expand(B, H, Sq, Sk)
     if mask is not None:
         ok = ok & mask
@@ -104,10 +109,14 @@ def test_learnable_sink_numpy_lse(rng, poison):
     np.testing.assert_allclose(lse[:, :, blind], np.broadcast_to(sink.numpy(), (B, H)), rtol=0, atol=1e-6)
 
 
-def test_learnable_sink_varlen_torch(rng, poison):
+VARLEN_LQ, VARLEN_LK, VARLEN_H, VARLEN_HK, VARLEN_D = [5, 31, 1], [17, 31, 40], 4, 2, 32
+
+
+def _varlen_case(rng, chunk=0):
+    """Three sequences (a decode row among them): q, k, v, sink, dout, cu_seqlens_q / _k (torch),
+    and the causal fp64-able reference ref(q, k, v, sink) sequence by sequence."""
     gen = torch.Generator().manual_seed(int(rng.integers(1 << 31)))
-    H, Hk, D = 4, 2, 32
-    lq, lk = [5, 31, 1], [17, 31, 40]
+    lq, lk, H, Hk, D = VARLEN_LQ, VARLEN_LK, VARLEN_H, VARLEN_HK, VARLEN_D
     cq = torch.tensor([0] + list(np.cumsum(lq)), dtype=torch.int32)
     ck = torch.tensor([0] + list(np.cumsum(lk)), dtype=torch.int32)
     q = torch.randn(sum(lq), H, D, generator=gen)
@@ -115,15 +124,20 @@ def test_learnable_sink_varlen_torch(rng, poison):
     v = torch.randn(sum(lk), Hk, D, generator=gen)
     sink = torch.randn(H, generator=gen)
     dout = torch.randn(sum(lq), H, D, generator=gen)
-    scale = D ** -0.5
 
     def ref(a, b, c, s):
         outs = []
         for i in range(len(lq)):
             qs, ks = slice(int(cq[i]), int(cq[i + 1])), slice(int(ck[i]), int(ck[i + 1]))
-            outs.append(ref_attn(a[None, qs], b[None, ks], c[None, ks], scale, True, s)[0][0])
+            outs.append(ref_attn(a[None, qs], b[None, ks], c[None, ks], D ** -0.5, True, s, chunk=chunk)[0][0])
         return torch.cat(outs)
 
+    return q, k, v, sink, dout, cq, ck, ref
+
+
+def test_learnable_sink_varlen_torch(rng, poison):
+    q, k, v, sink, dout, cq, ck, ref = _varlen_case(rng)
+    lq, lk, scale = VARLEN_LQ, VARLEN_LK, VARLEN_D ** -0.5
     got, g = _grads(lambda a, b, c, s: cflash.flash_attn_varlen_func(a, b, c, cq, ck, max(lq), max(lk), causal=True,
                                                                       learnable_sink=s), (q, k, v, sink), dout)
     rr, r = _grads(ref, [x.double() for x in (q, k, v, sink)], dout.double())
@@ -142,10 +156,107 @@ def test_learnable_sink_varlen_torch(rng, poison):
 
 def test_learnable_sink_refusals():
     q = np.zeros((1, 4, 2, 8), "float32")
-    with pytest.raises(ValueError, match="return_attn_probs: not supported with learnable_sink"):
-        cflash.flash_attn_func(q, q, q, learnable_sink=np.zeros(2, np.float32), return_attn_probs=True)
+    with pytest.raises(ValueError, match="return_attn_probs: S_dmask .with dropout. does not model learnable_sink"):
+        cflash.flash_attn_func(q, q, q, dropout_p=0.1, learnable_sink=np.zeros(2, np.float32), return_attn_probs=True)
+    # without dropout S_dmask is empty: out and the LSE (the sink included) come back
+    out, lse, S = cflash.flash_attn_func(q, q, q, learnable_sink=np.full(2, 3.0, np.float32), return_attn_probs=True)
+    assert S.size == 0 and np.allclose(lse, np.log(4 + np.exp(3.0)))
     with pytest.raises(Exception, match="sinks"):  # wrong length: the library names the argument
         cflash.flash_attn_func(q, q, q, learnable_sink=np.zeros(3, np.float32))
+
+
+# ---- attention_chunk (Llama 4), alone and with causal, sinks, GQA ----
+
+# (B, Sq, Sk, H, Hk, D, causal, chunk, sink)
+CHUNKS = [(2, 40, 40, 4, 2, 32, True, 8, False), (1, 13, 50, 4, 1, 16, True, 16, True),
+          (2, 33, 21, 2, 2, 24, False, 5, False), (1, 1, 70, 8, 2, 64, True, 32, True)]
+
+
+@pytest.mark.parametrize("case", CHUNKS, ids=lambda c: "B%d-Sq%d-Sk%d-H%d-Hk%d-D%d-c%d-chunk%d-s%d" % c)
+def test_attention_chunk_torch(case, rng, poison):
+    B, Sq, Sk, H, Hk, D, causal, chunk, with_sink = case
+    gen = torch.Generator().manual_seed(int(rng.integers(1 << 31)))
+    q, k, v, sink = _inputs(gen, B, Sq, Sk, H, Hk, D, D)
+    dout = torch.randn(B, Sq, H, D, generator=gen)
+    scale = D ** -0.5
+    ins = (q, k, v, sink) if with_sink else (q, k, v)
+
+    def call(a, b, c, s=None):
+        return cflash.flash_attn_func(a, b, c, causal=causal, learnable_sink=s, attention_chunk=chunk)
+
+    def ref(a, b, c, s=None):
+        return ref_attn(a, b, c, scale, causal, s, chunk=chunk)[0]
+
+    got, g = _grads(call, ins, dout)
+    rr, r = _grads(ref, [x.double() for x in ins], dout.double())
+    nv, n = _grads(ref, ins, dout)
+    check_rule("out", got.numpy(), rr.numpy(), nv.numpy(), "float32")
+    mag = grad_magnitude([x.numpy() for x in r[:3]])
+    for name, a, b, c in zip(("dq", "dk", "dv", "dsink"), g, r, n):
+        check_rule(name, a.numpy(), b.numpy(), c.numpy(), "float32", factor=3.0, magnitude=mag)
+    # the chunks change the result: the same call without them differs
+    assert (got - call(q, k, v, sink if with_sink else None).detach()).abs().max() == 0
+    assert (got - cflash.flash_attn_func(q, k, v, causal=causal)).abs().max() > 1e-3
+
+
+def test_attention_chunk_numpy_lse(rng, poison):
+    gen = torch.Generator().manual_seed(int(rng.integers(1 << 31)))
+    B, Sq, Sk, H, Hk, D, chunk = 2, 30, 30, 4, 2, 16, 7
+    q, k, v, _ = _inputs(gen, B, Sq, Sk, H, Hk, D, D)
+    out, lse, S = cflash.flash_attn_func(q.numpy(), k.numpy(), v.numpy(), causal=True, attention_chunk=chunk,
+                                         return_attn_probs=True)
+    ro, rl = ref_attn(*[x.double() for x in (q, k, v)], D ** -0.5, True, chunk=chunk)
+    no, nl = ref_attn(q, k, v, D ** -0.5, True, chunk=chunk)
+    check_rule("out", out, ro.numpy(), no.numpy(), "float32")
+    check_rule("lse", lse, rl.numpy(), nl.numpy(), "float32")
+    assert S.size == 0
+    with pytest.raises(ValueError, match="return_attn_probs: S_dmask .with dropout. does not model"):
+        cflash.flash_attn_func(q.numpy(), k.numpy(), v.numpy(), dropout_p=0.1, attention_chunk=chunk,
+                               return_attn_probs=True)
+    with pytest.raises(ValueError, match="attention_chunk"):  # the library names the argument
+        cflash.flash_attn_func(q.numpy(), k.numpy(), v.numpy(), attention_chunk=-3)
+
+
+def test_attention_chunk_varlen_torch(rng, poison):
+    chunk = 6
+    q, k, v, sink, dout, cq, ck, ref = _varlen_case(rng, chunk)
+    lq, lk = VARLEN_LQ, VARLEN_LK
+    got, g = _grads(lambda a, b, c, s: cflash.flash_attn_varlen_func(a, b, c, cq, ck, max(lq), max(lk), causal=True,
+                                                                      learnable_sink=s, attention_chunk=chunk),
+                    (q, k, v, sink), dout)
+    rr, r = _grads(ref, [x.double() for x in (q, k, v, sink)], dout.double())
+    nv, n = _grads(ref, (q, k, v, sink), dout)
+    check_rule("out", got.numpy(), rr.numpy(), nv.numpy(), "float32")
+    mag = grad_magnitude([x.numpy() for x in r[:3]])
+    for name, a, b, c in zip(("dq", "dk", "dv", "dsink"), g, r, n):
+        check_rule(name, a.numpy(), b.numpy(), c.numpy(), "float32", factor=3.0, magnitude=mag)
+    # NumPy: the same call, the same numbers
+    on = cflash.flash_attn_varlen_func(q.numpy(), k.numpy(), v.numpy(), cq.numpy(), ck.numpy(), max(lq), max(lk),
+                                       causal=True, learnable_sink=sink.numpy(), attention_chunk=chunk)
+    np.testing.assert_array_equal(on, got.numpy())
+
+
+def test_sink_and_chunk_compiled_fullgraph(rng):
+    """learnable_sink and attention_chunk are arguments of the custom ops: torch.compile traces the
+    call and its backward in one graph, with eager's numbers."""
+    gen = torch.Generator().manual_seed(int(rng.integers(1 << 31)))
+    q, k, v, sink = _inputs(gen, 2, 24, 24, 4, 2, 16, 16)
+    cq = torch.tensor([0, 10, 24], dtype=torch.int32)
+
+    def f(a, b, c, s):
+        x = cflash.flash_attn_func(a, b, c, causal=True, learnable_sink=s, attention_chunk=8)
+        y = cflash.flash_attn_varlen_func(a[0], b[0], c[0], cq, cq, 14, 14, causal=True, learnable_sink=s,
+                                          attention_chunk=5)
+        return x.sum() + (y * y).sum()
+
+    torch._dynamo.reset()
+    cf = torch.compile(f, backend="aot_eager", fullgraph=True)
+    ins = [x.clone().requires_grad_() for x in (q, k, v, sink)]
+    ins_c = [x.clone().requires_grad_() for x in (q, k, v, sink)]
+    f(*ins).backward()
+    cf(*ins_c).backward()
+    for a, b in zip(ins, ins_c):
+        torch.testing.assert_close(b.grad, a.grad, rtol=0, atol=0)
 
 
 # (mask kind, mask shape): boolean or additive, broadcast over B / H / Sq as SDPA allows

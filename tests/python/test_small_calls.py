@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import cflash
-from cflash import reference as R
+from cflash import _fast, reference as R
 from conftest import check_rule, require
 
 
@@ -131,3 +131,73 @@ def test_views_and_bfloat16_through_capsules():
     qb, kb = q.to(torch.bfloat16), k.to(torch.bfloat16)
     out = cflash.flash_attn_func(qb, kb, kb)
     assert out.dtype == torch.bfloat16 and np.abs(out.float().numpy() - ro).max() < 0.05
+
+
+# ---- The pieces that keep a call cheap ----
+
+
+def test_capsule_pointer_read_in_place_is_the_dltensor():
+    """_fast reads a capsule's pointer from the capsule object (CPython's layout, checked at
+    import) instead of calling PyCapsule_GetPointer: the same address."""
+    import ctypes
+
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    keep = []
+    addr = _fast.address(x, "x", keep)
+    assert addr == _fast._capsule_pointer(keep[-1], b"dltensor")
+    t = cflash._lib.DLTensor.from_address(addr)
+    assert t.data == x.ctypes.data and t.ndim == 2 and tuple(t.shape[i] for i in range(2)) == (3, 4)
+    import platform
+
+    if platform.python_implementation() == "CPython":
+        assert _fast._OFFSET == object.__basicsize__
+    torch = pytest.importorskip("torch", reason="PyTorch is not installed")
+    y = torch.arange(6, dtype=torch.float32).reshape(2, 3)[:, 1:]
+    keep = []
+    addr = _fast.address(y, "y", keep)
+    assert _fast._torch_capsules[0] is (_fast._OFFSET is not None)
+    t = cflash._lib.DLTensor.from_address(addr)
+    assert t.data == y.data_ptr() and (t.strides[0], t.strides[1]) == (3, 1)
+    assert addr == _fast._capsule_pointer(keep[-1], b"dltensor")
+    del ctypes
+
+
+def test_kvcache_params_forget_the_last_calls_pointers(rng):
+    """The KV-cache params are reused call after call with only the given pointers written: a
+    field set by one call (cache_batch_idx, k_new, block_table, quantized-cache scales) must be NULL
+    in the next call that does not pass it."""
+    B, S, Hk, H, D = 2, 12, 2, 4, 16
+    kc = rng.standard_normal((B, S, Hk, D)).astype(np.float32)
+    vc = rng.standard_normal((B, S, Hk, D)).astype(np.float32)
+    q = rng.standard_normal((B, 1, H, D)).astype(np.float32)
+    kn = rng.standard_normal((B, 1, Hk, D)).astype(np.float32)
+    lens = np.array([5, 9], dtype=np.int32)
+    swap = cflash.flash_attn_with_kvcache(q, kc, vc, cache_seqlens=lens, cache_batch_idx=np.array([1, 0], np.int32))
+    plain = cflash.flash_attn_with_kvcache(q, kc, vc, cache_seqlens=lens)
+    for b in range(B):
+        ro, _, _ = R.attention(q[b:b + 1], kc[b:b + 1, :lens[b]], vc[b:b + 1, :lens[b]])
+        assert np.abs(plain[b:b + 1] - ro).max() < 1e-5, "cache_batch_idx of the last call still set"
+    kc2, vc2 = kc.copy(), vc.copy()
+    cflash.flash_attn_with_kvcache(q, kc2, vc2, kn, kn, cache_seqlens=lens)  # appends at 5 and 9
+    kc3, vc3 = kc.copy(), vc.copy()
+    cflash.flash_attn_with_kvcache(q, kc3, vc3, cache_seqlens=lens)
+    assert np.array_equal(kc3, kc) and np.array_equal(vc3, vc), "k_new of the last call still set"
+    assert not np.array_equal(swap, plain)
+
+
+def test_hot_custom_ops_have_their_own_cpu_kernel():
+    """The attention ops' plain functions are their CPU / CUDA kernels (custom_op's checking
+    wrapper costs 3.5 us a call); the op still matches the direct call and passes opcheck."""
+    torch = require("torch", "PyTorch is not installed")
+    import cflash._torch  # noqa: F401
+
+    for name in ("attn_fwd", "attn_bwd", "attn_varlen_fwd", "attn_varlen_bwd", "attn_kvcache"):
+        for key in ("CPU", "CUDA"):
+            assert torch._C._dispatch_has_kernel_for_dispatch_key("cflash::" + name, key), (name, key)
+    g = torch.Generator().manual_seed(5)
+    q, k, v = torch.randn(1, 1, 8, 32, generator=g), torch.randn(1, 9, 2, 32, generator=g), torch.randn(
+        1, 9, 2, 32, generator=g)
+    with torch.inference_mode():
+        out, lse, rng_state = torch.ops.cflash.attn_fwd(q, k, v, None, 0.0, 32 ** -0.5, False, -1, -1, 0.0, False, 0)
+    assert torch.equal(out, cflash.flash_attn_func(q, k, v))
+    assert rng_state.tolist() == [0, 0] and lse.shape == (1, 8, 1)

@@ -215,6 +215,8 @@ def test_kvcache_with_torch():
 
 
 def test_opcheck_custom_ops():
+    import cflash._torch  # noqa: F401 (registers torch.ops.cflash.*; other tests may not have yet)
+
     torch.manual_seed(9)
     q, k, v = (torch.randn(1, 5, 2, 8, requires_grad=True) for _ in range(3))
     torch.library.opcheck(torch.ops.cflash.attn_fwd.default,
@@ -228,6 +230,22 @@ def test_opcheck_custom_ops():
     torch.library.opcheck(torch.ops.cflash.rotary.default, (x, cos, sin, None, 0, None, 0, False, False))
     w = torch.randn(8, requires_grad=True)
     torch.library.opcheck(torch.ops.cflash.norm_fwd.default, (x, w, None, None, 1e-5, 0.0, 0, True, False))
+    # issue 13's arguments: sinks (differentiable) and attention_chunk, paged varlen K/V, int8 caches
+    sink = torch.randn(2, requires_grad=True)
+    torch.library.opcheck(torch.ops.cflash.attn_fwd.default,
+                          (q, k, v, None, 0.0, 0.35, True, -1, -1, 0.0, False, 0, sink, 2))
+    pages = torch.randn(5, 2, 2, 8, requires_grad=True)
+    table = torch.tensor([[1, 0, 3], [2, 4, 0]], dtype=torch.int32)  # (row 1 uses 2 pages)
+    torch.library.opcheck(torch.ops.cflash.attn_varlen_fwd.default,
+                          (qv, pages, pages, cu, torch.tensor([0, 5, 9], dtype=torch.int32), 3, 5, None, 0.0, 0.35,
+                           True, -1, -1, 0.0, False, 0, table, None, None, sink, 3))
+    kc = torch.randint(-127, 128, (2, 6, 1, 8), dtype=torch.int8)
+    ks = torch.rand(2, 6, 1) * 0.05
+    qk, kn = torch.randn(2, 1, 2, 8), torch.randn(2, 1, 1, 8)
+    lens = torch.tensor([2, 4], dtype=torch.int32)
+    torch.library.opcheck(torch.ops.cflash.attn_kvcache.default,
+                          (qk, kc, kc.clone(), kn, kn, None, None, lens, -1, None, None, None, None, 0.35, True, -1,
+                           -1, 0.0, True, 0, None, 0, None, 3, None, None, ks, ks.clone(), None, 0))
 
 
 def test_torch_compile_traces_fullgraph():
