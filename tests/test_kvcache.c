@@ -212,11 +212,11 @@ static void oracle(const kprob* p, int naive, double* out, double* lse) {
                     for (int64_t d = 0; d < c->Dv; d++)
                         acc[d] += e * vr[d];
                 }
-                for (int64_t d = 0; d < c->Dv; d++) {
-                    double o = l > 0 ? acc[d] / l : 0.0;
+                for (int64_t d = 0; d < c->Dv; d++) { /* (l NaN: a NaN score, a NaN row) */
+                    double o = l > 0 || l != l ? acc[d] / l : 0.0;
                     out[oidx(p, b, i, h, d)] = naive ? ops_round(c->dtype, o) : o;
                 }
-                double ls = l > 0 ? m + log(l) : -INFINITY;
+                double ls = l > 0 || l != l ? m + log(l) : -INFINITY;
                 lse[lidx(p, b, h, i)] = naive ? (float)ls : ls;
             }
         }
@@ -226,7 +226,8 @@ static void oracle(const kprob* p, int naive, double* out, double* lse) {
 
 /* A quantized cache's contents: fp8 codes of values in [-1, 1] under the descale of batch 0
  * (descale factors drawn in [0.004, 0.012]); int8 codes in [-127, 127] with scales around 1/127
- * (values in about [-1.5, 1.5]). */
+ * (values in about [-1.5, 1.5]), and now and then -128 (which the append never writes, but a
+ * cache filled elsewhere may hold). */
 static void fill_codes(kprob* p, tt_rng* r) {
     const kcase* c = &p->c;
     const int64_t B = c->B, Hk = c->Hk;
@@ -255,7 +256,7 @@ static void fill_codes(kprob* p, tt_rng* r) {
                 (uint8_t)(u >> 8); /* one in 8: any finite code (subnormals, the largest) */
             if (!isfinite(ops_fp8_value(any, e5m2(p)))) any &= 0x83;
             tt_set(t, idx,
-                   int8         ? (double)(int64_t)(u % 255) - 127.0
+                   int8         ? (u % 64 == 1 ? -128.0 : (double)(int64_t)(u % 255) - 127.0)
                    : u % 8 == 0 ? (double)any
                                 : (double)ops_fp8_code((float)(x / descale_of(p, is_v, 0, idx[2])),
                                                        e5m2(p)));
@@ -714,6 +715,34 @@ static void test_grid(void) {
         run_case(&v);
         nqz++;
     }
+    /* quantized caches with bf16 q (cpu-avx512 decodes the codes to bf16 in registers): every
+     * format with GQA groups of 4 and 8 (the fused kernels, rows in fours), 3 and 1 (the codes
+     * decoded to rows first), D 64 / 128 and Dv 64, paged, masks, splits, appends */
+    for (int i = 0; i < (emulated ? 6 : 12); i++) {
+        kcase v = {0};
+        v.dtype = CF_BF16;
+        v.x.quant = 1 + i % 3;
+        v.x.descale = v.x.quant == CFLASH_KV_QUANT_INT8 ? 0 : 1 + i % 3;
+        static const int64_t gh[4][2] = {{8, 2}, {8, 1}, {6, 2}, {2, 2}};
+        v.H = gh[(i / 3) % 4][0], v.Hk = gh[(i / 3) % 4][1];
+        v.B = 1 + i % 2;
+        v.Sq = (int64_t[]){1, 2, 1, 3}[i % 4];
+        v.Sn = i % 5 == 4 ? 0 : v.Sq;
+        v.D = i % 2 ? 128 : 64;
+        v.Dv = i % 6 == 5 ? 64 : v.D;
+        v.Lmax = (int64_t[]){200, 45, 131}[i % 3];
+        v.page = (int64_t[]){0, 16, 0, 7}[i % 4];
+        v.causal = i % 4 != 3;
+        v.wl = i % 4 == 2 ? 40 : -1;
+        v.wr = -1;
+        v.half = i % 5 == 1 ? v.D / 2 : 0;
+        v.num_splits = (int[]){0, 1, 3}[i % 3];
+        v.lse = 1;
+        v.layout = (tt_layout)(i % 2);
+        v.seed = 870 + (uint64_t)i + tt_seed_base();
+        run_case(&v);
+        nqz++;
+    }
     printf("kvcache grid: %d cases + 2 long + 2 chunked prefill + %d varlen + %d quantized\n", n,
            nv, nqz);
 }
@@ -1089,6 +1118,82 @@ static void test_quant_edges(void) {
     }
 }
 
+/* Non-finite values in a quantized cache (an fp8 NaN code, an int8 NaN scale) follow DESIGN.md's
+ * NaN rule: every query row that sees the key is NaN (out and lse), every row that does not is
+ * exact. Two query rows with a window, so that the keys sit in blocks some rows see only in part
+ * (the kernels' masked-key paths), in K or in V. */
+static void test_quant_nonfinite(void) {
+    for (int qz = CFLASH_KV_QUANT_FP8_E4M3; qz <= CFLASH_KV_QUANT_INT8; qz++)
+        for (int is_v = 0; is_v < 2; is_v++)
+            for (int g = 0; g < 2; g++) {
+                kcase c = {0};
+                c.dtype = CF_BF16, c.B = 1, c.H = g ? 6 : 8, c.Hk = 2, c.Sq = 2, c.Sn = 0;
+                c.D = 64, c.Dv = 64, c.Lmax = 40, c.seqlen_mode = 1, c.causal = 1;
+                c.wl = 20, c.wr = -1, c.lse = 1, c.layout = TT_DENSE;
+                c.x.quant = qz, c.x.descale = qz == CFLASH_KV_QUANT_INT8 ? 0 : 2;
+                c.seed = 960 + (uint64_t)(qz * 4 + is_v * 2 + g) + tt_seed_base();
+                kprob p;
+                build(&p, &c);
+                const int64_t no = c.Sq * c.H * c.Dv, nl = c.Sq * c.H;
+                double *ro = malloc(8 * (size_t)no), *rl = malloc(8 * (size_t)nl),
+                       *no_ = malloc(8 * (size_t)no), *nl_ = malloc(8 * (size_t)nl), bo, bl;
+                oracle_bounds(&p, ro, rl, no_, nl_, &bo, &bl); /* the bounds of the clean cache */
+                /* key 39 (row 1 sees it, row 0 does not) in KV head 0, key 18 (row 0 only) in
+                 * head 1: a NaN code, or a NaN int8 scale */
+                const int64_t keys[2] = {39, 18};
+                for (int64_t hk = 0; hk < 2; hk++) {
+                    tt_tensor *t = is_v ? &p.vc : &p.kc, *t0 = is_v ? &p.vc0 : &p.kc0;
+                    int64_t i4[4] = {0, keys[hk], hk, 5 + hk}, i3[3] = {0, keys[hk], hk};
+                    if (qz == CFLASH_KV_QUANT_INT8) {
+                        tt_set(is_v ? &p.vs : &p.ks, i3, NAN);
+                        tt_set(is_v ? &p.vs0 : &p.ks0, i3, NAN);
+                    } else {
+                        tt_set(t, i4, 0x7f), tt_set(t0, i4, 0x7f);
+                    }
+                }
+                oracle(&p, 0, ro, rl);
+                cflash_attn_params ap;
+                cflash_kvcache_params kp;
+                params(&p, &ap, &kp);
+                for (const char* const* be = ops_backends; *be; be++) {
+                    if (!tt_backend_selected(*be)) continue;
+                    tt_poison(&p.out), tt_poison(&p.lse);
+                    cflash_context* ctx = ops_context(*be, 0);
+                    cflash_status s = cflash_attn_kvcache_fwd(ctx, &ap, &kp, &p.q.dl, &p.kc.dl,
+                                                              &p.vc.dl, &p.out.dl, &p.lse.dl);
+                    cflash_context_free(ctx);
+                    if (ops_backend_skips(*be, "kvcache_fwd", s)) continue;
+                    CHECK_MSG(s == CFLASH_OK, "quant non-finite on %s: %s", *be,
+                              cflash_last_error());
+                    /* NaN where the fp64 oracle has NaN (out: the rows that see the key, in
+                     * every element for K, in the element of the code for V; lse: the rows
+                     * whose scores have a NaN), else within the bounds */
+                    int64_t bad = 0, nan_rows = 0;
+                    for (int64_t i = 0; i < c.Sq; i++)
+                        for (int64_t h = 0; h < c.H; h++) {
+                            int64_t il[3] = {0, h, i};
+                            const double lw = rl[lidx(&p, 0, h, i)], lg = tt_get(&p.lse, il);
+                            bad += lw != lw ? lg == lg : !(fabs(lg - lw) <= bl);
+                            int nan_row = 0;
+                            for (int64_t d = 0; d < c.Dv; d++) {
+                                int64_t io[4] = {0, i, h, d};
+                                const double w = ro[oidx(&p, 0, i, h, d)], x = tt_get(&p.out, io);
+                                bad += w != w ? x == x : !(fabs(x - w) <= bo);
+                                nan_row |= w != w;
+                            }
+                            nan_rows += nan_row;
+                        }
+                    CHECK_MSG(bad == 0 && nan_rows == 2 * c.H / c.Hk,
+                              "quant %d non-finite in %s (G %lld) on %s: %lld elements wrong, %lld "
+                              "NaN rows (expected %lld)",
+                              qz, is_v ? "V" : "K", (long long)(c.H / c.Hk), *be, (long long)bad,
+                              (long long)nan_rows, (long long)(2 * c.H / c.Hk));
+                }
+                free(ro), free(rl), free(no_), free(nl_);
+                release(&p);
+            }
+}
+
 /* The MLA latent cache (v_cache a view of k_cache) with an append: refused (UNSUPPORTED, saying
  * why), nothing written. */
 static void test_latent_append_refused(void) {
@@ -1121,6 +1226,7 @@ int main(int argc, char** argv) {
     test_errors_varlen();
     test_errors_quant();
     test_quant_edges();
+    test_quant_nonfinite();
     test_latent_append_refused();
     printf("test_kvcache: %.1f s\n", tt_now() - t0);
     return tt_summary();

@@ -5,7 +5,10 @@
  *    order, which the prefetchers follow), and the G = H / Hk query heads of a group with their
  *    Sq rows are scored against each K row together (GQA folded: every K/V row is read once).
  *    Online softmax in fp32, P V accumulated in fp32 (cpu-avx512 with bf16 V: P rounded to bf16
- *    and two keys per vdpbf16ps, src/cpu/x86/kv_bf16_avx512.h).
+ *    and two keys per vdpbf16ps, src/cpu/x86/kv_bf16_avx512.h). Quantized caches: the codes'
+ *    values times a factor per key (int8 scale, fp8 descale) applied to the scores and to P;
+ *    cpu-avx512 with bf16 q decodes the codes to bf16 in registers (the same vdpbf16ps kernels),
+ *    the other builds decode a block's rows through a table of the 256 code values.
  * 3. Splits (num_splits > 1, or chosen when there are fewer items than threads) keep
  *    (max, sum, acc) per split and are merged by their LSE, as cflash_attn_merge does. */
 
@@ -13,6 +16,24 @@
 
 /* Prefetch distance, in blocks of KV_KB keys. */
 #define KV_PF 2
+
+/* o[t] = cf_kv_row(c, v, b, t0 + t, hk) for the n < KV_KB positions of a block: one division
+ * for the block instead of one per row. */
+static void kv_rows_of(const cf_kvcache_call* c, const cf_view* v, int64_t b, int64_t t0, int64_t n,
+                       int64_t hk, int64_t* o) {
+    if (!c->block_table) {
+        const int64_t o0 = cf_kv_row(c, v, b, t0, hk);
+        for (int64_t t = 0; t < n; t++)
+            o[t] = o0 + t * v->stride[1];
+        return;
+    }
+    const int32_t* bt = c->block_table + b * c->bt_stride;
+    int64_t g = t0 / c->page_size, r = t0 % c->page_size;
+    for (int64_t t = 0; t < n; t++) {
+        o[t] = bt[g] * v->stride[0] + r * v->stride[1] + hk * v->stride[2];
+        if (++r == c->page_size) r = 0, g++;
+    }
+}
 
 /* New row n of batch b (row n0 + n of k_new / v_new) into cache position L + n. */
 static void kv_append_fast(const cf_kvcache_call* c, float* buf, int64_t b, int64_t n, int64_t hk) {
@@ -68,6 +89,35 @@ static void kv_pv_dp(float* restrict acc, int64_t R, int64_t Dv, const void* con
     (void)acc, (void)R, (void)Dv, (void)rows, (void)nb, (void)p;
 }
 static void kv_pv_unpermute(float* acc, int64_t R, int64_t Dv) {
+    (void)acc, (void)R, (void)Dv;
+}
+static inline int kv_q_bf16_ok(cf_dtype dt, int64_t D, int64_t Dv) {
+    (void)dt, (void)D, (void)Dv;
+    return 0;
+}
+static void kv_q_tables(int quant, uint8_t* tab) {
+    (void)quant, (void)tab;
+}
+static void kv_q_decode(uint16_t* restrict dst, const void* const* rows, int64_t nb, int64_t n,
+                        const uint8_t* tab, int int8, const void** out) {
+    (void)dst, (void)rows, (void)nb, (void)n, (void)tab, (void)int8, (void)out;
+}
+static inline int kv_q_fused_ok(int64_t R) {
+    (void)R;
+    return 0;
+}
+static void kv_q_prep(uint16_t* restrict qw, const float* restrict q, int64_t R, int64_t D) {
+    (void)qw, (void)q, (void)R, (void)D;
+}
+static void kv_dots_q(const uint16_t* restrict qw, int64_t R, int64_t D, const void* const* rows,
+                      int64_t nb, const uint8_t* tab, int int8, const float* f, float* restrict s) {
+    (void)qw, (void)R, (void)D, (void)rows, (void)nb, (void)tab, (void)int8, (void)f, (void)s;
+}
+static void kv_pv_q(float* restrict acc, int64_t R, int64_t Dv, const void* const* rows, int64_t nb,
+                    const float* restrict p, const uint8_t* tab, int int8) {
+    (void)acc, (void)R, (void)Dv, (void)rows, (void)nb, (void)p, (void)tab, (void)int8;
+}
+static void kv_q_unpermute(float* acc, int64_t R, int64_t Dv) {
     (void)acc, (void)R, (void)Dv;
 }
 
@@ -127,12 +177,14 @@ typedef struct kv_scratch {
     /* quantized caches: a block's rows decoded (KV_KB * max(D, Dv)), the value of each code
      * (256), the factors of a block's keys (KV_KB) */
     float *kq, *lut, *fk;
+    uint16_t* qw; /* q as bf16 words for kv_dots_q (R * D) */
 } kv_scratch;
 
 static size_t kv_scratch_floats(const cf_kvcache_call* c, int64_t R) {
     const cf_attn_call* a = &c->a;
     return (size_t)(R * a->D + R * a->Dv + 2 * R + R * KV_KB + KV_KB * (a->D + a->Dv) + 4 * R +
-                    16 * R + 64 + KV_KB * (a->D > a->Dv ? a->D : a->Dv) + 256 + KV_KB);
+                    16 * R + 64 + KV_KB * (a->D > a->Dv ? a->D : a->Dv) + 256 + KV_KB +
+                    (R * a->D + 1) / 2);
 }
 
 /* p: a malloc'd block of kv_scratch_floats floats. The int64 ranges go first, where malloc's
@@ -150,7 +202,8 @@ static void kv_scratch_init(kv_scratch* w, float* p, const cf_kvcache_call* c, i
     w->lv = p, p += 16 * R;
     w->kq = p, p += KV_KB * (a->D > a->Dv ? a->D : a->Dv);
     w->lut = p, p += 256;
-    w->fk = p;
+    w->fk = p, p += KV_KB;
+    w->qw = (uint16_t*)p;
 }
 
 /* The dtype code rows are read as by the ISA's kv_dots / kv_pv (CF_OPS_KV_CODES), and the unit
@@ -192,29 +245,34 @@ static void kv_q_rows(const float* lut, const void* const* rows, int64_t nb, int
 
 #endif
 
-/* f[t]: the factor of key t0 + t (of nb) of batch b, KV head hk, K (is_v 0) or V: its int8
- * scale, or the fp8 descale. */
+/* f[t]: the factor of key t0 + t (t < nb) of batch b, KV head hk, K (is_v 0) or V: its int8
+ * scale, or the fp8 descale, times u (the unit of the values the kernels read the codes as); 0
+ * for t in [nb, KV_KB). */
 static void kv_q_factors(const cf_kvcache_call* c, int is_v, int64_t b, int64_t t0, int64_t nb,
-                         int64_t hk, float* f) {
-    const float u = kv_code_unit(kv_code_dtype(c));
+                         int64_t hk, float u, float* f) {
     if (c->quant != CFLASH_KV_QUANT_INT8) {
         const float d = cf_kv_descale(c, is_v, b, hk) * u;
-        for (int64_t t = 0; t < nb; t++)
-            f[t] = d;
+        for (int64_t t = 0; t < KV_KB; t++)
+            f[t] = t < nb ? d : 0.0f;
         return;
     }
     const cf_view* sv = is_v ? &c->vs : &c->ks;
-    for (int64_t t = 0; t < nb; t++)
-        f[t] = ((const float*)sv->data)[cf_kv_row(c, sv, b, t0 + t, hk)] * u;
+    int64_t o[KV_KB];
+    kv_rows_of(c, sv, b, t0, nb, hk, o);
+    for (int64_t t = 0; t < KV_KB; t++)
+        f[t] = t < nb ? ((const float*)sv->data)[o[t]] * u : 0.0f;
 }
 
-/* Whether any of the nb code rows (n one-byte codes each) holds an fp8 NaN or infinity (e4m3fn:
- * S.1111.111; e5m2: exponent all ones); int8 codes are always finite. */
+/* Whether a block's nb code rows (n one-byte codes each) or their factors f (kv_q_factors) hold
+ * a NaN or an infinity (fp8 codes: e4m3fn S.1111.111, e5m2 exponent all ones; int8 codes are
+ * always finite, an appended row with a NaN has a NaN scale). */
 static int kv_codes_nonfinite(const cf_kvcache_call* c, const void* const* rows, int64_t nb,
-                              int64_t n) {
-    if (c->quant == CFLASH_KV_QUANT_INT8) return 0;
-    const uint8_t e = c->quant == CFLASH_KV_QUANT_FP8_E5M2 ? 0x7c : 0x7f;
+                              int64_t n, const float* f) {
     int bad = 0;
+    for (int64_t t = 0; t < nb; t++)
+        bad |= f[t] - f[t] != 0.0f; /* NaN for NaN and +-inf */
+    if (c->quant == CFLASH_KV_QUANT_INT8) return bad;
+    const uint8_t e = c->quant == CFLASH_KV_QUANT_FP8_E5M2 ? 0x7c : 0x7f;
     for (int64_t t = 0; t < nb; t++) {
         const uint8_t* x = rows[t];
         for (int64_t d = 0; d < n; d++)
@@ -223,19 +281,28 @@ static int kv_codes_nonfinite(const cf_kvcache_call* c, const void* const* rows,
     return bad;
 }
 
-/* x[r * KV_KB + t] *= f[t] for R rows of nb keys; a 0 (a masked key's P) stays 0 whatever the
- * factor (a NaN scale of a key a row cannot see must not reach that row). */
-static void kv_q_apply(float* x, int64_t R, int64_t nb, const float* f) {
+/* x[r * KV_KB + t] *= f[t] for the R rows of a block's scores or P (a block whose rows see only
+ * some keys and whose V has a NaN or an infinity goes through kv_pv_visible_q instead). */
+static void kv_q_apply(float* x, int64_t R, const float* f) {
     for (int64_t r = 0; r < R; r++)
-        for (int64_t t = 0; t < nb; t++)
-            if (x[r * KV_KB + t] != 0.0f) x[r * KV_KB + t] *= f[t];
+#pragma omp simd
+        for (int64_t t = 0; t < KV_KB; t++)
+            x[r * KV_KB + t] *= f[t];
+}
+
+/* Where element d of a row of acc sits: d (accm 0), or its permuted place with kv_pv_dp (accm 1,
+ * see kv_pv_unpermute) or kv_pv_q (accm 2, kv_q_unpermute). */
+static inline int64_t kv_acc_index(int64_t d, int accm) {
+    if (accm == 1) return (d & ~31) + ((d >> 2) & 1) * 16 + ((d >> 3) & 3) * 4 + (d & 3);
+    if (accm == 2) return (d & ~63) + ((d >> 2) & 3) * 16 + ((d >> 4) & 3) * 4 + (d & 3);
+    return d;
 }
 
 /* acc[r] += p[r][t] v_t for rows [r0, r0 + n) and the keys t of the block (at jb) each row sees,
  * pair by pair: for a partly masked block whose V holds a NaN or infinity (rare), where a masked
- * key's weight 0 would still carry it into the row. pdp: acc is in kv_pv_dp's permuted order. */
+ * key's weight 0 would still carry it into the row. accm: the order of acc (kv_acc_index). */
 static void kv_pv_visible(const cf_kvcache_call* c, kv_scratch* w, int64_t r0, int64_t n,
-                          int64_t jb, const void* const* rows, int64_t nb, int pdp) {
+                          int64_t jb, const void* const* rows, int64_t nb, int accm) {
     const int64_t Dv = c->a.Dv;
     for (int64_t t = 0; t < nb; t++) {
         ld_row(w->vf, rows[t], c->a.dtype, Dv);
@@ -243,9 +310,8 @@ static void kv_pv_visible(const cf_kvcache_call* c, kv_scratch* w, int64_t r0, i
             if (jb + t < w->lo[r] || jb + t >= w->hi[r]) continue;
             const float pr = w->s[r * KV_KB + t];
             float* a = w->acc + r * Dv;
-            for (int64_t d = 0; d < Dv; d++) /* kv_pv_dp: element d sits at (see kv_pv_unpermute) */
-                a[pdp ? (d & ~31) + ((d >> 2) & 1) * 16 + ((d >> 3) & 3) * 4 + (d & 3) : d] +=
-                    pr * w->vf[d];
+            for (int64_t d = 0; d < Dv; d++)
+                a[kv_acc_index(d, accm)] += pr * w->vf[d];
         }
     }
 }
@@ -255,14 +321,13 @@ static void kv_pv_visible(const cf_kvcache_call* c, kv_scratch* w, int64_t r0, i
  * (the factor on V rather than on P: the same product), visible pairs only. */
 static void kv_pv_visible_q(const cf_kvcache_call* c, kv_scratch* w, int64_t r0, int64_t n,
                             int64_t jb, const void* const* rows, int64_t nb, int64_t b, int64_t t0,
-                            int64_t hk) {
+                            int64_t hk, int accm) {
     const int64_t Dv = c->a.Dv;
     const int e5 = c->quant == CFLASH_KV_QUANT_FP8_E5M2, i8 = c->quant == CFLASH_KV_QUANT_INT8;
-    const float u = kv_code_unit(kv_code_dtype(c));
-    kv_q_factors(c, 1, b, t0, nb, hk, w->fk);
+    kv_q_factors(c, 1, b, t0, nb, hk, 1.0f, w->fk);
     for (int64_t t = 0; t < nb; t++) {
         const uint8_t* x = rows[t];
-        const float f = w->fk[t] / u;
+        const float f = w->fk[t];
         for (int64_t d = 0; d < Dv; d++)
             w->vf[d] = (i8 ? (float)(int8_t)x[d] : cf_fp8_to_f32(x[d], e5)) * f;
         for (int64_t r = r0; r < r0 + n; r++) {
@@ -270,7 +335,7 @@ static void kv_pv_visible_q(const cf_kvcache_call* c, kv_scratch* w, int64_t r0,
             const float pr = w->s[r * KV_KB + t];
             float* a = w->acc + r * Dv;
             for (int64_t d = 0; d < Dv; d++)
-                a[d] += pr * w->vf[d];
+                a[kv_acc_index(d, accm)] += pr * w->vf[d];
         }
     }
 }
@@ -320,8 +385,19 @@ static void kv_item(const cf_kvcache_call* c, kv_scratch* w, int64_t b, int64_t 
     memset(w->lv, 0, sizeof(float) * (size_t)(16 * R));
     const int64_t es = (int64_t)cf_dtype_size(c->kc.dtype); /* 1 for code caches */
     const int quant = c->quant != CFLASH_KV_QUANT_NONE;
-    const int dx4 = !quant && kv_dots_x4_ok(a->dtype, Rg, D); /* bf16 scores, keys in fours */
-    const int pdp = !quant && kv_pv_dp_ok(a->dtype, Rg, Dv);  /* P.V by vdpbf16ps */
+    const int qbf = quant && kv_q_bf16_ok(a->dtype, D, Dv); /* codes decoded to bf16 */
+    const int qf = qbf && kv_q_fused_ok(Rg);                /* ... in registers */
+    const int bf = !quant || (qbf && !qf);                  /* rows read as the dtype */
+    const int dx4 = bf && kv_dots_x4_ok(a->dtype, Rg, D);   /* bf16 scores, keys in fours */
+    const int pdp = bf && kv_pv_dp_ok(a->dtype, Rg, Dv);    /* P.V by vdpbf16ps */
+    const int accm = qf ? 2 : pdp;                          /* the order of acc */
+    const int int8 = c->quant == CFLASH_KV_QUANT_INT8;
+    if (qf) kv_q_prep(w->qw, w->q, R, D);
+    uint8_t* qtab = (uint8_t*)w->lut;
+    uint16_t* qrow = (uint16_t*)w->kq;
+    const void* drows[KV_KB]; /* the decoded rows */
+    if (qbf) kv_q_tables(c->quant, qtab);
+    const float unit = qbf ? 1.0f : kv_code_unit(kv_code_dtype(c)); /* of what kv_dots reads */
 #ifndef CF_OPS_KV_CODES
     if (quant) kv_q_lut(c, w->lut);
     const void* qrows[KV_KB]; /* decoded rows (quantized caches) */
@@ -330,16 +406,13 @@ static void kv_item(const cf_kvcache_call* c, kv_scratch* w, int64_t b, int64_t 
     int64_t base[KV_KB], pfk[KV_KB], pfv[KV_KB];
     for (int64_t jb = jlo; jb < jhi; jb += KV_KB) {
         const int64_t nb = jhi - jb < KV_KB ? jhi - jb : KV_KB;
-        for (int64_t t = 0; t < nb; t++)
-            base[t] = cf_kv_row(c, &c->kc, b, P + jb + t, hk0);
+        kv_rows_of(c, &c->kc, b, P + jb, nb, hk0, base);
         /* the next block's rows, prefetched into L2 head by head between the pieces of work on
          * this block (one burst stalls on the miss buffers while no work is in flight) */
         const int64_t pf0 = jb + KV_PF * KV_KB;
         const int64_t npf = pf0 >= jhi ? 0 : (jhi - pf0 < KV_KB ? jhi - pf0 : KV_KB);
-        for (int64_t t = 0; t < npf; t++) {
-            pfk[t] = cf_kv_row(c, &c->kc, b, P + pf0 + t, hk0);
-            pfv[t] = cf_kv_row(c, &c->vc, b, P + pf0 + t, hk0);
-        }
+        kv_rows_of(c, &c->kc, b, P + pf0, npf, hk0, pfk);
+        kv_rows_of(c, &c->vc, b, P + pf0, npf, hk0, pfv);
         for (int64_t g = 0; g < nh; g++) {
             for (int64_t t = 0; t < nb; t++)
                 rows[t] = (const char*)c->kc.data + (base[t] + g * c->kc.stride[2]) * es;
@@ -348,15 +421,26 @@ static void kv_item(const cf_kvcache_call* c, kv_scratch* w, int64_t b, int64_t 
                     __builtin_prefetch(
                         (const char*)c->kc.data + (pfk[t] + g * c->kc.stride[2]) * es + o, 0, 2);
             float* sg = w->s + g * Rg * KV_KB;
-            if (quant) { /* scores against the codes' values, then times each key's factor */
+            if (qf) { /* scores times each key's factor */
+                kv_q_factors(c, 0, b, P + jb, nb, hk0 + g, unit, w->fk);
+                kv_dots_q(w->qw + g * Rg * D, Rg, D, rows, nb, qtab, int8, w->fk, sg);
+            } else if (qbf) { /* the codes as bf16 rows; scores times each key's factor */
+                kv_q_decode(qrow, rows, nb, D, qtab, int8, drows);
+                if (dx4)
+                    kv_dots_bf16x4(w->q + g * Rg * D, Rg, D, drows, nb, sg);
+                else
+                    kv_dots(w->q + g * Rg * D, Rg, D, drows, nb, CF_BF16, sg, w->kf);
+                kv_q_factors(c, 0, b, P + jb, nb, hk0 + g, unit, w->fk);
+                kv_q_apply(sg, Rg, w->fk);
+            } else if (quant) { /* scores against the codes' values, then times each key's factor */
 #ifdef CF_OPS_KV_CODES
                 kv_dots(w->q + g * Rg * D, Rg, D, rows, nb, kv_code_dtype(c), sg, w->kf);
 #else
                 kv_q_rows(w->lut, rows, nb, D, w->kq, qrows);
                 kv_dots(w->q + g * Rg * D, Rg, D, qrows, nb, CF_F32, sg, w->kf);
 #endif
-                kv_q_factors(c, 0, b, P + jb, nb, hk0 + g, w->fk);
-                kv_q_apply(sg, Rg, nb, w->fk);
+                kv_q_factors(c, 0, b, P + jb, nb, hk0 + g, unit, w->fk);
+                kv_q_apply(sg, Rg, w->fk);
             } else if (dx4)
                 kv_dots_bf16x4(w->q + g * Rg * D, Rg, D, rows, nb, sg);
             else
@@ -421,8 +505,7 @@ static void kv_item(const cf_kvcache_call* c, kv_scratch* w, int64_t b, int64_t 
                     w->lv[16 * r + t] *= alpha;
 #endif
         }
-        for (int64_t t = 0; t < nb; t++)
-            base[t] = cf_kv_row(c, &c->vc, b, P + jb + t, hk0);
+        kv_rows_of(c, &c->vc, b, P + jb, nb, hk0, base);
         int partial = 0; /* some row does not see every key of the block */
         for (int64_t r = 0; r < R; r++)
             partial |= w->lo[r] > jb || w->hi[r] < jb + nb;
@@ -430,11 +513,12 @@ static void kv_item(const cf_kvcache_call* c, kv_scratch* w, int64_t b, int64_t 
             for (int64_t t = 0; t < nb; t++)
                 rows[t] = (const char*)c->vc.data + (base[t] + g * c->vc.stride[2]) * es;
             if (partial && !quant && kv_rows_nonfinite(rows, nb, Dv, a->dtype)) {
-                kv_pv_visible(c, w, g * Rg, Rg, jb, rows, nb, pdp);
+                kv_pv_visible(c, w, g * Rg, Rg, jb, rows, nb, accm);
                 continue;
             }
-            if (partial && quant && kv_codes_nonfinite(c, rows, nb, Dv)) {
-                kv_pv_visible_q(c, w, g * Rg, Rg, jb, rows, nb, b, P + jb, hk0 + g);
+            if (quant) kv_q_factors(c, 1, b, P + jb, nb, hk0 + g, unit, w->fk);
+            if (partial && quant && kv_codes_nonfinite(c, rows, nb, Dv, w->fk)) {
+                kv_pv_visible_q(c, w, g * Rg, Rg, jb, rows, nb, b, P + jb, hk0 + g, accm);
                 continue;
             }
             for (int64_t t = 0; t < npf; t++)
@@ -443,8 +527,19 @@ static void kv_item(const cf_kvcache_call* c, kv_scratch* w, int64_t b, int64_t 
                         (const char*)c->vc.data + (pfv[t] + g * c->vc.stride[2]) * es + o, 0, 2);
             float* pg = w->s + g * Rg * KV_KB;
             if (quant) { /* P times each key's factor, against the codes' values */
-                kv_q_factors(c, 1, b, P + jb, nb, hk0 + g, w->fk);
-                kv_q_apply(pg, Rg, nb, w->fk);
+                kv_q_apply(pg, Rg, w->fk);
+                if (qf) {
+                    kv_pv_q(w->acc + g * Rg * Dv, Rg, Dv, rows, nb, pg, qtab, int8);
+                    continue;
+                }
+                if (qbf) {
+                    kv_q_decode(qrow, rows, nb, Dv, qtab, int8, drows);
+                    if (pdp)
+                        kv_pv_dp(w->acc + g * Rg * Dv, Rg, Dv, drows, nb, pg);
+                    else
+                        kv_pv(w->acc + g * Rg * Dv, Rg, Dv, drows, nb, CF_BF16, pg, w->vf);
+                    continue;
+                }
 #ifdef CF_OPS_KV_CODES
                 kv_pv(w->acc + g * Rg * Dv, Rg, Dv, rows, nb, kv_code_dtype(c), pg, w->vf);
 #else
@@ -457,7 +552,8 @@ static void kv_item(const cf_kvcache_call* c, kv_scratch* w, int64_t b, int64_t 
                 kv_pv(w->acc + g * Rg * Dv, Rg, Dv, rows, nb, a->dtype, pg, w->vf);
         }
     }
-    if (pdp) kv_pv_unpermute(w->acc, R, Dv);
+    if (accm == 1) kv_pv_unpermute(w->acc, R, Dv);
+    if (accm == 2) kv_q_unpermute(w->acc, R, Dv);
 #ifdef CF_OPS_KV_BLOCK_KERNELS
     for (int64_t r = 0; r < R; r++)
         w->l[r] += kv_sum16(w->lv + 16 * r);

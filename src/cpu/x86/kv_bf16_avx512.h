@@ -2,7 +2,8 @@
  * the cpu-avx512 build only, after ops_avx512.c's kv_dots_bf16): four keys by four query rows
  * per pass (16 independent vdpbf16ps chains, each loaded key feeding four), each row's four sums
  * reduced by one tree and stored as one 4-float vector (no per-score scalar stores).
- * P.V: see kv_pv_dp below.
+ * P.V: see kv_pv_dp below. Quantized (fp8 / int8) caches with bf16 q: the codes decoded to bf16
+ * by byte tables (AVX512-VBMI) in registers, kv_dots_q / kv_pv_q at the end.
  * Softmax of a fully visible 16-key block: the block max is reduced only when some score exceeds
  * the running max (rare after the first blocks), and the sum of P is kept as 16 lanes per row,
  * reduced once per item. */
@@ -125,6 +126,17 @@ static inline int kv_pv_dp_ok(cf_dtype dt, int64_t R, int64_t Dv) {
     return dt == CF_BF16 && cf_cpu()->avx512bf16 && Dv % 64 == 0 && R <= 64;
 }
 
+/* pp[r * KV_KB / 2 + k] = bf16(p[r][2k]) | bf16(p[r][2k + 1]) << 16 for the R rows of a block's
+ * P (nb keys; 0 past them): the pairs of weights vdpbf16ps takes against two keys' values. */
+__attribute__((target("avx512bf16,avx512f,avx512bw,avx512vl"))) static inline void
+kv_p_pairs(uint32_t* pp, const float* p, int64_t R, int64_t nb) {
+    const __mmask16 live = nb >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << nb) - 1u);
+    for (int64_t r = 0; r < R; r++)
+        _mm256_storeu_si256(
+            (__m256i*)(pp + r * (KV_KB / 2)),
+            (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(live, p + r * KV_KB)));
+}
+
 #define KV_DP4(A0, A1, A2, A3, X)                                                                  \
     A0 = _mm512_dpbf16_ps(A0, (__m512bh)(X), (__m512bh)p0);                                        \
     A1 = _mm512_dpbf16_ps(A1, (__m512bh)(X), (__m512bh)p1);                                        \
@@ -135,13 +147,9 @@ static inline int kv_pv_dp_ok(cf_dtype dt, int64_t R, int64_t Dv) {
 __attribute__((target("avx512bf16,avx512f,avx512bw,avx512vl"))) static void
 kv_pv_dp(float* restrict acc, int64_t R, int64_t Dv, const void* const* rows, int64_t nb,
          const float* restrict p) {
-    uint32_t pp[64 * KV_KB / 2]; /* row r, pair k: bf16(p[2k]) | bf16(p[2k + 1]) << 16 */
+    uint32_t pp[64 * KV_KB / 2];
+    kv_p_pairs(pp, p, R, nb);
     const int64_t np = (nb + 1) / 2, Rd = R;
-    const __mmask16 live = nb >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << nb) - 1u);
-    for (int64_t r = 0; r < Rd; r++)
-        _mm256_storeu_si256(
-            (__m256i*)(pp + r * (KV_KB / 2)),
-            (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(live, p + r * KV_KB)));
     const uint16_t zero[64] = {0};
     for (int64_t d = 0; d < Dv; d += 64) {
         int64_t r = 0;
@@ -204,7 +212,6 @@ kv_pv_dp(float* restrict acc, int64_t R, int64_t Dv, const void* const* rows, in
         }
     }
 }
-#undef KV_DP4
 
 /* The R rows of acc (width Dv) from kv_pv_dp's permuted layout back to element order. */
 static void kv_pv_unpermute(float* acc, int64_t R, int64_t Dv) {
@@ -217,3 +224,298 @@ static void kv_pv_unpermute(float* acc, int64_t R, int64_t Dv) {
         _mm512_storeu_ps(acc + i + 16, _mm512_permutex2var_ps(lo, i1, hi));
     }
 }
+
+/* ---- Quantized caches with bf16 q: a block's 1-byte codes decoded to bf16 rows in registers by
+ * byte tables (vpermi2b looks up the high and the low byte of each code's bf16 value by its low
+ * 7 bits), stored to an L1 scratch and read by the bf16 kernels above. Every fp8 (e4m3fn, e5m2)
+ * and int8 value is exact in bf16 (at most 4 / 8 significant bits, exponents well inside bf16's
+ * normal range: vdpbf16ps flushes no subnormal), NaN and infinities included. ---- */
+
+/* Whether kv_q_decode serves a call: bf16 q, D and Dv in whole 64-code chunks. */
+static inline int kv_q_bf16_ok(cf_dtype dt, int64_t D, int64_t Dv) {
+    const cf_cpu_info* c = cf_cpu();
+    return dt == CF_BF16 && c->avx512bf16 && c->avx512vbmi && D % 64 == 0 && Dv % 64 == 0;
+}
+
+/* tab[0..128): the high byte of the bf16 value of each code by its low 7 bits, tab[128..256):
+ * the low byte. fp8: the value of the magnitude (kv_q_decode ORs the sign bit in); int8: the
+ * value of |code|, with entry 0 for |-128| = 128 (code 0 is zeroed by its mask). */
+static void kv_q_tables(int quant, uint8_t* tab) {
+    for (int i = 0; i < 128; i++) {
+        const float v = quant == CFLASH_KV_QUANT_INT8
+                            ? (float)(i ? i : 128)
+                            : cf_fp8_to_f32((uint8_t)i, quant == CFLASH_KV_QUANT_FP8_E5M2);
+        uint32_t u;
+        memcpy(&u, &v, 4);
+        tab[i] = (uint8_t)(u >> 24);
+        tab[128 + i] = (uint8_t)(u >> 16);
+    }
+}
+
+/* Byte indexes that interleave the low bytes (first operand) and the high bytes (second) of 32
+ * words: word w of the result is lo[w0 + w] | hi[w0 + w] << 8, w0 = 0 (kv_q_il[0]) or 32. */
+static const uint8_t kv_q_il[2][64] __attribute__((aligned(64))) = {
+    {0,  64, 1,  65, 2,  66, 3,  67, 4,  68, 5,  69, 6,  70, 7,  71, 8,  72, 9,  73, 10, 74,
+     11, 75, 12, 76, 13, 77, 14, 78, 15, 79, 16, 80, 17, 81, 18, 82, 19, 83, 20, 84, 21, 85,
+     22, 86, 23, 87, 24, 88, 25, 89, 26, 90, 27, 91, 28, 92, 29, 93, 30, 94, 31, 95},
+    {32, 96,  33, 97,  34, 98,  35, 99,  36, 100, 37, 101, 38, 102, 39, 103,
+     40, 104, 41, 105, 42, 106, 43, 107, 44, 108, 45, 109, 46, 110, 47, 111,
+     48, 112, 49, 113, 50, 114, 51, 115, 52, 116, 53, 117, 54, 118, 55, 119,
+     56, 120, 57, 121, 58, 122, 59, 123, 60, 124, 61, 125, 62, 126, 63, 127}};
+
+/* out[t] = dst + t * n: the n codes of row t (of nb) as bf16, n % 64 == 0; tab: kv_q_tables. */
+__attribute__((target("avx512vbmi,avx512f,avx512bw,avx512vl"))) static void
+kv_q_decode(uint16_t* restrict dst, const void* const* rows, int64_t nb, int64_t n,
+            const uint8_t* tab, int int8, const void** out) {
+    const __m512i h0 = _mm512_loadu_si512(tab), h1 = _mm512_loadu_si512(tab + 64);
+    const __m512i l0 = _mm512_loadu_si512(tab + 128), l1 = _mm512_loadu_si512(tab + 192);
+    const __m512i i0 = _mm512_load_si512(kv_q_il[0]), i1 = _mm512_load_si512(kv_q_il[1]);
+    const __m512i sign = _mm512_set1_epi8((char)0x80);
+    for (int64_t t = 0; t < nb; t++) {
+        const uint8_t* x = rows[t];
+        uint16_t* y = dst + t * n;
+        out[t] = y;
+        for (int64_t d = 0; d < n; d += 64) {
+            const __m512i c = _mm512_loadu_si512(x + d);
+            __m512i hi, lo;
+            if (int8) { /* |code| (|-128| = 0x80, entry 0), code 0 masked to +0 */
+                const __mmask64 nz = _mm512_test_epi8_mask(c, c);
+                const __m512i a = _mm512_abs_epi8(c);
+                hi = _mm512_maskz_permutex2var_epi8(nz, h0, a, h1);
+                lo = _mm512_maskz_permutex2var_epi8(nz, l0, a, l1);
+            } else {
+                hi = _mm512_permutex2var_epi8(h0, c, h1);
+                lo = _mm512_permutex2var_epi8(l0, c, l1);
+            }
+            hi = _mm512_ternarylogic_epi32(hi, c, sign, 0xf8); /* hi | (c & 0x80): the sign */
+            _mm512_storeu_si512(y + d, _mm512_permutex2var_epi8(lo, i0, hi));
+            _mm512_storeu_si512(y + d + 32, _mm512_permutex2var_epi8(lo, i1, hi));
+        }
+    }
+}
+
+/* ---- Quantized caches, fused: the codes decoded in registers right where the bf16 dot products
+ * use them (no scratch rows), each decoded register feeding four query rows. The decode leaves
+ * 64 codes as two registers of bf16 words in vpunpck{l,h}bw order (word 8L + j of the first:
+ * code 16L + j, of the second: code 16L + 8 + j, L the 128-bit lane); the scores take q in the
+ * same order (kv_q_prep), P.V pairs two keys' codes byte by byte before the lookup, so that its
+ * sums come out per key pair and acc is kept in kv_pv_q's order (kv_q_unpermute). ---- */
+
+typedef struct kv_qlut {
+    __m512i h0, h1, l0, l1; /* kv_q_tables: high bytes, low bytes */
+} kv_qlut;
+
+static inline kv_qlut kv_qlut_load(const uint8_t* tab) {
+    kv_qlut T = {_mm512_loadu_si512(tab), _mm512_loadu_si512(tab + 64),
+                 _mm512_loadu_si512(tab + 128), _mm512_loadu_si512(tab + 192)};
+    return T;
+}
+
+/* The high and the low bytes of the bf16 values of the 64 codes in c. */
+__attribute__((target("avx512vbmi,avx512f,avx512bw"), always_inline)) static inline void
+kv_q_bytes(__m512i c, const kv_qlut* T, int int8, __m512i* hi, __m512i* lo) {
+    if (int8) { /* |code| (|-128| = 0x80: entry 0), code 0 masked to +0 */
+        const __mmask64 nz = _mm512_test_epi8_mask(c, c);
+        const __m512i a = _mm512_abs_epi8(c);
+        *hi = _mm512_maskz_permutex2var_epi8(nz, T->h0, a, T->h1);
+        *lo = _mm512_maskz_permutex2var_epi8(nz, T->l0, a, T->l1);
+    } else {
+        *hi = _mm512_permutex2var_epi8(T->h0, c, T->h1);
+        *lo = _mm512_permutex2var_epi8(T->l0, c, T->l1);
+    }
+    *hi = _mm512_ternarylogic_epi32(*hi, c, _mm512_set1_epi8((char)0x80), 0xf8); /* | sign */
+}
+
+/* Whether the fused kernels serve R rows of a KV head (rows in fours; kv_pv_q's P pairs hold up
+ * to 64 rows). */
+static inline int kv_q_fused_ok(int64_t R) {
+    return R % 4 == 0 && R <= 64;
+}
+
+/* qw = the R rows of q (exactly bf16: a bf16 input, or rotated and rounded to bf16) as bf16
+ * words, each 64 elements in kv_q_bytes' unpacked order (A: elements 16L + 0..7, B: 16L + 8..15
+ * of the 128-bit lanes L). */
+__attribute__((target("avx512bf16,avx512f,avx512bw,avx512vl"))) static void
+kv_q_prep(uint16_t* restrict qw, const float* restrict q, int64_t R, int64_t D) {
+    static const uint16_t ia[32] __attribute__((aligned(64))) = {
+        0,  1,  2,  3,  4,  5,  6,  7,  16, 17, 18, 19, 20, 21, 22, 23,
+        32, 33, 34, 35, 36, 37, 38, 39, 48, 49, 50, 51, 52, 53, 54, 55};
+    const __m512i A = _mm512_load_si512(ia), B = _mm512_add_epi16(A, _mm512_set1_epi16(8));
+    for (int64_t i = 0; i < R * D; i += 64) {
+        const __m512i n0 =
+            (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(q + i + 16), _mm512_loadu_ps(q + i));
+        const __m512i n1 =
+            (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(q + i + 48), _mm512_loadu_ps(q + i + 32));
+        _mm512_storeu_si512(qw + i, _mm512_permutex2var_epi16(n0, A, n1));
+        _mm512_storeu_si512(qw + i + 32, _mm512_permutex2var_epi16(n0, B, n1));
+    }
+}
+
+/* a_i += q_i . (A, B) for the four rows i at qc (row stride qs words): one key's 64 codes. */
+__attribute__((target("avx512bf16,avx512f,avx512bw"), always_inline)) static inline void
+kv_q_dp4(__m512* a0, __m512* a1, __m512* a2, __m512* a3, const uint16_t* qc, int64_t qs, __m512i A,
+         __m512i B) {
+#define KV_QW(i, h) (__m512bh) _mm512_loadu_si512(qc + (i)*qs + (h)*32)
+    *a0 =
+        _mm512_dpbf16_ps(_mm512_dpbf16_ps(*a0, (__m512bh)A, KV_QW(0, 0)), (__m512bh)B, KV_QW(0, 1));
+    *a1 =
+        _mm512_dpbf16_ps(_mm512_dpbf16_ps(*a1, (__m512bh)A, KV_QW(1, 0)), (__m512bh)B, KV_QW(1, 1));
+    *a2 =
+        _mm512_dpbf16_ps(_mm512_dpbf16_ps(*a2, (__m512bh)A, KV_QW(2, 0)), (__m512bh)B, KV_QW(2, 1));
+    *a3 =
+        _mm512_dpbf16_ps(_mm512_dpbf16_ps(*a3, (__m512bh)A, KV_QW(3, 0)), (__m512bh)B, KV_QW(3, 1));
+#undef KV_QW
+}
+
+/* The 64 codes of row x at d, decoded: A, B in kv_q_bytes' unpacked order. */
+__attribute__((target("avx512vbmi,avx512f,avx512bw"), always_inline)) static inline void
+kv_q_words(const uint8_t* x, const kv_qlut* T, int int8, __m512i* A, __m512i* B) {
+    __m512i hi, lo;
+    kv_q_bytes(_mm512_loadu_si512(x), T, int8, &hi, &lo);
+    *A = _mm512_unpacklo_epi8(lo, hi);
+    *B = _mm512_unpackhi_epi8(lo, hi);
+}
+
+/* s[r * KV_KB + t] = f[t] q_r . k_t for R (% 4 == 0) rows, nb code rows of D (% 64 == 0)
+ * codes; qw: kv_q_prep's q; f: each key's factor. Four keys by four rows per pass. */
+__attribute__((target("avx512vbmi,avx512bf16,avx512f,avx512bw,avx512vl"),
+               always_inline)) static inline void
+kv_dots_q_body(const uint16_t* restrict qw, int64_t R, int64_t D, const void* const* rows,
+               int64_t nb, const uint8_t* tab, int int8, const float* f, float* restrict s) {
+    const kv_qlut T = kv_qlut_load(tab);
+    int64_t t = 0;
+    for (; t + 4 <= nb; t += 4) {
+        const uint8_t *k0 = rows[t], *k1 = rows[t + 1], *k2 = rows[t + 2], *k3 = rows[t + 3];
+        if (t + 8 <= nb) /* the next four keys into L1 (the block is already in L2) */
+            for (int64_t u = t + 4; u < t + 8; u++)
+                for (int64_t o = 0; o < D; o += 64)
+                    _mm_prefetch((const char*)rows[u] + o, _MM_HINT_T0);
+        for (int64_t r = 0; r < R; r += 4) {
+            __m512 a00 = _mm512_setzero_ps(), a01 = a00, a02 = a00, a03 = a00;
+            __m512 a10 = a00, a11 = a00, a12 = a00, a13 = a00;
+            __m512 a20 = a00, a21 = a00, a22 = a00, a23 = a00;
+            __m512 a30 = a00, a31 = a00, a32 = a00, a33 = a00;
+            for (int64_t d = 0; d < D; d += 64) {
+                const uint16_t* qc = qw + r * D + d;
+                __m512i A, B;
+                kv_q_words(k0 + d, &T, int8, &A, &B);
+                kv_q_dp4(&a00, &a10, &a20, &a30, qc, D, A, B);
+                kv_q_words(k1 + d, &T, int8, &A, &B);
+                kv_q_dp4(&a01, &a11, &a21, &a31, qc, D, A, B);
+                kv_q_words(k2 + d, &T, int8, &A, &B);
+                kv_q_dp4(&a02, &a12, &a22, &a32, qc, D, A, B);
+                kv_q_words(k3 + d, &T, int8, &A, &B);
+                kv_q_dp4(&a03, &a13, &a23, &a33, qc, D, A, B);
+            }
+            float* o = s + r * KV_KB + t;
+            const __m128 ft = _mm_loadu_ps(f + t);
+            _mm_storeu_ps(o, _mm_mul_ps(ft, kv_sum4(a00, a01, a02, a03)));
+            _mm_storeu_ps(o + KV_KB, _mm_mul_ps(ft, kv_sum4(a10, a11, a12, a13)));
+            _mm_storeu_ps(o + 2 * KV_KB, _mm_mul_ps(ft, kv_sum4(a20, a21, a22, a23)));
+            _mm_storeu_ps(o + 3 * KV_KB, _mm_mul_ps(ft, kv_sum4(a30, a31, a32, a33)));
+        }
+    }
+    for (; t < nb; t++) /* the last keys of a block, one by one */
+        for (int64_t r = 0; r < R; r += 4) {
+            __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+            for (int64_t d = 0; d < D; d += 64) {
+                __m512i A, B;
+                kv_q_words((const uint8_t*)rows[t] + d, &T, int8, &A, &B);
+                kv_q_dp4(&a0, &a1, &a2, &a3, qw + r * D + d, D, A, B);
+            }
+            float o[4]; /* rows r .. r + 3 */
+            _mm_storeu_ps(o, _mm_mul_ps(_mm_set1_ps(f[t]), kv_sum4(a0, a1, a2, a3)));
+            for (int i = 0; i < 4; i++)
+                s[(r + i) * KV_KB + t] = o[i];
+        }
+}
+
+__attribute__((target("avx512vbmi,avx512bf16,avx512f,avx512bw,avx512vl"))) static void
+kv_dots_q(const uint16_t* restrict qw, int64_t R, int64_t D, const void* const* rows, int64_t nb,
+          const uint8_t* tab, int int8, const float* f, float* restrict s) {
+    if (int8)
+        kv_dots_q_body(qw, R, D, rows, nb, tab, 1, f, s);
+    else
+        kv_dots_q_body(qw, R, D, rows, nb, tab, 0, f, s);
+}
+
+/* acc[r] += sum_t bf16(p[r * KV_KB + t]) v_t for R (% 4 == 0, <= 64) rows, nb code rows of Dv
+ * (% 64 == 0) codes, keys in pairs: acc in kv_pv_q's order (of each 64 elements, register k
+ * lane 4L + i holds element 16L + 4k + i). */
+__attribute__((target("avx512vbmi,avx512bf16,avx512f,avx512bw,avx512vl"),
+               always_inline)) static inline void
+kv_pv_q_body(float* restrict acc, int64_t R, int64_t Dv, const void* const* rows, int64_t nb,
+             const float* restrict p, const uint8_t* tab, int int8) {
+    uint32_t pp[64 * KV_KB / 2];
+    kv_p_pairs(pp, p, R, nb);
+    const int64_t np = (nb + 1) / 2;
+    const kv_qlut T = kv_qlut_load(tab);
+    const uint8_t zero[64] = {0};
+    for (int64_t d = 0; d < Dv; d += 64)
+        for (int64_t r = 0; r < R; r += 4) {
+            float* o = acc + r * Dv + d;
+            const uint32_t* pr = pp + r * (KV_KB / 2);
+            __m512 a00 = _mm512_loadu_ps(o), a01 = _mm512_loadu_ps(o + 16),
+                   a02 = _mm512_loadu_ps(o + 32), a03 = _mm512_loadu_ps(o + 48);
+            __m512 a10 = _mm512_loadu_ps(o + Dv), a11 = _mm512_loadu_ps(o + Dv + 16),
+                   a12 = _mm512_loadu_ps(o + Dv + 32), a13 = _mm512_loadu_ps(o + Dv + 48);
+            __m512 a20 = _mm512_loadu_ps(o + 2 * Dv), a21 = _mm512_loadu_ps(o + 2 * Dv + 16),
+                   a22 = _mm512_loadu_ps(o + 2 * Dv + 32), a23 = _mm512_loadu_ps(o + 2 * Dv + 48);
+            __m512 a30 = _mm512_loadu_ps(o + 3 * Dv), a31 = _mm512_loadu_ps(o + 3 * Dv + 16),
+                   a32 = _mm512_loadu_ps(o + 3 * Dv + 32), a33 = _mm512_loadu_ps(o + 3 * Dv + 48);
+            for (int64_t k = 0; k < np; k++) {
+                const __m512i ca = _mm512_loadu_si512((const uint8_t*)rows[2 * k] + d);
+                const __m512i cb =
+                    _mm512_loadu_si512(2 * k + 1 < nb ? (const uint8_t*)rows[2 * k + 1] + d : zero);
+                __m512i hi, lo;
+                /* byte pairs (key 2k, key 2k + 1) of elements 16L + 0..7, then 16L + 8..15 */
+                kv_q_bytes(_mm512_unpacklo_epi8(ca, cb), &T, int8, &hi, &lo);
+                const __m512i x0 = _mm512_unpacklo_epi8(lo, hi), x1 = _mm512_unpackhi_epi8(lo, hi);
+                kv_q_bytes(_mm512_unpackhi_epi8(ca, cb), &T, int8, &hi, &lo);
+                const __m512i x2 = _mm512_unpacklo_epi8(lo, hi), x3 = _mm512_unpackhi_epi8(lo, hi);
+                const __m512i p0 = _mm512_set1_epi32((int)pr[k]),
+                              p1 = _mm512_set1_epi32((int)pr[KV_KB / 2 + k]),
+                              p2 = _mm512_set1_epi32((int)pr[KV_KB + k]),
+                              p3 = _mm512_set1_epi32((int)pr[3 * KV_KB / 2 + k]);
+                KV_DP4(a00, a10, a20, a30, x0);
+                KV_DP4(a01, a11, a21, a31, x1);
+                KV_DP4(a02, a12, a22, a32, x2);
+                KV_DP4(a03, a13, a23, a33, x3);
+            }
+            _mm512_storeu_ps(o, a00), _mm512_storeu_ps(o + 16, a01);
+            _mm512_storeu_ps(o + 32, a02), _mm512_storeu_ps(o + 48, a03);
+            _mm512_storeu_ps(o + Dv, a10), _mm512_storeu_ps(o + Dv + 16, a11);
+            _mm512_storeu_ps(o + Dv + 32, a12), _mm512_storeu_ps(o + Dv + 48, a13);
+            _mm512_storeu_ps(o + 2 * Dv, a20), _mm512_storeu_ps(o + 2 * Dv + 16, a21);
+            _mm512_storeu_ps(o + 2 * Dv + 32, a22), _mm512_storeu_ps(o + 2 * Dv + 48, a23);
+            _mm512_storeu_ps(o + 3 * Dv, a30), _mm512_storeu_ps(o + 3 * Dv + 16, a31);
+            _mm512_storeu_ps(o + 3 * Dv + 32, a32), _mm512_storeu_ps(o + 3 * Dv + 48, a33);
+        }
+}
+
+__attribute__((target("avx512vbmi,avx512bf16,avx512f,avx512bw,avx512vl"))) static void
+kv_pv_q(float* restrict acc, int64_t R, int64_t Dv, const void* const* rows, int64_t nb,
+        const float* restrict p, const uint8_t* tab, int int8) {
+    if (int8)
+        kv_pv_q_body(acc, R, Dv, rows, nb, p, tab, 1);
+    else
+        kv_pv_q_body(acc, R, Dv, rows, nb, p, tab, 0);
+}
+
+/* The R rows of acc (width Dv) from kv_pv_q's order back to element order: per 64 elements a
+ * transpose of 4 x 4 blocks of four. */
+static void kv_q_unpermute(float* acc, int64_t R, int64_t Dv) {
+    for (int64_t i = 0; i < R * Dv; i += 64) {
+        const __m512 a0 = _mm512_loadu_ps(acc + i), a1 = _mm512_loadu_ps(acc + i + 16),
+                     a2 = _mm512_loadu_ps(acc + i + 32), a3 = _mm512_loadu_ps(acc + i + 48);
+        const __m512 t0 = _mm512_shuffle_f32x4(a0, a1, 0x44),
+                     t1 = _mm512_shuffle_f32x4(a2, a3, 0x44);
+        const __m512 t2 = _mm512_shuffle_f32x4(a0, a1, 0xee),
+                     t3 = _mm512_shuffle_f32x4(a2, a3, 0xee);
+        _mm512_storeu_ps(acc + i, _mm512_shuffle_f32x4(t0, t1, 0x88));
+        _mm512_storeu_ps(acc + i + 16, _mm512_shuffle_f32x4(t0, t1, 0xdd));
+        _mm512_storeu_ps(acc + i + 32, _mm512_shuffle_f32x4(t2, t3, 0x88));
+        _mm512_storeu_ps(acc + i + 48, _mm512_shuffle_f32x4(t2, t3, 0xdd));
+    }
+}
+#undef KV_DP4
