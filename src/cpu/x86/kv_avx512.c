@@ -1,12 +1,279 @@
-/* KV-cache bf16 score kernel on AVX-512 with AVX512-BF16 (included by src/cpu/kvcache_fast.h in
- * the cpu-avx512 build only, after ops_avx512.c's kv_dots_bf16): four keys by four query rows
- * per pass (16 independent vdpbf16ps chains, each loaded key feeding four), each row's four sums
- * reduced by one tree and stored as one 4-float vector (no per-score scalar stores).
- * P.V: see kv_pv_dp below. Quantized (fp8 / int8) caches with bf16 q: the codes decoded to bf16
- * by byte tables (AVX512-VBMI) in registers, kv_dots_q / kv_pv_q at the end.
- * Softmax of a fully visible 16-key block: the block max is reduced only when some score exceeds
- * the running max (rare after the first blocks), and the sum of P is kept as 16 lanes per row,
- * reduced once per item. */
+/* The KV-cache fast path built for AVX-512 (F, BW, VL, DQ; BF16 and VBMI where present): backend
+ * cpu-avx512's kvcache_fwd. Its kernels read K and V rows straight from the cache, converted in
+ * registers, four query rows per pass so that each loaded key feeds four of them:
+ * - scores and P.V in fp32 FMA over rows of any dtype (bf16 / fp16 / fp32, and fp8 / int8 codes);
+ * - bf16: scores by vdpbf16ps, four keys by four rows per pass; P.V by vdpbf16ps, two keys per
+ *   instruction (P rounded to bf16, as the naive bf16 computation materializes it);
+ * - quantized caches with bf16 q: the codes decoded to bf16 in registers by byte tables (vpermi2b)
+ *   right where vdpbf16ps uses them;
+ * - the softmax of a fully visible 16-key block with no horizontal sums.
+ * kv_choose_avx512 (at the end) picks them for a call; src/cpu/kvcache_fast.h runs the rest. */
+#if defined(__x86_64__)
+/* System headers first: the clang pragma below gives every function declared after it the
+ * target attribute. */
+#include <immintrin.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#if defined(__clang__)
+#pragma clang attribute push(                                                                      \
+    __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c"))),                   \
+    apply_to = function)
+#else
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c,prefer-vector-width=512")
+#endif
+#define CF_OPS_AVX512 1
+#define CF_OPS_AVX2 1
+#define CF_OPS_F16C 1
+
+#include "cpu/kvcache_fast.h"
+#include "cpu/ops_fast_common.h"
+#include "probe/cpu_features.h"
+
+/* ---- Rows of any dtype in fp32 registers ------------------------------------------------------
+ * Quantized caches read the 1-byte codes of a row in registers (dt CF_I8, CF_F8E4M3, CF_F8E5M2),
+ * no decoded copy. fp8 goes through fp16 (vcvtph2ps is exact on fp16 subnormals): an e5m2 code
+ * is the high byte of the fp16 of its value; an e4m3fn code shifted into fp16's exponent and
+ * mantissa fields is its value times 2^-8 (kv_code_unit puts the 2^8 back in the per-key factor)
+ * and its one NaN pattern is set apart. */
+
+/* The unit of the values kv_load16 reads codes of dtype dt as. */
+static inline float kv_code_unit(cf_dtype dt) {
+    return dt == CF_F8E4M3 ? 256.0f : 1.0f;
+}
+
+static inline __m512 kv_load16_code(const void* row, cf_dtype dt, int64_t d, __mmask16 m) {
+    const __m128i b = _mm_maskz_loadu_epi8(m, (const uint8_t*)row + d);
+    if (dt == CF_I8) return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b));
+    const __m256i w = _mm256_cvtepu8_epi16(b);
+    if (dt == CF_F8E5M2) return _mm512_cvtph_ps(_mm256_slli_epi16(w, 8));
+    const __m256i a = _mm256_slli_epi16(w, 7); /* e, m in bits 7..13, the sign at bit 14 */
+    const __m256i h = _mm256_add_epi16(a, _mm256_and_si256(a, _mm256_set1_epi16(0x4000)));
+    const __mmask16 nan =
+        _mm_cmpeq_epi8_mask(_mm_or_si128(b, _mm_set1_epi8((char)0x80)), _mm_set1_epi8((char)0xff));
+    return _mm512_mask_mov_ps(_mm512_cvtph_ps(h), nan, _mm512_set1_ps(NAN));
+}
+
+/* 16 elements (m: the valid lanes) of a row of dtype dt at element d, as fp32. */
+static inline __m512 kv_load16(const void* row, cf_dtype dt, int64_t d, __mmask16 m) {
+    if (dt == CF_BF16) {
+        __m256i h = _mm256_maskz_loadu_epi16(m, (const uint16_t*)row + d);
+        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    }
+    if (dt == CF_F16) return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, (const uint16_t*)row + d));
+    if (dt == CF_I8 || dt == CF_F8E4M3 || dt == CF_F8E5M2) return kv_load16_code(row, dt, d, m);
+    return _mm512_maskz_loadu_ps(m, (const float*)row + d);
+}
+
+static inline __mmask16 kv_mask(int64_t left) {
+    return left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1u);
+}
+
+/* The four horizontal sums of a0..a3 into s[0], s[KV_KB], s[2 KV_KB], s[3 KV_KB] (one tree
+ * for all four instead of four reductions). */
+static inline void reduce4(__m512 a0, __m512 a1, __m512 a2, __m512 a3, float* s) {
+    __m512 s01 = _mm512_add_ps(_mm512_unpacklo_ps(a0, a1), _mm512_unpackhi_ps(a0, a1));
+    __m512 s23 = _mm512_add_ps(_mm512_unpacklo_ps(a2, a3), _mm512_unpackhi_ps(a2, a3));
+    __m512 u = _mm512_add_ps(_mm512_shuffle_ps(s01, s23, 0x44), _mm512_shuffle_ps(s01, s23, 0xEE));
+    __m256 v = _mm256_add_ps(_mm512_castps512_ps256(u),
+                             _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(u), 1)));
+    __m128 w = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    float o[4]; /* w = [sum a0, sum a1, sum a2, sum a3] */
+    _mm_storeu_ps(o, w);
+    s[0] = o[0];
+    s[KV_KB] = o[1];
+    s[2 * KV_KB] = o[2];
+    s[3 * KV_KB] = o[3];
+}
+
+/* bf16 scores with AVX512-BF16 (vdpbf16ps: exact products, fp32 sums): q is exactly bf16 here
+ * (a bf16 input, or rotated and rounded to bf16), so converting it loses nothing. */
+__attribute__((target("avx512bf16,avx512f,avx512bw,avx512vl"))) static void
+kv_dots_bf16(const float* restrict q, int64_t R, int64_t D, const void* const* rows, int64_t nb,
+             float* restrict s) {
+    __m512i qb[256]; /* R * D / 32 <= 256 */
+    for (int64_t r = 0; r < R; r++)
+        for (int64_t d = 0; d < D; d += 32)
+            qb[(r * D + d) / 32] = (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(q + r * D + d + 16),
+                                                                _mm512_loadu_ps(q + r * D + d));
+    const int64_t nd = D / 32;
+    int64_t t0 = 0;
+    /* two keys per pass when the rows come in fours: eight independent dot chains */
+    for (; t0 + 2 <= nb && R % 4 == 0; t0 += 2) {
+        const uint16_t *k = rows[t0], *k2 = rows[t0 + 1];
+        if (t0 + 5 < nb) /* into L1 a few keys ahead (the block itself is already in L2) */
+            for (int64_t o = 0; o < D; o += 32)
+                _mm_prefetch((const char*)((const uint16_t*)rows[t0 + 4] + o), _MM_HINT_T0),
+                    _mm_prefetch((const char*)((const uint16_t*)rows[t0 + 5] + o), _MM_HINT_T0);
+        for (int64_t r = 0; r < R; r += 4) {
+            __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+            __m512 b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+            const __m512i* qr = qb + r * nd;
+            for (int64_t c = 0; c < nd; c++) {
+                __m512bh kv = (__m512bh)_mm512_loadu_si512(k + 32 * c);
+                __m512bh kw = (__m512bh)_mm512_loadu_si512(k2 + 32 * c);
+                __m512bh q0 = (__m512bh)qr[c], q1 = (__m512bh)qr[nd + c],
+                         q2 = (__m512bh)qr[2 * nd + c], q3 = (__m512bh)qr[3 * nd + c];
+                a0 = _mm512_dpbf16_ps(a0, q0, kv);
+                a1 = _mm512_dpbf16_ps(a1, q1, kv);
+                a2 = _mm512_dpbf16_ps(a2, q2, kv);
+                a3 = _mm512_dpbf16_ps(a3, q3, kv);
+                b0 = _mm512_dpbf16_ps(b0, q0, kw);
+                b1 = _mm512_dpbf16_ps(b1, q1, kw);
+                b2 = _mm512_dpbf16_ps(b2, q2, kw);
+                b3 = _mm512_dpbf16_ps(b3, q3, kw);
+            }
+            reduce4(a0, a1, a2, a3, s + r * KV_KB + t0);
+            reduce4(b0, b1, b2, b3, s + r * KV_KB + t0 + 1);
+        }
+    }
+    for (int64_t t = t0; t < nb; t++) {
+        const uint16_t* k = rows[t];
+        int64_t r = 0;
+        for (; r + 4 <= R; r += 4) {
+            __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+            const __m512i* qr = qb + r * nd;
+            for (int64_t c = 0; c < nd; c++) {
+                __m512bh kv = (__m512bh)_mm512_loadu_si512(k + 32 * c);
+                a0 = _mm512_dpbf16_ps(a0, (__m512bh)qr[c], kv);
+                a1 = _mm512_dpbf16_ps(a1, (__m512bh)qr[nd + c], kv);
+                a2 = _mm512_dpbf16_ps(a2, (__m512bh)qr[2 * nd + c], kv);
+                a3 = _mm512_dpbf16_ps(a3, (__m512bh)qr[3 * nd + c], kv);
+            }
+            reduce4(a0, a1, a2, a3, s + r * KV_KB + t);
+        }
+        for (; r < R; r++) {
+            __m512 a0 = _mm512_setzero_ps();
+            for (int64_t c = 0; c < nd; c++)
+                a0 = _mm512_dpbf16_ps(a0, (__m512bh)qb[r * nd + c],
+                                      (__m512bh)_mm512_loadu_si512(k + 32 * c));
+            s[r * KV_KB + t] = _mm512_reduce_add_ps(a0);
+        }
+    }
+}
+
+/* s[r * KV_KB + t] = q_r . k_t for the nb rows of dtype dt (codes: in kv_code_unit's units). */
+static void kv_dots(const float* restrict q, int64_t R, int64_t D, const void* const* rows,
+                    int64_t nb, cf_dtype dt, float* restrict s) {
+    const int bf16 = cf_cpu()->avx512bf16; /* probed once per process, thread-safe */
+    if (dt == CF_BF16 && bf16 && D % 32 == 0 && R * D <= 256 * 32) {
+        kv_dots_bf16(q, R, D, rows, nb, s);
+        return;
+    }
+    for (int64_t t = 0; t < nb; t++) {
+        const void* k = rows[t];
+        int64_t r = 0;
+        for (; r + 4 <= R; r += 4) {
+            __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+            const float* q0 = q + r * D;
+            for (int64_t d = 0; d < D; d += 16) {
+                __mmask16 m = kv_mask(D - d);
+                __m512 kv = kv_load16(k, dt, d, m);
+                a0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, q0 + d), kv, a0);
+                a1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, q0 + D + d), kv, a1);
+                a2 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, q0 + 2 * D + d), kv, a2);
+                a3 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, q0 + 3 * D + d), kv, a3);
+            }
+            reduce4(a0, a1, a2, a3, s + r * KV_KB + t);
+        }
+        for (; r < R; r++) {
+            __m512 a0 = _mm512_setzero_ps();
+            for (int64_t d = 0; d < D; d += 16) {
+                __mmask16 m = kv_mask(D - d);
+                a0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, q + r * D + d),
+                                     kv_load16(k, dt, d, m), a0);
+            }
+            s[r * KV_KB + t] = _mm512_reduce_add_ps(a0);
+        }
+    }
+}
+
+/* acc[r] += sum_t p[r * KV_KB + t] v_t for the nb rows of dtype dt (codes: in kv_code_unit's
+ * units). */
+static void kv_pv(float* restrict acc, int64_t R, int64_t Dv, const void* const* rows, int64_t nb,
+                  cf_dtype dt, const float* restrict p) {
+    int64_t d = 0;
+    /* two chunks of 16 per pass: eight independent FMA chains hide the FMA latency */
+    for (; d + 32 <= Dv && R >= 4; d += 32) {
+        int64_t r = 0;
+        for (; r + 4 <= R; r += 4) {
+            float* o = acc + r * Dv + d;
+            const float* pr = p + r * KV_KB;
+            __m512 a0 = _mm512_loadu_ps(o), a1 = _mm512_loadu_ps(o + Dv),
+                   a2 = _mm512_loadu_ps(o + 2 * Dv), a3 = _mm512_loadu_ps(o + 3 * Dv);
+            __m512 b0 = _mm512_loadu_ps(o + 16), b1 = _mm512_loadu_ps(o + Dv + 16),
+                   b2 = _mm512_loadu_ps(o + 2 * Dv + 16), b3 = _mm512_loadu_ps(o + 3 * Dv + 16);
+            for (int64_t t = 0; t < nb; t++) {
+                __m512 v = kv_load16(rows[t], dt, d, 0xffff);
+                __m512 w = kv_load16(rows[t], dt, d + 16, 0xffff);
+                __m512 p0 = _mm512_set1_ps(pr[t]), p1 = _mm512_set1_ps(pr[KV_KB + t]),
+                       p2 = _mm512_set1_ps(pr[2 * KV_KB + t]),
+                       p3 = _mm512_set1_ps(pr[3 * KV_KB + t]);
+                a0 = _mm512_fmadd_ps(p0, v, a0);
+                a1 = _mm512_fmadd_ps(p1, v, a1);
+                a2 = _mm512_fmadd_ps(p2, v, a2);
+                a3 = _mm512_fmadd_ps(p3, v, a3);
+                b0 = _mm512_fmadd_ps(p0, w, b0);
+                b1 = _mm512_fmadd_ps(p1, w, b1);
+                b2 = _mm512_fmadd_ps(p2, w, b2);
+                b3 = _mm512_fmadd_ps(p3, w, b3);
+            }
+            _mm512_storeu_ps(o, a0), _mm512_storeu_ps(o + Dv, a1);
+            _mm512_storeu_ps(o + 2 * Dv, a2), _mm512_storeu_ps(o + 3 * Dv, a3);
+            _mm512_storeu_ps(o + 16, b0), _mm512_storeu_ps(o + Dv + 16, b1);
+            _mm512_storeu_ps(o + 2 * Dv + 16, b2), _mm512_storeu_ps(o + 3 * Dv + 16, b3);
+        }
+        for (; r < R; r++) {
+            float* o = acc + r * Dv + d;
+            __m512 a0 = _mm512_loadu_ps(o), b0 = _mm512_loadu_ps(o + 16);
+            for (int64_t t = 0; t < nb; t++) {
+                __m512 pv = _mm512_set1_ps(p[r * KV_KB + t]);
+                a0 = _mm512_fmadd_ps(pv, kv_load16(rows[t], dt, d, 0xffff), a0);
+                b0 = _mm512_fmadd_ps(pv, kv_load16(rows[t], dt, d + 16, 0xffff), b0);
+            }
+            _mm512_storeu_ps(o, a0), _mm512_storeu_ps(o + 16, b0);
+        }
+    }
+    for (; d < Dv; d += 16) {
+        __mmask16 m = kv_mask(Dv - d);
+        int64_t r = 0;
+        for (; r + 4 <= R; r += 4) {
+            float* o = acc + r * Dv + d;
+            const float* pr = p + r * KV_KB;
+            __m512 a0 = _mm512_maskz_loadu_ps(m, o), a1 = _mm512_maskz_loadu_ps(m, o + Dv),
+                   a2 = _mm512_maskz_loadu_ps(m, o + 2 * Dv),
+                   a3 = _mm512_maskz_loadu_ps(m, o + 3 * Dv);
+            for (int64_t t = 0; t < nb; t++) {
+                __m512 v = kv_load16(rows[t], dt, d, m);
+                a0 = _mm512_fmadd_ps(_mm512_set1_ps(pr[t]), v, a0);
+                a1 = _mm512_fmadd_ps(_mm512_set1_ps(pr[KV_KB + t]), v, a1);
+                a2 = _mm512_fmadd_ps(_mm512_set1_ps(pr[2 * KV_KB + t]), v, a2);
+                a3 = _mm512_fmadd_ps(_mm512_set1_ps(pr[3 * KV_KB + t]), v, a3);
+            }
+            _mm512_mask_storeu_ps(o, m, a0);
+            _mm512_mask_storeu_ps(o + Dv, m, a1);
+            _mm512_mask_storeu_ps(o + 2 * Dv, m, a2);
+            _mm512_mask_storeu_ps(o + 3 * Dv, m, a3);
+        }
+        for (; r < R; r++) {
+            float* o = acc + r * Dv + d;
+            __m512 a0 = _mm512_maskz_loadu_ps(m, o);
+            for (int64_t t = 0; t < nb; t++)
+                a0 = _mm512_fmadd_ps(_mm512_set1_ps(p[r * KV_KB + t]), kv_load16(rows[t], dt, d, m),
+                                     a0);
+            _mm512_mask_storeu_ps(o, m, a0);
+        }
+    }
+}
+
+/* ---- bf16 scores with AVX512-BF16: four keys by four query rows per pass (16 independent
+ * vdpbf16ps chains, each loaded key feeding four), each row's four sums reduced by one tree and
+ * stored as one 4-float vector (no per-score scalar stores). ---- */
 
 /* [sum a0, sum a1, sum a2, sum a3] (the tree of reduce4, kept in a register). */
 static inline __m128 kv_sum4(__m512 a0, __m512 a1, __m512 a2, __m512 a3) {
@@ -74,10 +341,9 @@ kv_dots_bf16x4(const float* restrict q, int64_t R, int64_t D, const void* const*
     if (t < nb) kv_dots_bf16(q, R, D, rows + t, nb - t, s + t);
 }
 
-/* The sum of the 16 lane partials of a row's l. */
-static inline float kv_sum16(const float* lv) {
-    return _mm512_reduce_add_ps(_mm512_loadu_ps(lv));
-}
+/* ---- Softmax of a fully visible 16-key block: the block max is reduced only when some score
+ * exceeds the running max (rare after the first blocks), and the sum of P is kept as 16 lanes per
+ * row, reduced once per item. ---- */
 
 /* One row of a fully visible 16-key block (no softcap, no ALiBi): s = scale * s; if some score
  * exceeds the running max m, m moves and l, lv and acc (Dv) are rescaled; then s = exp(s - m)
@@ -126,15 +392,17 @@ static inline int kv_pv_dp_ok(cf_dtype dt, int64_t R, int64_t Dv) {
     return dt == CF_BF16 && cf_cpu()->avx512bf16 && Dv % 64 == 0 && R <= 64;
 }
 
-/* pp[r * KV_KB / 2 + k] = bf16(p[r][2k]) | bf16(p[r][2k + 1]) << 16 for the R rows of a block's
- * P (nb keys; 0 past them): the pairs of weights vdpbf16ps takes against two keys' values. */
+/* pp[r * KV_KB / 2 + k] = bf16(f p[r][2k]) | bf16(f p[r][2k + 1]) << 16 for the R rows of a
+ * block's P (nb keys; 0 past them) and each key's factor f (NULL: 1): the pairs of weights
+ * vdpbf16ps takes against two keys' values. */
 __attribute__((target("avx512bf16,avx512f,avx512bw,avx512vl"))) static inline void
-kv_p_pairs(uint32_t* pp, const float* p, int64_t R, int64_t nb) {
+kv_p_pairs(uint32_t* pp, const float* p, const float* f, int64_t R, int64_t nb) {
     const __mmask16 live = nb >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << nb) - 1u);
+    const __m512 vf = f ? _mm512_maskz_loadu_ps(live, f) : _mm512_set1_ps(1.0f);
     for (int64_t r = 0; r < R; r++)
-        _mm256_storeu_si256(
-            (__m256i*)(pp + r * (KV_KB / 2)),
-            (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(live, p + r * KV_KB)));
+        _mm256_storeu_si256((__m256i*)(pp + r * (KV_KB / 2)),
+                            (__m256i)_mm512_cvtneps_pbh(
+                                _mm512_mul_ps(vf, _mm512_maskz_loadu_ps(live, p + r * KV_KB))));
 }
 
 #define KV_DP4(A0, A1, A2, A3, X)                                                                  \
@@ -143,12 +411,13 @@ kv_p_pairs(uint32_t* pp, const float* p, int64_t R, int64_t nb) {
     A2 = _mm512_dpbf16_ps(A2, (__m512bh)(X), (__m512bh)p2);                                        \
     A3 = _mm512_dpbf16_ps(A3, (__m512bh)(X), (__m512bh)p3)
 
-/* acc[r] += sum_t bf16(p[r * KV_KB + t]) v_t (acc permuted), keys in pairs, rows in fours. */
+/* acc[r] += sum_t bf16(f[t] p[r * KV_KB + t]) v_t (acc permuted; f NULL: 1), keys in pairs,
+ * rows in fours. */
 __attribute__((target("avx512bf16,avx512f,avx512bw,avx512vl"))) static void
 kv_pv_dp(float* restrict acc, int64_t R, int64_t Dv, const void* const* rows, int64_t nb,
-         const float* restrict p) {
+         const float* restrict p, const float* f) {
     uint32_t pp[64 * KV_KB / 2];
-    kv_p_pairs(pp, p, R, nb);
+    kv_p_pairs(pp, p, f, R, nb);
     const int64_t np = (nb + 1) / 2, Rd = R;
     const uint16_t zero[64] = {0};
     for (int64_t d = 0; d < Dv; d += 64) {
@@ -439,15 +708,15 @@ kv_dots_q(const uint16_t* restrict qw, int64_t R, int64_t D, const void* const* 
         kv_dots_q_body(qw, R, D, rows, nb, tab, 0, f, s);
 }
 
-/* acc[r] += sum_t bf16(p[r * KV_KB + t]) v_t for R (% 4 == 0, <= 64) rows, nb code rows of Dv
- * (% 64 == 0) codes, keys in pairs: acc in kv_pv_q's order (of each 64 elements, register k
- * lane 4L + i holds element 16L + 4k + i). */
+/* acc[r] += sum_t bf16(f[t] p[r * KV_KB + t]) v_t for R (% 4 == 0, <= 64) rows, nb code rows
+ * of Dv (% 64 == 0) codes, keys in pairs: acc in kv_pv_q's order (of each 64 elements, register
+ * k lane 4L + i holds element 16L + 4k + i). */
 __attribute__((target("avx512vbmi,avx512bf16,avx512f,avx512bw,avx512vl"),
                always_inline)) static inline void
 kv_pv_q_body(float* restrict acc, int64_t R, int64_t Dv, const void* const* rows, int64_t nb,
-             const float* restrict p, const uint8_t* tab, int int8) {
+             const float* restrict p, const float* f, const uint8_t* tab, int int8) {
     uint32_t pp[64 * KV_KB / 2];
-    kv_p_pairs(pp, p, R, nb);
+    kv_p_pairs(pp, p, f, R, nb);
     const int64_t np = (nb + 1) / 2;
     const kv_qlut T = kv_qlut_load(tab);
     const uint8_t zero[64] = {0};
@@ -495,11 +764,11 @@ kv_pv_q_body(float* restrict acc, int64_t R, int64_t Dv, const void* const* rows
 
 __attribute__((target("avx512vbmi,avx512bf16,avx512f,avx512bw,avx512vl"))) static void
 kv_pv_q(float* restrict acc, int64_t R, int64_t Dv, const void* const* rows, int64_t nb,
-        const float* restrict p, const uint8_t* tab, int int8) {
+        const float* restrict p, const float* f, const uint8_t* tab, int int8) {
     if (int8)
-        kv_pv_q_body(acc, R, Dv, rows, nb, p, tab, 1);
+        kv_pv_q_body(acc, R, Dv, rows, nb, p, f, tab, 1);
     else
-        kv_pv_q_body(acc, R, Dv, rows, nb, p, tab, 0);
+        kv_pv_q_body(acc, R, Dv, rows, nb, p, f, tab, 0);
 }
 
 /* The R rows of acc (width Dv) from kv_pv_q's order back to element order: per 64 elements a
@@ -519,3 +788,137 @@ static void kv_q_unpermute(float* acc, int64_t R, int64_t Dv) {
     }
 }
 #undef KV_DP4
+
+/* ---- The kernels of a call (kv_path) ----------------------------------------------------------
+ */
+
+/* x[r * KV_KB + t] *= u f[t] for the R rows of a block's scores or P. */
+static void kv_apply_unit(float* x, int64_t R, const float* f, float u) {
+    const __m512 vf = _mm512_mul_ps(_mm512_set1_ps(u), _mm512_loadu_ps(f));
+    for (int64_t r = 0; r < R; r++)
+        _mm512_storeu_ps(x + r * KV_KB, _mm512_mul_ps(vf, _mm512_loadu_ps(x + r * KV_KB)));
+}
+
+/* The dtype the rows of a call are read as: q's, or the code type of a quantized cache. */
+static cf_dtype kv_row_dtype(const cf_kvcache_call* c) {
+    return c->quant == CFLASH_KV_QUANT_NONE       ? c->a.dtype
+           : c->quant == CFLASH_KV_QUANT_INT8     ? CF_I8
+           : c->quant == CFLASH_KV_QUANT_FP8_E5M2 ? CF_F8E5M2
+                                                  : CF_F8E4M3;
+}
+
+/* Rows of any dtype (codes included) in fp32 FMA. */
+static void avx512_scores(const kv_head* h, const void* const* rows, int64_t nb, const float* f) {
+    const cf_dtype dt = kv_row_dtype(h->c);
+    kv_dots(h->q, h->R, h->c->a.D, rows, nb, dt, h->s);
+    if (f) kv_apply_unit(h->s, h->R, f, kv_code_unit(dt));
+}
+
+static void avx512_pv(const kv_head* h, const void* const* rows, int64_t nb, const float* f) {
+    const cf_dtype dt = kv_row_dtype(h->c);
+    if (f) kv_apply_unit(h->s, h->R, f, kv_code_unit(dt));
+    kv_pv(h->acc, h->R, h->c->a.Dv, rows, nb, dt, h->s);
+}
+
+/* bf16 rows: scores four keys at a time, P.V two keys per vdpbf16ps (acc permuted). */
+static void avx512_scores_x4(const kv_head* h, const void* const* rows, int64_t nb,
+                             const float* f) {
+    (void)f; /* (unquantized) */
+    kv_dots_bf16x4(h->q, h->R, h->c->a.D, rows, nb, h->s);
+}
+
+static void avx512_pv_dp(const kv_head* h, const void* const* rows, int64_t nb, const float* f) {
+    (void)f;
+    kv_pv_dp(h->acc, h->R, h->c->a.Dv, rows, nb, h->s, NULL);
+}
+
+/* Element d of a row of acc in kv_pv_dp's order (kv_pv_unpermute) and in kv_pv_q's. */
+static int64_t kv_acc_index_dp(int64_t d) {
+    return (d & ~31) + ((d >> 2) & 1) * 16 + ((d >> 3) & 3) * 4 + (d & 3);
+}
+static int64_t kv_acc_index_q(int64_t d) {
+    return (d & ~63) + ((d >> 2) & 3) * 16 + ((d >> 4) & 3) * 4 + (d & 3);
+}
+
+/* Quantized caches, bf16 q, the fused kernels: q in kv_q_bytes' order and the byte tables once
+ * per item. */
+static void avx512_q_prep(const cf_kvcache_call* c, kv_scratch* w, int64_t R) {
+    kv_q_tables(c->quant, (uint8_t*)w->lut);
+    kv_q_prep(w->qw, w->q, R, c->a.D);
+}
+
+static void avx512_scores_q(const kv_head* h, const void* const* rows, int64_t nb, const float* f) {
+    kv_dots_q(h->qw, h->R, h->c->a.D, rows, nb, (const uint8_t*)h->w->lut,
+              h->c->quant == CFLASH_KV_QUANT_INT8, f, h->s);
+}
+
+static void avx512_pv_q(const kv_head* h, const void* const* rows, int64_t nb, const float* f) {
+    kv_pv_q(h->acc, h->R, h->c->a.Dv, rows, nb, h->s, f, (const uint8_t*)h->w->lut,
+            h->c->quant == CFLASH_KV_QUANT_INT8);
+}
+
+/* Quantized caches, bf16 q, rows not in fours: a block's codes decoded to bf16 rows (in w->kq)
+ * for the bf16 kernels. */
+static void avx512_q_tables(const cf_kvcache_call* c, kv_scratch* w, int64_t R) {
+    (void)R;
+    kv_q_tables(c->quant, (uint8_t*)w->lut);
+}
+
+static void avx512_scores_qd(const kv_head* h, const void* const* rows, int64_t nb,
+                             const float* f) {
+    const void* dec[KV_KB];
+    kv_q_decode((uint16_t*)h->w->kq, rows, nb, h->c->a.D, (const uint8_t*)h->w->lut,
+                h->c->quant == CFLASH_KV_QUANT_INT8, dec);
+    kv_dots(h->q, h->R, h->c->a.D, dec, nb, CF_BF16, h->s);
+    kv_apply_unit(h->s, h->R, f, 1.0f);
+}
+
+static void avx512_pv_qd(const kv_head* h, const void* const* rows, int64_t nb, const float* f) {
+    const int64_t Dv = h->c->a.Dv;
+    const void* dec[KV_KB];
+    kv_q_decode((uint16_t*)h->w->kq, rows, nb, Dv, (const uint8_t*)h->w->lut,
+                h->c->quant == CFLASH_KV_QUANT_INT8, dec);
+    if (kv_pv_dp_ok(CF_BF16, h->R, Dv)) {
+        kv_pv_dp(h->acc, h->R, Dv, dec, nb, h->s, f);
+        return;
+    }
+    kv_apply_unit(h->s, h->R, f, 1.0f);
+    kv_pv(h->acc, h->R, Dv, dec, nb, CF_BF16, h->s);
+}
+
+/* The kernels for a call whose KV heads have R query rows in an item, fastest first. */
+static void kv_choose_avx512(const cf_kvcache_call* c, int64_t R, kv_path* p) {
+    const cf_attn_call* a = &c->a;
+    *p = (kv_path){.scores = avx512_scores, .pv = avx512_pv, .softmax16 = kv_softmax16};
+    if (c->quant == CFLASH_KV_QUANT_NONE) {
+        if (kv_dots_x4_ok(a->dtype, R, a->D)) p->scores = avx512_scores_x4;
+        if (kv_pv_dp_ok(a->dtype, R, a->Dv))
+            p->pv = avx512_pv_dp, p->acc_index = kv_acc_index_dp, p->finish = kv_pv_unpermute;
+    } else if (kv_q_bf16_ok(a->dtype, a->D, a->Dv) && kv_q_fused_ok(R)) {
+        p->prep = avx512_q_prep, p->scores = avx512_scores_q, p->pv = avx512_pv_q;
+        p->acc_index = kv_acc_index_q, p->finish = kv_q_unpermute;
+    } else if (kv_q_bf16_ok(a->dtype, a->D, a->Dv)) {
+        p->prep = avx512_q_tables, p->scores = avx512_scores_qd, p->pv = avx512_pv_qd;
+        if (kv_pv_dp_ok(CF_BF16, R, a->Dv))
+            p->acc_index = kv_acc_index_dp, p->finish = kv_pv_unpermute;
+    }
+}
+
+static cflash_status avx512_kvcache_run(const void* call) {
+    return kv_run(call, kv_choose_avx512);
+}
+
+int cf_ops_avx512_available(char* why, size_t n); /* src/cpu/x86/ops_avx512.c */
+
+const cf_impl cf_impl_avx512_kvcache_fwd = {
+    .backend = "cpu-avx512",
+    .op = CFLASH_OP_KVCACHE_FWD,
+    .device_type = kDLCPU,
+    .supports = NULL, /* every call */
+    .run = avx512_kvcache_run,
+    .available = cf_ops_avx512_available,
+};
+#if defined(__clang__)
+#pragma clang attribute pop
+#endif
+#endif
