@@ -19,6 +19,9 @@ typedef struct kserve {
     /* quantized caches: cflash_kv_quant; fp8 descale 0 none, 1 [1], 2 [Hk], 3 [B, Hk]; f8code:
      * caches typed with DLPack's float8 codes instead of uint8 */
     int quant, descale, f8code;
+    /* the MLA latent cache: v_cache a view of k_cache's first Dv dims, appended through k_new
+     * alone */
+    int latent;
 } kserve;
 
 typedef struct kcase {
@@ -119,11 +122,16 @@ static double qval(const kprob* p, int is_v, const tt_tensor* cache, const tt_te
 }
 
 /* Expected K or V row t of batch b, head hk after the append (rounded to the dtype); for a
- * quantized cache, the row before it is coded. */
+ * quantized cache, the row before it is coded. A latent cache's V row: its K row's first Dv. */
 static void kv_expected(const kprob* p, int is_v, int64_t b, int64_t t, int64_t hk, double* v) {
     const kcase* c = &p->c;
     int64_t n = is_v ? c->Dv : c->D;
-    if (t >= p->L[b]) {
+    if (t >= p->L[b] && is_v && c->x.latent) {
+        double* k = malloc(sizeof(double) * (size_t)c->D);
+        kv_expected(p, 0, b, t, hk, k);
+        memcpy(v, k, sizeof(double) * (size_t)n);
+        free(k);
+    } else if (t >= p->L[b]) {
         for (int64_t d = 0; d < n; d++)
             v[d] = newget(p, is_v, b, t - p->L[b], hk, d);
         if (!is_v && c->half) {
@@ -268,6 +276,22 @@ static void fill_codes(kprob* p, tt_rng* r) {
     }
 }
 
+/* v = a view of k's first Dv elements of the last dim (the MLA latent cache): the same memory. */
+static void latent_view(tt_tensor* v, const tt_tensor* k, int64_t Dv) {
+    *v = *k;
+    v->shape[3] = Dv;
+    v->dl.shape = v->shape, v->dl.strides = v->strides;
+    v->numel = k->numel / k->shape[3] * Dv;
+}
+
+/* The V cache of shape sv: its own tensor, or a view of the K cache. */
+static void alloc_v(kprob* p, cf_dtype cdt, const int64_t* sv) {
+    if (p->c.x.latent)
+        latent_view(&p->vc, &p->kc, sv[3]);
+    else
+        tt_alloc(&p->vc, cdt, 4, sv, p->c.layout);
+}
+
 static void build(kprob* p, const kcase* c) {
     memset(p, 0, sizeof *p);
     p->c = *c;
@@ -314,7 +338,7 @@ static void build(kprob* p, const kcase* c) {
         int64_t s[4] = {p->npages, c->page, c->Hk, c->D},
                 sv[4] = {p->npages, c->page, c->Hk, c->Dv};
         tt_alloc(&p->kc, cdt, 4, s, c->layout);
-        tt_alloc(&p->vc, cdt, 4, sv, c->layout);
+        alloc_v(p, cdt, sv);
         int64_t bs[2] = {c->B, p->pps};
         tt_alloc(&p->t_bt, CF_I32, 2, bs, TT_DENSE);
         memcpy(p->t_bt.dl.data, p->bt, sizeof(int32_t) * (size_t)(c->B * p->pps));
@@ -327,7 +351,7 @@ static void build(kprob* p, const kcase* c) {
             p->bidx[b] = (int32_t)(p->Bc - 1 - b);
         int64_t s[4] = {p->Bc, p->Sc, c->Hk, c->D}, sv[4] = {p->Bc, p->Sc, c->Hk, c->Dv};
         tt_alloc(&p->kc, cdt, 4, s, c->layout);
-        tt_alloc(&p->vc, cdt, 4, sv, c->layout);
+        alloc_v(p, cdt, sv);
     }
     if (c->seqlen_mode == 2)
         for (int64_t b = 0; b < c->B; b++)
@@ -339,7 +363,10 @@ static void build(kprob* p, const kcase* c) {
         tt_random(&p->vc, c->seed + 2, -1, 1);
     }
     tt_alloc_like(&p->kc0, &p->kc), memcpy(p->kc0.base, p->kc.base, p->kc.bytes);
-    tt_alloc_like(&p->vc0, &p->vc), memcpy(p->vc0.base, p->vc.base, p->vc.bytes);
+    if (c->x.latent)
+        latent_view(&p->vc0, &p->kc0, c->Dv);
+    else
+        tt_alloc_like(&p->vc0, &p->vc), memcpy(p->vc0.base, p->vc.base, p->vc.bytes);
     int64_t qs[4] = {c->B, c->Sq, c->H, c->D}, os[4] = {c->B, c->Sq, c->H, c->Dv},
             ls[3] = {c->B, c->H, c->Sq};
     int64_t vqs[3] = {p->total_q, c->H, c->D}, vos[3] = {p->total_q, c->H, c->Dv},
@@ -354,9 +381,11 @@ static void build(kprob* p, const kcase* c) {
         int64_t vns[3] = {p->total_new, c->Hk, c->D}, vnv[3] = {p->total_new, c->Hk, c->Dv};
         const int vn = c->x.varlen_new;
         tt_alloc(&p->kn, c->dtype, vn ? 3 : 4, vn ? vns : ns, c->layout);
-        tt_alloc(&p->vn, c->dtype, vn ? 3 : 4, vn ? vnv : nv, TT_DENSE);
         tt_random(&p->kn, c->seed + 4, -1, 1);
-        tt_random(&p->vn, c->seed + 5, -1, 1);
+        if (!c->x.latent) {
+            tt_alloc(&p->vn, c->dtype, vn ? 3 : 4, vn ? vnv : nv, TT_DENSE);
+            tt_random(&p->vn, c->seed + 5, -1, 1);
+        }
     }
     int64_t nb1[1] = {c->B + 1};
     tt_alloc(&p->t_cuq, CF_I32, 1, nb1, TT_DENSE);
@@ -393,6 +422,8 @@ static void build(kprob* p, const kcase* c) {
 }
 
 static void release(kprob* p) {
+    if (p->c.x.latent) /* views of kc, kc0 */
+        memset(&p->vc, 0, sizeof p->vc), memset(&p->vc0, 0, sizeof p->vc0);
     tt_tensor* ts[] = {&p->q,    &p->kc,   &p->vc,  &p->kn,    &p->vn,    &p->cs,
                        &p->snt,  &p->out,  &p->lse, &p->alibi, &p->t_seq, &p->t_bidx,
                        &p->t_lp, &p->t_bt, &p->kc0, &p->vc0,   &p->t_cuq, &p->t_cun,
@@ -412,7 +443,7 @@ static void params(const kprob* p, cflash_attn_params* ap, cflash_kvcache_params
     ap->alibi_slopes = c->alibi ? &p->alibi.dl : NULL;
     cflash_kvcache_params_init(kp);
     kp->k_new = c->Sn ? &p->kn.dl : NULL;
-    kp->v_new = c->Sn ? &p->vn.dl : NULL;
+    kp->v_new = c->Sn && !c->x.latent ? &p->vn.dl : NULL;
     kp->rotary_cos = c->half ? &p->cs.dl : NULL;
     kp->rotary_sin = c->half ? &p->snt.dl : NULL;
     kp->rotary_interleaved = c->interleaved;
@@ -487,15 +518,20 @@ static int64_t check_caches(const kprob* p) {
             cache_loc(p, b, t, &pg, &row);
             written[pg * p->kc.shape[1] + row] = 1;
             for (int64_t hk = 0; hk < c->Hk; hk++) {
+                int64_t i3[3] = {pg, row, hk};
+                if (c->x.latent && c->x.quant == CFLASH_KV_QUANT_INT8) /* V's scale is K's */
+                    bad += !(tt_get(&p->vs, i3) == tt_get(&p->ks, i3) ||
+                             tt_get(&p->ks, i3) != tt_get(&p->ks, i3));
                 if (c->x.quant) {
                     bad += check_quant_row(p, 0, b, t, pg, row, hk);
-                    bad += check_quant_row(p, 1, b, t, pg, row, hk);
+                    if (!c->x.latent) bad += check_quant_row(p, 1, b, t, pg, row, hk);
                     continue;
                 }
                 kv_row(p, 0, b, t, hk, v);
                 for (int64_t d = 0; d < c->D; d++)
                     bad += !(fabs(g4(&p->kc, pg, row, hk, d) - v[d]) <=
                              4 * tt_unit_roundoff(c->dtype) * (c->half ? 1.0 : 0.0));
+                if (c->x.latent) continue; /* (V: the memory just checked) */
                 kv_row(p, 1, b, t, hk, v);
                 for (int64_t d = 0; d < c->Dv; d++)
                     bad += g4(&p->vc, pg, row, hk, d) != v[d];
@@ -515,7 +551,7 @@ static int64_t check_caches(const kprob* p) {
                     bad += g4(&p->vc, pg, row, hk, d) != g4(&p->vc0, pg, row, hk, d);
             }
         }
-    bad += !tt_padding_intact(&p->kc) * 1000 + !tt_padding_intact(&p->vc) * 1000;
+    bad += !tt_padding_intact(&p->kc) * 1000 + (!c->x.latent && !tt_padding_intact(&p->vc)) * 1000;
     if (p->ks.base) bad += (!tt_padding_intact(&p->ks) + !tt_padding_intact(&p->vs)) * 1000;
     free(written), free(v);
     return bad;
@@ -547,7 +583,7 @@ static void run_case(const kcase* c) {
                  c->x.descale);
     snprintf(desc, sizeof desc,
              "%s B%lld H%lld/%lld Sq%lld Sn%lld Lmax%lld D%lld/%lld page%lld%s%s rot%lld%s%s "
-             "win(%lld,%lld) cap%.1f alibi%d splits%d seqlens%d layout%d%s%s%s seed%llu",
+             "win(%lld,%lld) cap%.1f alibi%d splits%d seqlens%d layout%d%s%s%s%s seed%llu",
              tt_dtype_short(c->dtype), (long long)c->B, (long long)c->H, (long long)c->Hk,
              (long long)c->Sq, (long long)c->Sn, (long long)c->Lmax, (long long)c->D,
              (long long)c->Dv, (long long)c->page, c->batch_idx ? " bidx" : "",
@@ -555,7 +591,7 @@ static void run_case(const kcase* c) {
              c->causal ? " causal" : "", (long long)c->wl, (long long)c->wr, (double)c->softcap,
              c->alibi, c->num_splits, c->seqlen_mode, (int)c->layout,
              c->x.varlen_q ? " varlen-q" : "", c->x.varlen_new ? " varlen-new" : "", qdesc,
-             (unsigned long long)c->seed);
+             c->x.latent ? " latent" : "", (unsigned long long)c->seed);
     cflash_attn_params ap;
     cflash_kvcache_params kp;
     params(&p, &ap, &kp);
@@ -743,8 +779,37 @@ static void test_grid(void) {
         run_case(&v);
         nqz++;
     }
-    printf("kvcache grid: %d cases + 2 long + 2 chunked prefill + %d varlen + %d quantized\n", n,
-           nv, nqz);
+    /* the MLA latent cache (DeepSeek: D 576 = 512 latent + 64 rope, Dv 512, one KV head): V a
+     * view of K, appended through k_new alone; every dtype, paged or not, decode and a few
+     * rows, rotary on the first dims (V sees them rotated: it is the same memory), splits,
+     * quantized; small D / Dv and GQA groups of 3 (rows not in fours) too */
+    int nl = 0;
+    for (int i = 0; i < (emulated ? 4 : 8); i++) {
+        kcase v = {0};
+        v.dtype = dts[i % 3];
+        v.x.latent = 1;
+        v.x.quant = (int[]){0, 0, 0, 1, 0, 3, 2, 0}[i];
+        v.x.descale = v.x.quant == CFLASH_KV_QUANT_FP8_E4M3 ? 2 : 0;
+        v.H = (int64_t[]){16, 8, 3, 16, 4, 16, 3, 6}[i], v.Hk = i == 7 ? 2 : 1;
+        v.B = 1 + i % 2;
+        v.Sq = (int64_t[]){1, 2, 1, 1, 3, 1, 2, 1}[i];
+        v.Sn = i == 4 ? 0 : v.Sq;
+        v.D = i == 7 ? 40 : 576, v.Dv = i == 7 ? 24 : 512;
+        v.Lmax = (int64_t[]){130, 47, 200}[i % 3];
+        v.page = (int64_t[]){0, 16, 0, 64}[i % 4];
+        v.causal = i % 4 != 2;
+        v.wl = i == 2 ? 50 : -1, v.wr = -1;
+        v.half = i % 3 == 1 ? v.D / 8 : 0;
+        v.num_splits = (int[]){0, 1, 3}[i % 3];
+        v.lse = 1;
+        v.layout = (tt_layout)(i % 2);
+        v.seed = 890 + (uint64_t)i + tt_seed_base();
+        run_case(&v);
+        nl++;
+    }
+    printf("kvcache grid: %d cases + 2 long + 2 chunked prefill + %d varlen + %d quantized + %d "
+           "latent\n",
+           n, nv, nqz, nl);
 }
 
 static void test_errors(void) {
@@ -773,7 +838,7 @@ static void test_errors(void) {
     CHECK_ERR(cflash_attn_kvcache_fwd(NULL, &ap, &kp, NULL, &p.kc.dl, &p.vc.dl, &p.out.dl, NULL),
               INV, "q: is NULL");
     CHECK_ERR(
-        cflash_attn_kvcache_fwd(NULL, &ap, &kp, &p.q.dl, &p.kc.dl, &p.kc.dl, &p.out.dl, &p.q.dl),
+        cflash_attn_kvcache_fwd(NULL, &ap, &kp, &p.q.dl, &p.kc.dl, &p.vc.dl, &p.out.dl, &p.q.dl),
         INV, "lse: expected 3 dims");
     tt_tensor bad;
     int64_t k3[4] = {2, 10, 3, 8};
@@ -1194,27 +1259,51 @@ static void test_quant_nonfinite(void) {
             }
 }
 
-/* The MLA latent cache (v_cache a view of k_cache) with an append: refused (UNSUPPORTED, saying
- * why), nothing written. */
-static void test_latent_append_refused(void) {
+/* The MLA latent cache's error paths: v_new given with the view (INVALID), and an append into a
+ * v_cache that shares k_cache's memory without being a view of its first Dv dims (INVALID);
+ * nothing written. */
+static void test_latent_errors(void) {
     kcase c = {0};
-    c.dtype = CF_F32, c.B = 2, c.H = 4, c.Hk = 1, c.Sq = c.Sn = 1, c.D = c.Dv = 16;
-    c.Lmax = 5, c.wl = c.wr = -1, c.layout = TT_DENSE, c.seed = 970;
+    c.dtype = CF_F32, c.B = 2, c.H = 4, c.Hk = 1, c.Sq = c.Sn = 1, c.D = 16, c.Dv = 12;
+    c.Lmax = 5, c.wl = c.wr = -1, c.layout = TT_DENSE, c.seed = 970, c.x.latent = 1;
     kprob p;
     build(&p, &c);
     cflash_attn_params ap;
     cflash_kvcache_params kp;
     params(&p, &ap, &kp);
-    for (int no_vnew = 0; no_vnew < 2; no_vnew++) {
-        kp.v_new = no_vnew ? NULL : &p.vn.dl;
-        CHECK_ERR(
-            cflash_attn_kvcache_fwd(NULL, &ap, &kp, &p.q.dl, &p.kc.dl, &p.kc.dl, &p.out.dl, NULL),
-            CFLASH_ERR_UNSUPPORTED,
-            "v_cache: a view of k_cache (the MLA latent cache) with k_new: an append into a "
-            "latent cache is not implemented yet");
-        CHECK_MSG(!memcmp(p.kc.base, p.kc0.base, p.kc.bytes) && tt_count_nan(&p.out) == p.out.numel,
-                  "latent refusal wrote caller memory");
-    }
+    int64_t vs[4] = {p.Bc, p.Sc, 1, c.Dv};
+    tt_tensor vn;
+    tt_alloc(&vn, c.dtype, 4, (int64_t[]){c.B, c.Sn, c.Hk, c.Dv}, TT_DENSE);
+    tt_random(&vn, 971, -1, 1);
+#define UNTOUCHED()                                                                                \
+    (!memcmp(p.kc.base, p.kc0.base, p.kc.bytes) && tt_count_nan(&p.out) == p.out.numel)
+    kp.v_new = &vn.dl;
+    CHECK_ERR(cflash_attn_kvcache_fwd(NULL, &ap, &kp, &p.q.dl, &p.kc.dl, &p.vc.dl, &p.out.dl, NULL),
+              CFLASH_ERR_INVALID_ARGUMENT,
+              "v_new: given with an MLA latent cache (v_cache a view of k_cache's first 12 dims), "
+              "expected NULL: the append of k_new writes both");
+    CHECK_MSG(UNTOUCHED(), "latent v_new: wrote caller memory");
+    kp.k_new = NULL; /* (v_new alone with the view: the same) */
+    CHECK_ERR(cflash_attn_kvcache_fwd(NULL, &ap, &kp, &p.q.dl, &p.kc.dl, &p.vc.dl, &p.out.dl, NULL),
+              CFLASH_ERR_INVALID_ARGUMENT, "v_new: given with an MLA latent cache");
+    kp.k_new = &p.kn.dl, kp.v_new = NULL;
+    /* the same memory, other strides: rows of V would overlap other rows of K */
+    DLTensor odd = p.vc.dl;
+    int64_t st[4] = {p.vc.strides[0], p.vc.strides[1] / 2, p.vc.strides[2], 1};
+    odd.strides = st;
+    odd.shape = vs;
+    CHECK_ERR(cflash_attn_kvcache_fwd(NULL, &ap, &kp, &p.q.dl, &p.kc.dl, &odd, &p.out.dl, NULL),
+              CFLASH_ERR_INVALID_ARGUMENT, "v_cache: shares k_cache's memory");
+    CHECK_MSG(UNTOUCHED(), "latent strides: wrote caller memory");
+    /* Dv > D over the same memory: not a view of k_cache's first Dv dims */
+    int64_t wide[4] = {p.Bc, p.Sc, 1, c.D + 4};
+    DLTensor w = p.kc.dl;
+    w.shape = wide;
+    CHECK_ERR(cflash_attn_kvcache_fwd(NULL, &ap, &kp, &p.q.dl, &p.kc.dl, &w, &p.out.dl, NULL),
+              CFLASH_ERR_INVALID_ARGUMENT, "and Dv = 20, expected k_cache's strides");
+    CHECK_MSG(UNTOUCHED(), "latent Dv: wrote caller memory");
+#undef UNTOUCHED
+    tt_free(&vn);
     release(&p);
 }
 
@@ -1227,7 +1316,7 @@ int main(int argc, char** argv) {
     test_errors_quant();
     test_quant_edges();
     test_quant_nonfinite();
-    test_latent_append_refused();
+    test_latent_errors();
     printf("test_kvcache: %.1f s\n", tt_now() - t0);
     return tt_summary();
 }

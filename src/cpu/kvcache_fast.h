@@ -230,7 +230,8 @@ static void kv_rotate(const cf_kvcache_call* c, float* x, int64_t pos) {
     }
 }
 
-/* New row n of batch b (row n0 + n of k_new / v_new) into cache position L + n. */
+/* New row n of batch b (row n0 + n of k_new / v_new) into cache position L + n (an MLA latent
+ * cache: the k_new row only, V being a view of it). */
 static void kv_append_fast(const cf_kvcache_call* c, float* buf, int64_t b, int64_t n, int64_t hk) {
     const cf_attn_call* a = &c->a;
     int64_t L, P, sk, n0, sn;
@@ -241,14 +242,20 @@ static void kv_append_fast(const cf_kvcache_call* c, float* buf, int64_t b, int6
     ld_row(buf, at(kn, b * kn->stride[0] + (n0 + n) * kn->stride[1] + hk * kn->stride[2]), a->dtype,
            a->D);
     if (c->cos.data) kv_rotate(c, buf, t);
-    const void* vrow = at(vn, b * vn->stride[0] + (n0 + n) * vn->stride[1] + hk * vn->stride[2]);
-    if (c->quant != CFLASH_KV_QUANT_NONE) { /* rounded to the dtype, then coded */
+    if (c->quant != CFLASH_KV_QUANT_NONE) /* rounded to the dtype, then coded */
         cf_kv_quant_store(c, 0, b, t, hk, buf, a->D);
+    else
+        st_row(at(&c->kc, cf_kv_row(c, &c->kc, b, t, hk)), a->dtype, buf, a->D);
+    if (c->latent) { /* V is a view of the row just stored */
+        cf_kv_latent_scale(c, b, t, hk);
+        return;
+    }
+    const void* vrow = at(vn, b * vn->stride[0] + (n0 + n) * vn->stride[1] + hk * vn->stride[2]);
+    if (c->quant != CFLASH_KV_QUANT_NONE) {
         ld_row(buf, vrow, a->dtype, a->Dv);
         cf_kv_quant_store(c, 1, b, t, hk, buf, a->Dv);
         return;
     }
-    st_row(at(&c->kc, cf_kv_row(c, &c->kc, b, t, hk)), a->dtype, buf, a->D);
     memcpy(at(&c->vc, cf_kv_row(c, &c->vc, b, t, hk)), vrow,
            (size_t)a->Dv * cf_dtype_size(a->dtype));
 }
@@ -532,7 +539,8 @@ static void kv_block_pv(const cf_kvcache_call* c, kv_scratch* w, const kv_itm* i
             kv_pv_visible(c, w, &it->path, g * it->Rg, it->Rg, jb, rows, nb, f);
             continue;
         }
-        kv_prefetch(&c->vc, pf, npf, g, c->a.Dv * it->es, it->es);
+        if (!c->latent) /* (a latent cache's V rows are the K rows, already fetched) */
+            kv_prefetch(&c->vc, pf, npf, g, c->a.Dv * it->es, it->es);
         const kv_head h = kv_head_of(c, w, it, g);
         it->path.pv(&h, rows, nb, f);
     }
@@ -549,7 +557,7 @@ static void kv_item(const cf_kvcache_call* c, kv_scratch* w, kv_itm* it, int64_t
         const int64_t pf0 = jb + KV_PF * KV_KB; /* the block read KV_PF blocks later */
         const int64_t npf = pf0 >= it->jhi ? 0 : (it->jhi - pf0 < KV_KB ? it->jhi - pf0 : KV_KB);
         kv_rows_of(c, &c->kc, it->b, it->P + pf0, npf, it->hk0, pfk);
-        kv_rows_of(c, &c->vc, it->b, it->P + pf0, npf, it->hk0, pfv);
+        if (!c->latent) kv_rows_of(c, &c->vc, it->b, it->P + pf0, npf, it->hk0, pfv);
         kv_block_scores(c, w, it, jb, nb, pfk, npf);
         kv_block_softmax(c, w, it, jb, nb);
         kv_block_pv(c, w, it, jb, nb, pfv, npf);

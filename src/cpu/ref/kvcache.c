@@ -67,7 +67,8 @@ static void load_row(const cf_kvcache_call* c, int is_v, int64_t b, int64_t t, i
     }
 }
 
-/* New row n of batch b (row n0 + n of k_new / v_new) into cache position L + n. */
+/* New row n of batch b (row n0 + n of k_new / v_new) into cache position L + n (an MLA latent
+ * cache: the k_new row only, V being a view of it). */
 static void append(const cf_kvcache_call* c, float* buf, int64_t b, int64_t n, int64_t hk) {
     const cf_attn_call* a = &c->a;
     int64_t L, P, sk, n0, sn;
@@ -75,6 +76,10 @@ static void append(const cf_kvcache_call* c, float* buf, int64_t b, int64_t n, i
     cf_kv_new_rows(c, b, &n0, &sn);
     load_rotated(c, buf, &c->knew, at4(&c->knew, b, n0 + n, hk, 0), a->D, L + n);
     store_row(c, 0, b, L + n, hk, buf, a->D);
+    if (c->latent) { /* V is a view of the row just stored */
+        cf_kv_latent_scale(c, b, L + n, hk);
+        return;
+    }
     for (int64_t d = 0; d < a->Dv; d++)
         buf[d] = cf_load(c->vnew.data, a->dtype, at4(&c->vnew, b, n0 + n, hk, d));
     store_row(c, 1, b, L + n, hk, buf, a->Dv);
