@@ -22,6 +22,8 @@ typedef struct kserve {
     /* the MLA latent cache: v_cache a view of k_cache's first Dv dims, appended through k_new
      * alone */
     int latent;
+    /* attention sinks: fp32 [H] (one head's sink large, one -inf: no sink) */
+    int sinks;
 } kserve;
 
 typedef struct kcase {
@@ -52,6 +54,7 @@ typedef struct kprob {
     tt_tensor q, kc, vc, kn, vn, cs, snt, out, lse, alibi, t_seq, t_bidx, t_lp, t_bt, t_cuq, t_cun;
     tt_tensor kc0, vc0;                   /* snapshots */
     tt_tensor kds, vds, ks, vs, ks0, vs0; /* fp8 descale; int8 scales and their snapshots */
+    tt_tensor sinks;                      /* [H] */
 } kprob;
 
 static double g4(const tt_tensor* t, int64_t a, int64_t b, int64_t c, int64_t d) {
@@ -167,6 +170,12 @@ static float slope(const kprob* p, int64_t b, int64_t h) {
     return (float)tt_get(&p->alibi, p->c.alibi == 2 ? i2 : i1);
 }
 
+/* The sink of head h (-inf: none). */
+static double sink_of(const kprob* p, int64_t h) {
+    int64_t i1[1] = {h};
+    return p->c.x.sinks ? tt_get(&p->sinks, i1) : -INFINITY;
+}
+
 /* out (B, Sq, H, Dv) and lse (B, H, Sq) row-major; naive = fp32 scores and P rounded to dtype. */
 static void oracle(const kprob* p, int naive, double* out, double* lse) {
     const kcase* c = &p->c;
@@ -192,7 +201,8 @@ static void oracle(const kprob* p, int naive, double* out, double* lse) {
                 int64_t wr = c->causal ? 0 : c->wr;
                 if (c->wl >= 0 && diag - c->wl > lo) lo = diag - c->wl;
                 if (wr >= 0 && diag + wr + 1 < hi) hi = diag + wr + 1;
-                double m = -INFINITY, l = 0;
+                const double sink = sink_of(p, h);
+                double m = sink, l = 0;
                 for (int64_t j = lo; j < hi; j++) {
                     kv_row(p, 0, b, P + j, hk, kr);
                     for (int64_t d = 0; naive && c->x.quant && d < c->D; d++)
@@ -210,6 +220,7 @@ static void oracle(const kprob* p, int naive, double* out, double* lse) {
                 }
                 for (int64_t d = 0; d < c->Dv; d++)
                     acc[d] = 0;
+                if (sink > -INFINITY) l = exp(sink - m); /* a key of score sink, value 0 */
                 for (int64_t j = lo; j < hi; j++) {
                     double e = exp(s[j] - m);
                     l += e;
@@ -412,6 +423,14 @@ static void build(kprob* p, const kcase* c) {
         tt_alloc(&p->alibi, CF_F32, c->alibi, c->alibi == 1 ? a1 : a2, TT_DENSE);
         tt_random(&p->alibi, c->seed + 6, 0.01, 0.3);
     }
+    if (c->x.sinks) {
+        int64_t hs[1] = {c->H};
+        tt_alloc(&p->sinks, CF_F32, 1, hs, TT_DENSE);
+        tt_random(&p->sinks, c->seed + 14, -2.0, 2.0);
+        int64_t h0[1] = {0}, h1[1] = {c->H - 1};
+        tt_set(&p->sinks, h0, 6.0);                     /* dominates its rows */
+        if (c->H > 1) tt_set(&p->sinks, h1, -INFINITY); /* no sink for this head */
+    }
     int64_t nb[1] = {c->B};
     tt_alloc(&p->t_seq, CF_I32, 1, nb, TT_DENSE);
     memcpy(p->t_seq.dl.data, p->L, 4 * (size_t)c->B);
@@ -424,10 +443,10 @@ static void build(kprob* p, const kcase* c) {
 static void release(kprob* p) {
     if (p->c.x.latent) /* views of kc, kc0 */
         memset(&p->vc, 0, sizeof p->vc), memset(&p->vc0, 0, sizeof p->vc0);
-    tt_tensor* ts[] = {&p->q,    &p->kc,   &p->vc,  &p->kn,    &p->vn,    &p->cs,
-                       &p->snt,  &p->out,  &p->lse, &p->alibi, &p->t_seq, &p->t_bidx,
-                       &p->t_lp, &p->t_bt, &p->kc0, &p->vc0,   &p->t_cuq, &p->t_cun,
-                       &p->kds,  &p->vds,  &p->ks,  &p->vs,    &p->ks0,   &p->vs0};
+    tt_tensor* ts[] = {&p->q,   &p->kc,  &p->vc,    &p->kn,    &p->vn,     &p->cs,   &p->snt,
+                       &p->out, &p->lse, &p->alibi, &p->t_seq, &p->t_bidx, &p->t_lp, &p->t_bt,
+                       &p->kc0, &p->vc0, &p->t_cuq, &p->t_cun, &p->kds,    &p->vds,  &p->ks,
+                       &p->vs,  &p->ks0, &p->vs0,   &p->sinks};
     for (size_t i = 0; i < sizeof ts / sizeof ts[0]; i++)
         tt_free(ts[i]);
     free(p->bt);
@@ -461,6 +480,7 @@ static void params(const kprob* p, cflash_attn_params* ap, cflash_kvcache_params
     kp->v_descale = p->vds.base ? &p->vds.dl : NULL;
     kp->k_scales = p->ks.base ? &p->ks.dl : NULL;
     kp->v_scales = p->vs.base ? &p->vs.dl : NULL;
+    kp->sinks = c->x.sinks ? &p->sinks.dl : NULL;
 }
 
 /* The codes (and int8 scale) a call wrote for new row t of batch b, KV head hk at (pg, row),
@@ -591,7 +611,10 @@ static void run_case(const kcase* c) {
              c->causal ? " causal" : "", (long long)c->wl, (long long)c->wr, (double)c->softcap,
              c->alibi, c->num_splits, c->seqlen_mode, (int)c->layout,
              c->x.varlen_q ? " varlen-q" : "", c->x.varlen_new ? " varlen-new" : "", qdesc,
-             c->x.latent ? " latent" : "", (unsigned long long)c->seed);
+             c->x.latent  ? " latent"
+             : c->x.sinks ? " sinks"
+                          : "",
+             (unsigned long long)c->seed);
     cflash_attn_params ap;
     cflash_kvcache_params kp;
     params(&p, &ap, &kp);
@@ -807,9 +830,37 @@ static void test_grid(void) {
         run_case(&v);
         nl++;
     }
+    /* attention sinks (gpt-oss): rows with and without keys to see (empty caches, windows),
+     * every dtype, GQA, splits (the sink counted once), paged, varlen, quantized, latent */
+    int ns = 0;
+    for (int i = 0; i < (emulated ? 5 : 10); i++) {
+        kcase v = {0};
+        v.dtype = dts[i % 3];
+        v.x.sinks = 1;
+        v.H = (int64_t[]){8, 4, 6, 16, 3}[i % 5], v.Hk = (int64_t[]){2, 4, 1, 1, 3}[i % 5];
+        v.B = 2 + i % 2;
+        v.Sq = (int64_t[]){1, 3, 1, 5}[i % 4];
+        v.Sn = i % 3 == 2 ? 0 : 1;
+        v.D = v.Dv = (int64_t[]){64, 128, 40}[i % 3];
+        v.Lmax = (int64_t[]){3, 600, 40, 1100}[i % 4];
+        v.page = (int64_t[]){0, 16, 0, 0, 5}[i % 5];
+        v.causal = i % 4 != 1;
+        v.wl = i % 5 == 3 ? 7 : -1, v.wr = -1;
+        v.softcap = i == 6 ? 1.5f : 0.0f;
+        v.num_splits = (int[]){0, 3, 1, 4}[i % 4];
+        v.lse = 1;
+        v.layout = (tt_layout)(i % 2);
+        v.x.quant = i == 4 ? 3 : i == 8 ? 1 : 0;
+        v.x.descale = v.x.quant == CFLASH_KV_QUANT_FP8_E4M3 ? 2 : 0;
+        v.x.varlen_q = v.x.varlen_new = i == 5;
+        if (i == 9) v.x.latent = 1, v.H = 16, v.Hk = 1, v.D = 576, v.Dv = 512, v.Lmax = 90;
+        v.seed = 910 + (uint64_t)i + tt_seed_base();
+        run_case(&v);
+        ns++;
+    }
     printf("kvcache grid: %d cases + 2 long + 2 chunked prefill + %d varlen + %d quantized + %d "
-           "latent\n",
-           n, nv, nqz, nl);
+           "latent + %d sinks\n",
+           n, nv, nqz, nl, ns);
 }
 
 static void test_errors(void) {
@@ -1259,6 +1310,47 @@ static void test_quant_nonfinite(void) {
             }
 }
 
+/* The sinks' error paths: dtype, shape, stride, device; nothing written. */
+static void test_sinks_errors(void) {
+    kcase c = {0};
+    c.dtype = CF_F32, c.B = 1, c.H = 4, c.Hk = 2, c.Sq = c.Sn = 1, c.D = c.Dv = 16;
+    c.Lmax = 5, c.wl = c.wr = -1, c.layout = TT_DENSE, c.seed = 975, c.x.sinks = 1;
+    kprob p;
+    build(&p, &c);
+    cflash_attn_params ap;
+    cflash_kvcache_params kp;
+    params(&p, &ap, &kp);
+    tt_tensor bad;
+#define UNTOUCHED()                                                                                \
+    (!memcmp(p.kc.base, p.kc0.base, p.kc.bytes) && !memcmp(p.vc.base, p.vc0.base, p.vc.bytes) &&   \
+     tt_count_nan(&p.out) == p.out.numel)
+#define CALL_WITH(t, msg)                                                                          \
+    kp.sinks = &(t);                                                                               \
+    CHECK_ERR(                                                                                     \
+        cflash_attn_kvcache_fwd(NULL, &ap, &kp, &p.q.dl, &p.kc.dl, &p.vc.dl, &p.out.dl, NULL),     \
+        CFLASH_ERR_INVALID_ARGUMENT, msg);                                                         \
+    CHECK_MSG(UNTOUCHED(), "sinks error wrote caller memory: %s", msg)
+    tt_alloc(&bad, CF_F16, 1, (int64_t[]){4}, TT_DENSE);
+    CALL_WITH(bad.dl, "sinks: dtype float16, expected float32");
+    tt_free(&bad);
+    tt_alloc(&bad, CF_F32, 1, (int64_t[]){5}, TT_DENSE);
+    CALL_WITH(bad.dl, "sinks: shape (5), expected [H] = [4]");
+    tt_free(&bad);
+    tt_alloc(&bad, CF_F32, 2, (int64_t[]){1, 4}, TT_DENSE);
+    CALL_WITH(bad.dl, "sinks: shape (1, 4), expected [H] = [4]");
+    tt_free(&bad);
+    DLTensor strided = p.sinks.dl;
+    int64_t st[1] = {2};
+    strided.strides = st;
+    CALL_WITH(strided, "sinks: stride 2, expected 1 (contiguous)");
+    DLTensor gpu = p.sinks.dl;
+    gpu.device.device_type = kDLCUDA;
+    CALL_WITH(gpu, "sinks: on cuda:0, expected cpu:0 (the device of q)");
+#undef CALL_WITH
+#undef UNTOUCHED
+    release(&p);
+}
+
 /* The MLA latent cache's error paths: v_new given with the view (INVALID), and an append into a
  * v_cache that shares k_cache's memory without being a view of its first Dv dims (INVALID);
  * nothing written. */
@@ -1317,6 +1409,7 @@ int main(int argc, char** argv) {
     test_quant_edges();
     test_quant_nonfinite();
     test_latent_errors();
+    test_sinks_errors();
     printf("test_kvcache: %.1f s\n", tt_now() - t0);
     return tt_summary();
 }

@@ -28,7 +28,7 @@ typedef struct kv_scratch {
     int64_t *lo, *hi;
     /* quantized caches: a block's rows decoded (KV_KB * max(D, Dv) floats), the value of each
      * code (256; or byte tables), the factors of a block's keys (KV_KB), q in a kernel's own
-     * form (R * D 16-bit words) */
+     * form (R * D 16-bit words, 64-byte aligned) */
     float *kq, *lut, *fk;
     uint16_t* qw;
 } kv_scratch;
@@ -56,7 +56,7 @@ static void kv_scratch_init(kv_scratch* w, float* p, const cf_kvcache_call* c, i
     w->kq = p, p += KV_KB * (a->D > a->Dv ? a->D : a->Dv);
     w->lut = p, p += 256;
     w->fk = p, p += KV_KB;
-    w->qw = (uint16_t*)p;
+    w->qw = (uint16_t*)(((uintptr_t)p + 63) & ~(uintptr_t)63); /* (64-byte aligned: the 64 spare) */
 }
 
 /* ---- The kernels of a call (what a build chooses) ---------------------------------------------
@@ -358,6 +358,7 @@ typedef struct kv_itm {
     int64_t P, Sq, sk;                    /* left pad, query rows, keys of the sequence */
     int64_t jlo, jhi;                     /* the keys some row sees */
     int64_t es;                           /* bytes per cache element (1 for codes) */
+    int sink;                             /* the rows start from their head's sink (split 0) */
     kv_path path;
 } kv_itm;
 
@@ -390,8 +391,9 @@ static void kv_item_start(const cf_kvcache_call* c, kv_scratch* w, kv_itm* it, i
             if (lo < it->jlo) it->jlo = lo;
             if (hi > it->jhi) it->jhi = hi;
         }
-        w->m[r] = -INFINITY;
-        w->l[r] = 0.0f;
+        /* a sink is a key of score sink and value 0 (counted in one split of the keys) */
+        w->m[r] = it->sink ? cf_attn_sink(a, h) : -INFINITY;
+        w->l[r] = w->m[r] == -INFINITY ? 0.0f : 1.0f;
     }
     memset(w->acc, 0, sizeof(float) * (size_t)(it->R * a->Dv));
     memset(w->lv, 0, sizeof(float) * (size_t)(16 * it->R));
@@ -609,7 +611,8 @@ static void kv_plan(const cf_kvcache_call* c, int64_t* nh, int64_t* nq, int64_t*
 }
 
 /* out / lse of query row (b, i, h) (row q0 + i of out) from an unnormalised acc, max m and sum
- * l (0: no key seen, out 0 and lse -inf; NaN: a NaN score, NaN both). */
+ * l (0: no key seen, out 0 and lse -inf; NaN: a NaN score, NaN both; a sink and no key: l 1,
+ * out 0 and lse the sink). */
 static void kv_write(const cf_kvcache_call* c, int64_t b, int64_t i, int64_t h, float* acc, float m,
                      float l) {
     const cf_attn_call* a = &c->a;
@@ -650,7 +653,7 @@ static void kv_run_item(const cf_kvcache_call* c, kv_scratch* w, const kv_work* 
                         kv_choose_fn choose, int64_t itn) {
     const cf_attn_call* a = &c->a;
     const int64_t gi = itn / k->ns, s = itn % k->ns, G = a->H / a->Hk, Dv = a->Dv;
-    kv_itm it = {.nh = k->nh, .G = G, .es = (int64_t)cf_dtype_size(c->kc.dtype)};
+    kv_itm it = {.nh = k->nh, .G = G, .es = (int64_t)cf_dtype_size(c->kc.dtype), .sink = s == 0};
     kv_group(c, k, gi, &it.b, &it.hk0, &it.i0, &it.nq);
     if (it.nq <= 0) return;
     it.Rg = G * it.nq, it.R = it.nh * it.Rg;

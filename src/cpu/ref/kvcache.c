@@ -99,7 +99,8 @@ static void attend_row(const cf_kvcache_call* c, float* q, float* acc, float* kr
             q[d] = cf_round_to(a->dtype, q[d]);
     cf_attn_key_range(a, i, sq, sk, &lo, &hi);
     const float slope = cf_attn_slope(a, b, h);
-    float m = -INFINITY, l = 0.0f;
+    /* A sink is a key of score sink and value 0: the softmax starts from it. */
+    float m = cf_attn_sink(a, h), l = m == -INFINITY ? 0.0f : 1.0f;
     for (int64_t d = 0; d < a->Dv; d++)
         acc[d] = 0.0f;
     for (int64_t j = lo; j < hi; j++) {
@@ -121,7 +122,9 @@ static void attend_row(const cf_kvcache_call* c, float* q, float* acc, float* kr
         for (int64_t d = 0; d < a->Dv; d++)
             acc[d] += p * vr[d];
     }
-    float inv = l != 0.0f ? 1.0f / l : 0.0f; /* l NaN (a NaN score): NaN out and lse */
+    /* no visible key: out 0, lse -inf (the sink when there is one); l NaN (a NaN score): NaN
+     * out and lse */
+    float inv = l != 0.0f ? 1.0f / l : 0.0f;
     for (int64_t d = 0; d < a->Dv; d++)
         cf_store(a->out.data, a->dtype, at4(&a->out, b, q0 + i, h, d), acc[d] * inv);
     if (a->lse.data)
