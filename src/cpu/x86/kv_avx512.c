@@ -91,16 +91,21 @@ static inline void reduce4(__m512 a0, __m512 a1, __m512 a2, __m512 a3, float* s)
     s[3 * KV_KB] = o[3];
 }
 
-/* bf16 scores with AVX512-BF16 (vdpbf16ps: exact products, fp32 sums): q is exactly bf16 here
- * (a bf16 input, or rotated and rounded to bf16), so converting it loses nothing. */
+/* qw[0..n) = q[0..n) as bf16 words (n % 32 == 0; q exactly bf16 here, a bf16 input or rotated
+ * and rounded to bf16, so converting it loses nothing); qw 64-byte aligned. */
 __attribute__((target("avx512bf16,avx512f,avx512bw,avx512vl"))) static void
-kv_dots_bf16(const float* restrict q, int64_t R, int64_t D, const void* const* rows, int64_t nb,
+kv_bf16_words(uint16_t* restrict qw, const float* restrict q, int64_t n) {
+    for (int64_t i = 0; i < n; i += 32)
+        _mm512_store_si512(qw + i, (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(q + i + 16),
+                                                                _mm512_loadu_ps(q + i)));
+}
+
+/* bf16 scores with AVX512-BF16 (vdpbf16ps: exact products, fp32 sums): s[r * KV_KB + t] =
+ * q_r . k_t for R rows of q as bf16 words (kv_bf16_words) and nb bf16 key rows, D % 32 == 0. */
+__attribute__((target("avx512bf16,avx512f,avx512bw,avx512vl"))) static void
+kv_dots_bf16(const uint16_t* restrict qw, int64_t R, int64_t D, const void* const* rows, int64_t nb,
              float* restrict s) {
-    __m512i qb[256]; /* R * D / 32 <= 256 */
-    for (int64_t r = 0; r < R; r++)
-        for (int64_t d = 0; d < D; d += 32)
-            qb[(r * D + d) / 32] = (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(q + r * D + d + 16),
-                                                                _mm512_loadu_ps(q + r * D + d));
+    const __m512i* qb = (const __m512i*)qw;
     const int64_t nd = D / 32;
     int64_t t0 = 0;
     /* two keys per pass when the rows come in fours: eight independent dot chains */
@@ -160,11 +165,6 @@ kv_dots_bf16(const float* restrict q, int64_t R, int64_t D, const void* const* r
 /* s[r * KV_KB + t] = q_r . k_t for the nb rows of dtype dt (codes: in kv_code_unit's units). */
 static void kv_dots(const float* restrict q, int64_t R, int64_t D, const void* const* rows,
                     int64_t nb, cf_dtype dt, float* restrict s) {
-    const int bf16 = cf_cpu()->avx512bf16; /* probed once per process, thread-safe */
-    if (dt == CF_BF16 && bf16 && D % 32 == 0 && R * D <= 256 * 32) {
-        kv_dots_bf16(q, R, D, rows, nb, s);
-        return;
-    }
     for (int64_t t = 0; t < nb; t++) {
         const void* k = rows[t];
         int64_t r = 0;
@@ -285,20 +285,19 @@ static inline __m128 kv_sum4(__m512 a0, __m512 a1, __m512 a2, __m512 a3) {
     return _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
 }
 
-/* Whether kv_dots_bf16x4 serves a block: bf16 keys, R rows, head dim D. */
+/* Whether kv_dots_bf16 serves a call: bf16, head dim D; and kv_dots_bf16x4 with R rows. */
+static inline int kv_bf16_ok(cf_dtype dt, int64_t D) {
+    return dt == CF_BF16 && cf_cpu()->avx512bf16 && D % 32 == 0;
+}
 static inline int kv_dots_x4_ok(cf_dtype dt, int64_t R, int64_t D) {
-    return dt == CF_BF16 && cf_cpu()->avx512bf16 && D % 32 == 0 && R % 4 == 0 && R * D <= 256 * 32;
+    return kv_bf16_ok(dt, D) && R % 4 == 0;
 }
 
-/* s[r * KV_KB + t] = q_r . k_t (q exactly bf16, as for kv_dots_bf16), keys in fours. */
+/* s[r * KV_KB + t] = q_r . k_t (q as for kv_dots_bf16), keys in fours, R % 4 == 0. */
 __attribute__((target("avx512bf16,avx512f,avx512bw,avx512vl"))) static void
-kv_dots_bf16x4(const float* restrict q, int64_t R, int64_t D, const void* const* rows, int64_t nb,
-               float* restrict s) {
-    __m512i qb[256]; /* R * D / 32 <= 256 */
-    for (int64_t r = 0; r < R; r++)
-        for (int64_t d = 0; d < D; d += 32)
-            qb[(r * D + d) / 32] = (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(q + r * D + d + 16),
-                                                                _mm512_loadu_ps(q + r * D + d));
+kv_dots_bf16x4(const uint16_t* restrict qw, int64_t R, int64_t D, const void* const* rows,
+               int64_t nb, float* restrict s) {
+    const __m512i* qb = (const __m512i*)qw;
     const int64_t nd = D / 32;
     int64_t t = 0;
     for (; t + 4 <= nb; t += 4) {
@@ -338,7 +337,7 @@ kv_dots_bf16x4(const float* restrict q, int64_t R, int64_t D, const void* const*
             _mm_storeu_ps(o + 3 * KV_KB, kv_sum4(a30, a31, a32, a33));
         }
     }
-    if (t < nb) kv_dots_bf16(q, R, D, rows + t, nb - t, s + t);
+    if (t < nb) kv_dots_bf16(qw, R, D, rows + t, nb - t, s + t);
 }
 
 /* ---- Softmax of a fully visible 16-key block: the block max is reduced only when some score
@@ -820,11 +819,22 @@ static void avx512_pv(const kv_head* h, const void* const* rows, int64_t nb, con
     kv_pv(h->acc, h->R, h->c->a.Dv, rows, nb, dt, h->s);
 }
 
-/* bf16 rows: scores four keys at a time, P.V two keys per vdpbf16ps (acc permuted). */
+/* bf16 rows: q as bf16 words once per item, scores four keys at a time (rows in fours) or two,
+ * P.V two keys per vdpbf16ps (acc permuted). */
+static void avx512_bf16_prep(const cf_kvcache_call* c, kv_scratch* w, int64_t R) {
+    kv_bf16_words(w->qw, w->q, R * c->a.D);
+}
+
 static void avx512_scores_x4(const kv_head* h, const void* const* rows, int64_t nb,
                              const float* f) {
     (void)f; /* (unquantized) */
-    kv_dots_bf16x4(h->q, h->R, h->c->a.D, rows, nb, h->s);
+    kv_dots_bf16x4(h->qw, h->R, h->c->a.D, rows, nb, h->s);
+}
+
+static void avx512_scores_bf16(const kv_head* h, const void* const* rows, int64_t nb,
+                               const float* f) {
+    (void)f;
+    kv_dots_bf16(h->qw, h->R, h->c->a.D, rows, nb, h->s);
 }
 
 static void avx512_pv_dp(const kv_head* h, const void* const* rows, int64_t nb, const float* f) {
@@ -860,8 +870,8 @@ static void avx512_pv_q(const kv_head* h, const void* const* rows, int64_t nb, c
 /* Quantized caches, bf16 q, rows not in fours: a block's codes decoded to bf16 rows (in w->kq)
  * for the bf16 kernels. */
 static void avx512_q_tables(const cf_kvcache_call* c, kv_scratch* w, int64_t R) {
-    (void)R;
     kv_q_tables(c->quant, (uint8_t*)w->lut);
+    kv_bf16_words(w->qw, w->q, R * c->a.D);
 }
 
 static void avx512_scores_qd(const kv_head* h, const void* const* rows, int64_t nb,
@@ -869,7 +879,7 @@ static void avx512_scores_qd(const kv_head* h, const void* const* rows, int64_t 
     const void* dec[KV_KB];
     kv_q_decode((uint16_t*)h->w->kq, rows, nb, h->c->a.D, (const uint8_t*)h->w->lut,
                 h->c->quant == CFLASH_KV_QUANT_INT8, dec);
-    kv_dots(h->q, h->R, h->c->a.D, dec, nb, CF_BF16, h->s);
+    kv_dots_bf16(h->qw, h->R, h->c->a.D, dec, nb, h->s);
     kv_apply_unit(h->s, h->R, f, 1.0f);
 }
 
@@ -891,7 +901,9 @@ static void kv_choose_avx512(const cf_kvcache_call* c, int64_t R, kv_path* p) {
     const cf_attn_call* a = &c->a;
     *p = (kv_path){.scores = avx512_scores, .pv = avx512_pv, .softmax16 = kv_softmax16};
     if (c->quant == CFLASH_KV_QUANT_NONE) {
-        if (kv_dots_x4_ok(a->dtype, R, a->D)) p->scores = avx512_scores_x4;
+        if (kv_bf16_ok(a->dtype, a->D))
+            p->prep = avx512_bf16_prep,
+            p->scores = kv_dots_x4_ok(a->dtype, R, a->D) ? avx512_scores_x4 : avx512_scores_bf16;
         if (kv_pv_dp_ok(a->dtype, R, a->Dv))
             p->pv = avx512_pv_dp, p->acc_index = kv_acc_index_dp, p->finish = kv_pv_unpermute;
     } else if (kv_q_bf16_ok(a->dtype, a->D, a->Dv) && kv_q_fused_ok(R)) {
