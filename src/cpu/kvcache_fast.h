@@ -430,6 +430,18 @@ static void kv_prefetch(const cf_view* v, const int64_t* pf, int64_t n, int64_t 
             __builtin_prefetch((const char*)v->data + (pf[t] + g * v->stride[2]) * es + o, 0, 2);
 }
 
+/* Prefetch into L2 the int8 scales (K and V) of the n keys from position t0 for the item's KV
+ * heads (the scales of a position's heads are adjacent: one line per key, most of them shared). */
+static void kv_prefetch_scales(const cf_kvcache_call* c, const kv_itm* it, int64_t t0, int64_t n) {
+    int64_t o[KV_KB];
+    const cf_view* sv[2] = {&c->ks, &c->vs};
+    for (int i = 0; i < 2; i++) {
+        kv_rows_of(c, sv[i], it->b, t0, n, it->hk0, o);
+        for (int64_t t = 0; t < n; t++)
+            __builtin_prefetch((const float*)sv[i]->data + o[t], 0, 2);
+    }
+}
+
 /* Scores of the block of nb keys at jb for every KV head of the item (times each key's factor
  * for a quantized cache); prefetches the K rows at pf (npf of them). */
 static void kv_block_scores(const cf_kvcache_call* c, kv_scratch* w, const kv_itm* it, int64_t jb,
@@ -560,6 +572,7 @@ static void kv_item(const cf_kvcache_call* c, kv_scratch* w, kv_itm* it, int64_t
         const int64_t npf = pf0 >= it->jhi ? 0 : (it->jhi - pf0 < KV_KB ? it->jhi - pf0 : KV_KB);
         kv_rows_of(c, &c->kc, it->b, it->P + pf0, npf, it->hk0, pfk);
         if (!c->latent) kv_rows_of(c, &c->vc, it->b, it->P + pf0, npf, it->hk0, pfv);
+        if (c->quant == CFLASH_KV_QUANT_INT8) kv_prefetch_scales(c, it, it->P + pf0, npf);
         kv_block_scores(c, w, it, jb, nb, pfk, npf);
         kv_block_softmax(c, w, it, jb, nb);
         kv_block_pv(c, w, it, jb, nb, pfv, npf);
