@@ -754,13 +754,3 @@ static cflash_status kv_run(const void* call, kv_choose_fn choose) {
     CFLASH_RETURN_IF(failed, CFLASH_ERR_OUT_OF_MEMORY, "kvcache_fwd: out of memory for scratch");
     return CFLASH_OK;
 }
-
-/* Which calls a build serves: all, or all but quantized caches when quant_refused says why. */
-static inline int kv_supports(const void* call, const char* quant_refused, char* why, size_t n) {
-    const cf_kvcache_call* c = call;
-    if (quant_refused && c->quant != CFLASH_KV_QUANT_NONE) {
-        snprintf(why, n, "%s", quant_refused);
-        return 0;
-    }
-    return 1;
-}

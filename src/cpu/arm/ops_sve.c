@@ -35,19 +35,11 @@ static cflash_status sve_kvcache_run(const void* call) {
     return kv_run(call, kv_choose_generic);
 }
 
-/* Quantized KV caches gave wrong results on cpu-sve under qemu (test_kvcache, sve128): refused
- * until that is found; cpu-neon serves them. */
-static int sve_kvcache_supports(const void* call, char* why, size_t n) {
-    return kv_supports(
-        call, "quantized KV cache (cache_quant): not yet correct on cpu-sve (cpu-neon serves it)",
-        why, n);
-}
-
 const cf_impl cf_impl_sve_kvcache_fwd = {
     .backend = "cpu-sve",
     .op = CFLASH_OP_KVCACHE_FWD,
     .device_type = kDLCPU,
-    .supports = sve_kvcache_supports,
+    .supports = NULL, /* every call */
     .run = sve_kvcache_run,
     .available = ops_sve_available,
 };
