@@ -401,6 +401,11 @@ CFLASH_API cflash_status cflash_norm_bwd(cflash_context* ctx, const cflash_norm_
  *   k_cache  (B_cache, S_cache, Hk, D)   v_cache (B_cache, S_cache, Hk, Dv)   or paged:
  *            (num_pages, page_size, Hk, D) / (num_pages, page_size, Hk, Dv), any page_size >= 1
  *   k_new    NULL or (B, Sn, Hk, D)  v_new NULL or (B, Sn, Hk, Dv) (both or neither)
+ * MLA latent cache (DeepSeek: D 576 = 512 latent + 64 rope, Dv 512, Hk 1): v_cache may be a view
+ * of k_cache's first Dv dims (same data pointer, dtype and strides). Then v_new must be NULL: the
+ * append of k_new writes the rows of both (for int8 the row's scale goes to v_scales too), and
+ * the library reads each latent row once for both products. Any other v_cache that shares
+ * k_cache's memory can be read but not appended to (INVALID_ARGUMENT).
  *   rotary_cos, rotary_sin  NULL or (S_ro, rd / 2), float32 or the dtype of q, rd <= D
  *   cache_seqlens   NULL or int32 [B]
  *   cache_batch_idx NULL or int32 [B]: batch b uses cache row cache_batch_idx[b] (not paged)
@@ -445,6 +450,12 @@ typedef struct cflash_kvcache_params {
     const DLTensor* k_scales; /* int8: fp32 per (token, head): (B_cache, S_cache, Hk) or
                                  (num_pages, page_size, Hk), written for appended rows */
     const DLTensor* v_scales;
+    /* -- B: attention sinks (gpt-oss; FA4 learnable_sink) -- */
+    const DLTensor* sinks; /* NULL or fp32 [H] on q's device, as cflash_attn_params.sinks (which
+                              the KV-cache call refuses): per query head a logit that joins
+                              each row's softmax denominator (exp(sink)) and carries no value,
+                              in the units of the scaled score; lse includes it (FA4); a row
+                              that sees no key: out 0, lse = sink */
 } cflash_kvcache_params;
 
 /* Quantized KV caches (cflash_kvcache_params.cache_quant): the caches hold 8-bit codes; q,

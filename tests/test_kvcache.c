@@ -19,6 +19,11 @@ typedef struct kserve {
     /* quantized caches: cflash_kv_quant; fp8 descale 0 none, 1 [1], 2 [Hk], 3 [B, Hk]; f8code:
      * caches typed with DLPack's float8 codes instead of uint8 */
     int quant, descale, f8code;
+    /* the MLA latent cache: v_cache a view of k_cache's first Dv dims, appended through k_new
+     * alone */
+    int latent;
+    /* attention sinks: fp32 [H] (one head's sink large, one -inf: no sink) */
+    int sinks;
 } kserve;
 
 typedef struct kcase {
@@ -49,6 +54,7 @@ typedef struct kprob {
     tt_tensor q, kc, vc, kn, vn, cs, snt, out, lse, alibi, t_seq, t_bidx, t_lp, t_bt, t_cuq, t_cun;
     tt_tensor kc0, vc0;                   /* snapshots */
     tt_tensor kds, vds, ks, vs, ks0, vs0; /* fp8 descale; int8 scales and their snapshots */
+    tt_tensor sinks;                      /* [H] */
 } kprob;
 
 static double g4(const tt_tensor* t, int64_t a, int64_t b, int64_t c, int64_t d) {
@@ -119,11 +125,16 @@ static double qval(const kprob* p, int is_v, const tt_tensor* cache, const tt_te
 }
 
 /* Expected K or V row t of batch b, head hk after the append (rounded to the dtype); for a
- * quantized cache, the row before it is coded. */
+ * quantized cache, the row before it is coded. A latent cache's V row: its K row's first Dv. */
 static void kv_expected(const kprob* p, int is_v, int64_t b, int64_t t, int64_t hk, double* v) {
     const kcase* c = &p->c;
     int64_t n = is_v ? c->Dv : c->D;
-    if (t >= p->L[b]) {
+    if (t >= p->L[b] && is_v && c->x.latent) {
+        double* k = malloc(sizeof(double) * (size_t)c->D);
+        kv_expected(p, 0, b, t, hk, k);
+        memcpy(v, k, sizeof(double) * (size_t)n);
+        free(k);
+    } else if (t >= p->L[b]) {
         for (int64_t d = 0; d < n; d++)
             v[d] = newget(p, is_v, b, t - p->L[b], hk, d);
         if (!is_v && c->half) {
@@ -159,6 +170,12 @@ static float slope(const kprob* p, int64_t b, int64_t h) {
     return (float)tt_get(&p->alibi, p->c.alibi == 2 ? i2 : i1);
 }
 
+/* The sink of head h (-inf: none). */
+static double sink_of(const kprob* p, int64_t h) {
+    int64_t i1[1] = {h};
+    return p->c.x.sinks ? tt_get(&p->sinks, i1) : -INFINITY;
+}
+
 /* out (B, Sq, H, Dv) and lse (B, H, Sq) row-major; naive = fp32 scores and P rounded to dtype. */
 static void oracle(const kprob* p, int naive, double* out, double* lse) {
     const kcase* c = &p->c;
@@ -184,7 +201,8 @@ static void oracle(const kprob* p, int naive, double* out, double* lse) {
                 int64_t wr = c->causal ? 0 : c->wr;
                 if (c->wl >= 0 && diag - c->wl > lo) lo = diag - c->wl;
                 if (wr >= 0 && diag + wr + 1 < hi) hi = diag + wr + 1;
-                double m = -INFINITY, l = 0;
+                const double sink = sink_of(p, h);
+                double m = sink, l = 0;
                 for (int64_t j = lo; j < hi; j++) {
                     kv_row(p, 0, b, P + j, hk, kr);
                     for (int64_t d = 0; naive && c->x.quant && d < c->D; d++)
@@ -202,6 +220,7 @@ static void oracle(const kprob* p, int naive, double* out, double* lse) {
                 }
                 for (int64_t d = 0; d < c->Dv; d++)
                     acc[d] = 0;
+                if (sink > -INFINITY) l = exp(sink - m); /* a key of score sink, value 0 */
                 for (int64_t j = lo; j < hi; j++) {
                     double e = exp(s[j] - m);
                     l += e;
@@ -212,11 +231,11 @@ static void oracle(const kprob* p, int naive, double* out, double* lse) {
                     for (int64_t d = 0; d < c->Dv; d++)
                         acc[d] += e * vr[d];
                 }
-                for (int64_t d = 0; d < c->Dv; d++) {
-                    double o = l > 0 ? acc[d] / l : 0.0;
+                for (int64_t d = 0; d < c->Dv; d++) { /* (l NaN: a NaN score, a NaN row) */
+                    double o = l > 0 || l != l ? acc[d] / l : 0.0;
                     out[oidx(p, b, i, h, d)] = naive ? ops_round(c->dtype, o) : o;
                 }
-                double ls = l > 0 ? m + log(l) : -INFINITY;
+                double ls = l > 0 || l != l ? m + log(l) : -INFINITY;
                 lse[lidx(p, b, h, i)] = naive ? (float)ls : ls;
             }
         }
@@ -226,7 +245,8 @@ static void oracle(const kprob* p, int naive, double* out, double* lse) {
 
 /* A quantized cache's contents: fp8 codes of values in [-1, 1] under the descale of batch 0
  * (descale factors drawn in [0.004, 0.012]); int8 codes in [-127, 127] with scales around 1/127
- * (values in about [-1.5, 1.5]). */
+ * (values in about [-1.5, 1.5]), and now and then -128 (which the append never writes, but a
+ * cache filled elsewhere may hold). */
 static void fill_codes(kprob* p, tt_rng* r) {
     const kcase* c = &p->c;
     const int64_t B = c->B, Hk = c->Hk;
@@ -255,7 +275,7 @@ static void fill_codes(kprob* p, tt_rng* r) {
                 (uint8_t)(u >> 8); /* one in 8: any finite code (subnormals, the largest) */
             if (!isfinite(ops_fp8_value(any, e5m2(p)))) any &= 0x83;
             tt_set(t, idx,
-                   int8         ? (double)(int64_t)(u % 255) - 127.0
+                   int8         ? (u % 64 == 1 ? -128.0 : (double)(int64_t)(u % 255) - 127.0)
                    : u % 8 == 0 ? (double)any
                                 : (double)ops_fp8_code((float)(x / descale_of(p, is_v, 0, idx[2])),
                                                        e5m2(p)));
@@ -265,6 +285,22 @@ static void fill_codes(kprob* p, tt_rng* r) {
         tt_alloc_like(&p->ks0, &p->ks), memcpy(p->ks0.base, p->ks.base, p->ks.bytes);
         tt_alloc_like(&p->vs0, &p->vs), memcpy(p->vs0.base, p->vs.base, p->vs.bytes);
     }
+}
+
+/* v = a view of k's first Dv elements of the last dim (the MLA latent cache): the same memory. */
+static void latent_view(tt_tensor* v, const tt_tensor* k, int64_t Dv) {
+    *v = *k;
+    v->shape[3] = Dv;
+    v->dl.shape = v->shape, v->dl.strides = v->strides;
+    v->numel = k->numel / k->shape[3] * Dv;
+}
+
+/* The V cache of shape sv: its own tensor, or a view of the K cache. */
+static void alloc_v(kprob* p, cf_dtype cdt, const int64_t* sv) {
+    if (p->c.x.latent)
+        latent_view(&p->vc, &p->kc, sv[3]);
+    else
+        tt_alloc(&p->vc, cdt, 4, sv, p->c.layout);
 }
 
 static void build(kprob* p, const kcase* c) {
@@ -313,7 +349,7 @@ static void build(kprob* p, const kcase* c) {
         int64_t s[4] = {p->npages, c->page, c->Hk, c->D},
                 sv[4] = {p->npages, c->page, c->Hk, c->Dv};
         tt_alloc(&p->kc, cdt, 4, s, c->layout);
-        tt_alloc(&p->vc, cdt, 4, sv, c->layout);
+        alloc_v(p, cdt, sv);
         int64_t bs[2] = {c->B, p->pps};
         tt_alloc(&p->t_bt, CF_I32, 2, bs, TT_DENSE);
         memcpy(p->t_bt.dl.data, p->bt, sizeof(int32_t) * (size_t)(c->B * p->pps));
@@ -326,7 +362,7 @@ static void build(kprob* p, const kcase* c) {
             p->bidx[b] = (int32_t)(p->Bc - 1 - b);
         int64_t s[4] = {p->Bc, p->Sc, c->Hk, c->D}, sv[4] = {p->Bc, p->Sc, c->Hk, c->Dv};
         tt_alloc(&p->kc, cdt, 4, s, c->layout);
-        tt_alloc(&p->vc, cdt, 4, sv, c->layout);
+        alloc_v(p, cdt, sv);
     }
     if (c->seqlen_mode == 2)
         for (int64_t b = 0; b < c->B; b++)
@@ -338,7 +374,10 @@ static void build(kprob* p, const kcase* c) {
         tt_random(&p->vc, c->seed + 2, -1, 1);
     }
     tt_alloc_like(&p->kc0, &p->kc), memcpy(p->kc0.base, p->kc.base, p->kc.bytes);
-    tt_alloc_like(&p->vc0, &p->vc), memcpy(p->vc0.base, p->vc.base, p->vc.bytes);
+    if (c->x.latent)
+        latent_view(&p->vc0, &p->kc0, c->Dv);
+    else
+        tt_alloc_like(&p->vc0, &p->vc), memcpy(p->vc0.base, p->vc.base, p->vc.bytes);
     int64_t qs[4] = {c->B, c->Sq, c->H, c->D}, os[4] = {c->B, c->Sq, c->H, c->Dv},
             ls[3] = {c->B, c->H, c->Sq};
     int64_t vqs[3] = {p->total_q, c->H, c->D}, vos[3] = {p->total_q, c->H, c->Dv},
@@ -353,9 +392,11 @@ static void build(kprob* p, const kcase* c) {
         int64_t vns[3] = {p->total_new, c->Hk, c->D}, vnv[3] = {p->total_new, c->Hk, c->Dv};
         const int vn = c->x.varlen_new;
         tt_alloc(&p->kn, c->dtype, vn ? 3 : 4, vn ? vns : ns, c->layout);
-        tt_alloc(&p->vn, c->dtype, vn ? 3 : 4, vn ? vnv : nv, TT_DENSE);
         tt_random(&p->kn, c->seed + 4, -1, 1);
-        tt_random(&p->vn, c->seed + 5, -1, 1);
+        if (!c->x.latent) {
+            tt_alloc(&p->vn, c->dtype, vn ? 3 : 4, vn ? vnv : nv, TT_DENSE);
+            tt_random(&p->vn, c->seed + 5, -1, 1);
+        }
     }
     int64_t nb1[1] = {c->B + 1};
     tt_alloc(&p->t_cuq, CF_I32, 1, nb1, TT_DENSE);
@@ -382,6 +423,14 @@ static void build(kprob* p, const kcase* c) {
         tt_alloc(&p->alibi, CF_F32, c->alibi, c->alibi == 1 ? a1 : a2, TT_DENSE);
         tt_random(&p->alibi, c->seed + 6, 0.01, 0.3);
     }
+    if (c->x.sinks) {
+        int64_t hs[1] = {c->H};
+        tt_alloc(&p->sinks, CF_F32, 1, hs, TT_DENSE);
+        tt_random(&p->sinks, c->seed + 14, -2.0, 2.0);
+        int64_t h0[1] = {0}, h1[1] = {c->H - 1};
+        tt_set(&p->sinks, h0, 6.0);                     /* dominates its rows */
+        if (c->H > 1) tt_set(&p->sinks, h1, -INFINITY); /* no sink for this head */
+    }
     int64_t nb[1] = {c->B};
     tt_alloc(&p->t_seq, CF_I32, 1, nb, TT_DENSE);
     memcpy(p->t_seq.dl.data, p->L, 4 * (size_t)c->B);
@@ -392,10 +441,12 @@ static void build(kprob* p, const kcase* c) {
 }
 
 static void release(kprob* p) {
-    tt_tensor* ts[] = {&p->q,    &p->kc,   &p->vc,  &p->kn,    &p->vn,    &p->cs,
-                       &p->snt,  &p->out,  &p->lse, &p->alibi, &p->t_seq, &p->t_bidx,
-                       &p->t_lp, &p->t_bt, &p->kc0, &p->vc0,   &p->t_cuq, &p->t_cun,
-                       &p->kds,  &p->vds,  &p->ks,  &p->vs,    &p->ks0,   &p->vs0};
+    if (p->c.x.latent) /* views of kc, kc0 */
+        memset(&p->vc, 0, sizeof p->vc), memset(&p->vc0, 0, sizeof p->vc0);
+    tt_tensor* ts[] = {&p->q,   &p->kc,  &p->vc,    &p->kn,    &p->vn,     &p->cs,   &p->snt,
+                       &p->out, &p->lse, &p->alibi, &p->t_seq, &p->t_bidx, &p->t_lp, &p->t_bt,
+                       &p->kc0, &p->vc0, &p->t_cuq, &p->t_cun, &p->kds,    &p->vds,  &p->ks,
+                       &p->vs,  &p->ks0, &p->vs0,   &p->sinks};
     for (size_t i = 0; i < sizeof ts / sizeof ts[0]; i++)
         tt_free(ts[i]);
     free(p->bt);
@@ -411,7 +462,7 @@ static void params(const kprob* p, cflash_attn_params* ap, cflash_kvcache_params
     ap->alibi_slopes = c->alibi ? &p->alibi.dl : NULL;
     cflash_kvcache_params_init(kp);
     kp->k_new = c->Sn ? &p->kn.dl : NULL;
-    kp->v_new = c->Sn ? &p->vn.dl : NULL;
+    kp->v_new = c->Sn && !c->x.latent ? &p->vn.dl : NULL;
     kp->rotary_cos = c->half ? &p->cs.dl : NULL;
     kp->rotary_sin = c->half ? &p->snt.dl : NULL;
     kp->rotary_interleaved = c->interleaved;
@@ -429,6 +480,7 @@ static void params(const kprob* p, cflash_attn_params* ap, cflash_kvcache_params
     kp->v_descale = p->vds.base ? &p->vds.dl : NULL;
     kp->k_scales = p->ks.base ? &p->ks.dl : NULL;
     kp->v_scales = p->vs.base ? &p->vs.dl : NULL;
+    kp->sinks = c->x.sinks ? &p->sinks.dl : NULL;
 }
 
 /* The codes (and int8 scale) a call wrote for new row t of batch b, KV head hk at (pg, row),
@@ -486,15 +538,20 @@ static int64_t check_caches(const kprob* p) {
             cache_loc(p, b, t, &pg, &row);
             written[pg * p->kc.shape[1] + row] = 1;
             for (int64_t hk = 0; hk < c->Hk; hk++) {
+                int64_t i3[3] = {pg, row, hk};
+                if (c->x.latent && c->x.quant == CFLASH_KV_QUANT_INT8) /* V's scale is K's */
+                    bad += !(tt_get(&p->vs, i3) == tt_get(&p->ks, i3) ||
+                             tt_get(&p->ks, i3) != tt_get(&p->ks, i3));
                 if (c->x.quant) {
                     bad += check_quant_row(p, 0, b, t, pg, row, hk);
-                    bad += check_quant_row(p, 1, b, t, pg, row, hk);
+                    if (!c->x.latent) bad += check_quant_row(p, 1, b, t, pg, row, hk);
                     continue;
                 }
                 kv_row(p, 0, b, t, hk, v);
                 for (int64_t d = 0; d < c->D; d++)
                     bad += !(fabs(g4(&p->kc, pg, row, hk, d) - v[d]) <=
                              4 * tt_unit_roundoff(c->dtype) * (c->half ? 1.0 : 0.0));
+                if (c->x.latent) continue; /* (V: the memory just checked) */
                 kv_row(p, 1, b, t, hk, v);
                 for (int64_t d = 0; d < c->Dv; d++)
                     bad += g4(&p->vc, pg, row, hk, d) != v[d];
@@ -514,7 +571,7 @@ static int64_t check_caches(const kprob* p) {
                     bad += g4(&p->vc, pg, row, hk, d) != g4(&p->vc0, pg, row, hk, d);
             }
         }
-    bad += !tt_padding_intact(&p->kc) * 1000 + !tt_padding_intact(&p->vc) * 1000;
+    bad += !tt_padding_intact(&p->kc) * 1000 + (!c->x.latent && !tt_padding_intact(&p->vc)) * 1000;
     if (p->ks.base) bad += (!tt_padding_intact(&p->ks) + !tt_padding_intact(&p->vs)) * 1000;
     free(written), free(v);
     return bad;
@@ -546,7 +603,7 @@ static void run_case(const kcase* c) {
                  c->x.descale);
     snprintf(desc, sizeof desc,
              "%s B%lld H%lld/%lld Sq%lld Sn%lld Lmax%lld D%lld/%lld page%lld%s%s rot%lld%s%s "
-             "win(%lld,%lld) cap%.1f alibi%d splits%d seqlens%d layout%d%s%s%s seed%llu",
+             "win(%lld,%lld) cap%.1f alibi%d splits%d seqlens%d layout%d%s%s%s%s seed%llu",
              tt_dtype_short(c->dtype), (long long)c->B, (long long)c->H, (long long)c->Hk,
              (long long)c->Sq, (long long)c->Sn, (long long)c->Lmax, (long long)c->D,
              (long long)c->Dv, (long long)c->page, c->batch_idx ? " bidx" : "",
@@ -554,6 +611,9 @@ static void run_case(const kcase* c) {
              c->causal ? " causal" : "", (long long)c->wl, (long long)c->wr, (double)c->softcap,
              c->alibi, c->num_splits, c->seqlen_mode, (int)c->layout,
              c->x.varlen_q ? " varlen-q" : "", c->x.varlen_new ? " varlen-new" : "", qdesc,
+             c->x.latent  ? " latent"
+             : c->x.sinks ? " sinks"
+                          : "",
              (unsigned long long)c->seed);
     cflash_attn_params ap;
     cflash_kvcache_params kp;
@@ -714,8 +774,93 @@ static void test_grid(void) {
         run_case(&v);
         nqz++;
     }
-    printf("kvcache grid: %d cases + 2 long + 2 chunked prefill + %d varlen + %d quantized\n", n,
-           nv, nqz);
+    /* quantized caches with bf16 q (cpu-avx512 decodes the codes to bf16 in registers): every
+     * format with GQA groups of 4 and 8 (the fused kernels, rows in fours), 3 and 1 (the codes
+     * decoded to rows first), D 64 / 128 and Dv 64, paged, masks, splits, appends */
+    for (int i = 0; i < (emulated ? 6 : 12); i++) {
+        kcase v = {0};
+        v.dtype = CF_BF16;
+        v.x.quant = 1 + i % 3;
+        v.x.descale = v.x.quant == CFLASH_KV_QUANT_INT8 ? 0 : 1 + i % 3;
+        static const int64_t gh[4][2] = {{8, 2}, {8, 1}, {6, 2}, {2, 2}};
+        v.H = gh[(i / 3) % 4][0], v.Hk = gh[(i / 3) % 4][1];
+        v.B = 1 + i % 2;
+        v.Sq = (int64_t[]){1, 2, 1, 3}[i % 4];
+        v.Sn = i % 5 == 4 ? 0 : v.Sq;
+        v.D = i % 2 ? 128 : 64;
+        v.Dv = i % 6 == 5 ? 64 : v.D;
+        v.Lmax = (int64_t[]){200, 45, 131}[i % 3];
+        v.page = (int64_t[]){0, 16, 0, 7}[i % 4];
+        v.causal = i % 4 != 3;
+        v.wl = i % 4 == 2 ? 40 : -1;
+        v.wr = -1;
+        v.half = i % 5 == 1 ? v.D / 2 : 0;
+        v.num_splits = (int[]){0, 1, 3}[i % 3];
+        v.lse = 1;
+        v.layout = (tt_layout)(i % 2);
+        v.seed = 870 + (uint64_t)i + tt_seed_base();
+        run_case(&v);
+        nqz++;
+    }
+    /* the MLA latent cache (DeepSeek: D 576 = 512 latent + 64 rope, Dv 512, one KV head): V a
+     * view of K, appended through k_new alone; every dtype, paged or not, decode and a few
+     * rows, rotary on the first dims (V sees them rotated: it is the same memory), splits,
+     * quantized; small D / Dv and GQA groups of 3 (rows not in fours) too */
+    int nl = 0;
+    for (int i = 0; i < (emulated ? 4 : 8); i++) {
+        kcase v = {0};
+        v.dtype = dts[i % 3];
+        v.x.latent = 1;
+        v.x.quant = (int[]){0, 0, 0, 1, 0, 3, 2, 0}[i];
+        v.x.descale = v.x.quant == CFLASH_KV_QUANT_FP8_E4M3 ? 2 : 0;
+        v.H = (int64_t[]){16, 8, 3, 16, 4, 16, 3, 6}[i], v.Hk = i == 7 ? 2 : 1;
+        v.B = 1 + i % 2;
+        v.Sq = (int64_t[]){1, 2, 1, 1, 3, 1, 2, 1}[i];
+        v.Sn = i == 4 ? 0 : v.Sq;
+        v.D = i == 7 ? 40 : 576, v.Dv = i == 7 ? 24 : 512;
+        v.Lmax = (int64_t[]){130, 47, 200}[i % 3];
+        v.page = (int64_t[]){0, 16, 0, 64}[i % 4];
+        v.causal = i % 4 != 2;
+        v.wl = i == 2 ? 50 : -1, v.wr = -1;
+        v.half = i % 3 == 1 ? v.D / 8 : 0;
+        v.num_splits = (int[]){0, 1, 3}[i % 3];
+        v.lse = 1;
+        v.layout = (tt_layout)(i % 2);
+        v.seed = 890 + (uint64_t)i + tt_seed_base();
+        run_case(&v);
+        nl++;
+    }
+    /* attention sinks (gpt-oss): rows with and without keys to see (empty caches, windows),
+     * every dtype, GQA, splits (the sink counted once), paged, varlen, quantized, latent */
+    int ns = 0;
+    for (int i = 0; i < (emulated ? 5 : 10); i++) {
+        kcase v = {0};
+        v.dtype = dts[i % 3];
+        v.x.sinks = 1;
+        v.H = (int64_t[]){8, 4, 6, 16, 3}[i % 5], v.Hk = (int64_t[]){2, 4, 1, 1, 3}[i % 5];
+        v.B = 2 + i % 2;
+        v.Sq = (int64_t[]){1, 3, 1, 5}[i % 4];
+        v.Sn = i % 3 == 2 ? 0 : 1;
+        v.D = v.Dv = (int64_t[]){64, 128, 40}[i % 3];
+        v.Lmax = (int64_t[]){3, 600, 40, 1100}[i % 4];
+        v.page = (int64_t[]){0, 16, 0, 0, 5}[i % 5];
+        v.causal = i % 4 != 1;
+        v.wl = i % 5 == 3 ? 7 : -1, v.wr = -1;
+        v.softcap = i == 6 ? 1.5f : 0.0f;
+        v.num_splits = (int[]){0, 3, 1, 4}[i % 4];
+        v.lse = 1;
+        v.layout = (tt_layout)(i % 2);
+        v.x.quant = i == 4 ? 3 : i == 8 ? 1 : 0;
+        v.x.descale = v.x.quant == CFLASH_KV_QUANT_FP8_E4M3 ? 2 : 0;
+        v.x.varlen_q = v.x.varlen_new = i == 5;
+        if (i == 9) v.x.latent = 1, v.H = 16, v.Hk = 1, v.D = 576, v.Dv = 512, v.Lmax = 90;
+        v.seed = 910 + (uint64_t)i + tt_seed_base();
+        run_case(&v);
+        ns++;
+    }
+    printf("kvcache grid: %d cases + 2 long + 2 chunked prefill + %d varlen + %d quantized + %d "
+           "latent + %d sinks\n",
+           n, nv, nqz, nl, ns);
 }
 
 static void test_errors(void) {
@@ -744,7 +889,7 @@ static void test_errors(void) {
     CHECK_ERR(cflash_attn_kvcache_fwd(NULL, &ap, &kp, NULL, &p.kc.dl, &p.vc.dl, &p.out.dl, NULL),
               INV, "q: is NULL");
     CHECK_ERR(
-        cflash_attn_kvcache_fwd(NULL, &ap, &kp, &p.q.dl, &p.kc.dl, &p.kc.dl, &p.out.dl, &p.q.dl),
+        cflash_attn_kvcache_fwd(NULL, &ap, &kp, &p.q.dl, &p.kc.dl, &p.vc.dl, &p.out.dl, &p.q.dl),
         INV, "lse: expected 3 dims");
     tt_tensor bad;
     int64_t k3[4] = {2, 10, 3, 8};
@@ -1089,27 +1234,168 @@ static void test_quant_edges(void) {
     }
 }
 
-/* The MLA latent cache (v_cache a view of k_cache) with an append: refused (UNSUPPORTED, saying
- * why), nothing written. */
-static void test_latent_append_refused(void) {
+/* Non-finite values in a quantized cache (an fp8 NaN code, an int8 NaN scale) follow DESIGN.md's
+ * NaN rule: every query row that sees the key is NaN (out and lse), every row that does not is
+ * exact. Two query rows with a window, so that the keys sit in blocks some rows see only in part
+ * (the kernels' masked-key paths), in K or in V. */
+static void test_quant_nonfinite(void) {
+    for (int qz = CFLASH_KV_QUANT_FP8_E4M3; qz <= CFLASH_KV_QUANT_INT8; qz++)
+        for (int is_v = 0; is_v < 2; is_v++)
+            for (int g = 0; g < 2; g++) {
+                kcase c = {0};
+                c.dtype = CF_BF16, c.B = 1, c.H = g ? 6 : 8, c.Hk = 2, c.Sq = 2, c.Sn = 0;
+                c.D = 64, c.Dv = 64, c.Lmax = 40, c.seqlen_mode = 1, c.causal = 1;
+                c.wl = 20, c.wr = -1, c.lse = 1, c.layout = TT_DENSE;
+                c.x.quant = qz, c.x.descale = qz == CFLASH_KV_QUANT_INT8 ? 0 : 2;
+                c.seed = 960 + (uint64_t)(qz * 4 + is_v * 2 + g) + tt_seed_base();
+                kprob p;
+                build(&p, &c);
+                const int64_t no = c.Sq * c.H * c.Dv, nl = c.Sq * c.H;
+                double *ro = malloc(8 * (size_t)no), *rl = malloc(8 * (size_t)nl),
+                       *no_ = malloc(8 * (size_t)no), *nl_ = malloc(8 * (size_t)nl), bo, bl;
+                oracle_bounds(&p, ro, rl, no_, nl_, &bo, &bl); /* the bounds of the clean cache */
+                /* key 39 (row 1 sees it, row 0 does not) in KV head 0, key 18 (row 0 only) in
+                 * head 1: a NaN code, or a NaN int8 scale */
+                const int64_t keys[2] = {39, 18};
+                for (int64_t hk = 0; hk < 2; hk++) {
+                    tt_tensor *t = is_v ? &p.vc : &p.kc, *t0 = is_v ? &p.vc0 : &p.kc0;
+                    int64_t i4[4] = {0, keys[hk], hk, 5 + hk}, i3[3] = {0, keys[hk], hk};
+                    if (qz == CFLASH_KV_QUANT_INT8) {
+                        tt_set(is_v ? &p.vs : &p.ks, i3, NAN);
+                        tt_set(is_v ? &p.vs0 : &p.ks0, i3, NAN);
+                    } else {
+                        tt_set(t, i4, 0x7f), tt_set(t0, i4, 0x7f);
+                    }
+                }
+                oracle(&p, 0, ro, rl);
+                cflash_attn_params ap;
+                cflash_kvcache_params kp;
+                params(&p, &ap, &kp);
+                for (const char* const* be = ops_backends; *be; be++) {
+                    if (!tt_backend_selected(*be)) continue;
+                    tt_poison(&p.out), tt_poison(&p.lse);
+                    cflash_context* ctx = ops_context(*be, 0);
+                    cflash_status s = cflash_attn_kvcache_fwd(ctx, &ap, &kp, &p.q.dl, &p.kc.dl,
+                                                              &p.vc.dl, &p.out.dl, &p.lse.dl);
+                    cflash_context_free(ctx);
+                    if (ops_backend_skips(*be, "kvcache_fwd", s)) continue;
+                    CHECK_MSG(s == CFLASH_OK, "quant non-finite on %s: %s", *be,
+                              cflash_last_error());
+                    /* NaN where the fp64 oracle has NaN (out: the rows that see the key, in
+                     * every element for K, in the element of the code for V; lse: the rows
+                     * whose scores have a NaN), else within the bounds */
+                    int64_t bad = 0, nan_rows = 0;
+                    for (int64_t i = 0; i < c.Sq; i++)
+                        for (int64_t h = 0; h < c.H; h++) {
+                            int64_t il[3] = {0, h, i};
+                            const double lw = rl[lidx(&p, 0, h, i)], lg = tt_get(&p.lse, il);
+                            bad += lw != lw ? lg == lg : !(fabs(lg - lw) <= bl);
+                            int nan_row = 0;
+                            for (int64_t d = 0; d < c.Dv; d++) {
+                                int64_t io[4] = {0, i, h, d};
+                                const double w = ro[oidx(&p, 0, i, h, d)], x = tt_get(&p.out, io);
+                                bad += w != w ? x == x : !(fabs(x - w) <= bo);
+                                nan_row |= w != w;
+                            }
+                            nan_rows += nan_row;
+                        }
+                    CHECK_MSG(bad == 0 && nan_rows == 2 * c.H / c.Hk,
+                              "quant %d non-finite in %s (G %lld) on %s: %lld elements wrong, %lld "
+                              "NaN rows (expected %lld)",
+                              qz, is_v ? "V" : "K", (long long)(c.H / c.Hk), *be, (long long)bad,
+                              (long long)nan_rows, (long long)(2 * c.H / c.Hk));
+                }
+                free(ro), free(rl), free(no_), free(nl_);
+                release(&p);
+            }
+}
+
+/* The sinks' error paths: dtype, shape, stride, device; nothing written. */
+static void test_sinks_errors(void) {
     kcase c = {0};
-    c.dtype = CF_F32, c.B = 2, c.H = 4, c.Hk = 1, c.Sq = c.Sn = 1, c.D = c.Dv = 16;
-    c.Lmax = 5, c.wl = c.wr = -1, c.layout = TT_DENSE, c.seed = 970;
+    c.dtype = CF_F32, c.B = 1, c.H = 4, c.Hk = 2, c.Sq = c.Sn = 1, c.D = c.Dv = 16;
+    c.Lmax = 5, c.wl = c.wr = -1, c.layout = TT_DENSE, c.seed = 975, c.x.sinks = 1;
     kprob p;
     build(&p, &c);
     cflash_attn_params ap;
     cflash_kvcache_params kp;
     params(&p, &ap, &kp);
-    for (int no_vnew = 0; no_vnew < 2; no_vnew++) {
-        kp.v_new = no_vnew ? NULL : &p.vn.dl;
-        CHECK_ERR(
-            cflash_attn_kvcache_fwd(NULL, &ap, &kp, &p.q.dl, &p.kc.dl, &p.kc.dl, &p.out.dl, NULL),
-            CFLASH_ERR_UNSUPPORTED,
-            "v_cache: a view of k_cache (the MLA latent cache) with k_new: an append into a "
-            "latent cache is not implemented yet");
-        CHECK_MSG(!memcmp(p.kc.base, p.kc0.base, p.kc.bytes) && tt_count_nan(&p.out) == p.out.numel,
-                  "latent refusal wrote caller memory");
-    }
+    tt_tensor bad;
+#define UNTOUCHED()                                                                                \
+    (!memcmp(p.kc.base, p.kc0.base, p.kc.bytes) && !memcmp(p.vc.base, p.vc0.base, p.vc.bytes) &&   \
+     tt_count_nan(&p.out) == p.out.numel)
+#define CALL_WITH(t, msg)                                                                          \
+    kp.sinks = &(t);                                                                               \
+    CHECK_ERR(                                                                                     \
+        cflash_attn_kvcache_fwd(NULL, &ap, &kp, &p.q.dl, &p.kc.dl, &p.vc.dl, &p.out.dl, NULL),     \
+        CFLASH_ERR_INVALID_ARGUMENT, msg);                                                         \
+    CHECK_MSG(UNTOUCHED(), "sinks error wrote caller memory: %s", msg)
+    tt_alloc(&bad, CF_F16, 1, (int64_t[]){4}, TT_DENSE);
+    CALL_WITH(bad.dl, "sinks: dtype float16, expected float32");
+    tt_free(&bad);
+    tt_alloc(&bad, CF_F32, 1, (int64_t[]){5}, TT_DENSE);
+    CALL_WITH(bad.dl, "sinks: shape (5), expected [H] = [4]");
+    tt_free(&bad);
+    tt_alloc(&bad, CF_F32, 2, (int64_t[]){1, 4}, TT_DENSE);
+    CALL_WITH(bad.dl, "sinks: shape (1, 4), expected [H] = [4]");
+    tt_free(&bad);
+    DLTensor strided = p.sinks.dl;
+    int64_t st[1] = {2};
+    strided.strides = st;
+    CALL_WITH(strided, "sinks: stride 2, expected 1 (contiguous)");
+    DLTensor gpu = p.sinks.dl;
+    gpu.device.device_type = kDLCUDA;
+    CALL_WITH(gpu, "sinks: on cuda:0, expected cpu:0 (the device of q)");
+#undef CALL_WITH
+#undef UNTOUCHED
+    release(&p);
+}
+
+/* The MLA latent cache's error paths: v_new given with the view (INVALID), and an append into a
+ * v_cache that shares k_cache's memory without being a view of its first Dv dims (INVALID);
+ * nothing written. */
+static void test_latent_errors(void) {
+    kcase c = {0};
+    c.dtype = CF_F32, c.B = 2, c.H = 4, c.Hk = 1, c.Sq = c.Sn = 1, c.D = 16, c.Dv = 12;
+    c.Lmax = 5, c.wl = c.wr = -1, c.layout = TT_DENSE, c.seed = 970, c.x.latent = 1;
+    kprob p;
+    build(&p, &c);
+    cflash_attn_params ap;
+    cflash_kvcache_params kp;
+    params(&p, &ap, &kp);
+    int64_t vs[4] = {p.Bc, p.Sc, 1, c.Dv};
+    tt_tensor vn;
+    tt_alloc(&vn, c.dtype, 4, (int64_t[]){c.B, c.Sn, c.Hk, c.Dv}, TT_DENSE);
+    tt_random(&vn, 971, -1, 1);
+#define UNTOUCHED()                                                                                \
+    (!memcmp(p.kc.base, p.kc0.base, p.kc.bytes) && tt_count_nan(&p.out) == p.out.numel)
+    kp.v_new = &vn.dl;
+    CHECK_ERR(cflash_attn_kvcache_fwd(NULL, &ap, &kp, &p.q.dl, &p.kc.dl, &p.vc.dl, &p.out.dl, NULL),
+              CFLASH_ERR_INVALID_ARGUMENT,
+              "v_new: given with an MLA latent cache (v_cache a view of k_cache's first 12 dims), "
+              "expected NULL: the append of k_new writes both");
+    CHECK_MSG(UNTOUCHED(), "latent v_new: wrote caller memory");
+    kp.k_new = NULL; /* (v_new alone with the view: the same) */
+    CHECK_ERR(cflash_attn_kvcache_fwd(NULL, &ap, &kp, &p.q.dl, &p.kc.dl, &p.vc.dl, &p.out.dl, NULL),
+              CFLASH_ERR_INVALID_ARGUMENT, "v_new: given with an MLA latent cache");
+    kp.k_new = &p.kn.dl, kp.v_new = NULL;
+    /* the same memory, other strides: rows of V would overlap other rows of K */
+    DLTensor odd = p.vc.dl;
+    int64_t st[4] = {p.vc.strides[0], p.vc.strides[1] / 2, p.vc.strides[2], 1};
+    odd.strides = st;
+    odd.shape = vs;
+    CHECK_ERR(cflash_attn_kvcache_fwd(NULL, &ap, &kp, &p.q.dl, &p.kc.dl, &odd, &p.out.dl, NULL),
+              CFLASH_ERR_INVALID_ARGUMENT, "v_cache: shares k_cache's memory");
+    CHECK_MSG(UNTOUCHED(), "latent strides: wrote caller memory");
+    /* Dv > D over the same memory: not a view of k_cache's first Dv dims */
+    int64_t wide[4] = {p.Bc, p.Sc, 1, c.D + 4};
+    DLTensor w = p.kc.dl;
+    w.shape = wide;
+    CHECK_ERR(cflash_attn_kvcache_fwd(NULL, &ap, &kp, &p.q.dl, &p.kc.dl, &w, &p.out.dl, NULL),
+              CFLASH_ERR_INVALID_ARGUMENT, "and Dv = 20, expected k_cache's strides");
+    CHECK_MSG(UNTOUCHED(), "latent Dv: wrote caller memory");
+#undef UNTOUCHED
+    tt_free(&vn);
     release(&p);
 }
 
@@ -1121,7 +1407,9 @@ int main(int argc, char** argv) {
     test_errors_varlen();
     test_errors_quant();
     test_quant_edges();
-    test_latent_append_refused();
+    test_quant_nonfinite();
+    test_latent_errors();
+    test_sinks_errors();
     printf("test_kvcache: %.1f s\n", tt_now() - t0);
     return tt_summary();
 }

@@ -154,6 +154,7 @@ static void test_cpu(void) {
         {"avx512bw", c->avx512bw},
         {"avx512vl", c->avx512vl},
         {"avx512_vnni", c->avx512vnni},
+        {"avx512vbmi", c->avx512vbmi},
         {"avx512_bf16", c->avx512bf16},
         {"avx512_fp16", c->avx512fp16},
         {"amx_tile", c->amx_tile},

@@ -41,9 +41,31 @@ typedef struct ops_flags {
     int kv_quant; /* cflash_kv_quant */
 } ops_flags;
 
+/* The op's own flags, for --help. */
+static const char* ops_usage(const char* cmd) {
+    return !strcmp(cmd, "rotary") ? "  --rotary-dim N     rotated dims (default head-dim)\n"
+                                    "  --interleaved      GPT-J pairs (default GPT-NeoX halves)\n"
+                                    "  --inplace          x rotated in place\n"
+           : !strcmp(cmd, "norm") ? "  --layer            LayerNorm (default RMSNorm)\n"
+                                    "  --residual         residual in, prenorm residual_out\n"
+           : !strcmp(cmd, "decode")
+               ? "  --page N           paged cache of page size N\n"
+                 "  --splits N         num_splits (default 0: heuristic)\n"
+                 "  --kv-quant Q       none | e4m3 | e5m2 | int8: a quantized cache (fp8 descale\n"
+                 "                     per KV head, int8 scales per (token, KV head))\n"
+               : "  --splits N         parts to merge\n";
+}
+
+/* 0, -1 on a bad flag (said on stderr), 1 after --help (printed). */
 static int parse(const char* cmd, int argc, char** argv, cf_problem* pr, ops_flags* f) {
     memset(f, 0, sizeof *f);
     f->splits = -1;
+    for (int i = 3; i < argc; i++)
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            printf("usage: cflash bench %s [flags]\n\n%s flags:\n%s\nproblem flags:\n%s", cmd, cmd,
+                   ops_usage(cmd), cf_problem_usage());
+            return 1;
+        }
     char** rest = calloc((size_t)argc + 1, sizeof(char*));
     int n = 0;
     for (int i = 0; i < argc; i++) {
@@ -311,7 +333,8 @@ static cflash_status rot_call(void* p) {
 int cf_cmd_bench_rotary(int argc, char** argv) {
     cf_problem pr;
     ops_flags f;
-    if (parse("rotary", argc, argv, &pr, &f)) return 2;
+    const int pa = parse("rotary", argc, argv, &pr, &f);
+    if (pa) return pa < 0 ? 2 : 0;
     rot_arg a;
     memset(&a, 0, sizeof a);
     int64_t B = pr.batch, S = pr.seqlen_q, H = pr.heads, D = pr.head_dim;
@@ -360,7 +383,8 @@ static cflash_status norm_call(void* p) {
 int cf_cmd_bench_norm(int argc, char** argv) {
     cf_problem pr;
     ops_flags f;
-    if (parse("norm", argc, argv, &pr, &f)) return 2;
+    const int pa = parse("norm", argc, argv, &pr, &f);
+    if (pa) return pa < 0 ? 2 : 0;
     norm_arg a;
     memset(&a, 0, sizeof a);
     int64_t M = pr.batch * pr.seqlen_q, N = pr.heads * pr.head_dim;
@@ -404,7 +428,8 @@ static cflash_status dec_call(void* p) {
 int cf_cmd_bench_decode(int argc, char** argv) {
     cf_problem pr;
     ops_flags f;
-    if (parse("decode", argc, argv, &pr, &f)) return 2;
+    const int pa = parse("decode", argc, argv, &pr, &f);
+    if (pa) return pa < 0 ? 2 : 0;
     dec_arg a;
     memset(&a, 0, sizeof a);
     int64_t B = pr.batch, Sq = pr.seqlen_q, Sk = pr.seqlen_k, H = pr.heads, Hk = pr.heads_kv,
@@ -473,7 +498,8 @@ static cflash_status merge_call(void* p) {
 int cf_cmd_bench_merge(int argc, char** argv) {
     cf_problem pr;
     ops_flags f;
-    if (parse("merge", argc, argv, &pr, &f)) return 2;
+    const int pa = parse("merge", argc, argv, &pr, &f);
+    if (pa) return pa < 0 ? 2 : 0;
     merge_arg a;
     memset(&a, 0, sizeof a);
     int64_t NS = f.splits > 0 ? f.splits : 4, B = pr.batch, Sq = pr.seqlen_q, H = pr.heads,

@@ -167,9 +167,9 @@ static cflash_status check_on_q(const cf_view* v, const char* name, const cf_vie
     return CFLASH_OK;
 }
 
-/* sinks / dsinks: fp32 [H], contiguous, on q's device. */
-static cflash_status check_heads_f32(const DLTensor* t, const char* name, const cf_attn_call* c,
-                                     float** data) {
+/* sinks / dsinks: fp32 [H], contiguous, on q's device (also the KV-cache call's sinks). */
+cflash_status cf_attn_check_heads_f32(const DLTensor* t, const char* name, const cf_attn_call* c,
+                                      float** data) {
     cf_view v;
     CFLASH_FORWARD_IF_ERROR(cf_view_from(&v, t, name));
     CFLASH_RETURN_IF(v.dtype != CF_F32, INVALID, "%s: dtype %s, expected float32", name,
@@ -314,14 +314,14 @@ static cflash_status check_block_sparse(cf_attn_call* c, const cflash_attn_param
 static cflash_status check_features(cf_attn_call* c, const cflash_attn_params* p, int bwd) {
     float* f = NULL;
     if (p->sinks) {
-        CFLASH_FORWARD_IF_ERROR(check_heads_f32(p->sinks, "sinks", c, &f));
+        CFLASH_FORWARD_IF_ERROR(cf_attn_check_heads_f32(p->sinks, "sinks", c, &f));
         c->sinks = f;
     }
     if (bwd && p->dsinks) {
         CFLASH_RETURN_IF(!p->sinks, INVALID,
                          "dsinks: given without sinks, expected NULL (there is no sink to "
                          "differentiate)");
-        CFLASH_FORWARD_IF_ERROR(check_heads_f32(p->dsinks, "dsinks", c, &f));
+        CFLASH_FORWARD_IF_ERROR(cf_attn_check_heads_f32(p->dsinks, "dsinks", c, &f));
         c->dsinks = f;
     }
     if (p->attn_bias) {
@@ -363,7 +363,8 @@ static cflash_status check_features(cf_attn_call* c, const cflash_attn_params* p
 
 cflash_status cf_attn_kvcache_features(const cflash_attn_params* p) {
     CFLASH_RETURN_IF(p->sinks, INVALID,
-                     "sinks: given to the KV-cache call, expected NULL (not supported there yet)");
+                     "sinks: given to the KV-cache call, expected NULL in cflash_attn_params (the "
+                     "KV-cache call takes them as cflash_kvcache_params.sinks)");
     CFLASH_RETURN_IF(p->attn_bias || p->attn_mask, INVALID,
                      "%s: given to the KV-cache call, expected NULL (batch attention calls only)",
                      p->attn_bias ? "attn_bias" : "attn_mask");

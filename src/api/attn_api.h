@@ -15,5 +15,8 @@ cflash_status cf_attn_apply_params(struct cf_attn_call* c, const cflash_attn_par
 
 /* Refuses issue 13's attention features the KV-cache call does not take (status and message). */
 cflash_status cf_attn_kvcache_features(const cflash_attn_params* p);
+/* A per-head fp32 tensor (sinks, dsinks): [H], contiguous, on q's device; *data its floats. */
+cflash_status cf_attn_check_heads_f32(const DLTensor* t, const char* name,
+                                      const struct cf_attn_call* c, float** data);
 
 #endif

@@ -182,6 +182,34 @@ static cflash_status check_quant(cf_kvcache_call* c, const cflash_kvcache_params
     return CFLASH_OK;
 }
 
+/* ---- The MLA latent cache ------------------------------------------------------------------ */
+
+/* Whether v_cache is a view of k_cache's first Dv dims (same memory, dtype and strides: the MLA
+ * latent cache, ggml's view), and what the call may do with it: the append of k_new writes the
+ * rows of both (v_new must be NULL). Another v_cache sharing k_cache's memory can be read, never
+ * appended to (the rows of the two would overlap in other places). */
+static cflash_status check_latent(cf_kvcache_call* c, const cflash_kvcache_params* kp) {
+    const cf_view *k = &c->kc, *v = &c->vc;
+    int view = k->data == v->data && k->dtype == v->dtype && v->shape[3] <= k->shape[3];
+    for (int i = 0; i < 3; i++)
+        view &= k->shape[i] < 2 || k->stride[i] == v->stride[i];
+    c->latent = view;
+    CFLASH_RETURN_IF(
+        view && kp->v_new, INVALID,
+        "v_new: given with an MLA latent cache (v_cache a view of k_cache's first %lld "
+        "dims), expected NULL: the append of k_new writes both",
+        (long long)v->shape[3]);
+    CFLASH_RETURN_IF(!view && kp->k_new && k->data == v->data, INVALID,
+                     "v_cache: shares k_cache's memory (data %p) with strides (%lld, %lld, %lld) "
+                     "and Dv = %lld, expected k_cache's strides (%lld, %lld, %lld) and Dv <= D = "
+                     "%lld for an append into an MLA latent cache (a view of k_cache's first Dv "
+                     "dims), or a cache of its own",
+                     v->data, (long long)v->stride[0], (long long)v->stride[1],
+                     (long long)v->stride[2], (long long)v->shape[3], (long long)k->stride[0],
+                     (long long)k->stride[1], (long long)k->stride[2], (long long)k->shape[3]);
+    return CFLASH_OK;
+}
+
 static cflash_status kvcache_fwd(cflash_context* ctx, const cflash_attn_params* p,
                                  const cflash_kvcache_params* kp, const DLTensor* q,
                                  DLTensor* k_cache, DLTensor* v_cache, DLTensor* out,
@@ -220,6 +248,11 @@ static cflash_status kvcache_fwd(cflash_context* ctx, const cflash_attn_params* 
     a->Dv = c.vc.shape[3];
     CFLASH_RETURN_IF(a->Dv < 1, INVALID, "v_cache: head dim Dv = 0, expected >= 1");
     CFLASH_FORWARD_IF_ERROR(check_attn(a, p));
+    if (kp->sinks) {
+        float* f;
+        CFLASH_FORWARD_IF_ERROR(cf_attn_check_heads_f32(kp->sinks, "sinks", a, &f));
+        a->sinks = f;
+    }
     CFLASH_FORWARD_IF_ERROR(check_quant(&c, kp));
 
     /* Where each sequence lives. */
@@ -258,10 +291,8 @@ static cflash_status kvcache_fwd(cflash_context* ctx, const cflash_attn_params* 
     }
 
     /* New keys and values. */
-    CFLASH_RETURN_IF(kp->k_new && !kp->v_new && c.vc.data == c.kc.data, CFLASH_ERR_UNSUPPORTED,
-                     "v_cache: a view of k_cache (the MLA latent cache) with k_new: an append into "
-                     "a latent cache is not implemented yet (call without k_new)");
-    CFLASH_RETURN_IF(!kp->k_new != !kp->v_new, INVALID,
+    CFLASH_FORWARD_IF_ERROR(check_latent(&c, kp));
+    CFLASH_RETURN_IF(!c.latent && !kp->k_new != !kp->v_new, INVALID,
                      "%s: is NULL but %s is given, expected both or neither",
                      kp->k_new ? "v_new" : "k_new", kp->k_new ? "k_new" : "v_new");
     CFLASH_RETURN_IF(kp->cu_seqlens_k_new && !kp->k_new, INVALID,
@@ -277,25 +308,31 @@ static cflash_status kvcache_fwd(cflash_context* ctx, const cflash_attn_params* 
         CFLASH_FORWARD_IF_ERROR(cf_ops_cu_seqlens(&cu, kp->cu_seqlens_k_new, "cu_seqlens_k_new",
                                                   a->B + 1, c.total_new, "total_new", &c.Sn));
         c.cu_knew = cu.data;
-        const int64_t wvn[3] = {c.total_new, a->Hk, a->Dv};
-        CFLASH_FORWARD_IF_ERROR(
-            cf_ops_shape(&c.vnew, kp->v_new, "v_new", 3, wvn, "(total_new, Hk, Dv)"));
-        CFLASH_FORWARD_IF_ERROR(same_as_q(&c.vnew, "v_new", &a->q));
         cf_view_lift(&c.knew);
-        cf_view_lift(&c.vnew);
+        if (!c.latent) {
+            const int64_t wvn[3] = {c.total_new, a->Hk, a->Dv};
+            CFLASH_FORWARD_IF_ERROR(
+                cf_ops_shape(&c.vnew, kp->v_new, "v_new", 3, wvn, "(total_new, Hk, Dv)"));
+            CFLASH_FORWARD_IF_ERROR(same_as_q(&c.vnew, "v_new", &a->q));
+            cf_view_lift(&c.vnew);
+        }
     } else if (kp->k_new) {
         const int64_t wn[4] = {a->B, -1, a->Hk, a->D};
         CFLASH_FORWARD_IF_ERROR(cf_ops_shape(&c.knew, kp->k_new, "k_new", 4, wn, "(B, Sn, Hk, D)"));
         CFLASH_FORWARD_IF_ERROR(same_as_q(&c.knew, "k_new", &a->q));
         c.Sn = c.knew.shape[1];
-        const int64_t wvn[4] = {a->B, c.Sn, a->Hk, a->Dv};
-        CFLASH_FORWARD_IF_ERROR(
-            cf_ops_shape(&c.vnew, kp->v_new, "v_new", 4, wvn, "(B, Sn, Hk, Dv)"));
-        CFLASH_FORWARD_IF_ERROR(same_as_q(&c.vnew, "v_new", &a->q));
+        if (!c.latent) {
+            const int64_t wvn[4] = {a->B, c.Sn, a->Hk, a->Dv};
+            CFLASH_FORWARD_IF_ERROR(
+                cf_ops_shape(&c.vnew, kp->v_new, "v_new", 4, wvn, "(B, Sn, Hk, Dv)"));
+            CFLASH_FORWARD_IF_ERROR(same_as_q(&c.vnew, "v_new", &a->q));
+        }
         CFLASH_RETURN_IF(cf_mul_i64(a->B, c.Sn, &c.total_new), INVALID,
                          "k_new: %lld x %lld rows overflow int64", (long long)a->B,
                          (long long)c.Sn);
-        /* The caches are written in place: a broadcast dim would give rows one address. */
+    }
+    if (kp->k_new) { /* The caches are written in place: a broadcast dim would give rows one
+                        address. */
         CFLASH_FORWARD_IF_ERROR(cf_check_output(k_cache, "k_cache"));
         CFLASH_FORWARD_IF_ERROR(cf_check_output(v_cache, "v_cache"));
     }
@@ -333,13 +370,12 @@ static cflash_status kvcache_fwd(cflash_context* ctx, const cflash_attn_params* 
                          "%s[%lld]: %lld + %lld new rows overflows int64; expected at most the "
                          "cache's %lld positions",
                          ln, (long long)b, (long long)L, (long long)sn, (long long)capacity);
-        CFLASH_RETURN_IF(end > capacity, INVALID,
-                         "%s[%lld]: %lld + %lld new rows = %lld exceeds the cache's %lld "
-                         "positions%s",
-                         ln, (long long)b, (long long)L, (long long)sn, (long long)end,
-                         (long long)capacity,
-                         paged ? " (max_pages * page_size addressable through block_table)"
-                               : " (S_cache)");
+        CFLASH_RETURN_IF(
+            end > capacity, INVALID,
+            "%s[%lld]: %lld + %lld new rows = %lld exceeds the cache's %lld "
+            "positions%s",
+            ln, (long long)b, (long long)L, (long long)sn, (long long)end, (long long)capacity,
+            paged ? " (max_pages * page_size addressable through block_table)" : " (S_cache)");
         CFLASH_RETURN_IF(P < 0 || P > L, INVALID,
                          "cache_leftpad[%lld]: %lld, expected 0 <= leftpad <= cache length %lld",
                          (long long)b, (long long)P, (long long)L);
@@ -420,13 +456,6 @@ static cflash_status kvcache_fwd(cflash_context* ctx, const cflash_attn_params* 
     /* Decode is bound by the cache rows read (B x longest Sk x Hk x (D + Dv) elements); a long
      * Sq adds the attention flops, counted in bytes at the ratio of the two thresholds. */
     const double kv_rows = (double)a->B * (double)a->Sk * ((double)a->D + (double)a->Dv);
-    /* An append into an MLA latent cache (v_cache a view of k_cache, v_new NULL) would write the
-     * rows once for both: refused, with or without v_new, until it is implemented (reading such
-     * a cache without k_new works: it is read as two caches). */
-    CFLASH_RETURN_IF(kp->k_new && c.vc.data == c.kc.data, CFLASH_ERR_UNSUPPORTED,
-                     "v_cache: a view of k_cache (the MLA latent cache) with k_new: an append into "
-                     "a latent cache is not implemented yet (append without the view, or call "
-                     "without k_new)");
     a->threads = cf_threads_resolve("kvcache", cf_context_threads(ctx),
                                     kv_rows * (double)a->Hk * (double)cf_dtype_size(c.kc.dtype) +
                                         2.0 * kv_rows * (double)a->Sq * (double)a->H *

@@ -255,6 +255,7 @@ static void cpu_section(sb* s) {
         {"avx512bw", c->avx512bw},
         {"avx512vl", c->avx512vl},
         {"avx512vnni", c->avx512vnni},
+        {"avx512vbmi", c->avx512vbmi},
         {"avx512bf16", c->avx512bf16},
         {"avx512fp16", c->avx512fp16},
         {"amx-tile", c->amx_tile},

@@ -71,6 +71,9 @@ typedef struct cf_kvcache_call {
     int64_t Sn;             /* new rows per sequence; with cu_knew the longest */
     const int32_t* cu_knew; /* [B + 1] or NULL: sequence b's new rows (cu_seqlens_k_new) */
     int64_t total_new;      /* rows of k_new: B * Sn, or cu_knew[B] */
+    /* The MLA latent cache: vc is a view of kc's first Dv dims (same data and strides); the
+     * append writes kc rows only (vnew absent), and an int8 row's scale goes to vs too. */
+    int latent;
     /* Quantized caches (cflash_kv_quant; kc / vc views then have the code dtype). fp8: value =
      * fp8(code) * descale, descale(b, hk) = d[b * bstride + hk * hstride] (NULL: 1); int8:
      * value = code * scale, scales in the 3-D views ks / vs indexed like the caches. */

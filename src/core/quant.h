@@ -108,4 +108,12 @@ static inline void cf_kv_quant_store(const cf_kvcache_call* c, int is_v, int64_t
         ((uint8_t*)v->data)[o + d] = cf_f32_to_fp8(x[d] / ds, e5m2);
 }
 
+/* After row t of batch b, KV head hk was appended to an int8 MLA latent cache (the V cache a
+ * view of the K cache, codes shared): V's scale of the row is K's. */
+static inline void cf_kv_latent_scale(const cf_kvcache_call* c, int64_t b, int64_t t, int64_t hk) {
+    if (c->quant != CFLASH_KV_QUANT_INT8) return;
+    ((float*)c->vs.data)[cf_kv_row(c, &c->vs, b, t, hk)] =
+        ((const float*)c->ks.data)[cf_kv_row(c, &c->ks, b, t, hk)];
+}
+
 #endif

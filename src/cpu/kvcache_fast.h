@@ -1,138 +1,43 @@
-/* Fast KV-cache attention body (included once per ISA after ops_fast_common.h).
+/* Fast KV-cache attention (flash_attn_with_kvcache), the part every CPU build shares: included
+ * once per ISA after ops_fast_common.h (its loops vectorize to that ISA), and run by kv_run over
+ * the kernels the build picks for a call (a kv_path, filled by the build's choose function;
+ * kv_choose_generic below serves any build).
  * 1. Append: the new k (rotated) and v rows go into the cache, rows split over threads.
  * 2. Attention: one work item = (batch b, a chunk of KV heads, key split s). For each block of
  *    KV_KB key positions, every KV head of the chunk is visited (the cache is read in address
  *    order, which the prefetchers follow), and the G = H / Hk query heads of a group with their
  *    Sq rows are scored against each K row together (GQA folded: every K/V row is read once).
- *    Online softmax in fp32, P V accumulated in fp32 (cpu-avx512 with bf16 V: P rounded to bf16
- *    and two keys per vdpbf16ps, src/cpu/x86/kv_bf16_avx512.h).
+ *    An item is four named steps: kv_item_start (q rows, key ranges), then per block
+ *    kv_block_scores, kv_block_softmax (online softmax in fp32) and kv_block_pv (P V in fp32).
+ *    Quantized caches: the codes' values times a factor per key (int8 scale, fp8 descale), applied
+ *    to the scores and to P.
  * 3. Splits (num_splits > 1, or chosen when there are fewer items than threads) keep
  *    (max, sum, acc) per split and are merged by their LSE, as cflash_attn_merge does. */
 
 #include "core/quant.h"
+#include "cpu/ops_fast_common.h"
 
 /* Prefetch distance, in blocks of KV_KB keys. */
 #define KV_PF 2
 
-/* New row n of batch b (row n0 + n of k_new / v_new) into cache position L + n. */
-static void kv_append_fast(const cf_kvcache_call* c, float* buf, int64_t b, int64_t n, int64_t hk) {
-    const cf_attn_call* a = &c->a;
-    int64_t L, P, sk, n0, sn;
-    cf_kv_seq(c, b, &L, &P, &sk);
-    cf_kv_new_rows(c, b, &n0, &sn);
-    n += n0; /* the row in k_new / v_new; the cache position stays L + (n - n0) */
-    const cf_view *kn = &c->knew, *vn = &c->vnew;
-    ld_row(buf, at(kn, b * kn->stride[0] + n * kn->stride[1] + hk * kn->stride[2]), a->dtype, a->D);
-    if (c->cos.data) {
-        const int64_t half = c->rd / 2, pos = L + n - n0;
-        for (int64_t i = 0; i < half; i++) {
-            int64_t ia = c->interleaved ? 2 * i : i, ib = c->interleaved ? 2 * i + 1 : i + half;
-            float co = cf_load(c->cos.data, c->cos.dtype, pos * c->cos.stride[0] + i);
-            float sn = cf_load(c->sin.data, c->sin.dtype, pos * c->sin.stride[0] + i);
-            float x = buf[ia], y = buf[ib];
-            buf[ia] = x * co - y * sn;
-            buf[ib] = x * sn + y * co;
-        }
-    }
-    const void* vrow = at(vn, b * vn->stride[0] + n * vn->stride[1] + hk * vn->stride[2]);
-    if (c->quant != CFLASH_KV_QUANT_NONE) { /* rounded to the dtype, then coded */
-        cf_kv_quant_store(c, 0, b, L + n - n0, hk, buf, a->D);
-        ld_row(buf, vrow, a->dtype, a->Dv);
-        cf_kv_quant_store(c, 1, b, L + n - n0, hk, buf, a->Dv);
-        return;
-    }
-    st_row(at(&c->kc, cf_kv_row(c, &c->kc, b, L + n - n0, hk)), a->dtype, buf, a->D);
-    memcpy(at(&c->vc, cf_kv_row(c, &c->vc, b, L + n - n0, hk)), vrow,
-           (size_t)a->Dv * cf_dtype_size(a->dtype));
-}
-
-#ifdef CF_OPS_KV_BLOCK_KERNELS /* the cpu-avx512 build */
-#include "cpu/x86/kv_bf16_avx512.h"
-#else
-#ifndef CF_OPS_KV_DOTS_BF16 /* else the ISA file defines these two (cpu-neon: BFDOT) */
-static inline int kv_dots_x4_ok(cf_dtype dt, int64_t R, int64_t D) {
-    (void)dt, (void)R, (void)D;
-    return 0;
-}
-static void kv_dots_bf16x4(const float* restrict q, int64_t R, int64_t D, const void* const* rows,
-                           int64_t nb, float* restrict s) {
-    (void)q, (void)R, (void)D, (void)rows, (void)nb, (void)s;
-}
-#endif
-static inline int kv_pv_dp_ok(cf_dtype dt, int64_t R, int64_t Dv) {
-    (void)dt, (void)R, (void)Dv;
-    return 0;
-}
-static void kv_pv_dp(float* restrict acc, int64_t R, int64_t Dv, const void* const* rows,
-                     int64_t nb, const float* restrict p) {
-    (void)acc, (void)R, (void)Dv, (void)rows, (void)nb, (void)p;
-}
-static void kv_pv_unpermute(float* acc, int64_t R, int64_t Dv) {
-    (void)acc, (void)R, (void)Dv;
-}
-
-/* s[r * KV_KB + t] = q_r . k_t for the nb key rows (dtype dt) of a block; kf: nb * D scratch. */
-static void kv_dots(const float* restrict q, int64_t R, int64_t D, const void* const* rows,
-                    int64_t nb, cf_dtype dt, float* restrict s, float* restrict kf) {
-    for (int64_t t = 0; t < nb; t++)
-        ld_row(kf + t * D, rows[t], dt, D);
-    for (int64_t r = 0; r < R; r++)
-        for (int64_t t = 0; t < nb; t++) {
-            const float *qr = q + r * D, *k = kf + t * D;
-            float dot = 0.0f;
-#pragma omp simd reduction(+ : dot)
-            for (int64_t d = 0; d < D; d++)
-                dot += qr[d] * k[d];
-            s[r * KV_KB + t] = dot;
-        }
-}
-
-/* acc[r] += sum_t p[r * KV_KB + t] v_t for the nb value rows of a block; vf: nb * Dv scratch. */
-static void kv_pv(float* restrict acc, int64_t R, int64_t Dv, const void* const* rows, int64_t nb,
-                  cf_dtype dt, const float* restrict p, float* restrict vf) {
-    for (int64_t t = 0; t < nb; t++)
-        ld_row(vf + t * Dv, rows[t], dt, Dv);
-    for (int64_t r = 0; r < R; r++)
-        for (int64_t t = 0; t < nb; t++) {
-            const float pr = p[r * KV_KB + t];
-            const float* v = vf + t * Dv;
-            float* a = acc + r * Dv;
-#pragma omp simd
-            for (int64_t d = 0; d < Dv; d++)
-                a[d] += pr * v[d];
-        }
-}
-#endif
-
-/* Whether any of the nb rows (Dv elements of dtype dt each) holds a NaN or an infinity. */
-static int kv_rows_nonfinite(const void* const* rows, int64_t nb, int64_t Dv, cf_dtype dt) {
-    int bad = 0;
-    for (int64_t t = 0; t < nb; t++)
-        if (dt == CF_F32) {
-            const float* x = rows[t];
-            for (int64_t d = 0; d < Dv; d++)
-                bad |= x[d] - x[d] != 0.0f; /* NaN for NaN and +-inf */
-        } else {
-            const uint16_t* h = rows[t];
-            const uint16_t e = dt == CF_F16 ? 0x7c00 : 0x7f80; /* exponent all ones */
-            for (int64_t d = 0; d < Dv; d++)
-                bad |= (h[d] & e) == e;
-        }
-    return bad;
-}
+/* ---- Scratch of one thread ------------------------------------------------------------------ */
 
 typedef struct kv_scratch {
-    float *q, *acc, *m, *l, *s, *kf, *vf, *lv; /* lv: 16-lane partial sums of l (cpu-avx512) */
+    float *q, *acc, *m, *l, *s, *kf, *vf;
+    float* lv; /* 16-lane partial sums of l (a kv_path's softmax16), added to l at the end */
     int64_t *lo, *hi;
-    /* quantized caches: a block's rows decoded (KV_KB * max(D, Dv)), the value of each code
-     * (256), the factors of a block's keys (KV_KB) */
+    /* quantized caches: a block's rows decoded (KV_KB * max(D, Dv) floats), the value of each
+     * code (256; or byte tables), the factors of a block's keys (KV_KB), q in a kernel's own
+     * form (R * D 16-bit words, 64-byte aligned) */
     float *kq, *lut, *fk;
+    uint16_t* qw;
 } kv_scratch;
 
 static size_t kv_scratch_floats(const cf_kvcache_call* c, int64_t R) {
     const cf_attn_call* a = &c->a;
-    return (size_t)(R * a->D + R * a->Dv + 2 * R + R * KV_KB + KV_KB * (a->D + a->Dv) + 4 * R +
-                    16 * R + 64 + KV_KB * (a->D > a->Dv ? a->D : a->Dv) + 256 + KV_KB);
+    const int64_t dm = a->D > a->Dv ? a->D : a->Dv;
+    return (size_t)(4 * R + R * a->D + R * a->Dv + 2 * R + R * KV_KB + KV_KB * (a->D + a->Dv) +
+                    16 * R + KV_KB * dm + 256 + KV_KB + (R * a->D + 1) / 2 + 64);
 }
 
 /* p: a malloc'd block of kv_scratch_floats floats. The int64 ranges go first, where malloc's
@@ -150,37 +55,114 @@ static void kv_scratch_init(kv_scratch* w, float* p, const cf_kvcache_call* c, i
     w->lv = p, p += 16 * R;
     w->kq = p, p += KV_KB * (a->D > a->Dv ? a->D : a->Dv);
     w->lut = p, p += 256;
-    w->fk = p;
+    w->fk = p, p += KV_KB;
+    w->qw = (uint16_t*)(((uintptr_t)p + 63) & ~(uintptr_t)63); /* (64-byte aligned: the 64 spare) */
 }
 
-/* The dtype code rows are read as by the ISA's kv_dots / kv_pv (CF_OPS_KV_CODES), and the unit
- * of what they return (a factor the per-key factors carry). */
-static inline cf_dtype kv_code_dtype(const cf_kvcache_call* c) {
-    return c->quant == CFLASH_KV_QUANT_INT8       ? CF_I8
-           : c->quant == CFLASH_KV_QUANT_FP8_E5M2 ? CF_F8E5M2
-                                                  : CF_F8E4M3;
-}
-#ifndef CF_OPS_KV_CODES
-static inline float kv_code_unit(cf_dtype dt) {
-    (void)dt;
-    return 1.0f;
-}
-#endif
+/* ---- The kernels of a call (what a build chooses) ---------------------------------------------
+ */
 
-/* ---- Quantized caches (any ISA): a block's codes decoded to fp32 rows through a table of the
- * 256 code values, the scales applied to the scores (K) and to P (V) key by key ---- */
+/* One KV head's rows of an item, as the kernels see them: R query rows (G heads x nq rows). */
+typedef struct kv_head {
+    const cf_kvcache_call* c;
+    kv_scratch* w;
+    const float* q;     /* (R, D): q rows, fp32 holding the dtype's values */
+    const uint16_t* qw; /* (R, D): q in the form the path's prep made (kv_path.prep), or NULL */
+    float* s;           /* (R, KV_KB): scores, then P */
+    float* acc;         /* (R, Dv): unnormalised output, in the path's order (acc_index) */
+    int64_t R;
+} kv_head;
 
-#ifndef CF_OPS_KV_CODES /* else the ISA's kernels read the codes */
-static void kv_q_lut(const cf_kvcache_call* c, float* lut) {
+typedef struct kv_path {
+    /* Once per item, after the q rows are in w->q (R rows of all its heads): whatever the
+     * kernels read besides (q in another form, code tables). NULL: nothing. */
+    void (*prep)(const cf_kvcache_call* c, kv_scratch* w, int64_t R);
+    /* h->s[r * KV_KB + t] = f[t] q_r . k_t for the nb (<= KV_KB) K rows of a block; f: each
+     * key's factor (quantized caches; rows then hold 1-byte codes), NULL for 1. */
+    void (*scores)(const kv_head* h, const void* const* rows, int64_t nb, const float* f);
+    /* h->acc[r] += sum_t f[t] p[r][t] v_t, p = h->s (the kernel may scale it in place). */
+    void (*pv)(const kv_head* h, const void* const* rows, int64_t nb, const float* f);
+    /* Optional: one row of a fully visible KV_KB-key block without softcap or ALiBi: s = scale s,
+     * the running max m (with l, lv and acc rescaled when it moves), s = exp(s - m), lv += s. */
+    void (*softmax16)(float* s, float scale, float* m, float* l, float* lv, float* acc, int64_t Dv);
+    /* Optional: where element d of a row of acc sits (NULL: at d), and the pass that puts the
+     * rows (R of Dv) back in element order at the end of an item. */
+    int64_t (*acc_index)(int64_t d);
+    void (*finish)(float* acc, int64_t R, int64_t Dv);
+} kv_path;
+
+/* A build's choice of kernels for a call whose KV heads have R query rows in an item. */
+typedef void (*kv_choose_fn)(const cf_kvcache_call* c, int64_t R, kv_path* p);
+
+/* ---- Generic kernels (any build, any dtype) -------------------------------------------------- */
+
+/* s[r * KV_KB + t] = q_r . k_t for nb key rows of dtype dt; kf: nb * D scratch. */
+static void kv_dots_rows(const float* restrict q, int64_t R, int64_t D, const void* const* rows,
+                         int64_t nb, cf_dtype dt, float* restrict s, float* restrict kf) {
+    for (int64_t t = 0; t < nb; t++)
+        ld_row(kf + t * D, rows[t], dt, D);
+    for (int64_t r = 0; r < R; r++)
+        for (int64_t t = 0; t < nb; t++) {
+            const float *qr = q + r * D, *k = kf + t * D;
+            float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+            for (int64_t d = 0; d < D; d++)
+                dot += qr[d] * k[d];
+            s[r * KV_KB + t] = dot;
+        }
+}
+
+/* acc[r] += sum_t p[r * KV_KB + t] v_t for nb value rows of dtype dt; vf: nb * Dv scratch. */
+static void kv_pv_rows(float* restrict acc, int64_t R, int64_t Dv, const void* const* rows,
+                       int64_t nb, cf_dtype dt, const float* restrict p, float* restrict vf) {
+    for (int64_t t = 0; t < nb; t++)
+        ld_row(vf + t * Dv, rows[t], dt, Dv);
+    for (int64_t r = 0; r < R; r++)
+        for (int64_t t = 0; t < nb; t++) {
+            const float pr = p[r * KV_KB + t];
+            const float* v = vf + t * Dv;
+            float* a = acc + r * Dv;
+#pragma omp simd
+            for (int64_t d = 0; d < Dv; d++)
+                a[d] += pr * v[d];
+        }
+}
+
+/* x[r * KV_KB + t] *= f[t] for the R rows of a block's scores or P (f: 0 past the block's keys;
+ * a block whose rows see only some keys and whose V holds a NaN or an infinity goes through
+ * kv_pv_visible instead, so a masked key's factor never reaches a row). */
+static void kv_q_apply(float* x, int64_t R, const float* f) {
+    for (int64_t r = 0; r < R; r++)
+#pragma omp simd
+        for (int64_t t = 0; t < KV_KB; t++)
+            x[r * KV_KB + t] *= f[t];
+}
+
+static void kv_scores_rows(const kv_head* h, const void* const* rows, int64_t nb, const float* f) {
+    const cf_attn_call* a = &h->c->a;
+    kv_dots_rows(h->q, h->R, a->D, rows, nb, a->dtype, h->s, h->w->kf);
+    (void)f; /* (unquantized) */
+}
+
+static void kv_pv_rows_of(const kv_head* h, const void* const* rows, int64_t nb, const float* f) {
+    const cf_attn_call* a = &h->c->a;
+    kv_pv_rows(h->acc, h->R, a->Dv, rows, nb, a->dtype, h->s, h->w->vf);
+    (void)f;
+}
+
+/* Quantized caches, any build: the value of each of the 256 codes in a table, a block's code
+ * rows decoded through it to fp32 rows, the factors applied to the scores and to P. */
+static void kv_lut_prep(const cf_kvcache_call* c, kv_scratch* w, int64_t R) {
+    (void)R;
     for (int i = 0; i < 256; i++)
-        lut[i] = c->quant == CFLASH_KV_QUANT_INT8
-                     ? (float)(int8_t)(uint8_t)i
-                     : cf_fp8_to_f32((uint8_t)i, c->quant == CFLASH_KV_QUANT_FP8_E5M2);
+        w->lut[i] = c->quant == CFLASH_KV_QUANT_INT8
+                        ? (float)(int8_t)(uint8_t)i
+                        : cf_fp8_to_f32((uint8_t)i, c->quant == CFLASH_KV_QUANT_FP8_E5M2);
 }
 
 /* out[t] = dst + t * n: the n codes of row t decoded. */
-static void kv_q_rows(const float* lut, const void* const* rows, int64_t nb, int64_t n, float* dst,
-                      const void** out) {
+static void kv_lut_rows(const float* lut, const void* const* rows, int64_t nb, int64_t n,
+                        float* dst, const void** out) {
     for (int64_t t = 0; t < nb; t++) {
         const uint8_t* x = rows[t];
         float* y = dst + t * n;
@@ -190,279 +172,422 @@ static void kv_q_rows(const float* lut, const void* const* rows, int64_t nb, int
     }
 }
 
-#endif
+static void kv_scores_lut(const kv_head* h, const void* const* rows, int64_t nb, const float* f) {
+    const int64_t D = h->c->a.D;
+    const void* dec[KV_KB];
+    kv_lut_rows(h->w->lut, rows, nb, D, h->w->kq, dec);
+    kv_dots_rows(h->q, h->R, D, dec, nb, CF_F32, h->s, h->w->kf);
+    kv_q_apply(h->s, h->R, f);
+}
 
-/* f[t]: the factor of key t0 + t (of nb) of batch b, KV head hk, K (is_v 0) or V: its int8
- * scale, or the fp8 descale. */
+static void kv_pv_lut(const kv_head* h, const void* const* rows, int64_t nb, const float* f) {
+    const int64_t Dv = h->c->a.Dv;
+    const void* dec[KV_KB];
+    kv_q_apply(h->s, h->R, f);
+    kv_lut_rows(h->w->lut, rows, nb, Dv, h->w->kq, dec);
+    kv_pv_rows(h->acc, h->R, Dv, dec, nb, CF_F32, h->s, h->w->vf);
+}
+
+/* The generic choice: fp32 loops over rows converted to fp32 (codes through the table). */
+static inline void kv_choose_generic(const cf_kvcache_call* c, int64_t R, kv_path* p) {
+    (void)R;
+    const int quant = c->quant != CFLASH_KV_QUANT_NONE;
+    *p = (kv_path){.prep = quant ? kv_lut_prep : NULL,
+                   .scores = quant ? kv_scores_lut : kv_scores_rows,
+                   .pv = quant ? kv_pv_lut : kv_pv_rows_of};
+}
+
+/* ---- Append ---------------------------------------------------------------------------------- */
+
+/* o[t] = cf_kv_row(c, v, b, t0 + t, hk) for the n <= KV_KB positions of a block: one division
+ * for the block instead of one per row. */
+static void kv_rows_of(const cf_kvcache_call* c, const cf_view* v, int64_t b, int64_t t0, int64_t n,
+                       int64_t hk, int64_t* o) {
+    if (!c->block_table) {
+        const int64_t o0 = cf_kv_row(c, v, b, t0, hk);
+        for (int64_t t = 0; t < n; t++)
+            o[t] = o0 + t * v->stride[1];
+        return;
+    }
+    const int32_t* bt = c->block_table + b * c->bt_stride;
+    int64_t g = t0 / c->page_size, r = t0 % c->page_size;
+    for (int64_t t = 0; t < n; t++) {
+        o[t] = bt[g] * v->stride[0] + r * v->stride[1] + hk * v->stride[2];
+        if (++r == c->page_size) r = 0, g++;
+    }
+}
+
+/* x[0..half pairs) rotated at position pos by the call's cos / sin tables. */
+static void kv_rotate(const cf_kvcache_call* c, float* x, int64_t pos) {
+    const int64_t half = c->rd / 2;
+    for (int64_t i = 0; i < half; i++) {
+        const int64_t ia = c->interleaved ? 2 * i : i, ib = c->interleaved ? 2 * i + 1 : i + half;
+        const float co = cf_load(c->cos.data, c->cos.dtype, pos * c->cos.stride[0] + i);
+        const float sn = cf_load(c->sin.data, c->sin.dtype, pos * c->sin.stride[0] + i);
+        const float u = x[ia], v = x[ib];
+        x[ia] = u * co - v * sn;
+        x[ib] = u * sn + v * co;
+    }
+}
+
+/* New row n of batch b (row n0 + n of k_new / v_new) into cache position L + n (an MLA latent
+ * cache: the k_new row only, V being a view of it). */
+static void kv_append_fast(const cf_kvcache_call* c, float* buf, int64_t b, int64_t n, int64_t hk) {
+    const cf_attn_call* a = &c->a;
+    int64_t L, P, sk, n0, sn;
+    cf_kv_seq(c, b, &L, &P, &sk);
+    cf_kv_new_rows(c, b, &n0, &sn);
+    const cf_view *kn = &c->knew, *vn = &c->vnew;
+    const int64_t t = L + n; /* the cache position */
+    ld_row(buf, at(kn, b * kn->stride[0] + (n0 + n) * kn->stride[1] + hk * kn->stride[2]), a->dtype,
+           a->D);
+    if (c->cos.data) kv_rotate(c, buf, t);
+    if (c->quant != CFLASH_KV_QUANT_NONE) /* rounded to the dtype, then coded */
+        cf_kv_quant_store(c, 0, b, t, hk, buf, a->D);
+    else
+        st_row(at(&c->kc, cf_kv_row(c, &c->kc, b, t, hk)), a->dtype, buf, a->D);
+    if (c->latent) { /* V is a view of the row just stored */
+        cf_kv_latent_scale(c, b, t, hk);
+        return;
+    }
+    const void* vrow = at(vn, b * vn->stride[0] + (n0 + n) * vn->stride[1] + hk * vn->stride[2]);
+    if (c->quant != CFLASH_KV_QUANT_NONE) {
+        ld_row(buf, vrow, a->dtype, a->Dv);
+        cf_kv_quant_store(c, 1, b, t, hk, buf, a->Dv);
+        return;
+    }
+    memcpy(at(&c->vc, cf_kv_row(c, &c->vc, b, t, hk)), vrow,
+           (size_t)a->Dv * cf_dtype_size(a->dtype));
+}
+
+/* ---- Quantized caches: factors and non-finite values -------------------------------------------
+ */
+
+/* f[t]: the factor of key t0 + t (t < nb) of batch b, KV head hk, K (is_v 0) or V: its int8
+ * scale, or the fp8 descale; 0 for t in [nb, KV_KB). */
 static void kv_q_factors(const cf_kvcache_call* c, int is_v, int64_t b, int64_t t0, int64_t nb,
                          int64_t hk, float* f) {
-    const float u = kv_code_unit(kv_code_dtype(c));
+    /* (vector stores: the kernels read f as vectors, which scalar stores would stall) */
     if (c->quant != CFLASH_KV_QUANT_INT8) {
-        const float d = cf_kv_descale(c, is_v, b, hk) * u;
-        for (int64_t t = 0; t < nb; t++)
-            f[t] = d;
+        const float d = cf_kv_descale(c, is_v, b, hk);
+#pragma omp simd
+        for (int64_t t = 0; t < KV_KB; t++)
+            f[t] = t < nb ? d : 0.0f;
         return;
     }
     const cf_view* sv = is_v ? &c->vs : &c->ks;
-    for (int64_t t = 0; t < nb; t++)
-        f[t] = ((const float*)sv->data)[cf_kv_row(c, sv, b, t0 + t, hk)] * u;
+    const float* data = sv->data;
+    int64_t o[KV_KB];
+    kv_rows_of(c, sv, b, t0, nb, hk, o);
+    for (int64_t t = nb; t < KV_KB; t++)
+        o[t] = o[0];
+#pragma omp simd
+    for (int64_t t = 0; t < KV_KB; t++)
+        f[t] = t < nb ? data[o[t]] : 0.0f;
 }
 
-/* Whether any of the nb code rows (n one-byte codes each) holds an fp8 NaN or infinity (e4m3fn:
- * S.1111.111; e5m2: exponent all ones); int8 codes are always finite. */
-static int kv_codes_nonfinite(const cf_kvcache_call* c, const void* const* rows, int64_t nb,
-                              int64_t n) {
-    if (c->quant == CFLASH_KV_QUANT_INT8) return 0;
-    const uint8_t e = c->quant == CFLASH_KV_QUANT_FP8_E5M2 ? 0x7c : 0x7f;
+/* Whether any of a block's nb V rows (Dv values each) holds a NaN or an infinity: rows of the
+ * dtype, or code rows with their factors f (fp8 codes: e4m3fn S.1111.111, e5m2 exponent all
+ * ones; int8 codes are always finite, an appended row with a NaN has a NaN scale). */
+static int kv_rows_nonfinite(const cf_kvcache_call* c, const void* const* rows, int64_t nb,
+                             const float* f) {
+    const int64_t Dv = c->a.Dv;
+    const cf_dtype dt = c->a.dtype;
     int bad = 0;
-    for (int64_t t = 0; t < nb; t++) {
-        const uint8_t* x = rows[t];
-        for (int64_t d = 0; d < n; d++)
-            bad |= (x[d] & e) == e;
-    }
+    for (int64_t t = 0; t < nb; t++)
+        if (c->quant != CFLASH_KV_QUANT_NONE) {
+            const uint8_t* x = rows[t];
+            const uint8_t e = c->quant == CFLASH_KV_QUANT_FP8_E5M2   ? 0x7c
+                              : c->quant == CFLASH_KV_QUANT_FP8_E4M3 ? 0x7f
+                                                                     : 0;
+            bad |= f[t] - f[t] != 0.0f; /* NaN for NaN and +-inf */
+            for (int64_t d = 0; e && d < Dv; d++)
+                bad |= (x[d] & e) == e;
+        } else if (dt == CF_F32) {
+            const float* x = rows[t];
+            for (int64_t d = 0; d < Dv; d++)
+                bad |= x[d] - x[d] != 0.0f;
+        } else {
+            const uint16_t* x = rows[t];
+            const uint16_t e = dt == CF_F16 ? 0x7c00 : 0x7f80; /* exponent all ones */
+            for (int64_t d = 0; d < Dv; d++)
+                bad |= (x[d] & e) == e;
+        }
     return bad;
 }
 
-/* x[r * KV_KB + t] *= f[t] for R rows of nb keys; a 0 (a masked key's P) stays 0 whatever the
- * factor (a NaN scale of a key a row cannot see must not reach that row). */
-static void kv_q_apply(float* x, int64_t R, int64_t nb, const float* f) {
-    for (int64_t r = 0; r < R; r++)
-        for (int64_t t = 0; t < nb; t++)
-            if (x[r * KV_KB + t] != 0.0f) x[r * KV_KB + t] *= f[t];
+/* vf[0..Dv) = the values of V row x (dtype, or codes times the factor f). */
+static void kv_v_values(const cf_kvcache_call* c, const void* x, float f, float* vf) {
+    const int64_t Dv = c->a.Dv;
+    if (c->quant == CFLASH_KV_QUANT_NONE) {
+        ld_row(vf, x, c->a.dtype, Dv);
+        return;
+    }
+    const uint8_t* u = x;
+    const int e5 = c->quant == CFLASH_KV_QUANT_FP8_E5M2, i8 = c->quant == CFLASH_KV_QUANT_INT8;
+    for (int64_t d = 0; d < Dv; d++)
+        vf[d] = (i8 ? (float)(int8_t)u[d] : cf_fp8_to_f32(u[d], e5)) * f;
 }
 
 /* acc[r] += p[r][t] v_t for rows [r0, r0 + n) and the keys t of the block (at jb) each row sees,
- * pair by pair: for a partly masked block whose V holds a NaN or infinity (rare), where a masked
- * key's weight 0 would still carry it into the row. pdp: acc is in kv_pv_dp's permuted order. */
-static void kv_pv_visible(const cf_kvcache_call* c, kv_scratch* w, int64_t r0, int64_t n,
-                          int64_t jb, const void* const* rows, int64_t nb, int pdp) {
+ * pair by pair: for a partly masked block whose V holds a NaN or an infinity (rare), where a
+ * masked key's weight 0 would still carry it into the row. */
+static void kv_pv_visible(const cf_kvcache_call* c, kv_scratch* w, const kv_path* path, int64_t r0,
+                          int64_t n, int64_t jb, const void* const* rows, int64_t nb,
+                          const float* f) {
     const int64_t Dv = c->a.Dv;
     for (int64_t t = 0; t < nb; t++) {
-        ld_row(w->vf, rows[t], c->a.dtype, Dv);
-        for (int64_t r = r0; r < r0 + n; r++) {
-            if (jb + t < w->lo[r] || jb + t >= w->hi[r]) continue;
-            const float pr = w->s[r * KV_KB + t];
-            float* a = w->acc + r * Dv;
-            for (int64_t d = 0; d < Dv; d++) /* kv_pv_dp: element d sits at (see kv_pv_unpermute) */
-                a[pdp ? (d & ~31) + ((d >> 2) & 1) * 16 + ((d >> 3) & 3) * 4 + (d & 3) : d] +=
-                    pr * w->vf[d];
-        }
-    }
-}
-
-/* kv_pv_visible for a quantized cache: V rows [r0, r0 + n) of the block (key position t0 of the
- * cache for its first key, KV head hk) decoded from their codes and times each key's factor
- * (the factor on V rather than on P: the same product), visible pairs only. */
-static void kv_pv_visible_q(const cf_kvcache_call* c, kv_scratch* w, int64_t r0, int64_t n,
-                            int64_t jb, const void* const* rows, int64_t nb, int64_t b, int64_t t0,
-                            int64_t hk) {
-    const int64_t Dv = c->a.Dv;
-    const int e5 = c->quant == CFLASH_KV_QUANT_FP8_E5M2, i8 = c->quant == CFLASH_KV_QUANT_INT8;
-    const float u = kv_code_unit(kv_code_dtype(c));
-    kv_q_factors(c, 1, b, t0, nb, hk, w->fk);
-    for (int64_t t = 0; t < nb; t++) {
-        const uint8_t* x = rows[t];
-        const float f = w->fk[t] / u;
-        for (int64_t d = 0; d < Dv; d++)
-            w->vf[d] = (i8 ? (float)(int8_t)x[d] : cf_fp8_to_f32(x[d], e5)) * f;
+        kv_v_values(c, rows[t], f ? f[t] : 1.0f, w->vf);
         for (int64_t r = r0; r < r0 + n; r++) {
             if (jb + t < w->lo[r] || jb + t >= w->hi[r]) continue;
             const float pr = w->s[r * KV_KB + t];
             float* a = w->acc + r * Dv;
             for (int64_t d = 0; d < Dv; d++)
-                a[d] += pr * w->vf[d];
+                a[path->acc_index ? path->acc_index(d) : d] += pr * w->vf[d];
         }
     }
 }
 
-/* Keys [j0, j1) of batch b for the KV heads [hk0, hk0 + nh) and query rows [i0, i0 + nq):
- * leaves the unnormalised acc, the running max m and the sum l of each of the R = nh * G * nq
- * rows in w (row r: query head hk0 * G + r / nq, query i0 + r % nq). Every KV head of a key
- * position is visited before the next position: the cache is read in address order. */
-static void kv_item(const cf_kvcache_call* c, kv_scratch* w, int64_t b, int64_t hk0, int64_t nh,
-                    int64_t i0, int64_t nq, int64_t j0, int64_t j1) {
+/* ---- One work item, step by step --------------------------------------------------------------
+ */
+
+/* An item: batch b, KV heads [hk0, hk0 + nh), query rows [i0, i0 + nq) (R = nh * G * nq rows;
+ * row r: query head hk0 * G + r / nq, query i0 + r % nq), keys [j0, j1) of the sequence. */
+typedef struct kv_itm {
+    int64_t b, hk0, nh, i0, nq, G, Rg, R; /* Rg = G * nq: the rows of one KV head */
+    int64_t P, Sq, sk;                    /* left pad, query rows, keys of the sequence */
+    int64_t jlo, jhi;                     /* the keys some row sees */
+    int64_t es;                           /* bytes per cache element (1 for codes) */
+    int sink;                             /* the rows start from their head's sink (split 0) */
+    kv_path path;
+} kv_itm;
+
+/* The item's q rows into w->q (rotated at their positions and rounded to the dtype), each row's
+ * visible keys [lo, hi) within [j0, j1), the span [jlo, jhi) of them all; m, l, acc, lv reset. */
+static void kv_item_start(const cf_kvcache_call* c, kv_scratch* w, kv_itm* it, int64_t j0,
+                          int64_t j1) {
     const cf_attn_call* a = &c->a;
-    const int64_t G = a->H / a->Hk, Rg = G * nq, R = nh * Rg, D = a->D, Dv = a->Dv;
-    int64_t L, P, sk, q0, Sq;
-    cf_kv_seq(c, b, &L, &P, &sk);
-    cf_kv_q_rows(c, b, &q0, &Sq);
-    int64_t jlo = j1, jhi = j0;
-    for (int64_t r = 0; r < R; r++) {
-        int64_t i = i0 + r % nq, h = hk0 * G + r / nq, lo, hi;
-        float* q = w->q + r * D;
-        ld_row(q, at(&a->q, b * a->q.stride[0] + (q0 + i) * a->q.stride[1] + h * a->q.stride[2]),
-               a->dtype, D);
+    int64_t L, q0;
+    cf_kv_seq(c, it->b, &L, &it->P, &it->sk);
+    cf_kv_q_rows(c, it->b, &q0, &it->Sq);
+    it->jlo = j1, it->jhi = j0;
+    for (int64_t r = 0; r < it->R; r++) {
+        const int64_t i = it->i0 + r % it->nq, h = it->hk0 * it->G + r / it->nq;
+        float* q = w->q + r * a->D;
+        ld_row(q,
+               at(&a->q, it->b * a->q.stride[0] + (q0 + i) * a->q.stride[1] + h * a->q.stride[2]),
+               a->dtype, a->D);
         if (c->cos.data) { /* rotate at the query's position and round to the dtype */
-            const int64_t half = c->rd / 2, pos = cf_kv_qpos(c, L, i);
-            for (int64_t t = 0; t < half; t++) {
-                int64_t ia = c->interleaved ? 2 * t : t, ib = c->interleaved ? 2 * t + 1 : t + half;
-                float co = cf_load(c->cos.data, c->cos.dtype, pos * c->cos.stride[0] + t);
-                float sn = cf_load(c->sin.data, c->sin.dtype, pos * c->sin.stride[0] + t);
-                float x = q[ia], y = q[ib];
-                q[ia] = x * co - y * sn;
-                q[ib] = x * sn + y * co;
-            }
-            for (int64_t d = 0; d < D; d++)
+            kv_rotate(c, q, cf_kv_qpos(c, L, i));
+            for (int64_t d = 0; d < a->D; d++)
                 q[d] = cf_round_to(a->dtype, q[d]);
         }
-        cf_attn_key_range(a, i, Sq, sk, &lo, &hi);
+        int64_t lo, hi;
+        cf_attn_key_range(a, i, it->Sq, it->sk, &lo, &hi);
         lo = lo > j0 ? lo : j0;
         hi = hi < j1 ? hi : j1;
         w->lo[r] = lo, w->hi[r] = hi;
         if (lo < hi) {
-            if (lo < jlo) jlo = lo;
-            if (hi > jhi) jhi = hi;
+            if (lo < it->jlo) it->jlo = lo;
+            if (hi > it->jhi) it->jhi = hi;
         }
-        w->m[r] = -INFINITY;
-        w->l[r] = 0.0f;
+        /* a sink is a key of score sink and value 0 (counted in one split of the keys) */
+        w->m[r] = it->sink ? cf_attn_sink(a, h) : -INFINITY;
+        w->l[r] = w->m[r] == -INFINITY ? 0.0f : 1.0f;
     }
-    memset(w->acc, 0, sizeof(float) * (size_t)(R * Dv));
-    memset(w->lv, 0, sizeof(float) * (size_t)(16 * R));
-    const int64_t es = (int64_t)cf_dtype_size(c->kc.dtype); /* 1 for code caches */
-    const int quant = c->quant != CFLASH_KV_QUANT_NONE;
-    const int dx4 = !quant && kv_dots_x4_ok(a->dtype, Rg, D); /* bf16 scores, keys in fours */
-    const int pdp = !quant && kv_pv_dp_ok(a->dtype, Rg, Dv);  /* P.V by vdpbf16ps */
-#ifndef CF_OPS_KV_CODES
-    if (quant) kv_q_lut(c, w->lut);
-    const void* qrows[KV_KB]; /* decoded rows (quantized caches) */
-#endif
-    const void* rows[KV_KB];
-    int64_t base[KV_KB], pfk[KV_KB], pfv[KV_KB];
-    for (int64_t jb = jlo; jb < jhi; jb += KV_KB) {
-        const int64_t nb = jhi - jb < KV_KB ? jhi - jb : KV_KB;
-        for (int64_t t = 0; t < nb; t++)
-            base[t] = cf_kv_row(c, &c->kc, b, P + jb + t, hk0);
-        /* the next block's rows, prefetched into L2 head by head between the pieces of work on
-         * this block (one burst stalls on the miss buffers while no work is in flight) */
-        const int64_t pf0 = jb + KV_PF * KV_KB;
-        const int64_t npf = pf0 >= jhi ? 0 : (jhi - pf0 < KV_KB ? jhi - pf0 : KV_KB);
-        for (int64_t t = 0; t < npf; t++) {
-            pfk[t] = cf_kv_row(c, &c->kc, b, P + pf0 + t, hk0);
-            pfv[t] = cf_kv_row(c, &c->vc, b, P + pf0 + t, hk0);
-        }
-        for (int64_t g = 0; g < nh; g++) {
-            for (int64_t t = 0; t < nb; t++)
-                rows[t] = (const char*)c->kc.data + (base[t] + g * c->kc.stride[2]) * es;
-            for (int64_t t = 0; t < npf; t++)
-                for (int64_t o = 0; o < D * es; o += 64)
-                    __builtin_prefetch(
-                        (const char*)c->kc.data + (pfk[t] + g * c->kc.stride[2]) * es + o, 0, 2);
-            float* sg = w->s + g * Rg * KV_KB;
-            if (quant) { /* scores against the codes' values, then times each key's factor */
-#ifdef CF_OPS_KV_CODES
-                kv_dots(w->q + g * Rg * D, Rg, D, rows, nb, kv_code_dtype(c), sg, w->kf);
-#else
-                kv_q_rows(w->lut, rows, nb, D, w->kq, qrows);
-                kv_dots(w->q + g * Rg * D, Rg, D, qrows, nb, CF_F32, sg, w->kf);
-#endif
-                kv_q_factors(c, 0, b, P + jb, nb, hk0 + g, w->fk);
-                kv_q_apply(sg, Rg, nb, w->fk);
-            } else if (dx4)
-                kv_dots_bf16x4(w->q + g * Rg * D, Rg, D, rows, nb, sg);
-            else
-                kv_dots(w->q + g * Rg * D, Rg, D, rows, nb, a->dtype, sg, w->kf);
-        }
-        for (int64_t r = 0; r < R; r++) {
-            const int64_t i = i0 + r % nq, h = hk0 * G + r / nq;
-            float* s = w->s + r * KV_KB;
-            const float slope = cf_attn_slope(a, b, h);
-#ifdef CF_OPS_KV_BLOCK_KERNELS
-            if (nb == 16 && a->softcap == 0.0f && slope == 0.0f && w->lo[r] <= jb &&
-                w->hi[r] >= jb + 16) { /* a whole block visible: no masks, no horizontal sums */
-                kv_softmax16(s, a->scale, w->m + r, w->l + r, w->lv + 16 * r, w->acc + r * Dv, Dv);
-                continue;
-            }
-#endif
-            float mx = -INFINITY;
-            if (a->softcap == 0.0f && slope == 0.0f) { /* branch-free: vectorizes */
-                const int64_t lo = w->lo[r] - jb, hi = w->hi[r] - jb;
-                const float scale = a->scale;
-#pragma omp simd reduction(max : mx)
-                for (int64_t t = 0; t < nb; t++) {
-                    float x = (t >= lo && t < hi) ? scale * s[t] : -INFINITY;
-                    s[t] = x;
-                    mx = x > mx ? x : mx;
-                }
-            } else
-                for (int64_t t = 0; t < nb; t++) {
-                    const int64_t j = jb + t;
-                    if (j < w->lo[r] || j >= w->hi[r]) {
-                        s[t] = -INFINITY;
-                        continue;
-                    }
-                    float x = a->scale * s[t];
-                    if (a->softcap > 0.0f || slope != 0.0f)
-                        x = cf_attn_score(a, x, slope, i, j, Sq, sk);
-                    s[t] = x;
-                    mx = x > mx ? x : mx;
-                }
-            if (mx == -INFINITY) { /* nothing visible in this block (or only NaN): P row is 0 */
-                int nan = 0;
-                for (int64_t t = 0; t < nb; t++)
-                    nan |= s[t] != s[t], s[t] = 0.0f;
-                if (nan) w->m[r] = NAN, w->l[r] = NAN; /* a NaN score: the row is NaN */
-                continue;
-            }
-            /* a running max that does not move leaves alpha = fexp(0) = 1 exactly: skip it */
-            const float mnew = mx > w->m[r] ? mx : w->m[r];
-            const float alpha = mx > w->m[r] ? fexp(w->m[r] - mnew) : 1.0f;
-            const float sum = exp_row(s, nb, mnew);
-            if (alpha != 1.0f) {
-                float* acc = w->acc + r * Dv;
-#pragma omp simd
-                for (int64_t d = 0; d < Dv; d++)
-                    acc[d] *= alpha;
-            }
-            w->l[r] = w->l[r] * alpha + sum;
-            w->m[r] = mnew;
-#ifdef CF_OPS_KV_BLOCK_KERNELS
-            if (alpha != 1.0f)
-                for (int t = 0; t < 16; t++)
-                    w->lv[16 * r + t] *= alpha;
-#endif
-        }
-        for (int64_t t = 0; t < nb; t++)
-            base[t] = cf_kv_row(c, &c->vc, b, P + jb + t, hk0);
-        int partial = 0; /* some row does not see every key of the block */
-        for (int64_t r = 0; r < R; r++)
-            partial |= w->lo[r] > jb || w->hi[r] < jb + nb;
-        for (int64_t g = 0; g < nh; g++) {
-            for (int64_t t = 0; t < nb; t++)
-                rows[t] = (const char*)c->vc.data + (base[t] + g * c->vc.stride[2]) * es;
-            if (partial && !quant && kv_rows_nonfinite(rows, nb, Dv, a->dtype)) {
-                kv_pv_visible(c, w, g * Rg, Rg, jb, rows, nb, pdp);
-                continue;
-            }
-            if (partial && quant && kv_codes_nonfinite(c, rows, nb, Dv)) {
-                kv_pv_visible_q(c, w, g * Rg, Rg, jb, rows, nb, b, P + jb, hk0 + g);
-                continue;
-            }
-            for (int64_t t = 0; t < npf; t++)
-                for (int64_t o = 0; o < Dv * es; o += 64)
-                    __builtin_prefetch(
-                        (const char*)c->vc.data + (pfv[t] + g * c->vc.stride[2]) * es + o, 0, 2);
-            float* pg = w->s + g * Rg * KV_KB;
-            if (quant) { /* P times each key's factor, against the codes' values */
-                kv_q_factors(c, 1, b, P + jb, nb, hk0 + g, w->fk);
-                kv_q_apply(pg, Rg, nb, w->fk);
-#ifdef CF_OPS_KV_CODES
-                kv_pv(w->acc + g * Rg * Dv, Rg, Dv, rows, nb, kv_code_dtype(c), pg, w->vf);
-#else
-                kv_q_rows(w->lut, rows, nb, Dv, w->kq, qrows);
-                kv_pv(w->acc + g * Rg * Dv, Rg, Dv, qrows, nb, CF_F32, pg, w->vf);
-#endif
-            } else if (pdp)
-                kv_pv_dp(w->acc + g * Rg * Dv, Rg, Dv, rows, nb, pg);
-            else
-                kv_pv(w->acc + g * Rg * Dv, Rg, Dv, rows, nb, a->dtype, pg, w->vf);
-        }
-    }
-    if (pdp) kv_pv_unpermute(w->acc, R, Dv);
-#ifdef CF_OPS_KV_BLOCK_KERNELS
-    for (int64_t r = 0; r < R; r++)
-        w->l[r] += kv_sum16(w->lv + 16 * r);
-#endif
+    memset(w->acc, 0, sizeof(float) * (size_t)(it->R * a->Dv));
+    memset(w->lv, 0, sizeof(float) * (size_t)(16 * it->R));
+    if (it->path.prep) it->path.prep(c, w, it->R);
 }
+
+/* KV head g's rows of the item as a kernel sees them. */
+static kv_head kv_head_of(const cf_kvcache_call* c, kv_scratch* w, const kv_itm* it, int64_t g) {
+    const int64_t Rg = it->Rg;
+    return (kv_head){.c = c,
+                     .w = w,
+                     .q = w->q + g * Rg * c->a.D,
+                     .qw = w->qw + g * Rg * c->a.D,
+                     .s = w->s + g * Rg * KV_KB,
+                     .acc = w->acc + g * Rg * c->a.Dv,
+                     .R = Rg};
+}
+
+/* rows[t]: the cache row of key jb + t (t < nb) for KV head hk0 + g in view v (K or V). base:
+ * the rows' offsets for head hk0. */
+static void kv_head_rows(const cf_view* v, const int64_t* base, int64_t nb, int64_t g, int64_t es,
+                         const void** rows) {
+    for (int64_t t = 0; t < nb; t++)
+        rows[t] = (const char*)v->data + (base[t] + g * v->stride[2]) * es;
+}
+
+/* Prefetch into L2 the n rows (offsets pf, head hk0 + g) of view v that a later block reads:
+ * spread head by head between the pieces of work on this block (one burst would stall on the
+ * miss buffers while no work is in flight). */
+static void kv_prefetch(const cf_view* v, const int64_t* pf, int64_t n, int64_t g, int64_t bytes,
+                        int64_t es) {
+    for (int64_t t = 0; t < n; t++)
+        for (int64_t o = 0; o < bytes; o += 64)
+            __builtin_prefetch((const char*)v->data + (pf[t] + g * v->stride[2]) * es + o, 0, 2);
+}
+
+/* Prefetch into L2 the int8 scales (K and V) of the n keys from position t0 for the item's KV
+ * heads (the scales of a position's heads are adjacent: one line per key, most of them shared). */
+static void kv_prefetch_scales(const cf_kvcache_call* c, const kv_itm* it, int64_t t0, int64_t n) {
+    int64_t o[KV_KB];
+    const cf_view* sv[2] = {&c->ks, &c->vs};
+    for (int i = 0; i < 2; i++) {
+        kv_rows_of(c, sv[i], it->b, t0, n, it->hk0, o);
+        for (int64_t t = 0; t < n; t++)
+            __builtin_prefetch((const float*)sv[i]->data + o[t], 0, 2);
+    }
+}
+
+/* Scores of the block of nb keys at jb for every KV head of the item (times each key's factor
+ * for a quantized cache); prefetches the K rows at pf (npf of them). */
+static void kv_block_scores(const cf_kvcache_call* c, kv_scratch* w, const kv_itm* it, int64_t jb,
+                            int64_t nb, const int64_t* pf, int64_t npf) {
+    int64_t base[KV_KB];
+    const void* rows[KV_KB];
+    kv_rows_of(c, &c->kc, it->b, it->P + jb, nb, it->hk0, base);
+    for (int64_t g = 0; g < it->nh; g++) {
+        kv_head_rows(&c->kc, base, nb, g, it->es, rows);
+        kv_prefetch(&c->kc, pf, npf, g, c->a.D * it->es, it->es);
+        const kv_head h = kv_head_of(c, w, it, g);
+        const float* f = NULL;
+        if (c->quant != CFLASH_KV_QUANT_NONE) {
+            kv_q_factors(c, 0, it->b, it->P + jb, nb, it->hk0 + g, w->fk);
+            f = w->fk;
+        }
+        it->path.scores(&h, rows, nb, f);
+    }
+}
+
+/* Online softmax of row r over the block (nb keys at jb) in the generic way: masks, softcap and
+ * ALiBi applied to the scores, the running max m and sum l updated, acc and lv rescaled, the
+ * scores replaced by P. */
+static void kv_row_softmax(const cf_kvcache_call* c, kv_scratch* w, const kv_itm* it, int64_t r,
+                           int64_t jb, int64_t nb, float slope) {
+    const cf_attn_call* a = &c->a;
+    const int64_t i = it->i0 + r % it->nq, Dv = a->Dv;
+    float* s = w->s + r * KV_KB;
+    float mx = -INFINITY;
+    if (a->softcap == 0.0f && slope == 0.0f) { /* branch-free: vectorizes */
+        const int64_t lo = w->lo[r] - jb, hi = w->hi[r] - jb;
+        const float scale = a->scale;
+#pragma omp simd
+        for (int64_t t = 0; t < nb; t++)
+            s[t] = (t >= lo && t < hi) ? scale * s[t] : -INFINITY;
+        /* (no `omp simd reduction(max)`: GCC 12 for SVE left the result at -inf when this
+         * function was inlined into kv_run; a max over KV_KB floats is cheap anyway) */
+        for (int64_t t = 0; t < nb; t++)
+            mx = s[t] > mx ? s[t] : mx;
+    } else
+        for (int64_t t = 0; t < nb; t++) {
+            const int64_t j = jb + t;
+            if (j < w->lo[r] || j >= w->hi[r]) {
+                s[t] = -INFINITY;
+                continue;
+            }
+            const float x = cf_attn_score(a, a->scale * s[t], slope, i, j, it->Sq, it->sk);
+            s[t] = x;
+            mx = x > mx ? x : mx;
+        }
+    if (mx == -INFINITY) { /* nothing visible in this block (or only NaN): P row is 0 */
+        int nan = 0;
+        for (int64_t t = 0; t < nb; t++)
+            nan |= s[t] != s[t], s[t] = 0.0f;
+        if (nan) w->m[r] = NAN, w->l[r] = NAN; /* a NaN score: the row is NaN */
+        return;
+    }
+    /* a running max that does not move leaves alpha = fexp(0) = 1 exactly: skip it */
+    const float mnew = mx > w->m[r] ? mx : w->m[r];
+    const float alpha = mx > w->m[r] ? fexp(w->m[r] - mnew) : 1.0f;
+    const float sum = exp_row(s, nb, mnew);
+    if (alpha != 1.0f) {
+        float *acc = w->acc + r * Dv, *lv = w->lv + 16 * r;
+#pragma omp simd
+        for (int64_t d = 0; d < Dv; d++)
+            acc[d] *= alpha;
+        for (int t = 0; t < 16; t++)
+            lv[t] *= alpha;
+    }
+    w->l[r] = w->l[r] * alpha + sum;
+    w->m[r] = mnew;
+}
+
+/* Online softmax of every row of the item over the block: the path's softmax16 where the whole
+ * block is visible without softcap or ALiBi, kv_row_softmax elsewhere. */
+static void kv_block_softmax(const cf_kvcache_call* c, kv_scratch* w, const kv_itm* it, int64_t jb,
+                             int64_t nb) {
+    const cf_attn_call* a = &c->a;
+    for (int64_t r = 0; r < it->R; r++) {
+        const float slope = cf_attn_slope(a, it->b, it->hk0 * it->G + r / it->nq);
+        if (it->path.softmax16 && nb == KV_KB && a->softcap == 0.0f && slope == 0.0f &&
+            w->lo[r] <= jb && w->hi[r] >= jb + KV_KB) /* no masks, no horizontal sums */
+            it->path.softmax16(w->s + r * KV_KB, a->scale, w->m + r, w->l + r, w->lv + 16 * r,
+                               w->acc + r * a->Dv, a->Dv);
+        else
+            kv_row_softmax(c, w, it, r, jb, nb, slope);
+    }
+}
+
+/* P V of the block for every KV head of the item; a head whose V has a NaN or an infinity in a
+ * block some row sees only in part goes pair by pair (kv_pv_visible). Prefetches the V rows at
+ * pf (npf of them). */
+static void kv_block_pv(const cf_kvcache_call* c, kv_scratch* w, const kv_itm* it, int64_t jb,
+                        int64_t nb, const int64_t* pf, int64_t npf) {
+    int64_t base[KV_KB];
+    const void* rows[KV_KB];
+    kv_rows_of(c, &c->vc, it->b, it->P + jb, nb, it->hk0, base);
+    int partial = 0; /* some row does not see every key of the block */
+    for (int64_t r = 0; r < it->R; r++)
+        partial |= w->lo[r] > jb || w->hi[r] < jb + nb;
+    for (int64_t g = 0; g < it->nh; g++) {
+        kv_head_rows(&c->vc, base, nb, g, it->es, rows);
+        const float* f = NULL;
+        if (c->quant != CFLASH_KV_QUANT_NONE) {
+            kv_q_factors(c, 1, it->b, it->P + jb, nb, it->hk0 + g, w->fk);
+            f = w->fk;
+        }
+        if (partial && kv_rows_nonfinite(c, rows, nb, f)) {
+            kv_pv_visible(c, w, &it->path, g * it->Rg, it->Rg, jb, rows, nb, f);
+            continue;
+        }
+        if (!c->latent) /* (a latent cache's V rows are the K rows, already fetched) */
+            kv_prefetch(&c->vc, pf, npf, g, c->a.Dv * it->es, it->es);
+        const kv_head h = kv_head_of(c, w, it, g);
+        it->path.pv(&h, rows, nb, f);
+    }
+}
+
+/* Keys [j0, j1) for the item's rows: leaves the unnormalised acc (in element order), the running
+ * max m and the sum l of each of its R rows in w. Every KV head of a key position is visited
+ * before the next position: the cache is read in address order. */
+static void kv_item(const cf_kvcache_call* c, kv_scratch* w, kv_itm* it, int64_t j0, int64_t j1) {
+    kv_item_start(c, w, it, j0, j1);
+    int64_t pfk[KV_KB], pfv[KV_KB];
+    for (int64_t jb = it->jlo; jb < it->jhi; jb += KV_KB) {
+        const int64_t nb = it->jhi - jb < KV_KB ? it->jhi - jb : KV_KB;
+        const int64_t pf0 = jb + KV_PF * KV_KB; /* the block read KV_PF blocks later */
+        const int64_t npf = pf0 >= it->jhi ? 0 : (it->jhi - pf0 < KV_KB ? it->jhi - pf0 : KV_KB);
+        kv_rows_of(c, &c->kc, it->b, it->P + pf0, npf, it->hk0, pfk);
+        if (!c->latent) kv_rows_of(c, &c->vc, it->b, it->P + pf0, npf, it->hk0, pfv);
+        if (c->quant == CFLASH_KV_QUANT_INT8) kv_prefetch_scales(c, it, it->P + pf0, npf);
+        kv_block_scores(c, w, it, jb, nb, pfk, npf);
+        kv_block_softmax(c, w, it, jb, nb);
+        kv_block_pv(c, w, it, jb, nb, pfv, npf);
+    }
+    if (it->path.finish) it->path.finish(w->acc, it->R, c->a.Dv);
+    for (int64_t r = 0; it->path.softmax16 && r < it->R; r++) {
+        float l16 = 0.0f;
+        for (int t = 0; t < 16; t++)
+            l16 += w->lv[16 * r + t];
+        w->l[r] += l16;
+    }
+}
+
+/* ---- The call: plan, items, splits merged -----------------------------------------------------
+ */
 
 /* Work decomposition: KV heads in chunks of nh and query rows in chunks of nq, so that an item
  * has at most KV_ROWS rows (its scratch stays in L2; K/V are read once per chunk of rows, as the
@@ -499,7 +624,8 @@ static void kv_plan(const cf_kvcache_call* c, int64_t* nh, int64_t* nq, int64_t*
 }
 
 /* out / lse of query row (b, i, h) (row q0 + i of out) from an unnormalised acc, max m and sum
- * l (0: no key seen, out 0 and lse -inf; NaN: a NaN score, NaN both). */
+ * l (0: no key seen, out 0 and lse -inf; NaN: a NaN score, NaN both; a sink and no key: l 1,
+ * out 0 and lse the sink). */
 static void kv_write(const cf_kvcache_call* c, int64_t b, int64_t i, int64_t h, float* acc, float m,
                      float l) {
     const cf_attn_call* a = &c->a;
@@ -517,22 +643,95 @@ static void kv_write(const cf_kvcache_call* c, int64_t b, int64_t i, int64_t h, 
             l != 0.0f ? m + logf(l) : -INFINITY;
 }
 
-static cflash_status fast_kvcache_run(const void* call) {
+/* The call's items: item it = (group gi = (batch, KV head chunk, query chunk), split s). */
+typedef struct kv_work {
+    int64_t nh, nq, ns, nchunk, nqc, R, groups, items;
+    float* parts; /* splits only: per item acc (R * Dv), m (R), l (R) */
+} kv_work;
+
+/* Batch, first KV head, first query row and query rows (0: none, a chunk past a varlen
+ * sequence's rows) of group gi. */
+static void kv_group(const cf_kvcache_call* c, const kv_work* k, int64_t gi, int64_t* b,
+                     int64_t* hk0, int64_t* i0, int64_t* nqi) {
+    *b = gi / (k->nchunk * k->nqc);
+    *hk0 = (gi / k->nqc) % k->nchunk * k->nh;
+    *i0 = gi % k->nqc * k->nq;
+    int64_t q0, sq;
+    cf_kv_q_rows(c, *b, &q0, &sq);
+    *nqi = sq - *i0 < k->nq ? sq - *i0 : k->nq;
+}
+
+/* Item it: its rows written to out / lse, or (splits) its partial results kept in parts. */
+static void kv_run_item(const cf_kvcache_call* c, kv_scratch* w, const kv_work* k,
+                        kv_choose_fn choose, int64_t itn) {
+    const cf_attn_call* a = &c->a;
+    const int64_t gi = itn / k->ns, s = itn % k->ns, G = a->H / a->Hk, Dv = a->Dv;
+    kv_itm it = {.nh = k->nh, .G = G, .es = (int64_t)cf_dtype_size(c->kc.dtype), .sink = s == 0};
+    kv_group(c, k, gi, &it.b, &it.hk0, &it.i0, &it.nq);
+    if (it.nq <= 0) return;
+    it.Rg = G * it.nq, it.R = it.nh * it.Rg;
+    choose(c, it.Rg, &it.path);
+    int64_t L, P, sk;
+    cf_kv_seq(c, it.b, &L, &P, &sk);
+    kv_item(c, w, &it, sk * s / k->ns, sk * (s + 1) / k->ns);
+    if (k->ns == 1) {
+        for (int64_t r = 0; r < it.R; r++)
+            kv_write(c, it.b, it.i0 + r % it.nq, it.hk0 * G + r / it.nq, w->acc + r * Dv, w->m[r],
+                     w->l[r]);
+        return;
+    }
+    float* dst = k->parts + itn * k->R * (Dv + 2);
+    memcpy(dst, w->acc, sizeof(float) * (size_t)(it.R * Dv));
+    memcpy(dst + k->R * Dv, w->m, sizeof(float) * (size_t)it.R);
+    memcpy(dst + k->R * Dv + k->R, w->l, sizeof(float) * (size_t)it.R);
+}
+
+/* Row `row` (of groups * R) merged from its splits by their LSE into out / lse; o: Dv scratch. */
+static void kv_merge_row(const cf_kvcache_call* c, const kv_work* k, int64_t row, float* o) {
+    const cf_attn_call* a = &c->a;
+    const int64_t gi = row / k->R, r = row % k->R, G = a->H / a->Hk, Dv = a->Dv, R = k->R;
+    int64_t b, hk0, i0, nqi;
+    kv_group(c, k, gi, &b, &hk0, &i0, &nqi);
+    if (r >= k->nh * G * nqi) return; /* (none when nqi <= 0: an empty chunk) */
+    const float* first = k->parts + gi * k->ns * R * (Dv + 2);
+    float M = -INFINITY, l = 0.0f;
+    for (int64_t s = 0; s < k->ns; s++) {
+        float m = first[s * R * (Dv + 2) + R * Dv + r];
+        M = m > M || m != m ? m : M; /* a NaN split max (a NaN score) makes the row NaN */
+        if (M != M) break;
+    }
+    for (int64_t d = 0; d < Dv; d++)
+        o[d] = 0.0f;
+    for (int64_t s = 0; s < k->ns && M != -INFINITY; s++) {
+        const float* ps = first + s * R * (Dv + 2);
+        float m = ps[R * Dv + r];
+        if (m == -INFINITY) continue;
+        float f = expf(m - M);
+        l += f * ps[R * Dv + R + r];
+#pragma omp simd
+        for (int64_t d = 0; d < Dv; d++)
+            o[d] += f * ps[r * Dv + d];
+    }
+    kv_write(c, b, i0 + r % nqi, hk0 * G + r / nqi, o, M, l);
+}
+
+/* The whole call with the kernels choose picks: append, items, splits merged. */
+static cflash_status kv_run(const void* call, kv_choose_fn choose) {
     const cf_kvcache_call* c = call;
     const cf_attn_call* a = &c->a;
     const int64_t G = a->H / a->Hk, Dv = a->Dv;
-    int64_t nh, nq, ns;
-    kv_plan(c, &nh, &nq, &ns);
-    const int64_t nchunk = a->Hk / nh, nqc = (a->Sq + nq - 1) / nq, R = nh * G * nq;
-    const int64_t groups = a->B * nchunk * nqc, items = groups * ns;
-    /* splits only: per item acc (R * Dv), m (R), l (R) */
-    float* parts = ns > 1 ? malloc(sizeof(float) * (size_t)(items * R * (Dv + 2))) : NULL;
-    CFLASH_RETURN_IF(ns > 1 && !parts, CFLASH_ERR_OUT_OF_MEMORY,
-                     "kvcache_fwd: out of memory for %lld partial rows", (long long)(items * R));
+    kv_work k;
+    kv_plan(c, &k.nh, &k.nq, &k.ns);
+    k.nchunk = a->Hk / k.nh, k.nqc = (a->Sq + k.nq - 1) / k.nq, k.R = k.nh * G * k.nq;
+    k.groups = a->B * k.nchunk * k.nqc, k.items = k.groups * k.ns;
+    k.parts = k.ns > 1 ? malloc(sizeof(float) * (size_t)(k.items * k.R * (Dv + 2))) : NULL;
+    CFLASH_RETURN_IF(k.ns > 1 && !k.parts, CFLASH_ERR_OUT_OF_MEMORY,
+                     "kvcache_fwd: out of memory for %lld partial rows",
+                     (long long)(k.items * k.R));
     int failed = 0;
 #pragma omp parallel num_threads(a->threads) reduction(| : failed)
     {
-        float* buf = malloc(sizeof(float) * kv_scratch_floats(c, R));
+        float* buf = malloc(sizeof(float) * kv_scratch_floats(c, k.R));
         failed = !buf;
 #pragma omp for schedule(static)
         for (int64_t r = 0; r < c->total_new * a->Hk; r++) {
@@ -542,80 +741,16 @@ static cflash_status fast_kvcache_run(const void* call) {
         }
         /* (implicit barrier: the appended rows are in the cache before any item reads them) */
         kv_scratch w = {0};
-        if (buf) kv_scratch_init(&w, buf, c, R);
+        if (buf) kv_scratch_init(&w, buf, c, k.R);
 #pragma omp for schedule(dynamic, 1)
-        for (int64_t it = 0; it < items; it++) {
-            if (!buf) continue;
-            const int64_t gi = it / ns, s = it % ns;
-            const int64_t b = gi / (nchunk * nqc), ch = (gi / nqc) % nchunk, qc = gi % nqc;
-            int64_t L, P, sk, q0, sq;
-            cf_kv_seq(c, b, &L, &P, &sk);
-            cf_kv_q_rows(c, b, &q0, &sq); /* varlen: chunks past this sequence's rows are empty */
-            const int64_t i0 = qc * nq, nqi = sq - i0 < nq ? sq - i0 : nq;
-            if (nqi <= 0) continue;
-            kv_item(c, &w, b, ch * nh, nh, i0, nqi, sk * s / ns, sk * (s + 1) / ns);
-            const int64_t Ri = nh * G * nqi;
-            if (ns == 1) {
-                for (int64_t r = 0; r < Ri; r++)
-                    kv_write(c, b, i0 + r % nqi, ch * nh * G + r / nqi, w.acc + r * Dv, w.m[r],
-                             w.l[r]);
-                continue;
-            }
-            float* dst = parts + it * R * (Dv + 2);
-            memcpy(dst, w.acc, sizeof(float) * (size_t)(Ri * Dv));
-            memcpy(dst + R * Dv, w.m, sizeof(float) * (size_t)Ri);
-            memcpy(dst + R * Dv + R, w.l, sizeof(float) * (size_t)Ri);
-        }
-        /* merge the splits of each row by their LSE */
+        for (int64_t it = 0; it < k.items; it++)
+            if (buf) kv_run_item(c, &w, &k, choose, it);
 #pragma omp for schedule(static)
-        for (int64_t row = 0; row < (ns > 1 ? groups * R : 0); row++) {
-            if (!buf) continue;
-            const int64_t gi = row / R, r = row % R;
-            const int64_t b = gi / (nchunk * nqc), ch = (gi / nqc) % nchunk, qc = gi % nqc;
-            int64_t q0, sq;
-            cf_kv_q_rows(c, b, &q0, &sq);
-            const int64_t i0 = qc * nq, nqi = sq - i0 < nq ? sq - i0 : nq;
-            if (r >= nh * G * nqi) continue; /* (none when nqi <= 0: an empty chunk) */
-            const float* first = parts + gi * ns * R * (Dv + 2);
-            float M = -INFINITY, l = 0.0f;
-            for (int64_t s = 0; s < ns; s++) {
-                float m = first[s * R * (Dv + 2) + R * Dv + r];
-                M = m > M || m != m ? m : M; /* a NaN split max (a NaN score) makes the row NaN */
-                if (M != M) break;
-            }
-            float* o = buf;
-            for (int64_t d = 0; d < Dv; d++)
-                o[d] = 0.0f;
-            for (int64_t s = 0; s < ns && M != -INFINITY; s++) {
-                const float* ps = first + s * R * (Dv + 2);
-                float m = ps[R * Dv + r];
-                if (m == -INFINITY) continue;
-                float f = expf(m - M);
-                l += f * ps[R * Dv + R + r];
-#pragma omp simd
-                for (int64_t d = 0; d < Dv; d++)
-                    o[d] += f * ps[r * Dv + d];
-            }
-            kv_write(c, b, i0 + r % nqi, ch * nh * G + r / nqi, o, M, l);
-        }
+        for (int64_t row = 0; row < (k.ns > 1 ? k.groups * k.R : 0); row++)
+            if (buf) kv_merge_row(c, &k, row, buf);
         free(buf);
     }
-    free(parts);
+    free(k.parts);
     CFLASH_RETURN_IF(failed, CFLASH_ERR_OUT_OF_MEMORY, "kvcache_fwd: out of memory for scratch");
     return CFLASH_OK;
-}
-
-/* Which calls this build serves: all, except where the ISA file names a feature it refuses
- * (CF_OPS_KV_QUANT_REFUSED: the reason quantized caches are refused). */
-static int fast_kvcache_supports(const void* call, char* why, size_t n) {
-#ifdef CF_OPS_KV_QUANT_REFUSED
-    const cf_kvcache_call* c = call;
-    if (c->quant != CFLASH_KV_QUANT_NONE) {
-        snprintf(why, n, "%s", CF_OPS_KV_QUANT_REFUSED);
-        return 0;
-    }
-#else
-    (void)call, (void)why, (void)n;
-#endif
-    return 1;
 }

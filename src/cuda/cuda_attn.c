@@ -430,6 +430,16 @@ static int kv_supports(const void* call, char* why, size_t n) {
                  k->quant);
         return 0;
     }
+    if (k->a.sinks) {
+        snprintf(why, n, "attention sinks (sinks): not implemented on CUDA yet");
+        return 0;
+    }
+    if (k->latent && k->total_new) {
+        snprintf(why, n,
+                 "an append into an MLA latent cache (v_cache a view of k_cache, v_new NULL): not "
+                 "implemented on CUDA yet");
+        return 0;
+    }
     return simt_supports(&k->a, 0, why, n);
 }
 

@@ -208,6 +208,7 @@ static void probe_x86(cf_cpu_info* c) {
     c->avx512bw = BIT(b7, 30) && c->os_avx512;
     c->avx512vl = BIT(b7, 31) && c->os_avx512;
     c->avx512vnni = BIT(c7, 11) && c->os_avx512;
+    c->avx512vbmi = BIT(c7, 1) && c->os_avx512;
     c->avx512fp16 = BIT(d7, 23) && c->os_avx512;
     c->avx512bf16 = BIT(a71, 5) && c->os_avx512;
     if (!cpu_avx512f)

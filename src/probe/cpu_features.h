@@ -14,6 +14,7 @@ typedef struct cf_cpu_info {
     /* ISA features usable now: CPU has it AND the OS saves the state (XGETBV). */
     int sse42, avx, avx2, fma, f16c;
     int avx512f, avx512bw, avx512vl, avx512dq, avx512bf16, avx512fp16, avx512vnni;
+    int avx512vbmi; /* VPERMB / VPERMI2B: byte tables (the KV cache's fp8 / int8 codes) */
     int amx_tile, amx_bf16, amx_fp16, amx_int8; /* CPU reports AMX and XCR0 enables tile state */
     int amx_permitted;   /* arch_prctl(ARCH_REQ_XCOMP_PERM) granted the tile data state */
     char amx_error[128]; /* why not permitted ("" when permitted or no AMX) */

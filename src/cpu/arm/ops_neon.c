@@ -18,9 +18,10 @@
 #include "cpu/ops_fast_common.h"
 #include "probe/cpu_features.h"
 
+#include "cpu/kvcache_fast.h"
+
 /* ---- KV-cache bf16 scores with BFDOT: q is exactly bf16 here (a bf16 input, or rotated and
  * rounded to bf16), so its top halves are q itself; products are exact, sums fp32. ---- */
-#define CF_OPS_KV_DOTS_BF16 1
 #define KV_QMAX 8192 /* bf16 elements of q kept on the stack: R * D */
 
 static inline int kv_dots_x4_ok(cf_dtype dt, int64_t R, int64_t D) {
@@ -86,7 +87,18 @@ kv_dots_bf16x4(const float* restrict q, int64_t R, int64_t D, const void* const*
         }
 }
 
-#include "cpu/kvcache_fast.h"
+static void neon_scores_x4(const kv_head* h, const void* const* rows, int64_t nb, const float* f) {
+    (void)f; /* (unquantized) */
+    kv_dots_bf16x4(h->q, h->R, h->c->a.D, rows, nb, h->s);
+}
+
+/* The generic kernels, with BFDOT scores for bf16 caches. */
+static void kv_choose_neon(const cf_kvcache_call* c, int64_t R, kv_path* p) {
+    kv_choose_generic(c, R, p);
+    if (c->quant == CFLASH_KV_QUANT_NONE && kv_dots_x4_ok(c->a.dtype, R, c->a.D))
+        p->scores = neon_scores_x4;
+}
+
 #include "cpu/merge_fast.h"
 #include "cpu/norm_fast.h"
 #include "cpu/rotary_fast.h"
@@ -96,6 +108,19 @@ static int ops_neon_available(char* why, size_t n) {
     snprintf(why, n, "needs AdvSIMD: the kernel does not report asimd (AT_HWCAP bit 1)");
     return 0;
 }
+
+static cflash_status neon_kvcache_run(const void* call) {
+    return kv_run(call, kv_choose_neon);
+}
+
+const cf_impl cf_impl_neon_kvcache_fwd = {
+    .backend = "cpu-neon",
+    .op = CFLASH_OP_KVCACHE_FWD,
+    .device_type = kDLCPU,
+    .supports = NULL, /* every call */
+    .run = neon_kvcache_run,
+    .available = ops_neon_available,
+};
 
 #define CF_OPS_ISA neon
 #define CF_OPS_BACKEND "cpu-neon"

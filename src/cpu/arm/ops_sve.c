@@ -18,10 +18,6 @@
 
 #include "cpu/ops_fast_common.h"
 
-/* Quantized KV caches gave wrong results on cpu-sve under qemu (test_kvcache, sve128): refused
- * until that is found; cpu-neon serves them. */
-#define CF_OPS_KV_QUANT_REFUSED                                                                    \
-    "quantized KV cache (cache_quant): not yet correct on cpu-sve (cpu-neon serves it)"
 #include "cpu/kvcache_fast.h"
 #include "cpu/merge_fast.h"
 #include "cpu/norm_fast.h"
@@ -34,6 +30,19 @@ static int ops_sve_available(char* why, size_t n) {
     snprintf(why, n, "needs SVE: the kernel does not report sve (AT_HWCAP bit 22)");
     return 0;
 }
+
+static cflash_status sve_kvcache_run(const void* call) {
+    return kv_run(call, kv_choose_generic);
+}
+
+const cf_impl cf_impl_sve_kvcache_fwd = {
+    .backend = "cpu-sve",
+    .op = CFLASH_OP_KVCACHE_FWD,
+    .device_type = kDLCPU,
+    .supports = NULL, /* every call */
+    .run = sve_kvcache_run,
+    .available = ops_sve_available,
+};
 
 #define CF_OPS_ISA sve
 #define CF_OPS_BACKEND "cpu-sve"

@@ -67,7 +67,8 @@ static void load_row(const cf_kvcache_call* c, int is_v, int64_t b, int64_t t, i
     }
 }
 
-/* New row n of batch b (row n0 + n of k_new / v_new) into cache position L + n. */
+/* New row n of batch b (row n0 + n of k_new / v_new) into cache position L + n (an MLA latent
+ * cache: the k_new row only, V being a view of it). */
 static void append(const cf_kvcache_call* c, float* buf, int64_t b, int64_t n, int64_t hk) {
     const cf_attn_call* a = &c->a;
     int64_t L, P, sk, n0, sn;
@@ -75,6 +76,10 @@ static void append(const cf_kvcache_call* c, float* buf, int64_t b, int64_t n, i
     cf_kv_new_rows(c, b, &n0, &sn);
     load_rotated(c, buf, &c->knew, at4(&c->knew, b, n0 + n, hk, 0), a->D, L + n);
     store_row(c, 0, b, L + n, hk, buf, a->D);
+    if (c->latent) { /* V is a view of the row just stored */
+        cf_kv_latent_scale(c, b, L + n, hk);
+        return;
+    }
     for (int64_t d = 0; d < a->Dv; d++)
         buf[d] = cf_load(c->vnew.data, a->dtype, at4(&c->vnew, b, n0 + n, hk, d));
     store_row(c, 1, b, L + n, hk, buf, a->Dv);
@@ -94,7 +99,8 @@ static void attend_row(const cf_kvcache_call* c, float* q, float* acc, float* kr
             q[d] = cf_round_to(a->dtype, q[d]);
     cf_attn_key_range(a, i, sq, sk, &lo, &hi);
     const float slope = cf_attn_slope(a, b, h);
-    float m = -INFINITY, l = 0.0f;
+    /* A sink is a key of score sink and value 0: the softmax starts from it. */
+    float m = cf_attn_sink(a, h), l = m == -INFINITY ? 0.0f : 1.0f;
     for (int64_t d = 0; d < a->Dv; d++)
         acc[d] = 0.0f;
     for (int64_t j = lo; j < hi; j++) {
@@ -116,7 +122,9 @@ static void attend_row(const cf_kvcache_call* c, float* q, float* acc, float* kr
         for (int64_t d = 0; d < a->Dv; d++)
             acc[d] += p * vr[d];
     }
-    float inv = l != 0.0f ? 1.0f / l : 0.0f; /* l NaN (a NaN score): NaN out and lse */
+    /* no visible key: out 0, lse -inf (the sink when there is one); l NaN (a NaN score): NaN
+     * out and lse */
+    float inv = l != 0.0f ? 1.0f / l : 0.0f;
     for (int64_t d = 0; d < a->Dv; d++)
         cf_store(a->out.data, a->dtype, at4(&a->out, b, q0 + i, h, d), acc[d] * inv);
     if (a->lse.data)

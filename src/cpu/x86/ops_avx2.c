@@ -37,6 +37,19 @@ static int ops_avx2_available(char* why, size_t n) {
     return 0;
 }
 
+static cflash_status avx2_kvcache_run(const void* call) {
+    return kv_run(call, kv_choose_generic);
+}
+
+const cf_impl cf_impl_avx2_kvcache_fwd = {
+    .backend = "cpu-avx2",
+    .op = CFLASH_OP_KVCACHE_FWD,
+    .device_type = kDLCPU,
+    .supports = NULL, /* every call */
+    .run = avx2_kvcache_run,
+    .available = ops_avx2_available,
+};
+
 #define CF_OPS_ISA avx2
 #define CF_OPS_BACKEND "cpu-avx2"
 #define CF_OPS_AVAILABLE ops_avx2_available
