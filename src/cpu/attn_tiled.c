@@ -90,7 +90,8 @@ typedef struct fwd_geom {
     void (*pack_pairs)(uint32_t*, const float*, const float*, int64_t);
     int k_direct, v_direct; /* K/V read in place (fp32 dtype, or bf16 pairs aligned) */
     size_t off_qt, off_st, off_o, off_vec, off_lohi, off_kc, off_vc, off_tmp, off_x, bytes;
-    size_t off_gk, off_gv; /* paged: a block's K / V rows gathered across pages */
+    size_t off_gk, off_gv;       /* paged: a block's K / V rows gathered across pages */
+    const cf_attn_mask_map* map; /* issue 13: attn_mask / attn_bias summarised (may be NULL) */
 } fwd_geom;
 
 static void fwd_layout(const cf_attn_call* c, const cf_attn_kernels* k, fwd_geom* g) {
@@ -343,28 +344,37 @@ static void fwd_load_q(const cf_attn_call* c, const cf_attn_kernels* kk, const f
     memset(w->o, 0, sizeof(float) * (size_t)(Mt * g->Dv));
 }
 
-/* Issue 13: 0 when attn_mask, attn_bias or the block-sparse lists hide every pair of the tile's
- * rows and keys [j0, j0 + nb); with the lists, also sets each row's key mask (w->kvp). */
+/* Issue 13: the state (CF_REGION_*) of the tile's rows and keys [j0, j0 + nb) under attn_mask,
+ * attn_bias and the block-sparse lists: closed (skipped), open (nothing hidden: no masking pass,
+ * NaN guards as without masks) or part. With the lists, also sets each row's key mask (w->kvp). */
 static int fwd_block_open(const cf_attn_call* c, const fwd_geom* g, fwd_tile_ws* w, int64_t j0,
                           int64_t nb) {
     const int64_t G = g->G, na = w->na;
-    int open = 1;
+    int st = CF_REGION_OPEN;
     if (c->bs_num.data) {
-        open = 0;
+        st = -1;
         for (int64_t gs = 0; gs < w->Gs; gs++)
-            open |= cf_attn_cpu_bs_keys(c, w->b, w->hk * G + gs, w->qb0, w->nqt, j0, nb,
-                                        w->kvis + gs * w->nqt * nb);
+            st =
+                cf_attn_region_join(st, cf_attn_cpu_bs_keys(c, w->b, w->hk * G + gs, w->qb0, w->nqt,
+                                                            j0, nb, w->kvis + gs * w->nqt * nb));
+        if (st == CF_REGION_CLOSED) return st;
         for (int64_t r = 0; r < w->Mt; r++)
             w->kvp[r] = w->kvis + ((w->Gs > 1 ? r / na : 0) * w->nqt +
                                    (w->i0 + r % na + c->q_offset) / c->block_q - w->qb0) *
                                       nb;
     }
-    if (open && (c->mask.data || c->bias.data)) {
-        open = 0;
-        for (int64_t gi = 0; gi < G && !open; gi++)
-            open = cf_attn_cpu_region_open(c, w->b, w->hk * G + gi, w->i0, w->i0 + na, j0, j0 + nb);
+    if (c->mask.data || c->bias.data) {
+        /* heads with masks of their own (broadcast dims have stride 0) */
+        const int64_t Gm =
+            (c->mask.data && c->mask.stride[1]) || (c->bias.data && c->bias.stride[1]) ? G : 1;
+        int ms = -1;
+        for (int64_t gi = 0; gi < Gm && ms != CF_REGION_PART; gi++)
+            ms = cf_attn_region_join(ms, cf_attn_cpu_region_open(c, g->map, w->b, w->hk * G + gi,
+                                                                 w->i0, w->i0 + na, j0, j0 + nb));
+        if (ms == CF_REGION_CLOSED) return ms;
+        if (ms != CF_REGION_OPEN) st = CF_REGION_PART;
     }
-    return open;
+    return st;
 }
 
 /* S^T [nb][Mt] = K Q^T: K rows (krow, kes bytes apart, krs elements) read in place where their
@@ -410,9 +420,10 @@ static void fwd_qk(const cf_attn_call* c, const cf_attn_kernels* kk, const fwd_g
 /* The scores of keys [j0, j0 + nb) in natural units, as the LSE (see exp_cols in attn_cpu.h), -inf
  * where masked, and their maxima per row in w->mx. full: every row sees every key of the block. */
 static void fwd_mask_max(const cf_attn_call* c, const cf_attn_kernels* kk, const fwd_geom* g,
-                         fwd_tile_ws* w, int64_t j0, int64_t nb, int full) {
+                         fwd_tile_ws* w, int64_t j0, int64_t nb, int full, int open) {
     const int64_t Mt = w->Mt, na = w->na, G = g->G;
-    const int xtra = cf_attn_has_extra(c);
+    /* issue 13: a pass over the scores for the bias, or for masks that may hide pairs here */
+    const int xtra = cf_attn_has_extra(c) && (c->bias.data || open != CF_REGION_OPEN);
     float* st = w->st;
     for (int64_t r = 0; r < Mt; r++)
         w->mx[r] = -INFINITY;
@@ -457,7 +468,7 @@ static void fwd_mask_max(const cf_attn_call* c, const cf_attn_kernels* kk, const
     }
     if (xtra) { /* bias and masks on the scores, then the maxima */
         cf_attn_cpu_extras(c, w->b, st, Mt, nb, 1, Mt, w->xi, w->xh, c->bs_num.data ? w->kvp : NULL,
-                           j0);
+                           j0, open != CF_REGION_OPEN);
         for (int64_t j = 0; j < nb; j++)
             kk->scale_max_cols(st + j * Mt, Mt, 1.0f, w->mx);
     }
@@ -505,10 +516,10 @@ static void fwd_softmax(const cf_attn_call* c, const cf_attn_kernels* kk, const 
  * the row: such a block (rare) sums visible pairs only. Issue 13's masks (attn_mask, block-sparse,
  * a bias of -inf) can hide any key of a block from any row: with them every row of V is checked. */
 static void fwd_pv(const cf_attn_call* c, const cf_attn_kernels* kk, const fwd_geom* g,
-                   fwd_tile_ws* w, int64_t j0, int64_t nb, int full, const char* vrow, int64_t vrs,
-                   int64_t ves) {
+                   fwd_tile_ws* w, int64_t j0, int64_t nb, int full, int open, const char* vrow,
+                   int64_t vrs, int64_t ves) {
     const int64_t Mt = w->Mt, na = w->na, G = g->G, Dv = g->Dv;
-    const int xtra = cf_attn_has_extra(c);
+    const int xtra = open != CF_REGION_OPEN; /* issue 13's masks may hide pairs of this block */
     const float* st = w->st;
     float* o = w->o;
     if (xtra ? cf_attn_cpu_rows_nonfinite(vrow, ves, nb, Dv, c->dtype)
@@ -588,16 +599,17 @@ static void fwd_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const fwd
     for (int64_t j0 = jlo; j0 < jhi; j0 += BK) {
         const int64_t nb = jhi - j0 < BK ? jhi - j0 : BK;
         const int full = w.lo[w.na - 1] <= j0 && w.hi[0] >= j0 + nb;
-        if (cf_attn_has_extra(c) && !fwd_block_open(c, g, &w, j0, nb)) continue;
+        const int open = cf_attn_has_extra(c) ? fwd_block_open(c, g, &w, j0, nb) : CF_REGION_OPEN;
+        if (open == CF_REGION_CLOSED) continue;
         int64_t krs, vrs; /* row strides: the view's, or D / Dv for rows gathered from pages */
         const char* krow =
             cf_attn_cpu_key_rows(c, &c->k, w.b, w.k0, j0, nb, w.hk, g->D, ws + g->off_gk, &krs);
         const char* vrow =
             cf_attn_cpu_key_rows(c, &c->v, w.b, w.k0, j0, nb, w.hk, g->Dv, ws + g->off_gv, &vrs);
         fwd_qk(c, kk, g, &w, nb, krow, krs, es * krs);
-        fwd_mask_max(c, kk, g, &w, j0, nb, full);
+        fwd_mask_max(c, kk, g, &w, j0, nb, full, open);
         fwd_softmax(c, kk, g, &w, j0, nb);
-        fwd_pv(c, kk, g, &w, j0, nb, full, vrow, vrs, es * vrs);
+        fwd_pv(c, kk, g, &w, j0, nb, full, open, vrow, vrs, es * vrs);
     }
     fwd_store(c, kk, g, &w);
 }
@@ -651,7 +663,11 @@ static void fwd_tile_fn(const cf_attn_call* c, const cf_attn_kernels* kk, const 
 cflash_status cf_attn_cpu_fwd(const cf_attn_call* c, const cf_attn_kernels* kk) {
     fwd_geom g;
     fwd_layout(c, kk, &g);
-    return cf_attn_cpu_fwd_run(c, kk, g.n, g.bytes, fwd_tile_fn, &g);
+    cf_attn_mask_map* map = cf_attn_cpu_mask_map(c, c->threads);
+    g.map = map;
+    const cflash_status st = cf_attn_cpu_fwd_run(c, kk, g.n, g.bytes, fwd_tile_fn, &g);
+    cf_attn_cpu_mask_map_free(map);
+    return st;
 }
 
 attn_tile* cf_attn_cpu_q_tiles(const cf_attn_call* c, int64_t n, int64_t* count) {
