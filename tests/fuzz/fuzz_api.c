@@ -1,13 +1,14 @@
 /* libFuzzer target over every public entry point of cflash.h: the input bytes choose the call
  * (attention fwd / bwd / varlen, KV cache, rotary, rotary tables, norm fwd / bwd, merge, dropout
- * mask, each in explain mode too, the context calls, report, names and versions, library
- * directories (invalid ones only: a valid one stays for the process)), its shapes, dtypes, strides
- * (negative, zero, huge), offsets, devices, parameters and index tensors. Every tensor lives in a
- * buffer of exactly the bytes its view reaches, so ASan sees any access outside a view; the oracle
- * checks that the status is a valid code with a message, that a failing call wrote nothing, that a
- * successful one wrote nothing outside its output views and no input, and that a rerun gives the
- * same bytes. Built by `make fuzz` / `make test` (stage test-fuzz) with clang; see README
- * "Fuzzing". */
+ * mask, each in explain mode too; issue 13's sinks, bias, masks, block lists, chunks, pages,
+ * used lengths, varlen KV-cache queries and quantized caches; the context calls, report, names and
+ * versions, library directories (invalid ones only: a valid one stays for the process)), its
+ * shapes, dtypes, strides (negative, zero, huge), offsets, devices, parameters and index tensors.
+ * Every tensor lives in a buffer of exactly the bytes its view reaches, so ASan sees any access
+ * outside a view; the oracle checks that the status is a valid code with a message, that a failing
+ * call wrote nothing, that a successful one wrote nothing outside its output views and no input,
+ * and that a rerun gives the same bytes. Built by `make fuzz` / `make test` (stage test-fuzz) with
+ * clang; see README "Fuzzing". */
 #include <math.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -66,7 +67,19 @@ static float hostile_f32(src* s, float usual) {
 
 /* ---- Tensors ------------------------------------------------------------------------------ */
 
-enum { DT_F32, DT_F16, DT_BF16, DT_I32, DT_U8, DT_F64, DT_BF16X2, DT_I64, DT_COUNT };
+enum {
+    DT_F32,
+    DT_F16,
+    DT_BF16,
+    DT_I32,
+    DT_U8,
+    DT_F64,
+    DT_BF16X2,
+    DT_I64,
+    DT_I8,
+    DT_BOOL,
+    DT_COUNT
+};
 static DLDataType dl_dtype(int d) {
     DLDataType t = {kDLFloat, 32, 1};
     switch (d) {
@@ -77,6 +90,8 @@ static DLDataType dl_dtype(int d) {
     case DT_F64: t.bits = 64; break;
     case DT_BF16X2: t.code = kDLBfloat, t.bits = 16, t.lanes = 2; break;
     case DT_I64: t.code = kDLInt, t.bits = 64; break;
+    case DT_I8: t.code = kDLInt, t.bits = 8; break;
+    case DT_BOOL: t.code = 6, t.bits = 8; break; /* kDLBool in newer headers */
     default: break;
     }
     return t;
@@ -295,6 +310,18 @@ static DLTensor* idx(call* c, src* s, int64_t n, int64_t total, int64_t lo, int6
     return d;
 }
 
+/* int32 tensor of ndim dims `want` with values in [lo, hi] (now and then raw bytes). */
+static DLTensor* idx_nd(call* c, src* s, int ndim, const int64_t* want, int64_t lo, int64_t hi) {
+    DLTensor* d = mk(c, s, IN, ndim, want, DT_I32);
+    ft* t = &c->t[c->n - 1];
+    if (!d || !t->base || !(d->dtype.code == kDLInt && d->dtype.bits == 32) || t->bytes < 4)
+        return d;
+    const int raw = one_in(s, 8);
+    for (size_t i = 0; i < t->bytes / 4; i++)
+        ((int32_t*)t->base)[i] = raw ? (int32_t)take(s, 4) : (int32_t)pick(s, lo, hi);
+    return d;
+}
+
 /* Copies every buffer into before (after = 0) or after (after = 1). */
 static void snapshot(call* c, int after) {
     for (int i = 0; i < c->n; i++) {
@@ -491,6 +518,40 @@ static void attn_params(src* s, cflash_attn_params* p, call* c, int64_t B, int64
     }
 }
 
+/* Issue 13's attention features, each now and then: sinks (dsinks in a backward), a bias and a
+ * boolean mask broadcast over B and / or H (dbias in a backward; batch calls only), block-sparse
+ * lists, chunks, and the varlen call's used lengths. Sq, Sk: the rows per sequence. */
+static void attn_features(src* s, cflash_attn_params* p, call* c, int64_t B, int64_t H, int64_t Sq,
+                          int64_t Sk, int dt, int batch, int bwd) {
+    const int64_t h1[1] = {H};
+    if (one_in(s, 4)) {
+        p->sinks = mk(c, s, IN, 1, h1, DT_F32);
+        if (bwd && one_in(s, 2)) p->dsinks = mk(c, s, OUT, 1, h1, DT_F32);
+    }
+    if (batch && one_in(s, 5)) {
+        const int64_t bs[4] = {one_in(s, 2) ? 1 : B, one_in(s, 2) ? 1 : H, Sq, Sk};
+        const int bdt = one_in(s, 2) ? DT_F32 : dt;
+        p->attn_bias = mk(c, s, IN, 4, bs, bdt);
+        if (bwd && one_in(s, 2)) p->dbias = mk(c, s, OUT, 4, bs, one_in(s, 4) ? DT_F32 : bdt);
+    }
+    if (batch && one_in(s, 5)) {
+        const int64_t ms[4] = {one_in(s, 2) ? 1 : B, one_in(s, 2) ? 1 : H, Sq, Sk};
+        p->attn_mask = mk(c, s, IN, 4, ms, one_in(s, 2) ? DT_U8 : DT_BOOL);
+    }
+    if (one_in(s,
+               5)) { /* lists of key blocks per query block: entries valid, out of range or raw */
+        p->block_q = hostile_i64(s, pick(s, 1, 9)), p->block_k = hostile_i64(s, pick(s, 1, 9));
+        const int64_t bq = p->block_q > 0 && p->block_q < 64 ? p->block_q : 1;
+        const int64_t bk = p->block_k > 0 && p->block_k < 64 ? p->block_k : 1;
+        const int64_t nqb = (Sq + bq - 1) / bq + pick(s, 0, 1), nkb = (Sk + bk - 1) / bk;
+        const int64_t K = pick(s, 0, nkb + 1), b0 = one_in(s, 2) ? 1 : B, h0 = one_in(s, 2) ? 1 : H;
+        const int64_t ns[3] = {b0, h0, nqb}, is[4] = {b0, h0, nqb, K};
+        p->block_kv_num = idx_nd(c, s, 3, ns, -1, K + 1);
+        p->block_kv_indices = one_in(s, 16) ? NULL : idx_nd(c, s, 4, is, -1, nkb);
+    }
+    if (one_in(s, 6)) p->attention_chunk = hostile_i64(s, pick(s, 0, 20));
+}
+
 /* Decodes one call into x (tensors in c) from s. */
 static void decode(src* s, call* c, args* x) {
     x->op = (int)pick(s, 0, OP_COUNT - 1);
@@ -514,29 +575,47 @@ static void decode(src* s, call* c, args* x) {
         const int varlen = x->op == OP_VFWD || x->op == OP_VBWD;
         const int bwd = x->op == OP_BWD || x->op == OP_VBWD;
         attn_params(s, &x->ap, c, B, H);
+        attn_features(s, &x->ap, c, B, H, Sq, Sk, dt, !varlen, bwd);
+        /* varlen: pages (k / v as (pages, page_size, Hk, D)), used lengths */
+        const int paged = varlen && one_in(s, 4);
+        const int64_t page = pick(s, 1, 8), pages = pick(s, 0, 12);
+        if (paged) {
+            const int64_t bt[2] = {B, pick(s, 1, 6)};
+            x->ap.block_table = idx_nd(c, s, 2, bt, -1, pages);
+        }
+        if (varlen && one_in(s, 4)) x->ap.seqused_q = idx(c, s, B, 0, -1, Sq + 1, 0);
+        if (varlen && (paged || one_in(s, 4))) x->ap.seqused_k = idx(c, s, B, 0, -1, Sk + 1, 0);
         int64_t tq = B * Sq, tk = B * Sk;
         int64_t q4[4] = {B, Sq, H, D}, k4[4] = {B, Sk, Hk, D}, v4[4] = {B, Sk, Hk, Dv},
                 o4[4] = {B, Sq, H, Dv}, l3[3] = {B, H, Sq};
         int64_t q3[3] = {tq, H, D}, k3[3] = {tk, Hk, D}, v3[3] = {tk, Hk, Dv}, o3[3] = {tq, H, Dv},
                 l2[2] = {H, tq};
+        int64_t kp[4] = {pages, page, Hk, D}, vp[4] = {pages, page, Hk, Dv};
         const int nd = varlen ? 3 : 4;
-        const int64_t *qs = varlen ? q3 : q4, *ks = varlen ? k3 : k4, *vs = varlen ? v3 : v4,
+        const int64_t *qs = varlen ? q3 : q4,
+                      *ks = paged    ? kp
+                            : varlen ? k3
+                                     : k4,
+                      *vs = paged    ? vp
+                            : varlen ? v3
+                                     : v4,
                       *os = varlen ? o3 : o4;
+        const int kd = paged ? 4 : nd;
         if (!bwd) {
-            a[0] = mk(c, s, IN, nd, qs, dt), a[1] = mk(c, s, IN, nd, ks, dt);
-            a[2] = mk(c, s, IN, nd, vs, dt), a[3] = mk(c, s, OUT, nd, os, dt);
+            a[0] = mk(c, s, IN, nd, qs, dt), a[1] = mk(c, s, IN, kd, ks, dt);
+            a[2] = mk(c, s, IN, kd, vs, dt), a[3] = mk(c, s, OUT, nd, os, dt);
             a[4] = opt(c, s, OUT, varlen ? 2 : 3, varlen ? l2 : l3, DT_F32, 2);
         } else { /* dout, q, k, v, out, lse, dq, dk, dv (out / lse: any values) */
             a[0] = mk(c, s, IN, nd, os, dt), a[1] = mk(c, s, IN, nd, qs, dt);
-            a[2] = mk(c, s, IN, nd, ks, dt), a[3] = mk(c, s, IN, nd, vs, dt);
+            a[2] = mk(c, s, IN, kd, ks, dt), a[3] = mk(c, s, IN, kd, vs, dt);
             a[4] = mk(c, s, IN, nd, os, dt);
             a[5] = one_in(s, 16) ? NULL : mk(c, s, IN, varlen ? 2 : 3, varlen ? l2 : l3, DT_F32);
-            a[6] = mk(c, s, OUT, nd, qs, dt), a[7] = mk(c, s, OUT, nd, ks, dt);
-            a[8] = mk(c, s, OUT, nd, vs, dt);
+            a[6] = mk(c, s, OUT, nd, qs, dt);
+            a[7] = mk(c, s, OUT, kd, ks, dt), a[8] = mk(c, s, OUT, kd, vs, dt);
         }
         if (varlen) { /* cu_seqlens (and the bwd's copies in a[9], a[10]) */
             DLTensor* cq = idx(c, s, B + 1, tq, -2, tq + 2, 1);
-            DLTensor* ck = idx(c, s, B + 1, tk, -2, tk + 2, 1);
+            DLTensor* ck = paged && one_in(s, 2) ? NULL : idx(c, s, B + 1, tk, -2, tk + 2, 1);
             x->mq = hostile_i64(s, one_in(s, 2) ? 0 : Sq);
             x->mk = hostile_i64(s, one_in(s, 2) ? 0 : Sk);
             if (bwd)
@@ -549,21 +628,51 @@ static void decode(src* s, call* c, args* x) {
     case OP_KV: {
         attn_params(s, &x->ap, c, B, H);
         if (!one_in(s, 8)) x->ap.dropout_p = 0.0f;
+        if (one_in(s, 5)) x->ap.sinks = mk(c, s, IN, 1, (const int64_t[1]){H}, DT_F32);
         cflash_kvcache_params_init(&x->kp);
         const int paged = one_in(s, 3);
         const int64_t Sc = pick(s, 0, big ? 150 : 32), page = pick(s, 1, 8), pages = pick(s, 0, 12);
         const int64_t Sn = one_in(s, 2) ? pick(s, 0, 4) : 0;
-        int64_t q4[4] = {B, Sq > 8 ? Sq % 8 : Sq, H, D}, o4[4] = {B, q4[1], H, Dv},
-                l3[3] = {B, H, q4[1]};
+        /* FA3's varlen queries / new rows: q (total_q, H, D), k_new (total_new, Hk, D) */
+        const int vq = one_in(s, 5), vn_ = one_in(s, 5);
+        const int64_t Sq1 = Sq > 8 ? Sq % 8 : Sq, tq = B * Sq1, tn = B * Sn;
+        int64_t q4[4] = {B, Sq1, H, D}, o4[4] = {B, Sq1, H, Dv}, l3[3] = {B, H, Sq1};
+        int64_t q3[3] = {tq, H, D}, o3[3] = {tq, H, Dv}, l2[2] = {H, tq};
         int64_t kc[4] = {paged ? pages : B + pick(s, 0, 1), paged ? page : Sc, Hk, D};
         int64_t vc[4] = {kc[0], kc[1], Hk, Dv}, kn[4] = {B, Sn, Hk, D}, vn[4] = {B, Sn, Hk, Dv};
-        a[0] = mk(c, s, IN, 4, q4, dt);
-        a[1] = mk(c, s, Sn ? INOUT : IN, 4, kc, dt), a[2] = mk(c, s, Sn ? INOUT : IN, 4, vc, dt);
-        a[3] = mk(c, s, OUT, 4, o4, dt), a[4] = opt(c, s, OUT, 3, l3, DT_F32, 2);
+        int64_t kn3[3] = {tn, Hk, D}, vn3[3] = {tn, Hk, Dv};
+        /* quantized caches: fp8 codes in uint8, int8 codes with scales per (token, head) */
+        x->kp.cache_quant = one_in(s, 4) ? (int)pick(s, 0, 3) : 0;
+        if (one_in(s, 32)) x->kp.cache_quant = (int)hostile_i64(s, 7);
+        const int cdt = x->kp.cache_quant == CFLASH_KV_QUANT_INT8 ? DT_I8
+                        : x->kp.cache_quant                       ? DT_U8
+                                                                  : dt;
+        a[0] = vq ? mk(c, s, IN, 3, q3, dt) : mk(c, s, IN, 4, q4, dt);
+        a[1] = mk(c, s, Sn ? INOUT : IN, 4, kc, cdt), a[2] = mk(c, s, Sn ? INOUT : IN, 4, vc, cdt);
+        a[3] = vq ? mk(c, s, OUT, 3, o3, dt) : mk(c, s, OUT, 4, o4, dt);
+        a[4] = vq ? opt(c, s, OUT, 2, l2, DT_F32, 2) : opt(c, s, OUT, 3, l3, DT_F32, 2);
+        if (vq) {
+            x->kp.cu_seqlens_q = idx(c, s, B + 1, tq, -2, tq + 2, 1);
+            x->kp.max_seqlen_q = one_in(s, 2) ? 0 : hostile_i64(s, Sq1);
+        }
         if (Sn || one_in(s, 16)) {
-            x->kp.k_new = mk(c, s, IN, 4, kn, dt);
-            x->kp.v_new = one_in(s, 16) ? NULL : mk(c, s, IN, 4, vn, dt);
+            x->kp.k_new = vn_ ? mk(c, s, IN, 3, kn3, dt) : mk(c, s, IN, 4, kn, dt);
+            x->kp.v_new = one_in(s, 16) ? NULL
+                          : vn_         ? mk(c, s, IN, 3, vn3, dt)
+                                        : mk(c, s, IN, 4, vn, dt);
             if (x->kp.k_new) c->t[1].role = c->t[2].role = INOUT;
+            if (vn_) x->kp.cu_seqlens_k_new = idx(c, s, B + 1, tn, -2, tn + 2, 1);
+        }
+        if (x->kp.cache_quant == CFLASH_KV_QUANT_INT8 || (x->kp.cache_quant && one_in(s, 16))) {
+            const int64_t sc[3] = {kc[0], kc[1], Hk};
+            const int role = x->kp.k_new ? INOUT : IN;
+            x->kp.k_scales = one_in(s, 16) ? NULL : mk(c, s, role, 3, sc, DT_F32);
+            x->kp.v_scales = one_in(s, 16) ? NULL : mk(c, s, role, 3, sc, DT_F32);
+        } else if (x->kp.cache_quant && one_in(s, 2)) { /* fp8 descales: [1], [Hk] or [B, Hk] */
+            const int64_t d1[1] = {one_in(s, 2) ? 1 : Hk}, d2[2] = {B, Hk};
+            x->kp.k_descale =
+                one_in(s, 3) ? mk(c, s, IN, 2, d2, DT_F32) : mk(c, s, IN, 1, d1, DT_F32);
+            x->kp.v_descale = one_in(s, 4) ? NULL : mk(c, s, IN, 1, d1, DT_F32);
         }
         const int64_t cap = paged ? page * (pages > 0 ? pages : 1) : Sc;
         if (one_in(s, 2)) {
@@ -761,6 +870,13 @@ int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     describe(&c, x.op, x.explain);
     cflash_status s1 = invoke(ctx, &x, buf, len);
     check_status(s1);
+    if (getenv("CFLASH_FUZZ_VERBOSE"))
+        fprintf(stderr, "  -> %s%s%s%s%s%s%s%s%s: %s\n", cflash_status_string(s1),
+                x.ap.sinks ? " sinks" : "", x.ap.attn_bias ? " bias" : "",
+                x.ap.attn_mask ? " mask" : "", x.ap.block_kv_num ? " blocks" : "",
+                x.ap.attention_chunk ? " chunk" : "", x.ap.block_table ? " pages" : "",
+                x.kp.cache_quant ? " quant" : "", x.kp.cu_seqlens_q ? " varlen-q" : "",
+                s1 ? cflash_last_error() : "");
     const int explains = x.explain && ctx && len && x.op < OP_MASK && x.op != OP_TABLES;
     if (explains && len && !memchr(buf, 0, len)) finding("explain", "buf not NUL-terminated");
     check_writes(&c, s1, !explains);
