@@ -241,22 +241,22 @@ static inline int cf_attn_region_join(int a, int b) {
  * entries: closed when none is 1. */
 int cf_attn_cpu_bs_keys(const cf_attn_call* c, int64_t b, int64_t h, int64_t qb0, int64_t nq,
                         int64_t j0, int64_t nb, uint8_t* kv);
-/* attn_mask and attn_bias summarised once per call, so that finding the state of a block reads
- * a byte per row and CF_ATTN_MAP_KEYS keys instead of the pairs: st[((b * nh + h) * sq + i) * nc
- * + k] is the state of keys [k * CF_ATTN_MAP_KEYS, +CF_ATTN_MAP_KEYS) of row i of (b, h), b and
- * h 0 along dims both tensors broadcast. */
+/* attn_mask summarised once per call, so that finding the state of a block reads a byte per row
+ * and CF_ATTN_MAP_KEYS keys instead of the mask: st[((b * nh + h) * sq + i) * nc + k] is the
+ * state of keys [k * CF_ATTN_MAP_KEYS, +CF_ATTN_MAP_KEYS) of row i of (b, h) (nb, nh: the mask's
+ * dims, 1 where it broadcasts). */
 #define CF_ATTN_MAP_KEYS 64
 typedef struct cf_attn_mask_map {
     int64_t nb, nh, sq, nc;
     uint8_t* st;
 } cf_attn_mask_map;
-/* The map of a call with attn_mask or attn_bias, built on `threads` threads (one pass over
- * them); NULL without either, or when out of memory (the states are then read from the pairs). */
+/* The map of a call with attn_mask, built on `threads` threads (one pass over the mask); NULL
+ * without one, or when out of memory (the states are then read from the mask). */
 cf_attn_mask_map* cf_attn_cpu_mask_map(const cf_attn_call* c, int threads);
 void cf_attn_cpu_mask_map_free(cf_attn_mask_map* mp); /* NULL is fine */
 /* The state (CF_REGION_*) of query rows [i0, i1) of head h and keys [j0, j1) (batch calls: b the
- * batch) under attn_mask and attn_bias together (a zero in the mask or a bias of -inf hides a
- * pair), from mp where it covers them (mp may be NULL). */
+ * batch) under attn_mask (from mp where it covers them; mp may be NULL) and attn_bias (-inf hides
+ * a pair): closed when one of them hides every pair, open when neither hides any, else part. */
 int cf_attn_cpu_region_open(const cf_attn_call* c, const cf_attn_mask_map* mp, int64_t b, int64_t h,
                             int64_t i0, int64_t i1, int64_t j0, int64_t j1);
 /* On a block of scores (natural-log units) -- element (row r, key column j) at

@@ -1,9 +1,9 @@
 /* Issue 13's per-pair masks and bias for the tiled CPU attention drivers (attn_tiled.c,
  * attn_tiled_bwd.c): the state of a block -- every pair hidden by attn_mask, attn_bias (-inf) or
- * the block-sparse lists (skipped), none (no masking pass), or some -- from a map of the mask and
- * bias built once per call; the block-sparse key masks of the visited blocks; and the pass that
- * adds the bias and masks hidden pairs in a block of scores (a bias of -inf masks its pair like a
- * zero in attn_mask, whatever the score: NaN included). */
+ * the block-sparse lists (skipped), none (no masking pass), or some -- the mask's from a map built
+ * once per call; the block-sparse key masks of the visited blocks; and the pass that adds the bias
+ * and masks hidden pairs in a block of scores (a bias of -inf masks its pair like a zero in
+ * attn_mask, whatever the score: NaN included). */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,23 +23,17 @@ static int bytes_state(const uint8_t* m, int64_t n) {
     return hi == 0 ? CF_REGION_CLOSED : lo != 0 ? CF_REGION_OPEN : CF_REGION_PART;
 }
 
-/* The state of keys [j0, j0 + n) of row i of (b, h) under attn_mask and attn_bias together (a pair
- * is hidden by a zero in the mask or a bias of -inf). Counts without an early exit, so that the
- * common cases (mask alone, fp32 bias alone) vectorise. */
-static int pairs_state(const cf_attn_call* c, int64_t b, int64_t h, int64_t i, int64_t j0,
-                       int64_t n) {
-    const uint8_t* m =
-        c->mask.data ? (const uint8_t*)c->mask.data + cf_attn_at4(&c->mask, b, h, i, j0) : NULL;
+/* The same for n bias values at element `at` (a value of -inf hides its pair): a count, so that
+ * the fp32 loop vectorises. */
+static int bias_state(const cf_attn_call* c, int64_t at, int64_t n) {
     int64_t hidden = 0;
-    if (!c->bias.data) return bytes_state(m, n);
-    const int64_t at = cf_attn_at4(&c->bias, b, h, i, j0);
-    if (!m && c->bias.dtype == CF_F32) {
+    if (c->bias.dtype == CF_F32) {
         const float* x = (const float*)c->bias.data + at;
         for (int64_t j = 0; j < n; j++)
             hidden += x[j] == -INFINITY;
     } else {
         for (int64_t j = 0; j < n; j++)
-            hidden += (m && !m[j]) || cf_load(c->bias.data, c->bias.dtype, at + j) == -INFINITY;
+            hidden += cf_load(c->bias.data, c->bias.dtype, at + j) == -INFINITY;
     }
     return hidden == n ? CF_REGION_CLOSED : hidden == 0 ? CF_REGION_OPEN : CF_REGION_PART;
 }
@@ -72,23 +66,16 @@ int cf_attn_cpu_bs_keys(const cf_attn_call* c, int64_t b, int64_t h, int64_t qb0
     return st < 0 ? CF_REGION_CLOSED : st;
 }
 
-/* The map's (b, h) for a pair of the call's (b, h): 0 along a dimension both broadcast. */
-static int64_t map_row(const cf_attn_mask_map* mp, int64_t b, int64_t h, int64_t i) {
-    return ((mp->nb > 1 ? b : 0) * mp->nh + (mp->nh > 1 ? h : 0)) * mp->sq + i;
+/* The map's row of row i of the call's (b, h): 0 along a dimension the mask broadcasts. */
+static const uint8_t* map_row(const cf_attn_mask_map* mp, int64_t b, int64_t h, int64_t i) {
+    return mp->st + (((mp->nb > 1 ? b : 0) * mp->nh + (mp->nh > 1 ? h : 0)) * mp->sq + i) * mp->nc;
 }
 
 cf_attn_mask_map* cf_attn_cpu_mask_map(const cf_attn_call* c, int threads) {
-    if (!c->mask.data && !c->bias.data) return NULL;
+    if (!c->mask.data) return NULL;
     cf_attn_mask_map* mp = malloc(sizeof *mp);
     if (!mp) return NULL;
-    const cf_view* v[2] = {&c->mask, &c->bias};
-    mp->nb = mp->nh = 1;
-    for (int t = 0; t < 2; t++)
-        if (v[t]->data) {
-            mp->nb = v[t]->shape[0] > 1 ? v[t]->shape[0] : mp->nb;
-            mp->nh = v[t]->shape[1] > 1 ? v[t]->shape[1] : mp->nh;
-        }
-    mp->sq = c->Sq;
+    mp->nb = c->mask.shape[0], mp->nh = c->mask.shape[1], mp->sq = c->Sq;
     mp->nc = (c->Sk + CF_ATTN_MAP_KEYS - 1) / CF_ATTN_MAP_KEYS;
     int64_t rows, bytes;
     /* Views may repeat rows (stride 0), so the map is bounded on its own: past 256 MB, none. */
@@ -99,15 +86,17 @@ cf_attn_mask_map* cf_attn_cpu_mask_map(const cf_attn_call* c, int threads) {
                  : malloc((size_t)bytes + 1);
     if (!mp->st) {
         free(mp);
-        return NULL; /* the drivers read the pairs instead */
+        return NULL; /* the drivers read the mask instead */
     }
 #pragma omp parallel for schedule(static) num_threads(threads > 0 ? threads : 1)
     for (int64_t r = 0; r < rows; r++) {
-        const int64_t i = r % mp->sq, bh = r / mp->sq, b = bh / mp->nh, h = bh % mp->nh;
+        const int64_t i = r % mp->sq, bh = r / mp->sq;
+        const uint8_t* m =
+            (const uint8_t*)c->mask.data + cf_attn_at4(&c->mask, bh / mp->nh, bh % mp->nh, i, 0);
         for (int64_t k = 0; k < mp->nc; k++) {
             const int64_t j0 = k * CF_ATTN_MAP_KEYS;
             const int64_t n = c->Sk - j0 < CF_ATTN_MAP_KEYS ? c->Sk - j0 : CF_ATTN_MAP_KEYS;
-            mp->st[r * mp->nc + k] = (uint8_t)pairs_state(c, b, h, i, j0, n);
+            mp->st[r * mp->nc + k] = (uint8_t)bytes_state(m + j0, n);
         }
     }
     return mp;
@@ -118,25 +107,42 @@ void cf_attn_cpu_mask_map_free(cf_attn_mask_map* mp) {
     free(mp);
 }
 
-int cf_attn_cpu_region_open(const cf_attn_call* c, const cf_attn_mask_map* mp, int64_t b, int64_t h,
-                            int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
-    if (j1 <= j0 || i1 <= i0) return CF_REGION_CLOSED;
-    if (!c->mask.data && !c->bias.data) return CF_REGION_OPEN;
-    /* Per row, runs of keys at the map's chunk boundaries: whole chunks from the map, the ends
-     * (and every run without a map) from the pairs; stops once mixed. */
+/* The mask's state over the region: per row, the map's whole chunks and the ends (every run
+ * without a map) from the bytes; stops once mixed. */
+static int mask_state(const cf_attn_call* c, const cf_attn_mask_map* mp, int64_t b, int64_t h,
+                      int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
     const int64_t W = CF_ATTN_MAP_KEYS;
     int st = -1;
     for (int64_t i = i0; i < i1 && st != CF_REGION_PART; i++) {
-        const uint8_t* row = mp ? mp->st + map_row(mp, b, h, i) * mp->nc : NULL;
+        const uint8_t* row = mp ? map_row(mp, b, h, i) : NULL;
+        const uint8_t* m = (const uint8_t*)c->mask.data + cf_attn_at4(&c->mask, b, h, i, 0);
         for (int64_t j = j0; j < j1 && st != CF_REGION_PART;) {
             const int64_t e = (j / W + 1) * W < j1 ? (j / W + 1) * W : j1; /* end of j's chunk */
             st = cf_attn_region_join(st, row && j % W == 0 && (e % W == 0 || e == c->Sk)
                                              ? row[j / W]
-                                             : pairs_state(c, b, h, i, j, e - j));
+                                             : bytes_state(m + j, e - j));
             j = e;
         }
     }
     return st;
+}
+
+int cf_attn_cpu_region_open(const cf_attn_call* c, const cf_attn_mask_map* mp, int64_t b, int64_t h,
+                            int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
+    if (j1 <= j0 || i1 <= i0) return CF_REGION_CLOSED;
+    const int ms = c->mask.data ? mask_state(c, mp, b, h, i0, i1, j0, j1) : CF_REGION_OPEN;
+    if (ms == CF_REGION_CLOSED || !c->bias.data) return ms;
+    /* The bias row by row (read here, not mapped: the forward reads each of its values once, a
+     * map would read it all a second time); once a row is not all -inf the region is open (when
+     * the mask is and the bias hides nothing) or part. */
+    int bs = -1;
+    for (int64_t i = i0; i < i1; i++) {
+        bs = cf_attn_region_join(bs, bias_state(c, cf_attn_at4(&c->bias, b, h, i, j0), j1 - j0));
+        if (bs == CF_REGION_PART || (bs == CF_REGION_OPEN && ms == CF_REGION_PART)) break;
+    }
+    return bs == CF_REGION_CLOSED                         ? bs
+           : ms == CF_REGION_OPEN && bs == CF_REGION_OPEN ? bs
+                                                          : CF_REGION_PART;
 }
 
 void cf_attn_cpu_extras(const cf_attn_call* c, int64_t b, float* s, int64_t nr, int64_t nc,
