@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "common/testutil.h"
+#include "cpu/attn_cpu.h"
 #include "oracle/attn_oracle.h"
 
 static const char* const backends[] = {"cpu-ref",  "cpu-amx", "cpu-avx512", "cpu-avx2",
@@ -138,7 +139,113 @@ static int available(const char* backend) {
     return ok;
 }
 
+/* ---- Block states: what the drivers skip (closed), run without a masking pass (open) ------- */
+
+/* The state of a region by its definition: closed when the mask (zeros) or the bias (-inf) hides
+ * every pair, open when neither hides any, else part. */
+static int region_brute(const cf_attn_call* c, int64_t b, int64_t h, int64_t i0, int64_t i1,
+                        int64_t j0, int64_t j1) {
+    int64_t n = 0, hm = 0, hb = 0; /* pairs, hidden by the mask, by the bias */
+    for (int64_t i = i0; i < i1; i++)
+        for (int64_t j = j0; j < j1; j++, n++) {
+            hm +=
+                c->mask.data && !((const uint8_t*)c->mask.data)[cf_attn_at4(&c->mask, b, h, i, j)];
+            hb += c->bias.data &&
+                  ((const float*)c->bias.data)[cf_attn_at4(&c->bias, b, h, i, j)] == -INFINITY;
+        }
+    return hm == n || hb == n   ? CF_REGION_CLOSED
+           : hm == 0 && hb == 0 ? CF_REGION_OPEN
+                                : CF_REGION_PART;
+}
+
+/* attn_mask (1, H, Sq, Sk) and attn_bias (B, 1, Sq, Sk) fp32 made of 16 x 24 tiles wholly hidden,
+ * wholly visible or mixed (so regions of every state occur, at and off the map's 64-key chunks,
+ * up to Sk's partial last chunk): cf_attn_cpu_region_open with and without the map against the
+ * definition; the block-sparse key masks' state against their entries. */
+static void check_region_states(void) {
+    enum { B = 2, H = 3, SQ = 77, SK = 203 };
+    uint8_t* mask = malloc((size_t)H * SQ * SK);
+    float* bias = malloc(sizeof(float) * B * SQ * SK);
+    CHECK(mask && bias);
+    if (!mask || !bias) return;
+    uint64_t r = 12345 + tt_seed_base();
+    for (int64_t h = 0; h < H; h++)
+        for (int64_t i = 0; i < SQ; i++)
+            for (int64_t j = 0; j < SK; j++) {
+                const int64_t t = (h * 7 + i / 16) * 13 + j / 24; /* the tile's kind: t % 3 */
+                r = r * 6364136223846793005ull + 1442695040888963407ull;
+                mask[(h * SQ + i) * SK + j] = t % 3 == 0 ? 0 : t % 3 == 1 ? 1 : (r >> 40) % 5 != 0;
+            }
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t i = 0; i < SQ; i++)
+            for (int64_t j = 0; j < SK; j++) {
+                const int64_t t = (b * 5 + i / 16) * 11 + j / 24 + 1;
+                r = r * 6364136223846793005ull + 1442695040888963407ull;
+                bias[(b * SQ + i) * SK + j] =
+                    t % 4 == 0 || (t % 4 == 1 && (r >> 40) % 3 == 0) ? -INFINITY : 0.5f;
+            }
+    for (int with = 0; with < 3; with++) { /* mask, bias, both */
+        cf_attn_call c;
+        memset(&c, 0, sizeof c);
+        c.B = B, c.H = H, c.Hk = H, c.Sq = SQ, c.Sk = SK, c.threads = 2;
+        const cf_view vm = {mask, CF_F32, 4, {1, H, SQ, SK}, {0, SQ * SK, SK, 1}, 0, 0};
+        const cf_view vb = {bias, CF_F32, 4, {B, 1, SQ, SK}, {SQ * SK, 0, SK, 1}, 0, 0};
+        if (with != 1) c.mask = vm; /* (its dtype is not read) */
+        if (with != 0) c.bias = vb;
+        cf_attn_mask_map* map = cf_attn_cpu_mask_map(&c, 2);
+        CHECK(with == 1 ? map == NULL : map != NULL); /* a map of the mask only */
+        int seen[3] = {0, 0, 0}, bad = 0;
+        for (int n = 0; n < 3000; n++) {
+            r = r * 6364136223846793005ull + 1442695040888963407ull;
+            const int64_t b = (int64_t)(r >> 33) % B, h = (int64_t)(r >> 40) % H;
+            const int64_t i0 = (int64_t)(r >> 20) % SQ, j0 = (int64_t)(r >> 10) % SK;
+            r = r * 6364136223846793005ull + 1442695040888963407ull;
+            const int64_t i1 = i0 + 1 + (int64_t)(r >> 33) % 20;
+            /* key runs: at the map's chunks (64 and 128 wide) half the time */
+            const int64_t a = n % 2 ? j0 / 64 * 64 : j0;
+            const int64_t z =
+                n % 2 ? a + 64 * (1 + (int64_t)(r >> 45) % 2) : a + 1 + (int64_t)((r >> 45) % 90);
+            const int64_t e = z < SK ? z : SK, f = i1 < SQ ? i1 : SQ;
+            const int want = region_brute(&c, b, h, i0, f, a, e);
+            const int got = cf_attn_cpu_region_open(&c, map, b, h, i0, f, a, e);
+            const int raw = cf_attn_cpu_region_open(&c, NULL, b, h, i0, f, a, e);
+            seen[want]++;
+            if (got != want || raw != want) {
+                if (bad++ < 5)
+                    CHECK_MSG(0,
+                              "region (b %lld, h %lld, rows [%lld, %lld), keys [%lld, %lld)): "
+                              "state %d with the map, %d without, expected %d (with = %d)",
+                              (long long)b, (long long)h, (long long)i0, (long long)f, (long long)a,
+                              (long long)e, got, raw, want, with);
+            }
+        }
+        CHECK_MSG(!bad, "%d regions of 3000 in the wrong state (with = %d)", bad, with);
+        CHECK_MSG(seen[0] && seen[1] && seen[2], "states seen %d %d %d: the test lacks a kind",
+                  seen[0], seen[1], seen[2]);
+        cf_attn_cpu_mask_map_free(map);
+    }
+    /* block-sparse lists (1, 1, nqb): query block q lists key blocks q - 1 and q (blocks of 32) */
+    int32_t num[4] = {1, 2, 2, 2}, idx[8] = {0, 0, 0, 1, 1, 2, 2, 3};
+    cf_attn_call c;
+    memset(&c, 0, sizeof c);
+    c.B = 1, c.H = 1, c.Hk = 1, c.Sq = c.Sk = 128, c.block_q = c.block_k = 32;
+    const cf_view vn = {num, CF_F32, 3, {1, 1, 4}, {0, 0, 1}, 0, 0};
+    const cf_view vi = {idx, CF_F32, 4, {1, 1, 4, 2}, {0, 0, 2, 1}, 0, 0};
+    c.bs_num = vn, c.bs_idx = vi;
+    uint8_t kv[4 * 128];
+    /* query block 2 (keys 32..95): rows of block 2 only, keys 32..95 open; 0..63 part; 96.. closed
+     */
+    CHECK(cf_attn_cpu_bs_keys(&c, 0, 0, 2, 1, 32, 64, kv) == CF_REGION_OPEN);
+    CHECK(cf_attn_cpu_bs_keys(&c, 0, 0, 2, 1, 0, 64, kv) == CF_REGION_PART);
+    CHECK(cf_attn_cpu_bs_keys(&c, 0, 0, 2, 1, 96, 32, kv) == CF_REGION_CLOSED);
+    CHECK(cf_attn_cpu_bs_keys(&c, 0, 0, 1, 2, 32, 32, kv) == CF_REGION_OPEN); /* listed by 1, 2 */
+    CHECK(cf_attn_cpu_bs_keys(&c, 0, 0, 0, 2, 32, 32, kv) == CF_REGION_PART); /* not by 0 */
+    free(mask);
+    free(bias);
+}
+
 int main(void) {
+    check_region_states();
     for (size_t i = 0; i < sizeof backends / sizeof backends[0]; i++) {
         if (!tt_backend_selected(backends[i])) continue; /* CFLASH_TEST_BACKENDS */
         if (!available(backends[i])) {

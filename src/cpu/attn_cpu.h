@@ -228,20 +228,44 @@ int cf_attn_cpu_supports(const cf_attn_call* c, const cf_attn_kernels* k, char* 
 
 /* ---- Issue 13 (A): per-pair masks and bias (src/cpu/attn_extra.c) ---- */
 
+/* How much of a region of pairs (query rows x keys) issue 13's masks leave visible: none (the
+ * drivers skip it, no per-element work), every pair (as a block without masks: no masking pass,
+ * no NaN guard beyond the key ranges'), or some. */
+enum { CF_REGION_CLOSED = 0, CF_REGION_PART = 1, CF_REGION_OPEN = 2 };
+/* The state of a region made of parts of states a and b (a < 0: b, for the first part). */
+static inline int cf_attn_region_join(int a, int b) {
+    return a < 0 || a == b ? b : CF_REGION_PART;
+}
 /* Block-sparse key masks: kv[q * nb + jj] = 1 when key j0 + jj of sequence b lies in a key block
- * listed for query block qb0 + q of head h (q < nq). Returns 1 when any entry is 1. */
+ * listed for query block qb0 + q of head h (q < nq). Returns the state (CF_REGION_*) of the
+ * entries: closed when none is 1. */
 int cf_attn_cpu_bs_keys(const cf_attn_call* c, int64_t b, int64_t h, int64_t qb0, int64_t nq,
                         int64_t j0, int64_t nb, uint8_t* kv);
-/* 0 when attn_mask or attn_bias (all -inf) hide every pair of query rows [i0, i1) of head h and
- * keys [j0, j1) (batch calls: b the batch); 1 otherwise (some pair may be visible). */
-int cf_attn_cpu_region_open(const cf_attn_call* c, int64_t b, int64_t h, int64_t i0, int64_t i1,
-                            int64_t j0, int64_t j1);
+/* attn_mask summarised once per call, so that finding the state of a block reads a byte per row
+ * and CF_ATTN_MAP_KEYS keys instead of the mask: st[((b * nh + h) * sq + i) * nc + k] is the
+ * state of keys [k * CF_ATTN_MAP_KEYS, +CF_ATTN_MAP_KEYS) of row i of (b, h) (nb, nh: the mask's
+ * dims, 1 where it broadcasts). */
+#define CF_ATTN_MAP_KEYS 64
+typedef struct cf_attn_mask_map {
+    int64_t nb, nh, sq, nc;
+    uint8_t* st;
+} cf_attn_mask_map;
+/* The map of a call with attn_mask, built on `threads` threads (one pass over the mask); NULL
+ * without one, or when out of memory (the states are then read from the mask). */
+cf_attn_mask_map* cf_attn_cpu_mask_map(const cf_attn_call* c, int threads);
+void cf_attn_cpu_mask_map_free(cf_attn_mask_map* mp); /* NULL is fine */
+/* The state (CF_REGION_*) of query rows [i0, i1) of head h and keys [j0, j1) (batch calls: b the
+ * batch) under attn_mask (from mp where it covers them; mp may be NULL) and attn_bias (-inf hides
+ * a pair): closed when one of them hides every pair, open when neither hides any, else part. */
+int cf_attn_cpu_region_open(const cf_attn_call* c, const cf_attn_mask_map* mp, int64_t b, int64_t h,
+                            int64_t i0, int64_t i1, int64_t j0, int64_t j1);
 /* On a block of scores (natural-log units) -- element (row r, key column j) at
- * s[r * rs + j * cs] is query i[r] of head h[r], key j0 + j -- adds attn_bias and sets -inf
- * where attn_mask is 0 or kv[r][j] is 0 (kv NULL: no block-sparse mask). */
+ * s[r * rs + j * cs] is query i[r] of head h[r], key j0 + j -- adds attn_bias and, with masks,
+ * sets -inf where attn_mask is 0 or kv[r][j] is 0 (kv NULL: no block-sparse mask). masks 0: the
+ * block's region is CF_REGION_OPEN (they would hide nothing). */
 void cf_attn_cpu_extras(const cf_attn_call* c, int64_t b, float* s, int64_t nr, int64_t nc,
                         int64_t rs, int64_t cs, const int64_t* i, const int64_t* h,
-                        const uint8_t* const* kv, int64_t j0);
+                        const uint8_t* const* kv, int64_t j0, int masks);
 
 /* Block shapes, chosen once per process (attn_blocks.c): per CPU family (vendor and family from
  * the CPU probe; Zen 5 measured in docs/PERF.md), or from CFLASH_ATTN_BLOCKS=q,k[,bq,bk] (each

@@ -1,12 +1,42 @@
 /* Issue 13's per-pair masks and bias for the tiled CPU attention drivers (attn_tiled.c,
- * attn_tiled_bwd.c): which key blocks a tile can skip because attn_mask, attn_bias (-inf) or the
- * block-sparse lists hide every pair in them, the block-sparse key masks of the visited blocks,
- * and the pass that adds the bias and masks hidden pairs in a block of scores (a bias of -inf
- * masks its pair like a zero in attn_mask, whatever the score: NaN included). */
+ * attn_tiled_bwd.c): the state of a block -- every pair hidden by attn_mask, attn_bias (-inf) or
+ * the block-sparse lists (skipped), none (no masking pass), or some -- the mask's from a map built
+ * once per call; the block-sparse key masks of the visited blocks; and the pass that adds the bias
+ * and masks hidden pairs in a block of scores (a bias of -inf masks its pair like a zero in
+ * attn_mask, whatever the score: NaN included). */
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cpu/attn_cpu.h"
+
+/* The state of n bytes: CF_REGION_CLOSED when none is nonzero, _OPEN when all are, else _PART.
+ * Min / max reductions without an early exit, so that the compiler vectorises them: a closed
+ * block is found without a branch per element (issue 13: skipped tiles cost no per-element
+ * work beyond this scan). */
+static int bytes_state(const uint8_t* m, int64_t n) {
+    uint8_t lo = 0xff, hi = 0;
+    for (int64_t j = 0; j < n; j++) {
+        lo = m[j] < lo ? m[j] : lo;
+        hi = m[j] > hi ? m[j] : hi;
+    }
+    return hi == 0 ? CF_REGION_CLOSED : lo != 0 ? CF_REGION_OPEN : CF_REGION_PART;
+}
+
+/* The same for n bias values at element `at` (a value of -inf hides its pair): a count, so that
+ * the fp32 loop vectorises. */
+static int bias_state(const cf_attn_call* c, int64_t at, int64_t n) {
+    int64_t hidden = 0;
+    if (c->bias.dtype == CF_F32) {
+        const float* x = (const float*)c->bias.data + at;
+        for (int64_t j = 0; j < n; j++)
+            hidden += x[j] == -INFINITY;
+    } else {
+        for (int64_t j = 0; j < n; j++)
+            hidden += cf_load(c->bias.data, c->bias.dtype, at + j) == -INFINITY;
+    }
+    return hidden == n ? CF_REGION_CLOSED : hidden == 0 ? CF_REGION_OPEN : CF_REGION_PART;
+}
 
 int cf_attn_cpu_bs_keys(const cf_attn_call* c, int64_t b, int64_t h, int64_t qb0, int64_t nq,
                         int64_t j0, int64_t nb, uint8_t* kv) {
@@ -15,7 +45,7 @@ int cf_attn_cpu_bs_keys(const cf_attn_call* c, int64_t b, int64_t h, int64_t qb0
     /* Key positions of the block: [p0, p0 + nb). Listed blocks at or past last_kb start past it
      * (checked before any multiply: a listed index may be up to 2^31 - 1, block_k up to 2^32). */
     const int64_t p0 = j0 + c->k_offset, last_kb = (p0 + nb - 1) / c->block_k;
-    int any = 0;
+    int st = -1;
     for (int64_t q = 0; q < nq; q++) {
         uint8_t* row = kv + q * nb;
         memset(row, 0, (size_t)nb);
@@ -29,45 +59,95 @@ int cf_attn_cpu_bs_keys(const cf_attn_call* c, int64_t b, int64_t h, int64_t qb0
             int64_t lo = kb * c->block_k - p0, hi = lo + c->block_k;
             if (lo < 0) lo = 0;
             if (hi > nb) hi = nb;
-            if (lo < hi) memset(row + lo, 1, (size_t)(hi - lo)), any = 1;
+            if (lo < hi) memset(row + lo, 1, (size_t)(hi - lo));
         }
+        st = cf_attn_region_join(st, bytes_state(row, nb));
     }
-    return any;
+    return st < 0 ? CF_REGION_CLOSED : st;
 }
 
-int cf_attn_cpu_region_open(const cf_attn_call* c, int64_t b, int64_t h, int64_t i0, int64_t i1,
-                            int64_t j0, int64_t j1) {
-    if (j1 <= j0 || i1 <= i0) return 0;
-    if (c->mask.data) {
-        int open = 0;
-        for (int64_t i = i0; i < i1 && !open; i++) {
-            const uint8_t* m = (const uint8_t*)c->mask.data + cf_attn_at4(&c->mask, b, h, i, j0);
-            for (int64_t j = 0; j < j1 - j0 && !open; j++)
-                open = m[j] != 0;
-        }
-        if (!open) return 0;
+/* The map's row of row i of the call's (b, h): 0 along a dimension the mask broadcasts. */
+static const uint8_t* map_row(const cf_attn_mask_map* mp, int64_t b, int64_t h, int64_t i) {
+    return mp->st + (((mp->nb > 1 ? b : 0) * mp->nh + (mp->nh > 1 ? h : 0)) * mp->sq + i) * mp->nc;
+}
+
+cf_attn_mask_map* cf_attn_cpu_mask_map(const cf_attn_call* c, int threads) {
+    if (!c->mask.data) return NULL;
+    cf_attn_mask_map* mp = malloc(sizeof *mp);
+    if (!mp) return NULL;
+    mp->nb = c->mask.shape[0], mp->nh = c->mask.shape[1], mp->sq = c->Sq;
+    mp->nc = (c->Sk + CF_ATTN_MAP_KEYS - 1) / CF_ATTN_MAP_KEYS;
+    int64_t rows, bytes;
+    /* Views may repeat rows (stride 0), so the map is bounded on its own: past 256 MB, none. */
+    mp->st = __builtin_mul_overflow(mp->nb, mp->nh, &rows) ||
+                     __builtin_mul_overflow(rows, mp->sq, &rows) ||
+                     __builtin_mul_overflow(rows, mp->nc, &bytes) || bytes > ((int64_t)1 << 28)
+                 ? NULL
+                 : malloc((size_t)bytes + 1);
+    if (!mp->st) {
+        free(mp);
+        return NULL; /* the drivers read the mask instead */
     }
-    if (c->bias.data) {
-        int open = 0;
-        for (int64_t i = i0; i < i1 && !open; i++) {
-            const int64_t at = cf_attn_at4(&c->bias, b, h, i, j0);
-            if (c->bias.dtype == CF_F32) {
-                const float* x = (const float*)c->bias.data + at;
-                for (int64_t j = 0; j < j1 - j0 && !open; j++)
-                    open = x[j] != -INFINITY;
-            } else {
-                for (int64_t j = 0; j < j1 - j0 && !open; j++)
-                    open = cf_load(c->bias.data, c->bias.dtype, at + j) != -INFINITY;
-            }
+#pragma omp parallel for schedule(static) num_threads(threads > 0 ? threads : 1)
+    for (int64_t r = 0; r < rows; r++) {
+        const int64_t i = r % mp->sq, bh = r / mp->sq;
+        const uint8_t* m =
+            (const uint8_t*)c->mask.data + cf_attn_at4(&c->mask, bh / mp->nh, bh % mp->nh, i, 0);
+        for (int64_t k = 0; k < mp->nc; k++) {
+            const int64_t j0 = k * CF_ATTN_MAP_KEYS;
+            const int64_t n = c->Sk - j0 < CF_ATTN_MAP_KEYS ? c->Sk - j0 : CF_ATTN_MAP_KEYS;
+            mp->st[r * mp->nc + k] = (uint8_t)bytes_state(m + j0, n);
         }
-        if (!open) return 0;
     }
-    return 1;
+    return mp;
+}
+
+void cf_attn_cpu_mask_map_free(cf_attn_mask_map* mp) {
+    if (mp) free(mp->st);
+    free(mp);
+}
+
+/* The mask's state over the region: per row, the map's whole chunks and the ends (every run
+ * without a map) from the bytes; stops once mixed. */
+static int mask_state(const cf_attn_call* c, const cf_attn_mask_map* mp, int64_t b, int64_t h,
+                      int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
+    const int64_t W = CF_ATTN_MAP_KEYS;
+    int st = -1;
+    for (int64_t i = i0; i < i1 && st != CF_REGION_PART; i++) {
+        const uint8_t* row = mp ? map_row(mp, b, h, i) : NULL;
+        const uint8_t* m = (const uint8_t*)c->mask.data + cf_attn_at4(&c->mask, b, h, i, 0);
+        for (int64_t j = j0; j < j1 && st != CF_REGION_PART;) {
+            const int64_t e = (j / W + 1) * W < j1 ? (j / W + 1) * W : j1; /* end of j's chunk */
+            st = cf_attn_region_join(st, row && j % W == 0 && (e % W == 0 || e == c->Sk)
+                                             ? row[j / W]
+                                             : bytes_state(m + j, e - j));
+            j = e;
+        }
+    }
+    return st;
+}
+
+int cf_attn_cpu_region_open(const cf_attn_call* c, const cf_attn_mask_map* mp, int64_t b, int64_t h,
+                            int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
+    if (j1 <= j0 || i1 <= i0) return CF_REGION_CLOSED;
+    const int ms = c->mask.data ? mask_state(c, mp, b, h, i0, i1, j0, j1) : CF_REGION_OPEN;
+    if (ms == CF_REGION_CLOSED || !c->bias.data) return ms;
+    /* The bias row by row (read here, not mapped: the forward reads each of its values once, a
+     * map would read it all a second time); once a row is not all -inf the region is open (when
+     * the mask is and the bias hides nothing) or part. */
+    int bs = -1;
+    for (int64_t i = i0; i < i1; i++) {
+        bs = cf_attn_region_join(bs, bias_state(c, cf_attn_at4(&c->bias, b, h, i, j0), j1 - j0));
+        if (bs == CF_REGION_PART || (bs == CF_REGION_OPEN && ms == CF_REGION_PART)) break;
+    }
+    return bs == CF_REGION_CLOSED                         ? bs
+           : ms == CF_REGION_OPEN && bs == CF_REGION_OPEN ? bs
+                                                          : CF_REGION_PART;
 }
 
 void cf_attn_cpu_extras(const cf_attn_call* c, int64_t b, float* s, int64_t nr, int64_t nc,
                         int64_t rs, int64_t cs, const int64_t* i, const int64_t* h,
-                        const uint8_t* const* kv, int64_t j0) {
+                        const uint8_t* const* kv, int64_t j0, int masks) {
     for (int64_t r = 0; r < nr; r++) {
         float* x = s + r * rs;
         if (c->bias.data) {
@@ -83,13 +163,13 @@ void cf_attn_cpu_extras(const cf_attn_call* c, int64_t b, float* s, int64_t nr, 
                 }
             }
         }
-        if (c->mask.data) {
+        if (c->mask.data && masks) {
             const uint8_t* m =
                 (const uint8_t*)c->mask.data + cf_attn_at4(&c->mask, b, h[r], i[r], j0);
             for (int64_t j = 0; j < nc; j++)
                 x[j * cs] = m[j] ? x[j * cs] : -INFINITY;
         }
-        if (kv) {
+        if (kv && masks) {
             const uint8_t* m = kv[r];
             for (int64_t j = 0; j < nc; j++)
                 x[j * cs] = m[j] ? x[j * cs] : -INFINITY;

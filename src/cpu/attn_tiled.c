@@ -90,7 +90,8 @@ typedef struct fwd_geom {
     void (*pack_pairs)(uint32_t*, const float*, const float*, int64_t);
     int k_direct, v_direct; /* K/V read in place (fp32 dtype, or bf16 pairs aligned) */
     size_t off_qt, off_st, off_o, off_vec, off_lohi, off_kc, off_vc, off_tmp, off_x, bytes;
-    size_t off_gk, off_gv; /* paged: a block's K / V rows gathered across pages */
+    size_t off_gk, off_gv;       /* paged: a block's K / V rows gathered across pages */
+    const cf_attn_mask_map* map; /* issue 13: attn_mask / attn_bias summarised (may be NULL) */
 } fwd_geom;
 
 static void fwd_layout(const cf_attn_call* c, const cf_attn_kernels* k, fwd_geom* g) {
@@ -243,56 +244,74 @@ static attn_tile* make_q_tiles(const cf_attn_call* c, int64_t n, int64_t* count,
     return t;
 }
 
-/* ---- Forward tile --------------------------------------------------------------------------- */
+/* ---- Forward tile ----------------------------------------------------------------------------
+ * fwd_tile walks a tile's visible key blocks in named steps: fwd_load_q once, then per block
+ * fwd_block_open (issue 13's skips), fwd_qk (S^T = K Q^T), fwd_mask_max (scores, masks, column
+ * maxima), fwd_softmax (online softmax update, dropout) and fwd_pv (O += P V); fwd_store last. */
 
-static void fwd_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const fwd_geom* g,
-                     const attn_tile* t, char* ws) {
-    const int64_t b = t->b, hk = t->hk, i0 = t->i0, na = t->i1 - t->i0, G = g->G;
-    const int64_t Mt = G * na, D = g->D, Dv = g->Dv, BK = g->bk;
-    int64_t q0, sq, k0, sk;
-    cf_attn_seq(c, b, &q0, &sq, &k0, &sk);
-    float* qt = (float*)(ws + g->off_qt);
-    uint32_t* qv = (uint32_t*)qt;
-    float* st = (float*)(ws + g->off_st);
-    float* o = (float*)(ws + g->off_o);
-    float *m = (float*)(ws + g->off_vec), *l = m + Mt, *mx = l + Mt, *alpha = mx + Mt,
-          *mu = alpha + Mt, *lsum = mu + Mt;
-    int64_t *lo = (int64_t*)(ws + g->off_lohi), *hi = lo + na;
-    float* kc = (float*)(ws + g->off_kc);
-    float* vc = (float*)(ws + g->off_vc);
-    float* tmp = (float*)(ws + g->off_tmp);
-    const int general = c->softcap > 0.0f || c->alibi != NULL;
-    /* Issue 13: rows' query / head, the block-sparse key masks of the current block (per query
-     * block of the tile, per head unless the lists broadcast over heads). */
-    const int xtra = cf_attn_has_extra(c), bsp = c->bs_num.data != NULL;
-    int64_t *xi = (int64_t*)(ws + g->off_x), *xh = xi + Mt;
-    const uint8_t** kvp = (const uint8_t**)(xh + Mt);
-    uint8_t* kvis = (uint8_t*)(ws + g->off_x +
-                               align64((2 * sizeof(int64_t) + sizeof(uint8_t*)) * (size_t)g->M));
-    const int64_t qb0 = bsp ? (i0 + c->q_offset) / c->block_q : 0;
-    const int64_t nqt = bsp ? (i0 + na - 1 + c->q_offset) / c->block_q - qb0 + 1 : 0;
-    const int64_t Gs = bsp && c->bs_num.stride[1] != 0 ? G : 1; /* heads with their own lists */
-    for (int64_t r = 0; xtra && r < Mt; r++)
-        xi[r] = i0 + r % na, xh[r] = hk * G + r / na;
+/* One tile's state: where it is, and its views of the thread's workspace. Row r = gi * na + ii
+ * of the tile is query i0 + ii of head hk * G + gi. */
+typedef struct fwd_tile_ws {
+    int64_t b, hk, i0, na, Mt; /* sequence, KV head, first query, rows per head, rows */
+    int64_t q0, sq, k0, sk;    /* the sequence (cf_attn_seq) */
+    float* qt;                 /* Q^T [D][Mt] fp32, or [Dp2][Mt] pairs (qv) */
+    uint32_t* qv;
+    float *st, *o;                         /* S^T [nb][Mt], O [Mt][Dv] */
+    float *m, *l, *mx, *alpha, *mu, *lsum; /* per row [Mt] */
+    int64_t *lo, *hi;                      /* visible keys per query row [na] */
+    float *kc, *vc, *tmp;                  /* K / V blocks re-laid, one row */
+    int64_t *xi, *xh;                      /* issue 13: query and head per row [Mt] */
+    const uint8_t** kvp;                   /* issue 13: each row's block-sparse key mask */
+    uint8_t* kvis;                         /* issue 13: the key masks of the current block */
+    int64_t qb0, nqt, Gs;                  /* block-sparse: first query block, count, heads */
+} fwd_tile_ws;
 
-    for (int64_t ii = 0; ii < na; ii++)
-        cf_attn_key_range(c, i0 + ii, sq, sk, &lo[ii], &hi[ii]);
-    const int64_t jlo = lo[0], jhi = hi[na - 1];
+static void fwd_tile_init(const cf_attn_call* c, const fwd_geom* g, const attn_tile* t, char* ws,
+                          fwd_tile_ws* w) {
+    w->b = t->b, w->hk = t->hk, w->i0 = t->i0, w->na = t->i1 - t->i0, w->Mt = g->G * w->na;
+    cf_attn_seq(c, w->b, &w->q0, &w->sq, &w->k0, &w->sk);
+    const int64_t Mt = w->Mt;
+    w->qt = (float*)(ws + g->off_qt);
+    w->qv = (uint32_t*)w->qt;
+    w->st = (float*)(ws + g->off_st);
+    w->o = (float*)(ws + g->off_o);
+    w->m = (float*)(ws + g->off_vec), w->l = w->m + Mt, w->mx = w->l + Mt, w->alpha = w->mx + Mt,
+    w->mu = w->alpha + Mt, w->lsum = w->mu + Mt;
+    w->lo = (int64_t*)(ws + g->off_lohi), w->hi = w->lo + w->na;
+    w->kc = (float*)(ws + g->off_kc);
+    w->vc = (float*)(ws + g->off_vc);
+    w->tmp = (float*)(ws + g->off_tmp);
+    w->xi = (int64_t*)(ws + g->off_x), w->xh = w->xi + Mt;
+    w->kvp = (const uint8_t**)(w->xh + Mt);
+    w->kvis = (uint8_t*)(ws + g->off_x +
+                         align64((2 * sizeof(int64_t) + sizeof(uint8_t*)) * (size_t)g->M));
+    const int bsp = c->bs_num.data != NULL;
+    w->qb0 = bsp ? (w->i0 + c->q_offset) / c->block_q : 0;
+    w->nqt = bsp ? (w->i0 + w->na - 1 + c->q_offset) / c->block_q - w->qb0 + 1 : 0;
+    w->Gs = bsp && c->bs_num.stride[1] != 0 ? g->G : 1; /* heads with their own lists */
+    for (int64_t r = 0; cf_attn_has_extra(c) && r < Mt; r++)
+        w->xi[r] = w->i0 + r % w->na, w->xh[r] = w->hk * g->G + r / w->na;
+    for (int64_t ii = 0; ii < w->na; ii++)
+        cf_attn_key_range(c, w->i0 + ii, w->sq, w->sk, &w->lo[ii], &w->hi[ii]);
+}
 
-    /* Q^T of the tile: row r = gi * na + ii is query i0 + ii of head hk * G + gi. Rows are read
-     * 16 at a time into the S^T buffer (free until the first block), then written out a cache
-     * line per column; a strided store per element missed L1 (fp32 Q^T is 64 KB at D = 128) and
-     * cost ~3% of a causal fp32 forward. */
+/* Q^T of the tile, and the softmax state before the first key. Rows are read 16 at a time into
+ * the S^T buffer (free until the first block), then written out a cache line per column; a strided
+ * store per element missed L1 (fp32 Q^T is 64 KB at D = 128) and cost ~3% of a causal fp32
+ * forward. */
+static void fwd_load_q(const cf_attn_call* c, const cf_attn_kernels* kk, const fwd_geom* g,
+                       fwd_tile_ws* w) {
+    const int64_t Mt = w->Mt, na = w->na, D = g->D, G = g->G;
     const int64_t Dq = g->qk_pairs ? g->Dp2 : D;
-    const int64_t R = BK * Mt >= 16 * Dq ? 16 : 1;
+    const int64_t R = g->bk * Mt >= 16 * Dq ? 16 : 1;
     for (int64_t r0 = 0; r0 < Mt; r0 += R) {
         const int64_t rn = Mt - r0 < R ? Mt - r0 : R;
         for (int64_t rr = 0; rr < rn; rr++) {
             const int64_t r = r0 + rr, gi = r / na, ii = r % na;
-            const char* src = row_ptr(&c->q, b, q0 + i0 + ii, hk * G + gi);
+            const char* src = row_ptr(&c->q, w->b, w->q0 + w->i0 + ii, w->hk * G + gi);
             if (g->qk_pairs) {
                 /* The pair is the little-endian 32-bit word (as K is read in place). */
-                uint32_t* dst = (uint32_t*)(R == 16 ? st : tmp) + rr * Dq;
+                uint32_t* dst = (uint32_t*)(R == 16 ? w->st : w->tmp) + rr * Dq;
                 const uint16_t* h16 = (const uint16_t*)src;
                 if (D % 2 == 0)
                     memcpy(dst, h16, sizeof(uint16_t) * (size_t)D);
@@ -302,242 +321,297 @@ static void fwd_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const fwd
                         dst[p] = (uint32_t)h16[2 * p] | hi16 << 16;
                     }
             } else {
-                kk->to_f32((R == 16 ? st : tmp) + rr * Dq, src, c->dtype, D);
+                kk->to_f32((R == 16 ? w->st : w->tmp) + rr * Dq, src, c->dtype, D);
             }
         }
         if (g->qk_pairs) {
-            const uint32_t* rb = (const uint32_t*)(R == 16 ? st : tmp);
+            const uint32_t* rb = (const uint32_t*)(R == 16 ? w->st : w->tmp);
             for (int64_t p = 0; p < Dq; p++)
                 for (int64_t rr = 0; rr < rn; rr++)
-                    qv[p * Mt + r0 + rr] = rb[rr * Dq + p];
+                    w->qv[p * Mt + r0 + rr] = rb[rr * Dq + p];
         } else {
-            const float* rb = R == 16 ? st : tmp;
+            const float* rb = R == 16 ? w->st : w->tmp;
             for (int64_t d = 0; d < Dq; d++)
                 for (int64_t rr = 0; rr < rn; rr++)
-                    qt[d * Mt + r0 + rr] = rb[rr * Dq + d];
+                    w->qt[d * Mt + r0 + rr] = rb[rr * Dq + d];
         }
     }
     /* A sink is a key of score sink and value 0: each row's softmax starts from it. */
     for (int64_t r = 0; r < Mt; r++) {
-        const float sink = cf_attn_sink(c, hk * G + r / na);
-        m[r] = sink, l[r] = sink == -INFINITY ? 0.0f : 1.0f;
+        const float sink = cf_attn_sink(c, w->hk * G + r / na);
+        w->m[r] = sink, w->l[r] = sink == -INFINITY ? 0.0f : 1.0f;
     }
-    memset(o, 0, sizeof(float) * (size_t)(Mt * Dv));
+    memset(w->o, 0, sizeof(float) * (size_t)(Mt * g->Dv));
+}
 
-    for (int64_t j0 = jlo; j0 < jhi; j0 += BK) {
-        const int64_t nb = jhi - j0 < BK ? jhi - j0 : BK;
-        const int full = lo[na - 1] <= j0 && hi[0] >= j0 + nb;
-        if (xtra) { /* skip blocks whose every pair attn_mask, attn_bias or the lists hide */
-            int open = 1;
-            if (bsp) {
-                open = 0;
-                for (int64_t gs = 0; gs < Gs; gs++)
-                    open |= cf_attn_cpu_bs_keys(c, b, hk * G + gs, qb0, nqt, j0, nb,
-                                                kvis + gs * nqt * nb);
-                for (int64_t r = 0; r < Mt; r++)
-                    kvp[r] = kvis + ((Gs > 1 ? r / na : 0) * nqt +
-                                     (i0 + r % na + c->q_offset) / c->block_q - qb0) *
-                                        nb;
-            }
-            if (open && (c->mask.data || c->bias.data)) {
-                open = 0;
-                for (int64_t gi = 0; gi < G && !open; gi++)
-                    open = cf_attn_cpu_region_open(c, b, hk * G + gi, i0, i0 + na, j0, j0 + nb);
-            }
-            if (!open) continue;
-        }
-        int64_t krs, vrs; /* row strides: the view's, or D / Dv for rows gathered from pages */
-        const char* krow =
-            cf_attn_cpu_key_rows(c, &c->k, b, k0, j0, nb, hk, D, ws + g->off_gk, &krs);
-        const char* vrow =
-            cf_attn_cpu_key_rows(c, &c->v, b, k0, j0, nb, hk, Dv, ws + g->off_gv, &vrs);
-        const int64_t kes = (int64_t)cf_dtype_size(c->dtype) * krs;
-        const int64_t ves = (int64_t)cf_dtype_size(c->dtype) * vrs;
+/* Issue 13: the state (CF_REGION_*) of the tile's rows and keys [j0, j0 + nb) under attn_mask,
+ * attn_bias and the block-sparse lists: closed (skipped), open (nothing hidden: no masking pass,
+ * NaN guards as without masks) or part. With the lists, also sets each row's key mask (w->kvp). */
+static int fwd_block_open(const cf_attn_call* c, const fwd_geom* g, fwd_tile_ws* w, int64_t j0,
+                          int64_t nb) {
+    const int64_t G = g->G, na = w->na;
+    int st = CF_REGION_OPEN;
+    if (c->bs_num.data) {
+        st = -1;
+        for (int64_t gs = 0; gs < w->Gs; gs++)
+            st =
+                cf_attn_region_join(st, cf_attn_cpu_bs_keys(c, w->b, w->hk * G + gs, w->qb0, w->nqt,
+                                                            j0, nb, w->kvis + gs * w->nqt * nb));
+        if (st == CF_REGION_CLOSED) return st;
+        for (int64_t r = 0; r < w->Mt; r++)
+            w->kvp[r] = w->kvis + ((w->Gs > 1 ? r / na : 0) * w->nqt +
+                                   (w->i0 + r % na + c->q_offset) / c->block_q - w->qb0) *
+                                      nb;
+    }
+    if (c->mask.data || c->bias.data) {
+        /* heads with masks of their own (broadcast dims have stride 0) */
+        const int64_t Gm =
+            (c->mask.data && c->mask.stride[1]) || (c->bias.data && c->bias.stride[1]) ? G : 1;
+        int ms = -1;
+        for (int64_t gi = 0; gi < Gm && ms != CF_REGION_PART; gi++)
+            ms = cf_attn_region_join(ms, cf_attn_cpu_region_open(c, g->map, w->b, w->hk * G + gi,
+                                                                 w->i0, w->i0 + na, j0, j0 + nb));
+        if (ms == CF_REGION_CLOSED) return ms;
+        if (ms != CF_REGION_OPEN) st = CF_REGION_PART;
+    }
+    return st;
+}
 
-        /* S^T [nb][Mt] = K Q^T */
-        if (g->qk_pairs) {
-            const uint32_t* ka;
-            int64_t ldk;
-            if (g->k_direct && krs % 2 == 0) {
-                ka = (const uint32_t*)krow;
-                ldk = krs / 2;
-            } else {
-                uint32_t* kp = (uint32_t*)kc;
-                for (int64_t j = 0; j < nb; j++) {
-                    const uint16_t* h16 = (const uint16_t*)(krow + j * kes);
-                    for (int64_t p = 0; p < g->Dp2; p++) {
-                        uint32_t hi16 = 2 * p + 1 < D ? h16[2 * p + 1] : 0;
-                        kp[j * g->Dp2 + p] = (uint32_t)h16[2 * p] | hi16 << 16;
-                    }
-                }
-                ka = kp;
-                ldk = g->Dp2;
-            }
-            g->gemm_pairs(nb, Mt, g->Dp2, ka, ldk, 1, qv, Mt, st, Mt, 0);
+/* S^T [nb][Mt] = K Q^T: K rows (krow, kes bytes apart, krs elements) read in place where their
+ * layout allows, else re-laid into kc. */
+static void fwd_qk(const cf_attn_call* c, const cf_attn_kernels* kk, const fwd_geom* g,
+                   fwd_tile_ws* w, int64_t nb, const char* krow, int64_t krs, int64_t kes) {
+    const int64_t Mt = w->Mt, D = g->D;
+    if (g->qk_pairs) {
+        const uint32_t* ka;
+        int64_t ldk;
+        if (g->k_direct && krs % 2 == 0) {
+            ka = (const uint32_t*)krow;
+            ldk = krs / 2;
         } else {
-            const float* ka;
-            int64_t ldk;
-            if (g->k_direct) {
-                ka = (const float*)krow;
-                ldk = krs;
-            } else {
-                for (int64_t j = 0; j < nb; j++)
-                    kk->to_f32(kc + j * D, krow + j * kes, c->dtype, D);
-                ka = kc;
-                ldk = D;
-            }
-            kk->gemm_f32(nb, Mt, D, ka, ldk, 1, qt, Mt, st, Mt, 0);
-        }
-
-        /* Scores (natural units, as the LSE: see exp_cols in attn_cpu.h), masks, column
-         * maxima. */
-        for (int64_t r = 0; r < Mt; r++)
-            mx[r] = -INFINITY;
-        if (general) {
+            uint32_t* kp = (uint32_t*)w->kc;
             for (int64_t j = 0; j < nb; j++) {
-                float* row = st + j * Mt;
-                for (int64_t gi = 0; gi < G; gi++) {
-                    const float slope = cf_attn_slope(c, b, hk * G + gi);
-                    for (int64_t ii = 0; ii < na; ii++) {
-                        const int64_t r = gi * na + ii, jj = j0 + j;
-                        row[r] =
-                            (jj < lo[ii] || jj >= hi[ii])
-                                ? -INFINITY
-                                : cf_attn_score(c, row[r] * c->scale, slope, i0 + ii, jj, sq, sk);
-                    }
+                const uint16_t* h16 = (const uint16_t*)(krow + j * kes);
+                for (int64_t p = 0; p < g->Dp2; p++) {
+                    uint32_t hi16 = 2 * p + 1 < D ? h16[2 * p + 1] : 0;
+                    kp[j * g->Dp2 + p] = (uint32_t)h16[2 * p] | hi16 << 16;
                 }
-                if (!xtra) kk->scale_max_cols(row, Mt, 1.0f, mx);
             }
+            ka = kp;
+            ldk = g->Dp2;
+        }
+        g->gemm_pairs(nb, Mt, g->Dp2, ka, ldk, 1, w->qv, Mt, w->st, Mt, 0);
+    } else {
+        const float* ka;
+        int64_t ldk;
+        if (g->k_direct) {
+            ka = (const float*)krow;
+            ldk = krs;
         } else {
-            int64_t a = 0, z = 0;
-            for (int64_t j = 0; j < nb; j++) {
-                float* row = st + j * Mt;
-                if (!full) {
-                    /* Key jj is hidden from rows ii < a (hi[ii] <= jj) and ii >= z (lo[ii] > jj);
-                     * lo and hi are non-decreasing in ii, so both are runs: fills, no branches. */
-                    const int64_t jj = j0 + j;
-                    while (a < na && hi[a] <= jj)
-                        a++;
-                    while (z < na && lo[z] <= jj)
-                        z++;
-                    const int64_t z2 = z > a ? z : a;
-                    for (int64_t gi = 0; gi < G; gi++) {
-                        float* rg = row + gi * na;
-                        for (int64_t ii = 0; ii < a; ii++)
-                            rg[ii] = -INFINITY;
-                        for (int64_t ii = z2; ii < na; ii++)
-                            rg[ii] = -INFINITY;
-                    }
-                }
-                kk->scale_max_cols(row, Mt, c->scale, xtra ? alpha : mx); /* alpha: scratch here */
-            }
-        }
-        if (xtra) { /* bias and masks on the scores, then the maxima */
-            cf_attn_cpu_extras(c, b, st, Mt, nb, 1, Mt, xi, xh, bsp ? kvp : NULL, j0);
             for (int64_t j = 0; j < nb; j++)
-                kk->scale_max_cols(st + j * Mt, Mt, 1.0f, mx);
+                kk->to_f32(w->kc + j * D, krow + j * kes, c->dtype, D);
+            ka = w->kc;
+            ldk = D;
         }
+        kk->gemm_f32(nb, Mt, D, ka, ldk, 1, w->qt, Mt, w->st, Mt, 0);
+    }
+}
 
-        /* Online softmax update. */
-        for (int64_t r = 0; r < Mt; r++) {
-            const float mn = mx[r] > m[r] ? mx[r] : m[r];
-            alpha[r] = m[r] == -INFINITY ? 0.0f : expf(m[r] - mn);
-            mu[r] = mn == -INFINITY ? 0.0f : mn;
-            m[r] = mn;
-            lsum[r] = 0.0f;
-        }
-        for (int64_t j = 0; j < nb; j++)
-            kk->exp_cols(st + j * Mt, Mt, mu, lsum);
-        for (int64_t r = 0; r < Mt; r++) {
-            l[r] = l[r] * alpha[r] + lsum[r];
-            if (alpha[r] != 1.0f && alpha[r] != 0.0f)
-                for (int64_t d = 0; d < Dv; d++)
-                    o[r * Dv + d] *= alpha[r];
-        }
-        if (c->dropout_p > 0.0f) {
-            const uint64_t thr = cf_dropout_threshold(c->dropout_p);
-            for (int64_t gi = 0; gi < G; gi++)
+/* The scores of keys [j0, j0 + nb) in natural units, as the LSE (see exp_cols in attn_cpu.h), -inf
+ * where masked, and their maxima per row in w->mx. full: every row sees every key of the block. */
+static void fwd_mask_max(const cf_attn_call* c, const cf_attn_kernels* kk, const fwd_geom* g,
+                         fwd_tile_ws* w, int64_t j0, int64_t nb, int full, int open) {
+    const int64_t Mt = w->Mt, na = w->na, G = g->G;
+    /* issue 13: a pass over the scores for the bias, or for masks that may hide pairs here */
+    const int xtra = cf_attn_has_extra(c) && (c->bias.data || open != CF_REGION_OPEN);
+    float* st = w->st;
+    for (int64_t r = 0; r < Mt; r++)
+        w->mx[r] = -INFINITY;
+    if (c->softcap > 0.0f || c->alibi != NULL) {
+        for (int64_t j = 0; j < nb; j++) {
+            float* row = st + j * Mt;
+            for (int64_t gi = 0; gi < G; gi++) {
+                const float slope = cf_attn_slope(c, w->b, w->hk * G + gi);
                 for (int64_t ii = 0; ii < na; ii++) {
-                    cf_philox_out w = {{0, 0, 0, 0}};
-                    for (int64_t j = 0; j < nb; j++) {
-                        const int64_t jj = j0 + j + c->k_offset; /* the key's position */
-                        if (j == 0 || (jj & 3) == 0)
-                            w = cf_dropout_words(c->seed, c->offset, (uint64_t)b,
-                                                 (uint64_t)(hk * G + gi),
-                                                 (uint64_t)(i0 + ii + c->q_offset), (uint64_t)jj);
-                        if ((uint64_t)w.x[jj & 3] >= thr) st[j * Mt + gi * na + ii] = 0.0f;
-                    }
+                    const int64_t r = gi * na + ii, jj = j0 + j;
+                    row[r] = (jj < w->lo[ii] || jj >= w->hi[ii])
+                                 ? -INFINITY
+                                 : cf_attn_score(c, row[r] * c->scale, slope, w->i0 + ii, jj, w->sq,
+                                                 w->sk);
                 }
+            }
+            if (!xtra) kk->scale_max_cols(row, Mt, 1.0f, w->mx);
         }
-
-        /* O += P V. In a partly masked block a row's masked keys have P = 0, and 0 times a NaN
-         * or infinite v would still reach the row: such a block (rare) sums visible pairs only.
-         * Issue 13's masks (attn_mask, block-sparse, a bias of -inf) can hide any key of a block
-         * from any row: with them every row of V is checked. */
-        if (xtra ? cf_attn_cpu_rows_nonfinite(vrow, ves, nb, Dv, c->dtype)
-                 : !full && cf_attn_cpu_hidden_nonfinite(vrow, ves, j0, nb, lo[na - 1], hi[0], Dv,
-                                                         c->dtype)) {
-            for (int64_t j = 0; j < nb; j++) {
+    } else {
+        int64_t a = 0, z = 0;
+        for (int64_t j = 0; j < nb; j++) {
+            float* row = st + j * Mt;
+            if (!full) {
+                /* Key jj is hidden from rows ii < a (hi[ii] <= jj) and ii >= z (lo[ii] > jj); lo
+                 * and hi are non-decreasing in ii, so both are runs: fills, no branches. */
                 const int64_t jj = j0 + j;
-                kk->to_f32(tmp, vrow + j * ves, c->dtype, Dv);
-                for (int64_t gi = 0; gi < G; gi++)
-                    for (int64_t ii = 0; ii < na; ii++) {
-                        if (jj < lo[ii] || jj >= hi[ii]) continue;
-                        if (xtra &&
-                            cf_attn_extra(c, b, hk * G + gi, i0 + ii, jj, 0.0f) == -INFINITY)
-                            continue;
-                        const int64_t r = gi * na + ii;
-                        const float pr = st[j * Mt + r];
-                        for (int64_t d = 0; d < Dv; d++)
-                            o[r * Dv + d] += pr * tmp[d];
-                    }
+                while (a < na && w->hi[a] <= jj)
+                    a++;
+                while (z < na && w->lo[z] <= jj)
+                    z++;
+                const int64_t z2 = z > a ? z : a;
+                for (int64_t gi = 0; gi < G; gi++) {
+                    float* rg = row + gi * na;
+                    for (int64_t ii = 0; ii < a; ii++)
+                        rg[ii] = -INFINITY;
+                    for (int64_t ii = z2; ii < na; ii++)
+                        rg[ii] = -INFINITY;
+                }
             }
-        } else if (g->bf16) {
-            const int64_t np = (nb + 1) / 2;
-            uint32_t* vv = (uint32_t*)vc;
-            uint32_t* pv = vv + np * Dv;
-            for (int64_t p = 0; p < np; p++) {
-                const uint16_t* v0 = (const uint16_t*)(vrow + 2 * p * ves);
-                const uint16_t* v1 =
-                    2 * p + 1 < nb ? (const uint16_t*)(vrow + (2 * p + 1) * ves) : NULL;
-                kk->interleave_u16(vv + p * Dv, v0, v1, Dv);
-                g->pack_pairs(pv + p * Mt, st + 2 * p * Mt,
-                              2 * p + 1 < nb ? st + (2 * p + 1) * Mt : NULL, Mt);
-            }
-            g->gemm_pairs(Mt, Dv, np, pv, 1, Mt, vv, Dv, o, Dv, 1);
-        } else {
-            const float* vb;
-            int64_t ldv;
-            if (g->v_direct) {
-                vb = (const float*)vrow;
-                ldv = vrs;
-            } else {
-                for (int64_t j = 0; j < nb; j++)
-                    kk->to_f32(vc + j * Dv, vrow + j * ves, c->dtype, Dv);
-                vb = vc;
-                ldv = Dv;
-            }
-            kk->gemm_f32(Mt, Dv, nb, st, 1, Mt, vb, ldv, o, Dv, 1);
+            kk->scale_max_cols(row, Mt, c->scale, xtra ? w->alpha : w->mx); /* alpha: scratch */
         }
     }
+    if (xtra) { /* bias and masks on the scores, then the maxima */
+        cf_attn_cpu_extras(c, w->b, st, Mt, nb, 1, Mt, w->xi, w->xh, c->bs_num.data ? w->kvp : NULL,
+                           j0, open != CF_REGION_OPEN);
+        for (int64_t j = 0; j < nb; j++)
+            kk->scale_max_cols(st + j * Mt, Mt, 1.0f, w->mx);
+    }
+}
 
-    /* out = O / l (times the dropout rescale), lse = m + ln l; l = 0 (no key seen): 0 and -inf;
-     * l NaN (a NaN score): NaN both. */
-    const float keep_scale = 1.0f / (1.0f - c->dropout_p);
+/* Online softmax: the new running max m, P = exp(S - m) in place, l = l * alpha + rowsum(P),
+ * O *= alpha (alpha = exp(m_old - m)); then dropout's zeros in P. */
+static void fwd_softmax(const cf_attn_call* c, const cf_attn_kernels* kk, const fwd_geom* g,
+                        fwd_tile_ws* w, int64_t j0, int64_t nb) {
+    const int64_t Mt = w->Mt, na = w->na, G = g->G, Dv = g->Dv;
+    float *m = w->m, *l = w->l, *alpha = w->alpha, *o = w->o;
+    for (int64_t r = 0; r < Mt; r++) {
+        const float mn = w->mx[r] > m[r] ? w->mx[r] : m[r];
+        alpha[r] = m[r] == -INFINITY ? 0.0f : expf(m[r] - mn);
+        w->mu[r] = mn == -INFINITY ? 0.0f : mn;
+        m[r] = mn;
+        w->lsum[r] = 0.0f;
+    }
+    for (int64_t j = 0; j < nb; j++)
+        kk->exp_cols(w->st + j * Mt, Mt, w->mu, w->lsum);
+    for (int64_t r = 0; r < Mt; r++) {
+        l[r] = l[r] * alpha[r] + w->lsum[r];
+        if (alpha[r] != 1.0f && alpha[r] != 0.0f)
+            for (int64_t d = 0; d < Dv; d++)
+                o[r * Dv + d] *= alpha[r];
+    }
+    if (c->dropout_p <= 0.0f) return;
+    const uint64_t thr = cf_dropout_threshold(c->dropout_p);
     for (int64_t gi = 0; gi < G; gi++)
         for (int64_t ii = 0; ii < na; ii++) {
-            const int64_t r = gi * na + ii, h = hk * G + gi;
-            const float inv = l[r] != 0.0f ? keep_scale / l[r] : 0.0f;
-            for (int64_t d = 0; d < Dv; d++)
-                tmp[d] = o[r * Dv + d] * inv;
-            kk->from_f32(row_ptr(&c->out, b, q0 + i0 + ii, h), tmp, c->dtype, Dv);
-            if (c->lse.data) {
-                float* lp = (float*)c->lse.data;
-                lp[b * c->lse.stride[0] + h * c->lse.stride[1] +
-                   (q0 + i0 + ii) * c->lse.stride[2]] =
-                    l[r] != 0.0f ? m[r] + logf(l[r]) : -INFINITY;
+            cf_philox_out x = {{0, 0, 0, 0}};
+            for (int64_t j = 0; j < nb; j++) {
+                const int64_t jj = j0 + j + c->k_offset; /* the key's position */
+                if (j == 0 || (jj & 3) == 0)
+                    x = cf_dropout_words(c->seed, c->offset, (uint64_t)w->b,
+                                         (uint64_t)(w->hk * G + gi),
+                                         (uint64_t)(w->i0 + ii + c->q_offset), (uint64_t)jj);
+                if ((uint64_t)x.x[jj & 3] >= thr) w->st[j * Mt + gi * na + ii] = 0.0f;
             }
         }
+}
+
+/* O += P V over keys [j0, j0 + nb) (V rows at vrow, ves bytes apart, vrs elements). In a partly
+ * masked block a row's masked keys have P = 0, and 0 times a NaN or infinite v would still reach
+ * the row: such a block (rare) sums visible pairs only. Issue 13's masks (attn_mask, block-sparse,
+ * a bias of -inf) can hide any key of a block from any row: with them every row of V is checked. */
+static void fwd_pv(const cf_attn_call* c, const cf_attn_kernels* kk, const fwd_geom* g,
+                   fwd_tile_ws* w, int64_t j0, int64_t nb, int full, int open, const char* vrow,
+                   int64_t vrs, int64_t ves) {
+    const int64_t Mt = w->Mt, na = w->na, G = g->G, Dv = g->Dv;
+    const int xtra = open != CF_REGION_OPEN; /* issue 13's masks may hide pairs of this block */
+    const float* st = w->st;
+    float* o = w->o;
+    if (xtra ? cf_attn_cpu_rows_nonfinite(vrow, ves, nb, Dv, c->dtype)
+             : !full && cf_attn_cpu_hidden_nonfinite(vrow, ves, j0, nb, w->lo[na - 1], w->hi[0], Dv,
+                                                     c->dtype)) {
+        for (int64_t j = 0; j < nb; j++) {
+            const int64_t jj = j0 + j;
+            kk->to_f32(w->tmp, vrow + j * ves, c->dtype, Dv);
+            for (int64_t gi = 0; gi < G; gi++)
+                for (int64_t ii = 0; ii < na; ii++) {
+                    if (jj < w->lo[ii] || jj >= w->hi[ii]) continue;
+                    if (xtra &&
+                        cf_attn_extra(c, w->b, w->hk * G + gi, w->i0 + ii, jj, 0.0f) == -INFINITY)
+                        continue;
+                    const int64_t r = gi * na + ii;
+                    const float pr = st[j * Mt + r];
+                    for (int64_t d = 0; d < Dv; d++)
+                        o[r * Dv + d] += pr * w->tmp[d];
+                }
+        }
+    } else if (g->bf16) {
+        const int64_t np = (nb + 1) / 2;
+        uint32_t* vv = (uint32_t*)w->vc;
+        uint32_t* pv = vv + np * Dv;
+        for (int64_t p = 0; p < np; p++) {
+            const uint16_t* v0 = (const uint16_t*)(vrow + 2 * p * ves);
+            const uint16_t* v1 =
+                2 * p + 1 < nb ? (const uint16_t*)(vrow + (2 * p + 1) * ves) : NULL;
+            kk->interleave_u16(vv + p * Dv, v0, v1, Dv);
+            g->pack_pairs(pv + p * Mt, st + 2 * p * Mt,
+                          2 * p + 1 < nb ? st + (2 * p + 1) * Mt : NULL, Mt);
+        }
+        g->gemm_pairs(Mt, Dv, np, pv, 1, Mt, vv, Dv, o, Dv, 1);
+    } else {
+        const float* vb;
+        int64_t ldv;
+        if (g->v_direct) {
+            vb = (const float*)vrow;
+            ldv = vrs;
+        } else {
+            for (int64_t j = 0; j < nb; j++)
+                kk->to_f32(w->vc + j * Dv, vrow + j * ves, c->dtype, Dv);
+            vb = w->vc;
+            ldv = Dv;
+        }
+        kk->gemm_f32(Mt, Dv, nb, st, 1, Mt, vb, ldv, o, Dv, 1);
+    }
+}
+
+/* out = O / l (times the dropout rescale), lse = m + ln l; l = 0 (no key seen): 0 and -inf; l NaN
+ * (a NaN score): NaN both. */
+static void fwd_store(const cf_attn_call* c, const cf_attn_kernels* kk, const fwd_geom* g,
+                      const fwd_tile_ws* w) {
+    const int64_t Dv = g->Dv;
+    const float keep_scale = 1.0f / (1.0f - c->dropout_p);
+    for (int64_t gi = 0; gi < g->G; gi++)
+        for (int64_t ii = 0; ii < w->na; ii++) {
+            const int64_t r = gi * w->na + ii, h = w->hk * g->G + gi, qi = w->q0 + w->i0 + ii;
+            const float l = w->l[r], inv = l != 0.0f ? keep_scale / l : 0.0f;
+            for (int64_t d = 0; d < Dv; d++)
+                w->tmp[d] = w->o[r * Dv + d] * inv;
+            kk->from_f32(row_ptr(&c->out, w->b, qi, h), w->tmp, c->dtype, Dv);
+            if (c->lse.data)
+                ((float*)c->lse.data)[w->b * c->lse.stride[0] + h * c->lse.stride[1] +
+                                      qi * c->lse.stride[2]] =
+                    l != 0.0f ? w->m[r] + logf(l) : -INFINITY;
+        }
+}
+
+static void fwd_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const fwd_geom* g,
+                     const attn_tile* t, char* ws) {
+    fwd_tile_ws w;
+    fwd_tile_init(c, g, t, ws, &w);
+    fwd_load_q(c, kk, g, &w);
+    const int64_t jlo = w.lo[0], jhi = w.hi[w.na - 1], BK = g->bk,
+                  es = (int64_t)cf_dtype_size(c->dtype);
+    for (int64_t j0 = jlo; j0 < jhi; j0 += BK) {
+        const int64_t nb = jhi - j0 < BK ? jhi - j0 : BK;
+        const int full = w.lo[w.na - 1] <= j0 && w.hi[0] >= j0 + nb;
+        const int open = cf_attn_has_extra(c) ? fwd_block_open(c, g, &w, j0, nb) : CF_REGION_OPEN;
+        if (open == CF_REGION_CLOSED) continue;
+        int64_t krs, vrs; /* row strides: the view's, or D / Dv for rows gathered from pages */
+        const char* krow =
+            cf_attn_cpu_key_rows(c, &c->k, w.b, w.k0, j0, nb, w.hk, g->D, ws + g->off_gk, &krs);
+        const char* vrow =
+            cf_attn_cpu_key_rows(c, &c->v, w.b, w.k0, j0, nb, w.hk, g->Dv, ws + g->off_gv, &vrs);
+        fwd_qk(c, kk, g, &w, nb, krow, krs, es * krs);
+        fwd_mask_max(c, kk, g, &w, j0, nb, full, open);
+        fwd_softmax(c, kk, g, &w, j0, nb);
+        fwd_pv(c, kk, g, &w, j0, nb, full, open, vrow, vrs, es * vrs);
+    }
+    fwd_store(c, kk, g, &w);
 }
 
 /* ---- Forward driver ------------------------------------------------------------------------- */
@@ -589,7 +663,11 @@ static void fwd_tile_fn(const cf_attn_call* c, const cf_attn_kernels* kk, const 
 cflash_status cf_attn_cpu_fwd(const cf_attn_call* c, const cf_attn_kernels* kk) {
     fwd_geom g;
     fwd_layout(c, kk, &g);
-    return cf_attn_cpu_fwd_run(c, kk, g.n, g.bytes, fwd_tile_fn, &g);
+    cf_attn_mask_map* map = cf_attn_cpu_mask_map(c, c->threads);
+    g.map = map;
+    const cflash_status st = cf_attn_cpu_fwd_run(c, kk, g.n, g.bytes, fwd_tile_fn, &g);
+    cf_attn_cpu_mask_map_free(map);
+    return st;
 }
 
 attn_tile* cf_attn_cpu_q_tiles(const cf_attn_call* c, int64_t n, int64_t* count) {

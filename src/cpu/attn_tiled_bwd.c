@@ -131,9 +131,10 @@ void cf_attn_rows_seeing(const cf_attn_call* c, int64_t sq, int64_t sk, int64_t 
 /* Applies masks and the score transform to S rows in place: natural-log scores (scaled,
  * soft-capped, ALiBi-biased, plus issue 13's bias), -inf where masked. scale * (q.k) is rounded and
  * stored here exactly as the forward's scale_max_cols rounds it, so exp(s - lse) <= 1 for every
- * score however large (see exp_cols in attn_cpu.h). */
-void cf_attn_scores(const cf_attn_call* c, const cf_attn_score_map* mp, float* s, float* y,
-                    int64_t sq, int64_t sk) {
+ * score however large (see exp_cols in attn_cpu.h). open: the block's state under issue 13's
+ * masks (CF_REGION_OPEN: they hide nothing there, no masking pass). */
+static void scores(const cf_attn_call* c, const cf_attn_score_map* mp, float* s, float* y,
+                   int64_t sq, int64_t sk, int open) {
     const int general = c->softcap > 0.0f || c->alibi != NULL, xtra = cf_attn_has_extra(c);
     int full = 0;   /* plain scores whose every row sees every key of the block */
     if (!general) { /* scale all (along the contiguous direction), then mask */
@@ -164,9 +165,14 @@ void cf_attn_scores(const cf_attn_call* c, const cf_attn_score_map* mp, float* s
             s[at] = cf_attn_score(c, x, mp->slope[ri], i, j, sq, sk);
         }
     }
-    if (xtra)
+    if (xtra && (open != CF_REGION_OPEN || c->bias.data))
         cf_attn_cpu_extras(c, mp->b, s, mp->nr, mp->nc, mp->rs, mp->cs, mp->i, mp->h, mp->kv,
-                           mp->j0);
+                           mp->j0, open != CF_REGION_OPEN);
+}
+
+void cf_attn_scores(const cf_attn_call* c, const cf_attn_score_map* mp, float* s, float* y,
+                    int64_t sq, int64_t sk) {
+    scores(c, mp, s, y, sq, sk, CF_REGION_PART);
 }
 
 int cf_attn_bwd_query_rows_bad(const cf_attn_call* c, int64_t b, int64_t h, int64_t qi0, int64_t n,
@@ -230,21 +236,24 @@ void cf_attn_bwd_exact_pairs(const cf_attn_call* c, int64_t b, int64_t h, int64_
     }
 }
 
-/* Issue 13: whether any pair of query rows [i0, i0 + n) of head h and keys [j0, j0 + nb) can be
- * visible under the per-pair masks; with block-sparse lists, also fills kvp[r] (row i0 + r) with
- * the row's key mask, built in kvis. */
-static int rows_open(const cf_attn_call* c, int64_t b, int64_t h, int64_t i0, int64_t n, int64_t j0,
-                     int64_t nb, uint8_t* kvis, const uint8_t** kvp) {
+/* Issue 13: the state (CF_REGION_*) of query rows [i0, i0 + n) of head h and keys [j0, j0 + nb)
+ * under the per-pair masks; with block-sparse lists, also fills kvp[r] (row i0 + r) with the
+ * row's key mask, built in kvis. */
+static int rows_open(const cf_attn_call* c, const cf_attn_mask_map* mp, int64_t b, int64_t h,
+                     int64_t i0, int64_t n, int64_t j0, int64_t nb, uint8_t* kvis,
+                     const uint8_t** kvp) {
+    int st = CF_REGION_OPEN;
     if (c->bs_num.data) {
         const int64_t qb0 = (i0 + c->q_offset) / c->block_q;
         const int64_t nq = (i0 + n - 1 + c->q_offset) / c->block_q - qb0 + 1;
-        const int any = cf_attn_cpu_bs_keys(c, b, h, qb0, nq, j0, nb, kvis);
+        st = cf_attn_cpu_bs_keys(c, b, h, qb0, nq, j0, nb, kvis);
         for (int64_t r = 0; r < n; r++) /* set even when closed: another head may be open */
             kvp[r] = kvis + ((i0 + r + c->q_offset) / c->block_q - qb0) * nb;
-        if (!any) return 0;
+        if (st == CF_REGION_CLOSED) return st;
     }
-    return !(c->mask.data || c->bias.data) ||
-           cf_attn_cpu_region_open(c, b, h, i0, i0 + n, j0, j0 + nb);
+    if (!c->mask.data && !c->bias.data) return st;
+    const int ms = cf_attn_cpu_region_open(c, mp, b, h, i0, i0 + n, j0, j0 + nb);
+    return ms == CF_REGION_CLOSED ? ms : ms == CF_REGION_OPEN ? st : CF_REGION_PART;
 }
 
 /* ---- Workspace ------------------------------------------------------------------------------ */
@@ -260,8 +269,9 @@ typedef struct bwd_geom {
     /* pass 2 */
     size_t qt, dot, dq, st, dpt, y2, kc2, vc2, vec2, map2;
     size_t tmp, bytes;
-    size_t xkv, xkvp, dbacc; /* issue 13 */
-    size_t gk, gv;           /* paged only */
+    size_t xkv, xkvp, dbacc;     /* issue 13 */
+    size_t gk, gv;               /* paged only */
+    const cf_attn_mask_map* map; /* issue 13: attn_mask / attn_bias summarised (may be NULL) */
 } bwd_geom;
 
 static void bwd_layout(const cf_attn_call* c, const cf_attn_kernels* kk, bwd_geom* g) {
@@ -423,7 +433,9 @@ static void dkdv_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const bw
         const float slope = cf_attn_slope(c, b, h);
         for (int64_t i0 = ia; i0 < iz; i0 += BQ) {
             const int64_t bq = iz - i0 < BQ ? iz - i0 : BQ;
-            if (xtra && !rows_open(c, b, h, i0, bq, j0, nb, xkv, xkvp)) continue; /* all hidden */
+            const int open =
+                xtra ? rows_open(c, g->map, b, h, i0, bq, j0, nb, xkv, xkvp) : CF_REGION_OPEN;
+            if (open == CF_REGION_CLOSED) continue; /* all hidden */
             int64_t ldq = 0, ldo = 0, ldqa = 0, ldoa = 0;
             const float *qr = NULL, *dor = NULL;
             const uint32_t *qpa = NULL, *dopa = NULL;
@@ -444,7 +456,7 @@ static void dkdv_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const bw
             }
             /* A partly masked block holding a NaN or infinity: pair by pair (see
              * cf_attn_bwd_exact_pairs); issue 13's masks may hide any pair. */
-            if (xtra || mlo[bq - 1] > j0 || mhi[0] < j0 + nb) {
+            if (open != CF_REGION_OPEN || mlo[bq - 1] > j0 || mhi[0] < j0 + nb) {
                 if (kbad < 0) kbad = cf_attn_bwd_key_rows_bad(c, b, hk, k0, j0, nb, 0, 0, 0);
                 if (kbad || cf_attn_bwd_query_rows_bad(c, b, h, q0 + i0, bq, dlr)) {
                     cf_attn_bwd_exact_pairs(c, b, h, i0, bq, dlr, j0, nb, dk, D, dv, Dv,
@@ -459,7 +471,7 @@ static void dkdv_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const bw
                 kk->gemm_bf16(bq, nb, g->Dp2, qpa, ldqa, 1, ktv, nb, s, nb, 0);
             else
                 kk->gemm_f32(bq, nb, D, qr, ldq, 1, kt, nb, s, nb, 0);
-            cf_attn_scores(c, &mp, s, c->softcap > 0.0f ? y : NULL, sq, sk);
+            scores(c, &mp, s, c->softcap > 0.0f ? y : NULL, sq, sk, open);
             for (int64_t r = 0; r < bq; r++)
                 kk->exp_row(s + r * nb, nb, lb[r]);
             const float* pw = s;
@@ -563,22 +575,24 @@ static void dq_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const bwd_
     int qbad = -1; /* the tile's query rows hold a NaN or infinity (checked when first needed) */
     for (int64_t j0 = jlo; j0 < jhi; j0 += g->bk) {
         const int64_t nb = jhi - j0 < g->bk ? jhi - j0 : g->bk;
+        int open = CF_REGION_OPEN;
         if (xtra) { /* skip a block whose every pair the per-pair masks hide, for every head */
-            int open = 0;
-            for (int64_t gi = 0; gi < G; gi++)
-                open |= rows_open(c, b, hk * G + gi, i0, na, j0, nb, xkv + gi * (g->n + 1) * g->bk,
-                                  xkvp + gi * na);
-            if (!open) continue;
+            open = -1;
+            for (int64_t gi = 0; gi < G; gi++) /* every head: each sets its rows' key masks */
+                open = cf_attn_region_join(open, rows_open(c, g->map, b, hk * G + gi, i0, na, j0,
+                                                           nb, xkv + gi * (g->n + 1) * g->bk,
+                                                           xkvp + gi * na));
+            if (open == CF_REGION_CLOSED) continue;
         }
         /* A partly masked block holding a NaN or infinity: pair by pair (see
          * cf_attn_bwd_exact_pairs); issue 13's masks may hide any pair. */
-        if (xtra || mlo[na - 1] > j0 || mhi[0] < j0 + nb) {
+        if (open != CF_REGION_OPEN || mlo[na - 1] > j0 || mhi[0] < j0 + nb) {
             for (int64_t gi = 0; qbad < 0 && gi < G; gi++)
                 if (cf_attn_bwd_query_rows_bad(c, b, hk * G + gi, q0 + i0, na, dlr + gi * na))
                     qbad = 1;
             if (qbad < 0) qbad = 0;
-            if (qbad || cf_attn_bwd_key_rows_bad(c, b, hk, k0, j0, nb, !xtra, mlo[na - 1] - j0,
-                                                 mhi[0] - j0)) {
+            if (qbad || cf_attn_bwd_key_rows_bad(c, b, hk, k0, j0, nb, open == CF_REGION_OPEN,
+                                                 mlo[na - 1] - j0, mhi[0] - j0)) {
                 for (int64_t gi = 0; gi < G; gi++)
                     cf_attn_bwd_exact_pairs(c, b, hk * G + gi, i0, na, dlr + gi * na, j0, nb, NULL,
                                             0, NULL, 0, dq + gi * na * D, D);
@@ -604,7 +618,7 @@ static void dq_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const bwd_
             kk->gemm_bf16(nb, Mt, g->Dp2, kpa, ldka, 1, qv2, Mt, st, Mt, 0);
         else
             kk->gemm_f32(nb, Mt, D, kr, ldk, 1, qt, Mt, st, Mt, 0); /* S^T = K Q^T */
-        cf_attn_scores(c, &mp, st, c->softcap > 0.0f ? y : NULL, sq, sk);
+        scores(c, &mp, st, c->softcap > 0.0f ? y : NULL, sq, sk, open);
         for (int64_t j = 0; j < nb; j++)
             kk->exp_cols(st + j * Mt, Mt, lb, NULL);
         if (bf)
@@ -671,7 +685,7 @@ static void dbias_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const v
                     lb[r] = cf_attn_lse_sub(c, b, h, i0 + r);
                     dlr[r] = cf_attn_dl(c, dl, b, h, i0 + r);
                 }
-                if (!any || !rows_open(c, b, h, i0, nr, j0, nc, xkv, xkvp)) continue;
+                if (!any || !rows_open(c, g->map, b, h, i0, nr, j0, nc, xkv, xkvp)) continue;
                 const int64_t hk = h / G;
                 /* a NaN or infinity in the rows: pair by pair (masked pairs get 0, see
                  * cf_attn_bwd_exact_pairs) */
@@ -876,6 +890,10 @@ static void dq_fn(const cf_attn_call* c, const cf_attn_kernels* kk, const void* 
 cflash_status cf_attn_cpu_bwd(const cf_attn_call* c, const cf_attn_kernels* kk) {
     bwd_geom g;
     bwd_layout(c, kk, &g);
+    cf_attn_mask_map* map = cf_attn_cpu_mask_map(c, c->threads);
+    g.map = map;
     const cf_attn_bwd_engine e = {g.n, g.bk, g.bytes, dkdv_fn, dq_fn, &g, dbias_tile, g.bq};
-    return cf_attn_cpu_bwd_run(c, kk, &e);
+    const cflash_status st = cf_attn_cpu_bwd_run(c, kk, &e);
+    cf_attn_cpu_mask_map_free(map);
+    return st;
 }

@@ -1,47 +1,28 @@
 /* Backend cpu-neon: AdvSIMD microkernels for the tiled attention driver (src/cpu/attn_tiled*.c) on
- * any AArch64 CPU. bf16 multiplies pairs with BFMMLA where the CPU has FEAT_BF16; the fp16 forward
- * multiplies pairs with FMLAL (fp32 accumulation) where it has FEAT_FHM; otherwise blocks are
- * converted to fp32 as they are read (FCVTL, shifts). Built with target attributes, chosen at run
- * time from getauxval (src/probe/cpu_features.c). Checked under qemu-user only: the register tiles
- * (NEON_MR / NEON_NV, BF_MR / BF_NR, H_MR / H_NV below) are untuned starting points, see
- * docs/PERF.md.
- * GEMM: fp32 6 x 16 (24 accumulators), bf16 8 x 8 (16 BFMMLA 2 x 2 blocks), fp16 6 x 8. */
-#include <math.h>
+ * any AArch64 CPU: the kernels of src/cpu/attn_simd.h compiled for NEON (fp32 GEMM 6 x 16, 24
+ * accumulators; softmax pieces; FCVTL / shift conversions), and here what only this ISA has: bf16
+ * pairs multiplied with BFMMLA where the CPU has FEAT_BF16, and the fp16 forward's pairs with FMLAL
+ * (fp32 accumulation) where it has FEAT_FHM. Built with target attributes, chosen at run time from
+ * getauxval (src/probe/cpu_features.c). Checked under qemu-user only: the register tiles (fp32 6 x
+ * 16: CF_MK_NVMAX in simd_vec.h; BF_MR / BF_NR and H_NV below) are untuned starting points, see docs/PERF.md.
+ * GEMM: bf16 8 x 8 (16 BFMMLA 2 x 2 blocks), fp16 6 x 8 on attn_simd.h's tile loop. */
 #include <stdio.h>
 #include <string.h>
 
-#include "cpu/attn_cpu.h"
 #include "core/backend.h"
+#include "cpu/attn_cpu.h"
 #include "probe/cpu_features.h"
 
 #if defined(__aarch64__)
-#include <arm_neon.h>
+#define CF_SIMD_NEON
+#include "cpu/attn_simd.h"
 
-#define INLINE static inline __attribute__((always_inline))
+#define INLINE CF_VINLINE
 /* The bf16 and fp16 intrinsics are declared for armv8.2-a plus the extension. */
 #define TBF16 __attribute__((target("arch=armv8.2-a+bf16")))
 #define TFHM __attribute__((target("arch=armv8.2-a+fp16fml")))
 
-/* ---- Partial vectors (NEON has no masked loads: the n < 4 tail goes lane by lane; n <= 0 touches
- * nothing) ---- */
-
-INLINE float32x4_t ld_f32(const float* p, int n) {
-    if (n >= 4) return vld1q_f32(p);
-    float32x4_t v = vdupq_n_f32(0.0f);
-    if (n > 0) v = vld1q_lane_f32(p, v, 0);
-    if (n > 1) v = vld1q_lane_f32(p + 1, v, 1);
-    if (n > 2) v = vld1q_lane_f32(p + 2, v, 2);
-    return v;
-}
-INLINE void st_f32(float* p, float32x4_t v, int n) {
-    if (n >= 4) {
-        vst1q_f32(p, v);
-        return;
-    }
-    if (n > 0) vst1q_lane_f32(p, v, 0);
-    if (n > 1) vst1q_lane_f32(p + 1, v, 1);
-    if (n > 2) vst1q_lane_f32(p + 2, v, 2);
-}
+/* Partial vectors of pairs, as cf_vloadt / cf_vstoret (n <= 0 touches nothing). */
 INLINE uint32x4_t ld_u32(const uint32_t* p, int n) {
     if (n >= 4) return vld1q_u32(p);
     uint32x4_t v = vdupq_n_u32(0);
@@ -59,102 +40,6 @@ INLINE void st_u32(uint32_t* p, uint32x4_t v, int n) {
     uint32_t t[4];
     vst1q_u32(t, v);
     memcpy(p, t, sizeof(uint32_t) * (size_t)n);
-}
-
-/* ---- GEMM, fp32 --------------------------------------------------------------------------------
- * C (M x N) (+)= A B: NEON_MR rows x NEON_NV vectors of 4 columns per register tile; A broadcast
- * from memory (any rsa / csa), B rows read in place. */
-#define NEON_MR 6
-#define NEON_NV 4
-
-#define F_DECL(r) float32x4_t c##r##0 = z, c##r##1 = z, c##r##2 = z, c##r##3 = z
-#define F_LDC(r, v)                                                                                \
-    (v == NV - 1 ? ld_f32(C + r * ldc + 4 * v, last) : vld1q_f32(C + r * ldc + 4 * v))
-#define F_LOADC(r)                                                                                 \
-    if (MR > r && acc) {                                                                           \
-        c##r##0 = F_LDC(r, 0);                                                                     \
-        if (NV > 1) c##r##1 = F_LDC(r, 1);                                                         \
-        if (NV > 2) c##r##2 = F_LDC(r, 2);                                                         \
-        if (NV > 3) c##r##3 = F_LDC(r, 3);                                                         \
-    }
-#define F_STV(r, v) st_f32(C + r * ldc + 4 * v, c##r##v, v == NV - 1 ? last : 4)
-#define F_STC(r)                                                                                   \
-    if (MR > r) {                                                                                  \
-        F_STV(r, 0);                                                                               \
-        if (NV > 1) F_STV(r, 1);                                                                   \
-        if (NV > 2) F_STV(r, 2);                                                                   \
-        if (NV > 3) F_STV(r, 3);                                                                   \
-    }
-#define F_ROW(r)                                                                                   \
-    if (MR > r) {                                                                                  \
-        const float32x4_t x = vld1q_dup_f32(a + r * rsa);                                          \
-        c##r##0 = vfmaq_f32(c##r##0, x, b0);                                                       \
-        if (NV > 1) c##r##1 = vfmaq_f32(c##r##1, x, b1);                                           \
-        if (NV > 2) c##r##2 = vfmaq_f32(c##r##2, x, b2);                                           \
-        if (NV > 3) c##r##3 = vfmaq_f32(c##r##3, x, b3);                                           \
-    }
-/* Loads of B row k: full vectors, the last one with `last` columns (FULL: last = 4). */
-#define F_LDB(v) (v == NV - 1 && !FULL ? ld_f32(B + 4 * v, last) : vld1q_f32(B + 4 * v))
-
-INLINE void mk_f32(const int MR, const int NV, const int FULL, int64_t K, const float* A,
-                   int64_t rsa, int64_t csa, const float* B, int64_t ldb, float* C, int64_t ldc,
-                   int acc, int last) {
-    const float32x4_t z = vdupq_n_f32(0.0f);
-    F_DECL(0);
-    F_DECL(1);
-    F_DECL(2);
-    F_DECL(3);
-    F_DECL(4);
-    F_DECL(5);
-    F_LOADC(0) F_LOADC(1) F_LOADC(2) F_LOADC(3) F_LOADC(4) F_LOADC(5);
-    const float* a = A;
-    for (int64_t k = 0; k < K; k++) {
-        const float32x4_t b0 = F_LDB(0);
-        const float32x4_t b1 = NV > 1 ? F_LDB(1) : b0;
-        const float32x4_t b2 = NV > 2 ? F_LDB(2) : b0;
-        const float32x4_t b3 = NV > 3 ? F_LDB(3) : b0;
-        F_ROW(0) F_ROW(1) F_ROW(2) F_ROW(3) F_ROW(4) F_ROW(5);
-        a += csa;
-        B += ldb;
-    }
-    F_STC(0) F_STC(1) F_STC(2) F_STC(3) F_STC(4) F_STC(5);
-}
-
-typedef void (*mk_f32_fn)(int64_t, const float*, int64_t, int64_t, const float*, int64_t, float*,
-                          int64_t, int, int);
-#define MKF(MR, NV, F)                                                                             \
-    static void mkf_##MR##_##NV##_##F(int64_t K, const float* A, int64_t rsa, int64_t csa,         \
-                                      const float* B, int64_t ldb, float* C, int64_t ldc, int acc, \
-                                      int last) {                                                  \
-        mk_f32(MR, NV, F, K, A, rsa, csa, B, ldb, C, ldc, acc, last);                              \
-    }
-#define MKF_NV(MR, NV) MKF(MR, NV, 0) MKF(MR, NV, 1)
-#define MKF_ROW(MR) MKF_NV(MR, 1) MKF_NV(MR, 2) MKF_NV(MR, 3) MKF_NV(MR, 4)
-MKF_ROW(1)
-MKF_ROW(2)
-MKF_ROW(3)
-MKF_ROW(4)
-MKF_ROW(5)
-MKF_ROW(6)
-#define MKF_T(MR, NV)                                                                              \
-    { mkf_##MR##_##NV##_0, mkf_##MR##_##NV##_1 }
-#define MKF_TAB(MR)                                                                                \
-    { MKF_T(MR, 1), MKF_T(MR, 2), MKF_T(MR, 3), MKF_T(MR, 4) }
-static const mk_f32_fn mkf_tab[NEON_MR][NEON_NV][2] = {MKF_TAB(1), MKF_TAB(2), MKF_TAB(3),
-                                                       MKF_TAB(4), MKF_TAB(5), MKF_TAB(6)};
-
-static void gemm_f32(int64_t M, int64_t N, int64_t K, const float* A, int64_t rsa, int64_t csa,
-                     const float* B, int64_t ldb, float* C, int64_t ldc, int acc) {
-    const int64_t NR = 4 * NEON_NV;
-    for (int64_t n0 = 0; n0 < N; n0 += NR) {
-        const int64_t nn = N - n0 < NR ? N - n0 : NR;
-        const int nv = (int)((nn + 3) / 4), last = (int)(nn - 4 * (nv - 1));
-        for (int64_t m0 = 0; m0 < M; m0 += NEON_MR) {
-            const int mr = (int)(M - m0 < NEON_MR ? M - m0 : NEON_MR);
-            mkf_tab[mr - 1][nv - 1][last == 4](K, A + m0 * rsa, rsa, csa, B + n0, ldb,
-                                               C + m0 * ldc + n0, ldc, acc, last);
-        }
-    }
 }
 
 /* ---- GEMM, bf16 pairs (BFMMLA) -----------------------------------------------------------------
@@ -187,9 +72,9 @@ INLINE uint32x4_t bf_lda(const int KIND, const uint32_t* a, int64_t rsa, int64_t
 #define B_LDQ(i, q, j0, j1)                                                                        \
     if (nn > 4 * q) {                                                                              \
         const int w = nn - 4 * q;                                                                  \
-        const float64x2_t x = vreinterpretq_f64_f32(ld_f32(C + (2 * i) * ldc + 4 * q, w));         \
-        const float64x2_t y =                                                                      \
-            vreinterpretq_f64_f32(MR > 2 * i + 1 ? ld_f32(C + (2 * i + 1) * ldc + 4 * q, w) : z);  \
+        const float64x2_t x = vreinterpretq_f64_f32(cf_vloadt(C + (2 * i) * ldc + 4 * q, w));      \
+        const float64x2_t y = vreinterpretq_f64_f32(                                               \
+            MR > 2 * i + 1 ? cf_vloadt(C + (2 * i + 1) * ldc + 4 * q, w) : z);                     \
         c##i##j0 = vreinterpretq_f32_f64(vzip1q_f64(x, y));                                        \
         c##i##j1 = vreinterpretq_f32_f64(vzip2q_f64(x, y));                                        \
     }
@@ -202,9 +87,9 @@ INLINE uint32x4_t bf_lda(const int KIND, const uint32_t* a, int64_t rsa, int64_t
         const int w = nn - 4 * q;                                                                  \
         const float64x2_t x = vreinterpretq_f64_f32(c##i##j0),                                     \
                           y = vreinterpretq_f64_f32(c##i##j1);                                     \
-        st_f32(C + (2 * i) * ldc + 4 * q, vreinterpretq_f32_f64(vzip1q_f64(x, y)), w);             \
+        cf_vstoret(C + (2 * i) * ldc + 4 * q, w, vreinterpretq_f32_f64(vzip1q_f64(x, y)));         \
         if (MR > 2 * i + 1)                                                                        \
-            st_f32(C + (2 * i + 1) * ldc + 4 * q, vreinterpretq_f32_f64(vzip2q_f64(x, y)), w);     \
+            cf_vstoret(C + (2 * i + 1) * ldc + 4 * q, w, vreinterpretq_f32_f64(vzip2q_f64(x, y))); \
     }
 #define B_STC(i)                                                                                   \
     if (MR > 2 * i) {                                                                              \
@@ -299,13 +184,12 @@ static void gemm_bf16(int64_t M, int64_t N, int64_t P, const uint32_t* A, int64_
  * halves 0-3 (columns n, n+1) and FMLAL2 (high) halves 4-7 (columns n+2, n+3) into fp32 lanes
  * [even k, odd k] per column; one pairwise add per tile folds them at the end. Products of two
  * fp16 are exact in fp32, so this is an fp32-accumulated GEMM on fp16 data. */
-#define H_MR 6
-#define H_NV 2 /* vectors of 4 columns */
+#define H_NV 2 /* vectors of 4 columns (rows: the 6 of gemm_tiles) */
 
 #define H_DECL(r) float32x4_t l##r##0 = z, h##r##0 = z, l##r##1 = z, h##r##1 = z
 #define H_LDV(r, v)                                                                                \
     if (NV > v) {                                                                                  \
-        const float32x4_t x = ld_f32(C + r * ldc + 4 * v, v == NV - 1 ? last : 4);                 \
+        const float32x4_t x = cf_vloadt(C + r * ldc + 4 * v, v == NV - 1 ? last : 4);              \
         l##r##v = vzip1q_f32(x, z);                                                                \
         h##r##v = vzip2q_f32(x, z);                                                                \
     }
@@ -314,7 +198,8 @@ static void gemm_bf16(int64_t M, int64_t N, int64_t P, const uint32_t* A, int64_
         H_LDV(r, 0) H_LDV(r, 1)                                                                    \
     }
 #define H_STV(r, v)                                                                                \
-    if (NV > v) st_f32(C + r * ldc + 4 * v, vpaddq_f32(l##r##v, h##r##v), v == NV - 1 ? last : 4);
+    if (NV > v)                                                                                    \
+        cf_vstoret(C + r * ldc + 4 * v, v == NV - 1 ? last : 4, vpaddq_f32(l##r##v, h##r##v));
 #define H_STC(r)                                                                                   \
     if (MR > r) {                                                                                  \
         H_STV(r, 0) H_STV(r, 1)                                                                    \
@@ -354,165 +239,21 @@ TFHM INLINE void mk_f16(const int MR, const int NV, const int FULL, int64_t P, c
     H_STC(0) H_STC(1) H_STC(2) H_STC(3) H_STC(4) H_STC(5);
 }
 
-typedef void (*mk_f16_fn)(int64_t, const uint32_t*, int64_t, int64_t, const uint32_t*, int64_t,
-                          float*, int64_t, int, int);
-#define MKH(MR, NV, F)                                                                             \
-    TFHM static void mkh_##MR##_##NV##_##F(int64_t P, const uint32_t* A, int64_t rsa, int64_t csa, \
-                                           const uint32_t* B, int64_t ldb, float* C, int64_t ldc,  \
-                                           int acc, int last) {                                    \
-        mk_f16(MR, NV, F, P, A, rsa, csa, B, ldb, C, ldc, acc, last);                              \
-    }
-#define MKH_ROW(MR) MKH(MR, 1, 0) MKH(MR, 1, 1) MKH(MR, 2, 0) MKH(MR, 2, 1)
-MKH_ROW(1)
-MKH_ROW(2)
-MKH_ROW(3)
-MKH_ROW(4)
-MKH_ROW(5)
-MKH_ROW(6)
-#define MKH_TAB(MR)                                                                                \
-    {                                                                                              \
-        {mkh_##MR##_1_0, mkh_##MR##_1_1}, {                                                        \
-            mkh_##MR##_2_0, mkh_##MR##_2_1                                                         \
-        }                                                                                          \
-    }
-static const mk_f16_fn mkh_tab[H_MR][H_NV][2] = {MKH_TAB(1), MKH_TAB(2), MKH_TAB(3),
-                                                 MKH_TAB(4), MKH_TAB(5), MKH_TAB(6)};
+CF_MK_DEFINE(TFHM, mkh, mk_f16, uint32_t, 2)
 
 static void gemm_f16(int64_t M, int64_t N, int64_t P, const uint32_t* A, int64_t rsa, int64_t csa,
                      const uint32_t* B, int64_t ldb, float* C, int64_t ldc, int acc) {
-    const int64_t NR = 4 * H_NV;
-    for (int64_t n0 = 0; n0 < N; n0 += NR) {
-        const int64_t nn = N - n0 < NR ? N - n0 : NR;
-        const int nv = (int)((nn + 3) / 4), last = (int)(nn - 4 * (nv - 1));
-        for (int64_t m0 = 0; m0 < M; m0 += H_MR) {
-            const int mr = (int)(M - m0 < H_MR ? M - m0 : H_MR);
-            mkh_tab[mr - 1][nv - 1][last == 4](P, A + m0 * rsa, rsa, csa, B + n0, ldb,
-                                               C + m0 * ldc + n0, ldc, acc, last);
-        }
-    }
+    gemm_tiles(mkh_tab, H_NV, M, N, P, A, rsa, csa, B, ldb, C, ldc, acc);
 }
 
-/* ---- Softmax pieces ----------------------------------------------------------------------------
- */
-
-/* 2^x for x <= 0: 2^round(x) * p(x - round(x)) (degree-7 polynomial, as cpu-avx2); x < -126 and
- * -inf give 0, NaN stays NaN (FMAX and FRINTN propagate it; the final mask is false for NaN). */
-INLINE float32x4_t exp2_ps(float32x4_t x) {
-    const float32x4_t lo = vdupq_n_f32(-126.0f);
-    const uint32x4_t below = vcltq_f32(x, lo);
-    const float32x4_t xc = vmaxq_f32(x, lo);
-    const float32x4_t n = vrndnq_f32(xc);
-    const float32x4_t f = vsubq_f32(xc, n);
-    float32x4_t p = vdupq_n_f32(1.5252733e-5f);
-    p = vfmaq_f32(vdupq_n_f32(1.5403530e-4f), p, f);
-    p = vfmaq_f32(vdupq_n_f32(1.3333558e-3f), p, f);
-    p = vfmaq_f32(vdupq_n_f32(9.6181291e-3f), p, f);
-    p = vfmaq_f32(vdupq_n_f32(5.5504109e-2f), p, f);
-    p = vfmaq_f32(vdupq_n_f32(2.4022651e-1f), p, f);
-    p = vfmaq_f32(vdupq_n_f32(6.9314718e-1f), p, f);
-    p = vfmaq_f32(vdupq_n_f32(1.0f), p, f);
-    const int32x4_t e = vshlq_n_s32(vaddq_s32(vcvtq_s32_f32(n), vdupq_n_s32(127)), 23);
-    const float32x4_t r = vmulq_f32(p, vreinterpretq_f32_s32(e));
-    return vreinterpretq_f32_u32(vbicq_u32(vreinterpretq_u32_f32(r), below));
-}
-
-static void scale_max_cols(float* x, int64_t n, float s, float* mx) {
-    for (int64_t i = 0; i < n; i += 4) {
-        const int w = (int)(n - i);
-        const float32x4_t v = vmulq_n_f32(ld_f32(x + i, w), s);
-        st_f32(x + i, v, w);
-        st_f32(mx + i, vmaxq_f32(ld_f32(mx + i, w), v), w);
-    }
-}
-
-#define LOG2E 1.4426950408889634f
-
-/* exp(x - m) as exp2((x - m) * log2 e), the difference first (see exp_cols in attn_cpu.h). */
-static void exp_cols(float* x, int64_t n, const float* mu, float* sum) {
-    for (int64_t i = 0; i < n; i += 4) {
-        const int w = (int)(n - i);
-        const float32x4_t e =
-            exp2_ps(vmulq_n_f32(vsubq_f32(ld_f32(x + i, w), ld_f32(mu + i, w)), LOG2E));
-        st_f32(x + i, e, w);
-        if (sum) st_f32(sum + i, vaddq_f32(ld_f32(sum + i, w), e), w);
-    }
-}
-
-static void exp_row(float* x, int64_t n, float b) {
-    const float32x4_t vb = vdupq_n_f32(b);
-    for (int64_t i = 0; i < n; i += 4) {
-        const int w = (int)(n - i);
-        st_f32(x + i, exp2_ps(vmulq_n_f32(vsubq_f32(ld_f32(x + i, w), vb), LOG2E)), w);
-    }
-}
-
-static void ds_row(float* ds, const float* p, const float* dp, int64_t n, float dl, float sc) {
-    const float32x4_t vd = vdupq_n_f32(dl);
-    for (int64_t i = 0; i < n; i += 4) {
-        const int w = (int)(n - i);
-        const float32x4_t d = vsubq_f32(ld_f32(dp + i, w), vd);
-        st_f32(ds + i, vmulq_n_f32(vmulq_f32(ld_f32(p + i, w), d), sc), w);
-    }
-}
-
-static void ds_cols(float* ds, const float* p, const float* dp, int64_t n, const float* dl,
-                    float sc) {
-    for (int64_t i = 0; i < n; i += 4) {
-        const int w = (int)(n - i);
-        const float32x4_t d = vsubq_f32(ld_f32(dp + i, w), ld_f32(dl + i, w));
-        st_f32(ds + i, vmulq_n_f32(vmulq_f32(ld_f32(p + i, w), d), sc), w);
-    }
-}
-
-/* ---- dtype conversion and pair packing (vector body, portable tail) ------------------------- */
-
-/* fp32 -> bf16 bits in the low half of each lane: round to nearest even, NaN kept quiet (as
- * cf_f32_to_bf16). */
-INLINE uint32x4_t bf16_round(float32x4_t v) {
-    const uint32x4_t u = vreinterpretq_u32_f32(v);
-    const uint32x4_t lsb = vandq_u32(vshrq_n_u32(u, 16), vdupq_n_u32(1));
-    const uint32x4_t r = vshrq_n_u32(vaddq_u32(vaddq_u32(u, vdupq_n_u32(0x7fff)), lsb), 16);
-    const uint32x4_t qn = vorrq_u32(vshrq_n_u32(u, 16), vdupq_n_u32(0x40));
-    const uint32x4_t nan = vmvnq_u32(vceqq_f32(v, v));
-    return vbslq_u32(nan, qn, r);
-}
-
-static void to_f32(float* dst, const void* src, cf_dtype dt, int64_t n) {
-    if (dt == CF_F32) {
-        memcpy(dst, src, sizeof(float) * (size_t)n);
-        return;
-    }
-    const uint16_t* s = src;
-    int64_t i = 0;
-    for (; i + 4 <= n; i += 4) {
-        const uint16x4_t h = vld1_u16(s + i);
-        vst1q_f32(dst + i, dt == CF_F16 ? vcvt_f32_f16(vreinterpret_f16_u16(h))
-                                        : vreinterpretq_f32_u32(vshll_n_u16(h, 16)));
-    }
-    cf_attn_generic_to_f32(dst + i, s + i, dt, n - i);
-}
-
-static void from_f32(void* dst, const float* src, cf_dtype dt, int64_t n) {
-    if (dt == CF_F32) {
-        memcpy(dst, src, sizeof(float) * (size_t)n);
-        return;
-    }
-    uint16_t* d = dst;
-    int64_t i = 0;
-    for (; i + 4 <= n; i += 4) {
-        const float32x4_t v = vld1q_f32(src + i);
-        vst1_u16(d + i,
-                 dt == CF_F16 ? vreinterpret_u16_f16(vcvt_f16_f32(v)) : vmovn_u32(bf16_round(v)));
-    }
-    cf_attn_generic_from_f32(d + i, src + i, dt, n - i);
-}
+/* ---- Pair packing (the bf16 and fp16 products' operands) ---------------------------------- */
 
 /* dst[i] = bf16(lo[i]) | bf16(hi[i]) << 16. */
 static void pack_pairs_f32(uint32_t* dst, const float* lo, const float* hi, int64_t n) {
     for (int64_t i = 0; i < n; i += 4) {
         const int w = (int)(n - i);
-        const uint32x4_t l = bf16_round(ld_f32(lo + i, w));
-        const uint32x4_t h = hi ? bf16_round(ld_f32(hi + i, w)) : vdupq_n_u32(0);
+        const uint32x4_t l = cf_vround_bf16(cf_vloadt(lo + i, w));
+        const uint32x4_t h = hi ? cf_vround_bf16(cf_vloadt(hi + i, w)) : vdupq_n_u32(0);
         const uint32x4_t v = vsliq_n_u32(l, h, 16);
         st_u32(dst + i, v, w);
     }
@@ -522,9 +263,9 @@ static void pack_pairs_f32(uint32_t* dst, const float* lo, const float* hi, int6
 static void pack_pairs_f16(uint32_t* dst, const float* lo, const float* hi, int64_t n) {
     for (int64_t i = 0; i < n; i += 4) {
         const int w = (int)(n - i);
-        const uint16x4_t l = vreinterpret_u16_f16(vcvt_f16_f32(ld_f32(lo + i, w)));
+        const uint16x4_t l = vreinterpret_u16_f16(vcvt_f16_f32(cf_vloadt(lo + i, w)));
         const uint16x4_t h =
-            hi ? vreinterpret_u16_f16(vcvt_f16_f32(ld_f32(hi + i, w))) : vdup_n_u16(0);
+            hi ? vreinterpret_u16_f16(vcvt_f16_f32(cf_vloadt(hi + i, w))) : vdup_n_u16(0);
         const uint32x4_t v = vreinterpretq_u32_u16(vcombine_u16(vzip1_u16(l, h), vzip2_u16(l, h)));
         st_u32(dst + i, v, w);
     }
