@@ -450,12 +450,6 @@ typedef struct cflash_kvcache_params {
     const DLTensor* k_scales; /* int8: fp32 per (token, head): (B_cache, S_cache, Hk) or
                                  (num_pages, page_size, Hk), written for appended rows */
     const DLTensor* v_scales;
-    /* -- B: attention sinks (gpt-oss; FA4 learnable_sink) -- */
-    const DLTensor* sinks; /* NULL or fp32 [H] on q's device, as cflash_attn_params.sinks (which
-                              the KV-cache call refuses): per query head a logit that joins
-                              each row's softmax denominator (exp(sink)) and carries no value,
-                              in the units of the scaled score; lse includes it (FA4); a row
-                              that sees no key: out 0, lse = sink */
 } cflash_kvcache_params;
 
 /* Quantized KV caches (cflash_kvcache_params.cache_quant): the caches hold 8-bit codes; q,

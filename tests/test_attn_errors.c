@@ -565,7 +565,8 @@ static void test_features(void) {
     }
 }
 
-/* The KV-cache call takes none of issue 13's features but... (see cf_attn_kvcache_features). */
+/* The KV-cache call takes sinks but not dsinks, masks, block lists or chunks (see
+ * cf_attn_kvcache_features). */
 static void test_kvcache_refuses(void) {
     cflash_kvcache_params kp;
     cflash_kvcache_params_init(&kp);
@@ -574,7 +575,7 @@ static void test_kvcache_refuses(void) {
         const char* want;
         int f;
     } cases[] = {
-        {"sinks: given to the KV-cache call, expected NULL", 0},
+        {"dsinks: given to the KV-cache call, expected NULL (a backward output)", 0},
         {"attn_bias: given to the KV-cache call, expected NULL", 1},
         {"attn_mask: given to the KV-cache call, expected NULL", 2},
         {"block_kv_num: given to the KV-cache call, expected NULL", 3},
@@ -585,7 +586,7 @@ static void test_kvcache_refuses(void) {
     CHECK_OK(cflash_attn_kvcache_fwd(NULL, &A.p, &kp, t[Q], t[K], t[V], t[OUT], t[LSE]));
     for (int i = 0; i < 5; i++) {
         reset(&A, 0);
-        if (cases[i].f == 0) A.p.sinks = &xt[SINKS].dl;
+        if (cases[i].f == 0) A.p.dsinks = &xt[DSINKS].dl;
         if (cases[i].f == 1) A.p.attn_bias = &xt[BIAS].dl;
         if (cases[i].f == 2) A.p.attn_mask = &xt[MASK].dl;
         if (cases[i].f == 3) A.p.block_kv_num = &xt[BNUM].dl;

@@ -480,7 +480,7 @@ static void params(const kprob* p, cflash_attn_params* ap, cflash_kvcache_params
     kp->v_descale = p->vds.base ? &p->vds.dl : NULL;
     kp->k_scales = p->ks.base ? &p->ks.dl : NULL;
     kp->v_scales = p->vs.base ? &p->vs.dl : NULL;
-    kp->sinks = c->x.sinks ? &p->sinks.dl : NULL;
+    ap->sinks = c->x.sinks ? &p->sinks.dl : NULL;
 }
 
 /* The codes (and int8 scale) a call wrote for new row t of batch b, KV head hk at (pg, row),
@@ -1325,7 +1325,7 @@ static void test_sinks_errors(void) {
     (!memcmp(p.kc.base, p.kc0.base, p.kc.bytes) && !memcmp(p.vc.base, p.vc0.base, p.vc.bytes) &&   \
      tt_count_nan(&p.out) == p.out.numel)
 #define CALL_WITH(t, msg)                                                                          \
-    kp.sinks = &(t);                                                                               \
+    ap.sinks = &(t);                                                                               \
     CHECK_ERR(                                                                                     \
         cflash_attn_kvcache_fwd(NULL, &ap, &kp, &p.q.dl, &p.kc.dl, &p.vc.dl, &p.out.dl, NULL),     \
         CFLASH_ERR_INVALID_ARGUMENT, msg);                                                         \

@@ -198,7 +198,6 @@ class cflash_kvcache_params(_c.Structure):
         ("v_descale", _c.POINTER(DLTensor)),  # const DLTensor*
         ("k_scales", _c.POINTER(DLTensor)),  # const DLTensor*
         ("v_scales", _c.POINTER(DLTensor)),  # const DLTensor*
-        ("sinks", _c.POINTER(DLTensor)),  # const DLTensor*
     ]
 
 

@@ -331,8 +331,8 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
       scale per cached row and head: value = code * scale; appended rows write theirs.
     cache_quant: None (from the caches' dtype), "none", "fp8_e4m3", "fp8_e5m2" or "int8". The
     append rounds to nearest even (fp8 saturates). q_descale (FA3's fp8 q) is refused: q is float.
-    attention_chunk and learnable_sink go to the library, whose KV-cache call refuses them for
-    now (flash_attn_func / flash_attn_varlen_func take both)."""
+    learnable_sink (nheads,) float32 as in flash_attn_func (no backward here). attention_chunk goes to
+    the library, whose KV-cache call refuses it for now (flash_attn_func takes it)."""
     if page_table is not None:
         if block_table is not None:
             raise ValueError("page_table: given with block_table (the same argument, FA3's and FA2's name); "

@@ -362,9 +362,8 @@ static cflash_status check_features(cf_attn_call* c, const cflash_attn_params* p
 }
 
 cflash_status cf_attn_kvcache_features(const cflash_attn_params* p) {
-    CFLASH_RETURN_IF(p->sinks, INVALID,
-                     "sinks: given to the KV-cache call, expected NULL in cflash_attn_params (the "
-                     "KV-cache call takes them as cflash_kvcache_params.sinks)");
+    CFLASH_RETURN_IF(p->dsinks, INVALID,
+                     "dsinks: given to the KV-cache call, expected NULL (a backward output)");
     CFLASH_RETURN_IF(p->attn_bias || p->attn_mask, INVALID,
                      "%s: given to the KV-cache call, expected NULL (batch attention calls only)",
                      p->attn_bias ? "attn_bias" : "attn_mask");

@@ -248,9 +248,9 @@ static cflash_status kvcache_fwd(cflash_context* ctx, const cflash_attn_params* 
     a->Dv = c.vc.shape[3];
     CFLASH_RETURN_IF(a->Dv < 1, INVALID, "v_cache: head dim Dv = 0, expected >= 1");
     CFLASH_FORWARD_IF_ERROR(check_attn(a, p));
-    if (kp->sinks) {
+    if (p->sinks) {
         float* f;
-        CFLASH_FORWARD_IF_ERROR(cf_attn_check_heads_f32(kp->sinks, "sinks", a, &f));
+        CFLASH_FORWARD_IF_ERROR(cf_attn_check_heads_f32(p->sinks, "sinks", a, &f));
         a->sinks = f;
     }
     CFLASH_FORWARD_IF_ERROR(check_quant(&c, kp));

@@ -165,6 +165,36 @@ def test_learnable_sink_refusals():
         cflash.flash_attn_func(q, q, q, learnable_sink=np.zeros(3, np.float32))
 
 
+# ---- learnable_sink in the KV-cache call (gpt-oss decode): appended rows, GQA, window, splits ----
+
+@pytest.mark.parametrize("case", [(2, 1, 37, 3, 8, 2, 64, -1, 0), (1, 4, 90, 2, 4, 4, 32, 20, 3),
+                                  (3, 1, 0, 1, 4, 1, 16, -1, 1)],
+                         ids=lambda c: "B%d-Sq%d-L%d-Sn%d-H%d-Hk%d-D%d-w%d-split%d" % c)
+def test_learnable_sink_kvcache(case, rng):
+    B, Sq, L, Sn, H, Hk, D, wl, splits = case
+    gen = torch.Generator().manual_seed(int(rng.integers(1 << 31)))
+    S_cache = L + Sn + 5
+    kc, vc = torch.randn(B, S_cache, Hk, D, generator=gen), torch.randn(B, S_cache, Hk, D, generator=gen)
+    q, kn, vn, sink = _inputs(gen, B, Sq, Sn, H, Hk, D, D)
+    sink[0] = 8.0  # one head's sink dominates its rows
+    kc[:, L:], vc[:, L:] = float("nan"), float("nan")  # the append must write these rows
+    k_all = torch.cat([kc[:, :L], kn], dim=1)
+    v_all = torch.cat([vc[:, :L], vn], dim=1)
+    out, lse = cflash.flash_attn_with_kvcache(q, kc, vc, kn, vn, cache_seqlens=L, causal=True, window_size=(wl, 0),
+                                              num_splits=splits, return_softmax_lse=True, learnable_sink=sink)
+    scale = D ** -0.5
+    Sk = L + Sn
+    ok = torch.ones(Sq, Sk, dtype=torch.bool).tril(Sk - Sq)
+    if wl >= 0:
+        ok = ok & ~torch.ones(Sq, Sk, dtype=torch.bool).tril(Sk - Sq - wl - 1)
+    mask = ok.expand(B, H, Sq, Sk)
+    ro, rl = ref_attn(q.double(), k_all.double(), v_all.double(), scale, sink=sink.double(), mask=mask)
+    no, nl = ref_attn(q, k_all, v_all, scale, sink=sink, mask=mask)
+    check_rule("out", out.numpy(), ro.numpy(), no.numpy(), "float32")
+    check_rule("lse", lse.numpy(), rl.numpy(), nl.numpy(), "float32")
+    assert torch.equal(kc[:, L:L + Sn], kn) and torch.equal(vc[:, L:L + Sn], vn)
+
+
 # ---- attention_chunk (Llama 4), alone and with causal, sinks, GQA ----
 
 # (B, Sq, Sk, H, Hk, D, causal, chunk, sink)
