@@ -1,5 +1,6 @@
 /* Helpers shared by the op tests: backends to run, error comparison, the error rule's bound. */
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -77,7 +78,8 @@ double ops_round(cflash_dtype d, double x) {
 
 /* ---- Quantized KV caches ------------------------------------------------------------------ */
 
-double ops_fp8_value(uint8_t code, int e5m2) {
+/* The definition (OCP fp8); ops_fp8_value reads it from a table filled once. */
+static double fp8_value_def(uint8_t code, int e5m2) {
     const double sign = code & 0x80 ? -1.0 : 1.0;
     if (e5m2) {
         const int e = (code >> 2) & 31, m = code & 3;
@@ -89,17 +91,41 @@ double ops_fp8_value(uint8_t code, int e5m2) {
     return sign * (e ? ldexp(8 + m, e - 10) : ldexp(m, -9));
 }
 
+/* Every code's value, from fp8_value_def once (computing it per call, ldexp included, was half
+ * of test_kvcache's time under qemu). */
+static double fp8_val[2][256];
+static pthread_once_t fp8_once = PTHREAD_ONCE_INIT;
+static void fp8_fill(void) {
+    for (int f = 0; f < 2; f++)
+        for (int c = 0; c < 256; c++)
+            fp8_val[f][c] = fp8_value_def((uint8_t)c, f);
+}
+
+double ops_fp8_value(uint8_t code, int e5m2) {
+    pthread_once(&fp8_once, fp8_fill);
+    return fp8_val[e5m2 ? 1 : 0][code];
+}
+
 uint8_t ops_fp8_code(float x, int e5m2) {
     if (x != x) return 0x7f;
     const double ax = fabs((double)x);
     if (isinf(x)) return (uint8_t)((e5m2 ? 0x7b : 0x7e) | (signbit(x) ? 0x80 : 0)); /* saturate */
-    int best = 0;
-    double bd = INFINITY;
-    for (int c = 0; c < 128; c++) { /* the magnitudes; finite ones only */
-        const double v = ops_fp8_value((uint8_t)c, e5m2);
-        if (!isfinite(v)) continue;
-        const double d = fabs(v - ax);
-        if (d < bd || (d == bd && !(c & 1))) bd = d, best = c;
+    pthread_once(&fp8_once, fp8_fill);
+    /* codes 0 .. n - 1 are the finite magnitudes, increasing (e4m3fn: 127 is NaN; e5m2: 124 is
+     * infinity, 125 .. 127 NaN): bisect for mag[lo] <= ax < mag[lo + 1], then the nearer of the
+     * two, ties to the even code; beyond the largest, the largest (saturation). */
+    const double* mag = fp8_val[e5m2 ? 1 : 0];
+    const int n = e5m2 ? 124 : 127;
+    int best = n - 1;
+    if (ax < mag[n - 1]) {
+        int lo = 0, hi = n - 1; /* mag[lo] <= ax < mag[hi] */
+        while (hi - lo > 1) {
+            const int mid = (lo + hi) / 2;
+            if (mag[mid] <= ax) lo = mid;
+            else hi = mid;
+        }
+        const double d0 = ax - mag[lo], d1 = mag[hi] - ax;
+        best = d0 < d1 ? lo : d1 < d0 ? hi : (lo & 1 ? hi : lo);
     }
     return (uint8_t)(best | (signbit(x) ? 0x80 : 0));
 }

@@ -36,7 +36,7 @@ double ops_round(cflash_dtype d, double x);
 /* The value of an fp8 code (e5m2 1: e5m2, else e4m3fn): NaN for NaN codes, +-inf for e5m2's. */
 double ops_fp8_value(uint8_t code, int e5m2);
 /* The code whose value is nearest to x, ties to the even code, saturating to the largest finite
- * value (infinities too), NaN for NaN: found by search over the 256 codes. */
+ * value (infinities too), NaN for NaN: found by bisection over the codes' values. */
 uint8_t ops_fp8_code(float x, int e5m2);
 /* The int8 codes of a row (per the header: scale = max|x| / 127 in fp32, code = x / scale
  * rounded to nearest even) and its scale. */
