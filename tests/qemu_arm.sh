@@ -6,6 +6,9 @@
 # SVE (`max,sve=off`) and on a NEON-only core (Cortex-A72: no fp16 arithmetic, no bf16), the probe,
 # the report and cpu-neon's tests (cpu-sve must refuse there, with its reason). The grids run
 # reduced (CFLASH_TEST_LEVEL=-1): kernels and the fp64 oracle are emulated, tens of times slower.
+# The tests that loop over backends check the ARM kernels (cpu-neon, cpu-sve) alone: cpu-ref and
+# cpu-generic are portable C that the x86 stages run under gcc, clang and ASan (test_attn_ref
+# still runs cpu-ref here, and the probe / report / README example run through auto).
 # Usage: qemu_arm.sh BUILD_DIR [JOBS]
 set -uf # -f: the ctest regexes below are expanded unquoted, never as file globs
 build=$1 jobs=${2:-2}
@@ -32,7 +35,7 @@ kernels='test_attn_backends|test_kvcache|test_norm|test_rotary|test_merge'
 fail=""
 # name;QEMU_CPU;ctest selection;CFLASH_TEST_BACKENDS;features the probe must see;SVE bytes
 for model in \
-    "max;max;-E $exclude;;+asimd +fphp +asimdhp +asimdfhm +asimddp +bf16 +i8mm +sve +sve2 +svebf16 +sme;" \
+    "max;max;-E $exclude;cpu-neon cpu-sve;+asimd +fphp +asimdhp +asimdfhm +asimddp +bf16 +i8mm +sve +sve2 +svebf16 +sme;" \
     "sve128;max,sve-default-vector-length=16;-R ^(test_probe|test_report|$kernels)\$;cpu-sve;+sve;16" \
     "sve2048;max,sve-default-vector-length=256;-R ^(test_probe|test_report|$kernels)\$;cpu-sve;+sve;256" \
     "nosve;max,sve=off;-R ^(test_probe|test_report|test_attn_backends|test_kvcache)\$;cpu-sve cpu-neon;+asimd +fphp +asimdhp +asimdfhm +bf16 +i8mm -sve -sve2 -sme;0" \

@@ -29,6 +29,18 @@ static const char* const attn_backends[] = {"cpu-amx", NULL};
 static const char* const attn_backends[] = {"cpu-ref", "cpu-generic", "cpu-avx2", "cpu-avx512",
                                             "cpu-amx", "cpu-neon",    "cpu-sve",  NULL};
 #endif
+/* The backends CFLASH_TEST_BACKENDS selects (all when unset): make test-arm checks the ARM
+ * kernels alone on qemu's full model (the portable C backends run on x86 in every build). */
+static const char* attn_sel[8];
+static const char* ops_sel[8];
+static void select_backends(void) {
+    int n = 0;
+    for (int i = 0; attn_backends[i] && n < 7; i++)
+        if (tt_backend_selected(attn_backends[i])) attn_sel[n++] = attn_backends[i];
+    n = 0;
+    for (int i = 0; ops_backends[i] && n < 7; i++)
+        if (tt_backend_selected(ops_backends[i])) ops_sel[n++] = ops_backends[i];
+}
 static const cf_dtype dtypes[3] = {CF_F32, CF_F16, CF_BF16};
 
 /* |x - base| within a few units of the dtype (a NaN-free result next to a clean run: the same
@@ -53,22 +65,22 @@ static void norm_bwd_threads(void) {
     cflash_norm_params p;
     cflash_norm_params_init(&p);
     p.type = CFLASH_NORM_LAYER;
-    for (int bi = 0; ops_backends[bi]; bi++) {
+    for (int bi = 0; ops_sel[bi]; bi++) {
         const int threads[5] = {1, 2, 3, 4, 7};
         for (int ti = 0; ti < 5; ti++) {
-            cflash_context* ctx = ops_context(ops_backends[bi], threads[ti]);
+            cflash_context* ctx = ops_context(ops_sel[bi], threads[ti]);
             tt_tensor* pw = ti ? &dw : &dw1;
             tt_tensor* pb = ti ? &db : &db1;
             cflash_status s = cflash_norm_bwd(ctx, &p, &dy.dl, &x.dl, &w.dl, &b.dl, NULL, NULL,
                                               NULL, &dx.dl, &pw->dl, &pb->dl, NULL);
             cflash_context_free(ctx);
-            if (ops_backend_skips(ops_backends[bi], "norm_bwd", s)) break;
-            CHECK_MSG(s == CFLASH_OK, "%s: %s", ops_backends[bi], cflash_last_error());
+            if (ops_backend_skips(ops_sel[bi], "norm_bwd", s)) break;
+            CHECK_MSG(s == CFLASH_OK, "%s: %s", ops_sel[bi], cflash_last_error());
             if (ti)
                 CHECK_MSG(!memcmp(dw.base, dw1.base, dw.bytes) &&
                               !memcmp(db.base, db1.base, db.bytes),
                           "%s: norm_bwd dweight/dbias with %d threads differ from 1 thread",
-                          ops_backends[bi], threads[ti]);
+                          ops_sel[bi], threads[ti]);
         }
     }
     tt_free(&x), tt_free(&dy), tt_free(&w), tt_free(&b), tt_free(&dx), tt_free(&dw);
@@ -95,10 +107,10 @@ static int64_t nonfinite(const tt_tensor* t) {
  * every result finite, out and dv at the fp64 oracle's (one-hot: exact up to rounding); dq and dk
  * (0 in exact arithmetic) finite. */
 static void huge_magnitudes(void) {
-    for (int bi = 0; attn_backends[bi]; bi++)
+    for (int bi = 0; attn_sel[bi]; bi++)
         for (int di = 0; di < 3; di++)
             for (int causal = 0; causal <= 1; causal++) {
-                const char* be = attn_backends[bi];
+                const char* be = attn_sel[bi];
                 attn_case c;
                 attn_case_init(&c);
                 c.B = 1, c.H = 2, c.Hk = 1, c.Sq = 16, c.Sk = 40, c.D = 32, c.Dv = 32;
@@ -372,7 +384,7 @@ static void attn_nonfinite(void) {
         {"NaN in k at key 0", 1, 0, 0, 0, NAN},
     };
     int cases = 0;
-    for (int bi = 0; attn_backends[bi]; bi++)
+    for (int bi = 0; attn_sel[bi]; bi++)
         for (int di = 0; di < 3; di++)
             for (int si = 0; si < 4; si++)
                 for (size_t ii = 0; ii < sizeof inj / sizeof inj[0]; ii++) {
@@ -381,7 +393,7 @@ static void attn_nonfinite(void) {
                     c.seed = 300 + (uint64_t)(si * 10 + di);
                     const inject* x = &inj[ii];
                     if (x->s >= (x->tensor == 1 || x->tensor == 2 ? c.Sk : c.Sq)) continue;
-                    cases += attn_nonfinite_case(attn_backends[bi], &c, x);
+                    cases += attn_nonfinite_case(attn_sel[bi], &c, x);
                 }
     printf("non-finite attention inputs: %d cases\n", cases);
 }
@@ -389,7 +401,7 @@ static void attn_nonfinite(void) {
 /* Dropout does not hide a NaN: a dropped weight is 0, and 0 * NaN is NaN as in a naive
  * computation (dropout(P) V); every backend alike. */
 static void attn_nan_dropout(void) {
-    for (int bi = 0; attn_backends[bi]; bi++) {
+    for (int bi = 0; attn_sel[bi]; bi++) {
         attn_case c;
         attn_case_init(&c);
         c.B = 1, c.H = 2, c.Hk = 2, c.Sq = 40, c.Sk = 50, c.D = 8, c.Dv = 8, c.dropout_p = 0.5f;
@@ -398,10 +410,10 @@ static void attn_nan_dropout(void) {
         const int64_t idx[4] = {0, 10, 0, 3};
         tt_set(&p->v, idx, NAN);
         attn_problem_refresh_inputs(p);
-        cflash_context* ctx = ops_context(attn_backends[bi], 2);
+        cflash_context* ctx = ops_context(attn_sel[bi], 2);
         cflash_status s = attn_problem_run_fwd(ctx, p);
         cflash_context_free(ctx);
-        if (ops_backend_skips(attn_backends[bi], "attn", s)) {
+        if (ops_backend_skips(attn_sel[bi], "attn", s)) {
             attn_problem_free(p);
             continue;
         }
@@ -411,7 +423,7 @@ static void attn_nan_dropout(void) {
             all &= bad4(&p->out, 0, i, 0, 3) && !bad4(&p->out, 0, i, 0, 2) &&
                    !bad4(&p->out, 0, i, 1, 3);
         CHECK_MSG(all, "%s: NaN in v with dropout: expected column 3 of head 0 NaN in every row",
-                  attn_backends[bi]);
+                  attn_sel[bi]);
         attn_problem_free(p);
     }
 }
@@ -501,14 +513,14 @@ static void attn_nonfinite_masks(void) {
             int modelled = 0;
             char name[200];
             attn_case_str(&c, name, sizeof name);
-            for (int bi = 0; attn_backends[bi]; bi++) {
-                cflash_context* ctx = ops_context(attn_backends[bi], 2);
+            for (int bi = 0; attn_sel[bi]; bi++) {
+                cflash_context* ctx = ops_context(attn_sel[bi], 2);
                 cflash_status s = attn_problem_run_bwd(ctx, base);
-                if (ops_backend_skips(attn_backends[bi], "attn", s)) {
+                if (ops_backend_skips(attn_sel[bi], "attn", s)) {
                     cflash_context_free(ctx);
                     continue;
                 }
-                CHECK_MSG(s == CFLASH_OK, "%s: %s", attn_backends[bi], cflash_last_error());
+                CHECK_MSG(s == CFLASH_OK, "%s: %s", attn_sel[bi], cflash_last_error());
                 CHECK_OK(attn_problem_run_bwd(ctx, p));
                 cflash_context_free(ctx);
                 if (!modelled) {
@@ -519,9 +531,9 @@ static void attn_nonfinite_masks(void) {
                 int seen = 0;
                 const int ok = rows_like_model(p, base, &p->out, &base->out, o, Dv, "out", &seen) &&
                                rows_like_model(p, base, &p->dq, &base->dq, dq, D, "dq", NULL);
-                CHECK_MSG(ok, "%s %s: %s", attn_backends[bi], name, row_msg);
+                CHECK_MSG(ok, "%s %s: %s", attn_sel[bi], name, row_msg);
                 CHECK_MSG(seen > 0, "%s %s: no row sees the NaN key (the case tests nothing)",
-                          attn_backends[bi], name);
+                          attn_sel[bi], name);
                 cases++;
             }
             free(o), free(l), free(dq), free(dk), free(dv);
@@ -622,12 +634,12 @@ static void kv_nonfinite(void) {
         {"NaN in k at 0", 1, 0, 0, 7},
     };
     int cases = 0;
-    for (int bi = 0; ops_backends[bi]; bi++)
+    for (int bi = 0; ops_sel[bi]; bi++)
         for (int di = 0; di < 3; di++)
             for (int shape = 0; shape < 2; shape++)
                 for (int splits = 1; splits <= 3; splits += 2)
                     for (size_t ii = 0; ii < sizeof inj / sizeof inj[0]; ii++)
-                        cases += kv_nonfinite_case(ops_backends[bi], dtypes[di], shape, splits,
+                        cases += kv_nonfinite_case(ops_sel[bi], dtypes[di], shape, splits,
                                                    &inj[ii]);
     printf("non-finite KV-cache inputs: %d cases\n", cases);
 }
@@ -637,7 +649,7 @@ static void kv_nonfinite(void) {
 static void merge_nonfinite(void) {
     const int64_t os[5] = {3, 1, 4, 2, 8}, ls[4] = {3, 1, 2, 4}, oo[4] = {1, 4, 2, 8};
     const int64_t lo[3] = {1, 2, 4};
-    for (int bi = 0; ops_backends[bi]; bi++) {
+    for (int bi = 0; ops_sel[bi]; bi++) {
         tt_tensor op, lp, out, lse, out0, lse0;
         tt_alloc(&op, CF_F32, 5, os, TT_DENSE), tt_alloc(&lp, CF_F32, 4, ls, TT_DENSE);
         tt_alloc(&out, CF_F32, 4, oo, TT_DENSE), tt_alloc(&lse, CF_F32, 3, lo, TT_DENSE);
@@ -645,9 +657,9 @@ static void merge_nonfinite(void) {
         tt_random(&op, 1, -1, 1), tt_random(&lp, 2, -3, 3);
         const int64_t minf[4] = {2, 0, 1, 2};
         tt_set(&lp, minf, -INFINITY);
-        cflash_context* ctx = ops_context(ops_backends[bi], 1);
+        cflash_context* ctx = ops_context(ops_sel[bi], 1);
         cflash_status s = cflash_attn_merge(ctx, &op.dl, &lp.dl, &out0.dl, &lse0.dl);
-        if (ops_backend_skips(ops_backends[bi], "merge", s)) goto done;
+        if (ops_backend_skips(ops_sel[bi], "merge", s)) goto done;
         CHECK_OK(s);
         const int64_t nl[4] = {1, 0, 0, 1}, dead[5] = {2, 0, 2, 1, 3}, no[5] = {0, 0, 3, 1, 5};
         tt_set(&lp, nl, NAN);   /* row (i 1, h 0): NaN */
@@ -678,7 +690,7 @@ static void merge_nonfinite(void) {
                 const int64_t l[3] = {0, h, i};
                 ok &= rn ? isnan(tt_get(&lse, l)) : near(tt_get(&lse, l), tt_get(&lse0, l), CF_F32);
             }
-        CHECK_MSG(ok, "%s: merge with non-finite parts", ops_backends[bi]);
+        CHECK_MSG(ok, "%s: merge with non-finite parts", ops_sel[bi]);
     done:
         cflash_context_free(ctx);
         tt_free(&op), tt_free(&lp), tt_free(&out), tt_free(&lse), tt_free(&out0), tt_free(&lse0);
@@ -689,7 +701,7 @@ static void merge_nonfinite(void) {
  * of dy) stays finite; every other row is the clean run's. */
 static void norm_nonfinite(void) {
     const int64_t xs[2] = {16, 40}, ws[1] = {40};
-    for (int bi = 0; ops_backends[bi]; bi++)
+    for (int bi = 0; ops_sel[bi]; bi++)
         for (int di = 0; di < 3; di += 2) {
             const cf_dtype dt = dtypes[di];
             tt_tensor x, dy, w, b, out, out0, dx, dx0, dw, db, db0;
@@ -704,10 +716,10 @@ static void norm_nonfinite(void) {
             cflash_norm_params p;
             cflash_norm_params_init(&p);
             p.type = CFLASH_NORM_LAYER;
-            cflash_context* ctx = ops_context(ops_backends[bi], 2);
+            cflash_context* ctx = ops_context(ops_sel[bi], 2);
             cflash_status s =
                 cflash_norm_fwd(ctx, &p, &x.dl, NULL, &w.dl, &b.dl, &out0.dl, NULL, NULL, NULL);
-            if (ops_backend_skips(ops_backends[bi], "norm", s)) goto done;
+            if (ops_backend_skips(ops_sel[bi], "norm", s)) goto done;
             CHECK_OK(s);
             CHECK_OK(cflash_norm_bwd(ctx, &p, &dy.dl, &x.dl, &w.dl, &b.dl, NULL, NULL, NULL,
                                      &dx0.dl, NULL, &db0.dl, NULL));
@@ -727,7 +739,7 @@ static void norm_nonfinite(void) {
                 const int64_t e[1] = {j};
                 ok &= isnan(tt_get(&dw, e)) && near(tt_get(&db, e), tt_get(&db0, e), CF_F32);
             }
-            CHECK_MSG(ok, "%s %s: norm with a NaN in x", ops_backends[bi], tt_dtype_short(dt));
+            CHECK_MSG(ok, "%s %s: norm with a NaN in x", ops_sel[bi], tt_dtype_short(dt));
         done:
             cflash_context_free(ctx);
             tt_free(&x), tt_free(&dy), tt_free(&w), tt_free(&b), tt_free(&out), tt_free(&out0);
@@ -738,7 +750,7 @@ static void norm_nonfinite(void) {
 /* Rotary: a NaN in x reaches only the outputs of its own pair. */
 static void rotary_nonfinite(void) {
     const int64_t xs[4] = {1, 3, 2, 16}, cs[2] = {8, 8};
-    for (int bi = 0; ops_backends[bi]; bi++)
+    for (int bi = 0; ops_sel[bi]; bi++)
         for (int il = 0; il <= 1; il++) {
             tt_tensor x, out, out0, cv, sv;
             tt_alloc(&x, CF_F32, 4, xs, TT_DENSE), tt_alloc(&out, CF_F32, 4, xs, TT_DENSE);
@@ -748,9 +760,9 @@ static void rotary_nonfinite(void) {
             cflash_rotary_params p;
             cflash_rotary_params_init(&p);
             p.interleaved = il;
-            cflash_context* ctx = ops_context(ops_backends[bi], 1);
+            cflash_context* ctx = ops_context(ops_sel[bi], 1);
             cflash_status s = cflash_rotary_apply(ctx, &p, &x.dl, &cv.dl, &sv.dl, &out0.dl);
-            if (ops_backend_skips(ops_backends[bi], "rotary", s)) goto done;
+            if (ops_backend_skips(ops_sel[bi], "rotary", s)) goto done;
             const int64_t at[4] = {0, 1, 1, 4};
             tt_set(&x, at, NAN);
             CHECK_OK(cflash_rotary_apply(ctx, &p, &x.dl, &cv.dl, &sv.dl, &out.dl));
@@ -761,7 +773,7 @@ static void rotary_nonfinite(void) {
                 const int64_t partner = il ? idx[3] / 2 == 2 : idx[3] % 8 == 4;
                 ok &= expect(&out, &out0, idx, idx[1] == 1 && idx[2] == 1 && partner, CF_F32);
             }
-            CHECK_MSG(ok, "%s interleaved %d: rotary with a NaN in x", ops_backends[bi], il);
+            CHECK_MSG(ok, "%s interleaved %d: rotary with a NaN in x", ops_sel[bi], il);
         done:
             cflash_context_free(ctx);
             tt_free(&x), tt_free(&out), tt_free(&out0), tt_free(&cv), tt_free(&sv);
@@ -777,7 +789,7 @@ static void edge_shapes(void) {
         {17, 40, 512, 64}, {9, 9, 1, 33}, {20, 31, 64, 1}, {40, 37, 7, 130},
     };
     int cases = 0;
-    for (int bi = 0; attn_backends[bi]; bi++)
+    for (int bi = 0; attn_sel[bi]; bi++)
         for (int di = 0; di < 3; di++)
             for (size_t si = 0; si < sizeof sh / sizeof sh[0]; si++)
                 for (int causal = 0; causal <= 1; causal++) {
@@ -787,16 +799,16 @@ static void edge_shapes(void) {
                     c.D = sh[si][2], c.Dv = sh[si][3], c.dtype = dtypes[di], c.causal = causal;
                     c.seed = 700 + si;
                     attn_problem* p = attn_problem_new(&c);
-                    cflash_context* ctx = ops_context(attn_backends[bi], 2);
+                    cflash_context* ctx = ops_context(attn_sel[bi], 2);
                     cflash_status s = attn_problem_run_bwd(ctx, p);
                     cflash_context_free(ctx);
-                    if (!ops_backend_skips(attn_backends[bi], "attn", s)) {
+                    if (!ops_backend_skips(attn_sel[bi], "attn", s)) {
                         char msg[768];
-                        CHECK_MSG(s == CFLASH_OK, "%s: %s", attn_backends[bi], cflash_last_error());
+                        CHECK_MSG(s == CFLASH_OK, "%s: %s", attn_sel[bi], cflash_last_error());
                         CHECK_MSG(attn_problem_check_fwd(p, msg, sizeof msg), "%s: %s",
-                                  attn_backends[bi], msg);
+                                  attn_sel[bi], msg);
                         CHECK_MSG(attn_problem_check_bwd(p, msg, sizeof msg), "%s: %s",
-                                  attn_backends[bi], msg);
+                                  attn_sel[bi], msg);
                         cases++;
                     }
                     attn_problem_free(p);
@@ -805,6 +817,7 @@ static void edge_shapes(void) {
 }
 
 int main(void) {
+    select_backends();
 #ifdef CF_AMX_MODEL
     const cf_cpu_info* ci = cf_cpu();
     if (!ci->avx512f || !ci->avx512bw || !ci->avx512vl || !ci->avx512dq || !ci->avx512bf16 ||
