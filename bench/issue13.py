@@ -66,7 +66,7 @@ def main():
             print("%-26s %s  [%s]" % (name, "; ".join(cols), res["attn_fwd"]["b"][2]))
     if "skip" in only:
         shape = common + ["--seqlen", "8192", "--head-dim", "128", "--bwd"]
-        print("# masked-block skipping, B1 H16 S8192 D128 bf16, 10 %% visible (dense time / sparse time; "
+        print("# masked-block skipping, B1 H16 S8192 D128 bf16, 10 % visible (dense time / sparse time; "
               "target >= 5)")
         for name, extra in (("block-sparse 0.1", ["--block-sparse", "0.1", "--block-size", "128"]),
                             ("bool mask 0.1 of tiles", ["--mask", "0.1", "--block-size", "128"]),

@@ -729,7 +729,10 @@ static cflash_status kv_run(const void* call, kv_choose_fn choose) {
                      "kvcache_fwd: out of memory for %lld partial rows",
                      (long long)(k.items * k.R));
     int failed = 0;
-#pragma omp parallel num_threads(a->threads) reduction(| : failed)
+    /* as many threads as items: a decode step below 1024 keys is one item, and waking a second
+     * thread for nothing cost 60-200 us a call (docs/PERF.md "Per-call cost from Python") */
+    const int threads = cf_threads_items(a->threads, k.items);
+#pragma omp parallel num_threads(threads) reduction(| : failed)
     {
         float* buf = malloc(sizeof(float) * kv_scratch_floats(c, k.R));
         failed = !buf;
