@@ -639,8 +639,8 @@ static void kv_nonfinite(void) {
             for (int shape = 0; shape < 2; shape++)
                 for (int splits = 1; splits <= 3; splits += 2)
                     for (size_t ii = 0; ii < sizeof inj / sizeof inj[0]; ii++)
-                        cases += kv_nonfinite_case(ops_sel[bi], dtypes[di], shape, splits,
-                                                   &inj[ii]);
+                        cases +=
+                            kv_nonfinite_case(ops_sel[bi], dtypes[di], shape, splits, &inj[ii]);
     printf("non-finite KV-cache inputs: %d cases\n", cases);
 }
 

@@ -121,8 +121,10 @@ uint8_t ops_fp8_code(float x, int e5m2) {
         int lo = 0, hi = n - 1; /* mag[lo] <= ax < mag[hi] */
         while (hi - lo > 1) {
             const int mid = (lo + hi) / 2;
-            if (mag[mid] <= ax) lo = mid;
-            else hi = mid;
+            if (mag[mid] <= ax)
+                lo = mid;
+            else
+                hi = mid;
         }
         const double d0 = ax - mag[lo], d1 = mag[hi] - ax;
         best = d0 < d1 ? lo : d1 < d0 ? hi : (lo & 1 ? hi : lo);
