@@ -168,8 +168,8 @@ static cflash_status check_on_q(const cf_view* v, const char* name, const cf_vie
 }
 
 /* sinks / dsinks: fp32 [H], contiguous, on q's device (also the KV-cache call's sinks). */
-cflash_status cf_attn_check_heads_f32(const DLTensor* t, const char* name, const cf_attn_call* c,
-                                      float** data) {
+static cflash_status check_heads_f32(const DLTensor* t, const char* name, const cf_attn_call* c,
+                                     float** data) {
     cf_view v;
     CFLASH_FORWARD_IF_ERROR(cf_view_from(&v, t, name));
     CFLASH_RETURN_IF(v.dtype != CF_F32, INVALID, "%s: dtype %s, expected float32", name,
@@ -310,18 +310,25 @@ static cflash_status check_block_sparse(cf_attn_call* c, const cflash_attn_param
     return CFLASH_OK;
 }
 
+/* p->sinks into c->sinks (checked), for the attention and KV-cache calls alike. */
+static cflash_status check_sinks(cf_attn_call* c, const cflash_attn_params* p) {
+    float* f = NULL;
+    if (p->sinks) {
+        CFLASH_FORWARD_IF_ERROR(check_heads_f32(p->sinks, "sinks", c, &f));
+        c->sinks = f;
+    }
+    return CFLASH_OK;
+}
+
 /* Checks and resolves issue 13's fields of p into c (after the shapes and the other params). */
 static cflash_status check_features(cf_attn_call* c, const cflash_attn_params* p, int bwd) {
     float* f = NULL;
-    if (p->sinks) {
-        CFLASH_FORWARD_IF_ERROR(cf_attn_check_heads_f32(p->sinks, "sinks", c, &f));
-        c->sinks = f;
-    }
+    CFLASH_FORWARD_IF_ERROR(check_sinks(c, p));
     if (bwd && p->dsinks) {
         CFLASH_RETURN_IF(!p->sinks, INVALID,
                          "dsinks: given without sinks, expected NULL (there is no sink to "
                          "differentiate)");
-        CFLASH_FORWARD_IF_ERROR(cf_attn_check_heads_f32(p->dsinks, "dsinks", c, &f));
+        CFLASH_FORWARD_IF_ERROR(check_heads_f32(p->dsinks, "dsinks", c, &f));
         c->dsinks = f;
     }
     if (p->attn_bias) {
@@ -361,7 +368,8 @@ static cflash_status check_features(cf_attn_call* c, const cflash_attn_params* p
     return CFLASH_OK;
 }
 
-cflash_status cf_attn_kvcache_features(const cflash_attn_params* p) {
+cflash_status cf_attn_kvcache_features(cf_attn_call* c, const cflash_attn_params* p) {
+    CFLASH_FORWARD_IF_ERROR(check_sinks(c, p));
     CFLASH_RETURN_IF(p->dsinks, INVALID,
                      "dsinks: given to the KV-cache call, expected NULL (a backward output)");
     CFLASH_RETURN_IF(p->attn_bias || p->attn_mask, INVALID,

@@ -13,10 +13,9 @@ cflash_status cf_attn_check_params(const cflash_attn_params* p);
 struct cf_attn_call;
 cflash_status cf_attn_apply_params(struct cf_attn_call* c, const cflash_attn_params* p);
 
-/* Refuses issue 13's attention features the KV-cache call does not take (status and message). */
-cflash_status cf_attn_kvcache_features(const cflash_attn_params* p);
-/* A per-head fp32 tensor (sinks, dsinks): [H], contiguous, on q's device; *data its floats. */
-cflash_status cf_attn_check_heads_f32(const DLTensor* t, const char* name,
-                                      const struct cf_attn_call* c, float** data);
+/* Issue 13's attention fields in the KV-cache call: sinks checked and resolved into c as in the
+ * attention calls (c's heads and q known), the features it does not take refused (status and
+ * message). */
+cflash_status cf_attn_kvcache_features(struct cf_attn_call* c, const cflash_attn_params* p);
 
 #endif

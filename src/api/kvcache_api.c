@@ -31,7 +31,7 @@ static cflash_status check_attn(cf_attn_call* a, const cflash_attn_params* p) {
                      "cache_seqlens)",
                      (long long)p->q_offset, (long long)p->k_offset);
     CFLASH_FORWARD_IF_ERROR(cf_attn_check_params(p));
-    CFLASH_FORWARD_IF_ERROR(cf_attn_kvcache_features(p)); /* A: issue 13's attention fields */
+    CFLASH_FORWARD_IF_ERROR(cf_attn_kvcache_features(a, p)); /* A: issue 13's attention fields */
     return cf_attn_apply_params(a, p);
 }
 
@@ -248,11 +248,6 @@ static cflash_status kvcache_fwd(cflash_context* ctx, const cflash_attn_params* 
     a->Dv = c.vc.shape[3];
     CFLASH_RETURN_IF(a->Dv < 1, INVALID, "v_cache: head dim Dv = 0, expected >= 1");
     CFLASH_FORWARD_IF_ERROR(check_attn(a, p));
-    if (p->sinks) {
-        float* f;
-        CFLASH_FORWARD_IF_ERROR(cf_attn_check_heads_f32(p->sinks, "sinks", a, &f));
-        a->sinks = f;
-    }
     CFLASH_FORWARD_IF_ERROR(check_quant(&c, kp));
 
     /* Where each sequence lives. */
