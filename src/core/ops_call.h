@@ -105,11 +105,13 @@ static inline void cf_kv_q_rows(const cf_kvcache_call* c, int64_t b, int64_t* q0
     *sq = c->a.cu_q ? c->a.cu_q[b + 1] - c->a.cu_q[b] : c->a.Sq;
 }
 
-/* The batch and new-row index of k_new row r (of total_new): a binary search of cu_knew. */
-static inline void cf_kv_new_row_of(const cf_kvcache_call* c, int64_t r, int64_t* b, int64_t* n) {
+/* The batch and new-row index of k_new row r (of total_new): a binary search of cu_knew. Returns
+ * 0 for a row no sequence owns (cu_knew need not cover all total_new rows: rows before
+ * cu_knew[0] or from cu_knew[B] on are not appended), else 1. */
+static inline int cf_kv_new_row_of(const cf_kvcache_call* c, int64_t r, int64_t* b, int64_t* n) {
     if (!c->cu_knew) {
         *b = r / c->Sn, *n = r % c->Sn;
-        return;
+        return 1;
     }
     int64_t lo = 0, hi = c->a.B; /* the last b with cu_knew[b] <= r */
     while (hi - lo > 1) {
@@ -120,6 +122,7 @@ static inline void cf_kv_new_row_of(const cf_kvcache_call* c, int64_t r, int64_t
             hi = mid;
     }
     *b = lo, *n = r - c->cu_knew[lo];
+    return *n >= 0 && r < c->cu_knew[lo + 1];
 }
 
 /* Batch b: old length L, left pad P, keys Sk_b = L + Sn_b - P (the key j is at position P + j). */

@@ -739,8 +739,8 @@ static cflash_status kv_run(const void* call, kv_choose_fn choose) {
 #pragma omp for schedule(static)
         for (int64_t r = 0; r < c->total_new * a->Hk; r++) {
             int64_t b, n;
-            cf_kv_new_row_of(c, r / a->Hk, &b, &n);
-            if (buf) kv_append_fast(c, buf, b, n, r % a->Hk);
+            if (buf && cf_kv_new_row_of(c, r / a->Hk, &b, &n))
+                kv_append_fast(c, buf, b, n, r % a->Hk);
         }
         /* (implicit barrier: the appended rows are in the cache before any item reads them) */
         kv_scratch w = {0};

@@ -145,8 +145,7 @@ static cflash_status ref_kvcache_run(const void* call) {
 #pragma omp for schedule(static)
         for (int64_t r = 0; r < c->total_new * a->Hk; r++) {
             int64_t b, n;
-            cf_kv_new_row_of(c, r / a->Hk, &b, &n);
-            if (buf) append(c, buf, b, n, r % a->Hk);
+            if (buf && cf_kv_new_row_of(c, r / a->Hk, &b, &n)) append(c, buf, b, n, r % a->Hk);
         }
         /* (the implicit barrier: every row is in the cache before any query reads it) */
 #pragma omp for schedule(dynamic, 4)
