@@ -389,6 +389,9 @@ CFLASH_API cflash_status cflash_norm_bwd(cflash_context* ctx, const cflash_norm_
  * Per batch b, with L = cache_seqlens[b] (or cache_seqlen), P = cache_leftpad[b] (or 0) and
  * Sn = k_new's length (0 without k_new):
  *   1. k_new / v_new rows n go to cache positions L + n (in place); k_new rotated first.
+ *      Where two new rows land on one cache row (cache_batch_idx repeating an index, a page in
+ *      two sequences' block-table rows), the CPU backends keep the later in (b, n) order, on
+ *      every run. Every append is done before any query reads the cache.
  *   2. q attends over cache positions [P, L + Sn): Sk_b = L + Sn - P keys, key j at position
  *      P + j; masks as cflash_attn_fwd with Sk = Sk_b (causal bottom-right, window, softcap,
  *      ALiBi). Dropout must be 0.

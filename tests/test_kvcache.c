@@ -1399,6 +1399,155 @@ static void test_latent_errors(void) {
     release(&p);
 }
 
+/* New rows that land on one cache row: batches 0, 2 and 3 share cache row 1 (cache_batch_idx
+ * 1, 0, 1, 1), or pages in a block table; the later row in (b, n) order must be kept, on every
+ * run and on every backend (two threads raced here: the fuzzer drew it), and each query must
+ * read the cache as it is after every append. */
+static void test_shared_rows(void) {
+    const int64_t B = 4, H = 4, Hk = 2, D = 16, Sn = 3, L = 2;
+    for (int paged = 0; paged < 2; paged++) {
+        const int64_t np = paged ? 6 : 2, ps = paged ? 4 : 8;
+        const int32_t bidx[4] = {1, 0, 1, 1}, seql[4] = {L, L, L, L},
+                      full[4] = {L + Sn, L + Sn, L + Sn, L + Sn};
+        /* b0 and b2 share page 0 (rows 2, 3), b0 and b3 page 1 (row 0) */
+        const int32_t bt[8] = {0, 1, 2, 3, 0, 4, 5, 1};
+        tt_tensor q, kc, vc, kn, vn, out, ref, ke, ve, t_bidx, t_seq, t_full, t_bt;
+        tt_alloc(&q, CF_F32, 4, (int64_t[]){B, 1, H, D}, TT_DENSE);
+        tt_alloc(&kc, CF_F32, 4, (int64_t[]){np, ps, Hk, D}, TT_DENSE);
+        tt_alloc(&vc, CF_F32, 4, (int64_t[]){np, ps, Hk, D}, TT_DENSE);
+        tt_alloc(&kn, CF_F32, 4, (int64_t[]){B, Sn, Hk, D}, TT_DENSE);
+        tt_alloc(&vn, CF_F32, 4, (int64_t[]){B, Sn, Hk, D}, TT_DENSE);
+        tt_alloc(&out, CF_F32, 4, (int64_t[]){B, 1, H, D}, TT_DENSE);
+        tt_alloc(&ref, CF_F32, 4, (int64_t[]){B, 1, H, D}, TT_DENSE);
+        tt_alloc(&t_bidx, CF_I32, 1, (int64_t[]){B}, TT_DENSE);
+        tt_alloc(&t_seq, CF_I32, 1, (int64_t[]){B}, TT_DENSE);
+        tt_alloc(&t_full, CF_I32, 1, (int64_t[]){B}, TT_DENSE);
+        tt_alloc(&t_bt, CF_I32, 2, (int64_t[]){B, 2}, TT_DENSE);
+        memcpy(t_bidx.dl.data, bidx, sizeof bidx), memcpy(t_seq.dl.data, seql, sizeof seql);
+        memcpy(t_full.dl.data, full, sizeof full), memcpy(t_bt.dl.data, bt, sizeof bt);
+        tt_random(&q, 980 + paged, -1, 1), tt_random(&kn, 982 + paged, -1, 1);
+        tt_random(&vn, 984 + paged, -1, 1), tt_random(&kc, 986 + paged, -1, 1);
+        tt_random(&vc, 988 + paged, -1, 1);
+        /* the caches expected: the appends done one after another in (b, n) order */
+        tt_alloc_like(&ke, &kc), tt_alloc_like(&ve, &vc);
+        memcpy(ke.base, kc.base, kc.bytes), memcpy(ve.base, vc.base, vc.bytes);
+        for (int64_t b = 0; b < B; b++)
+            for (int64_t n = 0; n < Sn; n++) {
+                const int64_t t = L + n, pg = paged ? bt[b * 2 + t / ps] : bidx[b], row = t % ps;
+                for (int64_t h = 0; h < Hk; h++)
+                    for (int64_t d = 0; d < D; d++) {
+                        const int64_t src[4] = {b, n, h, d}, dst[4] = {pg, row, h, d};
+                        tt_set(&ke, dst, tt_get(&kn, src)), tt_set(&ve, dst, tt_get(&vn, src));
+                    }
+            }
+        cflash_attn_params ap;
+        cflash_kvcache_params kp;
+        cflash_attn_params_init(&ap);
+        cflash_kvcache_params_init(&kp);
+        kp.cache_seqlens = &t_seq.dl;
+        if (paged)
+            kp.block_table = &t_bt.dl;
+        else
+            kp.cache_batch_idx = &t_bidx.dl;
+        for (const char* const* be = ops_backends; *be; be++) {
+            if (!tt_backend_selected(*be)) continue;
+            cflash_context* ctx = ops_context(*be, 2);
+            /* what the queries must see: the expected caches, read without an append */
+            memcpy(kc.base, ke.base, kc.bytes), memcpy(vc.base, ve.base, vc.bytes);
+            kp.k_new = kp.v_new = NULL, kp.cache_seqlens = &t_full.dl;
+            tt_poison(&ref);
+            cflash_status s =
+                cflash_attn_kvcache_fwd(ctx, &ap, &kp, &q.dl, &kc.dl, &vc.dl, &ref.dl, NULL);
+            if (ops_backend_skips(*be, "kvcache_fwd", s)) {
+                cflash_context_free(ctx);
+                continue;
+            }
+            CHECK_MSG(s == CFLASH_OK, "shared rows on %s: %s", *be, cflash_last_error());
+            kp.k_new = &kn.dl, kp.v_new = &vn.dl, kp.cache_seqlens = &t_seq.dl;
+            int bad = 0;
+            for (int rep = 0; rep < 24 && !bad; rep++) {
+                memcpy(kc.base, ke.base, kc.bytes), memcpy(vc.base, ve.base, vc.bytes);
+                for (int64_t b = 0; b < B; b++) /* the rows the appends write: poisoned */
+                    for (int64_t n = 0; n < Sn; n++) {
+                        const int64_t t = L + n, pg = paged ? bt[b * 2 + t / ps] : bidx[b];
+                        for (int64_t h = 0; h < Hk; h++)
+                            for (int64_t d = 0; d < D; d++) {
+                                const int64_t i4[4] = {pg, t % ps, h, d};
+                                tt_set(&kc, i4, NAN), tt_set(&vc, i4, NAN);
+                            }
+                    }
+                tt_poison(&out);
+                s = cflash_attn_kvcache_fwd(ctx, &ap, &kp, &q.dl, &kc.dl, &vc.dl, &out.dl, NULL);
+                bad = s != CFLASH_OK || memcmp(kc.base, ke.base, kc.bytes) ||
+                      memcmp(vc.base, ve.base, vc.bytes) || memcmp(out.base, ref.base, out.bytes);
+                CHECK_MSG(!bad, "shared rows (%s) on %s, run %d: %s", paged ? "pages" : "batch idx",
+                          *be, rep,
+                          s != CFLASH_OK ? cflash_last_error()
+                          : memcmp(out.base, ref.base, out.bytes)
+                              ? "out differs from attention over the appended cache"
+                              : "the caches differ from the appends in (b, n) order");
+            }
+            cflash_context_free(ctx);
+        }
+        tt_free(&q), tt_free(&kc), tt_free(&vc), tt_free(&kn), tt_free(&vn), tt_free(&out);
+        tt_free(&ref), tt_free(&ke), tt_free(&ve), tt_free(&t_bidx), tt_free(&t_seq);
+        tt_free(&t_full), tt_free(&t_bt);
+    }
+}
+
+/* cu_seqlens_k_new need not cover every k_new row: the rows from cu[B] on belong to no sequence
+ * and are not appended (they once went to the last sequence, past its end). */
+static void test_short_cu_new(void) {
+    const int64_t B = 2, H = 2, Hk = 1, D = 8, Sc = 8, total = 5;
+    const int32_t cu[3] = {0, 1, 2}, seql[2] = {2, 4};
+    tt_tensor q, kc, vc, kn, vn, out, ke, ve, t_cu, t_seq;
+    tt_alloc(&q, CF_F32, 4, (int64_t[]){B, 1, H, D}, TT_DENSE);
+    tt_alloc(&kc, CF_F32, 4, (int64_t[]){B, Sc, Hk, D}, TT_DENSE);
+    tt_alloc(&vc, CF_F32, 4, (int64_t[]){B, Sc, Hk, D}, TT_DENSE);
+    tt_alloc(&kn, CF_F32, 3, (int64_t[]){total, Hk, D}, TT_DENSE);
+    tt_alloc(&vn, CF_F32, 3, (int64_t[]){total, Hk, D}, TT_DENSE);
+    tt_alloc(&out, CF_F32, 4, (int64_t[]){B, 1, H, D}, TT_DENSE);
+    tt_alloc(&t_cu, CF_I32, 1, (int64_t[]){B + 1}, TT_DENSE);
+    tt_alloc(&t_seq, CF_I32, 1, (int64_t[]){B}, TT_DENSE);
+    memcpy(t_cu.dl.data, cu, sizeof cu), memcpy(t_seq.dl.data, seql, sizeof seql);
+    tt_random(&q, 990, -1, 1), tt_random(&kn, 991, -1, 1), tt_random(&vn, 992, -1, 1);
+    tt_random(&kc, 993, -1, 1), tt_random(&vc, 994, -1, 1);
+    tt_alloc_like(&ke, &kc), tt_alloc_like(&ve, &vc);
+    memcpy(ke.base, kc.base, kc.bytes), memcpy(ve.base, vc.base, vc.bytes);
+    for (int64_t b = 0; b < B; b++) /* sequence b: k_new row cu[b] at position seql[b] */
+        for (int64_t d = 0; d < D; d++) {
+            const int64_t src[3] = {cu[b], 0, d}, dst[4] = {b, seql[b], 0, d};
+            tt_set(&ke, dst, tt_get(&kn, src)), tt_set(&ve, dst, tt_get(&vn, src));
+        }
+    tt_tensor k0, v0;
+    tt_alloc_like(&k0, &kc), tt_alloc_like(&v0, &vc);
+    memcpy(k0.base, kc.base, kc.bytes), memcpy(v0.base, vc.base, vc.bytes);
+    cflash_attn_params ap;
+    cflash_kvcache_params kp;
+    cflash_attn_params_init(&ap);
+    cflash_kvcache_params_init(&kp);
+    kp.cache_seqlens = &t_seq.dl, kp.cu_seqlens_k_new = &t_cu.dl;
+    kp.k_new = &kn.dl, kp.v_new = &vn.dl;
+    for (const char* const* be = ops_backends; *be; be++) {
+        if (!tt_backend_selected(*be)) continue;
+        memcpy(kc.base, k0.base, kc.bytes), memcpy(vc.base, v0.base, vc.bytes);
+        cflash_context* ctx = ops_context(*be, 2);
+        tt_poison(&out);
+        cflash_status s =
+            cflash_attn_kvcache_fwd(ctx, &ap, &kp, &q.dl, &kc.dl, &vc.dl, &out.dl, NULL);
+        cflash_context_free(ctx);
+        if (ops_backend_skips(*be, "kvcache_fwd", s)) continue;
+        CHECK_MSG(s == CFLASH_OK, "short cu_seqlens_k_new on %s: %s", *be, cflash_last_error());
+        CHECK_MSG(!memcmp(kc.base, ke.base, kc.bytes) && !memcmp(vc.base, ve.base, vc.bytes),
+                  "short cu_seqlens_k_new on %s: cache rows other than each sequence's new row "
+                  "written",
+                  *be);
+        CHECK_MSG(tt_count_nan(&out) == 0, "short cu_seqlens_k_new on %s: out not written", *be);
+    }
+    tt_free(&q), tt_free(&kc), tt_free(&vc), tt_free(&kn), tt_free(&vn), tt_free(&out);
+    tt_free(&ke), tt_free(&ve), tt_free(&k0), tt_free(&v0), tt_free(&t_cu), tt_free(&t_seq);
+}
+
 int main(int argc, char** argv) {
     verbose = argc > 1 && !strcmp(argv[1], "-v");
     double t0 = tt_now();
@@ -1409,6 +1558,8 @@ int main(int argc, char** argv) {
     test_quant_edges();
     test_quant_nonfinite();
     test_latent_errors();
+    test_shared_rows();
+    test_short_cu_new();
     test_sinks_errors();
     printf("test_kvcache: %.1f s\n", tt_now() - t0);
     return tt_summary();

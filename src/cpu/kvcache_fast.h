@@ -736,11 +736,14 @@ static cflash_status kv_run(const void* call, kv_choose_fn choose) {
     {
         float* buf = malloc(sizeof(float) * kv_scratch_floats(c, k.R));
         failed = !buf;
+        /* a KV head per thread, its new rows in order (as the reference: the later of two rows
+         * on one cache row is kept) */
 #pragma omp for schedule(static)
-        for (int64_t r = 0; r < c->total_new * a->Hk; r++) {
-            int64_t b, n;
-            if (buf && cf_kv_new_row_of(c, r / a->Hk, &b, &n))
-                kv_append_fast(c, buf, b, n, r % a->Hk);
+        for (int64_t hk = 0; hk < a->Hk; hk++) {
+            for (int64_t r = 0; r < c->total_new; r++) {
+                int64_t b, n;
+                if (buf && cf_kv_new_row_of(c, r, &b, &n)) kv_append_fast(c, buf, b, n, hk);
+            }
         }
         /* (implicit barrier: the appended rows are in the cache before any item reads them) */
         kv_scratch w = {0};

@@ -142,10 +142,15 @@ static cflash_status ref_kvcache_run(const void* call) {
     {
         float* buf = malloc(sizeof(float) * (size_t)nd * 4);
         failed = !buf;
+        /* a KV head per thread, its new rows in order: where two rows land on one cache row
+         * (a repeated cache_batch_idx, a page in two block-table rows) the later one is kept,
+         * on every run (cflash.h) */
 #pragma omp for schedule(static)
-        for (int64_t r = 0; r < c->total_new * a->Hk; r++) {
-            int64_t b, n;
-            if (buf && cf_kv_new_row_of(c, r / a->Hk, &b, &n)) append(c, buf, b, n, r % a->Hk);
+        for (int64_t hk = 0; hk < a->Hk; hk++) {
+            for (int64_t r = 0; r < c->total_new; r++) {
+                int64_t b, n;
+                if (buf && cf_kv_new_row_of(c, r, &b, &n)) append(c, buf, b, n, hk);
+            }
         }
         /* (the implicit barrier: every row is in the cache before any query reads it) */
 #pragma omp for schedule(dynamic, 4)
