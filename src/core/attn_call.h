@@ -132,15 +132,19 @@ static inline float cf_attn_slope(const cf_attn_call* c, int64_t b, int64_t h) {
     return c->alibi ? c->alibi[b * c->alibi_bstride + h] : 0.0f;
 }
 
+/* The ALiBi term cf_attn_score subtracts: slope * |diag(i) - j|. */
+static inline float cf_attn_alibi(const cf_attn_call* c, float slope, int64_t i, int64_t j,
+                                  int64_t sq, int64_t sk) {
+    const int64_t d = cf_attn_diag(c, i, sq, sk) - j;
+    return slope * (float)(d < 0 ? -d : d);
+}
+
 /* The score transform every backend applies, in fp32: scaled score x (already scale * q.k) ->
  * softcap -> ALiBi bias for query i, key j of a sequence with lengths sq, sk. */
 static inline float cf_attn_score(const cf_attn_call* c, float x, float slope, int64_t i, int64_t j,
                                   int64_t sq, int64_t sk) {
     if (c->softcap > 0.0f) x = c->softcap * tanhf(x / c->softcap);
-    if (slope != 0.0f) {
-        int64_t d = cf_attn_diag(c, i, sq, sk) - j;
-        x -= slope * (float)(d < 0 ? -d : d);
-    }
+    if (slope != 0.0f) x -= cf_attn_alibi(c, slope, i, j, sq, sk);
     return x;
 }
 

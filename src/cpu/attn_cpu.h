@@ -32,6 +32,9 @@ typedef struct cf_attn_kernels {
                      const uint32_t* B, int64_t ldb, float* C, int64_t ldc, int acc);
     /* x[i] *= s; mx[i] = max(mx[i], x[i]) for i < n (a NaN x may be skipped by the max). */
     void (*scale_max_cols)(float* x, int64_t n, float s, float* mx);
+    /* Soft-capping: x[i] = cap * tanh(x[i] * s / cap), and th[i] = that tanh when th != NULL
+     * (the backward's derivative); tanh within a few ulp (NaN stays NaN). */
+    void (*softcap_cols)(float* x, int64_t n, float s, float cap, float* th);
     /* x[i] = exp(x[i] - m[i]) (0 for x = -inf, NaN for NaN); sum[i] += x[i] when sum != NULL.
      * Computed as exp2((x - m) * log2 e), the difference first: the forward's running max and
      * LSE are natural-log values of the very scores the backward recomputes, so for any score
@@ -197,8 +200,8 @@ typedef struct cf_attn_score_map {
  * issue 13's bias or masks (cf_attn_has_extra) mp's b, h and kv must be set: the bias is added
  * and the masks applied here too. y, when non-NULL, receives tanh(x / softcap) for the softcap
  * derivative (0 where masked). */
-void cf_attn_scores(const cf_attn_call* c, const cf_attn_score_map* mp, float* s, float* y,
-                    int64_t sq, int64_t sk);
+void cf_attn_scores(const cf_attn_call* c, const cf_attn_kernels* kk, const cf_attn_score_map* mp,
+                    float* s, float* y, int64_t sq, int64_t sk);
 /* NaN semantics in the backward (a masked pair never affects a gradient): a partly masked block
  * whose rows hold a NaN or infinity is summed pair by pair, since the products' zero weights would
  * carry it to pairs that cannot see each other. Whether query rows [qi0, qi0 + n) of head h hold

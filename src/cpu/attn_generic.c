@@ -22,6 +22,15 @@ static void gemm_f32(int64_t M, int64_t N, int64_t K, const float* A, int64_t rs
     }
 }
 
+/* x = cap * tanh(x * s / cap) as cf_attn_score computes it (libm's tanhf); th = the tanh */
+static void softcap_cols(float* x, int64_t n, float s, float cap, float* th) {
+    for (int64_t i = 0; i < n; i++) {
+        const float y = tanhf(x[i] * s / cap);
+        x[i] = cap * y;
+        if (th) th[i] = y;
+    }
+}
+
 static void scale_max_cols(float* x, int64_t n, float s, float* mx) {
     for (int64_t i = 0; i < n; i++) {
         x[i] *= s;
@@ -100,6 +109,7 @@ const cf_attn_kernels cf_attn_kernels_generic = {
     .gemm_f32 = gemm_f32,
     .gemm_bf16 = NULL,
     .scale_max_cols = scale_max_cols,
+    .softcap_cols = softcap_cols,
     .exp_cols = exp_cols,
     .exp_row = exp_row,
     .ds_row = ds_row,

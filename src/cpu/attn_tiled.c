@@ -428,17 +428,35 @@ static void fwd_mask_max(const cf_attn_call* c, const cf_attn_kernels* kk, const
     for (int64_t r = 0; r < Mt; r++)
         w->mx[r] = -INFINITY;
     if (c->softcap > 0.0f || c->alibi != NULL) {
+        int64_t a = 0, z = 0;
         for (int64_t j = 0; j < nb; j++) {
             float* row = st + j * Mt;
+            const int64_t jj = j0 + j;
+            /* the transform of cf_attn_score: scaled and soft-capped (vectors, the whole row),
+             * then ALiBi and the masks per element */
+            if (c->softcap > 0.0f)
+                kk->softcap_cols(row, Mt, c->scale, c->softcap, NULL);
+            else
+                for (int64_t r = 0; r < Mt; r++)
+                    row[r] *= c->scale;
+            /* rows [a, z2) see key jj (lo and hi are non-decreasing in ii; see below) */
+            while (a < na && w->hi[a] <= jj)
+                a++;
+            while (z < na && w->lo[z] <= jj)
+                z++;
+            const int64_t z2 = z > a ? z : a, d0 = cf_attn_diag(c, w->i0, w->sq, w->sk) - jj;
             for (int64_t gi = 0; gi < G; gi++) {
                 const float slope = cf_attn_slope(c, w->b, w->hk * G + gi);
-                for (int64_t ii = 0; ii < na; ii++) {
-                    const int64_t r = gi * na + ii, jj = j0 + j;
-                    row[r] = (jj < w->lo[ii] || jj >= w->hi[ii])
-                                 ? -INFINITY
-                                 : cf_attn_score(c, row[r] * c->scale, slope, w->i0 + ii, jj, w->sq,
-                                                 w->sk);
-                }
+                float* rg = row + gi * na;
+                for (int64_t ii = 0; ii < a; ii++)
+                    rg[ii] = -INFINITY;
+                for (int64_t ii = z2; ii < na; ii++)
+                    rg[ii] = -INFINITY;
+                if (slope != 0.0f) /* cf_attn_alibi, the diagonal's distance d0 + ii */
+                    for (int64_t ii = a; ii < z2; ii++) {
+                        const int64_t d = d0 + ii;
+                        rg[ii] -= slope * (float)(d < 0 ? -d : d);
+                    }
             }
             if (!xtra) kk->scale_max_cols(row, Mt, 1.0f, w->mx);
         }

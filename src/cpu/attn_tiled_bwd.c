@@ -128,51 +128,75 @@ void cf_attn_rows_seeing(const cf_attn_call* c, int64_t sq, int64_t sk, int64_t 
     *z = l;
 }
 
+/* Columns [from, to) of a row of scores (column stride cs) masked: -inf, and 0 in y. */
+static void mask_cols(float* s, float* y, int64_t from, int64_t to, int64_t cs) {
+    for (int64_t ci = from; ci < to; ci++) {
+        s[ci * cs] = -INFINITY;
+        if (y) y[ci * cs] = 0.0f;
+    }
+}
+
+/* x[0..n) (contiguous) scaled, and soft-capped with the tanh in y where the call has a softcap. */
+static void scale_cap(const cf_attn_call* c, const cf_attn_kernels* kk, float* x, int64_t n,
+                      float* y) {
+    if (c->softcap > 0.0f)
+        kk->softcap_cols(x, n, c->scale, c->softcap, y);
+    else
+        for (int64_t i = 0; i < n; i++)
+            x[i] *= c->scale;
+}
+
 /* Applies masks and the score transform to S rows in place: natural-log scores (scaled,
  * soft-capped, ALiBi-biased, plus issue 13's bias), -inf where masked. scale * (q.k) is rounded and
  * stored here exactly as the forward's scale_max_cols rounds it, so exp(s - lse) <= 1 for every
  * score however large (see exp_cols in attn_cpu.h). open: the block's state under issue 13's
  * masks (CF_REGION_OPEN: they hide nothing there, no masking pass). */
-static void scores(const cf_attn_call* c, const cf_attn_score_map* mp, float* s, float* y,
-                   int64_t sq, int64_t sk, int open) {
-    const int general = c->softcap > 0.0f || c->alibi != NULL, xtra = cf_attn_has_extra(c);
-    int full = 0;   /* plain scores whose every row sees every key of the block */
-    if (!general) { /* scale all (along the contiguous direction), then mask */
-        if (mp->cs == 1)
-            for (int64_t ri = 0; ri < mp->nr; ri++)
-                for (int64_t ci = 0; ci < mp->nc; ci++)
-                    s[ri * mp->rs + ci] *= c->scale;
-        else
-            for (int64_t ci = 0; ci < mp->nc; ci++)
-                for (int64_t ri = 0; ri < mp->nr; ri++)
-                    s[ri * mp->rs + ci * mp->cs] *= c->scale;
-        full = 1; /* lo and hi are non-decreasing over the rows */
-        for (int64_t ri = 0; ri < mp->nr && full; ri++)
-            full = mp->lo[ri] <= mp->j0 && mp->hi[ri] >= mp->j0 + mp->nc;
-    }
-    for (int64_t ri = 0; ri < mp->nr && !full; ri++) {
-        const int64_t lo = mp->lo[ri], hi = mp->hi[ri], i = mp->i[ri];
-        for (int64_t ci = 0; ci < mp->nc; ci++) {
-            const int64_t j = mp->j0 + ci, at = ri * mp->rs + ci * mp->cs;
-            if (j < lo || j >= hi) {
-                s[at] = -INFINITY;
-                if (y) y[at] = 0.0f;
-                continue;
+static void scores(const cf_attn_call* c, const cf_attn_kernels* kk, const cf_attn_score_map* mp,
+                   float* s, float* y, int64_t sq, int64_t sk, int open) {
+    const int xtra = cf_attn_has_extra(c), alibi = c->alibi != NULL;
+    /* scaled and soft-capped along the contiguous direction (as the forward rounds them) */
+    if (mp->cs == 1)
+        for (int64_t ri = 0; ri < mp->nr; ri++)
+            scale_cap(c, kk, s + ri * mp->rs, mp->nc, y ? y + ri * mp->rs : NULL);
+    else if (mp->rs == 1)
+        for (int64_t ci = 0; ci < mp->nc; ci++)
+            scale_cap(c, kk, s + ci * mp->cs, mp->nr, y ? y + ci * mp->cs : NULL);
+    else
+        for (int64_t ri = 0; ri < mp->nr; ri++)
+            for (int64_t ci = 0; ci < mp->nc; ci++) {
+                const int64_t at = ri * mp->rs + ci * mp->cs;
+                scale_cap(c, kk, s + at, 1, y ? y + at : NULL);
             }
-            if (!general) continue;
-            const float x = s[at] * c->scale;
-            if (y) y[at] = tanhf(x / c->softcap);
-            s[at] = cf_attn_score(c, x, mp->slope[ri], i, j, sq, sk);
-        }
+    /* then the masks and ALiBi, unless every row sees every key of the block and no ALiBi */
+    int full = !alibi; /* lo and hi are non-decreasing over the rows */
+    for (int64_t ri = 0; ri < mp->nr && full; ri++)
+        full = mp->lo[ri] <= mp->j0 && mp->hi[ri] >= mp->j0 + mp->nc;
+    for (int64_t ri = 0; ri < mp->nr && !full; ri++) {
+        /* row ri sees columns [c0, c1) (lo, hi and j0 are in [0, sk]): masked outside,
+         * ALiBi inside (cf_attn_alibi, the diagonal's distance d0 - ci) */
+        const int64_t nc = mp->nc, cs = mp->cs;
+        int64_t c0 = mp->lo[ri] - mp->j0, c1 = mp->hi[ri] - mp->j0;
+        c0 = c0 < 0 ? 0 : c0 > nc ? nc : c0;
+        c1 = c1 < c0 ? c0 : c1 > nc ? nc : c1;
+        const int64_t d0 = cf_attn_diag(c, mp->i[ri], sq, sk) - mp->j0;
+        const float slope = mp->slope[ri];
+        float *sr = s + ri * mp->rs, *yr = y ? y + ri * mp->rs : NULL;
+        mask_cols(sr, yr, 0, c0, cs);
+        mask_cols(sr, yr, c1, nc, cs);
+        if (slope != 0.0f)
+            for (int64_t ci = c0; ci < c1; ci++) {
+                const int64_t d = d0 - ci;
+                sr[ci * cs] -= slope * (float)(d < 0 ? -d : d);
+            }
     }
     if (xtra && (open != CF_REGION_OPEN || c->bias.data))
         cf_attn_cpu_extras(c, mp->b, s, mp->nr, mp->nc, mp->rs, mp->cs, mp->i, mp->h, mp->kv,
                            mp->j0, open != CF_REGION_OPEN);
 }
 
-void cf_attn_scores(const cf_attn_call* c, const cf_attn_score_map* mp, float* s, float* y,
-                    int64_t sq, int64_t sk) {
-    scores(c, mp, s, y, sq, sk, CF_REGION_PART);
+void cf_attn_scores(const cf_attn_call* c, const cf_attn_kernels* kk, const cf_attn_score_map* mp,
+                    float* s, float* y, int64_t sq, int64_t sk) {
+    scores(c, kk, mp, s, y, sq, sk, CF_REGION_PART);
 }
 
 int cf_attn_bwd_query_rows_bad(const cf_attn_call* c, int64_t b, int64_t h, int64_t qi0, int64_t n,
@@ -471,7 +495,7 @@ static void dkdv_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const bw
                 kk->gemm_bf16(bq, nb, g->Dp2, qpa, ldqa, 1, ktv, nb, s, nb, 0);
             else
                 kk->gemm_f32(bq, nb, D, qr, ldq, 1, kt, nb, s, nb, 0);
-            scores(c, &mp, s, c->softcap > 0.0f ? y : NULL, sq, sk, open);
+            scores(c, kk, &mp, s, c->softcap > 0.0f ? y : NULL, sq, sk, open);
             for (int64_t r = 0; r < bq; r++)
                 kk->exp_row(s + r * nb, nb, lb[r]);
             const float* pw = s;
@@ -618,7 +642,7 @@ static void dq_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const bwd_
             kk->gemm_bf16(nb, Mt, g->Dp2, kpa, ldka, 1, qv2, Mt, st, Mt, 0);
         else
             kk->gemm_f32(nb, Mt, D, kr, ldk, 1, qt, Mt, st, Mt, 0); /* S^T = K Q^T */
-        scores(c, &mp, st, c->softcap > 0.0f ? y : NULL, sq, sk, open);
+        scores(c, kk, &mp, st, c->softcap > 0.0f ? y : NULL, sq, sk, open);
         for (int64_t j = 0; j < nb; j++)
             kk->exp_cols(st + j * Mt, Mt, lb, NULL);
         if (bf)
@@ -713,7 +737,7 @@ static void dbias_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const v
                 cf_attn_score_map mp = {nr, nc,  nc,  1, mi, mslope,
                                         j0, mlo, mhi, b, hr, c->bs_num.data ? xkvp : NULL};
                 kk->gemm_f32(nr, nc, D, qr, ldq, 1, kt, nc, s, nc, 0);
-                cf_attn_scores(c, &mp, s, NULL, sq, sk);
+                cf_attn_scores(c, kk, &mp, s, NULL, sq, sk);
                 for (int64_t r = 0; r < nr; r++)
                     kk->exp_row(s + r * nc, nc, lb[r]);
                 kk->gemm_f32(nr, nc, Dv, dor, ldo, 1, vt, nc, dp, nc, 0); /* dP = dO V^T */

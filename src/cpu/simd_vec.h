@@ -16,6 +16,8 @@
  *   cf_vzero, cf_vset1, cf_vbcast(p) = set1(*p), cf_vadd, cf_vsub, cf_vmul
  *   cf_vfma(c, a, b)     c + a * b, one rounding
  *   cf_vmax(a, b)        max; a NaN in b is returned (x86: a NaN in a is not; NEON: both are)
+ *   cf_vdiv(a, b)        a / b, rounded;  cf_vabs(x) |x|;  cf_vcopysign(m, s) |m| with s's sign
+ *   cf_vsel_lt(a, b, x, y)  x where a < b, else y (y where either is NaN)
  *   cf_vround(x)         to the nearest integer, ties to even
  *   cf_vscale2(p, n, x)  p * 2^n for integral n >= CF_EXP2_LO; 0 where x < CF_EXP2_LO
  *   cf_vload_f16/bf16(p), cf_vstore_f16/bf16(p, v): CF_VL 16-bit floats, rounded to nearest
@@ -74,6 +76,19 @@ CF_V cf_vf cf_vfma(cf_vf c, cf_vf a, cf_vf b) {
 }
 CF_V cf_vf cf_vmax(cf_vf a, cf_vf b) {
     return _mm256_max_ps(a, b);
+}
+CF_V cf_vf cf_vdiv(cf_vf a, cf_vf b) {
+    return _mm256_div_ps(a, b);
+}
+CF_V cf_vf cf_vabs(cf_vf x) {
+    return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), x);
+}
+CF_V cf_vf cf_vcopysign(cf_vf m, cf_vf s) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    return _mm256_or_ps(_mm256_andnot_ps(sign, m), _mm256_and_ps(sign, s));
+}
+CF_V cf_vf cf_vsel_lt(cf_vf a, cf_vf b, cf_vf x, cf_vf y) {
+    return _mm256_blendv_ps(y, x, _mm256_cmp_ps(a, b, _CMP_LT_OQ));
 }
 CF_V cf_vf cf_vround(cf_vf x) {
     return _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
@@ -159,6 +174,18 @@ CF_V cf_vf cf_vfma(cf_vf c, cf_vf a, cf_vf b) {
 }
 CF_V cf_vf cf_vmax(cf_vf a, cf_vf b) {
     return _mm512_max_ps(a, b);
+}
+CF_V cf_vf cf_vdiv(cf_vf a, cf_vf b) {
+    return _mm512_div_ps(a, b);
+}
+CF_V cf_vf cf_vabs(cf_vf x) {
+    return _mm512_abs_ps(x);
+}
+CF_V cf_vf cf_vcopysign(cf_vf m, cf_vf s) {
+    return _mm512_or_ps(_mm512_abs_ps(m), _mm512_and_ps(_mm512_set1_ps(-0.0f), s));
+}
+CF_V cf_vf cf_vsel_lt(cf_vf a, cf_vf b, cf_vf x, cf_vf y) {
+    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(a, b, _CMP_LT_OQ), y, x);
 }
 CF_V cf_vf cf_vround(cf_vf x) {
     return _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
@@ -250,6 +277,18 @@ CF_VINLINE cf_vf cf_vfma(cf_vf c, cf_vf a, cf_vf b) {
 }
 CF_VINLINE cf_vf cf_vmax(cf_vf a, cf_vf b) {
     return vmaxq_f32(a, b);
+}
+CF_VINLINE cf_vf cf_vdiv(cf_vf a, cf_vf b) {
+    return vdivq_f32(a, b);
+}
+CF_VINLINE cf_vf cf_vabs(cf_vf x) {
+    return vabsq_f32(x);
+}
+CF_VINLINE cf_vf cf_vcopysign(cf_vf m, cf_vf s) {
+    return vbslq_f32(vdupq_n_u32(0x80000000u), s, m);
+}
+CF_VINLINE cf_vf cf_vsel_lt(cf_vf a, cf_vf b, cf_vf x, cf_vf y) {
+    return vbslq_f32(vcltq_f32(a, b), x, y);
 }
 CF_VINLINE cf_vf cf_vround(cf_vf x) {
     return vrndnq_f32(x);

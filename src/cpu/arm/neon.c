@@ -291,6 +291,7 @@ static void interleave_u16(uint32_t* dst, const uint16_t* lo, const uint16_t* hi
         .gemm_bf16 = GBF,                                                                          \
         .gemm_f16 = GF16,                                                                          \
         .scale_max_cols = scale_max_cols,                                                          \
+        .softcap_cols = softcap_cols,                                                              \
         .exp_cols = exp_cols,                                                                      \
         .exp_row = exp_row,                                                                        \
         .ds_row = ds_row,                                                                          \

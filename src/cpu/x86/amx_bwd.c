@@ -133,7 +133,7 @@ static void p_and_ds(const cf_attn_call* c, const cf_attn_kernels* kk, const amx
               g->D32 / 32, 0, g->fp16);
     const cf_attn_score_map sm = {nr, nb,     NB32,   1, mp->i, mp->slope,
                                   j0, mp->lo, mp->hi, 0, NULL,  NULL};
-    cf_attn_scores(c, &sm, s, c->softcap > 0.0f ? y : NULL, sq, sk);
+    cf_attn_scores(c, kk, &sm, s, c->softcap > 0.0f ? y : NULL, sq, sk);
     for (int64_t r = 0; r < nr; r++) {
         kk->exp_row(s + r * NB32, nb, mp->lb[r]);
         memset(s + r * NB32 + nb, 0, sizeof(float) * (size_t)(nb32 - nb));

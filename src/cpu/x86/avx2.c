@@ -17,6 +17,7 @@ static const cf_attn_kernels kernels = {
     .gemm_f32 = gemm_f32,
     .gemm_bf16 = NULL,
     .scale_max_cols = scale_max_cols,
+    .softcap_cols = softcap_cols,
     .exp_cols = exp_cols,
     .exp_row = exp_row,
     .ds_row = ds_row,

@@ -75,6 +75,7 @@ CF_VTARGET static void interleave_u16(uint32_t* dst, const uint16_t* lo, const u
         .gemm_f32 = gemm_f32,                                                                      \
         .gemm_bf16 = GBF,                                                                          \
         .scale_max_cols = scale_max_cols,                                                          \
+        .softcap_cols = softcap_cols,                                                              \
         .exp_cols = exp_cols,                                                                      \
         .exp_row = exp_row,                                                                        \
         .ds_row = ds_row,                                                                          \
