@@ -139,6 +139,17 @@ static inline float cf_attn_alibi(const cf_attn_call* c, float slope, int64_t i,
     return slope * (float)(d < 0 ? -d : d);
 }
 
+/* The fp32 tanh of the vectorised softcap kernels (attn_simd.h v_tanh, ops_fast_common.h ftanh):
+ * tanh(y) = y + y^3 P(y^2) for |y| < CF_TANH_SMALL (P of degree 5 fitted for relative error,
+ * < 1 ulp there), else (1 - e) / (1 + e), e = exp(-2 |y|), with y's sign. */
+#define CF_TANH_SMALL 0.625f
+#define CF_TANH_P5 2.142960904e-03f
+#define CF_TANH_P4 -8.177396841e-03f
+#define CF_TANH_P3 2.170070261e-02f
+#define CF_TANH_P2 -5.394676328e-02f
+#define CF_TANH_P1 1.333320588e-01f
+#define CF_TANH_P0 -3.333333135e-01f
+
 /* The score transform every backend applies, in fp32: scaled score x (already scale * q.k) ->
  * softcap -> ALiBi bias for query i, key j of a sequence with lengths sq, sk. */
 static inline float cf_attn_score(const cf_attn_call* c, float x, float slope, int64_t i, int64_t j,

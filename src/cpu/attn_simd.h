@@ -184,21 +184,20 @@ CF_VTARGET static void scale_max_cols(float* x, int64_t n, float s, float* mx) {
     CF_VSTEPS(n, scale_max_step, x, mx, cf_vset1(s));
 }
 
-/* tanh(y) within 2 ulp: y + y^3 P(y^2) for |y| < 0.625 (P fitted for relative error, < 1 ulp
- * there), else (1 - e) / (1 + e) with e = exp(-2 |y|) and y's sign; NaN gives NaN, +-inf gives
- * +-1. (AVX-512: at most 1.88 ulp against fp64 tanh over every 7th float in [2^-24, 12].) */
+/* tanh(y) within 2 ulp (CF_TANH_* in core/attn_call.h); NaN gives NaN, +-inf gives +-1.
+ * (AVX-512: at most 1.88 ulp against fp64 tanh over every 7th float in [2^-24, 12].) */
 CF_VTARGET CF_VINLINE cf_vf v_tanh(cf_vf y) {
     const cf_vf a = cf_vabs(y), z = cf_vmul(y, y), one = cf_vset1(1.0f);
-    cf_vf p = cf_vset1(2.142960904e-03f);
-    p = cf_vfma(cf_vset1(-8.177396841e-03f), p, z);
-    p = cf_vfma(cf_vset1(2.170070261e-02f), p, z);
-    p = cf_vfma(cf_vset1(-5.394676328e-02f), p, z);
-    p = cf_vfma(cf_vset1(1.333320588e-01f), p, z);
-    p = cf_vfma(cf_vset1(-3.333333135e-01f), p, z);
+    cf_vf p = cf_vset1(CF_TANH_P5);
+    p = cf_vfma(cf_vset1(CF_TANH_P4), p, z);
+    p = cf_vfma(cf_vset1(CF_TANH_P3), p, z);
+    p = cf_vfma(cf_vset1(CF_TANH_P2), p, z);
+    p = cf_vfma(cf_vset1(CF_TANH_P1), p, z);
+    p = cf_vfma(cf_vset1(CF_TANH_P0), p, z);
     const cf_vf small = cf_vfma(y, cf_vmul(y, z), p);
     const cf_vf e = v_exp2(cf_vmul(a, cf_vset1(-2.0f * CF_LOG2E)));
     const cf_vf big = cf_vcopysign(cf_vdiv(cf_vsub(one, e), cf_vadd(one, e)), y);
-    return cf_vsel_lt(a, cf_vset1(0.625f), small, big);
+    return cf_vsel_lt(a, cf_vset1(CF_TANH_SMALL), small, big);
 }
 
 /* x = cap * tanh(x * s / cap); th = the tanh where th != NULL */

@@ -462,6 +462,13 @@ static void kv_block_scores(const cf_kvcache_call* c, kv_scratch* w, const kv_it
     }
 }
 
+/* s[t] = cap * tanh(scale * s[t] / cap), as cf_attn_score (vectorized: ftanh). */
+static void kv_softcap(float* s, int64_t n, float scale, float cap) {
+#pragma omp simd
+    for (int64_t t = 0; t < n; t++)
+        s[t] = cap * ftanh(scale * s[t] / cap);
+}
+
 /* Online softmax of row r over the block (nb keys at jb) in the generic way: masks, softcap and
  * ALiBi applied to the scores, the running max m and sum l updated, acc and lv rescaled, the
  * scores replaced by P. */
@@ -481,17 +488,22 @@ static void kv_row_softmax(const cf_kvcache_call* c, kv_scratch* w, const kv_itm
          * function was inlined into kv_run; a max over KV_KB floats is cheap anyway) */
         for (int64_t t = 0; t < nb; t++)
             mx = s[t] > mx ? s[t] : mx;
-    } else
+    } else { /* cf_attn_score: scaled and soft-capped (vectorized), then ALiBi and the masks */
+        if (a->softcap > 0.0f)
+            kv_softcap(s, nb, a->scale, a->softcap);
+        else
+            for (int64_t t = 0; t < nb; t++)
+                s[t] *= a->scale;
         for (int64_t t = 0; t < nb; t++) {
             const int64_t j = jb + t;
             if (j < w->lo[r] || j >= w->hi[r]) {
                 s[t] = -INFINITY;
                 continue;
             }
-            const float x = cf_attn_score(a, a->scale * s[t], slope, i, j, it->Sq, it->sk);
-            s[t] = x;
-            mx = x > mx ? x : mx;
+            if (slope != 0.0f) s[t] -= cf_attn_alibi(a, slope, i, j, it->Sq, it->sk);
+            mx = s[t] > mx ? s[t] : mx;
         }
+    }
     if (mx == -INFINITY) { /* nothing visible in this block (or only NaN): P row is 0 */
         int nan = 0;
         for (int64_t t = 0; t < nb; t++)
@@ -522,11 +534,13 @@ static void kv_block_softmax(const cf_kvcache_call* c, kv_scratch* w, const kv_i
     const cf_attn_call* a = &c->a;
     for (int64_t r = 0; r < it->R; r++) {
         const float slope = cf_attn_slope(a, it->b, it->hk0 * it->G + r / it->nq);
-        if (it->path.softmax16 && nb == KV_KB && a->softcap == 0.0f && slope == 0.0f &&
-            w->lo[r] <= jb && w->hi[r] >= jb + KV_KB) /* no masks, no horizontal sums */
-            it->path.softmax16(w->s + r * KV_KB, a->scale, w->m + r, w->l + r, w->lv + 16 * r,
-                               w->acc + r * a->Dv, a->Dv);
-        else
+        if (it->path.softmax16 && nb == KV_KB && slope == 0.0f && w->lo[r] <= jb &&
+            w->hi[r] >= jb + KV_KB) { /* no masks, no horizontal sums */
+            float* s = w->s + r * KV_KB;
+            if (a->softcap > 0.0f) kv_softcap(s, KV_KB, a->scale, a->softcap);
+            it->path.softmax16(s, a->softcap > 0.0f ? 1.0f : a->scale, w->m + r, w->l + r,
+                               w->lv + 16 * r, w->acc + r * a->Dv, a->Dv);
+        } else
             kv_row_softmax(c, w, it, r, jb, nb, slope);
     }
 }

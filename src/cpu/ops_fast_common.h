@@ -99,12 +99,13 @@ static inline void* at(const cf_view* v, int64_t off) {
 }
 
 /* exp(x) for x <= 0 (softmax arguments), relative error ~2 ulp; 0 below -87 and for -inf, NaN
- * for NaN. Branch-free so that loops over it vectorize. 2^n is built from n's float bits (a
+ * for NaN. Branch-free so that loops over it vectorize (GCC 12 vectorizes none with floorf in
+ * it: n is rounded by adding and subtracting 1.5 * 2^23). 2^n is built from n's float bits (a
  * magic-number add, no float -> int conversion, which is undefined for NaN). */
 static inline float fexp(float x) {
     const float l2e = 1.44269504088896341f, c1 = 0.693359375f, c2 = -2.12194440e-4f;
     float xc = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
-    float n = floorf(xc * l2e + 0.5f);
+    float n = (xc * l2e + 12582912.0f) - 12582912.0f; /* to nearest */
     float r = xc - n * c1 - n * c2;
     float p = 1.9875691500e-4f;
     p = p * r + 1.3981999507e-3f;
@@ -120,6 +121,21 @@ static inline float fexp(float x) {
     } t = {n + 12583039.0f}, e; /* a union: memcpy here stops vectorization */
     e.u = t.u << 23;            /* 2^n */
     return x < -87.0f ? 0.0f : p * e.f;
+}
+
+/* tanh(y) as attn_simd.h's v_tanh (CF_TANH_* in core/attn_call.h), with fexp; branch-free so
+ * that loops over it vectorize. NaN gives NaN, +-inf gives +-1. */
+static inline float ftanh(float y) {
+    const float a = fabsf(y), z = y * y;
+    float p = CF_TANH_P5;
+    p = p * z + CF_TANH_P4;
+    p = p * z + CF_TANH_P3;
+    p = p * z + CF_TANH_P2;
+    p = p * z + CF_TANH_P1;
+    p = p * z + CF_TANH_P0;
+    const float small = y + y * z * p, e = fexp(-2.0f * a);
+    const float big = copysignf((1.0f - e) / (1.0f + e), y);
+    return a < CF_TANH_SMALL ? small : big;
 }
 
 /* s[t] = exp(s[t] - m) for t < n (0 where s[t] = -inf, NaN where NaN); returns the sum. Same
