@@ -101,15 +101,29 @@ static void kv_dots_rows(const float* restrict q, int64_t R, int64_t D, const vo
                          int64_t nb, cf_dtype dt, float* restrict s, float* restrict kf) {
     for (int64_t t = 0; t < nb; t++)
         ld_row(kf + t * D, rows[t], dt, D);
-    for (int64_t r = 0; r < R; r++)
-        for (int64_t t = 0; t < nb; t++) {
-            const float *qr = q + r * D, *k = kf + t * D;
+    for (int64_t r = 0; r < R; r++) {
+        const float* qr = q + r * D;
+        int64_t t = 0;
+        for (; t + 4 <= nb; t += 4) { /* four keys per pass: each q load feeds four products */
+            const float *k0 = kf + t * D, *k1 = k0 + D, *k2 = k1 + D, *k3 = k2 + D;
+            float d0 = 0.0f, d1 = 0.0f, d2 = 0.0f, d3 = 0.0f;
+#pragma omp simd reduction(+ : d0, d1, d2, d3)
+            for (int64_t d = 0; d < D; d++) {
+                const float x = qr[d];
+                d0 += x * k0[d], d1 += x * k1[d], d2 += x * k2[d], d3 += x * k3[d];
+            }
+            float* o = s + r * KV_KB + t;
+            o[0] = d0, o[1] = d1, o[2] = d2, o[3] = d3;
+        }
+        for (; t < nb; t++) {
+            const float* k = kf + t * D;
             float dot = 0.0f;
 #pragma omp simd reduction(+ : dot)
             for (int64_t d = 0; d < D; d++)
                 dot += qr[d] * k[d];
             s[r * KV_KB + t] = dot;
         }
+    }
 }
 
 /* acc[r] += sum_t p[r * KV_KB + t] v_t for nb value rows of dtype dt; vf: nb * Dv scratch. */
