@@ -191,9 +191,11 @@ static inline float exp_row(float* s, int64_t n, float m) {
     }
     sum = vaddvq_f32(acc);
 #endif
-    for (; t < n; t++) {
-        s[t] = fexp(s[t] - m);
-        sum += s[t];
+    /* (the loop of the other builds, AVX2 among them: fexp vectorizes) */
+#pragma omp simd reduction(+ : sum)
+    for (int64_t u = t; u < n; u++) {
+        s[u] = fexp(s[u] - m);
+        sum += s[u];
     }
     return sum;
 }
