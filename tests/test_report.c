@@ -72,6 +72,19 @@ static void common_checks(void) {
         CHECK_MSG(strstr(json, keys[i]), "JSON lacks %s", keys[i]);
     CHECK(json[0] == '{' && json[strlen(json) - 2] == '}');
 
+    /* [environment] names every variable the library reads (src/core/threads.c's thread policy
+     * and src/cpu/attn_blocks.c's block sizes among them). */
+    const char* vars[] = {"CFLASH_BACKEND",     "CFLASH_LOG",         "CFLASH_CACHE_DIR",
+                          "CFLASH_ATTN_BLOCKS", "CFLASH_SMALL_CALLS", "OMP_WAIT_POLICY",
+                          "GOMP_SPINCOUNT",     "OMP_NUM_THREADS"};
+    const char *env = strstr(text, "[environment]"), *env_end = env ? strstr(env, "\n\n") : NULL;
+    for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++) {
+        char line[64];
+        snprintf(line, sizeof line, "\n  %s ", vars[i]);
+        const char* at = env ? strstr(env, line) : NULL;
+        CHECK_MSG(at && (!env_end || at < env_end), "[environment] lacks %s", vars[i]);
+    }
+
     /* The op x backend table: one row per op and backend, [OKAY] or [NO] with a reason. */
     for (int op = 0; op < CFLASH_OP_COUNT; op++) {
         char row[64];
