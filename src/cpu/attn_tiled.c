@@ -427,19 +427,22 @@ static void fwd_mask_max(const cf_attn_call* c, const cf_attn_kernels* kk, const
     float* st = w->st;
     for (int64_t r = 0; r < Mt; r++)
         w->mx[r] = -INFINITY;
-    if (c->softcap > 0.0f || c->alibi != NULL) {
-        int64_t a = 0, z = 0;
-        for (int64_t j = 0; j < nb; j++) {
-            float* row = st + j * Mt;
-            const int64_t jj = j0 + j;
-            /* the transform of cf_attn_score: scaled and soft-capped (vectors, the whole row),
-             * then ALiBi and the masks per element */
-            if (c->softcap > 0.0f)
-                kk->softcap_cols(row, Mt, c->scale, c->softcap, NULL);
-            else
-                for (int64_t r = 0; r < Mt; r++)
-                    row[r] *= c->scale;
-            /* rows [a, z2) see key jj (lo and hi are non-decreasing in ii; see below) */
+    /* Softcap or ALiBi: scaled (and soft-capped: vectors, the whole row) first, as
+     * cf_attn_score; otherwise the scale is applied with the maxima. */
+    const int transform = c->softcap > 0.0f || c->alibi != NULL;
+    int64_t a = 0, z = 0;
+    for (int64_t j = 0; j < nb; j++) {
+        float* row = st + j * Mt;
+        const int64_t jj = j0 + j;
+        if (c->softcap > 0.0f)
+            kk->softcap_cols(row, Mt, c->scale, c->softcap, NULL);
+        else if (transform)
+            for (int64_t r = 0; r < Mt; r++)
+                row[r] *= c->scale;
+        if (!full || c->alibi) {
+            /* Key jj is hidden from rows ii < a (hi[ii] <= jj) and ii >= z (lo[ii] > jj); lo
+             * and hi are non-decreasing in ii, so both are runs: fills, no branches. Rows
+             * [a, z2) see it and take the ALiBi term (cf_attn_alibi: distance d0 + ii). */
             while (a < na && w->hi[a] <= jj)
                 a++;
             while (z < na && w->lo[z] <= jj)
@@ -452,37 +455,15 @@ static void fwd_mask_max(const cf_attn_call* c, const cf_attn_kernels* kk, const
                     rg[ii] = -INFINITY;
                 for (int64_t ii = z2; ii < na; ii++)
                     rg[ii] = -INFINITY;
-                if (slope != 0.0f) /* cf_attn_alibi, the diagonal's distance d0 + ii */
+                if (slope != 0.0f)
                     for (int64_t ii = a; ii < z2; ii++) {
                         const int64_t d = d0 + ii;
                         rg[ii] -= slope * (float)(d < 0 ? -d : d);
                     }
             }
-            if (!xtra) kk->scale_max_cols(row, Mt, 1.0f, w->mx);
         }
-    } else {
-        int64_t a = 0, z = 0;
-        for (int64_t j = 0; j < nb; j++) {
-            float* row = st + j * Mt;
-            if (!full) {
-                /* Key jj is hidden from rows ii < a (hi[ii] <= jj) and ii >= z (lo[ii] > jj); lo
-                 * and hi are non-decreasing in ii, so both are runs: fills, no branches. */
-                const int64_t jj = j0 + j;
-                while (a < na && w->hi[a] <= jj)
-                    a++;
-                while (z < na && w->lo[z] <= jj)
-                    z++;
-                const int64_t z2 = z > a ? z : a;
-                for (int64_t gi = 0; gi < G; gi++) {
-                    float* rg = row + gi * na;
-                    for (int64_t ii = 0; ii < a; ii++)
-                        rg[ii] = -INFINITY;
-                    for (int64_t ii = z2; ii < na; ii++)
-                        rg[ii] = -INFINITY;
-                }
-            }
-            kk->scale_max_cols(row, Mt, c->scale, xtra ? w->alpha : w->mx); /* alpha: scratch */
-        }
+        kk->scale_max_cols(row, Mt, transform ? 1.0f : c->scale,
+                           xtra ? w->alpha : w->mx); /* alpha: scratch */
     }
     if (xtra) { /* bias and masks on the scores, then the maxima */
         cf_attn_cpu_extras(c, w->b, st, Mt, nb, 1, Mt, w->xi, w->xh, c->bs_num.data ? w->kvp : NULL,

@@ -96,6 +96,15 @@ typedef void (*kv_choose_fn)(const cf_kvcache_call* c, int64_t R, kv_path* p);
 
 /* ---- Generic kernels (any build, any dtype) -------------------------------------------------- */
 
+/* q . k over D floats. */
+static inline float kv_dot(const float* restrict q, const float* restrict k, int64_t D) {
+    float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+    for (int64_t d = 0; d < D; d++)
+        dot += q[d] * k[d];
+    return dot;
+}
+
 /* s[r * KV_KB + t] = q_r . k_t for nb key rows of dtype dt; kf: nb * D scratch. */
 static void kv_dots_rows(const float* restrict q, int64_t R, int64_t D, const void* const* rows,
                          int64_t nb, cf_dtype dt, float* restrict s, float* restrict kf) {
@@ -120,14 +129,8 @@ static void kv_dots_rows(const float* restrict q, int64_t R, int64_t D, const vo
             ob[0] = b0, ob[1] = b1, ob[2] = b2, ob[3] = b3;
         }
         for (; t < nb; t++)
-            for (int64_t r = r0; r < r0 + 2; r++) {
-                const float *qr = q + r * D, *k = kf + t * D;
-                float dot = 0.0f;
-#pragma omp simd reduction(+ : dot)
-                for (int64_t d = 0; d < D; d++)
-                    dot += qr[d] * k[d];
-                s[r * KV_KB + t] = dot;
-            }
+            for (int64_t r = r0; r < r0 + 2; r++)
+                s[r * KV_KB + t] = kv_dot(q + r * D, kf + t * D, D);
     }
     for (int64_t r = r0; r < R; r++) {
         const float* qr = q + r * D;
@@ -143,14 +146,8 @@ static void kv_dots_rows(const float* restrict q, int64_t R, int64_t D, const vo
             float* o = s + r * KV_KB + t;
             o[0] = d0, o[1] = d1, o[2] = d2, o[3] = d3;
         }
-        for (; t < nb; t++) {
-            const float* k = kf + t * D;
-            float dot = 0.0f;
-#pragma omp simd reduction(+ : dot)
-            for (int64_t d = 0; d < D; d++)
-                dot += qr[d] * k[d];
-            s[r * KV_KB + t] = dot;
-        }
+        for (; t < nb; t++)
+            s[r * KV_KB + t] = kv_dot(qr, kf + t * D, D);
     }
 }
 
