@@ -1237,17 +1237,22 @@ static void test_quant_edges(void) {
 /* Non-finite values in a quantized cache (an fp8 NaN code, an int8 NaN scale) follow DESIGN.md's
  * NaN rule: every query row that sees the key is NaN (out and lse), every row that does not is
  * exact. Two query rows with a window, so that the keys sit in blocks some rows see only in part
- * (the kernels' masked-key paths), in K or in V. */
+ * (the kernels' masked-key paths), in K or in V; and without the window, where one of the keys
+ * sits in a block every row sees (the block kernels themselves: int8's integer P.V goes key by
+ * key in fp32 for a NaN scale). A NaN in q: its row alone is NaN (int8's integer scores hand
+ * such a q to the decoding kernels). */
 static void test_quant_nonfinite(void) {
+    static const char* what[3] = {"K", "V", "q"};
     for (int qz = CFLASH_KV_QUANT_FP8_E4M3; qz <= CFLASH_KV_QUANT_INT8; qz++)
-        for (int is_v = 0; is_v < 2; is_v++)
-            for (int g = 0; g < 2; g++) {
+        for (int kind = 0; kind < 3; kind++)
+            for (int g = 0; g < 4; g++) {
+                const int is_v = kind == 1, win = g < 2;
                 kcase c = {0};
-                c.dtype = CF_BF16, c.B = 1, c.H = g ? 6 : 8, c.Hk = 2, c.Sq = 2, c.Sn = 0;
+                c.dtype = CF_BF16, c.B = 1, c.H = g % 2 ? 6 : 8, c.Hk = 2, c.Sq = 2, c.Sn = 0;
                 c.D = 64, c.Dv = 64, c.Lmax = 40, c.seqlen_mode = 1, c.causal = 1;
-                c.wl = 20, c.wr = -1, c.lse = 1, c.layout = TT_DENSE;
+                c.wl = win ? 20 : -1, c.wr = -1, c.lse = 1, c.layout = TT_DENSE;
                 c.x.quant = qz, c.x.descale = qz == CFLASH_KV_QUANT_INT8 ? 0 : 2;
-                c.seed = 960 + (uint64_t)(qz * 4 + is_v * 2 + g) + tt_seed_base();
+                c.seed = 960 + (uint64_t)(qz * 12 + kind * 4 + g) + tt_seed_base();
                 kprob p;
                 build(&p, &c);
                 const int64_t no = c.Sq * c.H * c.Dv, nl = c.Sq * c.H;
@@ -1257,7 +1262,9 @@ static void test_quant_nonfinite(void) {
                 /* key 39 (row 1 sees it, row 0 does not) in KV head 0, key 18 (row 0 only) in
                  * head 1: a NaN code, or a NaN int8 scale */
                 const int64_t keys[2] = {39, 18};
-                for (int64_t hk = 0; hk < 2; hk++) {
+                if (kind == 2) /* row 1 of query head 0 */
+                    tt_set(&p.q, (int64_t[]){0, 1, 0, 3}, NAN);
+                for (int64_t hk = 0; hk < 2 && kind < 2; hk++) {
                     tt_tensor *t = is_v ? &p.vc : &p.kc, *t0 = is_v ? &p.vc0 : &p.kc0;
                     int64_t i4[4] = {0, keys[hk], hk, 5 + hk}, i3[3] = {0, keys[hk], hk};
                     if (qz == CFLASH_KV_QUANT_INT8) {
@@ -1299,11 +1306,14 @@ static void test_quant_nonfinite(void) {
                             }
                             nan_rows += nan_row;
                         }
-                    CHECK_MSG(bad == 0 && nan_rows == 2 * c.H / c.Hk,
-                              "quant %d non-finite in %s (G %lld) on %s: %lld elements wrong, %lld "
-                              "NaN rows (expected %lld)",
-                              qz, is_v ? "V" : "K", (long long)(c.H / c.Hk), *be, (long long)bad,
-                              (long long)nan_rows, (long long)(2 * c.H / c.Hk));
+                    /* key 39: the G rows 1 of head 0's group; key 18: head 1's group, row 0
+                     * with the window, both rows without */
+                    const int64_t G = c.H / c.Hk, want = kind == 2 ? 1 : win ? 2 * G : 3 * G;
+                    CHECK_MSG(bad == 0 && nan_rows == want,
+                              "quant %d non-finite in %s (G %lld%s) on %s: %lld elements wrong, "
+                              "%lld NaN rows (expected %lld)",
+                              qz, what[kind], (long long)G, win ? ", window" : "", *be,
+                              (long long)bad, (long long)nan_rows, (long long)want);
                 }
                 free(ro), free(rl), free(no_), free(nl_);
                 release(&p);

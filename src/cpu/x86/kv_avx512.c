@@ -5,12 +5,14 @@
  * - bf16: scores by vdpbf16ps, four keys by four rows per pass; P.V by vdpbf16ps, two keys per
  *   instruction (P rounded to bf16, as the naive bf16 computation materializes it);
  * - quantized caches with bf16 q: the codes decoded to bf16 in registers by byte tables (vpermi2b)
- *   right where vdpbf16ps uses them;
+ *   right where vdpbf16ps uses them; int8 where AVX512-VNNI is present: no decode, the codes
+ *   sign-extended into vpdpwssd against q and P as 16-bit integers;
  * - the softmax of a fully visible 16-key block with no horizontal sums.
  * kv_choose_avx512 (at the end) picks them for a call; src/cpu/kvcache_fast.h runs the rest. */
 #if defined(__x86_64__)
 /* System headers first: the clang pragma below gives every function declared after it the
  * target attribute. */
+#include <float.h>
 #include <immintrin.h>
 #include <math.h>
 #include <stdint.h>
@@ -275,6 +277,15 @@ static void kv_pv(float* restrict acc, int64_t R, int64_t Dv, const void* const*
  * vdpbf16ps chains, each loaded key feeding four), each row's four sums reduced by one tree and
  * stored as one 4-float vector (no per-score scalar stores). ---- */
 
+/* Keys t + 4 .. t + 7 of a block (rows of `bytes` bytes) into L1, where the block has them (it
+ * is already in L2): the next pass of a four-key kernel. */
+static inline void kv_next4_l1(const void* const* rows, int64_t t, int64_t nb, int64_t bytes) {
+    if (t + 8 <= nb)
+        for (int64_t u = t + 4; u < t + 8; u++)
+            for (int64_t o = 0; o < bytes; o += 64)
+                _mm_prefetch((const char*)rows[u] + o, _MM_HINT_T0);
+}
+
 /* [sum a0, sum a1, sum a2, sum a3] (the tree of reduce4, kept in a register). */
 static inline __m128 kv_sum4(__m512 a0, __m512 a1, __m512 a2, __m512 a3) {
     __m512 s01 = _mm512_add_ps(_mm512_unpacklo_ps(a0, a1), _mm512_unpackhi_ps(a0, a1));
@@ -302,10 +313,7 @@ kv_dots_bf16x4(const uint16_t* restrict qw, int64_t R, int64_t D, const void* co
     int64_t t = 0;
     for (; t + 4 <= nb; t += 4) {
         const uint16_t *k0 = rows[t], *k1 = rows[t + 1], *k2 = rows[t + 2], *k3 = rows[t + 3];
-        if (t + 8 <= nb) /* the next four keys into L1 (the block is already in L2) */
-            for (int64_t u = t + 4; u < t + 8; u++)
-                for (int64_t o = 0; o < D; o += 32)
-                    _mm_prefetch((const char*)((const uint16_t*)rows[u] + o), _MM_HINT_T0);
+        kv_next4_l1(rows, t, nb, 2 * D);
         for (int64_t r = 0; r < R; r += 4) {
             __m512 a00 = _mm512_setzero_ps(), a01 = a00, a02 = a00, a03 = a00;
             __m512 a10 = a00, a11 = a00, a12 = a00, a13 = a00;
@@ -654,10 +662,7 @@ kv_dots_q_body(const uint16_t* restrict qw, int64_t R, int64_t D, const void* co
     int64_t t = 0;
     for (; t + 4 <= nb; t += 4) {
         const uint8_t *k0 = rows[t], *k1 = rows[t + 1], *k2 = rows[t + 2], *k3 = rows[t + 3];
-        if (t + 8 <= nb) /* the next four keys into L1 (the block is already in L2) */
-            for (int64_t u = t + 4; u < t + 8; u++)
-                for (int64_t o = 0; o < D; o += 64)
-                    _mm_prefetch((const char*)rows[u] + o, _MM_HINT_T0);
+        kv_next4_l1(rows, t, nb, D);
         for (int64_t r = 0; r < R; r += 4) {
             __m512 a00 = _mm512_setzero_ps(), a01 = a00, a02 = a00, a03 = a00;
             __m512 a10 = a00, a11 = a00, a12 = a00, a13 = a00;
@@ -788,6 +793,218 @@ static void kv_q_unpermute(float* acc, int64_t R, int64_t Dv) {
 }
 #undef KV_DP4
 
+/* ---- int8 caches by integer dot products (AVX512-VNNI): the codes feed vpdpwssd sign-extended,
+ * no decode. q goes in as 16-bit integers per row (qi = q / qs rounded, qs = max|q| / kv_i8_qmax),
+ * P as 16-bit integers per row and block (relative to the block's largest |f p| of the row): both
+ * exact to 2^-16 of their row's largest value, finer than P's bf16 on the other paths. ---- */
+
+/* The largest |qi|: the D products of a score stay in int32 (|code| <= 128). */
+static inline float kv_i8_qmax(int64_t D) {
+    const int64_t m = (int64_t)2147483647 / (128 * D) - 1;
+    return (float)(m < 32767 ? m : 32767);
+}
+
+/* Whether the integer kernels serve R rows of a KV head: bf16 q (exactly bf16, as kv_q_prep
+ * asks; the fallback for a non-finite q), rows in fours. */
+static inline int kv_i8_ok(const cf_kvcache_call* c, int64_t R) {
+    return c->quant == CFLASH_KV_QUANT_INT8 && cf_cpu()->avx512vnni &&
+           kv_q_bf16_ok(c->a.dtype, c->a.D, c->a.Dv) && kv_q_fused_ok(R);
+}
+
+/* The four sums of a0 .. a3's lanes (int32: each total fits, kv_i8_qmax). */
+static inline __m128i kv_isum4(__m512i a0, __m512i a1, __m512i a2, __m512i a3) {
+    const __m512i s01 =
+        _mm512_add_epi32(_mm512_unpacklo_epi32(a0, a1), _mm512_unpackhi_epi32(a0, a1));
+    const __m512i s23 =
+        _mm512_add_epi32(_mm512_unpacklo_epi32(a2, a3), _mm512_unpackhi_epi32(a2, a3));
+    const __m512i u =
+        _mm512_add_epi32(_mm512_unpacklo_epi64(s01, s23), _mm512_unpackhi_epi64(s01, s23));
+    const __m256i v = _mm256_add_epi32(_mm512_castsi512_si256(u), _mm512_extracti64x4_epi64(u, 1));
+    return _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+}
+
+/* acc + the pairwise products of a and b's 16-bit words (vpdpwssd). By inline assembly: GCC 12
+ * copies every accumulator of _mm512_dpwssd_epi32 through a second register each pass (the
+ * intrinsic's destination is not tied to its source), a third more instructions in the loops. */
+__attribute__((target("avx512vnni,avx512f"), always_inline)) static inline __m512i
+kv_dpw(__m512i acc, __m512i a, __m512i b) {
+    __asm__("vpdpwssd %2, %1, %0" : "+v"(acc) : "v"(a), "v"(b));
+    return acc;
+}
+
+/* 32 codes at x sign-extended to 16-bit words. */
+static inline __m512i kv_i8_words(const int8_t* x) {
+    return _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i*)x));
+}
+
+/* s[r * KV_KB + t] = f[t] qs[r] (qi_r . k_t) for R (% 4 == 0) rows and nb int8 rows of D
+ * (% 32 == 0) codes; four keys by four rows per pass. */
+__attribute__((target("avx512vnni,avx512f,avx512bw,avx512vl"))) static void
+kv_dots_i8(const int16_t* restrict qi, const float* qs, int64_t R, int64_t D,
+           const void* const* rows, int64_t nb, const float* f, float* restrict s) {
+    int64_t t = 0;
+    for (; t + 4 <= nb; t += 4) {
+        const int8_t *k0 = rows[t], *k1 = rows[t + 1], *k2 = rows[t + 2], *k3 = rows[t + 3];
+        kv_next4_l1(rows, t, nb, D);
+        const __m128 ft = _mm_loadu_ps(f + t);
+        for (int64_t r = 0; r < R; r += 4) {
+            __m512i a00 = _mm512_setzero_si512(), a01 = a00, a02 = a00, a03 = a00;
+            __m512i a10 = a00, a11 = a00, a12 = a00, a13 = a00;
+            __m512i a20 = a00, a21 = a00, a22 = a00, a23 = a00;
+            __m512i a30 = a00, a31 = a00, a32 = a00, a33 = a00;
+            const int16_t* q = qi + r * D;
+            for (int64_t d = 0; d < D; d += 32) {
+                const __m512i w0 = kv_i8_words(k0 + d), w1 = kv_i8_words(k1 + d),
+                              w2 = kv_i8_words(k2 + d), w3 = kv_i8_words(k3 + d);
+                const __m512i q0 = _mm512_loadu_si512(q + d), q1 = _mm512_loadu_si512(q + D + d),
+                              q2 = _mm512_loadu_si512(q + 2 * D + d),
+                              q3 = _mm512_loadu_si512(q + 3 * D + d);
+#define KV_DPW4(A0, A1, A2, A3, W)                                                                 \
+    A0 = kv_dpw(A0, W, q0), A1 = kv_dpw(A1, W, q1), A2 = kv_dpw(A2, W, q2), A3 = kv_dpw(A3, W, q3)
+                KV_DPW4(a00, a10, a20, a30, w0);
+                KV_DPW4(a01, a11, a21, a31, w1);
+                KV_DPW4(a02, a12, a22, a32, w2);
+                KV_DPW4(a03, a13, a23, a33, w3);
+            }
+            float* o = s + r * KV_KB + t;
+            _mm_storeu_ps(o, _mm_mul_ps(_mm_mul_ps(ft, _mm_set1_ps(qs[r])),
+                                        _mm_cvtepi32_ps(kv_isum4(a00, a01, a02, a03))));
+            _mm_storeu_ps(o + KV_KB, _mm_mul_ps(_mm_mul_ps(ft, _mm_set1_ps(qs[r + 1])),
+                                                _mm_cvtepi32_ps(kv_isum4(a10, a11, a12, a13))));
+            _mm_storeu_ps(o + 2 * KV_KB, _mm_mul_ps(_mm_mul_ps(ft, _mm_set1_ps(qs[r + 2])),
+                                                    _mm_cvtepi32_ps(kv_isum4(a20, a21, a22, a23))));
+            _mm_storeu_ps(o + 3 * KV_KB, _mm_mul_ps(_mm_mul_ps(ft, _mm_set1_ps(qs[r + 3])),
+                                                    _mm_cvtepi32_ps(kv_isum4(a30, a31, a32, a33))));
+        }
+    }
+    for (; t < nb; t++) /* the last keys of a block, one by one */
+        for (int64_t r = 0; r < R; r += 4) {
+            __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
+            const int16_t* q = qi + r * D;
+            for (int64_t d = 0; d < D; d += 32) {
+                const __m512i w = kv_i8_words((const int8_t*)rows[t] + d);
+                const __m512i q0 = _mm512_loadu_si512(q + d), q1 = _mm512_loadu_si512(q + D + d),
+                              q2 = _mm512_loadu_si512(q + 2 * D + d),
+                              q3 = _mm512_loadu_si512(q + 3 * D + d);
+                KV_DPW4(a0, a1, a2, a3, w);
+            }
+            int32_t o[4]; /* rows r .. r + 3 */
+            _mm_storeu_si128((__m128i*)o, kv_isum4(a0, a1, a2, a3));
+            for (int i = 0; i < 4; i++)
+                s[(r + i) * KV_KB + t] = f[t] * qs[r + i] * (float)o[i];
+        }
+}
+#undef KV_DPW4
+
+/* pp: the R rows of f[t] p[r * KV_KB + t] (t < nb) as 16-bit integers in key pairs (16-bit
+ * words 2k, 2k + 1 of row r at pp[r * KV_KB / 2 + k]), relative to the row's largest |f p|;
+ * pf[r]: the factor back. 0 when some f p is not finite. */
+static int kv_p_i16(uint32_t* pp, float* pf, const float* p, const float* f, int64_t R,
+                    int64_t nb) {
+    const __mmask16 live = nb >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << nb) - 1u);
+    const __m512 vf = _mm512_maskz_loadu_ps(live, f), big = _mm512_set1_ps(FLT_MAX);
+    for (int64_t r = 0; r < R; r++) {
+        const __m512 x = _mm512_mul_ps(vf, _mm512_maskz_loadu_ps(live, p + r * KV_KB));
+        const __m512 ax = _mm512_abs_ps(x);
+        if (_mm512_cmp_ps_mask(ax, big, _CMP_NLE_UQ)) return 0; /* inf or NaN */
+        const float m = _mm512_reduce_max_ps(ax);
+        pf[r] = m / 32767.0f;
+        const __m512 y =
+            m > 0.0f ? _mm512_mul_ps(_mm512_div_ps(x, _mm512_set1_ps(m)), _mm512_set1_ps(32767.0f))
+                     : _mm512_setzero_ps();
+        _mm256_storeu_si256((__m256i*)(pp + r * (KV_KB / 2)),
+                            _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(y)));
+    }
+    return 1;
+}
+
+/* Element d of a row of acc in kv_pv_i8's order: of each 32 elements, 8L + j (j < 4) at 4L + j,
+ * 8L + 4 + j at 16 + 4L + j (vpunpck{l,h}wd of two keys' words). */
+static int64_t kv_acc_index_i8(int64_t d) {
+    return (d & ~31) + ((d >> 2) & 1) * 16 + ((d >> 3) & 3) * 4 + (d & 3);
+}
+
+/* acc[r] += sum_t f[t] p[r * KV_KB + t] v_t for R (% 4 == 0, <= 64) rows and nb int8 rows of Dv
+ * (% 64 == 0) codes: P in 16 bits (kv_p_i16), keys in pairs by vpdpwssd, the block's integer
+ * sums added to acc (in kv_acc_index_i8's order) times the row's factor. A P that is not finite
+ * (an infinite or NaN scale) goes key by key in fp32. */
+__attribute__((target("avx512vnni,avx512f,avx512bw,avx512vl"))) static void
+kv_pv_i8(float* restrict acc, int64_t R, int64_t Dv, const void* const* rows, int64_t nb,
+         const float* restrict p, const float* f) {
+    uint32_t pp[64 * KV_KB / 2];
+    float pf[64];
+    if (!kv_p_i16(pp, pf, p, f, R, nb)) {
+        for (int64_t t = 0; t < nb; t++)
+            for (int64_t r = 0; r < R; r++) {
+                const float w = f[t] * p[r * KV_KB + t];
+                for (int64_t d = 0; d < Dv; d++)
+                    acc[r * Dv + kv_acc_index_i8(d)] += w * (float)((const int8_t*)rows[t])[d];
+            }
+        return;
+    }
+    const int64_t np = (nb + 1) / 2;
+    const int8_t zero[64] = {0};
+    for (int64_t d = 0; d < Dv; d += 64)
+        for (int64_t r = 0; r < R; r += 4) {
+            const uint32_t* pr = pp + r * (KV_KB / 2);
+            __m512i a00 = _mm512_setzero_si512(), a01 = a00, a02 = a00, a03 = a00;
+            __m512i a10 = a00, a11 = a00, a12 = a00, a13 = a00;
+            __m512i a20 = a00, a21 = a00, a22 = a00, a23 = a00;
+            __m512i a30 = a00, a31 = a00, a32 = a00, a33 = a00;
+            for (int64_t k = 0; k < np; k++) {
+                const int8_t* va = (const int8_t*)rows[2 * k] + d;
+                const int8_t* vb = 2 * k + 1 < nb ? (const int8_t*)rows[2 * k + 1] + d : zero;
+                const __m512i wa0 = kv_i8_words(va), wb0 = kv_i8_words(vb);
+                const __m512i wa1 = kv_i8_words(va + 32), wb1 = kv_i8_words(vb + 32);
+                const __m512i x0 = _mm512_unpacklo_epi16(wa0, wb0),
+                              x1 = _mm512_unpackhi_epi16(wa0, wb0),
+                              x2 = _mm512_unpacklo_epi16(wa1, wb1),
+                              x3 = _mm512_unpackhi_epi16(wa1, wb1);
+                const __m512i p0 = _mm512_set1_epi32((int)pr[k]),
+                              p1 = _mm512_set1_epi32((int)pr[KV_KB / 2 + k]),
+                              p2 = _mm512_set1_epi32((int)pr[KV_KB + k]),
+                              p3 = _mm512_set1_epi32((int)pr[3 * KV_KB / 2 + k]);
+#define KV_DPP4(A0, A1, A2, A3, X)                                                                 \
+    A0 = kv_dpw(A0, X, p0), A1 = kv_dpw(A1, X, p1), A2 = kv_dpw(A2, X, p2), A3 = kv_dpw(A3, X, p3)
+                KV_DPP4(a00, a10, a20, a30, x0);
+                KV_DPP4(a01, a11, a21, a31, x1);
+                KV_DPP4(a02, a12, a22, a32, x2);
+                KV_DPP4(a03, a13, a23, a33, x3);
+#undef KV_DPP4
+            }
+#define KV_ADD4(I, A0, A1, A2, A3)                                                                 \
+    do {                                                                                           \
+        float* o = acc + (r + (I)) * Dv + d;                                                       \
+        const __m512 g = _mm512_set1_ps(pf[r + (I)]);                                              \
+        _mm512_storeu_ps(o, _mm512_fmadd_ps(g, _mm512_cvtepi32_ps(A0), _mm512_loadu_ps(o)));       \
+        _mm512_storeu_ps(o + 16,                                                                   \
+                         _mm512_fmadd_ps(g, _mm512_cvtepi32_ps(A1), _mm512_loadu_ps(o + 16)));     \
+        _mm512_storeu_ps(o + 32,                                                                   \
+                         _mm512_fmadd_ps(g, _mm512_cvtepi32_ps(A2), _mm512_loadu_ps(o + 32)));     \
+        _mm512_storeu_ps(o + 48,                                                                   \
+                         _mm512_fmadd_ps(g, _mm512_cvtepi32_ps(A3), _mm512_loadu_ps(o + 48)));     \
+    } while (0)
+            KV_ADD4(0, a00, a01, a02, a03);
+            KV_ADD4(1, a10, a11, a12, a13);
+            KV_ADD4(2, a20, a21, a22, a23);
+            KV_ADD4(3, a30, a31, a32, a33);
+#undef KV_ADD4
+        }
+}
+
+/* The R rows of acc (width Dv) from kv_pv_i8's order back to element order: per 32 elements,
+ * the 128-bit quarters of the two halves interleaved. */
+static void kv_i8_unpermute(float* acc, int64_t R, int64_t Dv) {
+    static const int32_t lo[16] = {0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23};
+    static const int32_t hi[16] = {8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31};
+    const __m512i il = _mm512_loadu_si512(lo), ih = _mm512_loadu_si512(hi);
+    for (int64_t i = 0; i < R * Dv; i += 32) {
+        const __m512 a = _mm512_loadu_ps(acc + i), b = _mm512_loadu_ps(acc + i + 16);
+        _mm512_storeu_ps(acc + i, _mm512_permutex2var_ps(a, il, b));
+        _mm512_storeu_ps(acc + i + 16, _mm512_permutex2var_ps(a, ih, b));
+    }
+}
+
 /* ---- The kernels of a call (kv_path) ----------------------------------------------------------
  */
 
@@ -867,6 +1084,42 @@ static void avx512_pv_q(const kv_head* h, const void* const* rows, int64_t nb, c
             h->c->quant == CFLASH_KV_QUANT_INT8);
 }
 
+/* int8 caches, integer dot products: q as 16-bit integers per row (and, for a q that is not
+ * finite, the fused kernels' form with their tables). */
+static void avx512_i8_prep(const cf_kvcache_call* c, kv_scratch* w, int64_t R) {
+    const int64_t D = c->a.D;
+    const float qm = kv_i8_qmax(D);
+    w->qbad = 0;
+    for (int64_t r = 0; r < R; r++) {
+        const float* q = w->q + r * D;
+        float mx = 0.0f;
+        for (int64_t d = 0; d < D; d++) {
+            const float a = fabsf(q[d]);
+            w->qbad |= !(a <= FLT_MAX);
+            mx = a > mx ? a : mx;
+        }
+        w->qs[r] = mx / qm;
+        const float inv = mx > 0.0f ? qm / mx : 0.0f;
+        for (int64_t d = 0; d < D; d++)
+            w->qi[r * D + d] = (int16_t)lrintf(q[d] * inv);
+    }
+    if (w->qbad) avx512_q_prep(c, w, R);
+}
+
+static void avx512_scores_i8(const kv_head* h, const void* const* rows, int64_t nb,
+                             const float* f) {
+    if (h->w->qbad) { /* (rare: an inf or NaN in q) */
+        avx512_scores_q(h, rows, nb, f);
+        return;
+    }
+    const int64_t r0 = h->q - h->w->q; /* the head's first row, times D */
+    kv_dots_i8(h->w->qi + r0, h->w->qs + r0 / h->c->a.D, h->R, h->c->a.D, rows, nb, f, h->s);
+}
+
+static void avx512_pv_i8(const kv_head* h, const void* const* rows, int64_t nb, const float* f) {
+    kv_pv_i8(h->acc, h->R, h->c->a.Dv, rows, nb, h->s, f);
+}
+
 /* Quantized caches, bf16 q, rows not in fours: a block's codes decoded to bf16 rows (in w->kq)
  * for the bf16 kernels. */
 static void avx512_q_tables(const cf_kvcache_call* c, kv_scratch* w, int64_t R) {
@@ -906,6 +1159,9 @@ static void kv_choose_avx512(const cf_kvcache_call* c, int64_t R, kv_path* p) {
             p->scores = kv_dots_x4_ok(a->dtype, R, a->D) ? avx512_scores_x4 : avx512_scores_bf16;
         if (kv_pv_dp_ok(a->dtype, R, a->Dv))
             p->pv = avx512_pv_dp, p->acc_index = kv_acc_index_dp, p->finish = kv_pv_unpermute;
+    } else if (kv_i8_ok(c, R)) {
+        p->prep = avx512_i8_prep, p->scores = avx512_scores_i8, p->pv = avx512_pv_i8;
+        p->acc_index = kv_acc_index_i8, p->finish = kv_i8_unpermute;
     } else if (kv_q_bf16_ok(a->dtype, a->D, a->Dv) && kv_q_fused_ok(R)) {
         p->prep = avx512_q_prep, p->scores = avx512_scores_q, p->pv = avx512_pv_q;
         p->acc_index = kv_acc_index_q, p->finish = kv_q_unpermute;
