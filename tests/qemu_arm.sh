@@ -3,8 +3,10 @@
 # CPU feature set qemu models: first every test that can run emulated on `-cpu max` (NEON,
 # FEAT_FP16/FHM, BF16, I8MM, SVE2 at 512 bits, SME); then cpu-sve's tests at the shortest and the
 # longest SVE vector (128 and 2048 bits: its kernels read the length at run time); then, without
-# SVE (`max,sve=off`) and on a NEON-only core (Cortex-A72: no fp16 arithmetic, no bf16), the probe,
-# the report and cpu-neon's tests (cpu-sve must refuse there, with its reason). The grids run
+# SVE (`max,sve=off`), the probe, the report and the KV-cache test (cpu-sve must refuse there, with
+# its reason; cpu-neon's kernels are the ones `-cpu max` ran, same features), and on a NEON-only
+# core (Cortex-A72: no fp16 arithmetic, no bf16: other NEON paths) the probe, the report and
+# cpu-neon's tests (cpu-sve refusing again). The grids run
 # reduced (CFLASH_TEST_LEVEL=-1): kernels and the fp64 oracle are emulated, tens of times slower.
 # The tests that loop over backends check the ARM kernels (cpu-neon, cpu-sve) alone: cpu-ref and
 # cpu-generic are portable C that the x86 stages run under gcc, clang and ASan (test_attn_ref
@@ -38,7 +40,7 @@ for model in \
     "max;max;-E $exclude;cpu-neon cpu-sve;+asimd +fphp +asimdhp +asimdfhm +asimddp +bf16 +i8mm +sve +sve2 +svebf16 +sme;" \
     "sve128;max,sve-default-vector-length=16;-R ^(test_probe|test_report|$kernels)\$;cpu-sve;+sve;16" \
     "sve2048;max,sve-default-vector-length=256;-R ^(test_probe|test_report|$kernels)\$;cpu-sve;+sve;256" \
-    "nosve;max,sve=off;-R ^(test_probe|test_report|test_attn_backends|test_kvcache)\$;cpu-sve cpu-neon;+asimd +fphp +asimdhp +asimdfhm +bf16 +i8mm -sve -sve2 -sme;0" \
+    "nosve;max,sve=off;-R ^(test_probe|test_report|test_kvcache)\$;cpu-sve cpu-neon;+asimd +fphp +asimdhp +asimdfhm +bf16 +i8mm -sve -sve2 -sme;0" \
     "cortex-a72;cortex-a72;-R ^(test_probe|test_report|test_attn_backends|test_kvcache)\$;cpu-sve cpu-neon;+asimd -fphp -asimdhp -asimdfhm -asimddp -bf16 -i8mm -sve -sve2 -sme;0"; do
     IFS=';' read -r name cpu select backends features vl <<EOF
 $model
