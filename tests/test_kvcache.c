@@ -858,9 +858,30 @@ static void test_grid(void) {
         run_case(&v);
         ns++;
     }
+    /* head dims that are no multiple of 8 or 16 (the vector kernels' tails, D and Dv apart):
+     * every dtype, quantized or not, GQA groups of 4 and 1, decode and a few rows */
+    int nd = 0;
+    for (int i = 0; i < 6; i++) {
+        kcase v = {0};
+        v.dtype = dts[i % 3];
+        v.H = i % 2 ? 3 : 8, v.Hk = i % 2 ? 3 : 2;
+        v.B = 1 + i % 2;
+        v.Sq = v.Sn = (int64_t[]){1, 3}[i % 2];
+        v.D = (int64_t[]){13, 3, 77, 21, 1, 45}[i], v.Dv = (int64_t[]){13, 5, 77, 9, 30, 45}[i];
+        v.Lmax = (int64_t[]){45, 130}[i % 2];
+        v.page = i == 4 ? 16 : 0;
+        v.causal = i % 3 != 2, v.wl = v.wr = -1;
+        v.lse = 1;
+        v.layout = (tt_layout)(i % 2);
+        v.x.quant = (int[]){0, 1, 3, 2, 0, 3}[i];
+        v.x.descale = v.x.quant == CFLASH_KV_QUANT_FP8_E4M3 ? 2 : 0;
+        v.seed = 930 + (uint64_t)i + tt_seed_base();
+        run_case(&v);
+        nd++;
+    }
     printf("kvcache grid: %d cases + 2 long + 2 chunked prefill + %d varlen + %d quantized + %d "
-           "latent + %d sinks\n",
-           n, nv, nqz, nl, ns);
+           "latent + %d sinks + %d odd head dims\n",
+           n, nv, nqz, nl, ns, nd);
 }
 
 static void test_errors(void) {

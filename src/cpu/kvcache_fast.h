@@ -98,6 +98,21 @@ typedef struct kv_path {
     void (*finish)(float* acc, int64_t R, int64_t Dv);
 } kv_path;
 
+/* The dtype the rows of a call are read as: q's, or the code type of a quantized cache (the x86
+ * kernels convert codes in registers). */
+static inline cf_dtype kv_row_dtype(const cf_kvcache_call* c) {
+    return c->quant == CFLASH_KV_QUANT_NONE       ? c->a.dtype
+           : c->quant == CFLASH_KV_QUANT_INT8     ? CF_I8
+           : c->quant == CFLASH_KV_QUANT_FP8_E5M2 ? CF_F8E5M2
+                                                  : CF_F8E4M3;
+}
+
+/* The unit of the values the x86 kernels read codes of dtype dt as: an e4m3fn code shifted into
+ * fp16's fields is its value times 2^-8, and the per-key factor takes the 2^8. */
+static inline float kv_code_unit(cf_dtype dt) {
+    return dt == CF_F8E4M3 ? 256.0f : 1.0f;
+}
+
 /* A build's choice of kernels for a call whose KV heads have R query rows in an item. */
 typedef void (*kv_choose_fn)(const cf_kvcache_call* c, int64_t R, kv_path* p);
 

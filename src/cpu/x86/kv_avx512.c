@@ -44,11 +44,6 @@
  * mantissa fields is its value times 2^-8 (kv_code_unit puts the 2^8 back in the per-key factor)
  * and its one NaN pattern is set apart. */
 
-/* The unit of the values kv_load16 reads codes of dtype dt as. */
-static inline float kv_code_unit(cf_dtype dt) {
-    return dt == CF_F8E4M3 ? 256.0f : 1.0f;
-}
-
 static inline __m512 kv_load16_code(const void* row, cf_dtype dt, int64_t d, __mmask16 m) {
     const __m128i b = _mm_maskz_loadu_epi8(m, (const uint8_t*)row + d);
     if (dt == CF_I8) return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b));
@@ -1013,14 +1008,6 @@ static void kv_apply_unit(float* x, int64_t R, const float* f, float u) {
     const __m512 vf = _mm512_mul_ps(_mm512_set1_ps(u), _mm512_loadu_ps(f));
     for (int64_t r = 0; r < R; r++)
         _mm512_storeu_ps(x + r * KV_KB, _mm512_mul_ps(vf, _mm512_loadu_ps(x + r * KV_KB)));
-}
-
-/* The dtype the rows of a call are read as: q's, or the code type of a quantized cache. */
-static cf_dtype kv_row_dtype(const cf_kvcache_call* c) {
-    return c->quant == CFLASH_KV_QUANT_NONE       ? c->a.dtype
-           : c->quant == CFLASH_KV_QUANT_INT8     ? CF_I8
-           : c->quant == CFLASH_KV_QUANT_FP8_E5M2 ? CF_F8E5M2
-                                                  : CF_F8E4M3;
 }
 
 /* Rows of any dtype (codes included) in fp32 FMA. */

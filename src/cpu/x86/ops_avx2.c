@@ -1,6 +1,6 @@
-/* The fast op kernels (rotary, norm, KV cache, merge) built for AVX2 + FMA + F16C: backend
- * cpu-avx2, available when the CPU probe reports all three. Bodies:
- * src/cpu/{rotary,norm,kvcache,merge}_fast.h. */
+/* The fast op kernels (rotary, norm, merge) built for AVX2 + FMA + F16C: backend cpu-avx2,
+ * available when the CPU probe reports all three. Bodies: src/cpu/{rotary,norm,merge}_fast.h; the
+ * KV cache's: kv_avx2.c. */
 #if defined(__x86_64__)
 /* System headers first: the clang pragma below gives every function declared after it the
  * target attribute. */
@@ -23,13 +23,13 @@
 
 #include "cpu/ops_fast_common.h"
 
-#include "cpu/kvcache_fast.h"
 #include "cpu/merge_fast.h"
 #include "cpu/norm_fast.h"
 #include "cpu/rotary_fast.h"
 #include "probe/cpu_features.h"
 
-static int ops_avx2_available(char* why, size_t n) {
+int cf_ops_avx2_available(char* why, size_t n); /* (kv_avx2.c's kvcache_fwd too) */
+int cf_ops_avx2_available(char* why, size_t n) {
     const cf_cpu_info* c = cf_cpu();
     if (c->avx2 && c->fma && c->f16c) return 1;
     snprintf(why, n, "needs AVX2, FMA and F16C: CPU has avx2=%d fma=%d f16c=%d", c->avx2, c->fma,
@@ -37,22 +37,9 @@ static int ops_avx2_available(char* why, size_t n) {
     return 0;
 }
 
-static cflash_status avx2_kvcache_run(const void* call) {
-    return kv_run(call, kv_choose_generic);
-}
-
-const cf_impl cf_impl_avx2_kvcache_fwd = {
-    .backend = "cpu-avx2",
-    .op = CFLASH_OP_KVCACHE_FWD,
-    .device_type = kDLCPU,
-    .supports = NULL, /* every call */
-    .run = avx2_kvcache_run,
-    .available = ops_avx2_available,
-};
-
 #define CF_OPS_ISA avx2
 #define CF_OPS_BACKEND "cpu-avx2"
-#define CF_OPS_AVAILABLE ops_avx2_available
+#define CF_OPS_AVAILABLE cf_ops_avx2_available
 #include "cpu/ops_fast_impls.h"
 #if defined(__clang__)
 #pragma clang attribute pop

@@ -1,0 +1,244 @@
+/* The KV-cache fast path built for AVX2 + FMA + F16C: backend cpu-avx2's kvcache_fwd. Its kernels
+ * read K and V rows straight from the cache, converted to fp32 in registers (bf16, fp16, fp32, and
+ * the 1-byte codes of fp8 / int8 caches: no decoded copy), several query rows per pass so that each
+ * converted key feeds all of them: scores two keys by four rows (eight FMA chains), P.V sixteen
+ * elements by four rows with the accumulators in registers over a block. The softmax is
+ * kvcache_fast.h's portable one. src/cpu/kvcache_fast.h runs the rest. */
+#if defined(__x86_64__)
+/* System headers first: the clang pragma below gives every function declared after it the
+ * target attribute. */
+#include <immintrin.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,fma,f16c"))), apply_to = function)
+#else
+#pragma GCC target("avx2,fma,f16c")
+#endif
+#define CF_OPS_AVX2 1
+#define CF_OPS_F16C 1
+
+#include "cpu/ops_fast_common.h"
+
+#include "cpu/kvcache_fast.h"
+#include "probe/cpu_features.h"
+
+/* ---- Eight elements of a row of any dtype in fp32 registers ----------------------------------
+ * As cpu-avx512's kv_load16: fp8 through fp16 (vcvtph2ps is exact on fp16 subnormals), an e5m2
+ * code the high byte of its value's fp16, an e4m3fn code shifted into fp16's fields its value times
+ * 2^-8 (the per-key factor takes the 2^8: kv_code_unit) with its NaN pattern set apart. */
+
+static inline __m256 kv2_code8(const uint8_t* x, cf_dtype dt) {
+    const __m128i b = _mm_loadl_epi64((const __m128i*)x);
+    if (dt == CF_I8) return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b));
+    const __m128i w = _mm_cvtepu8_epi16(b);
+    if (dt == CF_F8E5M2) return _mm256_cvtph_ps(_mm_slli_epi16(w, 8));
+    const __m128i a = _mm_slli_epi16(w, 7); /* e, m in bits 7..13, the sign at bit 14 */
+    const __m128i h = _mm_add_epi16(a, _mm_and_si128(a, _mm_set1_epi16(0x4000)));
+    const __m128i nan = /* 0x7f or 0xff: all ones in 16 bits */
+        _mm_cmpeq_epi16(_mm_or_si128(w, _mm_set1_epi16(0x80)), _mm_set1_epi16(0xff));
+    return _mm256_blendv_ps(_mm256_cvtph_ps(h), _mm256_set1_ps(NAN),
+                            _mm256_castsi256_ps(_mm256_cvtepi16_epi32(nan)));
+}
+
+/* Elements d .. d + 7 of a row of dtype dt (all eight inside the row). */
+static inline __m256 kv2_load8(const void* row, cf_dtype dt, int64_t d) {
+    switch (dt) {
+    case CF_BF16: {
+        const __m128i h = _mm_loadu_si128((const __m128i*)((const uint16_t*)row + d));
+        return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+    }
+    case CF_F16:
+        return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)((const uint16_t*)row + d)));
+    case CF_I8:
+    case CF_F8E4M3:
+    case CF_F8E5M2: return kv2_code8((const uint8_t*)row + d, dt);
+    default: return _mm256_loadu_ps((const float*)row + d);
+    }
+}
+
+/* Elements d .. d + n - 1 (n < 8) of a row, zeros after: the row's last ones, through a copy (the
+ * loads above would read past the row). */
+static inline __m256 kv2_load_tail(const void* row, cf_dtype dt, int64_t d, int64_t n) {
+    const size_t es = cf_dtype_size(dt);
+    _Alignas(32) uint8_t tmp[32] = {0};
+    memcpy(tmp, (const char*)row + (size_t)d * es, (size_t)n * es);
+    return kv2_load8(tmp, dt, 0);
+}
+
+static inline __m256 kv2_load(const void* row, cf_dtype dt, int64_t d, int64_t D) {
+    return D - d >= 8 ? kv2_load8(row, dt, d) : kv2_load_tail(row, dt, d, D - d);
+}
+
+/* q's elements d .. d + 7 of a row of D (zeros past D). */
+static inline __m256 kv2_q8(const float* q, int64_t d, int64_t D) {
+    if (D - d >= 8) return _mm256_loadu_ps(q + d);
+    const __m256i i = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    return _mm256_maskload_ps(q + d, _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(D - d)), i));
+}
+
+/* [sum a0, sum a1, sum a2, sum a3]. */
+static inline __m128 kv2_sum4(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
+    const __m256 t = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+    return _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
+}
+
+/* s[r * KV_KB + t] = u f[t] q_r . k_t (f NULL: u = 1, no factor) for R rows and the nb key rows of
+ * dtype dt: two keys by four rows per pass. */
+static void kv2_dots(const float* restrict q, int64_t R, int64_t D, const void* const* rows,
+                     int64_t nb, cf_dtype dt, const float* f, float* restrict s) {
+    int64_t t = 0;
+    for (; t + 2 <= nb; t += 2) {
+        const void *k0 = rows[t], *k1 = rows[t + 1];
+        int64_t r = 0;
+        for (; r + 4 <= R; r += 4) {
+            const float* qr = q + r * D;
+            __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+            __m256 b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+            for (int64_t d = 0; d < D; d += 8) {
+                const __m256 x = kv2_load(k0, dt, d, D), y = kv2_load(k1, dt, d, D);
+                const __m256 q0 = kv2_q8(qr, d, D), q1 = kv2_q8(qr + D, d, D),
+                             q2 = kv2_q8(qr + 2 * D, d, D), q3 = kv2_q8(qr + 3 * D, d, D);
+                a0 = _mm256_fmadd_ps(q0, x, a0), b0 = _mm256_fmadd_ps(q0, y, b0);
+                a1 = _mm256_fmadd_ps(q1, x, a1), b1 = _mm256_fmadd_ps(q1, y, b1);
+                a2 = _mm256_fmadd_ps(q2, x, a2), b2 = _mm256_fmadd_ps(q2, y, b2);
+                a3 = _mm256_fmadd_ps(q3, x, a3), b3 = _mm256_fmadd_ps(q3, y, b3);
+            }
+            float o[8]; /* rows r, r + 1 for keys t, t + 1, then rows r + 2, r + 3 */
+            _mm_storeu_ps(o, kv2_sum4(a0, b0, a1, b1));
+            _mm_storeu_ps(o + 4, kv2_sum4(a2, b2, a3, b3));
+            for (int i = 0; i < 4; i++)
+                s[(r + i) * KV_KB + t] = o[2 * i], s[(r + i) * KV_KB + t + 1] = o[2 * i + 1];
+        }
+        for (; r < R; r++) {
+            __m256 a = _mm256_setzero_ps(), b = a;
+            for (int64_t d = 0; d < D; d += 8) {
+                const __m256 qv = kv2_q8(q + r * D, d, D);
+                a = _mm256_fmadd_ps(qv, kv2_load(k0, dt, d, D), a);
+                b = _mm256_fmadd_ps(qv, kv2_load(k1, dt, d, D), b);
+            }
+            float o[4];
+            _mm_storeu_ps(o, kv2_sum4(a, b, a, b));
+            s[r * KV_KB + t] = o[0], s[r * KV_KB + t + 1] = o[1];
+        }
+    }
+    for (; t < nb; t++) /* an odd last key */
+        for (int64_t r = 0; r < R; r++) {
+            __m256 a = _mm256_setzero_ps();
+            for (int64_t d = 0; d < D; d += 8)
+                a = _mm256_fmadd_ps(kv2_q8(q + r * D, d, D), kv2_load(rows[t], dt, d, D), a);
+            float o[4];
+            _mm_storeu_ps(o, kv2_sum4(a, a, a, a));
+            s[r * KV_KB + t] = o[0];
+        }
+    if (f) {
+        const float u = kv_code_unit(dt);
+        for (int64_t r = 0; r < R; r++)
+            for (int64_t j = 0; j < nb; j++)
+                s[r * KV_KB + j] *= u * f[j];
+    }
+}
+
+/* acc[r] += sum_t p[r * KV_KB + t] v_t for R rows and the nb value rows of dtype dt (p already
+ * holds each key's factor): sixteen elements by four rows per pass, the accumulators in registers
+ * over the block. */
+static void kv2_pv(float* restrict acc, int64_t R, int64_t Dv, const void* const* rows, int64_t nb,
+                   cf_dtype dt, const float* restrict p) {
+    int64_t d = 0;
+    for (; d + 16 <= Dv; d += 16) {
+        int64_t r = 0;
+        for (; r + 4 <= R; r += 4) {
+            float* o = acc + r * Dv + d;
+            const float* pr = p + r * KV_KB;
+            __m256 a0 = _mm256_loadu_ps(o), a1 = _mm256_loadu_ps(o + Dv),
+                   a2 = _mm256_loadu_ps(o + 2 * Dv), a3 = _mm256_loadu_ps(o + 3 * Dv);
+            __m256 b0 = _mm256_loadu_ps(o + 8), b1 = _mm256_loadu_ps(o + Dv + 8),
+                   b2 = _mm256_loadu_ps(o + 2 * Dv + 8), b3 = _mm256_loadu_ps(o + 3 * Dv + 8);
+            for (int64_t t = 0; t < nb; t++) {
+                const __m256 v = kv2_load8(rows[t], dt, d), w = kv2_load8(rows[t], dt, d + 8);
+                const __m256 p0 = _mm256_broadcast_ss(pr + t),
+                             p1 = _mm256_broadcast_ss(pr + KV_KB + t),
+                             p2 = _mm256_broadcast_ss(pr + 2 * KV_KB + t),
+                             p3 = _mm256_broadcast_ss(pr + 3 * KV_KB + t);
+                a0 = _mm256_fmadd_ps(p0, v, a0), b0 = _mm256_fmadd_ps(p0, w, b0);
+                a1 = _mm256_fmadd_ps(p1, v, a1), b1 = _mm256_fmadd_ps(p1, w, b1);
+                a2 = _mm256_fmadd_ps(p2, v, a2), b2 = _mm256_fmadd_ps(p2, w, b2);
+                a3 = _mm256_fmadd_ps(p3, v, a3), b3 = _mm256_fmadd_ps(p3, w, b3);
+            }
+            _mm256_storeu_ps(o, a0), _mm256_storeu_ps(o + Dv, a1);
+            _mm256_storeu_ps(o + 2 * Dv, a2), _mm256_storeu_ps(o + 3 * Dv, a3);
+            _mm256_storeu_ps(o + 8, b0), _mm256_storeu_ps(o + Dv + 8, b1);
+            _mm256_storeu_ps(o + 2 * Dv + 8, b2), _mm256_storeu_ps(o + 3 * Dv + 8, b3);
+        }
+        for (; r < R; r++) {
+            float* o = acc + r * Dv + d;
+            __m256 a = _mm256_loadu_ps(o), b = _mm256_loadu_ps(o + 8);
+            for (int64_t t = 0; t < nb; t++) {
+                const __m256 pv = _mm256_broadcast_ss(p + r * KV_KB + t);
+                a = _mm256_fmadd_ps(pv, kv2_load8(rows[t], dt, d), a);
+                b = _mm256_fmadd_ps(pv, kv2_load8(rows[t], dt, d + 8), b);
+            }
+            _mm256_storeu_ps(o, a), _mm256_storeu_ps(o + 8, b);
+        }
+    }
+    for (; d < Dv; d += 8) { /* the last elements, eight or fewer at a time */
+        const int64_t n = Dv - d < 8 ? Dv - d : 8;
+        for (int64_t r = 0; r < R; r++) {
+            float* o = acc + r * Dv + d;
+            float x[8];
+            memcpy(x, o, sizeof(float) * (size_t)n);
+            __m256 a = _mm256_loadu_ps(x);
+            for (int64_t t = 0; t < nb; t++)
+                a = _mm256_fmadd_ps(_mm256_broadcast_ss(p + r * KV_KB + t),
+                                    kv2_load(rows[t], dt, d, Dv), a);
+            _mm256_storeu_ps(x, a);
+            memcpy(o, x, sizeof(float) * (size_t)n);
+        }
+    }
+}
+
+static void avx2_scores(const kv_head* h, const void* const* rows, int64_t nb, const float* f) {
+    kv2_dots(h->q, h->R, h->c->a.D, rows, nb, kv_row_dtype(h->c), f, h->s);
+}
+
+static void avx2_pv(const kv_head* h, const void* const* rows, int64_t nb, const float* f) {
+    const cf_dtype dt = kv_row_dtype(h->c);
+    if (f) {
+        const float u = kv_code_unit(dt);
+        for (int64_t r = 0; r < h->R; r++)
+            for (int64_t t = 0; t < nb; t++)
+                h->s[r * KV_KB + t] *= u * f[t];
+    }
+    kv2_pv(h->acc, h->R, h->c->a.Dv, rows, nb, dt, h->s);
+}
+
+static void kv_choose_avx2(const cf_kvcache_call* c, int64_t R, kv_path* p) {
+    (void)c, (void)R;
+    *p = (kv_path){.scores = avx2_scores, .pv = avx2_pv};
+}
+
+int cf_ops_avx2_available(char* why, size_t n); /* src/cpu/x86/ops_avx2.c */
+
+static cflash_status avx2_kvcache_run(const void* call) {
+    return kv_run(call, kv_choose_avx2);
+}
+
+const cf_impl cf_impl_avx2_kvcache_fwd = {
+    .backend = "cpu-avx2",
+    .op = CFLASH_OP_KVCACHE_FWD,
+    .device_type = kDLCPU,
+    .supports = NULL, /* every call */
+    .run = avx2_kvcache_run,
+    .available = cf_ops_avx2_available,
+};
+
+#if defined(__clang__)
+#pragma clang attribute pop
+#endif
+#endif
