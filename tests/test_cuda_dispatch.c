@@ -4,13 +4,15 @@
  * not, and that a run reports the driver's error instead of crashing.
  *   test_cuda_dispatch            expects CFLASH_LIBCUDA = the fake, CFLASH_FAKE_CUINIT=0
  *   test_cuda_dispatch no-nvrtc   the same with NVRTC hidden: both backends say why
- * Skips (exit 77) when the fake is not configured. */
+ * Skips (exit 77) when the fake is not configured, and the first form when the machine has no
+ * NVRTC (a CPU-only machine: the no-nvrtc form is then what it checks). */
 #include <dlfcn.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "common/testutil.h"
 #include "cuda/cuda_drv.h"
+#include "cuda/cuda_rtc.h"
 #include "probe/cuda_loader.h"
 #include "probe/dynlib.h"
 
@@ -286,6 +288,11 @@ int main(int argc, char** argv) {
     }
     if (argc > 1 && !strcmp(argv[1], "no-nvrtc")) {
         test_no_nvrtc();
+    } else if (!cf_nvrtc_available(why, sizeof why)) {
+        printf("SKIP: the CUDA backends' choice needs NVRTC on this machine (%s); the no-nvrtc "
+               "form checks what they say without it\n",
+               why);
+        return 77;
     } else {
         test_choice();
         test_features_refused();
