@@ -13,7 +13,10 @@ extern const char* const ops_backends[];
 cflash_context* ops_context(const char* backend, int threads);
 
 /* 1 if the call's status says the backend cannot serve (not in this build / not on this CPU),
- * printing the reason once per backend and op; 0 otherwise. */
+ * printing the reason once per backend and op; 0 otherwise, and for an op other than attention
+ * ("attn", "attn_fwd", ...; attn_merge is an op) also when the backend refused although
+ * cflash_report marks it [OKAY] for the op (those impls serve every call: the refusal is a bug the
+ * caller's status check reports). */
 int ops_backend_skips(const char* backend, const char* op, cflash_status s);
 
 /* Max |t - ref| over t's logical elements in row-major order (ref dense row-major); NaN or
