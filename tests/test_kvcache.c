@@ -776,7 +776,7 @@ static void test_grid(void) {
     }
     /* quantized caches with bf16 q (cpu-avx512 decodes the codes to bf16 in registers): every
      * format with GQA groups of 4 and 8 (the fused kernels, rows in fours), 3 and 1 (the codes
-     * decoded to rows first), D 64 / 128 and Dv 64, paged, masks, splits, appends */
+     * decoded to rows first), D 64 / 96 / 128 and Dv 64, paged, masks, splits, appends */
     for (int i = 0; i < (emulated ? 6 : 12); i++) {
         kcase v = {0};
         v.dtype = CF_BF16;
@@ -787,8 +787,8 @@ static void test_grid(void) {
         v.B = 1 + i % 2;
         v.Sq = (int64_t[]){1, 2, 1, 3}[i % 4];
         v.Sn = i % 5 == 4 ? 0 : v.Sq;
-        v.D = i % 2 ? 128 : 64;
-        v.Dv = i % 6 == 5 ? 64 : v.D;
+        v.D = i % 2 ? 128 : i % 4 == 2 ? 96 : 64; /* (96: int8's integer kernels, not fp8's) */
+        v.Dv = i % 6 == 5 || i % 4 == 2 ? 64 : v.D;
         v.Lmax = (int64_t[]){200, 45, 131}[i % 3];
         v.page = (int64_t[]){0, 16, 0, 7}[i % 4];
         v.causal = i % 4 != 3;

@@ -32,7 +32,7 @@ typedef struct kv_scratch {
     float *kq, *lut, *fk;
     uint16_t* qw;
     /* int8 caches by integer dot products: q rows as 16-bit integers (R * D, 64-byte aligned),
-     * each row's factor (R), and whether some q is not finite (then qw serves instead) */
+     * each row's factor (R), and whether some q is not finite (then the fp32 scores serve) */
     int16_t* qi;
     float* qs;
     int qbad;

@@ -799,11 +799,12 @@ static inline float kv_i8_qmax(int64_t D) {
     return (float)(m < 32767 ? m : 32767);
 }
 
-/* Whether the integer kernels serve R rows of a KV head: bf16 q (exactly bf16, as kv_q_prep
- * asks; the fallback for a non-finite q), rows in fours. */
+/* Whether the integer kernels serve R rows of a KV head: bf16 q (its 8-bit mantissa is what 16-bit
+ * integers per row hold to 2^-16 of the row's largest; not fp32's), D % 32, Dv % 64, rows in fours
+ * (VNNI alone: Cascade Lake and Ice Lake servers have it without AVX512-BF16). */
 static inline int kv_i8_ok(const cf_kvcache_call* c, int64_t R) {
-    return c->quant == CFLASH_KV_QUANT_INT8 && cf_cpu()->avx512vnni &&
-           kv_q_bf16_ok(c->a.dtype, c->a.D, c->a.Dv) && kv_q_fused_ok(R);
+    return c->quant == CFLASH_KV_QUANT_INT8 && cf_cpu()->avx512vnni && c->a.dtype == CF_BF16 &&
+           c->a.D % 32 == 0 && c->a.Dv % 64 == 0 && kv_q_fused_ok(R);
 }
 
 /* The four sums of a0 .. a3's lanes (int32: each total fits, kv_i8_qmax). */
@@ -1071,8 +1072,8 @@ static void avx512_pv_q(const kv_head* h, const void* const* rows, int64_t nb, c
             h->c->quant == CFLASH_KV_QUANT_INT8);
 }
 
-/* int8 caches, integer dot products: q as 16-bit integers per row (and, for a q that is not
- * finite, the fused kernels' form with their tables). */
+/* int8 caches, integer dot products: q as 16-bit integers per row (a q that is not finite: its
+ * item takes the fp32 kernels' scores). */
 static void avx512_i8_prep(const cf_kvcache_call* c, kv_scratch* w, int64_t R) {
     const int64_t D = c->a.D;
     const float qm = kv_i8_qmax(D);
@@ -1090,13 +1091,12 @@ static void avx512_i8_prep(const cf_kvcache_call* c, kv_scratch* w, int64_t R) {
         for (int64_t d = 0; d < D; d++)
             w->qi[r * D + d] = (int16_t)lrintf(q[d] * inv);
     }
-    if (w->qbad) avx512_q_prep(c, w, R);
 }
 
 static void avx512_scores_i8(const kv_head* h, const void* const* rows, int64_t nb,
                              const float* f) {
     if (h->w->qbad) { /* (rare: an inf or NaN in q) */
-        avx512_scores_q(h, rows, nb, f);
+        avx512_scores(h, rows, nb, f);
         return;
     }
     const int64_t r0 = h->q - h->w->q; /* the head's first row, times D */
