@@ -34,21 +34,42 @@
  * code the high byte of its value's fp16, an e4m3fn code shifted into fp16's fields its value times
  * 2^-8 (the per-key factor takes the 2^8: kv_code_unit) with its NaN pattern set apart. */
 
-static inline __m256 kv2_code8(const uint8_t* x, cf_dtype dt) {
+/* nan: an e4m3fn row may hold its NaN code (kv2_e4m3_nan): set those lanes apart. */
+__attribute__((always_inline)) static inline __m256 kv2_code8(const uint8_t* x, cf_dtype dt,
+                                                              int nan) {
     const __m128i b = _mm_loadl_epi64((const __m128i*)x);
     if (dt == CF_I8) return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b));
     const __m128i w = _mm_cvtepu8_epi16(b);
     if (dt == CF_F8E5M2) return _mm256_cvtph_ps(_mm_slli_epi16(w, 8));
     const __m128i a = _mm_slli_epi16(w, 7); /* e, m in bits 7..13, the sign at bit 14 */
     const __m128i h = _mm_add_epi16(a, _mm_and_si128(a, _mm_set1_epi16(0x4000)));
-    const __m128i nan = /* 0x7f or 0xff: all ones in 16 bits */
+    if (!nan) return _mm256_cvtph_ps(h);
+    const __m128i isnan = /* 0x7f or 0xff: all ones in 16 bits */
         _mm_cmpeq_epi16(_mm_or_si128(w, _mm_set1_epi16(0x80)), _mm_set1_epi16(0xff));
     return _mm256_blendv_ps(_mm256_cvtph_ps(h), _mm256_set1_ps(NAN),
-                            _mm256_castsi256_ps(_mm256_cvtepi16_epi32(nan)));
+                            _mm256_castsi256_ps(_mm256_cvtepi16_epi32(isnan)));
+}
+
+/* Whether some of the nb e4m3fn rows (n codes each) holds the NaN code (|code| 0x7f): 32 codes
+ * per compare, once per block, instead of a blend per 8 codes in the kernels. */
+static int kv2_e4m3_nan(const void* const* rows, int64_t nb, int64_t n) {
+    const __m256i hi = _mm256_set1_epi8((char)0x80), ones = _mm256_set1_epi8((char)0xff);
+    for (int64_t t = 0; t < nb; t++) {
+        const uint8_t* x = rows[t];
+        int64_t d = 0;
+        for (; d + 32 <= n; d += 32) {
+            const __m256i c = _mm256_or_si256(_mm256_loadu_si256((const __m256i*)(x + d)), hi);
+            if (_mm256_movemask_epi8(_mm256_cmpeq_epi8(c, ones))) return 1;
+        }
+        for (; d < n; d++)
+            if ((x[d] & 0x7f) == 0x7f) return 1;
+    }
+    return 0;
 }
 
 /* Elements d .. d + 7 of a row of dtype dt (all eight inside the row). */
-static inline __m256 kv2_load8(const void* row, cf_dtype dt, int64_t d) {
+__attribute__((always_inline)) static inline __m256 kv2_load8(const void* row, cf_dtype dt,
+                                                              int64_t d, int nan) {
     switch (dt) {
     case CF_BF16: {
         const __m128i h = _mm_loadu_si128((const __m128i*)((const uint16_t*)row + d));
@@ -58,7 +79,7 @@ static inline __m256 kv2_load8(const void* row, cf_dtype dt, int64_t d) {
         return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)((const uint16_t*)row + d)));
     case CF_I8:
     case CF_F8E4M3:
-    case CF_F8E5M2: return kv2_code8((const uint8_t*)row + d, dt);
+    case CF_F8E5M2: return kv2_code8((const uint8_t*)row + d, dt, nan);
     default: return _mm256_loadu_ps((const float*)row + d);
     }
 }
@@ -69,11 +90,12 @@ static inline __m256 kv2_load_tail(const void* row, cf_dtype dt, int64_t d, int6
     const size_t es = cf_dtype_size(dt);
     _Alignas(32) uint8_t tmp[32] = {0};
     memcpy(tmp, (const char*)row + (size_t)d * es, (size_t)n * es);
-    return kv2_load8(tmp, dt, 0);
+    return kv2_load8(tmp, dt, 0, 1);
 }
 
-static inline __m256 kv2_load(const void* row, cf_dtype dt, int64_t d, int64_t D) {
-    return D - d >= 8 ? kv2_load8(row, dt, d) : kv2_load_tail(row, dt, d, D - d);
+__attribute__((always_inline)) static inline __m256 kv2_load(const void* row, cf_dtype dt,
+                                                             int64_t d, int64_t D, int nan) {
+    return D - d >= 8 ? kv2_load8(row, dt, d, nan) : kv2_load_tail(row, dt, d, D - d);
 }
 
 /* q's elements d .. d + 7 of a row of D (zeros past D). */
@@ -91,8 +113,10 @@ static inline __m128 kv2_sum4(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
 
 /* s[r * KV_KB + t] = u f[t] q_r . k_t (f NULL: u = 1, no factor) for R rows and the nb key rows of
  * dtype dt: two keys by four rows per pass. */
-static void kv2_dots(const float* restrict q, int64_t R, int64_t D, const void* const* rows,
-                     int64_t nb, cf_dtype dt, const float* f, float* restrict s) {
+__attribute__((always_inline)) static inline void kv2_dots_body(const float* restrict q, int64_t R,
+                                                                int64_t D, const void* const* rows,
+                                                                int64_t nb, cf_dtype dt, int nan,
+                                                                const float* f, float* restrict s) {
     int64_t t = 0;
     for (; t + 2 <= nb; t += 2) {
         const void *k0 = rows[t], *k1 = rows[t + 1];
@@ -102,7 +126,7 @@ static void kv2_dots(const float* restrict q, int64_t R, int64_t D, const void* 
             __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
             __m256 b0 = a0, b1 = a0, b2 = a0, b3 = a0;
             for (int64_t d = 0; d < D; d += 8) {
-                const __m256 x = kv2_load(k0, dt, d, D), y = kv2_load(k1, dt, d, D);
+                const __m256 x = kv2_load(k0, dt, d, D, nan), y = kv2_load(k1, dt, d, D, nan);
                 const __m256 q0 = kv2_q8(qr, d, D), q1 = kv2_q8(qr + D, d, D),
                              q2 = kv2_q8(qr + 2 * D, d, D), q3 = kv2_q8(qr + 3 * D, d, D);
                 a0 = _mm256_fmadd_ps(q0, x, a0), b0 = _mm256_fmadd_ps(q0, y, b0);
@@ -120,8 +144,8 @@ static void kv2_dots(const float* restrict q, int64_t R, int64_t D, const void* 
             __m256 a = _mm256_setzero_ps(), b = a;
             for (int64_t d = 0; d < D; d += 8) {
                 const __m256 qv = kv2_q8(q + r * D, d, D);
-                a = _mm256_fmadd_ps(qv, kv2_load(k0, dt, d, D), a);
-                b = _mm256_fmadd_ps(qv, kv2_load(k1, dt, d, D), b);
+                a = _mm256_fmadd_ps(qv, kv2_load(k0, dt, d, D, nan), a);
+                b = _mm256_fmadd_ps(qv, kv2_load(k1, dt, d, D, nan), b);
             }
             float o[4];
             _mm_storeu_ps(o, kv2_sum4(a, b, a, b));
@@ -132,7 +156,7 @@ static void kv2_dots(const float* restrict q, int64_t R, int64_t D, const void* 
         for (int64_t r = 0; r < R; r++) {
             __m256 a = _mm256_setzero_ps();
             for (int64_t d = 0; d < D; d += 8)
-                a = _mm256_fmadd_ps(kv2_q8(q + r * D, d, D), kv2_load(rows[t], dt, d, D), a);
+                a = _mm256_fmadd_ps(kv2_q8(q + r * D, d, D), kv2_load(rows[t], dt, d, D, nan), a);
             float o[4];
             _mm_storeu_ps(o, kv2_sum4(a, a, a, a));
             s[r * KV_KB + t] = o[0];
@@ -148,8 +172,10 @@ static void kv2_dots(const float* restrict q, int64_t R, int64_t D, const void* 
 /* acc[r] += sum_t p[r * KV_KB + t] v_t for R rows and the nb value rows of dtype dt (p already
  * holds each key's factor): sixteen elements by four rows per pass, the accumulators in registers
  * over the block. */
-static void kv2_pv(float* restrict acc, int64_t R, int64_t Dv, const void* const* rows, int64_t nb,
-                   cf_dtype dt, const float* restrict p) {
+__attribute__((always_inline)) static inline void kv2_pv_body(float* restrict acc, int64_t R,
+                                                              int64_t Dv, const void* const* rows,
+                                                              int64_t nb, cf_dtype dt, int nan,
+                                                              const float* restrict p) {
     int64_t d = 0;
     for (; d + 16 <= Dv; d += 16) {
         int64_t r = 0;
@@ -161,7 +187,8 @@ static void kv2_pv(float* restrict acc, int64_t R, int64_t Dv, const void* const
             __m256 b0 = _mm256_loadu_ps(o + 8), b1 = _mm256_loadu_ps(o + Dv + 8),
                    b2 = _mm256_loadu_ps(o + 2 * Dv + 8), b3 = _mm256_loadu_ps(o + 3 * Dv + 8);
             for (int64_t t = 0; t < nb; t++) {
-                const __m256 v = kv2_load8(rows[t], dt, d), w = kv2_load8(rows[t], dt, d + 8);
+                const __m256 v = kv2_load8(rows[t], dt, d, nan),
+                             w = kv2_load8(rows[t], dt, d + 8, nan);
                 const __m256 p0 = _mm256_broadcast_ss(pr + t),
                              p1 = _mm256_broadcast_ss(pr + KV_KB + t),
                              p2 = _mm256_broadcast_ss(pr + 2 * KV_KB + t),
@@ -181,8 +208,8 @@ static void kv2_pv(float* restrict acc, int64_t R, int64_t Dv, const void* const
             __m256 a = _mm256_loadu_ps(o), b = _mm256_loadu_ps(o + 8);
             for (int64_t t = 0; t < nb; t++) {
                 const __m256 pv = _mm256_broadcast_ss(p + r * KV_KB + t);
-                a = _mm256_fmadd_ps(pv, kv2_load8(rows[t], dt, d), a);
-                b = _mm256_fmadd_ps(pv, kv2_load8(rows[t], dt, d + 8), b);
+                a = _mm256_fmadd_ps(pv, kv2_load8(rows[t], dt, d, nan), a);
+                b = _mm256_fmadd_ps(pv, kv2_load8(rows[t], dt, d + 8, nan), b);
             }
             _mm256_storeu_ps(o, a), _mm256_storeu_ps(o + 8, b);
         }
@@ -196,27 +223,54 @@ static void kv2_pv(float* restrict acc, int64_t R, int64_t Dv, const void* const
             __m256 a = _mm256_loadu_ps(x);
             for (int64_t t = 0; t < nb; t++)
                 a = _mm256_fmadd_ps(_mm256_broadcast_ss(p + r * KV_KB + t),
-                                    kv2_load(rows[t], dt, d, Dv), a);
+                                    kv2_load(rows[t], dt, d, Dv, nan), a);
             _mm256_storeu_ps(x, a);
             memcpy(o, x, sizeof(float) * (size_t)n);
         }
     }
 }
 
+/* The kernels with the row dtype a constant (its conversion chosen outside the loops); nan: an
+ * e4m3fn block holding the NaN code. */
+#define KV2_BY_DTYPE(dt, nan, call)                                                                \
+    switch (dt) {                                                                                  \
+    case CF_BF16: call(CF_BF16, 0); break;                                                         \
+    case CF_F16: call(CF_F16, 0); break;                                                           \
+    case CF_I8: call(CF_I8, 0); break;                                                             \
+    case CF_F8E4M3:                                                                                \
+        if (nan)                                                                                   \
+            call(CF_F8E4M3, 1);                                                                    \
+        else                                                                                       \
+            call(CF_F8E4M3, 0);                                                                    \
+        break;                                                                                     \
+    case CF_F8E5M2: call(CF_F8E5M2, 0); break;                                                     \
+    default: call(CF_F32, 0); break;                                                               \
+    }
+
 static void avx2_scores(const kv_head* h, const void* const* rows, int64_t nb, const float* f) {
-    kv2_dots(h->q, h->R, h->c->a.D, rows, nb, kv_row_dtype(h->c), f, h->s);
+    const cf_dtype dt = kv_row_dtype(h->c);
+    const int64_t R = h->R, D = h->c->a.D;
+    const int nan = dt == CF_F8E4M3 && kv2_e4m3_nan(rows, nb, D);
+#define KV2_DOTS(T, N) kv2_dots_body(h->q, R, D, rows, nb, T, N, f, h->s)
+    KV2_BY_DTYPE(dt, nan, KV2_DOTS)
+#undef KV2_DOTS
 }
 
 static void avx2_pv(const kv_head* h, const void* const* rows, int64_t nb, const float* f) {
     const cf_dtype dt = kv_row_dtype(h->c);
+    const int64_t R = h->R, Dv = h->c->a.Dv;
     if (f) {
         const float u = kv_code_unit(dt);
-        for (int64_t r = 0; r < h->R; r++)
+        for (int64_t r = 0; r < R; r++)
             for (int64_t t = 0; t < nb; t++)
                 h->s[r * KV_KB + t] *= u * f[t];
     }
-    kv2_pv(h->acc, h->R, h->c->a.Dv, rows, nb, dt, h->s);
+    const int nan = dt == CF_F8E4M3 && kv2_e4m3_nan(rows, nb, Dv);
+#define KV2_PV(T, N) kv2_pv_body(h->acc, R, Dv, rows, nb, T, N, h->s)
+    KV2_BY_DTYPE(dt, nan, KV2_PV)
+#undef KV2_PV
 }
+#undef KV2_BY_DTYPE
 
 static void kv_choose_avx2(const cf_kvcache_call* c, int64_t R, kv_path* p) {
     (void)c, (void)R;
