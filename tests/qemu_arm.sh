@@ -30,7 +30,10 @@ cd "$build" || exit 1
 #   *_parallel              the same grids with the small-call thread cut off: thread splitting is
 #                           architecture-independent C (the x86 stages run them); the multi-thread
 #                           kernel paths still run here in test_attn_backends' one-pass cases
-exclude='^(test_cuda_dispatch|test_link_only_lcflash|test_attn_memory|test_attn_masks|.*_parallel)$'
+#   test_attn_blocks        its grid runs the first x86 backend it finds, else cpu-generic: here
+#                           portable C that the x86 stages run (210 s emulated, the longest test);
+#                           its block-size parsing is the same C on every architecture
+exclude='^(test_cuda_dispatch|test_link_only_lcflash|test_attn_memory|test_attn_masks|test_attn_blocks|.*_parallel)$'
 # The tests that loop over backends, for the models that change only some backends.
 kernels='test_attn_backends|test_kvcache|test_norm|test_rotary|test_merge'
 
