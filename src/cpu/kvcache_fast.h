@@ -189,14 +189,15 @@ static void kv_pv_rows(float* restrict acc, int64_t R, int64_t Dv, const void* c
         }
 }
 
-/* x[r * KV_KB + t] *= f[t] for the R rows of a block's scores or P (f: 0 past the block's keys;
- * a block whose rows see only some keys and whose V holds a NaN or an infinity goes through
- * kv_pv_visible instead, so a masked key's factor never reaches a row). */
-static void kv_q_apply(float* x, int64_t R, const float* f) {
+/* x[r * KV_KB + t] *= u f[t] for the R rows of a block's scores or P (f: 0 past the block's keys;
+ * u: the unit a build's kernels read codes in, kv_code_unit; a block whose rows see only some keys
+ * and whose V holds a NaN or an infinity goes through kv_pv_visible instead, so a masked key's
+ * factor never reaches a row). */
+static void kv_q_apply(float* x, int64_t R, const float* f, float u) {
     for (int64_t r = 0; r < R; r++)
 #pragma omp simd
         for (int64_t t = 0; t < KV_KB; t++)
-            x[r * KV_KB + t] *= f[t];
+            x[r * KV_KB + t] *= u * f[t];
 }
 
 static void kv_scores_rows(const kv_head* h, const void* const* rows, int64_t nb, const float* f) {
@@ -238,13 +239,13 @@ static void kv_scores_lut(const kv_head* h, const void* const* rows, int64_t nb,
     const void* dec[KV_KB];
     kv_lut_rows(h->w->lut, rows, nb, D, h->w->kq, dec);
     kv_dots_rows(h->q, h->R, D, dec, nb, CF_F32, h->s, h->w->kf);
-    kv_q_apply(h->s, h->R, f);
+    kv_q_apply(h->s, h->R, f, 1.0f);
 }
 
 static void kv_pv_lut(const kv_head* h, const void* const* rows, int64_t nb, const float* f) {
     const int64_t Dv = h->c->a.Dv;
     const void* dec[KV_KB];
-    kv_q_apply(h->s, h->R, f);
+    kv_q_apply(h->s, h->R, f, 1.0f);
     kv_lut_rows(h->w->lut, rows, nb, Dv, h->w->kq, dec);
     kv_pv_rows(h->acc, h->R, Dv, dec, nb, CF_F32, h->s, h->w->vf);
 }

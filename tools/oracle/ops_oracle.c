@@ -31,11 +31,13 @@ static void ops_report_read(void) {
 static int ops_backend_okay(const char* backend, const char* op) {
     static pthread_once_t once = PTHREAD_ONCE_INIT;
     pthread_once(&once, ops_report_read);
-    for (const char* l = ops_report; l && *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL) {
+    for (const char* l = ops_report; l && *l;) {
         char name[64], be[64], mark[16];
         if (sscanf(l, "%63s %63s %15s", name, be, mark) == 3 && strstr(name, op) &&
             !strcmp(be, backend) && !strcmp(mark, "[OKAY]"))
             return 1;
+        const char* nl = strchr(l, '\n');
+        l = nl ? nl + 1 : NULL;
     }
     return 0;
 }

@@ -111,12 +111,12 @@ static inline __m128 kv2_sum4(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
     return _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
 }
 
-/* s[r * KV_KB + t] = u f[t] q_r . k_t (f NULL: u = 1, no factor) for R rows and the nb key rows of
- * dtype dt: two keys by four rows per pass. */
+/* s[r * KV_KB + t] = q_r . k_t for R rows and the nb key rows of dtype dt (codes: in
+ * kv_code_unit's units): two keys by four rows per pass. */
 __attribute__((always_inline)) static inline void kv2_dots_body(const float* restrict q, int64_t R,
                                                                 int64_t D, const void* const* rows,
                                                                 int64_t nb, cf_dtype dt, int nan,
-                                                                const float* f, float* restrict s) {
+                                                                float* restrict s) {
     int64_t t = 0;
     for (; t + 2 <= nb; t += 2) {
         const void *k0 = rows[t], *k1 = rows[t + 1];
@@ -161,12 +161,6 @@ __attribute__((always_inline)) static inline void kv2_dots_body(const float* res
             _mm_storeu_ps(o, kv2_sum4(a, a, a, a));
             s[r * KV_KB + t] = o[0];
         }
-    if (f) {
-        const float u = kv_code_unit(dt);
-        for (int64_t r = 0; r < R; r++)
-            for (int64_t j = 0; j < nb; j++)
-                s[r * KV_KB + j] *= u * f[j];
-    }
 }
 
 /* acc[r] += sum_t p[r * KV_KB + t] v_t for R rows and the nb value rows of dtype dt (p already
@@ -251,20 +245,16 @@ static void avx2_scores(const kv_head* h, const void* const* rows, int64_t nb, c
     const cf_dtype dt = kv_row_dtype(h->c);
     const int64_t R = h->R, D = h->c->a.D;
     const int nan = dt == CF_F8E4M3 && kv2_e4m3_nan(rows, nb, D);
-#define KV2_DOTS(T, N) kv2_dots_body(h->q, R, D, rows, nb, T, N, f, h->s)
+#define KV2_DOTS(T, N) kv2_dots_body(h->q, R, D, rows, nb, T, N, h->s)
     KV2_BY_DTYPE(dt, nan, KV2_DOTS)
 #undef KV2_DOTS
+    if (f) kv_q_apply(h->s, R, f, kv_code_unit(dt));
 }
 
 static void avx2_pv(const kv_head* h, const void* const* rows, int64_t nb, const float* f) {
     const cf_dtype dt = kv_row_dtype(h->c);
     const int64_t R = h->R, Dv = h->c->a.Dv;
-    if (f) {
-        const float u = kv_code_unit(dt);
-        for (int64_t r = 0; r < R; r++)
-            for (int64_t t = 0; t < nb; t++)
-                h->s[r * KV_KB + t] *= u * f[t];
-    }
+    if (f) kv_q_apply(h->s, R, f, kv_code_unit(dt));
     const int nan = dt == CF_F8E4M3 && kv2_e4m3_nan(rows, nb, Dv);
 #define KV2_PV(T, N) kv2_pv_body(h->acc, R, Dv, rows, nb, T, N, h->s)
     KV2_BY_DTYPE(dt, nan, KV2_PV)

@@ -399,7 +399,7 @@ static inline int kv_pv_dp_ok(cf_dtype dt, int64_t R, int64_t Dv) {
  * vdpbf16ps takes against two keys' values. */
 __attribute__((target("avx512bf16,avx512f,avx512bw,avx512vl"))) static inline void
 kv_p_pairs(uint32_t* pp, const float* p, const float* f, int64_t R, int64_t nb) {
-    const __mmask16 live = nb >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << nb) - 1u);
+    const __mmask16 live = kv_mask(nb);
     const __m512 vf = f ? _mm512_maskz_loadu_ps(live, f) : _mm512_set1_ps(1.0f);
     for (int64_t r = 0; r < R; r++)
         _mm256_storeu_si256((__m256i*)(pp + r * (KV_KB / 2)),
@@ -897,7 +897,7 @@ kv_dots_i8(const int16_t* restrict qi, const float* qs, int64_t R, int64_t D,
  * pf[r]: the factor back. 0 when some f p is not finite. */
 static int kv_p_i16(uint32_t* pp, float* pf, const float* p, const float* f, int64_t R,
                     int64_t nb) {
-    const __mmask16 live = nb >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << nb) - 1u);
+    const __mmask16 live = kv_mask(nb);
     const __m512 vf = _mm512_maskz_loadu_ps(live, f), big = _mm512_set1_ps(FLT_MAX);
     for (int64_t r = 0; r < R; r++) {
         const __m512 x = _mm512_mul_ps(vf, _mm512_maskz_loadu_ps(live, p + r * KV_KB));
@@ -1004,23 +1004,16 @@ static void kv_i8_unpermute(float* acc, int64_t R, int64_t Dv) {
 /* ---- The kernels of a call (kv_path) ----------------------------------------------------------
  */
 
-/* x[r * KV_KB + t] *= u f[t] for the R rows of a block's scores or P. */
-static void kv_apply_unit(float* x, int64_t R, const float* f, float u) {
-    const __m512 vf = _mm512_mul_ps(_mm512_set1_ps(u), _mm512_loadu_ps(f));
-    for (int64_t r = 0; r < R; r++)
-        _mm512_storeu_ps(x + r * KV_KB, _mm512_mul_ps(vf, _mm512_loadu_ps(x + r * KV_KB)));
-}
-
 /* Rows of any dtype (codes included) in fp32 FMA. */
 static void avx512_scores(const kv_head* h, const void* const* rows, int64_t nb, const float* f) {
     const cf_dtype dt = kv_row_dtype(h->c);
     kv_dots(h->q, h->R, h->c->a.D, rows, nb, dt, h->s);
-    if (f) kv_apply_unit(h->s, h->R, f, kv_code_unit(dt));
+    if (f) kv_q_apply(h->s, h->R, f, kv_code_unit(dt));
 }
 
 static void avx512_pv(const kv_head* h, const void* const* rows, int64_t nb, const float* f) {
     const cf_dtype dt = kv_row_dtype(h->c);
-    if (f) kv_apply_unit(h->s, h->R, f, kv_code_unit(dt));
+    if (f) kv_q_apply(h->s, h->R, f, kv_code_unit(dt));
     kv_pv(h->acc, h->R, h->c->a.Dv, rows, nb, dt, h->s);
 }
 
@@ -1120,7 +1113,7 @@ static void avx512_scores_qd(const kv_head* h, const void* const* rows, int64_t 
     kv_q_decode((uint16_t*)h->w->kq, rows, nb, h->c->a.D, (const uint8_t*)h->w->lut,
                 h->c->quant == CFLASH_KV_QUANT_INT8, dec);
     kv_dots_bf16(h->qw, h->R, h->c->a.D, dec, nb, h->s);
-    kv_apply_unit(h->s, h->R, f, 1.0f);
+    kv_q_apply(h->s, h->R, f, 1.0f);
 }
 
 static void avx512_pv_qd(const kv_head* h, const void* const* rows, int64_t nb, const float* f) {
@@ -1132,7 +1125,7 @@ static void avx512_pv_qd(const kv_head* h, const void* const* rows, int64_t nb, 
         kv_pv_dp(h->acc, h->R, Dv, dec, nb, h->s, f);
         return;
     }
-    kv_apply_unit(h->s, h->R, f, 1.0f);
+    kv_q_apply(h->s, h->R, f, 1.0f);
     kv_pv(h->acc, h->R, Dv, dec, nb, CF_BF16, h->s);
 }
 
