@@ -800,11 +800,12 @@ static inline float kv_i8_qmax(int64_t D) {
 }
 
 /* Whether the integer kernels serve R rows of a KV head: bf16 q (its 8-bit mantissa is what 16-bit
- * integers per row hold to 2^-16 of the row's largest; not fp32's), D % 32, Dv % 64, rows in fours
+ * integers per row hold to 2^-16 of the row's largest; not fp32's), D % 32 and D <= 1024 (wider
+ * rows leave q fewer bits: kv_i8_qmax >= 16382 here, and 0 past 2^23), Dv % 64, rows in fours
  * (VNNI alone: Cascade Lake and Ice Lake servers have it without AVX512-BF16). */
 static inline int kv_i8_ok(const cf_kvcache_call* c, int64_t R) {
     return c->quant == CFLASH_KV_QUANT_INT8 && cf_cpu()->avx512vnni && c->a.dtype == CF_BF16 &&
-           c->a.D % 32 == 0 && c->a.Dv % 64 == 0 && kv_q_fused_ok(R);
+           c->a.D % 32 == 0 && c->a.D <= 1024 && c->a.Dv % 64 == 0 && kv_q_fused_ok(R);
 }
 
 /* The four sums of a0 .. a3's lanes (int32: each total fits, kv_i8_qmax). */
