@@ -339,6 +339,13 @@ static void kv_q_factors(const cf_kvcache_call* c, int is_v, int64_t b, int64_t 
     }
     const cf_view* sv = is_v ? &c->vs : &c->ks;
     const float* data = sv->data;
+    if (!c->block_table) { /* offsets in registers: a gather of strided scales */
+        const int64_t o0 = cf_kv_row(c, sv, b, t0, hk), st = sv->stride[1];
+#pragma omp simd
+        for (int64_t t = 0; t < KV_KB; t++)
+            f[t] = t < nb ? data[o0 + t * st] : 0.0f;
+        return;
+    }
     int64_t o[KV_KB];
     kv_rows_of(c, sv, b, t0, nb, hk, o);
     for (int64_t t = nb; t < KV_KB; t++)
