@@ -84,6 +84,25 @@ double ops_max_err(const tt_tensor* t, const double* ref, int64_t* nan) {
     return e;
 }
 
+double ops_fit_dev(const tt_tensor* t, const double* ref, const double* dir, int64_t group,
+                   double* se) {
+    double num = 0.0, den = 0.0;
+    for (int64_t n = 0; n < t->numel; n++) {
+        const double v = tt_get_flat(t, n), r = ref[n], x = dir[n];
+        if (isfinite(v) && isfinite(r) && isfinite(x)) num += (v - r) * x, den += x * x;
+    }
+    const double dev = den > 0.0 ? num / den : 0.0;
+    /* the error left after the fit, summed per group (g: the group's sum of residual * dir) */
+    double var = 0.0, g = 0.0;
+    for (int64_t n = 0; n < t->numel; n++) {
+        const double v = tt_get_flat(t, n), r = ref[n], x = dir[n];
+        if (isfinite(v) && isfinite(r) && isfinite(x)) g += (v - r - dev * x) * x;
+        if ((n + 1) % group == 0 || n + 1 == t->numel) var += g * g, g = 0.0;
+    }
+    *se = den > 0.0 ? sqrt(var) / den : 0.0;
+    return dev;
+}
+
 double ops_max_err_arr(const double* a, const double* ref, int64_t n) {
     double e = 0.0;
     for (int64_t i = 0; i < n; i++) {

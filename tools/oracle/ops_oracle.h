@@ -22,6 +22,16 @@ int ops_backend_skips(const char* backend, const char* op, cflash_status s);
 /* Max |t - ref| over t's logical elements in row-major order (ref dense row-major); NaN or
  * infinite where ref is finite counts as +inf and is counted in *nan (may be NULL). */
 double ops_max_err(const tt_tensor* t, const double* ref, int64_t* nan);
+/* A systematic error of t against its fp64 result ref along a direction dir: the least-squares
+ * fit t - ref = dev * dir, returned as dev, with its standard error in *se, counting each group
+ * of `group` consecutive elements (a row, whose elements share the errors of its softmax) as one
+ * sample. dir = ref: t off by a factor 1 + dev (a scale applied twice, a unit lost); dir = the
+ * derivative of the result in some parameter: t computed with that parameter off by dev. The max
+ * error rule, sized by the naive computation's roundings, lets errors of a few percent of either
+ * kind pass; rounding errors average out here. Elements where ref, dir or t are not finite are
+ * left out. */
+double ops_fit_dev(const tt_tensor* t, const double* ref, const double* dir, int64_t group,
+                   double* se);
 /* Max |a - ref| of two dense arrays. */
 double ops_max_err_arr(const double* a, const double* ref, int64_t n);
 double ops_max_abs(const double* ref, int64_t n);
