@@ -1,0 +1,1 @@
+"""Utilities as in flash_attn.utils: generation.InferenceParams (the KV-cache state MHA reads)."""
