@@ -1104,22 +1104,35 @@ static void avx512_pv_q(const kv_head* h, const void* const* rows, int64_t nb, c
 /* int8 caches, integer dot products: q as 16-bit integers per row (a q that is not finite: its
  * item takes the fp32 kernels' scores). */
 static void avx512_i8_prep(const cf_kvcache_call* c, kv_scratch* w, int64_t R) {
-    const int64_t D = c->a.D;
+    const int64_t D = c->a.D; /* (% 32: kv_i8_ok) */
     const float qm = kv_i8_qmax(D);
-    w->qbad = 0;
+    const __m512 big = _mm512_set1_ps(FLT_MAX);
+    __mmask16 bad = 0;
     for (int64_t r = 0; r < R; r++) {
         const float* q = w->q + r * D;
-        float mx = 0.0f;
-        for (int64_t d = 0; d < D; d++) {
-            const float a = fabsf(q[d]);
-            w->qbad |= !(a <= FLT_MAX);
-            mx = a > mx ? a : mx;
+        __m512 mx = _mm512_setzero_ps();
+        for (int64_t d = 0; d < D; d += 16) {
+            const __m512 a = _mm512_abs_ps(_mm512_loadu_ps(q + d));
+            bad |= _mm512_cmp_ps_mask(a, big, _CMP_NLE_UQ); /* inf or NaN */
+            mx = _mm512_max_ps(mx, a);
         }
-        w->qs[r] = mx / qm;
-        const float inv = mx > 0.0f ? qm / mx : 0.0f;
-        for (int64_t d = 0; d < D; d++)
-            w->qi[r * D + d] = (int16_t)lrintf(q[d] * inv);
+        const float m = _mm512_reduce_max_ps(mx);
+        w->qs[r] = m / qm;
+        /* q * (qm / m) rounded to nearest, as lrintf; where qm / m would overflow (m subnormal),
+         * (q / m) * qm */
+        const int tiny = m < 0x1p-100f;
+        const __m512 by = _mm512_set1_ps(tiny       ? qm
+                                         : m > 0.0f ? qm / m
+                                                    : 0.0f),
+                     div = _mm512_set1_ps(m > 0.0f ? m : 1.0f);
+        for (int64_t d = 0; d < D; d += 16) {
+            __m512 x = _mm512_loadu_ps(q + d);
+            if (tiny) x = _mm512_div_ps(x, div);
+            _mm256_storeu_si256((__m256i*)(w->qi + r * D + d),
+                                _mm512_cvtepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(x, by))));
+        }
     }
+    w->qbad = bad != 0;
 }
 
 static void avx512_scores_i8(const kv_head* h, const void* const* rows, int64_t nb,
