@@ -1,0 +1,117 @@
+/* Paired A/B timing of the KV-cache decode call across builds of libcflash, in one process: each
+ * build's library is dlopen'ed (RTLD_LOCAL | RTLD_DEEPBIND: its own copy), and calls alternate
+ * between them call by call, so every build sees the same machine state (on a noisy 2-core VM the
+ * runs of separate processes differed by 20-40 % from minute to minute; paired calls keep the
+ * ratio). Shape: B1 H32 Hk8 D128 Sq1, bf16 q and out, cache of SK keys: bf16 (Q=0), fp8 e4m3
+ * (Q=1) or int8 (Q=3, fp32 scales per (token, head)). Prints each build's p10 and median.
+ *
+ *   cc -O2 bench/kv_ab.c -Iinclude -ldl -o /tmp/kv_ab
+ *   Q=3 T=2 SK=131072 R=15 /tmp/kv_ab DIR_A DIR_B ...   (DIR/libcflash.so.1 each: a copy)
+ * Env: Q (0), T threads (1), SK (512), R calls per build (200). */
+#include <cflash.h>
+#include <dlfcn.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+
+typedef cflash_status (*fwd_fn)(cflash_context*, const cflash_attn_params*,
+                                const cflash_kvcache_params*, const DLTensor*, const DLTensor*,
+                                const DLTensor*, DLTensor*, DLTensor*);
+typedef struct {
+    cflash_context* ctx;
+    fwd_fn fwd;
+    double* t;
+} build;
+
+static double now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+static int cmp(const void* a, const void* b) {
+    const double x = *(const double*)a, y = *(const double*)b;
+    return x < y ? -1 : x > y;
+}
+static long env(const char* k, long d) {
+    return getenv(k) ? atol(getenv(k)) : d;
+}
+static uint64_t rng = 88172645463325252ull;
+static unsigned rnd(void) {
+    rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+    return (unsigned)(rng >> 33);
+}
+
+int main(int argc, char** argv) {
+    const int quant = (int)env("Q", 0), thr = (int)env("T", 1), reps = (int)env("R", 200);
+    const int64_t Sk = env("SK", 512), B = 1, H = 32, Hk = 8, D = 128;
+    const int nb = argc - 1;
+    if (nb < 1) return fprintf(stderr, "usage: kv_ab DIR...\n"), 2;
+    build* L = calloc((size_t)nb, sizeof *L);
+    void (*api)(cflash_attn_params*) = NULL;
+    void (*kpi)(cflash_kvcache_params*) = NULL;
+    for (int i = 0; i < nb; i++) {
+        char p[1024];
+        snprintf(p, sizeof p, "%s/libcflash.so.1", argv[i + 1]);
+        void* h = dlopen(p, RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND);
+        if (!h) return fprintf(stderr, "%s\n", dlerror()), 1;
+        cflash_status (*create)(cflash_context**) = (void*)dlsym(h, "cflash_context_create");
+        cflash_status (*threads)(cflash_context*, int) =
+            (void*)dlsym(h, "cflash_context_set_threads");
+        L[i].fwd = (fwd_fn)dlsym(h, "cflash_attn_kvcache_fwd");
+        L[i].t = malloc(sizeof(double) * (size_t)reps);
+        if (!create || !threads || !L[i].fwd || create(&L[i].ctx) || threads(L[i].ctx, thr))
+            return fprintf(stderr, "%s: not a usable libcflash\n", p), 1;
+        if (!api) api = (void*)dlsym(h, "cflash_attn_params_init");
+        if (!kpi) kpi = (void*)dlsym(h, "cflash_kvcache_params_init");
+    }
+    const size_t es = quant ? 1 : 2, n = (size_t)(B * Sk * Hk * D);
+    uint8_t *kc = malloc(n * es), *vc = malloc(n * es);
+    for (size_t i = 0; i < n * es; i++) {
+        if (quant) { /* any code but e4m3's NaN (an int8 code is any byte) */
+            kc[i] = (uint8_t)rnd(), vc[i] = (uint8_t)rnd();
+            if (quant == 1 && (kc[i] & 0x7f) == 0x7f) kc[i] = 0x30;
+            if (quant == 1 && (vc[i] & 0x7f) == 0x7f) vc[i] = 0x31;
+        } else { /* bf16 in [1, 4): low byte random, high byte 0x3f or 0x40 */
+            kc[i] = i & 1 ? (uint8_t)(0x3f + (rnd() & 1)) : (uint8_t)rnd();
+            vc[i] = i & 1 ? (uint8_t)(0x3f + (rnd() & 1)) : (uint8_t)rnd();
+        }
+    }
+    uint16_t *q = malloc(sizeof(uint16_t) * (size_t)(H * D)),
+             *o = malloc(sizeof(uint16_t) * (size_t)(H * D));
+    for (int64_t i = 0; i < H * D; i++)
+        q[i] = (uint16_t)(0x3c00 + (rnd() & 0xff));
+    float *ks = malloc(sizeof(float) * (size_t)(Sk * Hk)),
+          *vs = malloc(sizeof(float) * (size_t)(Sk * Hk));
+    for (int64_t i = 0; i < Sk * Hk; i++)
+        ks[i] = 0.01f * (float)(1 + (rnd() & 7)), vs[i] = 0.01f * (float)(1 + (rnd() & 7));
+    int64_t qs[4] = {B, 1, H, D}, cs[4] = {B, Sk, Hk, D}, ss[3] = {B, Sk, Hk};
+    const DLDataType bf = {kDLBfloat, 16, 1}, u8 = {kDLUInt, 8, 1}, i8 = {kDLInt, 8, 1},
+                     f32 = {kDLFloat, 32, 1};
+    const DLDataType cdt = quant == 3 ? i8 : quant ? u8 : bf;
+    DLTensor tq = {q, {kDLCPU, 0}, 4, bf, qs, NULL, 0}, to = {o, {kDLCPU, 0}, 4, bf, qs, NULL, 0};
+    DLTensor tk = {kc, {kDLCPU, 0}, 4, cdt, cs, NULL, 0},
+             tv = {vc, {kDLCPU, 0}, 4, cdt, cs, NULL, 0};
+    DLTensor tks = {ks, {kDLCPU, 0}, 3, f32, ss, NULL, 0},
+             tvs = {vs, {kDLCPU, 0}, 3, f32, ss, NULL, 0};
+    cflash_attn_params p;
+    cflash_kvcache_params kp;
+    api(&p);
+    kpi(&kp);
+    p.softmax_scale = 0.088f;
+    kp.cache_quant = quant;
+    if (quant == 3) kp.k_scales = &tks, kp.v_scales = &tvs;
+    for (int r = -3; r < reps; r++)
+        for (int i = 0; i < nb; i++) {
+            const double a = now();
+            if (L[i].fwd(L[i].ctx, &p, &kp, &tq, &tk, &tv, &to, NULL))
+                return fprintf(stderr, "%s: the call failed\n", argv[i + 1]), 1;
+            if (r >= 0) L[i].t[r] = now() - a;
+        }
+    for (int i = 0; i < nb; i++) {
+        qsort(L[i].t, (size_t)reps, sizeof(double), cmp);
+        printf("%-24s Q%d T%d Sk %lld: p10 %.4f median %.4f ms\n", argv[i + 1], quant, thr,
+               (long long)Sk, L[i].t[reps / 10] * 1e3, L[i].t[reps / 2] * 1e3);
+    }
+    return 0;
+}
