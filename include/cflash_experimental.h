@@ -22,9 +22,9 @@ typedef enum cflash_dtype {
     CFLASH_DTYPE_BF16 = 2,
     CFLASH_DTYPE_I32 = 3,
     CFLASH_DTYPE_U8 = 4,
-    CFLASH_DTYPE_I8 = 5,     /* int8 KV caches (cache_quant CFLASH_KV_QUANT_INT8) */
-    CFLASH_DTYPE_F8E4M3 = 6, /* DLPack kDLFloat8_e4m3fn (code 10, newer than dlpack.h 0.6) */
-    CFLASH_DTYPE_F8E5M2 = 7, /* DLPack kDLFloat8_e5m2 (code 12) */
+    CFLASH_DTYPE_I8 = 5,      /* int8 KV caches (cache_quant CFLASH_KV_QUANT_INT8) */
+    CFLASH_DTYPE_F8E4M3 = 6,  /* DLPack kDLFloat8_e4m3fn (code 10, newer than dlpack.h 0.6) */
+    CFLASH_DTYPE_F8E5M2 = 7,  /* DLPack kDLFloat8_e5m2 (code 12) */
     CFLASH_DTYPE_INVALID = -1 /* any other DLDataType */
 } cflash_dtype;
 

@@ -4,8 +4,9 @@
  * pairs multiplied with BFMMLA where the CPU has FEAT_BF16, and the fp16 forward's pairs with FMLAL
  * (fp32 accumulation) where it has FEAT_FHM. Built with target attributes, chosen at run time from
  * getauxval (src/probe/cpu_features.c). Checked under qemu-user only: the register tiles (fp32 6 x
- * 16: CF_MK_NVMAX in simd_vec.h; BF_MR / BF_NR and H_NV below) are untuned starting points, see docs/PERF.md.
- * GEMM: bf16 8 x 8 (16 BFMMLA 2 x 2 blocks), fp16 6 x 8 on attn_simd.h's tile loop. */
+ * 16: CF_MK_NVMAX in simd_vec.h; BF_MR / BF_NR and H_NV below) are untuned starting points, see
+ * docs/PERF.md. GEMM: bf16 8 x 8 (16 BFMMLA 2 x 2 blocks), fp16 6 x 8 on attn_simd.h's tile loop.
+ */
 #include <stdio.h>
 #include <string.h>
 

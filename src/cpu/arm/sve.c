@@ -7,8 +7,8 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "cpu/attn_cpu.h"
 #include "core/backend.h"
+#include "cpu/attn_cpu.h"
 #include "probe/cpu_features.h"
 
 #if defined(__aarch64__)
