@@ -79,7 +79,8 @@ static void test_env(void) {
 
 /* The first fast CPU backend this machine runs (cpu-generic always does). */
 static const char* fast_backend(void) {
-    static const char* const names[] = {"cpu-avx512", "cpu-avx2", "cpu-generic"};
+    static const char* const names[] = {"cpu-avx512", "cpu-avx2", "cpu-sve", "cpu-neon",
+                                        "cpu-generic"};
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
         attn_case c;
         attn_case_init(&c);
