@@ -74,7 +74,12 @@ CFLASH_API unsigned cflash_version_number(void);
  * give distinct elements distinct addresses, checked as: its dims of size > 1, ordered by
  * |stride|, nest -- each |stride| is larger than sum |stride_j| * (shape_j - 1) over the dims with
  * smaller strides (every dense, padded, sliced, permuted or reversed view does). Others, stride 0
- * (a broadcast view) among them, are rejected: their elements would be written racily. */
+ * (a broadcast view) among them, are rejected: their elements would be written racily. An output
+ * must also share no byte with the call's inputs or its other outputs (attention's out / lse /
+ * gradients, the KV-cache call's out, lse, caches and int8 scales against q, k_new, v_new and the
+ * rotary tables, rotary's out against x when not in place): a call where they meet is rejected
+ * naming both. Views of one tensor whose elements do not meet pass (packed qkv and dqkv, and
+ * (B, S, H + 2 Hk, D) layouts); the K and V caches may share memory (an MLA latent cache). */
 
 /* ---- Context ----------------------------------------------------------------------------- */
 

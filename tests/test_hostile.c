@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "common/testutil.h"
+#include "core/tensor.h"
 #include "oracle/attn_oracle.h"
 #include "oracle/ops_oracle.h"
 
@@ -777,6 +778,183 @@ static void output_overlap(void) {
     tt_free(&good);
 }
 
+/* ---- 12. Outputs sharing memory with inputs or with each other --------------------------- */
+
+/* A view of t's memory: its dims and strides (elements) as given, from element `at`. */
+static DLTensor view_of(const tt_tensor* t, int nd, const int64_t* shape, const int64_t* strides,
+                        int64_t at) {
+    DLTensor d = t->dl;
+    d.ndim = nd;
+    d.shape = (int64_t*)shape;
+    d.strides = (int64_t*)strides;
+    d.byte_offset += (uint64_t)at * (uint64_t)(t->dl.dtype.bits / 8);
+    return d;
+}
+
+/* cf_check_apart against brute force: random views (1-3 dims, sizes 1-5, strides -40..40 elements,
+ * 1-, 2- and 4-byte elements) at random places in a 4 KiB arena; the verdict must be the bytes'. */
+static void apart_brute(void) {
+    static unsigned char arena[4096];
+    uint64_t r = 12345;
+#define RND(n) (r = r * 6364136223846793005ull + 1442695040888963407ull, (int64_t)((r >> 33) % (n)))
+    int agree = 1, overlaps = 0, checked = 0;
+    for (int it = 0; it < 20000; it++) {
+        cf_view v[2];
+        unsigned char mark[4096] = {0};
+        int ok = 1;
+        for (int w = 0; w < 2; w++) {
+            memset(&v[w], 0, sizeof v[w]);
+            const cf_dtype dts[3] = {CF_U8, CF_BF16, CF_F32};
+            v[w].dtype = dts[RND(3)];
+            v[w].ndim = 1 + (int)RND(3);
+            int64_t lo = 0, hi = 0;
+            for (int i = 0; i < v[w].ndim; i++) {
+                v[w].shape[i] = 1 + RND(5);
+                v[w].stride[i] = v[w].shape[i] > 1 ? RND(81) - 40 : 0;
+                const int64_t reach = v[w].stride[i] * (v[w].shape[i] - 1);
+                if (reach < 0)
+                    lo += reach;
+                else
+                    hi += reach;
+            }
+            const int64_t es = (int64_t)cf_dtype_size(v[w].dtype), span = (hi - lo + 1) * es;
+            if (span > 2048) ok = 0;
+            const int64_t start = 1024 + RND(1024) - lo * es; /* the first element's byte */
+            v[w].data = arena + start;
+            v[w].device_type = kDLCPU;
+        }
+        if (!ok) continue;
+        int hit = 0;
+        for (int w = 0; w < 2; w++) { /* every byte of every element */
+            const int64_t es = (int64_t)cf_dtype_size(v[w].dtype);
+            int64_t idx[3] = {0, 0, 0};
+            for (;;) {
+                int64_t off = 0;
+                for (int i = 0; i < v[w].ndim; i++)
+                    off += idx[i] * v[w].stride[i];
+                for (int64_t e = 0; e < es; e++) {
+                    const int64_t at = (unsigned char*)v[w].data - arena + off * es + e;
+                    if (w == 0)
+                        mark[at] = 1;
+                    else
+                        hit |= mark[at];
+                }
+                int i = v[w].ndim - 1;
+                while (i >= 0 && ++idx[i] == v[w].shape[i])
+                    idx[i--] = 0;
+                if (i < 0) break;
+            }
+        }
+        const int apart = cf_check_apart(&v[0], "a", &v[1], "b") == CFLASH_OK;
+        agree &= apart == !hit;
+        overlaps += hit, checked++;
+    }
+#undef RND
+    CHECK_MSG(agree, "cf_check_apart disagrees with the bytes");
+    CHECK_MSG(checked > 10000 && overlaps > 1000 && checked - overlaps > 1000,
+              "%d pairs, %d overlapping: both kinds expected", checked, overlaps);
+}
+
+/* cflash.h: out and lse "must not overlap the inputs"; a gradient must not share memory with
+ * what the backward reads; rotary's out "must not partly overlap x". Each is refused naming both
+ * tensors, nothing written; the packed layouts (dq, dk, dv as views of one (B, S, 3, H, D) or
+ * (B, S, H + 2 Hk, D) gradient, as flash_attn_qkvpacked_func's backward writes them) pass. */
+static void inputs_outputs_apart(void) {
+    const int64_t B = 2, S = 9, H = 4, Hk = 2, D = 8;
+    tt_tensor q, k, v, out, lse, dout, dq, dk, dv, pk;
+    alloc4(&q, CF_F32, B, S, H, D), alloc4(&k, CF_F32, B, S, Hk, D),
+        alloc4(&v, CF_F32, B, S, Hk, D);
+    alloc4(&out, CF_F32, B, S, H, D), alloc4(&dout, CF_F32, B, S, H, D);
+    alloc4(&dq, CF_F32, B, S, H, D), alloc4(&dk, CF_F32, B, S, Hk, D),
+        alloc4(&dv, CF_F32, B, S, Hk, D);
+    const int64_t ls[3] = {B, H, S};
+    alloc_n(&lse, CF_F32, 3, ls);
+    tt_random(&q, 1, -1, 1), tt_random(&k, 2, -1, 1), tt_random(&v, 3, -1, 1);
+    tt_random(&dout, 4, -1, 1);
+    CHECK_OK(cflash_attn_fwd(NULL, NULL, &q.dl, &k.dl, &v.dl, &out.dl, &lse.dl));
+    uint64_t h = tt_hash(&q) ^ tt_hash(&out) ^ tt_hash(&lse);
+    /* forward: out is q; lse inside out's memory */
+    CHECK_ERR(cflash_attn_fwd(NULL, NULL, &q.dl, &k.dl, &v.dl, &q.dl, &lse.dl), INV,
+              "out: shares memory with q");
+    DLTensor lo = view_of(&out, 3, ls, NULL, 5);
+    CHECK_ERR(cflash_attn_fwd(NULL, NULL, &q.dl, &k.dl, &v.dl, &out.dl, &lo), INV,
+              "lse: shares memory with out");
+    CHECK_MSG((tt_hash(&q) ^ tt_hash(&out) ^ tt_hash(&lse)) == h,
+              "a rejected forward wrote memory");
+    /* backward: dq is dout; dv one element into dk; dk is v */
+    CHECK_ERR(cflash_attn_bwd(NULL, NULL, &dout.dl, &q.dl, &k.dl, &v.dl, &out.dl, &lse.dl, &dout.dl,
+                              &dk.dl, &dv.dl),
+              INV, "dq: shares memory with dout");
+    const int64_t kvs[4] = {B, S, Hk, D};
+    tt_tensor big; /* dk's memory and one element more, for dv one element in */
+    const int64_t bs[1] = {B * S * Hk * D + 1};
+    alloc_n(&big, CF_F32, 1, bs);
+    DLTensor dk0 = view_of(&big, 4, kvs, NULL, 0), dv0 = view_of(&big, 4, kvs, NULL, 1);
+    CHECK_ERR(cflash_attn_bwd(NULL, NULL, &dout.dl, &q.dl, &k.dl, &v.dl, &out.dl, &lse.dl, &dq.dl,
+                              &dk0, &dv0),
+              INV, "dv: shares memory with dk");
+    CHECK_ERR(cflash_attn_bwd(NULL, NULL, &dout.dl, &q.dl, &k.dl, &v.dl, &out.dl, &lse.dl, &dq.dl,
+                              &v.dl, &dv.dl),
+              INV, "dk: shares memory with v");
+    /* the packed gradients pass, with the results of separate ones: (B, S, H + 2 Hk, D) (GQA) */
+    CHECK_OK(cflash_attn_bwd(NULL, NULL, &dout.dl, &q.dl, &k.dl, &v.dl, &out.dl, &lse.dl, &dq.dl,
+                             &dk.dl, &dv.dl));
+    const int64_t ps[4] = {B, S, H + 2 * Hk, D};
+    alloc_n(&pk, CF_F32, 4, ps);
+    const int64_t qs[4] = {B, S, H, D}, pst[4] = {S * (H + 2 * Hk) * D, (H + 2 * Hk) * D, D, 1};
+    DLTensor pq = view_of(&pk, 4, qs, pst, 0), pkk = view_of(&pk, 4, kvs, pst, H * D),
+             pv = view_of(&pk, 4, kvs, pst, (H + Hk) * D);
+    CHECK_OK(cflash_attn_bwd(NULL, NULL, &dout.dl, &q.dl, &k.dl, &v.dl, &out.dl, &lse.dl, &pq, &pkk,
+                             &pv));
+    int same = 1;
+    const float* pf = pk.dl.data;
+    for (int64_t i = 0; i < B * S * (H + 2 * Hk) * D; i++) {
+        const int64_t d = i % D, hh = i / D % (H + 2 * Hk), t = i / (D * (H + 2 * Hk));
+        const float want = hh < H        ? ((float*)dq.dl.data)[(t * H + hh) * D + d]
+                           : hh < H + Hk ? ((float*)dk.dl.data)[(t * Hk + hh - H) * D + d]
+                                         : ((float*)dv.dl.data)[(t * Hk + hh - H - Hk) * D + d];
+        same &= pf[i] == want;
+    }
+    CHECK_MSG(same, "packed dq, dk, dv differ from separate ones");
+    /* KV cache: out is q; k_new inside k_cache */
+    const int64_t cs[4] = {B, 16, Hk, D}, ns[4] = {B, 1, Hk, D}, q1[4] = {B, 1, H, D};
+    tt_tensor kc, vc, o1, qq;
+    alloc_n(&kc, CF_F32, 4, cs), alloc_n(&vc, CF_F32, 4, cs), alloc_n(&o1, CF_F32, 4, q1);
+    alloc_n(&qq, CF_F32, 4, q1);
+    tt_random(&kc, 5, -1, 1), tt_random(&vc, 6, -1, 1), tt_random(&qq, 7, -1, 1);
+    cflash_kvcache_params kp;
+    cflash_kvcache_params_init(&kp);
+    int32_t lens[2] = {4, 7};
+    const int64_t lsh[1] = {B};
+    DLTensor tl = {lens, {kDLCPU, 0}, 1, {kDLInt, 32, 1}, (int64_t*)lsh, NULL, 0};
+    kp.cache_seqlens = &tl;
+    h = tt_hash(&kc) ^ tt_hash(&vc) ^ tt_hash(&qq);
+    CHECK_ERR(cflash_attn_kvcache_fwd(NULL, NULL, &kp, &qq.dl, &kc.dl, &vc.dl, &qq.dl, NULL), INV,
+              "out: shares memory with q");
+    DLTensor kn = view_of(&kc, 4, ns, kc.dl.strides, 3 * Hk * D);
+    tt_tensor vn2;
+    alloc_n(&vn2, CF_F32, 4, ns);
+    kp.k_new = &kn, kp.v_new = &vn2.dl;
+    CHECK_ERR(cflash_attn_kvcache_fwd(NULL, NULL, &kp, &qq.dl, &kc.dl, &vc.dl, &o1.dl, NULL), INV,
+              "k_cache: shares memory with k_new");
+    CHECK_MSG((tt_hash(&kc) ^ tt_hash(&vc) ^ tt_hash(&qq)) == h, "a rejected KV call wrote memory");
+    /* rotary out of place: out one row past x in one buffer (a partial overlap) */
+    const int64_t xs[4] = {1, 4, 2, 8}, rs[1] = {1 * 5 * 2 * 8}, t2[2] = {16, 4};
+    tt_tensor xb, cs2, sn2;
+    alloc_n(&xb, CF_F32, 1, rs), alloc_n(&cs2, CF_F32, 2, t2), alloc_n(&sn2, CF_F32, 2, t2);
+    tt_random(&xb, 8, -1, 1), tt_random(&cs2, 9, -1, 1), tt_random(&sn2, 10, -1, 1);
+    DLTensor x = view_of(&xb, 4, xs, NULL, 0), xo = view_of(&xb, 4, xs, NULL, 2 * 8);
+    h = tt_hash(&xb);
+    CHECK_ERR(cflash_rotary_apply(NULL, NULL, &x, &cs2.dl, &sn2.dl, &xo), INV,
+              "out: shares memory with x");
+    CHECK_MSG(tt_hash(&xb) == h, "a rejected rotary wrote memory");
+    CHECK_OK(cflash_rotary_apply(NULL, NULL, &x, &cs2.dl, &sn2.dl, &x)); /* in place */
+    tt_free(&xb), tt_free(&cs2), tt_free(&sn2), tt_free(&kc), tt_free(&vc), tt_free(&o1);
+    tt_free(&qq), tt_free(&vn2), tt_free(&big), tt_free(&pk);
+    tt_free(&q), tt_free(&k), tt_free(&v), tt_free(&out), tt_free(&lse), tt_free(&dout);
+    tt_free(&dq), tt_free(&dk), tt_free(&dv);
+}
+
 int main(void) {
     isolated("1 kvcache Sq = 0, num_splits = 0", kv_sq0);
     isolated("2a kvcache cache_seqlen near INT64_MAX + new rows", kv_seqlen_overflow);
@@ -793,5 +971,7 @@ int main(void) {
     isolated("9 a wild stride on a dim of size 1 (found by the fuzzer)", size1_wild_stride);
     isolated("10 outputs whose elements share an address (found by the fuzzer)", output_overlap);
     isolated("11 q_offset / k_offset with windows near INT64_MAX", offsets_huge_windows);
+    isolated("12 outputs sharing memory with inputs or each other", inputs_outputs_apart);
+    isolated("12b the overlap test against brute force", apart_brute);
     return tt_summary();
 }

@@ -679,6 +679,29 @@ static cflash_status check_lse_for(cf_attn_call* c, const DLTensor* lse) {
     return CFLASH_OK;
 }
 
+/* The call's outputs apart from its inputs and from each other (cf_check_apart): forward out,
+ * lse; backward dq, dk, dv, dbias, whose inputs include out, dout and lse. */
+static cflash_status check_apart(const cf_attn_call* c, int bwd) {
+    const cf_view* in[] = {&c->q,      &c->k,      &c->v,   &c->bias, &c->mask,
+                           &c->bs_num, &c->bs_idx, &c->out, &c->dout, &c->lse};
+    const char* in_name[] = {
+        "q",   "k",    "v",  "bias", "mask", "block-sparse num", "block-sparse idx",
+        "out", "dout", "lse"};
+    const cf_view* out[] = {&c->out, &c->lse, NULL, NULL};
+    const char* out_name[] = {"out", "lse", NULL, NULL};
+    if (bwd)
+        out[0] = &c->dq, out[1] = &c->dk, out[2] = &c->dv, out[3] = &c->dbias, out_name[0] = "dq",
+        out_name[1] = "dk", out_name[2] = "dv", out_name[3] = "dbias";
+    const int n_in = bwd ? 10 : 7; /* (the forward's out and lse are its outputs) */
+    for (int i = 0; i < 4 && out[i]; i++) {
+        for (int j = 0; j < n_in; j++)
+            CFLASH_FORWARD_IF_ERROR(cf_check_apart(out[i], out_name[i], in[j], in_name[j]));
+        for (int j = 0; j < i; j++)
+            CFLASH_FORWARD_IF_ERROR(cf_check_apart(out[i], out_name[i], out[j], out_name[j]));
+    }
+    return CFLASH_OK;
+}
+
 /* ---- Entry points ------------------------------------------------------------------------- */
 /* The batch and varlen calls share one body each; every public function returns through
  * cf_context_end_call (explain mode). */
@@ -695,6 +718,7 @@ static cflash_status attn_fwd(cflash_context* ctx, int varlen, const cflash_attn
     if (lse) CFLASH_FORWARD_IF_ERROR(check_lse_for(&c, lse));
     CFLASH_FORWARD_IF_ERROR(cf_check_output(out, "out"));
     CFLASH_FORWARD_IF_ERROR(cf_check_output(lse, "lse"));
+    CFLASH_FORWARD_IF_ERROR(check_apart(&c, 0));
     cflash_op op = varlen ? CFLASH_OP_ATTN_VARLEN_FWD : CFLASH_OP_ATTN_FWD;
     return cf_context_dispatch(ctx, op, c.device_type, &c,
                                c.B == 0 || (varlen ? c.total_q : c.Sq) == 0);
@@ -736,6 +760,7 @@ static cflash_status attn_bwd(cflash_context* ctx, int varlen, const cflash_attn
     CFLASH_FORWARD_IF_ERROR(cf_check_output(dq, "dq"));
     CFLASH_FORWARD_IF_ERROR(cf_check_output(dk, "dk"));
     CFLASH_FORWARD_IF_ERROR(cf_check_output(dv, "dv"));
+    CFLASH_FORWARD_IF_ERROR(check_apart(&c, 1));
     cflash_op op = varlen ? CFLASH_OP_ATTN_VARLEN_BWD : CFLASH_OP_ATTN_BWD;
     /* nothing to write without queries and keys (the other dims of empty views may be huge) */
     return cf_context_dispatch(ctx, op, c.device_type, &c, c.B == 0 || (sq == 0 && sk == 0));

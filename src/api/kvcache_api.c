@@ -210,6 +210,24 @@ static cflash_status check_latent(cf_kvcache_call* c, const cflash_kvcache_param
     return CFLASH_OK;
 }
 
+/* The call's outputs (out, lse, and the caches and int8 scales the append writes) apart from its
+ * inputs and from each other (cf_check_apart); the K and V caches may share memory (an MLA
+ * latent cache, checked by check_latent). */
+static cflash_status check_kv_apart(const cf_kvcache_call* c) {
+    const cf_view* in[] = {&c->a.q, &c->knew, &c->vnew, &c->cos, &c->sin};
+    const char* in_name[] = {"q", "k_new", "v_new", "rotary_cos", "rotary_sin"};
+    const cf_view* out[] = {&c->a.out, &c->a.lse, &c->kc, &c->vc, &c->ks, &c->vs};
+    const char* out_name[] = {"out", "lse", "k_cache", "v_cache", "k_scales", "v_scales"};
+    for (int i = 0; i < 6; i++) {
+        for (int j = 0; j < 5; j++)
+            CFLASH_FORWARD_IF_ERROR(cf_check_apart(out[i], out_name[i], in[j], in_name[j]));
+        for (int j = 0; j < i; j++)
+            if (!(i == 3 && j == 2)) /* (v_cache, k_cache) */
+                CFLASH_FORWARD_IF_ERROR(cf_check_apart(out[i], out_name[i], out[j], out_name[j]));
+    }
+    return CFLASH_OK;
+}
+
 static cflash_status kvcache_fwd(cflash_context* ctx, const cflash_attn_params* p,
                                  const cflash_kvcache_params* kp, const DLTensor* q,
                                  DLTensor* k_cache, DLTensor* v_cache, DLTensor* out,
@@ -448,6 +466,7 @@ static cflash_status kvcache_fwd(cflash_context* ctx, const cflash_attn_params* 
     }
     CFLASH_FORWARD_IF_ERROR(cf_check_output(out, "out"));
     CFLASH_FORWARD_IF_ERROR(cf_check_output(lse, "lse"));
+    CFLASH_FORWARD_IF_ERROR(check_kv_apart(&c));
     /* Decode is bound by the cache rows read (B x longest Sk x Hk x (D + Dv) elements); a long
      * Sq adds the attention flops, counted in bytes at the ratio of the two thresholds. */
     const double kv_rows = (double)a->B * (double)a->Sk * ((double)a->D + (double)a->Dv);

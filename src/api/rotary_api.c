@@ -169,6 +169,10 @@ static cflash_status rotary_apply(cflash_context* ctx, const cflash_rotary_param
                          cf_dtype_name(c.dtype));
         CFLASH_FORWARD_IF_ERROR(cf_check_output(out, "out"));
         if (varlen) lift(&c.out);
+        /* out of place: out must not partly overlap x (in place is the same view, above) */
+        CFLASH_FORWARD_IF_ERROR(cf_check_apart(&c.out, "out", &c.x, "x"));
+        CFLASH_FORWARD_IF_ERROR(cf_check_apart(&c.out, "out", &c.cos, "cos"));
+        CFLASH_FORWARD_IF_ERROR(cf_check_apart(&c.out, "out", &c.sin, "sin"));
     }
     /* x read and out written, row by row (x's view: (B or 1, rows, H, D)). */
     c.threads = cf_threads_resolve("rotary", cf_context_threads(ctx),

@@ -215,6 +215,107 @@ cflash_status cf_check_output(const DLTensor* t, const char* name) {
     return CFLASH_OK;
 }
 
+/* The bytes [lo, hi) that v's elements cover; lo == hi when it has none (absent or empty). */
+static void view_span(const cf_view* v, uintptr_t* lo, uintptr_t* hi) {
+    *lo = *hi = 0;
+    if (!v->data || v->data == (void*)cf_empty_storage) return;
+    uint64_t neg = 0, pos = 0; /* cf_view_from bounded these, in bytes too, by the address space */
+    for (int i = 0; i < v->ndim; i++) {
+        if (v->shape[i] == 0) return;
+        const uint64_t r = abs_u64(v->stride[i]) * (uint64_t)(v->shape[i] - 1);
+        *(v->stride[i] < 0 ? &neg : &pos) += r;
+    }
+    const uint64_t es = cf_dtype_size(v->dtype);
+    *lo = (uintptr_t)v->data - (uintptr_t)(neg * es);
+    *hi = (uintptr_t)v->data + (uintptr_t)((pos + 1) * es);
+}
+
+/* The search of views_apart: terms w[k] * m[k] (w > 0, m in [lo[k], hi[k]], w descending) whose
+ * sum, plus p, should land in [L, U]; 1 when some choice does, 0 when none, -1 past *budget
+ * nodes. rmin / rmax[k]: what the terms from k on can add. */
+typedef struct apart_terms {
+    __int128 w[2 * CF_MAX_DIMS], lo[2 * CF_MAX_DIMS], hi[2 * CF_MAX_DIMS];
+    __int128 rmin[2 * CF_MAX_DIMS + 1], rmax[2 * CF_MAX_DIMS + 1];
+    int n;
+} apart_terms;
+
+static __int128 div_floor(__int128 a, __int128 b) { /* b > 0 */
+    return a >= 0 ? a / b : -((-a + b - 1) / b);
+}
+
+static int apart_hit(const apart_terms* t, int k, __int128 p, __int128 L, __int128 U, int* budget) {
+    if (--*budget < 0) return -1;
+    if (k == t->n) return p >= L && p <= U;
+    if (p + t->rmin[k] > U || p + t->rmax[k] < L) return 0;
+    /* m with p + w m + (the rest's range) meeting [L, U] */
+    __int128 m0 = -div_floor(-(L - p - t->rmax[k + 1]), t->w[k]); /* ceil */
+    __int128 m1 = div_floor(U - p - t->rmin[k + 1], t->w[k]);
+    if (m0 < t->lo[k]) m0 = t->lo[k];
+    if (m1 > t->hi[k]) m1 = t->hi[k];
+    for (__int128 m = m0; m <= m1; m++) {
+        const int r = apart_hit(t, k + 1, p + t->w[k] * m, L, U, budget);
+        if (r) return r;
+    }
+    return 0;
+}
+
+/* Whether a and b share no byte: element i of a at pa + sum_k i_k sa_k (bytes), j of b at
+ * pb + sum_k j_k sb_k; their bytes meet where the difference of the two, pb - pa +
+ * sum_k j_k sb_k - sum_k i_k sa_k, lies in (-es_b, es_a). Searched exactly, dim by dim from the
+ * largest stride (equal strides of a and b merged into one difference j - i), within a budget of
+ * nodes: the packed layouts (q, k, v or dq, dk, dv as views of one (B, S, 3, H, D) or (B, S, H + 2
+ * Hk, D) tensor) take a few dozen. 0 when they meet or when the budget runs out. */
+static int views_apart(const cf_view* a, const cf_view* b) {
+    const int64_t ea = (int64_t)cf_dtype_size(a->dtype), eb = (int64_t)cf_dtype_size(b->dtype);
+    apart_terms t;
+    t.n = 0;
+    for (int side = 0; side < 2; side++) {
+        const cf_view* v = side ? b : a;
+        const int64_t es = side ? eb : ea;
+        for (int i = 0; i < v->ndim; i++) {
+            if (v->shape[i] < 2 || v->stride[i] == 0) continue; /* (stride 0: one address) */
+            /* the term's sign: + for b's indices, - for a's; a negative stride flips it */
+            const int neg = (v->stride[i] < 0) != (side == 0);
+            const __int128 w = (__int128)abs_u64(v->stride[i]) * es, top = v->shape[i] - 1;
+            const __int128 lo = neg ? -top : 0, hi = neg ? 0 : top;
+            int k = 0;
+            while (k < t.n && t.w[k] != w)
+                k++;
+            if (k == t.n) t.w[k] = w, t.lo[k] = 0, t.hi[k] = 0, t.n++;
+            t.lo[k] += lo, t.hi[k] += hi;
+        }
+    }
+    for (int j = 1; j < t.n; j++) /* largest stride first */
+        for (int i = j; i > 0 && t.w[i - 1] < t.w[i]; i--) {
+            __int128 x = t.w[i];
+            t.w[i] = t.w[i - 1], t.w[i - 1] = x;
+            x = t.lo[i], t.lo[i] = t.lo[i - 1], t.lo[i - 1] = x;
+            x = t.hi[i], t.hi[i] = t.hi[i - 1], t.hi[i - 1] = x;
+        }
+    t.rmin[t.n] = t.rmax[t.n] = 0;
+    for (int k = t.n - 1; k >= 0; k--)
+        t.rmin[k] = t.rmin[k + 1] + t.w[k] * t.lo[k], t.rmax[k] = t.rmax[k + 1] + t.w[k] * t.hi[k];
+    const __int128 d = (__int128)(intptr_t)((uintptr_t)b->data - (uintptr_t)a->data);
+    int budget = 4096;
+    /* b's element minus a's in (-eb, ea): the sum in [-eb - d + 1, ea - d - 1] */
+    return apart_hit(&t, 0, 0, -eb - d + 1, ea - d - 1, &budget) == 0;
+}
+
+cflash_status cf_check_apart(const cf_view* out, const char* oname, const cf_view* in,
+                             const char* iname) {
+    if (out->device_type != in->device_type || out->device_id != in->device_id) return CFLASH_OK;
+    uintptr_t lo1, hi1, lo2, hi2;
+    view_span(out, &lo1, &hi1);
+    view_span(in, &lo2, &hi2);
+    if (lo1 == hi1 || lo2 == hi2 || hi1 <= lo2 || hi2 <= lo1 || views_apart(out, in))
+        return CFLASH_OK;
+    return cf_error(CFLASH_ERR_INVALID_ARGUMENT,
+                    "%s: shares memory with %s (bytes %p..%p and %p..%p meet), expected an output "
+                    "apart from the call's inputs and other outputs (the call reads %s while it "
+                    "writes %s)",
+                    oname, iname, (void*)lo1, (void*)hi1, (void*)lo2, (void*)hi2, iname, oname);
+}
+
 void cf_shape_str(const cf_view* v, char* buf, size_t n) {
     size_t used = 0;
     used += (size_t)snprintf(buf, n, "(");

@@ -56,6 +56,13 @@ cflash_status cf_view_from(cf_view* v, const DLTensor* t, const char* name);
  * several of its elements written to one address, by several threads: rejected. Call after t is
  * validated (cf_view_from); NULL (an absent optional output) passes. */
 cflash_status cf_check_output(const DLTensor* t, const char* name);
+/* An output that shares memory with an input of its call (or with another output) would be
+ * written while the call still reads the other: rejected, naming both, unless no byte of the
+ * one is a byte of the other (their spans apart, or an exact search over their strides finds no
+ * common byte: views of one packed tensor pass). Absent or empty views, and views on other
+ * devices, pass. For validated views (cf_view_from). */
+cflash_status cf_check_apart(const cf_view* out, const char* oname, const cf_view* in,
+                             const char* iname);
 /* Writes "(2, 17, 4, 64)" into buf. */
 void cf_shape_str(const cf_view* v, char* buf, size_t n);
 /* 1 if the elements of v are exactly the dense row-major block. */
