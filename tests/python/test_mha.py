@@ -26,9 +26,9 @@ def pair(seed, **kw):
     return fast, ref
 
 
-def close(a, b, tol):
+def close(a, b, tol, what=""):
     err = (a - b).abs().max().item()
-    assert err <= tol * max(1.0, b.abs().max().item()), f"max error {err:.3g} > {tol:.3g}"
+    assert err <= tol * max(1.0, b.abs().max().item()), f"{what} max error {err:.3g} > {tol:.3g}"
 
 
 def test_parameter_names_and_shapes():
@@ -73,7 +73,26 @@ def test_flash_matches_plain_forward_backward(heads_kv, causal, rotary):
     orf.backward(g)
     close(xf.grad, xr.grad, 5e-5)
     for (name, pf), pr in zip(fast.named_parameters(), ref.parameters()):
-        close(pf.grad, pr.grad, 5e-5), name
+        close(pf.grad, pr.grad, 5e-5, name)
+
+
+def test_checkpointing_and_residual():
+    """checkpointing recomputes the attention in the backward (same gradients); return_residual
+    returns x beside the output."""
+    fast, ref = pair(21, embed_dim=32, num_heads=4, causal=True, return_residual=True)
+    ck = MHA(32, 4, causal=True, return_residual=True, checkpointing=True, use_flash_attn=True)
+    ck.load_state_dict(ref.state_dict(), strict=True)
+    x = torch.randn(2, 11, 32)
+    xs = [x.clone().requires_grad_() for _ in range(2)]
+    (of, rf), (oc, rc) = fast(xs[0]), ck(xs[1])
+    assert rf is xs[0] and rc is xs[1]
+    close(oc, of, 0.0)
+    g = torch.randn_like(of)
+    of.backward(g)
+    oc.backward(g)
+    close(xs[1].grad, xs[0].grad, 1e-6, "x")
+    for (name, pc), pf in zip(ck.named_parameters(), fast.parameters()):
+        close(pc.grad, pf.grad, 1e-6, name)
 
 
 def test_cross_attention():

@@ -11,11 +11,9 @@ key_padding_mask as flash-attn's do (-10000 added to their scores) and align the
 the bottom right (the last query sees every key), as every flash_attn function does."""
 
 import math
-from typing import Optional
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ..flash_attn_interface import (
     flash_attn_kvpacked_func,
