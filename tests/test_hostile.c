@@ -508,6 +508,13 @@ static void empty_huge_dims(void) {
         tt_free(&cosv);
         cflash_context_free(ctx);
     }
+    /* rotary tables with no element and 2^62 rows (or columns): nothing to compute (the row loop
+     * ran 2^62 times, found by the fuzzer; alarm() fails the case) */
+    int64_t t0[2] = {INT64_C(1) << 62, 0}, t1[2] = {0, INT64_C(1) << 62};
+    DLTensor c0 = null_tensor(CF_F32, 2, t0, NULL), s0 = null_tensor(CF_F32, 2, t0, NULL);
+    DLTensor c1 = null_tensor(CF_F32, 2, t1, NULL), s1 = null_tensor(CF_F32, 2, t1, NULL);
+    CHECK_OK(cflash_rotary_tables(NULL, &c0, &s0));
+    CHECK_OK(cflash_rotary_tables(NULL, &c1, &s1));
 }
 
 /* KV cache with D = 33, Dv = 32 (odd scratch sizes: with one row per item, H = Hk = 1 and

@@ -224,7 +224,10 @@ cflash_status cflash_rotary_tables(const cflash_rotary_table_params* p, DLTensor
         pos = pv.data;
     }
     const int64_t half = cv.shape[1];
-    const double rd = 2.0 * (double)half; /* (an empty table's dims may be huge) */
+    /* an empty table writes nothing, and its other dim may be huge: a row loop over S_ro = 2^62
+     * rows of no element never ended (found by the fuzzer) */
+    if (half == 0 || cv.shape[0] == 0) return CFLASH_OK;
+    const double rd = 2.0 * (double)half;
     for (int64_t r = 0; r < cv.shape[0]; r++) {
         /* (in double: position_start + r may pass INT64_MAX) */
         double t = (pos ? (double)pos[r] : (double)p->position_start + (double)r) /
