@@ -36,7 +36,7 @@ cd "$build" || exit 1
 #                           its block-size parsing is the same C on every architecture
 exclude='^(test_cuda_dispatch|test_link_only_lcflash|test_attn_memory|test_attn_masks|test_attn_blocks|.*_parallel)$'
 # The tests that loop over backends, for the models that change only some backends.
-kernels='test_attn_backends|test_kvcache|test_norm|test_rotary|test_merge'
+kernels='test_attn_kernels|test_attn_backends|test_kvcache|test_norm|test_rotary|test_merge'
 
 fail=""
 # name;QEMU_CPU;ctest selection;CFLASH_TEST_BACKENDS;features the probe must see;SVE bytes
@@ -44,8 +44,8 @@ for model in \
     "max;max;-E $exclude;cpu-neon cpu-sve;+asimd +fphp +asimdhp +asimdfhm +asimddp +bf16 +i8mm +sve +sve2 +svebf16 +sme;" \
     "sve128;max,sve-default-vector-length=16;-R ^(test_probe|test_report|$kernels)\$;cpu-sve;+sve;16" \
     "sve2048;max,sve-default-vector-length=256;-R ^(test_probe|test_report|$kernels)\$;cpu-sve;+sve;256" \
-    "nosve;max,sve=off;-R ^(test_probe|test_report|test_kvcache)\$;cpu-sve cpu-neon;+asimd +fphp +asimdhp +asimdfhm +bf16 +i8mm -sve -sve2 -sme;0" \
-    "cortex-a72;cortex-a72;-R ^(test_probe|test_report|test_attn_backends|test_kvcache)\$;cpu-sve cpu-neon;+asimd -fphp -asimdhp -asimdfhm -asimddp -bf16 -i8mm -sve -sve2 -sme;0"; do
+    "nosve;max,sve=off;-R ^(test_probe|test_report|test_attn_kernels|test_kvcache)\$;cpu-sve cpu-neon;+asimd +fphp +asimdhp +asimdfhm +bf16 +i8mm -sve -sve2 -sme;0" \
+    "cortex-a72;cortex-a72;-R ^(test_probe|test_report|test_attn_kernels|test_attn_backends|test_kvcache)\$;cpu-sve cpu-neon;+asimd -fphp -asimdhp -asimdfhm -asimddp -bf16 -i8mm -sve -sve2 -sme;0"; do
     IFS=';' read -r name cpu select backends features vl <<EOF
 $model
 EOF

@@ -8,16 +8,28 @@
 #include "core/backend.h"
 #include "cpu/attn_cpu.h"
 
+/* C = (acc ? C : 0) + A B, the sum over K two-level (see CF_ATTN_GEMM_KC): each chunk summed
+ * from zero in t (columns in panels of NP), then added to C. */
 static void gemm_f32(int64_t M, int64_t N, int64_t K, const float* A, int64_t rsa, int64_t csa,
                      const float* B, int64_t ldb, float* C, int64_t ldc, int acc) {
+    enum { KC = CF_ATTN_GEMM_KC, NP = 256 };
+    float t[NP];
     for (int64_t m = 0; m < M; m++) {
         float* c = C + m * ldc;
         if (!acc) memset(c, 0, sizeof(float) * (size_t)N);
-        for (int64_t k = 0; k < K; k++) {
-            const float a = A[m * rsa + k * csa];
-            const float* b = B + k * ldb;
-            for (int64_t n = 0; n < N; n++)
-                c[n] += a * b[n];
+        for (int64_t n0 = 0; n0 < N; n0 += NP) {
+            const int64_t nn = N - n0 < NP ? N - n0 : NP;
+            for (int64_t k0 = 0; k0 < K; k0 += KC) {
+                memset(t, 0, sizeof(float) * (size_t)nn);
+                for (int64_t k = k0; k < K && k < k0 + KC; k++) {
+                    const float a = A[m * rsa + k * csa];
+                    const float* b = B + k * ldb + n0;
+                    for (int64_t n = 0; n < nn; n++)
+                        t[n] += a * b[n];
+                }
+                for (int64_t n = 0; n < nn; n++)
+                    c[n0 + n] += t[n];
+            }
         }
     }
 }

@@ -22,18 +22,14 @@
 #define CF_MK_DECL(r) cf_vf c##r##0 = z, c##r##1 = z, c##r##2 = z, c##r##3 = z
 #define CF_MK_LD(p, v) (v == NV - 1 && !FULL ? cf_vloadt(p, t) : cf_vload(p))
 #define CF_MK_ST(p, v, x) (v == NV - 1 && !FULL ? cf_vstoret(p, t, x) : cf_vstore(p, x))
-#define CF_MK_LDC(r, v) (NV > v && acc ? CF_MK_LD(C + r * ldc + CF_VL * v, v) : z)
-#define CF_MK_LOADC(r)                                                                             \
-    if (MR > r) {                                                                                  \
-        c##r##0 = CF_MK_LDC(r, 0), c##r##1 = CF_MK_LDC(r, 1), c##r##2 = CF_MK_LDC(r, 2),           \
-        c##r##3 = CF_MK_LDC(r, 3);                                                                 \
-    }
+/* C's vector v of row r plus the accumulator x (x alone unless acc) */
+#define CF_MK_ADDC(r, v, x) (acc ? cf_vadd(CF_MK_LD(C + r * ldc + CF_VL * v, v), x) : x)
 #define CF_MK_STC(r)                                                                               \
     if (MR > r) {                                                                                  \
-        CF_MK_ST(C + r * ldc, 0, c##r##0);                                                         \
-        if (NV > 1) CF_MK_ST(C + r * ldc + CF_VL, 1, c##r##1);                                     \
-        if (NV > 2) CF_MK_ST(C + r * ldc + 2 * CF_VL, 2, c##r##2);                                 \
-        if (NV > 3) CF_MK_ST(C + r * ldc + 3 * CF_VL, 3, c##r##3);                                 \
+        CF_MK_ST(C + r * ldc, 0, CF_MK_ADDC(r, 0, c##r##0));                                       \
+        if (NV > 1) CF_MK_ST(C + r * ldc + CF_VL, 1, CF_MK_ADDC(r, 1, c##r##1));                   \
+        if (NV > 2) CF_MK_ST(C + r * ldc + 2 * CF_VL, 2, CF_MK_ADDC(r, 2, c##r##2));               \
+        if (NV > 3) CF_MK_ST(C + r * ldc + 3 * CF_VL, 3, CF_MK_ADDC(r, 3, c##r##3));               \
     }
 /* Row r of the tile takes A(r, k) broadcast times B's row k (b0..b3). */
 #define CF_MK_ROW(r, BCAST, OP)                                                                    \
@@ -54,7 +50,6 @@
     CF_MK_DECL(3);                                                                                 \
     CF_MK_DECL(4);                                                                                 \
     CF_MK_DECL(5);                                                                                 \
-    CF_MK_LOADC(0) CF_MK_LOADC(1) CF_MK_LOADC(2) CF_MK_LOADC(3) CF_MK_LOADC(4) CF_MK_LOADC(5);     \
     for (int64_t k = 0; k < K; k++) {                                                              \
         const TB b0 = LDB(0);                                                                      \
         const TB b1 = NV > 1 ? LDB(1) : b0;                                                        \
@@ -103,7 +98,9 @@ typedef void (*cf_mk_fn)(int64_t K, const void* A, int64_t rsa, int64_t csa, con
 
 /* C (M x N, ldc) = (acc ? C : 0) + A B (as cf_attn_kernels.gemm_f32, elements of 4 bytes) by
  * register tiles: strips of nvmax vectors of columns, 6 rows at a time down each strip, so the
- * strip of B stays in cache while A's rows stream past. tab from CF_MK_DEFINE(.., nvmax). */
+ * strip of B stays in cache while A's rows stream past; K in chunks of CF_ATTN_GEMM_KC steps,
+ * each summed from zero by the microkernel, which adds C (when acc) as it stores.
+ * tab from CF_MK_DEFINE(.., nvmax). */
 CF_VTARGET static void gemm_tiles(const cf_mk_fn* tab, int nvmax, int64_t M, int64_t N, int64_t K,
                                   const void* A, int64_t rsa, int64_t csa, const void* B,
                                   int64_t ldb, float* C, int64_t ldc, int acc) {
@@ -117,8 +114,14 @@ CF_VTARGET static void gemm_tiles(const cf_mk_fn* tab, int nvmax, int64_t M, int
         const cf_mk_fn* col = tab + 2 * (nv - 1) + (last == CF_VL);
         for (int64_t m0 = 0; m0 < M; m0 += 6) {
             const int mr = (int)(M - m0 < 6 ? M - m0 : 6);
-            col[2 * nvmax * (mr - 1)](K, a + m0 * rsa, rsa, csa, b + n0, ldb, C + m0 * ldc + n0,
-                                      ldc, acc, t);
+            const cf_mk_fn mk = col[2 * nvmax * (mr - 1)];
+            int64_t k0 = 0;
+            do { /* K = 0 still writes C (zeros unless acc) */
+                const int64_t kn = K - k0 < CF_ATTN_GEMM_KC ? K - k0 : CF_ATTN_GEMM_KC;
+                mk(kn, a + m0 * rsa + k0 * csa, rsa, csa, b + k0 * ldb + n0, ldb, C + m0 * ldc + n0,
+                   ldc, acc || k0 > 0, t);
+                k0 += kn;
+            } while (k0 < K);
         }
     }
 }

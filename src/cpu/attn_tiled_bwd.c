@@ -845,9 +845,10 @@ cflash_status cf_attn_cpu_bwd_run(const cf_attn_call* c, const cf_attn_kernels* 
             for (int64_t i = 0; i < sq; i++) {
                 kk->to_f32(ta, row_ptr(&c->dout, b, q0 + i, h), c->dtype, c->Dv);
                 kk->to_f32(tb, row_ptr(&c->out, b, q0 + i, h), c->dtype, c->Dv);
-                float acc = 0.0f;
+                double accd = 0.0; /* Dv terms in double: every dS of the row subtracts it */
                 for (int64_t d = 0; d < c->Dv; d++)
-                    acc += ta[d] * tb[d];
+                    accd += (double)ta[d] * tb[d];
+                const float acc = (float)accd;
                 dl[h * rows + cf_attn_dl_row(c, b, q0 + i)] = acc;
                 /* dsink = -sum over rows of exp(sink - lse) * rowsum(dO * O) (FA4's form) */
                 const float sink = cf_attn_sink(c, h);

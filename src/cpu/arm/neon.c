@@ -69,28 +69,19 @@ INLINE uint32x4_t bf_lda(const int KIND, const uint32_t* a, int64_t rsa, int64_t
 }
 
 #define B_DECL(i) float32x4_t c##i##0 = z, c##i##1 = z, c##i##2 = z, c##i##3 = z
-/* C rows 2i, 2i+1, columns 4q..4q+3 <-> the accumulators of column pairs 2q, 2q+1. */
-#define B_LDQ(i, q, j0, j1)                                                                        \
-    if (nn > 4 * q) {                                                                              \
-        const int w = nn - 4 * q;                                                                  \
-        const float64x2_t x = vreinterpretq_f64_f32(cf_vloadt(C + (2 * i) * ldc + 4 * q, w));      \
-        const float64x2_t y = vreinterpretq_f64_f32(                                               \
-            MR > 2 * i + 1 ? cf_vloadt(C + (2 * i + 1) * ldc + 4 * q, w) : z);                     \
-        c##i##j0 = vreinterpretq_f32_f64(vzip1q_f64(x, y));                                        \
-        c##i##j1 = vreinterpretq_f32_f64(vzip2q_f64(x, y));                                        \
-    }
-#define B_LOADC(i)                                                                                 \
-    if (MR > 2 * i && acc) {                                                                       \
-        B_LDQ(i, 0, 0, 1) B_LDQ(i, 1, 2, 3)                                                        \
-    }
+/* C rows 2i, 2i+1, columns 4q..4q+3 <-> the accumulators of column pairs 2q, 2q+1; stored as C
+ * plus the accumulators (they start at zero: the sum over K is two-level, CF_ATTN_GEMM_KC). */
+#define B_ADDC(at, w, x) (acc ? vaddq_f32(cf_vloadt(at, w), x) : x)
 #define B_STQ(i, q, j0, j1)                                                                        \
     if (nn > 4 * q) {                                                                              \
         const int w = nn - 4 * q;                                                                  \
         const float64x2_t x = vreinterpretq_f64_f32(c##i##j0),                                     \
                           y = vreinterpretq_f64_f32(c##i##j1);                                     \
-        cf_vstoret(C + (2 * i) * ldc + 4 * q, w, vreinterpretq_f32_f64(vzip1q_f64(x, y)));         \
+        float* c0_ = C + (2 * i) * ldc + 4 * q;                                                    \
+        cf_vstoret(c0_, w, B_ADDC(c0_, w, vreinterpretq_f32_f64(vzip1q_f64(x, y))));               \
         if (MR > 2 * i + 1)                                                                        \
-            cf_vstoret(C + (2 * i + 1) * ldc + 4 * q, w, vreinterpretq_f32_f64(vzip2q_f64(x, y))); \
+            cf_vstoret(c0_ + ldc, w,                                                               \
+                       B_ADDC(c0_ + ldc, w, vreinterpretq_f32_f64(vzip2q_f64(x, y))));             \
     }
 #define B_STC(i)                                                                                   \
     if (MR > 2 * i) {                                                                              \
@@ -134,7 +125,6 @@ TBF16 INLINE void mk_bf16(const int MR, const int KIND, const int FULL, int64_t 
     B_DECL(1);
     B_DECL(2);
     B_DECL(3);
-    B_LOADC(0) B_LOADC(1) B_LOADC(2) B_LOADC(3);
     int64_t p = 0;
     for (; p + 1 < P; p += 2)
         B_STEP(1)
@@ -174,8 +164,14 @@ static void gemm_bf16(int64_t M, int64_t N, int64_t P, const uint32_t* A, int64_
         const int nn = (int)(N - n0 < BF_NR ? N - n0 : BF_NR);
         for (int64_t m0 = 0; m0 < M; m0 += BF_MR) {
             const int mr = (int)(M - m0 < BF_MR ? M - m0 : BF_MR);
-            mkb_tab[mr - 1][kind][nn == BF_NR](P, A + m0 * rsa, rsa, csa, B + n0, ldb,
-                                               C + m0 * ldc + n0, ldc, acc, nn);
+            int64_t p0 = 0;
+            do { /* P in chunks of CF_ATTN_GEMM_KC pairs; P = 0 still writes C */
+                const int64_t pn = P - p0 < CF_ATTN_GEMM_KC ? P - p0 : CF_ATTN_GEMM_KC;
+                mkb_tab[mr - 1][kind][nn == BF_NR](pn, A + m0 * rsa + p0 * csa, rsa, csa,
+                                                   B + p0 * ldb + n0, ldb, C + m0 * ldc + n0, ldc,
+                                                   acc || p0 > 0, nn);
+                p0 += pn;
+            } while (p0 < P);
         }
     }
 }
@@ -188,19 +184,14 @@ static void gemm_bf16(int64_t M, int64_t N, int64_t P, const uint32_t* A, int64_
 #define H_NV 2 /* vectors of 4 columns (rows: the 6 of gemm_tiles) */
 
 #define H_DECL(r) float32x4_t l##r##0 = z, h##r##0 = z, l##r##1 = z, h##r##1 = z
-#define H_LDV(r, v)                                                                                \
-    if (NV > v) {                                                                                  \
-        const float32x4_t x = cf_vloadt(C + r * ldc + 4 * v, v == NV - 1 ? last : 4);              \
-        l##r##v = vzip1q_f32(x, z);                                                                \
-        h##r##v = vzip2q_f32(x, z);                                                                \
-    }
-#define H_LOADC(r)                                                                                 \
-    if (MR > r && acc) {                                                                           \
-        H_LDV(r, 0) H_LDV(r, 1)                                                                    \
-    }
+/* C plus the folded accumulators (they start at zero: gemm_tiles' two-level sum over K) */
 #define H_STV(r, v)                                                                                \
-    if (NV > v)                                                                                    \
-        cf_vstoret(C + r * ldc + 4 * v, v == NV - 1 ? last : 4, vpaddq_f32(l##r##v, h##r##v));
+    if (NV > v) {                                                                                  \
+        const int n_ = v == NV - 1 ? last : 4;                                                     \
+        float32x4_t x_ = vpaddq_f32(l##r##v, h##r##v);                                             \
+        if (acc) x_ = vaddq_f32(cf_vloadt(C + r * ldc + 4 * v, n_), x_);                           \
+        cf_vstoret(C + r * ldc + 4 * v, n_, x_);                                                   \
+    }
 #define H_STC(r)                                                                                   \
     if (MR > r) {                                                                                  \
         H_STV(r, 0) H_STV(r, 1)                                                                    \
@@ -228,7 +219,6 @@ TFHM INLINE void mk_f16(const int MR, const int NV, const int FULL, int64_t P, c
     H_DECL(3);
     H_DECL(4);
     H_DECL(5);
-    H_LOADC(0) H_LOADC(1) H_LOADC(2) H_LOADC(3) H_LOADC(4) H_LOADC(5);
     const uint32_t* a = A;
     for (int64_t p = 0; p < P; p++) {
         const float16x8_t b0 = H_LDB(0);
@@ -309,7 +299,6 @@ NEON_TABLE(k_f16, NULL, gemm_f16)
 NEON_TABLE(k_both, gemm_bf16, gemm_f16)
 
 /* The table for this CPU (cpu-sve takes it for everything but its fp32 GEMM and softmax pieces). */
-const cf_attn_kernels* cf_attn_kernels_neon(void);
 const cf_attn_kernels* cf_attn_kernels_neon(void) {
     const cf_cpu_info* ci = cf_cpu();
     if (ci->bf16 && ci->asimdfhm) return &k_both;
@@ -326,7 +315,6 @@ static int neon_available(char* reason, size_t len) {
 
 #else /* not AArch64 */
 
-const cf_attn_kernels* cf_attn_kernels_neon(void);
 const cf_attn_kernels* cf_attn_kernels_neon(void) {
     return &cf_attn_kernels_generic;
 }

@@ -22,15 +22,13 @@
 
 /* Sizeless SVE types cannot sit in arrays: the tile is 12 named accumulators. */
 #define S_DECL(r) svfloat32_t c##r##0 = z, c##r##1 = z
-#define S_LOADC(r)                                                                                 \
-    if (MR > r && acc) {                                                                           \
-        c##r##0 = svld1_f32(p0, C + r * ldc);                                                      \
-        if (NV > 1) c##r##1 = svld1_f32(p1, C + r * ldc + vl);                                     \
-    }
+/* C plus the accumulators (they start at zero: the sum over K is two-level: CF_ATTN_GEMM_KC
+ * chunks) */
+#define S_ADDC(p, at, x) (acc ? svadd_f32_x(p, svld1_f32(p, at), x) : x)
 #define S_STC(r)                                                                                   \
     if (MR > r) {                                                                                  \
-        svst1_f32(p0, C + r * ldc, c##r##0);                                                       \
-        if (NV > 1) svst1_f32(p1, C + r * ldc + vl, c##r##1);                                      \
+        svst1_f32(p0, C + r * ldc, S_ADDC(p0, C + r * ldc, c##r##0));                              \
+        if (NV > 1) svst1_f32(p1, C + r * ldc + vl, S_ADDC(p1, C + r * ldc + vl, c##r##1));        \
     }
 #define S_ROW(r)                                                                                   \
     if (MR > r) {                                                                                  \
@@ -50,7 +48,6 @@ TSVE INLINE void mk_f32(const int MR, const int NV, int64_t K, const float* A, i
     S_DECL(3);
     S_DECL(4);
     S_DECL(5);
-    S_LOADC(0) S_LOADC(1) S_LOADC(2) S_LOADC(3) S_LOADC(4) S_LOADC(5);
     const float* a = A;
     for (int64_t k = 0; k < K; k++) {
         const svfloat32_t b0 = svld1_f32(p0, B);
@@ -90,8 +87,13 @@ TSVE static void gemm_f32(int64_t M, int64_t N, int64_t K, const float* A, int64
         const int nv = N - n0 > vl ? 2 : 1;
         for (int64_t m0 = 0; m0 < M; m0 += SVE_MR) {
             const int mr = (int)(M - m0 < SVE_MR ? M - m0 : SVE_MR);
-            mks_tab[mr - 1][nv - 1](K, A + m0 * rsa, rsa, csa, B + n0, ldb, C + m0 * ldc + n0, ldc,
-                                    acc, p0, p1, vl);
+            int64_t k0 = 0;
+            do { /* K in chunks; K = 0 still writes C */
+                const int64_t kn = K - k0 < CF_ATTN_GEMM_KC ? K - k0 : CF_ATTN_GEMM_KC;
+                mks_tab[mr - 1][nv - 1](kn, A + m0 * rsa + k0 * csa, rsa, csa, B + k0 * ldb + n0,
+                                        ldb, C + m0 * ldc + n0, ldc, acc || k0 > 0, p0, p1, vl);
+                k0 += kn;
+            } while (k0 < K);
         }
     }
 }
@@ -169,7 +171,6 @@ TSVE static void ds_cols(float* ds, const float* p, const float* dp, int64_t n, 
 
 /* ---- The table: cpu-neon's, with the pieces above -------------------------------------------- */
 
-const cf_attn_kernels* cf_attn_kernels_neon(void);
 static cf_attn_kernels k_sve;
 static pthread_once_t k_once = PTHREAD_ONCE_INIT;
 static void k_init(void) {
@@ -182,7 +183,7 @@ static void k_init(void) {
     k_sve.ds_row = ds_row;
     k_sve.ds_cols = ds_cols;
 }
-static const cf_attn_kernels* sve_kernels(void) {
+const cf_attn_kernels* cf_attn_kernels_sve(void) {
     pthread_once(&k_once, k_init);
     return &k_sve;
 }
@@ -196,7 +197,7 @@ static int sve_available(char* reason, size_t len) {
 
 #else /* not AArch64 */
 
-static const cf_attn_kernels* sve_kernels(void) {
+const cf_attn_kernels* cf_attn_kernels_sve(void) {
     return &cf_attn_kernels_generic;
 }
 static int sve_available(char* reason, size_t len) {
@@ -207,13 +208,13 @@ static int sve_available(char* reason, size_t len) {
 #endif
 
 static int sve_supports(const void* call, char* reason, size_t len) {
-    return cf_attn_cpu_supports(call, sve_kernels(), reason, len);
+    return cf_attn_cpu_supports(call, cf_attn_kernels_sve(), reason, len);
 }
 static cflash_status sve_fwd(const void* call) {
-    return cf_attn_cpu_fwd(call, sve_kernels());
+    return cf_attn_cpu_fwd(call, cf_attn_kernels_sve());
 }
 static cflash_status sve_bwd(const void* call) {
-    return cf_attn_cpu_bwd(call, sve_kernels());
+    return cf_attn_cpu_bwd(call, cf_attn_kernels_sve());
 }
 
 const cf_impl cf_impl_sve_attn_fwd = {

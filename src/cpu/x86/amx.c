@@ -16,8 +16,6 @@
 #include "cpu/x86/amx_tiles.h"
 #include "probe/cpu_features.h"
 
-const cf_attn_kernels* cf_attn_kernels_avx512(void);
-
 #ifdef CF_AMX_CODE
 /* Not static: tests/test_amx_tilecfg.c checks the 64 bytes it hands to ldtilecfg. */
 CF_AMX_TARGET void cf_amx_thread_begin(void) {

@@ -37,23 +37,27 @@ static int avx2_available(char* reason, size_t len) {
     return 0;
 }
 
-#define KERNELS (&kernels)
+const cf_attn_kernels* cf_attn_kernels_avx2(void) {
+    return &kernels;
+}
 #else
 static int avx2_available(char* reason, size_t len) {
     snprintf(reason, len, "not an x86-64 CPU");
     return 0;
 }
-#define KERNELS (&cf_attn_kernels_generic)
+const cf_attn_kernels* cf_attn_kernels_avx2(void) {
+    return &cf_attn_kernels_generic;
+}
 #endif
 
 static int avx2_supports(const void* call, char* reason, size_t len) {
-    return cf_attn_cpu_supports(call, KERNELS, reason, len);
+    return cf_attn_cpu_supports(call, cf_attn_kernels_avx2(), reason, len);
 }
 static cflash_status avx2_fwd(const void* call) {
-    return cf_attn_cpu_fwd(call, KERNELS);
+    return cf_attn_cpu_fwd(call, cf_attn_kernels_avx2());
 }
 static cflash_status avx2_bwd(const void* call) {
-    return cf_attn_cpu_bwd(call, KERNELS);
+    return cf_attn_cpu_bwd(call, cf_attn_kernels_avx2());
 }
 
 const cf_impl cf_impl_avx2_attn_fwd = {

@@ -89,7 +89,6 @@ AVX512_TABLE(kernels, NULL, NULL) /* pack_pairs_f32 is only used with gemm_bf16 
 AVX512_TABLE(kernels_bf16, gemm_bf16, pack_pairs_f32)
 
 /* The table for this CPU (AMX reuses it for everything but its bf16 GEMM). */
-const cf_attn_kernels* cf_attn_kernels_avx512(void);
 const cf_attn_kernels* cf_attn_kernels_avx512(void) {
     return cf_cpu()->avx512bf16 ? &kernels_bf16 : &kernels;
 }
@@ -107,7 +106,6 @@ static int avx512_available(char* reason, size_t len) {
 
 #else /* not x86 */
 
-const cf_attn_kernels* cf_attn_kernels_avx512(void);
 const cf_attn_kernels* cf_attn_kernels_avx512(void) {
     return &cf_attn_kernels_generic;
 }
