@@ -61,6 +61,7 @@ typedef struct cflash_cpu_info {
     int amx_permitted;   /* the tile data state was granted to this process */
     char amx_error[128]; /* why not permitted ("" when permitted or no AMX) */
     int neon, sve;
+    int bf16_dot_gemm; /* x86: cpu-avx512's bf16 GEMMs use vdpbf16ps (0: fp32 FMA, see report) */
 } cflash_cpu_info;
 
 /* Fills *out from the library's CPU probe (run once per process). */

@@ -129,6 +129,15 @@ static void common_checks(void) {
     }
 #else
     expect_text(c->avx2 ? " avx2 " : "absent                avx512fp16");
+    /* which unit multiplies bf16 (cpu-avx512's table follows it), and why */
+    if (c->avx512f) {
+        char g[256];
+        snprintf(g, sizeof g, "  %-21s %s\n", "bf16 GEMMs", c->bf16_gemm_note);
+        expect_text(g);
+        expect(c->bf16_gemm_note);
+        CHECK(!c->bf16_dot_gemm || c->avx512bf16);
+        CHECK(strstr(c->bf16_gemm_note, c->bf16_dot_gemm ? "vdpbf16ps" : "fp32 FMA") != NULL);
+    }
     expect_row("attn_fwd", "cpu-neon", "[NO] not an AArch64 CPU");
     expect_row("attn_bwd", "cpu-sve", "[NO] not an AArch64 CPU");
     CHECK(strstr(json, "\"arm\": {\"neon_usable\": false"));

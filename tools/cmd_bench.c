@@ -25,6 +25,14 @@ static int resolve_threads(int t) {
     return t > 0 ? t : 1;
 }
 
+/* Whether cpu-avx512's bf16 GEMMs multiply on vdpbf16ps (else fp32 FMA: the report's "bf16
+ * GEMMs" line). */
+static int cpu_bf16_dot(void) {
+    cflash_cpu_info ci;
+    cflash_cpu_info_get(&ci);
+    return ci.bf16_dot_gemm;
+}
+
 /* ---- bench peak -------------------------------------------------------------------------------
  */
 
@@ -399,7 +407,7 @@ int cf_cmd_bench(int argc, char** argv) {
             pr.dtype == CFLASH_DTYPE_BF16) { /* the bf16 kernels multiply on vdpbf16ps / AMX */
             if (!strcmp(backend, "cpu-amx") && pk->amx_bf16_gflops > 0)
                 unit = "amx_bf16", peak = pk->amx_bf16_gflops, peak_cpu = pkc->amx_bf16_gflops;
-            else if (!strcmp(backend, "cpu-avx512") && pk->bf16_dot_gflops > 0)
+            else if (!strcmp(backend, "cpu-avx512") && pk->bf16_dot_gflops > 0 && cpu_bf16_dot())
                 unit = "avx512_bf16", peak = pk->bf16_dot_gflops, peak_cpu = pkc->bf16_dot_gflops;
             else if ((!strcmp(backend, "cpu-neon") || !strcmp(backend, "cpu-sve")) &&
                      pk->bf16_dot_gflops > 0)

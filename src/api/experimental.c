@@ -82,6 +82,7 @@ void cflash_cpu_info_get(cflash_cpu_info* out) {
     snprintf(out->amx_error, sizeof out->amx_error, "%s", c->amx_error);
     out->neon = c->neon;
     out->sve = c->sve;
+    out->bf16_dot_gemm = c->bf16_dot_gemm;
 }
 
 /* ---- Device memory ---- */

@@ -297,6 +297,8 @@ static void cpu_section(sb* s) {
         open_obj(s, "avx512");
         jbool(s, "usable", c->avx512f);
         jstr(s, "note", avx512);
+        jbool(s, "bf16_dot_gemm", c->bf16_dot_gemm);
+        jstr(s, "bf16_gemm", c->bf16_gemm_note);
         close_obj(s);
         open_obj(s, "amx");
         jbool(s, "usable", amx_usable);
@@ -327,6 +329,7 @@ static void cpu_section(sb* s) {
     line(s, "features", "%s", have[0] ? have : "(none)");
     line(s, "absent", "%s", lack[0] ? lack : "(none)");
     line(s, "AVX-512", "%s", avx512[0] ? avx512 : "unknown");
+    if (c->avx512f) line(s, "bf16 GEMMs", "%s", c->bf16_gemm_note);
     line(s, "AMX", "%s", c->amx_note[0] ? c->amx_note : "unknown");
     line(s, "ARM", "%s", c->arm_note[0] ? c->arm_note : "unknown");
 }

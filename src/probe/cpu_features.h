@@ -31,6 +31,10 @@ typedef struct cf_cpu_info {
     int os_avx, os_avx512, os_amx; /* XCR0 enables the YMM / ZMM+opmask / tile state */
     char avx512_note[160];         /* "" when AVX-512F is usable, else why not */
     char amx_note[192]; /* "usable" or why not ("CPU does not report AMX-TILE (CPUID...)") */
+    /* x86 bf16 GEMMs (cpu-avx512, and cpu-amx's work off the tiles): 1 = vdpbf16ps, 0 = the bf16
+     * rows converted (exactly) to fp32 for the FMA GEMM; the note says which and why. */
+    int bf16_dot_gemm;
+    char bf16_gemm_note[160];
 } cf_cpu_info;
 
 /* The probe result; computed once (thread-safe), never NULL. AMX permission is requested on

@@ -88,9 +88,10 @@ CF_VTARGET static void interleave_u16(uint32_t* dst, const uint16_t* lo, const u
 AVX512_TABLE(kernels, NULL, NULL) /* pack_pairs_f32 is only used with gemm_bf16 */
 AVX512_TABLE(kernels_bf16, gemm_bf16, pack_pairs_f32)
 
-/* The table for this CPU (AMX reuses it for everything but its bf16 GEMM). */
+/* The table for this CPU (AMX reuses it for everything but its bf16 GEMM): the bf16 GEMM by
+ * vdpbf16ps where cf_cpu()->bf16_dot_gemm says it is the faster (see cpu_features.c). */
 const cf_attn_kernels* cf_attn_kernels_avx512(void) {
-    return cf_cpu()->avx512bf16 ? &kernels_bf16 : &kernels;
+    return cf_cpu()->bf16_dot_gemm ? &kernels_bf16 : &kernels;
 }
 
 static int avx512_available(char* reason, size_t len) {
