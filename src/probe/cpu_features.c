@@ -214,7 +214,7 @@ static void probe_x86(cf_cpu_info* c) {
     /* vdpbf16ps runs at twice the fp32 FMA rate on AMD (Zen 4: 431 vs 213 GFLOP/s) but at half
      * of it on Intel (family 6 model 207: 161 vs 334; `cflash bench peak`, 2 threads,
      * 2026-12-02), where the fp32 GEMM on converted rows ran bf16 attention 1.5x faster forward
-     * and 1.45x backward (docs/PERF.md). */
+     * and 1.35x backward (docs/PERF.md). */
     c->bf16_dot_gemm = c->avx512bf16 && strcmp(c->vendor, "GenuineIntel") != 0;
     snprintf(c->bf16_gemm_note, sizeof c->bf16_gemm_note, "%s",
              c->bf16_dot_gemm ? "vdpbf16ps (AVX512-BF16)"
