@@ -36,13 +36,15 @@ typedef struct kv_scratch {
     int16_t* qi;
     float* qs;
     int qbad;
+    /* q rows as fp32 in a kernel's own order (R * D, 64-byte aligned) */
+    float* qf;
 } kv_scratch;
 
 static size_t kv_scratch_floats(const cf_kvcache_call* c, int64_t R) {
     const cf_attn_call* a = &c->a;
     const int64_t dm = a->D > a->Dv ? a->D : a->Dv;
     return (size_t)(4 * R + R * a->D + R * a->Dv + 2 * R + R * KV_KB + KV_KB * (a->D + a->Dv) +
-                    16 * R + KV_KB * dm + 256 + KV_KB + R * a->D + 32 + R + 64);
+                    16 * R + KV_KB * dm + 256 + KV_KB + R * a->D + 32 + R + 64 + R * a->D);
 }
 
 /* p: a malloc'd block of kv_scratch_floats floats. The int64 ranges go first, where malloc's
@@ -64,6 +66,7 @@ static void kv_scratch_init(kv_scratch* w, float* p, const cf_kvcache_call* c, i
     w->qs = p, p += R;
     w->qw = (uint16_t*)(((uintptr_t)p + 63) & ~(uintptr_t)63); /* (64-byte aligned: the 64 spare) */
     w->qi = (int16_t*)w->qw + (R * a->D + 31) / 32 * 32;       /* (aligned too: the 32 spare) */
+    w->qf = (float*)(w->qi + (R * a->D + 31) / 32 * 32);       /* (aligned: qi's 32 words) */
 }
 
 /* ---- The kernels of a call (what a build chooses) ---------------------------------------------

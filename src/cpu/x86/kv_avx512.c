@@ -268,6 +268,14 @@ static void kv_pv(float* restrict acc, int64_t R, int64_t Dv, const void* const*
     }
 }
 
+/* Sixteen zeroed fp32 accumulators a<i><j> (four rows by four keys, or by four 16-column
+ * chunks). */
+#define KV_ACC_ZERO4x4()                                                                           \
+    __m512 a00 = _mm512_setzero_ps(), a01 = a00, a02 = a00, a03 = a00;                             \
+    __m512 a10 = a00, a11 = a00, a12 = a00, a13 = a00;                                             \
+    __m512 a20 = a00, a21 = a00, a22 = a00, a23 = a00;                                             \
+    __m512 a30 = a00, a31 = a00, a32 = a00, a33 = a00
+
 /* ---- bf16 scores with AVX512-BF16: four keys by four query rows per pass (16 independent
  * vdpbf16ps chains, each loaded key feeding four), each row's four sums reduced by one tree and
  * stored as one 4-float vector (no per-score scalar stores). ---- */
@@ -348,10 +356,7 @@ kv_dots_bf16x4(const uint16_t* restrict qw, int64_t R, int64_t D, const void* co
         const uint16_t *k0 = rows[t], *k1 = rows[t + 1], *k2 = rows[t + 2], *k3 = rows[t + 3];
         kv_next4_l1(rows, t, nb, 2 * D);
         for (int64_t r = 0; r < R; r += 4) {
-            __m512 a00 = _mm512_setzero_ps(), a01 = a00, a02 = a00, a03 = a00;
-            __m512 a10 = a00, a11 = a00, a12 = a00, a13 = a00;
-            __m512 a20 = a00, a21 = a00, a22 = a00, a23 = a00;
-            __m512 a30 = a00, a31 = a00, a32 = a00, a33 = a00;
+            KV_ACC_ZERO4x4();
             const __m512i* qr = qb + r * nd;
             for (int64_t c = 0; c < nd; c++) {
                 __m512bh x0 = (__m512bh)_mm512_loadu_si512(k0 + 32 * c),
@@ -425,6 +430,29 @@ static inline void kv_softmax16(float* s, float scale, float* m, float* l, float
  * permuted within each 32-element chunk (lanes 4i..4i+3 of the low half: elements 8i..8i+3, of
  * the high half: 8i+4..8i+7) and put back in order once per item by kv_pv_unpermute. ---- */
 
+/* The P.V kernels' accumulators: four rows (stride Dv) by 64 columns of acc at o, a<row><k>
+ * holding columns 16 k .. 16 k + 15. */
+#define KV_ACC_LOAD4x4(o, Dv)                                                                      \
+    __m512 a00 = _mm512_loadu_ps(o), a01 = _mm512_loadu_ps((o) + 16),                              \
+           a02 = _mm512_loadu_ps((o) + 32), a03 = _mm512_loadu_ps((o) + 48);                       \
+    __m512 a10 = _mm512_loadu_ps((o) + (Dv)), a11 = _mm512_loadu_ps((o) + (Dv) + 16),              \
+           a12 = _mm512_loadu_ps((o) + (Dv) + 32), a13 = _mm512_loadu_ps((o) + (Dv) + 48);         \
+    __m512 a20 = _mm512_loadu_ps((o) + 2 * (Dv)), a21 = _mm512_loadu_ps((o) + 2 * (Dv) + 16),      \
+           a22 = _mm512_loadu_ps((o) + 2 * (Dv) + 32), a23 = _mm512_loadu_ps((o) + 2 * (Dv) + 48); \
+    __m512 a30 = _mm512_loadu_ps((o) + 3 * (Dv)), a31 = _mm512_loadu_ps((o) + 3 * (Dv) + 16),      \
+           a32 = _mm512_loadu_ps((o) + 3 * (Dv) + 32), a33 = _mm512_loadu_ps((o) + 3 * (Dv) + 48)
+#define KV_ACC_STORE4x4(o, Dv)                                                                     \
+    do {                                                                                           \
+        _mm512_storeu_ps(o, a00), _mm512_storeu_ps((o) + 16, a01);                                 \
+        _mm512_storeu_ps((o) + 32, a02), _mm512_storeu_ps((o) + 48, a03);                          \
+        _mm512_storeu_ps((o) + (Dv), a10), _mm512_storeu_ps((o) + (Dv) + 16, a11);                 \
+        _mm512_storeu_ps((o) + (Dv) + 32, a12), _mm512_storeu_ps((o) + (Dv) + 48, a13);            \
+        _mm512_storeu_ps((o) + 2 * (Dv), a20), _mm512_storeu_ps((o) + 2 * (Dv) + 16, a21);         \
+        _mm512_storeu_ps((o) + 2 * (Dv) + 32, a22), _mm512_storeu_ps((o) + 2 * (Dv) + 48, a23);    \
+        _mm512_storeu_ps((o) + 3 * (Dv), a30), _mm512_storeu_ps((o) + 3 * (Dv) + 16, a31);         \
+        _mm512_storeu_ps((o) + 3 * (Dv) + 32, a32), _mm512_storeu_ps((o) + 3 * (Dv) + 48, a33);    \
+    } while (0)
+
 /* Whether kv_pv_dp (and its permuted acc layout) serves R rows, V of dtype dt and width Dv. */
 static inline int kv_pv_dp_ok(cf_dtype dt, int64_t R, int64_t Dv) {
     return dt == CF_BF16 && cf_cpu()->avx512bf16 && Dv % 64 == 0 && R <= 64;
@@ -463,14 +491,7 @@ kv_pv_dp(float* restrict acc, int64_t R, int64_t Dv, const void* const* rows, in
         for (; r + 4 <= Rd; r += 4) {
             float* o = acc + r * Dv + d;
             const uint32_t* pr = pp + r * (KV_KB / 2);
-            __m512 a00 = _mm512_loadu_ps(o), a01 = _mm512_loadu_ps(o + 16),
-                   a02 = _mm512_loadu_ps(o + 32), a03 = _mm512_loadu_ps(o + 48);
-            __m512 a10 = _mm512_loadu_ps(o + Dv), a11 = _mm512_loadu_ps(o + Dv + 16),
-                   a12 = _mm512_loadu_ps(o + Dv + 32), a13 = _mm512_loadu_ps(o + Dv + 48);
-            __m512 a20 = _mm512_loadu_ps(o + 2 * Dv), a21 = _mm512_loadu_ps(o + 2 * Dv + 16),
-                   a22 = _mm512_loadu_ps(o + 2 * Dv + 32), a23 = _mm512_loadu_ps(o + 2 * Dv + 48);
-            __m512 a30 = _mm512_loadu_ps(o + 3 * Dv), a31 = _mm512_loadu_ps(o + 3 * Dv + 16),
-                   a32 = _mm512_loadu_ps(o + 3 * Dv + 32), a33 = _mm512_loadu_ps(o + 3 * Dv + 48);
+            KV_ACC_LOAD4x4(o, Dv);
             for (int64_t k = 0; k < np; k++) {
                 const uint16_t* v0 = (const uint16_t*)rows[2 * k] + d;
                 const uint16_t* v1 = 2 * k + 1 < nb ? (const uint16_t*)rows[2 * k + 1] + d : zero;
@@ -489,14 +510,7 @@ kv_pv_dp(float* restrict acc, int64_t R, int64_t Dv, const void* const* rows, in
                 KV_DP4(a02, a12, a22, a32, l1);
                 KV_DP4(a03, a13, a23, a33, h1);
             }
-            _mm512_storeu_ps(o, a00), _mm512_storeu_ps(o + 16, a01);
-            _mm512_storeu_ps(o + 32, a02), _mm512_storeu_ps(o + 48, a03);
-            _mm512_storeu_ps(o + Dv, a10), _mm512_storeu_ps(o + Dv + 16, a11);
-            _mm512_storeu_ps(o + Dv + 32, a12), _mm512_storeu_ps(o + Dv + 48, a13);
-            _mm512_storeu_ps(o + 2 * Dv, a20), _mm512_storeu_ps(o + 2 * Dv + 16, a21);
-            _mm512_storeu_ps(o + 2 * Dv + 32, a22), _mm512_storeu_ps(o + 2 * Dv + 48, a23);
-            _mm512_storeu_ps(o + 3 * Dv, a30), _mm512_storeu_ps(o + 3 * Dv + 16, a31);
-            _mm512_storeu_ps(o + 3 * Dv + 32, a32), _mm512_storeu_ps(o + 3 * Dv + 48, a33);
+            KV_ACC_STORE4x4(o, Dv);
         }
         for (; r < Rd; r++) {
             float* o = acc + r * Dv + d;
@@ -695,10 +709,7 @@ kv_dots_q_body(const uint16_t* restrict qw, int64_t R, int64_t D, const void* co
         const uint8_t *k0 = rows[t], *k1 = rows[t + 1], *k2 = rows[t + 2], *k3 = rows[t + 3];
         kv_next4_l1(rows, t, nb, D);
         for (int64_t r = 0; r < R; r += 4) {
-            __m512 a00 = _mm512_setzero_ps(), a01 = a00, a02 = a00, a03 = a00;
-            __m512 a10 = a00, a11 = a00, a12 = a00, a13 = a00;
-            __m512 a20 = a00, a21 = a00, a22 = a00, a23 = a00;
-            __m512 a30 = a00, a31 = a00, a32 = a00, a33 = a00;
+            KV_ACC_ZERO4x4();
             for (int64_t d = 0; d < D; d += 64) {
                 const uint16_t* qc = qw + r * D + d;
                 __m512i A, B;
@@ -757,14 +768,7 @@ kv_pv_q_body(float* restrict acc, int64_t R, int64_t Dv, const void* const* rows
         for (int64_t r = 0; r < R; r += 4) {
             float* o = acc + r * Dv + d;
             const uint32_t* pr = pp + r * (KV_KB / 2);
-            __m512 a00 = _mm512_loadu_ps(o), a01 = _mm512_loadu_ps(o + 16),
-                   a02 = _mm512_loadu_ps(o + 32), a03 = _mm512_loadu_ps(o + 48);
-            __m512 a10 = _mm512_loadu_ps(o + Dv), a11 = _mm512_loadu_ps(o + Dv + 16),
-                   a12 = _mm512_loadu_ps(o + Dv + 32), a13 = _mm512_loadu_ps(o + Dv + 48);
-            __m512 a20 = _mm512_loadu_ps(o + 2 * Dv), a21 = _mm512_loadu_ps(o + 2 * Dv + 16),
-                   a22 = _mm512_loadu_ps(o + 2 * Dv + 32), a23 = _mm512_loadu_ps(o + 2 * Dv + 48);
-            __m512 a30 = _mm512_loadu_ps(o + 3 * Dv), a31 = _mm512_loadu_ps(o + 3 * Dv + 16),
-                   a32 = _mm512_loadu_ps(o + 3 * Dv + 32), a33 = _mm512_loadu_ps(o + 3 * Dv + 48);
+            KV_ACC_LOAD4x4(o, Dv);
             for (int64_t k = 0; k < np; k++) {
                 const __m512i ca = _mm512_loadu_si512((const uint8_t*)rows[2 * k] + d);
                 const __m512i cb =
@@ -784,14 +788,7 @@ kv_pv_q_body(float* restrict acc, int64_t R, int64_t Dv, const void* const* rows
                 KV_DP4(a02, a12, a22, a32, x2);
                 KV_DP4(a03, a13, a23, a33, x3);
             }
-            _mm512_storeu_ps(o, a00), _mm512_storeu_ps(o + 16, a01);
-            _mm512_storeu_ps(o + 32, a02), _mm512_storeu_ps(o + 48, a03);
-            _mm512_storeu_ps(o + Dv, a10), _mm512_storeu_ps(o + Dv + 16, a11);
-            _mm512_storeu_ps(o + Dv + 32, a12), _mm512_storeu_ps(o + Dv + 48, a13);
-            _mm512_storeu_ps(o + 2 * Dv, a20), _mm512_storeu_ps(o + 2 * Dv + 16, a21);
-            _mm512_storeu_ps(o + 2 * Dv + 32, a22), _mm512_storeu_ps(o + 2 * Dv + 48, a23);
-            _mm512_storeu_ps(o + 3 * Dv, a30), _mm512_storeu_ps(o + 3 * Dv + 16, a31);
-            _mm512_storeu_ps(o + 3 * Dv + 32, a32), _mm512_storeu_ps(o + 3 * Dv + 48, a33);
+            KV_ACC_STORE4x4(o, Dv);
         }
 }
 
@@ -1037,6 +1034,187 @@ static void kv_i8_unpermute(float* acc, int64_t R, int64_t Dv) {
     }
 }
 
+/* ---- fp8 caches on fp32 FMA: for fp32 / fp16 q, and for bf16 q where vdpbf16ps runs at half
+ * the FMA rate (Intel: cf_cpu()->bf16_dot_gemm 0). 64 codes are decoded in registers through
+ * fp16 (the values of kv_load16_code, in kv_code_unit's units) to four fp32 registers in
+ * vpunpck{l,h}bw order: the element at position 16 k + i (register k, lane i) is that position
+ * with its bits 3 and 4 swapped (an involution). q is kept in that order (kv_f8_swap in the
+ * prep) and so is acc (kv_acc_index_f8; put back by kv_f8_swap at the end). An e4m3fn block that
+ * holds the NaN code (which the shift reads as 480) goes through the fp32 kernels above (scores)
+ * or element by element (P.V): rare, a NaN appended. ---- */
+
+/* Whether the fp32 FMA kernels serve a call with R query rows per KV head (rows in fours, head
+ * dims in whole 64-code chunks), and are the faster choice: vdpbf16ps at full rate takes bf16 q
+ * (kv_q_fused_ok's kernels). */
+static inline int kv_f8_ok(const cf_kvcache_call* c, int64_t R) {
+    const cf_attn_call* a = &c->a;
+    if (c->quant != CFLASH_KV_QUANT_FP8_E4M3 && c->quant != CFLASH_KV_QUANT_FP8_E5M2) return 0;
+    if (R % 4 != 0 || a->D % 64 != 0 || a->Dv % 64 != 0) return 0;
+    return !(cf_cpu()->bf16_dot_gemm && kv_q_bf16_ok(a->dtype, a->D, a->Dv) && kv_q_fused_ok(R));
+}
+
+/* dst = src (n floats, n % 32 == 0) with the 8-float groups 1 and 2 of every 32 swapped: element
+ * order to kv_f8 order and back; dst may be src. */
+static void kv_f8_swap(float* dst, const float* src, int64_t n) {
+    for (int64_t i = 0; i < n; i += 32) {
+        const __m512 a = _mm512_loadu_ps(src + i), b = _mm512_loadu_ps(src + i + 16);
+        _mm512_storeu_ps(dst + i, _mm512_shuffle_f32x4(a, b, 0x44));
+        _mm512_storeu_ps(dst + i + 16, _mm512_shuffle_f32x4(a, b, 0xEE));
+    }
+}
+
+static int64_t kv_acc_index_f8(int64_t d) {
+    return (d & ~(int64_t)24) | ((d & 8) << 1) | ((d & 16) >> 1);
+}
+
+static void kv_f8_unpermute(float* acc, int64_t R, int64_t Dv) {
+    kv_f8_swap(acc, acc, R * Dv);
+}
+
+/* The 64 codes at x as fp32 (e5m2: the high byte of an fp16; e4m3fn: S.EEEE.MMM moved to fp16's
+ * S.0EEEE.MMM0000000, its value times 2^-8), in kv_f8 order. */
+__attribute__((always_inline)) static inline void kv_f8_dec(const uint8_t* x, int e5, __m512* x0,
+                                                            __m512* x1, __m512* x2, __m512* x3) {
+    const __m512i c = _mm512_loadu_si512(x), z = _mm512_setzero_si512();
+    __m512i lo = _mm512_unpacklo_epi8(z, c), hi = _mm512_unpackhi_epi8(z, c);
+    if (!e5) { /* the sign shifted in twice, its copy at bit 14 cleared */
+        const __m512i m = _mm512_set1_epi16((short)0xbfff);
+        lo = _mm512_and_si512(_mm512_srai_epi16(lo, 1), m);
+        hi = _mm512_and_si512(_mm512_srai_epi16(hi, 1), m);
+    }
+    *x0 = _mm512_cvtph_ps(_mm512_castsi512_si256(lo));
+    *x1 = _mm512_cvtph_ps(_mm512_castsi512_si256(hi));
+    *x2 = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(lo, 1));
+    *x3 = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(hi, 1));
+}
+
+/* Whether some of the nb e4m3fn rows (n codes each, n % 64 == 0) holds the NaN code (|code| 0x7f).
+ */
+static int kv_f8_nan(const void* const* rows, int64_t nb, int64_t n) {
+    const __m512i hi = _mm512_set1_epi8((char)0x80);
+    __m512i m = _mm512_setzero_si512();
+    for (int64_t t = 0; t < nb; t++)
+        for (int64_t d = 0; d < n; d += 64)
+            m = _mm512_max_epu8(
+                m, _mm512_or_si512(hi, _mm512_loadu_si512((const uint8_t*)rows[t] + d)));
+    return _mm512_cmpeq_epi8_mask(m, _mm512_set1_epi8((char)0xff)) != 0;
+}
+
+/* a_i += q_i . (x0, x1, x2, x3) for the four rows i at qc (row stride D floats). */
+#define KV_F8_DP4(A0, A1, A2, A3)                                                                  \
+    do {                                                                                           \
+        A0 = _mm512_fmadd_ps(x0, _mm512_loadu_ps(qc), A0);                                         \
+        A1 = _mm512_fmadd_ps(x0, _mm512_loadu_ps(qc + D), A1);                                     \
+        A2 = _mm512_fmadd_ps(x0, _mm512_loadu_ps(qc + 2 * D), A2);                                 \
+        A3 = _mm512_fmadd_ps(x0, _mm512_loadu_ps(qc + 3 * D), A3);                                 \
+        A0 = _mm512_fmadd_ps(x1, _mm512_loadu_ps(qc + 16), A0);                                    \
+        A1 = _mm512_fmadd_ps(x1, _mm512_loadu_ps(qc + D + 16), A1);                                \
+        A2 = _mm512_fmadd_ps(x1, _mm512_loadu_ps(qc + 2 * D + 16), A2);                            \
+        A3 = _mm512_fmadd_ps(x1, _mm512_loadu_ps(qc + 3 * D + 16), A3);                            \
+        A0 = _mm512_fmadd_ps(x2, _mm512_loadu_ps(qc + 32), A0);                                    \
+        A1 = _mm512_fmadd_ps(x2, _mm512_loadu_ps(qc + D + 32), A1);                                \
+        A2 = _mm512_fmadd_ps(x2, _mm512_loadu_ps(qc + 2 * D + 32), A2);                            \
+        A3 = _mm512_fmadd_ps(x2, _mm512_loadu_ps(qc + 3 * D + 32), A3);                            \
+        A0 = _mm512_fmadd_ps(x3, _mm512_loadu_ps(qc + 48), A0);                                    \
+        A1 = _mm512_fmadd_ps(x3, _mm512_loadu_ps(qc + D + 48), A1);                                \
+        A2 = _mm512_fmadd_ps(x3, _mm512_loadu_ps(qc + 2 * D + 48), A2);                            \
+        A3 = _mm512_fmadd_ps(x3, _mm512_loadu_ps(qc + 3 * D + 48), A3);                            \
+    } while (0)
+
+/* s[r * KV_KB + t] = u f[t] q_r . k_t for R (% 4 == 0) rows of qf (kv_f8 order) and nb code rows
+ * of D (% 64 == 0) codes; four keys by four rows per pass. */
+__attribute__((always_inline)) static inline void
+kv_dots_f8_body(const float* restrict qf, int64_t R, int64_t D, const void* const* rows, int64_t nb,
+                int e5, const float* f, float u, float* restrict s) {
+    int64_t t = 0;
+    for (; t + 4 <= nb; t += 4) {
+        const uint8_t *k0 = rows[t], *k1 = rows[t + 1], *k2 = rows[t + 2], *k3 = rows[t + 3];
+        kv_next4_l1(rows, t, nb, D);
+        const __m512 g =
+            _mm512_mul_ps(_mm512_set1_ps(u), _mm512_broadcast_f32x4(_mm_loadu_ps(f + t)));
+        for (int64_t r = 0; r < R; r += 4) {
+            KV_ACC_ZERO4x4();
+            for (int64_t d = 0; d < D; d += 64) {
+                const float* qc = qf + r * D + d;
+                __m512 x0, x1, x2, x3;
+                kv_f8_dec(k0 + d, e5, &x0, &x1, &x2, &x3);
+                KV_F8_DP4(a00, a10, a20, a30);
+                kv_f8_dec(k1 + d, e5, &x0, &x1, &x2, &x3);
+                KV_F8_DP4(a01, a11, a21, a31);
+                kv_f8_dec(k2 + d, e5, &x0, &x1, &x2, &x3);
+                KV_F8_DP4(a02, a12, a22, a32);
+                kv_f8_dec(k3 + d, e5, &x0, &x1, &x2, &x3);
+                KV_F8_DP4(a03, a13, a23, a33);
+            }
+            const __m512 x[16] = {a00, a01, a02, a03, a10, a11, a12, a13,
+                                  a20, a21, a22, a23, a30, a31, a32, a33};
+            kv_store16(s + r * KV_KB + t, _mm512_mul_ps(g, kv_sum16(x)));
+        }
+    }
+    for (; t < nb; t++) /* the last keys of a block, one by one */
+        for (int64_t r = 0; r < R; r += 4) {
+            __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+            for (int64_t d = 0; d < D; d += 64) {
+                const float* qc = qf + r * D + d;
+                __m512 x0, x1, x2, x3;
+                kv_f8_dec((const uint8_t*)rows[t] + d, e5, &x0, &x1, &x2, &x3);
+                KV_F8_DP4(a0, a1, a2, a3);
+            }
+            float o[4]; /* rows r .. r + 3 */
+            _mm_storeu_ps(o, _mm_mul_ps(_mm_set1_ps(u * f[t]), kv_sum4(a0, a1, a2, a3)));
+            for (int i = 0; i < 4; i++)
+                s[(r + i) * KV_KB + t] = o[i];
+        }
+}
+#undef KV_F8_DP4
+
+/* acc[r] += sum_t p[r * KV_KB + t] v_t for R (% 4 == 0) rows, nb code rows of Dv (% 64 == 0)
+ * codes (p already times each key's factor and unit): acc in kv_f8 order. */
+__attribute__((always_inline)) static inline void kv_pv_f8_body(float* restrict acc, int64_t R,
+                                                                int64_t Dv, const void* const* rows,
+                                                                int64_t nb, int e5,
+                                                                const float* restrict p) {
+    for (int64_t d = 0; d < Dv; d += 64)
+        for (int64_t r = 0; r < R; r += 4) {
+            float* o = acc + r * Dv + d;
+            const float* pr = p + r * KV_KB;
+            KV_ACC_LOAD4x4(o, Dv);
+            for (int64_t t = 0; t < nb; t++) {
+                __m512 x0, x1, x2, x3;
+                kv_f8_dec((const uint8_t*)rows[t] + d, e5, &x0, &x1, &x2, &x3);
+                const __m512 p0 = _mm512_set1_ps(pr[t]), p1 = _mm512_set1_ps(pr[KV_KB + t]),
+                             p2 = _mm512_set1_ps(pr[2 * KV_KB + t]),
+                             p3 = _mm512_set1_ps(pr[3 * KV_KB + t]);
+                a00 = _mm512_fmadd_ps(p0, x0, a00), a01 = _mm512_fmadd_ps(p0, x1, a01);
+                a02 = _mm512_fmadd_ps(p0, x2, a02), a03 = _mm512_fmadd_ps(p0, x3, a03);
+                a10 = _mm512_fmadd_ps(p1, x0, a10), a11 = _mm512_fmadd_ps(p1, x1, a11);
+                a12 = _mm512_fmadd_ps(p1, x2, a12), a13 = _mm512_fmadd_ps(p1, x3, a13);
+                a20 = _mm512_fmadd_ps(p2, x0, a20), a21 = _mm512_fmadd_ps(p2, x1, a21);
+                a22 = _mm512_fmadd_ps(p2, x2, a22), a23 = _mm512_fmadd_ps(p2, x3, a23);
+                a30 = _mm512_fmadd_ps(p3, x0, a30), a31 = _mm512_fmadd_ps(p3, x1, a31);
+                a32 = _mm512_fmadd_ps(p3, x2, a32), a33 = _mm512_fmadd_ps(p3, x3, a33);
+            }
+            KV_ACC_STORE4x4(o, Dv);
+        }
+}
+
+/* (one instance per format: the decode's branch out of the loops) */
+static void kv_dots_f8(const float* restrict qf, int64_t R, int64_t D, const void* const* rows,
+                       int64_t nb, int e5, const float* f, float u, float* restrict s) {
+    if (e5)
+        kv_dots_f8_body(qf, R, D, rows, nb, 1, f, u, s);
+    else
+        kv_dots_f8_body(qf, R, D, rows, nb, 0, f, u, s);
+}
+
+static void kv_pv_f8(float* restrict acc, int64_t R, int64_t Dv, const void* const* rows,
+                     int64_t nb, int e5, const float* restrict p) {
+    if (e5)
+        kv_pv_f8_body(acc, R, Dv, rows, nb, 1, p);
+    else
+        kv_pv_f8_body(acc, R, Dv, rows, nb, 0, p);
+}
+
 /* ---- The kernels of a call (kv_path) ----------------------------------------------------------
  */
 
@@ -1149,6 +1327,44 @@ static void avx512_pv_i8(const kv_head* h, const void* const* rows, int64_t nb, 
     kv_pv_i8(h->acc, h->R, h->c->a.Dv, rows, nb, h->s, f);
 }
 
+/* fp8 caches on fp32 FMA: q in kv_f8 order once per item; an e4m3fn block holding the NaN code
+ * through the fp32 kernels above (scores) or element by element into acc's order (P.V). */
+static void avx512_f8_prep(const cf_kvcache_call* c, kv_scratch* w, int64_t R) {
+    kv_f8_swap(w->qf, w->q, R * c->a.D);
+}
+
+static void avx512_scores_f8(const kv_head* h, const void* const* rows, int64_t nb,
+                             const float* f) {
+    const int64_t D = h->c->a.D;
+    const int e5 = h->c->quant == CFLASH_KV_QUANT_FP8_E5M2;
+    if (!e5 && kv_f8_nan(rows, nb, D)) {
+        avx512_scores(h, rows, nb, f);
+        return;
+    }
+    kv_dots_f8(h->w->qf + (h->q - h->w->q), h->R, D, rows, nb, e5, f,
+               kv_code_unit(kv_row_dtype(h->c)), h->s);
+}
+
+static void avx512_pv_f8(const kv_head* h, const void* const* rows, int64_t nb, const float* f) {
+    const int64_t Dv = h->c->a.Dv;
+    const int e5 = h->c->quant == CFLASH_KV_QUANT_FP8_E5M2;
+    if (!e5 && kv_f8_nan(rows, nb, Dv)) {
+        float* vf = h->w->vf;
+        for (int64_t t = 0; t < nb; t++) {
+            kv_v_values(h->c, rows[t], f[t], vf);
+            for (int64_t r = 0; r < h->R; r++) {
+                const float pr = h->s[r * KV_KB + t];
+                float* a = h->acc + r * Dv;
+                for (int64_t d = 0; d < Dv; d++)
+                    a[kv_acc_index_f8(d)] += pr * vf[d];
+            }
+        }
+        return;
+    }
+    kv_q_apply(h->s, h->R, f, kv_code_unit(kv_row_dtype(h->c)));
+    kv_pv_f8(h->acc, h->R, Dv, rows, nb, e5, h->s);
+}
+
 /* Quantized caches, bf16 q, rows not in fours: a block's codes decoded to bf16 rows (in w->kq)
  * for the bf16 kernels. */
 static void avx512_q_tables(const cf_kvcache_call* c, kv_scratch* w, int64_t R) {
@@ -1191,6 +1407,9 @@ static void kv_choose_avx512(const cf_kvcache_call* c, int64_t R, kv_path* p) {
     } else if (kv_i8_ok(c, R)) {
         p->prep = avx512_i8_prep, p->scores = avx512_scores_i8, p->pv = avx512_pv_i8;
         p->acc_index = kv_acc_index_i8, p->finish = kv_i8_unpermute;
+    } else if (kv_f8_ok(c, R)) {
+        p->prep = avx512_f8_prep, p->scores = avx512_scores_f8, p->pv = avx512_pv_f8;
+        p->acc_index = kv_acc_index_f8, p->finish = kv_f8_unpermute;
     } else if (kv_q_bf16_ok(a->dtype, a->D, a->Dv) && kv_q_fused_ok(R)) {
         p->prep = avx512_q_prep, p->scores = avx512_scores_q, p->pv = avx512_pv_q;
         p->acc_index = kv_acc_index_q, p->finish = kv_q_unpermute;
