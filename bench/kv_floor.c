@@ -1,12 +1,15 @@
-/* The int8 KV-cache decode kernels of cpu-avx512 alone, hot in L1: kv_dots_i8 (scores) and
- * kv_pv_i8 (P.V) over one 16-key block of 8 KV heads (4 query rows each, D = Dv = 128) again and
- * again, as kv_item calls them, without the call around them (offsets, factors, prefetches,
- * DRAM). Their time per key and KV head is the floor the decode call's time per key and KV head
- * is compared with (docs/PERF.md). Includes the kernel file itself (its functions are static):
+/* cpu-avx512's KV-cache decode kernels alone, hot in L1: the scores and P.V kernels of one cache
+ * format over one 16-key block of 8 KV heads (4 query rows each, D = Dv = 128) again and again,
+ * as kv_item calls them, without the call around them (offsets, factors, prefetches, DRAM). Their
+ * time per key and KV head is the floor the decode call's time per key and KV head is compared
+ * with (docs/PERF.md). Formats: int8 (kv_dots_i8 / kv_pv_i8, AVX512-VNNI), e4m3 / e5m2 (the fp32
+ * FMA kernels kv_dots_f8 / kv_pv_f8), e4m3-dp / e5m2-dp (byte tables and vdpbf16ps: kv_dots_q /
+ * kv_pv_q), bf16 (kv_dots_bf16x4 / kv_pv_dp). Includes the kernel file itself (its functions are
+ * static):
  *
  *   cc -O3 -fopenmp -D_GNU_SOURCE -Iinclude -Isrc -Ibuild/generated bench/kv_floor.c \
- *       build/libcflash.a -lm -o /tmp/kv_floor && /tmp/kv_floor 20000
- * Needs AVX512-VNNI (the kernels' instructions). */
+ *       build/libcflash.a -lm -o /tmp/kv_floor && /tmp/kv_floor 20000 [FORMAT]
+ */
 #include "cpu/x86/kv_avx512.c"
 
 #include <time.h>
@@ -21,8 +24,11 @@ enum { R = 4, D = 128, DV = 128, NH = 8 };
 
 /* Best of 7 runs of n passes over the block with the kernels `mode` picks (1 scores, 2 P.V, 4 the
  * softmax between them), in ns per key and KV head. */
-static double run(int mode, long n, const void* rk[NH][KV_KB], const void* rv[NH][KV_KB],
-                  const int16_t* qi) {
+enum { I8, F8, F8DP, BF16 }; /* the kernels */
+
+static double run(int mode, int kind, int e5, long n, const void* rk[NH][KV_KB],
+                  const void* rv[NH][KV_KB], const int16_t* qi, const float* qf, const uint16_t* qw,
+                  const uint8_t* tab) {
     const float qs[R] = {1e-3f, 1e-3f, 1e-3f, 1e-3f};
     float f[KV_KB], s[R * KV_KB], m[R] = {0}, l[R] = {0}, lv[16 * R] = {0};
     static float acc[NH * R * DV];
@@ -36,12 +42,22 @@ static double run(int mode, long n, const void* rk[NH][KV_KB], const void* rv[NH
         const double a = now();
         for (long it = 0; it < n; it++)
             for (int g = 0; g < NH; g++) {
-                if (mode & 1) kv_dots_i8(qi, qs, R, D, rk[g], kb, f, s);
+                if (mode & 1) switch (kind) {
+                    case I8: kv_dots_i8(qi, qs, R, D, rk[g], kb, f, s); break;
+                    case F8: kv_dots_f8(qf, R, D, rk[g], kb, e5, f, 1.0f, s); break;
+                    case F8DP: kv_dots_q(qw, R, D, rk[g], kb, tab, 0, f, s); break;
+                    default: kv_dots_bf16x4(qw, R, D, rk[g], kb, s);
+                    }
                 if (mode & 4)
                     for (int r = 0; r < R; r++)
                         kv_softmax16(s + r * KV_KB, 0.088f, m + r, l + r, lv + 16 * r,
                                      acc + (g * R + r) * DV, DV);
-                if (mode & 2) kv_pv_i8(acc + g * R * DV, R, DV, rv[g], kb, s, f);
+                if (mode & 2) switch (kind) {
+                    case I8: kv_pv_i8(acc + g * R * DV, R, DV, rv[g], kb, s, f); break;
+                    case F8: kv_pv_f8(acc + g * R * DV, R, DV, rv[g], kb, e5, s); break;
+                    case F8DP: kv_pv_q(acc + g * R * DV, R, DV, rv[g], kb, s, f, tab, 0); break;
+                    default: kv_pv_dp(acc + g * R * DV, R, DV, rv[g], kb, s, NULL);
+                    }
             }
         const double t = now() - a;
         best = t < best ? t : best;
@@ -51,21 +67,52 @@ static double run(int mode, long n, const void* rk[NH][KV_KB], const void* rv[NH
 
 int main(int argc, char** argv) {
     const long n = argc > 1 ? atol(argv[1]) : 20000;
-    if (!cf_cpu()->avx512vnni) return fprintf(stderr, "kv_floor: no AVX512-VNNI here\n"), 77;
-    int8_t *kc = aligned_alloc(64, KV_KB * NH * D), *vc = aligned_alloc(64, KV_KB * NH * DV);
+    const char* fmt = argc > 2 ? argv[2] : "int8";
+    const int kind = !strcmp(fmt, "int8")                                 ? I8
+                     : !strcmp(fmt, "e4m3") || !strcmp(fmt, "e5m2")       ? F8
+                     : !strcmp(fmt, "e4m3-dp") || !strcmp(fmt, "e5m2-dp") ? F8DP
+                     : !strcmp(fmt, "bf16")                               ? BF16
+                                                                          : -1;
+    const int e5 = fmt[1] == '5';
+    const cf_cpu_info* cpu = cf_cpu();
+    if (kind < 0) return fprintf(stderr, "kv_floor: format %s?\n", fmt), 2;
+    if ((kind == I8 && !cpu->avx512vnni) || (kind >= F8DP && !cpu->avx512bf16) ||
+        (kind == F8DP && !cpu->avx512vbmi))
+        return fprintf(stderr, "kv_floor: %s's kernels need instructions this CPU lacks\n", fmt),
+               77;
+    const int es = kind == BF16 ? 2 : 1; /* bytes per element */
+    uint8_t *kc = aligned_alloc(64, KV_KB * NH * D * es),
+            *vc = aligned_alloc(64, KV_KB * NH * DV * es);
     int16_t* qi = aligned_alloc(64, sizeof(int16_t) * R * D);
-    for (int i = 0; i < KV_KB * NH * D; i++)
-        kc[i] = (int8_t)(i * 37 + 11), vc[i] = (int8_t)(i * 53 + 7);
-    for (int i = 0; i < R * D; i++)
+    float* qf = aligned_alloc(64, sizeof(float) * R * D);
+    uint16_t* qw = aligned_alloc(64, sizeof(uint16_t) * R * D);
+    uint8_t tab[256];
+    for (int i = 0; i < KV_KB * NH * D; i++) { /* codes: no e4m3fn NaN; bf16: values in (-1, 1) */
+        const uint8_t a = (uint8_t)(i * 37 + 11), b = (uint8_t)(i * 53 + 7);
+        if (kind != BF16) {
+            kc[i] = (a & 0x7f) == 0x7f ? a - 1 : a, vc[i] = (b & 0x7f) == 0x7f ? b - 1 : b;
+            continue;
+        }
+        const float x = (float)(a - 128) / 128.0f, y = (float)(b - 128) / 128.0f;
+        uint32_t u, w;
+        memcpy(&u, &x, 4), memcpy(&w, &y, 4);
+        ((uint16_t*)kc)[i] = (uint16_t)(u >> 16), ((uint16_t*)vc)[i] = (uint16_t)(w >> 16);
+    }
+    for (int i = 0; i < R * D; i++) {
         qi[i] = (int16_t)((i * 97) % 30000 - 15000);
+        qf[i] = (float)((i * 97) % 200 - 100) / 128.0f;
+        qw[i] = (uint16_t)(0x3c00 + i % 128); /* bf16 in [2^-7, 2^-6) */
+    }
+    if (kind == F8DP) kv_q_tables(e5 ? CFLASH_KV_QUANT_FP8_E5M2 : CFLASH_KV_QUANT_FP8_E4M3, tab);
     const void *rk[NH][KV_KB], *rv[NH][KV_KB]; /* (positions, heads, D): the cache's layout */
     for (int g = 0; g < NH; g++)
         for (int t = 0; t < KV_KB; t++)
-            rk[g][t] = kc + (t * NH + g) * D, rv[g][t] = vc + (t * NH + g) * DV;
+            rk[g][t] = kc + (t * NH + g) * D * es, rv[g][t] = vc + (t * NH + g) * DV * es;
     const char* what[8] = {"", "scores", "P.V", "scores + P.V",
                            "", "",       "",    "scores + softmax + P.V"};
     for (int mode = 1; mode <= 7; mode++)
         if (*what[mode])
-            printf("%-24s %6.2f ns per key and KV head\n", what[mode], run(mode, n, rk, rv, qi));
+            printf("%-8s %-24s %6.2f ns per key and KV head\n", fmt, what[mode],
+                   run(mode, kind, e5, n, rk, rv, qi, qf, qw, tab));
     return 0;
 }

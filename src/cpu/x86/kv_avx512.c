@@ -7,6 +7,8 @@
  * - quantized caches with bf16 q: the codes decoded to bf16 in registers by byte tables (vpermi2b)
  *   right where vdpbf16ps uses them; int8 where AVX512-VNNI is present: no decode, the codes
  *   sign-extended into vpdpwssd against q and P as 16-bit integers;
+ * - fp8 caches with fp32 / fp16 q, and with bf16 q where vdpbf16ps runs at half the FMA rate
+ *   (Intel): the codes through fp16 to fp32 in registers, fp32 FMA;
  * - the softmax of a fully visible 16-key block with no horizontal sums.
  * kv_choose_avx512 (at the end) picks them for a call; src/cpu/kvcache_fast.h runs the rest. */
 #if defined(__x86_64__)
