@@ -616,15 +616,17 @@ static void check_systematic(const kprob* p, const double* ro, const double* dir
     /* rows are the samples: with fewer than 8 the standard error means little (with 2, a 0.4 %
      * fit of the bf16 roundings was 2500 of its "errors"); with more, scaled for their number */
     if (rows < 8) return;
-    const double tol = 2 * tt_unit_roundoff(p->c.dtype), k = 5 * sqrt(rows / (rows - 1.0));
-    double se, dev = ops_fit_dev(&p->out, ro, ro, p->c.Dv, &se), ses = 0, devs = 0;
-    CHECK_MSG(fabs(dev) <= k * se + tol,
+    /* tol: what out's own rounding (two units of each element, at most) can fit */
+    const double u2 = 2 * tt_unit_roundoff(p->c.dtype), k = 5 * sqrt(rows / (rows - 1.0));
+    double se, un, dev = ops_fit_dev(&p->out, ro, ro, p->c.Dv, &se, &un), ses = 0, uns = 0,
+                   devs = 0;
+    CHECK_MSG(fabs(dev) <= k * se + u2 * un,
               "%s on %s: out off from the fp64 result by a factor 1 %+.4f (+- %.4f)", desc, be, dev,
               se);
-    if (dir) devs = ops_fit_dev(&p->out, ro, dir, p->c.Dv, &ses);
-    CHECK_MSG(fabs(devs) <= k * ses + tol,
-              "%s on %s: out as with the scores off by a factor 1 %+.4f (+- %.4f)", desc, be, devs,
-              ses);
+    if (dir) devs = ops_fit_dev(&p->out, ro, dir, p->c.Dv, &ses, &uns);
+    CHECK_MSG(fabs(devs) <= k * ses + u2 * uns,
+              "%s on %s: out as with the scores off by a factor 1 %+.4f (+- %.4f, rounding %.4f)",
+              desc, be, devs, ses, u2 * uns);
     if (verbose) printf("systematic: out %.3g +- %.3g, scores %.3g +- %.3g\n", dev, se, devs, ses);
 }
 

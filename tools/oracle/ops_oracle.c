@@ -85,12 +85,14 @@ double ops_max_err(const tt_tensor* t, const double* ref, int64_t* nan) {
 }
 
 double ops_fit_dev(const tt_tensor* t, const double* ref, const double* dir, int64_t group,
-                   double* se) {
-    double num = 0.0, den = 0.0;
+                   double* se, double* unit) {
+    double num = 0.0, den = 0.0, mag = 0.0;
     for (int64_t n = 0; n < t->numel; n++) {
         const double v = tt_get_flat(t, n), r = ref[n], x = dir[n];
-        if (isfinite(v) && isfinite(r) && isfinite(x)) num += (v - r) * x, den += x * x;
+        if (isfinite(v) && isfinite(r) && isfinite(x))
+            num += (v - r) * x, den += x * x, mag += fabs(r * x);
     }
+    *unit = den > 0.0 ? mag / den : 0.0;
     const double dev = den > 0.0 ? num / den : 0.0;
     /* the error left after the fit, summed per group (g: the group's sum of residual * dir) */
     double var = 0.0, g = 0.0;

@@ -28,10 +28,13 @@ double ops_max_err(const tt_tensor* t, const double* ref, int64_t* nan);
  * sample. dir = ref: t off by a factor 1 + dev (a scale applied twice, a unit lost); dir = the
  * derivative of the result in some parameter: t computed with that parameter off by dev. The max
  * error rule, sized by the naive computation's roundings, lets errors of a few percent of either
- * kind pass; rounding errors average out here. Elements where ref, dir or t are not finite are
- * left out. */
+ * kind pass; rounding errors average out here, unless the samples share them (rows of one KV
+ * head under a near-uniform softmax hold nearly the same values, rounded alike). *unit: the
+ * largest |dev| that an error of at most |ref| in each element gives (1 for dir = ref; larger
+ * the smaller dir is against ref): times the unit roundoff, what rounding t alone can fit. Elements
+ * where ref, dir or t are not finite are left out. */
 double ops_fit_dev(const tt_tensor* t, const double* ref, const double* dir, int64_t group,
-                   double* se);
+                   double* se, double* unit);
 /* Max |a - ref| of two dense arrays. */
 double ops_max_err_arr(const double* a, const double* ref, int64_t n);
 double ops_max_abs(const double* ref, int64_t n);
