@@ -3,7 +3,7 @@
  * as kv_item calls them, without the call around them (offsets, factors, prefetches, DRAM). Their
  * time per key and KV head is the floor the decode call's time per key and KV head is compared
  * with (docs/PERF.md). Formats: int8 (kv_dots_i8 / kv_pv_i8, AVX512-VNNI), e4m3 / e5m2 (the fp32
- * FMA kernels kv_dots_f8 / kv_pv_f8), e4m3-dp / e5m2-dp (byte tables and vdpbf16ps: kv_dots_q /
+ * FMA kernels kv_dots_fma / kv_pv_fma), e4m3-dp / e5m2-dp (byte tables and vdpbf16ps: kv_dots_q /
  * kv_pv_q), bf16 (kv_dots_bf16x4 / kv_pv_dp). Includes the kernel file itself (its functions are
  * static):
  *
@@ -44,7 +44,10 @@ static double run(int mode, int kind, int e5, long n, const void* rk[NH][KV_KB],
             for (int g = 0; g < NH; g++) {
                 if (mode & 1) switch (kind) {
                     case I8: kv_dots_i8(qi, qs, R, D, rk[g], kb, f, s); break;
-                    case F8: kv_dots_f8(qf, R, D, rk[g], kb, e5, f, 1.0f, s); break;
+                    case F8:
+                        kv_dots_fma(qf, R, D, rk[g], kb, e5 ? KV_FMT_E5M2 : KV_FMT_E4M3, f, 1.0f,
+                                    s);
+                        break;
                     case F8DP: kv_dots_q(qw, R, D, rk[g], kb, tab, 0, f, s); break;
                     default: kv_dots_bf16x4(qw, R, D, rk[g], kb, s);
                     }
@@ -54,7 +57,10 @@ static double run(int mode, int kind, int e5, long n, const void* rk[NH][KV_KB],
                                      acc + (g * R + r) * DV, DV);
                 if (mode & 2) switch (kind) {
                     case I8: kv_pv_i8(acc + g * R * DV, R, DV, rv[g], kb, s, f); break;
-                    case F8: kv_pv_f8(acc + g * R * DV, R, DV, rv[g], kb, e5, s); break;
+                    case F8:
+                        kv_pv_fma(acc + g * R * DV, R, DV, rv[g], kb,
+                                  e5 ? KV_FMT_E5M2 : KV_FMT_E4M3, s);
+                        break;
                     case F8DP: kv_pv_q(acc + g * R * DV, R, DV, rv[g], kb, s, f, tab, 0); break;
                     default: kv_pv_dp(acc + g * R * DV, R, DV, rv[g], kb, s, NULL);
                     }

@@ -8,7 +8,8 @@
  *   right where vdpbf16ps uses them; int8 where AVX512-VNNI is present: no decode, the codes
  *   sign-extended into vpdpwssd against q and P as 16-bit integers;
  * - fp8 caches with fp32 / fp16 q, and with bf16 q where vdpbf16ps runs at half the FMA rate
- *   (Intel): the codes through fp16 to fp32 in registers, fp32 FMA;
+ *   (Intel): the codes through fp16 to fp32 in registers, fp32 FMA, four keys by four rows per
+ *   pass; fp16 caches on the same kernels;
  * - the softmax of a fully visible 16-key block with no horizontal sums.
  * kv_choose_avx512 (at the end) picks them for a call; src/cpu/kvcache_fast.h runs the rest. */
 #if defined(__x86_64__)
@@ -1036,8 +1037,9 @@ static void kv_i8_unpermute(float* acc, int64_t R, int64_t Dv) {
     }
 }
 
-/* ---- fp8 caches on fp32 FMA: for fp32 / fp16 q, and for bf16 q where vdpbf16ps runs at half
- * the FMA rate (Intel: cf_cpu()->bf16_dot_gemm 0). 64 codes are decoded in registers through
+/* ---- fp8 (and fp16) caches on fp32 FMA: fp8 for fp32 / fp16 q, and for bf16 q where vdpbf16ps
+ * runs at half the FMA rate (Intel: cf_cpu()->bf16_dot_gemm 0); fp16 rows converted by
+ * vcvtph2ps, in element order (kv_f16_ok). 64 codes are decoded in registers through
  * fp16 (the values of kv_load16_code, in kv_code_unit's units) to four fp32 registers in
  * vpunpck{l,h}bw order: the element at position 16 k + i (register k, lane i) is that position
  * with its bits 3 and 4 swapped (an involution). q is kept in that order (kv_f8_swap in the
@@ -1073,10 +1075,22 @@ static void kv_f8_unpermute(float* acc, int64_t R, int64_t Dv) {
     kv_f8_swap(acc, acc, R * Dv);
 }
 
-/* The 64 codes at x as fp32 (e5m2: the high byte of an fp16; e4m3fn: S.EEEE.MMM moved to fp16's
- * S.0EEEE.MMM0000000, its value times 2^-8), in kv_f8 order. */
-__attribute__((always_inline)) static inline void kv_f8_dec(const uint8_t* x, int e5, __m512* x0,
-                                                            __m512* x1, __m512* x2, __m512* x3) {
+/* The row formats of the fp32 FMA kernels (kv_dots_fma / kv_pv_fma): fp8 codes and fp16 rows. */
+enum { KV_FMT_E4M3, KV_FMT_E5M2, KV_FMT_F16 };
+
+/* 64 elements of a row at x as fp32: fp8 codes (e5m2: the high byte of an fp16; e4m3fn:
+ * S.EEEE.MMM moved to fp16's S.0EEEE.MMM0000000, its value times 2^-8) in kv_f8 order, fp16 in
+ * element order. */
+__attribute__((always_inline)) static inline void kv_fma_dec(const uint8_t* x, int fmt, __m512* x0,
+                                                             __m512* x1, __m512* x2, __m512* x3) {
+    if (fmt == KV_FMT_F16) {
+        *x0 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)x));
+        *x1 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)x + 1));
+        *x2 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)x + 2));
+        *x3 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)x + 3));
+        return;
+    }
+    const int e5 = fmt == KV_FMT_E5M2;
     const __m512i c = _mm512_loadu_si512(x), z = _mm512_setzero_si512();
     __m512i lo = _mm512_unpacklo_epi8(z, c), hi = _mm512_unpackhi_epi8(z, c);
     if (!e5) { /* the sign shifted in twice, its copy at bit 14 cleared */
@@ -1123,15 +1137,16 @@ static int kv_f8_nan(const void* const* rows, int64_t nb, int64_t n) {
         A3 = _mm512_fmadd_ps(x3, _mm512_loadu_ps(qc + 3 * D + 48), A3);                            \
     } while (0)
 
-/* s[r * KV_KB + t] = u f[t] q_r . k_t for R (% 4 == 0) rows of qf (kv_f8 order) and nb code rows
- * of D (% 64 == 0) codes; four keys by four rows per pass. */
+/* s[r * KV_KB + t] = u f[t] q_r . k_t for R (% 4 == 0) rows of qf (in kv_fma_dec's order) and
+ * nb rows of D (% 64 == 0) elements of format fmt; four keys by four rows per pass. */
 __attribute__((always_inline)) static inline void
-kv_dots_f8_body(const float* restrict qf, int64_t R, int64_t D, const void* const* rows, int64_t nb,
-                int e5, const float* f, float u, float* restrict s) {
+kv_dots_fma_body(const float* restrict qf, int64_t R, int64_t D, const void* const* rows,
+                 int64_t nb, int fmt, const float* f, float u, float* restrict s) {
+    const int64_t es = fmt == KV_FMT_F16 ? 2 : 1; /* bytes per element */
     int64_t t = 0;
     for (; t + 4 <= nb; t += 4) {
         const uint8_t *k0 = rows[t], *k1 = rows[t + 1], *k2 = rows[t + 2], *k3 = rows[t + 3];
-        kv_next4_l1(rows, t, nb, D);
+        kv_next4_l1(rows, t, nb, D * es);
         const __m512 g =
             _mm512_mul_ps(_mm512_set1_ps(u), _mm512_broadcast_f32x4(_mm_loadu_ps(f + t)));
         for (int64_t r = 0; r < R; r += 4) {
@@ -1139,13 +1154,13 @@ kv_dots_f8_body(const float* restrict qf, int64_t R, int64_t D, const void* cons
             for (int64_t d = 0; d < D; d += 64) {
                 const float* qc = qf + r * D + d;
                 __m512 x0, x1, x2, x3;
-                kv_f8_dec(k0 + d, e5, &x0, &x1, &x2, &x3);
+                kv_fma_dec(k0 + d * es, fmt, &x0, &x1, &x2, &x3);
                 KV_F8_DP4(a00, a10, a20, a30);
-                kv_f8_dec(k1 + d, e5, &x0, &x1, &x2, &x3);
+                kv_fma_dec(k1 + d * es, fmt, &x0, &x1, &x2, &x3);
                 KV_F8_DP4(a01, a11, a21, a31);
-                kv_f8_dec(k2 + d, e5, &x0, &x1, &x2, &x3);
+                kv_fma_dec(k2 + d * es, fmt, &x0, &x1, &x2, &x3);
                 KV_F8_DP4(a02, a12, a22, a32);
-                kv_f8_dec(k3 + d, e5, &x0, &x1, &x2, &x3);
+                kv_fma_dec(k3 + d * es, fmt, &x0, &x1, &x2, &x3);
                 KV_F8_DP4(a03, a13, a23, a33);
             }
             const __m512 x[16] = {a00, a01, a02, a03, a10, a11, a12, a13,
@@ -1159,7 +1174,7 @@ kv_dots_f8_body(const float* restrict qf, int64_t R, int64_t D, const void* cons
             for (int64_t d = 0; d < D; d += 64) {
                 const float* qc = qf + r * D + d;
                 __m512 x0, x1, x2, x3;
-                kv_f8_dec((const uint8_t*)rows[t] + d, e5, &x0, &x1, &x2, &x3);
+                kv_fma_dec((const uint8_t*)rows[t] + d * es, fmt, &x0, &x1, &x2, &x3);
                 KV_F8_DP4(a0, a1, a2, a3);
             }
             float o[4]; /* rows r .. r + 3 */
@@ -1170,12 +1185,13 @@ kv_dots_f8_body(const float* restrict qf, int64_t R, int64_t D, const void* cons
 }
 #undef KV_F8_DP4
 
-/* acc[r] += sum_t p[r * KV_KB + t] v_t for R (% 4 == 0) rows, nb code rows of Dv (% 64 == 0)
- * codes (p already times each key's factor and unit): acc in kv_f8 order. */
-__attribute__((always_inline)) static inline void kv_pv_f8_body(float* restrict acc, int64_t R,
-                                                                int64_t Dv, const void* const* rows,
-                                                                int64_t nb, int e5,
-                                                                const float* restrict p) {
+/* acc[r] += sum_t p[r * KV_KB + t] v_t for R (% 4 == 0) rows, nb rows of Dv (% 64 == 0)
+ * elements of format fmt (p already times each key's factor and unit): acc in kv_fma_dec's
+ * order. */
+__attribute__((always_inline)) static inline void
+kv_pv_fma_body(float* restrict acc, int64_t R, int64_t Dv, const void* const* rows, int64_t nb,
+               int fmt, const float* restrict p) {
+    const int64_t es = fmt == KV_FMT_F16 ? 2 : 1;
     for (int64_t d = 0; d < Dv; d += 64)
         for (int64_t r = 0; r < R; r += 4) {
             float* o = acc + r * Dv + d;
@@ -1183,7 +1199,7 @@ __attribute__((always_inline)) static inline void kv_pv_f8_body(float* restrict 
             KV_ACC_LOAD4x4(o, Dv);
             for (int64_t t = 0; t < nb; t++) {
                 __m512 x0, x1, x2, x3;
-                kv_f8_dec((const uint8_t*)rows[t] + d, e5, &x0, &x1, &x2, &x3);
+                kv_fma_dec((const uint8_t*)rows[t] + d * es, fmt, &x0, &x1, &x2, &x3);
                 const __m512 p0 = _mm512_set1_ps(pr[t]), p1 = _mm512_set1_ps(pr[KV_KB + t]),
                              p2 = _mm512_set1_ps(pr[2 * KV_KB + t]),
                              p3 = _mm512_set1_ps(pr[3 * KV_KB + t]);
@@ -1201,20 +1217,24 @@ __attribute__((always_inline)) static inline void kv_pv_f8_body(float* restrict 
 }
 
 /* (one instance per format: the decode's branch out of the loops) */
-static void kv_dots_f8(const float* restrict qf, int64_t R, int64_t D, const void* const* rows,
-                       int64_t nb, int e5, const float* f, float u, float* restrict s) {
-    if (e5)
-        kv_dots_f8_body(qf, R, D, rows, nb, 1, f, u, s);
+static void kv_dots_fma(const float* restrict qf, int64_t R, int64_t D, const void* const* rows,
+                        int64_t nb, int fmt, const float* f, float u, float* restrict s) {
+    if (fmt == KV_FMT_F16)
+        kv_dots_fma_body(qf, R, D, rows, nb, KV_FMT_F16, f, u, s);
+    else if (fmt == KV_FMT_E5M2)
+        kv_dots_fma_body(qf, R, D, rows, nb, KV_FMT_E5M2, f, u, s);
     else
-        kv_dots_f8_body(qf, R, D, rows, nb, 0, f, u, s);
+        kv_dots_fma_body(qf, R, D, rows, nb, KV_FMT_E4M3, f, u, s);
 }
 
-static void kv_pv_f8(float* restrict acc, int64_t R, int64_t Dv, const void* const* rows,
-                     int64_t nb, int e5, const float* restrict p) {
-    if (e5)
-        kv_pv_f8_body(acc, R, Dv, rows, nb, 1, p);
+static void kv_pv_fma(float* restrict acc, int64_t R, int64_t Dv, const void* const* rows,
+                      int64_t nb, int fmt, const float* restrict p) {
+    if (fmt == KV_FMT_F16)
+        kv_pv_fma_body(acc, R, Dv, rows, nb, KV_FMT_F16, p);
+    else if (fmt == KV_FMT_E5M2)
+        kv_pv_fma_body(acc, R, Dv, rows, nb, KV_FMT_E5M2, p);
     else
-        kv_pv_f8_body(acc, R, Dv, rows, nb, 0, p);
+        kv_pv_fma_body(acc, R, Dv, rows, nb, KV_FMT_E4M3, p);
 }
 
 /* ---- The kernels of a call (kv_path) ----------------------------------------------------------
@@ -1338,19 +1358,19 @@ static void avx512_f8_prep(const cf_kvcache_call* c, kv_scratch* w, int64_t R) {
 static void avx512_scores_f8(const kv_head* h, const void* const* rows, int64_t nb,
                              const float* f) {
     const int64_t D = h->c->a.D;
-    const int e5 = h->c->quant == CFLASH_KV_QUANT_FP8_E5M2;
-    if (!e5 && kv_f8_nan(rows, nb, D)) {
+    const int fmt = h->c->quant == CFLASH_KV_QUANT_FP8_E5M2 ? KV_FMT_E5M2 : KV_FMT_E4M3;
+    if (fmt == KV_FMT_E4M3 && kv_f8_nan(rows, nb, D)) {
         avx512_scores(h, rows, nb, f);
         return;
     }
-    kv_dots_f8(h->w->qf + (h->q - h->w->q), h->R, D, rows, nb, e5, f,
-               kv_code_unit(kv_row_dtype(h->c)), h->s);
+    kv_dots_fma(h->w->qf + (h->q - h->w->q), h->R, D, rows, nb, fmt, f,
+                kv_code_unit(kv_row_dtype(h->c)), h->s);
 }
 
 static void avx512_pv_f8(const kv_head* h, const void* const* rows, int64_t nb, const float* f) {
     const int64_t Dv = h->c->a.Dv;
-    const int e5 = h->c->quant == CFLASH_KV_QUANT_FP8_E5M2;
-    if (!e5 && kv_f8_nan(rows, nb, Dv)) {
+    const int fmt = h->c->quant == CFLASH_KV_QUANT_FP8_E5M2 ? KV_FMT_E5M2 : KV_FMT_E4M3;
+    if (fmt == KV_FMT_E4M3 && kv_f8_nan(rows, nb, Dv)) {
         float* vf = h->w->vf;
         for (int64_t t = 0; t < nb; t++) {
             kv_v_values(h->c, rows[t], f[t], vf);
@@ -1364,7 +1384,26 @@ static void avx512_pv_f8(const kv_head* h, const void* const* rows, int64_t nb, 
         return;
     }
     kv_q_apply(h->s, h->R, f, kv_code_unit(kv_row_dtype(h->c)));
-    kv_pv_f8(h->acc, h->R, Dv, rows, nb, e5, h->s);
+    kv_pv_fma(h->acc, h->R, Dv, rows, nb, fmt, h->s);
+}
+
+/* fp16 caches on the same kernels: rows in fours, head dims in whole 64-element chunks; q and
+ * acc in element order. */
+static inline int kv_f16_ok(cf_dtype dt, int64_t R, int64_t D, int64_t Dv) {
+    return dt == CF_F16 && R % 4 == 0 && D % 64 == 0 && Dv % 64 == 0;
+}
+
+static void avx512_scores_f16(const kv_head* h, const void* const* rows, int64_t nb,
+                              const float* f) {
+    _Static_assert(KV_KB == 16, "one[]: a factor of 1 for each key of a block");
+    static const float one[KV_KB] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
+    (void)f; /* (unquantized) */
+    kv_dots_fma(h->q, h->R, h->c->a.D, rows, nb, KV_FMT_F16, one, 1.0f, h->s);
+}
+
+static void avx512_pv_f16(const kv_head* h, const void* const* rows, int64_t nb, const float* f) {
+    (void)f;
+    kv_pv_fma(h->acc, h->R, h->c->a.Dv, rows, nb, KV_FMT_F16, h->s);
 }
 
 /* Quantized caches, bf16 q, rows not in fours: a block's codes decoded to bf16 rows (in w->kq)
@@ -1406,6 +1445,8 @@ static void kv_choose_avx512(const cf_kvcache_call* c, int64_t R, kv_path* p) {
             p->scores = kv_dots_x4_ok(a->dtype, R, a->D) ? avx512_scores_x4 : avx512_scores_bf16;
         if (kv_pv_dp_ok(a->dtype, R, a->Dv))
             p->pv = avx512_pv_dp, p->acc_index = kv_acc_index_dp, p->finish = kv_pv_unpermute;
+        if (kv_f16_ok(a->dtype, R, a->D, a->Dv))
+            p->scores = avx512_scores_f16, p->pv = avx512_pv_f16;
     } else if (kv_i8_ok(c, R)) {
         p->prep = avx512_i8_prep, p->scores = avx512_scores_i8, p->pv = avx512_pv_i8;
         p->acc_index = kv_acc_index_i8, p->finish = kv_i8_unpermute;
