@@ -209,8 +209,14 @@ static void oracle(const kprob* p, int naive, double sf, double* out, double* ls
                     for (int64_t d = 0; naive && c->x.quant && d < c->D; d++)
                         kr[d] = ops_round(c->dtype, kr[d]); /* decoded into the dtype */
                     double dot = 0;
-                    for (int64_t d = 0; d < c->D; d++)
-                        dot += q[d] * kr[d];
+                    if (naive) { /* in fp32, as a same-precision computation sums it */
+                        float fd = 0.0f;
+                        for (int64_t d = 0; d < c->D; d++)
+                            fd += (float)q[d] * (float)kr[d];
+                        dot = fd;
+                    } else
+                        for (int64_t d = 0; d < c->D; d++)
+                            dot += q[d] * kr[d];
                     double x = dot * scale;
                     if (naive) x = (float)x;
                     if (c->softcap > 0) x = c->softcap * tanh(x / c->softcap);
@@ -616,17 +622,21 @@ static void check_systematic(const kprob* p, const double* ro, const double* dir
     /* rows are the samples: with fewer than 8 the standard error means little (with 2, a 0.4 %
      * fit of the bf16 roundings was 2500 of its "errors"); with more, scaled for their number */
     if (rows < 8) return;
-    /* tol: what out's own rounding (two units of each element, at most) can fit */
+    /* tol: what out's own rounding (two units of each element, at most) can fit; for the scores,
+     * also 1e-4 for what their fp32 sums of D products can be off by where they cancel (fp32 q
+     * with e5m2 caches: up to 6.7e-6 seen on every backend; the errors this check is for, 1-3 %,
+     * are 100 times the 1e-4) */
     const double u2 = 2 * tt_unit_roundoff(p->c.dtype), k = 5 * sqrt(rows / (rows - 1.0));
+    const double us = 1e-4;
     double se, un, dev = ops_fit_dev(&p->out, ro, ro, p->c.Dv, &se, &un), ses = 0, uns = 0,
                    devs = 0;
     CHECK_MSG(fabs(dev) <= k * se + u2 * un,
-              "%s on %s: out off from the fp64 result by a factor 1 %+.4f (+- %.4f)", desc, be, dev,
+              "%s on %s: out off from the fp64 result by a factor 1 %+.3g (+- %.3g)", desc, be, dev,
               se);
     if (dir) devs = ops_fit_dev(&p->out, ro, dir, p->c.Dv, &ses, &uns);
-    CHECK_MSG(fabs(devs) <= k * ses + u2 * uns,
-              "%s on %s: out as with the scores off by a factor 1 %+.4f (+- %.4f, rounding %.4f)",
-              desc, be, devs, ses, u2 * uns);
+    CHECK_MSG(fabs(devs) <= k * ses + u2 * uns + us,
+              "%s on %s: out as with the scores off by a factor 1 %+.3g (+- %.3g, rounding %.3g)",
+              desc, be, devs, ses, u2 * uns + us);
     if (verbose) printf("systematic: out %.3g +- %.3g, scores %.3g +- %.3g\n", dev, se, devs, ses);
 }
 
@@ -850,15 +860,11 @@ static void test_grid(void) {
         nqz++;
     }
     /* fp8 caches with fp32 and fp16 q (cpu-avx512's fp32-FMA kernels: rows in fours, D and Dv in
-     * 64s; keys not in fours, blocks seen in part). fp32 q with e4m3 only: with e5m2 every
-     * backend's fp32 sums missed fp32's bound on some seeds (2x the naive error, whose q.k is
-     * exact and rounded once), not yet resolved. */
+     * 64s; keys not in fours, blocks seen in part). */
     for (int i = 0; i < (emulated ? 4 : 8); i++) {
         kcase v = {0};
         v.dtype = i % 2 ? CF_F16 : CF_F32;
-        /* (fp32 q: e4m3 only; with e5m2 cpu-ref's out missed the bound, 0.00074 > 0.00043 on
-         * seed 892: open, see the notes of stop 25) */
-        v.x.quant = v.dtype == CF_F32 ? CFLASH_KV_QUANT_FP8_E4M3 : 1 + (i / 2) % 2;
+        v.x.quant = CFLASH_KV_QUANT_FP8_E4M3 + (i / 2) % 2; /* then e5m2 */
         v.x.descale = 1 + i % 3;
         v.H = i % 4 < 2 ? 8 : 16, v.Hk = 2;
         v.B = 1 + i % 2;
