@@ -365,7 +365,10 @@ CFLASH_API void cflash_norm_params_init(cflash_norm_params* p);
  *                fp32 (residual_in_fp32), else the dtype of x
  *   mean         NULL or float32 [M] (LayerNorm only; must be NULL for RMSNorm)
  *   rstd         NULL or float32 [M]
- * The backward needs h: pass residual_out when a residual or dropout is used. */
+ * The backward needs h: pass residual_out when a residual or dropout is used.
+ * In place: out and residual_out may each be x or residual itself (the same view: memory, dtype
+ * and strides), as vLLM's fused_add_rms_norm writes them; any other sharing of memory between
+ * the outputs, or with x, residual, weight or bias, is INVALID_ARGUMENT. */
 CFLASH_API cflash_status cflash_norm_fwd(cflash_context* ctx, const cflash_norm_params* p,
                                          const DLTensor* x, const DLTensor* residual,
                                          const DLTensor* weight, const DLTensor* bias,
@@ -382,7 +385,9 @@ CFLASH_API cflash_status cflash_norm_fwd(cflash_context* ctx, const cflash_norm_
  *   dx             like x: gradient of the forward's x (dropout mask and scale applied)
  *   dweight, dbias NULL or [N] (any float dtype): sums over rows of dy * xhat and dy
  *   dresidual      NULL or like x: gradient of the forward's residual (= dh)
- * dweight/dbias are summed in fp32 in a fixed order: the result is deterministic. */
+ * dweight/dbias are summed in fp32 in a fixed order: the result is deterministic.
+ * In place: dx and dresidual may each be dresidual_out itself (the same view); any other sharing
+ * of memory between the outputs, or with the inputs (dx over dy included), is INVALID_ARGUMENT. */
 CFLASH_API cflash_status cflash_norm_bwd(cflash_context* ctx, const cflash_norm_params* p,
                                          const DLTensor* dy, const DLTensor* x,
                                          const DLTensor* weight, const DLTensor* bias,
@@ -496,7 +501,8 @@ CFLASH_API cflash_status cflash_attn_kvcache_fwd(cflash_context* ctx, const cfla
  *   lse_partial (NS, B, H, Sq)      float32
  *   out         (B, Sq, H, Dv)      any of the float dtypes
  *   lse         NULL or float32 (B, H, Sq)
- * Varlen results merge as B = 1 views: out_partial (NS, 1, total, H, Dv), lse (NS, 1, H, total). */
+ * Varlen results merge as B = 1 views: out_partial (NS, 1, total, H, Dv), lse (NS, 1, H, total).
+ * out and lse must not share memory with the partials or with each other (INVALID_ARGUMENT). */
 CFLASH_API cflash_status cflash_attn_merge(cflash_context* ctx, const DLTensor* out_partial,
                                            const DLTensor* lse_partial, DLTensor* out,
                                            DLTensor* lse);

@@ -787,17 +787,6 @@ static void output_overlap(void) {
 
 /* ---- 12. Outputs sharing memory with inputs or with each other --------------------------- */
 
-/* A view of t's memory: its dims and strides (elements) as given, from element `at`. */
-static DLTensor view_of(const tt_tensor* t, int nd, const int64_t* shape, const int64_t* strides,
-                        int64_t at) {
-    DLTensor d = t->dl;
-    d.ndim = nd;
-    d.shape = (int64_t*)shape;
-    d.strides = (int64_t*)strides;
-    d.byte_offset += (uint64_t)at * (uint64_t)(t->dl.dtype.bits / 8);
-    return d;
-}
-
 /* cf_check_apart against brute force: random views (1-3 dims, sizes 1-5, strides -40..40 elements,
  * 1-, 2- and 4-byte elements) at random places in a 4 KiB arena; the verdict must be the bytes'. */
 static void apart_brute(void) {
@@ -883,7 +872,7 @@ static void inputs_outputs_apart(void) {
     /* forward: out is q; lse inside out's memory */
     CHECK_ERR(cflash_attn_fwd(NULL, NULL, &q.dl, &k.dl, &v.dl, &q.dl, &lse.dl), INV,
               "out: shares memory with q");
-    DLTensor lo = view_of(&out, 3, ls, NULL, 5);
+    DLTensor lo = tt_view(&out, 3, ls, NULL, 5);
     CHECK_ERR(cflash_attn_fwd(NULL, NULL, &q.dl, &k.dl, &v.dl, &out.dl, &lo), INV,
               "lse: shares memory with out");
     CHECK_MSG((tt_hash(&q) ^ tt_hash(&out) ^ tt_hash(&lse)) == h,
@@ -896,7 +885,7 @@ static void inputs_outputs_apart(void) {
     tt_tensor big; /* dk's memory and one element more, for dv one element in */
     const int64_t bs[1] = {B * S * Hk * D + 1};
     alloc_n(&big, CF_F32, 1, bs);
-    DLTensor dk0 = view_of(&big, 4, kvs, NULL, 0), dv0 = view_of(&big, 4, kvs, NULL, 1);
+    DLTensor dk0 = tt_view(&big, 4, kvs, NULL, 0), dv0 = tt_view(&big, 4, kvs, NULL, 1);
     CHECK_ERR(cflash_attn_bwd(NULL, NULL, &dout.dl, &q.dl, &k.dl, &v.dl, &out.dl, &lse.dl, &dq.dl,
                               &dk0, &dv0),
               INV, "dv: shares memory with dk");
@@ -909,8 +898,8 @@ static void inputs_outputs_apart(void) {
     const int64_t ps[4] = {B, S, H + 2 * Hk, D};
     alloc_n(&pk, CF_F32, 4, ps);
     const int64_t qs[4] = {B, S, H, D}, pst[4] = {S * (H + 2 * Hk) * D, (H + 2 * Hk) * D, D, 1};
-    DLTensor pq = view_of(&pk, 4, qs, pst, 0), pkk = view_of(&pk, 4, kvs, pst, H * D),
-             pv = view_of(&pk, 4, kvs, pst, (H + Hk) * D);
+    DLTensor pq = tt_view(&pk, 4, qs, pst, 0), pkk = tt_view(&pk, 4, kvs, pst, H * D),
+             pv = tt_view(&pk, 4, kvs, pst, (H + Hk) * D);
     CHECK_OK(cflash_attn_bwd(NULL, NULL, &dout.dl, &q.dl, &k.dl, &v.dl, &out.dl, &lse.dl, &pq, &pkk,
                              &pv));
     int same = 1;
@@ -938,7 +927,7 @@ static void inputs_outputs_apart(void) {
     h = tt_hash(&kc) ^ tt_hash(&vc) ^ tt_hash(&qq);
     CHECK_ERR(cflash_attn_kvcache_fwd(NULL, NULL, &kp, &qq.dl, &kc.dl, &vc.dl, &qq.dl, NULL), INV,
               "out: shares memory with q");
-    DLTensor kn = view_of(&kc, 4, ns, kc.dl.strides, 3 * Hk * D);
+    DLTensor kn = tt_view(&kc, 4, ns, kc.dl.strides, 3 * Hk * D);
     tt_tensor vn2;
     alloc_n(&vn2, CF_F32, 4, ns);
     kp.k_new = &kn, kp.v_new = &vn2.dl;
@@ -950,7 +939,7 @@ static void inputs_outputs_apart(void) {
     tt_tensor xb, cs2, sn2;
     alloc_n(&xb, CF_F32, 1, rs), alloc_n(&cs2, CF_F32, 2, t2), alloc_n(&sn2, CF_F32, 2, t2);
     tt_random(&xb, 8, -1, 1), tt_random(&cs2, 9, -1, 1), tt_random(&sn2, 10, -1, 1);
-    DLTensor x = view_of(&xb, 4, xs, NULL, 0), xo = view_of(&xb, 4, xs, NULL, 2 * 8);
+    DLTensor x = tt_view(&xb, 4, xs, NULL, 0), xo = tt_view(&xb, 4, xs, NULL, 2 * 8);
     h = tt_hash(&xb);
     CHECK_ERR(cflash_rotary_apply(NULL, NULL, &x, &cs2.dl, &sn2.dl, &xo), INV,
               "out: shares memory with x");

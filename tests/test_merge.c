@@ -178,6 +178,23 @@ static void test_errors(void) {
     CHECK_ERR(cflash_attn_merge(NULL, &bad.dl, &lp.dl, &out.dl, NULL), INV, "NS = 0 parts");
     tt_free(&bad);
     CHECK(tt_count_nan(&out) == out.numel && tt_count_nan(&lse) == lse.numel);
+    /* outputs sharing memory with the partials or each other (cflash.h): refused, nothing
+     * written. out as part 1 of fp32 partials (their strides); lse as part 0 of lse_partial; lse
+     * inside out */
+    tt_tensor op32;
+    tt_alloc(&op32, CF_F32, 5, ps, TT_DENSE), tt_random(&op32, 3, -1, 1);
+    const uint64_t h = tt_hash(&op32) ^ tt_hash(&lp) ^ tt_hash(&out);
+    DLTensor o1 = tt_view(&op32, 4, os, op32.strides + 1, op32.strides[0]);
+    CHECK_ERR(cflash_attn_merge(NULL, &op32.dl, &lp.dl, &o1, NULL), INV,
+              "out: shares memory with out_partial");
+    DLTensor l0 = tt_view(&lp, 3, lo, lp.strides + 1, 0);
+    CHECK_ERR(cflash_attn_merge(NULL, &op32.dl, &lp.dl, &out.dl, &l0), INV,
+              "lse: shares memory with lse_partial");
+    DLTensor lo2 = tt_view(&out, 3, lo, NULL, 2);
+    CHECK_ERR(cflash_attn_merge(NULL, &op32.dl, &lp.dl, &out.dl, &lo2), INV,
+              "lse: shares memory with out");
+    CHECK((tt_hash(&op32) ^ tt_hash(&lp) ^ tt_hash(&out)) == h);
+    tt_free(&op32);
     char buf[512];
     CHECK_OK(cflash_attn_merge(tt_explain(buf, sizeof buf), &op.dl, &lp.dl, &out.dl, &lse.dl));
     CHECK_MSG(strstr(buf, "cpu-ref: OKAY"), "explain: %s", buf);

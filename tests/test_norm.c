@@ -425,11 +425,152 @@ static void test_errors(void) {
     tt_free(&x), tt_free(&o), tt_free(&w);
 }
 
+/* Whether a and b (dense, same dtype and shape) hold the same bits. */
+static int same_bits(const tt_tensor* a, const tt_tensor* b) {
+    return a->bytes == b->bytes && memcmp(a->base, b->base, a->bytes) == 0;
+}
+
+/* d: a dense copy of s. */
+static void copy_of(tt_tensor* d, const tt_tensor* s) {
+    tt_alloc_like(d, s);
+    memcpy(d->base, s->base, s->bytes);
+}
+
+/* cflash.h's in-place outputs on every backend: out and residual_out over x or residual, dx and
+ * dresidual over dresidual_out, each giving the bits of separate outputs (bf16 rows take the
+ * fused AVX-512 kernels, with and without a residual; fp32 the generic rows; N 70 a tail). */
+static void test_in_place(void) {
+    for (int k = 0; k < 4; k++) {
+        const cf_dtype dt = k < 2 ? CF_BF16 : CF_F32;
+        const int64_t M = 5, N = k % 2 ? 70 : 96, shp[2] = {M, N}, vs[1] = {N};
+        const uint64_t sd = 900 + (uint64_t)k * 10 + tt_seed_base();
+        cflash_norm_params p;
+        cflash_norm_params_init(&p);
+        p.type = k % 2 ? CFLASH_NORM_LAYER : CFLASH_NORM_RMS;
+        tt_tensor x, res, w, b, dy, dro;
+        tt_alloc(&x, dt, 2, shp, TT_DENSE), tt_random(&x, sd, -2, 2);
+        tt_alloc(&res, dt, 2, shp, TT_DENSE), tt_random(&res, sd + 1, -2, 2);
+        tt_alloc(&w, CF_F32, 1, vs, TT_DENSE), tt_random(&w, sd + 2, 0.5, 1.5);
+        tt_alloc(&b, CF_F32, 1, vs, TT_DENSE), tt_random(&b, sd + 3, -1, 1);
+        tt_alloc(&dy, dt, 2, shp, TT_DENSE), tt_random(&dy, sd + 4, -1, 1);
+        tt_alloc(&dro, dt, 2, shp, TT_DENSE), tt_random(&dro, sd + 5, -1, 1);
+        for (const char* const* be = ops_backends; *be; be++) {
+            if (!tt_backend_selected(*be)) continue;
+            cflash_context* ctx = ops_context(*be, 0);
+            tt_tensor out, ro, o1, dx, dres, dw, a, c, dw2;
+            tt_alloc_like(&out, &x), tt_alloc_like(&ro, &x), tt_alloc_like(&o1, &x);
+            cflash_status s =
+                cflash_norm_fwd(ctx, &p, &x.dl, &res.dl, &w.dl, &b.dl, &out.dl, &ro.dl, NULL, NULL);
+            if (ops_backend_skips(*be, "norm_fwd", s)) {
+                tt_free(&out), tt_free(&ro), tt_free(&o1), cflash_context_free(ctx);
+                continue;
+            }
+            CHECK_MSG(s == CFLASH_OK, "%s: %s", *be, cflash_last_error());
+            CHECK_OK(cflash_norm_fwd(ctx, &p, &x.dl, NULL, &w.dl, &b.dl, &o1.dl, NULL, NULL, NULL));
+            /* out over x, residual_out over residual (vLLM's fused_add_rms_norm) */
+            copy_of(&a, &x), copy_of(&c, &res);
+            CHECK_OK(
+                cflash_norm_fwd(ctx, &p, &a.dl, &c.dl, &w.dl, &b.dl, &a.dl, &c.dl, NULL, NULL));
+            CHECK_MSG(same_bits(&a, &out) && same_bits(&c, &ro), "%s %s N %lld: in place differs",
+                      *be, tt_dtype_short(dt), (long long)N);
+            /* crossed: out over residual, residual_out over x */
+            memcpy(a.base, x.base, x.bytes), memcpy(c.base, res.base, res.bytes);
+            CHECK_OK(
+                cflash_norm_fwd(ctx, &p, &a.dl, &c.dl, &w.dl, &b.dl, &c.dl, &a.dl, NULL, NULL));
+            CHECK_MSG(same_bits(&c, &out) && same_bits(&a, &ro), "%s %s N %lld: crossed differs",
+                      *be, tt_dtype_short(dt), (long long)N);
+            /* no residual: out over x */
+            memcpy(a.base, x.base, x.bytes);
+            CHECK_OK(cflash_norm_fwd(ctx, &p, &a.dl, NULL, &w.dl, &b.dl, &a.dl, NULL, NULL, NULL));
+            CHECK_MSG(same_bits(&a, &o1), "%s %s N %lld: in place without a residual differs", *be,
+                      tt_dtype_short(dt), (long long)N);
+            tt_free(&a), tt_free(&c);
+            /* backward (x = h, the forward's residual_out): dx, then dresidual, over dresidual_out
+             */
+            tt_alloc_like(&dx, &x), tt_alloc_like(&dres, &x), tt_alloc_like(&dw, &w);
+            tt_alloc_like(&dw2, &w);
+            CHECK_OK(cflash_norm_bwd(ctx, &p, &dy.dl, &ro.dl, &w.dl, &b.dl, NULL, NULL, &dro.dl,
+                                     &dx.dl, &dw.dl, NULL, &dres.dl));
+            copy_of(&a, &dro), tt_alloc_like(&c, &x);
+            CHECK_OK(cflash_norm_bwd(ctx, &p, &dy.dl, &ro.dl, &w.dl, &b.dl, NULL, NULL, &a.dl,
+                                     &a.dl, &dw2.dl, NULL, &c.dl));
+            CHECK_MSG(same_bits(&a, &dx) && same_bits(&c, &dres) && same_bits(&dw2, &dw),
+                      "%s %s N %lld: dx in place differs", *be, tt_dtype_short(dt), (long long)N);
+            memcpy(a.base, dro.base, dro.bytes);
+            CHECK_OK(cflash_norm_bwd(ctx, &p, &dy.dl, &ro.dl, &w.dl, &b.dl, NULL, NULL, &a.dl,
+                                     &c.dl, NULL, NULL, &a.dl));
+            CHECK_MSG(same_bits(&c, &dx) && same_bits(&a, &dres),
+                      "%s %s N %lld: dresidual in place differs", *be, tt_dtype_short(dt),
+                      (long long)N);
+            tt_free(&a), tt_free(&c), tt_free(&out), tt_free(&ro), tt_free(&o1), tt_free(&dx);
+            tt_free(&dres), tt_free(&dw), tt_free(&dw2);
+            cflash_context_free(ctx);
+        }
+        tt_free(&x), tt_free(&res), tt_free(&w), tt_free(&b), tt_free(&dy), tt_free(&dro);
+    }
+}
+
+/* Any other sharing of memory (cflash.h) is refused, naming both tensors, nothing written. */
+static void test_apart(void) {
+    const int64_t M = 4, N = 8, shp[2] = {M, N}, vs[1] = {N}, ms[1] = {M}, big[1] = {(M + 1) * N};
+    const cflash_status INV = CFLASH_ERR_INVALID_ARGUMENT;
+    cflash_norm_params p;
+    cflash_norm_params_init(&p);
+    p.type = CFLASH_NORM_LAYER;
+    tt_tensor buf, x, res, w, o, o32, st, dy;
+    tt_alloc(&buf, CF_BF16, 1, big, TT_DENSE), tt_random(&buf, 1, -1, 1);
+    tt_alloc(&x, CF_BF16, 2, shp, TT_DENSE), tt_random(&x, 2, -1, 1);
+    tt_alloc(&res, CF_BF16, 2, shp, TT_DENSE), tt_random(&res, 3, -1, 1);
+    tt_alloc(&w, CF_F32, 1, vs, TT_DENSE), tt_random(&w, 4, -1, 1);
+    tt_alloc(&o, CF_BF16, 2, shp, TT_DENSE), tt_alloc(&o32, CF_F32, 2, shp, TT_DENSE);
+    const int64_t s2[1] = {M + 1};
+    tt_alloc(&st, CF_F32, 1, s2, TT_DENSE);
+    tt_alloc(&dy, CF_BF16, 2, shp, TT_DENSE), tt_random(&dy, 5, -1, 1);
+    const uint64_t h = tt_hash(&buf) ^ tt_hash(&x) ^ tt_hash(&res) ^ tt_hash(&w) ^ tt_hash(&o) ^
+                       tt_hash(&o32) ^ tt_hash(&st) ^ tt_hash(&dy);
+    /* out one row past x in one buffer */
+    DLTensor bx = tt_view(&buf, 2, shp, NULL, 0), bo = tt_view(&buf, 2, shp, NULL, N);
+    CHECK_ERR(cflash_norm_fwd(NULL, &p, &bx, NULL, NULL, NULL, &bo, NULL, NULL, NULL), INV,
+              "out: shares memory with x");
+    /* out at x's address in another dtype: not x's view */
+    DLTensor ox = o32.dl;
+    ox.data = x.dl.data;
+    CHECK_ERR(cflash_norm_fwd(NULL, &p, &x.dl, NULL, NULL, NULL, &ox, NULL, NULL, NULL), INV,
+              "out: shares memory with x");
+    CHECK_ERR(cflash_norm_fwd(NULL, &p, &x.dl, &res.dl, NULL, NULL, &o.dl, &o.dl, NULL, NULL), INV,
+              "residual_out: shares memory with out");
+    /* the weight inside out (fp32 out) */
+    DLTensor wo = tt_view(&o32, 1, vs, NULL, N);
+    CHECK_ERR(cflash_norm_fwd(NULL, &p, &x.dl, NULL, &wo, NULL, &o32.dl, NULL, NULL, NULL), INV,
+              "out: shares memory with weight");
+    /* rstd one element past mean */
+    DLTensor m0 = tt_view(&st, 1, ms, NULL, 0), r1 = tt_view(&st, 1, ms, NULL, 1);
+    CHECK_ERR(cflash_norm_fwd(NULL, &p, &x.dl, NULL, NULL, NULL, &o.dl, NULL, &m0, &r1), INV,
+              "rstd: shares memory with mean");
+    /* backward: dx over dy; dweight over weight; dresidual over x */
+    CHECK_ERR(cflash_norm_bwd(NULL, &p, &dy.dl, &x.dl, &w.dl, NULL, NULL, NULL, NULL, &dy.dl, NULL,
+                              NULL, NULL),
+              INV, "dx: shares memory with dy");
+    CHECK_ERR(cflash_norm_bwd(NULL, &p, &dy.dl, &x.dl, &w.dl, NULL, NULL, NULL, NULL, &o.dl, &w.dl,
+                              NULL, NULL),
+              INV, "dweight: shares memory with weight");
+    CHECK_ERR(cflash_norm_bwd(NULL, &p, &dy.dl, &x.dl, &w.dl, NULL, NULL, NULL, NULL, &o.dl, NULL,
+                              NULL, &x.dl),
+              INV, "dresidual: shares memory with x");
+    CHECK_MSG((tt_hash(&buf) ^ tt_hash(&x) ^ tt_hash(&res) ^ tt_hash(&w) ^ tt_hash(&o) ^
+               tt_hash(&o32) ^ tt_hash(&st) ^ tt_hash(&dy)) == h,
+              "a refused call wrote memory");
+    tt_free(&buf), tt_free(&x), tt_free(&res), tt_free(&w), tt_free(&o), tt_free(&o32);
+    tt_free(&st), tt_free(&dy);
+}
+
 int main(int argc, char** argv) {
     verbose = argc > 1 && !strcmp(argv[1], "-v");
     double t0 = tt_now();
     test_grid();
     test_errors();
+    test_in_place();
+    test_apart();
     printf("test_norm: %.1f s\n", tt_now() - t0);
     return tt_summary();
 }

@@ -692,14 +692,8 @@ static cflash_status check_apart(const cf_attn_call* c, int bwd) {
     if (bwd)
         out[0] = &c->dq, out[1] = &c->dk, out[2] = &c->dv, out[3] = &c->dbias, out_name[0] = "dq",
         out_name[1] = "dk", out_name[2] = "dv", out_name[3] = "dbias";
-    const int n_in = bwd ? 10 : 7; /* (the forward's out and lse are its outputs) */
-    for (int i = 0; i < 4 && out[i]; i++) {
-        for (int j = 0; j < n_in; j++)
-            CFLASH_FORWARD_IF_ERROR(cf_check_apart(out[i], out_name[i], in[j], in_name[j]));
-        for (int j = 0; j < i; j++)
-            CFLASH_FORWARD_IF_ERROR(cf_check_apart(out[i], out_name[i], out[j], out_name[j]));
-    }
-    return CFLASH_OK;
+    /* (the forward's out and lse are its outputs) */
+    return cf_check_outputs_apart(out, out_name, bwd ? 4 : 2, in, in_name, bwd ? 10 : 7, 0);
 }
 
 /* ---- Entry points ------------------------------------------------------------------------- */

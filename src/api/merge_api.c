@@ -43,6 +43,10 @@ static cflash_status attn_merge(cflash_context* ctx, const DLTensor* out_partial
     }
     CFLASH_FORWARD_IF_ERROR(cf_check_output(out, "out"));
     CFLASH_FORWARD_IF_ERROR(cf_check_output(lse, "lse"));
+    const cf_view *ov[2] = {&c.out, &c.lse}, *iv[2] = {&c.op, &c.lp};
+    const char* onames[2] = {"out", "lse"};
+    const char* inames[2] = {"out_partial", "lse_partial"};
+    CFLASH_FORWARD_IF_ERROR(cf_check_outputs_apart(ov, onames, 2, iv, inames, 2, 0));
     /* The NS partial outputs read, the output written. */
     c.threads = cf_threads_resolve(
         "attn_merge", cf_context_threads(ctx),

@@ -147,6 +147,12 @@ static cflash_status norm_fwd(cflash_context* ctx, const cflash_norm_params* p, 
     const char* names[4] = {"out", "residual_out", "mean", "rstd"};
     for (int i = 0; i < 4; i++)
         CFLASH_FORWARD_IF_ERROR(cf_check_output(outs[i], names[i]));
+    /* out and residual_out may each be x or residual itself (in place: a row is read whole
+     * before any of it is written, on every backend); nothing else may share memory */
+    const cf_view* ov[4] = {&c.out, &c.residual_out, &c.mean, &c.rstd};
+    const cf_view* iv[4] = {&c.x, &c.residual, &c.weight, &c.bias};
+    const char* in_names[4] = {"x", "residual", "weight", "bias"};
+    CFLASH_FORWARD_IF_ERROR(cf_check_outputs_apart(ov, names, 4, iv, in_names, 4, 0x33));
     return cf_context_dispatch(ctx, CFLASH_OP_NORM_FWD, c.device_type, &c, c.M == 0);
 }
 
@@ -184,6 +190,13 @@ static cflash_status norm_bwd(cflash_context* ctx, const cflash_norm_params* p, 
     const char* names[4] = {"dx", "dweight", "dbias", "dresidual"};
     for (int i = 0; i < 4; i++)
         CFLASH_FORWARD_IF_ERROR(cf_check_output(outs[i], names[i]));
+    /* dx and dresidual may each be dresidual_out itself (in place, element by element); dx
+     * must not be dy: the CUDA backend reads dy again for dweight after writing dx */
+    const cf_view* ov[4] = {&c.dx, &c.dweight, &c.dbias, &c.dresidual};
+    const cf_view* iv[7] = {&c.dy, &c.x, &c.weight, &c.bias, &c.mean, &c.rstd, &c.dresidual_out};
+    const char* in_names[7] = {"dy", "x", "weight", "bias", "mean", "rstd", "dresidual_out"};
+    const uint64_t in_place = (uint64_t)1 << 6 | (uint64_t)1 << (3 * 7 + 6);
+    CFLASH_FORWARD_IF_ERROR(cf_check_outputs_apart(ov, names, 4, iv, in_names, 7, in_place));
     return cf_context_dispatch(ctx, CFLASH_OP_NORM_BWD, c.device_type, &c,
                                c.M == 0 && !dweight && !dbias);
 }

@@ -316,6 +316,32 @@ cflash_status cf_check_apart(const cf_view* out, const char* oname, const cf_vie
                     oname, iname, (void*)lo1, (void*)hi1, (void*)lo2, (void*)hi2, iname, oname);
 }
 
+int cf_view_same(const cf_view* a, const cf_view* b) {
+    if (a->data != b->data || a->dtype != b->dtype || a->ndim != b->ndim ||
+        a->device_type != b->device_type || a->device_id != b->device_id)
+        return 0;
+    for (int i = 0; i < a->ndim; i++)
+        if (a->shape[i] != b->shape[i] || (a->shape[i] > 1 && a->stride[i] != b->stride[i]))
+            return 0;
+    return 1;
+}
+
+cflash_status cf_check_outputs_apart(const cf_view* const* out, const char* const* out_name,
+                                     int n_out, const cf_view* const* in,
+                                     const char* const* in_name, int n_in, uint64_t in_place) {
+    for (int i = 0; i < n_out; i++) {
+        for (int j = 0; j < n_in; j++) {
+            const int k = i * n_in + j;
+            if (k < 64 && (in_place >> k & 1) && in[j]->data && cf_view_same(out[i], in[j]))
+                continue;
+            CFLASH_FORWARD_IF_ERROR(cf_check_apart(out[i], out_name[i], in[j], in_name[j]));
+        }
+        for (int j = 0; j < i; j++)
+            CFLASH_FORWARD_IF_ERROR(cf_check_apart(out[i], out_name[i], out[j], out_name[j]));
+    }
+    return CFLASH_OK;
+}
+
 void cf_shape_str(const cf_view* v, char* buf, size_t n) {
     size_t used = 0;
     used += (size_t)snprintf(buf, n, "(");

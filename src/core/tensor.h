@@ -63,6 +63,16 @@ cflash_status cf_check_output(const DLTensor* t, const char* name);
  * devices, pass. For validated views (cf_view_from). */
 cflash_status cf_check_apart(const cf_view* out, const char* oname, const cf_view* in,
                              const char* iname);
+/* 1 if a and b are the same elements: same memory, device, dtype, shape, and strides on every
+ * dim of more than one element (an output written in place over an input). */
+int cf_view_same(const cf_view* a, const cf_view* b);
+/* Each of the n_out outputs (absent ones pass) apart from each of the n_in inputs and from the
+ * outputs before it (cf_check_apart), except that output i may be exactly input j's view
+ * (cf_view_same) where bit i * n_in + j of in_place is set: the call's kernels read each element
+ * of that input before they write the same element of the output, and read it nowhere else. */
+cflash_status cf_check_outputs_apart(const cf_view* const* out, const char* const* out_name,
+                                     int n_out, const cf_view* const* in,
+                                     const char* const* in_name, int n_in, uint64_t in_place);
 /* Writes "(2, 17, 4, 64)" into buf. */
 void cf_shape_str(const cf_view* v, char* buf, size_t n);
 /* 1 if the elements of v are exactly the dense row-major block. */

@@ -293,6 +293,16 @@ DLTensor tt_dl_on(const tt_tensor* t, void* base, DLDevice dev) {
     return d;
 }
 
+DLTensor tt_view(const tt_tensor* t, int nd, const int64_t* shape, const int64_t* strides,
+                 int64_t at) {
+    DLTensor d = t->dl;
+    d.ndim = nd;
+    d.shape = (int64_t*)shape;
+    d.strides = (int64_t*)strides;
+    d.byte_offset += (uint64_t)at * (uint64_t)(t->dl.dtype.bits / 8);
+    return d;
+}
+
 uint64_t tt_hash(const tt_tensor* t) {
     uint64_t h = 0xcbf29ce484222325ull;
     const unsigned char* b = t->base;

@@ -81,6 +81,10 @@ void tt_unravel(const tt_tensor* t, int64_t n, int64_t* idx);
  * bytes at base on device dev (for copies to a GPU: copy t->bytes from t->base to base). The
  * returned DLTensor points into t's shape/strides arrays: keep t alive. */
 DLTensor tt_dl_on(const tt_tensor* t, void* base, DLDevice dev);
+/* Another view of t's memory: nd dims of shape (strides in elements; NULL = dense), starting
+ * `at` elements of t's dtype past t's first. Points into shape / strides: keep them alive. */
+DLTensor tt_view(const tt_tensor* t, int nd, const int64_t* shape, const int64_t* strides,
+                 int64_t at);
 
 /* 64-bit FNV-1a hash of the whole allocation (to assert inputs were not modified). */
 uint64_t tt_hash(const tt_tensor* t);
