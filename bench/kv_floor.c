@@ -51,10 +51,7 @@ static double run(int mode, int kind, int e5, long n, const void* rk[NH][KV_KB],
                     case F8DP: kv_dots_q(qw, R, D, rk[g], kb, tab, 0, f, s); break;
                     default: kv_dots_bf16x4(qw, R, D, rk[g], kb, s);
                     }
-                if (mode & 4)
-                    for (int r = 0; r < R; r++)
-                        kv_softmax16(s + r * KV_KB, 0.088f, m + r, l + r, lv + 16 * r,
-                                     acc + (g * R + r) * DV, DV);
+                if (mode & 4) kv_softmax16(s, R, 0.088f, m, l, lv, acc + g * R * DV, DV);
                 if (mode & 2) switch (kind) {
                     case I8: kv_pv_i8(acc + g * R * DV, R, DV, rv[g], kb, s, f); break;
                     case F8:

@@ -92,9 +92,12 @@ typedef struct kv_path {
     void (*scores)(const kv_head* h, const void* const* rows, int64_t nb, const float* f);
     /* h->acc[r] += sum_t f[t] p[r][t] v_t, p = h->s (the kernel may scale it in place). */
     void (*pv)(const kv_head* h, const void* const* rows, int64_t nb, const float* f);
-    /* Optional: one row of a fully visible KV_KB-key block without softcap or ALiBi: s = scale s,
-     * the running max m (with l, lv and acc rescaled when it moves), s = exp(s - m), lv += s. */
-    void (*softmax16)(float* s, float scale, float* m, float* l, float* lv, float* acc, int64_t Dv);
+    /* Optional: n consecutive rows of a fully visible KV_KB-key block without ALiBi (softcap
+     * already applied to s when scale is 1): per row, s = scale s, the running max m (with l, lv
+     * and acc rescaled when it moves), s = exp(s - m), lv += s. Rows step by KV_KB in s, 16 in lv,
+     * Dv in acc, 1 in m and l; one call for the run lets the rows' exp chains overlap. */
+    void (*softmax16)(float* s, int64_t n, float scale, float* m, float* l, float* lv, float* acc,
+                      int64_t Dv);
     /* Optional: where element d of a row of acc sits (NULL: at d), and the pass that puts the
      * rows (R of Dv) back in element order at the end of an item. */
     int64_t (*acc_index)(int64_t d);
@@ -599,21 +602,32 @@ static void kv_row_softmax(const cf_kvcache_call* c, kv_scratch* w, const kv_itm
     w->m[r] = mnew;
 }
 
+/* Whether row r sees every key of the KV_KB-key block at jb. */
+static inline int kv_row_sees(const kv_scratch* w, int64_t r, int64_t jb) {
+    return w->lo[r] <= jb && w->hi[r] >= jb + KV_KB;
+}
+
 /* Online softmax of every row of the item over the block: the path's softmax16 where the whole
  * block is visible without softcap or ALiBi, kv_row_softmax elsewhere. */
 static void kv_block_softmax(const cf_kvcache_call* c, kv_scratch* w, const kv_itm* it, int64_t jb,
                              int64_t nb) {
     const cf_attn_call* a = &c->a;
-    for (int64_t r = 0; r < it->R; r++) {
+    for (int64_t r = 0; r < it->R;) {
         const float slope = cf_attn_slope(a, it->b, it->hk0 * it->G + r / it->nq);
-        if (it->path.softmax16 && nb == KV_KB && slope == 0.0f && w->lo[r] <= jb &&
-            w->hi[r] >= jb + KV_KB) { /* no masks, no horizontal sums */
-            float* s = w->s + r * KV_KB;
-            if (a->softcap > 0.0f) kv_softcap(s, KV_KB, a->scale, a->softcap);
-            it->path.softmax16(s, a->softcap > 0.0f ? 1.0f : a->scale, w->m + r, w->l + r,
-                               w->lv + 16 * r, w->acc + r * a->Dv, a->Dv);
-        } else
+        if (!(it->path.softmax16 && nb == KV_KB && slope == 0.0f && kv_row_sees(w, r, jb))) {
             kv_row_softmax(c, w, it, r, jb, nb, slope);
+            r++;
+            continue;
+        }
+        int64_t n = 1; /* the run of rows from r the path serves: no masks, no horizontal sums */
+        while (r + n < it->R && kv_row_sees(w, r + n, jb) &&
+               cf_attn_slope(a, it->b, it->hk0 * it->G + (r + n) / it->nq) == 0.0f)
+            n++;
+        float* s = w->s + r * KV_KB;
+        if (a->softcap > 0.0f) kv_softcap(s, n * KV_KB, a->scale, a->softcap);
+        it->path.softmax16(s, n, a->softcap > 0.0f ? 1.0f : a->scale, w->m + r, w->l + r,
+                           w->lv + 16 * r, w->acc + r * a->Dv, a->Dv);
+        r += n;
     }
 }
 

@@ -394,8 +394,8 @@ kv_dots_bf16x4(const uint16_t* restrict qw, int64_t R, int64_t D, const void* co
 /* One row of a fully visible 16-key block (no softcap, no ALiBi): s = scale * s; if some score
  * exceeds the running max m, m moves and l, lv and acc (Dv) are rescaled; then s = exp(s - m)
  * (the polynomial of exp_row) and lv += s. */
-static inline void kv_softmax16(float* s, float scale, float* m, float* l, float* lv, float* acc,
-                                int64_t Dv) {
+static inline void kv_softmax16_row(float* s, float scale, float* m, float* l, float* lv,
+                                    float* acc, int64_t Dv) {
     __m512 x = _mm512_mul_ps(_mm512_set1_ps(scale), _mm512_loadu_ps(s));
     if (_mm512_cmp_ps_mask(x, _mm512_set1_ps(*m), _CMP_GT_OQ)) {
         const float mx = _mm512_reduce_max_ps(x), alpha = fexp(*m - mx);
@@ -426,6 +426,12 @@ static inline void kv_softmax16(float* s, float scale, float* m, float* l, float
     p = _mm512_maskz_mov_ps(live, _mm512_scalef_ps(p, k));
     _mm512_storeu_ps(s, p);
     _mm512_storeu_ps(lv, _mm512_add_ps(_mm512_loadu_ps(lv), p));
+}
+
+static void kv_softmax16(float* s, int64_t n, float scale, float* m, float* l, float* lv,
+                         float* acc, int64_t Dv) {
+    for (int64_t r = 0; r < n; r++)
+        kv_softmax16_row(s + r * KV_KB, scale, m + r, l + r, lv + 16 * r, acc + r * Dv, Dv);
 }
 
 /* ---- P.V with vdpbf16ps: P rounded to bf16 (as the naive bf16 computation materializes it),
