@@ -138,30 +138,62 @@ static inline float ftanh(float y) {
     return a < CF_TANH_SMALL ? small : big;
 }
 
+#if defined(CF_OPS_AVX512)
+/* fexp of 16 arguments x <= 0 (softmax's s - m): 0 below -87 and for -inf, NaN for NaN; 2^k
+ * applied by scalef. */
+static inline __m512 v16_exp_le0(__m512 x) {
+    const __m512 lo = _mm512_set1_ps(-87.0f);
+    const __mmask16 live = _mm512_cmp_ps_mask(x, lo, _CMP_NLT_UQ); /* x >= -87 or NaN */
+    x = _mm512_max_ps(lo, x);                                      /* a NaN x passes */
+    const __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                          _MM_FROUND_TO_NEAREST_INT);
+    const __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(-2.12194440e-4f),
+                                      _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693359375f), x));
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    return _mm512_maskz_mov_ps(live, _mm512_scalef_ps(p, k));
+}
+#endif
+
+#if defined(CF_OPS_AVX2)
+/* The same for 8 arguments: 2^k added to the exponent bits (k in [-126, 0]; a NaN x has made p
+ * NaN already). */
+static inline __m256 v8_exp_le0(__m256 x) {
+    const __m256 lo = _mm256_set1_ps(-87.0f);
+    const __m256 live = _mm256_cmp_ps(x, lo, _CMP_NLT_UQ); /* x >= -87 or NaN */
+    x = _mm256_max_ps(lo, x);                              /* a NaN x passes */
+    const __m256 k = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m256 r = _mm256_fnmadd_ps(k, _mm256_set1_ps(-2.12194440e-4f),
+                                      _mm256_fnmadd_ps(k, _mm256_set1_ps(0.693359375f), x));
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_fmadd_ps(_mm256_mul_ps(p, r), r, _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    const __m256i e =
+        _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
+    return _mm256_and_ps(live, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
+}
+#endif
+
 /* s[t] = exp(s[t] - m) for t < n (0 where s[t] = -inf, NaN where NaN); returns the sum. Same
  * polynomial as fexp; 2^n applied with scalef (AVX-512) or an exponent add (AVX2, NEON). */
 static inline float exp_row(float* s, int64_t n, float m) {
     float sum = 0.0f;
     int64_t t = 0;
 #if defined(CF_OPS_AVX512)
-    const __m512 l2e = _mm512_set1_ps(1.44269504088896341f), c1 = _mm512_set1_ps(0.693359375f),
-                 c2 = _mm512_set1_ps(-2.12194440e-4f), lo = _mm512_set1_ps(-87.0f),
-                 vm = _mm512_set1_ps(m), one = _mm512_set1_ps(1.0f);
+    const __m512 vm = _mm512_set1_ps(m);
     __m512 acc = _mm512_setzero_ps();
     for (; t + 16 <= n; t += 16) {
-        __m512 x = _mm512_sub_ps(_mm512_loadu_ps(s + t), vm);
-        __mmask16 live = _mm512_cmp_ps_mask(x, lo, _CMP_NLT_UQ); /* x >= -87 or NaN */
-        x = _mm512_max_ps(lo, x);                                /* a NaN x passes */
-        __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(x, l2e), _MM_FROUND_TO_NEAREST_INT);
-        __m512 r = _mm512_fnmadd_ps(k, c2, _mm512_fnmadd_ps(k, c1, x));
-        __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-        p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, one));
-        p = _mm512_maskz_mov_ps(live, _mm512_scalef_ps(p, k));
+        const __m512 p = v16_exp_le0(_mm512_sub_ps(_mm512_loadu_ps(s + t), vm));
         _mm512_storeu_ps(s + t, p);
         acc = _mm512_add_ps(acc, p);
     }

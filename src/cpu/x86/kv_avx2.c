@@ -2,8 +2,9 @@
  * read K and V rows straight from the cache, converted to fp32 in registers (bf16, fp16, fp32, and
  * the 1-byte codes of fp8 / int8 caches: no decoded copy), several query rows per pass so that each
  * converted key feeds all of them: scores two keys by four rows (eight FMA chains), P.V sixteen
- * elements by four rows with the accumulators in registers over a block. The softmax is
- * kvcache_fast.h's portable one. src/cpu/kvcache_fast.h runs the rest. */
+ * elements by four rows with the accumulators in registers over a block; the softmax of a fully
+ * visible 16-key block in registers (kv2_softmax16), kvcache_fast.h's portable one elsewhere.
+ * src/cpu/kvcache_fast.h runs the rest. */
 #if defined(__x86_64__)
 /* System headers first: the clang pragma below gives every function declared after it the
  * target attribute. */
@@ -262,9 +263,51 @@ static void avx2_pv(const kv_head* h, const void* const* rows, int64_t nb, const
 }
 #undef KV2_BY_DTYPE
 
+/* The softmax of one row of a fully visible 16-key block in two 8-lane halves, as cpu-avx512's
+ * kv_softmax16: the running max moves (and l, lv, acc are rescaled) only when some score passes
+ * it; exp by fexp's polynomial with 2^k added to the exponent bits; lv keeps 16 partial sums of l
+ * (no horizontal sum per block). */
+__attribute__((always_inline)) static inline void
+kv2_softmax16_row(float* s, float scale, float* m, float* l, float* lv, float* acc, int64_t Dv) {
+    const __m256 vs = _mm256_set1_ps(scale);
+    __m256 x[2] = {_mm256_mul_ps(vs, _mm256_loadu_ps(s)),
+                   _mm256_mul_ps(vs, _mm256_loadu_ps(s + 8))};
+    const __m256 vm0 = _mm256_set1_ps(*m);
+    if (_mm256_movemask_ps(_mm256_or_ps(_mm256_cmp_ps(x[0], vm0, _CMP_GT_OQ),
+                                        _mm256_cmp_ps(x[1], vm0, _CMP_GT_OQ)))) {
+        __m256 h = _mm256_max_ps(x[0], x[1]); /* (a NaN score may make mx NaN: the row is NaN) */
+        __m128 q = _mm_max_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+        q = _mm_max_ps(q, _mm_movehl_ps(q, q));
+        q = _mm_max_ss(q, _mm_movehdup_ps(q));
+        const float mx = _mm_cvtss_f32(q), alpha = fexp(*m - mx);
+        *m = mx;
+        *l *= alpha;
+        const __m256 va = _mm256_set1_ps(alpha);
+        _mm256_storeu_ps(lv, _mm256_mul_ps(va, _mm256_loadu_ps(lv)));
+        _mm256_storeu_ps(lv + 8, _mm256_mul_ps(va, _mm256_loadu_ps(lv + 8)));
+        int64_t d = 0;
+        for (; d + 8 <= Dv; d += 8)
+            _mm256_storeu_ps(acc + d, _mm256_mul_ps(va, _mm256_loadu_ps(acc + d)));
+        for (; d < Dv; d++)
+            acc[d] *= alpha;
+    }
+    const __m256 vm = _mm256_set1_ps(*m);
+    for (int i = 0; i < 2; i++) {
+        const __m256 p = v8_exp_le0(_mm256_sub_ps(x[i], vm));
+        _mm256_storeu_ps(s + 8 * i, p);
+        _mm256_storeu_ps(lv + 8 * i, _mm256_add_ps(_mm256_loadu_ps(lv + 8 * i), p));
+    }
+}
+
+static void kv2_softmax16(float* s, int64_t n, float scale, float* m, float* l, float* lv,
+                          float* acc, int64_t Dv) {
+    for (int64_t r = 0; r < n; r++)
+        kv2_softmax16_row(s + r * KV_KB, scale, m + r, l + r, lv + 16 * r, acc + r * Dv, Dv);
+}
+
 static void kv_choose_avx2(const cf_kvcache_call* c, int64_t R, kv_path* p) {
     (void)c, (void)R;
-    *p = (kv_path){.scores = avx2_scores, .pv = avx2_pv};
+    *p = (kv_path){.scores = avx2_scores, .pv = avx2_pv, .softmax16 = kv2_softmax16};
 }
 
 int cf_ops_avx2_available(char* why, size_t n); /* src/cpu/x86/ops_avx2.c */

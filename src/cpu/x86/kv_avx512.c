@@ -409,21 +409,7 @@ static inline void kv_softmax16_row(float* s, float scale, float* m, float* l, f
         for (; d < Dv; d++)
             acc[d] *= alpha;
     }
-    const __m512 l2e = _mm512_set1_ps(1.44269504088896341f), c1 = _mm512_set1_ps(0.693359375f),
-                 c2 = _mm512_set1_ps(-2.12194440e-4f), lo = _mm512_set1_ps(-87.0f);
-    x = _mm512_sub_ps(x, _mm512_set1_ps(*m));
-    const __mmask16 live = _mm512_cmp_ps_mask(x, lo, _CMP_NLT_UQ); /* x >= -87 or NaN */
-    x = _mm512_max_ps(lo, x);                                      /* a NaN x passes */
-    __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(x, l2e), _MM_FROUND_TO_NEAREST_INT);
-    __m512 r = _mm512_fnmadd_ps(k, c2, _mm512_fnmadd_ps(k, c1, x));
-    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-    p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-    p = _mm512_maskz_mov_ps(live, _mm512_scalef_ps(p, k));
+    const __m512 p = v16_exp_le0(_mm512_sub_ps(x, _mm512_set1_ps(*m)));
     _mm512_storeu_ps(s, p);
     _mm512_storeu_ps(lv, _mm512_add_ps(_mm512_loadu_ps(lv), p));
 }
