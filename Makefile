@@ -62,7 +62,7 @@ test-c: build
 test-asan: deps
 	cmake -S . -B $(ASAN_BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCFLASH_SANITIZE=ON -DCFLASH_WERROR=ON
 	cmake --build $(ASAN_BUILD) -j$(JOBS)
-	cd $(ASAN_BUILD) && $(TEST_ENV) CFLASH_TEST_LEVEL=-1 $(SAN_ENV) ctest --output-on-failure -j$(JOBS) -LE gpu -E '^test_cuda_nvrtc$$'
+	cd $(ASAN_BUILD) && $(TEST_ENV) CFLASH_TEST_LEVEL=-1 $(SAN_ENV) ctest --output-on-failure -j$(JOBS) -LE 'gpu|path-variant' -E '^test_cuda_nvrtc$$'
 
 # The whole tree (library, tool, tests) compiles warning-free with clang too (-Werror); skipped
 # with a message where clang is not installed.

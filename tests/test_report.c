@@ -137,6 +137,16 @@ static void common_checks(void) {
         expect(c->bf16_gemm_note);
         CHECK(!c->bf16_dot_gemm || c->avx512bf16);
         CHECK(strstr(c->bf16_gemm_note, c->bf16_dot_gemm ? "vdpbf16ps" : "fp32 FMA") != NULL);
+        /* CFLASH_BF16_GEMM (the bf16-gemm-* scenarios): dot / fma chosen where AVX512-BF16 is
+         * present, said in the note; anything else said to be ignored */
+        const char* force = getenv("CFLASH_BF16_GEMM");
+        const int dot = force && !strcmp(force, "dot"), fma = force && !strcmp(force, "fma");
+        if ((dot || fma) && c->avx512bf16)
+            CHECK_MSG(c->bf16_dot_gemm == dot && strstr(c->bf16_gemm_note, "(CFLASH_BF16_GEMM="),
+                      "CFLASH_BF16_GEMM=%s: %s", force, c->bf16_gemm_note);
+        else if (force && *force)
+            CHECK_MSG(strstr(c->bf16_gemm_note, "ignored"), "CFLASH_BF16_GEMM=%s: %s", force,
+                      c->bf16_gemm_note);
     }
     expect_row("attn_fwd", "cpu-neon", "[NO] not an AArch64 CPU");
     expect_row("attn_bwd", "cpu-sve", "[NO] not an AArch64 CPU");
@@ -290,6 +300,11 @@ int main(int argc, char** argv) {
         expect_text(", 1 threads");
 #endif
         expect_text("  OMP_NUM_THREADS       1\n");
+    } else if (!strncmp(scenario, "bf16-gemm-", 10)) {
+        /* CFLASH_BF16_GEMM set: shown among the variables (the note is checked above) */
+        char v[96];
+        snprintf(v, sizeof v, "  %-21s %s\n", "CFLASH_BF16_GEMM", getenv("CFLASH_BF16_GEMM"));
+        expect_text(v);
     } else {
         printf("unknown scenario '%s'\n", scenario);
         return 2;

@@ -141,10 +141,23 @@ static void forced_note(char* out, size_t len) {
 
 /* Every variable the library reads (test_report checks that the section names them). */
 static const char* const env_vars[] = {
-    "CFLASH_BACKEND",   "CFLASH_LOG",       "CFLASH_LIBCUDA",       "CFLASH_LIBNVRTC",
-    "CFLASH_LIBCUFILE", "CFLASH_CACHE_DIR", "CFLASH_ATTN_BLOCKS",   "CFLASH_SMALL_CALLS",
-    "CUDA_HOME",        "CUDA_PATH",        "CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS",
-    "OMP_WAIT_POLICY",  "GOMP_SPINCOUNT",   "LD_LIBRARY_PATH",      NULL,
+    "CFLASH_BACKEND",
+    "CFLASH_LOG",
+    "CFLASH_LIBCUDA",
+    "CFLASH_LIBNVRTC",
+    "CFLASH_LIBCUFILE",
+    "CFLASH_CACHE_DIR",
+    "CFLASH_ATTN_BLOCKS",
+    "CFLASH_SMALL_CALLS",
+    "CFLASH_BF16_GEMM",
+    "CUDA_HOME",
+    "CUDA_PATH",
+    "CUDA_VISIBLE_DEVICES",
+    "OMP_NUM_THREADS",
+    "OMP_WAIT_POLICY",
+    "GOMP_SPINCOUNT",
+    "LD_LIBRARY_PATH",
+    NULL,
 };
 
 /* The CUDA kernels this build carries, from the CUDA backend's device hooks. */

@@ -221,6 +221,23 @@ static void probe_x86(cf_cpu_info* c) {
              : c->avx512bf16  ? "fp32 FMA on rows converted from bf16: vdpbf16ps runs at half the "
                                 "FMA rate on Intel"
                               : "fp32 FMA on rows converted from bf16 (no AVX512-BF16)");
+    /* CFLASH_BF16_GEMM=dot|fma takes the other path on a CPU that can run both (so that each is
+     * tested on every CPU with AVX512-BF16, and timed against the other) */
+    const char* force = getenv("CFLASH_BF16_GEMM");
+    if (force && *force) {
+        const int dot = !strcmp(force, "dot"), fma = !strcmp(force, "fma");
+        if ((dot || fma) && c->avx512bf16) {
+            c->bf16_dot_gemm = dot;
+            snprintf(c->bf16_gemm_note, sizeof c->bf16_gemm_note, "%s (CFLASH_BF16_GEMM=%s)",
+                     dot ? "vdpbf16ps (AVX512-BF16)" : "fp32 FMA on rows converted from bf16",
+                     force);
+        } else {
+            const size_t n = strlen(c->bf16_gemm_note);
+            snprintf(c->bf16_gemm_note + n, sizeof c->bf16_gemm_note - n,
+                     "; CFLASH_BF16_GEMM=%.16s ignored: %s", force,
+                     dot || fma ? "no AVX512-BF16" : "expected dot or fma");
+        }
+    }
     if (!cpu_avx512f)
         snprintf(c->avx512_note, sizeof c->avx512_note,
                  "CPU does not report AVX-512F (CPUID.(7,0):EBX[16] = 0)");
