@@ -152,7 +152,9 @@ static cflash_status norm_fwd(cflash_context* ctx, const cflash_norm_params* p, 
     const cf_view* ov[4] = {&c.out, &c.residual_out, &c.mean, &c.rstd};
     const cf_view* iv[4] = {&c.x, &c.residual, &c.weight, &c.bias};
     const char* in_names[4] = {"x", "residual", "weight", "bias"};
-    CFLASH_FORWARD_IF_ERROR(cf_check_outputs_apart(ov, names, 4, iv, in_names, 4, 0x33));
+    const uint64_t in_place = 1u << (0 * 4 + 0) | 1u << (0 * 4 + 1) | 1u << (1 * 4 + 0) |
+                              1u << (1 * 4 + 1); /* (out, residual_out) over (x, residual) */
+    CFLASH_FORWARD_IF_ERROR(cf_check_outputs_apart(ov, names, 4, iv, in_names, 4, in_place));
     return cf_context_dispatch(ctx, CFLASH_OP_NORM_FWD, c.device_type, &c, c.M == 0);
 }
 

@@ -607,8 +607,9 @@ static inline int kv_row_sees(const kv_scratch* w, int64_t r, int64_t jb) {
     return w->lo[r] <= jb && w->hi[r] >= jb + KV_KB;
 }
 
-/* Online softmax of every row of the item over the block: the path's softmax16 where the whole
- * block is visible without softcap or ALiBi, kv_row_softmax elsewhere. */
+/* Online softmax of every row of the item over the block: the path's softmax16 for each run of
+ * rows that see the whole block without ALiBi (softcap applied first), kv_row_softmax
+ * elsewhere. */
 static void kv_block_softmax(const cf_kvcache_call* c, kv_scratch* w, const kv_itm* it, int64_t jb,
                              int64_t nb) {
     const cf_attn_call* a = &c->a;
