@@ -28,12 +28,26 @@ def visible(sq, sk, causal=False, window_size=(-1, -1)):
     return ok
 
 
+def _qk(q, kk):
+    """q . k (B, H, Sq, Sk). fp64 inputs: exact enough (the reference). fp32 ones (the naive
+    computation): summed over d one product at a time, each product and sum rounded to fp32, as a
+    plain loop does (the C oracle's naive); NumPy's einsum sums in blocks, more accurately than a
+    naive computation, and the rule's bound came out tighter than its definition."""
+    if q.dtype != np.float32:
+        return np.einsum("bihd,bjhd->bhij", q, kk)
+    qt, kt = q.transpose(0, 2, 1, 3), kk.transpose(0, 2, 1, 3)  # (B, H, S, D)
+    s = np.zeros(qt.shape[:3] + (kt.shape[2],), np.float32)
+    for d in range(qt.shape[3]):
+        s += qt[:, :, :, None, d] * kt[:, :, None, :, d]
+    return s
+
+
 def _scores(q, k, scale, softcap, slopes, ok, rnd):
     """Transformed scores (B, H, Sq, Sk) with -inf where masked, and the scaled ones."""
     B, Sq, H, D = q.shape
     Sk, Hk = k.shape[1], k.shape[2]
     kk = np.repeat(k, H // Hk, axis=2)
-    s = rnd(scale * np.einsum("bihd,bjhd->bhij", q, kk))
+    s = rnd(scale * _qk(q, kk))
     t = softcap * np.tanh(s / softcap) if softcap > 0 else s.copy()
     if slopes is not None:
         sl = slopes.reshape(-1, H) if slopes.ndim == 2 else slopes.reshape(1, H)

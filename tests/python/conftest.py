@@ -90,6 +90,11 @@ def pytest_report_header(config):
         cflash.__version__, cflash.library_path, BASE_SEED)
 
 
+def pytest_terminal_summary(terminalreporter):
+    """The seed again at the end, where -q (which drops the header) still shows it."""
+    terminalreporter.write_line("inputs seeded with CFLASH_TEST_SEED=%d (set it to repeat this run)" % BASE_SEED)
+
+
 @pytest.fixture
 def rng(request):
     """Fresh inputs per case and per run; CFLASH_TEST_SEED (printed in the header) repeats a run."""
