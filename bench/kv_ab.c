@@ -2,12 +2,13 @@
  * build's library is dlopen'ed (RTLD_LOCAL | RTLD_DEEPBIND: its own copy), and calls alternate
  * between them call by call, so every build sees the same machine state (on a noisy 2-core VM the
  * runs of separate processes differed by 20-40 % from minute to minute; paired calls keep the
- * ratio). Shape: B1 H32 Hk8 D128 Sq1, bf16 q and out, cache of SK keys: bf16 (Q=0), fp8 e4m3
- * (Q=1) or int8 (Q=3, fp32 scales per (token, head)). Prints each build's p10 and median.
+ * ratio). Shape: B1 H32 Hk8 D128 Sq1, bf16 q and out (fp16 with F=1), cache of SK keys: q's
+ * dtype (Q=0), fp8 e4m3 (Q=1) or int8 (Q=3, fp32 scales per (token, head)). Prints each build's
+ * p10 and median.
  *
  *   cc -O2 bench/kv_ab.c -Iinclude -ldl -o /tmp/kv_ab
  *   Q=3 T=2 SK=131072 R=15 /tmp/kv_ab DIR_A DIR_B ...   (DIR/libcflash.so.1 each: a copy)
- * Env: Q (0), T threads (1), SK (512), R calls per build (200). */
+ * Env: Q (0), T threads (1), SK (512), R calls per build (200), F (0: bf16 q; 1: fp16). */
 #include <cflash.h>
 #include <dlfcn.h>
 #include <stdint.h>
@@ -43,7 +44,8 @@ static unsigned rnd(void) {
 }
 
 int main(int argc, char** argv) {
-    const int quant = (int)env("Q", 0), thr = (int)env("T", 1), reps = (int)env("R", 200);
+    const int quant = (int)env("Q", 0), thr = (int)env("T", 1), reps = (int)env("R", 200),
+              f16 = (int)env("F", 0);
     const int64_t Sk = env("SK", 512), B = 1, H = 32, Hk = 8, D = 128;
     const int nb = argc - 1;
     if (nb < 1) return fprintf(stderr, "usage: kv_ab DIR...\n"), 2;
@@ -72,7 +74,7 @@ int main(int argc, char** argv) {
             kc[i] = (uint8_t)rnd(), vc[i] = (uint8_t)rnd();
             if (quant == 1 && (kc[i] & 0x7f) == 0x7f) kc[i] = 0x30;
             if (quant == 1 && (vc[i] & 0x7f) == 0x7f) vc[i] = 0x31;
-        } else { /* bf16 in [1, 4): low byte random, high byte 0x3f or 0x40 */
+        } else { /* bf16 in [1, 4) (fp16: in [1.9, 2.1]): low byte random, high 0x3f or 0x40 */
             kc[i] = i & 1 ? (uint8_t)(0x3f + (rnd() & 1)) : (uint8_t)rnd();
             vc[i] = i & 1 ? (uint8_t)(0x3f + (rnd() & 1)) : (uint8_t)rnd();
         }
@@ -86,8 +88,8 @@ int main(int argc, char** argv) {
     for (int64_t i = 0; i < Sk * Hk; i++)
         ks[i] = 0.01f * (float)(1 + (rnd() & 7)), vs[i] = 0.01f * (float)(1 + (rnd() & 7));
     int64_t qs[4] = {B, 1, H, D}, cs[4] = {B, Sk, Hk, D}, ss[3] = {B, Sk, Hk};
-    const DLDataType bf = {kDLBfloat, 16, 1}, u8 = {kDLUInt, 8, 1}, i8 = {kDLInt, 8, 1},
-                     f32 = {kDLFloat, 32, 1};
+    const DLDataType bf = {f16 ? kDLFloat : kDLBfloat, 16, 1}, u8 = {kDLUInt, 8, 1},
+                     i8 = {kDLInt, 8, 1}, f32 = {kDLFloat, 32, 1};
     const DLDataType cdt = quant == 3 ? i8 : quant ? u8 : bf;
     DLTensor tq = {q, {kDLCPU, 0}, 4, bf, qs, NULL, 0}, to = {o, {kDLCPU, 0}, 4, bf, qs, NULL, 0};
     DLTensor tk = {kc, {kDLCPU, 0}, 4, cdt, cs, NULL, 0},
@@ -110,8 +112,9 @@ int main(int argc, char** argv) {
         }
     for (int i = 0; i < nb; i++) {
         qsort(L[i].t, (size_t)reps, sizeof(double), cmp);
-        printf("%-24s Q%d T%d Sk %lld: p10 %.4f median %.4f ms\n", argv[i + 1], quant, thr,
-               (long long)Sk, L[i].t[reps / 10] * 1e3, L[i].t[reps / 2] * 1e3);
+        printf("%-24s %s Q%d T%d Sk %lld: p10 %.4f median %.4f ms\n", argv[i + 1],
+               f16 ? "fp16" : "bf16", quant, thr, (long long)Sk, L[i].t[reps / 10] * 1e3,
+               L[i].t[reps / 2] * 1e3);
     }
     return 0;
 }

@@ -859,26 +859,28 @@ static void test_grid(void) {
         run_case(&v);
         nqz++;
     }
-    /* fp8 caches with fp32 and fp16 q (cpu-avx512's fp32-FMA kernels: rows in fours, D and Dv in
-     * 64s; keys not in fours, blocks seen in part). */
-    for (int i = 0; i < (emulated ? 4 : 8); i++) {
+    /* fp8 caches with fp32 and fp16 q, then int8 caches with them (cpu-avx512: the fp32-FMA
+     * kernels, rows in fours, D and Dv in 64s; int8 with fp16 q: the integer kernels as for bf16,
+     * D in 32s too); keys not in fours, blocks seen in part, a softcap */
+    for (int i = 0; i < (emulated ? 6 : 12); i++) {
+        const int i8 = i >= (emulated ? 4 : 8); /* the int8 cases */
         kcase v = {0};
         v.dtype = i % 2 ? CF_F16 : CF_F32;
-        v.x.quant = CFLASH_KV_QUANT_FP8_E4M3 + (i / 2) % 2; /* then e5m2 */
-        v.x.descale = 1 + i % 3;
-        v.H = i % 4 < 2 ? 8 : 16, v.Hk = 2;
+        v.x.quant = i8 ? CFLASH_KV_QUANT_INT8 : CFLASH_KV_QUANT_FP8_E4M3 + (i / 2) % 2;
+        v.x.descale = i8 ? 0 : 1 + i % 3;
+        v.H = i % 4 < 2 ? 8 : 16, v.Hk = i == 11 ? 1 : 2;
         v.B = 1 + i % 2;
         v.Sq = (int64_t[]){1, 1, 2}[i % 3];
         v.Sn = i % 4 == 3 ? 0 : v.Sq;
-        v.D = i < 4 ? 128 : 64;
-        v.Dv = i == 5 ? 128 : v.D;
-        v.Lmax = (int64_t[]){150, 61, 99}[i % 3];
+        v.D = i < 4 ? 128 : i < 8 ? 64 : (int64_t[]){128, 64, 128, 96}[i % 4];
+        v.Dv = i == 5 || i == 9 ? 128 : i == 11 ? 64 : v.D;
+        v.Lmax = i8 ? (int64_t[]){300, 150, 61, 99}[i % 4] : (int64_t[]){150, 61, 99}[i % 3];
         v.page = (int64_t[]){0, 16, 0, 5}[i % 4];
         v.causal = i % 3 != 1;
         v.wl = i == 6 ? 30 : -1;
         v.wr = -1;
-        v.half = i == 2 ? v.D / 2 : 0;
-        v.softcap = i == 7 ? 2.0f : 0.0f;
+        v.half = i == 2 || i == 11 ? v.D / 2 : 0;
+        v.softcap = i == 7 || i == 10 ? 2.0f : 0.0f;
         v.num_splits = (int[]){0, 1, 3}[i % 3];
         v.lse = 1;
         v.layout = (tt_layout)(i % 2);

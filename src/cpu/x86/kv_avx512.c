@@ -825,13 +825,19 @@ static inline float kv_i8_qmax(int64_t D) {
     return (float)(m < 32767 ? m : 32767);
 }
 
-/* Whether the integer kernels serve R rows of a KV head: bf16 q (its 8-bit mantissa is what 16-bit
- * integers per row hold to 2^-16 of the row's largest; not fp32's), D % 32 and D <= 1024 (wider
- * rows leave q fewer bits: kv_i8_qmax >= 16382 here, and 0 past 2^23), Dv % 64, rows in fours
- * (VNNI alone: Cascade Lake and Ice Lake servers have it without AVX512-BF16). */
+/* Whether the integer kernels serve R rows of a KV head: bf16 or fp16 q, D % 32 and D <= 1024
+ * (wider rows leave q fewer bits: kv_i8_qmax >= 16382 here, and 0 past 2^23), Dv % 64, rows in
+ * fours (VNNI alone: Cascade Lake and Ice Lake servers have it without AVX512-BF16). 16-bit
+ * integers per row hold bf16's 8-bit mantissas to 2^-16 of the row's largest, fp16's 11 bits
+ * for elements within 2^-5 of it; what they lose below is 2^-8 of what the cache's own 8-bit
+ * codes lose per element (2^-8 of their row's largest), and both dtypes' naive computation
+ * rounds the scores to the dtype (the error rule's bound, met with room in test_kvcache). fp32 q
+ * takes the fp32-FMA kernels: its naive keeps fp32 scores. */
 static inline int kv_i8_ok(const cf_kvcache_call* c, int64_t R) {
-    return c->quant == CFLASH_KV_QUANT_INT8 && cf_cpu()->avx512vnni && c->a.dtype == CF_BF16 &&
-           c->a.D % 32 == 0 && c->a.D <= 1024 && c->a.Dv % 64 == 0 && kv_q_fused_ok(R);
+    const cf_dtype dt = c->a.dtype;
+    return c->quant == CFLASH_KV_QUANT_INT8 && cf_cpu()->avx512vnni &&
+           (dt == CF_BF16 || dt == CF_F16) && c->a.D % 32 == 0 && c->a.D <= 1024 &&
+           c->a.Dv % 64 == 0 && kv_q_fused_ok(R);
 }
 
 /* The four sums of a0 .. a3's lanes (int32: each total fits, kv_i8_qmax). */
@@ -1067,12 +1073,13 @@ static void kv_f8_unpermute(float* acc, int64_t R, int64_t Dv) {
     kv_f8_swap(acc, acc, R * Dv);
 }
 
-/* The row formats of the fp32 FMA kernels (kv_dots_fma / kv_pv_fma): fp8 codes and fp16 rows. */
-enum { KV_FMT_E4M3, KV_FMT_E5M2, KV_FMT_F16 };
+/* The row formats of the fp32 FMA kernels (kv_dots_fma / kv_pv_fma): fp8 codes, fp16 rows and
+ * int8 codes. */
+enum { KV_FMT_E4M3, KV_FMT_E5M2, KV_FMT_F16, KV_FMT_I8 };
 
 /* 64 elements of a row at x as fp32: fp8 codes (e5m2: the high byte of an fp16; e4m3fn:
- * S.EEEE.MMM moved to fp16's S.0EEEE.MMM0000000, its value times 2^-8) in kv_f8 order, fp16 in
- * element order. */
+ * S.EEEE.MMM moved to fp16's S.0EEEE.MMM0000000, its value times 2^-8) in kv_f8 order, fp16 and
+ * int8 (sign-extended, converted exactly) in element order. */
 __attribute__((always_inline)) static inline void kv_fma_dec(const uint8_t* x, int fmt, __m512* x0,
                                                              __m512* x1, __m512* x2, __m512* x3) {
     if (fmt == KV_FMT_F16) {
@@ -1080,6 +1087,13 @@ __attribute__((always_inline)) static inline void kv_fma_dec(const uint8_t* x, i
         *x1 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)x + 1));
         *x2 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)x + 2));
         *x3 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)x + 3));
+        return;
+    }
+    if (fmt == KV_FMT_I8) {
+        *x0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)x)));
+        *x1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)x + 1)));
+        *x2 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)x + 2)));
+        *x3 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)x + 3)));
         return;
     }
     const int e5 = fmt == KV_FMT_E5M2;
@@ -1213,6 +1227,8 @@ static void kv_dots_fma(const float* restrict qf, int64_t R, int64_t D, const vo
                         int64_t nb, int fmt, const float* f, float u, float* restrict s) {
     if (fmt == KV_FMT_F16)
         kv_dots_fma_body(qf, R, D, rows, nb, KV_FMT_F16, f, u, s);
+    else if (fmt == KV_FMT_I8)
+        kv_dots_fma_body(qf, R, D, rows, nb, KV_FMT_I8, f, u, s);
     else if (fmt == KV_FMT_E5M2)
         kv_dots_fma_body(qf, R, D, rows, nb, KV_FMT_E5M2, f, u, s);
     else
@@ -1223,6 +1239,8 @@ static void kv_pv_fma(float* restrict acc, int64_t R, int64_t Dv, const void* co
                       int64_t nb, int fmt, const float* restrict p) {
     if (fmt == KV_FMT_F16)
         kv_pv_fma_body(acc, R, Dv, rows, nb, KV_FMT_F16, p);
+    else if (fmt == KV_FMT_I8)
+        kv_pv_fma_body(acc, R, Dv, rows, nb, KV_FMT_I8, p);
     else if (fmt == KV_FMT_E5M2)
         kv_pv_fma_body(acc, R, Dv, rows, nb, KV_FMT_E5M2, p);
     else
@@ -1398,6 +1416,24 @@ static void avx512_pv_f16(const kv_head* h, const void* const* rows, int64_t nb,
     kv_pv_fma(h->acc, h->R, h->c->a.Dv, rows, nb, KV_FMT_F16, h->s);
 }
 
+/* int8 caches with fp32 q, or fp16 q the integer kernels do not take (no VNNI, D not in 32s,
+ * ...), on the same kernels: rows in fours, head dims in whole 64-code chunks; q and acc in
+ * element order; each key's scale applied to the scores and to P, as for the other formats. */
+static inline int kv_i8f_ok(const cf_kvcache_call* c, int64_t R) {
+    return c->quant == CFLASH_KV_QUANT_INT8 && c->a.dtype != CF_BF16 && R % 4 == 0 &&
+           c->a.D % 64 == 0 && c->a.Dv % 64 == 0;
+}
+
+static void avx512_scores_i8f(const kv_head* h, const void* const* rows, int64_t nb,
+                              const float* f) {
+    kv_dots_fma(h->q, h->R, h->c->a.D, rows, nb, KV_FMT_I8, f, 1.0f, h->s);
+}
+
+static void avx512_pv_i8f(const kv_head* h, const void* const* rows, int64_t nb, const float* f) {
+    kv_q_apply(h->s, h->R, f, 1.0f);
+    kv_pv_fma(h->acc, h->R, h->c->a.Dv, rows, nb, KV_FMT_I8, h->s);
+}
+
 /* Quantized caches, bf16 q, rows not in fours: a block's codes decoded to bf16 rows (in w->kq)
  * for the bf16 kernels. */
 static void avx512_q_tables(const cf_kvcache_call* c, kv_scratch* w, int64_t R) {
@@ -1442,6 +1478,8 @@ static void kv_choose_avx512(const cf_kvcache_call* c, int64_t R, kv_path* p) {
     } else if (kv_i8_ok(c, R)) {
         p->prep = avx512_i8_prep, p->scores = avx512_scores_i8, p->pv = avx512_pv_i8;
         p->acc_index = kv_acc_index_i8, p->finish = kv_i8_unpermute;
+    } else if (kv_i8f_ok(c, R)) {
+        p->scores = avx512_scores_i8f, p->pv = avx512_pv_i8f;
     } else if (kv_f8_ok(c, R)) {
         p->prep = avx512_f8_prep, p->scores = avx512_scores_f8, p->pv = avx512_pv_f8;
         p->acc_index = kv_acc_index_f8, p->finish = kv_f8_unpermute;
