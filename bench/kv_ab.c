@@ -74,7 +74,7 @@ int main(int argc, char** argv) {
             kc[i] = (uint8_t)rnd(), vc[i] = (uint8_t)rnd();
             if (quant == 1 && (kc[i] & 0x7f) == 0x7f) kc[i] = 0x30;
             if (quant == 1 && (vc[i] & 0x7f) == 0x7f) vc[i] = 0x31;
-        } else { /* bf16 in [1, 4) (fp16: in [1.9, 2.1]): low byte random, high 0x3f or 0x40 */
+        } else { /* bf16 in [1, 4) (fp16: in [1.75, 2.5)): low byte random, high 0x3f or 0x40 */
             kc[i] = i & 1 ? (uint8_t)(0x3f + (rnd() & 1)) : (uint8_t)rnd();
             vc[i] = i & 1 ? (uint8_t)(0x3f + (rnd() & 1)) : (uint8_t)rnd();
         }

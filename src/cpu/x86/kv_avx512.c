@@ -1037,7 +1037,7 @@ static void kv_i8_unpermute(float* acc, int64_t R, int64_t Dv) {
 
 /* ---- fp8 (and fp16) caches on fp32 FMA: fp8 for fp32 / fp16 q, and for bf16 q where vdpbf16ps
  * runs at half the FMA rate (Intel: cf_cpu()->bf16_dot_gemm 0); fp16 rows converted by
- * vcvtph2ps, in element order (kv_f16_ok). 64 codes are decoded in registers through
+ * vcvtph2ps, in element order (kv_fma_elem_ok). 64 codes are decoded in registers through
  * fp16 (the values of kv_load16_code, in kv_code_unit's units) to four fp32 registers in
  * vpunpck{l,h}bw order: the element at position 16 k + i (register k, lane i) is that position
  * with its bits 3 and 4 swapped (an involution). q is kept in that order (kv_f8_swap in the
@@ -1397,41 +1397,31 @@ static void avx512_pv_f8(const kv_head* h, const void* const* rows, int64_t nb, 
     kv_pv_fma(h->acc, h->R, Dv, rows, nb, fmt, h->s);
 }
 
-/* fp16 caches on the same kernels: rows in fours, head dims in whole 64-element chunks; q and
- * acc in element order. */
-static inline int kv_f16_ok(cf_dtype dt, int64_t R, int64_t D, int64_t Dv) {
-    return dt == CF_F16 && R % 4 == 0 && D % 64 == 0 && Dv % 64 == 0;
+/* The same kernels in element order (q and acc as they are): fp16 caches, and int8 caches with
+ * fp32 q or fp16 q the integer kernels do not take (no VNNI, D not in 32s, ...); rows in fours,
+ * head dims in whole 64-element chunks. An int8 key's scale goes on its score and its P, as for
+ * the other formats. */
+static inline int kv_fma_elem_ok(const cf_kvcache_call* c, int64_t R) {
+    const cf_attn_call* a = &c->a;
+    const int f16 = c->quant == CFLASH_KV_QUANT_NONE && a->dtype == CF_F16;
+    const int i8 = c->quant == CFLASH_KV_QUANT_INT8 && a->dtype != CF_BF16;
+    return (f16 || i8) && R % 4 == 0 && a->D % 64 == 0 && a->Dv % 64 == 0;
 }
 
-static void avx512_scores_f16(const kv_head* h, const void* const* rows, int64_t nb,
-                              const float* f) {
+static inline int kv_fma_elem_fmt(const cf_kvcache_call* c) {
+    return c->quant == CFLASH_KV_QUANT_INT8 ? KV_FMT_I8 : KV_FMT_F16;
+}
+
+static void avx512_scores_fe(const kv_head* h, const void* const* rows, int64_t nb,
+                             const float* f) {
     _Static_assert(KV_KB == 16, "one[]: a factor of 1 for each key of a block");
     static const float one[KV_KB] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
-    (void)f; /* (unquantized) */
-    kv_dots_fma(h->q, h->R, h->c->a.D, rows, nb, KV_FMT_F16, one, 1.0f, h->s);
+    kv_dots_fma(h->q, h->R, h->c->a.D, rows, nb, kv_fma_elem_fmt(h->c), f ? f : one, 1.0f, h->s);
 }
 
-static void avx512_pv_f16(const kv_head* h, const void* const* rows, int64_t nb, const float* f) {
-    (void)f;
-    kv_pv_fma(h->acc, h->R, h->c->a.Dv, rows, nb, KV_FMT_F16, h->s);
-}
-
-/* int8 caches with fp32 q, or fp16 q the integer kernels do not take (no VNNI, D not in 32s,
- * ...), on the same kernels: rows in fours, head dims in whole 64-code chunks; q and acc in
- * element order; each key's scale applied to the scores and to P, as for the other formats. */
-static inline int kv_i8f_ok(const cf_kvcache_call* c, int64_t R) {
-    return c->quant == CFLASH_KV_QUANT_INT8 && c->a.dtype != CF_BF16 && R % 4 == 0 &&
-           c->a.D % 64 == 0 && c->a.Dv % 64 == 0;
-}
-
-static void avx512_scores_i8f(const kv_head* h, const void* const* rows, int64_t nb,
-                              const float* f) {
-    kv_dots_fma(h->q, h->R, h->c->a.D, rows, nb, KV_FMT_I8, f, 1.0f, h->s);
-}
-
-static void avx512_pv_i8f(const kv_head* h, const void* const* rows, int64_t nb, const float* f) {
-    kv_q_apply(h->s, h->R, f, 1.0f);
-    kv_pv_fma(h->acc, h->R, h->c->a.Dv, rows, nb, KV_FMT_I8, h->s);
+static void avx512_pv_fe(const kv_head* h, const void* const* rows, int64_t nb, const float* f) {
+    if (f) kv_q_apply(h->s, h->R, f, 1.0f);
+    kv_pv_fma(h->acc, h->R, h->c->a.Dv, rows, nb, kv_fma_elem_fmt(h->c), h->s);
 }
 
 /* Quantized caches, bf16 q, rows not in fours: a block's codes decoded to bf16 rows (in w->kq)
@@ -1473,13 +1463,12 @@ static void kv_choose_avx512(const cf_kvcache_call* c, int64_t R, kv_path* p) {
             p->scores = kv_dots_x4_ok(a->dtype, R, a->D) ? avx512_scores_x4 : avx512_scores_bf16;
         if (kv_pv_dp_ok(a->dtype, R, a->Dv))
             p->pv = avx512_pv_dp, p->acc_index = kv_acc_index_dp, p->finish = kv_pv_unpermute;
-        if (kv_f16_ok(a->dtype, R, a->D, a->Dv))
-            p->scores = avx512_scores_f16, p->pv = avx512_pv_f16;
+        if (kv_fma_elem_ok(c, R)) p->scores = avx512_scores_fe, p->pv = avx512_pv_fe;
     } else if (kv_i8_ok(c, R)) {
         p->prep = avx512_i8_prep, p->scores = avx512_scores_i8, p->pv = avx512_pv_i8;
         p->acc_index = kv_acc_index_i8, p->finish = kv_i8_unpermute;
-    } else if (kv_i8f_ok(c, R)) {
-        p->scores = avx512_scores_i8f, p->pv = avx512_pv_i8f;
+    } else if (kv_fma_elem_ok(c, R)) {
+        p->scores = avx512_scores_fe, p->pv = avx512_pv_fe;
     } else if (kv_f8_ok(c, R)) {
         p->prep = avx512_f8_prep, p->scores = avx512_scores_f8, p->pv = avx512_pv_f8;
         p->acc_index = kv_acc_index_f8, p->finish = kv_f8_unpermute;
