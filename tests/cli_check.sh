@@ -54,6 +54,18 @@ expect 2 "--device: 'tpu', expected cpu or cuda" -- check --device tpu
 expect 1 "backend: unknown name 'cpu-nope'" -- check --seqlen 8 --backend cpu-nope
 expect 1 'CFLASH_ERR_UNSUPPORTED: attn_fwd: .*cuda-simt' -- check --seqlen 8 --heads 1 --head-dim 8 \
     --backend cuda-simt
+# `bench decode --against`: both caches timed in one run, their ratio (issue 13's figure); not
+# under an emulator (the bandwidth reference copies 512 MB a call).
+if [ -z "${CFLASH_TEST_RUNNER:-}" ]; then
+    expect 0 'against the bfloat16 cache on cpu-.*: [0-9.]+ ms \(median\): [0-9.]+x its speed' -- \
+        bench decode --heads 4 --heads-kv 2 --head-dim 64 --seqlen-q 1 --seqlen-k 300 --dtype bf16 \
+        --kv-quant int8 --against none --reps 2 --warmup 0
+    expect 0 '"against":"e4m3 cache","against_backend":"cpu-[a-z0-9]+","against_ms":[0-9.]+,"speedup":' \
+        -- bench decode --heads 4 --heads-kv 1 --head-dim 64 --seqlen-q 1 --seqlen-k 100 \
+        --dtype fp16 --page 16 --against e4m3 --reps 1 --warmup 0 --json
+fi
+expect 2 "--against 'fp4', expected none, e4m3, e5m2 or int8" -- bench decode --against fp4
+expect 2 "unknown flag '--against'" -- bench norm --against int8
 
 echo "$pass passed, $fail failed"
 [ "$fail" = 0 ]

@@ -10,11 +10,13 @@
  *   decode  q (batch, seqlen-q, heads, head-dim) against a full cache (batch, seqlen-k, heads-kv,
  *           head-dim); --page N (paged cache), --splits N, --kv-quant e4m3|e5m2|int8 (a
  *           quantized cache: 1-byte codes, fp8 descale per KV head, int8 scales per (token,
- *           head)). Bytes: K and V read (+ their int8 scales, q, out).
+ *           head)); --against Q: the same decode with a cache of format Q too, each of its
+ *           calls after one of the op's (both see the same machine), its median and the op's
+ *           speed over it. Bytes: K and V read (+ their int8 scales, q, out).
  *   merge   --splits N parts of (batch, seqlen-q, heads, head-dim) in the dtype, fp32 LSE.
- * Example (the issue's decode target; issue 13: the same with --kv-quant e4m3 at >= 1.8x):
+ * Example (the issue's decode target; issue 13: a quantized cache at >= 1.8x the bf16 one):
  *   cflash bench decode --batch 1 --heads 32 --heads-kv 8 --head-dim 128 --seqlen-q 1
- *       --seqlen-k 131072 --dtype bf16 */
+ *       --seqlen-k 131072 --dtype bf16 --kv-quant int8 --against none */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -39,6 +41,7 @@ typedef struct ops_flags {
     int64_t rotary_dim, page, splits;
     int interleaved, inplace, layer, residual;
     int kv_quant; /* cflash_kv_quant */
+    int against;  /* decode --against: a second cache format timed in alternation, or -1 */
 } ops_flags;
 
 /* The op's own flags, for --help. */
@@ -53,13 +56,15 @@ static const char* ops_usage(const char* cmd) {
                  "  --splits N         num_splits (default 0: heuristic)\n"
                  "  --kv-quant Q       none | e4m3 | e5m2 | int8: a quantized cache (fp8 descale\n"
                  "                     per KV head, int8 scales per (token, KV head))\n"
+                 "  --against Q        the same decode with cache Q too, the two calls alternated\n"
+                 "                     (one median each, and their ratio: issue 13's figure)\n"
                : "  --splits N         parts to merge\n";
 }
 
 /* 0, -1 on a bad flag (said on stderr), 1 after --help (printed). */
 static int parse(const char* cmd, int argc, char** argv, cf_problem* pr, ops_flags* f) {
     memset(f, 0, sizeof *f);
-    f->splits = -1;
+    f->splits = -1, f->against = -1;
     for (int i = 3; i < argc; i++)
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
             printf("usage: cflash bench %s [flags]\n\n%s flags:\n%s\nproblem flags:\n%s", cmd, cmd,
@@ -84,18 +89,18 @@ static int parse(const char* cmd, int argc, char** argv, cf_problem* pr, ops_fla
             i++;
             continue;
         }
-        if (i >= 3 && !strcmp(a, "--kv-quant")) {
+        if (i >= 3 &&
+            (!strcmp(a, "--kv-quant") || (!strcmp(cmd, "decode") && !strcmp(a, "--against")))) {
             const char* v = i + 1 < argc ? argv[++i] : "";
-            f->kv_quant = !strcmp(v, "e4m3")   ? CFLASH_KV_QUANT_FP8_E4M3
-                          : !strcmp(v, "e5m2") ? CFLASH_KV_QUANT_FP8_E5M2
-                          : !strcmp(v, "int8") ? CFLASH_KV_QUANT_INT8
-                          : !strcmp(v, "none") ? CFLASH_KV_QUANT_NONE
-                                               : -1;
-            if (f->kv_quant < 0) {
-                fprintf(stderr,
-                        "cflash bench %s: --kv-quant '%s', expected none, e4m3, e5m2 or "
-                        "int8\n",
-                        cmd, v);
+            int* q = !strcmp(a, "--against") ? &f->against : &f->kv_quant;
+            *q = !strcmp(v, "e4m3")   ? CFLASH_KV_QUANT_FP8_E4M3
+                 : !strcmp(v, "e5m2") ? CFLASH_KV_QUANT_FP8_E5M2
+                 : !strcmp(v, "int8") ? CFLASH_KV_QUANT_INT8
+                 : !strcmp(v, "none") ? CFLASH_KV_QUANT_NONE
+                                      : -1;
+            if (*q < 0) {
+                fprintf(stderr, "cflash bench %s: %s '%s', expected none, e4m3, e5m2 or int8\n",
+                        cmd, a, v);
                 free(rest);
                 return -1;
             }
@@ -232,12 +237,21 @@ static int cmp_d(const void* x, const void* y) {
     return a < b ? -1 : a > b;
 }
 
+/* A second call timed in alternation with the op's (decode --against): its own median, and the
+ * op's speed over it. */
+typedef struct versus {
+    job* j;
+    cflash_context* ctx;
+    const char* what; /* "int8 cache", ... */
+} versus;
+
 /* Times j (the op's call on ctx) against the copy and prints the line; the call is explained
- * first, for the backend's name. */
+ * first, for the backend's name. vs: NULL, or a call timed after each of j's. */
 static int report(const char* op, const cf_problem* pr, const char* shape, cflash_context* ctx,
-                  job* j, double bytes) {
-    char backend[64];
+                  job* j, double bytes, const versus* vs) {
+    char backend[64], vs_backend[64] = "";
     if (served_by(op, ctx, j, backend, sizeof backend)) return 1;
+    if (vs && served_by(op, vs->ctx, vs->j, vs_backend, sizeof vs_backend)) return 1;
     int threads = pr->threads;
 #ifdef _OPENMP
     if (threads <= 0) threads = omp_get_max_threads();
@@ -253,10 +267,19 @@ static int report(const char* op, const cf_problem* pr, const char* shape, cflas
     }
     memset(cr.a, 0, cr.n * sizeof(float)), memset(cr.b, 0, cr.n * sizeof(float));
     int reps = pr->reps > 0 ? pr->reps : 1;
-    double* t = calloc((size_t)reps * 4, sizeof(double)); /* wall op, wall copy, cpu op, cpu copy */
+    /* wall op, wall copy, cpu op, cpu copy, wall vs */
+    double* t = calloc((size_t)reps * 5, sizeof(double));
+    if (!t) {
+        fprintf(stderr, "cflash bench %s: out of memory\n", op);
+        free(cr.a), free(cr.b);
+        return 1;
+    }
     j->status = CFLASH_OK;
-    for (int w = 0; w < pr->warmup; w++)
+    if (vs) vs->j->status = CFLASH_OK;
+    for (int w = 0; w < pr->warmup; w++) {
         run_job(j), run_copy(&cr);
+        if (vs) run_job(vs->j);
+    }
     for (int r = 0; r < reps; r++) {
         double t0 = cf_now_s(), c0 = cpu_s();
         run_job(j);
@@ -266,16 +289,25 @@ static int report(const char* op, const cf_problem* pr, const char* shape, cflas
         t[reps + r] = (cf_now_s() - t1) * 1e3;
         t[2 * reps + r] = (c1 - c0) * 1e3 / threads;
         t[3 * reps + r] = (cpu_s() - c1) * 1e3 / threads;
+        if (vs) {
+            const double t2 = cf_now_s();
+            run_job(vs->j);
+            t[4 * reps + r] = (cf_now_s() - t2) * 1e3;
+        }
     }
-    for (int k = 0; k < 4; k++)
+    for (int k = 0; k < 5; k++)
         qsort(t + k * reps, (size_t)reps, sizeof(double), cmp_d);
     double ms = t[reps / 2], ms_cp = t[reps + reps / 2];
-    double cms = t[2 * reps + reps / 2], cms_cp = t[3 * reps + reps / 2];
+    double cms = t[2 * reps + reps / 2], cms_cp = t[3 * reps + reps / 2],
+           ms_vs = t[4 * reps + reps / 2];
     free(t), free(cr.a), free(cr.b);
-    if (j->status != CFLASH_OK) {
-        fprintf(stderr, "cflash bench %s: %s: %s\n", op, cflash_status_string(j->status),
-                cflash_last_error());
-        return 1;
+    for (int k = 0; k < (vs ? 2 : 1); k++) {
+        const job* jj = k ? vs->j : j;
+        if (jj->status != CFLASH_OK) {
+            fprintf(stderr, "cflash bench %s: %s: %s\n", op, cflash_status_string(jj->status),
+                    cflash_last_error());
+            return 1;
+        }
     }
     const cf_peaks* pk = cf_measure_peaks(threads);
     const double cb = 2.0 * (double)(cr.n * sizeof(float));
@@ -283,22 +315,31 @@ static int report(const char* op, const cf_problem* pr, const char* shape, cflas
     double frac = pk->mem_bw_gbs > 0 ? gbs / pk->mem_bw_gbs : 0, frac_ref = gbs / ref;
     /* per CPU time / threads: what an unshared machine gives (the copy being memory-bound) */
     double gbs_cpu = bytes / (cms * 1e-3) * 1e-9, ref_cpu = cb / (cms_cp * 1e-3) * 1e-9;
-    if (pr->json)
+    if (pr->json) {
         printf("{\"op\":\"%s\",\"shape\":\"%s\",\"dtype\":\"%s\",\"backend\":\"%s\",\"threads\":%d,"
                "\"ms\":%.4f,\"bytes\":%.0f,\"gbs\":%.2f,\"mem_bw_gbs\":%.2f,\"frac_mem_bw\":%.3f,"
                "\"copy_gbs_same_run\":%.2f,\"frac_copy\":%.3f,\"gbs_cpu_time\":%.2f,"
-               "\"copy_gbs_cpu_time\":%.2f,\"frac_copy_cpu_time\":%.3f}\n",
+               "\"copy_gbs_cpu_time\":%.2f,\"frac_copy_cpu_time\":%.3f",
                op, shape, cflash_dtype_name(pr->dtype), backend, threads, ms, bytes, gbs,
                pk->mem_bw_gbs, frac, ref, frac_ref, gbs_cpu, ref_cpu, gbs_cpu / ref_cpu);
-    else
-        printf(
-            "%-7s %s %s on %s, %d threads: %.3f ms (median of %d), %.3f GB moved, %.2f GB/s\n"
-            "        = %.0f%% of the copy bandwidth timed alternately with it (%.2f GB/s, median)\n"
-            "        = %.0f%% of `cflash bench peak` memory bandwidth (%.2f GB/s, best of 5)\n"
-            "        per CPU time (CPU ms / threads): %.2f GB/s = %.0f%% of the copy's %.2f GB/s\n",
-            op, shape, cflash_dtype_name(pr->dtype), backend, threads, ms, reps, bytes * 1e-9, gbs,
-            100.0 * frac_ref, ref, 100.0 * frac, pk->mem_bw_gbs, gbs_cpu, 100.0 * gbs_cpu / ref_cpu,
-            ref_cpu);
+        if (vs)
+            printf(",\"against\":\"%s\",\"against_backend\":\"%s\",\"against_ms\":%.4f,"
+                   "\"speedup\":%.3f",
+                   vs->what, vs_backend, ms_vs, ms_vs / ms);
+        printf("}\n");
+        return 0;
+    }
+    printf("%-7s %s %s on %s, %d threads: %.3f ms (median of %d), %.3f GB moved, %.2f GB/s\n"
+           "        = %.0f%% of the copy bandwidth timed alternately with it (%.2f GB/s, median)\n"
+           "        = %.0f%% of `cflash bench peak` memory bandwidth (%.2f GB/s, best of 5)\n"
+           "        per CPU time (CPU ms / threads): %.2f GB/s = %.0f%% of the copy's %.2f GB/s\n",
+           op, shape, cflash_dtype_name(pr->dtype), backend, threads, ms, reps, bytes * 1e-9, gbs,
+           100.0 * frac_ref, ref, 100.0 * frac, pk->mem_bw_gbs, gbs_cpu, 100.0 * gbs_cpu / ref_cpu,
+           ref_cpu);
+    if (vs)
+        printf("        against the %s on %s, timed after each call: %.3f ms (median): "
+               "%.2fx its speed\n",
+               vs->what, vs_backend, ms_vs, ms_vs / ms);
     return 0;
 }
 
@@ -358,7 +399,7 @@ int cf_cmd_bench_rotary(int argc, char** argv) {
     double bytes = n * es + (f.inplace ? n * es * (double)rd / (double)D : n * es) +
                    2.0 * (double)(S * (rd / 2)) * 4.0;
     job j = {rot_call, &a, CFLASH_OK};
-    int rc = report("rotary", &pr, shape, a.ctx, &j, bytes);
+    int rc = report("rotary", &pr, shape, a.ctx, &j, bytes, NULL);
     tens_free(&a.x), tens_free(&a.cs), tens_free(&a.sn), tens_free(&a.out);
     cflash_context_free(a.ctx);
     return rc;
@@ -403,7 +444,7 @@ int cf_cmd_bench_norm(int argc, char** argv) {
              (long long)M, (long long)N, f.residual ? " +residual" : "");
     double bytes = (double)(M * N) * (double)cflash_dtype_size(pr.dtype) * (f.residual ? 4.0 : 2.0);
     job j = {norm_call, &a, CFLASH_OK};
-    int rc = report("norm", &pr, shape, a.ctx, &j, bytes);
+    int rc = report("norm", &pr, shape, a.ctx, &j, bytes, NULL);
     tens_free(&a.x), tens_free(&a.w), tens_free(&a.out), tens_free(&a.res), tens_free(&a.resout);
     cflash_context_free(a.ctx);
     return rc;
@@ -425,60 +466,98 @@ static cflash_status dec_call(void* p) {
                                    &a->out.dl, &a->lse.dl);
 }
 
+/* a's tensors and parameters for the decode of pr and f with a cache of format quant (scales and
+ * descales positive, as a quantizer makes them); *bytes: what the call moves. 0, or 1 (said). */
+static int dec_setup(dec_arg* a, const cf_problem* pr, const ops_flags* f, int quant,
+                     double* bytes) {
+    memset(a, 0, sizeof *a);
+    int64_t B = pr->batch, Sq = pr->seqlen_q, Sk = pr->seqlen_k, H = pr->heads, Hk = pr->heads_kv,
+            D = pr->head_dim;
+    int64_t qs[4] = {B, Sq, H, D}, ls[3] = {B, H, Sq};
+    int64_t pages = f->page ? (Sk + f->page - 1) / f->page : 0;
+    int64_t ks[4] = {B, Sk, Hk, D}, kps[4] = {B * pages, f->page, Hk, D}, bts[2] = {B, pages};
+    int64_t ss[3] = {f->page ? B * pages : B, f->page ? f->page : Sk, Hk}, ds[1] = {Hk};
+    const int int8 = quant == CFLASH_KV_QUANT_INT8, fp8 = quant && !int8;
+    const cflash_dtype cdt = int8 ? CFLASH_DTYPE_I8 : fp8 ? CFLASH_DTYPE_U8 : pr->dtype;
+    a->ctx = make_ctx(pr);
+    if (!a->ctx || tens_new(&a->q, pr->dtype, 4, qs, 1) ||
+        tens_new(&a->kc, cdt, 4, f->page ? kps : ks, 2) ||
+        tens_new(&a->vc, cdt, 4, f->page ? kps : ks, 3) || tens_new(&a->out, pr->dtype, 4, qs, 4) ||
+        tens_new(&a->lse, CFLASH_DTYPE_F32, 3, ls, 5) ||
+        (f->page && tens_new(&a->bt, CFLASH_DTYPE_I32, 2, bts, 6)) ||
+        (fp8 && (tens_new(&a->kd, CFLASH_DTYPE_F32, 1, ds, 7) ||
+                 tens_new(&a->vd, CFLASH_DTYPE_F32, 1, ds, 8))) ||
+        (int8 && (tens_new(&a->ks, CFLASH_DTYPE_F32, 3, ss, 9) ||
+                  tens_new(&a->vs, CFLASH_DTYPE_F32, 3, ss, 10))))
+        return 1;
+    tens* sc[4] = {&a->kd, &a->vd, &a->ks, &a->vs};
+    for (int i = 0; i < 4; i++) { /* [-1, 1) -> [0.01, 1.01) */
+        float* x = sc[i]->dl.data;
+        int64_t n = x ? 1 : 0;
+        for (int d = 0; x && d < sc[i]->dl.ndim; d++)
+            n *= sc[i]->shape[d];
+        for (int64_t e = 0; e < n; e++)
+            x[e] = 0.01f + 0.5f * (x[e] + 1.0f);
+    }
+    for (int64_t i = 0; f->page && i < B * pages; i++) /* pages in a scattered order */
+        ((int32_t*)a->bt.dl.data)[i] = (int32_t)((i * 7919) % (B * pages));
+    cflash_attn_params_init(&a->p);
+    a->p.causal = pr->causal;
+    a->p.window_left = pr->window_left, a->p.window_right = pr->window_right;
+    a->p.softcap = pr->softcap;
+    cflash_kvcache_params_init(&a->kp);
+    a->kp.cache_seqlen = Sk;
+    a->kp.block_table = f->page ? &a->bt.dl : NULL;
+    a->kp.num_splits = f->splits >= 0 ? (int)f->splits : 0;
+    a->kp.cache_quant = quant;
+    a->kp.k_descale = fp8 ? &a->kd.dl : NULL, a->kp.v_descale = fp8 ? &a->vd.dl : NULL;
+    a->kp.k_scales = int8 ? &a->ks.dl : NULL, a->kp.v_scales = int8 ? &a->vs.dl : NULL;
+    const double es = (double)cflash_dtype_size(pr->dtype), ces = (double)cflash_dtype_size(cdt);
+    *bytes = 2.0 * (double)(B * Sk * Hk * D) * ces + 2.0 * (double)(B * Sq * H * D) * es +
+             (int8 ? 2.0 * 4.0 * (double)(B * Sk * Hk) : 0.0);
+    return 0;
+}
+
+static void dec_free(dec_arg* a) {
+    tens* t[10] = {&a->q, &a->kc, &a->vc, &a->out, &a->lse, &a->bt, &a->kd, &a->vd, &a->ks, &a->vs};
+    for (int i = 0; i < 10; i++)
+        tens_free(t[i]);
+    cflash_context_free(a->ctx);
+    a->ctx = NULL;
+}
+
+/* What a cache of format quant holds, for the report: "int8 cache", "bfloat16 cache". */
+static const char* dec_cache_name(int quant, cflash_dtype dt, char* buf, size_t n) {
+    snprintf(buf, n, "%s cache",
+             quant ? (const char*[]){"", "e4m3", "e5m2", "int8"}[quant] : cflash_dtype_name(dt));
+    return buf;
+}
+
 int cf_cmd_bench_decode(int argc, char** argv) {
     cf_problem pr;
     ops_flags f;
     const int pa = parse("decode", argc, argv, &pr, &f);
     if (pa) return pa < 0 ? 2 : 0;
-    dec_arg a;
-    memset(&a, 0, sizeof a);
-    int64_t B = pr.batch, Sq = pr.seqlen_q, Sk = pr.seqlen_k, H = pr.heads, Hk = pr.heads_kv,
-            D = pr.head_dim;
-    int64_t qs[4] = {B, Sq, H, D}, ls[3] = {B, H, Sq};
-    int64_t pages = f.page ? (Sk + f.page - 1) / f.page : 0;
-    int64_t ks[4] = {B, Sk, Hk, D}, kps[4] = {B * pages, f.page, Hk, D}, bts[2] = {B, pages};
-    int64_t ss[3] = {f.page ? B * pages : B, f.page ? f.page : Sk, Hk}, ds[1] = {Hk};
-    const int int8 = f.kv_quant == CFLASH_KV_QUANT_INT8, fp8 = f.kv_quant && !int8;
-    const cflash_dtype cdt = int8 ? CFLASH_DTYPE_I8 : fp8 ? CFLASH_DTYPE_U8 : pr.dtype;
-    a.ctx = make_ctx(&pr);
-    if (!a.ctx || tens_new(&a.q, pr.dtype, 4, qs, 1) ||
-        tens_new(&a.kc, cdt, 4, f.page ? kps : ks, 2) ||
-        tens_new(&a.vc, cdt, 4, f.page ? kps : ks, 3) || tens_new(&a.out, pr.dtype, 4, qs, 4) ||
-        tens_new(&a.lse, CFLASH_DTYPE_F32, 3, ls, 5) ||
-        (f.page && tens_new(&a.bt, CFLASH_DTYPE_I32, 2, bts, 6)) ||
-        (fp8 && (tens_new(&a.kd, CFLASH_DTYPE_F32, 1, ds, 7) ||
-                 tens_new(&a.vd, CFLASH_DTYPE_F32, 1, ds, 8))) ||
-        (int8 && (tens_new(&a.ks, CFLASH_DTYPE_F32, 3, ss, 9) ||
-                  tens_new(&a.vs, CFLASH_DTYPE_F32, 3, ss, 10))))
-        return 1;
-    for (int64_t i = 0; f.page && i < B * pages; i++) /* pages in a scattered order */
-        ((int32_t*)a.bt.dl.data)[i] = (int32_t)((i * 7919) % (B * pages));
-    cflash_attn_params_init(&a.p);
-    a.p.causal = pr.causal;
-    a.p.window_left = pr.window_left, a.p.window_right = pr.window_right;
-    a.p.softcap = pr.softcap;
-    cflash_kvcache_params_init(&a.kp);
-    a.kp.cache_seqlen = Sk;
-    a.kp.block_table = f.page ? &a.bt.dl : NULL;
-    a.kp.num_splits = f.splits >= 0 ? (int)f.splits : 0;
-    a.kp.cache_quant = f.kv_quant;
-    a.kp.k_descale = fp8 ? &a.kd.dl : NULL, a.kp.v_descale = fp8 ? &a.vd.dl : NULL;
-    a.kp.k_scales = int8 ? &a.ks.dl : NULL, a.kp.v_scales = int8 ? &a.vs.dl : NULL;
-    char shape[160];
-    snprintf(shape, sizeof shape, "B%lld H%lld/%lld D%lld Sq%lld Sk%lld%s%s%s", (long long)B,
-             (long long)H, (long long)Hk, (long long)D, (long long)Sq, (long long)Sk,
-             (const char*[]){"", " cache-e4m3", " cache-e5m2", " cache-int8"}[f.kv_quant],
-             f.page ? " paged" : "", pr.causal ? " causal" : "");
-    if (f.page)
-        snprintf(shape + strlen(shape), sizeof shape - strlen(shape), "%lld", (long long)f.page);
-    double es = (double)cflash_dtype_size(pr.dtype), ces = (double)cflash_dtype_size(cdt);
-    double bytes = 2.0 * (double)(B * Sk * Hk * D) * ces + 2.0 * (double)(B * Sq * H * D) * es +
-                   (int8 ? 2.0 * 4.0 * (double)(B * Sk * Hk) : 0.0);
-    job j = {dec_call, &a, CFLASH_OK};
-    int rc = report("decode", &pr, shape, a.ctx, &j, bytes);
-    tens_free(&a.q), tens_free(&a.kc), tens_free(&a.vc), tens_free(&a.out), tens_free(&a.lse),
-        tens_free(&a.bt), tens_free(&a.kd), tens_free(&a.vd), tens_free(&a.ks), tens_free(&a.vs);
-    cflash_context_free(a.ctx);
+    dec_arg a, b;
+    double bytes = 0, bytes_b = 0;
+    memset(&b, 0, sizeof b);
+    int rc = dec_setup(&a, &pr, &f, f.kv_quant, &bytes) ||
+             (f.against >= 0 && dec_setup(&b, &pr, &f, f.against, &bytes_b));
+    if (!rc) {
+        char shape[160], what[64];
+        snprintf(shape, sizeof shape, "B%lld H%lld/%lld D%lld Sq%lld Sk%lld%s%s%s",
+                 (long long)pr.batch, (long long)pr.heads, (long long)pr.heads_kv,
+                 (long long)pr.head_dim, (long long)pr.seqlen_q, (long long)pr.seqlen_k,
+                 (const char*[]){"", " cache-e4m3", " cache-e5m2", " cache-int8"}[f.kv_quant],
+                 f.page ? " paged" : "", pr.causal ? " causal" : "");
+        if (f.page)
+            snprintf(shape + strlen(shape), sizeof shape - strlen(shape), "%lld",
+                     (long long)f.page);
+        job j = {dec_call, &a, CFLASH_OK}, jb = {dec_call, &b, CFLASH_OK};
+        const versus vs = {&jb, b.ctx, dec_cache_name(f.against, pr.dtype, what, sizeof what)};
+        rc = report("decode", &pr, shape, a.ctx, &j, bytes, f.against >= 0 ? &vs : NULL);
+    }
+    dec_free(&a), dec_free(&b);
     return rc;
 }
 
@@ -518,7 +597,7 @@ int cf_cmd_bench_merge(int argc, char** argv) {
     double bytes =
         (double)NS * (n * es + (double)(B * H * Sq) * 4.0) + n * es + (double)(B * H * Sq) * 4.0;
     job j = {merge_call, &a, CFLASH_OK};
-    int rc = report("merge", &pr, shape, a.ctx, &j, bytes);
+    int rc = report("merge", &pr, shape, a.ctx, &j, bytes, NULL);
     tens_free(&a.op), tens_free(&a.lp), tens_free(&a.out), tens_free(&a.lse);
     cflash_context_free(a.ctx);
     return rc;
