@@ -467,7 +467,8 @@ static cflash_status dec_call(void* p) {
 }
 
 /* a's tensors and parameters for the decode of pr and f with a cache of format quant (scales and
- * descales positive, as a quantizer makes them); *bytes: what the call moves. 0, or 1 (said). */
+ * descales positive, as a quantizer makes them); *bytes (bytes not NULL): what the call moves.
+ * 0, or 1 (said). */
 static int dec_setup(dec_arg* a, const cf_problem* pr, const ops_flags* f, int quant,
                      double* bytes) {
     memset(a, 0, sizeof *a);
@@ -513,8 +514,9 @@ static int dec_setup(dec_arg* a, const cf_problem* pr, const ops_flags* f, int q
     a->kp.k_descale = fp8 ? &a->kd.dl : NULL, a->kp.v_descale = fp8 ? &a->vd.dl : NULL;
     a->kp.k_scales = int8 ? &a->ks.dl : NULL, a->kp.v_scales = int8 ? &a->vs.dl : NULL;
     const double es = (double)cflash_dtype_size(pr->dtype), ces = (double)cflash_dtype_size(cdt);
-    *bytes = 2.0 * (double)(B * Sk * Hk * D) * ces + 2.0 * (double)(B * Sq * H * D) * es +
-             (int8 ? 2.0 * 4.0 * (double)(B * Sk * Hk) : 0.0);
+    if (bytes)
+        *bytes = 2.0 * (double)(B * Sk * Hk * D) * ces + 2.0 * (double)(B * Sq * H * D) * es +
+                 (int8 ? 2.0 * 4.0 * (double)(B * Sk * Hk) : 0.0);
     return 0;
 }
 
@@ -539,10 +541,10 @@ int cf_cmd_bench_decode(int argc, char** argv) {
     const int pa = parse("decode", argc, argv, &pr, &f);
     if (pa) return pa < 0 ? 2 : 0;
     dec_arg a, b;
-    double bytes = 0, bytes_b = 0;
+    double bytes = 0;
     memset(&b, 0, sizeof b);
     int rc = dec_setup(&a, &pr, &f, f.kv_quant, &bytes) ||
-             (f.against >= 0 && dec_setup(&b, &pr, &f, f.against, &bytes_b));
+             (f.against >= 0 && dec_setup(&b, &pr, &f, f.against, NULL));
     if (!rc) {
         char shape[160], what[64];
         snprintf(shape, sizeof shape, "B%lld H%lld/%lld D%lld Sq%lld Sk%lld%s%s%s",
