@@ -142,9 +142,18 @@ typedef struct tens {
 static int tens_new(tens* t, cflash_dtype dt, int ndim, const int64_t* shape, uint64_t seed) {
     memset(t, 0, sizeof *t);
     int64_t n = 1;
+    size_t es = cflash_dtype_size(dt), bytes = 0;
+    int big = 0; /* (flags are int64s: their product, and its bytes, checked) */
     for (int i = 0; i < ndim; i++)
-        t->shape[i] = shape[i], n *= shape[i];
-    size_t es = cflash_dtype_size(dt), bytes = (size_t)n * es;
+        t->shape[i] = shape[i], big |= __builtin_mul_overflow(n, shape[i], &n);
+    big |= n < 0 || __builtin_mul_overflow((size_t)n, es, &bytes);
+    if (big) {
+        fprintf(stderr, "cflash bench: a tensor of shape (%lld", (long long)shape[0]);
+        for (int i = 1; i < ndim; i++)
+            fprintf(stderr, ", %lld", (long long)shape[i]);
+        fprintf(stderr, ") is too large\n");
+        return -1;
+    }
     void* p = malloc(bytes ? bytes : 1);
     if (!p) {
         fprintf(stderr, "cflash bench: out of memory for %zu bytes\n", bytes);
@@ -475,9 +484,15 @@ static int dec_setup(dec_arg* a, const cf_problem* pr, const ops_flags* f, int q
     int64_t B = pr->batch, Sq = pr->seqlen_q, Sk = pr->seqlen_k, H = pr->heads, Hk = pr->heads_kv,
             D = pr->head_dim;
     int64_t qs[4] = {B, Sq, H, D}, ls[3] = {B, H, Sq};
-    int64_t pages = f->page ? (Sk + f->page - 1) / f->page : 0;
-    int64_t ks[4] = {B, Sk, Hk, D}, kps[4] = {B * pages, f->page, Hk, D}, bts[2] = {B, pages};
-    int64_t ss[3] = {f->page ? B * pages : B, f->page ? f->page : Sk, Hk}, ds[1] = {Hk};
+    const int64_t pages = f->page ? Sk / f->page + (Sk % f->page != 0) : 0;
+    int64_t Bp = 0; /* B * pages */
+    if (__builtin_mul_overflow(B, pages, &Bp)) {
+        fprintf(stderr, "cflash bench decode: %lld sequences of %lld pages is too many\n",
+                (long long)B, (long long)pages);
+        return 1;
+    }
+    int64_t ks[4] = {B, Sk, Hk, D}, kps[4] = {Bp, f->page, Hk, D}, bts[2] = {B, pages};
+    int64_t ss[3] = {f->page ? Bp : B, f->page ? f->page : Sk, Hk}, ds[1] = {Hk};
     const int int8 = quant == CFLASH_KV_QUANT_INT8, fp8 = quant && !int8;
     const cflash_dtype cdt = int8 ? CFLASH_DTYPE_I8 : fp8 ? CFLASH_DTYPE_U8 : pr->dtype;
     a->ctx = make_ctx(pr);
@@ -500,8 +515,8 @@ static int dec_setup(dec_arg* a, const cf_problem* pr, const ops_flags* f, int q
         for (int64_t e = 0; e < n; e++)
             x[e] = 0.01f + 0.5f * (x[e] + 1.0f);
     }
-    for (int64_t i = 0; f->page && i < B * pages; i++) /* pages in a scattered order */
-        ((int32_t*)a->bt.dl.data)[i] = (int32_t)((i * 7919) % (B * pages));
+    for (int64_t i = 0; f->page && i < Bp; i++) /* pages in a scattered order */
+        ((int32_t*)a->bt.dl.data)[i] = (int32_t)((i * 7919) % Bp);
     cflash_attn_params_init(&a->p);
     a->p.causal = pr->causal;
     a->p.window_left = pr->window_left, a->p.window_right = pr->window_right;
