@@ -69,6 +69,8 @@ expect 2 "unknown flag '--against'" -- bench norm --against int8
 # Sizes from flags are int64s: a product past INT64_MAX is refused before anything is allocated.
 expect 1 'a tensor of shape \(1, 4611686018427387904, 4, 1\) is too large' -- bench decode \
     --batch 1 --heads 4 --heads-kv 4 --head-dim 1 --seqlen-q 1 --seqlen-k 4611686018427387904
+expect 1 'a tensor of shape \(1, 4611686018427387904, 4, 1\) is too large' -- bench --batch 1 \
+    --heads 4 --head-dim 1 --seqlen-q 1 --seqlen-k 4611686018427387904
 expect 1 '3 sequences of 9223372036854775807 pages is too many' -- bench decode --batch 3 \
     --heads 4 --heads-kv 4 --head-dim 1 --seqlen-q 1 --seqlen-k 9223372036854775807 --page 1
 
