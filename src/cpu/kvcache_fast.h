@@ -81,6 +81,10 @@ typedef struct kv_head {
     float* s;           /* (R, KV_KB): scores, then P */
     float* acc;         /* (R, Dv): unnormalised output, in the path's order (acc_index) */
     int64_t R;
+    /* Rows of a later block of this head for the kernel to prefetch into L2 as it goes (paths
+     * with pf_inside): pf[t] next to its own row t, npf of them (<= KV_KB; 0: none). */
+    const void* const* pf;
+    int64_t npf;
 } kv_head;
 
 typedef struct kv_path {
@@ -102,6 +106,9 @@ typedef struct kv_path {
      * rows (R of Dv) back in element order at the end of an item. */
     int64_t (*acc_index)(int64_t d);
     void (*finish)(float* acc, int64_t R, int64_t Dv);
+    /* Whether scores and pv prefetch the rows kv_head.pf names, spread through their own work
+     * (else the rows are prefetched before each head's kernel). */
+    int pf_inside;
 } kv_path;
 
 /* The dtype the rows of a call are read as: q's, or the code type of a quantized cache (the x86
@@ -495,14 +502,26 @@ static void kv_head_rows(const cf_view* v, const int64_t* base, int64_t nb, int6
         rows[t] = (const char*)v->data + (base[t] + g * v->stride[2]) * es;
 }
 
-/* Prefetch into L2 the n rows (offsets pf, head hk0 + g) of view v that a later block reads:
- * spread head by head between the pieces of work on this block (one burst would stall on the
- * miss buffers while no work is in flight). */
+/* Prefetch into L2 the bytes [o0, o1) of rows[t] for t in [t0, t1) (bounds clipped to n). */
+static inline void kv_pf_rows(const void* const* rows, int64_t n, int64_t t0, int64_t t1,
+                              int64_t o0, int64_t o1) {
+    for (int64_t t = t0; t < t1 && t < n; t++)
+        for (int64_t o = o0; o < o1; o += 64)
+            __builtin_prefetch((const char*)rows[t] + o, 0, 2);
+}
+
+/* The n rows (offsets pf, head hk0 + g) of view v that a later block reads: into L2 now, spread
+ * head by head between the pieces of work on this block (one burst would stall on the miss
+ * buffers while no work is in flight), or handed to a path that prefetches inside its kernels,
+ * a row beside each row it works on (finer still: the miss buffers drain while it computes). */
 static void kv_prefetch(const cf_view* v, const int64_t* pf, int64_t n, int64_t g, int64_t bytes,
-                        int64_t es) {
+                        int64_t es, const kv_path* path, kv_head* h, const void** rows) {
     for (int64_t t = 0; t < n; t++)
-        for (int64_t o = 0; o < bytes; o += 64)
-            __builtin_prefetch((const char*)v->data + (pf[t] + g * v->stride[2]) * es + o, 0, 2);
+        rows[t] = (const char*)v->data + (pf[t] + g * v->stride[2]) * es;
+    if (path->pf_inside)
+        h->pf = rows, h->npf = n;
+    else
+        kv_pf_rows(rows, n, 0, n, 0, bytes);
 }
 
 /* Prefetch into L2 the int8 scales (K and V) of the n keys from position t0 for the item's KV
@@ -522,12 +541,12 @@ static void kv_prefetch_scales(const cf_kvcache_call* c, const kv_itm* it, int64
 static void kv_block_scores(const cf_kvcache_call* c, kv_scratch* w, const kv_itm* it, int64_t jb,
                             int64_t nb, const int64_t* pf, int64_t npf) {
     int64_t base[KV_KB];
-    const void* rows[KV_KB];
+    const void *rows[KV_KB], *pfrows[KV_KB];
     kv_rows_of(c, &c->kc, it->b, it->P + jb, nb, it->hk0, base);
     for (int64_t g = 0; g < it->nh; g++) {
         kv_head_rows(&c->kc, base, nb, g, it->es, rows);
-        kv_prefetch(&c->kc, pf, npf, g, c->a.D * it->es, it->es);
-        const kv_head h = kv_head_of(c, w, it, g);
+        kv_head h = kv_head_of(c, w, it, g);
+        kv_prefetch(&c->kc, pf, npf, g, c->a.D * it->es, it->es, &it->path, &h, pfrows);
         const float* f = NULL;
         if (c->quant != CFLASH_KV_QUANT_NONE) {
             kv_q_factors(c, 0, it->b, it->P + jb, nb, it->hk0 + g, w->fk);
@@ -638,7 +657,7 @@ static void kv_block_softmax(const cf_kvcache_call* c, kv_scratch* w, const kv_i
 static void kv_block_pv(const cf_kvcache_call* c, kv_scratch* w, const kv_itm* it, int64_t jb,
                         int64_t nb, const int64_t* pf, int64_t npf) {
     int64_t base[KV_KB];
-    const void* rows[KV_KB];
+    const void *rows[KV_KB], *pfrows[KV_KB];
     kv_rows_of(c, &c->vc, it->b, it->P + jb, nb, it->hk0, base);
     int partial = 0; /* some row does not see every key of the block */
     for (int64_t r = 0; r < it->R; r++)
@@ -654,9 +673,9 @@ static void kv_block_pv(const cf_kvcache_call* c, kv_scratch* w, const kv_itm* i
             kv_pv_visible(c, w, &it->path, g * it->Rg, it->Rg, jb, rows, nb, f);
             continue;
         }
+        kv_head h = kv_head_of(c, w, it, g);
         if (!c->latent) /* (a latent cache's V rows are the K rows, already fetched) */
-            kv_prefetch(&c->vc, pf, npf, g, c->a.Dv * it->es, it->es);
-        const kv_head h = kv_head_of(c, w, it, g);
+            kv_prefetch(&c->vc, pf, npf, g, c->a.Dv * it->es, it->es, &it->path, &h, pfrows);
         it->path.pv(&h, rows, nb, f);
     }
 }

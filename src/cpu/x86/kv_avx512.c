@@ -3,13 +3,15 @@
  * registers, four query rows per pass so that each loaded key feeds four of them:
  * - scores and P.V in fp32 FMA over rows of any dtype (bf16 / fp16 / fp32, and fp8 / int8 codes);
  * - bf16: scores by vdpbf16ps, four keys by four rows per pass; P.V by vdpbf16ps, two keys per
- *   instruction (P rounded to bf16, as the naive bf16 computation materializes it);
+ *   instruction (P rounded to bf16, as the naive bf16 computation materializes it); where
+ *   vdpbf16ps runs at half the FMA rate (Intel) or is absent, fp32 FMA on rows widened in
+ *   registers;
  * - quantized caches with bf16 q: the codes decoded to bf16 in registers by byte tables (vpermi2b)
  *   right where vdpbf16ps uses them; int8 where AVX512-VNNI is present: no decode, the codes
  *   sign-extended into vpdpwssd against q and P as 16-bit integers;
  * - fp8 caches with fp32 / fp16 q, and with bf16 q where vdpbf16ps runs at half the FMA rate
  *   (Intel): the codes through fp16 to fp32 in registers, fp32 FMA, four keys by four rows per
- *   pass; fp16 caches on the same kernels;
+ *   pass; fp16 caches (and bf16 ones, above) on the same kernels;
  * - the softmax of a fully visible 16-key block with no horizontal sums.
  * kv_choose_avx512 (at the end) picks them for a call; src/cpu/kvcache_fast.h runs the rest. */
 #if defined(__x86_64__)
@@ -867,10 +869,12 @@ static inline __m512i kv_i8_words(const int8_t* x) {
 }
 
 /* s[r * KV_KB + t] = f[t] qs[r] (qi_r . k_t) for R (% 4 == 0) rows and nb int8 rows of D
- * (% 32 == 0) codes; four keys by four rows per pass. */
+ * (% 32 == 0) codes; four keys by four rows per pass. The npf rows pf go into L2 on the way
+ * (as in kv_dots_fma_body). */
 __attribute__((target("avx512vnni,avx512f,avx512bw,avx512vl"))) static void
 kv_dots_i8(const int16_t* restrict qi, const float* qs, int64_t R, int64_t D,
-           const void* const* rows, int64_t nb, const float* f, float* restrict s) {
+           const void* const* rows, int64_t nb, const float* f, float* restrict s,
+           const void* const* pf, int64_t npf) {
     const __m512i rep4 = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
     int64_t t = 0;
     for (; t + 4 <= nb; t += 4) {
@@ -884,6 +888,7 @@ kv_dots_i8(const int16_t* restrict qi, const float* qs, int64_t R, int64_t D,
             __m512i a30 = a00, a31 = a00, a32 = a00, a33 = a00;
             const int16_t* q = qi + r * D;
             for (int64_t d = 0; d < D; d += 32) {
+                if (r == 0 && d % 64 == 0) kv_pf_rows(pf, npf, t, t + 4, d, d + 64);
                 const __m512i w0 = kv_i8_words(k0 + d), w1 = kv_i8_words(k1 + d),
                               w2 = kv_i8_words(k2 + d), w3 = kv_i8_words(k3 + d);
                 const __m512i q0 = _mm512_loadu_si512(q + d), q1 = _mm512_loadu_si512(q + D + d),
@@ -910,6 +915,7 @@ kv_dots_i8(const int16_t* restrict qi, const float* qs, int64_t R, int64_t D,
             __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
             const int16_t* q = qi + r * D;
             for (int64_t d = 0; d < D; d += 32) {
+                if (r == 0 && d % 64 == 0) kv_pf_rows(pf, npf, t, t + 1, d, d + 64);
                 const __m512i w = kv_i8_words((const int8_t*)rows[t] + d);
                 const __m512i q0 = _mm512_loadu_si512(q + d), q1 = _mm512_loadu_si512(q + D + d),
                               q2 = _mm512_loadu_si512(q + 2 * D + d),
@@ -921,6 +927,7 @@ kv_dots_i8(const int16_t* restrict qi, const float* qs, int64_t R, int64_t D,
             for (int i = 0; i < 4; i++)
                 s[(r + i) * KV_KB + t] = f[t] * qs[r + i] * (float)o[i];
         }
+    kv_pf_rows(pf, npf, nb, npf, 0, D); /* (a later block longer than this one) */
 }
 #undef KV_DPW4
 
@@ -957,13 +964,14 @@ static int64_t kv_acc_index_i8(int64_t d) {
 /* acc[r] += sum_t f[t] p[r * KV_KB + t] v_t for R (% 4 == 0, <= 64) rows and nb int8 rows of Dv
  * (% 64 == 0) codes: P in 16 bits (kv_p_i16), keys in pairs by vpdpwssd, the block's integer
  * sums added to acc (in kv_acc_index_i8's order) times the row's factor. A P that is not finite
- * (an infinite or NaN scale) goes key by key in fp32. */
+ * (an infinite or NaN scale) goes key by key in fp32. The npf rows nx go into L2 on the way. */
 __attribute__((target("avx512vnni,avx512f,avx512bw,avx512vl"))) static void
 kv_pv_i8(float* restrict acc, int64_t R, int64_t Dv, const void* const* rows, int64_t nb,
-         const float* restrict p, const float* f) {
+         const float* restrict p, const float* f, const void* const* nx, int64_t npf) {
     uint32_t pp[64 * KV_KB / 2];
     float pf[64];
     if (!kv_p_i16(pp, pf, p, f, R, nb)) {
+        kv_pf_rows(nx, npf, 0, npf, 0, Dv);
         for (int64_t t = 0; t < nb; t++)
             for (int64_t r = 0; r < R; r++) {
                 const float w = f[t] * p[r * KV_KB + t];
@@ -982,6 +990,7 @@ kv_pv_i8(float* restrict acc, int64_t R, int64_t Dv, const void* const* rows, in
             __m512i a20 = a00, a21 = a00, a22 = a00, a23 = a00;
             __m512i a30 = a00, a31 = a00, a32 = a00, a33 = a00;
             for (int64_t k = 0; k < np; k++) {
+                if (r == 0) kv_pf_rows(nx, npf, 2 * k, 2 * k + 2, d, d + 64);
                 const int8_t* va = (const int8_t*)rows[2 * k] + d;
                 const int8_t* vb = 2 * k + 1 < nb ? (const int8_t*)rows[2 * k + 1] + d : zero;
                 const __m512i wa0 = kv_i8_words(va), wb0 = kv_i8_words(vb);
@@ -1020,6 +1029,7 @@ kv_pv_i8(float* restrict acc, int64_t R, int64_t Dv, const void* const* rows, in
             KV_ADD4(3, a30, a31, a32, a33);
 #undef KV_ADD4
         }
+    kv_pf_rows(nx, npf, nb, npf, 0, Dv);
 }
 
 /* The R rows of acc (width Dv) from kv_pv_i8's order back to element order: per 32 elements,
@@ -1073,13 +1083,18 @@ static void kv_f8_unpermute(float* acc, int64_t R, int64_t Dv) {
     kv_f8_swap(acc, acc, R * Dv);
 }
 
-/* The row formats of the fp32 FMA kernels (kv_dots_fma / kv_pv_fma): fp8 codes, fp16 rows and
- * int8 codes. */
-enum { KV_FMT_E4M3, KV_FMT_E5M2, KV_FMT_F16, KV_FMT_I8 };
+/* The row formats of the fp32 FMA kernels (kv_dots_fma / kv_pv_fma): fp8 codes, fp16 and bf16
+ * rows, int8 codes. */
+enum { KV_FMT_E4M3, KV_FMT_E5M2, KV_FMT_F16, KV_FMT_I8, KV_FMT_BF16 };
+
+static inline int64_t kv_fmt_bytes(int fmt) {
+    return fmt == KV_FMT_F16 || fmt == KV_FMT_BF16 ? 2 : 1;
+}
 
 /* 64 elements of a row at x as fp32: fp8 codes (e5m2: the high byte of an fp16; e4m3fn:
  * S.EEEE.MMM moved to fp16's S.0EEEE.MMM0000000, its value times 2^-8) in kv_f8 order, fp16 and
- * int8 (sign-extended, converted exactly) in element order. */
+ * int8 (sign-extended, converted exactly) in element order, bf16 (each word the high half of an
+ * fp32 lane, vpunpck{l,h}wd against zero: one instruction per 16) in kv_pv_dp's order. */
 __attribute__((always_inline)) static inline void kv_fma_dec(const uint8_t* x, int fmt, __m512* x0,
                                                              __m512* x1, __m512* x2, __m512* x3) {
     if (fmt == KV_FMT_F16) {
@@ -1087,6 +1102,15 @@ __attribute__((always_inline)) static inline void kv_fma_dec(const uint8_t* x, i
         *x1 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)x + 1));
         *x2 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)x + 2));
         *x3 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)x + 3));
+        return;
+    }
+    if (fmt == KV_FMT_BF16) {
+        const __m512i z = _mm512_setzero_si512();
+        const __m512i y0 = _mm512_loadu_si512(x), y1 = _mm512_loadu_si512(x + 64);
+        *x0 = _mm512_castsi512_ps(_mm512_unpacklo_epi16(z, y0));
+        *x1 = _mm512_castsi512_ps(_mm512_unpackhi_epi16(z, y0));
+        *x2 = _mm512_castsi512_ps(_mm512_unpacklo_epi16(z, y1));
+        *x3 = _mm512_castsi512_ps(_mm512_unpackhi_epi16(z, y1));
         return;
     }
     if (fmt == KV_FMT_I8) {
@@ -1144,11 +1168,13 @@ static int kv_f8_nan(const void* const* rows, int64_t nb, int64_t n) {
     } while (0)
 
 /* s[r * KV_KB + t] = u f[t] q_r . k_t for R (% 4 == 0) rows of qf (in kv_fma_dec's order) and
- * nb rows of D (% 64 == 0) elements of format fmt; four keys by four rows per pass. */
+ * nb rows of D (% 64 == 0) elements of format fmt; four keys by four rows per pass. The npf rows
+ * pf go into L2 on the way, row t's 64 elements at d beside key t's. */
 __attribute__((always_inline)) static inline void
 kv_dots_fma_body(const float* restrict qf, int64_t R, int64_t D, const void* const* rows,
-                 int64_t nb, int fmt, const float* f, float u, float* restrict s) {
-    const int64_t es = fmt == KV_FMT_F16 ? 2 : 1; /* bytes per element */
+                 int64_t nb, int fmt, const float* f, float u, float* restrict s,
+                 const void* const* pf, int64_t npf) {
+    const int64_t es = kv_fmt_bytes(fmt);
     int64_t t = 0;
     for (; t + 4 <= nb; t += 4) {
         const uint8_t *k0 = rows[t], *k1 = rows[t + 1], *k2 = rows[t + 2], *k3 = rows[t + 3];
@@ -1159,6 +1185,7 @@ kv_dots_fma_body(const float* restrict qf, int64_t R, int64_t D, const void* con
             KV_ACC_ZERO4x4();
             for (int64_t d = 0; d < D; d += 64) {
                 const float* qc = qf + r * D + d;
+                if (r == 0) kv_pf_rows(pf, npf, t, t + 4, d * es, (d + 64) * es);
                 __m512 x0, x1, x2, x3;
                 kv_fma_dec(k0 + d * es, fmt, &x0, &x1, &x2, &x3);
                 KV_F8_DP4(a00, a10, a20, a30);
@@ -1179,6 +1206,7 @@ kv_dots_fma_body(const float* restrict qf, int64_t R, int64_t D, const void* con
             __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
             for (int64_t d = 0; d < D; d += 64) {
                 const float* qc = qf + r * D + d;
+                if (r == 0) kv_pf_rows(pf, npf, t, t + 1, d * es, (d + 64) * es);
                 __m512 x0, x1, x2, x3;
                 kv_fma_dec((const uint8_t*)rows[t] + d * es, fmt, &x0, &x1, &x2, &x3);
                 KV_F8_DP4(a0, a1, a2, a3);
@@ -1188,22 +1216,24 @@ kv_dots_fma_body(const float* restrict qf, int64_t R, int64_t D, const void* con
             for (int i = 0; i < 4; i++)
                 s[(r + i) * KV_KB + t] = o[i];
         }
+    kv_pf_rows(pf, npf, nb, npf, 0, D * es); /* (a later block longer than this one) */
 }
 #undef KV_F8_DP4
 
 /* acc[r] += sum_t p[r * KV_KB + t] v_t for R (% 4 == 0) rows, nb rows of Dv (% 64 == 0)
  * elements of format fmt (p already times each key's factor and unit): acc in kv_fma_dec's
- * order. */
+ * order. The npf rows pf go into L2 on the way, as in kv_dots_fma_body. */
 __attribute__((always_inline)) static inline void
 kv_pv_fma_body(float* restrict acc, int64_t R, int64_t Dv, const void* const* rows, int64_t nb,
-               int fmt, const float* restrict p) {
-    const int64_t es = fmt == KV_FMT_F16 ? 2 : 1;
+               int fmt, const float* restrict p, const void* const* pf, int64_t npf) {
+    const int64_t es = kv_fmt_bytes(fmt);
     for (int64_t d = 0; d < Dv; d += 64)
         for (int64_t r = 0; r < R; r += 4) {
             float* o = acc + r * Dv + d;
             const float* pr = p + r * KV_KB;
             KV_ACC_LOAD4x4(o, Dv);
             for (int64_t t = 0; t < nb; t++) {
+                if (r == 0) kv_pf_rows(pf, npf, t, t + 1, d * es, (d + 64) * es);
                 __m512 x0, x1, x2, x3;
                 kv_fma_dec((const uint8_t*)rows[t] + d * es, fmt, &x0, &x1, &x2, &x3);
                 const __m512 p0 = _mm512_set1_ps(pr[t]), p1 = _mm512_set1_ps(pr[KV_KB + t]),
@@ -1220,31 +1250,38 @@ kv_pv_fma_body(float* restrict acc, int64_t R, int64_t Dv, const void* const* ro
             }
             KV_ACC_STORE4x4(o, Dv);
         }
+    kv_pf_rows(pf, npf, nb, npf, 0, Dv * es);
 }
 
 /* (one instance per format: the decode's branch out of the loops) */
 static void kv_dots_fma(const float* restrict qf, int64_t R, int64_t D, const void* const* rows,
-                        int64_t nb, int fmt, const float* f, float u, float* restrict s) {
+                        int64_t nb, int fmt, const float* f, float u, float* restrict s,
+                        const void* const* pf, int64_t npf) {
     if (fmt == KV_FMT_F16)
-        kv_dots_fma_body(qf, R, D, rows, nb, KV_FMT_F16, f, u, s);
+        kv_dots_fma_body(qf, R, D, rows, nb, KV_FMT_F16, f, u, s, pf, npf);
+    else if (fmt == KV_FMT_BF16)
+        kv_dots_fma_body(qf, R, D, rows, nb, KV_FMT_BF16, f, u, s, pf, npf);
     else if (fmt == KV_FMT_I8)
-        kv_dots_fma_body(qf, R, D, rows, nb, KV_FMT_I8, f, u, s);
+        kv_dots_fma_body(qf, R, D, rows, nb, KV_FMT_I8, f, u, s, pf, npf);
     else if (fmt == KV_FMT_E5M2)
-        kv_dots_fma_body(qf, R, D, rows, nb, KV_FMT_E5M2, f, u, s);
+        kv_dots_fma_body(qf, R, D, rows, nb, KV_FMT_E5M2, f, u, s, pf, npf);
     else
-        kv_dots_fma_body(qf, R, D, rows, nb, KV_FMT_E4M3, f, u, s);
+        kv_dots_fma_body(qf, R, D, rows, nb, KV_FMT_E4M3, f, u, s, pf, npf);
 }
 
 static void kv_pv_fma(float* restrict acc, int64_t R, int64_t Dv, const void* const* rows,
-                      int64_t nb, int fmt, const float* restrict p) {
+                      int64_t nb, int fmt, const float* restrict p, const void* const* pf,
+                      int64_t npf) {
     if (fmt == KV_FMT_F16)
-        kv_pv_fma_body(acc, R, Dv, rows, nb, KV_FMT_F16, p);
+        kv_pv_fma_body(acc, R, Dv, rows, nb, KV_FMT_F16, p, pf, npf);
+    else if (fmt == KV_FMT_BF16)
+        kv_pv_fma_body(acc, R, Dv, rows, nb, KV_FMT_BF16, p, pf, npf);
     else if (fmt == KV_FMT_I8)
-        kv_pv_fma_body(acc, R, Dv, rows, nb, KV_FMT_I8, p);
+        kv_pv_fma_body(acc, R, Dv, rows, nb, KV_FMT_I8, p, pf, npf);
     else if (fmt == KV_FMT_E5M2)
-        kv_pv_fma_body(acc, R, Dv, rows, nb, KV_FMT_E5M2, p);
+        kv_pv_fma_body(acc, R, Dv, rows, nb, KV_FMT_E5M2, p, pf, npf);
     else
-        kv_pv_fma_body(acc, R, Dv, rows, nb, KV_FMT_E4M3, p);
+        kv_pv_fma_body(acc, R, Dv, rows, nb, KV_FMT_E4M3, p, pf, npf);
 }
 
 /* ---- The kernels of a call (kv_path) ----------------------------------------------------------
@@ -1348,15 +1385,17 @@ static void avx512_i8_prep(const cf_kvcache_call* c, kv_scratch* w, int64_t R) {
 static void avx512_scores_i8(const kv_head* h, const void* const* rows, int64_t nb,
                              const float* f) {
     if (h->w->qbad) { /* (rare: an inf or NaN in q) */
+        kv_pf_rows(h->pf, h->npf, 0, h->npf, 0, h->c->a.D);
         avx512_scores(h, rows, nb, f);
         return;
     }
     const int64_t r0 = h->q - h->w->q; /* the head's first row, times D */
-    kv_dots_i8(h->w->qi + r0, h->w->qs + r0 / h->c->a.D, h->R, h->c->a.D, rows, nb, f, h->s);
+    kv_dots_i8(h->w->qi + r0, h->w->qs + r0 / h->c->a.D, h->R, h->c->a.D, rows, nb, f, h->s, h->pf,
+               h->npf);
 }
 
 static void avx512_pv_i8(const kv_head* h, const void* const* rows, int64_t nb, const float* f) {
-    kv_pv_i8(h->acc, h->R, h->c->a.Dv, rows, nb, h->s, f);
+    kv_pv_i8(h->acc, h->R, h->c->a.Dv, rows, nb, h->s, f, h->pf, h->npf);
 }
 
 /* fp8 caches on fp32 FMA: q in kv_f8 order once per item; an e4m3fn block holding the NaN code
@@ -1370,17 +1409,19 @@ static void avx512_scores_f8(const kv_head* h, const void* const* rows, int64_t 
     const int64_t D = h->c->a.D;
     const int fmt = h->c->quant == CFLASH_KV_QUANT_FP8_E5M2 ? KV_FMT_E5M2 : KV_FMT_E4M3;
     if (fmt == KV_FMT_E4M3 && kv_f8_nan(rows, nb, D)) {
+        kv_pf_rows(h->pf, h->npf, 0, h->npf, 0, D);
         avx512_scores(h, rows, nb, f);
         return;
     }
     kv_dots_fma(h->w->qf + (h->q - h->w->q), h->R, D, rows, nb, fmt, f,
-                kv_code_unit(kv_row_dtype(h->c)), h->s);
+                kv_code_unit(kv_row_dtype(h->c)), h->s, h->pf, h->npf);
 }
 
 static void avx512_pv_f8(const kv_head* h, const void* const* rows, int64_t nb, const float* f) {
     const int64_t Dv = h->c->a.Dv;
     const int fmt = h->c->quant == CFLASH_KV_QUANT_FP8_E5M2 ? KV_FMT_E5M2 : KV_FMT_E4M3;
     if (fmt == KV_FMT_E4M3 && kv_f8_nan(rows, nb, Dv)) {
+        kv_pf_rows(h->pf, h->npf, 0, h->npf, 0, Dv);
         float* vf = h->w->vf;
         for (int64_t t = 0; t < nb; t++) {
             kv_v_values(h->c, rows[t], f[t], vf);
@@ -1394,7 +1435,7 @@ static void avx512_pv_f8(const kv_head* h, const void* const* rows, int64_t nb, 
         return;
     }
     kv_q_apply(h->s, h->R, f, kv_code_unit(kv_row_dtype(h->c)));
-    kv_pv_fma(h->acc, h->R, Dv, rows, nb, fmt, h->s);
+    kv_pv_fma(h->acc, h->R, Dv, rows, nb, fmt, h->s, h->pf, h->npf);
 }
 
 /* The same kernels in element order (q and acc as they are): fp16 caches, and int8 caches with
@@ -1412,16 +1453,45 @@ static inline int kv_fma_elem_fmt(const cf_kvcache_call* c) {
     return c->quant == CFLASH_KV_QUANT_INT8 ? KV_FMT_I8 : KV_FMT_F16;
 }
 
+_Static_assert(KV_KB == 16, "kv_one: a factor of 1 for each key of a block");
+static const float kv_one[KV_KB] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
+
 static void avx512_scores_fe(const kv_head* h, const void* const* rows, int64_t nb,
                              const float* f) {
-    _Static_assert(KV_KB == 16, "one[]: a factor of 1 for each key of a block");
-    static const float one[KV_KB] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
-    kv_dots_fma(h->q, h->R, h->c->a.D, rows, nb, kv_fma_elem_fmt(h->c), f ? f : one, 1.0f, h->s);
+    kv_dots_fma(h->q, h->R, h->c->a.D, rows, nb, kv_fma_elem_fmt(h->c), f ? f : kv_one, 1.0f, h->s,
+                h->pf, h->npf);
 }
 
 static void avx512_pv_fe(const kv_head* h, const void* const* rows, int64_t nb, const float* f) {
     if (f) kv_q_apply(h->s, h->R, f, 1.0f);
-    kv_pv_fma(h->acc, h->R, h->c->a.Dv, rows, nb, kv_fma_elem_fmt(h->c), h->s);
+    kv_pv_fma(h->acc, h->R, h->c->a.Dv, rows, nb, kv_fma_elem_fmt(h->c), h->s, h->pf, h->npf);
+}
+
+/* bf16 caches with bf16 q where vdpbf16ps is not the faster (Intel: half the FMA rate) or is
+ * absent: the fp32 FMA kernels, each row widened in registers (one instruction per 16), q and
+ * acc in kv_pv_dp's order; exact products as vdpbf16ps's, and P stays fp32. Rows in fours, head
+ * dims in whole 64-element chunks. */
+static inline int kv_bff_ok(const cf_kvcache_call* c, int64_t R) {
+    const cf_attn_call* a = &c->a;
+    return c->quant == CFLASH_KV_QUANT_NONE && a->dtype == CF_BF16 && !cf_cpu()->bf16_dot_gemm &&
+           R % 4 == 0 && a->D % 64 == 0 && a->Dv % 64 == 0;
+}
+
+static void avx512_bff_prep(const cf_kvcache_call* c, kv_scratch* w, int64_t R) {
+    for (int64_t i = 0; i < R * c->a.D; i++) /* (D % 64: the order stays within a row) */
+        w->qf[kv_acc_index_dp(i)] = w->q[i];
+}
+
+static void avx512_scores_bff(const kv_head* h, const void* const* rows, int64_t nb,
+                              const float* f) {
+    (void)f; /* (unquantized) */
+    kv_dots_fma(h->w->qf + (h->q - h->w->q), h->R, h->c->a.D, rows, nb, KV_FMT_BF16, kv_one, 1.0f,
+                h->s, h->pf, h->npf);
+}
+
+static void avx512_pv_bff(const kv_head* h, const void* const* rows, int64_t nb, const float* f) {
+    (void)f;
+    kv_pv_fma(h->acc, h->R, h->c->a.Dv, rows, nb, KV_FMT_BF16, h->s, h->pf, h->npf);
 }
 
 /* Quantized caches, bf16 q, rows not in fours: a block's codes decoded to bf16 rows (in w->kq)
@@ -1453,6 +1523,15 @@ static void avx512_pv_qd(const kv_head* h, const void* const* rows, int64_t nb, 
     kv_pv(h->acc, h->R, Dv, dec, nb, CF_BF16, h->s);
 }
 
+/* Whether the FMA and integer kernels prefetch the rows of a later block inside their loops
+ * (kv_head.pf), a row beside each row they work on, rather than kv_block_* before each head:
+ * measured on Intel (Xeon 6/207, 2 threads: bf16 decode 1.25x, int8 1.08x; docs/PERF.md), where
+ * a burst of prefetches waits on the L1 miss buffers with the head's work queued behind it.
+ * Elsewhere the per-head prefetch stays until measured there. */
+static inline int kv_pf_inside_ok(void) {
+    return strcmp(cf_cpu()->vendor, "GenuineIntel") == 0;
+}
+
 /* The kernels for a call whose KV heads have R query rows in an item, fastest first. */
 static void kv_choose_avx512(const cf_kvcache_call* c, int64_t R, kv_path* p) {
     const cf_attn_call* a = &c->a;
@@ -1463,15 +1542,22 @@ static void kv_choose_avx512(const cf_kvcache_call* c, int64_t R, kv_path* p) {
             p->scores = kv_dots_x4_ok(a->dtype, R, a->D) ? avx512_scores_x4 : avx512_scores_bf16;
         if (kv_pv_dp_ok(a->dtype, R, a->Dv))
             p->pv = avx512_pv_dp, p->acc_index = kv_acc_index_dp, p->finish = kv_pv_unpermute;
-        if (kv_fma_elem_ok(c, R)) p->scores = avx512_scores_fe, p->pv = avx512_pv_fe;
+        if (kv_fma_elem_ok(c, R))
+            p->scores = avx512_scores_fe, p->pv = avx512_pv_fe, p->pf_inside = kv_pf_inside_ok();
+        if (kv_bff_ok(c, R))
+            p->prep = avx512_bff_prep, p->scores = avx512_scores_bff, p->pv = avx512_pv_bff,
+            p->acc_index = kv_acc_index_dp, p->finish = kv_pv_unpermute,
+            p->pf_inside = kv_pf_inside_ok();
     } else if (kv_i8_ok(c, R)) {
         p->prep = avx512_i8_prep, p->scores = avx512_scores_i8, p->pv = avx512_pv_i8;
-        p->acc_index = kv_acc_index_i8, p->finish = kv_i8_unpermute;
+        p->acc_index = kv_acc_index_i8, p->finish = kv_i8_unpermute,
+        p->pf_inside = kv_pf_inside_ok();
     } else if (kv_fma_elem_ok(c, R)) {
-        p->scores = avx512_scores_fe, p->pv = avx512_pv_fe;
+        p->scores = avx512_scores_fe, p->pv = avx512_pv_fe, p->pf_inside = kv_pf_inside_ok();
     } else if (kv_f8_ok(c, R)) {
         p->prep = avx512_f8_prep, p->scores = avx512_scores_f8, p->pv = avx512_pv_f8;
-        p->acc_index = kv_acc_index_f8, p->finish = kv_f8_unpermute;
+        p->acc_index = kv_acc_index_f8, p->finish = kv_f8_unpermute,
+        p->pf_inside = kv_pf_inside_ok();
     } else if (kv_q_bf16_ok(a->dtype, a->D, a->Dv) && kv_q_fused_ok(R)) {
         p->prep = avx512_q_prep, p->scores = avx512_scores_q, p->pv = avx512_pv_q;
         p->acc_index = kv_acc_index_q, p->finish = kv_q_unpermute;
