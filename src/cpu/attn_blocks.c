@@ -11,8 +11,9 @@
 #include "cpu/attn_cpu.h"
 #include "probe/cpu_features.h"
 
-/* Per family. Only Zen 5 was measured (docs/PERF.md, "CPU attention"); the other rows hold the
- * same values until the sweep has been run on such a machine. */
+/* Per family. Zen 5 was measured (docs/PERF.md, "CPU attention"); on Intel family 6 model 207 the
+ * sweep found no shape better than these beyond the noise (docs/PERF.md, Intel, 2026-12-04); Zen
+ * 3 / 4 hold Zen 5's values until the sweep has been run on such a machine. */
 static const struct {
     const char* vendor;
     int family;
@@ -20,7 +21,7 @@ static const struct {
 } family_blocks[] = {
     {"AuthenticAMD", 26, {128, 128, 128, 128, "Zen 5 (AMD family 26), measured"}},
     {"AuthenticAMD", 25, {128, 128, 128, 128, "AMD family 25 (Zen 3, 4), Zen 5's"}},
-    {"GenuineIntel", 6, {128, 128, 128, 128, "Intel family 6, Zen 5's"}},
+    {"GenuineIntel", 6, {128, 128, 128, 128, "Intel family 6, swept on model 207"}},
 };
 static const cf_attn_blocks fallback = {128, 128, 128, 128, "default"};
 
