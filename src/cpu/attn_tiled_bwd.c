@@ -12,6 +12,7 @@
 #include <omp.h>
 #endif
 
+#include "core/checked.h"
 #include "core/philox.h"
 #include "core/status.h"
 #include "core/threads.h"
@@ -671,25 +672,147 @@ static void dq_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const bwd_
 
 /* ---- Issue 13: dbias of one block of rows --------------------------------------------------- */
 
+/* The scratch of dbias_tile (pass-1 buffers of the workspace) and the rows it works on. */
+typedef struct dbias_ws {
+    float *kc, *kt, *vc, *vt, *qc, *doc, *s, *dp, *lb, *dlr;
+    int64_t *mi, *mlo, *mhi, *hr;
+    float* mslope;
+    uint8_t* xkv;
+    const uint8_t** xkvp;
+} dbias_ws;
+
+/* Rows [i0, i0 + nr) of (b, h) against keys [j0, j0 + nc): their metadata in w (the forward's
+ * lse and dl included), then, unless no pair is open (returns 0) or some row holds a NaN or an
+ * infinity (returns -1), the scores as the forward saw them in w->s and dP (dropout applied) in
+ * w->dp (nr x nc each; returns 1). */
+static int dbias_block(const cf_attn_call* c, const cf_attn_kernels* kk, const bwd_geom* g,
+                       dbias_ws* w, int64_t b, int64_t h, int64_t i0, int64_t nr, int64_t j0,
+                       int64_t nc, int64_t sq, int64_t sk, const float* dl) {
+    int64_t any = 0;
+    for (int64_t r = 0; r < nr; r++) {
+        w->mi[r] = i0 + r, w->hr[r] = h, w->mslope[r] = cf_attn_slope(c, b, h);
+        cf_attn_key_range(c, i0 + r, sq, sk, &w->mlo[r], &w->mhi[r]);
+        any |= w->mlo[r] < j0 + nc && w->mhi[r] > j0 && w->mlo[r] < w->mhi[r];
+        w->lb[r] = cf_attn_lse_sub(c, b, h, i0 + r);
+        w->dlr[r] = cf_attn_dl(c, dl, b, h, i0 + r);
+    }
+    if (!any || !rows_open(c, g->map, b, h, i0, nr, j0, nc, w->xkv, w->xkvp)) return 0;
+    const int64_t hk = h / g->G, D = g->D, Dv = g->Dv;
+    if (cf_attn_bwd_key_rows_bad(c, b, hk, 0, j0, nc, 0, 0, 0) ||
+        cf_attn_bwd_query_rows_bad(c, b, h, i0, nr, w->dlr))
+        return -1;
+    int64_t ldk, ldv, ldq, ldo;
+    const float* kr = rows_f32(kk, &c->k, b, j0, hk, nc, D, w->kc, &ldk);
+    const float* vr = rows_f32(kk, &c->v, b, j0, hk, nc, Dv, w->vc, &ldv);
+    const float* qr = rows_f32(kk, &c->q, b, i0, h, nr, D, w->qc, &ldq);
+    const float* dor = rows_f32(kk, &c->dout, b, i0, h, nr, Dv, w->doc, &ldo);
+    transpose(w->kt, kr, ldk, nc, D);
+    transpose(w->vt, vr, ldv, nc, Dv);
+    cf_attn_score_map mp = {nr, nc,     nc,     1, w->mi, w->mslope,
+                            j0, w->mlo, w->mhi, b, w->hr, c->bs_num.data ? w->xkvp : NULL};
+    kk->gemm_f32(nr, nc, D, qr, ldq, 1, w->kt, nc, w->s, nc, 0);
+    cf_attn_scores(c, kk, &mp, w->s, NULL, sq, sk);
+    kk->gemm_f32(nr, nc, Dv, dor, ldo, 1, w->vt, nc, w->dp, nc, 0); /* dP = dO V^T */
+    if (c->dropout_p > 0.0f)
+        cf_attn_dropout_apply(c, w->dp, &mp, w->hr, b, 1.0f / (1.0f - c->dropout_p));
+    return 1;
+}
+
+/* Pass 1 of dbias_tile for (b, h): each row's own softmax statistics over all its keys, from the
+ * scores and dP it recomputes, st[3 r ..] = (max m, 1 / sum of exp(s - m), sum of P dP with P =
+ * exp(s - m) / sum): dS = P (dP - that sum) as the naive computation forms it. The forward's lse
+ * and rowsum(dO O) give the same dS in exact arithmetic, but each rounds on its own: a dbias
+ * element is one dS (or a short sum of them) and came out up to 5.5x the naive's error, past the
+ * error rule (dq, dk, dv sum many and were within it). Returns 0 when some block holds a NaN or an
+ * infinity: the forward's statistics serve then. */
+static int dbias_stats(const cf_attn_call* c, const cf_attn_kernels* kk, const bwd_geom* g,
+                       dbias_ws* w, int64_t b, int64_t h, int64_t i0, int64_t nr, int64_t sq,
+                       int64_t sk, const float* dl, float* st) {
+    for (int64_t r = 0; r < nr; r++)
+        st[3 * r] = -INFINITY, st[3 * r + 1] = 0.0f, st[3 * r + 2] = 0.0f;
+    for (int64_t j0 = 0; j0 < sk; j0 += g->bk) {
+        const int64_t nc = sk - j0 < g->bk ? sk - j0 : g->bk;
+        const int o = dbias_block(c, kk, g, w, b, h, i0, nr, j0, nc, sq, sk, dl);
+        if (o < 0) return 0;
+        for (int64_t r = 0; o && r < nr; r++) {
+            float* x = w->s + r * nc;
+            const float* y = w->dp + r * nc;
+            float mb = st[3 * r];
+            for (int64_t j = 0; j < nc; j++)
+                mb = x[j] > mb ? x[j] : mb;
+            if (mb == -INFINITY) continue; /* (no key of the row in this block) */
+            if (mb > st[3 * r]) {
+                const float a = st[3 * r] == -INFINITY ? 0.0f : expf(st[3 * r] - mb);
+                st[3 * r] = mb, st[3 * r + 1] *= a, st[3 * r + 2] *= a;
+            }
+            kk->exp_row(x, nc, mb);
+            for (int64_t j = 0; j < nc; j++)
+                st[3 * r + 1] += x[j], st[3 * r + 2] += x[j] * y[j];
+        }
+    }
+    const float sink = cf_attn_sink(c, h); /* (a key of no value: in the sum, not in P dP) */
+    for (int64_t r = 0; r < nr; r++) {
+        if (sink != -INFINITY) {
+            const float m = st[3 * r] > sink ? st[3 * r] : sink,
+                        a = st[3 * r] == -INFINITY ? 0.0f : expf(st[3 * r] - m);
+            st[3 * r] = m, st[3 * r + 1] = st[3 * r + 1] * a + expf(sink - m);
+            st[3 * r + 2] *= a;
+        }
+        if (st[3 * r] == -INFINITY) { /* no key: P = 0 */
+            st[3 * r] = INFINITY, st[3 * r + 1] = 0.0f, st[3 * r + 2] = 0.0f;
+            continue;
+        }
+        st[3 * r + 2] /= st[3 * r + 1];
+        st[3 * r + 1] = 1.0f / st[3 * r + 1];
+    }
+    return 1;
+}
+
 /* Rows [i0, i0 + bq) of dbias element (bb, hh) (batch calls): dL/d(score) summed over the (b, h)
- * that the bias broadcasts to, in a fixed order, recomputing P and dP there (fp32 products); one
- * writer per element, so deterministic. The pass-1 buffers serve as scratch. */
+ * that the bias broadcasts to, in a fixed order, recomputing P and dP there (fp32 products) with
+ * each row's own softmax statistics (dbias_stats; the forward's lse and dl where those could not
+ * be had); one writer per element, so deterministic. The pass-1 buffers serve as scratch. */
 static void dbias_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const void* geom,
                        int64_t bb, int64_t hh, int64_t i0, int64_t bq, char* ws, const float* dl) {
     const bwd_geom* g = geom;
-    const int64_t Sk = c->Sk, D = g->D, Dv = g->Dv, G = g->G, BQ = g->bq, BKB = g->bk;
-    float *kc = (float*)(ws + g->kc), *kt = (float*)(ws + g->kt), *vc = (float*)(ws + g->vc),
-          *vt = (float*)(ws + g->vt), *qc = (float*)(ws + g->qc), *doc = (float*)(ws + g->doc),
-          *s = (float*)(ws + g->s), *dp = (float*)(ws + g->dp), *lb = (float*)(ws + g->vec1),
-          *dlr = lb + BQ, *acc = (float*)(ws + g->dbacc);
-    int64_t *mi = (int64_t*)(ws + g->map1), *mlo = mi + BQ, *mhi = mlo + BQ, *hr = mhi + BQ;
-    float* mslope = (float*)(hr + BQ);
-    uint8_t* xkv = (uint8_t*)(ws + g->xkv);
-    const uint8_t** xkvp = (const uint8_t**)(ws + g->xkvp);
-    const float ks = 1.0f / (1.0f - c->dropout_p);
+    const int64_t Sk = c->Sk, BQ = g->bq, BKB = g->bk;
+    dbias_ws w = {.kc = (float*)(ws + g->kc),
+                  .kt = (float*)(ws + g->kt),
+                  .vc = (float*)(ws + g->vc),
+                  .vt = (float*)(ws + g->vt),
+                  .qc = (float*)(ws + g->qc),
+                  .doc = (float*)(ws + g->doc),
+                  .s = (float*)(ws + g->s),
+                  .dp = (float*)(ws + g->dp),
+                  .lb = (float*)(ws + g->vec1),
+                  .xkv = (uint8_t*)(ws + g->xkv),
+                  .xkvp = (const uint8_t**)(ws + g->xkvp)};
+    w.dlr = w.lb + BQ;
+    w.mi = (int64_t*)(ws + g->map1), w.mlo = w.mi + BQ, w.mhi = w.mlo + BQ, w.hr = w.mhi + BQ;
+    w.mslope = (float*)(w.hr + BQ);
+    float* acc = (float*)(ws + g->dbacc);
     const int64_t b0 = c->dbias.shape[0] == 1 ? 0 : bb, b1 = c->dbias.shape[0] == 1 ? c->B : bb + 1;
     const int64_t h0 = c->dbias.shape[1] == 1 ? 0 : hh, h1 = c->dbias.shape[1] == 1 ? c->H : hh + 1;
+    const int64_t nh = h1 - h0;
     const size_t es = cf_dtype_size(c->dbias.dtype);
+    /* pass 1: (m, 1 / l, sum P dP) of every row of every (b, h) (NULL, a row's flag 0: the
+     * forward's lse and dl) */
+    int64_t nst = 0;
+    float* st = NULL;
+    char* ok = NULL;
+    if (!cf_mul_i64((b1 - b0) * nh, 3 * bq, &nst)) {
+        st = malloc(sizeof(float) * (size_t)nst);
+        ok = calloc((size_t)((b1 - b0) * nh), 1);
+    }
+    for (int64_t b = b0; st && ok && b < b1; b++)
+        for (int64_t h = h0; h < h1; h++) {
+            int64_t q0, sq, k0, sk;
+            cf_attn_seq(c, b, &q0, &sq, &k0, &sk);
+            const int64_t nr = sq - i0 < bq ? sq - i0 : bq;
+            if (nr > 0)
+                ok[(b - b0) * nh + h - h0] = (char)dbias_stats(
+                    c, kk, g, &w, b, h, i0, nr, sq, sk, dl, st + ((b - b0) * nh + h - h0) * 3 * bq);
+        }
     for (int64_t j0 = 0; j0 < Sk; j0 += BKB) {
         const int64_t nb = Sk - j0 < BKB ? Sk - j0 : BKB;
         memset(acc, 0, sizeof(float) * (size_t)(bq * nb));
@@ -701,51 +824,36 @@ static void dbias_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const v
                 cf_attn_seq(c, b, &q0, &sq, &k0, &sk);
                 const int64_t nr = sq - i0 < bq ? sq - i0 : bq, nc = sk - j0 < nb ? sk - j0 : nb;
                 if (nr <= 0 || nc <= 0) continue;
-                int64_t any = 0;
-                for (int64_t r = 0; r < nr; r++) {
-                    mi[r] = i0 + r, hr[r] = h, mslope[r] = cf_attn_slope(c, b, h);
-                    cf_attn_key_range(c, i0 + r, sq, sk, &mlo[r], &mhi[r]);
-                    any |= mlo[r] < j0 + nc && mhi[r] > j0 && mlo[r] < mhi[r];
-                    lb[r] = cf_attn_lse_sub(c, b, h, i0 + r);
-                    dlr[r] = cf_attn_dl(c, dl, b, h, i0 + r);
-                }
-                if (!any || !rows_open(c, g->map, b, h, i0, nr, j0, nc, xkv, xkvp)) continue;
-                const int64_t hk = h / G;
-                /* a NaN or infinity in the rows: pair by pair (masked pairs get 0, see
-                 * cf_attn_bwd_exact_pairs) */
-                if (cf_attn_bwd_key_rows_bad(c, b, hk, 0, j0, nc, 0, 0, 0) ||
-                    cf_attn_bwd_query_rows_bad(c, b, h, i0, nr, dlr)) {
+                const int o = dbias_block(c, kk, g, &w, b, h, i0, nr, j0, nc, sq, sk, dl);
+                if (o == 0) continue;
+                if (o < 0) { /* a NaN or an infinity in the rows: pair by pair (masked pairs get
+                                0, see cf_attn_bwd_exact_pairs) */
                     for (int64_t r = 0; r < nr; r++) {
                         const float lse = cf_attn_lse_at(c, b, h, i0 + r);
-                        for (int64_t j = mlo[r] > j0 ? mlo[r] : j0;
-                             lse != -INFINITY && j < mhi[r] && j < j0 + nc; j++) {
+                        for (int64_t j = w.mlo[r] > j0 ? w.mlo[r] : j0;
+                             lse != -INFINITY && j < w.mhi[r] && j < j0 + nc; j++) {
                             float ds_s, ds;
-                            if (ref_pair_grad(c, b, h, i0 + r, 0, i0 + r, j, sq, sk, lse, dlr[r],
+                            if (ref_pair_grad(c, b, h, i0 + r, 0, i0 + r, j, sq, sk, lse, w.dlr[r],
                                               NULL, &ds_s, &ds))
                                 acc[r * nb + j - j0] += ds_s;
                         }
                     }
                     continue;
                 }
-                int64_t ldk, ldv, ldq, ldo;
-                const float* kr = rows_f32(kk, &c->k, b, j0, hk, nc, D, kc, &ldk);
-                const float* vr = rows_f32(kk, &c->v, b, j0, hk, nc, Dv, vc, &ldv);
-                const float* qr = rows_f32(kk, &c->q, b, i0, h, nr, D, qc, &ldq);
-                const float* dor = rows_f32(kk, &c->dout, b, i0, h, nr, Dv, doc, &ldo);
-                transpose(kt, kr, ldk, nc, D);
-                transpose(vt, vr, ldv, nc, Dv);
-                cf_attn_score_map mp = {nr, nc,  nc,  1, mi, mslope,
-                                        j0, mlo, mhi, b, hr, c->bs_num.data ? xkvp : NULL};
-                kk->gemm_f32(nr, nc, D, qr, ldq, 1, kt, nc, s, nc, 0);
-                cf_attn_scores(c, kk, &mp, s, NULL, sq, sk);
-                for (int64_t r = 0; r < nr; r++)
-                    kk->exp_row(s + r * nc, nc, lb[r]);
-                kk->gemm_f32(nr, nc, Dv, dor, ldo, 1, vt, nc, dp, nc, 0); /* dP = dO V^T */
-                if (c->dropout_p > 0.0f) cf_attn_dropout_apply(c, dp, &mp, hr, b, ks);
+                const int64_t x = (b - b0) * nh + h - h0;
+                const float* sr = ok && ok[x] ? st + x * 3 * bq : NULL;
                 for (int64_t r = 0; r < nr; r++) {
-                    kk->ds_row(dp + r * nc, s + r * nc, dp + r * nc, nc, dlr[r], 1.0f);
+                    float *p = w.s + r * nc, *dp = w.dp + r * nc;
+                    if (sr) {
+                        kk->exp_row(p, nc, sr[3 * r]);
+                        for (int64_t j = 0; j < nc; j++)
+                            p[j] *= sr[3 * r + 1];
+                    } else {
+                        kk->exp_row(p, nc, w.lb[r]);
+                    }
+                    kk->ds_row(dp, p, dp, nc, sr ? sr[3 * r + 2] : w.dlr[r], 1.0f);
                     for (int64_t j = 0; j < nc; j++)
-                        acc[r * nb + j] += dp[r * nc + j];
+                        acc[r * nb + j] += dp[j];
                 }
             }
         for (int64_t r = 0; r < bq; r++)
@@ -753,6 +861,8 @@ static void dbias_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const v
                              (size_t)cf_attn_at4(&c->dbias, bb, hh, i0 + r, j0) * es,
                          acc + r * nb, c->dbias.dtype, nb);
     }
+    free(st);
+    free(ok);
 }
 
 /* ---- Driver -----------------------------------------------------------------------------------
