@@ -16,6 +16,7 @@
 
 #include "core/quant.h"
 #include "cpu/ops_fast_common.h"
+#include "probe/cpu_features.h"
 
 /* Prefetch distance, in blocks of KV_KB keys. */
 #define KV_PF 2
@@ -508,6 +509,14 @@ static inline void kv_pf_rows(const void* const* rows, int64_t n, int64_t t0, in
     for (int64_t t = t0; t < t1 && t < n; t++)
         for (int64_t o = o0; o < o1; o += 64)
             __builtin_prefetch((const char*)rows[t] + o, 0, 2);
+}
+
+/* Whether the kernels that can prefetch a later block's rows inside their loops (kv_path.pf_inside)
+ * do: measured on Intel (Xeon 6/207, 2 threads: bf16 decode 1.25x, int8 1.08x; docs/PERF.md),
+ * where a burst of prefetches waits on the L1 miss buffers with a head's work queued behind it.
+ * Elsewhere the per-head prefetch below stays until measured there. */
+static inline int kv_pf_inside_cpu(void) {
+    return strcmp(cf_cpu()->vendor, "GenuineIntel") == 0;
 }
 
 /* The n rows (offsets pf, head hk0 + g) of view v that a later block reads: into L2 now, spread

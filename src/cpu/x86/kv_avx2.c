@@ -113,14 +113,16 @@ static inline __m128 kv2_sum4(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
 }
 
 /* s[r * KV_KB + t] = q_r . k_t for R rows and the nb key rows of dtype dt (codes: in
- * kv_code_unit's units): two keys by four rows per pass. */
-__attribute__((always_inline)) static inline void kv2_dots_body(const float* restrict q, int64_t R,
-                                                                int64_t D, const void* const* rows,
-                                                                int64_t nb, cf_dtype dt, int nan,
-                                                                float* restrict s) {
+ * kv_code_unit's units): two keys by four rows per pass. The npf rows pf (a later block's) go
+ * into L2 on the way, rows t and t + 1 with the pass over keys t and t + 1. */
+__attribute__((always_inline)) static inline void
+kv2_dots_body(const float* restrict q, int64_t R, int64_t D, const void* const* rows, int64_t nb,
+              cf_dtype dt, int nan, float* restrict s, const void* const* pf, int64_t npf) {
+    const int64_t bytes = D * (int64_t)cf_dtype_size(dt);
     int64_t t = 0;
     for (; t + 2 <= nb; t += 2) {
         const void *k0 = rows[t], *k1 = rows[t + 1];
+        kv_pf_rows(pf, npf, t, t + 2, 0, bytes);
         int64_t r = 0;
         for (; r + 4 <= R; r += 4) {
             const float* qr = q + r * D;
@@ -162,17 +164,20 @@ __attribute__((always_inline)) static inline void kv2_dots_body(const float* res
             _mm_storeu_ps(o, kv2_sum4(a, a, a, a));
             s[r * KV_KB + t] = o[0];
         }
+    kv_pf_rows(pf, npf, t & ~(int64_t)1, npf, 0, bytes); /* (the odd key's, and a longer block's) */
 }
 
 /* acc[r] += sum_t p[r * KV_KB + t] v_t for R rows and the nb value rows of dtype dt (p already
  * holds each key's factor): sixteen elements by four rows per pass, the accumulators in registers
- * over the block. */
-__attribute__((always_inline)) static inline void kv2_pv_body(float* restrict acc, int64_t R,
-                                                              int64_t Dv, const void* const* rows,
-                                                              int64_t nb, cf_dtype dt, int nan,
-                                                              const float* restrict p) {
+ * over the block. The npf rows pf go into L2 on the way, a line of row t where a pass over the
+ * elements starts one. */
+__attribute__((always_inline)) static inline void
+kv2_pv_body(float* restrict acc, int64_t R, int64_t Dv, const void* const* rows, int64_t nb,
+            cf_dtype dt, int nan, const float* restrict p, const void* const* pf, int64_t npf) {
+    const int64_t es = (int64_t)cf_dtype_size(dt);
     int64_t d = 0;
     for (; d + 16 <= Dv; d += 16) {
+        if ((d * es) % 64 == 0) kv_pf_rows(pf, npf, 0, npf, d * es, d * es + 64);
         int64_t r = 0;
         for (; r + 4 <= R; r += 4) {
             float* o = acc + r * Dv + d;
@@ -209,6 +214,7 @@ __attribute__((always_inline)) static inline void kv2_pv_body(float* restrict ac
             _mm256_storeu_ps(o, a), _mm256_storeu_ps(o + 8, b);
         }
     }
+    kv_pf_rows(pf, npf, 0, npf, d * es, Dv * es);
     for (; d < Dv; d += 8) { /* the last elements, eight or fewer at a time */
         const int64_t n = Dv - d < 8 ? Dv - d : 8;
         for (int64_t r = 0; r < R; r++) {
@@ -246,7 +252,7 @@ static void avx2_scores(const kv_head* h, const void* const* rows, int64_t nb, c
     const cf_dtype dt = kv_row_dtype(h->c);
     const int64_t R = h->R, D = h->c->a.D;
     const int nan = dt == CF_F8E4M3 && kv2_e4m3_nan(rows, nb, D);
-#define KV2_DOTS(T, N) kv2_dots_body(h->q, R, D, rows, nb, T, N, h->s)
+#define KV2_DOTS(T, N) kv2_dots_body(h->q, R, D, rows, nb, T, N, h->s, h->pf, h->npf)
     KV2_BY_DTYPE(dt, nan, KV2_DOTS)
 #undef KV2_DOTS
     if (f) kv_q_apply(h->s, R, f, kv_code_unit(dt));
@@ -257,7 +263,7 @@ static void avx2_pv(const kv_head* h, const void* const* rows, int64_t nb, const
     const int64_t R = h->R, Dv = h->c->a.Dv;
     if (f) kv_q_apply(h->s, R, f, kv_code_unit(dt));
     const int nan = dt == CF_F8E4M3 && kv2_e4m3_nan(rows, nb, Dv);
-#define KV2_PV(T, N) kv2_pv_body(h->acc, R, Dv, rows, nb, T, N, h->s)
+#define KV2_PV(T, N) kv2_pv_body(h->acc, R, Dv, rows, nb, T, N, h->s, h->pf, h->npf)
     KV2_BY_DTYPE(dt, nan, KV2_PV)
 #undef KV2_PV
 }
@@ -307,7 +313,10 @@ static void kv2_softmax16(float* s, int64_t n, float scale, float* m, float* l, 
 
 static void kv_choose_avx2(const cf_kvcache_call* c, int64_t R, kv_path* p) {
     (void)c, (void)R;
-    *p = (kv_path){.scores = avx2_scores, .pv = avx2_pv, .softmax16 = kv2_softmax16};
+    *p = (kv_path){.scores = avx2_scores,
+                   .pv = avx2_pv,
+                   .softmax16 = kv2_softmax16,
+                   .pf_inside = kv_pf_inside_cpu()};
 }
 
 int cf_ops_avx2_available(char* why, size_t n); /* src/cpu/x86/ops_avx2.c */

@@ -1523,15 +1523,6 @@ static void avx512_pv_qd(const kv_head* h, const void* const* rows, int64_t nb, 
     kv_pv(h->acc, h->R, Dv, dec, nb, CF_BF16, h->s);
 }
 
-/* Whether the FMA and integer kernels prefetch the rows of a later block inside their loops
- * (kv_head.pf), a row beside each row they work on, rather than kv_block_* before each head:
- * measured on Intel (Xeon 6/207, 2 threads: bf16 decode 1.25x, int8 1.08x; docs/PERF.md), where
- * a burst of prefetches waits on the L1 miss buffers with the head's work queued behind it.
- * Elsewhere the per-head prefetch stays until measured there. */
-static inline int kv_pf_inside_ok(void) {
-    return strcmp(cf_cpu()->vendor, "GenuineIntel") == 0;
-}
-
 /* The kernels for a call whose KV heads have R query rows in an item, fastest first. */
 static void kv_choose_avx512(const cf_kvcache_call* c, int64_t R, kv_path* p) {
     const cf_attn_call* a = &c->a;
@@ -1543,21 +1534,21 @@ static void kv_choose_avx512(const cf_kvcache_call* c, int64_t R, kv_path* p) {
         if (kv_pv_dp_ok(a->dtype, R, a->Dv))
             p->pv = avx512_pv_dp, p->acc_index = kv_acc_index_dp, p->finish = kv_pv_unpermute;
         if (kv_fma_elem_ok(c, R))
-            p->scores = avx512_scores_fe, p->pv = avx512_pv_fe, p->pf_inside = kv_pf_inside_ok();
+            p->scores = avx512_scores_fe, p->pv = avx512_pv_fe, p->pf_inside = kv_pf_inside_cpu();
         if (kv_bff_ok(c, R))
             p->prep = avx512_bff_prep, p->scores = avx512_scores_bff, p->pv = avx512_pv_bff,
             p->acc_index = kv_acc_index_dp, p->finish = kv_pv_unpermute,
-            p->pf_inside = kv_pf_inside_ok();
+            p->pf_inside = kv_pf_inside_cpu();
     } else if (kv_i8_ok(c, R)) {
         p->prep = avx512_i8_prep, p->scores = avx512_scores_i8, p->pv = avx512_pv_i8;
         p->acc_index = kv_acc_index_i8, p->finish = kv_i8_unpermute,
-        p->pf_inside = kv_pf_inside_ok();
+        p->pf_inside = kv_pf_inside_cpu();
     } else if (kv_fma_elem_ok(c, R)) {
-        p->scores = avx512_scores_fe, p->pv = avx512_pv_fe, p->pf_inside = kv_pf_inside_ok();
+        p->scores = avx512_scores_fe, p->pv = avx512_pv_fe, p->pf_inside = kv_pf_inside_cpu();
     } else if (kv_f8_ok(c, R)) {
         p->prep = avx512_f8_prep, p->scores = avx512_scores_f8, p->pv = avx512_pv_f8;
         p->acc_index = kv_acc_index_f8, p->finish = kv_f8_unpermute,
-        p->pf_inside = kv_pf_inside_ok();
+        p->pf_inside = kv_pf_inside_cpu();
     } else if (kv_q_bf16_ok(a->dtype, a->D, a->Dv) && kv_q_fused_ok(R)) {
         p->prep = avx512_q_prep, p->scores = avx512_scores_q, p->pv = avx512_pv_q;
         p->acc_index = kv_acc_index_q, p->finish = kv_q_unpermute;
