@@ -107,8 +107,9 @@ typedef struct kv_path {
      * rows (R of Dv) back in element order at the end of an item. */
     int64_t (*acc_index)(int64_t d);
     void (*finish)(float* acc, int64_t R, int64_t Dv);
-    /* Whether scores and pv prefetch the rows kv_head.pf names, spread through their own work
-     * (else the rows are prefetched before each head's kernel). */
+    /* Whether scores and pv can prefetch the rows kv_head.pf names, spread through their own
+     * work; kv_run_item keeps it where kv_pf_inside_cpu says so (else the rows are prefetched
+     * before each head's kernel and kv_head.pf stays NULL). */
     int pf_inside;
 } kv_path;
 
@@ -525,8 +526,7 @@ static inline int kv_pf_inside_cpu(void) {
  * a row beside each row it works on (finer still: the miss buffers drain while it computes). */
 static void kv_prefetch(const cf_view* v, const int64_t* pf, int64_t n, int64_t g, int64_t bytes,
                         int64_t es, const kv_path* path, kv_head* h, const void** rows) {
-    for (int64_t t = 0; t < n; t++)
-        rows[t] = (const char*)v->data + (pf[t] + g * v->stride[2]) * es;
+    kv_head_rows(v, pf, n, g, es, rows);
     if (path->pf_inside)
         h->pf = rows, h->npf = n;
     else
@@ -800,6 +800,7 @@ static void kv_run_item(const cf_kvcache_call* c, kv_scratch* w, const kv_work* 
     if (it.nq <= 0) return;
     it.Rg = G * it.nq, it.R = it.nh * it.Rg;
     choose(c, it.Rg, &it.path);
+    it.path.pf_inside = it.path.pf_inside && kv_pf_inside_cpu();
     int64_t L, P, sk;
     cf_kv_seq(c, it.b, &L, &P, &sk);
     kv_item(c, w, &it, sk * s / k->ns, sk * (s + 1) / k->ns);
