@@ -797,12 +797,12 @@ static void dbias_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const v
     const size_t es = cf_dtype_size(c->dbias.dtype);
     /* pass 1: (m, 1 / l, sum P dP) of every row of every (b, h) (NULL, a row's flag 0: the
      * forward's lse and dl) */
-    int64_t nst = 0;
+    int64_t nbh = 0, nst = 0;
     float* st = NULL;
     char* ok = NULL;
-    if (!cf_mul_i64((b1 - b0) * nh, 3 * bq, &nst)) {
+    if (!cf_mul_i64(b1 - b0, nh, &nbh) && !cf_mul_i64(nbh, 3 * bq, &nst)) {
         st = malloc(sizeof(float) * (size_t)nst);
-        ok = calloc((size_t)((b1 - b0) * nh), 1);
+        ok = calloc((size_t)nbh, 1);
     }
     for (int64_t b = b0; st && ok && b < b1; b++)
         for (int64_t h = h0; h < h1; h++) {
