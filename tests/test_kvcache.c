@@ -176,8 +176,9 @@ static double sink_of(const kprob* p, int64_t h) {
     return p->c.x.sinks ? tt_get(&p->sinks, i1) : -INFINITY;
 }
 
-/* out (B, Sq, H, Dv) and lse (B, H, Sq) row-major; naive = fp32 scores and P rounded to dtype;
- * sf: a factor on the softmax scale (1: the call's). */
+/* out (B, Sq, H, Dv) and lse (B, H, Sq) row-major; naive = fp32 scores and P rounded to dtype
+ * (1: each dot product summed from d = 0 up, 2: from D - 1 down); sf: a factor on the softmax
+ * scale (1: the call's). */
 static void oracle(const kprob* p, int naive, double sf, double* out, double* lse) {
     const kcase* c = &p->c;
     const double scale = sf / sqrt((double)c->D);
@@ -211,8 +212,10 @@ static void oracle(const kprob* p, int naive, double sf, double* out, double* ls
                     double dot = 0;
                     if (naive) { /* in fp32, as a same-precision computation sums it */
                         float fd = 0.0f;
-                        for (int64_t d = 0; d < c->D; d++)
+                        for (int64_t e = 0; e < c->D; e++) {
+                            const int64_t d = naive == 2 ? c->D - 1 - e : e;
                             fd += (float)q[d] * (float)kr[d];
+                        }
                         dot = fd;
                     } else
                         for (int64_t d = 0; d < c->D; d++)
@@ -584,15 +587,24 @@ static int64_t check_caches(const kprob* p) {
     return bad;
 }
 
-/* The fp64 results, the naive ones and the error rule's bounds for out (bo) and lse (bl). */
+/* The fp64 results, the naive ones and the error rule's bounds for out (bo) and lse (bl). The
+ * naive error is the larger of two summation orders': with fp8 e5m2 codes up to 57344 times the
+ * descale, a score's fp32 rounding error is most of out's, and one order's error alone is a draw
+ * that can land far below its typical size on the row that matters (fp32 q, 10 grids of seeds:
+ * the kernels' error up to 1.18 of the bound with one order, 0.44 with the larger of two; row by
+ * row the kernels were 10-20x one order's error, about the other's). */
 static void oracle_bounds(const kprob* p, double* ro, double* rl, double* no_, double* nl_,
                           double* bo, double* bl) {
     const int64_t no = p->total_q * p->c.H * p->c.Dv, nl = p->total_q * p->c.H;
     oracle(p, 0, 1.0, ro, rl);
-    oracle(p, 1, 1.0, no_, nl_);
-    *bo = ops_bound(p->c.dtype, 2.0, ops_max_err_arr(no_, ro, no), ops_max_abs(ro, no));
-    *bl = ops_bound(CF_F32, 2.0, ops_max_err_arr(nl_, rl, nl), ops_max_abs(rl, nl)) +
-          2 * tt_unit_roundoff(p->c.dtype);
+    double eo = 0.0, el = 0.0;
+    for (int order = 1; order <= 2; order++) {
+        oracle(p, order, 1.0, no_, nl_);
+        const double e1 = ops_max_err_arr(no_, ro, no), e2 = ops_max_err_arr(nl_, rl, nl);
+        eo = e1 > eo ? e1 : eo, el = e2 > el ? e2 : el;
+    }
+    *bo = ops_bound(p->c.dtype, 2.0, eo, ops_max_abs(ro, no));
+    *bl = ops_bound(CF_F32, 2.0, el, ops_max_abs(rl, nl)) + 2 * tt_unit_roundoff(p->c.dtype);
 }
 
 /* d out / d (the scores' scale) at the fp64 result ro (by a difference), for check_systematic;
@@ -672,7 +684,8 @@ static void run_case(const kcase* c) {
     params(&p, &ap, &kp);
     uint64_t qh = tt_hash(&p.q);
     double* dir = NULL; /* score_dir's, once per case */
-    int dir_done = 0;
+    int dir_done = 0, codes_seen = 0;
+    uint64_t codes_hash = 0;
     for (const char* const* be = ops_backends; *be; be++) {
         if (!tt_backend_selected(*be)) continue;
         memcpy(p.kc.base, p.kc0.base, p.kc.bytes);
@@ -686,8 +699,14 @@ static void run_case(const kcase* c) {
         cflash_context_free(ctx);
         if (ops_backend_skips(*be, "kvcache_fwd", s)) continue;
         CHECK_MSG(s == CFLASH_OK, "%s on %s: %s", desc, *be, cflash_last_error());
-        /* a quantized cache: the oracle reads the codes the call stored (checked below) */
-        if (c->x.quant) oracle_bounds(&p, ro, rl, no_, nl_, &bo, &bl);
+        /* a quantized cache: the oracle reads the codes the call stored (checked below; the
+         * bounds of the last backend's codes serve while the codes are the same) */
+        if (c->x.quant) {
+            const uint64_t ch = tt_hash(&p.kc) ^ 3 * tt_hash(&p.vc) ^
+                                (p.ks.base ? 5 * tt_hash(&p.ks) ^ 7 * tt_hash(&p.vs) : 0);
+            if (!codes_seen || ch != codes_hash) oracle_bounds(&p, ro, rl, no_, nl_, &bo, &bl);
+            codes_seen = 1, codes_hash = ch;
+        }
         int64_t nan = 0, nan2 = 0;
         double eo = ops_max_err(&p.out, ro, &nan), el = c->lse ? ops_max_err(&p.lse, rl, &nan2) : 0;
         CHECK_MSG(eo <= bo && nan == 0 && tt_padding_intact(&p.out),
@@ -705,6 +724,34 @@ static void run_case(const kcase* c) {
     }
     free(ro), free(rl), free(no_), free(nl_), free(dir);
     release(&p);
+}
+
+/* Case i of the fp8 (i8 0) or int8 (i8 1) caches with fp32 and fp16 q (cpu-avx512: the
+ * fp32-FMA kernels, rows in fours, D and Dv in 64s; int8 with fp16 q: the integer kernels as for
+ * bf16, D in 32s too); keys not in fours, blocks seen in part, a softcap. */
+static kcase wide_q_case(int i, int i8, uint64_t seed) {
+    kcase v = {0};
+    v.dtype = i % 2 ? CF_F16 : CF_F32;
+    v.x.quant = i8 ? CFLASH_KV_QUANT_INT8 : CFLASH_KV_QUANT_FP8_E4M3 + (i / 2) % 2;
+    v.x.descale = i8 ? 0 : 1 + i % 3;
+    v.H = i % 4 < 2 ? 8 : 16, v.Hk = i == 11 ? 1 : 2;
+    v.B = 1 + i % 2;
+    v.Sq = (int64_t[]){1, 1, 2}[i % 3];
+    v.Sn = i % 4 == 3 ? 0 : v.Sq;
+    v.D = i < 4 ? 128 : i < 8 ? 64 : (int64_t[]){128, 64, 128, 96}[i % 4];
+    v.Dv = i == 5 || i == 9 ? 128 : i == 11 ? 64 : v.D;
+    v.Lmax = i8 ? (int64_t[]){300, 150, 61, 99}[i % 4] : (int64_t[]){150, 61, 99}[i % 3];
+    v.page = (int64_t[]){0, 16, 0, 5}[i % 4];
+    v.causal = i % 3 != 1;
+    v.wl = i == 6 ? 30 : -1;
+    v.wr = -1;
+    v.half = i == 2 || i == 11 ? v.D / 2 : 0;
+    v.softcap = i == 7 || i == 10 ? 2.0f : 0.0f;
+    v.num_splits = (int[]){0, 1, 3}[i % 3];
+    v.lse = 1;
+    v.layout = (tt_layout)(i % 2);
+    v.seed = seed;
+    return v;
 }
 
 static void test_grid(void) {
@@ -859,32 +906,20 @@ static void test_grid(void) {
         run_case(&v);
         nqz++;
     }
-    /* fp8 caches with fp32 and fp16 q, then int8 caches with them (cpu-avx512: the fp32-FMA
-     * kernels, rows in fours, D and Dv in 64s; int8 with fp16 q: the integer kernels as for bf16,
-     * D in 32s too); keys not in fours, blocks seen in part, a softcap */
+    /* fp8 caches with fp32 and fp16 q, then int8 caches with them (wide_q_case) */
     for (int i = 0; i < (emulated ? 6 : 12); i++) {
-        const int i8 = i >= (emulated ? 4 : 8); /* the int8 cases */
-        kcase v = {0};
-        v.dtype = i % 2 ? CF_F16 : CF_F32;
-        v.x.quant = i8 ? CFLASH_KV_QUANT_INT8 : CFLASH_KV_QUANT_FP8_E4M3 + (i / 2) % 2;
-        v.x.descale = i8 ? 0 : 1 + i % 3;
-        v.H = i % 4 < 2 ? 8 : 16, v.Hk = i == 11 ? 1 : 2;
-        v.B = 1 + i % 2;
-        v.Sq = (int64_t[]){1, 1, 2}[i % 3];
-        v.Sn = i % 4 == 3 ? 0 : v.Sq;
-        v.D = i < 4 ? 128 : i < 8 ? 64 : (int64_t[]){128, 64, 128, 96}[i % 4];
-        v.Dv = i == 5 || i == 9 ? 128 : i == 11 ? 64 : v.D;
-        v.Lmax = i8 ? (int64_t[]){300, 150, 61, 99}[i % 4] : (int64_t[]){150, 61, 99}[i % 3];
-        v.page = (int64_t[]){0, 16, 0, 5}[i % 4];
-        v.causal = i % 3 != 1;
-        v.wl = i == 6 ? 30 : -1;
-        v.wr = -1;
-        v.half = i == 2 || i == 11 ? v.D / 2 : 0;
-        v.softcap = i == 7 || i == 10 ? 2.0f : 0.0f;
-        v.num_splits = (int[]){0, 1, 3}[i % 3];
-        v.lse = 1;
-        v.layout = (tt_layout)(i % 2);
-        v.seed = 890 + (uint64_t)i + tt_seed_base();
+        kcase v = wide_q_case(i, i >= (emulated ? 4 : 8), 890 + (uint64_t)i + tt_seed_base());
+        run_case(&v);
+        nqz++;
+    }
+    /* seeds of those cases where one summation order of the naive computation gave the rule a
+     * bound below the kernels' error (fp32 q, e5m2: oracle_bounds) */
+    const struct {
+        int i;
+        uint64_t seed;
+    } pinned[] = {{6, 4229}, {2, 5336}};
+    for (size_t n = 0; n < sizeof pinned / sizeof pinned[0]; n++) {
+        kcase v = wide_q_case(pinned[n].i, 0, pinned[n].seed);
         run_case(&v);
         nqz++;
     }
