@@ -9,12 +9,11 @@
  *   cc -O2 bench/kv_ab.c -Iinclude -ldl -o /tmp/kv_ab
  *   Q=3 T=2 SK=131072 R=15 /tmp/kv_ab DIR_A DIR_B ...   (DIR/libcflash.so.1 each: a copy)
  * Env: Q (0), T threads (1), SK (512), R calls per build (200), F (0: bf16 q; 1: fp16). */
+#include "ab_util.h"
 #include <cflash.h>
-#include <dlfcn.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <time.h>
 
 typedef cflash_status (*fwd_fn)(cflash_context*, const cflash_attn_params*,
                                 const cflash_kvcache_params*, const DLTensor*, const DLTensor*,
@@ -25,18 +24,6 @@ typedef struct {
     double* t;
 } build;
 
-static double now(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-static int cmp(const void* a, const void* b) {
-    const double x = *(const double*)a, y = *(const double*)b;
-    return x < y ? -1 : x > y;
-}
-static long env(const char* k, long d) {
-    return getenv(k) ? atol(getenv(k)) : d;
-}
 static uint64_t rng = 88172645463325252ull;
 static unsigned rnd(void) {
     rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
@@ -44,26 +31,20 @@ static unsigned rnd(void) {
 }
 
 int main(int argc, char** argv) {
-    const int quant = (int)env("Q", 0), thr = (int)env("T", 1), reps = (int)env("R", 200),
-              f16 = (int)env("F", 0);
-    const int64_t Sk = env("SK", 512), B = 1, H = 32, Hk = 8, D = 128;
+    const int quant = (int)ab_env("Q", 0), thr = (int)ab_env("T", 1), reps = (int)ab_env("R", 200),
+              f16 = (int)ab_env("F", 0);
+    const int64_t Sk = ab_env("SK", 512), B = 1, H = 32, Hk = 8, D = 128;
     const int nb = argc - 1;
     if (nb < 1) return fprintf(stderr, "usage: kv_ab DIR...\n"), 2;
     build* L = calloc((size_t)nb, sizeof *L);
     void (*api)(cflash_attn_params*) = NULL;
     void (*kpi)(cflash_kvcache_params*) = NULL;
     for (int i = 0; i < nb; i++) {
-        char p[1024];
-        snprintf(p, sizeof p, "%s/libcflash.so.1", argv[i + 1]);
-        void* h = dlopen(p, RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND);
-        if (!h) return fprintf(stderr, "%s\n", dlerror()), 1;
-        cflash_status (*create)(cflash_context**) = (void*)dlsym(h, "cflash_context_create");
-        cflash_status (*threads)(cflash_context*, int) =
-            (void*)dlsym(h, "cflash_context_set_threads");
+        void* h = ab_open(argv[i + 1], thr, &L[i].ctx);
+        if (!h) return 1;
         L[i].fwd = (fwd_fn)dlsym(h, "cflash_attn_kvcache_fwd");
         L[i].t = malloc(sizeof(double) * (size_t)reps);
-        if (!create || !threads || !L[i].fwd || create(&L[i].ctx) || threads(L[i].ctx, thr))
-            return fprintf(stderr, "%s: not a usable libcflash\n", p), 1;
+        if (!L[i].fwd) return fprintf(stderr, "%s: not a usable libcflash\n", argv[i + 1]), 1;
         if (!api) api = (void*)dlsym(h, "cflash_attn_params_init");
         if (!kpi) kpi = (void*)dlsym(h, "cflash_kvcache_params_init");
     }
@@ -105,13 +86,13 @@ int main(int argc, char** argv) {
     if (quant == 3) kp.k_scales = &tks, kp.v_scales = &tvs;
     for (int r = -3; r < reps; r++)
         for (int i = 0; i < nb; i++) {
-            const double a = now();
+            const double a = ab_now();
             if (L[i].fwd(L[i].ctx, &p, &kp, &tq, &tk, &tv, &to, NULL))
                 return fprintf(stderr, "%s: the call failed\n", argv[i + 1]), 1;
-            if (r >= 0) L[i].t[r] = now() - a;
+            if (r >= 0) L[i].t[r] = ab_now() - a;
         }
     for (int i = 0; i < nb; i++) {
-        qsort(L[i].t, (size_t)reps, sizeof(double), cmp);
+        qsort(L[i].t, (size_t)reps, sizeof(double), ab_cmp);
         printf("%-24s %s Q%d T%d Sk %lld: p10 %.4f median %.4f ms\n", argv[i + 1],
                f16 ? "fp16" : "bf16", quant, thr, (long long)Sk, L[i].t[reps / 10] * 1e3,
                L[i].t[reps / 2] * 1e3);
