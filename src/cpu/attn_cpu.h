@@ -20,6 +20,14 @@
  * and backward recompute scores with the same chunks, so they round them alike. */
 #define CF_ATTN_GEMM_KC 64
 
+/* fp32 rows that a GEMM reads as its B operand (one row per step of the sum) are copied
+ * contiguous when the GEMM has at least this many rows of A: it reads B once per 6 rows of A, and
+ * rows read in place a multiple of 4 KB apart (H * D floats: 8 KB at H16 D128) share their L1
+ * sets, so they evict one another between those reads. Copied, B1 H16 D128 fp32 ran 1.17-1.18x
+ * forward (V) and 1.22x backward (Q, dO, K) on a Xeon 6/207 (docs/PERF.md); with fewer rows of A
+ * the copy did not pay (Sq 16: the backward 0.95x with every block copied). */
+#define CF_ATTN_PACK_ROWS 64
+
 /* The microkernels of one ISA. Matrices are fp32 unless stated; ld* are in elements. */
 typedef struct cf_attn_kernels {
     const char* name; /* the backend name, for messages */

@@ -94,9 +94,6 @@ typedef struct fwd_geom {
     const cf_attn_mask_map* map; /* issue 13: attn_mask / attn_bias summarised (may be NULL) */
 } fwd_geom;
 
-/* Tiles of at least this many rows read fp32 V from a contiguous copy of each block. */
-#define FWD_PACK_V 64
-
 static void fwd_layout(const cf_attn_call* c, const cf_attn_kernels* k, fwd_geom* g) {
     memset(g, 0, sizeof *g);
     const cf_attn_blocks bl = cf_attn_cpu_blocks();
@@ -118,13 +115,10 @@ static void fwd_layout(const cf_attn_call* c, const cf_attn_kernels* k, fwd_geom
     } else {
         g->k_direct = c->dtype == CF_F32;
     }
-    /* pairs: V is always re-laid as row pairs. fp32 V is read in place by tiles of fewer than
-     * FWD_PACK_V rows only: the GEMM reads each V row of a block once per 6 rows of P, and rows a
-     * multiple of 4 KB apart (H * Dv floats: 8 KB at H16 Dv128) share their L1 sets, so the
-     * block's rows evict one another between those reads. Copied contiguous, B1 H16 D128 fp32
-     * ran 1.13-1.16x (S 1024, 4096) on a Xeon 6/207, 2 threads; tiles of <= 32 rows unchanged.
-     * (Paged: the rows are gathered contiguous already.) */
-    g->v_direct = !g->bf16 && c->dtype == CF_F32 && (g->M < FWD_PACK_V || c->block_table);
+    /* pairs: V is always re-laid as row pairs; fp32 V is read in place by tiles of fewer than
+     * CF_ATTN_PACK_ROWS rows (V is the P V GEMM's B), and by paged calls (rows gathered
+     * contiguous already) */
+    g->v_direct = !g->bf16 && c->dtype == CF_F32 && (g->M < CF_ATTN_PACK_ROWS || c->block_table);
     const int64_t BK = g->bk, M = g->M;
     size_t off = 0;
     g->off_qt = off; /* fp32: Q^T [D][M]; bf16: pairs [Dp2][M] */

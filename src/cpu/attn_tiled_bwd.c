@@ -29,10 +29,11 @@ static size_t align64(size_t n) {
 }
 
 /* n rows of d elements (dtype dt, first row p, row stride rs elements) as fp32: in place for
- * fp32 (ld = rs), else converted into buf (ld = d). */
+ * fp32 (ld = rs) unless copy is set (a GEMM's B operand with CF_ATTN_PACK_ROWS rows of A or more),
+ * else converted or copied into buf (ld = d). */
 static const float* rows_f32_at(const cf_attn_kernels* kk, const char* p, int64_t rs, cf_dtype dt,
-                                int64_t n, int64_t d, float* buf, int64_t* ld) {
-    if (dt == CF_F32) {
+                                int64_t n, int64_t d, float* buf, int64_t* ld, int copy) {
+    if (dt == CF_F32 && !copy) {
         *ld = rs;
         return (const float*)p;
     }
@@ -45,8 +46,8 @@ static const float* rows_f32_at(const cf_attn_kernels* kk, const char* p, int64_
 
 /* Rows [s0, s0 + n) of view v (batch b, head h) as fp32 (see rows_f32_at). */
 static const float* rows_f32(const cf_attn_kernels* kk, const cf_view* v, int64_t b, int64_t s0,
-                             int64_t h, int64_t n, int64_t d, float* buf, int64_t* ld) {
-    return rows_f32_at(kk, row_ptr(v, b, s0, h), v->stride[1], v->dtype, n, d, buf, ld);
+                             int64_t h, int64_t n, int64_t d, float* buf, int64_t* ld, int copy) {
+    return rows_f32_at(kk, row_ptr(v, b, s0, h), v->stride[1], v->dtype, n, d, buf, ld, copy);
 }
 
 /* dst[c * n + r] = src[r * lds + c] for r < n, c < d. */
@@ -442,9 +443,11 @@ static void dkdv_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const bw
             pairs_col(vtv, nb, j, (const uint16_t*)(vb + j * vrs * es), Dv);
         }
     } else {
-        kr = rows_f32_at(kk, kb, krs, c->dtype, nb, D, kc, &ldk);
+        /* (K: dQ's B, with up to BQ rows of dS; V: transposed only) */
+        const int64_t rq = sq < BQ ? sq : BQ;
+        kr = rows_f32_at(kk, kb, krs, c->dtype, nb, D, kc, &ldk, dqacc && rq >= CF_ATTN_PACK_ROWS);
         int64_t ldv;
-        const float* vr = rows_f32_at(kk, vb, vrs, c->dtype, nb, Dv, vc, &ldv);
+        const float* vr = rows_f32_at(kk, vb, vrs, c->dtype, nb, Dv, vc, &ldv, 0);
         transpose(kt, kr, ldk, nb, D);
         transpose(vt, vr, ldv, nb, Dv);
     }
@@ -468,8 +471,10 @@ static void dkdv_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const bw
                 qpa = rows_pairs(&c->q, b, q0 + i0, h, bq, D, qa, &ldqa);
                 dopa = rows_pairs(&c->dout, b, q0 + i0, h, bq, Dv, doa, &ldoa);
             } else {
-                qr = rows_f32(kk, &c->q, b, q0 + i0, h, bq, D, qc, &ldq);
-                dor = rows_f32(kk, &c->dout, b, q0 + i0, h, bq, Dv, doc, &ldo);
+                /* (Q, dO: the B of dK, dV, with nb rows of dS^T, P^T) */
+                const int copy = nb >= CF_ATTN_PACK_ROWS;
+                qr = rows_f32(kk, &c->q, b, q0 + i0, h, bq, D, qc, &ldq, copy);
+                dor = rows_f32(kk, &c->dout, b, q0 + i0, h, bq, Dv, doc, &ldo, copy);
             }
             for (int64_t r = 0; r < bq; r++) {
                 mi[r] = i0 + r;
@@ -634,8 +639,9 @@ static void dq_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const bwd_
             kpa = rows_pairs_at((const uint16_t*)kb, krs, nb, D, kab, &ldka);
             vpa = rows_pairs_at((const uint16_t*)vb, vrs, nb, Dv, vab, &ldva);
         } else {
-            kr = rows_f32_at(kk, kb, krs, c->dtype, nb, D, kc, &ldk);
-            vr = rows_f32_at(kk, vb, vrs, c->dtype, nb, Dv, vc, &ldv);
+            /* (K: dQ's B, with Mt rows of dS; V: an A only) */
+            kr = rows_f32_at(kk, kb, krs, c->dtype, nb, D, kc, &ldk, Mt >= CF_ATTN_PACK_ROWS);
+            vr = rows_f32_at(kk, vb, vrs, c->dtype, nb, Dv, vc, &ldv, 0);
         }
         cf_attn_score_map mp = {Mt, nb,  1,   Mt, mi,    mslope,
                                 j0, mlo, mhi, b,  heads, c->bs_num.data ? xkvp : NULL};
@@ -702,10 +708,10 @@ static int dbias_block(const cf_attn_call* c, const cf_attn_kernels* kk, const b
         cf_attn_bwd_query_rows_bad(c, b, h, i0, nr, w->dlr))
         return -1;
     int64_t ldk, ldv, ldq, ldo;
-    const float* kr = rows_f32(kk, &c->k, b, j0, hk, nc, D, w->kc, &ldk);
-    const float* vr = rows_f32(kk, &c->v, b, j0, hk, nc, Dv, w->vc, &ldv);
-    const float* qr = rows_f32(kk, &c->q, b, i0, h, nr, D, w->qc, &ldq);
-    const float* dor = rows_f32(kk, &c->dout, b, i0, h, nr, Dv, w->doc, &ldo);
+    const float* kr = rows_f32(kk, &c->k, b, j0, hk, nc, D, w->kc, &ldk, 0);
+    const float* vr = rows_f32(kk, &c->v, b, j0, hk, nc, Dv, w->vc, &ldv, 0);
+    const float* qr = rows_f32(kk, &c->q, b, i0, h, nr, D, w->qc, &ldq, 0);
+    const float* dor = rows_f32(kk, &c->dout, b, i0, h, nr, Dv, w->doc, &ldo, 0);
     transpose(w->kt, kr, ldk, nc, D);
     transpose(w->vt, vr, ldv, nc, Dv);
     cf_attn_score_map mp = {nr, nc,     nc,     1, w->mi, w->mslope,
