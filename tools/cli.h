@@ -40,6 +40,11 @@ const char* cf_problem_usage(void);
 /* ---- Device memory for the tool (tools/device_mem.c): kDLCPU is malloc, kDLCUDA the driver. ----
  */
 void* cf_tool_alloc(int device, size_t bytes, char* err, size_t err_len);
+/* The element count (*n) and bytes (*bytes, es per element) of a tensor of this shape; -1 with
+ * "a tensor of shape (...) is too large" in err when either overflows (shapes come from int64
+ * flags). */
+int cf_tool_shape_bytes(int ndim, const int64_t* shape, size_t es, int64_t* n, size_t* bytes,
+                        char* err, size_t err_len);
 void cf_tool_free(int device, void* p);
 /* to_device = 1: host src -> device dst; 0: device src -> host dst. Returns 0 or -1 (err set). */
 int cf_tool_copy(int device, void* dst, const void* src, size_t bytes, int to_device, char* err,

@@ -115,18 +115,9 @@ static void dl_init(DLTensor* t, void* data, int device, cflash_dtype dt, int nd
 /* Allocates a tensor on the device filled with uniform random values in [-1, 1). */
 static void* make(bench_tensors* bt, int slot, DLTensor* t, cflash_dtype dt, int ndim,
                   int64_t* shape, uint64_t seed, char* err, size_t len) {
-    int64_t n = 1;
-    int big = 0; /* (flags are int64s: their product, and its bytes, checked) */
-    for (int i = 0; i < ndim; i++)
-        big |= __builtin_mul_overflow(n, shape[i], &n);
-    size_t es = cflash_dtype_size(dt), bytes = 0;
-    if (big || n < 0 || __builtin_mul_overflow((size_t)n, es, &bytes)) {
-        int k = snprintf(err, len, "a tensor of shape (%lld", (long long)shape[0]);
-        for (int i = 1; i < ndim && k >= 0 && (size_t)k < len; i++)
-            k += snprintf(err + k, len - (size_t)k, ", %lld", (long long)shape[i]);
-        if (k >= 0 && (size_t)k < len) snprintf(err + k, len - (size_t)k, ") is too large");
-        return NULL;
-    }
+    int64_t n;
+    size_t bytes;
+    if (cf_tool_shape_bytes(ndim, shape, cflash_dtype_size(dt), &n, &bytes, err, len)) return NULL;
     void* host = malloc(bytes ? bytes : 1);
     void* dev = cf_tool_alloc(bt->device, bytes ? bytes : 1, err, len);
     if (!host || !dev) {

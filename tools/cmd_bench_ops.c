@@ -141,17 +141,13 @@ typedef struct tens {
 /* Allocates and fills with values in [-1, 1) from a cheap hash, in parallel (GBs of inputs). */
 static int tens_new(tens* t, cflash_dtype dt, int ndim, const int64_t* shape, uint64_t seed) {
     memset(t, 0, sizeof *t);
-    int64_t n = 1;
-    size_t es = cflash_dtype_size(dt), bytes = 0;
-    int big = 0; /* (flags are int64s: their product, and its bytes, checked) */
     for (int i = 0; i < ndim; i++)
-        t->shape[i] = shape[i], big |= __builtin_mul_overflow(n, shape[i], &n);
-    big |= n < 0 || __builtin_mul_overflow((size_t)n, es, &bytes);
-    if (big) {
-        fprintf(stderr, "cflash bench: a tensor of shape (%lld", (long long)shape[0]);
-        for (int i = 1; i < ndim; i++)
-            fprintf(stderr, ", %lld", (long long)shape[i]);
-        fprintf(stderr, ") is too large\n");
+        t->shape[i] = shape[i];
+    int64_t n;
+    size_t bytes;
+    char err[256];
+    if (cf_tool_shape_bytes(ndim, shape, cflash_dtype_size(dt), &n, &bytes, err, sizeof err)) {
+        fprintf(stderr, "cflash bench: %s\n", err);
         return -1;
     }
     void* p = malloc(bytes ? bytes : 1);

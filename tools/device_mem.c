@@ -33,6 +33,20 @@ void* cf_tool_alloc(int device, size_t bytes, char* err, size_t err_len) {
     return NULL;
 }
 
+int cf_tool_shape_bytes(int ndim, const int64_t* shape, size_t es, int64_t* n, size_t* bytes,
+                        char* err, size_t err_len) {
+    int big = 0;
+    *n = 1, *bytes = 0;
+    for (int i = 0; i < ndim; i++)
+        big |= __builtin_mul_overflow(*n, shape[i], n);
+    if (!big && *n >= 0 && !__builtin_mul_overflow((size_t)*n, es, bytes)) return 0;
+    int k = snprintf(err, err_len, "a tensor of shape (%lld", ndim ? (long long)shape[0] : 0LL);
+    for (int i = 1; i < ndim && k >= 0 && (size_t)k < err_len; i++)
+        k += snprintf(err + k, err_len - (size_t)k, ", %lld", (long long)shape[i]);
+    if (k >= 0 && (size_t)k < err_len) snprintf(err + k, err_len - (size_t)k, ") is too large");
+    return -1;
+}
+
 void cf_tool_free(int device, void* p) {
     if (!p) return;
     if (device == kDLCPU) {
