@@ -124,6 +124,38 @@ static void run(const char* backend, int kind, cflash_dtype dt) {
     attn_problem_free(p);
 }
 
+/* dbias of a (1, 1, Sq, Sk) bias summed over more (b, h) than a dbias task keeps the scores and
+ * dP of (CF_ATTN_DBIAS_CACHE_BYTES): the first are kept from pass 1, the others computed again in
+ * pass 2, in one call. */
+static void run_dbias_many(const char* backend, cflash_dtype dt) {
+    attn_case c;
+    attn_case_init(&c);
+    c.B = 2, c.H = 12, c.Hk = 4, c.Sq = 128, c.Sk = 700, c.D = c.Dv = 8, c.dtype = dt;
+    c.bias = ATTN_BC_11, c.dbias = 1, c.bias_f32 = 1;
+    c.seed = 790 + (uint64_t)dt + tt_seed_base() * 1000003u;
+    const cf_attn_blocks bl = cf_attn_cpu_blocks();
+    const int64_t bq = c.Sq < bl.bwd_q ? c.Sq : bl.bwd_q, nblk = (c.Sk + bl.bwd_k - 1) / bl.bwd_k;
+    const int64_t fit =
+        (int64_t)(CF_ATTN_DBIAS_CACHE_BYTES /
+                  (sizeof(float) * 2 * (size_t)(nblk * bq * bl.bwd_k) + (size_t)nblk + 1));
+    CHECK_MSG(fit > 0 && fit < c.B * c.H, "the case keeps %lld of %lld (b, h): not some of them",
+              (long long)fit, (long long)(c.B * c.H));
+    attn_problem* p = attn_problem_new(&c);
+    CHECK(p != NULL);
+    if (!p) return;
+    cflash_context* ctx = NULL;
+    CHECK_OK(cflash_context_create(&ctx));
+    CHECK_OK(cflash_context_set_backend(ctx, backend));
+    CHECK_OK(cflash_context_set_threads(ctx, 2));
+    char msg[1024];
+    CHECK_OK(attn_problem_run_fwd(ctx, p));
+    CHECK_OK(attn_problem_run_bwd(ctx, p));
+    CHECK_MSG(attn_problem_check_bwd(p, msg, sizeof msg), "%s dbias over %lld (b, h): %s", backend,
+              (long long)(c.B * c.H), msg);
+    cflash_context_free(ctx);
+    attn_problem_free(p);
+}
+
 /* Whether the backend can run here (cflash_context_set_backend accepts any known name; a call
  * tells). */
 static int available(const char* backend) {
@@ -257,6 +289,7 @@ int main(void) {
             run(backends[i], kind, CFLASH_DTYPE_F32);
             if (strcmp(backends[i], "cpu-amx")) run(backends[i], kind, CFLASH_DTYPE_BF16);
         }
+        run_dbias_many(backends[i], CFLASH_DTYPE_F32);
         printf("%s: %.1f s\n", backends[i], tt_now() - t0);
     }
     return tt_summary();

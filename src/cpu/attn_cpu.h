@@ -312,5 +312,8 @@ void cf_attn_cpu_set_blocks(const cf_attn_blocks* b);
 /* The one-pass backward's per-thread fp32 dQ buffer (G * Sq * D floats) may take at most this
  * much; longer sequences use the three-pass backward, whose workspace does not grow with Sq. */
 #define CF_ATTN_BWD_DQ_BYTES ((size_t)8 << 20)
+/* A dbias task keeps the scores and dP its first pass computes, for its second, in at most this
+ * much (the (b, h) that fit, in order; the others are computed again). */
+#define CF_ATTN_DBIAS_CACHE_BYTES ((size_t)16 << 20)
 
 #endif

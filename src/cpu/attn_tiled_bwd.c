@@ -724,22 +724,40 @@ static int dbias_block(const cf_attn_call* c, const cf_attn_kernels* kk, const b
     return 1;
 }
 
+/* What a dbias task keeps of its first pass for its second: of the first n (b, h) in its order,
+ * for key block jb of pair x, the scores and dP at s / dp + (x * nblk + jb) * blk (blk = bq * bk
+ * floats) and dbias_block's result in st[x * nblk + jb]; ok[x]: all of pair x's blocks kept. */
+typedef struct dbias_cache {
+    int64_t n, nblk, blk;
+    float *s, *dp;
+    signed char *st, *ok;
+} dbias_cache;
+
 /* Pass 1 of dbias_tile for (b, h): each row's own softmax statistics over all its keys, from the
  * scores and dP it recomputes, st[3 r ..] = (max m, 1 / sum of exp(s - m), sum of P dP with P =
  * exp(s - m) / sum): dS = P (dP - that sum) as the naive computation forms it. The forward's lse
  * and rowsum(dO O) give the same dS in exact arithmetic, but each rounds on its own: a dbias
  * element is one dS (or a short sum of them) and came out up to 5.5x the naive's error, past the
  * error rule (dq, dk, dv sum many and were within it). Returns 0 when some block holds a NaN or an
- * infinity: the forward's statistics serve then. */
+ * infinity: the forward's statistics serve then. kc (its pair xi, when xi < kc->n) keeps the
+ * scores and dP for pass 2. */
 static int dbias_stats(const cf_attn_call* c, const cf_attn_kernels* kk, const bwd_geom* g,
                        dbias_ws* w, int64_t b, int64_t h, int64_t i0, int64_t nr, int64_t sq,
-                       int64_t sk, const float* dl, float* st) {
+                       int64_t sk, const float* dl, float* st, dbias_cache* kc, int64_t xi) {
     for (int64_t r = 0; r < nr; r++)
         st[3 * r] = -INFINITY, st[3 * r + 1] = 0.0f, st[3 * r + 2] = 0.0f;
+    const int keep = xi < kc->n;
     for (int64_t j0 = 0; j0 < sk; j0 += g->bk) {
-        const int64_t nc = sk - j0 < g->bk ? sk - j0 : g->bk;
+        const int64_t nc = sk - j0 < g->bk ? sk - j0 : g->bk, at = xi * kc->nblk + j0 / g->bk;
         const int o = dbias_block(c, kk, g, w, b, h, i0, nr, j0, nc, sq, sk, dl);
         if (o < 0) return 0;
+        if (keep) {
+            kc->st[at] = (signed char)o;
+            if (o) {
+                memcpy(kc->s + at * kc->blk, w->s, sizeof(float) * (size_t)(nr * nc));
+                memcpy(kc->dp + at * kc->blk, w->dp, sizeof(float) * (size_t)(nr * nc));
+            }
+        }
         for (int64_t r = 0; o && r < nr; r++) {
             float* x = w->s + r * nc;
             const float* y = w->dp + r * nc;
@@ -771,6 +789,7 @@ static int dbias_stats(const cf_attn_call* c, const cf_attn_kernels* kk, const b
         st[3 * r + 2] /= st[3 * r + 1];
         st[3 * r + 1] = 1.0f / st[3 * r + 1];
     }
+    if (keep) kc->ok[xi] = 1;
     return 1;
 }
 
@@ -810,14 +829,30 @@ static void dbias_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const v
         st = malloc(sizeof(float) * (size_t)nst);
         ok = calloc((size_t)nbh, 1);
     }
+    /* the first (b, h) whose scores and dP fit CF_ATTN_DBIAS_CACHE_BYTES keep them for pass 2
+     * (none when the memory cannot be had: computed again) */
+    dbias_cache kc = {.nblk = (Sk + BKB - 1) / BKB, .blk = bq * BKB};
+    int64_t fl = 0; /* floats of a pair's scores */
+    const int fits = !cf_mul_i64(kc.nblk, kc.blk, &fl) && fl <= (int64_t)CF_ATTN_DBIAS_CACHE_BYTES;
+    const size_t pair = sizeof(float) * 2 * (size_t)(fits ? fl : 0) + (size_t)kc.nblk + 1;
+    kc.n = st && ok && fits ? (int64_t)(CF_ATTN_DBIAS_CACHE_BYTES / pair) : 0;
+    kc.n = kc.n < nbh ? kc.n : nbh;
+    char* cbuf = kc.n > 0 ? malloc(pair * (size_t)kc.n) : NULL;
+    if (cbuf) {
+        kc.s = (float*)cbuf, kc.dp = kc.s + kc.n * kc.nblk * kc.blk;
+        kc.st = (signed char*)(kc.dp + kc.n * kc.nblk * kc.blk), kc.ok = kc.st + kc.n * kc.nblk;
+        memset(kc.ok, 0, (size_t)kc.n);
+    } else {
+        kc.n = 0;
+    }
     for (int64_t b = b0; st && ok && b < b1; b++)
         for (int64_t h = h0; h < h1; h++) {
             int64_t q0, sq, k0, sk;
             cf_attn_seq(c, b, &q0, &sq, &k0, &sk);
-            const int64_t nr = sq - i0 < bq ? sq - i0 : bq;
+            const int64_t nr = sq - i0 < bq ? sq - i0 : bq, x = (b - b0) * nh + h - h0;
             if (nr > 0)
-                ok[(b - b0) * nh + h - h0] = (char)dbias_stats(
-                    c, kk, g, &w, b, h, i0, nr, sq, sk, dl, st + ((b - b0) * nh + h - h0) * 3 * bq);
+                ok[x] = (char)dbias_stats(c, kk, g, &w, b, h, i0, nr, sq, sk, dl, st + x * 3 * bq,
+                                          &kc, x);
         }
     for (int64_t j0 = 0; j0 < Sk; j0 += BKB) {
         const int64_t nb = Sk - j0 < BKB ? Sk - j0 : BKB;
@@ -830,7 +865,10 @@ static void dbias_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const v
                 cf_attn_seq(c, b, &q0, &sq, &k0, &sk);
                 const int64_t nr = sq - i0 < bq ? sq - i0 : bq, nc = sk - j0 < nb ? sk - j0 : nb;
                 if (nr <= 0 || nc <= 0) continue;
-                const int o = dbias_block(c, kk, g, &w, b, h, i0, nr, j0, nc, sq, sk, dl);
+                const int64_t x = (b - b0) * nh + h - h0, at = x * kc.nblk + j0 / BKB;
+                const int kept = x < kc.n && kc.ok[x]; /* (its statistics are then its own) */
+                const int o =
+                    kept ? kc.st[at] : dbias_block(c, kk, g, &w, b, h, i0, nr, j0, nc, sq, sk, dl);
                 if (o == 0) continue;
                 if (o < 0) { /* a NaN or an infinity in the rows: pair by pair (masked pairs get
                                 0, see cf_attn_bwd_exact_pairs) */
@@ -846,10 +884,11 @@ static void dbias_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const v
                     }
                     continue;
                 }
-                const int64_t x = (b - b0) * nh + h - h0;
                 const float* sr = ok && ok[x] ? st + x * 3 * bq : NULL;
+                float *ps = kept ? kc.s + at * kc.blk : w.s,
+                      *dps = kept ? kc.dp + at * kc.blk : w.dp;
                 for (int64_t r = 0; r < nr; r++) {
-                    float *p = w.s + r * nc, *dp = w.dp + r * nc;
+                    float *p = ps + r * nc, *dp = dps + r * nc;
                     if (sr) {
                         kk->exp_row(p, nc, sr[3 * r]);
                         for (int64_t j = 0; j < nc; j++)
@@ -869,6 +908,7 @@ static void dbias_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const v
     }
     free(st);
     free(ok);
+    free(cbuf);
 }
 
 /* ---- Driver -----------------------------------------------------------------------------------
