@@ -188,13 +188,16 @@ static void tens_free(tens* t) {
 typedef struct job {
     cflash_status (*fn)(void*);
     void* arg;
-    cflash_status status;
+    cflash_status status; /* the first failure's, and its message (the library's is this
+                             thread's last: another job's call would replace it) */
+    char err[512];
 } job;
 
 static void run_job(void* p) {
     job* j = p;
     cflash_status s = j->fn(j->arg);
-    if (s != CFLASH_OK) j->status = s;
+    if (s != CFLASH_OK && j->status == CFLASH_OK)
+        j->status = s, snprintf(j->err, sizeof j->err, "%s", cflash_last_error());
 }
 
 /* The backend that would serve j's call ("-> NAME" of explain mode on ctx, then the call itself),
@@ -310,7 +313,7 @@ static int report(const char* op, const cf_problem* pr, const char* shape, cflas
         const job* jj = k ? vs->j : j;
         if (jj->status != CFLASH_OK) {
             fprintf(stderr, "cflash bench %s: %s: %s\n", op, cflash_status_string(jj->status),
-                    cflash_last_error());
+                    jj->err);
             return 1;
         }
     }
@@ -403,7 +406,7 @@ int cf_cmd_bench_rotary(int argc, char** argv) {
     /* in place only the rotated dims are written back */
     double bytes = n * es + (f.inplace ? n * es * (double)rd / (double)D : n * es) +
                    2.0 * (double)(S * (rd / 2)) * 4.0;
-    job j = {rot_call, &a, CFLASH_OK};
+    job j = {rot_call, &a, CFLASH_OK, ""};
     int rc = report("rotary", &pr, shape, a.ctx, &j, bytes, NULL);
     tens_free(&a.x), tens_free(&a.cs), tens_free(&a.sn), tens_free(&a.out);
     cflash_context_free(a.ctx);
@@ -448,7 +451,7 @@ int cf_cmd_bench_norm(int argc, char** argv) {
     snprintf(shape, sizeof shape, "%s x(%lld,%lld)%s", f.layer ? "layernorm" : "rmsnorm",
              (long long)M, (long long)N, f.residual ? " +residual" : "");
     double bytes = (double)(M * N) * (double)cflash_dtype_size(pr.dtype) * (f.residual ? 4.0 : 2.0);
-    job j = {norm_call, &a, CFLASH_OK};
+    job j = {norm_call, &a, CFLASH_OK, ""};
     int rc = report("norm", &pr, shape, a.ctx, &j, bytes, NULL);
     tens_free(&a.x), tens_free(&a.w), tens_free(&a.out), tens_free(&a.res), tens_free(&a.resout);
     cflash_context_free(a.ctx);
@@ -566,7 +569,7 @@ int cf_cmd_bench_decode(int argc, char** argv) {
         if (f.page)
             snprintf(shape + strlen(shape), sizeof shape - strlen(shape), "%lld",
                      (long long)f.page);
-        job j = {dec_call, &a, CFLASH_OK}, jb = {dec_call, &b, CFLASH_OK};
+        job j = {dec_call, &a, CFLASH_OK, ""}, jb = {dec_call, &b, CFLASH_OK, ""};
         const versus vs = {&jb, b.ctx, dec_cache_name(f.against, pr.dtype, what, sizeof what)};
         rc = report("decode", &pr, shape, a.ctx, &j, bytes, f.against >= 0 ? &vs : NULL);
     }
@@ -609,7 +612,7 @@ int cf_cmd_bench_merge(int argc, char** argv) {
     double es = (double)cflash_dtype_size(pr.dtype), n = (double)(B * Sq * H * D);
     double bytes =
         (double)NS * (n * es + (double)(B * H * Sq) * 4.0) + n * es + (double)(B * H * Sq) * 4.0;
-    job j = {merge_call, &a, CFLASH_OK};
+    job j = {merge_call, &a, CFLASH_OK, ""};
     int rc = report("merge", &pr, shape, a.ctx, &j, bytes, NULL);
     tens_free(&a.op), tens_free(&a.lp), tens_free(&a.out), tens_free(&a.lse);
     cflash_context_free(a.ctx);
