@@ -148,6 +148,32 @@ static void run_dbias_many(const char* backend, cflash_dtype dt) {
     if (p) check_problem(backend, p, "dbias over 24 (b, h)");
 }
 
+/* dbias where a key block holds both keys some row sees and NaN keys no row sees (a -inf bias
+ * hides them): dbias_tile's pair-by-pair path, which must leave the NaN out. */
+static void run_dbias_nan(const char* backend) {
+    attn_case c;
+    attn_case_init(&c);
+    c.B = 1, c.H = 2, c.Hk = 1, c.Sq = 64, c.Sk = 200, c.D = c.Dv = 8, c.dtype = CFLASH_DTYPE_F32;
+    c.bias = ATTN_BC_11, c.dbias = 1, c.bias_f32 = 1;
+    c.seed = 795 + tt_seed_base() * 1000003u;
+    const int64_t pad = 150; /* not a multiple of any block size the kernels use */
+    attn_problem* p = attn_problem_new(&c);
+    CHECK(p != NULL);
+    if (!p) return;
+    for (int64_t n = 0; n < p->bias.numel; n++) {
+        int64_t idx[4];
+        tt_unravel(&p->bias, n, idx);
+        tt_set(&p->bias, idx, idx[3] >= pad ? -INFINITY : 0.25 * sin((double)n));
+    }
+    for (int64_t j = pad; j < c.Sk; j++)
+        for (int64_t d = 0; d < c.D; d++) {
+            int64_t ix[4] = {0, j, 0, d};
+            tt_set(&p->k, ix, NAN), tt_set(&p->v, ix, NAN);
+        }
+    attn_problem_refresh_inputs(p);
+    check_problem(backend, p, "dbias beside NaN keys");
+}
+
 /* Whether the backend can run here (cflash_context_set_backend accepts any known name; a call
  * tells). */
 static int available(const char* backend) {
@@ -282,6 +308,7 @@ int main(void) {
             if (strcmp(backends[i], "cpu-amx")) run(backends[i], kind, CFLASH_DTYPE_BF16);
         }
         run_dbias_many(backends[i], CFLASH_DTYPE_F32);
+        run_dbias_nan(backends[i]);
         printf("%s: %.1f s\n", backends[i], tt_now() - t0);
     }
     return tt_summary();
