@@ -296,6 +296,7 @@ typedef struct bwd_geom {
     size_t qt, dot, dq, st, dpt, y2, kc2, vc2, vec2, map2;
     size_t tmp, bytes;
     size_t xkv, xkvp, dbacc;     /* issue 13 */
+    size_t dbqt, dbdot, dbvec;   /* issue 13: dbias */
     size_t gk, gv;               /* paged only */
     const cf_attn_mask_map* map; /* issue 13: attn_mask / attn_bias summarised (may be NULL) */
 } bwd_geom;
@@ -347,8 +348,11 @@ static void bwd_layout(const cf_attn_call* c, const cf_attn_kernels* kk, bwd_geo
         TAKE(xkv, (kb > BQ ? kb : BQ) * BKB);
         TAKE(xkvp, sizeof(uint8_t*) * rows);
     }
-    if (c->dbias.data) { /* issue 13: one dbias block */
+    if (c->dbias.data) { /* issue 13: one dbias block; its rows' Q^T, dO^T and vectors */
         TAKE(dbacc, F * BQ * BKB);
+        TAKE(dbqt, F * BQ * D);
+        TAKE(dbdot, F * BQ * Dv);
+        TAKE(dbvec, F * 4 * BQ);
     }
     if (c->block_table) { /* paged: a key block's K / V rows gathered across pages */
         TAKE(gk, cf_dtype_size(c->dtype) * BKB * D);
@@ -678,19 +682,22 @@ static void dq_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const bwd_
 
 /* ---- Issue 13: dbias of one block of rows --------------------------------------------------- */
 
-/* The scratch of dbias_tile (pass-1 buffers of the workspace) and the rows it works on. */
+/* The scratch of dbias_tile (pass-1 buffers of the workspace) and the rows it works on: qt, dot
+ * hold Q^T, dO^T of rows [qi0, qi0 + qnr) of (qb, qh) (qnr 0: none yet); v: 4 vectors of bq. */
 typedef struct dbias_ws {
-    float *kc, *kt, *vc, *vt, *qc, *doc, *s, *dp, *lb, *dlr;
+    float *kc, *vc, *qc, *doc, *s, *dp, *lb, *dlr, *qt, *dot, *v;
     int64_t *mi, *mlo, *mhi, *hr;
     float* mslope;
     uint8_t* xkv;
     const uint8_t** xkvp;
+    int64_t qb, qh, qi0, qnr;
 } dbias_ws;
 
 /* Rows [i0, i0 + nr) of (b, h) against keys [j0, j0 + nc): their metadata in w (the forward's
  * lse and dl included), then, unless no pair is open (returns 0) or some row holds a NaN or an
  * infinity (returns -1), the scores as the forward saw them in w->s and dP (dropout applied) in
- * w->dp (nr x nc each; returns 1). */
+ * w->dp, both transposed (nc x nr: key j of row r at [j * nr + r]; returns 1). As the forward:
+ * S^T = K Q^T with K read as the GEMM's A, Q^T made once per rows (not K^T per block). */
 static int dbias_block(const cf_attn_call* c, const cf_attn_kernels* kk, const bwd_geom* g,
                        dbias_ws* w, int64_t b, int64_t h, int64_t i0, int64_t nr, int64_t j0,
                        int64_t nc, int64_t sq, int64_t sk, const float* dl) {
@@ -707,18 +714,22 @@ static int dbias_block(const cf_attn_call* c, const cf_attn_kernels* kk, const b
     if (cf_attn_bwd_key_rows_bad(c, b, hk, 0, j0, nc, 0, 0, 0) ||
         cf_attn_bwd_query_rows_bad(c, b, h, i0, nr, w->dlr))
         return -1;
-    int64_t ldk, ldv, ldq, ldo;
+    if (w->qnr != nr || w->qb != b || w->qh != h || w->qi0 != i0) {
+        int64_t ldq, ldo;
+        const float* qr = rows_f32(kk, &c->q, b, i0, h, nr, D, w->qc, &ldq, 0);
+        const float* dor = rows_f32(kk, &c->dout, b, i0, h, nr, Dv, w->doc, &ldo, 0);
+        transpose(w->qt, qr, ldq, nr, D);
+        transpose(w->dot, dor, ldo, nr, Dv);
+        w->qb = b, w->qh = h, w->qi0 = i0, w->qnr = nr;
+    }
+    int64_t ldk, ldv;
     const float* kr = rows_f32(kk, &c->k, b, j0, hk, nc, D, w->kc, &ldk, 0);
     const float* vr = rows_f32(kk, &c->v, b, j0, hk, nc, Dv, w->vc, &ldv, 0);
-    const float* qr = rows_f32(kk, &c->q, b, i0, h, nr, D, w->qc, &ldq, 0);
-    const float* dor = rows_f32(kk, &c->dout, b, i0, h, nr, Dv, w->doc, &ldo, 0);
-    transpose(w->kt, kr, ldk, nc, D);
-    transpose(w->vt, vr, ldv, nc, Dv);
-    cf_attn_score_map mp = {nr, nc,     nc,     1, w->mi, w->mslope,
-                            j0, w->mlo, w->mhi, b, w->hr, c->bs_num.data ? w->xkvp : NULL};
-    kk->gemm_f32(nr, nc, D, qr, ldq, 1, w->kt, nc, w->s, nc, 0);
+    cf_attn_score_map mp = {nr, nc,     1,      nr, w->mi, w->mslope,
+                            j0, w->mlo, w->mhi, b,  w->hr, c->bs_num.data ? w->xkvp : NULL};
+    kk->gemm_f32(nc, nr, D, kr, ldk, 1, w->qt, nr, w->s, nr, 0); /* S^T = K Q^T */
     cf_attn_scores(c, kk, &mp, w->s, NULL, sq, sk);
-    kk->gemm_f32(nr, nc, Dv, dor, ldo, 1, w->vt, nc, w->dp, nc, 0); /* dP = dO V^T */
+    kk->gemm_f32(nc, nr, Dv, vr, ldv, 1, w->dot, nr, w->dp, nr, 0); /* dP^T = V dO^T */
     if (c->dropout_p > 0.0f)
         cf_attn_dropout_apply(c, w->dp, &mp, w->hr, b, 1.0f / (1.0f - c->dropout_p));
     return 1;
@@ -758,21 +769,30 @@ static int dbias_stats(const cf_attn_call* c, const cf_attn_kernels* kk, const b
                 memcpy(kc->dp + at * kc->blk, w->dp, sizeof(float) * (size_t)(nr * nc));
             }
         }
-        for (int64_t r = 0; o && r < nr; r++) {
-            float* x = w->s + r * nc;
-            const float* y = w->dp + r * nc;
-            float mb = st[3 * r];
-            for (int64_t j = 0; j < nc; j++)
-                mb = x[j] > mb ? x[j] : mb;
-            if (mb == -INFINITY) continue; /* (no key of the row in this block) */
-            if (mb > st[3 * r]) {
-                const float a = st[3 * r] == -INFINITY ? 0.0f : expf(st[3 * r] - mb);
-                st[3 * r] = mb, st[3 * r + 1] *= a, st[3 * r + 2] *= a;
+        if (!o) continue;
+        /* the block's max per row, the running statistics moved to it; then P = exp(s - m) by
+         * columns (m 0 for a row with no key here: its P is 0) and the row sums of P, P dP */
+        float *mu = w->v, *ls = mu + nr, *pd = ls + nr;
+        for (int64_t r = 0; r < nr; r++)
+            mu[r] = st[3 * r], ls[r] = 0.0f, pd[r] = 0.0f;
+        for (int64_t j = 0; j < nc; j++)
+            for (int64_t r = 0; r < nr; r++)
+                mu[r] = w->s[j * nr + r] > mu[r] ? w->s[j * nr + r] : mu[r];
+        for (int64_t r = 0; r < nr; r++) {
+            if (mu[r] > st[3 * r]) {
+                const float a = st[3 * r] == -INFINITY ? 0.0f : expf(st[3 * r] - mu[r]);
+                st[3 * r] = mu[r], st[3 * r + 1] *= a, st[3 * r + 2] *= a;
             }
-            kk->exp_row(x, nc, mb);
-            for (int64_t j = 0; j < nc; j++)
-                st[3 * r + 1] += x[j], st[3 * r + 2] += x[j] * y[j];
+            if (mu[r] == -INFINITY) mu[r] = 0.0f;
         }
+        for (int64_t j = 0; j < nc; j++) {
+            float *x = w->s + j * nr, *y = w->dp + j * nr;
+            kk->exp_cols(x, nr, mu, ls);
+            for (int64_t r = 0; r < nr; r++)
+                pd[r] += x[r] * y[r];
+        }
+        for (int64_t r = 0; r < nr; r++)
+            st[3 * r + 1] += ls[r], st[3 * r + 2] += pd[r];
     }
     const float sink = cf_attn_sink(c, h); /* (a key of no value: in the sum, not in P dP) */
     for (int64_t r = 0; r < nr; r++) {
@@ -802,10 +822,11 @@ static void dbias_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const v
     const bwd_geom* g = geom;
     const int64_t Sk = c->Sk, BQ = g->bq, BKB = g->bk;
     dbias_ws w = {.kc = (float*)(ws + g->kc),
-                  .kt = (float*)(ws + g->kt),
                   .vc = (float*)(ws + g->vc),
-                  .vt = (float*)(ws + g->vt),
                   .qc = (float*)(ws + g->qc),
+                  .qt = (float*)(ws + g->dbqt),
+                  .dot = (float*)(ws + g->dbdot),
+                  .v = (float*)(ws + g->dbvec),
                   .doc = (float*)(ws + g->doc),
                   .s = (float*)(ws + g->s),
                   .dp = (float*)(ws + g->dp),
@@ -879,32 +900,39 @@ static void dbias_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const v
                             float ds_s, ds;
                             if (ref_pair_grad(c, b, h, i0 + r, 0, i0 + r, j, sq, sk, lse, w.dlr[r],
                                               NULL, &ds_s, &ds))
-                                acc[r * nb + j - j0] += ds_s;
+                                acc[(j - j0) * bq + r] += ds_s;
                         }
                     }
                     continue;
                 }
+                /* dS^T by columns: P = exp(s - m) (times 1 / l with the row's own statistics),
+                 * dS = P (dP - sum P dP), added to acc (keys by rows, as S^T) */
                 const float* sr = ok && ok[x] ? st + x * 3 * bq : NULL;
                 float *ps = kept ? kc.s + at * kc.blk : w.s,
                       *dps = kept ? kc.dp + at * kc.blk : w.dp;
+                float *mu = w.v, *il = mu + nr, *dlv = il + nr;
                 for (int64_t r = 0; r < nr; r++) {
-                    float *p = ps + r * nc, *dp = dps + r * nc;
-                    if (sr) {
-                        kk->exp_row(p, nc, sr[3 * r]);
-                        for (int64_t j = 0; j < nc; j++)
-                            p[j] *= sr[3 * r + 1];
-                    } else {
-                        kk->exp_row(p, nc, w.lb[r]);
-                    }
-                    kk->ds_row(dp, p, dp, nc, sr ? sr[3 * r + 2] : w.dlr[r], 1.0f);
-                    for (int64_t j = 0; j < nc; j++)
-                        acc[r * nb + j] += dp[j];
+                    mu[r] = sr ? sr[3 * r] : w.lb[r];
+                    il[r] = sr ? sr[3 * r + 1] : 1.0f;
+                    dlv[r] = sr ? sr[3 * r + 2] : w.dlr[r];
+                }
+                for (int64_t j = 0; j < nc; j++) {
+                    float *p = ps + j * nr, *dp = dps + j * nr, *a = acc + j * bq;
+                    kk->exp_cols(p, nr, mu, NULL);
+                    for (int64_t r = 0; sr && r < nr; r++)
+                        p[r] *= il[r];
+                    kk->ds_cols(dp, p, dp, nr, dlv, 1.0f);
+                    for (int64_t r = 0; r < nr; r++)
+                        a[r] += dp[r];
                 }
             }
-        for (int64_t r = 0; r < bq; r++)
+        for (int64_t r = 0; r < bq; r++) { /* a row of acc into w.s (free here), then out */
+            for (int64_t j = 0; j < nb; j++)
+                w.s[j] = acc[j * bq + r];
             kk->from_f32((char*)c->dbias.data +
                              (size_t)cf_attn_at4(&c->dbias, bb, hh, i0 + r, j0) * es,
-                         acc + r * nb, c->dbias.dtype, nb);
+                         w.s, c->dbias.dtype, nb);
+        }
     }
     free(st);
     free(ok);
