@@ -140,7 +140,7 @@ static void run_dbias_many(const char* backend, cflash_dtype dt) {
     const int64_t bq = c.Sq < bl.bwd_q ? c.Sq : bl.bwd_q, nblk = (c.Sk + bl.bwd_k - 1) / bl.bwd_k;
     const int64_t fit =
         (int64_t)(CF_ATTN_DBIAS_CACHE_BYTES /
-                  (sizeof(float) * 2 * (size_t)(nblk * bq * bl.bwd_k) + (size_t)nblk + 1));
+                  (sizeof(float) * 2 * (size_t)(nblk * bq * bl.bwd_k) + (size_t)nblk));
     CHECK_MSG(fit > 0 && fit < c.B * c.H, "the case keeps %lld of %lld (b, h): not some of them",
               (long long)fit, (long long)(c.B * c.H));
     attn_problem* p = attn_problem_new(&c);

@@ -737,11 +737,12 @@ static int dbias_block(const cf_attn_call* c, const cf_attn_kernels* kk, const b
 
 /* What a dbias task keeps of its first pass for its second: of the first n (b, h) in its order,
  * for key block jb of pair x, the scores and dP at s / dp + (x * nblk + jb) * blk (blk = bq * bk
- * floats) and dbias_block's result in st[x * nblk + jb]; ok[x]: all of pair x's blocks kept. */
+ * floats) and dbias_block's result in st[x * nblk + jb]. All of pair x's blocks are kept when
+ * dbias_stats returned 1 for it (the task's ok[x]). */
 typedef struct dbias_cache {
     int64_t n, nblk, blk;
     float *s, *dp;
-    signed char *st, *ok;
+    signed char* st;
 } dbias_cache;
 
 /* Pass 1 of dbias_tile for (b, h): each row's own softmax statistics over all its keys, from the
@@ -809,7 +810,6 @@ static int dbias_stats(const cf_attn_call* c, const cf_attn_kernels* kk, const b
         st[3 * r + 2] /= st[3 * r + 1];
         st[3 * r + 1] = 1.0f / st[3 * r + 1];
     }
-    if (keep) kc->ok[xi] = 1;
     return 1;
 }
 
@@ -853,16 +853,16 @@ static void dbias_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const v
     /* the first (b, h) whose scores and dP fit CF_ATTN_DBIAS_CACHE_BYTES keep them for pass 2
      * (none when the memory cannot be had: computed again) */
     dbias_cache kc = {.nblk = (Sk + BKB - 1) / BKB, .blk = bq * BKB};
-    int64_t fl = 0; /* floats of a pair's scores */
-    const int fits = !cf_mul_i64(kc.nblk, kc.blk, &fl) && fl <= (int64_t)CF_ATTN_DBIAS_CACHE_BYTES;
-    const size_t pair = sizeof(float) * 2 * (size_t)(fits ? fl : 0) + (size_t)kc.nblk + 1;
+    int64_t fl = 0; /* floats of a pair's scores (0: no keys, nothing to keep) */
+    const int fits =
+        !cf_mul_i64(kc.nblk, kc.blk, &fl) && fl > 0 && fl <= (int64_t)CF_ATTN_DBIAS_CACHE_BYTES;
+    const size_t pair = sizeof(float) * 2 * (size_t)(fits ? fl : 0) + (size_t)kc.nblk;
     kc.n = st && ok && fits ? (int64_t)(CF_ATTN_DBIAS_CACHE_BYTES / pair) : 0;
     kc.n = kc.n < nbh ? kc.n : nbh;
     char* cbuf = kc.n > 0 ? malloc(pair * (size_t)kc.n) : NULL;
     if (cbuf) {
         kc.s = (float*)cbuf, kc.dp = kc.s + kc.n * kc.nblk * kc.blk;
-        kc.st = (signed char*)(kc.dp + kc.n * kc.nblk * kc.blk), kc.ok = kc.st + kc.n * kc.nblk;
-        memset(kc.ok, 0, (size_t)kc.n);
+        kc.st = (signed char*)(kc.dp + kc.n * kc.nblk * kc.blk);
     } else {
         kc.n = 0;
     }
@@ -887,7 +887,7 @@ static void dbias_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const v
                 const int64_t nr = sq - i0 < bq ? sq - i0 : bq, nc = sk - j0 < nb ? sk - j0 : nb;
                 if (nr <= 0 || nc <= 0) continue;
                 const int64_t x = (b - b0) * nh + h - h0, at = x * kc.nblk + j0 / BKB;
-                const int kept = x < kc.n && kc.ok[x]; /* (its statistics are then its own) */
+                const int kept = x < kc.n && ok[x]; /* (its statistics are then its own) */
                 const int o =
                     kept ? kc.st[at] : dbias_block(c, kk, g, &w, b, h, i0, nr, j0, nc, sq, sk, dl);
                 if (o == 0) continue;
