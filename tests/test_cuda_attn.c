@@ -249,6 +249,7 @@ int main(void) {
         o.run_fwd = gpu_fwd;
         o.run_bwd = gpu_bwd;
         o.plain_only = 1; /* the CUDA backends refuse issue 13's features (test_cuda_dispatch) */
+        o.max_head_dim = 256; /* and head dims over 256 (the MLA shape; test_cuda_dispatch) */
         o.verbose = getenv("CFLASH_TEST_VERBOSE") != NULL;
         int ran = 0, skipped = 0;
         attn_grid_run(&o, &ran, &skipped);

@@ -43,7 +43,8 @@ static void fetch(const pair* p, tt_tensor* out) {
 }
 
 /* Every element of the GPU result near the CPU one; no NaN; padding untouched. */
-static void compare(const char* what, const tt_tensor* cpu, const tt_tensor* g, double ulps) {
+static void compare(const char* what, const char* name, const tt_tensor* cpu, const tt_tensor* g,
+                    double ulps) {
     double u = tt_unit_roundoff(cpu->dtype), worst = 0;
     int64_t bad = 0, nan = tt_count_nan(g);
     for (int64_t n = 0; n < cpu->numel; n++) {
@@ -55,8 +56,10 @@ static void compare(const char* what, const tt_tensor* cpu, const tt_tensor* g, 
         if (e > worst) worst = e;
     }
     CHECK_MSG(bad == 0 && nan == 0 && tt_padding_intact(g),
-              "%s: %lld elements differ (max |diff| %.3g), %lld NaN, padding %s", what,
-              (long long)bad, worst, (long long)nan, tt_padding_intact(g) ? "intact" : "written");
+              "%s %s: %lld elements differ (max |diff| %.3g, tolerance %g units), %lld NaN, "
+              "padding %s",
+              what, name, (long long)bad, worst, ulps, (long long)nan,
+              tt_padding_intact(g) ? "intact" : "written");
 }
 
 static cflash_context *cpu_ctx, *gpu_ctx;
@@ -95,7 +98,7 @@ static void test_rotary(cf_dtype dt, int interleaved, int conjugate, int inplace
     char what[96];
     snprintf(what, sizeof what, "rotary %s interleaved=%d conj=%d inplace=%d heads=%lld",
              tt_dtype_short(dt), interleaved, conjugate, inplace, (long long)nheads);
-    compare(what, inplace ? &hx : &ho, &g, 2);
+    compare(what, "out", inplace ? &hx : &ho, &g, 2);
     tt_free(&g), tt_free(&hx), tt_free(&ho), tt_free(&c), tt_free(&s);
     freepair(&x), freepair(&out), freepair(&cosp), freepair(&sinp);
 }
@@ -132,16 +135,20 @@ static void test_norm(cf_dtype dt, cflash_norm_type type, int residual, float dr
     char what[128];
     snprintf(what, sizeof what, "norm %s %s residual=%d dropout=%.2f", tt_dtype_short(dt),
              layer ? "layer" : "rms", residual, (double)dropout);
+    /* fp32 out and dx carry the statistics' and the row sums' summation order (rstd's 64 units
+     * below, dres's 256); the half types' own rounding hides it. Seen on an H200 at 4 units: fp32
+     * out and dx differed by up to 1.7e-6 (~6 units of |out| <= 4.5), every half type passed. */
+    const double f32_out = dt == CF_F32 ? 64 : 4, f32_dx = dt == CF_F32 ? 256 : 4;
     tt_tensor g;
     fetch(&out, &g);
-    compare(what, &out.h, &g, 4);
+    compare(what, "out", &out.h, &g, f32_out);
     tt_free(&g);
     fetch(&rstd, &g);
-    compare(what, &rstd.h, &g, 64); /* fp32: summation order */
+    compare(what, "rstd", &rstd.h, &g, 64); /* fp32: summation order */
     tt_free(&g);
     if (residual) {
         fetch(&rout, &g);
-        compare(what, &rout.h, &g, 4);
+        compare(what, "rout", &rout.h, &g, 4);
         tt_free(&g);
     }
     /* Backward from x (= h when there is no residual and no dropout; any h serves the check). */
@@ -154,18 +161,18 @@ static void test_norm(cf_dtype dt, cflash_norm_type type, int residual, float dr
                              layer ? &mean.dl : NULL, &rstd.dl, NULL, &dx.dl, &dw.dl,
                              layer ? &db.dl : NULL, &dres.dl));
     fetch(&dx, &g);
-    compare(what, &dx.h, &g, 4);
+    compare(what, "dx", &dx.h, &g, f32_dx);
     tt_free(&g);
     fetch(&dw, &g);
-    compare(what, &dw.h, &g, 4096); /* fp32 sums over 33 rows, orders differ */
+    compare(what, "dw", &dw.h, &g, 4096); /* fp32 sums over 33 rows, orders differ */
     tt_free(&g);
     if (layer) {
         fetch(&db, &g);
-        compare(what, &db.h, &g, 4096);
+        compare(what, "db", &db.h, &g, 4096);
         tt_free(&g);
     }
     fetch(&dres, &g);
-    compare(what, &dres.h, &g, 256);
+    compare(what, "dres", &dres.h, &g, 256);
     tt_free(&g);
     pair* all[] = {&x, &res, &w, &b, &out, &rout, &mean, &rstd, &dy, &dx, &dw, &db, &dres};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
@@ -194,10 +201,12 @@ static void test_merge(cf_dtype dt) {
     CHECK_OK(cflash_attn_merge(gpu_ctx, &op.dl, &lp.dl, &out.dl, &lse.dl));
     tt_tensor g;
     fetch(&out, &g);
-    compare("merge out", &out.h, &g, 4);
+    /* fp32: the parts' weights exp(lse_s - lse) come from the GPU's expf (2 units) and the CPU's;
+     * seen at 4 units on an H200: one element 5 units off. */
+    compare("merge", "out", &out.h, &g, dt == CF_F32 ? 16 : 4);
     tt_free(&g);
     fetch(&lse, &g);
-    compare("merge lse", &lse.h, &g, 64);
+    compare("merge", "lse", &lse.h, &g, 64);
     tt_free(&g);
     freepair(&op), freepair(&lp), freepair(&out), freepair(&lse);
 }
@@ -270,16 +279,16 @@ static void test_kvcache(cf_dtype dt, int paged, int splits) {
     snprintf(what, sizeof what, "kvcache %s paged=%d splits=%d", tt_dtype_short(dt), paged, splits);
     tt_tensor g;
     fetch(&out, &g);
-    compare(what, &out.h, &g, 4);
+    compare(what, "out", &out.h, &g, 4);
     tt_free(&g);
     fetch(&lse, &g);
-    compare(what, &lse.h, &g, 64);
+    compare(what, "lse", &lse.h, &g, 64);
     tt_free(&g);
     fetch(&kc, &g);
-    compare(what, &hkc, &g, 2);
+    compare(what, "k_cache", &hkc, &g, 2);
     tt_free(&g);
     fetch(&vc, &g);
-    compare(what, &hvc, &g, 0);
+    compare(what, "v_cache", &hvc, &g, 0);
     tt_free(&g);
     tt_free(&c), tt_free(&sn), tt_free(&hkc), tt_free(&hvc);
     tt_free(&seqlens), tt_free(&bidx), tt_free(&lpad), tt_free(&bt);

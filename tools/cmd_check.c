@@ -57,11 +57,11 @@ static void dev_free(dev_set* d) {
 }
 
 static void dev_dl(dev_set* d, attn_dl* t) {
+    memset(t, 0, sizeof *t); /* block_table, seqused_q / _k: none (the CUDA backends refuse them) */
     t->q = &d->dl[T_Q], t->k = &d->dl[T_K], t->v = &d->dl[T_V], t->dout = &d->dl[T_DOUT];
     t->out = &d->dl[T_OUT], t->lse = &d->dl[T_LSE];
     t->dq = &d->dl[T_DQ], t->dk = &d->dl[T_DK], t->dv = &d->dl[T_DV];
     t->alibi = d->base[T_ALIBI] ? &d->dl[T_ALIBI] : NULL;
-    t->cu_q = t->cu_k = NULL;
 }
 
 static void print_errors(const attn_errors* e, const char* dir, int json, int* first) {

@@ -367,6 +367,7 @@ int attn_grid_run(const attn_grid_opts* o, int* ran, int* skipped) {
         attn_grid_case(o->level, i, &c);
         if (o->dtypes && !(o->dtypes & (1u << c.dtype))) continue;
         if (o->plain_only && (c.sinks || c.bias || c.mask || c.blocks || c.chunk)) continue;
+        if (o->max_head_dim > 0 && (c.D > o->max_head_dim || c.Dv > o->max_head_dim)) continue;
         /* device hooks copy the plain tensors only; serving cases run on the host */
         if ((o->run_fwd || o->run_bwd) && (c.page || c.seqused)) continue;
         if (o->no_paged && c.page) continue;

@@ -35,6 +35,9 @@ typedef struct attn_grid_opts {
      * which the device hooks do not copy and the CUDA backends refuse (test_cuda_dispatch checks
      * the refusal). */
     int plain_only;
+    /* > 0: skip the cases whose D or Dv is larger (the CUDA backends serve head dims up to 256;
+     * test_cuda_dispatch checks the refusal of larger ones). */
+    int64_t max_head_dim;
 } attn_grid_opts;
 
 /* Problems with at least 4 x threads (sequence, KV head) units, so the CPU backward takes its
