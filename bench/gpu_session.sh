@@ -1,0 +1,78 @@
+#!/bin/bash
+# Issue 16's checks on a lent NVIDIA GPU, in one call (device tool; see docs/PERF.md "NVIDIA"):
+# build, the GPU tests, two `cflash check`s, the SDPA comparison, the memory and race checkers on
+# a small call, then the fuller grid. Each step has its own time limit so that one hang costs only
+# that step; logs go to $OUT/logs.tgz (else ./gpu_out), a summary is printed last.
+#   bash bench/gpu_session.sh [STEPS]    STEPS: a subset of "env build test check bench grid san"
+# DLPack's header must be in third_party/dlpack/ (git-ignored; the device tool's carry).
+set -u
+R=${OUT:-$PWD/gpu_out}
+O=$R/l # step logs; tarred into $R/logs.tgz at the end (the device tool returns 8 files at most)
+mkdir -p "$O"
+STEPS=${1:-env build test check bench grid san}
+J=$(nproc)
+T0=$(date +%s)
+SUM=$R/summary.txt
+: >"$SUM"
+note() { echo "[$(($(date +%s) - T0)) s] $*" | tee -a "$SUM"; }
+# step NAME LIMIT CMD...: runs CMD with output to $O/NAME.log, notes its status and duration.
+step() {
+    local name=$1 lim=$2
+    shift 2
+    local t=$(date +%s)
+    timeout -k 5 "$lim" "$@" >"$O/$name.log" 2>&1
+    local rc=$?
+    note "$name: rc $rc in $(($(date +%s) - t)) s"
+    return $rc
+}
+has() { case " $STEPS " in *" $1 "*) return 0 ;; esac; return 1; }
+export PYTHONUNBUFFERED=1 CFLASH_CACHE_DIR=$PWD/.gpu_cache
+rm -rf "$CFLASH_CACHE_DIR"
+
+if has env; then
+    {
+        date -u; nvidia-smi; nvcc --version | tail -2; uname -r; nproc
+        python3 -c 'import torch; print("torch", torch.__version__, torch.version.cuda)'
+        ls -l /usr/local/cuda/lib64/libnvrtc* 2>&1 | head
+    } >"$O/env.log" 2>&1
+    note "env: $(nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv,noheader 2>&1)"
+fi
+if has build; then
+    step cmake 120 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DDLPACK_INCLUDE_DIR="$PWD/third_party"
+    step build 240 cmake --build build -j "$J" || { tail -30 "$O/build.log"; exit 1; }
+    step report 60 build/cflash report
+    grep -A12 '^\[cuda' "$O/report.log" | head -30 >>"$SUM"
+fi
+if has test; then
+    step ctest 150 sh -c 'cd build && ctest --output-on-failure -R test_cuda -E test_cuda_nvrtc'
+    grep -E "tests passed|Failed|Passed|\*\*\*|first use|GPU 0|grid level" "$O/ctest.log" | head -30 >>"$SUM"
+fi
+if has check; then
+    step check_auto 60 build/cflash check --device cuda --dtype bf16 --causal --bwd --seqlen 1025 --head-dim 128
+    tail -4 "$O/check_auto.log" >>"$SUM"
+    step check_simt 60 build/cflash check --device cuda --backend cuda-simt --dtype fp32 --bwd --seqlen 300 --head-dim 96
+    tail -4 "$O/check_simt.log" >>"$SUM"
+fi
+if has bench; then
+    step bench 200 python3 bench/cuda_sdpa_compare.py --lib build/libcflash.so
+    cat "$O/bench.log" >>"$SUM"
+fi
+if has san && command -v compute-sanitizer >/dev/null; then
+    # memcheck and racecheck (shared-memory hazards of the cp.async pipeline) on small calls that
+    # take both the fast and the masked tile paths, GQA for the dK/dV kernel's head loop.
+    for tool in memcheck racecheck; do
+        step "san_$tool" 90 compute-sanitizer --tool $tool --error-exitcode 9 build/cflash check \
+            --device cuda --backend cuda-mma --dtype bf16 --causal --bwd --batch 1 --heads 4 \
+            --heads-kv 2 --seqlen 200 --head-dim 64
+        grep -E "ERROR SUMMARY|RACECHECK SUMMARY|PASS|FAIL" "$O/san_$tool.log" | head -5 >>"$SUM"
+    done
+fi
+if has grid; then
+    step grid1 180 env CFLASH_GPU_GRID_LEVEL=1 build/tests/test_cuda_attn
+    grep -E "passed|grid level|^first use" "$O/grid1.log" >>"$SUM"
+    grep -E "FAIL|fail" "$O/grid1.log" | head -20 >>"$SUM"
+fi
+note "done"
+tar czf "$R/logs.tgz" -C "$O" . && rm -rf "$O"
+echo "==== summary"
+cat "$SUM"
