@@ -2,10 +2,15 @@
  * m16n8k16, fp32 accumulation), ldmatrix for the operand fragments, cp.async for global -> shared
  * copies; sm_80 and newer, fp16 and bf16, head dims multiple of 8 up to CF_DMAX, every mask
  * feature, dropout, GQA, varlen, Dv != D. One block = 4 warps = 64 query rows of one (b, h); each
- * warp owns 16 rows: S (16 x BK)  = Q_w (16 x D) K_tile^T           (A: ldmatrix.x4, B:
- * ldmatrix.x2) online softmax on the S fragments in registers (rows g and g + 8 of each thread) O
- * (16 x Dv) += P (16 x BK, the S fragments repacked to fp16/bf16) V_tile (ldmatrix.x2.trans)
- * Compiled per variant with -DCF_DTYPE=1|2 (fp16|bf16) -DCF_DMAX=64|128|256. */
+ * warp owns 16 rows:
+ *   S (16 x BK) = Q_w (16 x D) K_tile^T         A: ldmatrix.x4, B: ldmatrix.x4 (two n-tiles)
+ *   online softmax on the S fragments in registers (rows g and g + 8 of each thread), in log2
+ *   units (exp2); tiles that every row sees whole, without softcap / ALiBi / dropout, skip the
+ *   per-element masks
+ *   O (16 x Dv) += P (16 x BK, S's fragments repacked to fp16/bf16) V_tile   (ldmatrix.x4.trans)
+ * K and V tiles are pipelined with cp.async groups: V(j) loads during S(j) and its softmax,
+ * K(j + 1) during P V(j). Compiled per variant with -DCF_DTYPE=1|2 (fp16|bf16)
+ * -DCF_DMAX=64|128|256. */
 #include "cf_common.cuh"
 
 #ifndef CF_DMAX
@@ -19,6 +24,8 @@
 #define LDS (CF_DMAX + 8)  /* shared row stride in halves: 16-byte rows, no ldmatrix conflicts */
 #define NT_S (BK / 8)      /* n-tiles of S */
 #define NT_O (CF_DMAX / 8) /* n-tiles of O */
+#define CF_LOG2E 1.4426950408889634f
+#define CF_LN2 0.6931471805599453f
 
 typedef unsigned short cf_h;
 
@@ -34,6 +41,13 @@ CF_DEV void cp_async16(void* dst, const void* src, int src_bytes) {
 CF_DEV void cp_async_wait_all() {
     asm volatile("cp.async.commit_group;\ncp.async.wait_group 0;\n" ::);
 }
+CF_DEV void cp_async_commit() {
+    asm volatile("cp.async.commit_group;\n" ::);
+}
+/* Waits for every committed group (memory clobber: shared reads stay after it). */
+CF_DEV void cp_async_wait0() {
+    asm volatile("cp.async.wait_group 0;\n" ::: "memory");
+}
 
 CF_DEV void ldmatrix_x4(cf_u32* r, const void* p) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
@@ -43,6 +57,11 @@ CF_DEV void ldmatrix_x4(cf_u32* r, const void* p) {
 CF_DEV void ldmatrix_x2(cf_u32* r, const void* p) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];\n"
                  : "=r"(r[0]), "=r"(r[1])
+                 : "r"(smem_u32(p)));
+}
+CF_DEV void ldmatrix_x4_trans(cf_u32* r, const void* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                  : "r"(smem_u32(p)));
 }
 CF_DEV void ldmatrix_x2_trans(cf_u32* r, const void* p) {
@@ -87,6 +106,49 @@ CF_DEV void load_tile(cf_h* dst, const cf_h* src, cf_i64 rs, int rows, int nrows
     }
 }
 
+/* One warp's S (16 x 8 NT) = A_w B^T over k extent Kp (a multiple of 16): A's 16 rows from row
+ * 16 w of As, B's 8 NT rows from Bs, both row-major (stride LDS) in shared memory. A by
+ * ldmatrix.x4 per k step, B two n-tiles per ldmatrix.x4. */
+template <int NT>
+CF_DEV void mm_abt(float (*s)[4], const cf_h* As, const cf_h* Bs, int Kp, int w, int lane) {
+#pragma unroll
+    for (int t = 0; t < NT; t++)
+        s[t][0] = s[t][1] = s[t][2] = s[t][3] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < CF_DMAX; kk += 16) {
+        if (kk >= Kp) break;
+        cf_u32 af[4];
+        ldmatrix_x4(af, As + (w * 16 + (lane & 15)) * LDS + kk + (lane >> 4) * 8);
+#pragma unroll
+        for (int t = 0; t < NT; t += 2) {
+            cf_u32 bf[4];
+            ldmatrix_x4(bf, Bs + (t * 8 + (lane & 7) + ((lane >> 4) << 3)) * LDS + kk +
+                                ((lane >> 3) & 1) * 8);
+            mma16816(s[t], af, bf);
+            mma16816(s[t + 1], af, bf + 2);
+        }
+    }
+}
+
+/* acc (16 x n, n-tiles of 8) += A (16 x 16 KT: the register fragments f[2 kk], f[2 kk + 1] of
+ * each k step, as S's accumulators repacked) B, B = Bs's first 16 KT rows (row-major, stride LDS):
+ * two n-tiles per ldmatrix.x4.trans; columns of Bs past n must be zeros (load_tile). */
+template <int KT>
+CF_DEV void mm_fb(float (*acc)[4], const cf_u32 (*f)[2], const cf_h* Bs, int n, int lane) {
+#pragma unroll
+    for (int kk = 0; kk < KT; kk++) {
+        const cf_u32 af[4] = {f[2 * kk][0], f[2 * kk][1], f[2 * kk + 1][0], f[2 * kk + 1][1]};
+#pragma unroll
+        for (int t = 0; t < NT_O; t += 2) {
+            if (t * 8 >= n) break;
+            cf_u32 bf[4];
+            ldmatrix_x4_trans(bf, Bs + (kk * 16 + (lane & 15)) * LDS + t * 8 + (lane >> 4) * 8);
+            mma16816(acc[t], af, bf);
+            if ((t + 1) * 8 < n) mma16816(acc[t + 1], af, bf + 2);
+        }
+    }
+}
+
 extern "C" __global__ void __launch_bounds__(128) cf_attn_fwd_mma(cf_attn_args a) {
     extern __shared__ __align__(16) unsigned char smem_raw[];
     cf_h* Qs = (cf_h*)smem_raw;
@@ -97,7 +159,8 @@ extern "C" __global__ void __launch_bounds__(128) cf_attn_fwd_mma(cf_attn_args a
     const cf_i64 b = blockIdx.z, h = blockIdx.y, hk = h / (a.H / a.Hk);
     cf_i64 q0, sq, k0, sk;
     cf_seq(&a, b, &q0, &sq, &k0, &sk);
-    const cf_i64 row0 = (cf_i64)blockIdx.x * BQ;
+    /* Last query blocks first: under a causal mask they see the most keys. */
+    const cf_i64 row0 = (cf_i64)(gridDim.x - 1 - blockIdx.x) * BQ;
     if (row0 >= sq) return;
     const int D = (int)a.D, Dv = (int)a.Dv;
     const int Dp = (D + 15) & ~15; /* k extent of Q K^T, zero-padded */
@@ -105,12 +168,14 @@ extern "C" __global__ void __launch_bounds__(128) cf_attn_fwd_mma(cf_attn_args a
     const cf_h* qg = (const cf_h*)a.q + b * a.q_sb + (q0 + row0) * a.q_ss + h * a.q_sh;
     const int nq = (int)(sq - row0 < BQ ? sq - row0 : BQ);
     load_tile(Qs, qg, a.q_ss, BQ, nq, D);
-    cp_async_wait_all();
+    cp_async_commit();
 
+    /* Keys [blo, bhi) are visible to some row of the block, [lo_all, hi_all) to every row (key
+     * ranges grow with the row). */
     const cf_i64 last = (row0 + BQ < sq ? row0 + BQ : sq) - 1;
-    cf_i64 blo, bhi, tmp;
-    cf_key_range(&a, row0, sq, sk, &blo, &tmp);
-    cf_key_range(&a, last, sq, sk, &tmp, &bhi);
+    cf_i64 blo, bhi, lo_all, hi_all;
+    cf_key_range(&a, row0, sq, sk, &blo, &hi_all);
+    cf_key_range(&a, last, sq, sk, &lo_all, &bhi);
 
     /* This thread's two rows: i[0] = row g, i[1] = row g + 8 of the warp's 16. */
     cf_i64 ri[2], lo[2], hi[2];
@@ -123,54 +188,59 @@ extern "C" __global__ void __launch_bounds__(128) cf_attn_fwd_mma(cf_attn_args a
         if (live[r]) cf_key_range(&a, ri[r], sq, sk, &lo[r], &hi[r]);
     }
     const float slope = cf_slope(&a, b, h);
+    /* No softcap, ALiBi or dropout: a tile that every row sees needs no per-element work. */
+    const bool plain = !(a.softcap > 0.0f) && slope == 0.0f && !(a.dropout_p > 0.0f);
+    const float scale2 = a.scale * CF_LOG2E; /* scores in log2 units: p = exp2(s - m) */
     float m[2] = {CF_NEG_INF, CF_NEG_INF}, l[2] = {0.0f, 0.0f};
     float o[NT_O][4];
 #pragma unroll
     for (int t = 0; t < NT_O; t++)
         o[t][0] = o[t][1] = o[t][2] = o[t][3] = 0.0f;
 
+    /* Pipeline: K(j) loads while P V(j - 1) runs, V(j) while S = Q K(j)^T and its softmax run. */
     const cf_h* kg = (const cf_h*)a.k + b * a.k_sb + k0 * a.k_ss + hk * a.k_sh;
     const cf_h* vg = (const cf_h*)a.v + b * a.v_sb + k0 * a.v_ss + hk * a.v_sh;
+    if (blo < bhi) {
+        load_tile(Ks, kg + blo * a.k_ss, a.k_ss, BK, (int)(bhi - blo < BK ? bhi - blo : BK), D);
+        cp_async_commit();
+    }
     for (cf_i64 j0 = blo; j0 < bhi; j0 += BK) {
         const int nk = (int)(bhi - j0 < BK ? bhi - j0 : BK);
-        __syncthreads(); /* the previous tile is consumed */
-        load_tile(Ks, kg + j0 * a.k_ss, a.k_ss, BK, nk, D);
+        cp_async_wait0(); /* Q and K(j) */
+        __syncthreads();  /* ... seen by every warp, and every warp is done with V(j - 1) */
         load_tile(Vs, vg + j0 * a.v_ss, a.v_ss, BK, nk, Dv);
-        cp_async_wait_all();
-        __syncthreads();
+        cp_async_commit();
 
-        /* S = Q_w K^T */
         float s[NT_S][4];
-#pragma unroll
-        for (int t = 0; t < NT_S; t++)
-            s[t][0] = s[t][1] = s[t][2] = s[t][3] = 0.0f;
-        for (int kk = 0; kk < Dp; kk += 16) {
-            cf_u32 af[4];
-            ldmatrix_x4(af, Qs + (w * 16 + (lane & 15)) * LDS + kk + (lane >> 4) * 8);
-#pragma unroll
-            for (int t = 0; t < NT_S; t++) {
-                cf_u32 bf[2];
-                ldmatrix_x2(bf, Ks + (t * 8 + (lane & 7)) * LDS + kk + ((lane >> 3) & 1) * 8);
-                mma16816(s[t], af, bf);
-            }
-        }
+        mm_abt<NT_S>(s, Qs, Ks, Dp, w, lane);
 
-        /* Scale, softcap, ALiBi, masks; the tile's row maxima. */
+        /* Scale (log2 units), softcap, ALiBi, masks; the tile's row maxima. */
         float mt[2] = {CF_NEG_INF, CF_NEG_INF};
+        if (plain && j0 >= lo_all && j0 + BK <= hi_all) {
 #pragma unroll
-        for (int t = 0; t < NT_S; t++)
+            for (int t = 0; t < NT_S; t++)
 #pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const int r = e >> 1;
-                const cf_i64 j = j0 + t * 8 + tg * 2 + (e & 1);
-                float x = CF_NEG_INF;
-                if (live[r] && j >= lo[r] && j < hi[r]) {
-                    float th;
-                    x = cf_score(&a, a.scale * s[t][e], slope, ri[r], j, sq, sk, &th);
+                for (int e = 0; e < 4; e++) {
+                    s[t][e] *= scale2;
+                    mt[e >> 1] = fmaxf(mt[e >> 1], s[t][e]);
                 }
-                s[t][e] = x;
-                mt[r] = fmaxf(mt[r], x);
-            }
+        } else {
+#pragma unroll
+            for (int t = 0; t < NT_S; t++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int r = e >> 1;
+                    const cf_i64 j = j0 + t * 8 + tg * 2 + (e & 1);
+                    float x = CF_NEG_INF;
+                    if (live[r] && j >= lo[r] && j < hi[r]) {
+                        float th;
+                        x = cf_score(&a, a.scale * s[t][e], slope, ri[r], j, sq, sk, &th) *
+                            CF_LOG2E;
+                    }
+                    s[t][e] = x;
+                    mt[r] = fmaxf(mt[r], x);
+                }
+        }
         float corr[2], mu[2];
 #pragma unroll
         for (int r = 0; r < 2; r++) {
@@ -178,10 +248,11 @@ extern "C" __global__ void __launch_bounds__(128) cf_attn_fwd_mma(cf_attn_args a
             mt[r] = fmaxf(mt[r], __shfl_xor_sync(CF_FULL, mt[r], 2));
             const float mn = fmaxf(m[r], mt[r]);
             mu[r] = mn == CF_NEG_INF ? 0.0f : mn; /* nothing visible yet: keep everything 0 */
-            corr[r] = expf(m[r] - mu[r]);
+            corr[r] = exp2f(m[r] - mu[r]);        /* exp2(-inf) = 0 */
             m[r] = mn;
         }
-        /* P = exp(S - m); row sums before dropout; dropout on the weights applied to V. */
+        /* P = exp2(S - m) (masked scores are -inf: 0); row sums before dropout; dropout on the
+         * weights applied to V. */
         float ls[2] = {0.0f, 0.0f};
         cf_u32 pf[NT_S][2];
 #pragma unroll
@@ -189,9 +260,8 @@ extern "C" __global__ void __launch_bounds__(128) cf_attn_fwd_mma(cf_attn_args a
             float p[4];
 #pragma unroll
             for (int e = 0; e < 4; e++) {
-                const int r = e >> 1;
-                p[e] = s[t][e] == CF_NEG_INF ? 0.0f : expf(s[t][e] - mu[r]);
-                ls[r] += p[e];
+                p[e] = exp2f(s[t][e] - mu[e >> 1]);
+                ls[e >> 1] += p[e];
             }
             if (a.dropout_p > 0.0f) {
 #pragma unroll
@@ -216,20 +286,16 @@ extern "C" __global__ void __launch_bounds__(128) cf_attn_fwd_mma(cf_attn_args a
             o[t][2] *= corr[1];
             o[t][3] *= corr[1];
         }
-        /* O += P V: k runs over the tile's keys in steps of 16 (two S n-tiles). */
-#pragma unroll
-        for (int kk = 0; kk < BK / 16; kk++) {
-            const cf_u32 af[4] = {pf[2 * kk][0], pf[2 * kk][1], pf[2 * kk + 1][0],
-                                  pf[2 * kk + 1][1]};
-#pragma unroll
-            for (int t = 0; t < NT_O; t++) {
-                if (t * 8 >= Dv) break;
-                cf_u32 bf[2];
-                ldmatrix_x2_trans(bf, Vs + (kk * 16 + (lane & 15)) * LDS + t * 8);
-                mma16816(o[t], af, bf);
-            }
+        cp_async_wait0(); /* V(j) */
+        __syncthreads();  /* ... seen by every warp, and every warp is done with K(j) */
+        if (j0 + BK < bhi) {
+            const cf_i64 j1 = j0 + BK;
+            load_tile(Ks, kg + j1 * a.k_ss, a.k_ss, BK, (int)(bhi - j1 < BK ? bhi - j1 : BK), D);
+            cp_async_commit();
         }
+        mm_fb<BK / 16>(o, pf, Vs, Dv, lane); /* O += P V */
     }
+    cp_async_wait0(); /* Q when no key is visible */
 
     /* Out = O / l (scaled for dropout); rows that saw nothing get 0 and lse -inf. */
 #pragma unroll
@@ -245,7 +311,7 @@ extern "C" __global__ void __launch_bounds__(128) cf_attn_fwd_mma(cf_attn_args a
         }
         if (a.lse && tg == 0)
             a.lse[b * a.lse_sb + h * a.lse_sh + (q0 + ri[r]) * a.lse_ss] =
-                l[r] > 0.0f ? m[r] + logf(l[r]) : CF_NEG_INF;
+                l[r] > 0.0f ? m[r] * CF_LN2 + logf(l[r]) : CF_NEG_INF;
     }
 }
 
@@ -256,7 +322,10 @@ extern "C" __global__ void __launch_bounds__(128) cf_attn_fwd_mma(cf_attn_args a
  *   cf_attn_bwd_dkdv_mma  64 keys of KV head hk per block, over the group's query heads:
  *                         S^T = K Q^T, dP^T = V dO^T, dV += P^T dO, dK += dS^T Q
  * delta = rowsum(dO * O) comes from cf_attn_bwd_delta_simt (a.delta). Shared memory: four tiles of
- * 64 rows x LDS halves (+ 2 x 64 floats for the dkdv kernel). */
+ * 64 rows x LDS halves (+ 2 x 64 floats for the dkdv kernel). As in the forward, the loads of the
+ * next tile overlap the products that no longer need the buffer (dq: V during dS and dQ, K after;
+ * dkdv: dO, lse, delta during dK, Q after), and tiles that every pair sees, without softcap,
+ * ALiBi or dropout, compute dS without the per-element masks (bwd_fast). */
 #define BT 64         /* rows of every backward tile */
 #define NT_T (BT / 8) /* n-tiles of a 64-wide product */
 
@@ -275,6 +344,18 @@ CF_DEV void bwd_elem(const cf_attn_args& a, float s, float dpv, float lse, float
     *ds = d * a.scale;
 }
 
+/* 4 bytes global -> shared; src_bytes = 0 writes zeros. */
+CF_DEV void cp_async4(void* dst, const void* src, int src_bytes) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem_u32(dst)), "l"(src),
+                 "r"(src_bytes));
+}
+
+/* dS of one element on the fast path (no softcap, ALiBi or dropout; key visible): s is the raw
+ * product, lse2 the row's lse in log2 units. */
+CF_DEV float bwd_fast(float s, float dpv, float scale2, float lse2, float delta, float scale) {
+    return exp2f(fmaf(s, scale2, -lse2)) * (dpv - delta) * scale;
+}
+
 extern "C" __global__ void __launch_bounds__(128) cf_attn_bwd_dq_mma(cf_attn_args a) {
     extern __shared__ __align__(16) unsigned char smem_raw[];
     cf_h* Qs = (cf_h*)smem_raw;
@@ -286,7 +367,7 @@ extern "C" __global__ void __launch_bounds__(128) cf_attn_bwd_dq_mma(cf_attn_arg
     const cf_i64 b = blockIdx.z, h = blockIdx.y, hk = h / (a.H / a.Hk);
     cf_i64 q0, sq, k0, sk;
     cf_seq(&a, b, &q0, &sq, &k0, &sk);
-    const cf_i64 row0 = (cf_i64)blockIdx.x * BT;
+    const cf_i64 row0 = (cf_i64)(gridDim.x - 1 - blockIdx.x) * BT; /* most keys first (causal) */
     if (row0 >= sq) return;
     const int D = (int)a.D, Dv = (int)a.Dv, Dp = (D + 15) & ~15, Dvp = (Dv + 15) & ~15;
     const int nq = (int)(sq - row0 < BT ? sq - row0 : BT);
@@ -294,13 +375,20 @@ extern "C" __global__ void __launch_bounds__(128) cf_attn_bwd_dq_mma(cf_attn_arg
               D);
     load_tile(Gs, (const cf_h*)a.dout + b * a.do_sb + (q0 + row0) * a.do_ss + h * a.do_sh, a.do_ss,
               BT, nq, Dv);
-    cp_async_wait_all();
     const cf_i64 last = row0 + nq - 1;
-    cf_i64 blo, bhi, tmp;
-    cf_key_range(&a, row0, sq, sk, &blo, &tmp);
-    cf_key_range(&a, last, sq, sk, &tmp, &bhi);
+    cf_i64 blo, bhi, lo_all, hi_all;
+    cf_key_range(&a, row0, sq, sk, &blo, &hi_all);
+    cf_key_range(&a, last, sq, sk, &lo_all, &bhi);
+    const cf_h* kg = (const cf_h*)a.k + b * a.k_sb + k0 * a.k_ss + hk * a.k_sh;
+    const cf_h* vg = (const cf_h*)a.v + b * a.v_sb + k0 * a.v_ss + hk * a.v_sh;
+    if (blo < bhi) {
+        const int nk = (int)(bhi - blo < BT ? bhi - blo : BT);
+        load_tile(Ks, kg + blo * a.k_ss, a.k_ss, BT, nk, D);
+        load_tile(Vs, vg + blo * a.v_ss, a.v_ss, BT, nk, Dv);
+    }
+    cp_async_commit();
     cf_i64 ri[2], lo[2], hi[2];
-    float lse[2], delta[2];
+    float lse[2], lse2[2], delta[2];
     bool live[2];
 #pragma unroll
     for (int r = 0; r < 2; r++) {
@@ -315,78 +403,69 @@ extern "C" __global__ void __launch_bounds__(128) cf_attn_bwd_dq_mma(cf_attn_arg
             delta[r] = a.delta[(b * a.H + h) * a.Sq + ri[r]];
             if (lse[r] == CF_NEG_INF) live[r] = false; /* saw no key: dq = 0 */
         }
+        lse2[r] = lse[r] * CF_LOG2E;
     }
     const float slope = cf_slope(&a, b, h);
+    const bool plain = !(a.softcap > 0.0f) && slope == 0.0f && !(a.dropout_p > 0.0f);
+    const float scale2 = a.scale * CF_LOG2E;
     float dq[NT_O][4];
 #pragma unroll
     for (int t = 0; t < NT_O; t++)
         dq[t][0] = dq[t][1] = dq[t][2] = dq[t][3] = 0.0f;
-    const cf_h* kg = (const cf_h*)a.k + b * a.k_sb + k0 * a.k_ss + hk * a.k_sh;
-    const cf_h* vg = (const cf_h*)a.v + b * a.v_sb + k0 * a.v_ss + hk * a.v_sh;
+    /* Pipeline: V(j + 1) loads during dS and dQ += dS K(j), K(j + 1) after them. */
     for (cf_i64 j0 = blo; j0 < bhi; j0 += BT) {
-        const int nk = (int)(bhi - j0 < BT ? bhi - j0 : BT);
-        __syncthreads();
-        load_tile(Ks, kg + j0 * a.k_ss, a.k_ss, BT, nk, D);
-        load_tile(Vs, vg + j0 * a.v_ss, a.v_ss, BT, nk, Dv);
-        cp_async_wait_all();
-        __syncthreads();
+        const cf_i64 j1 = j0 + BT;
+        const int nk1 = j1 < bhi ? (int)(bhi - j1 < BT ? bhi - j1 : BT) : 0;
+        cp_async_wait0();
+        __syncthreads(); /* K(j), V(j) (and Q, dO) seen by every warp */
         float s[NT_T][4], dp[NT_T][4];
-#pragma unroll
-        for (int t = 0; t < NT_T; t++)
-#pragma unroll
-            for (int e = 0; e < 4; e++)
-                s[t][e] = dp[t][e] = 0.0f;
-        for (int kk = 0; kk < Dp; kk += 16) {
-            cf_u32 af[4];
-            ldmatrix_x4(af, Qs + (w * 16 + (lane & 15)) * LDS + kk + (lane >> 4) * 8);
-#pragma unroll
-            for (int t = 0; t < NT_T; t++) {
-                cf_u32 bf[2];
-                ldmatrix_x2(bf, Ks + (t * 8 + (lane & 7)) * LDS + kk + ((lane >> 3) & 1) * 8);
-                mma16816(s[t], af, bf);
-            }
-        }
-        for (int kk = 0; kk < Dvp; kk += 16) {
-            cf_u32 af[4];
-            ldmatrix_x4(af, Gs + (w * 16 + (lane & 15)) * LDS + kk + (lane >> 4) * 8);
-#pragma unroll
-            for (int t = 0; t < NT_T; t++) {
-                cf_u32 bf[2];
-                ldmatrix_x2(bf, Vs + (t * 8 + (lane & 7)) * LDS + kk + ((lane >> 3) & 1) * 8);
-                mma16816(dp[t], af, bf);
-            }
+        mm_abt<NT_T>(dp, Gs, Vs, Dvp, w, lane);
+        mm_abt<NT_T>(s, Qs, Ks, Dp, w, lane);
+        __syncthreads(); /* every warp is done with V(j) */
+        if (nk1) {
+            load_tile(Vs, vg + j1 * a.v_ss, a.v_ss, BT, nk1, Dv);
+            cp_async_commit();
         }
         cf_u32 df[NT_T][2];
+        if (plain && j0 >= lo_all && j0 + BT <= hi_all) {
 #pragma unroll
-        for (int t = 0; t < NT_T; t++) {
-            float d[4];
+            for (int t = 0; t < NT_T; t++) {
+                float d[4];
 #pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const int r = e >> 1;
-                const cf_i64 j = j0 + t * 8 + tg * 2 + (e & 1);
-                float pk;
-                d[e] = 0.0f;
-                if (live[r] && j >= lo[r] && j < hi[r])
-                    bwd_elem(a, s[t][e], dp[t][e], lse[r], delta[r], slope, b, h, ri[r], j, sq, sk,
-                             &pk, &d[e]);
+                for (int e = 0; e < 4; e++) {
+                    const int r = e >> 1;
+                    d[e] = live[r] ? bwd_fast(s[t][e], dp[t][e], scale2, lse2[r], delta[r], a.scale)
+                                   : 0.0f;
+                }
+                df[t][0] = pack2(d[0], d[1]);
+                df[t][1] = pack2(d[2], d[3]);
             }
-            df[t][0] = pack2(d[0], d[1]);
-            df[t][1] = pack2(d[2], d[3]);
+        } else {
+#pragma unroll
+            for (int t = 0; t < NT_T; t++) {
+                float d[4];
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int r = e >> 1;
+                    const cf_i64 j = j0 + t * 8 + tg * 2 + (e & 1);
+                    float pk;
+                    d[e] = 0.0f;
+                    if (live[r] && j >= lo[r] && j < hi[r])
+                        bwd_elem(a, s[t][e], dp[t][e], lse[r], delta[r], slope, b, h, ri[r], j, sq,
+                                 sk, &pk, &d[e]);
+                }
+                df[t][0] = pack2(d[0], d[1]);
+                df[t][1] = pack2(d[2], d[3]);
+            }
         }
-        /* dQ += dS K */
-#pragma unroll
-        for (int kk = 0; kk < BT / 16; kk++) {
-            const cf_u32 af[4] = {df[2 * kk][0], df[2 * kk][1], df[2 * kk + 1][0],
-                                  df[2 * kk + 1][1]};
-#pragma unroll
-            for (int t = 0; t < NT_O; t++) {
-                if (t * 8 >= D) break;
-                cf_u32 bf[2];
-                ldmatrix_x2_trans(bf, Ks + (kk * 16 + (lane & 15)) * LDS + t * 8);
-                mma16816(dq[t], af, bf);
-            }
+        mm_fb<BT / 16>(dq, df, Ks, D, lane); /* dQ += dS K */
+        __syncthreads();                     /* every warp is done with K(j) */
+        if (nk1) {
+            load_tile(Ks, kg + j1 * a.k_ss, a.k_ss, BT, nk1, D);
+            cp_async_commit();
         }
     }
+    cp_async_wait0(); /* Q and dO when no key is visible */
 #pragma unroll
     for (int r = 0; r < 2; r++) {
         const cf_i64 i = row0 + w * 16 + g + 8 * r;
@@ -398,6 +477,24 @@ extern "C" __global__ void __launch_bounds__(128) cf_attn_bwd_dq_mma(cf_attn_arg
             if (d < D) cf_st(a.dq, ob + d, dq[t][2 * r]);
             if (d + 1 < D) cf_st(a.dq, ob + d + 1, dq[t][2 * r + 1]);
         }
+    }
+}
+
+/* The query tile (h, i0) of the dK/dV kernel: Q and dO rows, lse and delta (zeros past nq). */
+CF_DEV void dkdv_load_q(const cf_attn_args& a, cf_h* Qs, cf_h* Gs, float* Ls, float* Ds, cf_i64 b,
+                        cf_i64 h, cf_i64 q0, cf_i64 i0, int nq, bool q, bool rest) {
+    if (q)
+        load_tile(Qs, (const cf_h*)a.q + b * a.q_sb + (q0 + i0) * a.q_ss + h * a.q_sh, a.q_ss, BT,
+                  nq, (int)a.D);
+    if (!rest) return;
+    load_tile(Gs, (const cf_h*)a.dout + b * a.do_sb + (q0 + i0) * a.do_ss + h * a.do_sh, a.do_ss,
+              BT, nq, (int)a.Dv);
+    for (int r = threadIdx.x; r < BT; r += blockDim.x) {
+        const bool ok = r < nq;
+        const float* lp = a.lse + b * a.lse_sb + h * a.lse_sh + (q0 + i0 + (ok ? r : 0)) * a.lse_ss;
+        const float* dp = a.delta + (b * a.H + h) * a.Sq + i0 + (ok ? r : 0);
+        cp_async4(Ls + r, lp, ok ? 4 : 0);
+        cp_async4(Ds + r, dp, ok ? 4 : 0);
     }
 }
 
@@ -414,7 +511,7 @@ extern "C" __global__ void __launch_bounds__(128) cf_attn_bwd_dkdv_mma(cf_attn_a
     const cf_i64 b = blockIdx.z, hk = blockIdx.y, group = a.H / a.Hk;
     cf_i64 q0, sq, k0, sk;
     cf_seq(&a, b, &q0, &sq, &k0, &sk);
-    const cf_i64 key0 = (cf_i64)blockIdx.x * BT;
+    const cf_i64 key0 = (cf_i64)blockIdx.x * BT; /* first keys first: they see most rows (causal) */
     if (key0 >= sk) return;
     const int D = (int)a.D, Dv = (int)a.Dv, Dp = (D + 15) & ~15, Dvp = (Dv + 15) & ~15;
     const int nk = (int)(sk - key0 < BT ? sk - key0 : BT);
@@ -422,14 +519,20 @@ extern "C" __global__ void __launch_bounds__(128) cf_attn_bwd_dkdv_mma(cf_attn_a
               nk, D);
     load_tile(Vs, (const cf_h*)a.v + b * a.v_sb + (k0 + key0) * a.v_ss + hk * a.v_sh, a.v_ss, BT,
               nk, Dv);
-    cp_async_wait_all();
     cf_i64 ilo, ihi, tmp;
     cf_query_range(&a, key0, sq, sk, &ilo, &tmp);
     cf_query_range(&a, key0 + nk - 1, sq, sk, &tmp, &ihi);
+    const cf_i64 h0 = hk * group, h1 = (hk + 1) * group;
+    if (ilo < ihi)
+        dkdv_load_q(a, Qs, Gs, Ls, Ds, b, h0, q0, ilo, (int)(ihi - ilo < BT ? ihi - ilo : BT), true,
+                    true);
+    cp_async_commit();
     cf_i64 kj[2];
 #pragma unroll
     for (int r = 0; r < 2; r++)
         kj[r] = key0 + w * 16 + g + 8 * r; /* this thread's two keys */
+    const float scale2 = a.scale * CF_LOG2E;
+    const bool nomod = !(a.softcap > 0.0f) && !(a.dropout_p > 0.0f);
     float dk[NT_O][4], dv[NT_O][4];
 #pragma unroll
     for (int t = 0; t < NT_O; t++)
@@ -437,93 +540,81 @@ extern "C" __global__ void __launch_bounds__(128) cf_attn_bwd_dkdv_mma(cf_attn_a
         for (int e = 0; e < 4; e++)
             dk[t][e] = dv[t][e] = 0.0f;
 
-    for (cf_i64 h = hk * group; h < (hk + 1) * group; h++) {
+    /* Pipeline: dO(next), lse, delta load during dK += dS^T Q, Q(next) after it. */
+    for (cf_i64 h = h0; h < h1 && ilo < ihi; h++) {
         const float slope = cf_slope(&a, b, h);
-        const cf_h* qg = (const cf_h*)a.q + b * a.q_sb + q0 * a.q_ss + h * a.q_sh;
-        const cf_h* gg = (const cf_h*)a.dout + b * a.do_sb + q0 * a.do_ss + h * a.do_sh;
+        const bool plain = nomod && slope == 0.0f;
         for (cf_i64 i0 = ilo; i0 < ihi; i0 += BT) {
             const int nq = (int)(ihi - i0 < BT ? ihi - i0 : BT);
-            __syncthreads();
-            load_tile(Qs, qg + i0 * a.q_ss, a.q_ss, BT, nq, D);
-            load_tile(Gs, gg + i0 * a.do_ss, a.do_ss, BT, nq, Dv);
-            for (int r = threadIdx.x; r < BT; r += blockDim.x) {
-                Ls[r] = r < nq ? a.lse[b * a.lse_sb + h * a.lse_sh + (q0 + i0 + r) * a.lse_ss]
-                               : CF_NEG_INF;
-                Ds[r] = r < nq ? a.delta[(b * a.H + h) * a.Sq + i0 + r] : 0.0f;
-            }
-            cp_async_wait_all();
-            __syncthreads();
+            const bool more = i0 + BT < ihi;
+            const cf_i64 hn = more ? h : h + 1, in = more ? i0 + BT : ilo;
+            const int nqn = (int)(ihi - in < BT ? ihi - in : BT);
+            const bool next = hn < h1;
+            cp_async_wait0();
+            __syncthreads(); /* Q, dO, lse, delta of (h, i0) seen by every warp */
             /* S^T = K_w Q^T and dP^T = V_w dO^T: rows are this warp's keys, columns queries. */
             float s[NT_T][4], dp[NT_T][4];
-#pragma unroll
-            for (int t = 0; t < NT_T; t++)
-#pragma unroll
-                for (int e = 0; e < 4; e++)
-                    s[t][e] = dp[t][e] = 0.0f;
-            for (int kk = 0; kk < Dp; kk += 16) {
-                cf_u32 af[4];
-                ldmatrix_x4(af, Ks + (w * 16 + (lane & 15)) * LDS + kk + (lane >> 4) * 8);
-#pragma unroll
-                for (int t = 0; t < NT_T; t++) {
-                    cf_u32 bf[2];
-                    ldmatrix_x2(bf, Qs + (t * 8 + (lane & 7)) * LDS + kk + ((lane >> 3) & 1) * 8);
-                    mma16816(s[t], af, bf);
-                }
-            }
-            for (int kk = 0; kk < Dvp; kk += 16) {
-                cf_u32 af[4];
-                ldmatrix_x4(af, Vs + (w * 16 + (lane & 15)) * LDS + kk + (lane >> 4) * 8);
-#pragma unroll
-                for (int t = 0; t < NT_T; t++) {
-                    cf_u32 bf[2];
-                    ldmatrix_x2(bf, Gs + (t * 8 + (lane & 7)) * LDS + kk + ((lane >> 3) & 1) * 8);
-                    mma16816(dp[t], af, bf);
-                }
-            }
+            mm_abt<NT_T>(s, Ks, Qs, Dp, w, lane);
+            mm_abt<NT_T>(dp, Vs, Gs, Dvp, w, lane);
             cf_u32 pf[NT_T][2], df[NT_T][2];
+            cf_i64 lo_last, hi_first;
+            cf_key_range(&a, i0, sq, sk, &tmp, &hi_first);
+            cf_key_range(&a, i0 + nq - 1, sq, sk, &lo_last, &tmp);
+            if (plain && nq == BT && key0 >= lo_last && key0 + BT <= hi_first) {
+                /* Every row of the tile sees every key of the block (rows of lse -inf see none,
+                 * so they cannot occur here). */
 #pragma unroll
-            for (int t = 0; t < NT_T; t++) {
-                float p[4], d[4];
+                for (int t = 0; t < NT_T; t++) {
+                    float p[4], d[4];
 #pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    const int r = e >> 1, qi = t * 8 + tg * 2 + (e & 1);
-                    const cf_i64 i = i0 + qi, j = kj[r];
-                    p[e] = d[e] = 0.0f;
-                    if (qi < nq && j < sk && Ls[qi] != CF_NEG_INF) {
-                        cf_i64 lo, hi;
-                        cf_key_range(&a, i, sq, sk, &lo, &hi);
-                        if (j >= lo && j < hi)
-                            bwd_elem(a, s[t][e], dp[t][e], Ls[qi], Ds[qi], slope, b, h, i, j, sq,
-                                     sk, &p[e], &d[e]);
+                    for (int e = 0; e < 4; e++) {
+                        const int qi = t * 8 + tg * 2 + (e & 1);
+                        p[e] = exp2f(fmaf(s[t][e], scale2, -Ls[qi] * CF_LOG2E));
+                        d[e] = p[e] * (dp[t][e] - Ds[qi]) * a.scale;
                     }
+                    pf[t][0] = pack2(p[0], p[1]);
+                    pf[t][1] = pack2(p[2], p[3]);
+                    df[t][0] = pack2(d[0], d[1]);
+                    df[t][1] = pack2(d[2], d[3]);
                 }
-                pf[t][0] = pack2(p[0], p[1]);
-                pf[t][1] = pack2(p[2], p[3]);
-                df[t][0] = pack2(d[0], d[1]);
-                df[t][1] = pack2(d[2], d[3]);
+            } else {
+#pragma unroll
+                for (int t = 0; t < NT_T; t++) {
+                    float p[4], d[4];
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        const int r = e >> 1, qi = t * 8 + tg * 2 + (e & 1);
+                        const cf_i64 i = i0 + qi, j = kj[r];
+                        p[e] = d[e] = 0.0f;
+                        if (qi < nq && j < sk && Ls[qi] != CF_NEG_INF) {
+                            cf_i64 lo, hi;
+                            cf_key_range(&a, i, sq, sk, &lo, &hi);
+                            if (j >= lo && j < hi)
+                                bwd_elem(a, s[t][e], dp[t][e], Ls[qi], Ds[qi], slope, b, h, i, j,
+                                         sq, sk, &p[e], &d[e]);
+                        }
+                    }
+                    pf[t][0] = pack2(p[0], p[1]);
+                    pf[t][1] = pack2(p[2], p[3]);
+                    df[t][0] = pack2(d[0], d[1]);
+                    df[t][1] = pack2(d[2], d[3]);
+                }
             }
-            /* dV += P^T dO, dK += dS^T Q: k runs over the tile's queries in steps of 16. */
-#pragma unroll
-            for (int kk = 0; kk < BT / 16; kk++) {
-                const cf_u32 ap[4] = {pf[2 * kk][0], pf[2 * kk][1], pf[2 * kk + 1][0],
-                                      pf[2 * kk + 1][1]};
-                const cf_u32 ad[4] = {df[2 * kk][0], df[2 * kk][1], df[2 * kk + 1][0],
-                                      df[2 * kk + 1][1]};
-#pragma unroll
-                for (int t = 0; t < NT_O; t++) {
-                    cf_u32 bf[2];
-                    if (t * 8 < Dv) {
-                        ldmatrix_x2_trans(bf, Gs + (kk * 16 + (lane & 15)) * LDS + t * 8);
-                        mma16816(dv[t], ap, bf);
-                    }
-                    if (t * 8 < D) {
-                        ldmatrix_x2_trans(bf, Qs + (kk * 16 + (lane & 15)) * LDS + t * 8);
-                        mma16816(dk[t], ad, bf);
-                    }
-                }
+            mm_fb<BT / 16>(dv, pf, Gs, Dv, lane); /* dV += P^T dO */
+            __syncthreads(); /* every warp is done with dO, lse, delta of (h, i0) */
+            if (next) {
+                dkdv_load_q(a, Qs, Gs, Ls, Ds, b, hn, q0, in, nqn, false, true);
+                cp_async_commit();
+            }
+            mm_fb<BT / 16>(dk, df, Qs, D, lane); /* dK += dS^T Q */
+            __syncthreads();                     /* every warp is done with Q(h, i0) */
+            if (next) {
+                dkdv_load_q(a, Qs, Gs, Ls, Ds, b, hn, q0, in, nqn, true, false);
+                cp_async_commit();
             }
         }
     }
+    cp_async_wait0(); /* K, V (and the first query tile) when no row sees the block */
 #pragma unroll
     for (int r = 0; r < 2; r++) {
         const cf_i64 j = kj[r];
