@@ -56,6 +56,8 @@ fi
 if has bench; then
     step bench 200 python3 bench/cuda_sdpa_compare.py --lib build/libcflash.so
     cat "$O/bench.log" >>"$SUM"
+    step bench_d64 120 python3 bench/cuda_sdpa_compare.py --lib build/libcflash.so --head-dim 64 --no-first-use
+    cat "$O/bench_d64.log" >>"$SUM"
 fi
 if has san && command -v compute-sanitizer >/dev/null; then
     # memcheck and racecheck (shared-memory hazards of the cp.async pipeline) on small calls that
