@@ -3,13 +3,14 @@
 # build, the GPU tests, two `cflash check`s, the SDPA comparison, the memory and race checkers on
 # a small call, then the fuller grid. Each step has its own time limit so that one hang costs only
 # that step; logs go to $OUT/logs.tgz (else ./gpu_out), a summary is printed last.
-#   bash bench/gpu_session.sh [STEPS]    STEPS: a subset of "env build test check bench grid san"
+#   bash bench/gpu_session.sh [STEPS]    STEPS: a subset of "env build test check py bench grid san",
+#                                        plus "prof" (not by default): Nsight Compute on cuda-mma
 # DLPack's header must be in third_party/dlpack/ (git-ignored; the device tool's carry).
 set -u
 R=${OUT:-$PWD/gpu_out}
 O=$R/l # step logs; tarred into $R/logs.tgz at the end (the device tool returns 8 files at most)
 mkdir -p "$O"
-STEPS=${1:-env build test check bench grid san}
+STEPS=${1:-env build test check py bench grid san}
 J=$(nproc)
 T0=$(date +%s)
 SUM=$R/summary.txt
@@ -53,6 +54,13 @@ if has check; then
     step check_simt 60 build/cflash check --device cuda --backend cuda-simt --dtype fp32 --bwd --seqlen 300 --head-dim 96
     tail -4 "$O/check_simt.log" >>"$SUM"
 fi
+if has py; then
+    # The Python package on CUDA tensors (tests/python/test_torch.py's cuda cases; they skip
+    # without a GPU, so only a GPU machine runs them).
+    step py 120 env CFLASH_LIBRARY="$PWD/build/libcflash.so" PYTHONPATH="$PWD/python" \
+        python3 -m pytest -q -rs tests/python/test_torch.py -k cuda
+    tail -3 "$O/py.log" >>"$SUM"
+fi
 if has bench; then
     step bench 200 python3 bench/cuda_sdpa_compare.py --lib build/libcflash.so
     cat "$O/bench.log" >>"$SUM"
@@ -68,6 +76,17 @@ if has san && command -v compute-sanitizer >/dev/null; then
             --heads-kv 2 --seqlen 200 --head-dim 64
         grep -E "ERROR SUMMARY|RACECHECK SUMMARY|PASS|FAIL" "$O/san_$tool.log" | head -5 >>"$SUM"
     done
+fi
+if has prof && command -v ncu >/dev/null; then
+    # Where cuda-mma's time goes (PERF.md "NVIDIA H200" lists the questions): one launch of each
+    # kernel at the target's head dim, clocks left as they are.
+    step prof 240 ncu --clock-control none --kernel-name regex:'cf_attn_(fwd|bwd_dq|bwd_dkdv)_mma' \
+        --launch-count 3 --section SpeedOfLight --section Occupancy --section LaunchStats \
+        --section WarpStateStats --section SchedulerStats --section MemoryWorkloadAnalysis \
+        build/cflash bench --device cuda --dtype bf16 --batch 4 --heads 16 --seqlen 4096 \
+        --head-dim 128 --bwd --warmup 0 --reps 1
+    grep -E "cf_attn_|Duration|Throughput|Registers|Achieved Occupancy|Stall|Issued Ipc" \
+        "$O/prof.log" | head -60 >>"$SUM"
 fi
 if has grid; then
     step grid1 180 env CFLASH_GPU_GRID_LEVEL=1 build/tests/test_cuda_attn
