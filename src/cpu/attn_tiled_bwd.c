@@ -352,7 +352,7 @@ static void bwd_layout(const cf_attn_call* c, const cf_attn_kernels* kk, bwd_geo
         TAKE(dbacc, F * BQ * BKB);
         TAKE(dbqt, F * BQ * D);
         TAKE(dbdot, F * BQ * Dv);
-        TAKE(dbvec, F * 4 * BQ);
+        TAKE(dbvec, F * 4 * BQ + sizeof(double) * 2 * BQ); /* + dbias_stats's two sums */
     }
     if (c->block_table) { /* paged: a key block's K / V rows gathered across pages */
         TAKE(gk, cf_dtype_size(c->dtype) * BKB * D);
@@ -686,6 +686,7 @@ static void dq_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const bwd_
  * hold Q^T, dO^T of rows [qi0, qi0 + qnr) of (qb, qh) (qnr 0: none yet); v: 4 vectors of bq. */
 typedef struct dbias_ws {
     float *kc, *vc, *qc, *doc, *s, *dp, *lb, *dlr, *qt, *dot, *v;
+    double* sums; /* dbias_stats: a row's sum of P and of P dP */
     int64_t *mi, *mlo, *mhi, *hr;
     float* mslope;
     uint8_t* xkv;
@@ -756,8 +757,12 @@ typedef struct dbias_cache {
 static int dbias_stats(const cf_attn_call* c, const cf_attn_kernels* kk, const bwd_geom* g,
                        dbias_ws* w, int64_t b, int64_t h, int64_t i0, int64_t nr, int64_t sq,
                        int64_t sk, const float* dl, float* st, dbias_cache* kc, int64_t xi) {
+    /* The sums in double: sum P dP cancels (dbias = P (dP - sum P dP)), and its fp32 rounding over
+     * the keys was most of dbias's error (5x the naive's on one element of a full bias, whose naive
+     * takes rowsum(dO O) instead). */
+    double *l = w->sums, *pdp = l + nr;
     for (int64_t r = 0; r < nr; r++)
-        st[3 * r] = -INFINITY, st[3 * r + 1] = 0.0f, st[3 * r + 2] = 0.0f;
+        st[3 * r] = -INFINITY, l[r] = 0.0, pdp[r] = 0.0;
     const int keep = xi < kc->n;
     for (int64_t j0 = 0; j0 < sk; j0 += g->bk) {
         const int64_t nc = sk - j0 < g->bk ? sk - j0 : g->bk, at = xi * kc->nblk + j0 / g->bk;
@@ -773,42 +778,40 @@ static int dbias_stats(const cf_attn_call* c, const cf_attn_kernels* kk, const b
         if (!o) continue;
         /* the block's max per row, the running statistics moved to it; then P = exp(s - m) by
          * columns (m 0 for a row with no key here: its P is 0) and the row sums of P, P dP */
-        float *mu = w->v, *ls = mu + nr, *pd = ls + nr;
+        float* mu = w->v;
         for (int64_t r = 0; r < nr; r++)
-            mu[r] = st[3 * r], ls[r] = 0.0f, pd[r] = 0.0f;
+            mu[r] = st[3 * r];
         for (int64_t j = 0; j < nc; j++)
             for (int64_t r = 0; r < nr; r++)
                 mu[r] = w->s[j * nr + r] > mu[r] ? w->s[j * nr + r] : mu[r];
         for (int64_t r = 0; r < nr; r++) {
             if (mu[r] > st[3 * r]) {
                 const float a = st[3 * r] == -INFINITY ? 0.0f : expf(st[3 * r] - mu[r]);
-                st[3 * r] = mu[r], st[3 * r + 1] *= a, st[3 * r + 2] *= a;
+                st[3 * r] = mu[r], l[r] *= a, pdp[r] *= a;
             }
             if (mu[r] == -INFINITY) mu[r] = 0.0f;
         }
         for (int64_t j = 0; j < nc; j++) {
             float *x = w->s + j * nr, *y = w->dp + j * nr;
-            kk->exp_cols(x, nr, mu, ls);
+            kk->exp_cols(x, nr, mu, NULL);
             for (int64_t r = 0; r < nr; r++)
-                pd[r] += x[r] * y[r];
+                l[r] += x[r], pdp[r] += (double)x[r] * y[r];
         }
-        for (int64_t r = 0; r < nr; r++)
-            st[3 * r + 1] += ls[r], st[3 * r + 2] += pd[r];
     }
     const float sink = cf_attn_sink(c, h); /* (a key of no value: in the sum, not in P dP) */
     for (int64_t r = 0; r < nr; r++) {
         if (sink != -INFINITY) {
             const float m = st[3 * r] > sink ? st[3 * r] : sink,
                         a = st[3 * r] == -INFINITY ? 0.0f : expf(st[3 * r] - m);
-            st[3 * r] = m, st[3 * r + 1] = st[3 * r + 1] * a + expf(sink - m);
-            st[3 * r + 2] *= a;
+            st[3 * r] = m, l[r] = l[r] * a + expf(sink - m);
+            pdp[r] *= a;
         }
         if (st[3 * r] == -INFINITY) { /* no key: P = 0 */
             st[3 * r] = INFINITY, st[3 * r + 1] = 0.0f, st[3 * r + 2] = 0.0f;
             continue;
         }
-        st[3 * r + 2] /= st[3 * r + 1];
-        st[3 * r + 1] = 1.0f / st[3 * r + 1];
+        st[3 * r + 2] = (float)(pdp[r] / l[r]);
+        st[3 * r + 1] = (float)(1.0 / l[r]);
     }
     return 1;
 }
@@ -834,6 +837,7 @@ static void dbias_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const v
                   .xkv = (uint8_t*)(ws + g->xkv),
                   .xkvp = (const uint8_t**)(ws + g->xkvp)};
     w.dlr = w.lb + BQ;
+    w.sums = (double*)(w.v + 4 * BQ);
     w.mi = (int64_t*)(ws + g->map1), w.mlo = w.mi + BQ, w.mhi = w.mlo + BQ, w.hr = w.mhi + BQ;
     w.mslope = (float*)(w.hr + BQ);
     float* acc = (float*)(ws + g->dbacc);
