@@ -363,6 +363,21 @@ static void lib_text(sb* s, cf_lib_id id) {
     if (d->error[0]) line(s, "loader said", "%s", d->error);
 }
 
+/* The GPU archs on which the CUDA backends have run the GPU tests (ctest -R test_cuda and the
+ * level-1 grid), with the GPU and date (docs/PERF.md "NVIDIA GPUs"); other archs are compiled for
+ * (test_cuda_nvrtc) but unverified. Add a row in the commit that records a new arch passing. */
+static const struct {
+    int sm;
+    const char* where;
+} cuda_tested[] = {{90, "NVIDIA H200, 2026-12-04"}};
+
+/* 1 and the row's text if sm is in cuda_tested. */
+static int cuda_arch_tested(int sm, const char** where) {
+    for (size_t i = 0; i < sizeof cuda_tested / sizeof cuda_tested[0]; i++)
+        if (cuda_tested[i].sm == sm) return *where = cuda_tested[i].where, 1;
+    return *where = NULL, 0;
+}
+
 static void cuda_section(sb* s) {
     const cf_cuda_info* c = cf_cuda_probe();
     if (s->json) {
@@ -386,6 +401,8 @@ static void cuda_section(sb* s) {
             jint(s, "sm", d->major * 10 + d->minor);
             jint(s, "multiprocessors", d->sms);
             jint(s, "total_mem_bytes", (long long)d->total_mem);
+            const char* where;
+            jbool(s, "gpu_tests_passed", cuda_arch_tested(d->major * 10 + d->minor, &where));
             jstr(s, "error", d->error[0] ? d->error : NULL);
             close_obj(s);
         }
@@ -413,6 +430,15 @@ static void cuda_section(sb* s) {
         snprintf(label, sizeof label, "device %d", i);
         line(s, label, "%s, sm_%d%d, %d SMs, %s%s%s", d->name, d->major, d->minor, d->sms, mem,
              d->error[0] ? "; " : "", d->error);
+        const char* where;
+        if (cuda_arch_tested(d->major * 10 + d->minor, &where))
+            line(s, "  tested", "yes: the GPU tests passed on sm_%d%d (%s)", d->major, d->minor,
+                 where);
+        else
+            line(s, "  tested",
+                 "no: cflash's CUDA kernels compile for sm_%d%d but have run the GPU tests only "
+                 "on sm_%d (%s); run them here: README \"NVIDIA GPUs\"",
+                 d->major, d->minor, cuda_tested[0].sm, cuda_tested[0].where);
     }
 }
 
