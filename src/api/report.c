@@ -371,11 +371,11 @@ static const struct {
     const char* where;
 } cuda_tested[] = {{90, "NVIDIA H200, 2026-12-04"}};
 
-/* 1 and the row's text if sm is in cuda_tested. */
-static int cuda_arch_tested(int sm, const char** where) {
+/* The row's text if sm is in cuda_tested, else NULL. */
+static const char* cuda_tested_on(int sm) {
     for (size_t i = 0; i < sizeof cuda_tested / sizeof cuda_tested[0]; i++)
-        if (cuda_tested[i].sm == sm) return *where = cuda_tested[i].where, 1;
-    return *where = NULL, 0;
+        if (cuda_tested[i].sm == sm) return cuda_tested[i].where;
+    return NULL;
 }
 
 static void cuda_section(sb* s) {
@@ -401,8 +401,7 @@ static void cuda_section(sb* s) {
             jint(s, "sm", d->major * 10 + d->minor);
             jint(s, "multiprocessors", d->sms);
             jint(s, "total_mem_bytes", (long long)d->total_mem);
-            const char* where;
-            jbool(s, "gpu_tests_passed", cuda_arch_tested(d->major * 10 + d->minor, &where));
+            jbool(s, "gpu_tests_passed", cuda_tested_on(d->major * 10 + d->minor) != NULL);
             jstr(s, "error", d->error[0] ? d->error : NULL);
             close_obj(s);
         }
@@ -430,15 +429,20 @@ static void cuda_section(sb* s) {
         snprintf(label, sizeof label, "device %d", i);
         line(s, label, "%s, sm_%d%d, %d SMs, %s%s%s", d->name, d->major, d->minor, d->sms, mem,
              d->error[0] ? "; " : "", d->error);
-        const char* where;
-        if (cuda_arch_tested(d->major * 10 + d->minor, &where))
+        const char* where = cuda_tested_on(d->major * 10 + d->minor);
+        if (where) {
             line(s, "  tested", "yes: the GPU tests passed on sm_%d%d (%s)", d->major, d->minor,
                  where);
-        else
-            line(s, "  tested",
-                 "no: cflash's CUDA kernels compile for sm_%d%d but have run the GPU tests only "
-                 "on sm_%d (%s); run them here: README \"NVIDIA GPUs\"",
-                 d->major, d->minor, cuda_tested[0].sm, cuda_tested[0].where);
+            continue;
+        }
+        char on[256] = "";
+        for (size_t k = 0; k < sizeof cuda_tested / sizeof cuda_tested[0]; k++)
+            snprintf(on + strlen(on), sizeof on - strlen(on), "%ssm_%d (%s)", k ? ", " : "",
+                     cuda_tested[k].sm, cuda_tested[k].where);
+        line(s, "  tested",
+             "no: cflash's CUDA kernels compile for sm_%d%d but have run the GPU tests only on "
+             "%s; run them here: README \"NVIDIA GPUs\"",
+             d->major, d->minor, on);
     }
 }
 
