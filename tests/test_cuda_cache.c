@@ -204,6 +204,37 @@ static void test_nvrtc_path(void) {
     CHECK_OK(cf_nvrtc_compile(v[0].name, v[0].defines, arch, 0, &a, &la, &hit));
     CHECK(hit == 0);
     free(a);
+
+    /* CFLASH_NVRTC_OPTIONS reaches NVRTC (a kernel variant compiles to other code) and is part of
+     * the key (the plain build stays cached beside it); a bad option fails naming it; a long one
+     * is refused before NVRTC runs. */
+    const cf_cuda_variant* mma = &v[9]; /* attn_mma.cu fp16, head dim 64 */
+    CHECK(!strcmp(mma->name, "attn_mma.cu"));
+    CHECK_OK(cf_nvrtc_compile(mma->name, mma->defines, arch, 0, &a, &la, &hit));
+    setenv("CFLASH_NVRTC_OPTIONS", "-DCF_EX2_FTZ=1", 1);
+    CHECK_OK(cf_nvrtc_compile(mma->name, mma->defines, arch, 0, &b, &lb, &hit));
+    CHECK(hit == 0);
+    CHECK_MSG(a && b && (la != lb || memcmp(a, b, la)),
+              "the variant compiled to the same %zu bytes", la);
+    free(b);
+    b = NULL;
+    unsetenv("CFLASH_NVRTC_OPTIONS");
+    CHECK_OK(cf_nvrtc_compile(mma->name, mma->defines, arch, 0, &b, &lb, &hit));
+    CHECK(hit == 1 && la == lb && !memcmp(a, b, la));
+    free(a);
+    free(b);
+    a = b = NULL;
+    setenv("CFLASH_NVRTC_OPTIONS", "--no-such-nvrtc-option", 1);
+    CHECK(cf_nvrtc_compile(v[0].name, v[0].defines, arch, 0, &a, &la, &hit) == CFLASH_ERR_BACKEND);
+    CHECK_MSG(strstr(cflash_last_error(), "--no-such-nvrtc-option"), "%s", cflash_last_error());
+    char longopt[300];
+    memset(longopt, 'x', sizeof longopt - 1);
+    longopt[sizeof longopt - 1] = 0;
+    setenv("CFLASH_NVRTC_OPTIONS", longopt, 1);
+    CHECK(cf_nvrtc_compile(v[0].name, v[0].defines, arch, 0, &a, &la, &hit) ==
+          CFLASH_ERR_INVALID_ARGUMENT);
+    CHECK_MSG(strstr(cflash_last_error(), "CFLASH_NVRTC_OPTIONS"), "%s", cflash_last_error());
+    unsetenv("CFLASH_NVRTC_OPTIONS");
 }
 
 /* rm -r of the test's directory tree (two levels are all it makes). */

@@ -76,7 +76,7 @@ static void common_checks(void) {
      * and src/cpu/attn_blocks.c's block sizes among them). */
     const char* vars[] = {"CFLASH_BACKEND",     "CFLASH_LOG",         "CFLASH_CACHE_DIR",
                           "CFLASH_ATTN_BLOCKS", "CFLASH_SMALL_CALLS", "OMP_WAIT_POLICY",
-                          "GOMP_SPINCOUNT",     "OMP_NUM_THREADS"};
+                          "GOMP_SPINCOUNT",     "OMP_NUM_THREADS",    "CFLASH_NVRTC_OPTIONS"};
     const char *env = strstr(text, "[environment]"), *env_end = env ? strstr(env, "\n\n") : NULL;
     for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++) {
         char line[64];

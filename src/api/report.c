@@ -147,6 +147,7 @@ static const char* const env_vars[] = {
     "CFLASH_LIBNVRTC",
     "CFLASH_LIBCUFILE",
     "CFLASH_CACHE_DIR",
+    "CFLASH_NVRTC_OPTIONS",
     "CFLASH_ATTN_BLOCKS",
     "CFLASH_SMALL_CALLS",
     "CFLASH_BF16_GEMM",

@@ -224,9 +224,19 @@ static uint64_t sources_hash(const char* text, uint64_t seed) {
     return h;
 }
 
+/* CFLASH_NVRTC_OPTIONS: extra NVRTC options after the fixed ones (developers: kernel variants
+ * as -D macros, -lineinfo for a profiler); part of the kernel cache's key. "" when unset. */
+static const char* extra_options(void) {
+    const char* e = getenv("CFLASH_NVRTC_OPTIONS");
+    return e ? e : "";
+}
+
 cflash_status cf_nvrtc_compile(const char* name, const char* defines, int arch, int ptx,
                                void** image, size_t* len, int* from_cache) {
     char why[1024];
+    const char* extra = extra_options();
+    CFLASH_RETURN_IF(strlen(extra) > 256, CFLASH_ERR_INVALID_ARGUMENT,
+                     "CFLASH_NVRTC_OPTIONS: %zu characters, at most 256", strlen(extra));
     CFLASH_RETURN_IF(!cf_nvrtc_available(why, sizeof why), CFLASH_ERR_UNSUPPORTED, "%s", why);
     const char* text = cf_cuda_source_text(name);
     CFLASH_RETURN_IF(!text, CFLASH_ERR_BACKEND, "cuda: no embedded kernel source '%s'", name);
@@ -240,9 +250,9 @@ cflash_status cf_nvrtc_compile(const char* name, const char* defines, int arch, 
     char key[1024];
     uint64_t h1 = sources_hash(text, CF_HASH64_INIT),
              h2 = sources_hash(text, 0x9e3779b97f4a7c15ull);
-    snprintf(key, sizeof key, "src=%s:%016llx%016llx nvrtc=%d.%d target=%s %s %s %s", name,
+    snprintf(key, sizeof key, "src=%s:%016llx%016llx nvrtc=%d.%d target=%s %s %s %s %s", name,
              (unsigned long long)h1, (unsigned long long)h2, rtc_major, rtc_minor,
-             ptx ? "ptx" : "cubin", archopt, fixed, defines);
+             ptx ? "ptx" : "cubin", archopt, fixed, defines, extra);
     void* cached = cf_kcache_get(key, len);
     if (cached) {
         *image = cached;
@@ -263,9 +273,9 @@ cflash_status cf_nvrtc_compile(const char* name, const char* defines, int arch, 
         }
     }
     char optbuf[512];
-    snprintf(optbuf, sizeof optbuf, "%s %s %s", archopt, fixed, defines);
-    const char* argv[32];
-    int argc = split_args(optbuf, argv, 32);
+    snprintf(optbuf, sizeof optbuf, "%s %s %s %s", archopt, fixed, defines, extra);
+    const char* argv[48];
+    int argc = split_args(optbuf, argv, 48);
 
     nvrtcProgram prog = NULL;
     nvrtcResult r = rtc.CreateProgram(&prog, text, name, nh, hdr_text, hdr_name);
@@ -281,9 +291,9 @@ cflash_status cf_nvrtc_compile(const char* name, const char* defines, int arch, 
             rtc.GetProgramLog(prog, log);
             log[ls] = 0;
         }
-        cflash_status s =
-            cf_error(CFLASH_ERR_BACKEND, "nvrtc: compiling %s (%s %s) failed: %s: %.700s", name,
-                     archopt, defines, rtc.GetErrorString(r), log ? log : "");
+        cflash_status s = cf_error(
+            CFLASH_ERR_BACKEND, "nvrtc: compiling %s (%s %s%s%s) failed: %s: %.700s", name, archopt,
+            defines, extra[0] ? " " : "", extra, rtc.GetErrorString(r), log ? log : "");
         free(log);
         rtc.DestroyProgram(&prog);
         return s;
@@ -333,7 +343,8 @@ cflash_status cf_cuda_module(const cf_cu_device* dev, const char* name, const ch
     int arch = dev->cc_major * 10 + dev->cc_minor;
     CUmodule m = NULL;
     CUresult r = -1;
-    for (int i = 0; i < cf_cuda_aot_count && r != 0; i++) {
+    /* Precompiled cubins carry no extra options: CFLASH_NVRTC_OPTIONS compiles from source. */
+    for (int i = 0; i < cf_cuda_aot_count && r != 0 && !extra_options()[0]; i++) {
         const cf_cuda_aot* a = &cf_cuda_aot_table[i];
         if (a->arch == arch && !strcmp(a->name, name) && !strcmp(a->defines, defines)) {
             r = cu->cuModuleLoadData(&m, a->data);
@@ -350,7 +361,8 @@ cflash_status cf_cuda_module(const cf_cu_device* dev, const char* name, const ch
         void* image = NULL;
         size_t len = 0;
         CFLASH_FORWARD_IF_ERROR(cf_nvrtc_compile(name, defines, target, ptx, &image, &len, &hit));
-        cf_log(CF_LOG_INFO, "cuda: %s %s: %s for %s_%d (%s)", name, defines, ptx ? "PTX" : "cubin",
+        cf_log(CF_LOG_INFO, "cuda: %s %s%s%s: %s for %s_%d (%s)", name, defines,
+               extra_options()[0] ? " " : "", extra_options(), ptx ? "PTX" : "cubin",
                ptx ? "compute" : "sm", target, hit ? "from the kernel cache" : "compiled by NVRTC");
         r = cu->cuModuleLoadData(&m, image);
         free(image);
