@@ -273,12 +273,17 @@ static cflash_status simt_bwd_run(const void* call) {
 
 /* ---- cuda-mma ----------------------------------------------------------------------------- */
 
-/* attn_mma.cu: Qs[64][dmax + 8] + Ks[bk][dmax + 8] + Vs[bk][dmax + 8] halves. */
+/* attn_mma.cu's forward pipeline depth, its CF_FWD_STAGES (a build of the kernel with another
+ * value, through CFLASH_NVRTC_OPTIONS, needs a library built with -DMMA_FWD_STAGES to match). */
+#ifndef MMA_FWD_STAGES
+#define MMA_FWD_STAGES 1
+#endif
+/* attn_mma.cu: Qs[64][dmax + 8] + stages x (Ks[bk][dmax + 8] + Vs[bk][dmax + 8]) halves. */
 static int mma_bk(int dmax) {
     return dmax >= 256 ? 32 : 64;
 }
 static size_t mma_smem(int dmax) {
-    return 2 * (size_t)(MMA_BQ + 2 * mma_bk(dmax)) * (size_t)(dmax + 8);
+    return 2 * (size_t)(MMA_BQ + 2 * MMA_FWD_STAGES * mma_bk(dmax)) * (size_t)(dmax + 8);
 }
 
 static int aligned16(const cf_view* v, const char* name, char* why, size_t n) {

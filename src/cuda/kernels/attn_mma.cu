@@ -24,6 +24,34 @@
 #define LDS (CF_DMAX + 8)  /* shared row stride in halves: 16-byte rows, no ldmatrix conflicts */
 #define NT_S (BK / 8)      /* n-tiles of S */
 #define NT_O (CF_DMAX / 8) /* n-tiles of O */
+/* Forward pipeline (kept a define so that a variant can be timed through CFLASH_NVRTC_OPTIONS;
+ * the host sizes shared memory with the same value, cuda_attn.c's MMA_FWD_STAGES):
+ *   1: one K and one V buffer; V(j) loads during S(j) and its softmax, K(j + 1) during P V(j)
+ *      (CF_FWD_KEARLY 1: during the softmax and P V(j), V(j) during S(j) alone)
+ *   2: two K/V buffer pairs; tile j + 1 loads during all of tile j, one barrier a tile */
+#ifndef CF_FWD_STAGES
+#define CF_FWD_STAGES 1
+#endif
+#ifndef CF_FWD_KEARLY
+#define CF_FWD_KEARLY 0
+#endif
+/* CF_EX2_FTZ 1: softmax exponentials by ex2.approx.ftz (results below 2^-126 flush to 0, which a
+ * sum of at least 1 cannot see) instead of exp2f's denormal-safe sequence. */
+#ifndef CF_EX2_FTZ
+#define CF_EX2_FTZ 0
+#endif
+/* CF_FWD_MINB / CF_BWD_MINB n > 1: a multiprocessor must hold n blocks of the forward / the dQ
+ * kernel (__launch_bounds__' second argument, which caps the registers). */
+#if defined(CF_FWD_MINB) && CF_FWD_MINB > 1
+#define CF_FWD_BOUNDS __launch_bounds__(128, CF_FWD_MINB)
+#else
+#define CF_FWD_BOUNDS __launch_bounds__(128)
+#endif
+#if defined(CF_BWD_MINB) && CF_BWD_MINB > 1
+#define CF_DQ_BOUNDS __launch_bounds__(128, CF_BWD_MINB)
+#else
+#define CF_DQ_BOUNDS __launch_bounds__(128)
+#endif
 #define CF_LOG2E 1.4426950408889634f
 #define CF_LN2 0.6931471805599453f
 
@@ -67,6 +95,17 @@ CF_DEV void mma16816(float* d, const cf_u32* a, const cf_u32* b) {
                  "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
                  : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+/* 2^x for the softmax weights (see CF_EX2_FTZ). */
+CF_DEV float ex2(float x) {
+#if CF_EX2_FTZ
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
+#else
+    return exp2f(x);
+#endif
 }
 
 /* Two floats -> one register of two halves (lo in the low 16 bits). */
@@ -136,11 +175,10 @@ CF_DEV void mm_fb(float (*acc)[4], const cf_u32 (*f)[2], const cf_h* Bs, int n, 
     }
 }
 
-extern "C" __global__ void __launch_bounds__(128) cf_attn_fwd_mma(cf_attn_args a) {
+extern "C" __global__ void CF_FWD_BOUNDS cf_attn_fwd_mma(cf_attn_args a) {
     extern __shared__ __align__(16) unsigned char smem_raw[];
     cf_h* Qs = (cf_h*)smem_raw;
-    cf_h* Ks = Qs + BQ * LDS;
-    cf_h* Vs = Ks + BK * LDS;
+    cf_h* const KV = Qs + BQ * LDS; /* stage st: K at KV + 2 st BK LDS, V after it */
     const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
     const int g = lane >> 2, tg = lane & 3;
     const cf_i64 b = blockIdx.z, h = blockIdx.y, hk = h / (a.H / a.Hk);
@@ -184,22 +222,49 @@ extern "C" __global__ void __launch_bounds__(128) cf_attn_fwd_mma(cf_attn_args a
     for (int t = 0; t < NT_O; t++)
         o[t][0] = o[t][1] = o[t][2] = o[t][3] = 0.0f;
 
-    /* Pipeline: K(j) loads while P V(j - 1) runs, V(j) while S = Q K(j)^T and its softmax run. */
+    /* Pipeline (CF_FWD_STAGES): the K and V tiles of keys j1.. into stage st. */
     const cf_h* kg = (const cf_h*)a.k + b * a.k_sb + k0 * a.k_ss + hk * a.k_sh;
     const cf_h* vg = (const cf_h*)a.v + b * a.v_sb + k0 * a.v_ss + hk * a.v_sh;
+    auto load_k = [&](cf_i64 j1, int st) {
+        load_tile(KV + 2 * st * BK * LDS, kg + j1 * a.k_ss, a.k_ss, BK,
+                  (int)(bhi - j1 < BK ? bhi - j1 : BK), D);
+    };
+    auto load_v = [&](cf_i64 j1, int st) {
+        load_tile(KV + (2 * st + 1) * BK * LDS, vg + j1 * a.v_ss, a.v_ss, BK,
+                  (int)(bhi - j1 < BK ? bhi - j1 : BK), Dv);
+    };
     if (blo < bhi) {
-        load_tile(Ks, kg + blo * a.k_ss, a.k_ss, BK, (int)(bhi - blo < BK ? bhi - blo : BK), D);
+        load_k(blo, 0);
+        if (CF_FWD_STAGES == 2) load_v(blo, 0);
         cp_async_commit();
     }
+    int st = 0;
     for (cf_i64 j0 = blo; j0 < bhi; j0 += BK) {
-        const int nk = (int)(bhi - j0 < BK ? bhi - j0 : BK);
-        cp_async_wait0(); /* Q and K(j) */
-        __syncthreads();  /* ... seen by every warp, and every warp is done with V(j - 1) */
-        load_tile(Vs, vg + j0 * a.v_ss, a.v_ss, BK, nk, Dv);
-        cp_async_commit();
+        const cf_h* Ks = KV + 2 * st * BK * LDS;
+        const cf_h* Vs = Ks + BK * LDS;
+        cp_async_wait0(); /* Q and K(j) (2 stages: and V(j)) */
+        __syncthreads();  /* ... seen by every warp, and every warp is done with tile j - 1 */
+        if (CF_FWD_STAGES == 2) {
+            if (j0 + BK < bhi) {
+                load_k(j0 + BK, st ^ 1);
+                load_v(j0 + BK, st ^ 1);
+                cp_async_commit();
+            }
+        } else {
+            load_v(j0, 0);
+            cp_async_commit();
+        }
 
         float s[NT_S][4];
         mm_abt<NT_S>(s, Qs, Ks, Dp, w, lane);
+        if (CF_FWD_STAGES == 1 && CF_FWD_KEARLY) {
+            cp_async_wait0(); /* V(j) */
+            __syncthreads();  /* ... seen by every warp, and every warp is done with K(j) */
+            if (j0 + BK < bhi) {
+                load_k(j0 + BK, 0);
+                cp_async_commit();
+            }
+        }
 
         /* Scale (log2 units), softcap, ALiBi, masks; the tile's row maxima. */
         float mt[2] = {CF_NEG_INF, CF_NEG_INF};
@@ -235,7 +300,7 @@ extern "C" __global__ void __launch_bounds__(128) cf_attn_fwd_mma(cf_attn_args a
             mt[r] = fmaxf(mt[r], __shfl_xor_sync(CF_FULL, mt[r], 2));
             const float mn = fmaxf(m[r], mt[r]);
             mu[r] = mn == CF_NEG_INF ? 0.0f : mn; /* nothing visible yet: keep everything 0 */
-            corr[r] = exp2f(m[r] - mu[r]);        /* exp2(-inf) = 0 */
+            corr[r] = ex2(m[r] - mu[r]);          /* exp2(-inf) = 0 */
             m[r] = mn;
         }
         /* P = exp2(S - m) (masked scores are -inf: 0); row sums before dropout; dropout on the
@@ -247,7 +312,7 @@ extern "C" __global__ void __launch_bounds__(128) cf_attn_fwd_mma(cf_attn_args a
             float p[4];
 #pragma unroll
             for (int e = 0; e < 4; e++) {
-                p[e] = exp2f(s[t][e] - mu[e >> 1]);
+                p[e] = ex2(s[t][e] - mu[e >> 1]);
                 ls[e >> 1] += p[e];
             }
             if (a.dropout_p > 0.0f) {
@@ -273,14 +338,16 @@ extern "C" __global__ void __launch_bounds__(128) cf_attn_fwd_mma(cf_attn_args a
             o[t][2] *= corr[1];
             o[t][3] *= corr[1];
         }
-        cp_async_wait0(); /* V(j) */
-        __syncthreads();  /* ... seen by every warp, and every warp is done with K(j) */
-        if (j0 + BK < bhi) {
-            const cf_i64 j1 = j0 + BK;
-            load_tile(Ks, kg + j1 * a.k_ss, a.k_ss, BK, (int)(bhi - j1 < BK ? bhi - j1 : BK), D);
-            cp_async_commit();
+        if (CF_FWD_STAGES == 1 && !CF_FWD_KEARLY) {
+            cp_async_wait0(); /* V(j) */
+            __syncthreads();  /* ... seen by every warp, and every warp is done with K(j) */
+            if (j0 + BK < bhi) {
+                load_k(j0 + BK, 0);
+                cp_async_commit();
+            }
         }
         mm_fb<BK / 16>(o, pf, Vs, Dv, lane); /* O += P V */
+        if (CF_FWD_STAGES == 2) st ^= 1;
     }
     cp_async_wait0(); /* Q when no key is visible */
 
@@ -340,10 +407,10 @@ CF_DEV void cp_async4(void* dst, const void* src, int src_bytes) {
 /* dS of one element on the fast path (no softcap, ALiBi or dropout; key visible): s is the raw
  * product, lse2 the row's lse in log2 units. */
 CF_DEV float bwd_fast(float s, float dpv, float scale2, float lse2, float delta, float scale) {
-    return exp2f(fmaf(s, scale2, -lse2)) * (dpv - delta) * scale;
+    return ex2(fmaf(s, scale2, -lse2)) * (dpv - delta) * scale;
 }
 
-extern "C" __global__ void __launch_bounds__(128) cf_attn_bwd_dq_mma(cf_attn_args a) {
+extern "C" __global__ void CF_DQ_BOUNDS cf_attn_bwd_dq_mma(cf_attn_args a) {
     extern __shared__ __align__(16) unsigned char smem_raw[];
     cf_h* Qs = (cf_h*)smem_raw;
     cf_h* Gs = Qs + BT * LDS;
@@ -556,7 +623,7 @@ extern "C" __global__ void __launch_bounds__(128) cf_attn_bwd_dkdv_mma(cf_attn_a
 #pragma unroll
                     for (int e = 0; e < 4; e++) {
                         const int qi = t * 8 + tg * 2 + (e & 1);
-                        p[e] = exp2f(fmaf(s[t][e], scale2, -Ls[qi] * CF_LOG2E));
+                        p[e] = ex2(fmaf(s[t][e], scale2, -Ls[qi] * CF_LOG2E));
                         d[e] = p[e] * (dp[t][e] - Ds[qi]) * a.scale;
                     }
                     pf[t][0] = pack2(p[0], p[1]);
