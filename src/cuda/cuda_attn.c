@@ -9,6 +9,7 @@
 
 #include "core/attn_call.h"
 #include "core/backend.h"
+#include "core/checked.h"
 #include "core/ops_call.h"
 #include "core/philox.h"
 #include "core/status.h"
@@ -185,7 +186,7 @@ typedef struct run_state {
     cf_cu_device dev;
     CUstream stream;
     CUmodule mod;
-    CUdeviceptr tmp[3];
+    CUdeviceptr tmp[4]; /* cu_seqlens q, k; delta; dq_acc */
     int entered;
 } run_state;
 
@@ -220,7 +221,7 @@ static cflash_status run_begin(run_state* st, const cf_attn_call* c, cf_attn_arg
 }
 
 static cflash_status run_end(run_state* st, cflash_status s) {
-    for (int t = 0; t < 3; t++)
+    for (int t = 0; t < 4; t++)
         cf_cuda_tmp_free(&st->dev, st->stream, st->tmp[t]);
     if (st->entered) cf_cu_leave();
     return s;
@@ -332,11 +333,18 @@ static int mma_supports_fwd(const void* call, char* why, size_t n) {
     return arch_servable(&dev, "attn_mma.cu", defines, why, n);
 }
 
-/* attn_mma.cu backward: four tiles of 64 rows x (dmax + 8) halves, plus lse and delta of 64 rows.
- */
+/* attn_mma.cu's CF_BWD_ATOMIC_DQ: 1 = a backward that may be non-deterministic (params
+ * deterministic 0) adds dQ with atomics in the dK/dV kernel instead of running the dQ kernel. A
+ * variant for timing: the kernels must be built with it too (CFLASH_NVRTC_OPTIONS). */
+#ifndef MMA_BWD_ATOMIC_DQ
+#define MMA_BWD_ATOMIC_DQ 0
+#endif
+/* attn_mma.cu backward: four tiles of 64 rows x (dmax + 8) halves, plus lse and delta of 64 rows
+ * (and with MMA_BWD_ATOMIC_DQ the dS^T tile, 64 x 72 halves). */
 #define MMA_BT 64
 static size_t mma_bwd_smem(int dmax) {
-    return 2 * 4 * (size_t)MMA_BT * (size_t)(dmax + 8) + 2 * sizeof(float) * MMA_BT;
+    return 2 * 4 * (size_t)MMA_BT * (size_t)(dmax + 8) + 2 * sizeof(float) * MMA_BT +
+           (MMA_BWD_ATOMIC_DQ ? 2 * (size_t)MMA_BT * (MMA_BT + 8) : 0);
 }
 
 static int mma_supports_bwd(const void* call, char* why, size_t n) {
@@ -389,7 +397,23 @@ static cflash_status mma_fwd_run(const void* call) {
     return run_end(&st, s);
 }
 
-/* delta with the SIMT kernel, then dq and dk/dv on tensor cores. */
+/* The atomic dQ variant's fp32 accumulator, [B][Sq][H][D], zeroed on the call's stream. */
+static cflash_status dq_acc_alloc(run_state* st, const cf_attn_call* c, cf_attn_args* a) {
+    const int64_t dims[5] = {c->B, c->Sq, c->H, c->D, (int64_t)sizeof(float)};
+    int64_t bytes;
+    CFLASH_RETURN_IF(cf_prod_i64(dims, 5, &bytes) || (uint64_t)bytes > SIZE_MAX,
+                     CFLASH_ERR_OUT_OF_MEMORY,
+                     "cuda-mma: dQ accumulator of %lld x %lld x %lld x %lld floats overflows",
+                     (long long)c->B, (long long)c->Sq, (long long)c->H, (long long)c->D);
+    CFLASH_FORWARD_IF_ERROR(cf_cuda_tmp_alloc(&st->dev, st->stream, (size_t)bytes, &st->tmp[3]));
+    CF_CU_TRY(cf_cu(NULL, 0)->cuMemsetD32Async(st->tmp[3], 0, (size_t)bytes / 4, st->stream),
+              "zeroing the dQ accumulator");
+    a->dq_acc = (float*)(uintptr_t)st->tmp[3];
+    return CFLASH_OK;
+}
+
+/* delta with the SIMT kernel, then dq and dk/dv on tensor cores (MMA_BWD_ATOMIC_DQ: dk/dv with
+ * dQ by atomics, then dq from the accumulator). */
 static cflash_status mma_bwd_run(const void* call) {
     const cf_attn_call* c = call;
     const int dmax = dmax_for(c);
@@ -410,12 +434,17 @@ static cflash_status mma_bwd_run(const void* call) {
         const size_t smem = mma_bwd_smem(dmax);
         s = cf_cuda_launch(simt, "cf_attn_bwd_delta_simt", (c->Sq + SIMT_WARPS - 1) / SIMT_WARPS,
                            c->H, c->B, SIMT_WARPS * 32, 0, st.stream, &a);
-        if (s == CFLASH_OK)
+        const int atomic_dq = MMA_BWD_ATOMIC_DQ && !c->deterministic;
+        if (s == CFLASH_OK && atomic_dq) s = dq_acc_alloc(&st, c, &a);
+        if (s == CFLASH_OK && !atomic_dq)
             s = cf_cuda_launch(st.mod, "cf_attn_bwd_dq_mma", (c->Sq + MMA_BT - 1) / MMA_BT, c->H,
                                c->B, MMA_WARPS * 32, smem, st.stream, &a);
         if (s == CFLASH_OK)
             s = cf_cuda_launch(st.mod, "cf_attn_bwd_dkdv_mma", (c->Sk + MMA_BT - 1) / MMA_BT, c->Hk,
                                c->B, MMA_WARPS * 32, smem, st.stream, &a);
+        if (s == CFLASH_OK && atomic_dq)
+            s = cf_cuda_launch(st.mod, "cf_attn_bwd_dq_store", c->Sq, c->H, c->B, MMA_WARPS * 32, 0,
+                               st.stream, &a);
     }
     return run_end(&st, s);
 }

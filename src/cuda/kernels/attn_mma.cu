@@ -52,6 +52,12 @@
 #else
 #define CF_DQ_BOUNDS __launch_bounds__(128)
 #endif
+/* CF_BWD_ATOMIC_DQ 1: the dK/dV kernel also adds dS Q-tile products into a.dq_acc (fp32 atomics,
+ * not deterministic) and the dQ kernel is not run; cf_attn_bwd_dq_store writes dq from it (the
+ * host's MMA_BWD_ATOMIC_DQ allocates it and sizes shared memory for the dS tile). */
+#ifndef CF_BWD_ATOMIC_DQ
+#define CF_BWD_ATOMIC_DQ 0
+#endif
 #define CF_LOG2E 1.4426950408889634f
 #define CF_LN2 0.6931471805599453f
 
@@ -156,16 +162,16 @@ CF_DEV void mm_abt(float (*s)[4], const cf_h* As, const cf_h* Bs, int Kp, int w,
     }
 }
 
-/* acc (16 x n, n-tiles of 8) += A (16 x 16 KT: the register fragments f[2 kk], f[2 kk + 1] of
+/* acc (16 x n, NT n-tiles of 8) += A (16 x 16 KT: the register fragments f[2 kk], f[2 kk + 1] of
  * each k step, as S's accumulators repacked) B, B = Bs's first 16 KT rows (row-major, stride LDS):
  * two n-tiles per ldmatrix.x4.trans; columns of Bs past n must be zeros (load_tile). */
-template <int KT>
+template <int KT, int NT = NT_O>
 CF_DEV void mm_fb(float (*acc)[4], const cf_u32 (*f)[2], const cf_h* Bs, int n, int lane) {
 #pragma unroll
     for (int kk = 0; kk < KT; kk++) {
         const cf_u32 af[4] = {f[2 * kk][0], f[2 * kk][1], f[2 * kk + 1][0], f[2 * kk + 1][1]};
 #pragma unroll
-        for (int t = 0; t < NT_O; t += 2) {
+        for (int t = 0; t < NT; t += 2) {
             if (t * 8 >= n) break;
             cf_u32 bf[4];
             ldmatrix_x4_trans(bf, Bs + (kk * 16 + (lane & 15)) * LDS + t * 8 + (lane >> 4) * 8);
@@ -552,6 +558,62 @@ CF_DEV void dkdv_load_q(const cf_attn_args& a, cf_h* Qs, cf_h* Gs, float* Ls, fl
     }
 }
 
+#if CF_BWD_ATOMIC_DQ
+#define LDSS (BT + 8) /* row stride of the dS^T tile: 16-byte rows, no ldmatrix conflicts */
+/* dq_acc rows i0 + [0, nq) of head h += dS (the tile's queries x BT keys, from the dS^T tile Ss)
+ * K (Ks): warp w takes query rows 16 w.., in column chunks of 32 (16 accumulators a thread). */
+CF_DEV void dq_atomic(const cf_attn_args& a, const cf_h* Ss, const cf_h* Ks, cf_i64 b, cf_i64 h,
+                      cf_i64 i0, int nq, int D, int w, int lane) {
+    const int g = lane >> 2, tg = lane & 3;
+    cf_u32 f[2 * (BT / 16)][2];
+#pragma unroll
+    for (int kk = 0; kk < BT / 16; kk++) { /* A = dS = (dS^T)^T: ldmatrix.trans of the keys' rows */
+        cf_u32 r[4];
+        ldmatrix_x4_trans(r, Ss + (kk * 16 + (lane & 7) + ((lane >> 4) << 3)) * LDSS + w * 16 +
+                                 ((lane >> 3) & 1) * 8);
+        f[2 * kk][0] = r[0];
+        f[2 * kk][1] = r[1];
+        f[2 * kk + 1][0] = r[2];
+        f[2 * kk + 1][1] = r[3];
+    }
+    float* base = a.dq_acc + ((b * a.Sq + i0) * a.H + h) * a.D;
+#pragma unroll
+    for (int c0 = 0; c0 < CF_DMAX; c0 += 32) {
+        if (c0 >= D) break;
+        float acc[4][4];
+#pragma unroll
+        for (int t = 0; t < 4; t++)
+            acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.0f;
+        mm_fb<BT / 16, 4>(acc, f, Ks + c0, D - c0, lane);
+#pragma unroll
+        for (int t = 0; t < 4; t++) {
+            const int d = c0 + t * 8 + tg * 2; /* D % 8 == 0: d < D means d + 1 < D */
+            if (d >= D) break;
+#pragma unroll
+            for (int r = 0; r < 2; r++) {
+                const int qi = w * 16 + g + 8 * r;
+                if (qi >= nq) continue;
+                float* p = base + (cf_i64)qi * a.H * a.D + d;
+                atomicAdd(p, acc[t][2 * r]);
+                atomicAdd(p + 1, acc[t][2 * r + 1]);
+            }
+        }
+    }
+}
+
+/* dq (the tensor, its dtype and strides) = dq_acc; one block a (row, head, batch). */
+extern "C" __global__ void __launch_bounds__(128) cf_attn_bwd_dq_store(cf_attn_args a) {
+    const cf_i64 i = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+    cf_i64 q0, sq, k0, sk;
+    cf_seq(&a, b, &q0, &sq, &k0, &sk);
+    if (i >= sq) return;
+    const float* src = a.dq_acc + ((b * a.Sq + i) * a.H + h) * a.D;
+    const cf_i64 ob = b * a.dq_sb + (q0 + i) * a.dq_ss + h * a.dq_sh;
+    for (int d = threadIdx.x; d < a.D; d += blockDim.x)
+        cf_st(a.dq, ob + d, src[d]);
+}
+#endif
+
 extern "C" __global__ void __launch_bounds__(128) cf_attn_bwd_dkdv_mma(cf_attn_args a) {
     extern __shared__ __align__(16) unsigned char smem_raw[];
     cf_h* Ks = (cf_h*)smem_raw;
@@ -560,6 +622,9 @@ extern "C" __global__ void __launch_bounds__(128) cf_attn_bwd_dkdv_mma(cf_attn_a
     cf_h* Gs = Qs + BT * LDS;
     float* Ls = (float*)(Gs + BT * LDS);
     float* Ds = Ls + BT;
+#if CF_BWD_ATOMIC_DQ
+    cf_h* Ss = (cf_h*)(Ds + BT); /* dS^T of the tile: [BT keys][LDSS], for dQ += dS K */
+#endif
     const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
     const int g = lane >> 2, tg = lane & 3;
     const cf_i64 b = blockIdx.z, hk = blockIdx.y, group = a.H / a.Hk;
@@ -654,6 +719,15 @@ extern "C" __global__ void __launch_bounds__(128) cf_attn_bwd_dkdv_mma(cf_attn_a
                     df[t][1] = pack2(d[2], d[3]);
                 }
             }
+#if CF_BWD_ATOMIC_DQ
+            if (a.dq_acc) { /* read by every warp after the barrier below */
+#pragma unroll
+                for (int t = 0; t < NT_T; t++) {
+                    *(cf_u32*)(Ss + (w * 16 + g) * LDSS + t * 8 + tg * 2) = df[t][0];
+                    *(cf_u32*)(Ss + (w * 16 + g + 8) * LDSS + t * 8 + tg * 2) = df[t][1];
+                }
+            }
+#endif
             mm_fb<BT / 16>(dv, pf, Gs, Dv, lane); /* dV += P^T dO */
             __syncthreads(); /* every warp is done with dO, lse, delta of (h, i0) */
             if (next) {
@@ -661,7 +735,10 @@ extern "C" __global__ void __launch_bounds__(128) cf_attn_bwd_dkdv_mma(cf_attn_a
                 cp_async_commit();
             }
             mm_fb<BT / 16>(dk, df, Qs, D, lane); /* dK += dS^T Q */
-            __syncthreads();                     /* every warp is done with Q(h, i0) */
+#if CF_BWD_ATOMIC_DQ
+            if (a.dq_acc) dq_atomic(a, Ss, Ks, b, h, i0, nq, D, w, lane);
+#endif
+            __syncthreads(); /* every warp is done with Q(h, i0) */
             if (next) {
                 dkdv_load_q(a, Qs, Gs, Ls, Ds, b, hn, q0, in, nqn, true, false);
                 cp_async_commit();

@@ -43,6 +43,7 @@ typedef struct cf_attn_args {
     float scale, softcap, dropout_p, keep_scale; /* keep_scale = 1 / (1 - dropout_p) */
     int tile; /* rows per shared-memory tile (<= 32), chosen by the launcher */
     int pad_;
+    float* dq_acc; /* backward workspace of the atomic dQ variant: [B][Sq][H][D] fp32, or NULL */
 } cf_attn_args;
 
 /* ---- KV-cache attention arguments (the attention part in `a`; a.k / a.v unused) ----------- */
