@@ -4,7 +4,9 @@
 # a small call, then the fuller grid. Each step has its own time limit so that one hang costs only
 # that step; logs go to $OUT/logs.tgz (else ./gpu_out), a summary is printed last.
 #   bash bench/gpu_session.sh [STEPS]    STEPS: a subset of "env build test check py bench grid san",
-#                                        plus "prof" (not by default): Nsight Compute on cuda-mma
+#                                        plus (not by default) "prof": Nsight Compute on cuda-mma,
+#                                        "variants": kernel variants timed and checked (VARIANTS
+#                                        overrides the list: "name|cflags|nvrtc options|grid;...")
 # DLPack's header must be in third_party/dlpack/ (git-ignored; the device tool's carry).
 set -u
 R=${OUT:-$PWD/gpu_out}
@@ -78,15 +80,58 @@ if has san && command -v compute-sanitizer >/dev/null; then
     done
 fi
 if has prof && command -v ncu >/dev/null; then
-    # Where cuda-mma's time goes (PERF.md "NVIDIA H200" lists the questions): one launch of each
-    # kernel at the target's head dim, clocks left as they are.
-    step prof 240 ncu --clock-control none --kernel-name regex:'cf_attn_(fwd|bwd_dq|bwd_dkdv)_mma' \
-        --launch-count 3 --section SpeedOfLight --section Occupancy --section LaunchStats \
-        --section WarpStateStats --section SchedulerStats --section MemoryWorkloadAnalysis \
-        build/cflash bench --device cuda --dtype bf16 --batch 4 --heads 16 --seqlen 4096 \
-        --head-dim 128 --bwd --warmup 0 --reps 1
-    grep -E "cf_attn_|Duration|Throughput|Registers|Achieved Occupancy|Stall|Issued Ipc" \
-        "$O/prof.log" | head -60 >>"$SUM"
+    # Where cuda-mma's time goes: one launch of each kernel at the target's head dim (S 4096),
+    # every section (--set full), clocks left as they are. Per kernel: the report, its details
+    # page, the raw metrics (the stall samples by reason) and the SASS with its stall samples.
+    for k in fwd bwd_dq bwd_dkdv; do
+        step "prof_$k" 150 ncu --clock-control none -k regex:"cf_attn_${k}_mma" -c 1 --set full \
+            -o "/tmp/prof_$k" build/cflash bench --device cuda --dtype bf16 --batch 4 --heads 16 \
+            --seqlen 4096 --head-dim 128 --bwd --warmup 0 --reps 1
+        [ -f "/tmp/prof_$k.ncu-rep" ] || continue
+        ncu -i "/tmp/prof_$k.ncu-rep" --page details --print-details all >"$O/prof_${k}_details.txt" 2>&1 ||
+            ncu -i "/tmp/prof_$k.ncu-rep" --page details >"$O/prof_${k}_details.txt" 2>&1
+        ncu -i "/tmp/prof_$k.ncu-rep" --page raw --csv >"$O/prof_${k}_raw.csv" 2>&1
+        ncu -i "/tmp/prof_$k.ncu-rep" --page source --csv --print-source sass >"$O/prof_${k}_sass.csv" 2>&1
+        grep -E "Duration|Registers Per|Achieved Occupancy|Theoretical Occupancy|Block Limit|Issue Slots Busy|Issued Ipc|Warp Cycles Per Issued|Compute \(SM\) Throughput|Memory Throughput|L2 Hit|Shared Memory Configuration Size|Dynamic Shared" \
+            "$O/prof_${k}_details.txt" | head -24 | sed "s/^/$k: /" >>"$SUM"
+    done
+fi
+if has variants; then
+    # Kernel variants (attn_mma.cu's defines through CFLASH_NVRTC_OPTIONS), each timed against
+    # SDPA at the target's shape and checked on two shapes that take the masked tile paths too.
+    # A variant spec is "name|host C flags|NVRTC options|grid": host flags (MMA_FWD_STAGES,
+    # MMA_BWD_ATOMIC_DQ: shared memory and launches to match the kernels) build their own library;
+    # grid 1 also runs the level-0 GPU grid on it.
+    DEF_VARIANTS="base|||0;ftz||-DCF_EX2_FTZ=1|0;kearly||-DCF_EX2_FTZ=1 -DCF_FWD_KEARLY=1|0"
+    DEF_VARIANTS="$DEF_VARIANTS;s2|-DMMA_FWD_STAGES=2|-DCF_EX2_FTZ=1 -DCF_FWD_STAGES=2|1"
+    DEF_VARIANTS="$DEF_VARIANTS;dqmin3||-DCF_EX2_FTZ=1 -DCF_BWD_MINB=3|0"
+    DEF_VARIANTS="$DEF_VARIANTS;adq|-DMMA_BWD_ATOMIC_DQ=1|-DCF_EX2_FTZ=1 -DCF_BWD_ATOMIC_DQ=1|1"
+    IFS=';' read -ra VLIST <<<"${VARIANTS:-$DEF_VARIANTS}"
+    for v in "${VLIST[@]}"; do
+        IFS='|' read -r name cflags opts grid <<<"$v"
+        dir=build
+        if [ -n "$cflags" ]; then
+            dir=build_$name
+            step "cmake_$name" 120 cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=Release \
+                -DDLPACK_INCLUDE_DIR="$PWD/third_party" -DCMAKE_C_FLAGS="$cflags"
+            step "build_$name" 240 cmake --build "$dir" -j "$J" --target cflash cflash_cli \
+                test_cuda_attn || continue
+        fi
+        export CFLASH_NVRTC_OPTIONS="$opts"
+        step "var_$name" 90 python3 bench/cuda_sdpa_compare.py --lib "$dir/libcflash.so" --no-first-use
+        sed "s/^/$name: /" "$O/var_$name.log" | grep -v "^$name: $" | tail -3 >>"$SUM"
+        step "varchk_$name" 60 "$dir/cflash" check --device cuda --backend cuda-mma --dtype bf16 \
+            --causal --bwd --seqlen 1025 --head-dim 128
+        tail -2 "$O/varchk_$name.log" | sed "s/^/$name: /" >>"$SUM"
+        step "varchk2_$name" 60 "$dir/cflash" check --device cuda --backend cuda-mma --dtype fp16 \
+            --bwd --batch 2 --heads 4 --heads-kv 2 --seqlen 300 --head-dim 64
+        tail -2 "$O/varchk2_$name.log" | sed "s/^/$name: /" >>"$SUM"
+        if [ "$grid" = 1 ]; then
+            step "vargrid_$name" 150 env CFLASH_GPU_GRID_LEVEL=0 "$dir/tests/test_cuda_attn"
+            grep -E "passed|FAIL" "$O/vargrid_$name.log" | head -8 | sed "s/^/$name: /" >>"$SUM"
+        fi
+        unset CFLASH_NVRTC_OPTIONS
+    done
 fi
 if has grid; then
     step grid1 180 env CFLASH_GPU_GRID_LEVEL=1 build/tests/test_cuda_attn
