@@ -264,6 +264,13 @@ int main(int argc, char** argv) {
                     "run the GPU tests only on sm_90");
         CHECK(strstr(json, "\"sm\": 80, \"multiprocessors\": 108, \"total_mem_bytes\": "
                            "42949672960, \"gpu_tests_passed\": false"));
+    } else if (!strcmp(scenario, "fake-gpu-sm90")) {
+        /* An arch in report.c's cuda_tested table: the line says where the tests passed. */
+        expect_text("device 0              Fake GPU for cflash tests, sm_90, 108 SMs, 40.0 GiB");
+        expect_text("    tested              yes: the GPU tests passed on sm_90 (NVIDIA H200, "
+                    "2026-12-04)");
+        CHECK(strstr(json, "\"sm\": 90, \"multiprocessors\": 108, \"total_mem_bytes\": "
+                           "42949672960, \"gpu_tests_passed\": true"));
     } else if (!strcmp(scenario, "fake-gpu-no-nvrtc")) {
         /* A GPU but no NVRTC: the CUDA backends say NVRTC is the reason. */
         expect_text("[cuda driver]\n  status                [OKAY] driver 12.4, 1 device(s)");

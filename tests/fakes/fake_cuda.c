@@ -1,6 +1,7 @@
 /* A fake CUDA driver (built by the tests as libcuda.so.1) to drive the probe through failures that
  * need a real driver to happen otherwise: cuInit returns the code in CFLASH_FAKE_CUINIT (default
- * 100, CUDA_ERROR_NO_DEVICE); with 0 it lists one fake sm_80 device. Built with
+ * 100, CUDA_ERROR_NO_DEVICE); with 0 it lists one fake device, sm_80 or the compute capability
+ * in CFLASH_FAKE_CC (major * 10 + minor: 90 = sm_90). Built with
  * -DFAKE_LACK_TOTALMEM it lacks cuDeviceTotalMem_v2, like a driver too old or a wrong library.
  * It exports every entry point the CUDA backends load, so their reasons come from cuInit too;
  * anything that would touch a GPU fails with CUDA_ERROR_NOT_SUPPORTED (801). */
@@ -36,12 +37,16 @@ EXPORT int cuDeviceGetName(char* name, int len, int dev) {
     name[len - 1] = 0;
     return 0;
 }
+static int fake_cc(void) {
+    const char* e = getenv("CFLASH_FAKE_CC");
+    return e ? atoi(e) : 80;
+}
 EXPORT int cuDeviceGetAttribute(int* v, int attr, int dev) {
     (void)dev;
     switch (attr) {
-    case 75: *v = 8; return 0;   /* compute capability major */
-    case 76: *v = 0; return 0;   /* minor */
-    case 16: *v = 108; return 0; /* multiprocessors */
+    case 75: *v = fake_cc() / 10; return 0; /* compute capability major */
+    case 76: *v = fake_cc() % 10; return 0; /* minor */
+    case 16: *v = 108; return 0;            /* multiprocessors */
     default: *v = 0; return 1;
     }
 }
