@@ -102,10 +102,14 @@ if has variants; then
     # A variant spec is "name|host C flags|NVRTC options|grid": host flags (MMA_FWD_STAGES,
     # MMA_BWD_ATOMIC_DQ: shared memory and launches to match the kernels) build their own library;
     # grid 1 also runs the level-0 GPU grid on it.
-    DEF_VARIANTS="base|||0;ftz||-DCF_EX2_FTZ=1|0;kearly||-DCF_EX2_FTZ=1 -DCF_FWD_KEARLY=1|0"
-    DEF_VARIANTS="$DEF_VARIANTS;s2|-DMMA_FWD_STAGES=2|-DCF_EX2_FTZ=1 -DCF_FWD_STAGES=2|1"
-    DEF_VARIANTS="$DEF_VARIANTS;dqmin3||-DCF_EX2_FTZ=1 -DCF_BWD_MINB=3|0"
-    DEF_VARIANTS="$DEF_VARIANTS;adq|-DMMA_BWD_ATOMIC_DQ=1|-DCF_EX2_FTZ=1 -DCF_BWD_ATOMIC_DQ=1|1"
+    # Static counts (nvdisasm of nvcc 13.0's sm_90 cubin, bf16 D 128, the forward loop's path on a
+    # full tile): base ~1330 instructions a 64-key tile a warp (128 HMMA; the two tile loads'
+    # loops 28 instructions per 16 bytes), LOAD_T + EX2_FTZ 863, + FULL_N 720, + SKIP_RESCALE ~660.
+    L="-DCF_LOAD_T=1 -DCF_EX2_FTZ=1 -DCF_FULL_N=1"
+    DEF_VARIANTS="base|||0;ltf||$L|0;ltfs||$L -DCF_SKIP_RESCALE=1|1"
+    DEF_VARIANTS="$DEF_VARIANTS;s2|-DMMA_FWD_STAGES=2|$L -DCF_SKIP_RESCALE=1 -DCF_FWD_STAGES=2|1"
+    DEF_VARIANTS="$DEF_VARIANTS;dqmin3||$L -DCF_SKIP_RESCALE=1 -DCF_BWD_MINB=3|0"
+    DEF_VARIANTS="$DEF_VARIANTS;adq|-DMMA_BWD_ATOMIC_DQ=1|$L -DCF_SKIP_RESCALE=1 -DCF_BWD_ATOMIC_DQ=1|1"
     IFS=';' read -ra VLIST <<<"${VARIANTS:-$DEF_VARIANTS}"
     for v in "${VLIST[@]}"; do
         IFS='|' read -r name cflags opts grid <<<"$v"

@@ -58,6 +58,38 @@
 #ifndef CF_BWD_ATOMIC_DQ
 #define CF_BWD_ATOMIC_DQ 0
 #endif
+/* CF_LOAD_T 1: tiles load through load_tile_t (unrolled, each thread's row addresses stepped
+ * once a row) instead of load_tile's loop (index arithmetic and 64-bit products per 16 bytes). */
+#ifndef CF_LOAD_T
+#define CF_LOAD_T 0
+#endif
+/* CF_FULL_N 1: when the head dims are CF_DMAX (D = Dv = CF_DMAX), the products run without their
+ * per-step extent checks. CF_SKIP_RESCALE 1: the forward leaves O alone on tiles where no row
+ * maximum of the warp moved (the factor is exactly 1). */
+#ifndef CF_FULL_N
+#define CF_FULL_N 0
+#endif
+/* In a kernel whose locals D and Dv hold the head dims: whether the products may skip the checks
+ * (bench/sass_fwd_path.py --full defines it 1 to count that path alone). */
+#ifndef CF_IS_FULL
+#define CF_IS_FULL (D == CF_DMAX && Dv == CF_DMAX)
+#endif
+/* CF_PICK((full call), (call)): the product for this kernel's head dims; without CF_FULL_N the
+ * plain call alone, so that the default kernels are compiled as before. */
+#if CF_FULL_N
+#define CF_PICK(f, g)                                                                              \
+    do {                                                                                           \
+        if (CF_IS_FULL)                                                                            \
+            f;                                                                                     \
+        else                                                                                       \
+            g;                                                                                     \
+    } while (0)
+#else
+#define CF_PICK(f, g) g
+#endif
+#ifndef CF_SKIP_RESCALE
+#define CF_SKIP_RESCALE 0
+#endif
 #define CF_LOG2E 1.4426950408889634f
 #define CF_LN2 0.6931471805599453f
 
@@ -125,10 +157,32 @@ CF_DEV cf_u32 pack2(float lo, float hi) {
     return r;
 }
 
+/* load_tile for blocks of 128 threads and ROWS rows: thread t copies the 16-byte column chunk
+ * t % CH of rows t / CH + k (128 / CH), its source address stepped by a row stride per copy. */
+template <int ROWS>
+CF_DEV void load_tile_t(cf_h* dst, const cf_h* src, cf_i64 rs, int nrows, int dims) {
+    constexpr int CH = CF_DMAX / 8, RS = 128 / CH;
+    static_assert(ROWS % RS == 0, "load_tile_t: rows per pass");
+    const int c = (int)(threadIdx.x % CH) * 8, r0 = (int)(threadIdx.x / CH);
+    const cf_h* s = src + r0 * rs + c;
+    cf_h* d = dst + r0 * LDS + c;
+    const bool cok = c < dims;
+#pragma unroll
+    for (int k = 0; k < ROWS / RS; k++) {
+        const bool ok = cok && r0 + k * RS < nrows;
+        cp_async16(d + k * RS * LDS, ok ? (const void*)s : (const void*)src, ok ? 16 : 0);
+        s += RS * rs;
+    }
+}
+
 /* Copies rows [r0, r0 + nrows) of a (row stride rs, elements) matrix with `dims` valid columns
  * into a shared tile of `rows` rows x CF_DMAX columns (stride LDS); rows >= nrows and columns
  * >= dims become zeros. dims % 8 == 0. */
 CF_DEV void load_tile(cf_h* dst, const cf_h* src, cf_i64 rs, int rows, int nrows, int dims) {
+#if CF_LOAD_T /* rows is a constant at every call: one branch is left */
+    if (rows == 64) return load_tile_t<64>(dst, src, rs, nrows, dims);
+    if (rows == 32) return load_tile_t<32>(dst, src, rs, nrows, dims);
+#endif
     const int chunks = CF_DMAX / 8;
     for (int e = threadIdx.x; e < rows * chunks; e += blockDim.x) {
         const int r = e / chunks, c = (e - r * chunks) * 8;
@@ -141,14 +195,14 @@ CF_DEV void load_tile(cf_h* dst, const cf_h* src, cf_i64 rs, int rows, int nrows
 /* One warp's S (16 x 8 NT) = A_w B^T over k extent Kp (a multiple of 16): A's 16 rows from row
  * 16 w of As, B's 8 NT rows from Bs, both row-major (stride LDS) in shared memory. A by
  * ldmatrix.x4 per k step, B two n-tiles per ldmatrix.x4. */
-template <int NT>
+template <int NT, bool FULL = false>
 CF_DEV void mm_abt(float (*s)[4], const cf_h* As, const cf_h* Bs, int Kp, int w, int lane) {
 #pragma unroll
     for (int t = 0; t < NT; t++)
         s[t][0] = s[t][1] = s[t][2] = s[t][3] = 0.0f;
 #pragma unroll
     for (int kk = 0; kk < CF_DMAX; kk += 16) {
-        if (kk >= Kp) break;
+        if (!FULL && kk >= Kp) break;
         cf_u32 af[4];
         ldmatrix_x4(af, As + (w * 16 + (lane & 15)) * LDS + kk + (lane >> 4) * 8);
 #pragma unroll
@@ -165,18 +219,18 @@ CF_DEV void mm_abt(float (*s)[4], const cf_h* As, const cf_h* Bs, int Kp, int w,
 /* acc (16 x n, NT n-tiles of 8) += A (16 x 16 KT: the register fragments f[2 kk], f[2 kk + 1] of
  * each k step, as S's accumulators repacked) B, B = Bs's first 16 KT rows (row-major, stride LDS):
  * two n-tiles per ldmatrix.x4.trans; columns of Bs past n must be zeros (load_tile). */
-template <int KT, int NT = NT_O>
+template <int KT, int NT = NT_O, bool FULL = false>
 CF_DEV void mm_fb(float (*acc)[4], const cf_u32 (*f)[2], const cf_h* Bs, int n, int lane) {
 #pragma unroll
     for (int kk = 0; kk < KT; kk++) {
         const cf_u32 af[4] = {f[2 * kk][0], f[2 * kk][1], f[2 * kk + 1][0], f[2 * kk + 1][1]};
 #pragma unroll
         for (int t = 0; t < NT; t += 2) {
-            if (t * 8 >= n) break;
+            if (!FULL && t * 8 >= n) break;
             cf_u32 bf[4];
             ldmatrix_x4_trans(bf, Bs + (kk * 16 + (lane & 15)) * LDS + t * 8 + (lane >> 4) * 8);
             mma16816(acc[t], af, bf);
-            if ((t + 1) * 8 < n) mma16816(acc[t + 1], af, bf + 2);
+            if (FULL || (t + 1) * 8 < n) mma16816(acc[t + 1], af, bf + 2);
         }
     }
 }
@@ -262,7 +316,8 @@ extern "C" __global__ void CF_FWD_BOUNDS cf_attn_fwd_mma(cf_attn_args a) {
         }
 
         float s[NT_S][4];
-        mm_abt<NT_S>(s, Qs, Ks, Dp, w, lane);
+        CF_PICK((mm_abt<NT_S, true>(s, Qs, Ks, Dp, w, lane)),
+                (mm_abt<NT_S>(s, Qs, Ks, Dp, w, lane)));
         if (CF_FWD_STAGES == 1 && CF_FWD_KEARLY) {
             cp_async_wait0(); /* V(j) */
             __syncthreads();  /* ... seen by every warp, and every warp is done with K(j) */
@@ -337,13 +392,16 @@ extern "C" __global__ void CF_FWD_BOUNDS cf_attn_fwd_mma(cf_attn_args a) {
             ls[r] += __shfl_xor_sync(CF_FULL, ls[r], 2);
             l[r] = l[r] * corr[r] + ls[r];
         }
+#if CF_SKIP_RESCALE
+        if (__any_sync(CF_FULL, corr[0] != 1.0f || corr[1] != 1.0f))
+#endif
 #pragma unroll
-        for (int t = 0; t < NT_O; t++) {
-            o[t][0] *= corr[0];
-            o[t][1] *= corr[0];
-            o[t][2] *= corr[1];
-            o[t][3] *= corr[1];
-        }
+            for (int t = 0; t < NT_O; t++) {
+                o[t][0] *= corr[0];
+                o[t][1] *= corr[0];
+                o[t][2] *= corr[1];
+                o[t][3] *= corr[1];
+            }
         if (CF_FWD_STAGES == 1 && !CF_FWD_KEARLY) {
             cp_async_wait0(); /* V(j) */
             __syncthreads();  /* ... seen by every warp, and every warp is done with K(j) */
@@ -352,7 +410,8 @@ extern "C" __global__ void CF_FWD_BOUNDS cf_attn_fwd_mma(cf_attn_args a) {
                 cp_async_commit();
             }
         }
-        mm_fb<BK / 16>(o, pf, Vs, Dv, lane); /* O += P V */
+        CF_PICK((mm_fb<BK / 16, NT_O, true>(o, pf, Vs, Dv, lane)),
+                (mm_fb<BK / 16>(o, pf, Vs, Dv, lane))); /* O += P V */
         if (CF_FWD_STAGES == 2) st ^= 1;
     }
     cp_async_wait0(); /* Q when no key is visible */
@@ -479,8 +538,10 @@ extern "C" __global__ void CF_DQ_BOUNDS cf_attn_bwd_dq_mma(cf_attn_args a) {
         cp_async_wait0();
         __syncthreads(); /* K(j), V(j) (and Q, dO) seen by every warp */
         float s[NT_T][4], dp[NT_T][4];
-        mm_abt<NT_T>(dp, Gs, Vs, Dvp, w, lane);
-        mm_abt<NT_T>(s, Qs, Ks, Dp, w, lane);
+        CF_PICK((mm_abt<NT_T, true>(dp, Gs, Vs, Dvp, w, lane)),
+                (mm_abt<NT_T>(dp, Gs, Vs, Dvp, w, lane)));
+        CF_PICK((mm_abt<NT_T, true>(s, Qs, Ks, Dp, w, lane)),
+                (mm_abt<NT_T>(s, Qs, Ks, Dp, w, lane)));
         __syncthreads(); /* every warp is done with V(j) */
         if (nk1) {
             load_tile(Vs, vg + j1 * a.v_ss, a.v_ss, BT, nk1, Dv);
@@ -518,8 +579,9 @@ extern "C" __global__ void CF_DQ_BOUNDS cf_attn_bwd_dq_mma(cf_attn_args a) {
                 df[t][1] = pack2(d[2], d[3]);
             }
         }
-        mm_fb<BT / 16>(dq, df, Ks, D, lane); /* dQ += dS K */
-        __syncthreads();                     /* every warp is done with K(j) */
+        CF_PICK((mm_fb<BT / 16, NT_O, true>(dq, df, Ks, D, lane)),
+                (mm_fb<BT / 16>(dq, df, Ks, D, lane))); /* dQ += dS K */
+        __syncthreads();                                /* every warp is done with K(j) */
         if (nk1) {
             load_tile(Ks, kg + j1 * a.k_ss, a.k_ss, BT, nk1, D);
             cp_async_commit();
@@ -673,8 +735,10 @@ extern "C" __global__ void __launch_bounds__(128) cf_attn_bwd_dkdv_mma(cf_attn_a
             __syncthreads(); /* Q, dO, lse, delta of (h, i0) seen by every warp */
             /* S^T = K_w Q^T and dP^T = V_w dO^T: rows are this warp's keys, columns queries. */
             float s[NT_T][4], dp[NT_T][4];
-            mm_abt<NT_T>(s, Ks, Qs, Dp, w, lane);
-            mm_abt<NT_T>(dp, Vs, Gs, Dvp, w, lane);
+            CF_PICK((mm_abt<NT_T, true>(s, Ks, Qs, Dp, w, lane)),
+                    (mm_abt<NT_T>(s, Ks, Qs, Dp, w, lane)));
+            CF_PICK((mm_abt<NT_T, true>(dp, Vs, Gs, Dvp, w, lane)),
+                    (mm_abt<NT_T>(dp, Vs, Gs, Dvp, w, lane)));
             cf_u32 pf[NT_T][2], df[NT_T][2];
             cf_i64 lo_last, hi_first;
             cf_key_range(&a, i0, sq, sk, &tmp, &hi_first);
@@ -728,13 +792,15 @@ extern "C" __global__ void __launch_bounds__(128) cf_attn_bwd_dkdv_mma(cf_attn_a
                 }
             }
 #endif
-            mm_fb<BT / 16>(dv, pf, Gs, Dv, lane); /* dV += P^T dO */
+            CF_PICK((mm_fb<BT / 16, NT_O, true>(dv, pf, Gs, Dv, lane)),
+                    (mm_fb<BT / 16>(dv, pf, Gs, Dv, lane))); /* dV += P^T dO */
             __syncthreads(); /* every warp is done with dO, lse, delta of (h, i0) */
             if (next) {
                 dkdv_load_q(a, Qs, Gs, Ls, Ds, b, hn, q0, in, nqn, false, true);
                 cp_async_commit();
             }
-            mm_fb<BT / 16>(dk, df, Qs, D, lane); /* dK += dS^T Q */
+            CF_PICK((mm_fb<BT / 16, NT_O, true>(dk, df, Qs, D, lane)),
+                    (mm_fb<BT / 16>(dk, df, Qs, D, lane))); /* dK += dS^T Q */
 #if CF_BWD_ATOMIC_DQ
             if (a.dq_acc) dq_atomic(a, Ss, Ks, b, h, i0, nq, D, w, lane);
 #endif
