@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Static instruction count of cuda-mma's forward loop on a full tile, without a GPU.
+"""Static instruction count of cuda-mma's forward (or dQ) loop on a full tile, without a GPU.
 
 Compiles src/cuda/kernels/attn_mma.cu with nvcc for one arch and variant defines, disassembles
 cf_attn_fwd_mma (cuobjdump; the CUDA toolkit here has none: Triton's wheel carries one, e.g.
@@ -8,7 +8,9 @@ cf_attn_fwd_mma (cuobjdump; the CUDA toolkit here has none: Triton's wheel carri
 tile that every row sees whole, without softcap / ALiBi / dropout: from the loop head to its
 back-edge, taking the plain-tile branch (the first branch on two predicates after the head) and
 the dropout skips of the softmax (`@!P4 BRA` before the first DEPBAR after it), falling through
-every other branch. Loops inside the path (load_tile's) count once: multiply by hand. --full
+every other branch. Loops inside the path (load_tile's) count once: multiply by hand. --kernel dq
+walks cf_attn_bwd_dq_mma the same way (its plain-tile branch is the same shape; the dK/dV
+kernel's nested loops are not handled). --full
 counts CF_FULL_N's products (the build then assumes D = Dv = CF_DMAX: for counting only).
 
     python3 bench/sass_fwd_path.py --cuobjdump /tmp/cuobjdump -D CF_LOAD_T=1 -D CF_EX2_FTZ=1
@@ -65,6 +67,7 @@ def walk(sass):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cuobjdump", default="cuobjdump")
+    ap.add_argument("--kernel", choices=("fwd", "dq"), default="fwd")
     ap.add_argument("--arch", default="sm_90")
     ap.add_argument("--dtype", type=int, default=2, help="CF_DTYPE: 1 fp16, 2 bf16")
     ap.add_argument("--dmax", type=int, default=128)
@@ -72,6 +75,7 @@ def main():
     ap.add_argument("--full", action="store_true",
                     help="CF_FULL_N's path: compile with CF_IS_FULL 1 (for counting only)")
     a = ap.parse_args()
+    fn = "cf_attn_fwd_mma" if a.kernel == "fwd" else "cf_attn_bwd_dq_mma"
     if a.full:
         a.D += ["CF_FULL_N=1", "CF_IS_FULL=1"]
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -82,12 +86,12 @@ def main():
                "-DCF_DMAX=%d" % a.dmax, "-I" + kdir, os.path.join(kdir, "attn_mma.cu"), "-o", cubin]
         cmd[5:5] = ["-D" + d for d in a.D]
         subprocess.run(cmd, check=True)
-        sass = subprocess.run([a.cuobjdump, "-sass", "-fun", "cf_attn_fwd_mma", cubin], check=True,
+        sass = subprocess.run([a.cuobjdump, "-sass", "-fun", fn, cubin], check=True,
                               capture_output=True, text=True).stdout
     head, end, n, ops = walk(sass)
-    print("cf_attn_fwd_mma %s CF_DTYPE=%d CF_DMAX=%d %s: loop 0x%x..0x%x, %d instructions on the "
-          "full-tile path (%d without NOP), %d HMMA" % (a.arch, a.dtype, a.dmax, " ".join(a.D),
-                                                       head, end, n, n - ops["NOP"], ops["HMMA"]))
+    print("%s %s CF_DTYPE=%d CF_DMAX=%d %s: loop 0x%x..0x%x, %d instructions on the full-tile "
+          "path (%d without NOP), %d HMMA" % (fn, a.arch, a.dtype, a.dmax, " ".join(a.D), head, end,
+                                             n, n - ops["NOP"], ops["HMMA"]))
     print("  " + ", ".join("%s %d" % kv for kv in ops.most_common(20)))
 
 
