@@ -234,6 +234,14 @@ static void test_nvrtc_path(void) {
     CHECK(cf_nvrtc_compile(v[0].name, v[0].defines, arch, 0, &a, &la, &hit) ==
           CFLASH_ERR_INVALID_ARGUMENT);
     CHECK_MSG(strstr(cflash_last_error(), "CFLASH_NVRTC_OPTIONS"), "%s", cflash_last_error());
+    setenv(
+        "CFLASH_NVRTC_OPTIONS",
+        "-DA -DB -DC -DD -DE -DF -DG -DH -DI -DJ -DK -DL -DM -DN -DO -DP -DQ -DR -DS -DT -DU -DV "
+        "-DW -DX -DY",
+        1); /* 25 options: more than the argument vector takes */
+    CHECK(cf_nvrtc_compile(v[0].name, v[0].defines, arch, 0, &a, &la, &hit) ==
+          CFLASH_ERR_INVALID_ARGUMENT);
+    CHECK_MSG(strstr(cflash_last_error(), "25 options"), "%s", cflash_last_error());
     unsetenv("CFLASH_NVRTC_OPTIONS");
 }
 

@@ -237,6 +237,11 @@ cflash_status cf_nvrtc_compile(const char* name, const char* defines, int arch, 
     const char* extra = extra_options();
     CFLASH_RETURN_IF(strlen(extra) > 256, CFLASH_ERR_INVALID_ARGUMENT,
                      "CFLASH_NVRTC_OPTIONS: %zu characters, at most 256", strlen(extra));
+    int words = 0;
+    for (const char* p = extra; *p; p++)
+        words += *p != ' ' && (p == extra || p[-1] == ' ');
+    CFLASH_RETURN_IF(words > 24, CFLASH_ERR_INVALID_ARGUMENT,
+                     "CFLASH_NVRTC_OPTIONS: %d options, at most 24", words);
     CFLASH_RETURN_IF(!cf_nvrtc_available(why, sizeof why), CFLASH_ERR_UNSUPPORTED, "%s", why);
     const char* text = cf_cuda_source_text(name);
     CFLASH_RETURN_IF(!text, CFLASH_ERR_BACKEND, "cuda: no embedded kernel source '%s'", name);
@@ -321,7 +326,7 @@ cflash_status cf_nvrtc_compile(const char* name, const char* defines, int arch, 
 typedef struct mod_entry {
     struct mod_entry* next;
     int ordinal;
-    char name[32], defines[96];
+    char name[32], defines[96], extra[260]; /* extra: CFLASH_NVRTC_OPTIONS when it was loaded */
     CUmodule mod;
 } mod_entry;
 static mod_entry* mods;
@@ -331,7 +336,8 @@ cflash_status cf_cuda_module(const cf_cu_device* dev, const char* name, const ch
                              CUmodule* mod) {
     pthread_mutex_lock(&mod_lock);
     for (mod_entry* e = mods; e; e = e->next)
-        if (e->ordinal == dev->ordinal && !strcmp(e->name, name) && !strcmp(e->defines, defines)) {
+        if (e->ordinal == dev->ordinal && !strcmp(e->name, name) && !strcmp(e->defines, defines) &&
+            !strcmp(e->extra, extra_options())) {
             *mod = e->mod;
             pthread_mutex_unlock(&mod_lock);
             return CFLASH_OK;
@@ -373,6 +379,7 @@ cflash_status cf_cuda_module(const cf_cu_device* dev, const char* name, const ch
     e->ordinal = dev->ordinal;
     snprintf(e->name, sizeof e->name, "%s", name);
     snprintf(e->defines, sizeof e->defines, "%s", defines);
+    snprintf(e->extra, sizeof e->extra, "%s", extra_options());
     e->mod = m;
     pthread_mutex_lock(&mod_lock);
     e->next = mods; /* a racing thread may have added the same module: harmless duplicate */
