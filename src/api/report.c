@@ -438,8 +438,8 @@ static void cuda_section(sb* s) {
         }
         char on[256] = "";
         for (size_t k = 0; k < sizeof cuda_tested / sizeof cuda_tested[0]; k++)
-            snprintf(on + strlen(on), sizeof on - strlen(on), "%ssm_%d (%s)", k ? ", " : "",
-                     cuda_tested[k].sm, cuda_tested[k].where);
+            cf_strcatf(on, sizeof on, "%ssm_%d (%s)", k ? ", " : "", cuda_tested[k].sm,
+                       cuda_tested[k].where);
         line(s, "  tested",
              "no: cflash's CUDA kernels compile for sm_%d%d but have run the GPU tests only on "
              "%s; run them here: README \"NVIDIA GPUs\"",

@@ -204,11 +204,13 @@ cflash_status cf_nvrtc_target(int arch, int* target, int* ptx) {
 
 /* ---- Compile ------------------------------------------------------------------------------ */
 
-/* Splits defines on spaces into argv (pointers into buf). */
+/* Splits buf on spaces into argv (pointers into buf), the first max words; returns the number of
+ * words, those past max included. */
 static int split_args(char* buf, const char** argv, int max) {
     int n = 0;
-    for (char* t = strtok(buf, " "); t && n < max; t = strtok(NULL, " "))
-        argv[n++] = t;
+    char* save = NULL;
+    for (char* t = strtok_r(buf, " ", &save); t; t = strtok_r(NULL, " ", &save), n++)
+        if (n < max) argv[n] = t;
     return n;
 }
 
@@ -237,9 +239,9 @@ cflash_status cf_nvrtc_compile(const char* name, const char* defines, int arch, 
     const char* extra = extra_options();
     CFLASH_RETURN_IF(strlen(extra) > 256, CFLASH_ERR_INVALID_ARGUMENT,
                      "CFLASH_NVRTC_OPTIONS: %zu characters, at most 256", strlen(extra));
-    int words = 0;
-    for (const char* p = extra; *p; p++)
-        words += *p != ' ' && (p == extra || p[-1] == ' ');
+    char words_buf[260];
+    snprintf(words_buf, sizeof words_buf, "%s", extra);
+    const int words = split_args(words_buf, NULL, 0);
     CFLASH_RETURN_IF(words > 24, CFLASH_ERR_INVALID_ARGUMENT,
                      "CFLASH_NVRTC_OPTIONS: %d options, at most 24", words);
     CFLASH_RETURN_IF(!cf_nvrtc_available(why, sizeof why), CFLASH_ERR_UNSUPPORTED, "%s", why);
@@ -334,10 +336,11 @@ static pthread_mutex_t mod_lock = PTHREAD_MUTEX_INITIALIZER;
 
 cflash_status cf_cuda_module(const cf_cu_device* dev, const char* name, const char* defines,
                              CUmodule* mod) {
+    const char* extra = extra_options();
     pthread_mutex_lock(&mod_lock);
     for (mod_entry* e = mods; e; e = e->next)
         if (e->ordinal == dev->ordinal && !strcmp(e->name, name) && !strcmp(e->defines, defines) &&
-            !strcmp(e->extra, extra_options())) {
+            !strcmp(e->extra, extra)) {
             *mod = e->mod;
             pthread_mutex_unlock(&mod_lock);
             return CFLASH_OK;
@@ -350,7 +353,7 @@ cflash_status cf_cuda_module(const cf_cu_device* dev, const char* name, const ch
     CUmodule m = NULL;
     CUresult r = -1;
     /* Precompiled cubins carry no extra options: CFLASH_NVRTC_OPTIONS compiles from source. */
-    for (int i = 0; i < cf_cuda_aot_count && r != 0 && !extra_options()[0]; i++) {
+    for (int i = 0; i < cf_cuda_aot_count && r != 0 && !extra[0]; i++) {
         const cf_cuda_aot* a = &cf_cuda_aot_table[i];
         if (a->arch == arch && !strcmp(a->name, name) && !strcmp(a->defines, defines)) {
             r = cu->cuModuleLoadData(&m, a->data);
@@ -368,8 +371,8 @@ cflash_status cf_cuda_module(const cf_cu_device* dev, const char* name, const ch
         size_t len = 0;
         CFLASH_FORWARD_IF_ERROR(cf_nvrtc_compile(name, defines, target, ptx, &image, &len, &hit));
         cf_log(CF_LOG_INFO, "cuda: %s %s%s%s: %s for %s_%d (%s)", name, defines,
-               extra_options()[0] ? " " : "", extra_options(), ptx ? "PTX" : "cubin",
-               ptx ? "compute" : "sm", target, hit ? "from the kernel cache" : "compiled by NVRTC");
+               extra[0] ? " " : "", extra, ptx ? "PTX" : "cubin", ptx ? "compute" : "sm", target,
+               hit ? "from the kernel cache" : "compiled by NVRTC");
         r = cu->cuModuleLoadData(&m, image);
         free(image);
         CF_CU_TRY(r, "cuModuleLoadData");
@@ -379,7 +382,7 @@ cflash_status cf_cuda_module(const cf_cu_device* dev, const char* name, const ch
     e->ordinal = dev->ordinal;
     snprintf(e->name, sizeof e->name, "%s", name);
     snprintf(e->defines, sizeof e->defines, "%s", defines);
-    snprintf(e->extra, sizeof e->extra, "%s", extra_options());
+    snprintf(e->extra, sizeof e->extra, "%s", extra);
     e->mod = m;
     pthread_mutex_lock(&mod_lock);
     e->next = mods; /* a racing thread may have added the same module: harmless duplicate */

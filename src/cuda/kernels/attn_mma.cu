@@ -52,9 +52,9 @@
 #else
 #define CF_DQ_BOUNDS __launch_bounds__(128)
 #endif
-/* CF_BWD_ATOMIC_DQ 1: the dK/dV kernel also adds dS Q-tile products into a.dq_acc (fp32 atomics,
- * not deterministic) and the dQ kernel is not run; cf_attn_bwd_dq_store writes dq from it (the
- * host's MMA_BWD_ATOMIC_DQ allocates it and sizes shared memory for the dS tile). */
+/* CF_BWD_ATOMIC_DQ 1: the dK/dV kernel also adds dS K for each query tile into a.dq_acc (fp32
+ * atomics, not deterministic) and the dQ kernel is not run; cf_attn_bwd_dq_store writes dq from it
+ * (the host's MMA_BWD_ATOMIC_DQ allocates it and sizes shared memory for the dS tile). */
 #ifndef CF_BWD_ATOMIC_DQ
 #define CF_BWD_ATOMIC_DQ 0
 #endif
@@ -293,6 +293,15 @@ extern "C" __global__ void CF_FWD_BOUNDS cf_attn_fwd_mma(cf_attn_args a) {
         load_tile(KV + (2 * st + 1) * BK * LDS, vg + j1 * a.v_ss, a.v_ss, BK,
                   (int)(bhi - j1 < BK ? bhi - j1 : BK), Dv);
     };
+    /* One stage: V(j) has landed and every warp is done with K(j); K(j + 1) starts loading. */
+    auto next_k = [&](cf_i64 j0) {
+        cp_async_wait0(); /* V(j) */
+        __syncthreads();  /* ... seen by every warp, and every warp is done with K(j) */
+        if (j0 + BK < bhi) {
+            load_k(j0 + BK, 0);
+            cp_async_commit();
+        }
+    };
     if (blo < bhi) {
         load_k(blo, 0);
         if (CF_FWD_STAGES == 2) load_v(blo, 0);
@@ -318,14 +327,7 @@ extern "C" __global__ void CF_FWD_BOUNDS cf_attn_fwd_mma(cf_attn_args a) {
         float s[NT_S][4];
         CF_PICK((mm_abt<NT_S, true>(s, Qs, Ks, Dp, w, lane)),
                 (mm_abt<NT_S>(s, Qs, Ks, Dp, w, lane)));
-        if (CF_FWD_STAGES == 1 && CF_FWD_KEARLY) {
-            cp_async_wait0(); /* V(j) */
-            __syncthreads();  /* ... seen by every warp, and every warp is done with K(j) */
-            if (j0 + BK < bhi) {
-                load_k(j0 + BK, 0);
-                cp_async_commit();
-            }
-        }
+        if (CF_FWD_STAGES == 1 && CF_FWD_KEARLY) next_k(j0);
 
         /* Scale (log2 units), softcap, ALiBi, masks; the tile's row maxima. */
         float mt[2] = {CF_NEG_INF, CF_NEG_INF};
@@ -402,14 +404,7 @@ extern "C" __global__ void CF_FWD_BOUNDS cf_attn_fwd_mma(cf_attn_args a) {
                 o[t][2] *= corr[1];
                 o[t][3] *= corr[1];
             }
-        if (CF_FWD_STAGES == 1 && !CF_FWD_KEARLY) {
-            cp_async_wait0(); /* V(j) */
-            __syncthreads();  /* ... seen by every warp, and every warp is done with K(j) */
-            if (j0 + BK < bhi) {
-                load_k(j0 + BK, 0);
-                cp_async_commit();
-            }
-        }
+        if (CF_FWD_STAGES == 1 && !CF_FWD_KEARLY) next_k(j0);
         CF_PICK((mm_fb<BK / 16, NT_O, true>(o, pf, Vs, Dv, lane)),
                 (mm_fb<BK / 16>(o, pf, Vs, Dv, lane))); /* O += P V */
         if (CF_FWD_STAGES == 2) st ^= 1;
