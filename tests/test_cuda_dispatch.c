@@ -1,8 +1,11 @@
-/* The CUDA backends' choice and reasons without a GPU, against the tests' fake libcuda (one sm_80
- * device, 48 KB shared memory per block, every GPU operation failing with
- * CUDA_ERROR_NOT_SUPPORTED): which of cuda-mma / cuda-simt serves a call and why the other does
- * not, and that a run reports the driver's error instead of crashing.
- *   test_cuda_dispatch            expects CFLASH_LIBCUDA = the fake, CFLASH_FAKE_CUINIT=0
+/* The CUDA backends' choice and reasons without a GPU, against the tests' fake libcuda (one
+ * device, sm_90 with CFLASH_FAKE_CC=90, else sm_80; 48 KB shared memory per block, every GPU
+ * operation failing with CUDA_ERROR_NOT_SUPPORTED): which of cuda-mma / cuda-simt serves a call
+ * and why the other does not, and that a run reports the driver's error instead of crashing.
+ *   test_cuda_dispatch            expects CFLASH_LIBCUDA = the fake, CFLASH_FAKE_CUINIT=0 and
+ *                                 CFLASH_FAKE_CC=90 (an arch that has passed the GPU tests)
+ *   test_cuda_dispatch untested   the fake at sm_80, which has not: the automatic choice passes
+ *                                 both backends over saying why, a forced one serves
  *   test_cuda_dispatch no-nvrtc   the same with NVRTC hidden: both backends say why
  * Skips (exit 77) when the fake is not configured, and the first form when the machine has no
  * NVRTC (a CPU-only machine: the no-nvrtc form is then what it checks). */
@@ -259,6 +262,63 @@ static void test_run_fails_cleanly(void) {
         "cu_seqlens_q: on cuda:0, expected host memory or the device of q (cpu:0)");
 }
 
+/* An arch that has not passed the GPU tests (the fake's sm_80): the automatic choice passes both
+ * backends over with the reason, after what the call itself needs; forced, each serves (its run
+ * reaches the fake driver, which fails it). */
+static void test_untested_arch(void) {
+    char buf[4096];
+    static const char* const want[2] = {
+        "cuda-mma: NO: not yet verified on sm_80 (Fake GPU for cflash tests): the GPU tests have "
+        "passed on sm_90 (NVIDIA H200, 2026-12-04) only; force it with CFLASH_BACKEND=cuda-mma",
+        "cuda-simt: NO: not yet verified on sm_80 (Fake GPU for cflash tests): the GPU tests have "
+        "passed on sm_90 (NVIDIA H200, 2026-12-04) only; force it with CFLASH_BACKEND=cuda-simt"};
+    prob p;
+    mkprob(&p, CF_BF16, 64, 0x7f0000000000);
+    CHECK(explain_fwd(&p, buf, sizeof buf) == CFLASH_ERR_UNSUPPORTED);
+    CHECK_HAS(buf, want[0]);
+    CHECK_HAS(buf, want[1]);
+    CHECK_HAS(buf, "-> none");
+    cflash_attn_params prm;
+    cflash_attn_params_init(&prm);
+    CHECK_ERR(cflash_attn_fwd(NULL, &prm, &p.q.t, &p.k.t, &p.v.t, &p.out.t, &p.lse.t),
+              CFLASH_ERR_UNSUPPORTED, "not yet verified on sm_80");
+    CHECK(cflash_attn_bwd(tt_explain(buf, sizeof buf), &prm, &p.dout.t, &p.q.t, &p.k.t, &p.v.t,
+                          &p.out.t, &p.lse.t, &p.dq.t, &p.dk.t, &p.dv.t) == CFLASH_ERR_UNSUPPORTED);
+    CHECK_HAS(buf, want[0]);
+    CHECK_HAS(buf, want[1]);
+    /* What the call needs comes first: cuda-mma's dtype reason, not the arch. */
+    mkprob(&p, CF_F32, 64, 0x7f0000000000);
+    CHECK(explain_fwd(&p, buf, sizeof buf) == CFLASH_ERR_UNSUPPORTED);
+    CHECK_HAS(buf, "cuda-mma: NO: dtype float32");
+    CHECK_HAS(buf, want[1]);
+    /* The KV-cache call (cuda-simt alone). */
+    int64_t qb[4] = {2, 1, 4, 64}, kc4[4] = {2, 256, 4, 64};
+    ft qd, od, kc, vc;
+    mk(&qd, 0x7f0000000000, CF_BF16, 4, qb);
+    mk(&od, 0x7f0000600000, CF_BF16, 4, qb);
+    mk(&kc, 0x7f0000a00000, CF_BF16, 4, kc4);
+    mk(&vc, 0x7f0000c00000, CF_BF16, 4, kc4);
+    cflash_kvcache_params kvp;
+    cflash_kvcache_params_init(&kvp);
+    CHECK(cflash_attn_kvcache_fwd(tt_explain(buf, sizeof buf), &prm, &kvp, &qd.t, &kc.t, &vc.t,
+                                  &od.t, NULL) == CFLASH_ERR_UNSUPPORTED);
+    CHECK_HAS(buf, want[1]);
+    /* Forced: each backend serves, and its run fails in the fake driver. */
+    mkprob(&p, CF_BF16, 64, 0x7f0000000000);
+    static const char* const names[2] = {"cuda-mma", "cuda-simt"};
+    for (int b = 0; b < 2; b++) {
+        cflash_context* ctx = NULL;
+        CHECK_OK(cflash_context_create(&ctx));
+        CHECK_OK(cflash_context_set_backend(ctx, names[b]));
+        CHECK_ERR(cflash_attn_fwd(ctx, &prm, &p.q.t, &p.k.t, &p.v.t, &p.out.t, &p.lse.t),
+                  CFLASH_ERR_BACKEND, "cuda: ");
+        CHECK_ERR(cflash_attn_bwd(ctx, &prm, &p.dout.t, &p.q.t, &p.k.t, &p.v.t, &p.out.t, &p.lse.t,
+                                  &p.dq.t, &p.dk.t, &p.dv.t),
+                  CFLASH_ERR_BACKEND, "cuda: ");
+        cflash_context_free(ctx);
+    }
+}
+
 static void test_no_nvrtc(void) {
     char buf[4096];
     prob p;
@@ -292,6 +352,12 @@ int main(int argc, char** argv) {
         printf("SKIP: the CUDA backends' choice needs NVRTC on this machine (%s); the no-nvrtc "
                "form checks what they say without it\n",
                why);
+        return 77;
+    } else if (argc > 1 && !strcmp(argv[1], "untested")) {
+        test_untested_arch();
+    } else if (!getenv("CFLASH_FAKE_CC") || atoi(getenv("CFLASH_FAKE_CC")) != 90) {
+        printf("SKIP: the choice tests need the fake at a tested arch (CFLASH_FAKE_CC=90); run "
+               "through ctest\n");
         return 77;
     } else {
         test_choice();

@@ -364,21 +364,6 @@ static void lib_text(sb* s, cf_lib_id id) {
     if (d->error[0]) line(s, "loader said", "%s", d->error);
 }
 
-/* The GPU archs on which the CUDA backends have run the GPU tests (ctest -R test_cuda and the
- * level-1 grid), with the GPU and date (docs/PERF.md "NVIDIA GPUs"); other archs are compiled for
- * (test_cuda_nvrtc) but unverified. Add a row in the commit that records a new arch passing. */
-static const struct {
-    int sm;
-    const char* where;
-} cuda_tested[] = {{90, "NVIDIA H200, 2026-12-04"}};
-
-/* The row's text if sm is in cuda_tested, else NULL. */
-static const char* cuda_tested_on(int sm) {
-    for (size_t i = 0; i < sizeof cuda_tested / sizeof cuda_tested[0]; i++)
-        if (cuda_tested[i].sm == sm) return cuda_tested[i].where;
-    return NULL;
-}
-
 static void cuda_section(sb* s) {
     const cf_cuda_info* c = cf_cuda_probe();
     if (s->json) {
@@ -402,7 +387,7 @@ static void cuda_section(sb* s) {
             jint(s, "sm", d->major * 10 + d->minor);
             jint(s, "multiprocessors", d->sms);
             jint(s, "total_mem_bytes", (long long)d->total_mem);
-            jbool(s, "gpu_tests_passed", cuda_tested_on(d->major * 10 + d->minor) != NULL);
+            jbool(s, "gpu_tests_passed", cf_cuda_tested_on(d->major * 10 + d->minor) != NULL);
             jstr(s, "error", d->error[0] ? d->error : NULL);
             close_obj(s);
         }
@@ -430,16 +415,14 @@ static void cuda_section(sb* s) {
         snprintf(label, sizeof label, "device %d", i);
         line(s, label, "%s, sm_%d%d, %d SMs, %s%s%s", d->name, d->major, d->minor, d->sms, mem,
              d->error[0] ? "; " : "", d->error);
-        const char* where = cuda_tested_on(d->major * 10 + d->minor);
+        const char* where = cf_cuda_tested_on(d->major * 10 + d->minor);
         if (where) {
             line(s, "  tested", "yes: the GPU tests passed on sm_%d%d (%s)", d->major, d->minor,
                  where);
             continue;
         }
-        char on[256] = "";
-        for (size_t k = 0; k < sizeof cuda_tested / sizeof cuda_tested[0]; k++)
-            cf_strcatf(on, sizeof on, "%ssm_%d (%s)", k ? ", " : "", cuda_tested[k].sm,
-                       cuda_tested[k].where);
+        char on[256];
+        cf_cuda_tested_list(on, sizeof on);
         line(s, "  tested",
              "no: cflash's CUDA kernels compile for sm_%d%d but have run the GPU tests only on "
              "%s; run them here: README \"NVIDIA GPUs\"",
@@ -550,6 +533,7 @@ static int backend_status(cflash_op op, const char* backend, char* why, size_t l
             snprintf(why, len, "%s", impls[i]->unverified);
             return 0;
         }
+        if (impls[i]->verified && !impls[i]->verified(NULL, why, len)) return 0; /* the same */
         return 1;
     }
     snprintf(why, len, "not implemented");

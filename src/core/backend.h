@@ -13,7 +13,7 @@
  * core/attn_call.h and core/ops_call.h that run() receives). Bump it when either changes in a way
  * that a backend written against the old one would compile but misbehave; every backend is built
  * in this tree today, so a bump comes with the edits to all of them. */
-#define CF_BACKEND_INTERFACE_VERSION 1
+#define CF_BACKEND_INTERFACE_VERSION 2
 
 typedef struct cf_impl {
     const char* backend; /* "cpu-ref", "cpu-avx512", "cuda-mma", ... */
@@ -30,6 +30,11 @@ typedef struct cf_impl {
      * ("not yet verified on AMX hardware; force it with CFLASH_BACKEND=cpu-amx"): the automatic
      * choice passes it over with this reason, and it serves only when forced. */
     const char* unverified;
+    /* Optional (NULL: `unverified` alone decides): 1 when the kernels have passed the test grid on
+     * the hardware this call runs on (a GPU backend: its device's arch), else 0 with the reason;
+     * judged as `unverified` is, after supports: the automatic choice passes over, a forced
+     * backend serves. call NULL: the machine's first device (`cflash report`). */
+    int (*verified)(const void* call, char* why, size_t len);
 } cf_impl;
 /* Define impls with designated initialisers (.backend = ..., .op = ...) so fields can be added. */
 

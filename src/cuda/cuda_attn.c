@@ -584,6 +584,21 @@ static cflash_status kv_run(const void* call) {
 
 /* ---- Registry rows ------------------------------------------------------------------------ */
 
+/* cf_impl.verified: the call's device (the first one for the report) against the tested archs. */
+static int device_of(const cf_attn_call* c) {
+    return c ? c->device_id : 0;
+}
+static int mma_verified(const void* call, char* why, size_t n) {
+    return cf_cuda_verified(device_of(call), "cuda-mma", why, n);
+}
+static int simt_verified(const void* call, char* why, size_t n) {
+    return cf_cuda_verified(device_of(call), "cuda-simt", why, n);
+}
+static int kv_verified(const void* call, char* why, size_t n) {
+    const cf_kvcache_call* c = call;
+    return cf_cuda_verified(c ? c->a.device_id : 0, "cuda-simt", why, n);
+}
+
 const cf_impl cf_impl_cuda_simt_kvcache_fwd = {
     .backend = "cuda-simt",
     .op = CFLASH_OP_KVCACHE_FWD,
@@ -591,6 +606,7 @@ const cf_impl cf_impl_cuda_simt_kvcache_fwd = {
     .supports = kv_supports,
     .run = kv_run,
     .available = cuda_available,
+    .verified = kv_verified,
 };
 
 const cf_impl cf_impl_cuda_mma_attn_fwd = {
@@ -598,6 +614,7 @@ const cf_impl cf_impl_cuda_mma_attn_fwd = {
     .op = CFLASH_OP_ATTN_FWD,
     .device_type = kDLCUDA,
     .supports = mma_supports_fwd,
+    .verified = mma_verified,
     .run = mma_fwd_run,
     .available = cuda_available,
 };
@@ -606,6 +623,7 @@ const cf_impl cf_impl_cuda_mma_attn_bwd = {
     .op = CFLASH_OP_ATTN_BWD,
     .device_type = kDLCUDA,
     .supports = mma_supports_bwd,
+    .verified = mma_verified,
     .run = mma_bwd_run,
     .available = cuda_available,
 };
@@ -614,6 +632,7 @@ const cf_impl cf_impl_cuda_simt_attn_fwd = {
     .op = CFLASH_OP_ATTN_FWD,
     .device_type = kDLCUDA,
     .supports = simt_supports_fwd,
+    .verified = simt_verified,
     .run = simt_fwd_run,
     .available = cuda_available,
 };
@@ -622,6 +641,7 @@ const cf_impl cf_impl_cuda_simt_attn_bwd = {
     .op = CFLASH_OP_ATTN_BWD,
     .device_type = kDLCUDA,
     .supports = simt_supports_bwd,
+    .verified = simt_verified,
     .run = simt_bwd_run,
     .available = cuda_available,
 };

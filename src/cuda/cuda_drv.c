@@ -13,6 +13,7 @@
 #include "cuda/kcache.h"
 #include "probe/cuda_loader.h"
 #include "probe/dynlib.h"
+#include "probe/gpu_probe.h"
 
 /* snprintf(dst, n, "%s", src) without the truncation warning: messages are cut to fit. */
 static void copy_why(char* dst, size_t n, const char* src) {
@@ -133,6 +134,20 @@ cflash_status cf_cu_device_get(int ordinal, cf_cu_device* out) {
     pthread_mutex_unlock(&lock);
     *out = d;
     return CFLASH_OK;
+}
+
+int cf_cuda_verified(int device_id, const char* backend, char* why, size_t n) {
+    cf_cu_device dev;
+    if (cf_cu_device_get(device_id, &dev) != CFLASH_OK) return 1;
+    const int sm = dev.cc_major * 10 + dev.cc_minor;
+    if (cf_cuda_tested_on(sm)) return 1;
+    char on[256];
+    cf_cuda_tested_list(on, sizeof on);
+    snprintf(why, n,
+             "not yet verified on sm_%d (%s): the GPU tests have passed on %s only; force it with "
+             "CFLASH_BACKEND=%s, or run them on this GPU (README \"NVIDIA GPUs\")",
+             sm, dev.name, on, backend);
+    return 0;
 }
 
 cflash_status cf_cu_enter(int ordinal) {

@@ -47,6 +47,11 @@ int cf_cu_device_count(void);
 /* Properties of device ordinal, or CFLASH_ERR_BACKEND / INVALID_ARGUMENT (message set). */
 cflash_status cf_cu_device_get(int ordinal, cf_cu_device* out);
 
+/* cf_impl.verified for a CUDA backend named `backend` and a call on device_id: 1 when the
+ * device's arch has passed the GPU tests (probe/gpu_probe.h's table) or the device cannot be
+ * queried (supports() has said why), else 0 with the reason and how to force it. */
+int cf_cuda_verified(int device_id, const char* backend, char* why, size_t n);
+
 /* Makes the device's primary context current for this thread (retained once per process, lazily),
  * remembering the previous one; cf_cu_leave restores it. Every CUDA op runs between the two. */
 cflash_status cf_cu_enter(int ordinal);

@@ -218,6 +218,19 @@ static cflash_status norm_bwd_run(const void* call) {
     return end(&r, s);
 }
 
+/* cf_impl.verified: the call's device (the first one for the report) against the tested archs. */
+static int rotary_verified(const void* call, char* why, size_t n) {
+    return cf_cuda_verified(call ? ((const cf_rotary_call*)call)->device_id : 0, "cuda-simt", why,
+                            n);
+}
+static int merge_verified(const void* call, char* why, size_t n) {
+    return cf_cuda_verified(call ? ((const cf_merge_call*)call)->device_id : 0, "cuda-simt", why,
+                            n);
+}
+static int norm_verified(const void* call, char* why, size_t n) {
+    return cf_cuda_verified(call ? ((const cf_norm_call*)call)->device_id : 0, "cuda-simt", why, n);
+}
+
 /* ---- Registry rows ------------------------------------------------------------------------ */
 
 const cf_impl cf_impl_cuda_simt_rotary = {
@@ -225,6 +238,7 @@ const cf_impl cf_impl_cuda_simt_rotary = {
     .op = CFLASH_OP_ROTARY,
     .device_type = kDLCUDA,
     .supports = rotary_supports,
+    .verified = rotary_verified,
     .run = rotary_run,
     .available = ops_available,
 };
@@ -233,6 +247,7 @@ const cf_impl cf_impl_cuda_simt_attn_merge = {
     .op = CFLASH_OP_ATTN_MERGE,
     .device_type = kDLCUDA,
     .supports = merge_supports,
+    .verified = merge_verified,
     .run = merge_run,
     .available = ops_available,
 };
@@ -241,6 +256,7 @@ const cf_impl cf_impl_cuda_simt_norm_fwd = {
     .op = CFLASH_OP_NORM_FWD,
     .device_type = kDLCUDA,
     .supports = norm_supports,
+    .verified = norm_verified,
     .run = norm_fwd_run,
     .available = ops_available,
 };
@@ -249,6 +265,7 @@ const cf_impl cf_impl_cuda_simt_norm_bwd = {
     .op = CFLASH_OP_NORM_BWD,
     .device_type = kDLCUDA,
     .supports = norm_supports,
+    .verified = norm_verified,
     .run = norm_bwd_run,
     .available = ops_available,
 };

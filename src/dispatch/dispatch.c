@@ -39,7 +39,7 @@ static void explain_line(cf_explain* e, const char* fmt, ...) {
 
 /* Whether im can serve call, with the reason when not: device, then availability on this
  * machine, then (for the automatic choice) whether it was verified on such hardware, then the
- * call itself. */
+ * call itself, then (automatic choice) whether it was verified on the hardware of this call. */
 static int judge(const cf_impl* im, int device_type, int forced, const void* call, char* why,
                  size_t len) {
     why[0] = 0;
@@ -62,6 +62,10 @@ static int judge(const cf_impl* im, int device_type, int forced, const void* cal
     }
     if (im->supports && !im->supports(call, why, len)) {
         if (!why[0]) snprintf(why, len, "cannot serve this call");
+        return 0;
+    }
+    if (!forced && im->verified && !im->verified(call, why, len)) {
+        if (!why[0]) snprintf(why, len, "not yet verified on this hardware");
         return 0;
     }
     why[0] = 0;

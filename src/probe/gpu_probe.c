@@ -155,6 +155,26 @@ static void probe_cuda(void) {
     c->usable = 1;
 }
 
+static const cf_cuda_tested cuda_tested[] = {{90, "NVIDIA H200, 2026-12-04"}};
+
+const cf_cuda_tested* cf_cuda_tested_archs(size_t* n) {
+    *n = sizeof cuda_tested / sizeof cuda_tested[0];
+    return cuda_tested;
+}
+
+const char* cf_cuda_tested_on(int sm) {
+    for (size_t i = 0; i < sizeof cuda_tested / sizeof cuda_tested[0]; i++)
+        if (cuda_tested[i].sm == sm) return cuda_tested[i].where;
+    return NULL;
+}
+
+void cf_cuda_tested_list(char* buf, size_t len) {
+    if (len) buf[0] = 0;
+    for (size_t i = 0; i < sizeof cuda_tested / sizeof cuda_tested[0]; i++)
+        cf_strcatf(buf, len, "%ssm_%d (%s)", i ? ", " : "", cuda_tested[i].sm,
+                   cuda_tested[i].where);
+}
+
 const cf_cuda_info* cf_cuda_probe(void) {
     pthread_once(&cuda_once, probe_cuda);
     return &cuda;

@@ -51,6 +51,21 @@ const cf_cuda_info* cf_cuda_probe(void);
 const cf_nvrtc_info* cf_nvrtc_probe(void);
 const cf_cufile_info* cf_cufile_probe(void);
 
+/* The GPU archs on which cflash's CUDA backends have passed the GPU tests (ctest -R test_cuda and
+ * the level-1 grid on such a GPU: docs/PERF.md "NVIDIA GPUs"), with the GPU and the date. Other
+ * archs are compiled for (test_cuda_nvrtc) but unverified: there the automatic choice passes the
+ * CUDA backends over (they serve when forced) and `cflash report` says so. A row is added in the
+ * commit that records a new arch passing. */
+typedef struct cf_cuda_tested {
+    int sm; /* 10 * major + minor */
+    const char* where;
+} cf_cuda_tested;
+const cf_cuda_tested* cf_cuda_tested_archs(size_t* n);
+/* The row's `where` for sm, or NULL when sm has not passed. */
+const char* cf_cuda_tested_on(int sm);
+/* "sm_90 (NVIDIA H200, 2026-12-04)", the rows joined by ", ", into buf (truncated quietly). */
+void cf_cuda_tested_list(char* buf, size_t len);
+
 /* "CUDA_ERROR_NO_DEVICE" and the like for a CUresult (the driver's own name when it exports
  * cuGetErrorName, else a built-in table); never NULL. */
 const char* cf_cuda_result_name(int result);
