@@ -4,7 +4,11 @@
  *   an ulp of 1 that one sequential sum loses every one of (ties to even); the chunks keep them;
  * - random fresh inputs: odd M, N (vector tails), K past several chunks, acc 0 and 1, A read
  *   transposed, within the two-level worst-case bound, columns past N (ldc padding) untouched;
- * - K = 0 writes C (zeros, or C unchanged with acc). */
+ * - K = 0 writes C (zeros, or C unchanged with acc).
+ * And the softmax's exp (exp_cols, exp_row) over [-160, 0], -inf and NaN: close to exp,
+ * never a subnormal (Intel's FMAs take a microcode assist for each), 0 only below 2^-63, and on
+ * x86 0 below 2^-64 (src/cpu/simd_vec.h, CF_EXP2_LO). */
+#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -186,6 +190,49 @@ static void test_empty_k(const cf_attn_kernels* kk) {
     }
 }
 
+/* exp_cols (mu = b per column) and exp_row (b) of x - b for x - b over [-160, 0] in steps that
+ * are not multiples of ln 2, plus 0, -inf and NaN. x86: the flush point is 2^-64. */
+static void test_exp(const cf_attn_kernels* kk, int x86) {
+    enum { N = 1500 };
+    static float x[N], y[N], mu[N], sum[N];
+    const float b = 3.25f;
+    for (int i = 0; i < N - 3; i++)
+        x[i] = b - 160.0f * (float)i / (float)(N - 4) - 1e-3f * (float)(i % 7);
+    x[N - 3] = b, x[N - 2] = -INFINITY, x[N - 1] = NAN;
+    for (int i = 0; i < N; i++)
+        y[i] = x[i], mu[i] = b, sum[i] = 0.0f;
+    kk->exp_cols(y, N, mu, sum);
+    static float z[N];
+    memcpy(z, x, sizeof z);
+    kk->exp_row(z, N, b);
+    int bad = 0, subn = 0, flushed_early = 0, kept_late = 0, sums = 0;
+    for (int i = 0; i < N; i++) {
+        const double want = exp((double)x[i] - (double)b);
+        for (int k = 0; k < 2; k++) {
+            const float r = k ? z[i] : y[i];
+            if (isnan(x[i])) {
+                bad += !isnan(r);
+                continue;
+            }
+            subn += r != 0.0f && fabsf(r) < FLT_MIN;
+            if (r == 0.0f) {
+                flushed_early += want >= 0x1p-63;
+            } else {
+                /* (x - b and its product by log2 e round in fp32: |x - b| 2^-24 relative) */
+                bad += fabs((double)r - want) > (4.0 + fabs((double)x[i] - b)) * 0x1p-23 * want;
+                kept_late += x86 && want < 0x1p-64 * (1.0 - 0x1p-20);
+            }
+        }
+        sums += !(sum[i] == y[i] || (isnan(sum[i]) && isnan(y[i])));
+    }
+    CHECK_MSG(bad == 0, "%s exp: %d values off exp (or NaN lost)", kk->name, bad);
+    CHECK_MSG(subn == 0, "%s exp: %d subnormal results", kk->name, subn);
+    CHECK_MSG(flushed_early == 0, "%s exp: %d values of 2^-63 or more flushed to 0", kk->name,
+              flushed_early);
+    CHECK_MSG(kept_late == 0, "%s exp: %d values below 2^-64 kept", kk->name, kept_late);
+    CHECK_MSG(sums == 0, "%s exp_cols: %d sums differ from the values", kk->name, sums);
+}
+
 int main(void) {
     const struct {
         const cf_impl* impl;
@@ -212,6 +259,8 @@ int main(void) {
         test_two_level(kk);
         test_random(kk);
         test_empty_k(kk);
+        test_exp(kk, tabs[i].impl == &cf_impl_avx2_attn_fwd ||
+                         tabs[i].impl == &cf_impl_avx512_attn_fwd);
         ran++;
     }
     const char* sel = getenv("CFLASH_TEST_BACKENDS");

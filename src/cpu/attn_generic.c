@@ -52,16 +52,21 @@ static void scale_max_cols(float* x, int64_t n, float s, float* mx) {
 
 #define LOG2E 1.4426950408889634f
 
+/* 2^e, 0 below 2^-126 as the SIMD tables (no subnormal P: see CF_EXP2_LO in simd_vec.h). */
+static inline float exp2_normal(float e) {
+    return e < -126.0f ? 0.0f : exp2f(e);
+}
+
 static void exp_cols(float* x, int64_t n, const float* m, float* sum) {
     for (int64_t i = 0; i < n; i++) {
-        x[i] = exp2f((x[i] - m[i]) * LOG2E);
+        x[i] = exp2_normal((x[i] - m[i]) * LOG2E);
         if (sum) sum[i] += x[i];
     }
 }
 
 static void exp_row(float* x, int64_t n, float b) {
     for (int64_t i = 0; i < n; i++)
-        x[i] = exp2f((x[i] - b) * LOG2E);
+        x[i] = exp2_normal((x[i] - b) * LOG2E);
 }
 
 static void ds_row(float* ds, const float* p, const float* dp, int64_t n, float dl, float sc) {

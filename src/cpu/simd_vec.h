@@ -20,6 +20,13 @@
  *   cf_vsel_lt(a, b, x, y)  x where a < b, else y (y where either is NaN)
  *   cf_vround(x)         to the nearest integer, ties to even
  *   cf_vscale2(p, n, x)  p * 2^n for integral n >= CF_EXP2_LO; 0 where x < CF_EXP2_LO
+ *   CF_EXP2_LO           where exp2 (attn_simd.h's v_exp2) stops: 2^-64 on x86, so that no
+ *                        softmax probability is near a subnormal. Intel's FMAs take a microcode
+ *                        assist for every subnormal input or result: with P down to 2^-149, ALiBi
+ *                        (whose distant keys land there) ran 3.7x (forward) and 6.3x (backward)
+ *                        slower than plain attention on a Xeon 6/207, 1.37x / 1.12x with 2^-64
+ *                        (docs/PERF.md). What it drops, n 2^-64 of the row's sum at most, is far
+ *                        below fp32's rounding.
  *   cf_vload_f16/bf16(p), cf_vstore_f16/bf16(p, v): CF_VL 16-bit floats, rounded to nearest
  *                        even, NaN kept quiet (as cf_f32_to_bf16 / cf_f32_to_f16)
  *   CF_MK_NVMAX          vectors per row of the fp32 GEMM register tile (6 rows) */
@@ -32,7 +39,7 @@
 #define CF_VTARGET __attribute__((target("avx2,fma,f16c")))
 #define CF_VL 8
 #define CF_MK_NVMAX 2 /* 12 accumulators of 16 ymm */
-#define CF_EXP2_LO (-126.0f)
+#define CF_EXP2_LO (-64.0f)
 typedef __m256 cf_vf;
 typedef __m256i cf_vt;
 
@@ -93,7 +100,7 @@ CF_V cf_vf cf_vsel_lt(cf_vf a, cf_vf b, cf_vf x, cf_vf y) {
 CF_V cf_vf cf_vround(cf_vf x) {
     return _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
 }
-/* The exponent field built by hand (2^n for n >= -126), the lanes below CF_EXP2_LO cleared. */
+/* The exponent field built by hand (2^n for n >= CF_EXP2_LO), the lanes below it cleared. */
 CF_V cf_vf cf_vscale2(cf_vf p, cf_vf n, cf_vf x) {
     const __m256 keep = _mm256_cmp_ps(x, _mm256_set1_ps(CF_EXP2_LO), _CMP_NLT_UQ);
     const __m256i e =
@@ -131,7 +138,7 @@ CF_V void cf_vstore_bf16(uint16_t* p, cf_vf v) {
 #define CF_VTARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")))
 #define CF_VL 16
 #define CF_MK_NVMAX 4 /* 24 accumulators of 32 zmm */
-#define CF_EXP2_LO (-160.0f)
+#define CF_EXP2_LO (-64.0f)
 typedef __m512 cf_vf;
 typedef __mmask16 cf_vt;
 
@@ -190,10 +197,10 @@ CF_V cf_vf cf_vsel_lt(cf_vf a, cf_vf b, cf_vf x, cf_vf y) {
 CF_V cf_vf cf_vround(cf_vf x) {
     return _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
 }
-/* vscalefps: 2^-160 times p < 2 underflows to 0 by itself. */
+/* vscalefps, the lanes below CF_EXP2_LO cleared (see CF_EXP2_LO's comment above). */
 CF_V cf_vf cf_vscale2(cf_vf p, cf_vf n, cf_vf x) {
-    (void)x;
-    return _mm512_scalef_ps(p, n);
+    return _mm512_maskz_scalef_ps(_mm512_cmp_ps_mask(x, _mm512_set1_ps(CF_EXP2_LO), _CMP_NLT_UQ),
+                                  p, n);
 }
 CF_V cf_vf cf_vload_f16(const uint16_t* p) {
     return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)p));
