@@ -243,7 +243,10 @@ static void check_region_states(void) {
         if (with != 1) c.mask = vm; /* (its dtype is not read) */
         if (with != 0) c.bias = vb;
         cf_attn_mask_map* map = cf_attn_cpu_mask_map(&c, 2);
-        CHECK(with == 1 ? map == NULL : map != NULL); /* a map of the mask only */
+        /* a map of the mask, and of the bias (it broadcasts over heads) */
+        CHECK(map != NULL);
+        if (!map) continue;
+        CHECK((map->st != NULL) == (with != 1) && (map->bst != NULL) == (with != 0));
         int seen[3] = {0, 0, 0}, bad = 0;
         for (int n = 0; n < 3000; n++) {
             r = r * 6364136223846793005ull + 1442695040888963407ull;

@@ -268,14 +268,18 @@ int cf_attn_cpu_bs_keys(const cf_attn_call* c, int64_t b, int64_t h, int64_t qb0
 /* attn_mask summarised once per call, so that finding the state of a block reads a byte per row
  * and CF_ATTN_MAP_KEYS keys instead of the mask: st[((b * nh + h) * sq + i) * nc + k] is the
  * state of keys [k * CF_ATTN_MAP_KEYS, +CF_ATTN_MAP_KEYS) of row i of (b, h) (nb, nh: the mask's
- * dims, 1 where it broadcasts). */
+ * dims, 1 where it broadcasts). The same for attn_bias (a value of -inf hides its pair) in bst
+ * (bnb, bnh its dims) when it broadcasts over heads or batches, which would have it read once per
+ * head or batch to find the blocks' states (a bias of each (b, h) is read as often without one). */
 #define CF_ATTN_MAP_KEYS 64
 typedef struct cf_attn_mask_map {
     int64_t nb, nh, sq, nc;
-    uint8_t* st;
+    uint8_t* st; /* NULL: no attn_mask, or too big to map */
+    int64_t bnb, bnh;
+    uint8_t* bst; /* NULL: no broadcast attn_bias, or too big to map */
 } cf_attn_mask_map;
-/* The map of a call with attn_mask, built on `threads` threads (one pass over the mask); NULL
- * without one, or when out of memory (the states are then read from the mask). */
+/* The map of a call with attn_mask or a broadcast attn_bias, built on `threads` threads (one pass
+ * over each); NULL without either, or when out of memory (the states are then read from them). */
 cf_attn_mask_map* cf_attn_cpu_mask_map(const cf_attn_call* c, int threads);
 void cf_attn_cpu_mask_map_free(cf_attn_mask_map* mp); /* NULL is fine */
 /* The state (CF_REGION_*) of query rows [i0, i1) of head h and keys [j0, j1) (batch calls: b the

@@ -70,26 +70,37 @@ int cf_attn_cpu_bs_keys(const cf_attn_call* c, int64_t b, int64_t h, int64_t qb0
 static const uint8_t* map_row(const cf_attn_mask_map* mp, int64_t b, int64_t h, int64_t i) {
     return mp->st + (((mp->nb > 1 ? b : 0) * mp->nh + (mp->nh > 1 ? h : 0)) * mp->sq + i) * mp->nc;
 }
+static const uint8_t* bias_map_row(const cf_attn_mask_map* mp, int64_t b, int64_t h, int64_t i) {
+    return mp->bst +
+           (((mp->bnb > 1 ? b : 0) * mp->bnh + (mp->bnh > 1 ? h : 0)) * mp->sq + i) * mp->nc;
+}
+
+/* rows (nb x nh x sq) x nc state bytes, or NULL past 256 MB (views may repeat rows: stride 0,
+ * so the map is bounded on its own) or out of memory. */
+static uint8_t* map_alloc(int64_t nb, int64_t nh, int64_t sq, int64_t nc, int64_t* rows) {
+    int64_t bytes;
+    return __builtin_mul_overflow(nb, nh, rows) || __builtin_mul_overflow(*rows, sq, rows) ||
+                   __builtin_mul_overflow(*rows, nc, &bytes) || bytes > ((int64_t)1 << 28)
+               ? NULL
+               : malloc((size_t)bytes + 1);
+}
 
 cf_attn_mask_map* cf_attn_cpu_mask_map(const cf_attn_call* c, int threads) {
-    if (!c->mask.data) return NULL;
-    cf_attn_mask_map* mp = malloc(sizeof *mp);
+    const int bias_bcast = c->bias.data && ((c->bias.shape[1] == 1 && c->H > 1) ||
+                                            (c->bias.shape[0] == 1 && c->B > 1));
+    if (!c->mask.data && !bias_bcast) return NULL;
+    cf_attn_mask_map* mp = calloc(1, sizeof *mp);
     if (!mp) return NULL;
-    mp->nb = c->mask.shape[0], mp->nh = c->mask.shape[1], mp->sq = c->Sq;
+    mp->sq = c->Sq;
     mp->nc = (c->Sk + CF_ATTN_MAP_KEYS - 1) / CF_ATTN_MAP_KEYS;
-    int64_t rows, bytes;
-    /* Views may repeat rows (stride 0), so the map is bounded on its own: past 256 MB, none. */
-    mp->st = __builtin_mul_overflow(mp->nb, mp->nh, &rows) ||
-                     __builtin_mul_overflow(rows, mp->sq, &rows) ||
-                     __builtin_mul_overflow(rows, mp->nc, &bytes) || bytes > ((int64_t)1 << 28)
-                 ? NULL
-                 : malloc((size_t)bytes + 1);
-    if (!mp->st) {
-        free(mp);
-        return NULL; /* the drivers read the mask instead */
+    const int nt = threads > 0 ? threads : 1;
+    int64_t rows = 0;
+    if (c->mask.data) {
+        mp->nb = c->mask.shape[0], mp->nh = c->mask.shape[1];
+        mp->st = map_alloc(mp->nb, mp->nh, mp->sq, mp->nc, &rows);
     }
-#pragma omp parallel for schedule(static) num_threads(threads > 0 ? threads : 1)
-    for (int64_t r = 0; r < rows; r++) {
+#pragma omp parallel for schedule(static) num_threads(nt) if (mp->st)
+    for (int64_t r = 0; r < (mp->st ? rows : 0); r++) {
         const int64_t i = r % mp->sq, bh = r / mp->sq;
         const uint8_t* m =
             (const uint8_t*)c->mask.data + cf_attn_at4(&c->mask, bh / mp->nh, bh % mp->nh, i, 0);
@@ -99,11 +110,29 @@ cf_attn_mask_map* cf_attn_cpu_mask_map(const cf_attn_call* c, int threads) {
             mp->st[r * mp->nc + k] = (uint8_t)bytes_state(m + j0, n);
         }
     }
+    if (bias_bcast) {
+        mp->bnb = c->bias.shape[0], mp->bnh = c->bias.shape[1];
+        mp->bst = map_alloc(mp->bnb, mp->bnh, mp->sq, mp->nc, &rows);
+    }
+#pragma omp parallel for schedule(static) num_threads(nt) if (mp->bst)
+    for (int64_t r = 0; r < (mp->bst ? rows : 0); r++) {
+        const int64_t i = r % mp->sq, bh = r / mp->sq;
+        const int64_t at = cf_attn_at4(&c->bias, bh / mp->bnh, bh % mp->bnh, i, 0);
+        for (int64_t k = 0; k < mp->nc; k++) {
+            const int64_t j0 = k * CF_ATTN_MAP_KEYS;
+            const int64_t n = c->Sk - j0 < CF_ATTN_MAP_KEYS ? c->Sk - j0 : CF_ATTN_MAP_KEYS;
+            mp->bst[r * mp->nc + k] = (uint8_t)bias_state(c, at + j0, n);
+        }
+    }
+    if (!mp->st && !mp->bst) {
+        free(mp);
+        return NULL; /* the drivers read the mask and bias instead */
+    }
     return mp;
 }
 
 void cf_attn_cpu_mask_map_free(cf_attn_mask_map* mp) {
-    if (mp) free(mp->st);
+    if (mp) free(mp->st), free(mp->bst);
     free(mp);
 }
 
@@ -114,7 +143,7 @@ static int mask_state(const cf_attn_call* c, const cf_attn_mask_map* mp, int64_t
     const int64_t W = CF_ATTN_MAP_KEYS;
     int st = -1;
     for (int64_t i = i0; i < i1 && st != CF_REGION_PART; i++) {
-        const uint8_t* row = mp ? map_row(mp, b, h, i) : NULL;
+        const uint8_t* row = mp && mp->st ? map_row(mp, b, h, i) : NULL;
         const uint8_t* m = (const uint8_t*)c->mask.data + cf_attn_at4(&c->mask, b, h, i, 0);
         for (int64_t j = j0; j < j1 && st != CF_REGION_PART;) {
             const int64_t e = (j / W + 1) * W < j1 ? (j / W + 1) * W : j1; /* end of j's chunk */
@@ -132,12 +161,23 @@ int cf_attn_cpu_region_open(const cf_attn_call* c, const cf_attn_mask_map* mp, i
     if (j1 <= j0 || i1 <= i0) return CF_REGION_CLOSED;
     const int ms = c->mask.data ? mask_state(c, mp, b, h, i0, i1, j0, j1) : CF_REGION_OPEN;
     if (ms == CF_REGION_CLOSED || !c->bias.data) return ms;
-    /* The bias row by row (read here, not mapped: the forward reads each of its values once, a
-     * map would read it all a second time); once a row is not all -inf the region is open (when
-     * the mask is and the bias hides nothing) or part. */
+    /* The bias row by row, from the map's whole chunks where there is one, else read here (a
+     * bias of each (b, h) is not mapped: the forward reads each of its values once, a map would
+     * read it all a second time); once a row is not all -inf the region is open (when the mask
+     * is and the bias hides nothing) or part. */
+    const int64_t W = CF_ATTN_MAP_KEYS;
     int bs = -1;
     for (int64_t i = i0; i < i1; i++) {
-        bs = cf_attn_region_join(bs, bias_state(c, cf_attn_at4(&c->bias, b, h, i, j0), j1 - j0));
+        const uint8_t* row = mp && mp->bst ? bias_map_row(mp, b, h, i) : NULL;
+        const int64_t at = cf_attn_at4(&c->bias, b, h, i, 0);
+        if (!row) bs = cf_attn_region_join(bs, bias_state(c, at + j0, j1 - j0));
+        for (int64_t j = j0; row && j < j1;) {
+            const int64_t e = (j / W + 1) * W < j1 ? (j / W + 1) * W : j1; /* end of j's chunk */
+            bs = cf_attn_region_join(bs, j % W == 0 && (e % W == 0 || e == c->Sk)
+                                             ? row[j / W]
+                                             : bias_state(c, at + j, e - j));
+            j = e;
+        }
         if (bs == CF_REGION_PART || (bs == CF_REGION_OPEN && ms == CF_REGION_PART)) break;
     }
     return bs == CF_REGION_CLOSED                         ? bs
@@ -145,12 +185,47 @@ int cf_attn_cpu_region_open(const cf_attn_call* c, const cf_attn_mask_map* mp, i
                                                           : CF_REGION_PART;
 }
 
+/* An fp32 bias on rows [r0, r1) of a block whose rows are adjacent (rs 1) and keys cs apart (the
+ * forward's S^T), the rows' bias rows evenly spaced (one head, consecutive queries: y0 + (r - r0)
+ * sq): element by element that is a strided store per element; here pieces of BT keys by BT rows
+ * are copied transposed into t (the bias read along its rows), then added along S^T's rows, a
+ * loop that vectorises. */
+#define BT 16
+static void bias_rows_t(float* s, int64_t r0, int64_t r1, int64_t nc, int64_t cs, const float* y0,
+                        int64_t sq) {
+    float t[BT][BT];
+    for (int64_t ra = r0; ra < r1; ra += BT) {
+        const int64_t nrr = r1 - ra < BT ? r1 - ra : BT;
+        const float* ya = y0 + (ra - r0) * sq;
+        for (int64_t ja = 0; ja < nc; ja += BT) {
+            const int64_t ncc = nc - ja < BT ? nc - ja : BT;
+            for (int64_t u = 0; u < nrr; u++)
+                for (int64_t v = 0; v < ncc; v++)
+                    t[v][u] = ya[u * sq + ja + v];
+            for (int64_t v = 0; v < ncc; v++) {
+                float* x = s + (ja + v) * cs + ra;
+                for (int64_t u = 0; u < nrr; u++) /* -inf masks, whatever the score */
+                    x[u] = t[v][u] == -INFINITY ? -INFINITY : x[u] + t[v][u];
+            }
+        }
+    }
+}
+
 void cf_attn_cpu_extras(const cf_attn_call* c, int64_t b, float* s, int64_t nr, int64_t nc,
                         int64_t rs, int64_t cs, const int64_t* i, const int64_t* h,
                         const uint8_t* const* kv, int64_t j0, int masks) {
+    const int bias_t = c->bias.data && c->bias.dtype == CF_F32 && rs == 1 && cs != 1;
+    if (bias_t) /* runs of rows of one head and consecutive queries */
+        for (int64_t r0 = 0, r1; r0 < nr; r0 = r1) {
+            for (r1 = r0 + 1; r1 < nr && h[r1] == h[r0] && i[r1] == i[r1 - 1] + 1; r1++)
+                ;
+            bias_rows_t(s, r0, r1, nc, cs,
+                        (const float*)c->bias.data + cf_attn_at4(&c->bias, b, h[r0], i[r0], j0),
+                        c->bias.stride[2]);
+        }
     for (int64_t r = 0; r < nr; r++) {
         float* x = s + r * rs;
-        if (c->bias.data) {
+        if (c->bias.data && !bias_t) {
             const int64_t at = cf_attn_at4(&c->bias, b, h[r], i[r], j0);
             if (c->bias.dtype == CF_F32) {
                 const float* y = (const float*)c->bias.data + at;
