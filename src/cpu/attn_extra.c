@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/checked.h"
 #include "cpu/attn_cpu.h"
 
 /* The state of n bytes: CF_REGION_CLOSED when none is nonzero, _OPEN when all are, else _PART.
@@ -66,23 +67,39 @@ int cf_attn_cpu_bs_keys(const cf_attn_call* c, int64_t b, int64_t h, int64_t qb0
     return st < 0 ? CF_REGION_CLOSED : st;
 }
 
-/* The map's row of row i of the call's (b, h): 0 along a dimension the mask broadcasts. */
-static const uint8_t* map_row(const cf_attn_mask_map* mp, int64_t b, int64_t h, int64_t i) {
-    return mp->st + (((mp->nb > 1 ? b : 0) * mp->nh + (mp->nh > 1 ? h : 0)) * mp->sq + i) * mp->nc;
-}
-static const uint8_t* bias_map_row(const cf_attn_mask_map* mp, int64_t b, int64_t h, int64_t i) {
-    return mp->bst +
-           (((mp->bnb > 1 ? b : 0) * mp->bnh + (mp->bnh > 1 ? h : 0)) * mp->sq + i) * mp->nc;
+/* A source of block states: attn_mask's bytes (0 hides) or attn_bias's values (-inf hides),
+ * read from element `at` of its view for n keys. */
+typedef int (*state_fn)(const cf_attn_call* c, int64_t at, int64_t n);
+static int mask_bytes_state(const cf_attn_call* c, int64_t at, int64_t n) {
+    return bytes_state((const uint8_t*)c->mask.data + at, n);
 }
 
-/* rows (nb x nh x sq) x nc state bytes, or NULL past 256 MB (views may repeat rows: stride 0,
- * so the map is bounded on its own) or out of memory. */
-static uint8_t* map_alloc(int64_t nb, int64_t nh, int64_t sq, int64_t nc, int64_t* rows) {
-    int64_t bytes;
-    return __builtin_mul_overflow(nb, nh, rows) || __builtin_mul_overflow(*rows, sq, rows) ||
-                   __builtin_mul_overflow(*rows, nc, &bytes) || bytes > ((int64_t)1 << 28)
-               ? NULL
-               : malloc((size_t)bytes + 1);
+/* Row i of (b, h) of a map of nb x nh x sq rows (0 along a dimension that broadcasts). */
+static const uint8_t* map_row(const uint8_t* st, int64_t nb, int64_t nh, int64_t sq, int64_t nc,
+                              int64_t b, int64_t h, int64_t i) {
+    return st + (((nb > 1 ? b : 0) * nh + (nh > 1 ? h : 0)) * sq + i) * nc;
+}
+
+/* The map of view v (dims nb, nh: its shape's first two) from fn, on nt threads: NULL past 256 MB
+ * (views may repeat rows: stride 0, so the map is bounded on its own) or out of memory. */
+static uint8_t* map_build(const cf_attn_call* c, const cf_view* v, state_fn fn, int64_t nc,
+                          int nt) {
+    const int64_t nb = v->shape[0], nh = v->shape[1], sq = c->Sq, dims[3] = {nb, nh, sq};
+    int64_t rows, bytes;
+    if (cf_prod_i64(dims, 3, &rows) || cf_mul_i64(rows, nc, &bytes) || bytes > ((int64_t)1 << 28))
+        return NULL;
+    uint8_t* st = malloc((size_t)bytes + 1);
+    if (!st) return NULL;
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (int64_t r = 0; r < rows; r++) {
+        const int64_t i = r % sq, bh = r / sq, at = cf_attn_at4(v, bh / nh, bh % nh, i, 0);
+        for (int64_t k = 0; k < nc; k++) {
+            const int64_t j0 = k * CF_ATTN_MAP_KEYS;
+            const int64_t n = c->Sk - j0 < CF_ATTN_MAP_KEYS ? c->Sk - j0 : CF_ATTN_MAP_KEYS;
+            st[r * nc + k] = (uint8_t)fn(c, at + j0, n);
+        }
+    }
+    return st;
 }
 
 cf_attn_mask_map* cf_attn_cpu_mask_map(const cf_attn_call* c, int threads) {
@@ -91,38 +108,16 @@ cf_attn_mask_map* cf_attn_cpu_mask_map(const cf_attn_call* c, int threads) {
     if (!c->mask.data && !bias_bcast) return NULL;
     cf_attn_mask_map* mp = calloc(1, sizeof *mp);
     if (!mp) return NULL;
+    const int nt = threads > 0 ? threads : 1;
     mp->sq = c->Sq;
     mp->nc = (c->Sk + CF_ATTN_MAP_KEYS - 1) / CF_ATTN_MAP_KEYS;
-    const int nt = threads > 0 ? threads : 1;
-    int64_t rows = 0;
     if (c->mask.data) {
         mp->nb = c->mask.shape[0], mp->nh = c->mask.shape[1];
-        mp->st = map_alloc(mp->nb, mp->nh, mp->sq, mp->nc, &rows);
-    }
-#pragma omp parallel for schedule(static) num_threads(nt) if (mp->st)
-    for (int64_t r = 0; r < (mp->st ? rows : 0); r++) {
-        const int64_t i = r % mp->sq, bh = r / mp->sq;
-        const uint8_t* m =
-            (const uint8_t*)c->mask.data + cf_attn_at4(&c->mask, bh / mp->nh, bh % mp->nh, i, 0);
-        for (int64_t k = 0; k < mp->nc; k++) {
-            const int64_t j0 = k * CF_ATTN_MAP_KEYS;
-            const int64_t n = c->Sk - j0 < CF_ATTN_MAP_KEYS ? c->Sk - j0 : CF_ATTN_MAP_KEYS;
-            mp->st[r * mp->nc + k] = (uint8_t)bytes_state(m + j0, n);
-        }
+        mp->st = map_build(c, &c->mask, mask_bytes_state, mp->nc, nt);
     }
     if (bias_bcast) {
         mp->bnb = c->bias.shape[0], mp->bnh = c->bias.shape[1];
-        mp->bst = map_alloc(mp->bnb, mp->bnh, mp->sq, mp->nc, &rows);
-    }
-#pragma omp parallel for schedule(static) num_threads(nt) if (mp->bst)
-    for (int64_t r = 0; r < (mp->bst ? rows : 0); r++) {
-        const int64_t i = r % mp->sq, bh = r / mp->sq;
-        const int64_t at = cf_attn_at4(&c->bias, bh / mp->bnh, bh % mp->bnh, i, 0);
-        for (int64_t k = 0; k < mp->nc; k++) {
-            const int64_t j0 = k * CF_ATTN_MAP_KEYS;
-            const int64_t n = c->Sk - j0 < CF_ATTN_MAP_KEYS ? c->Sk - j0 : CF_ATTN_MAP_KEYS;
-            mp->bst[r * mp->nc + k] = (uint8_t)bias_state(c, at + j0, n);
-        }
+        mp->bst = map_build(c, &c->bias, bias_state, mp->nc, nt);
     }
     if (!mp->st && !mp->bst) {
         free(mp);
@@ -136,22 +131,17 @@ void cf_attn_cpu_mask_map_free(cf_attn_mask_map* mp) {
     free(mp);
 }
 
-/* The mask's state over the region: per row, the map's whole chunks and the ends (every run
- * without a map) from the bytes; stops once mixed. */
-static int mask_state(const cf_attn_call* c, const cf_attn_mask_map* mp, int64_t b, int64_t h,
-                      int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
+/* st joined with the state of keys [j0, j1) of a row whose values start at element `at`: the
+ * map row's whole chunks, the ends (the whole run without a map row) from fn; stops once mixed. */
+static int row_state(const cf_attn_call* c, state_fn fn, const uint8_t* row, int64_t at, int64_t j0,
+                     int64_t j1, int st) {
     const int64_t W = CF_ATTN_MAP_KEYS;
-    int st = -1;
-    for (int64_t i = i0; i < i1 && st != CF_REGION_PART; i++) {
-        const uint8_t* row = mp && mp->st ? map_row(mp, b, h, i) : NULL;
-        const uint8_t* m = (const uint8_t*)c->mask.data + cf_attn_at4(&c->mask, b, h, i, 0);
-        for (int64_t j = j0; j < j1 && st != CF_REGION_PART;) {
-            const int64_t e = (j / W + 1) * W < j1 ? (j / W + 1) * W : j1; /* end of j's chunk */
-            st = cf_attn_region_join(st, row && j % W == 0 && (e % W == 0 || e == c->Sk)
-                                             ? row[j / W]
-                                             : bytes_state(m + j, e - j));
-            j = e;
-        }
+    if (!row) return cf_attn_region_join(st, fn(c, at + j0, j1 - j0));
+    for (int64_t j = j0; j < j1 && st != CF_REGION_PART;) {
+        const int64_t e = (j / W + 1) * W < j1 ? (j / W + 1) * W : j1; /* end of j's chunk */
+        st = cf_attn_region_join(
+            st, j % W == 0 && (e % W == 0 || e == c->Sk) ? row[j / W] : fn(c, at + j, e - j));
+        j = e;
     }
     return st;
 }
@@ -159,25 +149,24 @@ static int mask_state(const cf_attn_call* c, const cf_attn_mask_map* mp, int64_t
 int cf_attn_cpu_region_open(const cf_attn_call* c, const cf_attn_mask_map* mp, int64_t b, int64_t h,
                             int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
     if (j1 <= j0 || i1 <= i0) return CF_REGION_CLOSED;
-    const int ms = c->mask.data ? mask_state(c, mp, b, h, i0, i1, j0, j1) : CF_REGION_OPEN;
+    /* The mask row by row; stops once mixed. */
+    int ms = c->mask.data ? -1 : CF_REGION_OPEN;
+    for (int64_t i = i0; c->mask.data && i < i1 && ms != CF_REGION_PART; i++)
+        ms = row_state(c, mask_bytes_state,
+                       mp && mp->st ? map_row(mp->st, mp->nb, mp->nh, mp->sq, mp->nc, b, h, i)
+                                    : NULL,
+                       cf_attn_at4(&c->mask, b, h, i, 0), j0, j1, ms);
     if (ms == CF_REGION_CLOSED || !c->bias.data) return ms;
-    /* The bias row by row, from the map's whole chunks where there is one, else read here (a
-     * bias of each (b, h) is not mapped: the forward reads each of its values once, a map would
-     * read it all a second time); once a row is not all -inf the region is open (when the mask
-     * is and the bias hides nothing) or part. */
-    const int64_t W = CF_ATTN_MAP_KEYS;
+    /* The bias row by row, from its map where it has one (a bias of each (b, h) is not mapped:
+     * the forward reads each of its values once, a map would read it all a second time); once a
+     * row is not all -inf the region is open (when the mask is and the bias hides nothing) or
+     * part. */
     int bs = -1;
     for (int64_t i = i0; i < i1; i++) {
-        const uint8_t* row = mp && mp->bst ? bias_map_row(mp, b, h, i) : NULL;
-        const int64_t at = cf_attn_at4(&c->bias, b, h, i, 0);
-        if (!row) bs = cf_attn_region_join(bs, bias_state(c, at + j0, j1 - j0));
-        for (int64_t j = j0; row && j < j1;) {
-            const int64_t e = (j / W + 1) * W < j1 ? (j / W + 1) * W : j1; /* end of j's chunk */
-            bs = cf_attn_region_join(bs, j % W == 0 && (e % W == 0 || e == c->Sk)
-                                             ? row[j / W]
-                                             : bias_state(c, at + j, e - j));
-            j = e;
-        }
+        bs = row_state(c, bias_state,
+                       mp && mp->bst ? map_row(mp->bst, mp->bnb, mp->bnh, mp->sq, mp->nc, b, h, i)
+                                     : NULL,
+                       cf_attn_at4(&c->bias, b, h, i, 0), j0, j1, bs);
         if (bs == CF_REGION_PART || (bs == CF_REGION_OPEN && ms == CF_REGION_PART)) break;
     }
     return bs == CF_REGION_CLOSED                         ? bs

@@ -155,12 +155,11 @@ static void probe_cuda(void) {
     c->usable = 1;
 }
 
-static const cf_cuda_tested cuda_tested[] = {{90, "NVIDIA H200, 2026-12-04"}};
-
-const cf_cuda_tested* cf_cuda_tested_archs(size_t* n) {
-    *n = sizeof cuda_tested / sizeof cuda_tested[0];
-    return cuda_tested;
-}
+/* The archs that have passed the GPU tests (gpu_probe.h). */
+static const struct {
+    int sm;
+    const char* where;
+} cuda_tested[] = {{90, "NVIDIA H200, 2026-12-04"}};
 
 const char* cf_cuda_tested_on(int sm) {
     for (size_t i = 0; i < sizeof cuda_tested / sizeof cuda_tested[0]; i++)

@@ -55,13 +55,8 @@ const cf_cufile_info* cf_cufile_probe(void);
  * the level-1 grid on such a GPU: docs/PERF.md "NVIDIA GPUs"), with the GPU and the date. Other
  * archs are compiled for (test_cuda_nvrtc) but unverified: there the automatic choice passes the
  * CUDA backends over (they serve when forced) and `cflash report` says so. A row is added in the
- * commit that records a new arch passing. */
-typedef struct cf_cuda_tested {
-    int sm; /* 10 * major + minor */
-    const char* where;
-} cf_cuda_tested;
-const cf_cuda_tested* cf_cuda_tested_archs(size_t* n);
-/* The row's `where` for sm, or NULL when sm has not passed. */
+ * commit that records a new arch passing (the table in gpu_probe.c). Here: the row's GPU and date
+ * for sm (10 * major + minor), or NULL when sm has not passed. */
 const char* cf_cuda_tested_on(int sm);
 /* "sm_90 (NVIDIA H200, 2026-12-04)", the rows joined by ", ", into buf (truncated quietly). */
 void cf_cuda_tested_list(char* buf, size_t len);
