@@ -7,7 +7,9 @@
  * - K = 0 writes C (zeros, or C unchanged with acc).
  * And the softmax's exp (exp_cols, exp_row) over [-160, 0], -inf and NaN: close to exp,
  * never a subnormal (Intel's FMAs take a microcode assist for each), 0 only below 2^-63, and on
- * x86 0 below 2^-64 (src/cpu/simd_vec.h, CF_EXP2_LO). */
+ * x86 0 below 2^-64 (src/cpu/simd_vec.h, CF_EXP2_LO). And bias_t (an fp32 bias added to S^T read
+ * along its rows) on every size up to two pieces plus tails: each element as one fp32 add (-inf
+ * masking, NaN and +inf scores included), S^T's padding and the rows past nr never written. */
 #include <float.h>
 #include <math.h>
 #include <stdlib.h>
@@ -233,6 +235,47 @@ static void test_exp(const cf_attn_kernels* kk, int x86) {
     CHECK_MSG(sums == 0, "%s exp_cols: %d sums differ from the values", kk->name, sums);
 }
 
+/* bias_t on s (nc keys by cs >= nr rows) and y (nr rows of ys >= nc), every nr, nc up to 37 (two
+ * AVX-512 pieces and a tail) and a few strides: against y + s (or -inf) element by element. */
+static void test_bias_t(const cf_attn_kernels* kk) {
+    enum { N = 37, PAD = 3 };
+    static float s[N * (N + PAD)], want[N * (N + PAD)], y[N * (N + PAD)];
+    uint64_t st = 0x9e3779b97f4a7c15ull ^ tt_seed_base();
+    int bad = 0, runs = 0;
+    for (int64_t nr = 1; nr <= N; nr++)
+        for (int64_t nc = 1; nc <= N; nc++) {
+            const int64_t cs = nr + (nc + nr) % (PAD + 1), ys = nc + (nr * 7 + nc) % (PAD + 1);
+            for (int64_t e = 0; e < N * (N + PAD); e++) {
+                st = st * 6364136223846793005ull + 1442695040888963407ull;
+                const float u = (float)(int32_t)(st >> 32) * 0x1p-31f; /* [-1, 1) */
+                s[e] = u * 8.0f, y[e] = SENTINEL + (float)e;
+                const unsigned k = (unsigned)(st >> 24) & 63u;
+                if (k == 0) s[e] = NAN;
+                if (k == 1) s[e] = INFINITY;
+                if (k == 2) s[e] = -INFINITY;
+            }
+            for (int64_t r = 0; r < nr; r++)
+                for (int64_t j = 0; j < nc; j++) {
+                    st = st * 6364136223846793005ull + 1442695040888963407ull;
+                    const unsigned k = (unsigned)(st >> 40) & 15u;
+                    y[r * ys + j] = k == 0 ? -INFINITY : (float)(int32_t)(st >> 32) * 0x1p-29f;
+                }
+            memcpy(want, s, sizeof s);
+            for (int64_t r = 0; r < nr; r++)
+                for (int64_t j = 0; j < nc; j++) {
+                    const float b = y[r * ys + j];
+                    want[j * cs + r] = b == -INFINITY ? -INFINITY : want[j * cs + r] + b;
+                }
+            kk->bias_t(s, cs, y, ys, nr, nc);
+            for (int64_t e = 0; e < N * (N + PAD); e++)
+                bad +=
+                    memcmp(&s[e], &want[e], sizeof(float)) != 0 && !(isnan(s[e]) && isnan(want[e]));
+            runs++;
+        }
+    CHECK_MSG(bad == 0, "%s bias_t: %d elements differ from y + s over %d shapes", kk->name, bad,
+              runs);
+}
+
 int main(void) {
     const struct {
         const cf_impl* impl;
@@ -261,6 +304,7 @@ int main(void) {
         test_empty_k(kk);
         test_exp(kk, tabs[i].impl == &cf_impl_avx2_attn_fwd ||
                          tabs[i].impl == &cf_impl_avx512_attn_fwd);
+        test_bias_t(kk);
         ran++;
     }
     const char* sel = getenv("CFLASH_TEST_BACKENDS");

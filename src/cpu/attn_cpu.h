@@ -69,6 +69,10 @@ typedef struct cf_attn_kernels {
     void (*pack_pairs_f16)(uint32_t* dst, const float* lo, const float* hi, int64_t n);
     /* dst[i] = lo[i] | hi[i] << 16 (bf16 bits; hi NULL = 0): two rows into VNNI pairs. */
     void (*interleave_u16)(uint32_t* dst, const uint16_t* lo, const uint16_t* hi, int64_t n);
+    /* An fp32 bias added to S^T (keys by rows) read along its own rows: for r < nr, j < nc,
+     * s[j * cs + r] = y[r * ys + j] == -inf ? -inf : s[j * cs + r] + y[r * ys + j] (a -inf bias
+     * masks its pair, NaN score included); nothing else of s is written. */
+    void (*bias_t)(float* s, int64_t cs, const float* y, int64_t ys, int64_t nr, int64_t nc);
     /* dtype conversion of n contiguous elements. */
     void (*to_f32)(float* dst, const void* src, cf_dtype dt, int64_t n);
     void (*from_f32)(void* dst, const float* src, cf_dtype dt, int64_t n);
@@ -87,6 +91,8 @@ const cf_attn_kernels* cf_attn_kernels_neon(void);
 const cf_attn_kernels* cf_attn_kernels_sve(void);
 void cf_attn_generic_to_f32(float* dst, const void* src, cf_dtype dt, int64_t n);
 void cf_attn_generic_from_f32(void* dst, const float* src, cf_dtype dt, int64_t n);
+void cf_attn_generic_bias_t(float* s, int64_t cs, const float* y, int64_t ys, int64_t nr,
+                            int64_t nc);
 void cf_attn_generic_interleave_u16(uint32_t* dst, const uint16_t* lo, const uint16_t* hi,
                                     int64_t n);
 
@@ -291,9 +297,9 @@ int cf_attn_cpu_region_open(const cf_attn_call* c, const cf_attn_mask_map* mp, i
  * s[r * rs + j * cs] is query i[r] of head h[r], key j0 + j -- adds attn_bias and, with masks,
  * sets -inf where attn_mask is 0 or kv[r][j] is 0 (kv NULL: no block-sparse mask). masks 0: the
  * block's region is CF_REGION_OPEN (they would hide nothing). */
-void cf_attn_cpu_extras(const cf_attn_call* c, int64_t b, float* s, int64_t nr, int64_t nc,
-                        int64_t rs, int64_t cs, const int64_t* i, const int64_t* h,
-                        const uint8_t* const* kv, int64_t j0, int masks);
+void cf_attn_cpu_extras(const cf_attn_call* c, const cf_attn_kernels* kk, int64_t b, float* s,
+                        int64_t nr, int64_t nc, int64_t rs, int64_t cs, const int64_t* i,
+                        const int64_t* h, const uint8_t* const* kv, int64_t j0, int masks);
 
 /* Block shapes, chosen once per process (attn_blocks.c): per CPU family (vendor and family from
  * the CPU probe; Zen 5 measured in docs/PERF.md), or from CFLASH_ATTN_BLOCKS=q,k[,bq,bk] (each

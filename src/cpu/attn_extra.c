@@ -174,52 +174,56 @@ int cf_attn_cpu_region_open(const cf_attn_call* c, const cf_attn_mask_map* mp, i
                                                           : CF_REGION_PART;
 }
 
-/* An fp32 bias on rows [r0, r1) of a block whose rows are adjacent (rs 1) and keys cs apart (the
- * forward's S^T), the rows' bias rows evenly spaced (one head, consecutive queries: y0 + (r - r0)
- * sq): element by element that is a strided store per element; here pieces of BT keys by BT rows
- * are copied transposed into t (the bias read along its rows), then added along S^T's rows, a
- * loop that vectorises. */
-#define BT 16
-static void bias_rows_t(float* s, int64_t r0, int64_t r1, int64_t nc, int64_t cs, const float* y0,
-                        int64_t sq) {
-    float t[BT][BT];
-    for (int64_t ra = r0; ra < r1; ra += BT) {
-        const int64_t nrr = r1 - ra < BT ? r1 - ra : BT;
-        const float* ya = y0 + (ra - r0) * sq;
-        for (int64_t ja = 0; ja < nc; ja += BT) {
-            const int64_t ncc = nc - ja < BT ? nc - ja : BT;
-            for (int64_t u = 0; u < nrr; u++)
-                for (int64_t v = 0; v < ncc; v++)
-                    t[v][u] = ya[u * sq + ja + v];
-            for (int64_t v = 0; v < ncc; v++) {
-                float* x = s + (ja + v) * cs + ra;
-                for (int64_t u = 0; u < nrr; u++) /* -inf masks, whatever the score */
-                    x[u] = t[v][u] == -INFINITY ? -INFINITY : x[u] + t[v][u];
-            }
-        }
-    }
+/* x[j * cs] = 0 bytes of m[j] ? -inf : x[j * cs] for j < n (cs 1: a loop that vectorises). */
+static void mask_row(float* x, int64_t cs, const uint8_t* m, int64_t n) {
+    if (cs == 1)
+        for (int64_t j = 0; j < n; j++)
+            x[j] = m[j] ? x[j] : -INFINITY;
+    else
+        for (int64_t j = 0; j < n; j++)
+            x[j * cs] = m[j] ? x[j * cs] : -INFINITY;
 }
 
-void cf_attn_cpu_extras(const cf_attn_call* c, int64_t b, float* s, int64_t nr, int64_t nc,
-                        int64_t rs, int64_t cs, const int64_t* i, const int64_t* h,
-                        const uint8_t* const* kv, int64_t j0, int masks) {
+/* x[j * cs] += y[j] for j < n, -inf where y[j] is -inf (whatever the score). cs 1: the sum
+ * formed for every element, then y's bits taken where y is -inf by integer masks, so that the
+ * loop vectorises (GCC does not if-convert a float add or compare: either may trap). */
+static void bias_row_f32(float* restrict x, int64_t cs, const float* restrict y, int64_t n) {
+    if (cs == 1)
+        for (int64_t j = 0; j < n; j++) {
+            const float a = x[j] + y[j];
+            uint32_t u, v;
+            memcpy(&u, y + j, sizeof u);
+            memcpy(&v, &a, sizeof v);
+            const uint32_t ninf = 0u - (uint32_t)(u == 0xff800000u); /* all ones where -inf */
+            v = (v & ~ninf) | (u & ninf);
+            memcpy(x + j, &v, sizeof v);
+        }
+    else
+        for (int64_t j = 0; j < n; j++)
+            x[j * cs] = y[j] == -INFINITY ? -INFINITY : x[j * cs] + y[j];
+}
+
+void cf_attn_cpu_extras(const cf_attn_call* c, const cf_attn_kernels* kk, int64_t b, float* s,
+                        int64_t nr, int64_t nc, int64_t rs, int64_t cs, const int64_t* i,
+                        const int64_t* h, const uint8_t* const* kv, int64_t j0, int masks) {
+    /* the forward's S^T (rows adjacent, keys cs apart): an fp32 bias by the table's transposed
+     * add, over runs of rows of one head and consecutive queries (their bias rows evenly
+     * spaced) */
     const int bias_t = c->bias.data && c->bias.dtype == CF_F32 && rs == 1 && cs != 1;
-    if (bias_t) /* runs of rows of one head and consecutive queries */
+    if (bias_t)
         for (int64_t r0 = 0, r1; r0 < nr; r0 = r1) {
             for (r1 = r0 + 1; r1 < nr && h[r1] == h[r0] && i[r1] == i[r1 - 1] + 1; r1++)
                 ;
-            bias_rows_t(s, r0, r1, nc, cs,
-                        (const float*)c->bias.data + cf_attn_at4(&c->bias, b, h[r0], i[r0], j0),
-                        c->bias.stride[2]);
+            kk->bias_t(s + r0, cs,
+                       (const float*)c->bias.data + cf_attn_at4(&c->bias, b, h[r0], i[r0], j0),
+                       c->bias.stride[2], r1 - r0, nc);
         }
     for (int64_t r = 0; r < nr; r++) {
         float* x = s + r * rs;
         if (c->bias.data && !bias_t) {
             const int64_t at = cf_attn_at4(&c->bias, b, h[r], i[r], j0);
             if (c->bias.dtype == CF_F32) {
-                const float* y = (const float*)c->bias.data + at;
-                for (int64_t j = 0; j < nc; j++) /* -inf masks, whatever the score */
-                    x[j * cs] = y[j] == -INFINITY ? -INFINITY : x[j * cs] + y[j];
+                bias_row_f32(x, cs, (const float*)c->bias.data + at, nc);
             } else {
                 for (int64_t j = 0; j < nc; j++) {
                     const float y = cf_load(c->bias.data, c->bias.dtype, at + j);
@@ -227,16 +231,9 @@ void cf_attn_cpu_extras(const cf_attn_call* c, int64_t b, float* s, int64_t nr, 
                 }
             }
         }
-        if (c->mask.data && masks) {
-            const uint8_t* m =
-                (const uint8_t*)c->mask.data + cf_attn_at4(&c->mask, b, h[r], i[r], j0);
-            for (int64_t j = 0; j < nc; j++)
-                x[j * cs] = m[j] ? x[j * cs] : -INFINITY;
-        }
-        if (kv && masks) {
-            const uint8_t* m = kv[r];
-            for (int64_t j = 0; j < nc; j++)
-                x[j * cs] = m[j] ? x[j * cs] : -INFINITY;
-        }
+        if (c->mask.data && masks)
+            mask_row(x, cs, (const uint8_t*)c->mask.data + cf_attn_at4(&c->mask, b, h[r], i[r], j0),
+                     nc);
+        if (kv && masks) mask_row(x, cs, kv[r], nc);
     }
 }

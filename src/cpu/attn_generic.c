@@ -85,6 +85,30 @@ static void pack_pairs_f32(uint32_t* dst, const float* lo, const float* hi, int6
         dst[i] = (uint32_t)cf_f32_to_bf16(lo[i]) | (uint32_t)(hi ? cf_f32_to_bf16(hi[i]) : 0) << 16;
 }
 
+/* Pieces of 16 keys by 16 rows copied transposed into t (the bias read along its rows), then
+ * added along S^T's rows, a loop that vectorises (element by element it would be a strided store
+ * per element). */
+void cf_attn_generic_bias_t(float* s, int64_t cs, const float* y, int64_t ys, int64_t nr,
+                            int64_t nc) {
+    enum { BT = 16 };
+    float t[BT][BT];
+    for (int64_t ra = 0; ra < nr; ra += BT) {
+        const int64_t nrr = nr - ra < BT ? nr - ra : BT;
+        const float* ya = y + ra * ys;
+        for (int64_t ja = 0; ja < nc; ja += BT) {
+            const int64_t ncc = nc - ja < BT ? nc - ja : BT;
+            for (int64_t u = 0; u < nrr; u++)
+                for (int64_t v = 0; v < ncc; v++)
+                    t[v][u] = ya[u * ys + ja + v];
+            for (int64_t v = 0; v < ncc; v++) {
+                float* x = s + (ja + v) * cs + ra;
+                for (int64_t u = 0; u < nrr; u++) /* -inf masks, whatever the score */
+                    x[u] = t[v][u] == -INFINITY ? -INFINITY : x[u] + t[v][u];
+            }
+        }
+    }
+}
+
 void cf_attn_generic_interleave_u16(uint32_t* dst, const uint16_t* lo, const uint16_t* hi,
                                     int64_t n) {
     for (int64_t i = 0; i < n; i++)
@@ -133,6 +157,7 @@ const cf_attn_kernels cf_attn_kernels_generic = {
     .ds_cols = ds_cols,
     .pack_pairs_f32 = pack_pairs_f32,
     .interleave_u16 = cf_attn_generic_interleave_u16,
+    .bias_t = cf_attn_generic_bias_t,
     .to_f32 = cf_attn_generic_to_f32,
     .from_f32 = cf_attn_generic_from_f32,
 };

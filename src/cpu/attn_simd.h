@@ -8,6 +8,7 @@
 #ifndef CFLASH_CPU_ATTN_SIMD_H
 #define CFLASH_CPU_ATTN_SIMD_H
 
+#include <float.h>
 #include <string.h>
 
 #include "cpu/attn_cpu.h"
@@ -252,6 +253,39 @@ CF_VTARGET static void ds_cols(float* ds, const float* p, const float* dp, int64
                                const float* dl, float sc) {
     CF_VSTEPS(n, ds_cols_step, ds, p, dp, dl, cf_vset1(sc));
 }
+
+#ifdef CF_VTRANSPOSE
+/* cf_attn_kernels.bias_t: pieces of CF_VL rows by CF_VL keys of the bias transposed in registers,
+ * each key's vector added to S^T's row (partial pieces masked: nothing past nr, nc is read or
+ * written). A -inf bias masks its pair: it is taken as it is (y < -FLT_MAX), not added. */
+CF_VTARGET static void bias_t(float* s, int64_t cs, const float* y, int64_t ys, int64_t nr,
+                              int64_t nc) {
+    const cf_vf lo = cf_vset1(-FLT_MAX);
+    for (int64_t ra = 0; ra < nr; ra += CF_VL) {
+        const int64_t nrr = nr - ra < CF_VL ? nr - ra : CF_VL;
+        const cf_vt tr = cf_vtail(nrr);
+        for (int64_t ja = 0; ja < nc; ja += CF_VL) {
+            const int64_t ncc = nc - ja < CF_VL ? nc - ja : CF_VL;
+            const cf_vt tc = cf_vtail(ncc);
+            cf_vf r[CF_VL];
+            for (int u = 0; u < CF_VL; u++) {
+                const float* p = y + (ra + u) * ys + ja;
+                r[u] = u >= nrr ? cf_vzero() : ncc == CF_VL ? cf_vload(p) : cf_vloadt(p, tc);
+            }
+            cf_vtranspose(r);
+            for (int64_t v = 0; v < ncc; v++) {
+                float* x = s + (ja + v) * cs + ra;
+                const cf_vf a = nrr == CF_VL ? cf_vload(x) : cf_vloadt(x, tr);
+                const cf_vf z = cf_vsel_lt(r[v], lo, r[v], cf_vadd(a, r[v]));
+                if (nrr == CF_VL)
+                    cf_vstore(x, z);
+                else
+                    cf_vstoret(x, tr, z);
+            }
+        }
+    }
+}
+#endif
 
 /* ---- dtype conversion (full vectors, then the portable tail) ------------------------------- */
 

@@ -192,7 +192,7 @@ static void scores(const cf_attn_call* c, const cf_attn_kernels* kk, const cf_at
             }
     }
     if (xtra && (open != CF_REGION_OPEN || c->bias.data))
-        cf_attn_cpu_extras(c, mp->b, s, mp->nr, mp->nc, mp->rs, mp->cs, mp->i, mp->h, mp->kv,
+        cf_attn_cpu_extras(c, kk, mp->b, s, mp->nr, mp->nc, mp->rs, mp->cs, mp->i, mp->h, mp->kv,
                            mp->j0, open != CF_REGION_OPEN);
 }
 

@@ -27,6 +27,8 @@
  *                        slower than plain attention on a Xeon 6/207, 1.37x / 1.12x with 2^-64
  *                        (docs/PERF.md). What it drops, n 2^-64 of the row's sum at most, is far
  *                        below fp32's rounding.
+ *   cf_vtranspose(r)     (x86 only, where CF_VTRANSPOSE is defined) r[0 .. CF_VL) transposed in
+ *                        place: lane j of r[i] becomes lane i of r[j]
  *   cf_vload_f16/bf16(p), cf_vstore_f16/bf16(p, v): CF_VL 16-bit floats, rounded to nearest
  *                        even, NaN kept quiet (as cf_f32_to_bf16 / cf_f32_to_f16)
  *   CF_MK_NVMAX          vectors per row of the fp32 GEMM register tile (6 rows) */
@@ -130,6 +132,22 @@ CF_V void cf_vstore_bf16(uint16_t* p, cf_vf v) {
     const __m256i pk = _mm256_packus_epi32(r, r);
     _mm_storeu_si128((__m128i*)p, _mm256_castsi256_si128(_mm256_permute4x64_epi64(pk, 0x08)));
 }
+/* 8 x 8: pairs of rows interleaved, then 4 x 4 blocks within lanes, then the 128-bit halves. */
+#define CF_VTRANSPOSE
+CF_V void cf_vtranspose(cf_vf r[8]) {
+    __m256 t[8], u[8];
+    for (int i = 0; i < 8; i += 2)
+        t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]), t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+    for (int i = 0; i < 8; i += 4) {
+        u[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+        u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xee);
+        u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+        u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xee);
+    }
+    for (int i = 0; i < 4; i++) /* u[i]: columns i, 4 + i of rows 0-3; u[4 + i]: of rows 4-7 */
+        r[i] = _mm256_permute2f128_ps(u[i], u[4 + i], 0x20),
+        r[4 + i] = _mm256_permute2f128_ps(u[i], u[4 + i], 0x31);
+}
 #undef CF_V
 
 #elif defined(CF_SIMD_AVX512) /* ---------------------------------------------------------- */
@@ -199,8 +217,8 @@ CF_V cf_vf cf_vround(cf_vf x) {
 }
 /* vscalefps, the lanes below CF_EXP2_LO cleared (see CF_EXP2_LO's comment above). */
 CF_V cf_vf cf_vscale2(cf_vf p, cf_vf n, cf_vf x) {
-    return _mm512_maskz_scalef_ps(_mm512_cmp_ps_mask(x, _mm512_set1_ps(CF_EXP2_LO), _CMP_NLT_UQ),
-                                  p, n);
+    return _mm512_maskz_scalef_ps(_mm512_cmp_ps_mask(x, _mm512_set1_ps(CF_EXP2_LO), _CMP_NLT_UQ), p,
+                                  n);
 }
 CF_V cf_vf cf_vload_f16(const uint16_t* p) {
     return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)p));
@@ -221,6 +239,28 @@ CF_V void cf_vstore_bf16(uint16_t* p, cf_vf v) {
     const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
     r = _mm512_mask_or_epi32(r, nan, _mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40));
     _mm256_storeu_si256((__m256i*)p, _mm512_cvtepi32_epi16(r));
+}
+/* 16 x 16: pairs of rows interleaved, 4 x 4 blocks within 128-bit lanes, then two rounds of
+ * 128-bit lane shuffles. */
+#define CF_VTRANSPOSE
+CF_V void cf_vtranspose(cf_vf r[16]) {
+    __m512 t[16], u[16];
+    for (int i = 0; i < 16; i += 2)
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]), t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    for (int i = 0; i < 16; i += 4) { /* u[i + c]: column c of each lane k, rows i .. i + 3 */
+        u[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44);
+        u[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xee);
+        u[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+        u[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xee);
+    }
+    for (int h = 0; h < 16; h += 8) /* t[h + c]: columns c, 8 + c (c < 4); t[h + 4 + c]: 4 + c,
+                                       12 + c; of rows h .. h + 7 */
+        for (int c = 0; c < 4; c++)
+            t[h + c] = _mm512_shuffle_f32x4(u[h + c], u[h + 4 + c], 0x88),
+                  t[h + 4 + c] = _mm512_shuffle_f32x4(u[h + c], u[h + 4 + c], 0xdd);
+    for (int c = 0; c < 8; c++)
+        r[c] = _mm512_shuffle_f32x4(t[c], t[8 + c], 0x88),
+        r[8 + c] = _mm512_shuffle_f32x4(t[c], t[8 + c], 0xdd);
 }
 #undef CF_V
 

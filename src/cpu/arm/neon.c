@@ -290,6 +290,7 @@ static void interleave_u16(uint32_t* dst, const uint16_t* lo, const uint16_t* hi
         .pack_pairs_f32 = pack_pairs_f32,                                                          \
         .pack_pairs_f16 = pack_pairs_f16,                                                          \
         .interleave_u16 = interleave_u16,                                                          \
+        .bias_t = cf_attn_generic_bias_t,                                                          \
         .to_f32 = to_f32,                                                                          \
         .from_f32 = from_f32,                                                                      \
     };

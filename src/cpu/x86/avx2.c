@@ -24,6 +24,7 @@ static const cf_attn_kernels kernels = {
     .ds_cols = ds_cols,
     .pack_pairs_f32 = NULL,
     .interleave_u16 = cf_attn_generic_interleave_u16,
+    .bias_t = bias_t,
     .to_f32 = to_f32,
     .from_f32 = from_f32,
 };

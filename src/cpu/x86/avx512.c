@@ -82,6 +82,7 @@ CF_VTARGET static void interleave_u16(uint32_t* dst, const uint16_t* lo, const u
         .ds_cols = ds_cols,                                                                        \
         .pack_pairs_f32 = PACK,                                                                    \
         .interleave_u16 = interleave_u16,                                                          \
+        .bias_t = bias_t,                                                                          \
         .to_f32 = to_f32,                                                                          \
         .from_f32 = from_f32,                                                                      \
     };
