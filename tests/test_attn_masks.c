@@ -127,9 +127,10 @@ static void run(const char* backend, int kind, cflash_dtype dt) {
     check_problem(backend, p, kind_name[kind]);
 }
 
-/* dbias of a (1, 1, Sq, Sk) bias summed over more (b, h) than a dbias task keeps the scores and
- * dP of (CF_ATTN_DBIAS_CACHE_BYTES): the first are kept from pass 1, the others computed again in
- * pass 2, in one call. */
+/* dbias of a (1, 1, Sq, Sk) bias summed over 24 (b, h) in one call, in both of dbias_tile's
+ * orders: (b, h) by (b, h) with each one's scores and dP kept from pass 1 (the default here: the
+ * case fits CF_ATTN_DBIAS_CACHE_BYTES), and with nothing kept (the bound set to 1 byte): every
+ * (b, h)'s pass 1, then all of them computed again key block by key block. */
 static void run_dbias_many(const char* backend, cflash_dtype dt) {
     attn_case c;
     attn_case_init(&c);
@@ -138,14 +139,18 @@ static void run_dbias_many(const char* backend, cflash_dtype dt) {
     c.seed = 790 + (uint64_t)dt + tt_seed_base() * 1000003u;
     const cf_attn_blocks bl = cf_attn_cpu_blocks();
     const int64_t bq = c.Sq < bl.bwd_q ? c.Sq : bl.bwd_q, nblk = (c.Sk + bl.bwd_k - 1) / bl.bwd_k;
-    const int64_t fit =
-        (int64_t)(CF_ATTN_DBIAS_CACHE_BYTES /
-                  (sizeof(float) * 2 * (size_t)(nblk * bq * bl.bwd_k) + (size_t)nblk));
-    CHECK_MSG(fit > 0 && fit < c.B * c.H, "the case keeps %lld of %lld (b, h): not some of them",
-              (long long)fit, (long long)(c.B * c.H));
-    attn_problem* p = attn_problem_new(&c);
-    CHECK(p != NULL);
-    if (p) check_problem(backend, p, "dbias over 24 (b, h)");
+    const int64_t one = (int64_t)sizeof(float) * (2 * nblk * bq * bl.bwd_k + bq * c.Sk) + nblk;
+    CHECK_MSG(one <= (int64_t)CF_ATTN_DBIAS_CACHE_BYTES,
+              "one (b, h) takes %lld bytes: past the cache, the first order does not run",
+              (long long)one);
+    for (int kept = 1; kept >= 0; kept--) {
+        attn_problem* p = attn_problem_new(&c);
+        CHECK(p != NULL);
+        if (!p) return;
+        cf_attn_cpu_set_dbias_cache(kept ? 0 : 1);
+        check_problem(backend, p, kept ? "dbias over 24 (b, h), kept" : "dbias over 24 (b, h)");
+        cf_attn_cpu_set_dbias_cache(0);
+    }
 }
 
 /* dbias where a key block holds both keys some row sees and NaN keys no row sees (a -inf bias
@@ -156,22 +161,27 @@ static void run_dbias_nan(const char* backend) {
     c.B = 1, c.H = 2, c.Hk = 1, c.Sq = 64, c.Sk = 200, c.D = c.Dv = 8, c.dtype = CFLASH_DTYPE_F32;
     c.bias = ATTN_BC_11, c.dbias = 1, c.bias_f32 = 1;
     c.seed = 795 + tt_seed_base() * 1000003u;
-    const int64_t pad = 150; /* not a multiple of any block size the kernels use */
-    attn_problem* p = attn_problem_new(&c);
-    CHECK(p != NULL);
-    if (!p) return;
-    for (int64_t n = 0; n < p->bias.numel; n++) {
-        int64_t idx[4];
-        tt_unravel(&p->bias, n, idx);
-        tt_set(&p->bias, idx, idx[3] >= pad ? -INFINITY : 0.25 * sin((double)n));
-    }
-    for (int64_t j = pad; j < c.Sk; j++)
-        for (int64_t d = 0; d < c.D; d++) {
-            int64_t ix[4] = {0, j, 0, d};
-            tt_set(&p->k, ix, NAN), tt_set(&p->v, ix, NAN);
+    const int64_t pad = 150;                /* not a multiple of any block size the kernels use */
+    for (int kept = 1; kept >= 0; kept--) { /* (see run_dbias_many) */
+        attn_problem* p = attn_problem_new(&c);
+        CHECK(p != NULL);
+        if (!p) return;
+        for (int64_t n = 0; n < p->bias.numel; n++) {
+            int64_t idx[4];
+            tt_unravel(&p->bias, n, idx);
+            tt_set(&p->bias, idx, idx[3] >= pad ? -INFINITY : 0.25 * sin((double)n));
         }
-    attn_problem_refresh_inputs(p);
-    check_problem(backend, p, "dbias beside NaN keys");
+        for (int64_t j = pad; j < c.Sk; j++)
+            for (int64_t d = 0; d < c.D; d++) {
+                int64_t ix[4] = {0, j, 0, d};
+                tt_set(&p->k, ix, NAN), tt_set(&p->v, ix, NAN);
+            }
+        attn_problem_refresh_inputs(p);
+        cf_attn_cpu_set_dbias_cache(kept ? 0 : 1);
+        check_problem(backend, p,
+                      kept ? "dbias beside NaN keys" : "dbias beside NaN keys, none kept");
+        cf_attn_cpu_set_dbias_cache(0);
+    }
 }
 
 /* Whether the backend can run here (cflash_context_set_backend accepts any known name; a call
@@ -310,6 +320,9 @@ int main(void) {
             run(backends[i], kind, CFLASH_DTYPE_F32);
             if (strcmp(backends[i], "cpu-amx")) run(backends[i], kind, CFLASH_DTYPE_BF16);
         }
+        cf_attn_cpu_set_dbias_cache(1); /* the padding bias's dbias with nothing kept */
+        run(backends[i], PAD_BIAS, CFLASH_DTYPE_F32);
+        cf_attn_cpu_set_dbias_cache(0);
         run_dbias_many(backends[i], CFLASH_DTYPE_F32);
         run_dbias_nan(backends[i]);
         printf("%s: %.1f s\n", backends[i], tt_now() - t0);

@@ -322,8 +322,11 @@ void cf_attn_cpu_set_blocks(const cf_attn_blocks* b);
 /* The one-pass backward's per-thread fp32 dQ buffer (G * Sq * D floats) may take at most this
  * much; longer sequences use the three-pass backward, whose workspace does not grow with Sq. */
 #define CF_ATTN_BWD_DQ_BYTES ((size_t)8 << 20)
-/* A dbias task keeps the scores and dP its first pass computes, for its second, in at most this
- * much (the (b, h) that fit, in order; the others are computed again). */
+/* A dbias task keeps the scores and dP its first pass computes, for its second, when one (b, h)'s
+ * (over all keys) and an fp32 block of dbias rows fit this much (else computed again). */
 #define CF_ATTN_DBIAS_CACHE_BYTES ((size_t)16 << 20)
+/* Tests only: that bound for later calls (0: CF_ATTN_DBIAS_CACHE_BYTES). Not to be called while
+ * an attention call runs. */
+void cf_attn_cpu_set_dbias_cache(size_t bytes);
 
 #endif

@@ -299,6 +299,10 @@ typedef struct bwd_geom {
     size_t dbqt, dbdot, dbvec;   /* issue 13: dbias */
     size_t gk, gv;               /* paged only */
     const cf_attn_mask_map* map; /* issue 13: attn_mask / attn_bias summarised (may be NULL) */
+    /* dbias calls: whether key block jb of (b, hk) holds a NaN or an infinity, at
+     * kbad[(b * Hk + hk) * kbn + jb]: 0 not known yet, 1 no, 2 yes (NULL: checked every time) */
+    signed char* kbad;
+    int64_t kbn;
 } bwd_geom;
 
 static void bwd_layout(const cf_attn_call* c, const cf_attn_kernels* kk, bwd_geom* g) {
@@ -352,7 +356,8 @@ static void bwd_layout(const cf_attn_call* c, const cf_attn_kernels* kk, bwd_geo
         TAKE(dbacc, F * BQ * BKB);
         TAKE(dbqt, F * BQ * D);
         TAKE(dbdot, F * BQ * Dv);
-        TAKE(dbvec, F * 4 * BQ + sizeof(double) * 2 * BQ); /* + dbias_stats's two sums */
+        /* + dbias_stats's two sums, then one (b, h)'s statistics */
+        TAKE(dbvec, F * 4 * BQ + sizeof(double) * 2 * BQ + F * 3 * BQ);
     }
     if (c->block_table) { /* paged: a key block's K / V rows gathered across pages */
         TAKE(gk, cf_dtype_size(c->dtype) * BKB * D);
@@ -694,6 +699,20 @@ typedef struct dbias_ws {
     int64_t qb, qh, qi0, qnr;
 } dbias_ws;
 
+/* Whether K / V rows [j0, j0 + nc) of (b, hk) hold a NaN or an infinity: read once a call per
+ * block (every dbias task of every row block asks; threads that race store the same value). */
+static int dbias_keys_bad(const cf_attn_call* c, const bwd_geom* g, int64_t b, int64_t hk,
+                          int64_t j0, int64_t nc) {
+    if (!g->kbad) return cf_attn_bwd_key_rows_bad(c, b, hk, 0, j0, nc, 0, 0, 0);
+    signed char* f = g->kbad + (b * c->Hk + hk) * g->kbn + j0 / g->bk;
+    signed char v = __atomic_load_n(f, __ATOMIC_RELAXED);
+    if (!v) {
+        v = cf_attn_bwd_key_rows_bad(c, b, hk, 0, j0, nc, 0, 0, 0) ? 2 : 1;
+        __atomic_store_n(f, v, __ATOMIC_RELAXED);
+    }
+    return v == 2;
+}
+
 /* Rows [i0, i0 + nr) of (b, h) against keys [j0, j0 + nc): their metadata in w (the forward's
  * lse and dl included), then, unless no pair is open (returns 0) or some row holds a NaN or an
  * infinity (returns -1), the scores as the forward saw them in w->s and dP (dropout applied) in
@@ -712,8 +731,7 @@ static int dbias_block(const cf_attn_call* c, const cf_attn_kernels* kk, const b
     }
     if (!any || !rows_open(c, g->map, b, h, i0, nr, j0, nc, w->xkv, w->xkvp)) return 0;
     const int64_t hk = h / g->G, D = g->D, Dv = g->Dv;
-    if (cf_attn_bwd_key_rows_bad(c, b, hk, 0, j0, nc, 0, 0, 0) ||
-        cf_attn_bwd_query_rows_bad(c, b, h, i0, nr, w->dlr))
+    if (dbias_keys_bad(c, g, b, hk, j0, nc) || cf_attn_bwd_query_rows_bad(c, b, h, i0, nr, w->dlr))
         return -1;
     if (w->qnr != nr || w->qb != b || w->qh != h || w->qi0 != i0) {
         int64_t ldq, ldo;
@@ -739,7 +757,7 @@ static int dbias_block(const cf_attn_call* c, const cf_attn_kernels* kk, const b
 /* What a dbias task keeps of its first pass for its second: of the first n (b, h) in its order,
  * for key block jb of pair x, the scores and dP at s / dp + (x * nblk + jb) * blk (blk = bq * bk
  * floats) and dbias_block's result in st[x * nblk + jb]. All of pair x's blocks are kept when
- * dbias_stats returned 1 for it (the task's ok[x]). */
+ * dbias_stats returned 1 for it. */
 typedef struct dbias_cache {
     int64_t n, nblk, blk;
     float *s, *dp;
@@ -753,7 +771,7 @@ typedef struct dbias_cache {
  * element is one dS (or a short sum of them) and came out up to 5.5x the naive's error, past the
  * error rule (dq, dk, dv sum many and were within it). Returns 0 when some block holds a NaN or an
  * infinity: the forward's statistics serve then. kc (its pair xi, when xi < kc->n) keeps the
- * scores and dP for pass 2. */
+ * scores and dP for pass 2: dbias_block writes them there. */
 static int dbias_stats(const cf_attn_call* c, const cf_attn_kernels* kk, const bwd_geom* g,
                        dbias_ws* w, int64_t b, int64_t h, int64_t i0, int64_t nr, int64_t sq,
                        int64_t sk, const float* dl, float* st, dbias_cache* kc, int64_t xi) {
@@ -764,16 +782,15 @@ static int dbias_stats(const cf_attn_call* c, const cf_attn_kernels* kk, const b
     for (int64_t r = 0; r < nr; r++)
         st[3 * r] = -INFINITY, l[r] = 0.0, pdp[r] = 0.0;
     const int keep = xi < kc->n;
+    float *ws = w->s, *wdp = w->dp, *e = w->v + nr; /* e: a column of P (w->v: bq maxima, then) */
     for (int64_t j0 = 0; j0 < sk; j0 += g->bk) {
         const int64_t nc = sk - j0 < g->bk ? sk - j0 : g->bk, at = xi * kc->nblk + j0 / g->bk;
+        if (keep) w->s = kc->s + at * kc->blk, w->dp = kc->dp + at * kc->blk;
         const int o = dbias_block(c, kk, g, w, b, h, i0, nr, j0, nc, sq, sk, dl);
-        if (o < 0) return 0;
-        if (keep) {
-            kc->st[at] = (signed char)o;
-            if (o) {
-                memcpy(kc->s + at * kc->blk, w->s, sizeof(float) * (size_t)(nr * nc));
-                memcpy(kc->dp + at * kc->blk, w->dp, sizeof(float) * (size_t)(nr * nc));
-            }
+        if (keep) kc->st[at] = (signed char)o;
+        if (o < 0) {
+            w->s = ws, w->dp = wdp;
+            return 0;
         }
         if (!o) continue;
         /* the block's max per row, the running statistics moved to it; then P = exp(s - m) by
@@ -782,8 +799,7 @@ static int dbias_stats(const cf_attn_call* c, const cf_attn_kernels* kk, const b
         for (int64_t r = 0; r < nr; r++)
             mu[r] = st[3 * r];
         for (int64_t j = 0; j < nc; j++)
-            for (int64_t r = 0; r < nr; r++)
-                mu[r] = w->s[j * nr + r] > mu[r] ? w->s[j * nr + r] : mu[r];
+            kk->scale_max_cols(w->s + j * nr, nr, 1.0f, mu); /* (x 1: the scores unchanged) */
         for (int64_t r = 0; r < nr; r++) {
             if (mu[r] > st[3 * r]) {
                 const float a = st[3 * r] == -INFINITY ? 0.0f : expf(st[3 * r] - mu[r]);
@@ -792,12 +808,14 @@ static int dbias_stats(const cf_attn_call* c, const cf_attn_kernels* kk, const b
             if (mu[r] == -INFINITY) mu[r] = 0.0f;
         }
         for (int64_t j = 0; j < nc; j++) {
-            float *x = w->s + j * nr, *y = w->dp + j * nr;
-            kk->exp_cols(x, nr, mu, NULL);
+            const float *x = w->s + j * nr, *y = w->dp + j * nr;
+            memcpy(e, x, sizeof(float) * (size_t)nr); /* (the scores stay for pass 2) */
+            kk->exp_cols(e, nr, mu, NULL);
             for (int64_t r = 0; r < nr; r++)
-                l[r] += x[r], pdp[r] += (double)x[r] * y[r];
+                l[r] += e[r], pdp[r] += (double)e[r] * y[r];
         }
     }
+    w->s = ws, w->dp = wdp;
     const float sink = cf_attn_sink(c, h); /* (a key of no value: in the sum, not in P dP) */
     for (int64_t r = 0; r < nr; r++) {
         if (sink != -INFINITY) {
@@ -816,10 +834,81 @@ static int dbias_stats(const cf_attn_call* c, const cf_attn_kernels* kk, const b
     return 1;
 }
 
+/* Pass 2 for (b, h) on keys [j0, j0 + nc): dS of rows [i0, i0 + nr) added to acc (keys by rows,
+ * as S^T: key j0 + j of row r at acc[j * bq + r]). sr: the rows' own statistics (dbias_stats; NULL:
+ * the forward's lse and dl); s, dp: the block's scores and dP (kept from pass 1, or NULL: computed
+ * again here). */
+static void dbias_add(const cf_attn_call* c, const cf_attn_kernels* kk, const bwd_geom* g,
+                      dbias_ws* w, int64_t b, int64_t h, int64_t i0, int64_t nr, int64_t j0,
+                      int64_t nc, int64_t sq, int64_t sk, const float* dl, const float* sr,
+                      float* s, float* dp, int o, float* acc, int64_t bq) {
+    if (!s) {
+        o = dbias_block(c, kk, g, w, b, h, i0, nr, j0, nc, sq, sk, dl);
+        s = w->s, dp = w->dp;
+    }
+    if (o == 0) return;
+    if (o < 0) { /* a NaN or an infinity in the rows: pair by pair (masked pairs get 0, see
+                    cf_attn_bwd_exact_pairs) */
+        for (int64_t r = 0; r < nr; r++) {
+            const float lse = cf_attn_lse_at(c, b, h, i0 + r);
+            for (int64_t j = w->mlo[r] > j0 ? w->mlo[r] : j0;
+                 lse != -INFINITY && j < w->mhi[r] && j < j0 + nc; j++) {
+                float ds_s, ds;
+                if (ref_pair_grad(c, b, h, i0 + r, 0, i0 + r, j, sq, sk, lse, w->dlr[r], NULL,
+                                  &ds_s, &ds))
+                    acc[(j - j0) * bq + r] += ds_s;
+            }
+        }
+        return;
+    }
+    /* dS^T by columns: P = exp(s - m) (times 1 / l with the row's own statistics),
+     * dS = P (dP - sum P dP), added to acc */
+    float *mu = w->v, *il = mu + nr, *dlv = il + nr;
+    for (int64_t r = 0; r < nr; r++) {
+        mu[r] = sr ? sr[3 * r] : cf_attn_lse_sub(c, b, h, i0 + r);
+        il[r] = sr ? sr[3 * r + 1] : 1.0f;
+        dlv[r] = sr ? sr[3 * r + 2] : cf_attn_dl(c, dl, b, h, i0 + r);
+    }
+    for (int64_t j = 0; j < nc; j++) {
+        float *p = s + j * nr, *d = dp + j * nr, *a = acc + j * bq;
+        kk->exp_cols(p, nr, mu, NULL);
+        for (int64_t r = 0; sr && r < nr; r++)
+            p[r] *= il[r];
+        kk->ds_cols(d, p, d, nr, dlv, 1.0f);
+        for (int64_t r = 0; r < nr; r++)
+            a[r] += d[r];
+    }
+}
+
+/* Rows [i0, i0 + bq) x keys [j0, j0 + nb) of dbias element (bb, hh) from acc (keys by rows), a
+ * row at a time through w->s (free here). */
+static void dbias_out(const cf_attn_call* c, const cf_attn_kernels* kk, dbias_ws* w, int64_t bb,
+                      int64_t hh, int64_t i0, int64_t bq, int64_t j0, int64_t nb, const float* acc,
+                      size_t es) {
+    for (int64_t r = 0; r < bq; r++) {
+        for (int64_t j = 0; j < nb; j++)
+            w->s[j] = acc[j * bq + r];
+        kk->from_f32((char*)c->dbias.data + (size_t)cf_attn_at4(&c->dbias, bb, hh, i0 + r, j0) * es,
+                     w->s, c->dbias.dtype, nb);
+    }
+}
+
+/* Tests only: the bytes a dbias task may take to keep its first pass's scores and dP (0: the
+ * default, CF_ATTN_DBIAS_CACHE_BYTES). */
+static size_t dbias_cache_bytes;
+void cf_attn_cpu_set_dbias_cache(size_t bytes) {
+    dbias_cache_bytes = bytes;
+}
+
 /* Rows [i0, i0 + bq) of dbias element (bb, hh) (batch calls): dL/d(score) summed over the (b, h)
- * that the bias broadcasts to, in a fixed order, recomputing P and dP there (fp32 products) with
- * each row's own softmax statistics (dbias_stats; the forward's lse and dl where those could not
- * be had); one writer per element, so deterministic. The pass-1 buffers serve as scratch. */
+ * that the bias broadcasts to, in a fixed order, P and dP (fp32 products) with each row's own
+ * softmax statistics (dbias_stats; the forward's lse and dl where those could not be had); one
+ * writer per element, so deterministic. The pass-1 buffers serve as scratch. Two orders:
+ * - when one (b, h)'s scores and dP over all keys and an fp32 row block of dbias fit the cache
+ *   bytes, (b, h) by (b, h): pass 1 keeps its scores and dP, pass 2 adds its dS to the row block
+ *   from them (the scores and dP computed once);
+ * - else pass 1 for every (b, h), then key block by key block, every (b, h)'s scores and dP
+ *   computed again and its dS added. */
 static void dbias_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const void* geom,
                        int64_t bb, int64_t hh, int64_t i0, int64_t bq, char* ws, const float* dl) {
     const bwd_geom* g = geom;
@@ -840,106 +929,77 @@ static void dbias_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const v
     w.sums = (double*)(w.v + 4 * BQ);
     w.mi = (int64_t*)(ws + g->map1), w.mlo = w.mi + BQ, w.mhi = w.mlo + BQ, w.hr = w.mhi + BQ;
     w.mslope = (float*)(w.hr + BQ);
-    float* acc = (float*)(ws + g->dbacc);
     const int64_t b0 = c->dbias.shape[0] == 1 ? 0 : bb, b1 = c->dbias.shape[0] == 1 ? c->B : bb + 1;
     const int64_t h0 = c->dbias.shape[1] == 1 ? 0 : hh, h1 = c->dbias.shape[1] == 1 ? c->H : hh + 1;
     const int64_t nh = h1 - h0;
     const size_t es = cf_dtype_size(c->dbias.dtype);
-    /* pass 1: (m, 1 / l, sum P dP) of every row of every (b, h) (NULL, a row's flag 0: the
-     * forward's lse and dl) */
-    int64_t nbh = 0, nst = 0;
-    float* st = NULL;
-    char* ok = NULL;
-    if (!cf_mul_i64(b1 - b0, nh, &nbh) && !cf_mul_i64(nbh, 3 * bq, &nst)) {
-        st = malloc(sizeof(float) * (size_t)nst);
-        ok = calloc((size_t)nbh, 1);
-    }
-    /* the first (b, h) whose scores and dP fit CF_ATTN_DBIAS_CACHE_BYTES keep them for pass 2
-     * (none when the memory cannot be had: computed again) */
+    const size_t limit = dbias_cache_bytes ? dbias_cache_bytes : CF_ATTN_DBIAS_CACHE_BYTES;
+    /* (b, h) by (b, h): one pair's scores and dP (2 x bq x nblk x bk floats), its flags, the fp32
+     * row block (bq x Sk) */
     dbias_cache kc = {.nblk = (Sk + BKB - 1) / BKB, .blk = bq * BKB};
-    int64_t fl = 0; /* floats of a pair's scores (0: no keys, nothing to keep) */
-    const int fits =
-        !cf_mul_i64(kc.nblk, kc.blk, &fl) && fl > 0 && fl <= (int64_t)CF_ATTN_DBIAS_CACHE_BYTES;
-    const size_t pair = sizeof(float) * 2 * (size_t)(fits ? fl : 0) + (size_t)kc.nblk;
-    kc.n = st && ok && fits ? (int64_t)(CF_ATTN_DBIAS_CACHE_BYTES / pair) : 0;
-    kc.n = kc.n < nbh ? kc.n : nbh;
-    char* cbuf = kc.n > 0 ? malloc(pair * (size_t)kc.n) : NULL;
+    int64_t fl = 0, accn = 0, bytes = 0;
+    const int one = !cf_mul_i64(kc.nblk, 2 * kc.blk, &fl) && !cf_mul_i64(bq, Sk, &accn) &&
+                    !cf_mul_i64(fl + accn, (int64_t)sizeof(float), &bytes) &&
+                    !cf_add_i64(bytes, kc.nblk, &bytes) && bytes <= (int64_t)limit;
+    char* cbuf = one ? malloc((size_t)bytes) : NULL;
+    float* acc = (float*)(ws + g->dbacc);
+    int64_t nbh = 0, nst = 0;
     if (cbuf) {
-        kc.s = (float*)cbuf, kc.dp = kc.s + kc.n * kc.nblk * kc.blk;
-        kc.st = (signed char*)(kc.dp + kc.n * kc.nblk * kc.blk);
-    } else {
-        kc.n = 0;
-    }
-    for (int64_t b = b0; st && ok && b < b1; b++)
-        for (int64_t h = h0; h < h1; h++) {
-            int64_t q0, sq, k0, sk;
-            cf_attn_seq(c, b, &q0, &sq, &k0, &sk);
-            const int64_t nr = sq - i0 < bq ? sq - i0 : bq, x = (b - b0) * nh + h - h0;
-            if (nr > 0)
-                ok[x] = (char)dbias_stats(c, kk, g, &w, b, h, i0, nr, sq, sk, dl, st + x * 3 * bq,
-                                          &kc, x);
-        }
-    for (int64_t j0 = 0; j0 < Sk; j0 += BKB) {
-        const int64_t nb = Sk - j0 < BKB ? Sk - j0 : BKB;
-        memset(acc, 0, sizeof(float) * (size_t)(bq * nb));
+        kc.n = 1, kc.s = (float*)cbuf, kc.dp = kc.s + fl / 2, acc = kc.s + fl;
+        kc.st = (signed char*)(acc + accn);
+        memset(acc, 0, sizeof(float) * (size_t)accn);
+        float* st = (float*)(w.sums + 2 * BQ);
         for (int64_t b = b0; b < b1; b++)
             for (int64_t h = h0; h < h1; h++) {
-                /* seqused_q / seqused_k: only the used rows and keys of b contribute (the others
-                 * are not the forward's: their lse, q, k may be anything) */
                 int64_t q0, sq, k0, sk;
                 cf_attn_seq(c, b, &q0, &sq, &k0, &sk);
-                const int64_t nr = sq - i0 < bq ? sq - i0 : bq, nc = sk - j0 < nb ? sk - j0 : nb;
-                if (nr <= 0 || nc <= 0) continue;
-                const int64_t x = (b - b0) * nh + h - h0, at = x * kc.nblk + j0 / BKB;
-                const int kept = x < kc.n && ok[x]; /* (its statistics are then its own) */
-                const int o =
-                    kept ? kc.st[at] : dbias_block(c, kk, g, &w, b, h, i0, nr, j0, nc, sq, sk, dl);
-                if (o == 0) continue;
-                if (o < 0) { /* a NaN or an infinity in the rows: pair by pair (masked pairs get
-                                0, see cf_attn_bwd_exact_pairs) */
-                    for (int64_t r = 0; r < nr; r++) {
-                        const float lse = cf_attn_lse_at(c, b, h, i0 + r);
-                        for (int64_t j = w.mlo[r] > j0 ? w.mlo[r] : j0;
-                             lse != -INFINITY && j < w.mhi[r] && j < j0 + nc; j++) {
-                            float ds_s, ds;
-                            if (ref_pair_grad(c, b, h, i0 + r, 0, i0 + r, j, sq, sk, lse, w.dlr[r],
-                                              NULL, &ds_s, &ds))
-                                acc[(j - j0) * bq + r] += ds_s;
-                        }
-                    }
-                    continue;
-                }
-                /* dS^T by columns: P = exp(s - m) (times 1 / l with the row's own statistics),
-                 * dS = P (dP - sum P dP), added to acc (keys by rows, as S^T) */
-                const float* sr = ok && ok[x] ? st + x * 3 * bq : NULL;
-                float *ps = kept ? kc.s + at * kc.blk : w.s,
-                      *dps = kept ? kc.dp + at * kc.blk : w.dp;
-                float *mu = w.v, *il = mu + nr, *dlv = il + nr;
-                for (int64_t r = 0; r < nr; r++) {
-                    mu[r] = sr ? sr[3 * r] : w.lb[r];
-                    il[r] = sr ? sr[3 * r + 1] : 1.0f;
-                    dlv[r] = sr ? sr[3 * r + 2] : w.dlr[r];
-                }
-                for (int64_t j = 0; j < nc; j++) {
-                    float *p = ps + j * nr, *dp = dps + j * nr, *a = acc + j * bq;
-                    kk->exp_cols(p, nr, mu, NULL);
-                    for (int64_t r = 0; sr && r < nr; r++)
-                        p[r] *= il[r];
-                    kk->ds_cols(dp, p, dp, nr, dlv, 1.0f);
-                    for (int64_t r = 0; r < nr; r++)
-                        a[r] += dp[r];
+                const int64_t nr = sq - i0 < bq ? sq - i0 : bq;
+                if (nr <= 0) continue;
+                /* seqused_q / seqused_k: only the used rows and keys of b contribute */
+                const int ok = dbias_stats(c, kk, g, &w, b, h, i0, nr, sq, sk, dl, st, &kc, 0);
+                for (int64_t j0 = 0; j0 < sk; j0 += BKB) {
+                    const int64_t nc = sk - j0 < BKB ? sk - j0 : BKB, at = j0 / BKB;
+                    dbias_add(c, kk, g, &w, b, h, i0, nr, j0, nc, sq, sk, dl, ok ? st : NULL,
+                              ok ? kc.s + at * kc.blk : NULL, ok ? kc.dp + at * kc.blk : NULL,
+                              ok ? kc.st[at] : 0, acc + j0 * bq, bq);
                 }
             }
-        for (int64_t r = 0; r < bq; r++) { /* a row of acc into w.s (free here), then out */
-            for (int64_t j = 0; j < nb; j++)
-                w.s[j] = acc[j * bq + r];
-            kk->from_f32((char*)c->dbias.data +
-                             (size_t)cf_attn_at4(&c->dbias, bb, hh, i0 + r, j0) * es,
-                         w.s, c->dbias.dtype, nb);
+    } else if (!cf_mul_i64(b1 - b0, nh, &nbh) && !cf_mul_i64(nbh, 3 * bq, &nst)) {
+        /* pass 1: (m, 1 / l, sum P dP) of every row of every (b, h) (NULL, a row's flag 0: the
+         * forward's lse and dl) */
+        float* st = malloc(sizeof(float) * (size_t)nst);
+        char* ok = calloc((size_t)nbh, 1);
+        for (int64_t b = b0; st && ok && b < b1; b++)
+            for (int64_t h = h0; h < h1; h++) {
+                int64_t q0, sq, k0, sk;
+                cf_attn_seq(c, b, &q0, &sq, &k0, &sk);
+                const int64_t nr = sq - i0 < bq ? sq - i0 : bq, x = (b - b0) * nh + h - h0;
+                if (nr > 0)
+                    ok[x] = (char)dbias_stats(c, kk, g, &w, b, h, i0, nr, sq, sk, dl,
+                                              st + x * 3 * bq, &kc, x);
+            }
+        for (int64_t j0 = 0; j0 < Sk; j0 += BKB) {
+            const int64_t nb = Sk - j0 < BKB ? Sk - j0 : BKB;
+            memset(acc, 0, sizeof(float) * (size_t)(bq * nb));
+            for (int64_t b = b0; b < b1; b++)
+                for (int64_t h = h0; h < h1; h++) {
+                    int64_t q0, sq, k0, sk;
+                    cf_attn_seq(c, b, &q0, &sq, &k0, &sk);
+                    const int64_t nr = sq - i0 < bq ? sq - i0 : bq,
+                                  nc = sk - j0 < nb ? sk - j0 : nb;
+                    if (nr <= 0 || nc <= 0) continue;
+                    const int64_t x = (b - b0) * nh + h - h0;
+                    dbias_add(c, kk, g, &w, b, h, i0, nr, j0, nc, sq, sk, dl,
+                              ok && ok[x] ? st + x * 3 * bq : NULL, NULL, NULL, 0, acc, bq);
+                }
+            dbias_out(c, kk, &w, bb, hh, i0, bq, j0, nb, acc, es);
         }
+        free(st);
+        free(ok);
+        return;
     }
-    free(st);
-    free(ok);
+    for (int64_t j0 = 0; cbuf && j0 < Sk; j0 += BKB)
+        dbias_out(c, kk, &w, bb, hh, i0, bq, j0, Sk - j0 < BKB ? Sk - j0 : BKB, acc + j0 * bq, es);
     free(cbuf);
 }
 
@@ -1105,8 +1165,13 @@ cflash_status cf_attn_cpu_bwd(const cf_attn_call* c, const cf_attn_kernels* kk) 
     bwd_layout(c, kk, &g);
     cf_attn_mask_map* map = cf_attn_cpu_mask_map(c, c->threads);
     g.map = map;
+    int64_t nkb = 0;
+    g.kbn = (c->Sk + g.bk - 1) / g.bk;
+    if (c->dbias.data && !cf_mul_i64(c->B, c->Hk, &nkb) && !cf_mul_i64(nkb, g.kbn, &nkb))
+        g.kbad = calloc((size_t)nkb + 1, 1);
     const cf_attn_bwd_engine e = {g.n, g.bk, g.bytes, dkdv_fn, dq_fn, &g, dbias_tile, g.bq};
     const cflash_status st = cf_attn_cpu_bwd_run(c, kk, &e);
     cf_attn_cpu_mask_map_free(map);
+    free(g.kbad);
     return st;
 }
