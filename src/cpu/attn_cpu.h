@@ -71,8 +71,10 @@ typedef struct cf_attn_kernels {
     void (*interleave_u16)(uint32_t* dst, const uint16_t* lo, const uint16_t* hi, int64_t n);
     /* An fp32 bias added to S^T (keys by rows) read along its own rows: for r < nr, j < nc,
      * s[j * cs + r] = y[r * ys + j] == -inf ? -inf : s[j * cs + r] + y[r * ys + j] (a -inf bias
-     * masks its pair, NaN score included); nothing else of s is written. */
-    void (*bias_t)(float* s, int64_t cs, const float* y, int64_t ys, int64_t nr, int64_t nc);
+     * masks its pair, NaN score included); nothing else of s is written. pf != 0: the same
+     * pieces pf elements on (the next block's, in bounds) are prefetched as they are read. */
+    void (*bias_t)(float* s, int64_t cs, const float* y, int64_t ys, int64_t nr, int64_t nc,
+                   int64_t pf);
     /* dtype conversion of n contiguous elements. */
     void (*to_f32)(float* dst, const void* src, cf_dtype dt, int64_t n);
     void (*from_f32)(void* dst, const float* src, cf_dtype dt, int64_t n);
@@ -92,7 +94,7 @@ const cf_attn_kernels* cf_attn_kernels_sve(void);
 void cf_attn_generic_to_f32(float* dst, const void* src, cf_dtype dt, int64_t n);
 void cf_attn_generic_from_f32(void* dst, const float* src, cf_dtype dt, int64_t n);
 void cf_attn_generic_bias_t(float* s, int64_t cs, const float* y, int64_t ys, int64_t nr,
-                            int64_t nc);
+                            int64_t nc, int64_t pf);
 void cf_attn_generic_interleave_u16(uint32_t* dst, const uint16_t* lo, const uint16_t* hi,
                                     int64_t n);
 
@@ -221,6 +223,9 @@ typedef struct cf_attn_score_map {
     int64_t b;
     const int64_t* h;
     const uint8_t* const* kv;
+    /* The block the caller visits next, pdi rows and pdj keys on (0, 0: none known): its bias is
+     * prefetched while this one's is added. */
+    int64_t pdi, pdj;
 } cf_attn_score_map;
 /* Raw q.k scores to the scores exp(s - lse) takes, in place: scaled, soft-capped, ALiBi-biased
  * (natural-log units, rounded as the forward rounds them: see exp_cols), -inf where masked. With
@@ -296,10 +301,12 @@ int cf_attn_cpu_region_open(const cf_attn_call* c, const cf_attn_mask_map* mp, i
 /* On a block of scores (natural-log units) -- element (row r, key column j) at
  * s[r * rs + j * cs] is query i[r] of head h[r], key j0 + j -- adds attn_bias and, with masks,
  * sets -inf where attn_mask is 0 or kv[r][j] is 0 (kv NULL: no block-sparse mask). masks 0: the
- * block's region is CF_REGION_OPEN (they would hide nothing). */
+ * block's region is CF_REGION_OPEN (they would hide nothing). pdi, pdj: as cf_attn_score_map's
+ * (an fp32 bias's next block is prefetched when it lies within the bias). */
 void cf_attn_cpu_extras(const cf_attn_call* c, const cf_attn_kernels* kk, int64_t b, float* s,
                         int64_t nr, int64_t nc, int64_t rs, int64_t cs, const int64_t* i,
-                        const int64_t* h, const uint8_t* const* kv, int64_t j0, int masks);
+                        const int64_t* h, const uint8_t* const* kv, int64_t j0, int masks,
+                        int64_t pdi, int64_t pdj);
 
 /* Block shapes, chosen once per process (attn_blocks.c): per CPU family (vendor and family from
  * the CPU probe; Zen 5 measured in docs/PERF.md), or from CFLASH_ATTN_BLOCKS=q,k[,bq,bk] (each

@@ -205,25 +205,39 @@ static void bias_row_f32(float* restrict x, int64_t cs, const float* restrict y,
 
 void cf_attn_cpu_extras(const cf_attn_call* c, const cf_attn_kernels* kk, int64_t b, float* s,
                         int64_t nr, int64_t nc, int64_t rs, int64_t cs, const int64_t* i,
-                        const int64_t* h, const uint8_t* const* kv, int64_t j0, int masks) {
+                        const int64_t* h, const uint8_t* const* kv, int64_t j0, int masks,
+                        int64_t pdi, int64_t pdj) {
     /* the forward's S^T (rows adjacent, keys cs apart): an fp32 bias by the table's transposed
      * add, over runs of rows of one head and consecutive queries (their bias rows evenly
      * spaced) */
     const int bias_t = c->bias.data && c->bias.dtype == CF_F32 && rs == 1 && cs != 1;
+    /* pf: from a row's bias to the same row's in the next block (0: none, or not all within the
+     * bias): a bias read from memory by rows a page apart is not prefetched by the CPU */
+    int64_t pf = 0;
+    if (c->bias.data && c->bias.dtype == CF_F32 && (pdi || pdj) && pdi >= 0 && pdj >= 0) {
+        int64_t last = 0;
+        for (int64_t r = 0; r < nr; r++)
+            last = i[r] > last ? i[r] : last;
+        if (last < c->Sq - pdi && j0 + nc <= c->Sk - pdj)
+            pf = pdi * c->bias.stride[2] + pdj * c->bias.stride[3];
+    }
     if (bias_t)
         for (int64_t r0 = 0, r1; r0 < nr; r0 = r1) {
             for (r1 = r0 + 1; r1 < nr && h[r1] == h[r0] && i[r1] == i[r1 - 1] + 1; r1++)
                 ;
             kk->bias_t(s + r0, cs,
                        (const float*)c->bias.data + cf_attn_at4(&c->bias, b, h[r0], i[r0], j0),
-                       c->bias.stride[2], r1 - r0, nc);
+                       c->bias.stride[2], r1 - r0, nc, pf);
         }
     for (int64_t r = 0; r < nr; r++) {
         float* x = s + r * rs;
         if (c->bias.data && !bias_t) {
             const int64_t at = cf_attn_at4(&c->bias, b, h[r], i[r], j0);
             if (c->bias.dtype == CF_F32) {
-                bias_row_f32(x, cs, (const float*)c->bias.data + at, nc);
+                const float* y = (const float*)c->bias.data + at;
+                bias_row_f32(x, cs, y, nc);
+                for (int64_t j = 0; pf && j < nc; j += 16) /* (a cache line of floats) */
+                    __builtin_prefetch(y + pf + j);
             } else {
                 for (int64_t j = 0; j < nc; j++) {
                     const float y = cf_load(c->bias.data, c->bias.dtype, at + j);

@@ -89,7 +89,7 @@ static void pack_pairs_f32(uint32_t* dst, const float* lo, const float* hi, int6
  * added along S^T's rows, a loop that vectorises (element by element it would be a strided store
  * per element). */
 void cf_attn_generic_bias_t(float* s, int64_t cs, const float* y, int64_t ys, int64_t nr,
-                            int64_t nc) {
+                            int64_t nc, int64_t pf) {
     enum { BT = 16 };
     float t[BT][BT];
     for (int64_t ra = 0; ra < nr; ra += BT) {
@@ -97,9 +97,11 @@ void cf_attn_generic_bias_t(float* s, int64_t cs, const float* y, int64_t ys, in
         const float* ya = y + ra * ys;
         for (int64_t ja = 0; ja < nc; ja += BT) {
             const int64_t ncc = nc - ja < BT ? nc - ja : BT;
-            for (int64_t u = 0; u < nrr; u++)
+            for (int64_t u = 0; u < nrr; u++) {
+                if (pf) __builtin_prefetch(ya + u * ys + ja + pf);
                 for (int64_t v = 0; v < ncc; v++)
                     t[v][u] = ya[u * ys + ja + v];
+            }
             for (int64_t v = 0; v < ncc; v++) {
                 float* x = s + (ja + v) * cs + ra;
                 for (int64_t u = 0; u < nrr; u++) /* -inf masks, whatever the score */

@@ -259,7 +259,7 @@ CF_VTARGET static void ds_cols(float* ds, const float* p, const float* dp, int64
  * each key's vector added to S^T's row (partial pieces masked: nothing past nr, nc is read or
  * written). A -inf bias masks its pair: it is taken as it is (y < -FLT_MAX), not added. */
 CF_VTARGET static void bias_t(float* s, int64_t cs, const float* y, int64_t ys, int64_t nr,
-                              int64_t nc) {
+                              int64_t nc, int64_t pf) {
     const cf_vf lo = cf_vset1(-FLT_MAX);
     for (int64_t ra = 0; ra < nr; ra += CF_VL) {
         const int64_t nrr = nr - ra < CF_VL ? nr - ra : CF_VL;
@@ -270,6 +270,7 @@ CF_VTARGET static void bias_t(float* s, int64_t cs, const float* y, int64_t ys, 
             cf_vf r[CF_VL];
             for (int u = 0; u < CF_VL; u++) {
                 const float* p = y + (ra + u) * ys + ja;
+                if (pf && u < nrr) __builtin_prefetch(p + pf);
                 r[u] = u >= nrr ? cf_vzero() : ncc == CF_VL ? cf_vload(p) : cf_vloadt(p, tc);
             }
             cf_vtranspose(r);

@@ -470,7 +470,7 @@ static void fwd_mask_max(const cf_attn_call* c, const cf_attn_kernels* kk, const
     }
     if (xtra) { /* bias and masks on the scores, then the maxima */
         cf_attn_cpu_extras(c, kk, w->b, st, Mt, nb, 1, Mt, w->xi, w->xh,
-                           c->bs_num.data ? w->kvp : NULL, j0, open != CF_REGION_OPEN);
+                           c->bs_num.data ? w->kvp : NULL, j0, open != CF_REGION_OPEN, 0, nb);
         for (int64_t j = 0; j < nb; j++)
             kk->scale_max_cols(st + j * Mt, Mt, 1.0f, w->mx);
     }

@@ -193,7 +193,7 @@ static void scores(const cf_attn_call* c, const cf_attn_kernels* kk, const cf_at
     }
     if (xtra && (open != CF_REGION_OPEN || c->bias.data))
         cf_attn_cpu_extras(c, kk, mp->b, s, mp->nr, mp->nc, mp->rs, mp->cs, mp->i, mp->h, mp->kv,
-                           mp->j0, open != CF_REGION_OPEN);
+                           mp->j0, open != CF_REGION_OPEN, mp->pdi, mp->pdj);
 }
 
 void cf_attn_scores(const cf_attn_call* c, const cf_attn_kernels* kk, const cf_attn_score_map* mp,
@@ -504,7 +504,8 @@ static void dkdv_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const bw
                 }
             }
             cf_attn_score_map mp = {bq, nb,  nb,  1, mi, mslope,
-                                    j0, mlo, mhi, b, hh, c->bs_num.data ? xkvp : NULL};
+                                    j0, mlo, mhi, b, hh, c->bs_num.data ? xkvp : NULL,
+                                    BQ, 0};
             /* P = exp(S - lse) */
             if (bf)
                 kk->gemm_bf16(bq, nb, g->Dp2, qpa, ldqa, 1, ktv, nb, s, nb, 0);
@@ -652,8 +653,8 @@ static void dq_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const bwd_
             kr = rows_f32_at(kk, kb, krs, c->dtype, nb, D, kc, &ldk, Mt >= CF_ATTN_PACK_ROWS);
             vr = rows_f32_at(kk, vb, vrs, c->dtype, nb, Dv, vc, &ldv, 0);
         }
-        cf_attn_score_map mp = {Mt, nb,  1,   Mt, mi,    mslope,
-                                j0, mlo, mhi, b,  heads, c->bs_num.data ? xkvp : NULL};
+        cf_attn_score_map mp = {
+            Mt, nb, 1, Mt, mi, mslope, j0, mlo, mhi, b, heads, c->bs_num.data ? xkvp : NULL, 0, nb};
         if (bf)
             kk->gemm_bf16(nb, Mt, g->Dp2, kpa, ldka, 1, qv2, Mt, st, Mt, 0);
         else
@@ -745,7 +746,8 @@ static int dbias_block(const cf_attn_call* c, const cf_attn_kernels* kk, const b
     const float* kr = rows_f32(kk, &c->k, b, j0, hk, nc, D, w->kc, &ldk, 0);
     const float* vr = rows_f32(kk, &c->v, b, j0, hk, nc, Dv, w->vc, &ldv, 0);
     cf_attn_score_map mp = {nr, nc,     1,      nr, w->mi, w->mslope,
-                            j0, w->mlo, w->mhi, b,  w->hr, c->bs_num.data ? w->xkvp : NULL};
+                            j0, w->mlo, w->mhi, b,  w->hr, c->bs_num.data ? w->xkvp : NULL,
+                            0,  nc};
     kk->gemm_f32(nc, nr, D, kr, ldk, 1, w->qt, nr, w->s, nr, 0); /* S^T = K Q^T */
     cf_attn_scores(c, kk, &mp, w->s, NULL, sq, sk);
     kk->gemm_f32(nc, nr, Dv, vr, ldv, 1, w->dot, nr, w->dp, nr, 0); /* dP^T = V dO^T */

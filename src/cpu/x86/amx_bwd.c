@@ -131,8 +131,8 @@ static void p_and_ds(const cf_attn_call* c, const cf_attn_kernels* kk, const amx
     /* S = Q K^T */
     cf_amx_mm(s, NB32, qa, g->D32, (const uint32_t*)(ws + g->ktv), NB32, nr16 / 16, nb16 / 16, 0,
               g->D32 / 32, 0, g->fp16);
-    const cf_attn_score_map sm = {nr, nb,     NB32,   1, mp->i, mp->slope,
-                                  j0, mp->lo, mp->hi, 0, NULL,  NULL};
+    const cf_attn_score_map sm = {nr,     nb,     NB32, 1,    mp->i, mp->slope, j0,
+                                  mp->lo, mp->hi, 0,    NULL, NULL,  0,         0};
     cf_attn_scores(c, kk, &sm, s, c->softcap > 0.0f ? y : NULL, sq, sk);
     for (int64_t r = 0; r < nr; r++) {
         kk->exp_row(s + r * NB32, nb, mp->lb[r]);
