@@ -31,6 +31,12 @@ expect 0 '^PASS$' -- check --batch 2 --heads 4 --heads-kv 2 --seqlen-q 97 --seql
 # Issue 13's flags: sinks, bias + dbias, mask, block-sparse lists, chunks (with causal and GQA).
 expect 0 '^PASS$' -- check --batch 2 --heads 4 --heads-kv 2 --seqlen-q 97 --seqlen-k 130 \
     --head-dim 24 --dtype bf16 --causal --sinks --dbias --mask 0.5 --bwd
+expect 0 '^PASS$' -- check --seqlen-q 97 --seqlen-k 300 --heads 2 --head-dim 16 --dtype bf16 \
+    --bias-dtype bf16 --dbias --bwd
+expect 2 "--bias-dtype: fp16, expected fp32 or the --dtype \(bf16\)" -- check --dtype bf16 \
+    --bias-dtype fp16
+expect 0 'bias\(dtype\)' -- bench --seqlen 64 --heads 2 --head-dim 16 --reps 1 --warmup 0 \
+    --dtype fp16 --bias-dtype fp16
 expect 0 'blocks\[11\]\(32,32,10%\) chunk48' -- check --seqlen 100 --heads 2 --head-dim 16 \
     --block-sparse 0.1 --block-size 32 --chunk 48 --causal --bwd
 expect 0 '"pairs":' -- bench --seqlen 64 --heads 2 --head-dim 16 --reps 1 --warmup 0 \

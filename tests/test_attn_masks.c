@@ -184,6 +184,30 @@ static void run_dbias_nan(const char* backend) {
     }
 }
 
+/* A bias in the dtype of q (as PyTorch SDPA passes a float attn_mask), with dbias, where the
+ * blocks are larger than the pieces such a bias is converted in (16 rows by 256 keys: key blocks
+ * of 300, tiles of 40 rows), some of its values -inf. */
+static void run_bias_dtype(const char* backend, cflash_dtype dt) {
+    attn_case c;
+    attn_case_init(&c);
+    c.B = 2, c.H = 2, c.Hk = 1, c.Sq = 90, c.Sk = 700, c.D = c.Dv = 16, c.dtype = dt;
+    c.bias = ATTN_BC_1H, c.dbias = 1, c.bias_f32 = 0;
+    c.seed = 797 + (uint64_t)dt + tt_seed_base() * 1000003u;
+    attn_problem* p = attn_problem_new(&c);
+    CHECK(p != NULL);
+    if (!p) return;
+    for (int64_t n = 0; n < p->bias.numel; n += 7) {
+        int64_t idx[4];
+        tt_unravel(&p->bias, n, idx);
+        tt_set(&p->bias, idx, -INFINITY);
+    }
+    attn_problem_refresh_inputs(p);
+    const cf_attn_blocks big = {40, 300, 40, 300, "test"};
+    cf_attn_cpu_set_blocks(&big);
+    check_problem(backend, p, "bias in the dtype, blocks 40,300");
+    cf_attn_cpu_set_blocks(NULL);
+}
+
 /* Whether the backend can run here (cflash_context_set_backend accepts any known name; a call
  * tells). */
 static int available(const char* backend) {
@@ -324,6 +348,8 @@ int main(void) {
         run(backends[i], PAD_BIAS, CFLASH_DTYPE_F32);
         cf_attn_cpu_set_dbias_cache(0);
         run_dbias_many(backends[i], CFLASH_DTYPE_F32);
+        if (strcmp(backends[i], "cpu-amx")) run_bias_dtype(backends[i], CFLASH_DTYPE_BF16);
+        run_bias_dtype(backends[i], CFLASH_DTYPE_F16);
         run_dbias_nan(backends[i]);
         printf("%s: %.1f s\n", backends[i], tt_now() - t0);
     }

@@ -19,6 +19,7 @@ void cf_problem_defaults(cf_problem* p) {
     p->head_dim = 64;
     p->head_dim_v = 64; /* = head_dim unless given */
     p->dtype = CFLASH_DTYPE_F32;
+    p->bias_dtype = CFLASH_DTYPE_F32;
     p->window_left = -1;
     p->window_right = -1;
     p->softcap = 0.0f;
@@ -50,6 +51,8 @@ const char* cf_problem_usage(void) {
            "learnable_sink)\n"
            "  --bias             additive fp32 bias of shape (1, 1, Sq, Sk)\n"
            "  --dbias            with --bwd: the backward also writes dbias (implies --bias)\n"
+           "  --bias-dtype T     dtype of the bias and dbias: fp32 (default) or --dtype's (as\n"
+           "                     PyTorch SDPA passes a float attn_mask; implies --bias)\n"
            "  --mask P           boolean mask (1, 1, Sq, Sk); bench: it keeps a fraction P in\n"
            "                     (0, 1] of its block-size x block-size tiles (the others wholly\n"
            "                     masked); check: the oracle's random mask (P only turns it on)\n"
@@ -145,11 +148,29 @@ int cf_problem_parse(cf_problem* p, int argc, char** argv, int first, char* err,
             *boolean = 1;
             continue;
         }
-        static const char* const valued[] = {
-            "--batch",        "--heads",      "--heads-kv", "--seqlen", "--seqlen-q", "--seqlen-k",
-            "--head-dim",     "--head-dim-v", "--dtype",    "--window", "--softcap",  "--dropout",
-            "--backend",      "--threads",    "--device",   "--warmup", "--reps",     "--mask",
-            "--block-sparse", "--block-size", "--chunk",    NULL};
+        static const char* const valued[] = {"--batch",
+                                             "--heads",
+                                             "--heads-kv",
+                                             "--seqlen",
+                                             "--seqlen-q",
+                                             "--seqlen-k",
+                                             "--head-dim",
+                                             "--head-dim-v",
+                                             "--dtype",
+                                             "--window",
+                                             "--softcap",
+                                             "--dropout",
+                                             "--backend",
+                                             "--threads",
+                                             "--device",
+                                             "--warmup",
+                                             "--reps",
+                                             "--mask",
+                                             "--block-sparse",
+                                             "--block-size",
+                                             "--chunk",
+                                             "--bias-dtype",
+                                             NULL};
         int known = 0;
         for (const char* const* f = valued; *f; f++)
             known |= !strcmp(*f, flag);
@@ -181,15 +202,17 @@ int cf_problem_parse(cf_problem* p, int argc, char** argv, int first, char* err,
             rc = parse_i64(flag, val, 1, &p->head_dim, err, err_len);
         else if (!strcmp(flag, "--head-dim-v"))
             rc = parse_i64(flag, val, 1, &p->head_dim_v, err, err_len), dv_given = 1;
-        else if (!strcmp(flag, "--dtype")) {
+        else if (!strcmp(flag, "--dtype") || !strcmp(flag, "--bias-dtype")) {
+            cflash_dtype* dt = !strcmp(flag, "--dtype") ? &p->dtype : &p->bias_dtype;
             if (!strcmp(val, "fp32") || !strcmp(val, "float32"))
-                p->dtype = CFLASH_DTYPE_F32;
+                *dt = CFLASH_DTYPE_F32;
             else if (!strcmp(val, "fp16") || !strcmp(val, "float16"))
-                p->dtype = CFLASH_DTYPE_F16;
+                *dt = CFLASH_DTYPE_F16;
             else if (!strcmp(val, "bf16") || !strcmp(val, "bfloat16"))
-                p->dtype = CFLASH_DTYPE_BF16;
+                *dt = CFLASH_DTYPE_BF16;
             else
                 rc = fail(err, err_len, "%s: '%s', expected fp32, fp16 or bf16", flag, val);
+            if (dt == &p->bias_dtype) p->bias = 1;
         } else if (!strcmp(flag, "--window")) {
             char* end;
             errno = 0;
@@ -246,6 +269,14 @@ int cf_problem_parse(cf_problem* p, int argc, char** argv, int first, char* err,
         if (!seq_k) p->seqlen_k = seqlen;
     }
     if (p->dbias) p->bias = 1;
+    if (p->bias_dtype != CFLASH_DTYPE_F32 && p->bias_dtype != p->dtype) {
+        snprintf(err, err_len, "--bias-dtype: %s, expected fp32 or the --dtype (%s)",
+                 p->bias_dtype == CFLASH_DTYPE_F16 ? "fp16" : "bf16",
+                 p->dtype == CFLASH_DTYPE_F32   ? "fp32"
+                 : p->dtype == CFLASH_DTYPE_F16 ? "fp16"
+                                                : "bf16");
+        return -1;
+    }
     if (!hkv_given) p->heads_kv = p->heads;
     if (!dv_given) p->head_dim_v = p->head_dim;
     if (p->heads % p->heads_kv) {

@@ -26,6 +26,7 @@ typedef struct cf_problem {
     int warmup, reps;
     /* issue 13 */
     int sinks, bias, dbias;
+    cflash_dtype bias_dtype;  /* of --bias and dbias: fp32 or dtype */
     float mask, block_sparse; /* densities in (0, 1]; 0 = off */
     int64_t block_size;       /* of --mask / --block-sparse */
     int64_t chunk;            /* attention_chunk, 0 = off */

@@ -239,10 +239,10 @@ static int make_extras(bench_tensors* t, const cf_problem* p, cflash_attn_params
         prm->dsinks = p->bwd ? &t->dsinks : NULL;
     }
     if (p->bias) {
-        if (!make(t, 12, &t->bias, CFLASH_DTYPE_F32, 4, t->shp, 13, err, len)) return 0;
+        if (!make(t, 12, &t->bias, p->bias_dtype, 4, t->shp, 13, err, len)) return 0;
         prm->attn_bias = &t->bias;
         if (p->dbias && p->bwd) {
-            if (!make(t, 13, &t->dbias, CFLASH_DTYPE_F32, 4, t->shp, 14, err, len)) return 0;
+            if (!make(t, 13, &t->dbias, p->bias_dtype, 4, t->shp, 14, err, len)) return 0;
             prm->dbias = &t->dbias;
         }
     }
@@ -423,6 +423,7 @@ int cf_cmd_bench(int argc, char** argv) {
                    "\"gflops\":%.2f,\"peak_unit\":\"%s\",\"peak_gflops\":%.1f,"
                    "\"peak_fraction\":%.4f,\"cpu_ms\":%.4f,\"gflops_cpu\":%.2f,"
                    "\"peak_gflops_cpu\":%.1f,\"peak_fraction_cpu\":%.4f,\"sinks\":%d,\"bias\":%d,"
+                   "\"bias_dtype\":\"%s\","
                    "\"dbias\":%d,\"mask\":%g,\"block_sparse\":%g,\"block_size\":%lld,"
                    "\"chunk\":%lld,\"pairs\":%.0f}\n",
                    bwd ? "attn_bwd" : "attn_fwd", backend, dtype_str(pr.dtype), (long long)B,
@@ -430,12 +431,13 @@ int cf_cmd_bench(int argc, char** argv) {
                    (long long)Dv, pr.causal, (long long)pr.window_left, (long long)pr.window_right,
                    (double)pr.softcap, pr.alibi, (double)pr.dropout, T, pr.warmup, pr.reps, ms,
                    gflops, unit, peak, frac, cpu_ms, gflops_cpu, peak_cpu, frac_cpu, pr.sinks,
-                   pr.bias, pr.dbias && bwd, (double)pr.mask, (double)pr.block_sparse,
-                   (long long)pr.block_size, (long long)pr.chunk, npairs);
+                   pr.bias, dtype_str(pr.bias_dtype), pr.dbias && bwd, (double)pr.mask,
+                   (double)pr.block_sparse, (long long)pr.block_size, (long long)pr.chunk, npairs);
         } else {
             char feat[160] = "";
             if (pr.sinks) strcat(feat, " sinks");
             if (pr.bias) strcat(feat, pr.dbias && bwd ? " bias+dbias" : " bias");
+            if (pr.bias && pr.bias_dtype != CFLASH_DTYPE_F32) strcat(feat, "(dtype)");
             size_t u = strlen(feat);
             if (pr.mask > 0)
                 u += (size_t)snprintf(feat + u, sizeof feat - u, " mask%g", (double)pr.mask);

@@ -110,6 +110,7 @@ int cf_cmd_check(int argc, char** argv) {
     c.dropout_p = pr.dropout;
     c.sinks = pr.sinks;
     c.bias = pr.bias ? ATTN_BC_11 : ATTN_BC_NONE, c.dbias = pr.dbias;
+    c.bias_f32 = pr.bias_dtype == CFLASH_DTYPE_F32;
     c.mask = pr.mask > 0 ? ATTN_BC_11 : ATTN_BC_NONE; /* the oracle's own random mask */
     c.blocks = pr.block_sparse > 0 ? ATTN_BC_11 : ATTN_BC_NONE;
     c.block_q = c.block_k = pr.block_size;

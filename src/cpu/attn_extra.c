@@ -203,47 +203,73 @@ static void bias_row_f32(float* restrict x, int64_t cs, const float* restrict y,
             x[j * cs] = y[j] == -INFINITY ? -INFINITY : x[j * cs] + y[j];
 }
 
+/* Lines of n bytes from p prefetched (the next block's bias). */
+static void prefetch_run(const char* p, int64_t n) {
+    for (int64_t o = 0; o < n; o += 64)
+        __builtin_prefetch(p + o);
+}
+
+/* A bias in the dtype of q (PyTorch SDPA's float attn_mask) is added in pieces of XR rows by XK
+ * keys converted to fp32 on the stack (the fp32 paths then serve it). */
+enum { XR = 16, XK = 256 };
+
 void cf_attn_cpu_extras(const cf_attn_call* c, const cf_attn_kernels* kk, int64_t b, float* s,
                         int64_t nr, int64_t nc, int64_t rs, int64_t cs, const int64_t* i,
                         const int64_t* h, const uint8_t* const* kv, int64_t j0, int masks,
                         int64_t pdi, int64_t pdj) {
-    /* the forward's S^T (rows adjacent, keys cs apart): an fp32 bias by the table's transposed
-     * add, over runs of rows of one head and consecutive queries (their bias rows evenly
-     * spaced) */
-    const int bias_t = c->bias.data && c->bias.dtype == CF_F32 && rs == 1 && cs != 1;
-    /* pf: from a row's bias to the same row's in the next block (0: none, or not all within the
-     * bias): a bias read from memory by rows a page apart is not prefetched by the CPU */
+    const cf_dtype bt = c->bias.dtype;
+    const int64_t es = c->bias.data ? (int64_t)cf_dtype_size(bt) : 0, ys = c->bias.stride[2];
+    const char* bias = c->bias.data;
+    /* the forward's S^T (rows adjacent, keys cs apart): the bias by the table's transposed add,
+     * over runs of rows of one head and consecutive queries (their bias rows evenly spaced) */
+    const int bias_t = bias && rs == 1 && cs != 1;
+    /* pf: from a row's bias to the same row's in the next block, in bytes (0: none, or not all
+     * within the bias): a bias read from memory by rows a page apart is not prefetched by the CPU
+     */
     int64_t pf = 0;
-    if (c->bias.data && c->bias.dtype == CF_F32 && (pdi || pdj) && pdi >= 0 && pdj >= 0) {
+    if (bias && (pdi || pdj) && pdi >= 0 && pdj >= 0) {
         int64_t last = 0;
         for (int64_t r = 0; r < nr; r++)
             last = i[r] > last ? i[r] : last;
         if (last < c->Sq - pdi && j0 + nc <= c->Sk - pdj)
-            pf = pdi * c->bias.stride[2] + pdj * c->bias.stride[3];
+            pf = (pdi * ys + pdj * c->bias.stride[3]) * es;
     }
+    float tmp[XR * XK];
     if (bias_t)
         for (int64_t r0 = 0, r1; r0 < nr; r0 = r1) {
             for (r1 = r0 + 1; r1 < nr && h[r1] == h[r0] && i[r1] == i[r1 - 1] + 1; r1++)
                 ;
-            kk->bias_t(s + r0, cs,
-                       (const float*)c->bias.data + cf_attn_at4(&c->bias, b, h[r0], i[r0], j0),
-                       c->bias.stride[2], r1 - r0, nc, pf);
+            const char* y0 = bias + cf_attn_at4(&c->bias, b, h[r0], i[r0], j0) * es;
+            if (bt == CF_F32) {
+                kk->bias_t(s + r0, cs, (const float*)y0, ys, r1 - r0, nc, pf / es);
+                continue;
+            }
+            for (int64_t ra = r0; ra < r1; ra += XR)
+                for (int64_t ja = 0; ja < nc; ja += XK) {
+                    const int64_t nrr = r1 - ra < XR ? r1 - ra : XR;
+                    const int64_t ncc = nc - ja < XK ? nc - ja : XK;
+                    for (int64_t u = 0; u < nrr; u++) {
+                        const char* y = y0 + ((ra - r0 + u) * ys + ja) * es;
+                        kk->to_f32(tmp + u * XK, y, bt, ncc);
+                        if (pf) prefetch_run(y + pf, ncc * es);
+                    }
+                    kk->bias_t(s + ja * cs + ra, cs, tmp, XK, nrr, ncc, 0);
+                }
         }
     for (int64_t r = 0; r < nr; r++) {
         float* x = s + r * rs;
-        if (c->bias.data && !bias_t) {
-            const int64_t at = cf_attn_at4(&c->bias, b, h[r], i[r], j0);
-            if (c->bias.dtype == CF_F32) {
-                const float* y = (const float*)c->bias.data + at;
-                bias_row_f32(x, cs, y, nc);
-                for (int64_t j = 0; pf && j < nc; j += 16) /* (a cache line of floats) */
-                    __builtin_prefetch(y + pf + j);
+        if (bias && !bias_t) {
+            const char* y = bias + cf_attn_at4(&c->bias, b, h[r], i[r], j0) * es;
+            if (bt == CF_F32) {
+                bias_row_f32(x, cs, (const float*)y, nc);
             } else {
-                for (int64_t j = 0; j < nc; j++) {
-                    const float y = cf_load(c->bias.data, c->bias.dtype, at + j);
-                    x[j * cs] = y == -INFINITY ? -INFINITY : x[j * cs] + y;
+                for (int64_t ja = 0; ja < nc; ja += XK) {
+                    const int64_t ncc = nc - ja < XK ? nc - ja : XK;
+                    kk->to_f32(tmp, y + ja * es, bt, ncc);
+                    bias_row_f32(x + ja * cs, cs, tmp, ncc);
                 }
             }
+            if (pf) prefetch_run(y + pf, nc * es);
         }
         if (c->mask.data && masks)
             mask_row(x, cs, (const uint8_t*)c->mask.data + cf_attn_at4(&c->mask, b, h[r], i[r], j0),
