@@ -1,13 +1,15 @@
 /* The attention backward against fp64 central finite differences of the oracle's forward, on small
  * shapes with every mask feature, GQA, Dv != D and varlen: first the oracle's own analytic
  * backward (which the grid tests trust), then the kernel's gradients under the error rule with
- * the finite differences as the reference. Usage: test_attn_gradcheck [BACKEND] (default cpu-ref).
+ * the finite differences as the reference (with dbias, in both of the tiled backends' dbias
+ * orders). Usage: test_attn_gradcheck [BACKEND] (default cpu-ref; auto: the automatic choice).
  */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "common/testutil.h"
+#include "cpu/attn_cpu.h"
 #include "oracle/attn_oracle.h"
 
 /* L = sum(out * dO) with the oracle forward. */
@@ -195,6 +197,11 @@ int main(int argc, char** argv) {
                 c.layout = (tt_layout)((i + s) % 3);
                 c.seed = (uint64_t)seed++ + tt_seed_base() * 1000003u;
                 run_case(ctx, &c);
+                if (c.dbias) { /* the tiled backends' other dbias order: nothing kept */
+                    cf_attn_cpu_set_dbias_cache(1);
+                    run_case(ctx, &c);
+                    cf_attn_cpu_set_dbias_cache(0);
+                }
             }
     printf("gradcheck (%s): %.1f s\n", backend, tt_now() - t0);
     cflash_context_free(ctx);

@@ -139,7 +139,8 @@ static void run_dbias_many(const char* backend, cflash_dtype dt) {
     c.seed = 790 + (uint64_t)dt + tt_seed_base() * 1000003u;
     const cf_attn_blocks bl = cf_attn_cpu_blocks();
     const int64_t bq = c.Sq < bl.bwd_q ? c.Sq : bl.bwd_q, nblk = (c.Sk + bl.bwd_k - 1) / bl.bwd_k;
-    const int64_t one = (int64_t)sizeof(float) * (2 * nblk * bq * bl.bwd_k + bq * c.Sk) + nblk;
+    const int64_t one =
+        (int64_t)sizeof(float) * (2 * nblk * bq * bl.bwd_k + bq * c.Sk + nblk * bq) + nblk;
     CHECK_MSG(one <= (int64_t)CF_ATTN_DBIAS_CACHE_BYTES,
               "one (b, h) takes %lld bytes: past the cache, the first order does not run",
               (long long)one);
@@ -180,6 +181,32 @@ static void run_dbias_nan(const char* backend) {
         cf_attn_cpu_set_dbias_cache(kept ? 0 : 1);
         check_problem(backend, p,
                       kept ? "dbias beside NaN keys" : "dbias beside NaN keys, none kept");
+        cf_attn_cpu_set_dbias_cache(0);
+    }
+}
+
+/* dbias where some rows see no key of the first key block (a -inf bias) and every score is near
+ * -200 (pass 1's running statistics start late and far from 0 for those rows). Both dbias
+ * orders. */
+static void run_dbias_far(const char* backend) {
+    attn_case c;
+    attn_case_init(&c);
+    c.B = 1, c.H = 3, c.Hk = 1, c.Sq = 80, c.Sk = 300, c.D = c.Dv = 8, c.dtype = CFLASH_DTYPE_F32;
+    c.bias = ATTN_BC_11, c.dbias = 1, c.bias_f32 = 1;
+    c.seed = 796 + tt_seed_base() * 1000003u;
+    for (int kept = 1; kept >= 0; kept--) {
+        attn_problem* p = attn_problem_new(&c);
+        CHECK(p != NULL);
+        if (!p) return;
+        for (int64_t n = 0; n < p->bias.numel; n++) {
+            int64_t idx[4];
+            tt_unravel(&p->bias, n, idx);
+            tt_set(&p->bias, idx,
+                   idx[2] < 32 && idx[3] < 130 ? -INFINITY : -200.0 + 0.25 * sin((double)n));
+        }
+        attn_problem_refresh_inputs(p);
+        cf_attn_cpu_set_dbias_cache(kept ? 0 : 1);
+        check_problem(backend, p, kept ? "dbias, scores near -200" : "dbias, -200, none kept");
         cf_attn_cpu_set_dbias_cache(0);
     }
 }
@@ -351,6 +378,7 @@ int main(void) {
         if (strcmp(backends[i], "cpu-amx")) run_bias_dtype(backends[i], CFLASH_DTYPE_BF16);
         run_bias_dtype(backends[i], CFLASH_DTYPE_F16);
         run_dbias_nan(backends[i]);
+        run_dbias_far(backends[i]);
         printf("%s: %.1f s\n", backends[i], tt_now() - t0);
     }
     return tt_summary();
