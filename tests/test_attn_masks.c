@@ -127,10 +127,30 @@ static void run(const char* backend, int kind, cflash_dtype dt) {
     check_problem(backend, p, kind_name[kind]);
 }
 
-/* dbias of a (1, 1, Sq, Sk) bias summed over 24 (b, h) in one call, in both of dbias_tile's
- * orders: (b, h) by (b, h) with each one's scores and dP kept from pass 1 (the default here: the
- * case fits CF_ATTN_DBIAS_CACHE_BYTES), and with nothing kept (the bound set to 1 byte): every
- * (b, h)'s pass 1, then all of them computed again key block by key block. */
+/* Case c checked in both of dbias_tile's orders: (b, h) by (b, h) with each one's scores and dP
+ * kept from pass 1 (the default where they fit CF_ATTN_DBIAS_CACHE_BYTES), and with nothing kept
+ * (the bound set to 1 byte): every (b, h)'s pass 1, then all of them computed again key block by
+ * key block. fill (NULL: none) sets the problem's inputs first. */
+static void check_dbias_orders(const char* backend, const attn_case* c, void (*fill)(attn_problem*),
+                               const char* what) {
+    for (int kept = 1; kept >= 0; kept--) {
+        attn_problem* p = attn_problem_new(c);
+        CHECK(p != NULL);
+        if (!p) return;
+        if (fill) {
+            fill(p);
+            attn_problem_refresh_inputs(p);
+        }
+        char name[160];
+        snprintf(name, sizeof name, "%s%s", what, kept ? "" : ", nothing kept");
+        cf_attn_cpu_set_dbias_cache(kept ? 0 : 1);
+        check_problem(backend, p, name);
+        cf_attn_cpu_set_dbias_cache(0);
+    }
+}
+
+/* dbias of a (1, 1, Sq, Sk) bias summed over 24 (b, h) in one call, in both orders (the case
+ * fits the cache: the first order runs). */
 static void run_dbias_many(const char* backend, cflash_dtype dt) {
     attn_case c;
     attn_case_init(&c);
@@ -139,76 +159,50 @@ static void run_dbias_many(const char* backend, cflash_dtype dt) {
     c.seed = 790 + (uint64_t)dt + tt_seed_base() * 1000003u;
     const cf_attn_blocks bl = cf_attn_cpu_blocks();
     const int64_t bq = c.Sq < bl.bwd_q ? c.Sq : bl.bwd_q, nblk = (c.Sk + bl.bwd_k - 1) / bl.bwd_k;
-    const int64_t one =
-        (int64_t)sizeof(float) * (2 * nblk * bq * bl.bwd_k + bq * c.Sk + nblk * bq) + nblk;
+    const int64_t one = (int64_t)sizeof(float) * (2 * nblk * bq * bl.bwd_k + bq * c.Sk) + nblk;
     CHECK_MSG(one <= (int64_t)CF_ATTN_DBIAS_CACHE_BYTES,
               "one (b, h) takes %lld bytes: past the cache, the first order does not run",
               (long long)one);
-    for (int kept = 1; kept >= 0; kept--) {
-        attn_problem* p = attn_problem_new(&c);
-        CHECK(p != NULL);
-        if (!p) return;
-        cf_attn_cpu_set_dbias_cache(kept ? 0 : 1);
-        check_problem(backend, p, kept ? "dbias over 24 (b, h), kept" : "dbias over 24 (b, h)");
-        cf_attn_cpu_set_dbias_cache(0);
-    }
+    check_dbias_orders(backend, &c, NULL, "dbias over 24 (b, h)");
 }
 
 /* dbias where a key block holds both keys some row sees and NaN keys no row sees (a -inf bias
- * hides them): dbias_tile's pair-by-pair path, which must leave the NaN out. */
-static void run_dbias_nan(const char* backend) {
+ * hides them, from key 150: not a multiple of any block size the kernels use): dbias_tile's
+ * pair-by-pair path, which must leave the NaN out. */
+static void fill_nan_keys(attn_problem* p) {
+    const int64_t pad = 150;
+    for (int64_t n = 0; n < p->bias.numel; n++) {
+        int64_t idx[4];
+        tt_unravel(&p->bias, n, idx);
+        tt_set(&p->bias, idx, idx[3] >= pad ? -INFINITY : 0.25 * sin((double)n));
+    }
+    for (int64_t j = pad; j < p->c.Sk; j++)
+        for (int64_t d = 0; d < p->c.D; d++) {
+            int64_t ix[4] = {0, j, 0, d};
+            tt_set(&p->k, ix, NAN), tt_set(&p->v, ix, NAN);
+        }
+}
+
+/* dbias where some rows see no key of the first key block (a -inf bias) and every score is near
+ * -200 (pass 1's running statistics start late and far from 0 for those rows). */
+static void fill_far(attn_problem* p) {
+    for (int64_t n = 0; n < p->bias.numel; n++) {
+        int64_t idx[4];
+        tt_unravel(&p->bias, n, idx);
+        tt_set(&p->bias, idx,
+               idx[2] < 32 && idx[3] < 130 ? -INFINITY : -200.0 + 0.25 * sin((double)n));
+    }
+}
+
+static void run_dbias_edges(const char* backend) {
     attn_case c;
     attn_case_init(&c);
     c.B = 1, c.H = 2, c.Hk = 1, c.Sq = 64, c.Sk = 200, c.D = c.Dv = 8, c.dtype = CFLASH_DTYPE_F32;
     c.bias = ATTN_BC_11, c.dbias = 1, c.bias_f32 = 1;
     c.seed = 795 + tt_seed_base() * 1000003u;
-    const int64_t pad = 150;                /* not a multiple of any block size the kernels use */
-    for (int kept = 1; kept >= 0; kept--) { /* (see run_dbias_many) */
-        attn_problem* p = attn_problem_new(&c);
-        CHECK(p != NULL);
-        if (!p) return;
-        for (int64_t n = 0; n < p->bias.numel; n++) {
-            int64_t idx[4];
-            tt_unravel(&p->bias, n, idx);
-            tt_set(&p->bias, idx, idx[3] >= pad ? -INFINITY : 0.25 * sin((double)n));
-        }
-        for (int64_t j = pad; j < c.Sk; j++)
-            for (int64_t d = 0; d < c.D; d++) {
-                int64_t ix[4] = {0, j, 0, d};
-                tt_set(&p->k, ix, NAN), tt_set(&p->v, ix, NAN);
-            }
-        attn_problem_refresh_inputs(p);
-        cf_attn_cpu_set_dbias_cache(kept ? 0 : 1);
-        check_problem(backend, p,
-                      kept ? "dbias beside NaN keys" : "dbias beside NaN keys, none kept");
-        cf_attn_cpu_set_dbias_cache(0);
-    }
-}
-
-/* dbias where some rows see no key of the first key block (a -inf bias) and every score is near
- * -200 (pass 1's running statistics start late and far from 0 for those rows). Both dbias
- * orders. */
-static void run_dbias_far(const char* backend) {
-    attn_case c;
-    attn_case_init(&c);
-    c.B = 1, c.H = 3, c.Hk = 1, c.Sq = 80, c.Sk = 300, c.D = c.Dv = 8, c.dtype = CFLASH_DTYPE_F32;
-    c.bias = ATTN_BC_11, c.dbias = 1, c.bias_f32 = 1;
-    c.seed = 796 + tt_seed_base() * 1000003u;
-    for (int kept = 1; kept >= 0; kept--) {
-        attn_problem* p = attn_problem_new(&c);
-        CHECK(p != NULL);
-        if (!p) return;
-        for (int64_t n = 0; n < p->bias.numel; n++) {
-            int64_t idx[4];
-            tt_unravel(&p->bias, n, idx);
-            tt_set(&p->bias, idx,
-                   idx[2] < 32 && idx[3] < 130 ? -INFINITY : -200.0 + 0.25 * sin((double)n));
-        }
-        attn_problem_refresh_inputs(p);
-        cf_attn_cpu_set_dbias_cache(kept ? 0 : 1);
-        check_problem(backend, p, kept ? "dbias, scores near -200" : "dbias, -200, none kept");
-        cf_attn_cpu_set_dbias_cache(0);
-    }
+    check_dbias_orders(backend, &c, fill_nan_keys, "dbias beside NaN keys");
+    c.H = 3, c.Sq = 80, c.Sk = 300, c.seed++;
+    check_dbias_orders(backend, &c, fill_far, "dbias, scores near -200");
 }
 
 /* A bias in the dtype of q (as PyTorch SDPA passes a float attn_mask), with dbias, where the
@@ -377,8 +371,7 @@ int main(void) {
         run_dbias_many(backends[i], CFLASH_DTYPE_F32);
         if (strcmp(backends[i], "cpu-amx")) run_bias_dtype(backends[i], CFLASH_DTYPE_BF16);
         run_bias_dtype(backends[i], CFLASH_DTYPE_F16);
-        run_dbias_nan(backends[i]);
-        run_dbias_far(backends[i]);
+        run_dbias_edges(backends[i]);
         printf("%s: %.1f s\n", backends[i], tt_now() - t0);
     }
     return tt_summary();
