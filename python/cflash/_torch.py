@@ -475,6 +475,33 @@ class AttnExtra(torch.autograd.Function):
         return (g[0], g[1], g[2], ds if ctx.needs_input_grad[3] else None, db) + (None,) * 10
 
 
+def _far_keys_hidden(query, key, m, scale):
+    """For an additive mask m (B|1, H|1, Sq, Sk): a boolean mask of the same shape that hides the
+    keys whose value lies so far below its row's largest that their softmax weight is 0 in fp32
+    for any scores this query and key can make, or None when it hides none. transformers writes
+    its causal and padding masks with the dtype's finfo.min, not -inf: the library skips tiles
+    that are -inf or hidden by a boolean mask, so such a mask cost a dense call (2x a causal one).
+    |score| <= scale max|q| max|k| (Cauchy-Schwarz), so a key more than twice that plus 200 below
+    the row's largest value weighs at most exp(-200) of that key, under fp32's smallest subnormal:
+    hiding it changes nothing. Rows whose largest value is not finite (all -inf, a NaN, +inf),
+    and rows all at finfo.min, keep every key; NaN values are kept."""
+    qn = float(query.detach().float().norm(dim=-1).max()) if query.numel() else 0.0
+    kn = float(key.detach().float().norm(dim=-1).max()) if key.numel() else 0.0
+    margin = 2.0 * scale * qn * kn + 200.0
+    if not margin < 1e30:  # (inf or NaN inputs: nothing hidden)
+        return None
+    keep = torch.empty(m.shape, dtype=torch.bool, device=m.device)
+    rows = max(1, (1 << 22) // max(1, m.shape[0] * m.shape[1] * m.shape[3]))  # ~16 MB of fp32 at a time
+    hides = False
+    for i0 in range(0, m.shape[2], rows):
+        c = m[..., i0:i0 + rows, :].detach().float()
+        top = c.amax(dim=-1, keepdim=True)
+        kc = ~(c < top - margin) | ~torch.isfinite(top)
+        keep[..., i0:i0 + rows, :] = kc
+        hides = hides or not bool(kc.all())
+    return keep if hides else None
+
+
 def sdpa_masked(query, key, value, attn_mask, dropout_p=0.0, scale=None, enable_gqa=False):
     """torch.nn.functional.scaled_dot_product_attention's call with an attn_mask, on libcflash:
     query (B, H, Sq, D), key / value (B, Hk, Sk, D[v]); attn_mask boolean (True = the key takes
@@ -493,6 +520,9 @@ def sdpa_masked(query, key, value, attn_mask, dropout_p=0.0, scale=None, enable_
         m = m.to(torch.float32)
     q, k, v = (x.transpose(1, 2) for x in (query, key, value))
     sc = 1.0 / float(query.shape[-1]) ** 0.5 if scale is None else float(scale)
-    out, _, _ = AttnExtra.apply(q, k, v, None, None if boolean else m, m if boolean else None, None,
+    hide = None
+    if not boolean and not torch.compiler.is_compiling():
+        hide = _far_keys_hidden(query, key, m, sc)
+    out, _, _ = AttnExtra.apply(q, k, v, None, None if boolean else m, m if boolean else hide, None,
                                 float(dropout_p), sc, False, -1, -1, 0.0, False, -1)
     return out.transpose(1, 2)

@@ -315,6 +315,31 @@ def test_sdpa_masked_dbias_full_bias_seed(poison):
     _sdpa_masked_case("float", (2, 4, 33, 47), 34)
 
 
+# transformers' additive masks: finfo.min (not -inf) above the diagonal and on padding keys, small
+# values elsewhere (a row all at finfo.min: test_far_keys_hidden keeps its keys). Keys far
+# below their row's largest value go to the library hidden by a boolean mask as well (its tiles
+# skipped): the results must not change. "far": a key whose mask value is -300 but whose score is
+# ~400 above the others' dominates its rows: what is hidden must depend on the scores' bound.
+@pytest.mark.parametrize("kind", ["finfo", "far"])
+def test_sdpa_masked_far_values(kind, rng, poison):
+    _sdpa_masked_case(kind, (2, 1, 33, 47), int(rng.integers(1 << 31)))
+
+
+def test_far_keys_hidden():
+    from cflash._torch import _far_keys_hidden
+    mn = torch.finfo(torch.float32).min
+    m = torch.full((1, 1, 6, 9), mn).triu(1)
+    m[0, 0, 2] = mn  # a row all at finfo.min keeps every key
+    q, k = torch.randn(1, 2, 6, 4), torch.randn(1, 2, 9, 4)
+    keep = _far_keys_hidden(q, k, m, 0.5)
+    want = torch.ones(6, 9, dtype=torch.bool).tril()
+    want[2] = True
+    assert torch.equal(keep[0, 0], want)
+    assert _far_keys_hidden(q, k, torch.zeros(1, 1, 6, 9), 0.5) is None  # nothing far: no mask
+    m[0, 0, 4, 3] = float("nan")  # a NaN is kept (it must reach the output), its row too
+    assert bool(_far_keys_hidden(q, k, m, 0.5)[0, 0, 4].all())
+
+
 def _sdpa_masked_case(kind, mshape, seed):
     from cflash._torch import sdpa_masked
     F = torch.nn.functional
@@ -336,6 +361,17 @@ def _sdpa_masked_case(kind, mshape, seed):
     else:
         m = torch.randn(mshape, generator=gen)
         m[..., 5] = float("-inf")  # a masked key through the bias
+        if kind == "finfo":
+            mn = torch.finfo(torch.float32).min
+            m = (m * 0.1).masked_fill(torch.ones(Sq, Sk, dtype=torch.bool).triu(Sk - Sq + 1), mn)
+            m[..., Sk - 4:] = mn  # padding keys
+        if kind == "far":  # key 10: bias -300 but a score ~400 above the others': it dominates
+            u = torch.randn(D, generator=gen)
+            u = u / u.norm()
+            q = 20 * u + 0.1 * q
+            k[:, :, 10] = 120 * u
+            m = torch.zeros(mshape)
+            m[..., 10] = -300.0
         ins = (q, k, v, m)
         got, g = _grads(lambda a, b, c, x: sdpa_masked(a, b, c, x), ins, dout)
         ref, r = _grads(lambda a, b, c, x: F.scaled_dot_product_attention(a, b, c, attn_mask=x),
@@ -343,6 +379,8 @@ def _sdpa_masked_case(kind, mshape, seed):
         nv, n = _grads(lambda a, b, c, x: F.scaled_dot_product_attention(a, b, c, attn_mask=x), ins, dout)
         names = ("dq", "dk", "dv", "dbias")
     check_rule("out", got.numpy(), ref.numpy(), nv.numpy(), "float32")
+    if kind == "far":  # (one-hot rows: the naive's gradients are exact zeros, ours ~1e-5)
+        return
     mag = grad_magnitude([x.numpy() for x in r[:3]])
     for name, a, b, c in zip(names, g, r, n):
         assert a.shape == b.shape, (name, a.shape, b.shape)
