@@ -756,12 +756,11 @@ static int dbias_block(const cf_attn_call* c, const cf_attn_kernels* kk, const b
     return 1;
 }
 
-/* What a dbias task keeps of its first pass for its second: of the first n (b, h) in its order,
- * for key block jb of pair x, the scores and dP at s / dp + (x * nblk + jb) * blk (blk = bq * bk
- * floats) and dbias_block's result in st[x * nblk + jb]. All of pair x's blocks are kept when
- * dbias_stats returned 1 for it. */
+/* What a dbias task keeps of one (b, h)'s first pass for its second: for key block jb, the
+ * scores and dP at s / dp + jb * blk (blk = bq * bk floats) and dbias_block's result in st[jb];
+ * all of them valid when dbias_stats returned 1. */
 typedef struct dbias_cache {
-    int64_t n, nblk, blk;
+    int64_t nblk, blk;
     float *s, *dp;
     signed char* st;
 } dbias_cache;
@@ -772,24 +771,23 @@ typedef struct dbias_cache {
  * and rowsum(dO O) give the same dS in exact arithmetic, but each rounds on its own: a dbias
  * element is one dS (or a short sum of them) and came out up to 5.5x the naive's error, past the
  * error rule (dq, dk, dv sum many and were within it). Returns 0 when some block holds a NaN or an
- * infinity: the forward's statistics serve then. kc (its pair xi, when xi < kc->n) keeps the
- * scores and dP for pass 2: dbias_block writes them there. */
+ * infinity: the forward's statistics serve then. kc (NULL: nothing kept) keeps the scores and
+ * dP for pass 2: dbias_block writes them there. */
 static int dbias_stats(const cf_attn_call* c, const cf_attn_kernels* kk, const bwd_geom* g,
                        dbias_ws* w, int64_t b, int64_t h, int64_t i0, int64_t nr, int64_t sq,
-                       int64_t sk, const float* dl, float* st, dbias_cache* kc, int64_t xi) {
+                       int64_t sk, const float* dl, float* st, dbias_cache* kc) {
     /* The sums in double: sum P dP cancels (dbias = P (dP - sum P dP)), and its fp32 rounding over
      * the keys was most of dbias's error (5x the naive's on one element of a full bias, whose naive
      * takes rowsum(dO O) instead). */
     double *l = w->sums, *pdp = l + nr;
     for (int64_t r = 0; r < nr; r++)
         st[3 * r] = -INFINITY, l[r] = 0.0, pdp[r] = 0.0;
-    const int keep = xi < kc->n;
     float *ws = w->s, *wdp = w->dp, *e = w->v + nr; /* e: a column of P (w->v: bq maxima, then) */
     for (int64_t j0 = 0; j0 < sk; j0 += g->bk) {
-        const int64_t nc = sk - j0 < g->bk ? sk - j0 : g->bk, at = xi * kc->nblk + j0 / g->bk;
-        if (keep) w->s = kc->s + at * kc->blk, w->dp = kc->dp + at * kc->blk;
+        const int64_t nc = sk - j0 < g->bk ? sk - j0 : g->bk, at = j0 / g->bk;
+        if (kc) w->s = kc->s + at * kc->blk, w->dp = kc->dp + at * kc->blk;
         const int o = dbias_block(c, kk, g, w, b, h, i0, nr, j0, nc, sq, sk, dl);
-        if (keep) kc->st[at] = (signed char)o;
+        if (kc) kc->st[at] = (signed char)o;
         if (o < 0) {
             w->s = ws, w->dp = wdp;
             return 0;
@@ -810,11 +808,11 @@ static int dbias_stats(const cf_attn_call* c, const cf_attn_kernels* kk, const b
             if (mu[r] == -INFINITY) mu[r] = 0.0f;
         }
         for (int64_t j = 0; j < nc; j++) {
-            const float *x = w->s + j * nr, *y = w->dp + j * nr;
-            memcpy(e, x, sizeof(float) * (size_t)nr); /* (the scores stay for pass 2) */
-            kk->exp_cols(e, nr, mu, NULL);
+            float *x = w->s + j * nr, *y = w->dp + j * nr;
+            float* p = kc ? memcpy(e, x, sizeof(float) * (size_t)nr) : x; /* (kept scores stay) */
+            kk->exp_cols(p, nr, mu, NULL);
             for (int64_t r = 0; r < nr; r++)
-                l[r] += e[r], pdp[r] += (double)e[r] * y[r];
+                l[r] += p[r], pdp[r] += (double)p[r] * y[r];
         }
     }
     w->s = ws, w->dp = wdp;
@@ -947,7 +945,7 @@ static void dbias_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const v
     float* acc = (float*)(ws + g->dbacc);
     int64_t nbh = 0, nst = 0;
     if (cbuf) {
-        kc.n = 1, kc.s = (float*)cbuf, kc.dp = kc.s + fl / 2, acc = kc.s + fl;
+        kc.s = (float*)cbuf, kc.dp = kc.s + fl / 2, acc = kc.s + fl;
         kc.st = (signed char*)(acc + accn);
         memset(acc, 0, sizeof(float) * (size_t)accn);
         float* st = (float*)(w.sums + 2 * BQ);
@@ -958,7 +956,7 @@ static void dbias_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const v
                 const int64_t nr = sq - i0 < bq ? sq - i0 : bq;
                 if (nr <= 0) continue;
                 /* seqused_q / seqused_k: only the used rows and keys of b contribute */
-                const int ok = dbias_stats(c, kk, g, &w, b, h, i0, nr, sq, sk, dl, st, &kc, 0);
+                const int ok = dbias_stats(c, kk, g, &w, b, h, i0, nr, sq, sk, dl, st, &kc);
                 for (int64_t j0 = 0; j0 < sk; j0 += BKB) {
                     const int64_t nc = sk - j0 < BKB ? sk - j0 : BKB, at = j0 / BKB;
                     dbias_add(c, kk, g, &w, b, h, i0, nr, j0, nc, sq, sk, dl, ok ? st : NULL,
@@ -978,7 +976,7 @@ static void dbias_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const v
                 const int64_t nr = sq - i0 < bq ? sq - i0 : bq, x = (b - b0) * nh + h - h0;
                 if (nr > 0)
                     ok[x] = (char)dbias_stats(c, kk, g, &w, b, h, i0, nr, sq, sk, dl,
-                                              st + x * 3 * bq, &kc, x);
+                                              st + x * 3 * bq, NULL);
             }
         for (int64_t j0 = 0; j0 < Sk; j0 += BKB) {
             const int64_t nb = Sk - j0 < BKB ? Sk - j0 : BKB;
