@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/attn_grid.h"
 #include "common/testutil.h"
 #include "cpu/attn_cpu.h"
 #include "oracle/attn_oracle.h"
@@ -102,6 +103,17 @@ static void check_problem(const char* backend, attn_problem* p, const char* what
     CHECK_MSG(attn_problem_check_bwd(p, msg, sizeof msg), "%s %s: %s", backend, what, msg);
     cflash_context_free(ctx);
     attn_problem_free(p);
+}
+
+/* Case c with inputs fill sets, checked as check_problem does. */
+static void check_filled(const char* backend, const attn_case* c, void (*fill)(attn_problem*),
+                         const char* what) {
+    attn_problem* p = attn_problem_new(c);
+    CHECK(p != NULL);
+    if (!p) return;
+    fill(p);
+    attn_problem_refresh_inputs(p);
+    check_problem(backend, p, what);
 }
 
 static void run(const char* backend, int kind, cflash_dtype dt) {
@@ -203,6 +215,166 @@ static void run_dbias_edges(const char* backend) {
     check_dbias_orders(backend, &c, fill_nan_keys, "dbias beside NaN keys");
     c.H = 3, c.Sq = 80, c.Sk = 300, c.seed++;
     check_dbias_orders(backend, &c, fill_far, "dbias, scores near -200");
+}
+
+/* Rows whose log-sum-exp is far from 0, so that its fp32 rounding is coarser than a softmax weight
+ * needs (the backward recomputes P from the forward's lse): rows 1, 6, .. with every key at bf16's
+ * finfo.min (transformers' mask of a left-padded row: lse rounds to finfo.min, exp(s - lse) = 1 per
+ * key, not 1 / n), rows 2, 7, .. near +1e6 and rows 3, 8, .. near -1e5 (ulp 0.0625 and 0.0078),
+ * a -inf key in each; the other rows small. Key Sk - 3 is hidden from every row and its K and V
+ * rows are NaN (the blocks holding it are summed pair by pair). */
+static void fill_far_rows(attn_problem* p) {
+    const double mn = -3.3895313892515355e38; /* bf16's finfo.min, exact in fp32 */
+    const int64_t nan_key = p->c.Sk - 3;
+    for (int64_t n = 0; n < p->bias.numel; n++) {
+        int64_t idx[4];
+        tt_unravel(&p->bias, n, idx);
+        const int64_t i = idx[2] % 5;
+        const double x = 0.5 * sin(0.37 * (double)n);
+        double v = i == 1 ? mn : i == 2 ? 1e6 + x : i == 3 ? -1e5 + x : x;
+        if ((i > 1 && idx[3] == (idx[2] * 7) % p->c.Sk) || idx[3] == nan_key) v = -INFINITY;
+        tt_set(&p->bias, idx, v);
+    }
+    for (int64_t b = 0; b < p->c.B; b++)
+        for (int64_t h = 0; h < p->c.Hk; h++)
+            for (int64_t d = 0; d < p->c.D; d++) {
+                int64_t ix[4] = {b, nan_key, h, d};
+                tt_set(&p->k, ix, NAN), tt_set(&p->v, ix, NAN);
+            }
+}
+
+/* Far rows whose scores depend on how the GEMM sums: on rows 1, 4, .. of q (0 on the others) and
+ * every key, elements 0, 2, .. 14 near 3e4 (the keys' signs alternating by pairs: the products,
+ * 9e8, cancel to ~1e8) and 1, 3, .. 15 near 30, each added to a partial sum of ~1e9 (ulp 64) in
+ * one order and to its pair first in another (vdpbf16ps pairs, fp32 FMA): scores ~2e7 that two
+ * GEMMs round ~10 apart. The backward's r must come from the scores as its passes form them, or
+ * P = exp((s - lse) - r) is off by e^10. */
+static double far_sums(int is_k, int64_t row, int64_t d, int64_t n, double x) {
+    const double e = sin(1.7 * (double)n), big = (is_k && d % 4 == 2 ? -3e4 : 3e4) * (1 + 0.02 * e);
+    return d >= 16 ? x : !is_k && row % 3 != 1 ? 0.0 : d % 2 ? 30.0 * (1.0 + 0.3 * e) : big;
+}
+static void fill_far_sums(attn_problem* p) {
+    attn_set_qk(p, far_sums);
+}
+
+static void run_far_rows(const char* backend, cflash_dtype dt) {
+    attn_case c;
+    attn_case_init(&c);
+    c.B = 2, c.H = 4, c.Hk = 2, c.Sq = 70, c.Sk = 300, c.D = c.Dv = 24, c.dtype = dt;
+    c.bias = ATTN_BC_B1, c.dbias = 1, c.bias_f32 = 1;
+    c.seed = 799 + (uint64_t)dt + tt_seed_base() * 1000003u;
+    check_dbias_orders(backend, &c, fill_far_rows, "rows of large |lse|, dbias");
+    c.bias = ATTN_BC_BH, c.dbias = 0, c.bias_f32 = 0, c.sinks = 1, c.seed++;
+    check_filled(backend, &c, fill_far_rows, "rows of large |lse|, bias in the dtype, sinks");
+    c.causal = 1, c.softcap = 20.0f, c.sinks = 0, c.seed++;
+    check_filled(backend, &c, fill_far_rows, "rows of large |lse|, causal, softcap");
+}
+
+/* attn_fill_far_qk on a varlen call whose K / V are pages, with seqused_q / seqused_k, sinks and
+ * dropout (far_tile's rows and keys found through cu_seqlens and the block table), then on a
+ * batch call with ALiBi and a causal window. */
+static void run_far_qk(const char* backend, cflash_dtype dt) {
+    attn_case c;
+    attn_case_init(&c);
+    c.B = 3, c.H = 4, c.Hk = 2, c.D = c.Dv = 24, c.dtype = dt, c.varlen = 1;
+    const int32_t lq[3] = {37, 1, 70}, lk[3] = {90, 200, 71};
+    for (int b = 0; b < 3; b++)
+        c.seqlens_q[b] = lq[b], c.seqlens_k[b] = lk[b];
+    c.page = 16, c.seqused = 3, c.sinks = 1, c.dropout_p = 0.1f;
+    c.seed = 811 + (uint64_t)dt + tt_seed_base() * 1000003u;
+    check_filled(backend, &c, attn_fill_far_qk,
+                 "far rows (q.k ~ 2e9), varlen, paged, seqused, sinks, dropout");
+    attn_case_init(&c);
+    c.B = 2, c.H = 4, c.Hk = 1, c.Sq = 70, c.Sk = 150, c.D = c.Dv = 24, c.dtype = dt;
+    c.alibi = ATTN_ALIBI_H, c.causal = 1, c.window_left = 50, c.seed = 813 + (uint64_t)dt;
+    check_filled(backend, &c, attn_fill_far_qk, "far rows (q.k ~ 2e9), ALiBi, causal window");
+    /* (bf16 only: in fp32 one-hot rows of this q put dk past the rule before any of this, dS =
+     * dP - rowsum(dO O) with dP an fp32 GEMM and the rowsum in double, times |q| ~ 3e4) */
+    c.alibi = ATTN_ALIBI_NONE, c.window_left = -1, c.D = c.Dv = 32, c.seed++;
+    if (dt == CFLASH_DTYPE_BF16)
+        check_filled(backend, &c, fill_far_sums, "far rows (q.k ~ 7e9, summed two ways)");
+}
+
+/* Copies src into dst where dst's index idx maps to src's idx with dimension kd shifted by off
+ * (the keys of a block: dim 1 of k and v, dim 3 of a bias). */
+static void copy_shifted(tt_tensor* dst, const tt_tensor* src, int kd, int64_t off) {
+    for (int64_t n = 0; n < dst->numel; n++) {
+        int64_t idx[4], sx[4];
+        tt_unravel(dst, n, idx);
+        memcpy(sx, idx, sizeof idx);
+        if (kd >= 0) sx[kd] += off;
+        tt_set(dst, idx, tt_get(src, sx));
+    }
+}
+
+/* Ring attention's backward (python/cflash/distributed) calls the backward once per key block with
+ * the lse and out of all the keys: P = exp(s - lse) of a block is then not its own softmax. Rows of
+ * far |lse| must keep that: rows 1, 5, .. near +1e6 on the first half of the keys and small on the
+ * second (the second block's r would be -1e6), rows 2, 6, .. near +1e6 on both halves (r = log 1/2
+ * in each), the others small. The two blocks' gradients must add up to the whole call's. (Rows all
+ * at finfo.min are not: each block would need the other's count of keys.) */
+static void run_far_blocks(const char* backend) {
+    attn_case c;
+    attn_case_init(&c);
+    const int64_t n = 80;
+    c.B = 1, c.H = 2, c.Hk = 1, c.Sq = 40, c.Sk = 2 * n, c.D = c.Dv = 16;
+    c.bias = ATTN_BC_BH, c.bias_f32 = 1, c.seed = 821 + tt_seed_base() * 1000003u;
+    attn_problem* full = attn_problem_new(&c);
+    CHECK(full != NULL);
+    if (!full) return;
+    for (int64_t e = 0; e < full->bias.numel; e++) {
+        int64_t idx[4];
+        tt_unravel(&full->bias, e, idx);
+        const double x = 0.5 * sin(0.61 * (double)e);
+        const int64_t i = idx[2] % 4;
+        tt_set(&full->bias, idx, (i == 1 && idx[3] < n) || i == 2 ? 1e6 + x : x);
+    }
+    attn_problem_refresh_inputs(full);
+    cflash_context* ctx = NULL;
+    CHECK_OK(cflash_context_create(&ctx));
+    CHECK_OK(cflash_context_set_backend(ctx, backend));
+    CHECK_OK(attn_problem_run_bwd(ctx, full));
+    double dq[2][40 * 2 * 16] = {{0}}, edk = 0, edv = 0, mk = 0, mv = 0;
+    c.Sk = n;
+    for (int blk = 0; blk < 2; blk++) {
+        attn_problem* p = attn_problem_new(&c);
+        CHECK(p != NULL);
+        if (!p) break;
+        copy_shifted(&p->q, &full->q, -1, 0), copy_shifted(&p->dout, &full->dout, -1, 0);
+        copy_shifted(&p->k, &full->k, 1, blk * n), copy_shifted(&p->v, &full->v, 1, blk * n);
+        copy_shifted(&p->bias, &full->bias, 3, blk * n);
+        attn_problem_refresh_inputs(p);
+        copy_shifted(&p->out, &full->out, -1, 0), copy_shifted(&p->lse, &full->lse, -1, 0);
+        p->fwd_ran = 1;
+        CHECK_OK(attn_problem_run_bwd(ctx, p));
+        for (int64_t e = 0; e < p->dq.numel; e++)
+            dq[blk][e] = tt_get_flat(&p->dq, e);
+        for (int64_t e = 0; e < p->dk.numel; e++) {
+            int64_t idx[4];
+            tt_unravel(&p->dk, e, idx);
+            const double gk = tt_get(&p->dk, idx), gv = tt_get(&p->dv, idx);
+            idx[1] += blk * n;
+            const double rk = tt_get(&full->dk, idx), rv = tt_get(&full->dv, idx);
+            edk = fmax(edk, fabs(gk - rk)), edv = fmax(edv, fabs(gv - rv));
+            mk = fmax(mk, fabs(rk)), mv = fmax(mv, fabs(rv));
+        }
+        attn_problem_free(p);
+    }
+    double edq = 0, mq = 0;
+    for (int64_t e = 0; e < full->dq.numel; e++) {
+        const double r = tt_get_flat(&full->dq, e);
+        edq = fmax(edq, fabs(dq[0][e] + dq[1][e] - r)), mq = fmax(mq, fabs(r));
+    }
+    /* (rows 2, 6, ..: each block's P = exp(s - lse) carries lse's rounding, ulp(1e6) / 2 = 0.03,
+     * which the whole call takes out: a few percent apart; a block that took its own softmax
+     * would be 100 % off) */
+    CHECK_MSG(
+        edq <= 0.05 * mq && edk <= 0.05 * mk && edv <= 0.05 * mv,
+        "%s: two key blocks with the whole call's lse: dq err %.3g (max %.3g), dk %.3g (%.3g), "
+        "dv %.3g (%.3g)",
+        backend, edq, mq, edk, mk, edv, mv);
+    cflash_context_free(ctx);
+    attn_problem_free(full);
 }
 
 /* A bias in the dtype of q (as PyTorch SDPA passes a float attn_mask), with dbias, where the
@@ -372,6 +544,11 @@ int main(void) {
         if (strcmp(backends[i], "cpu-amx")) run_bias_dtype(backends[i], CFLASH_DTYPE_BF16);
         run_bias_dtype(backends[i], CFLASH_DTYPE_F16);
         run_dbias_edges(backends[i]);
+        run_far_rows(backends[i], CFLASH_DTYPE_F32);
+        if (strcmp(backends[i], "cpu-amx")) run_far_rows(backends[i], CFLASH_DTYPE_BF16);
+        run_far_qk(backends[i], CFLASH_DTYPE_F32);
+        run_far_blocks(backends[i]);
+        if (strcmp(backends[i], "cpu-amx")) run_far_qk(backends[i], CFLASH_DTYPE_BF16);
         printf("%s: %.1f s\n", backends[i], tt_now() - t0);
     }
     return tt_summary();

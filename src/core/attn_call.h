@@ -63,6 +63,11 @@ typedef struct cf_attn_call {
     const int32_t* block_table;
     int64_t bt_stride, page_size;
     const int32_t *seqused_q, *seqused_k; /* [B] or NULL */
+
+    /* Backward, set by the CPU driver (attn_tiled_bwd.c) on its own copy of the call: per query
+     * row, laid out as its rowsum(dO * O) buffer, r of the rows whose |lse| is far (see
+     * CF_ATTN_LSE_FAR in cpu/ref/attn_ref.h: P = exp((s - lse) - r)), 0 elsewhere; NULL: none. */
+    const float* lse_fix;
 } cf_attn_call;
 
 /* Rows of sequence b: q rows [*q0, *q0 + *sq), k rows [*k0, *k0 + *sk) along dim 1 of the views

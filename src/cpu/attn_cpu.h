@@ -180,7 +180,12 @@ typedef struct cf_attn_bwd_engine {
      * not take attn_bias, so its backend routes such calls elsewhere); blocks of dbias_rows. */
     void (*dbias)(const cf_attn_call* c, const cf_attn_kernels* k, const void* geom, int64_t bb,
                   int64_t hh, int64_t i0, int64_t bq, char* ws, const float* dl);
-    int64_t dbias_rows;
+    int64_t dbias_rows; /* (and the rows of far's blocks) */
+    /* r (c->lse_fix) of the rows of [i0, i0 + n) of (b, h) whose |lse| is far, written to fix as
+     * cf_attn_dl reads it (run before pass 0, blocks of dbias_rows; NULL: none computed, the tile
+     * functions see c->lse_fix NULL). */
+    void (*far)(const cf_attn_call* c, const cf_attn_kernels* k, const void* geom, int64_t b,
+                int64_t h, int64_t i0, int64_t n, char* ws, float* fix);
 } cf_attn_bwd_engine;
 cflash_status cf_attn_cpu_bwd_run(const cf_attn_call* c, const cf_attn_kernels* k,
                                   const cf_attn_bwd_engine* e);
@@ -199,11 +204,20 @@ static inline float cf_attn_lse_at(const cf_attn_call* c, int64_t b, int64_t h, 
     return ((const float*)
                 c->lse.data)[b * c->lse.stride[0] + h * c->lse.stride[1] + qi * c->lse.stride[2]];
 }
+/* r of row (b, h, qi) (c->lse_fix: P = exp((s - lse) - r) where |lse| is far); 0: none. */
+static inline float cf_attn_lse_fix(const cf_attn_call* c, int64_t b, int64_t h, int64_t qi) {
+    return c->lse_fix ? cf_attn_dl(c, c->lse_fix, b, h, qi) : 0.0f;
+}
 /* The subtrahend of exp(s - m) for row (b, h, qi): its lse; +inf for a row that saw no key (its
- * P is 0). */
+ * P is 0); r for a row whose |lse| is far, its scores shifted by cf_attn_lse_shift first. */
 static inline float cf_attn_lse_sub(const cf_attn_call* c, int64_t b, int64_t h, int64_t qi) {
-    const float lse = cf_attn_lse_at(c, b, h, qi);
-    return lse == -INFINITY ? INFINITY : lse;
+    const float lse = cf_attn_lse_at(c, b, h, qi), r = cf_attn_lse_fix(c, b, h, qi);
+    return r != 0.0f ? r : lse == -INFINITY ? INFINITY : lse;
+}
+/* What the scores of row (b, h, qi) are shifted by before exp(s - cf_attn_lse_sub): its lse where
+ * |lse| is far (the score map's shift), else 0. */
+static inline float cf_attn_lse_shift(const cf_attn_call* c, int64_t b, int64_t h, int64_t qi) {
+    return cf_attn_lse_fix(c, b, h, qi) != 0.0f ? cf_attn_lse_at(c, b, h, qi) : 0.0f;
 }
 /* First query row i in [0, sq) with hi(i) > j0 and one past the last with lo(i) < j1: the rows
  * that see some key of [j0, j1) lie in [*a, *z) (lo and hi are non-decreasing in i). */
@@ -226,6 +240,8 @@ typedef struct cf_attn_score_map {
     /* The block the caller visits next, pdi rows and pdj keys on (0, 0: none known): its bias is
      * prefetched while this one's is added. */
     int64_t pdi, pdj;
+    /* Subtracted from each row's scores last (NULL: none): cf_attn_lse_shift per row. */
+    const float* shift;
 } cf_attn_score_map;
 /* Raw q.k scores to the scores exp(s - lse) takes, in place: scaled, soft-capped, ALiBi-biased
  * (natural-log units, rounded as the forward rounds them: see exp_cols), -inf where masked. With

@@ -194,6 +194,11 @@ static void scores(const cf_attn_call* c, const cf_attn_kernels* kk, const cf_at
     if (xtra && (open != CF_REGION_OPEN || c->bias.data))
         cf_attn_cpu_extras(c, kk, mp->b, s, mp->nr, mp->nc, mp->rs, mp->cs, mp->i, mp->h, mp->kv,
                            mp->j0, open != CF_REGION_OPEN, mp->pdi, mp->pdj);
+    /* rows of far |lse|: s - lse, exact where the two are within a factor 2 of each other (the
+     * caller's exp then subtracts r, cf_attn_lse_sub) */
+    for (int64_t ri = 0; mp->shift && ri < mp->nr; ri++)
+        for (int64_t ci = 0; mp->shift[ri] != 0.0f && ci < mp->nc; ci++)
+            s[ri * mp->rs + ci * mp->cs] -= mp->shift[ri];
 }
 
 void cf_attn_scores(const cf_attn_call* c, const cf_attn_kernels* kk, const cf_attn_score_map* mp,
@@ -242,13 +247,13 @@ void cf_attn_bwd_exact_pairs(const cf_attn_call* c, int64_t b, int64_t h, int64_
     cf_attn_seq(c, b, &q0, &sq, &k0, &sk);
     const int64_t hk = h / (c->H / c->Hk), D = c->D;
     for (int64_t i = i0; i < i0 + nq; i++) {
-        const float lse = cf_attn_lse_at(c, b, h, q0 + i);
+        const float lse = cf_attn_lse_at(c, b, h, q0 + i), fix = cf_attn_lse_fix(c, b, h, q0 + i);
         int64_t lo, hi;
         cf_attn_key_range(c, i, sq, sk, &lo, &hi);
         if (lse == -INFINITY) continue; /* a row that saw no key has no gradient */
         for (int64_t j = lo > j0 ? lo : j0; j < hi && j < j0 + nb; j++) {
             float ds_s, ds; /* ds_s: dbias has its own pass (dbias_tile) */
-            if (!ref_pair_grad(c, b, h, q0 + i, k0, i, j, sq, sk, lse, dlr[i - i0],
+            if (!ref_pair_grad(c, b, h, q0 + i, k0, i, j, sq, sk, lse, fix, dlr[i - i0],
                                dv ? dv + (j - j0) * ldv : NULL, &ds_s, &ds))
                 continue; /* hidden by issue 13's masks */
             const int64_t ko = cf_attn_kv_off(c, &c->k, b, k0, j, hk);
@@ -289,7 +294,7 @@ typedef struct bwd_geom {
     int64_t bq, bk; /* query rows and keys per block */
     int bf;         /* bf16 pairs mode: the seven products on gemm_bf16 */
     /* bf16 mode buffers (uint32 pairs) */
-    size_t ktv, vtv, dov, qv, pp, dsp, qa, doa, qv2, dov2, kvv, dsp2, ka, va, dsr;
+    size_t ktv, vtv, dov, qv, pp, dsp, qa, doa, qv2, dov2, kvv, dsp2, ka, va, dsr, dbqv;
     /* pass 1 */
     size_t kc, kt, vc, vt, dk, dv, qc, doc, s, dp, pd, y, vec1, map1;
     /* pass 2 */
@@ -334,7 +339,7 @@ static void bwd_layout(const cf_attn_call* c, const cf_attn_kernels* kk, bwd_geo
     TAKE(dp, F * BQ * BKB);
     TAKE(pd, F * BQ * BKB);
     TAKE(y, F * BQ * BKB);
-    TAKE(vec1, F * 2 * BQ);
+    TAKE(vec1, F * 3 * BQ);
     TAKE(map1, sizeof(int64_t) * 4 * BQ + F * BQ);
     TAKE(qt, F * D * M);
     TAKE(dot, F * Dv * M);
@@ -344,7 +349,7 @@ static void bwd_layout(const cf_attn_call* c, const cf_attn_kernels* kk, bwd_geo
     TAKE(y2, F * BKB * M);
     TAKE(kc2, F * BKB * D);
     TAKE(vc2, F * BKB * Dv);
-    TAKE(vec2, F * 2 * M);
+    TAKE(vec2, F * 3 * M);
     TAKE(map2, sizeof(int64_t) * 4 * M + F * M);
     TAKE(tmp, F * (size_t)g->W + 64);
     if (cf_attn_has_extra(c)) { /* issue 13: key masks and their row pointers (pass 1 and 2) */
@@ -352,12 +357,13 @@ static void bwd_layout(const cf_attn_call* c, const cf_attn_kernels* kk, bwd_geo
         TAKE(xkv, (kb > BQ ? kb : BQ) * BKB);
         TAKE(xkvp, sizeof(uint8_t*) * rows);
     }
-    if (c->dbias.data) { /* issue 13: one dbias block; its rows' Q^T, dO^T and vectors */
+    /* dbias (issue 13) and far_tile: a block's rows' Q^T (and for dbias dO^T) and vectors */
+    TAKE(dbqt, F * BQ * D);
+    /* + dbias_stats's two sums, then one (b, h)'s statistics */
+    TAKE(dbvec, F * 4 * BQ + sizeof(double) * 2 * BQ + F * 3 * BQ);
+    if (c->dbias.data) { /* issue 13: one dbias block */
         TAKE(dbacc, F * BQ * BKB);
-        TAKE(dbqt, F * BQ * D);
         TAKE(dbdot, F * BQ * Dv);
-        /* + dbias_stats's two sums, then one (b, h)'s statistics */
-        TAKE(dbvec, F * 4 * BQ + sizeof(double) * 2 * BQ + F * 3 * BQ);
     }
     if (c->block_table) { /* paged: a key block's K / V rows gathered across pages */
         TAKE(gk, cf_dtype_size(c->dtype) * BKB * D);
@@ -382,6 +388,7 @@ static void bwd_layout(const cf_attn_call* c, const cf_attn_kernels* kk, bwd_geo
         TAKE(kvv, U * hk * D);
         TAKE(dsp2, U * hk * M);
         TAKE(ka, U * BKB * Dp2);
+        TAKE(dbqv, U * Dp2 * BQ); /* dbias_block's Q^T pairs */
         TAKE(va, U * BKB * Dvp2);
         TAKE(dsr, U * BQ * hk);
     }
@@ -424,7 +431,7 @@ static void dkdv_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const bw
           *vt = (float*)(ws + g->vt), *dk = (float*)(ws + g->dk), *dv = (float*)(ws + g->dv),
           *qc = (float*)(ws + g->qc), *doc = (float*)(ws + g->doc), *s = (float*)(ws + g->s),
           *dp = (float*)(ws + g->dp), *pd = (float*)(ws + g->pd), *y = (float*)(ws + g->y),
-          *lb = (float*)(ws + g->vec1), *dlr = lb + BQ;
+          *lb = (float*)(ws + g->vec1), *dlr = lb + BQ, *sh = dlr + BQ;
     int64_t *mi = (int64_t*)(ws + g->map1), *mlo = mi + BQ, *mhi = mlo + BQ, *hh = mhi + BQ;
     float* mslope = (float*)(hh + BQ);
     const float ks = 1.0f / (1.0f - c->dropout_p);
@@ -491,6 +498,7 @@ static void dkdv_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const bw
                 hh[r] = h;
                 cf_attn_key_range(c, i0 + r, sq, sk, &mlo[r], &mhi[r]);
                 lb[r] = cf_attn_lse_sub(c, b, h, q0 + i0 + r);
+                sh[r] = cf_attn_lse_shift(c, b, h, q0 + i0 + r);
                 dlr[r] = cf_attn_dl(c, dl, b, h, q0 + i0 + r);
             }
             /* A partly masked block holding a NaN or infinity: pair by pair (see
@@ -503,9 +511,11 @@ static void dkdv_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const bw
                     continue;
                 }
             }
-            cf_attn_score_map mp = {bq, nb,  nb,  1, mi, mslope,
-                                    j0, mlo, mhi, b, hh, c->bs_num.data ? xkvp : NULL,
-                                    BQ, 0};
+            cf_attn_score_map mp = {bq, nb,  nb,
+                                    1,  mi,  mslope,
+                                    j0, mlo, mhi,
+                                    b,  hh,  c->bs_num.data ? xkvp : NULL,
+                                    BQ, 0,   c->lse_fix ? sh : NULL};
             /* P = exp(S - lse) */
             if (bf)
                 kk->gemm_bf16(bq, nb, g->Dp2, qpa, ldqa, 1, ktv, nb, s, nb, 0);
@@ -578,7 +588,7 @@ static void dq_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const bwd_
     float *qt = (float*)(ws + g->qt), *dot = (float*)(ws + g->dot), *dq = (float*)(ws + g->dq),
           *st = (float*)(ws + g->st), *dpt = (float*)(ws + g->dpt), *y = (float*)(ws + g->y2),
           *kc = (float*)(ws + g->kc2), *vc = (float*)(ws + g->vc2), *lb = (float*)(ws + g->vec2),
-          *dlr = lb + Mt, *tmp = (float*)(ws + g->tmp);
+          *dlr = lb + Mt, *sh = dlr + Mt, *tmp = (float*)(ws + g->tmp);
     int64_t *mi = (int64_t*)(ws + g->map2), *mlo = mi + Mt, *mhi = mlo + Mt, *heads = mhi + Mt;
     float* mslope = (float*)(heads + Mt);
     const float ks = 1.0f / (1.0f - c->dropout_p);
@@ -604,6 +614,7 @@ static void dq_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const bwd_
             mslope[r] = cf_attn_slope(c, b, h);
             cf_attn_key_range(c, i0 + ii, sq, sk, &mlo[r], &mhi[r]);
             lb[r] = cf_attn_lse_sub(c, b, h, qi);
+            sh[r] = cf_attn_lse_shift(c, b, h, qi);
             dlr[r] = cf_attn_dl(c, dl, b, h, qi);
             heads[r] = h;
         }
@@ -653,8 +664,11 @@ static void dq_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const bwd_
             kr = rows_f32_at(kk, kb, krs, c->dtype, nb, D, kc, &ldk, Mt >= CF_ATTN_PACK_ROWS);
             vr = rows_f32_at(kk, vb, vrs, c->dtype, nb, Dv, vc, &ldv, 0);
         }
-        cf_attn_score_map mp = {
-            Mt, nb, 1, Mt, mi, mslope, j0, mlo, mhi, b, heads, c->bs_num.data ? xkvp : NULL, 0, nb};
+        cf_attn_score_map mp = {Mt, nb,    1,
+                                Mt, mi,    mslope,
+                                j0, mlo,   mhi,
+                                b,  heads, c->bs_num.data ? xkvp : NULL,
+                                0,  nb,    c->lse_fix ? sh : NULL};
         if (bf)
             kk->gemm_bf16(nb, Mt, g->Dp2, kpa, ldka, 1, qv2, Mt, st, Mt, 0);
         else
@@ -688,23 +702,52 @@ static void dq_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const bwd_
 
 /* ---- Issue 13: dbias of one block of rows --------------------------------------------------- */
 
-/* The scratch of dbias_tile (pass-1 buffers of the workspace) and the rows it works on: qt, dot
- * hold Q^T, dO^T of rows [qi0, qi0 + qnr) of (qb, qh) (qnr 0: none yet); v: 4 vectors of bq. */
+/* The scratch of dbias_tile and far_tile (pass-1 buffers of the workspace) and the rows it works
+ * on: qt, dot hold Q^T, dO^T of rows [qi0, qi0 + qnr) of (qb, qh) (qnr 0: none yet); v: 4 vectors
+ * of bq; gk, gv: paged keys gathered. dp NULL (far_tile): no dP. */
 typedef struct dbias_ws {
-    float *kc, *vc, *qc, *doc, *s, *dp, *lb, *dlr, *qt, *dot, *v;
-    double* sums; /* dbias_stats: a row's sum of P and of P dP */
+    float *kc, *vc, *qc, *doc, *s, *dp, *lb, *dlr, *sh, *qt, *dot, *v;
+    uint32_t *qv, *ka; /* bf16 pairs mode: Q^T and K as pairs */
+    double* sums;      /* dbias_stats: a row's sum of P and of P dP */
     int64_t *mi, *mlo, *mhi, *hr;
     float* mslope;
     uint8_t* xkv;
     const uint8_t** xkvp;
+    char *gk, *gv;
     int64_t qb, qh, qi0, qnr;
 } dbias_ws;
 
-/* Whether K / V rows [j0, j0 + nc) of (b, hk) hold a NaN or an infinity: read once a call per
- * block (every dbias task of every row block asks; threads that race store the same value). */
+static dbias_ws dbias_ws_at(const bwd_geom* g, char* ws) {
+    const int64_t BQ = g->bq;
+    dbias_ws w = {.kc = (float*)(ws + g->kc),
+                  .vc = (float*)(ws + g->vc),
+                  .qc = (float*)(ws + g->qc),
+                  .qt = (float*)(ws + g->dbqt),
+                  .dot = (float*)(ws + g->dbdot),
+                  .v = (float*)(ws + g->dbvec),
+                  .doc = (float*)(ws + g->doc),
+                  .s = (float*)(ws + g->s),
+                  .dp = (float*)(ws + g->dp),
+                  .lb = (float*)(ws + g->vec1),
+                  .xkv = (uint8_t*)(ws + g->xkv),
+                  .xkvp = (const uint8_t**)(ws + g->xkvp),
+                  .gk = ws + g->gk,
+                  .gv = ws + g->gv,
+                  .qv = (uint32_t*)(ws + g->dbqv),
+                  .ka = (uint32_t*)(ws + g->ka)};
+    w.dlr = w.lb + BQ, w.sh = w.dlr + BQ;
+    w.sums = (double*)(w.v + 4 * BQ);
+    w.mi = (int64_t*)(ws + g->map1), w.mlo = w.mi + BQ, w.mhi = w.mlo + BQ, w.hr = w.mhi + BQ;
+    w.mslope = (float*)(w.hr + BQ);
+    return w;
+}
+
+/* Whether K / V rows [j0, j0 + nc) of (b, hk) (keys from row k0) hold a NaN or an infinity: with
+ * g->kbad (dbias calls: batch, k0 = 0), read once a call per block (every dbias task of every row
+ * block asks; threads that race store the same value). */
 static int dbias_keys_bad(const cf_attn_call* c, const bwd_geom* g, int64_t b, int64_t hk,
-                          int64_t j0, int64_t nc) {
-    if (!g->kbad) return cf_attn_bwd_key_rows_bad(c, b, hk, 0, j0, nc, 0, 0, 0);
+                          int64_t k0, int64_t j0, int64_t nc) {
+    if (!g->kbad) return cf_attn_bwd_key_rows_bad(c, b, hk, k0, j0, nc, 0, 0, 0);
     signed char* f = g->kbad + (b * c->Hk + hk) * g->kbn + j0 / g->bk;
     signed char v = __atomic_load_n(f, __ATOMIC_RELAXED);
     if (!v) {
@@ -715,41 +758,66 @@ static int dbias_keys_bad(const cf_attn_call* c, const bwd_geom* g, int64_t b, i
 }
 
 /* Rows [i0, i0 + nr) of (b, h) against keys [j0, j0 + nc): their metadata in w (the forward's
- * lse and dl included), then, unless no pair is open (returns 0) or some row holds a NaN or an
- * infinity (returns -1), the scores as the forward saw them in w->s and dP (dropout applied) in
- * w->dp, both transposed (nc x nr: key j of row r at [j * nr + r]; returns 1). As the forward:
- * S^T = K Q^T with K read as the GEMM's A, Q^T made once per rows (not K^T per block). */
+ * lse and dl included; dl NULL: 0), then, unless no pair is open (returns 0) or some row holds a
+ * NaN or an infinity (returns -1), the scores as the forward saw them in w->s (shifted where |lse|
+ * is far) and, unless w->dp is NULL, dP (dropout applied) in w->dp, both transposed (nc x nr: key
+ * j of row r at [j * nr + r]; returns 1). As the forward: S^T = K Q^T with K read as the GEMM's A,
+ * Q^T made once per rows (not K^T per block). */
 static int dbias_block(const cf_attn_call* c, const cf_attn_kernels* kk, const bwd_geom* g,
                        dbias_ws* w, int64_t b, int64_t h, int64_t i0, int64_t nr, int64_t j0,
                        int64_t nc, int64_t sq, int64_t sk, const float* dl) {
+    int64_t q0, k0, n1, n2;
+    cf_attn_seq(c, b, &q0, &n1, &k0, &n2);
     int64_t any = 0;
     for (int64_t r = 0; r < nr; r++) {
         w->mi[r] = i0 + r, w->hr[r] = h, w->mslope[r] = cf_attn_slope(c, b, h);
         cf_attn_key_range(c, i0 + r, sq, sk, &w->mlo[r], &w->mhi[r]);
         any |= w->mlo[r] < j0 + nc && w->mhi[r] > j0 && w->mlo[r] < w->mhi[r];
-        w->lb[r] = cf_attn_lse_sub(c, b, h, i0 + r);
-        w->dlr[r] = cf_attn_dl(c, dl, b, h, i0 + r);
+        w->lb[r] = cf_attn_lse_sub(c, b, h, q0 + i0 + r);
+        w->sh[r] = cf_attn_lse_shift(c, b, h, q0 + i0 + r);
+        w->dlr[r] = dl ? cf_attn_dl(c, dl, b, h, q0 + i0 + r) : 0.0f;
     }
     if (!any || !rows_open(c, g->map, b, h, i0, nr, j0, nc, w->xkv, w->xkvp)) return 0;
     const int64_t hk = h / g->G, D = g->D, Dv = g->Dv;
-    if (dbias_keys_bad(c, g, b, hk, j0, nc) || cf_attn_bwd_query_rows_bad(c, b, h, i0, nr, w->dlr))
+    if (dbias_keys_bad(c, g, b, hk, k0, j0, nc) ||
+        cf_attn_bwd_query_rows_bad(c, b, h, q0 + i0, nr, w->dlr))
         return -1;
     if (w->qnr != nr || w->qb != b || w->qh != h || w->qi0 != i0) {
         int64_t ldq, ldo;
-        const float* qr = rows_f32(kk, &c->q, b, i0, h, nr, D, w->qc, &ldq, 0);
-        const float* dor = rows_f32(kk, &c->dout, b, i0, h, nr, Dv, w->doc, &ldo, 0);
-        transpose(w->qt, qr, ldq, nr, D);
-        transpose(w->dot, dor, ldo, nr, Dv);
+        if (g->bf) {
+            for (int64_t r = 0; r < nr; r++)
+                pairs_col(w->qv, nr, r, (const uint16_t*)row_ptr(&c->q, b, q0 + i0 + r, h), D);
+        } else {
+            const float* qr = rows_f32(kk, &c->q, b, q0 + i0, h, nr, D, w->qc, &ldq, 0);
+            transpose(w->qt, qr, ldq, nr, D);
+        }
+        if (w->dp) {
+            const float* dor = rows_f32(kk, &c->dout, b, q0 + i0, h, nr, Dv, w->doc, &ldo, 0);
+            transpose(w->dot, dor, ldo, nr, Dv);
+        }
         w->qb = b, w->qh = h, w->qi0 = i0, w->qnr = nr;
     }
-    int64_t ldk, ldv;
-    const float* kr = rows_f32(kk, &c->k, b, j0, hk, nc, D, w->kc, &ldk, 0);
-    const float* vr = rows_f32(kk, &c->v, b, j0, hk, nc, Dv, w->vc, &ldv, 0);
-    cf_attn_score_map mp = {nr, nc,     1,      nr, w->mi, w->mslope,
-                            j0, w->mlo, w->mhi, b,  w->hr, c->bs_num.data ? w->xkvp : NULL,
-                            0,  nc};
-    kk->gemm_f32(nc, nr, D, kr, ldk, 1, w->qt, nr, w->s, nr, 0); /* S^T = K Q^T */
+    int64_t ldk, krs;
+    const char* kb = cf_attn_cpu_key_rows(c, &c->k, b, k0, j0, nc, hk, D, w->gk, &krs);
+    cf_attn_score_map mp = {nr, nc,     1,
+                            nr, w->mi,  w->mslope,
+                            j0, w->mlo, w->mhi,
+                            b,  w->hr,  c->bs_num.data ? w->xkvp : NULL,
+                            0,  nc,     c->lse_fix ? w->sh : NULL};
+    /* S^T = K Q^T, on the GEMM dq_tile takes (bf16 pairs or fp32), so that every score comes out
+     * as the passes (and the forward) round it: far_tile's r needs them equal */
+    if (g->bf) {
+        const uint32_t* kpa = rows_pairs_at((const uint16_t*)kb, krs, nc, D, w->ka, &ldk);
+        kk->gemm_bf16(nc, nr, g->Dp2, kpa, ldk, 1, w->qv, nr, w->s, nr, 0);
+    } else {
+        const float* kr = rows_f32_at(kk, kb, krs, c->dtype, nc, D, w->kc, &ldk, 0);
+        kk->gemm_f32(nc, nr, D, kr, ldk, 1, w->qt, nr, w->s, nr, 0);
+    }
     cf_attn_scores(c, kk, &mp, w->s, NULL, sq, sk);
+    if (!w->dp) return 1;
+    int64_t ldv, vrs;
+    const char* vb = cf_attn_cpu_key_rows(c, &c->v, b, k0, j0, nc, hk, Dv, w->gv, &vrs);
+    const float* vr = rows_f32_at(kk, vb, vrs, c->dtype, nc, Dv, w->vc, &ldv, 0);
     kk->gemm_f32(nc, nr, Dv, vr, ldv, 1, w->dot, nr, w->dp, nr, 0); /* dP^T = V dO^T */
     if (c->dropout_p > 0.0f)
         cf_attn_dropout_apply(c, w->dp, &mp, w->hr, b, 1.0f / (1.0f - c->dropout_p));
@@ -850,11 +918,12 @@ static void dbias_add(const cf_attn_call* c, const cf_attn_kernels* kk, const bw
     if (o < 0) { /* a NaN or an infinity in the rows: pair by pair (masked pairs get 0, see
                     cf_attn_bwd_exact_pairs) */
         for (int64_t r = 0; r < nr; r++) {
-            const float lse = cf_attn_lse_at(c, b, h, i0 + r);
+            const float lse = cf_attn_lse_at(c, b, h, i0 + r),
+                        fix = cf_attn_lse_fix(c, b, h, i0 + r);
             for (int64_t j = w->mlo[r] > j0 ? w->mlo[r] : j0;
                  lse != -INFINITY && j < w->mhi[r] && j < j0 + nc; j++) {
                 float ds_s, ds;
-                if (ref_pair_grad(c, b, h, i0 + r, 0, i0 + r, j, sq, sk, lse, w->dlr[r], NULL,
+                if (ref_pair_grad(c, b, h, i0 + r, 0, i0 + r, j, sq, sk, lse, fix, w->dlr[r], NULL,
                                   &ds_s, &ds))
                     acc[(j - j0) * bq + r] += ds_s;
             }
@@ -913,22 +982,7 @@ static void dbias_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const v
                        int64_t bb, int64_t hh, int64_t i0, int64_t bq, char* ws, const float* dl) {
     const bwd_geom* g = geom;
     const int64_t Sk = c->Sk, BQ = g->bq, BKB = g->bk;
-    dbias_ws w = {.kc = (float*)(ws + g->kc),
-                  .vc = (float*)(ws + g->vc),
-                  .qc = (float*)(ws + g->qc),
-                  .qt = (float*)(ws + g->dbqt),
-                  .dot = (float*)(ws + g->dbdot),
-                  .v = (float*)(ws + g->dbvec),
-                  .doc = (float*)(ws + g->doc),
-                  .s = (float*)(ws + g->s),
-                  .dp = (float*)(ws + g->dp),
-                  .lb = (float*)(ws + g->vec1),
-                  .xkv = (uint8_t*)(ws + g->xkv),
-                  .xkvp = (const uint8_t**)(ws + g->xkvp)};
-    w.dlr = w.lb + BQ;
-    w.sums = (double*)(w.v + 4 * BQ);
-    w.mi = (int64_t*)(ws + g->map1), w.mlo = w.mi + BQ, w.mhi = w.mlo + BQ, w.hr = w.mhi + BQ;
-    w.mslope = (float*)(w.hr + BQ);
+    dbias_ws w = dbias_ws_at(g, ws);
     const int64_t b0 = c->dbias.shape[0] == 1 ? 0 : bb, b1 = c->dbias.shape[0] == 1 ? c->B : bb + 1;
     const int64_t h0 = c->dbias.shape[1] == 1 ? 0 : hh, h1 = c->dbias.shape[1] == 1 ? c->H : hh + 1;
     const int64_t nh = h1 - h0;
@@ -1003,6 +1057,85 @@ static void dbias_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const v
     free(cbuf);
 }
 
+/* ---- Rows of far |lse| (before pass 0) ------------------------------------------------------ */
+
+/* r (CF_ATTN_LSE_FAR) of the far rows among [i0, i0 + n) of (b, h), into fix as cf_attn_dl reads
+ * it: each row's max m and sum l of exp(s - m) over its keys and the sink, the scores formed by
+ * key block as the passes form them (a block holding a NaN or an infinity: pair by pair), then
+ * r = m - lse + log l where that is lse's rounding (cf_attn_lse_residue). c->lse_fix must be NULL
+ * here (the scores unshifted). */
+static void far_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const void* geom, int64_t b,
+                     int64_t h, int64_t i0, int64_t n, char* ws, float* fix) {
+    const bwd_geom* g = geom;
+    dbias_ws w = dbias_ws_at(g, ws);
+    w.dp = NULL; /* scores only */
+    int64_t q0, sq, k0, sk;
+    cf_attn_seq(c, b, &q0, &sq, &k0, &sk);
+    float *m = w.v, *mu = m + g->bq;
+    double* l = w.sums;
+    for (int64_t r = 0; r < n; r++)
+        m[r] = -INFINITY, l[r] = 0.0;
+    for (int64_t j0 = 0; j0 < sk; j0 += g->bk) {
+        const int64_t nc = sk - j0 < g->bk ? sk - j0 : g->bk;
+        const int o = dbias_block(c, kk, g, &w, b, h, i0, n, j0, nc, sq, sk, NULL);
+        if (o < 0) /* a NaN or an infinity in the rows: pair by pair */
+            for (int64_t r = 0; r < n; r++)
+                for (int64_t j = w.mlo[r] > j0 ? w.mlo[r] : j0; j < w.mhi[r] && j < j0 + nc; j++) {
+                    float x, t;
+                    if (ref_pair_score(c, b, h, q0 + i0 + r, k0, i0 + r, j, sq, sk, &x, &t))
+                        ref_fold(x, &m[r], &l[r]);
+                }
+        if (o <= 0) continue;
+        /* the block's max per row, the sums moved to it, then exp(s - max) by columns */
+        for (int64_t r = 0; r < n; r++)
+            mu[r] = m[r];
+        for (int64_t j = 0; j < nc; j++)
+            kk->scale_max_cols(w.s + j * n, n, 1.0f, mu); /* (x 1: the scores unchanged) */
+        for (int64_t r = 0; r < n; r++) {
+            if (mu[r] > m[r]) l[r] = m[r] == -INFINITY ? 0.0 : l[r] * exp((double)m[r] - mu[r]);
+            m[r] = mu[r];
+            if (mu[r] == -INFINITY) mu[r] = 0.0f; /* no key yet: its P is 0 */
+        }
+        for (int64_t j = 0; j < nc; j++) {
+            float* p = w.s + j * n;
+            kk->exp_cols(p, n, mu, NULL);
+            for (int64_t r = 0; r < n; r++)
+                l[r] += p[r];
+        }
+    }
+    for (int64_t r = 0; r < n; r++) {
+        const float lse = cf_attn_lse_at(c, b, h, q0 + i0 + r);
+        ref_fold(cf_attn_sink(c, h), &m[r], &l[r]);
+        if (cf_attn_lse_far(lse))
+            fix[h * (c->varlen ? c->total_q : c->B * c->Sq) + cf_attn_dl_row(c, b, q0 + i0 + r)] =
+                cf_attn_lse_residue(lse, m[r], l[r]);
+    }
+}
+
+/* The blocks of BQ rows of some (b, h) holding a row of far |lse|: their count, and with out
+ * (room for them all) the blocks. */
+static int64_t far_blocks(const cf_attn_call* c, int64_t BQ, attn_tile* out) {
+    int64_t k = 0;
+    for (int64_t b = 0; b < c->B; b++) {
+        int64_t q0, sq, k0, sk;
+        cf_attn_seq(c, b, &q0, &sq, &k0, &sk);
+        for (int64_t h = 0; h < c->H; h++)
+            for (int64_t i0 = 0; i0 < sq; i0 += BQ) {
+                const int64_t i1 = sq - i0 < BQ ? sq : i0 + BQ;
+                int any = 0;
+                for (int64_t i = i0; i < i1 && !any; i++)
+                    any = cf_attn_lse_far(cf_attn_lse_at(c, b, h, q0 + i));
+                if (!any) continue;
+                if (out) {
+                    attn_tile x = {b, h, i0, i1, i1 - i0, k};
+                    out[k] = x;
+                }
+                k++;
+            }
+    }
+    return k;
+}
+
 /* ---- Driver -----------------------------------------------------------------------------------
  */
 
@@ -1025,13 +1158,23 @@ cflash_status cf_attn_cpu_bwd_run(const cf_attn_call* c, const cf_attn_kernels* 
     char* ws = aligned_alloc(64, bytes * (size_t)T);
     /* Issue 13: per (b, h) sums for dsinks, summed over b in order after the passes. */
     float* dsk = c->dsinks ? calloc((size_t)(c->B * c->H) + 1, sizeof(float)) : NULL;
-    if (!qtiles || !ktiles || !dl || !ws || (c->dsinks && !dsk)) {
-        free(qtiles), free(ktiles), free(dl), free(ws), free(dsk);
+    /* Rows of far |lse|: their r (c->lse_fix) by blocks of dbias_rows rows, before pass 0; the
+     * passes then run on a copy of the call that carries them. */
+    const int64_t nfar = e->far ? far_blocks(c, e->dbias_rows, NULL) : 0;
+    attn_tile* far = nfar ? malloc(sizeof *far * (size_t)nfar) : NULL;
+    float* fix = nfar ? calloc((size_t)(rows * c->H), sizeof(float)) : NULL;
+    if (far) far_blocks(c, e->dbias_rows, far);
+    if (!qtiles || !ktiles || !dl || !ws || (c->dsinks && !dsk) || (nfar && (!far || !fix))) {
+        free(qtiles), free(ktiles), free(dl), free(ws), free(dsk), free(far), free(fix);
         return cf_error(CFLASH_ERR_OUT_OF_MEMORY,
                         "%s attn_bwd: out of memory for %d threads x %zu bytes of workspace and "
                         "%lld floats of rowsum(dO * O)",
                         kk->name, T, bytes, (long long)(rows * c->H));
     }
+    const cf_attn_call* c0 = c; /* (lse_fix NULL: far_tile's scores unshifted) */
+    cf_attn_call cfix = *c;
+    cfix.lse_fix = fix;
+    if (fix) c = &cfix;
     int64_t n = 0;
     for (int64_t b = 0; b < c->B; b++) {
         int64_t q0, sq, k0, sk;
@@ -1056,6 +1199,7 @@ cflash_status cf_attn_cpu_bwd_run(const cf_attn_call* c, const cf_attn_kernels* 
     float* dqbuf = one_pass ? aligned_alloc(64, sizeof(float) * dq_stride * (size_t)T) : NULL;
     if (one_pass && (!units || !dqbuf)) {
         free(units), free(dqbuf), free(ws), free(dl), free(ktiles), free(qtiles), free(dsk);
+        free(far), free(fix);
         return cf_error(CFLASH_ERR_OUT_OF_MEMORY, "%s attn_bwd: out of memory for the dq buffers",
                         kk->name);
     }
@@ -1075,6 +1219,7 @@ cflash_status cf_attn_cpu_bwd_run(const cf_attn_call* c, const cf_attn_kernels* 
     if ((one_pass ? nu : n) > most) most = one_pass ? nu : n;
     if (!one_pass && nq > most) most = nq;
     if (ndb > most) most = ndb;
+    if (nfar > most) most = nfar;
 #pragma omp parallel num_threads(cf_threads_items(T, most))
     {
         int tid = 0;
@@ -1085,6 +1230,10 @@ cflash_status cf_attn_cpu_bwd_run(const cf_attn_call* c, const cf_attn_kernels* 
         float* ta = (float*)(mine + eb); /* scratch rows for pass 0 */
         float* tb = ta + c->Dv;
         if (kk->thread_begin) kk->thread_begin();
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t t = 0; t < nfar; t++)
+            e->far(c0, kk, e->geom, far[t].b, far[t].hk, far[t].i0, far[t].i1 - far[t].i0, mine,
+                   fix);
 #pragma omp for schedule(static)
         for (int64_t e0 = 0; e0 < c->B * c->H; e0++) {
             const int64_t b = e0 / c->H, h = e0 % c->H;
@@ -1101,7 +1250,9 @@ cflash_status cf_attn_cpu_bwd_run(const cf_attn_call* c, const cf_attn_kernels* 
                 /* dsink = -sum over rows of exp(sink - lse) * rowsum(dO * O) (FA4's form) */
                 const float sink = cf_attn_sink(c, h);
                 if (dsk && sink != -INFINITY)
-                    dsk[e0] += expf(sink - cf_attn_lse_at(c, b, h, q0 + i)) * acc;
+                    dsk[e0] += expf((sink - cf_attn_lse_at(c, b, h, q0 + i)) -
+                                    cf_attn_lse_fix(c, b, h, q0 + i)) *
+                               acc;
             }
         }
         if (one_pass) {
@@ -1145,7 +1296,7 @@ cflash_status cf_attn_cpu_bwd_run(const cf_attn_call* c, const cf_attn_kernels* 
             acc -= dsk[b * c->H + h];
         c->dsinks[h] = acc;
     }
-    free(dsk);
+    free(dsk), free(far), free(fix);
     free(units), free(dqbuf);
     free(ws), free(dl), free(ktiles), free(qtiles);
     return CFLASH_OK;
@@ -1169,7 +1320,8 @@ cflash_status cf_attn_cpu_bwd(const cf_attn_call* c, const cf_attn_kernels* kk) 
     g.kbn = (c->Sk + g.bk - 1) / g.bk;
     if (c->dbias.data && !cf_mul_i64(c->B, c->Hk, &nkb) && !cf_mul_i64(nkb, g.kbn, &nkb))
         g.kbad = calloc((size_t)nkb + 1, 1);
-    const cf_attn_bwd_engine e = {g.n, g.bk, g.bytes, dkdv_fn, dq_fn, &g, dbias_tile, g.bq};
+    const cf_attn_bwd_engine e = {g.n, g.bk,       g.bytes, dkdv_fn, dq_fn,
+                                  &g,  dbias_tile, g.bq,    far_tile};
     const cflash_status st = cf_attn_cpu_bwd_run(c, kk, &e);
     cf_attn_cpu_mask_map_free(map);
     free(g.kbad);

@@ -478,3 +478,23 @@ int attn_grid_one_pass(const char* backend, unsigned dtypes, int threads) {
     cflash_context_free(ctx);
     return n;
 }
+
+void attn_set_qk(attn_problem* p, attn_qk_fn f) {
+    tt_tensor* ts[2] = {&p->q, &p->k};
+    for (int t = 0; t < 2; t++)
+        for (int64_t n = 0; n < ts[t]->numel; n++) {
+            int64_t idx[4];
+            tt_unravel(ts[t], n, idx);
+            const int64_t row = idx[ts[t]->dl.ndim - 3], d = idx[ts[t]->dl.ndim - 1];
+            tt_set(ts[t], idx, f(t, row, d, n, tt_get(ts[t], idx)));
+        }
+}
+
+static double far_qk(int is_k, int64_t row, int64_t d, int64_t n, double x) {
+    (void)n;
+    return d ? x : is_k || row % 3 == 1 ? 1e5 : 0.0;
+}
+
+void attn_fill_far_qk(attn_problem* p) {
+    attn_set_qk(p, far_qk);
+}

@@ -46,6 +46,18 @@ typedef struct attn_grid_opts {
  * every feature. One CHECK per step; returns the cases run. */
 int attn_grid_one_pass(const char* backend, unsigned dtypes, int threads);
 
+/* Every element of q (is_k 0) and k (is_k 1) set to f(is_k, row, d, n, x): row its position along
+ * the sequence dim (varlen: the packed row; paged k: the row in its page), d along the head dim,
+ * n its flat index, x its value. Call attn_problem_refresh_inputs after. */
+typedef double (*attn_qk_fn)(int is_k, int64_t row, int64_t d, int64_t n, double x);
+void attn_set_qk(attn_problem* p, attn_qk_fn f);
+
+/* Rows of far |lse| without a bias (the backward's CF_ATTN_LSE_FAR path): q's and k's first
+ * element 1e5 (1e5 * 1e5 * scale ~ 2e9, ulp 256: the other terms are lost and every score of the
+ * row rounds to one value, so that lse rounds to it and loses log n) on rows 1, 4, .. of each
+ * sequence (0 on the others) and on every key. Call attn_problem_refresh_inputs after. */
+void attn_fill_far_qk(attn_problem* p);
+
 /* Runs the grid, recording one CHECK per case and direction. Returns the number of failures;
  * *ran / *skipped (may be NULL) get the cases run and skipped. */
 int attn_grid_run(const attn_grid_opts* o, int* ran, int* skipped);

@@ -365,6 +365,7 @@ def _sdpa_masked_case(kind, mshape, seed):
             mn = torch.finfo(torch.float32).min
             m = (m * 0.1).masked_fill(torch.ones(Sq, Sk, dtype=torch.bool).triu(Sk - Sq + 1), mn)
             m[..., Sk - 4:] = mn  # padding keys
+            m[..., 7, :] = mn  # a left-padded row: every key at finfo.min (lse rounds to it)
         if kind == "far":  # key 10: bias -300 but a score ~400 above the others': it dominates
             u = torch.randn(D, generator=gen)
             u = u / u.norm()

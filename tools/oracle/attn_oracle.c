@@ -251,6 +251,34 @@ static void nan_row(const attn_problem* p, tt_tensor* t, int kind, int64_t r, in
         }
 }
 
+/* kp / vp are NaN (tt_alloc's poison) except the rows of keys: copies them from k / v (and sets
+ * kloc), by the block table. */
+static void copy_pages(attn_problem* p) {
+    const attn_case* c = &p->c;
+    const int64_t B = p->B, Hk = c->Hk, D = c->D, Dv = c->Dv, ps = c->page;
+    const int64_t max_pages = p->bt.shape[1];
+    const int32_t* bt = p->bt.base;
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t t = 0; t < p->krows[b]; t++) {
+            const int64_t row = p->k0[b] + t, pg = bt[b * max_pages + t / ps], pr = t % ps;
+            p->kloc[row] = pg * ps + pr;
+            int64_t src[4], dst[4] = {pg, pr, 0, 0};
+            for (int64_t h = 0; h < Hk; h++) {
+                dst[2] = h;
+                for (int64_t d = 0; d < D; d++) {
+                    row_index(p, 1, row, h, d, src);
+                    dst[3] = d;
+                    tt_set(&p->kp, dst, tt_get(&p->k, src));
+                }
+                for (int64_t d = 0; d < Dv; d++) {
+                    row_index(p, 1, row, h, d, src);
+                    dst[3] = d;
+                    tt_set(&p->vp, dst, tt_get(&p->v, src));
+                }
+            }
+        }
+}
+
 /* Draws the used lengths (seqused: qn / kn become them; the rows past them hold NaN, never to be
  * read) and, for paged cases, scatters each sequence's key rows into shuffled pages of a block
  * table whose unused entries hold page indices out of range (never to be read either). */
@@ -318,26 +346,7 @@ static int serving_setup(attn_problem* p, uint64_t seed) {
             bt[b * max_pages + g] =
                 g < (p->krows[b] + ps - 1) / ps ? (int32_t)perm[next++] : (int32_t)(num_pages + 7);
     free(perm);
-    /* kp / vp are NaN (tt_alloc's poison) except the rows of keys: copy them from k / v */
-    for (int64_t b = 0; b < B; b++)
-        for (int64_t t = 0; t < p->krows[b]; t++) {
-            const int64_t row = p->k0[b] + t, pg = bt[b * max_pages + t / ps], pr = t % ps;
-            p->kloc[row] = pg * ps + pr;
-            int64_t src[4], dst[4] = {pg, pr, 0, 0};
-            for (int64_t h = 0; h < Hk; h++) {
-                dst[2] = h;
-                for (int64_t d = 0; d < D; d++) {
-                    row_index(p, 1, row, h, d, src);
-                    dst[3] = d;
-                    tt_set(&p->kp, dst, tt_get(&p->k, src));
-                }
-                for (int64_t d = 0; d < Dv; d++) {
-                    row_index(p, 1, row, h, d, src);
-                    dst[3] = d;
-                    tt_set(&p->vp, dst, tt_get(&p->v, src));
-                }
-            }
-        }
+    copy_pages(p);
     return 0;
 }
 
@@ -506,6 +515,7 @@ void attn_problem_refresh_inputs(attn_problem* p) {
     gather(p, &p->k, 1, p->total_k, c->Hk, c->D, p->K);
     gather(p, &p->v, 1, p->total_k, c->Hk, c->Dv, p->V);
     gather(p, &p->dout, 0, p->total_q, c->H, c->Dv, p->dO);
+    if (p->kp.base) copy_pages(p); /* k / v changed: their pages follow */
     gather_features(p);
     p->in_hash = inputs_hash(p);
     p->have_fwd = p->have_bwd = 0;
@@ -889,6 +899,18 @@ static int64_t naive_scores(const attn_problem* p, int64_t b, int64_t h, int64_t
     return nvis;
 }
 
+/* A row's max m (the sink's logit included) and sum l of exp(x - m) over the visible keys and the
+ * sink, in fp32. */
+static void naive_stats(const float* x, const unsigned char* vis, int64_t sk, float sink, float* m,
+                        float* l) {
+    *m = sink, *l = 0;
+    for (int64_t j = 0; j < sk; j++)
+        if (vis[j] && x[j] > *m) *m = x[j];
+    for (int64_t j = 0; j < sk; j++)
+        if (vis[j]) *l += expf(x[j] - *m);
+    if (sink != -INFINITY) *l += expf(sink - *m);
+}
+
 void attn_naive_fwd(const attn_problem* p, double* out, double* lse) {
     const attn_case* c = &p->c;
     cflash_dtype dt = c->dtype;
@@ -912,12 +934,8 @@ void attn_naive_fwd(const attn_problem* p, double* out, double* lse) {
                         o[d] = 0;
                     continue;
                 }
-                float m = sink, l = 0;
-                for (int64_t j = 0; j < sk; j++)
-                    if (vis[j] && x[j] > m) m = x[j];
-                for (int64_t j = 0; j < sk; j++)
-                    if (vis[j]) l += expf(x[j] - m);
-                if (sink != -INFINITY) l += expf(sink - m);
+                float m, l;
+                naive_stats(x, vis, sk, sink, &m, &l);
                 lse[r * H + h] = (double)(m + logf(l));
                 for (int64_t j = 0; j < sk; j++) {
                     if (!vis[j]) continue;
@@ -934,8 +952,7 @@ void attn_naive_fwd(const attn_problem* p, double* out, double* lse) {
     free(x), free(dx), free(acc), free(vis);
 }
 
-void attn_naive_bwd(const attn_problem* p, const double* out, const double* lse, double* dQ,
-                    double* dK, double* dV) {
+void attn_naive_bwd(const attn_problem* p, const double* out, double* dQ, double* dK, double* dV) {
     const attn_case* c = &p->c;
     cflash_dtype dt = c->dtype;
     int64_t H = c->H, Hk = c->Hk, D = c->D, Dv = c->Dv, mk = p->max_k > 0 ? p->max_k : 1;
@@ -955,21 +972,25 @@ void attn_naive_bwd(const attn_problem* p, const double* out, const double* lse,
             for (int64_t i = 0; i < p->qn[b]; i++) {
                 int64_t r = p->q0[b] + i, sk = p->kn[b], hk = h / (H / Hk);
                 if (naive_scores(p, b, h, i, x, dx, vis) == 0) continue;
-                float L = (float)lse[r * H + h];
+                /* P = softmax of the row as the naive forward forms it (max subtracted), not
+                 * exp(s - lse): lse's fp32 rounding is coarse where |lse| is large (a row all at
+                 * finfo.min), and a naive computation does not carry it */
                 const float sink = (float)sink_of(p, h);
+                float m, l;
+                naive_stats(x, vis, sk, sink, &m, &l);
                 const double* go = p->dO + (r * H + h) * Dv;
                 const double* o = out + (r * H + h) * Dv;
                 const double* q = p->Q + (r * H + h) * D;
                 float Di = 0;
                 for (int64_t d = 0; d < Dv; d++)
                     Di += (float)go[d] * (float)o[d];
-                if (sink != -INFINITY) gs[h] -= expf(sink - L) * Di;
+                if (sink != -INFINITY) gs[h] -= expf(sink - m) / l * Di;
                 for (int64_t j = 0; j < sk; j++) {
                     if (!vis[j]) continue;
                     int64_t kr = (p->k0[b] + j) * Hk + hk;
                     const double* v = p->V + kr * Dv;
                     const double* k = p->K + kr * D;
-                    float pj = rd(dt, expf(x[j] - L));
+                    float pj = rd(dt, expf(x[j] - m) / l);
                     float z = c->dropout_p > 0 ? (keep_scale(p, b, h, i, j) != 0 ? inv_keep : 0.0f)
                                                : 1.0f;
                     float pz = rd(dt, pj * z);
@@ -1026,7 +1047,7 @@ void attn_problem_compute_oracle(attn_problem* p, int bwd) {
     }
     if (bwd && !p->have_bwd) {
         attn_oracle_bwd(p, p->Q, p->K, p->V, p->dO, p->ref_dq, p->ref_dk, p->ref_dv);
-        attn_naive_bwd(p, p->nv_out, p->nv_lse, p->nv_dq, p->nv_dk, p->nv_dv);
+        attn_naive_bwd(p, p->nv_out, p->nv_dq, p->nv_dk, p->nv_dv);
         p->have_bwd = 1;
     }
 }

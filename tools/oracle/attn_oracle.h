@@ -185,10 +185,10 @@ void attn_oracle_fwd(const attn_problem* p, const double* Q, const double* K, co
 void attn_oracle_bwd(const attn_problem* p, const double* Q, const double* K, const double* V,
                      const double* dO, double* dQ, double* dK, double* dV);
 /* The naive same-precision computation: scores materialised and rounded to the dtype, P rounded
- * to the dtype, fp32 accumulation, results rounded to the dtype (lse fp32). */
+ * to the dtype (the backward forms P from each row's max and sum, as the forward: no lse), fp32
+ * accumulation, results rounded to the dtype (lse fp32). */
 void attn_naive_fwd(const attn_problem* p, double* out, double* lse);
-void attn_naive_bwd(const attn_problem* p, const double* out, const double* lse, double* dQ,
-                    double* dK, double* dV);
+void attn_naive_bwd(const attn_problem* p, const double* out, double* dQ, double* dK, double* dV);
 /* Ensures p->ref_* / p->nv_* hold the forward (and with bwd, the backward) results. */
 void attn_problem_compute_oracle(attn_problem* p, int bwd);
 

@@ -31,11 +31,12 @@ static void bwd_row(const cf_attn_call* c, float* dq, float* dk, float* dv, int6
     int64_t lo, hi;
     cf_attn_key_range(c, i, sq, sk, &lo, &hi);
     if (lse == -INFINITY) hi = lo; /* a row that saw no key has no gradient */
-    const float delta = row_delta(c, b, h, qi);
+    const float delta = row_delta(c, b, h, qi), fix = ref_row_fix(c, b, h, qi, k0, i, sq, sk, lse);
     for (int64_t j = lo; j < hi; j++) {
         const int64_t ko = cf_attn_kv_off(c, &c->k, b, k0, j, hk);
         float ds_s, ds;
-        if (!ref_pair_grad(c, b, h, qi, k0, i, j, sq, sk, lse, delta, dv + j * c->Dv, &ds_s, &ds))
+        if (!ref_pair_grad(c, b, h, qi, k0, i, j, sq, sk, lse, fix, delta, dv + j * c->Dv, &ds_s,
+                           &ds))
             continue;
         for (int64_t d = 0; d < c->D; d++) {
             dq[d] += ds * cf_load(c->k.data, c->dtype, ko + d);
@@ -60,12 +61,13 @@ static void dbias_row(const cf_attn_call* c, float* acc, int64_t bb, int64_t hh,
             if (i >= sq) continue;
             const float lse = ((const float*)c->lse.data)[ref_at3(&c->lse, b, h, i)];
             if (lse == -INFINITY) continue;
-            const float delta = row_delta(c, b, h, i);
+            const float delta = row_delta(c, b, h, i),
+                        fix = ref_row_fix(c, b, h, i, 0, i, sq, sk, lse);
             int64_t lo, hi;
             cf_attn_key_range(c, i, sq, sk, &lo, &hi);
             for (int64_t j = lo; j < hi; j++) {
                 float ds_s, ds;
-                if (ref_pair_grad(c, b, h, i, 0, i, j, sq, sk, lse, delta, NULL, &ds_s, &ds))
+                if (ref_pair_grad(c, b, h, i, 0, i, j, sq, sk, lse, fix, delta, NULL, &ds_s, &ds))
                     acc[j] += ds_s;
             }
         }
@@ -75,7 +77,8 @@ static void dbias_row(const cf_attn_call* c, float* acc, int64_t bb, int64_t hh,
                  acc[j]);
 }
 
-/* dsinks[h] = -sum over the rows (b, i) of exp(sink - lse) * rowsum(dO * O), in a fixed order. */
+/* dsinks[h] = -sum over the rows (b, i) of exp(sink - lse) * rowsum(dO * O) (exp((sink - lse) - r)
+ * where |lse| is far, see CF_ATTN_LSE_FAR), in a fixed order. */
 static void dsink_head(const cf_attn_call* c, int64_t h) {
     const float sink = cf_attn_sink(c, h);
     float acc = 0.0f;
@@ -84,7 +87,8 @@ static void dsink_head(const cf_attn_call* c, int64_t h) {
         cf_attn_seq(c, b, &q0, &sq, &k0, &sk);
         for (int64_t i = 0; i < sq; i++) {
             const float lse = ((const float*)c->lse.data)[ref_at3(&c->lse, b, h, q0 + i)];
-            acc -= expf(sink - lse) * row_delta(c, b, h, q0 + i);
+            const float fix = ref_row_fix(c, b, h, q0 + i, k0, i, sq, sk, lse);
+            acc -= expf((sink - lse) - fix) * row_delta(c, b, h, q0 + i);
         }
     }
     c->dsinks[h] = acc;

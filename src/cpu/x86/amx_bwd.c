@@ -132,7 +132,8 @@ static void p_and_ds(const cf_attn_call* c, const cf_attn_kernels* kk, const amx
     cf_amx_mm(s, NB32, qa, g->D32, (const uint32_t*)(ws + g->ktv), NB32, nr16 / 16, nb16 / 16, 0,
               g->D32 / 32, 0, g->fp16);
     const cf_attn_score_map sm = {nr,     nb,     NB32, 1,    mp->i, mp->slope, j0,
-                                  mp->lo, mp->hi, 0,    NULL, NULL,  0,         0};
+                                  mp->lo, mp->hi, 0,    NULL, NULL,  0,         0,
+                                  NULL /* (c->lse_fix is NULL: the engine has no far hook) */};
     cf_attn_scores(c, kk, &sm, s, c->softcap > 0.0f ? y : NULL, sq, sk);
     for (int64_t r = 0; r < nr; r++) {
         kk->exp_row(s + r * NB32, nb, mp->lb[r]);
@@ -297,7 +298,9 @@ cflash_status cf_amx_attn_bwd(const cf_attn_call* c, const cf_attn_kernels* kk) 
     amx_bwd_geom g;
     bwd_layout(c, &g);
     /* No dbias: calls with attn_bias go to the cpu-avx512 driver (amx.c). */
-    const cf_attn_bwd_engine e = {g.n, g.bk, g.bytes, dkdv_tile, dq_tile, &g, NULL, 0};
+    /* No far hook either: rows of far |lse| (CF_ATTN_LSE_FAR) keep P = exp(s - lse); their r
+     * would need this engine's own scores (the tiles round them otherwise than the fp32 GEMMs). */
+    const cf_attn_bwd_engine e = {g.n, g.bk, g.bytes, dkdv_tile, dq_tile, &g, NULL, 0, NULL};
     return cf_attn_cpu_bwd_run(c, kk, &e);
 }
 
