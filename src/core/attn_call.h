@@ -144,6 +144,25 @@ static inline float cf_attn_alibi(const cf_attn_call* c, float slope, int64_t i,
     return slope * (float)(d < 0 ? -d : d);
 }
 
+/* x[k * cs] -= cf_attn_alibi's term for distance d0 + step * k, k < n (step 1 or -1): a run of
+ * keys of one row (step -1) or of rows of one key (step 1). Where every distance is below 2^24 in
+ * magnitude, |d| is formed in fp32 (exact there, so the same values), a loop that vectorises on
+ * the baseline ISA; else in int64. */
+static inline void cf_attn_alibi_run(float* x, int64_t cs, int64_t n, float slope, int64_t d0,
+                                     int step) {
+    const int64_t lim = (int64_t)1 << 24, d1 = d0 + step * (n - 1);
+    if (cs == 1 && n < lim && d0 > -lim && d0 < lim && d1 > -lim && d1 < lim) {
+        const float b = (float)d0, st = (float)step;
+        for (int32_t k = 0; k < (int32_t)n; k++)
+            x[k] -= slope * fabsf(b + st * (float)k);
+        return;
+    }
+    for (int64_t k = 0; k < n; k++) {
+        const int64_t d = d0 + step * k;
+        x[k * cs] -= slope * (float)(d < 0 ? -d : d);
+    }
+}
+
 /* The fp32 tanh of the vectorised softcap kernels (attn_simd.h v_tanh, ops_fast_common.h ftanh):
  * tanh(y) = y + y^3 P(y^2) for |y| < CF_TANH_SMALL (P of degree 5 fitted for relative error,
  * < 1 ulp there), else (1 - e) / (1 + e), e = exp(-2 |y|), with y's sign. */

@@ -458,11 +458,7 @@ static void fwd_mask_max(const cf_attn_call* c, const cf_attn_kernels* kk, const
                     rg[ii] = -INFINITY;
                 for (int64_t ii = z2; ii < na; ii++)
                     rg[ii] = -INFINITY;
-                if (slope != 0.0f)
-                    for (int64_t ii = a; ii < z2; ii++) {
-                        const int64_t d = d0 + ii;
-                        rg[ii] -= slope * (float)(d < 0 ? -d : d);
-                    }
+                if (slope != 0.0f) cf_attn_alibi_run(rg + a, 1, z2 - a, slope, d0 + a, 1);
             }
         }
         kk->scale_max_cols(row, Mt, transform ? 1.0f : c->scale,

@@ -185,11 +185,7 @@ static void scores(const cf_attn_call* c, const cf_attn_kernels* kk, const cf_at
         float *sr = s + ri * mp->rs, *yr = y ? y + ri * mp->rs : NULL;
         mask_cols(sr, yr, 0, c0, cs);
         mask_cols(sr, yr, c1, nc, cs);
-        if (slope != 0.0f)
-            for (int64_t ci = c0; ci < c1; ci++) {
-                const int64_t d = d0 - ci;
-                sr[ci * cs] -= slope * (float)(d < 0 ? -d : d);
-            }
+        if (slope != 0.0f) cf_attn_alibi_run(sr + c0 * cs, cs, c1 - c0, slope, d0 - c0, -1);
     }
     if (xtra && (open != CF_REGION_OPEN || c->bias.data))
         cf_attn_cpu_extras(c, kk, mp->b, s, mp->nr, mp->nc, mp->rs, mp->cs, mp->i, mp->h, mp->kv,

@@ -92,6 +92,9 @@ static const offset_cfg offsets[] = {
     {11, 1, 1, 130},   /* causal future block: empty rows */
     {-1, 11, 7, 3},    /* varlen, causal + alibi + dropout */
     {3, 14, ((int64_t)1 << 32) - 97, ((int64_t)1 << 32) - 19}, /* dropout at the position limit */
+    /* ALiBi distances across 2^24 (cf_attn_alibi_run: fp32 below, int64 from there) and past it */
+    {3, 7, ((int64_t)1 << 24) - 40, 0},
+    {4, 8, 3 * ((int64_t)1 << 24) + 5, 2},
 };
 #define NOFFS (int)(sizeof offsets / sizeof offsets[0])
 
