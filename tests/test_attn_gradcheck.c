@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/attn_grid.h"
 #include "common/testutil.h"
 #include "cpu/attn_cpu.h"
 #include "oracle/attn_oracle.h"
@@ -97,6 +98,10 @@ static void run_case(cflash_context* ctx, attn_case* c) {
 
 int main(int argc, char** argv) {
     const char* backend = argc > 1 ? argv[1] : "cpu-ref";
+    if (strcmp(backend, "auto") && !attn_backend_runs(backend)) {
+        printf("skipped: %s cannot run here\n", backend);
+        return 77;
+    }
     cflash_context* ctx = NULL;
     CHECK_OK(cflash_context_create(&ctx));
     CHECK_OK(cflash_context_set_backend(ctx, strcmp(backend, "auto") ? backend : NULL));

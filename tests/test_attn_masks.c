@@ -401,21 +401,6 @@ static void run_bias_dtype(const char* backend, cflash_dtype dt) {
     cf_attn_cpu_set_blocks(NULL);
 }
 
-/* Whether the backend can run here (cflash_context_set_backend accepts any known name; a call
- * tells). */
-static int available(const char* backend) {
-    attn_case c;
-    attn_case_init(&c);
-    attn_problem* p = attn_problem_new(&c);
-    cflash_context* ctx = NULL;
-    cflash_context_create(&ctx);
-    cflash_context_set_backend(ctx, backend);
-    int ok = attn_problem_run_fwd(ctx, p) == CFLASH_OK;
-    cflash_context_free(ctx);
-    attn_problem_free(p);
-    return ok;
-}
-
 /* ---- Block states: what the drivers skip (closed), run without a masking pass (open) ------- */
 
 /* The state of a region by its definition: closed when the mask (zeros) or the bias (-inf) hides
@@ -528,7 +513,7 @@ int main(void) {
     check_region_states();
     for (size_t i = 0; i < sizeof backends / sizeof backends[0]; i++) {
         if (!tt_backend_selected(backends[i])) continue; /* CFLASH_TEST_BACKENDS */
-        if (!available(backends[i])) {
+        if (!attn_backend_runs(backends[i])) {
             printf("%s: not available here\n", backends[i]);
             continue;
         }

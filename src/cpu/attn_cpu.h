@@ -189,6 +189,11 @@ typedef struct cf_attn_bwd_engine {
 } cf_attn_bwd_engine;
 cflash_status cf_attn_cpu_bwd_run(const cf_attn_call* c, const cf_attn_kernels* k,
                                   const cf_attn_bwd_engine* e);
+/* A far hook's last step for rows [qi0, qi0 + n) of (b, h) (query rows in the views): the sink
+ * folded into each row's max m[r] and sum l[r] of exp(s - m) over its keys, then r of each row of
+ * far |lse| (cf_attn_lse_residue) into fix as cf_attn_dl reads it. */
+void cf_attn_far_store(const cf_attn_call* c, int64_t b, int64_t h, int64_t qi0, int64_t n,
+                       float* m, double* l, float* fix);
 
 /* Row of (b, query qi) in the dl buffer of one head. */
 static inline int64_t cf_attn_dl_row(const cf_attn_call* c, int64_t b, int64_t qi) {

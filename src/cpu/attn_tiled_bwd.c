@@ -1099,11 +1099,16 @@ static void far_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const voi
                 l[r] += p[r];
         }
     }
+    cf_attn_far_store(c, b, h, q0 + i0, n, m, l, fix);
+}
+
+void cf_attn_far_store(const cf_attn_call* c, int64_t b, int64_t h, int64_t qi0, int64_t n,
+                       float* m, double* l, float* fix) {
     for (int64_t r = 0; r < n; r++) {
-        const float lse = cf_attn_lse_at(c, b, h, q0 + i0 + r);
+        const float lse = cf_attn_lse_at(c, b, h, qi0 + r);
         ref_fold(cf_attn_sink(c, h), &m[r], &l[r]);
         if (cf_attn_lse_far(lse))
-            fix[h * (c->varlen ? c->total_q : c->B * c->Sq) + cf_attn_dl_row(c, b, q0 + i0 + r)] =
+            fix[h * (c->varlen ? c->total_q : c->B * c->Sq) + cf_attn_dl_row(c, b, qi0 + r)] =
                 cf_attn_lse_residue(lse, m[r], l[r]);
     }
 }

@@ -337,6 +337,37 @@ static void test_deterministic(void) {
     expect_no_faults("determinism");
 }
 
+/* Rows of far |lse| (attn_fill_far_qk: q.k ~ 2e9, every score of a row rounds to one value) on
+ * the tiles: r from the tiles' own scores (amx_bwd.c far_rows), ALiBi and a causal window, both
+ * dtypes, one-pass and three-pass. */
+static void test_far_rows(void) {
+    for (int dt = 0; dt < 2; dt++)
+        for (int mode = 0; mode < 2; mode++) {
+            attn_case c;
+            attn_case_init(&c);
+            c.dtype = dt ? CF_F16 : CF_BF16;
+            c.B = mode ? 4 : 1, c.H = 4, c.Hk = mode ? 4 : 1, c.Sq = 70, c.Sk = 150;
+            c.D = c.Dv = 32, c.alibi = ATTN_ALIBI_H, c.causal = 1, c.window_left = 50;
+            c.seed = 31 + (uint64_t)(dt * 2 + mode);
+            attn_problem* p = attn_problem_new(&c);
+            CHECK(p != NULL);
+            if (!p) continue;
+            attn_fill_far_qk(p);
+            attn_problem_refresh_inputs(p);
+            cflash_context* ctx = NULL;
+            cflash_context_create(&ctx);
+            cflash_context_set_backend(ctx, "cpu-amx");
+            cflash_context_set_threads(ctx, 2);
+            char msg[1024];
+            CHECK_OK(attn_problem_run_bwd(ctx, p));
+            CHECK_MSG(attn_problem_check_fwd(p, msg, sizeof msg), "far rows: %s", msg);
+            CHECK_MSG(attn_problem_check_bwd(p, msg, sizeof msg), "far rows: %s", msg);
+            cflash_context_free(ctx);
+            attn_problem_free(p);
+        }
+    expect_no_faults("far rows");
+}
+
 int main(void) {
     const cf_cpu_info* ci = cf_cpu();
     if (!ci->avx512f || !ci->avx512bw || !ci->avx512vl || !ci->avx512dq || !ci->avx512bf16 ||
@@ -357,5 +388,6 @@ int main(void) {
     test_blocks();
     test_fp16_without_amx_fp16();
     test_deterministic();
+    test_far_rows();
     return tt_summary();
 }

@@ -501,3 +501,16 @@ static double far_qk(int is_k, int64_t row, int64_t d, int64_t n, double x) {
 void attn_fill_far_qk(attn_problem* p) {
     attn_set_qk(p, far_qk);
 }
+
+int attn_backend_runs(const char* backend) {
+    attn_case c;
+    attn_case_init(&c);
+    attn_problem* p = attn_problem_new(&c);
+    cflash_context* ctx = NULL;
+    cflash_context_create(&ctx);
+    cflash_context_set_backend(ctx, backend);
+    const int ok = p && attn_problem_run_fwd(ctx, p) == CFLASH_OK;
+    cflash_context_free(ctx);
+    attn_problem_free(p);
+    return ok;
+}

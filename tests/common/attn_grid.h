@@ -46,6 +46,10 @@ typedef struct attn_grid_opts {
  * every feature. One CHECK per step; returns the cases run. */
 int attn_grid_one_pass(const char* backend, unsigned dtypes, int threads);
 
+/* Whether backend can run here: a one-element forward on it succeeds
+ * (cflash_context_set_backend accepts any known name; a call tells). */
+int attn_backend_runs(const char* backend);
+
 /* Every element of q (is_k 0) and k (is_k 1) set to f(is_k, row, d, n, x): row its position along
  * the sequence dim (varlen: the packed row; paged k: the row in its page), d along the head dim,
  * n its flat index, x its value. Call attn_problem_refresh_inputs after. */

@@ -69,7 +69,7 @@ static void bwd_layout(const cf_attn_call* c, amx_bwd_geom* g) {
     TAKE(dov, 4 * (R / 2) * Dv16);     /* dO pairs [R32 / 2][Dv16] */
     TAKE(qv, 4 * (R / 2) * D16);       /* Q pairs [R32 / 2][D16] */
     TAKE(dq, 4 * R * D16);             /* dQ of a block or tile [R32][D16] */
-    TAKE(map, (8 * 4 + 4 * 3) * R);    /* per row: query, lo, hi, head; slope, lse, dl */
+    TAKE(map, (8 * 4 + 4 * 4) * R);    /* per row: query, lo, hi, head; slope, lse, dl, shift */
 #undef TAKE
     g->bytes = off;
 }
@@ -77,7 +77,7 @@ static void bwd_layout(const cf_attn_call* c, amx_bwd_geom* g) {
 /* Per-row facts of a block of rows, in the workspace. */
 typedef struct rows_map {
     int64_t *i, *lo, *hi, *h;
-    float *slope, *lb, *dl;
+    float *slope, *lb, *dl, *sh;
 } rows_map;
 
 static rows_map map_at(const amx_bwd_geom* g, char* ws) {
@@ -86,7 +86,7 @@ static rows_map map_at(const amx_bwd_geom* g, char* ws) {
     m.i = (int64_t*)(ws + g->map);
     m.lo = m.i + R, m.hi = m.lo + R, m.h = m.hi + R;
     m.slope = (float*)(m.h + R);
-    m.lb = m.slope + R, m.dl = m.lb + R;
+    m.lb = m.slope + R, m.dl = m.lb + R, m.sh = m.dl + R;
     return m;
 }
 
@@ -98,6 +98,7 @@ static void map_row(const cf_attn_call* c, const float* dl, const rows_map* mp, 
     mp->slope[r] = cf_attn_slope(c, b, h);
     cf_attn_key_range(c, i, sq, sk, &mp->lo[r], &mp->hi[r]);
     mp->lb[r] = cf_attn_lse_sub(c, b, h, q0 + i);
+    mp->sh[r] = cf_attn_lse_shift(c, b, h, q0 + i);
     mp->dl[r] = cf_attn_dl(c, dl, b, h, q0 + i);
 }
 
@@ -131,9 +132,9 @@ static void p_and_ds(const cf_attn_call* c, const cf_attn_kernels* kk, const amx
     /* S = Q K^T */
     cf_amx_mm(s, NB32, qa, g->D32, (const uint32_t*)(ws + g->ktv), NB32, nr16 / 16, nb16 / 16, 0,
               g->D32 / 32, 0, g->fp16);
-    const cf_attn_score_map sm = {nr,     nb,     NB32, 1,    mp->i, mp->slope, j0,
-                                  mp->lo, mp->hi, 0,    NULL, NULL,  0,         0,
-                                  NULL /* (c->lse_fix is NULL: the engine has no far hook) */};
+    const cf_attn_score_map sm = {nr,        nb,   NB32,   1,      mp->i,
+                                  mp->slope, j0,   mp->lo, mp->hi, 0,
+                                  NULL,      NULL, 0,      0,      c->lse_fix ? mp->sh : NULL};
     cf_attn_scores(c, kk, &sm, s, c->softcap > 0.0f ? y : NULL, sq, sk);
     for (int64_t r = 0; r < nr; r++) {
         kk->exp_row(s + r * NB32, nb, mp->lb[r]);
@@ -155,6 +156,61 @@ static void p_and_ds(const cf_attn_call* c, const cf_attn_kernels* kk, const amx
             for (int64_t j = 0; j < nb; j++)
                 d[j] *= 1.0f - y[r * NB32 + j] * y[r * NB32 + j];
     }
+}
+
+/* ---- Rows of far |lse| (the engine's far hook: before pass 0) ---------------------------------
+ */
+
+/* r (CF_ATTN_LSE_FAR) of the far rows among [i0, i0 + n) of (b, h), n <= bq, into fix as
+ * cf_attn_dl reads it: each row's max m and sum l of exp(s - m) over its keys and the sink, from
+ * the scores as the tiles form them (the tiled backward's far pass rounds them otherwise: its r
+ * would not match these scores), r = m - lse + log l where that is lse's rounding. A block holding
+ * a NaN makes the row's r NaN: it is then not taken (cf_attn_lse_residue). */
+CF_AMX_TARGET static void far_rows(const cf_attn_call* c, const cf_attn_kernels* kk,
+                                   const void* geom, int64_t b, int64_t h, int64_t i0, int64_t n,
+                                   char* ws, float* fix) {
+    const amx_bwd_geom* g = geom;
+    const int64_t NB32 = g->NB32, n16 = cf_amx_round(n, 16), hk = h / g->G;
+    int64_t q0, sq, k0, sk;
+    cf_attn_seq(c, b, &q0, &sq, &k0, &sk);
+    float* s = (float*)(ws + g->s);
+    uint16_t* qa = (uint16_t*)(ws + g->qa);
+    const rows_map mp = map_at(g, ws);
+    float* m = mp.lb;                  /* (the map's lse column: free here) */
+    double* l = (double*)(ws + g->dq); /* (dQ's buffer: free here) */
+    cf_amx_rows16(qa, g->D32, g->D32, n, &c->q, b, q0 + i0, h, n, c->D);
+    memset(qa + n * g->D32, 0, sizeof(uint16_t) * (size_t)((n16 - n) * g->D32));
+    for (int64_t r = 0; r < n; r++) {
+        mp.i[r] = i0 + r, mp.h[r] = h, mp.slope[r] = cf_attn_slope(c, b, h);
+        cf_attn_key_range(c, i0 + r, sq, sk, &mp.lo[r], &mp.hi[r]);
+        m[r] = -INFINITY, l[r] = 0.0;
+    }
+    const int64_t jlo = mp.lo[0], jhi = mp.hi[n - 1];
+    for (int64_t j0 = jlo; j0 < jhi; j0 += g->bk) {
+        const int64_t nb = jhi - j0 < g->bk ? jhi - j0 : g->bk, nb16 = cf_amx_round(nb, 16);
+        pack_keys(c, kk, g, ws, b, k0, j0, nb, hk, 0);
+        cf_amx_mm(s, NB32, qa, g->D32, (const uint32_t*)(ws + g->ktv), NB32, n16 / 16, nb16 / 16, 0,
+                  g->D32 / 32, 0, g->fp16);
+        const cf_attn_score_map sm = {n,     nb, NB32, 1,    mp.i, mp.slope, j0,  mp.lo,
+                                      mp.hi, 0,  NULL, NULL, 0,    0,        NULL};
+        cf_attn_scores(c, kk, &sm, s, NULL, sq, sk);
+        for (int64_t r = 0; r < n; r++) {
+            float *x = s + r * NB32, mx = -INFINITY;
+            for (int64_t j = 0; j < nb; j++)
+                mx = x[j] > mx ? x[j] : mx;
+            if (mx == -INFINITY) continue; /* (a NaN fails both compares: see below) */
+            if (mx > m[r]) {
+                l[r] = m[r] == -INFINITY ? 0.0 : l[r] * exp((double)m[r] - mx);
+                m[r] = mx;
+            }
+            kk->exp_row(x, nb, m[r]);
+            double acc = 0.0;
+            for (int64_t j = 0; j < nb; j++)
+                acc += x[j];
+            l[r] += acc;
+        }
+    }
+    cf_attn_far_store(c, b, h, q0 + i0, n, m, l, fix);
 }
 
 /* ---- dK, dV of one key block (and dQ into the unit's buffer in the one-pass mode) --------------
@@ -298,9 +354,8 @@ cflash_status cf_amx_attn_bwd(const cf_attn_call* c, const cf_attn_kernels* kk) 
     amx_bwd_geom g;
     bwd_layout(c, &g);
     /* No dbias: calls with attn_bias go to the cpu-avx512 driver (amx.c). */
-    /* No far hook either: rows of far |lse| (CF_ATTN_LSE_FAR) keep P = exp(s - lse); their r
-     * would need this engine's own scores (the tiles round them otherwise than the fp32 GEMMs). */
-    const cf_attn_bwd_engine e = {g.n, g.bk, g.bytes, dkdv_tile, dq_tile, &g, NULL, 0, NULL};
+    /* Rows of far |lse|: far_rows, blocks of bq rows. */
+    const cf_attn_bwd_engine e = {g.n, g.bk, g.bytes, dkdv_tile, dq_tile, &g, NULL, g.bq, far_rows};
     return cf_attn_cpu_bwd_run(c, kk, &e);
 }
 
