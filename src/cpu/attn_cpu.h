@@ -199,10 +199,14 @@ void cf_attn_far_store(const cf_attn_call* c, int64_t b, int64_t h, int64_t qi0,
 static inline int64_t cf_attn_dl_row(const cf_attn_call* c, int64_t b, int64_t qi) {
     return c->varlen ? qi : b * c->Sq + qi;
 }
+/* Index of (b, h, query qi) in a per-row buffer laid out as dl (rows of head 0, then head 1..). */
+static inline int64_t cf_attn_dl_index(const cf_attn_call* c, int64_t b, int64_t h, int64_t qi) {
+    return h * (c->varlen ? c->total_q : c->B * c->Sq) + cf_attn_dl_row(c, b, qi);
+}
 /* dl of (b, h, query qi): rowsum(dO * O) as pass 0 left it. */
 static inline float cf_attn_dl(const cf_attn_call* c, const float* dl, int64_t b, int64_t h,
                                int64_t qi) {
-    return dl[h * (c->varlen ? c->total_q : c->B * c->Sq) + cf_attn_dl_row(c, b, qi)];
+    return dl[cf_attn_dl_index(c, b, h, qi)];
 }
 /* The forward's lse of (b, h, qi) (natural-log units, as the scores: see exp_cols). */
 static inline float cf_attn_lse_at(const cf_attn_call* c, int64_t b, int64_t h, int64_t qi) {

@@ -829,6 +829,34 @@ typedef struct dbias_cache {
     signed char* st;
 } dbias_cache;
 
+/* Folds a block of scores (nr rows by nc keys, transposed: key j of row r at s[j * nr + r]) into
+ * each row's running max m[r * ms] and sum l[r] of P = exp(s - m), and with dp (laid out as s)
+ * pdp[r] of P dP: the sums moved to the block's max first; P by columns (m 0 for a row with no key
+ * yet: its P is 0), in place, or with e (nr floats) through e, s kept. mu: nr floats of scratch. */
+static void stats_fold(const cf_attn_kernels* kk, float* s, const float* dp, int64_t nr, int64_t nc,
+                       float* m, int64_t ms, double* l, double* pdp, float* mu, float* e) {
+    for (int64_t r = 0; r < nr; r++)
+        mu[r] = m[r * ms];
+    for (int64_t j = 0; j < nc; j++)
+        kk->scale_max_cols(s + j * nr, nr, 1.0f, mu); /* (x 1: the scores unchanged) */
+    for (int64_t r = 0; r < nr; r++) {
+        if (mu[r] > m[r * ms]) {
+            const float a = m[r * ms] == -INFINITY ? 0.0f : expf(m[r * ms] - mu[r]);
+            m[r * ms] = mu[r], l[r] *= a;
+            if (pdp) pdp[r] *= a;
+        }
+        if (mu[r] == -INFINITY) mu[r] = 0.0f;
+    }
+    for (int64_t j = 0; j < nc; j++) {
+        float* p = e ? memcpy(e, s + j * nr, sizeof(float) * (size_t)nr) : s + j * nr;
+        kk->exp_cols(p, nr, mu, NULL);
+        for (int64_t r = 0; r < nr; r++)
+            l[r] += p[r];
+        for (int64_t r = 0; dp && r < nr; r++)
+            pdp[r] += (double)p[r] * dp[j * nr + r];
+    }
+}
+
 /* Pass 1 of dbias_tile for (b, h): each row's own softmax statistics over all its keys, from the
  * scores and dP it recomputes, st[3 r ..] = (max m, 1 / sum of exp(s - m), sum of P dP with P =
  * exp(s - m) / sum): dS = P (dP - that sum) as the naive computation forms it. The forward's lse
@@ -856,28 +884,8 @@ static int dbias_stats(const cf_attn_call* c, const cf_attn_kernels* kk, const b
             w->s = ws, w->dp = wdp;
             return 0;
         }
-        if (!o) continue;
-        /* the block's max per row, the running statistics moved to it; then P = exp(s - m) by
-         * columns (m 0 for a row with no key here: its P is 0) and the row sums of P, P dP */
-        float* mu = w->v;
-        for (int64_t r = 0; r < nr; r++)
-            mu[r] = st[3 * r];
-        for (int64_t j = 0; j < nc; j++)
-            kk->scale_max_cols(w->s + j * nr, nr, 1.0f, mu); /* (x 1: the scores unchanged) */
-        for (int64_t r = 0; r < nr; r++) {
-            if (mu[r] > st[3 * r]) {
-                const float a = st[3 * r] == -INFINITY ? 0.0f : expf(st[3 * r] - mu[r]);
-                st[3 * r] = mu[r], l[r] *= a, pdp[r] *= a;
-            }
-            if (mu[r] == -INFINITY) mu[r] = 0.0f;
-        }
-        for (int64_t j = 0; j < nc; j++) {
-            float *x = w->s + j * nr, *y = w->dp + j * nr;
-            float* p = kc ? memcpy(e, x, sizeof(float) * (size_t)nr) : x; /* (kept scores stay) */
-            kk->exp_cols(p, nr, mu, NULL);
-            for (int64_t r = 0; r < nr; r++)
-                l[r] += p[r], pdp[r] += (double)p[r] * y[r];
-        }
+        if (o) /* (kept scores stay: P through e) */
+            stats_fold(kk, w->s, w->dp, nr, nc, st, 3, l, pdp, w->v, kc ? e : NULL);
     }
     w->s = ws, w->dp = wdp;
     const float sink = cf_attn_sink(c, h); /* (a key of no value: in the sum, not in P dP) */
@@ -1081,23 +1089,7 @@ static void far_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const voi
                     if (ref_pair_score(c, b, h, q0 + i0 + r, k0, i0 + r, j, sq, sk, &x, &t))
                         ref_fold(x, &m[r], &l[r]);
                 }
-        if (o <= 0) continue;
-        /* the block's max per row, the sums moved to it, then exp(s - max) by columns */
-        for (int64_t r = 0; r < n; r++)
-            mu[r] = m[r];
-        for (int64_t j = 0; j < nc; j++)
-            kk->scale_max_cols(w.s + j * n, n, 1.0f, mu); /* (x 1: the scores unchanged) */
-        for (int64_t r = 0; r < n; r++) {
-            if (mu[r] > m[r]) l[r] = m[r] == -INFINITY ? 0.0 : l[r] * exp((double)m[r] - mu[r]);
-            m[r] = mu[r];
-            if (mu[r] == -INFINITY) mu[r] = 0.0f; /* no key yet: its P is 0 */
-        }
-        for (int64_t j = 0; j < nc; j++) {
-            float* p = w.s + j * n;
-            kk->exp_cols(p, n, mu, NULL);
-            for (int64_t r = 0; r < n; r++)
-                l[r] += p[r];
-        }
+        if (o > 0) stats_fold(kk, w.s, NULL, n, nc, m, 1, l, NULL, mu, NULL);
     }
     cf_attn_far_store(c, b, h, q0 + i0, n, m, l, fix);
 }
@@ -1108,8 +1100,7 @@ void cf_attn_far_store(const cf_attn_call* c, int64_t b, int64_t h, int64_t qi0,
         const float lse = cf_attn_lse_at(c, b, h, qi0 + r);
         ref_fold(cf_attn_sink(c, h), &m[r], &l[r]);
         if (cf_attn_lse_far(lse))
-            fix[h * (c->varlen ? c->total_q : c->B * c->Sq) + cf_attn_dl_row(c, b, qi0 + r)] =
-                cf_attn_lse_residue(lse, m[r], l[r]);
+            fix[cf_attn_dl_index(c, b, h, qi0 + r)] = cf_attn_lse_residue(lse, m[r], l[r]);
     }
 }
 
@@ -1247,7 +1238,7 @@ cflash_status cf_attn_cpu_bwd_run(const cf_attn_call* c, const cf_attn_kernels* 
                 for (int64_t d = 0; d < c->Dv; d++)
                     accd += (double)ta[d] * tb[d];
                 const float acc = (float)accd;
-                dl[h * rows + cf_attn_dl_row(c, b, q0 + i)] = acc;
+                dl[cf_attn_dl_index(c, b, h, q0 + i)] = acc;
                 /* dsink = -sum over rows of exp(sink - lse) * rowsum(dO * O) (FA4's form) */
                 const float sink = cf_attn_sink(c, h);
                 if (dsk && sink != -INFINITY)
