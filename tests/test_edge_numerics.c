@@ -582,22 +582,23 @@ typedef struct kinj {
     int64_t s, h, d;
 } kinj;
 
-/* Cache length 40 of 64 slots; causal rows i of Sq see positions [0, 40 - Sq + i]. One case:
- * 1 when run, 0 when the backend cannot serve. */
+/* Cache length 40 of 64 slots; causal rows i of Sq see positions [0, 40 - Sq + i]. Shapes: 0
+ * decode, 1 a short causal chunk, 2 a chunk of 16 heads on one KV head (80 rows of a KV head: the
+ * GEMM path of kvcache_fast.h). One case: 1 when run, 0 when the backend cannot serve. */
 static int kv_nonfinite_case(const char* be, cf_dtype dt, int shape, int splits, const kinj* x) {
     /* decode over a bf16-friendly shape (H 4, D 64), and causal chunked prefill */
-    const int64_t H = shape ? 2 : 4, Sq = shape ? 3 : 1, D = 64;
+    const int64_t H = shape == 2 ? 16 : shape ? 2 : 4, Sq = shape == 2 ? 5 : shape ? 3 : 1, D = 64;
     if (x->t == 0 && x->s >= Sq) return 0;
     kvp base, k;
     kvp_init(&base, dt, H, Sq, D, 500 + (uint64_t)dt);
     kvp_init(&k, dt, H, Sq, D, 500 + (uint64_t)dt);
     const int64_t idx[4] = {0, x->s, x->t ? 0 : x->h, x->d};
     tt_set(x->t == 0 ? &k.q : x->t == 1 ? &k.kc : &k.vc, idx, NAN);
-    cflash_status s = kvp_run(&base, be, shape, splits);
+    cflash_status s = kvp_run(&base, be, shape != 0, splits);
     const int ran = !ops_backend_skips(be, "kvcache", s);
     if (ran) {
         CHECK_OK(s);
-        CHECK_OK(kvp_run(&k, be, shape, splits));
+        CHECK_OK(kvp_run(&k, be, shape != 0, splits));
         int ok = 1;
         for (int64_t i = 0; i < Sq && ok; i++)
             for (int64_t h = 0; h < H && ok; h++) {
@@ -632,11 +633,12 @@ static void kv_nonfinite(void) {
         {"NaN in k past the length", 1, 45, 0, 0},
         {"NaN in v past the length", 2, 50, 0, 9},
         {"NaN in k at 0", 1, 0, 0, 7},
+        {"NaN in v at 2 (a block every row sees)", 2, 2, 0, 11},
     };
     int cases = 0;
     for (int bi = 0; ops_sel[bi]; bi++)
         for (int di = 0; di < 3; di++)
-            for (int shape = 0; shape < 2; shape++)
+            for (int shape = 0; shape < 3; shape++)
                 for (int splits = 1; splits <= 3; splits += 2)
                     for (size_t ii = 0; ii < sizeof inj / sizeof inj[0]; ii++)
                         cases +=

@@ -1021,9 +1021,42 @@ static void test_grid(void) {
         run_case(&v);
         nd++;
     }
+    /* chunks of 32 and more rows of a KV head (the x86 builds' GEMM path, kvcache_fast.h, and
+     * its one-KV-head items): every cache format (an int8 one by VNNI stays on its kernels), ALiBi,
+     * softcap, windows, odd head dims, paged, varlen, sinks, latent, rows past one item */
+    int ng = 0;
+    for (int i = 0; i < 6; i++) {
+        kcase v = {0};
+        v.dtype = (cf_dtype[]){CF_BF16, CF_F16, CF_F32, CF_BF16, CF_BF16, CF_F16}[i];
+        v.x.quant = (int[]){0, 1, 2, 3, 1, 0}[i];
+        v.x.descale = (int[]){0, 2, 3, 0, 2, 0}[i];
+        v.H = (int64_t[]){8, 16, 6, 8, 32, 4}[i], v.Hk = (int64_t[]){2, 2, 1, 2, 1, 1}[i];
+        v.B = i == 3 ? 4 : 1 + i % 2; /* (varlen: a batch of each kind, a chunk among them) */
+        v.Sq = (int64_t[]){19, 6, 11, 37, 1, 40}[i];
+        v.Sn = i == 2 ? 0 : v.Sq;
+        v.D = (int64_t[]){64, 128, 45, 128, 576, 40}[i];
+        v.Dv = (int64_t[]){64, 128, 13, 128, 512, 40}[i];
+        v.Lmax = (int64_t[]){150, 90, 200, 70, 100, 60}[i];
+        v.page = (int64_t[]){16, 0, 1, 0, 16, 0}[i];
+        v.causal = i != 1, v.wl = i == 1 ? 30 : -1, v.wr = -1;
+        v.alibi = i == 0 ? 1 : i == 2 ? 2 : 0;
+        v.softcap = i == 1 ? 1.5f : 0.0f;
+        v.num_splits = (int[]){0, 1, 3}[i % 3];
+        v.half = i == 5 ? v.D / 2 : i == 0 ? v.D / 4 : 0;
+        v.interleaved = i == 5;
+        v.leftpad = i == 5, v.batch_idx = i == 5;
+        v.lse = 1;
+        v.layout = (tt_layout)(i % 2);
+        v.x.sinks = i == 3;
+        v.x.varlen_q = v.x.varlen_new = i == 3;
+        v.x.latent = i == 4;
+        v.seed = 940 + (uint64_t)i + tt_seed_base();
+        run_case(&v);
+        ng++;
+    }
     printf("kvcache grid: %d cases + 2 long + 2 chunked prefill + %d varlen + %d quantized + %d "
-           "latent + %d sinks + %d odd head dims\n",
-           n, nv, nqz, nl, ns, nd);
+           "latent + %d sinks + %d odd head dims + %d GEMM-path chunks\n",
+           n, nv, nqz, nl, ns, nd, ng);
 }
 
 static void test_errors(void) {
@@ -1403,19 +1436,21 @@ static void test_quant_edges(void) {
  * (the kernels' masked-key paths), in K or in V; and without the window, where one of the keys
  * sits in a block every row sees (the block kernels themselves: int8's integer P.V goes key by
  * key in fp32 for a NaN scale). A NaN in q: its row alone is NaN (int8's integer scores hand
- * such a q to the decoding kernels). */
+ * such a q to the decoding kernels). g 4 and 5: 32 query heads a KV head, whose 64 rows take the
+ * GEMM path of kvcache_fast.h. */
 static void test_quant_nonfinite(void) {
     static const char* what[3] = {"K", "V", "q"};
     for (int qz = CFLASH_KV_QUANT_FP8_E4M3; qz <= CFLASH_KV_QUANT_INT8; qz++)
         for (int kind = 0; kind < 3; kind++)
-            for (int g = 0; g < 4; g++) {
-                const int is_v = kind == 1, win = g < 2;
+            for (int g = 0; g < 6; g++) {
+                const int is_v = kind == 1, win = g < 2 || g == 4;
                 kcase c = {0};
-                c.dtype = CF_BF16, c.B = 1, c.H = g % 2 ? 6 : 8, c.Hk = 2, c.Sq = 2, c.Sn = 0;
+                c.dtype = CF_BF16, c.B = 1, c.H = g >= 4 ? 64 : g % 2 ? 6 : 8, c.Hk = 2, c.Sq = 2;
+                c.Sn = 0;
                 c.D = 64, c.Dv = 64, c.Lmax = 40, c.seqlen_mode = 1, c.causal = 1;
                 c.wl = win ? 20 : -1, c.wr = -1, c.lse = 1, c.layout = TT_DENSE;
                 c.x.quant = qz, c.x.descale = qz == CFLASH_KV_QUANT_INT8 ? 0 : 2;
-                c.seed = 960 + (uint64_t)(qz * 12 + kind * 4 + g) + tt_seed_base();
+                c.seed = 960 + (uint64_t)(qz * 18 + kind * 6 + g) + tt_seed_base();
                 kprob p;
                 build(&p, &c);
                 const int64_t no = c.Sq * c.H * c.Dv, nl = c.Sq * c.H;

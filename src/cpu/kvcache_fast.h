@@ -15,6 +15,7 @@
  *    (max, sum, acc) per split and are merged by their LSE, as cflash_attn_merge does. */
 
 #include "core/quant.h"
+#include "cpu/attn_cpu.h"
 #include "cpu/ops_fast_common.h"
 #include "probe/cpu_features.h"
 
@@ -25,6 +26,7 @@
 
 typedef struct kv_scratch {
     float *q, *acc, *m, *l, *s, *kf, *vf;
+    float* st; /* (KV_KB, R): a block's scores transposed (the GEMM path's) */
     float* lv; /* 16-lane partial sums of l (a kv_path's softmax16), added to l at the end */
     int64_t *lo, *hi;
     /* quantized caches: a block's rows decoded (KV_KB * max(D, Dv) floats), the value of each
@@ -37,14 +39,15 @@ typedef struct kv_scratch {
     int16_t* qi;
     float* qs;
     int qbad;
-    /* q rows as fp32 in a kernel's own order (R * D, 64-byte aligned) */
+    /* q rows as fp32 in a kernel's own order (R * D, 64-byte aligned; the GEMM path: q^T, D rows
+     * of R) */
     float* qf;
 } kv_scratch;
 
 static size_t kv_scratch_floats(const cf_kvcache_call* c, int64_t R) {
     const cf_attn_call* a = &c->a;
     const int64_t dm = a->D > a->Dv ? a->D : a->Dv;
-    return (size_t)(4 * R + R * a->D + R * a->Dv + 2 * R + R * KV_KB + KV_KB * (a->D + a->Dv) +
+    return (size_t)(4 * R + R * a->D + R * a->Dv + 2 * R + 2 * R * KV_KB + KV_KB * (a->D + a->Dv) +
                     16 * R + KV_KB * dm + 256 + KV_KB + R * a->D + 32 + R + 64 + R * a->D);
 }
 
@@ -58,6 +61,7 @@ static void kv_scratch_init(kv_scratch* w, float* p, const cf_kvcache_call* c, i
     w->m = p, p += R;
     w->l = p, p += R;
     w->s = p, p += R * KV_KB;
+    w->st = p, p += R * KV_KB;
     w->kf = p, p += KV_KB * a->D;
     w->vf = p, p += KV_KB * a->Dv;
     w->lv = p, p += 16 * R;
@@ -86,6 +90,11 @@ typedef struct kv_head {
      * with pf_inside): pf[t] next to its own row t, npf of them (<= KV_KB; 0: none). */
     const void* const* pf;
     int64_t npf;
+    /* The GEMM path's: the build's attention kernels, and q^T (D rows of ldqt floats; this
+     * head's R columns) */
+    const cf_attn_kernels* gk;
+    const float* qt;
+    int64_t ldqt;
 } kv_head;
 
 typedef struct kv_path {
@@ -111,6 +120,8 @@ typedef struct kv_path {
      * work; kv_run_item keeps it where kv_pf_inside_cpu says so (else the rows are prefetched
      * before each head's kernel and kv_head.pf stays NULL). */
     int pf_inside;
+    /* The GEMM path (kv_choose_gemm): the build's attention kernels its scores and pv use. */
+    const cf_attn_kernels* gemm;
 } kv_path;
 
 /* The dtype the rows of a call are read as: q's, or the code type of a quantized cache (the x86
@@ -272,6 +283,100 @@ static inline void kv_choose_generic(const cf_kvcache_call* c, int64_t R, kv_pat
     *p = (kv_path){.prep = quant ? kv_lut_prep : NULL,
                    .scores = quant ? kv_scores_lut : kv_scores_rows,
                    .pv = quant ? kv_pv_lut : kv_pv_rows_of};
+}
+
+/* ---- Many query rows per KV head: the attention GEMMs ----------------------------------------
+ * A chunk of prefill, a speculative step or MLA's many heads on one latent KV head in the
+ * KV-cache call (tens of query rows per KV head) run as the tiled forward does: S^T = K q^T and
+ * acc += P V as fp32 GEMMs on the build's register tiles (cf_attn_kernels), the block's K and V
+ * rows converted to fp32 (or decoded, for a quantized cache) once for all the rows. Taken by the
+ * x86 builds, where it was measured; the generic build's portable GEMM is slower than its row
+ * loops (1.2-1.5x at 128 rows), and ARM's has not been timed. */
+
+/* Rows of one KV head in an item from which the GEMM path serves (and items take one KV head:
+ * kv_plan), and the rows of such an item. Measured (docs/PERF.md, Xeon 6/207, bf16 D 128): at 16
+ * rows the per-row kernels are 1.3-1.5x faster, at 32 the two are even, from 48 on the GEMMs
+ * win; 128-row items beat 64-row ones by 1.2x. */
+#define KV_GEMM_ROWS 32
+#define KV_GEMM_ITEM 128
+
+/* q^T of the item's R rows: w->qf[d * R + r] = q_r[d]; a quantized cache's code table. */
+static void kv_gemm_prep(const cf_kvcache_call* c, kv_scratch* w, int64_t R) {
+    const int64_t D = c->a.D;
+    if (c->quant != CFLASH_KV_QUANT_NONE) kv_lut_prep(c, w, R);
+    for (int64_t r = 0; r < R; r++)
+        for (int64_t d = 0; d < D; d++)
+            w->qf[d * R + r] = w->q[r * D + d];
+}
+
+/* Prefetch into L2 the bytes [o0, o1) of rows[t] for t in [t0, t1) (bounds clipped to n). */
+static inline void kv_pf_rows(const void* const* rows, int64_t n, int64_t t0, int64_t t1,
+                              int64_t o0, int64_t o1) {
+    for (int64_t t = t0; t < t1 && t < n; t++)
+        for (int64_t o = o0; o < o1; o += 64)
+            __builtin_prefetch((const char*)rows[t] + o, 0, 2);
+}
+
+/* Part i of n of the later block's rows the kernel was handed (kv_head.pf; rows of `bytes`) into
+ * L2: spread between pieces of the GEMMs, as a burst would wait on the L1 miss buffers. */
+static inline void kv_gemm_pf(const kv_head* h, int64_t bytes, int64_t i, int64_t n) {
+    if (h->npf) kv_pf_rows(h->pf, h->npf, h->npf * i / n, h->npf * (i + 1) / n, 0, bytes);
+}
+
+/* Rows t < nb of the block as fp32 rows of n in dst: converted from the dtype, or a quantized
+ * cache's codes through the table (their factors go to the scores and to P, as kv_scores_lut). */
+static void kv_gemm_rows(const kv_head* h, const void* const* rows, int64_t nb, int64_t n,
+                         float* dst) {
+    if (h->c->quant != CFLASH_KV_QUANT_NONE) {
+        const void* dec[KV_KB];
+        kv_lut_rows(h->w->lut, rows, nb, n, dst, dec);
+        return;
+    }
+    for (int64_t t = 0; t < nb; t++)
+        h->gk->to_f32(dst + t * n, rows[t], h->c->a.dtype, n);
+}
+
+/* s = q k^T for the block (times each key's factor f for a quantized cache): K rows to fp32,
+ * S^T (nb x R) by the GEMM in pieces of 6 keys (the register tile's rows), transposed into s by
+ * the kernels' bias_t onto zeros (0 + x is x; -inf stays -inf). */
+static void kv_scores_gemm(const kv_head* h, const void* const* rows, int64_t nb, const float* f) {
+    const cf_attn_kernels* k = h->gk;
+    const int64_t D = h->c->a.D, R = h->R;
+    const int64_t bytes = D * (int64_t)cf_dtype_size(kv_row_dtype(h->c));
+    float *kf = h->w->kf, *st = h->w->st;
+    kv_gemm_rows(h, rows, nb, D, kf);
+    for (int64_t t0 = 0, i = 0; t0 < nb; t0 += 6, i++) {
+        k->gemm_f32(nb - t0 < 6 ? nb - t0 : 6, R, D, kf + t0 * D, D, 1, h->qt, h->ldqt, st + t0 * R,
+                    R, 0);
+        kv_gemm_pf(h, bytes, i, (KV_KB + 5) / 6);
+    }
+    memset(h->s, 0, sizeof(float) * (size_t)(R * KV_KB));
+    k->bias_t(h->s, KV_KB, st, R, nb, R, 0);
+    if (f) kv_q_apply(h->s, R, f, 1.0f);
+}
+
+/* acc += P V for the block (P times each key's factor f first for a quantized cache): V rows to
+ * fp32, the GEMM in pieces of 16 rows. */
+static void kv_pv_gemm(const kv_head* h, const void* const* rows, int64_t nb, const float* f) {
+    const cf_attn_kernels* k = h->gk;
+    const int64_t Dv = h->c->a.Dv, R = h->R, n = (R + 15) / 16;
+    const int64_t bytes = Dv * (int64_t)cf_dtype_size(kv_row_dtype(h->c));
+    float* vf = h->w->vf;
+    if (f) kv_q_apply(h->s, R, f, 1.0f);
+    kv_gemm_rows(h, rows, nb, Dv, vf);
+    for (int64_t i = 0; i < n; i++) {
+        const int64_t r0 = R * i / n, r1 = R * (i + 1) / n;
+        k->gemm_f32(r1 - r0, Dv, nb, h->s + r0 * KV_KB, KV_KB, 1, vf, Dv, h->acc + r0 * Dv, Dv, 1);
+        kv_gemm_pf(h, bytes, i, n);
+    }
+}
+
+/* The GEMM path on kernels k for a call whose KV heads have R >= KV_GEMM_ROWS rows in an item
+ * (the build's softmax16 kept), else p as it was. */
+static inline void kv_choose_gemm(int64_t R, kv_path* p, const cf_attn_kernels* k) {
+    if (R < KV_GEMM_ROWS) return;
+    p->prep = kv_gemm_prep, p->scores = kv_scores_gemm, p->pv = kv_pv_gemm;
+    p->acc_index = NULL, p->finish = NULL, p->pf_inside = 1, p->gemm = k;
 }
 
 /* ---- Append ---------------------------------------------------------------------------------- */
@@ -493,7 +598,10 @@ static kv_head kv_head_of(const cf_kvcache_call* c, kv_scratch* w, const kv_itm*
                      .qw = w->qw + g * Rg * c->a.D,
                      .s = w->s + g * Rg * KV_KB,
                      .acc = w->acc + g * Rg * c->a.Dv,
-                     .R = Rg};
+                     .R = Rg,
+                     .gk = it->path.gemm,
+                     .qt = w->qf + g * Rg,
+                     .ldqt = it->R};
 }
 
 /* rows[t]: the cache row of key jb + t (t < nb) for KV head hk0 + g in view v (K or V). base:
@@ -502,14 +610,6 @@ static void kv_head_rows(const cf_view* v, const int64_t* base, int64_t nb, int6
                          const void** rows) {
     for (int64_t t = 0; t < nb; t++)
         rows[t] = (const char*)v->data + (base[t] + g * v->stride[2]) * es;
-}
-
-/* Prefetch into L2 the bytes [o0, o1) of rows[t] for t in [t0, t1) (bounds clipped to n). */
-static inline void kv_pf_rows(const void* const* rows, int64_t n, int64_t t0, int64_t t1,
-                              int64_t o0, int64_t o1) {
-    for (int64_t t = t0; t < t1 && t < n; t++)
-        for (int64_t o = o0; o < o1; o += 64)
-            __builtin_prefetch((const char*)rows[t] + o, 0, 2);
 }
 
 /* Whether the kernels that can prefetch a later block's rows inside their loops (kv_path.pf_inside)
@@ -722,9 +822,12 @@ static void kv_item(const cf_kvcache_call* c, kv_scratch* w, kv_itm* it, int64_t
  * has at most KV_ROWS rows (its scratch stays in L2; K/V are read once per chunk of rows, as the
  * tiles of a prefill), keys in ns splits: num_splits as given, else enough items for every thread
  * twice over, with at least 512 keys per split; splits are cut while their partial results would
- * exceed 256 MB (they change only the order of the sums). */
+ * exceed 256 MB (they change only the order of the sums). Where the rows of one KV head fill an
+ * item for the GEMM path (a chunk of prefill), items take one KV head and KV_GEMM_ITEM rows: its
+ * K/V are read once per KV_GEMM_ITEM of its rows, not once per KV_ROWS / nh. */
 #define KV_ROWS 64
-static void kv_plan(const cf_kvcache_call* c, int64_t* nh, int64_t* nq, int64_t* ns) {
+static void kv_plan(const cf_kvcache_call* c, kv_choose_fn choose, int64_t* nh, int64_t* nq,
+                    int64_t* ns) {
     const cf_attn_call* a = &c->a;
     const int64_t G = a->H / a->Hk;
     int64_t h = KV_ROWS / G;
@@ -732,8 +835,13 @@ static void kv_plan(const cf_kvcache_call* c, int64_t* nh, int64_t* nq, int64_t*
     if (h > a->Hk) h = a->Hk;
     while (a->Hk % h)
         h--; /* equal chunks */
+    int64_t rows = KV_ROWS;
+    const int64_t q1 = KV_GEMM_ITEM / G < 1 ? 1 : KV_GEMM_ITEM / G; /* one head's, GEMM path */
+    kv_path one = {0};
+    choose(c, G * (a->Sq < q1 ? a->Sq : q1), &one);
+    if (one.gemm) h = 1, rows = KV_GEMM_ITEM;
     *nh = h;
-    int64_t q = KV_ROWS / (h * G);
+    int64_t q = rows / (h * G);
     if (q < 1) q = 1;
     if (q > a->Sq) q = a->Sq > 0 ? a->Sq : 1;
     *nq = q;
@@ -851,7 +959,7 @@ static cflash_status kv_run(const void* call, kv_choose_fn choose) {
     const cf_attn_call* a = &c->a;
     const int64_t G = a->H / a->Hk, Dv = a->Dv;
     kv_work k;
-    kv_plan(c, &k.nh, &k.nq, &k.ns);
+    kv_plan(c, choose, &k.nh, &k.nq, &k.ns);
     k.nchunk = a->Hk / k.nh, k.nqc = (a->Sq + k.nq - 1) / k.nq, k.R = k.nh * G * k.nq;
     k.groups = a->B * k.nchunk * k.nqc, k.items = k.groups * k.ns;
     k.parts = k.ns > 1 ? malloc(sizeof(float) * (size_t)(k.items * k.R * (Dv + 2))) : NULL;

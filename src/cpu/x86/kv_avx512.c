@@ -1554,6 +1554,9 @@ static void kv_choose_avx512(const cf_kvcache_call* c, int64_t R, kv_path* p) {
         if (kv_pv_dp_ok(CF_BF16, R, a->Dv))
             p->acc_index = kv_acc_index_dp, p->finish = kv_pv_unpermute;
     }
+    /* (an int8 cache by VNNI products stays on its kernels, 1.4x the GEMMs at 64 query rows:
+     * docs/PERF.md) */
+    if (!kv_i8_ok(c, 4)) kv_choose_gemm(R, p, cf_attn_kernels_avx512());
 }
 
 static cflash_status avx512_kvcache_run(const void* call) {
