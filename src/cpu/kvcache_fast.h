@@ -309,20 +309,6 @@ static void kv_gemm_prep(const cf_kvcache_call* c, kv_scratch* w, int64_t R) {
             w->qf[d * R + r] = w->q[r * D + d];
 }
 
-/* Prefetch into L2 the bytes [o0, o1) of rows[t] for t in [t0, t1) (bounds clipped to n). */
-static inline void kv_pf_rows(const void* const* rows, int64_t n, int64_t t0, int64_t t1,
-                              int64_t o0, int64_t o1) {
-    for (int64_t t = t0; t < t1 && t < n; t++)
-        for (int64_t o = o0; o < o1; o += 64)
-            __builtin_prefetch((const char*)rows[t] + o, 0, 2);
-}
-
-/* Part i of n of the later block's rows the kernel was handed (kv_head.pf; rows of `bytes`) into
- * L2: spread between pieces of the GEMMs, as a burst would wait on the L1 miss buffers. */
-static inline void kv_gemm_pf(const kv_head* h, int64_t bytes, int64_t i, int64_t n) {
-    if (h->npf) kv_pf_rows(h->pf, h->npf, h->npf * i / n, h->npf * (i + 1) / n, 0, bytes);
-}
-
 /* Rows t < nb of the block as fp32 rows of n in dst: converted from the dtype, or a quantized
  * cache's codes through the table (their factors go to the scores and to P, as kv_scores_lut). */
 static void kv_gemm_rows(const kv_head* h, const void* const* rows, int64_t nb, int64_t n,
@@ -337,38 +323,28 @@ static void kv_gemm_rows(const kv_head* h, const void* const* rows, int64_t nb, 
 }
 
 /* s = q k^T for the block (times each key's factor f for a quantized cache): K rows to fp32,
- * S^T (nb x R) by the GEMM in pieces of 6 keys (the register tile's rows), transposed into s by
- * the kernels' bias_t onto zeros (0 + x is x; -inf stays -inf). */
+ * S^T (nb x R) by the GEMM, transposed into s by the kernels' bias_t onto zeros (0 + x is x;
+ * -inf stays -inf). */
 static void kv_scores_gemm(const kv_head* h, const void* const* rows, int64_t nb, const float* f) {
     const cf_attn_kernels* k = h->gk;
     const int64_t D = h->c->a.D, R = h->R;
-    const int64_t bytes = D * (int64_t)cf_dtype_size(kv_row_dtype(h->c));
     float *kf = h->w->kf, *st = h->w->st;
     kv_gemm_rows(h, rows, nb, D, kf);
-    for (int64_t t0 = 0, i = 0; t0 < nb; t0 += 6, i++) {
-        k->gemm_f32(nb - t0 < 6 ? nb - t0 : 6, R, D, kf + t0 * D, D, 1, h->qt, h->ldqt, st + t0 * R,
-                    R, 0);
-        kv_gemm_pf(h, bytes, i, (KV_KB + 5) / 6);
-    }
+    k->gemm_f32(nb, R, D, kf, D, 1, h->qt, h->ldqt, st, R, 0);
     memset(h->s, 0, sizeof(float) * (size_t)(R * KV_KB));
     k->bias_t(h->s, KV_KB, st, R, nb, R, 0);
     if (f) kv_q_apply(h->s, R, f, 1.0f);
 }
 
 /* acc += P V for the block (P times each key's factor f first for a quantized cache): V rows to
- * fp32, the GEMM in pieces of 16 rows. */
+ * fp32, one GEMM. */
 static void kv_pv_gemm(const kv_head* h, const void* const* rows, int64_t nb, const float* f) {
     const cf_attn_kernels* k = h->gk;
-    const int64_t Dv = h->c->a.Dv, R = h->R, n = (R + 15) / 16;
-    const int64_t bytes = Dv * (int64_t)cf_dtype_size(kv_row_dtype(h->c));
+    const int64_t Dv = h->c->a.Dv, R = h->R;
     float* vf = h->w->vf;
     if (f) kv_q_apply(h->s, R, f, 1.0f);
     kv_gemm_rows(h, rows, nb, Dv, vf);
-    for (int64_t i = 0; i < n; i++) {
-        const int64_t r0 = R * i / n, r1 = R * (i + 1) / n;
-        k->gemm_f32(r1 - r0, Dv, nb, h->s + r0 * KV_KB, KV_KB, 1, vf, Dv, h->acc + r0 * Dv, Dv, 1);
-        kv_gemm_pf(h, bytes, i, n);
-    }
+    k->gemm_f32(R, Dv, nb, h->s, KV_KB, 1, vf, Dv, h->acc, Dv, 1);
 }
 
 /* The GEMM path on kernels k for a call whose KV heads have R >= KV_GEMM_ROWS rows in an item
@@ -376,7 +352,7 @@ static void kv_pv_gemm(const kv_head* h, const void* const* rows, int64_t nb, co
 static inline void kv_choose_gemm(int64_t R, kv_path* p, const cf_attn_kernels* k) {
     if (R < KV_GEMM_ROWS) return;
     p->prep = kv_gemm_prep, p->scores = kv_scores_gemm, p->pv = kv_pv_gemm;
-    p->acc_index = NULL, p->finish = NULL, p->pf_inside = 1, p->gemm = k;
+    p->acc_index = NULL, p->finish = NULL, p->pf_inside = 0, p->gemm = k;
 }
 
 /* ---- Append ---------------------------------------------------------------------------------- */
@@ -610,6 +586,14 @@ static void kv_head_rows(const cf_view* v, const int64_t* base, int64_t nb, int6
                          const void** rows) {
     for (int64_t t = 0; t < nb; t++)
         rows[t] = (const char*)v->data + (base[t] + g * v->stride[2]) * es;
+}
+
+/* Prefetch into L2 the bytes [o0, o1) of rows[t] for t in [t0, t1) (bounds clipped to n). */
+static inline void kv_pf_rows(const void* const* rows, int64_t n, int64_t t0, int64_t t1,
+                              int64_t o0, int64_t o1) {
+    for (int64_t t = t0; t < t1 && t < n; t++)
+        for (int64_t o = o0; o < o1; o += 64)
+            __builtin_prefetch((const char*)rows[t] + o, 0, 2);
 }
 
 /* Whether the kernels that can prefetch a later block's rows inside their loops (kv_path.pf_inside)
