@@ -10,7 +10,8 @@
  *    An item is four named steps: kv_item_start (q rows, key ranges), then per block
  *    kv_block_scores, kv_block_softmax (online softmax in fp32) and kv_block_pv (P V in fp32).
  *    Quantized caches: the codes' values times a factor per key (int8 scale, fp8 descale), applied
- *    to the scores and to P.
+ *    to the scores and to P. A KV head with KV_GEMM_ROWS or more rows (chunks of prefill) may
+ *    take the GEMM path instead (one KV head an item, the attention kernels' GEMMs; below).
  * 3. Splits (num_splits > 1, or chosen when there are fewer items than threads) keep
  *    (max, sum, acc) per split and are merged by their LSE, as cflash_attn_merge does. */
 
