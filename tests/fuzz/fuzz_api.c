@@ -635,7 +635,9 @@ static void decode(src* s, call* c, args* x) {
         const int64_t Sn = one_in(s, 2) ? pick(s, 0, 4) : 0;
         /* FA3's varlen queries / new rows: q (total_q, H, D), k_new (total_new, Hk, D) */
         const int vq = one_in(s, 5), vn_ = one_in(s, 5);
-        const int64_t Sq1 = Sq > 8 ? Sq % 8 : Sq, tq = B * Sq1, tn = B * Sn;
+        /* (a few rows, but 17-24 with G 3: 51-72 rows a KV head, the x86 builds' GEMM path) */
+        const int64_t Sq1 = Sq > 8 && !(G == 3 && Sq > 16) ? Sq % 8 : Sq;
+        const int64_t tq = B * Sq1, tn = B * Sn;
         int64_t q4[4] = {B, Sq1, H, D}, o4[4] = {B, Sq1, H, Dv}, l3[3] = {B, H, Sq1};
         int64_t q3[3] = {tq, H, D}, o3[3] = {tq, H, Dv}, l2[2] = {H, tq};
         int64_t kc[4] = {paged ? pages : B + pick(s, 0, 1), paged ? page : Sc, Hk, D};
