@@ -13,15 +13,20 @@ static const char* const backends[] = {"cpu-amx", "cpu-avx512", "cpu-avx2",
 /* The dtypes each serves (bit 1 << cf_dtype; 0 = all): cpu-amx is bf16 and fp16 only. */
 static const unsigned backend_dtypes[] = {(1u << CF_BF16) | (1u << CF_F16), 0, 0, 0, 0, 0};
 
-/* The line "NAME: ..." of explain mode for a small forward in a dtype NAME serves: whether NAME
- * can run here, and the reason when not. */
-static int backend_available(const char* name, cf_dtype dt, char* why, size_t len) {
+/* A small forward problem in dtype dt: S queries and keys, head dim D. */
+static attn_problem* small_problem(cf_dtype dt, int64_t S, int64_t D) {
     attn_case c;
     attn_case_init(&c);
     c.dtype = dt;
-    c.Sq = c.Sk = 4;
-    c.D = c.Dv = 8;
-    attn_problem* p = attn_problem_new(&c);
+    c.Sq = c.Sk = S;
+    c.D = c.Dv = D;
+    return attn_problem_new(&c);
+}
+
+/* The line "NAME: ..." of explain mode for a small forward in a dtype NAME serves: whether NAME
+ * can run here, and the reason when not. */
+static int backend_available(const char* name, cf_dtype dt, char* why, size_t len) {
+    attn_problem* p = small_problem(dt, 4, 8);
     cflash_context* ctx = NULL;
     cflash_context_create(&ctx);
     cflash_context_set_backend(ctx, name);
@@ -44,12 +49,7 @@ static int backend_available(const char* name, cf_dtype dt, char* why, size_t le
 
 /* A backend this CPU cannot run, forced: the call fails with UNSUPPORTED and says why. */
 static void test_unavailable(const char* name, cf_dtype dt, const char* why) {
-    attn_case c;
-    attn_case_init(&c);
-    c.dtype = dt;
-    c.Sq = c.Sk = 5;
-    c.D = c.Dv = 16;
-    attn_problem* p = attn_problem_new(&c);
+    attn_problem* p = small_problem(dt, 5, 16);
     cflash_context* ctx = NULL;
     CHECK_OK(cflash_context_create(&ctx));
     CHECK_OK(cflash_context_set_backend(ctx, name));
@@ -66,6 +66,47 @@ static void test_unavailable(const char* name, cf_dtype dt, const char* why) {
     attn_problem_free(p);
 }
 
+/* The automatic choice for a small forward in dtype dt: the first backend explain mode calls
+ * OKAY, into name. */
+static void auto_choice(cf_dtype dt, char* name, size_t len, char* buf, size_t blen) {
+    attn_problem* p = small_problem(dt, 40, 64);
+    cflash_context* ctx = NULL;
+    CHECK_OK(cflash_context_create(&ctx));
+    buf[0] = 0;
+    cflash_context_set_explain(ctx, buf, blen);
+    CHECK_OK(attn_problem_call_fwd(ctx, p, NULL));
+    name[0] = 0;
+    const char* ok = strstr(buf, ": OKAY");
+    if (ok) {
+        const char* start = ok;
+        while (start > buf && start[-1] != '\n')
+            start--;
+        size_t n = (size_t)(ok - start) < len ? (size_t)(ok - start) : len - 1;
+        memcpy(name, start, n);
+        name[n] = 0;
+    }
+    cflash_context_free(ctx);
+    attn_problem_free(p);
+}
+
+/* cpu-amx passed the grid on AMX hardware (docs/PERF.md), so where it runs the automatic choice
+ * takes it for bf16; for fp16 too, except on a CPU with AMX-FP16, whose tdpfp16ps path has not
+ * run the grid on such a CPU: there the choice passes it over, saying so. */
+static void test_amx_chosen(void) {
+    char name[64], buf[2048];
+    auto_choice(CF_BF16, name, sizeof name, buf, sizeof buf);
+    CHECK_MSG(!strcmp(name, "cpu-amx"), "bf16: the automatic choice is '%s', not cpu-amx:\n%.900s",
+              name, buf);
+    auto_choice(CF_F16, name, sizeof name, buf, sizeof buf);
+    if (strstr(buf, "cpu-amx: NO: "))
+        CHECK_MSG(strstr(buf, "AMX-FP16") && !strcmp(name, "cpu-avx512"),
+                  "fp16: cpu-amx passed over for a reason other than AMX-FP16:\n%.900s", buf);
+    else
+        CHECK_MSG(!strcmp(name, "cpu-amx"), "fp16: the automatic choice is '%s':\n%.900s", name,
+                  buf);
+    printf("cpu-amx: the automatic choice for bf16 and fp16 (%s)\n", name);
+}
+
 int main(void) {
     const int level = tt_test_level();
     int any = 0;
@@ -79,6 +120,7 @@ int main(void) {
             continue;
         }
         any = 1;
+        if (!strcmp(backends[i], "cpu-amx")) test_amx_chosen();
         for (int bwd = level < 0; bwd <= 1; bwd++) { /* emulated: fwd+bwd checks both */
             attn_grid_opts o;
             memset(&o, 0, sizeof o);
@@ -87,7 +129,6 @@ int main(void) {
             o.bwd = bwd;
             o.threads = 2;
             o.dtypes = backend_dtypes[i];
-            o.no_paged = !strcmp(backends[i], "cpu-amx"); /* refused in amx_supports */
             int ran = 0, skipped = 0;
             double t0 = tt_now();
             int fails = attn_grid_run(&o, &ran, &skipped);

@@ -3,10 +3,10 @@
  * later; elsewhere fp16 is converted to fp32 per block, the cpu-avx512 path). Softmax, masks and
  * conversions run on AVX-512 (the cpu-avx512 table). The tile configuration is loaded once per
  * thread around its tiles.
- * UNVERIFIED on hardware: the machine it was written on has no AMX. test_amx_model runs these
- * kernels through the attention grid on a software model of the tile instructions
- * (tests/amx_model); an AMX machine must still run `build/tests/test_attn_ref 1 cpu-amx bf16,fp16`
- * and the CFLASH_TEST_LEVEL=1 backend grid before AMX_UNVERIFIED below is lifted. */
+ * Verified on AMX hardware (docs/PERF.md, Intel AMX section: `build/tests/test_attn_ref 1 cpu-amx
+ * bf16,fp16` and the CFLASH_TEST_LEVEL=1 backend grid pass) on a CPU without AMX-FP16, so the
+ * tdpfp16ps path has run on the software tile model only (tests/amx_model): amx_verified keeps
+ * the automatic choice off it until an AMX-FP16 machine has run the grid. */
 #include <stdio.h>
 #include <string.h>
 
@@ -70,10 +70,6 @@ static int amx_available(char* reason, size_t len) {
 #endif
 }
 
-/* Lift this (NULL) in the commit that records `build/tests/test_attn_ref 1 cpu-amx bf16,fp16` and
- * the CFLASH_TEST_LEVEL=1 backend grid passing on an AMX machine (docs/PERF.md, "cpu-amx"). */
-#define AMX_UNVERIFIED "not yet verified on AMX hardware; force it with CFLASH_BACKEND=cpu-amx"
-
 static int amx_supports(const void* call, char* reason, size_t len) {
     const cf_attn_call* c = call;
     if (c->dtype != CF_BF16 && c->dtype != CF_F16) {
@@ -81,21 +77,26 @@ static int amx_supports(const void* call, char* reason, size_t len) {
                  cf_dtype_name(c->dtype));
         return 0;
     }
-    if (c->block_table) { /* its tile loaders take equally spaced key rows */
-        snprintf(reason, len,
-                 "paged K/V (block_table): not implemented on cpu-amx yet (cpu-avx512 "
-                 "serves it)");
-        return 0;
-    }
     return cf_attn_cpu_supports(c, cf_attn_kernels_avx512(), reason, len);
+}
+
+/* Lift this (always 1) in the commit that records the grid passing on an AMX-FP16 CPU. */
+static int amx_verified(const void* call, char* why, size_t len) {
+    const cf_attn_call* c = call;
+    if (!c || c->dtype != CF_F16 || !cf_cpu()->amx_fp16) return 1;
+    snprintf(why, len,
+             "fp16 on AMX-FP16 tiles (tdpfp16ps) not yet verified on such a CPU; force it "
+             "with CFLASH_BACKEND=cpu-amx");
+    return 0;
 }
 
 #ifdef CF_AMX_CODE
 /* fp16 without AMX-FP16: converted to fp32 per block on AVX-512 (the cpu-avx512 driver). So are
  * issue 13's attn_bias, attn_mask and block-sparse lists (and dbias) for now: the tile functions
- * do not apply them (sinks, dsinks and attention_chunk they do). */
+ * do not apply them (sinks, dsinks and attention_chunk they do); and paged K / V (block_table):
+ * the tile loaders take equally spaced key rows. */
 static int on_tiles(const cf_attn_call* c) {
-    return (c->dtype == CF_BF16 || CF_AMX_HAS_FP16()) && !cf_attn_has_extra(c);
+    return (c->dtype == CF_BF16 || CF_AMX_HAS_FP16()) && !cf_attn_has_extra(c) && !c->block_table;
 }
 
 static cflash_status amx_fwd(const void* call) {
@@ -124,7 +125,7 @@ const cf_impl cf_impl_amx_attn_fwd = {
     .supports = amx_supports,
     .run = amx_fwd,
     .available = amx_available,
-    .unverified = AMX_UNVERIFIED,
+    .verified = amx_verified,
 };
 const cf_impl cf_impl_amx_attn_bwd = {
     .backend = "cpu-amx",
@@ -133,5 +134,5 @@ const cf_impl cf_impl_amx_attn_bwd = {
     .supports = amx_supports,
     .run = amx_bwd,
     .available = amx_available,
-    .unverified = AMX_UNVERIFIED,
+    .verified = amx_verified,
 };

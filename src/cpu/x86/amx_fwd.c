@@ -139,10 +139,16 @@ CF_AMX_TARGET static void fwd_tile(const cf_attn_call* c, const cf_attn_kernels*
             }
             /* natural-log scores, as the backward recomputes them (see exp_cols in attn_cpu.h) */
             float sx = c->scale;
-            if (general) {
+            if (general) { /* cf_attn_score's steps on the run of keys, in vectors */
                 const float slope = cf_attn_slope(c, b, h);
-                for (int64_t j = a; j < z; j++)
-                    x[j] = cf_attn_score(c, x[j] * c->scale, slope, i0 + ii, j0 + j, sq, sk);
+                if (c->softcap > 0.0f)
+                    kk->softcap_cols(x + a, z - a, c->scale, c->softcap, NULL);
+                else
+                    for (int64_t j = a; j < z; j++)
+                        x[j] *= c->scale;
+                if (slope != 0.0f)
+                    cf_attn_alibi_run(x + a, 1, z - a, slope,
+                                      cf_attn_diag(c, i0 + ii, sq, sk) - (j0 + a), -1);
                 sx = 1.0f;
             }
             const float mx = cf_amx_row_scale_max(x + a, z - a, sx);
