@@ -158,25 +158,6 @@ CF_VTARGET static void gemm_f32(int64_t M, int64_t N, int64_t K, const float* A,
         if (i_ < (n)) STEP(0, cf_vtail((n)-i_), i_, __VA_ARGS__);                                  \
     } while (0)
 
-/* 2^x for x <= 0 (x < CF_EXP2_LO and -inf give 0, NaN gives NaN): 2^round(x) * p(x - round(x)),
- * degree-7 polynomial, ~1 ulp. */
-CF_VTARGET CF_VINLINE cf_vf v_exp2(cf_vf x) {
-    const cf_vf xc = cf_vmax(cf_vset1(CF_EXP2_LO), x); /* a NaN x (the second operand) passes */
-    const cf_vf n = cf_vround(xc);
-    const cf_vf f = cf_vsub(xc, n);
-    cf_vf p = cf_vset1(1.5252733e-5f);
-    p = cf_vfma(cf_vset1(1.5403530e-4f), p, f);
-    p = cf_vfma(cf_vset1(1.3333558e-3f), p, f);
-    p = cf_vfma(cf_vset1(9.6181291e-3f), p, f);
-    p = cf_vfma(cf_vset1(5.5504109e-2f), p, f);
-    p = cf_vfma(cf_vset1(2.4022651e-1f), p, f);
-    p = cf_vfma(cf_vset1(6.9314718e-1f), p, f);
-    p = cf_vfma(cf_vset1(1.0f), p, f);
-    return cf_vscale2(p, n, x);
-}
-
-#define CF_LOG2E 1.4426950408889634f
-
 /* x *= s; mx = max(mx, x) */
 CF_VTARGET CF_VINLINE void scale_max_step(const int full, cf_vt t, int64_t i, float* x, float* mx,
                                           cf_vf s) {

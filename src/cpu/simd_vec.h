@@ -20,7 +20,7 @@
  *   cf_vsel_lt(a, b, x, y)  x where a < b, else y (y where either is NaN)
  *   cf_vround(x)         to the nearest integer, ties to even
  *   cf_vscale2(p, n, x)  p * 2^n for integral n >= CF_EXP2_LO; 0 where x < CF_EXP2_LO
- *   CF_EXP2_LO           where exp2 (attn_simd.h's v_exp2) stops: 2^-64 on x86, so that no
+ *   CF_EXP2_LO           where exp2 (v_exp2, at the end) stops: 2^-64 on x86, so that no
  *                        softmax probability is near a subnormal. Intel's FMAs take a microcode
  *                        assist for every subnormal input or result: with P down to 2^-149, ALiBi
  *                        (whose distant keys land there) ran 3.7x (forward) and 6.3x (backward)
@@ -372,5 +372,26 @@ CF_VINLINE void cf_vstore_bf16(uint16_t* p, cf_vf v) {
 #else
 #error "define CF_SIMD_AVX2, CF_SIMD_AVX512 or CF_SIMD_NEON before including cpu/simd_vec.h"
 #endif
+
+/* ---- Built on the vocabulary, for every ISA -------------------------------------------------- */
+
+/* 2^x for x <= 0 (x < CF_EXP2_LO and -inf give 0, NaN gives NaN): 2^round(x) * p(x - round(x)),
+ * degree-7 polynomial, ~1 ulp. */
+CF_VTARGET CF_VINLINE cf_vf v_exp2(cf_vf x) {
+    const cf_vf xc = cf_vmax(cf_vset1(CF_EXP2_LO), x); /* a NaN x (the second operand) passes */
+    const cf_vf n = cf_vround(xc);
+    const cf_vf f = cf_vsub(xc, n);
+    cf_vf p = cf_vset1(1.5252733e-5f);
+    p = cf_vfma(cf_vset1(1.5403530e-4f), p, f);
+    p = cf_vfma(cf_vset1(1.3333558e-3f), p, f);
+    p = cf_vfma(cf_vset1(9.6181291e-3f), p, f);
+    p = cf_vfma(cf_vset1(5.5504109e-2f), p, f);
+    p = cf_vfma(cf_vset1(2.4022651e-1f), p, f);
+    p = cf_vfma(cf_vset1(6.9314718e-1f), p, f);
+    p = cf_vfma(cf_vset1(1.0f), p, f);
+    return cf_vscale2(p, n, x);
+}
+
+#define CF_LOG2E 1.4426950408889634f
 
 #endif

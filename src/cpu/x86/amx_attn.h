@@ -49,8 +49,10 @@ void cf_amx_pairs_t(const cf_attn_kernels* k, uint32_t* dst, int64_t ldd, uint32
 
 /* Largest element of x[0, n) after x[i] *= s in place; NaN when any is NaN, -inf for n = 0. */
 float cf_amx_row_scale_max(float* x, int64_t n, float s);
-/* Sum of x[0, n). */
-float cf_amx_row_sum(const float* x, int64_t n);
+/* exp(x[i] - b) for i < n (0 for -inf, NaN for NaN), returning their sum: written rounded into
+ * p[i] (fp16 when fp16, else bf16), x unchanged; with p NULL into x[i] (fp32). One pass of the
+ * forward's softmax. */
+float cf_amx_exp_row_sum(float* x, int64_t n, float b, uint16_t* p, int fp16);
 
 /* The engines: bf16 on tdpbf16ps, fp16 on tdpfp16ps (the caller checked AMX-FP16). */
 cflash_status cf_amx_attn_fwd(const cf_attn_call* c, const cf_attn_kernels* k);

@@ -27,11 +27,23 @@ static size_t a64(size_t n) {
     return (n + 63) & ~(size_t)63;
 }
 
+/* Query rows per tile. Each tile brings every key block it visits to K^T and V pairs, so taller
+ * tiles than the AVX-512 driver's pay for that less often: 512 rows at head dims up to 128 ran
+ * 1.2-1.4x faster than 128 (docs/PERF.md, Intel model 167), fewer at larger head dims so the
+ * workspace (Q, S, P, O of every row) stays near 1 MB of the 2 MB L2. CFLASH_ATTN_BLOCKS's q,
+ * when set, is taken as it is (sweeps). */
+static int64_t fwd_rows(const cf_attn_call* c, const cf_attn_blocks* bl) {
+    if (!strcmp(bl->source, "CFLASH_ATTN_BLOCKS")) return bl->q;
+    const int64_t w = cf_amx_round(c->D > c->Dv ? c->D : c->Dv, 32);
+    const int64_t q = 65536 / w > 512 ? 512 : 65536 / w;
+    return q > bl->q ? q : bl->q;
+}
+
 static void fwd_layout(const cf_attn_call* c, amx_fwd_geom* g) {
     memset(g, 0, sizeof *g);
     const cf_attn_blocks bl = cf_attn_cpu_blocks();
     g->G = c->H / c->Hk;
-    g->n = cf_attn_cpu_tile_rows(c, bl.q);
+    g->n = cf_attn_cpu_tile_rows(c, fwd_rows(c, &bl));
     g->bk = bl.k;
     g->D32 = cf_amx_round(c->D, 32);
     g->Dv16 = cf_amx_round(c->Dv, 16);
@@ -86,6 +98,7 @@ CF_AMX_TARGET static void fwd_tile(const cf_attn_call* c, const cf_attn_kernels*
           *l = m + M32, *tmp = (float*)(ws + g->tmp);
     int64_t *rng = (int64_t*)(ws + g->rng), *lo = (int64_t*)(ws + g->lohi), *hi = lo + na;
     const int general = c->softcap > 0.0f || c->alibi != NULL;
+    const int64_t vsz = (int64_t)cf_dtype_size(c->dtype);
 
     for (int64_t ii = 0; ii < na; ii++)
         cf_attn_key_range(c, i0 + ii, sq, sk, &lo[ii], &hi[ii]);
@@ -126,6 +139,15 @@ CF_AMX_TARGET static void fwd_tile(const cf_attn_call* c, const cf_attn_kernels*
             kc[0] = c0 / 32, kc[1] = (c1 + 31) / 32;
         }
 
+        /* A NaN or infinity in V that some row cannot see (P V below sums pairs then) */
+        const char* vrow = cf_amx_row_ptr(&c->v, b, k0 + j0, hk);
+        const int64_t ves = c->v.stride[1] * vsz;
+        const int v_bad =
+            (lo[na - 1] > j0 || hi[0] < j0 + nb) &&
+            cf_attn_cpu_hidden_nonfinite(vrow, ves, j0, nb, lo[na - 1], hi[0], Dv, c->dtype);
+        /* P in fp32 too: for dropout (applied before rounding) and for the pairs V's NaN needs */
+        const int p32 = c->dropout_p > 0.0f || v_bad;
+
         /* Online softmax per row on its visible keys; P rounded, 0 elsewhere. */
         for (int64_t r = 0; r < Mt; r++) {
             const int64_t gi = r / na, ii = r % na, h = hk * G + gi;
@@ -155,8 +177,12 @@ CF_AMX_TARGET static void fwd_tile(const cf_attn_call* c, const cf_attn_kernels*
             /* A NaN the row sees makes its output NaN: m and l stay NaN from here on. */
             const float mn = isnan(mx) || isnan(m[r]) ? NAN : mx > m[r] ? mx : m[r];
             const float alpha = m[r] == -INFINITY ? 0.0f : expf(m[r] - mn);
-            kk->exp_row(x + a, z - a, isnan(mn) ? 0.0f : mn);
-            l[r] = l[r] * alpha + cf_amx_row_sum(x + a, z - a);
+            /* P = exp(S - m) with its row sum, rounded straight into pr unless wanted in fp32
+             * (l sums P before dropout) */
+            memset(pr, 0, sizeof(uint16_t) * (size_t)a);
+            memset(pr + z, 0, sizeof(uint16_t) * (size_t)(nb32 - z));
+            l[r] = l[r] * alpha + cf_amx_exp_row_sum(x + a, z - a, isnan(mn) ? 0.0f : mn,
+                                                     p32 ? NULL : pr + a, g->fp16);
             m[r] = mn;
             if (alpha != 1.0f && alpha != 0.0f)
                 for (int64_t d = 0; d < Dv; d++)
@@ -172,18 +198,13 @@ CF_AMX_TARGET static void fwd_tile(const cf_attn_call* c, const cf_attn_kernels*
                     if ((uint64_t)w.x[jj & 3] >= thr) x[j] = 0.0f;
                 }
             }
-            memset(pr, 0, sizeof(uint16_t) * (size_t)a);
-            kk->from_f32(pr + a, x + a, c->dtype, z - a);
-            memset(pr + z, 0, sizeof(uint16_t) * (size_t)(nb32 - z));
+            if (p32) kk->from_f32(pr + a, x + a, c->dtype, z - a);
         }
 
         /* O += P V. In a partly masked block a row's masked keys have P = 0, and 0 times a NaN
          * or infinite v would still reach the row: such a block (rare) sums visible pairs only,
          * in fp32. Else over the key chunks each slice's rows see, on tiles. */
-        const char* vrow = cf_amx_row_ptr(&c->v, b, k0 + j0, hk);
-        const int64_t ves = c->v.stride[1] * (int64_t)cf_dtype_size(c->dtype);
-        if ((lo[na - 1] > j0 || hi[0] < j0 + nb) &&
-            cf_attn_cpu_hidden_nonfinite(vrow, ves, j0, nb, lo[na - 1], hi[0], Dv, c->dtype)) {
+        if (v_bad) {
             for (int64_t j = 0; j < nb; j++) {
                 kk->to_f32(tmp, vrow + j * ves, c->dtype, Dv);
                 for (int64_t r = 0; r < Mt; r++) {

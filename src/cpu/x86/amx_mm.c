@@ -11,6 +11,9 @@
 #ifdef CF_AMX_CODE
 #include <immintrin.h>
 
+#define CF_SIMD_AVX512
+#include "cpu/simd_vec.h"
+
 #define INLINE static inline __attribute__((always_inline))
 
 /* ---- Tile GEMM ---------------------------------------------------------------------------------
@@ -196,11 +199,39 @@ CF_AMX_TARGET float cf_amx_row_scale_max(float* x, int64_t n, float s) {
     return nan ? NAN : _mm512_reduce_max_ps(mx);
 }
 
-CF_AMX_TARGET float cf_amx_row_sum(const float* x, int64_t n) {
+/* exp as the cpu-avx512 table's exp_row computes it (v_exp2 of (x - b) log2 e); P rounded by
+ * vcvtneps2bf16 (AVX512-BF16, which cpu-amx requires) or vcvtps2ph. v_exp2 stops at 2^-64 on x86,
+ * so no P is subnormal (vcvtneps2bf16 would flush it). Full vectors stored unmasked. */
+CF_AMX_TARGET INLINE __m512 exp_put(__m512 v, __m512 b, float* x, uint16_t* p, int fp16,
+                                    __mmask16 m) {
+    const __m512 e = v_exp2(_mm512_mul_ps(_mm512_sub_ps(v, b), _mm512_set1_ps(CF_LOG2E)));
+    const __m256i h = fp16 ? _mm512_cvtps_ph(e, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+                           : (__m256i)_mm512_cvtneps_pbh(e);
+    if (m == 0xffff) {
+        if (p)
+            _mm256_storeu_si256((__m256i*)p, h);
+        else
+            _mm512_storeu_ps(x, e);
+    } else {
+        if (p)
+            _mm256_mask_storeu_epi16(p, m, h);
+        else
+            _mm512_mask_storeu_ps(x, m, e);
+    }
+    return _mm512_maskz_mov_ps(m, e);
+}
+
+CF_AMX_TARGET float cf_amx_exp_row_sum(float* x, int64_t n, float b, uint16_t* p, int fp16) {
+    const __m512 vb = _mm512_set1_ps(b);
     __m512 acc = _mm512_setzero_ps();
-    for (int64_t i = 0; i < n; i += 16) {
-        const __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1u);
-        acc = _mm512_add_ps(acc, _mm512_maskz_loadu_ps(m, x + i));
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        acc = _mm512_add_ps(
+            acc, exp_put(_mm512_loadu_ps(x + i), vb, x + i, p ? p + i : NULL, fp16, 0xffff));
+    if (i < n) {
+        const __mmask16 m = (__mmask16)((1u << (n - i)) - 1u);
+        acc = _mm512_add_ps(
+            acc, exp_put(_mm512_maskz_loadu_ps(m, x + i), vb, x + i, p ? p + i : NULL, fp16, m));
     }
     return _mm512_reduce_add_ps(acc);
 }
