@@ -467,8 +467,8 @@ static int rows_like_model(const attn_problem* p, const attn_problem* base, cons
  * propagates through what it sees, as a naive computation does): out and dq are non-finite where
  * the oracle's are, every other element next to a clean run. */
 static void attn_nonfinite_masks(void) {
-    attn_case cs[3];
-    for (int i = 0; i < 3; i++) {
+    attn_case cs[4];
+    for (int i = 0; i < 4; i++) {
         attn_case_init(&cs[i]);
         cs[i].B = 2, cs[i].H = 2, cs[i].Hk = 1, cs[i].D = 16, cs[i].Dv = 24;
     }
@@ -483,12 +483,14 @@ static void attn_nonfinite_masks(void) {
     cs[2].block_q = 8, cs[2].block_k = 8, cs[2].causal = 1;
     cs[2].seqlens_q[0] = 90, cs[2].seqlens_q[1] = 70, cs[2].seqlens_k[0] = 130;
     cs[2].seqlens_k[1] = 100;
+    /* batch: a bias alone (with -inf entries): cpu-amx's forward applies it on its tiles */
+    cs[3].Sq = 150, cs[3].Sk = 150, cs[3].bias = ATTN_BC_BH;
     const cf_dtype dts[2] = {CF_F32, CF_BF16};
     int cases = 0;
     /* the oracle's model once per case, every backend against it (the fp64 oracle dominates the
      * time under qemu); emulated, bf16 only */
     for (int di = tt_test_level() < 0 ? 1 : 0; di < 2; di++)
-        for (int ci = 0; ci < 3; ci++) {
+        for (int ci = 0; ci < 4; ci++) {
             attn_case c = cs[ci];
             c.dtype = dts[di];
             c.seed = 500 + (uint64_t)(ci * 10 + di);

@@ -502,9 +502,10 @@ void attn_fill_far_qk(attn_problem* p) {
     attn_set_qk(p, far_qk);
 }
 
-int attn_backend_runs(const char* backend) {
+int attn_backend_runs_dtype(const char* backend, cf_dtype dt) {
     attn_case c;
     attn_case_init(&c);
+    c.dtype = dt;
     attn_problem* p = attn_problem_new(&c);
     cflash_context* ctx = NULL;
     cflash_context_create(&ctx);
@@ -513,4 +514,8 @@ int attn_backend_runs(const char* backend) {
     cflash_context_free(ctx);
     attn_problem_free(p);
     return ok;
+}
+
+int attn_backend_runs(const char* backend) {
+    return attn_backend_runs_dtype(backend, CF_F32);
 }

@@ -49,6 +49,8 @@ int attn_grid_one_pass(const char* backend, unsigned dtypes, int threads);
 /* Whether backend can run here: a one-element forward on it succeeds
  * (cflash_context_set_backend accepts any known name; a call tells). */
 int attn_backend_runs(const char* backend);
+/* The same in dtype dt (cpu-amx serves bf16 and fp16 only). */
+int attn_backend_runs_dtype(const char* backend, cf_dtype dt);
 
 /* Every element of q (is_k 0) and k (is_k 1) set to f(is_k, row, d, n, x): row its position along
  * the sequence dim (varlen: the packed row; paged k: the row in its page), d along the head dim,

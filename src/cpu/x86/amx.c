@@ -92,22 +92,24 @@ static int amx_verified(const void* call, char* why, size_t len) {
 
 #ifdef CF_AMX_CODE
 /* fp16 without AMX-FP16: converted to fp32 per block on AVX-512 (the cpu-avx512 driver). So are
- * issue 13's attn_bias, attn_mask and block-sparse lists (and dbias) for now: the tile functions
- * do not apply them (sinks, dsinks and attention_chunk they do); and paged K / V (block_table):
- * the tile loaders take equally spaced key rows. */
-static int on_tiles(const cf_attn_call* c) {
-    return (c->dtype == CF_BF16 || CF_AMX_HAS_FP16()) && !cf_attn_has_extra(c) && !c->block_table;
+ * issue 13's block-sparse lists for now, and attn_mask / attn_bias in the backward (dbias): the
+ * tile functions do not apply them (sinks, dsinks and attention_chunk they do; attn_mask and
+ * attn_bias the forward does: transformers' masks come so); and paged K / V (block_table): the
+ * tile loaders take equally spaced key rows. */
+static int on_tiles(const cf_attn_call* c, int fwd) {
+    return (c->dtype == CF_BF16 || CF_AMX_HAS_FP16()) && !c->block_table && !c->bs_num.data &&
+           (fwd || !cf_attn_has_extra(c));
 }
 
 static cflash_status amx_fwd(const void* call) {
     const cf_attn_call* c = call;
-    return on_tiles(c) ? cf_amx_attn_fwd(c, amx_kernels())
-                       : cf_attn_cpu_fwd(c, cf_attn_kernels_avx512());
+    return on_tiles(c, 1) ? cf_amx_attn_fwd(c, amx_kernels())
+                          : cf_attn_cpu_fwd(c, cf_attn_kernels_avx512());
 }
 static cflash_status amx_bwd(const void* call) {
     const cf_attn_call* c = call;
-    return on_tiles(c) ? cf_amx_attn_bwd(c, amx_kernels())
-                       : cf_attn_cpu_bwd(c, cf_attn_kernels_avx512());
+    return on_tiles(c, 0) ? cf_amx_attn_bwd(c, amx_kernels())
+                          : cf_attn_cpu_bwd(c, cf_attn_kernels_avx512());
 }
 #else
 static cflash_status amx_fwd(const void* call) {

@@ -20,7 +20,8 @@ typedef struct amx_fwd_geom {
     int64_t G, n, bk;             /* heads per group, rows per head per tile, keys per block */
     int64_t D32, Dv16, NB32, M32; /* padded: head dims, keys per block, rows per tile */
     int fp16;                     /* tdpfp16ps (fp16) or tdpbf16ps (bf16) */
-    size_t qa, kr, kt, vv, s, p, o, vec, rng, lohi, tmp, bytes;
+    const cf_attn_mask_map* map;  /* attn_mask / attn_bias summarised (may be NULL) */
+    size_t qa, kr, kt, vv, s, p, o, vec, rng, lohi, tmp, xih, bytes;
 } amx_fwd_geom;
 
 static size_t a64(size_t n) {
@@ -67,6 +68,7 @@ static void fwd_layout(const cf_attn_call* c, amx_fwd_geom* g) {
     TAKE(rng, 8 * 2 * (M / 32 + 1));  /* key chunks [k0, k1) of P V per 32-row slice */
     TAKE(lohi, 8 * 2 * (size_t)g->n); /* visible keys per row of a head */
     TAKE(tmp, 4 * Dv);                /* one output row */
+    TAKE(xih, 8 * 2 * M);             /* attn_mask / attn_bias: query and head per row */
 #undef TAKE
     g->bytes = off;
 }
@@ -97,7 +99,11 @@ CF_AMX_TARGET static void fwd_tile(const cf_attn_call* c, const cf_attn_kernels*
     float *s = (float*)(ws + g->s), *o = (float*)(ws + g->o), *m = (float*)(ws + g->vec),
           *l = m + M32, *tmp = (float*)(ws + g->tmp);
     int64_t *rng = (int64_t*)(ws + g->rng), *lo = (int64_t*)(ws + g->lohi), *hi = lo + na;
-    const int general = c->softcap > 0.0f || c->alibi != NULL;
+    const int masked = c->bias.data || c->mask.data; /* issue 13's (block-sparse: not here) */
+    const int general = c->softcap > 0.0f || c->alibi != NULL || masked;
+    int64_t *xi = (int64_t*)(ws + g->xih), *xh = xi + M32;
+    for (int64_t r = 0; r < Mt; r++)
+        xi[r] = i0 + r % na, xh[r] = hk * G + r / na;
     const int64_t vsz = (int64_t)cf_dtype_size(c->dtype);
 
     for (int64_t ii = 0; ii < na; ii++)
@@ -117,6 +123,23 @@ CF_AMX_TARGET static void fwd_tile(const cf_attn_call* c, const cf_attn_kernels*
 
     for (int64_t j0 = jlo; j0 < jhi; j0 += BK) {
         const int64_t nb = jhi - j0 < BK ? jhi - j0 : BK, nb32 = cf_amx_round(nb, 32);
+        /* attn_mask, attn_bias (issue 13): a block they hide from every row (mask 0, bias -inf)
+         * is skipped; where they hide some pairs (part) those are masked as the scores are
+         * formed (cf_attn_cpu_extras), and a NaN or infinity in the block's V is taken pair by
+         * pair below */
+        int region = CF_REGION_OPEN;
+        if (masked) {
+            /* heads with masks of their own (broadcast dims have stride 0) */
+            const int64_t Gm =
+                (c->mask.data && c->mask.stride[1]) || (c->bias.data && c->bias.stride[1]) ? G : 1;
+            region = -1;
+            for (int64_t gi = 0; gi < Gm && region != CF_REGION_PART; gi++)
+                region =
+                    cf_attn_region_join(region, cf_attn_cpu_region_open(c, g->map, b, hk * G + gi,
+                                                                        i0, i0 + na, j0, j0 + nb));
+            if (region == CF_REGION_CLOSED) continue;
+        }
+        const int part = region != CF_REGION_OPEN;
         /* The block in tile layouts: K^T pairs (through K rows) and V pairs. */
         cf_amx_rows16(kr, D32, D32, nb32, &c->k, b, k0 + j0, hk, nb, D);
         cf_amx_t32(kt, NB32, (const uint32_t*)kr, D32 / 2, nb32, D32 / 2);
@@ -142,9 +165,10 @@ CF_AMX_TARGET static void fwd_tile(const cf_attn_call* c, const cf_attn_kernels*
         /* A NaN or infinity in V that some row cannot see (P V below sums pairs then) */
         const char* vrow = cf_amx_row_ptr(&c->v, b, k0 + j0, hk);
         const int64_t ves = c->v.stride[1] * vsz;
-        const int v_bad =
-            (lo[na - 1] > j0 || hi[0] < j0 + nb) &&
-            cf_attn_cpu_hidden_nonfinite(vrow, ves, j0, nb, lo[na - 1], hi[0], Dv, c->dtype);
+        const int v_bad = part ? cf_attn_cpu_rows_nonfinite(vrow, ves, nb, Dv, c->dtype)
+                               : (lo[na - 1] > j0 || hi[0] < j0 + nb) &&
+                                     cf_attn_cpu_hidden_nonfinite(vrow, ves, j0, nb, lo[na - 1],
+                                                                  hi[0], Dv, c->dtype);
         /* P in fp32 too: for dropout (applied before rounding) and for the pairs V's NaN needs */
         const int p32 = c->dropout_p > 0.0f || v_bad;
 
@@ -171,12 +195,21 @@ CF_AMX_TARGET static void fwd_tile(const cf_attn_call* c, const cf_attn_kernels*
                 if (slope != 0.0f)
                     cf_attn_alibi_run(x + a, 1, z - a, slope,
                                       cf_attn_diag(c, i0 + ii, sq, sk) - (j0 + a), -1);
+                if (masked)
+                    cf_attn_cpu_extras(c, kk, b, x + a, 1, z - a, NB32, 1, xi + r, xh + r, NULL,
+                                       j0 + a, part, 0, 0);
                 sx = 1.0f;
             }
             const float mx = cf_amx_row_scale_max(x + a, z - a, sx);
             /* A NaN the row sees makes its output NaN: m and l stay NaN from here on. */
             const float mn = isnan(mx) || isnan(m[r]) ? NAN : mx > m[r] ? mx : m[r];
             const float alpha = m[r] == -INFINITY ? 0.0f : expf(m[r] - mn);
+            if (mn == -INFINITY && masked) { /* masks hide all the row has seen so far */
+                memset(pr, 0, sizeof(uint16_t) * (size_t)nb32);
+                for (int64_t j = a; j < z; j++)
+                    x[j] = 0.0f; /* P for the pairs below */
+                continue;
+            }
             /* P = exp(S - m) with its row sum, rounded straight into pr unless wanted in fp32
              * (l sums P before dropout) */
             memset(pr, 0, sizeof(uint16_t) * (size_t)a);
@@ -210,6 +243,8 @@ CF_AMX_TARGET static void fwd_tile(const cf_attn_call* c, const cf_attn_kernels*
                 for (int64_t r = 0; r < Mt; r++) {
                     const int64_t ii = r % na;
                     if (j0 + j < lo[ii] || j0 + j >= hi[ii]) continue;
+                    if (part && cf_attn_extra(c, b, xh[r], i0 + ii, j0 + j, 0.0f) == -INFINITY)
+                        continue;
                     const float pr = s[r * NB32 + j];
                     for (int64_t d = 0; d < Dv; d++)
                         o[r * Dv16 + d] += pr * tmp[d];
@@ -245,7 +280,11 @@ CF_AMX_TARGET static void fwd_tile(const cf_attn_call* c, const cf_attn_kernels*
 cflash_status cf_amx_attn_fwd(const cf_attn_call* c, const cf_attn_kernels* kk) {
     amx_fwd_geom g;
     fwd_layout(c, &g);
-    return cf_attn_cpu_fwd_run(c, kk, g.n, g.bytes, fwd_tile, &g);
+    cf_attn_mask_map* map = cf_attn_cpu_mask_map(c, c->threads);
+    g.map = map;
+    const cflash_status st = cf_attn_cpu_fwd_run(c, kk, g.n, g.bytes, fwd_tile, &g);
+    cf_attn_cpu_mask_map_free(map);
+    return st;
 }
 
 #else
