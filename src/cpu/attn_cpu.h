@@ -323,6 +323,10 @@ void cf_attn_cpu_mask_map_free(cf_attn_mask_map* mp); /* NULL is fine */
  * a pair): closed when one of them hides every pair, open when neither hides any, else part. */
 int cf_attn_cpu_region_open(const cf_attn_call* c, const cf_attn_mask_map* mp, int64_t b, int64_t h,
                             int64_t i0, int64_t i1, int64_t j0, int64_t j1);
+/* The same joined over the G query heads of KV head hk (one head where attn_mask and attn_bias
+ * both broadcast over heads): the state of a tile of rows [i0, i1) of every head of a group. */
+int cf_attn_cpu_group_region(const cf_attn_call* c, const cf_attn_mask_map* mp, int64_t b,
+                             int64_t hk, int64_t G, int64_t i0, int64_t i1, int64_t j0, int64_t j1);
 /* On a block of scores (natural-log units) -- element (row r, key column j) at
  * s[r * rs + j * cs] is query i[r] of head h[r], key j0 + j -- adds attn_bias and, with masks,
  * sets -inf where attn_mask is 0 or kv[r][j] is 0 (kv NULL: no block-sparse mask). masks 0: the

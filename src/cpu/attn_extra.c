@@ -146,6 +146,19 @@ static int row_state(const cf_attn_call* c, state_fn fn, const uint8_t* row, int
     return st;
 }
 
+int cf_attn_cpu_group_region(const cf_attn_call* c, const cf_attn_mask_map* mp, int64_t b,
+                             int64_t hk, int64_t G, int64_t i0, int64_t i1, int64_t j0,
+                             int64_t j1) {
+    /* heads with masks of their own (broadcast dims have stride 0) */
+    const int64_t Gm =
+        (c->mask.data && c->mask.stride[1]) || (c->bias.data && c->bias.stride[1]) ? G : 1;
+    int st = -1;
+    for (int64_t gi = 0; gi < Gm && st != CF_REGION_PART; gi++)
+        st =
+            cf_attn_region_join(st, cf_attn_cpu_region_open(c, mp, b, hk * G + gi, i0, i1, j0, j1));
+    return st;
+}
+
 int cf_attn_cpu_region_open(const cf_attn_call* c, const cf_attn_mask_map* mp, int64_t b, int64_t h,
                             int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
     if (j1 <= j0 || i1 <= i0) return CF_REGION_CLOSED;

@@ -367,13 +367,8 @@ static int fwd_block_open(const cf_attn_call* c, const fwd_geom* g, fwd_tile_ws*
                                       nb;
     }
     if (c->mask.data || c->bias.data) {
-        /* heads with masks of their own (broadcast dims have stride 0) */
-        const int64_t Gm =
-            (c->mask.data && c->mask.stride[1]) || (c->bias.data && c->bias.stride[1]) ? G : 1;
-        int ms = -1;
-        for (int64_t gi = 0; gi < Gm && ms != CF_REGION_PART; gi++)
-            ms = cf_attn_region_join(ms, cf_attn_cpu_region_open(c, g->map, w->b, w->hk * G + gi,
-                                                                 w->i0, w->i0 + na, j0, j0 + nb));
+        const int ms =
+            cf_attn_cpu_group_region(c, g->map, w->b, w->hk, G, w->i0, w->i0 + na, j0, j0 + nb);
         if (ms == CF_REGION_CLOSED) return ms;
         if (ms != CF_REGION_OPEN) st = CF_REGION_PART;
     }

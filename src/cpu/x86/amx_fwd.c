@@ -127,18 +127,10 @@ CF_AMX_TARGET static void fwd_tile(const cf_attn_call* c, const cf_attn_kernels*
          * is skipped; where they hide some pairs (part) those are masked as the scores are
          * formed (cf_attn_cpu_extras), and a NaN or infinity in the block's V is taken pair by
          * pair below */
-        int region = CF_REGION_OPEN;
-        if (masked) {
-            /* heads with masks of their own (broadcast dims have stride 0) */
-            const int64_t Gm =
-                (c->mask.data && c->mask.stride[1]) || (c->bias.data && c->bias.stride[1]) ? G : 1;
-            region = -1;
-            for (int64_t gi = 0; gi < Gm && region != CF_REGION_PART; gi++)
-                region =
-                    cf_attn_region_join(region, cf_attn_cpu_region_open(c, g->map, b, hk * G + gi,
-                                                                        i0, i0 + na, j0, j0 + nb));
-            if (region == CF_REGION_CLOSED) continue;
-        }
+        const int region =
+            masked ? cf_attn_cpu_group_region(c, g->map, b, hk, G, i0, i0 + na, j0, j0 + nb)
+                   : CF_REGION_OPEN;
+        if (region == CF_REGION_CLOSED) continue;
         const int part = region != CF_REGION_OPEN;
         /* The block in tile layouts: K^T pairs (through K rows) and V pairs. */
         cf_amx_rows16(kr, D32, D32, nb32, &c->k, b, k0 + j0, hk, nb, D);
