@@ -944,6 +944,33 @@ static void test_grid(void) {
         run_case(&v);
         nqz++;
     }
+    /* int8 caches with the integer kernels' widest rows: 4, 8, 12 and 16 rows a KV head (GQA
+     * groups of 4, 8 and 16, a few query rows), D 64 / 128 / 256, Dv 64; pages of 5, 3 and 16
+     * (a window makes blocks straddle pages), caches not in 16s, splits; bf16 and fp16 q */
+    for (int i = 0; i < (emulated ? 4 : 8); i++) {
+        static const int64_t hq[8][3] = {{32, 8, 1}, {16, 2, 1}, {8, 2, 3}, {16, 1, 1},
+                                         {8, 2, 2},  {32, 2, 1}, {8, 1, 2}, {12, 3, 1}};
+        kcase v = {0};
+        v.dtype = i % 2 ? CF_F16 : CF_BF16;
+        v.x.quant = CFLASH_KV_QUANT_INT8;
+        v.H = hq[i][0], v.Hk = hq[i][1], v.Sq = hq[i][2];
+        v.Sn = i % 4 == 3 ? 0 : v.Sq;
+        v.B = 1 + i % 2;
+        v.D = (int64_t[]){128, 64, 256, 128}[i % 4];
+        v.Dv = i == 7 ? 64 : v.D;
+        v.Lmax = emulated ? 90 : (int64_t[]){300, 77, 1000, 161}[i % 4];
+        v.page = (int64_t[]){0, 5, 16, 0, 3, 0, 16, 256}[i];
+        v.causal = i % 3 != 1;
+        v.wl = i == 6 || i == 3 ? 37 : -1, v.wr = -1;
+        v.softcap = i == 5 ? 2.0f : 0.0f;
+        v.half = i == 4 ? v.D / 2 : 0;
+        v.num_splits = (int[]){0, 1, 3}[i % 3];
+        v.lse = 1;
+        v.layout = (tt_layout)(i % 2);
+        v.seed = 1010 + (uint64_t)i + tt_seed_base();
+        run_case(&v);
+        nqz++;
+    }
     /* the MLA latent cache (DeepSeek: D 576 = 512 latent + 64 rope, Dv 512, one KV head): V a
      * view of K, appended through k_new alone; every dtype, paged or not, decode and a few
      * rows, rotary on the first dims (V sees them rotated: it is the same memory), splits,
