@@ -45,6 +45,31 @@ static int listed(int kind, int64_t qb, int64_t kb) {
     return 0;
 }
 
+/* p's block lists: key block kb listed for query block q of (b, h) where is_listed(b, h, q, kb,
+ * arg), in descending or ascending order of kb. */
+static void set_lists(attn_problem* p, int (*is_listed)(int64_t, int64_t, int64_t, int64_t, int),
+                      int arg, int descending) {
+    const int64_t K = p->bs_idx.shape[3];
+    for (int64_t b = 0; b < p->bs_num.shape[0]; b++)
+        for (int64_t h = 0; h < p->bs_num.shape[1]; h++)
+            for (int64_t q = 0; q < p->bs_num.shape[2]; q++) {
+                int64_t t = 0;
+                for (int64_t n = 0; n < K; n++) {
+                    const int64_t kb = descending ? K - 1 - n : n;
+                    if (is_listed(b, h, q, kb, arg)) {
+                        int64_t ix[4] = {b, h, q, t++};
+                        tt_set(&p->bs_idx, ix, (double)kb);
+                    }
+                }
+                int64_t in[3] = {b, h, q};
+                tt_set(&p->bs_num, in, (double)t);
+            }
+}
+static int kind_listed(int64_t b, int64_t h, int64_t q, int64_t kb, int kind) {
+    (void)b, (void)h;
+    return listed(kind, q, kb);
+}
+
 static void fill(attn_problem* p, int kind) {
     const attn_case* c = &p->c;
     if (p->mask.base) /* document mask: same document and causal; padding never */
@@ -59,21 +84,7 @@ static void fill(attn_problem* p, int kind) {
             tt_unravel(&p->bias, n, idx);
             tt_set(&p->bias, idx, idx[3] >= PAD ? -INFINITY : 0.25 * sin((double)n));
         }
-    if (p->bs_num.base) {
-        const int64_t K = p->bs_idx.shape[3];
-        for (int64_t b = 0; b < p->bs_num.shape[0]; b++)
-            for (int64_t h = 0; h < p->bs_num.shape[1]; h++)
-                for (int64_t q = 0; q < p->bs_num.shape[2]; q++) {
-                    int64_t t = 0;
-                    for (int64_t kb = K - 1; kb >= 0; kb--) /* descending: any order is fine */
-                        if (listed(kind, q, kb)) {
-                            int64_t ix[4] = {b, h, q, t++};
-                            tt_set(&p->bs_idx, ix, (double)kb);
-                        }
-                    int64_t in[3] = {b, h, q};
-                    tt_set(&p->bs_num, in, (double)t);
-                }
-    }
+    if (p->bs_num.base) set_lists(p, kind_listed, kind, 1); /* (descending: any order is fine) */
     /* NaN in the padding keys' K and V rows. */
     for (int64_t b = 0; b < c->B; b++)
         for (int64_t j = PAD; kind != CHUNK && j < S; j++)
@@ -137,6 +148,46 @@ static void run(const char* backend, int kind, cflash_dtype dt) {
     if (!p) return;
     fill(p, kind);
     check_problem(backend, p, kind_name[kind]);
+}
+
+/* Random 64 x 64 blocks per (batch, head), pct % of them visible: whether block (qb, kb) is. */
+static int rand_block(int64_t b, int64_t h, int64_t qb, int64_t kb, int pct) {
+    uint64_t x = (uint64_t)(((b * 7 + h) * 64 + qb) * 64 + kb) * 0x9e3779b97f4a7c15ull;
+    x ^= x >> 29, x *= 0xbf58476d1ce4e5b9ull, x ^= x >> 32;
+    return (int)(x % 100) < pct;
+}
+static int rand_pct;
+static void fill_rand_blocks(attn_problem* p) {
+    if (p->mask.base)
+        for (int64_t n = 0; n < p->mask.numel; n++) {
+            int64_t idx[4];
+            tt_unravel(&p->mask, n, idx);
+            tt_set(&p->mask, idx, rand_block(idx[0], idx[1], idx[2] / 64, idx[3] / 64, rand_pct));
+        }
+    if (p->bs_num.base) set_lists(p, rand_block, rand_pct, 0);
+}
+
+/* Masks that differ per head in a GQA group, random blocks of them visible: the kernels skip a
+ * block, or a slice of a tile's rows, by each row's own head's mask (cpu-amx's 512-row tiles where
+ * most blocks are open, its smaller ones where most are closed). A boolean mask, then block lists,
+ * at 25 % and 75 % of the blocks visible. */
+static void run_rand_blocks(const char* backend, cflash_dtype dt) {
+    for (int lists = 0; lists < 2; lists++)
+        for (int pct = 25; pct <= 75; pct += 50) {
+            attn_case c;
+            attn_case_init(&c);
+            c.B = 1, c.H = 4, c.Hk = 2, c.Sq = 600, c.Sk = 520, c.D = c.Dv = 32, c.dtype = dt;
+            if (lists)
+                c.blocks = ATTN_BC_BH, c.block_q = c.block_k = 64;
+            else
+                c.mask = ATTN_BC_BH;
+            c.seed = 900 + (uint64_t)(lists * 100 + pct) + tt_seed_base() * 1000003u;
+            rand_pct = pct;
+            char what[96];
+            snprintf(what, sizeof what, "random %s per head, %d %% of the blocks",
+                     lists ? "block lists" : "block mask", pct);
+            check_filled(backend, &c, fill_rand_blocks, what);
+        }
 }
 
 /* Case c checked in both of dbias_tile's orders: (b, h) by (b, h) with each one's scores and dP
@@ -532,6 +583,8 @@ int main(void) {
         }
         run_bias_dtype(backends[i], CFLASH_DTYPE_BF16);
         run_bias_dtype(backends[i], CFLASH_DTYPE_F16);
+        if (f32) run_rand_blocks(backends[i], CFLASH_DTYPE_F32);
+        run_rand_blocks(backends[i], CFLASH_DTYPE_BF16);
         if (f32) run_dbias_edges(backends[i]);
         if (f32) run_far_rows(backends[i], CFLASH_DTYPE_F32);
         run_far_rows(backends[i], CFLASH_DTYPE_BF16);

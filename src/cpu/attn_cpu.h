@@ -255,10 +255,11 @@ typedef struct cf_attn_score_map {
 /* Raw q.k scores to the scores exp(s - lse) takes, in place: scaled, soft-capped, ALiBi-biased
  * (natural-log units, rounded as the forward rounds them: see exp_cols), -inf where masked. With
  * issue 13's bias or masks (cf_attn_has_extra) mp's b, h and kv must be set: the bias is added
- * and the masks applied here too. y, when non-NULL, receives tanh(x / softcap) for the softcap
- * derivative (0 where masked). */
+ * and, where open is not CF_REGION_OPEN (the block's state under them), the masks applied here
+ * too. y, when non-NULL, receives tanh(x / softcap) for the softcap derivative (0 where
+ * masked). */
 void cf_attn_scores(const cf_attn_call* c, const cf_attn_kernels* kk, const cf_attn_score_map* mp,
-                    float* s, float* y, int64_t sq, int64_t sk);
+                    float* s, float* y, int64_t sq, int64_t sk, int open);
 /* NaN semantics in the backward (a masked pair never affects a gradient): a partly masked block
  * whose rows hold a NaN or infinity is summed pair by pair, since the products' zero weights would
  * carry it to pairs that cannot see each other. Whether query rows [qi0, qi0 + n) of head h hold
@@ -327,6 +328,18 @@ int cf_attn_cpu_region_open(const cf_attn_call* c, const cf_attn_mask_map* mp, i
  * both broadcast over heads): the state of a tile of rows [i0, i1) of every head of a group. */
 int cf_attn_cpu_group_region(const cf_attn_call* c, const cf_attn_mask_map* mp, int64_t b,
                              int64_t hk, int64_t G, int64_t i0, int64_t i1, int64_t j0, int64_t j1);
+/* The state of a tile -- row r is query i0 + r % na of head hk * G + r / na, r < G na -- against
+ * keys [j0, j0 + nb) under the block-sparse lists, attn_mask and attn_bias: closed when they hide
+ * every pair, open when they hide none, else part. With the lists, kvp[r] is set to row r's key
+ * mask (nb bytes, 1 = listed), kept in kvis: up to G (na + 1) nb bytes. */
+int cf_attn_cpu_tile_region(const cf_attn_call* c, const cf_attn_mask_map* mp, int64_t b,
+                            int64_t hk, int64_t G, int64_t i0, int64_t na, int64_t j0, int64_t nb,
+                            uint8_t* kvis, const uint8_t** kvp);
+/* Whether rows [r0, r1) of such a tile see none of those keys (kvp as cf_attn_cpu_tile_region
+ * left it), so that their work on the block can be skipped. */
+int cf_attn_cpu_rows_closed(const cf_attn_call* c, const cf_attn_mask_map* mp, int64_t b,
+                            int64_t hk, int64_t G, int64_t i0, int64_t na, int64_t r0, int64_t r1,
+                            int64_t j0, int64_t nb, const uint8_t* const* kvp);
 /* On a block of scores (natural-log units) -- element (row r, key column j) at
  * s[r * rs + j * cs] is query i[r] of head h[r], key j0 + j -- adds attn_bias and, with masks,
  * sets -inf where attn_mask is 0 or kv[r][j] is 0 (kv NULL: no block-sparse mask). masks 0: the

@@ -159,12 +159,77 @@ int cf_attn_cpu_group_region(const cf_attn_call* c, const cf_attn_mask_map* mp, 
     return st;
 }
 
+int cf_attn_cpu_tile_region(const cf_attn_call* c, const cf_attn_mask_map* mp, int64_t b,
+                            int64_t hk, int64_t G, int64_t i0, int64_t na, int64_t j0, int64_t nb,
+                            uint8_t* kvis, const uint8_t** kvp) {
+    int st = CF_REGION_OPEN;
+    if (c->bs_num.data) {
+        const int64_t qb0 = (i0 + c->q_offset) / c->block_q;
+        const int64_t nq = (i0 + na - 1 + c->q_offset) / c->block_q - qb0 + 1;
+        const int64_t Gs = c->bs_num.stride[1] != 0 ? G : 1; /* heads with their own lists */
+        st = -1;
+        for (int64_t gs = 0; gs < Gs; gs++)
+            st = cf_attn_region_join(
+                st, cf_attn_cpu_bs_keys(c, b, hk * G + gs, qb0, nq, j0, nb, kvis + gs * nq * nb));
+        if (st == CF_REGION_CLOSED) return st;
+        for (int64_t r = 0; r < G * na; r++)
+            kvp[r] =
+                kvis +
+                ((Gs > 1 ? r / na : 0) * nq + (i0 + r % na + c->q_offset) / c->block_q - qb0) * nb;
+    }
+    if (c->mask.data || c->bias.data) {
+        const int ms = cf_attn_cpu_group_region(c, mp, b, hk, G, i0, i0 + na, j0, j0 + nb);
+        if (ms == CF_REGION_CLOSED) return ms;
+        if (ms != CF_REGION_OPEN) st = CF_REGION_PART;
+    }
+    return st;
+}
+
+int cf_attn_cpu_rows_closed(const cf_attn_call* c, const cf_attn_mask_map* mp, int64_t b,
+                            int64_t hk, int64_t G, int64_t i0, int64_t na, int64_t r0, int64_t r1,
+                            int64_t j0, int64_t nb, const uint8_t* const* kvp) {
+    if (c->bs_num.data) { /* every row's key mask 0 (rows of one query block share theirs) */
+        int seen = 0;
+        for (int64_t r = r0; r < r1 && !seen; r++)
+            if (r == r0 || kvp[r] != kvp[r - 1]) seen = bytes_state(kvp[r], nb) != CF_REGION_CLOSED;
+        if (!seen) return 1;
+    }
+    if (!c->mask.data && !c->bias.data) return 0;
+    for (int64_t r = r0; r < r1;) { /* the rows by head */
+        const int64_t gi = r / na, ia = r % na, n = na - ia < r1 - r ? na - ia : r1 - r;
+        if (gi >= G) break;
+        if (cf_attn_cpu_region_open(c, mp, b, hk * G + gi, i0 + ia, i0 + ia + n, j0, j0 + nb) !=
+            CF_REGION_CLOSED)
+            return 0;
+        r += n;
+    }
+    return 1;
+}
+
+/* The state of chunks [k0, k1) of n map rows from m (nc apart): their bytes joined, stopping once
+ * mixed (a bit per state seen). */
+static int map_span_state(const uint8_t* m, int64_t nc, int64_t n, int64_t k0, int64_t k1) {
+    unsigned seen = 0;
+    for (int64_t r = 0; r < n; r++) {
+        for (int64_t k = k0; k < k1; k++)
+            seen |= 1u << m[r * nc + k];
+        if (seen != 1u << CF_REGION_CLOSED && seen != 1u << CF_REGION_OPEN) return CF_REGION_PART;
+    }
+    return seen == 1u << CF_REGION_CLOSED ? CF_REGION_CLOSED : CF_REGION_OPEN;
+}
+
 int cf_attn_cpu_region_open(const cf_attn_call* c, const cf_attn_mask_map* mp, int64_t b, int64_t h,
                             int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
     if (j1 <= j0 || i1 <= i0) return CF_REGION_CLOSED;
-    /* The mask row by row; stops once mixed. */
+    /* The mask row by row; stops once mixed. Keys in whole map chunks: the map's bytes alone
+     * (rows of a (b, h) are nc apart), the common case of a tile's region. */
+    const int64_t W = CF_ATTN_MAP_KEYS;
+    const int whole = mp && mp->st && j0 % W == 0 && (j1 % W == 0 || j1 == c->Sk);
     int ms = c->mask.data ? -1 : CF_REGION_OPEN;
-    for (int64_t i = i0; c->mask.data && i < i1 && ms != CF_REGION_PART; i++)
+    if (c->mask.data && whole)
+        ms = map_span_state(map_row(mp->st, mp->nb, mp->nh, mp->sq, mp->nc, b, h, i0), mp->nc,
+                            i1 - i0, j0 / W, (j1 + W - 1) / W);
+    for (int64_t i = i0; c->mask.data && !whole && i < i1 && ms != CF_REGION_PART; i++)
         ms = row_state(c, mask_bytes_state,
                        mp && mp->st ? map_row(mp->st, mp->nb, mp->nh, mp->sq, mp->nc, b, h, i)
                                     : NULL,

@@ -266,7 +266,6 @@ typedef struct fwd_tile_ws {
     int64_t *xi, *xh;                      /* issue 13: query and head per row [Mt] */
     const uint8_t** kvp;                   /* issue 13: each row's block-sparse key mask */
     uint8_t* kvis;                         /* issue 13: the key masks of the current block */
-    int64_t qb0, nqt, Gs;                  /* block-sparse: first query block, count, heads */
 } fwd_tile_ws;
 
 static void fwd_tile_init(const cf_attn_call* c, const fwd_geom* g, const attn_tile* t, char* ws,
@@ -288,10 +287,6 @@ static void fwd_tile_init(const cf_attn_call* c, const fwd_geom* g, const attn_t
     w->kvp = (const uint8_t**)(w->xh + Mt);
     w->kvis = (uint8_t*)(ws + g->off_x +
                          align64((2 * sizeof(int64_t) + sizeof(uint8_t*)) * (size_t)g->M));
-    const int bsp = c->bs_num.data != NULL;
-    w->qb0 = bsp ? (w->i0 + c->q_offset) / c->block_q : 0;
-    w->nqt = bsp ? (w->i0 + w->na - 1 + c->q_offset) / c->block_q - w->qb0 + 1 : 0;
-    w->Gs = bsp && c->bs_num.stride[1] != 0 ? g->G : 1; /* heads with their own lists */
     for (int64_t r = 0; cf_attn_has_extra(c) && r < Mt; r++)
         w->xi[r] = w->i0 + r % w->na, w->xh[r] = w->hk * g->G + r / w->na;
     for (int64_t ii = 0; ii < w->na; ii++)
@@ -352,27 +347,8 @@ static void fwd_load_q(const cf_attn_call* c, const cf_attn_kernels* kk, const f
  * NaN guards as without masks) or part. With the lists, also sets each row's key mask (w->kvp). */
 static int fwd_block_open(const cf_attn_call* c, const fwd_geom* g, fwd_tile_ws* w, int64_t j0,
                           int64_t nb) {
-    const int64_t G = g->G, na = w->na;
-    int st = CF_REGION_OPEN;
-    if (c->bs_num.data) {
-        st = -1;
-        for (int64_t gs = 0; gs < w->Gs; gs++)
-            st =
-                cf_attn_region_join(st, cf_attn_cpu_bs_keys(c, w->b, w->hk * G + gs, w->qb0, w->nqt,
-                                                            j0, nb, w->kvis + gs * w->nqt * nb));
-        if (st == CF_REGION_CLOSED) return st;
-        for (int64_t r = 0; r < w->Mt; r++)
-            w->kvp[r] = w->kvis + ((w->Gs > 1 ? r / na : 0) * w->nqt +
-                                   (w->i0 + r % na + c->q_offset) / c->block_q - w->qb0) *
-                                      nb;
-    }
-    if (c->mask.data || c->bias.data) {
-        const int ms =
-            cf_attn_cpu_group_region(c, g->map, w->b, w->hk, G, w->i0, w->i0 + na, j0, j0 + nb);
-        if (ms == CF_REGION_CLOSED) return ms;
-        if (ms != CF_REGION_OPEN) st = CF_REGION_PART;
-    }
-    return st;
+    return cf_attn_cpu_tile_region(c, g->map, w->b, w->hk, g->G, w->i0, w->na, j0, nb, w->kvis,
+                                   w->kvp);
 }
 
 /* S^T [nb][Mt] = K Q^T: K rows (krow, kes bytes apart, krs elements) read in place where their

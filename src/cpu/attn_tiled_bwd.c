@@ -198,8 +198,8 @@ static void scores(const cf_attn_call* c, const cf_attn_kernels* kk, const cf_at
 }
 
 void cf_attn_scores(const cf_attn_call* c, const cf_attn_kernels* kk, const cf_attn_score_map* mp,
-                    float* s, float* y, int64_t sq, int64_t sk) {
-    scores(c, kk, mp, s, y, sq, sk, CF_REGION_PART);
+                    float* s, float* y, int64_t sq, int64_t sk, int open) {
+    scores(c, kk, mp, s, y, sq, sk, open);
 }
 
 int cf_attn_bwd_query_rows_bad(const cf_attn_call* c, int64_t b, int64_t h, int64_t qi0, int64_t n,
@@ -809,7 +809,7 @@ static int dbias_block(const cf_attn_call* c, const cf_attn_kernels* kk, const b
         const float* kr = rows_f32_at(kk, kb, krs, c->dtype, nc, D, w->kc, &ldk, 0);
         kk->gemm_f32(nc, nr, D, kr, ldk, 1, w->qt, nr, w->s, nr, 0);
     }
-    cf_attn_scores(c, kk, &mp, w->s, NULL, sq, sk);
+    cf_attn_scores(c, kk, &mp, w->s, NULL, sq, sk, CF_REGION_PART);
     if (!w->dp) return 1;
     int64_t ldv, vrs;
     const char* vb = cf_attn_cpu_key_rows(c, &c->v, b, k0, j0, nc, hk, Dv, w->gv, &vrs);

@@ -91,14 +91,12 @@ static int amx_verified(const void* call, char* why, size_t len) {
 }
 
 #ifdef CF_AMX_CODE
-/* fp16 without AMX-FP16: converted to fp32 per block on AVX-512 (the cpu-avx512 driver). So are
- * issue 13's block-sparse lists for now, and attn_mask / attn_bias in the backward (dbias): the
- * tile functions do not apply them (sinks, dsinks and attention_chunk they do; attn_mask and
- * attn_bias the forward does: transformers' masks come so); and paged K / V (block_table): the
- * tile loaders take equally spaced key rows. */
+/* fp16 without AMX-FP16: converted to fp32 per block on AVX-512 (the cpu-avx512 driver). So is
+ * dbias (the backward's gradient of attn_bias: the tile functions apply issue 13's masks, bias
+ * and lists, sinks and attention_chunk, but do not sum dS into dbias); and paged K / V
+ * (block_table): the tile loaders take equally spaced key rows. */
 static int on_tiles(const cf_attn_call* c, int fwd) {
-    return (c->dtype == CF_BF16 || CF_AMX_HAS_FP16()) && !c->block_table && !c->bs_num.data &&
-           (fwd || !cf_attn_has_extra(c));
+    return (c->dtype == CF_BF16 || CF_AMX_HAS_FP16()) && !c->block_table && (fwd || !c->dbias.data);
 }
 
 static cflash_status amx_fwd(const void* call) {

@@ -9,7 +9,9 @@
  *   dP = dO V^T             (A: dO rows; B: V^T pairs)
  *   dS = P (dP - rowsum(dO O)) scale
  *   dK += dS^T Q            (A: dS^T; B: Q pairs)
- *   dQ += dS K              (A: dS rows; B: K pairs), into the unit's fp32 dQ or a dQ tile. */
+ *   dQ += dS K              (A: dS rows; B: K pairs), into the unit's fp32 dQ or a dQ tile.
+ * Issue 13's attn_mask, attn_bias and block-sparse lists are applied as S is formed, and the
+ * (block, rows) pairs they hide entirely are skipped (dbias: the cpu-avx512 driver, amx.c). */
 #include <math.h>
 #include <string.h>
 
@@ -23,7 +25,9 @@ typedef struct amx_bwd_geom {
     int64_t R32, NB32;    /* rows of a query block or dq tile, keys per block, padded */
     int64_t D32, Dv32, D16, Dv16, W32;
     int fp16;
-    size_t kr, ktv, vtv, kv, dk, dv, qa, doa, s, dp, pd, y, h16, hp, at, dov, qv, dq, map, bytes;
+    const cf_attn_mask_map* mmap; /* attn_mask / attn_bias summarised (may be NULL) */
+    size_t kr, ktv, vtv, kv, dk, dv, qa, doa, s, dp, pd, y, h16, hp, at, dov, qv, dq, map, kvis,
+        kvp, bytes;
 } amx_bwd_geom;
 
 static size_t a64(size_t n) {
@@ -70,6 +74,10 @@ static void bwd_layout(const cf_attn_call* c, amx_bwd_geom* g) {
     TAKE(qv, 4 * (R / 2) * D16);       /* Q pairs [R32 / 2][D16] */
     TAKE(dq, 4 * R * D16);             /* dQ of a block or tile [R32][D16] */
     TAKE(map, (8 * 4 + 4 * 4) * R);    /* per row: query, lo, hi, head; slope, lse, dl, shift */
+    /* block-sparse key masks of a block's rows (one head's bq, or a dQ tile's G heads of n) */
+    const int64_t nkv = g->bq + 1 > g->G * (g->n + 1) ? g->bq + 1 : g->G * (g->n + 1);
+    TAKE(kvis, (size_t)nkv * NB);
+    TAKE(kvp, sizeof(uint8_t*) * R); /* each row's */
 #undef TAKE
     g->bytes = off;
 }
@@ -118,12 +126,14 @@ static void pack_keys(const cf_attn_call* c, const cf_attn_kernels* kk, const am
                          hk, nb, c->D);
 }
 
-/* For rows [0, nr) of a block against keys [j0, j0 + nb) (its K^T, V^T packed; qa, doa rows and
- * the map filled): P in s, dS in dp (and P with dropout in pd when dropout is on), fp32, zero in
- * columns [nb, nb32). */
+/* For rows [0, nr) of a block against keys [j0, j0 + nb) (its K^T, V^T packed; qa, doa rows, the
+ * map and, with block-sparse lists, the rows' key masks filled; open: the state of issue 13's
+ * masks there): P in s, dS in dp (and P with
+ * dropout in pd when dropout is on), fp32, zero in columns [nb, nb32). */
 static void p_and_ds(const cf_attn_call* c, const cf_attn_kernels* kk, const amx_bwd_geom* g,
                      char* ws, const rows_map* mp, int64_t b, int64_t nr, int64_t j0, int64_t nb,
-                     int64_t sq, int64_t sk) {
+                     int64_t sq, int64_t sk, int open) {
+    const uint8_t* const* kvp = c->bs_num.data ? (const uint8_t* const*)(ws + g->kvp) : NULL;
     const int64_t NB32 = g->NB32, nb16 = cf_amx_round(nb, 16), nb32 = cf_amx_round(nb, 32);
     const int64_t nr16 = cf_amx_round(nr, 16);
     float *s = (float*)(ws + g->s), *dp = (float*)(ws + g->dp), *pd = (float*)(ws + g->pd),
@@ -132,10 +142,10 @@ static void p_and_ds(const cf_attn_call* c, const cf_attn_kernels* kk, const amx
     /* S = Q K^T */
     cf_amx_mm(s, NB32, qa, g->D32, (const uint32_t*)(ws + g->ktv), NB32, nr16 / 16, nb16 / 16, 0,
               g->D32 / 32, 0, g->fp16);
-    const cf_attn_score_map sm = {nr,        nb,   NB32,   1,      mp->i,
-                                  mp->slope, j0,   mp->lo, mp->hi, 0,
-                                  NULL,      NULL, 0,      0,      c->lse_fix ? mp->sh : NULL};
-    cf_attn_scores(c, kk, &sm, s, c->softcap > 0.0f ? y : NULL, sq, sk);
+    const cf_attn_score_map sm = {nr,        nb,  NB32,   1,      mp->i,
+                                  mp->slope, j0,  mp->lo, mp->hi, b,
+                                  mp->h,     kvp, 0,      0,      c->lse_fix ? mp->sh : NULL};
+    cf_attn_scores(c, kk, &sm, s, c->softcap > 0.0f ? y : NULL, sq, sk, open);
     for (int64_t r = 0; r < nr; r++) {
         kk->exp_row(s + r * NB32, nb, mp->lb[r]);
         memset(s + r * NB32 + nb, 0, sizeof(float) * (size_t)(nb32 - nb));
@@ -186,14 +196,21 @@ CF_AMX_TARGET static void far_rows(const cf_attn_call* c, const cf_attn_kernels*
         m[r] = -INFINITY, l[r] = 0.0;
     }
     const int64_t jlo = mp.lo[0], jhi = mp.hi[n - 1];
+    const uint8_t** kvp = (const uint8_t**)(ws + g->kvp);
     for (int64_t j0 = jlo; j0 < jhi; j0 += g->bk) {
         const int64_t nb = jhi - j0 < g->bk ? jhi - j0 : g->bk, nb16 = cf_amx_round(nb, 16);
+        const int open = cf_attn_has_extra(c)
+                             ? cf_attn_cpu_tile_region(c, g->mmap, b, h, 1, i0, n, j0, nb,
+                                                       (uint8_t*)(ws + g->kvis), kvp)
+                             : CF_REGION_OPEN;
+        if (open == CF_REGION_CLOSED) continue; /* (issue 13's masks hide the block from them) */
         pack_keys(c, kk, g, ws, b, k0, j0, nb, hk, 0);
         cf_amx_mm(s, NB32, qa, g->D32, (const uint32_t*)(ws + g->ktv), NB32, n16 / 16, nb16 / 16, 0,
                   g->D32 / 32, 0, g->fp16);
-        const cf_attn_score_map sm = {n,     nb, NB32, 1,    mp.i, mp.slope, j0,  mp.lo,
-                                      mp.hi, 0,  NULL, NULL, 0,    0,        NULL};
-        cf_attn_scores(c, kk, &sm, s, NULL, sq, sk);
+        const cf_attn_score_map sm = {n,  nb,    NB32,  1, mp.i, mp.slope,
+                                      j0, mp.lo, mp.hi, b, mp.h, c->bs_num.data ? kvp : NULL,
+                                      0,  0,     NULL};
+        cf_attn_scores(c, kk, &sm, s, NULL, sq, sk, open);
         for (int64_t r = 0; r < n; r++) {
             float *x = s + r * NB32, mx = -INFINITY;
             for (int64_t j = 0; j < nb; j++)
@@ -242,6 +259,13 @@ CF_AMX_TARGET static void dkdv_tile(const cf_attn_call* c, const cf_attn_kernels
         for (int64_t i0 = ia; i0 < iz; i0 += g->bq) {
             const int64_t nr = iz - i0 < g->bq ? iz - i0 : g->bq;
             const int64_t nr16 = cf_amx_round(nr, 16), nr32 = cf_amx_round(nr, 32);
+            /* issue 13's masks: the rows' state (their key masks set with block-sparse lists) */
+            const int open = cf_attn_has_extra(c)
+                                 ? cf_attn_cpu_tile_region(c, g->mmap, b, h, 1, i0, nr, j0, nb,
+                                                           (uint8_t*)(ws + g->kvis),
+                                                           (const uint8_t**)(ws + g->kvp))
+                                 : CF_REGION_OPEN;
+            if (open == CF_REGION_CLOSED) continue; /* all hidden */
             cf_amx_rows16((uint16_t*)(ws + g->qa), g->D32, g->D32, nr16, &c->q, b, q0 + i0, h, nr,
                           D);
             cf_amx_rows16((uint16_t*)(ws + g->doa), g->Dv32, g->Dv32, nr16, &c->dout, b, q0 + i0, h,
@@ -250,7 +274,7 @@ CF_AMX_TARGET static void dkdv_tile(const cf_attn_call* c, const cf_attn_kernels
                 map_row(c, dl, &mp, r, b, q0, h, i0 + r, sq, sk);
             /* A partly masked block holding a NaN or infinity: pair by pair, in fp32 (the tile
              * products' zero weights would carry it across the mask). */
-            if (mp.lo[nr - 1] > j0 || mp.hi[0] < j0 + nb) {
+            if (open != CF_REGION_OPEN || mp.lo[nr - 1] > j0 || mp.hi[0] < j0 + nb) {
                 if (kbad < 0) kbad = cf_attn_bwd_key_rows_bad(c, b, hk, k0, j0, nb, 0, 0, 0);
                 if (kbad || cf_attn_bwd_query_rows_bad(c, b, h, q0 + i0, nr, mp.dl)) {
                     cf_attn_bwd_exact_pairs(c, b, h, i0, nr, mp.dl, j0, nb, dk, D16, dv, Dv16,
@@ -258,7 +282,7 @@ CF_AMX_TARGET static void dkdv_tile(const cf_attn_call* c, const cf_attn_kernels
                     continue;
                 }
             }
-            p_and_ds(c, kk, g, ws, &mp, b, nr, j0, nb, sq, sk);
+            p_and_ds(c, kk, g, ws, &mp, b, nr, j0, nb, sq, sk, open);
 
             /* dV += P^T dO */
             cf_amx_f32_rows16(kk, h16, NB32, nb32, nr32, c->dropout_p > 0.0f ? pd : s, NB32, nr, nb,
@@ -323,14 +347,21 @@ CF_AMX_TARGET static void dq_tile(const cf_attn_call* c, const cf_attn_kernels* 
     int qbad = -1; /* the tile's query rows hold a NaN or infinity (checked when first needed) */
     for (int64_t j0 = jlo; j0 < jhi; j0 += g->bk) {
         const int64_t nb = jhi - j0 < g->bk ? jhi - j0 : g->bk, nb32 = cf_amx_round(nb, 32);
-        /* A partly masked block holding a NaN or infinity: pair by pair (see dkdv_tile). */
-        if (mp.lo[na - 1] > j0 || mp.hi[0] < j0 + nb) {
+        const int open =
+            cf_attn_has_extra(c)
+                ? cf_attn_cpu_tile_region(c, g->mmap, b, hk, G, i0, na, j0, nb,
+                                          (uint8_t*)(ws + g->kvis), (const uint8_t**)(ws + g->kvp))
+                : CF_REGION_OPEN;
+        if (open == CF_REGION_CLOSED) continue; /* issue 13's masks hide the block */
+        /* A partly masked block holding a NaN or infinity: pair by pair (see dkdv_tile; issue
+         * 13's masks may hide any key). */
+        if (open != CF_REGION_OPEN || mp.lo[na - 1] > j0 || mp.hi[0] < j0 + nb) {
             for (int64_t gi = 0; qbad < 0 && gi < G; gi++)
                 if (cf_attn_bwd_query_rows_bad(c, b, hk * G + gi, q0 + i0, na, mp.dl + gi * na))
                     qbad = 1;
             if (qbad < 0) qbad = 0;
-            if (qbad || cf_attn_bwd_key_rows_bad(c, b, hk, k0, j0, nb, 1, mp.lo[na - 1] - j0,
-                                                 mp.hi[0] - j0)) {
+            if (qbad || cf_attn_bwd_key_rows_bad(c, b, hk, k0, j0, nb, open == CF_REGION_OPEN,
+                                                 mp.lo[na - 1] - j0, mp.hi[0] - j0)) {
                 for (int64_t gi = 0; gi < G; gi++)
                     cf_attn_bwd_exact_pairs(c, b, hk * G + gi, i0, na, mp.dl + gi * na, j0, nb,
                                             NULL, 0, NULL, 0, dq + gi * na * D16, D16);
@@ -338,7 +369,7 @@ CF_AMX_TARGET static void dq_tile(const cf_attn_call* c, const cf_attn_kernels* 
             }
         }
         pack_keys(c, kk, g, ws, b, k0, j0, nb, hk, 1);
-        p_and_ds(c, kk, g, ws, &mp, b, Mt, j0, nb, sq, sk);
+        p_and_ds(c, kk, g, ws, &mp, b, Mt, j0, nb, sq, sk, open);
         /* dQ += dS K */
         cf_amx_f32_rows16(kk, h16, NB32, nb32, m16, dp, NB32, Mt, nb, c->dtype);
         cf_amx_mm(dq, D16, h16, NB32, (const uint32_t*)(ws + g->kv), D16, m16 / 16, D16 / 16, 0,
@@ -353,10 +384,14 @@ CF_AMX_TARGET static void dq_tile(const cf_attn_call* c, const cf_attn_kernels* 
 cflash_status cf_amx_attn_bwd(const cf_attn_call* c, const cf_attn_kernels* kk) {
     amx_bwd_geom g;
     bwd_layout(c, &g);
-    /* No dbias: calls with attn_bias go to the cpu-avx512 driver (amx.c). */
+    /* No dbias: calls that ask for it go to the cpu-avx512 driver (amx.c). */
+    cf_attn_mask_map* map = cf_attn_cpu_mask_map(c, c->threads);
+    g.mmap = map;
     /* Rows of far |lse|: far_rows, blocks of bq rows. */
     const cf_attn_bwd_engine e = {g.n, g.bk, g.bytes, dkdv_tile, dq_tile, &g, NULL, g.bq, far_rows};
-    return cf_attn_cpu_bwd_run(c, kk, &e);
+    const cflash_status st = cf_attn_cpu_bwd_run(c, kk, &e);
+    cf_attn_cpu_mask_map_free(map);
+    return st;
 }
 
 #else

@@ -6,8 +6,11 @@
  *   online softmax      (per row in AVX-512 on the fp32 S, P rounded to the dtype once)
  *   O += P V            (A: P rows; B: the block's V pairs; O fp32 in the workspace)
  * Per 32-row slice only the 16-key column tiles (for S) and 32-key chunks (for P V) that some
- * row of the slice sees are computed: causal and windowed tiles skip what is masked. */
+ * row of the slice sees are computed: causal and windowed tiles skip what is masked, and so do
+ * slices that attn_mask, attn_bias or the block-sparse lists hide from a block (issue 13: tiles
+ * are 512 rows tall, most of a block-sparse layout's blocks are closed to some of them only). */
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "core/philox.h"
@@ -21,7 +24,7 @@ typedef struct amx_fwd_geom {
     int64_t D32, Dv16, NB32, M32; /* padded: head dims, keys per block, rows per tile */
     int fp16;                     /* tdpfp16ps (fp16) or tdpbf16ps (bf16) */
     const cf_attn_mask_map* map;  /* attn_mask / attn_bias summarised (may be NULL) */
-    size_t qa, kr, kt, vv, s, p, o, vec, rng, lohi, tmp, xih, bytes;
+    size_t qa, kr, kt, vv, s, p, o, vec, rng, lohi, tmp, xih, kvis, kvp, shut, bytes;
 } amx_fwd_geom;
 
 static size_t a64(size_t n) {
@@ -32,19 +35,51 @@ static size_t a64(size_t n) {
  * tiles than the AVX-512 driver's pay for that less often: 512 rows at head dims up to 128 ran
  * 1.2-1.4x faster than 128 (docs/PERF.md, Intel model 167), fewer at larger head dims so the
  * workspace (Q, S, P, O of every row) stays near 1 MB of the 2 MB L2. CFLASH_ATTN_BLOCKS's q,
- * when set, is taken as it is (sweeps). */
-static int64_t fwd_rows(const cf_attn_call* c, const cf_attn_blocks* bl) {
-    if (!strcmp(bl->source, "CFLASH_ATTN_BLOCKS")) return bl->q;
+ * when set, is taken as it is (sweeps), and so is the family's where issue 13's masks close most
+ * blocks (sparse: mostly_closed). */
+static int64_t fwd_rows(const cf_attn_call* c, const cf_attn_blocks* bl, int sparse) {
+    if (!strcmp(bl->source, "CFLASH_ATTN_BLOCKS") || sparse) return bl->q;
     const int64_t w = cf_amx_round(c->D > c->Dv ? c->D : c->Dv, 32);
     const int64_t q = 65536 / w > 512 ? 512 : 65536 / w;
     return q > bl->q ? q : bl->q;
 }
 
-static void fwd_layout(const cf_attn_call* c, amx_fwd_geom* g) {
+/* Whether issue 13's masks close most of the blocks that tiles of bl->q rows visit, sampled on the
+ * first sequence and KV head (up to 32 row tiles): a tile packs K / V for every block some row of
+ * it sees, and 512 rows see four times the blocks of a block-sparse layout that 128 rows do. At
+ * 10 % of 128 x 128 blocks visible, tiles of 128 rows ran 1.3x (block-sparse lists) and 1.9x
+ * (a boolean mask) faster than 512; a mask that closes little (padding keys) 9 % slower
+ * (docs/PERF.md, Intel model 167). */
+static int mostly_closed(const cf_attn_call* c, const cf_attn_mask_map* map,
+                         const cf_attn_blocks* bl) {
+    if (!cf_attn_has_extra(c) || c->B < 1) return 0;
+    const int64_t G = c->H / c->Hk, na = cf_attn_cpu_tile_rows(c, bl->q), bk = bl->k;
+    int64_t q0, sq, k0, sk;
+    cf_attn_seq(c, 0, &q0, &sq, &k0, &sk);
+    uint8_t* kvis = malloc((size_t)(G * (na + 1) * bk));
+    const uint8_t** kvp = malloc(sizeof *kvp * (size_t)(G * na));
+    int64_t closed = 0, all = 0;
+    const int64_t nt = (sq + na - 1) / na, step = nt > 32 ? nt / 32 : 1;
+    for (int64_t t = 0; kvis && kvp && t < nt; t += step) {
+        const int64_t i0 = t * na, n = sq - i0 < na ? sq - i0 : na;
+        int64_t lo, hi, lo1, hi1;
+        cf_attn_key_range(c, i0, sq, sk, &lo, &hi);
+        cf_attn_key_range(c, i0 + n - 1, sq, sk, &lo1, &hi1);
+        for (int64_t j0 = lo; j0 < hi1; j0 += bk, all++)
+            closed +=
+                cf_attn_cpu_tile_region(c, map, 0, 0, G, i0, n, j0, hi1 - j0 < bk ? hi1 - j0 : bk,
+                                        kvis, kvp) == CF_REGION_CLOSED;
+    }
+    free(kvis);
+    free(kvp);
+    return 2 * closed > all;
+}
+
+static void fwd_layout(const cf_attn_call* c, const cf_attn_mask_map* map, amx_fwd_geom* g) {
     memset(g, 0, sizeof *g);
     const cf_attn_blocks bl = cf_attn_cpu_blocks();
     g->G = c->H / c->Hk;
-    g->n = cf_attn_cpu_tile_rows(c, fwd_rows(c, &bl));
+    g->n = cf_attn_cpu_tile_rows(c, fwd_rows(c, &bl, mostly_closed(c, map, &bl)));
     g->bk = bl.k;
     g->D32 = cf_amx_round(c->D, 32);
     g->Dv16 = cf_amx_round(c->Dv, 16);
@@ -69,6 +104,9 @@ static void fwd_layout(const cf_attn_call* c, amx_fwd_geom* g) {
     TAKE(lohi, 8 * 2 * (size_t)g->n); /* visible keys per row of a head */
     TAKE(tmp, 4 * Dv);                /* one output row */
     TAKE(xih, 8 * 2 * M);             /* attn_mask / attn_bias: query and head per row */
+    TAKE(kvis, (size_t)(g->G * (g->n + 1)) * NB); /* block-sparse key masks */
+    TAKE(kvp, sizeof(uint8_t*) * M);              /* each row's */
+    TAKE(shut, M / 32 + 1);                       /* slices the masks close to a block */
 #undef TAKE
     g->bytes = off;
 }
@@ -99,9 +137,11 @@ CF_AMX_TARGET static void fwd_tile(const cf_attn_call* c, const cf_attn_kernels*
     float *s = (float*)(ws + g->s), *o = (float*)(ws + g->o), *m = (float*)(ws + g->vec),
           *l = m + M32, *tmp = (float*)(ws + g->tmp);
     int64_t *rng = (int64_t*)(ws + g->rng), *lo = (int64_t*)(ws + g->lohi), *hi = lo + na;
-    const int masked = c->bias.data || c->mask.data; /* issue 13's (block-sparse: not here) */
-    const int general = c->softcap > 0.0f || c->alibi != NULL || masked;
+    const int masked = cf_attn_has_extra(c); /* issue 13's bias, mask, block-sparse lists */
+    const int scored = c->softcap > 0.0f || c->alibi != NULL || c->bias.data;
     int64_t *xi = (int64_t*)(ws + g->xih), *xh = xi + M32;
+    uint8_t *kvis = (uint8_t*)(ws + g->kvis), *shut = (uint8_t*)(ws + g->shut);
+    const uint8_t** kvp = (const uint8_t**)(ws + g->kvp);
     for (int64_t r = 0; r < Mt; r++)
         xi[r] = i0 + r % na, xh[r] = hk * G + r / na;
     const int64_t vsz = (int64_t)cf_dtype_size(c->dtype);
@@ -123,15 +163,23 @@ CF_AMX_TARGET static void fwd_tile(const cf_attn_call* c, const cf_attn_kernels*
 
     for (int64_t j0 = jlo; j0 < jhi; j0 += BK) {
         const int64_t nb = jhi - j0 < BK ? jhi - j0 : BK, nb32 = cf_amx_round(nb, 32);
-        /* attn_mask, attn_bias (issue 13): a block they hide from every row (mask 0, bias -inf)
-         * is skipped; where they hide some pairs (part) those are masked as the scores are
+        /* attn_mask, attn_bias, block-sparse lists (issue 13): a block they hide from every row
+         * (mask 0, bias -inf, not listed) is skipped, and so is each 32-row slice they hide it
+         * from (shut); where they hide some pairs (part) those are masked as the scores are
          * formed (cf_attn_cpu_extras), and a NaN or infinity in the block's V is taken pair by
          * pair below */
         const int region =
-            masked ? cf_attn_cpu_group_region(c, g->map, b, hk, G, i0, i0 + na, j0, j0 + nb)
+            masked ? cf_attn_cpu_tile_region(c, g->map, b, hk, G, i0, na, j0, nb, kvis, kvp)
                    : CF_REGION_OPEN;
         if (region == CF_REGION_CLOSED) continue;
         const int part = region != CF_REGION_OPEN;
+        /* the scores' general steps: softcap, ALiBi, bias, and masks where they hide some pairs
+         * (an open block's masks hide none: the plain fused scale and max) */
+        const int general = scored || part;
+        for (int64_t r0 = 0; r0 < Mt; r0 += 32)
+            shut[r0 / 32] =
+                part && cf_attn_cpu_rows_closed(c, g->map, b, hk, G, i0, na, r0,
+                                                r0 + 32 < Mt ? r0 + 32 : Mt, j0, nb, kvp);
         /* The block in tile layouts: K^T pairs (through K rows) and V pairs. */
         cf_amx_rows16(kr, D32, D32, nb32, &c->k, b, k0 + j0, hk, nb, D);
         cf_amx_t32(kt, NB32, (const uint32_t*)kr, D32 / 2, nb32, D32 / 2);
@@ -147,7 +195,7 @@ CF_AMX_TARGET static void fwd_tile(const cf_attn_call* c, const cf_attn_kernels*
             }
             int64_t* kc = rng + 2 * (r0 / 32);
             kc[0] = kc[1] = 0;
-            if (c0 >= c1) continue;
+            if (c0 >= c1 || shut[r0 / 32]) continue;
             const int64_t n0 = c0 / 16, n1 = (c1 + 15) / 16;
             cf_amx_mm(s + r0 * NB32 + 16 * n0, NB32, qa + r0 * D32, D32, kt + 16 * n0, NB32,
                       Mt - r0 > 16 ? 2 : 1, n1 - n0, 0, D32 / 32, 0, g->fp16);
@@ -171,7 +219,7 @@ CF_AMX_TARGET static void fwd_tile(const cf_attn_call* c, const cf_attn_kernels*
             uint16_t* pr = p + r * NB32;
             int64_t a, z;
             row_range(lo, hi, ii, j0, nb, &a, &z);
-            if (a >= z) {
+            if (a >= z || shut[r / 32]) {
                 memset(pr, 0, sizeof(uint16_t) * (size_t)nb32);
                 continue;
             }
@@ -187,9 +235,11 @@ CF_AMX_TARGET static void fwd_tile(const cf_attn_call* c, const cf_attn_kernels*
                 if (slope != 0.0f)
                     cf_attn_alibi_run(x + a, 1, z - a, slope,
                                       cf_attn_diag(c, i0 + ii, sq, sk) - (j0 + a), -1);
-                if (masked)
-                    cf_attn_cpu_extras(c, kk, b, x + a, 1, z - a, NB32, 1, xi + r, xh + r, NULL,
-                                       j0 + a, part, 0, 0);
+                if (c->bias.data || part) {
+                    const uint8_t* kr = c->bs_num.data ? kvp[r] + a : NULL;
+                    cf_attn_cpu_extras(c, kk, b, x + a, 1, z - a, NB32, 1, xi + r, xh + r,
+                                       kr ? &kr : NULL, j0 + a, part, 0, 0);
+                }
                 sx = 1.0f;
             }
             const float mx = cf_amx_row_scale_max(x + a, z - a, sx);
@@ -234,7 +284,7 @@ CF_AMX_TARGET static void fwd_tile(const cf_attn_call* c, const cf_attn_kernels*
                 kk->to_f32(tmp, vrow + j * ves, c->dtype, Dv);
                 for (int64_t r = 0; r < Mt; r++) {
                     const int64_t ii = r % na;
-                    if (j0 + j < lo[ii] || j0 + j >= hi[ii]) continue;
+                    if (j0 + j < lo[ii] || j0 + j >= hi[ii] || shut[r / 32]) continue;
                     if (part && cf_attn_extra(c, b, xh[r], i0 + ii, j0 + j, 0.0f) == -INFINITY)
                         continue;
                     const float pr = s[r * NB32 + j];
@@ -271,8 +321,8 @@ CF_AMX_TARGET static void fwd_tile(const cf_attn_call* c, const cf_attn_kernels*
 
 cflash_status cf_amx_attn_fwd(const cf_attn_call* c, const cf_attn_kernels* kk) {
     amx_fwd_geom g;
-    fwd_layout(c, &g);
     cf_attn_mask_map* map = cf_attn_cpu_mask_map(c, c->threads);
+    fwd_layout(c, map, &g);
     g.map = map;
     const cflash_status st = cf_attn_cpu_fwd_run(c, kk, g.n, g.bytes, fwd_tile, &g);
     cf_attn_cpu_mask_map_free(map);
