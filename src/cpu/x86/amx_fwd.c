@@ -212,6 +212,42 @@ CF_AMX_TARGET static void fwd_tile(const cf_attn_call* c, const cf_attn_kernels*
         /* P in fp32 too: for dropout (applied before rounding) and for the pairs V's NaN needs */
         const int p32 = c->dropout_p > 0.0f || v_bad;
 
+        /* natural-log scores, as the backward recomputes them (see exp_cols in attn_cpu.h):
+         * cf_attn_score's steps on each row's run of keys, in vectors, then issue 13's bias and
+         * masks a slice of rows per call (an fp32 bias's next block, BK keys on, prefetched: rows
+         * of a bias are a page or more apart, which the CPU's prefetchers do not follow) */
+        if (general) {
+            for (int64_t r = 0; r < Mt; r++) {
+                float* x = s + r * NB32;
+                int64_t a, z;
+                row_range(lo, hi, r % na, j0, nb, &a, &z);
+                if (a >= z || shut[r / 32]) continue;
+                const float slope = cf_attn_slope(c, b, hk * G + r / na);
+                if (c->softcap > 0.0f)
+                    kk->softcap_cols(x + a, z - a, c->scale, c->softcap, NULL);
+                else
+                    for (int64_t j = a; j < z; j++)
+                        x[j] *= c->scale;
+                if (slope != 0.0f)
+                    cf_attn_alibi_run(x + a, 1, z - a, slope,
+                                      cf_attn_diag(c, i0 + r % na, sq, sk) - (j0 + a), -1);
+            }
+            for (int64_t r0 = 0; (c->bias.data || part) && r0 < Mt; r0 += 32) {
+                const int64_t n = Mt - r0 < 32 ? Mt - r0 : 32;
+                int64_t c0 = nb, c1 = 0; /* the columns the slice's rows see (its S) */
+                for (int64_t r = r0; r < r0 + n && !shut[r0 / 32]; r++) {
+                    int64_t a, z;
+                    row_range(lo, hi, r % na, j0, nb, &a, &z);
+                    if (a < z) c0 = a < c0 ? a : c0, c1 = z > c1 ? z : c1;
+                }
+                if (c0 >= c1) continue;
+                const uint8_t* kr[32]; /* (a row's columns past its own run are not read) */
+                for (int64_t r = 0; c->bs_num.data && r < n; r++)
+                    kr[r] = kvp[r0 + r] + c0;
+                cf_attn_cpu_extras(c, kk, b, s + r0 * NB32 + c0, n, c1 - c0, NB32, 1, xi + r0,
+                                   xh + r0, c->bs_num.data ? kr : NULL, j0 + c0, part, 0, BK);
+            }
+        }
         /* Online softmax per row on its visible keys; P rounded, 0 elsewhere. */
         for (int64_t r = 0; r < Mt; r++) {
             const int64_t gi = r / na, ii = r % na, h = hk * G + gi;
@@ -223,25 +259,7 @@ CF_AMX_TARGET static void fwd_tile(const cf_attn_call* c, const cf_attn_kernels*
                 memset(pr, 0, sizeof(uint16_t) * (size_t)nb32);
                 continue;
             }
-            /* natural-log scores, as the backward recomputes them (see exp_cols in attn_cpu.h) */
-            float sx = c->scale;
-            if (general) { /* cf_attn_score's steps on the run of keys, in vectors */
-                const float slope = cf_attn_slope(c, b, h);
-                if (c->softcap > 0.0f)
-                    kk->softcap_cols(x + a, z - a, c->scale, c->softcap, NULL);
-                else
-                    for (int64_t j = a; j < z; j++)
-                        x[j] *= c->scale;
-                if (slope != 0.0f)
-                    cf_attn_alibi_run(x + a, 1, z - a, slope,
-                                      cf_attn_diag(c, i0 + ii, sq, sk) - (j0 + a), -1);
-                if (c->bias.data || part) {
-                    const uint8_t* kr = c->bs_num.data ? kvp[r] + a : NULL;
-                    cf_attn_cpu_extras(c, kk, b, x + a, 1, z - a, NB32, 1, xi + r, xh + r,
-                                       kr ? &kr : NULL, j0 + a, part, 0, 0);
-                }
-                sx = 1.0f;
-            }
+            const float sx = general ? 1.0f : c->scale;
             const float mx = cf_amx_row_scale_max(x + a, z - a, sx);
             /* A NaN the row sees makes its output NaN: m and l stay NaN from here on. */
             const float mn = isnan(mx) || isnan(m[r]) ? NAN : mx > m[r] ? mx : m[r];
