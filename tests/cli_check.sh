@@ -70,6 +70,11 @@ if [ -z "${CFLASH_TEST_RUNNER:-}" ]; then
         -- bench decode --heads 4 --heads-kv 1 --head-dim 64 --seqlen-q 1 --seqlen-k 100 \
         --dtype fp16 --page 16 --against e4m3 --reps 1 --warmup 0 --json
 fi
+# A decode step is one query row unless --seqlen-q says otherwise (--seqlen: the cache's length).
+expect 0 'decode +B1 H4/2 D64 Sq1 Sk200 ' -- bench decode --batch 1 --heads 4 --heads-kv 2 \
+    --head-dim 64 --seqlen 200 --dtype bf16 --reps 1 --warmup 0
+expect 0 'decode +B1 H4/2 D64 Sq3 Sk200 ' -- bench decode --batch 1 --heads 4 --heads-kv 2 \
+    --head-dim 64 --seqlen-q 3 --seqlen-k 200 --dtype bf16 --reps 1 --warmup 0
 expect 2 "--against 'fp4', expected none, e4m3, e5m2 or int8" -- bench decode --against fp4
 expect 2 "unknown flag '--against'" -- bench norm --against int8
 # Sizes from flags are int64s: a product past INT64_MAX is refused before anything is allocated.

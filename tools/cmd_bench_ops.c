@@ -52,7 +52,9 @@ static const char* ops_usage(const char* cmd) {
            : !strcmp(cmd, "norm") ? "  --layer            LayerNorm (default RMSNorm)\n"
                                     "  --residual         residual in, prenorm residual_out\n"
            : !strcmp(cmd, "decode")
-               ? "  --page N           paged cache of page size N\n"
+               ? "  --seqlen-q N       query rows per sequence (default 1: a decode step;\n"
+                 "                     --seqlen sets the cache's length alone)\n"
+                 "  --page N           paged cache of page size N\n"
                  "  --splits N         num_splits (default 0: heuristic)\n"
                  "  --kv-quant Q       none | e4m3 | e5m2 | int8: a quantized cache (fp8 descale\n"
                  "                     per KV head, int8 scales per (token, KV head))\n"
@@ -118,11 +120,17 @@ static int parse(const char* cmd, int argc, char** argv, cf_problem* pr, ops_fla
     char err[256];
     cf_problem_defaults(pr);
     int rc = cf_problem_parse(pr, n, rest, 3, err, sizeof err);
+    /* a decode step is one query row unless --seqlen-q says otherwise (--seqlen, which sets both
+     * lengths, then sets the cache's alone): Sq 512 by default timed prefill chunks */
+    int seq_q = 0;
+    for (int i = 3; i < n; i++)
+        seq_q |= !strcmp(rest[i], "--seqlen-q");
     free(rest);
     if (rc) {
         fprintf(stderr, "cflash bench %s: %s\n", cmd, err);
         return -1;
     }
+    if (!strcmp(cmd, "decode") && !seq_q) pr->seqlen_q = 1;
     if (pr->device != kDLCPU) {
         fprintf(stderr, "cflash bench %s: only --device cpu has kernels for this op\n", cmd);
         return -1;
