@@ -263,26 +263,6 @@ void cf_attn_bwd_exact_pairs(const cf_attn_call* c, int64_t b, int64_t h, int64_
     }
 }
 
-/* Issue 13: the state (CF_REGION_*) of query rows [i0, i0 + n) of head h and keys [j0, j0 + nb)
- * under the per-pair masks; with block-sparse lists, also fills kvp[r] (row i0 + r) with the
- * row's key mask, built in kvis. */
-static int rows_open(const cf_attn_call* c, const cf_attn_mask_map* mp, int64_t b, int64_t h,
-                     int64_t i0, int64_t n, int64_t j0, int64_t nb, uint8_t* kvis,
-                     const uint8_t** kvp) {
-    int st = CF_REGION_OPEN;
-    if (c->bs_num.data) {
-        const int64_t qb0 = (i0 + c->q_offset) / c->block_q;
-        const int64_t nq = (i0 + n - 1 + c->q_offset) / c->block_q - qb0 + 1;
-        st = cf_attn_cpu_bs_keys(c, b, h, qb0, nq, j0, nb, kvis);
-        for (int64_t r = 0; r < n; r++) /* set even when closed: another head may be open */
-            kvp[r] = kvis + ((i0 + r + c->q_offset) / c->block_q - qb0) * nb;
-        if (st == CF_REGION_CLOSED) return st;
-    }
-    if (!c->mask.data && !c->bias.data) return st;
-    const int ms = cf_attn_cpu_region_open(c, mp, b, h, i0, i0 + n, j0, j0 + nb);
-    return ms == CF_REGION_CLOSED ? ms : ms == CF_REGION_OPEN ? st : CF_REGION_PART;
-}
-
 /* ---- Workspace ------------------------------------------------------------------------------ */
 
 typedef struct bwd_geom {
@@ -474,7 +454,8 @@ static void dkdv_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const bw
         for (int64_t i0 = ia; i0 < iz; i0 += BQ) {
             const int64_t bq = iz - i0 < BQ ? iz - i0 : BQ;
             const int open =
-                xtra ? rows_open(c, g->map, b, h, i0, bq, j0, nb, xkv, xkvp) : CF_REGION_OPEN;
+                xtra ? cf_attn_cpu_tile_region(c, g->map, b, h, 1, i0, bq, j0, nb, xkv, xkvp)
+                     : CF_REGION_OPEN;
             if (open == CF_REGION_CLOSED) continue; /* all hidden */
             int64_t ldq = 0, ldo = 0, ldqa = 0, ldoa = 0;
             const float *qr = NULL, *dor = NULL;
@@ -622,15 +603,12 @@ static void dq_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const bwd_
     int qbad = -1; /* the tile's query rows hold a NaN or infinity (checked when first needed) */
     for (int64_t j0 = jlo; j0 < jhi; j0 += g->bk) {
         const int64_t nb = jhi - j0 < g->bk ? jhi - j0 : g->bk;
-        int open = CF_REGION_OPEN;
-        if (xtra) { /* skip a block whose every pair the per-pair masks hide, for every head */
-            open = -1;
-            for (int64_t gi = 0; gi < G; gi++) /* every head: each sets its rows' key masks */
-                open = cf_attn_region_join(open, rows_open(c, g->map, b, hk * G + gi, i0, na, j0,
-                                                           nb, xkv + gi * (g->n + 1) * g->bk,
-                                                           xkvp + gi * na));
-            if (open == CF_REGION_CLOSED) continue;
-        }
+        /* skip a block whose every pair the per-pair masks hide, for every head (the rows' key
+         * masks set otherwise) */
+        const int open =
+            xtra ? cf_attn_cpu_tile_region(c, g->map, b, hk, G, i0, na, j0, nb, xkv, xkvp)
+                 : CF_REGION_OPEN;
+        if (open == CF_REGION_CLOSED) continue;
         /* A partly masked block holding a NaN or infinity: pair by pair (see
          * cf_attn_bwd_exact_pairs); issue 13's masks may hide any pair. */
         if (open != CF_REGION_OPEN || mlo[na - 1] > j0 || mhi[0] < j0 + nb) {
@@ -773,7 +751,9 @@ static int dbias_block(const cf_attn_call* c, const cf_attn_kernels* kk, const b
         w->sh[r] = cf_attn_lse_shift(c, b, h, q0 + i0 + r);
         w->dlr[r] = dl ? cf_attn_dl(c, dl, b, h, q0 + i0 + r) : 0.0f;
     }
-    if (!any || !rows_open(c, g->map, b, h, i0, nr, j0, nc, w->xkv, w->xkvp)) return 0;
+    if (!any || cf_attn_cpu_tile_region(c, g->map, b, h, 1, i0, nr, j0, nc, w->xkv, w->xkvp) ==
+                    CF_REGION_CLOSED)
+        return 0;
     const int64_t hk = h / g->G, D = g->D, Dv = g->Dv;
     if (dbias_keys_bad(c, g, b, hk, k0, j0, nc) ||
         cf_attn_bwd_query_rows_bad(c, b, h, q0 + i0, nr, w->dlr))

@@ -126,6 +126,14 @@ static void pack_keys(const cf_attn_call* c, const cf_attn_kernels* kk, const am
                          hk, nb, c->D);
 }
 
+/* The state (CF_REGION_*) of issue 13's masks over rows [i0, i0 + n) of the G heads from hk * G
+ * and keys [j0, j0 + nb) (open without any), the rows' block-sparse key masks in the workspace. */
+static int masks_state(const cf_attn_call* c, const amx_bwd_geom* g, char* ws, int64_t b,
+                       int64_t hk, int64_t G, int64_t i0, int64_t n, int64_t j0, int64_t nb) {
+    return cf_attn_cpu_tile_region(c, g->mmap, b, hk, G, i0, n, j0, nb, (uint8_t*)(ws + g->kvis),
+                                   (const uint8_t**)(ws + g->kvp));
+}
+
 /* For rows [0, nr) of a block against keys [j0, j0 + nb) (its K^T, V^T packed; qa, doa rows, the
  * map and, with block-sparse lists, the rows' key masks filled; open: the state of issue 13's
  * masks there): P in s, dS in dp (and P with
@@ -199,10 +207,7 @@ CF_AMX_TARGET static void far_rows(const cf_attn_call* c, const cf_attn_kernels*
     const uint8_t** kvp = (const uint8_t**)(ws + g->kvp);
     for (int64_t j0 = jlo; j0 < jhi; j0 += g->bk) {
         const int64_t nb = jhi - j0 < g->bk ? jhi - j0 : g->bk, nb16 = cf_amx_round(nb, 16);
-        const int open = cf_attn_has_extra(c)
-                             ? cf_attn_cpu_tile_region(c, g->mmap, b, h, 1, i0, n, j0, nb,
-                                                       (uint8_t*)(ws + g->kvis), kvp)
-                             : CF_REGION_OPEN;
+        const int open = masks_state(c, g, ws, b, h, 1, i0, n, j0, nb);
         if (open == CF_REGION_CLOSED) continue; /* (issue 13's masks hide the block from them) */
         pack_keys(c, kk, g, ws, b, k0, j0, nb, hk, 0);
         cf_amx_mm(s, NB32, qa, g->D32, (const uint32_t*)(ws + g->ktv), NB32, n16 / 16, nb16 / 16, 0,
@@ -260,11 +265,7 @@ CF_AMX_TARGET static void dkdv_tile(const cf_attn_call* c, const cf_attn_kernels
             const int64_t nr = iz - i0 < g->bq ? iz - i0 : g->bq;
             const int64_t nr16 = cf_amx_round(nr, 16), nr32 = cf_amx_round(nr, 32);
             /* issue 13's masks: the rows' state (their key masks set with block-sparse lists) */
-            const int open = cf_attn_has_extra(c)
-                                 ? cf_attn_cpu_tile_region(c, g->mmap, b, h, 1, i0, nr, j0, nb,
-                                                           (uint8_t*)(ws + g->kvis),
-                                                           (const uint8_t**)(ws + g->kvp))
-                                 : CF_REGION_OPEN;
+            const int open = masks_state(c, g, ws, b, h, 1, i0, nr, j0, nb);
             if (open == CF_REGION_CLOSED) continue; /* all hidden */
             cf_amx_rows16((uint16_t*)(ws + g->qa), g->D32, g->D32, nr16, &c->q, b, q0 + i0, h, nr,
                           D);
@@ -347,11 +348,7 @@ CF_AMX_TARGET static void dq_tile(const cf_attn_call* c, const cf_attn_kernels* 
     int qbad = -1; /* the tile's query rows hold a NaN or infinity (checked when first needed) */
     for (int64_t j0 = jlo; j0 < jhi; j0 += g->bk) {
         const int64_t nb = jhi - j0 < g->bk ? jhi - j0 : g->bk, nb32 = cf_amx_round(nb, 32);
-        const int open =
-            cf_attn_has_extra(c)
-                ? cf_attn_cpu_tile_region(c, g->mmap, b, hk, G, i0, na, j0, nb,
-                                          (uint8_t*)(ws + g->kvis), (const uint8_t**)(ws + g->kvp))
-                : CF_REGION_OPEN;
+        const int open = masks_state(c, g, ws, b, hk, G, i0, na, j0, nb);
         if (open == CF_REGION_CLOSED) continue; /* issue 13's masks hide the block */
         /* A partly masked block holding a NaN or infinity: pair by pair (see dkdv_tile; issue
          * 13's masks may hide any key). */
