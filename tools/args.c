@@ -264,6 +264,7 @@ int cf_problem_parse(cf_problem* p, int argc, char** argv, int first, char* err,
         }
         if (rc) return -1;
     }
+    p->seqlen_q_given = seq_q;
     if (seq_both) {
         if (!seq_q) p->seqlen_q = seqlen;
         if (!seq_k) p->seqlen_k = seqlen;

@@ -12,6 +12,7 @@
 /* ---- Problem flags (tools/args.c) ---- */
 typedef struct cf_problem {
     int64_t batch, heads, heads_kv, seqlen_q, seqlen_k, head_dim, head_dim_v;
+    int seqlen_q_given; /* --seqlen-q was on the command line (else --seqlen's or the default) */
     cflash_dtype dtype;
     int causal;
     int64_t window_left, window_right;

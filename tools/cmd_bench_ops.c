@@ -120,17 +120,14 @@ static int parse(const char* cmd, int argc, char** argv, cf_problem* pr, ops_fla
     char err[256];
     cf_problem_defaults(pr);
     int rc = cf_problem_parse(pr, n, rest, 3, err, sizeof err);
-    /* a decode step is one query row unless --seqlen-q says otherwise (--seqlen, which sets both
-     * lengths, then sets the cache's alone): Sq 512 by default timed prefill chunks */
-    int seq_q = 0;
-    for (int i = 3; i < n; i++)
-        seq_q |= !strcmp(rest[i], "--seqlen-q");
     free(rest);
     if (rc) {
         fprintf(stderr, "cflash bench %s: %s\n", cmd, err);
         return -1;
     }
-    if (!strcmp(cmd, "decode") && !seq_q) pr->seqlen_q = 1;
+    /* a decode step is one query row unless --seqlen-q says otherwise (--seqlen, which sets both
+     * lengths, then sets the cache's alone): Sq 512 by default timed prefill chunks */
+    if (!strcmp(cmd, "decode") && !pr->seqlen_q_given) pr->seqlen_q = 1;
     if (pr->device != kDLCPU) {
         fprintf(stderr, "cflash bench %s: only --device cpu has kernels for this op\n", cmd);
         return -1;
