@@ -575,7 +575,10 @@ int cf_cmd_bench_decode(int argc, char** argv) {
             snprintf(shape + strlen(shape), sizeof shape - strlen(shape), "%lld",
                      (long long)f.page);
         job j = {dec_call, &a, CFLASH_OK, ""}, jb = {dec_call, &b, CFLASH_OK, ""};
-        const versus vs = {&jb, b.ctx, dec_cache_name(f.against, pr.dtype, what, sizeof what)};
+        /* (no --against: no second call, and no name for it: f.against is -1) */
+        const versus vs = {&jb, b.ctx,
+                           f.against >= 0 ? dec_cache_name(f.against, pr.dtype, what, sizeof what)
+                                          : NULL};
         rc = report("decode", &pr, shape, a.ctx, &j, bytes, f.against >= 0 ? &vs : NULL);
     }
     dec_free(&a), dec_free(&b);
