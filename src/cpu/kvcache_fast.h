@@ -13,8 +13,12 @@
  *    to the scores and to P. A KV head with KV_GEMM_ROWS or more rows (chunks of prefill) may
  *    take the GEMM path instead (one KV head an item, the attention kernels' GEMMs; below).
  * 3. Splits (num_splits > 1, or chosen when there are fewer items than threads) keep
- *    (max, sum, acc) per split and are merged by their LSE, as cflash_attn_merge does. */
+ *    (max, sum, acc) per split and are merged by their LSE, as cflash_attn_merge does.
+ * 4. Chunks of prefill: where a build hands kv_run_with its attention forward, a sequence with
+ *    G * sq >= KV_ATTEND_ROWS query rows over an unquantized cache runs on it instead of items,
+ *    after the append, as one attention call over views of its cache rows (kv_attend). */
 
+#include "core/log.h"
 #include "core/quant.h"
 #include "cpu/attn_cpu.h"
 #include "cpu/ops_fast_common.h"
@@ -868,7 +872,8 @@ static void kv_write(const cf_kvcache_call* c, int64_t b, int64_t i, int64_t h, 
 /* The call's items: item it = (group gi = (batch, KV head chunk, query chunk), split s). */
 typedef struct kv_work {
     int64_t nh, nq, ns, nchunk, nqc, R, groups, items;
-    float* parts; /* splits only: per item acc (R * Dv), m (R), l (R) */
+    float* parts;      /* splits only: per item acc (R * Dv), m (R), l (R) */
+    const uint8_t* on; /* [B] or NULL: the sequences kv_attend runs (their items do nothing) */
 } kv_work;
 
 /* Batch, first KV head, first query row and query rows (0: none, a chunk past a varlen
@@ -890,7 +895,7 @@ static void kv_run_item(const cf_kvcache_call* c, kv_scratch* w, const kv_work* 
     const int64_t gi = itn / k->ns, s = itn % k->ns, G = a->H / a->Hk, Dv = a->Dv;
     kv_itm it = {.nh = k->nh, .G = G, .es = (int64_t)cf_dtype_size(c->kc.dtype), .sink = s == 0};
     kv_group(c, k, gi, &it.b, &it.hk0, &it.i0, &it.nq);
-    if (it.nq <= 0) return;
+    if (it.nq <= 0 || (k->on && k->on[it.b])) return;
     it.Rg = G * it.nq, it.R = it.nh * it.Rg;
     choose(c, it.Rg, &it.path);
     it.path.pf_inside = it.path.pf_inside && kv_pf_inside_cpu();
@@ -916,6 +921,7 @@ static void kv_merge_row(const cf_kvcache_call* c, const kv_work* k, int64_t row
     int64_t b, hk0, i0, nqi;
     kv_group(c, k, gi, &b, &hk0, &i0, &nqi);
     if (r >= k->nh * G * nqi) return; /* (none when nqi <= 0: an empty chunk) */
+    if (k->on && k->on[b]) return;    /* (kv_attend's) */
     const float* first = k->parts + gi * k->ns * R * (Dv + 2);
     float M = -INFINITY, l = 0.0f;
     for (int64_t s = 0; s < k->ns; s++) {
@@ -938,16 +944,127 @@ static void kv_merge_row(const cf_kvcache_call* c, const kv_work* k, int64_t row
     kv_write(c, b, i0 + r % nqi, hk0 * G + r / nqi, o, M, l);
 }
 
-/* The whole call with the kernels choose picks: append, items, splits merged. */
-static cflash_status kv_run(const void* call, kv_choose_fn choose) {
+/* ---- Chunks of prefill on the attention forward ----------------------------------------------
+ * A sequence whose query rows fill the GEMM path's tiles (G * sq >= KV_ATTEND_ROWS: a chunk of
+ * prefill, a long speculative step) over a cache of the dtype is plain attention over its cache
+ * rows. After the append it runs as one call of the backend's attention forward (kv_run_with's
+ * attn) on views of the cache: on cpu-amx its AMX tiles, on cpu-avx512 the tiled forward with its
+ * larger key blocks (docs/PERF.md); its items do nothing. Quantized caches stay on the items. */
+#define KV_ATTEND_ROWS 32
+
+/* Whether sequence b runs on the attention forward (kv_attend). */
+static int kv_attends(const cf_kvcache_call* c, int64_t b) {
+    int64_t L, P, sk, q0, sq;
+    cf_kv_seq(c, b, &L, &P, &sk);
+    cf_kv_q_rows(c, b, &q0, &sq);
+    /* (paged keys start at page row 0 in the attention call: no left pad) */
+    return c->quant == CFLASH_KV_QUANT_NONE && !(c->block_table && P != 0) && sk > 0 && sq > 0 &&
+           c->a.H / c->a.Hk * sq >= KV_ATTEND_ROWS;
+}
+
+/* v with its data moved by off elements and dims 0 and d1 set to 1 and n1. */
+static cf_view kv_subview(const cf_view* v, int64_t off, int d1, int64_t n1) {
+    cf_view x = *v;
+    x.data = (char*)v->data + off * (int64_t)cf_dtype_size(v->dtype);
+    x.shape[0] = 1, x.shape[d1] = n1;
+    return x;
+}
+
+/* The attention call of sequence b over its cache rows (keys at positions P .. P + sk), batch
+ * of one; q: its q rows (rotated), or NULL for the call's. */
+static cf_attn_call kv_attn_call(const cf_kvcache_call* c, int64_t b, const cf_view* q) {
+    const cf_attn_call* a = &c->a;
+    int64_t L, P, sk, q0, sq;
+    cf_kv_seq(c, b, &L, &P, &sk);
+    cf_kv_q_rows(c, b, &q0, &sq);
+    const int64_t qb = a->cu_q ? 0 : b; /* (varlen q: lifted views of one batch) */
+    cf_attn_call d = *a;
+    d.B = 1, d.Sq = sq, d.Sk = sk, d.total_q = sq, d.total_k = sk;
+    d.varlen = 0, d.cu_q = d.cu_k = d.cu_q_dev = d.cu_k_dev = NULL;
+    d.seqused_q = d.seqused_k = NULL;
+    d.q = q ? *q : kv_subview(&a->q, qb * a->q.stride[0] + q0 * a->q.stride[1], 1, sq);
+    d.out = kv_subview(&a->out, qb * a->out.stride[0] + q0 * a->out.stride[1], 1, sq);
+    if (a->lse.data)
+        d.lse = kv_subview(&a->lse, qb * a->lse.stride[0] + q0 * a->lse.stride[2], 2, sq);
+    if (a->alibi) d.alibi = a->alibi + b * a->alibi_bstride, d.alibi_bstride = 0;
+    if (c->block_table) { /* the call's page views; sequence b's row of the table */
+        d.block_table = c->block_table + b * c->bt_stride;
+        d.bt_stride = c->bt_stride, d.page_size = c->page_size;
+        d.k = c->kc, d.v = c->vc;
+    } else {
+        d.block_table = NULL;
+        d.k = kv_subview(&c->kc, cf_kv_row(c, &c->kc, b, P, 0), 1, sk);
+        d.v = kv_subview(&c->vc, cf_kv_row(c, &c->vc, b, P, 0), 1, sk);
+    }
+    return d;
+}
+
+/* Sequence b on the attention forward attn (after the append): q rotated at the positions first
+ * where the call has rotary (into a buffer of the dtype, as kv_item_start rounds them). */
+static cflash_status kv_attend(const cf_kvcache_call* c, int64_t b, const cf_impl* attn) {
+    const cf_attn_call* a = &c->a;
+    if (!c->cos.data) {
+        const cf_attn_call d = kv_attn_call(c, b, NULL);
+        return attn->run(&d);
+    }
+    int64_t L, P, sk, q0, sq;
+    cf_kv_seq(c, b, &L, &P, &sk);
+    cf_kv_q_rows(c, b, &q0, &sq);
+    const int64_t qb = a->cu_q ? 0 : b, es = (int64_t)cf_dtype_size(a->dtype);
+    char* buf = malloc((size_t)(sq * a->H * a->D * es) + sizeof(float) * (size_t)a->D);
+    CFLASH_RETURN_IF(!buf, CFLASH_ERR_OUT_OF_MEMORY,
+                     "kvcache_fwd: out of memory for %lld rotated q rows", (long long)(sq * a->H));
+    float* row = (float*)(buf + sq * a->H * a->D * es);
+    for (int64_t i = 0; i < sq; i++)
+        for (int64_t h = 0; h < a->H; h++) {
+            ld_row(row,
+                   at(&a->q, qb * a->q.stride[0] + (q0 + i) * a->q.stride[1] + h * a->q.stride[2]),
+                   a->dtype, a->D);
+            kv_rotate(c, row, cf_kv_qpos(c, L, i));
+            st_row(buf + ((i * a->H + h) * a->D) * es, a->dtype, row, a->D);
+        }
+    cf_view q = a->q; /* (1, sq, H, D), contiguous */
+    q.data = buf, q.shape[0] = 1, q.shape[1] = sq;
+    q.stride[3] = 1, q.stride[2] = a->D, q.stride[1] = a->H * a->D, q.stride[0] = sq * a->H * a->D;
+    const cf_attn_call d = kv_attn_call(c, b, &q);
+    const cflash_status st = attn->run(&d);
+    free(buf);
+    return st;
+}
+
+/* The whole call with the kernels choose picks: append, items, splits merged; with attn (the
+ * backend's attention forward), the chunks of prefill on it (kv_attends). */
+static cflash_status kv_run_with(const void* call, kv_choose_fn choose, const cf_impl* attn) {
     const cf_kvcache_call* c = call;
     const cf_attn_call* a = &c->a;
     const int64_t G = a->H / a->Hk, Dv = a->Dv;
+    uint8_t* on = NULL;
+    int64_t non = 0;
+    /* (no query rows: nothing to attend, and B may be any size, the q views being empty) */
+    for (int64_t b = 0; attn && a->Sq > 0 && b < a->B; b++)
+        if (kv_attends(c, b)) {
+            if (!on) {
+                const cf_attn_call d = kv_attn_call(c, b, NULL);
+                char why[256];
+                if (attn->supports && !attn->supports(&d, why, sizeof why)) break;
+                on = calloc((size_t)a->B, 1);
+                CFLASH_RETURN_IF(!on, CFLASH_ERR_OUT_OF_MEMORY,
+                                 "kvcache_fwd: out of memory for %lld flags", (long long)a->B);
+            }
+            on[b] = 1, non++;
+        }
+    if (non)
+        cf_log(CF_LOG_DEBUG,
+               "kvcache_fwd: %lld of %lld sequences (chunks of prefill) on %s's "
+               "attention forward",
+               (long long)non, (long long)a->B, attn->backend);
     kv_work k;
+    k.on = on;
     kv_plan(c, choose, &k.nh, &k.nq, &k.ns);
     k.nchunk = a->Hk / k.nh, k.nqc = (a->Sq + k.nq - 1) / k.nq, k.R = k.nh * G * k.nq;
     k.groups = a->B * k.nchunk * k.nqc, k.items = k.groups * k.ns;
     k.parts = k.ns > 1 ? malloc(sizeof(float) * (size_t)(k.items * k.R * (Dv + 2))) : NULL;
+    if (k.ns > 1 && !k.parts) free(on);
     CFLASH_RETURN_IF(k.ns > 1 && !k.parts, CFLASH_ERR_OUT_OF_MEMORY,
                      "kvcache_fwd: out of memory for %lld partial rows",
                      (long long)(k.items * k.R));
@@ -980,6 +1097,15 @@ static cflash_status kv_run(const void* call, kv_choose_fn choose) {
         free(buf);
     }
     free(k.parts);
+    if (failed) free(on);
     CFLASH_RETURN_IF(failed, CFLASH_ERR_OUT_OF_MEMORY, "kvcache_fwd: out of memory for scratch");
-    return CFLASH_OK;
+    cflash_status st = CFLASH_OK;
+    for (int64_t b = 0; non && st == CFLASH_OK && b < a->B; b++)
+        if (on[b]) st = kv_attend(c, b, attn);
+    free(on);
+    return st;
+}
+
+static inline cflash_status kv_run(const void* call, kv_choose_fn choose) {
+    return kv_run_with(call, choose, NULL);
 }

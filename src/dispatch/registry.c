@@ -15,7 +15,7 @@
     &cf_impl_##isa##_rotary, &cf_impl_##isa##_norm_fwd, &cf_impl_##isa##_norm_bwd,                 \
         &cf_impl_##isa##_kvcache_fwd, &cf_impl_##isa##_attn_merge
 
-extern const cf_impl cf_impl_amx_attn_fwd, cf_impl_amx_attn_bwd;
+extern const cf_impl cf_impl_amx_attn_fwd, cf_impl_amx_attn_bwd, cf_impl_amx_kvcache_fwd;
 extern const cf_impl cf_impl_avx512_attn_fwd, cf_impl_avx512_attn_bwd;
 extern const cf_impl cf_impl_avx2_attn_fwd, cf_impl_avx2_attn_bwd;
 extern const cf_impl cf_impl_sve_attn_fwd, cf_impl_sve_attn_bwd;
@@ -45,7 +45,7 @@ CF_OPS_ROWS_DECL(cuda_simt);
 /* Backend by backend, fastest first; within a device the first row that can serve a call runs. */
 /* clang-format off */
 static const cf_impl* const rows[] = {
-    /* cpu-amx     */ &cf_impl_amx_attn_fwd, &cf_impl_amx_attn_bwd,
+    /* cpu-amx     */ &cf_impl_amx_attn_fwd, &cf_impl_amx_attn_bwd, &cf_impl_amx_kvcache_fwd,
     /* cpu-avx512  */ &cf_impl_avx512_attn_fwd, &cf_impl_avx512_attn_bwd, CF_X86_OPS_ROWS(avx512)
     /* cpu-avx2    */ &cf_impl_avx2_attn_fwd, &cf_impl_avx2_attn_bwd, CF_X86_OPS_ROWS(avx2)
     /* cpu-sve     */ &cf_impl_sve_attn_fwd, &cf_impl_sve_attn_bwd, CF_ARM_OPS_ROWS(sve)

@@ -7,7 +7,7 @@
 
 #include "oracle/ops_oracle.h"
 
-const char* const ops_backends[] = {"cpu-ref", "cpu-generic", "cpu-avx2", "cpu-avx512",
+const char* const ops_backends[] = {"cpu-ref", "cpu-generic", "cpu-avx2", "cpu-avx512", "cpu-amx",
                                     "cpu-sve", "cpu-neon",    "auto",     NULL};
 
 cflash_context* ops_context(const char* backend, int threads) {

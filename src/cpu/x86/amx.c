@@ -11,6 +11,8 @@
 #include <string.h>
 
 #include "core/backend.h"
+#include "core/ops_call.h"
+#include "core/status.h"
 #include "cpu/attn_cpu.h"
 #include "cpu/x86/amx_attn.h"
 #include "cpu/x86/amx_tiles.h"
@@ -118,6 +120,25 @@ static cflash_status amx_bwd(const void* call) {
 }
 #endif
 
+/* ---- The KV-cache call: its chunks of prefill on the AMX forward ----------------------------
+ * cpu-avx512's KV-cache driver and kernels, with a different attention forward for the chunks of
+ * prefill (a sequence with G * sq >= 32 query rows over an unquantized cache: attention over its
+ * cache rows): amx_fwd for bf16 and fp16 (docs/PERF.md: 4.4x the KV-cache GEMM path for Sq 512
+ * over 4096 keys), cpu-avx512's for fp32. Decode steps and quantized caches run exactly as on
+ * cpu-avx512. */
+#if defined(__x86_64__)
+cflash_status cf_kvcache_avx512_run(const void* call, const cf_impl* attn); /* kv_avx512.c */
+extern const cf_impl cf_impl_avx512_attn_fwd;                               /* avx512.c */
+#endif
+
+static cflash_status amx_kv_run(const void* call);
+
+/* As amx_verified, for the attention calls amx_kv_run hands to amx_fwd. */
+static int amx_kv_verified(const void* call, char* why, size_t len) {
+    const cf_kvcache_call* c = call;
+    return amx_verified(c ? &c->a : NULL, why, len);
+}
+
 const cf_impl cf_impl_amx_attn_fwd = {
     .backend = "cpu-amx",
     .op = CFLASH_OP_ATTN_FWD,
@@ -136,3 +157,23 @@ const cf_impl cf_impl_amx_attn_bwd = {
     .available = amx_available,
     .verified = amx_verified,
 };
+const cf_impl cf_impl_amx_kvcache_fwd = {
+    .backend = "cpu-amx",
+    .op = CFLASH_OP_KVCACHE_FWD,
+    .device_type = kDLCPU,
+    .supports = NULL, /* every call */
+    .run = amx_kv_run,
+    .available = amx_available,
+    .verified = amx_kv_verified,
+};
+
+static cflash_status amx_kv_run(const void* call) {
+#if defined(__x86_64__)
+    const cf_kvcache_call* c = call;
+    const int tiles = c->a.dtype == CF_BF16 || c->a.dtype == CF_F16;
+    return cf_kvcache_avx512_run(call, tiles ? &cf_impl_amx_attn_fwd : &cf_impl_avx512_attn_fwd);
+#else
+    (void)call;
+    return cf_error(CFLASH_ERR_UNSUPPORTED, "cpu-amx kvcache_fwd: not an x86-64 build");
+#endif
+}

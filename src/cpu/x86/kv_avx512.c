@@ -1559,8 +1559,16 @@ static void kv_choose_avx512(const cf_kvcache_call* c, int64_t R, kv_path* p) {
     if (!kv_i8_ok(c, 4)) kv_choose_gemm(R, p, cf_attn_kernels_avx512());
 }
 
+extern const cf_impl cf_impl_avx512_attn_fwd; /* src/cpu/x86/avx512.c */
+
+/* Chunks of prefill on the tiled forward (1.14x the GEMM path's items: docs/PERF.md). */
 static cflash_status avx512_kvcache_run(const void* call) {
-    return kv_run(call, kv_choose_avx512);
+    return kv_run_with(call, kv_choose_avx512, &cf_impl_avx512_attn_fwd);
+}
+
+/* For cpu-amx's kvcache_fwd (src/cpu/x86/amx.c): these kernels, the chunks of prefill on attn. */
+cflash_status cf_kvcache_avx512_run(const void* call, const cf_impl* attn) {
+    return kv_run_with(call, kv_choose_avx512, attn);
 }
 
 int cf_ops_avx512_available(char* why, size_t n); /* src/cpu/x86/ops_avx512.c */
