@@ -320,8 +320,10 @@ static void kv_choose_avx2(const cf_kvcache_call* c, int64_t R, kv_path* p) {
 
 int cf_ops_avx2_available(char* why, size_t n); /* src/cpu/x86/ops_avx2.c */
 
+extern const cf_impl cf_impl_avx2_attn_fwd; /* src/cpu/x86/avx2.c */
+
 static cflash_status avx2_kvcache_run(const void* call) {
-    return kv_run(call, kv_choose_avx2);
+    return kv_run_with(call, kv_choose_avx2, &cf_impl_avx2_attn_fwd);
 }
 
 const cf_impl cf_impl_avx2_kvcache_fwd = {
