@@ -813,10 +813,11 @@ static void kv_item(const cf_kvcache_call* c, kv_scratch* w, kv_itm* it, int64_t
  * twice over, with at least 512 keys per split; splits are cut while their partial results would
  * exceed 256 MB (they change only the order of the sums). Where the rows of one KV head fill an
  * item for the GEMM path (a chunk of prefill), items take one KV head and KV_GEMM_ITEM rows: its
- * K/V are read once per KV_GEMM_ITEM of its rows, not once per KV_ROWS / nh. */
+ * K/V are read once per KV_GEMM_ITEM of its rows, not once per KV_ROWS / nh. Sq: the query rows of
+ * the longest sequence the items serve. */
 #define KV_ROWS 64
-static void kv_plan(const cf_kvcache_call* c, kv_choose_fn choose, int64_t* nh, int64_t* nq,
-                    int64_t* ns) {
+static void kv_plan(const cf_kvcache_call* c, kv_choose_fn choose, int64_t Sq, int64_t* nh,
+                    int64_t* nq, int64_t* ns) {
     const cf_attn_call* a = &c->a;
     const int64_t G = a->H / a->Hk;
     int64_t h = KV_ROWS / G;
@@ -827,14 +828,14 @@ static void kv_plan(const cf_kvcache_call* c, kv_choose_fn choose, int64_t* nh, 
     int64_t rows = KV_ROWS;
     const int64_t q1 = KV_GEMM_ITEM / G < 1 ? 1 : KV_GEMM_ITEM / G; /* one head's, GEMM path */
     kv_path one = {0};
-    choose(c, G * (a->Sq < q1 ? a->Sq : q1), &one);
+    choose(c, G * (Sq < q1 ? Sq : q1), &one);
     if (one.gemm) h = 1, rows = KV_GEMM_ITEM;
     *nh = h;
     int64_t q = rows / (h * G);
     if (q < 1) q = 1;
-    if (q > a->Sq) q = a->Sq > 0 ? a->Sq : 1;
+    if (q > Sq) q = Sq > 0 ? Sq : 1;
     *nq = q;
-    const int64_t items1 = a->B * (a->Hk / h) * ((a->Sq + q - 1) / q);
+    const int64_t items1 = a->B * (a->Hk / h) * ((Sq + q - 1) / q);
     int64_t n = c->num_splits;
     if (n == 0) {
         /* (Sq = 0: no items, and nothing to split) */
@@ -1060,8 +1061,19 @@ static cflash_status kv_run_with(const void* call, kv_choose_fn choose, const cf
                (long long)non, (long long)a->B, attn->backend);
     kv_work k;
     k.on = on;
-    kv_plan(c, choose, &k.nh, &k.nq, &k.ns);
-    k.nchunk = a->Hk / k.nh, k.nqc = (a->Sq + k.nq - 1) / k.nq, k.R = k.nh * G * k.nq;
+    /* the items' rows: the longest sequence of those not on the attention forward (a decode
+     * row beside a chunk of prefill gets the decode kernels, not the chunk's plan) */
+    int64_t Sq = a->Sq;
+    if (non) {
+        Sq = 0;
+        for (int64_t b = 0; b < a->B; b++) {
+            int64_t q0, sq;
+            cf_kv_q_rows(c, b, &q0, &sq);
+            if (!on[b] && sq > Sq) Sq = sq;
+        }
+    }
+    kv_plan(c, choose, Sq, &k.nh, &k.nq, &k.ns);
+    k.nchunk = a->Hk / k.nh, k.nqc = (Sq + k.nq - 1) / k.nq, k.R = k.nh * G * k.nq;
     k.groups = a->B * k.nchunk * k.nqc, k.items = k.groups * k.ns;
     k.parts = k.ns > 1 ? malloc(sizeof(float) * (size_t)(k.items * k.R * (Dv + 2))) : NULL;
     if (k.ns > 1 && !k.parts) free(on);
