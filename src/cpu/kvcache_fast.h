@@ -953,14 +953,17 @@ static void kv_merge_row(const cf_kvcache_call* c, const kv_work* k, int64_t row
  * larger key blocks (docs/PERF.md); its items do nothing. Quantized caches stay on the items. */
 #define KV_ATTEND_ROWS 32
 
-/* Whether sequence b runs on the attention forward (kv_attend). */
-static int kv_attends(const cf_kvcache_call* c, int64_t b) {
+/* Whether sequence b runs on the attention forward (kv_attend). spread: the forward parallelizes
+ * over tiles of one KV head's query rows (cpu-avx512's, cpu-avx2's), so the sequence must give
+ * every thread two (Hk * sq >= 2 threads; MLA's decode, 128 heads on one KV head, is one tile:
+ * 1.6x slower there, while cpu-amx's tiles run it 2.3x faster on one thread: docs/PERF.md). */
+static int kv_attends(const cf_kvcache_call* c, int64_t b, int spread) {
     int64_t L, P, sk, q0, sq;
     cf_kv_seq(c, b, &L, &P, &sk);
     cf_kv_q_rows(c, b, &q0, &sq);
     /* (paged keys start at page row 0 in the attention call: no left pad) */
     return c->quant == CFLASH_KV_QUANT_NONE && !(c->block_table && P != 0) && sk > 0 && sq > 0 &&
-           c->a.H / c->a.Hk * sq >= KV_ATTEND_ROWS;
+           c->a.H / c->a.Hk * sq >= KV_ATTEND_ROWS && (!spread || c->a.Hk * sq >= 2 * c->a.threads);
 }
 
 /* v with its data moved by off elements and dims 0 and d1 set to 1 and n1. */
@@ -1034,8 +1037,9 @@ static cflash_status kv_attend(const cf_kvcache_call* c, int64_t b, const cf_imp
 }
 
 /* The whole call with the kernels choose picks: append, items, splits merged; with attn (the
- * backend's attention forward), the chunks of prefill on it (kv_attends). */
-static cflash_status kv_run_with(const void* call, kv_choose_fn choose, const cf_impl* attn) {
+ * backend's attention forward), the chunks of prefill on it (kv_attends; spread as there). */
+static cflash_status kv_run_with(const void* call, kv_choose_fn choose, const cf_impl* attn,
+                                 int spread) {
     const cf_kvcache_call* c = call;
     const cf_attn_call* a = &c->a;
     const int64_t G = a->H / a->Hk, Dv = a->Dv;
@@ -1043,11 +1047,17 @@ static cflash_status kv_run_with(const void* call, kv_choose_fn choose, const cf
     int64_t non = 0;
     /* (no query rows: nothing to attend, and B may be any size, the q views being empty) */
     for (int64_t b = 0; attn && a->Sq > 0 && b < a->B; b++)
-        if (kv_attends(c, b)) {
+        if (kv_attends(c, b, spread)) {
             if (!on) {
                 const cf_attn_call d = kv_attn_call(c, b, NULL);
                 char why[256];
-                if (attn->supports && !attn->supports(&d, why, sizeof why)) break;
+                if (attn->supports && !attn->supports(&d, why, sizeof why)) {
+                    cf_log(CF_LOG_DEBUG,
+                           "kvcache_fwd: chunks of prefill stay off %s's attention "
+                           "forward: %s",
+                           attn->backend, why);
+                    break;
+                }
                 on = calloc((size_t)a->B, 1);
                 CFLASH_RETURN_IF(!on, CFLASH_ERR_OUT_OF_MEMORY,
                                  "kvcache_fwd: out of memory for %lld flags", (long long)a->B);
@@ -1119,5 +1129,5 @@ static cflash_status kv_run_with(const void* call, kv_choose_fn choose, const cf
 }
 
 static inline cflash_status kv_run(const void* call, kv_choose_fn choose) {
-    return kv_run_with(call, choose, NULL);
+    return kv_run_with(call, choose, NULL, 0);
 }

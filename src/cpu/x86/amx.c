@@ -127,8 +127,9 @@ static cflash_status amx_bwd(const void* call) {
  * over 4096 keys), cpu-avx512's for fp32. Decode steps and quantized caches run exactly as on
  * cpu-avx512. */
 #if defined(__x86_64__)
-cflash_status cf_kvcache_avx512_run(const void* call, const cf_impl* attn); /* kv_avx512.c */
-extern const cf_impl cf_impl_avx512_attn_fwd;                               /* avx512.c */
+cflash_status cf_kvcache_avx512_run(const void* call, const cf_impl* attn,
+                                    int spread); /* kv_avx512.c */
+extern const cf_impl cf_impl_avx512_attn_fwd;    /* avx512.c */
 #endif
 
 static cflash_status amx_kv_run(const void* call);
@@ -171,7 +172,8 @@ static cflash_status amx_kv_run(const void* call) {
 #if defined(__x86_64__)
     const cf_kvcache_call* c = call;
     const int tiles = c->a.dtype == CF_BF16 || c->a.dtype == CF_F16;
-    return cf_kvcache_avx512_run(call, tiles ? &cf_impl_amx_attn_fwd : &cf_impl_avx512_attn_fwd);
+    return tiles ? cf_kvcache_avx512_run(call, &cf_impl_amx_attn_fwd, 0)
+                 : cf_kvcache_avx512_run(call, &cf_impl_avx512_attn_fwd, 1);
 #else
     (void)call;
     return cf_error(CFLASH_ERR_UNSUPPORTED, "cpu-amx kvcache_fwd: not an x86-64 build");

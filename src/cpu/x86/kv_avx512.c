@@ -1563,12 +1563,13 @@ extern const cf_impl cf_impl_avx512_attn_fwd; /* src/cpu/x86/avx512.c */
 
 /* Chunks of prefill on the tiled forward (1.14x the GEMM path's items: docs/PERF.md). */
 static cflash_status avx512_kvcache_run(const void* call) {
-    return kv_run_with(call, kv_choose_avx512, &cf_impl_avx512_attn_fwd);
+    return kv_run_with(call, kv_choose_avx512, &cf_impl_avx512_attn_fwd, 1);
 }
 
-/* For cpu-amx's kvcache_fwd (src/cpu/x86/amx.c): these kernels, the chunks of prefill on attn. */
-cflash_status cf_kvcache_avx512_run(const void* call, const cf_impl* attn) {
-    return kv_run_with(call, kv_choose_avx512, attn);
+/* For cpu-amx's kvcache_fwd (src/cpu/x86/amx.c): these kernels, the chunks of prefill on attn
+ * (spread as kv_attends). */
+cflash_status cf_kvcache_avx512_run(const void* call, const cf_impl* attn, int spread) {
+    return kv_run_with(call, kv_choose_avx512, attn, spread);
 }
 
 int cf_ops_avx512_available(char* why, size_t n); /* src/cpu/x86/ops_avx512.c */
