@@ -1015,10 +1015,12 @@ static cflash_status kv_attend(const cf_kvcache_call* c, int64_t b, const cf_imp
     cf_kv_seq(c, b, &L, &P, &sk);
     cf_kv_q_rows(c, b, &q0, &sq);
     const int64_t qb = a->cu_q ? 0 : b, es = (int64_t)cf_dtype_size(a->dtype);
-    char* buf = malloc((size_t)(sq * a->H * a->D * es) + sizeof(float) * (size_t)a->D);
-    CFLASH_RETURN_IF(!buf, CFLASH_ERR_OUT_OF_MEMORY,
+    /* one fp32 row first (malloc's alignment; the rows of the dtype after it stay aligned too:
+     * 4 D bytes on), then the rows */
+    float* row = malloc(sizeof(float) * (size_t)a->D + (size_t)(sq * a->H * a->D * es));
+    CFLASH_RETURN_IF(!row, CFLASH_ERR_OUT_OF_MEMORY,
                      "kvcache_fwd: out of memory for %lld rotated q rows", (long long)(sq * a->H));
-    float* row = (float*)(buf + sq * a->H * a->D * es);
+    char* buf = (char*)(row + a->D);
     for (int64_t i = 0; i < sq; i++)
         for (int64_t h = 0; h < a->H; h++) {
             ld_row(row,
@@ -1032,7 +1034,7 @@ static cflash_status kv_attend(const cf_kvcache_call* c, int64_t b, const cf_imp
     q.stride[3] = 1, q.stride[2] = a->D, q.stride[1] = a->H * a->D, q.stride[0] = sq * a->H * a->D;
     const cf_attn_call d = kv_attn_call(c, b, &q);
     const cflash_status st = attn->run(&d);
-    free(buf);
+    free(row);
     return st;
 }
 
