@@ -532,6 +532,20 @@ typedef struct kv_itm {
     kv_path path;
 } kv_itm;
 
+/* q[0..D) = query row q0 + i, head h of batch b (cache length L) in fp32: rotated at its position
+ * and rounded to the dtype where the call has rotary. (Varlen q views are lifted: stride[0] 0.) */
+static void kv_q_row(const cf_kvcache_call* c, int64_t b, int64_t q0, int64_t L, int64_t i,
+                     int64_t h, float* q) {
+    const cf_attn_call* a = &c->a;
+    ld_row(q, at(&a->q, b * a->q.stride[0] + (q0 + i) * a->q.stride[1] + h * a->q.stride[2]),
+           a->dtype, a->D);
+    if (c->cos.data) {
+        kv_rotate(c, q, cf_kv_qpos(c, L, i));
+        for (int64_t d = 0; d < a->D; d++)
+            q[d] = cf_round_to(a->dtype, q[d]);
+    }
+}
+
 /* The item's q rows into w->q (rotated at their positions and rounded to the dtype), each row's
  * visible keys [lo, hi) within [j0, j1), the span [jlo, jhi) of them all; m, l, acc, lv reset. */
 static void kv_item_start(const cf_kvcache_call* c, kv_scratch* w, kv_itm* it, int64_t j0,
@@ -543,15 +557,7 @@ static void kv_item_start(const cf_kvcache_call* c, kv_scratch* w, kv_itm* it, i
     it->jlo = j1, it->jhi = j0;
     for (int64_t r = 0; r < it->R; r++) {
         const int64_t i = it->i0 + r % it->nq, h = it->hk0 * it->G + r / it->nq;
-        float* q = w->q + r * a->D;
-        ld_row(q,
-               at(&a->q, it->b * a->q.stride[0] + (q0 + i) * a->q.stride[1] + h * a->q.stride[2]),
-               a->dtype, a->D);
-        if (c->cos.data) { /* rotate at the query's position and round to the dtype */
-            kv_rotate(c, q, cf_kv_qpos(c, L, i));
-            for (int64_t d = 0; d < a->D; d++)
-                q[d] = cf_round_to(a->dtype, q[d]);
-        }
+        kv_q_row(c, it->b, q0, L, i, h, w->q + r * a->D);
         int64_t lo, hi;
         cf_attn_key_range(a, i, it->Sq, it->sk, &lo, &hi);
         lo = lo > j0 ? lo : j0;
@@ -981,15 +987,14 @@ static cf_attn_call kv_attn_call(const cf_kvcache_call* c, int64_t b, const cf_v
     int64_t L, P, sk, q0, sq;
     cf_kv_seq(c, b, &L, &P, &sk);
     cf_kv_q_rows(c, b, &q0, &sq);
-    const int64_t qb = a->cu_q ? 0 : b; /* (varlen q: lifted views of one batch) */
-    cf_attn_call d = *a;
+    cf_attn_call d = *a; /* (varlen q: lifted views, stride[0] 0, so b's offset is its rows') */
     d.B = 1, d.Sq = sq, d.Sk = sk, d.total_q = sq, d.total_k = sk;
     d.varlen = 0, d.cu_q = d.cu_k = d.cu_q_dev = d.cu_k_dev = NULL;
     d.seqused_q = d.seqused_k = NULL;
-    d.q = q ? *q : kv_subview(&a->q, qb * a->q.stride[0] + q0 * a->q.stride[1], 1, sq);
-    d.out = kv_subview(&a->out, qb * a->out.stride[0] + q0 * a->out.stride[1], 1, sq);
+    d.q = q ? *q : kv_subview(&a->q, b * a->q.stride[0] + q0 * a->q.stride[1], 1, sq);
+    d.out = kv_subview(&a->out, b * a->out.stride[0] + q0 * a->out.stride[1], 1, sq);
     if (a->lse.data)
-        d.lse = kv_subview(&a->lse, qb * a->lse.stride[0] + q0 * a->lse.stride[2], 2, sq);
+        d.lse = kv_subview(&a->lse, b * a->lse.stride[0] + q0 * a->lse.stride[2], 2, sq);
     if (a->alibi) d.alibi = a->alibi + b * a->alibi_bstride, d.alibi_bstride = 0;
     if (c->block_table) { /* the call's page views; sequence b's row of the table */
         d.block_table = c->block_table + b * c->bt_stride;
@@ -1014,19 +1019,20 @@ static cflash_status kv_attend(const cf_kvcache_call* c, int64_t b, const cf_imp
     int64_t L, P, sk, q0, sq;
     cf_kv_seq(c, b, &L, &P, &sk);
     cf_kv_q_rows(c, b, &q0, &sq);
-    const int64_t qb = a->cu_q ? 0 : b, es = (int64_t)cf_dtype_size(a->dtype);
+    const int64_t es = (int64_t)cf_dtype_size(a->dtype);
     /* one fp32 row first (malloc's alignment; the rows of the dtype after it stay aligned too:
-     * 4 D bytes on), then the rows */
-    float* row = malloc(sizeof(float) * (size_t)a->D + (size_t)(sq * a->H * a->D * es));
+     * 4 D bytes on), then the rows: sq * H * D elements of the dtype plus D floats */
+    const int64_t dims[4] = {sq, a->H, a->D, es};
+    int64_t bytes = 0;
+    const int over = cf_prod_i64(dims, 4, &bytes) || cf_add_i64(bytes, 4 * a->D, &bytes);
+    float* row = over ? NULL : malloc((size_t)bytes);
     CFLASH_RETURN_IF(!row, CFLASH_ERR_OUT_OF_MEMORY,
-                     "kvcache_fwd: out of memory for %lld rotated q rows", (long long)(sq * a->H));
+                     "kvcache_fwd: out of memory for %lld x %lld rotated q rows", (long long)sq,
+                     (long long)a->H);
     char* buf = (char*)(row + a->D);
     for (int64_t i = 0; i < sq; i++)
         for (int64_t h = 0; h < a->H; h++) {
-            ld_row(row,
-                   at(&a->q, qb * a->q.stride[0] + (q0 + i) * a->q.stride[1] + h * a->q.stride[2]),
-                   a->dtype, a->D);
-            kv_rotate(c, row, cf_kv_qpos(c, L, i));
+            kv_q_row(c, b, q0, L, i, h, row); /* (rounded to the dtype: st_row keeps it) */
             st_row(buf + ((i * a->H + h) * a->D) * es, a->dtype, row, a->D);
         }
     cf_view q = a->q; /* (1, sq, H, D), contiguous */
