@@ -49,6 +49,12 @@ void cf_amx_pairs_t(const cf_attn_kernels* k, uint32_t* dst, int64_t ldd, uint32
 
 /* Largest element of x[0, n) after x[i] *= s in place; NaN when any is NaN, -inf for n = 0. */
 float cf_amx_row_scale_max(float* x, int64_t n, float s);
+/* cf_amx_row_scale_max with issue 13's bias and mask fused in, as the general path applies them:
+ * x[i] = x[i] * s + y[i] (y: n values of dtype bt, fp32 / bf16 / fp16, or NULL), -inf where y[i]
+ * is -inf or mask[i] is 0 (mask: n bytes, or NULL); the product and the sum rounded apart. pf:
+ * where the next block's y of this row starts, prefetched as y is read (or NULL). */
+float cf_amx_row_bias_max(float* x, int64_t n, float s, const void* y, cf_dtype bt,
+                          const uint8_t* mask, const void* pf);
 /* exp(x[i] - b) for i < n (0 for -inf, NaN for NaN), returning their sum: written rounded into
  * p[i] (fp16 when fp16, else bf16), x unchanged; with p NULL into x[i] (fp32). One pass of the
  * forward's softmax. */

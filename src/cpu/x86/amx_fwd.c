@@ -114,6 +114,9 @@ static void fwd_layout(const cf_attn_call* c, const cf_attn_mask_map* map, amx_f
 /* ---- One tile ----------------------------------------------------------------------------------
  */
 
+/* Rows ahead whose attn_bias the fused pass prefetches (cf_amx_row_bias_max). */
+#define BIAS_PF 8
+
 /* Visible keys [a, z) of block row ii (0 <= a <= z <= nb). */
 static void row_range(const int64_t* lo, const int64_t* hi, int64_t ii, int64_t j0, int64_t nb,
                       int64_t* a, int64_t* z) {
@@ -139,6 +142,13 @@ CF_AMX_TARGET static void fwd_tile(const cf_attn_call* c, const cf_attn_kernels*
     int64_t *rng = (int64_t*)(ws + g->rng), *lo = (int64_t*)(ws + g->lohi), *hi = lo + na;
     const int masked = cf_attn_has_extra(c); /* issue 13's bias, mask, block-sparse lists */
     const int scored = c->softcap > 0.0f || c->alibi != NULL || c->bias.data;
+    /* attn_bias and attn_mask alone (no softcap, ALiBi or block lists; keys adjacent in both):
+     * added and applied in the max pass of each row (cf_amx_row_bias_max), not in passes of
+     * their own */
+    const int fuse = c->softcap == 0.0f && !c->alibi && !c->bs_num.data &&
+                     (!c->bias.data || c->bias.stride[3] == 1) &&
+                     (!c->mask.data || c->mask.stride[3] == 1);
+    const int64_t bes = c->bias.data ? (int64_t)cf_dtype_size(c->bias.dtype) : 0;
     int64_t *xi = (int64_t*)(ws + g->xih), *xh = xi + M32;
     uint8_t *kvis = (uint8_t*)(ws + g->kvis), *shut = (uint8_t*)(ws + g->shut);
     const uint8_t** kvp = (const uint8_t**)(ws + g->kvp);
@@ -175,7 +185,7 @@ CF_AMX_TARGET static void fwd_tile(const cf_attn_call* c, const cf_attn_kernels*
         const int part = region != CF_REGION_OPEN;
         /* the scores' general steps: softcap, ALiBi, bias, and masks where they hide some pairs
          * (an open block's masks hide none: the plain fused scale and max) */
-        const int general = scored || part;
+        const int general = scored || part, fused = general && fuse;
         for (int64_t r0 = 0; r0 < Mt; r0 += 32)
             shut[r0 / 32] =
                 part && cf_attn_cpu_rows_closed(c, g->map, b, hk, G, i0, na, r0,
@@ -216,7 +226,7 @@ CF_AMX_TARGET static void fwd_tile(const cf_attn_call* c, const cf_attn_kernels*
          * cf_attn_score's steps on each row's run of keys, in vectors, then issue 13's bias and
          * masks a slice of rows per call (an fp32 bias's next block, BK keys on, prefetched: rows
          * of a bias are a page or more apart, which the CPU's prefetchers do not follow) */
-        if (general) {
+        if (general && !fused) {
             for (int64_t r = 0; r < Mt; r++) {
                 float* x = s + r * NB32;
                 int64_t a, z;
@@ -259,8 +269,29 @@ CF_AMX_TARGET static void fwd_tile(const cf_attn_call* c, const cf_attn_kernels*
                 memset(pr, 0, sizeof(uint16_t) * (size_t)nb32);
                 continue;
             }
-            const float sx = general ? 1.0f : c->scale;
-            const float mx = cf_amx_row_scale_max(x + a, z - a, sx);
+            float mx;
+            if (fused) {
+                const char* y = c->bias.data ? (const char*)c->bias.data +
+                                                   cf_attn_at4(&c->bias, b, h, xi[r], j0 + a) * bes
+                                             : NULL;
+                const uint8_t* mk =
+                    part && c->mask.data
+                        ? (const uint8_t*)c->mask.data + cf_attn_at4(&c->mask, b, h, xi[r], j0 + a)
+                        : NULL;
+                /* the bias of the row BIAS_PF rows on (past the last row: of the first rows in
+                 * the next block), prefetched into L2 as this row's is read: rows of a bias are a
+                 * page or more apart, which the hardware prefetchers do not follow, and the next
+                 * block's of every row would not stay in L1 or L2 (rows 2^k bytes apart share
+                 * their sets) */
+                const char* pf = NULL;
+                const int64_t rn = r + BIAS_PF < Mt ? r + BIAS_PF : r + BIAS_PF - Mt,
+                              jn = r + BIAS_PF < Mt ? j0 : j0 + BK;
+                if (y && rn < Mt && jn + z <= c->Sk)
+                    pf = (const char*)c->bias.data +
+                         cf_attn_at4(&c->bias, b, xh[rn], xi[rn], jn + a) * bes;
+                mx = cf_amx_row_bias_max(x + a, z - a, c->scale, y, c->bias.dtype, mk, pf);
+            } else
+                mx = cf_amx_row_scale_max(x + a, z - a, general ? 1.0f : c->scale);
             /* A NaN the row sees makes its output NaN: m and l stay NaN from here on. */
             const float mn = isnan(mx) || isnan(m[r]) ? NAN : mx > m[r] ? mx : m[r];
             const float alpha = m[r] == -INFINITY ? 0.0f : expf(m[r] - mn);

@@ -199,6 +199,42 @@ CF_AMX_TARGET float cf_amx_row_scale_max(float* x, int64_t n, float s) {
     return nan ? NAN : _mm512_reduce_max_ps(mx);
 }
 
+/* A vector of 16 bias values from y (fp32, bf16 or fp16; m: the live lanes) in fp32, exactly. */
+CF_AMX_TARGET INLINE __m512 bias16(const void* y, cf_dtype bt, __mmask16 m) {
+    if (bt == CF_F32) return _mm512_maskz_loadu_ps(m, y);
+    const __m256i h = _mm256_maskz_loadu_epi16(m, y);
+    if (bt == CF_F16) return _mm512_cvtph_ps(h);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+CF_AMX_TARGET float cf_amx_row_bias_max(float* x, int64_t n, float s, const void* y, cf_dtype bt,
+                                        const uint8_t* mask, const void* pf) {
+    const __m512 vs = _mm512_set1_ps(s), ninf = _mm512_set1_ps(-INFINITY);
+    const int64_t es = bt == CF_F32 ? 4 : 2;
+    __m512 mx = ninf;
+    __mmask16 nan = 0;
+    for (int64_t i = 0; i < n; i += 16) {
+        const __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1u);
+        __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + i), vs);
+        if (y) {
+            const __m512 b = bias16((const char*)y + i * es, bt, m);
+            /* (a bias of -inf hides its pair whatever the score: NaN too) */
+            v = _mm512_mask_mov_ps(_mm512_add_ps(v, b), _mm512_cmp_ps_mask(b, ninf, _CMP_EQ_OQ),
+                                   ninf);
+            if (pf && (i * es) % 64 == 0) _mm_prefetch((const char*)pf + i * es, _MM_HINT_T1);
+        }
+        if (mask) /* (bytes 0 hide their pairs) */
+            v = _mm512_mask_mov_ps(ninf,
+                                   _mm_mask_test_epi8_mask(m, _mm_maskz_loadu_epi8(m, mask + i),
+                                                           _mm_set1_epi8((char)0xff)),
+                                   v);
+        _mm512_mask_storeu_ps(x + i, m, v);
+        nan |= _mm512_mask_cmp_ps_mask(m, v, v, _CMP_UNORD_Q);
+        mx = _mm512_mask_max_ps(mx, m, mx, v);
+    }
+    return nan ? NAN : _mm512_reduce_max_ps(mx);
+}
+
 /* exp as the cpu-avx512 table's exp_row computes it (v_exp2 of (x - b) log2 e); P rounded by
  * vcvtneps2bf16 (AVX512-BF16, which cpu-amx requires) or vcvtps2ph. v_exp2 stops at 2^-64 on x86,
  * so no P is subnormal (vcvtneps2bf16 would flush it). Full vectors stored unmasked. */
