@@ -48,7 +48,8 @@ typedef struct cf_attn_kernels {
     /* x[i] *= s; mx[i] = max(mx[i], x[i]) for i < n (a NaN x may be skipped by the max). */
     void (*scale_max_cols)(float* x, int64_t n, float s, float* mx);
     /* Soft-capping: x[i] = cap * tanh(x[i] * s / cap), and th[i] = that tanh when th != NULL
-     * (the backward's derivative); tanh within a few ulp (NaN stays NaN). */
+     * (the backward's derivative); tanh within a few ulp (NaN stays NaN). The vector kernels
+     * take x[i] * (s / cap): a rounding apart, the forward and backward of one table alike. */
     void (*softcap_cols)(float* x, int64_t n, float s, float cap, float* th);
     /* x[i] = exp(x[i] - m[i]) (0 for x = -inf, NaN for NaN); sum[i] += x[i] when sum != NULL.
      * Computed as exp2((x - m) * log2 e), the difference first: the forward's running max and

@@ -180,20 +180,24 @@ CF_VTARGET CF_VINLINE cf_vf v_tanh(cf_vf y) {
     p = cf_vfma(cf_vset1(CF_TANH_P1), p, z);
     p = cf_vfma(cf_vset1(CF_TANH_P0), p, z);
     const cf_vf small = cf_vfma(y, cf_vmul(y, z), p);
+    /* (scores rarely reach a cap: the exp and division of the other form only where some lane
+     * needs them; a NaN lane takes them, as the select below would) */
+    if (cf_vall_lt(a, cf_vset1(CF_TANH_SMALL))) return small;
     const cf_vf e = v_exp2(cf_vmul(a, cf_vset1(-2.0f * CF_LOG2E)));
     const cf_vf big = cf_vcopysign(cf_vdiv(cf_vsub(one, e), cf_vadd(one, e)), y);
     return cf_vsel_lt(a, cf_vset1(CF_TANH_SMALL), small, big);
 }
 
-/* x = cap * tanh(x * s / cap); th = the tanh where th != NULL */
+/* x = cap * tanh(x * (s / cap)) (one product, no division per vector: vdivps held a softcap
+ * pass to half its speed); th = the tanh where th != NULL */
 CF_VTARGET CF_VINLINE void softcap_step(const int full, cf_vt t, int64_t i, float* x, float* th,
                                         cf_vf s, cf_vf cap) {
-    const cf_vf y = v_tanh(cf_vdiv(cf_vmul(CF_LD(x + i), s), cap));
+    const cf_vf y = v_tanh(cf_vmul(CF_LD(x + i), s));
     CF_ST(x + i, cf_vmul(cap, y));
     if (th) CF_ST(th + i, y);
 }
 CF_VTARGET static void softcap_cols(float* x, int64_t n, float s, float cap, float* th) {
-    CF_VSTEPS(n, softcap_step, x, th, cf_vset1(s), cf_vset1(cap));
+    CF_VSTEPS(n, softcap_step, x, th, cf_vset1(s / cap), cf_vset1(cap));
 }
 
 /* x = exp(x - mu) as exp2((x - mu) * log2 e), the difference first (see exp_cols in attn_cpu.h);

@@ -18,6 +18,7 @@
  *   cf_vmax(a, b)        max; a NaN in b is returned (x86: a NaN in a is not; NEON: both are)
  *   cf_vdiv(a, b)        a / b, rounded;  cf_vabs(x) |x|;  cf_vcopysign(m, s) |m| with s's sign
  *   cf_vsel_lt(a, b, x, y)  x where a < b, else y (y where either is NaN)
+ *   cf_vall_lt(a, b)     whether a < b in every lane (0 where either is NaN in some lane)
  *   cf_vround(x)         to the nearest integer, ties to even
  *   cf_vscale2(p, n, x)  p * 2^n for integral n >= CF_EXP2_LO; 0 where x < CF_EXP2_LO
  *   CF_EXP2_LO           where exp2 (v_exp2, at the end) stops: 2^-64 on x86, so that no
@@ -98,6 +99,9 @@ CF_V cf_vf cf_vcopysign(cf_vf m, cf_vf s) {
 }
 CF_V cf_vf cf_vsel_lt(cf_vf a, cf_vf b, cf_vf x, cf_vf y) {
     return _mm256_blendv_ps(y, x, _mm256_cmp_ps(a, b, _CMP_LT_OQ));
+}
+CF_V int cf_vall_lt(cf_vf a, cf_vf b) {
+    return _mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_LT_OQ)) == 0xff;
 }
 CF_V cf_vf cf_vround(cf_vf x) {
     return _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
@@ -211,6 +215,9 @@ CF_V cf_vf cf_vcopysign(cf_vf m, cf_vf s) {
 }
 CF_V cf_vf cf_vsel_lt(cf_vf a, cf_vf b, cf_vf x, cf_vf y) {
     return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(a, b, _CMP_LT_OQ), y, x);
+}
+CF_V int cf_vall_lt(cf_vf a, cf_vf b) {
+    return _mm512_cmp_ps_mask(a, b, _CMP_LT_OQ) == 0xffff;
 }
 CF_V cf_vf cf_vround(cf_vf x) {
     return _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
@@ -336,6 +343,9 @@ CF_VINLINE cf_vf cf_vcopysign(cf_vf m, cf_vf s) {
 }
 CF_VINLINE cf_vf cf_vsel_lt(cf_vf a, cf_vf b, cf_vf x, cf_vf y) {
     return vbslq_f32(vcltq_f32(a, b), x, y);
+}
+CF_VINLINE int cf_vall_lt(cf_vf a, cf_vf b) {
+    return vminvq_u32(vcltq_f32(a, b)) != 0;
 }
 CF_VINLINE cf_vf cf_vround(cf_vf x) {
     return vrndnq_f32(x);
