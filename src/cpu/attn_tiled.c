@@ -451,7 +451,8 @@ static void fwd_softmax(const cf_attn_call* c, const cf_attn_kernels* kk, const 
     float *m = w->m, *l = w->l, *alpha = w->alpha, *o = w->o;
     for (int64_t r = 0; r < Mt; r++) {
         const float mn = w->mx[r] > m[r] ? w->mx[r] : m[r];
-        alpha[r] = m[r] == -INFINITY ? 0.0f : expf(m[r] - mn);
+        /* (a max that did not move: expf(0) = 1 without the call) */
+        alpha[r] = m[r] == -INFINITY ? 0.0f : m[r] == mn ? 1.0f : expf(m[r] - mn);
         w->mu[r] = mn == -INFINITY ? 0.0f : mn;
         m[r] = mn;
         w->lsum[r] = 0.0f;

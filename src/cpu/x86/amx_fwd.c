@@ -294,7 +294,8 @@ CF_AMX_TARGET static void fwd_tile(const cf_attn_call* c, const cf_attn_kernels*
                 mx = cf_amx_row_scale_max(x + a, z - a, general ? 1.0f : c->scale);
             /* A NaN the row sees makes its output NaN: m and l stay NaN from here on. */
             const float mn = isnan(mx) || isnan(m[r]) ? NAN : mx > m[r] ? mx : m[r];
-            const float alpha = m[r] == -INFINITY ? 0.0f : expf(m[r] - mn);
+            /* (a max that did not move: expf(0) = 1 without the call) */
+            const float alpha = m[r] == -INFINITY ? 0.0f : m[r] == mn ? 1.0f : expf(m[r] - mn);
             if (mn == -INFINITY && masked) { /* masks hide all the row has seen so far */
                 memset(pr, 0, sizeof(uint16_t) * (size_t)nb32);
                 for (int64_t j = a; j < z; j++)
