@@ -140,15 +140,15 @@ static int masks_state(const cf_attn_call* c, const amx_bwd_geom* g, char* ws, i
  * dropout in pd when dropout is on), fp32, zero in columns [nb, nb32). */
 static void p_and_ds(const cf_attn_call* c, const cf_attn_kernels* kk, const amx_bwd_geom* g,
                      char* ws, const rows_map* mp, int64_t b, int64_t nr, int64_t j0, int64_t nb,
-                     int64_t sq, int64_t sk, int open) {
+                     int64_t sq, int64_t sk, int open, const uint16_t* qa, int64_t lq,
+                     const uint16_t* doa, int64_t ldo) {
     const uint8_t* const* kvp = c->bs_num.data ? (const uint8_t* const*)(ws + g->kvp) : NULL;
     const int64_t NB32 = g->NB32, nb16 = cf_amx_round(nb, 16), nb32 = cf_amx_round(nb, 32);
     const int64_t nr16 = cf_amx_round(nr, 16);
     float *s = (float*)(ws + g->s), *dp = (float*)(ws + g->dp), *pd = (float*)(ws + g->pd),
           *y = (float*)(ws + g->y);
-    const uint16_t *qa = (const uint16_t*)(ws + g->qa), *doa = (const uint16_t*)(ws + g->doa);
     /* S = Q K^T */
-    cf_amx_mm(s, NB32, qa, g->D32, (const uint32_t*)(ws + g->ktv), NB32, nr16 / 16, nb16 / 16, 0,
+    cf_amx_mm(s, NB32, qa, lq, (const uint32_t*)(ws + g->ktv), NB32, nr16 / 16, nb16 / 16, 0,
               g->D32 / 32, 0, g->fp16);
     const cf_attn_score_map sm = {nr,        nb,  NB32,   1,      mp->i,
                                   mp->slope, j0,  mp->lo, mp->hi, b,
@@ -164,7 +164,7 @@ static void p_and_ds(const cf_attn_call* c, const cf_attn_kernels* kk, const amx
         cf_attn_dropout_apply(c, pd, &sm, mp->h, b, ks);
     }
     /* dP = dO V^T, with the forward's dropout */
-    cf_amx_mm(dp, NB32, doa, g->Dv32, (const uint32_t*)(ws + g->vtv), NB32, nr16 / 16, nb16 / 16, 0,
+    cf_amx_mm(dp, NB32, doa, ldo, (const uint32_t*)(ws + g->vtv), NB32, nr16 / 16, nb16 / 16, 0,
               g->Dv32 / 32, 0, g->fp16);
     if (c->dropout_p > 0.0f) cf_attn_dropout_apply(c, dp, &sm, mp->h, b, ks);
     for (int64_t r = 0; r < nr; r++) {
@@ -267,10 +267,22 @@ CF_AMX_TARGET static void dkdv_tile(const cf_attn_call* c, const cf_attn_kernels
             /* issue 13's masks: the rows' state (their key masks set with block-sparse lists) */
             const int open = masks_state(c, g, ws, b, h, 1, i0, nr, j0, nb);
             if (open == CF_REGION_CLOSED) continue; /* all hidden */
-            cf_amx_rows16((uint16_t*)(ws + g->qa), g->D32, g->D32, nr16, &c->q, b, q0 + i0, h, nr,
-                          D);
-            cf_amx_rows16((uint16_t*)(ws + g->doa), g->Dv32, g->Dv32, nr16, &c->dout, b, q0 + i0, h,
-                          nr, Dv);
+            /* Q and dO rows as the A operands: read where they are when the block's rows and
+             * columns fill whole tiles (tile loads take any row stride), else copied padded */
+            const uint16_t *qa = (const uint16_t*)(ws + g->qa),
+                           *doa = (const uint16_t*)(ws + g->doa);
+            int64_t lq = g->D32, ldo = g->Dv32;
+            if (nr == nr16 && D == g->D32)
+                qa = (const uint16_t*)cf_amx_row_ptr(&c->q, b, q0 + i0, h), lq = c->q.stride[1];
+            else
+                cf_amx_rows16((uint16_t*)(ws + g->qa), g->D32, g->D32, nr16, &c->q, b, q0 + i0, h,
+                              nr, D);
+            if (nr == nr16 && Dv == g->Dv32)
+                doa = (const uint16_t*)cf_amx_row_ptr(&c->dout, b, q0 + i0, h),
+                ldo = c->dout.stride[1];
+            else
+                cf_amx_rows16((uint16_t*)(ws + g->doa), g->Dv32, g->Dv32, nr16, &c->dout, b,
+                              q0 + i0, h, nr, Dv);
             for (int64_t r = 0; r < nr; r++)
                 map_row(c, dl, &mp, r, b, q0, h, i0 + r, sq, sk);
             /* A partly masked block holding a NaN or infinity: pair by pair, in fp32 (the tile
@@ -283,7 +295,7 @@ CF_AMX_TARGET static void dkdv_tile(const cf_attn_call* c, const cf_attn_kernels
                     continue;
                 }
             }
-            p_and_ds(c, kk, g, ws, &mp, b, nr, j0, nb, sq, sk, open);
+            p_and_ds(c, kk, g, ws, &mp, b, nr, j0, nb, sq, sk, open, qa, lq, doa, ldo);
 
             /* dV += P^T dO */
             cf_amx_f32_rows16(kk, h16, NB32, nb32, nr32, c->dropout_p > 0.0f ? pd : s, NB32, nr, nb,
@@ -366,7 +378,7 @@ CF_AMX_TARGET static void dq_tile(const cf_attn_call* c, const cf_attn_kernels* 
             }
         }
         pack_keys(c, kk, g, ws, b, k0, j0, nb, hk, 1);
-        p_and_ds(c, kk, g, ws, &mp, b, Mt, j0, nb, sq, sk, open);
+        p_and_ds(c, kk, g, ws, &mp, b, Mt, j0, nb, sq, sk, open, qa, g->D32, doa, g->Dv32);
         /* dQ += dS K */
         cf_amx_f32_rows16(kk, h16, NB32, nb32, m16, dp, NB32, Mt, nb, c->dtype);
         cf_amx_mm(dq, D16, h16, NB32, (const uint32_t*)(ws + g->kv), D16, m16 / 16, D16 / 16, 0,

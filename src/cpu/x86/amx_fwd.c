@@ -191,8 +191,14 @@ CF_AMX_TARGET static void fwd_tile(const cf_attn_call* c, const cf_attn_kernels*
                 part && cf_attn_cpu_rows_closed(c, g->map, b, hk, G, i0, na, r0,
                                                 r0 + 32 < Mt ? r0 + 32 : Mt, j0, nb, kvp);
         /* The block in tile layouts: K^T pairs (through K rows) and V pairs. */
-        cf_amx_rows16(kr, D32, D32, nb32, &c->k, b, k0 + j0, hk, nb, D);
-        cf_amx_t32(kt, NB32, (const uint32_t*)kr, D32 / 2, nb32, D32 / 2);
+        const char* krow = cf_amx_row_ptr(&c->k, b, k0 + j0, hk);
+        if (nb == nb32 && D == D32 && c->k.stride[1] % 2 == 0 && (uintptr_t)krow % 4 == 0) {
+            /* whole pairs in whole rows: transposed from where they are (no copy first) */
+            cf_amx_t32(kt, NB32, (const uint32_t*)krow, c->k.stride[1] / 2, nb32, D32 / 2);
+        } else {
+            cf_amx_rows16(kr, D32, D32, nb32, &c->k, b, k0 + j0, hk, nb, D);
+            cf_amx_t32(kt, NB32, (const uint32_t*)kr, D32 / 2, nb32, D32 / 2);
+        }
         cf_amx_rows_vnni(kk, vv, Dv16, Dv16, nb32 / 2, &c->v, b, k0 + j0, hk, nb, Dv);
 
         /* S = Q K^T, per 32-row slice over the columns its rows see. */
