@@ -32,15 +32,12 @@ static int bias_state(const cf_attn_call* c, int64_t at, int64_t n) {
         const float* x = (const float*)c->bias.data + at;
         for (int64_t j = 0; j < n; j++)
             hidden += x[j] == -INFINITY;
-    } else if (c->bias.dtype == CF_BF16 || c->bias.dtype == CF_F16) {
+    } else { /* q's 16-bit dtype (attn_api.c's check_bias_dtype: fp32 or the dtype of q) */
         /* -inf has one encoding in each: its bits compared, a loop that vectorises */
         const uint16_t* x = (const uint16_t*)c->bias.data + at;
         const uint16_t ninf = c->bias.dtype == CF_BF16 ? 0xff80u : 0xfc00u;
         for (int64_t j = 0; j < n; j++)
             hidden += x[j] == ninf;
-    } else {
-        for (int64_t j = 0; j < n; j++)
-            hidden += cf_load(c->bias.data, c->bias.dtype, at + j) == -INFINITY;
     }
     return hidden == n ? CF_REGION_CLOSED : hidden == 0 ? CF_REGION_OPEN : CF_REGION_PART;
 }

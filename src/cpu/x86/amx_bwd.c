@@ -238,6 +238,21 @@ CF_AMX_TARGET static void far_rows(const cf_attn_call* c, const cf_attn_kernels*
 /* ---- dK, dV of one key block (and dQ into the unit's buffer in the one-pass mode) --------------
  */
 
+/* Rows [s0, s0 + n) of head h of view v (d elements) as an A operand of nr16 rows: read where
+ * they are when they fill whole tiles (n = nr16, d a multiple of 32: tile loads take any row
+ * stride), else copied zero-padded into buf (width elements a row). *ld: the operand's row
+ * stride in elements. */
+static const uint16_t* a_rows(uint16_t* buf, int64_t width, const cf_view* v, int64_t b, int64_t s0,
+                              int64_t h, int64_t n, int64_t nr16, int64_t d, int64_t* ld) {
+    if (n == nr16 && d == width) {
+        *ld = v->stride[1];
+        return (const uint16_t*)cf_amx_row_ptr(v, b, s0, h);
+    }
+    cf_amx_rows16(buf, width, width, nr16, v, b, s0, h, n, d);
+    *ld = width;
+    return buf;
+}
+
 CF_AMX_TARGET static void dkdv_tile(const cf_attn_call* c, const cf_attn_kernels* kk,
                                     const void* geom, const attn_tile* t, char* ws, const float* dl,
                                     float* dqacc) {
@@ -267,22 +282,11 @@ CF_AMX_TARGET static void dkdv_tile(const cf_attn_call* c, const cf_attn_kernels
             /* issue 13's masks: the rows' state (their key masks set with block-sparse lists) */
             const int open = masks_state(c, g, ws, b, h, 1, i0, nr, j0, nb);
             if (open == CF_REGION_CLOSED) continue; /* all hidden */
-            /* Q and dO rows as the A operands: read where they are when the block's rows and
-             * columns fill whole tiles (tile loads take any row stride), else copied padded */
-            const uint16_t *qa = (const uint16_t*)(ws + g->qa),
-                           *doa = (const uint16_t*)(ws + g->doa);
-            int64_t lq = g->D32, ldo = g->Dv32;
-            if (nr == nr16 && D == g->D32)
-                qa = (const uint16_t*)cf_amx_row_ptr(&c->q, b, q0 + i0, h), lq = c->q.stride[1];
-            else
-                cf_amx_rows16((uint16_t*)(ws + g->qa), g->D32, g->D32, nr16, &c->q, b, q0 + i0, h,
-                              nr, D);
-            if (nr == nr16 && Dv == g->Dv32)
-                doa = (const uint16_t*)cf_amx_row_ptr(&c->dout, b, q0 + i0, h),
-                ldo = c->dout.stride[1];
-            else
-                cf_amx_rows16((uint16_t*)(ws + g->doa), g->Dv32, g->Dv32, nr16, &c->dout, b,
-                              q0 + i0, h, nr, Dv);
+            int64_t lq, ldo;
+            const uint16_t* qa =
+                a_rows((uint16_t*)(ws + g->qa), g->D32, &c->q, b, q0 + i0, h, nr, nr16, D, &lq);
+            const uint16_t* doa = a_rows((uint16_t*)(ws + g->doa), g->Dv32, &c->dout, b, q0 + i0, h,
+                                         nr, nr16, Dv, &ldo);
             for (int64_t r = 0; r < nr; r++)
                 map_row(c, dl, &mp, r, b, q0, h, i0 + r, sq, sk);
             /* A partly masked block holding a NaN or infinity: pair by pair, in fp32 (the tile

@@ -185,20 +185,6 @@ void cf_amx_pairs_t(const cf_attn_kernels* k, uint32_t* dst, int64_t ldd, uint32
 /* ---- Row reductions ----------------------------------------------------------------------------
  */
 
-CF_AMX_TARGET float cf_amx_row_scale_max(float* x, int64_t n, float s) {
-    const __m512 vs = _mm512_set1_ps(s);
-    __m512 mx = _mm512_set1_ps(-INFINITY);
-    __mmask16 nan = 0;
-    for (int64_t i = 0; i < n; i += 16) {
-        const __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1u);
-        const __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + i), vs);
-        _mm512_mask_storeu_ps(x + i, m, v);
-        nan |= _mm512_mask_cmp_ps_mask(m, v, v, _CMP_UNORD_Q);
-        mx = _mm512_mask_max_ps(mx, m, mx, v);
-    }
-    return nan ? NAN : _mm512_reduce_max_ps(mx);
-}
-
 /* A vector of 16 bias values from y (fp32, bf16 or fp16; m: the live lanes) in fp32, exactly. */
 CF_AMX_TARGET INLINE __m512 bias16(const void* y, cf_dtype bt, __mmask16 m) {
     if (bt == CF_F32) return _mm512_maskz_loadu_ps(m, y);
@@ -207,8 +193,10 @@ CF_AMX_TARGET INLINE __m512 bias16(const void* y, cf_dtype bt, __mmask16 m) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
 
-CF_AMX_TARGET float cf_amx_row_bias_max(float* x, int64_t n, float s, const void* y, cf_dtype bt,
-                                        const uint8_t* mask, const void* pf) {
+/* The max pass of a row, with the bias and mask where given (cf_amx_row_bias_max); inlined in
+ * both entry points, so cf_amx_row_scale_max's copy has no bias or mask steps. */
+CF_AMX_TARGET INLINE float row_pass(float* x, int64_t n, float s, const void* y, cf_dtype bt,
+                                    const uint8_t* mask, const void* pf) {
     const __m512 vs = _mm512_set1_ps(s), ninf = _mm512_set1_ps(-INFINITY);
     const int64_t es = bt == CF_F32 ? 4 : 2;
     __m512 mx = ninf;
@@ -235,28 +223,21 @@ CF_AMX_TARGET float cf_amx_row_bias_max(float* x, int64_t n, float s, const void
     return nan ? NAN : _mm512_reduce_max_ps(mx);
 }
 
-/* 2^x as v_exp2 (simd_vec.h) with a polynomial of degree 5 instead of 7: within 2e-7 of 2^x
- * (relative, over the reduced range), against the 2^-9 (bf16) or 2^-11 (fp16) that rounding P
- * loses; two FMAs fewer a vector in the forward's softmax pass. */
-CF_AMX_TARGET INLINE __m512 exp2_p5(__m512 x) {
-    const __m512 xc = _mm512_max_ps(_mm512_set1_ps(CF_EXP2_LO), x); /* a NaN x passes */
-    const __m512 n = _mm512_roundscale_ps(xc, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    const __m512 f = _mm512_sub_ps(xc, n);
-    __m512 p = _mm512_set1_ps(1.3264727e-3f);
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.6715130e-3f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5507336e-2f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022242e-1f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314700e-1f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
-    return cf_vscale2(p, n, x);
+CF_AMX_TARGET float cf_amx_row_scale_max(float* x, int64_t n, float s) {
+    return row_pass(x, n, s, NULL, CF_F32, NULL, NULL);
 }
 
-/* exp as the cpu-avx512 table's exp_row computes it (v_exp2 of (x - b) log2 e); P rounded by
- * vcvtneps2bf16 (AVX512-BF16, which cpu-amx requires) or vcvtps2ph. v_exp2 stops at 2^-64 on x86,
- * so no P is subnormal (vcvtneps2bf16 would flush it). Full vectors stored unmasked. */
+CF_AMX_TARGET float cf_amx_row_bias_max(float* x, int64_t n, float s, const void* y, cf_dtype bt,
+                                        const uint8_t* mask, const void* pf) {
+    return row_pass(x, n, s, y, bt, mask, pf);
+}
+
+/* exp as the cpu-avx512 table's exp_row computes it (2^((x - b) log2 e), on v_exp2_p5); P rounded
+ * by vcvtneps2bf16 (AVX512-BF16, which cpu-amx requires) or vcvtps2ph. v_exp2 stops at 2^-64 on
+ * x86, so no P is subnormal (vcvtneps2bf16 would flush it). Full vectors stored unmasked. */
 CF_AMX_TARGET INLINE __m512 exp_put(__m512 v, __m512 b, float* x, uint16_t* p, int fp16,
                                     __mmask16 m) {
-    const __m512 e = exp2_p5(_mm512_mul_ps(_mm512_sub_ps(v, b), _mm512_set1_ps(CF_LOG2E)));
+    const __m512 e = v_exp2_p5(_mm512_mul_ps(_mm512_sub_ps(v, b), _mm512_set1_ps(CF_LOG2E)));
     const __m256i h = fp16 ? _mm512_cvtps_ph(e, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
                            : (__m256i)_mm512_cvtneps_pbh(e);
     if (m == 0xffff) {
