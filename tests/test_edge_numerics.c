@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/attn_grid.h"
 #include "common/testutil.h"
 #include "oracle/attn_oracle.h"
 #ifdef CF_AMX_MODEL
@@ -146,6 +147,71 @@ static void huge_magnitudes(void) {
                           tt_dtype_short(c.dtype), causal, ev);
                 attn_problem_free(p);
             }
+}
+
+/* Scores whose error the output shows (at random inputs in [-1, 1] the output's rounding hides
+ * a score wrong in its 9th bit: the error rule could not tell fp16 products from bf16 ones):
+ * - one-hot: q and k in [-30, 30] at D 64, every row's softmax a single key (scores ~400 apart),
+ *   so out is that key's v and dv sums dout rows: a kernel that drops bits v or dout has shows,
+ *   and so does an online softmax that keeps an earlier block in O when its max rises by more
+ *   than exp's range (the rescale factor underflows to 0);
+ * - cancelling (fp16, bf16): q rows near one direction u (|u_d| up to 60) and keys of the same
+ *   size orthogonal to u but for a small part, so each score is ~10 while its products are ~3600:
+ *   the naive computation's error is its dtype rounding of the score, and a kernel that drops bits
+ *   of q or k (fp16 as bf16 pairs without a low part: 2^-9 of each) is off by whole units.
+ * Checked by the error rule against the naive computation in the dtype. */
+enum { SHARP_D = 64 };
+static double sharp_u(int64_t d) {
+    return 60.0 * sin(1.3 * (double)d + 0.7);
+}
+static double sharp_w(int64_t row, int64_t d) {
+    return 60.0 * sin(0.37 * (double)(row * row) + 2.1 * (double)d + 0.3 * (double)(row * d));
+}
+static double cancel_qk(int is_k, int64_t row, int64_t d, int64_t n, double x) {
+    (void)n;
+    if (!is_k) return sharp_u(d) + 0.5 * x;
+    double wu = 0, uu = 0;
+    for (int64_t e = 0; e < SHARP_D; e++)
+        wu += sharp_w(row, e) * sharp_u(e), uu += sharp_u(e) * sharp_u(e);
+    return sharp_w(row, d) - wu / uu * sharp_u(d) + 0.02 * x;
+}
+
+static void sharp_scores(void) {
+    for (int bi = 0; attn_sel[bi]; bi++)
+        for (int di = 0; di < 3; di++)
+            for (int mode = 0; mode < 2; mode++)
+                for (int causal = 0; causal <= 1; causal++) {
+                    const char* be = attn_sel[bi];
+                    if (mode == 1 && dtypes[di] == CF_F32) continue; /* (fp32 sums the error) */
+                    attn_case c;
+                    attn_case_init(&c);
+                    c.B = 1, c.H = 4, c.Hk = 2, c.Sq = 67, c.Sk = 150, c.D = SHARP_D, c.Dv = 48;
+                    c.dtype = dtypes[di], c.causal = causal;
+                    c.seed = 130 + (uint64_t)(4 * di + 2 * mode + causal);
+                    attn_problem* p = attn_problem_new(&c);
+                    if (mode == 0)
+                        tt_random(&p->q, 21 + (uint64_t)di, -30, 30), tt_random(&p->k, 22, -30, 30);
+                    else
+                        attn_set_qk(p, cancel_qk);
+                    attn_problem_refresh_inputs(p);
+                    cflash_context* ctx = ops_context(be, 2);
+                    cflash_status s = attn_problem_run_bwd(ctx, p);
+                    cflash_context_free(ctx);
+                    if (!ops_backend_skips(be, "attn", s)) {
+                        char msg[768];
+                        const char* what = mode ? "cancelling scores" : "one-hot softmax";
+                        CHECK_MSG(s == CFLASH_OK, "%s: %s", be, cflash_last_error());
+                        CHECK_MSG(attn_problem_check_fwd(p, msg, sizeof msg), "%s %s %s: %s", be,
+                                  tt_dtype_short(c.dtype), what, msg);
+                        /* (fp32's gradients at scores ~400: P = exp(s - lse) with s summed in
+                         * another order than lse's is off by ~2^-24 |s|, which the naive
+                         * computation, one s for both, does not pay) */
+                        if (mode == 1 || c.dtype != CF_F32)
+                            CHECK_MSG(attn_problem_check_bwd(p, msg, sizeof msg), "%s %s %s: %s",
+                                      be, tt_dtype_short(c.dtype), what, msg);
+                    }
+                    attn_problem_free(p);
+                }
 }
 
 /* ---- 10. Non-finite inputs: attention -------------------------------------------------------- */
@@ -835,6 +901,7 @@ int main(void) {
     norm_bwd_threads();
 #endif
     huge_magnitudes();
+    sharp_scores();
     attn_nonfinite();
     attn_nan_dropout();
     attn_nonfinite_masks();

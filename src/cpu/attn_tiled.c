@@ -461,7 +461,9 @@ static void fwd_softmax(const cf_attn_call* c, const cf_attn_kernels* kk, const 
         kk->exp_cols(w->st + j * Mt, Mt, w->mu, w->lsum);
     for (int64_t r = 0; r < Mt; r++) {
         l[r] = l[r] * alpha[r] + w->lsum[r];
-        if (alpha[r] != 1.0f && alpha[r] != 0.0f)
+        /* (alpha 0: a first visible block, O still 0, or a max that rose by more than ~87, whose
+         * exp underflows: the blocks before then vanish from O as they do from l) */
+        if (alpha[r] != 1.0f)
             for (int64_t d = 0; d < Dv; d++)
                 o[r * Dv + d] *= alpha[r];
     }

@@ -315,7 +315,8 @@ CF_AMX_TARGET static void fwd_tile(const cf_attn_call* c, const cf_attn_kernels*
             l[r] = l[r] * alpha + cf_amx_exp_row_sum(x + a, z - a, isnan(mn) ? 0.0f : mn,
                                                      p32 ? NULL : pr + a, g->fp16);
             m[r] = mn;
-            if (alpha != 1.0f && alpha != 0.0f)
+            /* (alpha 0 where the max rose by more than ~87: the earlier blocks leave O too) */
+            if (alpha != 1.0f)
                 for (int64_t d = 0; d < Dv; d++)
                     o[r * Dv16 + d] *= alpha;
             if (c->dropout_p > 0.0f) {
