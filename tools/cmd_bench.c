@@ -412,6 +412,10 @@ int cf_cmd_bench(int argc, char** argv) {
                      pk->bf16_dot_gflops > 0)
                 unit = "neon_bfmmla", peak = pk->bf16_dot_gflops, peak_cpu = pkc->bf16_dot_gflops;
         }
+        /* fp16 on cpu-amx: tdpfp16ps, or bf16 pairs (three tdpbf16ps a product, counted once) */
+        if (pk && pr.dtype == CFLASH_DTYPE_F16 && !strcmp(backend, "cpu-amx") &&
+            pk->amx_bf16_gflops > 0)
+            unit = "amx_bf16", peak = pk->amx_bf16_gflops, peak_cpu = pkc->amx_bf16_gflops;
         if (!pk) unit = "none";
         const double frac = peak > 0 ? gflops / peak : 0.0;
         const double frac_cpu = peak_cpu > 0 ? gflops_cpu / peak_cpu : 0.0;

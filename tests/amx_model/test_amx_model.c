@@ -206,6 +206,54 @@ static void test_mm(void) {
                       outside ? "untouched" : "written");
             free(A), free(B), free(C), free(W);
         }
+    /* fp16 operands as bf16 pairs (cf_amx_split16 then cf_amx_mm2), against the fp16 values */
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+        const int mt = shapes[si][0], nt = shapes[si][1], kc0 = shapes[si][2], kc1 = shapes[si][3],
+                  acc = shapes[si][4];
+        const int M = 16 * mt, N = 16 * nt, K = 32 * 4, lda = K + 8, ldb = N + 3, ldc = N + 5;
+        uint16_t *A = malloc(sizeof *A * (size_t)(M * lda)),
+                 *X = malloc(sizeof *X * (size_t)(M * lda)),
+                 *Al = malloc(sizeof *Al * (size_t)(M * lda));
+        uint32_t *B = malloc(sizeof *B * (size_t)(K / 2 * ldb)),
+                 *Y = malloc(sizeof *Y * (size_t)(K / 2 * ldb)),
+                 *Bl = malloc(sizeof *Bl * (size_t)(K / 2 * ldb));
+        float *C = malloc(sizeof *C * (size_t)(M * ldc)),
+              *W = malloc(sizeof *W * (size_t)(M * ldc));
+        for (int i = 0; i < M * lda; i++) /* (wide range: the low parts carry 3 bits of 11) */
+            A[i] = X[i] = cf_f32_to_f16(uniform() * 300.0f);
+        for (int i = 0; i < K / 2 * ldb; i++)
+            B[i] = Y[i] = (uint32_t)cf_f32_to_f16(uniform()) | (uint32_t)cf_f32_to_f16(uniform())
+                                                                   << 16;
+        for (int i = 0; i < M * ldc; i++)
+            C[i] = W[i] = uniform();
+        cf_amx_split16(X, Al, M, K, lda);
+        cf_amx_split16((uint16_t*)Y, (uint16_t*)Bl, K / 2, 2 * N, 2 * ldb);
+        cf_amx_mm2(C, ldc, X, Al, lda, Y, Bl, ldb, mt, nt, kc0, kc1, acc, 1);
+        double worst = 0;
+        int outside = 1;
+        for (int m = 0; m < M; m++)
+            for (int n = 0; n < ldc; n++) {
+                if (n >= N) {
+                    outside &= C[m * ldc + n] == W[m * ldc + n];
+                    continue;
+                }
+                double want = acc ? W[m * ldc + n] : 0.0, mag = fabs(want);
+                for (int k = 32 * kc0; k < 32 * kc1; k++) {
+                    const double x = cf_f16_to_f32(A[m * lda + k]),
+                                 y = cf_f16_to_f32(
+                                     (uint16_t)(B[(k / 2) * ldb + n] >> (16 * (k % 2))));
+                    want += x * y, mag += fabs(x * y);
+                }
+                const double e = fabs(C[m * ldc + n] - want) / (mag > 1 ? mag : 1);
+                worst = e > worst ? e : worst;
+            }
+        /* (the left-out low x low products: 2^-18 of each term at most) */
+        CHECK_MSG(worst < 1e-5 && outside,
+                  "cf_amx_mm2 (split) %dx%d tiles, chunks [%d, %d), acc %d: max relative error "
+                  "%.3g, outside %s",
+                  mt, nt, kc0, kc1, acc, worst, outside ? "untouched" : "written");
+        free(A), free(X), free(Al), free(B), free(Y), free(Bl), free(C), free(W);
+    }
     const int rows = 48, cols = 32, lds = 37, ldd = 53;
     uint32_t *src = malloc(sizeof *src * (size_t)(rows * lds)),
              *dst = calloc((size_t)(cols * ldd), sizeof *dst);
@@ -224,12 +272,35 @@ static void test_mm(void) {
     cf_amx_model_reset();
 }
 
+/* cf_amx_split16 on every fp16 value: high + low is the value exactly, the high part its bf16
+ * rounding, the low part 0 for infinities and NaN; elements past cols untouched. */
+static void test_split16(void) {
+    enum { N = 65536 + 37 };
+    uint16_t *x = malloc(sizeof *x * N), *lo = malloc(sizeof *lo * N);
+    for (int i = 0; i < N; i++)
+        x[i] = (uint16_t)i, lo[i] = 0xdead;
+    cf_amx_split16(x, lo, 1, 65536 + 5, N); /* (a masked tail of 5) */
+    long bad = 0;
+    for (int i = 0; i < 65536 + 5; i++) {
+        const float v = cf_f16_to_f32((uint16_t)i), h = cf_bf16_to_f32(x[i]),
+                    l = cf_bf16_to_f32(lo[i]);
+        if (isfinite(v))
+            bad += (double)h + (double)l != (double)v || x[i] != cf_f32_to_bf16(v);
+        else
+            bad += lo[i] != 0 || (isnan(v) ? !isnan(h) : h != v);
+    }
+    for (int i = 65536 + 5; i < N; i++)
+        bad += x[i] != (uint16_t)i || lo[i] != 0xdead;
+    CHECK_MSG(bad == 0, "cf_amx_split16: %ld of 65536 fp16 values wrong", bad);
+    free(x), free(lo);
+}
+
 /* ---- Attention through cpu-amx ----------------------------------------------------------------
  */
 
 static const unsigned lowp = (1u << CF_BF16) | (1u << CF_F16);
 
-static void grid(int level, int bwd, int max_cases, const char* what) {
+static void grid(int level, int bwd, int max_cases, unsigned dtypes, const char* what) {
     cf_amx_model_reset();
     attn_grid_opts o;
     memset(&o, 0, sizeof o);
@@ -237,7 +308,7 @@ static void grid(int level, int bwd, int max_cases, const char* what) {
     o.backend = "cpu-amx";
     o.bwd = bwd;
     o.threads = 2;
-    o.dtypes = lowp;
+    o.dtypes = dtypes;
     o.max_cases = max_cases;
     o.no_paged = 1; /* paged calls go to the cpu-avx512 driver (on_tiles): no tiles to model */
     int ran = 0, skipped = 0;
@@ -264,33 +335,24 @@ static void test_blocks(void) {
         char what[96];
         snprintf(what, sizeof what, "blocks %lld,%lld,%lld,%lld", (long long)b->q, (long long)b->k,
                  (long long)b->bwd_q, (long long)b->bwd_k);
-        grid(0, 1, shapes[i].max_cases, what);
+        grid(0, 1, shapes[i].max_cases, lowp, what);
         if (!shapes[i].max_cases) attn_grid_one_pass("cpu-amx", lowp, 2);
         expect_no_faults(what);
     }
     cf_attn_cpu_set_blocks(NULL);
 }
 
-/* fp16 where the CPU lacks AMX-FP16: served converted to fp32 per block, no tile multiply. */
+static void test_far_rows(void);
+
+/* fp16 where the CPU lacks AMX-FP16: on the tiles as bf16 pairs, no tdpfp16ps (the model faults
+ * one), the grid forward and backward, the one-pass backward and the rows of far |lse|. */
 static void test_fp16_without_amx_fp16(void) {
     cf_amx_model_set_fp16(0);
+    grid(0, 1, 0, 1u << CF_F16, "fp16 without AMX-FP16");
     cf_amx_model_reset();
-    attn_case c;
-    attn_case_init(&c);
-    c.dtype = CF_F16, c.B = 2, c.H = 4, c.Hk = 2, c.Sq = 37, c.Sk = 45, c.D = 40, c.Dv = 24;
-    c.causal = 1;
-    attn_problem* p = attn_problem_new(&c);
-    cflash_context* ctx = NULL;
-    CHECK_OK(cflash_context_create(&ctx));
-    CHECK_OK(cflash_context_set_backend(ctx, "cpu-amx"));
-    char msg[1024];
-    CHECK_OK(attn_problem_run_bwd(ctx, p));
-    CHECK_MSG(attn_problem_check_fwd(p, msg, sizeof msg), "%s", msg);
-    CHECK_MSG(attn_problem_check_bwd(p, msg, sizeof msg), "%s", msg);
-    CHECK_MSG(cf_amx_model_dp_count() == 0, "fp16 went to the tiles without AMX-FP16");
-    expect_no_faults("fp16 without AMX-FP16");
-    cflash_context_free(ctx);
-    attn_problem_free(p);
+    attn_grid_one_pass("cpu-amx", 1u << CF_F16, 2);
+    expect_no_faults("fp16 without AMX-FP16, one-pass backward");
+    test_far_rows();
     cf_amx_model_set_fp16(1);
 }
 
@@ -380,8 +442,9 @@ int main(void) {
     test_model_load_store();
     test_model_dot();
     test_mm();
-    if (level >= 0) grid(level, 0, 0, "grid forward"); /* reduced: fwd+bwd checks both */
-    grid(level, 1, 0, "grid forward and backward");
+    test_split16();
+    if (level >= 0) grid(level, 0, 0, lowp, "grid forward"); /* reduced: fwd+bwd checks both */
+    grid(level, 1, 0, lowp, "grid forward and backward");
     cf_amx_model_reset();
     attn_grid_one_pass("cpu-amx", lowp, 2);
     expect_no_faults("one-pass backward");

@@ -1,6 +1,6 @@
 /* Backend cpu-amx: bf16 and fp16 attention, forward (amx_fwd.c) and backward (amx_bwd.c), with
  * every product on AMX tiles (tdpbf16ps; tdpfp16ps where the CPU has AMX-FP16, Granite Rapids and
- * later; elsewhere fp16 is converted to fp32 per block, the cpu-avx512 path). Softmax, masks and
+ * later; elsewhere fp16 as bf16 high and low parts, three tdpbf16ps a product). Softmax, masks and
  * conversions run on AVX-512 (the cpu-avx512 table). The tile configuration is loaded once per
  * thread around its tiles.
  * Verified on AMX hardware (docs/PERF.md, Intel AMX section: `build/tests/test_attn_ref 1 cpu-amx
@@ -93,12 +93,12 @@ static int amx_verified(const void* call, char* why, size_t len) {
 }
 
 #ifdef CF_AMX_CODE
-/* fp16 without AMX-FP16: converted to fp32 per block on AVX-512 (the cpu-avx512 driver). So is
+/* fp16 without AMX-FP16 runs on the tiles as bf16 pairs (cf_amx_mm2). On the cpu-avx512 driver:
  * dbias (the backward's gradient of attn_bias: the tile functions apply issue 13's masks, bias
  * and lists, sinks and attention_chunk, but do not sum dS into dbias); and paged K / V
  * (block_table): the tile loaders take equally spaced key rows. */
 static int on_tiles(const cf_attn_call* c, int fwd) {
-    return (c->dtype == CF_BF16 || CF_AMX_HAS_FP16()) && !c->block_table && (fwd || !c->dbias.data);
+    return !c->block_table && (fwd || !c->dbias.data);
 }
 
 static cflash_status amx_fwd(const void* call) {

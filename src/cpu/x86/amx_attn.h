@@ -23,6 +23,19 @@ static inline int64_t cf_amx_round(int64_t x, int64_t m) {
 void cf_amx_mm(float* C, int64_t ldc, const uint16_t* A, int64_t lda, const uint32_t* B,
                int64_t ldb, int64_t mt, int64_t nt, int64_t kc0, int64_t kc1, int acc, int fp16);
 
+/* cf_amx_mm, or with the operands' low parts Al and Bl given (both, at A's and B's strides) on
+ * bf16 pairs of parts (value = high + low): C (+)= A B + A Bl + Al B, the low parts' product
+ * (2^-16 of the whole) left out. So fp16 runs on a CPU without AMX-FP16 (cf_amx_split16): three
+ * tdpbf16ps for one tdpfp16ps. */
+void cf_amx_mm2(float* C, int64_t ldc, const uint16_t* A, const uint16_t* Al, int64_t lda,
+                const uint32_t* B, const uint32_t* Bl, int64_t ldb, int64_t mt, int64_t nt,
+                int64_t kc0, int64_t kc1, int acc, int fp16);
+
+/* The fp16 values x[r * ld + c] (r < rows, c < cols; any layout of 16-bit elements, pairs too)
+ * split into bf16 parts, exactly: the high part in place, the low part at lo[r * ld + c] (0 for
+ * an infinity or NaN, whose high part is itself). */
+void cf_amx_split16(uint16_t* x, uint16_t* lo, int64_t rows, int64_t cols, int64_t ld);
+
 /* dst[c * ldd + r] = src[r * lds + c] (32-bit), r < rows, c < cols, both multiples of 16. */
 void cf_amx_t32(uint32_t* dst, int64_t ldd, const uint32_t* src, int64_t lds, int64_t rows,
                 int64_t cols);

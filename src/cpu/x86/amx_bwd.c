@@ -11,7 +11,9 @@
  *   dK += dS^T Q            (A: dS^T; B: Q pairs)
  *   dQ += dS K              (A: dS rows; B: K pairs), into the unit's fp32 dQ or a dQ tile.
  * Issue 13's attn_mask, attn_bias and block-sparse lists are applied as S is formed, and the
- * (block, rows) pairs they hide entirely are skipped (dbias: the cpu-avx512 driver, amx.c). */
+ * (block, rows) pairs they hide entirely are skipped (dbias: the cpu-avx512 driver, amx.c).
+ * fp16 on a CPU without AMX-FP16: every operand as bf16 high and low parts, three tdpbf16ps a
+ * product (cf_amx_mm2). */
 #include <math.h>
 #include <string.h>
 
@@ -24,10 +26,13 @@ typedef struct amx_bwd_geom {
     int64_t G, n, bq, bk; /* heads per group, dq tile rows per head, block rows and keys */
     int64_t R32, NB32;    /* rows of a query block or dq tile, keys per block, padded */
     int64_t D32, Dv32, D16, Dv16, W32;
-    int fp16;
+    int fp16;                     /* tdpfp16ps (fp16 on AMX-FP16) or tdpbf16ps */
+    int split;                    /* fp16 without AMX-FP16: bf16 pairs of parts (cf_amx_mm2) */
     const cf_attn_mask_map* mmap; /* attn_mask / attn_bias summarised (may be NULL) */
     size_t kr, ktv, vtv, kv, dk, dv, qa, doa, s, dp, pd, y, h16, hp, at, dov, qv, dq, map, kvis,
         kvp, bytes;
+    /* split: the low parts of ktv, vtv, kv, qa, doa, h16, at, dov, qv */
+    size_t ktvl, vtvl, kvl, qal, doal, h16l, atl, dovl, qvl;
 } amx_bwd_geom;
 
 static size_t a64(size_t n) {
@@ -48,7 +53,8 @@ static void bwd_layout(const cf_attn_call* c, amx_bwd_geom* g) {
     g->D16 = cf_amx_round(c->D, 16);
     g->Dv16 = cf_amx_round(c->Dv, 16);
     g->W32 = g->D32 > g->Dv32 ? g->D32 : g->Dv32;
-    g->fp16 = c->dtype == CF_F16;
+    g->split = c->dtype == CF_F16 && !CF_AMX_HAS_FP16();
+    g->fp16 = c->dtype == CF_F16 && !g->split;
     const size_t R = (size_t)g->R32, NB = (size_t)g->NB32, D32 = (size_t)g->D32,
                  Dv32 = (size_t)g->Dv32, D16 = (size_t)g->D16, Dv16 = (size_t)g->Dv16;
     size_t off = 0;
@@ -78,6 +84,16 @@ static void bwd_layout(const cf_attn_call* c, amx_bwd_geom* g) {
     const int64_t nkv = g->bq + 1 > g->G * (g->n + 1) ? g->bq + 1 : g->G * (g->n + 1);
     TAKE(kvis, (size_t)nkv * NB);
     TAKE(kvp, sizeof(uint8_t*) * R); /* each row's */
+    const size_t sp = g->split ? 1 : 0;
+    TAKE(ktvl, sp * 4 * (D32 / 2) * NB);
+    TAKE(vtvl, sp * 4 * (Dv32 / 2) * NB);
+    TAKE(kvl, sp * 4 * (NB / 2) * D16);
+    TAKE(qal, sp * 2 * R * D32);
+    TAKE(doal, sp * 2 * R * Dv32);
+    TAKE(h16l, sp * 2 * R * NB);
+    TAKE(atl, sp * 4 * NB * (R / 2));
+    TAKE(dovl, sp * 4 * (R / 2) * Dv16);
+    TAKE(qvl, sp * 4 * (R / 2) * D16);
 #undef TAKE
     g->bytes = off;
 }
@@ -110,6 +126,21 @@ static void map_row(const cf_attn_call* c, const float* dl, const rows_map* mp, 
     mp->dl[r] = cf_attn_dl(c, dl, b, h, q0 + i);
 }
 
+/* Split only (fp16 without AMX-FP16): the fp16 operand x (rows x cols 16-bit elements, ld apart)
+ * into bf16 high parts in place and low parts at the workspace's offset `off`; returns the low
+ * parts (NULL when not split: cf_amx_mm2 then multiplies x as it is). */
+static void* split_at(const amx_bwd_geom* g, char* ws, size_t off, void* x, int64_t rows,
+                      int64_t cols, int64_t ld) {
+    if (!g->split) return NULL;
+    cf_amx_split16(x, (uint16_t*)(ws + off), rows, cols, ld);
+    return ws + off;
+}
+
+/* The low parts split_at left at `off` (NULL when not split). */
+static void* low_at(const amx_bwd_geom* g, char* ws, size_t off) {
+    return g->split ? ws + off : NULL;
+}
+
 /* The key block [j0, j0 + nb) of (b, hk) in tile layouts: K^T and V^T pairs (B of S and dP) and,
  * when asked, K pairs (B of dQ += dS K). */
 static void pack_keys(const cf_attn_call* c, const cf_attn_kernels* kk, const amx_bwd_geom* g,
@@ -121,9 +152,13 @@ static void pack_keys(const cf_attn_call* c, const cf_attn_kernels* kk, const am
     cf_amx_t32((uint32_t*)(ws + g->ktv), NB32, (const uint32_t*)kr, g->D32 / 2, nb32, g->D32 / 2);
     cf_amx_rows16(kr, g->Dv32, g->Dv32, nb32, &c->v, b, k0 + j0, hk, nb, c->Dv);
     cf_amx_t32((uint32_t*)(ws + g->vtv), NB32, (const uint32_t*)kr, g->Dv32 / 2, nb32, g->Dv32 / 2);
-    if (with_k)
+    split_at(g, ws, g->ktvl, ws + g->ktv, g->D32 / 2, 2 * nb32, 2 * NB32);
+    split_at(g, ws, g->vtvl, ws + g->vtv, g->Dv32 / 2, 2 * nb32, 2 * NB32);
+    if (with_k) {
         cf_amx_rows_vnni(kk, (uint32_t*)(ws + g->kv), g->D16, g->D16, nb32 / 2, &c->k, b, k0 + j0,
                          hk, nb, c->D);
+        split_at(g, ws, g->kvl, ws + g->kv, nb32 / 2, 2 * g->D16, 2 * g->D16);
+    }
 }
 
 /* The state (CF_REGION_*) of issue 13's masks over rows [i0, i0 + n) of the G heads from hk * G
@@ -137,19 +172,20 @@ static int masks_state(const cf_attn_call* c, const amx_bwd_geom* g, char* ws, i
 /* For rows [0, nr) of a block against keys [j0, j0 + nb) (its K^T, V^T packed; qa, doa rows, the
  * map and, with block-sparse lists, the rows' key masks filled; open: the state of issue 13's
  * masks there): P in s, dS in dp (and P with
- * dropout in pd when dropout is on), fp32, zero in columns [nb, nb32). */
+ * dropout in pd when dropout is on), fp32, zero in columns [nb, nb32). qal, doal: the rows' low
+ * parts (split), else NULL. */
 static void p_and_ds(const cf_attn_call* c, const cf_attn_kernels* kk, const amx_bwd_geom* g,
                      char* ws, const rows_map* mp, int64_t b, int64_t nr, int64_t j0, int64_t nb,
-                     int64_t sq, int64_t sk, int open, const uint16_t* qa, int64_t lq,
-                     const uint16_t* doa, int64_t ldo) {
+                     int64_t sq, int64_t sk, int open, const uint16_t* qa, const uint16_t* qal,
+                     int64_t lq, const uint16_t* doa, const uint16_t* doal, int64_t ldo) {
     const uint8_t* const* kvp = c->bs_num.data ? (const uint8_t* const*)(ws + g->kvp) : NULL;
     const int64_t NB32 = g->NB32, nb16 = cf_amx_round(nb, 16), nb32 = cf_amx_round(nb, 32);
     const int64_t nr16 = cf_amx_round(nr, 16);
     float *s = (float*)(ws + g->s), *dp = (float*)(ws + g->dp), *pd = (float*)(ws + g->pd),
           *y = (float*)(ws + g->y);
     /* S = Q K^T */
-    cf_amx_mm(s, NB32, qa, lq, (const uint32_t*)(ws + g->ktv), NB32, nr16 / 16, nb16 / 16, 0,
-              g->D32 / 32, 0, g->fp16);
+    cf_amx_mm2(s, NB32, qa, qal, lq, (const uint32_t*)(ws + g->ktv), low_at(g, ws, g->ktvl), NB32,
+               nr16 / 16, nb16 / 16, 0, g->D32 / 32, 0, g->fp16);
     const cf_attn_score_map sm = {nr,        nb,  NB32,   1,      mp->i,
                                   mp->slope, j0,  mp->lo, mp->hi, b,
                                   mp->h,     kvp, 0,      0,      c->lse_fix ? mp->sh : NULL};
@@ -164,8 +200,8 @@ static void p_and_ds(const cf_attn_call* c, const cf_attn_kernels* kk, const amx
         cf_attn_dropout_apply(c, pd, &sm, mp->h, b, ks);
     }
     /* dP = dO V^T, with the forward's dropout */
-    cf_amx_mm(dp, NB32, doa, ldo, (const uint32_t*)(ws + g->vtv), NB32, nr16 / 16, nb16 / 16, 0,
-              g->Dv32 / 32, 0, g->fp16);
+    cf_amx_mm2(dp, NB32, doa, doal, ldo, (const uint32_t*)(ws + g->vtv), low_at(g, ws, g->vtvl),
+               NB32, nr16 / 16, nb16 / 16, 0, g->Dv32 / 32, 0, g->fp16);
     if (c->dropout_p > 0.0f) cf_attn_dropout_apply(c, dp, &sm, mp->h, b, ks);
     for (int64_t r = 0; r < nr; r++) {
         float* d = dp + r * NB32;
@@ -198,6 +234,7 @@ CF_AMX_TARGET static void far_rows(const cf_attn_call* c, const cf_attn_kernels*
     double* l = (double*)(ws + g->dq); /* (dQ's buffer: free here) */
     cf_amx_rows16(qa, g->D32, g->D32, n, &c->q, b, q0 + i0, h, n, c->D);
     memset(qa + n * g->D32, 0, sizeof(uint16_t) * (size_t)((n16 - n) * g->D32));
+    const uint16_t* qal = split_at(g, ws, g->qal, qa, n16, g->D32, g->D32);
     for (int64_t r = 0; r < n; r++) {
         mp.i[r] = i0 + r, mp.h[r] = h, mp.slope[r] = cf_attn_slope(c, b, h);
         cf_attn_key_range(c, i0 + r, sq, sk, &mp.lo[r], &mp.hi[r]);
@@ -210,8 +247,8 @@ CF_AMX_TARGET static void far_rows(const cf_attn_call* c, const cf_attn_kernels*
         const int open = masks_state(c, g, ws, b, h, 1, i0, n, j0, nb);
         if (open == CF_REGION_CLOSED) continue; /* (issue 13's masks hide the block from them) */
         pack_keys(c, kk, g, ws, b, k0, j0, nb, hk, 0);
-        cf_amx_mm(s, NB32, qa, g->D32, (const uint32_t*)(ws + g->ktv), NB32, n16 / 16, nb16 / 16, 0,
-                  g->D32 / 32, 0, g->fp16);
+        cf_amx_mm2(s, NB32, qa, qal, g->D32, (const uint32_t*)(ws + g->ktv), low_at(g, ws, g->ktvl),
+                   NB32, n16 / 16, nb16 / 16, 0, g->D32 / 32, 0, g->fp16);
         const cf_attn_score_map sm = {n,  nb,    NB32,  1, mp.i, mp.slope,
                                       j0, mp.lo, mp.hi, b, mp.h, c->bs_num.data ? kvp : NULL,
                                       0,  0,     NULL};
@@ -240,11 +277,12 @@ CF_AMX_TARGET static void far_rows(const cf_attn_call* c, const cf_attn_kernels*
 
 /* Rows [s0, s0 + n) of head h of view v (d elements) as an A operand of nr16 rows: read where
  * they are when they fill whole tiles (n = nr16, d a multiple of 32: tile loads take any row
- * stride), else copied zero-padded into buf (width elements a row). *ld: the operand's row
- * stride in elements. */
+ * stride) and copy is 0, else copied zero-padded into buf (width elements a row). *ld: the
+ * operand's row stride in elements. */
 static const uint16_t* a_rows(uint16_t* buf, int64_t width, const cf_view* v, int64_t b, int64_t s0,
-                              int64_t h, int64_t n, int64_t nr16, int64_t d, int64_t* ld) {
-    if (n == nr16 && d == width) {
+                              int64_t h, int64_t n, int64_t nr16, int64_t d, int copy,
+                              int64_t* ld) {
+    if (n == nr16 && d == width && !copy) {
         *ld = v->stride[1];
         return (const uint16_t*)cf_amx_row_ptr(v, b, s0, h);
     }
@@ -283,10 +321,10 @@ CF_AMX_TARGET static void dkdv_tile(const cf_attn_call* c, const cf_attn_kernels
             const int open = masks_state(c, g, ws, b, h, 1, i0, nr, j0, nb);
             if (open == CF_REGION_CLOSED) continue; /* all hidden */
             int64_t lq, ldo;
-            const uint16_t* qa =
-                a_rows((uint16_t*)(ws + g->qa), g->D32, &c->q, b, q0 + i0, h, nr, nr16, D, &lq);
+            const uint16_t* qa = a_rows((uint16_t*)(ws + g->qa), g->D32, &c->q, b, q0 + i0, h, nr,
+                                        nr16, D, g->split, &lq);
             const uint16_t* doa = a_rows((uint16_t*)(ws + g->doa), g->Dv32, &c->dout, b, q0 + i0, h,
-                                         nr, nr16, Dv, &ldo);
+                                         nr, nr16, Dv, g->split, &ldo);
             for (int64_t r = 0; r < nr; r++)
                 map_row(c, dl, &mp, r, b, q0, h, i0 + r, sq, sk);
             /* A partly masked block holding a NaN or infinity: pair by pair, in fp32 (the tile
@@ -299,7 +337,10 @@ CF_AMX_TARGET static void dkdv_tile(const cf_attn_call* c, const cf_attn_kernels
                     continue;
                 }
             }
-            p_and_ds(c, kk, g, ws, &mp, b, nr, j0, nb, sq, sk, open, qa, lq, doa, ldo);
+            /* (split: the copies of the rows, a_rows above) */
+            const uint16_t* qal = split_at(g, ws, g->qal, (void*)qa, nr16, g->D32, g->D32);
+            const uint16_t* doal = split_at(g, ws, g->doal, (void*)doa, nr16, g->Dv32, g->Dv32);
+            p_and_ds(c, kk, g, ws, &mp, b, nr, j0, nb, sq, sk, open, qa, qal, lq, doa, doal, ldo);
 
             /* dV += P^T dO */
             cf_amx_f32_rows16(kk, h16, NB32, nb32, nr32, c->dropout_p > 0.0f ? pd : s, NB32, nr, nb,
@@ -307,19 +348,24 @@ CF_AMX_TARGET static void dkdv_tile(const cf_attn_call* c, const cf_attn_kernels
             cf_amx_pairs_t(kk, at, R32 / 2, hp, h16, NB32, nr32, nb16);
             cf_amx_rows_vnni(kk, (uint32_t*)(ws + g->dov), Dv16, Dv16, nr32 / 2, &c->dout, b,
                              q0 + i0, h, nr, Dv);
-            cf_amx_mm(dv, Dv16, (const uint16_t*)at, R32, (const uint32_t*)(ws + g->dov), Dv16,
-                      nb16 / 16, Dv16 / 16, 0, nr32 / 32, 1, g->fp16);
+            cf_amx_mm2(dv, Dv16, (const uint16_t*)at, split_at(g, ws, g->atl, at, nb16, nr32, R32),
+                       R32, (const uint32_t*)(ws + g->dov),
+                       split_at(g, ws, g->dovl, ws + g->dov, nr32 / 2, 2 * Dv16, 2 * Dv16), Dv16,
+                       nb16 / 16, Dv16 / 16, 0, nr32 / 32, 1, g->fp16);
             /* dK += dS^T Q */
             cf_amx_f32_rows16(kk, h16, NB32, nb32, nr32, dp, NB32, nr, nb, c->dtype);
             cf_amx_pairs_t(kk, at, R32 / 2, hp, h16, NB32, nr32, nb16);
             cf_amx_rows_vnni(kk, (uint32_t*)(ws + g->qv), D16, D16, nr32 / 2, &c->q, b, q0 + i0, h,
                              nr, D);
-            cf_amx_mm(dk, D16, (const uint16_t*)at, R32, (const uint32_t*)(ws + g->qv), D16,
-                      nb16 / 16, D16 / 16, 0, nr32 / 32, 1, g->fp16);
+            cf_amx_mm2(dk, D16, (const uint16_t*)at, split_at(g, ws, g->atl, at, nb16, nr32, R32),
+                       R32, (const uint32_t*)(ws + g->qv),
+                       split_at(g, ws, g->qvl, ws + g->qv, nr32 / 2, 2 * D16, 2 * D16), D16,
+                       nb16 / 16, D16 / 16, 0, nr32 / 32, 1, g->fp16);
             /* dQ += dS K, rows of this unit only: no other thread writes them */
             if (dqacc) {
-                cf_amx_mm(dq, D16, h16, NB32, (const uint32_t*)(ws + g->kv), D16, nr16 / 16,
-                          D16 / 16, 0, nb32 / 32, 0, g->fp16);
+                cf_amx_mm2(dq, D16, h16, split_at(g, ws, g->h16l, h16, nr16, nb32, NB32), NB32,
+                           (const uint32_t*)(ws + g->kv), low_at(g, ws, g->kvl), D16, nr16 / 16,
+                           D16 / 16, 0, nb32 / 32, 0, g->fp16);
                 float* acc = dqacc + (gi * sq + i0) * D;
                 for (int64_t r = 0; r < nr; r++)
                     for (int64_t d = 0; d < D; d++)
@@ -359,6 +405,8 @@ CF_AMX_TARGET static void dq_tile(const cf_attn_call* c, const cf_attn_kernels* 
     }
     memset(qa + Mt * g->D32, 0, sizeof(uint16_t) * (size_t)((m16 - Mt) * g->D32));
     memset(doa + Mt * g->Dv32, 0, sizeof(uint16_t) * (size_t)((m16 - Mt) * g->Dv32));
+    const uint16_t* qal = split_at(g, ws, g->qal, qa, m16, g->D32, g->D32);
+    const uint16_t* doal = split_at(g, ws, g->doal, doa, m16, g->Dv32, g->Dv32);
     memset(dq, 0, sizeof(float) * (size_t)(m16 * D16));
     const int64_t jlo = mp.lo[0], jhi = mp.hi[na - 1];
     int qbad = -1; /* the tile's query rows hold a NaN or infinity (checked when first needed) */
@@ -382,11 +430,13 @@ CF_AMX_TARGET static void dq_tile(const cf_attn_call* c, const cf_attn_kernels* 
             }
         }
         pack_keys(c, kk, g, ws, b, k0, j0, nb, hk, 1);
-        p_and_ds(c, kk, g, ws, &mp, b, Mt, j0, nb, sq, sk, open, qa, g->D32, doa, g->Dv32);
+        p_and_ds(c, kk, g, ws, &mp, b, Mt, j0, nb, sq, sk, open, qa, qal, g->D32, doa, doal,
+                 g->Dv32);
         /* dQ += dS K */
         cf_amx_f32_rows16(kk, h16, NB32, nb32, m16, dp, NB32, Mt, nb, c->dtype);
-        cf_amx_mm(dq, D16, h16, NB32, (const uint32_t*)(ws + g->kv), D16, m16 / 16, D16 / 16, 0,
-                  nb32 / 32, 1, g->fp16);
+        cf_amx_mm2(dq, D16, h16, split_at(g, ws, g->h16l, h16, m16, nb32, NB32), NB32,
+                   (const uint32_t*)(ws + g->kv), low_at(g, ws, g->kvl), D16, m16 / 16, D16 / 16, 0,
+                   nb32 / 32, 1, g->fp16);
     }
     for (int64_t gi = 0; gi < G; gi++)
         for (int64_t ii = 0; ii < na; ii++)

@@ -23,8 +23,10 @@ typedef struct amx_fwd_geom {
     int64_t G, n, bk;             /* heads per group, rows per head per tile, keys per block */
     int64_t D32, Dv16, NB32, M32; /* padded: head dims, keys per block, rows per tile */
     int fp16;                     /* tdpfp16ps (fp16) or tdpbf16ps (bf16) */
+    int split;                    /* fp16 without AMX-FP16: bf16 pairs (cf_amx_mm2) */
     const cf_attn_mask_map* map;  /* attn_mask / attn_bias summarised (may be NULL) */
     size_t qa, kr, kt, vv, s, p, o, vec, rng, lohi, tmp, xih, kvis, kvp, shut, bytes;
+    size_t qal, ktl, vvl, pl; /* split: the low parts of qa, kt, vv, p */
 } amx_fwd_geom;
 
 static size_t a64(size_t n) {
@@ -85,7 +87,8 @@ static void fwd_layout(const cf_attn_call* c, const cf_attn_mask_map* map, amx_f
     g->Dv16 = cf_amx_round(c->Dv, 16);
     g->NB32 = cf_amx_round(g->bk, 32);
     g->M32 = cf_amx_round(g->G * g->n, 32); /* slices of 32 rows */
-    g->fp16 = c->dtype == CF_F16;
+    g->split = c->dtype == CF_F16 && !CF_AMX_HAS_FP16();
+    g->fp16 = c->dtype == CF_F16 && !g->split;
     const size_t M = (size_t)g->M32, NB = (size_t)g->NB32, D32 = (size_t)g->D32,
                  Dv = (size_t)g->Dv16;
     size_t off = 0;
@@ -107,6 +110,11 @@ static void fwd_layout(const cf_attn_call* c, const cf_attn_mask_map* map, amx_f
     TAKE(kvis, (size_t)(g->G * (g->n + 1)) * NB); /* block-sparse key masks */
     TAKE(kvp, sizeof(uint8_t*) * M);              /* each row's */
     TAKE(shut, M / 32 + 1);                       /* slices the masks close to a block */
+    const size_t sp = g->split ? 1 : 0;           /* the low parts, split only */
+    TAKE(qal, sp * 2 * M * D32);
+    TAKE(ktl, sp * 4 * (D32 / 2) * NB);
+    TAKE(vvl, sp * 4 * (NB / 2) * Dv);
+    TAKE(pl, sp * 2 * M * NB);
 #undef TAKE
     g->bytes = off;
 }
@@ -137,6 +145,11 @@ CF_AMX_TARGET static void fwd_tile(const cf_attn_call* c, const cf_attn_kernels*
     uint16_t *qa = (uint16_t*)(ws + g->qa), *kr = (uint16_t*)(ws + g->kr),
              *p = (uint16_t*)(ws + g->p);
     uint32_t *kt = (uint32_t*)(ws + g->kt), *vv = (uint32_t*)(ws + g->vv);
+    /* fp16 without AMX-FP16: each operand's bf16 low parts beside its high parts */
+    uint16_t* qal = g->split ? (uint16_t*)(ws + g->qal) : NULL;
+    uint16_t* pl = g->split ? (uint16_t*)(ws + g->pl) : NULL;
+    uint32_t* ktl = g->split ? (uint32_t*)(ws + g->ktl) : NULL;
+    uint32_t* vvl = g->split ? (uint32_t*)(ws + g->vvl) : NULL;
     float *s = (float*)(ws + g->s), *o = (float*)(ws + g->o), *m = (float*)(ws + g->vec),
           *l = m + M32, *tmp = (float*)(ws + g->tmp);
     int64_t *rng = (int64_t*)(ws + g->rng), *lo = (int64_t*)(ws + g->lohi), *hi = lo + na;
@@ -163,6 +176,7 @@ CF_AMX_TARGET static void fwd_tile(const cf_attn_call* c, const cf_attn_kernels*
     for (int64_t gi = 0; gi < G; gi++)
         cf_amx_rows16(qa + gi * na * D32, D32, D32, na, &c->q, b, q0 + i0, hk * G + gi, na, D);
     memset(qa + Mt * D32, 0, sizeof(uint16_t) * (size_t)((M32 - Mt) * D32));
+    if (g->split) cf_amx_split16(qa, qal, M32, D32, D32);
     memset(p + Mt * NB32, 0, sizeof(uint16_t) * (size_t)((M32 - Mt) * NB32));
     memset(o, 0, sizeof(float) * (size_t)(M32 * Dv16));
     /* A sink (issue 13) is a key of score sink and value 0: each row's softmax starts from it. */
@@ -200,6 +214,10 @@ CF_AMX_TARGET static void fwd_tile(const cf_attn_call* c, const cf_attn_kernels*
             cf_amx_t32(kt, NB32, (const uint32_t*)kr, D32 / 2, nb32, D32 / 2);
         }
         cf_amx_rows_vnni(kk, vv, Dv16, Dv16, nb32 / 2, &c->v, b, k0 + j0, hk, nb, Dv);
+        if (g->split) {
+            cf_amx_split16((uint16_t*)kt, (uint16_t*)ktl, D32 / 2, 2 * nb32, 2 * NB32);
+            cf_amx_split16((uint16_t*)vv, (uint16_t*)vvl, nb32 / 2, 2 * Dv16, 2 * Dv16);
+        }
 
         /* S = Q K^T, per 32-row slice over the columns its rows see. */
         for (int64_t r0 = 0; r0 < Mt; r0 += 32) {
@@ -213,8 +231,9 @@ CF_AMX_TARGET static void fwd_tile(const cf_attn_call* c, const cf_attn_kernels*
             kc[0] = kc[1] = 0;
             if (c0 >= c1 || shut[r0 / 32]) continue;
             const int64_t n0 = c0 / 16, n1 = (c1 + 15) / 16;
-            cf_amx_mm(s + r0 * NB32 + 16 * n0, NB32, qa + r0 * D32, D32, kt + 16 * n0, NB32,
-                      Mt - r0 > 16 ? 2 : 1, n1 - n0, 0, D32 / 32, 0, g->fp16);
+            cf_amx_mm2(s + r0 * NB32 + 16 * n0, NB32, qa + r0 * D32, qal ? qal + r0 * D32 : NULL,
+                       D32, kt + 16 * n0, ktl ? ktl + 16 * n0 : NULL, NB32, Mt - r0 > 16 ? 2 : 1,
+                       n1 - n0, 0, D32 / 32, 0, g->fp16);
             kc[0] = c0 / 32, kc[1] = (c1 + 31) / 32;
         }
 
@@ -313,7 +332,7 @@ CF_AMX_TARGET static void fwd_tile(const cf_attn_call* c, const cf_attn_kernels*
             memset(pr, 0, sizeof(uint16_t) * (size_t)a);
             memset(pr + z, 0, sizeof(uint16_t) * (size_t)(nb32 - z));
             l[r] = l[r] * alpha + cf_amx_exp_row_sum(x + a, z - a, isnan(mn) ? 0.0f : mn,
-                                                     p32 ? NULL : pr + a, g->fp16);
+                                                     p32 ? NULL : pr + a, c->dtype == CF_F16);
             m[r] = mn;
             /* (alpha 0 where the max rose by more than ~87: the earlier blocks leave O too) */
             if (alpha != 1.0f)
@@ -351,10 +370,11 @@ CF_AMX_TARGET static void fwd_tile(const cf_attn_call* c, const cf_attn_kernels*
             }
             continue;
         }
+        if (g->split) cf_amx_split16(p, pl, M32, nb32, NB32);
         for (int64_t r0 = 0; r0 < Mt; r0 += 32) {
             const int64_t* kc = rng + 2 * (r0 / 32);
-            cf_amx_mm(o + r0 * Dv16, Dv16, p + r0 * NB32, NB32, vv, Dv16, Mt - r0 > 16 ? 2 : 1,
-                      Dv16 / 16, kc[0], kc[1], 1, g->fp16);
+            cf_amx_mm2(o + r0 * Dv16, Dv16, p + r0 * NB32, pl ? pl + r0 * NB32 : NULL, NB32, vv,
+                       vvl, Dv16, Mt - r0 > 16 ? 2 : 1, Dv16 / 16, kc[0], kc[1], 1, g->fp16);
         }
     }
 

@@ -1,7 +1,8 @@
 /* cpu-amx: the tile GEMM that every product of the forward and backward runs on, and the
  * AVX-512 packers that bring blocks to its operand layouts (amx_attn.h). The tiles are used as
  * 2 x 2 accumulators (tmm0-3) fed by two A tiles (tmm4-5) and two B tiles (tmm6-7), so each tile
- * loaded serves two multiplies. */
+ * loaded serves two multiplies. fp16 on a CPU without AMX-FP16 runs on the same tiles as bf16 pairs
+ * (cf_amx_split16: each value the sum of two bf16, exactly), three tdpbf16ps a product. */
 #include <math.h>
 #include <string.h>
 
@@ -27,10 +28,31 @@
             CF_TILE_DPBF16(c, a, b);                                                               \
     } while (0)
 
-/* One MI x NJ (1 or 2 each) block of C tiles over k-chunks [kc0, kc1). */
-CF_AMX_TARGET INLINE void mm_block(const int MI, const int NJ, const int FP16, float* C,
-                                   int64_t ldc, const uint16_t* A, int64_t lda, const uint32_t* B,
-                                   int64_t ldb, int64_t kc0, int64_t kc1, int acc) {
+/* The operand tiles of k-chunk k: A rows (tmm4-5) and B columns (tmm6-7). */
+#define LOAD_A(A_, k)                                                                              \
+    do {                                                                                           \
+        CF_TILE_LOAD(4, (A_) + 32 * (k), sa);                                                      \
+        if (MI > 1) CF_TILE_LOAD(5, (A_) + 32 * (k) + 16 * lda, sa);                               \
+    } while (0)
+#define LOAD_B(B_, k)                                                                              \
+    do {                                                                                           \
+        CF_TILE_LOAD(6, (B_) + 16 * (k)*ldb, sb);                                                  \
+        if (NJ > 1) CF_TILE_LOAD(7, (B_) + 16 * (k)*ldb + 16, sb);                                 \
+    } while (0)
+#define DP4(FP16)                                                                                  \
+    do {                                                                                           \
+        DP(FP16, 0, 4, 6);                                                                         \
+        if (NJ > 1) DP(FP16, 1, 4, 7);                                                             \
+        if (MI > 1) DP(FP16, 2, 5, 6);                                                             \
+        if (MI > 1 && NJ > 1) DP(FP16, 3, 5, 7);                                                   \
+    } while (0)
+
+/* One MI x NJ (1 or 2 each) block of C tiles over k-chunks [kc0, kc1). SPLIT (bf16): each
+ * operand is a pair, value = high + low (A, Al; B, Bl), and C takes A B + A Bl + Al B. */
+CF_AMX_TARGET INLINE void mm_block(const int MI, const int NJ, const int FP16, const int SPLIT,
+                                   float* C, int64_t ldc, const uint16_t* A, const uint16_t* Al,
+                                   int64_t lda, const uint32_t* B, const uint32_t* Bl, int64_t ldb,
+                                   int64_t kc0, int64_t kc1, int acc) {
     const int64_t sc = ldc * 4, sa = lda * 2, sb = ldb * 4;
     float *c0 = C, *c1 = C + 16, *c2 = C + 16 * ldc, *c3 = C + 16 * ldc + 16;
     if (acc) {
@@ -45,51 +67,98 @@ CF_AMX_TARGET INLINE void mm_block(const int MI, const int NJ, const int FP16, f
         if (MI > 1 && NJ > 1) CF_TILE_ZERO(3);
     }
     for (int64_t k = kc0; k < kc1; k++) {
-        const uint16_t* a = A + 32 * k;
-        const uint32_t* b = B + 16 * k * ldb;
-        CF_TILE_LOAD(4, a, sa);
-        if (MI > 1) CF_TILE_LOAD(5, a + 16 * lda, sa);
-        CF_TILE_LOAD(6, b, sb);
-        if (NJ > 1) CF_TILE_LOAD(7, b + 16, sb);
-        DP(FP16, 0, 4, 6);
-        if (NJ > 1) DP(FP16, 1, 4, 7);
-        if (MI > 1) DP(FP16, 2, 5, 6);
-        if (MI > 1 && NJ > 1) DP(FP16, 3, 5, 7);
+        LOAD_A(A, k);
+        LOAD_B(B, k);
+        DP4(FP16);
+        if (SPLIT) {
+            LOAD_A(Al, k); /* Al B */
+            DP4(0);
+            LOAD_A(A, k); /* A Bl */
+            LOAD_B(Bl, k);
+            DP4(0);
+        }
     }
     CF_TILE_STORE(0, c0, sc);
     if (NJ > 1) CF_TILE_STORE(1, c1, sc);
     if (MI > 1) CF_TILE_STORE(2, c2, sc);
     if (MI > 1 && NJ > 1) CF_TILE_STORE(3, c3, sc);
 }
+#undef LOAD_A
+#undef LOAD_B
+#undef DP4
 
-typedef void (*mm_fn)(float*, int64_t, const uint16_t*, int64_t, const uint32_t*, int64_t, int64_t,
-                      int64_t, int);
-#define MM(MI, NJ, FP)                                                                             \
-    CF_AMX_TARGET static void mm_##MI##NJ##FP(float* C, int64_t ldc, const uint16_t* A,            \
-                                              int64_t lda, const uint32_t* B, int64_t ldb,         \
-                                              int64_t kc0, int64_t kc1, int acc) {                 \
-        mm_block(MI, NJ, FP, C, ldc, A, lda, B, ldb, kc0, kc1, acc);                               \
+typedef void (*mm_fn)(float*, int64_t, const uint16_t*, const uint16_t*, int64_t, const uint32_t*,
+                      const uint32_t*, int64_t, int64_t, int64_t, int);
+#define MM(MI, NJ, FP, SP)                                                                         \
+    CF_AMX_TARGET static void mm_##MI##NJ##FP##SP(                                                 \
+        float* C, int64_t ldc, const uint16_t* A, const uint16_t* Al, int64_t lda,                 \
+        const uint32_t* B, const uint32_t* Bl, int64_t ldb, int64_t kc0, int64_t kc1, int acc) {   \
+        mm_block(MI, NJ, FP, SP, C, ldc, A, Al, lda, B, Bl, ldb, kc0, kc1, acc);                   \
     }
-MM(1, 1, 0)
-MM(1, 2, 0)
-MM(2, 1, 0)
-MM(2, 2, 0)
-MM(1, 1, 1)
-MM(1, 2, 1)
-MM(2, 1, 1)
-MM(2, 2, 1)
-static const mm_fn mm_tab[2][2][2] = {{{mm_110, mm_120}, {mm_210, mm_220}},
-                                      {{mm_111, mm_121}, {mm_211, mm_221}}};
+/* The four block shapes of one kind: bf16 (0, 0), fp16 tiles (1, 0), bf16 pairs (0, 1). */
+#define MM4(FP, SP) MM(1, 1, FP, SP) MM(1, 2, FP, SP) MM(2, 1, FP, SP) MM(2, 2, FP, SP)
+MM4(0, 0)
+MM4(1, 0)
+MM4(0, 1)
+/* [fp16 tiles or split pairs][MI - 1][NJ - 1] */
+static const mm_fn mm_tab[3][2][2] = {{{mm_1100, mm_1200}, {mm_2100, mm_2200}},
+                                      {{mm_1110, mm_1210}, {mm_2110, mm_2210}},
+                                      {{mm_1101, mm_1201}, {mm_2101, mm_2201}}};
 
-void cf_amx_mm(float* C, int64_t ldc, const uint16_t* A, int64_t lda, const uint32_t* B,
-               int64_t ldb, int64_t mt, int64_t nt, int64_t kc0, int64_t kc1, int acc, int fp16) {
+static void mm_run(int kind, float* C, int64_t ldc, const uint16_t* A, const uint16_t* Al,
+                   int64_t lda, const uint32_t* B, const uint32_t* Bl, int64_t ldb, int64_t mt,
+                   int64_t nt, int64_t kc0, int64_t kc1, int acc) {
     if (acc && kc1 <= kc0) return;
     for (int64_t i = 0; i < mt; i += 2)
         for (int64_t j = 0; j < nt; j += 2) {
             const int mi = mt - i > 1 ? 2 : 1, nj = nt - j > 1 ? 2 : 1;
-            mm_tab[fp16 != 0][mi - 1][nj - 1](C + 16 * i * ldc + 16 * j, ldc, A + 16 * i * lda, lda,
-                                              B + 16 * j, ldb, kc0, kc1, acc);
+            mm_tab[kind][mi - 1][nj - 1](C + 16 * i * ldc + 16 * j, ldc, A + 16 * i * lda,
+                                         Al ? Al + 16 * i * lda : NULL, lda, B + 16 * j,
+                                         Bl ? Bl + 16 * j : NULL, ldb, kc0, kc1, acc);
         }
+}
+
+void cf_amx_mm(float* C, int64_t ldc, const uint16_t* A, int64_t lda, const uint32_t* B,
+               int64_t ldb, int64_t mt, int64_t nt, int64_t kc0, int64_t kc1, int acc, int fp16) {
+    mm_run(fp16 != 0, C, ldc, A, NULL, lda, B, NULL, ldb, mt, nt, kc0, kc1, acc);
+}
+
+void cf_amx_mm2(float* C, int64_t ldc, const uint16_t* A, const uint16_t* Al, int64_t lda,
+                const uint32_t* B, const uint32_t* Bl, int64_t ldb, int64_t mt, int64_t nt,
+                int64_t kc0, int64_t kc1, int acc, int fp16) {
+    mm_run(Al && Bl ? 2 : fp16 != 0, C, ldc, A, Al, lda, B, Bl, ldb, mt, nt, kc0, kc1, acc);
+}
+
+/* fp16 x (bits) as bf16 high + low parts, exactly (11 significant bits: 8 in the high part's
+ * rounding, the rest, at most 4 bits, in the low part); an infinity or NaN has low part 0. */
+CF_AMX_TARGET INLINE void split32(uint16_t* x, uint16_t* lo, __mmask32 m) {
+    const __m512i h = _mm512_maskz_loadu_epi16(m, x);
+    const __m512 a = _mm512_cvtph_ps(_mm512_castsi512_si256(h)),
+                 b = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(h, 1));
+    const __m512bh hi = _mm512_cvtne2ps_pbh(b, a);
+    const __m512i hw = (__m512i)hi;
+    const __m512 ha = _mm512_castsi512_ps(
+                     _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(hw)), 16)),
+                 hb = _mm512_castsi512_ps(_mm512_slli_epi32(
+                     _mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(hw, 1)), 16));
+    const __m512 inf = _mm512_set1_ps(INFINITY);
+    const __m512 la = _mm512_maskz_sub_ps(_mm512_cmp_ps_mask(_mm512_abs_ps(a), inf, _CMP_LT_OQ), a,
+                                          ha),
+                 lb = _mm512_maskz_sub_ps(_mm512_cmp_ps_mask(_mm512_abs_ps(b), inf, _CMP_LT_OQ), b,
+                                          hb);
+    _mm512_mask_storeu_epi16(x, m, hw);
+    _mm512_mask_storeu_epi16(lo, m, (__m512i)_mm512_cvtne2ps_pbh(lb, la));
+}
+
+CF_AMX_TARGET void cf_amx_split16(uint16_t* x, uint16_t* lo, int64_t rows, int64_t cols,
+                                  int64_t ld) {
+    for (int64_t r = 0; r < rows; r++) {
+        uint16_t *xr = x + r * ld, *lr = lo + r * ld;
+        int64_t c = 0;
+        for (; c + 32 <= cols; c += 32)
+            split32(xr + c, lr + c, (__mmask32)0xffffffffu);
+        if (c < cols) split32(xr + c, lr + c, (__mmask32)((1ull << (cols - c)) - 1));
+    }
 }
 
 /* ---- Packers -----------------------------------------------------------------------------------
