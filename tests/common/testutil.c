@@ -48,12 +48,37 @@ int tt_test_level(void) {
     return e && *e ? atoi(e) : 0;
 }
 
+/* The next name of a CFLASH_TEST_BACKENDS list from *p (its length in *n; NULL at the end). */
+static const char* next_backend(const char** p, size_t* n) {
+    const char* s = *p + strspn(*p, " ,\t");
+    *n = strcspn(s, " ,\t");
+    *p = s + *n;
+    return *n ? s : NULL;
+}
+
 int tt_backend_selected(const char* name) {
     const char* e = getenv("CFLASH_TEST_BACKENDS");
     if (!e || !*e) return 1;
-    const size_t n = strlen(name);
-    for (const char* p = e; (p = strstr(p, name)); p += n)
-        if ((p == e || p[-1] == ' ') && (p[n] == 0 || p[n] == ' ')) return 1;
+    static int checked; /* (every name of the list is a backend: once per process) */
+    size_t n;
+    if (!checked) {
+        cflash_context* ctx = NULL;
+        if (cflash_context_create(&ctx) != CFLASH_OK) return 0;
+        for (const char *p = e, *s; (s = next_backend(&p, &n));) {
+            char one[64];
+            snprintf(one, sizeof one, "%.*s", (int)n, s);
+            if (n >= sizeof one || !strcmp(one, "auto") ||
+                cflash_context_set_backend(ctx, one) != CFLASH_OK) {
+                fprintf(stderr, "CFLASH_TEST_BACKENDS=\"%s\": \"%s\" is no backend (%s)\n", e, one,
+                        cflash_last_error());
+                exit(2);
+            }
+        }
+        cflash_context_free(ctx);
+        checked = 1;
+    }
+    for (const char *p = e, *s; (s = next_backend(&p, &n));)
+        if (n == strlen(name) && !strncmp(s, name, n)) return 1;
     return 0;
 }
 

@@ -89,10 +89,11 @@ uint64_t tt_seed_base(void);
  * that `make test-arm` runs under qemu-user, where the kernels and the fp64 oracle run emulated
  * (every code path, fewer and smaller shapes). */
 int tt_test_level(void);
-/* Whether the tests that loop over backends run `name`: CFLASH_TEST_BACKENDS, a space-separated
- * list
- * ("cpu-sve cpu-neon"), selects them; unset = all. make test-arm uses it to run only the backends a
- * CPU model changes. */
+/* Whether the tests that loop over backends run `name`: CFLASH_TEST_BACKENDS, a list separated by
+ * spaces or commas ("cpu-sve cpu-neon", "cpu-avx512,cpu-amx"), selects them; unset = all. make
+ * test-arm uses it to run only the backends a CPU model changes. A name in it that is no backend
+ * (cflash_context_set_backend refuses it) ends the test at once (exit 2), so a misspelt list cannot
+ * select nothing and pass. */
 int tt_backend_selected(const char* name);
 
 /* A context (default settings, one per thread, kept until exit) in explain mode for its next
