@@ -216,6 +216,46 @@ static void test_unverified(void) {
     CHECK(runs_unverified == 1);
 }
 
+/* A backend that serves some calls through code not its own (cpu-amx's dbias on cpu-avx512's
+ * driver): the note on its OKAY line in explain mode, chosen or forced, and once in the info log
+ * when it serves; calls on its own kernels say nothing. */
+static int runs_routed;
+static cflash_status run_routed(const void* c) {
+    return (void)c, runs_routed++, CFLASH_OK;
+}
+static int fake_route(const void* call, char* note, size_t len) {
+    if (((const fake_call*)call)->d != 48) return 0;
+    snprintf(note, len, "through fake's driver: head dim 48");
+    return 1;
+}
+static const cf_impl f_routed = {.backend = "cpu-amx",
+                                 .op = CFLASH_OP_ATTN_FWD,
+                                 .device_type = kDLCPU,
+                                 .run = run_routed,
+                                 .route = fake_route};
+static void test_route(void) {
+    const cf_impl* const list[] = {&f_routed, &f_ref};
+    fake_call routed = {48}, own = {32};
+    char buf[512];
+    cf_explain e = {buf, sizeof buf};
+    CHECK_OK(cf_dispatch_impls(CFLASH_OP_ATTN_FWD, list, 2, kDLCPU, NULL, &routed, &e));
+    CHECK_MSG(!strcmp(buf, "cpu-amx: OKAY (through fake's driver: head dim 48)\ncpu-ref: OKAY\n"
+                           "-> cpu-amx\n"),
+              "explain: %.500s", buf);
+    CHECK_OK(cf_dispatch_impls(CFLASH_OP_ATTN_FWD, list, 2, kDLCPU, "cpu-amx", &routed, &e));
+    CHECK_MSG(!strcmp(buf, "cpu-amx: OKAY (through fake's driver: head dim 48)\n-> cpu-amx\n"),
+              "explain: %.500s", buf);
+    CHECK_OK(cf_dispatch_impls(CFLASH_OP_ATTN_FWD, list, 2, kDLCPU, NULL, &own, &e));
+    CHECK_MSG(!strcmp(buf, "cpu-amx: OKAY\ncpu-ref: OKAY\n-> cpu-amx\n"), "explain: %.500s", buf);
+    CHECK(runs_routed == 0 && count_in_log("through fake's driver") == 0); /* (explain: no run) */
+    for (int i = 0; i < 2; i++)
+        CHECK_OK(cf_dispatch_impls(CFLASH_OP_ATTN_FWD, list, 2, kDLCPU, NULL, &routed, NULL));
+    CHECK_OK(cf_dispatch_impls(CFLASH_OP_ATTN_FWD, list, 2, kDLCPU, NULL, &own, NULL));
+    CHECK(runs_routed == 3);
+    CHECK(count_in_log("attn_fwd: cpu-amx serves this call through fake's driver: head dim 48") ==
+          1);
+}
+
 /* ---- The registry ---- */
 
 /* Backend names come from the registered rows: each name has rows, each row's backend is named
@@ -333,6 +373,7 @@ static void test_explain_mode(void) {
     for (char *l = buf, *nl; *l; l = nl + 1) {
         if (!(nl = strchr(l, '\n'))) break;
         lines_ok &= !strncmp(l, "-> ", 3) || strstr(l, ": OKAY\n") == nl - 6 ||
+                    (strstr(l, ": OKAY (") && strstr(l, ")\n") == nl - 1) ||
                     (strstr(l, ": NO: ") && strstr(l, ": NO: ") < nl);
     }
     CHECK_MSG(lines_ok, "explain: %.900s", buf);
@@ -412,6 +453,7 @@ int main(void) {
     test_forced_fake();
     test_logging(debug);
     test_unverified();
+    test_route();
     test_registry();
     test_explain_mode();
     test_library();

@@ -25,7 +25,8 @@ def explain(fn, *args, **kwargs):
     """Runs fn(*args, **kwargs) (a cflash function, or its name) in explain mode: every library
     call it would make is validated and dispatched on the same code path as for real, but nothing
     is computed or written. Returns the text, per library op, of each backend considered
-    ("NAME: OKAY" or "NAME: NO: reason") and the one chosen ("-> NAME"); attention calls also
+    ("NAME: OKAY", with a note in parentheses where it would serve the call through another
+    backend's code, or "NAME: NO: reason") and the one chosen ("-> NAME"); attention calls also
     explain their backward."""
     if isinstance(fn, str):
         import cflash

@@ -37,6 +37,23 @@ static void explain_line(cf_explain* e, const char* fmt, ...) {
     cf_strcatf(e->buf, e->len, "\n");
 }
 
+/* The explain line of a backend that can serve the call: "NAME: OKAY", with its route's note in
+ * parentheses where it serves the call through code not its own. */
+static void explain_okay(cf_explain* e, const cf_impl* im, const void* call) {
+    char note[256];
+    if (e && im->route && im->route(call, note, sizeof note))
+        explain_line(e, "%s: OKAY (%s)", im->backend, note);
+    else
+        explain_line(e, "%s: OKAY", im->backend);
+}
+
+/* CFLASH_LOG=info: the chosen backend serves the call through code not its own (once per text). */
+static void log_route(const char* opname, const cf_impl* im, const void* call) {
+    char note[256];
+    if (im->route && cf_log_level() >= CF_LOG_INFO && im->route(call, note, sizeof note))
+        cf_log_once(CF_LOG_INFO, "%s: %s serves this call %s", opname, im->backend, note);
+}
+
 /* Whether im can serve call, with the reason when not: device, then availability on this
  * machine, then (for the automatic choice) whether it was verified on such hardware, then the
  * call itself, then (automatic choice) whether it was verified on the hardware of this call. */
@@ -83,9 +100,10 @@ static cflash_status dispatch_forced(cflash_op op, int device_type, const char* 
         if (!strcmp(impls[i]->backend, forced)) im = impls[i];
     char why[256];
     if (im && judge(im, device_type, 1, call, why, sizeof why)) {
-        explain_line(explain, "%s: OKAY", im->backend);
+        explain_okay(explain, im, call);
         explain_line(explain, "-> %s", im->backend);
         if (explain) return CFLASH_OK;
+        log_route(opname, im, call);
         cf_log(CF_LOG_DEBUG, "%s: %s serves (forced)", opname, im->backend);
         return im->run(call);
     }
@@ -138,7 +156,10 @@ cflash_status cf_dispatch_impls(cflash_op op, const cf_impl* const* impls, size_
         n_device++;
         char why[256];
         int ok = judge(im, device_type, 0, call, why, sizeof why);
-        explain_line(explain, ok ? "%s: OKAY" : "%s: NO: %s", im->backend, why);
+        if (ok)
+            explain_okay(explain, im, call);
+        else
+            explain_line(explain, "%s: NO: %s", im->backend, why);
         if (chosen) continue;
         if (ok) {
             chosen = im;
@@ -166,6 +187,7 @@ cflash_status cf_dispatch_impls(cflash_op op, const cf_impl* const* impls, size_
     for (size_t i = 0; i < n_passed; i++)
         cf_log_once(CF_LOG_INFO, "%s: %s cannot serve (%s); falling back to %s", opname,
                     passed[i]->backend, passed_why[i], chosen->backend);
+    log_route(opname, chosen, call);
     cf_log(CF_LOG_DEBUG, "%s: %s serves%s", opname, chosen->backend,
            n_passed ? " (after a fallback)" : "");
     return chosen->run(call);

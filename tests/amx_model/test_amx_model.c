@@ -430,6 +430,45 @@ static void test_far_rows(void) {
     expect_no_faults("far rows");
 }
 
+/* Explain mode names the calls cpu-amx serves on cpu-avx512's driver (dbias, paged K/V) and only
+ * those. */
+static void test_route_notes(void) {
+    static const struct {
+        int dbias, page, bwd;
+        const char* want; /* the note, or NULL: none */
+    } cases[] = {
+        {1, 0, 1, "cpu-amx: OKAY (through cpu-avx512's driver: dbias)\n"},
+        {0, 0, 1, NULL},
+        {1, 0, 0, NULL},
+        {0, 16, 0, "cpu-amx: OKAY (through cpu-avx512's driver: paged K/V (block_table))\n"}};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        attn_case c;
+        attn_case_init(&c);
+        c.dtype = CF_BF16, c.B = 1, c.H = 2, c.Sq = 40, c.Sk = 48, c.D = c.Dv = 32;
+        c.bias = cases[i].page ? ATTN_BC_NONE : ATTN_BC_11, c.dbias = cases[i].dbias;
+        c.page = cases[i].page;
+        c.varlen = cases[i].page > 0;
+        if (c.varlen) c.seqlens_q[0] = 40, c.seqlens_k[0] = 48;
+        attn_problem* p = attn_problem_new(&c);
+        CHECK(p != NULL);
+        if (!p) continue;
+        cflash_context* ctx = NULL;
+        CHECK_OK(cflash_context_create(&ctx));
+        CHECK_OK(cflash_context_set_backend(ctx, "cpu-amx"));
+        if (cases[i].bwd) CHECK_OK(attn_problem_run_fwd(ctx, p));
+        char buf[1024] = "";
+        CHECK_OK(cflash_context_set_explain(ctx, buf, sizeof buf));
+        CHECK_OK(cases[i].bwd ? attn_problem_call_bwd(ctx, p, NULL)
+                              : attn_problem_call_fwd(ctx, p, NULL));
+        if (cases[i].want)
+            CHECK_MSG(strstr(buf, cases[i].want) != NULL, "case %zu: explain %s", i, buf);
+        else
+            CHECK_MSG(strstr(buf, "cpu-amx: OKAY\n") != NULL, "case %zu: explain %s", i, buf);
+        cflash_context_free(ctx);
+        attn_problem_free(p);
+    }
+}
+
 int main(void) {
     const cf_cpu_info* ci = cf_cpu();
     if (!ci->avx512f || !ci->avx512bw || !ci->avx512vl || !ci->avx512dq || !ci->avx512bf16 ||
@@ -452,5 +491,6 @@ int main(void) {
     test_fp16_without_amx_fp16();
     test_deterministic();
     test_far_rows();
+    test_route_notes();
     return tt_summary();
 }

@@ -106,6 +106,19 @@ static cflash_status amx_fwd(const void* call) {
     return on_tiles(c, 1) ? cf_amx_attn_fwd(c, amx_kernels())
                           : cf_attn_cpu_fwd(c, cf_attn_kernels_avx512());
 }
+/* The calls on_tiles passes to the cpu-avx512 driver, named for explain mode and the log. */
+static int amx_route(const cf_attn_call* c, int fwd, char* note, size_t len) {
+    if (on_tiles(c, fwd)) return 0;
+    snprintf(note, len, "through cpu-avx512's driver: %s",
+             c->block_table ? "paged K/V (block_table)" : "dbias");
+    return 1;
+}
+static int amx_fwd_route(const void* call, char* note, size_t len) {
+    return amx_route(call, 1, note, len);
+}
+static int amx_bwd_route(const void* call, char* note, size_t len) {
+    return amx_route(call, 0, note, len);
+}
 static cflash_status amx_bwd(const void* call) {
     const cf_attn_call* c = call;
     return on_tiles(c, 0) ? cf_amx_attn_bwd(c, amx_kernels())
@@ -117,6 +130,14 @@ static cflash_status amx_fwd(const void* call) {
 }
 static cflash_status amx_bwd(const void* call) {
     return cf_attn_cpu_bwd(call, cf_attn_kernels_avx512());
+}
+static int amx_fwd_route(const void* call, char* note, size_t len) {
+    (void)call;
+    snprintf(note, len, "through cpu-avx512's driver: a build without AMX code");
+    return 1;
+}
+static int amx_bwd_route(const void* call, char* note, size_t len) {
+    return amx_fwd_route(call, note, len);
 }
 #endif
 
@@ -148,6 +169,7 @@ const cf_impl cf_impl_amx_attn_fwd = {
     .run = amx_fwd,
     .available = amx_available,
     .verified = amx_verified,
+    .route = amx_fwd_route,
 };
 const cf_impl cf_impl_amx_attn_bwd = {
     .backend = "cpu-amx",
@@ -157,6 +179,7 @@ const cf_impl cf_impl_amx_attn_bwd = {
     .run = amx_bwd,
     .available = amx_available,
     .verified = amx_verified,
+    .route = amx_bwd_route,
 };
 const cf_impl cf_impl_amx_kvcache_fwd = {
     .backend = "cpu-amx",
