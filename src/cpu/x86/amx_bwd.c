@@ -348,24 +348,26 @@ CF_AMX_TARGET static void dkdv_tile(const cf_attn_call* c, const cf_attn_kernels
             cf_amx_pairs_t(kk, at, R32 / 2, hp, h16, NB32, nr32, nb16);
             cf_amx_rows_vnni(kk, (uint32_t*)(ws + g->dov), Dv16, Dv16, nr32 / 2, &c->dout, b,
                              q0 + i0, h, nr, Dv);
-            cf_amx_mm2(dv, Dv16, (const uint16_t*)at, split_at(g, ws, g->atl, at, nb16, nr32, R32),
-                       R32, (const uint32_t*)(ws + g->dov),
-                       split_at(g, ws, g->dovl, ws + g->dov, nr32 / 2, 2 * Dv16, 2 * Dv16), Dv16,
-                       nb16 / 16, Dv16 / 16, 0, nr32 / 32, 1, g->fp16);
+            const uint16_t* atl = split_at(g, ws, g->atl, at, nb16, nr32, R32);
+            const uint32_t* dovl =
+                split_at(g, ws, g->dovl, ws + g->dov, nr32 / 2, 2 * Dv16, 2 * Dv16);
+            cf_amx_mm2(dv, Dv16, (const uint16_t*)at, atl, R32, (const uint32_t*)(ws + g->dov),
+                       dovl, Dv16, nb16 / 16, Dv16 / 16, 0, nr32 / 32, 1, g->fp16);
             /* dK += dS^T Q */
             cf_amx_f32_rows16(kk, h16, NB32, nb32, nr32, dp, NB32, nr, nb, c->dtype);
             cf_amx_pairs_t(kk, at, R32 / 2, hp, h16, NB32, nr32, nb16);
             cf_amx_rows_vnni(kk, (uint32_t*)(ws + g->qv), D16, D16, nr32 / 2, &c->q, b, q0 + i0, h,
                              nr, D);
-            cf_amx_mm2(dk, D16, (const uint16_t*)at, split_at(g, ws, g->atl, at, nb16, nr32, R32),
-                       R32, (const uint32_t*)(ws + g->qv),
-                       split_at(g, ws, g->qvl, ws + g->qv, nr32 / 2, 2 * D16, 2 * D16), D16,
-                       nb16 / 16, D16 / 16, 0, nr32 / 32, 1, g->fp16);
+            atl = split_at(g, ws, g->atl, at, nb16, nr32, R32);
+            const uint32_t* qvl = split_at(g, ws, g->qvl, ws + g->qv, nr32 / 2, 2 * D16, 2 * D16);
+            cf_amx_mm2(dk, D16, (const uint16_t*)at, atl, R32, (const uint32_t*)(ws + g->qv), qvl,
+                       D16, nb16 / 16, D16 / 16, 0, nr32 / 32, 1, g->fp16);
             /* dQ += dS K, rows of this unit only: no other thread writes them */
             if (dqacc) {
-                cf_amx_mm2(dq, D16, h16, split_at(g, ws, g->h16l, h16, nr16, nb32, NB32), NB32,
-                           (const uint32_t*)(ws + g->kv), low_at(g, ws, g->kvl), D16, nr16 / 16,
-                           D16 / 16, 0, nb32 / 32, 0, g->fp16);
+                const uint16_t* h16l = split_at(g, ws, g->h16l, h16, nr16, nb32, NB32);
+                cf_amx_mm2(dq, D16, h16, h16l, NB32, (const uint32_t*)(ws + g->kv),
+                           low_at(g, ws, g->kvl), D16, nr16 / 16, D16 / 16, 0, nb32 / 32, 0,
+                           g->fp16);
                 float* acc = dqacc + (gi * sq + i0) * D;
                 for (int64_t r = 0; r < nr; r++)
                     for (int64_t d = 0; d < D; d++)
@@ -434,9 +436,9 @@ CF_AMX_TARGET static void dq_tile(const cf_attn_call* c, const cf_attn_kernels* 
                  g->Dv32);
         /* dQ += dS K */
         cf_amx_f32_rows16(kk, h16, NB32, nb32, m16, dp, NB32, Mt, nb, c->dtype);
-        cf_amx_mm2(dq, D16, h16, split_at(g, ws, g->h16l, h16, m16, nb32, NB32), NB32,
-                   (const uint32_t*)(ws + g->kv), low_at(g, ws, g->kvl), D16, m16 / 16, D16 / 16, 0,
-                   nb32 / 32, 1, g->fp16);
+        const uint16_t* h16l = split_at(g, ws, g->h16l, h16, m16, nb32, NB32);
+        cf_amx_mm2(dq, D16, h16, h16l, NB32, (const uint32_t*)(ws + g->kv), low_at(g, ws, g->kvl),
+                   D16, m16 / 16, D16 / 16, 0, nb32 / 32, 1, g->fp16);
     }
     for (int64_t gi = 0; gi < G; gi++)
         for (int64_t ii = 0; ii < na; ii++)

@@ -130,7 +130,7 @@ void cf_amx_mm2(float* C, int64_t ldc, const uint16_t* A, const uint16_t* Al, in
 }
 
 /* fp16 x (bits) as bf16 high + low parts, exactly (11 significant bits: 8 in the high part's
- * rounding, the rest, at most 4 bits, in the low part); an infinity or NaN has low part 0. */
+ * rounding, the rest, at most 3 bits, in the low part); an infinity or NaN has low part 0. */
 CF_AMX_TARGET INLINE void split32(uint16_t* x, uint16_t* lo, __mmask32 m) {
     const __m512i h = _mm512_maskz_loadu_epi16(m, x);
     const __m512 a = _mm512_cvtph_ps(_mm512_castsi512_si256(h)),
