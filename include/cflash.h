@@ -103,15 +103,15 @@ CFLASH_API cflash_status cflash_context_set_cuda_stream(cflash_context* ctx, voi
  * dispatched as for real, on the same code path, but nothing is computed and nothing written.
  * Instead buf receives one line per backend considered, "NAME: OKAY" or "NAME: NO: reason", and
  * a last line "-> NAME" (or "-> none"); a backend that would serve the call through code not its
- * own says so: "cpu-amx: OKAY (through cpu-avx512's driver: dbias)". A call rejected before any
- * backend is considered (a bad argument) gets "not dispatched: STATUS: message" and "-> none".
- * The call returns CFLASH_OK when some backend would serve, else the status (and message) the
- * real call would return. Then the mode clears itself: it covers exactly one call, whether that
- * call succeeds or fails. Text longer than len - 1 bytes is cut; buf must stay valid until that
- * call returns. buf NULL or len 0: clears the mode (the next call runs for real). ctx NULL is an
- * error: explain mode belongs to a context (a call made with ctx = NULL is never explained). Like
- * the context's other settings, the mode is not per thread: set it and make the call from the one
- * thread that uses the context at that time. */
+ * own says so: "cpu-amx: OKAY (through cpu-avx512's driver: paged K/V (block_table))". A call
+ * rejected before any backend is considered (a bad argument) gets "not dispatched: STATUS: message"
+ * and "-> none". The call returns CFLASH_OK when some backend would serve, else the status (and
+ * message) the real call would return. Then the mode clears itself: it covers exactly one call,
+ * whether that call succeeds or fails. Text longer than len - 1 bytes is cut; buf must stay valid
+ * until that call returns. buf NULL or len 0: clears the mode (the next call runs for real). ctx
+ * NULL is an error: explain mode belongs to a context (a call made with ctx = NULL is never
+ * explained). Like the context's other settings, the mode is not per thread: set it and make the
+ * call from the one thread that uses the context at that time. */
 CFLASH_API cflash_status cflash_context_set_explain(cflash_context* ctx, char* buf, size_t len);
 
 /* ---- Attention --------------------------------------------------------------------------- */

@@ -216,7 +216,7 @@ static void test_unverified(void) {
     CHECK(runs_unverified == 1);
 }
 
-/* A backend that serves some calls through code not its own (cpu-amx's dbias on cpu-avx512's
+/* A backend that serves some calls through code not its own (cpu-amx's paged K/V on cpu-avx512's
  * driver): the note on its OKAY line in explain mode, chosen or forced, and once in the info log
  * when it serves; calls on its own kernels say nothing. */
 static int runs_routed;

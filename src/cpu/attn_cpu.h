@@ -187,6 +187,7 @@ typedef struct cf_attn_bwd_engine {
      * functions see c->lse_fix NULL). */
     void (*far)(const cf_attn_call* c, const cf_attn_kernels* k, const void* geom, int64_t b,
                 int64_t h, int64_t i0, int64_t n, char* ws, float* fix);
+    const void* dbias_geom; /* the dbias hook's geometry (NULL: geom) */
 } cf_attn_bwd_engine;
 cflash_status cf_attn_cpu_bwd_run(const cf_attn_call* c, const cf_attn_kernels* k,
                                   const cf_attn_bwd_engine* e);
@@ -320,6 +321,16 @@ typedef struct cf_attn_mask_map {
  * over each); NULL without either, or when out of memory (the states are then read from them). */
 cf_attn_mask_map* cf_attn_cpu_mask_map(const cf_attn_call* c, int threads);
 void cf_attn_cpu_mask_map_free(cf_attn_mask_map* mp); /* NULL is fine */
+
+/* For an engine whose tile functions do not sum dS into dbias (cpu-amx): the tiled backward's
+ * own dbias tasks (fp32 GEMMs on k's kernels, each row's own statistics) as e's dbias hook, their
+ * geometry on the heap in e->dbias_geom, e->bytes raised to cover their workspace. Needs
+ * e->dbias_rows = the tiled backward's query block (cf_attn_cpu_blocks().bwd_q). map: the call's
+ * mask map (may be NULL), kept until cf_attn_cpu_dbias_free. */
+cflash_status cf_attn_cpu_dbias_tasks(const cf_attn_call* c, const cf_attn_kernels* k,
+                                      const cf_attn_mask_map* map, cf_attn_bwd_engine* e);
+void cf_attn_cpu_dbias_free(cf_attn_bwd_engine* e);
+
 /* The state (CF_REGION_*) of query rows [i0, i1) of head h and keys [j0, j1) (batch calls: b the
  * batch) under attn_mask (from mp where it covers them; mp may be NULL) and attn_bias (-inf hides
  * a pair): closed when one of them hides every pair, open when neither hides any, else part. */

@@ -681,8 +681,8 @@ static void dq_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const bwd_
  * of bq; gk, gv: paged keys gathered. dp NULL (far_tile): no dP. */
 typedef struct dbias_ws {
     float *kc, *vc, *qc, *doc, *s, *dp, *lb, *dlr, *sh, *qt, *dot, *v;
-    uint32_t *qv, *ka; /* bf16 pairs mode: Q^T and K as pairs */
-    double* sums;      /* dbias_stats: a row's sum of P and of P dP */
+    uint32_t *qv, *ka, *va; /* bf16 pairs mode: Q^T, K and V as pairs (dO^T's at dot) */
+    double* sums;           /* dbias_stats: a row's sum of P and of P dP */
     int64_t *mi, *mlo, *mhi, *hr;
     float* mslope;
     uint8_t* xkv;
@@ -708,7 +708,8 @@ static dbias_ws dbias_ws_at(const bwd_geom* g, char* ws) {
                   .gk = ws + g->gk,
                   .gv = ws + g->gv,
                   .qv = (uint32_t*)(ws + g->dbqv),
-                  .ka = (uint32_t*)(ws + g->ka)};
+                  .ka = (uint32_t*)(ws + g->ka),
+                  .va = (uint32_t*)(ws + g->va)};
     w.dlr = w.lb + BQ, w.sh = w.dlr + BQ;
     w.sums = (double*)(w.v + 4 * BQ);
     w.mi = (int64_t*)(ws + g->map1), w.mlo = w.mi + BQ, w.mhi = w.mlo + BQ, w.hr = w.mhi + BQ;
@@ -767,7 +768,11 @@ static int dbias_block(const cf_attn_call* c, const cf_attn_kernels* kk, const b
             const float* qr = rows_f32(kk, &c->q, b, q0 + i0, h, nr, D, w->qc, &ldq, 0);
             transpose(w->qt, qr, ldq, nr, D);
         }
-        if (w->dp) {
+        if (w->dp && g->bf) { /* (dO^T pairs: half of dot's fp32 room) */
+            for (int64_t r = 0; r < nr; r++)
+                pairs_col((uint32_t*)w->dot, nr, r,
+                          (const uint16_t*)row_ptr(&c->dout, b, q0 + i0 + r, h), Dv);
+        } else if (w->dp) {
             const float* dor = rows_f32(kk, &c->dout, b, q0 + i0, h, nr, Dv, w->doc, &ldo, 0);
             transpose(w->dot, dor, ldo, nr, Dv);
         }
@@ -793,8 +798,13 @@ static int dbias_block(const cf_attn_call* c, const cf_attn_kernels* kk, const b
     if (!w->dp) return 1;
     int64_t ldv, vrs;
     const char* vb = cf_attn_cpu_key_rows(c, &c->v, b, k0, j0, nc, hk, Dv, w->gv, &vrs);
-    const float* vr = rows_f32_at(kk, vb, vrs, c->dtype, nc, Dv, w->vc, &ldv, 0);
-    kk->gemm_f32(nc, nr, Dv, vr, ldv, 1, w->dot, nr, w->dp, nr, 0); /* dP^T = V dO^T */
+    if (g->bf) { /* dP^T = V dO^T */
+        const uint32_t* vpa = rows_pairs_at((const uint16_t*)vb, vrs, nc, Dv, w->va, &ldv);
+        kk->gemm_bf16(nc, nr, g->Dvp2, vpa, ldv, 1, (const uint32_t*)w->dot, nr, w->dp, nr, 0);
+    } else {
+        const float* vr = rows_f32_at(kk, vb, vrs, c->dtype, nc, Dv, w->vc, &ldv, 0);
+        kk->gemm_f32(nc, nr, Dv, vr, ldv, 1, w->dot, nr, w->dp, nr, 0);
+    }
     if (c->dropout_p > 0.0f)
         cf_attn_dropout_apply(c, w->dp, &mp, w->hr, b, 1.0f / (1.0f - c->dropout_p));
     return 1;
@@ -1257,8 +1267,8 @@ cflash_status cf_attn_cpu_bwd_run(const cf_attn_call* c, const cf_attn_kernels* 
 #pragma omp for schedule(dynamic, 1)
         for (int64_t t = 0; t < ndb; t++) {
             const int64_t x = t / nqb, i0 = t % nqb * BQ;
-            e->dbias(c, kk, e->geom, x / c->dbias.shape[1], x % c->dbias.shape[1], i0,
-                     c->Sq - i0 < BQ ? c->Sq - i0 : BQ, mine, dl);
+            e->dbias(c, kk, e->dbias_geom ? e->dbias_geom : e->geom, x / c->dbias.shape[1],
+                     x % c->dbias.shape[1], i0, c->Sq - i0 < BQ ? c->Sq - i0 : BQ, mine, dl);
         }
         if (kk->thread_end) kk->thread_end();
     }
@@ -1283,17 +1293,49 @@ static void dq_fn(const cf_attn_call* c, const cf_attn_kernels* kk, const void* 
     dq_tile(c, kk, geom, t, ws, dl);
 }
 
+/* g's layout for c with the mask map and, for a dbias call, its key blocks' flags (kbad; NULL
+ * when out of memory: checked every time instead). */
+static void bwd_geom_init(const cf_attn_call* c, const cf_attn_kernels* kk,
+                          const cf_attn_mask_map* map, bwd_geom* g) {
+    bwd_layout(c, kk, g);
+    g->map = map;
+    int64_t nkb = 0;
+    g->kbn = (c->Sk + g->bk - 1) / g->bk;
+    if (c->dbias.data && !cf_mul_i64(c->B, c->Hk, &nkb) && !cf_mul_i64(nkb, g->kbn, &nkb))
+        g->kbad = calloc((size_t)nkb + 1, 1);
+}
+
+cflash_status cf_attn_cpu_dbias_tasks(const cf_attn_call* c, const cf_attn_kernels* kk,
+                                      const cf_attn_mask_map* map, cf_attn_bwd_engine* e) {
+    bwd_geom* g = malloc(sizeof *g);
+    if (!g)
+        return cf_error(CFLASH_ERR_OUT_OF_MEMORY, "%s attn_bwd: out of memory for dbias's layout",
+                        kk->name);
+    bwd_geom_init(c, kk, map, g);
+    if (g->bq != e->dbias_rows) { /* (both take cf_attn_cpu_blocks().bwd_q) */
+        const long long bq = (long long)g->bq;
+        free(g->kbad), free(g);
+        return cf_error(CFLASH_ERR_BACKEND, "%s attn_bwd: dbias blocks of %lld rows, not %lld",
+                        kk->name, (long long)e->dbias_rows, bq);
+    }
+    e->dbias = dbias_tile;
+    e->dbias_geom = g;
+    if (e->bytes < g->bytes) e->bytes = g->bytes;
+    return CFLASH_OK;
+}
+
+void cf_attn_cpu_dbias_free(cf_attn_bwd_engine* e) {
+    bwd_geom* g = (bwd_geom*)e->dbias_geom;
+    if (g) free(g->kbad), free(g);
+    e->dbias_geom = NULL;
+}
+
 cflash_status cf_attn_cpu_bwd(const cf_attn_call* c, const cf_attn_kernels* kk) {
     bwd_geom g;
-    bwd_layout(c, kk, &g);
     cf_attn_mask_map* map = cf_attn_cpu_mask_map(c, c->threads);
-    g.map = map;
-    int64_t nkb = 0;
-    g.kbn = (c->Sk + g.bk - 1) / g.bk;
-    if (c->dbias.data && !cf_mul_i64(c->B, c->Hk, &nkb) && !cf_mul_i64(nkb, g.kbn, &nkb))
-        g.kbad = calloc((size_t)nkb + 1, 1);
-    const cf_attn_bwd_engine e = {g.n, g.bk,       g.bytes, dkdv_fn, dq_fn,
-                                  &g,  dbias_tile, g.bq,    far_tile};
+    bwd_geom_init(c, kk, map, &g);
+    const cf_attn_bwd_engine e = {g.n, g.bk,       g.bytes, dkdv_fn,  dq_fn,
+                                  &g,  dbias_tile, g.bq,    far_tile, NULL};
     const cflash_status st = cf_attn_cpu_bwd_run(c, kk, &e);
     cf_attn_cpu_mask_map_free(map);
     free(g.kbad);

@@ -156,6 +156,14 @@ static void test_model_dot(void) {
 /* ---- The tile GEMM and the transpose ----------------------------------------------------------
  */
 
+/* Whether C's columns [N, ldc) of its M rows still hold W's values. */
+static int cols_untouched(const float* C, const float* W, int M, int N, int64_t ldc) {
+    for (int m = 0; m < M; m++)
+        for (int64_t n = N; n < ldc; n++)
+            if (C[m * ldc + n] != W[m * ldc + n]) return 0;
+    return 1;
+}
+
 static void test_mm(void) {
     cf_amx_model_reset();
     cf_amx_thread_begin();
@@ -182,13 +190,9 @@ static void test_mm(void) {
                 C[i] = W[i] = uniform();
             cf_amx_mm(C, ldc, A, lda, B, ldb, mt, nt, kc0, kc1, acc, fp16);
             double worst = 0;
-            int outside = 1;
+            const int outside = cols_untouched(C, W, M, N, ldc);
             for (int m = 0; m < M; m++)
-                for (int n = 0; n < ldc; n++) {
-                    if (n >= N) { /* columns past N untouched */
-                        outside &= C[m * ldc + n] == W[m * ldc + n];
-                        continue;
-                    }
+                for (int n = 0; n < N; n++) {
                     double want = acc ? W[m * ldc + n] : 0.0;
                     for (int k = 32 * kc0; k < 32 * kc1; k++) {
                         const uint16_t a = A[m * lda + k];
@@ -230,13 +234,9 @@ static void test_mm(void) {
         cf_amx_split16((uint16_t*)Y, (uint16_t*)Bl, K / 2, 2 * N, 2 * ldb);
         cf_amx_mm2(C, ldc, X, Al, lda, Y, Bl, ldb, mt, nt, kc0, kc1, acc, 1);
         double worst = 0;
-        int outside = 1;
+        const int outside = cols_untouched(C, W, M, N, ldc);
         for (int m = 0; m < M; m++)
-            for (int n = 0; n < ldc; n++) {
-                if (n >= N) {
-                    outside &= C[m * ldc + n] == W[m * ldc + n];
-                    continue;
-                }
+            for (int n = 0; n < N; n++) {
                 double want = acc ? W[m * ldc + n] : 0.0, mag = fabs(want);
                 for (int k = 32 * kc0; k < 32 * kc1; k++) {
                     const double x = cf_f16_to_f32(A[m * lda + k]),
@@ -268,6 +268,57 @@ static void test_mm(void) {
     free(src), free(dst);
     cf_amx_thread_end();
     expect_no_faults("tile GEMM");
+    CHECK(cf_amx_model_dp_count() > 0);
+    cf_amx_model_reset();
+}
+
+/* cf_amx_gemm_bf16 (the table's bf16 pairs GEMM) on whole tiles read in place and on edges
+ * padded through buffers, A by rows and transposed (csa != 1), acc 0 and 1: against double sums,
+ * C's columns past N untouched. */
+static void test_gemm_bf16(void) {
+    cf_amx_model_reset();
+    cf_amx_thread_begin();
+    const int shapes[][5] = {/* M, N, P, csa 1 (0: A transposed), acc */
+                             {32, 48, 64, 1, 0}, {16, 16, 16, 1, 1}, {37, 21, 24, 1, 0},
+                             {5, 70, 9, 1, 1},   {48, 32, 32, 0, 0}, {19, 3, 40, 0, 1},
+                             {16, 16, 0, 1, 0}};
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+        const int M = shapes[si][0], N = shapes[si][1], P = shapes[si][2], rows = shapes[si][3],
+                  acc = shapes[si][4];
+        const int64_t rsa = rows ? P + 3 : 1, csa = rows ? 1 : M + 2, ldb = N + 7, ldc = N + 5;
+        const int64_t na = rows ? M * rsa : (P > 0 ? P : 1) * csa;
+        uint32_t *A = malloc(sizeof *A * (size_t)na),
+                 *B = malloc(sizeof *B * (size_t)((P > 0 ? P : 1) * ldb));
+        float *C = malloc(sizeof *C * (size_t)(M * ldc)),
+              *W = malloc(sizeof *W * (size_t)(M * ldc));
+        for (int64_t i = 0; i < na; i++)
+            A[i] = (uint32_t)cf_f32_to_bf16(uniform()) | (uint32_t)cf_f32_to_bf16(uniform()) << 16;
+        for (int64_t i = 0; i < (P > 0 ? P : 1) * ldb; i++)
+            B[i] = (uint32_t)cf_f32_to_bf16(uniform()) | (uint32_t)cf_f32_to_bf16(uniform()) << 16;
+        for (int64_t i = 0; i < M * ldc; i++)
+            C[i] = W[i] = uniform();
+        cf_amx_gemm_bf16(M, N, P, A, rsa, csa, B, ldb, C, ldc, acc);
+        double worst = 0;
+        const int outside = cols_untouched(C, W, M, N, ldc);
+        for (int m = 0; m < M; m++)
+            for (int n = 0; n < N; n++) {
+                double want = acc ? W[m * ldc + n] : 0.0;
+                for (int p = 0; p < P; p++) {
+                    const uint32_t a = A[m * rsa + p * csa], b = B[p * ldb + n];
+                    want += (double)cf_bf16_to_f32((uint16_t)a) * cf_bf16_to_f32((uint16_t)b) +
+                            (double)cf_bf16_to_f32((uint16_t)(a >> 16)) *
+                                cf_bf16_to_f32((uint16_t)(b >> 16));
+                }
+                const double e = fabs(C[m * ldc + n] - want);
+                worst = e > worst ? e : worst;
+            }
+        CHECK_MSG(worst < 1e-4 && outside,
+                  "cf_amx_gemm_bf16 M %d N %d P %d %s acc %d: max error %.3g, outside %s", M, N, P,
+                  rows ? "rows" : "transposed", acc, worst, outside ? "untouched" : "written");
+        free(A), free(B), free(C), free(W);
+    }
+    cf_amx_thread_end();
+    expect_no_faults("cf_amx_gemm_bf16");
     CHECK(cf_amx_model_dp_count() > 0);
     cf_amx_model_reset();
 }
@@ -430,14 +481,22 @@ static void test_far_rows(void) {
     expect_no_faults("far rows");
 }
 
-/* Explain mode names the calls cpu-amx serves on cpu-avx512's driver (dbias, paged K/V) and only
- * those. */
+/* A context that runs everything on cpu-amx. */
+static cflash_context* amx_context(void) {
+    cflash_context* ctx = NULL;
+    CHECK_OK(cflash_context_create(&ctx));
+    CHECK_OK(cflash_context_set_backend(ctx, "cpu-amx"));
+    return ctx;
+}
+
+/* Explain mode names the calls cpu-amx serves on cpu-avx512's driver (paged K/V) and only those:
+ * a backward with dbias runs on the tiles (its dbias summed by the tiled backward's tasks). */
 static void test_route_notes(void) {
     static const struct {
         int dbias, page, bwd;
         const char* want; /* the note, or NULL: none */
     } cases[] = {
-        {1, 0, 1, "cpu-amx: OKAY (through cpu-avx512's driver: dbias)\n"},
+        {1, 0, 1, NULL},
         {0, 0, 1, NULL},
         {1, 0, 0, NULL},
         {0, 16, 0, "cpu-amx: OKAY (through cpu-avx512's driver: paged K/V (block_table))\n"}};
@@ -452,9 +511,7 @@ static void test_route_notes(void) {
         attn_problem* p = attn_problem_new(&c);
         CHECK(p != NULL);
         if (!p) continue;
-        cflash_context* ctx = NULL;
-        CHECK_OK(cflash_context_create(&ctx));
-        CHECK_OK(cflash_context_set_backend(ctx, "cpu-amx"));
+        cflash_context* ctx = amx_context();
         if (cases[i].bwd) CHECK_OK(attn_problem_run_fwd(ctx, p));
         char buf[1024] = "";
         CHECK_OK(cflash_context_set_explain(ctx, buf, sizeof buf));
@@ -469,6 +526,38 @@ static void test_route_notes(void) {
     }
 }
 
+/* A backward with dbias runs on the tiles (tile multiplies in the backward itself), its dbias
+ * summed by the tiled backward's tasks beside them: every gradient against the oracle, for a
+ * bias per (batch, head) and one broadcast over both, bf16 and fp16 (as bf16 pairs too). */
+static void test_dbias_on_tiles(void) {
+    for (int k = 0; k < 6; k++) {
+        attn_case c;
+        attn_case_init(&c);
+        c.dtype = k % 3 == 0 ? CF_BF16 : CF_F16;
+        c.B = 2, c.H = 4, c.Hk = 2, c.Sq = 70, c.Sk = 90, c.D = c.Dv = 48;
+        c.bias = k < 3 ? ATTN_BC_BH : ATTN_BC_11, c.dbias = 1, c.bias_f32 = k % 2;
+        c.causal = k == 4;
+        c.seed = 31 + (uint64_t)k;
+        cf_amx_model_set_fp16(k % 3 != 2);
+        attn_problem* p = attn_problem_new(&c);
+        CHECK(p != NULL);
+        if (!p) continue;
+        cflash_context* ctx = amx_context();
+        CHECK_OK(cflash_context_set_threads(ctx, 2));
+        CHECK_OK(attn_problem_run_fwd(ctx, p));
+        const long before = cf_amx_model_dp_count();
+        CHECK_OK(attn_problem_run_bwd(ctx, p));
+        CHECK_MSG(cf_amx_model_dp_count() > before, "case %d: the dbias backward left the tiles",
+                  k);
+        char msg[1024];
+        CHECK_MSG(attn_problem_check_bwd(p, msg, sizeof msg), "dbias case %d: %s", k, msg);
+        cflash_context_free(ctx);
+        attn_problem_free(p);
+    }
+    cf_amx_model_set_fp16(1);
+    expect_no_faults("dbias on the tiles");
+}
+
 int main(void) {
     const cf_cpu_info* ci = cf_cpu();
     if (!ci->avx512f || !ci->avx512bw || !ci->avx512vl || !ci->avx512dq || !ci->avx512bf16 ||
@@ -481,6 +570,7 @@ int main(void) {
     test_model_load_store();
     test_model_dot();
     test_mm();
+    test_gemm_bf16();
     test_split16();
     if (level >= 0) grid(level, 0, 0, lowp, "grid forward"); /* reduced: fwd+bwd checks both */
     grid(level, 1, 0, lowp, "grid forward and backward");
@@ -492,5 +582,6 @@ int main(void) {
     test_deterministic();
     test_far_rows();
     test_route_notes();
+    test_dbias_on_tiles();
     return tt_summary();
 }

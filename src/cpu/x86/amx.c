@@ -30,13 +30,17 @@ CF_AMX_TARGET void cf_amx_thread_end(void) {
     CF_TILE_RELEASE();
 }
 
-/* The cpu-avx512 table with the tile configuration around each thread's work. */
+/* The cpu-avx512 table with the tile configuration around each thread's work and the bf16 pairs
+ * GEMM on the tiles (the tiled backward's dbias tasks take it; pairs from fp32 are packed by the
+ * portable code, which none of cpu-amx's paths calls). */
 static const cf_attn_kernels* amx_kernels(void) {
     static cf_attn_kernels k;
     static int init = 0;
     if (!init) { /* benign race: every thread writes the same values */
         k = *cf_attn_kernels_avx512();
         k.name = "cpu-amx";
+        k.gemm_bf16 = cf_amx_gemm_bf16;
+        if (!k.pack_pairs_f32) k.pack_pairs_f32 = cf_attn_kernels_generic.pack_pairs_f32;
         k.thread_begin = cf_amx_thread_begin;
         k.thread_end = cf_amx_thread_end;
         init = 1;
@@ -93,12 +97,12 @@ static int amx_verified(const void* call, char* why, size_t len) {
 }
 
 #ifdef CF_AMX_CODE
-/* fp16 without AMX-FP16 runs on the tiles as bf16 pairs (cf_amx_mm2). On the cpu-avx512 driver:
- * dbias (the backward's gradient of attn_bias: the tile functions apply issue 13's masks, bias
- * and lists, sinks and attention_chunk, but do not sum dS into dbias); and paged K / V
- * (block_table): the tile loaders take equally spaced key rows. */
+/* fp16 without AMX-FP16 runs on the tiles as bf16 pairs (cf_amx_mm2); a backward's dbias is
+ * summed by the tiled backward's own tasks beside the tiles (cf_amx_attn_bwd). On the cpu-avx512
+ * driver: paged K / V (block_table): the tile loaders take equally spaced key rows. */
 static int on_tiles(const cf_attn_call* c, int fwd) {
-    return !c->block_table && (fwd || !c->dbias.data);
+    (void)fwd;
+    return !c->block_table;
 }
 
 static cflash_status amx_fwd(const void* call) {
@@ -109,8 +113,7 @@ static cflash_status amx_fwd(const void* call) {
 /* The calls on_tiles passes to the cpu-avx512 driver, named for explain mode and the log. */
 static int amx_route(const cf_attn_call* c, int fwd, char* note, size_t len) {
     if (on_tiles(c, fwd)) return 0;
-    snprintf(note, len, "through cpu-avx512's driver: %s",
-             c->block_table ? "paged K/V (block_table)" : "dbias");
+    snprintf(note, len, "through cpu-avx512's driver: paged K/V (block_table)");
     return 1;
 }
 static int amx_fwd_route(const void* call, char* note, size_t len) {

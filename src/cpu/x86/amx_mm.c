@@ -4,6 +4,7 @@
  * loaded serves two multiplies. fp16 on a CPU without AMX-FP16 runs on the same tiles as bf16 pairs
  * (cf_amx_split16: each value the sum of two bf16, exactly), three tdpbf16ps a product. */
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cpu/x86/amx_attn.h"
@@ -127,6 +128,60 @@ void cf_amx_mm2(float* C, int64_t ldc, const uint16_t* A, const uint16_t* Al, in
                 const uint32_t* B, const uint32_t* Bl, int64_t ldb, int64_t mt, int64_t nt,
                 int64_t kc0, int64_t kc1, int acc, int fp16) {
     mm_run(Al && Bl ? 2 : fp16 != 0, C, ldc, A, Al, lda, B, Bl, ldb, mt, nt, kc0, kc1, acc);
+}
+
+/* The table's gemm_bf16 (cf_attn_kernels) on the tiles: C (M x N) (+)= A (M x P pairs, A(m, p) at
+ * A[m * rsa + p * csa]) times B (P pair rows, VNNI, ldb apart). Whole tiles (csa 1; M, N, P
+ * multiples of 16) are read where they are; otherwise the operands go zero-padded through a
+ * buffer, and C through one. */
+CF_AMX_TARGET void cf_amx_gemm_bf16(int64_t M, int64_t N, int64_t P, const uint32_t* A, int64_t rsa,
+                                    int64_t csa, const uint32_t* B, int64_t ldb, float* C,
+                                    int64_t ldc, int acc) {
+    if (M <= 0 || N <= 0) return;
+    if (P <= 0) {
+        for (int64_t m = 0; !acc && m < M; m++)
+            memset(C + m * ldc, 0, sizeof(float) * (size_t)N);
+        return;
+    }
+    if (csa == 1 && M % 16 == 0 && N % 16 == 0 && P % 16 == 0) {
+        mm_run(0, C, ldc, (const uint16_t*)A, NULL, 2 * rsa, B, NULL, ldb, M / 16, N / 16, 0,
+               P / 16, acc);
+        return;
+    }
+    const int64_t M16 = cf_amx_round(M, 16), N16 = cf_amx_round(N, 16), P16 = cf_amx_round(P, 16);
+    uint32_t* a = malloc(sizeof(uint32_t) * (size_t)(M16 * P16 + P16 * N16));
+    float* c = malloc(sizeof(float) * (size_t)(M16 * N16));
+    if (!a || !c) { /* (out of memory: the same sums, one pair at a time) */
+        free(a), free(c);
+        for (int64_t m = 0; m < M; m++)
+            for (int64_t n = 0; n < N; n++) {
+                float x = acc ? C[m * ldc + n] : 0.0f;
+                for (int64_t p = 0; p < P; p++) {
+                    const uint32_t u = A[m * rsa + p * csa], v = B[p * ldb + n];
+                    x += cf_bf16_to_f32((uint16_t)u) * cf_bf16_to_f32((uint16_t)v) +
+                         cf_bf16_to_f32((uint16_t)(u >> 16)) * cf_bf16_to_f32((uint16_t)(v >> 16));
+                }
+                C[m * ldc + n] = x;
+            }
+        return;
+    }
+    uint32_t* b = a + M16 * P16;
+    memset(a, 0, sizeof(uint32_t) * (size_t)(M16 * P16 + P16 * N16));
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t p = 0; p < P; p++)
+            a[m * P16 + p] = A[m * rsa + p * csa];
+    for (int64_t p = 0; p < P; p++)
+        memcpy(b + p * N16, B + p * ldb, sizeof(uint32_t) * (size_t)N);
+    if (acc) {
+        memset(c, 0, sizeof(float) * (size_t)(M16 * N16));
+        for (int64_t m = 0; m < M; m++)
+            memcpy(c + m * N16, C + m * ldc, sizeof(float) * (size_t)N);
+    }
+    mm_run(0, c, N16, (const uint16_t*)a, NULL, 2 * P16, b, NULL, N16, M16 / 16, N16 / 16, 0,
+           P16 / 16, acc);
+    for (int64_t m = 0; m < M; m++)
+        memcpy(C + m * ldc, c + m * N16, sizeof(float) * (size_t)N);
+    free(a), free(c);
 }
 
 /* fp16 x (bits) as bf16 high + low parts, exactly (11 significant bits: 8 in the high part's
