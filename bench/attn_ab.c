@@ -8,7 +8,8 @@
  *   cc -O2 bench/attn_ab.c -Iinclude -ldl -o /tmp/attn_ab
  *   S=4096 H=16 D=128 T=2 R=7 /tmp/attn_ab DIR_A DIR_B ...   (DIR/libcflash.so.1 each: a copy)
  * Env: B (1), H (16), HK (H), SQ and SK (S, default 1024), D (128), DT (fp32 | bf16 | fp16),
- * C (1: causal), T threads (2), R timed calls per build (7), BWD (0). */
+ * C (1: causal), T threads (2), R timed calls per build (7), BWD (0), PAGE (0; N > 0: the varlen
+ * call with paged K / V, pages of N keys in a shuffled block_table, as vLLM calls flash-attn). */
 #include "ab_util.h"
 #include <cflash.h>
 #include <stdint.h>
@@ -21,10 +22,19 @@ typedef cflash_status (*fwd_fn)(cflash_context*, const cflash_attn_params*, cons
 typedef cflash_status (*bwd_fn)(cflash_context*, const cflash_attn_params*, const DLTensor*,
                                 const DLTensor*, const DLTensor*, const DLTensor*, const DLTensor*,
                                 const DLTensor*, DLTensor*, DLTensor*, DLTensor*);
+typedef cflash_status (*vfwd_fn)(cflash_context*, const cflash_attn_params*, const DLTensor*,
+                                 const DLTensor*, const DLTensor*, const DLTensor*, const DLTensor*,
+                                 int64_t, int64_t, DLTensor*, DLTensor*);
+typedef cflash_status (*vbwd_fn)(cflash_context*, const cflash_attn_params*, const DLTensor*,
+                                 const DLTensor*, const DLTensor*, const DLTensor*, const DLTensor*,
+                                 const DLTensor*, const DLTensor*, const DLTensor*, int64_t,
+                                 int64_t, DLTensor*, DLTensor*, DLTensor*);
 typedef struct {
     cflash_context* ctx;
     fwd_fn fwd;
     bwd_fn bwd;
+    vfwd_fn vfwd;
+    vbwd_fn vbwd;
     double *tf, *tb;
 } build;
 
@@ -53,6 +63,12 @@ static void* fill(size_t n, int bits, int f16) {
     return p;
 }
 
+/* A contiguous host tensor over data. */
+static DLTensor ten(void* data, int ndim, DLDataType dt, int64_t* shape) {
+    DLTensor t = {data, {kDLCPU, 0}, ndim, dt, shape, NULL, 0};
+    return t;
+}
+
 static double median(double* t, int n) {
     qsort(t, (size_t)n, sizeof(double), ab_cmp);
     return t[n / 2];
@@ -62,7 +78,7 @@ int main(int argc, char** argv) {
     const int thr = (int)ab_env("T", 2), reps = (int)ab_env("R", 7), bwd = (int)ab_env("BWD", 0);
     const int64_t B = ab_env("B", 1), H = ab_env("H", 16), Hk = ab_env("HK", H),
                   S = ab_env("S", 1024), Sq = ab_env("SQ", S), Sk = ab_env("SK", S),
-                  D = ab_env("D", 128);
+                  D = ab_env("D", 128), page = ab_env("PAGE", 0);
     const char* dt = getenv("DT") ? getenv("DT") : "fp32";
     const int bits = strcmp(dt, "fp32") ? 16 : 32, f16 = !strcmp(dt, "fp16");
     const int nb = argc - 1;
@@ -74,13 +90,18 @@ int main(int argc, char** argv) {
         if (!h) return 1;
         L[i].fwd = (fwd_fn)dlsym(h, "cflash_attn_fwd");
         L[i].bwd = (bwd_fn)dlsym(h, "cflash_attn_bwd");
+        L[i].vfwd = (vfwd_fn)dlsym(h, "cflash_attn_varlen_fwd");
+        L[i].vbwd = (vbwd_fn)dlsym(h, "cflash_attn_varlen_bwd");
         L[i].tf = malloc(sizeof(double) * (size_t)reps);
         L[i].tb = malloc(sizeof(double) * (size_t)reps);
-        if (!L[i].fwd || !L[i].bwd)
+        if (!L[i].fwd || !L[i].bwd || !L[i].vfwd || !L[i].vbwd)
             return fprintf(stderr, "%s: not a usable libcflash\n", argv[i + 1]), 1;
         if (!api) api = (void*)dlsym(h, "cflash_attn_params_init");
     }
-    const size_t nq = (size_t)(B * Sq * H * D), nk = (size_t)(B * Sk * Hk * D);
+    /* paged: each sequence's keys in ceil(Sk / page) pages of the pool, in shuffled order */
+    const int64_t mp = page > 0 ? (Sk + page - 1) / page : 0, npages = B * mp;
+    const size_t nq = (size_t)(B * Sq * H * D),
+                 nk = (size_t)((page > 0 ? npages * page : B * Sk) * Hk * D);
     void *q = fill(nq, bits, f16), *k = fill(nk, bits, f16), *v = fill(nk, bits, f16);
     void *o = fill(nq, bits, f16), *dout = fill(nq, bits, f16);
     void *dq = fill(nq, bits, f16), *dk = fill(nk, bits, f16), *dv = fill(nk, bits, f16);
@@ -88,25 +109,51 @@ int main(int argc, char** argv) {
     int64_t qs[4] = {B, Sq, H, D}, ks[4] = {B, Sk, Hk, D}, ls[3] = {B, H, Sq};
     const DLDataType dd = {bits == 32 || f16 ? kDLFloat : kDLBfloat, (uint8_t)bits, 1},
                      f32 = {kDLFloat, 32, 1};
-    DLTensor tq = {q, {kDLCPU, 0}, 4, dd, qs, NULL, 0}, to = {o, {kDLCPU, 0}, 4, dd, qs, NULL, 0};
-    DLTensor tk = {k, {kDLCPU, 0}, 4, dd, ks, NULL, 0}, tv = {v, {kDLCPU, 0}, 4, dd, ks, NULL, 0};
-    DLTensor tdo = {dout, {kDLCPU, 0}, 4, dd, qs, NULL, 0},
-             tdq = {dq, {kDLCPU, 0}, 4, dd, qs, NULL, 0};
-    DLTensor tdk = {dk, {kDLCPU, 0}, 4, dd, ks, NULL, 0},
-             tdv = {dv, {kDLCPU, 0}, 4, dd, ks, NULL, 0};
-    DLTensor tl = {lse, {kDLCPU, 0}, 3, f32, ls, NULL, 0};
+    DLTensor tq = ten(q, 4, dd, qs), to = ten(o, 4, dd, qs);
+    DLTensor tk = ten(k, 4, dd, ks), tv = ten(v, 4, dd, ks);
+    DLTensor tdo = ten(dout, 4, dd, qs), tdq = ten(dq, 4, dd, qs);
+    DLTensor tdk = ten(dk, 4, dd, ks), tdv = ten(dv, 4, dd, ks);
+    DLTensor tl = ten(lse, 3, f32, ls);
     cflash_attn_params p;
     api(&p);
     p.causal = (int)ab_env("C", 0);
+    /* the varlen call's views of the same buffers, and the block table */
+    int32_t* table = malloc(sizeof(int32_t) * (size_t)(npages > 0 ? npages : 1));
+    int32_t *cuq = malloc(sizeof(int32_t) * (size_t)(B + 1)),
+            *cuk = malloc(sizeof(int32_t) * (size_t)(B + 1));
+    for (int64_t i = 0; i < npages; i++)
+        table[i] = (int32_t)i;
+    for (int64_t i = npages - 1; i > 0; i--) { /* Fisher-Yates */
+        rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+        const int64_t j = (int64_t)(rng % (uint64_t)(i + 1));
+        const int32_t x = table[i];
+        table[i] = table[j], table[j] = x;
+    }
+    for (int64_t b = 0; b <= B; b++)
+        cuq[b] = (int32_t)(b * Sq), cuk[b] = (int32_t)(b * Sk);
+    int64_t vqs[3] = {B * Sq, H, D}, vks[4] = {npages, page, Hk, D}, vls[2] = {H, B * Sq},
+            ts[2] = {B, mp}, cs[1] = {B + 1};
+    const DLDataType i32 = {kDLInt, 32, 1};
+    DLTensor vq = ten(q, 3, dd, vqs), vo = ten(o, 3, dd, vqs);
+    DLTensor vk = ten(k, 4, dd, vks), vv = ten(v, 4, dd, vks);
+    DLTensor vdo = ten(dout, 3, dd, vqs), vdq = ten(dq, 3, dd, vqs);
+    DLTensor vdk = ten(dk, 4, dd, vks), vdv = ten(dv, 4, dd, vks);
+    DLTensor vl = ten(lse, 2, f32, vls);
+    DLTensor tt = ten(table, 2, i32, ts);
+    DLTensor tcq = ten(cuq, 1, i32, cs), tck = ten(cuk, 1, i32, cs);
+    if (page > 0) p.block_table = &tt;
     for (int r = -1; r < reps; r++)
         for (int i = 0; i < nb; i++) {
             double a = ab_now();
-            if (L[i].fwd(L[i].ctx, &p, &tq, &tk, &tv, &to, &tl))
+            if (page > 0 ? L[i].vfwd(L[i].ctx, &p, &vq, &vk, &vv, &tcq, &tck, Sq, Sk, &vo, &vl)
+                         : L[i].fwd(L[i].ctx, &p, &tq, &tk, &tv, &to, &tl))
                 return fprintf(stderr, "%s: the forward failed\n", argv[i + 1]), 1;
             if (r >= 0) L[i].tf[r] = ab_now() - a;
             if (!bwd) continue;
             a = ab_now();
-            if (L[i].bwd(L[i].ctx, &p, &tdo, &tq, &tk, &tv, &to, &tl, &tdq, &tdk, &tdv))
+            if (page > 0 ? L[i].vbwd(L[i].ctx, &p, &vdo, &vq, &vk, &vv, &vo, &vl, &tcq, &tck, Sq,
+                                     Sk, &vdq, &vdk, &vdv)
+                         : L[i].bwd(L[i].ctx, &p, &tdo, &tq, &tk, &tv, &to, &tl, &tdq, &tdk, &tdv))
                 return fprintf(stderr, "%s: the backward failed\n", argv[i + 1]), 1;
             if (r >= 0) L[i].tb[r] = ab_now() - a;
         }
@@ -114,11 +161,11 @@ int main(int argc, char** argv) {
     if (p.causal && Sq == Sk) flops /= 2;
     for (int i = 0; i < nb; i++) {
         const double mf = median(L[i].tf, reps);
-        printf("%-24s %s B%lld H%lld/%lld Sq%lld Sk%lld D%lld%s T%d fwd: p10 %.2f median %.2f ms "
-               "(%.1f GFLOP/s)",
+        printf("%-24s %s B%lld H%lld/%lld Sq%lld Sk%lld D%lld%s%s T%d fwd: p10 %.2f median %.2f "
+               "ms (%.1f GFLOP/s)",
                argv[i + 1], dt, (long long)B, (long long)H, (long long)Hk, (long long)Sq,
-               (long long)Sk, (long long)D, p.causal ? " causal" : "", thr,
-               L[i].tf[reps / 10] * 1e3, mf * 1e3, flops / mf * 1e-9);
+               (long long)Sk, (long long)D, p.causal ? " causal" : "", page > 0 ? " paged" : "",
+               thr, L[i].tf[reps / 10] * 1e3, mf * 1e3, flops / mf * 1e-9);
         if (bwd) {
             const double mb = median(L[i].tb, reps);
             printf(", bwd: p10 %.2f median %.2f ms (%.1f GFLOP/s)", L[i].tb[reps / 10] * 1e3,

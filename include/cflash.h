@@ -103,7 +103,7 @@ CFLASH_API cflash_status cflash_context_set_cuda_stream(cflash_context* ctx, voi
  * dispatched as for real, on the same code path, but nothing is computed and nothing written.
  * Instead buf receives one line per backend considered, "NAME: OKAY" or "NAME: NO: reason", and
  * a last line "-> NAME" (or "-> none"); a backend that would serve the call through code not its
- * own says so: "cpu-amx: OKAY (through cpu-avx512's driver: paged K/V (block_table))". A call
+ * own says so: "cpu-amx: OKAY (through cpu-avx512's driver: a build without AMX code)". A call
  * rejected before any backend is considered (a bad argument) gets "not dispatched: STATUS: message"
  * and "-> none". The call returns CFLASH_OK when some backend would serve, else the status (and
  * message) the real call would return. Then the mode clears itself: it covers exactly one call,

@@ -36,10 +36,10 @@ typedef struct cf_impl {
      * backend serves. call NULL: the machine's first device (`cflash report`). */
     int (*verified)(const void* call, char* why, size_t len);
     /* Optional (NULL: never): 1 where the backend serves this call through code that is not its
-     * own (cpu-amx: paged K/V and dbias on cpu-avx512's driver), with a note saying so ("through
-     * cpu-avx512's driver: dbias"); 0 where its own kernels run. Explain mode shows the note on
-     * the backend's OKAY line and CFLASH_LOG=info logs it (once per text): such a call runs at
-     * the other code's speed, which the backend's name alone would hide. */
+     * own (cpu-amx in a build without AMX code: on cpu-avx512's driver), with a note saying so
+     * ("through cpu-avx512's driver: ..."); 0 where its own kernels run. Explain mode shows the
+     * note on the backend's OKAY line and CFLASH_LOG=info logs it (once per text): such a call runs
+     * at the other code's speed, which the backend's name alone would hide. */
     int (*route)(const void* call, char* note, size_t len);
 } cf_impl;
 /* Define impls with designated initialisers (.backend = ..., .op = ...) so fields can be added. */

@@ -373,7 +373,6 @@ int attn_grid_run(const attn_grid_opts* o, int* ran, int* skipped) {
         if (o->max_head_dim > 0 && (c.D > o->max_head_dim || c.Dv > o->max_head_dim)) continue;
         /* device hooks copy the plain tensors only; serving cases run on the host */
         if ((o->run_fwd || o->run_bwd) && (c.page || c.seqused)) continue;
-        if (o->no_paged && c.page) continue;
         char name[256];
         attn_case_str(&c, name, sizeof name);
         attn_problem* p = attn_problem_new(&c);

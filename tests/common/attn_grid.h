@@ -24,7 +24,6 @@ typedef struct attn_grid_opts {
      * distinct message) instead of failing. */
     int skip_unsupported;
     int max_cases; /* 0 = all */
-    int no_paged;  /* skip the paged cases (the AMX model test: they never reach the tiles) */
     /* Optional: replace the host runs (e.g. copy to a device, call, copy results back into
      * p->out, p->lse, p->dq, p->dk, p->dv). NULL = attn_problem_run_fwd / _bwd. */
     cflash_status (*run_fwd)(cflash_context* ctx, attn_problem* p, void* user);

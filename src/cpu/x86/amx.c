@@ -97,36 +97,16 @@ static int amx_verified(const void* call, char* why, size_t len) {
 }
 
 #ifdef CF_AMX_CODE
-/* fp16 without AMX-FP16 runs on the tiles as bf16 pairs (cf_amx_mm2); a backward's dbias is
- * summed by the tiled backward's own tasks beside the tiles (cf_amx_attn_bwd). On the cpu-avx512
- * driver: paged K / V (block_table): the tile loaders take equally spaced key rows. */
-static int on_tiles(const cf_attn_call* c, int fwd) {
-    (void)fwd;
-    return !c->block_table;
-}
-
+/* Every call runs on the tiles: fp16 without AMX-FP16 as bf16 pairs (cf_amx_mm2), a backward's
+ * dbias summed by the tiled backward's own tasks beside them (cf_amx_attn_bwd), paged K / V
+ * (block_table) gathered per key block where it spans pages. */
 static cflash_status amx_fwd(const void* call) {
-    const cf_attn_call* c = call;
-    return on_tiles(c, 1) ? cf_amx_attn_fwd(c, amx_kernels())
-                          : cf_attn_cpu_fwd(c, cf_attn_kernels_avx512());
-}
-/* The calls on_tiles passes to the cpu-avx512 driver, named for explain mode and the log. */
-static int amx_route(const cf_attn_call* c, int fwd, char* note, size_t len) {
-    if (on_tiles(c, fwd)) return 0;
-    snprintf(note, len, "through cpu-avx512's driver: paged K/V (block_table)");
-    return 1;
-}
-static int amx_fwd_route(const void* call, char* note, size_t len) {
-    return amx_route(call, 1, note, len);
-}
-static int amx_bwd_route(const void* call, char* note, size_t len) {
-    return amx_route(call, 0, note, len);
+    return cf_amx_attn_fwd(call, amx_kernels());
 }
 static cflash_status amx_bwd(const void* call) {
-    const cf_attn_call* c = call;
-    return on_tiles(c, 0) ? cf_amx_attn_bwd(c, amx_kernels())
-                          : cf_attn_cpu_bwd(c, cf_attn_kernels_avx512());
+    return cf_amx_attn_bwd(call, amx_kernels());
 }
+#define AMX_ROUTE(fn) NULL /* (no call goes through another backend's code) */
 #else
 static cflash_status amx_fwd(const void* call) {
     return cf_attn_cpu_fwd(call, cf_attn_kernels_avx512());
@@ -142,6 +122,7 @@ static int amx_fwd_route(const void* call, char* note, size_t len) {
 static int amx_bwd_route(const void* call, char* note, size_t len) {
     return amx_fwd_route(call, note, len);
 }
+#define AMX_ROUTE(fn) fn
 #endif
 
 /* ---- The KV-cache call: its chunks of prefill on the AMX forward ----------------------------
@@ -172,7 +153,7 @@ const cf_impl cf_impl_amx_attn_fwd = {
     .run = amx_fwd,
     .available = amx_available,
     .verified = amx_verified,
-    .route = amx_fwd_route,
+    .route = AMX_ROUTE(amx_fwd_route),
 };
 const cf_impl cf_impl_amx_attn_bwd = {
     .backend = "cpu-amx",
@@ -182,7 +163,7 @@ const cf_impl cf_impl_amx_attn_bwd = {
     .run = amx_bwd,
     .available = amx_available,
     .verified = amx_verified,
-    .route = amx_bwd_route,
+    .route = AMX_ROUTE(amx_bwd_route),
 };
 const cf_impl cf_impl_amx_kvcache_fwd = {
     .backend = "cpu-amx",

@@ -46,12 +46,17 @@ void cf_amx_split16(uint16_t* x, uint16_t* lo, int64_t rows, int64_t cols, int64
 void cf_amx_t32(uint32_t* dst, int64_t ldd, const uint32_t* src, int64_t lds, int64_t rows,
                 int64_t cols);
 
-/* Rows [s0, s0 + n) of head h of sequence-row view v (16-bit dtype, d elements each) as rows of
- * dst (ldd apart), zero-padded to `width` elements and to `rows` rows. */
+/* n rows of 16-bit elements (d each; the first at p, rs elements apart) as rows of dst (ldd
+ * apart), zero-padded to `width` elements and to `rows` rows. */
+void cf_amx_rows16_at(uint16_t* dst, int64_t ldd, int64_t width, int64_t rows, const char* p,
+                      int64_t rs, int64_t n, int64_t d);
+/* The same for rows [s0, s0 + n) of head h of sequence-row view v. */
 void cf_amx_rows16(uint16_t* dst, int64_t ldd, int64_t width, int64_t rows, const cf_view* v,
                    int64_t b, int64_t s0, int64_t h, int64_t n, int64_t d);
 /* The same rows as VNNI pairs: dst[q * ldd + x] = (row 2q [x], row 2q + 1 [x]) for x < d, zero for
  * x in [d, width) and pair rows past n, up to `pairs` pair rows. */
+void cf_amx_rows_vnni_at(const cf_attn_kernels* k, uint32_t* dst, int64_t ldd, int64_t width,
+                         int64_t pairs, const char* p, int64_t rs, int64_t n, int64_t d);
 void cf_amx_rows_vnni(const cf_attn_kernels* k, uint32_t* dst, int64_t ldd, int64_t width,
                       int64_t pairs, const cf_view* v, int64_t b, int64_t s0, int64_t h, int64_t n,
                       int64_t d);

@@ -31,7 +31,7 @@ typedef struct amx_bwd_geom {
     int split;                    /* fp16 without AMX-FP16: bf16 pairs of parts (cf_amx_mm2) */
     const cf_attn_mask_map* mmap; /* attn_mask / attn_bias summarised (may be NULL) */
     size_t kr, ktv, vtv, kv, dk, dv, qa, doa, s, dp, pd, y, h16, hp, at, dov, qv, dq, map, kvis,
-        kvp, bytes;
+        kvp, gk, gv, bytes;
     /* split: the low parts of ktv, vtv, kv, qa, doa, h16, at, dov, qv */
     size_t ktvl, vtvl, kvl, qal, doal, h16l, atl, dovl, qvl;
 } amx_bwd_geom;
@@ -84,7 +84,10 @@ static void bwd_layout(const cf_attn_call* c, amx_bwd_geom* g) {
     /* block-sparse key masks of a block's rows (one head's bq, or a dQ tile's G heads of n) */
     const int64_t nkv = g->bq + 1 > g->G * (g->n + 1) ? g->bq + 1 : g->G * (g->n + 1);
     TAKE(kvis, (size_t)nkv * NB);
-    TAKE(kvp, sizeof(uint8_t*) * R); /* each row's */
+    TAKE(kvp, sizeof(uint8_t*) * R);          /* each row's */
+    const size_t pg = c->block_table ? 1 : 0; /* paged: a block's K / V rows gathered */
+    TAKE(gk, pg * 2 * NB * (size_t)c->D);
+    TAKE(gv, pg * 2 * NB * (size_t)c->Dv);
     const size_t sp = g->split ? 1 : 0;
     TAKE(ktvl, sp * 4 * (D32 / 2) * NB);
     TAKE(vtvl, sp * 4 * (Dv32 / 2) * NB);
@@ -143,21 +146,25 @@ static void* low_at(const amx_bwd_geom* g, char* ws, size_t off) {
 }
 
 /* The key block [j0, j0 + nb) of (b, hk) in tile layouts: K^T and V^T pairs (B of S and dP) and,
- * when asked, K pairs (B of dQ += dS K). */
+ * when asked, K pairs (B of dQ += dS K). Paged K / V (block_table) are gathered where the block
+ * spans pages. */
 static void pack_keys(const cf_attn_call* c, const cf_attn_kernels* kk, const amx_bwd_geom* g,
                       char* ws, int64_t b, int64_t k0, int64_t j0, int64_t nb, int64_t hk,
                       int with_k) {
     const int64_t nb32 = cf_amx_round(nb, 32), NB32 = g->NB32;
     uint16_t* kr = (uint16_t*)(ws + g->kr);
-    cf_amx_rows16(kr, g->D32, g->D32, nb32, &c->k, b, k0 + j0, hk, nb, c->D);
+    int64_t krs, vrs;
+    const char* krow = cf_attn_cpu_key_rows(c, &c->k, b, k0, j0, nb, hk, c->D, ws + g->gk, &krs);
+    const char* vrow = cf_attn_cpu_key_rows(c, &c->v, b, k0, j0, nb, hk, c->Dv, ws + g->gv, &vrs);
+    cf_amx_rows16_at(kr, g->D32, g->D32, nb32, krow, krs, nb, c->D);
     cf_amx_t32((uint32_t*)(ws + g->ktv), NB32, (const uint32_t*)kr, g->D32 / 2, nb32, g->D32 / 2);
-    cf_amx_rows16(kr, g->Dv32, g->Dv32, nb32, &c->v, b, k0 + j0, hk, nb, c->Dv);
+    cf_amx_rows16_at(kr, g->Dv32, g->Dv32, nb32, vrow, vrs, nb, c->Dv);
     cf_amx_t32((uint32_t*)(ws + g->vtv), NB32, (const uint32_t*)kr, g->Dv32 / 2, nb32, g->Dv32 / 2);
     split_at(g, ws, g->ktvl, ws + g->ktv, g->D32 / 2, 2 * nb32, 2 * NB32);
     split_at(g, ws, g->vtvl, ws + g->vtv, g->Dv32 / 2, 2 * nb32, 2 * NB32);
     if (with_k) {
-        cf_amx_rows_vnni(kk, (uint32_t*)(ws + g->kv), g->D16, g->D16, nb32 / 2, &c->k, b, k0 + j0,
-                         hk, nb, c->D);
+        cf_amx_rows_vnni_at(kk, (uint32_t*)(ws + g->kv), g->D16, g->D16, nb32 / 2, krow, krs, nb,
+                            c->D);
         split_at(g, ws, g->kvl, ws + g->kv, nb32 / 2, 2 * g->D16, 2 * g->D16);
     }
 }
@@ -377,8 +384,9 @@ CF_AMX_TARGET static void dkdv_tile(const cf_attn_call* c, const cf_attn_kernels
         }
     }
     for (int64_t j = 0; j < nb; j++) {
-        kk->from_f32(cf_amx_row_ptr(&c->dk, b, k0 + j0 + j, hk), dk + j * D16, c->dtype, D);
-        kk->from_f32(cf_amx_row_ptr(&c->dv, b, k0 + j0 + j, hk), dv + j * Dv16, c->dtype, Dv);
+        kk->from_f32(cf_attn_cpu_key_ptr(c, &c->dk, b, k0, j0 + j, hk), dk + j * D16, c->dtype, D);
+        kk->from_f32(cf_attn_cpu_key_ptr(c, &c->dv, b, k0, j0 + j, hk), dv + j * Dv16, c->dtype,
+                     Dv);
     }
 }
 

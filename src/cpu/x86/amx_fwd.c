@@ -25,7 +25,7 @@ typedef struct amx_fwd_geom {
     int fp16;                     /* tdpfp16ps (fp16) or tdpbf16ps (bf16) */
     int split;                    /* fp16 without AMX-FP16: bf16 pairs (cf_amx_mm2) */
     const cf_attn_mask_map* map;  /* attn_mask / attn_bias summarised (may be NULL) */
-    size_t qa, kr, kt, vv, s, p, o, vec, rng, lohi, tmp, xih, kvis, kvp, shut, bytes;
+    size_t qa, kr, kt, vv, s, p, o, vec, rng, lohi, tmp, xih, kvis, kvp, shut, gk, gv, bytes;
     size_t qal, ktl, vvl, pl; /* split: the low parts of qa, kt, vv, p */
 } amx_fwd_geom;
 
@@ -110,7 +110,10 @@ static void fwd_layout(const cf_attn_call* c, const cf_attn_mask_map* map, amx_f
     TAKE(kvis, (size_t)(g->G * (g->n + 1)) * NB); /* block-sparse key masks */
     TAKE(kvp, sizeof(uint8_t*) * M);              /* each row's */
     TAKE(shut, M / 32 + 1);                       /* slices the masks close to a block */
-    const size_t sp = g->split ? 1 : 0;           /* the low parts, split only */
+    const size_t pg = c->block_table ? 1 : 0;     /* paged: a block's K / V rows gathered */
+    TAKE(gk, pg * 2 * NB * (size_t)c->D);
+    TAKE(gv, pg * 2 * NB * (size_t)c->Dv);
+    const size_t sp = g->split ? 1 : 0; /* the low parts, split only */
     TAKE(qal, sp * 2 * M * D32);
     TAKE(ktl, sp * 4 * (D32 / 2) * NB);
     TAKE(vvl, sp * 4 * (NB / 2) * Dv);
@@ -204,16 +207,20 @@ CF_AMX_TARGET static void fwd_tile(const cf_attn_call* c, const cf_attn_kernels*
             shut[r0 / 32] =
                 part && cf_attn_cpu_rows_closed(c, g->map, b, hk, G, i0, na, r0,
                                                 r0 + 32 < Mt ? r0 + 32 : Mt, j0, nb, kvp);
-        /* The block in tile layouts: K^T pairs (through K rows) and V pairs. */
-        const char* krow = cf_amx_row_ptr(&c->k, b, k0 + j0, hk);
-        if (nb == nb32 && D == D32 && c->k.stride[1] % 2 == 0 && (uintptr_t)krow % 4 == 0) {
+        /* The block in tile layouts: K^T pairs (through K rows) and V pairs. Paged K / V
+         * (block_table): rows krs / vrs elements apart within a page, gathered where the block
+         * spans pages. */
+        int64_t krs, vrs;
+        const char* krow = cf_attn_cpu_key_rows(c, &c->k, b, k0, j0, nb, hk, D, ws + g->gk, &krs);
+        const char* vrow = cf_attn_cpu_key_rows(c, &c->v, b, k0, j0, nb, hk, Dv, ws + g->gv, &vrs);
+        if (nb == nb32 && D == D32 && krs % 2 == 0 && (uintptr_t)krow % 4 == 0) {
             /* whole pairs in whole rows: transposed from where they are (no copy first) */
-            cf_amx_t32(kt, NB32, (const uint32_t*)krow, c->k.stride[1] / 2, nb32, D32 / 2);
+            cf_amx_t32(kt, NB32, (const uint32_t*)krow, krs / 2, nb32, D32 / 2);
         } else {
-            cf_amx_rows16(kr, D32, D32, nb32, &c->k, b, k0 + j0, hk, nb, D);
+            cf_amx_rows16_at(kr, D32, D32, nb32, krow, krs, nb, D);
             cf_amx_t32(kt, NB32, (const uint32_t*)kr, D32 / 2, nb32, D32 / 2);
         }
-        cf_amx_rows_vnni(kk, vv, Dv16, Dv16, nb32 / 2, &c->v, b, k0 + j0, hk, nb, Dv);
+        cf_amx_rows_vnni_at(kk, vv, Dv16, Dv16, nb32 / 2, vrow, vrs, nb, Dv);
         if (g->split) {
             cf_amx_split16((uint16_t*)kt, (uint16_t*)ktl, D32 / 2, 2 * nb32, 2 * NB32);
             cf_amx_split16((uint16_t*)vv, (uint16_t*)vvl, nb32 / 2, 2 * Dv16, 2 * Dv16);
@@ -238,8 +245,7 @@ CF_AMX_TARGET static void fwd_tile(const cf_attn_call* c, const cf_attn_kernels*
         }
 
         /* A NaN or infinity in V that some row cannot see (P V below sums pairs then) */
-        const char* vrow = cf_amx_row_ptr(&c->v, b, k0 + j0, hk);
-        const int64_t ves = c->v.stride[1] * vsz;
+        const int64_t ves = vrs * vsz;
         const int v_bad = part ? cf_attn_cpu_rows_nonfinite(vrow, ves, nb, Dv, c->dtype)
                                : (lo[na - 1] > j0 || hi[0] < j0 + nb) &&
                                      cf_attn_cpu_hidden_nonfinite(vrow, ves, j0, nb, lo[na - 1],

@@ -255,12 +255,12 @@ CF_AMX_TARGET void cf_amx_t32(uint32_t* dst, int64_t ldd, const uint32_t* src, i
             t32_16(dst + c * ldd + r, ldd, src + r * lds + c, lds);
 }
 
-void cf_amx_rows16(uint16_t* dst, int64_t ldd, int64_t width, int64_t rows, const cf_view* v,
-                   int64_t b, int64_t s0, int64_t h, int64_t n, int64_t d) {
+void cf_amx_rows16_at(uint16_t* dst, int64_t ldd, int64_t width, int64_t rows, const char* p,
+                      int64_t rs, int64_t n, int64_t d) {
     for (int64_t r = 0; r < rows; r++) {
         uint16_t* o = dst + r * ldd;
         if (r < n) {
-            memcpy(o, cf_amx_row_ptr(v, b, s0 + r, h), sizeof(uint16_t) * (size_t)d);
+            memcpy(o, (const uint16_t*)p + r * rs, sizeof(uint16_t) * (size_t)d);
             memset(o + d, 0, sizeof(uint16_t) * (size_t)(width - d));
         } else {
             memset(o, 0, sizeof(uint16_t) * (size_t)width);
@@ -268,21 +268,30 @@ void cf_amx_rows16(uint16_t* dst, int64_t ldd, int64_t width, int64_t rows, cons
     }
 }
 
-void cf_amx_rows_vnni(const cf_attn_kernels* k, uint32_t* dst, int64_t ldd, int64_t width,
-                      int64_t pairs, const cf_view* v, int64_t b, int64_t s0, int64_t h, int64_t n,
-                      int64_t d) {
+void cf_amx_rows16(uint16_t* dst, int64_t ldd, int64_t width, int64_t rows, const cf_view* v,
+                   int64_t b, int64_t s0, int64_t h, int64_t n, int64_t d) {
+    cf_amx_rows16_at(dst, ldd, width, rows, cf_amx_row_ptr(v, b, s0, h), v->stride[1], n, d);
+}
+
+void cf_amx_rows_vnni_at(const cf_attn_kernels* k, uint32_t* dst, int64_t ldd, int64_t width,
+                         int64_t pairs, const char* p, int64_t rs, int64_t n, int64_t d) {
+    const uint16_t* x = (const uint16_t*)p;
     for (int64_t q = 0; q < pairs; q++) {
         uint32_t* o = dst + q * ldd;
         if (2 * q < n) {
-            const uint16_t* lo = (const uint16_t*)cf_amx_row_ptr(v, b, s0 + 2 * q, h);
-            const uint16_t* hi =
-                2 * q + 1 < n ? (const uint16_t*)cf_amx_row_ptr(v, b, s0 + 2 * q + 1, h) : NULL;
-            k->interleave_u16(o, lo, hi, d);
+            k->interleave_u16(o, x + 2 * q * rs, 2 * q + 1 < n ? x + (2 * q + 1) * rs : NULL, d);
             memset(o + d, 0, sizeof(uint32_t) * (size_t)(width - d));
         } else {
             memset(o, 0, sizeof(uint32_t) * (size_t)width);
         }
     }
+}
+
+void cf_amx_rows_vnni(const cf_attn_kernels* k, uint32_t* dst, int64_t ldd, int64_t width,
+                      int64_t pairs, const cf_view* v, int64_t b, int64_t s0, int64_t h, int64_t n,
+                      int64_t d) {
+    cf_amx_rows_vnni_at(k, dst, ldd, width, pairs, cf_amx_row_ptr(v, b, s0, h), v->stride[1], n,
+                        d);
 }
 
 void cf_amx_f32_rows16(const cf_attn_kernels* k, uint16_t* dst, int64_t ldd, int64_t width,
