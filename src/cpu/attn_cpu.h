@@ -323,10 +323,11 @@ cf_attn_mask_map* cf_attn_cpu_mask_map(const cf_attn_call* c, int threads);
 void cf_attn_cpu_mask_map_free(cf_attn_mask_map* mp); /* NULL is fine */
 
 /* For an engine whose tile functions do not sum dS into dbias (cpu-amx): the tiled backward's
- * own dbias tasks (fp32 GEMMs on k's kernels, each row's own statistics) as e's dbias hook, their
- * geometry on the heap in e->dbias_geom, e->bytes raised to cover their workspace. Needs
- * e->dbias_rows = the tiled backward's query block (cf_attn_cpu_blocks().bwd_q). map: the call's
- * mask map (may be NULL), kept until cf_attn_cpu_dbias_free. */
+ * own dbias tasks (each row's own statistics; k's bf16 pairs GEMM for bf16 where it has one,
+ * else its fp32 GEMM) as e's dbias hook, their geometry on the heap in e->dbias_geom, e->bytes
+ * raised to cover their workspace. Needs e->dbias_rows = the tiled backward's query block
+ * (cf_attn_cpu_blocks().bwd_q). map: the call's mask map (may be NULL), kept until
+ * cf_attn_cpu_dbias_free. */
 cflash_status cf_attn_cpu_dbias_tasks(const cf_attn_call* c, const cf_attn_kernels* k,
                                       const cf_attn_mask_map* map, cf_attn_bwd_engine* e);
 void cf_attn_cpu_dbias_free(cf_attn_bwd_engine* e);
