@@ -77,6 +77,9 @@ expect 0 'decode +B1 H4/2 D64 Sq3 Sk200 ' -- bench decode --batch 1 --heads 4 --
     --head-dim 64 --seqlen-q 3 --seqlen-k 200 --dtype bf16 --reps 1 --warmup 0
 expect 2 "--against 'fp4', expected none, e4m3, e5m2 or int8" -- bench decode --against fp4
 expect 2 "unknown flag '--against'" -- bench norm --against int8
+# A paged cache names its page size before the mask (it read "paged causal16").
+expect 0 'Sq40 Sk300 paged16 causal ' -- bench decode --batch 1 --heads 4 --heads-kv 2 \
+    --head-dim 64 --seqlen-q 40 --seqlen-k 300 --page 16 --causal --dtype bf16 --reps 1 --warmup 0
 # Sizes from flags are int64s: a product past INT64_MAX is refused before anything is allocated.
 expect 1 'a tensor of shape \(1, 4611686018427387904, 4, 1\) is too large' -- bench decode \
     --batch 1 --heads 4 --heads-kv 4 --head-dim 1 --seqlen-q 1 --seqlen-k 4611686018427387904

@@ -565,15 +565,13 @@ int cf_cmd_bench_decode(int argc, char** argv) {
     int rc = dec_setup(&a, &pr, &f, f.kv_quant, &bytes) ||
              (f.against >= 0 && dec_setup(&b, &pr, &f, f.against, NULL));
     if (!rc) {
-        char shape[160], what[64];
+        char shape[160], what[64], paged[32] = "";
+        if (f.page) snprintf(paged, sizeof paged, " paged%lld", (long long)f.page);
         snprintf(shape, sizeof shape, "B%lld H%lld/%lld D%lld Sq%lld Sk%lld%s%s%s",
                  (long long)pr.batch, (long long)pr.heads, (long long)pr.heads_kv,
                  (long long)pr.head_dim, (long long)pr.seqlen_q, (long long)pr.seqlen_k,
                  (const char*[]){"", " cache-e4m3", " cache-e5m2", " cache-int8"}[f.kv_quant],
-                 f.page ? " paged" : "", pr.causal ? " causal" : "");
-        if (f.page)
-            snprintf(shape + strlen(shape), sizeof shape - strlen(shape), "%lld",
-                     (long long)f.page);
+                 paged, pr.causal ? " causal" : "");
         job j = {dec_call, &a, CFLASH_OK, ""}, jb = {dec_call, &b, CFLASH_OK, ""};
         /* (no --against: no second call, and no name for it: f.against is -1) */
         const versus vs = {&jb, b.ctx,
