@@ -273,8 +273,8 @@ static void test_mm(void) {
 }
 
 /* cf_amx_gemm_bf16 (the table's bf16 pairs GEMM) on whole tiles read in place and on edges
- * padded through buffers, A by rows and transposed (csa != 1), acc 0 and 1: against double sums,
- * C's columns past N untouched. */
+ * padded through buffers, and its out-of-memory path cf_amx_gemm_bf16_pieces, A by rows and
+ * transposed (csa != 1), acc 0 and 1: against double sums, C's columns past N untouched. */
 static void test_gemm_bf16(void) {
     cf_amx_model_reset();
     cf_amx_thread_begin();
@@ -282,9 +282,10 @@ static void test_gemm_bf16(void) {
                              {32, 48, 64, 1, 0}, {16, 16, 16, 1, 1}, {37, 21, 24, 1, 0},
                              {5, 70, 9, 1, 1},   {48, 32, 32, 0, 0}, {19, 3, 40, 0, 1},
                              {16, 16, 0, 1, 0}};
-    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
-        const int M = shapes[si][0], N = shapes[si][1], P = shapes[si][2], rows = shapes[si][3],
-                  acc = shapes[si][4];
+    for (size_t si = 0; si < 2 * (sizeof shapes / sizeof shapes[0]); si++) {
+        const int pieces = si >= sizeof shapes / sizeof shapes[0]; /* the out-of-memory path */
+        const int* sh = shapes[pieces ? si - sizeof shapes / sizeof shapes[0] : si];
+        const int M = sh[0], N = sh[1], P = sh[2], rows = sh[3], acc = sh[4];
         const int64_t rsa = rows ? P + 3 : 1, csa = rows ? 1 : M + 2, ldb = N + 7, ldc = N + 5;
         const int64_t na = rows ? M * rsa : (P > 0 ? P : 1) * csa;
         uint32_t *A = malloc(sizeof *A * (size_t)na),
@@ -297,7 +298,8 @@ static void test_gemm_bf16(void) {
             B[i] = (uint32_t)cf_f32_to_bf16(uniform()) | (uint32_t)cf_f32_to_bf16(uniform()) << 16;
         for (int64_t i = 0; i < M * ldc; i++)
             C[i] = W[i] = uniform();
-        cf_amx_gemm_bf16(M, N, P, A, rsa, csa, B, ldb, C, ldc, acc);
+        (pieces ? cf_amx_gemm_bf16_pieces : cf_amx_gemm_bf16)(M, N, P, A, rsa, csa, B, ldb, C, ldc,
+                                                              acc);
         double worst = 0;
         const int outside = cols_untouched(C, W, M, N, ldc);
         for (int m = 0; m < M; m++)
@@ -313,8 +315,9 @@ static void test_gemm_bf16(void) {
                 worst = e > worst ? e : worst;
             }
         CHECK_MSG(worst < 1e-4 && outside,
-                  "cf_amx_gemm_bf16 M %d N %d P %d %s acc %d: max error %.3g, outside %s", M, N, P,
-                  rows ? "rows" : "transposed", acc, worst, outside ? "untouched" : "written");
+                  "cf_amx_gemm_bf16%s M %d N %d P %d %s acc %d: max error %.3g, outside %s",
+                  pieces ? "_pieces" : "", M, N, P, rows ? "rows" : "transposed", acc, worst,
+                  outside ? "untouched" : "written");
         free(A), free(B), free(C), free(W);
     }
     cf_amx_thread_end();

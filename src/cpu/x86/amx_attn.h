@@ -24,10 +24,14 @@ void cf_amx_mm(float* C, int64_t ldc, const uint16_t* A, int64_t lda, const uint
                int64_t ldb, int64_t mt, int64_t nt, int64_t kc0, int64_t kc1, int acc, int fp16);
 
 /* cf_attn_kernels.gemm_bf16 on the tiles (cpu-amx's table: the tiled backward's dbias tasks):
- * any M, N, P and strides, operands padded through buffers where they are no whole tiles. Needs
- * the thread's tile configuration. */
+ * any M, N, P and strides, operands padded through buffers where they are no whole tiles (out of
+ * memory: 16 x 16 pieces through stack copies, cf_amx_gemm_bf16_pieces, which tests call too).
+ * Needs the thread's tile configuration. */
 void cf_amx_gemm_bf16(int64_t M, int64_t N, int64_t P, const uint32_t* A, int64_t rsa, int64_t csa,
                       const uint32_t* B, int64_t ldb, float* C, int64_t ldc, int acc);
+void cf_amx_gemm_bf16_pieces(int64_t M, int64_t N, int64_t P, const uint32_t* A, int64_t rsa,
+                             int64_t csa, const uint32_t* B, int64_t ldb, float* C, int64_t ldc,
+                             int acc);
 
 /* cf_amx_mm, or with the operands' low parts Al and Bl given (both, at A's and B's strides) on
  * bf16 pairs of parts (value = high + low): C (+)= A B + A Bl + Al B, the low parts' product

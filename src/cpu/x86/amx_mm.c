@@ -130,39 +130,53 @@ void cf_amx_mm2(float* C, int64_t ldc, const uint16_t* A, const uint16_t* Al, in
     mm_run(Al && Bl ? 2 : fp16 != 0, C, ldc, A, Al, lda, B, Bl, ldb, mt, nt, kc0, kc1, acc);
 }
 
+/* cf_amx_gemm_bf16 a 16 x 16 piece at a time, each piece of A, B and C through zero-padded copies
+ * on the stack (no allocation; several times slower than whole panels). */
+CF_AMX_TARGET void cf_amx_gemm_bf16_pieces(int64_t M, int64_t N, int64_t P, const uint32_t* A,
+                                           int64_t rsa, int64_t csa, const uint32_t* B, int64_t ldb,
+                                           float* C, int64_t ldc, int acc) {
+    uint32_t a[16 * 16] __attribute__((aligned(64))), b[16 * 16] __attribute__((aligned(64)));
+    float c[16 * 16] __attribute__((aligned(64)));
+    for (int64_t m0 = 0; m0 < M; m0 += 16)
+        for (int64_t n0 = 0; n0 < N; n0 += 16) {
+            const int64_t mm = M - m0 < 16 ? M - m0 : 16, nn = N - n0 < 16 ? N - n0 : 16;
+            memset(c, 0, sizeof c);
+            for (int64_t i = 0; acc && i < mm; i++)
+                memcpy(c + 16 * i, C + (m0 + i) * ldc + n0, sizeof(float) * (size_t)nn);
+            for (int64_t p0 = 0; p0 < P; p0 += 16) {
+                const int64_t pp = P - p0 < 16 ? P - p0 : 16;
+                memset(a, 0, sizeof a), memset(b, 0, sizeof b);
+                for (int64_t i = 0; i < mm; i++)
+                    for (int64_t q = 0; q < pp; q++)
+                        a[16 * i + q] = A[(m0 + i) * rsa + (p0 + q) * csa];
+                for (int64_t q = 0; q < pp; q++)
+                    memcpy(b + 16 * q, B + (p0 + q) * ldb + n0, sizeof(uint32_t) * (size_t)nn);
+                mm_run(0, c, 16, (const uint16_t*)a, NULL, 32, b, NULL, 16, 1, 1, 0, 1, 1);
+            }
+            for (int64_t i = 0; i < mm; i++)
+                memcpy(C + (m0 + i) * ldc + n0, c + 16 * i, sizeof(float) * (size_t)nn);
+        }
+}
+
 /* The table's gemm_bf16 (cf_attn_kernels) on the tiles: C (M x N) (+)= A (M x P pairs, A(m, p) at
  * A[m * rsa + p * csa]) times B (P pair rows, VNNI, ldb apart). Whole tiles (csa 1; M, N, P
- * multiples of 16) are read where they are; otherwise the operands go zero-padded through a
- * buffer, and C through one. */
+ * multiples of 16) are read where they are; otherwise A and B go zero-padded through buffers, and
+ * C through one (out of memory: cf_amx_gemm_bf16_pieces). */
 CF_AMX_TARGET void cf_amx_gemm_bf16(int64_t M, int64_t N, int64_t P, const uint32_t* A, int64_t rsa,
                                     int64_t csa, const uint32_t* B, int64_t ldb, float* C,
                                     int64_t ldc, int acc) {
     if (M <= 0 || N <= 0) return;
-    if (P <= 0) {
-        for (int64_t m = 0; !acc && m < M; m++)
-            memset(C + m * ldc, 0, sizeof(float) * (size_t)N);
-        return;
-    }
-    if (csa == 1 && M % 16 == 0 && N % 16 == 0 && P % 16 == 0) {
+    if (csa == 1 && M % 16 == 0 && N % 16 == 0 && P % 16 == 0 && P > 0) {
         mm_run(0, C, ldc, (const uint16_t*)A, NULL, 2 * rsa, B, NULL, ldb, M / 16, N / 16, 0,
                P / 16, acc);
         return;
     }
     const int64_t M16 = cf_amx_round(M, 16), N16 = cf_amx_round(N, 16), P16 = cf_amx_round(P, 16);
-    uint32_t* a = malloc(sizeof(uint32_t) * (size_t)(M16 * P16 + P16 * N16));
+    uint32_t* a = malloc(sizeof(uint32_t) * (size_t)(M16 * P16 + P16 * N16 + 1));
     float* c = malloc(sizeof(float) * (size_t)(M16 * N16));
-    if (!a || !c) { /* (out of memory: the same sums, one pair at a time) */
+    if (!a || !c || P16 == 0) {
         free(a), free(c);
-        for (int64_t m = 0; m < M; m++)
-            for (int64_t n = 0; n < N; n++) {
-                float x = acc ? C[m * ldc + n] : 0.0f;
-                for (int64_t p = 0; p < P; p++) {
-                    const uint32_t u = A[m * rsa + p * csa], v = B[p * ldb + n];
-                    x += cf_bf16_to_f32((uint16_t)u) * cf_bf16_to_f32((uint16_t)v) +
-                         cf_bf16_to_f32((uint16_t)(u >> 16)) * cf_bf16_to_f32((uint16_t)(v >> 16));
-                }
-                C[m * ldc + n] = x;
-            }
+        cf_amx_gemm_bf16_pieces(M, N, P, A, rsa, csa, B, ldb, C, ldc, acc);
         return;
     }
     uint32_t* b = a + M16 * P16;
@@ -290,8 +304,7 @@ void cf_amx_rows_vnni_at(const cf_attn_kernels* k, uint32_t* dst, int64_t ldd, i
 void cf_amx_rows_vnni(const cf_attn_kernels* k, uint32_t* dst, int64_t ldd, int64_t width,
                       int64_t pairs, const cf_view* v, int64_t b, int64_t s0, int64_t h, int64_t n,
                       int64_t d) {
-    cf_amx_rows_vnni_at(k, dst, ldd, width, pairs, cf_amx_row_ptr(v, b, s0, h), v->stride[1], n,
-                        d);
+    cf_amx_rows_vnni_at(k, dst, ldd, width, pairs, cf_amx_row_ptr(v, b, s0, h), v->stride[1], n, d);
 }
 
 void cf_amx_f32_rows16(const cf_attn_kernels* k, uint16_t* dst, int64_t ldd, int64_t width,
