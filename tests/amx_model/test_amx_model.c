@@ -491,6 +491,18 @@ static cflash_context* amx_context(void) {
     return ctx;
 }
 
+/* Runs p's forward (bwd 0) or backward (its forward already run) on ctx: some of its own tile
+ * multiplies counted by the model, and the results against the oracle. */
+static void run_on_tiles(cflash_context* ctx, attn_problem* p, int bwd, const char* what) {
+    const long before = cf_amx_model_dp_count();
+    CHECK_OK(bwd ? attn_problem_run_bwd(ctx, p) : attn_problem_run_fwd(ctx, p));
+    CHECK_MSG(cf_amx_model_dp_count() > before, "%s: no tile multiply", what);
+    char msg[1024];
+    CHECK_MSG(bwd ? attn_problem_check_bwd(p, msg, sizeof msg)
+                  : attn_problem_check_fwd(p, msg, sizeof msg),
+              "%s: %s", what, msg);
+}
+
 /* Explain mode names no call as served through another backend's code: a backward with dbias and
  * paged K/V both ways run on the tiles (their multiplies counted by the model). */
 static void test_every_call_on_tiles(void) {
@@ -515,13 +527,9 @@ static void test_every_call_on_tiles(void) {
         CHECK_OK(cases[i].bwd ? attn_problem_call_bwd(ctx, p, NULL)
                               : attn_problem_call_fwd(ctx, p, NULL));
         CHECK_MSG(strstr(buf, "cpu-amx: OKAY\n") != NULL, "case %zu: explain %s", i, buf);
-        const long before = cf_amx_model_dp_count(); /* and for real: on the tiles */
-        CHECK_OK(cases[i].bwd ? attn_problem_run_bwd(ctx, p) : attn_problem_run_fwd(ctx, p));
-        CHECK_MSG(cf_amx_model_dp_count() > before, "case %zu: no tile multiply", i);
-        char msg[1024];
-        CHECK_MSG(cases[i].bwd ? attn_problem_check_bwd(p, msg, sizeof msg)
-                               : attn_problem_check_fwd(p, msg, sizeof msg),
-                  "case %zu: %s", i, msg);
+        char what[32];
+        snprintf(what, sizeof what, "case %zu", i);
+        run_on_tiles(ctx, p, cases[i].bwd, what); /* and for real: on the tiles */
         cflash_context_free(ctx);
         attn_problem_free(p);
     }
@@ -546,12 +554,9 @@ static void test_dbias_on_tiles(void) {
         cflash_context* ctx = amx_context();
         CHECK_OK(cflash_context_set_threads(ctx, 2));
         CHECK_OK(attn_problem_run_fwd(ctx, p));
-        const long before = cf_amx_model_dp_count();
-        CHECK_OK(attn_problem_run_bwd(ctx, p));
-        CHECK_MSG(cf_amx_model_dp_count() > before, "case %d: the dbias backward left the tiles",
-                  k);
-        char msg[1024];
-        CHECK_MSG(attn_problem_check_bwd(p, msg, sizeof msg), "dbias case %d: %s", k, msg);
+        char what[32];
+        snprintf(what, sizeof what, "dbias case %d", k);
+        run_on_tiles(ctx, p, 1, what);
         cflash_context_free(ctx);
         attn_problem_free(p);
     }
