@@ -39,9 +39,12 @@ typedef struct {
 } build;
 
 static uint64_t rng = 88172645463325252ull;
-static float rndf(void) { /* in [-1, 1) */
+static uint64_t rnd64(void) {
     rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
-    return (float)(rng >> 40) * 0x1p-23f - 1.0f;
+    return rng;
+}
+static float rndf(void) { /* in [-1, 1) */
+    return (float)(rnd64() >> 40) * 0x1p-23f - 1.0f;
 }
 
 /* n values in [-1, 1) of dtype bits (32: fp32; 16: bf16 or fp16 by f16). */
@@ -124,8 +127,7 @@ int main(int argc, char** argv) {
     for (int64_t i = 0; i < npages; i++)
         table[i] = (int32_t)i;
     for (int64_t i = npages - 1; i > 0; i--) { /* Fisher-Yates */
-        rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
-        const int64_t j = (int64_t)(rng % (uint64_t)(i + 1));
+        const int64_t j = (int64_t)(rnd64() % (uint64_t)(i + 1));
         const int32_t x = table[i];
         table[i] = table[j], table[j] = x;
     }
