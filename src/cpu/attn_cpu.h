@@ -28,6 +28,19 @@
  * the copy did not pay (Sq 16: the backward 0.95x with every block copied). */
 #define CF_ATTN_PACK_ROWS 64
 
+/* A GEMM on 16-bit pairs as cf_attn_kernels.gemm_bf16 (below) whose B operand is prepared once
+ * for several A: prep_b brings B (P pair rows of N, VNNI, ldb apart) to pb (b_bytes(N, P) bytes),
+ * then run computes C (M x N, ldc) (+)= A (M x P pairs, A(m, p) at A[m * rsa + p * csa]) times
+ * that B, with scratch (scratch_bytes(M, N, P) bytes). Buffers 64-byte aligned; the sizes grow
+ * with each argument. */
+typedef struct cf_attn_pairs_gemm {
+    size_t (*b_bytes)(int64_t N, int64_t P);
+    void (*prep_b)(int64_t N, int64_t P, const uint32_t* B, int64_t ldb, void* pb);
+    size_t (*scratch_bytes)(int64_t M, int64_t N, int64_t P);
+    void (*run)(int64_t M, int64_t N, int64_t P, const uint32_t* A, int64_t rsa, int64_t csa,
+                const void* pb, float* C, int64_t ldc, int acc, void* scratch);
+} cf_attn_pairs_gemm;
+
 /* The microkernels of one ISA. Matrices are fp32 unless stated; ld* are in elements. */
 typedef struct cf_attn_kernels {
     const char* name; /* the backend name, for messages */
@@ -324,11 +337,13 @@ void cf_attn_cpu_mask_map_free(cf_attn_mask_map* mp); /* NULL is fine */
 
 /* For an engine whose tile functions do not sum dS into dbias (cpu-amx): the tiled backward's
  * own dbias tasks (each row's own statistics; k's bf16 pairs GEMM for bf16 where it has one,
- * else its fp32 GEMM) as e's dbias hook, their geometry on the heap in e->dbias_geom, e->bytes
- * raised to cover their workspace. Needs e->dbias_rows = the tiled backward's query block
- * (cf_attn_cpu_blocks().bwd_q). map: the call's mask map (may be NULL), kept until
- * cf_attn_cpu_dbias_free. */
+ * gemm_f16 for fp16 where given (exact fp16 products summed in fp32; the tasks' scores need not
+ * round as the engine's do), else k's fp32 GEMM) as e's dbias hook, their geometry on the heap in
+ * e->dbias_geom, e->bytes raised to cover their workspace. Needs e->dbias_rows = the tiled
+ * backward's query block (cf_attn_cpu_blocks().bwd_q). map: the call's mask map (may be NULL),
+ * kept until cf_attn_cpu_dbias_free. */
 cflash_status cf_attn_cpu_dbias_tasks(const cf_attn_call* c, const cf_attn_kernels* k,
+                                      const cf_attn_pairs_gemm* gemm_f16,
                                       const cf_attn_mask_map* map, cf_attn_bwd_engine* e);
 void cf_attn_cpu_dbias_free(cf_attn_bwd_engine* e);
 

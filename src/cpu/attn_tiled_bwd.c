@@ -269,6 +269,10 @@ typedef struct bwd_geom {
     int64_t G, n, M, D, Dv, W, Dp2, Dvp2;
     int64_t bq, bk; /* query rows and keys per block */
     int bf;         /* bf16 pairs mode: the seven products on gemm_bf16 */
+    /* fp16 calls: dbias_block's products on fp16 pairs by the GEMM cf_attn_cpu_dbias_tasks was
+     * given (its tasks only: far_tile's scores must round as dq_tile's), Q^T and dO^T prepared
+     * as its B at dbpq and dbpd, its scratch at dbscr; NULL: fp32 */
+    const cf_attn_pairs_gemm* dbf16;
     /* bf16 mode buffers (uint32 pairs) */
     size_t ktv, vtv, dov, qv, pp, dsp, qa, doa, qv2, dov2, kvv, dsp2, ka, va, dsr, dbqv;
     /* pass 1 */
@@ -279,6 +283,7 @@ typedef struct bwd_geom {
     size_t xkv, xkvp, dbacc;     /* issue 13 */
     size_t dbqt, dbdot, dbvec;   /* issue 13: dbias */
     size_t gk, gv;               /* paged only */
+    size_t dbscr, dbpq, dbpd;    /* dbf16's scratch, its Q^T and dO^T */
     const cf_attn_mask_map* map; /* issue 13: attn_mask / attn_bias summarised (may be NULL) */
     /* dbias calls: whether key block jb of (b, hk) holds a NaN or an infinity, at
      * kbad[(b * Hk + hk) * kbn + jb]: 0 not known yet, 1 no, 2 yes (NULL: checked every time) */
@@ -286,7 +291,8 @@ typedef struct bwd_geom {
     int64_t kbn;
 } bwd_geom;
 
-static void bwd_layout(const cf_attn_call* c, const cf_attn_kernels* kk, bwd_geom* g) {
+static void bwd_layout(const cf_attn_call* c, const cf_attn_kernels* kk,
+                       const cf_attn_pairs_gemm* gemm_f16, bwd_geom* g) {
     memset(g, 0, sizeof *g); /* the bf16 offsets stay 0 when unused */
     const cf_attn_blocks bl = cf_attn_cpu_blocks();
     g->bq = bl.bwd_q;
@@ -346,6 +352,7 @@ static void bwd_layout(const cf_attn_call* c, const cf_attn_kernels* kk, bwd_geo
         TAKE(gv, cf_dtype_size(c->dtype) * BKB * Dv);
     }
     g->bf = c->dtype == CF_BF16 && kk->gemm_bf16 != NULL;
+    g->dbf16 = c->dtype == CF_F16 && c->dbias.data ? gemm_f16 : NULL;
     g->Dp2 = (g->D + 1) / 2;
     g->Dvp2 = (g->Dv + 1) / 2;
     if (g->bf) {
@@ -368,13 +375,22 @@ static void bwd_layout(const cf_attn_call* c, const cf_attn_kernels* kk, bwd_geo
         TAKE(va, U * BKB * Dvp2);
         TAKE(dsr, U * BQ * hk);
     }
+    if (g->dbf16) { /* fp16 pairs for dbias_block alone */
+        const size_t U = sizeof(uint32_t), Dp2 = (size_t)g->Dp2, Dvp2 = (size_t)g->Dvp2;
+        TAKE(ka, U * BKB * Dp2);
+        TAKE(dbqv, U * Dp2 * BQ);
+        TAKE(va, U * BKB * Dvp2);
+        TAKE(dbscr, g->dbf16->scratch_bytes(g->bk, g->bq, g->Dp2 > g->Dvp2 ? g->Dp2 : g->Dvp2));
+        TAKE(dbpq, g->dbf16->b_bytes(g->bq, g->Dp2));
+        TAKE(dbpd, g->dbf16->b_bytes(g->bq, g->Dvp2));
+    }
 #undef TAKE
     g->bytes = off;
 }
 
 size_t cf_attn_cpu_bwd_workspace(const cf_attn_call* c, const cf_attn_kernels* k) {
     bwd_geom g;
-    bwd_layout(c, k, &g);
+    bwd_layout(c, k, NULL, &g);
     return g.bytes;
 }
 
@@ -681,7 +697,8 @@ static void dq_tile(const cf_attn_call* c, const cf_attn_kernels* kk, const bwd_
  * of bq; gk, gv: paged keys gathered. dp NULL (far_tile): no dP. */
 typedef struct dbias_ws {
     float *kc, *vc, *qc, *doc, *s, *dp, *lb, *dlr, *sh, *qt, *dot, *v;
-    uint32_t *qv, *ka, *va; /* bf16 pairs mode: Q^T, K and V as pairs (dO^T's at dot) */
+    uint32_t *qv, *ka, *va; /* pairs (g->bf, g->dbf16): Q^T, K and V (dO^T's at dot) */
+    void *scr, *pq, *pd;    /* g->dbf16's scratch, Q^T and dO^T as its B operands */
     double* sums;           /* dbias_stats: a row's sum of P and of P dP */
     int64_t *mi, *mlo, *mhi, *hr;
     float* mslope;
@@ -709,7 +726,10 @@ static dbias_ws dbias_ws_at(const bwd_geom* g, char* ws) {
                   .gv = ws + g->gv,
                   .qv = (uint32_t*)(ws + g->dbqv),
                   .ka = (uint32_t*)(ws + g->ka),
-                  .va = (uint32_t*)(ws + g->va)};
+                  .va = (uint32_t*)(ws + g->va),
+                  .scr = ws + g->dbscr,
+                  .pq = ws + g->dbpq,
+                  .pd = ws + g->dbpd};
     w.dlr = w.lb + BQ, w.sh = w.dlr + BQ;
     w.sums = (double*)(w.v + 4 * BQ);
     w.mi = (int64_t*)(ws + g->map1), w.mlo = w.mi + BQ, w.mhi = w.mlo + BQ, w.hr = w.mhi + BQ;
@@ -756,22 +776,25 @@ static int dbias_block(const cf_attn_call* c, const cf_attn_kernels* kk, const b
                     CF_REGION_CLOSED)
         return 0;
     const int64_t hk = h / g->G, D = g->D, Dv = g->Dv;
+    const int pairs = g->bf || g->dbf16;
     if (dbias_keys_bad(c, g, b, hk, k0, j0, nc) ||
         cf_attn_bwd_query_rows_bad(c, b, h, q0 + i0, nr, w->dlr))
         return -1;
     if (w->qnr != nr || w->qb != b || w->qh != h || w->qi0 != i0) {
         int64_t ldq, ldo;
-        if (g->bf) {
+        if (pairs) {
             for (int64_t r = 0; r < nr; r++)
                 pairs_col(w->qv, nr, r, (const uint16_t*)row_ptr(&c->q, b, q0 + i0 + r, h), D);
+            if (g->dbf16) g->dbf16->prep_b(nr, g->Dp2, w->qv, nr, w->pq);
         } else {
             const float* qr = rows_f32(kk, &c->q, b, q0 + i0, h, nr, D, w->qc, &ldq, 0);
             transpose(w->qt, qr, ldq, nr, D);
         }
-        if (w->dp && g->bf) { /* (dO^T pairs: half of dot's fp32 room) */
+        if (w->dp && pairs) { /* (dO^T pairs: half of dot's fp32 room) */
             for (int64_t r = 0; r < nr; r++)
                 pairs_col((uint32_t*)w->dot, nr, r,
                           (const uint16_t*)row_ptr(&c->dout, b, q0 + i0 + r, h), Dv);
+            if (g->dbf16) g->dbf16->prep_b(nr, g->Dvp2, (const uint32_t*)w->dot, nr, w->pd);
         } else if (w->dp) {
             const float* dor = rows_f32(kk, &c->dout, b, q0 + i0, h, nr, Dv, w->doc, &ldo, 0);
             transpose(w->dot, dor, ldo, nr, Dv);
@@ -786,10 +809,14 @@ static int dbias_block(const cf_attn_call* c, const cf_attn_kernels* kk, const b
                             b,  w->hr,  c->bs_num.data ? w->xkvp : NULL,
                             0,  nc,     c->lse_fix ? w->sh : NULL};
     /* S^T = K Q^T, on the GEMM dq_tile takes (bf16 pairs or fp32), so that every score comes out
-     * as the passes (and the forward) round it: far_tile's r needs them equal */
-    if (g->bf) {
+     * as the passes (and the forward) round it: far_tile's r needs them equal (an engine's dbias
+     * tasks on fp16 pairs, g->dbf16, need no such match: cf_attn_cpu_dbias_tasks) */
+    if (pairs) {
         const uint32_t* kpa = rows_pairs_at((const uint16_t*)kb, krs, nc, D, w->ka, &ldk);
-        kk->gemm_bf16(nc, nr, g->Dp2, kpa, ldk, 1, w->qv, nr, w->s, nr, 0);
+        if (g->bf)
+            kk->gemm_bf16(nc, nr, g->Dp2, kpa, ldk, 1, w->qv, nr, w->s, nr, 0);
+        else
+            g->dbf16->run(nc, nr, g->Dp2, kpa, ldk, 1, w->pq, w->s, nr, 0, w->scr);
     } else {
         const float* kr = rows_f32_at(kk, kb, krs, c->dtype, nc, D, w->kc, &ldk, 0);
         kk->gemm_f32(nc, nr, D, kr, ldk, 1, w->qt, nr, w->s, nr, 0);
@@ -798,9 +825,12 @@ static int dbias_block(const cf_attn_call* c, const cf_attn_kernels* kk, const b
     if (!w->dp) return 1;
     int64_t ldv, vrs;
     const char* vb = cf_attn_cpu_key_rows(c, &c->v, b, k0, j0, nc, hk, Dv, w->gv, &vrs);
-    if (g->bf) { /* dP^T = V dO^T */
+    if (pairs) { /* dP^T = V dO^T */
         const uint32_t* vpa = rows_pairs_at((const uint16_t*)vb, vrs, nc, Dv, w->va, &ldv);
-        kk->gemm_bf16(nc, nr, g->Dvp2, vpa, ldv, 1, (const uint32_t*)w->dot, nr, w->dp, nr, 0);
+        if (g->bf)
+            kk->gemm_bf16(nc, nr, g->Dvp2, vpa, ldv, 1, (const uint32_t*)w->dot, nr, w->dp, nr, 0);
+        else
+            g->dbf16->run(nc, nr, g->Dvp2, vpa, ldv, 1, w->pd, w->dp, nr, 0, w->scr);
     } else {
         const float* vr = rows_f32_at(kk, vb, vrs, c->dtype, nc, Dv, w->vc, &ldv, 0);
         kk->gemm_f32(nc, nr, Dv, vr, ldv, 1, w->dot, nr, w->dp, nr, 0);
@@ -1296,8 +1326,9 @@ static void dq_fn(const cf_attn_call* c, const cf_attn_kernels* kk, const void* 
 /* g's layout for c with the mask map and, for a dbias call, its key blocks' flags (kbad; NULL
  * when out of memory: checked every time instead). */
 static void bwd_geom_init(const cf_attn_call* c, const cf_attn_kernels* kk,
-                          const cf_attn_mask_map* map, bwd_geom* g) {
-    bwd_layout(c, kk, g);
+                          const cf_attn_pairs_gemm* gemm_f16, const cf_attn_mask_map* map,
+                          bwd_geom* g) {
+    bwd_layout(c, kk, gemm_f16, g);
     g->map = map;
     int64_t nkb = 0;
     g->kbn = (c->Sk + g->bk - 1) / g->bk;
@@ -1306,12 +1337,13 @@ static void bwd_geom_init(const cf_attn_call* c, const cf_attn_kernels* kk,
 }
 
 cflash_status cf_attn_cpu_dbias_tasks(const cf_attn_call* c, const cf_attn_kernels* kk,
+                                      const cf_attn_pairs_gemm* gemm_f16,
                                       const cf_attn_mask_map* map, cf_attn_bwd_engine* e) {
     bwd_geom* g = malloc(sizeof *g);
     if (!g)
         return cf_error(CFLASH_ERR_OUT_OF_MEMORY, "%s attn_bwd: out of memory for dbias's layout",
                         kk->name);
-    bwd_geom_init(c, kk, map, g);
+    bwd_geom_init(c, kk, gemm_f16, map, g);
     if (g->bq != e->dbias_rows) { /* (both take cf_attn_cpu_blocks().bwd_q) */
         const long long bq = (long long)g->bq;
         free(g->kbad), free(g);
@@ -1333,7 +1365,7 @@ void cf_attn_cpu_dbias_free(cf_attn_bwd_engine* e) {
 cflash_status cf_attn_cpu_bwd(const cf_attn_call* c, const cf_attn_kernels* kk) {
     bwd_geom g;
     cf_attn_mask_map* map = cf_attn_cpu_mask_map(c, c->threads);
-    bwd_geom_init(c, kk, map, &g);
+    bwd_geom_init(c, kk, NULL, map, &g);
     const cf_attn_bwd_engine e = {g.n, g.bk,       g.bytes, dkdv_fn,  dq_fn,
                                   &g,  dbias_tile, g.bq,    far_tile, NULL};
     const cflash_status st = cf_attn_cpu_bwd_run(c, kk, &e);

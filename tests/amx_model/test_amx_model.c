@@ -275,54 +275,99 @@ static void test_mm(void) {
 /* cf_amx_gemm_bf16 (the table's bf16 pairs GEMM) on whole tiles read in place and on edges
  * padded through buffers, and its out-of-memory path cf_amx_gemm_bf16_pieces, A by rows and
  * transposed (csa != 1), acc 0 and 1: against double sums, C's columns past N untouched. */
-static void test_gemm_bf16(void) {
-    cf_amx_model_reset();
-    cf_amx_thread_begin();
+/* A 16-bit value of the pairs GEMMs' operands: bf16, or fp16 with its full 11 bits. */
+static uint16_t half_of(int f16, float x) {
+    return f16 ? cf_f32_to_f16(x) : cf_f32_to_bf16(x);
+}
+static double half_value(int f16, uint16_t h) {
+    return f16 ? cf_f16_to_f32(h) : cf_bf16_to_f32(h);
+}
+
+/* The pairs GEMMs (the dbias tasks' products) on every shape kind against exact sums of the
+ * pairs' products: bf16 through panels and through 16 x 16 pieces (error of fp32 sums only), fp16
+ * with B prepared, on tdpfp16ps (model with AMX-FP16) and as split bf16 parts (without; each term
+ * may lose its low parts' product, 2^-18 of it), so the bound is 2^-16 of the sum of |terms| --
+ * an operand's low part left out costs about 2^-9 of its terms. Columns past N stay untouched. */
+typedef void (*gemm_fn)(int64_t, int64_t, int64_t, const uint32_t*, int64_t, int64_t,
+                        const uint32_t*, int64_t, float*, int64_t, int);
+
+/* cf_amx_pairs_f16 as one call: B prepared, then the product, both buffers poisoned first. */
+static void gemm_f16(int64_t M, int64_t N, int64_t P, const uint32_t* A, int64_t rsa, int64_t csa,
+                     const uint32_t* B, int64_t ldb, float* C, int64_t ldc, int acc) {
+    const cf_attn_pairs_gemm* g = &cf_amx_pairs_f16;
+    const size_t nb = (g->b_bytes(N, P) + 63) / 64 * 64,
+                 ns = (g->scratch_bytes(M, N, P) + 63) / 64 * 64;
+    char *pb = aligned_alloc(64, nb + 64), *w = aligned_alloc(64, ns + 64);
+    CHECK(pb != NULL && w != NULL);
+    if (pb && w) {
+        memset(pb, 0xff, nb + 64), memset(w, 0xff, ns + 64);
+        g->prep_b(N, P, B, ldb, pb);
+        g->run(M, N, P, A, rsa, csa, pb, C, ldc, acc, w);
+    }
+    free(pb), free(w);
+}
+
+static void test_gemm_pairs(void) {
+    static const struct {
+        const char* name;
+        gemm_fn fn;
+        int f16, amx_fp16;
+    } kinds[] = {{"cf_amx_gemm_bf16", cf_amx_gemm_bf16, 0, 1},
+                 {"cf_amx_gemm_bf16_pieces", cf_amx_gemm_bf16_pieces, 0, 1},
+                 {"cf_amx_pairs_f16 (split)", gemm_f16, 1, 0},
+                 {"cf_amx_pairs_f16 (tdpfp16ps)", gemm_f16, 1, 1}};
     const int shapes[][5] = {/* M, N, P, csa 1 (0: A transposed), acc */
                              {32, 48, 64, 1, 0}, {16, 16, 16, 1, 1}, {37, 21, 24, 1, 0},
                              {5, 70, 9, 1, 1},   {48, 32, 32, 0, 0}, {19, 3, 40, 0, 1},
                              {16, 16, 0, 1, 0}};
-    for (size_t si = 0; si < 2 * (sizeof shapes / sizeof shapes[0]); si++) {
-        const int pieces = si >= sizeof shapes / sizeof shapes[0]; /* the out-of-memory path */
-        const int* sh = shapes[pieces ? si - sizeof shapes / sizeof shapes[0] : si];
-        const int M = sh[0], N = sh[1], P = sh[2], rows = sh[3], acc = sh[4];
-        const int64_t rsa = rows ? P + 3 : 1, csa = rows ? 1 : M + 2, ldb = N + 7, ldc = N + 5;
-        const int64_t na = rows ? M * rsa : (P > 0 ? P : 1) * csa;
-        uint32_t *A = malloc(sizeof *A * (size_t)na),
-                 *B = malloc(sizeof *B * (size_t)((P > 0 ? P : 1) * ldb));
-        float *C = malloc(sizeof *C * (size_t)(M * ldc)),
-              *W = malloc(sizeof *W * (size_t)(M * ldc));
-        for (int64_t i = 0; i < na; i++)
-            A[i] = (uint32_t)cf_f32_to_bf16(uniform()) | (uint32_t)cf_f32_to_bf16(uniform()) << 16;
-        for (int64_t i = 0; i < (P > 0 ? P : 1) * ldb; i++)
-            B[i] = (uint32_t)cf_f32_to_bf16(uniform()) | (uint32_t)cf_f32_to_bf16(uniform()) << 16;
-        for (int64_t i = 0; i < M * ldc; i++)
-            C[i] = W[i] = uniform();
-        (pieces ? cf_amx_gemm_bf16_pieces : cf_amx_gemm_bf16)(M, N, P, A, rsa, csa, B, ldb, C, ldc,
-                                                              acc);
-        double worst = 0;
-        const int outside = cols_untouched(C, W, M, N, ldc);
-        for (int m = 0; m < M; m++)
-            for (int n = 0; n < N; n++) {
-                double want = acc ? W[m * ldc + n] : 0.0;
-                for (int p = 0; p < P; p++) {
-                    const uint32_t a = A[m * rsa + p * csa], b = B[p * ldb + n];
-                    want += (double)cf_bf16_to_f32((uint16_t)a) * cf_bf16_to_f32((uint16_t)b) +
-                            (double)cf_bf16_to_f32((uint16_t)(a >> 16)) *
-                                cf_bf16_to_f32((uint16_t)(b >> 16));
+    for (size_t ki = 0; ki < sizeof kinds / sizeof kinds[0]; ki++) {
+        const int f16 = kinds[ki].f16;
+        cf_amx_model_reset();
+        cf_amx_model_set_fp16(kinds[ki].amx_fp16);
+        cf_amx_thread_begin();
+        for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+            const int* sh = shapes[si];
+            const int M = sh[0], N = sh[1], P = sh[2], rows = sh[3], acc = sh[4];
+            const int64_t rsa = rows ? P + 3 : 1, csa = rows ? 1 : M + 2, ldb = N + 7, ldc = N + 5;
+            const int64_t na = rows ? M * rsa : (P > 0 ? P : 1) * csa;
+            uint32_t *A = malloc(sizeof *A * (size_t)na),
+                     *B = malloc(sizeof *B * (size_t)((P > 0 ? P : 1) * ldb));
+            float *C = malloc(sizeof *C * (size_t)(M * ldc)),
+                  *W = malloc(sizeof *W * (size_t)(M * ldc));
+            for (int64_t i = 0; i < na; i++)
+                A[i] = (uint32_t)half_of(f16, uniform()) | (uint32_t)half_of(f16, uniform()) << 16;
+            for (int64_t i = 0; i < (P > 0 ? P : 1) * ldb; i++)
+                B[i] = (uint32_t)half_of(f16, uniform()) | (uint32_t)half_of(f16, uniform()) << 16;
+            for (int64_t i = 0; i < M * ldc; i++)
+                C[i] = W[i] = uniform();
+            kinds[ki].fn(M, N, P, A, rsa, csa, B, ldb, C, ldc, acc);
+            double worst = 0; /* error over bound */
+            const int outside = cols_untouched(C, W, M, N, ldc);
+            for (int m = 0; m < M; m++)
+                for (int n = 0; n < N; n++) {
+                    double want = acc ? W[m * ldc + n] : 0.0, mag = fabs(want);
+                    for (int p = 0; p < P; p++) {
+                        const uint32_t a = A[m * rsa + p * csa], b = B[p * ldb + n];
+                        const double t0 = half_value(f16, (uint16_t)a) *
+                                          half_value(f16, (uint16_t)b),
+                                     t1 = half_value(f16, (uint16_t)(a >> 16)) *
+                                          half_value(f16, (uint16_t)(b >> 16));
+                        want += t0 + t1, mag += fabs(t0) + fabs(t1);
+                    }
+                    const double e = fabs(C[m * ldc + n] - want) / (0x1p-16 * mag + 1e-6);
+                    worst = e > worst ? e : worst;
                 }
-                const double e = fabs(C[m * ldc + n] - want);
-                worst = e > worst ? e : worst;
-            }
-        CHECK_MSG(worst < 1e-4 && outside,
-                  "cf_amx_gemm_bf16%s M %d N %d P %d %s acc %d: max error %.3g, outside %s",
-                  pieces ? "_pieces" : "", M, N, P, rows ? "rows" : "transposed", acc, worst,
-                  outside ? "untouched" : "written");
-        free(A), free(B), free(C), free(W);
+            CHECK_MSG(worst <= 1.0 && outside,
+                      "%s M %d N %d P %d %s acc %d: error %.3g of the bound, outside %s",
+                      kinds[ki].name, M, N, P, rows ? "rows" : "transposed", acc, worst,
+                      outside ? "untouched" : "written");
+            free(A), free(B), free(C), free(W);
+        }
+        cf_amx_thread_end();
+        expect_no_faults(kinds[ki].name);
+        CHECK(cf_amx_model_dp_count() > 0);
     }
-    cf_amx_thread_end();
-    expect_no_faults("cf_amx_gemm_bf16");
-    CHECK(cf_amx_model_dp_count() > 0);
+    cf_amx_model_set_fp16(1);
     cf_amx_model_reset();
 }
 
@@ -564,6 +609,46 @@ static void test_dbias_on_tiles(void) {
     expect_no_faults("dbias on the tiles");
 }
 
+/* The dbias tasks' own products run on the tiles too: a backward asking for dbias takes at least
+ * their two products' worth of tile multiplies (S^T and dP^T over every block of rows and keys)
+ * more than the same backward without, for bf16 and for fp16 as tdpfp16ps or as split parts. */
+static void test_dbias_products_on_tiles(void) {
+    for (int k = 0; k < 3; k++) {
+        long n[2] = {0, 0};
+        attn_case c;
+        for (int db = 0; db < 2; db++) {
+            attn_case_init(&c);
+            c.dtype = k == 0 ? CF_BF16 : CF_F16;
+            c.B = 1, c.H = 2, c.Sq = 70, c.Sk = 90, c.D = c.Dv = 48;
+            c.bias = ATTN_BC_BH, c.dbias = db, c.seed = 77;
+            cf_amx_model_set_fp16(k != 2);
+            attn_problem* p = attn_problem_new(&c);
+            CHECK(p != NULL);
+            if (!p) continue;
+            cflash_context* ctx = amx_context();
+            CHECK_OK(attn_problem_run_fwd(ctx, p));
+            const long before = cf_amx_model_dp_count();
+            CHECK_OK(attn_problem_run_bwd(ctx, p));
+            n[db] = cf_amx_model_dp_count() - before;
+            char msg[1024];
+            CHECK_MSG(attn_problem_check_bwd(p, msg, sizeof msg), "dbias %d kind %d: %s", db, k,
+                      msg);
+            cflash_context_free(ctx);
+            attn_problem_free(p);
+        }
+        const long least = (long)c.B * c.H * ((c.Sq + 15) / 16) * ((c.Sk + 15) / 16) *
+                           ((c.D + 31) / 32) * 2 * (k == 2 ? 3 : 1);
+        CHECK_MSG(n[1] - n[0] >= least,
+                  "%s dbias: %ld tile multiplies, %ld without dbias (want %ld more at least)",
+                  k == 0   ? "bf16"
+                  : k == 1 ? "fp16"
+                           : "fp16 as bf16 parts",
+                  n[1], n[0], least);
+    }
+    cf_amx_model_set_fp16(1);
+    expect_no_faults("dbias products on the tiles");
+}
+
 int main(void) {
     const cf_cpu_info* ci = cf_cpu();
     if (!ci->avx512f || !ci->avx512bw || !ci->avx512vl || !ci->avx512dq || !ci->avx512bf16 ||
@@ -576,7 +661,7 @@ int main(void) {
     test_model_load_store();
     test_model_dot();
     test_mm();
-    test_gemm_bf16();
+    test_gemm_pairs();
     test_split16();
     if (level >= 0) grid(level, 0, 0, lowp, "grid forward"); /* reduced: fwd+bwd checks both */
     grid(level, 1, 0, lowp, "grid forward and backward");
@@ -589,5 +674,6 @@ int main(void) {
     test_far_rows();
     test_every_call_on_tiles();
     test_dbias_on_tiles();
+    test_dbias_products_on_tiles();
     return tt_summary();
 }

@@ -32,6 +32,11 @@ void cf_amx_gemm_bf16(int64_t M, int64_t N, int64_t P, const uint32_t* A, int64_
 void cf_amx_gemm_bf16_pieces(int64_t M, int64_t N, int64_t P, const uint32_t* A, int64_t rsa,
                              int64_t csa, const uint32_t* B, int64_t ldb, float* C, int64_t ldc,
                              int acc);
+/* fp16 pairs for cpu-amx's dbias tasks on fp16 calls (cf_attn_cpu_dbias_tasks): exact fp16
+ * products summed in fp32, on tdpfp16ps, or without AMX-FP16 every operand split into bf16 parts
+ * where it is copied (cf_amx_mm2's three products); B split once by prep_b for all the A it meets.
+ * run needs the thread's tile configuration. */
+extern const cf_attn_pairs_gemm cf_amx_pairs_f16;
 
 /* cf_amx_mm, or with the operands' low parts Al and Bl given (both, at A's and B's strides) on
  * bf16 pairs of parts (value = high + low): C (+)= A B + A Bl + Al B, the low parts' product

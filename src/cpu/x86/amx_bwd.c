@@ -12,8 +12,8 @@
  *   dQ += dS K              (A: dS rows; B: K pairs), into the unit's fp32 dQ or a dQ tile.
  * Issue 13's attn_mask, attn_bias and block-sparse lists are applied as S is formed, and the
  * (block, rows) pairs they hide entirely are skipped; dbias is summed by the tiled backward's own
- * tasks (cf_attn_cpu_dbias_tasks: each row's own softmax statistics; bf16 products on the tiles
- * through the table's gemm_bf16, fp16 ones on fp32 FMA).
+ * tasks (cf_attn_cpu_dbias_tasks: each row's own softmax statistics; their products on the tiles
+ * too, bf16 through the table's gemm_bf16, fp16 through cf_amx_gemm_f16).
  * fp16 on a CPU without AMX-FP16: every operand as bf16 high and low parts, three tdpbf16ps a
  * product (cf_amx_mm2). */
 #include <math.h>
@@ -464,7 +464,8 @@ cflash_status cf_amx_attn_bwd(const cf_attn_call* c, const cf_attn_kernels* kk) 
     /* Rows of far |lse|: far_rows, blocks of bq rows. dbias: the tiled backward's own tasks after
      * the tiles' dK, dV and dQ. */
     cf_attn_bwd_engine e = {g.n, g.bk, g.bytes, dkdv_tile, dq_tile, &g, NULL, g.bq, far_rows, NULL};
-    cflash_status st = c->dbias.data ? cf_attn_cpu_dbias_tasks(c, kk, map, &e) : CFLASH_OK;
+    cflash_status st =
+        c->dbias.data ? cf_attn_cpu_dbias_tasks(c, kk, &cf_amx_pairs_f16, map, &e) : CFLASH_OK;
     if (st == CFLASH_OK) st = cf_attn_cpu_bwd_run(c, kk, &e);
     cf_attn_cpu_dbias_free(&e);
     cf_attn_cpu_mask_map_free(map);

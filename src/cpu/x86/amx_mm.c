@@ -158,10 +158,27 @@ CF_AMX_TARGET void cf_amx_gemm_bf16_pieces(int64_t M, int64_t N, int64_t P, cons
         }
 }
 
+/* dst (rows16 x cols16, ld cols16) = the rows x cols elements of src (row r at src + r * rs,
+ * element c at c * cs), zero-padded. */
+static void pad_copy(uint32_t* dst, int64_t rows16, int64_t cols16, const uint32_t* src,
+                     int64_t rows, int64_t cols, int64_t rs, int64_t cs) {
+    for (int64_t r = 0; r < rows; r++) {
+        uint32_t* d = dst + r * cols16;
+        const uint32_t* x = src + r * rs;
+        if (cs == 1)
+            memcpy(d, x, sizeof(uint32_t) * (size_t)cols);
+        else
+            for (int64_t c = 0; c < cols; c++)
+                d[c] = x[c * cs];
+        memset(d + cols, 0, sizeof(uint32_t) * (size_t)(cols16 - cols));
+    }
+    memset(dst + rows * cols16, 0, sizeof(uint32_t) * (size_t)((rows16 - rows) * cols16));
+}
+
 /* The table's gemm_bf16 (cf_attn_kernels) on the tiles: C (M x N) (+)= A (M x P pairs, A(m, p) at
  * A[m * rsa + p * csa]) times B (P pair rows, VNNI, ldb apart). Whole tiles (csa 1; M, N, P
  * multiples of 16) are read where they are; otherwise A and B go zero-padded through buffers, and
- * C through one (out of memory: cf_amx_gemm_bf16_pieces). */
+ * C through one unless M and N are whole tiles (out of memory: cf_amx_gemm_bf16_pieces). */
 CF_AMX_TARGET void cf_amx_gemm_bf16(int64_t M, int64_t N, int64_t P, const uint32_t* A, int64_t rsa,
                                     int64_t csa, const uint32_t* B, int64_t ldb, float* C,
                                     int64_t ldc, int acc) {
@@ -172,31 +189,81 @@ CF_AMX_TARGET void cf_amx_gemm_bf16(int64_t M, int64_t N, int64_t P, const uint3
         return;
     }
     const int64_t M16 = cf_amx_round(M, 16), N16 = cf_amx_round(N, 16), P16 = cf_amx_round(P, 16);
-    uint32_t* a = malloc(sizeof(uint32_t) * (size_t)(M16 * P16 + P16 * N16 + 1));
-    float* c = malloc(sizeof(float) * (size_t)(M16 * N16));
-    if (!a || !c || P16 == 0) {
-        free(a), free(c);
+    uint32_t* a = malloc(sizeof(uint32_t) * (size_t)(M16 * P16 + P16 * N16 + M16 * N16 + 1));
+    if (!a || P16 == 0) {
+        free(a);
         cf_amx_gemm_bf16_pieces(M, N, P, A, rsa, csa, B, ldb, C, ldc, acc);
         return;
     }
     uint32_t* b = a + M16 * P16;
-    memset(a, 0, sizeof(uint32_t) * (size_t)(M16 * P16 + P16 * N16));
-    for (int64_t m = 0; m < M; m++)
-        for (int64_t p = 0; p < P; p++)
-            a[m * P16 + p] = A[m * rsa + p * csa];
-    for (int64_t p = 0; p < P; p++)
-        memcpy(b + p * N16, B + p * ldb, sizeof(uint32_t) * (size_t)N);
-    if (acc) {
+    float* c = (float*)(b + P16 * N16);
+    pad_copy(a, M16, P16, A, M, P, rsa, csa);
+    pad_copy(b, P16, N16, B, P, N, ldb, 1);
+    const int direct = M % 16 == 0 && N % 16 == 0; /* C's own rows take whole tiles */
+    if (acc && !direct) {
         memset(c, 0, sizeof(float) * (size_t)(M16 * N16));
         for (int64_t m = 0; m < M; m++)
             memcpy(c + m * N16, C + m * ldc, sizeof(float) * (size_t)N);
     }
-    mm_run(0, c, N16, (const uint16_t*)a, NULL, 2 * P16, b, NULL, N16, M16 / 16, N16 / 16, 0,
-           P16 / 16, acc);
-    for (int64_t m = 0; m < M; m++)
+    mm_run(0, direct ? C : c, direct ? ldc : N16, (const uint16_t*)a, NULL, 2 * P16, b, NULL, N16,
+           M16 / 16, N16 / 16, 0, P16 / 16, acc);
+    for (int64_t m = 0; !direct && m < M; m++)
         memcpy(C + m * ldc, c + m * N16, sizeof(float) * (size_t)N);
-    free(a), free(c);
+    free(a);
 }
+
+/* ---- fp16 pairs with B prepared (cf_amx_pairs_f16) ----------------------------------------------
+ * The prepared B: P16 pair rows of N16, zero-padded, then (split) their low parts. The scratch:
+ * A padded to M16 x P16 pairs, its low parts, then C's buffer (M16 x N16) where C's own rows take
+ * no whole tiles. */
+
+static int f16_split(void) {
+    return !CF_AMX_HAS_FP16();
+}
+
+static size_t f16_b_bytes(int64_t N, int64_t P) {
+    return sizeof(uint32_t) * 2 * (size_t)(cf_amx_round(P, 16) * cf_amx_round(N, 16));
+}
+
+static void f16_prep_b(int64_t N, int64_t P, const uint32_t* B, int64_t ldb, void* pb) {
+    const int64_t N16 = cf_amx_round(N, 16), P16 = cf_amx_round(P, 16);
+    uint32_t* b = pb;
+    pad_copy(b, P16, N16, B, P, N, ldb, 1);
+    if (f16_split()) cf_amx_split16((uint16_t*)b, (uint16_t*)(b + P16 * N16), 1, 2 * P16 * N16, 0);
+}
+
+static size_t f16_scratch_bytes(int64_t M, int64_t N, int64_t P) {
+    const int64_t M16 = cf_amx_round(M, 16), N16 = cf_amx_round(N, 16), P16 = cf_amx_round(P, 16);
+    return sizeof(uint32_t) * (size_t)(2 * M16 * P16 + M16 * N16);
+}
+
+static void f16_run(int64_t M, int64_t N, int64_t P, const uint32_t* A, int64_t rsa, int64_t csa,
+                    const void* pb, float* C, int64_t ldc, int acc, void* scratch) {
+    if (M <= 0 || N <= 0) return;
+    const int64_t M16 = cf_amx_round(M, 16), N16 = cf_amx_round(N, 16), P16 = cf_amx_round(P, 16);
+    const int split = f16_split(), direct = M % 16 == 0 && N % 16 == 0;
+    uint32_t *a = scratch, *al = split ? a + M16 * P16 : NULL;
+    float* c = (float*)(a + 2 * M16 * P16);
+    const uint32_t *b = pb, *bl = split ? b + P16 * N16 : NULL;
+    if (P16 == 0) { /* (C = acc ? C : 0) */
+        for (int64_t m = 0; !acc && m < M; m++)
+            memset(C + m * ldc, 0, sizeof(float) * (size_t)N);
+        return;
+    }
+    pad_copy(a, M16, P16, A, M, P, rsa, csa);
+    if (split) cf_amx_split16((uint16_t*)a, (uint16_t*)al, 1, 2 * M16 * P16, 0);
+    if (acc && !direct) {
+        memset(c, 0, sizeof(float) * (size_t)(M16 * N16));
+        for (int64_t m = 0; m < M; m++)
+            memcpy(c + m * N16, C + m * ldc, sizeof(float) * (size_t)N);
+    }
+    mm_run(split ? 2 : 1, direct ? C : c, direct ? ldc : N16, (const uint16_t*)a,
+           (const uint16_t*)al, 2 * P16, b, bl, N16, M16 / 16, N16 / 16, 0, P16 / 16, acc);
+    for (int64_t m = 0; !direct && m < M; m++)
+        memcpy(C + m * ldc, c + m * N16, sizeof(float) * (size_t)N);
+}
+
+const cf_attn_pairs_gemm cf_amx_pairs_f16 = {f16_b_bytes, f16_prep_b, f16_scratch_bytes, f16_run};
 
 /* fp16 x (bits) as bf16 high + low parts, exactly (11 significant bits: 8 in the high part's
  * rounding, the rest, at most 3 bits, in the low part); an infinity or NaN has low part 0. */
