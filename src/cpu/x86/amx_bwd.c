@@ -13,7 +13,7 @@
  * Issue 13's attn_mask, attn_bias and block-sparse lists are applied as S is formed, and the
  * (block, rows) pairs they hide entirely are skipped; dbias is summed by the tiled backward's own
  * tasks (cf_attn_cpu_dbias_tasks: each row's own softmax statistics; their products on the tiles
- * too, bf16 through the table's gemm_bf16, fp16 through cf_amx_gemm_f16).
+ * too, bf16 through the table's gemm_bf16, fp16 through cf_amx_pairs_f16).
  * fp16 on a CPU without AMX-FP16: every operand as bf16 high and low parts, three tdpbf16ps a
  * product (cf_amx_mm2). */
 #include <math.h>

@@ -175,6 +175,33 @@ static void pad_copy(uint32_t* dst, int64_t rows16, int64_t cols16, const uint32
     memset(dst + rows * cols16, 0, sizeof(uint32_t) * (size_t)((rows16 - rows) * cols16));
 }
 
+/* C (M x N) (+)= A (M x P pairs, A(m, p) at A[m * rsa + p * csa]) times B, whose P16 x N16 pair
+ * rows b are already zero-padded (bl: their low parts, for mm_run's kind 2): A goes zero-padded to
+ * a (and split into al, kind 2), C through c (M16 x N16) unless M and N are whole tiles. */
+static void padded_run(int kind, int64_t M, int64_t N, int64_t P, const uint32_t* A, int64_t rsa,
+                       int64_t csa, const uint32_t* b, const uint32_t* bl, float* C, int64_t ldc,
+                       int acc, uint32_t* a, uint32_t* al, float* c) {
+    const int64_t M16 = cf_amx_round(M, 16), N16 = cf_amx_round(N, 16), P16 = cf_amx_round(P, 16);
+    if (P16 == 0) { /* (C = acc ? C : 0) */
+        for (int64_t m = 0; !acc && m < M; m++)
+            memset(C + m * ldc, 0, sizeof(float) * (size_t)N);
+        return;
+    }
+    pad_copy(a, M16, P16, A, M, P, rsa, csa);
+    if (kind == 2) cf_amx_split16((uint16_t*)a, (uint16_t*)al, 1, 2 * M16 * P16, 0);
+    const int direct = M % 16 == 0 && N % 16 == 0; /* C's own rows take whole tiles */
+    if (acc && !direct) {
+        memset(c, 0, sizeof(float) * (size_t)(M16 * N16));
+        for (int64_t m = 0; m < M; m++)
+            memcpy(c + m * N16, C + m * ldc, sizeof(float) * (size_t)N);
+    }
+    mm_run(kind, direct ? C : c, direct ? ldc : N16, (const uint16_t*)a,
+           kind == 2 ? (const uint16_t*)al : NULL, 2 * P16, b, kind == 2 ? bl : NULL, N16, M16 / 16,
+           N16 / 16, 0, P16 / 16, acc);
+    for (int64_t m = 0; !direct && m < M; m++)
+        memcpy(C + m * ldc, c + m * N16, sizeof(float) * (size_t)N);
+}
+
 /* The table's gemm_bf16 (cf_attn_kernels) on the tiles: C (M x N) (+)= A (M x P pairs, A(m, p) at
  * A[m * rsa + p * csa]) times B (P pair rows, VNNI, ldb apart). Whole tiles (csa 1; M, N, P
  * multiples of 16) are read where they are; otherwise A and B go zero-padded through buffers, and
@@ -190,25 +217,13 @@ CF_AMX_TARGET void cf_amx_gemm_bf16(int64_t M, int64_t N, int64_t P, const uint3
     }
     const int64_t M16 = cf_amx_round(M, 16), N16 = cf_amx_round(N, 16), P16 = cf_amx_round(P, 16);
     uint32_t* a = malloc(sizeof(uint32_t) * (size_t)(M16 * P16 + P16 * N16 + M16 * N16 + 1));
-    if (!a || P16 == 0) {
-        free(a);
+    if (!a) {
         cf_amx_gemm_bf16_pieces(M, N, P, A, rsa, csa, B, ldb, C, ldc, acc);
         return;
     }
     uint32_t* b = a + M16 * P16;
-    float* c = (float*)(b + P16 * N16);
-    pad_copy(a, M16, P16, A, M, P, rsa, csa);
     pad_copy(b, P16, N16, B, P, N, ldb, 1);
-    const int direct = M % 16 == 0 && N % 16 == 0; /* C's own rows take whole tiles */
-    if (acc && !direct) {
-        memset(c, 0, sizeof(float) * (size_t)(M16 * N16));
-        for (int64_t m = 0; m < M; m++)
-            memcpy(c + m * N16, C + m * ldc, sizeof(float) * (size_t)N);
-    }
-    mm_run(0, direct ? C : c, direct ? ldc : N16, (const uint16_t*)a, NULL, 2 * P16, b, NULL, N16,
-           M16 / 16, N16 / 16, 0, P16 / 16, acc);
-    for (int64_t m = 0; !direct && m < M; m++)
-        memcpy(C + m * ldc, c + m * N16, sizeof(float) * (size_t)N);
+    padded_run(0, M, N, P, A, rsa, csa, b, NULL, C, ldc, acc, a, NULL, (float*)(b + P16 * N16));
     free(a);
 }
 
@@ -241,26 +256,10 @@ static void f16_run(int64_t M, int64_t N, int64_t P, const uint32_t* A, int64_t 
                     const void* pb, float* C, int64_t ldc, int acc, void* scratch) {
     if (M <= 0 || N <= 0) return;
     const int64_t M16 = cf_amx_round(M, 16), N16 = cf_amx_round(N, 16), P16 = cf_amx_round(P, 16);
-    const int split = f16_split(), direct = M % 16 == 0 && N % 16 == 0;
-    uint32_t *a = scratch, *al = split ? a + M16 * P16 : NULL;
-    float* c = (float*)(a + 2 * M16 * P16);
-    const uint32_t *b = pb, *bl = split ? b + P16 * N16 : NULL;
-    if (P16 == 0) { /* (C = acc ? C : 0) */
-        for (int64_t m = 0; !acc && m < M; m++)
-            memset(C + m * ldc, 0, sizeof(float) * (size_t)N);
-        return;
-    }
-    pad_copy(a, M16, P16, A, M, P, rsa, csa);
-    if (split) cf_amx_split16((uint16_t*)a, (uint16_t*)al, 1, 2 * M16 * P16, 0);
-    if (acc && !direct) {
-        memset(c, 0, sizeof(float) * (size_t)(M16 * N16));
-        for (int64_t m = 0; m < M; m++)
-            memcpy(c + m * N16, C + m * ldc, sizeof(float) * (size_t)N);
-    }
-    mm_run(split ? 2 : 1, direct ? C : c, direct ? ldc : N16, (const uint16_t*)a,
-           (const uint16_t*)al, 2 * P16, b, bl, N16, M16 / 16, N16 / 16, 0, P16 / 16, acc);
-    for (int64_t m = 0; !direct && m < M; m++)
-        memcpy(C + m * ldc, c + m * N16, sizeof(float) * (size_t)N);
+    uint32_t* a = scratch;
+    const uint32_t* b = pb;
+    padded_run(f16_split() ? 2 : 1, M, N, P, A, rsa, csa, b, b + P16 * N16, C, ldc, acc, a,
+               a + M16 * P16, (float*)(a + 2 * M16 * P16));
 }
 
 const cf_attn_pairs_gemm cf_amx_pairs_f16 = {f16_b_bytes, f16_prep_b, f16_scratch_bytes, f16_run};
