@@ -122,8 +122,9 @@ typedef struct kv_path {
     int64_t (*acc_index)(int64_t d);
     void (*finish)(float* acc, int64_t R, int64_t Dv);
     /* Whether scores and pv can prefetch the rows kv_head.pf names, spread through their own
-     * work; kv_run_item keeps it where kv_pf_inside_cpu says so (else the rows are prefetched
-     * before each head's kernel and kv_head.pf stays NULL). */
+     * work (0, KV_PF_INTEL or KV_PF_X86: the vendors where doing so was measured to gain);
+     * kv_run_item keeps it where kv_pf_inside_cpu says so (else the rows are prefetched before
+     * each head's kernel and kv_head.pf stays NULL). */
     int pf_inside;
     /* The GEMM path (kv_choose_gemm): the build's attention kernels its scores and pv use. */
     const cf_attn_kernels* gemm;
@@ -607,12 +608,15 @@ static inline void kv_pf_rows(const void* const* rows, int64_t n, int64_t t0, in
             __builtin_prefetch((const char*)rows[t] + o, 0, 2);
 }
 
-/* Whether the kernels that can prefetch a later block's rows inside their loops (kv_path.pf_inside)
- * do: measured on Intel (Xeon 6/207, 2 threads: bf16 decode 1.25x, int8 1.08x; docs/PERF.md),
- * where a burst of prefetches waits on the L1 miss buffers with a head's work queued behind it.
+/* Whether kernels that can prefetch a later block's rows inside their loops (kv_path.pf_inside =
+ * where) do on this CPU. KV_PF_INTEL: measured on Intel only (Xeon 6/207, 2 threads: bf16 decode
+ * 1.25x, int8 1.08x), where a burst of prefetches waits on the L1 miss buffers with a head's work
+ * queued behind it; on AMD Zen 4 cpu-avx2's kernels gained nothing (0.96-1.01x). KV_PF_X86: also
+ * measured to gain on AMD (Zen 4: cpu-avx512's int8 VNNI kernels 1.03-1.06x; docs/PERF.md).
  * Elsewhere the per-head prefetch below stays until measured there. */
-static inline int kv_pf_inside_cpu(void) {
-    return strcmp(cf_cpu()->vendor, "GenuineIntel") == 0;
+enum { KV_PF_INTEL = 1, KV_PF_X86 = 2 };
+static inline int kv_pf_inside_cpu(int where) {
+    return where == KV_PF_X86 ? 1 : where && strcmp(cf_cpu()->vendor, "GenuineIntel") == 0;
 }
 
 /* The n rows (offsets pf, head hk0 + g) of view v that a later block reads: into L2 now, spread
@@ -905,7 +909,7 @@ static void kv_run_item(const cf_kvcache_call* c, kv_scratch* w, const kv_work* 
     if (it.nq <= 0 || (k->on && k->on[it.b])) return;
     it.Rg = G * it.nq, it.R = it.nh * it.Rg;
     choose(c, it.Rg, &it.path);
-    it.path.pf_inside = it.path.pf_inside && kv_pf_inside_cpu();
+    it.path.pf_inside = kv_pf_inside_cpu(it.path.pf_inside);
     int64_t L, P, sk;
     cf_kv_seq(c, it.b, &L, &P, &sk);
     kv_item(c, w, &it, sk * s / k->ns, sk * (s + 1) / k->ns);

@@ -1534,18 +1534,18 @@ static void kv_choose_avx512(const cf_kvcache_call* c, int64_t R, kv_path* p) {
         if (kv_pv_dp_ok(a->dtype, R, a->Dv))
             p->pv = avx512_pv_dp, p->acc_index = kv_acc_index_dp, p->finish = kv_pv_unpermute;
         if (kv_fma_elem_ok(c, R))
-            p->scores = avx512_scores_fe, p->pv = avx512_pv_fe, p->pf_inside = 1;
+            p->scores = avx512_scores_fe, p->pv = avx512_pv_fe, p->pf_inside = KV_PF_INTEL;
         if (kv_bff_ok(c, R))
             p->prep = avx512_bff_prep, p->scores = avx512_scores_bff, p->pv = avx512_pv_bff,
-            p->acc_index = kv_acc_index_dp, p->finish = kv_pv_unpermute, p->pf_inside = 1;
+            p->acc_index = kv_acc_index_dp, p->finish = kv_pv_unpermute, p->pf_inside = KV_PF_INTEL;
     } else if (kv_i8_ok(c, R)) {
         p->prep = avx512_i8_prep, p->scores = avx512_scores_i8, p->pv = avx512_pv_i8;
-        p->acc_index = kv_acc_index_i8, p->finish = kv_i8_unpermute, p->pf_inside = 1;
+        p->acc_index = kv_acc_index_i8, p->finish = kv_i8_unpermute, p->pf_inside = KV_PF_X86;
     } else if (kv_fma_elem_ok(c, R)) {
-        p->scores = avx512_scores_fe, p->pv = avx512_pv_fe, p->pf_inside = 1;
+        p->scores = avx512_scores_fe, p->pv = avx512_pv_fe, p->pf_inside = KV_PF_INTEL;
     } else if (kv_f8_ok(c, R)) {
         p->prep = avx512_f8_prep, p->scores = avx512_scores_f8, p->pv = avx512_pv_f8;
-        p->acc_index = kv_acc_index_f8, p->finish = kv_f8_unpermute, p->pf_inside = 1;
+        p->acc_index = kv_acc_index_f8, p->finish = kv_f8_unpermute, p->pf_inside = KV_PF_INTEL;
     } else if (kv_q_bf16_ok(a->dtype, a->D, a->Dv) && kv_q_fused_ok(R)) {
         p->prep = avx512_q_prep, p->scores = avx512_scores_q, p->pv = avx512_pv_q;
         p->acc_index = kv_acc_index_q, p->finish = kv_q_unpermute;
