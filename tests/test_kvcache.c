@@ -1050,22 +1050,26 @@ static void test_grid(void) {
     }
     /* chunks of 32 and more rows of a KV head (the x86 builds' GEMM path, kvcache_fast.h, and
      * its one-KV-head items): every cache format (an int8 one by VNNI stays on its kernels), ALiBi,
-     * softcap, windows, odd head dims, paged, varlen, sinks, latent, rows past one item;
+     * softcap, windows, odd head dims, paged, varlen, sinks, latent, rows past one item; the last
+     * two give the tiled forward one tile per thread at 2 threads (GQA 32 on 2 KV heads, MLA's
+     * Sq 2: on the forward on AMD, KV_SPREAD_TILE; on the items on Intel);
      * emulated (ARM, which keeps its row kernels): the first two */
     int ng = 0;
-    for (int i = 0; i < (emulated ? 2 : 6); i++) {
+    for (int i = 0; i < (emulated ? 2 : 8); i++) {
         kcase v = {0};
-        v.dtype = (cf_dtype[]){CF_BF16, CF_F16, CF_F32, CF_BF16, CF_BF16, CF_F16}[i];
-        v.x.quant = (int[]){0, 1, 2, 3, 1, 0}[i];
-        v.x.descale = (int[]){0, 2, 3, 0, 2, 0}[i];
-        v.H = (int64_t[]){8, 16, 6, 8, 32, 4}[i], v.Hk = (int64_t[]){2, 2, 1, 2, 1, 1}[i];
+        v.dtype =
+            (cf_dtype[]){CF_BF16, CF_F16, CF_F32, CF_BF16, CF_BF16, CF_F16, CF_BF16, CF_F16}[i];
+        v.x.quant = (int[]){0, 1, 2, 3, 1, 0, 0, 0}[i];
+        v.x.descale = (int[]){0, 2, 3, 0, 2, 0, 0, 0}[i];
+        v.H = (int64_t[]){8, 16, 6, 8, 32, 4, 64, 128}[i];
+        v.Hk = (int64_t[]){2, 2, 1, 2, 1, 1, 2, 1}[i];
         v.B = i == 3 ? 4 : 1 + i % 2; /* (varlen: a batch of each kind, a chunk among them) */
-        v.Sq = (int64_t[]){19, 6, 11, 37, 1, 40}[i];
+        v.Sq = (int64_t[]){19, 6, 11, 37, 1, 40, 1, 2}[i];
         v.Sn = i == 2 ? 0 : v.Sq;
-        v.D = (int64_t[]){64, 128, 45, 128, 576, 40}[i];
-        v.Dv = (int64_t[]){64, 128, 13, 128, 512, 40}[i];
-        v.Lmax = (int64_t[]){150, 90, 200, 70, 100, 60}[i];
-        v.page = (int64_t[]){16, 0, 1, 0, 16, 0}[i];
+        v.D = (int64_t[]){64, 128, 45, 128, 576, 40, 64, 576}[i];
+        v.Dv = (int64_t[]){64, 128, 13, 128, 512, 40, 64, 512}[i];
+        v.Lmax = (int64_t[]){150, 90, 200, 70, 100, 60, 90, 70}[i];
+        v.page = (int64_t[]){16, 0, 1, 0, 16, 0, 0, 0}[i];
         v.causal = i != 1, v.wl = i == 1 ? 30 : -1, v.wr = -1;
         v.alibi = i == 0 ? 1 : i == 2 ? 2 : 0;
         v.softcap = i == 1 ? 1.5f : 0.0f;
@@ -1077,7 +1081,7 @@ static void test_grid(void) {
         v.layout = (tt_layout)(i % 2);
         v.x.sinks = i == 3;
         v.x.varlen_q = v.x.varlen_new = i == 3;
-        v.x.latent = i == 4;
+        v.x.latent = i == 4 || i == 7;
         v.seed = 940 + (uint64_t)i + tt_seed_base();
         run_case(&v);
         ng++;

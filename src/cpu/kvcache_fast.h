@@ -963,17 +963,33 @@ static void kv_merge_row(const cf_kvcache_call* c, const kv_work* k, int64_t row
  * larger key blocks (docs/PERF.md); its items do nothing. Quantized caches stay on the items. */
 #define KV_ATTEND_ROWS 32
 
-/* Whether sequence b runs on the attention forward (kv_attend). spread: the forward parallelizes
- * over tiles of one KV head's query rows (cpu-avx512's, cpu-avx2's), so the sequence must give
- * every thread two (Hk * sq >= 2 threads; MLA's decode, 128 heads on one KV head, is one tile:
- * 1.6x slower there, while cpu-amx's tiles run it 2.3x faster on one thread: docs/PERF.md). */
+/* How many of the attention forward's tiles a sequence must give the threads before it runs there
+ * (kv_attends), where the forward parallelizes over tiles of one KV head's query rows (a tile:
+ * cf_attn_cpu_tile_rows query positions of a GQA group). KV_SPREAD_ANY: any (cpu-amx's tiles run
+ * MLA's decode, 128 heads on one KV head and one tile, 2.3x faster on one thread). KV_SPREAD_TWO:
+ * Hk * sq >= 2 threads (cpu-avx512, cpu-avx2 on Intel: that one tile was 1.6x slower there).
+ * KV_SPREAD_TILE: a tile per thread (cpu-avx512 on AMD Zen 4: MLA's Sq 2, two tiles, 2.2x faster
+ * than the items for bf16 and 1.2x for fp16; one tile on one thread 1.0x bf16, 0.6x fp16).
+ * docs/PERF.md. */
+enum { KV_SPREAD_ANY = 0, KV_SPREAD_TILE = 1, KV_SPREAD_TWO = 2 };
+
+/* Whether sequence b runs on the attention forward (kv_attend), spread as above. */
 static int kv_attends(const cf_kvcache_call* c, int64_t b, int spread) {
     int64_t L, P, sk, q0, sq;
     cf_kv_seq(c, b, &L, &P, &sk);
     cf_kv_q_rows(c, b, &q0, &sq);
     /* (paged keys start at page row 0 in the attention call: no left pad) */
-    return c->quant == CFLASH_KV_QUANT_NONE && !(c->block_table && P != 0) && sk > 0 && sq > 0 &&
-           c->a.H / c->a.Hk * sq >= KV_ATTEND_ROWS && (!spread || c->a.Hk * sq >= 2 * c->a.threads);
+    if (c->quant != CFLASH_KV_QUANT_NONE || (c->block_table && P != 0) || sk <= 0 || sq <= 0 ||
+        c->a.H / c->a.Hk * sq < KV_ATTEND_ROWS)
+        return 0;
+    if (spread == KV_SPREAD_TWO) return c->a.Hk * sq >= 2 * c->a.threads;
+    if (spread == KV_SPREAD_TILE) {
+        cf_attn_call d = c->a;
+        d.Sq = sq;
+        const int64_t n = cf_attn_cpu_tile_rows(&d, cf_attn_cpu_blocks().q);
+        return c->a.Hk * ((sq + n - 1) / n) >= c->a.threads;
+    }
+    return 1;
 }
 
 /* v with its data moved by off elements and dims 0 and d1 set to 1 and n1. */
@@ -1049,7 +1065,7 @@ static cflash_status kv_attend(const cf_kvcache_call* c, int64_t b, const cf_imp
 }
 
 /* The whole call with the kernels choose picks: append, items, splits merged; with attn (the
- * backend's attention forward), the chunks of prefill on it (kv_attends; spread as there). */
+ * backend's attention forward), the chunks of prefill on it (kv_attends; spread: KV_SPREAD_*). */
 static cflash_status kv_run_with(const void* call, kv_choose_fn choose, const cf_impl* attn,
                                  int spread) {
     const cf_kvcache_call* c = call;

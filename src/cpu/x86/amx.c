@@ -134,6 +134,7 @@ static int amx_bwd_route(const void* call, char* note, size_t len) {
 #if defined(__x86_64__)
 cflash_status cf_kvcache_avx512_run(const void* call, const cf_impl* attn,
                                     int spread); /* kv_avx512.c */
+int cf_kvcache_avx512_spread(void);              /* kv_avx512.c: its own forward's */
 extern const cf_impl cf_impl_avx512_attn_fwd;    /* avx512.c */
 #endif
 
@@ -179,8 +180,9 @@ static cflash_status amx_kv_run(const void* call) {
 #if defined(__x86_64__)
     const cf_kvcache_call* c = call;
     const int tiles = c->a.dtype == CF_BF16 || c->a.dtype == CF_F16;
-    return tiles ? cf_kvcache_avx512_run(call, &cf_impl_amx_attn_fwd, 0)
-                 : cf_kvcache_avx512_run(call, &cf_impl_avx512_attn_fwd, 1);
+    return tiles
+               ? cf_kvcache_avx512_run(call, &cf_impl_amx_attn_fwd, 0 /* KV_SPREAD_ANY */)
+               : cf_kvcache_avx512_run(call, &cf_impl_avx512_attn_fwd, cf_kvcache_avx512_spread());
 #else
     (void)call;
     return cf_error(CFLASH_ERR_UNSUPPORTED, "cpu-amx kvcache_fwd: not an x86-64 build");

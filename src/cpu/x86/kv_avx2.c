@@ -323,7 +323,7 @@ int cf_ops_avx2_available(char* why, size_t n); /* src/cpu/x86/ops_avx2.c */
 extern const cf_impl cf_impl_avx2_attn_fwd; /* src/cpu/x86/avx2.c */
 
 static cflash_status avx2_kvcache_run(const void* call) {
-    return kv_run_with(call, kv_choose_avx2, &cf_impl_avx2_attn_fwd, 1);
+    return kv_run_with(call, kv_choose_avx2, &cf_impl_avx2_attn_fwd, KV_SPREAD_TWO);
 }
 
 const cf_impl cf_impl_avx2_kvcache_fwd = {

@@ -1561,13 +1561,21 @@ static void kv_choose_avx512(const cf_kvcache_call* c, int64_t R, kv_path* p) {
 
 extern const cf_impl cf_impl_avx512_attn_fwd; /* src/cpu/x86/avx512.c */
 
-/* Chunks of prefill on the tiled forward (1.14x the GEMM path's items: docs/PERF.md). */
+/* How many tiles the tiled forward needs per thread before a sequence goes there (kv_attends):
+ * measured on Intel (KV_SPREAD_TWO) and on AMD Zen 4 (KV_SPREAD_TILE). */
+int cf_kvcache_avx512_spread(void) {
+    return strcmp(cf_cpu()->vendor, "AuthenticAMD") == 0 ? KV_SPREAD_TILE : KV_SPREAD_TWO;
+}
+
+/* Chunks of prefill on the tiled forward (1.14x the GEMM path's items on Intel, 1.5-2.0x on
+ * Zen 4: docs/PERF.md). */
 static cflash_status avx512_kvcache_run(const void* call) {
-    return kv_run_with(call, kv_choose_avx512, &cf_impl_avx512_attn_fwd, 1);
+    return kv_run_with(call, kv_choose_avx512, &cf_impl_avx512_attn_fwd,
+                       cf_kvcache_avx512_spread());
 }
 
 /* For cpu-amx's kvcache_fwd (src/cpu/x86/amx.c): these kernels, the chunks of prefill on attn
- * (spread as kv_attends). */
+ * (spread: KV_SPREAD_*, kv_attends). */
 cflash_status cf_kvcache_avx512_run(const void* call, const cf_impl* attn, int spread) {
     return kv_run_with(call, kv_choose_avx512, attn, spread);
 }
