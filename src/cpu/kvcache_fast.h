@@ -122,7 +122,7 @@ typedef struct kv_path {
     int64_t (*acc_index)(int64_t d);
     void (*finish)(float* acc, int64_t R, int64_t Dv);
     /* Whether scores and pv can prefetch the rows kv_head.pf names, spread through their own
-     * work (0, KV_PF_INTEL or KV_PF_X86: the vendors where doing so was measured to gain);
+     * work (0, or KV_PF_INTEL / KV_PF_AMD / KV_PF_X86: where doing so was measured to gain);
      * kv_run_item keeps it where kv_pf_inside_cpu says so (else the rows are prefetched before
      * each head's kernel and kv_head.pf stays NULL). */
     int pf_inside;
@@ -609,14 +609,17 @@ static inline void kv_pf_rows(const void* const* rows, int64_t n, int64_t t0, in
 }
 
 /* Whether kernels that can prefetch a later block's rows inside their loops (kv_path.pf_inside =
- * where) do on this CPU. KV_PF_INTEL: measured on Intel only (Xeon 6/207, 2 threads: bf16 decode
- * 1.25x, int8 1.08x), where a burst of prefetches waits on the L1 miss buffers with a head's work
- * queued behind it; on AMD Zen 4 cpu-avx2's kernels gained nothing (0.96-1.01x). KV_PF_X86: also
- * measured to gain on AMD (Zen 4: cpu-avx512's int8 VNNI kernels 1.03-1.06x; docs/PERF.md).
- * Elsewhere the per-head prefetch below stays until measured there. */
-enum { KV_PF_INTEL = 1, KV_PF_X86 = 2 };
+ * where: the vendors where that was measured to gain) do on this CPU. KV_PF_INTEL: measured on
+ * Intel (Xeon 6/207, 2 threads: bf16 decode on FMA 1.25x, int8 1.08x), where a burst of prefetches
+ * waits on the L1 miss buffers with a head's work queued behind it; on AMD Zen 4 cpu-avx2's
+ * kernels gained nothing (0.96-1.01x). KV_PF_AMD: measured on AMD Zen 4 (bf16 by vdpbf16ps, which
+ * Intel does not run by default). KV_PF_X86: both (Zen 4: cpu-avx512's int8 VNNI kernels
+ * 1.02-1.06x). docs/PERF.md. Elsewhere the per-head prefetch below stays until measured there. */
+enum { KV_PF_INTEL = 1, KV_PF_AMD = 2, KV_PF_X86 = 3 };
 static inline int kv_pf_inside_cpu(int where) {
-    return where == KV_PF_X86 ? 1 : where && strcmp(cf_cpu()->vendor, "GenuineIntel") == 0;
+    const char* v = cf_cpu()->vendor;
+    return ((where & KV_PF_INTEL) && strcmp(v, "GenuineIntel") == 0) ||
+           ((where & KV_PF_AMD) && strcmp(v, "AuthenticAMD") == 0);
 }
 
 /* The n rows (offsets pf, head hk0 + g) of view v that a later block reads: into L2 now, spread

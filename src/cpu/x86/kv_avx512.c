@@ -350,10 +350,11 @@ static inline int kv_dots_x4_ok(cf_dtype dt, int64_t R, int64_t D) {
     return kv_bf16_ok(dt, D) && R % 4 == 0;
 }
 
-/* s[r * KV_KB + t] = q_r . k_t (q as for kv_dots_bf16), keys in fours, R % 4 == 0. */
+/* s[r * KV_KB + t] = q_r . k_t (q as for kv_dots_bf16), keys in fours, R % 4 == 0. The npf rows
+ * pf go into L2 on the way (a line of four of them beside each line of the four keys read). */
 __attribute__((target("avx512bf16,avx512f,avx512bw,avx512vl"))) static void
 kv_dots_bf16x4(const uint16_t* restrict qw, int64_t R, int64_t D, const void* const* rows,
-               int64_t nb, float* restrict s) {
+               int64_t nb, float* restrict s, const void* const* pf, int64_t npf) {
     const __m512i* qb = (const __m512i*)qw;
     const int64_t nd = D / 32;
     int64_t t = 0;
@@ -364,6 +365,7 @@ kv_dots_bf16x4(const uint16_t* restrict qw, int64_t R, int64_t D, const void* co
             KV_ACC_ZERO4x4();
             const __m512i* qr = qb + r * nd;
             for (int64_t c = 0; c < nd; c++) {
+                if (r == 0) kv_pf_rows(pf, npf, t, t + 4, 64 * c, 64 * c + 64);
                 __m512bh x0 = (__m512bh)_mm512_loadu_si512(k0 + 32 * c),
                          x1 = (__m512bh)_mm512_loadu_si512(k1 + 32 * c),
                          x2 = (__m512bh)_mm512_loadu_si512(k2 + 32 * c),
@@ -387,6 +389,7 @@ kv_dots_bf16x4(const uint16_t* restrict qw, int64_t R, int64_t D, const void* co
         }
     }
     if (t < nb) kv_dots_bf16(qw, R, D, rows + t, nb - t, s + t);
+    kv_pf_rows(pf, npf, t, npf, 0, 2 * D); /* (the tail's and a later block longer than this) */
 }
 
 /* ---- Softmax of a fully visible 16-key block: the block max is reduced only when some score
@@ -475,10 +478,10 @@ kv_p_pairs(uint32_t* pp, const float* p, const float* f, int64_t R, int64_t nb) 
     A3 = _mm512_dpbf16_ps(A3, (__m512bh)(X), (__m512bh)p3)
 
 /* acc[r] += sum_t bf16(f[t] p[r * KV_KB + t]) v_t (acc permuted; f NULL: 1), keys in pairs,
- * rows in fours. */
+ * rows in fours. The npf rows pf (bf16) go into L2 on the way, as in kv_dots_bf16x4. */
 __attribute__((target("avx512bf16,avx512f,avx512bw,avx512vl"))) static void
 kv_pv_dp(float* restrict acc, int64_t R, int64_t Dv, const void* const* rows, int64_t nb,
-         const float* restrict p, const float* f) {
+         const float* restrict p, const float* f, const void* const* pf, int64_t npf) {
     uint32_t pp[64 * KV_KB / 2];
     kv_p_pairs(pp, p, f, R, nb);
     const int64_t np = (nb + 1) / 2, Rd = R;
@@ -490,6 +493,7 @@ kv_pv_dp(float* restrict acc, int64_t R, int64_t Dv, const void* const* rows, in
             const uint32_t* pr = pp + r * (KV_KB / 2);
             KV_ACC_LOAD4x4(o, Dv);
             for (int64_t k = 0; k < np; k++) {
+                if (r == 0) kv_pf_rows(pf, npf, 2 * k, 2 * k + 2, 2 * d, 2 * d + 128);
                 const uint16_t* v0 = (const uint16_t*)rows[2 * k] + d;
                 const uint16_t* v1 = 2 * k + 1 < nb ? (const uint16_t*)rows[2 * k + 1] + d : zero;
                 const __m512i x0 = _mm512_loadu_si512(v0), y0 = _mm512_loadu_si512(v1);
@@ -515,6 +519,7 @@ kv_pv_dp(float* restrict acc, int64_t R, int64_t Dv, const void* const* rows, in
             __m512 a0 = _mm512_loadu_ps(o), a1 = _mm512_loadu_ps(o + 16),
                    a2 = _mm512_loadu_ps(o + 32), a3 = _mm512_loadu_ps(o + 48);
             for (int64_t k = 0; k < np; k++) {
+                if (r == 0) kv_pf_rows(pf, npf, 2 * k, 2 * k + 2, 2 * d, 2 * d + 128);
                 const uint16_t* v0 = (const uint16_t*)rows[2 * k] + d;
                 const uint16_t* v1 = 2 * k + 1 < nb ? (const uint16_t*)rows[2 * k + 1] + d : zero;
                 const __m512i x0 = _mm512_loadu_si512(v0), y0 = _mm512_loadu_si512(v1);
@@ -529,6 +534,7 @@ kv_pv_dp(float* restrict acc, int64_t R, int64_t Dv, const void* const* rows, in
             _mm512_storeu_ps(o + 32, a2), _mm512_storeu_ps(o + 48, a3);
         }
     }
+    kv_pf_rows(pf, npf, 2 * np, npf, 0, 2 * Dv); /* (a later block longer than this one) */
 }
 
 /* The R rows of acc (width Dv) from kv_pv_dp's permuted layout back to element order. */
@@ -1309,7 +1315,7 @@ static void avx512_bf16_prep(const cf_kvcache_call* c, kv_scratch* w, int64_t R)
 static void avx512_scores_x4(const kv_head* h, const void* const* rows, int64_t nb,
                              const float* f) {
     (void)f; /* (unquantized) */
-    kv_dots_bf16x4(h->qw, h->R, h->c->a.D, rows, nb, h->s);
+    kv_dots_bf16x4(h->qw, h->R, h->c->a.D, rows, nb, h->s, h->pf, h->npf);
 }
 
 static void avx512_scores_bf16(const kv_head* h, const void* const* rows, int64_t nb,
@@ -1320,7 +1326,7 @@ static void avx512_scores_bf16(const kv_head* h, const void* const* rows, int64_
 
 static void avx512_pv_dp(const kv_head* h, const void* const* rows, int64_t nb, const float* f) {
     (void)f;
-    kv_pv_dp(h->acc, h->R, h->c->a.Dv, rows, nb, h->s, NULL);
+    kv_pv_dp(h->acc, h->R, h->c->a.Dv, rows, nb, h->s, NULL, h->pf, h->npf);
 }
 
 /* Element d of a row of acc in kv_pv_dp's order (kv_pv_unpermute) and in kv_pv_q's. */
@@ -1516,7 +1522,7 @@ static void avx512_pv_qd(const kv_head* h, const void* const* rows, int64_t nb, 
     kv_q_decode((uint16_t*)h->w->kq, rows, nb, Dv, (const uint8_t*)h->w->lut,
                 h->c->quant == CFLASH_KV_QUANT_INT8, dec);
     if (kv_pv_dp_ok(CF_BF16, h->R, Dv)) {
-        kv_pv_dp(h->acc, h->R, Dv, dec, nb, h->s, f);
+        kv_pv_dp(h->acc, h->R, Dv, dec, nb, h->s, f, NULL, 0);
         return;
     }
     kv_q_apply(h->s, h->R, f, 1.0f);
@@ -1533,6 +1539,7 @@ static void kv_choose_avx512(const cf_kvcache_call* c, int64_t R, kv_path* p) {
             p->scores = kv_dots_x4_ok(a->dtype, R, a->D) ? avx512_scores_x4 : avx512_scores_bf16;
         if (kv_pv_dp_ok(a->dtype, R, a->Dv))
             p->pv = avx512_pv_dp, p->acc_index = kv_acc_index_dp, p->finish = kv_pv_unpermute;
+        if (p->scores == avx512_scores_x4 && p->pv == avx512_pv_dp) p->pf_inside = KV_PF_AMD;
         if (kv_fma_elem_ok(c, R))
             p->scores = avx512_scores_fe, p->pv = avx512_pv_fe, p->pf_inside = KV_PF_INTEL;
         if (kv_bff_ok(c, R))
