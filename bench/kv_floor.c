@@ -52,7 +52,7 @@ static double run(int mode, int kind, int e5, long n, const void* rk[NH][KV_KB],
                     case BFF:
                         kv_dots_fma(qf, R, D, rk[g], kb, KV_FMT_BF16, f, 1.0f, s, NULL, 0);
                         break;
-                    default: kv_dots_bf16x4(qw, R, D, rk[g], kb, s);
+                    default: kv_dots_bf16x4(qw, R, D, rk[g], kb, s, NULL, 0);
                     }
                 if (mode & 4) kv_softmax16(s, R, 0.088f, m, l, lv, acc + g * R * DV, DV);
                 if (mode & 2) switch (kind) {
@@ -65,7 +65,7 @@ static double run(int mode, int kind, int e5, long n, const void* rk[NH][KV_KB],
                     case BFF:
                         kv_pv_fma(acc + g * R * DV, R, DV, rv[g], kb, KV_FMT_BF16, s, NULL, 0);
                         break;
-                    default: kv_pv_dp(acc + g * R * DV, R, DV, rv[g], kb, s, NULL);
+                    default: kv_pv_dp(acc + g * R * DV, R, DV, rv[g], kb, s, NULL, NULL, 0);
                     }
             }
         const double t = now() - a;
