@@ -295,7 +295,8 @@ static inline void kv_choose_generic(const cf_kvcache_call* c, int64_t R, kv_pat
  * A chunk of prefill, a speculative step or MLA's many heads on one latent KV head in the
  * KV-cache call (tens of query rows per KV head) run as the tiled forward does: S^T = K q^T and
  * acc += P V as fp32 GEMMs on the build's register tiles (cf_attn_kernels), the block's K and V
- * rows converted to fp32 (or decoded, for a quantized cache) once for all the rows. Taken by the
+ * rows converted to fp32 (or decoded, for a quantized cache) once for all the rows; bf16 on the
+ * bf16 pairs GEMM where the kernels have one (kv_gemm_bf16_ok). Taken by the
  * x86 builds, where it was measured; the generic build's portable GEMM is slower than its row
  * loops (1.2-1.5x at 128 rows), and ARM's has not been timed. */
 
@@ -353,11 +354,72 @@ static void kv_pv_gemm(const kv_head* h, const void* const* rows, int64_t nb, co
     k->gemm_f32(R, Dv, nb, h->s, KV_KB, 1, vf, Dv, h->acc, Dv, 1);
 }
 
+/* bf16 caches with bf16 q on kernels with a bf16 pairs GEMM (gemm_bf16: vdpbf16ps where it is
+ * the faster, AMD), as the tiled forward multiplies: q and K as they are, P rounded to bf16 (as
+ * the naive bf16 computation materializes it); about twice the fp32 GEMMs' rate there. */
+static inline int kv_gemm_bf16_ok(const cf_kvcache_call* c, const cf_attn_kernels* k) {
+    return c->quant == CFLASH_KV_QUANT_NONE && c->a.dtype == CF_BF16 && k->gemm_bf16 &&
+           c->a.D % 2 == 0;
+}
+
+/* q^T of the item's R rows as bf16 pairs in w->qw: ((uint32_t*)w->qw)[p * R + r] = (q_r[2p],
+ * q_r[2p + 1]) (w->q holds bf16 values: their bits are the top half of the fp32). */
+static void kv_gemm_prep_bf16(const cf_kvcache_call* c, kv_scratch* w, int64_t R) {
+    const int64_t D = c->a.D;
+    uint32_t* qp = (uint32_t*)w->qw;
+    for (int64_t r = 0; r < R; r++)
+        for (int64_t i = 0; i < D / 2; i++) {
+            uint32_t lo, hi;
+            memcpy(&lo, w->q + r * D + 2 * i, 4);
+            memcpy(&hi, w->q + r * D + 2 * i + 1, 4);
+            qp[i * R + r] = (lo >> 16) | (hi & 0xffff0000u);
+        }
+}
+
+/* s = q k^T for the block: the K rows copied together as pairs (a bf16 row is D / 2 of them),
+ * S^T (nb x R) by the pairs GEMM, transposed into s as kv_scores_gemm. */
+static void kv_scores_gemm_bf16(const kv_head* h, const void* const* rows, int64_t nb,
+                                const float* f) {
+    (void)f; /* (unquantized) */
+    const cf_attn_kernels* k = h->gk;
+    const int64_t D = h->c->a.D, R = h->R;
+    uint32_t* kp = (uint32_t*)h->w->kf; /* (KV_KB * D floats: room for nb * D / 2 pairs) */
+    float* st = h->w->st;
+    for (int64_t t = 0; t < nb; t++)
+        memcpy(kp + t * (D / 2), rows[t], sizeof(uint16_t) * (size_t)D);
+    const uint32_t* qp = (const uint32_t*)h->w->qw + (h->qt - h->w->qf); /* (this head's columns) */
+    k->gemm_bf16(nb, R, D / 2, kp, D / 2, 1, qp, h->ldqt, st, R, 0);
+    memset(h->s, 0, sizeof(float) * (size_t)(R * KV_KB));
+    k->bias_t(h->s, KV_KB, st, R, nb, R, 0);
+}
+
+/* acc += P V for the block: P rounded to bf16 (pairs of keys: a row of KV_KB is KV_KB / 2 of
+ * them, the key past an odd nb zero), V's rows interleaved in pairs of keys (the last one alone
+ * with zeros), one pairs GEMM. */
+static void kv_pv_gemm_bf16(const kv_head* h, const void* const* rows, int64_t nb, const float* f) {
+    (void)f;
+    const cf_attn_kernels* k = h->gk;
+    const int64_t Dv = h->c->a.Dv, R = h->R, np = (nb + 1) / 2;
+    uint32_t* pp = (uint32_t*)h->w->st; /* (R * KV_KB floats) */
+    uint32_t* vp = (uint32_t*)h->w->vf; /* (KV_KB * Dv floats: room for np * Dv pairs) */
+    for (int64_t r = 0; r < R; r++) {
+        if (nb % 2) h->s[r * KV_KB + nb] = 0.0f; /* (nb < KV_KB: a column of s past the block) */
+        k->from_f32(pp + r * (KV_KB / 2), h->s + r * KV_KB, CF_BF16, 2 * np);
+    }
+    for (int64_t i = 0; i < np; i++)
+        k->interleave_u16(vp + i * Dv, (const uint16_t*)rows[2 * i],
+                          2 * i + 1 < nb ? (const uint16_t*)rows[2 * i + 1] : NULL, Dv);
+    k->gemm_bf16(R, Dv, np, pp, KV_KB / 2, 1, vp, Dv, h->acc, Dv, 1);
+}
+
 /* The GEMM path on kernels k for a call whose KV heads have R >= KV_GEMM_ROWS rows in an item
  * (the build's softmax16 kept), else p as it was. */
-static inline void kv_choose_gemm(int64_t R, kv_path* p, const cf_attn_kernels* k) {
+static inline void kv_choose_gemm(const cf_kvcache_call* c, int64_t R, kv_path* p,
+                                  const cf_attn_kernels* k) {
     if (R < KV_GEMM_ROWS) return;
     p->prep = kv_gemm_prep, p->scores = kv_scores_gemm, p->pv = kv_pv_gemm;
+    if (kv_gemm_bf16_ok(c, k))
+        p->prep = kv_gemm_prep_bf16, p->scores = kv_scores_gemm_bf16, p->pv = kv_pv_gemm_bf16;
     p->acc_index = NULL, p->finish = NULL, p->pf_inside = 0, p->gemm = k;
 }
 

@@ -312,10 +312,9 @@ static void kv2_softmax16(float* s, int64_t n, float scale, float* m, float* l, 
 }
 
 static void kv_choose_avx2(const cf_kvcache_call* c, int64_t R, kv_path* p) {
-    (void)c;
     *p = (kv_path){
         .scores = avx2_scores, .pv = avx2_pv, .softmax16 = kv2_softmax16, .pf_inside = KV_PF_INTEL};
-    kv_choose_gemm(R, p, cf_attn_kernels_avx2());
+    kv_choose_gemm(c, R, p, cf_attn_kernels_avx2());
 }
 
 int cf_ops_avx2_available(char* why, size_t n); /* src/cpu/x86/ops_avx2.c */

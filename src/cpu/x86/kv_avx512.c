@@ -1563,7 +1563,7 @@ static void kv_choose_avx512(const cf_kvcache_call* c, int64_t R, kv_path* p) {
     }
     /* (an int8 cache by VNNI products stays on its kernels, 1.4x the GEMMs at 64 query rows:
      * docs/PERF.md) */
-    if (!kv_i8_ok(c, 4)) kv_choose_gemm(R, p, cf_attn_kernels_avx512());
+    if (!kv_i8_ok(c, 4)) kv_choose_gemm(c, R, p, cf_attn_kernels_avx512());
 }
 
 extern const cf_impl cf_impl_avx512_attn_fwd; /* src/cpu/x86/avx512.c */
