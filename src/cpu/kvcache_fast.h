@@ -329,18 +329,23 @@ static void kv_gemm_rows(const kv_head* h, const void* const* rows, int64_t nb, 
         h->gk->to_f32(dst + t * n, rows[t], h->c->a.dtype, n);
 }
 
-/* s = q k^T for the block (times each key's factor f for a quantized cache): K rows to fp32,
- * S^T (nb x R) by the GEMM, transposed into s by the kernels' bias_t onto zeros (0 + x is x;
- * -inf stays -inf). */
-static void kv_scores_gemm(const kv_head* h, const void* const* rows, int64_t nb, const float* f) {
-    const cf_attn_kernels* k = h->gk;
-    const int64_t D = h->c->a.D, R = h->R;
-    float *kf = h->w->kf, *st = h->w->st;
-    kv_gemm_rows(h, rows, nb, D, kf);
-    k->gemm_f32(nb, R, D, kf, D, 1, h->qt, h->ldqt, st, R, 0);
+/* s from the GEMM's S^T (nb x R in w->st): transposed by the kernels' bias_t onto zeros (0 + x is
+ * x; -inf stays -inf), times each key's factor f for a quantized cache (NULL: none). */
+static void kv_scores_from_st(const kv_head* h, int64_t nb, const float* f) {
+    const int64_t R = h->R;
     memset(h->s, 0, sizeof(float) * (size_t)(R * KV_KB));
-    k->bias_t(h->s, KV_KB, st, R, nb, R, 0);
+    h->gk->bias_t(h->s, KV_KB, h->w->st, R, nb, R, 0);
     if (f) kv_q_apply(h->s, R, f, 1.0f);
+}
+
+/* s = q k^T for the block (times each key's factor f for a quantized cache): K rows to fp32,
+ * S^T (nb x R) by the GEMM, then kv_scores_from_st. */
+static void kv_scores_gemm(const kv_head* h, const void* const* rows, int64_t nb, const float* f) {
+    const int64_t D = h->c->a.D, R = h->R;
+    float* kf = h->w->kf;
+    kv_gemm_rows(h, rows, nb, D, kf);
+    h->gk->gemm_f32(nb, R, D, kf, D, 1, h->qt, h->ldqt, h->w->st, R, 0);
+    kv_scores_from_st(h, nb, f);
 }
 
 /* acc += P V for the block (P times each key's factor f first for a quantized cache): V rows to
@@ -363,34 +368,27 @@ static inline int kv_gemm_bf16_ok(const cf_kvcache_call* c, const cf_attn_kernel
 }
 
 /* q^T of the item's R rows as bf16 pairs in w->qw: ((uint32_t*)w->qw)[p * R + r] = (q_r[2p],
- * q_r[2p + 1]) (w->q holds bf16 values: their bits are the top half of the fp32). */
+ * q_r[2p + 1]) (w->q holds bf16 values: the conversion is exact). */
 static void kv_gemm_prep_bf16(const cf_kvcache_call* c, kv_scratch* w, int64_t R) {
     const int64_t D = c->a.D;
     uint32_t* qp = (uint32_t*)w->qw;
     for (int64_t r = 0; r < R; r++)
-        for (int64_t i = 0; i < D / 2; i++) {
-            uint32_t lo, hi;
-            memcpy(&lo, w->q + r * D + 2 * i, 4);
-            memcpy(&hi, w->q + r * D + 2 * i + 1, 4);
-            qp[i * R + r] = (lo >> 16) | (hi & 0xffff0000u);
-        }
+        for (int64_t i = 0; i < D / 2; i++)
+            qp[i * R + r] = (uint32_t)cf_f32_to_bf16(w->q[r * D + 2 * i]) |
+                            (uint32_t)cf_f32_to_bf16(w->q[r * D + 2 * i + 1]) << 16;
 }
 
 /* s = q k^T for the block: the K rows copied together as pairs (a bf16 row is D / 2 of them),
- * S^T (nb x R) by the pairs GEMM, transposed into s as kv_scores_gemm. */
+ * S^T (nb x R) by the pairs GEMM, then kv_scores_from_st (f: NULL, unquantized). */
 static void kv_scores_gemm_bf16(const kv_head* h, const void* const* rows, int64_t nb,
                                 const float* f) {
-    (void)f; /* (unquantized) */
-    const cf_attn_kernels* k = h->gk;
     const int64_t D = h->c->a.D, R = h->R;
     uint32_t* kp = (uint32_t*)h->w->kf; /* (KV_KB * D floats: room for nb * D / 2 pairs) */
-    float* st = h->w->st;
     for (int64_t t = 0; t < nb; t++)
         memcpy(kp + t * (D / 2), rows[t], sizeof(uint16_t) * (size_t)D);
     const uint32_t* qp = (const uint32_t*)h->w->qw + (h->qt - h->w->qf); /* (this head's columns) */
-    k->gemm_bf16(nb, R, D / 2, kp, D / 2, 1, qp, h->ldqt, st, R, 0);
-    memset(h->s, 0, sizeof(float) * (size_t)(R * KV_KB));
-    k->bias_t(h->s, KV_KB, st, R, nb, R, 0);
+    h->gk->gemm_bf16(nb, R, D / 2, kp, D / 2, 1, qp, h->ldqt, h->w->st, R, 0);
+    kv_scores_from_st(h, nb, f);
 }
 
 /* acc += P V for the block: P rounded to bf16 (pairs of keys: a row of KV_KB is KV_KB / 2 of
