@@ -423,21 +423,36 @@ static inline void kv_choose_gemm(const cf_kvcache_call* c, int64_t R, kv_path* 
 
 /* ---- Append ---------------------------------------------------------------------------------- */
 
-/* o[t] = cf_kv_row(c, v, b, t0 + t, hk) for the n <= KV_KB positions of a block: one division
- * for the block instead of one per row. */
+/* Whether the n positions from t0 (batch b, KV head hk) are one run of rows in view v, as in an
+ * unpaged cache or a paged block within one page: then *o0 = cf_kv_row(c, v, b, t0, hk) and row
+ * t0 + t at *o0 + t * v->stride[1]. One division for the block instead of one per row. n = 0:
+ * an empty run at 0 (t0 may be past the sequence's pages, which the table does not list). */
+static inline int kv_rows_run(const cf_kvcache_call* c, const cf_view* v, int64_t b, int64_t t0,
+                              int64_t n, int64_t hk, int64_t* o0) {
+    *o0 = 0;
+    if (n <= 0) return 1;
+    if (c->block_table && t0 % c->page_size + n > c->page_size) return 0;
+    *o0 = cf_kv_row(c, v, b, t0, hk);
+    return 1;
+}
+
+/* o[t] = cf_kv_row(c, v, b, t0 + t, hk) for the n <= KV_KB positions of a block. */
 static void kv_rows_of(const cf_kvcache_call* c, const cf_view* v, int64_t b, int64_t t0, int64_t n,
-                       int64_t hk, int64_t* o) {
-    if (!c->block_table) {
-        const int64_t o0 = cf_kv_row(c, v, b, t0, hk);
+                       int64_t hk, int64_t* restrict o) {
+    const int64_t s1 = v->stride[1];
+    int64_t o0;
+    if (kv_rows_run(c, v, b, t0, n, hk, &o0)) {
         for (int64_t t = 0; t < n; t++)
-            o[t] = o0 + t * v->stride[1];
+            o[t] = o0 + t * s1;
         return;
     }
+    /* across pages (locals: the stores to o would otherwise reload c and v each row) */
     const int32_t* bt = c->block_table + b * c->bt_stride;
-    int64_t g = t0 / c->page_size, r = t0 % c->page_size;
+    const int64_t ps = c->page_size, s0 = v->stride[0], sh = hk * v->stride[2];
+    int64_t g = t0 / ps, r = t0 % ps;
     for (int64_t t = 0; t < n; t++) {
-        o[t] = bt[g] * v->stride[0] + r * v->stride[1] + hk * v->stride[2];
-        if (++r == c->page_size) r = 0, g++;
+        o[t] = bt[g] * s0 + r * s1 + sh;
+        if (++r == ps) r = 0, g++;
     }
 }
 
@@ -501,8 +516,9 @@ static void kv_q_factors(const cf_kvcache_call* c, int is_v, int64_t b, int64_t 
     }
     const cf_view* sv = is_v ? &c->vs : &c->ks;
     const float* data = sv->data;
-    if (!c->block_table) { /* offsets in registers: a gather of strided scales */
-        const int64_t o0 = cf_kv_row(c, sv, b, t0, hk), st = sv->stride[1];
+    int64_t o0;
+    if (kv_rows_run(c, sv, b, t0, nb, hk, &o0)) { /* offsets in registers: strided scales */
+        const int64_t st = sv->stride[1];
 #pragma omp simd
         for (int64_t t = 0; t < KV_KB; t++)
             f[t] = t < nb ? data[o0 + t * st] : 0.0f;
