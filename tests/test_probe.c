@@ -183,6 +183,19 @@ static void test_cpu(void) {
     }
     CHECK(!strcmp(c->vendor, "GenuineIntel") || !strcmp(c->vendor, "AuthenticAMD") || c->vendor[0]);
 #endif
+#if defined(__linux__)
+    /* The transparent huge page mode: the word the kernel's file brackets, or "" without it. */
+    FILE* thp = fopen("/sys/kernel/mm/transparent_hugepage/enabled", "r");
+    char modes[128] = "", want[24];
+    if (thp && fgets(modes, sizeof modes, thp)) {
+        snprintf(want, sizeof want, "[%s]", c->thp);
+        CHECK_MSG(c->thp[0] && strstr(modes, want), "THP '%s', the kernel says %s", c->thp, modes);
+    } else {
+        CHECK(!c->thp[0]);
+    }
+    if (thp) fclose(thp);
+    printf("transparent huge pages: %s\n", c->thp[0] ? c->thp : "(not known)");
+#endif
 #if defined(__aarch64__)
     test_cpu_arm(c);
 #else

@@ -71,6 +71,9 @@ static void common_checks(void) {
     for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
         CHECK_MSG(strstr(json, keys[i]), "JSON lacks %s", keys[i]);
     CHECK(json[0] == '{' && json[strlen(json) - 2] == '}');
+    /* the huge page line: the mode, or that it is not known (and the JSON key, null then) */
+    CHECK(strstr(text, "\n  huge pages            ") != NULL);
+    CHECK(strstr(json, "\"transparent_huge_pages\": ") != NULL);
 
     /* [environment] names every variable the library reads (src/core/threads.c's thread policy
      * and src/cpu/attn_blocks.c's block sizes among them). */

@@ -4,6 +4,7 @@
  * from getauxval. Nothing here runs a subprocess; cache sizes come from sysfs, then sysconf. */
 #include <pthread.h>
 #include <sched.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -107,6 +108,15 @@ static void probe_caches(cf_cpu_info* c) {
     if (!c->l3_bytes && sysconf(_SC_LEVEL3_CACHE_SIZE) > 0)
         c->l3_bytes = sysconf(_SC_LEVEL3_CACHE_SIZE);
 #endif
+}
+
+/* The kernel's transparent huge page mode, the bracketed word of "always [madvise] never". */
+static void probe_thp(cf_cpu_info* c) {
+    char mode[64];
+    if (read_text("/sys/kernel/mm/transparent_hugepage/enabled", mode, sizeof mode)) return;
+    const char *a = strchr(mode, '['), *b = a ? strchr(a, ']') : NULL;
+    if (b && b - a - 1 < (ptrdiff_t)sizeof c->thp)
+        memcpy(c->thp, a + 1, (size_t)(b - a - 1)), c->thp[b - a - 1] = 0;
 }
 
 /* ---- x86-64: CPUID, XGETBV, arch_prctl ---- */
@@ -360,6 +370,7 @@ static void probe(void) {
 #endif
     c->cores = count_cores();
     probe_caches(c);
+    probe_thp(c);
 }
 
 const cf_cpu_info* cf_cpu(void) {

@@ -11,6 +11,7 @@ typedef struct cf_cpu_info {
     int family, model_id, stepping;        /* x86: CPUID leaf 1; ARM: MIDR implementer, part, rev */
     int cores;                             /* online logical CPUs available to this process */
     int64_t l1d_bytes, l2_bytes, l3_bytes; /* per core (L1d, L2) and total (L3); 0 = unknown */
+    char thp[16]; /* transparent huge pages: "always", "madvise", "never"; "" = not known */
     /* ISA features usable now: CPU has it AND the OS saves the state (XGETBV). */
     int sse42, avx, avx2, fma, f16c;
     int avx512f, avx512bw, avx512vl, avx512dq, avx512bf16, avx512fp16, avx512vnni;
