@@ -14,6 +14,8 @@
  *           calls after one of the op's (both see the same machine), its median and the op's
  *           speed over it. Bytes: K and V read (+ their int8 scales, q, out).
  *   merge   --splits N parts of (batch, seqlen-q, heads, head-dim) in the dtype, fp32 LSE.
+ * --huge-pages (every op): the inputs on 2 MB pages (transparent huge pages, asked for by madvise)
+ * as a serving engine would allocate a KV cache; the report says how much the kernel gave.
  * Example (the issue's decode target; issue 13: a quantized cache at >= 1.8x the bf16 one):
  *   cflash bench decode --batch 1 --heads 32 --heads-kv 8 --head-dim 128 --seqlen-q 1
  *       --seqlen-k 131072 --dtype bf16 --kv-quant int8 --against none */
@@ -27,6 +29,10 @@
 #endif
 
 #include <time.h>
+
+#ifdef __linux__
+#include <sys/mman.h>
+#endif
 
 #include "cli.h"
 
@@ -42,7 +48,14 @@ typedef struct ops_flags {
     int interleaved, inplace, layer, residual;
     int kv_quant; /* cflash_kv_quant */
     int against;  /* decode --against: a second cache format timed in alternation, or -1 */
+    int huge;     /* --huge-pages */
 } ops_flags;
+
+/* How tens_new allocates: on 2 MB pages or not (--huge-pages, set by parse), and what it gave. */
+static struct {
+    int huge;
+    double bytes; /* allocated so far */
+} tens_pages;
 
 /* The op's own flags, for --help. */
 static const char* ops_usage(const char* cmd) {
@@ -63,14 +76,17 @@ static const char* ops_usage(const char* cmd) {
                : "  --splits N         parts to merge\n";
 }
 
+static const char huge_usage[] =
+    "  --huge-pages       inputs on 2 MB pages (madvise MADV_HUGEPAGE before the first touch)\n";
+
 /* 0, -1 on a bad flag (said on stderr), 1 after --help (printed). */
 static int parse(const char* cmd, int argc, char** argv, cf_problem* pr, ops_flags* f) {
     memset(f, 0, sizeof *f);
     f->splits = -1, f->against = -1;
     for (int i = 3; i < argc; i++)
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
-            printf("usage: cflash bench %s [flags]\n\n%s flags:\n%s\nproblem flags:\n%s", cmd, cmd,
-                   ops_usage(cmd), cf_problem_usage());
+            printf("usage: cflash bench %s [flags]\n\n%s flags:\n%s%s\nproblem flags:\n%s", cmd,
+                   cmd, ops_usage(cmd), huge_usage, cf_problem_usage());
             return 1;
         }
     char** rest = calloc((size_t)argc + 1, sizeof(char*));
@@ -114,6 +130,8 @@ static int parse(const char* cmd, int argc, char** argv, cf_problem* pr, ops_fla
             f->layer = 1;
         else if (i >= 3 && !strcmp(a, "--residual"))
             f->residual = 1;
+        else if (i >= 3 && !strcmp(a, "--huge-pages"))
+            f->huge = 1;
         else
             rest[n++] = argv[i];
     }
@@ -132,6 +150,7 @@ static int parse(const char* cmd, int argc, char** argv, cf_problem* pr, ops_fla
         fprintf(stderr, "cflash bench %s: only --device cpu has kernels for this op\n", cmd);
         return -1;
     }
+    tens_pages.huge = f->huge;
     return 0;
 }
 
@@ -142,6 +161,38 @@ typedef struct tens {
     DLTensor dl;
     int64_t shape[5];
 } tens;
+
+enum { HUGE_PAGE = 2 << 20 };
+
+/* bytes (0: 1) from malloc, or (--huge-pages) 2 MB-aligned and advised MADV_HUGEPAGE before
+ * anything touches it, so that the kernel backs it with transparent huge pages where it is set to
+ * "always" or "madvise" (`cflash report`). NULL when out of memory. */
+static void* tens_alloc(size_t bytes) {
+    if (!bytes) bytes = 1;
+    tens_pages.bytes += (double)bytes;
+    if (!tens_pages.huge) return malloc(bytes);
+    void* p = NULL;
+    if (bytes > SIZE_MAX - HUGE_PAGE) return NULL;
+    const size_t n = (bytes + HUGE_PAGE - 1) / HUGE_PAGE * HUGE_PAGE;
+    if (posix_memalign(&p, HUGE_PAGE, n)) return NULL;
+#ifdef MADV_HUGEPAGE
+    (void)madvise(p, n, MADV_HUGEPAGE); /* (advice: where refused, the report says 0 MB) */
+#endif
+    return p;
+}
+
+/* MB of the process's memory on transparent huge pages (AnonHugePages in /proc/self/smaps_rollup),
+ * or -1 where that file is not there. */
+static double huge_mb(void) {
+    FILE* f = fopen("/proc/self/smaps_rollup", "r");
+    if (!f) return -1;
+    char ln[256];
+    double kb = -1;
+    while (kb < 0 && fgets(ln, sizeof ln, f))
+        if (sscanf(ln, "AnonHugePages: %lf kB", &kb) != 1) kb = -1;
+    fclose(f);
+    return kb < 0 ? -1 : kb / 1024.0;
+}
 
 /* Allocates and fills with values in [-1, 1) from a cheap hash, in parallel (GBs of inputs). */
 static int tens_new(tens* t, cflash_dtype dt, int ndim, const int64_t* shape, uint64_t seed) {
@@ -155,7 +206,7 @@ static int tens_new(tens* t, cflash_dtype dt, int ndim, const int64_t* shape, ui
         fprintf(stderr, "cflash bench: %s\n", err);
         return -1;
     }
-    void* p = malloc(bytes ? bytes : 1);
+    void* p = tens_alloc(bytes);
     if (!p) {
         fprintf(stderr, "cflash bench: out of memory for %zu bytes\n", bytes);
         return -1;
@@ -322,6 +373,7 @@ static int report(const char* op, const cf_problem* pr, const char* shape, cflas
             return 1;
         }
     }
+    const double hmb = huge_mb(); /* (before the peaks' own buffers) */
     const cf_peaks* pk = cf_measure_peaks(threads);
     const double cb = 2.0 * (double)(cr.n * sizeof(float));
     double gbs = bytes / (ms * 1e-3) * 1e-9, ref = cb / (ms_cp * 1e-3) * 1e-9;
@@ -339,6 +391,7 @@ static int report(const char* op, const cf_problem* pr, const char* shape, cflas
             printf(",\"against\":\"%s\",\"against_backend\":\"%s\",\"against_ms\":%.4f,"
                    "\"speedup\":%.3f",
                    vs->what, vs_backend, ms_vs, ms_vs / ms);
+        if (tens_pages.huge) printf(",\"huge_pages_mb\":%.0f", hmb);
         printf("}\n");
         return 0;
     }
@@ -353,6 +406,14 @@ static int report(const char* op, const cf_problem* pr, const char* shape, cflas
         printf("        against the %s on %s, timed after each call: %.3f ms (median): "
                "%.2fx its speed\n",
                vs->what, vs_backend, ms_vs, ms_vs / ms);
+    if (tens_pages.huge && hmb >= 0)
+        printf(
+            "        inputs asked for 2 MB pages: the process has %.0f MB on them, of %.0f MB of "
+            "inputs\n",
+            hmb, tens_pages.bytes / 1048576.0);
+    else if (tens_pages.huge)
+        printf("        inputs asked for 2 MB pages: how many it got is not known here "
+               "(/proc/self/smaps_rollup)\n");
     return 0;
 }
 
