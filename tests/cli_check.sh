@@ -69,6 +69,13 @@ if [ -z "${CFLASH_TEST_RUNNER:-}" ]; then
     expect 0 '"against":"e4m3 cache","against_backend":"cpu-[a-z0-9]+","against_ms":[0-9.]+,"speedup":' \
         -- bench decode --heads 4 --heads-kv 1 --head-dim 64 --seqlen-q 1 --seqlen-k 100 \
         --dtype fp16 --page 16 --against e4m3 --reps 1 --warmup 0 --json
+    # --huge-pages: the inputs on 2 MB pages, and the report says how much the process got
+    got_pages='the process has [0-9]+ MB on them, of [0-9]+ MB of inputs'
+    expect 0 "inputs asked for 2 MB pages: ($got_pages|how many it got is not known here)" \
+        -- bench decode --heads 4 --heads-kv 2 --head-dim 64 --seqlen-q 1 --seqlen-k 3000 \
+        --dtype bf16 --kv-quant int8 --huge-pages --reps 1 --warmup 0
+    expect 0 '"huge_pages_mb":-?[0-9]+\}' -- bench norm --batch 1 --seqlen 64 --heads 4 \
+        --head-dim 64 --huge-pages --reps 1 --warmup 0 --json
 fi
 # A decode step is one query row unless --seqlen-q says otherwise (--seqlen: the cache's length).
 expect 0 'decode +B1 H4/2 D64 Sq1 Sk200 ' -- bench decode --batch 1 --heads 4 --heads-kv 2 \
