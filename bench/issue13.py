@@ -4,7 +4,7 @@ much masked-block skipping saves, MLA shapes against D = 128, and quantized-cach
 bf16. Each comparison alternates its two calls round after round (so both see the same load) and
 compares medians; the figures go to docs/PERF.md with the CPU they ran on.
 
-    python3 bench/issue13.py [--build build] [--rounds 3] [--only cost,skip,mla,decode]
+    python3 bench/issue13.py [--build build] [--rounds 3] [--only cost,skip,mla,decode] [--huge-pages]
 
 cost:   B1 H16 S4096 D128 bf16, forward and backward: plain vs sinks, bias, dbias, a boolean mask
         keeping every tile, block-sparse lists keeping every block, chunks of S (nothing masked,
@@ -15,7 +15,7 @@ skip:   B1 H16 S8192 D128 bf16: dense vs 10 % of the (query block, key block) pa
         speed-up = dense time / sparse time (target >= 5).
 mla:    B1 H16 Hk1 S4096 bf16: D 576 / Dv 512 against D 128, as FLOP rates (target: MLA >= 0.8).
 decode: B1 H32 Hk8 D128 Sq1 Sk131072: bf16 cache vs fp8 e4m3 / e5m2 / int8 caches (target:
-        >= 1.8x the bf16 speed)."""
+        >= 1.8x the bf16 speed); --huge-pages: every cache on 2 MB pages (README, "Ops")."""
 import argparse
 import json
 import statistics
@@ -48,6 +48,7 @@ def main():
     ap.add_argument("--build", default="build")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--only", default="cost,skip,mla,decode")
+    ap.add_argument("--huge-pages", action="store_true", help="decode: the caches on 2 MB pages")
     a = ap.parse_args()
     only = set(a.only.split(","))
     common = ["--batch", "1", "--heads", "16", "--dtype", "bf16", "--warmup", "1", "--reps", "3"]
@@ -90,8 +91,9 @@ def main():
                                                                               r["a"][2], r["b"][2]))
     if "decode" in only:
         shape = ["decode", "--batch", "1", "--heads", "32", "--heads-kv", "8", "--head-dim", "128", "--seqlen-q",
-                 "1", "--seqlen-k", "131072", "--dtype", "bf16", "--reps", "9"]
-        print("# decode, B1 H32 Hk8 D128 Sk131072: bf16 cache vs quantized (bf16 time / time; target >= 1.8)")
+                 "1", "--seqlen-k", "131072", "--dtype", "bf16", "--reps", "9"] + (["--huge-pages"] if a.huge_pages else [])
+        print("# decode, B1 H32 Hk8 D128 Sk131072%s: bf16 cache vs quantized (bf16 time / time; target >= 1.8)" %
+              (", 2 MB pages" if a.huge_pages else ""))
         for q in ("e4m3", "e5m2", "int8"):
             try:
                 res = compare(a.build, a.rounds, shape, shape + ["--kv-quant", q])
