@@ -8,12 +8,15 @@
  *
  *   cc -O2 bench/kv_ab.c -Iinclude -ldl -o /tmp/kv_ab
  *   Q=3 T=2 SK=131072 R=15 /tmp/kv_ab DIR_A DIR_B ...   (DIR/libcflash.so.1 each: a copy)
- * Env: Q (0), T threads (1), SK (512), R calls per build (200), F (0: bf16 q; 1: fp16). */
+ * Env: Q (0), T threads (1), SK (512), R calls per build (200), F (0: bf16 q; 1: fp16), PAGE (0:
+ * unpaged; N: pages of N rows through a block table, in a scattered order, or BT=1 in order), HUGE
+ * (1: the caches on 2 MB pages, madvise MADV_HUGEPAGE). */
 #include "ab_util.h"
 #include <cflash.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/mman.h>
 
 typedef cflash_status (*fwd_fn)(cflash_context*, const cflash_attn_params*,
                                 const cflash_kvcache_params*, const DLTensor*, const DLTensor*,
@@ -30,10 +33,21 @@ static unsigned rnd(void) {
     return (unsigned)(rng >> 33);
 }
 
+/* n bytes, on 2 MB pages where HUGE=1 asks (advised before the first touch). */
+static void* ab_alloc(size_t n) {
+    if (!ab_env("HUGE", 0)) return malloc(n);
+    void* p = NULL;
+    const size_t m = (n + (2u << 20) - 1) & ~(size_t)((2u << 20) - 1);
+    if (posix_memalign(&p, 2u << 20, m)) return NULL;
+    madvise(p, m, MADV_HUGEPAGE);
+    return p;
+}
+
 int main(int argc, char** argv) {
     const int quant = (int)ab_env("Q", 0), thr = (int)ab_env("T", 1), reps = (int)ab_env("R", 200),
               f16 = (int)ab_env("F", 0);
-    const int64_t Sk = ab_env("SK", 512), B = 1, H = 32, Hk = 8, D = 128;
+    const int64_t Sk = ab_env("SK", 512), B = 1, H = 32, Hk = 8, D = 128, pg = ab_env("PAGE", 0);
+    const int64_t np = pg ? (Sk + pg - 1) / pg : 0, rows = pg ? np * pg : Sk; /* cache rows */
     const int nb = argc - 1;
     if (nb < 1) return fprintf(stderr, "usage: kv_ab DIR...\n"), 2;
     build* L = calloc((size_t)nb, sizeof *L);
@@ -48,8 +62,8 @@ int main(int argc, char** argv) {
         if (!api) api = (void*)dlsym(h, "cflash_attn_params_init");
         if (!kpi) kpi = (void*)dlsym(h, "cflash_kvcache_params_init");
     }
-    const size_t es = quant ? 1 : 2, n = (size_t)(B * Sk * Hk * D);
-    uint8_t *kc = malloc(n * es), *vc = malloc(n * es);
+    const size_t es = quant ? 1 : 2, n = (size_t)(B * rows * Hk * D);
+    uint8_t *kc = ab_alloc(n * es), *vc = ab_alloc(n * es);
     for (size_t i = 0; i < n * es; i++) {
         if (quant) { /* any code but e4m3's NaN (an int8 code is any byte) */
             kc[i] = (uint8_t)rnd(), vc[i] = (uint8_t)rnd();
@@ -64,13 +78,18 @@ int main(int argc, char** argv) {
              *o = malloc(sizeof(uint16_t) * (size_t)(H * D));
     for (int64_t i = 0; i < H * D; i++)
         q[i] = (uint16_t)(0x3c00 + (rnd() & 0xff));
-    float *ks = malloc(sizeof(float) * (size_t)(Sk * Hk)),
-          *vs = malloc(sizeof(float) * (size_t)(Sk * Hk));
-    for (int64_t i = 0; i < Sk * Hk; i++)
+    float *ks = malloc(sizeof(float) * (size_t)(rows * Hk)),
+          *vs = malloc(sizeof(float) * (size_t)(rows * Hk));
+    for (int64_t i = 0; i < rows * Hk; i++)
         ks[i] = 0.01f * (float)(1 + (rnd() & 7)), vs[i] = 0.01f * (float)(1 + (rnd() & 7));
-    int64_t qs[4] = {B, 1, H, D}, cs[4] = {B, Sk, Hk, D}, ss[3] = {B, Sk, Hk};
+    int32_t* bt = malloc(sizeof(int32_t) * (size_t)(np ? np : 1));
+    for (int64_t i = 0; i < np; i++)
+        bt[i] = ab_env("BT", 0) ? (int32_t)i : (int32_t)((i * 7919) % np);
+    int64_t qs[4] = {B, 1, H, D}, cs[4] = {B, Sk, Hk, D}, ss[3] = {B, Sk, Hk}, bs[2] = {1, np};
+    if (pg) cs[0] = ss[0] = np, cs[1] = ss[1] = pg;
     const DLDataType bf = {f16 ? kDLFloat : kDLBfloat, 16, 1}, u8 = {kDLUInt, 8, 1},
-                     i8 = {kDLInt, 8, 1}, f32 = {kDLFloat, 32, 1};
+                     i8 = {kDLInt, 8, 1}, f32 = {kDLFloat, 32, 1}, i32 = {kDLInt, 32, 1};
+    DLTensor tbt = {bt, {kDLCPU, 0}, 2, i32, bs, NULL, 0};
     const DLDataType cdt = quant == 3 ? i8 : quant ? u8 : bf;
     DLTensor tq = {q, {kDLCPU, 0}, 4, bf, qs, NULL, 0}, to = {o, {kDLCPU, 0}, 4, bf, qs, NULL, 0};
     DLTensor tk = {kc, {kDLCPU, 0}, 4, cdt, cs, NULL, 0},
@@ -83,6 +102,8 @@ int main(int argc, char** argv) {
     kpi(&kp);
     p.softmax_scale = 0.088f;
     kp.cache_quant = quant;
+    kp.cache_seqlen = Sk;
+    if (pg) kp.block_table = &tbt;
     if (quant == 3) kp.k_scales = &tks, kp.v_scales = &tvs;
     for (int r = -3; r < reps; r++)
         for (int i = 0; i < nb; i++) {
@@ -93,9 +114,9 @@ int main(int argc, char** argv) {
         }
     for (int i = 0; i < nb; i++) {
         qsort(L[i].t, (size_t)reps, sizeof(double), ab_cmp);
-        printf("%-24s %s Q%d T%d Sk %lld: p10 %.4f median %.4f ms\n", argv[i + 1],
-               f16 ? "fp16" : "bf16", quant, thr, (long long)Sk, L[i].t[reps / 10] * 1e3,
-               L[i].t[reps / 2] * 1e3);
+        printf("%-24s %s Q%d T%d Sk %lld page %lld%s: p10 %.4f median %.4f ms\n", argv[i + 1],
+               f16 ? "fp16" : "bf16", quant, thr, (long long)Sk, (long long)pg,
+               ab_env("HUGE", 0) ? " 2MB" : "", L[i].t[reps / 10] * 1e3, L[i].t[reps / 2] * 1e3);
     }
     return 0;
 }
