@@ -502,10 +502,32 @@ static void kv_append_fast(const cf_kvcache_call* c, float* buf, int64_t b, int6
 /* ---- Quantized caches: factors and non-finite values -------------------------------------------
  */
 
-/* f[t]: the factor of key t0 + t (t < nb) of batch b, KV head hk, K (is_v 0) or V: its int8
- * scale, or the fp8 descale; 0 for t in [nb, KV_KB). */
-static void kv_q_factors(const cf_kvcache_call* c, int is_v, int64_t b, int64_t t0, int64_t nb,
-                         int64_t hk, float* f) {
+/* Where the int8 scales (K: is_v 0, or V) of a block's nb keys from position t0 of batch b are
+ * for KV head hk0: one run (o0 + t * st) or, across pages, o[t]; head hk0 + g adds g * sh. Found
+ * once per block for every KV head of an item (a paged block across pages walks the table). */
+typedef struct kv_qloc {
+    const float* data;
+    int run;
+    int64_t o0, st, sh;
+    int64_t o[KV_KB]; /* (across pages; o[t] = o[0] for t >= nb) */
+} kv_qloc;
+
+static void kv_q_locate(const cf_kvcache_call* c, int is_v, int64_t b, int64_t t0, int64_t nb,
+                        int64_t hk0, kv_qloc* L) {
+    const cf_view* sv = is_v ? &c->vs : &c->ks;
+    L->data = sv->data, L->st = sv->stride[1], L->sh = sv->stride[2];
+    L->run = kv_rows_run(c, sv, b, t0, nb, hk0, &L->o0);
+    if (L->run) return;
+    kv_rows_of(c, sv, b, t0, nb, hk0, L->o);
+    for (int64_t t = nb; t < KV_KB; t++)
+        L->o[t] = L->o[0];
+}
+
+/* f[t]: the factor of key t (t < nb) of the block for KV head hk = hk0 + g of batch b, K (is_v
+ * 0) or V: its int8 scale (L: kv_q_locate's for hk0), or the fp8 descale; 0 for t in [nb,
+ * KV_KB). */
+static void kv_q_factors(const cf_kvcache_call* c, const kv_qloc* L, int is_v, int64_t b,
+                         int64_t hk, int64_t g, int64_t nb, float* f) {
     /* (vector stores: the kernels read f as vectors, which scalar stores would stall) */
     if (c->quant != CFLASH_KV_QUANT_INT8) {
         const float d = cf_kv_descale(c, is_v, b, hk);
@@ -514,20 +536,15 @@ static void kv_q_factors(const cf_kvcache_call* c, int is_v, int64_t b, int64_t 
             f[t] = t < nb ? d : 0.0f;
         return;
     }
-    const cf_view* sv = is_v ? &c->vs : &c->ks;
-    const float* data = sv->data;
-    int64_t o0;
-    if (kv_rows_run(c, sv, b, t0, nb, hk, &o0)) { /* offsets in registers: strided scales */
-        const int64_t st = sv->stride[1];
+    const float* data = L->data + g * L->sh;
+    if (L->run) { /* offsets in registers: strided scales */
+        const int64_t o0 = L->o0, st = L->st;
 #pragma omp simd
         for (int64_t t = 0; t < KV_KB; t++)
             f[t] = t < nb ? data[o0 + t * st] : 0.0f;
         return;
     }
-    int64_t o[KV_KB];
-    kv_rows_of(c, sv, b, t0, nb, hk, o);
-    for (int64_t t = nb; t < KV_KB; t++)
-        o[t] = o[0];
+    const int64_t* o = L->o;
 #pragma omp simd
     for (int64_t t = 0; t < KV_KB; t++)
         f[t] = t < nb ? data[o[t]] : 0.0f;
@@ -732,13 +749,15 @@ static void kv_block_scores(const cf_kvcache_call* c, kv_scratch* w, const kv_it
     int64_t base[KV_KB];
     const void *rows[KV_KB], *pfrows[KV_KB];
     kv_rows_of(c, &c->kc, it->b, it->P + jb, nb, it->hk0, base);
+    kv_qloc L;
+    if (c->quant == CFLASH_KV_QUANT_INT8) kv_q_locate(c, 0, it->b, it->P + jb, nb, it->hk0, &L);
     for (int64_t g = 0; g < it->nh; g++) {
         kv_head_rows(&c->kc, base, nb, g, it->es, rows);
         kv_head h = kv_head_of(c, w, it, g);
         kv_prefetch(&c->kc, pf, npf, g, c->a.D * it->es, it->es, &it->path, &h, pfrows);
         const float* f = NULL;
         if (c->quant != CFLASH_KV_QUANT_NONE) {
-            kv_q_factors(c, 0, it->b, it->P + jb, nb, it->hk0 + g, w->fk);
+            kv_q_factors(c, &L, 0, it->b, it->hk0 + g, g, nb, w->fk);
             f = w->fk;
         }
         it->path.scores(&h, rows, nb, f);
@@ -848,6 +867,8 @@ static void kv_block_pv(const cf_kvcache_call* c, kv_scratch* w, const kv_itm* i
     int64_t base[KV_KB];
     const void *rows[KV_KB], *pfrows[KV_KB];
     kv_rows_of(c, &c->vc, it->b, it->P + jb, nb, it->hk0, base);
+    kv_qloc L;
+    if (c->quant == CFLASH_KV_QUANT_INT8) kv_q_locate(c, 1, it->b, it->P + jb, nb, it->hk0, &L);
     int partial = 0; /* some row does not see every key of the block */
     for (int64_t r = 0; r < it->R; r++)
         partial |= w->lo[r] > jb || w->hi[r] < jb + nb;
@@ -855,7 +876,7 @@ static void kv_block_pv(const cf_kvcache_call* c, kv_scratch* w, const kv_itm* i
         kv_head_rows(&c->vc, base, nb, g, it->es, rows);
         const float* f = NULL;
         if (c->quant != CFLASH_KV_QUANT_NONE) {
-            kv_q_factors(c, 1, it->b, it->P + jb, nb, it->hk0 + g, w->fk);
+            kv_q_factors(c, &L, 1, it->b, it->hk0 + g, g, nb, w->fk);
             f = w->fk;
         }
         if (partial && kv_rows_nonfinite(c, rows, nb, f)) {
