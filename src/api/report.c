@@ -139,7 +139,9 @@ static void forced_note(char* out, size_t len) {
         snprintf(out, len, "forces %s for every call of contexts that set no backend", f);
 }
 
-/* Every variable the library reads (test_report checks that the section names them). */
+/* Every variable the library reads (test_report checks that the section names them); one a line,
+ * as the report prints them. */
+/* clang-format off */
 static const char* const env_vars[] = {
     "CFLASH_BACKEND",
     "CFLASH_LOG",
@@ -160,6 +162,7 @@ static const char* const env_vars[] = {
     "LD_LIBRARY_PATH",
     NULL,
 };
+/* clang-format on */
 
 /* The CUDA kernels this build carries, from the CUDA backend's device hooks. */
 static void cuda_kernels(char* out, size_t len, int* n_sources, int* n_binaries) {
