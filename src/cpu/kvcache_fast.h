@@ -449,6 +449,11 @@ static void kv_rows_of(const cf_kvcache_call* c, const cf_view* v, int64_t b, in
     /* across pages (locals: the stores to o would otherwise reload c and v each row) */
     const int32_t* bt = c->block_table + b * c->bt_stride;
     const int64_t ps = c->page_size, s0 = v->stride[0], sh = hk * v->stride[2];
+    if (ps == 1) { /* a page a row (token pools): no carry from row to row, so it vectorizes */
+        for (int64_t t = 0; t < n; t++)
+            o[t] = bt[t0 + t] * s0 + sh;
+        return;
+    }
     int64_t g = t0 / ps, r = t0 % ps;
     for (int64_t t = 0; t < n; t++) {
         o[t] = bt[g] * s0 + r * s1 + sh;
