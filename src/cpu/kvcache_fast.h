@@ -436,19 +436,13 @@ static inline int kv_rows_run(const cf_kvcache_call* c, const cf_view* v, int64_
     return 1;
 }
 
-/* o[t] = cf_kv_row(c, v, b, t0 + t, hk) for the n <= KV_KB positions of a block. */
-static void kv_rows_of(const cf_kvcache_call* c, const cf_view* v, int64_t b, int64_t t0, int64_t n,
-                       int64_t hk, int64_t* restrict o) {
-    const int64_t s1 = v->stride[1];
-    int64_t o0;
-    if (kv_rows_run(c, v, b, t0, n, hk, &o0)) {
-        for (int64_t t = 0; t < n; t++)
-            o[t] = o0 + t * s1;
-        return;
-    }
-    /* across pages (locals: the stores to o would otherwise reload c and v each row) */
+/* o[t] = cf_kv_row(c, v, b, t0 + t, hk) for the n positions of a paged block, through the table
+ * row by row (a block across pages; the fields in locals: the stores to o would otherwise reload
+ * c and v each row). */
+static void kv_rows_walk(const cf_kvcache_call* c, const cf_view* v, int64_t b, int64_t t0,
+                         int64_t n, int64_t hk, int64_t* restrict o) {
     const int32_t* bt = c->block_table + b * c->bt_stride;
-    const int64_t ps = c->page_size, s0 = v->stride[0], sh = hk * v->stride[2];
+    const int64_t ps = c->page_size, s0 = v->stride[0], s1 = v->stride[1], sh = hk * v->stride[2];
     if (ps == 1) { /* a page a row (token pools): no carry from row to row, so it vectorizes */
         for (int64_t t = 0; t < n; t++)
             o[t] = bt[t0 + t] * s0 + sh;
@@ -459,6 +453,19 @@ static void kv_rows_of(const cf_kvcache_call* c, const cf_view* v, int64_t b, in
         o[t] = bt[g] * s0 + r * s1 + sh;
         if (++r == ps) r = 0, g++;
     }
+}
+
+/* o[t] = cf_kv_row(c, v, b, t0 + t, hk) for the n <= KV_KB positions of a block. */
+static void kv_rows_of(const cf_kvcache_call* c, const cf_view* v, int64_t b, int64_t t0, int64_t n,
+                       int64_t hk, int64_t* restrict o) {
+    int64_t o0;
+    if (!kv_rows_run(c, v, b, t0, n, hk, &o0)) {
+        kv_rows_walk(c, v, b, t0, n, hk, o);
+        return;
+    }
+    const int64_t s1 = v->stride[1];
+    for (int64_t t = 0; t < n; t++)
+        o[t] = o0 + t * s1;
 }
 
 /* x[0..half pairs) rotated at position pos by the call's cos / sin tables. */
@@ -523,7 +530,7 @@ static void kv_q_locate(const cf_kvcache_call* c, int is_v, int64_t b, int64_t t
     L->data = sv->data, L->st = sv->stride[1], L->sh = sv->stride[2];
     L->run = kv_rows_run(c, sv, b, t0, nb, hk0, &L->o0);
     if (L->run) return;
-    kv_rows_of(c, sv, b, t0, nb, hk0, L->o);
+    kv_rows_walk(c, sv, b, t0, nb, hk0, L->o);
     for (int64_t t = nb; t < KV_KB; t++)
         L->o[t] = L->o[0];
 }
