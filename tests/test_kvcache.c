@@ -24,6 +24,10 @@ typedef struct kserve {
     int latent;
     /* attention sinks: fp32 [H] (one head's sink large, one -inf: no sink) */
     int sinks;
+    /* > 0: sequence b > 0 holds (b - 1) % skew cached keys, the first Lmax: a long cache among
+     * short ones, which num_splits 0 splits as if alone (kv_plan; the short ones' splits mostly
+     * empty) */
+    int skew;
 } kserve;
 
 typedef struct kcase {
@@ -321,6 +325,7 @@ static void build(kprob* p, const kcase* c) {
     for (int64_t b = 0; b < c->B; b++) {
         p->L[b] = (int32_t)(b == 0 ? c->Lmax : (int64_t)(tt_rng_u64(&r) % (uint64_t)(c->Lmax + 1)));
         if (c->seqlen_mode) p->L[b] = (int32_t)c->Lmax;
+        if (c->x.skew && b > 0) p->L[b] = (int32_t)((b - 1) % c->x.skew);
         p->P[b] = c->leftpad ? (int32_t)(tt_rng_u64(&r) % (uint64_t)(p->L[b] + 1)) : 0;
         /* varlen: a decode row, a prefill chunk, a speculative draft of 4 (new rows as many as
          * query rows, the way a serving step has them), and now and then none */
@@ -1086,9 +1091,29 @@ static void test_grid(void) {
         run_case(&v);
         ng++;
     }
+    /* a long cache among short ones (a serving batch): with num_splits 0 the long one is split
+     * as if alone (2 threads: 4 splits of about 525 keys), the short ones' splits of 0 .. 5 keys
+     * are mostly empty; every cache format, paged or not, decode and a speculative step */
+    int nk = 0;
+    for (int i = 0; i < 4; i++) {
+        kcase v = {0};
+        v.dtype = dts[i % 3];
+        v.x.quant = (int[]){0, 3, 1, 0}[i];
+        v.x.descale = v.x.quant == CFLASH_KV_QUANT_FP8_E4M3 ? 2 : 0;
+        v.H = 8, v.Hk = 2, v.B = 4, v.D = v.Dv = 64;
+        v.Sq = v.Sn = i == 3 ? 3 : 1;
+        v.Lmax = 2100;
+        v.page = i == 1 ? 16 : 0;
+        v.causal = 1, v.wl = v.wr = -1;
+        v.lse = 1;
+        v.x.skew = i % 2 ? 4 : 1;
+        v.seed = 960 + (uint64_t)i + tt_seed_base();
+        run_case(&v);
+        nk++;
+    }
     printf("kvcache grid: %d cases + 2 long + 2 chunked prefill + %d varlen + %d quantized + %d "
-           "latent + %d sinks + %d odd head dims + %d GEMM-path chunks\n",
-           n, nv, nqz, nl, ns, nd, ng);
+           "latent + %d sinks + %d odd head dims + %d GEMM-path chunks + %d skewed batches\n",
+           n, nv, nqz, nl, ns, nd, ng, nk);
 }
 
 static void test_errors(void) {

@@ -166,6 +166,61 @@ static void run_norm(void* a) {
     tt_free(&x), tt_free(&w), tt_free(&out);
 }
 
+/* ---- The KV-cache decode's key splits (kv_plan): a long cache among short ones is split ------ */
+
+typedef struct kv_arg {
+    cflash_context* ctx;
+    const int32_t* lens; /* [4] */
+    cflash_status s;
+} kv_arg;
+
+/* A decode step, fp32, B4 H8 Hk2 D128, caches of 4096 rows holding lens[b] keys. */
+static void run_kv(void* a) {
+    kv_arg* r = a;
+    const int64_t qs[4] = {4, 1, 8, 128}, cs[4] = {4, 4096, 2, 128}, ls[1] = {4};
+    tt_tensor q, kc, vc, out, sl;
+    tt_alloc(&q, CF_F32, 4, qs, TT_DENSE);
+    tt_random(&q, 7, -1, 1);
+    tt_alloc(&kc, CF_F32, 4, cs, TT_DENSE);
+    tt_random(&kc, 8, -1, 1);
+    tt_alloc(&vc, CF_F32, 4, cs, TT_DENSE);
+    tt_random(&vc, 9, -1, 1);
+    tt_alloc_like(&out, &q);
+    tt_alloc(&sl, CF_I32, 1, ls, TT_DENSE);
+    memcpy(sl.base, r->lens, 4 * sizeof(int32_t));
+    cflash_attn_params ap;
+    cflash_attn_params_init(&ap);
+    cflash_kvcache_params kp;
+    cflash_kvcache_params_init(&kp);
+    kp.cache_seqlens = &sl.dl;
+    r->s = cflash_attn_kvcache_fwd(r->ctx, &ap, &kp, &q.dl, &kc.dl, &vc.dl, &out.dl, NULL);
+    tt_free(&q), tt_free(&kc), tt_free(&vc), tt_free(&out), tt_free(&sl);
+}
+
+/* Four caches alike: an item each, no splits (old and new rule agree). One of 4096 keys beside
+ * three of 64: split in four as if alone (ceil(2 threads x 2 x 4096 / 4288)), where the old rule
+ * (enough items for the threads twice over) left one thread all of it: 1.3-1.6x slower on Zen 4
+ * for 32768 keys beside three of 512. docs/PERF.md, stop 47. */
+static void test_kv_splits(cflash_context* ctx) {
+    static const int32_t alike[4] = {4096, 4096, 4096, 4096}, skewed[4] = {4096, 64, 64, 64},
+                         one[4] = {4096, 0, 0, 0};
+    static const struct {
+        const int32_t* lens;
+        const char* want;
+    } cases[] = {{alike, "kvcache_fwd: items 4 (groups 4, key splits 1)"},
+                 {skewed, "kvcache_fwd: items 16 (groups 4, key splits 4)"},
+                 {one, "kvcache_fwd: items 16 (groups 4, key splits 4)"}};
+    static char log[1 << 16];
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        kv_arg r = {ctx, cases[i].lens, CFLASH_OK};
+        capture(run_kv, &r, log, sizeof log);
+        CHECK_OK(r.s);
+        CHECK_MSG(strstr(log, cases[i].want) != NULL, "lens %d %d %d %d: expected \"%s\":\n%.1500s",
+                  cases[i].lens[0], cases[i].lens[1], cases[i].lens[2], cases[i].lens[3],
+                  cases[i].want, log);
+    }
+}
+
 int main(void) {
     /* Read once, at the library's first log call: set before any. */
     setenv("CFLASH_LOG", "debug", 1);
@@ -201,6 +256,8 @@ int main(void) {
     capture(run_norm, &na, log, sizeof log);
     CHECK_OK(na.s);
     CHECK_MSG(strstr(log, "norm: threads 2 of 2") != NULL, "log:\n%.1500s", log);
+
+    test_kv_splits(ctx);
 
     /* A 1-thread context is never raised. */
     CHECK_OK(cflash_context_set_threads(ctx, 1));

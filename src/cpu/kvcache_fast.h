@@ -931,17 +931,38 @@ static void kv_item(const cf_kvcache_call* c, kv_scratch* w, kv_itm* it, int64_t
 /* ---- The call: plan, items, splits merged -----------------------------------------------------
  */
 
+/* The largest group's share of the items' work (keys x query rows; on: the sequences the items
+ * leave to the attention forward), groups of nchunk KV-head chunks and q query rows: 1 / groups
+ * when the sequences are alike, near 1 when one long cache sits among short ones (a serving batch:
+ * a 32768-key decode beside three of 512 keys). 0: no work. */
+static double kv_largest_share(const cf_kvcache_call* c, const uint8_t* on, int64_t nchunk,
+                               int64_t q) {
+    double total = 0.0, most = 0.0;
+    for (int64_t b = 0; b < c->a.B; b++) {
+        int64_t L, P, sk, q0, sq;
+        cf_kv_seq(c, b, &L, &P, &sk);
+        cf_kv_q_rows(c, b, &q0, &sq);
+        if ((on && on[b]) || sk <= 0 || sq <= 0) continue;
+        const double w = (double)sk * (double)(sq < q ? sq : q);
+        total += (double)sk * (double)sq * (double)nchunk;
+        most = w > most ? w : most;
+    }
+    return total > 0.0 ? most / total : 0.0;
+}
+
 /* Work decomposition: KV heads in chunks of nh and query rows in chunks of nq, so that an item
  * has at most KV_ROWS rows (its scratch stays in L2; K/V are read once per chunk of rows, as the
- * tiles of a prefill), keys in ns splits: num_splits as given, else enough items for every thread
- * twice over, with at least 512 keys per split; splits are cut while their partial results would
- * exceed 256 MB (they change only the order of the sums). Where the rows of one KV head fill an
- * item for the GEMM path (a chunk of prefill), items take one KV head and KV_GEMM_ITEM rows: its
- * K/V are read once per KV_GEMM_ITEM of its rows, not once per KV_ROWS / nh. Sq: the query rows of
- * the longest sequence the items serve. */
+ * tiles of a prefill), keys in ns splits: num_splits as given, else enough that the largest
+ * group's items are at most half a thread's share of the work (kv_largest_share: with alike
+ * sequences, enough items for every thread twice over; a long cache among short ones is split
+ * as if alone), with at least 512 keys per split; splits are cut while their partial results
+ * would exceed 256 MB (they change only the order of the sums). Where the rows of one KV head
+ * fill an item for the GEMM path (a chunk of prefill), items take one KV head and KV_GEMM_ITEM
+ * rows: its K/V are read once per KV_GEMM_ITEM of its rows, not once per KV_ROWS / nh. Sq: the
+ * query rows of the longest sequence the items serve; on as kv_largest_share's. */
 #define KV_ROWS 64
-static void kv_plan(const cf_kvcache_call* c, kv_choose_fn choose, int64_t Sq, int64_t* nh,
-                    int64_t* nq, int64_t* ns) {
+static void kv_plan(const cf_kvcache_call* c, kv_choose_fn choose, int64_t Sq, const uint8_t* on,
+                    int64_t* nh, int64_t* nq, int64_t* ns) {
     const cf_attn_call* a = &c->a;
     const int64_t G = a->H / a->Hk;
     int64_t h = KV_ROWS / G;
@@ -962,9 +983,12 @@ static void kv_plan(const cf_kvcache_call* c, kv_choose_fn choose, int64_t Sq, i
     const int64_t items1 = a->B * (a->Hk / h) * ((Sq + q - 1) / q);
     int64_t n = c->num_splits;
     if (n == 0) {
-        /* (Sq = 0: no items, and nothing to split) */
-        int64_t want = 2 * (int64_t)a->threads;
-        n = items1 >= want || items1 == 0 ? 1 : (want + items1 - 1) / items1;
+        /* (Sq = 0 or no keys: no work, and nothing to split; Sq = 0 with any B, 2^40 empty
+         * sequences included, is not walked: test_hostile) */
+        const double want = Sq > 0 && a->Sk > 0
+                                ? 2.0 * (double)a->threads * kv_largest_share(c, on, a->Hk / h, q)
+                                : 0.0;
+        n = want > 1.0 ? (int64_t)ceil(want - 1e-9) : 1;
         if (n > a->Sk / 512) n = a->Sk / 512;
     }
     if (n > a->Sk) n = a->Sk;
@@ -1224,9 +1248,11 @@ static cflash_status kv_run_with(const void* call, kv_choose_fn choose, const cf
             if (!on[b] && sq > Sq) Sq = sq;
         }
     }
-    kv_plan(c, choose, Sq, &k.nh, &k.nq, &k.ns);
+    kv_plan(c, choose, Sq, on, &k.nh, &k.nq, &k.ns);
     k.nchunk = a->Hk / k.nh, k.nqc = (Sq + k.nq - 1) / k.nq, k.R = k.nh * G * k.nq;
     k.groups = a->B * k.nchunk * k.nqc, k.items = k.groups * k.ns;
+    cf_log(CF_LOG_DEBUG, "kvcache_fwd: items %lld (groups %lld, key splits %lld)",
+           (long long)k.items, (long long)k.groups, (long long)k.ns);
     k.parts = k.ns > 1 ? malloc(sizeof(float) * (size_t)(k.items * k.R * (Dv + 2))) : NULL;
     if (k.ns > 1 && !k.parts) free(on);
     CFLASH_RETURN_IF(k.ns > 1 && !k.parts, CFLASH_ERR_OUT_OF_MEMORY,
