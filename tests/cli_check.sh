@@ -76,6 +76,13 @@ if [ -z "${CFLASH_TEST_RUNNER:-}" ]; then
         --dtype bf16 --kv-quant int8 --huge-pages --reps 1 --warmup 0
     expect 0 '"huge_pages_mb":-?[0-9]+\}' -- bench norm --batch 1 --seqlen 64 --heads 4 \
         --head-dim 64 --huge-pages --reps 1 --warmup 0 --json
+    # --cache-seqlens: a batch of caches of those lengths (the batch their count, the cache the
+    # longest), the keys of all in the shape
+    expect 0 'decode +B4 H4/2 D64 Sq1 Sk<=300 \(303 keys\) bfloat16 ' -- bench decode --heads 4 \
+        --heads-kv 2 --head-dim 64 --cache-seqlens 300,0,1,2 --dtype bf16 --reps 1 --warmup 0
+    expect 0 'Sq1 Sk<=40 \(50 keys\) cache-int8 paged16 ' -- bench decode --heads 4 \
+        --heads-kv 2 --head-dim 64 --cache-seqlens 40,10 --page 16 --kv-quant int8 --reps 1 \
+        --warmup 0
 fi
 # A decode step is one query row unless --seqlen-q says otherwise (--seqlen: the cache's length).
 expect 0 'decode +B1 H4/2 D64 Sq1 Sk200 ' -- bench decode --batch 1 --heads 4 --heads-kv 2 \
@@ -83,6 +90,12 @@ expect 0 'decode +B1 H4/2 D64 Sq1 Sk200 ' -- bench decode --batch 1 --heads 4 --
 expect 0 'decode +B1 H4/2 D64 Sq3 Sk200 ' -- bench decode --batch 1 --heads 4 --heads-kv 2 \
     --head-dim 64 --seqlen-q 3 --seqlen-k 200 --dtype bf16 --reps 1 --warmup 0
 expect 2 "--against 'fp4', expected none, e4m3, e5m2 or int8" -- bench decode --against fp4
+# --cache-seqlens: a bad list is refused, naming the flag.
+for bad in '3,' ',3' '3,,4' '3,x' '-1' '2147483648' ''; do
+    expect 2 "--cache-seqlens '$bad', expected 1 to 65536 lengths in \[0, 2147483647\]" -- \
+        bench decode --cache-seqlens "$bad"
+done
+expect 2 "unknown flag '--cache-seqlens'" -- bench norm --cache-seqlens 3
 expect 2 "unknown flag '--against'" -- bench norm --against int8
 # A paged cache names its page size before the mask (it read "paged causal16").
 expect 0 'Sq40 Sk300 paged16 causal ' -- bench decode --batch 1 --heads 4 --heads-kv 2 \

@@ -12,7 +12,10 @@
  *           quantized cache: 1-byte codes, fp8 descale per KV head, int8 scales per (token,
  *           head)); --against Q: the same decode with a cache of format Q too, each of its
  *           calls after one of the op's (both see the same machine), its median and the op's
- *           speed over it. Bytes: K and V read (+ their int8 scales, q, out).
+ *           speed over it; --cache-seqlens L,L,...: a batch of caches holding those many keys
+ *           (cache_seqlens; the batch their count, each cache as long as the longest), as a
+ *           serving step's sequences differ. Bytes: the K and V rows read (+ their int8 scales,
+ *           q, out).
  *   merge   --splits N parts of (batch, seqlen-q, heads, head-dim) in the dtype, fp32 LSE.
  * --huge-pages (every op): the inputs on 2 MB pages (transparent huge pages, asked for by madvise)
  * as a serving engine would allocate a KV cache; the report says how much the kernel gave.
@@ -46,9 +49,10 @@ int cf_cmd_bench_merge(int argc, char** argv);
 typedef struct ops_flags {
     int64_t rotary_dim, page, splits;
     int interleaved, inplace, layer, residual;
-    int kv_quant; /* cflash_kv_quant */
-    int against;  /* decode --against: a second cache format timed in alternation, or -1 */
-    int huge;     /* --huge-pages */
+    int kv_quant;  /* cflash_kv_quant */
+    int against;   /* decode --against: a second cache format timed in alternation, or -1 */
+    int huge;      /* --huge-pages */
+    int32_t* lens; /* decode --cache-seqlens: [batch] keys per sequence, or NULL */
 } ops_flags;
 
 /* How tens_new allocates: on 2 MB pages or not (--huge-pages, set by parse), and what it gave. */
@@ -73,13 +77,49 @@ static const char* ops_usage(const char* cmd) {
                  "                     per KV head, int8 scales per (token, KV head))\n"
                  "  --against Q        the same decode with cache Q too, the two calls alternated\n"
                  "                     (one median each, and their ratio: issue 13's figure)\n"
+                 "  --cache-seqlens L,L,...  keys held by each sequence's cache (cache_seqlens):\n"
+                 "                     the batch is their count, every cache as long as the\n"
+                 "                     longest (a serving step: one long cache among short ones)\n"
                : "  --splits N         parts to merge\n";
 }
 
 static const char huge_usage[] =
     "  --huge-pages       inputs on 2 MB pages (madvise MADV_HUGEPAGE before the first touch)\n";
 
-/* 0, -1 on a bad flag (said on stderr), 1 after --help (printed). */
+/* Most sequences --cache-seqlens takes. */
+enum { MAX_LENS = 65536 };
+
+/* --cache-seqlens' list v into f->lens (malloc'ed) and its count / longest into pr's batch and
+ * seqlen-k: 0, or -1 (said). */
+static int parse_lens(const char* v, ops_flags* f, cf_problem* pr) {
+    int32_t* l = malloc(sizeof(int32_t) * MAX_LENS);
+    int64_t n = 0, most = 0;
+    const char* c = v;
+    int ok = l != NULL;
+    while (ok) { /* a length, then a comma and the next, or the end */
+        char* end = NULL;
+        const long long x = strtoll(c, &end, 10);
+        ok = end != c && x >= 0 && x <= INT32_MAX && (*end == ',' || !*end) && n < MAX_LENS;
+        if (!ok) break;
+        l[n++] = (int32_t)x, most = x > most ? x : most;
+        if (!*end) break;
+        c = end + 1;
+    }
+    if (!ok) {
+        fprintf(stderr,
+                "cflash bench decode: --cache-seqlens '%s', expected 1 to %d lengths in [0, %d] "
+                "separated by commas\n",
+                v, MAX_LENS, INT32_MAX);
+        free(l);
+        return -1;
+    }
+    free(f->lens);
+    f->lens = l, pr->batch = n, pr->seqlen_k = most > 0 ? most : 1;
+    return 0;
+}
+
+/* 0, -1 on a bad flag (said on stderr), 1 after --help (printed). f->lens: free()d by the caller
+ * (NULL on -1 and 1). */
 static int parse(const char* cmd, int argc, char** argv, cf_problem* pr, ops_flags* f) {
     memset(f, 0, sizeof *f);
     f->splits = -1, f->against = -1;
@@ -90,6 +130,7 @@ static int parse(const char* cmd, int argc, char** argv, cf_problem* pr, ops_fla
             return 1;
         }
     char** rest = calloc((size_t)argc + 1, sizeof(char*));
+    const char* lens = NULL;
     int n = 0;
     for (int i = 0; i < argc; i++) {
         const char* a = argv[i];
@@ -132,6 +173,8 @@ static int parse(const char* cmd, int argc, char** argv, cf_problem* pr, ops_fla
             f->residual = 1;
         else if (i >= 3 && !strcmp(a, "--huge-pages"))
             f->huge = 1;
+        else if (i >= 3 && !strcmp(cmd, "decode") && !strcmp(a, "--cache-seqlens"))
+            lens = i + 1 < argc ? argv[++i] : "";
         else
             rest[n++] = argv[i];
     }
@@ -150,6 +193,7 @@ static int parse(const char* cmd, int argc, char** argv, cf_problem* pr, ops_fla
         fprintf(stderr, "cflash bench %s: only --device cpu has kernels for this op\n", cmd);
         return -1;
     }
+    if (lens && parse_lens(lens, f, pr)) return -1;
     tens_pages.huge = f->huge;
     return 0;
 }
@@ -531,7 +575,7 @@ typedef struct dec_arg {
     cflash_context* ctx;
     cflash_attn_params p;
     cflash_kvcache_params kp;
-    tens q, kc, vc, out, lse, bt, kd, vd, ks, vs;
+    tens q, kc, vc, out, lse, bt, kd, vd, ks, vs, sl;
 } dec_arg;
 
 static cflash_status dec_call(void* p) {
@@ -580,6 +624,15 @@ static int dec_setup(dec_arg* a, const cf_problem* pr, const ops_flags* f, int q
         for (int64_t e = 0; e < n; e++)
             x[e] = 0.01f + 0.5f * (x[e] + 1.0f);
     }
+    const int64_t sls[1] = {B};
+    if (f->lens && tens_new(&a->sl, CFLASH_DTYPE_I32, 1, sls, 11)) return 1;
+    int64_t keys = B * Sk; /* rows read: (tens_new checked B * Sk * Hk * D) */
+    if (f->lens) {
+        memcpy(a->sl.dl.data, f->lens, sizeof(int32_t) * (size_t)B);
+        keys = 0;
+        for (int64_t b = 0; b < B; b++)
+            keys += f->lens[b];
+    }
     for (int64_t i = 0; f->page && i < Bp; i++) /* pages in a scattered order */
         ((int32_t*)a->bt.dl.data)[i] = (int32_t)((i * 7919) % Bp);
     cflash_attn_params_init(&a->p);
@@ -588,6 +641,7 @@ static int dec_setup(dec_arg* a, const cf_problem* pr, const ops_flags* f, int q
     a->p.softcap = pr->softcap;
     cflash_kvcache_params_init(&a->kp);
     a->kp.cache_seqlen = Sk;
+    a->kp.cache_seqlens = f->lens ? &a->sl.dl : NULL;
     a->kp.block_table = f->page ? &a->bt.dl : NULL;
     a->kp.num_splits = f->splits >= 0 ? (int)f->splits : 0;
     a->kp.cache_quant = quant;
@@ -595,14 +649,15 @@ static int dec_setup(dec_arg* a, const cf_problem* pr, const ops_flags* f, int q
     a->kp.k_scales = int8 ? &a->ks.dl : NULL, a->kp.v_scales = int8 ? &a->vs.dl : NULL;
     const double es = (double)cflash_dtype_size(pr->dtype), ces = (double)cflash_dtype_size(cdt);
     if (bytes)
-        *bytes = 2.0 * (double)(B * Sk * Hk * D) * ces + 2.0 * (double)(B * Sq * H * D) * es +
-                 (int8 ? 2.0 * 4.0 * (double)(B * Sk * Hk) : 0.0);
+        *bytes = 2.0 * (double)(keys * Hk * D) * ces + 2.0 * (double)(B * Sq * H * D) * es +
+                 (int8 ? 2.0 * 4.0 * (double)(keys * Hk) : 0.0);
     return 0;
 }
 
 static void dec_free(dec_arg* a) {
-    tens* t[10] = {&a->q, &a->kc, &a->vc, &a->out, &a->lse, &a->bt, &a->kd, &a->vd, &a->ks, &a->vs};
-    for (int i = 0; i < 10; i++)
+    tens* t[11] = {&a->q,  &a->kc, &a->vc, &a->out, &a->lse, &a->bt,
+                   &a->kd, &a->vd, &a->ks, &a->vs,  &a->sl};
+    for (int i = 0; i < 11; i++)
         tens_free(t[i]);
     cflash_context_free(a->ctx);
     a->ctx = NULL;
@@ -626,11 +681,19 @@ int cf_cmd_bench_decode(int argc, char** argv) {
     int rc = dec_setup(&a, &pr, &f, f.kv_quant, &bytes) ||
              (f.against >= 0 && dec_setup(&b, &pr, &f, f.against, NULL));
     if (!rc) {
-        char shape[160], what[64], paged[32] = "";
+        char shape[192], what[64], paged[32] = "", sk[64];
         if (f.page) snprintf(paged, sizeof paged, " paged%lld", (long long)f.page);
-        snprintf(shape, sizeof shape, "B%lld H%lld/%lld D%lld Sq%lld Sk%lld%s%s%s",
-                 (long long)pr.batch, (long long)pr.heads, (long long)pr.heads_kv,
-                 (long long)pr.head_dim, (long long)pr.seqlen_q, (long long)pr.seqlen_k,
+        int64_t keys = 0;
+        for (int64_t i = 0; f.lens && i < pr.batch; i++)
+            keys += f.lens[i];
+        if (f.lens) /* (the longest; the keys of all) */
+            snprintf(sk, sizeof sk, "Sk<=%lld (%lld keys)", (long long)pr.seqlen_k,
+                     (long long)keys);
+        else
+            snprintf(sk, sizeof sk, "Sk%lld", (long long)pr.seqlen_k);
+        snprintf(shape, sizeof shape, "B%lld H%lld/%lld D%lld Sq%lld %s%s%s%s", (long long)pr.batch,
+                 (long long)pr.heads, (long long)pr.heads_kv, (long long)pr.head_dim,
+                 (long long)pr.seqlen_q, sk,
                  (const char*[]){"", " cache-e4m3", " cache-e5m2", " cache-int8"}[f.kv_quant],
                  paged, pr.causal ? " causal" : "");
         job j = {dec_call, &a, CFLASH_OK, ""}, jb = {dec_call, &b, CFLASH_OK, ""};
@@ -641,6 +704,7 @@ int cf_cmd_bench_decode(int argc, char** argv) {
         rc = report("decode", &pr, shape, a.ctx, &j, bytes, f.against >= 0 ? &vs : NULL);
     }
     dec_free(&a), dec_free(&b);
+    free(f.lens);
     return rc;
 }
 
