@@ -138,6 +138,7 @@ int main(void) {
             CHECK_MSG(ran > 0, "%s ran no case", backends[i]);
         }
         attn_grid_one_pass(backends[i], backend_dtypes[i], 2);
+        attn_grid_decode_rows(backends[i], backend_dtypes[i], 2);
     }
     CHECK_MSG(any || !tt_backend_selected("cpu-generic"),
               "no CPU backend available (cpu-generic always is)");

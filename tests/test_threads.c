@@ -9,6 +9,7 @@
 #include <strings.h>
 #include <unistd.h>
 
+#include "common/attn_grid.h"
 #include "common/testutil.h"
 #include "core/threads.h"
 #include "oracle/attn_oracle.h"
@@ -221,6 +222,51 @@ static void test_kv_splits(cflash_context* ctx) {
     }
 }
 
+/* ---- Decode rows of the attention forward on the KV-cache kernels (x86) -------------------- */
+
+/* A decode step through the attention forward (B2 H8 Hk2 Sq1 Sk 300: 4 query rows per KV head)
+ * runs on cpu-avx512's / cpu-avx2's KV-cache kernels, said in the debug log, and is checked
+ * against the fp64 oracle; with dropout (which that call does not take) or 32 rows a KV head it
+ * stays on the tiled forward. Before stop 47 every one was tiled: 5-7x slower at 4096-32768 keys
+ * on Zen 4 (docs/PERF.md). */
+static void test_decode_rows(void) {
+    const char* be = attn_backend_runs("cpu-avx512") ? "cpu-avx512"
+                     : attn_backend_runs("cpu-avx2") ? "cpu-avx2"
+                                                     : NULL;
+    if (!be) {
+        printf("decode rows: no x86 backend here, not checked\n");
+        return;
+    }
+    char want[128];
+    snprintf(want, sizeof want, "on %s's KV-cache kernels (decode rows)", be);
+    cflash_context* ctx = NULL;
+    CHECK_OK(cflash_context_create(&ctx));
+    CHECK_OK(cflash_context_set_backend(ctx, be));
+    CHECK_OK(cflash_context_set_threads(ctx, 2));
+    static char log[1 << 16];
+    for (int k = 0; k < 3; k++) {
+        attn_case c;
+        attn_case_init(&c);
+        c.B = 2, c.H = 8, c.Hk = 2, c.Sq = 1, c.Sk = 300, c.D = c.Dv = 64, c.causal = 1;
+        c.dtype = CFLASH_DTYPE_BF16, c.seed = 77 + (uint64_t)k;
+        if (k == 1) c.dropout_p = 0.1f;
+        if (k == 2) c.Sq = 8; /* 32 rows a KV head */
+        attn_problem* p = attn_problem_new(&c);
+        CHECK(p != NULL);
+        if (!p) continue;
+        run_arg r = {ctx, p, 0, CFLASH_OK};
+        capture(run_attn, &r, log, sizeof log);
+        CHECK_OK(r.s);
+        CHECK_MSG((strstr(log, want) != NULL) == (k == 0),
+                  "case %d: \"%s\" %s in the log:\n%.1500s", k, want, k ? "found" : "not found",
+                  log);
+        char msg[512];
+        CHECK_MSG(attn_problem_check_fwd(p, msg, sizeof msg), "case %d: %s", k, msg);
+        attn_problem_free(p);
+    }
+    cflash_context_free(ctx);
+}
+
 int main(void) {
     /* Read once, at the library's first log call: set before any. */
     setenv("CFLASH_LOG", "debug", 1);
@@ -258,6 +304,7 @@ int main(void) {
     CHECK_MSG(strstr(log, "norm: threads 2 of 2") != NULL, "log:\n%.1500s", log);
 
     test_kv_splits(ctx);
+    test_decode_rows();
 
     /* A 1-thread context is never raised. */
     CHECK_OK(cflash_context_set_threads(ctx, 1));

@@ -1299,3 +1299,85 @@ static cflash_status kv_run_with(const void* call, kv_choose_fn choose, const cf
 static inline cflash_status kv_run(const void* call, kv_choose_fn choose) {
     return kv_run_with(call, choose, NULL, 0);
 }
+
+/* ---- Decode rows of an attention call ---------------------------------------------------------
+ * An attention forward whose sequences all have few query rows per KV head (kv_decode_rows: a
+ * decode step or a short speculative one through flash_attn_func, SDPA or transformers; the
+ * decode rows vLLM passes to flash_attn_varlen_func) gives the tiled forward one short tile per KV
+ * head, which repacks every key block for a few rows: 5x the items' time at 32768 keys on Zen 4
+ * (docs/PERF.md, stop 47). It is the KV-cache call without an append over the call's keys as the
+ * cache (kv_attn_decode), the reverse of kv_attend: batch mode reads k / v as (B, Sk) caches,
+ * varlen the packed rows as one cache that every sequence enters at its cu_seqlens_k offset (a
+ * left pad), paged through the block table; seqused_k gives the lengths. */
+
+/* The query rows of a sequence (sq) and of a KV head (G * sq) up to which the items take an
+ * attention call, by dtype: where they beat the tiled forward at 4096 keys on Zen 4 (docs/PERF.md,
+ * stop 47). bf16: 1.15-1.2x at sq 8 with G 1 or 2, 1.1-1.4x at G 4 sq 7; 0.84-0.9x at sq 12-15.
+ * fp16: 1.1-2.7x at sq 4 (G 1, 2), 0.55-0.7x at G 1 sq 8. fp32: 1.25-2x at 8 rows (G 8 sq 1, G 4
+ * sq 2), even at G 1 sq 4 and G 4 sq 3, 0.54-0.85x at G 16 sq 1. */
+static inline void kv_decode_rows(cf_dtype dt, int64_t* sq, int64_t* rows) {
+    *sq = dt == CF_BF16 ? 8 : dt == CF_F16 ? 4 : 2;
+    *rows = dt == CF_F32 ? 8 : KV_ATTEND_ROWS - 1;
+}
+
+/* Whether attention call a goes to the items: on the CPU, none of the features the KV-cache call
+ * does not take (dropout, bias, mask, block lists, chunks, block offsets, seqused_q), every
+ * sequence's rows within kv_decode_rows, and (varlen) every sequence's last key row in int32 (the
+ * KV-cache call's lengths). */
+static inline int kv_attn_decodes(const cf_attn_call* a) {
+    if (a->device_type != kDLCPU || a->dropout_p != 0.0f || a->bias.data || a->mask.data ||
+        a->bs_num.data || a->chunk || a->q_offset || a->k_offset || a->seqused_q || a->B < 1 ||
+        a->Hk < 1 || a->Sq < 1)
+        return 0;
+    const int64_t G = a->H / a->Hk;
+    int64_t msq, mrows;
+    kv_decode_rows(a->dtype, &msq, &mrows);
+    if (!a->varlen) /* (Sq first: G * Sq may not fit; lengths: Sk, or seqused_k's int32s) */
+        return a->Sq <= msq && G * a->Sq <= mrows;
+    for (int64_t b = 0; b < a->B; b++) {
+        int64_t q0, sq, k0, sk;
+        cf_attn_seq(a, b, &q0, &sq, &k0, &sk);
+        if (sq > msq || G * sq > mrows || k0 + sk > INT32_MAX) return 0;
+    }
+    return 1;
+}
+
+/* Attention call a (kv_attn_decodes) on the items of choose, as the KV-cache call over its keys;
+ * backend: the caller's name, for the log. */
+static inline cflash_status kv_attn_decode(const cf_attn_call* a, kv_choose_fn choose,
+                                           const char* backend) {
+    cf_kvcache_call c;
+    memset(&c, 0, sizeof c);
+    c.a = *a;
+    c.a.varlen = 0, c.a.cu_k = c.a.cu_k_dev = NULL, c.a.block_table = NULL, c.a.seqused_k = NULL;
+    c.kc = a->k, c.vc = a->v;
+    c.page_size = a->block_table ? a->page_size : a->k.shape[1];
+    c.block_table = a->block_table, c.bt_stride = a->bt_stride, c.max_pages = a->bt_stride;
+    c.seqlen = a->Sk;
+    /* lengths (the last key row + 1) and left pads per sequence, unless all are Sk and 0 */
+    const int packed = a->varlen && !a->block_table;
+    int32_t* own = NULL;
+    if (a->varlen || a->seqused_k) {
+        own = malloc(sizeof(int32_t) * (size_t)(2 * a->B));
+        CFLASH_RETURN_IF(!own, CFLASH_ERR_OUT_OF_MEMORY,
+                         "attn_fwd: out of memory for %lld decode rows' lengths", (long long)a->B);
+        int64_t most_q = 0, most_k = 0;
+        for (int64_t b = 0; b < a->B; b++) {
+            int64_t q0, sq, k0, sk;
+            cf_attn_seq(a, b, &q0, &sq, &k0, &sk);
+            own[b] = (int32_t)(k0 + sk), own[a->B + b] = (int32_t)k0;
+            most_q = sq > most_q ? sq : most_q, most_k = sk > most_k ? sk : most_k;
+        }
+        c.seqlens = own, c.leftpad = packed ? own + a->B : NULL;
+        if (a->varlen) c.a.Sq = most_q;
+        c.a.Sk = most_k;
+    }
+    if (packed) /* (the lifted views: stride 0 along dim 0, every sequence in "cache 0") */
+        c.kc.shape[0] = c.vc.shape[0] = a->B;
+    cf_log(CF_LOG_DEBUG,
+           "attn_fwd: at most %lld query rows per KV head: on %s's KV-cache kernels (decode rows)",
+           (long long)(a->H / a->Hk * c.a.Sq), backend);
+    const cflash_status st = kv_run(&c, choose);
+    free(own);
+    return st;
+}

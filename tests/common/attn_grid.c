@@ -437,6 +437,13 @@ int attn_grid_run(const attn_grid_opts* o, int* ran, int* skipped) {
 
 /* ---- The one-pass backward ----------------------------------------------------------------- */
 
+/* One CHECK of p's forward against the oracle, and (bwd) one of its backward. */
+static void check_fwd_bwd(attn_problem* p, const char* backend, int bwd) {
+    char msg[768];
+    CHECK_MSG(attn_problem_check_fwd(p, msg, sizeof msg), "%s: %s", backend, msg);
+    if (bwd) CHECK_MSG(attn_problem_check_bwd(p, msg, sizeof msg), "%s: %s", backend, msg);
+}
+
 int attn_grid_one_pass(const char* backend, unsigned dtypes, int threads) {
     cflash_context* ctx = NULL;
     CHECK_OK(cflash_context_create(&ctx));
@@ -469,14 +476,86 @@ int attn_grid_one_pass(const char* backend, unsigned dtypes, int threads) {
             attn_problem* p = attn_problem_new(&c);
             CHECK(p != NULL);
             if (!p) continue;
-            char msg[768];
             CHECK_OK(attn_problem_run_bwd(ctx, p));
-            CHECK_MSG(attn_problem_check_fwd(p, msg, sizeof msg), "%s: %s", backend, msg);
-            CHECK_MSG(attn_problem_check_bwd(p, msg, sizeof msg), "%s: %s", backend, msg);
+            check_fwd_bwd(p, backend, 1);
             attn_problem_free(p);
             n++;
         }
     printf("%s one-pass backward: %d cases\n", backend, n);
+    cflash_context_free(ctx);
+    return n;
+}
+
+/* ---- Decode rows --------------------------------------------------------------------------- */
+
+/* Case k of attn_grid_decode_rows (k < NDECODE), in dtype dt. */
+#define NDECODE 11
+static void decode_case(int k, cf_dtype dt, attn_case* c) {
+    attn_case_init(c);
+    c->dtype = dt;
+    c->seed = 7000 + (uint64_t)k * 10 + (uint64_t)dt + tt_seed_base() * 1000003u;
+    c->B = 2, c->H = 8, c->Hk = 2, c->Sq = 1, c->Sk = 300, c->D = c->Dv = 64;
+    c->layout = (tt_layout)(k % 3);
+    static const int32_t q4[4] = {1, 2, 1, 0}, k4[4] = {40, 1, 0, 300}, q3[3] = {1, 1, 2},
+                         k3[3] = {100, 5, 33};
+    switch (k) {
+    case 0: c->causal = 1; break; /* GQA 4, one row */
+    case 1:                       /* no GQA, 3 rows, odd head dims, masks */
+        c->B = 3, c->H = c->Hk = 4, c->Sq = 3, c->Sk = 77, c->D = 33, c->Dv = 17;
+        c->window_left = 20, c->window_right = 0, c->softcap = 1.5f, c->alibi = ATTN_ALIBI_BH;
+        break;
+    case 2: /* MQA, 16 rows on one KV head, sinks, a cache split in four */
+        c->B = 1, c->H = 16, c->Hk = 1, c->Sk = 1500, c->D = c->Dv = 128, c->sinks = 1;
+        break;
+    case 3: /* varlen: a row with no key, a sequence with no row, a long one */
+    case 4: /* the same paged (16 rows a page), seqused_k */
+        c->varlen = 1, c->B = 4, c->causal = 1;
+        for (int b = 0; b < 4; b++)
+            c->seqlens_q[b] = q4[b], c->seqlens_k[b] = k4[b];
+        if (k == 4) c->page = 16, c->seqused = 2, c->alibi = ATTN_ALIBI_H;
+        break;
+    case 5: /* paged, one row a page, seqused_k without cu_seqlens_k, window */
+        c->varlen = 1, c->B = 3, c->H = 6, c->Hk = 3, c->page = 1, c->seqused = 2, c->no_cu_k = 1;
+        for (int b = 0; b < 3; b++)
+            c->seqlens_q[b] = q3[b], c->seqlens_k[b] = k3[b];
+        c->window_left = 9, c->window_right = 2;
+        break;
+    case 6: c->Sq = 2, c->seqused = 2, c->no_lse = 1; break; /* batch seqused_k, no lse */
+    case 7: c->Sq = 7, c->Sk = 5, c->causal = 1; break;      /* 28 rows; early rows see no key */
+    case 8: c->dropout_p = 0.1f; break;                      /* kept tiled: dropout */
+    case 9: c->bias = ATTN_BC_BH; break;                     /* kept tiled: bias */
+    case 10: c->Sq = 8, c->causal = 1; break;                /* 32 rows a KV head: tiled */
+    }
+}
+
+int attn_grid_decode_rows(const char* backend, unsigned dtype_bits, int threads) {
+    cflash_context* ctx = NULL;
+    CHECK_OK(cflash_context_create(&ctx));
+    CHECK_OK(cflash_context_set_backend(ctx, backend));
+    CHECK_OK(cflash_context_set_threads(ctx, threads));
+    int n = 0;
+    for (int di = 0; di < 3; di++)
+        for (int k = 0; k < NDECODE; k++) {
+            if (dtype_bits && !(dtype_bits & (1u << dtypes[di]))) continue;
+            if (tt_test_level() < 0 && k % 3 != di) continue; /* emulated: each in one dtype */
+            attn_case c;
+            decode_case(k, dtypes[di], &c);
+            char name[256];
+            attn_case_str(&c, name, sizeof name);
+            attn_problem* p = attn_problem_new(&c);
+            CHECK_MSG(p != NULL, "%s: could not set up the problem", name);
+            if (!p) continue;
+            /* (the backward, where there is an lse, runs after the forward on its lse) */
+            cflash_status s = attn_problem_run_fwd(ctx, p);
+            CHECK_MSG(s == CFLASH_OK, "%s on %s: %s", name, backend, cflash_last_error());
+            if (s == CFLASH_OK && !c.no_lse) s = attn_problem_run_bwd(ctx, p);
+            CHECK_MSG(s == CFLASH_OK, "%s on %s (backward): %s", name, backend,
+                      cflash_last_error());
+            if (s == CFLASH_OK) check_fwd_bwd(p, backend, !c.no_lse);
+            attn_problem_free(p);
+            n++;
+        }
+    printf("%s decode rows: %d cases\n", backend, n);
     cflash_context_free(ctx);
     return n;
 }

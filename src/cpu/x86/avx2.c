@@ -54,7 +54,15 @@ const cf_attn_kernels* cf_attn_kernels_avx2(void) {
 static int avx2_supports(const void* call, char* reason, size_t len) {
     return cf_attn_cpu_supports(call, cf_attn_kernels_avx2(), reason, len);
 }
+#if defined(__x86_64__)
+int cf_attn_avx2_decode(const void* call, cflash_status* st); /* kv_avx2.c */
+#endif
+/* Decode rows (few query rows per KV head) on the KV-cache kernels, the rest tiled. */
 static cflash_status avx2_fwd(const void* call) {
+#if defined(__x86_64__)
+    cflash_status st;
+    if (cf_attn_avx2_decode(call, &st)) return st;
+#endif
     return cf_attn_cpu_fwd(call, cf_attn_kernels_avx2());
 }
 static cflash_status avx2_bwd(const void* call) {

@@ -317,6 +317,14 @@ static void kv_choose_avx2(const cf_kvcache_call* c, int64_t R, kv_path* p) {
     kv_choose_gemm(c, R, p, cf_attn_kernels_avx2());
 }
 
+/* For cpu-avx2's attention forward (avx2.c): its decode rows on these kernels (1, *st the
+ * status), or 0 when the call is not decode-shaped (kv_attn_decodes). */
+int cf_attn_avx2_decode(const void* call, cflash_status* st) {
+    if (!kv_attn_decodes(call)) return 0;
+    *st = kv_attn_decode(call, kv_choose_avx2, "cpu-avx2");
+    return 1;
+}
+
 int cf_ops_avx2_available(char* why, size_t n); /* src/cpu/x86/ops_avx2.c */
 
 extern const cf_impl cf_impl_avx2_attn_fwd; /* src/cpu/x86/avx2.c */
