@@ -1311,27 +1311,29 @@ static inline cflash_status kv_run(const void* call, kv_choose_fn choose) {
  * left pad), paged through the block table; seqused_k gives the lengths. */
 
 /* The query rows of a sequence (sq) and of a KV head (G * sq) up to which the items take an
- * attention call, by dtype: where they beat the tiled forward at 4096 keys on Zen 4 (docs/PERF.md,
- * stop 47). bf16: 1.15-1.2x at sq 8 with G 1 or 2, 1.1-1.4x at G 4 sq 7; 0.84-0.9x at sq 12-15.
- * fp16: 1.1-2.7x at sq 4 (G 1, 2), 0.55-0.7x at G 1 sq 8. fp32: 1.25-2x at 8 rows (G 8 sq 1, G 4
- * sq 2), even at G 1 sq 4 and G 4 sq 3, 0.54-0.85x at G 16 sq 1. */
-static inline void kv_decode_rows(cf_dtype dt, int64_t* sq, int64_t* rows) {
-    *sq = dt == CF_BF16 ? 8 : dt == CF_F16 ? 4 : 2;
+ * attention call, by dtype (bf16_dot: the build's bf16 items multiply by vdpbf16ps): where they
+ * beat the tiled forward at 4096 keys on Zen 4 (docs/PERF.md, stop 47). bf16 by vdpbf16ps
+ * (cpu-avx512 on AMD): 1.15-1.2x at sq 8 with G 1 or 2, 1.1-1.4x at G 4 sq 7; 0.84-0.9x at sq
+ * 12-15. fp16, and bf16 on fp32 FMA (cpu-avx2; cpu-avx512 on Intel): 1.1-2.7x at sq 4 (G 1, 2),
+ * 0.55-0.75x at G 1 sq 8. fp32: 1.25-2x at 8 rows (G 8 sq 1, G 4 sq 2), even at G 1 sq 4 and G 4
+ * sq 3, 0.54-0.85x at G 16 sq 1. */
+static inline void kv_decode_rows(cf_dtype dt, int bf16_dot, int64_t* sq, int64_t* rows) {
+    *sq = dt == CF_BF16 && bf16_dot ? 8 : dt == CF_F32 ? 2 : 4;
     *rows = dt == CF_F32 ? 8 : KV_ATTEND_ROWS - 1;
 }
 
 /* Whether attention call a goes to the items: on the CPU, none of the features the KV-cache call
  * does not take (dropout, bias, mask, block lists, chunks, block offsets, seqused_q), every
- * sequence's rows within kv_decode_rows, and (varlen) every sequence's last key row in int32 (the
- * KV-cache call's lengths). */
-static inline int kv_attn_decodes(const cf_attn_call* a) {
+ * sequence's rows within kv_decode_rows (bf16_dot as there), and (varlen) every sequence's last
+ * key row in int32 (the KV-cache call's lengths). */
+static inline int kv_attn_decodes(const cf_attn_call* a, int bf16_dot) {
     if (a->device_type != kDLCPU || a->dropout_p != 0.0f || a->bias.data || a->mask.data ||
         a->bs_num.data || a->chunk || a->q_offset || a->k_offset || a->seqused_q || a->B < 1 ||
         a->Hk < 1 || a->Sq < 1)
         return 0;
     const int64_t G = a->H / a->Hk;
     int64_t msq, mrows;
-    kv_decode_rows(a->dtype, &msq, &mrows);
+    kv_decode_rows(a->dtype, bf16_dot, &msq, &mrows);
     if (!a->varlen) /* (Sq first: G * Sq may not fit; lengths: Sk, or seqused_k's int32s) */
         return a->Sq <= msq && G * a->Sq <= mrows;
     for (int64_t b = 0; b < a->B; b++) {
