@@ -1111,9 +1111,28 @@ static void test_grid(void) {
         run_case(&v);
         nk++;
     }
+    /* 9 to 31 rows of each query head with few heads a KV head (MHA: G 1; G 2 in bf16 / fp32):
+     * on the x86 builds' tiled forward (kv_attends, KV_ATTEND_SQ), appended and rotated first;
+     * and fp16 with G 2, which stays on the items */
+    int nm = 0;
+    for (int i = 0; i < 3; i++) {
+        kcase v = {0};
+        v.dtype = (cf_dtype[]){CF_BF16, CF_F32, CF_F16}[i];
+        v.H = i ? 8 : 4, v.Hk = 4, v.B = 2, v.D = v.Dv = 64;
+        v.Sq = v.Sn = (int64_t[]){12, 9, 10}[i];
+        v.Lmax = 100;
+        v.page = i == 1 ? 16 : 0;
+        v.causal = 1, v.wl = v.wr = -1;
+        v.half = i == 0 ? 16 : 0;
+        v.lse = 1;
+        v.seed = 970 + (uint64_t)i + tt_seed_base();
+        run_case(&v);
+        nm++;
+    }
     printf("kvcache grid: %d cases + 2 long + 2 chunked prefill + %d varlen + %d quantized + %d "
-           "latent + %d sinks + %d odd head dims + %d GEMM-path chunks + %d skewed batches\n",
-           n, nv, nqz, nl, ns, nd, ng, nk);
+           "latent + %d sinks + %d odd head dims + %d GEMM-path chunks + %d skewed batches + %d "
+           "rows of a head\n",
+           n, nv, nqz, nl, ns, nd, ng, nk, nm);
 }
 
 static void test_errors(void) {

@@ -1095,11 +1095,18 @@ static void kv_merge_row(const cf_kvcache_call* c, const kv_work* k, int64_t row
 
 /* ---- Chunks of prefill on the attention forward ----------------------------------------------
  * A sequence whose query rows fill the GEMM path's tiles (G * sq >= KV_ATTEND_ROWS: a chunk of
- * prefill, a long speculative step) over a cache of the dtype is plain attention over its cache
- * rows. After the append it runs as one call of the backend's attention forward (kv_run_with's
- * attn) on views of the cache: on cpu-amx its AMX tiles, on cpu-avx512 the tiled forward with its
- * larger key blocks (docs/PERF.md); its items do nothing. Quantized caches stay on the items. */
+ * prefill, a long speculative step; or, but on cpu-amx, sq > KV_ATTEND_SQ rows of each query head,
+ * fp16 with G > 1 excepted)
+ * over a cache of the dtype is plain attention over its cache rows. After the append it runs as
+ * one call of the backend's attention forward (kv_run_with's attn) on views of the cache: on
+ * cpu-amx its AMX tiles, on cpu-avx512 the tiled forward with its larger key blocks
+ * (docs/PERF.md); its items do nothing. Quantized caches stay on the items. */
 #define KV_ATTEND_ROWS 32
+/* Over 4096 keys on Zen 4, KV-cache calls, the items against the tiled forward (docs/PERF.md,
+ * stop 47): MHA (G 1) with 12-24 rows 1.7-3.2x slower in every dtype; G 2 with 10-15 rows 1.05-1.6x
+ * slower in bf16 and fp32 but 1.6x faster in fp16 (no AVX512-FP16: the forward converts); at 8
+ * rows the items were 1.2x faster in bf16. */
+#define KV_ATTEND_SQ 8
 
 /* How many of the attention forward's tiles a sequence must give the threads before it runs there
  * (kv_attends), where the forward parallelizes over tiles of one KV head's query rows (a tile:
@@ -1117,8 +1124,11 @@ static int kv_attends(const cf_kvcache_call* c, int64_t b, int spread) {
     cf_kv_seq(c, b, &L, &P, &sk);
     cf_kv_q_rows(c, b, &q0, &sq);
     /* (paged keys start at page row 0 in the attention call: no left pad) */
+    const int64_t G = c->a.H / c->a.Hk;
+    const int rows = spread != KV_SPREAD_ANY && sq > KV_ATTEND_SQ &&
+                     (G == 1 || c->a.dtype != CF_F16); /* (sq rows of each head: above) */
     if (c->quant != CFLASH_KV_QUANT_NONE || (c->block_table && P != 0) || sk <= 0 || sq <= 0 ||
-        c->a.H / c->a.Hk * sq < KV_ATTEND_ROWS)
+        (G * sq < KV_ATTEND_ROWS && !rows))
         return 0;
     if (spread == KV_SPREAD_TWO) return c->a.Hk * sq >= 2 * c->a.threads;
     if (spread == KV_SPREAD_TILE) {
