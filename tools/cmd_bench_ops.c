@@ -53,6 +53,7 @@ typedef struct ops_flags {
     int against;   /* decode --against: a second cache format timed in alternation, or -1 */
     int huge;      /* --huge-pages */
     int32_t* lens; /* decode --cache-seqlens: [batch] keys per sequence, or NULL */
+    int64_t keys;  /* ... and their sum */
 } ops_flags;
 
 /* How tens_new allocates: on 2 MB pages or not (--huge-pages, set by parse), and what it gave. */
@@ -89,11 +90,11 @@ static const char huge_usage[] =
 /* Most sequences --cache-seqlens takes. */
 enum { MAX_LENS = 65536 };
 
-/* --cache-seqlens' list v into f->lens (malloc'ed) and its count / longest into pr's batch and
- * seqlen-k: 0, or -1 (said). */
+/* --cache-seqlens' list v into f->lens (malloc'ed) and f->keys (their sum), its count / longest
+ * into pr's batch and seqlen-k: 0, or -1 (said). */
 static int parse_lens(const char* v, ops_flags* f, cf_problem* pr) {
     int32_t* l = malloc(sizeof(int32_t) * MAX_LENS);
-    int64_t n = 0, most = 0;
+    int64_t n = 0, most = 0, keys = 0; /* (at most 65536 int32s: no overflow) */
     const char* c = v;
     int ok = l != NULL;
     while (ok) { /* a length, then a comma and the next, or the end */
@@ -101,7 +102,7 @@ static int parse_lens(const char* v, ops_flags* f, cf_problem* pr) {
         const long long x = strtoll(c, &end, 10);
         ok = end != c && x >= 0 && x <= INT32_MAX && (*end == ',' || !*end) && n < MAX_LENS;
         if (!ok) break;
-        l[n++] = (int32_t)x, most = x > most ? x : most;
+        l[n++] = (int32_t)x, most = x > most ? x : most, keys += x;
         if (!*end) break;
         c = end + 1;
     }
@@ -114,7 +115,7 @@ static int parse_lens(const char* v, ops_flags* f, cf_problem* pr) {
         return -1;
     }
     free(f->lens);
-    f->lens = l, pr->batch = n, pr->seqlen_k = most > 0 ? most : 1;
+    f->lens = l, f->keys = keys, pr->batch = n, pr->seqlen_k = most > 0 ? most : 1;
     return 0;
 }
 
@@ -626,13 +627,9 @@ static int dec_setup(dec_arg* a, const cf_problem* pr, const ops_flags* f, int q
     }
     const int64_t sls[1] = {B};
     if (f->lens && tens_new(&a->sl, CFLASH_DTYPE_I32, 1, sls, 11)) return 1;
-    int64_t keys = B * Sk; /* rows read: (tens_new checked B * Sk * Hk * D) */
-    if (f->lens) {
-        memcpy(a->sl.dl.data, f->lens, sizeof(int32_t) * (size_t)B);
-        keys = 0;
-        for (int64_t b = 0; b < B; b++)
-            keys += f->lens[b];
-    }
+    /* rows read (at most B * Sk, whose product with Hk * D tens_new checked) */
+    const int64_t keys = f->lens ? f->keys : B * Sk;
+    if (f->lens) memcpy(a->sl.dl.data, f->lens, sizeof(int32_t) * (size_t)B);
     for (int64_t i = 0; f->page && i < Bp; i++) /* pages in a scattered order */
         ((int32_t*)a->bt.dl.data)[i] = (int32_t)((i * 7919) % Bp);
     cflash_attn_params_init(&a->p);
@@ -683,12 +680,9 @@ int cf_cmd_bench_decode(int argc, char** argv) {
     if (!rc) {
         char shape[192], what[64], paged[32] = "", sk[64];
         if (f.page) snprintf(paged, sizeof paged, " paged%lld", (long long)f.page);
-        int64_t keys = 0;
-        for (int64_t i = 0; f.lens && i < pr.batch; i++)
-            keys += f.lens[i];
         if (f.lens) /* (the longest; the keys of all) */
             snprintf(sk, sizeof sk, "Sk<=%lld (%lld keys)", (long long)pr.seqlen_k,
-                     (long long)keys);
+                     (long long)f.keys);
         else
             snprintf(sk, sizeof sk, "Sk%lld", (long long)pr.seqlen_k);
         snprintf(shape, sizeof shape, "B%lld H%lld/%lld D%lld Sq%lld %s%s%s%s", (long long)pr.batch,

@@ -1096,11 +1096,10 @@ static void kv_merge_row(const cf_kvcache_call* c, const kv_work* k, int64_t row
 /* ---- Chunks of prefill on the attention forward ----------------------------------------------
  * A sequence whose query rows fill the GEMM path's tiles (G * sq >= KV_ATTEND_ROWS: a chunk of
  * prefill, a long speculative step; or, but on cpu-amx, sq > KV_ATTEND_SQ rows of each query head,
- * fp16 with G > 1 excepted)
- * over a cache of the dtype is plain attention over its cache rows. After the append it runs as
- * one call of the backend's attention forward (kv_run_with's attn) on views of the cache: on
- * cpu-amx its AMX tiles, on cpu-avx512 the tiled forward with its larger key blocks
- * (docs/PERF.md); its items do nothing. Quantized caches stay on the items. */
+ * fp16 with G > 1 excepted) over a cache of the dtype is plain attention over its cache rows.
+ * After the append it runs as one call of the backend's attention forward (kv_run_with's attn) on
+ * views of the cache: on cpu-amx its AMX tiles, on cpu-avx512 the tiled forward with its larger
+ * key blocks (docs/PERF.md); its items do nothing. Quantized caches stay on the items. */
 #define KV_ATTEND_ROWS 32
 /* Over 4096 keys on Zen 4, KV-cache calls, the items against the tiled forward (docs/PERF.md,
  * stop 47): MHA (G 1) with 12-24 rows 1.7-3.2x slower in every dtype; G 2 with 10-15 rows 1.05-1.6x
