@@ -502,12 +502,13 @@ def _far_keys_hidden(query, key, m, scale):
     return keep if hides else None
 
 
-def sdpa_masked(query, key, value, attn_mask, dropout_p=0.0, scale=None, enable_gqa=False):
+def sdpa_masked(query, key, value, attn_mask, dropout_p=0.0, scale=None, enable_gqa=False, softcap=0.0, sinks=None):
     """torch.nn.functional.scaled_dot_product_attention's call with an attn_mask, on libcflash:
     query (B, H, Sq, D), key / value (B, Hk, Sk, D[v]); attn_mask boolean (True = the key takes
     part) or additive (float), broadcastable to (B, H, Sq, Sk). Differentiable in query, key,
-    value and a float mask. A row whose every key is masked gives 0 (as PyTorch 2.15 does).
-    enable_gqa is accepted as SDPA's (Hk dividing H is GQA either way)."""
+    value, a float mask and sinks. A row whose every key is masked gives 0 (as PyTorch 2.15
+    does). enable_gqa is accepted as SDPA's (Hk dividing H is GQA either way). Beyond SDPA:
+    softcap (c tanh(s / c), before the mask) and sinks (H,) (flash_attn_func's learnable_sink)."""
     B, H, Sq, _ = query.shape
     Sk = key.shape[-2]
     m = attn_mask
@@ -523,6 +524,8 @@ def sdpa_masked(query, key, value, attn_mask, dropout_p=0.0, scale=None, enable_
     hide = None
     if not boolean and not torch.compiler.is_compiling():
         hide = _far_keys_hidden(query, key, m, sc)
-    out, _, _ = AttnExtra.apply(q, k, v, None, None if boolean else m, m if boolean else hide, None,
-                                float(dropout_p), sc, False, -1, -1, 0.0, False, -1)
+    if sinks is not None:
+        sinks = sinks.to(device=query.device, dtype=torch.float32)
+    out, _, _ = AttnExtra.apply(q, k, v, sinks, None if boolean else m, m if boolean else hide, None,
+                                float(dropout_p), sc, False, -1, -1, float(softcap), False, -1)
     return out.transpose(1, 2)

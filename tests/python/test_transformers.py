@@ -1,9 +1,10 @@
 """cflash in Hugging Face transformers (cflash.integrations.transformers.register()): tiny
-random-weight Llama, Qwen2 (sliding window), Mistral (sliding window) and Gemma2 (softcap,
-alternating sliding layers) built here (no download), against the same weights on SDPA (Gemma2:
-eager, as transformers' SDPA path refuses softcap): logits and greedy generation with padded
-batches, packed sequences via position_ids, a static cache, dropout in training, gradients, and
-continuous batching."""
+random-weight Llama, Qwen2 (sliding window), Mistral (sliding window), Gemma2 (softcap,
+alternating sliding layers) and gpt-oss (attention sinks, alternating sliding layers) built here
+(no download), against the same weights on SDPA (Gemma2 and gpt-oss: eager, as transformers' SDPA
+path refuses softcap and sinks): logits and greedy generation with padded batches, packed
+sequences via position_ids, a static cache, 4-D masks (a caller's own, transformers' SDPA masks),
+dropout in training, gradients, and continuous batching."""
 
 import copy
 import os
@@ -31,10 +32,13 @@ def _configs():
         "mistral": (t.MistralConfig(sliding_window=5, **COMMON), t.MistralForCausalLM, "sdpa"),
         "gemma2": (t.Gemma2Config(head_dim=16, sliding_window=4, attn_logit_softcapping=2.0, query_pre_attn_scalar=16,
                                   **COMMON), t.Gemma2ForCausalLM, "eager"),
+        "gpt_oss": (t.GptOssConfig(head_dim=16, sliding_window=4, num_local_experts=4, num_experts_per_tok=2,
+                                   layer_types=["sliding_attention", "full_attention"],
+                                   **dict(COMMON, intermediate_size=64)), t.GptOssForCausalLM, "eager"),
     }
 
 
-MODELS = ["llama", "qwen2", "mistral", "gemma2"]
+MODELS = ["llama", "qwen2", "mistral", "gemma2", "gpt_oss"]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -53,6 +57,10 @@ def pair(name, **overrides):
         setattr(cfg, k, v)
     torch.manual_seed(0)
     ref = cls(copy.deepcopy(cfg)).eval()
+    with torch.no_grad():  # gpt-oss: sinks of weight (initialised near 0, they would test little)
+        for m in ref.modules():
+            if isinstance(getattr(m, "sinks", None), torch.nn.Parameter):
+                m.sinks.normal_(0.0, 2.0)
     ref.set_attn_implementation(ref_impl)
     ours = cls(copy.deepcopy(cfg)).eval()
     ours.load_state_dict(ref.state_dict())
@@ -96,7 +104,8 @@ def test_packed_sequences_via_position_ids(name):
     with torch.no_grad():  # no cache: transformers' masks treat position_ids as packing only then
         a = ref(ids, position_ids=pos, use_cache=False).logits
         b = ours(ids, position_ids=pos, use_cache=False).logits
-        close(b, a, "packed logits")
+        if name != "gpt_oss":  # (transformers 5.25's gpt-oss on eager ignores the packing: alone only)
+            close(b, a, "packed logits")
         start = 0
         for n in lens:  # each packed sequence as if alone
             alone = ours(ids[:, start:start + n]).logits
@@ -153,15 +162,91 @@ def test_dropout_in_training_reaches_the_library():
         close(ours(ids).logits, ref(ids).logits, "eval logits")
 
 
-def test_gradients_match_sdpa():
-    ref, ours = pair("mistral")
+@pytest.mark.parametrize("name", ["mistral", "gpt_oss"])
+def test_gradients_match_the_reference(name):
+    """Training gradients of every parameter (gpt_oss: the sinks' too) against SDPA / eager."""
+    ref, ours = pair(name)
     ids, mask = padded_batch(torch.Generator().manual_seed(5))
     for m in (ref, ours):
         m.train()
         out = m(ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100))
         out.loss.backward()
-    for (n, p), q in zip(ref.named_parameters(), ours.parameters()):
-        close(q.grad, p.grad, "grad of " + n, tol=1e-3)
+    grads = dict(ours.named_parameters())
+    assert name != "gpt_oss" or any(n.endswith("sinks") for n in grads)
+    for n, p in ref.named_parameters():
+        close(grads[n].grad, p.grad, "grad of " + n, tol=1e-3)
+
+
+def four_d_masks(g, S=13):
+    """(keep (3, 1, S, S) of bool) x2: causal with left padding, then with random holes (each
+    token keeps itself): transformers' mask and a caller's own."""
+    keep = torch.ones(3, 1, S, S, dtype=torch.bool).tril()
+    keep[1, ..., :4] = False
+    keep[2, ..., :9] = False
+    eye = torch.eye(S, dtype=torch.bool)
+    return keep | eye, (keep & (torch.rand(3, 1, S, S, generator=g) > 0.3)) | eye
+
+
+@pytest.mark.parametrize("name", ["llama", "gemma2", "gpt_oss"])
+def test_4d_masks_on_the_library(name):
+    """A 4-D mask given to the model goes to the library's mask (boolean) or bias (additive), with
+    softcap (gemma2) and sinks (gpt_oss): the same logits as the reference (transformers' eager
+    adds a boolean mask as numbers: additive there)."""
+    ref, ours = pair(name)
+    g = torch.Generator().manual_seed(8)
+    ids = torch.randint(3, 128, (3, 13), generator=g)
+    called = []
+    real = cft._masked
+
+    def spy(*a):
+        called.append(a[3].dtype)
+        return real(*a)
+
+    forms = ("bool", "float") if name == "llama" else ("float",)
+    for keep in four_d_masks(g):
+        for form in forms:
+            m = keep if form == "bool" else torch.zeros(keep.shape).masked_fill(~keep, torch.finfo(torch.float32).min)
+            try:
+                cft._masked = spy
+                with torch.no_grad():
+                    b = ours(ids, attention_mask=m).logits
+            finally:
+                cft._masked = real
+            with torch.no_grad():
+                a = ref(ids, attention_mask=m).logits
+            close(b, a, "%s 4-D mask logits" % form)
+    assert len(called) == 2 * len(forms) * ours.config.num_hidden_layers
+
+
+def test_sdpa_registration_serves_4d_masks():
+    """Registered for "sdpa", the masks transformers builds for SDPA (4-D, boolean) go to the
+    library, with the same logits and greedy tokens as transformers' own SDPA."""
+    ref, _ = pair("llama")
+    ids, mask = padded_batch(torch.Generator().manual_seed(9))
+    kw = dict(attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0)
+    with torch.no_grad():
+        want_logits = ref(ids, attention_mask=mask).logits
+    want = ref.generate(ids, **kw)
+    shapes = []
+    real = cft._masked
+
+    def spy(*a):
+        shapes.append(tuple(a[3].shape))
+        return real(*a)
+
+    try:
+        cft.register(sdpa=True)
+        cft._masked = spy
+        with torch.no_grad():
+            got_logits = ref(ids, attention_mask=mask).logits
+        got = ref.generate(ids, **kw)
+    finally:
+        cft._masked = real
+        cft.unregister_sdpa()
+    valid = mask.bool()
+    close(got_logits[valid], want_logits[valid], "logits")
+    assert torch.equal(got, want), "greedy tokens"
+    assert (3, 1, 13, 13) in shapes and any(s[2] == 1 for s in shapes), "prefill and decode on the library's mask"
 
 
 def test_continuous_batching():

@@ -8,15 +8,15 @@ registries only (AttentionInterface and AttentionMaskInterface):
 It serves what transformers' flash-attention path serves, the same way: the mask function gives
 the 2-D padding mask (or None), and the attention function unpads padded batches into the varlen
 call, finds packed sequences from position_ids (or takes cu_seq_lens_q / cu_seq_lens_k, as
-continuous batching passes them), applies sliding windows, softcap and dropout, and reads a
-static cache up to the filled length. Paged continuous-batching decode (block_table) goes to
-flash_attn_with_kvcache.
+continuous batching passes them), applies sliding windows, softcap, dropout and attention sinks
+(gpt-oss's s_aux, the library's learnable_sink), and reads a static cache up to the filled
+length. Paged continuous-batching decode (block_table) goes to flash_attn_with_kvcache. A 4-D
+mask (a caller's own, or transformers' SDPA mask) is the library's boolean mask or additive bias.
 
 Names: transformers 5.x takes any implementation name containing "flash" for flash-attn itself or
 a Hub kernel, and refuses to load a model with "cflash" when neither is installed; "cfa" is the
 same implementation under a name it accepts. register(sdpa=True) also serves
-attn_implementation="sdpa" (the one continuous batching accepts besides flash names): calls with
-a 4-D mask this path cannot read go to transformers' own SDPA function."""
+attn_implementation="sdpa" (the one continuous batching accepts besides flash names)."""
 
 import torch
 
@@ -77,16 +77,14 @@ def attention_forward(module, query, key, value, attention_mask, dropout=0.0, sc
                       softcap=None, is_causal=None, **kwargs):
     """transformers' attention interface: query (B, H, Sq, D), key / value (B, Hk, Sk, D[v]);
     returns ((B, Sq, H, Dv), None)."""
-    if kwargs.get("s_aux") is not None:
-        raise NotImplementedError("cflash: attention sinks (s_aux) are not served yet (issue 13); use "
-                                  "attn_implementation='eager' for this model")
     B, H, Sq, _ = query.shape
+    sink = kwargs.get("s_aux")
     is_causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
     cu_q, cu_k = kwargs.get("cu_seq_lens_q"), kwargs.get("cu_seq_lens_k")
     varlen_kwargs = cu_q is not None and cu_k is not None
     if attention_mask is not None and attention_mask.dim() == 4:
         if not varlen_kwargs:
-            return _not_served(module, query, key, value, attention_mask, dropout, scaling, is_causal, softcap, kwargs)
+            return _masked(query, key, value, attention_mask, dropout, scaling, softcap, sink), None
         # Continuous batching under "sdpa": its 4-D mask holds what cu_seq_lens and causality say (and
         # is_causal comes False, the mask carrying it): the module's own causality then.
         attention_mask, is_causal = None, getattr(module, "is_causal", True)
@@ -94,7 +92,7 @@ def attention_forward(module, query, key, value, attention_mask, dropout=0.0, sc
     Sk = k.shape[1]
     window = (sliding_window - 1, sliding_window - 1) if sliding_window is not None and Sk > sliding_window else (-1, -1)
     kw = dict(dropout_p=dropout, softmax_scale=scaling, causal=bool(is_causal), window_size=window,
-              softcap=float(softcap or 0.0))
+              softcap=float(softcap or 0.0), learnable_sink=sink)
     block_table = kwargs.get("block_table")
     if block_table is not None and cu_k is not None and kwargs.get("k_cache") is not None:
         return _paged_decode(q, k, v, kwargs, kw), None
@@ -108,16 +106,16 @@ def attention_forward(module, query, key, value, attention_mask, dropout=0.0, sc
     return cflash.flash_attn_func(q, k, v, **kw), None
 
 
-def _not_served(module, query, key, value, attention_mask, dropout, scaling, is_causal, softcap, kwargs):
-    """A 4-D mask (a custom one, or transformers' SDPA mask when registered for "sdpa"): until the
-    library has masks (issue 13), transformers' own SDPA function computes it."""
-    if softcap:
-        raise NotImplementedError("cflash: softcap with a 4-D attention mask is not served yet (issue 13)")
-    f = _sdpa_original.get("sdpa")
-    if f is None:
-        from transformers.integrations.sdpa_attention import sdpa_attention_forward as f
-    return f(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal,
-             **kwargs)
+def _masked(query, key, value, mask, dropout, scaling, softcap, sink):
+    """A 4-D mask (B|1, H|1, Sq, Sk) (a caller's own, or transformers' SDPA mask when registered for
+    "sdpa"): as SDPA reads it, boolean (True = the key takes part) or additive, holding the causal,
+    window and padding masks (transformers then calls SDPA without is_causal); softcap and sinks
+    as the call's. Returns (B, Sq, H, Dv)."""
+    from cflash._torch import sdpa_masked
+
+    out = sdpa_masked(query, key, value, mask, dropout_p=dropout, scale=scaling, softcap=float(softcap or 0.0),
+                      sinks=sink)
+    return out.transpose(1, 2)
 
 
 def _varlen(q, k, v, cu_q, cu_k, max_q, max_k, kw):
