@@ -1331,15 +1331,17 @@ static inline void kv_decode_rows(cf_dtype dt, int bf16_dot, int64_t* sq, int64_
     *rows = dt == CF_F32 ? 8 : KV_ATTEND_ROWS - 1;
 }
 
-/* Whether attention call a goes to the items: on the CPU, none of the features the KV-cache call
- * does not take (dropout, bias, mask, block lists, chunks, block offsets, seqused_q), every
- * sequence's rows within kv_decode_rows (bf16_dot as there), and (varlen) every sequence's last
- * key row in int32 (the KV-cache call's lengths). */
+/* Whether attention call a may go to the items: on the CPU, none of the features the KV-cache
+ * call does not take (dropout, bias, block lists, chunks, block offsets, seqused_q; a boolean
+ * mask only in batch mode without seqused_k, if kv_mask_runs reads it as left pads and lengths),
+ * every sequence's rows within kv_decode_rows (bf16_dot as there), and (varlen) every sequence's
+ * last key row in int32 (the KV-cache call's lengths). */
 static inline int kv_attn_decodes(const cf_attn_call* a, int bf16_dot) {
-    if (a->device_type != kDLCPU || a->dropout_p != 0.0f || a->bias.data || a->mask.data ||
-        a->bs_num.data || a->chunk || a->q_offset || a->k_offset || a->seqused_q || a->B < 1 ||
-        a->Hk < 1 || a->Sq < 1)
+    if (a->device_type != kDLCPU || a->dropout_p != 0.0f || a->bias.data || a->bs_num.data ||
+        a->chunk || a->q_offset || a->k_offset || a->seqused_q || a->B < 1 || a->Hk < 1 ||
+        a->Sq < 1)
         return 0;
+    if (a->mask.data && (a->varlen || a->seqused_k || a->Sk > INT32_MAX)) return 0;
     const int64_t G = a->H / a->Hk;
     int64_t msq, mrows;
     kv_decode_rows(a->dtype, bf16_dot, &msq, &mrows);
@@ -1353,14 +1355,80 @@ static inline int kv_attn_decodes(const cf_attn_call* a, int bf16_dot) {
     return 1;
 }
 
+/* ---- A boolean mask as left pads and lengths ----
+ * transformers' SDPA masks of a decode step (PyTorch's attn_mask through cflash.sdpa) hide the
+ * left padding of each sequence and, with a static cache, the slots past the tokens seen: every
+ * row keeps one run of keys. Such a mask is the KV-cache call's cache_leftpad and lengths. */
+
+/* The first index in [i, n) whose byte is nonzero (want 1) or zero (want 0), else n; 64 bytes a
+ * step while none does. */
+static inline int64_t kv_mask_find(const uint8_t* m, int64_t i, int64_t n, int want) {
+    for (; i + 64 <= n; i += 64) {
+        unsigned hit = 0;
+        for (int t = 0; t < 64; t++)
+            hit |= (unsigned)((m[i + t] != 0) == want);
+        if (hit) break;
+    }
+    for (; i < n; i++)
+        if ((m[i] != 0) == want) return i;
+    return n;
+}
+
+/* Mask row m of n keys: 1 and [*lo, *hi) if it keeps one run of keys (at least one), else 0. */
+static inline int kv_mask_run(const uint8_t* m, int64_t n, int64_t* lo, int64_t* hi) {
+    *lo = kv_mask_find(m, 0, n, 1);
+    if (*lo == n) return 0;
+    *hi = kv_mask_find(m, *lo, n, 0);
+    return kv_mask_find(m, *hi, n, 1) == n;
+}
+
+/* Batch call a's mask (kv_attn_decodes) as the KV-cache call's left pads pad[b], lengths len[b]
+ * and causal flag (*causal): 1 when every row i (of Sq) of sequence b, in every head, keeps one
+ * run of keys [pad[b], e_i), with e_i = len[b] for every row ("flat") or the causal stair
+ * e_i = len[b] - Sq + 1 + i, and the KV-cache call, whose causal mask, windows and ALiBi align
+ * on len[b], places rows and keys as the attention call does: with any of those every len[b] is
+ * Sk (the call's causal mask then covers a stair); without, the flat rows keep the call
+ * non-causal and stairs make it causal (not both in one call). Else 0, for the tiled forward.
+ * Reads each distinct row once (broadcast dims have stride 0). */
+static inline int kv_mask_runs(const cf_attn_call* a, int32_t* pad, int32_t* len, int* causal) {
+    const uint8_t* m = a->mask.data;
+    const int64_t* st = a->mask.stride;
+    const int64_t nb = st[0] ? a->B : 1, nh = st[1] ? a->H : 1, ni = st[2] ? a->Sq : 1;
+    const int placed = a->causal || a->window_left >= 0 || a->window_right >= 0 || a->alibi;
+    int flats = 0, stairs = 0;
+    for (int64_t b = 0; b < nb; b++) {
+        int64_t lo0 = 0, e0 = 0;
+        int flat = 1, stair = ni > 1;
+        for (int64_t h = 0; h < nh; h++)
+            for (int64_t i = 0; i < ni; i++) {
+                int64_t lo, hi;
+                if (!kv_mask_run(m + b * st[0] + h * st[1] + i * st[2], a->Sk, &lo, &hi)) return 0;
+                if (h == 0 && i == 0) lo0 = lo, e0 = hi;
+                if (lo != lo0) return 0;
+                flat &= hi == e0, stair &= hi == e0 + i;
+            }
+        if (!flat && !stair) return 0;
+        flats += flat, stairs += !flat;
+        pad[b] = (int32_t)lo0, len[b] = (int32_t)(flat ? e0 : e0 + ni - 1);
+        if (placed && len[b] != a->Sk) return 0;
+    }
+    if (!a->causal && (placed ? stairs : flats && stairs)) return 0;
+    for (int64_t b = nb; b < a->B; b++)
+        pad[b] = pad[0], len[b] = len[0];
+    *causal = a->causal || stairs;
+    return 1;
+}
+
 /* Attention call a (kv_attn_decodes) on the items of choose, as the KV-cache call over its keys;
- * backend: the caller's name, for the log. */
-static inline cflash_status kv_attn_decode(const cf_attn_call* a, kv_choose_fn choose,
-                                           const char* backend) {
+ * backend: the caller's name, for the log. Returns 0 (and runs nothing) when a's mask is not
+ * left pads and lengths (kv_mask_runs), else 1 with the call's status in *st. */
+static inline int kv_attn_decode(const cf_attn_call* a, kv_choose_fn choose, const char* backend,
+                                 cflash_status* st) {
     cf_kvcache_call c;
     memset(&c, 0, sizeof c);
     c.a = *a;
     c.a.varlen = 0, c.a.cu_k = c.a.cu_k_dev = NULL, c.a.block_table = NULL, c.a.seqused_k = NULL;
+    c.a.mask.data = NULL;
     c.kc = a->k, c.vc = a->v;
     c.page_size = a->block_table ? a->page_size : a->k.shape[1];
     c.block_table = a->block_table, c.bt_stride = a->bt_stride, c.max_pages = a->bt_stride;
@@ -1368,10 +1436,26 @@ static inline cflash_status kv_attn_decode(const cf_attn_call* a, kv_choose_fn c
     /* lengths (the last key row + 1) and left pads per sequence, unless all are Sk and 0 */
     const int packed = a->varlen && !a->block_table;
     int32_t* own = NULL;
-    if (a->varlen || a->seqused_k) {
+    if (a->varlen || a->seqused_k || a->mask.data) {
         own = malloc(sizeof(int32_t) * (size_t)(2 * a->B));
-        CFLASH_RETURN_IF(!own, CFLASH_ERR_OUT_OF_MEMORY,
+        if (!own) {
+            *st =
+                cf_error(CFLASH_ERR_OUT_OF_MEMORY,
                          "attn_fwd: out of memory for %lld decode rows' lengths", (long long)a->B);
+            return 1;
+        }
+    }
+    if (a->mask.data) {
+        if (!kv_mask_runs(a, own + a->B, own, &c.a.causal)) {
+            free(own);
+            return 0;
+        }
+        if (c.a.causal) c.a.window_right = 0;
+        int64_t most_k = 0;
+        for (int64_t b = 0; b < a->B; b++)
+            most_k = own[b] - own[a->B + b] > most_k ? own[b] - own[a->B + b] : most_k;
+        c.seqlens = own, c.leftpad = own + a->B, c.a.Sk = most_k;
+    } else if (own) {
         int64_t most_q = 0, most_k = 0;
         for (int64_t b = 0; b < a->B; b++) {
             int64_t q0, sq, k0, sk;
@@ -1385,10 +1469,12 @@ static inline cflash_status kv_attn_decode(const cf_attn_call* a, kv_choose_fn c
     }
     if (packed) /* (the lifted views: stride 0 along dim 0, every sequence in "cache 0") */
         c.kc.shape[0] = c.vc.shape[0] = a->B;
-    cf_log(CF_LOG_DEBUG,
-           "attn_fwd: at most %lld query rows per KV head: on %s's KV-cache kernels (decode rows)",
-           (long long)(a->H / a->Hk * c.a.Sq), backend);
-    const cflash_status st = kv_run(&c, choose);
+    cf_log(
+        CF_LOG_DEBUG,
+        "attn_fwd: at most %lld query rows per KV head%s: on %s's KV-cache kernels (decode rows)",
+        (long long)(a->H / a->Hk * c.a.Sq), a->mask.data ? ", a mask of left pads and lengths" : "",
+        backend);
+    *st = kv_run(&c, choose);
     free(own);
-    return st;
+    return 1;
 }

@@ -528,6 +528,75 @@ static void decode_case(int k, cf_dtype dt, attn_case* c) {
     }
 }
 
+/* Decode rows with a boolean mask (attn_decode_mask_problem): per case the shape, the call's
+ * masks, the mask's dims, and each sequence's run of keys [pad, len) (len 0 = Sk; -1: the random
+ * mask attn_problem_new draws), rows as "flat" (all end at len), "stair" (causal: row i of Sq
+ * ends at len - Sq + 1 + i) or "mixed" (sequence 0 flat, 1 stair); pad2 > 0: heads 4.. of
+ * sequence 0 start there. routed: the x86 backends take it to the KV-cache kernels. */
+enum { DM_FLAT, DM_STAIR, DM_MIXED };
+typedef struct decode_mask {
+    int64_t B, H, Hk, Sq, Sk, D;
+    int causal;
+    int64_t wl, wr;
+    attn_alibi alibi;
+    int sinks;
+    attn_bcast mask;
+    int rows;
+    int64_t pad[2], len[2], pad2;
+    int routed;
+} decode_mask;
+#define AL0 ATTN_ALIBI_NONE
+static const decode_mask decode_masks[] = {
+    /* routed: left padding (one sequence keeps only its last key), a non-causal call */
+    {2, 8, 2, 1, 300, 64, 0, -1, -1, AL0, 0, ATTN_BC_B1, DM_FLAT, {0, 299}, {0, 0}, 0, 1},
+    /* causal + ALiBi, the mask (B, H) alike over heads */
+    {2, 8, 2, 1, 300, 64, 1, -1, -1, ATTN_ALIBI_H, 0, ATTN_BC_BH, DM_FLAT, {5, 120}, {0, 0}, 0, 1},
+    /* a static cache's unfilled slots, sinks, MHA, 3 rows, odd head dim */
+    {2, 4, 4, 3, 77, 33, 0, -1, -1, AL0, 1, ATTN_BC_B1, DM_FLAT, {0, 9}, {50, 61}, 0, 1},
+    /* transformers' causal stairs in the mask of a non-causal call, short of Sk */
+    {2, 8, 2, 4, 200, 64, 0, -1, -1, AL0, 0, ATTN_BC_B1, DM_STAIR, {3, 0}, {150, 0}, 0, 1},
+    /* a causal call with a window, the mask broadcast (1, 1); then stairs that repeat causal */
+    {2, 8, 2, 4, 200, 64, 1, 30, 0, AL0, 0, ATTN_BC_11, DM_FLAT, {10, 10}, {0, 0}, 0, 1},
+    {2, 8, 2, 4, 200, 64, 1, -1, 0, AL0, 1, ATTN_BC_1H, DM_STAIR, {7, 7}, {0, 0}, 0, 1},
+    /* tiled: holes (the random mask), a causal call short of Sk, heads of other pads, a row with
+     * no key, flat and stair rows in one call, a window short of Sk */
+    {2, 8, 2, 1, 300, 64, 0, -1, -1, AL0, 0, ATTN_BC_B1, DM_FLAT, {-1, -1}, {0, 0}, 0, 0},
+    {2, 8, 2, 4, 200, 64, 1, -1, 0, AL0, 0, ATTN_BC_B1, DM_FLAT, {0, 4}, {12, 0}, 0, 0},
+    {2, 8, 2, 1, 300, 64, 0, -1, -1, AL0, 0, ATTN_BC_BH, DM_FLAT, {5, 0}, {0, 0}, 6, 0},
+    {2, 8, 2, 1, 300, 64, 0, -1, -1, AL0, 1, ATTN_BC_B1, DM_FLAT, {300, 0}, {0, 0}, 0, 0},
+    {2, 8, 2, 4, 200, 64, 0, -1, -1, AL0, 0, ATTN_BC_B1, DM_MIXED, {0, 2}, {0, 0}, 0, 0},
+    {2, 8, 2, 1, 300, 64, 0, 20, 5, AL0, 0, ATTN_BC_B1, DM_FLAT, {0, 1}, {250, 0}, 0, 0},
+};
+#define NDECODE_MASK ((int)(sizeof decode_masks / sizeof decode_masks[0]))
+
+attn_problem* attn_decode_mask_problem(int k, cf_dtype dt, int* routed) {
+    if (k < 0 || k >= NDECODE_MASK) return NULL;
+    const decode_mask* m = &decode_masks[k];
+    attn_case c;
+    attn_case_init(&c);
+    c.dtype = dt;
+    c.seed = 7500 + (uint64_t)k * 10 + (uint64_t)dt + tt_seed_base() * 1000003u;
+    c.B = m->B, c.H = m->H, c.Hk = m->Hk, c.Sq = m->Sq, c.Sk = m->Sk, c.D = c.Dv = m->D;
+    c.causal = m->causal, c.window_left = m->wl, c.window_right = m->wr, c.alibi = m->alibi;
+    c.sinks = m->sinks, c.mask = m->mask, c.layout = (tt_layout)(k % 3);
+    attn_problem* p = attn_problem_new(&c);
+    if (!p) return NULL;
+    *routed = m->routed;
+    if (m->pad[0] < 0) return p; /* (the random mask) */
+    for (int64_t n = 0; n < p->mask.numel; n++) {
+        int64_t idx[4];
+        tt_unravel(&p->mask, n, idx);
+        const int64_t b = idx[0], h = idx[1], i = idx[2], j = idx[3];
+        const int64_t pad = m->pad2 && b == 0 && h >= 4 ? m->pad2 : m->pad[b];
+        const int64_t len = m->len[b] ? m->len[b] : m->Sk;
+        const int stair = m->rows == DM_STAIR || (m->rows == DM_MIXED && b == 1);
+        const int64_t end = stair ? len - m->Sq + 1 + i : len;
+        tt_set(&p->mask, idx, j >= pad && j < end ? (double)(1 + (n % 3 == 0)) : 0.0);
+    }
+    attn_problem_refresh_inputs(p);
+    return p;
+}
+
 int attn_grid_decode_rows(const char* backend, unsigned dtype_bits, int threads) {
     cflash_context* ctx = NULL;
     CHECK_OK(cflash_context_create(&ctx));
@@ -552,6 +621,26 @@ int attn_grid_decode_rows(const char* backend, unsigned dtype_bits, int threads)
             CHECK_MSG(s == CFLASH_OK, "%s on %s (backward): %s", name, backend,
                       cflash_last_error());
             if (s == CFLASH_OK) check_fwd_bwd(p, backend, !c.no_lse);
+            attn_problem_free(p);
+            n++;
+        }
+    for (int di = 0; di < 3; di++)
+        for (int k = 0; k < NDECODE_MASK; k++) {
+            if (dtype_bits && !(dtype_bits & (1u << dtypes[di]))) continue;
+            if (tt_test_level() < 0 && k % 3 != di) continue;
+            int routed;
+            attn_problem* p = attn_decode_mask_problem(k, dtypes[di], &routed);
+            CHECK_MSG(p != NULL, "decode rows with a mask, case %d: could not set up", k);
+            if (!p) continue;
+            char name[256];
+            attn_case_str(&p->c, name, sizeof name);
+            cflash_status s = attn_problem_run_fwd(ctx, p);
+            CHECK_MSG(s == CFLASH_OK, "%s (mask case %d) on %s: %s", name, k, backend,
+                      cflash_last_error());
+            if (s == CFLASH_OK) s = attn_problem_run_bwd(ctx, p);
+            CHECK_MSG(s == CFLASH_OK, "%s (mask case %d) on %s (backward): %s", name, k, backend,
+                      cflash_last_error());
+            if (s == CFLASH_OK) check_fwd_bwd(p, backend, 1);
             attn_problem_free(p);
             n++;
         }

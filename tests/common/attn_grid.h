@@ -53,6 +53,13 @@ int attn_grid_one_pass(const char* backend, unsigned dtypes, int threads);
  * returns the cases run. */
 int attn_grid_decode_rows(const char* backend, unsigned dtypes, int threads);
 
+/* Decode rows with a boolean mask (attn_grid_decode_rows runs them too): case k's problem in
+ * dtype dt, its mask written as left pads and lengths (the KV-cache call's cache_leftpad and
+ * lengths: *routed 1, the x86 backends serve it on the KV-cache kernels) or as one they must
+ * leave tiled (*routed 0: holes, heads of other pads, a row with no key, ...). NULL when k is
+ * past the last case (or on no memory). */
+attn_problem* attn_decode_mask_problem(int k, cf_dtype dt, int* routed);
+
 /* Whether backend can run here: a one-element forward on it succeeds
  * (cflash_context_set_backend accepts any known name; a call tells). */
 int attn_backend_runs(const char* backend);

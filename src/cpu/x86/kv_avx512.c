@@ -1588,11 +1588,10 @@ cflash_status cf_kvcache_avx512_run(const void* call, const cf_impl* attn, int s
 }
 
 /* For cpu-avx512's attention forward (avx512.c): its decode rows on these kernels (1, *st the
- * status), or 0 when the call is not decode-shaped (kv_attn_decodes). */
+ * status), or 0 when the call is not decode-shaped (kv_attn_decodes, kv_mask_runs). */
 int cf_attn_avx512_decode(const void* call, cflash_status* st) {
     if (!kv_attn_decodes(call, cf_cpu()->avx512bf16 && cf_cpu()->bf16_dot_gemm)) return 0;
-    *st = kv_attn_decode(call, kv_choose_avx512, "cpu-avx512");
-    return 1;
+    return kv_attn_decode(call, kv_choose_avx512, "cpu-avx512", st);
 }
 
 int cf_ops_avx512_available(char* why, size_t n); /* src/cpu/x86/ops_avx512.c */
