@@ -6,7 +6,7 @@ to libcflash as attn_bias), forward and forward + backward, in one process, alte
 --mask noise: the last eighth of the keys padding (the dtype's finfo.min), small noise elsewhere.
 --mask finfo-causal: causal plus the first 1/16 of the keys as padding, all finfo.min (not -inf),
 as transformers writes them; cflash runs twice, as it does and with its far-key hiding turned off
-(cflash._torch._far_keys_hidden: the dense call such a mask cost before).
+(cflash._torch._hide_far_keys: the dense call such a mask cost before).
 Shape (B, 1, S, S). Medians of --reps runs after one warm-up; the package finds the library at
 $CFLASH_LIBRARY (a path to libcflash.so) or next to itself.
 
@@ -50,11 +50,11 @@ def main():
     else:
         mask = torch.full((S, S), mn, dtype=dt).triu(1)[None, None].repeat(B, 1, 1, 1)
         mask[..., :S // 16] = mn
-    hide = ct._far_keys_hidden
+    hide = ct._hide_far_keys
     sides = [("torch", torch.nn.functional.scaled_dot_product_attention, None),
              ("cflash", cs.scaled_dot_product_attention, hide)]
     if a.mask == "finfo-causal":
-        sides.append(("cflash dense", cs.scaled_dot_product_attention, lambda *x: None))
+        sides.append(("cflash dense", cs.scaled_dot_product_attention, lambda *x: (None, False)))
     leaves = [x.clone().requires_grad_() for x in (q, k, v)]
 
     def fwd(fn):
@@ -69,12 +69,12 @@ def main():
         for rep in range(a.reps + 1):  # (the first round warms up)
             for name, fn, h in sides:
                 if h:
-                    ct._far_keys_hidden = h
+                    ct._hide_far_keys = h
                 t0 = time.perf_counter()
                 run(fn)
                 if rep:
                     times[name].append((time.perf_counter() - t0) * 1e3)
-        ct._far_keys_hidden = hide
+        ct._hide_far_keys = hide
         t = statistics.median(times["torch"])
         print("%s B%d H%d S%d D%d %s, %s mask, %d threads: torch %.1f ms; %s" % (
             what, B, H, S, D, a.dtype, a.mask, a.threads, t,

@@ -476,30 +476,50 @@ class AttnExtra(torch.autograd.Function):
 
 
 def _far_keys_hidden(query, key, m, scale):
-    """For an additive mask m (B|1, H|1, Sq, Sk): a boolean mask of the same shape that hides the
+    """_hide_far_keys's boolean mask (or None)."""
+    return _hide_far_keys(query, key, m, scale)[0]
+
+
+def _absmax(x):
+    """max |x| as a float (0 when empty; NaN with a NaN)."""
+    if not x.numel():
+        return 0.0
+    lo, hi = torch.aminmax(x.detach())
+    return max(-float(lo), float(hi)) if lo == lo and hi == hi else float("nan")
+
+
+def _hide_far_keys(query, key, m, scale):
+    """(keep, zero). keep: for an additive mask m (B|1, H|1, Sq, Sk), a boolean mask of the same
+    shape that hides the
     keys whose value lies so far below its row's largest that their softmax weight is 0 in fp32
     for any scores this query and key can make, or None when it hides none. transformers writes
     its causal and padding masks with the dtype's finfo.min, not -inf: the library skips tiles
     that are -inf or hidden by a boolean mask, so such a mask cost a dense call (2x a causal one).
-    |score| <= scale max|q| max|k| (Cauchy-Schwarz), so a key more than twice that plus 200 below
+    |score| <= scale |q| |k| (Cauchy-Schwarz; the norms bounded by sqrt(D) times the largest
+    |element|, one pass without a copy: the norms themselves cost 20 ms of fp32 copies at a
+    decode step's 4 x 8 x 4096 x 128 bf16 keys, 8x its attention), so a key more than twice that
+    plus 200 below
     the row's largest value weighs at most exp(-200) of that key, under fp32's smallest subnormal:
     hiding it changes nothing. Rows whose largest value is not finite (all -inf, a NaN, +inf),
-    and rows all at finfo.min, keep every key; NaN values are kept."""
-    qn = float(query.detach().float().norm(dim=-1).max()) if query.numel() else 0.0
-    kn = float(key.detach().float().norm(dim=-1).max()) if key.numel() else 0.0
+    and rows all at finfo.min, keep every key; NaN values are kept. zero: m is 0 at every key
+    keep keeps (transformers' masks: 0 or finfo.min), so keep alone is the whole mask (none at all
+    when keep is None): the library's mask without a bias reads no bias and serves decode rows on
+    its KV-cache kernels."""
+    qn, kn = (x.shape[-1] ** 0.5 * _absmax(x) for x in (query, key))
     margin = 2.0 * scale * qn * kn + 200.0
     if not margin < 1e30:  # (inf or NaN inputs: nothing hidden)
-        return None
+        return None, False
     keep = torch.empty(m.shape, dtype=torch.bool, device=m.device)
     rows = max(1, (1 << 22) // max(1, m.shape[0] * m.shape[1] * m.shape[3]))  # ~16 MB of fp32 at a time
-    hides = False
+    hides, zero = False, True
     for i0 in range(0, m.shape[2], rows):
         c = m[..., i0:i0 + rows, :].detach().float()
         top = c.amax(dim=-1, keepdim=True)
         kc = ~(c < top - margin) | ~torch.isfinite(top)
         keep[..., i0:i0 + rows, :] = kc
         hides = hides or not bool(kc.all())
-    return keep if hides else None
+        zero = zero and not bool(c.masked_fill(~kc, 0.0).any())  # (NaN counts as nonzero)
+    return (keep if hides else None), zero
 
 
 def sdpa_masked(query, key, value, attn_mask, dropout_p=0.0, scale=None, enable_gqa=False, softcap=0.0, sinks=None):
@@ -521,11 +541,13 @@ def sdpa_masked(query, key, value, attn_mask, dropout_p=0.0, scale=None, enable_
         m = m.to(torch.float32)
     q, k, v = (x.transpose(1, 2) for x in (query, key, value))
     sc = 1.0 / float(query.shape[-1]) ** 0.5 if scale is None else float(scale)
-    hide = None
+    bias, keep = (None, m) if boolean else (m, None)
     if not boolean and not torch.compiler.is_compiling():
-        hide = _far_keys_hidden(query, key, m, sc)
+        keep, zero = _hide_far_keys(query, key, m, sc)
+        if zero and not m.requires_grad:  # (the bias adds 0 wherever keep keeps: keep says it all)
+            bias = None
     if sinks is not None:
         sinks = sinks.to(device=query.device, dtype=torch.float32)
-    out, _, _ = AttnExtra.apply(q, k, v, sinks, None if boolean else m, m if boolean else hide, None,
-                                float(dropout_p), sc, False, -1, -1, float(softcap), False, -1)
+    out, _, _ = AttnExtra.apply(q, k, v, sinks, bias, keep, None, float(dropout_p), sc, False, -1, -1,
+                                float(softcap), False, -1)
     return out.transpose(1, 2)

@@ -340,6 +340,63 @@ def test_far_keys_hidden():
     assert bool(_far_keys_hidden(q, k, m, 0.5)[0, 0, 4].all())
 
 
+def test_hide_far_keys_zero():
+    """zero: the mask is 0 wherever the hiding keeps a key (transformers' masks), so the boolean
+    mask alone says it all; not so with other values there, a row all at finfo.min, or a NaN."""
+    from cflash._torch import _hide_far_keys
+    mn = torch.finfo(torch.float32).min
+    q, k = torch.randn(1, 2, 6, 4), torch.randn(1, 2, 9, 4)
+    m = torch.full((1, 1, 6, 9), mn).triu(1)
+    m[..., 1:, 0] = mn  # (padding; row 0 keeps key 0)
+    m[..., 5, :] = 0.0
+    keep, zero = _hide_far_keys(q, k, m, 0.5)
+    assert zero and torch.equal(keep, m == 0)
+    assert _hide_far_keys(q, k, torch.zeros(1, 1, 6, 9), 0.5) == (None, True)
+    for i, j, x in ((3, 0, 0.25), (1, 1, mn), (4, 3, float("nan"))):  # a value, a row of finfo.min, a NaN
+        w = m.clone()
+        w[..., i, :] = mn if x == mn else w[..., i, :]
+        w[..., i, j if x != mn else 0] = x
+        assert not _hide_far_keys(q, k, w, 0.5)[1], (i, j, x)
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_sdpa_masked_zero_bias_as_mask(grad, rng, poison):
+    """A decode step's additive padding mask of 0 and finfo.min (transformers' SDPA masks) goes to
+    the library as a boolean mask alone (no bias to read; the KV-cache kernels serve such decode
+    rows), unless the mask wants a gradient; results as fp64 SDPA's."""
+    import cflash._torch as ct
+    F = torch.nn.functional
+    gen = torch.Generator().manual_seed(int(rng.integers(1 << 31)))
+    B, H, Hk, Sk, D = 3, 8, 2, 70, 32
+    q = torch.randn(B, H, 1, D, generator=gen)
+    k, v = torch.randn(B, Hk, Sk, D, generator=gen), torch.randn(B, Hk, Sk, D, generator=gen)
+    m = torch.zeros(B, 1, 1, Sk)
+    m[1, ..., :13] = torch.finfo(torch.float32).min
+    m[2, ..., :69] = torch.finfo(torch.float32).min
+    m.requires_grad_(grad)
+    seen = []
+    real = ct.AttnExtra
+
+    class Spy:
+        @staticmethod
+        def apply(*a):
+            seen.append(a[4] is None)
+            return real.apply(*a)
+
+    try:
+        ct.AttnExtra = Spy
+        got = ct.sdpa_masked(q, k, v, m)
+    finally:
+        ct.AttnExtra = real
+    assert seen == [not grad]
+    rep = lambda x: x.double().repeat_interleave(H // Hk, 1)  # noqa: E731
+    ref = F.scaled_dot_product_attention(q.double(), rep(k), rep(v), attn_mask=m.detach().double())
+    nv = F.scaled_dot_product_attention(q, k.repeat_interleave(H // Hk, 1), v.repeat_interleave(H // Hk, 1),
+                                        attn_mask=m.detach())
+    err, bound = (got.detach().double() - ref).abs().max().item(), (nv.double() - ref).abs().max().item()
+    assert err <= 2 * bound + 1e-6, (err, bound)
+
+
 def _sdpa_masked_case(kind, mshape, seed):
     from cflash._torch import sdpa_masked
     F = torch.nn.functional
