@@ -227,6 +227,7 @@ def test_sdpa_registration_serves_4d_masks():
     with torch.no_grad():
         want_logits = ref(ids, attention_mask=mask).logits
     want = ref.generate(ids, **kw)
+    want_static = ref.generate(ids, cache_implementation="static", **kw)
     shapes = []
     real = cft._masked
 
@@ -240,12 +241,14 @@ def test_sdpa_registration_serves_4d_masks():
         with torch.no_grad():
             got_logits = ref(ids, attention_mask=mask).logits
         got = ref.generate(ids, **kw)
+        got_static = ref.generate(ids, cache_implementation="static", **kw)  # (unfilled slots masked)
     finally:
         cft._masked = real
         cft.unregister_sdpa()
     valid = mask.bool()
     close(got_logits[valid], want_logits[valid], "logits")
     assert torch.equal(got, want), "greedy tokens"
+    assert torch.equal(got_static, want_static), "greedy tokens, static cache"
     assert (3, 1, 13, 13) in shapes and any(s[2] == 1 for s in shapes), "prefill and decode on the library's mask"
 
 
