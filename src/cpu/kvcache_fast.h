@@ -955,12 +955,43 @@ static double kv_largest_share(const cf_kvcache_call* c, const uint8_t* on, int6
  * tiles of a prefill), keys in ns splits: num_splits as given, else enough that the largest
  * group's items are at most half a thread's share of the work (kv_largest_share: with alike
  * sequences, enough items for every thread twice over; a long cache among short ones is split
- * as if alone), with at least 512 keys per split; splits are cut while their partial results
- * would exceed 256 MB (they change only the order of the sums). Where the rows of one KV head
- * fill an item for the GEMM path (a chunk of prefill), items take one KV head and KV_GEMM_ITEM
- * rows: its K/V are read once per KV_GEMM_ITEM of its rows, not once per KV_ROWS / nh. Sq: the
- * query rows of the longest sequence the items serve; on as kv_largest_share's. */
+ * as if alone), of kv_split_keys keys or more, evened (kv_even_splits); splits are cut while their
+ * partial results would exceed 256 MB (they change only the order of the sums). Where the rows of
+ * one KV head fill an item for the GEMM path (a chunk of prefill), items take one KV head and
+ * KV_GEMM_ITEM rows: its K/V are read once per KV_GEMM_ITEM of its rows, not once per KV_ROWS / nh.
+ * Sq: the query rows of the longest sequence the items serve; on as kv_largest_share's. */
 #define KV_ROWS 64
+/* The fewest keys a split takes: 512, or 256 with the OpenMP team spinning between regions
+ * (cf_threads_team_factor), where kv_even_splits finds it evens the threads' work. B1 H32 Hk8
+ * D128 bf16 on Zen 4, 2 threads (bench/kv_ab.c, paired hot calls): spinning, 512 keys in two
+ * splits 0.095 -> 0.054 ms, 1000 0.177 -> 0.097. Asleep, 512 keys in two splits took 0.173 ms
+ * against one's 0.134 (the wake). */
+static int64_t kv_split_keys(void) {
+    return cf_threads_team_factor() == 1.0 ? 256 : 512;
+}
+
+/* The share of the work that the largest group holds (kv_largest_share) as a count of alike
+ * groups: 1 / share, rounded down, at least 1. */
+static double kv_groups_of(double share) {
+    const double g = share > 0.0 ? floor(1.0 / share + 1e-6) : 1.0;
+    return g < 1.0 ? 1.0 : g;
+}
+/* Of 1..n splits of sk keys, the count whose items the threads share most evenly, the work taken
+ * as g alike groups (kv_groups_of): ceil(g splits / threads) rounds of items 1 / splits long;
+ * among equals, splits of 512 keys or more (below, an item's fixed costs show: 1280 keys in four
+ * splits of 320 took 0.157 ms, in two 0.134), then the most. A short cache alone in 3 splits on
+ * 2 threads took as long as in 4 (Zen 4: 1536 keys 0.190 ms in 3, 0.145 in 2). */
+static int64_t kv_even_splits(double g, int64_t n, int64_t sk, int threads) {
+    int64_t best = n;
+    double cost = ceil(g * (double)n / threads) / (double)n;
+    int small = sk / n < 512;
+    for (int64_t m = n - 1; m >= 1; m--) {
+        const double t = ceil(g * (double)m / threads) / (double)m;
+        const int sm = sk / m < 512;
+        if (t < cost || (t == cost && small && !sm)) best = m, cost = t, small = sm;
+    }
+    return best;
+}
 static void kv_plan(const cf_kvcache_call* c, kv_choose_fn choose, int64_t Sq, const uint8_t* on,
                     int64_t* nh, int64_t* nq, int64_t* ns) {
     const cf_attn_call* a = &c->a;
@@ -985,11 +1016,11 @@ static void kv_plan(const cf_kvcache_call* c, kv_choose_fn choose, int64_t Sq, c
     if (n == 0) {
         /* (Sq = 0 or no keys: no work, and nothing to split; Sq = 0 with any B, 2^40 empty
          * sequences included, is not walked: test_hostile) */
-        const double want = Sq > 0 && a->Sk > 0
-                                ? 2.0 * (double)a->threads * kv_largest_share(c, on, a->Hk / h, q)
-                                : 0.0;
+        const double share = Sq > 0 && a->Sk > 0 ? kv_largest_share(c, on, a->Hk / h, q) : 0.0;
+        const double want = 2.0 * (double)a->threads * share;
         n = want > 1.0 ? (int64_t)ceil(want - 1e-9) : 1;
-        if (n > a->Sk / 512) n = a->Sk / 512;
+        const int64_t cap = a->Sk / kv_split_keys();
+        n = kv_even_splits(kv_groups_of(share), n < cap ? n : cap > 1 ? cap : 1, a->Sk, a->threads);
     }
     if (n > a->Sk) n = a->Sk;
     if (n > 256) n = 256;
@@ -1268,8 +1299,9 @@ static cflash_status kv_run_with(const void* call, kv_choose_fn choose, const cf
                      "kvcache_fwd: out of memory for %lld partial rows",
                      (long long)(k.items * k.R));
     int failed = 0;
-    /* as many threads as items: a decode step below 1024 keys is one item, and waking a second
-     * thread for nothing cost 60-200 us a call (docs/PERF.md "Per-call cost from Python") */
+    /* as many threads as items: a decode step below 512 keys (1024, the team asleep) is one item,
+     * and waking a second thread for nothing cost 60-200 us a call (docs/PERF.md "Per-call cost
+     * from Python") */
     const int threads = cf_threads_items(a->threads, k.items);
 #pragma omp parallel num_threads(threads) reduction(| : failed)
     {
