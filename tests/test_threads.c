@@ -274,6 +274,36 @@ static void test_decode_rows(void) {
         CHECK_MSG(attn_problem_check_fwd(p, msg, sizeof msg), "case %d: %s", k, msg);
         attn_problem_free(p);
     }
+    /* A bias goes too, added by the items; a key it hides (-inf) does not reach the rows even
+     * with an infinity in its V row (P = -0, skipped: cflash.h "Non-finite values"). */
+    for (int k = 0; k < 2; k++) {
+        attn_case c;
+        attn_case_init(&c);
+        c.B = 2, c.H = 8, c.Hk = 2, c.Sq = 2, c.Sk = 300, c.D = c.Dv = 64, c.bias = ATTN_BC_B1;
+        c.dtype = k ? CFLASH_DTYPE_F32 : CFLASH_DTYPE_BF16, c.seed = 90 + (uint64_t)k;
+        attn_problem* p = attn_problem_new(&c);
+        CHECK(p != NULL);
+        if (!p) continue;
+        for (int64_t b = 0; b < 2; b++) {
+            for (int64_t i = 0; i < 2; i++) {
+                const int64_t at[4] = {b, 0, i, 37};
+                tt_set(&p->bias, at, -INFINITY);
+            }
+            for (int64_t h = 0; h < 2; h++) {
+                const int64_t at[4] = {b, 37, h, 5};
+                tt_set(&p->v, at, INFINITY);
+            }
+        }
+        attn_problem_refresh_inputs(p);
+        run_arg r = {ctx, p, 0, CFLASH_OK};
+        capture(run_attn, &r, log, sizeof log);
+        CHECK_OK(r.s);
+        CHECK_MSG(strstr(log, want) != NULL, "bias case %d: \"%s\" not in the log:\n%.1500s", k,
+                  want, log);
+        char msg[512];
+        CHECK_MSG(attn_problem_check_fwd(p, msg, sizeof msg), "bias case %d: %s", k, msg);
+        attn_problem_free(p);
+    }
     /* A boolean mask of left pads and lengths (transformers' SDPA masks) goes too; others not. */
     int routed;
     attn_problem* p;

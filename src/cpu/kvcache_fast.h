@@ -617,6 +617,7 @@ static void kv_pv_visible(const cf_kvcache_call* c, kv_scratch* w, const kv_path
         for (int64_t r = r0; r < r0 + n; r++) {
             if (jb + t < w->lo[r] || jb + t >= w->hi[r]) continue;
             const float pr = w->s[r * KV_KB + t];
+            if (c->a.bias.data && pr == 0.0f && signbit(pr)) continue; /* hidden by the bias */
             float* a = w->acc + r * Dv;
             for (int64_t d = 0; d < Dv; d++)
                 a[path->acc_index ? path->acc_index(d) : d] += pr * w->vf[d];
@@ -783,16 +784,19 @@ static void kv_softcap(float* s, int64_t n, float scale, float cap) {
         s[t] = cap * ftanh(scale * s[t] / cap);
 }
 
-/* Online softmax of row r over the block (nb keys at jb) in the generic way: masks, softcap and
- * ALiBi applied to the scores, the running max m and sum l updated, acc and lv rescaled, the
- * scores replaced by P. */
+/* Online softmax of row r over the block (nb keys at jb) in the generic way: masks, softcap,
+ * ALiBi and the bias (an attention call's decode rows, kv_attn_decode: row i, head h, key P + j
+ * of the call) applied to the scores, the running max m and sum l updated, acc and lv rescaled,
+ * the scores replaced by P. A key the bias hides (-inf) gets P = -0, which kv_pv_visible skips:
+ * a NaN or infinity in its V row must not reach the row ("Non-finite values", cflash.h). */
 static void kv_row_softmax(const cf_kvcache_call* c, kv_scratch* w, const kv_itm* it, int64_t r,
                            int64_t jb, int64_t nb, float slope) {
     const cf_attn_call* a = &c->a;
-    const int64_t i = it->i0 + r % it->nq, Dv = a->Dv;
+    const int64_t i = it->i0 + r % it->nq, h = it->hk0 * it->G + r / it->nq, Dv = a->Dv;
     float* s = w->s + r * KV_KB;
     float mx = -INFINITY;
-    if (a->softcap == 0.0f && slope == 0.0f) { /* branch-free: vectorizes */
+    unsigned hidden = 0; /* bit t: the bias hides key jb + t */
+    if (a->softcap == 0.0f && slope == 0.0f && !a->bias.data) { /* branch-free: vectorizes */
         const int64_t lo = w->lo[r] - jb, hi = w->hi[r] - jb;
         const float scale = a->scale;
 #pragma omp simd
@@ -815,13 +819,22 @@ static void kv_row_softmax(const cf_kvcache_call* c, kv_scratch* w, const kv_itm
                 continue;
             }
             if (slope != 0.0f) s[t] -= cf_attn_alibi(a, slope, i, j, it->Sq, it->sk);
+            if (a->bias.data) {
+                const float y = cf_load(a->bias.data, a->bias.dtype,
+                                        cf_attn_at4(&a->bias, it->b, h, i, it->P + j));
+                if (y == -INFINITY) { /* (hides the key, a NaN score included) */
+                    s[t] = -INFINITY, hidden |= 1u << t;
+                    continue;
+                }
+                s[t] += y;
+            }
             mx = s[t] > mx ? s[t] : mx;
         }
     }
     if (mx == -INFINITY) { /* nothing visible in this block (or only NaN): P row is 0 */
         int nan = 0;
         for (int64_t t = 0; t < nb; t++)
-            nan |= s[t] != s[t], s[t] = 0.0f;
+            nan |= s[t] != s[t], s[t] = hidden >> t & 1u ? -0.0f : 0.0f;
         if (nan) w->m[r] = NAN, w->l[r] = NAN; /* a NaN score: the row is NaN */
         return;
     }
@@ -829,6 +842,8 @@ static void kv_row_softmax(const cf_kvcache_call* c, kv_scratch* w, const kv_itm
     const float mnew = mx > w->m[r] ? mx : w->m[r];
     const float alpha = mx > w->m[r] ? fexp(w->m[r] - mnew) : 1.0f;
     const float sum = exp_row(s, nb, mnew);
+    for (int64_t t = 0; hidden && t < nb; t++)
+        if (hidden >> t & 1u) s[t] = -0.0f;
     if (alpha != 1.0f) {
         float *acc = w->acc + r * Dv, *lv = w->lv + 16 * r;
 #pragma omp simd
@@ -854,7 +869,8 @@ static void kv_block_softmax(const cf_kvcache_call* c, kv_scratch* w, const kv_i
     const cf_attn_call* a = &c->a;
     for (int64_t r = 0; r < it->R;) {
         const float slope = cf_attn_slope(a, it->b, it->hk0 * it->G + r / it->nq);
-        if (!(it->path.softmax16 && nb == KV_KB && slope == 0.0f && kv_row_sees(w, r, jb))) {
+        if (!(it->path.softmax16 && nb == KV_KB && slope == 0.0f && !a->bias.data &&
+              kv_row_sees(w, r, jb))) {
             kv_row_softmax(c, w, it, r, jb, nb, slope);
             r++;
             continue;
@@ -881,8 +897,8 @@ static void kv_block_pv(const cf_kvcache_call* c, kv_scratch* w, const kv_itm* i
     kv_rows_of(c, &c->vc, it->b, it->P + jb, nb, it->hk0, base);
     kv_qloc L;
     if (c->quant == CFLASH_KV_QUANT_INT8) kv_q_locate(c, 1, it->b, it->P + jb, nb, it->hk0, &L);
-    int partial = 0; /* some row does not see every key of the block */
-    for (int64_t r = 0; r < it->R; r++)
+    int partial = c->a.bias.data != NULL; /* some row does not see every key of the block */
+    for (int64_t r = 0; !partial && r < it->R; r++)
         partial |= w->lo[r] > jb || w->hi[r] < jb + nb;
     for (int64_t g = 0; g < it->nh; g++) {
         kv_head_rows(&c->vc, base, nb, g, it->es, rows);
@@ -1364,16 +1380,17 @@ static inline void kv_decode_rows(cf_dtype dt, int bf16_dot, int64_t* sq, int64_
 }
 
 /* Whether attention call a may go to the items: on the CPU, none of the features the KV-cache
- * call does not take (dropout, bias, block lists, chunks, block offsets, seqused_q; a boolean
- * mask only in batch mode without seqused_k, if kv_mask_runs reads it as left pads and lengths),
+ * call does not take (dropout, block lists, chunks, block offsets, seqused_q; a boolean mask only
+ * in batch mode without seqused_k, if kv_mask_runs reads it as left pads and lengths; a bias in
+ * batch mode without seqused_k, which the items add as the attention call does, kv_row_softmax),
  * every sequence's rows within kv_decode_rows (bf16_dot as there), and (varlen) every sequence's
  * last key row in int32 (the KV-cache call's lengths). */
 static inline int kv_attn_decodes(const cf_attn_call* a, int bf16_dot) {
-    if (a->device_type != kDLCPU || a->dropout_p != 0.0f || a->bias.data || a->bs_num.data ||
-        a->chunk || a->q_offset || a->k_offset || a->seqused_q || a->B < 1 || a->Hk < 1 ||
-        a->Sq < 1)
+    if (a->device_type != kDLCPU || a->dropout_p != 0.0f || a->bs_num.data || a->chunk ||
+        a->q_offset || a->k_offset || a->seqused_q || a->B < 1 || a->Hk < 1 || a->Sq < 1)
         return 0;
-    if (a->mask.data && (a->varlen || a->seqused_k || a->Sk > INT32_MAX)) return 0;
+    if ((a->mask.data || a->bias.data) && (a->varlen || a->seqused_k || a->Sk > INT32_MAX))
+        return 0;
     const int64_t G = a->H / a->Hk;
     int64_t msq, mrows;
     kv_decode_rows(a->dtype, bf16_dot, &msq, &mrows);

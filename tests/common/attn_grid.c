@@ -523,7 +523,7 @@ static void decode_case(int k, cf_dtype dt, attn_case* c) {
     case 6: c->Sq = 2, c->seqused = 2, c->no_lse = 1; break; /* batch seqused_k, no lse */
     case 7: c->Sq = 7, c->Sk = 5, c->causal = 1; break;      /* 28 rows; early rows see no key */
     case 8: c->dropout_p = 0.1f; break;                      /* kept tiled: dropout */
-    case 9: c->bias = ATTN_BC_BH; break;                     /* kept tiled: bias */
+    case 9: c->bias = ATTN_BC_BH, c->dbias = 1; break;       /* a bias (and dbias) */
     case 10: c->Sq = 8, c->causal = 1; break;                /* 32 rows a KV head: tiled */
     }
 }
@@ -544,28 +544,38 @@ typedef struct decode_mask {
     int rows;
     int64_t pad[2], len[2], pad2;
     int routed;
+    attn_bcast bias; /* a bias too (its random -inf entries hide keys within the runs) */
 } decode_mask;
 #define AL0 ATTN_ALIBI_NONE
+#define ALH ATTN_ALIBI_H
+#define BBH ATTN_BC_BH
+#define B11 ATTN_BC_11
+#define B1H ATTN_BC_1H
 static const decode_mask decode_masks[] = {
     /* routed: left padding (one sequence keeps only its last key), a non-causal call */
-    {2, 8, 2, 1, 300, 64, 0, -1, -1, AL0, 0, ATTN_BC_B1, DM_FLAT, {0, 299}, {0, 0}, 0, 1},
+    {2, 8, 2, 1, 300, 64, 0, -1, -1, AL0, 0, ATTN_BC_B1, DM_FLAT, {0, 299}, {0, 0}, 0, 1, BC0},
     /* causal + ALiBi, the mask (B, H) alike over heads */
-    {2, 8, 2, 1, 300, 64, 1, -1, -1, ATTN_ALIBI_H, 0, ATTN_BC_BH, DM_FLAT, {5, 120}, {0, 0}, 0, 1},
+    {2, 8, 2, 1, 300, 64, 1, -1, -1, ALH, 0, ATTN_BC_BH, DM_FLAT, {5, 120}, {0, 0}, 0, 1, BC0},
     /* a static cache's unfilled slots, sinks, MHA, 3 rows, odd head dim */
-    {2, 4, 4, 3, 77, 33, 0, -1, -1, AL0, 1, ATTN_BC_B1, DM_FLAT, {0, 9}, {50, 61}, 0, 1},
+    {2, 4, 4, 3, 77, 33, 0, -1, -1, AL0, 1, ATTN_BC_B1, DM_FLAT, {0, 9}, {50, 61}, 0, 1, BC0},
     /* transformers' causal stairs in the mask of a non-causal call, short of Sk */
-    {2, 8, 2, 4, 200, 64, 0, -1, -1, AL0, 0, ATTN_BC_B1, DM_STAIR, {3, 0}, {150, 0}, 0, 1},
+    {2, 8, 2, 4, 200, 64, 0, -1, -1, AL0, 0, ATTN_BC_B1, DM_STAIR, {3, 0}, {150, 0}, 0, 1, BC0},
     /* a causal call with a window, the mask broadcast (1, 1); then stairs that repeat causal */
-    {2, 8, 2, 4, 200, 64, 1, 30, 0, AL0, 0, ATTN_BC_11, DM_FLAT, {10, 10}, {0, 0}, 0, 1},
-    {2, 8, 2, 4, 200, 64, 1, -1, 0, AL0, 1, ATTN_BC_1H, DM_STAIR, {7, 7}, {0, 0}, 0, 1},
+    {2, 8, 2, 4, 200, 64, 1, 30, 0, AL0, 0, ATTN_BC_11, DM_FLAT, {10, 10}, {0, 0}, 0, 1, BC0},
+    {2, 8, 2, 4, 200, 64, 1, -1, 0, AL0, 1, ATTN_BC_1H, DM_STAIR, {7, 7}, {0, 0}, 0, 1, BC0},
     /* tiled: holes (the random mask), a causal call short of Sk, heads of other pads, a row with
      * no key, flat and stair rows in one call, a window short of Sk */
-    {2, 8, 2, 1, 300, 64, 0, -1, -1, AL0, 0, ATTN_BC_B1, DM_FLAT, {-1, -1}, {0, 0}, 0, 0},
-    {2, 8, 2, 4, 200, 64, 1, -1, 0, AL0, 0, ATTN_BC_B1, DM_FLAT, {0, 4}, {12, 0}, 0, 0},
-    {2, 8, 2, 1, 300, 64, 0, -1, -1, AL0, 0, ATTN_BC_BH, DM_FLAT, {5, 0}, {0, 0}, 6, 0},
-    {2, 8, 2, 1, 300, 64, 0, -1, -1, AL0, 1, ATTN_BC_B1, DM_FLAT, {300, 0}, {0, 0}, 0, 0},
-    {2, 8, 2, 4, 200, 64, 0, -1, -1, AL0, 0, ATTN_BC_B1, DM_MIXED, {0, 2}, {0, 0}, 0, 0},
-    {2, 8, 2, 1, 300, 64, 0, 20, 5, AL0, 0, ATTN_BC_B1, DM_FLAT, {0, 1}, {250, 0}, 0, 0},
+    {2, 8, 2, 1, 300, 64, 0, -1, -1, AL0, 0, ATTN_BC_B1, DM_FLAT, {-1, -1}, {0, 0}, 0, 0, BC0},
+    {2, 8, 2, 4, 200, 64, 1, -1, 0, AL0, 0, ATTN_BC_B1, DM_FLAT, {0, 4}, {12, 0}, 0, 0, BC0},
+    {2, 8, 2, 1, 300, 64, 0, -1, -1, AL0, 0, ATTN_BC_BH, DM_FLAT, {5, 0}, {0, 0}, 6, 0, BC0},
+    {2, 8, 2, 1, 300, 64, 0, -1, -1, AL0, 1, ATTN_BC_B1, DM_FLAT, {300, 0}, {0, 0}, 0, 0, BC0},
+    {2, 8, 2, 4, 200, 64, 0, -1, -1, AL0, 0, ATTN_BC_B1, DM_MIXED, {0, 2}, {0, 0}, 0, 0, BC0},
+    {2, 8, 2, 1, 300, 64, 0, 20, 5, AL0, 0, ATTN_BC_B1, DM_FLAT, {0, 1}, {250, 0}, 0, 0, BC0},
+    /* a bias with the mask: its columns are the call's (keys past the left pad), then stairs,
+     * sinks and a (1, 1) bias; holes with a bias stay tiled */
+    {2, 8, 2, 1, 300, 64, 0, -1, -1, AL0, 0, ATTN_BC_B1, DM_FLAT, {40, 7}, {0, 0}, 0, 1, BBH},
+    {2, 8, 2, 4, 200, 64, 0, -1, -1, AL0, 1, ATTN_BC_B1, DM_STAIR, {3, 9}, {150, 0}, 0, 1, B11},
+    {2, 8, 2, 1, 300, 64, 0, -1, -1, AL0, 0, ATTN_BC_B1, DM_FLAT, {-1, -1}, {0, 0}, 0, 0, B1H},
 };
 #define NDECODE_MASK ((int)(sizeof decode_masks / sizeof decode_masks[0]))
 
@@ -578,7 +588,7 @@ attn_problem* attn_decode_mask_problem(int k, cf_dtype dt, int* routed) {
     c.seed = 7500 + (uint64_t)k * 10 + (uint64_t)dt + tt_seed_base() * 1000003u;
     c.B = m->B, c.H = m->H, c.Hk = m->Hk, c.Sq = m->Sq, c.Sk = m->Sk, c.D = c.Dv = m->D;
     c.causal = m->causal, c.window_left = m->wl, c.window_right = m->wr, c.alibi = m->alibi;
-    c.sinks = m->sinks, c.mask = m->mask, c.layout = (tt_layout)(k % 3);
+    c.sinks = m->sinks, c.mask = m->mask, c.bias = m->bias, c.layout = (tt_layout)(k % 3);
     attn_problem* p = attn_problem_new(&c);
     if (!p) return NULL;
     *routed = m->routed;
