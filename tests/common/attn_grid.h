@@ -47,8 +47,9 @@ int attn_grid_one_pass(const char* backend, unsigned dtypes, int threads);
 
 /* Decode rows (few query rows per KV head: x86 backends serve their forward on the KV-cache
  * kernels, src/cpu/kvcache_fast.h kv_attn_decodes): batch, varlen, paged with seqused_k, GQA and
- * MQA, every mask the KV-cache call takes, rows with no key, lse absent, a split long cache; and
- * decode rows with a feature that keeps them tiled (dropout, bias). Forward and backward (the
+ * MQA, every mask the KV-cache call takes, rows with no key, lse absent, a split long cache, a
+ * bias (with dbias); decode rows with a feature that keeps them tiled (dropout, 32 rows a KV
+ * head); and attn_decode_mask_problem's cases. Forward and backward (the
  * backward reads the forward's lse) on backend, dtypes as in attn_grid_opts. One CHECK per step;
  * returns the cases run. */
 int attn_grid_decode_rows(const char* backend, unsigned dtypes, int threads);
