@@ -795,13 +795,25 @@ static void kv_row_softmax(const cf_kvcache_call* c, kv_scratch* w, const kv_itm
     const int64_t i = it->i0 + r % it->nq, h = it->hk0 * it->G + r / it->nq, Dv = a->Dv;
     float* s = w->s + r * KV_KB;
     float mx = -INFINITY;
-    unsigned hidden = 0; /* bit t: the bias hides key jb + t */
-    if (a->softcap == 0.0f && slope == 0.0f && !a->bias.data) { /* branch-free: vectorizes */
+    unsigned hidden = 0;                       /* bit t: the bias hides key jb + t */
+    if (a->softcap == 0.0f && slope == 0.0f) { /* branch-free: vectorizes */
         const int64_t lo = w->lo[r] - jb, hi = w->hi[r] - jb;
         const float scale = a->scale;
+        if (a->bias.data) { /* (its rows are contiguous along the keys) */
+            float y[KV_KB];
+            const int64_t at = cf_attn_at4(&a->bias, it->b, h, i, it->P + jb);
+            ld_row(y, (const char*)a->bias.data + at * (int64_t)cf_dtype_size(a->bias.dtype),
+                   a->bias.dtype, nb);
 #pragma omp simd
-        for (int64_t t = 0; t < nb; t++)
-            s[t] = (t >= lo && t < hi) ? scale * s[t] : -INFINITY;
+            for (int64_t t = 0; t < nb; t++)
+                s[t] = t >= lo && t < hi && y[t] != -INFINITY ? scale * s[t] + y[t] : -INFINITY;
+            for (int64_t t = 0; t < nb; t++)
+                hidden |= (unsigned)(y[t] == -INFINITY) << t;
+        } else {
+#pragma omp simd
+            for (int64_t t = 0; t < nb; t++)
+                s[t] = (t >= lo && t < hi) ? scale * s[t] : -INFINITY;
+        }
         /* (no `omp simd reduction(max)`: GCC 12 for SVE left the result at -inf when this
          * function was inlined into kv_run; a max over KV_KB floats is cheap anyway) */
         for (int64_t t = 0; t < nb; t++)
