@@ -784,6 +784,40 @@ static void kv_softcap(float* s, int64_t n, float scale, float cap) {
         s[t] = cap * ftanh(scale * s[t] / cap);
 }
 
+/* y[0..nb) = the bias of row r for keys jb.. (an attention call's decode rows, kv_attn_decode:
+ * row i, head h, key P + j of the call; its rows are contiguous along the keys), in fp32. */
+static void kv_bias_row(const cf_kvcache_call* c, const kv_itm* it, int64_t r, int64_t jb,
+                        int64_t nb, float* y) {
+    const cf_attn_call* a = &c->a;
+    const int64_t i = it->i0 + r % it->nq, h = it->hk0 * it->G + r / it->nq;
+    const int64_t at = cf_attn_at4(&a->bias, it->b, h, i, it->P + jb);
+    ld_row(y, (const char*)a->bias.data + at * (int64_t)cf_dtype_size(a->bias.dtype), a->bias.dtype,
+           nb);
+}
+
+/* For the 16-key path: row r's scores over the whole block at jb scaled (or soft-capped) with
+ * its bias added, so the path then scales by 1 (the order of cf_attn_score), if the bias hides
+ * none of the keys: 1; else 0 with the scores untouched (kv_row_softmax then). */
+static int kv_bias_add(const cf_kvcache_call* c, kv_scratch* w, const kv_itm* it, int64_t r,
+                       int64_t jb) {
+    const cf_attn_call* a = &c->a;
+    float y[KV_KB], *s = w->s + r * KV_KB;
+    kv_bias_row(c, it, r, jb, KV_KB, y);
+    int hides = 0;
+    for (int t = 0; t < KV_KB; t++)
+        hides |= y[t] == -INFINITY;
+    if (hides) return 0;
+    if (a->softcap > 0.0f)
+        kv_softcap(s, KV_KB, a->scale, a->softcap);
+    else
+        for (int t = 0; t < KV_KB; t++)
+            s[t] *= a->scale;
+#pragma omp simd
+    for (int t = 0; t < KV_KB; t++)
+        s[t] += y[t];
+    return 1;
+}
+
 /* Online softmax of row r over the block (nb keys at jb) in the generic way: masks, softcap,
  * ALiBi and the bias (an attention call's decode rows, kv_attn_decode: row i, head h, key P + j
  * of the call) applied to the scores, the running max m and sum l updated, acc and lv rescaled,
@@ -799,11 +833,9 @@ static void kv_row_softmax(const cf_kvcache_call* c, kv_scratch* w, const kv_itm
     if (a->softcap == 0.0f && slope == 0.0f) { /* branch-free: vectorizes */
         const int64_t lo = w->lo[r] - jb, hi = w->hi[r] - jb;
         const float scale = a->scale;
-        if (a->bias.data) { /* (its rows are contiguous along the keys) */
+        if (a->bias.data) {
             float y[KV_KB];
-            const int64_t at = cf_attn_at4(&a->bias, it->b, h, i, it->P + jb);
-            ld_row(y, (const char*)a->bias.data + at * (int64_t)cf_dtype_size(a->bias.dtype),
-                   a->bias.dtype, nb);
+            kv_bias_row(c, it, r, jb, nb, y);
 #pragma omp simd
             for (int64_t t = 0; t < nb; t++)
                 s[t] = t >= lo && t < hi && y[t] != -INFINITY ? scale * s[t] + y[t] : -INFINITY;
@@ -874,15 +906,22 @@ static inline int kv_row_sees(const kv_scratch* w, int64_t r, int64_t jb) {
 }
 
 /* Online softmax of every row of the item over the block: the path's softmax16 for each run of
- * rows that see the whole block without ALiBi (softcap applied first), kv_row_softmax
- * elsewhere. */
+ * rows that see the whole block without ALiBi (softcap applied first; with a bias row by row,
+ * where it hides none of the keys: kv_bias_add), kv_row_softmax elsewhere. */
 static void kv_block_softmax(const cf_kvcache_call* c, kv_scratch* w, const kv_itm* it, int64_t jb,
                              int64_t nb) {
     const cf_attn_call* a = &c->a;
     for (int64_t r = 0; r < it->R;) {
         const float slope = cf_attn_slope(a, it->b, it->hk0 * it->G + r / it->nq);
-        if (!(it->path.softmax16 && nb == KV_KB && slope == 0.0f && !a->bias.data &&
-              kv_row_sees(w, r, jb))) {
+        const int whole =
+            it->path.softmax16 && nb == KV_KB && slope == 0.0f && kv_row_sees(w, r, jb);
+        if (whole && a->bias.data && kv_bias_add(c, w, it, r, jb)) { /* (a row at a time) */
+            it->path.softmax16(w->s + r * KV_KB, 1, 1.0f, w->m + r, w->l + r, w->lv + 16 * r,
+                               w->acc + r * a->Dv, a->Dv);
+            r++;
+            continue;
+        }
+        if (!whole || a->bias.data) {
             kv_row_softmax(c, w, it, r, jb, nb, slope);
             r++;
             continue;

@@ -523,8 +523,8 @@ static void decode_case(int k, cf_dtype dt, attn_case* c) {
     case 6: c->Sq = 2, c->seqused = 2, c->no_lse = 1; break; /* batch seqused_k, no lse */
     case 7: c->Sq = 7, c->Sk = 5, c->causal = 1; break;      /* 28 rows; early rows see no key */
     case 8: c->dropout_p = 0.1f; break;                      /* kept tiled: dropout */
-    case 9: c->bias = ATTN_BC_BH, c->dbias = 1; break;       /* a bias (and dbias) */
-    case 10: c->Sq = 8, c->causal = 1; break;                /* 32 rows a KV head: tiled */
+    case 9: c->bias = ATTN_BC_BH, c->dbias = 1, c->softcap = 1.5f; break; /* bias, softcap */
+    case 10: c->Sq = 8, c->causal = 1; break; /* 32 rows a KV head: tiled */
     }
 }
 
