@@ -475,11 +475,6 @@ class AttnExtra(torch.autograd.Function):
         return (g[0], g[1], g[2], ds if ctx.needs_input_grad[3] else None, db) + (None,) * 10
 
 
-def _far_keys_hidden(query, key, m, scale):
-    """_hide_far_keys's boolean mask (or None)."""
-    return _hide_far_keys(query, key, m, scale)[0]
-
-
 def _absmax(x):
     """max |x| as a float (0 when empty; NaN with a NaN)."""
     if not x.numel():
@@ -490,17 +485,15 @@ def _absmax(x):
 
 def _hide_far_keys(query, key, m, scale):
     """(keep, zero). keep: for an additive mask m (B|1, H|1, Sq, Sk), a boolean mask of the same
-    shape that hides the
-    keys whose value lies so far below its row's largest that their softmax weight is 0 in fp32
-    for any scores this query and key can make, or None when it hides none. transformers writes
-    its causal and padding masks with the dtype's finfo.min, not -inf: the library skips tiles
-    that are -inf or hidden by a boolean mask, so such a mask cost a dense call (2x a causal one).
-    |score| <= scale |q| |k| (Cauchy-Schwarz; the norms bounded by sqrt(D) times the largest
-    |element|, one pass without a copy: the norms themselves cost 20 ms of fp32 copies at a
-    decode step's 4 x 8 x 4096 x 128 bf16 keys, 8x its attention), so a key more than twice that
-    plus 200 below
-    the row's largest value weighs at most exp(-200) of that key, under fp32's smallest subnormal:
-    hiding it changes nothing. Rows whose largest value is not finite (all -inf, a NaN, +inf),
+    shape that hides the keys whose value lies so far below its row's largest that their softmax
+    weight is 0 in fp32 for any scores this query and key can make, or None when it hides none.
+    transformers writes its causal and padding masks with the dtype's finfo.min, not -inf: the
+    library skips tiles that are -inf or hidden by a boolean mask, so such a mask cost a dense
+    call (2x a causal one). |score| <= scale |q| |k| (Cauchy-Schwarz; the norms bounded by
+    sqrt(D) times the largest |element|, one pass without a copy: the norms themselves cost 20 ms
+    of fp32 copies at a decode step's 4 x 8 x 4096 x 128 bf16 keys, 8x its attention), so a key
+    more than twice that plus 200 below the row's largest value weighs at most exp(-200) of that
+    key, under fp32's smallest subnormal: hiding it changes nothing. Rows whose largest value is not finite (all -inf, a NaN, +inf),
     and rows all at finfo.min, keep every key; NaN values are kept. zero: m is 0 at every key
     keep keeps (transformers' masks: 0 or finfo.min), so keep alone is the whole mask (none at all
     when keep is None): the library's mask without a bias reads no bias and serves decode rows on

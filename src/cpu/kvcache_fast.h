@@ -826,7 +826,7 @@ static int kv_bias_add(const cf_kvcache_call* c, kv_scratch* w, const kv_itm* it
 static void kv_row_softmax(const cf_kvcache_call* c, kv_scratch* w, const kv_itm* it, int64_t r,
                            int64_t jb, int64_t nb, float slope) {
     const cf_attn_call* a = &c->a;
-    const int64_t i = it->i0 + r % it->nq, h = it->hk0 * it->G + r / it->nq, Dv = a->Dv;
+    const int64_t i = it->i0 + r % it->nq, Dv = a->Dv;
     float* s = w->s + r * KV_KB;
     float mx = -INFINITY;
     unsigned hidden = 0;                       /* bit t: the bias hides key jb + t */
@@ -856,6 +856,8 @@ static void kv_row_softmax(const cf_kvcache_call* c, kv_scratch* w, const kv_itm
         else
             for (int64_t t = 0; t < nb; t++)
                 s[t] *= a->scale;
+        float y[KV_KB];
+        if (a->bias.data) kv_bias_row(c, it, r, jb, nb, y);
         for (int64_t t = 0; t < nb; t++) {
             const int64_t j = jb + t;
             if (j < w->lo[r] || j >= w->hi[r]) {
@@ -864,13 +866,11 @@ static void kv_row_softmax(const cf_kvcache_call* c, kv_scratch* w, const kv_itm
             }
             if (slope != 0.0f) s[t] -= cf_attn_alibi(a, slope, i, j, it->Sq, it->sk);
             if (a->bias.data) {
-                const float y = cf_load(a->bias.data, a->bias.dtype,
-                                        cf_attn_at4(&a->bias, it->b, h, i, it->P + j));
-                if (y == -INFINITY) { /* (hides the key, a NaN score included) */
+                if (y[t] == -INFINITY) { /* (hides the key, a NaN score included) */
                     s[t] = -INFINITY, hidden |= 1u << t;
                     continue;
                 }
-                s[t] += y;
+                s[t] += y[t];
             }
             mx = s[t] > mx ? s[t] : mx;
         }
@@ -1028,13 +1028,15 @@ static double kv_largest_share(const cf_kvcache_call* c, const uint8_t* on, int6
  * KV_GEMM_ITEM rows: its K/V are read once per KV_GEMM_ITEM of its rows, not once per KV_ROWS / nh.
  * Sq: the query rows of the longest sequence the items serve; on as kv_largest_share's. */
 #define KV_ROWS 64
+/* Keys a split brings at the least where nothing says fewer (kv_split_keys, kv_even_splits). */
+#define KV_SPLIT_KEYS 512
 /* The fewest keys a split takes: 512, or 256 with the OpenMP team spinning between regions
  * (cf_threads_team_factor), where kv_even_splits finds it evens the threads' work. B1 H32 Hk8
  * D128 bf16 on Zen 4, 2 threads (bench/kv_ab.c, paired hot calls): spinning, 512 keys in two
  * splits 0.095 -> 0.054 ms, 1000 0.177 -> 0.097. Asleep, 512 keys in two splits took 0.173 ms
  * against one's 0.134 (the wake). */
 static int64_t kv_split_keys(void) {
-    return cf_threads_team_factor() == 1.0 ? 256 : 512;
+    return cf_threads_team_factor() == 1.0 ? KV_SPLIT_KEYS / 2 : KV_SPLIT_KEYS;
 }
 
 /* The share of the work that the largest group holds (kv_largest_share) as a count of alike
@@ -1051,10 +1053,10 @@ static double kv_groups_of(double share) {
 static int64_t kv_even_splits(double g, int64_t n, int64_t sk, int threads) {
     int64_t best = n;
     double cost = ceil(g * (double)n / threads) / (double)n;
-    int small = sk / n < 512;
+    int small = sk / n < KV_SPLIT_KEYS;
     for (int64_t m = n - 1; m >= 1; m--) {
         const double t = ceil(g * (double)m / threads) / (double)m;
-        const int sm = sk / m < 512;
+        const int sm = sk / m < KV_SPLIT_KEYS;
         if (t < cost || (t == cost && small && !sm)) best = m, cost = t, small = sm;
     }
     return best;

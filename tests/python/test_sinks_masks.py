@@ -326,18 +326,18 @@ def test_sdpa_masked_far_values(kind, rng, poison):
 
 
 def test_far_keys_hidden():
-    from cflash._torch import _far_keys_hidden
+    from cflash._torch import _hide_far_keys
     mn = torch.finfo(torch.float32).min
     m = torch.full((1, 1, 6, 9), mn).triu(1)
     m[0, 0, 2] = mn  # a row all at finfo.min keeps every key
     q, k = torch.randn(1, 2, 6, 4), torch.randn(1, 2, 9, 4)
-    keep = _far_keys_hidden(q, k, m, 0.5)
+    keep = _hide_far_keys(q, k, m, 0.5)[0]
     want = torch.ones(6, 9, dtype=torch.bool).tril()
     want[2] = True
     assert torch.equal(keep[0, 0], want)
-    assert _far_keys_hidden(q, k, torch.zeros(1, 1, 6, 9), 0.5) is None  # nothing far: no mask
+    assert _hide_far_keys(q, k, torch.zeros(1, 1, 6, 9), 0.5)[0] is None  # nothing far: no mask
     m[0, 0, 4, 3] = float("nan")  # a NaN is kept (it must reach the output), its row too
-    assert bool(_far_keys_hidden(q, k, m, 0.5)[0, 0, 4].all())
+    assert bool(_hide_far_keys(q, k, m, 0.5)[0][0, 0, 4].all())
 
 
 def test_hide_far_keys_zero():
