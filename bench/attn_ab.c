@@ -9,7 +9,9 @@
  *   S=4096 H=16 D=128 T=2 R=7 /tmp/attn_ab DIR_A DIR_B ...   (DIR/libcflash.so.1 each: a copy)
  * Env: B (1), H (16), HK (H), SQ and SK (S, default 1024), D (128), DT (fp32 | bf16 | fp16),
  * C (1: causal), T threads (2), R timed calls per build (7), BWD (0), PAGE (0; N > 0: the varlen
- * call with paged K / V, pages of N keys in a shuffled block_table, as vLLM calls flash-attn). */
+ * call with paged K / V, pages of N keys in a shuffled block_table, as vLLM calls flash-attn),
+ * MASK (0; P in (0, 1): a boolean mask (B, 1, Sq, Sk) keeping each run of MBS keys (1) of a row
+ * with probability P; batch calls). */
 #include "ab_util.h"
 #include <cflash.h>
 #include <stdint.h>
@@ -144,6 +146,17 @@ int main(int argc, char** argv) {
     DLTensor tt = ten(table, 2, i32, ts);
     DLTensor tcq = ten(cuq, 1, i32, cs), tck = ten(cuk, 1, i32, cs);
     if (page > 0) p.block_table = &tt;
+    const double keep = (double)ab_env("MASK", 0) / 100.0; /* (ab_env reads integers: percent) */
+    const int64_t mbs = ab_env("MBS", 1) > 0 ? ab_env("MBS", 1) : 1, ms[4] = {B, 1, Sq, Sk};
+    uint8_t* mask = malloc((size_t)(B * Sq * Sk));
+    for (int64_t r = 0; r < B * Sq; r++)
+        for (int64_t j = 0; j < Sk; j += mbs) {
+            const uint8_t on = (double)(rnd64() >> 11) * 0x1p-53 < keep;
+            for (int64_t t = j; t < j + mbs && t < Sk; t++)
+                mask[r * Sk + t] = on;
+        }
+    DLTensor tm = ten(mask, 4, (DLDataType){kDLUInt, 8, 1}, (int64_t*)ms);
+    if (keep > 0.0 && page <= 0) p.attn_mask = &tm;
     for (int r = -1; r < reps; r++)
         for (int i = 0; i < nb; i++) {
             double a = ab_now();
@@ -163,11 +176,12 @@ int main(int argc, char** argv) {
     if (p.causal && Sq == Sk) flops /= 2;
     for (int i = 0; i < nb; i++) {
         const double mf = median(L[i].tf, reps);
-        printf("%-24s %s B%lld H%lld/%lld Sq%lld Sk%lld D%lld%s%s T%d fwd: p10 %.2f median %.2f "
-               "ms (%.1f GFLOP/s)",
+        printf("%-24s %s B%lld H%lld/%lld Sq%lld Sk%lld D%lld%s%s%s T%d fwd: p10 %.2f median "
+               "%.2f ms (%.1f GFLOP/s)",
                argv[i + 1], dt, (long long)B, (long long)H, (long long)Hk, (long long)Sq,
                (long long)Sk, (long long)D, p.causal ? " causal" : "", page > 0 ? " paged" : "",
-               thr, L[i].tf[reps / 10] * 1e3, mf * 1e3, flops / mf * 1e-9);
+               p.attn_mask ? " mask" : "", thr, L[i].tf[reps / 10] * 1e3, mf * 1e3,
+               flops / mf * 1e-9);
         if (bwd) {
             const double mb = median(L[i].tb, reps);
             printf(", bwd: p10 %.2f median %.2f ms (%.1f GFLOP/s)", L[i].tb[reps / 10] * 1e3,

@@ -562,16 +562,19 @@ static void kv_q_factors(const cf_kvcache_call* c, const kv_qloc* L, int is_v, i
         f[t] = t < nb ? data[o[t]] : 0.0f;
 }
 
-/* Whether any of a block's nb V rows (Dv values each) holds a NaN or an infinity: rows of the
- * dtype, or code rows with their factors f (fp8 codes: e4m3fn S.1111.111, e5m2 exponent all
- * ones; int8 codes are always finite, an appended row with a NaN has a NaN scale). */
+/* Whether any of a block's V rows t < nb with bit t of sel set (Dv values each) holds a NaN or
+ * an infinity: rows of the dtype, or code rows with their factors f (fp8 codes: e4m3fn
+ * S.1111.111, e5m2 exponent all ones; int8 codes are always finite, an appended row with a NaN
+ * has a NaN scale). */
 static int kv_rows_nonfinite(const cf_kvcache_call* c, const void* const* rows, int64_t nb,
-                             const float* f) {
+                             const float* f, unsigned sel) {
     const int64_t Dv = c->a.Dv;
     const cf_dtype dt = c->a.dtype;
     int bad = 0;
     for (int64_t t = 0; t < nb; t++)
-        if (c->quant != CFLASH_KV_QUANT_NONE) {
+        if (!(sel >> t & 1u))
+            continue;
+        else if (c->quant != CFLASH_KV_QUANT_NONE) {
             const uint8_t* x = rows[t];
             const uint8_t e = c->quant == CFLASH_KV_QUANT_FP8_E5M2   ? 0x7c
                               : c->quant == CFLASH_KV_QUANT_FP8_E4M3 ? 0x7f
@@ -583,11 +586,16 @@ static int kv_rows_nonfinite(const cf_kvcache_call* c, const void* const* rows, 
             const float* x = rows[t];
             for (int64_t d = 0; d < Dv; d++)
                 bad |= x[d] - x[d] != 0.0f;
-        } else {
+        } else { /* (the largest exponent field, in 16-bit lanes: a compare per value widened) */
             const uint16_t* x = rows[t];
             const uint16_t e = dt == CF_F16 ? 0x7c00 : 0x7f80; /* exponent all ones */
-            for (int64_t d = 0; d < Dv; d++)
-                bad |= (x[d] & e) == e;
+            uint16_t most = 0;
+#pragma omp simd reduction(max : most)
+            for (int64_t d = 0; d < Dv; d++) {
+                const uint16_t y = x[d] & e;
+                most = y > most ? y : most;
+            }
+            bad |= most == e;
         }
     return bad;
 }
@@ -605,6 +613,13 @@ static void kv_v_values(const cf_kvcache_call* c, const void* x, float f, float*
         vf[d] = (i8 ? (float)(int8_t)u[d] : cf_fp8_to_f32(u[d], e5)) * f;
 }
 
+/* Whether the items add a row of the call to each block's scores: an attention call's decode rows
+ * (kv_attn_decode) with a bias, or with a boolean mask that is not left pads and lengths
+ * (kv_mask_runs: the mask then stays in the call). */
+static inline int kv_keyed(const cf_kvcache_call* c) {
+    return c->a.bias.data != NULL || c->a.mask.data != NULL;
+}
+
 /* acc[r] += p[r][t] v_t for rows [r0, r0 + n) and the keys t of the block (at jb) each row sees,
  * pair by pair: for a partly masked block whose V holds a NaN or an infinity (rare), where a
  * masked key's weight 0 would still carry it into the row. */
@@ -617,7 +632,7 @@ static void kv_pv_visible(const cf_kvcache_call* c, kv_scratch* w, const kv_path
         for (int64_t r = r0; r < r0 + n; r++) {
             if (jb + t < w->lo[r] || jb + t >= w->hi[r]) continue;
             const float pr = w->s[r * KV_KB + t];
-            if (c->a.bias.data && pr == 0.0f && signbit(pr)) continue; /* hidden by the bias */
+            if (kv_keyed(c) && pr == 0.0f && signbit(pr)) continue; /* hidden by the bias or mask */
             float* a = w->acc + r * Dv;
             for (int64_t d = 0; d < Dv; d++)
                 a[path->acc_index ? path->acc_index(d) : d] += pr * w->vf[d];
@@ -784,47 +799,80 @@ static void kv_softcap(float* s, int64_t n, float scale, float cap) {
         s[t] = cap * ftanh(scale * s[t] / cap);
 }
 
-/* y[0..nb) = the bias of row r for keys jb.. (an attention call's decode rows, kv_attn_decode:
- * row i, head h, key P + j of the call; its rows are contiguous along the keys), in fp32. */
+/* y[0..nb) = what row r adds to its scores of keys jb.. (kv_keyed; row i, head h, key P + j of
+ * the call, whose bias and mask rows are contiguous along the keys), in fp32: the bias (0
+ * without), -inf where the mask hides the key (cf_attn_extra). */
 static void kv_bias_row(const cf_kvcache_call* c, const kv_itm* it, int64_t r, int64_t jb,
                         int64_t nb, float* y) {
     const cf_attn_call* a = &c->a;
     const int64_t i = it->i0 + r % it->nq, h = it->hk0 * it->G + r / it->nq;
-    const int64_t at = cf_attn_at4(&a->bias, it->b, h, i, it->P + jb);
-    ld_row(y, (const char*)a->bias.data + at * (int64_t)cf_dtype_size(a->bias.dtype), a->bias.dtype,
-           nb);
+    if (a->bias.data) {
+        const int64_t at = cf_attn_at4(&a->bias, it->b, h, i, it->P + jb);
+        ld_row(y, (const char*)a->bias.data + at * (int64_t)cf_dtype_size(a->bias.dtype),
+               a->bias.dtype, nb);
+    } else {
+        for (int64_t t = 0; t < nb; t++)
+            y[t] = 0.0f;
+    }
+    if (a->mask.data) {
+        const uint8_t* m =
+            (const uint8_t*)a->mask.data + cf_attn_at4(&a->mask, it->b, h, i, it->P + jb);
+#pragma omp simd
+        for (int64_t t = 0; t < nb; t++)
+            y[t] = m[t] ? y[t] : -INFINITY;
+    }
+}
+
+/* Whether kv_bias_row hides every key of the block at jb from every row of the item: the block
+ * is skipped (it would leave every row's P at -0 and its m, l and acc as they are). */
+static int kv_block_hidden(const cf_kvcache_call* c, const kv_itm* it, int64_t jb, int64_t nb) {
+    if (!kv_keyed(c)) return 0;
+    float y[KV_KB];
+    for (int64_t r = 0; r < it->R; r++) {
+        kv_bias_row(c, it, r, jb, nb, y);
+        for (int64_t t = 0; t < nb; t++)
+            if (y[t] != -INFINITY) return 0;
+    }
+    return 1;
 }
 
 /* For the 16-key path: row r's scores over the whole block at jb scaled (or soft-capped) with
- * its bias added, so the path then scales by 1 (the order of cf_attn_score), if the bias hides
- * none of the keys: 1; else 0 with the scores untouched (kv_row_softmax then). */
+ * what kv_bias_row adds, so the path then scales by 1 (the order of cf_attn_score), the keys it
+ * hides at -inf (a NaN score included), their bits in *hidden: 1 (the path's P of those keys is
+ * +0; kv_bias_hide makes it -0). 0, the scores untouched, if it hides every key (the path would
+ * take exp(-inf + inf): kv_row_softmax then). */
 static int kv_bias_add(const cf_kvcache_call* c, kv_scratch* w, const kv_itm* it, int64_t r,
-                       int64_t jb) {
+                       int64_t jb, unsigned* hidden) {
     const cf_attn_call* a = &c->a;
     float y[KV_KB], *s = w->s + r * KV_KB;
     kv_bias_row(c, it, r, jb, KV_KB, y);
-    int hides = 0;
+    unsigned h = 0;
     for (int t = 0; t < KV_KB; t++)
-        hides |= y[t] == -INFINITY;
-    if (hides) return 0;
-    if (a->softcap > 0.0f)
-        kv_softcap(s, KV_KB, a->scale, a->softcap);
-    else
-        for (int t = 0; t < KV_KB; t++)
-            s[t] *= a->scale;
+        h |= (unsigned)(y[t] == -INFINITY) << t;
+    if (h == (1u << KV_KB) - 1) return 0;
+    float scale = a->scale; /* (a local: a store to s may not change it; the loops vectorize) */
+    if (a->softcap > 0.0f) kv_softcap(s, KV_KB, scale, a->softcap), scale = 1.0f;
 #pragma omp simd
     for (int t = 0; t < KV_KB; t++)
-        s[t] += y[t];
+        s[t] = y[t] == -INFINITY ? -INFINITY : scale * s[t] + y[t];
+    *hidden = h;
     return 1;
+}
+
+/* P of the keys kv_bias_add hid (bits of hidden) = -0, which kv_pv_visible skips. */
+static inline void kv_bias_hide(float* p, unsigned hidden) {
+    for (int t = 0; hidden && t < KV_KB; t++)
+        if (hidden >> t & 1u) p[t] = -0.0f;
 }
 
 /* Online softmax of row r over the block (nb keys at jb) in the generic way: masks, softcap,
  * ALiBi and the bias (an attention call's decode rows, kv_attn_decode: row i, head h, key P + j
  * of the call) applied to the scores, the running max m and sum l updated, acc and lv rescaled,
- * the scores replaced by P. A key the bias hides (-inf) gets P = -0, which kv_pv_visible skips:
- * a NaN or infinity in its V row must not reach the row ("Non-finite values", cflash.h). */
-static void kv_row_softmax(const cf_kvcache_call* c, kv_scratch* w, const kv_itm* it, int64_t r,
-                           int64_t jb, int64_t nb, float slope) {
+ * the scores replaced by P. A key kv_bias_row hides (-inf) gets P = -0, which kv_pv_visible
+ * skips: a NaN or infinity in its V row must not reach the row ("Non-finite values", cflash.h).
+ * Returns those keys' bits. */
+static unsigned kv_row_softmax(const cf_kvcache_call* c, kv_scratch* w, const kv_itm* it, int64_t r,
+                               int64_t jb, int64_t nb, float slope) {
     const cf_attn_call* a = &c->a;
     const int64_t i = it->i0 + r % it->nq, Dv = a->Dv;
     float* s = w->s + r * KV_KB;
@@ -833,7 +881,7 @@ static void kv_row_softmax(const cf_kvcache_call* c, kv_scratch* w, const kv_itm
     if (a->softcap == 0.0f && slope == 0.0f) { /* branch-free: vectorizes */
         const int64_t lo = w->lo[r] - jb, hi = w->hi[r] - jb;
         const float scale = a->scale;
-        if (a->bias.data) {
+        if (kv_keyed(c)) {
             float y[KV_KB];
             kv_bias_row(c, it, r, jb, nb, y);
 #pragma omp simd
@@ -851,13 +899,15 @@ static void kv_row_softmax(const cf_kvcache_call* c, kv_scratch* w, const kv_itm
         for (int64_t t = 0; t < nb; t++)
             mx = s[t] > mx ? s[t] : mx;
     } else { /* cf_attn_score: scaled and soft-capped (vectorized), then ALiBi and the masks */
+        const float scale = a->scale; /* (a local: the loop vectorizes, as in kv_bias_add) */
         if (a->softcap > 0.0f)
-            kv_softcap(s, nb, a->scale, a->softcap);
+            kv_softcap(s, nb, scale, a->softcap);
         else
+#pragma omp simd
             for (int64_t t = 0; t < nb; t++)
-                s[t] *= a->scale;
+                s[t] *= scale;
         float y[KV_KB];
-        if (a->bias.data) kv_bias_row(c, it, r, jb, nb, y);
+        if (kv_keyed(c)) kv_bias_row(c, it, r, jb, nb, y);
         for (int64_t t = 0; t < nb; t++) {
             const int64_t j = jb + t;
             if (j < w->lo[r] || j >= w->hi[r]) {
@@ -865,7 +915,7 @@ static void kv_row_softmax(const cf_kvcache_call* c, kv_scratch* w, const kv_itm
                 continue;
             }
             if (slope != 0.0f) s[t] -= cf_attn_alibi(a, slope, i, j, it->Sq, it->sk);
-            if (a->bias.data) {
+            if (kv_keyed(c)) {
                 if (y[t] == -INFINITY) { /* (hides the key, a NaN score included) */
                     s[t] = -INFINITY, hidden |= 1u << t;
                     continue;
@@ -880,7 +930,7 @@ static void kv_row_softmax(const cf_kvcache_call* c, kv_scratch* w, const kv_itm
         for (int64_t t = 0; t < nb; t++)
             nan |= s[t] != s[t], s[t] = hidden >> t & 1u ? -0.0f : 0.0f;
         if (nan) w->m[r] = NAN, w->l[r] = NAN; /* a NaN score: the row is NaN */
-        return;
+        return hidden;
     }
     /* a running max that does not move leaves alpha = fexp(0) = 1 exactly: skip it */
     const float mnew = mx > w->m[r] ? mx : w->m[r];
@@ -898,6 +948,7 @@ static void kv_row_softmax(const cf_kvcache_call* c, kv_scratch* w, const kv_itm
     }
     w->l[r] = w->l[r] * alpha + sum;
     w->m[r] = mnew;
+    return hidden;
 }
 
 /* Whether row r sees every key of the KV_KB-key block at jb. */
@@ -906,23 +957,27 @@ static inline int kv_row_sees(const kv_scratch* w, int64_t r, int64_t jb) {
 }
 
 /* Online softmax of every row of the item over the block: the path's softmax16 for each run of
- * rows that see the whole block without ALiBi (softcap applied first; with a bias row by row,
- * where it hides none of the keys: kv_bias_add), kv_row_softmax elsewhere. */
-static void kv_block_softmax(const cf_kvcache_call* c, kv_scratch* w, const kv_itm* it, int64_t jb,
-                             int64_t nb) {
+ * rows that see the whole block without ALiBi (softcap applied first; with a bias or a mask row by
+ * row where it leaves some key: kv_bias_add), kv_row_softmax elsewhere. Returns the bits of the
+ * keys kv_bias_row hides from some row. */
+static unsigned kv_block_softmax(const cf_kvcache_call* c, kv_scratch* w, const kv_itm* it,
+                                 int64_t jb, int64_t nb) {
     const cf_attn_call* a = &c->a;
+    unsigned hid = 0;
     for (int64_t r = 0; r < it->R;) {
         const float slope = cf_attn_slope(a, it->b, it->hk0 * it->G + r / it->nq);
         const int whole =
             it->path.softmax16 && nb == KV_KB && slope == 0.0f && kv_row_sees(w, r, jb);
-        if (whole && a->bias.data && kv_bias_add(c, w, it, r, jb)) { /* (a row at a time) */
+        unsigned hidden;
+        if (whole && kv_keyed(c) && kv_bias_add(c, w, it, r, jb, &hidden)) { /* (row by row) */
             it->path.softmax16(w->s + r * KV_KB, 1, 1.0f, w->m + r, w->l + r, w->lv + 16 * r,
                                w->acc + r * a->Dv, a->Dv);
-            r++;
+            kv_bias_hide(w->s + r * KV_KB, hidden);
+            hid |= hidden, r++;
             continue;
         }
-        if (!whole || a->bias.data) {
-            kv_row_softmax(c, w, it, r, jb, nb, slope);
+        if (!whole || kv_keyed(c)) {
+            hid |= kv_row_softmax(c, w, it, r, jb, nb, slope);
             r++;
             continue;
         }
@@ -936,21 +991,23 @@ static void kv_block_softmax(const cf_kvcache_call* c, kv_scratch* w, const kv_i
                            w->lv + 16 * r, w->acc + r * a->Dv, a->Dv);
         r += n;
     }
+    return hid;
 }
 
 /* P V of the block for every KV head of the item; a head whose V has a NaN or an infinity in a
- * block some row sees only in part goes pair by pair (kv_pv_visible). Prefetches the V rows at
- * pf (npf of them). */
+ * key some row does not see (outside a row's key range, or in hid: the keys kv_bias_row hides
+ * from some row) goes pair by pair (kv_pv_visible). Prefetches the V rows at pf (npf of them). */
 static void kv_block_pv(const cf_kvcache_call* c, kv_scratch* w, const kv_itm* it, int64_t jb,
-                        int64_t nb, const int64_t* pf, int64_t npf) {
+                        int64_t nb, const int64_t* pf, int64_t npf, unsigned hid) {
     int64_t base[KV_KB];
     const void *rows[KV_KB], *pfrows[KV_KB];
     kv_rows_of(c, &c->vc, it->b, it->P + jb, nb, it->hk0, base);
     kv_qloc L;
     if (c->quant == CFLASH_KV_QUANT_INT8) kv_q_locate(c, 1, it->b, it->P + jb, nb, it->hk0, &L);
-    int partial = c->a.bias.data != NULL; /* some row does not see every key of the block */
-    for (int64_t r = 0; !partial && r < it->R; r++)
-        partial |= w->lo[r] > jb || w->hi[r] < jb + nb;
+    int cut = 0; /* some row's key range cuts the block: any key may be unseen */
+    for (int64_t r = 0; !cut && r < it->R; r++)
+        cut |= w->lo[r] > jb || w->hi[r] < jb + nb;
+    const unsigned sel = cut ? (1u << nb) - 1u : hid; /* (nb <= KV_KB = 16) */
     for (int64_t g = 0; g < it->nh; g++) {
         kv_head_rows(&c->vc, base, nb, g, it->es, rows);
         const float* f = NULL;
@@ -958,7 +1015,7 @@ static void kv_block_pv(const cf_kvcache_call* c, kv_scratch* w, const kv_itm* i
             kv_q_factors(c, &L, 1, it->b, it->hk0 + g, g, nb, w->fk);
             f = w->fk;
         }
-        if (partial && kv_rows_nonfinite(c, rows, nb, f)) {
+        if (sel && kv_rows_nonfinite(c, rows, nb, f, sel)) {
             kv_pv_visible(c, w, &it->path, g * it->Rg, it->Rg, jb, rows, nb, f);
             continue;
         }
@@ -982,9 +1039,10 @@ static void kv_item(const cf_kvcache_call* c, kv_scratch* w, kv_itm* it, int64_t
         kv_rows_of(c, &c->kc, it->b, it->P + pf0, npf, it->hk0, pfk);
         if (!c->latent) kv_rows_of(c, &c->vc, it->b, it->P + pf0, npf, it->hk0, pfv);
         if (c->quant == CFLASH_KV_QUANT_INT8) kv_prefetch_scales(c, it, it->P + pf0, npf);
+        if (kv_block_hidden(c, it, jb, nb)) continue;
         kv_block_scores(c, w, it, jb, nb, pfk, npf);
-        kv_block_softmax(c, w, it, jb, nb);
-        kv_block_pv(c, w, it, jb, nb, pfv, npf);
+        const unsigned hid = kv_block_softmax(c, w, it, jb, nb);
+        kv_block_pv(c, w, it, jb, nb, pfv, npf, hid);
     }
     if (it->path.finish) it->path.finish(w->acc, it->R, c->a.Dv);
     for (int64_t r = 0; it->path.softmax16 && r < it->R; r++) {
@@ -1522,10 +1580,11 @@ static inline int kv_mask_runs(const cf_attn_call* a, int32_t* pad, int32_t* len
 }
 
 /* Attention call a (kv_attn_decodes) on the items of choose, as the KV-cache call over its keys;
- * backend: the caller's name, for the log. Returns 0 (and runs nothing) when a's mask is not
- * left pads and lengths (kv_mask_runs), else 1 with the call's status in *st. */
-static inline int kv_attn_decode(const cf_attn_call* a, kv_choose_fn choose, const char* backend,
-                                 cflash_status* st) {
+ * backend: the caller's name, for the log. A boolean mask of left pads and lengths (kv_mask_runs)
+ * becomes the KV-cache call's; any other stays in the call, which the items add to the scores
+ * (kv_bias_row), blocks it hides from every row skipped. */
+static inline cflash_status kv_attn_decode(const cf_attn_call* a, kv_choose_fn choose,
+                                           const char* backend) {
     cf_kvcache_call c;
     memset(&c, 0, sizeof c);
     c.a = *a;
@@ -1540,23 +1599,24 @@ static inline int kv_attn_decode(const cf_attn_call* a, kv_choose_fn choose, con
     int32_t* own = NULL;
     if (a->varlen || a->seqused_k || a->mask.data) {
         own = malloc(sizeof(int32_t) * (size_t)(2 * a->B));
-        if (!own) {
-            *st =
-                cf_error(CFLASH_ERR_OUT_OF_MEMORY,
-                         "attn_fwd: out of memory for %lld decode rows' lengths", (long long)a->B);
-            return 1;
-        }
+        if (!own)
+            return cf_error(CFLASH_ERR_OUT_OF_MEMORY,
+                            "attn_fwd: out of memory for %lld decode rows' lengths",
+                            (long long)a->B);
     }
-    if (a->mask.data) {
-        if (!kv_mask_runs(a, own + a->B, own, &c.a.causal)) {
-            free(own);
-            return 0;
-        }
+    const char* masked = "";
+    if (a->mask.data && !kv_mask_runs(a, own + a->B, own, &c.a.causal)) {
+        c.a.mask = a->mask; /* (kept: the items read it) */
+        free(own);
+        own = NULL;
+        masked = ", a mask (added to the scores)";
+    } else if (a->mask.data) {
         if (c.a.causal) c.a.window_right = 0;
         int64_t most_k = 0;
         for (int64_t b = 0; b < a->B; b++)
             most_k = own[b] - own[a->B + b] > most_k ? own[b] - own[a->B + b] : most_k;
         c.seqlens = own, c.leftpad = own + a->B, c.a.Sk = most_k;
+        masked = ", a mask of left pads and lengths";
     } else if (own) {
         int64_t most_q = 0, most_k = 0;
         for (int64_t b = 0; b < a->B; b++) {
@@ -1574,9 +1634,8 @@ static inline int kv_attn_decode(const cf_attn_call* a, kv_choose_fn choose, con
     cf_log(
         CF_LOG_DEBUG,
         "attn_fwd: at most %lld query rows per KV head%s: on %s's KV-cache kernels (decode rows)",
-        (long long)(a->H / a->Hk * c.a.Sq), a->mask.data ? ", a mask of left pads and lengths" : "",
-        backend);
-    *st = kv_run(&c, choose);
+        (long long)(a->H / a->Hk * c.a.Sq), masked, backend);
+    const cflash_status st = kv_run(&c, choose);
     free(own);
-    return 1;
+    return st;
 }

@@ -4,6 +4,7 @@
  * Shapes follow DESIGN.md's grid: seqlens 1, 2, 17, 97, 128, 257, 1025, Sq != Sk both ways,
  * head dims 1, 8, 33, 64, 80, 128, 256, Dv != D, GQA 6/2 and MQA 6/1, strided views, varlen with
  * empty and length-1 sequences, every mask feature alone and combined. */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -532,7 +533,8 @@ static void decode_case(int k, cf_dtype dt, attn_case* c) {
  * masks, the mask's dims, and each sequence's run of keys [pad, len) (len 0 = Sk; -1: the random
  * mask attn_problem_new draws), rows as "flat" (all end at len), "stair" (causal: row i of Sq
  * ends at len - Sq + 1 + i) or "mixed" (sequence 0 flat, 1 stair); pad2 > 0: heads 4.. of
- * sequence 0 start there. routed: the x86 backends take it to the KV-cache kernels. */
+ * sequence 0 start there. routed: ATTN_MASK_RUNS or _KEPT (attn_grid.h). holes: the run loses
+ * keys j with j / 16 % 3 == 1 (whole blocks) and (j + i + h) % 5 == 2 (row i, head h). */
 enum { DM_FLAT, DM_STAIR, DM_MIXED };
 typedef struct decode_mask {
     int64_t B, H, Hk, Sq, Sk, D;
@@ -545,37 +547,48 @@ typedef struct decode_mask {
     int64_t pad[2], len[2], pad2;
     int routed;
     attn_bcast bias; /* a bias too (its random -inf entries hide keys within the runs) */
+    int holes;
 } decode_mask;
 #define AL0 ATTN_ALIBI_NONE
 #define ALH ATTN_ALIBI_H
 #define BBH ATTN_BC_BH
 #define B11 ATTN_BC_11
 #define B1H ATTN_BC_1H
+#define MB1 ATTN_BC_B1
+#define RUNS ATTN_MASK_RUNS
+#define KEPT ATTN_MASK_KEPT
+#define FLAT DM_FLAT
+#define STAIR DM_STAIR
 static const decode_mask decode_masks[] = {
-    /* routed: left padding (one sequence keeps only its last key), a non-causal call */
-    {2, 8, 2, 1, 300, 64, 0, -1, -1, AL0, 0, ATTN_BC_B1, DM_FLAT, {0, 299}, {0, 0}, 0, 1, BC0},
+    /* runs: left padding (one sequence keeps only its last key), a non-causal call */
+    {2, 8, 2, 1, 300, 64, 0, -1, -1, AL0, 0, MB1, FLAT, {0, 299}, {0, 0}, 0, RUNS, BC0, 0},
     /* causal + ALiBi, the mask (B, H) alike over heads */
-    {2, 8, 2, 1, 300, 64, 1, -1, -1, ALH, 0, ATTN_BC_BH, DM_FLAT, {5, 120}, {0, 0}, 0, 1, BC0},
+    {2, 8, 2, 1, 300, 64, 1, -1, -1, ALH, 0, BBH, FLAT, {5, 120}, {0, 0}, 0, RUNS, BC0, 0},
     /* a static cache's unfilled slots, sinks, MHA, 3 rows, odd head dim */
-    {2, 4, 4, 3, 77, 33, 0, -1, -1, AL0, 1, ATTN_BC_B1, DM_FLAT, {0, 9}, {50, 61}, 0, 1, BC0},
+    {2, 4, 4, 3, 77, 33, 0, -1, -1, AL0, 1, MB1, FLAT, {0, 9}, {50, 61}, 0, RUNS, BC0, 0},
     /* transformers' causal stairs in the mask of a non-causal call, short of Sk */
-    {2, 8, 2, 4, 200, 64, 0, -1, -1, AL0, 0, ATTN_BC_B1, DM_STAIR, {3, 0}, {150, 0}, 0, 1, BC0},
+    {2, 8, 2, 4, 200, 64, 0, -1, -1, AL0, 0, MB1, STAIR, {3, 0}, {150, 0}, 0, RUNS, BC0, 0},
     /* a causal call with a window, the mask broadcast (1, 1); then stairs that repeat causal */
-    {2, 8, 2, 4, 200, 64, 1, 30, 0, AL0, 0, ATTN_BC_11, DM_FLAT, {10, 10}, {0, 0}, 0, 1, BC0},
-    {2, 8, 2, 4, 200, 64, 1, -1, 0, AL0, 1, ATTN_BC_1H, DM_STAIR, {7, 7}, {0, 0}, 0, 1, BC0},
-    /* tiled: holes (the random mask), a causal call short of Sk, heads of other pads, a row with
+    {2, 8, 2, 4, 200, 64, 1, 30, 0, AL0, 0, B11, FLAT, {10, 10}, {0, 0}, 0, RUNS, BC0, 0},
+    {2, 8, 2, 4, 200, 64, 1, -1, 0, AL0, 1, B1H, STAIR, {7, 7}, {0, 0}, 0, RUNS, BC0, 0},
+    /* kept: holes (the random mask), a causal call short of Sk, heads of other pads, a row with
      * no key, flat and stair rows in one call, a window short of Sk */
-    {2, 8, 2, 1, 300, 64, 0, -1, -1, AL0, 0, ATTN_BC_B1, DM_FLAT, {-1, -1}, {0, 0}, 0, 0, BC0},
-    {2, 8, 2, 4, 200, 64, 1, -1, 0, AL0, 0, ATTN_BC_B1, DM_FLAT, {0, 4}, {12, 0}, 0, 0, BC0},
-    {2, 8, 2, 1, 300, 64, 0, -1, -1, AL0, 0, ATTN_BC_BH, DM_FLAT, {5, 0}, {0, 0}, 6, 0, BC0},
-    {2, 8, 2, 1, 300, 64, 0, -1, -1, AL0, 1, ATTN_BC_B1, DM_FLAT, {300, 0}, {0, 0}, 0, 0, BC0},
-    {2, 8, 2, 4, 200, 64, 0, -1, -1, AL0, 0, ATTN_BC_B1, DM_MIXED, {0, 2}, {0, 0}, 0, 0, BC0},
-    {2, 8, 2, 1, 300, 64, 0, 20, 5, AL0, 0, ATTN_BC_B1, DM_FLAT, {0, 1}, {250, 0}, 0, 0, BC0},
+    {2, 8, 2, 1, 300, 64, 0, -1, -1, AL0, 0, MB1, FLAT, {-1, -1}, {0, 0}, 0, KEPT, BC0, 0},
+    {2, 8, 2, 4, 200, 64, 1, -1, 0, AL0, 0, MB1, FLAT, {0, 4}, {12, 0}, 0, KEPT, BC0, 0},
+    {2, 8, 2, 1, 300, 64, 0, -1, -1, AL0, 0, BBH, FLAT, {5, 0}, {0, 0}, 6, KEPT, BC0, 0},
+    {2, 8, 2, 1, 300, 64, 0, -1, -1, AL0, 1, MB1, FLAT, {300, 0}, {0, 0}, 0, KEPT, BC0, 0},
+    {2, 8, 2, 4, 200, 64, 0, -1, -1, AL0, 0, MB1, DM_MIXED, {0, 2}, {0, 0}, 0, KEPT, BC0, 0},
+    {2, 8, 2, 1, 300, 64, 0, 20, 5, AL0, 0, MB1, FLAT, {0, 1}, {250, 0}, 0, KEPT, BC0, 0},
     /* a bias with the mask: its columns are the call's (keys past the left pad), then stairs,
-     * sinks and a (1, 1) bias; holes with a bias stay tiled */
-    {2, 8, 2, 1, 300, 64, 0, -1, -1, AL0, 0, ATTN_BC_B1, DM_FLAT, {40, 7}, {0, 0}, 0, 1, BBH},
-    {2, 8, 2, 4, 200, 64, 0, -1, -1, AL0, 1, ATTN_BC_B1, DM_STAIR, {3, 9}, {150, 0}, 0, 1, B11},
-    {2, 8, 2, 1, 300, 64, 0, -1, -1, AL0, 0, ATTN_BC_B1, DM_FLAT, {-1, -1}, {0, 0}, 0, 0, B1H},
+     * sinks and a (1, 1) bias; holes with a bias */
+    {2, 8, 2, 1, 300, 64, 0, -1, -1, AL0, 0, MB1, FLAT, {40, 7}, {0, 0}, 0, RUNS, BBH, 0},
+    {2, 8, 2, 4, 200, 64, 0, -1, -1, AL0, 1, MB1, STAIR, {3, 9}, {150, 0}, 0, RUNS, B11, 0},
+    {2, 8, 2, 1, 300, 64, 0, -1, -1, AL0, 0, MB1, FLAT, {-1, -1}, {0, 0}, 0, KEPT, B1H, 0},
+    /* holes and hidden blocks (a serving engine's shared cache; a speculative tree): padded, one
+     * row; in stairs of a causal call with sinks, per head; with a bias and ALiBi */
+    {2, 8, 2, 1, 300, 64, 0, -1, -1, AL0, 0, MB1, FLAT, {0, 13}, {0, 250}, 0, KEPT, BC0, 1},
+    {2, 8, 2, 4, 200, 64, 1, -1, 0, AL0, 1, BBH, STAIR, {0, 0}, {0, 0}, 0, KEPT, BC0, 1},
+    {2, 8, 2, 1, 300, 64, 0, -1, -1, ALH, 0, BBH, FLAT, {5, 0}, {0, 0}, 0, KEPT, BBH, 1},
 };
 #define NDECODE_MASK ((int)(sizeof decode_masks / sizeof decode_masks[0]))
 
@@ -601,8 +614,17 @@ attn_problem* attn_decode_mask_problem(int k, cf_dtype dt, int* routed) {
         const int64_t len = m->len[b] ? m->len[b] : m->Sk;
         const int stair = m->rows == DM_STAIR || (m->rows == DM_MIXED && b == 1);
         const int64_t end = stair ? len - m->Sq + 1 + i : len;
-        tt_set(&p->mask, idx, j >= pad && j < end ? (double)(1 + (n % 3 == 0)) : 0.0);
+        const int hole = m->holes && (j / 16 % 3 == 1 || (j + i + h) % 5 == 2);
+        tt_set(&p->mask, idx, j >= pad && j < end && !hole ? (double)(1 + (n % 3 == 0)) : 0.0);
     }
+    if (m->holes && m->Sq == 1 && p->mask.dl.shape[1] == 1) /* (keys 2, 7, 17: no row sees them) */
+        for (int64_t b = 0; b < m->B; b++)
+            for (int64_t h = 0; h < m->Hk; h++) {
+                const int64_t at[4] = {b, 17, h, 3}, at2[4] = {b, 7, h, 0}, at3[4] = {b, 2, h, 1};
+                tt_set(&p->v, at, NAN);
+                tt_set(&p->v, at2, INFINITY);
+                tt_set(&p->k, at3, NAN);
+            }
     attn_problem_refresh_inputs(p);
     return p;
 }

@@ -54,11 +54,16 @@ int attn_grid_one_pass(const char* backend, unsigned dtypes, int threads);
  * returns the cases run. */
 int attn_grid_decode_rows(const char* backend, unsigned dtypes, int threads);
 
+/* How the x86 backends take a decode mask to the KV-cache kernels (src/cpu/kvcache_fast.h
+ * kv_attn_decode): as the KV-cache call's left pads and lengths, or kept in the call (the items
+ * add it to the scores and skip the blocks it hides from every row). */
+enum { ATTN_MASK_RUNS = 1, ATTN_MASK_KEPT = 2 };
+
 /* Decode rows with a boolean mask (attn_grid_decode_rows runs them too): case k's problem in
- * dtype dt, its mask written as left pads and lengths (the KV-cache call's cache_leftpad and
- * lengths: *routed 1, the x86 backends serve it on the KV-cache kernels) or as one they must
- * leave tiled (*routed 0: holes, heads of other pads, a row with no key, ...). NULL when k is
- * past the last case (or on no memory). */
+ * dtype dt, its mask written as left pads and lengths (*routed ATTN_MASK_RUNS) or as one the
+ * KV-cache call cannot take (ATTN_MASK_KEPT: holes, whole 16-key blocks hidden, heads of other
+ * pads, a row with no key, ...; with holes and one query row, NaNs and an infinity in K and V
+ * rows no row sees). NULL when k is past the last case (or on no memory). */
 attn_problem* attn_decode_mask_problem(int k, cf_dtype dt, int* routed);
 
 /* Whether backend can run here: a one-element forward on it succeeds

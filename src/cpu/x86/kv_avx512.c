@@ -1588,10 +1588,11 @@ cflash_status cf_kvcache_avx512_run(const void* call, const cf_impl* attn, int s
 }
 
 /* For cpu-avx512's attention forward (avx512.c): its decode rows on these kernels (1, *st the
- * status), or 0 when the call is not decode-shaped (kv_attn_decodes, kv_mask_runs). */
+ * status), or 0 when the call is not decode-shaped (kv_attn_decodes). */
 int cf_attn_avx512_decode(const void* call, cflash_status* st) {
     if (!kv_attn_decodes(call, cf_cpu()->avx512bf16 && cf_cpu()->bf16_dot_gemm)) return 0;
-    return kv_attn_decode(call, kv_choose_avx512, "cpu-avx512", st);
+    *st = kv_attn_decode(call, kv_choose_avx512, "cpu-avx512");
+    return 1;
 }
 
 int cf_ops_avx512_available(char* why, size_t n); /* src/cpu/x86/ops_avx512.c */
