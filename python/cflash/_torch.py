@@ -515,6 +515,13 @@ def _hide_far_keys(query, key, m, scale):
     return (keep if hides else None), zero
 
 
+# Query rows up to which a float mask goes to the library as it is (_hide_far_keys not run): a
+# decode or short speculative step, whose rows the CPU backends serve on their KV-cache kernels
+# with the bias added row by row, where the bound's pass over every key costs more than the keys it
+# hides save (1.0-1.5x slower at 128-32768 keys, docs/PERF.md, stop 49).
+_DECODE_SQ = 8
+
+
 def sdpa_masked(query, key, value, attn_mask, dropout_p=0.0, scale=None, enable_gqa=False, softcap=0.0, sinks=None):
     """torch.nn.functional.scaled_dot_product_attention's call with an attn_mask, on libcflash:
     query (B, H, Sq, D), key / value (B, Hk, Sk, D[v]); attn_mask boolean (True = the key takes
@@ -535,7 +542,7 @@ def sdpa_masked(query, key, value, attn_mask, dropout_p=0.0, scale=None, enable_
     q, k, v = (x.transpose(1, 2) for x in (query, key, value))
     sc = 1.0 / float(query.shape[-1]) ** 0.5 if scale is None else float(scale)
     bias, keep = (None, m) if boolean else (m, None)
-    if not boolean and not torch.compiler.is_compiling():
+    if not boolean and Sq > _DECODE_SQ and not torch.compiler.is_compiling():
         keep, zero = _hide_far_keys(query, key, m, sc)
         if zero and not m.requires_grad:  # (the bias adds 0 wherever keep keeps: keep says it all)
             bias = None

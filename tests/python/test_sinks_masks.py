@@ -360,15 +360,17 @@ def test_hide_far_keys_zero():
 
 
 @pytest.mark.parametrize("grad", [False, True])
-def test_sdpa_masked_zero_bias_as_mask(grad, rng, poison):
-    """A decode step's additive padding mask of 0 and finfo.min (transformers' SDPA masks) goes to
-    the library as a boolean mask alone (no bias to read; the KV-cache kernels serve such decode
-    rows), unless the mask wants a gradient; results as fp64 SDPA's."""
+@pytest.mark.parametrize("Sq", [1, 8, 9])
+def test_sdpa_masked_zero_bias_as_mask(Sq, grad, rng, poison):
+    """An additive padding mask of 0 and finfo.min (transformers' masks) over more than
+    _DECODE_SQ query rows goes to the library as a boolean mask alone (no bias to read; its hidden
+    tiles skipped), unless the mask wants a gradient; over a decode step's rows as the bias it is
+    (the KV-cache kernels add it: no pass over the keys for the hiding). Results as fp64 SDPA's."""
     import cflash._torch as ct
     F = torch.nn.functional
     gen = torch.Generator().manual_seed(int(rng.integers(1 << 31)))
     B, H, Hk, Sk, D = 3, 8, 2, 70, 32
-    q = torch.randn(B, H, 1, D, generator=gen)
+    q = torch.randn(B, H, Sq, D, generator=gen)
     k, v = torch.randn(B, Hk, Sk, D, generator=gen), torch.randn(B, Hk, Sk, D, generator=gen)
     m = torch.zeros(B, 1, 1, Sk)
     m[1, ..., :13] = torch.finfo(torch.float32).min
@@ -380,7 +382,7 @@ def test_sdpa_masked_zero_bias_as_mask(grad, rng, poison):
     class Spy:
         @staticmethod
         def apply(*a):
-            seen.append(a[4] is None)
+            seen.append((a[4] is None, a[5] is None))  # (no bias, no boolean mask)
             return real.apply(*a)
 
     try:
@@ -388,7 +390,7 @@ def test_sdpa_masked_zero_bias_as_mask(grad, rng, poison):
         got = ct.sdpa_masked(q, k, v, m)
     finally:
         ct.AttnExtra = real
-    assert seen == [not grad]
+    assert seen == [(not grad, False) if Sq > ct._DECODE_SQ else (False, True)]
     rep = lambda x: x.double().repeat_interleave(H // Hk, 1)  # noqa: E731
     ref = F.scaled_dot_product_attention(q.double(), rep(k), rep(v), attn_mask=m.detach().double())
     nv = F.scaled_dot_product_attention(q, k.repeat_interleave(H // Hk, 1), v.repeat_interleave(H // Hk, 1),
