@@ -496,8 +496,8 @@ def _hide_far_keys(query, key, m, scale):
     key, under fp32's smallest subnormal: hiding it changes nothing. Rows whose largest value is not finite (all -inf, a NaN, +inf),
     and rows all at finfo.min, keep every key; NaN values are kept. zero: m is 0 at every key
     keep keeps (transformers' masks: 0 or finfo.min), so keep alone is the whole mask (none at all
-    when keep is None): the library's mask without a bias reads no bias and serves decode rows on
-    its KV-cache kernels."""
+    when keep is None): the library's mask without a bias reads no bias. (sdpa_masked runs this
+    only over more than _DECODE_SQ query rows.)"""
     qn, kn = (x.shape[-1] ** 0.5 * _absmax(x) for x in (query, key))
     margin = 2.0 * scale * qn * kn + 200.0
     if not margin < 1e30:  # (inf or NaN inputs: nothing hidden)
@@ -548,6 +548,11 @@ def sdpa_masked(query, key, value, attn_mask, dropout_p=0.0, scale=None, enable_
             bias = None
     if sinks is not None:
         sinks = sinks.to(device=query.device, dtype=torch.float32)
-    out, _, _ = AttnExtra.apply(q, k, v, sinks, bias, keep, None, float(dropout_p), sc, False, -1, -1,
-                                float(softcap), False, -1)
+    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, sinks, bias))
+    if not grad and not torch.compiler.is_compiling():  # (inference: no autograd node, 8 us a call)
+        out, _ = _core.attn_fwd(q, k, v, float(dropout_p), sc, False, -1, -1, float(softcap), None,
+                                _draw(dropout_p, -1), sinks=sinks, attn_bias=bias, attn_mask=keep)
+    else:
+        out, _, _ = AttnExtra.apply(q, k, v, sinks, bias, keep, None, float(dropout_p), sc, False, -1, -1,
+                                    float(softcap), False, -1)
     return out.transpose(1, 2)

@@ -377,19 +377,17 @@ def test_sdpa_masked_zero_bias_as_mask(Sq, grad, rng, poison):
     m[2, ..., :69] = torch.finfo(torch.float32).min
     m.requires_grad_(grad)
     seen = []
-    real = ct.AttnExtra
+    real = ct._core.attn_fwd
 
-    class Spy:
-        @staticmethod
-        def apply(*a):
-            seen.append((a[4] is None, a[5] is None))  # (no bias, no boolean mask)
-            return real.apply(*a)
+    def spy(*a, **kw):
+        seen.append((kw["attn_bias"] is None, kw["attn_mask"] is None))  # (no bias, no boolean mask)
+        return real(*a, **kw)
 
     try:
-        ct.AttnExtra = Spy
+        ct._core.attn_fwd = spy
         got = ct.sdpa_masked(q, k, v, m)
     finally:
-        ct.AttnExtra = real
+        ct._core.attn_fwd = real
     assert seen == [(not grad, False) if Sq > ct._DECODE_SQ else (False, True)]
     rep = lambda x: x.double().repeat_interleave(H // Hk, 1)  # noqa: E731
     ref = F.scaled_dot_product_attention(q.double(), rep(k), rep(v), attn_mask=m.detach().double())
@@ -397,6 +395,40 @@ def test_sdpa_masked_zero_bias_as_mask(Sq, grad, rng, poison):
                                         attn_mask=m.detach())
     err, bound = (got.detach().double() - ref).abs().max().item(), (nv.double() - ref).abs().max().item()
     assert err <= 2 * bound + 1e-6, (err, bound)
+
+
+@pytest.mark.parametrize("kind", ["bool", "float"])
+def test_sdpa_masked_inference_skips_autograd(kind, rng):
+    """Without a gradient to take (no_grad, or no input that wants one) sdpa_masked calls the
+    library directly, no autograd Function; the same kernel as the autograd path."""
+    import cflash._torch as ct
+    gen = torch.Generator().manual_seed(int(rng.integers(1 << 31)))
+    q = torch.randn(2, 8, 1, 32, generator=gen)
+    k, v = torch.randn(2, 2, 40, 32, generator=gen), torch.randn(2, 2, 40, 32, generator=gen)
+    m = torch.rand(2, 1, 1, 40, generator=gen) < 0.7
+    m[..., 0] = True
+    if kind == "float":
+        m = torch.zeros(m.shape).masked_fill(~m, float("-inf")) + 0.1 * torch.randn(m.shape, generator=gen)
+    calls = []
+    real = ct.AttnExtra
+
+    class Spy:
+        @staticmethod
+        def apply(*a):
+            calls.append(1)
+            return real.apply(*a)
+
+    try:
+        ct.AttnExtra = Spy
+        plain = ct.sdpa_masked(q, k, v, m)
+        with torch.no_grad():
+            nograd = ct.sdpa_masked(q.requires_grad_(), k, v, m)
+        assert calls == [] and plain.grad_fn is None
+        graded = ct.sdpa_masked(q, k, v, m)
+        assert calls == [1] and graded.grad_fn is not None
+    finally:
+        ct.AttnExtra = real
+    assert torch.equal(plain, nograd) and torch.equal(plain, graded.detach())
 
 
 def _sdpa_masked_case(kind, mshape, seed):
