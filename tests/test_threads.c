@@ -171,14 +171,15 @@ static void run_norm(void* a) {
 
 typedef struct kv_arg {
     cflash_context* ctx;
-    const int32_t* lens; /* [4] */
+    const int32_t* lens; /* [B] */
+    int64_t B;
     cflash_status s;
 } kv_arg;
 
-/* A decode step, fp32, B4 H8 Hk2 D128, caches of 4096 rows holding lens[b] keys. */
+/* A decode step, fp32, B (4 or 5) H8 Hk2 D128, caches of 4096 rows holding lens[b] keys. */
 static void run_kv(void* a) {
     kv_arg* r = a;
-    const int64_t qs[4] = {4, 1, 8, 128}, cs[4] = {4, 4096, 2, 128}, ls[1] = {4};
+    const int64_t B = r->B, qs[4] = {B, 1, 8, 128}, cs[4] = {B, 4096, 2, 128}, ls[1] = {B};
     tt_tensor q, kc, vc, out, sl;
     tt_alloc(&q, CF_F32, 4, qs, TT_DENSE);
     tt_random(&q, 7, -1, 1);
@@ -188,7 +189,7 @@ static void run_kv(void* a) {
     tt_random(&vc, 9, -1, 1);
     tt_alloc_like(&out, &q);
     tt_alloc(&sl, CF_I32, 1, ls, TT_DENSE);
-    memcpy(sl.base, r->lens, 4 * sizeof(int32_t));
+    memcpy(sl.base, r->lens, (size_t)B * sizeof(int32_t));
     cflash_attn_params ap;
     cflash_attn_params_init(&ap);
     cflash_kvcache_params kp;
@@ -201,11 +202,13 @@ static void run_kv(void* a) {
 /* Four caches alike: an item each, no splits (old and new rule agree). One of 4096 keys beside
  * three of 64: split in four as if alone (ceil(2 threads x 2 x 4096 / 4288)), where the old rule
  * (enough items for the threads twice over) left one thread all of it: 1.3-1.6x slower on Zen 4
- * for 32768 keys beside three of 512. docs/PERF.md, stop 47. */
+ * for 32768 keys beside three of 512. docs/PERF.md, stop 47. Five alike: two splits each (ten
+ * half items on 2 threads, not five whole ones in three rounds; 1.07-1.11x at B5 H32 Hk8 4096
+ * keys on Zen 4, stop 49). */
 static void test_kv_splits(cflash_context* ctx) {
     static const int32_t alike[4] = {4096, 4096, 4096, 4096}, skewed[4] = {4096, 64, 64, 64},
                          one[4] = {4096, 0, 0, 0}, short1[4] = {512, 0, 0, 0},
-                         shorter[4] = {1000, 0, 0, 0};
+                         shorter[4] = {1000, 0, 0, 0}, five[5] = {4096, 4096, 4096, 4096, 4096};
     /* A short cache alone: splits of 256 keys with the team spinning (512 keys 1.8x faster on
      * Zen 4, 2 threads), 512 with it asleep (a wake costs more than half of 512 keys' work); 1000
      * keys in 2 splits, not 3 (kv_even_splits: on 2 threads the third ran alone). */
@@ -213,16 +216,18 @@ static void test_kv_splits(cflash_context* ctx) {
     static const struct {
         const int32_t* lens;
         const char *want, *asleep;
-    } cases[] = {{alike, "kvcache_fwd: items 4 (groups 4, key splits 1)", NULL},
-                 {skewed, "kvcache_fwd: items 16 (groups 4, key splits 4)", NULL},
-                 {one, "kvcache_fwd: items 16 (groups 4, key splits 4)", NULL},
+        int64_t B;
+    } cases[] = {{alike, "kvcache_fwd: items 4 (groups 4, key splits 1)", NULL, 4},
+                 {skewed, "kvcache_fwd: items 16 (groups 4, key splits 4)", NULL, 4},
+                 {one, "kvcache_fwd: items 16 (groups 4, key splits 4)", NULL, 4},
                  {short1, "kvcache_fwd: items 8 (groups 4, key splits 2)",
-                  "kvcache_fwd: items 4 (groups 4, key splits 1)"},
+                  "kvcache_fwd: items 4 (groups 4, key splits 1)", 4},
                  {shorter, "kvcache_fwd: items 8 (groups 4, key splits 2)",
-                  "kvcache_fwd: items 4 (groups 4, key splits 1)"}};
+                  "kvcache_fwd: items 4 (groups 4, key splits 1)", 4},
+                 {five, "kvcache_fwd: items 10 (groups 5, key splits 2)", NULL, 5}};
     static char log[1 << 16];
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        kv_arg r = {ctx, cases[i].lens, CFLASH_OK};
+        kv_arg r = {ctx, cases[i].lens, cases[i].B, CFLASH_OK};
         capture(run_kv, &r, log, sizeof log);
         CHECK_OK(r.s);
         const char* want = asleep && cases[i].asleep ? cases[i].asleep : cases[i].want;
