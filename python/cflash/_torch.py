@@ -493,11 +493,11 @@ def _hide_far_keys(query, key, m, scale):
     sqrt(D) times the largest |element|, one pass without a copy: the norms themselves cost 20 ms
     of fp32 copies at a decode step's 4 x 8 x 4096 x 128 bf16 keys, 8x its attention), so a key
     more than twice that plus 200 below the row's largest value weighs at most exp(-200) of that
-    key, under fp32's smallest subnormal: hiding it changes nothing. Rows whose largest value is not finite (all -inf, a NaN, +inf),
-    and rows all at finfo.min, keep every key; NaN values are kept. zero: m is 0 at every key
-    keep keeps (transformers' masks: 0 or finfo.min), so keep alone is the whole mask (none at all
-    when keep is None): the library's mask without a bias reads no bias. (sdpa_masked runs this
-    only over more than _DECODE_SQ query rows.)"""
+    key, under fp32's smallest subnormal: hiding it changes nothing. Rows whose largest value is
+    not finite (all -inf, a NaN, +inf), and rows all at finfo.min, keep every key; NaN values are
+    kept. zero: m is 0 at every key keep keeps (transformers' masks: 0 or finfo.min), so keep
+    alone is the whole mask (none at all when keep is None): the library's mask without a bias
+    reads no bias. (sdpa_masked runs this only over more than _DECODE_SQ query rows.)"""
     qn, kn = (x.shape[-1] ** 0.5 * _absmax(x) for x in (query, key))
     margin = 2.0 * scale * qn * kn + 200.0
     if not margin < 1e30:  # (inf or NaN inputs: nothing hidden)

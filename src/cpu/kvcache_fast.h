@@ -1153,12 +1153,8 @@ static void kv_plan(const cf_kvcache_call* c, kv_choose_fn choose, int64_t Sq, c
         const double share = Sq > 0 && a->Sk > 0 ? kv_largest_share(c, on, a->Hk / h, q) : 0.0;
         const double want = 2.0 * (double)a->threads * share;
         n = want > 1.0 ? (int64_t)ceil(want - 1e-9) : 1;
-        const int64_t cap = a->Sk / kv_split_keys();
-        n = kv_even_splits(kv_groups_of(share),
-                           n < cap   ? n
-                           : cap > 1 ? cap
-                                     : 1,
-                           cap, a->Sk, a->threads);
+        const int64_t cap = a->Sk / kv_split_keys() > 1 ? a->Sk / kv_split_keys() : 1;
+        n = kv_even_splits(kv_groups_of(share), n < cap ? n : cap, cap, a->Sk, a->threads);
     }
     if (n > a->Sk) n = a->Sk;
     if (n > 256) n = 256;
