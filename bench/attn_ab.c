@@ -11,7 +11,9 @@
  * C (1: causal), T threads (2), R timed calls per build (7), BWD (0), PAGE (0; N > 0: the varlen
  * call with paged K / V, pages of N keys in a shuffled block_table, as vLLM calls flash-attn),
  * MASK (0; P in (0, 1): a boolean mask (B, 1, Sq, Sk) keeping each run of MBS keys (1) of a row
- * with probability P; batch calls). */
+ * with probability P; batch calls), TREE (0; 1: a speculative decoding step's tree mask (B, 1, Sq,
+ * Sk): every row sees the first Sk - Sq keys, and of the last Sq keys (the draft) its own and its
+ * ancestors', each draft token's parent drawn at random among the earlier ones). */
 #include "ab_util.h"
 #include <cflash.h>
 #include <stdint.h>
@@ -155,8 +157,19 @@ int main(int argc, char** argv) {
             for (int64_t t = j; t < j + mbs && t < Sk; t++)
                 mask[r * Sk + t] = on;
         }
+    const int tree = (int)ab_env("TREE", 0) && Sq <= Sk;
+    int64_t* parent = malloc(sizeof(int64_t) * (size_t)Sq);
+    for (int64_t b = 0; tree && b < B; b++)
+        for (int64_t i = 0; i < Sq; i++) {
+            uint8_t* m = mask + (b * Sq + i) * Sk;
+            parent[i] = i ? (int64_t)(rnd64() % (uint64_t)i) : -1;
+            for (int64_t j = 0; j < Sk; j++)
+                m[j] = j < Sk - Sq;
+            for (int64_t a = i; a >= 0; a = parent[a])
+                m[Sk - Sq + a] = 1;
+        }
     DLTensor tm = ten(mask, 4, (DLDataType){kDLUInt, 8, 1}, (int64_t*)ms);
-    if (keep > 0.0 && page <= 0) p.attn_mask = &tm;
+    if ((keep > 0.0 || tree) && page <= 0) p.attn_mask = &tm;
     for (int r = -1; r < reps; r++)
         for (int i = 0; i < nb; i++) {
             double a = ab_now();

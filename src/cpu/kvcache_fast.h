@@ -823,17 +823,38 @@ static void kv_bias_row(const cf_kvcache_call* c, const kv_itm* it, int64_t r, i
     }
 }
 
-/* Whether kv_bias_row hides every key of the block at jb from every row of the item: the block
- * is skipped (it would leave every row's P at -0 and its m, l and acc as they are). */
-static int kv_block_hidden(const cf_kvcache_call* c, const kv_itm* it, int64_t jb, int64_t nb) {
-    if (!kv_keyed(c)) return 0;
-    float y[KV_KB];
-    for (int64_t r = 0; r < it->R; r++) {
-        kv_bias_row(c, it, r, jb, nb, y);
-        for (int64_t t = 0; t < nb; t++)
-            if (y[t] != -INFINITY) return 0;
+/* What kv_bias_row does to the block at jb (nb keys) over the item's rows: */
+enum {
+    KV_PLAIN,  /* nothing: no bias, and the mask (if any) keeps every key for every row */
+    KV_KEYED,  /* adds a bias, or hides some keys from some rows */
+    KV_HIDDEN, /* hides every key from every row: the block is skipped (it would leave every
+                * row's P at -0 and its m, l and acc as they are) */
+};
+static int kv_block_keys(const cf_kvcache_call* c, const kv_itm* it, int64_t jb, int64_t nb) {
+    if (!kv_keyed(c)) return KV_PLAIN;
+    if (c->a.bias.data) {
+        float y[KV_KB];
+        for (int64_t r = 0; r < it->R; r++) {
+            kv_bias_row(c, it, r, jb, nb, y);
+            for (int64_t t = 0; t < nb; t++)
+                if (y[t] != -INFINITY) return KV_KEYED;
+        }
+        return KV_HIDDEN;
     }
-    return 1;
+    /* a mask alone: a speculative decoding step's tree keeps every key of the blocks before
+     * its draft for every row. Rows of one query share their mask row where it is broadcast
+     * over the heads (stride 0): the item's first nq rows are then its distinct ones. */
+    const cf_view* m = &c->a.mask;
+    const int64_t nr = m->stride[1] == 0 ? it->nq : it->R;
+    unsigned kept = 0, hid = 0;
+    for (int64_t r = 0; r < nr; r++) {
+        const int64_t i = it->i0 + r % it->nq, h = it->hk0 * it->G + r / it->nq;
+        const uint8_t* x = (const uint8_t*)m->data + cf_attn_at4(m, it->b, h, i, it->P + jb);
+        for (int64_t t = 0; t < nb; t++)
+            kept |= x[t] != 0, hid |= x[t] == 0;
+        if (kept && hid) return KV_KEYED;
+    }
+    return kept ? KV_PLAIN : KV_HIDDEN;
 }
 
 /* For the 16-key path: row r's scores over the whole block at jb scaled (or soft-capped) with
@@ -866,13 +887,13 @@ static inline void kv_bias_hide(float* p, unsigned hidden) {
 }
 
 /* Online softmax of row r over the block (nb keys at jb) in the generic way: masks, softcap,
- * ALiBi and the bias (an attention call's decode rows, kv_attn_decode: row i, head h, key P + j
- * of the call) applied to the scores, the running max m and sum l updated, acc and lv rescaled,
- * the scores replaced by P. A key kv_bias_row hides (-inf) gets P = -0, which kv_pv_visible
- * skips: a NaN or infinity in its V row must not reach the row ("Non-finite values", cflash.h).
- * Returns those keys' bits. */
+ * ALiBi and, where keyed (kv_block_keys: KV_KEYED), the bias and the mask (an attention call's
+ * decode rows, kv_attn_decode: row i, head h, key P + j of the call) applied to the scores, the
+ * running max m and sum l updated, acc and lv rescaled, the scores replaced by P. A key kv_bias_row
+ * hides (-inf) gets P = -0, which kv_pv_visible skips: a NaN or infinity in its V row must not
+ * reach the row ("Non-finite values", cflash.h). Returns those keys' bits. */
 static unsigned kv_row_softmax(const cf_kvcache_call* c, kv_scratch* w, const kv_itm* it, int64_t r,
-                               int64_t jb, int64_t nb, float slope) {
+                               int64_t jb, int64_t nb, float slope, int keyed) {
     const cf_attn_call* a = &c->a;
     const int64_t i = it->i0 + r % it->nq, Dv = a->Dv;
     float* s = w->s + r * KV_KB;
@@ -881,7 +902,7 @@ static unsigned kv_row_softmax(const cf_kvcache_call* c, kv_scratch* w, const kv
     if (a->softcap == 0.0f && slope == 0.0f) { /* branch-free: vectorizes */
         const int64_t lo = w->lo[r] - jb, hi = w->hi[r] - jb;
         const float scale = a->scale;
-        if (kv_keyed(c)) {
+        if (keyed) {
             float y[KV_KB];
             kv_bias_row(c, it, r, jb, nb, y);
 #pragma omp simd
@@ -907,7 +928,7 @@ static unsigned kv_row_softmax(const cf_kvcache_call* c, kv_scratch* w, const kv
             for (int64_t t = 0; t < nb; t++)
                 s[t] *= scale;
         float y[KV_KB];
-        if (kv_keyed(c)) kv_bias_row(c, it, r, jb, nb, y);
+        if (keyed) kv_bias_row(c, it, r, jb, nb, y);
         for (int64_t t = 0; t < nb; t++) {
             const int64_t j = jb + t;
             if (j < w->lo[r] || j >= w->hi[r]) {
@@ -915,7 +936,7 @@ static unsigned kv_row_softmax(const cf_kvcache_call* c, kv_scratch* w, const kv
                 continue;
             }
             if (slope != 0.0f) s[t] -= cf_attn_alibi(a, slope, i, j, it->Sq, it->sk);
-            if (kv_keyed(c)) {
+            if (keyed) {
                 if (y[t] == -INFINITY) { /* (hides the key, a NaN score included) */
                     s[t] = -INFINITY, hidden |= 1u << t;
                     continue;
@@ -957,11 +978,12 @@ static inline int kv_row_sees(const kv_scratch* w, int64_t r, int64_t jb) {
 }
 
 /* Online softmax of every row of the item over the block: the path's softmax16 for each run of
- * rows that see the whole block without ALiBi (softcap applied first; with a bias or a mask row by
- * row where it leaves some key: kv_bias_add), kv_row_softmax elsewhere. Returns the bits of the
+ * rows that see the whole block without ALiBi (softcap applied first; in a keyed block, one with
+ * a bias or keys the mask hides from some row, row by row where it leaves some key: kv_bias_add),
+ * kv_row_softmax elsewhere. Returns the bits of the
  * keys kv_bias_row hides from some row. */
 static unsigned kv_block_softmax(const cf_kvcache_call* c, kv_scratch* w, const kv_itm* it,
-                                 int64_t jb, int64_t nb) {
+                                 int64_t jb, int64_t nb, int keyed) {
     const cf_attn_call* a = &c->a;
     unsigned hid = 0;
     for (int64_t r = 0; r < it->R;) {
@@ -969,15 +991,15 @@ static unsigned kv_block_softmax(const cf_kvcache_call* c, kv_scratch* w, const 
         const int whole =
             it->path.softmax16 && nb == KV_KB && slope == 0.0f && kv_row_sees(w, r, jb);
         unsigned hidden;
-        if (whole && kv_keyed(c) && kv_bias_add(c, w, it, r, jb, &hidden)) { /* (row by row) */
+        if (whole && keyed && kv_bias_add(c, w, it, r, jb, &hidden)) { /* (row by row) */
             it->path.softmax16(w->s + r * KV_KB, 1, 1.0f, w->m + r, w->l + r, w->lv + 16 * r,
                                w->acc + r * a->Dv, a->Dv);
             kv_bias_hide(w->s + r * KV_KB, hidden);
             hid |= hidden, r++;
             continue;
         }
-        if (!whole || kv_keyed(c)) {
-            hid |= kv_row_softmax(c, w, it, r, jb, nb, slope);
+        if (!whole || keyed) {
+            hid |= kv_row_softmax(c, w, it, r, jb, nb, slope, keyed);
             r++;
             continue;
         }
@@ -1039,9 +1061,10 @@ static void kv_item(const cf_kvcache_call* c, kv_scratch* w, kv_itm* it, int64_t
         kv_rows_of(c, &c->kc, it->b, it->P + pf0, npf, it->hk0, pfk);
         if (!c->latent) kv_rows_of(c, &c->vc, it->b, it->P + pf0, npf, it->hk0, pfv);
         if (c->quant == CFLASH_KV_QUANT_INT8) kv_prefetch_scales(c, it, it->P + pf0, npf);
-        if (kv_block_hidden(c, it, jb, nb)) continue;
+        const int keys = kv_block_keys(c, it, jb, nb);
+        if (keys == KV_HIDDEN) continue;
         kv_block_scores(c, w, it, jb, nb, pfk, npf);
-        const unsigned hid = kv_block_softmax(c, w, it, jb, nb);
+        const unsigned hid = kv_block_softmax(c, w, it, jb, nb, keys == KV_KEYED);
         kv_block_pv(c, w, it, jb, nb, pfv, npf, hid);
     }
     if (it->path.finish) it->path.finish(w->acc, it->R, c->a.Dv);

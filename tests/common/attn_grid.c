@@ -533,8 +533,11 @@ static void decode_case(int k, cf_dtype dt, attn_case* c) {
  * masks, the mask's dims, and each sequence's run of keys [pad, len) (len 0 = Sk; -1: the random
  * mask attn_problem_new draws), rows as "flat" (all end at len), "stair" (causal: row i of Sq
  * ends at len - Sq + 1 + i) or "mixed" (sequence 0 flat, 1 stair); pad2 > 0: heads 4.. of
- * sequence 0 start there. routed: ATTN_MASK_RUNS or _KEPT (attn_grid.h). holes: the run loses
- * keys j with j / 16 % 3 == 1 (whole blocks) and (j + i + h) % 5 == 2 (row i, head h). */
+ * sequence 0 start there. routed: ATTN_MASK_RUNS or _KEPT (attn_grid.h). holes 1: the run loses
+ * keys j with j / 16 % 3 == 1 (whole blocks) and (j + i + h) % 5 == 2 (row i, head h); holes 2:
+ * a speculative decoding step's tree, the run's last Sq keys a draft of which row i sees key a
+ * (of Sq) where a is i or one of its ancestors (the parent of a: (a - 1) / 2), and odd heads h
+ * lose key 40 + h (blocks every row sees whole, beside one that a head's rows do not). */
 enum { DM_FLAT, DM_STAIR, DM_MIXED };
 typedef struct decode_mask {
     int64_t B, H, Hk, Sq, Sk, D;
@@ -589,6 +592,9 @@ static const decode_mask decode_masks[] = {
     {2, 8, 2, 1, 300, 64, 0, -1, -1, AL0, 0, MB1, FLAT, {0, 13}, {0, 250}, 0, KEPT, BC0, 1},
     {2, 8, 2, 4, 200, 64, 1, -1, 0, AL0, 1, BBH, STAIR, {0, 0}, {0, 0}, 0, KEPT, BC0, 1},
     {2, 8, 2, 1, 300, 64, 0, -1, -1, ALH, 0, BBH, FLAT, {5, 0}, {0, 0}, 0, KEPT, BBH, 1},
+    /* speculative trees: the mask alike over heads, 4 rows; per head, 2 rows, sinks */
+    {2, 8, 4, 4, 200, 64, 0, -1, -1, AL0, 0, MB1, FLAT, {0, 5}, {0, 180}, 0, KEPT, BC0, 2},
+    {2, 8, 4, 2, 300, 64, 0, -1, -1, AL0, 1, BBH, FLAT, {3, 0}, {0, 0}, 0, KEPT, BC0, 2},
 };
 #define NDECODE_MASK ((int)(sizeof decode_masks / sizeof decode_masks[0]))
 
@@ -614,10 +620,17 @@ attn_problem* attn_decode_mask_problem(int k, cf_dtype dt, int* routed) {
         const int64_t len = m->len[b] ? m->len[b] : m->Sk;
         const int stair = m->rows == DM_STAIR || (m->rows == DM_MIXED && b == 1);
         const int64_t end = stair ? len - m->Sq + 1 + i : len;
-        const int hole = m->holes && (j / 16 % 3 == 1 || (j + i + h) % 5 == 2);
+        int hole = m->holes == 1 && (j / 16 % 3 == 1 || (j + i + h) % 5 == 2);
+        if (m->holes == 2) {
+            int64_t x = i, a = j - (len - m->Sq); /* (the draft key, if a >= 0) */
+            while (a >= 0 && x > a)
+                x = (x - 1) / 2;
+            hole = (a >= 0 && x != a) || (h % 2 == 1 && j == 40 + h);
+        }
         tt_set(&p->mask, idx, j >= pad && j < end && !hole ? (double)(1 + (n % 3 == 0)) : 0.0);
     }
-    if (m->holes && m->Sq == 1 && p->mask.dl.shape[1] == 1) /* (keys 2, 7, 17: no row sees them) */
+    if (m->holes == 1 && m->Sq == 1 &&
+        p->mask.dl.shape[1] == 1) /* (keys 2, 7, 17: no row sees them) */
         for (int64_t b = 0; b < m->B; b++)
             for (int64_t h = 0; h < m->Hk; h++) {
                 const int64_t at[4] = {b, 17, h, 3}, at2[4] = {b, 7, h, 0}, at3[4] = {b, 2, h, 1};
