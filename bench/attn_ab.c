@@ -13,9 +13,11 @@
  * MASK (0; P in (0, 1): a boolean mask (B, 1, Sq, Sk) keeping each run of MBS keys (1) of a row
  * with probability P; batch calls), TREE (0; 1: a speculative decoding step's tree mask (B, 1, Sq,
  * Sk): every row sees the first Sk - Sq keys, and of the last Sq keys (the draft) its own and its
- * ancestors', each draft token's parent drawn at random among the earlier ones). */
+ * ancestors', each draft token's parent drawn at random among the earlier ones), FLOAT (0; 1: the
+ * mask as an fp32 bias of 0 and -inf, as PyTorch's float masks are). */
 #include "ab_util.h"
 #include <cflash.h>
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -169,7 +171,16 @@ int main(int argc, char** argv) {
                 m[Sk - Sq + a] = 1;
         }
     DLTensor tm = ten(mask, 4, (DLDataType){kDLUInt, 8, 1}, (int64_t*)ms);
-    if ((keep > 0.0 || tree) && page <= 0) p.attn_mask = &tm;
+    float* fmask = malloc(sizeof(float) * (size_t)(B * Sq * Sk));
+    for (int64_t n = 0; n < B * Sq * Sk; n++)
+        fmask[n] = mask[n] ? 0.0f : -INFINITY;
+    DLTensor tfm = ten(fmask, 4, f32, (int64_t*)ms);
+    if ((keep > 0.0 || tree) && page <= 0) {
+        if (ab_env("FLOAT", 0))
+            p.attn_bias = &tfm;
+        else
+            p.attn_mask = &tm;
+    }
     for (int r = -1; r < reps; r++)
         for (int i = 0; i < nb; i++) {
             double a = ab_now();

@@ -825,34 +825,34 @@ static void kv_bias_row(const cf_kvcache_call* c, const kv_itm* it, int64_t r, i
 
 /* What kv_bias_row does to the block at jb (nb keys) over the item's rows: */
 enum {
-    KV_PLAIN,  /* nothing: no bias, and the mask (if any) keeps every key for every row */
+    KV_PLAIN,  /* nothing: the bias (if any) 0 and the mask (if any) keeping every key for every
+                * row (a speculative decoding step's tree before its draft; a float mask) */
     KV_KEYED,  /* adds a bias, or hides some keys from some rows */
     KV_HIDDEN, /* hides every key from every row: the block is skipped (it would leave every
                 * row's P at -0 and its m, l and acc as they are) */
 };
 static int kv_block_keys(const cf_kvcache_call* c, const kv_itm* it, int64_t jb, int64_t nb) {
     if (!kv_keyed(c)) return KV_PLAIN;
-    if (c->a.bias.data) {
-        float y[KV_KB];
-        for (int64_t r = 0; r < it->R; r++) {
+    const cf_view *bias = &c->a.bias, *m = &c->a.mask;
+    /* the rows of one query share theirs where bias and mask are broadcast over the heads
+     * (stride 0): the item's first nq rows are then its distinct ones */
+    const int64_t nr =
+        (!bias->data || bias->stride[1] == 0) && (!m->data || m->stride[1] == 0) ? it->nq : it->R;
+    unsigned kept = 0, hid = 0, other = 0;
+    for (int64_t r = 0; r < nr; r++) {
+        if (bias->data) { /* (a bias other than 0 and -inf: keyed at its first such value) */
+            float y[KV_KB];
             kv_bias_row(c, it, r, jb, nb, y);
             for (int64_t t = 0; t < nb; t++)
-                if (y[t] != -INFINITY) return KV_KEYED;
+                kept |= y[t] == 0.0f, hid |= y[t] == -INFINITY,
+                    other |= y[t] != 0.0f && y[t] != -INFINITY;
+        } else {
+            const int64_t i = it->i0 + r % it->nq, h = it->hk0 * it->G + r / it->nq;
+            const uint8_t* x = (const uint8_t*)m->data + cf_attn_at4(m, it->b, h, i, it->P + jb);
+            for (int64_t t = 0; t < nb; t++)
+                kept |= x[t] != 0, hid |= x[t] == 0;
         }
-        return KV_HIDDEN;
-    }
-    /* a mask alone: a speculative decoding step's tree keeps every key of the blocks before
-     * its draft for every row. Rows of one query share their mask row where it is broadcast
-     * over the heads (stride 0): the item's first nq rows are then its distinct ones. */
-    const cf_view* m = &c->a.mask;
-    const int64_t nr = m->stride[1] == 0 ? it->nq : it->R;
-    unsigned kept = 0, hid = 0;
-    for (int64_t r = 0; r < nr; r++) {
-        const int64_t i = it->i0 + r % it->nq, h = it->hk0 * it->G + r / it->nq;
-        const uint8_t* x = (const uint8_t*)m->data + cf_attn_at4(m, it->b, h, i, it->P + jb);
-        for (int64_t t = 0; t < nb; t++)
-            kept |= x[t] != 0, hid |= x[t] == 0;
-        if (kept && hid) return KV_KEYED;
+        if (other || (kept && hid)) return KV_KEYED;
     }
     return kept ? KV_PLAIN : KV_HIDDEN;
 }

@@ -537,7 +537,9 @@ static void decode_case(int k, cf_dtype dt, attn_case* c) {
  * keys j with j / 16 % 3 == 1 (whole blocks) and (j + i + h) % 5 == 2 (row i, head h); holes 2:
  * a speculative decoding step's tree, the run's last Sq keys a draft of which row i sees key a
  * (of Sq) where a is i or one of its ancestors (the parent of a: (a - 1) / 2), and odd heads h
- * lose key 40 + h (blocks every row sees whole, beside one that a head's rows do not). */
+ * lose key 40 + h (blocks every row sees whole, beside one that a head's rows do not); holes 3:
+ * that tree in the bias instead (0 where it keeps a key, else -inf: a float mask), the mask
+ * keeping the run. */
 enum { DM_FLAT, DM_STAIR, DM_MIXED };
 typedef struct decode_mask {
     int64_t B, H, Hk, Sq, Sk, D;
@@ -595,8 +597,19 @@ static const decode_mask decode_masks[] = {
     /* speculative trees: the mask alike over heads, 4 rows; per head, 2 rows, sinks */
     {2, 8, 4, 4, 200, 64, 0, -1, -1, AL0, 0, MB1, FLAT, {0, 5}, {0, 180}, 0, KEPT, BC0, 2},
     {2, 8, 4, 2, 300, 64, 0, -1, -1, AL0, 1, BBH, FLAT, {3, 0}, {0, 0}, 0, KEPT, BC0, 2},
+    /* the per-head tree as a float mask (the bias), beside a mask of left pads and lengths */
+    {2, 8, 4, 3, 200, 64, 0, -1, -1, AL0, 0, MB1, FLAT, {2, 0}, {0, 170}, 0, RUNS, BBH, 3},
 };
 #define NDECODE_MASK ((int)(sizeof decode_masks / sizeof decode_masks[0]))
+
+/* Whether the draft tree of holes 2 and 3 (decode_mask) hides key j of a sequence of len keys
+ * from row i of head h. */
+static int tree_hides(const decode_mask* m, int64_t len, int64_t h, int64_t i, int64_t j) {
+    int64_t x = i, a = j - (len - m->Sq); /* (the draft key, if a >= 0) */
+    while (a >= 0 && x > a)
+        x = (x - 1) / 2;
+    return (a >= 0 && x != a) || (h % 2 == 1 && j == 40 + h);
+}
 
 attn_problem* attn_decode_mask_problem(int k, cf_dtype dt, int* routed) {
     if (k < 0 || k >= NDECODE_MASK) return NULL;
@@ -620,14 +633,16 @@ attn_problem* attn_decode_mask_problem(int k, cf_dtype dt, int* routed) {
         const int64_t len = m->len[b] ? m->len[b] : m->Sk;
         const int stair = m->rows == DM_STAIR || (m->rows == DM_MIXED && b == 1);
         const int64_t end = stair ? len - m->Sq + 1 + i : len;
-        int hole = m->holes == 1 && (j / 16 % 3 == 1 || (j + i + h) % 5 == 2);
-        if (m->holes == 2) {
-            int64_t x = i, a = j - (len - m->Sq); /* (the draft key, if a >= 0) */
-            while (a >= 0 && x > a)
-                x = (x - 1) / 2;
-            hole = (a >= 0 && x != a) || (h % 2 == 1 && j == 40 + h);
-        }
+        const int hole = m->holes == 1   ? j / 16 % 3 == 1 || (j + i + h) % 5 == 2
+                         : m->holes == 2 ? tree_hides(m, len, h, i, j)
+                                         : 0;
         tt_set(&p->mask, idx, j >= pad && j < end && !hole ? (double)(1 + (n % 3 == 0)) : 0.0);
+    }
+    for (int64_t n = 0; m->holes == 3 && n < p->bias.numel; n++) {
+        int64_t idx[4];
+        tt_unravel(&p->bias, n, idx);
+        const int64_t len = m->len[idx[0]] ? m->len[idx[0]] : m->Sk;
+        tt_set(&p->bias, idx, tree_hides(m, len, idx[1], idx[2], idx[3]) ? -INFINITY : 0.0);
     }
     if (m->holes == 1 && m->Sq == 1 &&
         p->mask.dl.shape[1] == 1) /* (keys 2, 7, 17: no row sees them) */
