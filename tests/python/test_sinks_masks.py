@@ -431,6 +431,40 @@ def test_sdpa_masked_inference_skips_autograd(kind, rng):
     assert torch.equal(plain, nograd) and torch.equal(plain, graded.detach())
 
 
+@pytest.mark.parametrize("kind", ["bool", "-inf", "finfo"])
+def test_sdpa_speculative_tree_step(kind, rng):
+    """A speculative decoding step as a serving loop sends it through SDPA: bf16, GQA, 5 draft rows
+    whose mask keeps the keys before the draft (one sequence left-padded) and, of the draft, each
+    row's own key and its ancestors' (random parents), as a boolean or an additive mask (0 and
+    -inf, or transformers' 0 and finfo.min). The library's decode rows take the blocks every row
+    sees whole as without a mask and the draft's block with it; results as fp64 SDPA's."""
+    from cflash._torch import sdpa_masked
+    F = torch.nn.functional
+    gen = torch.Generator().manual_seed(int(rng.integers(1 << 31)))
+    B, H, Hk, Sq, Sk, D = 2, 8, 2, 5, 300, 64
+    q, k, v = (torch.randn(B, h, s, D, generator=gen).bfloat16() for h, s in ((H, Sq), (Hk, Sk), (Hk, Sk)))
+    keep = torch.zeros(B, 1, Sq, Sk, dtype=torch.bool)
+    keep[..., :Sk - Sq] = True
+    keep[1, ..., :20] = False  # left padding
+    parent = [-1] + [int(torch.randint(0, i, (1,), generator=gen)) for i in range(1, Sq)]
+    for i in range(Sq):
+        a = i
+        while a >= 0:
+            keep[..., i, Sk - Sq + a] = True
+            a = parent[a]
+    if kind == "bool":
+        m = keep
+    else:
+        hide = float("-inf") if kind == "-inf" else torch.finfo(torch.bfloat16).min
+        m = torch.zeros(keep.shape, dtype=torch.bfloat16).masked_fill(~keep, hide)
+    with torch.no_grad():
+        got = sdpa_masked(q, k, v, m)  # (the library's call: no fallback to PyTorch)
+        ref = F.scaled_dot_product_attention(q.double(), k.double(), v.double(),
+                                             attn_mask=m if kind == "bool" else m.double(), enable_gqa=True)
+        nv = F.scaled_dot_product_attention(q, k, v, attn_mask=m, enable_gqa=True)
+    check_rule("out", got.float().numpy(), ref.numpy(), nv.float().numpy(), "bfloat16")
+
+
 def _sdpa_masked_case(kind, mshape, seed):
     from cflash._torch import sdpa_masked
     F = torch.nn.functional
