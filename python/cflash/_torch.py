@@ -542,14 +542,15 @@ def sdpa_masked(query, key, value, attn_mask, dropout_p=0.0, scale=None, enable_
     q, k, v = (x.transpose(1, 2) for x in (query, key, value))
     sc = 1.0 / float(query.shape[-1]) ** 0.5 if scale is None else float(scale)
     bias, keep = (None, m) if boolean else (m, None)
-    if not boolean and Sq > _DECODE_SQ and not torch.compiler.is_compiling():
+    compiling = torch.compiler.is_compiling()
+    if not boolean and Sq > _DECODE_SQ and not compiling:
         keep, zero = _hide_far_keys(query, key, m, sc)
         if zero and not m.requires_grad:  # (the bias adds 0 wherever keep keeps: keep says it all)
             bias = None
     if sinks is not None:
         sinks = sinks.to(device=query.device, dtype=torch.float32)
     grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, sinks, bias))
-    if not grad and not torch.compiler.is_compiling():  # (inference: no autograd node, 8 us a call)
+    if not grad and not compiling:  # (inference: no autograd node, 8 us a call)
         out, _ = _core.attn_fwd(q, k, v, float(dropout_p), sc, False, -1, -1, float(softcap), None,
                                 _draw(dropout_p, -1), sinks=sinks, attn_bias=bias, attn_mask=keep)
     else:

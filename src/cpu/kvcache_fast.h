@@ -838,20 +838,13 @@ static int kv_block_keys(const cf_kvcache_call* c, const kv_itm* it, int64_t jb,
      * (stride 0): the item's first nq rows are then its distinct ones */
     const int64_t nr =
         (!bias->data || bias->stride[1] == 0) && (!m->data || m->stride[1] == 0) ? it->nq : it->R;
-    unsigned kept = 0, hid = 0, other = 0;
+    unsigned kept = 0, hid = 0, other = 0; /* (other: a bias value but 0 and -inf: keyed) */
     for (int64_t r = 0; r < nr; r++) {
-        if (bias->data) { /* (a bias other than 0 and -inf: keyed at its first such value) */
-            float y[KV_KB];
-            kv_bias_row(c, it, r, jb, nb, y);
-            for (int64_t t = 0; t < nb; t++)
-                kept |= y[t] == 0.0f, hid |= y[t] == -INFINITY,
-                    other |= y[t] != 0.0f && y[t] != -INFINITY;
-        } else {
-            const int64_t i = it->i0 + r % it->nq, h = it->hk0 * it->G + r / it->nq;
-            const uint8_t* x = (const uint8_t*)m->data + cf_attn_at4(m, it->b, h, i, it->P + jb);
-            for (int64_t t = 0; t < nb; t++)
-                kept |= x[t] != 0, hid |= x[t] == 0;
-        }
+        float y[KV_KB];
+        kv_bias_row(c, it, r, jb, nb, y);
+        for (int64_t t = 0; t < nb; t++)
+            kept |= y[t] == 0.0f, hid |= y[t] == -INFINITY,
+                other |= y[t] != 0.0f && y[t] != -INFINITY;
         if (other || (kept && hid)) return KV_KEYED;
     }
     return kept ? KV_PLAIN : KV_HIDDEN;
@@ -980,8 +973,7 @@ static inline int kv_row_sees(const kv_scratch* w, int64_t r, int64_t jb) {
 /* Online softmax of every row of the item over the block: the path's softmax16 for each run of
  * rows that see the whole block without ALiBi (softcap applied first; in a keyed block, one with
  * a bias or keys the mask hides from some row, row by row where it leaves some key: kv_bias_add),
- * kv_row_softmax elsewhere. Returns the bits of the
- * keys kv_bias_row hides from some row. */
+ * kv_row_softmax elsewhere. Returns the bits of the keys kv_bias_row hides from some row. */
 static unsigned kv_block_softmax(const cf_kvcache_call* c, kv_scratch* w, const kv_itm* it,
                                  int64_t jb, int64_t nb, int keyed) {
     const cf_attn_call* a = &c->a;
@@ -1133,19 +1125,21 @@ static double kv_groups_of(double share) {
  * 2 threads took as long as in 4 (Zen 4: 1536 keys 0.190 ms in 3, 0.145 in 2). Where n itself is
  * the most even, a count above it (up to most, and 2 n + threads) that takes a tenth off the
  * time: 5 alike sequences on 2 threads go in 2 splits (5 rounds of half items, not 3 whole). */
+static double kv_split_time(double g, int64_t m, int threads) { /* (of kv_even_splits) */
+    return ceil(g * (double)m / threads) / (double)m;
+}
 static int64_t kv_even_splits(double g, int64_t n, int64_t most, int64_t sk, int threads) {
     int64_t best = n;
-    double cost = ceil(g * (double)n / threads) / (double)n;
+    double cost = kv_split_time(g, n, threads);
     int small = sk / n < KV_SPLIT_KEYS;
     for (int64_t m = n - 1; m >= 1; m--) {
-        const double t = ceil(g * (double)m / threads) / (double)m;
+        const double t = kv_split_time(g, m, threads);
         const int sm = sk / m < KV_SPLIT_KEYS;
         if (t < cost || (t == cost && small && !sm)) best = m, cost = t, small = sm;
     }
-    const double base = cost;
     for (int64_t m = n + 1; best == n && m <= most && m <= 2 * n + threads; m++) {
-        const double t = ceil(g * (double)m / threads) / (double)m;
-        if (t < 0.9 * base && t < cost) best = m, cost = t;
+        const double t = kv_split_time(g, m, threads); /* (the first count a tenth faster) */
+        if (t < 0.9 * cost) best = m, cost = t;
     }
     return best;
 }
