@@ -8,6 +8,7 @@
 #include <dlfcn.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 static inline double ab_now(void) {
@@ -27,18 +28,25 @@ static inline long ab_env(const char* k, long d) {
 }
 
 /* dir/libcflash.so.1 opened, with a context of `threads` threads in *ctx; NULL (the reason
- * printed) when it cannot be. */
+ * printed) when it cannot be. dir "PATH@BACKEND" forces that backend on the context (the same
+ * build twice, two backends: "/tmp/libB@cpu-amx /tmp/libB@cpu-avx512"). */
 static inline void* ab_open(const char* dir, int threads, cflash_context** ctx) {
     char p[1024];
-    snprintf(p, sizeof p, "%s/libcflash.so.1", dir);
+    const char* at = strchr(dir, '@');
+    snprintf(p, sizeof p, "%.*s/libcflash.so.1", at ? (int)(at - dir) : (int)strlen(dir), dir);
     void* h = dlopen(p, RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND);
     if (!h) return fprintf(stderr, "%s\n", dlerror()), NULL;
     cflash_status (*create)(cflash_context**) =
         (cflash_status(*)(cflash_context**))dlsym(h, "cflash_context_create");
     cflash_status (*set)(cflash_context*, int) =
         (cflash_status(*)(cflash_context*, int))dlsym(h, "cflash_context_set_threads");
-    if (!create || !set || create(ctx) || set(*ctx, threads))
-        return fprintf(stderr, "%s: not a usable libcflash\n", p), NULL;
+    cflash_status (*backend)(cflash_context*, const char*) =
+        (cflash_status(*)(cflash_context*, const char*))dlsym(h, "cflash_context_set_backend");
+    if (!create || !set || !backend || create(ctx) || set(*ctx, threads) ||
+        (at && backend(*ctx, at + 1)))
+        return fprintf(stderr, "%s: not a usable libcflash (or backend %s)\n", p,
+                       at ? at + 1 : "-"),
+               NULL;
     return h;
 }
 

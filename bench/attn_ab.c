@@ -6,7 +6,8 @@
  * convention: forward 4 B H Sq Sk D, backward 2.5 times that).
  *
  *   cc -O2 bench/attn_ab.c -Iinclude -ldl -o /tmp/attn_ab
- *   S=4096 H=16 D=128 T=2 R=7 /tmp/attn_ab DIR_A DIR_B ...   (DIR/libcflash.so.1 each: a copy)
+ *   S=4096 H=16 D=128 T=2 R=7 /tmp/attn_ab DIR_A DIR_B ...   (DIR/libcflash.so.1 each: a copy;
+ *   DIR@BACKEND forces a backend: one build, two backends)
  * Env: B (1), H (16), HK (H), SQ and SK (S, default 1024), D (128), DT (fp32 | bf16 | fp16),
  * C (1: causal), T threads (2), R timed calls per build (7), BWD (0), PAGE (0; N > 0: the varlen
  * call with paged K / V, pages of N keys in a shuffled block_table, as vLLM calls flash-attn),

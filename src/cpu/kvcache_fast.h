@@ -1518,9 +1518,11 @@ static inline void kv_decode_rows(cf_dtype dt, int bf16_dot, int64_t* sq, int64_
  * call does not take (dropout, block lists, chunks, block offsets, seqused_q; a boolean mask only
  * in batch mode without seqused_k, if kv_mask_runs reads it as left pads and lengths; a bias in
  * batch mode without seqused_k, which the items add as the attention call does, kv_row_softmax),
- * every sequence's rows within kv_decode_rows (bf16_dot as there), and (varlen) every sequence's
- * last key row in int32 (the KV-cache call's lengths). */
-static inline int kv_attn_decodes(const cf_attn_call* a, int bf16_dot) {
+ * every sequence's rows within kv_decode_rows (bf16_dot as there) and, where most_rows > 0, at
+ * most most_rows query rows per KV head (G * sq: a backend whose own forward beats the items
+ * sooner, cpu-amx), and (varlen) every sequence's last key row in int32 (the KV-cache call's
+ * lengths). */
+static inline int kv_attn_decodes(const cf_attn_call* a, int bf16_dot, int64_t most_rows) {
     if (a->device_type != kDLCPU || a->dropout_p != 0.0f || a->bs_num.data || a->chunk ||
         a->q_offset || a->k_offset || a->seqused_q || a->B < 1 || a->Hk < 1 || a->Sq < 1)
         return 0;
@@ -1529,6 +1531,7 @@ static inline int kv_attn_decodes(const cf_attn_call* a, int bf16_dot) {
     const int64_t G = a->H / a->Hk;
     int64_t msq, mrows;
     kv_decode_rows(a->dtype, bf16_dot, &msq, &mrows);
+    if (most_rows > 0 && most_rows < mrows) mrows = most_rows;
     if (!a->varlen) /* (Sq first: G * Sq may not fit; lengths: Sk, or seqused_k's int32s) */
         return a->Sq <= msq && G * a->Sq <= mrows;
     for (int64_t b = 0; b < a->B; b++) {

@@ -96,17 +96,42 @@ static int amx_verified(const void* call, char* why, size_t len) {
     return 0;
 }
 
+#if defined(__x86_64__)
+int cf_attn_avx512_decodes(const void* call, int64_t most_rows);                   /* kv_avx512.c */
+int cf_attn_avx512_decode(const void* call, int64_t most_rows, cflash_status* st); /* kv_avx512.c */
+#endif
+
 #ifdef CF_AMX_CODE
-/* Every call runs on the tiles: fp16 without AMX-FP16 as bf16 pairs (cf_amx_mm2), a backward's
- * dbias summed by the tiled backward's own tasks beside them (cf_amx_attn_bwd), paged K / V
- * (block_table) gathered per key block where it spans pages. */
+/* Decode rows: the query rows per KV head (G * sq) up to which a forward goes to cpu-avx512's
+ * KV-cache kernels (cf_attn_avx512_decode) instead of the tiles, which repack every key block for
+ * those few rows. Intel model 167, 2 threads (docs/PERF.md, stop 51), B1 Hk4-8 D128, the kernels'
+ * time against the tiles': bf16 4 rows 0.6-0.8x at 1024-4096 keys, 0.4-0.5x at 32768; 8 rows
+ * 0.95-1.3x at 1024-4096, even at 8192, 0.7-1.0x at 32768; 12 rows 1.6x at 4096. fp16 without
+ * AMX-FP16 (three tile products a product): 0.3-0.8x up to 12 rows, 16 rows even at 4096 and 0.75x
+ * at 32768, 24 rows 1.3x at 4096. */
+static int64_t amx_decode_rows(const cf_attn_call* a) {
+    return a->dtype == CF_F16 && !cf_cpu()->amx_fp16 ? 16 : 4;
+}
+
+/* Every other call runs on the tiles: fp16 without AMX-FP16 as bf16 pairs (cf_amx_mm2), a
+ * backward's dbias summed by the tiled backward's own tasks beside them (cf_amx_attn_bwd), paged
+ * K / V (block_table) gathered per key block where it spans pages. */
 static cflash_status amx_fwd(const void* call) {
+    cflash_status st;
+    if (cf_attn_avx512_decode(call, amx_decode_rows(call), &st)) return st;
     return cf_amx_attn_fwd(call, amx_kernels());
 }
 static cflash_status amx_bwd(const void* call) {
     return cf_amx_attn_bwd(call, amx_kernels());
 }
-#define AMX_ROUTE(fn) NULL /* (no call goes through another backend's code) */
+static int amx_fwd_route(const void* call, char* note, size_t len) {
+    if (!call || !cf_attn_avx512_decodes(call, amx_decode_rows(call))) return 0;
+    snprintf(note, len,
+             "through cpu-avx512's KV-cache kernels: decode rows (few query rows per KV head)");
+    return 1;
+}
+#define AMX_FWD_ROUTE amx_fwd_route
+#define AMX_BWD_ROUTE NULL /* (the backward always runs on the tiles) */
 #else
 static cflash_status amx_fwd(const void* call) {
     return cf_attn_cpu_fwd(call, cf_attn_kernels_avx512());
@@ -119,10 +144,8 @@ static int amx_fwd_route(const void* call, char* note, size_t len) {
     snprintf(note, len, "through cpu-avx512's driver: a build without AMX code");
     return 1;
 }
-static int amx_bwd_route(const void* call, char* note, size_t len) {
-    return amx_fwd_route(call, note, len);
-}
-#define AMX_ROUTE(fn) fn
+#define AMX_FWD_ROUTE amx_fwd_route
+#define AMX_BWD_ROUTE amx_fwd_route
 #endif
 
 /* ---- The KV-cache call: its chunks of prefill on the AMX forward ----------------------------
@@ -154,7 +177,7 @@ const cf_impl cf_impl_amx_attn_fwd = {
     .run = amx_fwd,
     .available = amx_available,
     .verified = amx_verified,
-    .route = AMX_ROUTE(amx_fwd_route),
+    .route = AMX_FWD_ROUTE,
 };
 const cf_impl cf_impl_amx_attn_bwd = {
     .backend = "cpu-amx",
@@ -164,7 +187,7 @@ const cf_impl cf_impl_amx_attn_bwd = {
     .run = amx_bwd,
     .available = amx_available,
     .verified = amx_verified,
-    .route = AMX_ROUTE(amx_bwd_route),
+    .route = AMX_BWD_ROUTE,
 };
 const cf_impl cf_impl_amx_kvcache_fwd = {
     .backend = "cpu-amx",

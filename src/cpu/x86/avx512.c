@@ -122,13 +122,13 @@ static int avx512_supports(const void* call, char* reason, size_t len) {
     return cf_attn_cpu_supports(call, cf_attn_kernels_avx512(), reason, len);
 }
 #if defined(__x86_64__)
-int cf_attn_avx512_decode(const void* call, cflash_status* st); /* kv_avx512.c */
+int cf_attn_avx512_decode(const void* call, int64_t most_rows, cflash_status* st); /* kv_avx512.c */
 #endif
 /* Decode rows (few query rows per KV head) on the KV-cache kernels, the rest tiled. */
 static cflash_status avx512_fwd(const void* call) {
 #if defined(__x86_64__)
     cflash_status st;
-    if (cf_attn_avx512_decode(call, &st)) return st;
+    if (cf_attn_avx512_decode(call, 0, &st)) return st;
 #endif
     return cf_attn_cpu_fwd(call, cf_attn_kernels_avx512());
 }

@@ -320,7 +320,7 @@ static void kv_choose_avx2(const cf_kvcache_call* c, int64_t R, kv_path* p) {
 /* For cpu-avx2's attention forward (avx2.c): its decode rows on these kernels (1, *st the
  * status), or 0 when the call is not decode-shaped (kv_attn_decodes). */
 int cf_attn_avx2_decode(const void* call, cflash_status* st) {
-    if (!kv_attn_decodes(call, 0)) return 0; /* (bf16 on fp32 FMA) */
+    if (!kv_attn_decodes(call, 0, 0)) return 0; /* (bf16 on fp32 FMA) */
     *st = kv_attn_decode(call, kv_choose_avx2, "cpu-avx2");
     return 1;
 }

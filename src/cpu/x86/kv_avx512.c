@@ -1587,10 +1587,17 @@ cflash_status cf_kvcache_avx512_run(const void* call, const cf_impl* attn, int s
     return kv_run_with(call, kv_choose_avx512, attn, spread);
 }
 
-/* For cpu-avx512's attention forward (avx512.c): its decode rows on these kernels (1, *st the
- * status), or 0 when the call is not decode-shaped (kv_attn_decodes). */
-int cf_attn_avx512_decode(const void* call, cflash_status* st) {
-    if (!kv_attn_decodes(call, cf_cpu()->avx512bf16 && cf_cpu()->bf16_dot_gemm)) return 0;
+/* For the attention forwards of cpu-avx512 (avx512.c) and cpu-amx (amx.c): whether call's decode
+ * rows go on these kernels (kv_attn_decodes, at most most_rows query rows per KV head where
+ * most_rows > 0). */
+int cf_attn_avx512_decodes(const void* call, int64_t most_rows) {
+    return kv_attn_decodes(call, cf_cpu()->avx512bf16 && cf_cpu()->bf16_dot_gemm, most_rows);
+}
+
+/* Their decode rows on these kernels (1, *st the status), or 0 when the call is not decode-shaped
+ * (cf_attn_avx512_decodes). */
+int cf_attn_avx512_decode(const void* call, int64_t most_rows, cflash_status* st) {
+    if (!cf_attn_avx512_decodes(call, most_rows)) return 0;
     *st = kv_attn_decode(call, kv_choose_avx512, "cpu-avx512");
     return 1;
 }
