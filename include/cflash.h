@@ -280,6 +280,30 @@ CFLASH_API cflash_status cflash_attn_varlen_bwd(
  * word j % 4 of the output, x, keeps iff x < floor((1 - p) * 2^32). */
 CFLASH_API cflash_status cflash_attn_dropout_mask(const cflash_attn_params* p, DLTensor* mask);
 
+/* An additive mask as a boolean one, exactly: the pairs whose value lies more than `margin` below
+ * the largest value of their row weigh nothing once margin is twice a bound on the call's scores
+ * plus 200 (exp(-200) is 0 in fp32), so attention with attn_mask = keep (and attn_bias = bias,
+ * or none where bias is 0 at every kept pair) gives the result of attn_bias = bias alone while
+ * skipping the tiles keep hides (only a NaN or an infinity in v at a hidden pair differs: masked,
+ * it no longer reaches its row). Masks written with the dtype's finfo.min instead of -inf
+ * (transformers') are skipped this way: a bound is |score| <= scale * sqrt(D) * max|q| * sqrt(D)
+ * * max|k| (Cauchy-Schwarz), softcap c lowering it to c.
+ *   bias   float32, float16 or bfloat16, 4 dims (any; last dim contiguous), on the CPU
+ *   margin finite, >= 0
+ *   keep   uint8 or bool (8 bits), the shape of bias, last dim contiguous, on the CPU, apart from
+ *          bias: written, 1 = the pair takes part; 0 where bias (b, h, i, j) < (the largest value
+ *          of row (b, h, i)) - margin, exactly. A row whose largest value is not finite (a NaN,
+ *          +inf, or every value -inf) keeps every pair.
+ *   flags  receives CFLASH_FAR_KEYS_HIDES when some pair is hidden, and CFLASH_FAR_KEYS_ZERO when
+ *          bias is 0 at every pair kept (a NaN is not 0; an empty bias: ZERO alone).
+ * Bad arguments leave keep untouched. Runs on the calling thread. */
+typedef enum cflash_far_keys_flag {
+    CFLASH_FAR_KEYS_HIDES = 1, /* some pair hidden */
+    CFLASH_FAR_KEYS_ZERO = 2   /* bias 0 at every pair kept */
+} cflash_far_keys_flag;
+CFLASH_API cflash_status cflash_attn_mask_far_keys(const DLTensor* bias, double margin,
+                                                   DLTensor* keep, int* flags);
+
 /* ---- Ops around attention (rotary, norm, KV cache, merge) -------------------------------- */
 /* CFLASH-OPS-API: declarations of the ops issue go here. */
 

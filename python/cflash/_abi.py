@@ -57,6 +57,10 @@ CFLASH_ERR_OUT_OF_MEMORY = -3
 CFLASH_ERR_BACKEND = -4
 CFLASH_ERR_IO = -5
 
+# cflash_far_keys_flag
+CFLASH_FAR_KEYS_HIDES = 1
+CFLASH_FAR_KEYS_ZERO = 2
+
 # cflash_norm_type
 CFLASH_NORM_RMS = 0
 CFLASH_NORM_LAYER = 1
@@ -87,6 +91,10 @@ ENUMS = {
         "CFLASH_ERR_OUT_OF_MEMORY": CFLASH_ERR_OUT_OF_MEMORY,
         "CFLASH_ERR_BACKEND": CFLASH_ERR_BACKEND,
         "CFLASH_ERR_IO": CFLASH_ERR_IO,
+    },
+    "cflash_far_keys_flag": {
+        "CFLASH_FAR_KEYS_HIDES": CFLASH_FAR_KEYS_HIDES,
+        "CFLASH_FAR_KEYS_ZERO": CFLASH_FAR_KEYS_ZERO,
     },
     "cflash_norm_type": {
         "CFLASH_NORM_RMS": CFLASH_NORM_RMS,
@@ -291,6 +299,12 @@ FUNCTIONS = {
     "cflash_attn_dropout_mask": (_c.c_int, [  # cflash_status
         _c.POINTER(cflash_attn_params),  # const cflash_attn_params* p
         _c.POINTER(DLTensor),  # DLTensor* mask
+    ]),
+    "cflash_attn_mask_far_keys": (_c.c_int, [  # cflash_status
+        _c.POINTER(DLTensor),  # const DLTensor* bias
+        _c.c_double,  # double margin
+        _c.POINTER(DLTensor),  # DLTensor* keep
+        _c.POINTER(_c.c_int),  # int* flags
     ]),
     "cflash_rotary_params_init": (None, [  # void
         _c.POINTER(cflash_rotary_params),  # cflash_rotary_params* p

@@ -450,6 +450,7 @@ enum {
     OP_NBWD,
     OP_MERGE,
     OP_MASK,
+    OP_FAR,
     OP_CTX,
     OP_COUNT
 };
@@ -463,6 +464,8 @@ typedef struct args {
     cflash_norm_params np;
     DLTensor* a[16];
     int64_t mq, mk;
+    double margin; /* OP_FAR */
+    int no_flags;
 } args;
 
 static cflash_status invoke(cflash_context* ctx, args* x, char* buf, size_t len) {
@@ -494,6 +497,10 @@ static cflash_status invoke(cflash_context* ctx, args* x, char* buf, size_t len)
                                a[9], a[10]);
     case OP_MERGE: return cflash_attn_merge(ctx, a[0], a[1], a[2], a[3]);
     case OP_MASK: return cflash_attn_dropout_mask(&x->ap, a[0]);
+    case OP_FAR: {
+        int flags;
+        return cflash_attn_mask_far_keys(a[0], x->margin, a[1], x->no_flags ? NULL : &flags);
+    }
     }
     return CFLASH_OK;
 }
@@ -787,6 +794,14 @@ static void decode(src* s, call* c, args* x) {
         attn_params(s, &x->ap, c, B, H);
         int64_t m4[4] = {B, H, Sq, Sk};
         a[0] = mk(c, s, OUT, 4, m4, DT_U8);
+        break;
+    }
+    case OP_FAR: {
+        int64_t m4[4] = {B, H, Sq, Sk};
+        a[0] = mk(c, s, IN, 4, m4, dt);
+        a[1] = mk(c, s, OUT, 4, m4, one_in(s, 2) ? DT_U8 : DT_BOOL);
+        x->margin = hostile_f32(s, 300.0f);
+        x->no_flags = one_in(s, 16);
         break;
     }
     }

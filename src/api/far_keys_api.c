@@ -1,0 +1,160 @@
+/* cflash_attn_mask_far_keys: an additive mask as the boolean mask that hides the pairs whose
+ * value lies so far below their row's largest that their softmax weight underflows to 0 (see
+ * include/cflash.h). One pass over each row for its largest value and one to classify, 16-bit
+ * rows converted to fp32 in a row buffer first. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cflash.h"
+#include "core/checked.h"
+#include "core/status.h"
+#include "core/tensor.h"
+
+#define INVALID CFLASH_ERR_INVALID_ARGUMENT
+#define CF_DL_BOOL 6 /* (DLPack's kDLBool, newer than some dlpack.h) */
+
+/* fp16 bits as fp32, exactly: normal halves by their bits rebased (exponent bias 15 -> 127),
+ * infinities and NaNs by their bits, subnormals as their integer times 2^-24 (normal fp32
+ * operands: flush-to-zero modes cannot touch them). */
+static inline float f16_value(uint16_t h) {
+    const uint32_t a = h & 0x7fffu;
+    float f;
+    if (a < 0x400u) {
+        f = (float)a * 0x1p-24f;
+    } else {
+        const uint32_t u = a >= 0x7c00u ? (a << 13) | 0x7f800000u : (a << 13) + (112u << 23);
+        memcpy(&f, &u, 4);
+    }
+    return h & 0x8000u ? -f : f;
+}
+
+/* Row i of n values of dtype dt at p as fp32: p itself (fp32) or buf. */
+static const float* row_f32(const void* p, cf_dtype dt, int64_t n, float* buf) {
+    const uint16_t* h = p;
+    if (dt == CF_F32) return p;
+    if (dt == CF_BF16)
+        for (int64_t j = 0; j < n; j++)
+            buf[j] = cf_bf16_to_f32(h[j]);
+    else
+        for (int64_t j = 0; j < n; j++)
+            buf[j] = f16_value(h[j]);
+    return buf;
+}
+
+/* The smallest float >= t (t not NaN): for a float x, x < t exactly iff x < that float. */
+static float float_at_least(double t) {
+    float f = (float)t;
+    if ((double)f < t) f = nextafterf(f, INFINITY);
+    return f;
+}
+
+/* Row x of n values into keep (k), with *hides and *zero updated (see cflash.h). */
+static void classify_row(const float* x, int64_t n, double margin, uint8_t* k, int* hides,
+                         int* zero) {
+    /* (eight running maxima: one chain of maxss ran 4x slower) */
+    float t8[8] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY,
+                   -INFINITY, -INFINITY, -INFINITY, -INFINITY};
+    uint32_t nan8[8] = {0, 0, 0, 0, 0, 0, 0, 0}; /* (NaN by its bits: compares that vectorize) */
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8)
+        for (int l = 0; l < 8; l++) {
+            const float v = x[j + l];
+            uint32_t u;
+            memcpy(&u, &x[j + l], 4);
+            nan8[l] |= (u & 0x7fffffffu) > 0x7f800000u;
+            t8[l] = v > t8[l] ? v : t8[l];
+        }
+    int nan = 0;
+    for (int l = 0; l < 8; l++)
+        nan |= nan8[l] != 0;
+    for (; j < n; j++) {
+        nan |= x[j] != x[j];
+        t8[0] = x[j] > t8[0] ? x[j] : t8[0];
+    }
+    float top = t8[0];
+    for (int l = 1; l < 8; l++)
+        top = t8[l] > top ? t8[l] : top;
+    if (nan || !isfinite(top)) { /* NaN, +inf or every value -inf: the row keeps every key */
+        memset(k, 1, (size_t)n);
+        *zero = 0; /* (such a row holds a value that is not 0) */
+        return;
+    }
+    const float t = float_at_least((double)top - margin);
+    int hid = 0, nonzero = 0;
+    for (j = 0; j < n; j++) {
+        const int keep = !(x[j] < t);
+        k[j] = (uint8_t)keep;
+        hid |= !keep;
+        nonzero |= keep & (x[j] != 0.0f);
+    }
+    *hides |= hid;
+    *zero &= !nonzero;
+}
+
+cflash_status cflash_attn_mask_far_keys(const DLTensor* bias, double margin, DLTensor* keep,
+                                        int* flags) {
+    CFLASH_RETURN_IF(!flags, INVALID, "flags: is NULL, expected an int to receive the flags");
+    *flags = 0;
+    CFLASH_RETURN_IF(!(margin >= 0.0) || !isfinite(margin), INVALID,
+                     "margin: %g, expected a finite value >= 0", margin);
+    cf_view b, k;
+    CFLASH_FORWARD_IF_ERROR(cf_view_from(&b, bias, "bias"));
+    CFLASH_RETURN_IF(b.ndim != 4, INVALID, "bias: expected 4 dims (B, H, Sq, Sk), got %d", b.ndim);
+    CFLASH_RETURN_IF(b.dtype != CF_F32 && b.dtype != CF_F16 && b.dtype != CF_BF16, INVALID,
+                     "bias: dtype %s, expected float32, float16 or bfloat16",
+                     cf_dtype_name(b.dtype));
+    CFLASH_RETURN_IF(b.device_type != kDLCPU, INVALID, "bias: on %s, expected cpu",
+                     cf_device_name(b.device_type));
+    CFLASH_FORWARD_IF_ERROR(cf_view_from(&k, keep, "keep"));
+    const DLDataType kt = keep->dtype;
+    if (kt.code == CF_DL_BOOL && kt.bits == 8 && kt.lanes == 1) k.dtype = CF_U8;
+    if (k.dtype != CF_U8) {
+        char got[32];
+        cf_dl_dtype_str(kt, got, sizeof got);
+        return cf_error(INVALID, "keep: dtype %s, expected uint8 or bool (8 bits)", got);
+    }
+    CFLASH_RETURN_IF(k.device_type != kDLCPU, INVALID, "keep: on %s, expected cpu",
+                     cf_device_name(k.device_type));
+    for (int i = 0; i < 4; i++)
+        if (k.ndim != 4 || k.shape[i] != b.shape[i]) {
+            char got[96], want[96];
+            cf_shape_str(&k, got, sizeof got);
+            cf_shape_str(&b, want, sizeof want);
+            return cf_error(INVALID, "keep: shape %s, expected that of bias, %s", got, want);
+        }
+    for (int i = 0; i < 2; i++) {
+        const cf_view* v = i ? &k : &b;
+        CFLASH_RETURN_IF(v->shape[3] > 1 && v->stride[3] != 1, INVALID,
+                         "%s: last dimension has stride %lld, expected 1 (contiguous)",
+                         i ? "keep" : "bias", (long long)v->stride[3]);
+    }
+    CFLASH_FORWARD_IF_ERROR(cf_check_output(keep, "keep"));
+    CFLASH_FORWARD_IF_ERROR(cf_check_apart(&k, "keep", &b, "bias"));
+    int hides = 0, zero = 1;
+    if (cf_view_numel(&b) == 0) { /* (the other dims may be huge) */
+        *flags = CFLASH_FAR_KEYS_ZERO;
+        return CFLASH_OK;
+    }
+    const int64_t n = b.shape[3];
+    int64_t bytes;
+    CFLASH_RETURN_IF(cf_mul_i64(n, (int64_t)sizeof(float), &bytes) || (uint64_t)bytes > SIZE_MAX,
+                     CFLASH_ERR_OUT_OF_MEMORY, "bias: rows of %lld values do not fit in memory",
+                     (long long)n);
+    float* buf = b.dtype == CF_F32 ? NULL : malloc((size_t)bytes);
+    CFLASH_RETURN_IF(b.dtype != CF_F32 && !buf, CFLASH_ERR_OUT_OF_MEMORY,
+                     "out of memory for a row of %lld values", (long long)n);
+    const int64_t es = (int64_t)cf_dtype_size(b.dtype); /* (signed: strides may be negative) */
+    for (int64_t i0 = 0; i0 < b.shape[0]; i0++)
+        for (int64_t i1 = 0; i1 < b.shape[1]; i1++)
+            for (int64_t i2 = 0; i2 < b.shape[2]; i2++) {
+                const char* row = (const char*)b.data +
+                                  (i0 * b.stride[0] + i1 * b.stride[1] + i2 * b.stride[2]) * es;
+                uint8_t* out =
+                    (uint8_t*)k.data + i0 * k.stride[0] + i1 * k.stride[1] + i2 * k.stride[2];
+                classify_row(row_f32(row, b.dtype, n, buf), n, margin, out, &hides, &zero);
+            }
+    free(buf);
+    *flags = (hides ? CFLASH_FAR_KEYS_HIDES : 0) | (zero ? CFLASH_FAR_KEYS_ZERO : 0);
+    return CFLASH_OK;
+}
