@@ -11,7 +11,7 @@ import threading
 
 import numpy as np
 
-from . import _fast, _lib
+from . import _abi, _fast, _lib
 from ._lib import lib, check
 from ._tensor import empty, empty_like, host_int32, cuda_stream_of, device_guard, maybe_contiguous
 
@@ -266,6 +266,16 @@ def dropout_mask(batch, nheads, seqlen_q, seqlen_k, dropout_p, seed, offset=0, q
     a = _Args()
     check(_fast.handle("cflash_attn_dropout_mask")(ctypes.byref(p), a(m, "mask")), "dropout mask")
     return m
+
+
+def mask_far_keys(bias, margin, keep):
+    """cflash_attn_mask_far_keys: keep (bool or uint8, bias's shape, CPU) written from the additive
+    mask bias (4-D, float32 / float16 / bfloat16, CPU); returns (hides, zero)."""
+    flags = ctypes.c_int(0)
+    a = _Args()
+    check(_fast.handle("cflash_attn_mask_far_keys")(a(bias, "attn_mask"), ctypes.c_double(margin), a(keep, "keep"),
+                                                     ctypes.byref(flags)), "far keys")
+    return bool(flags.value & _abi.CFLASH_FAR_KEYS_HIDES), bool(flags.value & _abi.CFLASH_FAR_KEYS_ZERO)
 
 
 def _shape_check(x, ndim, name, layout):

@@ -503,6 +503,19 @@ def _hide_far_keys(query, key, m, scale):
     if not margin < 1e30:  # (inf or NaN inputs: nothing hidden)
         return None, False
     keep = torch.empty(m.shape, dtype=torch.bool, device=m.device)
+    if m.device.type == "cpu" and m.dim() == 4 and m.dtype in (torch.float32, torch.float16, torch.bfloat16):
+        # the library's one pass (cflash_attn_mask_far_keys): 4-6 against 13-22 ms for the torch ops
+        # below, B1 S2048 bf16 on 2 threads (docs/PERF.md, stop 51)
+        md = m.detach()
+        if md.shape[-1] > 1 and md.stride(-1) != 1:
+            md = md.contiguous()
+        hides, zero = _core.mask_far_keys(md, margin, keep)
+        return (keep if hides else None), zero
+    return _far_keys_torch(m, margin, keep)
+
+
+def _far_keys_torch(m, margin, keep):
+    """_hide_far_keys's (keep, zero) in torch ops (masks on a GPU), keep: m's shape, bool."""
     rows = max(1, (1 << 22) // max(1, m.shape[0] * m.shape[1] * m.shape[3]))  # ~16 MB of fp32 at a time
     hides, zero = False, True
     for i0 in range(0, m.shape[2], rows):

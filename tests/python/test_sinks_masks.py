@@ -340,6 +340,31 @@ def test_far_keys_hidden():
     assert bool(_hide_far_keys(q, k, m, 0.5)[0][0, 0, 4].all())
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_far_keys_library_as_torch(dtype, rng):
+    """The library's pass (cflash_attn_mask_far_keys, CPU masks) and the torch ops that serve masks
+    on a GPU agree on keep and zero: random values, finfo.min and -inf entries, a row all
+    finfo.min, a NaN, +inf, a strided view."""
+    from cflash._torch import _far_keys_torch, _hide_far_keys
+    mn = torch.finfo(dtype).min
+    g = torch.Generator().manual_seed(int(rng.integers(1 << 31)))
+    m = (torch.rand(2, 3, 7, 45, generator=g) * 600 - 300).to(dtype)
+    m[0, 0, 1] = mn
+    m[0, 1, :, ::3] = mn
+    m[1, 0, 2, 5] = float("-inf")
+    m[1, 1, 3, 7] = float("nan")
+    m[1, 2, 4, 0] = float("inf")
+    q, k = torch.randn(1, 3, 7, 4), torch.randn(1, 3, 45, 4)
+    for mask in (m, m[:, :, :, 5:], m.transpose(0, 1)):
+        got = _hide_far_keys(q, k, mask, 0.5)
+        qn, kn = (x.shape[-1] ** 0.5 * float(x.abs().max()) for x in (q, k))
+        want = _far_keys_torch(mask, 2.0 * 0.5 * qn * kn + 200.0, torch.empty(mask.shape, dtype=torch.bool))
+        assert got[1] == want[1]
+        assert (got[0] is None) == (want[0] is None)
+        if got[0] is not None:
+            assert torch.equal(got[0], want[0])
+
+
 def test_hide_far_keys_zero():
     """zero: the mask is 0 wherever the hiding keeps a key (transformers' masks), so the boolean
     mask alone says it all; not so with other values there, a row all at finfo.min, or a NaN."""
