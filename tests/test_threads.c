@@ -329,10 +329,10 @@ static void test_decode_rows(void) {
 }
 
 /* cpu-amx's forward hands decode rows to cpu-avx512's KV-cache kernels up to its own limit
- * (src/cpu/x86/amx.c amx_decode_rows: 4 query rows per KV head for bf16, 16 for fp16 without
- * AMX-FP16), which the debug log and explain mode's OKAY line say; more stay on the tiles. Every
- * case against the fp64 oracle. On Intel model 167 the tiles took a bf16 decode step over 32768
- * keys at 0.4-0.5x the kernels' speed (docs/PERF.md, stop 51). */
+ * (src/cpu/x86/amx.c amx_decode_rows: 4 query rows per KV head for bf16, 8 from 16384 keys, 16
+ * for fp16 without AMX-FP16), which the debug log and explain mode's OKAY line say; more stay on
+ * the tiles. Every case against the fp64 oracle. On Intel model 167 the tiles took a bf16 decode
+ * step over 32768 keys at 0.4-0.5x the kernels' speed (docs/PERF.md, stop 51). */
 static void test_amx_decode_rows(void) {
     if (!attn_backend_runs_dtype("cpu-amx", CF_BF16)) {
         printf("cpu-amx decode rows: cpu-amx does not run here, not checked\n");
@@ -341,12 +341,14 @@ static void test_amx_decode_rows(void) {
     const int f16_pairs = !cf_cpu()->amx_fp16; /* fp16 as bf16 pairs on the tiles */
     static const struct {
         cflash_dtype dt;
-        int64_t Sq;
-        int routed;                         /* -1: fp16, routed only without AMX-FP16 */
-    } cases[] = {{CFLASH_DTYPE_BF16, 1, 1}, /* 4 rows a KV head */
-                 {CFLASH_DTYPE_BF16, 2, 0}, /* 8 */
-                 {CFLASH_DTYPE_F16, 4, -1}, /* 16 */
-                 {CFLASH_DTYPE_F16, 5, 0}}; /* 20, but 5 rows a sequence */
+        int64_t Sq, Sk;
+        int routed;                                /* -1: fp16, routed only without AMX-FP16 */
+    } cases[] = {{CFLASH_DTYPE_BF16, 1, 300, 1},   /* 4 rows a KV head */
+                 {CFLASH_DTYPE_BF16, 2, 300, 0},   /* 8 */
+                 {CFLASH_DTYPE_BF16, 2, 16384, 1}, /* 8 over AMX_LONG keys */
+                 {CFLASH_DTYPE_BF16, 3, 16384, 0}, /* 12 */
+                 {CFLASH_DTYPE_F16, 4, 300, -1},   /* 16 */
+                 {CFLASH_DTYPE_F16, 5, 300, 0}};   /* 20, but 5 rows a sequence */
     const char* want = "on cpu-avx512's KV-cache kernels (decode rows)";
     const char* note = "cpu-amx: OKAY (through cpu-avx512's KV-cache kernels";
     cflash_context* ctx = NULL;
@@ -358,7 +360,7 @@ static void test_amx_decode_rows(void) {
         const int routed = cases[k].routed < 0 ? f16_pairs : cases[k].routed;
         attn_case c;
         attn_case_init(&c);
-        c.B = 2, c.H = 8, c.Hk = 2, c.Sq = cases[k].Sq, c.Sk = 300, c.D = c.Dv = 64;
+        c.B = 2, c.H = 8, c.Hk = 2, c.Sq = cases[k].Sq, c.Sk = cases[k].Sk, c.D = c.Dv = 64;
         c.causal = 1, c.dtype = cases[k].dt, c.seed = 120 + (uint64_t)k;
         attn_problem* p = attn_problem_new(&c);
         CHECK(p != NULL);

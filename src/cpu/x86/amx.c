@@ -106,11 +106,14 @@ int cf_attn_avx512_decode(const void* call, int64_t most_rows, cflash_status* st
  * KV-cache kernels (cf_attn_avx512_decode) instead of the tiles, which repack every key block for
  * those few rows. Intel model 167, 2 threads (docs/PERF.md, stop 51), B1 Hk4-8 D128, the kernels'
  * time against the tiles': bf16 4 rows 0.6-0.8x at 1024-4096 keys, 0.4-0.5x at 32768; 8 rows
- * 0.95-1.3x at 1024-4096, even at 8192, 0.7-1.0x at 32768; 12 rows 1.6x at 4096. fp16 without
+ * 0.95-1.3x at 1024-4096, even at 8192, 0.8-0.95x at 16384 and 0.7-1.0x at 32768 (so 8 from
+ * AMX_LONG keys: Sk, the longest sequence's in varlen calls); 12 rows 1.6x at 4096. fp16 without
  * AMX-FP16 (three tile products a product): 0.3-0.8x up to 12 rows, 16 rows even at 4096 and 0.75x
  * at 32768, 24 rows 1.3x at 4096. */
+#define AMX_LONG 16384
 static int64_t amx_decode_rows(const cf_attn_call* a) {
-    return a->dtype == CF_F16 && !cf_cpu()->amx_fp16 ? 16 : 4;
+    if (a->dtype == CF_F16 && !cf_cpu()->amx_fp16) return 16;
+    return a->Sk >= AMX_LONG ? 8 : 4;
 }
 
 /* Every other call runs on the tiles: fp16 without AMX-FP16 as bf16 pairs (cf_amx_mm2), a
