@@ -331,8 +331,9 @@ static void test_decode_rows(void) {
 /* cpu-amx's forward hands decode rows to cpu-avx512's KV-cache kernels up to its own limit
  * (src/cpu/x86/amx.c amx_decode_rows: 4 query rows per KV head for bf16, 8 from 16384 keys, 16
  * for fp16 without AMX-FP16), which the debug log and explain mode's OKAY line say; more stay on
- * the tiles. Every case against the fp64 oracle. On Intel model 167 the tiles took a bf16 decode
- * step over 32768 keys at 0.4-0.5x the kernels' speed (docs/PERF.md, stop 51). */
+ * the tiles (20 and 32 rows: narrow tiles, S^T = K Q^T, amx_fwd.c). Every case against the fp64
+ * oracle. On Intel model 167 the tiles took a bf16 decode step over 32768 keys at 0.4-0.5x the
+ * kernels' speed (docs/PERF.md, stop 51). */
 static void test_amx_decode_rows(void) {
     if (!attn_backend_runs_dtype("cpu-amx", CF_BF16)) {
         printf("cpu-amx decode rows: cpu-amx does not run here, not checked\n");
@@ -347,6 +348,8 @@ static void test_amx_decode_rows(void) {
                  {CFLASH_DTYPE_BF16, 2, 300, 0},   /* 8 */
                  {CFLASH_DTYPE_BF16, 2, 16384, 1}, /* 8 over AMX_LONG keys */
                  {CFLASH_DTYPE_BF16, 3, 16384, 0}, /* 12 */
+                 {CFLASH_DTYPE_BF16, 5, 300, 0},   /* 20: a narrow tile of 32 rows */
+                 {CFLASH_DTYPE_BF16, 8, 300, 0},   /* 32 */
                  {CFLASH_DTYPE_F16, 4, 300, -1},   /* 16 */
                  {CFLASH_DTYPE_F16, 5, 300, 0}};   /* 20, but 5 rows a sequence */
     const char* want = "on cpu-avx512's KV-cache kernels (decode rows)";

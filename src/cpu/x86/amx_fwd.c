@@ -8,7 +8,9 @@
  * Per 32-row slice only the 16-key column tiles (for S) and 32-key chunks (for P V) that some
  * row of the slice sees are computed: causal and windowed tiles skip what is masked, and so do
  * slices that attn_mask, attn_bias or the block-sparse lists hide from a block (issue 13: tiles
- * are 512 rows tall, most of a block-sparse layout's blocks are closed to some of them only). */
+ * are 512 rows tall, most of a block-sparse layout's blocks are closed to some of them only).
+ * A narrow tile (a speculative decoding step: 32 rows or fewer) takes S^T = K Q^T instead, K's
+ * rows read in place as the A operand, and S from S^T by 32-bit transposes in L1. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,6 +28,7 @@ typedef struct amx_fwd_geom {
     int split;                    /* fp16 without AMX-FP16: bf16 pairs (cf_amx_mm2) */
     const cf_attn_mask_map* map;  /* attn_mask / attn_bias summarised (may be NULL) */
     size_t qa, kr, kt, vv, s, p, o, vec, rng, lohi, tmp, xih, kvis, kvp, shut, gk, gv, bytes;
+    size_t qt, st; /* narrow tiles (fwd_narrow): Q^T pairs [D32 / 2][32], S^T [NB32][32] */
     size_t qal, ktl, vvl, pl; /* split: the low parts of qa, kt, vv, p */
 } amx_fwd_geom;
 
@@ -118,12 +121,20 @@ static void fwd_layout(const cf_attn_call* c, const cf_attn_mask_map* map, amx_f
     TAKE(ktl, sp * 4 * (D32 / 2) * NB);
     TAKE(vvl, sp * 4 * (NB / 2) * Dv);
     TAKE(pl, sp * 2 * M * NB);
+    const size_t nw = g->M32 == 32 && !g->split && !g->fp16 ? 1 : 0; /* (fwd_narrow may serve) */
+    TAKE(qt, nw * 4 * (D32 / 2) * 32);
+    TAKE(st, nw * 4 * NB * 32);
 #undef TAKE
     g->bytes = off;
 }
 
 /* ---- One tile ----------------------------------------------------------------------------------
  */
+
+/* Keys from which a narrow tile packs K^T as wider ones do: at 32768 keys K's rows read by the
+ * tiles straight from memory ran 0.88-0.94x the packed way (G4, 16 and 28 rows; 1.06-1.25x at
+ * 1024-16384 keys; docs/PERF.md, Intel model 167, stop 51). */
+#define NARROW_KEYS 32768
 
 /* Rows ahead whose attn_bias the fused pass prefetches (cf_amx_row_bias_max). */
 #define BIAS_PF 8
@@ -181,6 +192,14 @@ CF_AMX_TARGET static void fwd_tile(const cf_attn_call* c, const cf_attn_kernels*
     memset(qa + Mt * D32, 0, sizeof(uint16_t) * (size_t)((M32 - Mt) * D32));
     if (g->split) cf_amx_split16(qa, qal, M32, D32, D32);
     memset(p + Mt * NB32, 0, sizeof(uint16_t) * (size_t)((M32 - Mt) * NB32));
+    /* A narrow tile (32 query rows or fewer, bf16, whole 32-element pairs of D, fewer than
+     * NARROW_KEYS keys): S^T = K Q^T with K's rows read in place (cf_amx_kq), so no block's K^T
+     * is packed for a few rows; Q^T once per tile */
+    const int64_t kw = Mt <= 16 ? 16 : 32;
+    uint32_t* qt = (uint32_t*)(ws + g->qt);
+    const int narrow =
+        g->M32 == 32 && Mt <= 32 && !g->split && !g->fp16 && D == D32 && c->Sk < NARROW_KEYS;
+    if (narrow) cf_amx_t32(qt, kw, (const uint32_t*)qa, D32 / 2, kw, D32 / 2);
     memset(o, 0, sizeof(float) * (size_t)(M32 * Dv16));
     /* A sink (issue 13) is a key of score sink and value 0: each row's softmax starts from it. */
     for (int64_t r = 0; r < Mt; r++) {
@@ -213,7 +232,13 @@ CF_AMX_TARGET static void fwd_tile(const cf_attn_call* c, const cf_attn_kernels*
         int64_t krs, vrs;
         const char* krow = cf_attn_cpu_key_rows(c, &c->k, b, k0, j0, nb, hk, D, ws + g->gk, &krs);
         const char* vrow = cf_attn_cpu_key_rows(c, &c->v, b, k0, j0, nb, hk, Dv, ws + g->gv, &vrs);
-        if (nb == nb32 && D == D32 && krs % 2 == 0 && (uintptr_t)krow % 4 == 0) {
+        /* (a last block short of 32 keys' multiple: through K^T, as wider tiles) */
+        const int kq = narrow && nb == nb32;
+        if (kq) { /* S for every row and key of the block (what rows do not see goes unread) */
+            float* st = (float*)(ws + g->st);
+            cf_amx_kq(st, krow, krs * (int64_t)sizeof(uint16_t), qt, D32, nb32, kw);
+            cf_amx_t32((uint32_t*)s, NB32, (const uint32_t*)st, kw, nb32, kw);
+        } else if (nb == nb32 && D == D32 && krs % 2 == 0 && (uintptr_t)krow % 4 == 0) {
             /* whole pairs in whole rows: transposed from where they are (no copy first) */
             cf_amx_t32(kt, NB32, (const uint32_t*)krow, krs / 2, nb32, D32 / 2);
         } else {
@@ -238,9 +263,11 @@ CF_AMX_TARGET static void fwd_tile(const cf_attn_call* c, const cf_attn_kernels*
             kc[0] = kc[1] = 0;
             if (c0 >= c1 || shut[r0 / 32]) continue;
             const int64_t n0 = c0 / 16, n1 = (c1 + 15) / 16;
-            cf_amx_mm2(s + r0 * NB32 + 16 * n0, NB32, qa + r0 * D32, qal ? qal + r0 * D32 : NULL,
-                       D32, kt + 16 * n0, ktl ? ktl + 16 * n0 : NULL, NB32, Mt - r0 > 16 ? 2 : 1,
-                       n1 - n0, 0, D32 / 32, 0, g->fp16);
+            if (!kq)
+                cf_amx_mm2(s + r0 * NB32 + 16 * n0, NB32, qa + r0 * D32,
+                           qal ? qal + r0 * D32 : NULL, D32, kt + 16 * n0,
+                           ktl ? ktl + 16 * n0 : NULL, NB32, Mt - r0 > 16 ? 2 : 1, n1 - n0, 0,
+                           D32 / 32, 0, g->fp16);
             kc[0] = c0 / 32, kc[1] = (c1 + 31) / 32;
         }
 

@@ -130,6 +130,43 @@ void cf_amx_mm2(float* C, int64_t ldc, const uint16_t* A, const uint16_t* Al, in
     mm_run(Al && Bl ? 2 : fp16 != 0, C, ldc, A, Al, lda, B, Bl, ldb, mt, nt, kc0, kc1, acc);
 }
 
+/* st[j * w + r] = K_j . Q_r (bf16 products, fp32 sums) for nb keys (nb % 32 == 0) whose rows,
+ * ks bytes apart, are the A operand where they are, and the w = 16 or 32 rows of Q as B: Q^T in
+ * pairs, qt[p * w + r] = (Q_r[2p], Q_r[2p + 1]), D % 32 == 0. Two products in flight per step
+ * (two key tiles on one Q tile, or one key tile on two). */
+CF_AMX_TARGET void cf_amx_kq(float* st, const char* krow, int64_t ks, const uint32_t* qt, int64_t D,
+                             int64_t nb, int64_t w) {
+    if (w == 16) {
+        for (int64_t j0 = 0; j0 < nb; j0 += 32) {
+            CF_TILE_ZERO(0);
+            CF_TILE_ZERO(5);
+            for (int64_t d0 = 0; d0 < D; d0 += 32) {
+                CF_TILE_LOAD(2, qt + (d0 / 2) * 16, 64);
+                CF_TILE_LOAD(1, krow + j0 * ks + d0 * 2, ks);
+                CF_TILE_LOAD(3, krow + (j0 + 16) * ks + d0 * 2, ks);
+                CF_TILE_DPBF16(0, 1, 2);
+                CF_TILE_DPBF16(5, 3, 2);
+            }
+            CF_TILE_STORE(0, st + j0 * 16, 64);
+            CF_TILE_STORE(5, st + (j0 + 16) * 16, 64);
+        }
+        return;
+    }
+    for (int64_t j0 = 0; j0 < nb; j0 += 16) {
+        CF_TILE_ZERO(0);
+        CF_TILE_ZERO(5);
+        for (int64_t d0 = 0; d0 < D; d0 += 32) {
+            CF_TILE_LOAD(2, qt + (d0 / 2) * 32, 128);
+            CF_TILE_LOAD(3, qt + (d0 / 2) * 32 + 16, 128);
+            CF_TILE_LOAD(1, krow + j0 * ks + d0 * 2, ks);
+            CF_TILE_DPBF16(0, 1, 2);
+            CF_TILE_DPBF16(5, 1, 3);
+        }
+        CF_TILE_STORE(0, st + j0 * 32, 128);
+        CF_TILE_STORE(5, st + j0 * 32 + 16, 128);
+    }
+}
+
 /* cf_amx_gemm_bf16 a 16 x 16 piece at a time, each piece of A, B and C through zero-padded copies
  * on the stack (no allocation; several times slower than whole panels). */
 CF_AMX_TARGET void cf_amx_gemm_bf16_pieces(int64_t M, int64_t N, int64_t P, const uint32_t* A,
