@@ -28,7 +28,7 @@ typedef struct amx_fwd_geom {
     int split;                    /* fp16 without AMX-FP16: bf16 pairs (cf_amx_mm2) */
     const cf_attn_mask_map* map;  /* attn_mask / attn_bias summarised (may be NULL) */
     size_t qa, kr, kt, vv, s, p, o, vec, rng, lohi, tmp, xih, kvis, kvp, shut, gk, gv, bytes;
-    size_t qt, st; /* narrow tiles (fwd_narrow): Q^T pairs [D32 / 2][32], S^T [NB32][32] */
+    size_t qt, st;            /* narrow tiles (fwd_tile): Q^T pairs [D32 / 2][32], S^T [NB32][32] */
     size_t qal, ktl, vvl, pl; /* split: the low parts of qa, kt, vv, p */
 } amx_fwd_geom;
 
@@ -121,7 +121,7 @@ static void fwd_layout(const cf_attn_call* c, const cf_attn_mask_map* map, amx_f
     TAKE(ktl, sp * 4 * (D32 / 2) * NB);
     TAKE(vvl, sp * 4 * (NB / 2) * Dv);
     TAKE(pl, sp * 2 * M * NB);
-    const size_t nw = g->M32 == 32 && !g->split && !g->fp16 ? 1 : 0; /* (fwd_narrow may serve) */
+    const size_t nw = g->M32 == 32 && !g->split && !g->fp16 ? 1 : 0; /* (narrow tiles may serve) */
     TAKE(qt, nw * 4 * (D32 / 2) * 32);
     TAKE(st, nw * 4 * NB * 32);
 #undef TAKE
