@@ -16,8 +16,6 @@
 #include "core/threads.h"
 
 #define INVALID CFLASH_ERR_INVALID_ARGUMENT
-/* DLPack's kDLBool (code 6, from DLPack 0.8; the installed dlpack.h may predate it). */
-#define CF_DL_BOOL 6
 
 void cflash_attn_params_init(cflash_attn_params* p) {
     if (!p) return;
@@ -336,14 +334,8 @@ static cflash_status check_features(cf_attn_call* c, const cflash_attn_params* p
         CFLASH_FORWARD_IF_ERROR(check_bias_dtype(&c->bias, p->attn_bias, "attn_bias", c));
     }
     if (p->attn_mask) {
-        const DLDataType t = p->attn_mask->dtype;
         CFLASH_FORWARD_IF_ERROR(check_pairs(&c->mask, p->attn_mask, "attn_mask", c));
-        if (t.code == CF_DL_BOOL && t.bits == 8 && t.lanes == 1) c->mask.dtype = CF_U8;
-        if (c->mask.dtype != CF_U8) {
-            char got[32];
-            cf_dl_dtype_str(t, got, sizeof got);
-            return cf_error(INVALID, "attn_mask: dtype %s, expected uint8 or bool (8 bits)", got);
-        }
+        CFLASH_FORWARD_IF_ERROR(cf_view_mask8(&c->mask, p->attn_mask->dtype, "attn_mask"));
     }
     if (bwd && p->dbias) {
         CFLASH_RETURN_IF(!p->attn_bias, INVALID,

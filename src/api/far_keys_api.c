@@ -12,22 +12,6 @@
 #include "core/tensor.h"
 
 #define INVALID CFLASH_ERR_INVALID_ARGUMENT
-#define CF_DL_BOOL 6 /* (DLPack's kDLBool, newer than some dlpack.h) */
-
-/* fp16 bits as fp32, exactly: normal halves by their bits rebased (exponent bias 15 -> 127),
- * infinities and NaNs by their bits, subnormals as their integer times 2^-24 (normal fp32
- * operands: flush-to-zero modes cannot touch them). */
-static inline float f16_value(uint16_t h) {
-    const uint32_t a = h & 0x7fffu;
-    float f;
-    if (a < 0x400u) {
-        f = (float)a * 0x1p-24f;
-    } else {
-        const uint32_t u = a >= 0x7c00u ? (a << 13) | 0x7f800000u : (a << 13) + (112u << 23);
-        memcpy(&f, &u, 4);
-    }
-    return h & 0x8000u ? -f : f;
-}
 
 /* Row i of n values of dtype dt at p as fp32: p itself (fp32) or buf. */
 static const float* row_f32(const void* p, cf_dtype dt, int64_t n, float* buf) {
@@ -38,7 +22,7 @@ static const float* row_f32(const void* p, cf_dtype dt, int64_t n, float* buf) {
             buf[j] = cf_bf16_to_f32(h[j]);
     else
         for (int64_t j = 0; j < n; j++)
-            buf[j] = f16_value(h[j]);
+            buf[j] = cf_f16_to_f32(h[j]);
     return buf;
 }
 
@@ -107,13 +91,7 @@ cflash_status cflash_attn_mask_far_keys(const DLTensor* bias, double margin, DLT
     CFLASH_RETURN_IF(b.device_type != kDLCPU, INVALID, "bias: on %s, expected cpu",
                      cf_device_name(b.device_type));
     CFLASH_FORWARD_IF_ERROR(cf_view_from(&k, keep, "keep"));
-    const DLDataType kt = keep->dtype;
-    if (kt.code == CF_DL_BOOL && kt.bits == 8 && kt.lanes == 1) k.dtype = CF_U8;
-    if (k.dtype != CF_U8) {
-        char got[32];
-        cf_dl_dtype_str(kt, got, sizeof got);
-        return cf_error(INVALID, "keep: dtype %s, expected uint8 or bool (8 bits)", got);
-    }
+    CFLASH_FORWARD_IF_ERROR(cf_view_mask8(&k, keep->dtype, "keep"));
     CFLASH_RETURN_IF(k.device_type != kDLCPU, INVALID, "keep: on %s, expected cpu",
                      cf_device_name(k.device_type));
     for (int i = 0; i < 4; i++)

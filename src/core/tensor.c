@@ -47,6 +47,15 @@ size_t cf_dtype_size(cf_dtype d) {
     }
 }
 
+cflash_status cf_view_mask8(cf_view* v, DLDataType t, const char* name) {
+    if (t.code == CF_DL_BOOL && t.bits == 8 && t.lanes == 1) v->dtype = CF_U8;
+    if (v->dtype == CF_U8) return CFLASH_OK;
+    char got[32];
+    cf_dl_dtype_str(t, got, sizeof got);
+    return cf_error(CFLASH_ERR_INVALID_ARGUMENT, "%s: dtype %s, expected uint8 or bool (8 bits)",
+                    name, got);
+}
+
 void cf_dl_dtype_str(DLDataType t, char* buf, size_t n) {
     if ((t.code == CF_DL_FLOAT8_E4M3FN || t.code == CF_DL_FLOAT8_E5M2) && t.bits == 8 &&
         t.lanes == 1) {
@@ -373,28 +382,6 @@ int64_t cf_view_numel(const cf_view* v) {
     int64_t n = 0;
     cf_prod_i64(v->shape, v->ndim, &n); /* fits: cf_view_from checked it */
     return n;
-}
-
-float cf_f16_to_f32(uint16_t h) {
-    uint32_t sign = (uint32_t)(h & 0x8000) << 16;
-    uint32_t e = (h >> 10) & 0x1f, m = h & 0x3ff, u;
-    if (e == 0) {
-        if (m == 0) {
-            u = sign;
-        } else { /* subnormal: normalise */
-            e = 127 - 15 + 1;
-            while (!(m & 0x400))
-                m <<= 1, e--;
-            u = sign | (e << 23) | ((m & 0x3ff) << 13);
-        }
-    } else if (e == 31) {
-        u = sign | 0x7f800000u | (m << 13);
-    } else {
-        u = sign | ((e + 127 - 15) << 23) | (m << 13);
-    }
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
 }
 
 uint16_t cf_f32_to_f16(float f) {

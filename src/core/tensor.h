@@ -56,6 +56,12 @@ cflash_status cf_view_from(cf_view* v, const DLTensor* t, const char* name);
  * several of its elements written to one address, by several threads: rejected. Call after t is
  * validated (cf_view_from); NULL (an absent optional output) passes. */
 cflash_status cf_check_output(const DLTensor* t, const char* name);
+/* DLPack's kDLBool (code 6, from DLPack 0.8; the installed dlpack.h may predate it). */
+#define CF_DL_BOOL 6
+/* A byte mask (attn_mask, the far keys' keep): v, loaded from a tensor of dtype t, must be uint8 or
+ * bool of 8 bits (then taken as uint8 in v->dtype); else "NAME: dtype T, expected uint8 or bool
+ * (8 bits)". */
+cflash_status cf_view_mask8(cf_view* v, DLDataType t, const char* name);
 /* An output that shares memory with an input of its call (or with another output) would be
  * written while the call still reads the other: rejected, naming both, unless no byte of the
  * one is a byte of the other (their spans apart, or an exact search over their strides finds no
@@ -96,7 +102,20 @@ static inline uint16_t cf_f32_to_bf16(float f) {
     u += 0x7fffu + ((u >> 16) & 1u);
     return (uint16_t)(u >> 16);
 }
-float cf_f16_to_f32(uint16_t h);
+/* fp16 bits as fp32, exactly: normal halves by their bits rebased (exponent bias 15 -> 127),
+ * infinities and NaNs by their bits, subnormals as their integer times 2^-24 (normal fp32
+ * operands and result: flush-to-zero modes cannot touch them). */
+static inline float cf_f16_to_f32(uint16_t h) {
+    const uint32_t a = h & 0x7fffu;
+    float f;
+    if (a < 0x400u) {
+        f = (float)a * 0x1p-24f;
+    } else {
+        const uint32_t u = a >= 0x7c00u ? (a << 13) | 0x7f800000u : (a << 13) + (112u << 23);
+        memcpy(&f, &u, 4);
+    }
+    return h & 0x8000u ? -f : f;
+}
 uint16_t cf_f32_to_f16(float f);
 
 /* Element (flat index i, already scaled by strides) of data with dtype d, as float / stored. */

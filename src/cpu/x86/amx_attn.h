@@ -42,14 +42,15 @@ extern const cf_attn_pairs_gemm cf_amx_pairs_f16;
  * bf16 pairs of parts (value = high + low): C (+)= A B + A Bl + Al B, the low parts' product
  * (2^-16 of the whole) left out. So fp16 runs on a CPU without AMX-FP16 (cf_amx_split16): three
  * tdpbf16ps for one tdpfp16ps. */
+void cf_amx_mm2(float* C, int64_t ldc, const uint16_t* A, const uint16_t* Al, int64_t lda,
+                const uint32_t* B, const uint32_t* Bl, int64_t ldb, int64_t mt, int64_t nt,
+                int64_t kc0, int64_t kc1, int acc, int fp16);
+
 /* S^T = K Q^T for a tile of w = 16 or 32 query rows (bf16): K's rows (ks bytes apart, D % 32 ==
  * 0, nb % 32 == 0 of them) read in place as the A operand, qt = Q^T in pairs ([D / 2][w]);
  * st[j * w + r] = K_j . Q_r. */
 void cf_amx_kq(float* st, const char* krow, int64_t ks, const uint32_t* qt, int64_t D, int64_t nb,
                int64_t w);
-void cf_amx_mm2(float* C, int64_t ldc, const uint16_t* A, const uint16_t* Al, int64_t lda,
-                const uint32_t* B, const uint32_t* Bl, int64_t ldb, int64_t mt, int64_t nt,
-                int64_t kc0, int64_t kc1, int acc, int fp16);
 
 /* The fp16 values x[r * ld + c] (r < rows, c < cols; any layout of 16-bit elements, pairs too)
  * split into bf16 parts, exactly: the high part in place, the low part at lo[r * ld + c] (0 for
