@@ -20,13 +20,13 @@
 
 #ifdef CF_AMX_CODE
 /* Not static: tests/test_amx_tilecfg.c checks the 64 bytes it hands to ldtilecfg. */
-CF_AMX_TARGET void cf_amx_thread_begin(void) {
+CF_AMX_CFG_TARGET void cf_amx_thread_begin(void) {
     cf_amx_tilecfg cfg;
     cf_amx_tilecfg_fill(&cfg, CF_AMX_NTILES, CF_AMX_ROWS, CF_AMX_COLSB);
     CF_TILE_CONFIG(&cfg);
 }
 
-CF_AMX_TARGET void cf_amx_thread_end(void) {
+CF_AMX_CFG_TARGET void cf_amx_thread_end(void) {
     CF_TILE_RELEASE();
 }
 
