@@ -221,6 +221,26 @@ static void kv_pv_rows(float* restrict acc, int64_t R, int64_t Dv, const void* c
         }
 }
 
+/* int8 caches by integer dot products (the x86 kernels): the largest |qi| of q as 16-bit integers
+ * per row, so that the D products of a score stay in int32 (|code| <= 128). */
+static inline float kv_i8_qmax(int64_t D) {
+    const int64_t m = (int64_t)2147483647 / (128 * D) - 1;
+    return (float)(m < 32767 ? m : 32767);
+}
+
+/* acc[r] += sum_t f[t] p[r * KV_KB + t] v_t key by key in fp32, for nb int8 rows of Dv codes,
+ * element d of a row at idx(d): the x86 integer kernels' way for a P that is not finite. */
+static inline void kv_pv_i8_keys(float* acc, int64_t R, int64_t Dv, const void* const* rows,
+                                 int64_t nb, const float* p, const float* f,
+                                 int64_t (*idx)(int64_t)) {
+    for (int64_t t = 0; t < nb; t++)
+        for (int64_t r = 0; r < R; r++) {
+            const float w = f[t] * p[r * KV_KB + t];
+            for (int64_t d = 0; d < Dv; d++)
+                acc[r * Dv + idx(d)] += w * (float)((const int8_t*)rows[t])[d];
+        }
+}
+
 /* x[r * KV_KB + t] *= u f[t] for the R rows of a block's scores or P (f: 0 past the block's keys;
  * u: the unit a build's kernels read codes in, kv_code_unit; a block whose rows see only some keys
  * and whose V holds a NaN or an infinity goes through kv_pv_visible instead, so a masked key's

@@ -4,10 +4,12 @@
  * converted key feeds all of them: scores two keys by four rows (eight FMA chains), P.V sixteen
  * elements by four rows with the accumulators in registers over a block; the softmax of a fully
  * visible 16-key block in registers (kv2_softmax16), kvcache_fast.h's portable one elsewhere.
- * src/cpu/kvcache_fast.h runs the rest. */
+ * An int8 cache with bf16 / fp16 q goes by integer products instead (vpmaddwd: kv2_dots_i8,
+ * kv2_pv_i8). src/cpu/kvcache_fast.h runs the rest. */
 #if defined(__x86_64__)
 /* System headers first: the clang pragma below gives every function declared after it the
  * target attribute. */
+#include <float.h>
 #include <immintrin.h>
 #include <math.h>
 #include <stdint.h>
@@ -311,9 +313,272 @@ static void kv2_softmax16(float* s, int64_t n, float scale, float* m, float* l, 
         kv2_softmax16_row(s + r * KV_KB, scale, m + r, l + r, lv + 16 * r, acc + r * Dv, Dv);
 }
 
+/* ---- int8 caches by integer dot products (vpmaddwd): the codes sign-extended to 16-bit words
+ * against q and P as 16-bit integers (as cpu-avx512's VNNI kernels: q per row, qi = q / qs
+ * rounded with qs = max|q| / kv_i8_qmax; P per row and block, relative to the block's largest
+ * |f p|), both exact to 2^-16 of their row's largest value. One vpmaddwd makes 16 products where
+ * an FMA makes 8 after two conversions per 8 codes. ---- */
+
+/* Whether they serve R rows of a KV head: bf16 or fp16 q (fp32 q's naive computation keeps fp32
+ * scores: the fp32 kernels above), D % 16 and D <= 1024 (kv_i8_qmax), Dv % 16, rows in fours, at
+ * most 64 (kv2_p_i16's buffer). */
+static inline int kv2_i8_ok(const cf_kvcache_call* c, int64_t R) {
+    const cf_dtype dt = c->a.dtype;
+    return c->quant == CFLASH_KV_QUANT_INT8 && (dt == CF_BF16 || dt == CF_F16) &&
+           c->a.D % 16 == 0 && c->a.D <= 1024 && c->a.Dv % 16 == 0 && R % 4 == 0 && R <= 64;
+}
+
+/* 16 codes at x sign-extended to 16-bit words. */
+static inline __m256i kv2_i8_words(const int8_t* x) {
+    return _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)x));
+}
+
+/* [sum a0, sum a1, sum a2, sum a3] of int32 lanes (each total fits: kv_i8_qmax). */
+static inline __m128i kv2_isum4(__m256i a0, __m256i a1, __m256i a2, __m256i a3) {
+    const __m256i t = _mm256_hadd_epi32(_mm256_hadd_epi32(a0, a1), _mm256_hadd_epi32(a2, a3));
+    return _mm_add_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256(t, 1));
+}
+
+/* q rows as 16-bit integers (w->qi) and their factors (w->qs); w->qbad when some q is not
+ * finite (then the fp32 kernels score). */
+static void avx2_i8_prep(const cf_kvcache_call* c, kv_scratch* w, int64_t R) {
+    const int64_t D = c->a.D; /* (% 16: kv2_i8_ok) */
+    const float qm = kv_i8_qmax(D);
+    const __m256 absm = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff)),
+                 big = _mm256_set1_ps(FLT_MAX);
+    int bad = 0;
+    for (int64_t r = 0; r < R; r++) {
+        const float* q = w->q + r * D;
+        __m256 mx = _mm256_setzero_ps();
+        for (int64_t d = 0; d < D; d += 8) {
+            const __m256 a = _mm256_and_ps(absm, _mm256_loadu_ps(q + d));
+            bad |= _mm256_movemask_ps(_mm256_cmp_ps(a, big, _CMP_NLE_UQ)); /* inf or NaN */
+            mx = _mm256_max_ps(mx, a);
+        }
+        __m128 h = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
+        h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+        const float m = _mm_cvtss_f32(_mm_max_ss(h, _mm_movehdup_ps(h)));
+        w->qs[r] = m / qm;
+        /* q * (qm / m) rounded to nearest; where qm / m would overflow (m tiny), (q / m) * qm */
+        const int tiny = m < 0x1p-100f;
+        const __m256 by = _mm256_set1_ps(tiny       ? qm
+                                         : m > 0.0f ? qm / m
+                                                    : 0.0f),
+                     div = _mm256_set1_ps(m > 0.0f ? m : 1.0f);
+        for (int64_t d = 0; d < D; d += 16) {
+            __m256 x0 = _mm256_loadu_ps(q + d), x1 = _mm256_loadu_ps(q + d + 8);
+            if (tiny) x0 = _mm256_div_ps(x0, div), x1 = _mm256_div_ps(x1, div);
+            const __m256i i = _mm256_packs_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(x0, by)),
+                                                 _mm256_cvtps_epi32(_mm256_mul_ps(x1, by)));
+            _mm256_storeu_si256((__m256i*)(w->qi + r * D + d), _mm256_permute4x64_epi64(i, 0xd8));
+        }
+    }
+    w->qbad = bad != 0;
+}
+
+/* a_i += x . v_i and b_i += y . v_i pairwise (vpmaddwd), four rows i: the kernels below. */
+#define KV2_MADD8(v0, v1, v2, v3)                                                                  \
+    a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(x, v0)),                                           \
+    b0 = _mm256_add_epi32(b0, _mm256_madd_epi16(y, v0)),                                           \
+    a1 = _mm256_add_epi32(a1, _mm256_madd_epi16(x, v1)),                                           \
+    b1 = _mm256_add_epi32(b1, _mm256_madd_epi16(y, v1)),                                           \
+    a2 = _mm256_add_epi32(a2, _mm256_madd_epi16(x, v2)),                                           \
+    b2 = _mm256_add_epi32(b2, _mm256_madd_epi16(y, v2)),                                           \
+    a3 = _mm256_add_epi32(a3, _mm256_madd_epi16(x, v3)),                                           \
+    b3 = _mm256_add_epi32(b3, _mm256_madd_epi16(y, v3))
+
+/* s[r * KV_KB + t] = f[t] qs[r] (qi_r . k_t) for R (% 4) rows and nb int8 rows of D (% 16) codes:
+ * two keys by four rows per pass. The npf rows pf go into L2 on the way. */
+static void kv2_dots_i8(const int16_t* restrict qi, const float* qs, int64_t R, int64_t D,
+                        const void* const* rows, int64_t nb, const float* f, float* restrict s,
+                        const void* const* pf, int64_t npf) {
+    int64_t t = 0;
+    for (; t + 2 <= nb; t += 2) {
+        const int8_t *k0 = rows[t], *k1 = rows[t + 1];
+        kv_pf_rows(pf, npf, t, t + 2, 0, D);
+        for (int64_t r = 0; r < R; r += 4) {
+            const int16_t* q = qi + r * D;
+            __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
+            __m256i b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+            for (int64_t d = 0; d < D; d += 16) {
+                const __m256i x = kv2_i8_words(k0 + d), y = kv2_i8_words(k1 + d);
+                const __m256i q0 = _mm256_loadu_si256((const __m256i*)(q + d)),
+                              q1 = _mm256_loadu_si256((const __m256i*)(q + D + d)),
+                              q2 = _mm256_loadu_si256((const __m256i*)(q + 2 * D + d)),
+                              q3 = _mm256_loadu_si256((const __m256i*)(q + 3 * D + d));
+                KV2_MADD8(q0, q1, q2, q3);
+            }
+            /* lanes: rows r, r + 1 for keys t, t + 1, then rows r + 2, r + 3 */
+            const __m256 g = _mm256_mul_ps(
+                _mm256_setr_ps(qs[r], qs[r], qs[r + 1], qs[r + 1], qs[r + 2], qs[r + 2], qs[r + 3],
+                               qs[r + 3]),
+                _mm256_setr_ps(f[t], f[t + 1], f[t], f[t + 1], f[t], f[t + 1], f[t], f[t + 1]));
+            float o[8];
+            _mm256_storeu_ps(
+                o, _mm256_mul_ps(g, _mm256_cvtepi32_ps(_mm256_setr_m128i(
+                                        kv2_isum4(a0, b0, a1, b1), kv2_isum4(a2, b2, a3, b3)))));
+            for (int i = 0; i < 4; i++)
+                s[(r + i) * KV_KB + t] = o[2 * i], s[(r + i) * KV_KB + t + 1] = o[2 * i + 1];
+        }
+    }
+    for (; t < nb; t++) /* an odd last key */
+        for (int64_t r = 0; r < R; r += 4) {
+            const int16_t* q = qi + r * D;
+            __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
+            for (int64_t d = 0; d < D; d += 16) {
+                const __m256i x = kv2_i8_words((const int8_t*)rows[t] + d);
+                a0 = _mm256_add_epi32(
+                    a0, _mm256_madd_epi16(x, _mm256_loadu_si256((const __m256i*)(q + d))));
+                a1 = _mm256_add_epi32(
+                    a1, _mm256_madd_epi16(x, _mm256_loadu_si256((const __m256i*)(q + D + d))));
+                a2 = _mm256_add_epi32(
+                    a2, _mm256_madd_epi16(x, _mm256_loadu_si256((const __m256i*)(q + 2 * D + d))));
+                a3 = _mm256_add_epi32(
+                    a3, _mm256_madd_epi16(x, _mm256_loadu_si256((const __m256i*)(q + 3 * D + d))));
+            }
+            int32_t o[4]; /* rows r .. r + 3 */
+            _mm_storeu_si128((__m128i*)o, kv2_isum4(a0, a1, a2, a3));
+            for (int i = 0; i < 4; i++)
+                s[(r + i) * KV_KB + t] = f[t] * qs[r + i] * (float)o[i];
+        }
+    kv_pf_rows(pf, npf, t & ~(int64_t)1, npf, 0, D); /* (the odd key's, and a longer block's) */
+}
+
+/* pp: the R rows of f[t] p[r * KV_KB + t] (t < nb) as 16-bit integers in key pairs (words 2k,
+ * 2k + 1 of row r at pp[r * KV_KB / 2 + k]; 0 past nb), relative to the row's largest |f p|;
+ * pf[r]: the factor back. 0 when some f p is not finite. */
+static int kv2_p_i16(uint32_t* pp, float* pf, const float* p, const float* f, int64_t R,
+                     int64_t nb) {
+    _Alignas(32) float fz[KV_KB] = {0};
+    memcpy(fz, f, sizeof(float) * (size_t)nb); /* (f past nb: 0, so those keys' P is 0) */
+    const __m256 f0 = _mm256_load_ps(fz), f1 = _mm256_load_ps(fz + 8),
+                 absm = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff)),
+                 big = _mm256_set1_ps(FLT_MAX);
+    for (int64_t r = 0; r < R; r++) {
+        /* (p past nb may be stale: f's zeros clear it, unless it is inf or NaN: masked below) */
+        __m256 x0 = _mm256_mul_ps(f0, _mm256_loadu_ps(p + r * KV_KB)),
+               x1 = _mm256_mul_ps(f1, _mm256_loadu_ps(p + r * KV_KB + 8));
+        if (nb < KV_KB) {
+            const __m256i i0 = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+                          n = _mm256_set1_epi32((int)nb);
+            x0 = _mm256_and_ps(x0, _mm256_castsi256_ps(_mm256_cmpgt_epi32(n, i0)));
+            x1 = _mm256_and_ps(x1, _mm256_castsi256_ps(_mm256_cmpgt_epi32(
+                                       n, _mm256_add_epi32(i0, _mm256_set1_epi32(8)))));
+        }
+        const __m256 a0 = _mm256_and_ps(absm, x0), a1 = _mm256_and_ps(absm, x1);
+        if (_mm256_movemask_ps(_mm256_or_ps(_mm256_cmp_ps(a0, big, _CMP_NLE_UQ),
+                                            _mm256_cmp_ps(a1, big, _CMP_NLE_UQ))))
+            return 0; /* inf or NaN */
+        const __m256 mx = _mm256_max_ps(a0, a1);
+        __m128 h = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
+        h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+        const float m = _mm_cvtss_f32(_mm_max_ss(h, _mm_movehdup_ps(h)));
+        pf[r] = m / 32767.0f;
+        /* (times 32767 / m, one division a row; where that would overflow, x / m) */
+        if (m < 0x1p-100f) {
+            const __m256 dm = _mm256_set1_ps(m > 0.0f ? m : 1.0f);
+            x0 = _mm256_div_ps(x0, dm), x1 = _mm256_div_ps(x1, dm);
+        }
+        const __m256 by = _mm256_set1_ps(m >= 0x1p-100f ? 32767.0f / m
+                                         : m > 0.0f     ? 32767.0f
+                                                        : 0.0f);
+        const __m256i i = _mm256_packs_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(x0, by)),
+                                             _mm256_cvtps_epi32(_mm256_mul_ps(x1, by)));
+        _mm256_storeu_si256((__m256i*)(pp + r * (KV_KB / 2)), _mm256_permute4x64_epi64(i, 0xd8));
+    }
+    return 1;
+}
+
+/* Element d of a row of acc in kv2_pv_i8's order: of each 16 elements, 0-3 and 8-11 (vpunpcklwd
+ * of two keys' words, lane by lane) at 0-7, 4-7 and 12-15 at 8-15. */
+static int64_t kv2_acc_index_i8(int64_t d) {
+    return (d & ~(int64_t)15) + ((d >> 2) & 1) * 8 + ((d >> 3) & 1) * 4 + (d & 3);
+}
+
+/* acc[r] += sum_t f[t] p[r * KV_KB + t] v_t for R (% 4, <= 64) rows and nb int8 rows of Dv
+ * (% 16) codes: P in 16 bits (kv2_p_i16), keys in pairs by vpmaddwd, the block's integer sums
+ * added to acc (in kv2_acc_index_i8's order) times the row's factor. A P that is not finite (an
+ * infinite or NaN scale) goes key by key in fp32. The npf rows nx go into L2 on the way. */
+static void kv2_pv_i8(float* restrict acc, int64_t R, int64_t Dv, const void* const* rows,
+                      int64_t nb, const float* restrict p, const float* f, const void* const* nx,
+                      int64_t npf) {
+    uint32_t pp[64 * KV_KB / 2];
+    float pf[64];
+    if (!kv2_p_i16(pp, pf, p, f, R, nb)) {
+        kv_pf_rows(nx, npf, 0, npf, 0, Dv);
+        kv_pv_i8_keys(acc, R, Dv, rows, nb, p, f, kv2_acc_index_i8);
+        return;
+    }
+    const int64_t np = (nb + 1) / 2;
+    const int8_t zero[16] = {0};
+    for (int64_t d = 0; d < Dv; d += 16) {
+        if (d % 64 == 0) kv_pf_rows(nx, npf, 0, npf, d, d + 64);
+        for (int64_t r = 0; r < R; r += 4) {
+            const uint32_t* pr = pp + r * (KV_KB / 2);
+            __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
+            __m256i b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+            for (int64_t k = 0; k < np; k++) {
+                const int8_t* va = (const int8_t*)rows[2 * k] + d;
+                const int8_t* vb = 2 * k + 1 < nb ? (const int8_t*)rows[2 * k + 1] + d : zero;
+                const __m256i wa = kv2_i8_words(va), wb = kv2_i8_words(vb);
+                const __m256i x = _mm256_unpacklo_epi16(wa, wb), y = _mm256_unpackhi_epi16(wa, wb);
+                const __m256i p0 = _mm256_set1_epi32((int)pr[k]),
+                              p1 = _mm256_set1_epi32((int)pr[KV_KB / 2 + k]),
+                              p2 = _mm256_set1_epi32((int)pr[KV_KB + k]),
+                              p3 = _mm256_set1_epi32((int)pr[3 * KV_KB / 2 + k]);
+                KV2_MADD8(p0, p1, p2, p3);
+            }
+#define KV2_ADD(I, A, B)                                                                           \
+    do {                                                                                           \
+        float* o = acc + (r + (I)) * Dv + d;                                                       \
+        const __m256 g = _mm256_set1_ps(pf[r + (I)]);                                              \
+        _mm256_storeu_ps(o, _mm256_fmadd_ps(g, _mm256_cvtepi32_ps(A), _mm256_loadu_ps(o)));        \
+        _mm256_storeu_ps(o + 8,                                                                    \
+                         _mm256_fmadd_ps(g, _mm256_cvtepi32_ps(B), _mm256_loadu_ps(o + 8)));       \
+    } while (0)
+            KV2_ADD(0, a0, b0);
+            KV2_ADD(1, a1, b1);
+            KV2_ADD(2, a2, b2);
+            KV2_ADD(3, a3, b3);
+#undef KV2_ADD
+        }
+    }
+    kv_pf_rows(nx, npf, nb, npf, 0, Dv);
+}
+
+#undef KV2_MADD8
+
+/* The R rows of acc (width Dv) from kv2_pv_i8's order back to element order: per 16 elements, the
+ * middle two quarters swapped. */
+static void kv2_i8_unpermute(float* acc, int64_t R, int64_t Dv) {
+    for (int64_t i = 0; i < R * Dv; i += 16) {
+        const __m256 a = _mm256_loadu_ps(acc + i), b = _mm256_loadu_ps(acc + i + 8);
+        _mm256_storeu_ps(acc + i, _mm256_permute2f128_ps(a, b, 0x20));
+        _mm256_storeu_ps(acc + i + 8, _mm256_permute2f128_ps(a, b, 0x31));
+    }
+}
+
+static void avx2_scores_i8(const kv_head* h, const void* const* rows, int64_t nb, const float* f) {
+    if (h->w->qbad) { /* (rare: an inf or NaN in q) */
+        kv_pf_rows(h->pf, h->npf, 0, h->npf, 0, h->c->a.D);
+        avx2_scores(h, rows, nb, f);
+        return;
+    }
+    const int64_t r0 = h->q - h->w->q; /* the head's first row, times D */
+    kv2_dots_i8(h->w->qi + r0, h->w->qs + r0 / h->c->a.D, h->R, h->c->a.D, rows, nb, f, h->s, h->pf,
+                h->npf);
+}
+
+static void avx2_pv_i8(const kv_head* h, const void* const* rows, int64_t nb, const float* f) {
+    kv2_pv_i8(h->acc, h->R, h->c->a.Dv, rows, nb, h->s, f, h->pf, h->npf);
+}
+
 static void kv_choose_avx2(const cf_kvcache_call* c, int64_t R, kv_path* p) {
     *p = (kv_path){
         .scores = avx2_scores, .pv = avx2_pv, .softmax16 = kv2_softmax16, .pf_inside = KV_PF_INTEL};
+    if (kv2_i8_ok(c, R))
+        p->prep = avx2_i8_prep, p->scores = avx2_scores_i8, p->pv = avx2_pv_i8,
+        p->acc_index = kv2_acc_index_i8, p->finish = kv2_i8_unpermute;
     kv_choose_gemm(c, R, p, cf_attn_kernels_avx2());
 }
 

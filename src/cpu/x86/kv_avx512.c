@@ -827,12 +827,6 @@ static void kv_q_unpermute(float* acc, int64_t R, int64_t Dv) {
  * P as 16-bit integers per row and block (relative to the block's largest |f p| of the row): both
  * exact to 2^-16 of their row's largest value, finer than P's bf16 on the other paths. ---- */
 
-/* The largest |qi|: the D products of a score stay in int32 (|code| <= 128). */
-static inline float kv_i8_qmax(int64_t D) {
-    const int64_t m = (int64_t)2147483647 / (128 * D) - 1;
-    return (float)(m < 32767 ? m : 32767);
-}
-
 /* Whether the integer kernels serve R rows of a KV head: bf16 or fp16 q, D % 32 and D <= 1024
  * (wider rows leave q fewer bits: kv_i8_qmax >= 16382 here, and 0 past 2^23), Dv % 64, rows in
  * fours (VNNI alone: Cascade Lake and Ice Lake servers have it without AVX512-BF16). 16-bit
@@ -978,12 +972,7 @@ kv_pv_i8(float* restrict acc, int64_t R, int64_t Dv, const void* const* rows, in
     float pf[64];
     if (!kv_p_i16(pp, pf, p, f, R, nb)) {
         kv_pf_rows(nx, npf, 0, npf, 0, Dv);
-        for (int64_t t = 0; t < nb; t++)
-            for (int64_t r = 0; r < R; r++) {
-                const float w = f[t] * p[r * KV_KB + t];
-                for (int64_t d = 0; d < Dv; d++)
-                    acc[r * Dv + kv_acc_index_i8(d)] += w * (float)((const int8_t*)rows[t])[d];
-            }
+        kv_pv_i8_keys(acc, R, Dv, rows, nb, p, f, kv_acc_index_i8);
         return;
     }
     const int64_t np = (nb + 1) / 2;
