@@ -109,7 +109,9 @@ static void test_amx_chosen(void) {
 
 int main(void) {
     const int level = tt_test_level();
-    int any = 0;
+    int any = 0, nb = 0;
+    const char* avail[sizeof backends / sizeof backends[0]];
+    unsigned dts[sizeof backends / sizeof backends[0]];
     for (size_t i = 0; i < sizeof backends / sizeof backends[0]; i++) {
         char why[512];
         if (!tt_backend_selected(backends[i])) continue; /* CFLASH_TEST_BACKENDS */
@@ -121,24 +123,30 @@ int main(void) {
         }
         any = 1;
         if (!strcmp(backends[i], "cpu-amx")) test_amx_chosen();
-        for (int bwd = level < 0; bwd <= 1; bwd++) { /* emulated: fwd+bwd checks both */
-            attn_grid_opts o;
-            memset(&o, 0, sizeof o);
-            o.level = level;
-            o.backend = backends[i];
-            o.bwd = bwd;
-            o.threads = 2;
-            o.dtypes = backend_dtypes[i];
-            int ran = 0, skipped = 0;
-            double t0 = tt_now();
-            int fails = attn_grid_run(&o, &ran, &skipped);
-            printf("%s %s: %d cases, %d skipped, %d failed (%.1f s)\n", backends[i],
-                   bwd ? "fwd+bwd" : "fwd", ran, skipped, fails, tt_now() - t0);
-            CHECK_MSG(skipped == 0, "%s skipped %d cases as unsupported", backends[i], skipped);
-            CHECK_MSG(ran > 0, "%s ran no case", backends[i]);
+        avail[nb] = backends[i], dts[nb++] = backend_dtypes[i];
+    }
+    /* The grid on every available backend at once (one fp64 oracle per case for all of them). */
+    for (int bwd = level<0; nb> 0 && bwd <= 1; bwd++) { /* emulated: fwd+bwd checks both */
+        attn_grid_opts o;
+        memset(&o, 0, sizeof o);
+        o.level = level;
+        o.bwd = bwd;
+        o.threads = 2;
+        int ran[sizeof backends / sizeof backends[0]],
+            skipped[sizeof backends / sizeof backends[0]];
+        double t0 = tt_now();
+        attn_grid_run_many(&o, nb, avail, dts, ran, skipped);
+        for (int k = 0; k < nb; k++) {
+            printf("%s %s: %d cases, %d skipped\n", avail[k], bwd ? "fwd+bwd" : "fwd", ran[k],
+                   skipped[k]);
+            CHECK_MSG(skipped[k] == 0, "%s skipped %d cases as unsupported", avail[k], skipped[k]);
+            CHECK_MSG(ran[k] > 0, "%s ran no case", avail[k]);
         }
-        attn_grid_one_pass(backends[i], backend_dtypes[i], 2);
-        attn_grid_decode_rows(backends[i], backend_dtypes[i], 2);
+        printf("%s: %.1f s\n", bwd ? "fwd+bwd" : "fwd", tt_now() - t0);
+    }
+    for (int k = 0; k < nb; k++) {
+        attn_grid_one_pass(avail[k], dts[k], 2);
+        attn_grid_decode_rows(avail[k], dts[k], 2);
     }
     CHECK_MSG(any || !tt_backend_selected("cpu-generic"),
               "no CPU backend available (cpu-generic always is)");

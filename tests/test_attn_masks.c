@@ -101,33 +101,51 @@ static void fill(attn_problem* p, int kind) {
     attn_problem_refresh_inputs(p);
 }
 
-/* p's forward and backward on backend (2 threads) against the oracle; p freed. */
-static void check_problem(const char* backend, attn_problem* p, const char* what) {
-    cflash_context* ctx = NULL;
-    CHECK_OK(cflash_context_create(&ctx));
-    CHECK_OK(cflash_context_set_backend(ctx, backend));
-    CHECK_OK(cflash_context_set_threads(ctx, 2));
-    char msg[1024];
-    CHECK_OK(attn_problem_run_fwd(ctx, p));
-    CHECK_MSG(attn_problem_check_fwd(p, msg, sizeof msg), "%s %s: %s", backend, what, msg);
-    CHECK_OK(attn_problem_run_bwd(ctx, p));
-    CHECK_MSG(attn_problem_check_bwd(p, msg, sizeof msg), "%s %s: %s", backend, what, msg);
-    cflash_context_free(ctx);
+/* The backends checked (CFLASH_TEST_BACKENDS, available here; main fills them) and the dtypes
+ * each runs (bit dt set: cpu-amx serves bf16 and fp16 only). Every problem is built and its fp64
+ * oracle computed once (the problem keeps it), then each backend's forward and backward is
+ * checked against it: the oracle, not the kernels, took most of the time (80 % of a backend's
+ * pass), and one oracle per backend made the sanitizer stage run this test for 5 minutes. */
+static const char* active[sizeof backends / sizeof backends[0]];
+static unsigned active_dtypes[sizeof backends / sizeof backends[0]];
+static int nactive;
+
+static int any_runs(cflash_dtype dt) {
+    for (int i = 0; i < nactive; i++)
+        if (active_dtypes[i] >> dt & 1) return 1;
+    return 0;
+}
+
+/* p's forward and backward on every active backend running its dtype (2 threads) against the
+ * oracle; p freed. */
+static void check_problem(attn_problem* p, const char* what) {
+    for (int i = 0; i < nactive; i++) {
+        if (!(active_dtypes[i] >> p->c.dtype & 1)) continue;
+        cflash_context* ctx = NULL;
+        CHECK_OK(cflash_context_create(&ctx));
+        CHECK_OK(cflash_context_set_backend(ctx, active[i]));
+        CHECK_OK(cflash_context_set_threads(ctx, 2));
+        char msg[1024];
+        CHECK_OK(attn_problem_run_fwd(ctx, p));
+        CHECK_MSG(attn_problem_check_fwd(p, msg, sizeof msg), "%s %s: %s", active[i], what, msg);
+        CHECK_OK(attn_problem_run_bwd(ctx, p));
+        CHECK_MSG(attn_problem_check_bwd(p, msg, sizeof msg), "%s %s: %s", active[i], what, msg);
+        cflash_context_free(ctx);
+    }
     attn_problem_free(p);
 }
 
 /* Case c with inputs fill sets, checked as check_problem does. */
-static void check_filled(const char* backend, const attn_case* c, void (*fill)(attn_problem*),
-                         const char* what) {
+static void check_filled(const attn_case* c, void (*fill)(attn_problem*), const char* what) {
     attn_problem* p = attn_problem_new(c);
     CHECK(p != NULL);
     if (!p) return;
     fill(p);
     attn_problem_refresh_inputs(p);
-    check_problem(backend, p, what);
+    check_problem(p, what);
 }
 
-static void run(const char* backend, int kind, cflash_dtype dt) {
+static void run(int kind, cflash_dtype dt) {
     attn_case c;
     attn_case_init(&c);
     c.B = 2, c.H = 4, c.Hk = 2, c.Sq = S, c.Sk = S, c.D = 40, c.Dv = 24, c.dtype = dt;
@@ -147,7 +165,7 @@ static void run(const char* backend, int kind, cflash_dtype dt) {
     CHECK(p != NULL);
     if (!p) return;
     fill(p, kind);
-    check_problem(backend, p, kind_name[kind]);
+    check_problem(p, kind_name[kind]);
 }
 
 /* Random 64 x 64 blocks per (batch, head), pct % of them visible: whether block (qb, kb) is. */
@@ -171,7 +189,7 @@ static void fill_rand_blocks(attn_problem* p) {
  * block, or a slice of a tile's rows, by each row's own head's mask (cpu-amx's 512-row tiles where
  * most blocks are open, its smaller ones where most are closed). A boolean mask, then block lists,
  * at 25 % and 75 % of the blocks visible. */
-static void run_rand_blocks(const char* backend, cflash_dtype dt) {
+static void run_rand_blocks(cflash_dtype dt) {
     for (int lists = 0; lists < 2; lists++)
         for (int pct = 25; pct <= 75; pct += 50) {
             attn_case c;
@@ -186,7 +204,7 @@ static void run_rand_blocks(const char* backend, cflash_dtype dt) {
             char what[96];
             snprintf(what, sizeof what, "random %s per head, %d %% of the blocks",
                      lists ? "block lists" : "block mask", pct);
-            check_filled(backend, &c, fill_rand_blocks, what);
+            check_filled(&c, fill_rand_blocks, what);
         }
 }
 
@@ -194,8 +212,7 @@ static void run_rand_blocks(const char* backend, cflash_dtype dt) {
  * kept from pass 1 (the default where they fit CF_ATTN_DBIAS_CACHE_BYTES), and with nothing kept
  * (the bound set to 1 byte): every (b, h)'s pass 1, then all of them computed again key block by
  * key block. fill (NULL: none) sets the problem's inputs first. */
-static void check_dbias_orders(const char* backend, const attn_case* c, void (*fill)(attn_problem*),
-                               const char* what) {
+static void check_dbias_orders(const attn_case* c, void (*fill)(attn_problem*), const char* what) {
     for (int kept = 1; kept >= 0; kept--) {
         attn_problem* p = attn_problem_new(c);
         CHECK(p != NULL);
@@ -207,14 +224,14 @@ static void check_dbias_orders(const char* backend, const attn_case* c, void (*f
         char name[160];
         snprintf(name, sizeof name, "%s%s", what, kept ? "" : ", nothing kept");
         cf_attn_cpu_set_dbias_cache(kept ? 0 : 1);
-        check_problem(backend, p, name);
+        check_problem(p, name);
         cf_attn_cpu_set_dbias_cache(0);
     }
 }
 
 /* dbias of a (1, 1, Sq, Sk) bias summed over 24 (b, h) in one call, in both orders (the case
  * fits the cache: the first order runs). */
-static void run_dbias_many(const char* backend, cflash_dtype dt) {
+static void run_dbias_many(cflash_dtype dt) {
     attn_case c;
     attn_case_init(&c);
     c.B = 2, c.H = 12, c.Hk = 4, c.Sq = 128, c.Sk = 700, c.D = c.Dv = 8, c.dtype = dt;
@@ -226,7 +243,7 @@ static void run_dbias_many(const char* backend, cflash_dtype dt) {
     CHECK_MSG(one <= (int64_t)CF_ATTN_DBIAS_CACHE_BYTES,
               "one (b, h) takes %lld bytes: past the cache, the first order does not run",
               (long long)one);
-    check_dbias_orders(backend, &c, NULL, "dbias over 24 (b, h)");
+    check_dbias_orders(&c, NULL, "dbias over 24 (b, h)");
 }
 
 /* dbias where a key block holds both keys some row sees and NaN keys no row sees (a -inf bias
@@ -257,15 +274,15 @@ static void fill_far(attn_problem* p) {
     }
 }
 
-static void run_dbias_edges(const char* backend) {
+static void run_dbias_edges(void) {
     attn_case c;
     attn_case_init(&c);
     c.B = 1, c.H = 2, c.Hk = 1, c.Sq = 64, c.Sk = 200, c.D = c.Dv = 8, c.dtype = CFLASH_DTYPE_F32;
     c.bias = ATTN_BC_11, c.dbias = 1, c.bias_f32 = 1;
     c.seed = 795 + tt_seed_base() * 1000003u;
-    check_dbias_orders(backend, &c, fill_nan_keys, "dbias beside NaN keys");
+    check_dbias_orders(&c, fill_nan_keys, "dbias beside NaN keys");
     c.H = 3, c.Sq = 80, c.Sk = 300, c.seed++;
-    check_dbias_orders(backend, &c, fill_far, "dbias, scores near -200");
+    check_dbias_orders(&c, fill_far, "dbias, scores near -200");
 }
 
 /* Rows whose log-sum-exp is far from 0, so that its fp32 rounding is coarser than a softmax weight
@@ -308,23 +325,23 @@ static void fill_far_sums(attn_problem* p) {
     attn_set_qk(p, far_sums);
 }
 
-static void run_far_rows(const char* backend, cflash_dtype dt) {
+static void run_far_rows(cflash_dtype dt) {
     attn_case c;
     attn_case_init(&c);
     c.B = 2, c.H = 4, c.Hk = 2, c.Sq = 70, c.Sk = 300, c.D = c.Dv = 24, c.dtype = dt;
     c.bias = ATTN_BC_B1, c.dbias = 1, c.bias_f32 = 1;
     c.seed = 799 + (uint64_t)dt + tt_seed_base() * 1000003u;
-    check_dbias_orders(backend, &c, fill_far_rows, "rows of large |lse|, dbias");
+    check_dbias_orders(&c, fill_far_rows, "rows of large |lse|, dbias");
     c.bias = ATTN_BC_BH, c.dbias = 0, c.bias_f32 = 0, c.sinks = 1, c.seed++;
-    check_filled(backend, &c, fill_far_rows, "rows of large |lse|, bias in the dtype, sinks");
+    check_filled(&c, fill_far_rows, "rows of large |lse|, bias in the dtype, sinks");
     c.causal = 1, c.softcap = 20.0f, c.sinks = 0, c.seed++;
-    check_filled(backend, &c, fill_far_rows, "rows of large |lse|, causal, softcap");
+    check_filled(&c, fill_far_rows, "rows of large |lse|, causal, softcap");
 }
 
 /* attn_fill_far_qk on a varlen call whose K / V are pages, with seqused_q / seqused_k, sinks and
  * dropout (far_tile's rows and keys found through cu_seqlens and the block table), then on a
  * batch call with ALiBi and a causal window. */
-static void run_far_qk(const char* backend, cflash_dtype dt) {
+static void run_far_qk(cflash_dtype dt) {
     attn_case c;
     attn_case_init(&c);
     c.B = 3, c.H = 4, c.Hk = 2, c.D = c.Dv = 24, c.dtype = dt, c.varlen = 1;
@@ -333,17 +350,17 @@ static void run_far_qk(const char* backend, cflash_dtype dt) {
         c.seqlens_q[b] = lq[b], c.seqlens_k[b] = lk[b];
     c.page = 16, c.seqused = 3, c.sinks = 1, c.dropout_p = 0.1f;
     c.seed = 811 + (uint64_t)dt + tt_seed_base() * 1000003u;
-    check_filled(backend, &c, attn_fill_far_qk,
+    check_filled(&c, attn_fill_far_qk,
                  "far rows (q.k ~ 2e9), varlen, paged, seqused, sinks, dropout");
     attn_case_init(&c);
     c.B = 2, c.H = 4, c.Hk = 1, c.Sq = 70, c.Sk = 150, c.D = c.Dv = 24, c.dtype = dt;
     c.alibi = ATTN_ALIBI_H, c.causal = 1, c.window_left = 50, c.seed = 813 + (uint64_t)dt;
-    check_filled(backend, &c, attn_fill_far_qk, "far rows (q.k ~ 2e9), ALiBi, causal window");
+    check_filled(&c, attn_fill_far_qk, "far rows (q.k ~ 2e9), ALiBi, causal window");
     /* (bf16 only: in fp32 one-hot rows of this q put dk past the rule before any of this, dS =
      * dP - rowsum(dO O) with dP an fp32 GEMM and the rowsum in double, times |q| ~ 3e4) */
     c.alibi = ATTN_ALIBI_NONE, c.window_left = -1, c.D = c.Dv = 32, c.seed++;
     if (dt == CFLASH_DTYPE_BF16)
-        check_filled(backend, &c, fill_far_sums, "far rows (q.k ~ 7e9, summed two ways)");
+        check_filled(&c, fill_far_sums, "far rows (q.k ~ 7e9, summed two ways)");
 }
 
 /* Copies src into dst where dst's index idx maps to src's idx with dimension kd shifted by off
@@ -431,7 +448,7 @@ static void run_far_blocks(const char* backend) {
 /* A bias in the dtype of q (as PyTorch SDPA passes a float attn_mask), with dbias, where the
  * blocks are larger than the pieces such a bias is converted in (16 rows by 256 keys: key blocks
  * of 300, tiles of 40 rows), some of its values -inf. */
-static void run_bias_dtype(const char* backend, cflash_dtype dt) {
+static void run_bias_dtype(cflash_dtype dt) {
     attn_case c;
     attn_case_init(&c);
     c.B = 2, c.H = 2, c.Hk = 1, c.Sq = 90, c.Sk = 700, c.D = c.Dv = 16, c.dtype = dt;
@@ -448,7 +465,7 @@ static void run_bias_dtype(const char* backend, cflash_dtype dt) {
     attn_problem_refresh_inputs(p);
     const cf_attn_blocks big = {40, 300, 40, 300, "test"};
     cf_attn_cpu_set_blocks(&big);
-    check_problem(backend, p, "bias in the dtype, blocks 40,300");
+    check_problem(p, "bias in the dtype, blocks 40,300");
     cf_attn_cpu_set_blocks(NULL);
 }
 
@@ -564,34 +581,40 @@ int main(void) {
     check_region_states();
     for (size_t i = 0; i < sizeof backends / sizeof backends[0]; i++) {
         if (!tt_backend_selected(backends[i])) continue; /* CFLASH_TEST_BACKENDS */
-        /* cpu-amx serves bf16 and fp16 only: its attn_bias forward is on tiles (bf16 here) */
-        const int f32 = attn_backend_runs(backends[i]);
-        if (!f32 && !attn_backend_runs_dtype(backends[i], CF_BF16)) {
+        unsigned dts = 0;
+        static const cflash_dtype all[] = {CFLASH_DTYPE_F32, CFLASH_DTYPE_BF16, CFLASH_DTYPE_F16};
+        for (size_t d = 0; d < sizeof all / sizeof all[0]; d++)
+            if (attn_backend_runs_dtype(backends[i], (cf_dtype)all[d])) dts |= 1u << all[d];
+        if (!dts) {
             printf("%s: not available here\n", backends[i]);
             continue;
         }
-        double t0 = tt_now();
-        for (int kind = 0; kind < NKIND; kind++) {
-            if (f32) run(backends[i], kind, CFLASH_DTYPE_F32);
-            run(backends[i], kind, CFLASH_DTYPE_BF16);
-        }
-        if (f32) {
-            cf_attn_cpu_set_dbias_cache(1); /* the padding bias's dbias with nothing kept */
-            run(backends[i], PAD_BIAS, CFLASH_DTYPE_F32);
-            cf_attn_cpu_set_dbias_cache(0);
-            run_dbias_many(backends[i], CFLASH_DTYPE_F32);
-        }
-        run_bias_dtype(backends[i], CFLASH_DTYPE_BF16);
-        run_bias_dtype(backends[i], CFLASH_DTYPE_F16);
-        if (f32) run_rand_blocks(backends[i], CFLASH_DTYPE_F32);
-        run_rand_blocks(backends[i], CFLASH_DTYPE_BF16);
-        if (f32) run_dbias_edges(backends[i]);
-        if (f32) run_far_rows(backends[i], CFLASH_DTYPE_F32);
-        run_far_rows(backends[i], CFLASH_DTYPE_BF16);
-        if (f32) run_far_qk(backends[i], CFLASH_DTYPE_F32);
-        if (f32) run_far_blocks(backends[i]);
-        run_far_qk(backends[i], CFLASH_DTYPE_BF16);
-        printf("%s: %.1f s\n", backends[i], tt_now() - t0);
+        active[nactive] = backends[i], active_dtypes[nactive++] = dts;
+        printf("%s: checked\n", backends[i]);
     }
+    double t0 = tt_now();
+    const int f32 = any_runs(CFLASH_DTYPE_F32);
+    for (int kind = 0; kind < NKIND; kind++) {
+        if (f32) run(kind, CFLASH_DTYPE_F32);
+        run(kind, CFLASH_DTYPE_BF16);
+    }
+    if (f32) {
+        cf_attn_cpu_set_dbias_cache(1); /* the padding bias's dbias with nothing kept */
+        run(PAD_BIAS, CFLASH_DTYPE_F32);
+        cf_attn_cpu_set_dbias_cache(0);
+        run_dbias_many(CFLASH_DTYPE_F32);
+    }
+    run_bias_dtype(CFLASH_DTYPE_BF16);
+    run_bias_dtype(CFLASH_DTYPE_F16);
+    if (f32) run_rand_blocks(CFLASH_DTYPE_F32);
+    run_rand_blocks(CFLASH_DTYPE_BF16);
+    if (f32) run_dbias_edges();
+    if (f32) run_far_rows(CFLASH_DTYPE_F32);
+    run_far_rows(CFLASH_DTYPE_BF16);
+    if (f32) run_far_qk(CFLASH_DTYPE_F32);
+    for (int i = 0; i < nactive; i++)
+        if (active_dtypes[i] >> CFLASH_DTYPE_F32 & 1) run_far_blocks(active[i]);
+    run_far_qk(CFLASH_DTYPE_BF16);
+    printf("every backend: %.1f s\n", tt_now() - t0);
     return tt_summary();
 }

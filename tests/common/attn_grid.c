@@ -352,24 +352,82 @@ int attn_grid_case(int level, int i, attn_case* c) {
 
 /* ---- Running a grid ----------------------------------------------------------------------- */
 
-int attn_grid_run(const attn_grid_opts* o, int* ran, int* skipped) {
-    int n = attn_grid_count(o->level), nran = 0, nskip = 0, fails0 = tt_failed;
-    cflash_context* ctx = NULL;
-    if (cflash_context_create(&ctx) != CFLASH_OK ||
-        cflash_context_set_backend(ctx, o->backend) != CFLASH_OK ||
-        cflash_context_set_threads(ctx, o->threads) != CFLASH_OK) {
-        tt_fail(__FILE__, __LINE__, "context for backend %s: %s", o->backend ? o->backend : "auto",
-                cflash_last_error());
-        cflash_context_free(ctx);
+/* Case c (named name) as problem p on backend be (context ctx): forward, check, and (o->bwd)
+ * backward and check. Returns 1 when it ran, 0 when the backend refused it as unsupported and
+ * o->skip_unsupported (last_skip: the last message printed). */
+static int grid_case_on(const attn_grid_opts* o, cflash_context* ctx, const char* be,
+                        attn_problem* p, const attn_case* c, const char* name, char* last_skip,
+                        size_t nskip) {
+    cflash_status s = o->run_fwd ? o->run_fwd(ctx, p, o->user) : attn_problem_run_fwd(ctx, p);
+    if (o->run_fwd) p->fwd_ran = s == CFLASH_OK && !c->no_lse;
+    if (s == CFLASH_ERR_UNSUPPORTED && o->skip_unsupported) {
+        if (strcmp(last_skip, cflash_last_error())) {
+            snprintf(last_skip, nskip, "%s", cflash_last_error());
+            printf("skip %s on %s: %s\n", name, be, last_skip);
+        }
+        return 0;
+    }
+    if (s != CFLASH_OK) {
+        tt_fail(__FILE__, __LINE__, "%s on %s: forward returned %s: %s", name, be,
+                cflash_status_string(s), cflash_last_error());
         return 1;
     }
-    char last_skip[512] = "";
+    char msg[1024];
+    int ok = attn_problem_check_fwd(p, msg, sizeof msg);
+    if (ok)
+        tt_pass();
+    else
+        tt_fail(__FILE__, __LINE__, "fwd on %s: %s", be, msg);
+    if (o->verbose) printf("fwd %s %s\n", be, msg);
+    if (o->bwd && !c->no_lse) {
+        s = o->run_bwd ? o->run_bwd(ctx, p, o->user) : attn_problem_run_bwd(ctx, p);
+        if (s == CFLASH_ERR_UNSUPPORTED && o->skip_unsupported) {
+            printf("skip bwd %s on %s: %s\n", name, be, cflash_last_error());
+        } else if (s != CFLASH_OK) {
+            tt_fail(__FILE__, __LINE__, "%s on %s: backward returned %s: %s", name, be,
+                    cflash_status_string(s), cflash_last_error());
+        } else {
+            ok = attn_problem_check_bwd(p, msg, sizeof msg);
+            if (ok)
+                tt_pass();
+            else
+                tt_fail(__FILE__, __LINE__, "bwd on %s: %s", be, msg);
+            if (o->verbose) printf("bwd %s %s\n", be, msg);
+        }
+    }
+    return 1;
+}
+
+int attn_grid_run_many(const attn_grid_opts* o, int nb, const char* const* backends,
+                       const unsigned* dtypes, int* ran, int* skipped) {
+    int n = attn_grid_count(o->level), nprob = 0, fails0 = tt_failed;
+    cflash_context* ctx[ATTN_GRID_MAX_BACKENDS] = {NULL};
+    if (nb < 1 || nb > ATTN_GRID_MAX_BACKENDS) {
+        tt_fail(__FILE__, __LINE__, "attn_grid_run_many: %d backends", nb);
+        return 1;
+    }
+    for (int k = 0; k < nb; k++) {
+        ran[k] = skipped[k] = 0;
+        if (cflash_context_create(&ctx[k]) != CFLASH_OK ||
+            cflash_context_set_backend(ctx[k], backends[k]) != CFLASH_OK ||
+            cflash_context_set_threads(ctx[k], o->threads) != CFLASH_OK) {
+            tt_fail(__FILE__, __LINE__, "context for backend %s: %s",
+                    backends[k] ? backends[k] : "auto", cflash_last_error());
+            for (int j = 0; j <= k; j++)
+                cflash_context_free(ctx[j]);
+            return 1;
+        }
+    }
+    char last_skip[ATTN_GRID_MAX_BACKENDS][512] = {""};
     double t0 = tt_now();
     for (int i = 0; i < n; i++) {
-        if (o->max_cases && nran >= o->max_cases) break;
+        if (o->max_cases && nprob >= o->max_cases) break;
         attn_case c;
         attn_grid_case(o->level, i, &c);
-        if (o->dtypes && !(o->dtypes & (1u << c.dtype))) continue;
+        int wanted = 0; /* some backend runs the case's dtype */
+        for (int k = 0; k < nb; k++)
+            wanted |= !dtypes[k] || (dtypes[k] & (1u << c.dtype));
+        if (!wanted) continue;
         if (o->plain_only && (c.sinks || c.bias || c.mask || c.blocks || c.chunk)) continue;
         if (o->max_head_dim > 0 && (c.D > o->max_head_dim || c.Dv > o->max_head_dim)) continue;
         /* device hooks copy the plain tensors only; serving cases run on the host */
@@ -382,58 +440,38 @@ int attn_grid_run(const attn_grid_opts* o, int* ran, int* skipped) {
             continue;
         }
         double tc = tt_now();
-        cflash_status s = o->run_fwd ? o->run_fwd(ctx, p, o->user) : attn_problem_run_fwd(ctx, p);
-        if (o->run_fwd) p->fwd_ran = s == CFLASH_OK && !c.no_lse;
-        if (s == CFLASH_ERR_UNSUPPORTED && o->skip_unsupported) {
-            if (strcmp(last_skip, cflash_last_error())) {
-                snprintf(last_skip, sizeof last_skip, "%s", cflash_last_error());
-                printf("skip %s: %s\n", name, last_skip);
-            }
-            nskip++;
-            attn_problem_free(p);
-            continue;
+        int any = 0;
+        /* every backend on the one problem: its fp64 oracle is computed once (p keeps it) */
+        for (int k = 0; k < nb; k++) {
+            if (dtypes[k] && !(dtypes[k] & (1u << c.dtype))) continue;
+            const char* be = backends[k] ? backends[k] : "auto";
+            if (grid_case_on(o, ctx[k], be, p, &c, name, last_skip[k], sizeof last_skip[k]))
+                ran[k]++, any = 1;
+            else
+                skipped[k]++;
         }
-        nran++;
-        if (s != CFLASH_OK) {
-            tt_fail(__FILE__, __LINE__, "%s: forward returned %s: %s", name,
-                    cflash_status_string(s), cflash_last_error());
-            attn_problem_free(p);
-            continue;
-        }
-        char msg[1024];
-        int ok = attn_problem_check_fwd(p, msg, sizeof msg);
-        if (ok)
-            tt_pass();
-        else
-            tt_fail(__FILE__, __LINE__, "fwd %s", msg);
-        if (o->verbose) printf("fwd %s\n", msg);
-        if (o->bwd && !c.no_lse) {
-            s = o->run_bwd ? o->run_bwd(ctx, p, o->user) : attn_problem_run_bwd(ctx, p);
-            if (s == CFLASH_ERR_UNSUPPORTED && o->skip_unsupported) {
-                printf("skip bwd %s: %s\n", name, cflash_last_error());
-            } else if (s != CFLASH_OK) {
-                tt_fail(__FILE__, __LINE__, "%s: backward returned %s: %s", name,
-                        cflash_status_string(s), cflash_last_error());
-            } else {
-                ok = attn_problem_check_bwd(p, msg, sizeof msg);
-                if (ok)
-                    tt_pass();
-                else
-                    tt_fail(__FILE__, __LINE__, "bwd %s", msg);
-                if (o->verbose) printf("bwd %s\n", msg);
-            }
-        }
+        nprob += any;
         if (o->verbose) printf("  (%.2f s)\n", tt_now() - tc);
         attn_problem_free(p);
     }
-    printf("grid level %d, backend %s%s: %d cases run, %d skipped, %d failed checks, %.1f s\n",
-           o->level, o->backend ? o->backend : "auto", o->bwd ? " (fwd+bwd)" : " (fwd)", nran,
-           nskip, tt_failed - fails0, tt_now() - t0);
+    for (int k = 0; k < nb; k++) {
+        printf("grid level %d, backend %s%s: %d cases run, %d skipped%s\n", o->level,
+               backends[k] ? backends[k] : "auto", o->bwd ? " (fwd+bwd)" : " (fwd)", ran[k],
+               skipped[k], nb > 1 ? " (the backends' problems shared)" : "");
+        cflash_context_free(ctx[k]);
+    }
+    printf("grid level %d: %d failed checks, %.1f s\n", o->level, tt_failed - fails0,
+           tt_now() - t0);
     fflush(stdout);
-    cflash_context_free(ctx);
-    if (ran) *ran = nran;
-    if (skipped) *skipped = nskip;
     return tt_failed - fails0;
+}
+
+int attn_grid_run(const attn_grid_opts* o, int* ran, int* skipped) {
+    int r = 0, s = 0;
+    const int fails = attn_grid_run_many(o, 1, &o->backend, &o->dtypes, &r, &s);
+    if (ran) *ran = r;
+    if (skipped) *skipped = s;
+    return fails;
 }
 
 /* ---- The one-pass backward ----------------------------------------------------------------- */

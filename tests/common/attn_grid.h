@@ -87,5 +87,13 @@ void attn_fill_far_qk(attn_problem* p);
 /* Runs the grid, recording one CHECK per case and direction. Returns the number of failures;
  * *ran / *skipped (may be NULL) get the cases run and skipped. */
 int attn_grid_run(const attn_grid_opts* o, int* ran, int* skipped);
+/* The grid on nb (<= ATTN_GRID_MAX_BACKENDS) backends at once: each case's problem is built and
+ * its fp64 oracle computed once, then checked on every backend whose dtypes (as o->dtypes; 0 =
+ * all) hold its dtype; o->backend and o->dtypes are not read. ran[k] and skipped[k] count backend
+ * k's cases. Returns the failed checks. (The oracle, not the kernels, takes most of a grid's time:
+ * one grid per backend computed it once per backend.) */
+#define ATTN_GRID_MAX_BACKENDS 8
+int attn_grid_run_many(const attn_grid_opts* o, int nb, const char* const* backends,
+                       const unsigned* dtypes, int* ran, int* skipped);
 
 #endif
