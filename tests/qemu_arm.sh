@@ -3,7 +3,7 @@
 # CPU feature set qemu models: first every test that can run emulated on `-cpu max` (NEON,
 # FEAT_FP16/FHM, BF16, I8MM, SVE2 at 128 bits, SME); then cpu-sve's tests at the longest SVE
 # vector (2048 bits: its kernels read the length at run time); then, without
-# SVE (`max,sve=off`), the probe, the report and the KV-cache test (cpu-sve must refuse there, with
+# SVE (`max,sve=off`), the probe, the report and test_attn_kernels (cpu-sve must refuse there, with
 # its reason; cpu-neon's kernels are the ones `-cpu max` ran, same features), and on a NEON-only
 # core (Cortex-A72: no fp16 arithmetic, no bf16: other NEON paths) the probe, the report and
 # cpu-neon's tests (cpu-sve refusing again). The grids run
@@ -45,26 +45,44 @@ exclude='^(test_cuda_dispatch|test_link_only_lcflash|test_attn_memory|test_attn_
 # The tests that loop over backends, for the models that change only some backends.
 kernels='test_attn_kernels|test_attn_backends|test_kvcache|test_norm|test_rotary|test_merge'
 
-fail=""
-# name;QEMU_CPU;ctest selection;CFLASH_TEST_BACKENDS;features the probe must see;SVE bytes
-for model in \
-    "max;max,sve-default-vector-length=16;-E $exclude;cpu-neon cpu-sve;+asimd +fphp +asimdhp +asimdfhm +asimddp +bf16 +i8mm +sve +sve2 +svebf16 +sme;16" \
-    "sve2048;max,sve-default-vector-length=256;-R ^(test_probe|test_report|test_attn_kernels|test_kvcache|test_norm|test_rotary|test_merge)\$;cpu-sve;+sve;256" \
-    "nosve;max,sve=off;-R ^(test_probe|test_report|test_attn_kernels|test_kvcache)\$;cpu-sve cpu-neon;+asimd +fphp +asimdhp +asimdfhm +bf16 +i8mm -sve -sve2 -sme;0" \
-    "cortex-a72;cortex-a72;-R ^(test_probe|test_report|test_attn_kernels|test_attn_backends|test_kvcache)\$;cpu-sve cpu-neon;+asimd -fphp -asimdhp -asimdfhm -asimddp -bf16 -i8mm -sve -sve2 -sme;0"; do
+# One model: its ctest selection under qemu with its features. $1 = the model line (below), $2 =
+# ctest jobs.
+run_model() {
     IFS=';' read -r name cpu select backends features vl <<EOF
-$model
+$1
 EOF
     echo "== qemu-aarch64 -cpu $cpu: ctest $select${backends:+ (backends: $backends)}"
     # passive OpenMP waiting: a spinning idle thread is emulated too (see the Makefile's TEST_ENV)
     # shellcheck disable=SC2086
-    if ! env QEMU_CPU="$cpu" CFLASH_TEST_LEVEL=-1 CFLASH_TEST_CPU_FEATURES="$features" \
+    env QEMU_CPU="$cpu" CFLASH_TEST_LEVEL=-1 CFLASH_TEST_CPU_FEATURES="$features" \
         OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}" \
         ${vl:+CFLASH_TEST_SVE_VL=$vl} CFLASH_TEST_BACKENDS="$backends" \
-        ctest --output-on-failure -j"$jobs" $select; then
-        fail="$fail $name"
-    fi
+        ctest --output-on-failure -j"$2" $select
+}
+
+# name;QEMU_CPU;ctest selection;CFLASH_TEST_BACKENDS;features the probe must see;SVE bytes
+max="max;max,sve-default-vector-length=16;-E $exclude;cpu-neon cpu-sve;+asimd +fphp +asimdhp +asimdfhm +asimddp +bf16 +i8mm +sve +sve2 +svebf16 +sme;16"
+sve2048="sve2048;max,sve-default-vector-length=256;-R ^(test_probe|test_report|test_attn_kernels|test_kvcache|test_norm|test_rotary|test_merge)\$;cpu-sve;+sve;256"
+# (no test_kvcache without SVE: cpu-neon runs there the kernels `-cpu max` ran, same features;
+# cpu-sve's refusal and its reason are the probe's, the report's and test_attn_kernels' checks)
+nosve="nosve;max,sve=off;-R ^(test_probe|test_report|test_attn_kernels)\$;cpu-sve cpu-neon;+asimd +fphp +asimdhp +asimdfhm +bf16 +i8mm -sve -sve2 -sme;0"
+a72="cortex-a72;cortex-a72;-R ^(test_probe|test_report|test_attn_kernels|test_attn_backends|test_kvcache)\$;cpu-sve cpu-neon;+asimd -fphp -asimdhp -asimdfhm -asimddp -bf16 -i8mm -sve -sve2 -sme;0"
+
+fail=""
+# qemu's full model first, on every core; then the other three side by side (each is mostly one
+# long test on one core: one after the other they took 7 minutes on a Zen 3 host, a core idle
+# most of it), each one's output printed whole when all are done.
+run_model "$max" "$jobs" || fail="$fail max"
+logs=$(mktemp -d)
+(run_model "$sve2048" 1 > "$logs/1" 2>&1 || echo sve2048 > "$logs/1.fail") &
+(run_model "$nosve" 1 > "$logs/2" 2>&1 || echo nosve > "$logs/2.fail") &
+(run_model "$a72" "$jobs" > "$logs/3" 2>&1 || echo cortex-a72 > "$logs/3.fail") &
+wait
+for i in 1 2 3; do
+    cat "$logs/$i"
+    if [ -f "$logs/$i.fail" ]; then fail="$fail $(cat "$logs/$i.fail")"; fi
 done
+rm -rf "$logs"
 if [ -n "$fail" ]; then
     echo "qemu_arm: FAILED on:$fail"
     exit 1
