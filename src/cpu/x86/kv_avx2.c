@@ -130,15 +130,26 @@ kv2_dots_body(const float* restrict q, int64_t R, int64_t D, const void* const* 
             const float* qr = q + r * D;
             __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
             __m256 b0 = a0, b1 = a0, b2 = a0, b3 = a0;
-            for (int64_t d = 0; d < D; d += 8) {
-                const __m256 x = kv2_load(k0, dt, d, D, nan), y = kv2_load(k1, dt, d, D, nan);
-                const __m256 q0 = kv2_q8(qr, d, D), q1 = kv2_q8(qr + D, d, D),
-                             q2 = kv2_q8(qr + 2 * D, d, D), q3 = kv2_q8(qr + 3 * D, d, D);
-                a0 = _mm256_fmadd_ps(q0, x, a0), b0 = _mm256_fmadd_ps(q0, y, b0);
-                a1 = _mm256_fmadd_ps(q1, x, a1), b1 = _mm256_fmadd_ps(q1, y, b1);
-                a2 = _mm256_fmadd_ps(q2, x, a2), b2 = _mm256_fmadd_ps(q2, y, b2);
-                a3 = _mm256_fmadd_ps(q3, x, a3), b3 = _mm256_fmadd_ps(q3, y, b3);
+#define KV2_DOT8(x, y, q0, q1, q2, q3)                                                             \
+    a0 = _mm256_fmadd_ps(q0, x, a0), b0 = _mm256_fmadd_ps(q0, y, b0);                              \
+    a1 = _mm256_fmadd_ps(q1, x, a1), b1 = _mm256_fmadd_ps(q1, y, b1);                              \
+    a2 = _mm256_fmadd_ps(q2, x, a2), b2 = _mm256_fmadd_ps(q2, y, b2);                              \
+    a3 = _mm256_fmadd_ps(q3, x, a3), b3 = _mm256_fmadd_ps(q3, y, b3)
+            /* whole 8-element chunks, then the row's tail: no tail test and no mask in the loop
+             * (with them GCC kept fewer of the accumulators in registers) */
+            int64_t d = 0;
+            for (; d + 8 <= D; d += 8) {
+                const __m256 x = kv2_load8(k0, dt, d, nan), y = kv2_load8(k1, dt, d, nan);
+                KV2_DOT8(x, y, _mm256_loadu_ps(qr + d), _mm256_loadu_ps(qr + D + d),
+                         _mm256_loadu_ps(qr + 2 * D + d), _mm256_loadu_ps(qr + 3 * D + d));
             }
+            if (d < D) {
+                const __m256 x = kv2_load_tail(k0, dt, d, D - d),
+                             y = kv2_load_tail(k1, dt, d, D - d);
+                KV2_DOT8(x, y, kv2_q8(qr, d, D), kv2_q8(qr + D, d, D), kv2_q8(qr + 2 * D, d, D),
+                         kv2_q8(qr + 3 * D, d, D));
+            }
+#undef KV2_DOT8
             float o[8]; /* rows r, r + 1 for keys t, t + 1, then rows r + 2, r + 3 */
             _mm_storeu_ps(o, kv2_sum4(a0, b0, a1, b1));
             _mm_storeu_ps(o + 4, kv2_sum4(a2, b2, a3, b3));
