@@ -148,6 +148,8 @@ static void check_filled(const attn_case* c, void (*fill)(attn_problem*), const 
 static void run(int kind, cflash_dtype dt) {
     attn_case c;
     attn_case_init(&c);
+    /* (B 1 when reduced was tried: chunks with sinks, bf16, seed 742, then fail dsink on every
+     * backend alike, 0.00929 against a bound of 0.00919: left at 2) */
     c.B = 2, c.H = 4, c.Hk = 2, c.Sq = S, c.Sk = S, c.D = 40, c.Dv = 24, c.dtype = dt;
     c.seed = 700 + (uint64_t)kind * 10 + (uint64_t)dt + tt_seed_base() * 1000003u;
     c.causal = 1; /* key blocks then start at multiples of the kernels' block size: the padding
@@ -192,6 +194,7 @@ static void fill_rand_blocks(attn_problem* p) {
 static void run_rand_blocks(cflash_dtype dt) {
     for (int lists = 0; lists < 2; lists++)
         for (int pct = 25; pct <= 75; pct += 50) {
+            if (tt_test_level() < 0 && pct != (lists ? 75 : 25)) continue; /* reduced: one each */
             attn_case c;
             attn_case_init(&c);
             c.B = 1, c.H = 4, c.Hk = 2, c.Sq = 600, c.Sk = 520, c.D = c.Dv = 32, c.dtype = dt;
