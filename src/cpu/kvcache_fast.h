@@ -753,11 +753,12 @@ static inline void kv_pf_rows(const void* const* rows, int64_t n, int64_t t0, in
  * where: the vendors where that was measured to gain) do on this CPU. KV_PF_INTEL: measured on
  * Intel (Xeon 6/207, 2 threads: bf16 decode on FMA 1.25x, int8 1.08x), where a burst of prefetches
  * waits on the L1 miss buffers with a head's work queued behind it; on AMD Zen 4 cpu-avx2's
- * kernels gained nothing (0.96-1.01x). KV_PF_AMD: measured on AMD Zen 4 (bf16 by vdpbf16ps, which
- * Intel does not run by default). KV_PF_X86: both (Zen 4: cpu-avx512's int8 VNNI kernels
- * 1.02-1.06x, the FMA kernels on fp16 caches 1.03-1.07x; with an int8 cache and fp32 q these
- * 0.95-1.00x: Intel's). docs/PERF.md. Elsewhere the per-head prefetch below stays until measured
- * there. */
+ * kernels gained nothing (0.96-1.01x), on AMD Zen 3 (family 25 model 1, 2 threads, Sk 131072)
+ * they gained 1.31x on bf16 caches, 1.16x on e4m3 and int8: cpu-avx2 takes KV_PF_X86. KV_PF_AMD:
+ * measured on AMD Zen 4 (bf16 by vdpbf16ps, which Intel does not run by default). KV_PF_X86: both
+ * (Zen 4: cpu-avx512's int8 VNNI kernels 1.02-1.06x, the FMA kernels on fp16 caches 1.03-1.07x;
+ * with an int8 cache and fp32 q these 0.95-1.00x: Intel's). docs/PERF.md. Elsewhere the per-head
+ * prefetch below stays until measured there. */
 enum { KV_PF_INTEL = 1, KV_PF_AMD = 2, KV_PF_X86 = 3 };
 static inline int kv_pf_inside_cpu(int where) {
     const char* v = cf_cpu()->vendor;

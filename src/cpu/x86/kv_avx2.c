@@ -586,7 +586,7 @@ static void avx2_pv_i8(const kv_head* h, const void* const* rows, int64_t nb, co
 
 static void kv_choose_avx2(const cf_kvcache_call* c, int64_t R, kv_path* p) {
     *p = (kv_path){
-        .scores = avx2_scores, .pv = avx2_pv, .softmax16 = kv2_softmax16, .pf_inside = KV_PF_INTEL};
+        .scores = avx2_scores, .pv = avx2_pv, .softmax16 = kv2_softmax16, .pf_inside = KV_PF_X86};
     if (kv2_i8_ok(c, R))
         p->prep = avx2_i8_prep, p->scores = avx2_scores_i8, p->pv = avx2_pv_i8,
         p->acc_index = kv2_acc_index_i8, p->finish = kv2_i8_unpermute;
