@@ -6,6 +6,9 @@
  * untouched. One test per error path. Usage: test_kvcache [-v] */
 #include <math.h>
 #include <stdlib.h>
+#if defined(__x86_64__)
+#include <xmmintrin.h> /* (MXCSR: test_quant_subnormal) */
+#endif
 
 #include "common/testutil.h"
 #include "oracle/ops_oracle.h"
@@ -1507,6 +1510,20 @@ static void test_quant_edges(void) {
     }
 }
 
+/* One call of problem p on backend be (threads 0: the default) into its out and lse, both
+ * poisoned first. */
+static cflash_status call_with_lse(kprob* p, const char* be, int threads) {
+    cflash_attn_params ap;
+    cflash_kvcache_params kp;
+    params(p, &ap, &kp);
+    tt_poison(&p->out), tt_poison(&p->lse);
+    cflash_context* ctx = ops_context(be, threads);
+    const cflash_status s = cflash_attn_kvcache_fwd(ctx, &ap, &kp, &p->q.dl, &p->kc.dl, &p->vc.dl,
+                                                    &p->out.dl, &p->lse.dl);
+    cflash_context_free(ctx);
+    return s;
+}
+
 /* Non-finite values in a quantized cache (an fp8 NaN code, an int8 NaN scale) follow DESIGN.md's
  * NaN rule: every query row that sees the key is NaN (out and lse), every row that does not is
  * exact. Two query rows with a window, so that the keys sit in blocks some rows see only in part
@@ -1550,16 +1567,9 @@ static void test_quant_nonfinite(void) {
                     }
                 }
                 oracle(&p, 0, 1.0, ro, rl);
-                cflash_attn_params ap;
-                cflash_kvcache_params kp;
-                params(&p, &ap, &kp);
                 for (const char* const* be = ops_backends; *be; be++) {
                     if (!tt_backend_selected(*be)) continue;
-                    tt_poison(&p.out), tt_poison(&p.lse);
-                    cflash_context* ctx = ops_context(*be, 0);
-                    cflash_status s = cflash_attn_kvcache_fwd(ctx, &ap, &kp, &p.q.dl, &p.kc.dl,
-                                                              &p.vc.dl, &p.out.dl, &p.lse.dl);
-                    cflash_context_free(ctx);
+                    const cflash_status s = call_with_lse(&p, *be, 0);
                     if (ops_backend_skips(*be, "kvcache_fwd", s)) continue;
                     CHECK_MSG(s == CFLASH_OK, "quant non-finite on %s: %s", *be,
                               cflash_last_error());
@@ -1593,6 +1603,83 @@ static void test_quant_nonfinite(void) {
                 free(ro), free(rl), free(no_), free(nl_);
                 release(&p);
             }
+}
+
+/* fp8 caches where cpu-avx2's reading of e4m3fn codes as fp32 (kv_avx2.c, KV2_F32) could go
+ * wrong. It reads subnormal codes as fp32 subnormals where MXCSR.DAZ is clear in the thread that
+ * runs its kernels; a host built with -ffast-math runs with DAZ set, which reads them as 0: there
+ * the kernels must go through fp16. Kinds: 0, 1: caches of subnormal codes alone, with descales
+ * that leave P times the code unit finite (2^7 e4m3, 2^12 e5m2) or not (2^10, 2^18: fp16 for P V);
+ * 2: q near 2^-40 and a K descale of 2^40 (q times codes in fp32 units, 2^-120 each, would fall
+ * below fp32's subnormals without q's scaling); 3: q near 2^110 and a K descale of 2^-110 (q's
+ * scaling would leave a factor of 2^131 for the scores: fp16 for them). DAZ clear and set; one
+ * thread, so that the kernels run in this thread, under the MXCSR it sets (x86). */
+static void test_quant_subnormal(void) {
+#if defined(__x86_64__)
+    for (int qz = CFLASH_KV_QUANT_FP8_E4M3; qz <= CFLASH_KV_QUANT_FP8_E5M2; qz++)
+        for (int kind = 0; kind < 4; kind++)
+            for (int daz = 0; daz < 2; daz++) {
+                const int e4 = qz == CFLASH_KV_QUANT_FP8_E4M3, big = kind == 1;
+                kcase c = {0};
+                c.dtype = CF_BF16, c.B = 1, c.H = 8, c.Hk = 2, c.Sq = 1, c.Sn = 0;
+                c.D = c.Dv = 64, c.Lmax = 40, c.seqlen_mode = 1, c.wl = c.wr = -1, c.lse = 1;
+                c.layout = TT_DENSE, c.x.quant = qz, c.x.descale = 1;
+                c.seed = 990 + (uint64_t)(qz * 8 + kind * 2 + daz) + tt_seed_base();
+                kprob p;
+                build(&p, &c);
+                tt_rng r;
+                tt_rng_init(&r, c.seed + 1);
+                if (kind >= 2) {
+                    const double by = kind == 2 ? 0x1p-40 : 0x1p110;
+                    for (int64_t n = 0; n < p.q.numel; n++) {
+                        int64_t idx[4];
+                        tt_unravel(&p.q, n, idx);
+                        tt_set(&p.q, idx, tt_get(&p.q, idx) * by);
+                    }
+                    tt_set(&p.kds, (int64_t[]){0}, 1.0 / by);
+                }
+                for (int is_v = 0; is_v < 2 && kind < 2; is_v++) {
+                    tt_tensor *t = is_v ? &p.vc : &p.kc, *t0 = is_v ? &p.vc0 : &p.kc0;
+                    for (int64_t n = 0; n < t->numel; n++) {
+                        int64_t idx[4];
+                        tt_unravel(t, n, idx);
+                        /* sign and mantissa, exponent 0: a subnormal (or zero) */
+                        const double code = (double)(tt_rng_u64(&r) & (e4 ? 0x87 : 0x83));
+                        tt_set(t, idx, code), tt_set(t0, idx, code);
+                    }
+                    const double ds = e4 ? (big ? 0x1p10 : 0x1p7) : (big ? 0x1p18 : 0x1p12);
+                    tt_set(is_v ? &p.vds : &p.kds, (int64_t[]){0}, ds);
+                }
+                const int64_t no = c.Sq * c.H * c.Dv, nl = c.Sq * c.H;
+                double *ro = malloc(8 * (size_t)no), *rl = malloc(8 * (size_t)nl),
+                       *no_ = malloc(8 * (size_t)no), *nl_ = malloc(8 * (size_t)nl), bo, bl;
+                oracle_bounds(&p, ro, rl, no_, nl_, &bo, &bl);
+                for (const char* const* be = ops_backends; *be; be++) {
+                    if (!tt_backend_selected(*be)) continue;
+                    const unsigned csr = _mm_getcsr();
+                    if (daz) _mm_setcsr(csr | 0x40);
+                    const cflash_status s = call_with_lse(&p, *be, 1);
+                    _mm_setcsr(csr);
+                    if (ops_backend_skips(*be, "kvcache_fwd", s)) continue;
+                    CHECK_MSG(s == CFLASH_OK, "fp8 subnormals on %s: %s", *be, cflash_last_error());
+                    int64_t bad = 0;
+                    for (int64_t h = 0; h < c.H; h++) {
+                        bad += !(fabs(tt_get(&p.lse, (int64_t[]){0, h, 0}) -
+                                      rl[lidx(&p, 0, h, 0)]) <= bl);
+                        for (int64_t d = 0; d < c.Dv; d++)
+                            bad += !(fabs(tt_get(&p.out, (int64_t[]){0, 0, h, d}) -
+                                          ro[oidx(&p, 0, 0, h, d)]) <= bo);
+                    }
+                    static const char* kinds[4] = {
+                        "subnormal codes", "subnormal codes, big descale", "tiny q", "huge q"};
+                    CHECK_MSG(bad == 0, "fp8 %s, %s, DAZ %s, on %s: %lld elements wrong",
+                              e4 ? "e4m3" : "e5m2", kinds[kind], daz ? "set" : "clear", *be,
+                              (long long)bad);
+                }
+                free(ro), free(rl), free(no_), free(nl_);
+                release(&p);
+            }
+#endif
 }
 
 /* The sinks' error paths: dtype, shape, stride, device; nothing written. */
@@ -1849,6 +1936,7 @@ int main(int argc, char** argv) {
     test_errors_quant();
     test_quant_edges();
     test_quant_nonfinite();
+    test_quant_subnormal();
     test_latent_errors();
     test_shared_rows();
     test_short_cu_new();

@@ -4,8 +4,9 @@
  * converted key feeds all of them: scores two keys by four rows (eight FMA chains), P.V sixteen
  * elements by four rows with the accumulators in registers over a block; the softmax of a fully
  * visible 16-key block in registers (kv2_softmax16), kvcache_fast.h's portable one elsewhere.
- * An int8 cache with bf16 / fp16 q goes by integer products instead (vpmaddwd: kv2_dots_i8,
- * kv2_pv_i8). src/cpu/kvcache_fast.h runs the rest. */
+ * An e4m3fn code goes to fp32 by integer operations where that is exact (KV2_F32); an int8 cache
+ * with bf16 / fp16 q goes by integer products instead (vpmaddwd: kv2_dots_i8, kv2_pv_i8).
+ * src/cpu/kvcache_fast.h runs the rest. */
 #if defined(__x86_64__)
 /* System headers first: the clang pragma below gives every function declared after it the
  * target attribute. */
@@ -35,18 +36,26 @@
 /* ---- Eight elements of a row of any dtype in fp32 registers ----------------------------------
  * As cpu-avx512's kv_load16: fp8 through fp16 (vcvtph2ps is exact on fp16 subnormals), an e5m2
  * code the high byte of its value's fp16, an e4m3fn code shifted into fp16's fields its value times
- * 2^-8 (the per-key factor takes the 2^8: kv_code_unit) with its NaN pattern set apart. */
+ * 2^-8 (the per-key factor takes the 2^8: kv_code_unit) with its NaN pattern set apart; or an
+ * e4m3fn code straight to fp32 (KV2_F32, where exact). */
 
-/* nan: an e4m3fn row may hold its NaN code (kv2_e4m3_nan): set those lanes apart. */
+/* How a kernel reads fp8 codes: through fp16 (KV2_F16), through fp16 with e4m3fn's NaN code set
+ * apart (KV2_F16_NAN: a row holds it), or an e4m3fn code as fp32 by integer operations alone
+ * (KV2_F32: below, before avx2_scores). */
+enum { KV2_F16 = 0, KV2_F16_NAN = 1, KV2_F32 = 2 };
+
 __attribute__((always_inline)) static inline __m256 kv2_code8(const uint8_t* x, cf_dtype dt,
-                                                              int nan) {
+                                                              int route) {
     const __m128i b = _mm_loadl_epi64((const __m128i*)x);
     if (dt == CF_I8) return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b));
+    if (route == KV2_F32) /* (e4m3fn) sign, exponent and mantissa shifted into fp32's fields */
+        return _mm256_castsi256_ps(_mm256_and_si256(_mm256_slli_epi32(_mm256_cvtepi8_epi32(b), 20),
+                                                    _mm256_set1_epi32((int)0x87ffffff)));
     const __m128i w = _mm_cvtepu8_epi16(b);
     if (dt == CF_F8E5M2) return _mm256_cvtph_ps(_mm_slli_epi16(w, 8));
     const __m128i a = _mm_slli_epi16(w, 7); /* e, m in bits 7..13, the sign at bit 14 */
     const __m128i h = _mm_add_epi16(a, _mm_and_si128(a, _mm_set1_epi16(0x4000)));
-    if (!nan) return _mm256_cvtph_ps(h);
+    if (route != KV2_F16_NAN) return _mm256_cvtph_ps(h);
     const __m128i isnan = /* 0x7f or 0xff: all ones in 16 bits */
         _mm_cmpeq_epi16(_mm_or_si128(w, _mm_set1_epi16(0x80)), _mm_set1_epi16(0xff));
     return _mm256_blendv_ps(_mm256_cvtph_ps(h), _mm256_set1_ps(NAN),
@@ -72,7 +81,7 @@ static int kv2_e4m3_nan(const void* const* rows, int64_t nb, int64_t n) {
 
 /* Elements d .. d + 7 of a row of dtype dt (all eight inside the row). */
 __attribute__((always_inline)) static inline __m256 kv2_load8(const void* row, cf_dtype dt,
-                                                              int64_t d, int nan) {
+                                                              int64_t d, int route) {
     switch (dt) {
     case CF_BF16: {
         const __m128i h = _mm_loadu_si128((const __m128i*)((const uint16_t*)row + d));
@@ -82,23 +91,23 @@ __attribute__((always_inline)) static inline __m256 kv2_load8(const void* row, c
         return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)((const uint16_t*)row + d)));
     case CF_I8:
     case CF_F8E4M3:
-    case CF_F8E5M2: return kv2_code8((const uint8_t*)row + d, dt, nan);
+    case CF_F8E5M2: return kv2_code8((const uint8_t*)row + d, dt, route);
     default: return _mm256_loadu_ps((const float*)row + d);
     }
 }
 
 /* Elements d .. d + n - 1 (n < 8) of a row, zeros after: the row's last ones, through a copy (the
  * loads above would read past the row). */
-static inline __m256 kv2_load_tail(const void* row, cf_dtype dt, int64_t d, int64_t n) {
+static inline __m256 kv2_load_tail(const void* row, cf_dtype dt, int64_t d, int64_t n, int route) {
     const size_t es = cf_dtype_size(dt);
     _Alignas(32) uint8_t tmp[32] = {0};
     memcpy(tmp, (const char*)row + (size_t)d * es, (size_t)n * es);
-    return kv2_load8(tmp, dt, 0, 1);
+    return route == KV2_F32 ? kv2_load8(tmp, dt, 0, KV2_F32) : kv2_load8(tmp, dt, 0, KV2_F16_NAN);
 }
 
 __attribute__((always_inline)) static inline __m256 kv2_load(const void* row, cf_dtype dt,
-                                                             int64_t d, int64_t D, int nan) {
-    return D - d >= 8 ? kv2_load8(row, dt, d, nan) : kv2_load_tail(row, dt, d, D - d);
+                                                             int64_t d, int64_t D, int route) {
+    return D - d >= 8 ? kv2_load8(row, dt, d, route) : kv2_load_tail(row, dt, d, D - d, route);
 }
 
 /* q's elements d .. d + 7 of a row of D (zeros past D). */
@@ -119,7 +128,7 @@ static inline __m128 kv2_sum4(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
  * into L2 on the way, rows t and t + 1 with the pass over keys t and t + 1. */
 __attribute__((always_inline)) static inline void
 kv2_dots_body(const float* restrict q, int64_t R, int64_t D, const void* const* rows, int64_t nb,
-              cf_dtype dt, int nan, float* restrict s, const void* const* pf, int64_t npf) {
+              cf_dtype dt, int route, float* restrict s, const void* const* pf, int64_t npf) {
     const int64_t bytes = D * (int64_t)cf_dtype_size(dt);
     int64_t t = 0;
     for (; t + 2 <= nb; t += 2) {
@@ -139,13 +148,13 @@ kv2_dots_body(const float* restrict q, int64_t R, int64_t D, const void* const* 
              * (with them GCC kept fewer of the accumulators in registers) */
             int64_t d = 0;
             for (; d + 8 <= D; d += 8) {
-                const __m256 x = kv2_load8(k0, dt, d, nan), y = kv2_load8(k1, dt, d, nan);
+                const __m256 x = kv2_load8(k0, dt, d, route), y = kv2_load8(k1, dt, d, route);
                 KV2_DOT8(x, y, _mm256_loadu_ps(qr + d), _mm256_loadu_ps(qr + D + d),
                          _mm256_loadu_ps(qr + 2 * D + d), _mm256_loadu_ps(qr + 3 * D + d));
             }
             if (d < D) {
-                const __m256 x = kv2_load_tail(k0, dt, d, D - d),
-                             y = kv2_load_tail(k1, dt, d, D - d);
+                const __m256 x = kv2_load_tail(k0, dt, d, D - d, route),
+                             y = kv2_load_tail(k1, dt, d, D - d, route);
                 KV2_DOT8(x, y, kv2_q8(qr, d, D), kv2_q8(qr + D, d, D), kv2_q8(qr + 2 * D, d, D),
                          kv2_q8(qr + 3 * D, d, D));
             }
@@ -160,8 +169,8 @@ kv2_dots_body(const float* restrict q, int64_t R, int64_t D, const void* const* 
             __m256 a = _mm256_setzero_ps(), b = a;
             for (int64_t d = 0; d < D; d += 8) {
                 const __m256 qv = kv2_q8(q + r * D, d, D);
-                a = _mm256_fmadd_ps(qv, kv2_load(k0, dt, d, D, nan), a);
-                b = _mm256_fmadd_ps(qv, kv2_load(k1, dt, d, D, nan), b);
+                a = _mm256_fmadd_ps(qv, kv2_load(k0, dt, d, D, route), a);
+                b = _mm256_fmadd_ps(qv, kv2_load(k1, dt, d, D, route), b);
             }
             float o[4];
             _mm_storeu_ps(o, kv2_sum4(a, b, a, b));
@@ -172,7 +181,7 @@ kv2_dots_body(const float* restrict q, int64_t R, int64_t D, const void* const* 
         for (int64_t r = 0; r < R; r++) {
             __m256 a = _mm256_setzero_ps();
             for (int64_t d = 0; d < D; d += 8)
-                a = _mm256_fmadd_ps(kv2_q8(q + r * D, d, D), kv2_load(rows[t], dt, d, D, nan), a);
+                a = _mm256_fmadd_ps(kv2_q8(q + r * D, d, D), kv2_load(rows[t], dt, d, D, route), a);
             float o[4];
             _mm_storeu_ps(o, kv2_sum4(a, a, a, a));
             s[r * KV_KB + t] = o[0];
@@ -186,7 +195,7 @@ kv2_dots_body(const float* restrict q, int64_t R, int64_t D, const void* const* 
  * elements starts one. */
 __attribute__((always_inline)) static inline void
 kv2_pv_body(float* restrict acc, int64_t R, int64_t Dv, const void* const* rows, int64_t nb,
-            cf_dtype dt, int nan, const float* restrict p, const void* const* pf, int64_t npf) {
+            cf_dtype dt, int route, const float* restrict p, const void* const* pf, int64_t npf) {
     const int64_t es = (int64_t)cf_dtype_size(dt);
     int64_t d = 0;
     for (; d + 16 <= Dv; d += 16) {
@@ -200,8 +209,8 @@ kv2_pv_body(float* restrict acc, int64_t R, int64_t Dv, const void* const* rows,
             __m256 b0 = _mm256_loadu_ps(o + 8), b1 = _mm256_loadu_ps(o + Dv + 8),
                    b2 = _mm256_loadu_ps(o + 2 * Dv + 8), b3 = _mm256_loadu_ps(o + 3 * Dv + 8);
             for (int64_t t = 0; t < nb; t++) {
-                const __m256 v = kv2_load8(rows[t], dt, d, nan),
-                             w = kv2_load8(rows[t], dt, d + 8, nan);
+                const __m256 v = kv2_load8(rows[t], dt, d, route),
+                             w = kv2_load8(rows[t], dt, d + 8, route);
                 const __m256 p0 = _mm256_broadcast_ss(pr + t),
                              p1 = _mm256_broadcast_ss(pr + KV_KB + t),
                              p2 = _mm256_broadcast_ss(pr + 2 * KV_KB + t),
@@ -221,8 +230,8 @@ kv2_pv_body(float* restrict acc, int64_t R, int64_t Dv, const void* const* rows,
             __m256 a = _mm256_loadu_ps(o), b = _mm256_loadu_ps(o + 8);
             for (int64_t t = 0; t < nb; t++) {
                 const __m256 pv = _mm256_broadcast_ss(p + r * KV_KB + t);
-                a = _mm256_fmadd_ps(pv, kv2_load8(rows[t], dt, d, nan), a);
-                b = _mm256_fmadd_ps(pv, kv2_load8(rows[t], dt, d + 8, nan), b);
+                a = _mm256_fmadd_ps(pv, kv2_load8(rows[t], dt, d, route), a);
+                b = _mm256_fmadd_ps(pv, kv2_load8(rows[t], dt, d + 8, route), b);
             }
             _mm256_storeu_ps(o, a), _mm256_storeu_ps(o + 8, b);
         }
@@ -237,47 +246,128 @@ kv2_pv_body(float* restrict acc, int64_t R, int64_t Dv, const void* const* rows,
             __m256 a = _mm256_loadu_ps(x);
             for (int64_t t = 0; t < nb; t++)
                 a = _mm256_fmadd_ps(_mm256_broadcast_ss(p + r * KV_KB + t),
-                                    kv2_load(rows[t], dt, d, Dv, nan), a);
+                                    kv2_load(rows[t], dt, d, Dv, route), a);
             _mm256_storeu_ps(x, a);
             memcpy(o, x, sizeof(float) * (size_t)n);
         }
     }
 }
 
-/* The kernels with the row dtype a constant (its conversion chosen outside the loops); nan: an
- * e4m3fn block holding the NaN code. */
-#define KV2_BY_DTYPE(dt, nan, call)                                                                \
+/* The kernels with the row dtype and the route of fp8 codes constants (the conversion chosen
+ * outside the loops). */
+#define KV2_BY_DTYPE(dt, route, call)                                                              \
     switch (dt) {                                                                                  \
-    case CF_BF16: call(CF_BF16, 0); break;                                                         \
-    case CF_F16: call(CF_F16, 0); break;                                                           \
-    case CF_I8: call(CF_I8, 0); break;                                                             \
+    case CF_BF16: call(CF_BF16, KV2_F16); break;                                                   \
+    case CF_F16: call(CF_F16, KV2_F16); break;                                                     \
+    case CF_I8: call(CF_I8, KV2_F16); break;                                                       \
     case CF_F8E4M3:                                                                                \
-        if (nan)                                                                                   \
-            call(CF_F8E4M3, 1);                                                                    \
+        if (route == KV2_F32)                                                                      \
+            call(CF_F8E4M3, KV2_F32);                                                              \
+        else if (route == KV2_F16_NAN)                                                             \
+            call(CF_F8E4M3, KV2_F16_NAN);                                                          \
         else                                                                                       \
-            call(CF_F8E4M3, 0);                                                                    \
+            call(CF_F8E4M3, KV2_F16);                                                              \
         break;                                                                                     \
-    case CF_F8E5M2: call(CF_F8E5M2, 0); break;                                                     \
-    default: call(CF_F32, 0); break;                                                               \
+    case CF_F8E5M2: call(CF_F8E5M2, KV2_F16); break;                                               \
+    default: call(CF_F32, KV2_F16); break;                                                         \
     }
+
+/* ---- e4m3fn codes as fp32 by integer operations (KV2_F32) ------------------------------------
+ * On Zen 3 vcvtph2ps takes the pipes the FMAs use, ~1.3 cycles per 8 elements (4 of them beside 4
+ * FMAs: 0.9 cycles an instruction, against 0.46 for FMAs alone), and an e4m3fn code needs four
+ * more operations to reach fp16's fields. Instead kv2_code8 shifts a code's sign, exponent and
+ * mantissa into fp32's (three operations): its value times 2^-120, subnormal codes as fp32
+ * subnormals. That is exact where
+ *  - MXCSR.DAZ is clear in the thread that runs the kernel (else subnormals read as 0): checked
+ *    per kernel call (a host built with -ffast-math sets it);
+ *  - the block holds no NaN code (kv2_e4m3_nan: it would read as 480);
+ *  - the products stay normal: q row r is read times 2^E_r (kv2_e4m3_prep: |q'| < 2^100, so even
+ *    the smallest code, 2^-129 here, makes products near 2^-29), the scores then times
+ *    2^(120 - E_r); a row with some |q| >= 2^64 or not finite leaves the scores to fp16. P is
+ *    read times 2^120 with the key's factor, where that product is finite (else fp16).
+ * A block that misses one goes through fp16 as before. e5m2 (one operation to fp16's fields)
+ * gained nothing this way on Zen 3 (0.97-1.00x, with the scan for its infinities) and stays. */
+static inline int kv2_daz_clear(void) {
+    return !(_mm_getcsr() & 0x40);
+}
+
+/* w->qf: the item's q rows, row r times 2^E_r; w->qs[r] = 2^(120 - E_r); w->qbad when some q
+ * row has an element that is not finite or >= 2^64 in magnitude (then no row goes KV2_F32). */
+static void kv2_e4m3_prep(const cf_kvcache_call* c, kv_scratch* w, int64_t R) {
+    const int64_t D = c->a.D;
+    int bad = 0;
+    for (int64_t r = 0; r < R && !bad; r++) {
+        const float* q = w->q + r * D;
+        float m = 0.0f;
+        for (int64_t d = 0; d < D; d++) {
+            const float a = fabsf(q[d]);
+            bad |= !(a < 0x1p64f); /* (NaN too) */
+            m = a > m ? a : m;
+        }
+        if (bad) break;
+        int e;
+        frexpf(m, &e); /* m < 2^e (e 0 for m 0) */
+        const int E = 100 - e < 120 ? 100 - e : 120;
+        const float by = ldexpf(1.0f, E);
+        float* o = w->qf + r * D;
+        for (int64_t d = 0; d < D; d++)
+            o[d] = q[d] * by;
+        w->qs[r] = ldexpf(1.0f, 120 - E);
+    }
+    w->qbad = bad;
+}
+
+/* s[r * KV_KB + t] = s u[r] f[t] for the R rows of a block's scores (f NULL: 1). */
+static void kv2_rows_apply(float* s, int64_t R, const float* f, const float* u) {
+    for (int64_t r = 0; r < R; r++)
+        for (int64_t t = 0; t < KV_KB; t++)
+            s[r * KV_KB + t] = s[r * KV_KB + t] * u[r] * (f ? f[t] : 1.0f);
+}
+
+/* Whether |f[t]| u is finite for every t < KV_KB (f: 0 past the block's keys). */
+static int kv2_f_fits(const float* f, float u) {
+    int ok = 1;
+    for (int t = 0; t < KV_KB; t++)
+        ok &= fabsf(f[t]) * u <= FLT_MAX;
+    return ok;
+}
 
 static void avx2_scores(const kv_head* h, const void* const* rows, int64_t nb, const float* f) {
     const cf_dtype dt = kv_row_dtype(h->c);
-    const int64_t R = h->R, D = h->c->a.D;
-    const int nan = dt == CF_F8E4M3 && kv2_e4m3_nan(rows, nb, D);
-#define KV2_DOTS(T, N) kv2_dots_body(h->q, R, D, rows, nb, T, N, h->s, h->pf, h->npf)
-    KV2_BY_DTYPE(dt, nan, KV2_DOTS)
+    const int64_t R = h->R, D = h->c->a.D, r0 = h->q - h->w->q; /* (the head's first row, x D) */
+    int route = KV2_F16;
+    const float* q = h->q;
+    if (dt == CF_F8E4M3) {
+        const int nan = kv2_e4m3_nan(rows, nb, D);
+        if (!nan && !h->w->qbad && kv2_daz_clear())
+            route = KV2_F32, q = h->w->qf + r0;
+        else if (nan)
+            route = KV2_F16_NAN;
+    }
+#define KV2_DOTS(T, N) kv2_dots_body(q, R, D, rows, nb, T, N, h->s, h->pf, h->npf)
+    KV2_BY_DTYPE(dt, route, KV2_DOTS)
 #undef KV2_DOTS
-    if (f) kv_q_apply(h->s, R, f, kv_code_unit(dt));
+    if (route == KV2_F32)
+        kv2_rows_apply(h->s, R, f, h->w->qs + r0 / D);
+    else if (f)
+        kv_q_apply(h->s, R, f, kv_code_unit(dt));
 }
 
 static void avx2_pv(const kv_head* h, const void* const* rows, int64_t nb, const float* f) {
     const cf_dtype dt = kv_row_dtype(h->c);
     const int64_t R = h->R, Dv = h->c->a.Dv;
-    if (f) kv_q_apply(h->s, R, f, kv_code_unit(dt));
-    const int nan = dt == CF_F8E4M3 && kv2_e4m3_nan(rows, nb, Dv);
+    int route = KV2_F16;
+    if (dt == CF_F8E4M3) {
+        const int nan = kv2_e4m3_nan(rows, nb, Dv);
+        if (!nan && f && kv2_f_fits(f, 0x1p120f) && kv2_daz_clear()) {
+            route = KV2_F32;
+            kv_q_apply(h->s, R, f, 0x1p120f);
+        } else if (nan)
+            route = KV2_F16_NAN;
+    }
+    if (route != KV2_F32 && f) kv_q_apply(h->s, R, f, kv_code_unit(dt));
 #define KV2_PV(T, N) kv2_pv_body(h->acc, R, Dv, rows, nb, T, N, h->s, h->pf, h->npf)
-    KV2_BY_DTYPE(dt, nan, KV2_PV)
+    KV2_BY_DTYPE(dt, route, KV2_PV)
 #undef KV2_PV
 }
 #undef KV2_BY_DTYPE
@@ -587,6 +677,7 @@ static void avx2_pv_i8(const kv_head* h, const void* const* rows, int64_t nb, co
 static void kv_choose_avx2(const cf_kvcache_call* c, int64_t R, kv_path* p) {
     *p = (kv_path){
         .scores = avx2_scores, .pv = avx2_pv, .softmax16 = kv2_softmax16, .pf_inside = KV_PF_X86};
+    if (kv_row_dtype(c) == CF_F8E4M3) p->prep = kv2_e4m3_prep;
     if (kv2_i8_ok(c, R))
         p->prep = avx2_i8_prep, p->scores = avx2_scores_i8, p->pv = avx2_pv_i8,
         p->acc_index = kv2_acc_index_i8, p->finish = kv2_i8_unpermute;
