@@ -1,8 +1,8 @@
 /* cpu-avx2's KV-cache decode kernels alone, as bench/kv_floor.c measures cpu-avx512's: the scores
  * and P.V kernels of one cache format over 16-key blocks of 8 KV heads (4 query rows each, D = Dv
  * = 128), head by head as kv_item calls them, without the call around them (offsets, factors,
- * softmax, threads). NBLK blocks of K and V in the cache's layout (key, head, element) are walked in
- * order, again and again: 1 block (64 KiB of bf16 K and V) stays in L1 / L2, 16 in L2 / L3, 1024
+ * softmax, threads). NBLK blocks of K and V in the cache's layout (key, head, element) are walked
+ * in order, again and again: 1 block (64 KiB of bf16 K and V) stays in L1 / L2, 16 in L2 / L3, 1024
  * (32-64 MiB) reaches DRAM; PF 2 hands the kernels the rows two blocks on to prefetch, as
  * kv_item does with pf_inside. Prints ns per key and KV head (scores + P.V), best of 5.
  * Formats: bf16, e4m3 (read through fp16, KV2_F16), e4m3-f32 (as fp32 by integer operations,
