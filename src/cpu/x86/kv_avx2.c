@@ -4,9 +4,9 @@
  * converted key feeds all of them: scores two keys by four rows (eight FMA chains), P.V sixteen
  * elements by four rows with the accumulators in registers over a block; the softmax of a fully
  * visible 16-key block in registers (kv2_softmax16), kvcache_fast.h's portable one elsewhere.
- * An e4m3fn code goes to fp32 by integer operations where that is exact (KV2_F32); an int8 cache
- * with bf16 / fp16 q goes by integer products instead (vpmaddwd: kv2_dots_i8, kv2_pv_i8).
- * src/cpu/kvcache_fast.h runs the rest. */
+ * An e4m3fn code goes to fp32 by integer operations where that is exact (KV2_F32; on AMD); an
+ * int8 cache with bf16 / fp16 q goes by integer products instead (vpmaddwd: kv2_dots_i8,
+ * kv2_pv_i8). src/cpu/kvcache_fast.h runs the rest. */
 #if defined(__x86_64__)
 /* System headers first: the clang pragma below gives every function declared after it the
  * target attribute. */
@@ -285,8 +285,9 @@ kv2_pv_body(float* restrict acc, int64_t R, int64_t Dv, const void* const* rows,
  *    the smallest code, 2^-129 here, makes products near 2^-29), the scores then times
  *    2^(120 - E_r); a row with some |q| >= 2^64 or not finite leaves the scores to fp16. P is
  *    read times 2^120 with the key's factor, where that product is finite (else fp16).
- * A block that misses one goes through fp16 as before. e5m2 (one operation to fp16's fields)
- * gained nothing this way on Zen 3 (0.97-1.00x, with the scan for its infinities) and stays. */
+ * A block that misses one goes through fp16 as before, and every block on CPUs other than AMD's
+ * (kv2_f32_cpu). e5m2 (one operation to fp16's fields) gained nothing this way on Zen 3
+ * (0.97-1.00x, with the scan for its infinities) and stays. */
 static inline int kv2_daz_clear(void) {
     return !(_mm_getcsr() & 0x40);
 }
@@ -332,14 +333,24 @@ static int kv2_f_fits(const float* f, float u) {
     return ok;
 }
 
-static void avx2_scores(const kv_head* h, const void* const* rows, int64_t nb, const float* f) {
+/* Where KV2_F32 serves: AMD, where it was measured (Zen 3: the block's kernels 1.34x in L1, the
+ * decode 1.17x; subnormal codes, fp32 subnormals there, cost nothing on Zen 3's FMAs). On Intel a
+ * subnormal FMA input may take a microcode assist (unmeasured: no AVX2-only Intel machine here),
+ * so e4m3 stays on fp16 there until measured. */
+static int kv2_f32_cpu(void) {
+    return strcmp(cf_cpu()->vendor, "AuthenticAMD") == 0;
+}
+
+/* The kernels of a block (f32: KV2_F32 allowed, the path's prep being kv2_e4m3_prep). */
+static void avx2_scores_of(const kv_head* h, const void* const* rows, int64_t nb, const float* f,
+                           int f32) {
     const cf_dtype dt = kv_row_dtype(h->c);
     const int64_t R = h->R, D = h->c->a.D, r0 = h->q - h->w->q; /* (the head's first row, x D) */
     int route = KV2_F16;
     const float* q = h->q;
     if (dt == CF_F8E4M3) {
         const int nan = kv2_e4m3_nan(rows, nb, D);
-        if (!nan && !h->w->qbad && kv2_daz_clear())
+        if (f32 && !nan && !h->w->qbad && kv2_daz_clear())
             route = KV2_F32, q = h->w->qf + r0;
         else if (nan)
             route = KV2_F16_NAN;
@@ -353,13 +364,14 @@ static void avx2_scores(const kv_head* h, const void* const* rows, int64_t nb, c
         kv_q_apply(h->s, R, f, kv_code_unit(dt));
 }
 
-static void avx2_pv(const kv_head* h, const void* const* rows, int64_t nb, const float* f) {
+static void avx2_pv_of(const kv_head* h, const void* const* rows, int64_t nb, const float* f,
+                       int f32) {
     const cf_dtype dt = kv_row_dtype(h->c);
     const int64_t R = h->R, Dv = h->c->a.Dv;
     int route = KV2_F16;
     if (dt == CF_F8E4M3) {
         const int nan = kv2_e4m3_nan(rows, nb, Dv);
-        if (!nan && f && kv2_f_fits(f, 0x1p120f) && kv2_daz_clear()) {
+        if (f32 && !nan && f && kv2_f_fits(f, 0x1p120f) && kv2_daz_clear()) {
             route = KV2_F32;
             kv_q_apply(h->s, R, f, 0x1p120f);
         } else if (nan)
@@ -369,6 +381,19 @@ static void avx2_pv(const kv_head* h, const void* const* rows, int64_t nb, const
 #define KV2_PV(T, N) kv2_pv_body(h->acc, R, Dv, rows, nb, T, N, h->s, h->pf, h->npf)
     KV2_BY_DTYPE(dt, route, KV2_PV)
 #undef KV2_PV
+}
+
+static void avx2_scores(const kv_head* h, const void* const* rows, int64_t nb, const float* f) {
+    avx2_scores_of(h, rows, nb, f, 0);
+}
+static void avx2_pv(const kv_head* h, const void* const* rows, int64_t nb, const float* f) {
+    avx2_pv_of(h, rows, nb, f, 0);
+}
+static void avx2_scores_f32(const kv_head* h, const void* const* rows, int64_t nb, const float* f) {
+    avx2_scores_of(h, rows, nb, f, 1);
+}
+static void avx2_pv_f32(const kv_head* h, const void* const* rows, int64_t nb, const float* f) {
+    avx2_pv_of(h, rows, nb, f, 1);
 }
 #undef KV2_BY_DTYPE
 
@@ -677,7 +702,8 @@ static void avx2_pv_i8(const kv_head* h, const void* const* rows, int64_t nb, co
 static void kv_choose_avx2(const cf_kvcache_call* c, int64_t R, kv_path* p) {
     *p = (kv_path){
         .scores = avx2_scores, .pv = avx2_pv, .softmax16 = kv2_softmax16, .pf_inside = KV_PF_X86};
-    if (kv_row_dtype(c) == CF_F8E4M3) p->prep = kv2_e4m3_prep;
+    if (kv_row_dtype(c) == CF_F8E4M3 && kv2_f32_cpu())
+        p->prep = kv2_e4m3_prep, p->scores = avx2_scores_f32, p->pv = avx2_pv_f32;
     if (kv2_i8_ok(c, R))
         p->prep = avx2_i8_prep, p->scores = avx2_scores_i8, p->pv = avx2_pv_i8,
         p->acc_index = kv2_acc_index_i8, p->finish = kv2_i8_unpermute;
