@@ -489,12 +489,11 @@ attn_problem* attn_problem_new(const attn_case* cin) {
     p->nv_out = dalloc(tq * H * Dv), p->nv_lse = dalloc(tq * H);
     p->nv_dq = dalloc(tq * H * D), p->nv_dk = dalloc(tk * Hk * D), p->nv_dv = dalloc(tk * Hk * Dv);
     const int64_t nbias = p->nbb * p->nbh * c->Sq * c->Sk;
-    p->SINK = dalloc(H), p->ref_dsink = dalloc(H), p->nv_dsink = dalloc(H);
+    p->SINK = dalloc(H), p->ref_dsink = dalloc(H);
     p->BIAS = dalloc(nbias), p->ref_dbias = dalloc(nbias), p->nv_dbias = dalloc(nbias);
     if (!p->Q || !p->K || !p->V || !p->dO || !p->ref_out || !p->ref_lse || !p->ref_dq ||
         !p->ref_dk || !p->ref_dv || !p->nv_out || !p->nv_lse || !p->nv_dq || !p->nv_dk ||
-        !p->nv_dv || !p->SINK || !p->ref_dsink || !p->nv_dsink || !p->BIAS || !p->ref_dbias ||
-        !p->nv_dbias) {
+        !p->nv_dv || !p->SINK || !p->ref_dsink || !p->BIAS || !p->ref_dbias || !p->nv_dbias) {
         fprintf(stderr, "attn_problem_new: out of memory\n");
         attn_problem_free(p);
         return NULL;
@@ -531,10 +530,10 @@ void attn_problem_free(attn_problem* p) {
                        &p->dkp,    &p->dvp};
     for (size_t i = 0; i < sizeof ts / sizeof ts[0]; i++)
         tt_free(ts[i]);
-    double* ds[] = {p->Q,       p->K,         p->V,         p->dO,       p->ref_out,
-                    p->ref_lse, p->ref_dq,    p->ref_dk,    p->ref_dv,   p->nv_out,
-                    p->nv_lse,  p->nv_dq,     p->nv_dk,     p->nv_dv,    p->SINK,
-                    p->BIAS,    p->ref_dsink, p->ref_dbias, p->nv_dsink, p->nv_dbias};
+    double* ds[] = {p->Q,       p->K,         p->V,         p->dO,      p->ref_out,
+                    p->ref_lse, p->ref_dq,    p->ref_dk,    p->ref_dv,  p->nv_out,
+                    p->nv_lse,  p->nv_dq,     p->nv_dk,     p->nv_dv,   p->SINK,
+                    p->BIAS,    p->ref_dsink, p->ref_dbias, p->nv_dbias};
     for (size_t i = 0; i < sizeof ds / sizeof ds[0]; i++)
         free(ds[i]);
     free(p->q0), free(p->qn), free(p->k0), free(p->kn);
@@ -965,7 +964,6 @@ void attn_naive_bwd(const attn_problem* p, const double* out, double* dQ, double
     unsigned char* vis = malloc((size_t)mk);
     const int64_t nbias = p->nbb * p->nbh * c->Sq * c->Sk;
     float* gb = calloc((size_t)(nbias > 0 ? nbias : 1), sizeof(float));
-    float* gs = calloc((size_t)H, sizeof(float));
     float inv_keep = 1.0f / (1.0f - c->dropout_p);
     for (int64_t b = 0; b < p->B; b++)
         for (int64_t h = 0; h < H; h++)
@@ -984,7 +982,6 @@ void attn_naive_bwd(const attn_problem* p, const double* out, double* dQ, double
                 float Di = 0;
                 for (int64_t d = 0; d < Dv; d++)
                     Di += (float)go[d] * (float)o[d];
-                if (sink != -INFINITY) gs[h] -= expf(sink - m) / l * Di;
                 for (int64_t j = 0; j < sk; j++) {
                     if (!vis[j]) continue;
                     int64_t kr = (p->k0[b] + j) * Hk + hk;
@@ -1015,12 +1012,10 @@ void attn_naive_bwd(const attn_problem* p, const double* out, double* dQ, double
         dK[n] = rd(dt, gk[n] * p->scale);
     for (int64_t n = 0; n < nv; n++)
         dV[n] = rd(dt, gv[n]);
-    for (int64_t h = 0; h < H; h++)
-        p->nv_dsink[h] = gs[h];
     const cflash_dtype bdt = p->dbias.base ? p->dbias.dtype : dt;
     for (int64_t n = 0; n < nbias; n++)
         p->nv_dbias[n] = rd(bdt, gb[n]);
-    free(gq), free(gk), free(gv), free(x), free(dx), free(vis), free(gb), free(gs);
+    free(gq), free(gk), free(gv), free(x), free(dx), free(vis), free(gb);
 }
 
 /* Rows past a sequence's used length (seqused_q): the forward must leave them as they were, so

@@ -132,7 +132,7 @@ typedef struct attn_problem {
     /* Issue 13: sinks [H] and bias [(b * nbh + h) * Sq * Sk + i * Sk + j] as fp64 (NULL when
      * off; the oracle reads these, so tests may perturb them), and their gradients. */
     double *SINK, *BIAS;
-    double *ref_dsink, *ref_dbias, *nv_dsink, *nv_dbias;
+    double *ref_dsink, *ref_dbias, *nv_dbias; /* (the naive dsink: per backend, from its out) */
     int have_fwd, have_bwd;
     int fwd_ran;   /* p->out/p->lse hold a forward's result */
     int inputs_ok; /* last run left the inputs unchanged */
