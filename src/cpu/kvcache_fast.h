@@ -126,6 +126,11 @@ typedef struct kv_path {
      * kv_run_item keeps it where kv_pf_inside_cpu says so (else the rows are prefetched before
      * each head's kernel and kv_head.pf stays NULL). */
     int pf_inside;
+    /* Whether the rows handed to head g's kernels to prefetch (with pf_inside) are the later
+     * block's g-th share in address order (key by key, the item's heads within a key) rather
+     * than head g's own rows, so that the cache streams in as it lies (kv_prefetch): 0, or where
+     * that was measured to gain, as pf_inside (KV_PF_AMD: Zen 3, cpu-avx2, docs/PERF.md). */
+    int pf_seq;
     /* The GEMM path (kv_choose_gemm): the build's attention kernels its scores and pv use. */
     const cf_attn_kernels* gemm;
 } kv_path;
@@ -769,10 +774,20 @@ static inline int kv_pf_inside_cpu(int where) {
 /* The n rows (offsets pf, head hk0 + g) of view v that a later block reads: into L2 now, spread
  * head by head between the pieces of work on this block (one burst would stall on the miss
  * buffers while no work is in flight), or handed to a path that prefetches inside its kernels,
- * a row beside each row it works on (finer still: the miss buffers drain while it computes). */
-static void kv_prefetch(const cf_view* v, const int64_t* pf, int64_t n, int64_t g, int64_t bytes,
-                        int64_t es, const kv_path* path, kv_head* h, const void** rows) {
-    kv_head_rows(v, pf, n, g, es, rows);
+ * a row beside each row it works on (finer still: the miss buffers drain while it computes);
+ * with pf_seq, the block's rows in address order instead, n of its nh * n for head g (every row
+ * once over the item's nh heads). */
+static void kv_prefetch(const cf_view* v, const int64_t* pf, int64_t n, int64_t g, int64_t nh,
+                        int64_t bytes, int64_t es, const kv_path* path, kv_head* h,
+                        const void** rows) {
+    if (path->pf_inside && path->pf_seq) { /* share g of the n * nh rows, key by key */
+        int64_t key = g * n / nh, head = g * n % nh;
+        for (int64_t t = 0; t < n; t++) {
+            rows[t] = (const char*)v->data + (pf[key] + head * v->stride[2]) * es;
+            if (++head == nh) head = 0, key++;
+        }
+    } else
+        kv_head_rows(v, pf, n, g, es, rows);
     if (path->pf_inside)
         h->pf = rows, h->npf = n;
     else
@@ -803,7 +818,7 @@ static void kv_block_scores(const cf_kvcache_call* c, kv_scratch* w, const kv_it
     for (int64_t g = 0; g < it->nh; g++) {
         kv_head_rows(&c->kc, base, nb, g, it->es, rows);
         kv_head h = kv_head_of(c, w, it, g);
-        kv_prefetch(&c->kc, pf, npf, g, c->a.D * it->es, it->es, &it->path, &h, pfrows);
+        kv_prefetch(&c->kc, pf, npf, g, it->nh, c->a.D * it->es, it->es, &it->path, &h, pfrows);
         const float* f = NULL;
         if (c->quant != CFLASH_KV_QUANT_NONE) {
             kv_q_factors(c, &L, 0, it->b, it->hk0 + g, g, nb, w->fk);
@@ -1056,7 +1071,8 @@ static void kv_block_pv(const cf_kvcache_call* c, kv_scratch* w, const kv_itm* i
         }
         kv_head h = kv_head_of(c, w, it, g);
         if (!c->latent) /* (a latent cache's V rows are the K rows, already fetched) */
-            kv_prefetch(&c->vc, pf, npf, g, c->a.Dv * it->es, it->es, &it->path, &h, pfrows);
+            kv_prefetch(&c->vc, pf, npf, g, it->nh, c->a.Dv * it->es, it->es, &it->path, &h,
+                        pfrows);
         it->path.pv(&h, rows, nb, f);
     }
 }
@@ -1251,6 +1267,7 @@ static void kv_run_item(const cf_kvcache_call* c, kv_scratch* w, const kv_work* 
     it.Rg = G * it.nq, it.R = it.nh * it.Rg;
     choose(c, it.Rg, &it.path);
     it.path.pf_inside = kv_pf_inside_cpu(it.path.pf_inside);
+    it.path.pf_seq = kv_pf_inside_cpu(it.path.pf_seq);
     int64_t L, P, sk;
     cf_kv_seq(c, it.b, &L, &P, &sk);
     kv_item(c, w, &it, sk * s / k->ns, sk * (s + 1) / k->ns);

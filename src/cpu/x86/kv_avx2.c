@@ -700,8 +700,11 @@ static void avx2_pv_i8(const kv_head* h, const void* const* rows, int64_t nb, co
 }
 
 static void kv_choose_avx2(const cf_kvcache_call* c, int64_t R, kv_path* p) {
-    *p = (kv_path){
-        .scores = avx2_scores, .pv = avx2_pv, .softmax16 = kv2_softmax16, .pf_inside = KV_PF_X86};
+    *p = (kv_path){.scores = avx2_scores,
+                   .pv = avx2_pv,
+                   .softmax16 = kv2_softmax16,
+                   .pf_inside = KV_PF_X86,
+                   .pf_seq = KV_PF_AMD};
     if (kv_row_dtype(c) == CF_F8E4M3 && kv2_f32_cpu())
         p->prep = kv2_e4m3_prep, p->scores = avx2_scores_f32, p->pv = avx2_pv_f32;
     if (kv2_i8_ok(c, R))
