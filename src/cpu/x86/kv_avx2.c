@@ -465,6 +465,23 @@ static inline __m128i kv2_isum4(__m256i a0, __m256i a1, __m256i a2, __m256i a3) 
     return _mm_add_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256(t, 1));
 }
 
+/* [sum a0, sum b0, sum a1, sum b1, sum a2, sum b2, sum a3, sum b3] of int32 lanes by unpacks and
+ * adds (vphaddd is ~1.8 cycles on Zen 3, an unpack 0.5: measured). */
+static inline __m256i kv2_isum8(__m256i a0, __m256i b0, __m256i a1, __m256i b1, __m256i a2,
+                                __m256i b2, __m256i a3, __m256i b3) {
+#define KV2_PAIR(a, b) _mm256_add_epi32(_mm256_unpacklo_epi32(a, b), _mm256_unpackhi_epi32(a, b))
+    const __m256i x0 = KV2_PAIR(a0, b0), x1 = KV2_PAIR(a1, b1), x2 = KV2_PAIR(a2, b2),
+                  x3 = KV2_PAIR(a3, b3);
+#undef KV2_PAIR
+    /* per 128-bit lane: [a0 b0 a1 b1] of the lane's sums, then rows 2 and 3 */
+    const __m256i y0 = _mm256_add_epi32(_mm256_unpacklo_epi64(x0, x1),
+                                        _mm256_unpackhi_epi64(x0, x1)),
+                  y1 = _mm256_add_epi32(_mm256_unpacklo_epi64(x2, x3),
+                                        _mm256_unpackhi_epi64(x2, x3));
+    return _mm256_add_epi32(_mm256_permute2x128_si256(y0, y1, 0x20),
+                            _mm256_permute2x128_si256(y0, y1, 0x31));
+}
+
 /* q rows as 16-bit integers (w->qi) and their factors (w->qs); w->qbad when some q is not
  * finite (then the fp32 kernels score). */
 static void avx2_i8_prep(const cf_kvcache_call* c, kv_scratch* w, int64_t R) {
@@ -502,49 +519,72 @@ static void avx2_i8_prep(const cf_kvcache_call* c, kv_scratch* w, int64_t R) {
     w->qbad = bad != 0;
 }
 
-/* a_i += x . v_i and b_i += y . v_i pairwise (vpmaddwd), four rows i: the kernels below. */
+/* acc + vpmaddwd(x, the 32 bytes at p), written as the two instructions: from the intrinsics
+ * GCC 12 put each product in a new register, added the accumulator into it and copied it back (a
+ * vmovdqa a step: eight of ~26 instructions in kv2_dots_i8's loop, nine of ~45 in kv2_pv_i8's). */
+__attribute__((always_inline)) static inline __m256i kv2_madd_add(__m256i acc, __m256i x,
+                                                                  const void* p) {
+    __m256i t;
+    __asm__("{vpmaddwd\t%2, %3, %1\n\tvpaddd\t%1, %0, %0|vpmaddwd\t%1, %3, %2\n\tvpaddd\t%0, %0, "
+            "%1}"
+            : "+x"(acc), "=&x"(t)
+            : "m"(*(const char(*)[32])p), "x"(x));
+    return acc;
+}
+
+/* a_i += x . v_i and b_i += y . v_i pairwise (vpmaddwd), four rows i, v_i the 32 bytes at
+ * pointer v_i: the kernels below. */
 #define KV2_MADD8(v0, v1, v2, v3)                                                                  \
-    a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(x, v0)),                                           \
-    b0 = _mm256_add_epi32(b0, _mm256_madd_epi16(y, v0)),                                           \
-    a1 = _mm256_add_epi32(a1, _mm256_madd_epi16(x, v1)),                                           \
-    b1 = _mm256_add_epi32(b1, _mm256_madd_epi16(y, v1)),                                           \
-    a2 = _mm256_add_epi32(a2, _mm256_madd_epi16(x, v2)),                                           \
-    b2 = _mm256_add_epi32(b2, _mm256_madd_epi16(y, v2)),                                           \
-    a3 = _mm256_add_epi32(a3, _mm256_madd_epi16(x, v3)),                                           \
-    b3 = _mm256_add_epi32(b3, _mm256_madd_epi16(y, v3))
+    a0 = kv2_madd_add(a0, x, v0), b0 = kv2_madd_add(b0, y, v0), a1 = kv2_madd_add(a1, x, v1),      \
+    b1 = kv2_madd_add(b1, y, v1), a2 = kv2_madd_add(a2, x, v2), b2 = kv2_madd_add(b2, y, v2),      \
+    a3 = kv2_madd_add(a3, x, v3), b3 = kv2_madd_add(b3, y, v3)
+
+/* The same, the first products setting the accumulators: an add fewer (the adds share the
+ * vector pipes with vpmaddwd: 8 of each took 5.1 cycles on Zen 3, 8 vpmaddwd alone 4.4). */
+#define KV2_MADD8_FIRST(v0, v1, v2, v3)                                                            \
+    a0 = _mm256_madd_epi16(x, kv2_ld(v0)), b0 = _mm256_madd_epi16(y, kv2_ld(v0)),                  \
+    a1 = _mm256_madd_epi16(x, kv2_ld(v1)), b1 = _mm256_madd_epi16(y, kv2_ld(v1)),                  \
+    a2 = _mm256_madd_epi16(x, kv2_ld(v2)), b2 = _mm256_madd_epi16(y, kv2_ld(v2)),                  \
+    a3 = _mm256_madd_epi16(x, kv2_ld(v3)), b3 = _mm256_madd_epi16(y, kv2_ld(v3))
+static inline __m256i kv2_ld(const void* p) {
+    return _mm256_loadu_si256((const __m256i*)p);
+}
 
 /* s[r * KV_KB + t] = f[t] qs[r] (qi_r . k_t) for R (% 4) rows and nb int8 rows of D (% 16) codes:
  * two keys by four rows per pass. The npf rows pf go into L2 on the way. */
 static void kv2_dots_i8(const int16_t* restrict qi, const float* qs, int64_t R, int64_t D,
                         const void* const* rows, int64_t nb, const float* f, float* restrict s,
                         const void* const* pf, int64_t npf) {
+    float q2[2 * 64]; /* qs[r] twice (R <= 64: kv2_i8_ok) */
+    for (int64_t r = 0; r < R; r++)
+        q2[2 * r] = q2[2 * r + 1] = qs[r];
     int64_t t = 0;
     for (; t + 2 <= nb; t += 2) {
         const int8_t *k0 = rows[t], *k1 = rows[t + 1];
         kv_pf_rows(pf, npf, t, t + 2, 0, D);
+        double f2; /* f[t], f[t + 1] */
+        memcpy(&f2, f + t, sizeof f2);
+        const __m256 ft = _mm256_castpd_ps(_mm256_set1_pd(f2));
         for (int64_t r = 0; r < R; r += 4) {
             const int16_t* q = qi + r * D;
-            __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
-            __m256i b0 = a0, b1 = a0, b2 = a0, b3 = a0;
-            for (int64_t d = 0; d < D; d += 16) {
+            __m256i a0, a1, a2, a3, b0, b1, b2, b3;
+            {
+                const __m256i x = kv2_i8_words(k0), y = kv2_i8_words(k1);
+                KV2_MADD8_FIRST(q, q + D, q + 2 * D, q + 3 * D);
+            }
+            for (int64_t d = 16; d < D; d += 16) {
                 const __m256i x = kv2_i8_words(k0 + d), y = kv2_i8_words(k1 + d);
-                const __m256i q0 = _mm256_loadu_si256((const __m256i*)(q + d)),
-                              q1 = _mm256_loadu_si256((const __m256i*)(q + D + d)),
-                              q2 = _mm256_loadu_si256((const __m256i*)(q + 2 * D + d)),
-                              q3 = _mm256_loadu_si256((const __m256i*)(q + 3 * D + d));
-                KV2_MADD8(q0, q1, q2, q3);
+                KV2_MADD8(q + d, q + D + d, q + 2 * D + d, q + 3 * D + d);
             }
             /* lanes: rows r, r + 1 for keys t, t + 1, then rows r + 2, r + 3 */
-            const __m256 g = _mm256_mul_ps(
-                _mm256_setr_ps(qs[r], qs[r], qs[r + 1], qs[r + 1], qs[r + 2], qs[r + 2], qs[r + 3],
-                               qs[r + 3]),
-                _mm256_setr_ps(f[t], f[t + 1], f[t], f[t + 1], f[t], f[t + 1], f[t], f[t + 1]));
-            float o[8];
-            _mm256_storeu_ps(
-                o, _mm256_mul_ps(g, _mm256_cvtepi32_ps(_mm256_setr_m128i(
-                                        kv2_isum4(a0, b0, a1, b1), kv2_isum4(a2, b2, a3, b3)))));
-            for (int i = 0; i < 4; i++)
-                s[(r + i) * KV_KB + t] = o[2 * i], s[(r + i) * KV_KB + t + 1] = o[2 * i + 1];
+            const __m256 g = _mm256_mul_ps(_mm256_loadu_ps(q2 + 2 * r), ft);
+            const __m256 o =
+                _mm256_mul_ps(g, _mm256_cvtepi32_ps(kv2_isum8(a0, b0, a1, b1, a2, b2, a3, b3)));
+            const __m128 lo = _mm256_castps256_ps128(o), hi = _mm256_extractf128_ps(o, 1);
+            _mm_storel_pi((__m64*)(s + r * KV_KB + t), lo);
+            _mm_storeh_pi((__m64*)(s + (r + 1) * KV_KB + t), lo);
+            _mm_storel_pi((__m64*)(s + (r + 2) * KV_KB + t), hi);
+            _mm_storeh_pi((__m64*)(s + (r + 3) * KV_KB + t), hi);
         }
     }
     for (; t < nb; t++) /* an odd last key */
@@ -635,24 +675,33 @@ static void kv2_pv_i8(float* restrict acc, int64_t R, int64_t Dv, const void* co
         kv_pv_i8_keys(acc, R, Dv, rows, nb, p, f, kv2_acc_index_i8);
         return;
     }
+    if (nb <= 0) return;
     const int64_t np = (nb + 1) / 2;
-    const int8_t zero[16] = {0};
+    /* each pair of P words broadcast once for the block's passes (vpbroadcastd takes a shuffle
+     * slot; a vpmaddwd reads its copy from memory); an odd last key's partner: the key itself,
+     * times P's 0 past nb */
+    __m256i pb[64 * KV_KB / 2];
+    for (int64_t r = 0; r < R; r++)
+        for (int64_t k = 0; k < np; k++)
+            pb[r * np + k] = _mm256_set1_epi32((int)pp[r * (KV_KB / 2) + k]);
+    const int8_t* vr[KV_KB];
+    for (int64_t t = 0; t < 2 * np; t++)
+        vr[t] = rows[t < nb ? t : nb - 1];
     for (int64_t d = 0; d < Dv; d += 16) {
         if (d % 64 == 0) kv_pf_rows(nx, npf, 0, npf, d, d + 64);
         for (int64_t r = 0; r < R; r += 4) {
-            const uint32_t* pr = pp + r * (KV_KB / 2);
-            __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
-            __m256i b0 = a0, b1 = a0, b2 = a0, b3 = a0;
-            for (int64_t k = 0; k < np; k++) {
-                const int8_t* va = (const int8_t*)rows[2 * k] + d;
-                const int8_t* vb = 2 * k + 1 < nb ? (const int8_t*)rows[2 * k + 1] + d : zero;
-                const __m256i wa = kv2_i8_words(va), wb = kv2_i8_words(vb);
+            const __m256i* pr = pb + r * np;
+            __m256i a0, a1, a2, a3, b0, b1, b2, b3;
+            {
+                const __m256i wa = kv2_i8_words(vr[0] + d), wb = kv2_i8_words(vr[1] + d);
                 const __m256i x = _mm256_unpacklo_epi16(wa, wb), y = _mm256_unpackhi_epi16(wa, wb);
-                const __m256i p0 = _mm256_set1_epi32((int)pr[k]),
-                              p1 = _mm256_set1_epi32((int)pr[KV_KB / 2 + k]),
-                              p2 = _mm256_set1_epi32((int)pr[KV_KB + k]),
-                              p3 = _mm256_set1_epi32((int)pr[3 * KV_KB / 2 + k]);
-                KV2_MADD8(p0, p1, p2, p3);
+                KV2_MADD8_FIRST(pr, pr + np, pr + 2 * np, pr + 3 * np);
+            }
+            for (int64_t k = 1; k < np; k++) {
+                const __m256i wa = kv2_i8_words(vr[2 * k] + d),
+                              wb = kv2_i8_words(vr[2 * k + 1] + d);
+                const __m256i x = _mm256_unpacklo_epi16(wa, wb), y = _mm256_unpackhi_epi16(wa, wb);
+                KV2_MADD8(pr + k, pr + np + k, pr + 2 * np + k, pr + 3 * np + k);
             }
 #define KV2_ADD(I, A, B)                                                                           \
     do {                                                                                           \
@@ -673,6 +722,7 @@ static void kv2_pv_i8(float* restrict acc, int64_t R, int64_t Dv, const void* co
 }
 
 #undef KV2_MADD8
+#undef KV2_MADD8_FIRST
 
 /* The R rows of acc (width Dv) from kv2_pv_i8's order back to element order: per 16 elements, the
  * middle two quarters swapped. */
