@@ -4,7 +4,9 @@
  * softmax, threads). NBLK blocks of K and V in the cache's layout (key, head, element) are walked
  * in order, again and again: 1 block (64 KiB of bf16 K and V) stays in L1 / L2, 16 in L2 / L3, 1024
  * (32-64 MiB) reaches DRAM; PF 2 hands the kernels the rows two blocks on to prefetch, as
- * kv_item does with pf_inside. Prints ns per key and KV head (scores + P.V), best of 5.
+ * kv_item does with pf_inside, in address order as kv_prefetch's pf_seq (PF_HEAD=1: head g's own
+ * rows). Prints ns per key and KV head (scores + P.V; ONLY=k or ONLY=v: one), best of 5; HUGE=1
+ * puts K and V on 2 MB pages.
  * Formats: bf16, e4m3 (read through fp16, KV2_F16), e4m3-f32 (as fp32 by integer operations,
  * KV2_F32), e5m2, int8 (vpmaddwd). Includes the kernel file itself (its functions are static):
  *
@@ -13,6 +15,7 @@
  */
 #include "cpu/x86/kv_avx2.c"
 
+#include <sys/mman.h>
 #include <time.h>
 
 static double now(void) {
@@ -36,8 +39,15 @@ int main(int argc, char** argv) {
     const cf_dtype dt = fmt == 0 ? CF_BF16 : fmt <= 2 ? CF_F8E4M3 : fmt == 3 ? CF_F8E5M2 : CF_I8;
     const int route = fmt == 2 ? KV2_F32 : KV2_F16;
     const size_t es = fmt == 0 ? 2 : 1, blk = (size_t)NH * KV_KB * D * es;
-    uint8_t *K = aligned_alloc(64, (size_t)nblk * blk), *V = aligned_alloc(64, (size_t)nblk * blk);
+    uint8_t *K = aligned_alloc(2 << 20, (size_t)nblk * blk),
+            *V = aligned_alloc(2 << 20, (size_t)nblk * blk);
     if (nblk < 1 || pfd < 0 || !K || !V) return 2;
+    if (getenv("HUGE"))
+        madvise(K, (size_t)nblk * blk, MADV_HUGEPAGE),
+            madvise(V, (size_t)nblk * blk, MADV_HUGEPAGE);
+    const char* only = getenv("ONLY");
+    const int kv0 = only && *only == 'v', kv1 = only && *only == 'k' ? 1 : 2,
+              pf_head = getenv("PF_HEAD") != NULL;
     /* codes with exponents 0-6 (finite, no NaN), bf16 values near 1 */
     for (size_t i = 0; i < (size_t)nblk * blk; i++)
         K[i] = (uint8_t)(rand() & 0x37), V[i] = (uint8_t)(rand() & 0x37);
@@ -60,14 +70,16 @@ int main(int argc, char** argv) {
         const double t0 = now();
         for (long it = 0; it < passes; it++)
             for (long b = 0; b < nblk; b++)
-                for (int kv = 0; kv < 2; kv++) /* every head's scores, then every head's P.V */
+                for (int kv = kv0; kv < kv1; kv++) /* every head's scores, then every P.V */
                     for (int h = 0; h < NH; h++) {
                         const uint8_t* base = kv ? V : K;
                         const void *rows[KV_KB], *pf[KV_KB];
                         for (int t = 0; t < KV_KB; t++) {
                             const size_t o = ((size_t)t * NH + (size_t)h) * D * es;
                             rows[t] = base + (size_t)b * blk + o;
-                            pf[t] = base + (size_t)((b + pfd) % nblk) * blk + o;
+                            /* share h of the block's rows (key by key), or head h's */
+                            pf[t] = base + (size_t)((b + pfd) % nblk) * blk +
+                                    (pf_head ? o : ((size_t)h * KV_KB + (size_t)t) * D * es);
                         }
                         const int64_t npf = pfd ? KV_KB : 0;
                         if (dt == CF_I8 && !kv)
