@@ -63,20 +63,24 @@ __attribute__((always_inline)) static inline __m256 kv2_code8(const uint8_t* x, 
 }
 
 /* Whether some of the nb e4m3fn rows (n codes each) holds the NaN code (|code| 0x7f): 32 codes
- * per compare, once per block, instead of a blend per 8 codes in the kernels. */
+ * per vpmaxub, once per block, instead of a blend per 8 codes in the kernels: the largest code
+ * with the sign bit set is 0xff where one is NaN (a compare and a branch per 32 codes took a
+ * sixth of the e4m3 scores' time). */
 static int kv2_e4m3_nan(const void* const* rows, int64_t nb, int64_t n) {
-    const __m256i hi = _mm256_set1_epi8((char)0x80), ones = _mm256_set1_epi8((char)0xff);
+    const __m256i hi = _mm256_set1_epi8((char)0x80);
+    __m256i mx = hi;
+    int tail = 0;
     for (int64_t t = 0; t < nb; t++) {
         const uint8_t* x = rows[t];
         int64_t d = 0;
-        for (; d + 32 <= n; d += 32) {
-            const __m256i c = _mm256_or_si256(_mm256_loadu_si256((const __m256i*)(x + d)), hi);
-            if (_mm256_movemask_epi8(_mm256_cmpeq_epi8(c, ones))) return 1;
-        }
+#pragma GCC unroll 4
+        for (; d + 32 <= n; d += 32)
+            mx = _mm256_max_epu8(mx,
+                                 _mm256_or_si256(_mm256_loadu_si256((const __m256i*)(x + d)), hi));
         for (; d < n; d++)
-            if ((x[d] & 0x7f) == 0x7f) return 1;
+            tail |= (x[d] & 0x7f) == 0x7f;
     }
-    return 0;
+    return tail || _mm256_movemask_epi8(_mm256_cmpeq_epi8(mx, _mm256_set1_epi8((char)0xff)));
 }
 
 /* Elements d .. d + 7 of a row of dtype dt (all eight inside the row). */
