@@ -10,7 +10,7 @@
  *   Q=3 T=2 SK=131072 R=15 /tmp/kv_ab DIR_A DIR_B ...   (DIR/libcflash.so.1 each: a copy)
  * Env: Q (0), T threads (1), SK (512), R calls per build (200), F (0: bf16 q; 1: fp16), PAGE (0:
  * unpaged; N: pages of N rows through a block table, in a scattered order, or BT=1 in order), HUGE
- * (1: the caches on 2 MB pages, madvise MADV_HUGEPAGE). */
+ * (1: the caches on 2 MB pages, madvise MADV_HUGEPAGE), NS (0: num_splits, the heuristic). */
 #include "ab_util.h"
 #include <cflash.h>
 #include <stdint.h>
@@ -103,6 +103,7 @@ int main(int argc, char** argv) {
     p.softmax_scale = 0.088f;
     kp.cache_quant = quant;
     kp.cache_seqlen = Sk;
+    kp.num_splits = (int)ab_env("NS", 0);
     if (pg) kp.block_table = &tbt;
     if (quant == 3) kp.k_scales = &tks, kp.v_scales = &tvs;
     for (int r = -3; r < reps; r++)
