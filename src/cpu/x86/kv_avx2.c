@@ -664,7 +664,7 @@ static int kv2_p_i16(uint32_t* pp, float* pf, const float* p, const float* f, in
         __m128 h = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
         h = _mm_max_ps(h, _mm_movehl_ps(h, h));
         const float m = _mm_cvtss_f32(_mm_max_ss(h, _mm_movehdup_ps(h)));
-        pf[r] = m / 32767.0f;
+        pf[r] = m * (1.0f / 32767.0f);
         /* (times 32767 / m, one division a row; where that would overflow, x / m) */
         if (m < 0x1p-100f) {
             const __m256 dm = _mm256_set1_ps(m > 0.0f ? m : 1.0f);
