@@ -128,7 +128,7 @@ typedef struct kv_path {
     int pf_inside;
     /* Whether the rows handed to head g's kernels to prefetch (with pf_inside) are the later
      * block's g-th share in address order (key by key, the item's heads within a key) rather
-     * than head g's own rows, so that the cache streams in as it lies (kv_prefetch): 0, or where
+     * than head g's own rows, so that the cache streams in as it lies (kv_pf_seq_list): 0, or where
      * that was measured to gain, as pf_inside (KV_PF_AMD: Zen 3, cpu-avx2, docs/PERF.md). */
     int pf_seq;
     /* The GEMM path (kv_choose_gemm): the build's attention kernels its scores and pv use. */
@@ -775,23 +775,16 @@ static inline int kv_pf_inside_cpu(int where) {
  * head by head between the pieces of work on this block (one burst would stall on the miss
  * buffers while no work is in flight), or handed to a path that prefetches inside its kernels,
  * a row beside each row it works on (finer still: the miss buffers drain while it computes);
- * with pf_seq, the block's rows in address order instead, n of its nh * n for head g (every row
- * once over the item's nh heads). */
-static void kv_prefetch(const cf_view* v, const int64_t* pf, int64_t n, int64_t g, int64_t nh,
-                        int64_t bytes, int64_t es, const kv_path* path, kv_head* h,
-                        const void** rows, const void* const* seq) {
-    if (seq) { /* (kv_pf_seq_list's) */
+ * with seq (kv_pf_seq_list's, pf_seq), the block's rows in address order instead, n of its
+ * nh * n for head g (every row once over the item's nh heads). */
+static void kv_prefetch(const cf_view* v, const int64_t* pf, int64_t n, int64_t g, int64_t bytes,
+                        int64_t es, const kv_path* path, kv_head* h, const void** rows,
+                        const void* const* seq) {
+    if (seq) {
         h->pf = seq + g * n, h->npf = n;
         return;
     }
-    if (path->pf_inside && path->pf_seq) { /* share g of the n * nh rows, key by key */
-        int64_t key = g * n / nh, head = g * n % nh;
-        for (int64_t t = 0; t < n; t++) {
-            rows[t] = (const char*)v->data + (pf[key] + head * v->stride[2]) * es;
-            if (++head == nh) head = 0, key++;
-        }
-    } else
-        kv_head_rows(v, pf, n, g, es, rows);
+    kv_head_rows(v, pf, n, g, es, rows);
     if (path->pf_inside)
         h->pf = rows, h->npf = n;
     else
@@ -799,9 +792,10 @@ static void kv_prefetch(const cf_view* v, const int64_t* pf, int64_t n, int64_t 
 }
 
 /* With pf_seq (and pf_inside), the n * nh rows of view v that a later block reads, in address
- * order, once for the block rather than head by head in kv_prefetch (the per-head walk took ~4 %
- * of an int8 decode in L3 on Zen 3): all[k * nh + g] is key k's row of head hk0 + g. NULL where
- * the path prefetches otherwise or nh is past all's room (KV_SEQ_HEADS). */
+ * order, once for the block rather than head by head (a per-head walk took ~4 % of an int8 decode
+ * in L3 on Zen 3): all[k * nh + g] is key k's row of head hk0 + g. NULL where the path prefetches
+ * otherwise, or past all's room: an item has at most KV_ROWS (64) KV heads (kv_plan), so never
+ * there; such an item would prefetch head g's own rows. */
 #define KV_SEQ_HEADS 64
 static const void* const* kv_pf_seq_list(const cf_view* v, const int64_t* pf, int64_t n, int64_t nh,
                                          int64_t es, const kv_path* path, const void** all) {
@@ -840,8 +834,7 @@ static void kv_block_scores(const cf_kvcache_call* c, kv_scratch* w, const kv_it
     for (int64_t g = 0; g < it->nh; g++) {
         kv_head_rows(&c->kc, base, nb, g, it->es, rows);
         kv_head h = kv_head_of(c, w, it, g);
-        kv_prefetch(&c->kc, pf, npf, g, it->nh, c->a.D * it->es, it->es, &it->path, &h, pfrows,
-                    seq);
+        kv_prefetch(&c->kc, pf, npf, g, c->a.D * it->es, it->es, &it->path, &h, pfrows, seq);
         const float* f = NULL;
         if (c->quant != CFLASH_KV_QUANT_NONE) {
             kv_q_factors(c, &L, 0, it->b, it->hk0 + g, g, nb, w->fk);
@@ -1096,8 +1089,7 @@ static void kv_block_pv(const cf_kvcache_call* c, kv_scratch* w, const kv_itm* i
         }
         kv_head h = kv_head_of(c, w, it, g);
         if (!c->latent) /* (a latent cache's V rows are the K rows, already fetched) */
-            kv_prefetch(&c->vc, pf, npf, g, it->nh, c->a.Dv * it->es, it->es, &it->path, &h, pfrows,
-                        seq);
+            kv_prefetch(&c->vc, pf, npf, g, c->a.Dv * it->es, it->es, &it->path, &h, pfrows, seq);
         it->path.pv(&h, rows, nb, f);
     }
 }
