@@ -39,10 +39,16 @@ def require(module, why):
 UNIT_ROUNDOFF = {"float32": 2.0**-24, "float16": 2.0**-11, "bfloat16": 2.0**-8}
 
 
-def atol(dtype, ref):
-    """The error rule's absolute term: k * u * max(1, max|ref|), k = 8 for fp32, else 1."""
+def atol(dtype, ref, grad=False):
+    """The error rule's absolute term: k * u * max(1, max|ref|), k = 8 for fp32 (32 for an
+    attention gradient, grad), else 1: the C oracle's attn_atol (tools/oracle/attn_oracle.h says
+    why 32). With 8, the fp32 backward at Sq 1, Sk 97, D 3 failed for 4 of 5000 seeds on Zen 3
+    (once in CI, stop 54: dk 1.24e-6 > 1.07e-6, naive 8.3e-8): P = exp(s - lse) takes an lse
+    rounded to fp32 from scores the forward rounded (at Sq 1 the KV-cache kernels, summing in
+    another order than the backward's recomputation), roundings of |s| and |lse| (7.5 there)
+    that the naive computation's own softmax cancels."""
     name = str(dtype).replace("torch.", "")
-    k = 8.0 if name == "float32" else 1.0
+    k = (32.0 if grad else 8.0) if name == "float32" else 1.0
     m = float(np.max(np.abs(ref[np.isfinite(ref)]))) if np.size(ref) else 0.0
     return k * UNIT_ROUNDOFF[name] * max(1.0, m)
 
@@ -61,16 +67,17 @@ def maxerr(got, ref):
     return float(np.max(d)) if d.size else 0.0
 
 
-def check_rule(name, got, ref, naive, dtype, factor=2.0, magnitude=None):
+def check_rule(name, got, ref, naive, dtype, factor=2.0, magnitude=None, grad=False):
     """Asserts no NaN (full coverage after poisoning) and max|got - ref| <= factor * max|naive - ref|
-    + atol. magnitude: the scale of atol when it is not that of ref itself; gradients pass the
-    largest of dq, dk, dv (a gradient whose exact value is 0, e.g. dq of a row that sees one key,
-    still carries rounding of terms as large as the others)."""
+    + atol. grad: an attention gradient (factor 3, DESIGN.md's, and atol(grad=True)). magnitude:
+    the scale of atol when it is not that of ref itself; gradients pass the largest of dq, dk, dv
+    (a gradient whose exact value is 0, e.g. dq of a row that sees one key, still carries rounding
+    of terms as large as the others)."""
     got = np.asarray(got, dtype=np.float64)
     assert not np.isnan(got).any(), "%s: NaN in the result (an element not written?)" % name
     err, nerr = maxerr(got, ref), maxerr(naive, ref)
     scale = np.asarray(ref) if magnitude is None else np.array([magnitude])
-    bound = factor * nerr + atol(dtype, scale)
+    bound = factor * nerr + atol(dtype, scale, grad)
     assert err <= bound, "%s: max error %.3g > bound %.3g (naive %.3g)" % (name, err, bound, nerr)
 
 

@@ -100,7 +100,7 @@ def test_forward_and_backward(case, rng, poison):
     ng = R.attention_bwd(dout, q, k, v, dtype=dtype, **rk)
     for name, g, r, n in zip(("dq", "dk", "dv"), (dq, dk, dv), rg, ng):
         assert g.shape == r.shape and g.dtype == np.dtype(dtype)
-        check_rule(name, g, r, n, dtype, factor=3.0, magnitude=grad_magnitude(rg))
+        check_rule(name, g, r, n, dtype, factor=3.0, magnitude=grad_magnitude(rg), grad=True)
 
 
 def test_public_function_matches_core(rng):
@@ -220,7 +220,8 @@ def test_varlen(rng, poison, feat):
         rg = R.attention_bwd(dout[None, sq], q[None, sq], k[None, sk], v[None, sk], **kw)
         ng = R.attention_bwd(dout[None, sq], q[None, sq], k[None, sk], v[None, sk], dtype="float32", **kw)
         for name, g, r, n, s in zip(("dq", "dk", "dv"), grads, rg, ng, (sq, sk, sk)):
-            check_rule("%s[%d]" % (name, b), g[None, s], r, n, "float32", factor=3.0, magnitude=grad_magnitude(rg))
+            check_rule("%s[%d]" % (name, b), g[None, s], r, n, "float32", factor=3.0, magnitude=grad_magnitude(rg),
+                       grad=True)
 
 
 def test_varlen_packed(rng):
@@ -339,7 +340,7 @@ def test_each_cpu_backend_through_python(rng, poison, backend):
             rg = R.attention_bwd(dout, qd, kd, vd, **rk)
             ng = R.attention_bwd(dout, qd, kd, vd, dtype=dtype, **rk)
             for name, a, r, n in zip(("dq", "dk", "dv"), g, rg, ng):
-                check_rule(name, a, r, n, dtype, factor=3.0, magnitude=grad_magnitude(rg))
+                check_rule(name, a, r, n, dtype, factor=3.0, magnitude=grad_magnitude(rg), grad=True)
     finally:
         cflash.set_backend(None)
 

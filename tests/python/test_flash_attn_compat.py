@@ -411,7 +411,8 @@ def test_layer_norm_every_argument(input_dtype, residual_dtype, weight_dtype, ha
     refs = [TN(t.grad) for t in ref_leaves]
     for t, r, n in zip(leaves, ref_leaves, naive_leaves):
         assert t.grad.dtype == t.dtype
-        check_rule("grad", TN(t.grad), TN(r.grad), TN(n.grad), low, factor=3.0, magnitude=grad_magnitude(refs))
+        check_rule("grad", TN(t.grad), TN(r.grad), TN(n.grad), low, factor=3.0, magnitude=grad_magnitude(refs),
+                   grad=True)
 
 
 def test_norm_out_dtype_prenorm_false_and_buffers():

@@ -50,7 +50,7 @@ def test_against_torch_sdpa_with_gradients(dtype, case):
     mag = grad_magnitude([TN(x) for x in gref])
     for name, a, r, n in zip(("dq", "dk", "dv"), gr, gref, gnaive):
         assert a.shape == r.shape and a.dtype == dtype
-        check_rule(name, TN(a), TN(r), TN(n), str(dtype)[6:], factor=3.0, magnitude=mag)
+        check_rule(name, TN(a), TN(r), TN(n), str(dtype)[6:], factor=3.0, magnitude=mag, grad=True)
     text = cflash.explain(cflash.scaled_dot_product_attention, q, k, v, **kw)
     assert "-> libcflash" in text, text
 
@@ -118,7 +118,7 @@ def test_masks_on_cflash_with_gradients(dtype, case):
     check_rule("out", TN(out), TN(ref), TN(naive), str(dtype)[6:])
     mag = grad_magnitude([TN(x) for x in gref])
     for name, a, r, n in zip(("dq", "dk", "dv"), gr, gref, gnaive):
-        check_rule(name, TN(a), TN(r), TN(n), str(dtype)[6:], factor=3.0, magnitude=mag)
+        check_rule(name, TN(a), TN(r), TN(n), str(dtype)[6:], factor=3.0, magnitude=mag, grad=True)
     if not boolean:  # the additive mask is differentiable, as in PyTorch
         m = mask.detach().clone().requires_grad_(True)
         cflash.scaled_dot_product_attention(q, k, v, attn_mask=m, enable_gqa=gqa).backward(dout)
@@ -127,7 +127,7 @@ def test_masks_on_cflash_with_gradients(dtype, case):
         mn = mask.detach().clone().requires_grad_(True)
         SDPA(q, k, v, attn_mask=mn, enable_gqa=gqa).backward(dout)
         check_rule("dmask", TN(m.grad), TN(md.grad), TN(mn.grad), str(dtype)[6:], factor=3.0,
-                   magnitude=grad_magnitude([TN(md.grad)]))
+                   magnitude=grad_magnitude([TN(md.grad)]), grad=True)
     # 3-dim inputs (N, L, E) with a (N, L, S) mask
     q3, k3, v3, m3 = q[:, 0], k[:, 0], v[:, 0], (mask if mask.dim() == 2 else mask.expand(B, H, Sq, Sk)[:, 0])
     assert torch.allclose(cflash.scaled_dot_product_attention(q3, k3, v3, attn_mask=m3).float(),

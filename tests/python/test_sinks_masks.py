@@ -86,7 +86,7 @@ def test_learnable_sink_torch(shape, rng, poison):
     o64, l64 = ref_attn(*[x.double() for x in (q, k, v)], scale, causal, sink.double())
     mags = (mag, mag, mag, _dsink_scale(o64, l64, sink, dout))
     for name, a, b, c, m in zip(("dq", "dk", "dv", "dsink"), g, r, n, mags):
-        check_rule(name, a.numpy(), b.numpy(), c.numpy(), "float32", factor=3.0, magnitude=m)
+        check_rule(name, a.numpy(), b.numpy(), c.numpy(), "float32", factor=3.0, magnitude=m, grad=True)
 
 
 def test_learnable_sink_numpy_lse(rng, poison):
@@ -145,13 +145,14 @@ def test_learnable_sink_varlen_torch(rng, poison):
     check_rule("out", got.numpy(), rr.numpy(), nv.numpy(), "float32")
     mag = grad_magnitude([x.numpy() for x in r[:3]])
     for name, a, b, c in zip(("dq", "dk", "dv"), g, r, n):
-        check_rule(name, a.numpy(), b.numpy(), c.numpy(), "float32", factor=3.0, magnitude=mag)
+        check_rule(name, a.numpy(), b.numpy(), c.numpy(), "float32", factor=3.0, magnitude=mag, grad=True)
     scales = []
     for i in range(len(lq)):  # dsink's terms, sequence by sequence
         qs, ks = slice(int(cq[i]), int(cq[i + 1])), slice(int(ck[i]), int(ck[i + 1]))
         o, lse = ref_attn(q[None, qs].double(), k[None, ks].double(), v[None, ks].double(), scale, True, sink.double())
         scales.append(_dsink_scale(o, lse, sink, dout[None, qs]))
-    check_rule("dsink", g[3].numpy(), r[3].numpy(), n[3].numpy(), "float32", factor=3.0, magnitude=sum(scales))
+    check_rule("dsink", g[3].numpy(), r[3].numpy(), n[3].numpy(), "float32", factor=3.0, magnitude=sum(scales),
+               grad=True)
 
 
 def test_learnable_sink_refusals():
@@ -223,7 +224,7 @@ def test_attention_chunk_torch(case, rng, poison):
     check_rule("out", got.numpy(), rr.numpy(), nv.numpy(), "float32")
     mag = grad_magnitude([x.numpy() for x in r[:3]])
     for name, a, b, c in zip(("dq", "dk", "dv", "dsink"), g, r, n):
-        check_rule(name, a.numpy(), b.numpy(), c.numpy(), "float32", factor=3.0, magnitude=mag)
+        check_rule(name, a.numpy(), b.numpy(), c.numpy(), "float32", factor=3.0, magnitude=mag, grad=True)
     # the chunks change the result: the same call without them differs
     assert (got - call(q, k, v, sink if with_sink else None).detach()).abs().max() == 0
     assert (got - cflash.flash_attn_func(q, k, v, causal=causal)).abs().max() > 1e-3
@@ -259,7 +260,7 @@ def test_attention_chunk_varlen_torch(rng, poison):
     check_rule("out", got.numpy(), rr.numpy(), nv.numpy(), "float32")
     mag = grad_magnitude([x.numpy() for x in r[:3]])
     for name, a, b, c in zip(("dq", "dk", "dv", "dsink"), g, r, n):
-        check_rule(name, a.numpy(), b.numpy(), c.numpy(), "float32", factor=3.0, magnitude=mag)
+        check_rule(name, a.numpy(), b.numpy(), c.numpy(), "float32", factor=3.0, magnitude=mag, grad=True)
     # NumPy: the same call, the same numbers
     on = cflash.flash_attn_varlen_func(q.numpy(), k.numpy(), v.numpy(), cq.numpy(), ck.numpy(), max(lq), max(lk),
                                        causal=True, learnable_sink=sink.numpy(), attention_chunk=chunk)
@@ -535,4 +536,4 @@ def _sdpa_masked_case(kind, mshape, seed):
     mag = grad_magnitude([x.numpy() for x in r[:3]])
     for name, a, b, c in zip(names, g, r, n):
         assert a.shape == b.shape, (name, a.shape, b.shape)
-        check_rule(name, a.numpy(), b.numpy(), c.numpy(), "float32", factor=3.0, magnitude=mag)
+        check_rule(name, a.numpy(), b.numpy(), c.numpy(), "float32", factor=3.0, magnitude=mag, grad=True)

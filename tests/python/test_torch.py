@@ -75,7 +75,8 @@ def test_against_sdpa_with_gradients(dtype, case):
     check_rule("out", tn(out), tn(ref), tn(naive), dtype)
     for name, a, r, n in zip(("dq", "dk", "dv"), gr, gref, gnaive):
         assert a.dtype == dtype and a.shape == r.shape
-        check_rule(name, tn(a), tn(r), tn(n), dtype, factor=3.0, magnitude=grad_magnitude([tn(g) for g in gref]))
+        check_rule(name, tn(a), tn(r), tn(n), dtype, factor=3.0, magnitude=grad_magnitude([tn(g) for g in gref]),
+                   grad=True)
 
 
 def test_lse_softcap_dropout_against_reference():
