@@ -190,75 +190,88 @@ static double sink_of(const kprob* p, int64_t h) {
 static void oracle(const kprob* p, int naive, double sf, double* out, double* lse) {
     const kcase* c = &p->c;
     const double scale = sf / sqrt((double)c->D);
-    double *q = malloc(8 * (size_t)c->D), *kr = malloc(8 * (size_t)c->D),
-           *vr = malloc(8 * (size_t)c->Dv);
     int64_t maxk = p->Sc + 1;
+    /* the K and V rows of a (sequence, KV head), each read (kv_row) once for its query heads and
+     * rows (element by element it was most of this test's time) */
+    double *q = malloc(8 * (size_t)c->D), *km = malloc(8 * (size_t)(maxk * c->D)),
+           *vm = malloc(8 * (size_t)(maxk * c->Dv));
+    char* have = malloc(2 * (size_t)maxk); /* (K row j read, then V row j) */
     double *s = malloc(8 * (size_t)maxk), *acc = malloc(8 * (size_t)c->Dv);
+    const int64_t G = c->H / c->Hk;
     for (int64_t b = 0; b < c->B; b++) {
         int64_t L = p->L[b], P = p->P[b], sk = L + p->sn[b] - P, Sq = p->sq[b];
-        for (int64_t h = 0; h < c->H; h++) {
-            int64_t hk = h / (c->H / c->Hk);
-            for (int64_t i = 0; i < Sq; i++) {
-                for (int64_t d = 0; d < c->D; d++)
-                    q[d] = qget(p, b, i, h, d);
-                if (c->half) {
-                    int local = c->causal || c->wl >= 0 || c->wr >= 0;
-                    rot(p, q, local ? L + i : L);
+        for (int64_t hk = 0; hk < c->Hk; hk++) {
+            memset(have, 0, 2 * (size_t)maxk);
+            for (int64_t h = hk * G; h < (hk + 1) * G; h++)
+                for (int64_t i = 0; i < Sq; i++) {
                     for (int64_t d = 0; d < c->D; d++)
-                        q[d] = ops_round(c->dtype, q[d]);
-                }
-                int64_t diag = i + sk - Sq, lo = 0, hi = sk;
-                int64_t wr = c->causal ? 0 : c->wr;
-                if (c->wl >= 0 && diag - c->wl > lo) lo = diag - c->wl;
-                if (wr >= 0 && diag + wr + 1 < hi) hi = diag + wr + 1;
-                const double sink = sink_of(p, h);
-                double m = sink, l = 0;
-                for (int64_t j = lo; j < hi; j++) {
-                    kv_row(p, 0, b, P + j, hk, kr);
-                    for (int64_t d = 0; naive && c->x.quant && d < c->D; d++)
-                        kr[d] = ops_round(c->dtype, kr[d]); /* decoded into the dtype */
-                    double dot = 0;
-                    if (naive) { /* in fp32, as a same-precision computation sums it */
-                        float fd = 0.0f;
-                        for (int64_t e = 0; e < c->D; e++) {
-                            const int64_t d = naive == 2 ? c->D - 1 - e : e;
-                            fd += (float)q[d] * (float)kr[d];
-                        }
-                        dot = fd;
-                    } else
+                        q[d] = qget(p, b, i, h, d);
+                    if (c->half) {
+                        int local = c->causal || c->wl >= 0 || c->wr >= 0;
+                        rot(p, q, local ? L + i : L);
                         for (int64_t d = 0; d < c->D; d++)
-                            dot += q[d] * kr[d];
-                    double x = dot * scale;
-                    if (naive) x = (float)x;
-                    if (c->softcap > 0) x = c->softcap * tanh(x / c->softcap);
-                    x -= slope(p, b, h) * fabs((double)(diag - j));
-                    if (naive) x = ops_round(c->dtype, x);
-                    s[j] = x;
-                    if (x > m) m = x;
-                }
-                for (int64_t d = 0; d < c->Dv; d++)
-                    acc[d] = 0;
-                if (sink > -INFINITY) l = exp(sink - m); /* a key of score sink, value 0 */
-                for (int64_t j = lo; j < hi; j++) {
-                    double e = exp(s[j] - m);
-                    l += e;
-                    if (naive) e = ops_round(c->dtype, e);
-                    kv_row(p, 1, b, P + j, hk, vr);
-                    for (int64_t d = 0; naive && c->x.quant && d < c->Dv; d++)
-                        vr[d] = ops_round(c->dtype, vr[d]);
+                            q[d] = ops_round(c->dtype, q[d]);
+                    }
+                    int64_t diag = i + sk - Sq, lo = 0, hi = sk;
+                    int64_t wr = c->causal ? 0 : c->wr;
+                    if (c->wl >= 0 && diag - c->wl > lo) lo = diag - c->wl;
+                    if (wr >= 0 && diag + wr + 1 < hi) hi = diag + wr + 1;
+                    const double sink = sink_of(p, h);
+                    double m = sink, l = 0;
+                    for (int64_t j = lo; j < hi; j++) {
+                        double* kr = km + j * c->D;
+                        if (!have[j]) {
+                            kv_row(p, 0, b, P + j, hk, kr);
+                            for (int64_t d = 0; naive && c->x.quant && d < c->D; d++)
+                                kr[d] = ops_round(c->dtype, kr[d]); /* decoded into the dtype */
+                            have[j] = 1;
+                        }
+                        double dot = 0;
+                        if (naive) { /* in fp32, as a same-precision computation sums it */
+                            float fd = 0.0f;
+                            for (int64_t e = 0; e < c->D; e++) {
+                                const int64_t d = naive == 2 ? c->D - 1 - e : e;
+                                fd += (float)q[d] * (float)kr[d];
+                            }
+                            dot = fd;
+                        } else
+                            for (int64_t d = 0; d < c->D; d++)
+                                dot += q[d] * kr[d];
+                        double x = dot * scale;
+                        if (naive) x = (float)x;
+                        if (c->softcap > 0) x = c->softcap * tanh(x / c->softcap);
+                        x -= slope(p, b, h) * fabs((double)(diag - j));
+                        if (naive) x = ops_round(c->dtype, x);
+                        s[j] = x;
+                        if (x > m) m = x;
+                    }
                     for (int64_t d = 0; d < c->Dv; d++)
-                        acc[d] += e * vr[d];
+                        acc[d] = 0;
+                    if (sink > -INFINITY) l = exp(sink - m); /* a key of score sink, value 0 */
+                    for (int64_t j = lo; j < hi; j++) {
+                        double e = exp(s[j] - m);
+                        l += e;
+                        if (naive) e = ops_round(c->dtype, e);
+                        double* vr = vm + j * c->Dv;
+                        if (!have[maxk + j]) {
+                            kv_row(p, 1, b, P + j, hk, vr);
+                            for (int64_t d = 0; naive && c->x.quant && d < c->Dv; d++)
+                                vr[d] = ops_round(c->dtype, vr[d]);
+                            have[maxk + j] = 1;
+                        }
+                        for (int64_t d = 0; d < c->Dv; d++)
+                            acc[d] += e * vr[d];
+                    }
+                    for (int64_t d = 0; d < c->Dv; d++) { /* (l NaN: a NaN score, a NaN row) */
+                        double o = l > 0 || l != l ? acc[d] / l : 0.0;
+                        out[oidx(p, b, i, h, d)] = naive ? ops_round(c->dtype, o) : o;
+                    }
+                    double ls = l > 0 || l != l ? m + log(l) : -INFINITY;
+                    lse[lidx(p, b, h, i)] = naive ? (float)ls : ls;
                 }
-                for (int64_t d = 0; d < c->Dv; d++) { /* (l NaN: a NaN score, a NaN row) */
-                    double o = l > 0 || l != l ? acc[d] / l : 0.0;
-                    out[oidx(p, b, i, h, d)] = naive ? ops_round(c->dtype, o) : o;
-                }
-                double ls = l > 0 || l != l ? m + log(l) : -INFINITY;
-                lse[lidx(p, b, h, i)] = naive ? (float)ls : ls;
-            }
         }
     }
-    free(q), free(kr), free(vr), free(s), free(acc);
+    free(q), free(km), free(vm), free(have), free(s), free(acc);
 }
 
 /* A quantized cache's contents: fp8 codes of values in [-1, 1] under the descale of batch 0

@@ -37,6 +37,7 @@ typedef struct tt_tensor {
     void* base;    /* the whole allocation, padding included */
     size_t bytes;  /* size of base */
     size_t offset; /* dl.byte_offset */
+    int64_t eoff;  /* offset in elements (tt_offset's start: no division an element) */
     int64_t numel; /* logical elements */
 } tt_tensor;
 
