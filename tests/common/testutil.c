@@ -77,7 +77,13 @@ int tt_backend_selected(const char* name) {
         cflash_context_free(ctx);
         checked = 1;
     }
-    for (const char *p = e, *s; (s = next_backend(&p, &n));)
+    return tt_backend_named(name);
+}
+
+int tt_backend_named(const char* name) {
+    const char* e = getenv("CFLASH_TEST_BACKENDS");
+    size_t n;
+    for (const char *p = e ? e : "", *s; (s = next_backend(&p, &n));)
         if (n == strlen(name) && !strncmp(s, name, n)) return 1;
     return 0;
 }

@@ -95,6 +95,9 @@ int tt_test_level(void);
  * (cflash_context_set_backend refuses it) ends the test at once (exit 2), so a misspelt list cannot
  * select nothing and pass. */
 int tt_backend_selected(const char* name);
+/* Whether CFLASH_TEST_BACKENDS is set and lists `name` (a test that leaves a backend out by
+ * default runs it when named). */
+int tt_backend_named(const char* name);
 
 /* A context (default settings, one per thread, kept until exit) in explain mode for its next
  * call: cflash_norm_fwd(tt_explain(buf, sizeof buf), ...) writes the choice into buf. */
