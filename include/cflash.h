@@ -296,7 +296,8 @@ CFLASH_API cflash_status cflash_attn_dropout_mask(const cflash_attn_params* p, D
  *          +inf, or every value -inf) keeps every pair.
  *   flags  receives CFLASH_FAR_KEYS_HIDES when some pair is hidden, and CFLASH_FAR_KEYS_ZERO when
  *          bias is 0 at every pair kept (a NaN is not 0; an empty bias: ZERO alone).
- * Bad arguments leave keep untouched. Runs on the calling thread. */
+ * Bad arguments leave keep untouched. The rows split over the threads a call with no context
+ * uses (all cores; a small mask on the calling thread alone). */
 typedef enum cflash_far_keys_flag {
     CFLASH_FAR_KEYS_HIDES = 1, /* some pair hidden */
     CFLASH_FAR_KEYS_ZERO = 2   /* bias 0 at every pair kept */

@@ -36,9 +36,10 @@ static void ref_row(const double* x, int64_t n, double margin, uint8_t* k, int* 
     }
 }
 
-/* Row r of bias b gets a pattern by r % 8: random values; a causal run of 0 and dtype min beyond;
+/* Row r of bias b gets a pattern by r % 10: random values; a causal run of 0 and dtype min beyond;
  * every value dtype min; -inf beside values; a NaN; +inf; every value -inf; values either side
- * of top - margin (top 2, margin 1.5: 0.5 kept, the value below it hidden). */
+ * of top - margin (top 2, margin 1.5: 0.5 kept, the value below it hidden); every value negative
+ * (the largest found among negatives alone); values below 2^-18 (fp16 subnormals). */
 static void fill_row(tt_tensor* t, const int64_t* idx3, int64_t n, int r, double margin,
                      cflash_dtype dt, tt_rng* g) {
     int64_t at[4] = {idx3[0], idx3[1], idx3[2], 0};
@@ -46,7 +47,7 @@ static void fill_row(tt_tensor* t, const int64_t* idx3, int64_t n, int r, double
     for (int64_t j = 0; j < n; j++) {
         at[3] = j;
         double v = 6.0 * tt_rng_uniform(g) - 3.0;
-        switch (r % 8) {
+        switch (r % 10) {
         case 1: v = j <= idx3[2] ? 0.0 : mn; break;
         case 2: v = mn; break;
         case 3: v = j % 3 == 0 ? -INFINITY : v; break;
@@ -59,6 +60,8 @@ static void fill_row(tt_tensor* t, const int64_t* idx3, int64_t n, int r, double
                 : j == 2 ? nextafter(2.0 - margin, -INFINITY) /* (rounded by tt_set) */
                          : v;
             break;
+        case 8: v -= 10.0; break;
+        case 9: v = ldexp(v, -20); break;
         default: break;
         }
         tt_set(t, at, v);
@@ -139,6 +142,19 @@ static void test_flags(void) {
     tt_set_flat(&b, 7, -0.5); /* within the margin: kept, not 0 */
     CHECK_OK(cflash_attn_mask_far_keys(&b.dl, 300.0, &k.dl, &flags));
     CHECK(flags == 0);
+    /* each flag from one row at either end alone (rows split over threads: test_far_keys_parallel
+     * runs this with CFLASH_SMALL_CALLS=parallel) */
+    for (int64_t at = 0; at < 24; at += 23) {
+        tt_fill(&b, 0.0);
+        tt_set_flat(&b, at, -0.5);
+        CHECK_OK(cflash_attn_mask_far_keys(&b.dl, 300.0, &k.dl, &flags));
+        CHECK_MSG(flags == 0, "-0.5 at %lld: flags %d", (long long)at, flags);
+        tt_set_flat(&b, at, -dtype_max(CFLASH_DTYPE_BF16));
+        CHECK_OK(cflash_attn_mask_far_keys(&b.dl, 300.0, &k.dl, &flags));
+        CHECK_MSG(flags == (CFLASH_FAR_KEYS_HIDES | CFLASH_FAR_KEYS_ZERO) &&
+                      tt_get_flat(&k, at) == 0.0,
+                  "finfo.min at %lld: flags %d", (long long)at, flags);
+    }
     /* empty: nothing to read or write, however large the other dims */
     const int64_t e[4] = {(int64_t)1 << 40, (int64_t)1 << 20, 0, 3};
     DLTensor be = b.dl, ke = k.dl;
