@@ -7,6 +7,7 @@
  * bf16,fp16` and the CFLASH_TEST_LEVEL=1 backend grid pass) on a CPU without AMX-FP16, so the
  * tdpfp16ps path has run on the software tile model only (tests/amx_model): amx_verified keeps
  * the automatic choice off it until an AMX-FP16 machine has run the grid. */
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -33,19 +34,23 @@ CF_AMX_CFG_TARGET void cf_amx_thread_end(void) {
 /* The cpu-avx512 table with the tile configuration around each thread's work and the bf16 pairs
  * GEMM on the tiles (the tiled backward's dbias tasks take it; pairs from fp32 are packed by the
  * portable code, which none of cpu-amx's paths calls). */
+static cf_attn_kernels amx_k;
+static pthread_once_t amx_k_once = PTHREAD_ONCE_INIT;
+
+static void amx_kernels_fill(void) {
+    amx_k = *cf_attn_kernels_avx512();
+    amx_k.name = "cpu-amx";
+    amx_k.gemm_bf16 = cf_amx_gemm_bf16;
+    if (!amx_k.pack_pairs_f32) amx_k.pack_pairs_f32 = cf_attn_kernels_generic.pack_pairs_f32;
+    amx_k.thread_begin = cf_amx_thread_begin;
+    amx_k.thread_end = cf_amx_thread_end;
+}
+
+/* (filled once under pthread_once: a flag set after the copy, unsynchronized, let another
+ * application thread see the flag before the table, the compiler free to reorder the stores) */
 static const cf_attn_kernels* amx_kernels(void) {
-    static cf_attn_kernels k;
-    static int init = 0;
-    if (!init) { /* benign race: every thread writes the same values */
-        k = *cf_attn_kernels_avx512();
-        k.name = "cpu-amx";
-        k.gemm_bf16 = cf_amx_gemm_bf16;
-        if (!k.pack_pairs_f32) k.pack_pairs_f32 = cf_attn_kernels_generic.pack_pairs_f32;
-        k.thread_begin = cf_amx_thread_begin;
-        k.thread_end = cf_amx_thread_end;
-        init = 1;
-    }
-    return &k;
+    pthread_once(&amx_k_once, amx_kernels_fill);
+    return &amx_k;
 }
 #endif
 
