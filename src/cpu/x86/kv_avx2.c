@@ -412,6 +412,87 @@ static void avx2_pv_of(const kv_head* h, const void* const* rows, int64_t nb, co
 #undef KV2_PV
 }
 
+/* w->qf: each q row with every 16 elements as the 8 even ones, then the 8 odd ones (D % 16 == 0,
+ * R % 4 == 0: kv2_bf16_even_odd), for kv2_dots_bf16. */
+static void kv2_bf16_prep(const cf_kvcache_call* c, kv_scratch* w, int64_t R) {
+    const int64_t D = c->a.D;
+    for (int64_t r = 0; r < R; r++)
+        for (int64_t d = 0; d < D; d += 16)
+            for (int i = 0; i < 8; i++) {
+                w->qf[r * D + d + i] = w->q[r * D + d + 2 * i];
+                w->qf[r * D + d + 8 + i] = w->q[r * D + d + 2 * i + 1];
+            }
+}
+
+static int kv2_bf16_even_odd(const cf_kvcache_call* c, int64_t R) {
+    return kv_row_dtype(c) == CF_BF16 && c->quant == CFLASH_KV_QUANT_NONE && c->a.D % 16 == 0 &&
+           R % 4 == 0;
+}
+
+/* s[r * KV_KB + t] = q_r . k_t for R (% 4) rows (q in kv2_bf16_prep's order) and nb bf16 rows of
+ * D (% 16): a 32-byte load is 16 values, the even ones by a shift, the odd ones by a mask (two
+ * operations where two a half took four). Two keys by four rows per pass. */
+static void kv2_dots_bf16(const float* restrict q, int64_t R, int64_t D, const void* const* rows,
+                          int64_t nb, float* restrict s, const void* const* pf, int64_t npf) {
+    const __m256i hi = _mm256_set1_epi32((int)0xffff0000u);
+    int64_t t = 0;
+    for (; t + 2 <= nb; t += 2) {
+        const uint16_t *k0 = rows[t], *k1 = rows[t + 1];
+        kv_pf_rows(pf, npf, t, t + 2, 0, 2 * D);
+        for (int64_t r = 0; r < R; r += 4) {
+            const float* qr = q + r * D;
+            __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+            __m256 b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+            for (int64_t d = 0; d < D; d += 16) {
+                const __m256i x = _mm256_loadu_si256((const __m256i*)(k0 + d)),
+                              y = _mm256_loadu_si256((const __m256i*)(k1 + d));
+                const __m256 xe = _mm256_castsi256_ps(_mm256_slli_epi32(x, 16)),
+                             xo = _mm256_castsi256_ps(_mm256_and_si256(x, hi)),
+                             ye = _mm256_castsi256_ps(_mm256_slli_epi32(y, 16)),
+                             yo = _mm256_castsi256_ps(_mm256_and_si256(y, hi));
+#define KV2_EO(A, B, Q)                                                                            \
+    {                                                                                              \
+        const __m256 e = _mm256_loadu_ps(Q + d), o = _mm256_loadu_ps(Q + d + 8);                   \
+        A = _mm256_fmadd_ps(e, xe, A), A = _mm256_fmadd_ps(o, xo, A);                              \
+        B = _mm256_fmadd_ps(e, ye, B), B = _mm256_fmadd_ps(o, yo, B);                              \
+    }
+                KV2_EO(a0, b0, qr)
+                KV2_EO(a1, b1, qr + D)
+                KV2_EO(a2, b2, qr + 2 * D)
+                KV2_EO(a3, b3, qr + 3 * D)
+#undef KV2_EO
+            }
+            kv2_store_pairs(s + r * KV_KB + t, kv2_sum8(a0, b0, a1, b1, a2, b2, a3, b3));
+        }
+    }
+    for (; t < nb; t++) { /* an odd last key */
+        const uint16_t* k0 = rows[t];
+        for (int64_t r = 0; r < R; r++) {
+            __m256 a = _mm256_setzero_ps();
+            for (int64_t d = 0; d < D; d += 16) {
+                const __m256i x = _mm256_loadu_si256((const __m256i*)(k0 + d));
+                a = _mm256_fmadd_ps(_mm256_loadu_ps(q + r * D + d),
+                                    _mm256_castsi256_ps(_mm256_slli_epi32(x, 16)), a);
+                a = _mm256_fmadd_ps(_mm256_loadu_ps(q + r * D + d + 8),
+                                    _mm256_castsi256_ps(_mm256_and_si256(x, hi)), a);
+            }
+            float o[4];
+            _mm_storeu_ps(o, kv2_sum4(a, a, a, a));
+            s[r * KV_KB + t] = o[0];
+        }
+    }
+    kv_pf_rows(pf, npf, t & ~(int64_t)1, npf, 0, 2 * D);
+}
+
+static void avx2_scores_bf16(const kv_head* h, const void* const* rows, int64_t nb,
+                             const float* f) {
+    if (h->R % 4) { /* (a head of fewer rows than its item's multiple of 4) */
+        avx2_scores_of(h, rows, nb, f, 0);
+        return;
+    }
+    kv2_dots_bf16(h->w->qf + (h->q - h->w->q), h->R, h->c->a.D, rows, nb, h->s, h->pf, h->npf);
+}
+
 static void avx2_scores(const kv_head* h, const void* const* rows, int64_t nb, const float* f) {
     avx2_scores_of(h, rows, nb, f, 0);
 }
@@ -783,6 +864,7 @@ static void kv_choose_avx2(const cf_kvcache_call* c, int64_t R, kv_path* p) {
                    .pf_seq = KV_PF_AMD};
     if (kv_row_dtype(c) == CF_F8E4M3 && kv2_f32_cpu())
         p->prep = kv2_e4m3_prep, p->scores = avx2_scores_f32, p->pv = avx2_pv_f32;
+    if (kv2_bf16_even_odd(c, R)) p->prep = kv2_bf16_prep, p->scores = avx2_scores_bf16;
     if (kv2_i8_ok(c, R))
         p->prep = avx2_i8_prep, p->scores = avx2_scores_i8, p->pv = avx2_pv_i8,
         p->acc_index = kv2_acc_index_i8, p->finish = kv2_i8_unpermute;
