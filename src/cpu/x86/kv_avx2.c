@@ -412,8 +412,8 @@ static void avx2_pv_of(const kv_head* h, const void* const* rows, int64_t nb, co
 #undef KV2_PV
 }
 
-/* w->qf: each q row with every 16 elements as the 8 even ones, then the 8 odd ones (D % 16 == 0,
- * R % 4 == 0: kv2_bf16_even_odd), for kv2_dots_bf16. */
+/* w->qf: each of the item's R q rows with every 16 elements as the 8 even ones, then the 8 odd
+ * ones (D % 16 == 0: kv2_bf16_even_odd), for kv2_dots_bf16. */
 static void kv2_bf16_prep(const cf_kvcache_call* c, kv_scratch* w, int64_t R) {
     const int64_t D = c->a.D;
     for (int64_t r = 0; r < R; r++)
@@ -424,6 +424,8 @@ static void kv2_bf16_prep(const cf_kvcache_call* c, kv_scratch* w, int64_t R) {
             }
 }
 
+/* Whether kv2_dots_bf16 serves: a bf16 cache, D % 16 == 0, and R (the rows of each KV head, what
+ * kv_choose_avx2 is given) a multiple of 4. */
 static int kv2_bf16_even_odd(const cf_kvcache_call* c, int64_t R) {
     return kv_row_dtype(c) == CF_BF16 && c->quant == CFLASH_KV_QUANT_NONE && c->a.D % 16 == 0 &&
            R % 4 == 0;
@@ -486,10 +488,7 @@ static void kv2_dots_bf16(const float* restrict q, int64_t R, int64_t D, const v
 
 static void avx2_scores_bf16(const kv_head* h, const void* const* rows, int64_t nb,
                              const float* f) {
-    if (h->R % 4) { /* (a head of fewer rows than its item's multiple of 4) */
-        avx2_scores_of(h, rows, nb, f, 0);
-        return;
-    }
+    (void)f; /* (an unquantized cache: no factors) */
     kv2_dots_bf16(h->w->qf + (h->q - h->w->q), h->R, h->c->a.D, rows, nb, h->s, h->pf, h->npf);
 }
 
