@@ -7,7 +7,8 @@
  * kv_item does with pf_inside, in address order as kv_prefetch's pf_seq (PF_HEAD=1: head g's own
  * rows). Prints ns per key and KV head (scores + P.V; ONLY=k or ONLY=v: one), best of 5; HUGE=1
  * puts K and V on 2 MB pages.
- * Formats: bf16, e4m3 (read through fp16, KV2_F16), e4m3-f32 (as fp32 by integer operations,
+ * Formats: bf16 (16 values a load, even and odd: kv2_dots_bf16, KV2_EO), bf16-plain (8 values a
+ * load, KV2_F16), e4m3 (read through fp16, KV2_F16), e4m3-f32 (as fp32 by integer operations,
  * KV2_F32), e5m2, int8 (vpmaddwd). Includes the kernel file itself (its functions are static):
  *
  *   cc -O3 -fopenmp -D_GNU_SOURCE -Iinclude -Isrc -Ibuild/generated bench/kv_floor_avx2.c \
@@ -27,18 +28,20 @@ static double now(void) {
 enum { R = 4, D = 128, NH = 8 };
 
 int main(int argc, char** argv) {
-    static const char* names[] = {"bf16", "e4m3", "e4m3-f32", "e5m2", "int8"};
+    static const char* names[] = {"bf16", "e4m3", "e4m3-f32", "e5m2", "int8", "bf16-plain"};
     int fmt = -1;
-    for (int i = 0; i < 5 && argc > 1; i++)
+    for (int i = 0; i < 6 && argc > 1; i++)
         if (!strcmp(argv[1], names[i])) fmt = i;
     if (fmt < 0) {
-        fprintf(stderr, "usage: kv_floor_avx2 bf16|e4m3|e4m3-f32|e5m2|int8 [NBLK [PF]]\n");
+        fprintf(stderr,
+                "usage: kv_floor_avx2 bf16|e4m3|e4m3-f32|e5m2|int8|bf16-plain [NBLK [PF]]\n");
         return 2;
     }
     const long nblk = argc > 2 ? atol(argv[2]) : 1, pfd = argc > 3 ? atol(argv[3]) : 0;
-    const cf_dtype dt = fmt == 0 ? CF_BF16 : fmt <= 2 ? CF_F8E4M3 : fmt == 3 ? CF_F8E5M2 : CF_I8;
-    const int route = fmt == 2 ? KV2_F32 : KV2_F16;
-    const size_t es = fmt == 0 ? 2 : 1, blk = (size_t)NH * KV_KB * D * es;
+    const int bf = fmt == 0 || fmt == 5;
+    const cf_dtype dt = bf ? CF_BF16 : fmt <= 2 ? CF_F8E4M3 : fmt == 3 ? CF_F8E5M2 : CF_I8;
+    const int route = fmt == 2 ? KV2_F32 : fmt == 0 ? KV2_EO : KV2_F16;
+    const size_t es = bf ? 2 : 1, blk = (size_t)NH * KV_KB * D * es;
     uint8_t *K = aligned_alloc(2 << 20, (size_t)nblk * blk),
             *V = aligned_alloc(2 << 20, (size_t)nblk * blk);
     if (nblk < 1 || pfd < 0 || !K || !V) return 2;
@@ -51,7 +54,7 @@ int main(int argc, char** argv) {
     /* codes with exponents 0-6 (finite, no NaN), bf16 values near 1 */
     for (size_t i = 0; i < (size_t)nblk * blk; i++)
         K[i] = (uint8_t)(rand() & 0x37), V[i] = (uint8_t)(rand() & 0x37);
-    if (fmt == 0)
+    if (bf)
         for (size_t i = 1; i < (size_t)nblk * blk; i += 2)
             K[i] = V[i] = 0x3f;
     float q[R * D], s[R * KV_KB], acc[R * D] = {0}, f[KV_KB], qs[R];
@@ -86,6 +89,10 @@ int main(int argc, char** argv) {
                             kv2_dots_i8(qi, qs, R, D, rows, KV_KB, f, s, pf, npf);
                         else if (dt == CF_I8)
                             kv2_pv_i8(acc, R, D, rows, KV_KB, s, f, pf, npf);
+                        else if (!kv && route == KV2_EO) /* (q's order: as good as any) */
+                            kv2_dots_bf16(q, R, D, rows, KV_KB, s, pf, npf);
+                        else if (kv && route == KV2_EO)
+                            kv2_pv_body(acc, R, D, rows, KV_KB, dt, KV2_EO, s, pf, npf);
                         else if (!kv && route == KV2_F32)
                             kv2_dots_body(q, R, D, rows, KV_KB, dt, KV2_F32, s, pf, npf);
                         else if (!kv)

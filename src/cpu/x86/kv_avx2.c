@@ -41,8 +41,9 @@
 
 /* How a kernel reads fp8 codes: through fp16 (KV2_F16), through fp16 with e4m3fn's NaN code set
  * apart (KV2_F16_NAN: a row holds it), or an e4m3fn code as fp32 by integer operations alone
- * (KV2_F32: below, before avx2_scores). */
-enum { KV2_F16 = 0, KV2_F16_NAN = 1, KV2_F32 = 2 };
+ * (KV2_F32: below, before avx2_scores); and bf16 rows 16 values at once, the even ones, then the
+ * odd ones (KV2_EO: kv2_load16). */
+enum { KV2_F16 = 0, KV2_F16_NAN = 1, KV2_F32 = 2, KV2_EO = 3 };
 
 __attribute__((always_inline)) static inline __m256 kv2_code8(const uint8_t* x, cf_dtype dt,
                                                               int route) {
@@ -107,6 +108,21 @@ static inline __m256 kv2_load_tail(const void* row, cf_dtype dt, int64_t d, int6
     _Alignas(32) uint8_t tmp[32] = {0};
     memcpy(tmp, (const char*)row + (size_t)d * es, (size_t)n * es);
     return route == KV2_F32 ? kv2_load8(tmp, dt, 0, KV2_F32) : kv2_load8(tmp, dt, 0, KV2_F16_NAN);
+}
+
+/* Elements d .. d + 15 of a row in two vectors: in order (*v elements d .. d + 7, *w the next
+ * eight), or for bf16 by KV2_EO the even ones in *v and the odd ones in *w (a 32-byte load, a
+ * shift and a mask, where two halves take four operations; the accumulators then hold a row's
+ * elements in kv2_eo_index's order). */
+__attribute__((always_inline)) static inline void
+kv2_load16(const void* row, cf_dtype dt, int64_t d, int route, __m256* v, __m256* w) {
+    if (dt == CF_BF16 && route == KV2_EO) {
+        const __m256i x = _mm256_loadu_si256((const __m256i*)((const uint16_t*)row + d));
+        *v = _mm256_castsi256_ps(_mm256_slli_epi32(x, 16));
+        *w = _mm256_castsi256_ps(_mm256_and_si256(x, _mm256_set1_epi32((int)0xffff0000u)));
+        return;
+    }
+    *v = kv2_load8(row, dt, d, route), *w = kv2_load8(row, dt, d + 8, route);
 }
 
 __attribute__((always_inline)) static inline __m256 kv2_load(const void* row, cf_dtype dt,
@@ -219,9 +235,10 @@ kv2_dots_body(const float* restrict q, int64_t R, int64_t D, const void* const* 
 
 /* acc[r] += sum_t p[r * KV_KB + t] v_t for R rows and the nb value rows of dtype dt (p already
  * holds each key's factor): sixteen elements by four rows per pass, the accumulators in registers
- * over the block. The npf rows pf go into L2 on the way, an equal share of them (whole rows)
- * with each pass over 16 elements: a line per row at the start of every 64 bytes, 16 misses at
- * once, left the decode waiting on the miss buffers (int8 and bf16 caches 1.05-1.07x on Zen 3). */
+ * over the block (bf16 rows by KV2_EO: Dv % 16 == 0, acc in kv2_eo_index's order). The npf rows pf
+ * go into L2 on the way, an equal share of them (whole rows) with each pass over 16 elements: a
+ * line per row at the start of every 64 bytes, 16 misses at once, left the decode waiting on the
+ * miss buffers (int8 and bf16 caches 1.05-1.07x on Zen 3). */
 __attribute__((always_inline)) static inline void
 kv2_pv_body(float* restrict acc, int64_t R, int64_t Dv, const void* const* rows, int64_t nb,
             cf_dtype dt, int route, const float* restrict p, const void* const* pf, int64_t npf) {
@@ -238,8 +255,8 @@ kv2_pv_body(float* restrict acc, int64_t R, int64_t Dv, const void* const* rows,
             __m256 b0 = _mm256_loadu_ps(o + 8), b1 = _mm256_loadu_ps(o + Dv + 8),
                    b2 = _mm256_loadu_ps(o + 2 * Dv + 8), b3 = _mm256_loadu_ps(o + 3 * Dv + 8);
             for (int64_t t = 0; t < nb; t++) {
-                const __m256 v = kv2_load8(rows[t], dt, d, route),
-                             w = kv2_load8(rows[t], dt, d + 8, route);
+                __m256 v, w;
+                kv2_load16(rows[t], dt, d, route, &v, &w);
                 const __m256 p0 = _mm256_broadcast_ss(pr + t),
                              p1 = _mm256_broadcast_ss(pr + KV_KB + t),
                              p2 = _mm256_broadcast_ss(pr + 2 * KV_KB + t),
@@ -259,8 +276,9 @@ kv2_pv_body(float* restrict acc, int64_t R, int64_t Dv, const void* const* rows,
             __m256 a = _mm256_loadu_ps(o), b = _mm256_loadu_ps(o + 8);
             for (int64_t t = 0; t < nb; t++) {
                 const __m256 pv = _mm256_broadcast_ss(p + r * KV_KB + t);
-                a = _mm256_fmadd_ps(pv, kv2_load8(rows[t], dt, d, route), a);
-                b = _mm256_fmadd_ps(pv, kv2_load8(rows[t], dt, d + 8, route), b);
+                __m256 v, w;
+                kv2_load16(rows[t], dt, d, route, &v, &w);
+                a = _mm256_fmadd_ps(pv, v, a), b = _mm256_fmadd_ps(pv, w, b);
             }
             _mm256_storeu_ps(o, a), _mm256_storeu_ps(o + 8, b);
         }
@@ -490,6 +508,32 @@ static void avx2_scores_bf16(const kv_head* h, const void* const* rows, int64_t 
                              const float* f) {
     (void)f; /* (an unquantized cache: no factors) */
     kv2_dots_bf16(h->w->qf + (h->q - h->w->q), h->R, h->c->a.D, rows, nb, h->s, h->pf, h->npf);
+}
+
+/* Whether kv2_pv_body serves a bf16 cache by KV2_EO: Dv % 16 == 0 (every pass 16 elements). */
+static int kv2_bf16_pv_eo(const cf_kvcache_call* c) {
+    return kv_row_dtype(c) == CF_BF16 && c->quant == CFLASH_KV_QUANT_NONE && c->a.Dv % 16 == 0;
+}
+
+static void avx2_pv_bf16(const kv_head* h, const void* const* rows, int64_t nb, const float* f) {
+    (void)f; /* (an unquantized cache: no factors) */
+    kv2_pv_body(h->acc, h->R, h->c->a.Dv, rows, nb, CF_BF16, KV2_EO, h->s, h->pf, h->npf);
+}
+
+/* Where element d of a row of acc sits after KV2_EO's passes: of each 16, the even ones at 0-7,
+ * the odd ones at 8-15. */
+static int64_t kv2_eo_index(int64_t d) {
+    return (d & ~(int64_t)15) + (d & 1) * 8 + ((d & 15) >> 1);
+}
+
+/* The R rows of acc (width Dv, % 16) from kv2_eo_index's order back to element order. */
+static void kv2_eo_unpermute(float* acc, int64_t R, int64_t Dv) {
+    for (int64_t i = 0; i < R * Dv; i += 16) {
+        const __m256 e = _mm256_loadu_ps(acc + i), o = _mm256_loadu_ps(acc + i + 8);
+        const __m256 lo = _mm256_unpacklo_ps(e, o), hi = _mm256_unpackhi_ps(e, o);
+        _mm256_storeu_ps(acc + i, _mm256_permute2f128_ps(lo, hi, 0x20));
+        _mm256_storeu_ps(acc + i + 8, _mm256_permute2f128_ps(lo, hi, 0x31));
+    }
 }
 
 static void avx2_scores(const kv_head* h, const void* const* rows, int64_t nb, const float* f) {
@@ -864,6 +908,8 @@ static void kv_choose_avx2(const cf_kvcache_call* c, int64_t R, kv_path* p) {
     if (kv_row_dtype(c) == CF_F8E4M3 && kv2_f32_cpu())
         p->prep = kv2_e4m3_prep, p->scores = avx2_scores_f32, p->pv = avx2_pv_f32;
     if (kv2_bf16_even_odd(c, R)) p->prep = kv2_bf16_prep, p->scores = avx2_scores_bf16;
+    if (kv2_bf16_pv_eo(c))
+        p->pv = avx2_pv_bf16, p->acc_index = kv2_eo_index, p->finish = kv2_eo_unpermute;
     if (kv2_i8_ok(c, R))
         p->prep = avx2_i8_prep, p->scores = avx2_scores_i8, p->pv = avx2_pv_i8,
         p->acc_index = kv2_acc_index_i8, p->finish = kv2_i8_unpermute;
