@@ -28,6 +28,16 @@
  * the copy did not pay (Sq 16: the backward 0.95x with every block copied). */
 #define CF_ATTN_PACK_ROWS 64
 
+/* The row stride of a buffer of n-element rows (fp32 or 32-bit pairs) that a GEMM reads row after
+ * row: n rounded up to 16, and 16 more where that is a multiple of 64 (256 bytes). Rows 512 bytes
+ * apart (128 columns) fall in 8 of L1's 64 sets, so an operand of 128 such rows evicts itself
+ * between the passes that reread it: one thread's gemm_f32 of 128 x 128 x 128 ran S^T = K Q^T
+ * 82.3 -> 87.2 GFLOP/s and O += P V 77.5 -> 86.6 with 144 (Zen 3, docs/PERF.md). */
+static inline int64_t cf_attn_ld(int64_t n) {
+    const int64_t l = (n + 15) / 16 * 16;
+    return l % 64 == 0 ? l + 16 : l;
+}
+
 /* A GEMM on 16-bit pairs as cf_attn_kernels.gemm_bf16 (below) whose B operand is prepared once
  * for several A: prep_b brings B (P pair rows of N, VNNI, ldb apart) to pb (b_bytes(N, P) bytes),
  * then run computes C (M x N, ldc) (+)= A (M x P pairs, A(m, p) at A[m * rsa + p * csa]) times

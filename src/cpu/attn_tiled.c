@@ -89,6 +89,9 @@ typedef struct fwd_geom {
                        const uint32_t*, int64_t, float*, int64_t, int);
     void (*pack_pairs)(uint32_t*, const float*, const float*, int64_t);
     int k_direct, v_direct; /* K/V read in place (fp32 dtype, or bf16 pairs aligned) */
+    /* Row strides of the tile's Q^T, S^T and P pairs (lt, for M columns) and of the V block
+     * re-laid (lv, for Dv), padded off multiples of 256 bytes (cf_attn_ld) */
+    int64_t lt, lv;
     size_t off_qt, off_st, off_o, off_vec, off_lohi, off_kc, off_vc, off_tmp, off_x, bytes;
     size_t off_gk, off_gv;       /* paged: a block's K / V rows gathered across pages */
     const cf_attn_mask_map* map; /* issue 13: attn_mask / attn_bias summarised (may be NULL) */
@@ -120,11 +123,12 @@ static void fwd_layout(const cf_attn_call* c, const cf_attn_kernels* k, fwd_geom
      * contiguous already) */
     g->v_direct = !g->bf16 && c->dtype == CF_F32 && (g->M < CF_ATTN_PACK_ROWS || c->block_table);
     const int64_t BK = g->bk, M = g->M;
+    g->lt = cf_attn_ld(M), g->lv = cf_attn_ld(g->Dv);
     size_t off = 0;
-    g->off_qt = off; /* fp32: Q^T [D][M]; bf16: pairs [Dp2][M] */
-    off += align64(sizeof(float) * (size_t)(g->qk_pairs ? g->Dp2 : g->D) * (size_t)M);
-    g->off_st = off; /* S^T [BK][M] */
-    off += align64(sizeof(float) * (size_t)(BK * M));
+    g->off_qt = off; /* fp32: Q^T [D][lt]; bf16: pairs [Dp2][lt] */
+    off += align64(sizeof(float) * (size_t)(g->qk_pairs ? g->Dp2 : g->D) * (size_t)g->lt);
+    g->off_st = off; /* S^T [BK][lt] */
+    off += align64(sizeof(float) * (size_t)(BK * g->lt));
     g->off_o = off; /* O [M][Dv] */
     off += align64(sizeof(float) * (size_t)(M * g->Dv));
     g->off_vec = off; /* m, l, mx, alpha, mu, lsum: [M] each */
@@ -135,11 +139,11 @@ static void fwd_layout(const cf_attn_call* c, const cf_attn_kernels* k, fwd_geom
     off += g->k_direct && !c->block_table
                ? 0
                : align64(sizeof(float) * (size_t)(BK * (g->qk_pairs ? g->Dp2 : g->D)));
-    g->off_vc = off; /* V block: fp32 rows [BK][Dv], or pairs [BK/2][Dv] plus P pairs [BK/2][M] */
+    g->off_vc = off; /* V block: fp32 rows [BK][lv], or pairs [BK/2][lv] plus P pairs [BK/2][lt] */
     if (g->bf16)
-        off += align64(sizeof(uint32_t) * (size_t)(((BK + 1) / 2) * (g->Dv + M)));
+        off += align64(sizeof(uint32_t) * (size_t)(((BK + 1) / 2) * (g->lv + g->lt)));
     else if (!g->v_direct)
-        off += align64(sizeof(float) * (size_t)(BK * g->Dv));
+        off += align64(sizeof(float) * (size_t)(BK * g->lv));
     g->off_tmp = off; /* one row, fp32 */
     off += align64(sizeof(float) * (size_t)(g->D > g->Dv ? g->D : g->Dv) + 16);
     g->off_x = off; /* issue 13: per row query, head, block-sparse key mask; the key masks */
@@ -257,9 +261,10 @@ static attn_tile* make_q_tiles(const cf_attn_call* c, int64_t n, int64_t* count,
 typedef struct fwd_tile_ws {
     int64_t b, hk, i0, na, Mt; /* sequence, KV head, first query, rows per head, rows */
     int64_t q0, sq, k0, sk;    /* the sequence (cf_attn_seq) */
-    float* qt;                 /* Q^T [D][Mt] fp32, or [Dp2][Mt] pairs (qv) */
+    int64_t lt;                /* the row stride of qt, qv, st (fwd_geom.lt) */
+    float* qt;                 /* Q^T [D][lt] fp32, or [Dp2][lt] pairs (qv) */
     uint32_t* qv;
-    float *st, *o;                         /* S^T [nb][Mt], O [Mt][Dv] */
+    float *st, *o;                         /* S^T [nb][lt], O [Mt][Dv] */
     float *m, *l, *mx, *alpha, *mu, *lsum; /* per row [Mt] */
     int64_t *lo, *hi;                      /* visible keys per query row [na] */
     float *kc, *vc, *tmp;                  /* K / V blocks re-laid, one row */
@@ -273,6 +278,7 @@ static void fwd_tile_init(const cf_attn_call* c, const fwd_geom* g, const attn_t
     w->b = t->b, w->hk = t->hk, w->i0 = t->i0, w->na = t->i1 - t->i0, w->Mt = g->G * w->na;
     cf_attn_seq(c, w->b, &w->q0, &w->sq, &w->k0, &w->sk);
     const int64_t Mt = w->Mt;
+    w->lt = g->lt;
     w->qt = (float*)(ws + g->off_qt);
     w->qv = (uint32_t*)w->qt;
     w->st = (float*)(ws + g->off_st);
@@ -299,7 +305,7 @@ static void fwd_tile_init(const cf_attn_call* c, const fwd_geom* g, const attn_t
  * forward. */
 static void fwd_load_q(const cf_attn_call* c, const cf_attn_kernels* kk, const fwd_geom* g,
                        fwd_tile_ws* w) {
-    const int64_t Mt = w->Mt, na = w->na, D = g->D, G = g->G;
+    const int64_t Mt = w->Mt, lt = w->lt, na = w->na, D = g->D, G = g->G;
     const int64_t Dq = g->qk_pairs ? g->Dp2 : D;
     const int64_t R = g->bk * Mt >= 16 * Dq ? 16 : 1;
     for (int64_t r0 = 0; r0 < Mt; r0 += R) {
@@ -326,12 +332,12 @@ static void fwd_load_q(const cf_attn_call* c, const cf_attn_kernels* kk, const f
             const uint32_t* rb = (const uint32_t*)(R == 16 ? w->st : w->tmp);
             for (int64_t p = 0; p < Dq; p++)
                 for (int64_t rr = 0; rr < rn; rr++)
-                    w->qv[p * Mt + r0 + rr] = rb[rr * Dq + p];
+                    w->qv[p * lt + r0 + rr] = rb[rr * Dq + p];
         } else {
             const float* rb = R == 16 ? w->st : w->tmp;
             for (int64_t d = 0; d < Dq; d++)
                 for (int64_t rr = 0; rr < rn; rr++)
-                    w->qt[d * Mt + r0 + rr] = rb[rr * Dq + d];
+                    w->qt[d * lt + r0 + rr] = rb[rr * Dq + d];
         }
     }
     /* A sink is a key of score sink and value 0: each row's softmax starts from it. */
@@ -351,11 +357,11 @@ static int fwd_block_open(const cf_attn_call* c, const fwd_geom* g, fwd_tile_ws*
                                    w->kvp);
 }
 
-/* S^T [nb][Mt] = K Q^T: K rows (krow, kes bytes apart, krs elements) read in place where their
- * layout allows, else re-laid into kc. */
+/* S^T [nb][Mt] (row stride lt) = K Q^T: K rows (krow, kes bytes apart, krs elements) read in place
+ * where their layout allows, else re-laid into kc. */
 static void fwd_qk(const cf_attn_call* c, const cf_attn_kernels* kk, const fwd_geom* g,
                    fwd_tile_ws* w, int64_t nb, const char* krow, int64_t krs, int64_t kes) {
-    const int64_t Mt = w->Mt, D = g->D;
+    const int64_t Mt = w->Mt, lt = w->lt, D = g->D;
     if (g->qk_pairs) {
         const uint32_t* ka;
         int64_t ldk;
@@ -374,7 +380,7 @@ static void fwd_qk(const cf_attn_call* c, const cf_attn_kernels* kk, const fwd_g
             ka = kp;
             ldk = g->Dp2;
         }
-        g->gemm_pairs(nb, Mt, g->Dp2, ka, ldk, 1, w->qv, Mt, w->st, Mt, 0);
+        g->gemm_pairs(nb, Mt, g->Dp2, ka, ldk, 1, w->qv, lt, w->st, lt, 0);
     } else {
         const float* ka;
         int64_t ldk;
@@ -387,7 +393,7 @@ static void fwd_qk(const cf_attn_call* c, const cf_attn_kernels* kk, const fwd_g
             ka = w->kc;
             ldk = D;
         }
-        kk->gemm_f32(nb, Mt, D, ka, ldk, 1, w->qt, Mt, w->st, Mt, 0);
+        kk->gemm_f32(nb, Mt, D, ka, ldk, 1, w->qt, lt, w->st, lt, 0);
     }
 }
 
@@ -395,7 +401,7 @@ static void fwd_qk(const cf_attn_call* c, const cf_attn_kernels* kk, const fwd_g
  * where masked, and their maxima per row in w->mx. full: every row sees every key of the block. */
 static void fwd_mask_max(const cf_attn_call* c, const cf_attn_kernels* kk, const fwd_geom* g,
                          fwd_tile_ws* w, int64_t j0, int64_t nb, int full, int open) {
-    const int64_t Mt = w->Mt, na = w->na, G = g->G;
+    const int64_t Mt = w->Mt, lt = w->lt, na = w->na, G = g->G;
     /* issue 13: a pass over the scores for the bias, or for masks that may hide pairs here */
     const int xtra = cf_attn_has_extra(c) && (c->bias.data || open != CF_REGION_OPEN);
     float* st = w->st;
@@ -406,7 +412,7 @@ static void fwd_mask_max(const cf_attn_call* c, const cf_attn_kernels* kk, const
     const int transform = c->softcap > 0.0f || c->alibi != NULL;
     int64_t a = 0, z = 0;
     for (int64_t j = 0; j < nb; j++) {
-        float* row = st + j * Mt;
+        float* row = st + j * lt;
         const int64_t jj = j0 + j;
         if (c->softcap > 0.0f)
             kk->softcap_cols(row, Mt, c->scale, c->softcap, NULL);
@@ -436,10 +442,10 @@ static void fwd_mask_max(const cf_attn_call* c, const cf_attn_kernels* kk, const
                            xtra ? w->alpha : w->mx); /* alpha: scratch */
     }
     if (xtra) { /* bias and masks on the scores, then the maxima */
-        cf_attn_cpu_extras(c, kk, w->b, st, Mt, nb, 1, Mt, w->xi, w->xh,
+        cf_attn_cpu_extras(c, kk, w->b, st, Mt, nb, 1, lt, w->xi, w->xh,
                            c->bs_num.data ? w->kvp : NULL, j0, open != CF_REGION_OPEN, 0, nb);
         for (int64_t j = 0; j < nb; j++)
-            kk->scale_max_cols(st + j * Mt, Mt, 1.0f, w->mx);
+            kk->scale_max_cols(st + j * lt, Mt, 1.0f, w->mx);
     }
 }
 
@@ -447,7 +453,7 @@ static void fwd_mask_max(const cf_attn_call* c, const cf_attn_kernels* kk, const
  * O *= alpha (alpha = exp(m_old - m)); then dropout's zeros in P. */
 static void fwd_softmax(const cf_attn_call* c, const cf_attn_kernels* kk, const fwd_geom* g,
                         fwd_tile_ws* w, int64_t j0, int64_t nb) {
-    const int64_t Mt = w->Mt, na = w->na, G = g->G, Dv = g->Dv;
+    const int64_t Mt = w->Mt, lt = w->lt, na = w->na, G = g->G, Dv = g->Dv;
     float *m = w->m, *l = w->l, *alpha = w->alpha, *o = w->o;
     for (int64_t r = 0; r < Mt; r++) {
         const float mn = w->mx[r] > m[r] ? w->mx[r] : m[r];
@@ -458,7 +464,7 @@ static void fwd_softmax(const cf_attn_call* c, const cf_attn_kernels* kk, const 
         w->lsum[r] = 0.0f;
     }
     for (int64_t j = 0; j < nb; j++)
-        kk->exp_cols(w->st + j * Mt, Mt, w->mu, w->lsum);
+        kk->exp_cols(w->st + j * lt, Mt, w->mu, w->lsum);
     for (int64_t r = 0; r < Mt; r++) {
         l[r] = l[r] * alpha[r] + w->lsum[r];
         /* (alpha 0: a first visible block, O still 0, or a max that rose by more than ~87, whose
@@ -478,7 +484,7 @@ static void fwd_softmax(const cf_attn_call* c, const cf_attn_kernels* kk, const 
                     x = cf_dropout_words(c->seed, c->offset, (uint64_t)w->b,
                                          (uint64_t)(w->hk * G + gi),
                                          (uint64_t)(w->i0 + ii + c->q_offset), (uint64_t)jj);
-                if ((uint64_t)x.x[jj & 3] >= thr) w->st[j * Mt + gi * na + ii] = 0.0f;
+                if ((uint64_t)x.x[jj & 3] >= thr) w->st[j * lt + gi * na + ii] = 0.0f;
             }
         }
 }
@@ -490,7 +496,7 @@ static void fwd_softmax(const cf_attn_call* c, const cf_attn_kernels* kk, const 
 static void fwd_pv(const cf_attn_call* c, const cf_attn_kernels* kk, const fwd_geom* g,
                    fwd_tile_ws* w, int64_t j0, int64_t nb, int full, int open, const char* vrow,
                    int64_t vrs, int64_t ves) {
-    const int64_t Mt = w->Mt, na = w->na, G = g->G, Dv = g->Dv;
+    const int64_t Mt = w->Mt, lt = w->lt, lv = g->lv, na = w->na, G = g->G, Dv = g->Dv;
     const int xtra = open != CF_REGION_OPEN; /* issue 13's masks may hide pairs of this block */
     const float* st = w->st;
     float* o = w->o;
@@ -507,7 +513,7 @@ static void fwd_pv(const cf_attn_call* c, const cf_attn_kernels* kk, const fwd_g
                         cf_attn_extra(c, w->b, w->hk * G + gi, w->i0 + ii, jj, 0.0f) == -INFINITY)
                         continue;
                     const int64_t r = gi * na + ii;
-                    const float pr = st[j * Mt + r];
+                    const float pr = st[j * lt + r];
                     for (int64_t d = 0; d < Dv; d++)
                         o[r * Dv + d] += pr * w->tmp[d];
                 }
@@ -515,16 +521,16 @@ static void fwd_pv(const cf_attn_call* c, const cf_attn_kernels* kk, const fwd_g
     } else if (g->bf16) {
         const int64_t np = (nb + 1) / 2;
         uint32_t* vv = (uint32_t*)w->vc;
-        uint32_t* pv = vv + np * Dv;
+        uint32_t* pv = vv + np * lv;
         for (int64_t p = 0; p < np; p++) {
             const uint16_t* v0 = (const uint16_t*)(vrow + 2 * p * ves);
             const uint16_t* v1 =
                 2 * p + 1 < nb ? (const uint16_t*)(vrow + (2 * p + 1) * ves) : NULL;
-            kk->interleave_u16(vv + p * Dv, v0, v1, Dv);
-            g->pack_pairs(pv + p * Mt, st + 2 * p * Mt,
-                          2 * p + 1 < nb ? st + (2 * p + 1) * Mt : NULL, Mt);
+            kk->interleave_u16(vv + p * lv, v0, v1, Dv);
+            g->pack_pairs(pv + p * lt, st + 2 * p * lt,
+                          2 * p + 1 < nb ? st + (2 * p + 1) * lt : NULL, Mt);
         }
-        g->gemm_pairs(Mt, Dv, np, pv, 1, Mt, vv, Dv, o, Dv, 1);
+        g->gemm_pairs(Mt, Dv, np, pv, 1, lt, vv, lv, o, Dv, 1);
     } else {
         const float* vb;
         int64_t ldv;
@@ -533,11 +539,11 @@ static void fwd_pv(const cf_attn_call* c, const cf_attn_kernels* kk, const fwd_g
             ldv = vrs;
         } else {
             for (int64_t j = 0; j < nb; j++)
-                kk->to_f32(w->vc + j * Dv, vrow + j * ves, c->dtype, Dv);
+                kk->to_f32(w->vc + j * lv, vrow + j * ves, c->dtype, Dv);
             vb = w->vc;
-            ldv = Dv;
+            ldv = lv;
         }
-        kk->gemm_f32(Mt, Dv, nb, st, 1, Mt, vb, ldv, o, Dv, 1);
+        kk->gemm_f32(Mt, Dv, nb, st, 1, lt, vb, ldv, o, Dv, 1);
     }
 }
 
