@@ -99,9 +99,9 @@ typedef void (*cf_mk_fn)(int64_t K, const void* A, int64_t rsa, int64_t csa, con
 
 /* C (M x N, ldc) = (acc ? C : 0) + A B (as cf_attn_kernels.gemm_f32, elements of 4 bytes) by
  * register tiles: strips of nvmax vectors of columns, 6 rows at a time down each strip, so the
- * strip of B stays in cache while A's rows stream past; K in chunks of CF_ATTN_GEMM_KC steps,
- * each summed from zero by the microkernel, which adds C (when acc) as it stores.
- * tab from CF_MK_DEFINE(.., nvmax). */
+ * strip of B stays in cache while A's rows stream past (the last 7 or 8 as two tiles); K in chunks
+ * of CF_ATTN_GEMM_KC steps, each summed from zero by the microkernel, which adds C (when acc) as it
+ * stores. tab from CF_MK_DEFINE(.., nvmax). */
 CF_VTARGET static void gemm_tiles(const cf_mk_fn* tab, int nvmax, int64_t M, int64_t N, int64_t K,
                                   const void* A, int64_t rsa, int64_t csa, const void* B,
                                   int64_t ldb, float* C, int64_t ldc, int acc) {
@@ -113,8 +113,11 @@ CF_VTARGET static void gemm_tiles(const cf_mk_fn* tab, int nvmax, int64_t M, int
         const int64_t last = nn - (int64_t)CF_VL * (nv - 1); /* live lanes of the last vector */
         const cf_vt t = cf_vtail(last);
         const cf_mk_fn* col = tab + 2 * (nv - 1) + (last == CF_VL);
-        for (int64_t m0 = 0; m0 < M; m0 += 6) {
-            const int mr = (int)(M - m0 < 6 ? M - m0 : 6);
+        int mr;
+        for (int64_t m0 = 0; m0 < M; m0 += mr) {
+            /* the last 7 or 8 rows as 4 and 3 or 4 and 4: a tile of 1 or 2 rows has too few
+             * accumulator chains to hide the FMA's latency (AVX2: 4 at 2 rows, half the rate) */
+            mr = (int)(M - m0 < 6 ? M - m0 : M - m0 == 7 || M - m0 == 8 ? 4 : 6);
             const cf_mk_fn mk = col[2 * nvmax * (mr - 1)];
             int64_t k0 = 0;
             do { /* K = 0 still writes C (zeros unless acc) */
