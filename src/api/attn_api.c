@@ -377,11 +377,13 @@ cflash_status cf_attn_kvcache_features(cf_attn_call* c, const cflash_attn_params
 }
 
 /* Reads and checks cu_seqlens; stores the host pointer and the longest sequence. cu_seqlens on
- * a CUDA device are copied to a per-thread host buffer (slot 0: q, 1: k) through the device hooks
- * to be checked; *dev keeps the device pointer for the kernels (NULL for host cu_seqlens). */
+ * a CUDA device are copied through the device hooks into a host buffer of the call's (*own,
+ * freed by the entry point: a per-thread buffer outlived no thread) to be checked; *dev keeps
+ * the device pointer for the kernels (NULL for host cu_seqlens). */
 static cflash_status check_cu(const DLTensor* t, const char* name, int64_t total,
                               const char* total_name, int64_t* B, const int32_t** cu,
-                              int64_t* maxlen, const int32_t** dev, int slot, const cf_view* q) {
+                              int64_t* maxlen, const int32_t** dev, int32_t** own,
+                              const cf_view* q) {
     cf_view c;
     CFLASH_FORWARD_IF_ERROR(cf_view_from(&c, t, name));
     CFLASH_RETURN_IF(c.dtype != CF_I32 || c.ndim != 1, INVALID,
@@ -404,18 +406,12 @@ static cflash_status check_cu(const DLTensor* t, const char* name, int64_t total
                      INVALID, "%s: on cuda:%d, expected host memory or the device of q (%s:%d)",
                      name, c.device_id, cf_device_name(q->device_type), q->device_id);
     if (c.device_type == kDLCUDA) {
-        static _Thread_local int32_t* host[2];
-        static _Thread_local int64_t cap[2];
-        if (cap[slot] < c.shape[0]) {
-            int32_t* n = realloc(host[slot], sizeof(int32_t) * (size_t)c.shape[0]);
-            CFLASH_RETURN_IF(!n, CFLASH_ERR_OUT_OF_MEMORY, "%s: no host memory to check it", name);
-            host[slot] = n;
-            cap[slot] = c.shape[0];
-        }
-        CFLASH_FORWARD_IF_ERROR(cf_device_copy(kDLCUDA, c.device_id, host[slot], c.data,
+        *own = malloc(sizeof(int32_t) * (size_t)c.shape[0]);
+        CFLASH_RETURN_IF(!*own, CFLASH_ERR_OUT_OF_MEMORY, "%s: no host memory to check it", name);
+        CFLASH_FORWARD_IF_ERROR(cf_device_copy(kDLCUDA, c.device_id, *own, c.data,
                                                sizeof(int32_t) * (size_t)c.shape[0], 0));
         *dev = c.data;
-        v = host[slot];
+        v = *own;
     }
     CFLASH_RETURN_IF(v[0] != 0, INVALID, "%s[0]: %d, expected 0", name, v[0]);
     int64_t mx = 0;
@@ -610,11 +606,12 @@ static cflash_status check_qkv(cflash_context* ctx, cf_attn_call* c, int varlen,
         c->total_q = c->q.shape[0];
         c->total_k = paged ? 0 : c->k.shape[0];
         CFLASH_FORWARD_IF_ERROR(check_cu(cu_q, "cu_seqlens_q", c->total_q, "total_q", &B, &c->cu_q,
-                                         &mq, &c->cu_q_dev, 0, &c->q));
+                                         &mq, &c->cu_q_dev, &c->cu_host[0], &c->q));
         /* paged: cu_seqlens_k counts keys (not rows of k), bounded by each sequence's pages */
         if (cu_k || !paged || !p->seqused_k)
             CFLASH_FORWARD_IF_ERROR(check_cu(cu_k, "cu_seqlens_k", paged ? INT64_MAX : c->total_k,
-                                             "total_k", &B, &c->cu_k, &mk, &c->cu_k_dev, 1, &c->q));
+                                             "total_k", &B, &c->cu_k, &mk, &c->cu_k_dev,
+                                             &c->cu_host[1], &c->q));
         CFLASH_FORWARD_IF_ERROR(check_serving(c, p, B, Sk, &mk));
         CFLASH_FORWARD_IF_ERROR(check_max(max_q, mq, c->total_q, "max_seqlen_q", &c->Sq));
         CFLASH_FORWARD_IF_ERROR(
@@ -692,22 +689,79 @@ static cflash_status check_apart(const cf_attn_call* c, int bwd) {
 /* The batch and varlen calls share one body each; every public function returns through
  * cf_context_end_call (explain mode). */
 
+/* The call's own memory (check_cu's host copies), after the call or its error. */
+static cflash_status call_done(cf_attn_call* c, cflash_status st) {
+    free(c->cu_host[0]);
+    free(c->cu_host[1]);
+    return st;
+}
+
+static cflash_status attn_fwd_in(cflash_context* ctx, cf_attn_call* c, int varlen,
+                                 const cflash_attn_params* p, const DLTensor* q, const DLTensor* k,
+                                 const DLTensor* v, const DLTensor* cu_q, const DLTensor* cu_k,
+                                 int64_t max_q, int64_t max_k, DLTensor* out, DLTensor* lse) {
+    CFLASH_FORWARD_IF_ERROR(check_qkv(ctx, c, varlen, 0, p, q, k, v, cu_q, cu_k, max_q, max_k));
+    const char* ol = varlen ? "(total_q, H, Dv)" : "(B, Sq, H, Dv)";
+    CFLASH_FORWARD_IF_ERROR(
+        check_like(&c->out, out, "out", c, varlen ? c->total_q : c->Sq, c->H, c->Dv, ol));
+    if (lse) CFLASH_FORWARD_IF_ERROR(check_lse_for(c, lse));
+    CFLASH_FORWARD_IF_ERROR(cf_check_output(out, "out"));
+    CFLASH_FORWARD_IF_ERROR(cf_check_output(lse, "lse"));
+    CFLASH_FORWARD_IF_ERROR(check_apart(c, 0));
+    cflash_op op = varlen ? CFLASH_OP_ATTN_VARLEN_FWD : CFLASH_OP_ATTN_FWD;
+    return cf_context_dispatch(ctx, op, c->device_type, c,
+                               c->B == 0 || (varlen ? c->total_q : c->Sq) == 0);
+}
+
+static cflash_status attn_bwd_in(cflash_context* ctx, cf_attn_call* c, int varlen,
+                                 const cflash_attn_params* p, const DLTensor* dout,
+                                 const DLTensor* q, const DLTensor* k, const DLTensor* v,
+                                 const DLTensor* out, const DLTensor* lse, const DLTensor* cu_q,
+                                 const DLTensor* cu_k, int64_t max_q, int64_t max_k, DLTensor* dq,
+                                 DLTensor* dk, DLTensor* dv) {
+    CFLASH_FORWARD_IF_ERROR(check_qkv(ctx, c, varlen, 1, p, q, k, v, cu_q, cu_k, max_q, max_k));
+    int64_t sq = varlen ? c->total_q : c->Sq, sk = varlen ? c->total_k : c->Sk;
+    const char* ol = varlen ? "(total_q, H, Dv)" : "(B, Sq, H, Dv)";
+    CFLASH_FORWARD_IF_ERROR(check_like(&c->dout, dout, "dout", c, sq, c->H, c->Dv, ol));
+    CFLASH_FORWARD_IF_ERROR(check_like(&c->out, out, "out", c, sq, c->H, c->Dv, ol));
+    CFLASH_RETURN_IF(!lse, INVALID,
+                     "lse: is NULL, expected the forward's lse (the backward "
+                     "recomputes the scores from it)");
+    CFLASH_FORWARD_IF_ERROR(check_lse_for(c, lse));
+    CFLASH_FORWARD_IF_ERROR(check_like(&c->dq, dq, "dq", c, sq, c->H, c->D,
+                                       varlen ? "(total_q, H, D)" : "(B, Sq, H, D)"));
+    if (c->block_table) { /* dk, dv: pages like k, v */
+        const int64_t wk[4] = {c->k.shape[0], c->page_size, c->Hk, c->D},
+                      wv[4] = {c->k.shape[0], c->page_size, c->Hk, c->Dv};
+        CFLASH_FORWARD_IF_ERROR(
+            check_shape(&c->dk, dk, "dk", 4, wk, "(num_pages, page_size, Hk, D), like k"));
+        CFLASH_FORWARD_IF_ERROR(check_same(&c->dk, "dk", &c->q, "q"));
+        CFLASH_FORWARD_IF_ERROR(
+            check_shape(&c->dv, dv, "dv", 4, wv, "(num_pages, page_size, Hk, Dv), like v"));
+        CFLASH_FORWARD_IF_ERROR(check_same(&c->dv, "dv", &c->q, "q"));
+        CFLASH_FORWARD_IF_ERROR(check_pages_distinct(c));
+    } else {
+        CFLASH_FORWARD_IF_ERROR(check_like(&c->dk, dk, "dk", c, sk, c->Hk, c->D,
+                                           varlen ? "(total_k, Hk, D)" : "(B, Sk, Hk, D)"));
+        CFLASH_FORWARD_IF_ERROR(check_like(&c->dv, dv, "dv", c, sk, c->Hk, c->Dv,
+                                           varlen ? "(total_k, Hk, Dv)" : "(B, Sk, Hk, Dv)"));
+    }
+    CFLASH_FORWARD_IF_ERROR(cf_check_output(dq, "dq"));
+    CFLASH_FORWARD_IF_ERROR(cf_check_output(dk, "dk"));
+    CFLASH_FORWARD_IF_ERROR(cf_check_output(dv, "dv"));
+    CFLASH_FORWARD_IF_ERROR(check_apart(c, 1));
+    cflash_op op = varlen ? CFLASH_OP_ATTN_VARLEN_BWD : CFLASH_OP_ATTN_BWD;
+    /* nothing to write without queries and keys (the other dims of empty views may be huge) */
+    return cf_context_dispatch(ctx, op, c->device_type, c, c->B == 0 || (sq == 0 && sk == 0));
+}
+
 static cflash_status attn_fwd(cflash_context* ctx, int varlen, const cflash_attn_params* p,
                               const DLTensor* q, const DLTensor* k, const DLTensor* v,
                               const DLTensor* cu_q, const DLTensor* cu_k, int64_t max_q,
                               int64_t max_k, DLTensor* out, DLTensor* lse) {
-    cf_attn_call c;
-    CFLASH_FORWARD_IF_ERROR(check_qkv(ctx, &c, varlen, 0, p, q, k, v, cu_q, cu_k, max_q, max_k));
-    const char* ol = varlen ? "(total_q, H, Dv)" : "(B, Sq, H, Dv)";
-    CFLASH_FORWARD_IF_ERROR(
-        check_like(&c.out, out, "out", &c, varlen ? c.total_q : c.Sq, c.H, c.Dv, ol));
-    if (lse) CFLASH_FORWARD_IF_ERROR(check_lse_for(&c, lse));
-    CFLASH_FORWARD_IF_ERROR(cf_check_output(out, "out"));
-    CFLASH_FORWARD_IF_ERROR(cf_check_output(lse, "lse"));
-    CFLASH_FORWARD_IF_ERROR(check_apart(&c, 0));
-    cflash_op op = varlen ? CFLASH_OP_ATTN_VARLEN_FWD : CFLASH_OP_ATTN_FWD;
-    return cf_context_dispatch(ctx, op, c.device_type, &c,
-                               c.B == 0 || (varlen ? c.total_q : c.Sq) == 0);
+    cf_attn_call c = {0};
+    return call_done(&c,
+                     attn_fwd_in(ctx, &c, varlen, p, q, k, v, cu_q, cu_k, max_q, max_k, out, lse));
 }
 
 static cflash_status attn_bwd(cflash_context* ctx, int varlen, const cflash_attn_params* p,
@@ -715,41 +769,9 @@ static cflash_status attn_bwd(cflash_context* ctx, int varlen, const cflash_attn
                               const DLTensor* v, const DLTensor* out, const DLTensor* lse,
                               const DLTensor* cu_q, const DLTensor* cu_k, int64_t max_q,
                               int64_t max_k, DLTensor* dq, DLTensor* dk, DLTensor* dv) {
-    cf_attn_call c;
-    CFLASH_FORWARD_IF_ERROR(check_qkv(ctx, &c, varlen, 1, p, q, k, v, cu_q, cu_k, max_q, max_k));
-    int64_t sq = varlen ? c.total_q : c.Sq, sk = varlen ? c.total_k : c.Sk;
-    const char* ol = varlen ? "(total_q, H, Dv)" : "(B, Sq, H, Dv)";
-    CFLASH_FORWARD_IF_ERROR(check_like(&c.dout, dout, "dout", &c, sq, c.H, c.Dv, ol));
-    CFLASH_FORWARD_IF_ERROR(check_like(&c.out, out, "out", &c, sq, c.H, c.Dv, ol));
-    CFLASH_RETURN_IF(!lse, INVALID,
-                     "lse: is NULL, expected the forward's lse (the backward "
-                     "recomputes the scores from it)");
-    CFLASH_FORWARD_IF_ERROR(check_lse_for(&c, lse));
-    CFLASH_FORWARD_IF_ERROR(check_like(&c.dq, dq, "dq", &c, sq, c.H, c.D,
-                                       varlen ? "(total_q, H, D)" : "(B, Sq, H, D)"));
-    if (c.block_table) { /* dk, dv: pages like k, v */
-        const int64_t wk[4] = {c.k.shape[0], c.page_size, c.Hk, c.D},
-                      wv[4] = {c.k.shape[0], c.page_size, c.Hk, c.Dv};
-        CFLASH_FORWARD_IF_ERROR(
-            check_shape(&c.dk, dk, "dk", 4, wk, "(num_pages, page_size, Hk, D), like k"));
-        CFLASH_FORWARD_IF_ERROR(check_same(&c.dk, "dk", &c.q, "q"));
-        CFLASH_FORWARD_IF_ERROR(
-            check_shape(&c.dv, dv, "dv", 4, wv, "(num_pages, page_size, Hk, Dv), like v"));
-        CFLASH_FORWARD_IF_ERROR(check_same(&c.dv, "dv", &c.q, "q"));
-        CFLASH_FORWARD_IF_ERROR(check_pages_distinct(&c));
-    } else {
-        CFLASH_FORWARD_IF_ERROR(check_like(&c.dk, dk, "dk", &c, sk, c.Hk, c.D,
-                                           varlen ? "(total_k, Hk, D)" : "(B, Sk, Hk, D)"));
-        CFLASH_FORWARD_IF_ERROR(check_like(&c.dv, dv, "dv", &c, sk, c.Hk, c.Dv,
-                                           varlen ? "(total_k, Hk, Dv)" : "(B, Sk, Hk, Dv)"));
-    }
-    CFLASH_FORWARD_IF_ERROR(cf_check_output(dq, "dq"));
-    CFLASH_FORWARD_IF_ERROR(cf_check_output(dk, "dk"));
-    CFLASH_FORWARD_IF_ERROR(cf_check_output(dv, "dv"));
-    CFLASH_FORWARD_IF_ERROR(check_apart(&c, 1));
-    cflash_op op = varlen ? CFLASH_OP_ATTN_VARLEN_BWD : CFLASH_OP_ATTN_BWD;
-    /* nothing to write without queries and keys (the other dims of empty views may be huge) */
-    return cf_context_dispatch(ctx, op, c.device_type, &c, c.B == 0 || (sq == 0 && sk == 0));
+    cf_attn_call c = {0};
+    return call_done(&c, attn_bwd_in(ctx, &c, varlen, p, dout, q, k, v, out, lse, cu_q, cu_k, max_q,
+                                     max_k, dq, dk, dv));
 }
 
 cflash_status cflash_attn_fwd(cflash_context* ctx, const cflash_attn_params* p, const DLTensor* q,

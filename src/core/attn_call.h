@@ -43,6 +43,7 @@ typedef struct cf_attn_call {
     void* stream;            /* CUstream for CUDA backends */
     const int32_t* cu_q_dev; /* varlen with cu_seqlens on the GPU: the device pointers (cu_q and */
     const int32_t* cu_k_dev; /* cu_k then hold host copies); NULL when given in host memory */
+    int32_t* cu_host[2]; /* those host copies (q, k), the call's own: its entry point frees them */
 
     /* -- A (issue 13): sinks, bias / mask, block-sparse mask, chunked attention -- */
     const float* sinks; /* NULL or fp32 [H], contiguous, on the call's device */
