@@ -261,8 +261,7 @@ static attn_tile* make_q_tiles(const cf_attn_call* c, int64_t n, int64_t* count,
 typedef struct fwd_tile_ws {
     int64_t b, hk, i0, na, Mt; /* sequence, KV head, first query, rows per head, rows */
     int64_t q0, sq, k0, sk;    /* the sequence (cf_attn_seq) */
-    int64_t lt;                /* the row stride of qt, qv, st (fwd_geom.lt) */
-    float* qt;                 /* Q^T [D][lt] fp32, or [Dp2][lt] pairs (qv) */
+    float* qt;                 /* Q^T [D][lt] fp32, or [Dp2][lt] pairs (qv); lt: fwd_geom's */
     uint32_t* qv;
     float *st, *o;                         /* S^T [nb][lt], O [Mt][Dv] */
     float *m, *l, *mx, *alpha, *mu, *lsum; /* per row [Mt] */
@@ -278,7 +277,6 @@ static void fwd_tile_init(const cf_attn_call* c, const fwd_geom* g, const attn_t
     w->b = t->b, w->hk = t->hk, w->i0 = t->i0, w->na = t->i1 - t->i0, w->Mt = g->G * w->na;
     cf_attn_seq(c, w->b, &w->q0, &w->sq, &w->k0, &w->sk);
     const int64_t Mt = w->Mt;
-    w->lt = g->lt;
     w->qt = (float*)(ws + g->off_qt);
     w->qv = (uint32_t*)w->qt;
     w->st = (float*)(ws + g->off_st);
@@ -305,7 +303,7 @@ static void fwd_tile_init(const cf_attn_call* c, const fwd_geom* g, const attn_t
  * forward. */
 static void fwd_load_q(const cf_attn_call* c, const cf_attn_kernels* kk, const fwd_geom* g,
                        fwd_tile_ws* w) {
-    const int64_t Mt = w->Mt, lt = w->lt, na = w->na, D = g->D, G = g->G;
+    const int64_t Mt = w->Mt, lt = g->lt, na = w->na, D = g->D, G = g->G;
     const int64_t Dq = g->qk_pairs ? g->Dp2 : D;
     const int64_t R = g->bk * Mt >= 16 * Dq ? 16 : 1;
     for (int64_t r0 = 0; r0 < Mt; r0 += R) {
@@ -361,7 +359,7 @@ static int fwd_block_open(const cf_attn_call* c, const fwd_geom* g, fwd_tile_ws*
  * where their layout allows, else re-laid into kc. */
 static void fwd_qk(const cf_attn_call* c, const cf_attn_kernels* kk, const fwd_geom* g,
                    fwd_tile_ws* w, int64_t nb, const char* krow, int64_t krs, int64_t kes) {
-    const int64_t Mt = w->Mt, lt = w->lt, D = g->D;
+    const int64_t Mt = w->Mt, lt = g->lt, D = g->D;
     if (g->qk_pairs) {
         const uint32_t* ka;
         int64_t ldk;
@@ -401,7 +399,7 @@ static void fwd_qk(const cf_attn_call* c, const cf_attn_kernels* kk, const fwd_g
  * where masked, and their maxima per row in w->mx. full: every row sees every key of the block. */
 static void fwd_mask_max(const cf_attn_call* c, const cf_attn_kernels* kk, const fwd_geom* g,
                          fwd_tile_ws* w, int64_t j0, int64_t nb, int full, int open) {
-    const int64_t Mt = w->Mt, lt = w->lt, na = w->na, G = g->G;
+    const int64_t Mt = w->Mt, lt = g->lt, na = w->na, G = g->G;
     /* issue 13: a pass over the scores for the bias, or for masks that may hide pairs here */
     const int xtra = cf_attn_has_extra(c) && (c->bias.data || open != CF_REGION_OPEN);
     float* st = w->st;
@@ -453,7 +451,7 @@ static void fwd_mask_max(const cf_attn_call* c, const cf_attn_kernels* kk, const
  * O *= alpha (alpha = exp(m_old - m)); then dropout's zeros in P. */
 static void fwd_softmax(const cf_attn_call* c, const cf_attn_kernels* kk, const fwd_geom* g,
                         fwd_tile_ws* w, int64_t j0, int64_t nb) {
-    const int64_t Mt = w->Mt, lt = w->lt, na = w->na, G = g->G, Dv = g->Dv;
+    const int64_t Mt = w->Mt, lt = g->lt, na = w->na, G = g->G, Dv = g->Dv;
     float *m = w->m, *l = w->l, *alpha = w->alpha, *o = w->o;
     for (int64_t r = 0; r < Mt; r++) {
         const float mn = w->mx[r] > m[r] ? w->mx[r] : m[r];
@@ -496,7 +494,7 @@ static void fwd_softmax(const cf_attn_call* c, const cf_attn_kernels* kk, const 
 static void fwd_pv(const cf_attn_call* c, const cf_attn_kernels* kk, const fwd_geom* g,
                    fwd_tile_ws* w, int64_t j0, int64_t nb, int full, int open, const char* vrow,
                    int64_t vrs, int64_t ves) {
-    const int64_t Mt = w->Mt, lt = w->lt, lv = g->lv, na = w->na, G = g->G, Dv = g->Dv;
+    const int64_t Mt = w->Mt, lt = g->lt, lv = g->lv, na = w->na, G = g->G, Dv = g->Dv;
     const int xtra = open != CF_REGION_OPEN; /* issue 13's masks may hide pairs of this block */
     const float* st = w->st;
     float* o = w->o;
