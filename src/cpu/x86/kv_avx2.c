@@ -445,16 +445,15 @@ static void kv2_bf16_prep(const cf_kvcache_call* c, kv_scratch* w, int64_t R) {
 /* Whether kv2_dots_bf16 serves: a bf16 cache, D % 16 == 0, and R (the rows of each KV head, what
  * kv_choose_avx2 is given) a multiple of 4. */
 static int kv2_bf16_even_odd(const cf_kvcache_call* c, int64_t R) {
-    return kv_row_dtype(c) == CF_BF16 && c->quant == CFLASH_KV_QUANT_NONE && c->a.D % 16 == 0 &&
-           R % 4 == 0;
+    return kv_row_dtype(c) == CF_BF16 && c->a.D % 16 == 0 &&
+           R % 4 == 0; /* (bf16 rows: unquantized) */
 }
 
 /* s[r * KV_KB + t] = q_r . k_t for R (% 4) rows (q in kv2_bf16_prep's order) and nb bf16 rows of
- * D (% 16): a 32-byte load is 16 values, the even ones by a shift, the odd ones by a mask (two
- * operations where two a half took four). Two keys by four rows per pass. */
+ * D (% 16), read by KV2_EO (kv2_load16): 16 values a load, the even ones, then the odd ones. Two
+ * keys by four rows per pass. */
 static void kv2_dots_bf16(const float* restrict q, int64_t R, int64_t D, const void* const* rows,
                           int64_t nb, float* restrict s, const void* const* pf, int64_t npf) {
-    const __m256i hi = _mm256_set1_epi32((int)0xffff0000u);
     int64_t t = 0;
     for (; t + 2 <= nb; t += 2) {
         const uint16_t *k0 = rows[t], *k1 = rows[t + 1];
@@ -464,12 +463,9 @@ static void kv2_dots_bf16(const float* restrict q, int64_t R, int64_t D, const v
             __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
             __m256 b0 = a0, b1 = a0, b2 = a0, b3 = a0;
             for (int64_t d = 0; d < D; d += 16) {
-                const __m256i x = _mm256_loadu_si256((const __m256i*)(k0 + d)),
-                              y = _mm256_loadu_si256((const __m256i*)(k1 + d));
-                const __m256 xe = _mm256_castsi256_ps(_mm256_slli_epi32(x, 16)),
-                             xo = _mm256_castsi256_ps(_mm256_and_si256(x, hi)),
-                             ye = _mm256_castsi256_ps(_mm256_slli_epi32(y, 16)),
-                             yo = _mm256_castsi256_ps(_mm256_and_si256(y, hi));
+                __m256 xe, xo, ye, yo;
+                kv2_load16(k0, CF_BF16, d, KV2_EO, &xe, &xo);
+                kv2_load16(k1, CF_BF16, d, KV2_EO, &ye, &yo);
 #define KV2_EO(A, B, Q)                                                                            \
     {                                                                                              \
         const __m256 e = _mm256_loadu_ps(Q + d), o = _mm256_loadu_ps(Q + d + 8);                   \
@@ -490,11 +486,10 @@ static void kv2_dots_bf16(const float* restrict q, int64_t R, int64_t D, const v
         for (int64_t r = 0; r < R; r++) {
             __m256 a = _mm256_setzero_ps();
             for (int64_t d = 0; d < D; d += 16) {
-                const __m256i x = _mm256_loadu_si256((const __m256i*)(k0 + d));
-                a = _mm256_fmadd_ps(_mm256_loadu_ps(q + r * D + d),
-                                    _mm256_castsi256_ps(_mm256_slli_epi32(x, 16)), a);
-                a = _mm256_fmadd_ps(_mm256_loadu_ps(q + r * D + d + 8),
-                                    _mm256_castsi256_ps(_mm256_and_si256(x, hi)), a);
+                __m256 xe, xo;
+                kv2_load16(k0, CF_BF16, d, KV2_EO, &xe, &xo);
+                a = _mm256_fmadd_ps(_mm256_loadu_ps(q + r * D + d), xe, a);
+                a = _mm256_fmadd_ps(_mm256_loadu_ps(q + r * D + d + 8), xo, a);
             }
             float o[4];
             _mm_storeu_ps(o, kv2_sum4(a, a, a, a));
@@ -512,7 +507,7 @@ static void avx2_scores_bf16(const kv_head* h, const void* const* rows, int64_t 
 
 /* Whether kv2_pv_body serves a bf16 cache by KV2_EO: Dv % 16 == 0 (every pass 16 elements). */
 static int kv2_bf16_pv_eo(const cf_kvcache_call* c) {
-    return kv_row_dtype(c) == CF_BF16 && c->quant == CFLASH_KV_QUANT_NONE && c->a.Dv % 16 == 0;
+    return kv_row_dtype(c) == CF_BF16 && c->a.Dv % 16 == 0;
 }
 
 static void avx2_pv_bf16(const kv_head* h, const void* const* rows, int64_t nb, const float* f) {
